@@ -1,0 +1,169 @@
+//! The command line: arguments, config loading, dispatch and exit codes.
+
+mod config_cmd;
+mod hash_cmd;
+mod manifest_cmd;
+mod progress_bar;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ConfigError, LoadOptions, Override, Settings};
+use crate::jobs::Cancelled;
+
+/// Job-attachment transfer agent for render farms (AWS Deadline Cloud compatible).
+#[derive(Debug, Parser)]
+#[command(name = "attache", version, about, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Config file (default: $XDG_CONFIG_HOME/attache/config.toml, then /etc/attache/config.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. "debug" or "attache=debug" [config: log.level].
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log format: text or json [config: log.format].
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Scan and hash directory trees into v2023-03-03 manifests.
+    Hash(hash_cmd::HashArgs),
+    /// Read, compare and check manifests.
+    #[command(subcommand)]
+    Manifest(manifest_cmd::ManifestCommand),
+    /// Show the settings in effect.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+}
+
+/// Exit codes: 0 ok, 1 failure, 2 bad usage or config, 130 cancelled.
+pub mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const CANCELLED: u8 = 130;
+}
+
+/// A failure the CLI reports with a specific exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UsageError {
+    pub message: String,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = run(cli);
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let code = exit_code_of(&e);
+            if code != exit::CANCELLED {
+                eprintln!("error: {}", describe(&e));
+            } else {
+                eprintln!("cancelled");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The error and its causes, leaving out a cause whose text the message already shows
+/// (library errors often embed their source).
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
+fn exit_code_of(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<Cancelled>()) {
+        exit::CANCELLED
+    } else if e.chain().any(|c| c.is::<ConfigError>() || c.is::<UsageError>()) {
+        exit::USAGE
+    } else {
+        exit::FAILURE
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut overrides = Vec::new();
+    flag(&mut overrides, "log.level", "--log-level", cli.global.log_level.clone());
+    flag(&mut overrides, "log.format", "--log-format", cli.global.log_format.clone());
+    match &cli.command {
+        Command::Hash(a) => a.overrides(&mut overrides),
+        Command::Manifest(m) => m.overrides(&mut overrides),
+        Command::Config(_) => {}
+    }
+    let loaded = config::load(&LoadOptions {
+        config_file: cli.global.config.clone(),
+        overrides,
+        env: Default::default(),
+    })?;
+    crate::logging::init(&loaded.settings.log);
+    if let Some(file) = &loaded.file {
+        tracing::debug!(config = %file.display(), "config loaded");
+    }
+    let ctx = Context { settings: loaded.settings, config_file: loaded.file };
+    match cli.command {
+        Command::Hash(a) => hash_cmd::run_cmd(&ctx, a),
+        Command::Manifest(m) => manifest_cmd::run(&ctx, m),
+        Command::Config(c) => config_cmd::run(&ctx, c),
+    }
+}
+
+/// What every command gets: the effective settings and where they came from.
+pub struct Context {
+    pub settings: Settings,
+    pub config_file: Option<PathBuf>,
+}
+
+/// Records a CLI flag as a config override, so flags, env and file share one validation.
+pub(crate) fn flag(out: &mut Vec<Override>, key: &str, source: &str, value: Option<String>) {
+    if let Some(value) = value {
+        out.push(Override { key: key.into(), value, source: source.into() });
+    }
+}
+
+/// Runs a blocking job on a Tokio runtime whose Ctrl-C handler cancels it; a second Ctrl-C
+/// exits at once.
+pub(crate) fn run_cancellable<T: Send + 'static>(
+    job: impl FnOnce(CancellationToken) -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let cancel = CancellationToken::new();
+    rt.block_on(async {
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                on_signal.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("cancelled");
+                    std::process::exit(i32::from(exit::CANCELLED));
+                }
+            }
+        });
+        let token = cancel.clone();
+        Ok(tokio::task::spawn_blocking(move || job(token)).await?)
+    })
+}

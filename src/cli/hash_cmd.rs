@@ -1,0 +1,168 @@
+//! `attache hash`: scan and hash trees into manifests.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytesize::ByteSize;
+use clap::Args;
+use serde_json::json;
+
+use super::progress_bar::Bar;
+use super::{Context, UsageError, flag, run_cancellable};
+use crate::config::Settings;
+use crate::config::Override;
+use crate::hash::ContentHash;
+use crate::hash::parallel::HashStats;
+use crate::jobs::hash::{HashReport, HashSpec, run};
+use crate::progress::Progress;
+use crate::scan::ScanOptions;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  attache hash ./shot010 -o shot010.manifest\n  attache hash /proj/a /proj/b -o manifests/ --json")]
+pub struct HashArgs {
+    /// Directories to hash; each becomes one manifest.
+    #[arg(required = true, value_name = "ROOT")]
+    roots: Vec<PathBuf>,
+    /// Write the manifest to FILE. With several roots, or when PATH is a directory, write
+    /// PATH/<xxh128(root)>_input for each root (the name Deadline gives input manifests).
+    /// Default: the manifest goes to stdout (one line per root).
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Print a JSON summary on stdout (manifests are only written with -o).
+    #[arg(long)]
+    json: bool,
+    /// Read every file; neither use nor update the hash cache [config: cache.hash_cache].
+    #[arg(long)]
+    no_cache: bool,
+    /// Hash cache directory [config: cache.dir].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<String>,
+    /// Hash the targets of symlinks that point outside the root instead of refusing them
+    /// [config: hash.follow_external_symlinks].
+    #[arg(long)]
+    follow_external_symlinks: bool,
+    /// Hashing threads, 0 = one per core [config: hash.threads].
+    #[arg(long, value_name = "N")]
+    threads: Option<String>,
+}
+
+impl HashArgs {
+    pub fn overrides(&self, out: &mut Vec<Override>) {
+        if self.no_cache {
+            flag(out, "cache.hash_cache", "--no-cache", Some("false".into()));
+        }
+        flag(out, "cache.dir", "--cache-dir", self.cache_dir.clone());
+        if self.follow_external_symlinks {
+            flag(out, "hash.follow_external_symlinks", "--follow-external-symlinks", Some("true".into()));
+        }
+        flag(out, "hash.threads", "--threads", self.threads.clone());
+    }
+}
+
+/// The hashing part of the settings, shared with `manifest verify`.
+pub fn spec_from(settings: &Settings, roots: Vec<PathBuf>, use_cache: bool) -> HashSpec {
+    HashSpec {
+        roots,
+        cache_dir: use_cache.then(|| settings.cache.dir.clone()),
+        threads: settings.hash_threads(),
+        read_buffer: settings.hash.read_buffer.0 as usize,
+        scan: ScanOptions { follow_external_symlinks: settings.hash.follow_external_symlinks },
+    }
+}
+
+pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
+    let dir_mode = match &args.output {
+        Some(o) => args.roots.len() > 1 || o.is_dir(),
+        None => false,
+    };
+    let spec = spec_from(&ctx.settings, args.roots.clone(), ctx.settings.cache.hash_cache);
+    let progress = Arc::new(Progress::default());
+    let report = {
+        let _bar = Bar::start("hashing", progress.clone(), !std::io::stderr().is_terminal());
+        let p = progress.clone();
+        run_cancellable(move |cancel| run(&spec, &cancel, &p))??
+    };
+
+    let mut roots_json = Vec::new();
+    let mut stdout = std::io::stdout().lock();
+    for r in &report.roots {
+        let bytes = r.manifest.encode().map_err(|_| UsageError {
+            message: format!("{}: no files to attach; a manifest needs at least one file", r.root.display()),
+        })?;
+        let manifest_hash = ContentHash::of(&bytes);
+        let written = match &args.output {
+            Some(o) => {
+                let path = if dir_mode { o.join(input_manifest_name(&r.root)) } else { o.clone() };
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                }
+                crate::fsutil::write_atomic(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+                Some(path)
+            }
+            None => {
+                if !args.json {
+                    stdout.write_all(&bytes)?;
+                    stdout.write_all(b"\n")?;
+                }
+                None
+            }
+        };
+        if !args.json {
+            eprintln!(
+                "{}: {} files, {}{}, manifest {}",
+                r.root.display(),
+                r.stats.files,
+                ByteSize(r.stats.bytes).display().iec(),
+                written.as_ref().map(|p| format!(" -> {}", p.display())).unwrap_or_default(),
+                manifest_hash
+            );
+        }
+        roots_json.push(json!({
+            "root": r.root.to_string_lossy(),
+            "manifest": written.map(|p| p.to_string_lossy().into_owned()),
+            "manifest_hash": manifest_hash.to_hex(),
+            "stats": r.stats,
+        }));
+    }
+    if args.json {
+        let mut summary = summary_json(&report);
+        summary["roots"] = roots_json.into();
+        serde_json::to_writer_pretty(&mut stdout, &summary)?;
+        writeln!(stdout)?;
+    } else {
+        eprintln!("{}", summary_line(&report.stats, report.seconds));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `{xxh128(rootPath)}_input`, the file name of a root's input manifest.
+pub fn input_manifest_name(root: &Path) -> String {
+    format!("{}_input", ContentHash::of(root.as_os_str().as_encoded_bytes()))
+}
+
+fn summary_json(r: &HashReport) -> serde_json::Value {
+    let s = &r.stats;
+    let mut v = serde_json::to_value(s).expect("plain counters");
+    v["seconds"] = json!(r.seconds);
+    v["gib_per_s"] = json!(s.bytes as f64 / (1u64 << 30) as f64 / r.seconds.max(1e-9));
+    v["files_per_s"] = json!(s.files as f64 / r.seconds.max(1e-9));
+    v
+}
+
+/// One line a person reads: how much, how fast, and how much the cache saved.
+pub fn summary_line(s: &HashStats, seconds: f64) -> String {
+    format!(
+        "{} files ({}) in {:.2} s: read {} files ({}), {} from the hash cache; {:.2} GiB/s, {:.0} files/s",
+        s.files,
+        ByteSize(s.bytes).display().iec(),
+        seconds,
+        s.hashed_files,
+        ByteSize(s.hashed_bytes).display().iec(),
+        s.cached_files,
+        s.bytes as f64 / (1u64 << 30) as f64 / seconds.max(1e-9),
+        s.files as f64 / seconds.max(1e-9),
+    )
+}

@@ -1,0 +1,218 @@
+//! `attache manifest cat|diff|verify`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::progress_bar::Bar;
+use super::{Context, flag, run_cancellable};
+use crate::config::Override;
+use crate::jobs::verify;
+use crate::manifest::{Manifest, ManifestEntry, decode, diff, merge};
+use crate::progress::Progress;
+
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// Print the files of one or more manifests (hash, size, mtime, path).
+    Cat {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// One JSON object per file, on its own line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show files added, changed and removed between two manifests.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Print the differences as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Exit with 1 when the manifests differ (like `git diff --exit-code`).
+        #[arg(long)]
+        exit_code: bool,
+    },
+    /// Re-hash a directory and report where it differs from the manifests (merged in order,
+    /// later wins). Exits 1 when a file is missing or its content differs.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[arg(required = true, value_name = "MANIFEST")]
+    manifests: Vec<PathBuf>,
+    /// The directory the manifests describe.
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// Trust the hash cache for files it knows (default: read every file).
+    #[arg(long)]
+    use_cache: bool,
+    /// Also fail on extra files and on mtimes that differ.
+    #[arg(long)]
+    strict: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Hashing threads, 0 = one per core [config: hash.threads].
+    #[arg(long, value_name = "N")]
+    threads: Option<String>,
+    /// Follow symlinks that point outside the root [config: hash.follow_external_symlinks].
+    #[arg(long)]
+    follow_external_symlinks: bool,
+}
+
+impl ManifestCommand {
+    pub fn overrides(&self, out: &mut Vec<Override>) {
+        if let ManifestCommand::Verify(v) = self {
+            flag(out, "hash.threads", "--threads", v.threads.clone());
+            if v.follow_external_symlinks {
+                flag(out, "hash.follow_external_symlinks", "--follow-external-symlinks", Some("true".into()));
+            }
+        }
+    }
+}
+
+pub fn run(ctx: &Context, cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ManifestCommand::Cat { files, json } => cat(&files, json),
+        ManifestCommand::Diff { old, new, json, exit_code } => {
+            let d = diff(&read_manifest(&old)?, &read_manifest(&new)?);
+            let mut out = std::io::stdout().lock();
+            if json {
+                let v = json!({
+                    "added": d.added.iter().map(entry_json).collect::<Vec<_>>(),
+                    "changed": d.changed.iter().map(|(a, b)| json!({"old": entry_json(a), "new": entry_json(b)})).collect::<Vec<_>>(),
+                    "removed": d.removed.iter().map(entry_json).collect::<Vec<_>>(),
+                });
+                serde_json::to_writer_pretty(&mut out, &v)?;
+                writeln!(out)?;
+            } else {
+                for e in &d.added {
+                    writeln!(out, "+ {}  ({} bytes, {})", e.path, e.size, e.hash)?;
+                }
+                for (a, b) in &d.changed {
+                    writeln!(out, "~ {}  ({})", b.path, change_summary(a, b))?;
+                }
+                for e in &d.removed {
+                    writeln!(out, "- {}", e.path)?;
+                }
+                writeln!(out, "{} added, {} changed, {} removed", d.added.len(), d.changed.len(), d.removed.len())?;
+            }
+            Ok(if exit_code && !d.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        ManifestCommand::Verify(v) => verify_cmd(ctx, v),
+    }
+}
+
+/// Reads and decodes a manifest file; errors name the file.
+pub fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    decode(&bytes).with_context(|| format!("manifest {} is not usable", path.display()))
+}
+
+fn cat(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    for file in files {
+        let m = read_manifest(file)?;
+        if json {
+            for e in m.entries() {
+                serde_json::to_writer(&mut out, &entry_json(e))?;
+                writeln!(out)?;
+            }
+            continue;
+        }
+        if files.len() > 1 {
+            writeln!(out, "# {}", file.display())?;
+        }
+        for e in m.entries() {
+            writeln!(out, "{}  {:>12}  {}  {}", e.hash, e.size, format_mtime(e.mtime_us), e.path)?;
+        }
+        writeln!(out, "# {} files, {} bytes", m.len(), m.total_size())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let expected = merge(v.manifests.iter().map(|p| read_manifest(p)).collect::<anyhow::Result<Vec<_>>>()?);
+    let spec = super::hash_cmd::spec_from(&ctx.settings, vec![v.root.clone()], v.use_cache);
+    let progress = Arc::new(Progress::default());
+    let report = {
+        let _bar = Bar::start("verifying", progress.clone(), !std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        let p = progress.clone();
+        run_cancellable(move |cancel| verify::run(&expected, &spec, &cancel, &p))??
+    };
+    let passed = report.passed(v.strict);
+    let mut out = std::io::stdout().lock();
+    let pairs = |list: &[(ManifestEntry, ManifestEntry)]| {
+        list.iter().map(|(a, b)| json!({"expected": entry_json(a), "found": entry_json(b)})).collect::<Vec<_>>()
+    };
+    if v.json {
+        let j = json!({
+            "root": report.root.to_string_lossy(),
+            "passed": passed,
+            "checked": report.checked,
+            "missing": report.missing.iter().map(entry_json).collect::<Vec<_>>(),
+            "content_mismatch": pairs(&report.content_mismatch),
+            "mtime_mismatch": pairs(&report.mtime_mismatch),
+            "extra": report.extra.iter().map(entry_json).collect::<Vec<_>>(),
+        });
+        serde_json::to_writer_pretty(&mut out, &j)?;
+        writeln!(out)?;
+    } else {
+        for e in &report.missing {
+            writeln!(out, "missing   {}", e.path)?;
+        }
+        for (a, b) in &report.content_mismatch {
+            writeln!(out, "differs   {}  ({})", a.path, change_summary(a, b))?;
+        }
+        for (a, b) in &report.mtime_mismatch {
+            writeln!(out, "mtime     {}  ({})", a.path, change_summary(a, b))?;
+        }
+        for e in &report.extra {
+            writeln!(out, "extra     {}", e.path)?;
+        }
+        writeln!(
+            out,
+            "{}: {} of {} files match; {} missing, {} differ, {} other mtime, {} extra",
+            if passed { "OK" } else { "FAILED" },
+            report.checked - report.missing.len() - report.content_mismatch.len(),
+            report.checked,
+            report.missing.len(),
+            report.content_mismatch.len(),
+            report.mtime_mismatch.len(),
+            report.extra.len()
+        )?;
+    }
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn entry_json(e: &ManifestEntry) -> serde_json::Value {
+    json!({"path": e.path.display(), "hash": e.hash.to_hex(), "size": e.size, "mtime": e.mtime_us})
+}
+
+fn change_summary(a: &ManifestEntry, b: &ManifestEntry) -> String {
+    let mut parts = Vec::new();
+    if a.size != b.size {
+        parts.push(format!("size {} -> {}", a.size, b.size));
+    }
+    if a.hash != b.hash {
+        parts.push(format!("hash {} -> {}", a.hash, b.hash));
+    }
+    if a.mtime_us != b.mtime_us {
+        parts.push(format!("mtime {} -> {}", format_mtime(a.mtime_us), format_mtime(b.mtime_us)));
+    }
+    parts.join(", ")
+}
+
+/// RFC 3339 UTC with microseconds; raw microseconds for times before 1970.
+fn format_mtime(us: i64) -> String {
+    match u64::try_from(us) {
+        Ok(us) => humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + std::time::Duration::from_micros(us)).to_string(),
+        Err(_) => format!("{us}us"),
+    }
+}

@@ -1,0 +1,1153 @@
+//! Settings: defaults, layered loading (file < environment < CLI flags) and validation.
+//!
+//! The `config` crate merges the layers. Its errors only say "in the environment" and cannot
+//! tell which file, variable or flag set a bad value, so this module checks every key against
+//! [`KEYS`] itself and remembers who set what, to name the key *and* the source in errors.
+
+mod units;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use units::{ByteSize, Duration, ParseUnitError, Rate};
+
+// ---- settings ----
+
+/// Everything attache can be configured with. See `config.example.toml` for each key.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub store: StoreSettings,
+    pub s3: S3Settings,
+    pub transfer: TransferSettings,
+    pub bandwidth: BandwidthSettings,
+    pub hash: HashSettings,
+    pub cache: CacheSettings,
+    pub daemon: DaemonSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `s3://bucket/rootPrefix` or `file:///absolute/dir` (the embedded local store).
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Settings {
+    /// Custom endpoint for S3-compatible stores (Garage, MinIO, Ceph).
+    pub endpoint_url: Option<String>,
+    /// `None`: the AWS chain decides.
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    /// Bucket in the path instead of the host name; needed for IP endpoints.
+    pub force_path_style: bool,
+    /// Static credentials; `None`: the AWS chain (env, profile, instance role).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    pub expected_bucket_owner: Option<String>,
+    /// Hard cap on open HTTP connections.
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// Retries after the first attempt (the SDK's `max_attempts` is this + 1).
+    pub retry_attempts: u32,
+    pub request_checksum_calculation: ChecksumMode,
+    pub response_checksum_validation: ChecksumMode,
+    /// Upload with `If-None-Match: *` instead of a HEAD to skip existing content.
+    pub conditional_put: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferSettings {
+    /// Files in flight.
+    pub workers: usize,
+    pub part_size: ByteSize,
+    pub multipart_threshold: ByteSize,
+    /// Parts in flight per file; memory is bounded by parts × part size.
+    pub max_parts_in_flight: usize,
+    /// How long a hash seen in the store is trusted without asking again.
+    pub known_present_ttl: Duration,
+    /// Known-present entries re-checked against the store each run.
+    pub known_present_sample: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BandwidthSettings {
+    pub upload: Rate,
+    pub download: Rate,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HashSettings {
+    /// 0: one per core; see [`Settings::hash_threads`].
+    pub threads: usize,
+    pub read_buffer: ByteSize,
+    pub follow_external_symlinks: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    pub dir: PathBuf,
+    pub hash_cache: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSettings {
+    pub socket: PathBuf,
+    /// Group given access to the socket (mode 0660 instead of 0600).
+    pub socket_group: Option<String>,
+    /// `host:port` for a TCP listener; `None`: Unix socket only.
+    pub listen: Option<String>,
+    /// Bearer token required on the TCP listener.
+    pub token_file: Option<PathBuf>,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// A tracing `EnvFilter` directive.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// When the S3 SDK computes request checksums / validates response checksums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum ChecksumMode {
+    /// Default: several S3-compatible stores reject the SDK's streaming CRC32 trailer.
+    #[default]
+    WhenRequired,
+    WhenSupported,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+// Parsed by hand because the `config` crate's enum errors do not list the allowed values.
+impl TryFrom<String> for ChecksumMode {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "when_required" => Ok(Self::WhenRequired),
+            "when_supported" => Ok(Self::WhenSupported),
+            _ => Err(one_of(&s, &["when_required", "when_supported"])),
+        }
+    }
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(one_of(&s, &["text", "json"])),
+        }
+    }
+}
+
+fn one_of(got: &str, allowed: &[&str]) -> String {
+    format!("expected one of {}, got {got:?}", allowed.join(", "))
+}
+
+/// A credential. `Debug` and `Serialize` never show it, so it cannot leak into logs or
+/// `config show`; call [`Secret::expose`] only where it is handed to the SDK.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+const REDACTED: &str = "<redacted>";
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({REDACTED})")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(REDACTED)
+    }
+}
+
+// ---- defaults ----
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        let dir = xdg(dirs::data_dir(), "/var/lib").join("store");
+        Self {
+            url: format!("file://{}", dir.display()),
+        }
+    }
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            endpoint_url: None,
+            region: None,
+            profile: None,
+            force_path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            expected_bucket_owner: None,
+            max_connections: 64,
+            idle_timeout: Duration::secs(30),
+            connect_timeout: Duration::secs(5),
+            read_timeout: Duration::secs(60),
+            retry_attempts: 5,
+            request_checksum_calculation: ChecksumMode::WhenRequired,
+            response_checksum_validation: ChecksumMode::WhenRequired,
+            conditional_put: false,
+        }
+    }
+}
+
+impl Default for TransferSettings {
+    fn default() -> Self {
+        Self {
+            workers: 32,
+            part_size: ByteSize::mib(8),
+            multipart_threshold: ByteSize::mib(16),
+            max_parts_in_flight: 8,
+            known_present_ttl: Duration::secs(24 * 3600),
+            known_present_sample: 32,
+        }
+    }
+}
+
+impl Default for HashSettings {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            read_buffer: ByteSize::mib(1),
+            follow_external_symlinks: false,
+        }
+    }
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            dir: xdg(dirs::cache_dir(), "/var/cache"),
+            hash_cache: true,
+        }
+    }
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        let state = dirs::state_dir().or_else(dirs::data_dir);
+        Self {
+            socket: xdg(dirs::runtime_dir(), "/run").join("attache.sock"),
+            socket_group: None,
+            listen: None,
+            token_file: None,
+            state_dir: xdg(state, "/var/lib").join("daemon"),
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `<XDG dir>/attache`; services without a home directory get the system `fallback`.
+fn xdg(dir: Option<PathBuf>, fallback: &str) -> PathBuf {
+    dir.unwrap_or_else(|| fallback.into()).join("attache")
+}
+
+impl Settings {
+    /// The settings as TOML, for `config show`; set secrets appear as `<redacted>`.
+    pub fn to_redacted_toml(&self) -> String {
+        // Only a non-UTF-8 path can fail; say so rather than panic in `config show`.
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot show settings: {e}\n"))
+    }
+
+    /// Hashing threads, with 0 resolved to the number of cores.
+    pub fn hash_threads(&self) -> usize {
+        match self.hash.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+}
+
+/// Every key, by section; unknown-key checks walk the sources against it.
+const KEYS: &[(&str, &[&str])] = &[
+    ("store", &["url"]),
+    (
+        "s3",
+        &[
+            "endpoint_url",
+            "region",
+            "profile",
+            "force_path_style",
+            "access_key_id",
+            "secret_access_key",
+            "session_token",
+            "expected_bucket_owner",
+            "max_connections",
+            "idle_timeout",
+            "connect_timeout",
+            "read_timeout",
+            "retry_attempts",
+            "request_checksum_calculation",
+            "response_checksum_validation",
+            "conditional_put",
+        ],
+    ),
+    (
+        "transfer",
+        &[
+            "workers",
+            "part_size",
+            "multipart_threshold",
+            "max_parts_in_flight",
+            "known_present_ttl",
+            "known_present_sample",
+        ],
+    ),
+    ("bandwidth", &["upload", "download"]),
+    (
+        "hash",
+        &["threads", "read_buffer", "follow_external_symlinks"],
+    ),
+    ("cache", &["dir", "hash_cache"]),
+    (
+        "daemon",
+        &[
+            "socket",
+            "socket_group",
+            "listen",
+            "token_file",
+            "state_dir",
+        ],
+    ),
+    ("log", &["level", "format"]),
+];
+
+// ---- errors ----
+
+/// Where a setting came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    /// The variable's name, e.g. `ATTACHE_TRANSFER__PART_SIZE`.
+    Env(String),
+    /// The flag's name, e.g. `--store`.
+    Flag(String),
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "config file {}", path.display()),
+            Self::Env(name) => write!(f, "environment variable {name}"),
+            Self::Flag(flag) => write!(f, "flag {flag}"),
+            Self::Default => f.write_str("the built-in default"),
+        }
+    }
+}
+
+/// Anything wrong with the configuration. The CLI exits with code 2 on all of them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {} does not exist", path.display())]
+    FileNotFound { path: PathBuf },
+    #[error("cannot read config file {}: {source}", path.display())]
+    FileRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse config file {}: {message}", path.display())]
+    FileParse { path: PathBuf, message: String },
+    #[error("unknown key `{key}` in {origin}; {known}")]
+    UnknownKey {
+        key: String,
+        origin: Origin,
+        /// The keys that would have been accepted there.
+        known: String,
+    },
+    #[error("invalid value for `{key}` in {origin}: {reason}")]
+    InvalidValue {
+        key: String,
+        origin: Origin,
+        reason: String,
+    },
+    /// A `config` crate error that names no key (not expected after the checks here).
+    #[error("invalid configuration: {0}")]
+    Other(#[from] config::ConfigError),
+}
+
+fn unknown_key(key: &str, origin: &Origin) -> ConfigError {
+    let section = key.split('.').next().unwrap_or(key);
+    let known = match KEYS.iter().find(|(name, _)| *name == section) {
+        Some((name, keys)) => format!("keys in [{name}] are: {}", keys.join(", ")),
+        None => {
+            let sections: Vec<_> = KEYS.iter().map(|(name, _)| *name).collect();
+            format!("sections are: {}", sections.join(", "))
+        }
+    };
+    let known = match origin {
+        Origin::Env(_) => format!("{known} (variables are named ATTACHE_<SECTION>__<KEY>)"),
+        _ => known,
+    };
+    ConfigError::UnknownKey {
+        key: key.to_owned(),
+        origin: origin.clone(),
+        known,
+    }
+}
+
+fn check_key(key: &str, origin: &Origin) -> Result<(), ConfigError> {
+    let known = key.split_once('.').is_some_and(|(section, name)| {
+        KEYS.iter()
+            .any(|(s, keys)| *s == section && keys.contains(&name))
+    });
+    if known {
+        Ok(())
+    } else {
+        Err(unknown_key(key, origin))
+    }
+}
+
+// ---- loading ----
+
+/// What [`load`] reads besides the default file locations.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `--config`: must exist. `None`: the user file, then /etc, then defaults only.
+    pub config_file: Option<PathBuf>,
+    /// CLI flags, highest precedence.
+    pub overrides: Vec<Override>,
+    pub env: EnvSource,
+}
+
+/// One CLI flag that sets a setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Dotted key, e.g. `store.url`.
+    pub key: String,
+    pub value: String,
+    /// The flag, for error messages, e.g. `--store`.
+    pub source: String,
+}
+
+/// Where `ATTACHE_*` variables come from; tests pass a map instead of touching the process.
+#[derive(Debug, Clone, Default)]
+pub enum EnvSource {
+    #[default]
+    Process,
+    Map(HashMap<String, String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub settings: Settings,
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+const ENV_PREFIX: &str = "ATTACHE_";
+
+/// Reads the file, environment and flags, merges them over the defaults and validates.
+pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
+    let mut setters = Setters::default();
+    let mut builder = config::Config::builder();
+
+    let file = read_config_file(opts.config_file.as_deref())?;
+    if let Some((path, text)) = &file {
+        setters.add_file(path, text)?;
+        builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
+    }
+
+    let env = env_vars(&opts.env)?;
+    setters.add_env(&env)?;
+    // Values stay strings (no try_parsing): "007" must remain "007" for a profile or a
+    // secret, and strings still deserialize into numbers and booleans, as flags do.
+    let env_source = config::Environment::with_prefix("ATTACHE")
+        .prefix_separator("_")
+        .separator("__")
+        .ignore_empty(true)
+        .source(Some(env.into_iter().collect()));
+    builder = builder.add_source(env_source);
+
+    for flag in &opts.overrides {
+        setters.add_flag(flag)?;
+        builder = builder.set_override(&flag.key, flag.value.clone())?;
+    }
+
+    let settings: Settings = builder
+        .build()
+        .and_then(config::Config::try_deserialize)
+        .map_err(|e| setters.explain(e))?;
+    validate(&settings).map_err(|v| setters.invalid(v.key, v.reason))?;
+    Ok(Loaded {
+        settings,
+        file: file.map(|(path, _)| path),
+    })
+}
+
+/// The explicit file (which must exist), else the first default location that exists.
+fn read_config_file(explicit: Option<&Path>) -> Result<Option<(PathBuf, String)>, ConfigError> {
+    let path = match explicit {
+        Some(path) => path.to_owned(),
+        None => match default_files().into_iter().find(|p| p.exists()) {
+            Some(path) => path,
+            None => return Ok(None),
+        },
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some((path, text))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ConfigError::FileNotFound { path })
+        }
+        Err(source) => Err(ConfigError::FileRead { path, source }),
+    }
+}
+
+fn default_files() -> Vec<PathBuf> {
+    let user = dirs::config_dir().map(|d| d.join("attache/config.toml"));
+    user.into_iter()
+        .chain([PathBuf::from("/etc/attache/config.toml")])
+        .collect()
+}
+
+/// Non-empty `ATTACHE_*` variables, sorted so the first error reported is stable.
+fn env_vars(source: &EnvSource) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars = match source {
+        EnvSource::Process => process_env()?,
+        EnvSource::Map(map) => map.clone().into_iter().collect(),
+    };
+    vars.retain(|(name, value)| has_env_prefix(name) && !value.is_empty());
+    vars.sort();
+    Ok(vars)
+}
+
+fn process_env() -> Result<Vec<(String, String)>, ConfigError> {
+    let ours = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value)))
+        .filter(|(name, _)| has_env_prefix(name));
+    ours.map(|(name, value)| match value.into_string() {
+        Ok(value) => Ok((name, value)),
+        Err(_) => Err(ConfigError::InvalidValue {
+            key: env_key(&name),
+            origin: Origin::Env(name),
+            reason: "the value is not valid UTF-8".into(),
+        }),
+    })
+    .collect()
+}
+
+// Case-insensitive, as in the `config` crate, so both agree on which variables are ours.
+fn has_env_prefix(name: &str) -> bool {
+    name.get(..ENV_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+}
+
+/// `ATTACHE_S3__ENDPOINT_URL` -> `s3.endpoint_url`, the way the `config` crate maps it.
+fn env_key(name: &str) -> String {
+    name[ENV_PREFIX.len()..].to_lowercase().replace("__", ".")
+}
+
+/// `section = 1` where `[section]` belongs: unknown if there is no such section.
+fn not_a_table(section: &str, origin: Origin) -> ConfigError {
+    if !KEYS.iter().any(|(s, _)| *s == section) {
+        return unknown_key(section, &origin);
+    }
+    ConfigError::InvalidValue {
+        key: section.to_owned(),
+        origin,
+        reason: format!("expected a [{section}] table"),
+    }
+}
+
+/// Who set each key, in precedence order: the last entry for a key is the one that won.
+#[derive(Default)]
+struct Setters(Vec<(String, Origin)>);
+
+impl Setters {
+    fn add_file(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::FileParse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let origin = Origin::File(path.to_owned());
+        for (section, value) in &table {
+            let toml::Value::Table(keys) = value else {
+                return Err(not_a_table(section, origin));
+            };
+            for key in keys.keys() {
+                self.add(format!("{section}.{key}"), origin.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_env(&mut self, vars: &[(String, String)]) -> Result<(), ConfigError> {
+        vars.iter()
+            .try_for_each(|(name, _)| self.add(env_key(name), Origin::Env(name.clone())))
+    }
+
+    fn add_flag(&mut self, flag: &Override) -> Result<(), ConfigError> {
+        self.add(flag.key.clone(), Origin::Flag(flag.source.clone()))
+    }
+
+    fn add(&mut self, key: String, origin: Origin) -> Result<(), ConfigError> {
+        check_key(&key, &origin)?;
+        self.0.push((key, origin));
+        Ok(())
+    }
+
+    fn origin_of(&self, key: &str) -> Origin {
+        let last = self.0.iter().rev().find(|(k, _)| k == key);
+        last.map_or(Origin::Default, |(_, origin)| origin.clone())
+    }
+
+    fn invalid(&self, key: &str, reason: String) -> ConfigError {
+        ConfigError::InvalidValue {
+            key: key.to_owned(),
+            origin: self.origin_of(key),
+            reason,
+        }
+    }
+
+    /// Names the source of a value the `config` crate could not deserialize.
+    fn explain(&self, err: config::ConfigError) -> ConfigError {
+        match err {
+            config::ConfigError::Type {
+                key: Some(key),
+                unexpected,
+                expected,
+                ..
+            } => self.invalid(&key, format!("expected {expected}, got {unexpected}")),
+            config::ConfigError::At {
+                error,
+                key: Some(key),
+                ..
+            } => self.invalid(&key, error.to_string()),
+            other => ConfigError::Other(other),
+        }
+    }
+}
+
+// ---- validation ----
+
+/// A value that parsed but is outside what attache (or S3) accepts.
+struct Violation {
+    key: &'static str,
+    reason: String,
+}
+
+const MIN_PART: ByteSize = ByteSize::mib(5);
+const MAX_PART: ByteSize = ByteSize::gib(5);
+
+fn validate(s: &Settings) -> Result<(), Violation> {
+    check_store_url(&s.store.url)?;
+    at_least("s3.max_connections", s.s3.max_connections, 1)?;
+    at_least(
+        "s3.connect_timeout",
+        s.s3.connect_timeout,
+        Duration(MIN_TIMEOUT),
+    )?;
+    at_least("s3.read_timeout", s.s3.read_timeout, Duration(MIN_TIMEOUT))?;
+    at_least("transfer.workers", s.transfer.workers, 1)?;
+    // S3 multipart parts are 5 MiB to 5 GiB (only the last may be smaller).
+    at_least("transfer.part_size", s.transfer.part_size, MIN_PART)?;
+    at_most("transfer.part_size", s.transfer.part_size, MAX_PART)?;
+    at_least(
+        "transfer.multipart_threshold",
+        s.transfer.multipart_threshold,
+        MIN_PART,
+    )?;
+    at_least(
+        "transfer.max_parts_in_flight",
+        s.transfer.max_parts_in_flight,
+        1,
+    )?;
+    at_least("hash.read_buffer", s.hash.read_buffer, ByteSize::kib(64))?;
+    at_most("hash.read_buffer", s.hash.read_buffer, ByteSize::mib(64))?;
+    check_listener(&s.daemon)
+}
+
+/// A zero timeout would fail every request.
+const MIN_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1);
+
+fn at_least<T: PartialOrd + fmt::Display>(
+    key: &'static str,
+    value: T,
+    min: T,
+) -> Result<(), Violation> {
+    if value >= min {
+        return Ok(());
+    }
+    Err(Violation {
+        key,
+        reason: format!("{value} is too small, the minimum is {min}"),
+    })
+}
+
+fn at_most<T: PartialOrd + fmt::Display>(
+    key: &'static str,
+    value: T,
+    max: T,
+) -> Result<(), Violation> {
+    if value <= max {
+        return Ok(());
+    }
+    Err(Violation {
+        key,
+        reason: format!("{value} is too large, the maximum is {max}"),
+    })
+}
+
+/// A TCP listener is reachable by other users, so it is only allowed with a token.
+fn check_listener(d: &DaemonSettings) -> Result<(), Violation> {
+    if d.listen.is_none() || d.token_file.is_some() {
+        return Ok(());
+    }
+    Err(Violation {
+        key: "daemon.listen",
+        reason: "a TCP listener needs daemon.token_file to be set".into(),
+    })
+}
+
+fn check_store_url(url: &str) -> Result<(), Violation> {
+    let ok = match url.split_once("://") {
+        Some(("s3", bucket_and_prefix)) => {
+            !bucket_and_prefix.is_empty() && !bucket_and_prefix.starts_with('/')
+        }
+        Some(("file", path)) => path.starts_with('/'),
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(Violation {
+        key: "store.url",
+        reason: format!("expected s3://bucket/prefix or file:///absolute/dir, got {url:?}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"));
+
+    /// A config file in a temp dir; tests always pass one so the user's own file is not read.
+    struct TestFile {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+    }
+
+    fn file(text: &str) -> TestFile {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        TestFile { _dir: dir, path }
+    }
+
+    fn options(file: &TestFile, env: &[(&str, &str)], flags: &[(&str, &str, &str)]) -> LoadOptions {
+        LoadOptions {
+            config_file: Some(file.path.clone()),
+            env: EnvSource::Map(env.iter().map(|&(k, v)| (k.into(), v.into())).collect()),
+            overrides: flags
+                .iter()
+                .map(|&(key, value, source)| Override {
+                    key: key.into(),
+                    value: value.into(),
+                    source: source.into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn settings(text: &str, env: &[(&str, &str)], flags: &[(&str, &str, &str)]) -> Settings {
+        load(&options(&file(text), env, flags)).unwrap().settings
+    }
+
+    /// The error message, asserted to contain every one of `parts`.
+    fn error(text: &str, env: &[(&str, &str)], flags: &[(&str, &str, &str)], parts: &[&str]) {
+        let f = file(text);
+        let msg = load(&options(&f, env, flags)).unwrap_err().to_string();
+        let msg = msg.replace(&f.path.display().to_string(), "<file>");
+        for part in parts {
+            assert!(msg.contains(part), "{msg:?} lacks {part:?}");
+        }
+    }
+
+    #[test]
+    fn example_file_equals_the_defaults() {
+        let f = file(EXAMPLE);
+        let loaded = load(&options(&f, &[], &[])).unwrap();
+        assert_eq!(loaded.settings, Settings::default());
+        assert_eq!(loaded.file, Some(f.path.clone()));
+    }
+
+    #[test]
+    fn example_file_documents_every_key() {
+        let mut documented = Vec::new();
+        let mut section = "";
+        for line in EXAMPLE.lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name;
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                // Prose such as "MB = 10^6 bytes" is not a key.
+                if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    documented.push(format!("{section}.{key}"));
+                }
+            }
+        }
+        let all: Vec<String> = KEYS
+            .iter()
+            .flat_map(|(s, keys)| keys.iter().map(move |k| format!("{s}.{k}")))
+            .collect();
+        assert_eq!(documented, all);
+    }
+
+    #[test]
+    fn key_table_matches_the_settings_struct() {
+        // serde_json keeps `None` fields as null, so every field shows up.
+        let json = serde_json::to_value(Settings::default()).unwrap();
+        let from_struct: Vec<(String, Vec<String>)> = json
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(s, keys)| {
+                (
+                    s.clone(),
+                    keys.as_object().unwrap().keys().cloned().collect(),
+                )
+            })
+            .collect();
+        let mut from_table: Vec<(String, Vec<String>)> = KEYS
+            .iter()
+            .map(|(s, keys)| (s.to_string(), keys.iter().map(|k| k.to_string()).collect()))
+            .collect();
+        for (_, keys) in &mut from_table {
+            keys.sort();
+        }
+        from_table.sort();
+        assert_eq!(from_struct, from_table);
+    }
+
+    #[test]
+    fn defaults_are_resolved_to_real_paths() {
+        let s = Settings::default();
+        assert!(s.store.url.starts_with("file:///"), "{}", s.store.url);
+        assert!(s.store.url.ends_with("/attache/store"), "{}", s.store.url);
+        assert!(s.cache.dir.is_absolute() && s.cache.dir.ends_with("attache"));
+        assert!(s.daemon.socket.ends_with("attache/attache.sock"));
+        assert!(s.daemon.state_dir.ends_with("attache/daemon"));
+        assert_eq!(s.transfer.part_size, ByteSize::mib(8));
+        assert_eq!(s.bandwidth.download, Rate::UNLIMITED);
+    }
+
+    #[test]
+    fn environment_overrides_file_and_flags_override_environment() {
+        let text = "[transfer]\npart_size = \"16MiB\"\nworkers = 4\n";
+        let env = [("ATTACHE_TRANSFER__PART_SIZE", "32MiB")];
+        let flag = [("transfer.part_size", "64MiB", "--part-size")];
+
+        assert_eq!(
+            settings(text, &[], &[]).transfer.part_size,
+            ByteSize::mib(16)
+        );
+        let with_env = settings(text, &env, &[]);
+        assert_eq!(with_env.transfer.part_size, ByteSize::mib(32));
+        assert_eq!(
+            with_env.transfer.workers, 4,
+            "keys the env does not set stay"
+        );
+        assert_eq!(
+            settings(text, &env, &flag).transfer.part_size,
+            ByteSize::mib(64)
+        );
+    }
+
+    #[test]
+    fn environment_values_are_taken_verbatim_and_converted_per_key() {
+        let env = [
+            ("ATTACHE_S3__PROFILE", "007"),
+            ("ATTACHE_S3__FORCE_PATH_STYLE", "true"),
+            ("ATTACHE_TRANSFER__WORKERS", "16"),
+            ("ATTACHE_BANDWIDTH__DOWNLOAD", "50MB/s"),
+            ("ATTACHE_S3__REGION", ""),
+        ];
+        let s = settings("", &env, &[]);
+        assert_eq!(s.s3.profile.as_deref(), Some("007"));
+        assert!(s.s3.force_path_style);
+        assert_eq!(s.transfer.workers, 16);
+        assert_eq!(s.bandwidth.download, Rate(50_000_000));
+        assert_eq!(s.s3.region, None, "empty variables are ignored");
+    }
+
+    #[test]
+    fn flags_set_strings_numbers_and_booleans() {
+        let flags = [
+            ("store.url", "s3://bucket/root", "--store"),
+            ("s3.conditional_put", "true", "--conditional-put"),
+            ("transfer.workers", "3", "--workers"),
+        ];
+        let s = settings("", &[], &flags);
+        assert_eq!(s.store.url, "s3://bucket/root");
+        assert!(s.s3.conditional_put);
+        assert_eq!(s.transfer.workers, 3);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_source() {
+        let in_file = "[transfer]\npart_sise = \"8MiB\"\n";
+        error(
+            in_file,
+            &[],
+            &[],
+            &["`transfer.part_sise`", "config file <file>", "part_size"],
+        );
+        error(
+            "[transfr]\nworkers = 1\n",
+            &[],
+            &[],
+            &["`transfr.workers`", "<file>", "sections are"],
+        );
+        error("workers = 1\n", &[], &[], &["`workers`", "<file>"]);
+        let env = [("ATTACHE_S3_REGION", "eu-west-1")];
+        error(
+            "",
+            &env,
+            &[],
+            &["`s3_region`", "environment variable ATTACHE_S3_REGION"],
+        );
+        let flag = [("transfer.speed", "1", "--speed")];
+        error("", &[], &flag, &["`transfer.speed`", "flag --speed"]);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_the_source_and_what_is_accepted() {
+        let size = "expected a size like 8MiB";
+        error(
+            "[transfer]\npart_size = \"8 parsecs\"\n",
+            &[],
+            &[],
+            &["`transfer.part_size`", "<file>", size],
+        );
+        let env = [("ATTACHE_TRANSFER__PART_SIZE", "8 parsecs")];
+        error(
+            "",
+            &env,
+            &[],
+            &[
+                "`transfer.part_size`",
+                "environment variable ATTACHE_TRANSFER__PART_SIZE",
+                size,
+            ],
+        );
+        let flag = [("bandwidth.upload", "fast", "--upload-limit")];
+        error(
+            "",
+            &[],
+            &flag,
+            &[
+                "`bandwidth.upload`",
+                "flag --upload-limit",
+                "a rate like 50MB/s",
+            ],
+        );
+        let env = [("ATTACHE_S3__FORCE_PATH_STYLE", "maybe")];
+        error(
+            "",
+            &env,
+            &[],
+            &[
+                "`s3.force_path_style`",
+                "ATTACHE_S3__FORCE_PATH_STYLE",
+                "a boolean",
+            ],
+        );
+        error(
+            "[log]\nformat = \"xml\"\n",
+            &[],
+            &[],
+            &["`log.format`", "<file>", "one of text, json"],
+        );
+        error(
+            "[transfer]\nworkers = -1\n",
+            &[],
+            &[],
+            &["`transfer.workers`", "<file>"],
+        );
+        error(
+            "transfer = 5\n",
+            &[],
+            &[],
+            &["`transfer`", "<file>", "[transfer] table"],
+        );
+    }
+
+    #[test]
+    fn a_bad_value_is_blamed_on_the_source_that_won() {
+        let text = "[transfer]\nworkers = 4\n";
+        let env = [("ATTACHE_TRANSFER__WORKERS", "many")];
+        error(text, &env, &[], &["ATTACHE_TRANSFER__WORKERS"]);
+        let f = file(text);
+        let msg = load(&options(&f, &env, &[])).unwrap_err().to_string();
+        assert!(!msg.contains("config file"), "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key_and_the_source() {
+        error(
+            "[transfer]\npart_size = \"1MiB\"\n",
+            &[],
+            &[],
+            &["`transfer.part_size`", "<file>", "minimum is 5MiB"],
+        );
+        let env = [("ATTACHE_TRANSFER__PART_SIZE", "6GiB")];
+        error(
+            "",
+            &env,
+            &[],
+            &["ATTACHE_TRANSFER__PART_SIZE", "maximum is 5GiB"],
+        );
+        let flag = [("transfer.workers", "0", "--workers")];
+        error(
+            "",
+            &[],
+            &flag,
+            &["`transfer.workers`", "flag --workers", "minimum is 1"],
+        );
+        error(
+            "[hash]\nread_buffer = 4096\n",
+            &[],
+            &[],
+            &["`hash.read_buffer`", "minimum is 64KiB"],
+        );
+        error(
+            "[s3]\nread_timeout = 0\n",
+            &[],
+            &[],
+            &["`s3.read_timeout`", "<file>"],
+        );
+        error(
+            "[store]\nurl = \"bucket/dir\"\n",
+            &[],
+            &[],
+            &["`store.url`", "s3://bucket/prefix"],
+        );
+        error(
+            "[daemon]\nlisten = \"0.0.0.0:7070\"\n",
+            &[],
+            &[],
+            &["`daemon.listen`", "token_file"],
+        );
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error_naming_it() {
+        let opts = LoadOptions {
+            config_file: Some("/nonexistent/attache.toml".into()),
+            env: EnvSource::Map(HashMap::new()),
+            ..LoadOptions::default()
+        };
+        let err = load(&opts).unwrap_err();
+        assert!(matches!(err, ConfigError::FileNotFound { .. }));
+        assert_eq!(
+            err.to_string(),
+            "config file /nonexistent/attache.toml does not exist"
+        );
+    }
+
+    #[test]
+    fn an_unparsable_file_is_an_error_naming_it_and_the_line() {
+        error(
+            "[transfer]\nworkers = \n",
+            &[],
+            &[],
+            &["cannot parse config file <file>", "line 2"],
+        );
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_toml() {
+        let env = [
+            ("ATTACHE_S3__ACCESS_KEY_ID", "GKPUBLIC"),
+            ("ATTACHE_S3__SECRET_ACCESS_KEY", "hunter2-secret"),
+        ];
+        let s = settings("", &env, &[]);
+        assert_eq!(
+            s.s3.secret_access_key.as_ref().map(Secret::expose),
+            Some("hunter2-secret")
+        );
+        let shown = s.to_redacted_toml();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("secret_access_key = \"<redacted>\""),
+            "{shown}"
+        );
+        assert!(shown.contains("access_key_id = \"GKPUBLIC\""), "{shown}");
+        assert!(
+            !shown.contains("session_token"),
+            "unset secrets are not shown: {shown}"
+        );
+    }
+
+    #[test]
+    fn shown_settings_load_back_to_the_same_settings() {
+        let mut s = Settings::default();
+        s.transfer.part_size = ByteSize(3 << 29);
+        s.bandwidth.upload = Rate(50_000_000);
+        s.s3.read_timeout = Duration::secs(5400);
+        s.log.format = LogFormat::Json;
+        assert_eq!(settings(&s.to_redacted_toml(), &[], &[]), s);
+    }
+
+    #[test]
+    fn hash_threads_resolves_zero_to_the_core_count() {
+        let mut s = Settings::default();
+        assert!(s.hash_threads() >= 1);
+        s.hash.threads = 3;
+        assert_eq!(s.hash_threads(), 3);
+    }
+}

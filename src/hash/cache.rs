@@ -1,0 +1,365 @@
+//! The persistent hash cache: (absolute path, dev, ino, size, mtime_ns, ctime_ns) → hash.
+//!
+//! On disk it is one SQLite database, `hash-cache-v1.sqlite3` under `cache.dir`, in WAL mode:
+//! any number of attache processes read and write it at once, and a crash mid-write leaves
+//! the last committed state. Format (inspect with `sqlite3`):
+//!
+//! ```sql
+//! CREATE TABLE hashes (
+//!   path     BLOB PRIMARY KEY, -- absolute path, raw OS bytes
+//!   dev      INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+//!   mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+//!   hash     BLOB NOT NULL,    -- XXH3-128, 16 bytes, big-endian
+//!   check_   INTEGER NOT NULL, -- XXH3-64 of all the columns above; a row that fails it is ignored
+//!   hashed_at INTEGER NOT NULL -- unix seconds
+//! ) WITHOUT ROWID;
+//! ```
+//!
+//! A row is trusted only when every stat field matches the file now and its check value is
+//! right. A file whose mtime or ctime is within [`RACY_WINDOW_NS`] of the moment it was read is
+//! hashed but not cached: a write landing in the same timestamp tick would go unseen (git's
+//! "racily clean" problem).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::ContentHash;
+use crate::scan::FileStat;
+
+/// File name of the database inside `cache.dir`; the version changes with the schema.
+pub const FILE_NAME: &str = "hash-cache-v1.sqlite3";
+
+/// Files modified this close to the moment they were read are not cached.
+pub const RACY_WINDOW_NS: i64 = 1_000_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("hash cache {path}: {source}; fix the permissions of cache.dir, or run with --no-cache")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("hash cache {path}: {source}")]
+    Query { path: PathBuf, source: rusqlite::Error },
+}
+
+/// An open hash cache. Cheap to share between threads (one connection behind a mutex: lookups
+/// are batched, so it is never the bottleneck).
+pub struct HashCache {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+/// A file to record: its absolute path bytes, what it looked like and its hash.
+pub struct CacheRecord<'a> {
+    pub path: &'a [u8],
+    pub stat: &'a FileStat,
+    pub hash: ContentHash,
+}
+
+impl HashCache {
+    /// Opens (creating if needed) the cache in `dir`. A damaged database is moved aside to
+    /// `<name>.damaged-<unix time>` and a fresh one started, so a broken cache costs a re-hash,
+    /// never a wrong hash.
+    pub fn open(dir: &Path) -> Result<Self, CacheError> {
+        let path = dir.join(FILE_NAME);
+        let open_err = |source| CacheError::Open { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(io_to_sqlite(e)))?;
+        let conn = match Self::connect(&path) {
+            Ok(conn) => conn,
+            Err(e) if is_damage(&e) => {
+                let aside = path.with_extension(format!(
+                    "sqlite3.damaged-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs()
+                ));
+                tracing::warn!(cache = %path.display(), moved_to = %aside.display(), "hash cache is damaged; starting a new one");
+                std::fs::rename(&path, &aside).map_err(|e| open_err(io_to_sqlite(e)))?;
+                for suffix in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                Self::connect(&path).map_err(open_err)?
+            }
+            Err(e) => return Err(open_err(e)),
+        };
+        Ok(HashCache { path, conn: Mutex::new(conn) })
+    }
+
+    fn connect(path: &Path) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // Other attache processes may hold the write lock briefly; wait rather than fail.
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL in WAL mode: a power cut may lose the last commits, never corrupt the file.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS hashes (
+               path BLOB PRIMARY KEY,
+               dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+               mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+               hash BLOB NOT NULL, check_ INTEGER NOT NULL, hashed_at INTEGER NOT NULL
+             ) WITHOUT ROWID;",
+        )?;
+        Ok(conn)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Looks up many files under one directory at once. `files` must be sorted by path bytes;
+    /// the answer has one slot per file. One ordered range scan serves the whole batch, and
+    /// rows under `dir` that match no file (deleted or renamed files) are pruned.
+    pub fn lookup_sorted(
+        &self,
+        dir: &[u8],
+        files: &[(&[u8], &FileStat)],
+    ) -> Result<Vec<Option<ContentHash>>, CacheError> {
+        debug_assert!(files.is_sorted_by(|a, b| a.0 <= b.0));
+        let q = |source| CacheError::Query { path: self.path.clone(), source };
+        let (lo, hi) = prefix_range(dir);
+        let conn = self.conn.lock().expect("no panics while holding the lock");
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, hash, check_ FROM hashes
+                 WHERE path >= ?1 AND path < ?2 ORDER BY path",
+            )
+            .map_err(q)?;
+        let mut rows = stmt.query(params![lo, hi]).map_err(q)?;
+        let mut out = vec![None; files.len()];
+        let mut stale: Vec<Vec<u8>> = Vec::new();
+        let mut i = 0;
+        while let Some(row) = rows.next().map_err(q)? {
+            let path: Vec<u8> = row.get(0).map_err(q)?;
+            while i < files.len() && files[i].0 < path.as_slice() {
+                i += 1;
+            }
+            if i < files.len() && files[i].0 == path.as_slice() {
+                out[i] = Row::read(row).map_err(q)?.trusted_hash(&path, files[i].1);
+                i += 1;
+            } else {
+                stale.push(path);
+            }
+        }
+        drop(rows);
+        drop(stmt);
+        if !stale.is_empty() {
+            let tx = conn.unchecked_transaction().map_err(q)?;
+            {
+                let mut del = tx.prepare_cached("DELETE FROM hashes WHERE path = ?1").map_err(q)?;
+                for p in &stale {
+                    del.execute(params![p]).map_err(q)?;
+                }
+            }
+            tx.commit().map_err(q)?;
+        }
+        Ok(out)
+    }
+
+    /// Looks up one file.
+    pub fn lookup(&self, path: &[u8], stat: &FileStat) -> Result<Option<ContentHash>, CacheError> {
+        let q = |source| CacheError::Query { path: self.path.clone(), source };
+        let conn = self.conn.lock().expect("no panics while holding the lock");
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, hash, check_ FROM hashes WHERE path = ?1",
+            )
+            .map_err(q)?;
+        let row = stmt.query_row(params![path], |r| Row::read(r)).optional().map_err(q)?;
+        Ok(row.and_then(|r| r.trusted_hash(path, stat)))
+    }
+
+    /// Records hashes in one transaction.
+    pub fn store(&self, records: &[CacheRecord<'_>]) -> Result<(), CacheError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let q = |source| CacheError::Query { path: self.path.clone(), source };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        let mut conn = self.conn.lock().expect("no panics while holding the lock");
+        let tx = conn.transaction().map_err(q)?;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO hashes
+                     (path, dev, ino, size, mtime_ns, ctime_ns, hash, check_, hashed_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(q)?;
+            for r in records {
+                let s = r.stat;
+                ins.execute(params![
+                    r.path,
+                    s.dev as i64,
+                    s.ino as i64,
+                    s.size as i64,
+                    s.mtime_ns,
+                    s.ctime_ns,
+                    r.hash.to_be_bytes().as_slice(),
+                    check_value(r.path, s, r.hash),
+                    now
+                ])
+                .map_err(q)?;
+            }
+        }
+        tx.commit().map_err(q)
+    }
+}
+
+struct Row {
+    stat: FileStat,
+    hash: Option<ContentHash>,
+    check: i64,
+}
+
+impl Row {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        let hash: Vec<u8> = r.get(6)?;
+        Ok(Row {
+            stat: FileStat {
+                dev: r.get::<_, i64>(1)? as u64,
+                ino: r.get::<_, i64>(2)? as u64,
+                size: r.get::<_, i64>(3)? as u64,
+                mtime_ns: r.get(4)?,
+                ctime_ns: r.get(5)?,
+            },
+            hash: <[u8; 16]>::try_from(hash.as_slice()).ok().map(ContentHash::from_be_bytes),
+            check: r.get(7)?,
+        })
+    }
+
+    /// The hash, if the row is intact and describes the file as it is now.
+    fn trusted_hash(self, path: &[u8], now: &FileStat) -> Option<ContentHash> {
+        let hash = self.hash?;
+        if check_value(path, &self.stat, hash) != self.check {
+            tracing::warn!(path = %String::from_utf8_lossy(path), "hash cache row fails its check value; ignoring it");
+            return None;
+        }
+        (self.stat == *now).then_some(hash)
+    }
+}
+
+/// XXH3-64 over every field of a row, so a damaged row is never trusted.
+fn check_value(path: &[u8], s: &FileStat, hash: ContentHash) -> i64 {
+    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+    h.update(path);
+    for v in [s.dev, s.ino, s.size, s.mtime_ns as u64, s.ctime_ns as u64] {
+        h.update(&v.to_le_bytes());
+    }
+    h.update(&hash.to_be_bytes());
+    h.digest() as i64
+}
+
+/// The key range of every path strictly below `dir`: `dir/` ≤ key < `dir0` ('0' follows '/').
+fn prefix_range(dir: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let base = dir.strip_suffix(b"/").unwrap_or(dir);
+    let mut lo = base.to_vec();
+    lo.push(b'/');
+    let mut hi = base.to_vec();
+    hi.push(b'/' + 1);
+    (lo, hi)
+}
+
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+fn io_to_sqlite(e: std::io::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(size: u64) -> FileStat {
+        FileStat { dev: 1, ino: 2, size, mtime_ns: 10, ctime_ns: 20 }
+    }
+
+    #[test]
+    fn hit_only_when_every_stat_field_matches() {
+        let t = tempfile::tempdir().unwrap();
+        let c = HashCache::open(t.path()).unwrap();
+        let h = ContentHash::of(b"x");
+        c.store(&[CacheRecord { path: b"/r/a", stat: &stat(1), hash: h }]).unwrap();
+        assert_eq!(c.lookup(b"/r/a", &stat(1)).unwrap(), Some(h));
+        for changed in [
+            FileStat { size: 2, ..stat(1) },
+            FileStat { mtime_ns: 11, ..stat(1) },
+            FileStat { ctime_ns: 21, ..stat(1) },
+            FileStat { ino: 3, ..stat(1) },
+            FileStat { dev: 9, ..stat(1) },
+        ] {
+            assert_eq!(c.lookup(b"/r/a", &changed).unwrap(), None, "{changed:?}");
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_is_shared_between_handles() {
+        let t = tempfile::tempdir().unwrap();
+        let a = HashCache::open(t.path()).unwrap();
+        let b = HashCache::open(t.path()).unwrap();
+        let h = ContentHash::of(b"y");
+        a.store(&[CacheRecord { path: b"/r/y", stat: &stat(1), hash: h }]).unwrap();
+        assert_eq!(b.lookup(b"/r/y", &stat(1)).unwrap(), Some(h));
+        drop((a, b));
+        let c = HashCache::open(t.path()).unwrap();
+        assert_eq!(c.lookup(b"/r/y", &stat(1)).unwrap(), Some(h));
+    }
+
+    #[test]
+    fn batch_lookup_matches_and_prunes_stale_rows() {
+        let t = tempfile::tempdir().unwrap();
+        let c = HashCache::open(t.path()).unwrap();
+        let (ha, hc) = (ContentHash::of(b"a"), ContentHash::of(b"c"));
+        let s = stat(1);
+        c.store(&[
+            CacheRecord { path: b"/r/a", stat: &s, hash: ha },
+            CacheRecord { path: b"/r/b-deleted", stat: &s, hash: ha },
+            CacheRecord { path: b"/r/c", stat: &s, hash: hc },
+            CacheRecord { path: b"/r0/other-root", stat: &s, hash: hc },
+            CacheRecord { path: b"/rr/other-root", stat: &s, hash: hc },
+        ])
+        .unwrap();
+        let files: Vec<(&[u8], &FileStat)> = vec![(b"/r/a", &s), (b"/r/c", &s), (b"/r/new", &s)];
+        assert_eq!(c.lookup_sorted(b"/r", &files).unwrap(), vec![Some(ha), Some(hc), None]);
+        assert_eq!(c.lookup(b"/r/b-deleted", &s).unwrap(), None, "stale row pruned");
+        assert_eq!(c.lookup(b"/r0/other-root", &s).unwrap(), Some(hc), "other roots kept");
+        assert_eq!(c.lookup(b"/rr/other-root", &s).unwrap(), Some(hc), "other roots kept");
+    }
+
+    #[test]
+    fn a_row_with_a_wrong_check_value_is_not_trusted() {
+        let t = tempfile::tempdir().unwrap();
+        let c = HashCache::open(t.path()).unwrap();
+        c.store(&[CacheRecord { path: b"/r/a", stat: &stat(1), hash: ContentHash::of(b"a") }]).unwrap();
+        let conn = Connection::open(t.path().join(FILE_NAME)).unwrap();
+        conn.execute("UPDATE hashes SET hash = ?1", params![ContentHash::of(b"evil").to_be_bytes().as_slice()])
+            .unwrap();
+        assert_eq!(c.lookup(b"/r/a", &stat(1)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_database_is_moved_aside() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join(FILE_NAME), vec![0xAB; 8192]).unwrap();
+        let c = HashCache::open(t.path()).unwrap();
+        c.store(&[CacheRecord { path: b"/r/a", stat: &stat(1), hash: ContentHash::of(b"a") }]).unwrap();
+        let names: Vec<String> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().any(|n| n.contains(".damaged-")), "{names:?}");
+    }
+}

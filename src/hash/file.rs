@@ -1,0 +1,235 @@
+//! Hashing one file with large reads, detecting a file that changes while it is read.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use tokio_util::sync::CancellationToken;
+use xxhash_rust::xxh3::Xxh3Default;
+
+use super::ContentHash;
+use crate::scan::FileStat;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashFileError {
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: disappeared after it was scanned")]
+    Vanished { path: PathBuf },
+    #[error("{path}: kept changing while it was read ({tries} tries); wait until it is complete and run again")]
+    Changed { path: PathBuf, tries: u32 },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// A file's hash and the stat of exactly the content that was hashed.
+#[derive(Debug, Clone)]
+pub struct FileHash {
+    pub hash: ContentHash,
+    pub stat: FileStat,
+}
+
+/// How many times a file that changed under the reader is read again before giving up.
+const TRIES: u32 = 3;
+
+/// Files larger than this many read buffers are read on a second thread while this one hashes,
+/// so a single large file is hashed at the speed it can be read.
+const PIPELINE_MIN_BUFFERS: u64 = 4;
+
+/// Hashes the file at `path` with reads of `buf_size` bytes. `on_bytes` is told of every
+/// chunk hashed (for progress). A file whose size, mtime or ctime moves while it is read is
+/// read again, so the returned stat always describes the content that was hashed.
+pub fn hash_file(
+    path: &Path,
+    buf_size: usize,
+    cancel: &CancellationToken,
+    on_bytes: &(dyn Fn(u64) + Sync),
+) -> Result<FileHash, HashFileError> {
+    let io_err = |source: io::Error| {
+        if source.kind() == io::ErrorKind::NotFound {
+            HashFileError::Vanished { path: path.to_path_buf() }
+        } else {
+            HashFileError::Io { path: path.to_path_buf(), source }
+        }
+    };
+    for _ in 0..TRIES {
+        let file = File::open(path).map_err(io_err)?;
+        let before = FileStat::of(&file.metadata().map_err(io_err)?);
+        let (hash, len) = if before.size > buf_size as u64 * PIPELINE_MIN_BUFFERS {
+            hash_pipelined(file, buf_size, cancel, on_bytes)
+        } else {
+            hash_inline(file, buf_size, before.size, cancel, on_bytes)
+        }
+        .map_err(|e| match e {
+            ReadError::Cancelled => HashFileError::Cancelled,
+            ReadError::Io(source) => io_err(source),
+        })?;
+        let after = FileStat::of(&std::fs::metadata(path).map_err(io_err)?);
+        if after == before && len == before.size {
+            return Ok(FileHash { hash, stat: before });
+        }
+        tracing::debug!(path = %path.display(), "file changed while it was hashed; reading it again");
+    }
+    Err(HashFileError::Changed { path: path.to_path_buf(), tries: TRIES })
+}
+
+enum ReadError {
+    Io(io::Error),
+    Cancelled,
+}
+
+thread_local! {
+    /// One read buffer per hashing thread, reused across files.
+    static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn hash_inline(
+    mut file: File,
+    buf_size: usize,
+    expected: u64,
+    cancel: &CancellationToken,
+    on_bytes: &(dyn Fn(u64) + Sync),
+) -> Result<(ContentHash, u64), ReadError> {
+    BUFFER.with_borrow_mut(|buf| {
+        buf.resize(buf_size, 0);
+        let mut hasher = Xxh3Default::new();
+        let mut total = 0u64;
+        // A file that fits in one buffer (most of them) is hashed in one shot.
+        let first = fill(&mut file, buf)?;
+        if (first as u64) == expected && first < buf.len() {
+            on_bytes(first as u64);
+            return Ok((ContentHash::of(&buf[..first]), first as u64));
+        }
+        let mut n = first;
+        loop {
+            if n == 0 {
+                return Ok((ContentHash(hasher.digest128()), total));
+            }
+            hasher.update(&buf[..n]);
+            total += n as u64;
+            on_bytes(n as u64);
+            if cancel.is_cancelled() {
+                return Err(ReadError::Cancelled);
+            }
+            n = fill(&mut file, buf)?;
+        }
+    })
+}
+
+/// Reads on a helper thread into a small ring of buffers while this thread hashes.
+fn hash_pipelined(
+    mut file: File,
+    buf_size: usize,
+    cancel: &CancellationToken,
+    on_bytes: &(dyn Fn(u64) + Sync),
+) -> Result<(ContentHash, u64), ReadError> {
+    const RING: usize = 3;
+    let (full_tx, full_rx) = mpsc::sync_channel::<Result<(Vec<u8>, usize), ReadError>>(RING);
+    let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(RING);
+    for _ in 0..RING {
+        empty_tx.send(vec![0; buf_size]).expect("receiver alive");
+    }
+    // `move`: the hasher's channel ends drop when it returns, which stops the reader before
+    // the scope joins it.
+    std::thread::scope(move |s| {
+        s.spawn(move || {
+            // Stops when the hasher drops its ends (done, failed or cancelled).
+            while let Ok(mut buf) = empty_rx.recv() {
+                let r = fill(&mut file, &mut buf).map(|n| (buf, n));
+                let stop = !matches!(r, Ok((_, n)) if n > 0);
+                if full_tx.send(r).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        let mut hasher = Xxh3Default::new();
+        let mut total = 0u64;
+        loop {
+            let (buf, n) = full_rx
+                .recv()
+                .expect("reader sends until it stops")?;
+            if n == 0 {
+                return Ok((ContentHash(hasher.digest128()), total));
+            }
+            hasher.update(&buf[..n]);
+            total += n as u64;
+            on_bytes(n as u64);
+            if cancel.is_cancelled() {
+                return Err(ReadError::Cancelled);
+            }
+            let _ = empty_tx.send(buf);
+        }
+    })
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn fill(file: &mut File, buf: &mut [u8]) -> Result<usize, ReadError> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ReadError::Io(e)),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(path: &Path, buf: usize) -> Result<FileHash, HashFileError> {
+        hash_file(path, buf, &CancellationToken::new(), &|_| {})
+    }
+
+    #[test]
+    fn small_medium_and_pipelined_files_hash_like_one_shot() {
+        let t = tempfile::tempdir().unwrap();
+        for size in [0usize, 1, 4095, 4096, 4097, 4 * 4096, 4 * 4096 + 1, 100_000] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            let p = t.path().join(format!("f{size}"));
+            std::fs::write(&p, &data).unwrap();
+            let got = hash(&p, 4096).unwrap();
+            assert_eq!(got.hash, ContentHash::of(&data), "size {size}");
+            assert_eq!(got.stat.size, size as u64);
+        }
+    }
+
+    #[test]
+    fn progress_counts_every_byte() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        std::fs::write(&p, vec![7u8; 50_000]).unwrap();
+        let seen = std::sync::atomic::AtomicU64::new(0);
+        hash_file(&p, 4096, &CancellationToken::new(), &|n| {
+            seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        })
+        .unwrap();
+        assert_eq!(seen.into_inner(), 50_000);
+    }
+
+    #[test]
+    fn vanished_and_unreadable_files_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        let gone = t.path().join("gone");
+        let err = hash(&gone, 4096).unwrap_err();
+        assert!(matches!(err, HashFileError::Vanished { .. }));
+        assert!(err.to_string().contains("gone"));
+        let dir_as_file = t.path();
+        assert!(matches!(hash(dir_as_file, 4096), Err(HashFileError::Io { .. })));
+    }
+
+    #[test]
+    fn cancelled_hash_stops() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        std::fs::write(&p, vec![1u8; 1 << 20]).unwrap();
+        let token = CancellationToken::new();
+        token.cancel();
+        assert!(matches!(hash_file(&p, 4096, &token, &|_| {}), Err(HashFileError::Cancelled)));
+    }
+}

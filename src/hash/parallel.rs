@@ -1,0 +1,199 @@
+//! Hashing a scanned tree: hash-cache lookups in one batch, then the misses in parallel
+//! (largest first, so one big file does not start last), then the new hashes cached.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+use super::ContentHash;
+use super::cache::{CacheRecord, HashCache, RACY_WINDOW_NS};
+use super::file::{HashFileError, hash_file};
+use crate::manifest::{Manifest, ManifestEntry, ManifestPath};
+use crate::progress::Progress;
+use crate::scan::{FileStat, ScannedFile};
+
+/// A file with its hash.
+#[derive(Debug, Clone)]
+pub struct HashedFile {
+    pub rel: ManifestPath,
+    pub stat: FileStat,
+    pub hash: ContentHash,
+    /// Served by the hash cache: the content was not read.
+    pub from_cache: bool,
+}
+
+/// Counts of one hashing run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HashStats {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files whose content was read and hashed.
+    pub hashed_files: u64,
+    pub hashed_bytes: u64,
+    /// Files served by the hash cache without reading their content.
+    pub cached_files: u64,
+    pub cached_bytes: u64,
+}
+
+impl HashStats {
+    pub fn add(&mut self, o: &HashStats) {
+        self.files += o.files;
+        self.bytes += o.bytes;
+        self.hashed_files += o.hashed_files;
+        self.hashed_bytes += o.hashed_bytes;
+        self.cached_files += o.cached_files;
+        self.cached_bytes += o.cached_bytes;
+    }
+}
+
+/// Several files may fail; all are reported (up to a limit) so a user fixes them in one go.
+#[derive(Debug, thiserror::Error)]
+pub struct HashErrors(pub Vec<HashFileError>);
+
+impl std::fmt::Display for HashErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lines: Vec<String> = self.0.iter().take(10).map(|e| e.to_string()).collect();
+        write!(f, "{}", lines.join("\n"))?;
+        if self.0.len() > 10 {
+            write!(f, "\n… and {} more files failed", self.0.len() - 10)?;
+        }
+        Ok(())
+    }
+}
+
+pub enum HashOutcome {
+    Done(Vec<HashedFile>, HashStats),
+    Cancelled,
+}
+
+/// Hashes the scanned files of `root` on the current rayon pool.
+pub fn hash_tree(
+    root: &Path,
+    mut files: Vec<ScannedFile>,
+    cache: Option<&HashCache>,
+    read_buffer: usize,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<HashOutcome, HashErrors> {
+    let root_bytes = root.as_os_str().as_bytes();
+    let abs = |rel: &ManifestPath| -> Vec<u8> {
+        let mut p = root_bytes.strip_suffix(b"/").unwrap_or(root_bytes).to_vec();
+        p.push(b'/');
+        p.extend_from_slice(&rel.to_posix_bytes().expect("scanned paths come from file names"));
+        p
+    };
+    let keys: Vec<Vec<u8>> = {
+        files.sort_by_cached_key(|f| abs(&f.rel));
+        files.iter().map(|f| abs(&f.rel)).collect()
+    };
+    let cached = match cache {
+        Some(c) => {
+            let batch: Vec<(&[u8], &FileStat)> =
+                keys.iter().zip(&files).map(|(k, f)| (k.as_slice(), &f.stat)).collect();
+            c.lookup_sorted(root_bytes, &batch).unwrap_or_else(|e| {
+                tracing::warn!("{e}; hashing without the cache");
+                vec![None; files.len()]
+            })
+        }
+        None => vec![None; files.len()],
+    };
+
+    let mut stats = HashStats::default();
+    let mut done: Vec<HashedFile> = Vec::with_capacity(files.len());
+    let mut misses: Vec<(ScannedFile, Vec<u8>)> = Vec::new();
+    for ((f, key), hit) in files.into_iter().zip(keys).zip(cached) {
+        stats.files += 1;
+        stats.bytes += f.stat.size;
+        match hit {
+            Some(hash) => {
+                stats.cached_files += 1;
+                stats.cached_bytes += f.stat.size;
+                progress.add_files(1);
+                progress.add_bytes(f.stat.size);
+                done.push(HashedFile { rel: f.rel, stat: f.stat, hash, from_cache: true });
+            }
+            None => misses.push((f, key)),
+        }
+    }
+    misses.sort_by(|a, b| b.0.stat.size.cmp(&a.0.stat.size));
+
+    // The first failure stops the other workers; the failures found by then are reported.
+    let stop = cancel.child_token();
+    let errors = Mutex::new(Vec::new());
+    let hashed: Vec<(HashedFile, Vec<u8>, bool)> = misses
+        .into_par_iter()
+        .filter_map(|(f, key)| {
+            if stop.is_cancelled() {
+                return None;
+            }
+            let path = std::ffi::OsStr::from_bytes(&key);
+            let started_ns = now_ns();
+            match hash_file(Path::new(path), read_buffer, &stop, &|n| progress.add_bytes(n)) {
+                Ok(fh) => {
+                    progress.add_files(1);
+                    let racy = fh.stat.mtime_ns.max(fh.stat.ctime_ns) > started_ns - RACY_WINDOW_NS;
+                    let file = HashedFile { rel: f.rel, stat: fh.stat, hash: fh.hash, from_cache: false };
+                    Some((file, key, !racy))
+                }
+                Err(HashFileError::Cancelled) => None,
+                Err(e) => {
+                    errors.lock().expect("no panics while holding the lock").push(e);
+                    stop.cancel();
+                    None
+                }
+            }
+        })
+        .collect();
+
+    if let Some(c) = cache {
+        let records: Vec<CacheRecord<'_>> = hashed
+            .iter()
+            .filter(|(_, _, cacheable)| *cacheable)
+            .map(|(f, key, _)| CacheRecord { path: key, stat: &f.stat, hash: f.hash })
+            .collect();
+        // Worth keeping even when cancelled or failed: the next run starts from here.
+        if let Err(e) = c.store(&records) {
+            tracing::warn!("{e}; new hashes were not cached");
+        }
+    }
+    let errors = errors.into_inner().expect("no panics while holding the lock");
+    if !errors.is_empty() {
+        return Err(HashErrors(errors));
+    }
+    if cancel.is_cancelled() {
+        return Ok(HashOutcome::Cancelled);
+    }
+    // Hashing may have seen newer stats than the scan; count what was hashed.
+    for (f, _, _) in hashed {
+        stats.hashed_files += 1;
+        stats.hashed_bytes += f.stat.size;
+        done.push(f);
+    }
+    stats.bytes = stats.cached_bytes + stats.hashed_bytes;
+    Ok(HashOutcome::Done(done, stats))
+}
+
+/// The manifest of a hashed tree.
+pub fn to_manifest(files: &[HashedFile]) -> Manifest {
+    Manifest::new(
+        files
+            .iter()
+            .map(|f| ManifestEntry {
+                path: f.rel.clone(),
+                hash: f.hash,
+                size: f.stat.size,
+                mtime_us: ManifestEntry::mtime_us_from_ns(f.stat.mtime_ns),
+            })
+            .collect(),
+    )
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,94 @@
+//! The hash job: scan and hash roots into manifests, using the hash cache.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Cancelled, normalize_root, on_pool};
+use crate::hash::cache::{CacheError, HashCache};
+use crate::hash::parallel::{HashErrors, HashOutcome, HashStats, HashedFile, hash_tree, to_manifest};
+use crate::manifest::Manifest;
+use crate::progress::Progress;
+use crate::scan::{ScanErrors, ScanOptions, ScanOutcome, scan};
+
+/// What to hash and how.
+#[derive(Debug, Clone)]
+pub struct HashSpec {
+    pub roots: Vec<PathBuf>,
+    /// `None`: no hash cache (every file is read).
+    pub cache_dir: Option<PathBuf>,
+    pub threads: usize,
+    pub read_buffer: usize,
+    pub scan: ScanOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashJobError {
+    #[error("{root}: {source}")]
+    Root { root: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Scan(#[from] ScanErrors),
+    #[error("{0}")]
+    Hash(#[from] HashErrors),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+}
+
+/// One hashed root.
+#[derive(Debug)]
+pub struct HashedRoot {
+    /// The root as it names the manifest: absolute, normalized.
+    pub root: PathBuf,
+    pub files: Vec<HashedFile>,
+    pub manifest: Manifest,
+    pub stats: HashStats,
+}
+
+/// The result of a hash job.
+#[derive(Debug)]
+pub struct HashReport {
+    pub roots: Vec<HashedRoot>,
+    pub stats: HashStats,
+    pub seconds: f64,
+}
+
+/// Scans and hashes every root (blocking; run it on a blocking thread).
+pub fn run(spec: &HashSpec, cancel: &CancellationToken, progress: &Progress) -> Result<HashReport, HashJobError> {
+    let started = Instant::now();
+    let cache = spec.cache_dir.as_deref().map(HashCache::open).transpose()?;
+    let mut roots = Vec::with_capacity(spec.roots.len());
+    let mut stats = HashStats::default();
+    for root in &spec.roots {
+        let root = normalize_root(root).map_err(|source| HashJobError::Root { root: root.clone(), source })?;
+        let hashed = on_pool(spec.threads, || hash_root(&root, spec, cache.as_ref(), cancel, progress))?;
+        stats.add(&hashed.stats);
+        roots.push(hashed);
+    }
+    Ok(HashReport { roots, stats, seconds: started.elapsed().as_secs_f64() })
+}
+
+fn hash_root(
+    root: &Path,
+    spec: &HashSpec,
+    cache: Option<&HashCache>,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<HashedRoot, HashJobError> {
+    let files = match scan(root, spec.scan, cancel)? {
+        ScanOutcome::Done(files) => files,
+        ScanOutcome::Cancelled => return Err(Cancelled.into()),
+    };
+    progress.add_total(files.len() as u64, files.iter().map(|f| f.stat.size).sum());
+    match hash_tree(root, files, cache, spec.read_buffer, cancel, progress)? {
+        HashOutcome::Done(files, stats) => Ok(HashedRoot {
+            root: root.to_path_buf(),
+            manifest: to_manifest(&files),
+            files,
+            stats,
+        }),
+        HashOutcome::Cancelled => Err(Cancelled.into()),
+    }
+}

@@ -1,0 +1,55 @@
+//! The verify job: re-hash a tree and compare it with a manifest.
+
+use std::path::PathBuf;
+
+use tokio_util::sync::CancellationToken;
+
+use super::hash::{HashJobError, HashSpec};
+use crate::manifest::{Manifest, ManifestDiff, ManifestEntry, diff};
+use crate::progress::Progress;
+
+/// What a tree looks like against its manifest.
+#[derive(Debug)]
+pub struct VerifyReport {
+    pub root: PathBuf,
+    pub checked: usize,
+    /// In the manifest, not on disk.
+    pub missing: Vec<ManifestEntry>,
+    /// Content differs (hash or size): (expected, found).
+    pub content_mismatch: Vec<(ManifestEntry, ManifestEntry)>,
+    /// Same content, other mtime: (expected, found).
+    pub mtime_mismatch: Vec<(ManifestEntry, ManifestEntry)>,
+    /// On disk, not in the manifest.
+    pub extra: Vec<ManifestEntry>,
+}
+
+impl VerifyReport {
+    /// True when every file of the manifest is on disk with the right content. Extra files and
+    /// other mtimes are reported but do not fail unless `strict`.
+    pub fn passed(&self, strict: bool) -> bool {
+        let base = self.missing.is_empty() && self.content_mismatch.is_empty();
+        base && (!strict || (self.extra.is_empty() && self.mtime_mismatch.is_empty()))
+    }
+}
+
+/// Hashes `spec.roots[0]` and compares it with `expected`.
+pub fn run(
+    expected: &Manifest,
+    spec: &HashSpec,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<VerifyReport, HashJobError> {
+    let report = super::hash::run(spec, cancel, progress)?;
+    let hashed = report.roots.into_iter().next().expect("one root was given");
+    let ManifestDiff { added, changed, removed } = diff(expected, &hashed.manifest);
+    let (content_mismatch, mtime_mismatch) =
+        changed.into_iter().partition(|(want, got)| want.hash != got.hash || want.size != got.size);
+    Ok(VerifyReport {
+        root: hashed.root,
+        checked: expected.len(),
+        missing: removed,
+        content_mismatch,
+        mtime_mismatch,
+        extra: added,
+    })
+}

@@ -1,0 +1,21 @@
+//! attache: a job-attachment transfer agent for render farms, speaking the AWS Deadline Cloud
+//! job-attachments storage format byte for byte.
+
+/// The command line: arguments, config loading, dispatch, progress display, exit codes.
+pub mod cli;
+/// Settings: defaults, layered loading (file < environment < flags), units, validation.
+pub mod config;
+/// Small file-system helpers (atomic writes).
+pub mod fsutil;
+/// Content hashing: XXH3-128 hash type, file hashing, parallel hasher, persistent hash cache.
+pub mod hash;
+/// Workflows run by the CLI (and later the daemon): hash, verify.
+pub mod jobs;
+/// Log output setup (text or JSON, filtered by `log.level`).
+pub mod logging;
+/// Manifests: v2023-03-03 model, canonical codec, path validation, merge and diff.
+pub mod manifest;
+/// Progress counters (files and bytes, done and total) shared by workers and displays.
+pub mod progress;
+/// Parallel directory walk of input roots, with the symlink and special-file policy.
+pub mod scan;

@@ -1,0 +1,22 @@
+//! Log output: human text (default) or JSON lines on stderr, filtered by `log.level`.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogSettings};
+
+/// Installs the global subscriber. A bad `log.level` falls back to `info` with a warning
+/// rather than hiding every log.
+pub fn init(settings: &LogSettings) {
+    let (filter, bad) = match EnvFilter::try_new(&settings.level) {
+        Ok(f) => (f, None),
+        Err(e) => (EnvFilter::new("info"), Some(e)),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match settings.format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    if let Some(e) = bad {
+        tracing::warn!("log.level {:?} is not a valid filter ({e}); using \"info\"", settings.level);
+    }
+}

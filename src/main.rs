@@ -1,0 +1,5 @@
+//! The `attache` command: parse, load config, run a job.
+
+fn main() -> std::process::ExitCode {
+    attache::cli::main()
+}

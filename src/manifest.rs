@@ -1,0 +1,118 @@
+//! Job-attachment manifests: the v2023-03-03 model, its byte-exact canonical codec, path
+//! validation, merge and diff.
+
+mod decode;
+mod encode;
+mod ops;
+pub mod path;
+
+pub use decode::{DecodeError, decode};
+pub use ops::{ManifestDiff, diff, merge};
+pub use path::{ManifestPath, PathError, PathRules};
+
+use crate::hash::ContentHash;
+
+/// The manifest formats attache knows. Decoding dispatches on the document's version field,
+/// so a new format is added here without touching callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestVersion {
+    /// `"manifestVersion": "2023-03-03"`, the format every released client reads.
+    V2023_03_03,
+}
+
+impl ManifestVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ManifestVersion::V2023_03_03 => "2023-03-03",
+        }
+    }
+}
+
+/// The only hash algorithm of the v2023-03-03 format.
+pub const HASH_ALG: &str = "xxh128";
+
+/// One file of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub path: ManifestPath,
+    pub hash: ContentHash,
+    pub size: u64,
+    /// Modification time in microseconds since the epoch (floor of the nanoseconds).
+    pub mtime_us: i64,
+}
+
+impl ManifestEntry {
+    /// Converts a file's mtime in nanoseconds to the manifest's microseconds, flooring towards
+    /// negative infinity as Python's `st_mtime_ns // 1000` does.
+    pub fn mtime_us_from_ns(mtime_ns: i64) -> i64 {
+        mtime_ns.div_euclid(1000)
+    }
+}
+
+/// A manifest: the files under one asset root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub version: ManifestVersion,
+    /// Kept in canonical order (UTF-16 code units of the path) by every constructor here.
+    entries: Vec<ManifestEntry>,
+}
+
+impl Manifest {
+    /// A v2023-03-03 manifest of these entries, sorted into canonical order.
+    pub fn new(mut entries: Vec<ManifestEntry>) -> Self {
+        sort_canonical(&mut entries);
+        Manifest {
+            version: ManifestVersion::V2023_03_03,
+            entries,
+        }
+    }
+
+    pub fn entries(&self) -> &[ManifestEntry] {
+        &self.entries
+    }
+
+    pub fn into_entries(self) -> Vec<ManifestEntry> {
+        self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Sum of the entries' sizes (the `totalSize` field).
+    pub fn total_size(&self) -> u64 {
+        self.entries.iter().map(|e| e.size).sum()
+    }
+
+    /// The canonical bytes, identical to the official client's for the same entries.
+    pub fn encode(&self) -> Result<Vec<u8>, encode::EncodeError> {
+        encode::encode(self)
+    }
+
+    /// Checks every path against `rules` (decode already applied the native rules).
+    pub fn validate_paths(&self, rules: PathRules) -> Result<(), DecodeError> {
+        for (index, e) in self.entries.iter().enumerate() {
+            e.path
+                .validate(rules)
+                .map_err(|reason| DecodeError::UnsafePath {
+                    index,
+                    path: e.path.display().into_owned(),
+                    reason,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+pub use encode::EncodeError;
+
+/// Sorts by UTF-16 code units; stable, so equal paths keep their order.
+fn sort_canonical(entries: &mut [ManifestEntry]) {
+    if !entries.is_sorted_by(|a, b| a.path.cmp_utf16(&b.path).is_le()) {
+        entries.sort_by(|a, b| a.path.cmp_utf16(&b.path));
+    }
+}

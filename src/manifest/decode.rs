@@ -1,0 +1,442 @@
+//! Strict decoding of manifest documents.
+//!
+//! Hand-written because `serde_json` cannot hold the lone surrogates (`\udcNN`) that the
+//! official client writes for non-UTF-8 POSIX names. Strict about what attache relies on
+//! (required keys, types, version, hash algorithm, safe paths); lenient about unknown keys
+//! and white space, as the official decoder is.
+
+use super::path::{ManifestPath, PathError, PathRules, push_code_point};
+use super::{HASH_ALG, Manifest, ManifestEntry, ManifestVersion};
+use crate::hash::ContentHash;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not valid JSON at byte {offset}: {message}")]
+    Syntax { offset: usize, message: String },
+    #[error("{context}: missing required key \"{key}\"")]
+    MissingKey { context: String, key: &'static str },
+    #[error("{context}: key \"{key}\" appears twice")]
+    DuplicateKey { context: String, key: String },
+    #[error("{context}: \"{key}\" must be {expected}")]
+    WrongType {
+        context: String,
+        key: &'static str,
+        expected: &'static str,
+    },
+    #[error(
+        "unsupported manifest version {0:?}: attache reads \"2023-03-03\" (the format of every released Deadline client)"
+    )]
+    UnsupportedVersion(String),
+    #[error("unsupported hash algorithm {0:?}: only \"xxh128\" is defined for this format")]
+    UnsupportedHashAlg(String),
+    #[error("paths[{index}]: hash {value:?} is not 32 hex digits")]
+    BadHash { index: usize, value: String },
+    #[error("paths[{index}] ({path:?}) is refused: {reason}")]
+    UnsafePath {
+        index: usize,
+        path: String,
+        reason: PathError,
+    },
+    #[error("the manifest lists no files (\"paths\" is empty)")]
+    NoPaths,
+}
+
+/// Decodes a manifest, validating every path against this platform's rules.
+pub fn decode(bytes: &[u8]) -> Result<Manifest, DecodeError> {
+    let mut p = Parser { b: bytes, i: 0 };
+    let doc = p.document()?;
+    let version = match (doc.manifest_version, doc.specification_version) {
+        (Some(v), _) if v == ManifestVersion::V2023_03_03.as_str() => ManifestVersion::V2023_03_03,
+        (Some(v), _) | (None, Some(v)) => return Err(DecodeError::UnsupportedVersion(v)),
+        (None, None) => return Err(missing("manifest", "manifestVersion")),
+    };
+    let hash_alg = doc.hash_alg.ok_or_else(|| missing("manifest", "hashAlg"))?;
+    if hash_alg != HASH_ALG {
+        return Err(DecodeError::UnsupportedHashAlg(hash_alg));
+    }
+    let entries = doc.paths.ok_or_else(|| missing("manifest", "paths"))?;
+    if doc.total_size.is_none() {
+        return Err(missing("manifest", "totalSize"));
+    }
+    if entries.is_empty() {
+        return Err(DecodeError::NoPaths);
+    }
+    let mut manifest = Manifest::new(entries);
+    manifest.version = version;
+    manifest.validate_paths(PathRules::native())?;
+    Ok(manifest)
+}
+
+fn missing(context: &str, key: &'static str) -> DecodeError {
+    DecodeError::MissingKey {
+        context: context.to_string(),
+        key,
+    }
+}
+
+#[derive(Default)]
+struct Document {
+    hash_alg: Option<String>,
+    manifest_version: Option<String>,
+    specification_version: Option<String>,
+    paths: Option<Vec<ManifestEntry>>,
+    total_size: Option<u64>,
+}
+
+/// Unknown values may nest; cap the depth so a hostile document cannot overflow the stack.
+const MAX_DEPTH: usize = 64;
+
+struct Parser<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+enum Number {
+    Int(i128),
+    Other,
+}
+
+impl Parser<'_> {
+    fn document(&mut self) -> Result<Document, DecodeError> {
+        let mut doc = Document::default();
+        self.object(|p, key| {
+            let ctx = "manifest";
+            match key {
+                b"hashAlg" => set_once(&mut doc.hash_alg, ctx, key, |_| p.string_value(ctx, "hashAlg")),
+                b"manifestVersion" => set_once(&mut doc.manifest_version, ctx, key, |_| {
+                    p.string_value(ctx, "manifestVersion")
+                }),
+                b"specificationVersion" => set_once(&mut doc.specification_version, ctx, key, |_| {
+                    p.string_value(ctx, "specificationVersion")
+                }),
+                b"totalSize" => set_once(&mut doc.total_size, ctx, key, |_| {
+                    p.unsigned(ctx, "totalSize")
+                }),
+                b"paths" => set_once(&mut doc.paths, ctx, key, |_| p.paths()),
+                _ => p.skip_value(0),
+            }
+        })?;
+        self.ws();
+        if self.i != self.b.len() {
+            return Err(self.syntax("unexpected data after the manifest object"));
+        }
+        Ok(doc)
+    }
+
+    fn paths(&mut self) -> Result<Vec<ManifestEntry>, DecodeError> {
+        self.ws();
+        if self.peek() != Some(b'[') {
+            return Err(DecodeError::WrongType {
+                context: "manifest".into(),
+                key: "paths",
+                expected: "an array",
+            });
+        }
+        self.i += 1;
+        let mut entries = Vec::new();
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(entries);
+        }
+        loop {
+            let index = entries.len();
+            entries.push(self.entry(index)?);
+            self.ws();
+            match self.next_byte() {
+                Some(b',') => continue,
+                Some(b']') => return Ok(entries),
+                _ => return Err(self.syntax("expected ',' or ']' in \"paths\"")),
+            }
+        }
+    }
+
+    fn entry(&mut self, index: usize) -> Result<ManifestEntry, DecodeError> {
+        let ctx = format!("paths[{index}]");
+        let (mut hash, mut mtime, mut path, mut size) = (None, None, None, None);
+        self.ws();
+        if self.peek() != Some(b'{') {
+            return Err(self.syntax(&format!("{ctx} must be an object")));
+        }
+        self.object(|p, key| match key {
+            b"hash" => set_once(&mut hash, &ctx, key, |_| {
+                let value = p.string_value(&ctx, "hash")?;
+                ContentHash::from_hex(&value).ok_or(DecodeError::BadHash { index, value })
+            }),
+            b"mtime" => set_once(&mut mtime, &ctx, key, |_| match p.number()? {
+                Number::Int(v) => i64::try_from(v).map_err(|_| wrong(&ctx, "mtime", "an integer")),
+                Number::Other => Err(wrong(&ctx, "mtime", "an integer")),
+            }),
+            b"path" => set_once(&mut path, &ctx, key, |_| {
+                p.ws();
+                if p.peek() != Some(b'"') {
+                    return Err(wrong(&ctx, "path", "a string"));
+                }
+                Ok(ManifestPath::from_wtf8_unchecked(p.string()?))
+            }),
+            b"size" => set_once(&mut size, &ctx, key, |_| p.unsigned(&ctx, "size")),
+            _ => p.skip_value(0),
+        })?;
+        Ok(ManifestEntry {
+            hash: hash.ok_or_else(|| missing(&ctx, "hash"))?,
+            mtime_us: mtime.ok_or_else(|| missing(&ctx, "mtime"))?,
+            path: path.ok_or_else(|| missing(&ctx, "path"))?,
+            size: size.ok_or_else(|| missing(&ctx, "size"))?,
+        })
+    }
+
+    /// Parses an object, calling `on_key` with the parser positioned at each value.
+    fn object(
+        &mut self,
+        mut on_key: impl FnMut(&mut Self, &[u8]) -> Result<(), DecodeError>,
+    ) -> Result<(), DecodeError> {
+        self.ws();
+        if self.next_byte() != Some(b'{') {
+            return Err(self.syntax("expected an object"));
+        }
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            if self.peek() != Some(b'"') {
+                return Err(self.syntax("expected a key"));
+            }
+            let key = self.string()?;
+            self.ws();
+            if self.next_byte() != Some(b':') {
+                return Err(self.syntax("expected ':' after a key"));
+            }
+            on_key(self, &key)?;
+            self.ws();
+            match self.next_byte() {
+                Some(b',') => continue,
+                Some(b'}') => return Ok(()),
+                _ => return Err(self.syntax("expected ',' or '}'")),
+            }
+        }
+    }
+
+    fn string_value(&mut self, ctx: &str, key: &'static str) -> Result<String, DecodeError> {
+        self.ws();
+        if self.peek() != Some(b'"') {
+            return Err(wrong(ctx, key, "a string"));
+        }
+        let bytes = self.string()?;
+        // A lone surrogate cannot be a valid version or hash, so lossy is enough for errors.
+        Ok(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    }
+
+    fn unsigned(&mut self, ctx: &str, key: &'static str) -> Result<u64, DecodeError> {
+        match self.number()? {
+            Number::Int(v) => u64::try_from(v).map_err(|_| wrong(ctx, key, "a non-negative integer")),
+            Number::Other => Err(wrong(ctx, key, "a non-negative integer")),
+        }
+    }
+
+    /// Parses a JSON string into WTF-8 bytes (lone surrogates kept, pairs combined).
+    fn string(&mut self) -> Result<Vec<u8>, DecodeError> {
+        self.i += 1; // opening quote, checked by the caller
+        let mut out = Vec::new();
+        loop {
+            let run_start = self.i;
+            while let Some(&c) = self.b.get(self.i) {
+                if c == b'"' || c == b'\\' || c < 0x20 {
+                    break;
+                }
+                self.i += 1;
+            }
+            let run = &self.b[run_start..self.i];
+            if std::str::from_utf8(run).is_err() {
+                return Err(Parser { b: self.b, i: run_start }.syntax("string is not valid UTF-8"));
+            }
+            out.extend_from_slice(run);
+            match self.next_byte() {
+                Some(b'"') => return Ok(out),
+                Some(b'\\') => self.escape(&mut out)?,
+                Some(_) => return Err(self.syntax("control character in a string")),
+                None => return Err(self.syntax("unterminated string")),
+            }
+        }
+    }
+
+    fn escape(&mut self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+        let c = match self.next_byte() {
+            Some(b'"') => b'"',
+            Some(b'\\') => b'\\',
+            Some(b'/') => b'/',
+            Some(b'b') => 0x08,
+            Some(b'f') => 0x0C,
+            Some(b'n') => b'\n',
+            Some(b'r') => b'\r',
+            Some(b't') => b'\t',
+            Some(b'u') => {
+                let unit = self.hex4()?;
+                let is_high = (0xD800..0xDC00).contains(&unit);
+                if is_high && self.b[self.i..].starts_with(b"\\u") {
+                    let save = self.i;
+                    self.i += 2;
+                    let low = self.hex4()?;
+                    if (0xDC00..0xE000).contains(&low) {
+                        push_code_point(out, 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00));
+                        return Ok(());
+                    }
+                    self.i = save;
+                }
+                push_code_point(out, unit);
+                return Ok(());
+            }
+            _ => return Err(self.syntax("invalid escape")),
+        };
+        out.push(c);
+        Ok(())
+    }
+
+    fn hex4(&mut self) -> Result<u32, DecodeError> {
+        let digits = self.b.get(self.i..self.i + 4).ok_or_else(|| self.syntax("short \\u escape"))?;
+        let text = std::str::from_utf8(digits).map_err(|_| self.syntax("bad \\u escape"))?;
+        if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(self.syntax("bad \\u escape"));
+        }
+        self.i += 4;
+        Ok(u32::from_str_radix(text, 16).expect("four hex digits"))
+    }
+
+    fn number(&mut self) -> Result<Number, DecodeError> {
+        self.ws();
+        let start = self.i;
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        let int_start = self.i;
+        self.digits();
+        let int_digits = &self.b[int_start..self.i];
+        if int_digits.is_empty() || (int_digits.len() > 1 && int_digits[0] == b'0') {
+            return Err(Parser { b: self.b, i: start }.syntax("expected a number"));
+        }
+        let mut integral = true;
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return Err(self.syntax("bad fraction"));
+            }
+            integral = false;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return Err(self.syntax("bad exponent"));
+            }
+            integral = false;
+        }
+        let text = std::str::from_utf8(&self.b[start..self.i]).expect("ASCII digits");
+        Ok(match (integral, text.parse::<i128>()) {
+            (true, Ok(v)) => Number::Int(v),
+            _ => Number::Other,
+        })
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    fn skip_value(&mut self, depth: usize) -> Result<(), DecodeError> {
+        if depth > MAX_DEPTH {
+            return Err(self.syntax("nested too deeply"));
+        }
+        self.ws();
+        match self.peek() {
+            Some(b'"') => self.string().map(drop),
+            Some(b'{') => self.object(|p, _| p.skip_value(depth + 1)),
+            Some(b'[') => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    match self.next_byte() {
+                        Some(b',') => continue,
+                        Some(b']') => return Ok(()),
+                        _ => return Err(self.syntax("expected ',' or ']'")),
+                    }
+                }
+            }
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            _ => self.number().map(drop),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), DecodeError> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.syntax("unexpected token"))
+        }
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn next_byte(&mut self) -> Option<u8> {
+        let c = self.peek();
+        if c.is_some() {
+            self.i += 1;
+        }
+        c
+    }
+
+    fn syntax(&self, message: &str) -> DecodeError {
+        DecodeError::Syntax {
+            offset: self.i,
+            message: message.to_string(),
+        }
+    }
+}
+
+fn wrong(ctx: &str, key: &'static str, expected: &'static str) -> DecodeError {
+    DecodeError::WrongType {
+        context: ctx.to_string(),
+        key,
+        expected,
+    }
+}
+
+/// Stores a key's value, refusing a second occurrence (Python would silently keep the last).
+fn set_once<T>(
+    slot: &mut Option<T>,
+    ctx: &str,
+    key: &[u8],
+    parse: impl FnOnce(()) -> Result<T, DecodeError>,
+) -> Result<(), DecodeError> {
+    if slot.is_some() {
+        return Err(DecodeError::DuplicateKey {
+            context: ctx.to_string(),
+            key: String::from_utf8_lossy(key).into_owned(),
+        });
+    }
+    *slot = Some(parse(())?);
+    Ok(())
+}

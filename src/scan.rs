@@ -1,0 +1,412 @@
+//! Walking input roots into file entries, in parallel, with attache's symlink and
+//! special-file policy.
+
+use std::ffi::OsStr;
+use std::fs::{self, FileType, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::manifest::ManifestPath;
+
+/// What a file looked like when it was scanned: the identity the hash cache is keyed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl FileStat {
+    pub fn of(m: &Metadata) -> Self {
+        FileStat {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        }
+    }
+}
+
+/// One regular file under a root (a symlink inside the root stands for its target).
+#[derive(Debug, Clone)]
+pub struct ScannedFile {
+    /// Path relative to the root, as the manifest will spell it.
+    pub rel: ManifestPath,
+    pub stat: FileStat,
+}
+
+impl ScannedFile {
+    /// The file's path on disk (the link's own path when it is a symlink).
+    pub fn abs_path(&self, root: &Path) -> PathBuf {
+        let rel = self
+            .rel
+            .to_posix_bytes()
+            .expect("scanned paths come from file names");
+        root.join(OsStr::from_bytes(&rel))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanOptions {
+    /// Hash the target of a symlink that points outside the root instead of refusing it.
+    pub follow_external_symlinks: bool,
+}
+
+/// A problem with one path of the tree.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{path}: symlink points outside the root {root} (to {target}); copy the file into the root, or pass --follow-external-symlinks to hash the target"
+    )]
+    EscapingSymlink {
+        path: PathBuf,
+        root: PathBuf,
+        target: PathBuf,
+    },
+    #[error("{path}: symlink loop")]
+    SymlinkLoop { path: PathBuf },
+    #[error("{path}: broken symlink (its target does not exist)")]
+    BrokenSymlink { path: PathBuf },
+    #[error("{path}: is a {kind}; only regular files, directories and symlinks to them can be attached")]
+    SpecialFile { path: PathBuf, kind: &'static str },
+    #[error("{path}: not a directory; pass the directory that holds it")]
+    RootNotDirectory { path: PathBuf },
+}
+
+/// Every problem found in a tree (the walk goes on past the first, so a user can fix them all).
+#[derive(Debug, thiserror::Error)]
+pub struct ScanErrors(pub Vec<ScanError>);
+
+impl std::fmt::Display for ScanErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 10;
+        for (i, e) in self.0.iter().take(SHOWN).enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        if self.0.len() > SHOWN {
+            write!(f, "\n… and {} more problems", self.0.len() - SHOWN)?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of a scan.
+#[derive(Debug)]
+pub enum ScanOutcome {
+    Done(Vec<ScannedFile>),
+    Cancelled,
+}
+
+/// Walks `root` on the current rayon pool and returns its regular files in no particular
+/// order. Files that vanish between listing and stat are left out (they are gone).
+pub fn scan(
+    root: &Path,
+    opts: ScanOptions,
+    cancel: &CancellationToken,
+) -> Result<ScanOutcome, ScanErrors> {
+    let one = |e| ScanErrors(vec![e]);
+    let meta = fs::metadata(root).map_err(|source| {
+        one(ScanError::Io {
+            path: root.to_path_buf(),
+            source,
+        })
+    })?;
+    if !meta.is_dir() {
+        return Err(one(ScanError::RootNotDirectory {
+            path: root.to_path_buf(),
+        }));
+    }
+    let real_root = fs::canonicalize(root).map_err(|source| {
+        one(ScanError::Io {
+            path: root.to_path_buf(),
+            source,
+        })
+    })?;
+    let walker = Walker {
+        root,
+        real_root: &real_root,
+        opts,
+        cancel,
+        files: Mutex::new(Vec::new()),
+        errors: Mutex::new(Vec::new()),
+    };
+    let top = DirTask {
+        path: root.to_path_buf(),
+        rel: Vec::new(),
+        ancestors: vec![(meta.dev(), meta.ino())],
+    };
+    rayon::scope(|s| walker.walk_dir(s, top));
+    if cancel.is_cancelled() {
+        return Ok(ScanOutcome::Cancelled);
+    }
+    let errors = walker.errors.into_inner().expect("no panics while holding the lock");
+    if !errors.is_empty() {
+        return Err(ScanErrors(errors));
+    }
+    Ok(ScanOutcome::Done(
+        walker.files.into_inner().expect("no panics while holding the lock"),
+    ))
+}
+
+struct DirTask {
+    path: PathBuf,
+    /// Relative path bytes of this directory ("" for the root).
+    rel: Vec<u8>,
+    /// (dev, ino) of this directory and every directory above it, to refuse symlink loops.
+    ancestors: Vec<(u64, u64)>,
+}
+
+struct Walker<'a> {
+    root: &'a Path,
+    real_root: &'a Path,
+    opts: ScanOptions,
+    cancel: &'a CancellationToken,
+    files: Mutex<Vec<ScannedFile>>,
+    errors: Mutex<Vec<ScanError>>,
+}
+
+impl<'a> Walker<'a> {
+    fn walk_dir<'s>(&'s self, scope: &rayon::Scope<'s>, dir: DirTask) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        let entries = match fs::read_dir(&dir.path) {
+            Ok(entries) => entries,
+            Err(source) => return self.fail(ScanError::Io { path: dir.path, source }),
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(source) => {
+                    self.fail(ScanError::Io { path: dir.path.clone(), source });
+                    continue;
+                }
+            };
+            let name = entry.file_name();
+            let path = entry.path();
+            let mut rel = dir.rel.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(name.as_bytes());
+            let file_type = match entry.file_type() {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    self.fail(ScanError::Io { path, source });
+                    continue;
+                }
+            };
+            match self.classify(&path, file_type) {
+                Ok(Some(Found::File(meta))) => files.push(ScannedFile {
+                    rel: ManifestPath::from_posix_bytes(&rel),
+                    stat: FileStat::of(&meta),
+                }),
+                Ok(Some(Found::Dir(meta))) => {
+                    let id = (meta.dev(), meta.ino());
+                    if dir.ancestors.contains(&id) {
+                        self.fail(ScanError::SymlinkLoop { path });
+                        continue;
+                    }
+                    let mut ancestors = dir.ancestors.clone();
+                    ancestors.push(id);
+                    let task = DirTask { path, rel, ancestors };
+                    scope.spawn(move |s| self.walk_dir(s, task));
+                }
+                Ok(None) => {}
+                Err(e) => self.fail(e),
+            }
+        }
+        if !files.is_empty() {
+            self.files.lock().expect("no panics while holding the lock").append(&mut files);
+        }
+    }
+
+    /// Decides what a directory entry is, following symlinks by policy. `None`: vanished.
+    fn classify(&self, path: &Path, file_type: FileType) -> Result<Option<Found>, ScanError> {
+        let meta = if file_type.is_symlink() {
+            self.resolve_symlink(path)?
+        } else {
+            match fs::symlink_metadata(path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(source) => return Err(ScanError::Io { path: path.to_path_buf(), source }),
+            }
+        };
+        let ft = meta.file_type();
+        if ft.is_file() {
+            Ok(Some(Found::File(meta)))
+        } else if ft.is_dir() {
+            Ok(Some(Found::Dir(meta)))
+        } else {
+            Err(ScanError::SpecialFile { path: path.to_path_buf(), kind: special_kind(ft) })
+        }
+    }
+
+    /// A link inside the root stands for its target; one escaping the root is refused unless
+    /// the user allowed it.
+    fn resolve_symlink(&self, path: &Path) -> Result<Metadata, ScanError> {
+        let target = fs::canonicalize(path).map_err(|source| match source.raw_os_error() {
+            Some(libc::ELOOP) => ScanError::SymlinkLoop { path: path.to_path_buf() },
+            _ if source.kind() == io::ErrorKind::NotFound => {
+                ScanError::BrokenSymlink { path: path.to_path_buf() }
+            }
+            _ => ScanError::Io { path: path.to_path_buf(), source },
+        })?;
+        if !target.starts_with(self.real_root) && !self.opts.follow_external_symlinks {
+            return Err(ScanError::EscapingSymlink {
+                path: path.to_path_buf(),
+                root: self.root.to_path_buf(),
+                target,
+            });
+        }
+        fs::metadata(&target).map_err(|source| ScanError::Io { path: path.to_path_buf(), source })
+    }
+
+    fn fail(&self, e: ScanError) {
+        self.errors.lock().expect("no panics while holding the lock").push(e);
+    }
+}
+
+enum Found {
+    File(Metadata),
+    Dir(Metadata),
+}
+
+fn special_kind(ft: FileType) -> &'static str {
+    if ft.is_socket() {
+        "socket"
+    } else if ft.is_fifo() {
+        "FIFO (named pipe)"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn run(root: &Path, opts: ScanOptions) -> Result<Vec<String>, ScanErrors> {
+        match scan(root, opts, &CancellationToken::new())? {
+            ScanOutcome::Done(files) => {
+                let mut v: Vec<String> = files.iter().map(|f| f.rel.display().into_owned()).collect();
+                v.sort();
+                Ok(v)
+            }
+            ScanOutcome::Cancelled => panic!("not cancelled"),
+        }
+    }
+
+    #[test]
+    fn walks_nested_dirs_and_follows_internal_links() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        fs::create_dir_all(r.join("a/b")).unwrap();
+        fs::write(r.join("a/b/x.txt"), b"x").unwrap();
+        fs::write(r.join("top"), b"").unwrap();
+        symlink("a/b/x.txt", r.join("link.txt")).unwrap();
+        symlink("a", r.join("dirlink")).unwrap();
+        let got = run(r, ScanOptions::default()).unwrap();
+        assert_eq!(got, ["a/b/x.txt", "dirlink/b/x.txt", "link.txt", "top"]);
+    }
+
+    #[test]
+    fn link_stat_is_its_targets() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("real"), b"12345").unwrap();
+        symlink("real", t.path().join("link")).unwrap();
+        let ScanOutcome::Done(files) = scan(t.path(), ScanOptions::default(), &CancellationToken::new()).unwrap() else {
+            panic!()
+        };
+        assert!(files.iter().all(|f| f.stat.size == 5), "{files:?}");
+    }
+
+    #[test]
+    fn escaping_symlink_is_refused_unless_allowed() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"s").unwrap();
+        let t = tempfile::tempdir().unwrap();
+        symlink(outside.path().join("secret"), t.path().join("esc")).unwrap();
+        let err = run(t.path(), ScanOptions::default()).unwrap_err();
+        assert!(matches!(err.0[..], [ScanError::EscapingSymlink { .. }]), "{err}");
+        assert!(err.to_string().contains("--follow-external-symlinks"));
+        let ok = run(t.path(), ScanOptions { follow_external_symlinks: true }).unwrap();
+        assert_eq!(ok, ["esc"]);
+    }
+
+    #[test]
+    fn symlink_loops_and_broken_links_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        symlink("self", r.join("self")).unwrap();
+        fs::create_dir(r.join("d")).unwrap();
+        symlink("..", r.join("d/up")).unwrap();
+        symlink("missing", r.join("dangling")).unwrap();
+        let err = run(r, ScanOptions::default()).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.0.len(), 3, "{text}");
+        assert!(text.contains("self: symlink loop"), "{text}");
+        assert!(text.contains("up: symlink loop"), "{text}");
+        assert!(text.contains("dangling: broken symlink"), "{text}");
+    }
+
+    #[test]
+    fn fifo_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("pipe");
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(status.success());
+        let err = run(t.path(), ScanOptions::default()).unwrap_err();
+        assert!(matches!(err.0[..], [ScanError::SpecialFile { kind: "FIFO (named pipe)", .. }]), "{err}");
+    }
+
+    #[test]
+    fn non_utf8_names_round_trip() {
+        let t = tempfile::tempdir().unwrap();
+        let name = OsStr::from_bytes(b"bad-\xff\xfe.txt");
+        fs::write(t.path().join(name), b"z").unwrap();
+        let ScanOutcome::Done(files) = scan(t.path(), ScanOptions::default(), &CancellationToken::new()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(files[0].rel.display(), "bad-\\udcff\\udcfe.txt");
+        assert_eq!(files[0].abs_path(t.path()), t.path().join(name));
+    }
+
+    #[test]
+    fn root_must_be_a_directory() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("f"), b"").unwrap();
+        let err = run(&t.path().join("f"), ScanOptions::default()).unwrap_err();
+        assert!(matches!(err.0[..], [ScanError::RootNotDirectory { .. }]));
+        let err = run(&t.path().join("nope"), ScanOptions::default()).unwrap_err();
+        assert!(matches!(err.0[..], [ScanError::Io { .. }]));
+    }
+
+    #[test]
+    fn cancelled_scan_reports_cancelled() {
+        let t = tempfile::tempdir().unwrap();
+        let token = CancellationToken::new();
+        token.cancel();
+        assert!(matches!(scan(t.path(), ScanOptions::default(), &token), Ok(ScanOutcome::Cancelled)));
+    }
+}
