@@ -11,6 +11,8 @@ pub mod fsutil;
 pub mod hash;
 /// Workflows run by the CLI (and later the daemon): hash, verify.
 pub mod jobs;
+/// Names and keys of the Deadline job-attachments layout (manifest names, later S3 keys).
+pub mod layout;
 /// Log output setup (text or JSON, filtered by `log.level`).
 pub mod logging;
 /// Manifests: v2023-03-03 model, canonical codec, path validation, merge and diff.

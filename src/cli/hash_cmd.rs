@@ -1,7 +1,7 @@
 //! `attache hash`: scan and hash trees into manifests.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -95,7 +95,7 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
         let manifest_hash = ContentHash::of(&bytes);
         let written = match &args.output {
             Some(o) => {
-                let path = if dir_mode { o.join(input_manifest_name(&r.root)) } else { o.clone() };
+                let path = if dir_mode { o.join(crate::layout::input_manifest_name(&r.root)) } else { o.clone() };
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
                 }
@@ -136,11 +136,6 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}", summary_line(&report.stats, report.seconds));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `{xxh128(rootPath)}_input`, the file name of a root's input manifest.
-pub fn input_manifest_name(root: &Path) -> String {
-    format!("{}_input", ContentHash::of(root.as_os_str().as_encoded_bytes()))
 }
 
 fn summary_json(r: &HashReport) -> serde_json::Value {

@@ -33,7 +33,8 @@ pub enum HashJobError {
     Hash(#[from] HashErrors),
     #[error(transparent)]
     Cache(#[from] CacheError),
-    #[error(transparent)]
+    /// Not transparent: the CLI finds `Cancelled` in the error chain to exit with 130.
+    #[error("cancelled")]
     Cancelled(#[from] Cancelled),
 }
 

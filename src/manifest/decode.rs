@@ -304,8 +304,14 @@ impl Parser<'_> {
         Ok(u32::from_str_radix(text, 16).expect("four hex digits"))
     }
 
+    /// Parses a number; any other value is skipped and reported as `Number::Other`, so the
+    /// caller can name the key and the type it wanted.
     fn number(&mut self) -> Result<Number, DecodeError> {
         self.ws();
+        if !matches!(self.peek(), Some(b'-' | b'0'..=b'9')) {
+            self.skip_value(0)?;
+            return Ok(Number::Other);
+        }
         let start = self.i;
         if self.peek() == Some(b'-') {
             self.i += 1;
@@ -377,7 +383,8 @@ impl Parser<'_> {
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
             Some(b'n') => self.literal(b"null"),
-            _ => self.number().map(drop),
+            Some(b'-' | b'0'..=b'9') => self.number().map(drop),
+            _ => Err(self.syntax("expected a value")),
         }
     }
 

@@ -171,7 +171,7 @@ impl ManifestPath {
         if b.contains(&0) {
             return Err(PathError::Nul);
         }
-        if b[0] == b'/' || b[0] == b'\\' {
+        if b[0] == b'/' {
             return Err(PathError::Absolute);
         }
         if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
@@ -367,7 +367,6 @@ mod tests {
             ("../x", PathError::DotDotSegment),
             ("a/../../x", PathError::DotDotSegment),
             ("a\0b", PathError::Nul),
-            ("\\\\server\\share", PathError::Absolute),
         ];
         for (path, want) in cases {
             assert_eq!(p(path).validate(PathRules::Posix), Err(want.clone()), "{path:?}");
@@ -381,6 +380,9 @@ mod tests {
     #[test]
     fn windows_rules_refuse_backslashes_and_reserved_names() {
         assert_eq!(p("a\\b").validate(PathRules::Windows), Err(PathError::Backslash));
+        // A UNC-looking name is an ordinary file name on POSIX, refused on Windows.
+        assert_eq!(p("\\\\server\\share").validate(PathRules::Windows), Err(PathError::Backslash));
+        assert_eq!(p("\\\\server\\share").validate(PathRules::Posix), Ok(()));
         for bad in ["CON", "con.txt", "dir/Nul.tar.gz", "COM1", "lpt9.log", "aux ", "a.", "a?b", "x/b:c"] {
             assert!(
                 matches!(p(bad).validate(PathRules::Windows), Err(PathError::WindowsName(_))),

@@ -1,0 +1,74 @@
+//! Helpers shared by the integration tests: fixture trees and running the binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine;
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deadline").join(name)
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Recreates a fixture's tree (contents and mtimes from its tree.json) under `dest`.
+pub fn build_fixture_tree(name: &str, dest: &Path) {
+    let tree = read_json(&fixture(name).join("tree.json"));
+    for f in tree["files"].as_array().unwrap() {
+        let path = dest.join(f["path"].as_str().unwrap());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, fixture_content(f)).unwrap();
+        set_mtime_ns(&path, f["mtime_ns"].as_i64().unwrap());
+    }
+}
+
+fn fixture_content(f: &serde_json::Value) -> Vec<u8> {
+    if let Some(b64) = f["content_base64"].as_str() {
+        return base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    }
+    // The one generated content: "b'x' * 70000".
+    let spec = f["content_spec"].as_str().unwrap();
+    let (byte, count) = spec.strip_prefix("b'").unwrap().split_once("' * ").unwrap();
+    byte.as_bytes().repeat(count.parse().unwrap())
+}
+
+pub fn set_mtime_ns(path: &Path, ns: i64) {
+    let t = filetime::FileTime::from_unix_time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32);
+    filetime::set_file_mtime(path, t).unwrap();
+}
+
+/// Files just written are "racy" for the hash cache for one second (see hash::cache).
+pub fn wait_out_racy_window() {
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+}
+
+/// The attache binary with a clean environment: no user config, no stray ATTACHE_ variables,
+/// and its own cache dir.
+pub fn attache(cache: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_attache"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ATTACHE_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("XDG_CONFIG_HOME", cache.join("no-config"));
+    c.env("ATTACHE_CACHE__DIR", cache);
+    c
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and returns (exit code, stdout, stderr).
+pub fn run(c: &mut Command) -> (i32, String, String) {
+    let o = c.output().unwrap();
+    (o.status.code().unwrap_or(-1), stdout(&o), stderr(&o))
+}

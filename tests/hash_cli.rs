@@ -1,0 +1,191 @@
+//! `attache hash` as a user runs it: the hash cache, bad trees, exit codes, Ctrl-C.
+
+mod common;
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use attache::manifest::decode;
+use common::*;
+
+fn summary(cache: &Path, root: &Path) -> serde_json::Value {
+    let (code, out, err) = run(attache(cache).arg("hash").arg(root).arg("--json"));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn manifest_of(cache: &Path, root: &Path) -> attache::manifest::Manifest {
+    let (code, out, err) = run(attache(cache).arg("hash").arg(root));
+    assert_eq!(code, 0, "{err}");
+    decode(out.trim_end().as_bytes()).unwrap()
+}
+
+#[test]
+fn second_hash_of_an_unchanged_tree_reads_no_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (root, cache) = (t.path().join("root"), t.path().join("cache"));
+    for i in 0..50 {
+        let p = root.join(format!("d{}/f{i}.bin", i % 5));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, vec![i as u8; i * 100]).unwrap();
+    }
+    wait_out_racy_window();
+    let first = summary(&cache, &root);
+    assert_eq!(first["hashed_files"], 50);
+    let second = summary(&cache, &root);
+    assert_eq!(second["hashed_files"], 0, "{second}");
+    assert_eq!(second["hashed_bytes"], 0);
+    assert_eq!(second["cached_files"], 50);
+    assert_eq!(second["roots"][0]["manifest_hash"], first["roots"][0]["manifest_hash"]);
+    // The human summary says so too.
+    let (_, _, err) = run(attache(&cache).arg("hash").arg(&root).arg("-o").arg(t.path().join("m")));
+    assert!(err.contains("read 0 files (0 B), 50 from the hash cache"), "{err}");
+    // --no-cache reads everything again.
+    let (_, out, _) = run(attache(&cache).arg("hash").arg(&root).arg("--json").arg("--no-cache"));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["hashed_files"], 50);
+}
+
+#[test]
+fn a_file_changed_in_place_with_its_mtime_restored_is_rehashed() {
+    let t = tempfile::tempdir().unwrap();
+    let (root, cache) = (t.path().join("root"), t.path().join("cache"));
+    fs::create_dir(&root).unwrap();
+    let f = root.join("scene.ma");
+    fs::write(&f, b"version 1").unwrap();
+    set_mtime_ns(&f, 1_700_000_000_123_456_789);
+    wait_out_racy_window();
+    let before = manifest_of(&cache, &root);
+    assert_eq!(summary(&cache, &root)["cached_files"], 1, "cache is warm");
+
+    fs::write(&f, b"version 2, longer").unwrap();
+    set_mtime_ns(&f, 1_700_000_000_123_456_789);
+    let after = summary(&cache, &root);
+    assert_eq!(after["hashed_files"], 1, "size and ctime changed: must re-read");
+    let m = manifest_of(&cache, &root);
+    assert_ne!(m.entries()[0].hash, before.entries()[0].hash);
+    assert_eq!(m.entries()[0].hash, attache::hash::ContentHash::of(b"version 2, longer"));
+    assert_eq!(m.entries()[0].mtime_us, 1_700_000_000_123_456, "mtime floored to microseconds");
+}
+
+#[test]
+fn symlinks_follow_the_policy() {
+    let t = tempfile::tempdir().unwrap();
+    let (root, cache) = (t.path().join("root"), t.path().join("cache"));
+    fs::create_dir(&root).unwrap();
+    fs::write(root.join("tex.png"), b"png").unwrap();
+    symlink("tex.png", root.join("alias.png")).unwrap();
+    let m = manifest_of(&cache, &root);
+    assert_eq!(m.len(), 2);
+    assert_eq!(m.entries()[0].hash, m.entries()[1].hash, "an internal link is its target's content");
+
+    fs::write(t.path().join("outside.txt"), b"o").unwrap();
+    symlink(t.path().join("outside.txt"), root.join("escape")).unwrap();
+    let (code, _, err) = run(attache(&cache).arg("hash").arg(&root));
+    assert_eq!(code, 1);
+    assert!(err.contains("escape: symlink points outside the root"), "{err}");
+    assert!(err.contains("--follow-external-symlinks"), "{err}");
+    let (code, _, err) = run(attache(&cache).arg("hash").arg(&root).arg("--follow-external-symlinks"));
+    assert_eq!(code, 0, "{err}");
+
+    fs::remove_file(root.join("escape")).unwrap();
+    symlink("loop-b", root.join("loop-a")).unwrap();
+    symlink("loop-a", root.join("loop-b")).unwrap();
+    let (code, _, err) = run(attache(&cache).arg("hash").arg(&root));
+    assert_eq!(code, 1);
+    assert!(err.contains("loop-a: symlink loop") && err.contains("loop-b: symlink loop"), "{err}");
+}
+
+#[test]
+fn non_utf8_names_and_empty_files_are_hashed() {
+    let t = tempfile::tempdir().unwrap();
+    let (root, cache) = (t.path().join("root"), t.path().join("cache"));
+    fs::create_dir(&root).unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    fs::write(root.join(name), b"latin-1 name").unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    let (code, out, err) = run(attache(&cache).arg("hash").arg(&root));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""path":"caf\udce9.txt""#), "{out}");
+    assert!(out.contains(r#"{"hash":"99aa06d3014798d86001c324468d497f","mtime":"#), "{out}");
+    let m = decode(out.trim_end().as_bytes()).unwrap();
+    let back = m.entries().iter().find(|e| e.size > 0).unwrap().path.to_posix_bytes().unwrap().into_owned();
+    assert_eq!(back, b"caf\xe9.txt");
+}
+
+#[test]
+fn unreadable_file_is_named_and_fails() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    fs::create_dir(&root).unwrap();
+    fs::write(root.join("ok.txt"), b"ok").unwrap();
+    fs::write(root.join("locked.txt"), b"secret").unwrap();
+    fs::set_permissions(root.join("locked.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // root reads anything: drop to nobody so the permission bites.
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_attache")]);
+        c.env("XDG_CONFIG_HOME", "/nonexistent");
+        c
+    } else {
+        attache(&t.path().join("cache"))
+    };
+    let (code, _, err) = run(cmd.arg("hash").arg(&root).arg("--no-cache"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("locked.txt: cannot read: Permission denied"), "{err}");
+}
+
+#[test]
+fn a_fifo_and_a_missing_root_are_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let (root, cache) = (t.path().join("root"), t.path().join("cache"));
+    fs::create_dir(&root).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(root.join("pipe")).status().unwrap().success());
+    let (code, _, err) = run(attache(&cache).arg("hash").arg(&root));
+    assert_eq!(code, 1);
+    assert!(err.contains("pipe: is a FIFO"), "{err}");
+    let (code, _, err) = run(attache(&cache).arg("hash").arg(t.path().join("missing")));
+    assert_eq!(code, 1);
+    assert!(err.contains("missing: cannot read"), "{err}");
+    let (code, _, err) = run(attache(&cache).arg("hash").arg(t.path().join("cache")).arg("--threads").arg("many"));
+    assert_eq!(code, 2, "bad flag value is a usage error: {err}");
+    assert!(err.contains("hash.threads") && err.contains("--threads"), "{err}");
+}
+
+#[test]
+fn an_empty_tree_has_no_manifest() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let (code, _, err) = run(attache(&t.path().join("cache")).arg("hash").arg(&root));
+    assert_eq!(code, 2);
+    assert!(err.contains("no files to attach"), "{err}");
+}
+
+#[test]
+fn ctrl_c_cancels_promptly_with_exit_130() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    fs::create_dir(&root).unwrap();
+    // Sparse: costs no disk, reads as zeros, takes far longer than the test waits to hash.
+    for i in 0..4 {
+        fs::File::create(root.join(format!("big{i}"))).unwrap().set_len(64 << 30).unwrap();
+    }
+    let mut child = attache(&t.path().join("cache")).arg("hash").arg(&root).arg("--no-cache").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(child.try_wait().unwrap().is_none(), "still hashing");
+    let sent = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(sent.elapsed() < Duration::from_secs(10), "hash did not stop after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(130));
+    eprintln!("stopped {:?} after SIGINT", sent.elapsed());
+}
