@@ -16,7 +16,13 @@ use crate::jobs::Cancelled;
 
 /// Job-attachment transfer agent for render farms (AWS Deadline Cloud compatible).
 #[derive(Debug, Parser)]
-#[command(name = "attache", version, about, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "attache",
+    version,
+    about,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -99,7 +105,10 @@ fn describe(e: &anyhow::Error) -> String {
 fn exit_code_of(e: &anyhow::Error) -> u8 {
     if e.chain().any(|c| c.is::<Cancelled>()) {
         exit::CANCELLED
-    } else if e.chain().any(|c| c.is::<ConfigError>() || c.is::<UsageError>()) {
+    } else if e
+        .chain()
+        .any(|c| c.is::<ConfigError>() || c.is::<UsageError>())
+    {
         exit::USAGE
     } else {
         exit::FAILURE
@@ -108,8 +117,18 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut overrides = Vec::new();
-    flag(&mut overrides, "log.level", "--log-level", cli.global.log_level.clone());
-    flag(&mut overrides, "log.format", "--log-format", cli.global.log_format.clone());
+    flag(
+        &mut overrides,
+        "log.level",
+        "--log-level",
+        cli.global.log_level.clone(),
+    );
+    flag(
+        &mut overrides,
+        "log.format",
+        "--log-format",
+        cli.global.log_format.clone(),
+    );
     match &cli.command {
         Command::Hash(a) => a.overrides(&mut overrides),
         Command::Manifest(m) => m.overrides(&mut overrides),
@@ -124,7 +143,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(file) = &loaded.file {
         tracing::debug!(config = %file.display(), "config loaded");
     }
-    let ctx = Context { settings: loaded.settings, config_file: loaded.file };
+    let ctx = Context {
+        settings: loaded.settings,
+        config_file: loaded.file,
+    };
     match cli.command {
         Command::Hash(a) => hash_cmd::run_cmd(&ctx, a),
         Command::Manifest(m) => manifest_cmd::run(&ctx, m),
@@ -141,7 +163,11 @@ pub struct Context {
 /// Records a CLI flag as a config override, so flags, env and file share one validation.
 pub(crate) fn flag(out: &mut Vec<Override>, key: &str, source: &str, value: Option<String>) {
     if let Some(value) = value {
-        out.push(Override { key: key.into(), value, source: source.into() });
+        out.push(Override {
+            key: key.into(),
+            value,
+            source: source.into(),
+        });
     }
 }
 
@@ -150,7 +176,10 @@ pub(crate) fn flag(out: &mut Vec<Override>, key: &str, source: &str, value: Opti
 pub(crate) fn run_cancellable<T: Send + 'static>(
     job: impl FnOnce(CancellationToken) -> T + Send + 'static,
 ) -> anyhow::Result<T> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let cancel = CancellationToken::new();
     rt.block_on(async {
         let on_signal = cancel.clone();

@@ -49,7 +49,10 @@ mod tests {
 
     #[test]
     fn roots_are_normalized_lexically() {
-        assert_eq!(normalize_root(Path::new("/a/b/../c/./d/")).unwrap(), Path::new("/a/c/d"));
+        assert_eq!(
+            normalize_root(Path::new("/a/b/../c/./d/")).unwrap(),
+            Path::new("/a/c/d")
+        );
         assert_eq!(normalize_root(Path::new("/..")).unwrap(), Path::new("/"));
         assert!(normalize_root(Path::new("rel")).unwrap().is_absolute());
     }

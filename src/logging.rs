@@ -11,12 +11,17 @@ pub fn init(settings: &LogSettings) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match settings.format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     if let Some(e) = bad {
-        tracing::warn!("log.level {:?} is not a valid filter ({e}); using \"info\"", settings.level);
+        tracing::warn!(
+            "log.level {:?} is not a valid filter ({e}); using \"info\"",
+            settings.level
+        );
     }
 }

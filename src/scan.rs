@@ -77,7 +77,9 @@ pub enum ScanError {
     SymlinkLoop { path: PathBuf },
     #[error("{path}: broken symlink (its target does not exist)")]
     BrokenSymlink { path: PathBuf },
-    #[error("{path}: is a {kind}; only regular files, directories and symlinks to them can be attached")]
+    #[error(
+        "{path}: is a {kind}; only regular files, directories and symlinks to them can be attached"
+    )]
     SpecialFile { path: PathBuf, kind: &'static str },
     #[error("{path}: not a directory; pass the directory that holds it")]
     RootNotDirectory { path: PathBuf },
@@ -152,12 +154,18 @@ pub fn scan(
     if cancel.is_cancelled() {
         return Ok(ScanOutcome::Cancelled);
     }
-    let errors = walker.errors.into_inner().expect("no panics while holding the lock");
+    let errors = walker
+        .errors
+        .into_inner()
+        .expect("no panics while holding the lock");
     if !errors.is_empty() {
         return Err(ScanErrors(errors));
     }
     Ok(ScanOutcome::Done(
-        walker.files.into_inner().expect("no panics while holding the lock"),
+        walker
+            .files
+            .into_inner()
+            .expect("no panics while holding the lock"),
     ))
 }
 
@@ -185,14 +193,22 @@ impl<'a> Walker<'a> {
         }
         let entries = match fs::read_dir(&dir.path) {
             Ok(entries) => entries,
-            Err(source) => return self.fail(ScanError::Io { path: dir.path, source }),
+            Err(source) => {
+                return self.fail(ScanError::Io {
+                    path: dir.path,
+                    source,
+                });
+            }
         };
         let mut files = Vec::new();
         for entry in entries {
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(source) => {
-                    self.fail(ScanError::Io { path: dir.path.clone(), source });
+                    self.fail(ScanError::Io {
+                        path: dir.path.clone(),
+                        source,
+                    });
                     continue;
                 }
             };
@@ -224,7 +240,11 @@ impl<'a> Walker<'a> {
                     }
                     let mut ancestors = dir.ancestors.clone();
                     ancestors.push(id);
-                    let task = DirTask { path, rel, ancestors };
+                    let task = DirTask {
+                        path,
+                        rel,
+                        ancestors,
+                    };
                     scope.spawn(move |s| self.walk_dir(s, task));
                 }
                 Ok(None) => {}
@@ -232,7 +252,10 @@ impl<'a> Walker<'a> {
             }
         }
         if !files.is_empty() {
-            self.files.lock().expect("no panics while holding the lock").append(&mut files);
+            self.files
+                .lock()
+                .expect("no panics while holding the lock")
+                .append(&mut files);
         }
     }
 
@@ -244,7 +267,12 @@ impl<'a> Walker<'a> {
             match fs::symlink_metadata(path) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(source) => return Err(ScanError::Io { path: path.to_path_buf(), source }),
+                Err(source) => {
+                    return Err(ScanError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    });
+                }
             }
         };
         let ft = meta.file_type();
@@ -253,7 +281,10 @@ impl<'a> Walker<'a> {
         } else if ft.is_dir() {
             Ok(Some(Found::Dir(meta)))
         } else {
-            Err(ScanError::SpecialFile { path: path.to_path_buf(), kind: special_kind(ft) })
+            Err(ScanError::SpecialFile {
+                path: path.to_path_buf(),
+                kind: special_kind(ft),
+            })
         }
     }
 
@@ -261,11 +292,16 @@ impl<'a> Walker<'a> {
     /// the user allowed it.
     fn resolve_symlink(&self, path: &Path) -> Result<Metadata, ScanError> {
         let target = fs::canonicalize(path).map_err(|source| match source.raw_os_error() {
-            Some(libc::ELOOP) => ScanError::SymlinkLoop { path: path.to_path_buf() },
-            _ if source.kind() == io::ErrorKind::NotFound => {
-                ScanError::BrokenSymlink { path: path.to_path_buf() }
-            }
-            _ => ScanError::Io { path: path.to_path_buf(), source },
+            Some(libc::ELOOP) => ScanError::SymlinkLoop {
+                path: path.to_path_buf(),
+            },
+            _ if source.kind() == io::ErrorKind::NotFound => ScanError::BrokenSymlink {
+                path: path.to_path_buf(),
+            },
+            _ => ScanError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
         })?;
         if !target.starts_with(self.real_root) && !self.opts.follow_external_symlinks {
             return Err(ScanError::EscapingSymlink {
@@ -274,11 +310,17 @@ impl<'a> Walker<'a> {
                 target,
             });
         }
-        fs::metadata(&target).map_err(|source| ScanError::Io { path: path.to_path_buf(), source })
+        fs::metadata(&target).map_err(|source| ScanError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     fn fail(&self, e: ScanError) {
-        self.errors.lock().expect("no panics while holding the lock").push(e);
+        self.errors
+            .lock()
+            .expect("no panics while holding the lock")
+            .push(e);
     }
 }
 
@@ -309,7 +351,8 @@ mod tests {
     fn run(root: &Path, opts: ScanOptions) -> Result<Vec<String>, ScanErrors> {
         match scan(root, opts, &CancellationToken::new())? {
             ScanOutcome::Done(files) => {
-                let mut v: Vec<String> = files.iter().map(|f| f.rel.display().into_owned()).collect();
+                let mut v: Vec<String> =
+                    files.iter().map(|f| f.rel.display().into_owned()).collect();
                 v.sort();
                 Ok(v)
             }
@@ -335,7 +378,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         fs::write(t.path().join("real"), b"12345").unwrap();
         symlink("real", t.path().join("link")).unwrap();
-        let ScanOutcome::Done(files) = scan(t.path(), ScanOptions::default(), &CancellationToken::new()).unwrap() else {
+        let ScanOutcome::Done(files) =
+            scan(t.path(), ScanOptions::default(), &CancellationToken::new()).unwrap()
+        else {
             panic!()
         };
         assert!(files.iter().all(|f| f.stat.size == 5), "{files:?}");
@@ -348,9 +393,18 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         symlink(outside.path().join("secret"), t.path().join("esc")).unwrap();
         let err = run(t.path(), ScanOptions::default()).unwrap_err();
-        assert!(matches!(err.0[..], [ScanError::EscapingSymlink { .. }]), "{err}");
+        assert!(
+            matches!(err.0[..], [ScanError::EscapingSymlink { .. }]),
+            "{err}"
+        );
         assert!(err.to_string().contains("--follow-external-symlinks"));
-        let ok = run(t.path(), ScanOptions { follow_external_symlinks: true }).unwrap();
+        let ok = run(
+            t.path(),
+            ScanOptions {
+                follow_external_symlinks: true,
+            },
+        )
+        .unwrap();
         assert_eq!(ok, ["esc"]);
     }
 
@@ -374,10 +428,22 @@ mod tests {
     fn fifo_is_refused() {
         let t = tempfile::tempdir().unwrap();
         let fifo = t.path().join("pipe");
-        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
         assert!(status.success());
         let err = run(t.path(), ScanOptions::default()).unwrap_err();
-        assert!(matches!(err.0[..], [ScanError::SpecialFile { kind: "FIFO (named pipe)", .. }]), "{err}");
+        assert!(
+            matches!(
+                err.0[..],
+                [ScanError::SpecialFile {
+                    kind: "FIFO (named pipe)",
+                    ..
+                }]
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -385,7 +451,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let name = OsStr::from_bytes(b"bad-\xff\xfe.txt");
         fs::write(t.path().join(name), b"z").unwrap();
-        let ScanOutcome::Done(files) = scan(t.path(), ScanOptions::default(), &CancellationToken::new()).unwrap() else {
+        let ScanOutcome::Done(files) =
+            scan(t.path(), ScanOptions::default(), &CancellationToken::new()).unwrap()
+        else {
             panic!()
         };
         assert_eq!(files[0].rel.display(), "bad-\\udcff\\udcfe.txt");
@@ -407,6 +475,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let token = CancellationToken::new();
         token.cancel();
-        assert!(matches!(scan(t.path(), ScanOptions::default(), &token), Ok(ScanOutcome::Cancelled)));
+        assert!(matches!(
+            scan(t.path(), ScanOptions::default(), &token),
+            Ok(ScanOutcome::Cancelled)
+        ));
     }
 }

@@ -12,8 +12,8 @@ use serde_json::json;
 
 use super::progress_bar::Bar;
 use super::{Context, UsageError, flag, run_cancellable};
-use crate::config::Settings;
 use crate::config::Override;
+use crate::config::Settings;
 use crate::hash::ContentHash;
 use crate::hash::parallel::HashStats;
 use crate::jobs::hash::{HashReport, HashSpec, run};
@@ -21,7 +21,9 @@ use crate::progress::Progress;
 use crate::scan::ScanOptions;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  attache hash ./shot010 -o shot010.manifest\n  attache hash /proj/a /proj/b -o manifests/ --json")]
+#[command(
+    after_help = "Examples:\n  attache hash ./shot010 -o shot010.manifest\n  attache hash /proj/a /proj/b -o manifests/ --json"
+)]
 pub struct HashArgs {
     /// Directories to hash; each becomes one manifest.
     #[arg(required = true, value_name = "ROOT")]
@@ -56,7 +58,12 @@ impl HashArgs {
         }
         flag(out, "cache.dir", "--cache-dir", self.cache_dir.clone());
         if self.follow_external_symlinks {
-            flag(out, "hash.follow_external_symlinks", "--follow-external-symlinks", Some("true".into()));
+            flag(
+                out,
+                "hash.follow_external_symlinks",
+                "--follow-external-symlinks",
+                Some("true".into()),
+            );
         }
         flag(out, "hash.threads", "--threads", self.threads.clone());
     }
@@ -69,7 +76,9 @@ pub fn spec_from(settings: &Settings, roots: Vec<PathBuf>, use_cache: bool) -> H
         cache_dir: use_cache.then(|| settings.cache.dir.clone()),
         threads: settings.hash_threads(),
         read_buffer: settings.hash.read_buffer.0 as usize,
-        scan: ScanOptions { follow_external_symlinks: settings.hash.follow_external_symlinks },
+        scan: ScanOptions {
+            follow_external_symlinks: settings.hash.follow_external_symlinks,
+        },
     }
 }
 
@@ -78,10 +87,18 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
         Some(o) => args.roots.len() > 1 || o.is_dir(),
         None => false,
     };
-    let spec = spec_from(&ctx.settings, args.roots.clone(), ctx.settings.cache.hash_cache);
+    let spec = spec_from(
+        &ctx.settings,
+        args.roots.clone(),
+        ctx.settings.cache.hash_cache,
+    );
     let progress = Arc::new(Progress::default());
     let report = {
-        let _bar = Bar::start("hashing", progress.clone(), !std::io::stderr().is_terminal());
+        let _bar = Bar::start(
+            "hashing",
+            progress.clone(),
+            !std::io::stderr().is_terminal(),
+        );
         let p = progress.clone();
         run_cancellable(move |cancel| run(&spec, &cancel, &p))??
     };
@@ -90,16 +107,25 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     for r in &report.roots {
         let bytes = r.manifest.encode().map_err(|_| UsageError {
-            message: format!("{}: no files to attach; a manifest needs at least one file", r.root.display()),
+            message: format!(
+                "{}: no files to attach; a manifest needs at least one file",
+                r.root.display()
+            ),
         })?;
         let manifest_hash = ContentHash::of(&bytes);
         let written = match &args.output {
             Some(o) => {
-                let path = if dir_mode { o.join(crate::layout::input_manifest_name(&r.root)) } else { o.clone() };
+                let path = if dir_mode {
+                    o.join(crate::layout::input_manifest_name(&r.root))
+                } else {
+                    o.clone()
+                };
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
                 }
-                crate::fsutil::write_atomic(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+                crate::fsutil::write_atomic(&path, &bytes)
+                    .with_context(|| format!("writing {}", path.display()))?;
                 Some(path)
             }
             None => {
@@ -116,7 +142,10 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
                 r.root.display(),
                 r.stats.files,
                 ByteSize(r.stats.bytes).display().iec(),
-                written.as_ref().map(|p| format!(" -> {}", p.display())).unwrap_or_default(),
+                written
+                    .as_ref()
+                    .map(|p| format!(" -> {}", p.display()))
+                    .unwrap_or_default(),
                 manifest_hash
             );
         }

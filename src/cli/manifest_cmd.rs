@@ -71,7 +71,12 @@ impl ManifestCommand {
         if let ManifestCommand::Verify(v) = self {
             flag(out, "hash.threads", "--threads", v.threads.clone());
             if v.follow_external_symlinks {
-                flag(out, "hash.follow_external_symlinks", "--follow-external-symlinks", Some("true".into()));
+                flag(
+                    out,
+                    "hash.follow_external_symlinks",
+                    "--follow-external-symlinks",
+                    Some("true".into()),
+                );
             }
         }
     }
@@ -80,7 +85,12 @@ impl ManifestCommand {
 pub fn run(ctx: &Context, cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ManifestCommand::Cat { files, json } => cat(&files, json),
-        ManifestCommand::Diff { old, new, json, exit_code } => {
+        ManifestCommand::Diff {
+            old,
+            new,
+            json,
+            exit_code,
+        } => {
             let d = diff(&read_manifest(&old)?, &read_manifest(&new)?);
             let mut out = std::io::stdout().lock();
             if json {
@@ -101,9 +111,19 @@ pub fn run(ctx: &Context, cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
                 for e in &d.removed {
                     writeln!(out, "- {}", e.path)?;
                 }
-                writeln!(out, "{} added, {} changed, {} removed", d.added.len(), d.changed.len(), d.removed.len())?;
+                writeln!(
+                    out,
+                    "{} added, {} changed, {} removed",
+                    d.added.len(),
+                    d.changed.len(),
+                    d.removed.len()
+                )?;
             }
-            Ok(if exit_code && !d.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if exit_code && !d.is_empty() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         ManifestCommand::Verify(v) => verify_cmd(ctx, v),
     }
@@ -111,7 +131,8 @@ pub fn run(ctx: &Context, cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
 
 /// Reads and decodes a manifest file; errors name the file.
 pub fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
     decode(&bytes).with_context(|| format!("manifest {} is not usable", path.display()))
 }
 
@@ -130,7 +151,14 @@ fn cat(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
             writeln!(out, "# {}", file.display())?;
         }
         for e in m.entries() {
-            writeln!(out, "{}  {:>12}  {}  {}", e.hash, e.size, format_mtime(e.mtime_us), e.path)?;
+            writeln!(
+                out,
+                "{}  {:>12}  {}  {}",
+                e.hash,
+                e.size,
+                format_mtime(e.mtime_us),
+                e.path
+            )?;
         }
         writeln!(out, "# {} files, {} bytes", m.len(), m.total_size())?;
     }
@@ -138,18 +166,29 @@ fn cat(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let expected = merge(v.manifests.iter().map(|p| read_manifest(p)).collect::<anyhow::Result<Vec<_>>>()?);
+    let expected = merge(
+        v.manifests
+            .iter()
+            .map(|p| read_manifest(p))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    );
     let spec = super::hash_cmd::spec_from(&ctx.settings, vec![v.root.clone()], v.use_cache);
     let progress = Arc::new(Progress::default());
     let report = {
-        let _bar = Bar::start("verifying", progress.clone(), !std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        let _bar = Bar::start(
+            "verifying",
+            progress.clone(),
+            !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        );
         let p = progress.clone();
         run_cancellable(move |cancel| verify::run(&expected, &spec, &cancel, &p))??
     };
     let passed = report.passed(v.strict);
     let mut out = std::io::stdout().lock();
     let pairs = |list: &[(ManifestEntry, ManifestEntry)]| {
-        list.iter().map(|(a, b)| json!({"expected": entry_json(a), "found": entry_json(b)})).collect::<Vec<_>>()
+        list.iter()
+            .map(|(a, b)| json!({"expected": entry_json(a), "found": entry_json(b)}))
+            .collect::<Vec<_>>()
     };
     if v.json {
         let j = json!({
@@ -188,7 +227,11 @@ fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
             report.extra.len()
         )?;
     }
-    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn entry_json(e: &ManifestEntry) -> serde_json::Value {
@@ -204,7 +247,11 @@ fn change_summary(a: &ManifestEntry, b: &ManifestEntry) -> String {
         parts.push(format!("hash {} -> {}", a.hash, b.hash));
     }
     if a.mtime_us != b.mtime_us {
-        parts.push(format!("mtime {} -> {}", format_mtime(a.mtime_us), format_mtime(b.mtime_us)));
+        parts.push(format!(
+            "mtime {} -> {}",
+            format_mtime(a.mtime_us),
+            format_mtime(b.mtime_us)
+        ));
     }
     parts.join(", ")
 }
@@ -212,7 +259,10 @@ fn change_summary(a: &ManifestEntry, b: &ManifestEntry) -> String {
 /// RFC 3339 UTC with microseconds; raw microseconds for times before 1970.
 fn format_mtime(us: i64) -> String {
     match u64::try_from(us) {
-        Ok(us) => humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + std::time::Duration::from_micros(us)).to_string(),
+        Ok(us) => humantime::format_rfc3339_micros(
+            std::time::UNIX_EPOCH + std::time::Duration::from_micros(us),
+        )
+        .to_string(),
         Err(_) => format!("{us}us"),
     }
 }

@@ -19,7 +19,11 @@ pub struct Bar {
 impl Bar {
     /// Starts drawing `progress` under `label` (unless `hidden`).
     pub fn start(label: &'static str, progress: Arc<Progress>, hidden: bool) -> Bar {
-        let target = if hidden { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+        let target = if hidden {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
         let bar = ProgressBar::with_draw_target(Some(0), target);
         bar.set_style(
             ProgressStyle::with_template(
@@ -42,7 +46,11 @@ impl Bar {
                 }
             })
         };
-        Bar { bar, stop, ticker: Some(ticker) }
+        Bar {
+            bar,
+            stop,
+            ticker: Some(ticker),
+        }
     }
 }
 

@@ -37,10 +37,18 @@ pub const RACY_WINDOW_NS: i64 = 1_000_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("hash cache {path}: {source}; fix the permissions of cache.dir, or run with --no-cache")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    #[error(
+        "hash cache {path}: {source}; fix the permissions of cache.dir, or run with --no-cache"
+    )]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("hash cache {path}: {source}")]
-    Query { path: PathBuf, source: rusqlite::Error },
+    Query {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
 }
 
 /// An open hash cache. Cheap to share between threads (one connection behind a mutex: lookups
@@ -63,7 +71,10 @@ impl HashCache {
     /// never a wrong hash.
     pub fn open(dir: &Path) -> Result<Self, CacheError> {
         let path = dir.join(FILE_NAME);
-        let open_err = |source| CacheError::Open { path: path.clone(), source };
+        let open_err = |source| CacheError::Open {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(|e| open_err(io_to_sqlite(e)))?;
         let conn = match Self::connect(&path) {
             Ok(conn) => conn,
@@ -84,13 +95,18 @@ impl HashCache {
             }
             Err(e) => return Err(open_err(e)),
         };
-        Ok(HashCache { path, conn: Mutex::new(conn) })
+        Ok(HashCache {
+            path,
+            conn: Mutex::new(conn),
+        })
     }
 
     fn connect(path: &Path) -> rusqlite::Result<Connection> {
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         // Other attache processes may hold the write lock briefly; wait rather than fail.
         conn.busy_timeout(Duration::from_secs(30))?;
@@ -121,7 +137,10 @@ impl HashCache {
         files: &[(&[u8], &FileStat)],
     ) -> Result<Vec<Option<ContentHash>>, CacheError> {
         debug_assert!(files.is_sorted_by(|a, b| a.0 <= b.0));
-        let q = |source| CacheError::Query { path: self.path.clone(), source };
+        let q = |source| CacheError::Query {
+            path: self.path.clone(),
+            source,
+        };
         let (lo, hi) = prefix_range(dir);
         let conn = self.conn.lock().expect("no panics while holding the lock");
         let mut stmt = conn
@@ -151,7 +170,9 @@ impl HashCache {
         if !stale.is_empty() {
             let tx = conn.unchecked_transaction().map_err(q)?;
             {
-                let mut del = tx.prepare_cached("DELETE FROM hashes WHERE path = ?1").map_err(q)?;
+                let mut del = tx
+                    .prepare_cached("DELETE FROM hashes WHERE path = ?1")
+                    .map_err(q)?;
                 for p in &stale {
                     del.execute(params![p]).map_err(q)?;
                 }
@@ -163,14 +184,20 @@ impl HashCache {
 
     /// Looks up one file.
     pub fn lookup(&self, path: &[u8], stat: &FileStat) -> Result<Option<ContentHash>, CacheError> {
-        let q = |source| CacheError::Query { path: self.path.clone(), source };
+        let q = |source| CacheError::Query {
+            path: self.path.clone(),
+            source,
+        };
         let conn = self.conn.lock().expect("no panics while holding the lock");
         let mut stmt = conn
             .prepare_cached(
                 "SELECT path, dev, ino, size, mtime_ns, ctime_ns, hash, check_ FROM hashes WHERE path = ?1",
             )
             .map_err(q)?;
-        let row = stmt.query_row(params![path], |r| Row::read(r)).optional().map_err(q)?;
+        let row = stmt
+            .query_row(params![path], Row::read)
+            .optional()
+            .map_err(q)?;
         Ok(row.and_then(|r| r.trusted_hash(path, stat)))
     }
 
@@ -179,7 +206,10 @@ impl HashCache {
         if records.is_empty() {
             return Ok(());
         }
-        let q = |source| CacheError::Query { path: self.path.clone(), source };
+        let q = |source| CacheError::Query {
+            path: self.path.clone(),
+            source,
+        };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -231,7 +261,9 @@ impl Row {
                 mtime_ns: r.get(4)?,
                 ctime_ns: r.get(5)?,
             },
-            hash: <[u8; 16]>::try_from(hash.as_slice()).ok().map(ContentHash::from_be_bytes),
+            hash: <[u8; 16]>::try_from(hash.as_slice())
+                .ok()
+                .map(ContentHash::from_be_bytes),
             check: r.get(7)?,
         })
     }
@@ -284,7 +316,13 @@ mod tests {
     use super::*;
 
     fn stat(size: u64) -> FileStat {
-        FileStat { dev: 1, ino: 2, size, mtime_ns: 10, ctime_ns: 20 }
+        FileStat {
+            dev: 1,
+            ino: 2,
+            size,
+            mtime_ns: 10,
+            ctime_ns: 20,
+        }
     }
 
     #[test]
@@ -292,12 +330,23 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let c = HashCache::open(t.path()).unwrap();
         let h = ContentHash::of(b"x");
-        c.store(&[CacheRecord { path: b"/r/a", stat: &stat(1), hash: h }]).unwrap();
+        c.store(&[CacheRecord {
+            path: b"/r/a",
+            stat: &stat(1),
+            hash: h,
+        }])
+        .unwrap();
         assert_eq!(c.lookup(b"/r/a", &stat(1)).unwrap(), Some(h));
         for changed in [
             FileStat { size: 2, ..stat(1) },
-            FileStat { mtime_ns: 11, ..stat(1) },
-            FileStat { ctime_ns: 21, ..stat(1) },
+            FileStat {
+                mtime_ns: 11,
+                ..stat(1)
+            },
+            FileStat {
+                ctime_ns: 21,
+                ..stat(1)
+            },
             FileStat { ino: 3, ..stat(1) },
             FileStat { dev: 9, ..stat(1) },
         ] {
@@ -311,7 +360,12 @@ mod tests {
         let a = HashCache::open(t.path()).unwrap();
         let b = HashCache::open(t.path()).unwrap();
         let h = ContentHash::of(b"y");
-        a.store(&[CacheRecord { path: b"/r/y", stat: &stat(1), hash: h }]).unwrap();
+        a.store(&[CacheRecord {
+            path: b"/r/y",
+            stat: &stat(1),
+            hash: h,
+        }])
+        .unwrap();
         assert_eq!(b.lookup(b"/r/y", &stat(1)).unwrap(), Some(h));
         drop((a, b));
         let c = HashCache::open(t.path()).unwrap();
@@ -325,28 +379,71 @@ mod tests {
         let (ha, hc) = (ContentHash::of(b"a"), ContentHash::of(b"c"));
         let s = stat(1);
         c.store(&[
-            CacheRecord { path: b"/r/a", stat: &s, hash: ha },
-            CacheRecord { path: b"/r/b-deleted", stat: &s, hash: ha },
-            CacheRecord { path: b"/r/c", stat: &s, hash: hc },
-            CacheRecord { path: b"/r0/other-root", stat: &s, hash: hc },
-            CacheRecord { path: b"/rr/other-root", stat: &s, hash: hc },
+            CacheRecord {
+                path: b"/r/a",
+                stat: &s,
+                hash: ha,
+            },
+            CacheRecord {
+                path: b"/r/b-deleted",
+                stat: &s,
+                hash: ha,
+            },
+            CacheRecord {
+                path: b"/r/c",
+                stat: &s,
+                hash: hc,
+            },
+            CacheRecord {
+                path: b"/r0/other-root",
+                stat: &s,
+                hash: hc,
+            },
+            CacheRecord {
+                path: b"/rr/other-root",
+                stat: &s,
+                hash: hc,
+            },
         ])
         .unwrap();
         let files: Vec<(&[u8], &FileStat)> = vec![(b"/r/a", &s), (b"/r/c", &s), (b"/r/new", &s)];
-        assert_eq!(c.lookup_sorted(b"/r", &files).unwrap(), vec![Some(ha), Some(hc), None]);
-        assert_eq!(c.lookup(b"/r/b-deleted", &s).unwrap(), None, "stale row pruned");
-        assert_eq!(c.lookup(b"/r0/other-root", &s).unwrap(), Some(hc), "other roots kept");
-        assert_eq!(c.lookup(b"/rr/other-root", &s).unwrap(), Some(hc), "other roots kept");
+        assert_eq!(
+            c.lookup_sorted(b"/r", &files).unwrap(),
+            vec![Some(ha), Some(hc), None]
+        );
+        assert_eq!(
+            c.lookup(b"/r/b-deleted", &s).unwrap(),
+            None,
+            "stale row pruned"
+        );
+        assert_eq!(
+            c.lookup(b"/r0/other-root", &s).unwrap(),
+            Some(hc),
+            "other roots kept"
+        );
+        assert_eq!(
+            c.lookup(b"/rr/other-root", &s).unwrap(),
+            Some(hc),
+            "other roots kept"
+        );
     }
 
     #[test]
     fn a_row_with_a_wrong_check_value_is_not_trusted() {
         let t = tempfile::tempdir().unwrap();
         let c = HashCache::open(t.path()).unwrap();
-        c.store(&[CacheRecord { path: b"/r/a", stat: &stat(1), hash: ContentHash::of(b"a") }]).unwrap();
+        c.store(&[CacheRecord {
+            path: b"/r/a",
+            stat: &stat(1),
+            hash: ContentHash::of(b"a"),
+        }])
+        .unwrap();
         let conn = Connection::open(t.path().join(FILE_NAME)).unwrap();
-        conn.execute("UPDATE hashes SET hash = ?1", params![ContentHash::of(b"evil").to_be_bytes().as_slice()])
-            .unwrap();
+        conn.execute(
+            "UPDATE hashes SET hash = ?1",
+            params![ContentHash::of(b"evil").to_be_bytes().as_slice()],
+        )
+        .unwrap();
         assert_eq!(c.lookup(b"/r/a", &stat(1)).unwrap(), None);
     }
 
@@ -355,7 +452,12 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join(FILE_NAME), vec![0xAB; 8192]).unwrap();
         let c = HashCache::open(t.path()).unwrap();
-        c.store(&[CacheRecord { path: b"/r/a", stat: &stat(1), hash: ContentHash::of(b"a") }]).unwrap();
+        c.store(&[CacheRecord {
+            path: b"/r/a",
+            stat: &stat(1),
+            hash: ContentHash::of(b"a"),
+        }])
+        .unwrap();
         let names: Vec<String> = std::fs::read_dir(t.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -18,7 +18,9 @@ pub enum HashFileError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: disappeared after it was scanned")]
     Vanished { path: PathBuf },
-    #[error("{path}: kept changing while it was read ({tries} tries); wait until it is complete and run again")]
+    #[error(
+        "{path}: kept changing while it was read ({tries} tries); wait until it is complete and run again"
+    )]
     Changed { path: PathBuf, tries: u32 },
     #[error("cancelled")]
     Cancelled,
@@ -49,9 +51,14 @@ pub fn hash_file(
 ) -> Result<FileHash, HashFileError> {
     let io_err = |source: io::Error| {
         if source.kind() == io::ErrorKind::NotFound {
-            HashFileError::Vanished { path: path.to_path_buf() }
+            HashFileError::Vanished {
+                path: path.to_path_buf(),
+            }
         } else {
-            HashFileError::Io { path: path.to_path_buf(), source }
+            HashFileError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     };
     for _ in 0..TRIES {
@@ -72,7 +79,10 @@ pub fn hash_file(
         }
         tracing::debug!(path = %path.display(), "file changed while it was hashed; reading it again");
     }
-    Err(HashFileError::Changed { path: path.to_path_buf(), tries: TRIES })
+    Err(HashFileError::Changed {
+        path: path.to_path_buf(),
+        tries: TRIES,
+    })
 }
 
 enum ReadError {
@@ -147,9 +157,7 @@ fn hash_pipelined(
         let mut hasher = Xxh3Default::new();
         let mut total = 0u64;
         loop {
-            let (buf, n) = full_rx
-                .recv()
-                .expect("reader sends until it stops")?;
+            let (buf, n) = full_rx.recv().expect("reader sends until it stops")?;
             if n == 0 {
                 return Ok((ContentHash(hasher.digest128()), total));
             }
@@ -220,7 +228,10 @@ mod tests {
         assert!(matches!(err, HashFileError::Vanished { .. }));
         assert!(err.to_string().contains("gone"));
         let dir_as_file = t.path();
-        assert!(matches!(hash(dir_as_file, 4096), Err(HashFileError::Io { .. })));
+        assert!(matches!(
+            hash(dir_as_file, 4096),
+            Err(HashFileError::Io { .. })
+        ));
     }
 
     #[test]
@@ -230,6 +241,9 @@ mod tests {
         std::fs::write(&p, vec![1u8; 1 << 20]).unwrap();
         let token = CancellationToken::new();
         token.cancel();
-        assert!(matches!(hash_file(&p, 4096, &token, &|_| {}), Err(HashFileError::Cancelled)));
+        assert!(matches!(
+            hash_file(&p, 4096, &token, &|_| {}),
+            Err(HashFileError::Cancelled)
+        ));
     }
 }

@@ -82,7 +82,10 @@ pub fn hash_tree(
     let abs = |rel: &ManifestPath| -> Vec<u8> {
         let mut p = root_bytes.strip_suffix(b"/").unwrap_or(root_bytes).to_vec();
         p.push(b'/');
-        p.extend_from_slice(&rel.to_posix_bytes().expect("scanned paths come from file names"));
+        p.extend_from_slice(
+            &rel.to_posix_bytes()
+                .expect("scanned paths come from file names"),
+        );
         p
     };
     let keys: Vec<Vec<u8>> = {
@@ -91,8 +94,11 @@ pub fn hash_tree(
     };
     let cached = match cache {
         Some(c) => {
-            let batch: Vec<(&[u8], &FileStat)> =
-                keys.iter().zip(&files).map(|(k, f)| (k.as_slice(), &f.stat)).collect();
+            let batch: Vec<(&[u8], &FileStat)> = keys
+                .iter()
+                .zip(&files)
+                .map(|(k, f)| (k.as_slice(), &f.stat))
+                .collect();
             c.lookup_sorted(root_bytes, &batch).unwrap_or_else(|e| {
                 tracing::warn!("{e}; hashing without the cache");
                 vec![None; files.len()]
@@ -113,12 +119,17 @@ pub fn hash_tree(
                 stats.cached_bytes += f.stat.size;
                 progress.add_files(1);
                 progress.add_bytes(f.stat.size);
-                done.push(HashedFile { rel: f.rel, stat: f.stat, hash, from_cache: true });
+                done.push(HashedFile {
+                    rel: f.rel,
+                    stat: f.stat,
+                    hash,
+                    from_cache: true,
+                });
             }
             None => misses.push((f, key)),
         }
     }
-    misses.sort_by(|a, b| b.0.stat.size.cmp(&a.0.stat.size));
+    misses.sort_by_key(|m| std::cmp::Reverse(m.0.stat.size));
 
     // The first failure stops the other workers; the failures found by then are reported.
     let stop = cancel.child_token();
@@ -131,16 +142,26 @@ pub fn hash_tree(
             }
             let path = std::ffi::OsStr::from_bytes(&key);
             let started_ns = now_ns();
-            match hash_file(Path::new(path), read_buffer, &stop, &|n| progress.add_bytes(n)) {
+            match hash_file(Path::new(path), read_buffer, &stop, &|n| {
+                progress.add_bytes(n)
+            }) {
                 Ok(fh) => {
                     progress.add_files(1);
                     let racy = fh.stat.mtime_ns.max(fh.stat.ctime_ns) > started_ns - RACY_WINDOW_NS;
-                    let file = HashedFile { rel: f.rel, stat: fh.stat, hash: fh.hash, from_cache: false };
+                    let file = HashedFile {
+                        rel: f.rel,
+                        stat: fh.stat,
+                        hash: fh.hash,
+                        from_cache: false,
+                    };
                     Some((file, key, !racy))
                 }
                 Err(HashFileError::Cancelled) => None,
                 Err(e) => {
-                    errors.lock().expect("no panics while holding the lock").push(e);
+                    errors
+                        .lock()
+                        .expect("no panics while holding the lock")
+                        .push(e);
                     stop.cancel();
                     None
                 }
@@ -152,14 +173,20 @@ pub fn hash_tree(
         let records: Vec<CacheRecord<'_>> = hashed
             .iter()
             .filter(|(_, _, cacheable)| *cacheable)
-            .map(|(f, key, _)| CacheRecord { path: key, stat: &f.stat, hash: f.hash })
+            .map(|(f, key, _)| CacheRecord {
+                path: key,
+                stat: &f.stat,
+                hash: f.hash,
+            })
             .collect();
         // Worth keeping even when cancelled or failed: the next run starts from here.
         if let Err(e) = c.store(&records) {
             tracing::warn!("{e}; new hashes were not cached");
         }
     }
-    let errors = errors.into_inner().expect("no panics while holding the lock");
+    let errors = errors
+        .into_inner()
+        .expect("no panics while holding the lock");
     if !errors.is_empty() {
         return Err(HashErrors(errors));
     }
@@ -196,4 +223,74 @@ fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::{ScanOptions, ScanOutcome, scan};
+
+    fn scanned(root: &Path) -> Vec<ScannedFile> {
+        match scan(root, ScanOptions::default(), &CancellationToken::new()).unwrap() {
+            ScanOutcome::Done(f) => f,
+            ScanOutcome::Cancelled => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_file_vanishing_after_the_scan_is_an_error_naming_it() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("keep"), b"k").unwrap();
+        std::fs::write(t.path().join("gone"), b"g").unwrap();
+        let files = scanned(t.path());
+        std::fs::remove_file(t.path().join("gone")).unwrap();
+        let err = match hash_tree(
+            t.path(),
+            files,
+            None,
+            4096,
+            &CancellationToken::new(),
+            &Progress::default(),
+        ) {
+            Err(e) => e,
+            Ok(_) => panic!("must fail"),
+        };
+        assert!(
+            err.to_string()
+                .contains("gone: disappeared after it was scanned"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn racy_files_are_hashed_but_not_cached() {
+        let t = tempfile::tempdir().unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = HashCache::open(cache_dir.path()).unwrap();
+        std::fs::write(t.path().join("fresh"), b"just written").unwrap();
+        let run = |cache: &HashCache| match hash_tree(
+            t.path(),
+            scanned(t.path()),
+            Some(cache),
+            4096,
+            &CancellationToken::new(),
+            &Progress::default(),
+        ) {
+            Ok(HashOutcome::Done(_, stats)) => stats,
+            _ => panic!("hashing failed"),
+        };
+        assert_eq!(run(&cache).hashed_files, 1);
+        assert_eq!(
+            run(&cache).hashed_files,
+            1,
+            "a file changed within the racy window is not trusted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(
+            run(&cache).hashed_files,
+            1,
+            "cached now that it is old enough"
+        );
+        assert_eq!(run(&cache).cached_files, 1);
+    }
 }

@@ -7,7 +7,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Cancelled, normalize_root, on_pool};
 use crate::hash::cache::{CacheError, HashCache};
-use crate::hash::parallel::{HashErrors, HashOutcome, HashStats, HashedFile, hash_tree, to_manifest};
+use crate::hash::parallel::{
+    HashErrors, HashOutcome, HashStats, HashedFile, hash_tree, to_manifest,
+};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
 use crate::scan::{ScanErrors, ScanOptions, ScanOutcome, scan};
@@ -26,7 +28,10 @@ pub struct HashSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum HashJobError {
     #[error("{root}: {source}")]
-    Root { root: PathBuf, source: std::io::Error },
+    Root {
+        root: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Scan(#[from] ScanErrors),
     #[error("{0}")]
@@ -57,18 +62,31 @@ pub struct HashReport {
 }
 
 /// Scans and hashes every root (blocking; run it on a blocking thread).
-pub fn run(spec: &HashSpec, cancel: &CancellationToken, progress: &Progress) -> Result<HashReport, HashJobError> {
+pub fn run(
+    spec: &HashSpec,
+    cancel: &CancellationToken,
+    progress: &Progress,
+) -> Result<HashReport, HashJobError> {
     let started = Instant::now();
     let cache = spec.cache_dir.as_deref().map(HashCache::open).transpose()?;
     let mut roots = Vec::with_capacity(spec.roots.len());
     let mut stats = HashStats::default();
     for root in &spec.roots {
-        let root = normalize_root(root).map_err(|source| HashJobError::Root { root: root.clone(), source })?;
-        let hashed = on_pool(spec.threads, || hash_root(&root, spec, cache.as_ref(), cancel, progress))?;
+        let root = normalize_root(root).map_err(|source| HashJobError::Root {
+            root: root.clone(),
+            source,
+        })?;
+        let hashed = on_pool(spec.threads, || {
+            hash_root(&root, spec, cache.as_ref(), cancel, progress)
+        })?;
         stats.add(&hashed.stats);
         roots.push(hashed);
     }
-    Ok(HashReport { roots, stats, seconds: started.elapsed().as_secs_f64() })
+    Ok(HashReport {
+        roots,
+        stats,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 fn hash_root(

@@ -41,9 +41,14 @@ pub fn run(
 ) -> Result<VerifyReport, HashJobError> {
     let report = super::hash::run(spec, cancel, progress)?;
     let hashed = report.roots.into_iter().next().expect("one root was given");
-    let ManifestDiff { added, changed, removed } = diff(expected, &hashed.manifest);
-    let (content_mismatch, mtime_mismatch) =
-        changed.into_iter().partition(|(want, got)| want.hash != got.hash || want.size != got.size);
+    let ManifestDiff {
+        added,
+        changed,
+        removed,
+    } = diff(expected, &hashed.manifest);
+    let (content_mismatch, mtime_mismatch) = changed
+        .into_iter()
+        .partition(|(want, got)| want.hash != got.hash || want.size != got.size);
     Ok(VerifyReport {
         root: hashed.root,
         checked: expected.len(),

@@ -102,13 +102,17 @@ impl Parser<'_> {
         self.object(|p, key| {
             let ctx = "manifest";
             match key {
-                b"hashAlg" => set_once(&mut doc.hash_alg, ctx, key, |_| p.string_value(ctx, "hashAlg")),
+                b"hashAlg" => set_once(&mut doc.hash_alg, ctx, key, |_| {
+                    p.string_value(ctx, "hashAlg")
+                }),
                 b"manifestVersion" => set_once(&mut doc.manifest_version, ctx, key, |_| {
                     p.string_value(ctx, "manifestVersion")
                 }),
-                b"specificationVersion" => set_once(&mut doc.specification_version, ctx, key, |_| {
-                    p.string_value(ctx, "specificationVersion")
-                }),
+                b"specificationVersion" => {
+                    set_once(&mut doc.specification_version, ctx, key, |_| {
+                        p.string_value(ctx, "specificationVersion")
+                    })
+                }
                 b"totalSize" => set_once(&mut doc.total_size, ctx, key, |_| {
                     p.unsigned(ctx, "totalSize")
                 }),
@@ -226,12 +230,15 @@ impl Parser<'_> {
         }
         let bytes = self.string()?;
         // A lone surrogate cannot be a valid version or hash, so lossy is enough for errors.
-        Ok(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        Ok(String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
     fn unsigned(&mut self, ctx: &str, key: &'static str) -> Result<u64, DecodeError> {
         match self.number()? {
-            Number::Int(v) => u64::try_from(v).map_err(|_| wrong(ctx, key, "a non-negative integer")),
+            Number::Int(v) => {
+                u64::try_from(v).map_err(|_| wrong(ctx, key, "a non-negative integer"))
+            }
             Number::Other => Err(wrong(ctx, key, "a non-negative integer")),
         }
     }
@@ -250,7 +257,11 @@ impl Parser<'_> {
             }
             let run = &self.b[run_start..self.i];
             if std::str::from_utf8(run).is_err() {
-                return Err(Parser { b: self.b, i: run_start }.syntax("string is not valid UTF-8"));
+                return Err(Parser {
+                    b: self.b,
+                    i: run_start,
+                }
+                .syntax("string is not valid UTF-8"));
             }
             out.extend_from_slice(run);
             match self.next_byte() {
@@ -295,7 +306,10 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32, DecodeError> {
-        let digits = self.b.get(self.i..self.i + 4).ok_or_else(|| self.syntax("short \\u escape"))?;
+        let digits = self
+            .b
+            .get(self.i..self.i + 4)
+            .ok_or_else(|| self.syntax("short \\u escape"))?;
         let text = std::str::from_utf8(digits).map_err(|_| self.syntax("bad \\u escape"))?;
         if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(self.syntax("bad \\u escape"));
@@ -320,7 +334,11 @@ impl Parser<'_> {
         self.digits();
         let int_digits = &self.b[int_start..self.i];
         if int_digits.is_empty() || (int_digits.len() > 1 && int_digits[0] == b'0') {
-            return Err(Parser { b: self.b, i: start }.syntax("expected a number"));
+            return Err(Parser {
+                b: self.b,
+                i: start,
+            }
+            .syntax("expected a number"));
         }
         let mut integral = true;
         if self.peek() == Some(b'.') {

@@ -27,7 +27,11 @@ pub(super) fn encode(m: &Manifest) -> Result<Vec<u8>, EncodeError> {
             out.push(b',');
         }
         // Writing into a Vec cannot fail.
-        let _ = write!(out, "{{\"hash\":\"{}\",\"mtime\":{},\"path\":", e.hash, e.mtime_us);
+        let _ = write!(
+            out,
+            "{{\"hash\":\"{}\",\"mtime\":{},\"path\":",
+            e.hash, e.mtime_us
+        );
         write_string(&mut out, e.path.code_points());
         let _ = write!(out, ",\"size\":{}}}", e.size);
     }

@@ -41,7 +41,10 @@ impl ManifestDiff {
 /// Compares two manifests by path (a merge-walk over both canonical orders).
 pub fn diff(old: &Manifest, new: &Manifest) -> ManifestDiff {
     let mut d = ManifestDiff::default();
-    let (mut a, mut b) = (old.entries().iter().peekable(), new.entries().iter().peekable());
+    let (mut a, mut b) = (
+        old.entries().iter().peekable(),
+        new.entries().iter().peekable(),
+    );
     loop {
         match (a.peek(), b.peek()) {
             (None, None) => break,

@@ -230,7 +230,12 @@ fn check_windows_segment(segment: &[u8]) -> Result<(), PathError> {
     if segment.ends_with(b".") || segment.ends_with(b" ") {
         return bad("ends with a dot or a space");
     }
-    let stem = name.split('.').next().unwrap_or("").trim_end().to_ascii_uppercase();
+    let stem = name
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .trim_end()
+        .to_ascii_uppercase();
     const RESERVED: &[&str] = &["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"];
     let numbered = (stem.starts_with("COM") || stem.starts_with("LPT"))
         && matches!(
@@ -317,7 +322,10 @@ mod tests {
         assert_eq!(path.to_posix_bytes().unwrap().as_ref(), raw);
         let cps: Vec<u32> = path.code_points().collect();
         assert!(cps.contains(&0xDCE9) && cps.contains(&0xDCFF) && cps.contains(&0xDC97));
-        assert_eq!(path.display(), "caf\\udce9/\\udcff\\udcfe-ok-\\udce6\\udc97.txt");
+        assert_eq!(
+            path.display(),
+            "caf\\udce9/\\udcff\\udcfe-ok-\\udce6\\udc97.txt"
+        );
     }
 
     #[test]
@@ -332,16 +340,38 @@ mod tests {
         let mut b = b"a".to_vec();
         push_code_point(&mut b, 0xD800);
         let path = ManifestPath::from_wtf8_unchecked(b);
-        assert_eq!(path.to_posix_bytes(), Err(PathError::Unrepresentable(0xD800)));
+        assert_eq!(
+            path.to_posix_bytes(),
+            Err(PathError::Unrepresentable(0xD800))
+        );
     }
 
     #[test]
     fn utf16_order_matches_the_official_client() {
         // From the spec: astral characters sort before U+E000..U+FFFF, '/' after '-' and '.'.
-        let mut v = vec![p("ｆ.txt"), p("😀.txt"), p("a/x"), p("a.txt"), p("a-b.txt"), p("a b/c.txt"), p("B.txt")];
+        let mut v = [
+            p("ｆ.txt"),
+            p("😀.txt"),
+            p("a/x"),
+            p("a.txt"),
+            p("a-b.txt"),
+            p("a b/c.txt"),
+            p("B.txt"),
+        ];
         v.sort_by(|a, b| a.cmp_utf16(b));
         let got: Vec<_> = v.iter().map(|x| x.as_str().unwrap()).collect();
-        assert_eq!(got, ["B.txt", "a b/c.txt", "a-b.txt", "a.txt", "a/x", "😀.txt", "ｆ.txt"]);
+        assert_eq!(
+            got,
+            [
+                "B.txt",
+                "a b/c.txt",
+                "a-b.txt",
+                "a.txt",
+                "a/x",
+                "😀.txt",
+                "ｆ.txt"
+            ]
+        );
     }
 
     #[test]
@@ -369,26 +399,59 @@ mod tests {
             ("a\0b", PathError::Nul),
         ];
         for (path, want) in cases {
-            assert_eq!(p(path).validate(PathRules::Posix), Err(want.clone()), "{path:?}");
+            assert_eq!(
+                p(path).validate(PathRules::Posix),
+                Err(want.clone()),
+                "{path:?}"
+            );
             assert_eq!(p(path).validate(PathRules::Windows), Err(want), "{path:?}");
         }
-        for ok in ["a", "a/b.txt", "..a/b..", "a b/c.txt", "日本/😀", "back\\slash"] {
+        for ok in [
+            "a",
+            "a/b.txt",
+            "..a/b..",
+            "a b/c.txt",
+            "日本/😀",
+            "back\\slash",
+        ] {
             assert_eq!(p(ok).validate(PathRules::Posix), Ok(()), "{ok:?}");
         }
     }
 
     #[test]
     fn windows_rules_refuse_backslashes_and_reserved_names() {
-        assert_eq!(p("a\\b").validate(PathRules::Windows), Err(PathError::Backslash));
+        assert_eq!(
+            p("a\\b").validate(PathRules::Windows),
+            Err(PathError::Backslash)
+        );
         // A UNC-looking name is an ordinary file name on POSIX, refused on Windows.
-        assert_eq!(p("\\\\server\\share").validate(PathRules::Windows), Err(PathError::Backslash));
+        assert_eq!(
+            p("\\\\server\\share").validate(PathRules::Windows),
+            Err(PathError::Backslash)
+        );
         assert_eq!(p("\\\\server\\share").validate(PathRules::Posix), Ok(()));
-        for bad in ["CON", "con.txt", "dir/Nul.tar.gz", "COM1", "lpt9.log", "aux ", "a.", "a?b", "x/b:c"] {
+        for bad in [
+            "CON",
+            "con.txt",
+            "dir/Nul.tar.gz",
+            "COM1",
+            "lpt9.log",
+            "aux ",
+            "a.",
+            "a?b",
+            "x/b:c",
+        ] {
             assert!(
-                matches!(p(bad).validate(PathRules::Windows), Err(PathError::WindowsName(_))),
+                matches!(
+                    p(bad).validate(PathRules::Windows),
+                    Err(PathError::WindowsName(_))
+                ),
                 "{bad:?} must be refused on Windows"
             );
-            assert!(!matches!(p(bad).validate(PathRules::Posix), Err(PathError::WindowsName(_))));
+            assert!(!matches!(
+                p(bad).validate(PathRules::Posix),
+                Err(PathError::WindowsName(_))
+            ));
         }
         for ok in ["console.txt", "COM10", "CONFIG/a", "nul_file"] {
             assert_eq!(p(ok).validate(PathRules::Windows), Ok(()), "{ok:?}");
