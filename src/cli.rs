@@ -1,9 +1,12 @@
 //! The command line: arguments, config loading, dispatch and exit codes.
 
 mod config_cmd;
+mod get_cmd;
 mod hash_cmd;
 mod manifest_cmd;
 mod progress_bar;
+mod put_cmd;
+mod transfer_args;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,12 +44,19 @@ struct GlobalArgs {
     /// Log format: text or json [config: log.format].
     #[arg(long, global = true, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Directory of the hash cache and the known-present index [config: cache.dir].
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Scan and hash directory trees into v2023-03-03 manifests.
     Hash(hash_cmd::HashArgs),
+    /// Upload a tree's content to a store and write its manifest (plumbing for submit).
+    Put(put_cmd::PutArgs),
+    /// Materialize manifests from a store into a directory (plumbing for sync-inputs).
+    Get(get_cmd::GetArgs),
     /// Read, compare and check manifests.
     #[command(subcommand)]
     Manifest(manifest_cmd::ManifestCommand),
@@ -131,6 +141,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     match &cli.command {
         Command::Hash(a) => a.overrides(&mut overrides),
+        Command::Put(a) => a.overrides(&mut overrides),
+        Command::Get(a) => a.overrides(&mut overrides),
         Command::Manifest(m) => m.overrides(&mut overrides),
         Command::Config(_) => {}
     }
@@ -149,6 +161,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Hash(a) => hash_cmd::run_cmd(&ctx, a),
+        Command::Put(a) => put_cmd::run(&ctx, a),
+        Command::Get(a) => get_cmd::run(&ctx, a),
         Command::Manifest(m) => manifest_cmd::run(&ctx, m),
         Command::Config(c) => config_cmd::run(&ctx, c),
     }
@@ -171,13 +185,14 @@ pub(crate) fn flag(out: &mut Vec<Override>, key: &str, source: &str, value: Opti
     }
 }
 
-/// Runs a blocking job on a Tokio runtime whose Ctrl-C handler cancels it; a second Ctrl-C
+/// Runs an async job on a Tokio runtime whose Ctrl-C handler cancels it; a second Ctrl-C
 /// exits at once.
-pub(crate) fn run_cancellable<T: Send + 'static>(
-    job: impl FnOnce(CancellationToken) -> T + Send + 'static,
-) -> anyhow::Result<T> {
+pub(crate) fn run_async<T, F, Fut>(job: F) -> anyhow::Result<T>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = T>,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
         .enable_all()
         .build()?;
     let cancel = CancellationToken::new();
@@ -192,7 +207,17 @@ pub(crate) fn run_cancellable<T: Send + 'static>(
                 }
             }
         });
-        let token = cancel.clone();
-        Ok(tokio::task::spawn_blocking(move || job(token)).await?)
+        Ok(job(cancel.clone()).await)
+    })
+}
+
+/// [`run_async`] for a blocking job (run on a blocking thread).
+pub(crate) fn run_cancellable<T: Send + 'static>(
+    job: impl FnOnce(CancellationToken) -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    run_async(|token| async move {
+        tokio::task::spawn_blocking(move || job(token))
+            .await
+            .expect("job panicked")
     })
 }

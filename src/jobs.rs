@@ -1,7 +1,10 @@
-//! Workflows ("jobs"): one run of hash, verify, … driven by the CLI or (later) the daemon.
+//! Workflows ("jobs"): one run of hash, verify, put, get, … driven by the CLI or (later) the daemon.
 //! A job takes a spec, a cancellation token and a progress sink, and returns a JSON-ready result.
 
+pub mod get;
 pub mod hash;
+pub mod put;
+pub mod setup;
 pub mod verify;
 
 use std::path::{Component, Path, PathBuf};

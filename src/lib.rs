@@ -11,8 +11,6 @@ pub mod fsutil;
 pub mod hash;
 /// Workflows run by the CLI (and later the daemon): hash, verify.
 pub mod jobs;
-/// Names and keys of the Deadline job-attachments layout (manifest names, later S3 keys).
-pub mod layout;
 /// Log output setup (text or JSON, filtered by `log.level`).
 pub mod logging;
 /// Manifests: v2023-03-03 model, canonical codec, path validation, merge and diff.
@@ -21,3 +19,7 @@ pub mod manifest;
 pub mod progress;
 /// Parallel directory walk of input roots, with the symlink and special-file policy.
 pub mod scan;
+/// Object stores: the `ObjectStore` trait, S3 and local-directory stores, the key layout.
+pub mod store;
+/// Moving content between trees and a store: upload, download, multipart, bandwidth, retries.
+pub mod transfer;

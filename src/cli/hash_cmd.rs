@@ -39,9 +39,6 @@ pub struct HashArgs {
     /// Read every file; neither use nor update the hash cache [config: cache.hash_cache].
     #[arg(long)]
     no_cache: bool,
-    /// Hash cache directory [config: cache.dir].
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<String>,
     /// Hash the targets of symlinks that point outside the root instead of refusing them
     /// [config: hash.follow_external_symlinks].
     #[arg(long)]
@@ -56,7 +53,6 @@ impl HashArgs {
         if self.no_cache {
             flag(out, "cache.hash_cache", "--no-cache", Some("false".into()));
         }
-        flag(out, "cache.dir", "--cache-dir", self.cache_dir.clone());
         if self.follow_external_symlinks {
             flag(
                 out,
@@ -116,7 +112,7 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
         let written = match &args.output {
             Some(o) => {
                 let path = if dir_mode {
-                    o.join(crate::layout::input_manifest_name(&r.root))
+                    o.join(crate::store::layout::input_manifest_name(&r.root))
                 } else {
                     o.clone()
                 };

@@ -31,6 +31,8 @@ pub enum HashFileError {
 pub struct FileHash {
     pub hash: ContentHash,
     pub stat: FileStat,
+    /// The content, when it fit in one read and the caller asked to keep it.
+    pub data: Option<bytes::Bytes>,
 }
 
 /// How many times a file that changed under the reader is read again before giving up.
@@ -49,6 +51,18 @@ pub fn hash_file(
     cancel: &CancellationToken,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<FileHash, HashFileError> {
+    hash_file_keeping(path, buf_size, 0, cancel, on_bytes)
+}
+
+/// Like [`hash_file`], and keeps the content of a file of at most `keep_up_to` bytes that was
+/// read in one go (so an upload need not read it again).
+pub fn hash_file_keeping(
+    path: &Path,
+    buf_size: usize,
+    keep_up_to: u64,
+    cancel: &CancellationToken,
+    on_bytes: &(dyn Fn(u64) + Sync),
+) -> Result<FileHash, HashFileError> {
     let io_err = |source: io::Error| {
         if source.kind() == io::ErrorKind::NotFound {
             HashFileError::Vanished {
@@ -64,10 +78,11 @@ pub fn hash_file(
     for _ in 0..TRIES {
         let file = File::open(path).map_err(io_err)?;
         let before = FileStat::of(&file.metadata().map_err(io_err)?);
-        let (hash, len) = if before.size > buf_size as u64 * PIPELINE_MIN_BUFFERS {
-            hash_pipelined(file, buf_size, cancel, on_bytes)
+        let keep = before.size <= keep_up_to;
+        let (hash, len, data) = if before.size > buf_size as u64 * PIPELINE_MIN_BUFFERS {
+            hash_pipelined(file, buf_size, cancel, on_bytes).map(|(h, n)| (h, n, None))
         } else {
-            hash_inline(file, buf_size, before.size, cancel, on_bytes)
+            hash_inline(file, buf_size, before.size, keep, cancel, on_bytes)
         }
         .map_err(|e| match e {
             ReadError::Cancelled => HashFileError::Cancelled,
@@ -75,7 +90,11 @@ pub fn hash_file(
         })?;
         let after = FileStat::of(&std::fs::metadata(path).map_err(io_err)?);
         if after == before && len == before.size {
-            return Ok(FileHash { hash, stat: before });
+            return Ok(FileHash {
+                hash,
+                stat: before,
+                data,
+            });
         }
         tracing::debug!(path = %path.display(), "file changed while it was hashed; reading it again");
     }
@@ -95,13 +114,17 @@ thread_local! {
     static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// (hash, bytes read, the content if `keep` and it fit in one read)
+type Inline = (ContentHash, u64, Option<bytes::Bytes>);
+
 fn hash_inline(
     mut file: File,
     buf_size: usize,
     expected: u64,
+    keep: bool,
     cancel: &CancellationToken,
     on_bytes: &(dyn Fn(u64) + Sync),
-) -> Result<(ContentHash, u64), ReadError> {
+) -> Result<Inline, ReadError> {
     BUFFER.with_borrow_mut(|buf| {
         buf.resize(buf_size, 0);
         let mut hasher = Xxh3Default::new();
@@ -110,12 +133,13 @@ fn hash_inline(
         let first = fill(&mut file, buf)?;
         if (first as u64) == expected && first < buf.len() {
             on_bytes(first as u64);
-            return Ok((ContentHash::of(&buf[..first]), first as u64));
+            let data = keep.then(|| bytes::Bytes::copy_from_slice(&buf[..first]));
+            return Ok((ContentHash::of(&buf[..first]), first as u64, data));
         }
         let mut n = first;
         loop {
             if n == 0 {
-                return Ok((ContentHash(hasher.digest128()), total));
+                return Ok((ContentHash(hasher.digest128()), total, None));
             }
             hasher.update(&buf[..n]);
             total += n as u64;

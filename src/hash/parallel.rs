@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ContentHash;
 use super::cache::{CacheRecord, HashCache, RACY_WINDOW_NS};
-use super::file::{HashFileError, hash_file};
+use super::file::{HashFileError, hash_file_keeping};
 use crate::manifest::{Manifest, ManifestEntry, ManifestPath};
 use crate::progress::Progress;
 use crate::scan::{FileStat, ScannedFile};
@@ -64,6 +64,19 @@ impl std::fmt::Display for HashErrors {
     }
 }
 
+/// Receives files as they are hashed (or found in the cache), e.g. to upload them while the
+/// rest of the tree is still hashing. Called from the hashing threads.
+pub trait HashSink: Sync {
+    /// Keep and hand over the content of hashed files up to this size (0: never).
+    fn keep_bytes_up_to(&self) -> u64 {
+        0
+    }
+    /// The scan found this many files and bytes.
+    fn totals(&self, _files: u64, _bytes: u64) {}
+    /// One file is hashed: `abs` is its path, `data` its content when kept.
+    fn hashed(&self, file: &HashedFile, abs: &Path, data: Option<bytes::Bytes>);
+}
+
 pub enum HashOutcome {
     Done(Vec<HashedFile>, HashStats),
     Cancelled,
@@ -77,6 +90,7 @@ pub fn hash_tree(
     read_buffer: usize,
     cancel: &CancellationToken,
     progress: &Progress,
+    sink: Option<&dyn HashSink>,
 ) -> Result<HashOutcome, HashErrors> {
     let root_bytes = root.as_os_str().as_bytes();
     let abs = |rel: &ManifestPath| -> Vec<u8> {
@@ -107,6 +121,9 @@ pub fn hash_tree(
         None => vec![None; files.len()],
     };
 
+    if let Some(sink) = sink {
+        sink.totals(files.len() as u64, files.iter().map(|f| f.stat.size).sum());
+    }
     let mut stats = HashStats::default();
     let mut done: Vec<HashedFile> = Vec::with_capacity(files.len());
     let mut misses: Vec<(ScannedFile, Vec<u8>)> = Vec::new();
@@ -119,12 +136,16 @@ pub fn hash_tree(
                 stats.cached_bytes += f.stat.size;
                 progress.add_files(1);
                 progress.add_bytes(f.stat.size);
-                done.push(HashedFile {
+                let file = HashedFile {
                     rel: f.rel,
                     stat: f.stat,
                     hash,
                     from_cache: true,
-                });
+                };
+                if let Some(sink) = sink {
+                    sink.hashed(&file, Path::new(std::ffi::OsStr::from_bytes(&key)), None);
+                }
+                done.push(file);
             }
             None => misses.push((f, key)),
         }
@@ -142,9 +163,9 @@ pub fn hash_tree(
             }
             let path = std::ffi::OsStr::from_bytes(&key);
             let started_ns = now_ns();
-            match hash_file(Path::new(path), read_buffer, &stop, &|n| {
-                progress.add_bytes(n)
-            }) {
+            let keep = sink.map_or(0, |s| s.keep_bytes_up_to());
+            let on_bytes = |n| progress.add_bytes(n);
+            match hash_file_keeping(Path::new(path), read_buffer, keep, &stop, &on_bytes) {
                 Ok(fh) => {
                     progress.add_files(1);
                     let racy = fh.stat.mtime_ns.max(fh.stat.ctime_ns) > started_ns - RACY_WINDOW_NS;
@@ -154,6 +175,9 @@ pub fn hash_tree(
                         hash: fh.hash,
                         from_cache: false,
                     };
+                    if let Some(sink) = sink {
+                        sink.hashed(&file, Path::new(path), fh.data);
+                    }
                     Some((file, key, !racy))
                 }
                 Err(HashFileError::Cancelled) => None,
@@ -251,6 +275,7 @@ mod tests {
             4096,
             &CancellationToken::new(),
             &Progress::default(),
+            None,
         ) {
             Err(e) => e,
             Ok(_) => panic!("must fail"),
@@ -275,6 +300,7 @@ mod tests {
             4096,
             &CancellationToken::new(),
             &Progress::default(),
+            None,
         ) {
             Ok(HashOutcome::Done(_, stats)) => stats,
             _ => panic!("hashing failed"),

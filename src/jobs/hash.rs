@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Cancelled, normalize_root, on_pool};
 use crate::hash::cache::{CacheError, HashCache};
 use crate::hash::parallel::{
-    HashErrors, HashOutcome, HashStats, HashedFile, hash_tree, to_manifest,
+    HashErrors, HashOutcome, HashSink, HashStats, HashedFile, hash_tree, to_manifest,
 };
 use crate::manifest::Manifest;
 use crate::progress::Progress;
@@ -67,6 +67,16 @@ pub fn run(
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<HashReport, HashJobError> {
+    run_with_sink(spec, cancel, progress, None)
+}
+
+/// [`run`], handing every hashed file to `sink` as soon as it is hashed.
+pub fn run_with_sink(
+    spec: &HashSpec,
+    cancel: &CancellationToken,
+    progress: &Progress,
+    sink: Option<&dyn HashSink>,
+) -> Result<HashReport, HashJobError> {
     let started = Instant::now();
     let cache = spec.cache_dir.as_deref().map(HashCache::open).transpose()?;
     let mut roots = Vec::with_capacity(spec.roots.len());
@@ -77,7 +87,7 @@ pub fn run(
             source,
         })?;
         let hashed = on_pool(spec.threads, || {
-            hash_root(&root, spec, cache.as_ref(), cancel, progress)
+            hash_root(&root, spec, cache.as_ref(), cancel, progress, sink)
         })?;
         stats.add(&hashed.stats);
         roots.push(hashed);
@@ -95,13 +105,14 @@ fn hash_root(
     cache: Option<&HashCache>,
     cancel: &CancellationToken,
     progress: &Progress,
+    sink: Option<&dyn HashSink>,
 ) -> Result<HashedRoot, HashJobError> {
     let files = match scan(root, spec.scan, cancel)? {
         ScanOutcome::Done(files) => files,
         ScanOutcome::Cancelled => return Err(Cancelled.into()),
     };
     progress.add_total(files.len() as u64, files.iter().map(|f| f.stat.size).sum());
-    match hash_tree(root, files, cache, spec.read_buffer, cancel, progress)? {
+    match hash_tree(root, files, cache, spec.read_buffer, cancel, progress, sink)? {
         HashOutcome::Done(files, stats) => Ok(HashedRoot {
             root: root.to_path_buf(),
             manifest: to_manifest(&files),

@@ -1,0 +1,99 @@
+//! `attache get`: materialize manifests from a store into a directory.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use bytesize::ByteSize;
+use clap::Args;
+
+use super::manifest_cmd::read_manifest;
+use super::progress_bar::Bar;
+use super::transfer_args::StoreArgs;
+use super::{Context, UsageError, flag, run_async};
+use crate::config::Override;
+use crate::jobs::get::GetSpec;
+use crate::jobs::{get, setup};
+use crate::manifest::merge;
+use crate::progress::Progress;
+use crate::transfer::limiter::Bandwidth;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  attache get shot010.manifest --store s3://farm-bucket/DeadlineCloud --dest /scratch/shot010"
+)]
+pub struct GetArgs {
+    /// Manifests to materialize (merged in order; later wins by path).
+    #[arg(required = true, value_name = "MANIFEST")]
+    manifests: Vec<PathBuf>,
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    dest: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Download bandwidth cap, e.g. 50MB/s; 0 = unlimited [config: bandwidth.download].
+    #[arg(long, value_name = "RATE")]
+    bwlimit: Option<String>,
+}
+
+impl GetArgs {
+    pub fn overrides(&self, out: &mut Vec<Override>) {
+        self.store.overrides(out);
+        flag(out, "bandwidth.download", "--bwlimit", self.bwlimit.clone());
+    }
+}
+
+pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
+    let manifest = merge(
+        args.manifests
+            .iter()
+            .map(|p| read_manifest(p))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    );
+    let settings = ctx.settings.clone();
+    let spec = GetSpec {
+        manifest,
+        dest: args.dest.clone(),
+        cache_dir: settings
+            .cache
+            .hash_cache
+            .then(|| settings.cache.dir.clone()),
+    };
+    let progress = Arc::new(Progress::default());
+    let report = {
+        let _bar = Bar::start(
+            "downloading",
+            progress.clone(),
+            !std::io::stderr().is_terminal(),
+        );
+        let progress = progress.clone();
+        run_async(|cancel| async move {
+            let bandwidth = Arc::new(Bandwidth::new(&settings.bandwidth));
+            let t = setup::transfer_for(&settings.store.url, &settings, bandwidth, progress)
+                .await
+                .map_err(|e| UsageError {
+                    message: e.to_string(),
+                })?;
+            anyhow::Ok(get::run(spec, t, &cancel).await?)
+        })??
+    };
+    if args.store.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let d = &report.download;
+        eprintln!(
+            "{}: {} files ({}) in {:.2} s: downloaded {} objects ({}), {} copies, {} already in place, {} fetched again",
+            args.dest.display(),
+            report.files,
+            ByteSize(report.bytes).display().iec(),
+            report.seconds,
+            d.objects,
+            ByteSize(d.downloaded_bytes).display().iec(),
+            d.copied_files,
+            report.unchanged_files,
+            d.refetched
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,127 @@
+//! `attache put`: hash a tree, upload its content, write its manifest.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytesize::ByteSize;
+use clap::Args;
+use serde_json::json;
+
+use super::progress_bar::Bar;
+use super::transfer_args::StoreArgs;
+use super::{Context, UsageError, flag, run_async};
+use crate::config::Override;
+use crate::hash::ContentHash;
+use crate::jobs::{put, setup};
+use crate::progress::Progress;
+use crate::transfer::limiter::Bandwidth;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  attache put ./shot010 --store s3://farm-bucket/DeadlineCloud -o shot010.manifest"
+)]
+pub struct PutArgs {
+    /// The directory whose files to upload.
+    #[arg(value_name = "ROOT")]
+    root: PathBuf,
+    /// Write the manifest to FILE (default: stdout).
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Upload bandwidth cap, e.g. 50MB/s; 0 = unlimited [config: bandwidth.upload].
+    #[arg(long, value_name = "RATE")]
+    bwlimit: Option<String>,
+    /// Read every file; neither use nor update the hash cache [config: cache.hash_cache].
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl PutArgs {
+    pub fn overrides(&self, out: &mut Vec<Override>) {
+        self.store.overrides(out);
+        flag(out, "bandwidth.upload", "--bwlimit", self.bwlimit.clone());
+        if self.no_cache {
+            flag(out, "cache.hash_cache", "--no-cache", Some("false".into()));
+        }
+    }
+}
+
+pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
+    let settings = ctx.settings.clone();
+    let spec = super::hash_cmd::spec_from(
+        &settings,
+        vec![args.root.clone()],
+        settings.cache.hash_cache,
+    );
+    let progress = Arc::new(Progress::default());
+    let report = {
+        let _bar = Bar::start(
+            "uploading",
+            progress.clone(),
+            !std::io::stderr().is_terminal(),
+        );
+        let progress = progress.clone();
+        run_async(|cancel| async move {
+            let bandwidth = Arc::new(Bandwidth::new(&settings.bandwidth));
+            let t = setup::transfer_for(&settings.store.url, &settings, bandwidth, progress)
+                .await
+                .map_err(|e| UsageError {
+                    message: e.to_string(),
+                })?;
+            anyhow::Ok(put::run(spec, t, &cancel).await?)
+        })??
+    };
+    let root = &report.hash.roots[0];
+    let bytes = root.manifest.encode().map_err(|_| UsageError {
+        message: format!(
+            "{}: no files to attach; a manifest needs at least one file",
+            root.root.display()
+        ),
+    })?;
+    let manifest_hash = ContentHash::of(&bytes);
+    match &args.output {
+        Some(path) => crate::fsutil::write_atomic(path, &bytes)
+            .with_context(|| format!("writing {}", path.display()))?,
+        None if !args.store.json => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)?;
+            out.write_all(b"\n")?;
+        }
+        None => {}
+    }
+    let u = &report.upload;
+    if args.store.json {
+        let v = json!({
+            "root": root.root.to_string_lossy(),
+            "manifest": args.output.as_ref().map(|p| p.to_string_lossy().into_owned()),
+            "manifest_hash": manifest_hash.to_hex(),
+            "hash": report.hash.stats,
+            "upload": u,
+            "seconds": report.seconds,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        eprintln!(
+            "{}: {} files ({}) -> {} distinct objects: uploaded {} ({}, {} multipart), {} already in the store, {} known present (no request); {:.2} s",
+            root.root.display(),
+            u.files,
+            ByteSize(root.stats.bytes).display().iec(),
+            u.objects,
+            u.uploaded_objects,
+            ByteSize(u.uploaded_bytes).display().iec(),
+            u.multipart_objects,
+            u.present_objects,
+            u.known_objects,
+            report.seconds
+        );
+        eprintln!(
+            "{}",
+            super::hash_cmd::summary_line(&report.hash.stats, report.hash.seconds)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,122 @@
+//! The put job: hash a tree and upload its content, uploads running while hashing goes on.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::Cancelled;
+use super::hash::{HashJobError, HashReport, HashSpec, run_with_sink};
+use crate::hash::parallel::{HashSink, HashedFile};
+use crate::transfer::upload::{UploadItem, UploadReport, upload_stream};
+use crate::transfer::{Transfer, TransferError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    #[error(transparent)]
+    Hash(#[from] HashJobError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+}
+
+impl PutError {
+    fn is_cancelled(&self) -> bool {
+        matches!(
+            self,
+            PutError::Hash(HashJobError::Cancelled(_))
+                | PutError::Transfer(TransferError::Cancelled(_))
+        )
+    }
+}
+
+pub struct PutReport {
+    pub hash: HashReport,
+    pub upload: UploadReport,
+    pub seconds: f64,
+}
+
+/// Hashed files waiting for an upload worker; bounds the small-file bytes held in memory.
+const QUEUE: usize = 256;
+
+/// Files up to this size are handed to the uploader with the bytes hashing read.
+const KEEP_BYTES_UP_TO: u64 = 1 << 20;
+
+struct ToUploader {
+    tx: mpsc::Sender<UploadItem>,
+    transfer: Arc<Transfer>,
+}
+
+impl HashSink for ToUploader {
+    fn keep_bytes_up_to(&self) -> u64 {
+        KEEP_BYTES_UP_TO.min(self.transfer.settings.multipart_threshold.0)
+    }
+
+    fn totals(&self, files: u64, bytes: u64) {
+        self.transfer.progress.add_total(files, bytes);
+    }
+
+    fn hashed(&self, file: &HashedFile, abs: &Path, data: Option<bytes::Bytes>) {
+        let item = UploadItem {
+            hash: file.hash,
+            size: file.stat.size,
+            path: abs.to_path_buf(),
+            data,
+        };
+        // Fails only when the uploader stopped (failed or cancelled); hashing is told apart.
+        let _ = self.tx.blocking_send(item);
+    }
+}
+
+/// Hashes `spec.roots` and uploads every distinct content object to the transfer's store.
+pub async fn run(
+    spec: HashSpec,
+    transfer: Arc<Transfer>,
+    cancel: &CancellationToken,
+) -> Result<PutReport, PutError> {
+    let started = Instant::now();
+    let job = cancel.child_token();
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let hashing = {
+        let (job, sink) = (
+            job.clone(),
+            ToUploader {
+                tx,
+                transfer: transfer.clone(),
+            },
+        );
+        tokio::task::spawn_blocking(move || {
+            let progress = crate::progress::Progress::default();
+            let r = run_with_sink(&spec, &job, &progress, Some(&sink));
+            if r.is_err() {
+                job.cancel();
+            }
+            r
+        })
+    };
+    let uploaded = upload_stream(transfer.clone(), ReceiverStream::new(rx), &job).await;
+    if uploaded.is_err() {
+        job.cancel();
+    }
+    let hashed = hashing.await.expect("hashing task panicked");
+    // Report the cause, not the cancellation it caused in the other half.
+    let (hash, upload) = match (hashed, uploaded) {
+        (Ok(h), Ok(u)) => (h, u),
+        (Err(e), Err(u)) => {
+            let (e, u) = (PutError::from(e), PutError::from(u));
+            return Err(if e.is_cancelled() { u } else { e });
+        }
+        (Err(e), _) => return Err(e.into()),
+        (_, Err(e)) => return Err(e.into()),
+    };
+    if cancel.is_cancelled() {
+        return Err(PutError::Transfer(Cancelled.into()));
+    }
+    Ok(PutReport {
+        hash,
+        upload,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,229 @@
+//! Object stores: what attache needs from S3 (or a local directory standing in for it), as
+//! one trait, with the store URL and the key layout.
+
+pub mod fs;
+pub mod layout;
+pub mod s3;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::config::Settings;
+use crate::transfer::limiter::Bandwidth;
+
+/// What a store knows of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// Milliseconds since the epoch, when the store reports it.
+    pub last_modified_ms: Option<i64>,
+}
+
+/// Options of a single-request upload.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Create only if absent (`If-None-Match: *`); an existing object is left as it is.
+    pub if_none_match: bool,
+    /// User metadata (`x-amz-meta-*`).
+    pub metadata: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// `if_none_match` was set and the object was already there.
+    AlreadyExists,
+}
+
+/// An object's body, already paced by the download bandwidth limit.
+pub struct GetObject {
+    /// Bytes this response will carry (the range's length for a ranged GET).
+    pub content_length: u64,
+    pub body: BoxStream<'static, Result<Bytes, StoreError>>,
+}
+
+/// A store failure, naming the store, the operation and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{key}: not found in {store}")]
+    NotFound { store: String, key: String },
+    #[error("{store}: {op} {key}: {message}")]
+    Failed {
+        store: String,
+        op: &'static str,
+        key: String,
+        message: String,
+        /// Worth another try (network, 5xx, throttling) rather than a lasting refusal.
+        retryable: bool,
+    },
+}
+
+impl StoreError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Failed {
+                retryable: true,
+                ..
+            }
+        )
+    }
+}
+
+/// The operations attache performs on a store. Keys are full keys in the bucket (or paths
+/// under the directory), `/`-separated. Bodies pass through the store's bandwidth limiter.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// `s3://bucket/prefix` or `file:///dir`, for messages.
+    fn describe(&self) -> String;
+    /// The root prefix content and manifests live under (may be empty).
+    fn root_prefix(&self) -> &str;
+    /// A counter of throttling replies (503 SlowDown) the store has seen; transfers lower
+    /// their concurrency while it climbs.
+    fn throttle_signal(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::default()
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetObject, StoreError>;
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+    ) -> Result<PutOutcome, StoreError>;
+    async fn create_multipart(&self, key: &str) -> Result<String, StoreError>;
+    /// Uploads part `part_number` (1-based); returns its ETag.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError>;
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<(), StoreError>;
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+    /// Every object whose key starts with `prefix`.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError>;
+}
+
+/// A parsed `store.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    S3 { bucket: String, root_prefix: String },
+    Fs { dir: PathBuf },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreUrlError {
+    #[error("store URL {0:?} is not s3://bucket/rootPrefix or file:///absolute/dir")]
+    Unsupported(String),
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str) -> Result<StoreUrl, StoreUrlError> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(StoreUrlError::Unsupported(url.into()));
+            }
+            return Ok(StoreUrl::S3 {
+                bucket: bucket.into(),
+                root_prefix: prefix.trim_matches('/').into(),
+            });
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            if path.starts_with('/') {
+                return Ok(StoreUrl::Fs {
+                    dir: PathBuf::from(path),
+                });
+            }
+        }
+        Err(StoreUrlError::Unsupported(url.into()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenStoreError {
+    #[error(transparent)]
+    Url(#[from] StoreUrlError),
+    #[error("cannot use store {url}: {message}")]
+    Setup { url: String, message: String },
+}
+
+/// Opens the store a URL names, with the settings' S3 options and the shared limiters.
+pub async fn open(
+    url: &str,
+    settings: &Settings,
+    bandwidth: Arc<Bandwidth>,
+) -> Result<Arc<dyn ObjectStore>, OpenStoreError> {
+    Ok(match StoreUrl::parse(url)? {
+        StoreUrl::Fs { dir } => {
+            Arc::new(
+                fs::FsStore::open(dir, bandwidth).map_err(|e| OpenStoreError::Setup {
+                    url: url.into(),
+                    message: e.to_string(),
+                })?,
+            )
+        }
+        StoreUrl::S3 {
+            bucket,
+            root_prefix,
+        } => Arc::new(
+            s3::S3Store::connect(bucket, root_prefix, &settings.s3, bandwidth)
+                .await
+                .map_err(|message| OpenStoreError::Setup {
+                    url: url.into(),
+                    message,
+                })?,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        assert_eq!(
+            StoreUrl::parse("s3://farm-bucket/DeadlineCloud").unwrap(),
+            StoreUrl::S3 {
+                bucket: "farm-bucket".into(),
+                root_prefix: "DeadlineCloud".into()
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("s3://b").unwrap(),
+            StoreUrl::S3 {
+                bucket: "b".into(),
+                root_prefix: "".into()
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("file:///srv/cas").unwrap(),
+            StoreUrl::Fs {
+                dir: "/srv/cas".into()
+            }
+        );
+        for bad in ["s3:///x", "file://rel", "http://x", "/plain/path"] {
+            assert!(StoreUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

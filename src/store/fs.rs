@@ -1,0 +1,386 @@
+//! The local directory store (`file:///dir`): the same keys as S3, as files under `dir`.
+//!
+//! Every write goes to a unique temporary file under `dir/.attache-tmp/` and is renamed (or,
+//! for create-if-absent, hard-linked) into place, so several processes can share the store
+//! and a reader never sees a partial object. Multipart parts wait in
+//! `dir/.attache-multipart/<upload id>/` until they are completed or aborted.
+
+use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{GetObject, ObjectInfo, ObjectStore, PutOptions, PutOutcome, StoreError};
+use crate::transfer::limiter::Bandwidth;
+
+const TMP_DIR: &str = ".attache-tmp";
+const MULTIPART_DIR: &str = ".attache-multipart";
+/// Size of the chunks a GET body is read and paced in.
+const CHUNK: usize = 256 * 1024;
+
+pub struct FsStore {
+    dir: PathBuf,
+    describe: String,
+    bandwidth: Arc<Bandwidth>,
+}
+
+impl FsStore {
+    pub fn open(dir: PathBuf, bandwidth: Arc<Bandwidth>) -> std::io::Result<FsStore> {
+        std::fs::create_dir_all(dir.join(TMP_DIR))?;
+        Ok(FsStore {
+            describe: format!("file://{}", dir.display()),
+            dir,
+            bandwidth,
+        })
+    }
+
+    /// The file of a key, refusing keys that could leave the store directory.
+    fn path_of(&self, key: &str, op: &'static str) -> Result<PathBuf, StoreError> {
+        let bad = key.is_empty()
+            || key.starts_with('/')
+            || key
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == ".." || s.starts_with(".attache-"))
+            || key.contains('\0');
+        if bad {
+            return Err(self.failed(op, key, "key is not a safe relative path".into(), false));
+        }
+        Ok(self.dir.join(key))
+    }
+
+    fn failed(&self, op: &'static str, key: &str, message: String, retryable: bool) -> StoreError {
+        StoreError::Failed {
+            store: self.describe.clone(),
+            op,
+            key: key.into(),
+            message,
+            retryable,
+        }
+    }
+
+    fn io(&self, op: &'static str, key: &str, e: std::io::Error) -> StoreError {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StoreError::NotFound {
+                store: self.describe.clone(),
+                key: key.into(),
+            }
+        } else {
+            self.failed(op, key, e.to_string(), false)
+        }
+    }
+
+    fn temp_file(&self) -> std::io::Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix("obj-")
+            .tempfile_in(self.dir.join(TMP_DIR))
+    }
+
+    fn upload_dir(&self, upload_id: &str) -> Result<PathBuf, StoreError> {
+        if upload_id.is_empty()
+            || !upload_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(self.failed("multipart", upload_id, "bad upload id".into(), false));
+        }
+        Ok(self.dir.join(MULTIPART_DIR).join(upload_id))
+    }
+
+    /// Paces `body` through the upload limiter (local writes count like network ones, which is
+    /// also how the limit can be tried without S3).
+    async fn pace_upload(&self, body: &Bytes) {
+        for chunk in body.chunks(CHUNK) {
+            self.bandwidth.upload.acquire(chunk.len()).await;
+        }
+    }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("store file task panicked")
+}
+
+fn info(key: &str, m: &std::fs::Metadata) -> ObjectInfo {
+    let last_modified_ms = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64);
+    ObjectInfo {
+        key: key.to_string(),
+        size: m.len(),
+        last_modified_ms,
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FsStore {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn root_prefix(&self) -> &str {
+        ""
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        let path = self.path_of(key, "HEAD")?;
+        let key2 = key.to_string();
+        match blocking(move || std::fs::metadata(path)).await {
+            Ok(m) if m.is_file() => Ok(Some(info(&key2, &m))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io("HEAD", key, e)),
+        }
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetObject, StoreError> {
+        let path = self.path_of(key, "GET")?;
+        let opened = blocking(move || -> std::io::Result<(std::fs::File, u64)> {
+            let f = std::fs::File::open(path)?;
+            let len = f.metadata()?.len();
+            Ok((f, len))
+        })
+        .await;
+        let (file, len) = opened.map_err(|e| self.io("GET", key, e))?;
+        let range = range.unwrap_or(0..len);
+        if range.end > len || range.start > range.end {
+            return Err(self.failed(
+                "GET",
+                key,
+                format!("range {range:?} outside an object of {len} bytes"),
+                false,
+            ));
+        }
+        let content_length = range.end - range.start;
+        let file = Arc::new(file);
+        let (describe, key, bandwidth) = (
+            self.describe.clone(),
+            key.to_string(),
+            self.bandwidth.clone(),
+        );
+        let end = range.end;
+        let body = futures::stream::unfold(range.start, move |pos| {
+            let (file, describe, key, bandwidth) = (
+                file.clone(),
+                describe.clone(),
+                key.clone(),
+                bandwidth.clone(),
+            );
+            async move {
+                if pos >= end {
+                    return None;
+                }
+                let want = (end - pos).min(CHUNK as u64) as usize;
+                let read = blocking(move || -> std::io::Result<Vec<u8>> {
+                    let mut buf = vec![0; want];
+                    file.read_exact_at(&mut buf, pos)?;
+                    Ok(buf)
+                })
+                .await;
+                match read {
+                    Ok(buf) => {
+                        bandwidth.download.acquire(buf.len()).await;
+                        Some((Ok(Bytes::from(buf)), pos + want as u64))
+                    }
+                    Err(e) => {
+                        let err = StoreError::Failed {
+                            store: describe,
+                            op: "GET",
+                            key,
+                            message: e.to_string(),
+                            retryable: true,
+                        };
+                        Some((Err(err), end))
+                    }
+                }
+            }
+        });
+        Ok(GetObject {
+            content_length,
+            body: body.boxed(),
+        })
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+    ) -> Result<PutOutcome, StoreError> {
+        let dest = self.path_of(key, "PUT")?;
+        self.pace_upload(&body).await;
+        let tmp = self.temp_file().map_err(|e| self.io("PUT", key, e))?;
+        let if_none_match = opts.if_none_match;
+        let result = blocking(move || -> std::io::Result<PutOutcome> {
+            let mut tmp = tmp;
+            tmp.write_all(&body)?;
+            tmp.as_file().sync_data()?;
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if if_none_match {
+                // link() fails if the name exists: an atomic create-if-absent.
+                return match std::fs::hard_link(tmp.path(), &dest) {
+                    Ok(()) => Ok(PutOutcome::Created),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Ok(PutOutcome::AlreadyExists)
+                    }
+                    Err(e) => Err(e),
+                };
+            }
+            tmp.persist(&dest).map_err(|e| e.error)?;
+            Ok(PutOutcome::Created)
+        })
+        .await;
+        result.map_err(|e| self.io("PUT", key, e))
+    }
+
+    async fn create_multipart(&self, key: &str) -> Result<String, StoreError> {
+        self.path_of(key, "CreateMultipartUpload")?;
+        let id = format!("{:032x}", rand::random::<u128>());
+        let dir = self.upload_dir(&id)?;
+        blocking(move || std::fs::create_dir_all(dir))
+            .await
+            .map_err(|e| self.io("CreateMultipartUpload", key, e))?;
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        let dir = self.upload_dir(upload_id)?;
+        if !dir.is_dir() {
+            return Err(self.failed(
+                "UploadPart",
+                key,
+                format!("no open upload {upload_id}"),
+                false,
+            ));
+        }
+        self.pace_upload(&body).await;
+        let tmp = self
+            .temp_file()
+            .map_err(|e| self.io("UploadPart", key, e))?;
+        let etag = format!("{:032x}", crate::hash::ContentHash::of(&body).0);
+        blocking(move || -> std::io::Result<()> {
+            let mut tmp = tmp;
+            tmp.write_all(&body)?;
+            tmp.persist(dir.join(format!("{part_number:05}")))
+                .map_err(|e| e.error)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| self.io("UploadPart", key, e))?;
+        Ok(etag)
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<(), StoreError> {
+        let dest = self.path_of(key, "CompleteMultipartUpload")?;
+        let dir = self.upload_dir(upload_id)?;
+        let tmp = self
+            .temp_file()
+            .map_err(|e| self.io("CompleteMultipartUpload", key, e))?;
+        let parts: Vec<i32> = parts.iter().map(|(n, _)| *n).collect();
+        blocking(move || -> std::io::Result<()> {
+            let mut tmp = tmp;
+            for n in parts {
+                let mut part = std::fs::File::open(dir.join(format!("{n:05}")))?;
+                std::io::copy(&mut part, tmp.as_file_mut())?;
+            }
+            tmp.as_file().sync_data()?;
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            tmp.persist(&dest).map_err(|e| e.error)?;
+            std::fs::remove_dir_all(&dir)
+        })
+        .await
+        .map_err(|e| self.io("CompleteMultipartUpload", key, e))
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        let dir = self.upload_dir(upload_id)?;
+        match blocking(move || std::fs::remove_dir_all(dir)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io("AbortMultipartUpload", key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let root = self.dir.clone();
+        let prefix_owned = prefix.to_string();
+        blocking(move || list_dir(&root, &prefix_owned))
+            .await
+            .map_err(|e| self.io("LIST", prefix, e))
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            let path = self.path_of(key, "DELETE")?;
+            match blocking(move || std::fs::remove_file(path)).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io("DELETE", key, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every file under `root` whose key starts with `prefix`, skipping attache's own directories.
+fn list_dir(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
+    // Walk only the directory the prefix names, not the whole store.
+    let base = match prefix.rfind('/') {
+        Some(i) => &prefix[..i],
+        None => "",
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![root.join(base)];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .replace('\\', "/");
+            if rel.starts_with(".attache-") {
+                continue;
+            }
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                if prefix.starts_with(&format!("{rel}/")) || rel.starts_with(prefix) {
+                    stack.push(path);
+                }
+            } else if ft.is_file() && rel.starts_with(prefix) {
+                out.push(info(&rel, &entry.metadata()?));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}

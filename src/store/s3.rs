@@ -1,0 +1,559 @@
+//! The S3 store, on `aws-sdk-s3` with a hard-capped connection pool.
+//!
+//! Choices, and why:
+//! - The HTTP client is `aws_smithy_http_client::pool::ConnectionPool`: `s3.max_connections`
+//!   is a hard cap on open connections shared by every transfer of the process.
+//! - Request bodies are streamed from memory through the upload limiter in 64 KiB chunks.
+//!   A streaming body is signed as UNSIGNED-PAYLOAD, which also saves hashing every body with
+//!   SHA-256 (TLS protects it in transit; the content hash is checked before and after).
+//! - The SDK's stalled-stream protection is off: a body starved by the bandwidth limit would
+//!   be killed as "stalled". Download bodies get attache's own per-chunk read timeout instead.
+//! - Checksums default to `when_required`, which S3-compatible stores accept.
+//! - An interceptor counts attempts and throttling replies (503 / SlowDown) so the transfer
+//!   engine can lower its concurrency while a store pushes back.
+
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::interceptors::FinalizerInterceptorContextRef;
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, SdkBody};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body::{Frame, SizeHint};
+
+use super::{GetObject, ObjectInfo, ObjectStore, PutOptions, PutOutcome, StoreError};
+use crate::config::{ChecksumMode, S3Settings};
+use crate::transfer::limiter::Bandwidth;
+
+/// Chunk size of paced request bodies.
+const BODY_CHUNK: usize = 64 * 1024;
+
+/// Counters of what the store's server said, for throttling control and metrics.
+#[derive(Debug, Default)]
+pub struct S3Counters {
+    pub attempts: AtomicU64,
+    /// 503 / SlowDown replies (shared with the transfer gate).
+    pub throttled: Arc<AtomicU64>,
+    /// Other 5xx replies.
+    pub server_errors: AtomicU64,
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    root_prefix: String,
+    describe: String,
+    bandwidth: Arc<Bandwidth>,
+    read_timeout: Duration,
+    expected_bucket_owner: Option<String>,
+    pub counters: Arc<S3Counters>,
+}
+
+impl S3Store {
+    /// Builds the client from the settings and the standard AWS chain (env, profile, role).
+    pub async fn connect(
+        bucket: String,
+        root_prefix: String,
+        s: &S3Settings,
+        bandwidth: Arc<Bandwidth>,
+    ) -> Result<S3Store, String> {
+        use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+        let pool = aws_smithy_http_client::pool::ConnectionPool::builder()
+            .max_connections_per_host(s.max_connections)
+            .idle_timeout(Some(s.idle_timeout.0))
+            .tcp_nodelay(true)
+            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+            .build_https()
+            .map_err(|e| format!("cannot build the HTTP connection pool: {e}"))?;
+        let http = aws_smithy_http_client::pool::Client::new(&pool)
+            .map_err(|e| format!("HTTP client: {e}"))?;
+
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(http)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(s.connect_timeout.0)
+                    .read_timeout(s.read_timeout.0)
+                    .build(),
+            )
+            .retry_config(
+                aws_config::retry::RetryConfig::standard().with_max_attempts(s.retry_attempts + 1),
+            )
+            .stalled_stream_protection(
+                aws_config::stalled_stream_protection::StalledStreamProtectionConfig::disabled(),
+            );
+        if let Some(region) = &s.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(profile) = &s.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(endpoint) = &s.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let (Some(key), Some(secret)) = (&s.access_key_id, &s.secret_access_key) {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                key,
+                secret.expose(),
+                s.session_token.as_ref().map(|t| t.expose().to_string()),
+                None,
+                "attache-config",
+            ));
+        }
+        let sdk = loader.load().await;
+        let counters = Arc::new(S3Counters::default());
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(s.force_path_style)
+            .request_checksum_calculation(match s.request_checksum_calculation {
+                ChecksumMode::WhenRequired => {
+                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired
+                }
+                ChecksumMode::WhenSupported => {
+                    aws_sdk_s3::config::RequestChecksumCalculation::WhenSupported
+                }
+            })
+            .response_checksum_validation(match s.response_checksum_validation {
+                ChecksumMode::WhenRequired => {
+                    aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired
+                }
+                ChecksumMode::WhenSupported => {
+                    aws_sdk_s3::config::ResponseChecksumValidation::WhenSupported
+                }
+            })
+            .interceptor(CountReplies(counters.clone()));
+        if sdk.region().is_none() {
+            // S3-compatible stores accept any region; AWS needs the real one (set s3.region).
+            tracing::debug!("no region configured; signing for us-east-1");
+            conf = conf.region(aws_config::Region::new("us-east-1"));
+        }
+        let prefix_part = if root_prefix.is_empty() {
+            String::new()
+        } else {
+            format!("/{root_prefix}")
+        };
+        Ok(S3Store {
+            client: Client::from_conf(conf.build()),
+            describe: format!("s3://{bucket}{prefix_part}"),
+            bucket,
+            root_prefix,
+            bandwidth,
+            read_timeout: s.read_timeout.0,
+            expected_bucket_owner: s.expected_bucket_owner.clone(),
+            counters,
+        })
+    }
+
+    fn err<E>(&self, op: &'static str, key: &str, e: SdkError<E>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        if status == Some(404) || matches!(e.code(), Some("NoSuchKey" | "NotFound")) {
+            return StoreError::NotFound {
+                store: self.describe.clone(),
+                key: key.into(),
+            };
+        }
+        let retryable = match &e {
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => true,
+            _ => matches!(status, Some(s) if s >= 500 || s == 429),
+        };
+        let hint = match status {
+            Some(403) => " (check the credentials and the bucket policy)",
+            Some(301) => " (wrong region: set s3.region)",
+            _ => "",
+        };
+        StoreError::Failed {
+            store: self.describe.clone(),
+            op,
+            key: key.into(),
+            message: format!("{}{hint}", DisplayErrorContext(&e)),
+            retryable,
+        }
+    }
+
+    fn paced_body(&self, data: Bytes) -> ByteStream {
+        let bandwidth = self.bandwidth.clone();
+        // Retryable: the SDK rebuilds the body from the same bytes for each attempt.
+        ByteStream::new(SdkBody::retryable(move || {
+            SdkBody::from_body_1_x(PacedBody::new(data.clone(), bandwidth.clone()))
+        }))
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn root_prefix(&self) -> &str {
+        &self.root_prefix
+    }
+
+    fn throttle_signal(&self) -> Arc<AtomicU64> {
+        self.counters.throttled.clone()
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        let r = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone())
+            .send()
+            .await;
+        match r {
+            Ok(o) => Ok(Some(ObjectInfo {
+                key: key.into(),
+                size: o.content_length().unwrap_or(0).max(0) as u64,
+                last_modified_ms: o.last_modified().and_then(|t| t.to_millis().ok()),
+            })),
+            Err(e) => match self.err("HEAD", key, e) {
+                StoreError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetObject, StoreError> {
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone());
+        if let Some(r) = &range {
+            if r.start == r.end {
+                return Ok(GetObject {
+                    content_length: 0,
+                    body: futures::stream::empty().boxed(),
+                });
+            }
+            req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        let out = req.send().await.map_err(|e| self.err("GET", key, e))?;
+        let content_length = out.content_length().unwrap_or(0).max(0) as u64;
+        let (bandwidth, timeout) = (self.bandwidth.clone(), self.read_timeout);
+        let (describe, key) = (self.describe.clone(), key.to_string());
+        let body = futures::stream::unfold(Some(out.body), move |state| {
+            let (bandwidth, describe, key) = (bandwidth.clone(), describe.clone(), key.clone());
+            async move {
+                let mut stream = state?;
+                let failed = |message: String| StoreError::Failed {
+                    store: describe,
+                    op: "GET",
+                    key,
+                    message,
+                    retryable: true,
+                };
+                match tokio::time::timeout(timeout, stream.next()).await {
+                    Err(_) => Some((
+                        Err(failed(format!("no data for {timeout:?} (s3.read_timeout)"))),
+                        None,
+                    )),
+                    Ok(None) => None,
+                    Ok(Some(Err(e))) => {
+                        Some((Err(failed(DisplayErrorContext(&e).to_string())), None))
+                    }
+                    Ok(Some(Ok(chunk))) => {
+                        bandwidth.download.acquire(chunk.len()).await;
+                        Some((Ok(chunk), Some(stream)))
+                    }
+                }
+            }
+        });
+        Ok(GetObject {
+            content_length,
+            body: body.boxed(),
+        })
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+    ) -> Result<PutOutcome, StoreError> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(body.len() as i64)
+            .body(self.paced_body(body))
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone());
+        for (k, v) in &opts.metadata {
+            req = req.metadata(k, v);
+        }
+        if opts.if_none_match {
+            req = req.if_none_match("*");
+        }
+        match req.send().await {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e)
+                if opts.if_none_match
+                    && e.raw_response().map(|r| r.status().as_u16()) == Some(412) =>
+            {
+                Ok(PutOutcome::AlreadyExists)
+            }
+            Err(e) => Err(self.err("PUT", key, e)),
+        }
+    }
+
+    async fn create_multipart(&self, key: &str) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone())
+            .send()
+            .await
+            .map_err(|e| self.err("CreateMultipartUpload", key, e))?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Failed {
+                store: self.describe.clone(),
+                op: "CreateMultipartUpload",
+                key: key.into(),
+                message: "the reply has no upload id".into(),
+                retryable: false,
+            })
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .content_length(body.len() as i64)
+            .body(self.paced_body(body))
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone())
+            .send()
+            .await
+            .map_err(|e| self.err("UploadPart", key, e))?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<(), StoreError> {
+        let parts = parts
+            .iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone())
+            .send()
+            .await
+            .map_err(|e| self.err("CompleteMultipartUpload", key, e))?;
+        Ok(())
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone())
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match self.err("AbortMultipartUpload", key, e) {
+                StoreError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone())
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("LIST", prefix, e))?;
+            for o in page.contents() {
+                out.push(ObjectInfo {
+                    key: o.key().unwrap_or_default().to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified_ms: o.last_modified().and_then(|t| t.to_millis().ok()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        // DeleteObjects takes at most 1000 keys a call.
+        for chunk in keys.chunks(1000) {
+            let ids = chunk
+                .iter()
+                .map(|k| {
+                    ObjectIdentifier::builder()
+                        .key(k)
+                        .build()
+                        .expect("key is set")
+                })
+                .collect();
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .expect("objects are set");
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .set_expected_bucket_owner(self.expected_bucket_owner.clone())
+                .send()
+                .await
+                .map_err(|e| self.err("DeleteObjects", &chunk[0], e))?;
+            if let Some(e) = out.errors().first() {
+                return Err(StoreError::Failed {
+                    store: self.describe.clone(),
+                    op: "DeleteObjects",
+                    key: e.key().unwrap_or_default().into(),
+                    message: e.message().unwrap_or("refused").into(),
+                    retryable: false,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts attempts and throttling replies.
+#[derive(Debug)]
+struct CountReplies(Arc<S3Counters>);
+
+impl Intercept for CountReplies {
+    fn name(&self) -> &'static str {
+        "attache::CountReplies"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        self.0.attempts.fetch_add(1, Ordering::Relaxed);
+        if let Some(status) = context.response().map(|r| r.status().as_u16()) {
+            match status {
+                503 | 429 => {
+                    self.0.throttled.fetch_add(1, Ordering::Relaxed);
+                }
+                500..=599 => {
+                    self.0.server_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A request body served from memory in chunks, each waiting for the upload limiter.
+struct PacedBody {
+    data: Bytes,
+    bandwidth: Arc<Bandwidth>,
+    /// The limiter wait of the next chunk (a Mutex so the body is `Sync`, as the SDK wants).
+    wait: Mutex<Option<(Wait, usize)>>,
+}
+
+impl PacedBody {
+    fn new(data: Bytes, bandwidth: Arc<Bandwidth>) -> Self {
+        PacedBody {
+            data,
+            bandwidth,
+            wait: Mutex::new(None),
+        }
+    }
+}
+
+impl http_body::Body for PacedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.data.is_empty() {
+            return Poll::Ready(None);
+        }
+        let this = &mut *self;
+        let wait = this.wait.get_mut().expect("not poisoned");
+        if wait.is_none() {
+            let n = this.data.len().min(BODY_CHUNK);
+            let bandwidth = this.bandwidth.clone();
+            *wait = Some((
+                Box::pin(async move { bandwidth.upload.acquire(n).await }),
+                n,
+            ));
+        }
+        let (fut, n) = wait.as_mut().expect("set above");
+        match fut.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                let n = *n;
+                *wait = None;
+                Poll::Ready(Some(Ok(Frame::data(this.data.split_to(n)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.len() as u64)
+    }
+}

@@ -1,0 +1,124 @@
+//! Moving content between trees and a store: upload (single and managed multipart), download
+//! (whole and ranged), the known-present index, bandwidth limits, retries and throttling.
+
+pub mod download;
+pub mod gate;
+pub mod known_present;
+pub mod limiter;
+pub mod upload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TransferSettings;
+use crate::hash::ContentHash;
+use crate::jobs::Cancelled;
+use crate::progress::Progress;
+use crate::store::{ObjectStore, StoreError};
+
+/// What the transfers of one job share.
+pub struct Transfer {
+    pub store: Arc<dyn ObjectStore>,
+    pub settings: TransferSettings,
+    /// Skip existing content with `PutObject If-None-Match: *` instead of a HEAD.
+    pub conditional_put: bool,
+    /// Requests in flight, lowered while the store throttles.
+    pub gate: Arc<gate::Gate>,
+    /// Bytes of bodies held in memory, in units of [`MEMORY_UNIT`]: the memory bound.
+    pub memory: Arc<Semaphore>,
+    memory_units: u32,
+    pub progress: Arc<Progress>,
+    /// Hashes known to be in the store; `None`: ask the store every time.
+    pub known: Option<Arc<known_present::KnownPresent>>,
+}
+
+impl Transfer {
+    /// Budget units a body of `len` bytes takes (a body larger than the whole budget takes
+    /// all of it, rather than waiting forever).
+    pub fn memory_units(&self, len: u64) -> u32 {
+        (len.div_ceil(MEMORY_UNIT).max(1) as u32).min(self.memory_units)
+    }
+}
+
+/// The unit of the transfer memory budget.
+pub const MEMORY_UNIT: u64 = 64 * 1024;
+
+impl Transfer {
+    /// A transfer context from the settings. Bodies in memory are bounded by
+    /// `max_parts_in_flight × part_size` (at least one object of `multipart_threshold`).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        settings: &crate::config::Settings,
+        gate: Arc<gate::Gate>,
+        progress: Arc<Progress>,
+        known: Option<Arc<known_present::KnownPresent>>,
+    ) -> Transfer {
+        let t = &settings.transfer;
+        let budget = (t.max_parts_in_flight as u64 * t.part_size.0).max(t.multipart_threshold.0);
+        let memory_units = budget.div_ceil(MEMORY_UNIT).min(u64::from(u32::MAX)) as u32;
+        Transfer {
+            memory_units,
+            store,
+            settings: t.clone(),
+            conditional_put: settings.s3.conditional_put,
+            gate,
+            memory: Arc::new(Semaphore::new(memory_units as usize)),
+            progress,
+            known,
+        }
+    }
+}
+
+/// A transfer failure, naming the file or object.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: file changed during upload (its content no longer has hash {planned}); nothing was stored under that key. Run again once the file is complete"
+    )]
+    ChangedDuringUpload { path: PathBuf, planned: ContentHash },
+    #[error(
+        "{key}: downloaded content does not match (expected {expected_size} bytes with hash {expected}, got {got_size} bytes with hash {got}) after {tries} tries; nothing was written to {dest}"
+    )]
+    Corrupt {
+        key: String,
+        dest: PathBuf,
+        expected: ContentHash,
+        expected_size: u64,
+        got: ContentHash,
+        got_size: u64,
+        tries: u32,
+    },
+    #[error("{path}: {message}")]
+    Refused { path: PathBuf, message: String },
+    #[error("cancelled")]
+    Cancelled(#[from] Cancelled),
+}
+
+impl TransferError {
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TransferError {
+        let path = path.into();
+        move |source| TransferError::Io { path, source }
+    }
+}
+
+/// Awaits `fut` unless `cancel` fires first (dropping `fut`, which stops its I/O at once).
+pub async fn cancellable<T>(
+    cancel: &CancellationToken,
+    fut: impl Future<Output = T>,
+) -> Result<T, Cancelled> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Cancelled),
+        v = fut => Ok(v),
+    }
+}

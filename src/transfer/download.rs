@@ -1,0 +1,334 @@
+//! Downloading content objects into files, verified before they become visible.
+//!
+//! Each distinct hash is fetched once: into a temporary file beside its destination (one GET
+//! for small objects, parallel ranged GETs written at their offsets for large ones), checked
+//! for size and XXH3-128, given the manifest's mtime and renamed into place. Other files with
+//! the same content are copied from the first. A failed, corrupt or cancelled file leaves
+//! nothing behind: the temporary file is removed when it is dropped.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use futures::StreamExt;
+use tempfile::NamedTempFile;
+use tokio_util::sync::CancellationToken;
+use xxhash_rust::xxh3::Xxh3Default;
+
+use super::{Transfer, TransferError, cancellable};
+use crate::hash::ContentHash;
+use crate::jobs::Cancelled;
+use crate::store::StoreError;
+use crate::store::layout::{data_key, legacy_data_key};
+
+/// One file to materialize.
+#[derive(Debug, Clone)]
+pub struct DownloadItem {
+    pub hash: ContentHash,
+    pub size: u64,
+    /// Final path; its directory must exist (the caller creates it safely).
+    pub dest: PathBuf,
+    /// Manifest mtime, microseconds since the epoch.
+    pub mtime_us: i64,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct DownloadReport {
+    pub files: u64,
+    pub objects: u64,
+    pub downloaded_bytes: u64,
+    /// Files copied locally from another file with the same content.
+    pub copied_files: u64,
+    /// Objects fetched again after a corrupt or short body.
+    pub refetched: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    objects: AtomicU64,
+    downloaded_bytes: AtomicU64,
+    copied_files: AtomicU64,
+    refetched: AtomicU64,
+}
+
+/// Fetches of one object before its corruption is reported.
+const TRIES: u32 = 3;
+
+/// Downloads every item, `transfer.workers` objects at a time. The first failure stops the rest.
+pub async fn download_all(
+    t: Arc<Transfer>,
+    items: Vec<DownloadItem>,
+    cancel: &CancellationToken,
+) -> Result<DownloadReport, TransferError> {
+    let mut groups: HashMap<ContentHash, Vec<DownloadItem>> = HashMap::new();
+    for item in items {
+        groups.entry(item.hash).or_default().push(item);
+    }
+    // Large objects first: they take longest and are split into parallel parts anyway.
+    let mut groups: Vec<Vec<DownloadItem>> = groups.into_values().collect();
+    groups.sort_by_key(|g| std::cmp::Reverse(g[0].size));
+    let counters = Arc::new(Counters::default());
+    let stop = cancel.child_token();
+    let mut results = futures::stream::iter(groups)
+        .map(|group| {
+            let (t, counters, stop) = (t.clone(), counters.clone(), stop.clone());
+            async move { download_group(&t, &counters, group, &stop).await }
+        })
+        .buffer_unordered(t.settings.workers.max(1));
+    let mut first_error = None;
+    while let Some(r) = results.next().await {
+        if let Err(e) = r {
+            stop.cancel();
+            if first_error.is_none() || matches!(first_error, Some(TransferError::Cancelled(_))) {
+                first_error = Some(e);
+            }
+        }
+    }
+    match first_error {
+        Some(TransferError::Cancelled(_)) | None if cancel.is_cancelled() => Err(Cancelled.into()),
+        Some(e) => Err(e),
+        None => Ok(DownloadReport {
+            files: counters.files.load(Relaxed),
+            objects: counters.objects.load(Relaxed),
+            downloaded_bytes: counters.downloaded_bytes.load(Relaxed),
+            copied_files: counters.copied_files.load(Relaxed),
+            refetched: counters.refetched.load(Relaxed),
+        }),
+    }
+}
+
+async fn download_group(
+    t: &Transfer,
+    c: &Counters,
+    group: Vec<DownloadItem>,
+    cancel: &CancellationToken,
+) -> Result<(), TransferError> {
+    if cancel.is_cancelled() {
+        return Err(Cancelled.into());
+    }
+    c.objects.fetch_add(1, Relaxed);
+    let first = &group[0];
+    let tmp = fetch_verified(t, c, first, cancel).await?;
+    finalize(tmp, first)?;
+    c.files.fetch_add(1, Relaxed);
+    t.progress.add_files(1);
+    for other in &group[1..] {
+        if cancel.is_cancelled() {
+            return Err(Cancelled.into());
+        }
+        let (src, item) = (first.dest.clone(), other.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), TransferError> {
+            let mut tmp = temp_beside(&item.dest)?;
+            let mut from = std::fs::File::open(&src).map_err(TransferError::io(&src))?;
+            std::io::copy(&mut from, tmp.as_file_mut()).map_err(TransferError::io(&item.dest))?;
+            finalize(tmp, &item)
+        })
+        .await
+        .expect("copy task panicked")?;
+        c.files.fetch_add(1, Relaxed);
+        c.copied_files.fetch_add(1, Relaxed);
+        t.progress.add_files(1);
+        t.progress.add_bytes(other.size);
+    }
+    Ok(())
+}
+
+/// A temporary file in the destination's directory (so the final rename is atomic).
+fn temp_beside(dest: &Path) -> Result<NamedTempFile, TransferError> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    tempfile::Builder::new()
+        .prefix(".attache-")
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(TransferError::io(dir))
+}
+
+/// Sets the manifest mtime (and atime) and renames the verified file into place.
+fn finalize(tmp: NamedTempFile, item: &DownloadItem) -> Result<(), TransferError> {
+    let ns = i128::from(item.mtime_us) * 1000;
+    let t = filetime::FileTime::from_unix_time(
+        ns.div_euclid(1_000_000_000) as i64,
+        ns.rem_euclid(1_000_000_000) as u32,
+    );
+    filetime::set_file_handle_times(tmp.as_file(), Some(t), Some(t))
+        .map_err(TransferError::io(&item.dest))?;
+    if item.dest.is_dir() {
+        return Err(TransferError::Refused {
+            path: item.dest.clone(),
+            message: "is a directory; cannot replace it with a file".into(),
+        });
+    }
+    tmp.persist(&item.dest).map_err(|e| TransferError::Io {
+        path: item.dest.clone(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// Fetches the object into a temporary file and checks it, fetching again on a mismatch.
+async fn fetch_verified(
+    t: &Transfer,
+    c: &Counters,
+    item: &DownloadItem,
+    cancel: &CancellationToken,
+) -> Result<NamedTempFile, TransferError> {
+    let prefix = t.store.root_prefix();
+    let mut key = data_key(prefix, item.hash);
+    let mut tried_legacy = false;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut tmp = temp_beside(&item.dest)?;
+        let fetched = if item.size >= t.settings.multipart_threshold.0 {
+            fetch_ranged(t, c, &key, item, &mut tmp, cancel).await
+        } else {
+            fetch_whole(t, c, &key, item, &mut tmp, cancel).await
+        };
+        let (got, got_size) = match fetched {
+            Ok(v) => v,
+            Err(TransferError::Store(e)) if e.is_not_found() && !tried_legacy => {
+                // Objects from very old clients have no `.xxh128` suffix.
+                tried_legacy = true;
+                key = legacy_data_key(prefix, item.hash);
+                tries -= 1;
+                continue;
+            }
+            Err(TransferError::Store(e)) if e.is_not_found() => {
+                if let Some(k) = &t.known {
+                    let _ = k.forget(&t.store.describe(), item.hash);
+                }
+                return Err(StoreError::NotFound {
+                    store: t.store.describe(),
+                    key: data_key(prefix, item.hash),
+                }
+                .into());
+            }
+            Err(e) => return Err(e),
+        };
+        if got == item.hash && got_size == item.size {
+            return Ok(tmp);
+        }
+        if tries >= TRIES {
+            return Err(TransferError::Corrupt {
+                key,
+                dest: item.dest.clone(),
+                expected: item.hash,
+                expected_size: item.size,
+                got,
+                got_size,
+                tries,
+            });
+        }
+        c.refetched.fetch_add(1, Relaxed);
+        tracing::warn!(
+            key,
+            "downloaded content does not match its hash; fetching it again"
+        );
+    }
+}
+
+/// One GET, written and hashed as it streams. Returns (hash, bytes written).
+async fn fetch_whole(
+    t: &Transfer,
+    c: &Counters,
+    key: &str,
+    item: &DownloadItem,
+    tmp: &mut NamedTempFile,
+    cancel: &CancellationToken,
+) -> Result<(ContentHash, u64), TransferError> {
+    let mut obj = t.gate.run(cancel, || t.store.get(key, None)).await?;
+    let mut hasher = Xxh3Default::new();
+    let mut written = 0u64;
+    while let Some(chunk) = cancellable(cancel, obj.body.next()).await? {
+        let chunk = chunk?;
+        // Small page-cache writes: cheaper inline than a hop to a blocking thread.
+        tmp.write_all(&chunk)
+            .map_err(TransferError::io(&item.dest))?;
+        hasher.update(&chunk);
+        written += chunk.len() as u64;
+        c.downloaded_bytes.fetch_add(chunk.len() as u64, Relaxed);
+        t.progress.add_bytes(chunk.len() as u64);
+        if written > item.size {
+            break; // longer than the manifest says: mismatch, no need to read on
+        }
+    }
+    Ok((ContentHash(hasher.digest128()), written))
+}
+
+/// Parallel ranged GETs written at their offsets, then the whole file hashed from the page
+/// cache. A part that comes back short fails the fetch (and is fetched again).
+async fn fetch_ranged(
+    t: &Transfer,
+    c: &Counters,
+    key: &str,
+    item: &DownloadItem,
+    tmp: &mut NamedTempFile,
+    cancel: &CancellationToken,
+) -> Result<(ContentHash, u64), TransferError> {
+    tmp.as_file()
+        .set_len(item.size)
+        .map_err(TransferError::io(&item.dest))?;
+    let file = Arc::new(
+        tmp.as_file()
+            .try_clone()
+            .map_err(TransferError::io(&item.dest))?,
+    );
+    let part = t.settings.part_size.0.max(1);
+    let ranges: Vec<(u64, u64)> = (0..item.size.div_ceil(part))
+        .map(|i| (i * part, (i * part + part).min(item.size)))
+        .collect();
+    let mut parts = futures::stream::iter(ranges)
+        .map(|(start, end)| {
+            let file = file.clone();
+            async move {
+                let mut obj = t
+                    .gate
+                    .run(cancel, || t.store.get(key, Some(start..end)))
+                    .await?;
+                let mut at = start;
+                while let Some(chunk) = cancellable(cancel, obj.body.next()).await? {
+                    let chunk = chunk?;
+                    if at + chunk.len() as u64 > end {
+                        return Ok(false);
+                    }
+                    let (f, len) = (file.clone(), chunk.len() as u64);
+                    tokio::task::spawn_blocking(move || f.write_all_at(&chunk, at))
+                        .await
+                        .expect("write task panicked")
+                        .map_err(TransferError::io(&item.dest))?;
+                    at += len;
+                    c.downloaded_bytes.fetch_add(len, Relaxed);
+                    t.progress.add_bytes(len);
+                }
+                Ok::<bool, TransferError>(at == end)
+            }
+        })
+        .buffer_unordered(t.settings.max_parts_in_flight.max(1));
+    let mut complete = true;
+    while let Some(r) = parts.next().await {
+        complete &= r?;
+    }
+    drop(parts);
+    if !complete {
+        return Ok((ContentHash(0), 0));
+    }
+    let path = tmp.path().to_path_buf();
+    let cancel2 = cancel.clone();
+    let hashed = tokio::task::spawn_blocking(move || {
+        crate::hash::file::hash_file(&path, 1 << 20, &cancel2, &|_| {})
+    })
+    .await
+    .expect("hash task panicked");
+    match hashed {
+        Ok(h) => Ok((h.hash, h.stat.size)),
+        Err(crate::hash::file::HashFileError::Cancelled) => Err(Cancelled.into()),
+        Err(e) => Err(TransferError::Refused {
+            path: item.dest.clone(),
+            message: e.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,216 @@
+//! Request concurrency that backs off while the store throttles, and retries with backoff.
+//!
+//! Every store request takes a permit. When the store answers 503 SlowDown (counted by the
+//! S3 interceptor), the number of permits is halved, at most once a second; after two quiet
+//! seconds it grows by one again (additive increase, multiplicative decrease). The SDK retries
+//! each request itself; [`Gate::run`] adds a slower retry on top for errors that outlast the
+//! SDK's attempts (its retry quota empties under a long throttling burst).
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::{TransferError, cancellable};
+use crate::store::StoreError;
+
+pub struct Gate {
+    sem: Semaphore,
+    max: usize,
+    state: Mutex<GateState>,
+    /// Where throttling replies are counted (the S3 store's interceptor).
+    throttles: Arc<AtomicU64>,
+    /// Times the gate lowered its limit, for reports and metrics.
+    pub backoffs: AtomicU64,
+    /// Store operations retried by the gate.
+    pub retries: AtomicU64,
+}
+
+struct GateState {
+    limit: usize,
+    /// Permits to retire as they come back, after a decrease.
+    debt: usize,
+    seen_throttles: u64,
+    last_change: Instant,
+}
+
+/// Attempts of one store operation at the gate's level (each may be several SDK attempts).
+const ATTEMPTS: u32 = 4;
+
+impl Gate {
+    /// A gate of `max` concurrent requests, watching `throttles`.
+    pub fn new(max: usize, throttles: Arc<AtomicU64>) -> Gate {
+        let max = max.max(1);
+        Gate {
+            sem: Semaphore::new(max),
+            max,
+            state: Mutex::new(GateState {
+                limit: max,
+                debt: 0,
+                seen_throttles: 0,
+                last_change: Instant::now(),
+            }),
+            throttles,
+            backoffs: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    /// The current limit on requests in flight.
+    pub fn limit(&self) -> usize {
+        self.state.lock().expect("not poisoned").limit
+    }
+
+    /// Runs one store operation under a permit, retrying retryable failures with exponential
+    /// backoff. Cancellation drops the operation at once.
+    pub async fn run<T, F, Fut>(
+        &self,
+        cancel: &CancellationToken,
+        mut op: F,
+    ) -> Result<T, TransferError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = {
+                let permit = cancellable(cancel, self.sem.acquire())
+                    .await?
+                    .expect("never closed");
+                let r = cancellable(cancel, op()).await;
+                self.release(permit);
+                r?
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    let backoff = Duration::from_millis(200 << attempt)
+                        + Duration::from_millis(rand::random::<u64>() % 200);
+                    tracing::debug!("retrying in {backoff:?}: {e}");
+                    cancellable(cancel, tokio::time::sleep(backoff)).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Returns a permit, adjusting the limit to what the store said meanwhile.
+    fn release(&self, permit: tokio::sync::SemaphorePermit<'_>) {
+        let mut s = self.state.lock().expect("not poisoned");
+        let throttles = self.throttles.load(Ordering::Relaxed);
+        let since = s.last_change.elapsed();
+        if throttles > s.seen_throttles {
+            s.seen_throttles = throttles;
+            if since >= Duration::from_secs(1) && s.limit > 1 {
+                let new = (s.limit / 2).max(1);
+                s.debt += s.limit - new;
+                s.limit = new;
+                s.last_change = Instant::now();
+                self.backoffs.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "the store is throttling (503 SlowDown): {new} requests in flight at most for now"
+                );
+            }
+        } else if s.limit < self.max && since >= Duration::from_secs(2) {
+            s.limit += 1;
+            s.last_change = Instant::now();
+            if s.debt > 0 {
+                s.debt -= 1;
+            } else {
+                self.sem.add_permits(1);
+            }
+        }
+        if s.debt > 0 {
+            s.debt -= 1;
+            permit.forget();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failing(retryable: bool) -> StoreError {
+        StoreError::Failed {
+            store: "s".into(),
+            op: "GET",
+            key: "k".into(),
+            message: "boom".into(),
+            retryable,
+        }
+    }
+
+    #[tokio::test]
+    async fn retryable_errors_are_retried_then_reported() {
+        let gate = Gate::new(4, Arc::default());
+        let calls = AtomicU64::new(0);
+        let r: Result<(), _> = gate
+            .run(&CancellationToken::new(), || async {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Err(failing(true))
+            })
+            .await;
+        assert!(matches!(r, Err(TransferError::Store(_))));
+        assert_eq!(calls.load(Ordering::Relaxed), u64::from(ATTEMPTS));
+        let calls = AtomicU64::new(0);
+        let _ = gate
+            .run(&CancellationToken::new(), || async {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Err::<(), _>(failing(false))
+            })
+            .await;
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            1,
+            "a lasting refusal is not retried"
+        );
+    }
+
+    #[tokio::test]
+    async fn throttling_halves_the_limit() {
+        let throttles = Arc::new(AtomicU64::new(0));
+        let gate = Gate::new(16, throttles.clone());
+        gate.state.lock().unwrap().last_change = Instant::now() - Duration::from_secs(5);
+        throttles.store(3, Ordering::Relaxed);
+        gate.run(&CancellationToken::new(), || async {
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(gate.limit(), 8);
+        assert_eq!(gate.backoffs.load(Ordering::Relaxed), 1);
+        // Within a second, more throttles do not halve again.
+        throttles.store(9, Ordering::Relaxed);
+        gate.run(&CancellationToken::new(), || async {
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(gate.limit(), 8);
+        // Permits still out, less those to retire, is the new limit.
+        assert_eq!(
+            gate.sem.available_permits() - gate.state.lock().unwrap().debt,
+            8
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_waiting_for_a_permit() {
+        let gate = Gate::new(1, Arc::default());
+        let held = gate.sem.acquire().await.unwrap();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let r = gate
+            .run(&cancel, || async { Ok::<_, StoreError>(()) })
+            .await;
+        assert!(matches!(r, Err(TransferError::Cancelled(_))));
+        drop(held);
+    }
+}

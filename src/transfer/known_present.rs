@@ -1,0 +1,169 @@
+//! The known-present index: content hashes recently seen in a store, so a re-upload asks the
+//! store nothing about them.
+//!
+//! SQLite, `<cache.dir>/known-present-v1.sqlite3`, table `present(store TEXT, hash BLOB,
+//! verified_at INTEGER)` keyed by (store, hash). An entry is trusted for
+//! `transfer.known_present_ttl`; each run re-checks about `transfer.known_present_sample`
+//! randomly chosen trusted entries older than an hour against the store (so a re-upload right
+//! after an upload makes no request at all), and a store that answers 404 for a hash (on upload
+//! check or download) removes it: an object deleted by a lifecycle rule is uploaded again
+//! instead of failing renders (the official client's 30-day cache does not notice).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+
+use crate::hash::ContentHash;
+
+pub const FILE_NAME: &str = "known-present-v1.sqlite3";
+
+#[derive(Debug, thiserror::Error)]
+#[error("known-present index {path}: {source}")]
+pub struct KnownPresentError {
+    path: PathBuf,
+    source: rusqlite::Error,
+}
+
+pub struct KnownPresent {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    ttl: Duration,
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64
+}
+
+impl KnownPresent {
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn open(dir: &Path, ttl: Duration) -> Result<KnownPresent, KnownPresentError> {
+        let path = dir.join(FILE_NAME);
+        let err = |source| KnownPresentError {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS present (
+               store TEXT NOT NULL, hash BLOB NOT NULL, verified_at INTEGER NOT NULL,
+               PRIMARY KEY (store, hash)) WITHOUT ROWID;",
+        )
+        .map_err(err)?;
+        Ok(KnownPresent {
+            path,
+            conn: Mutex::new(conn),
+            ttl,
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> KnownPresentError {
+        KnownPresentError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Whether `hash` was verified in `store` within the TTL.
+    pub fn is_fresh(&self, store: &str, hash: ContentHash) -> Result<bool, KnownPresentError> {
+        Ok(self.age(store, hash)?.is_some_and(|age| age <= self.ttl))
+    }
+
+    /// How long ago `hash` was last verified in `store`, if it ever was.
+    pub fn age(
+        &self,
+        store: &str,
+        hash: ContentHash,
+    ) -> Result<Option<Duration>, KnownPresentError> {
+        let conn = self.conn.lock().expect("not poisoned");
+        let mut stmt = conn
+            .prepare_cached("SELECT verified_at FROM present WHERE store = ?1 AND hash = ?2")
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query(params![store, hash.to_be_bytes().as_slice()])
+            .map_err(|e| self.err(e))?;
+        let verified: Option<i64> = match rows.next().map_err(|e| self.err(e))? {
+            Some(r) => Some(r.get(0).map_err(|e| self.err(e))?),
+            None => None,
+        };
+        Ok(verified.map(|t| Duration::from_secs((now_secs() - t).max(0) as u64)))
+    }
+
+    /// Records hashes just seen in (or written to) the store.
+    pub fn record(&self, store: &str, hashes: &[ContentHash]) -> Result<(), KnownPresentError> {
+        let mut conn = self.conn.lock().expect("not poisoned");
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO present (store, hash, verified_at) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(|e| self.err(e))?;
+            let now = now_secs();
+            for h in hashes {
+                ins.execute(params![store, h.to_be_bytes().as_slice(), now])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Forgets a hash the store turned out not to have.
+    pub fn forget(&self, store: &str, hash: ContentHash) -> Result<(), KnownPresentError> {
+        let conn = self.conn.lock().expect("not poisoned");
+        conn.execute(
+            "DELETE FROM present WHERE store = ?1 AND hash = ?2",
+            params![store, hash.to_be_bytes().as_slice()],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_entries_expire_and_can_be_forgotten() {
+        let t = tempfile::tempdir().unwrap();
+        let k = KnownPresent::open(t.path(), Duration::from_secs(3600)).unwrap();
+        let (a, b) = (ContentHash::of(b"a"), ContentHash::of(b"b"));
+        k.record("s3://x", &[a]).unwrap();
+        assert!(k.is_fresh("s3://x", a).unwrap());
+        assert!(!k.is_fresh("s3://other", a).unwrap(), "per store");
+        assert!(!k.is_fresh("s3://x", b).unwrap());
+        k.forget("s3://x", a).unwrap();
+        assert!(!k.is_fresh("s3://x", a).unwrap());
+
+        let expired = KnownPresent::open(t.path(), Duration::ZERO).unwrap();
+        expired
+            .conn
+            .lock()
+            .unwrap()
+            .execute("UPDATE present SET verified_at = 0", [])
+            .unwrap();
+        k.record("s3://x", &[b]).unwrap();
+        expired
+            .conn
+            .lock()
+            .unwrap()
+            .execute("UPDATE present SET verified_at = 1", [])
+            .unwrap();
+        assert!(!k.is_fresh("s3://x", b).unwrap(), "older than the TTL");
+    }
+}

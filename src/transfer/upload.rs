@@ -1,0 +1,374 @@
+//! Uploading content objects: each distinct hash once, skipping what the store already has.
+//!
+//! Per object: known-present index → (HEAD, or a conditional PUT) → single PUT up to
+//! `transfer.multipart_threshold`, managed multipart above it. A body is always the bytes that
+//! were hashed: small files reuse the hashing read, other files are hashed again as they are
+//! read for upload, and content that no longer matches its planned hash is never stored.
+
+use std::collections::HashSet;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use xxhash_rust::xxh3::Xxh3Default;
+
+use super::{Transfer, TransferError, cancellable};
+use crate::hash::ContentHash;
+use crate::jobs::Cancelled;
+use crate::store::layout::data_key;
+use crate::store::{PutOptions, PutOutcome};
+
+/// One file to upload, by content hash.
+#[derive(Debug, Clone)]
+pub struct UploadItem {
+    pub hash: ContentHash,
+    pub size: u64,
+    pub path: PathBuf,
+    /// The file's bytes when hashing already read them (small files).
+    pub data: Option<Bytes>,
+}
+
+/// What an upload did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct UploadReport {
+    /// Files offered.
+    pub files: u64,
+    /// Distinct content hashes among them.
+    pub objects: u64,
+    pub uploaded_objects: u64,
+    pub uploaded_bytes: u64,
+    pub multipart_objects: u64,
+    /// Objects the store already had (answered by HEAD or a conditional PUT).
+    pub present_objects: u64,
+    /// Objects skipped because the known-present index vouched for them (no request).
+    pub known_objects: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    objects: AtomicU64,
+    uploaded_objects: AtomicU64,
+    uploaded_bytes: AtomicU64,
+    multipart_objects: AtomicU64,
+    present_objects: AtomicU64,
+    known_objects: AtomicU64,
+}
+
+impl Counters {
+    fn report(&self) -> UploadReport {
+        UploadReport {
+            files: self.files.load(Relaxed),
+            objects: self.objects.load(Relaxed),
+            uploaded_objects: self.uploaded_objects.load(Relaxed),
+            uploaded_bytes: self.uploaded_bytes.load(Relaxed),
+            multipart_objects: self.multipart_objects.load(Relaxed),
+            present_objects: self.present_objects.load(Relaxed),
+            known_objects: self.known_objects.load(Relaxed),
+        }
+    }
+}
+
+/// How long an AbortMultipartUpload may take after a failure or cancel.
+const ABORT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Uploads every item of `items` (as they arrive), `transfer.workers` at a time. The first
+/// failure stops the rest; cancel stops everything at once.
+pub async fn upload_stream(
+    t: Arc<Transfer>,
+    items: impl Stream<Item = UploadItem> + Send,
+    cancel: &CancellationToken,
+) -> Result<UploadReport, TransferError> {
+    let counters = Arc::new(Counters::default());
+    let seen = Mutex::new(HashSet::new());
+    let stop = cancel.child_token();
+    let results = items
+        .filter_map(|item| {
+            counters.files.fetch_add(1, Relaxed);
+            let first = seen.lock().expect("not poisoned").insert(item.hash);
+            if !first {
+                t.progress.add_files(1);
+                t.progress.add_bytes(item.size);
+            }
+            async move { first.then_some(item) }
+        })
+        .map(|item| {
+            let (t, counters, stop) = (t.clone(), counters.clone(), stop.clone());
+            async move {
+                counters.objects.fetch_add(1, Relaxed);
+                // Re-check about `known_present_sample` trusted entries per run, at random.
+                let files = t.progress.snapshot().files_total.max(1);
+                let sampled =
+                    rand::random::<f64>() < t.settings.known_present_sample as f64 / files as f64;
+                upload_one(&t, &counters, item, sampled, &stop).await
+            }
+        })
+        .buffer_unordered(t.settings.workers.max(1));
+    let mut results = std::pin::pin!(results);
+    let mut first_error = None;
+    while let Some(r) = results.next().await {
+        if let Err(e) = r {
+            stop.cancel();
+            if first_error.is_none() || matches!(first_error, Some(TransferError::Cancelled(_))) {
+                first_error = Some(e);
+            }
+        }
+    }
+    match first_error {
+        Some(TransferError::Cancelled(_)) | None if cancel.is_cancelled() => Err(Cancelled.into()),
+        Some(e) => Err(e),
+        None => Ok(counters.report()),
+    }
+}
+
+async fn upload_one(
+    t: &Transfer,
+    c: &Counters,
+    item: UploadItem,
+    sampled: bool,
+    cancel: &CancellationToken,
+) -> Result<(), TransferError> {
+    if cancel.is_cancelled() {
+        return Err(Cancelled.into());
+    }
+    let store_id = t.store.describe();
+    let key = data_key(t.store.root_prefix(), item.hash);
+    if is_known(t, &store_id, item.hash, sampled) {
+        c.known_objects.fetch_add(1, Relaxed);
+        finish(t, &item, false);
+        return Ok(());
+    }
+    let small = item.size <= t.settings.multipart_threshold.0;
+    let mut parts_counted = false;
+    let created = if small && t.conditional_put {
+        let body = load_verified(t, &item, cancel).await?;
+        let opts = PutOptions {
+            if_none_match: true,
+            ..Default::default()
+        };
+        t.gate
+            .run(cancel, || t.store.put(&key, body.clone(), &opts))
+            .await?
+            == PutOutcome::Created
+    } else if t.gate.run(cancel, || t.store.head(&key)).await?.is_some() {
+        false
+    } else if small {
+        let body = load_verified(t, &item, cancel).await?;
+        let opts = PutOptions::default();
+        t.gate
+            .run(cancel, || t.store.put(&key, body.clone(), &opts))
+            .await?;
+        true
+    } else {
+        upload_multipart(t, &item, &key, cancel).await?;
+        c.multipart_objects.fetch_add(1, Relaxed);
+        parts_counted = true;
+        true
+    };
+    if created {
+        c.uploaded_objects.fetch_add(1, Relaxed);
+        c.uploaded_bytes.fetch_add(item.size, Relaxed);
+    } else {
+        c.present_objects.fetch_add(1, Relaxed);
+    }
+    if let Some(k) = &t.known
+        && let Err(e) = k.record(&store_id, &[item.hash])
+    {
+        tracing::warn!("{e}");
+    }
+    finish(t, &item, parts_counted);
+    Ok(())
+}
+
+/// Entries verified longer ago than this may be drawn for a re-check.
+const RECHECK_AFTER: Duration = Duration::from_secs(3600);
+
+/// Whether the index vouches for `hash` (a `sampled` entry older than an hour is asked again).
+fn is_known(t: &Transfer, store_id: &str, hash: ContentHash, sampled: bool) -> bool {
+    let Some(k) = &t.known else { return false };
+    match k.age(store_id, hash) {
+        Ok(Some(age)) => age <= k.ttl() && !(sampled && age > RECHECK_AFTER),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!("{e}; asking the store instead");
+            false
+        }
+    }
+}
+
+/// Counts a file as done (its bytes too, unless its parts were counted as they went).
+fn finish(t: &Transfer, item: &UploadItem, bytes_counted: bool) {
+    t.progress.add_files(1);
+    if !bytes_counted {
+        t.progress.add_bytes(item.size);
+    }
+}
+
+/// The file's bytes, checked against the planned hash: from hashing, or read again now.
+async fn load_verified(
+    t: &Transfer,
+    item: &UploadItem,
+    cancel: &CancellationToken,
+) -> Result<Bytes, TransferError> {
+    if let Some(data) = &item.data {
+        return Ok(data.clone());
+    }
+    let _memory = cancellable(cancel, t.memory.acquire_many(t.memory_units(item.size)))
+        .await?
+        .expect("never closed");
+    let path = item.path.clone();
+    let bytes = tokio::task::spawn_blocking(move || std::fs::read(&path))
+        .await
+        .expect("read task panicked")
+        .map_err(TransferError::io(&item.path))?;
+    if bytes.len() as u64 != item.size || ContentHash::of(&bytes) != item.hash {
+        return Err(TransferError::ChangedDuringUpload {
+            path: item.path.clone(),
+            planned: item.hash,
+        });
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// Part size for an object: the configured one, raised when S3's 10,000-part cap needs it.
+fn part_size_for(configured: u64, size: u64) -> u64 {
+    configured.max(size.div_ceil(10_000))
+}
+
+/// Create, upload parts (at most `max_parts_in_flight` buffered, shared by all files), verify
+/// the content hash that streamed past, complete. Any failure or cancel aborts the upload.
+async fn upload_multipart(
+    t: &Transfer,
+    item: &UploadItem,
+    key: &str,
+    cancel: &CancellationToken,
+) -> Result<(), TransferError> {
+    let upload_id = t.gate.run(cancel, || t.store.create_multipart(key)).await?;
+    let result = upload_parts(t, item, key, &upload_id, cancel).await;
+    if result.is_err() {
+        // Not under `cancel`: the abort must happen even (especially) when cancelled.
+        match tokio::time::timeout(ABORT_DEADLINE, t.store.abort_multipart(key, &upload_id)).await {
+            Ok(Ok(())) => tracing::debug!(key, "multipart upload aborted"),
+            Ok(Err(e)) => tracing::warn!("could not abort the multipart upload of {key}: {e}"),
+            Err(_) => tracing::warn!(
+                "aborting the multipart upload of {key} took over {ABORT_DEADLINE:?}; a lifecycle rule must clean it up"
+            ),
+        }
+    }
+    result
+}
+
+async fn upload_parts(
+    t: &Transfer,
+    item: &UploadItem,
+    key: &str,
+    upload_id: &str,
+    cancel: &CancellationToken,
+) -> Result<(), TransferError> {
+    let part_size = part_size_for(t.settings.part_size.0, item.size);
+    let file = Arc::new(std::fs::File::open(&item.path).map_err(TransferError::io(&item.path))?);
+    let mut hasher = Some(Box::new(Xxh3Default::new()));
+    let mut in_flight = FuturesUnordered::new();
+    let mut etags = Vec::new();
+    let parts = item.size.div_ceil(part_size);
+    for n in 1..=parts {
+        let offset = (n - 1) * part_size;
+        let len = part_size.min(item.size - offset);
+        // Reserve memory first: waiting here is the bound on buffered parts.
+        let permit = loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Cancelled.into()),
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => etags.push(done?),
+                p = t.memory.acquire_many(t.memory_units(len)) => break p.expect("never closed"),
+            }
+        };
+        let (data, h) = read_part(
+            &file,
+            &item.path,
+            offset,
+            len,
+            hasher.take().expect("returned after each part"),
+        )
+        .await?;
+        hasher = Some(h);
+        let body = Bytes::from(data);
+        in_flight.push(async move {
+            let etag = t
+                .gate
+                .run(cancel, || {
+                    t.store.upload_part(key, upload_id, n as i32, body.clone())
+                })
+                .await?;
+            t.progress.add_bytes(len);
+            drop(permit);
+            Ok::<_, TransferError>((n as i32, etag))
+        });
+    }
+    while let Some(done) = cancellable(cancel, in_flight.next()).await? {
+        etags.push(done?);
+    }
+    let streamed = ContentHash(hasher.expect("present").digest128());
+    let now = std::fs::metadata(&item.path).map_err(TransferError::io(&item.path))?;
+    if streamed != item.hash || now.len() != item.size {
+        return Err(TransferError::ChangedDuringUpload {
+            path: item.path.clone(),
+            planned: item.hash,
+        });
+    }
+    etags.sort_by_key(|(n, _)| *n);
+    t.gate
+        .run(cancel, || {
+            t.store.complete_multipart(key, upload_id, &etags)
+        })
+        .await
+}
+
+/// Reads one part on a blocking thread, feeding it to the running content hash.
+async fn read_part(
+    file: &Arc<std::fs::File>,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    mut hasher: Box<Xxh3Default>,
+) -> Result<(Vec<u8>, Box<Xxh3Default>), TransferError> {
+    let file = file.clone();
+    let read =
+        tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, Box<Xxh3Default>)> {
+            let mut buf = vec![0; len as usize];
+            file.read_exact_at(&mut buf, offset)?;
+            hasher.update(&buf);
+            Ok((buf, hasher))
+        })
+        .await
+        .expect("read task panicked");
+    read.map_err(|e| match e.kind() {
+        // Shorter than planned: it changed.
+        std::io::ErrorKind::UnexpectedEof => TransferError::Refused {
+            path: path.to_path_buf(),
+            message: "file changed during upload (it became shorter); nothing was stored".into(),
+        },
+        _ => TransferError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_grows_past_ten_thousand_parts() {
+        assert_eq!(part_size_for(8 << 20, 1 << 30), 8 << 20);
+        let huge = 5u64 << 40; // 5 TiB
+        assert!(huge.div_ceil(part_size_for(8 << 20, huge)) <= 10_000);
+    }
+}
