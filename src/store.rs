@@ -148,12 +148,12 @@ impl StoreUrl {
                 root_prefix: prefix.trim_matches('/').into(),
             });
         }
-        if let Some(path) = url.strip_prefix("file://") {
-            if path.starts_with('/') {
-                return Ok(StoreUrl::Fs {
-                    dir: PathBuf::from(path),
-                });
-            }
+        if let Some(path) = url.strip_prefix("file://")
+            && path.starts_with('/')
+        {
+            return Ok(StoreUrl::Fs {
+                dir: PathBuf::from(path),
+            });
         }
         Err(StoreUrlError::Unsupported(url.into()))
     }
