@@ -37,16 +37,28 @@ fn hashing_the_recreated_trees_reproduces_the_fixture_manifests() {
     for name in FIXTURES {
         let t = tempfile::tempdir().unwrap();
         build_fixture_tree(name, t.path());
-        let report = run(&spec(t.path(), None), &CancellationToken::new(), &Progress::default()).unwrap();
+        let report = run(
+            &spec(t.path(), None),
+            &CancellationToken::new(),
+            &Progress::default(),
+        )
+        .unwrap();
         let got = report.roots[0].manifest.encode().unwrap();
         let want = std::fs::read(fixture(name).join("manifest.json")).unwrap();
-        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want), "{name}");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want),
+            "{name}"
+        );
         assert_eq!(got, want, "{name}");
 
         // The manifest's own hash is the attachments JSON's inputManifestHash.
         let attachments = read_json(&fixture(name).join("attachments.json"));
         let m = &attachments["manifests"][0];
-        assert_eq!(ContentHash::of(&got).to_hex(), m["inputManifestHash"].as_str().unwrap());
+        assert_eq!(
+            ContentHash::of(&got).to_hex(),
+            m["inputManifestHash"].as_str().unwrap()
+        );
 
         // Every data object key the official client wrote is a hash of this manifest.
         let keys = std::fs::read_to_string(fixture(name).join("keys.txt")).unwrap();
@@ -71,15 +83,24 @@ fn attache_hash_writes_the_fixture_bytes_and_the_input_manifest_name() {
         let root = t.path().join("root");
         build_fixture_tree(name, &root);
         let out = t.path().join("m.json");
-        let (code, _, err) = common::run(attache(&t.path().join("cache")).arg("hash").arg(&root).arg("-o").arg(&out));
+        let (code, _, err) = common::run(
+            attache(&t.path().join("cache"))
+                .arg("hash")
+                .arg(&root)
+                .arg("-o")
+                .arg(&out),
+        );
         assert_eq!(code, 0, "{err}");
-        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(fixture(name).join("manifest.json")).unwrap());
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(fixture(name).join("manifest.json")).unwrap()
+        );
     }
     // The manifest object name is xxh128 of the root path: the fixture's key ends with it.
     let tree = read_json(&fixture("tiny").join("tree.json"));
     let root_path = tree["root_path"].as_str().unwrap();
     let key = tree["s3"]["manifest_key"].as_str().unwrap();
-    let name = attache::layout::input_manifest_name(std::path::Path::new(root_path));
+    let name = attache::store::layout::input_manifest_name(std::path::Path::new(root_path));
     assert!(key.ends_with(&format!("/{name}")), "{key} vs {name}");
 }
 
@@ -90,11 +111,20 @@ fn directory_output_names_manifests_like_deadline() {
     build_fixture_tree("tiny", &a);
     build_fixture_tree("edge", &b);
     let out = t.path().join("manifests");
-    let (code, _, err) =
-        common::run(attache(&t.path().join("cache")).arg("hash").arg(&a).arg(&b).arg("-o").arg(&out));
+    let (code, _, err) = common::run(
+        attache(&t.path().join("cache"))
+            .arg("hash")
+            .arg(&a)
+            .arg(&b)
+            .arg("-o")
+            .arg(&out),
+    );
     assert_eq!(code, 0, "{err}");
     for (root, name) in [(&a, "tiny"), (&b, "edge")] {
-        let file = out.join(attache::layout::input_manifest_name(root));
-        assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(fixture(name).join("manifest.json")).unwrap());
+        let file = out.join(attache::store::layout::input_manifest_name(root));
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            std::fs::read(fixture(name).join("manifest.json")).unwrap()
+        );
     }
 }

@@ -39,13 +39,30 @@ fn second_hash_of_an_unchanged_tree_reads_no_file() {
     assert_eq!(second["hashed_files"], 0, "{second}");
     assert_eq!(second["hashed_bytes"], 0);
     assert_eq!(second["cached_files"], 50);
-    assert_eq!(second["roots"][0]["manifest_hash"], first["roots"][0]["manifest_hash"]);
+    assert_eq!(
+        second["roots"][0]["manifest_hash"],
+        first["roots"][0]["manifest_hash"]
+    );
     // The human summary says so too.
-    let (_, _, err) = run(attache(&cache).arg("hash").arg(&root).arg("-o").arg(t.path().join("m")));
-    assert!(err.contains("read 0 files (0 B), 50 from the hash cache"), "{err}");
+    let (_, _, err) = run(attache(&cache)
+        .arg("hash")
+        .arg(&root)
+        .arg("-o")
+        .arg(t.path().join("m")));
+    assert!(
+        err.contains("read 0 files (0 B), 50 from the hash cache"),
+        "{err}"
+    );
     // --no-cache reads everything again.
-    let (_, out, _) = run(attache(&cache).arg("hash").arg(&root).arg("--json").arg("--no-cache"));
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["hashed_files"], 50);
+    let (_, out, _) = run(attache(&cache)
+        .arg("hash")
+        .arg(&root)
+        .arg("--json")
+        .arg("--no-cache"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["hashed_files"],
+        50
+    );
 }
 
 #[test]
@@ -63,11 +80,21 @@ fn a_file_changed_in_place_with_its_mtime_restored_is_rehashed() {
     fs::write(&f, b"version 2, longer").unwrap();
     set_mtime_ns(&f, 1_700_000_000_123_456_789);
     let after = summary(&cache, &root);
-    assert_eq!(after["hashed_files"], 1, "size and ctime changed: must re-read");
+    assert_eq!(
+        after["hashed_files"], 1,
+        "size and ctime changed: must re-read"
+    );
     let m = manifest_of(&cache, &root);
     assert_ne!(m.entries()[0].hash, before.entries()[0].hash);
-    assert_eq!(m.entries()[0].hash, attache::hash::ContentHash::of(b"version 2, longer"));
-    assert_eq!(m.entries()[0].mtime_us, 1_700_000_000_123_456, "mtime floored to microseconds");
+    assert_eq!(
+        m.entries()[0].hash,
+        attache::hash::ContentHash::of(b"version 2, longer")
+    );
+    assert_eq!(
+        m.entries()[0].mtime_us,
+        1_700_000_000_123_456,
+        "mtime floored to microseconds"
+    );
 }
 
 #[test]
@@ -79,15 +106,25 @@ fn symlinks_follow_the_policy() {
     symlink("tex.png", root.join("alias.png")).unwrap();
     let m = manifest_of(&cache, &root);
     assert_eq!(m.len(), 2);
-    assert_eq!(m.entries()[0].hash, m.entries()[1].hash, "an internal link is its target's content");
+    assert_eq!(
+        m.entries()[0].hash,
+        m.entries()[1].hash,
+        "an internal link is its target's content"
+    );
 
     fs::write(t.path().join("outside.txt"), b"o").unwrap();
     symlink(t.path().join("outside.txt"), root.join("escape")).unwrap();
     let (code, _, err) = run(attache(&cache).arg("hash").arg(&root));
     assert_eq!(code, 1);
-    assert!(err.contains("escape: symlink points outside the root"), "{err}");
+    assert!(
+        err.contains("escape: symlink points outside the root"),
+        "{err}"
+    );
     assert!(err.contains("--follow-external-symlinks"), "{err}");
-    let (code, _, err) = run(attache(&cache).arg("hash").arg(&root).arg("--follow-external-symlinks"));
+    let (code, _, err) = run(attache(&cache)
+        .arg("hash")
+        .arg(&root)
+        .arg("--follow-external-symlinks"));
     assert_eq!(code, 0, "{err}");
 
     fs::remove_file(root.join("escape")).unwrap();
@@ -95,7 +132,10 @@ fn symlinks_follow_the_policy() {
     symlink("loop-a", root.join("loop-b")).unwrap();
     let (code, _, err) = run(attache(&cache).arg("hash").arg(&root));
     assert_eq!(code, 1);
-    assert!(err.contains("loop-a: symlink loop") && err.contains("loop-b: symlink loop"), "{err}");
+    assert!(
+        err.contains("loop-a: symlink loop") && err.contains("loop-b: symlink loop"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -109,9 +149,20 @@ fn non_utf8_names_and_empty_files_are_hashed() {
     let (code, out, err) = run(attache(&cache).arg("hash").arg(&root));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(r#""path":"caf\udce9.txt""#), "{out}");
-    assert!(out.contains(r#"{"hash":"99aa06d3014798d86001c324468d497f","mtime":"#), "{out}");
+    assert!(
+        out.contains(r#"{"hash":"99aa06d3014798d86001c324468d497f","mtime":"#),
+        "{out}"
+    );
     let m = decode(out.trim_end().as_bytes()).unwrap();
-    let back = m.entries().iter().find(|e| e.size > 0).unwrap().path.to_posix_bytes().unwrap().into_owned();
+    let back = m
+        .entries()
+        .iter()
+        .find(|e| e.size > 0)
+        .unwrap()
+        .path
+        .to_posix_bytes()
+        .unwrap()
+        .into_owned();
     assert_eq!(back, b"caf\xe9.txt");
 }
 
@@ -127,7 +178,12 @@ fn unreadable_file_is_named_and_fails() {
     // root reads anything: drop to nobody so the permission bites.
     let mut cmd = if unsafe { libc::geteuid() } == 0 {
         let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_attache")]);
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_attache"),
+        ]);
         c.env("XDG_CONFIG_HOME", "/nonexistent");
         c
     } else {
@@ -135,7 +191,10 @@ fn unreadable_file_is_named_and_fails() {
     };
     let (code, _, err) = run(cmd.arg("hash").arg(&root).arg("--no-cache"));
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("locked.txt: cannot read: Permission denied"), "{err}");
+    assert!(
+        err.contains("locked.txt: cannot read: Permission denied"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -143,16 +202,29 @@ fn a_fifo_and_a_missing_root_are_errors() {
     let t = tempfile::tempdir().unwrap();
     let (root, cache) = (t.path().join("root"), t.path().join("cache"));
     fs::create_dir(&root).unwrap();
-    assert!(std::process::Command::new("mkfifo").arg(root.join("pipe")).status().unwrap().success());
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(root.join("pipe"))
+            .status()
+            .unwrap()
+            .success()
+    );
     let (code, _, err) = run(attache(&cache).arg("hash").arg(&root));
     assert_eq!(code, 1);
     assert!(err.contains("pipe: is a FIFO"), "{err}");
     let (code, _, err) = run(attache(&cache).arg("hash").arg(t.path().join("missing")));
     assert_eq!(code, 1);
     assert!(err.contains("missing: cannot read"), "{err}");
-    let (code, _, err) = run(attache(&cache).arg("hash").arg(t.path().join("cache")).arg("--threads").arg("many"));
+    let (code, _, err) = run(attache(&cache)
+        .arg("hash")
+        .arg(t.path().join("cache"))
+        .arg("--threads")
+        .arg("many"));
     assert_eq!(code, 2, "bad flag value is a usage error: {err}");
-    assert!(err.contains("hash.threads") && err.contains("--threads"), "{err}");
+    assert!(
+        err.contains("hash.threads") && err.contains("--threads"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -172,9 +244,17 @@ fn ctrl_c_cancels_promptly_with_exit_130() {
     fs::create_dir(&root).unwrap();
     // Sparse: costs no disk, reads as zeros, takes far longer than the test waits to hash.
     for i in 0..4 {
-        fs::File::create(root.join(format!("big{i}"))).unwrap().set_len(64 << 30).unwrap();
+        fs::File::create(root.join(format!("big{i}")))
+            .unwrap()
+            .set_len(64 << 30)
+            .unwrap();
     }
-    let mut child = attache(&t.path().join("cache")).arg("hash").arg(&root).arg("--no-cache").spawn().unwrap();
+    let mut child = attache(&t.path().join("cache"))
+        .arg("hash")
+        .arg(&root)
+        .arg("--no-cache")
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(700));
     assert!(child.try_wait().unwrap().is_none(), "still hashing");
     let sent = Instant::now();
@@ -183,7 +263,10 @@ fn ctrl_c_cancels_promptly_with_exit_130() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(sent.elapsed() < Duration::from_secs(10), "hash did not stop after Ctrl-C");
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "hash did not stop after Ctrl-C"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(status.code(), Some(130));

@@ -18,14 +18,26 @@ fn manifest_with(path: &str) -> String {
 #[test]
 fn unsafe_manifests_are_refused_naming_the_entry() {
     let t = tempfile::tempdir().unwrap();
-    for (path, why) in [("../x", "'..' segment"), ("/etc/passwd", "absolute"), ("a//b", "empty segment"), ("C:/x", "drive letter")] {
+    for (path, why) in [
+        ("../x", "'..' segment"),
+        ("/etc/passwd", "absolute"),
+        ("a//b", "empty segment"),
+        ("C:/x", "drive letter"),
+    ] {
         let f = t.path().join("bad.json");
         fs::write(&f, manifest_with(path)).unwrap();
         let (code, _, err) = run(attache(t.path()).args(["manifest", "cat"]).arg(&f));
         assert_eq!(code, 1, "{path}");
-        assert!(err.contains("bad.json") && err.contains("paths[0]") && err.contains(why), "{path}: {err}");
+        assert!(
+            err.contains("bad.json") && err.contains("paths[0]") && err.contains(why),
+            "{path}: {err}"
+        );
         // verify refuses before it touches the disk.
-        let (code, _, err) = run(attache(t.path()).args(["manifest", "verify"]).arg(&f).arg("--root").arg(t.path()));
+        let (code, _, err) = run(attache(t.path())
+            .args(["manifest", "verify"])
+            .arg(&f)
+            .arg("--root")
+            .arg(t.path()));
         assert_eq!(code, 1, "{err}");
         assert!(err.contains(why), "{err}");
     }
@@ -36,14 +48,33 @@ fn malformed_manifests_get_clear_errors() {
     let t = tempfile::tempdir().unwrap();
     let good = manifest_with("a.txt");
     let cases = [
-        (good.replace("\"size\":12", "\"size\":\"12\""), "\"size\" must be a non-negative integer"),
-        (good.replace("2023-03-03", "2099-01-01"), "unsupported manifest version"),
-        (good.replace("xxh128\",\"m", "md5\",\"m"), "unsupported hash algorithm"),
-        (good.replace(",\"totalSize\":12", ""), "missing required key \"totalSize\""),
+        (
+            good.replace("\"size\":12", "\"size\":\"12\""),
+            "\"size\" must be a non-negative integer",
+        ),
+        (
+            good.replace("2023-03-03", "2099-01-01"),
+            "unsupported manifest version",
+        ),
+        (
+            good.replace("xxh128\",\"m", "md5\",\"m"),
+            "unsupported hash algorithm",
+        ),
+        (
+            good.replace(",\"totalSize\":12", ""),
+            "missing required key \"totalSize\"",
+        ),
         (good.replace("eefac9d8", "zzzz"), "not 32 hex digits"),
-        (r#"{"hashAlg":"xxh128","manifestVersion":"2023-03-03","paths":[],"totalSize":0}"#.into(), "lists no files"),
+        (
+            r#"{"hashAlg":"xxh128","manifestVersion":"2023-03-03","paths":[],"totalSize":0}"#
+                .into(),
+            "lists no files",
+        ),
         (good[..40].to_string(), "not valid JSON"),
-        (good.replace("{\"hash\"", "{\"extra\":[1,{\"x\":null}],\"hash\""), ""),
+        (
+            good.replace("{\"hash\"", "{\"extra\":[1,{\"x\":null}],\"hash\""),
+            "",
+        ),
     ];
     for (text, want) in cases {
         let f = t.path().join("m.json");
@@ -65,7 +96,11 @@ fn diff_and_verify_report_changes() {
     let root = t.path().join("root");
     build_fixture_tree("tiny", &root);
     let tiny = fixture("tiny").join("manifest.json");
-    let (code, out, err) = run(attache(t.path()).args(["manifest", "verify"]).arg(&tiny).arg("--root").arg(&root));
+    let (code, out, err) = run(attache(t.path())
+        .args(["manifest", "verify"])
+        .arg(&tiny)
+        .arg("--root")
+        .arg(&root));
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("OK: 3 of 3 files match"), "{out}");
 
@@ -73,7 +108,11 @@ fn diff_and_verify_report_changes() {
     set_mtime_ns(&root.join("hello.txt"), 1_700_000_001_000_000_000);
     fs::remove_file(root.join("empty.txt")).unwrap();
     fs::write(root.join("new.txt"), b"n").unwrap();
-    let (code, out, _) = run(attache(t.path()).args(["manifest", "verify", "--json"]).arg(&tiny).arg("--root").arg(&root));
+    let (code, out, _) = run(attache(t.path())
+        .args(["manifest", "verify", "--json"])
+        .arg(&tiny)
+        .arg("--root")
+        .arg(&root));
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["passed"], false);
@@ -82,12 +121,21 @@ fn diff_and_verify_report_changes() {
     assert_eq!(v["extra"][0]["path"], "new.txt");
 
     let edge = fixture("edge").join("manifest.json");
-    let (code, out, _) = run(attache(t.path()).args(["manifest", "diff"]).arg(&tiny).arg(&edge));
+    let (code, out, _) = run(attache(t.path())
+        .args(["manifest", "diff"])
+        .arg(&tiny)
+        .arg(&edge));
     assert_eq!(code, 0);
     assert!(out.contains("6 added, 0 changed, 3 removed"), "{out}");
-    let (code, _, _) = run(attache(t.path()).args(["manifest", "diff", "--exit-code"]).arg(&tiny).arg(&edge));
+    let (code, _, _) = run(attache(t.path())
+        .args(["manifest", "diff", "--exit-code"])
+        .arg(&tiny)
+        .arg(&edge));
     assert_eq!(code, 1);
-    let (code, _, _) = run(attache(t.path()).args(["manifest", "diff", "--exit-code"]).arg(&tiny).arg(&tiny));
+    let (code, _, _) = run(attache(t.path())
+        .args(["manifest", "diff", "--exit-code"])
+        .arg(&tiny)
+        .arg(&tiny));
     assert_eq!(code, 0);
 }
 
@@ -103,17 +151,31 @@ fn config_show_applies_env_and_redacts_secrets() {
     assert!(out.contains("<redacted>"), "{out}");
     assert!(out.contains("download = \"50MB/s\""), "{out}");
 
-    let (code, _, err) = run(attache(t.path()).args(["config", "show"]).env("ATTACHE_S3__MAX_CONECTIONS", "4"));
+    let (code, _, err) = run(attache(t.path())
+        .args(["config", "show"])
+        .env("ATTACHE_S3__MAX_CONECTIONS", "4"));
     assert_eq!(code, 2);
-    assert!(err.contains("s3.max_conections") && err.contains("ATTACHE_S3__MAX_CONECTIONS"), "{err}");
+    assert!(
+        err.contains("s3.max_conections") && err.contains("ATTACHE_S3__MAX_CONECTIONS"),
+        "{err}"
+    );
 
     let f = t.path().join("c.toml");
     fs::write(&f, "[transfer]\npart_size = \"1KiB\"\n").unwrap();
-    let (code, _, err) = run(attache(t.path()).arg("--config").arg(&f).args(["config", "show"]));
+    let (code, _, err) = run(attache(t.path())
+        .arg("--config")
+        .arg(&f)
+        .args(["config", "show"]));
     assert_eq!(code, 2);
-    assert!(err.contains("transfer.part_size") && err.contains("c.toml"), "{err}");
+    assert!(
+        err.contains("transfer.part_size") && err.contains("c.toml"),
+        "{err}"
+    );
 
-    let (code, _, err) = run(attache(t.path()).arg("--config").arg(t.path().join("nope.toml")).args(["config", "show"]));
+    let (code, _, err) = run(attache(t.path())
+        .arg("--config")
+        .arg(t.path().join("nope.toml"))
+        .args(["config", "show"]));
     assert_eq!(code, 2);
     assert!(err.contains("nope.toml"), "{err}");
 }

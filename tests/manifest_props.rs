@@ -39,16 +39,24 @@ fn posix_path() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(segment(), 1..4)
         .prop_map(|segs| segs.join(&b'/'))
         // "c:…" reads as a drive letter and is refused by design.
-        .prop_filter("no drive letter", |p| !(p.len() >= 2 && p[0].is_ascii_alphabetic() && p[1] == b':'))
+        .prop_filter("no drive letter", |p| {
+            !(p.len() >= 2 && p[0].is_ascii_alphabetic() && p[1] == b':')
+        })
 }
 
 fn entry() -> impl Strategy<Value = ManifestEntry> {
-    (posix_path(), any::<u128>(), 0u64..u64::MAX / 1024, any::<i64>()).prop_map(|(p, h, size, mtime_us)| ManifestEntry {
-        path: ManifestPath::from_posix_bytes(&p),
-        hash: ContentHash(h),
-        size,
-        mtime_us,
-    })
+    (
+        posix_path(),
+        any::<u128>(),
+        0u64..u64::MAX / 1024,
+        any::<i64>(),
+    )
+        .prop_map(|(p, h, size, mtime_us)| ManifestEntry {
+            path: ManifestPath::from_posix_bytes(&p),
+            hash: ContentHash(h),
+            size,
+            mtime_us,
+        })
 }
 
 fn manifest() -> impl Strategy<Value = Manifest> {
@@ -100,11 +108,16 @@ proptest! {
 #[test]
 fn encoding_matches_python_json_dumps() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let tree = prop::collection::vec(entry(), 200..201).new_tree(&mut runner).unwrap();
+    let tree = prop::collection::vec(entry(), 200..201)
+        .new_tree(&mut runner)
+        .unwrap();
     let entries = tree.current();
     // Python needs unique paths to sort deterministically the same way.
     let mut seen = std::collections::HashSet::new();
-    let entries: Vec<ManifestEntry> = entries.into_iter().filter(|e| seen.insert(e.path.clone())).collect();
+    let entries: Vec<ManifestEntry> = entries
+        .into_iter()
+        .filter(|e| seen.insert(e.path.clone()))
+        .collect();
     let ours = Manifest::new(entries.clone()).encode().unwrap();
 
     let script = r#"
@@ -128,13 +141,22 @@ sys.stdout.write(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_a
     {
         let mut stdin = child.stdin.take().unwrap();
         for e in &entries {
-            let hex: String = e.path.to_posix_bytes().unwrap().iter().map(|b| format!("{b:02x}")).collect();
+            let hex: String = e
+                .path
+                .to_posix_bytes()
+                .unwrap()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             writeln!(stdin, "{hex} {} {} {}", e.hash, e.mtime_us, e.size).unwrap();
         }
     }
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        String::from_utf8_lossy(&ours),
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -156,6 +178,9 @@ fn every_escape_class_is_spelled_like_python() {
             mtime_us: 0,
         }]);
         let text = String::from_utf8(m.encode().unwrap()).unwrap();
-        assert!(text.contains(&format!("\"path\":\"{want}\"")), "{raw:?}: {text}");
+        assert!(
+            text.contains(&format!("\"path\":\"{want}\"")),
+            "{raw:?}: {text}"
+        );
     }
 }

@@ -32,6 +32,7 @@ impl PutError {
     }
 }
 
+#[derive(Debug)]
 pub struct PutReport {
     pub hash: HashReport,
     pub upload: UploadReport,

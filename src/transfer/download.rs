@@ -207,6 +207,12 @@ async fn fetch_verified(
                 }
                 .into());
             }
+            // A body cut off mid-stream fails after the request itself succeeded: fetch again.
+            Err(TransferError::Store(e)) if e.is_retryable() && tries < TRIES => {
+                c.refetched.fetch_add(1, Relaxed);
+                tracing::warn!(key, "download interrupted ({e}); fetching it again");
+                continue;
+            }
             Err(e) => return Err(e),
         };
         if got == item.hash && got_size == item.size {

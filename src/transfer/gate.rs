@@ -37,8 +37,9 @@ struct GateState {
     last_change: Instant,
 }
 
-/// Attempts of one store operation at the gate's level (each may be several SDK attempts).
-const ATTEMPTS: u32 = 4;
+/// Attempts of one store operation at the gate's level (each may be several SDK attempts);
+/// with the backoff below they span ~15 s, enough to ride out a throttling burst.
+const ATTEMPTS: u32 = 6;
 
 impl Gate {
     /// A gate of `max` concurrent requests, watching `throttles`.

@@ -1,13 +1,17 @@
 //! Helpers shared by the integration tests: fixture trees and running the binary.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use base64::Engine;
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deadline").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/deadline")
+        .join(name)
 }
 
 pub fn read_json(path: &Path) -> serde_json::Value {
@@ -27,7 +31,9 @@ pub fn build_fixture_tree(name: &str, dest: &Path) {
 
 fn fixture_content(f: &serde_json::Value) -> Vec<u8> {
     if let Some(b64) = f["content_base64"].as_str() {
-        return base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        return base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
     }
     // The one generated content: "b'x' * 70000".
     let spec = f["content_spec"].as_str().unwrap();
@@ -36,7 +42,10 @@ fn fixture_content(f: &serde_json::Value) -> Vec<u8> {
 }
 
 pub fn set_mtime_ns(path: &Path, ns: i64) {
-    let t = filetime::FileTime::from_unix_time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32);
+    let t = filetime::FileTime::from_unix_time(
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000) as u32,
+    );
     filetime::set_file_mtime(path, t).unwrap();
 }
 

@@ -1,0 +1,1018 @@
+//! In-process S3 server for integration tests: `s3s-fs` 0.14.1 on a temporary directory, served
+//! by hyper on `127.0.0.1:<random port>` on the current tokio runtime, with request and
+//! connection statistics ([`Stats`]) and fault injection ([`Faults`]).
+//!
+//! ```ignore
+//! let s3 = TestS3::start().await;
+//! cmd.envs(s3.env()).arg(s3.store_url("root"));
+//! assert_eq!(s3.open_multipart_uploads(), 0);
+//! assert!(s3.stats.max_concurrent_connections() <= 4);
+//! ```
+//!
+//! Limits of s3s-fs 0.14.1 worth knowing when writing tests:
+//! - Key length: an object is stored as the file `<root>/<bucket>/<key>`, and next to it at the
+//!   root s3s-fs writes `.bucket-<b64(bucket)>.object-<b64(key)>.metadata.json` and
+//!   `...internal.json` (URL-safe base64, one file name, max 255 bytes). With the default
+//!   bucket `attache-test` a PutObject key may be at most **156 bytes**; CreateMultipartUpload
+//!   adds `.upload-<uuid>` to that name, so multipart keys may be at most **123 bytes**. Longer
+//!   keys fail with 500 InternalError ("File name too long"), and a failed PutObject still
+//!   leaves the object file behind. Use short farm/queue ids here; real-length ids go to Garage.
+//! - Keys map to paths: `a/b` and `a/b/c` cannot both exist (file vs directory), `..` segments
+//!   are resolved, and deleting `a/b/c` leaves the empty directories `a/b` (not listed).
+//! - Not implemented: ListMultipartUploads (501), conditional GET headers, versioning.
+//!   Error codes differ from AWS in places; don't assert exact codes for s3s-fs's own errors.
+//! - A *failed* CompleteMultipartUpload (parts out of order, EntityTooSmall) already deleted the
+//!   upload's registration: the upload can neither be completed nor aborted afterwards
+//!   (AccessDenied) and its part files stay on disk (see [`TestS3::multipart_part_files`]).
+//!   Real S3 keeps the upload open until it is aborted.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use s3s::{HttpError, HttpResponse};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub const TEST_BUCKET: &str = "attache-test";
+pub const TEST_ACCESS_KEY: &str = "AKIAATTACHETEST00001";
+pub const TEST_SECRET_KEY: &str = "attache-test-secret-key-0000000000000000";
+
+/// A running in-process S3 server. Dropping it stops the server (no new connections; open ones
+/// are aborted as soon as the runtime gets to them) and deletes its directory.
+pub struct TestS3 {
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// The s3s-fs root directory; objects are the files under `root/bucket/`.
+    pub root: PathBuf,
+    pub stats: Arc<Stats>,
+    pub faults: Arc<Faults>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+    /// Set by [`TestS3::start_background`]: the server's own runtime.
+    runtime: Option<tokio::runtime::Runtime>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestS3 {
+    /// Starts s3s-fs on a fresh temporary directory with the bucket [`TEST_BUCKET`] created,
+    /// served by tasks on the current tokio runtime.
+    ///
+    /// The server only runs while that runtime gets to poll it: a test that blocks a worker
+    /// (e.g. `std::process::Command::output()` to run the attache binary) needs
+    /// `#[tokio::test(flavor = "multi_thread")]` so another worker serves, or
+    /// `tokio::task::spawn_blocking`, or [`TestS3::start_background`].
+    pub async fn start() -> TestS3 {
+        Self::start_with_bucket(TEST_BUCKET).await
+    }
+
+    /// Like [`TestS3::start`], but on a dedicated 2-worker runtime owned by the server, so it
+    /// serves no matter what the caller does (plain `#[test]` functions, blocking calls).
+    /// Callable from sync and async code; dropping the server shuts its runtime down.
+    pub fn start_background() -> TestS3 {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("test-s3")
+                .enable_all()
+                .build()
+                .expect("build test S3 runtime");
+            let mut s3 = rt.block_on(Self::start());
+            s3.runtime = Some(rt);
+            s3
+        })
+        .join()
+        .expect("start test S3 server")
+    }
+
+    pub async fn start_with_bucket(bucket: &str) -> TestS3 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // s3s-fs canonicalizes its root; use the same spelling for our own file walks.
+        let root = dir.path().canonicalize().expect("canonicalize tempdir");
+        // This is exactly what s3s-fs's CreateBucket does (a directory under the root).
+        std::fs::create_dir(root.join(bucket)).expect("create bucket directory");
+
+        let fs = s3s_fs::FileSystem::new(&root).expect("s3s_fs::FileSystem::new");
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(
+            TEST_ACCESS_KEY,
+            TEST_SECRET_KEY,
+        ));
+        let s3 = builder.build();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local_addr");
+        let stats = Arc::new(Stats::default());
+        let faults = Arc::new(Faults::default());
+        let shared = Arc::new(Shared {
+            s3,
+            stats: stats.clone(),
+            faults: faults.clone(),
+        });
+        let (tx, rx) = oneshot::channel();
+        let server = tokio::spawn(accept_loop(listener, shared, rx));
+
+        TestS3 {
+            endpoint: format!("http://{addr}"),
+            bucket: bucket.to_owned(),
+            access_key: TEST_ACCESS_KEY.to_owned(),
+            secret_key: TEST_SECRET_KEY.to_owned(),
+            root,
+            stats,
+            faults,
+            shutdown: Some(tx),
+            server,
+            runtime: None,
+            _dir: dir,
+        }
+    }
+
+    /// Stops accepting, aborts every open connection (waiting until they are closed), then
+    /// deletes the directory.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.server).await;
+    }
+
+    /// Multipart uploads that were created and neither completed nor aborted.
+    ///
+    /// On disk (s3s-fs 0.14.1, all directly under `root`), an upload `<uuid>` consists of
+    /// - `.upload-<uuid>.json`: its registration (the creator's access key), written by
+    ///   CreateMultipartUpload, removed by Complete and Abort. **This is what is counted.**
+    /// - `.upload_id-<uuid>.part-<n>`: one file per uploaded part ([`Self::multipart_part_files`]).
+    /// - `.bucket-<b64>.object-<b64>.upload-<uuid>.metadata.json`: the object's attributes.
+    ///
+    /// ListMultipartUploads is not implemented by s3s-fs (501), so the disk is the only way.
+    pub fn open_multipart_uploads(&self) -> usize {
+        self.multipart_upload_ids().len()
+    }
+
+    /// The ids of the uploads counted by [`Self::open_multipart_uploads`], sorted.
+    pub fn multipart_upload_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = root_file_names(&self.root)
+            .into_iter()
+            .filter_map(|n| {
+                n.strip_prefix(".upload-")
+                    .and_then(|r| r.strip_suffix(".json"))
+                    .map(str::to_owned)
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Part files (`.upload_id-<uuid>.part-<n>`) on disk. Abort deletes all of an upload's parts;
+    /// Complete deletes the parts it assembled. Parts survive a failed Complete, and parts
+    /// uploaded but left out of the Complete list are never deleted.
+    pub fn multipart_part_files(&self) -> usize {
+        root_file_names(&self.root)
+            .iter()
+            .filter(|n| n.starts_with(".upload_id-") && n.contains(".part-"))
+            .count()
+    }
+
+    /// Keys of the objects in the bucket, sorted: every regular file under `root/bucket/`, path
+    /// components joined with `/` (the same walk s3s-fs does for ListObjects; directory
+    /// objects `key/` and empty directories are not listed).
+    pub fn object_keys(&self) -> Vec<String> {
+        let base = self.root.join(&self.bucket);
+        let mut keys = Vec::new();
+        let mut stack = vec![base.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(ft) = entry.file_type() else { continue };
+                if ft.is_dir() {
+                    stack.push(path);
+                } else if ft.is_file() {
+                    let rel = path.strip_prefix(&base).unwrap();
+                    let key: Vec<String> = rel
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect();
+                    keys.push(key.join("/"));
+                }
+            }
+        }
+        keys.sort();
+        keys
+    }
+
+    /// Where s3s-fs keeps the object `key`.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.root.join(&self.bucket).join(key)
+    }
+
+    /// The object's bytes read straight from disk, or None if absent.
+    pub fn read_object(&self, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.object_path(key)).ok()
+    }
+
+    /// Seeds an object by writing the file directly (no request is made or logged). s3s-fs
+    /// serves it like an uploaded one (ETag = MD5 computed on read, no user metadata).
+    pub fn write_object(&self, key: &str, data: &[u8]) {
+        let path = self.object_path(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+
+    /// Environment for running the attache binary against this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("ATTACHE_S3__ENDPOINT_URL", self.endpoint.as_str()),
+            ("ATTACHE_S3__FORCE_PATH_STYLE", "true"),
+            ("ATTACHE_S3__REGION", "us-east-1"),
+            ("ATTACHE_S3__ACCESS_KEY_ID", self.access_key.as_str()),
+            ("ATTACHE_S3__SECRET_ACCESS_KEY", self.secret_key.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// `s3://{bucket}/{prefix}`
+    pub fn store_url(&self, prefix: &str) -> String {
+        format!("s3://{}/{}", self.bucket, prefix)
+    }
+}
+
+impl Drop for TestS3 {
+    fn drop(&mut self) {
+        // Dropping the accept loop drops its JoinSet, which aborts the connection tasks.
+        self.server.abort();
+        if let Some(rt) = self.runtime.take() {
+            // (Dropping a Runtime inside async code panics; this does not.)
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn root_file_names(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------------------------
+
+/// Which injected fault a request got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// 503 SlowDown instead of processing the request.
+    SlowDown,
+    /// 500 InternalError instead of processing the request.
+    InternalError,
+    /// GET body cut after half its bytes; the connection was closed.
+    CutBody,
+    /// GET body with the byte at offset len/2 flipped (XOR 0xFF).
+    CorruptBody,
+}
+
+/// One request as seen by the server (a snapshot; see [`Stats::log`]).
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    /// Arrival order, from 0 (continues across [`Stats::reset`]).
+    pub seq: u64,
+    /// "GET", "PUT", "HEAD", "POST", "DELETE".
+    pub method: String,
+    /// Raw URI path, e.g. `/attache-test/root/Data/abc.xxh128` (percent-encoded).
+    pub path: String,
+    /// Bucket (first path segment); empty for `/`.
+    pub bucket: String,
+    /// Percent-decoded object key (path after the bucket); empty for bucket-level requests.
+    pub key: String,
+    /// Raw query string without `?` (e.g. `uploads`, `partNumber=1&uploadId=..`, `list-type=2..`).
+    pub query: String,
+    /// Response status; 0 while the response is pending or if s3s aborted the connection.
+    pub status: u16,
+    /// Request body bytes the server read.
+    pub bytes_in: u64,
+    /// Response body bytes handed to hyper (for a cut body: the bytes before the cut).
+    pub bytes_out: u64,
+    /// The injected fault, if any.
+    pub fault: Option<Fault>,
+    /// Whether the response body was sent to the end (false while streaming, when cut, or when
+    /// the client went away early).
+    pub complete: bool,
+}
+
+impl RequestInfo {
+    pub fn is_get(&self) -> bool {
+        self.method == "GET"
+    }
+    /// A request carrying `uploadId` in its query (UploadPart, Complete, Abort, ListParts).
+    pub fn is_multipart_part_op(&self) -> bool {
+        self.query.split('&').any(|p| p.starts_with("uploadId="))
+    }
+}
+
+struct Entry {
+    seq: u64,
+    method: Method,
+    path: String,
+    bucket: String,
+    key: String,
+    query: String,
+    status: AtomicU16,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    fault: Mutex<Option<Fault>>,
+    complete: AtomicBool,
+}
+
+impl Entry {
+    fn info(&self) -> RequestInfo {
+        RequestInfo {
+            seq: self.seq,
+            method: self.method.as_str().to_owned(),
+            path: self.path.clone(),
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            query: self.query.clone(),
+            status: self.status.load(Ordering::SeqCst),
+            bytes_in: self.bytes_in.load(Ordering::SeqCst),
+            bytes_out: self.bytes_out.load(Ordering::SeqCst),
+            fault: *self.fault.lock().unwrap(),
+            complete: self.complete.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// Request and connection counters. Connections are counted at accept and uncounted when the
+/// connection task ends (the client closed it, or the server did after a cut body or a
+/// protocol error).
+#[derive(Default)]
+pub struct Stats {
+    open: AtomicUsize,
+    max_open: AtomicUsize,
+    total: AtomicUsize,
+    next_seq: AtomicU64,
+    log: Mutex<Vec<Arc<Entry>>>,
+}
+
+impl Stats {
+    /// TCP connections open right now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+    /// Highest number of simultaneously open TCP connections since start (or [`Self::reset`]).
+    pub fn max_concurrent_connections(&self) -> usize {
+        self.max_open.load(Ordering::SeqCst)
+    }
+    /// TCP connections accepted since start (or [`Self::reset`]).
+    pub fn total_connections(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+    /// Requests received (including ones that got an injected fault, and ones still running).
+    pub fn requests(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+    /// Requests with this HTTP method ("GET", "PUT", "HEAD", "POST", "DELETE").
+    pub fn requests_of(&self, method: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.method.as_str().eq_ignore_ascii_case(method))
+            .count()
+    }
+    pub fn requests_matching(&self, f: impl Fn(&RequestInfo) -> bool) -> usize {
+        self.log().iter().filter(|r| f(r)).count()
+    }
+    /// Snapshot of every request since start (or [`Self::reset`]), in arrival order.
+    pub fn log(&self) -> Vec<RequestInfo> {
+        self.log.lock().unwrap().iter().map(|e| e.info()).collect()
+    }
+    /// Forgets the request log and connection totals; the concurrency high-water mark restarts
+    /// from the connections open now.
+    pub fn reset(&self) {
+        self.log.lock().unwrap().clear();
+        self.total.store(0, Ordering::SeqCst);
+        self.max_open
+            .store(self.open.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    fn record(&self, method: &Method, path: &str, query: &str) -> Arc<Entry> {
+        let trimmed = path.strip_prefix('/').unwrap_or(path);
+        let (bucket, key) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+        let entry = Arc::new(Entry {
+            seq: self.next_seq.fetch_add(1, Ordering::SeqCst),
+            method: method.clone(),
+            path: path.to_owned(),
+            bucket: percent_decode(bucket),
+            key: percent_decode(key),
+            query: query.to_owned(),
+            status: AtomicU16::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            fault: Mutex::new(None),
+            complete: AtomicBool::new(false),
+        });
+        self.log.lock().unwrap().push(entry.clone());
+        entry
+    }
+}
+
+struct ConnGuard(Arc<Stats>);
+
+impl ConnGuard {
+    fn new(stats: Arc<Stats>) -> Self {
+        let now = stats.open.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.total.fetch_add(1, Ordering::SeqCst);
+        stats.max_open.fetch_max(now, Ordering::SeqCst);
+        ConnGuard(stats)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(h << 4 | l);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults
+// ---------------------------------------------------------------------------------------------
+
+type Filter = Arc<dyn Fn(&Method, &str) -> bool + Send + Sync>;
+
+/// Fault injection. All faults (and the delay) apply only to requests accepted by the
+/// [`Faults::only_for`] filter, if one is set; requests the filter rejects do not consume
+/// counts. The `*_next(n)` setters replace the remaining count (0 disarms). When several
+/// faults are armed, a request gets the first that applies, in this order: `slow_down_for`
+/// window, `slow_down_next`, `internal_error_next`, then for a successful GET
+/// `cut_get_body_next`, `corrupt_get_body_next`.
+///
+/// Error faults (503 SlowDown, 500 InternalError) never reach the store: the server reads and
+/// discards the request body (so the client sees the error, not a reset), then answers like
+/// S3: `Content-Type: application/xml`, `x-amz-request-id`, and
+/// `<Error><Code>SlowDown</Code><Message>..</Message><Resource>/bucket/key</Resource>
+/// <RequestId>..</RequestId></Error>` (no body for HEAD). The AWS SDK classifies SlowDown as
+/// throttling and 500/503 as transient: both are retried with backoff up to max_attempts.
+/// Each faulted request is logged with [`RequestInfo::fault`] set.
+#[derive(Default)]
+pub struct Faults {
+    slow_down_until: Mutex<Option<Instant>>,
+    slow_down: AtomicUsize,
+    internal_error: AtomicUsize,
+    cut_get: AtomicUsize,
+    corrupt_get: AtomicUsize,
+    delay_ns: AtomicU64,
+    filter: Mutex<Option<Filter>>,
+}
+
+impl Faults {
+    /// Every (matching) request gets 503 SlowDown until `d` from now.
+    pub fn slow_down_for(&self, d: Duration) {
+        *self.slow_down_until.lock().unwrap() = Some(Instant::now() + d);
+    }
+    /// The next `n` (matching) requests get 503 SlowDown.
+    pub fn slow_down_next(&self, n: usize) {
+        self.slow_down.store(n, Ordering::SeqCst);
+    }
+    /// The next `n` (matching) requests get 500 InternalError.
+    pub fn internal_error_next(&self, n: usize) {
+        self.internal_error.store(n, Ordering::SeqCst);
+    }
+    /// The next `n` (matching) GETs that succeed (200/206) with a non-empty body send status
+    /// and headers (with the real Content-Length `len`; for a Range GET the range length),
+    /// then exactly the first `len / 2` body bytes (the server waits until hyper has written
+    /// them to the socket), then close the connection. The SDK's `send()` succeeds; reading
+    /// the body fails. GETs that fail (404...) or have empty bodies don't consume the count.
+    pub fn cut_get_body_next(&self, n: usize) {
+        self.cut_get.store(n, Ordering::SeqCst);
+    }
+    /// The next `n` (matching) GETs that succeed (200/206) with a non-empty body have the byte
+    /// at offset `len / 2` of the response body flipped (XOR 0xFF); length and headers (ETag)
+    /// unchanged, the connection stays usable.
+    pub fn corrupt_get_body_next(&self, n: usize) {
+        self.corrupt_get.store(n, Ordering::SeqCst);
+    }
+    /// Delays the response headers of every (matching) request by `d`, after the store did
+    /// its work (error faults are delayed too); `Duration::ZERO` turns it off.
+    pub fn delay_responses(&self, d: Duration) {
+        self.delay_ns
+            .store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::SeqCst);
+    }
+    /// Restricts faults and delay to requests for which `pred(method, key)` is true; `key` is
+    /// the percent-decoded object key ("" for bucket-level requests). Example: only GETs of data
+    /// objects: `s3.faults.only_for(|m, k| m == Method::GET && k.contains("/Data/"))`.
+    pub fn only_for(&self, pred: impl Fn(&Method, &str) -> bool + Send + Sync + 'static) {
+        *self.filter.lock().unwrap() = Some(Arc::new(pred));
+    }
+    /// Removes the [`Self::only_for`] filter.
+    pub fn for_all(&self) {
+        *self.filter.lock().unwrap() = None;
+    }
+    /// Disarms every fault, the delay and the filter.
+    pub fn clear(&self) {
+        *self.slow_down_until.lock().unwrap() = None;
+        self.slow_down.store(0, Ordering::SeqCst);
+        self.internal_error.store(0, Ordering::SeqCst);
+        self.cut_get.store(0, Ordering::SeqCst);
+        self.corrupt_get.store(0, Ordering::SeqCst);
+        self.delay_ns.store(0, Ordering::SeqCst);
+        self.for_all();
+    }
+
+    fn applies(&self, method: &Method, key: &str) -> bool {
+        let filter = self.filter.lock().unwrap().clone();
+        filter.is_none_or(|f| f(method, key))
+    }
+
+    fn delay(&self) -> Duration {
+        Duration::from_nanos(self.delay_ns.load(Ordering::SeqCst))
+    }
+
+    /// Faults that replace the whole response.
+    fn take_error(&self) -> Option<Fault> {
+        let in_window = self
+            .slow_down_until
+            .lock()
+            .unwrap()
+            .is_some_and(|t| Instant::now() < t);
+        if in_window || take_one(&self.slow_down) {
+            Some(Fault::SlowDown)
+        } else if take_one(&self.internal_error) {
+            Some(Fault::InternalError)
+        } else {
+            None
+        }
+    }
+
+    fn take_body_fault(&self) -> Option<Fault> {
+        if take_one(&self.cut_get) {
+            Some(Fault::CutBody)
+        } else if take_one(&self.corrupt_get) {
+            Some(Fault::CorruptBody)
+        } else {
+            None
+        }
+    }
+}
+
+fn take_one(n: &AtomicUsize) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        .is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------------------------
+
+struct Shared {
+    s3: s3s::service::S3Service,
+    stats: Arc<Stats>,
+    faults: Arc<Faults>,
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                // s3s-fs writes GET bodies in 4 KiB pieces; with Nagle's algorithm on, small
+                // responses wait for the client's delayed ACK (~20-40 ms per small GET on
+                // loopback). Real S3 does not behave like that, so turn Nagle off.
+                let _ = stream.set_nodelay(true);
+                let guard = ConnGuard::new(shared.stats.clone());
+                let shared = shared.clone();
+                let conn = Arc::new(ConnShared::default());
+                let io = TokioIo::new(ConnIo { inner: stream, conn: conn.clone() });
+                conns.spawn(async move {
+                    let _guard = guard;
+                    let service = hyper::service::service_fn(move |req| {
+                        handle(shared.clone(), conn.clone(), req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    conns.shutdown().await;
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnShared>,
+    req: Request<Incoming>,
+) -> Result<Response<OutBody>, HttpError> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let entry = shared.stats.record(&method, &path, &query);
+    let faults = &shared.faults;
+    let applies = faults.applies(&method, &entry.key);
+    let delay = if applies {
+        faults.delay()
+    } else {
+        Duration::ZERO
+    };
+
+    if let Some(fault) = applies.then(|| faults.take_error()).flatten() {
+        // Read the request body first, as S3 does: replying while the client is still sending
+        // would make hyper close the connection and the client might see a reset instead of
+        // the error.
+        let mut body = req.into_body();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(d) = frame.data_ref() {
+                entry.bytes_in.fetch_add(d.len() as u64, Ordering::SeqCst);
+            }
+        }
+        *entry.fault.lock().unwrap() = Some(fault);
+        let resp = match fault {
+            Fault::SlowDown => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SlowDown",
+                "Please reduce your request rate.",
+                &path,
+                entry.seq,
+            ),
+            _ => error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "We encountered an internal error. Please try again.",
+                &path,
+                entry.seq,
+            ),
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        entry.status.store(resp.status().as_u16(), Ordering::SeqCst);
+        return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
+    }
+
+    let req = req.map(|inner| {
+        s3s::Body::http_body_unsync(CountIn {
+            inner,
+            entry: entry.clone(),
+        })
+    });
+    let resp: HttpResponse = shared.s3.call(req).await?;
+
+    let mut mode = Mode::Pass;
+    if applies && method == Method::GET && resp.status().is_success() {
+        let len = content_length(&resp).unwrap_or(0);
+        if len > 0 {
+            match faults.take_body_fault() {
+                Some(f @ Fault::CutBody) => {
+                    *entry.fault.lock().unwrap() = Some(f);
+                    mode = Mode::Cut { limit: len / 2 };
+                }
+                Some(f @ Fault::CorruptBody) => {
+                    *entry.fault.lock().unwrap() = Some(f);
+                    mode = Mode::Corrupt { at: len / 2 };
+                }
+                _ => {}
+            }
+        }
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    entry.status.store(resp.status().as_u16(), Ordering::SeqCst);
+    Ok(OutBody::new(resp, entry, conn, mode))
+}
+
+fn content_length<B>(resp: &Response<B>) -> Option<u64> {
+    resp.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
+/// An S3-style XML error, as AWS sends it (the SDK reads `<Code>` to classify: SlowDown is a
+/// throttling error, InternalError/503/500 are transient; both are retried).
+fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    resource: &str,
+    seq: u64,
+) -> Response<s3s::Body> {
+    let request_id = format!("ATTACHETEST{seq:08}");
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message>\
+         <Resource>{resource}</Resource><RequestId>{request_id}</RequestId></Error>"
+    );
+    let mut resp = Response::new(s3s::Body::from(xml));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    h.insert(
+        "x-amz-request-id",
+        HeaderValue::from_str(&request_id).unwrap(),
+    );
+    resp
+}
+
+/// Per-connection state shared between the TCP stream wrapper and response bodies.
+#[derive(Default)]
+struct ConnShared {
+    /// How often hyper flushed the stream. hyper calls `poll_flush` on the stream only after
+    /// its own write buffer has been written out completely.
+    flushes: AtomicU64,
+    waker: Mutex<Option<std::task::Waker>>,
+}
+
+impl ConnShared {
+    fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::SeqCst)
+    }
+}
+
+/// The accepted TCP stream, observing hyper's flushes (for [`Faults::cut_get_body_next`]).
+struct ConnIo {
+    inner: tokio::net::TcpStream,
+    conn: Arc<ConnShared>,
+}
+
+impl tokio::io::AsyncRead for ConnIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ConnIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if r.is_ready() {
+            self.conn.flushes.fetch_add(1, Ordering::SeqCst);
+            if let Some(w) = self.conn.waker.lock().unwrap().take() {
+                w.wake();
+            }
+        }
+        r
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Request body wrapper counting the bytes s3s reads.
+struct CountIn {
+    inner: Incoming,
+    entry: Arc<Entry>,
+}
+
+impl Body for CountIn {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &r
+            && let Some(d) = frame.data_ref()
+        {
+            self.entry
+                .bytes_in
+                .fetch_add(d.len() as u64, Ordering::SeqCst);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+enum Mode {
+    Pass,
+    /// Send `limit` bytes, then fail the body (hyper closes the connection).
+    Cut {
+        limit: u64,
+    },
+    /// Flip the byte at this body offset.
+    Corrupt {
+        at: u64,
+    },
+}
+
+/// Response body wrapper: counts bytes out and applies body faults.
+struct OutBody {
+    inner: s3s::Body,
+    entry: Arc<Entry>,
+    mode: Mode,
+    sent: u64,
+    conn: Arc<ConnShared>,
+    /// Cut mode: the connection's flush count when the last allowed byte was handed to hyper.
+    cut_mark: Option<u64>,
+    /// No more frames will be produced.
+    done: bool,
+    /// The inner body ended normally, or all of Content-Length was sent (hyper stops polling
+    /// a body once it has sent Content-Length bytes, so it may never see the end).
+    finished: bool,
+    content_length: Option<u64>,
+}
+
+impl OutBody {
+    fn new(
+        resp: Response<s3s::Body>,
+        entry: Arc<Entry>,
+        conn: Arc<ConnShared>,
+        mode: Mode,
+    ) -> Response<OutBody> {
+        let content_length = content_length(&resp);
+        resp.map(|inner| OutBody {
+            inner,
+            entry,
+            mode,
+            sent: 0,
+            conn,
+            cut_mark: None,
+            done: false,
+            finished: false,
+            content_length,
+        })
+    }
+}
+
+impl Body for OutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Mode::Cut { limit } = this.mode
+            && this.sent >= limit
+        {
+            // Wait until hyper has written everything handed over so far to the socket (its
+            // next flush of the TCP stream), then fail the body: hyper closes the connection
+            // short of the announced Content-Length. The client receives exactly `limit` bytes.
+            let mark = *this.cut_mark.get_or_insert_with(|| this.conn.flushes());
+            if this.conn.flushes() <= mark {
+                *this.conn.waker.lock().unwrap() = Some(cx.waker().clone());
+                if this.conn.flushes() <= mark {
+                    return Poll::Pending;
+                }
+            }
+            this.done = true;
+            return Poll::Ready(Some(Err("injected fault: connection cut mid-body".into())));
+        }
+        match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            None => {
+                this.done = true;
+                this.finished = true;
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                this.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Some(Ok(frame)) => {
+                let mut data = match frame.into_data() {
+                    Ok(d) => d,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                };
+                let start = this.sent;
+                match this.mode {
+                    Mode::Pass => {}
+                    Mode::Cut { limit } => {
+                        if start + data.len() as u64 > limit {
+                            data.truncate((limit - start) as usize);
+                        }
+                    }
+                    Mode::Corrupt { at } => {
+                        if (start..start + data.len() as u64).contains(&at) {
+                            let mut v = data.to_vec();
+                            v[(at - start) as usize] ^= 0xFF;
+                            data = Bytes::from(v);
+                        }
+                    }
+                }
+                this.sent += data.len() as u64;
+                if !matches!(this.mode, Mode::Cut { .. }) && Some(this.sent) == this.content_length
+                {
+                    this.finished = true;
+                }
+                this.entry
+                    .bytes_out
+                    .fetch_add(data.len() as u64, Ordering::SeqCst);
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self.mode {
+            Mode::Cut { .. } => self.done,
+            _ => self.done || self.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for OutBody {
+    fn drop(&mut self) {
+        // Complete = the inner body reached its end and nothing was cut. hyper never polls
+        // empty bodies (HEAD, 204), hence the check here rather than in poll_frame.
+        let cut = matches!(self.mode, Mode::Cut { .. });
+        if !cut && (self.finished || self.inner.is_end_stream()) {
+            self.entry.complete.store(true, Ordering::SeqCst);
+        }
+    }
+}

@@ -1,0 +1,569 @@
+//! The transfer engine against a real HTTP S3 server on 127.0.0.1 (s3s-fs, in process):
+//! round trips, the connection cap, bandwidth, cancellation, faults, changed files, and the
+//! known-present index.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use attache::config::{ByteSize, Rate, Secret, Settings};
+use attache::hash::ContentHash;
+use attache::jobs::get::{GetReport, GetSpec};
+use attache::jobs::hash::HashSpec;
+use attache::jobs::put::{PutError, PutReport};
+use attache::jobs::{get, put, setup};
+use attache::manifest::Manifest;
+use attache::progress::Progress;
+use attache::scan::ScanOptions;
+use attache::transfer::limiter::Bandwidth;
+use attache::transfer::{Transfer, TransferError};
+use common::s3::TestS3;
+use tokio_util::sync::CancellationToken;
+
+const MIB: u64 = 1 << 20;
+
+/// Settings for the test server: small multipart threshold and parts (5 MiB, S3's minimum).
+fn settings(s3: &TestS3, prefix: &str, cache: &Path) -> Settings {
+    let mut s = Settings::default();
+    s.store.url = s3.store_url(prefix);
+    s.s3.endpoint_url = Some(s3.endpoint.clone());
+    s.s3.force_path_style = true;
+    s.s3.region = Some("us-east-1".into());
+    s.s3.access_key_id = Some(s3.access_key.clone());
+    s.s3.secret_access_key = Some(Secret::new(s3.secret_key.clone()));
+    s.s3.retry_attempts = 3;
+    s.transfer.multipart_threshold = ByteSize(5 * MIB);
+    s.transfer.part_size = ByteSize(5 * MIB);
+    s.cache.dir = cache.to_path_buf();
+    s
+}
+
+fn fs_settings(store: &Path, cache: &Path) -> Settings {
+    let mut s = Settings::default();
+    s.store.url = format!("file://{}", store.display());
+    s.transfer.multipart_threshold = ByteSize(5 * MIB);
+    s.transfer.part_size = ByteSize(5 * MIB);
+    s.cache.dir = cache.to_path_buf();
+    s
+}
+
+async fn transfer(s: &Settings) -> Arc<Transfer> {
+    let bandwidth = Arc::new(Bandwidth::new(&s.bandwidth));
+    setup::transfer_for(&s.store.url, s, bandwidth, Arc::new(Progress::default()))
+        .await
+        .unwrap()
+}
+
+fn hash_spec(root: &Path, s: &Settings) -> HashSpec {
+    HashSpec {
+        roots: vec![root.to_path_buf()],
+        cache_dir: s.cache.hash_cache.then(|| s.cache.dir.clone()),
+        threads: 2,
+        read_buffer: MIB as usize,
+        scan: ScanOptions::default(),
+    }
+}
+
+async fn put_tree(root: &Path, s: &Settings) -> Result<PutReport, PutError> {
+    put::run(
+        hash_spec(root, s),
+        transfer(s).await,
+        &CancellationToken::new(),
+    )
+    .await
+}
+
+async fn get_tree(m: &Manifest, dest: &Path, s: &Settings) -> Result<GetReport, TransferError> {
+    let spec = GetSpec {
+        manifest: m.clone(),
+        dest: dest.to_path_buf(),
+        cache_dir: None,
+    };
+    get::run(spec, transfer(s).await, &CancellationToken::new()).await
+}
+
+/// Deterministic bytes that differ per seed.
+fn content(len: u64, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn write(root: &Path, rel: &str, data: &[u8], mtime_ns: i64) -> PathBuf {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, data).unwrap();
+    common::set_mtime_ns(&p, mtime_ns);
+    p
+}
+
+/// 0-byte, small, exactly-threshold, multi-part, non-ASCII names, and a duplicate.
+fn mixed_tree(root: &Path) {
+    write(root, "empty.txt", b"", 1_600_000_000_000_000_001);
+    write(root, "small/a.txt", b"hello", 1_600_000_000_123_456_789);
+    write(
+        root,
+        "small/dup-of-a.txt",
+        b"hello",
+        1_600_000_001_000_000_000,
+    );
+    write(
+        root,
+        "exact.bin",
+        &content(5 * MIB, 1),
+        1_600_000_002_000_000_000,
+    );
+    write(
+        root,
+        "big/multi.bin",
+        &content(12 * MIB + 3, 2),
+        1_600_000_003_000_000_000,
+    );
+    write(
+        root,
+        "déjà vu/日本 😀.exr",
+        &content(70_000, 3),
+        1_600_000_004_000_000_000,
+    );
+}
+
+fn assert_same_tree(a: &Path, b: &Path, m: &Manifest) {
+    for e in m.entries() {
+        let rel = e.path.as_str().unwrap();
+        let (x, y) = (a.join(rel), b.join(rel));
+        assert_eq!(
+            std::fs::read(&x).unwrap(),
+            std::fs::read(&y).unwrap(),
+            "{rel}"
+        );
+        let my = std::fs::metadata(&y).unwrap();
+        let got_us = filetime::FileTime::from_last_modification_time(&my);
+        let got_us = got_us.unix_seconds() * 1_000_000 + i64::from(got_us.nanoseconds()) / 1000;
+        assert_eq!(got_us, e.mtime_us, "mtime of {rel}");
+    }
+}
+
+fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if e.file_name().to_string_lossy().starts_with(".attache-") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_tree_round_trips_through_s3_and_file_store() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    mixed_tree(&src);
+    for (name, s) in [
+        (
+            "s3",
+            settings(&s3, "DeadlineCloud", &t.path().join("cache-s3")),
+        ),
+        (
+            "file",
+            fs_settings(&t.path().join("store"), &t.path().join("cache-fs")),
+        ),
+    ] {
+        let put = put_tree(&src, &s).await.unwrap();
+        let m = put.hash.roots[0].manifest.clone();
+        assert_eq!(put.upload.files, 6, "{name}");
+        assert_eq!(put.upload.objects, 5, "{name}: the duplicate is one object");
+        assert_eq!(put.upload.uploaded_objects, 5, "{name}");
+        assert_eq!(
+            put.upload.multipart_objects, 1,
+            "{name}: only the 12 MiB file is above the threshold"
+        );
+        let dest = t.path().join(format!("dest-{name}"));
+        let got = get_tree(&m, &dest, &s).await.unwrap();
+        assert_eq!(got.download.objects, 5, "{name}");
+        assert_eq!(got.download.copied_files, 1, "{name}");
+        assert_same_tree(&src, &dest, &m);
+        assert!(leftovers(&dest).is_empty(), "{name}: temp files left");
+    }
+    // The keys are the Deadline layout.
+    let keys = s3.object_keys();
+    let h = ContentHash::of(b"hello");
+    assert!(
+        keys.contains(&format!("DeadlineCloud/Data/{h}.xxh128")),
+        "{keys:?}"
+    );
+    assert_eq!(s3.open_multipart_uploads(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_holds_with_many_workers() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..300 {
+        write(
+            &src,
+            &format!("d{}/f{i}", i % 7),
+            &content(2000 + i, i),
+            1_600_000_000_000_000_000,
+        );
+    }
+    let mut s = settings(&s3, "p", &t.path().join("cache"));
+    s.s3.max_connections = 4;
+    s.transfer.workers = 32;
+    let put = put_tree(&src, &s).await.unwrap();
+    assert_eq!(put.upload.uploaded_objects, 300);
+    let m = put.hash.roots[0].manifest.clone();
+    get_tree(&m, &t.path().join("dest"), &s).await.unwrap();
+    let max = s3.stats.max_concurrent_connections();
+    assert!(
+        max <= 4,
+        "server saw {max} concurrent connections with a cap of 4"
+    );
+    assert!(max >= 2, "transfers should run in parallel ({max})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_cap_paces_both_directions() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..4 {
+        write(
+            &src,
+            &format!("f{i}.bin"),
+            &content(16 * MIB, 10 + i),
+            1_600_000_000_000_000_000,
+        );
+    }
+    let mut s = settings(&s3, "p", &t.path().join("cache"));
+    s.bandwidth.upload = Rate(16 * MIB);
+    s.bandwidth.download = Rate(16 * MIB);
+    let started = Instant::now();
+    let put = put_tree(&src, &s).await.unwrap();
+    let up = started.elapsed();
+    let m = put.hash.roots[0].manifest.clone();
+    let started = Instant::now();
+    get_tree(&m, &t.path().join("dest"), &s).await.unwrap();
+    let down = started.elapsed();
+    for (dir, took) in [("upload", up), ("download", down)] {
+        let secs = took.as_secs_f64();
+        assert!(
+            (3.4..=4.6).contains(&secs),
+            "64 MiB at 16 MiB/s took {secs:.2} s to {dir}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_present_content_makes_no_request() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..50 {
+        write(
+            &src,
+            &format!("f{i}"),
+            &content(100 + i, i),
+            1_600_000_000_000_000_000,
+        );
+    }
+    let s = settings(&s3, "p", &t.path().join("cache"));
+    put_tree(&src, &s).await.unwrap();
+    s3.stats.reset();
+    let again = put_tree(&src, &s).await.unwrap();
+    assert_eq!(again.upload.known_objects, 50);
+    let data_requests = s3.stats.requests_matching(|r| r.path.contains("/Data/"));
+    assert_eq!(data_requests, 0, "{:?}", s3.stats.log());
+
+    // Without the index (no cache), each object is asked about once, and none uploaded.
+    let mut no_cache = s.clone();
+    no_cache.cache.hash_cache = false;
+    s3.stats.reset();
+    let third = put_tree(&src, &no_cache).await.unwrap();
+    assert_eq!(third.upload.present_objects, 50);
+    assert_eq!(s3.stats.requests_of("HEAD"), 50);
+    assert_eq!(s3.stats.requests_of("PUT"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_for_a_known_object_is_uploaded_again_next_time() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src, "a", b"content a", 1_600_000_000_000_000_000);
+    let s = settings(&s3, "p", &t.path().join("cache"));
+    let first = put_tree(&src, &s).await.unwrap();
+    let m = first.hash.roots[0].manifest.clone();
+    // A lifecycle rule deletes the object behind attache's back.
+    let key = format!("p/Data/{}.xxh128", ContentHash::of(b"content a"));
+    let store = transfer(&s).await.store.clone();
+    store.delete_many(std::slice::from_ref(&key)).await.unwrap();
+    let err = get_tree(&m, &t.path().join("dest"), &s).await.unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    let again = put_tree(&src, &s).await.unwrap();
+    assert_eq!(
+        again.upload.uploaded_objects, 1,
+        "the 404 invalidated the known-present entry"
+    );
+    get_tree(&m, &t.path().join("dest"), &s).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_many_file_download_returns_within_a_second_and_leaves_nothing() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..5000u64 {
+        write(
+            &src,
+            &format!("d{}/f{i}", i % 50),
+            &content(1024 + i % 3000, i),
+            1_600_000_000_000_000_000,
+        );
+    }
+    let mut s = settings(&s3, "p", &t.path().join("cache"));
+    let m = put_tree(&src, &s).await.unwrap().hash.roots[0]
+        .manifest
+        .clone();
+    // Slow the server so the download is surely mid-flight when cancelled.
+    s3.faults.delay_responses(Duration::from_millis(20));
+    s.transfer.workers = 16;
+    let dest = t.path().join("dest");
+    let cancel = CancellationToken::new();
+    let spec = GetSpec {
+        manifest: m.clone(),
+        dest: dest.clone(),
+        cache_dir: None,
+    };
+    let tr = transfer(&s).await;
+    let job = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move { get::run(spec, tr, &cancel).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let sent = Instant::now();
+    cancel.cancel();
+    let r = job.await.unwrap();
+    let took = sent.elapsed();
+    assert!(
+        matches!(r, Err(TransferError::Cancelled(_))),
+        "{:?}",
+        r.err()
+    );
+    assert!(took < Duration::from_secs(1), "took {took:?} to stop");
+    assert!(
+        leftovers(&dest).is_empty(),
+        "temp files left: {:?}",
+        leftovers(&dest)
+    );
+    // Every file that is there is complete and correct.
+    let mut present = 0;
+    for e in m.entries() {
+        let p = dest.join(e.path.as_str().unwrap());
+        if let Ok(data) = std::fs::read(&p) {
+            present += 1;
+            assert_eq!(
+                ContentHash::of(&data),
+                e.hash,
+                "partial or wrong file {}",
+                p.display()
+            );
+        }
+    }
+    assert!(present < 5000, "the download was not cut short");
+    eprintln!("download cancelled in {took:?} with {present} of 5000 files done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_large_multipart_upload_aborts_it_within_a_second() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // Sparse: 3 GiB of zeros costs no disk.
+    std::fs::File::create(src.join("huge.bin"))
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    let mut s = settings(&s3, "p", &t.path().join("cache"));
+    s.bandwidth.upload = Rate(200 * MIB);
+    let cancel = CancellationToken::new();
+    let tr = transfer(&s).await;
+    let job = {
+        let (cancel, spec) = (cancel.clone(), hash_spec(&src, &s));
+        tokio::spawn(async move { put::run(spec, tr, &cancel).await })
+    };
+    // Wait until parts are being uploaded.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3
+        .stats
+        .requests_matching(|r| r.query.contains("partNumber"))
+        < 3
+    {
+        assert!(Instant::now() < deadline, "multipart upload never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s3.open_multipart_uploads(), 1);
+    let sent = Instant::now();
+    cancel.cancel();
+    let r = job.await.unwrap();
+    let took = sent.elapsed();
+    assert!(
+        matches!(r, Err(PutError::Transfer(TransferError::Cancelled(_)))),
+        "{:?}",
+        r.err()
+    );
+    assert!(took < Duration::from_secs(1), "took {took:?} to stop");
+    assert_eq!(
+        s3.open_multipart_uploads(),
+        0,
+        "the multipart upload was not aborted"
+    );
+    assert!(
+        s3.object_keys().iter().all(|k| !k.contains("/Data/")),
+        "nothing stored"
+    );
+    eprintln!("multipart upload cancelled and aborted in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_during_multipart_upload_is_refused() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let path = write(
+        &src,
+        "render.exr",
+        &content(30 * MIB, 7),
+        1_600_000_000_000_000_000,
+    );
+    let mut s = settings(&s3, "p", &t.path().join("cache"));
+    s.bandwidth.upload = Rate(10 * MIB);
+    let planned = ContentHash::of(&std::fs::read(&path).unwrap());
+    let tr = transfer(&s).await;
+    let job = {
+        let spec = hash_spec(&src, &s);
+        tokio::spawn(async move { put::run(spec, tr, &CancellationToken::new()).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s3
+        .stats
+        .requests_matching(|r| r.query.contains("partNumber"))
+        < 1
+    {
+        assert!(Instant::now() < deadline, "multipart upload never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The renderer rewrites the end of the file, same size.
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&[0xFF; 4096], 29 * MIB)
+        .unwrap();
+    let err = job.await.unwrap().unwrap_err();
+    assert!(
+        err.to_string().contains("file changed during upload"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("render.exr"), "{err}");
+    let key = format!("p/Data/{planned}.xxh128");
+    assert!(
+        !s3.object_keys().contains(&key),
+        "content stored under a key that is not its hash"
+    );
+    assert_eq!(s3.open_multipart_uploads(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_end_in_correct_content_or_a_clear_error() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..20 {
+        write(
+            &src,
+            &format!("f{i}"),
+            &content(50_000 + i, i),
+            1_600_000_000_000_000_000,
+        );
+    }
+    write(
+        &src,
+        "big.bin",
+        &content(11 * MIB, 99),
+        1_600_000_000_000_000_000,
+    );
+    let mut s = settings(&s3, "p", &t.path().join("cache"));
+    s.cache.hash_cache = false;
+
+    // Throttling and server errors during upload: retried, then everything is there.
+    s3.faults.slow_down_next(15);
+    s3.faults.internal_error_next(5);
+    let put = put_tree(&src, &s).await.unwrap();
+    let m = put.hash.roots[0].manifest.clone();
+    for e in m.entries() {
+        let key = format!("p/Data/{}.xxh128", e.hash);
+        assert!(s3.object_keys().contains(&key), "{key} missing");
+    }
+
+    // Cut and corrupted bodies during download: fetched again, files correct.
+    s3.faults.cut_get_body_next(3);
+    s3.faults.corrupt_get_body_next(3);
+    let dest = t.path().join("dest");
+    let got = get_tree(&m, &dest, &s).await.unwrap();
+    assert_same_tree(&src, &dest, &m);
+    assert!(
+        got.download.refetched >= 1,
+        "corrupt bodies must be fetched again"
+    );
+
+    // A store that keeps corrupting: a clear error and no file.
+    s3.faults.corrupt_get_body_next(1000);
+    let dest2 = t.path().join("dest2");
+    let err = get_tree(&m, &dest2, &s).await.unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+    s3.faults.corrupt_get_body_next(0);
+    for e in m.entries() {
+        let p = dest2.join(e.path.as_str().unwrap());
+        if let Ok(data) = std::fs::read(&p) {
+            assert_eq!(
+                ContentHash::of(&data),
+                e.hash,
+                "wrong file written: {}",
+                p.display()
+            );
+        }
+    }
+    assert!(leftovers(&dest2).is_empty());
+
+    // A burst of 503s for every request: the gate backs off and the upload still completes.
+    let src2 = t.path().join("src2");
+    for i in 0..30 {
+        write(
+            &src2,
+            &format!("g{i}"),
+            &content(10_000 + i, 500 + i),
+            1_600_000_000_000_000_000,
+        );
+    }
+    s3.faults.slow_down_for(Duration::from_secs(3));
+    let put = put_tree(&src2, &s).await.unwrap();
+    assert_eq!(put.upload.uploaded_objects, 30);
+}
