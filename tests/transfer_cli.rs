@@ -1,0 +1,164 @@
+//! `attache put` / `attache get` as a user runs them, against the in-process S3 server and the
+//! local store, configured through the environment.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::s3::TestS3;
+use common::*;
+
+#[test]
+fn put_then_get_through_s3_configured_by_environment() {
+    let s3 = TestS3::start_background();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    build_fixture_tree("edge", &root);
+    let cache = t.path().join("cache");
+    let manifest = t.path().join("m.json");
+    let (code, out, err) = run(attache(&cache)
+        .envs(s3.env())
+        .args(["put", "--json", "--store", &s3.store_url("DeadlineCloud")])
+        .arg(&root)
+        .arg("-o")
+        .arg(&manifest));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["upload"]["objects"], 5, "{v}");
+    assert_eq!(v["upload"]["uploaded_objects"], 5);
+    // The official client's object keys, exactly.
+    let mut keys: Vec<String> = s3.object_keys();
+    keys.sort();
+    let want = std::fs::read_to_string(fixture("edge").join("keys.txt")).unwrap();
+    let want: Vec<&str> = want.lines().filter(|k| k.contains("/Data/")).collect();
+    assert_eq!(keys, want);
+    assert_eq!(
+        std::fs::read(&manifest).unwrap(),
+        std::fs::read(fixture("edge").join("manifest.json")).unwrap()
+    );
+
+    let dest = t.path().join("dest");
+    let (code, _, err) = run(attache(&cache)
+        .envs(s3.env())
+        .args(["get", "--store", &s3.store_url("DeadlineCloud")])
+        .arg(&manifest)
+        .arg("--dest")
+        .arg(&dest));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run(attache(&cache)
+        .args(["manifest", "verify", "--strict"])
+        .arg(&manifest)
+        .arg("--root")
+        .arg(&dest));
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn the_default_local_store_needs_no_setup() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    let data_home = t.path().join("data");
+    let root = t.path().join("root");
+    build_fixture_tree("tiny", &root);
+    let manifest = t.path().join("m.json");
+    let (code, _, err) = run(attache(&cache)
+        .env("XDG_DATA_HOME", &data_home)
+        .arg("put")
+        .arg(&root)
+        .arg("-o")
+        .arg(&manifest));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        data_home
+            .join("attache/store/Data/eefac9d87100cd1336b2e733a5484425.xxh128")
+            .is_file()
+    );
+    let dest = t.path().join("dest");
+    let (code, _, err) = run(attache(&cache)
+        .env("XDG_DATA_HOME", &data_home)
+        .arg("get")
+        .arg(&manifest)
+        .arg("--dest")
+        .arg(&dest));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(dest.join("hello.txt")).unwrap(),
+        b"hello world\n"
+    );
+}
+
+#[test]
+fn a_manifest_cannot_write_through_a_symlink() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    let store = format!("file://{}", t.path().join("store").display());
+    let root = t.path().join("root");
+    build_fixture_tree("tiny", &root);
+    let manifest = t.path().join("m.json");
+    let (code, _, err) = run(attache(&cache)
+        .args(["put", "--store", &store])
+        .arg(&root)
+        .arg("-o")
+        .arg(&manifest));
+    assert_eq!(code, 0, "{err}");
+    // The destination holds a link where the manifest has a directory.
+    let dest = t.path().join("dest");
+    let elsewhere = t.path().join("elsewhere");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dest.join("sub")).unwrap();
+    let (code, _, err) = run(attache(&cache)
+        .args(["get", "--store", &store])
+        .arg(&manifest)
+        .arg("--dest")
+        .arg(&dest));
+    assert_eq!(code, 1);
+    assert!(err.contains("sub: is a symlink"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing written through the link"
+    );
+}
+
+#[test]
+fn ctrl_c_during_a_multipart_put_exits_130_and_aborts_the_upload() {
+    let s3 = TestS3::start_background();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::File::create(root.join("huge.bin"))
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let mut child = attache(&t.path().join("cache"))
+        .envs(s3.env())
+        .env("ATTACHE_BANDWIDTH__UPLOAD", "100MiB/s")
+        .args(["put", "--store", &s3.store_url("p"), "-o"])
+        .arg(t.path().join("m.json"))
+        .arg(&root)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3
+        .stats
+        .requests_matching(|r| r.query.contains("partNumber"))
+        < 2
+    {
+        assert!(Instant::now() < deadline, "no part was uploaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(130));
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(s3.open_multipart_uploads(), 0, "multipart upload left open");
+    assert!(
+        !t.path().join("m.json").exists(),
+        "no manifest for a cancelled put"
+    );
+    eprintln!("put exited 130 {took:?} after SIGINT");
+}
