@@ -1,6 +1,7 @@
 //! The command line: arguments, config loading, dispatch and exit codes.
 
 mod config_cmd;
+mod farm;
 mod get_cmd;
 mod hash_cmd;
 mod manifest_cmd;
@@ -53,6 +54,14 @@ struct GlobalArgs {
 enum Command {
     /// Scan and hash directory trees into v2023-03-03 manifests.
     Hash(hash_cmd::HashArgs),
+    /// Workstation: upload a job's inputs, then publish their manifests; prints the job's attachments.
+    Submit(farm::SubmitArgs),
+    /// Worker: materialize a job's inputs in the session directory; prints path-mapping rules.
+    SyncInputs(farm::SyncInputsArgs),
+    /// Worker: upload a task's new and changed outputs, then publish their manifests.
+    SyncOutputs(farm::SyncOutputsArgs),
+    /// Workstation: download a job's outputs (latest run of each task) to where they belong.
+    DownloadOutputs(farm::DownloadOutputsArgs),
     /// Upload a tree's content to a store and write its manifest (plumbing for submit).
     Put(put_cmd::PutArgs),
     /// Materialize manifests from a store into a directory (plumbing for sync-inputs).
@@ -142,6 +151,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Hash(a) => a.overrides(&mut overrides),
         Command::Put(a) => a.overrides(&mut overrides),
+        Command::Submit(a) => a.overrides(&mut overrides),
+        Command::SyncInputs(a) => a.overrides(&mut overrides),
+        Command::SyncOutputs(a) => a.overrides(&mut overrides),
+        Command::DownloadOutputs(a) => a.overrides(&mut overrides),
         Command::Get(a) => a.overrides(&mut overrides),
         Command::Manifest(m) => m.overrides(&mut overrides),
         Command::Config(_) => {}
@@ -162,6 +175,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Hash(a) => hash_cmd::run_cmd(&ctx, a),
         Command::Put(a) => put_cmd::run(&ctx, a),
+        Command::Submit(a) => farm::submit(&ctx, a),
+        Command::SyncInputs(a) => farm::sync_inputs(&ctx, a),
+        Command::SyncOutputs(a) => farm::sync_outputs(&ctx, a),
+        Command::DownloadOutputs(a) => farm::download_outputs(&ctx, a),
         Command::Get(a) => get_cmd::run(&ctx, a),
         Command::Manifest(m) => manifest_cmd::run(&ctx, m),
         Command::Config(c) => config_cmd::run(&ctx, c),

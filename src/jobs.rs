@@ -1,10 +1,15 @@
 //! Workflows ("jobs"): one run of hash, verify, put, get, … driven by the CLI or (later) the daemon.
 //! A job takes a spec, a cancellation token and a progress sink, and returns a JSON-ready result.
 
+pub mod attachments;
+pub mod download_outputs;
 pub mod get;
 pub mod hash;
 pub mod put;
 pub mod setup;
+pub mod submit;
+pub mod sync_inputs;
+pub mod sync_outputs;
 pub mod verify;
 
 use std::path::{Component, Path, PathBuf};

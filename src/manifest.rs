@@ -110,6 +110,14 @@ impl Manifest {
 
 pub use encode::EncodeError;
 
+/// A string as Python's `json.dumps(s)` writes it (quoted, ASCII-only escapes): the form of
+/// the `asset-root-json` metadata.
+pub fn json_quote(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    encode::write_string(&mut out, s.chars().map(u32::from));
+    String::from_utf8(out).expect("the encoder writes ASCII")
+}
+
 /// Sorts by UTF-16 code units; stable, so equal paths keep their order.
 fn sort_canonical(entries: &mut [ManifestEntry]) {
     if !entries.is_sorted_by(|a, b| a.path.cmp_utf16(&b.path).is_le()) {

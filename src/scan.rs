@@ -54,10 +54,13 @@ impl ScannedFile {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ScanOptions {
     /// Hash the target of a symlink that points outside the root instead of refusing it.
     pub follow_external_symlinks: bool,
+    /// Where symlinks may point (default: the scanned root). A worker scanning outputs allows
+    /// links within the whole session directory.
+    pub boundary: Option<PathBuf>,
 }
 
 /// A problem with one path of the tree.
@@ -131,12 +134,13 @@ pub fn scan(
             path: root.to_path_buf(),
         }));
     }
-    let real_root = fs::canonicalize(root).map_err(|source| {
-        one(ScanError::Io {
-            path: root.to_path_buf(),
-            source,
-        })
-    })?;
+    let real_root =
+        fs::canonicalize(opts.boundary.as_deref().unwrap_or(root)).map_err(|source| {
+            one(ScanError::Io {
+                path: root.to_path_buf(),
+                source,
+            })
+        })?;
     let walker = Walker {
         root,
         real_root: &real_root,
@@ -402,6 +406,7 @@ mod tests {
             t.path(),
             ScanOptions {
                 follow_external_symlinks: true,
+                boundary: None,
             },
         )
         .unwrap();

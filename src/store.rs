@@ -23,6 +23,28 @@ pub struct ObjectInfo {
     pub size: u64,
     /// Milliseconds since the epoch, when the store reports it.
     pub last_modified_ms: Option<i64>,
+    /// User metadata (`x-amz-meta-*`), from HEAD only (listings do not carry it).
+    pub metadata: Vec<(String, String)>,
+}
+
+impl ObjectInfo {
+    pub fn meta(&self, name: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads a whole (small) object, such as a manifest, into memory.
+pub async fn read_object(store: &dyn ObjectStore, key: &str) -> Result<Bytes, StoreError> {
+    use futures::StreamExt;
+    let mut obj = store.get(key, None).await?;
+    let mut out = bytes::BytesMut::with_capacity(obj.content_length as usize);
+    while let Some(chunk) = obj.body.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out.freeze())
 }
 
 /// Options of a single-request upload.

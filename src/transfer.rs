@@ -20,6 +20,7 @@ use crate::progress::Progress;
 use crate::store::{ObjectStore, StoreError};
 
 /// What the transfers of one job share.
+#[derive(Clone)]
 pub struct Transfer {
     pub store: Arc<dyn ObjectStore>,
     pub settings: TransferSettings,
@@ -29,6 +30,8 @@ pub struct Transfer {
     pub gate: Arc<gate::Gate>,
     /// Bytes of bodies held in memory, in units of [`MEMORY_UNIT`]: the memory bound.
     pub memory: Arc<Semaphore>,
+    /// Only find out what would be uploaded: ask the store, write nothing.
+    pub dry_run: bool,
     memory_units: u32,
     pub progress: Arc<Progress>,
     /// Hashes known to be in the store; `None`: ask the store every time.
@@ -36,6 +39,14 @@ pub struct Transfer {
 }
 
 impl Transfer {
+    /// The same context, finding out what would be uploaded without writing anything.
+    pub fn dry_run_copy(&self) -> Transfer {
+        Transfer {
+            dry_run: true,
+            ..self.clone()
+        }
+    }
+
     /// Budget units a body of `len` bytes takes (a body larger than the whole budget takes
     /// all of it, rather than waiting forever).
     pub fn memory_units(&self, len: u64) -> u32 {
@@ -68,6 +79,7 @@ impl Transfer {
             memory: Arc::new(Semaphore::new(memory_units as usize)),
             progress,
             known,
+            dry_run: false,
         }
     }
 }

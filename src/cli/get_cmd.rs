@@ -1,23 +1,18 @@
 //! `attache get`: materialize manifests from a store into a directory.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use bytesize::ByteSize;
 use clap::Args;
 
 use super::manifest_cmd::read_manifest;
-use super::progress_bar::Bar;
-use super::transfer_args::StoreArgs;
-use super::{Context, UsageError, flag, run_async};
+use super::transfer_args::{StoreArgs, with_transfer};
+use super::{Context, flag};
 use crate::config::Override;
-use crate::jobs::get::GetSpec;
-use crate::jobs::{get, setup};
+use crate::jobs::get;
+use crate::jobs::get::{Conflict, GetSpec};
 use crate::manifest::merge;
-use crate::progress::Progress;
-use crate::transfer::limiter::Bandwidth;
 
 #[derive(Debug, Args)]
 #[command(
@@ -35,6 +30,9 @@ pub struct GetArgs {
     /// Download bandwidth cap, e.g. 50MB/s; 0 = unlimited [config: bandwidth.download].
     #[arg(long, value_name = "RATE")]
     bwlimit: Option<String>,
+    /// When a file with other content is already there.
+    #[arg(long, value_enum, default_value_t = Conflict::Overwrite)]
+    conflict: Conflict,
 }
 
 impl GetArgs {
@@ -59,25 +57,12 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             .cache
             .hash_cache
             .then(|| settings.cache.dir.clone()),
+        conflict: args.conflict,
+        check_space: true,
     };
-    let progress = Arc::new(Progress::default());
-    let report = {
-        let _bar = Bar::start(
-            "downloading",
-            progress.clone(),
-            !std::io::stderr().is_terminal(),
-        );
-        let progress = progress.clone();
-        run_async(|cancel| async move {
-            let bandwidth = Arc::new(Bandwidth::new(&settings.bandwidth));
-            let t = setup::transfer_for(&settings.store.url, &settings, bandwidth, progress)
-                .await
-                .map_err(|e| UsageError {
-                    message: e.to_string(),
-                })?;
-            anyhow::Ok(get::run(spec, t, &cancel).await?)
-        })??
-    };
+    let report = with_transfer(ctx, "downloading", |t, cancel| async move {
+        Ok(get::run(spec, t, &cancel).await?)
+    })?;
     if args.store.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

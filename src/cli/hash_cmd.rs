@@ -74,6 +74,7 @@ pub fn spec_from(settings: &Settings, roots: Vec<PathBuf>, use_cache: bool) -> H
         read_buffer: settings.hash.read_buffer.0 as usize,
         scan: ScanOptions {
             follow_external_symlinks: settings.hash.follow_external_symlinks,
+            boundary: None,
         },
     }
 }

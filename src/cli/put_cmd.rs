@@ -1,23 +1,19 @@
 //! `attache put`: hash a tree, upload its content, write its manifest.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use bytesize::ByteSize;
 use clap::Args;
 use serde_json::json;
 
-use super::progress_bar::Bar;
-use super::transfer_args::StoreArgs;
-use super::{Context, UsageError, flag, run_async};
+use super::transfer_args::{StoreArgs, with_transfer};
+use super::{Context, UsageError, flag};
 use crate::config::Override;
 use crate::hash::ContentHash;
-use crate::jobs::{put, setup};
-use crate::progress::Progress;
-use crate::transfer::limiter::Bandwidth;
+use crate::jobs::put;
 
 #[derive(Debug, Args)]
 #[command(
@@ -57,24 +53,9 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
         vec![args.root.clone()],
         settings.cache.hash_cache,
     );
-    let progress = Arc::new(Progress::default());
-    let report = {
-        let _bar = Bar::start(
-            "uploading",
-            progress.clone(),
-            !std::io::stderr().is_terminal(),
-        );
-        let progress = progress.clone();
-        run_async(|cancel| async move {
-            let bandwidth = Arc::new(Bandwidth::new(&settings.bandwidth));
-            let t = setup::transfer_for(&settings.store.url, &settings, bandwidth, progress)
-                .await
-                .map_err(|e| UsageError {
-                    message: e.to_string(),
-                })?;
-            anyhow::Ok(put::run(spec, t, &cancel).await?)
-        })??
-    };
+    let report = with_transfer(ctx, "uploading", |t, cancel| async move {
+        Ok(put::run(spec, t, &cancel).await?)
+    })?;
     let root = &report.hash.roots[0];
     let bytes = root.manifest.encode().map_err(|_| UsageError {
         message: format!(

@@ -1,9 +1,18 @@
 //! Flags shared by the commands that talk to a store.
 
-use clap::Args;
+use std::io::IsTerminal;
+use std::sync::Arc;
 
-use super::flag;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::progress_bar::Bar;
+use super::{Context, UsageError, flag, run_async};
 use crate::config::Override;
+use crate::jobs::setup;
+use crate::progress::Progress;
+use crate::transfer::Transfer;
+use crate::transfer::limiter::Bandwidth;
 
 #[derive(Debug, Args)]
 pub struct StoreArgs {
@@ -33,4 +42,43 @@ impl StoreArgs {
             self.max_connections.clone(),
         );
     }
+}
+
+/// Runs a transfer job: opens the configured store, shows a progress bar labelled `label`,
+/// cancels on Ctrl-C. A store that cannot be opened is a configuration error (exit 2).
+pub fn with_transfer<T, F, Fut>(ctx: &Context, label: &'static str, job: F) -> anyhow::Result<T>
+where
+    F: FnOnce(Arc<Transfer>, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let settings = ctx.settings.clone();
+    let progress = Arc::new(Progress::default());
+    let _bar = Bar::start(label, progress.clone(), !std::io::stderr().is_terminal());
+    run_async(|cancel| async move {
+        let bandwidth = Arc::new(Bandwidth::new(&settings.bandwidth));
+        let t = setup::transfer_for(&settings.store.url, &settings, bandwidth, progress)
+            .await
+            .map_err(|e| UsageError {
+                message: e.to_string(),
+            })?;
+        job(t, cancel).await
+    })?
+}
+
+/// Parses `NAME=PATH` pairs (storage-profile locations, root mappings).
+pub fn pairs(
+    values: &[String],
+    flag: &str,
+) -> Result<Vec<(String, std::path::PathBuf)>, UsageError> {
+    values
+        .iter()
+        .map(|v| match v.split_once('=') {
+            Some((k, p)) if !k.is_empty() && !p.is_empty() => {
+                Ok((k.to_string(), std::path::PathBuf::from(p)))
+            }
+            _ => Err(UsageError {
+                message: format!("{flag} {v:?}: expected NAME=PATH"),
+            }),
+        })
+        .collect()
 }

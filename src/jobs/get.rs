@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hash::ContentHash;
 use crate::hash::cache::HashCache;
-use crate::manifest::{Manifest, PathRules};
+use crate::manifest::{Manifest, ManifestEntry, ManifestPath, PathRules};
 use crate::scan::FileStat;
 use crate::transfer::download::{DownloadItem, DownloadReport, download_all};
 use crate::transfer::{Transfer, TransferError};
@@ -26,6 +26,22 @@ pub struct GetSpec {
     pub dest: PathBuf,
     /// Hash cache used to recognize files already in place.
     pub cache_dir: Option<PathBuf>,
+    pub conflict: Conflict,
+    /// Refuse to start when the files to fetch do not fit on the destination's file system.
+    pub check_space: bool,
+}
+
+/// What to do when a file with other content is already at a destination path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Conflict {
+    /// Leave the existing file.
+    Skip,
+    /// Replace it (atomically).
+    #[default]
+    Overwrite,
+    /// Write the manifest's file beside it as `name (1).ext`.
+    CreateCopy,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -34,8 +50,14 @@ pub struct GetReport {
     pub bytes: u64,
     /// Files already in place with the right content.
     pub unchanged_files: u64,
+    /// Files left alone because other content was there (`--conflict skip`).
+    pub skipped_files: u64,
     pub download: DownloadReport,
     pub seconds: f64,
+    /// What is now at each path the manifest placed (paths relative to the destination):
+    /// the record output detection compares against.
+    #[serde(skip)]
+    pub placed: Vec<ManifestEntry>,
 }
 
 /// Plans and downloads `spec.manifest` into `spec.dest`.
@@ -54,37 +76,88 @@ pub async fn run(
     let files = spec.manifest.len() as u64;
     let bytes = spec.manifest.total_size();
     transfer.progress.add_total(files, bytes);
-    let (items, unchanged) = {
+    let plan = {
         let dest = spec.dest.clone();
-        let manifest = spec.manifest;
-        let cache_dir = spec.cache_dir;
-        tokio::task::spawn_blocking(move || plan(&manifest, &dest, cache_dir.as_deref()))
+        let (manifest, cache_dir, conflict) = (spec.manifest, spec.cache_dir, spec.conflict);
+        tokio::task::spawn_blocking(move || plan(&manifest, &dest, cache_dir.as_deref(), conflict))
             .await
             .expect("planning task panicked")?
     };
-    transfer.progress.add_files(unchanged.0);
-    transfer.progress.add_bytes(unchanged.1);
-    let download = download_all(transfer, items, cancel).await?;
+    if spec.check_space {
+        check_space(&spec.dest, plan.items.iter().map(|i| i.size).sum())?;
+    }
+    transfer
+        .progress
+        .add_files(plan.unchanged.0 + plan.skipped.0);
+    transfer
+        .progress
+        .add_bytes(plan.unchanged.1 + plan.skipped.1);
+    let download = download_all(transfer, plan.items, cancel).await?;
     Ok(GetReport {
         files,
         bytes,
-        unchanged_files: unchanged.0,
+        unchanged_files: plan.unchanged.0,
+        skipped_files: plan.skipped.0,
         download,
         seconds: started.elapsed().as_secs_f64(),
+        placed: plan.placed,
     })
 }
 
-/// The files to fetch, and (count, bytes) of those already in place. Creates directories.
+/// Fails early, naming the numbers, when `need` bytes will not fit under `dir`.
+fn check_space(dir: &Path, need: u64) -> Result<(), TransferError> {
+    let c =
+        std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| TransferError::Refused {
+            path: dir.to_path_buf(),
+            message: "path contains a NUL byte".into(),
+        })?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `st` a valid out-pointer for the call's duration.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(TransferError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    if need > free {
+        return Err(TransferError::Refused {
+            path: dir.to_path_buf(),
+            message: format!(
+                "not enough disk space: {} to download, {} free. Free some space or choose another directory",
+                bytesize::ByteSize(need).display().iec(),
+                bytesize::ByteSize(free).display().iec()
+            ),
+        });
+    }
+    Ok(())
+}
+
+struct Plan {
+    items: Vec<DownloadItem>,
+    /// (files, bytes) already in place.
+    unchanged: (u64, u64),
+    /// (files, bytes) left alone under `Conflict::Skip`.
+    skipped: (u64, u64),
+    placed: Vec<ManifestEntry>,
+}
+
+/// Decides, per entry, what to fetch and where. Creates directories.
 fn plan(
     manifest: &Manifest,
     dest: &Path,
     cache_dir: Option<&Path>,
-) -> Result<(Vec<DownloadItem>, (u64, u64)), TransferError> {
+    conflict: Conflict,
+) -> Result<Plan, TransferError> {
     std::fs::create_dir_all(dest).map_err(TransferError::io(dest))?;
     let cache = cache_dir.and_then(|d| HashCache::open(d).map_err(|e| tracing::warn!("{e}")).ok());
     let mut made: HashSet<PathBuf> = HashSet::new();
-    let mut items = Vec::with_capacity(manifest.len());
-    let mut unchanged = (0, 0);
+    let mut p = Plan {
+        items: Vec::with_capacity(manifest.len()),
+        unchanged: (0, 0),
+        skipped: (0, 0),
+        placed: Vec::new(),
+    };
     for e in manifest.entries() {
         let rel = e
             .path
@@ -93,23 +166,81 @@ fn plan(
                 path: dest.join(e.path.display().as_ref()),
                 message: err.to_string(),
             })?;
-        let path = dest.join(OsStr::from_bytes(&rel));
+        let mut path = dest.join(OsStr::from_bytes(&rel));
         if let Some(parent) = path.parent() {
             make_dirs(dest, parent, &mut made)?;
         }
-        if already_there(&path, e.size, e.hash, cache.as_ref()) {
-            unchanged.0 += 1;
-            unchanged.1 += e.size;
-            continue;
+        let mut placed = e.clone();
+        match std::fs::symlink_metadata(&path) {
+            Err(_) => {}
+            Ok(_) if already_there(&path, e.size, e.hash, cache.as_ref()) => {
+                p.unchanged.0 += 1;
+                p.unchanged.1 += e.size;
+                fix_mtime(&path, e.mtime_us);
+                p.placed.push(placed);
+                continue;
+            }
+            Ok(existing) => match conflict {
+                Conflict::Overwrite => {}
+                Conflict::Skip => {
+                    p.skipped.0 += 1;
+                    p.skipped.1 += e.size;
+                    let stat = FileStat::of(&existing);
+                    placed.size = stat.size;
+                    placed.mtime_us = ManifestEntry::mtime_us_from_ns(stat.mtime_ns);
+                    p.placed.push(placed);
+                    continue;
+                }
+                Conflict::CreateCopy => {
+                    path = free_copy_name(&path);
+                    let rel = path.strip_prefix(dest).expect("beside the original");
+                    placed.path = ManifestPath::from_posix_bytes(rel.as_os_str().as_bytes());
+                }
+            },
         }
-        items.push(DownloadItem {
+        p.placed.push(placed);
+        p.items.push(DownloadItem {
             hash: e.hash,
             size: e.size,
             dest: path,
             mtime_us: e.mtime_us,
         });
     }
-    Ok((items, unchanged))
+    Ok(p)
+}
+
+/// `name (1).ext`, `name (2).ext`, …: the first that does not exist.
+fn free_copy_name(path: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    (1..)
+        .map(|n| path.with_file_name(format!("{stem} ({n}){ext}")))
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .expect("some number is free")
+}
+
+/// Gives a file already in place the manifest's mtime (when it differs), so output detection
+/// stays exact.
+fn fix_mtime(path: &Path, mtime_us: i64) {
+    if let Ok(m) = std::fs::symlink_metadata(path)
+        && ManifestEntry::mtime_us_from_ns(FileStat::of(&m).mtime_ns) == mtime_us
+    {
+        return;
+    }
+    let ns = i128::from(mtime_us) * 1000;
+    let t = filetime::FileTime::from_unix_time(
+        ns.div_euclid(1_000_000_000) as i64,
+        ns.rem_euclid(1_000_000_000) as u32,
+    );
+    if let Err(e) = filetime::set_file_times(path, t, t) {
+        tracing::warn!(path = %path.display(), "cannot set mtime: {e}");
+    }
 }
 
 /// Creates `dir` (under `root`) component by component, refusing to pass through a symlink

@@ -12,7 +12,7 @@ use crate::hash::parallel::{
 };
 use crate::manifest::Manifest;
 use crate::progress::Progress;
-use crate::scan::{ScanErrors, ScanOptions, ScanOutcome, scan};
+use crate::scan::{ScanErrors, ScanOptions, ScanOutcome, ScannedFile, scan};
 
 /// What to hash and how.
 #[derive(Debug, Clone)]
@@ -107,10 +107,23 @@ fn hash_root(
     progress: &Progress,
     sink: Option<&dyn HashSink>,
 ) -> Result<HashedRoot, HashJobError> {
-    let files = match scan(root, spec.scan, cancel)? {
+    let files = match scan(root, spec.scan.clone(), cancel)? {
         ScanOutcome::Done(files) => files,
         ScanOutcome::Cancelled => return Err(Cancelled.into()),
     };
+    hash_listed(root, files, spec, cache, cancel, progress, sink)
+}
+
+/// Hashes chosen files of `root` (their `rel` paths are relative to it) into its manifest.
+pub fn hash_listed(
+    root: &Path,
+    files: Vec<ScannedFile>,
+    spec: &HashSpec,
+    cache: Option<&HashCache>,
+    cancel: &CancellationToken,
+    progress: &Progress,
+    sink: Option<&dyn HashSink>,
+) -> Result<HashedRoot, HashJobError> {
     progress.add_total(files.len() as u64, files.iter().map(|f| f.stat.size).sum());
     match hash_tree(root, files, cache, spec.read_buffer, cancel, progress, sink)? {
         HashOutcome::Done(files, stats) => Ok(HashedRoot {

@@ -77,6 +77,33 @@ pub async fn run(
     transfer: Arc<Transfer>,
     cancel: &CancellationToken,
 ) -> Result<PutReport, PutError> {
+    run_with(
+        move |sink, job| {
+            run_with_sink(
+                &spec,
+                job,
+                &crate::progress::Progress::default(),
+                Some(sink),
+            )
+        },
+        transfer,
+        cancel,
+    )
+    .await
+}
+
+/// Runs `hashing` (on a blocking thread) and uploads every file it hands its sink, as it
+/// goes. Used by `put` (whole trees), `submit` and `sync-outputs` (chosen files of a root).
+pub async fn run_with<H>(
+    hashing: H,
+    transfer: Arc<Transfer>,
+    cancel: &CancellationToken,
+) -> Result<PutReport, PutError>
+where
+    H: FnOnce(&dyn HashSink, &CancellationToken) -> Result<HashReport, HashJobError>
+        + Send
+        + 'static,
+{
     let started = Instant::now();
     let job = cancel.child_token();
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -89,8 +116,7 @@ pub async fn run(
             },
         );
         tokio::task::spawn_blocking(move || {
-            let progress = crate::progress::Progress::default();
-            let r = run_with_sink(&spec, &job, &progress, Some(&sink));
+            let r = hashing(&sink, &job);
             if r.is_err() {
                 job.cancel();
             }

@@ -20,6 +20,8 @@ use crate::transfer::limiter::Bandwidth;
 
 const TMP_DIR: &str = ".attache-tmp";
 const MULTIPART_DIR: &str = ".attache-multipart";
+/// User metadata of objects that have some, as JSON beside the store's keys.
+const META_DIR: &str = ".attache-meta";
 /// Size of the chunks a GET body is read and paced in.
 const CHUNK: usize = 256 * 1024;
 
@@ -75,9 +77,7 @@ impl FsStore {
     }
 
     fn temp_file(&self) -> std::io::Result<tempfile::NamedTempFile> {
-        tempfile::Builder::new()
-            .prefix("obj-")
-            .tempfile_in(self.dir.join(TMP_DIR))
+        crate::fsutil::temp_file_in(&self.dir.join(TMP_DIR), "obj-", "")
     }
 
     fn upload_dir(&self, upload_id: &str) -> Result<PathBuf, StoreError> {
@@ -117,6 +117,7 @@ fn info(key: &str, m: &std::fs::Metadata) -> ObjectInfo {
         key: key.to_string(),
         size: m.len(),
         last_modified_ms,
+        metadata: Vec::new(),
     }
 }
 
@@ -133,8 +134,15 @@ impl ObjectStore for FsStore {
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let path = self.path_of(key, "HEAD")?;
         let key2 = key.to_string();
+        let meta_path = self.dir.join(META_DIR).join(format!("{key}.json"));
         match blocking(move || std::fs::metadata(path)).await {
-            Ok(m) if m.is_file() => Ok(Some(info(&key2, &m))),
+            Ok(m) if m.is_file() => {
+                let mut i = info(&key2, &m);
+                if let Ok(text) = std::fs::read(&meta_path) {
+                    i.metadata = serde_json::from_slice(&text).unwrap_or_default();
+                }
+                Ok(Some(i))
+            }
             Ok(_) => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io("HEAD", key, e)),
@@ -219,7 +227,21 @@ impl ObjectStore for FsStore {
         self.pace_upload(&body).await;
         let tmp = self.temp_file().map_err(|e| self.io("PUT", key, e))?;
         let if_none_match = opts.if_none_match;
+        let meta = (!opts.metadata.is_empty()).then(|| {
+            let path = self.dir.join(META_DIR).join(format!("{key}.json"));
+            (
+                path,
+                serde_json::to_vec(&opts.metadata).expect("strings serialize"),
+                self.temp_file(),
+            )
+        });
         let result = blocking(move || -> std::io::Result<PutOutcome> {
+            if let Some((path, json, tmp)) = meta {
+                let mut tmp = tmp?;
+                tmp.write_all(&json)?;
+                std::fs::create_dir_all(path.parent().expect("under the meta dir"))?;
+                tmp.persist(&path).map_err(|e| e.error)?;
+            }
             let mut tmp = tmp;
             tmp.write_all(&body)?;
             tmp.as_file().sync_data()?;

@@ -220,6 +220,10 @@ impl ObjectStore for S3Store {
                 key: key.into(),
                 size: o.content_length().unwrap_or(0).max(0) as u64,
                 last_modified_ms: o.last_modified().and_then(|t| t.to_millis().ok()),
+                metadata: o
+                    .metadata()
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .unwrap_or_default(),
             })),
             Err(e) => match self.err("HEAD", key, e) {
                 StoreError::NotFound { .. } => Ok(None),
@@ -420,6 +424,7 @@ impl ObjectStore for S3Store {
                     key: o.key().unwrap_or_default().to_string(),
                     size: o.size().unwrap_or(0).max(0) as u64,
                     last_modified_ms: o.last_modified().and_then(|t| t.to_millis().ok()),
+                    metadata: Vec::new(),
                 });
             }
         }

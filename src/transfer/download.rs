@@ -140,11 +140,7 @@ async fn download_group(
 /// A temporary file in the destination's directory (so the final rename is atomic).
 fn temp_beside(dest: &Path) -> Result<NamedTempFile, TransferError> {
     let dir = dest.parent().unwrap_or(Path::new("."));
-    tempfile::Builder::new()
-        .prefix(".attache-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(TransferError::io(dir))
+    crate::fsutil::temp_file_in(dir, ".attache-", ".part").map_err(TransferError::io(dir))
 }
 
 /// Sets the manifest mtime (and atime) and renames the verified file into place.

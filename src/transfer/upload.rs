@@ -146,7 +146,10 @@ async fn upload_one(
     }
     let small = item.size <= t.settings.multipart_threshold.0;
     let mut parts_counted = false;
-    let created = if small && t.conditional_put {
+    let created = if t.dry_run {
+        // Would it be uploaded? Ask, write nothing.
+        t.gate.run(cancel, || t.store.head(&key)).await?.is_none()
+    } else if small && t.conditional_put {
         let body = load_verified(t, &item, cancel).await?;
         let opts = PutOptions {
             if_none_match: true,
@@ -178,6 +181,7 @@ async fn upload_one(
         c.present_objects.fetch_add(1, Relaxed);
     }
     if let Some(k) = &t.known
+        && !(t.dry_run && created)
         && let Err(e) = k.record(&store_id, &[item.hash])
     {
         tracing::warn!("{e}");

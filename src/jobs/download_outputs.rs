@@ -1,0 +1,187 @@
+//! The download-outputs job (workstation): find a job's output manifests (the latest session
+//! action of each task), merge them per asset root in the order the store wrote them, and
+//! materialize them at the roots they came from.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::get::{self, Conflict, GetReport, GetSpec};
+use super::sync_inputs::fetch_manifest;
+use crate::manifest::merge;
+use crate::store::layout::manifests_prefix;
+use crate::transfer::{Transfer, TransferError};
+
+pub struct DownloadOutputsSpec {
+    pub farm_id: String,
+    pub queue_id: String,
+    pub job_id: String,
+    pub step_id: Option<String>,
+    pub task_id: Option<String>,
+    pub conflict: Conflict,
+    /// Root path as submitted → where to put it here (default: the root path itself).
+    pub root_map: Vec<(String, PathBuf)>,
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct DownloadedRoot {
+    pub root_path: String,
+    pub destination: PathBuf,
+    pub manifests: usize,
+    pub report: GetReport,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct DownloadOutputsReport {
+    pub tasks: usize,
+    pub roots: Vec<DownloadedRoot>,
+    pub seconds: f64,
+}
+
+/// An output manifest key, split: `…/{step}/{task}/{startTime}_{sessionAction}/{name}_output`.
+struct OutputKey {
+    key: String,
+    task: (String, String),
+    session_action: String,
+    last_modified_ms: i64,
+}
+
+fn parse(key: &str, job_prefix: &str, last_modified_ms: i64) -> Option<OutputKey> {
+    let rest = key.strip_prefix(job_prefix)?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts[..] {
+        [step, task, session_action, name] if name.ends_with("_output") => Some(OutputKey {
+            key: key.to_string(),
+            task: (step.to_string(), task.to_string()),
+            session_action: session_action.to_string(),
+            last_modified_ms,
+        }),
+        _ => None,
+    }
+}
+
+pub async fn run(
+    spec: DownloadOutputsSpec,
+    transfer: Arc<Transfer>,
+    cancel: &CancellationToken,
+) -> Result<DownloadOutputsReport, TransferError> {
+    let started = std::time::Instant::now();
+    let job_prefix = format!(
+        "{}{}/{}/{}/",
+        manifests_prefix(transfer.store.root_prefix()),
+        spec.farm_id,
+        spec.queue_id,
+        spec.job_id
+    );
+    let mut list_prefix = job_prefix.clone();
+    for part in [&spec.step_id, &spec.task_id].into_iter().flatten() {
+        list_prefix.push_str(part);
+        list_prefix.push('/');
+    }
+    let listed = transfer
+        .gate
+        .run(cancel, || transfer.store.list(&list_prefix))
+        .await?;
+    // Per task, only the latest session action counts (a retried task replaces its outputs).
+    let mut latest: BTreeMap<(String, String), Vec<OutputKey>> = BTreeMap::new();
+    for o in listed {
+        let Some(k) = parse(&o.key, &job_prefix, o.last_modified_ms.unwrap_or(0)) else {
+            continue;
+        };
+        let slot = latest.entry(k.task.clone()).or_default();
+        match slot
+            .first()
+            .map(|f| f.session_action.cmp(&k.session_action))
+        {
+            Some(std::cmp::Ordering::Less) => *slot = vec![k],
+            Some(std::cmp::Ordering::Equal) | None => slot.push(k),
+            Some(std::cmp::Ordering::Greater) => {}
+        }
+    }
+    let tasks = latest.len();
+    // Root path (from the manifest's metadata) → manifests, oldest first.
+    let mut by_root: BTreeMap<String, Vec<OutputKey>> = BTreeMap::new();
+    for k in latest.into_values().flatten() {
+        let info = transfer
+            .gate
+            .run(cancel, || transfer.store.head(&k.key))
+            .await?;
+        let root = info
+            .as_ref()
+            .and_then(root_of)
+            .ok_or_else(|| TransferError::Refused {
+                path: PathBuf::from(&k.key),
+                message: "output manifest has no asset-root metadata; cannot tell where it belongs"
+                    .into(),
+            })?;
+        by_root.entry(root).or_default().push(k);
+    }
+    let mut roots = Vec::new();
+    for (root_path, mut keys) in by_root {
+        keys.sort_by_key(|k| (k.last_modified_ms, k.key.clone()));
+        let mut manifests = Vec::new();
+        for k in &keys {
+            manifests.push(fetch_manifest(&transfer, &k.key, None, cancel).await?);
+        }
+        let destination = spec
+            .root_map
+            .iter()
+            .find(|(from, _)| *from == root_path)
+            .map(|(_, to)| to.clone())
+            .unwrap_or_else(|| PathBuf::from(&root_path));
+        let get_spec = GetSpec {
+            manifest: merge(manifests),
+            dest: destination.clone(),
+            cache_dir: spec.cache_dir.clone(),
+            conflict: spec.conflict,
+            check_space: true,
+        };
+        let report = get::run(get_spec, transfer.clone(), cancel).await?;
+        roots.push(DownloadedRoot {
+            root_path,
+            destination,
+            manifests: keys.len(),
+            report,
+        });
+    }
+    Ok(DownloadOutputsReport {
+        tasks,
+        roots,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The root path an output manifest belongs to: `asset-root-json` (JSON string) if present,
+/// else `asset-root`.
+fn root_of(info: &crate::store::ObjectInfo) -> Option<String> {
+    if let Some(j) = info.meta("asset-root-json") {
+        return serde_json::from_str::<String>(j).ok();
+    }
+    info.meta("asset-root").map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_keys_parse() {
+        let p = "DeadlineCloud/Manifests/f/q/j/";
+        let k = parse(
+            &format!("{p}step-1/task-2/2026-01-02T03:04:05.000006Z_sessionaction-3/abc_output"),
+            p,
+            5,
+        )
+        .unwrap();
+        assert_eq!(k.task, ("step-1".to_string(), "task-2".to_string()));
+        assert_eq!(
+            k.session_action,
+            "2026-01-02T03:04:05.000006Z_sessionaction-3"
+        );
+        assert!(parse(&format!("{p}step-1/task-2/x/abc_input"), p, 0).is_none());
+        assert!(parse(&format!("{p}step-1/abc_output"), p, 0).is_none());
+    }
+}

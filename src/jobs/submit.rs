@@ -1,0 +1,425 @@
+//! The submit job (workstation): group inputs into asset roots as the official client does,
+//! hash and upload each root's files, and only then publish its input manifest; the result is
+//! the job's `attachments`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::attachments::{Attachments, ManifestProperties, PathFormat};
+use super::hash::{HashJobError, HashReport, HashSpec, hash_listed};
+use super::put::{PutError, run_with};
+use super::{Cancelled, normalize_root, on_pool};
+use crate::hash::ContentHash;
+use crate::hash::cache::HashCache;
+use crate::hash::parallel::HashStats;
+use crate::scan::{FileStat, ScanOutcome, ScannedFile, scan};
+use crate::store::PutOptions;
+use crate::store::layout::{input_manifest_path, manifests_prefix, new_guid};
+use crate::transfer::upload::UploadReport;
+use crate::transfer::{Transfer, TransferError};
+
+/// A storage-profile location of type LOCAL: inputs under it form a root named after it.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubmitSpec {
+    pub inputs: Vec<PathBuf>,
+    pub output_dirs: Vec<PathBuf>,
+    /// Paths the job refers to that need not exist (they shape the roots only).
+    pub referenced: Vec<PathBuf>,
+    pub farm_id: String,
+    pub queue_id: String,
+    pub local_locations: Vec<Location>,
+    /// SHARED locations: the farm reaches them itself, nothing under them is uploaded.
+    pub shared_locations: Vec<PathBuf>,
+    /// Hashing settings (its `roots` are ignored).
+    pub hash: HashSpec,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Put(#[from] PutError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    #[error("{0}")]
+    Input(String),
+}
+
+impl From<HashJobError> for SubmitError {
+    fn from(e: HashJobError) -> Self {
+        SubmitError::Put(PutError::Hash(e))
+    }
+}
+
+/// The outcome for one asset root.
+#[derive(Debug, serde::Serialize)]
+pub struct RootResult {
+    pub root_path: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub hash: HashStats,
+    pub upload: Option<UploadReport>,
+    /// The manifest key (absent for a root with outputs only).
+    pub manifest_key: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct SubmitReport {
+    pub attachments: Attachments,
+    pub roots: Vec<RootResult>,
+    pub seconds: f64,
+}
+
+/// One asset root being assembled.
+#[derive(Debug, Default)]
+struct Group {
+    location: Option<String>,
+    /// Set for a storage-profile root; else the common path of its members.
+    fixed_root: Option<PathBuf>,
+    inputs: Vec<PathBuf>,
+    outputs: Vec<PathBuf>,
+    referenced: Vec<PathBuf>,
+}
+
+impl Group {
+    fn root(&self) -> PathBuf {
+        if let Some(r) = &self.fixed_root {
+            return r.clone();
+        }
+        // A file input stands for its directory; directories and outputs for themselves.
+        let dirs = self
+            .inputs
+            .iter()
+            .map(|p| {
+                if p.is_dir() {
+                    p.clone()
+                } else {
+                    p.parent().unwrap_or(p).to_path_buf()
+                }
+            })
+            .chain(self.outputs.iter().cloned())
+            .chain(
+                self.referenced
+                    .iter()
+                    .map(|p| p.parent().unwrap_or(p).to_path_buf()),
+            );
+        common_path(dirs).unwrap_or_else(|| PathBuf::from("/"))
+    }
+}
+
+fn common_path(paths: impl Iterator<Item = PathBuf>) -> Option<PathBuf> {
+    paths.reduce(|acc, p| {
+        let mut out = PathBuf::new();
+        for (a, b) in acc.components().zip(p.components()) {
+            if a != b {
+                break;
+            }
+            out.push(a);
+        }
+        out
+    })
+}
+
+/// Groups paths into asset roots: a LOCAL storage-profile location is its own root; everything
+/// else goes by top-level directory (on POSIX that is `/`, so one root: the common path).
+fn group(spec: &SubmitSpec) -> Result<BTreeMap<String, Group>, SubmitError> {
+    let norm = |p: &Path| {
+        normalize_root(p).map_err(|e| SubmitError::Input(format!("{}: {e}", p.display())))
+    };
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    let lists = [
+        (0, &spec.inputs),
+        (1, &spec.output_dirs),
+        (2, &spec.referenced),
+    ];
+    for (kind, list) in lists {
+        for p in list {
+            let p = norm(p)?;
+            if spec.shared_locations.iter().any(|s| p.starts_with(s)) {
+                tracing::info!(path = %p.display(), "under a SHARED location; not uploaded");
+                continue;
+            }
+            let g = match spec.local_locations.iter().find(|l| p.starts_with(&l.path)) {
+                Some(l) => {
+                    let g = groups.entry(format!("location:{}", l.name)).or_default();
+                    g.location = Some(l.name.clone());
+                    g.fixed_root = Some(l.path.clone());
+                    g
+                }
+                None => {
+                    let top = p
+                        .components()
+                        .next()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned());
+                    groups
+                        .entry(format!("top:{}", top.unwrap_or_default()))
+                        .or_default()
+                }
+            };
+            match kind {
+                0 => g.inputs.push(p),
+                1 => g.outputs.push(p),
+                _ => g.referenced.push(p),
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// Submits: every root's data first, then its manifest; nothing is published if anything
+/// fails or is cancelled.
+pub async fn run(
+    spec: SubmitSpec,
+    transfer: Arc<Transfer>,
+    cancel: &CancellationToken,
+) -> Result<SubmitReport, SubmitError> {
+    let started = std::time::Instant::now();
+    let groups = group(&spec)?;
+    if groups
+        .values()
+        .all(|g| g.inputs.is_empty() && g.outputs.is_empty())
+    {
+        return Err(SubmitError::Input(
+            "nothing to submit: give input files or directories, or --output-dir".into(),
+        ));
+    }
+    let mut attachments = Attachments {
+        manifests: Vec::new(),
+        file_system: "COPIED".into(),
+    };
+    let mut roots = Vec::new();
+    let mut to_publish = Vec::new();
+    for g in groups.values() {
+        let root = g.root();
+        let root_path = root.to_string_lossy().into_owned();
+        let outputs: Vec<String> = g
+            .outputs
+            .iter()
+            .map(|o| match o.strip_prefix(&root) {
+                Ok(r) if r.as_os_str().is_empty() => ".".to_string(),
+                Ok(r) => r.to_string_lossy().into_owned(),
+                Err(_) => o.to_string_lossy().into_owned(),
+            })
+            .collect();
+        let mut props = ManifestProperties {
+            root_path: root_path.clone(),
+            root_path_format: PathFormat::native(),
+            file_system_location_name: g.location.clone(),
+            input_manifest_path: None,
+            input_manifest_hash: None,
+            output_relative_directories: (!outputs.is_empty()).then_some(outputs),
+        };
+        let mut result = RootResult {
+            root_path: root_path.clone(),
+            files: 0,
+            bytes: 0,
+            hash: HashStats::default(),
+            upload: None,
+            manifest_key: None,
+        };
+        if !g.inputs.is_empty() {
+            let (report, upload) =
+                hash_and_upload(&root, &g.inputs, &spec, transfer.clone(), cancel).await?;
+            let hashed = &report.roots[0];
+            result.files = hashed.stats.files;
+            result.bytes = hashed.stats.bytes;
+            result.hash = hashed.stats;
+            result.upload = Some(upload);
+            if !hashed.manifest.is_empty() {
+                let bytes = hashed.manifest.encode().expect("not empty");
+                let rel =
+                    input_manifest_path(&spec.farm_id, &spec.queue_id, &new_guid(), &root_path);
+                props.input_manifest_path = Some(rel.clone());
+                props.input_manifest_hash = Some(ContentHash::of(&bytes).to_hex());
+                let key = format!("{}{rel}", manifests_prefix(transfer.store.root_prefix()));
+                result.manifest_key = Some(key.clone());
+                to_publish.push((key, bytes));
+            }
+        }
+        attachments.manifests.push(props);
+        roots.push(result);
+    }
+    if attachments.manifests.len() > 10 {
+        return Err(SubmitError::Input(format!(
+            "{} asset roots; a job takes at most 10. Move inputs under fewer top directories or storage-profile locations",
+            attachments.manifests.len()
+        )));
+    }
+    // Every data object exists now: publish the manifests.
+    for (key, bytes) in to_publish {
+        if cancel.is_cancelled() {
+            return Err(TransferError::Cancelled(Cancelled).into());
+        }
+        if transfer.dry_run {
+            continue;
+        }
+        let (body, opts) = (bytes::Bytes::from(bytes), PutOptions::default());
+        transfer
+            .gate
+            .run(cancel, || transfer.store.put(&key, body.clone(), &opts))
+            .await?;
+    }
+    Ok(SubmitReport {
+        attachments,
+        roots,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Scans the inputs of one root (directories walked, files taken as they are) and runs them
+/// through the hash → upload pipeline.
+async fn hash_and_upload(
+    root: &Path,
+    inputs: &[PathBuf],
+    spec: &SubmitSpec,
+    transfer: Arc<Transfer>,
+    cancel: &CancellationToken,
+) -> Result<(HashReport, UploadReport), SubmitError> {
+    let (root, inputs, hash_spec) = (root.to_path_buf(), inputs.to_vec(), spec.hash.clone());
+    let put = run_with(
+        move |sink, job| {
+            let started = std::time::Instant::now();
+            let cache = hash_spec
+                .cache_dir
+                .as_deref()
+                .map(HashCache::open)
+                .transpose()?;
+            let progress = crate::progress::Progress::default();
+            let hashed = on_pool(hash_spec.threads, || {
+                let files = collect_inputs(&root, &inputs, &hash_spec, job)?;
+                hash_listed(
+                    &root,
+                    files,
+                    &hash_spec,
+                    cache.as_ref(),
+                    job,
+                    &progress,
+                    Some(sink),
+                )
+            })?;
+            let stats = hashed.stats;
+            Ok(HashReport {
+                roots: vec![hashed],
+                stats,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        },
+        transfer,
+        cancel,
+    )
+    .await?;
+    Ok((put.hash, put.upload))
+}
+
+/// The files of `inputs`, with paths relative to `root`, each once.
+fn collect_inputs(
+    root: &Path,
+    inputs: &[PathBuf],
+    spec: &HashSpec,
+    cancel: &CancellationToken,
+) -> Result<Vec<ScannedFile>, HashJobError> {
+    let mut files = Vec::new();
+    for input in inputs {
+        let rel_base = input
+            .strip_prefix(root)
+            .expect("inputs are under their root");
+        let meta = std::fs::metadata(input).map_err(|source| HashJobError::Root {
+            root: input.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            let found = match scan(input, spec.scan.clone(), cancel)? {
+                ScanOutcome::Done(f) => f,
+                ScanOutcome::Cancelled => return Err(Cancelled.into()),
+            };
+            for mut f in found {
+                if !rel_base.as_os_str().is_empty() {
+                    let mut rel = rel_base.as_os_str().as_encoded_bytes().to_vec();
+                    rel.push(b'/');
+                    rel.extend_from_slice(&f.rel.to_posix_bytes().expect("scanned names"));
+                    f.rel = crate::manifest::ManifestPath::from_posix_bytes(&rel);
+                }
+                files.push(f);
+            }
+        } else if meta.is_file() {
+            let rel = crate::manifest::ManifestPath::from_posix_bytes(
+                rel_base.as_os_str().as_encoded_bytes(),
+            );
+            files.push(ScannedFile {
+                rel,
+                stat: FileStat::of(&meta),
+            });
+        } else {
+            return Err(HashJobError::Root {
+                root: input.clone(),
+                source: std::io::Error::other("not a regular file or directory"),
+            });
+        }
+    }
+    files.sort_by(|a, b| a.rel.as_wtf8().cmp(b.rel.as_wtf8()));
+    files.dedup_by(|a, b| a.rel == b.rel);
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(inputs: &[&str], outputs: &[&str]) -> SubmitSpec {
+        SubmitSpec {
+            inputs: inputs.iter().map(PathBuf::from).collect(),
+            output_dirs: outputs.iter().map(PathBuf::from).collect(),
+            referenced: vec![],
+            farm_id: "f".into(),
+            queue_id: "q".into(),
+            local_locations: vec![Location {
+                name: "Assets".into(),
+                path: "/mnt/assets".into(),
+            }],
+            shared_locations: vec!["/mnt/shared".into()],
+            hash: HashSpec {
+                roots: vec![],
+                cache_dir: None,
+                threads: 1,
+                read_buffer: 1 << 20,
+                scan: Default::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn roots_are_common_paths_and_locations() {
+        let g = group(&spec(
+            &[
+                "/proj/a/x.ma",
+                "/proj/b/tex/y.png",
+                "/mnt/assets/lib/z.abc",
+                "/mnt/shared/big.vdb",
+            ],
+            &["/proj/out"],
+        ))
+        .unwrap();
+        let roots: Vec<(Option<String>, PathBuf)> =
+            g.values().map(|g| (g.location.clone(), g.root())).collect();
+        assert!(roots.contains(&(None, PathBuf::from("/proj"))), "{roots:?}");
+        assert!(
+            roots.contains(&(Some("Assets".into()), PathBuf::from("/mnt/assets"))),
+            "{roots:?}"
+        );
+        assert_eq!(roots.len(), 2, "shared inputs are not uploaded: {roots:?}");
+        let single = group(&spec(&["/proj/a/x.ma"], &[])).unwrap();
+        assert_eq!(
+            single.values().next().unwrap().root(),
+            PathBuf::from("/proj/a"),
+            "a single file's root is its directory"
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! The sync-outputs job (worker): find the files a task wrote under each root's output
+//! directories (new, or changed since sync-inputs), upload them, then publish each root's output
+//! manifest under the task's output key.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::attachments::{Attachments, local_root};
+use super::hash::{HashJobError, HashReport, HashSpec, hash_listed};
+use super::put::{PutError, run_with};
+use super::sync_inputs::read_record;
+use super::{Cancelled, on_pool};
+use crate::hash::ContentHash;
+use crate::hash::cache::HashCache;
+use crate::manifest::{ManifestEntry, ManifestPath, json_quote};
+use crate::scan::{ScanOptions, ScanOutcome, ScannedFile, scan};
+use crate::store::PutOptions;
+use crate::store::layout::{OutputManifestPath, manifests_prefix};
+use crate::transfer::Transfer;
+
+pub struct SyncOutputsSpec {
+    pub attachments: Attachments,
+    pub session_dir: PathBuf,
+    pub location_map: Vec<(String, PathBuf)>,
+    pub farm_id: String,
+    pub queue_id: String,
+    pub job_id: String,
+    pub step_id: String,
+    pub task_id: String,
+    pub session_action_id: String,
+    /// `%Y-%m-%dT%H:%M:%S.%fZ`.
+    pub start_time: String,
+    pub hash: HashSpec,
+}
+
+/// One published output manifest, as the worker reports it.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputManifest {
+    pub output_manifest_path: String,
+    pub output_manifest_hash: String,
+    #[serde(skip)]
+    pub root_path: String,
+    #[serde(skip)]
+    pub files: u64,
+}
+
+pub async fn run(
+    spec: SyncOutputsSpec,
+    transfer: Arc<Transfer>,
+    cancel: &CancellationToken,
+) -> Result<Vec<OutputManifest>, PutError> {
+    let keys = OutputManifestPath {
+        farm: &spec.farm_id,
+        queue: &spec.queue_id,
+        job: &spec.job_id,
+        step: &spec.step_id,
+        task: &spec.task_id,
+        start_time: &spec.start_time,
+        session_action: &spec.session_action_id,
+    };
+    let prefix = manifests_prefix(transfer.store.root_prefix());
+    let mut published = Vec::new();
+    for m in &spec.attachments.manifests {
+        let Some(dirs) = m
+            .output_relative_directories
+            .as_ref()
+            .filter(|d| !d.is_empty())
+        else {
+            continue;
+        };
+        let local = local_root(&spec.session_dir, m, &spec.location_map);
+        let (local2, dirs, session, hash_spec) = (
+            local.clone(),
+            dirs.clone(),
+            spec.session_dir.clone(),
+            spec.hash.clone(),
+        );
+        let put = run_with(
+            move |sink, job| {
+                let started = std::time::Instant::now();
+                let cache = hash_spec
+                    .cache_dir
+                    .as_deref()
+                    .map(HashCache::open)
+                    .transpose()?;
+                let progress = crate::progress::Progress::default();
+                let hashed = on_pool(hash_spec.threads, || {
+                    let files = changed_outputs(&local2, &dirs, &session, job)?;
+                    hash_listed(
+                        &local2,
+                        files,
+                        &hash_spec,
+                        cache.as_ref(),
+                        job,
+                        &progress,
+                        Some(sink),
+                    )
+                })?;
+                let stats = hashed.stats;
+                Ok(HashReport {
+                    roots: vec![hashed],
+                    stats,
+                    seconds: started.elapsed().as_secs_f64(),
+                })
+            },
+            transfer.clone(),
+            cancel,
+        )
+        .await?;
+        let manifest = &put.hash.roots[0].manifest;
+        if manifest.is_empty() {
+            tracing::info!(root = %m.root_path, "no new or changed outputs");
+            continue;
+        }
+        // The data is all there: publish the manifest.
+        let bytes = bytes::Bytes::from(manifest.encode().expect("not empty"));
+        let rel = keys.for_root(m.file_system_location_name.as_deref(), &m.root_path);
+        let key = format!("{prefix}{rel}");
+        let opts = PutOptions {
+            if_none_match: false,
+            metadata: asset_root_metadata(&m.root_path),
+        };
+        if cancel.is_cancelled() {
+            return Err(PutError::Transfer(Cancelled.into()));
+        }
+        transfer
+            .gate
+            .run(cancel, || transfer.store.put(&key, bytes.clone(), &opts))
+            .await
+            .map_err(PutError::Transfer)?;
+        published.push(OutputManifest {
+            output_manifest_path: rel,
+            output_manifest_hash: ContentHash::of(&bytes).to_hex(),
+            root_path: m.root_path.clone(),
+            files: manifest.len() as u64,
+        });
+    }
+    Ok(published)
+}
+
+/// `asset-root` is the root path when it is ASCII; otherwise both keys hold its JSON-quoted,
+/// ASCII-escaped form (readers prefer `asset-root-json`).
+pub fn asset_root_metadata(root_path: &str) -> Vec<(String, String)> {
+    if root_path.is_ascii() {
+        vec![("asset-root".into(), root_path.into())]
+    } else {
+        let quoted = json_quote(root_path);
+        vec![
+            ("asset-root".into(), quoted.clone()),
+            ("asset-root-json".into(), quoted),
+        ]
+    }
+}
+
+/// Files under the output directories that sync-inputs did not place, or whose size or mtime
+/// changed since. Symlinks may point anywhere inside the session directory, nowhere else.
+fn changed_outputs(
+    local: &std::path::Path,
+    dirs: &[String],
+    session_dir: &std::path::Path,
+    cancel: &CancellationToken,
+) -> Result<Vec<ScannedFile>, HashJobError> {
+    let record: HashMap<ManifestPath, (u64, i64)> = read_record(session_dir, local)
+        .map(|m| {
+            m.into_entries()
+                .into_iter()
+                .map(|e| (e.path, (e.size, e.mtime_us)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let opts = ScanOptions {
+        follow_external_symlinks: false,
+        boundary: Some(session_dir.to_path_buf()),
+    };
+    let mut out = Vec::new();
+    for dir in dirs {
+        let rel_dir = if dir == "." {
+            String::new()
+        } else {
+            dir.trim_matches('/').to_string()
+        };
+        let path = if rel_dir.is_empty() {
+            local.to_path_buf()
+        } else {
+            local.join(&rel_dir)
+        };
+        if !path.is_dir() {
+            continue;
+        }
+        let found = match scan(&path, opts.clone(), cancel)? {
+            ScanOutcome::Done(f) => f,
+            ScanOutcome::Cancelled => return Err(Cancelled.into()),
+        };
+        for mut f in found {
+            if !rel_dir.is_empty() {
+                let mut rel = rel_dir.as_bytes().to_vec();
+                rel.push(b'/');
+                rel.extend_from_slice(&f.rel.to_posix_bytes().expect("scanned names"));
+                f.rel = ManifestPath::from_posix_bytes(&rel);
+            }
+            let now = (
+                f.stat.size,
+                ManifestEntry::mtime_us_from_ns(f.stat.mtime_ns),
+            );
+            if record.get(&f.rel) != Some(&now) {
+                out.push(f);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.rel.as_wtf8().cmp(b.rel.as_wtf8()));
+    out.dedup_by(|a, b| a.rel == b.rel);
+    Ok(out)
+}
