@@ -184,3 +184,24 @@ fn every_escape_class_is_spelled_like_python() {
         );
     }
 }
+
+/// A manifest of a million entries (the size a hostile or huge job can reach) decodes and
+/// re-encodes to the same bytes.
+#[test]
+fn a_million_entry_manifest_round_trips() {
+    let entries: Vec<ManifestEntry> = (0..1_000_000u64)
+        .map(|i| ManifestEntry {
+            path: ManifestPath::from_utf8(&format!("shot{:03}/frame.{i:07}.exr", i % 997)),
+            hash: ContentHash(
+                u128::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
+            ),
+            size: i,
+            mtime_us: 1_700_000_000_000_000 + i as i64,
+        })
+        .collect();
+    let m = Manifest::new(entries);
+    let bytes = m.encode().unwrap();
+    let back = decode(&bytes).unwrap();
+    assert_eq!(back.len(), 1_000_000);
+    assert_eq!(back.encode().unwrap(), bytes);
+}

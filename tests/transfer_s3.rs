@@ -80,6 +80,8 @@ async fn get_tree(m: &Manifest, dest: &Path, s: &Settings) -> Result<GetReport, 
         manifest: m.clone(),
         dest: dest.to_path_buf(),
         cache_dir: None,
+        conflict: Default::default(),
+        check_space: false,
     };
     get::run(spec, transfer(s).await, &CancellationToken::new()).await
 }
@@ -349,6 +351,8 @@ async fn cancelling_a_many_file_download_returns_within_a_second_and_leaves_noth
         manifest: m.clone(),
         dest: dest.clone(),
         cache_dir: None,
+        conflict: Default::default(),
+        check_space: false,
     };
     let tr = transfer(&s).await;
     let job = {

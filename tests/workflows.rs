@@ -1,0 +1,462 @@
+//! The farm workflows through the binary against the in-process S3 server: submit →
+//! sync-inputs → (render) → sync-outputs → download-outputs, re-submits, failures, malicious
+//! manifests, Windows roots.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use attache::hash::ContentHash;
+use common::s3::TestS3;
+use common::*;
+
+// s3s-fs limits keys to ~156 bytes: short ids here (the Garage script uses real-length ones).
+const IDS: [&str; 4] = ["--farm-id", "farm-1", "--queue-id", "queue-1"];
+
+struct Farm {
+    s3: TestS3,
+    t: tempfile::TempDir,
+}
+
+impl Farm {
+    fn new() -> Farm {
+        Farm {
+            s3: TestS3::start_background(),
+            t: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.t.path().join(p)
+    }
+
+    /// attache with this farm's store, a workstation's or a worker's own cache.
+    fn attache(&self, cache: &str) -> Command {
+        let mut c = attache(&self.path(cache));
+        c.envs(self.s3.env())
+            .env("ATTACHE_STORE__URL", self.s3.store_url("DeadlineCloud"));
+        c
+    }
+
+    fn ok(&self, c: &mut Command) -> String {
+        let (code, out, err) = run(c);
+        assert_eq!(code, 0, "{err}");
+        out
+    }
+}
+
+fn write(p: &Path, data: &[u8]) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+fn manifest_keys(s3: &TestS3) -> Vec<String> {
+    s3.object_keys()
+        .into_iter()
+        .filter(|k| k.contains("/Manifests/"))
+        .collect()
+}
+
+#[test]
+fn submit_sync_render_sync_outputs_download_outputs() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    build_fixture_tree("edge", &proj.join("assets"));
+    write(&proj.join("scenes/shot.ma"), b"scene v1");
+    std::fs::create_dir_all(proj.join("renders")).unwrap();
+
+    // Workstation: submit.
+    let att = f.path("attachments.json");
+    f.ok(f
+        .attache("ws")
+        .arg("submit")
+        .args(IDS)
+        .arg(proj.join("assets"))
+        .arg(proj.join("scenes/shot.ma"))
+        .arg("--output-dir")
+        .arg(proj.join("renders"))
+        .arg("-o")
+        .arg(&att));
+    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(&att).unwrap()).unwrap();
+    let m = &a["manifests"][0];
+    assert_eq!(m["rootPath"], proj.to_str().unwrap());
+    assert_eq!(m["rootPathFormat"], "posix");
+    assert_eq!(
+        m["outputRelativeDirectories"],
+        serde_json::json!(["renders"])
+    );
+    assert_eq!(a["fileSystem"], "COPIED");
+    let key = format!(
+        "DeadlineCloud/Manifests/{}",
+        m["inputManifestPath"].as_str().unwrap()
+    );
+    let published = f.s3.read_object(&key).expect("manifest published");
+    assert_eq!(
+        ContentHash::of(&published).to_hex(),
+        m["inputManifestHash"].as_str().unwrap()
+    );
+    assert!(key.ends_with(&attache::store::layout::input_manifest_name(&proj)));
+
+    // Worker: sync inputs into the session dir.
+    let session = f.path("session");
+    let rules = f.ok(f
+        .attache("worker")
+        .arg("sync-inputs")
+        .arg("--attachments")
+        .arg(&att)
+        .arg("--session-dir")
+        .arg(&session));
+    let rules: serde_json::Value = serde_json::from_str(&rules).unwrap();
+    let local = PathBuf::from(rules[0]["destination_path"].as_str().unwrap());
+    assert_eq!(rules[0]["source_path"], proj.to_str().unwrap());
+    assert_eq!(
+        local,
+        session.join(attache::jobs::attachments::asset_root_dir_name(
+            proj.to_str().unwrap()
+        ))
+    );
+    for rel in ["assets/a-b.txt", "assets/a/😀.txt", "scenes/shot.ma"] {
+        assert_eq!(
+            std::fs::read(local.join(rel)).unwrap(),
+            std::fs::read(proj.join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+
+    // The task renders two frames and touches an input outside the output dir.
+    write(&local.join("renders/f0001.exr"), b"frame 1");
+    write(&local.join("renders/sub/f0002.exr"), b"frame 2");
+    write(&local.join("scenes/shot.ma"), b"scene edited by the task");
+    let outs = f.ok(f
+        .attache("worker")
+        .arg("sync-outputs")
+        .args(IDS)
+        .args([
+            "--job-id",
+            "job-1",
+            "--step-id",
+            "step-1",
+            "--task-id",
+            "task-1",
+            "--session-action-id",
+            "sa-1",
+        ])
+        .arg("--attachments")
+        .arg(&att)
+        .arg("--session-dir")
+        .arg(&session));
+    let outs: serde_json::Value = serde_json::from_str(&outs).unwrap();
+    let out_key = format!(
+        "DeadlineCloud/Manifests/{}",
+        outs[0]["outputManifestPath"].as_str().unwrap()
+    );
+    let out_manifest =
+        attache::manifest::decode(&f.s3.read_object(&out_key).expect("output manifest")).unwrap();
+    let paths: Vec<String> = out_manifest
+        .entries()
+        .iter()
+        .map(|e| e.path.display().into_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        ["renders/f0001.exr", "renders/sub/f0002.exr"],
+        "only new files under the output dir"
+    );
+    assert!(
+        out_key.contains("/job-1/step-1/task-1/") && out_key.ends_with("_output"),
+        "{out_key}"
+    );
+
+    // A second run of the same task (a retry) replaces the first one's outputs.
+    write(&local.join("renders/f0001.exr"), b"frame 1, retried");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    f.ok(f
+        .attache("worker")
+        .arg("sync-outputs")
+        .args(IDS)
+        .args([
+            "--job-id",
+            "job-1",
+            "--step-id",
+            "step-1",
+            "--task-id",
+            "task-1",
+            "--session-action-id",
+            "sa-2",
+        ])
+        .arg("--attachments")
+        .arg(&att)
+        .arg("--session-dir")
+        .arg(&session));
+
+    // Workstation: download outputs to where they belong.
+    f.ok(f
+        .attache("ws")
+        .arg("download-outputs")
+        .args(IDS)
+        .args(["--job-id", "job-1"]));
+    assert_eq!(
+        std::fs::read(proj.join("renders/f0001.exr")).unwrap(),
+        b"frame 1, retried"
+    );
+    assert_eq!(
+        std::fs::read(proj.join("renders/sub/f0002.exr")).unwrap(),
+        b"frame 2"
+    );
+    assert_eq!(
+        std::fs::read(proj.join("scenes/shot.ma")).unwrap(),
+        b"scene v1",
+        "inputs are not outputs"
+    );
+}
+
+#[test]
+fn a_second_submit_of_an_unchanged_tree_uploads_nothing_and_publishes_one_manifest() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    for i in 0..40 {
+        write(
+            &proj.join(format!("d{}/f{i}", i % 4)),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    wait_out_racy_window();
+    f.ok(f.attache("ws").arg("submit").args(IDS).arg(&proj));
+    let before = manifest_keys(&f.s3).len();
+    f.s3.stats.reset();
+    f.ok(f.attache("ws").arg("submit").args(IDS).arg(&proj));
+    assert_eq!(
+        f.s3.stats.requests_matching(|r| r.path.contains("/Data/")),
+        0,
+        "{:?}",
+        f.s3.stats.log()
+    );
+    assert_eq!(
+        f.s3.stats.requests(),
+        1,
+        "one request: the new manifest ({:?})",
+        f.s3.stats.log()
+    );
+    assert_eq!(manifest_keys(&f.s3).len(), before + 1);
+}
+
+#[test]
+fn a_failed_submit_publishes_no_manifest() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    for i in 0..10 {
+        write(&proj.join(format!("f{i}")), format!("file {i}").as_bytes());
+    }
+    f.s3.faults
+        .only_for(|m, key| m.as_str() == "PUT" && key.contains("/Data/"));
+    f.s3.faults.internal_error_next(1_000_000);
+    let (code, _, err) = run(f
+        .attache("ws")
+        .arg("submit")
+        .args(IDS)
+        .arg(&proj)
+        .env("ATTACHE_S3__RETRY_ATTEMPTS", "0"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("PUT") && err.contains("/Data/"), "{err}");
+    assert!(
+        manifest_keys(&f.s3).is_empty(),
+        "a manifest was published without its data"
+    );
+}
+
+#[test]
+fn windows_roots_sync_on_linux_with_mapping_rules() {
+    let f = Farm::new();
+    // A manifest as a Windows workstation would publish it.
+    let files = [
+        ("scene\\ignored", ""),
+        ("scenes/shot.ma", "win scene"),
+        ("tex/wood.png", "png"),
+    ];
+    let entries: Vec<attache::manifest::ManifestEntry> = files[1..]
+        .iter()
+        .map(|(p, c)| attache::manifest::ManifestEntry {
+            path: attache::manifest::ManifestPath::from_utf8(p),
+            hash: ContentHash::of(c.as_bytes()),
+            size: c.len() as u64,
+            mtime_us: 1_700_000_000_000_000,
+        })
+        .collect();
+    for (_, c) in &files[1..] {
+        f.s3.write_object(
+            &format!(
+                "DeadlineCloud/Data/{}.xxh128",
+                ContentHash::of(c.as_bytes())
+            ),
+            c.as_bytes(),
+        );
+    }
+    let bytes = attache::manifest::Manifest::new(entries).encode().unwrap();
+    let root = "C:\\Projects\\Shot 010";
+    let rel = attache::store::layout::input_manifest_path(
+        "farm-1",
+        "queue-1",
+        &attache::store::layout::new_guid(),
+        root,
+    );
+    f.s3.write_object(&format!("DeadlineCloud/Manifests/{rel}"), &bytes);
+    let att = serde_json::json!({"manifests": [{"rootPath": root, "rootPathFormat": "windows",
+        "inputManifestPath": rel, "inputManifestHash": ContentHash::of(&bytes).to_hex()}], "fileSystem": "COPIED"});
+    let att_path = f.path("att.json");
+    std::fs::write(&att_path, att.to_string()).unwrap();
+    let session = f.path("session");
+    let rules = f.ok(f
+        .attache("w")
+        .arg("sync-inputs")
+        .arg("--attachments")
+        .arg(&att_path)
+        .arg("--session-dir")
+        .arg(&session));
+    let rules: serde_json::Value = serde_json::from_str(&rules).unwrap();
+    assert_eq!(rules[0]["source_path_format"], "windows");
+    assert_eq!(rules[0]["source_path"], root);
+    let local = PathBuf::from(rules[0]["destination_path"].as_str().unwrap());
+    assert_eq!(
+        local,
+        session.join(attache::jobs::attachments::asset_root_dir_name(root))
+    );
+    assert_eq!(
+        std::fs::read(local.join("scenes/shot.ma")).unwrap(),
+        b"win scene"
+    );
+    assert_eq!(std::fs::read(local.join("tex/wood.png")).unwrap(), b"png");
+}
+
+/// Publishes `manifest_text` as a job's only input manifest and returns the attachments file.
+fn job_with_manifest(f: &Farm, manifest_text: &[u8], hash_ok: bool) -> PathBuf {
+    let rel = "farm-1/queue-1/Inputs/00000000000040008000000000000000/bad_input";
+    f.s3.write_object(&format!("DeadlineCloud/Manifests/{rel}"), manifest_text);
+    let hash = if hash_ok {
+        ContentHash::of(manifest_text).to_hex()
+    } else {
+        "0".repeat(32)
+    };
+    let att = serde_json::json!({"manifests": [{"rootPath": "/proj", "rootPathFormat": "posix",
+        "inputManifestPath": rel, "inputManifestHash": hash}], "fileSystem": "COPIED"});
+    let p = f.path("att.json");
+    std::fs::write(&p, att.to_string()).unwrap();
+    p
+}
+
+fn entry(path: &str, content: &str) -> String {
+    format!(
+        r#"{{"hash":"{}","mtime":1700000000000000,"path":"{path}","size":{}}}"#,
+        ContentHash::of(content.as_bytes()),
+        content.len()
+    )
+}
+
+#[test]
+fn malicious_manifests_touch_nothing_outside_the_session_dir() {
+    let f = Farm::new();
+    f.s3.write_object(
+        &format!("DeadlineCloud/Data/{}.xxh128", ContentHash::of(b"evil")),
+        b"evil",
+    );
+    let outside = f.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let doc = |entries: &[String]| {
+        format!(
+            r#"{{"hashAlg":"xxh128","manifestVersion":"2023-03-03","paths":[{}],"totalSize":4}}"#,
+            entries.join(",")
+        )
+    };
+    let cases: Vec<(String, bool, &str)> = vec![
+        (
+            doc(&[entry("../../outside/pwned", "evil")]),
+            true,
+            "'..' segment",
+        ),
+        (
+            doc(&[entry(&format!("{}/pwned", outside.display()), "evil")]),
+            true,
+            "absolute",
+        ),
+        ("{not json".to_string(), true, "not valid JSON"),
+        (
+            doc(&[entry("ok", "evil")]).replace("2023-03-03", "2099-01-01"),
+            true,
+            "unsupported manifest version",
+        ),
+        (doc(&[entry("ok", "evil")]), false, "manifest hash is"),
+    ];
+    for (text, hash_ok, want) in cases {
+        let att = job_with_manifest(&f, text.as_bytes(), hash_ok);
+        let session = f.path("session");
+        let (code, _, err) = run(f
+            .attache("w")
+            .arg("sync-inputs")
+            .arg("--attachments")
+            .arg(&att)
+            .arg("--session-dir")
+            .arg(&session));
+        assert_eq!(code, 1, "{want}: {err}");
+        assert!(err.contains(want), "{want}: {err}");
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "{want}: wrote outside"
+        );
+    }
+
+    // A symlink planted in the session dir where the manifest has a directory.
+    let att = job_with_manifest(&f, doc(&[entry("sub/pwned", "evil")]).as_bytes(), true);
+    let session = f.path("session2");
+    let local = session.join(attache::jobs::attachments::asset_root_dir_name("/proj"));
+    std::fs::create_dir_all(&local).unwrap();
+    std::os::unix::fs::symlink(&outside, local.join("sub")).unwrap();
+    let (code, _, err) = run(f
+        .attache("w")
+        .arg("sync-inputs")
+        .arg("--attachments")
+        .arg(&att)
+        .arg("--session-dir")
+        .arg(&session));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is a symlink"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote through the planted link"
+    );
+
+    // Duplicate paths: the later entry wins, one file.
+    let text = doc(&[entry("dup", "evil"), entry("dup", "evil")]);
+    let att = job_with_manifest(&f, text.as_bytes(), true);
+    let session = f.path("session3");
+    f.ok(f
+        .attache("w")
+        .arg("sync-inputs")
+        .arg("--attachments")
+        .arg(&att)
+        .arg("--session-dir")
+        .arg(&session));
+    let local = session.join(attache::jobs::attachments::asset_root_dir_name("/proj"));
+    assert_eq!(std::fs::read(local.join("dup")).unwrap(), b"evil");
+}
+
+#[test]
+fn dry_run_submit_writes_nothing() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    write(&proj.join("a"), b"a");
+    let out = f.ok(f
+        .attache("ws")
+        .arg("submit")
+        .args(IDS)
+        .arg(&proj)
+        .arg("--dry-run")
+        .arg("--json"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["roots"][0]["upload"]["uploaded_objects"], 1,
+        "would upload one object"
+    );
+    assert!(f.s3.object_keys().is_empty(), "{:?}", f.s3.object_keys());
+}
