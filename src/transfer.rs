@@ -134,3 +134,29 @@ pub async fn cancellable<T>(
         v = fut => Ok(v),
     }
 }
+
+/// Drives a job's per-object results to the end. The first real failure stops the rest
+/// (through `stop`) and is the one reported, not the cancellations it caused; a cancel of the
+/// job itself reports `Cancelled`.
+pub(crate) async fn first_failure(
+    results: impl futures::Stream<Item = Result<(), TransferError>>,
+    stop: &CancellationToken,
+    cancel: &CancellationToken,
+) -> Result<(), TransferError> {
+    use futures::StreamExt;
+    let mut results = std::pin::pin!(results);
+    let mut first = None;
+    while let Some(r) = results.next().await {
+        if let Err(e) = r {
+            stop.cancel();
+            if first.is_none() || matches!(first, Some(TransferError::Cancelled(_))) {
+                first = Some(e);
+            }
+        }
+    }
+    match first {
+        Some(TransferError::Cancelled(_)) | None if cancel.is_cancelled() => Err(Cancelled.into()),
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -114,6 +114,38 @@ fn hash_root(
     hash_listed(root, files, spec, cache, cancel, progress, sink)
 }
 
+/// Hashes the files `choose` picks under `root` (on the hashing pool, with the cache), handing
+/// each to `sink`: how submit and sync-outputs feed their own file lists to the uploader.
+pub fn hash_chosen(
+    root: &Path,
+    spec: &HashSpec,
+    sink: &dyn HashSink,
+    cancel: &CancellationToken,
+    choose: impl FnOnce(&CancellationToken) -> Result<Vec<ScannedFile>, HashJobError> + Send,
+) -> Result<HashReport, HashJobError> {
+    let started = Instant::now();
+    let cache = spec.cache_dir.as_deref().map(HashCache::open).transpose()?;
+    let progress = Progress::default();
+    let hashed = on_pool(spec.threads, || {
+        let files = choose(cancel)?;
+        hash_listed(
+            root,
+            files,
+            spec,
+            cache.as_ref(),
+            cancel,
+            &progress,
+            Some(sink),
+        )
+    })?;
+    let stats = hashed.stats;
+    Ok(HashReport {
+        roots: vec![hashed],
+        stats,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 /// Hashes chosen files of `root` (their `rel` paths are relative to it) into its manifest.
 pub fn hash_listed(
     root: &Path,

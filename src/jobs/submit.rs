@@ -9,11 +9,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::attachments::{Attachments, ManifestProperties, PathFormat};
-use super::hash::{HashJobError, HashReport, HashSpec, hash_listed};
+use super::hash::{HashJobError, HashReport, HashSpec, hash_chosen};
 use super::put::{PutError, run_with};
-use super::{Cancelled, normalize_root, on_pool};
+use super::{Cancelled, normalize_root};
 use crate::hash::ContentHash;
-use crate::hash::cache::HashCache;
 use crate::hash::parallel::HashStats;
 use crate::scan::{FileStat, ScanOutcome, ScannedFile, scan};
 use crate::store::PutOptions;
@@ -286,30 +285,8 @@ async fn hash_and_upload(
     let (root, inputs, hash_spec) = (root.to_path_buf(), inputs.to_vec(), spec.hash.clone());
     let put = run_with(
         move |sink, job| {
-            let started = std::time::Instant::now();
-            let cache = hash_spec
-                .cache_dir
-                .as_deref()
-                .map(HashCache::open)
-                .transpose()?;
-            let progress = crate::progress::Progress::default();
-            let hashed = on_pool(hash_spec.threads, || {
-                let files = collect_inputs(&root, &inputs, &hash_spec, job)?;
-                hash_listed(
-                    &root,
-                    files,
-                    &hash_spec,
-                    cache.as_ref(),
-                    job,
-                    &progress,
-                    Some(sink),
-                )
-            })?;
-            let stats = hashed.stats;
-            Ok(HashReport {
-                roots: vec![hashed],
-                stats,
-                seconds: started.elapsed().as_secs_f64(),
+            hash_chosen(&root, &hash_spec, sink, job, |job| {
+                collect_inputs(&root, &inputs, &hash_spec, job)
             })
         },
         transfer,

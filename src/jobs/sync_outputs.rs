@@ -8,13 +8,12 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::Cancelled;
 use super::attachments::{Attachments, local_root};
-use super::hash::{HashJobError, HashReport, HashSpec, hash_listed};
+use super::hash::{HashJobError, HashSpec, hash_chosen};
 use super::put::{PutError, run_with};
 use super::sync_inputs::read_record;
-use super::{Cancelled, on_pool};
 use crate::hash::ContentHash;
-use crate::hash::cache::HashCache;
 use crate::manifest::{ManifestEntry, ManifestPath, json_quote};
 use crate::scan::{ScanOptions, ScanOutcome, ScannedFile, scan};
 use crate::store::PutOptions;
@@ -81,30 +80,8 @@ pub async fn run(
         );
         let put = run_with(
             move |sink, job| {
-                let started = std::time::Instant::now();
-                let cache = hash_spec
-                    .cache_dir
-                    .as_deref()
-                    .map(HashCache::open)
-                    .transpose()?;
-                let progress = crate::progress::Progress::default();
-                let hashed = on_pool(hash_spec.threads, || {
-                    let files = changed_outputs(&local2, &dirs, &session, job)?;
-                    hash_listed(
-                        &local2,
-                        files,
-                        &hash_spec,
-                        cache.as_ref(),
-                        job,
-                        &progress,
-                        Some(sink),
-                    )
-                })?;
-                let stats = hashed.stats;
-                Ok(HashReport {
-                    roots: vec![hashed],
-                    stats,
-                    seconds: started.elapsed().as_secs_f64(),
+                hash_chosen(&local2, &hash_spec, sink, job, |job| {
+                    changed_outputs(&local2, &dirs, &session, job)
                 })
             },
             transfer.clone(),

@@ -18,7 +18,7 @@ use tempfile::NamedTempFile;
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
-use super::{Transfer, TransferError, cancellable};
+use super::{Transfer, TransferError, cancellable, first_failure};
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
 use crate::store::StoreError;
@@ -73,32 +73,20 @@ pub async fn download_all(
     groups.sort_by_key(|g| std::cmp::Reverse(g[0].size));
     let counters = Arc::new(Counters::default());
     let stop = cancel.child_token();
-    let mut results = futures::stream::iter(groups)
+    let results = futures::stream::iter(groups)
         .map(|group| {
             let (t, counters, stop) = (t.clone(), counters.clone(), stop.clone());
             async move { download_group(&t, &counters, group, &stop).await }
         })
         .buffer_unordered(t.settings.workers.max(1));
-    let mut first_error = None;
-    while let Some(r) = results.next().await {
-        if let Err(e) = r {
-            stop.cancel();
-            if first_error.is_none() || matches!(first_error, Some(TransferError::Cancelled(_))) {
-                first_error = Some(e);
-            }
-        }
-    }
-    match first_error {
-        Some(TransferError::Cancelled(_)) | None if cancel.is_cancelled() => Err(Cancelled.into()),
-        Some(e) => Err(e),
-        None => Ok(DownloadReport {
-            files: counters.files.load(Relaxed),
-            objects: counters.objects.load(Relaxed),
-            downloaded_bytes: counters.downloaded_bytes.load(Relaxed),
-            copied_files: counters.copied_files.load(Relaxed),
-            refetched: counters.refetched.load(Relaxed),
-        }),
-    }
+    first_failure(results, &stop, cancel).await?;
+    Ok(DownloadReport {
+        files: counters.files.load(Relaxed),
+        objects: counters.objects.load(Relaxed),
+        downloaded_bytes: counters.downloaded_bytes.load(Relaxed),
+        copied_files: counters.copied_files.load(Relaxed),
+        refetched: counters.refetched.load(Relaxed),
+    })
 }
 
 async fn download_group(

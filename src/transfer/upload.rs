@@ -18,7 +18,7 @@ use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
-use super::{Transfer, TransferError, cancellable};
+use super::{Transfer, TransferError, cancellable, first_failure};
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
 use crate::store::layout::data_key;
@@ -110,21 +110,8 @@ pub async fn upload_stream(
             }
         })
         .buffer_unordered(t.settings.workers.max(1));
-    let mut results = std::pin::pin!(results);
-    let mut first_error = None;
-    while let Some(r) = results.next().await {
-        if let Err(e) = r {
-            stop.cancel();
-            if first_error.is_none() || matches!(first_error, Some(TransferError::Cancelled(_))) {
-                first_error = Some(e);
-            }
-        }
-    }
-    match first_error {
-        Some(TransferError::Cancelled(_)) | None if cancel.is_cancelled() => Err(Cancelled.into()),
-        Some(e) => Err(e),
-        None => Ok(counters.report()),
-    }
+    first_failure(results, &stop, cancel).await?;
+    Ok(counters.report())
 }
 
 async fn upload_one(
