@@ -489,6 +489,9 @@ pub struct Loaded {
 
 const ENV_PREFIX: &str = "ATTACHE_";
 
+/// `ATTACHE_*` variables that steer the command line rather than set a setting.
+pub const CLIENT_ENV_VARS: &[&str] = &["ATTACHE_DAEMON"];
+
 /// Reads the file, environment and flags, merges them over the defaults and validates.
 pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     let mut setters = Setters::default();
@@ -558,7 +561,7 @@ fn env_vars(source: &EnvSource) -> Result<Vec<(String, String)>, ConfigError> {
         EnvSource::Process => process_env()?,
         EnvSource::Map(map) => map.clone().into_iter().collect(),
     };
-    vars.retain(|(name, value)| has_env_prefix(name) && !value.is_empty());
+    vars.retain(|(name, value)| has_env_prefix(name) && !value.is_empty() && !CLIENT_ENV_VARS.contains(&name.as_str()));
     vars.sort();
     Ok(vars)
 }
@@ -566,7 +569,7 @@ fn env_vars(source: &EnvSource) -> Result<Vec<(String, String)>, ConfigError> {
 fn process_env() -> Result<Vec<(String, String)>, ConfigError> {
     let ours = std::env::vars_os()
         .filter_map(|(name, value)| Some((name.into_string().ok()?, value)))
-        .filter(|(name, _)| has_env_prefix(name));
+        .filter(|(name, _)| has_env_prefix(name) && !CLIENT_ENV_VARS.contains(&name.as_str()));
     ours.map(|(name, value)| match value.into_string() {
         Ok(value) => Ok((name, value)),
         Err(_) => Err(ConfigError::InvalidValue {

@@ -7,6 +7,7 @@ pub mod get;
 pub mod hash;
 pub mod put;
 pub mod setup;
+pub mod spec;
 pub mod submit;
 pub mod sync_inputs;
 pub mod sync_outputs;

@@ -8,16 +8,11 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::transfer_args::{StoreArgs, pairs, with_transfer};
+use super::transfer_args::{StoreArgs, with_transfer};
 use super::{Context, UsageError, flag};
 use crate::config::Override;
-use crate::jobs::attachments::Attachments;
-use crate::jobs::download_outputs::DownloadOutputsSpec;
 use crate::jobs::get::Conflict;
-use crate::jobs::submit::{Location, SubmitSpec};
-use crate::jobs::sync_inputs::SyncInputsSpec;
-use crate::jobs::sync_outputs::SyncOutputsSpec;
-use crate::jobs::{download_outputs, submit, sync_inputs, sync_outputs};
+use crate::jobs::spec::{AttachmentsArg, DownloadOutputsJob, JobSpec, SubmitJob, SyncInputsJob, SyncOutputsJob};
 
 /// Flags every workflow shares besides the store's.
 #[derive(Debug, Args)]
@@ -28,6 +23,9 @@ pub struct CommonArgs {
     /// [config: bandwidth.upload / bandwidth.download].
     #[arg(long, value_name = "RATE")]
     bwlimit: Option<String>,
+    /// Run through the attache daemon (also: ATTACHE_DAEMON=1); its config then applies.
+    #[arg(long)]
+    daemon: bool,
 }
 
 impl CommonArgs {
@@ -78,6 +76,7 @@ pub struct SubmitArgs {
     #[command(flatten)]
     common: CommonArgs,
 }
+
 
 #[derive(Debug, Args)]
 pub struct SyncInputsArgs {
@@ -184,187 +183,160 @@ impl DownloadOutputsArgs {
     }
 }
 
-fn read_attachments(path: &Path) -> anyhow::Result<Attachments> {
-    let text = std::fs::read(path)
-        .with_context(|| format!("cannot read attachments {}", path.display()))?;
-    serde_json::from_slice(&text).map_err(|e| {
-        UsageError {
-            message: format!("{}: not an attachments document ({e})", path.display()),
-        }
-        .into()
-    })
+/// Runs a workflow: through the daemon when asked (`--daemon`, `ATTACHE_DAEMON=1`), else in
+/// this process. Either way the result is the job's JSON output.
+fn execute(ctx: &Context, spec: JobSpec, label: &'static str, use_daemon: bool) -> anyhow::Result<serde_json::Value> {
+    let spec = spec.resolve(&std::env::current_dir()?).map_err(usage)?;
+    spec.validate().map_err(usage)?;
+    if use_daemon || std::env::var_os("ATTACHE_DAEMON").is_some_and(|v| v != "0" && !v.is_empty()) {
+        return crate::daemon::client::run_job(&ctx.settings, &spec);
+    }
+    let settings = ctx.settings.clone();
+    let output = with_transfer(ctx, spec.store().map(str::to_string), label, |t, cancel| async move {
+        Ok(spec.run(&settings, t, &cancel).await?)
+    })?;
+    Ok(serde_json::to_value(output)?)
+}
+
+/// A spec error is bad usage (exit code 2).
+fn usage(e: crate::jobs::spec::JobError) -> anyhow::Error {
+    match e {
+        e @ crate::jobs::spec::JobError::Invalid { .. } => UsageError { message: e.to_string() }.into(),
+        e => e.into(),
+    }
 }
 
 /// Writes a JSON result to FILE (atomically) or stdout.
-fn emit(value: &impl serde::Serialize, output: Option<&Path>) -> anyhow::Result<()> {
+fn emit(value: &serde_json::Value, output: Option<&Path>) -> anyhow::Result<()> {
     let mut text = serde_json::to_vec_pretty(value)?;
     text.push(b'\n');
     match output {
-        Some(p) => crate::fsutil::write_atomic(p, &text)
-            .with_context(|| format!("writing {}", p.display())),
+        Some(p) => crate::fsutil::write_atomic(p, &text).with_context(|| format!("writing {}", p.display())),
         None => Ok(std::io::stdout().lock().write_all(&text)?),
     }
 }
 
-fn cache_dir(ctx: &Context) -> Option<PathBuf> {
-    ctx.settings
-        .cache
-        .hash_cache
-        .then(|| ctx.settings.cache.dir.clone())
+fn size(v: &serde_json::Value) -> String {
+    bytesize::ByteSize(v.as_u64().unwrap_or(0)).display().iec().to_string()
 }
 
 pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
-    if a.inputs.is_empty() && a.output_dirs.is_empty() {
-        return Err(UsageError {
-            message: "nothing to submit: give input files or directories, or --output-dir".into(),
-        }
-        .into());
-    }
-    let spec = SubmitSpec {
+    let dry_run = a.dry_run;
+    let spec = JobSpec::Submit(SubmitJob {
         inputs: a.inputs,
         output_dirs: a.output_dirs,
         referenced: a.referenced,
         farm_id: a.farm_id,
         queue_id: a.queue_id,
-        local_locations: pairs(&a.locations, "--location")?
-            .into_iter()
-            .map(|(name, path)| Location { name, path })
-            .collect(),
-        shared_locations: a.shared,
-        hash: super::hash_cmd::spec_from(&ctx.settings, Vec::new(), ctx.settings.cache.hash_cache),
-    };
-    let dry_run = a.dry_run;
-    let report = with_transfer(ctx, "submitting", |t, cancel| async move {
-        let t = if dry_run {
-            std::sync::Arc::new(t.dry_run_copy())
-        } else {
-            t
-        };
-        Ok(submit::run(spec, t, &cancel).await?)
-    })?;
+        locations: a.locations,
+        shared: a.shared,
+        dry_run,
+        store: a.common.store.store.clone(),
+    });
+    let out = execute(ctx, spec, "submitting", a.common.daemon)?;
     if a.common.store.json {
-        emit(&report, a.output.as_deref())?;
-    } else {
-        emit(&report.attachments, a.output.as_deref())?;
-        for r in &report.roots {
-            let u = r.upload.as_ref();
-            eprintln!(
-                "{}: {} files ({}); {} {} objects ({}), {} already in the store, {} known present{}",
-                r.root_path,
-                r.files,
-                bytesize::ByteSize(r.bytes).display().iec(),
-                if dry_run { "would upload" } else { "uploaded" },
-                u.map_or(0, |u| u.uploaded_objects),
-                bytesize::ByteSize(u.map_or(0, |u| u.uploaded_bytes))
-                    .display()
-                    .iec(),
-                u.map_or(0, |u| u.present_objects),
-                u.map_or(0, |u| u.known_objects),
-                match (&r.manifest_key, dry_run) {
-                    (Some(k), false) => format!("; manifest {k}"),
-                    _ => String::new(),
-                }
-            );
-        }
+        return emit(&out, a.output.as_deref()).map(|()| ExitCode::SUCCESS);
+    }
+    emit(&out["attachments"], a.output.as_deref())?;
+    for r in out["roots"].as_array().into_iter().flatten() {
+        let u = &r["upload"];
+        eprintln!(
+            "{}: {} files ({}); {} {} objects ({}), {} already in the store, {} known present{}",
+            r["root_path"].as_str().unwrap_or_default(),
+            r["files"],
+            size(&r["bytes"]),
+            if dry_run { "would upload" } else { "uploaded" },
+            u["uploaded_objects"].as_u64().unwrap_or(0),
+            size(&u["uploaded_bytes"]),
+            u["present_objects"].as_u64().unwrap_or(0),
+            u["known_objects"].as_u64().unwrap_or(0),
+            match (r["manifest_key"].as_str(), dry_run) {
+                (Some(k), false) => format!("; manifest {k}"),
+                _ => String::new(),
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode> {
-    let spec = SyncInputsSpec {
-        attachments: read_attachments(&a.attachments)?,
-        session_dir: crate::jobs::normalize_root(&a.session_dir)?,
+    let spec = JobSpec::SyncInputs(SyncInputsJob {
+        attachments: AttachmentsArg::File(a.attachments),
+        session_dir: a.session_dir,
         conflict: a.conflict,
-        location_map: pairs(&a.locations, "--location")?,
-        cache_dir: cache_dir(ctx),
-    };
-    let report = with_transfer(ctx, "syncing inputs", |t, cancel| async move {
-        Ok(sync_inputs::run(spec, t, &cancel).await?)
-    })?;
+        locations: a.locations,
+        store: a.common.store.store.clone(),
+    });
+    let out = execute(ctx, spec, "syncing inputs", a.common.daemon)?;
     if a.common.store.json {
-        emit(&report, a.output.as_deref())?;
-    } else {
-        emit(&report.path_mapping_rules, a.output.as_deref())?;
-        for r in &report.roots {
-            let d = &r.report.download;
-            eprintln!(
-                "{} -> {}: {} files; downloaded {} objects ({}), {} already in place",
-                r.root_path,
-                r.local_root.display(),
-                r.report.files,
-                d.objects,
-                bytesize::ByteSize(d.downloaded_bytes).display().iec(),
-                r.report.unchanged_files
-            );
-        }
+        return emit(&out, a.output.as_deref()).map(|()| ExitCode::SUCCESS);
+    }
+    emit(&out["path_mapping_rules"], a.output.as_deref())?;
+    for r in out["roots"].as_array().into_iter().flatten() {
+        let rep = &r["report"];
+        eprintln!(
+            "{} -> {}: {} files; downloaded {} objects ({}), {} already in place",
+            r["root_path"].as_str().unwrap_or_default(),
+            r["local_root"].as_str().unwrap_or_default(),
+            rep["files"],
+            rep["download"]["objects"],
+            size(&rep["download"]["downloaded_bytes"]),
+            rep["unchanged_files"]
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCode> {
-    let start_time = match a.start_time {
-        Some(t) => t,
-        None => crate::store::layout::session_action_time(std::time::SystemTime::now()),
-    };
-    let spec = SyncOutputsSpec {
-        attachments: read_attachments(&a.attachments)?,
-        session_dir: crate::jobs::normalize_root(&a.session_dir)?,
-        location_map: pairs(&a.locations, "--location")?,
+    let spec = JobSpec::SyncOutputs(SyncOutputsJob {
+        attachments: AttachmentsArg::File(a.attachments),
+        session_dir: a.session_dir,
         farm_id: a.farm_id,
         queue_id: a.queue_id,
         job_id: a.job_id,
         step_id: a.step_id,
         task_id: a.task_id,
         session_action_id: a.session_action_id,
-        start_time,
-        hash: super::hash_cmd::spec_from(&ctx.settings, Vec::new(), ctx.settings.cache.hash_cache),
-    };
-    let published = with_transfer(ctx, "syncing outputs", |t, cancel| async move {
-        Ok(sync_outputs::run(spec, t, &cancel).await?)
-    })?;
-    emit(&published, a.output.as_deref())?;
-    if !a.common.store.json {
-        for p in &published {
-            eprintln!(
-                "{}: {} output files -> {}",
-                p.root_path, p.files, p.output_manifest_path
-            );
-        }
+        start_time: a.start_time,
+        locations: a.locations,
+        store: a.common.store.store.clone(),
+    });
+    let out = execute(ctx, spec, "syncing outputs", a.common.daemon)?;
+    if a.common.store.json {
+        return emit(&out, a.output.as_deref()).map(|()| ExitCode::SUCCESS);
+    }
+    emit(&out["manifests"], a.output.as_deref())?;
+    for m in out["manifests"].as_array().into_iter().flatten() {
+        eprintln!("published {}", m["outputManifestPath"].as_str().unwrap_or_default());
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result<ExitCode> {
-    let spec = DownloadOutputsSpec {
+    let spec = JobSpec::DownloadOutputs(DownloadOutputsJob {
         farm_id: a.farm_id,
         queue_id: a.queue_id,
         job_id: a.job_id,
         step_id: a.step_id,
         task_id: a.task_id,
         conflict: a.conflict,
-        root_map: pairs(&a.root_map, "--root-map")?,
-        cache_dir: cache_dir(ctx),
-    };
-    let report = with_transfer(ctx, "downloading outputs", |t, cancel| async move {
-        Ok(download_outputs::run(spec, t, &cancel).await?)
-    })?;
+        root_map: a.root_map,
+        store: a.common.store.store.clone(),
+    });
+    let out = execute(ctx, spec, "downloading outputs", a.common.daemon)?;
     if a.common.store.json {
-        emit(&report, None)?;
-    } else {
-        for r in &report.roots {
-            eprintln!(
-                "{} -> {}: {} files from {} manifests; downloaded {} objects",
-                r.root_path,
-                r.destination.display(),
-                r.report.files,
-                r.manifests,
-                r.report.download.objects
-            );
-        }
+        return emit(&out, None).map(|()| ExitCode::SUCCESS);
+    }
+    for r in out["roots"].as_array().into_iter().flatten() {
         eprintln!(
-            "{} tasks with outputs in {:.2} s",
-            report.tasks, report.seconds
+            "{} -> {}: {} files from {} manifests; downloaded {} objects",
+            r["root_path"].as_str().unwrap_or_default(),
+            r["destination"].as_str().unwrap_or_default(),
+            r["report"]["files"],
+            r["manifests"],
+            r["report"]["download"]["objects"]
         );
     }
+    eprintln!("{} tasks with outputs", out["tasks"]);
     Ok(ExitCode::SUCCESS)
 }

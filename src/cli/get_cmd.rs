@@ -60,7 +60,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
         conflict: args.conflict,
         check_space: true,
     };
-    let report = with_transfer(ctx, "downloading", |t, cancel| async move {
+    let report = with_transfer(ctx, None, "downloading", |t, cancel| async move {
         Ok(get::run(spec, t, &cancel).await?)
     })?;
     if args.store.json {

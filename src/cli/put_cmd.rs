@@ -53,7 +53,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
         vec![args.root.clone()],
         settings.cache.hash_cache,
     );
-    let report = with_transfer(ctx, "uploading", |t, cancel| async move {
+    let report = with_transfer(ctx, None, "uploading", |t, cancel| async move {
         Ok(put::run(spec, t, &cancel).await?)
     })?;
     let root = &report.hash.roots[0];

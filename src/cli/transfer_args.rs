@@ -46,7 +46,7 @@ impl StoreArgs {
 
 /// Runs a transfer job: opens the configured store, shows a progress bar labelled `label`,
 /// cancels on Ctrl-C. A store that cannot be opened is a configuration error (exit 2).
-pub fn with_transfer<T, F, Fut>(ctx: &Context, label: &'static str, job: F) -> anyhow::Result<T>
+pub fn with_transfer<T, F, Fut>(ctx: &Context, store: Option<String>, label: &'static str, job: F) -> anyhow::Result<T>
 where
     F: FnOnce(Arc<Transfer>, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
@@ -56,29 +56,12 @@ where
     let _bar = Bar::start(label, progress.clone(), !std::io::stderr().is_terminal());
     run_async(|cancel| async move {
         let bandwidth = Arc::new(Bandwidth::new(&settings.bandwidth));
-        let t = setup::transfer_for(&settings.store.url, &settings, bandwidth, progress)
+        let url = store.unwrap_or_else(|| settings.store.url.clone());
+        let t = setup::transfer_for(&url, &settings, bandwidth, progress)
             .await
             .map_err(|e| UsageError {
                 message: e.to_string(),
             })?;
         job(t, cancel).await
     })?
-}
-
-/// Parses `NAME=PATH` pairs (storage-profile locations, root mappings).
-pub fn pairs(
-    values: &[String],
-    flag: &str,
-) -> Result<Vec<(String, std::path::PathBuf)>, UsageError> {
-    values
-        .iter()
-        .map(|v| match v.split_once('=') {
-            Some((k, p)) if !k.is_empty() && !p.is_empty() => {
-                Ok((k.to_string(), std::path::PathBuf::from(p)))
-            }
-            _ => Err(UsageError {
-                message: format!("{flag} {v:?}: expected NAME=PATH"),
-            }),
-        })
-        .collect()
 }

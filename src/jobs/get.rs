@@ -32,7 +32,7 @@ pub struct GetSpec {
 }
 
 /// What to do when a file with other content is already at a destination path.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Conflict {
     /// Leave the existing file.
@@ -41,6 +41,7 @@ pub enum Conflict {
     #[default]
     Overwrite,
     /// Write the manifest's file beside it as `name (1).ext`.
+    #[serde(alias = "create_copy")]
     CreateCopy,
 }
 

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# garage_workflow.sh — the whole farm cycle on a real distributed store (Garage on 127.0.0.1),
+# with real-length farm, queue, job, step, task and session-action ids:
+#
+#   submit -> sync-inputs -> (the task writes outputs) -> sync-outputs -> download-outputs,
+#   then a re-submit of the unchanged tree (must upload nothing and publish one manifest).
+#
+#   scripted_tests/garage_workflow.sh        (ATTACHE_BIN=path: use that binary, no cargo build)
+#
+# One PASS/FAIL line per check; exit 1 if any failed. Garage is built once by garage.sh.
+set -uo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+repo="$(cd "$here/.." && pwd -P)"
+# shellcheck source=garage.sh
+source "$here/garage.sh"
+
+n_fail=0
+pass() { printf 'PASS  %s\n' "$*"; }
+fail() { n_fail=$((n_fail + 1)); printf 'FAIL  %s\n' "$*"; }
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/attache-workflow.XXXXXX")" && work="$(cd "$work" && pwd -P)" || exit 1
+garage_dir="$work/garage"
+cleanup() {
+    garage_stop "$garage_dir" 2>/dev/null
+    if ((n_fail == 0)); then rm -rf "$work"; else echo "work dir kept: $work" >&2; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+garage_install || { echo "FAIL  setup: garage install"; exit 1; }
+if [[ -n "${ATTACHE_BIN:-}" ]]; then
+    attache="$ATTACHE_BIN"
+else
+    (cd "$repo" && cargo build --release --quiet) || { echo "FAIL  setup: cargo build --release"; exit 1; }
+    target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+    attache="$target_dir/release/attache"
+fi
+garage_start "$garage_dir" >"$work/garage-start.log" 2>&1 || { echo "FAIL  setup: garage start"; cat "$work/garage-start.log"; exit 1; }
+# shellcheck disable=SC1091
+source "$garage_dir/env.sh"
+pass "setup: garage at $AWS_ENDPOINT_URL"
+
+# The scripts' own ATTACHE_* knobs are not attache settings: keep them from it.
+: >"$work/attache.toml"
+run_attache() { # CACHE_NAME ARGS...
+    local cache="$1"; shift
+    local -a scrub=()
+    local v
+    for v in $(compgen -e); do
+        [[ "$v" == ATTACHE_* && "$v" != *__* ]] && scrub+=(-u "$v")
+    done
+    env "${scrub[@]}" ATTACHE_CACHE__DIR="$work/$cache" ATTACHE_STORE__URL="s3://$GARAGE_BUCKET/DeadlineCloud" \
+        "$attache" --config "$work/attache.toml" "$@"
+}
+hex() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+farm="farm-$(hex)" queue="queue-$(hex)" job="job-$(hex)" step="step-$(hex)" task="task-$(hex)-1"
+ids=(--farm-id "$farm" --queue-id "$queue")
+json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {'d': d}))" "$@"; }
+
+# A project: small files, a 24 MiB file (multipart), a non-ASCII name, an output directory.
+proj="$work/proj"
+mkdir -p "$proj/scenes" "$proj/tex/wood" "$proj/renders"
+for i in $(seq 1 200); do printf 'texture %d\n' "$i" >"$proj/tex/wood/t$i.png"; done
+printf 'scene\n' >"$proj/scenes/shot010.ma"
+printf 'caf\xc3\xa9\n' >"$proj/scenes/notes déjà vu.txt"
+head -c $((24 << 20)) /dev/urandom >"$proj/tex/big.exr"
+touch -d @1700000000 "$proj"/scenes/* "$proj/tex/big.exr"
+
+if run_attache ws submit "${ids[@]}" "$proj/scenes" "$proj/tex" --output-dir "$proj/renders" -o "$work/att.json" 2>"$work/submit.log"; then
+    pass "submit: $(json "$work/att.json" "d['manifests'][0]['inputManifestPath']")"
+else
+    fail "submit"; cat "$work/submit.log"; exit 1
+fi
+
+session="$work/session"
+if run_attache worker sync-inputs --attachments "$work/att.json" --session-dir "$session" -o "$work/rules.json" 2>"$work/sync.log"; then
+    local_root="$(json "$work/rules.json" "d[0]['destination_path']")"
+    if diff -r "$proj/scenes" "$local_root/scenes" >/dev/null && diff -r "$proj/tex" "$local_root/tex" >/dev/null; then
+        pass "sync-inputs: inputs identical in $local_root"
+    else
+        fail "sync-inputs: materialized files differ"
+    fi
+else
+    fail "sync-inputs"; cat "$work/sync.log"
+fi
+
+mkdir -p "$local_root/renders/beauty"
+for f in 1001 1002 1003; do head -c 300000 /dev/urandom >"$local_root/renders/beauty/f$f.exr"; done
+sa="sessionaction-$(hex)-0"
+if run_attache worker sync-outputs "${ids[@]}" --job-id "$job" --step-id "$step" --task-id "$task" \
+    --session-action-id "$sa" --attachments "$work/att.json" --session-dir "$session" -o "$work/outputs.json" 2>"$work/outs.log"; then
+    pass "sync-outputs: $(json "$work/outputs.json" "d[0]['outputManifestPath']")"
+else
+    fail "sync-outputs"; cat "$work/outs.log"
+fi
+
+if run_attache ws download-outputs "${ids[@]}" --job-id "$job" 2>"$work/dl.log" &&
+    diff -r "$local_root/renders" "$proj/renders" >/dev/null; then
+    pass "download-outputs: renders back in $proj/renders, identical"
+else
+    fail "download-outputs"; cat "$work/dl.log"
+fi
+
+if run_attache ws submit "${ids[@]}" "$proj/scenes" "$proj/tex" --output-dir "$proj/renders" --json -o "$work/again.json" 2>"$work/again.log"; then
+    up="$(json "$work/again.json" "sum(r['upload']['uploaded_objects'] for r in d['roots'] if r['upload'])")"
+    known="$(json "$work/again.json" "sum(r['upload']['known_objects'] for r in d['roots'] if r['upload'])")"
+    if [[ "$up" == 0 ]]; then pass "re-submit: uploaded 0 objects, $known known present"; else fail "re-submit uploaded $up objects"; fi
+else
+    fail "re-submit"; cat "$work/again.log"
+fi
+
+((n_fail == 0)) && echo "garage workflow: all checks passed" || echo "garage workflow: $n_fail checks failed"
+exit $((n_fail > 0))

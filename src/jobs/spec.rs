@@ -1,0 +1,396 @@
+//! A workflow job as data: what the CLI builds from its flags and the daemon accepts as JSON
+//! (`{"kind": "submit", "inputs": [...], "farm_id": ...}`), validated before it runs, and the
+//! one place that runs it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::attachments::Attachments;
+use super::download_outputs::{DownloadOutputsReport, DownloadOutputsSpec};
+use super::get::Conflict;
+use super::hash::HashSpec;
+use super::put::PutError;
+use super::submit::{Location, SubmitError, SubmitReport, SubmitSpec};
+use super::sync_inputs::{SyncInputsReport, SyncInputsSpec};
+use super::sync_outputs::{OutputManifest, SyncOutputsSpec};
+use crate::config::Settings;
+use crate::store::OpenStoreError;
+use crate::transfer::{Transfer, TransferError};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobSpec {
+    Submit(SubmitJob),
+    SyncInputs(SyncInputsJob),
+    SyncOutputs(SyncOutputsJob),
+    DownloadOutputs(DownloadOutputsJob),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    #[serde(default)]
+    pub inputs: Vec<PathBuf>,
+    #[serde(default)]
+    pub output_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub referenced: Vec<PathBuf>,
+    pub farm_id: String,
+    pub queue_id: String,
+    /// LOCAL storage-profile locations, `NAME=PATH`.
+    #[serde(default)]
+    pub locations: Vec<String>,
+    /// SHARED storage-profile locations.
+    #[serde(default)]
+    pub shared: Vec<PathBuf>,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Store URL; default: `store.url`.
+    #[serde(default)]
+    pub store: Option<String>,
+}
+
+/// The attachments document inline, or the path of a file holding it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AttachmentsArg {
+    Inline(Attachments),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncInputsJob {
+    pub attachments: AttachmentsArg,
+    pub session_dir: PathBuf,
+    #[serde(default)]
+    pub conflict: Conflict,
+    /// Storage-profile location `NAME=PATH` on this worker.
+    #[serde(default)]
+    pub locations: Vec<String>,
+    #[serde(default)]
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncOutputsJob {
+    pub attachments: AttachmentsArg,
+    pub session_dir: PathBuf,
+    pub farm_id: String,
+    pub queue_id: String,
+    pub job_id: String,
+    pub step_id: String,
+    pub task_id: String,
+    pub session_action_id: String,
+    /// `%Y-%m-%dT%H:%M:%S.%fZ`; default: when the job starts.
+    #[serde(default)]
+    pub start_time: Option<String>,
+    #[serde(default)]
+    pub locations: Vec<String>,
+    #[serde(default)]
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadOutputsJob {
+    pub farm_id: String,
+    pub queue_id: String,
+    pub job_id: String,
+    #[serde(default)]
+    pub step_id: Option<String>,
+    #[serde(default)]
+    pub task_id: Option<String>,
+    #[serde(default)]
+    pub conflict: Conflict,
+    /// `FROM=TO` root mappings.
+    #[serde(default)]
+    pub root_map: Vec<String>,
+    #[serde(default)]
+    pub store: Option<String>,
+}
+
+/// What a job returns, by kind.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobOutput {
+    Submit(SubmitReport),
+    SyncInputs(SyncInputsReport),
+    SyncOutputs { manifests: Vec<OutputManifest> },
+    DownloadOutputs(DownloadOutputsReport),
+}
+
+/// Why a job could not run or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The spec is wrong: names the field (HTTP 400, exit code 2).
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error(transparent)]
+    Open(#[from] OpenStoreError),
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error(transparent)]
+    Put(#[from] PutError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+}
+
+impl JobError {
+    /// The job stopped because it was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(err) = e {
+            if err.is::<super::Cancelled>() {
+                return true;
+            }
+            e = err.source();
+        }
+        false
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> JobError {
+    JobError::Invalid { field, message: message.into() }
+}
+
+impl JobSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobSpec::Submit(_) => "submit",
+            JobSpec::SyncInputs(_) => "sync_inputs",
+            JobSpec::SyncOutputs(_) => "sync_outputs",
+            JobSpec::DownloadOutputs(_) => "download_outputs",
+        }
+    }
+
+    pub fn store(&self) -> Option<&str> {
+        match self {
+            JobSpec::Submit(j) => j.store.as_deref(),
+            JobSpec::SyncInputs(j) => j.store.as_deref(),
+            JobSpec::SyncOutputs(j) => j.store.as_deref(),
+            JobSpec::DownloadOutputs(j) => j.store.as_deref(),
+        }
+    }
+
+    /// Makes relative paths absolute against `cwd` (the CLI's working directory) and reads an
+    /// attachments file into the spec, so the job no longer depends on where it was written.
+    pub fn resolve(mut self, cwd: &Path) -> Result<JobSpec, JobError> {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = cwd.join(&*p);
+            }
+        };
+        let inline = |a: &mut AttachmentsArg| -> Result<(), JobError> {
+            if let AttachmentsArg::File(p) = a {
+                let path = if p.is_relative() { cwd.join(&*p) } else { p.clone() };
+                let text = std::fs::read(&path).map_err(|e| invalid("attachments", format!("{}: {e}", path.display())))?;
+                let doc = serde_json::from_slice(&text)
+                    .map_err(|e| invalid("attachments", format!("{}: not an attachments document ({e})", path.display())))?;
+                *a = AttachmentsArg::Inline(doc);
+            }
+            Ok(())
+        };
+        match &mut self {
+            JobSpec::Submit(j) => {
+                j.inputs.iter_mut().chain(&mut j.output_dirs).chain(&mut j.referenced).chain(&mut j.shared).for_each(abs);
+            }
+            JobSpec::SyncInputs(j) => {
+                abs(&mut j.session_dir);
+                inline(&mut j.attachments)?;
+            }
+            JobSpec::SyncOutputs(j) => {
+                abs(&mut j.session_dir);
+                inline(&mut j.attachments)?;
+            }
+            JobSpec::DownloadOutputs(_) => {}
+        }
+        Ok(self)
+    }
+
+    /// Checks what serde cannot: required non-empty values, absolute paths, `NAME=PATH` pairs.
+    pub fn validate(&self) -> Result<(), JobError> {
+        let absolute = |field: &'static str, p: &Path| {
+            if p.is_absolute() { Ok(()) } else { Err(invalid(field, format!("{} must be an absolute path", p.display()))) }
+        };
+        let id = |field: &'static str, v: &str| {
+            if v.is_empty() || v.contains('/') { Err(invalid(field, format!("{v:?} is not an id"))) } else { Ok(()) }
+        };
+        match self {
+            JobSpec::Submit(j) => {
+                if j.inputs.is_empty() && j.output_dirs.is_empty() {
+                    return Err(invalid("inputs", "nothing to submit: give inputs or output_dirs"));
+                }
+                for p in &j.inputs {
+                    absolute("inputs", p)?;
+                }
+                for p in &j.output_dirs {
+                    absolute("output_dirs", p)?;
+                }
+                id("farm_id", &j.farm_id)?;
+                id("queue_id", &j.queue_id)?;
+                pairs(&j.locations, "locations")?;
+            }
+            JobSpec::SyncInputs(j) => {
+                absolute("session_dir", &j.session_dir)?;
+                pairs(&j.locations, "locations")?;
+            }
+            JobSpec::SyncOutputs(j) => {
+                absolute("session_dir", &j.session_dir)?;
+                for (f, v) in [
+                    ("farm_id", &j.farm_id),
+                    ("queue_id", &j.queue_id),
+                    ("job_id", &j.job_id),
+                    ("step_id", &j.step_id),
+                    ("task_id", &j.task_id),
+                    ("session_action_id", &j.session_action_id),
+                ] {
+                    id(f, v)?;
+                }
+                pairs(&j.locations, "locations")?;
+            }
+            JobSpec::DownloadOutputs(j) => {
+                id("farm_id", &j.farm_id)?;
+                id("queue_id", &j.queue_id)?;
+                id("job_id", &j.job_id)?;
+                if j.task_id.is_some() && j.step_id.is_none() {
+                    return Err(invalid("task_id", "needs step_id"));
+                }
+                pairs(&j.root_map, "root_map")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the job with `transfer` (opened on the job's store) and the settings snapshot.
+    pub async fn run(self, settings: &Settings, transfer: Arc<Transfer>, cancel: &CancellationToken) -> Result<JobOutput, JobError> {
+        let cache_dir = settings.cache.hash_cache.then(|| settings.cache.dir.clone());
+        let hash = hash_spec(settings);
+        Ok(match self {
+            JobSpec::Submit(j) => {
+                let spec = SubmitSpec {
+                    inputs: j.inputs,
+                    output_dirs: j.output_dirs,
+                    referenced: j.referenced,
+                    farm_id: j.farm_id,
+                    queue_id: j.queue_id,
+                    local_locations: pairs(&j.locations, "locations")?.into_iter().map(|(name, path)| Location { name, path }).collect(),
+                    shared_locations: j.shared,
+                    hash,
+                };
+                let transfer = if j.dry_run { Arc::new(transfer.dry_run_copy()) } else { transfer };
+                JobOutput::Submit(super::submit::run(spec, transfer, cancel).await?)
+            }
+            JobSpec::SyncInputs(j) => {
+                let spec = SyncInputsSpec {
+                    attachments: attachments(j.attachments)?,
+                    session_dir: j.session_dir,
+                    conflict: j.conflict,
+                    location_map: pairs(&j.locations, "locations")?,
+                    cache_dir,
+                };
+                JobOutput::SyncInputs(super::sync_inputs::run(spec, transfer, cancel).await?)
+            }
+            JobSpec::SyncOutputs(j) => {
+                let spec = SyncOutputsSpec {
+                    attachments: attachments(j.attachments)?,
+                    session_dir: j.session_dir,
+                    location_map: pairs(&j.locations, "locations")?,
+                    farm_id: j.farm_id,
+                    queue_id: j.queue_id,
+                    job_id: j.job_id,
+                    step_id: j.step_id,
+                    task_id: j.task_id,
+                    session_action_id: j.session_action_id,
+                    start_time: j
+                        .start_time
+                        .unwrap_or_else(|| crate::store::layout::session_action_time(std::time::SystemTime::now())),
+                    hash,
+                };
+                JobOutput::SyncOutputs { manifests: super::sync_outputs::run(spec, transfer, cancel).await? }
+            }
+            JobSpec::DownloadOutputs(j) => {
+                let spec = DownloadOutputsSpec {
+                    farm_id: j.farm_id,
+                    queue_id: j.queue_id,
+                    job_id: j.job_id,
+                    step_id: j.step_id,
+                    task_id: j.task_id,
+                    conflict: j.conflict,
+                    root_map: pairs(&j.root_map, "root_map")?,
+                    cache_dir,
+                };
+                JobOutput::DownloadOutputs(super::download_outputs::run(spec, transfer, cancel).await?)
+            }
+        })
+    }
+}
+
+/// The hashing settings jobs use.
+pub fn hash_spec(settings: &Settings) -> HashSpec {
+    HashSpec {
+        roots: Vec::new(),
+        cache_dir: settings.cache.hash_cache.then(|| settings.cache.dir.clone()),
+        threads: settings.hash_threads(),
+        read_buffer: settings.hash.read_buffer.0 as usize,
+        scan: crate::scan::ScanOptions {
+            follow_external_symlinks: settings.hash.follow_external_symlinks,
+            boundary: None,
+        },
+    }
+}
+
+fn attachments(a: AttachmentsArg) -> Result<Attachments, JobError> {
+    match a {
+        AttachmentsArg::Inline(doc) => Ok(doc),
+        AttachmentsArg::File(p) => {
+            let text = std::fs::read(&p).map_err(|e| invalid("attachments", format!("{}: {e}", p.display())))?;
+            serde_json::from_slice(&text).map_err(|e| invalid("attachments", format!("{}: {e}", p.display())))
+        }
+    }
+}
+
+/// Parses `NAME=PATH` pairs.
+pub fn pairs(values: &[String], field: &'static str) -> Result<Vec<(String, PathBuf)>, JobError> {
+    values
+        .iter()
+        .map(|v| match v.split_once('=') {
+            Some((k, p)) if !k.is_empty() && !p.is_empty() => Ok((k.to_string(), PathBuf::from(p))),
+            _ => Err(invalid(field, format!("{v:?}: expected NAME=PATH"))),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_from_json_and_name_bad_fields() {
+        let j: JobSpec = serde_json::from_str(
+            r#"{"kind":"submit","inputs":["/p/a"],"farm_id":"farm-1","queue_id":"queue-1","dry_run":true}"#,
+        )
+        .unwrap();
+        assert_eq!(j.kind(), "submit");
+        j.validate().unwrap();
+        let e = serde_json::from_str::<JobSpec>(r#"{"kind":"submit","inputs":[],"queue_id":"q"}"#).unwrap_err();
+        assert!(e.to_string().contains("farm_id"), "{e}");
+        let e = serde_json::from_str::<JobSpec>(r#"{"kind":"submit","farm_id":"f","queue_id":"q","bogus":1}"#).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = serde_json::from_str::<JobSpec>(r#"{"kind":"launch_rockets"}"#).unwrap_err();
+        assert!(e.to_string().contains("launch_rockets"), "{e}");
+        let rel: JobSpec = serde_json::from_str(r#"{"kind":"submit","inputs":["rel"],"farm_id":"f","queue_id":"q"}"#).unwrap();
+        assert!(matches!(rel.validate(), Err(JobError::Invalid { field: "inputs", .. })));
+        let abs = rel.resolve(Path::new("/work")).unwrap();
+        abs.validate().unwrap();
+        let sync: JobSpec = serde_json::from_str(
+            r#"{"kind":"sync_inputs","attachments":{"manifests":[],"fileSystem":"COPIED"},"session_dir":"/s","conflict":"create-copy"}"#,
+        )
+        .unwrap();
+        sync.validate().unwrap();
+    }
+}
