@@ -1,11 +1,12 @@
 //! The command line: arguments, config loading, dispatch and exit codes.
 
 mod config_cmd;
+mod daemon_cmd;
 mod farm;
 mod get_cmd;
 mod hash_cmd;
 mod manifest_cmd;
-mod progress_bar;
+pub(crate) mod progress_bar;
 mod put_cmd;
 mod transfer_args;
 
@@ -66,6 +67,24 @@ enum Command {
     Put(put_cmd::PutArgs),
     /// Materialize manifests from a store into a directory (plumbing for sync-inputs).
     Get(get_cmd::GetArgs),
+    /// Run the transfer daemon: one process serving every transfer of this machine over a
+    /// local socket (see "Run as a service" in the README).
+    Daemon,
+    /// List the daemon's jobs.
+    Jobs {
+        /// Print the records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one daemon job: state, progress, result or error.
+    Status(daemon_cmd::JobArgs),
+    /// Cancel a daemon job.
+    Cancel(daemon_cmd::JobArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
     /// Read, compare and check manifests.
     #[command(subcommand)]
     Manifest(manifest_cmd::ManifestCommand),
@@ -157,13 +176,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DownloadOutputs(a) => a.overrides(&mut overrides),
         Command::Get(a) => a.overrides(&mut overrides),
         Command::Manifest(m) => m.overrides(&mut overrides),
-        Command::Config(_) => {}
+        Command::Config(_)
+        | Command::Daemon
+        | Command::Jobs { .. }
+        | Command::Status(_)
+        | Command::Cancel(_)
+        | Command::Completions { .. }
+        | Command::Man => {}
     }
-    let loaded = config::load(&LoadOptions {
+    let load = LoadOptions {
         config_file: cli.global.config.clone(),
         overrides,
         env: Default::default(),
-    })?;
+    };
+    // Completions and the man page need no config (packaging builds them anywhere).
+    match &cli.command {
+        Command::Completions { shell } => return daemon_cmd::completions(*shell),
+        Command::Man => return daemon_cmd::man(),
+        _ => {}
+    }
+    let loaded = config::load(&load)?;
     crate::logging::init(&loaded.settings.log);
     if let Some(file) = &loaded.file {
         tracing::debug!(config = %file.display(), "config loaded");
@@ -171,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Context {
         settings: loaded.settings,
         config_file: loaded.file,
+        load,
     };
     match cli.command {
         Command::Hash(a) => hash_cmd::run_cmd(&ctx, a),
@@ -182,6 +215,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(a) => get_cmd::run(&ctx, a),
         Command::Manifest(m) => manifest_cmd::run(&ctx, m),
         Command::Config(c) => config_cmd::run(&ctx, c),
+        Command::Daemon => daemon_cmd::daemon(&ctx),
+        Command::Jobs { json } => daemon_cmd::jobs(&ctx, json),
+        Command::Status(a) => daemon_cmd::status(&ctx, a),
+        Command::Cancel(a) => daemon_cmd::cancel(&ctx, a),
+        Command::Completions { .. } | Command::Man => {
+            unreachable!("handled before the config is loaded")
+        }
     }
 }
 
@@ -189,6 +229,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 pub struct Context {
     pub settings: Settings,
     pub config_file: Option<PathBuf>,
+    /// How the settings were loaded, so the daemon can load them again on reload.
+    pub load: LoadOptions,
 }
 
 /// Records a CLI flag as a config override, so flags, env and file share one validation.

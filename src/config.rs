@@ -561,7 +561,9 @@ fn env_vars(source: &EnvSource) -> Result<Vec<(String, String)>, ConfigError> {
         EnvSource::Process => process_env()?,
         EnvSource::Map(map) => map.clone().into_iter().collect(),
     };
-    vars.retain(|(name, value)| has_env_prefix(name) && !value.is_empty() && !CLIENT_ENV_VARS.contains(&name.as_str()));
+    vars.retain(|(name, value)| {
+        has_env_prefix(name) && !value.is_empty() && !CLIENT_ENV_VARS.contains(&name.as_str())
+    });
     vars.sort();
     Ok(vars)
 }
@@ -853,7 +855,7 @@ mod tests {
     fn key_table_matches_the_settings_struct() {
         // serde_json keeps `None` fields as null, so every field shows up.
         let json = serde_json::to_value(Settings::default()).unwrap();
-        let from_struct: Vec<(String, Vec<String>)> = json
+        let mut from_struct: Vec<(String, Vec<String>)> = json
             .as_object()
             .unwrap()
             .iter()
@@ -872,6 +874,10 @@ mod tests {
             keys.sort();
         }
         from_table.sort();
+        for (_, keys) in &mut from_struct {
+            keys.sort();
+        }
+        from_struct.sort();
         assert_eq!(from_struct, from_table);
     }
 

@@ -1,3 +1,9 @@
-//! The daemon: one long-running process serving every transfer of a machine over a local API.
+//! The daemon: one long-running process serving every transfer of a machine over a local API,
+//! sharing one connection pool per store, one bandwidth limit and one cache between jobs.
 
+pub mod api;
 pub mod client;
+pub mod metrics;
+pub mod registry;
+pub mod server;
+pub mod shared;

@@ -5,12 +5,12 @@
 pub mod cli;
 /// Settings: defaults, layered loading (file < environment < flags), units, validation.
 pub mod config;
+/// The daemon: local API server, job registry, signals and reload, and its CLI client.
+pub mod daemon;
 /// Small file-system helpers (atomic writes).
 pub mod fsutil;
 /// Content hashing: XXH3-128 hash type, file hashing, parallel hasher, persistent hash cache.
 pub mod hash;
-/// The daemon: local API server, job registry, signals and reload, and its CLI client.
-pub mod daemon;
 /// Workflows run by the CLI (and later the daemon): hash, verify.
 pub mod jobs;
 /// Log output setup (text or JSON, filtered by `log.level`).

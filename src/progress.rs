@@ -13,7 +13,7 @@ pub struct Progress {
 }
 
 /// A consistent-enough reading of [`Progress`] for display.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProgressSnapshot {
     pub files_total: u64,
     pub bytes_total: u64,

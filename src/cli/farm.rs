@@ -12,7 +12,9 @@ use super::transfer_args::{StoreArgs, with_transfer};
 use super::{Context, UsageError, flag};
 use crate::config::Override;
 use crate::jobs::get::Conflict;
-use crate::jobs::spec::{AttachmentsArg, DownloadOutputsJob, JobSpec, SubmitJob, SyncInputsJob, SyncOutputsJob};
+use crate::jobs::spec::{
+    AttachmentsArg, DownloadOutputsJob, JobSpec, SubmitJob, SyncInputsJob, SyncOutputsJob,
+};
 
 /// Flags every workflow shares besides the store's.
 #[derive(Debug, Args)]
@@ -76,7 +78,6 @@ pub struct SubmitArgs {
     #[command(flatten)]
     common: CommonArgs,
 }
-
 
 #[derive(Debug, Args)]
 pub struct SyncInputsArgs {
@@ -185,23 +186,34 @@ impl DownloadOutputsArgs {
 
 /// Runs a workflow: through the daemon when asked (`--daemon`, `ATTACHE_DAEMON=1`), else in
 /// this process. Either way the result is the job's JSON output.
-fn execute(ctx: &Context, spec: JobSpec, label: &'static str, use_daemon: bool) -> anyhow::Result<serde_json::Value> {
+fn execute(
+    ctx: &Context,
+    spec: JobSpec,
+    label: &'static str,
+    use_daemon: bool,
+) -> anyhow::Result<serde_json::Value> {
     let spec = spec.resolve(&std::env::current_dir()?).map_err(usage)?;
     spec.validate().map_err(usage)?;
     if use_daemon || std::env::var_os("ATTACHE_DAEMON").is_some_and(|v| v != "0" && !v.is_empty()) {
         return crate::daemon::client::run_job(&ctx.settings, &spec);
     }
     let settings = ctx.settings.clone();
-    let output = with_transfer(ctx, spec.store().map(str::to_string), label, |t, cancel| async move {
-        Ok(spec.run(&settings, t, &cancel).await?)
-    })?;
+    let output = with_transfer(
+        ctx,
+        spec.store().map(str::to_string),
+        label,
+        |t, cancel| async move { Ok(spec.run(&settings, t, &cancel).await?) },
+    )?;
     Ok(serde_json::to_value(output)?)
 }
 
 /// A spec error is bad usage (exit code 2).
 fn usage(e: crate::jobs::spec::JobError) -> anyhow::Error {
     match e {
-        e @ crate::jobs::spec::JobError::Invalid { .. } => UsageError { message: e.to_string() }.into(),
+        e @ crate::jobs::spec::JobError::Invalid { .. } => UsageError {
+            message: e.to_string(),
+        }
+        .into(),
         e => e.into(),
     }
 }
@@ -211,13 +223,17 @@ fn emit(value: &serde_json::Value, output: Option<&Path>) -> anyhow::Result<()> 
     let mut text = serde_json::to_vec_pretty(value)?;
     text.push(b'\n');
     match output {
-        Some(p) => crate::fsutil::write_atomic(p, &text).with_context(|| format!("writing {}", p.display())),
+        Some(p) => crate::fsutil::write_atomic(p, &text)
+            .with_context(|| format!("writing {}", p.display())),
         None => Ok(std::io::stdout().lock().write_all(&text)?),
     }
 }
 
 fn size(v: &serde_json::Value) -> String {
-    bytesize::ByteSize(v.as_u64().unwrap_or(0)).display().iec().to_string()
+    bytesize::ByteSize(v.as_u64().unwrap_or(0))
+        .display()
+        .iec()
+        .to_string()
 }
 
 pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -307,7 +323,10 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
     }
     emit(&out["manifests"], a.output.as_deref())?;
     for m in out["manifests"].as_array().into_iter().flatten() {
-        eprintln!("published {}", m["outputManifestPath"].as_str().unwrap_or_default());
+        eprintln!(
+            "published {}",
+            m["outputManifestPath"].as_str().unwrap_or_default()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

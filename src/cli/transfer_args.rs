@@ -46,7 +46,12 @@ impl StoreArgs {
 
 /// Runs a transfer job: opens the configured store, shows a progress bar labelled `label`,
 /// cancels on Ctrl-C. A store that cannot be opened is a configuration error (exit 2).
-pub fn with_transfer<T, F, Fut>(ctx: &Context, store: Option<String>, label: &'static str, job: F) -> anyhow::Result<T>
+pub fn with_transfer<T, F, Fut>(
+    ctx: &Context,
+    store: Option<String>,
+    label: &'static str,
+    job: F,
+) -> anyhow::Result<T>
 where
     F: FnOnce(Arc<Transfer>, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,

@@ -129,20 +129,47 @@ pub enum JobOutput {
 pub enum JobError {
     /// The spec is wrong: names the field (HTTP 400, exit code 2).
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Open(#[from] OpenStoreError),
+    // Boxed: these are large, and a job's error is made once.
     #[error(transparent)]
-    Submit(#[from] SubmitError),
+    Submit(Box<SubmitError>),
     #[error(transparent)]
-    Put(#[from] PutError),
+    Put(Box<PutError>),
     #[error(transparent)]
-    Transfer(#[from] TransferError),
+    Transfer(Box<TransferError>),
+}
+
+impl From<SubmitError> for JobError {
+    fn from(e: SubmitError) -> Self {
+        JobError::Submit(Box::new(e))
+    }
+}
+
+impl From<PutError> for JobError {
+    fn from(e: PutError) -> Self {
+        JobError::Put(Box::new(e))
+    }
+}
+
+impl From<TransferError> for JobError {
+    fn from(e: TransferError) -> Self {
+        JobError::Transfer(Box::new(e))
+    }
 }
 
 impl JobError {
     /// The job stopped because it was cancelled.
     pub fn is_cancelled(&self) -> bool {
+        if let JobError::Transfer(t) = self
+            && matches!(**t, TransferError::Cancelled(_))
+        {
+            return true;
+        }
         let mut e: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(err) = e {
             if err.is::<super::Cancelled>() {
@@ -155,7 +182,10 @@ impl JobError {
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> JobError {
-    JobError::Invalid { field, message: message.into() }
+    JobError::Invalid {
+        field,
+        message: message.into(),
+    }
 }
 
 impl JobSpec {
@@ -187,17 +217,31 @@ impl JobSpec {
         };
         let inline = |a: &mut AttachmentsArg| -> Result<(), JobError> {
             if let AttachmentsArg::File(p) = a {
-                let path = if p.is_relative() { cwd.join(&*p) } else { p.clone() };
-                let text = std::fs::read(&path).map_err(|e| invalid("attachments", format!("{}: {e}", path.display())))?;
-                let doc = serde_json::from_slice(&text)
-                    .map_err(|e| invalid("attachments", format!("{}: not an attachments document ({e})", path.display())))?;
+                let path = if p.is_relative() {
+                    cwd.join(&*p)
+                } else {
+                    p.clone()
+                };
+                let text = std::fs::read(&path)
+                    .map_err(|e| invalid("attachments", format!("{}: {e}", path.display())))?;
+                let doc = serde_json::from_slice(&text).map_err(|e| {
+                    invalid(
+                        "attachments",
+                        format!("{}: not an attachments document ({e})", path.display()),
+                    )
+                })?;
                 *a = AttachmentsArg::Inline(doc);
             }
             Ok(())
         };
         match &mut self {
             JobSpec::Submit(j) => {
-                j.inputs.iter_mut().chain(&mut j.output_dirs).chain(&mut j.referenced).chain(&mut j.shared).for_each(abs);
+                j.inputs
+                    .iter_mut()
+                    .chain(&mut j.output_dirs)
+                    .chain(&mut j.referenced)
+                    .chain(&mut j.shared)
+                    .for_each(abs);
             }
             JobSpec::SyncInputs(j) => {
                 abs(&mut j.session_dir);
@@ -215,15 +259,29 @@ impl JobSpec {
     /// Checks what serde cannot: required non-empty values, absolute paths, `NAME=PATH` pairs.
     pub fn validate(&self) -> Result<(), JobError> {
         let absolute = |field: &'static str, p: &Path| {
-            if p.is_absolute() { Ok(()) } else { Err(invalid(field, format!("{} must be an absolute path", p.display()))) }
+            if p.is_absolute() {
+                Ok(())
+            } else {
+                Err(invalid(
+                    field,
+                    format!("{} must be an absolute path", p.display()),
+                ))
+            }
         };
         let id = |field: &'static str, v: &str| {
-            if v.is_empty() || v.contains('/') { Err(invalid(field, format!("{v:?} is not an id"))) } else { Ok(()) }
+            if v.is_empty() || v.contains('/') {
+                Err(invalid(field, format!("{v:?} is not an id")))
+            } else {
+                Ok(())
+            }
         };
         match self {
             JobSpec::Submit(j) => {
                 if j.inputs.is_empty() && j.output_dirs.is_empty() {
-                    return Err(invalid("inputs", "nothing to submit: give inputs or output_dirs"));
+                    return Err(invalid(
+                        "inputs",
+                        "nothing to submit: give inputs or output_dirs",
+                    ));
                 }
                 for p in &j.inputs {
                     absolute("inputs", p)?;
@@ -267,8 +325,16 @@ impl JobSpec {
     }
 
     /// Runs the job with `transfer` (opened on the job's store) and the settings snapshot.
-    pub async fn run(self, settings: &Settings, transfer: Arc<Transfer>, cancel: &CancellationToken) -> Result<JobOutput, JobError> {
-        let cache_dir = settings.cache.hash_cache.then(|| settings.cache.dir.clone());
+    pub async fn run(
+        self,
+        settings: &Settings,
+        transfer: Arc<Transfer>,
+        cancel: &CancellationToken,
+    ) -> Result<JobOutput, JobError> {
+        let cache_dir = settings
+            .cache
+            .hash_cache
+            .then(|| settings.cache.dir.clone());
         let hash = hash_spec(settings);
         Ok(match self {
             JobSpec::Submit(j) => {
@@ -278,11 +344,18 @@ impl JobSpec {
                     referenced: j.referenced,
                     farm_id: j.farm_id,
                     queue_id: j.queue_id,
-                    local_locations: pairs(&j.locations, "locations")?.into_iter().map(|(name, path)| Location { name, path }).collect(),
+                    local_locations: pairs(&j.locations, "locations")?
+                        .into_iter()
+                        .map(|(name, path)| Location { name, path })
+                        .collect(),
                     shared_locations: j.shared,
                     hash,
                 };
-                let transfer = if j.dry_run { Arc::new(transfer.dry_run_copy()) } else { transfer };
+                let transfer = if j.dry_run {
+                    Arc::new(transfer.dry_run_copy())
+                } else {
+                    transfer
+                };
                 JobOutput::Submit(super::submit::run(spec, transfer, cancel).await?)
             }
             JobSpec::SyncInputs(j) => {
@@ -306,12 +379,14 @@ impl JobSpec {
                     step_id: j.step_id,
                     task_id: j.task_id,
                     session_action_id: j.session_action_id,
-                    start_time: j
-                        .start_time
-                        .unwrap_or_else(|| crate::store::layout::session_action_time(std::time::SystemTime::now())),
+                    start_time: j.start_time.unwrap_or_else(|| {
+                        crate::store::layout::session_action_time(std::time::SystemTime::now())
+                    }),
                     hash,
                 };
-                JobOutput::SyncOutputs { manifests: super::sync_outputs::run(spec, transfer, cancel).await? }
+                JobOutput::SyncOutputs {
+                    manifests: super::sync_outputs::run(spec, transfer, cancel).await?,
+                }
             }
             JobSpec::DownloadOutputs(j) => {
                 let spec = DownloadOutputsSpec {
@@ -324,7 +399,9 @@ impl JobSpec {
                     root_map: pairs(&j.root_map, "root_map")?,
                     cache_dir,
                 };
-                JobOutput::DownloadOutputs(super::download_outputs::run(spec, transfer, cancel).await?)
+                JobOutput::DownloadOutputs(
+                    super::download_outputs::run(spec, transfer, cancel).await?,
+                )
             }
         })
     }
@@ -334,7 +411,10 @@ impl JobSpec {
 pub fn hash_spec(settings: &Settings) -> HashSpec {
     HashSpec {
         roots: Vec::new(),
-        cache_dir: settings.cache.hash_cache.then(|| settings.cache.dir.clone()),
+        cache_dir: settings
+            .cache
+            .hash_cache
+            .then(|| settings.cache.dir.clone()),
         threads: settings.hash_threads(),
         read_buffer: settings.hash.read_buffer.0 as usize,
         scan: crate::scan::ScanOptions {
@@ -348,8 +428,10 @@ fn attachments(a: AttachmentsArg) -> Result<Attachments, JobError> {
     match a {
         AttachmentsArg::Inline(doc) => Ok(doc),
         AttachmentsArg::File(p) => {
-            let text = std::fs::read(&p).map_err(|e| invalid("attachments", format!("{}: {e}", p.display())))?;
-            serde_json::from_slice(&text).map_err(|e| invalid("attachments", format!("{}: {e}", p.display())))
+            let text = std::fs::read(&p)
+                .map_err(|e| invalid("attachments", format!("{}: {e}", p.display())))?;
+            serde_json::from_slice(&text)
+                .map_err(|e| invalid("attachments", format!("{}: {e}", p.display())))
         }
     }
 }
@@ -377,14 +459,27 @@ mod tests {
         .unwrap();
         assert_eq!(j.kind(), "submit");
         j.validate().unwrap();
-        let e = serde_json::from_str::<JobSpec>(r#"{"kind":"submit","inputs":[],"queue_id":"q"}"#).unwrap_err();
+        let e = serde_json::from_str::<JobSpec>(r#"{"kind":"submit","inputs":[],"queue_id":"q"}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("farm_id"), "{e}");
-        let e = serde_json::from_str::<JobSpec>(r#"{"kind":"submit","farm_id":"f","queue_id":"q","bogus":1}"#).unwrap_err();
+        let e = serde_json::from_str::<JobSpec>(
+            r#"{"kind":"submit","farm_id":"f","queue_id":"q","bogus":1}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = serde_json::from_str::<JobSpec>(r#"{"kind":"launch_rockets"}"#).unwrap_err();
         assert!(e.to_string().contains("launch_rockets"), "{e}");
-        let rel: JobSpec = serde_json::from_str(r#"{"kind":"submit","inputs":["rel"],"farm_id":"f","queue_id":"q"}"#).unwrap();
-        assert!(matches!(rel.validate(), Err(JobError::Invalid { field: "inputs", .. })));
+        let rel: JobSpec = serde_json::from_str(
+            r#"{"kind":"submit","inputs":["rel"],"farm_id":"f","queue_id":"q"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            rel.validate(),
+            Err(JobError::Invalid {
+                field: "inputs",
+                ..
+            })
+        ));
         let abs = rel.resolve(Path::new("/work")).unwrap();
         abs.validate().unwrap();
         let sync: JobSpec = serde_json::from_str(

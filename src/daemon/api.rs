@@ -1,0 +1,197 @@
+//! The daemon's HTTP API (JSON; see the README for curl examples):
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/jobs` | start a job from a spec `{"kind": "submit", ...}`; 201 with its record |
+//! | `GET /v1/jobs` | every job's record |
+//! | `GET /v1/jobs/{id}` | one job: state, progress, result or error |
+//! | `GET /v1/jobs/{id}/events` | NDJSON: the record every 250 ms and at each change, until it ends |
+//! | `DELETE /v1/jobs/{id}` | cancel |
+//! | `GET /v1/health` | liveness, version, active jobs, bandwidth in force |
+//! | `GET /metrics` | Prometheus text |
+//! | `POST /v1/reload` | re-read the config (as SIGHUP) |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use super::metrics::Metrics;
+use super::registry::Registry;
+use super::shared::Shared;
+use crate::jobs::spec::{JobError, JobSpec};
+
+pub struct Api {
+    pub registry: Arc<Registry>,
+    pub shared: Arc<Shared>,
+    pub metrics: Arc<Metrics>,
+    /// Re-reads the config; `Err` names what was wrong (the old config stays).
+    pub reload: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    /// Required as `Authorization: Bearer …` (the TCP listener only).
+    pub token: Option<String>,
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/v1/jobs", post(create).get(list))
+        .route("/v1/jobs/{id}", get(status).delete(cancel))
+        .route("/v1/jobs/{id}/events", get(events))
+        .route("/v1/health", get(health))
+        .route("/v1/reload", post(reload))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such route; see the README's API table",
+                None,
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(api.clone(), auth))
+        .with_state(api)
+}
+
+fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": message, "field": field})),
+    )
+        .into_response()
+}
+
+/// On the TCP listener every request needs the bearer token; the Unix socket is guarded by
+/// its file mode instead.
+async fn auth(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &api.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (daemon.token_file)",
+                None,
+            );
+        }
+    }
+    next.run(req).await
+}
+
+/// The field a serde error names, if it names one.
+fn field_of(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_string())
+}
+
+async fn create(State(api): State<Arc<Api>>, body: Bytes) -> Response {
+    let spec: JobSpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("invalid job spec: {e}");
+            return error(
+                StatusCode::BAD_REQUEST,
+                &msg,
+                field_of(&e.to_string()).as_deref(),
+            );
+        }
+    };
+    match api.registry.submit(spec) {
+        Ok(record) => (StatusCode::CREATED, axum::Json(record)).into_response(),
+        Err(JobError::Invalid { field, message }) => error(
+            StatusCode::BAD_REQUEST,
+            &format!("{field}: {message}"),
+            Some(field),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+    }
+}
+
+async fn list(State(api): State<Arc<Api>>) -> Response {
+    axum::Json(api.registry.list()).into_response()
+}
+
+async fn status(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    match api.registry.get(&id) {
+        Some(job) => axum::Json(job.snapshot()).into_response(),
+        None => error(StatusCode::NOT_FOUND, &format!("no job {id}"), Some("id")),
+    }
+}
+
+async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    match api.registry.cancel(&id) {
+        Some(record) => (StatusCode::ACCEPTED, axum::Json(record)).into_response(),
+        None => error(StatusCode::NOT_FOUND, &format!("no job {id}"), Some("id")),
+    }
+}
+
+/// One JSON record per line: now, at every state change, and every 250 ms for progress;
+/// the stream ends after the final state.
+async fn events(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    let Some(job) = api.registry.get(&id) else {
+        return error(StatusCode::NOT_FOUND, &format!("no job {id}"), Some("id"));
+    };
+    let changes = job.subscribe();
+    let stream = futures::stream::unfold(
+        (job, changes, false),
+        |(job, mut changes, done)| async move {
+            if done {
+                return None;
+            }
+            let record = job.snapshot();
+            let finished = record.state.is_final();
+            let mut line = serde_json::to_vec(&record).expect("records serialize");
+            line.push(b'\n');
+            if !finished {
+                let _ = tokio::time::timeout(Duration::from_millis(250), changes.changed()).await;
+            }
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(line)),
+                (job, changes, finished),
+            ))
+        },
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .expect("static headers")
+}
+
+async fn health(State(api): State<Arc<Api>>) -> Response {
+    let s = api.shared.settings();
+    axum::Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "jobs_active": api.registry.active(),
+        "bandwidth": {"upload": s.bandwidth.upload.to_string(), "download": s.bandwidth.download.to_string()},
+        "store": s.store.url,
+    }))
+    .into_response()
+}
+
+async fn reload(State(api): State<Arc<Api>>) -> Response {
+    match (api.reload)() {
+        Ok(()) => axum::Json(json!({"reloaded": true})).into_response(),
+        Err(e) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("config not reloaded, the previous one stays: {e}"),
+            None,
+        ),
+    }
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    let text = api.metrics.render(&api.registry, &api.shared).await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

@@ -1,0 +1,223 @@
+//! `GET /metrics`: Prometheus text of what the daemon did and is doing.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use super::registry::{JobState, Registry};
+use super::shared::Shared;
+use crate::jobs::spec::JobOutput;
+
+#[derive(Default)]
+pub struct Metrics {
+    started: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+    bytes_up: AtomicU64,
+    objects_up: AtomicU64,
+    bytes_down: AtomicU64,
+    objects_down: AtomicU64,
+    known_present_hits: AtomicU64,
+    hash_cache_hits: AtomicU64,
+    files_hashed: AtomicU64,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
+}
+
+impl Metrics {
+    pub fn job_started(&self) {
+        self.started.fetch_add(1, Relaxed);
+    }
+
+    pub fn job_finished(&self, state: JobState) {
+        match state {
+            JobState::Succeeded => &self.succeeded,
+            JobState::Cancelled => &self.cancelled,
+            _ => &self.failed,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    pub fn reloaded(&self, ok: bool) {
+        if ok {
+            &self.reloads
+        } else {
+            &self.reload_failures
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    /// Adds a finished job's transfer counters.
+    pub fn count_output(&self, out: &JobOutput) {
+        let upload = |u: &crate::transfer::upload::UploadReport,
+                      h: &crate::hash::parallel::HashStats| {
+            self.bytes_up.fetch_add(u.uploaded_bytes, Relaxed);
+            self.objects_up.fetch_add(u.uploaded_objects, Relaxed);
+            self.known_present_hits.fetch_add(u.known_objects, Relaxed);
+            self.hash_cache_hits.fetch_add(h.cached_files, Relaxed);
+            self.files_hashed.fetch_add(h.hashed_files, Relaxed);
+        };
+        let download = |d: &crate::transfer::download::DownloadReport| {
+            self.bytes_down.fetch_add(d.downloaded_bytes, Relaxed);
+            self.objects_down.fetch_add(d.objects, Relaxed);
+        };
+        match out {
+            JobOutput::Submit(r) => r.roots.iter().for_each(|root| {
+                if let Some(u) = &root.upload {
+                    upload(u, &root.hash);
+                }
+            }),
+            JobOutput::SyncInputs(r) => r
+                .roots
+                .iter()
+                .for_each(|root| download(&root.report.download)),
+            JobOutput::SyncOutputs { .. } => {}
+            JobOutput::DownloadOutputs(r) => r
+                .roots
+                .iter()
+                .for_each(|root| download(&root.report.download)),
+        }
+    }
+
+    pub async fn render(&self, registry: &Registry, shared: &Shared) -> String {
+        let mut o = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(
+                o,
+                "# HELP attache_{name} {help}\n# TYPE attache_{name} {kind}"
+            );
+            for (labels, v) in samples {
+                let _ = writeln!(o, "attache_{name}{labels} {v}");
+            }
+        };
+        let one = |v: &AtomicU64| vec![(String::new(), v.load(Relaxed))];
+        metric(
+            "jobs_active",
+            "gauge",
+            "Jobs queued or running.",
+            &[(String::new(), registry.active() as u64)],
+        );
+        metric(
+            "jobs_finished_total",
+            "counter",
+            "Jobs finished, by state.",
+            &[
+                ("{state=\"succeeded\"}".into(), self.succeeded.load(Relaxed)),
+                ("{state=\"failed\"}".into(), self.failed.load(Relaxed)),
+                ("{state=\"cancelled\"}".into(), self.cancelled.load(Relaxed)),
+            ],
+        );
+        metric(
+            "jobs_started_total",
+            "counter",
+            "Jobs started.",
+            &one(&self.started),
+        );
+        metric(
+            "uploaded_bytes_total",
+            "counter",
+            "Content bytes uploaded (finished jobs).",
+            &one(&self.bytes_up),
+        );
+        metric(
+            "uploaded_objects_total",
+            "counter",
+            "Content objects uploaded (finished jobs).",
+            &one(&self.objects_up),
+        );
+        metric(
+            "downloaded_bytes_total",
+            "counter",
+            "Content bytes downloaded (finished jobs).",
+            &one(&self.bytes_down),
+        );
+        metric(
+            "downloaded_objects_total",
+            "counter",
+            "Content objects downloaded (finished jobs).",
+            &one(&self.objects_down),
+        );
+        metric(
+            "known_present_hits_total",
+            "counter",
+            "Objects skipped without a request.",
+            &one(&self.known_present_hits),
+        );
+        metric(
+            "hash_cache_hits_total",
+            "counter",
+            "Files whose hash came from the hash cache.",
+            &one(&self.hash_cache_hits),
+        );
+        metric(
+            "files_hashed_total",
+            "counter",
+            "Files read and hashed.",
+            &one(&self.files_hashed),
+        );
+        let waits = |l: &crate::transfer::limiter::Limiter| l.waited().as_millis() as u64;
+        metric(
+            "limiter_wait_milliseconds_total",
+            "counter",
+            "Time transfers waited on the bandwidth limit.",
+            &[
+                (
+                    "{direction=\"upload\"}".into(),
+                    waits(&shared.bandwidth.upload),
+                ),
+                (
+                    "{direction=\"download\"}".into(),
+                    waits(&shared.bandwidth.download),
+                ),
+            ],
+        );
+        let gates = shared.gates().await;
+        let per_store = |f: &dyn Fn(
+            &crate::transfer::gate::Gate,
+            &dyn crate::store::ObjectStore,
+        ) -> u64|
+         -> Vec<(String, u64)> {
+            gates
+                .iter()
+                .map(|(name, s, g)| (format!("{{store=\"{name}\"}}"), f(g, s.as_ref())))
+                .collect()
+        };
+        metric(
+            "retries_total",
+            "counter",
+            "Store requests retried by attache.",
+            &per_store(&|g, _| g.retries.load(Relaxed)),
+        );
+        metric(
+            "throttled_total",
+            "counter",
+            "503 SlowDown replies from the store.",
+            &per_store(&|_, s| s.throttle_signal().load(Relaxed)),
+        );
+        metric(
+            "backoffs_total",
+            "counter",
+            "Times concurrency was halved for throttling.",
+            &per_store(&|g, _| g.backoffs.load(Relaxed)),
+        );
+        metric(
+            "requests_limit",
+            "gauge",
+            "Requests allowed in flight now.",
+            &per_store(&|g, _| g.limit() as u64),
+        );
+        metric(
+            "config_reloads_total",
+            "counter",
+            "Config reloads applied.",
+            &one(&self.reloads),
+        );
+        metric(
+            "config_reload_failures_total",
+            "counter",
+            "Config reloads refused (the old config stayed).",
+            &one(&self.reload_failures),
+        );
+        o
+    }
+}

@@ -1,0 +1,288 @@
+//! The daemon's jobs: each a record (spec, state, progress, result or error) that is kept in
+//! memory, persisted under `daemon.state_dir/jobs/` at every state change, and restored after a
+//! restart (a job that was queued or running then is reported `interrupted`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::metrics::Metrics;
+use super::shared::Shared;
+use crate::jobs::spec::{JobError, JobSpec};
+use crate::progress::{Progress, ProgressSnapshot};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// The daemon stopped (crash, restart) while the job was queued or running.
+    Interrupted,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobState::Queued | JobState::Running)
+    }
+}
+
+/// What the API reports about a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub kind: String,
+    pub state: JobState,
+    pub spec: JobSpec,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub progress: ProgressSnapshot,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+}
+
+pub struct Job {
+    record: Mutex<JobRecord>,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+    /// Bumped at every state change, so event streams wake at once.
+    changed: watch::Sender<u64>,
+}
+
+impl Job {
+    /// The record with live progress.
+    pub fn snapshot(&self) -> JobRecord {
+        let mut r = self.record.lock().expect("not poisoned").clone();
+        if !r.state.is_final() {
+            r.progress = self.progress.snapshot();
+        }
+        r
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+pub struct Registry {
+    jobs: Mutex<BTreeMap<String, Arc<Job>>>,
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    /// Parent of every job's token: cancelling it stops everything (shutdown).
+    root: CancellationToken,
+    tracker: TaskTracker,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Registry {
+    /// Opens the job records under `state_dir`, marking jobs that were still queued or running
+    /// as interrupted.
+    pub fn open(
+        state_dir: &Path,
+        shared: Arc<Shared>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Arc<Registry>> {
+        let dir = state_dir.join("jobs");
+        std::fs::create_dir_all(&dir)?;
+        let mut jobs = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let mut record: JobRecord = match std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                Some(r) => r,
+                None => {
+                    tracing::warn!(file = %path.display(), "unreadable job record; ignoring it");
+                    continue;
+                }
+            };
+            if !record.state.is_final() {
+                record.state = JobState::Interrupted;
+                record.error =
+                    Some("the daemon stopped while this job was running; submit it again".into());
+                record.finished_ms = Some(now_ms());
+                write_record(&dir, &record);
+            }
+            let (changed, _) = watch::channel(0);
+            let job = Job {
+                record: Mutex::new(record.clone()),
+                progress: Arc::default(),
+                cancel: CancellationToken::new(),
+                changed,
+            };
+            jobs.insert(record.id.clone(), Arc::new(job));
+        }
+        Ok(Arc::new(Registry {
+            jobs: Mutex::new(jobs),
+            dir,
+            shared,
+            metrics,
+            root: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }))
+    }
+
+    /// Validates and starts a job. Its id is returned at once; it runs in the background.
+    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<JobRecord, JobError> {
+        spec.validate()?;
+        if self.root.is_cancelled() {
+            return Err(JobError::Invalid {
+                field: "kind",
+                message: "the daemon is shutting down".into(),
+            });
+        }
+        let id = format!("job-{:032x}", rand::random::<u128>());
+        let record = JobRecord {
+            id: id.clone(),
+            kind: spec.kind().into(),
+            state: JobState::Queued,
+            spec,
+            created_ms: now_ms(),
+            started_ms: None,
+            finished_ms: None,
+            progress: ProgressSnapshot::default(),
+            result: None,
+            error: None,
+        };
+        write_record(&self.dir, &record);
+        let (changed, _) = watch::channel(0);
+        let job = Arc::new(Job {
+            record: Mutex::new(record.clone()),
+            progress: Arc::default(),
+            cancel: self.root.child_token(),
+            changed,
+        });
+        self.jobs
+            .lock()
+            .expect("not poisoned")
+            .insert(id, job.clone());
+        let this = self.clone();
+        self.tracker.spawn(async move { this.run(job).await });
+        Ok(record)
+    }
+
+    async fn run(&self, job: Arc<Job>) {
+        let spec = self.update(&job, |r| {
+            r.state = JobState::Running;
+            r.started_ms = Some(now_ms());
+            r.spec.clone()
+        });
+        self.metrics.job_started();
+        let settings = self.shared.settings();
+        let url = spec
+            .store()
+            .map(str::to_string)
+            .unwrap_or_else(|| settings.store.url.clone());
+        let outcome = match self
+            .shared
+            .transfer_for(&url, &settings, job.progress.clone())
+            .await
+        {
+            Ok(t) => spec.run(&settings, t, &job.cancel).await,
+            Err(e) => Err(JobError::Open(e)),
+        };
+        let progress = job.progress.snapshot();
+        let state = self.update(&job, |r| {
+            r.finished_ms = Some(now_ms());
+            r.progress = progress;
+            match outcome {
+                Ok(out) => {
+                    self.metrics.count_output(&out);
+                    r.result = Some(serde_json::to_value(&out).unwrap_or_default());
+                    r.state = JobState::Succeeded;
+                }
+                Err(e) if e.is_cancelled() => r.state = JobState::Cancelled,
+                Err(e) => {
+                    r.error = Some(e.to_string());
+                    r.state = JobState::Failed;
+                }
+            }
+            r.state
+        });
+        self.metrics.job_finished(state);
+        tracing::info!(job = %job.snapshot().id, state = ?state, "job finished");
+    }
+
+    /// Changes a job's record, persists it and wakes its watchers.
+    fn update<T>(&self, job: &Job, f: impl FnOnce(&mut JobRecord) -> T) -> T {
+        let (out, record) = {
+            let mut r = job.record.lock().expect("not poisoned");
+            let out = f(&mut r);
+            (out, r.clone())
+        };
+        write_record(&self.dir, &record);
+        job.changed.send_modify(|n| *n += 1);
+        out
+    }
+
+    pub fn list(&self) -> Vec<JobRecord> {
+        self.jobs
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .map(|j| j.snapshot())
+            .collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Job>> {
+        self.jobs.lock().expect("not poisoned").get(id).cloned()
+    }
+
+    /// Cancels a job (no effect once it has finished); returns its record.
+    pub fn cancel(&self, id: &str) -> Option<JobRecord> {
+        let job = self.get(id)?;
+        job.cancel.cancel();
+        Some(job.snapshot())
+    }
+
+    pub fn active(&self) -> usize {
+        self.jobs
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .filter(|j| !j.snapshot().state.is_final())
+            .count()
+    }
+
+    /// Cancels every job and waits (up to `deadline`) for them to clean up: multipart uploads
+    /// aborted, temporary files removed, records written.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.root.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("jobs did not stop within {deadline:?}");
+        }
+    }
+}
+
+/// Writes a record through a temporary file and a rename; a failure is logged, not fatal.
+fn write_record(dir: &Path, record: &JobRecord) {
+    let path = dir.join(format!("{}.json", record.id));
+    let bytes = serde_json::to_vec_pretty(record).expect("records serialize");
+    if let Err(e) = crate::fsutil::write_atomic(&path, &bytes) {
+        tracing::warn!(file = %path.display(), "cannot save the job record: {e}");
+    }
+}

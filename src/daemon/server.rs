@@ -1,0 +1,241 @@
+//! `attache daemon`: listens on the Unix socket (mode 0600, or 0660 for `daemon.socket_group`),
+//! and on TCP only when `daemon.listen` is set (then with the bearer token of
+//! `daemon.token_file`). SIGHUP re-reads the config; SIGTERM/SIGINT stop accepting, cancel
+//! every job, let them clean up (abort multipart uploads, remove temporary files), and exit 0;
+//! a second signal exits at once.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use super::api::{Api, router};
+use super::metrics::Metrics;
+use super::registry::Registry;
+use super::shared::Shared;
+use crate::config::{self, LoadOptions, Settings};
+
+/// How long jobs get to clean up after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{path}: {message}")]
+    Socket { path: PathBuf, message: String },
+    #[error("daemon.listen {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("daemon.token_file {path}: {message}")]
+    Token { path: PathBuf, message: String },
+    #[error("daemon.state_dir {path}: {source}")]
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("daemon.socket_group {0:?}: no such group")]
+    Group(String),
+}
+
+/// Runs the daemon until a shutdown signal. `load` is how the config was loaded, so a reload
+/// reads the same file, environment and flags again.
+pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonError> {
+    let d = settings.daemon.clone();
+    let shared = Arc::new(Shared::new(settings));
+    let metrics = Arc::new(Metrics::default());
+    let registry =
+        Registry::open(&d.state_dir, shared.clone(), metrics.clone()).map_err(|source| {
+            DaemonError::State {
+                path: d.state_dir.clone(),
+                source,
+            }
+        })?;
+    let reload = {
+        let (shared, metrics) = (shared.clone(), metrics.clone());
+        move || reload_config(&load, &shared, &metrics)
+    };
+    let reload: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(reload);
+    let api = |token: Option<String>| {
+        let reload = reload.clone();
+        Arc::new(Api {
+            registry: registry.clone(),
+            shared: shared.clone(),
+            metrics: metrics.clone(),
+            reload: Box::new(move || reload()),
+            token,
+        })
+    };
+
+    let listener = bind_socket(&d.socket, d.socket_group.as_deref())?;
+    tracing::info!(socket = %d.socket.display(), "attache daemon listening");
+    let stop_accepting = CancellationToken::new();
+    let mut servers = Vec::new();
+    {
+        let stop = stop_accepting.clone();
+        let app = router(api(None));
+        servers.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        }));
+    }
+    if let Some(addr) = &d.listen {
+        let token = read_token(d.token_file.as_deref())?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+        tracing::info!(%addr, "TCP listener on (bearer token required)");
+        let stop = stop_accepting.clone();
+        let app = router(api(Some(token)));
+        servers.push(tokio::spawn(async move {
+            let _ = axum::serve(tcp, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        }));
+    }
+
+    wait_for_shutdown(&*reload).await;
+    tracing::info!("shutting down: cancelling jobs");
+    // Jobs first (their event streams end with them), then the listeners.
+    let second_signal = tokio::spawn(async {
+        let mut term = signal(SignalKind::terminate()).expect("signal handler");
+        let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(1);
+    });
+    registry.shutdown(SHUTDOWN_GRACE).await;
+    stop_accepting.cancel();
+    for s in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
+    }
+    second_signal.abort();
+    let _ = std::fs::remove_file(&d.socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP reloads; returns at SIGTERM or SIGINT.
+async fn wait_for_shutdown(reload: &(dyn Fn() -> Result<(), String> + Send + Sync)) {
+    let mut hup = signal(SignalKind::hangup()).expect("signal handler");
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => { let _ = reload(); }
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+        }
+    }
+}
+
+/// Re-reads the config; on any error logs it and keeps the settings in force.
+fn reload_config(load: &LoadOptions, shared: &Shared, metrics: &Metrics) -> Result<(), String> {
+    match config::load(load) {
+        Ok(loaded) => {
+            let old = shared.settings();
+            if loaded.settings.daemon != old.daemon {
+                tracing::warn!(
+                    "[daemon] changes (socket, listener, state dir) apply at the next start"
+                );
+            }
+            shared.apply(loaded.settings);
+            metrics.reloaded(true);
+            tracing::info!("config reloaded: bandwidth applies now, other settings to new jobs");
+            Ok(())
+        }
+        Err(e) => {
+            metrics.reloaded(false);
+            tracing::error!("config reload failed, keeping the previous settings: {e}");
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Binds the Unix socket with its access mode set before anyone can connect: the socket is
+/// created inside a directory only the owner (and the group, when configured) can enter.
+fn bind_socket(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListener, DaemonError> {
+    let err = |message: String| DaemonError::Socket {
+        path: path.to_path_buf(),
+        message,
+    };
+    let dir = path
+        .parent()
+        .ok_or_else(|| err("the socket needs a directory".into()))?;
+    let gid = group
+        .map(|g| group_id(g).ok_or_else(|| DaemonError::Group(g.to_string())))
+        .transpose()?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create its directory: {e}")))?;
+        let mode = if gid.is_some() { 0o750 } else { 0o700 };
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| err(e.to_string()))?;
+        if let Some(gid) = gid {
+            chown_group(dir, gid)
+                .map_err(|e| err(format!("cannot give the directory to the group: {e}")))?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err(
+                "another attache daemon is listening there; stop it first".into(),
+            ));
+        }
+        // Left by a daemon that did not shut down cleanly.
+        std::fs::remove_file(path)
+            .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+    }
+    let listener =
+        tokio::net::UnixListener::bind(path).map_err(|e| err(format!("cannot listen: {e}")))?;
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| err(e.to_string()))?;
+    if let Some(gid) = gid {
+        chown_group(path, gid)
+            .map_err(|e| err(format!("cannot give the socket to the group: {e}")))?;
+    }
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid C string; getgrnam returns NULL or a pointer valid until the
+    // next call, read at once.
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    (!g.is_null()).then(|| unsafe { (*g).gr_gid })
+}
+
+fn chown_group(path: &Path, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::chown(path, None, Some(gid))
+}
+
+fn read_token(path: Option<&Path>) -> Result<String, DaemonError> {
+    let path = path.ok_or_else(|| DaemonError::Token {
+        path: PathBuf::new(),
+        message: "daemon.listen needs a token file".into(),
+    })?;
+    let terr = |message: String| DaemonError::Token {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| terr(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(terr("readable by others; chmod 600 it".into()));
+    }
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| terr(e.to_string()))?
+        .trim()
+        .to_string();
+    if token.len() < 16 {
+        return Err(terr("the token must be at least 16 characters".into()));
+    }
+    Ok(token)
+}

@@ -1,0 +1,109 @@
+//! What every job of the daemon shares: the settings (swapped whole on reload), one bandwidth
+//! limiter per direction, and per store one client (one connection pool) and one request gate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::config::Settings;
+use crate::progress::Progress;
+use crate::store::{self, ObjectStore, OpenStoreError};
+use crate::transfer::Transfer;
+use crate::transfer::gate::Gate;
+use crate::transfer::known_present::KnownPresent;
+use crate::transfer::limiter::Bandwidth;
+
+/// A store's client with the gate its jobs share.
+type StoreEntry = (Arc<dyn ObjectStore>, Arc<Gate>);
+
+pub struct Shared {
+    settings: ArcSwap<Settings>,
+    pub bandwidth: Arc<Bandwidth>,
+    /// Keyed by store URL and the S3 settings it was opened with: a reload that changes the
+    /// endpoint or the pool opens a new client for new jobs; jobs in flight keep theirs.
+    stores: tokio::sync::Mutex<HashMap<String, StoreEntry>>,
+    known: Mutex<Option<Arc<KnownPresent>>>,
+}
+
+impl Shared {
+    pub fn new(settings: Settings) -> Shared {
+        Shared {
+            bandwidth: Arc::new(Bandwidth::new(&settings.bandwidth)),
+            settings: ArcSwap::from_pointee(settings),
+            stores: Default::default(),
+            known: Mutex::new(None),
+        }
+    }
+
+    /// The settings in force now; a job keeps the snapshot it started with.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Applies reloaded settings: bandwidth at once, everything else for new jobs.
+    pub fn apply(&self, new: Settings) {
+        self.bandwidth.apply(&new.bandwidth);
+        *self.known.lock().expect("not poisoned") = None;
+        self.settings.store(Arc::new(new));
+    }
+
+    /// (store, gate) pairs opened so far, for metrics.
+    pub async fn gates(&self) -> Vec<(String, Arc<dyn ObjectStore>, Arc<Gate>)> {
+        self.stores
+            .lock()
+            .await
+            .values()
+            .map(|(s, g)| (s.describe(), s.clone(), g.clone()))
+            .collect()
+    }
+
+    /// A transfer context for one job on `url`, sharing the store client, gate and limiters.
+    pub async fn transfer_for(
+        &self,
+        url: &str,
+        settings: &Settings,
+        progress: Arc<Progress>,
+    ) -> Result<Arc<Transfer>, OpenStoreError> {
+        let key = format!(
+            "{url}\n{}",
+            serde_json::to_string(&settings.s3).unwrap_or_default()
+        );
+        let (store, gate) = {
+            let mut stores = self.stores.lock().await;
+            match stores.get(&key) {
+                Some(pair) => pair.clone(),
+                None => {
+                    let store = store::open(url, settings, self.bandwidth.clone()).await?;
+                    let gate = Arc::new(Gate::new(
+                        settings.s3.max_connections,
+                        store.throttle_signal(),
+                    ));
+                    stores.insert(key, (store.clone(), gate.clone()));
+                    (store, gate)
+                }
+            }
+        };
+        Ok(Arc::new(Transfer::new(
+            store,
+            settings,
+            gate,
+            progress,
+            self.known_present(settings),
+        )))
+    }
+
+    fn known_present(&self, settings: &Settings) -> Option<Arc<KnownPresent>> {
+        if !settings.cache.hash_cache {
+            return None;
+        }
+        let mut known = self.known.lock().expect("not poisoned");
+        if known.is_none() {
+            match KnownPresent::open(&settings.cache.dir, settings.transfer.known_present_ttl.0) {
+                Ok(k) => *known = Some(Arc::new(k)),
+                Err(e) => tracing::warn!("{e}; asking the store about every object"),
+            }
+        }
+        known.clone()
+    }
+}

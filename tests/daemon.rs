@@ -1,0 +1,477 @@
+//! The daemon as a service: a private socket, jobs through the CLI and the API, cancel,
+//! restart, reload, the TCP token, a shared bandwidth limit, and a clean SIGTERM.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::s3::TestS3;
+use common::*;
+
+struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts `attache daemon` with `extra` config lines and waits until it answers.
+    fn start(extra: &str) -> Daemon {
+        Daemon::start_in(tempfile::tempdir().unwrap(), extra, &[])
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &str, env: &[(String, String)]) -> Daemon {
+        let mut d = Daemon { dir, child: None };
+        d.write_config(extra);
+        d.launch(env);
+        d
+    }
+
+    fn write_config(&self, extra: &str) {
+        let p = self.dir.path();
+        let text = format!(
+            "[store]\nurl = \"file://{store}\"\n[cache]\ndir = \"{cache}\"\n[daemon]\nsocket = \"{sock}\"\nstate_dir = \"{state}\"\n{extra}",
+            store = p.join("store").display(),
+            cache = p.join("cache").display(),
+            sock = self.socket().display(),
+            state = p.join("state").display(),
+        );
+        // Sections in `extra` are appended as whole TOML tables, so rebuild the file each time.
+        std::fs::write(p.join("attache.toml"), text).unwrap();
+    }
+
+    fn launch(&mut self, env: &[(String, String)]) {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
+        let child = self
+            .cmd()
+            .envs(env.iter().cloned())
+            .arg("daemon")
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http(&self.socket(), "GET", "/v1/health", "").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/attache.sock")
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// attache with this daemon's config.
+    fn cmd(&self) -> Command {
+        let mut c = attache(&self.dir.path().join("cache"));
+        c.env_remove("ATTACHE_CACHE__DIR")
+            .arg("--config")
+            .arg(self.dir.path().join("attache.toml"));
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.as_ref().unwrap().id() as i32, sig) };
+    }
+
+    /// Sends SIGTERM and returns (exit code, seconds it took).
+    fn stop(&mut self) -> (Option<i32>, f64) {
+        let started = Instant::now();
+        self.signal(libc::SIGTERM);
+        let status = self.child.take().unwrap().wait().unwrap();
+        (status.code(), started.elapsed().as_secs_f64())
+    }
+
+    fn api(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let (status, text) = http(&self.socket(), method, path, body).expect("daemon answers");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// Polls a job until it ends; returns its record.
+    fn wait(&self, id: &str, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (_, j) = self.api("GET", &format!("/v1/jobs/{id}"), "");
+            if !matches!(j["state"].as_str(), Some("queued" | "running")) {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} still {} after {limit:?}",
+                j["state"]
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client over the Unix socket (independent of attache's own client).
+fn http(socket: &Path, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: attache\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n")?.1.to_string();
+    // Chunked replies (event streams) are not needed by these tests.
+    Some((status, body))
+}
+
+fn tcp_http(addr: &str, path: &str, token: Option<&str>) -> u16 {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn big_tree(root: &Path, files: usize, size: usize) {
+    std::fs::create_dir_all(root).unwrap();
+    for i in 0..files {
+        let data: Vec<u8> = (0..size).map(|j| (i * 31 + j * 7 % 251) as u8).collect();
+        std::fs::write(root.join(format!("f{i}.bin")), data).unwrap();
+    }
+}
+
+fn submit_spec(inputs: &Path) -> String {
+    serde_json::json!({"kind": "submit", "inputs": [inputs], "farm_id": "farm-1", "queue_id": "queue-1"}).to_string()
+}
+
+#[test]
+fn jobs_run_through_a_private_socket_and_the_cli() {
+    let mut d = Daemon::start("");
+    let mode = std::fs::metadata(d.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket must refuse other users");
+    let dir_mode = std::fs::metadata(d.socket().parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(dir_mode, 0o700);
+
+    let (status, health) = d.api("GET", "/v1/health", "");
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "ok");
+
+    // The same command, locally and through the daemon, gives the same attachments shape.
+    let proj = d.path("proj");
+    build_fixture_tree("tiny", &proj);
+    let (code, local, err) = run(d
+        .cmd()
+        .args(["submit", "--farm-id", "farm-1", "--queue-id", "queue-1"])
+        .arg(&proj));
+    assert_eq!(code, 0, "{err}");
+    let (code, remote, err) = run(d
+        .cmd()
+        .env("ATTACHE_DAEMON", "1")
+        .args(["submit", "--farm-id", "farm-1", "--queue-id", "queue-1"])
+        .arg(&proj));
+    assert_eq!(code, 0, "{err}");
+    let (l, r): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_str(&local).unwrap(),
+        serde_json::from_str(&remote).unwrap(),
+    );
+    assert_eq!(
+        l["manifests"][0]["inputManifestHash"],
+        r["manifests"][0]["inputManifestHash"]
+    );
+    assert_eq!(
+        l["manifests"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        [
+            "rootPath",
+            "rootPathFormat",
+            "inputManifestPath",
+            "inputManifestHash"
+        ],
+        "the official key order"
+    );
+
+    let (code, jobs, _) = run(d.cmd().arg("jobs"));
+    assert_eq!(code, 0);
+    assert!(
+        jobs.contains("submit") && jobs.contains("succeeded"),
+        "{jobs}"
+    );
+
+    // A bad spec is refused before it is queued, naming the field.
+    let (status, e) = d.api("POST", "/v1/jobs", r#"{"kind":"submit","queue_id":"q"}"#);
+    assert_eq!(status, 400);
+    assert_eq!(e["field"], "farm_id", "{e}");
+    let (status, e) = d.api(
+        "POST",
+        "/v1/jobs",
+        r#"{"kind":"submit","inputs":["relative"],"farm_id":"f","queue_id":"q"}"#,
+    );
+    assert_eq!(status, 400);
+    assert_eq!(e["field"], "inputs", "{e}");
+    let (status, _) = d.api("GET", "/v1/jobs/job-nope", "");
+    assert_eq!(status, 404);
+
+    let (_, metrics) = http(&d.socket(), "GET", "/metrics", "").unwrap();
+    assert!(
+        metrics.contains("attache_jobs_finished_total{state=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    // The local submit already uploaded the three objects: the daemon's job asked nothing.
+    assert!(
+        metrics.contains("attache_known_present_hits_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("attache_uploaded_objects_total 0"),
+        "{metrics}"
+    );
+
+    let (code, secs) = d.stop();
+    assert_eq!(code, Some(0));
+    assert!(secs < 5.0);
+    assert!(!d.socket().exists(), "socket removed on exit");
+}
+
+#[test]
+fn cancel_through_the_api_stops_a_job_within_a_second() {
+    let d = Daemon::start("[bandwidth]\nupload = \"2MiB/s\"\n");
+    let proj = d.path("proj");
+    big_tree(&proj, 8, 2 << 20);
+    let (status, job) = d.api("POST", "/v1/jobs", &submit_spec(&proj));
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(700));
+    let sent = Instant::now();
+    let (status, _) = d.api("DELETE", &format!("/v1/jobs/{id}"), "");
+    assert_eq!(status, 202);
+    let j = d.wait(&id, Duration::from_secs(5));
+    let took = sent.elapsed();
+    assert_eq!(j["state"], "cancelled", "{j}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let manifests = d.path("store/Manifests");
+    assert!(
+        !manifests.exists(),
+        "a cancelled submit publishes no manifest"
+    );
+}
+
+#[test]
+fn finished_jobs_survive_a_restart_and_running_ones_are_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(dir, "[bandwidth]\nupload = \"1MiB/s\"\n", &[]);
+    let small = d.path("small");
+    build_fixture_tree("tiny", &small);
+    let (_, done) = d.api("POST", "/v1/jobs", &submit_spec(&small));
+    let done_id = done["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        d.wait(&done_id, Duration::from_secs(10))["state"],
+        "succeeded"
+    );
+    let slow = d.path("slow");
+    big_tree(&slow, 4, 4 << 20);
+    let (_, running) = d.api("POST", "/v1/jobs", &submit_spec(&slow));
+    let running_id = running["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    // A crash: no chance to clean up.
+    d.signal(libc::SIGKILL);
+    d.child.take().unwrap().wait().unwrap();
+    d.launch(&[]);
+    let (_, j) = d.api("GET", &format!("/v1/jobs/{done_id}"), "");
+    assert_eq!(j["state"], "succeeded");
+    assert!(
+        j["result"]["attachments"]["manifests"][0]["inputManifestHash"].is_string(),
+        "{j}"
+    );
+    let (_, j) = d.api("GET", &format!("/v1/jobs/{running_id}"), "");
+    assert_eq!(j["state"], "interrupted", "{j}");
+}
+
+#[test]
+fn sighup_applies_a_new_bandwidth_and_keeps_the_old_config_when_broken() {
+    let d = Daemon::start("[bandwidth]\nupload = \"1MiB/s\"\n");
+    assert_eq!(
+        d.api("GET", "/v1/health", "").1["bandwidth"]["upload"],
+        "1MiB/s"
+    );
+    d.write_config("[bandwidth]\nupload = \"64MiB/s\"\n");
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.api("GET", "/v1/health", "").1["bandwidth"]["upload"] != "64MiB/s" {
+        assert!(Instant::now() < deadline, "reload not applied: {}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A transfer started under the new rate runs at it: 8 MiB well under the old 8 s.
+    let proj = d.path("proj");
+    big_tree(&proj, 1, 8 << 20);
+    let started = Instant::now();
+    let (_, job) = d.api("POST", "/v1/jobs", &submit_spec(&proj));
+    assert_eq!(
+        d.wait(job["id"].as_str().unwrap(), Duration::from_secs(20))["state"],
+        "succeeded"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    std::fs::write(
+        d.path("attache.toml"),
+        "[bandwidth]\nupload = \"fast please\"\n",
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d.log().contains("config reload failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no log line for the broken reload: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        d.log().contains("bandwidth.upload"),
+        "the log names the key: {}",
+        d.log()
+    );
+    assert_eq!(
+        d.api("GET", "/v1/health", "").1["bandwidth"]["upload"],
+        "64MiB/s",
+        "the old config stays"
+    );
+    let (status, e) = d.api("POST", "/v1/reload", "");
+    assert_eq!(status, 422, "{e}");
+}
+
+#[test]
+fn the_tcp_listener_needs_the_token() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cr3t-t0ken-0123456789\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let extra = format!(
+        "listen = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+        token.display()
+    );
+    // `listen` and `token_file` belong to [daemon], which the base config opens last.
+    let d = Daemon::start_in(dir, &extra, &[]);
+    let addr = format!("127.0.0.1:{port}");
+    assert_eq!(tcp_http(&addr, "/v1/health", None), 401);
+    assert_eq!(
+        tcp_http(&addr, "/v1/health", Some("wrong-token-0123456789")),
+        401
+    );
+    assert_eq!(
+        tcp_http(&addr, "/v1/health", Some("s3cr3t-t0ken-0123456789")),
+        200
+    );
+    assert!(!d.log().contains("s3cr3t"), "the token is never logged");
+}
+
+#[test]
+fn two_jobs_share_one_bandwidth_limit() {
+    let d = Daemon::start("[bandwidth]\nupload = \"8MiB/s\"\n");
+    let (a, b) = (d.path("a"), d.path("b"));
+    big_tree(&a, 2, 8 << 20);
+    std::fs::create_dir_all(&b).unwrap();
+    for i in 0..2 {
+        // Different content from `a`, so nothing is shared.
+        std::fs::write(b.join(format!("g{i}.bin")), vec![i as u8 + 100; 8 << 20]).unwrap();
+    }
+    let started = Instant::now();
+    let (_, ja) = d.api("POST", "/v1/jobs", &submit_spec(&a));
+    let (_, jb) = d.api("POST", "/v1/jobs", &submit_spec(&b));
+    for j in [ja, jb] {
+        assert_eq!(
+            d.wait(j["id"].as_str().unwrap(), Duration::from_secs(30))["state"],
+            "succeeded"
+        );
+    }
+    // 32 MiB through one 8 MiB/s limit: ~4 s (two separate limits would take ~2 s).
+    let secs = started.elapsed().as_secs_f64();
+    assert!((3.4..=4.8).contains(&secs), "{secs:.2} s");
+}
+
+#[test]
+fn sigterm_during_a_multipart_upload_exits_cleanly() {
+    let s3 = TestS3::start_background();
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::File::create(proj.join("huge.bin"))
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let env = s3.env();
+    let extra = "[bandwidth]\nupload = \"50MiB/s\"\n";
+    let mut d = Daemon::start_in(dir, extra, &env);
+    let spec = serde_json::json!({"kind": "submit", "inputs": [proj], "farm_id": "farm-1", "queue_id": "queue-1",
+        "store": s3.store_url("DeadlineCloud")});
+    let (status, job) = d.api("POST", "/v1/jobs", &spec.to_string());
+    assert_eq!(status, 201, "{job}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3
+        .stats
+        .requests_matching(|r| r.query.contains("partNumber"))
+        < 2
+    {
+        assert!(Instant::now() < deadline, "no part uploaded: {}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, secs) = d.stop();
+    assert_eq!(code, Some(0), "{}", d.log());
+    assert!(secs < 5.0, "took {secs:.1} s");
+    assert_eq!(s3.open_multipart_uploads(), 0, "multipart upload left open");
+    let record = std::fs::read_to_string(
+        d.path(&format!("state/jobs/{}.json", job["id"].as_str().unwrap())),
+    )
+    .unwrap();
+    assert!(record.contains("\"cancelled\""), "{record}");
+}
