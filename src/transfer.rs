@@ -3,6 +3,7 @@
 
 pub mod download;
 pub mod gate;
+pub mod inflight;
 pub mod known_present;
 pub mod limiter;
 pub mod upload;
@@ -32,6 +33,8 @@ pub struct Transfer {
     pub memory: Arc<Semaphore>,
     /// Only find out what would be uploaded: ask the store, write nothing.
     pub dry_run: bool,
+    /// Shared with the other jobs of the daemon, so an object two jobs need moves once.
+    pub inflight: Option<Arc<inflight::InFlight>>,
     memory_units: u32,
     pub progress: Arc<Progress>,
     /// Hashes known to be in the store; `None`: ask the store every time.
@@ -80,6 +83,7 @@ impl Transfer {
             progress,
             known,
             dry_run: false,
+            inflight: None,
         }
     }
 }

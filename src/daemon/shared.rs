@@ -11,6 +11,7 @@ use crate::progress::Progress;
 use crate::store::{self, ObjectStore, OpenStoreError};
 use crate::transfer::Transfer;
 use crate::transfer::gate::Gate;
+use crate::transfer::inflight::InFlight;
 use crate::transfer::known_present::KnownPresent;
 use crate::transfer::limiter::Bandwidth;
 
@@ -24,6 +25,8 @@ pub struct Shared {
     /// endpoint or the pool opens a new client for new jobs; jobs in flight keep theirs.
     stores: tokio::sync::Mutex<HashMap<String, StoreEntry>>,
     known: Mutex<Option<Arc<KnownPresent>>>,
+    /// Objects some job is transferring right now: another job needing one waits for it.
+    inflight: Arc<InFlight>,
 }
 
 impl Shared {
@@ -33,6 +36,7 @@ impl Shared {
             settings: ArcSwap::from_pointee(settings),
             stores: Default::default(),
             known: Mutex::new(None),
+            inflight: Arc::default(),
         }
     }
 
@@ -84,13 +88,15 @@ impl Shared {
                 }
             }
         };
-        Ok(Arc::new(Transfer::new(
+        let mut transfer = Transfer::new(
             store,
             settings,
             gate,
             progress,
             self.known_present(settings),
-        )))
+        );
+        transfer.inflight = Some(self.inflight.clone());
+        Ok(Arc::new(transfer))
     }
 
     fn known_present(&self, settings: &Settings) -> Option<Arc<KnownPresent>> {

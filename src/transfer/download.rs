@@ -18,6 +18,7 @@ use tempfile::NamedTempFile;
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
+use super::inflight::{self, Claim, Done};
 use super::{Transfer, TransferError, cancellable, first_failure};
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
@@ -100,29 +101,81 @@ async fn download_group(
     }
     c.objects.fetch_add(1, Relaxed);
     let first = &group[0];
-    let tmp = fetch_verified(t, c, first, cancel).await?;
-    finalize(tmp, first)?;
+    place_first(t, c, first, cancel).await?;
     c.files.fetch_add(1, Relaxed);
     t.progress.add_files(1);
     for other in &group[1..] {
         if cancel.is_cancelled() {
             return Err(Cancelled.into());
         }
-        let (src, item) = (first.dest.clone(), other.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), TransferError> {
-            let mut tmp = temp_beside(&item.dest)?;
-            let mut from = std::fs::File::open(&src).map_err(TransferError::io(&src))?;
-            std::io::copy(&mut from, tmp.as_file_mut()).map_err(TransferError::io(&item.dest))?;
-            finalize(tmp, &item)
-        })
-        .await
-        .expect("copy task panicked")?;
+        copy_verified(&first.dest, other).await?;
         c.files.fetch_add(1, Relaxed);
         c.copied_files.fetch_add(1, Relaxed);
         t.progress.add_files(1);
         t.progress.add_bytes(other.size);
     }
     Ok(())
+}
+
+/// Fetches `item` from the store, unless another job of the daemon is fetching the same
+/// object: then it waits and copies that job's verified file.
+async fn place_first(
+    t: &Transfer,
+    c: &Counters,
+    item: &DownloadItem,
+    cancel: &CancellationToken,
+) -> Result<(), TransferError> {
+    let store_id = t.store.describe();
+    let claim = t
+        .inflight
+        .as_ref()
+        .map(|f| f.claim(&store_id, item.hash, true));
+    let guard = match claim {
+        Some(Claim::Theirs(rx)) => {
+            if let Done::Placed(src) = cancellable(cancel, inflight::wait(rx)).await?
+                && copy_verified(&src, item).await.is_ok()
+            {
+                c.copied_files.fetch_add(1, Relaxed);
+                t.progress.add_bytes(item.size);
+                return Ok(());
+            }
+            None
+        }
+        Some(Claim::Mine(guard)) => Some(guard),
+        None => None,
+    };
+    let tmp = fetch_verified(t, c, item, cancel).await?;
+    finalize(tmp, item)?;
+    if let Some(guard) = guard {
+        guard.done(Done::Placed(item.dest.clone()));
+    }
+    Ok(())
+}
+
+/// Copies a local file with the same content to `item.dest`, checking the copy's hash (the
+/// source may have been changed since it was written) before it becomes visible.
+async fn copy_verified(src: &Path, item: &DownloadItem) -> Result<(), TransferError> {
+    let (src, item) = (src.to_path_buf(), item.clone());
+    tokio::task::spawn_blocking(move || -> Result<(), TransferError> {
+        let mut tmp = temp_beside(&item.dest)?;
+        let mut from = std::fs::File::open(&src).map_err(TransferError::io(&src))?;
+        std::io::copy(&mut from, tmp.as_file_mut()).map_err(TransferError::io(&item.dest))?;
+        let got =
+            crate::hash::file::hash_file(tmp.path(), 1 << 20, &CancellationToken::new(), &|_| {})
+                .map_err(|e| TransferError::Refused {
+                path: item.dest.clone(),
+                message: e.to_string(),
+            })?;
+        if got.hash != item.hash || got.stat.size != item.size {
+            return Err(TransferError::Refused {
+                path: src.clone(),
+                message: "changed since it was downloaded; fetching the object instead".into(),
+            });
+        }
+        finalize(tmp, &item)
+    })
+    .await
+    .expect("copy task panicked")
 }
 
 /// A temporary file in the destination's directory (so the final rename is atomic).

@@ -18,6 +18,7 @@ use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
+use super::inflight::{self, Claim, Done};
 use super::{Transfer, TransferError, cancellable, first_failure};
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
@@ -131,6 +132,24 @@ async fn upload_one(
         finish(t, &item, false);
         return Ok(());
     }
+    // Another job of the daemon uploading the same object: wait for it instead.
+    let claim = match t
+        .inflight
+        .as_ref()
+        .filter(|_| !t.dry_run)
+        .map(|f| f.claim(&store_id, item.hash, false))
+    {
+        Some(Claim::Theirs(rx)) => {
+            if cancellable(cancel, inflight::wait(rx)).await? == Done::Stored {
+                c.present_objects.fetch_add(1, Relaxed);
+                finish(t, &item, false);
+                return Ok(());
+            }
+            None
+        }
+        Some(Claim::Mine(guard)) => Some(guard),
+        None => None,
+    };
     let small = item.size <= t.settings.multipart_threshold.0;
     let mut parts_counted = false;
     let created = if t.dry_run {
@@ -172,6 +191,9 @@ async fn upload_one(
         && let Err(e) = k.record(&store_id, &[item.hash])
     {
         tracing::warn!("{e}");
+    }
+    if let Some(guard) = claim {
+        guard.done(Done::Stored);
     }
     finish(t, &item, parts_counted);
     Ok(())
