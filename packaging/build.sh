@@ -13,5 +13,5 @@ bin=target/release/attache
 "$bin" completions fish >"$out/completions/attache.fish"
 "$bin" man | gzip -9n >"$out/attache.1.gz"
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
-cargo deb --no-build
+cargo deb --no-build --strip
 ls -l target/debian/*.deb
