@@ -129,12 +129,14 @@ impl HashCache {
     }
 
     /// Looks up many files under one directory at once. `files` must be sorted by path bytes;
-    /// the answer has one slot per file. One ordered range scan serves the whole batch, and
-    /// rows under `dir` that match no file (deleted or renamed files) are pruned.
+    /// the answer has one slot per file. One ordered range scan serves the whole batch; when
+    /// `files` is every file under `dir` (`prune_unlisted`), rows that match none of them
+    /// (deleted or renamed files) are pruned.
     pub fn lookup_sorted(
         &self,
         dir: &[u8],
         files: &[(&[u8], &FileStat)],
+        prune_unlisted: bool,
     ) -> Result<Vec<Option<ContentHash>>, CacheError> {
         debug_assert!(files.is_sorted_by(|a, b| a.0 <= b.0));
         let q = |source| CacheError::Query {
@@ -167,7 +169,8 @@ impl HashCache {
         }
         drop(rows);
         drop(stmt);
-        if !stale.is_empty() {
+        // Only a complete scan of `dir` knows that an unlisted row's file is gone.
+        if prune_unlisted && !stale.is_empty() {
             let tx = conn.unchecked_transaction().map_err(q)?;
             {
                 let mut del = tx
@@ -407,8 +410,18 @@ mod tests {
         ])
         .unwrap();
         let files: Vec<(&[u8], &FileStat)> = vec![(b"/r/a", &s), (b"/r/c", &s), (b"/r/new", &s)];
+        // A partial list (some files of the root) prunes nothing.
         assert_eq!(
-            c.lookup_sorted(b"/r", &files).unwrap(),
+            c.lookup_sorted(b"/r", &files, false).unwrap(),
+            vec![Some(ha), Some(hc), None]
+        );
+        assert_eq!(
+            c.lookup(b"/r/b-deleted", &s).unwrap(),
+            Some(ha),
+            "kept: the list was partial"
+        );
+        assert_eq!(
+            c.lookup_sorted(b"/r", &files, true).unwrap(),
             vec![Some(ha), Some(hc), None]
         );
         assert_eq!(

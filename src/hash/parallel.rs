@@ -64,6 +64,15 @@ impl std::fmt::Display for HashErrors {
     }
 }
 
+/// The hash cache as one hashing run uses it.
+#[derive(Clone, Copy)]
+pub struct CacheUse<'a> {
+    pub cache: &'a HashCache,
+    /// The files are every file under the root (a full scan), so cache rows under the root
+    /// that match none of them belong to deleted files and are pruned.
+    pub complete_scan: bool,
+}
+
 /// Receives files as they are hashed (or found in the cache), e.g. to upload them while the
 /// rest of the tree is still hashing. Called from the hashing threads.
 pub trait HashSink: Sync {
@@ -86,7 +95,7 @@ pub enum HashOutcome {
 pub fn hash_tree(
     root: &Path,
     mut files: Vec<ScannedFile>,
-    cache: Option<&HashCache>,
+    cache: Option<CacheUse<'_>>,
     read_buffer: usize,
     cancel: &CancellationToken,
     progress: &Progress,
@@ -113,10 +122,12 @@ pub fn hash_tree(
                 .zip(&files)
                 .map(|(k, f)| (k.as_slice(), &f.stat))
                 .collect();
-            c.lookup_sorted(root_bytes, &batch).unwrap_or_else(|e| {
-                tracing::warn!("{e}; hashing without the cache");
-                vec![None; files.len()]
-            })
+            c.cache
+                .lookup_sorted(root_bytes, &batch, c.complete_scan)
+                .unwrap_or_else(|e| {
+                    tracing::warn!("{e}; hashing without the cache");
+                    vec![None; files.len()]
+                })
         }
         None => vec![None; files.len()],
     };
@@ -204,7 +215,7 @@ pub fn hash_tree(
             })
             .collect();
         // Worth keeping even when cancelled or failed: the next run starts from here.
-        if let Err(e) = c.store(&records) {
+        if let Err(e) = c.cache.store(&records) {
             tracing::warn!("{e}; new hashes were not cached");
         }
     }
@@ -296,7 +307,10 @@ mod tests {
         let run = |cache: &HashCache| match hash_tree(
             t.path(),
             scanned(t.path()),
-            Some(cache),
+            Some(CacheUse {
+                cache,
+                complete_scan: true,
+            }),
             4096,
             &CancellationToken::new(),
             &Progress::default(),

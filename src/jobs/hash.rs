@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Cancelled, normalize_root, on_pool};
 use crate::hash::cache::{CacheError, HashCache};
 use crate::hash::parallel::{
-    HashErrors, HashOutcome, HashSink, HashStats, HashedFile, hash_tree, to_manifest,
+    CacheUse, HashErrors, HashOutcome, HashSink, HashStats, HashedFile, hash_tree, to_manifest,
 };
 use crate::manifest::Manifest;
 use crate::progress::Progress;
@@ -111,6 +111,10 @@ fn hash_root(
         ScanOutcome::Done(files) => files,
         ScanOutcome::Cancelled => return Err(Cancelled.into()),
     };
+    let cache = cache.map(|cache| CacheUse {
+        cache,
+        complete_scan: true,
+    });
     hash_listed(root, files, spec, cache, cancel, progress, sink)
 }
 
@@ -132,7 +136,10 @@ pub fn hash_chosen(
             root,
             files,
             spec,
-            cache.as_ref(),
+            cache.as_ref().map(|cache| CacheUse {
+                cache,
+                complete_scan: false,
+            }),
             cancel,
             &progress,
             Some(sink),
@@ -151,7 +158,7 @@ pub fn hash_listed(
     root: &Path,
     files: Vec<ScannedFile>,
     spec: &HashSpec,
-    cache: Option<&HashCache>,
+    cache: Option<CacheUse<'_>>,
     cancel: &CancellationToken,
     progress: &Progress,
     sink: Option<&dyn HashSink>,
