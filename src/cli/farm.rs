@@ -207,6 +207,27 @@ fn execute(
     Ok(serde_json::to_value(output)?)
 }
 
+/// Runs the job and writes its JSON: all of it with `--json`, else the `part` users pipe on
+/// (`None` for no part). Returns the output for a human summary, or `None` under `--json`.
+fn run_and_emit(
+    ctx: &Context,
+    spec: JobSpec,
+    label: &'static str,
+    common: &CommonArgs,
+    output: Option<&Path>,
+    part: Option<&str>,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let out = execute(ctx, spec, label, common.daemon)?;
+    if common.store.json {
+        emit(&out, output)?;
+        return Ok(None);
+    }
+    if let Some(part) = part {
+        emit(&out[part], output)?;
+    }
+    Ok(Some(out))
+}
+
 /// A spec error is bad usage (exit code 2).
 fn usage(e: crate::jobs::spec::JobError) -> anyhow::Error {
     match e {
@@ -249,11 +270,17 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         dry_run,
         store: a.common.store.store.clone(),
     });
-    let out = execute(ctx, spec, "submitting", a.common.daemon)?;
-    if a.common.store.json {
-        return emit(&out, a.output.as_deref()).map(|()| ExitCode::SUCCESS);
-    }
-    emit(&out["attachments"], a.output.as_deref())?;
+    let Some(out) = run_and_emit(
+        ctx,
+        spec,
+        "submitting",
+        &a.common,
+        a.output.as_deref(),
+        Some("attachments"),
+    )?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
     for r in out["roots"].as_array().into_iter().flatten() {
         let u = &r["upload"];
         eprintln!(
@@ -283,11 +310,17 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
         locations: a.locations,
         store: a.common.store.store.clone(),
     });
-    let out = execute(ctx, spec, "syncing inputs", a.common.daemon)?;
-    if a.common.store.json {
-        return emit(&out, a.output.as_deref()).map(|()| ExitCode::SUCCESS);
-    }
-    emit(&out["path_mapping_rules"], a.output.as_deref())?;
+    let Some(out) = run_and_emit(
+        ctx,
+        spec,
+        "syncing inputs",
+        &a.common,
+        a.output.as_deref(),
+        Some("path_mapping_rules"),
+    )?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
     for r in out["roots"].as_array().into_iter().flatten() {
         let rep = &r["report"];
         eprintln!(
@@ -317,11 +350,17 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         locations: a.locations,
         store: a.common.store.store.clone(),
     });
-    let out = execute(ctx, spec, "syncing outputs", a.common.daemon)?;
-    if a.common.store.json {
-        return emit(&out, a.output.as_deref()).map(|()| ExitCode::SUCCESS);
-    }
-    emit(&out["manifests"], a.output.as_deref())?;
+    let Some(out) = run_and_emit(
+        ctx,
+        spec,
+        "syncing outputs",
+        &a.common,
+        a.output.as_deref(),
+        Some("manifests"),
+    )?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
     for m in out["manifests"].as_array().into_iter().flatten() {
         eprintln!(
             "published {}",
@@ -342,10 +381,9 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         root_map: a.root_map,
         store: a.common.store.store.clone(),
     });
-    let out = execute(ctx, spec, "downloading outputs", a.common.daemon)?;
-    if a.common.store.json {
-        return emit(&out, None).map(|()| ExitCode::SUCCESS);
-    }
+    let Some(out) = run_and_emit(ctx, spec, "downloading outputs", &a.common, None, None)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
     for r in out["roots"].as_array().into_iter().flatten() {
         eprintln!(
             "{} -> {}: {} files from {} manifests; downloaded {} objects",
