@@ -17,6 +17,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A manifest mtime (microseconds since the epoch, possibly negative) as a file time.
+pub fn file_time_from_us(mtime_us: i64) -> filetime::FileTime {
+    let ns = i128::from(mtime_us) * 1000;
+    filetime::FileTime::from_unix_time(
+        ns.div_euclid(1_000_000_000) as i64,
+        ns.rem_euclid(1_000_000_000) as u32,
+    )
+}
+
 /// A temporary file in `dir` (removed if dropped) that will become a regular file: created
 /// with mode 0666 less the umask, like any file a program writes, rather than tempfile's 0600.
 pub fn temp_file_in(

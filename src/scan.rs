@@ -115,6 +115,39 @@ pub enum ScanOutcome {
     Cancelled,
 }
 
+/// Scans `dir`, a directory under `root`, with paths relative to `root` (how submit takes an
+/// input directory and sync-outputs an output directory of an asset root).
+pub fn scan_under(
+    root: &Path,
+    dir: &Path,
+    opts: ScanOptions,
+    cancel: &CancellationToken,
+) -> Result<ScanOutcome, ScanErrors> {
+    let mut outcome = scan(dir, opts, cancel)?;
+    let prefix = dir
+        .strip_prefix(root)
+        .expect("dir is under root")
+        .as_os_str()
+        .as_encoded_bytes();
+    if let ScanOutcome::Done(files) = &mut outcome
+        && !prefix.is_empty()
+    {
+        for f in files {
+            let mut rel = prefix.to_vec();
+            rel.push(b'/');
+            rel.extend_from_slice(&f.rel.to_posix_bytes().expect("scanned names"));
+            f.rel = ManifestPath::from_posix_bytes(&rel);
+        }
+    }
+    Ok(outcome)
+}
+
+/// Sorts files by path and keeps one file per path (inputs may overlap).
+pub fn dedup_by_path(files: &mut Vec<ScannedFile>) {
+    files.sort_by(|a, b| a.rel.as_wtf8().cmp(b.rel.as_wtf8()));
+    files.dedup_by(|a, b| a.rel == b.rel);
+}
+
 /// Walks `root` on the current rayon pool and returns its regular files in no particular
 /// order. Files that vanish between listing and stat are left out (they are gone).
 pub fn scan(

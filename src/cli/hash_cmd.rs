@@ -13,12 +13,10 @@ use serde_json::json;
 use super::progress_bar::Bar;
 use super::{Context, UsageError, flag, run_cancellable};
 use crate::config::Override;
-use crate::config::Settings;
 use crate::hash::ContentHash;
 use crate::hash::parallel::HashStats;
 use crate::jobs::hash::{HashReport, HashSpec, run};
 use crate::progress::Progress;
-use crate::scan::ScanOptions;
 
 #[derive(Debug, Args)]
 #[command(
@@ -65,26 +63,12 @@ impl HashArgs {
     }
 }
 
-/// The hashing part of the settings, shared with `manifest verify`.
-pub fn spec_from(settings: &Settings, roots: Vec<PathBuf>, use_cache: bool) -> HashSpec {
-    HashSpec {
-        roots,
-        cache_dir: use_cache.then(|| settings.cache.dir.clone()),
-        threads: settings.hash_threads(),
-        read_buffer: settings.hash.read_buffer.0 as usize,
-        scan: ScanOptions {
-            follow_external_symlinks: settings.hash.follow_external_symlinks,
-            boundary: None,
-        },
-    }
-}
-
 pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
     let dir_mode = match &args.output {
         Some(o) => args.roots.len() > 1 || o.is_dir(),
         None => false,
     };
-    let spec = spec_from(
+    let spec = HashSpec::from_settings(
         &ctx.settings,
         args.roots.clone(),
         ctx.settings.cache.hash_cache,

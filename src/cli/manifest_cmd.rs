@@ -172,7 +172,11 @@ fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
             .map(|p| read_manifest(p))
             .collect::<anyhow::Result<Vec<_>>>()?,
     );
-    let spec = super::hash_cmd::spec_from(&ctx.settings, vec![v.root.clone()], v.use_cache);
+    let spec = crate::jobs::hash::HashSpec::from_settings(
+        &ctx.settings,
+        vec![v.root.clone()],
+        v.use_cache,
+    );
     let progress = Arc::new(Progress::default());
     let report = {
         let _bar = Bar::start(

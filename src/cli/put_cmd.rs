@@ -48,7 +48,7 @@ impl PutArgs {
 
 pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
     let settings = ctx.settings.clone();
-    let spec = super::hash_cmd::spec_from(
+    let spec = crate::jobs::hash::HashSpec::from_settings(
         &settings,
         vec![args.root.clone()],
         settings.cache.hash_cache,

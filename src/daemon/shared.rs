@@ -105,10 +105,7 @@ impl Shared {
         }
         let mut known = self.known.lock().expect("not poisoned");
         if known.is_none() {
-            match KnownPresent::open(&settings.cache.dir, settings.transfer.known_present_ttl.0) {
-                Ok(k) => *known = Some(Arc::new(k)),
-                Err(e) => tracing::warn!("{e}; asking the store about every object"),
-            }
+            *known = KnownPresent::from_settings(settings);
         }
         known.clone()
     }

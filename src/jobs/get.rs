@@ -244,11 +244,7 @@ fn fix_mtime(path: &Path, mtime_us: i64) {
     {
         return;
     }
-    let ns = i128::from(mtime_us) * 1000;
-    let t = filetime::FileTime::from_unix_time(
-        ns.div_euclid(1_000_000_000) as i64,
-        ns.rem_euclid(1_000_000_000) as u32,
-    );
+    let t = crate::fsutil::file_time_from_us(mtime_us);
     if let Err(e) = filetime::set_file_times(path, t, t) {
         tracing::warn!(path = %path.display(), "cannot set mtime: {e}");
     }

@@ -25,6 +25,26 @@ pub struct HashSpec {
     pub scan: ScanOptions,
 }
 
+impl HashSpec {
+    /// The hashing settings for `roots` (`use_cache: false` reads every file).
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        roots: Vec<PathBuf>,
+        use_cache: bool,
+    ) -> HashSpec {
+        HashSpec {
+            roots,
+            cache_dir: use_cache.then(|| settings.cache.dir.clone()),
+            threads: settings.hash_threads(),
+            read_buffer: settings.hash.read_buffer.0 as usize,
+            scan: ScanOptions {
+                follow_external_symlinks: settings.hash.follow_external_symlinks,
+                boundary: None,
+            },
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HashJobError {
     #[error("{root}: {source}")]

@@ -24,17 +24,7 @@ pub async fn transfer_for(
         settings.s3.max_connections,
         store.throttle_signal(),
     ));
-    let known = if settings.cache.hash_cache {
-        match KnownPresent::open(&settings.cache.dir, settings.transfer.known_present_ttl.0) {
-            Ok(k) => Some(Arc::new(k)),
-            Err(e) => {
-                tracing::warn!("{e}; asking the store about every object");
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let known = KnownPresent::from_settings(settings);
     Ok(Arc::new(Transfer::new(
         store, settings, gate, progress, known,
     )))

@@ -165,11 +165,6 @@ impl From<TransferError> for JobError {
 impl JobError {
     /// The job stopped because it was cancelled.
     pub fn is_cancelled(&self) -> bool {
-        if let JobError::Transfer(t) = self
-            && matches!(**t, TransferError::Cancelled(_))
-        {
-            return true;
-        }
         let mut e: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(err) = e {
             if err.is::<super::Cancelled>() {
@@ -335,7 +330,7 @@ impl JobSpec {
             .cache
             .hash_cache
             .then(|| settings.cache.dir.clone());
-        let hash = hash_spec(settings);
+        let hash = HashSpec::from_settings(settings, Vec::new(), settings.cache.hash_cache);
         Ok(match self {
             JobSpec::Submit(j) => {
                 let spec = SubmitSpec {
@@ -404,23 +399,6 @@ impl JobSpec {
                 )
             }
         })
-    }
-}
-
-/// The hashing settings jobs use.
-pub fn hash_spec(settings: &Settings) -> HashSpec {
-    HashSpec {
-        roots: Vec::new(),
-        cache_dir: settings
-            .cache
-            .hash_cache
-            .then(|| settings.cache.dir.clone()),
-        threads: settings.hash_threads(),
-        read_buffer: settings.hash.read_buffer.0 as usize,
-        scan: crate::scan::ScanOptions {
-            follow_external_symlinks: settings.hash.follow_external_symlinks,
-            boundary: None,
-        },
     }
 }
 

@@ -14,7 +14,7 @@ use super::put::{PutError, run_with};
 use super::{Cancelled, normalize_root};
 use crate::hash::ContentHash;
 use crate::hash::parallel::HashStats;
-use crate::scan::{FileStat, ScanOutcome, ScannedFile, scan};
+use crate::scan::{FileStat, ScanOutcome, ScannedFile, dedup_by_path, scan_under};
 use crate::store::PutOptions;
 use crate::store::layout::{input_manifest_path, manifests_prefix, new_guid};
 use crate::transfer::upload::UploadReport;
@@ -313,18 +313,9 @@ fn collect_inputs(
             source,
         })?;
         if meta.is_dir() {
-            let found = match scan(input, spec.scan.clone(), cancel)? {
-                ScanOutcome::Done(f) => f,
+            match scan_under(root, input, spec.scan.clone(), cancel)? {
+                ScanOutcome::Done(found) => files.extend(found),
                 ScanOutcome::Cancelled => return Err(Cancelled.into()),
-            };
-            for mut f in found {
-                if !rel_base.as_os_str().is_empty() {
-                    let mut rel = rel_base.as_os_str().as_encoded_bytes().to_vec();
-                    rel.push(b'/');
-                    rel.extend_from_slice(&f.rel.to_posix_bytes().expect("scanned names"));
-                    f.rel = crate::manifest::ManifestPath::from_posix_bytes(&rel);
-                }
-                files.push(f);
             }
         } else if meta.is_file() {
             let rel = crate::manifest::ManifestPath::from_posix_bytes(
@@ -341,8 +332,7 @@ fn collect_inputs(
             });
         }
     }
-    files.sort_by(|a, b| a.rel.as_wtf8().cmp(b.rel.as_wtf8()));
-    files.dedup_by(|a, b| a.rel == b.rel);
+    dedup_by_path(&mut files);
     Ok(files)
 }
 

@@ -15,7 +15,7 @@ use super::put::{PutError, run_with};
 use super::sync_inputs::read_record;
 use crate::hash::ContentHash;
 use crate::manifest::{ManifestEntry, ManifestPath, json_quote};
-use crate::scan::{ScanOptions, ScanOutcome, ScannedFile, scan};
+use crate::scan::{ScanOptions, ScanOutcome, ScannedFile, dedup_by_path, scan_under};
 use crate::store::PutOptions;
 use crate::store::layout::{OutputManifestPath, manifests_prefix};
 use crate::transfer::Transfer;
@@ -168,17 +168,11 @@ fn changed_outputs(
         if !path.is_dir() {
             continue;
         }
-        let found = match scan(&path, opts.clone(), cancel)? {
+        let found = match scan_under(local, &path, opts.clone(), cancel)? {
             ScanOutcome::Done(f) => f,
             ScanOutcome::Cancelled => return Err(Cancelled.into()),
         };
-        for mut f in found {
-            if !rel_dir.is_empty() {
-                let mut rel = rel_dir.as_bytes().to_vec();
-                rel.push(b'/');
-                rel.extend_from_slice(&f.rel.to_posix_bytes().expect("scanned names"));
-                f.rel = ManifestPath::from_posix_bytes(&rel);
-            }
+        for f in found {
             let now = (
                 f.stat.size,
                 ManifestEntry::mtime_us_from_ns(f.stat.mtime_ns),
@@ -188,7 +182,6 @@ fn changed_outputs(
             }
         }
     }
-    out.sort_by(|a, b| a.rel.as_wtf8().cmp(b.rel.as_wtf8()));
-    out.dedup_by(|a, b| a.rel == b.rel);
+    dedup_by_path(&mut out);
     Ok(out)
 }

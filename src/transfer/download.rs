@@ -186,11 +186,7 @@ fn temp_beside(dest: &Path) -> Result<NamedTempFile, TransferError> {
 
 /// Sets the manifest mtime (and atime) and renames the verified file into place.
 fn finalize(tmp: NamedTempFile, item: &DownloadItem) -> Result<(), TransferError> {
-    let ns = i128::from(item.mtime_us) * 1000;
-    let t = filetime::FileTime::from_unix_time(
-        ns.div_euclid(1_000_000_000) as i64,
-        ns.rem_euclid(1_000_000_000) as u32,
-    );
+    let t = crate::fsutil::file_time_from_us(item.mtime_us);
     filetime::set_file_handle_times(tmp.as_file(), Some(t), Some(t))
         .map_err(TransferError::io(&item.dest))?;
     if item.dest.is_dir() {

@@ -40,6 +40,20 @@ fn now_secs() -> i64 {
 }
 
 impl KnownPresent {
+    /// The index the settings ask for: `None` when the cache is off, or (with a warning) when
+    /// it cannot be opened; transfers then ask the store about every object.
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+    ) -> Option<std::sync::Arc<KnownPresent>> {
+        if !settings.cache.hash_cache {
+            return None;
+        }
+        KnownPresent::open(&settings.cache.dir, settings.transfer.known_present_ttl.0)
+            .map_err(|e| tracing::warn!("{e}; asking the store about every object"))
+            .ok()
+            .map(std::sync::Arc::new)
+    }
+
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
