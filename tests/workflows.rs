@@ -460,3 +460,45 @@ fn dry_run_submit_writes_nothing() {
     );
     assert!(f.s3.object_keys().is_empty(), "{:?}", f.s3.object_keys());
 }
+
+#[test]
+fn sync_outputs_refuses_output_directories_that_leave_the_root() {
+    let f = Farm::new();
+    // A file a hostile job would like uploaded: outside the session dir.
+    write(&f.path("secrets/key.txt"), b"do not upload");
+    let session = f.path("session");
+    std::fs::create_dir_all(session.join(attache::jobs::attachments::asset_root_dir_name("/proj")))
+        .unwrap();
+    let att = serde_json::json!({"manifests": [{"rootPath": "/proj", "rootPathFormat": "posix",
+        "outputRelativeDirectories": ["renders", "../../secrets"]}], "fileSystem": "COPIED"});
+    let att_path = f.path("att.json");
+    std::fs::write(&att_path, att.to_string()).unwrap();
+    let (code, _, err) = run(f
+        .attache("w")
+        .arg("sync-outputs")
+        .args(IDS)
+        .args([
+            "--job-id",
+            "job-1",
+            "--step-id",
+            "step-1",
+            "--task-id",
+            "task-1",
+            "--session-action-id",
+            "sa-1",
+        ])
+        .arg("--attachments")
+        .arg(&att_path)
+        .arg("--session-dir")
+        .arg(&session));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("../../secrets") && err.contains("'..' segment"),
+        "{err}"
+    );
+    assert!(
+        f.s3.object_keys().is_empty(),
+        "nothing may be uploaded: {:?}",
+        f.s3.object_keys()
+    );
+}

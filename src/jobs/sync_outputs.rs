@@ -14,7 +14,7 @@ use super::hash::{HashJobError, HashSpec, hash_chosen};
 use super::put::{PutError, run_with};
 use super::sync_inputs::read_record;
 use crate::hash::ContentHash;
-use crate::manifest::{ManifestEntry, ManifestPath, json_quote};
+use crate::manifest::{ManifestEntry, ManifestPath, PathRules, json_quote};
 use crate::scan::{ScanOptions, ScanOutcome, ScannedFile, dedup_by_path, scan_under};
 use crate::store::PutOptions;
 use crate::store::layout::{OutputManifestPath, manifests_prefix};
@@ -62,6 +62,12 @@ pub async fn run(
         session_action: &spec.session_action_id,
     };
     let prefix = manifests_prefix(transfer.store.root_prefix());
+    // The attachments are untrusted on a worker: check every output directory before any work.
+    for m in &spec.attachments.manifests {
+        for dir in m.output_relative_directories.iter().flatten() {
+            check_output_dir(&spec.session_dir, dir)?;
+        }
+    }
     let mut published = Vec::new();
     for m in &spec.attachments.manifests {
         let Some(dirs) = m
@@ -117,6 +123,24 @@ pub async fn run(
         });
     }
     Ok(published)
+}
+
+/// An output directory must be `.` or a safe relative path (no `..`, not absolute): one that
+/// leaves the asset root would upload whatever it finds there.
+fn check_output_dir(session_dir: &std::path::Path, dir: &str) -> Result<(), PutError> {
+    if dir == "." {
+        return Ok(());
+    }
+    ManifestPath::from_utf8(dir.trim_end_matches('/'))
+        .validate(PathRules::native())
+        .map_err(|reason| {
+            PutError::Hash(HashJobError::Root {
+                root: session_dir.to_path_buf(),
+                source: std::io::Error::other(format!(
+                    "outputRelativeDirectories entry {dir:?} is refused: {reason}"
+                )),
+            })
+        })
 }
 
 /// `asset-root` is the root path when it is ASCII; otherwise both keys hold its JSON-quoted,
