@@ -66,7 +66,8 @@ pub struct TestS3 {
     server: JoinHandle<()>,
     /// Set by [`TestS3::start_background`]: the server's own runtime.
     runtime: Option<tokio::runtime::Runtime>,
-    _dir: tempfile::TempDir,
+    /// The temporary directory [`TestS3::start`] made (None for [`TestS3::start_at`]).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestS3 {
@@ -104,10 +105,24 @@ impl TestS3 {
         let dir = tempfile::tempdir().expect("tempdir");
         // s3s-fs canonicalizes its root; use the same spelling for our own file walks.
         let root = dir.path().canonicalize().expect("canonicalize tempdir");
-        // This is exactly what s3s-fs's CreateBucket does (a directory under the root).
-        std::fs::create_dir(root.join(bucket)).expect("create bucket directory");
+        let mut s3 = Self::start_at(&root, "127.0.0.1:0", bucket)
+            .await
+            .expect("start test S3 server");
+        s3._dir = Some(dir);
+        s3
+    }
 
-        let fs = s3s_fs::FileSystem::new(&root).expect("s3s_fs::FileSystem::new");
+    /// Serves the existing directory `root` (kept on drop) on `bind` (e.g. `127.0.0.1:0`), with
+    /// `bucket` created if missing. Objects and open multipart uploads already under `root`
+    /// are served as they are, so a server stopped and started again on the same root and port
+    /// looks like a restarted S3 endpoint (the benchmark and fault scripts do that).
+    pub async fn start_at(root: &Path, bind: &str, bucket: &str) -> std::io::Result<TestS3> {
+        let root = root.canonicalize()?;
+        // This is exactly what s3s-fs's CreateBucket does (a directory under the root).
+        std::fs::create_dir_all(root.join(bucket))?;
+
+        let fs = s3s_fs::FileSystem::new(&root)
+            .map_err(|e| std::io::Error::other(format!("s3s-fs root {}: {e:?}", root.display())))?;
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(
             TEST_ACCESS_KEY,
@@ -115,19 +130,20 @@ impl TestS3 {
         ));
         let s3 = builder.build();
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local_addr");
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
         let faults = Arc::new(Faults::default());
         let shared = Arc::new(Shared {
             s3,
             stats: stats.clone(),
             faults: faults.clone(),
+            root: root.clone(),
         });
         let (tx, rx) = oneshot::channel();
         let server = tokio::spawn(accept_loop(listener, shared, rx));
 
-        TestS3 {
+        Ok(TestS3 {
             endpoint: format!("http://{addr}"),
             bucket: bucket.to_owned(),
             access_key: TEST_ACCESS_KEY.to_owned(),
@@ -138,8 +154,8 @@ impl TestS3 {
             shutdown: Some(tx),
             server,
             runtime: None,
-            _dir: dir,
-        }
+            _dir: None,
+        })
     }
 
     /// Stops accepting, aborts every open connection (waiting until they are closed), then
@@ -267,6 +283,35 @@ impl Drop for TestS3 {
     }
 }
 
+/// Names the S3 operation of a path-style request from its method, key and query.
+fn operation(method: &Method, key: &str, query: &str) -> &'static str {
+    let has = |name: &str| {
+        query
+            .split('&')
+            .any(|p| p == name || p.starts_with(&format!("{name}=")))
+    };
+    match (method.as_str(), key.is_empty()) {
+        ("GET", true) if has("list-type") => "ListObjectsV2",
+        ("GET", true) if has("uploads") => "ListMultipartUploads",
+        ("GET", true) if has("location") => "GetBucketLocation",
+        ("GET", true) => "ListObjects",
+        ("HEAD", true) => "HeadBucket",
+        ("PUT", true) => "CreateBucket",
+        ("POST", true) if has("delete") => "DeleteObjects",
+        ("DELETE", true) => "DeleteBucket",
+        ("GET", false) if has("uploadId") => "ListParts",
+        ("GET", false) => "GetObject",
+        ("HEAD", false) => "HeadObject",
+        ("PUT", false) if has("partNumber") => "UploadPart",
+        ("PUT", false) => "PutObject",
+        ("POST", false) if has("uploads") => "CreateMultipartUpload",
+        ("POST", false) if has("uploadId") => "CompleteMultipartUpload",
+        ("DELETE", false) if has("uploadId") => "AbortMultipartUpload",
+        ("DELETE", false) => "DeleteObject",
+        _ => "Other",
+    }
+}
+
 fn root_file_names(root: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
@@ -326,6 +371,14 @@ pub struct RequestInfo {
 impl RequestInfo {
     pub fn is_get(&self) -> bool {
         self.method == "GET"
+    }
+    /// The S3 operation, e.g. `GetObject`, `UploadPart`, `ListObjectsV2`.
+    pub fn operation(&self) -> &'static str {
+        operation(
+            &Method::from_bytes(self.method.as_bytes()).unwrap_or(Method::GET),
+            &self.key,
+            &self.query,
+        )
     }
     /// A request carrying `uploadId` in its query (UploadPart, Complete, Abort, ListParts).
     pub fn is_multipart_part_op(&self) -> bool {
@@ -409,6 +462,17 @@ impl Stats {
     /// Snapshot of every request since start (or [`Self::reset`]), in arrival order.
     pub fn log(&self) -> Vec<RequestInfo> {
         self.log.lock().unwrap().iter().map(|e| e.info()).collect()
+    }
+    /// Requests since start (or [`Self::reset`]) counted by S3 operation (`GetObject`,
+    /// `PutObject`, `UploadPart`, ...; see [`RequestInfo::operation`]).
+    pub fn operation_counts(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for e in self.log.lock().unwrap().iter() {
+            *counts
+                .entry(operation(&e.method, &e.key, &e.query))
+                .or_insert(0) += 1;
+        }
+        counts
     }
     /// Forgets the request log and connection totals; the concurrency high-water mark restarts
     /// from the connections open now.
@@ -615,6 +679,7 @@ struct Shared {
     s3: s3s::service::S3Service,
     stats: Arc<Stats>,
     faults: Arc<Faults>,
+    root: PathBuf,
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
@@ -709,7 +774,27 @@ async fn handle(
             entry: entry.clone(),
         })
     });
-    let resp: HttpResponse = shared.s3.call(req).await?;
+    let mut resp: HttpResponse = shared.s3.call(req).await?;
+    // s3s-fs answers 500 for GET/HEAD of a key that is a "directory" (a prefix of other keys,
+    // e.g. `root` when `root/Data/x` exists); S3 answers 404. rclone HEADs its destination
+    // prefix first and retries a 500 for over a minute, so answer as S3 does.
+    if resp.status() == StatusCode::INTERNAL_SERVER_ERROR
+        && (method == Method::GET || method == Method::HEAD)
+        && !entry.key.is_empty()
+        && shared.root.join(&entry.bucket).join(&entry.key).is_dir()
+    {
+        let status = StatusCode::NOT_FOUND;
+        resp = error_response(
+            status,
+            "NoSuchKey",
+            "The specified key does not exist.",
+            &path,
+            entry.seq,
+        );
+        if method == Method::HEAD {
+            *resp.body_mut() = s3s::Body::empty();
+        }
+    }
 
     let mut mode = Mode::Pass;
     if applies && method == Method::GET && resp.status().is_success() {

@@ -1,0 +1,121 @@
+//! The benchmark's "plain parallel GET/PUT" reference: what the store and the connection reach
+//! with no hashing, no manifest and no file writes, one request per object, all objects at once.
+//!
+//! ```text
+//! cargo run --release --example plain_s3 -- put DIR --store s3://bucket/prefix
+//! cargo run --release --example plain_s3 -- get DIR --store s3://bucket/prefix
+//! ```
+//! `put` reads every regular file under DIR into memory first (not timed), then PUTs
+//! them all concurrently as single requests to `prefix/plain/<relative path>` and times that. `get`
+//! GETs those objects concurrently and drops the bytes (no disk writes). Prints one JSON line:
+//! `seconds`, `bytes`, `gib_per_s`. S3 access comes from the attache config and its
+//! `ATTACHE_S3__*` variables, through attache's own S3 store (the same SDK client settings and
+//! connection pool), so the figure is the ceiling a transfer through attache can approach.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use attache::config::{LoadOptions, load};
+use attache::store::{ObjectStore, PutOptions, open};
+use attache::transfer::limiter::Bandwidth;
+use futures::StreamExt;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mode, dir, url) = match args.as_slice() {
+        [mode, dir, flag, url] if flag == "--store" => (mode.clone(), dir.clone(), url.clone()),
+        _ => bail!("usage: plain_s3 put|get DIR --store s3://bucket/prefix"),
+    };
+    let settings = load(&LoadOptions::default())?.settings;
+    let bandwidth = Arc::new(Bandwidth::new(&settings.bandwidth));
+    let store: Arc<dyn ObjectStore> = open(&url, &settings, bandwidth)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let mut names = Vec::new();
+    list_files(std::path::Path::new(&dir), "", &mut names)?;
+    names.sort();
+    let key = |name: &str| {
+        let prefix = store.root_prefix();
+        if prefix.is_empty() {
+            format!("plain/{name}")
+        } else {
+            format!("{prefix}/plain/{name}")
+        }
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let started;
+    match mode.as_str() {
+        "put" => {
+            let mut bodies = Vec::new();
+            for name in &names {
+                let data = std::fs::read(format!("{dir}/{name}"))
+                    .with_context(|| format!("read {dir}/{name}"))?;
+                bodies.push((key(name), bytes::Bytes::from(data)));
+            }
+            started = Instant::now();
+            for (key, body) in bodies {
+                let store = store.clone();
+                tasks.spawn(async move {
+                    let n = body.len() as u64;
+                    store.put(&key, body, &PutOptions::default()).await?;
+                    anyhow::Ok(n)
+                });
+            }
+        }
+        "get" => {
+            started = Instant::now();
+            for name in &names {
+                let store = store.clone();
+                let key = key(name);
+                tasks.spawn(async move {
+                    let mut obj = store.get(&key, None).await?;
+                    let mut n = 0u64;
+                    while let Some(chunk) = obj.body.next().await {
+                        n += chunk?.len() as u64;
+                    }
+                    anyhow::Ok(n)
+                });
+            }
+        }
+        other => bail!("unknown mode {other:?}: put or get"),
+    }
+    let mut total = 0u64;
+    while let Some(done) = tasks.join_next().await {
+        total += done??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": mode, "objects": names.len(), "bytes": total, "seconds": secs,
+            "gib_per_s": total as f64 / secs / (1u64 << 30) as f64,
+        })
+    );
+    Ok(())
+}
+
+/// Relative paths (`/`-separated) of the regular files under `dir`.
+fn list_files(dir: &std::path::Path, rel: &str, out: &mut Vec<String>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let path = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            list_files(&entry.path(), &path, out)?;
+        } else if kind.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
