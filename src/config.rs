@@ -63,6 +63,9 @@ pub struct S3Settings {
     pub response_checksum_validation: ChecksumMode,
     /// Upload with `If-None-Match: *` instead of a HEAD to skip existing content.
     pub conditional_put: bool,
+    /// Largest object uploaded that way; bigger ones are asked about with HEAD first, since
+    /// sending them only to hear that the store has them would waste bandwidth.
+    pub conditional_put_max_size: ByteSize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,7 +233,8 @@ impl Default for S3Settings {
             retry_attempts: 5,
             request_checksum_calculation: ChecksumMode::WhenRequired,
             response_checksum_validation: ChecksumMode::WhenRequired,
-            conditional_put: false,
+            conditional_put: true,
+            conditional_put_max_size: ByteSize::mib(1),
         }
     }
 }
@@ -332,6 +336,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "request_checksum_calculation",
             "response_checksum_validation",
             "conditional_put",
+            "conditional_put_max_size",
         ],
     ),
     (
@@ -936,12 +941,12 @@ mod tests {
     fn flags_set_strings_numbers_and_booleans() {
         let flags = [
             ("store.url", "s3://bucket/root", "--store"),
-            ("s3.conditional_put", "true", "--conditional-put"),
+            ("s3.conditional_put", "false", "--conditional-put"),
             ("transfer.workers", "3", "--workers"),
         ];
         let s = settings("", &[], &flags);
         assert_eq!(s.store.url, "s3://bucket/root");
-        assert!(s.s3.conditional_put);
+        assert!(!s.s3.conditional_put);
         assert_eq!(s.transfer.workers, 3);
     }
 

@@ -25,8 +25,9 @@ use crate::store::{ObjectStore, StoreError};
 pub struct Transfer {
     pub store: Arc<dyn ObjectStore>,
     pub settings: TransferSettings,
-    /// Skip existing content with `PutObject If-None-Match: *` instead of a HEAD.
-    pub conditional_put: bool,
+    /// Objects up to this size skip existing content with `PutObject If-None-Match: *`
+    /// instead of a HEAD first (`None`: always HEAD).
+    pub conditional_put_max: Option<u64>,
     /// Requests in flight, lowered while the store throttles.
     pub gate: Arc<gate::Gate>,
     /// Bytes of bodies held in memory, in units of [`MEMORY_UNIT`]: the memory bound.
@@ -77,7 +78,10 @@ impl Transfer {
             memory_units,
             store,
             settings: t.clone(),
-            conditional_put: settings.s3.conditional_put,
+            conditional_put_max: settings
+                .s3
+                .conditional_put
+                .then_some(settings.s3.conditional_put_max_size.0),
             gate,
             memory: Arc::new(Semaphore::new(memory_units as usize)),
             progress,

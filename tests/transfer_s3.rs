@@ -292,14 +292,69 @@ async fn known_present_content_makes_no_request() {
     let data_requests = s3.stats.requests_matching(|r| r.path.contains("/Data/"));
     assert_eq!(data_requests, 0, "{:?}", s3.stats.log());
 
-    // Without the index (no cache), each object is asked about once, and none uploaded.
+    // Without the index (no cache) and without conditional PUTs, each object is asked about
+    // once with HEAD, and none uploaded.
     let mut no_cache = s.clone();
     no_cache.cache.hash_cache = false;
+    no_cache.s3.conditional_put = false;
     s3.stats.reset();
     let third = put_tree(&src, &no_cache).await.unwrap();
     assert_eq!(third.upload.present_objects, 50);
     assert_eq!(s3.stats.requests_of("HEAD"), 50);
     assert_eq!(s3.stats.requests_of("PUT"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_objects_are_uploaded_with_one_conditional_put_and_large_ones_head_first() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..20 {
+        write(
+            &src,
+            &format!("small{i}"),
+            &content(1000 + i, i),
+            1_600_000_000_000_000_000,
+        );
+    }
+    write(&src, "big", &content(3000, 99), 1_600_000_000_000_000_000);
+    let mut s = settings(&s3, "p", &t.path().join("cache"));
+    s.cache.hash_cache = false; // no known-present index: every object goes to the store
+    s.s3.conditional_put_max_size = ByteSize(2000);
+    assert!(s.s3.conditional_put, "on by default");
+
+    let first = put_tree(&src, &s).await.unwrap();
+    assert_eq!(first.upload.uploaded_objects, 21);
+    let log = s3.stats.log();
+    let small_heads = log
+        .iter()
+        .filter(|r| r.method == "HEAD" && r.key.contains("/Data/"));
+    assert_eq!(
+        small_heads.count(),
+        1,
+        "only the object over the limit is asked about: {log:?}"
+    );
+    assert_eq!(s3.stats.requests_of("PUT"), 21);
+
+    // Everything is there now: the small objects are refused with 412 and counted present,
+    // the big one is found by HEAD and not sent again.
+    s3.stats.reset();
+    let again = put_tree(&src, &s).await.unwrap();
+    assert_eq!(again.upload.uploaded_objects, 0);
+    assert_eq!(again.upload.present_objects, 21);
+    let log = s3.stats.log();
+    let refused = log
+        .iter()
+        .filter(|r| r.method == "PUT" && r.status == 412)
+        .count();
+    assert_eq!(refused, 20, "{log:?}");
+    assert_eq!(s3.stats.requests_of("HEAD"), 1);
+    assert_eq!(s3.stats.requests_of("PUT"), 20);
+    // The store's objects are intact.
+    for i in 0..20u64 {
+        let key = format!("p/Data/{}.xxh128", ContentHash::of(&content(1000 + i, i)));
+        assert_eq!(s3.read_object(&key).unwrap(), content(1000 + i, i));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

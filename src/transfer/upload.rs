@@ -60,9 +60,36 @@ struct Counters {
     multipart_objects: AtomicU64,
     present_objects: AtomicU64,
     known_objects: AtomicU64,
+    /// Hashes stored or found, not yet written to the known-present index.
+    known_pending: Mutex<Vec<ContentHash>>,
 }
 
+/// Known-present entries are written in batches of this many: one SQLite transaction per
+/// object cost more CPU than many a small upload.
+const KNOWN_BATCH: usize = 512;
+
 impl Counters {
+    /// Notes a hash for the known-present index; writes a full batch.
+    fn record_known(&self, t: &Transfer, store_id: &str, hash: ContentHash) {
+        let full = {
+            let mut pending = self.known_pending.lock().expect("not poisoned");
+            pending.push(hash);
+            (pending.len() >= KNOWN_BATCH).then(|| std::mem::take(&mut *pending))
+        };
+        if let Some(batch) = full {
+            write_known(t, store_id, &batch);
+        }
+    }
+
+    /// Writes what is pending (at the end of the stream, whether it succeeded or not: what
+    /// was stored before a failure is in the store all the same).
+    fn flush_known(&self, t: &Transfer) {
+        let batch = std::mem::take(&mut *self.known_pending.lock().expect("not poisoned"));
+        if !batch.is_empty() {
+            write_known(t, &t.store.describe(), &batch);
+        }
+    }
+
     fn report(&self) -> UploadReport {
         UploadReport {
             files: self.files.load(Relaxed),
@@ -73,6 +100,14 @@ impl Counters {
             present_objects: self.present_objects.load(Relaxed),
             known_objects: self.known_objects.load(Relaxed),
         }
+    }
+}
+
+fn write_known(t: &Transfer, store_id: &str, hashes: &[ContentHash]) {
+    if let Some(k) = &t.known
+        && let Err(e) = k.record(store_id, hashes)
+    {
+        tracing::warn!("{e}");
     }
 }
 
@@ -111,7 +146,9 @@ pub async fn upload_stream(
             }
         })
         .buffer_unordered(t.settings.workers.max(1));
-    first_failure(results, &stop, cancel).await?;
+    let outcome = first_failure(results, &stop, cancel).await;
+    counters.flush_known(&t);
+    outcome?;
     Ok(counters.report())
 }
 
@@ -155,7 +192,7 @@ async fn upload_one(
     let created = if t.dry_run {
         // Would it be uploaded? Ask, write nothing.
         t.gate.run(cancel, || t.store.head(&key)).await?.is_none()
-    } else if small && t.conditional_put {
+    } else if small && t.conditional_put_max.is_some_and(|max| item.size <= max) {
         let body = load_verified(t, &item, cancel).await?;
         let opts = PutOptions {
             if_none_match: true,
@@ -186,11 +223,8 @@ async fn upload_one(
     } else {
         c.present_objects.fetch_add(1, Relaxed);
     }
-    if let Some(k) = &t.known
-        && !(t.dry_run && created)
-        && let Err(e) = k.record(&store_id, &[item.hash])
-    {
-        tracing::warn!("{e}");
+    if t.known.is_some() && !(t.dry_run && created) {
+        c.record_known(t, &store_id, item.hash);
     }
     if let Some(guard) = claim {
         guard.done(Done::Stored);
