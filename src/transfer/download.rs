@@ -298,6 +298,9 @@ async fn fetch_whole(
     Ok((ContentHash(hasher.digest128()), written))
 }
 
+/// Bytes of a ranged part gathered before one positioned write.
+const WRITE_BATCH: usize = 1 << 20;
+
 /// Parallel ranged GETs written at their offsets, then the whole file hashed from the page
 /// cache. A part that comes back short fails the fetch (and is fetched again).
 async fn fetch_ranged(
@@ -328,20 +331,39 @@ async fn fetch_ranged(
                     .gate
                     .run(cancel, || t.store.get(key, Some(start..end)))
                     .await?;
+                // Body chunks are ~16 KiB; one blocking-thread hop per chunk cost more CPU
+                // than the copy into the page cache. Gather them into WRITE_BATCH writes.
+                let write = |buf: bytes::Bytes, at: u64| {
+                    let f = file.clone();
+                    async move {
+                        tokio::task::spawn_blocking(move || f.write_all_at(&buf, at))
+                            .await
+                            .expect("write task panicked")
+                            .map_err(TransferError::io(&item.dest))
+                    }
+                };
+                let mut buf = bytes::BytesMut::new();
+                let mut buf_at = start;
                 let mut at = start;
                 while let Some(chunk) = cancellable(cancel, obj.body.next()).await? {
                     let chunk = chunk?;
-                    if at + chunk.len() as u64 > end {
+                    let len = chunk.len() as u64;
+                    if at + len > end {
                         return Ok(false);
                     }
-                    let (f, len) = (file.clone(), chunk.len() as u64);
-                    tokio::task::spawn_blocking(move || f.write_all_at(&chunk, at))
-                        .await
-                        .expect("write task panicked")
-                        .map_err(TransferError::io(&item.dest))?;
+                    if buf.is_empty() {
+                        buf_at = at;
+                    }
+                    buf.extend_from_slice(&chunk);
                     at += len;
                     c.downloaded_bytes.fetch_add(len, Relaxed);
                     t.progress.add_bytes(len);
+                    if buf.len() >= WRITE_BATCH {
+                        write(buf.split().freeze(), buf_at).await?;
+                    }
+                }
+                if !buf.is_empty() {
+                    write(buf.freeze(), buf_at).await?;
                 }
                 Ok::<bool, TransferError>(at == end)
             }
