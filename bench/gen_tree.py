@@ -12,7 +12,7 @@ at a seeded offset, so every file's content is distinct and incompressible, and 
 is bounded by write speed (about 1 s per GiB here) rather than by the random generator.
 mtimes are fixed: --mtime + i seconds (so manifests are reproducible byte for byte).
 
-Idempotent: a stamp `DEST.gen.json` beside DEST records the arguments; a second run with the
+Idempotent: a stamp `DEST.gen.json` beside DEST (or `--stamp PATH`) records the arguments; a second run with the
 same arguments returns at once (use --force to regenerate). Prints a JSON summary on stdout.
 Sizes accept plain bytes or KiB/MiB/GiB (also K/M/G = powers of 1024).
 """
@@ -120,6 +120,9 @@ def main() -> int:
     ap.add_argument("--mtime", type=int, default=1_700_000_000,
                     help="mtime of file 0 in epoch seconds; file i gets +i (default 1700000000)")
     ap.add_argument("--force", action="store_true", help="regenerate even if the stamp matches")
+    ap.add_argument("--stamp", metavar="PATH",
+                    help="where the stamp goes (default DEST.gen.json; move it out of a tree that "
+                         "DEST is part of)")
     args = ap.parse_args()
 
     if args.min_size > args.max_size:
@@ -130,7 +133,7 @@ def main() -> int:
         ap.error("--seed must be >= 0")
 
     dest = os.path.abspath(args.dest)
-    stamp = dest.rstrip("/") + ".gen.json"
+    stamp = os.path.abspath(args.stamp) if args.stamp else dest.rstrip("/") + ".gen.json"
     params = {"generator": "attache-bench-gen-tree/1", "seed": args.seed, "mtime": args.mtime}
     if args.single is not None:
         params.update(kind="single", size=args.single)
@@ -161,6 +164,7 @@ def main() -> int:
         result = gen_many(dest, args.count, args.min_size, args.max_size, args.seed,
                           args.mtime, args.depth, args.fanout)
     secs = time.perf_counter() - t0
+    os.makedirs(os.path.dirname(stamp), exist_ok=True)
     with open(stamp, "w") as f:
         json.dump({"params": params, "result": result}, f)
     print(json.dumps({**result, "dest": dest, "generated": True, "seconds": round(secs, 3)}))

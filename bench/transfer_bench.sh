@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# transfer_bench.sh — attache vs the official Deadline client, rclone and aws-cli on local S3.
+#
+#   bench/transfer_bench.sh                        # s3s-fs server, all trees, all tools
+#   bench/transfer_bench.sh --servers s3s,garage --trees small
+#   bench/transfer_bench.sh --quick                # tiny trees, one run: a smoke test
+#
+# Installs what it needs first (once; cached outside the repo):
+#   - release build of attache and its examples s3_server (the s3s-fs 0.14.1 server) and
+#     plain_s3 (the plain parallel PUT/GET reference);
+#   - the TCP_NODELAY shim for Garage (gcc);
+#   - rclone from Debian (apt-get) when missing;
+#   - aws-cli (PyPI awscli, pinned) in $ATTACHE_TOOLS_DIR/venv-awscli-<version>;
+#   - the official client (deadline==0.60.10) venv, via scripted_tests/lib/deadline_venv.sh;
+#   - Garage (scripted_tests/garage.sh install) when --servers includes garage.
+# Then runs bench/transfer_bench.py with the arguments given (see its --help and
+# bench/README.md). Environment: BUILD=0 skips the cargo build; BENCH_DIR (default
+# /tmp/attache-bench) holds trees and per-run state; ATTACHE_TOOLS_DIR (default
+# ~/.cache/attache-tools) holds the tools.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+cd "$repo"
+tools_dir="${ATTACHE_TOOLS_DIR:-$HOME/.cache/attache-tools}"
+mkdir -p "$tools_dir"
+say() { echo "transfer_bench: $*" >&2; }
+
+if [[ "${BUILD:-1}" != 0 ]]; then
+    say "cargo build --release --bins --examples"
+    cargo build --release --bins --examples >&2
+fi
+target="${CARGO_TARGET_DIR:-$repo/target}"
+export ATTACHE_BIN="${ATTACHE_BIN:-$target/release/attache}"
+export EXAMPLES_DIR="${EXAMPLES_DIR:-$target/release/examples}"
+
+shim="$tools_dir/nodelay_shim.so"
+if [[ ! -f "$shim" || "$here/lib/nodelay_shim.c" -nt "$shim" ]]; then
+    say "building the TCP_NODELAY shim"
+    gcc -O2 -shared -fPIC -o "$shim" "$here/lib/nodelay_shim.c" -ldl
+fi
+export NODELAY_SHIM="$shim"
+
+if ! command -v rclone >/dev/null 2>&1; then
+    say "installing rclone (Debian package)"
+    if [[ $(id -u) -eq 0 ]]; then
+        apt-get install -y rclone >&2 || { apt-get update >&2 && apt-get install -y rclone >&2; }
+    else
+        sudo apt-get install -y rclone >&2
+    fi
+fi
+
+awscli_version="${AWSCLI_VERSION:-1.45.11}"
+awsvenv="$tools_dir/venv-awscli-$awscli_version"
+if [[ ! -x "$awsvenv/bin/aws" ]]; then
+    say "making the aws-cli venv (awscli==$awscli_version)"
+    rm -rf "$awsvenv"
+    python3 -m venv "$awsvenv"
+    "$awsvenv/bin/pip" install --quiet --disable-pip-version-check "awscli==$awscli_version" >&2
+fi
+export AWS_CLI="$awsvenv/bin/aws"
+
+# shellcheck source=../scripted_tests/lib/deadline_venv.sh
+source "$repo/scripted_tests/lib/deadline_venv.sh"
+export DEADLINE_PY
+
+if [[ " $* " == *garage* ]]; then
+    scripted_tests/garage.sh install
+fi
+
+bench_dir="${BENCH_DIR:-/tmp/attache-bench}"
+mkdir -p "$bench_dir"
+# One benchmark at a time: two at once would halve each other's numbers on 2 cores.
+exec {lock_fd}>"$bench_dir/.transfer_bench.lock"
+flock "$lock_fd"
+export BENCH_DIR="$bench_dir"
+exec python3 "$here/transfer_bench.py" "$@"
