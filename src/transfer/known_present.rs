@@ -9,6 +9,7 @@
 //! check or download) removes it: an object deleted by a lifecycle rule is uploaded again
 //! instead of failing renders (the official client's 30-day cache does not notice).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -114,7 +115,45 @@ impl KnownPresent {
             Some(r) => Some(r.get(0).map_err(|e| self.err(e))?),
             None => None,
         };
-        Ok(verified.map(|t| Duration::from_secs((now_secs() - t).max(0) as u64)))
+        Ok(verified.map(Self::age_of))
+    }
+
+    /// Every entry of `store` (hash → when it was verified, Unix seconds), if there are at most
+    /// `limit`; `None` when there are more. One query instead of one per object: each query
+    /// is a read transaction with its own WAL lock calls, which cost a quarter of the CPU of
+    /// a many-small-file upload.
+    pub fn entries_of(
+        &self,
+        store: &str,
+        limit: usize,
+    ) -> Result<Option<HashMap<ContentHash, i64>>, KnownPresentError> {
+        let conn = self.conn.lock().expect("not poisoned");
+        let mut stmt = conn
+            .prepare_cached("SELECT hash, verified_at FROM present WHERE store = ?1 LIMIT ?2")
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query(params![store, limit as i64 + 1])
+            .map_err(|e| self.err(e))?;
+        let mut out = HashMap::new();
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            if out.len() == limit {
+                return Ok(None);
+            }
+            let blob: Vec<u8> = r.get(0).map_err(|e| self.err(e))?;
+            let Ok(bytes) = <[u8; 16]>::try_from(blob.as_slice()) else {
+                continue; // not written by attache; the per-object query ignores it as well
+            };
+            out.insert(
+                ContentHash::from_be_bytes(bytes),
+                r.get(1).map_err(|e| self.err(e))?,
+            );
+        }
+        Ok(Some(out))
+    }
+
+    /// How long ago a time [`Self::entries_of`] returned was.
+    pub fn age_of(verified_at: i64) -> Duration {
+        Duration::from_secs((now_secs() - verified_at).max(0) as u64)
     }
 
     /// Records hashes just seen in (or written to) the store.
@@ -179,5 +218,32 @@ mod tests {
             .execute("UPDATE present SET verified_at = 1", [])
             .unwrap();
         assert!(!k.is_fresh("s3://x", b).unwrap(), "older than the TTL");
+    }
+
+    #[test]
+    fn a_store_s_entries_load_at_once_up_to_a_limit() {
+        let t = tempfile::tempdir().unwrap();
+        let k = KnownPresent::open(t.path(), Duration::from_secs(3600)).unwrap();
+        let hashes: Vec<ContentHash> = (0..5u8).map(|i| ContentHash::of(&[i])).collect();
+        k.record("s3://x", &hashes).unwrap();
+        k.record("s3://other", &[ContentHash::of(b"elsewhere")])
+            .unwrap();
+        let all = k
+            .entries_of("s3://x", 5)
+            .unwrap()
+            .expect("within the limit");
+        assert_eq!(all.len(), 5);
+        for h in &hashes {
+            assert!(KnownPresent::age_of(all[h]) < Duration::from_secs(60));
+        }
+        assert!(
+            !all.contains_key(&ContentHash::of(b"elsewhere")),
+            "per store"
+        );
+        assert!(
+            k.entries_of("s3://x", 4).unwrap().is_none(),
+            "over the limit"
+        );
+        assert!(k.entries_of("s3://empty", 4).unwrap().unwrap().is_empty());
     }
 }

@@ -5,7 +5,7 @@
 //! were hashed: small files reuse the hashing read, other files are hashed again as they are
 //! read for upload, and content that no longer matches its planned hash is never stored.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::inflight::{self, Claim, Done};
+use super::known_present::KnownPresent;
 use super::{Transfer, TransferError, cancellable, first_failure};
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
@@ -122,6 +123,7 @@ pub async fn upload_stream(
     cancel: &CancellationToken,
 ) -> Result<UploadReport, TransferError> {
     let counters = Arc::new(Counters::default());
+    let known = Arc::new(KnownView::load(&t));
     let seen = Mutex::new(HashSet::new());
     let stop = cancel.child_token();
     let results = items
@@ -135,14 +137,15 @@ pub async fn upload_stream(
             async move { first.then_some(item) }
         })
         .map(|item| {
-            let (t, counters, stop) = (t.clone(), counters.clone(), stop.clone());
+            let (t, counters, known, stop) =
+                (t.clone(), counters.clone(), known.clone(), stop.clone());
             async move {
                 counters.objects.fetch_add(1, Relaxed);
                 // Re-check about `known_present_sample` trusted entries per run, at random.
                 let files = t.progress.snapshot().files_total.max(1);
                 let sampled =
                     rand::random::<f64>() < t.settings.known_present_sample as f64 / files as f64;
-                upload_one(&t, &counters, item, sampled, &stop).await
+                upload_one(&t, &counters, &known, item, sampled, &stop).await
             }
         })
         .buffer_unordered(t.settings.workers.max(1));
@@ -155,6 +158,7 @@ pub async fn upload_stream(
 async fn upload_one(
     t: &Transfer,
     c: &Counters,
+    known: &KnownView,
     item: UploadItem,
     sampled: bool,
     cancel: &CancellationToken,
@@ -164,7 +168,7 @@ async fn upload_one(
     }
     let store_id = t.store.describe();
     let key = data_key(t.store.root_prefix(), item.hash);
-    if is_known(t, &store_id, item.hash, sampled) {
+    if known.is_known(t, &store_id, item.hash, sampled) {
         c.known_objects.fetch_add(1, Relaxed);
         finish(t, &item, false);
         return Ok(());
@@ -237,15 +241,51 @@ async fn upload_one(
 const RECHECK_AFTER: Duration = Duration::from_secs(3600);
 
 /// Whether the index vouches for `hash` (a `sampled` entry older than an hour is asked again).
-fn is_known(t: &Transfer, store_id: &str, hash: ContentHash, sampled: bool) -> bool {
-    let Some(k) = &t.known else { return false };
-    match k.age(store_id, hash) {
-        Ok(Some(age)) => age <= k.ttl() && !(sampled && age > RECHECK_AFTER),
-        Ok(None) => false,
-        Err(e) => {
-            tracing::warn!("{e}; asking the store instead");
-            false
+/// Entries of the known-present index loaded in one query, up to this many (~30 MiB); a store
+/// with more is asked about object by object.
+const KNOWN_LOAD_MAX: usize = 1_000_000;
+
+/// The known-present index as one upload sees it.
+enum KnownView {
+    /// No index (`cache.hash_cache = false` or it could not be opened).
+    Off,
+    /// The store's entries as they were when the upload started (hash → verified at).
+    Loaded(HashMap<ContentHash, i64>),
+    /// Too many entries to hold: one query per object.
+    PerObject,
+}
+
+impl KnownView {
+    fn load(t: &Transfer) -> KnownView {
+        let Some(k) = &t.known else {
+            return KnownView::Off;
+        };
+        match k.entries_of(&t.store.describe(), KNOWN_LOAD_MAX) {
+            Ok(Some(entries)) => KnownView::Loaded(entries),
+            Ok(None) => KnownView::PerObject,
+            Err(e) => {
+                tracing::warn!("{e}; asking the store instead");
+                KnownView::Off
+            }
         }
+    }
+
+    /// Whether the object can be skipped without a request: verified within the TTL, and not
+    /// drawn for a re-check (`sampled`, only entries older than RECHECK_AFTER).
+    fn is_known(&self, t: &Transfer, store_id: &str, hash: ContentHash, sampled: bool) -> bool {
+        let Some(k) = &t.known else { return false };
+        let age = match self {
+            KnownView::Off => return false,
+            KnownView::Loaded(entries) => entries.get(&hash).map(|&at| KnownPresent::age_of(at)),
+            KnownView::PerObject => match k.age(store_id, hash) {
+                Ok(age) => age,
+                Err(e) => {
+                    tracing::warn!("{e}; asking the store instead");
+                    return false;
+                }
+            },
+        };
+        age.is_some_and(|age| age <= k.ttl() && !(sampled && age > RECHECK_AFTER))
     }
 }
 
