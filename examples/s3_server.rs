@@ -12,7 +12,8 @@
 //!
 //! Control API (plain HTTP on `control`):
 //! - `GET /stats`: requests by S3 operation, data-object requests (keys with `/Data/`), body
-//!   bytes in and out, TCP connections (total and most at once), open multipart uploads.
+//!   bytes in and out, TCP connections (total, most at once, open now), open multipart uploads
+//!   (`?multipart=false` leaves those out: counting them lists the root directory).
 //! - `POST /reset`: forget the counters.
 //! - `POST /buckets/{name}`: create a bucket (a directory, as s3s-fs's CreateBucket does).
 //! - `POST /faults/slowdown?seconds=N`: every request gets 503 SlowDown for N seconds.
@@ -93,19 +94,34 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn stats(State(s3): State<Arc<s3::TestS3>>) -> Json<Value> {
-    let log = s3.stats.log();
-    let data_requests = log.iter().filter(|r| r.key.contains("/Data/")).count();
+#[derive(Deserialize)]
+struct StatsQuery {
+    /// `false` skips counting multipart uploads, which lists the root directory (one entry per
+    /// object there): pollers that only watch the traffic pass `multipart=false`.
+    multipart: Option<bool>,
+}
+
+async fn stats(State(s3): State<Arc<s3::TestS3>>, Query(q): Query<StatsQuery>) -> Json<Value> {
+    let sum = s3.stats.summary();
+    let (open_mpu, parts) = if q.multipart.unwrap_or(true) {
+        (
+            Some(s3.open_multipart_uploads()),
+            Some(s3.multipart_part_files()),
+        )
+    } else {
+        (None, None)
+    };
     Json(json!({
-        "requests": log.len(),
-        "operations": s3.stats.operation_counts(),
-        "data_requests": data_requests,
-        "bytes_in": log.iter().map(|r| r.bytes_in).sum::<u64>(),
-        "bytes_out": log.iter().map(|r| r.bytes_out).sum::<u64>(),
+        "requests": sum.requests,
+        "operations": sum.operations,
+        "data_requests": sum.data_requests,
+        "bytes_in": sum.bytes_in,
+        "bytes_out": sum.bytes_out,
         "connections_total": s3.stats.total_connections(),
         "connections_max": s3.stats.max_concurrent_connections(),
-        "open_multipart_uploads": s3.open_multipart_uploads(),
-        "multipart_part_files": s3.multipart_part_files(),
+        "connections_open": s3.stats.open_connections(),
+        "open_multipart_uploads": open_mpu,
+        "multipart_part_files": parts,
     }))
 }
 

@@ -286,9 +286,10 @@ impl Drop for TestS3 {
 /// Names the S3 operation of a path-style request from its method, key and query.
 fn operation(method: &Method, key: &str, query: &str) -> &'static str {
     let has = |name: &str| {
-        query
-            .split('&')
-            .any(|p| p == name || p.starts_with(&format!("{name}=")))
+        query.split('&').any(|p| {
+            p.strip_prefix(name)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+        })
     };
     match (method.as_str(), key.is_empty()) {
         ("GET", true) if has("list-type") => "ListObjectsV2",
@@ -338,6 +339,20 @@ pub enum Fault {
     CutBody,
     /// GET body with the byte at offset len/2 flipped (XOR 0xFF).
     CorruptBody,
+}
+
+/// Request totals ([`Stats::summary`]).
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub requests: usize,
+    /// Requests for data objects (keys containing `/Data/`).
+    pub data_requests: usize,
+    /// Request body bytes read.
+    pub bytes_in: u64,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// Requests by S3 operation (`GetObject`, `PutObject`, `UploadPart`, ...).
+    pub operations: std::collections::BTreeMap<&'static str, usize>,
 }
 
 /// One request as seen by the server (a snapshot; see [`Stats::log`]).
@@ -463,16 +478,23 @@ impl Stats {
     pub fn log(&self) -> Vec<RequestInfo> {
         self.log.lock().unwrap().iter().map(|e| e.info()).collect()
     }
-    /// Requests since start (or [`Self::reset`]) counted by S3 operation (`GetObject`,
-    /// `PutObject`, `UploadPart`, ...; see [`RequestInfo::operation`]).
-    pub fn operation_counts(&self) -> std::collections::BTreeMap<&'static str, usize> {
-        let mut counts = std::collections::BTreeMap::new();
-        for e in self.log.lock().unwrap().iter() {
-            *counts
+    /// Totals since start (or [`Self::reset`]), computed without copying the log (the
+    /// benchmark server is polled for them while it logs hundreds of thousands of requests).
+    pub fn summary(&self) -> Summary {
+        let log = self.log.lock().unwrap();
+        let mut sum = Summary {
+            requests: log.len(),
+            ..Summary::default()
+        };
+        for e in log.iter() {
+            *sum.operations
                 .entry(operation(&e.method, &e.key, &e.query))
                 .or_insert(0) += 1;
+            sum.data_requests += usize::from(e.key.contains("/Data/"));
+            sum.bytes_in += e.bytes_in.load(Ordering::SeqCst);
+            sum.bytes_out += e.bytes_out.load(Ordering::SeqCst);
         }
-        counts
+        sum
     }
     /// Forgets the request log and connection totals; the concurrency high-water mark restarts
     /// from the connections open now.
