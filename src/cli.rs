@@ -167,6 +167,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         "--log-format",
         cli.global.log_format.clone(),
     );
+    flag(
+        &mut overrides,
+        "cache.dir",
+        "--cache-dir",
+        cli.global.cache_dir.clone(),
+    );
     match &cli.command {
         Command::Hash(a) => a.overrides(&mut overrides),
         Command::Put(a) => a.overrides(&mut overrides),
@@ -244,8 +250,9 @@ pub(crate) fn flag(out: &mut Vec<Override>, key: &str, source: &str, value: Opti
     }
 }
 
-/// Runs an async job on a Tokio runtime whose Ctrl-C handler cancels it; a second Ctrl-C
-/// exits at once.
+/// Runs an async job on a Tokio runtime where Ctrl-C (SIGINT) or SIGTERM cancels it (the job
+/// cleans up: temp files removed, multipart uploads aborted, exit 130); a second signal exits
+/// at once.
 pub(crate) fn run_async<T, F, Fut>(job: F) -> anyhow::Result<T>
 where
     F: FnOnce(CancellationToken) -> Fut,
@@ -257,14 +264,21 @@ where
     let cancel = CancellationToken::new();
     rt.block_on(async {
         let on_signal = cancel.clone();
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                on_signal.cancel();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!("cancelled");
-                    std::process::exit(i32::from(exit::CANCELLED));
-                }
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
             }
+            on_signal.cancel();
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("cancelled");
+            std::process::exit(i32::from(exit::CANCELLED));
         });
         Ok(job(cancel.clone()).await)
     })

@@ -4,8 +4,17 @@ use std::io::Write;
 use std::path::Path;
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
-/// readers see the old file or the whole new one, never a part.
+/// readers see the old file or the whole new one, never a part. A path that is a device,
+/// FIFO or socket (`/dev/null`, `/dev/stdout`) is written in place instead.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    // `-o /dev/null`, `-o /dev/stdout`, a FIFO: write into it. Renaming a temporary file over
+    // it would replace the device node with a regular file (as root, even /dev/null).
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .write_all(bytes);
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -39,4 +48,35 @@ pub fn temp_file_in(
         .suffix(suffix)
         .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn writing_to_a_fifo_writes_into_it_and_keeps_it_a_fifo() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("out");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        write_atomic(&fifo, b"manifest bytes").unwrap();
+        assert_eq!(reader.join().unwrap(), b"manifest bytes");
+        let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(kind.is_fifo(), "still a FIFO, not replaced by a file");
+    }
+
+    #[test]
+    fn a_regular_file_is_replaced_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("m.json");
+        std::fs::write(&p, b"old and longer").unwrap();
+        write_atomic(&p, b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+    }
 }

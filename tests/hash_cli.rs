@@ -272,3 +272,34 @@ fn ctrl_c_cancels_promptly_with_exit_130() {
     assert_eq!(status.code(), Some(130));
     eprintln!("stopped {:?} after SIGINT", sent.elapsed());
 }
+
+#[test]
+fn the_cache_dir_flag_moves_the_cache_over_the_environment() {
+    let t = tempfile::tempdir().unwrap();
+    let (root, env_cache, flag_cache) = (
+        t.path().join("root"),
+        t.path().join("env-cache"),
+        t.path().join("flag-cache"),
+    );
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("a.txt"), b"a").unwrap();
+    let (code, out, err) = run(attache(&env_cache)
+        .arg("--cache-dir")
+        .arg(&flag_cache)
+        .args(["config", "show"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("dir = {:?}", flag_cache.to_str().unwrap())),
+        "{out}"
+    );
+    let (code, _, err) = run(attache(&env_cache)
+        .arg("hash")
+        .arg(&root)
+        .arg("--cache-dir")
+        .arg(&flag_cache)
+        .arg("-o")
+        .arg(t.path().join("m.json")));
+    assert_eq!(code, 0, "{err}");
+    assert!(flag_cache.join(attache::hash::cache::FILE_NAME).exists());
+    assert!(!env_cache.join(attache::hash::cache::FILE_NAME).exists());
+}

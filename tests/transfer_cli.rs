@@ -123,6 +123,15 @@ fn a_manifest_cannot_write_through_a_symlink() {
 
 #[test]
 fn ctrl_c_during_a_multipart_put_exits_130_and_aborts_the_upload() {
+    cancel_a_multipart_put_with(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_during_a_multipart_put_cancels_it_the_same_way() {
+    cancel_a_multipart_put_with(libc::SIGTERM);
+}
+
+fn cancel_a_multipart_put_with(signal: libc::c_int) {
     let s3 = TestS3::start_background();
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
@@ -150,15 +159,15 @@ fn ctrl_c_during_a_multipart_put_exits_130_and_aborts_the_upload() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let sent = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id() as i32, signal) };
     let status = child.wait().unwrap();
     let took = sent.elapsed();
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(status.code(), Some(130), "signal {signal}: {status:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
     assert_eq!(s3.open_multipart_uploads(), 0, "multipart upload left open");
     assert!(
         !t.path().join("m.json").exists(),
         "no manifest for a cancelled put"
     );
-    eprintln!("put exited 130 {took:?} after SIGINT");
+    eprintln!("put exited 130 {took:?} after signal {signal}");
 }
