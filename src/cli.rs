@@ -259,6 +259,7 @@ where
     Fut: Future<Output = T>,
 {
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(crate::transfer::MAX_BLOCKING_THREADS)
         .enable_all()
         .build()?;
     let cancel = CancellationToken::new();

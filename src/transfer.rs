@@ -61,6 +61,11 @@ impl Transfer {
 /// The unit of the transfer memory budget.
 pub const MEMORY_UNIT: u64 = 64 * 1024;
 
+/// Cap on the runtime's blocking threads (file reads, writes, copies and checks of transfers).
+/// Tokio's default of 512 let a download of many small files start hundreds of threads, each
+/// with its own stack and allocator arena; past the cap, blocking work queues.
+pub const MAX_BLOCKING_THREADS: usize = 64;
+
 impl Transfer {
     /// A transfer context from the settings. Bodies in memory are bounded by
     /// `max_parts_in_flight × part_size` (at least one object of `multipart_threshold`).

@@ -21,6 +21,7 @@ pub fn daemon(ctx: &Context) -> anyhow::Result<ExitCode> {
     let settings = ctx.settings.clone();
     let load = ctx.load.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(crate::transfer::MAX_BLOCKING_THREADS)
         .enable_all()
         .build()?;
     rt.block_on(crate::daemon::server::serve(settings, load))?;

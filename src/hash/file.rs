@@ -110,46 +110,71 @@ enum ReadError {
 }
 
 thread_local! {
-    /// One read buffer per hashing thread, reused across files.
+    /// One read buffer per hashing-pool thread, reused across files. Only the hashing pool
+    /// keeps one: a buffer kept by each of the runtime's blocking threads (hundreds, when
+    /// many small downloads are verified at once) held hundreds of MiB.
     static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Read buffers grow in steps of this size up to `buf_size`: a small file needs no 1 MiB.
+const BUFFER_STEP: usize = 64 << 10;
 
 /// (hash, bytes read, the content if `keep` and it fit in one read)
 type Inline = (ContentHash, u64, Option<bytes::Bytes>);
 
 fn hash_inline(
-    mut file: File,
+    file: File,
     buf_size: usize,
     expected: u64,
     keep: bool,
     cancel: &CancellationToken,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<Inline, ReadError> {
+    // One byte more than the file, so that one read can see its end.
+    let size = usize::try_from(expected.saturating_add(1))
+        .unwrap_or(usize::MAX)
+        .next_multiple_of(BUFFER_STEP)
+        .min(buf_size.max(1));
+    if rayon::current_thread_index().is_none() {
+        let mut buf = vec![0; size];
+        return hash_inline_with(&mut buf, file, expected, keep, cancel, on_bytes);
+    }
     BUFFER.with_borrow_mut(|buf| {
-        buf.resize(buf_size, 0);
-        let mut hasher = Xxh3Default::new();
-        let mut total = 0u64;
-        // A file that fits in one buffer (most of them) is hashed in one shot.
-        let first = fill(&mut file, buf)?;
-        if (first as u64) == expected && first < buf.len() {
-            on_bytes(first as u64);
-            let data = keep.then(|| bytes::Bytes::copy_from_slice(&buf[..first]));
-            return Ok((ContentHash::of(&buf[..first]), first as u64, data));
-        }
-        let mut n = first;
-        loop {
-            if n == 0 {
-                return Ok((ContentHash(hasher.digest128()), total, None));
-            }
-            hasher.update(&buf[..n]);
-            total += n as u64;
-            on_bytes(n as u64);
-            if cancel.is_cancelled() {
-                return Err(ReadError::Cancelled);
-            }
-            n = fill(&mut file, buf)?;
-        }
+        buf.resize(size, 0);
+        hash_inline_with(buf, file, expected, keep, cancel, on_bytes)
     })
+}
+
+fn hash_inline_with(
+    buf: &mut [u8],
+    mut file: File,
+    expected: u64,
+    keep: bool,
+    cancel: &CancellationToken,
+    on_bytes: &(dyn Fn(u64) + Sync),
+) -> Result<Inline, ReadError> {
+    let mut hasher = Xxh3Default::new();
+    let mut total = 0u64;
+    // A file that fits in one buffer (most of them) is hashed in one shot.
+    let first = fill(&mut file, buf)?;
+    if (first as u64) == expected && first < buf.len() {
+        on_bytes(first as u64);
+        let data = keep.then(|| bytes::Bytes::copy_from_slice(&buf[..first]));
+        return Ok((ContentHash::of(&buf[..first]), first as u64, data));
+    }
+    let mut n = first;
+    loop {
+        if n == 0 {
+            return Ok((ContentHash(hasher.digest128()), total, None));
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        on_bytes(n as u64);
+        if cancel.is_cancelled() {
+            return Err(ReadError::Cancelled);
+        }
+        n = fill(&mut file, buf)?;
+    }
 }
 
 /// Reads on a helper thread into a small ring of buffers while this thread hashes.
