@@ -61,6 +61,27 @@ impl Transfer {
 /// The unit of the transfer memory budget.
 pub const MEMORY_UNIT: u64 = 64 * 1024;
 
+/// Bytes that hold a memory budget ([`Transfer::memory`] or another semaphore) until the last
+/// copy of them is dropped, however long the request that sends them takes.
+pub fn bytes_holding<T>(bytes: T, budget: tokio::sync::OwnedSemaphorePermit) -> bytes::Bytes
+where
+    T: AsRef<[u8]> + Send + 'static,
+{
+    struct Held<T> {
+        bytes: T,
+        _budget: tokio::sync::OwnedSemaphorePermit,
+    }
+    impl<T: AsRef<[u8]>> AsRef<[u8]> for Held<T> {
+        fn as_ref(&self) -> &[u8] {
+            self.bytes.as_ref()
+        }
+    }
+    bytes::Bytes::from_owner(Held {
+        bytes,
+        _budget: budget,
+    })
+}
+
 /// Cap on the runtime's blocking threads (file reads, writes, copies and checks of transfers).
 /// Tokio's default of 512 let a download of many small files start hundreds of threads, each
 /// with its own stack and allocator arena; past the cap, blocking work queues.

@@ -39,15 +39,21 @@ pub struct PutReport {
     pub seconds: f64,
 }
 
-/// Hashed files waiting for an upload worker; bounds the small-file bytes held in memory.
+/// Hashed files waiting for an upload worker.
 const QUEUE: usize = 256;
 
 /// Files up to this size are handed to the uploader with the bytes hashing read.
 const KEEP_BYTES_UP_TO: u64 = 1 << 20;
 
+/// Bytes kept from hashing for the uploader, at most (in 64 KiB units). Past it a file goes
+/// without its bytes and is read again for upload: the queue alone would hold up to
+/// QUEUE × 1 MiB (a mixed tree of textures peaked at 282 MiB before this bound).
+const KEPT_UNITS: usize = 16 * 16;
+
 struct ToUploader {
     tx: mpsc::Sender<UploadItem>,
     transfer: Arc<Transfer>,
+    kept: Arc<tokio::sync::Semaphore>,
 }
 
 impl HashSink for ToUploader {
@@ -60,6 +66,11 @@ impl HashSink for ToUploader {
     }
 
     fn hashed(&self, file: &HashedFile, abs: &Path, data: Option<bytes::Bytes>) {
+        let data = data.and_then(|bytes| {
+            let units = bytes.len().div_ceil(1 << 16).max(1) as u32;
+            let budget = self.kept.clone().try_acquire_many_owned(units).ok()?;
+            Some(crate::transfer::bytes_holding(bytes, budget))
+        });
         let item = UploadItem {
             hash: file.hash,
             size: file.stat.size,
@@ -113,6 +124,7 @@ where
             ToUploader {
                 tx,
                 transfer: transfer.clone(),
+                kept: Arc::new(tokio::sync::Semaphore::new(KEPT_UNITS)),
             },
         );
         tokio::task::spawn_blocking(move || {

@@ -1,8 +1,9 @@
 //! Request concurrency that backs off while the store throttles, and retries with backoff.
 //!
 //! Every store request takes a permit. When the store answers 503 SlowDown (counted by the
-//! S3 interceptor), the number of permits is halved, at most once a second; after two quiet
-//! seconds it grows by one again (additive increase, multiplicative decrease). The SDK retries
+//! S3 interceptor), the number of permits is halved, at most once a second; each quiet second
+//! after that it doubles again up to the maximum. (Growing back by one every two seconds took
+//! over a minute to return to full speed after a 10 s burst of 503s.) The SDK retries
 //! each request itself; [`Gate::run`] adds a slower retry on top for errors that outlast the
 //! SDK's attempts (its retry quota empties under a long throttling burst).
 
@@ -118,14 +119,14 @@ impl Gate {
                     "the store is throttling (503 SlowDown): {new} requests in flight at most for now"
                 );
             }
-        } else if s.limit < self.max && since >= Duration::from_secs(2) {
-            s.limit += 1;
+        } else if s.limit < self.max && since >= Duration::from_secs(1) {
+            let grow = s.limit.min(self.max - s.limit);
+            s.limit += grow;
             s.last_change = Instant::now();
-            if s.debt > 0 {
-                s.debt -= 1;
-            } else {
-                self.sem.add_permits(1);
-            }
+            // Permits still to retire are cancelled first; the rest are new.
+            let repaid = grow.min(s.debt);
+            s.debt -= repaid;
+            self.sem.add_permits(grow - repaid);
         }
         if s.debt > 0 {
             s.debt -= 1;
@@ -199,6 +200,31 @@ mod tests {
         assert_eq!(
             gate.sem.available_permits() - gate.state.lock().unwrap().debt,
             8
+        );
+    }
+
+    #[tokio::test]
+    async fn the_limit_doubles_back_each_quiet_second() {
+        let throttles = Arc::new(AtomicU64::new(0));
+        let gate = Gate::new(16, throttles.clone());
+        let ok = || async { Ok::<_, StoreError>(()) };
+        let age = |g: &Gate| {
+            g.state.lock().unwrap().last_change = Instant::now() - Duration::from_secs(2)
+        };
+        age(&gate);
+        throttles.store(1, Ordering::Relaxed);
+        gate.run(&CancellationToken::new(), ok).await.unwrap();
+        assert_eq!(gate.limit(), 8);
+        for want in [16, 16] {
+            age(&gate);
+            gate.run(&CancellationToken::new(), ok).await.unwrap();
+            assert_eq!(gate.limit(), want, "doubles, up to the maximum");
+        }
+        let s = gate.state.lock().unwrap();
+        assert_eq!(
+            gate.sem.available_permits() - s.debt,
+            16,
+            "every permit back"
         );
     }
 

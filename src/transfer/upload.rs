@@ -306,9 +306,15 @@ async fn load_verified(
     if let Some(data) = &item.data {
         return Ok(data.clone());
     }
-    let _memory = cancellable(cancel, t.memory.acquire_many(t.memory_units(item.size)))
-        .await?
-        .expect("never closed");
+    // The budget goes with the bytes: it is returned when the request that sends them is done.
+    let budget = cancellable(
+        cancel,
+        t.memory
+            .clone()
+            .acquire_many_owned(t.memory_units(item.size)),
+    )
+    .await?
+    .expect("never closed");
     let path = item.path.clone();
     let bytes = tokio::task::spawn_blocking(move || std::fs::read(&path))
         .await
@@ -320,7 +326,7 @@ async fn load_verified(
             planned: item.hash,
         });
     }
-    Ok(Bytes::from(bytes))
+    Ok(super::bytes_holding(bytes, budget))
 }
 
 /// Part size for an object: the configured one, raised when S3's 10,000-part cap needs it.
