@@ -50,6 +50,11 @@ if ! command -v rclone >/dev/null 2>&1; then
     fi
 fi
 
+if [[ ! -x /usr/bin/time ]]; then
+    say "installing GNU time (Debian package time: it reports each command's peak RSS)"
+    if [[ $(id -u) -eq 0 ]]; then apt-get install -y time >&2; else sudo apt-get install -y time >&2; fi
+fi
+
 awscli_version="${AWSCLI_VERSION:-1.45.11}"
 awsvenv="$tools_dir/venv-awscli-$awscli_version"
 if [[ ! -x "$awsvenv/bin/aws" ]]; then

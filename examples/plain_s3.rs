@@ -1,13 +1,14 @@
 //! The benchmark's "plain parallel GET/PUT" reference: what the store and the connection reach
-//! with no hashing, no manifest and no file writes, one request per object, all objects at once.
+//! with no hashing and no manifest, one request per object, all objects at once.
 //!
 //! ```text
 //! cargo run --release --example plain_s3 -- put DIR --store s3://bucket/prefix
-//! cargo run --release --example plain_s3 -- get DIR --store s3://bucket/prefix
+//! cargo run --release --example plain_s3 -- get DIR --store s3://bucket/prefix [--out OUT]
 //! ```
 //! `put` reads every regular file under DIR into memory first (not timed), then PUTs
 //! them all concurrently as single requests to `prefix/plain/<relative path>` and times that. `get`
-//! GETs those objects concurrently and drops the bytes (no disk writes). Prints one JSON line:
+//! GETs those objects concurrently and drops the bytes (no disk writes), or with `--out OUT`
+//! writes each to `OUT/<relative path>` as it streams (what any download must at least do). Prints one JSON line:
 //! `seconds`, `bytes`, `gib_per_s`. S3 access comes from the attache config and its
 //! `ATTACHE_S3__*` variables, through attache's own S3 store (the same SDK client settings and
 //! connection pool), so the figure is the ceiling a transfer through attache can approach.
@@ -24,9 +25,17 @@ use futures::StreamExt;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mode, dir, url) = match args.as_slice() {
-        [mode, dir, flag, url] if flag == "--store" => (mode.clone(), dir.clone(), url.clone()),
-        _ => bail!("usage: plain_s3 put|get DIR --store s3://bucket/prefix"),
+    let (mode, dir, url, out) = match args.as_slice() {
+        [mode, dir, flag, url] if flag == "--store" => {
+            (mode.clone(), dir.clone(), url.clone(), None)
+        }
+        [mode, dir, flag, url, o, out] if flag == "--store" && o == "--out" => (
+            mode.clone(),
+            dir.clone(),
+            url.clone(),
+            Some(std::path::PathBuf::from(out)),
+        ),
+        _ => bail!("usage: plain_s3 put|get DIR --store s3://bucket/prefix [--out DIR]"),
     };
     let settings = load(&LoadOptions::default())?.settings;
     let bandwidth = Arc::new(Bandwidth::new(&settings.bandwidth));
@@ -71,11 +80,27 @@ async fn main() -> anyhow::Result<()> {
             for name in &names {
                 let store = store.clone();
                 let key = key(name);
+                let mut file = match &out {
+                    Some(o) => {
+                        let path = o.join(name);
+                        std::fs::create_dir_all(path.parent().expect("under --out"))?;
+                        Some(tokio::fs::File::create(path).await?)
+                    }
+                    None => None,
+                };
                 tasks.spawn(async move {
+                    use tokio::io::AsyncWriteExt;
                     let mut obj = store.get(&key, None).await?;
                     let mut n = 0u64;
                     while let Some(chunk) = obj.body.next().await {
-                        n += chunk?.len() as u64;
+                        let chunk = chunk?;
+                        n += chunk.len() as u64;
+                        if let Some(f) = &mut file {
+                            f.write_all(&chunk).await?;
+                        }
+                    }
+                    if let Some(f) = &mut file {
+                        f.flush().await?;
                     }
                     anyhow::Ok(n)
                 });
