@@ -77,6 +77,7 @@ async fn put_tree(root: &Path, s: &Settings) -> Result<PutReport, PutError> {
 
 async fn get_tree(m: &Manifest, dest: &Path, s: &Settings) -> Result<GetReport, TransferError> {
     let spec = GetSpec {
+        record_placed: true,
         manifest: m.clone(),
         dest: dest.to_path_buf(),
         cache_dir: None,
@@ -262,10 +263,12 @@ async fn bandwidth_cap_paces_both_directions() {
     let started = Instant::now();
     get_tree(&m, &t.path().join("dest"), &s).await.unwrap();
     let down = started.elapsed();
+    // The lower bound is the cap; the upper one only catches gross over-throttling (a busy
+    // 2-core CI machine stretched a 4 s download to 4.7 s).
     for (dir, took) in [("upload", up), ("download", down)] {
         let secs = took.as_secs_f64();
         assert!(
-            (3.4..=4.6).contains(&secs),
+            (3.4..=5.5).contains(&secs),
             "64 MiB at 16 MiB/s took {secs:.2} s to {dir}"
         );
     }
@@ -403,6 +406,7 @@ async fn cancelling_a_many_file_download_returns_within_a_second_and_leaves_noth
     let dest = t.path().join("dest");
     let cancel = CancellationToken::new();
     let spec = GetSpec {
+        record_placed: true,
         manifest: m.clone(),
         dest: dest.clone(),
         cache_dir: None,

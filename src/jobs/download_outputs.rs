@@ -133,6 +133,7 @@ pub async fn run(
             .map(|(_, to)| to.clone())
             .unwrap_or_else(|| PathBuf::from(&root_path));
         let get_spec = GetSpec {
+            record_placed: false,
             manifest: merge(manifests),
             dest: destination.clone(),
             cache_dir: spec.cache_dir.clone(),

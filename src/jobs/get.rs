@@ -29,6 +29,10 @@ pub struct GetSpec {
     pub conflict: Conflict,
     /// Refuse to start when the files to fetch do not fit on the destination's file system.
     pub check_space: bool,
+    /// Return what was placed at each path ([`GetReport::placed`]; sync-inputs records it).
+    /// Off, the manifest's entries are freed as they are planned: a million-entry `get`
+    /// holds the plan alone.
+    pub record_placed: bool,
 }
 
 /// What to do when a file with other content is already at a destination path.
@@ -90,9 +94,12 @@ pub async fn run(
     let plan = {
         let dest = spec.dest.clone();
         let (manifest, cache_dir, conflict) = (spec.manifest, spec.cache_dir, spec.conflict);
-        tokio::task::spawn_blocking(move || plan(&manifest, &dest, cache_dir.as_deref(), conflict))
-            .await
-            .expect("planning task panicked")?
+        let record = spec.record_placed;
+        tokio::task::spawn_blocking(move || {
+            plan(manifest, &dest, cache_dir.as_deref(), conflict, record)
+        })
+        .await
+        .expect("planning task panicked")?
     };
     if spec.check_space {
         check_space(&spec.dest, plan.items.iter().map(|i| i.size).sum())?;
@@ -154,11 +161,14 @@ struct Plan {
 }
 
 /// Decides, per entry, what to fetch and where. Creates directories.
+/// Consumes the manifest: its entries move into the placed record rather than being copied
+/// (a million-entry manifest is held once, not twice).
 fn plan(
-    manifest: &Manifest,
+    manifest: Manifest,
     dest: &Path,
     cache_dir: Option<&Path>,
     conflict: Conflict,
+    record: bool,
 ) -> Result<Plan, TransferError> {
     std::fs::create_dir_all(dest).map_err(TransferError::io(dest))?;
     let cache = cache_dir.and_then(|d| HashCache::open(d).map_err(|e| tracing::warn!("{e}")).ok());
@@ -169,7 +179,7 @@ fn plan(
         skipped: (0, 0),
         placed: Vec::new(),
     };
-    for e in manifest.entries() {
+    for e in manifest.into_entries() {
         let rel = e
             .path
             .to_posix_bytes()
@@ -178,28 +188,34 @@ fn plan(
                 message: err.to_string(),
             })?;
         let mut path = dest.join(OsStr::from_bytes(&rel));
+        path.shrink_to_fit();
         if let Some(parent) = path.parent() {
             make_dirs(dest, parent, &mut made)?;
         }
-        let mut placed = e.clone();
+        let (hash, size, mtime_us) = (e.hash, e.size, e.mtime_us);
+        let mut placed = e;
         match std::fs::symlink_metadata(&path) {
             Err(_) => {}
-            Ok(_) if already_there(&path, e.size, e.hash, cache.as_ref()) => {
+            Ok(_) if already_there(&path, size, hash, cache.as_ref()) => {
                 p.unchanged.0 += 1;
-                p.unchanged.1 += e.size;
-                fix_mtime(&path, e.mtime_us);
-                p.placed.push(placed);
+                p.unchanged.1 += size;
+                fix_mtime(&path, mtime_us);
+                if record {
+                    p.placed.push(placed);
+                }
                 continue;
             }
             Ok(existing) => match conflict {
                 Conflict::Overwrite => {}
                 Conflict::Skip => {
                     p.skipped.0 += 1;
-                    p.skipped.1 += e.size;
+                    p.skipped.1 += size;
                     let stat = FileStat::of(&existing);
                     placed.size = stat.size;
                     placed.mtime_us = ManifestEntry::mtime_us_from_ns(stat.mtime_ns);
-                    p.placed.push(placed);
+                    if record {
+                        p.placed.push(placed);
+                    }
                     continue;
                 }
                 Conflict::CreateCopy => {
@@ -209,12 +225,14 @@ fn plan(
                 }
             },
         }
-        p.placed.push(placed);
+        if record {
+            p.placed.push(placed);
+        }
         p.items.push(DownloadItem {
-            hash: e.hash,
-            size: e.size,
+            hash,
+            size,
             dest: path,
-            mtime_us: e.mtime_us,
+            mtime_us,
         });
     }
     Ok(p)

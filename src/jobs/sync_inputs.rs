@@ -120,14 +120,15 @@ pub async fn run(
         let count = manifests.len();
         let merged = merge(manifests);
         let get_spec = GetSpec {
+            record_placed: true,
             manifest: merged,
             dest: local.clone(),
             cache_dir: spec.cache_dir.clone(),
             conflict: spec.conflict,
             check_space: true,
         };
-        let report = get::run(get_spec, transfer.clone(), cancel).await?;
-        write_record(&spec.session_dir, &local, &report)?;
+        let mut report = get::run(get_spec, transfer.clone(), cancel).await?;
+        write_record(&spec.session_dir, &local, &mut report)?;
         synced.push(SyncedRoot {
             root_path: props.root_path.clone(),
             local_root: local,
@@ -143,12 +144,17 @@ pub async fn run(
 }
 
 /// Saves what was placed under `local` as a manifest (the codec keeps any file name exact).
-fn write_record(session_dir: &Path, local: &Path, report: &GetReport) -> Result<(), TransferError> {
+/// The entries move out of the report (a large manifest is not copied again).
+fn write_record(
+    session_dir: &Path,
+    local: &Path,
+    report: &mut GetReport,
+) -> Result<(), TransferError> {
     if report.placed.is_empty() {
         return Ok(());
     }
     let path = record_path(session_dir, local);
-    let bytes = Manifest::new(report.placed.clone())
+    let bytes = Manifest::new(std::mem::take(&mut report.placed))
         .encode()
         .expect("not empty");
     if let Some(dir) = path.parent() {

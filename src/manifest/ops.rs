@@ -1,24 +1,27 @@
 //! Merging and diffing manifests.
 
-use std::collections::HashMap;
-
-use super::{Manifest, ManifestEntry, ManifestPath};
+use super::{Manifest, ManifestEntry};
 
 /// Merges manifests for the same root: where a path appears more than once, the entry from
 /// the later manifest wins (how a worker layers several submissions onto one local root).
 pub fn merge(manifests: impl IntoIterator<Item = Manifest>) -> Manifest {
-    let mut index: HashMap<ManifestPath, usize> = HashMap::new();
-    let mut entries: Vec<ManifestEntry> = Vec::new();
+    let mut manifests = manifests.into_iter();
+    let Some(first) = manifests.next() else {
+        return Manifest::new(Vec::new());
+    };
+    let mut entries = first.into_entries();
+    let mut more = false;
     for m in manifests {
-        for e in m.into_entries() {
-            match index.get(&e.path) {
-                Some(&i) => entries[i] = e,
-                None => {
-                    index.insert(e.path.clone(), entries.len());
-                    entries.push(e);
-                }
-            }
-        }
+        more = true;
+        entries.extend(m.into_entries());
+    }
+    if more {
+        // Later wins: a stable sort keeps one path's entries in input order; reversed, the
+        // latest comes first in its run and dedup keeps it. No index of cloned paths: a
+        // million-entry merge needs no second copy of the paths.
+        entries.sort_by(|a, b| a.path.as_wtf8().cmp(b.path.as_wtf8()));
+        entries.reverse();
+        entries.dedup_by(|later_in_vec, kept| later_in_vec.path == kept.path);
     }
     Manifest::new(entries)
 }
@@ -63,4 +66,47 @@ pub fn diff(old: &Manifest, new: &Manifest) -> ManifestDiff {
         }
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::ContentHash;
+    use crate::manifest::ManifestPath;
+
+    fn entry(path: &str, content: &[u8]) -> ManifestEntry {
+        ManifestEntry {
+            path: ManifestPath::from_utf8(path),
+            hash: ContentHash::of(content),
+            size: content.len() as u64,
+            mtime_us: 1,
+        }
+    }
+
+    #[test]
+    fn merge_keeps_every_path_once_and_the_later_entry_wins() {
+        let first = Manifest::new(vec![
+            entry("b", b"b1"),
+            entry("a", b"a1"),
+            entry("c/d", b"d1"),
+        ]);
+        let second = Manifest::new(vec![entry("c/d", b"d2"), entry("e", b"e2")]);
+        let third = Manifest::new(vec![entry("a", b"a3")]);
+        let merged = merge([first.clone(), second, third]);
+        let got: Vec<(String, ContentHash)> = merged
+            .entries()
+            .iter()
+            .map(|e| (e.path.display().into_owned(), e.hash))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), ContentHash::of(b"a3")),
+                ("b".into(), ContentHash::of(b"b1")),
+                ("c/d".into(), ContentHash::of(b"d2")),
+                ("e".into(), ContentHash::of(b"e2")),
+            ]
+        );
+        assert_eq!(merge([first.clone()]), first, "one manifest passes through");
+    }
 }

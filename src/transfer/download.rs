@@ -6,7 +6,6 @@
 //! the same content are copied from the first. A failed, corrupt or cancelled file leaves
 //! nothing behind: the temporary file is removed when it is dropped.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -62,22 +61,26 @@ const TRIES: u32 = 3;
 /// Downloads every item, `transfer.workers` objects at a time. The first failure stops the rest.
 pub async fn download_all(
     t: Arc<Transfer>,
-    items: Vec<DownloadItem>,
+    mut items: Vec<DownloadItem>,
     cancel: &CancellationToken,
 ) -> Result<DownloadReport, TransferError> {
-    let mut groups: HashMap<ContentHash, Vec<DownloadItem>> = HashMap::new();
-    for item in items {
-        groups.entry(item.hash).or_default().push(item);
+    // Files with the same content side by side, large objects first (they take longest and
+    // are split into parallel parts anyway). Sorted in place and handed out as slices: a
+    // million-entry plan is not copied into per-object groups.
+    items.sort_unstable_by(|a, b| b.size.cmp(&a.size).then(a.hash.cmp(&b.hash)));
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for g in items.chunk_by(|a, b| a.hash == b.hash) {
+        groups.push(start..start + g.len());
+        start += g.len();
     }
-    // Large objects first: they take longest and are split into parallel parts anyway.
-    let mut groups: Vec<Vec<DownloadItem>> = groups.into_values().collect();
-    groups.sort_by_key(|g| std::cmp::Reverse(g[0].size));
+    let items = &items;
     let counters = Arc::new(Counters::default());
     let stop = cancel.child_token();
     let results = futures::stream::iter(groups)
-        .map(|group| {
+        .map(|group: std::ops::Range<usize>| {
             let (t, counters, stop) = (t.clone(), counters.clone(), stop.clone());
-            async move { download_group(&t, &counters, group, &stop).await }
+            async move { download_group(&t, &counters, &items[group], &stop).await }
         })
         .buffer_unordered(t.settings.workers.max(1));
     first_failure(results, &stop, cancel).await?;
@@ -93,7 +96,7 @@ pub async fn download_all(
 async fn download_group(
     t: &Transfer,
     c: &Counters,
-    group: Vec<DownloadItem>,
+    group: &[DownloadItem],
     cancel: &CancellationToken,
 ) -> Result<(), TransferError> {
     if cancel.is_cancelled() {
