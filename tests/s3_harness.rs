@@ -218,6 +218,83 @@ async fn basic_object_operations() {
     assert!(tokio::net::TcpStream::connect(&addr).await.is_err());
 }
 
+type SdkResult<T, E> = Result<T, aws_sdk_s3::error::SdkError<E>>;
+
+async fn create_upload(c: &aws_sdk_s3::Client, b: &str, key: &str) -> String {
+    c.create_multipart_upload()
+        .bucket(b)
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .upload_id
+        .unwrap()
+}
+
+async fn upload_part(
+    c: &aws_sdk_s3::Client,
+    b: &str,
+    key: &str,
+    id: &str,
+    n: i32,
+    data: Vec<u8>,
+) -> CompletedPart {
+    let up = c
+        .upload_part()
+        .bucket(b)
+        .key(key)
+        .upload_id(id)
+        .part_number(n)
+        .body(ByteStream::from(data))
+        .send()
+        .await
+        .unwrap();
+    CompletedPart::builder()
+        .part_number(n)
+        .e_tag(up.e_tag().unwrap())
+        .build()
+}
+
+async fn complete_upload(
+    c: &aws_sdk_s3::Client,
+    b: &str,
+    key: &str,
+    id: &str,
+    parts: Vec<CompletedPart>,
+) -> SdkResult<
+    aws_sdk_s3::operation::complete_multipart_upload::CompleteMultipartUploadOutput,
+    aws_sdk_s3::operation::complete_multipart_upload::CompleteMultipartUploadError,
+> {
+    c.complete_multipart_upload()
+        .bucket(b)
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+}
+
+async fn abort_upload(
+    c: &aws_sdk_s3::Client,
+    b: &str,
+    key: &str,
+    id: &str,
+) -> SdkResult<
+    aws_sdk_s3::operation::abort_multipart_upload::AbortMultipartUploadOutput,
+    aws_sdk_s3::operation::abort_multipart_upload::AbortMultipartUploadError,
+> {
+    c.abort_multipart_upload()
+        .bucket(b)
+        .key(key)
+        .upload_id(id)
+        .send()
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_uploads() {
     let s3 = TestS3::start().await;
@@ -227,47 +304,15 @@ async fn multipart_uploads() {
     // Completed: 5 MiB + 1 byte.
     let key = "root/Data/big";
     let part1: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let create = c
-        .create_multipart_upload()
-        .bucket(&b)
-        .key(key)
-        .send()
-        .await
-        .unwrap();
-    let id = create.upload_id().unwrap().to_owned();
+    let id = create_upload(&c, &b, key).await;
     assert_eq!(s3.open_multipart_uploads(), 1);
     assert_eq!(s3.multipart_upload_ids(), std::slice::from_ref(&id));
     let mut parts = Vec::new();
     for (n, data) in [(1, part1.clone()), (2, vec![7u8])] {
-        let up = c
-            .upload_part()
-            .bucket(&b)
-            .key(key)
-            .upload_id(&id)
-            .part_number(n)
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .unwrap();
-        parts.push(
-            CompletedPart::builder()
-                .part_number(n)
-                .e_tag(up.e_tag().unwrap())
-                .build(),
-        );
+        parts.push(upload_part(&c, &b, key, &id, n, data).await);
     }
     assert_eq!(s3.multipart_part_files(), 2);
-    let done = c
-        .complete_multipart_upload()
-        .bucket(&b)
-        .key(key)
-        .upload_id(&id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        )
-        .send()
+    let done = complete_upload(&c, &b, key, &id, parts)
         .await
         .map_err(|e| panic!("{}", DisplayErrorContext(e)))
         .unwrap();
@@ -286,125 +331,41 @@ async fn multipart_uploads() {
     assert_eq!(part_ops, 3); // 2 UploadPart + Complete
 
     // Aborted: nothing left.
-    let id = c
-        .create_multipart_upload()
-        .bucket(&b)
-        .key("root/Data/aborted")
-        .send()
-        .await
-        .unwrap()
-        .upload_id
-        .unwrap();
-    c.upload_part()
-        .bucket(&b)
-        .key("root/Data/aborted")
-        .upload_id(&id)
-        .part_number(1)
-        .body(ByteStream::from(vec![1u8; 1000]))
-        .send()
-        .await
-        .unwrap();
+    let key = "root/Data/aborted";
+    let id = create_upload(&c, &b, key).await;
+    upload_part(&c, &b, key, &id, 1, vec![1u8; 1000]).await;
     assert_eq!(
         (s3.open_multipart_uploads(), s3.multipart_part_files()),
         (1, 1)
     );
-    c.abort_multipart_upload()
-        .bucket(&b)
-        .key("root/Data/aborted")
-        .upload_id(&id)
-        .send()
-        .await
-        .unwrap();
+    abort_upload(&c, &b, key, &id).await.unwrap();
     assert_eq!(
         (s3.open_multipart_uploads(), s3.multipart_part_files()),
         (0, 0)
     );
 
     // Started, not finished: counts 1.
-    let id = c
-        .create_multipart_upload()
-        .bucket(&b)
-        .key("root/Data/dangling")
-        .send()
-        .await
-        .unwrap()
-        .upload_id
-        .unwrap();
-    c.upload_part()
-        .bucket(&b)
-        .key("root/Data/dangling")
-        .upload_id(&id)
-        .part_number(1)
-        .body(ByteStream::from(vec![1u8; 10]))
-        .send()
-        .await
-        .unwrap();
+    let key = "root/Data/dangling";
+    let id = create_upload(&c, &b, key).await;
+    upload_part(&c, &b, key, &id, 1, vec![1u8; 10]).await;
     assert_eq!(s3.open_multipart_uploads(), 1);
     assert_eq!(s3.multipart_upload_ids(), std::slice::from_ref(&id));
     assert_eq!(s3.object_keys(), ["root/Data/big"]);
-    c.abort_multipart_upload()
-        .bucket(&b)
-        .key("root/Data/dangling")
-        .upload_id(&id)
-        .send()
-        .await
-        .unwrap();
+    abort_upload(&c, &b, key, &id).await.unwrap();
 
     // s3s-fs quirk: a failed Complete (here EntityTooSmall) unregisters the upload but leaves
     // its parts; it cannot be aborted any more. Real S3 keeps the upload open.
     let key = "root/Data/small-parts";
-    let id = c
-        .create_multipart_upload()
-        .bucket(&b)
-        .key(key)
-        .send()
-        .await
-        .unwrap()
-        .upload_id
-        .unwrap();
+    let id = create_upload(&c, &b, key).await;
     let mut parts = Vec::new();
     for n in 1..=2 {
-        let up = c
-            .upload_part()
-            .bucket(&b)
-            .key(key)
-            .upload_id(&id)
-            .part_number(n)
-            .body(ByteStream::from(vec![1u8; 1024]))
-            .send()
-            .await
-            .unwrap();
-        parts.push(
-            CompletedPart::builder()
-                .part_number(n)
-                .e_tag(up.e_tag().unwrap())
-                .build(),
-        );
+        parts.push(upload_part(&c, &b, key, &id, n, vec![1u8; 1024]).await);
     }
-    let err = c
-        .complete_multipart_upload()
-        .bucket(&b)
-        .key(key)
-        .upload_id(&id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap_err();
+    let err = complete_upload(&c, &b, key, &id, parts).await.unwrap_err();
     assert_eq!(err.code(), Some("EntityTooSmall"));
     assert_eq!(s3.open_multipart_uploads(), 0);
     assert_eq!(s3.multipart_part_files(), 2);
-    let err = c
-        .abort_multipart_upload()
-        .bucket(&b)
-        .key(key)
-        .upload_id(&id)
-        .send()
-        .await
-        .unwrap_err();
+    let err = abort_upload(&c, &b, key, &id).await.unwrap_err();
     assert_eq!(err.code(), Some("AccessDenied"));
     assert_eq!(s3.multipart_part_files(), 2);
     assert_eq!(s3.object_keys(), ["root/Data/big"]);

@@ -100,6 +100,17 @@ fn content(len: u64, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The mtime every generated file gets.
+const MTIME_NS: i64 = 1_600_000_000_000_000_000;
+
+/// Writes `n` files: file `i` gets the name and content `file(i)` returns, and [`MTIME_NS`].
+fn write_files(root: &Path, n: u64, file: impl Fn(u64) -> (String, Vec<u8>)) {
+    for i in 0..n {
+        let (rel, data) = file(i);
+        write(root, &rel, &data, MTIME_NS);
+    }
+}
+
 fn write(root: &Path, rel: &str, data: &[u8], mtime_ns: i64) -> PathBuf {
     let p = root.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -217,14 +228,9 @@ async fn connection_cap_holds_with_many_workers() {
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
-    for i in 0..300 {
-        write(
-            &src,
-            &format!("d{}/f{i}", i % 7),
-            &content(2000 + i, i),
-            1_600_000_000_000_000_000,
-        );
-    }
+    write_files(&src, 300, |i| {
+        (format!("d{}/f{i}", i % 7), content(2000 + i, i))
+    });
     let mut s = settings(&s3, "p", &t.path().join("cache"));
     s.s3.max_connections = 4;
     s.transfer.workers = 32;
@@ -245,14 +251,9 @@ async fn bandwidth_cap_paces_both_directions() {
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
-    for i in 0..4 {
-        write(
-            &src,
-            &format!("f{i}.bin"),
-            &content(16 * MIB, 10 + i),
-            1_600_000_000_000_000_000,
-        );
-    }
+    write_files(&src, 4, |i| {
+        (format!("f{i}.bin"), content(16 * MIB, 10 + i))
+    });
     let mut s = settings(&s3, "p", &t.path().join("cache"));
     s.bandwidth.upload = Rate(16 * MIB);
     s.bandwidth.download = Rate(16 * MIB);
@@ -279,19 +280,13 @@ async fn known_present_content_makes_no_request() {
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
-    for i in 0..50 {
-        write(
-            &src,
-            &format!("f{i}"),
-            &content(100 + i, i),
-            1_600_000_000_000_000_000,
-        );
-    }
+    // More objects than are looked up one by one, so the loaded index is used too.
+    write_files(&src, 400, |i| (format!("f{i}"), content(100 + i, i)));
     let s = settings(&s3, "p", &t.path().join("cache"));
     put_tree(&src, &s).await.unwrap();
     s3.stats.reset();
     let again = put_tree(&src, &s).await.unwrap();
-    assert_eq!(again.upload.known_objects, 50);
+    assert_eq!(again.upload.known_objects, 400);
     let data_requests = s3.stats.requests_matching(|r| r.path.contains("/Data/"));
     assert_eq!(data_requests, 0, "{:?}", s3.stats.log());
 
@@ -302,8 +297,8 @@ async fn known_present_content_makes_no_request() {
     no_cache.s3.conditional_put = false;
     s3.stats.reset();
     let third = put_tree(&src, &no_cache).await.unwrap();
-    assert_eq!(third.upload.present_objects, 50);
-    assert_eq!(s3.stats.requests_of("HEAD"), 50);
+    assert_eq!(third.upload.present_objects, 400);
+    assert_eq!(s3.stats.requests_of("HEAD"), 400);
     assert_eq!(s3.stats.requests_of("PUT"), 0);
 }
 
@@ -312,15 +307,8 @@ async fn small_objects_are_uploaded_with_one_conditional_put_and_large_ones_head
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
-    for i in 0..20 {
-        write(
-            &src,
-            &format!("small{i}"),
-            &content(1000 + i, i),
-            1_600_000_000_000_000_000,
-        );
-    }
-    write(&src, "big", &content(3000, 99), 1_600_000_000_000_000_000);
+    write_files(&src, 20, |i| (format!("small{i}"), content(1000 + i, i)));
+    write(&src, "big", &content(3000, 99), MTIME_NS);
     let mut s = settings(&s3, "p", &t.path().join("cache"));
     s.cache.hash_cache = false; // no known-present index: every object goes to the store
     s.s3.conditional_put_max_size = ByteSize(2000);
@@ -365,7 +353,7 @@ async fn a_404_for_a_known_object_is_uploaded_again_next_time() {
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
-    write(&src, "a", b"content a", 1_600_000_000_000_000_000);
+    write(&src, "a", b"content a", MTIME_NS);
     let s = settings(&s3, "p", &t.path().join("cache"));
     let first = put_tree(&src, &s).await.unwrap();
     let m = first.hash.roots[0].manifest.clone();
@@ -388,14 +376,9 @@ async fn cancelling_a_many_file_download_returns_within_a_second_and_leaves_noth
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
-    for i in 0..5000u64 {
-        write(
-            &src,
-            &format!("d{}/f{i}", i % 50),
-            &content(1024 + i % 3000, i),
-            1_600_000_000_000_000_000,
-        );
-    }
+    write_files(&src, 5000, |i| {
+        (format!("d{}/f{i}", i % 50), content(1024 + i % 3000, i))
+    });
     let mut s = settings(&s3, "p", &t.path().join("cache"));
     let m = put_tree(&src, &s).await.unwrap().hash.roots[0]
         .manifest
@@ -559,14 +542,7 @@ async fn faults_end_in_correct_content_or_a_clear_error() {
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
-    for i in 0..20 {
-        write(
-            &src,
-            &format!("f{i}"),
-            &content(50_000 + i, i),
-            1_600_000_000_000_000_000,
-        );
-    }
+    write_files(&src, 20, |i| (format!("f{i}"), content(50_000 + i, i)));
     write(
         &src,
         "big.bin",
@@ -618,14 +594,9 @@ async fn faults_end_in_correct_content_or_a_clear_error() {
 
     // A burst of 503s for every request: the gate backs off and the upload still completes.
     let src2 = t.path().join("src2");
-    for i in 0..30 {
-        write(
-            &src2,
-            &format!("g{i}"),
-            &content(10_000 + i, 500 + i),
-            1_600_000_000_000_000_000,
-        );
-    }
+    write_files(&src2, 30, |i| {
+        (format!("g{i}"), content(10_000 + i, 500 + i))
+    });
     s3.faults.slow_down_for(Duration::from_secs(3));
     let put = put_tree(&src2, &s).await.unwrap();
     assert_eq!(put.upload.uploaded_objects, 30);

@@ -13,6 +13,15 @@ use common::*;
 
 // s3s-fs limits keys to ~156 bytes: short ids here (the Garage script uses real-length ones).
 const IDS: [&str; 4] = ["--farm-id", "farm-1", "--queue-id", "queue-1"];
+/// The task a sync-outputs run belongs to (with [`IDS`] and a session action id).
+const TASK_IDS: [&str; 6] = [
+    "--job-id",
+    "job-1",
+    "--step-id",
+    "step-1",
+    "--task-id",
+    "task-1",
+];
 
 struct Farm {
     s3: TestS3,
@@ -132,16 +141,8 @@ fn submit_sync_render_sync_outputs_download_outputs() {
         .attache("worker")
         .arg("sync-outputs")
         .args(IDS)
-        .args([
-            "--job-id",
-            "job-1",
-            "--step-id",
-            "step-1",
-            "--task-id",
-            "task-1",
-            "--session-action-id",
-            "sa-1",
-        ])
+        .args(TASK_IDS)
+        .args(["--session-action-id", "sa-1"])
         .arg("--attachments")
         .arg(&att)
         .arg("--session-dir")
@@ -175,16 +176,8 @@ fn submit_sync_render_sync_outputs_download_outputs() {
         .attache("worker")
         .arg("sync-outputs")
         .args(IDS)
-        .args([
-            "--job-id",
-            "job-1",
-            "--step-id",
-            "step-1",
-            "--task-id",
-            "task-1",
-            "--session-action-id",
-            "sa-2",
-        ])
+        .args(TASK_IDS)
+        .args(["--session-action-id", "sa-2"])
         .arg("--attachments")
         .arg(&att)
         .arg("--session-dir")
@@ -477,16 +470,8 @@ fn sync_outputs_refuses_output_directories_that_leave_the_root() {
         .attache("w")
         .arg("sync-outputs")
         .args(IDS)
-        .args([
-            "--job-id",
-            "job-1",
-            "--step-id",
-            "step-1",
-            "--task-id",
-            "task-1",
-            "--session-action-id",
-            "sa-1",
-        ])
+        .args(TASK_IDS)
+        .args(["--session-action-id", "sa-1"])
         .arg("--attachments")
         .arg(&att_path)
         .arg("--session-dir")
