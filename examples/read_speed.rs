@@ -27,19 +27,11 @@ use xxhash_rust::xxh3::Xxh3;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// A size like `1MiB` or `4096`, as attache's config parses it.
 fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kib" => 1024.0,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "g" | "gib" => GIB,
-        _ => return Err(format!("bad size unit in {s:?} (use B, KiB, MiB, GiB)")),
-    };
-    let n: f64 = num.trim().parse().map_err(|_| format!("bad size {s:?}"))?;
-    Ok((n * mult) as usize)
+    s.parse::<attache::config::ByteSize>()
+        .map(|b| b.0 as usize)
+        .map_err(|e| e.to_string())
 }
 
 fn usage() -> ! {

@@ -258,31 +258,45 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = T>,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(crate::transfer::MAX_BLOCKING_THREADS)
-        .enable_all()
-        .build()?;
+    let rt = crate::transfer::runtime()?;
     let cancel = CancellationToken::new();
     rt.block_on(async {
         let on_signal = cancel.clone();
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupts = Interrupts::new()?;
         tokio::spawn(async move {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+            interrupts.next().await;
             on_signal.cancel();
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+            interrupts.next().await;
             eprintln!("cancelled");
             std::process::exit(i32::from(exit::CANCELLED));
         });
         Ok(job(cancel.clone()).await)
     })
+}
+
+/// The signals that cancel a command: Ctrl-C (SIGINT) and SIGTERM.
+pub(crate) struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    /// Starts listening (the default action, exiting, no longer applies). Needs a runtime.
+    pub(crate) fn new() -> std::io::Result<Interrupts> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Interrupts {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next SIGINT or SIGTERM.
+    pub(crate) async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }
 
 /// [`run_async`] for a blocking job (run on a blocking thread).

@@ -73,7 +73,9 @@ pub struct GetObject {
 /// A store failure, naming the store, the operation and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{key}: not found in {store}")]
+    #[error(
+        "{key}: not found in {store} (is this the right store and root prefix? an object that was deleted must be uploaded again)"
+    )]
     NotFound { store: String, key: String },
     #[error("{store}: {op} {key}: {message}")]
     Failed {

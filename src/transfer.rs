@@ -85,7 +85,15 @@ where
 /// Cap on the runtime's blocking threads (file reads, writes, copies and checks of transfers).
 /// Tokio's default of 512 let a download of many small files start hundreds of threads, each
 /// with its own stack and allocator arena; past the cap, blocking work queues.
-pub const MAX_BLOCKING_THREADS: usize = 64;
+const MAX_BLOCKING_THREADS: usize = 64;
+
+/// The runtime transfers run on, in the CLI and in the daemon.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .enable_all()
+        .build()
+}
 
 impl Transfer {
     /// A transfer context from the settings. Bodies in memory are bounded by

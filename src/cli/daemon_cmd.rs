@@ -20,10 +20,7 @@ pub struct JobArgs {
 pub fn daemon(ctx: &Context) -> anyhow::Result<ExitCode> {
     let settings = ctx.settings.clone();
     let load = ctx.load.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(crate::transfer::MAX_BLOCKING_THREADS)
-        .enable_all()
-        .build()?;
+    let rt = crate::transfer::runtime()?;
     rt.block_on(crate::daemon::server::serve(settings, load))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -134,7 +134,7 @@ pub fn run_job(settings: &Settings, spec: &JobSpec) -> anyhow::Result<serde_json
         let mut last = serde_json::Value::Null;
         let mut cancelled = false;
         // Ctrl-C or SIGTERM cancels the daemon job (the daemon cleans up), as a local run does.
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut interrupts = crate::cli::Interrupts::new()?;
         loop {
             tokio::select! {
                 line = lines.next_line() => match line {
@@ -144,12 +144,7 @@ pub fn run_job(settings: &Settings, spec: &JobSpec) -> anyhow::Result<serde_json
                     }
                     _ => break,
                 },
-                _ = async {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }, if !cancelled => {
+                _ = interrupts.next(), if !cancelled => {
                     cancelled = true;
                     eprintln!("cancelling job {id}…");
                     let mut c = connect(&socket).await?;

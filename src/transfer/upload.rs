@@ -8,8 +8,8 @@
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -123,7 +123,7 @@ pub async fn upload_stream(
     cancel: &CancellationToken,
 ) -> Result<UploadReport, TransferError> {
     let counters = Arc::new(Counters::default());
-    let known = Arc::new(KnownView::load(&t));
+    let known = Arc::new(KnownView::default());
     let seen = Mutex::new(HashSet::new());
     let stop = cancel.child_token();
     let results = items
@@ -241,43 +241,53 @@ async fn upload_one(
 const RECHECK_AFTER: Duration = Duration::from_secs(3600);
 
 /// Whether the index vouches for `hash` (a `sampled` entry older than an hour is asked again).
-/// Entries of the known-present index loaded in one query, up to this many (~30 MiB); a store
-/// with more is asked about object by object.
+/// Objects looked up one query each before the store's entries are loaded in one query: a
+/// small job need not read a large index, and a many-file one must not pay a read
+/// transaction per object (its WAL lock calls were a quarter of a small-file upload's CPU).
+const LOOKUPS_BEFORE_LOAD: usize = 256;
+
+/// Entries loaded in one query, up to this many (~30 MiB); a store with more is asked about
+/// object by object throughout.
 const KNOWN_LOAD_MAX: usize = 1_000_000;
 
 /// The known-present index as one upload sees it.
-enum KnownView {
-    /// No index (`cache.hash_cache = false` or it could not be opened).
-    Off,
-    /// The store's entries as they were when the upload started (hash → verified at).
-    Loaded(HashMap<ContentHash, i64>),
+#[derive(Default)]
+struct KnownView {
+    lookups: AtomicUsize,
+    loaded: OnceLock<Loaded>,
+}
+
+enum Loaded {
+    /// The store's entries when they were loaded (hash → verified at).
+    Entries(HashMap<ContentHash, i64>),
     /// Too many entries to hold: one query per object.
-    PerObject,
+    TooMany,
+    /// The index could not be read: ask the store.
+    Failed,
 }
 
 impl KnownView {
-    fn load(t: &Transfer) -> KnownView {
-        let Some(k) = &t.known else {
-            return KnownView::Off;
-        };
-        match k.entries_of(&t.store.describe(), KNOWN_LOAD_MAX) {
-            Ok(Some(entries)) => KnownView::Loaded(entries),
-            Ok(None) => KnownView::PerObject,
-            Err(e) => {
-                tracing::warn!("{e}; asking the store instead");
-                KnownView::Off
-            }
-        }
-    }
-
     /// Whether the object can be skipped without a request: verified within the TTL, and not
     /// drawn for a re-check (`sampled`, only entries older than RECHECK_AFTER).
     fn is_known(&self, t: &Transfer, store_id: &str, hash: ContentHash, sampled: bool) -> bool {
         let Some(k) = &t.known else { return false };
-        let age = match self {
-            KnownView::Off => return false,
-            KnownView::Loaded(entries) => entries.get(&hash).map(|&at| KnownPresent::age_of(at)),
-            KnownView::PerObject => match k.age(store_id, hash) {
+        let loaded = (self.lookups.fetch_add(1, Relaxed) >= LOOKUPS_BEFORE_LOAD).then(|| {
+            self.loaded
+                .get_or_init(|| match k.entries_of(store_id, KNOWN_LOAD_MAX) {
+                    Ok(Some(entries)) => Loaded::Entries(entries),
+                    Ok(None) => Loaded::TooMany,
+                    Err(e) => {
+                        tracing::warn!("{e}; asking the store instead");
+                        Loaded::Failed
+                    }
+                })
+        });
+        let age = match loaded {
+            Some(Loaded::Failed) => return false,
+            Some(Loaded::Entries(entries)) => {
+                entries.get(&hash).map(|&at| KnownPresent::age_of(at))
+            }
+            Some(Loaded::TooMany) | None => match k.age(store_id, hash) {
                 Ok(age) => age,
                 Err(e) => {
                     tracing::warn!("{e}; asking the store instead");
