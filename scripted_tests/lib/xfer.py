@@ -26,7 +26,6 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -573,40 +572,38 @@ def write_random_file(path: Path, size: int, rng: random.Random) -> None:
         f.write(rng.randbytes(size))
 
 
+def _gen_tree():
+    """bench/gen_tree.py, the project's deterministic tree generator."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import gen_tree  # noqa: E402
+    return gen_tree
+
+
 def make_tree(root: Path, n_files: int, seed: int, min_size: int, max_size: int,
               per_dir: int = 100, fanout: int = 20) -> dict[str, int]:
-    """n_files files of random content and size in [min_size, max_size], ~per_dir per directory,
-    directories nested three deep (fanout each). Deterministic for a seed. Returns rel -> size."""
-    rng = random.Random(f"tree-{seed}-{n_files}-{max_size}")
+    """n_files files of distinct, incompressible content and size in [min_size, max_size],
+    about per_dir per directory in directories nested `fanout` wide (bench/gen_tree.py's
+    layout). Deterministic for a seed. Returns rel -> size."""
+    depth = 1
+    while fanout ** depth * per_dir < n_files:
+        depth += 1
+    _gen_tree().gen_many(str(root), n_files, min_size, max_size, seed, 1_700_000_000,
+                         depth, fanout)
     files: dict[str, int] = {}
-    made: set[Path] = set()
-    for i in range(n_files):
-        leaf = i // per_dir
-        rel = f"p{leaf // (fanout * fanout)}/q{(leaf // fanout) % fanout}/s{leaf % fanout}/f{i}.bin"
-        size = rng.randint(min_size, max_size)
-        p = root / rel
-        if p.parent not in made:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            made.add(p.parent)
-        with open(p, "wb") as f:
-            f.write(rng.randbytes(size))
-        files[rel] = size
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath) / n
+            files[str(p.relative_to(root))] = p.stat().st_size
     return files
 
 
-def make_big_file(path: Path, size: int, seed: int, chunk: int = 8 * MiB) -> None:
-    """A large file of distinct 8 MiB chunks (a random block, each chunk stamped with its index)."""
-    rng = random.Random(f"big-{seed}")
-    block = bytearray(rng.randbytes(chunk))
+def make_big_file(path: Path, size: int, seed: int) -> None:
+    """One large file of distinct content (bench/gen_tree.py's single-file generator)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        done, i = 0, 0
-        while done < size:
-            block[0:16] = struct.pack("<QQ", i, seed)
-            n = min(chunk, size - done)
-            f.write(block[:n] if n < chunk else block)
-            done += n
-            i += 1
+    _gen_tree().gen_single(str(path.parent), size, seed, 1_700_000_000)
+    big = path.parent / "big.bin"
+    if big != path:
+        big.rename(path)
 
 
 def same_bytes(a: Path, b: Path, buf: int = 4 * MiB) -> bool:
