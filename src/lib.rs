@@ -11,7 +11,7 @@ pub mod daemon;
 pub mod fsutil;
 /// Content hashing: XXH3-128 hash type, file hashing, parallel hasher, persistent hash cache.
 pub mod hash;
-/// Workflows run by the CLI (and later the daemon): hash, verify.
+/// Workflows run by the CLI and the daemon: hash, put, get, submit, sync-inputs/outputs, verify.
 pub mod jobs;
 /// Log output setup (text or JSON, filtered by `log.level`).
 pub mod logging;

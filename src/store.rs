@@ -3,6 +3,7 @@
 
 pub mod fs;
 pub mod layout;
+pub mod parts_in_flight;
 pub mod s3;
 
 use std::ops::Range;

@@ -487,6 +487,57 @@ async fn cancelling_a_large_multipart_upload_aborts_it_within_a_second() {
     eprintln!("multipart upload cancelled and aborted in {took:?}");
 }
 
+/// A part whose bytes all reached the store may be stored after the client gave it up. The
+/// abort must come after it, or the part outlives the abort (s3s-fs keeps it forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_waits_for_parts_the_store_already_has_before_aborting() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    write(&src, "big.bin", &content(40 * MIB, 7), MTIME_NS);
+    let s = settings(&s3, "p", &t.path().join("cache"));
+    s3.faults.land_parts_late(Duration::from_millis(400));
+    let cancel = CancellationToken::new();
+    let tr = transfer(&s).await;
+    let job = {
+        let (cancel, spec) = (cancel.clone(), hash_spec(&src, &s));
+        tokio::spawn(async move { put::run(spec, tr, &cancel).await })
+    };
+    // Cancel once the server holds a whole part it has not stored yet.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3.stats.requests_matching(|r| {
+        r.operation() == "UploadPart" && r.bytes_in == 5 * MIB && r.status == 0
+    }) == 0
+    {
+        assert!(Instant::now() < deadline, "no part was ever sent whole");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cancel.cancel();
+    let r = job.await.unwrap();
+    assert!(
+        matches!(r, Err(PutError::Transfer(TransferError::Cancelled(_)))),
+        "{:?}",
+        r.err()
+    );
+    // Every part the server was holding has landed by now.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(s3.open_multipart_uploads(), 0, "the upload was not aborted");
+    assert_eq!(
+        s3.multipart_part_files(),
+        0,
+        "a part stored after the abort was left behind"
+    );
+    let aborts = s3
+        .stats
+        .log()
+        .into_iter()
+        .filter(|r| r.operation() == "AbortMultipartUpload")
+        .collect::<Vec<_>>();
+    assert_eq!(aborts.len(), 1, "{aborts:?}");
+    assert_eq!(aborts[0].status, 204, "{aborts:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_changed_during_multipart_upload_is_refused() {
     let s3 = TestS3::start().await;

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use super::parts_in_flight::{PartsInFlight, SETTLE_WITHIN};
 use super::{GetObject, ObjectInfo, ObjectStore, PutOptions, PutOutcome, StoreError};
 use crate::transfer::limiter::Bandwidth;
 
@@ -29,6 +30,7 @@ pub struct FsStore {
     dir: PathBuf,
     describe: String,
     bandwidth: Arc<Bandwidth>,
+    parts_in_flight: PartsInFlight,
 }
 
 impl FsStore {
@@ -38,6 +40,7 @@ impl FsStore {
             describe: format!("file://{}", dir.display()),
             dir,
             bandwidth,
+            parts_in_flight: PartsInFlight::default(),
         })
     }
 
@@ -296,7 +299,10 @@ impl ObjectStore for FsStore {
             .temp_file()
             .map_err(|e| self.io("UploadPart", key, e))?;
         let etag = format!("{:032x}", crate::hash::ContentHash::of(&body).0);
+        // The write goes on if this request is dropped: an abort waits for it.
+        let token = self.parts_in_flight.token(upload_id);
         blocking(move || -> std::io::Result<()> {
+            let _token = token;
             let mut tmp = tmp;
             tmp.write_all(&body)?;
             tmp.persist(dir.join(format!("{part_number:05}")))
@@ -334,11 +340,16 @@ impl ObjectStore for FsStore {
             std::fs::remove_dir_all(&dir)
         })
         .await
-        .map_err(|e| self.io("CompleteMultipartUpload", key, e))
+        .map_err(|e| self.io("CompleteMultipartUpload", key, e))?;
+        self.parts_in_flight.forget(upload_id);
+        Ok(())
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
         let dir = self.upload_dir(upload_id)?;
+        self.parts_in_flight
+            .settle(upload_id, key, SETTLE_WITHIN)
+            .await;
         match blocking(move || std::fs::remove_dir_all(dir)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -9,12 +9,15 @@
 //! - The SDK's stalled-stream protection is off: a body starved by the bandwidth limit would
 //!   be killed as "stalled". Download bodies get attache's own per-chunk read timeout instead.
 //! - Checksums default to `when_required`, which S3-compatible stores accept.
+//! - A part request whose body was all handed to the connection is not dropped on cancel: the
+//!   store may store that part anyway, so it runs to its reply and the abort waits for it
+//!   (`parts_in_flight`). A part dropped earlier is cut short and never stored.
 //! - An interceptor counts attempts and throttling replies (503 / SlowDown) so the transfer
 //!   engine can lower its concurrency while a store pushes back.
 
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,6 +33,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http_body::{Frame, SizeHint};
 
+use super::parts_in_flight::{PartsInFlight, SETTLE_WITHIN};
 use super::{GetObject, ObjectInfo, ObjectStore, PutOptions, PutOutcome, StoreError};
 use crate::config::{ChecksumMode, S3Settings};
 use crate::transfer::limiter::Bandwidth;
@@ -55,6 +59,7 @@ pub struct S3Store {
     bandwidth: Arc<Bandwidth>,
     read_timeout: Duration,
     expected_bucket_owner: Option<String>,
+    parts_in_flight: PartsInFlight,
     pub counters: Arc<S3Counters>,
 }
 
@@ -148,6 +153,7 @@ impl S3Store {
             bandwidth,
             read_timeout: s.read_timeout.0,
             expected_bucket_owner: s.expected_bucket_owner.clone(),
+            parts_in_flight: PartsInFlight::default(),
             counters,
         })
     }
@@ -183,11 +189,15 @@ impl S3Store {
         }
     }
 
-    fn paced_body(&self, data: Bytes) -> ByteStream {
+    fn paced_body(&self, data: Bytes, sent: Option<Arc<BodySent>>) -> ByteStream {
         let bandwidth = self.bandwidth.clone();
         // Retryable: the SDK rebuilds the body from the same bytes for each attempt.
         ByteStream::new(SdkBody::retryable(move || {
-            SdkBody::from_body_1_x(PacedBody::new(data.clone(), bandwidth.clone()))
+            SdkBody::from_body_1_x(PacedBody::new(
+                data.clone(),
+                bandwidth.clone(),
+                sent.clone(),
+            ))
         }))
     }
 }
@@ -297,7 +307,7 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .content_length(body.len() as i64)
-            .body(self.paced_body(body))
+            .body(self.paced_body(body, None))
             .set_expected_bucket_owner(self.expected_bucket_owner.clone());
         for (k, v) in &opts.metadata {
             req = req.metadata(k, v);
@@ -345,7 +355,8 @@ impl ObjectStore for S3Store {
         part_number: i32,
         body: Bytes,
     ) -> Result<String, StoreError> {
-        let out = self
+        let sent = Arc::new(BodySent::default());
+        let send = self
             .client
             .upload_part()
             .bucket(&self.bucket)
@@ -353,11 +364,32 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .part_number(part_number)
             .content_length(body.len() as i64)
-            .body(self.paced_body(body))
+            .body(self.paced_body(body, Some(sent.clone())))
             .set_expected_bucket_owner(self.expected_bucket_owner.clone())
-            .send()
-            .await
-            .map_err(|e| self.err("UploadPart", key, e))?;
+            .send();
+        let token = self.parts_in_flight.token(upload_id);
+        let task = tokio::spawn(async move {
+            let out = send.await;
+            drop(token);
+            out
+        });
+        let _on_drop = CutShortOnDrop {
+            sent,
+            task: task.abort_handle(),
+        };
+        let out = match task.await {
+            Ok(out) => out.map_err(|e| self.err("UploadPart", key, e))?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {
+                return Err(StoreError::Failed {
+                    store: self.describe.clone(),
+                    op: "UploadPart",
+                    key: key.into(),
+                    message: "the request was cancelled (the runtime is shutting down)".into(),
+                    retryable: false,
+                });
+            }
+        };
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
@@ -385,10 +417,14 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.err("CompleteMultipartUpload", key, e))?;
+        self.parts_in_flight.forget(upload_id);
         Ok(())
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.parts_in_flight
+            .settle(upload_id, key, SETTLE_WITHIN)
+            .await;
         match self
             .client
             .abort_multipart_upload()
@@ -504,27 +540,82 @@ impl Intercept for CountReplies {
 
 type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// Whether a request body has all been handed to the connection, and whether its request
+/// was given up: one atomic, so exactly one of "the last bytes go out" and "cut it short"
+/// wins.
+#[derive(Default)]
+struct BodySent(AtomicU8);
+
+const SENDING: u8 = 0;
+const ALL_SENT: u8 = 1;
+const GIVEN_UP: u8 = 2;
+
+impl BodySent {
+    /// A new attempt sends the body again (unless the request was given up).
+    fn restart(&self) {
+        let _ = self
+            .0
+            .compare_exchange(ALL_SENT, SENDING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Before the last bytes go out: false when the request was given up (they must not).
+    fn last_bytes_go(&self) -> bool {
+        self.0
+            .compare_exchange(SENDING, ALL_SENT, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn given_up(&self) -> bool {
+        self.0.load(Ordering::Acquire) & GIVEN_UP != 0
+    }
+
+    /// Gives the request up; true when its last bytes had not gone out (so it can be cut).
+    fn give_up(&self) -> bool {
+        self.0.fetch_or(GIVEN_UP, Ordering::AcqRel) == SENDING
+    }
+}
+
+/// Dropped with the part request's future: cuts the request short unless its body is all
+/// sent, in which case it runs to its reply (holding its `parts_in_flight` token).
+struct CutShortOnDrop {
+    sent: Arc<BodySent>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for CutShortOnDrop {
+    fn drop(&mut self) {
+        if self.sent.give_up() {
+            self.task.abort();
+        }
+    }
+}
+
 /// A request body served from memory in chunks, each waiting for the upload limiter.
 struct PacedBody {
     data: Bytes,
     bandwidth: Arc<Bandwidth>,
     /// The limiter wait of the next chunk (a Mutex so the body is `Sync`, as the SDK wants).
     wait: Mutex<Option<(Wait, usize)>>,
+    sent: Option<Arc<BodySent>>,
 }
 
 impl PacedBody {
-    fn new(data: Bytes, bandwidth: Arc<Bandwidth>) -> Self {
+    fn new(data: Bytes, bandwidth: Arc<Bandwidth>, sent: Option<Arc<BodySent>>) -> Self {
+        if let Some(sent) = &sent {
+            sent.restart();
+        }
         PacedBody {
             data,
             bandwidth,
             wait: Mutex::new(None),
+            sent,
         }
     }
 }
 
 impl http_body::Body for PacedBody {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -534,6 +625,14 @@ impl http_body::Body for PacedBody {
             return Poll::Ready(None);
         }
         let this = &mut *self;
+        let cut_short = || {
+            Poll::Ready(Some(Err(std::io::Error::other(
+                "the request was given up before its body was sent",
+            ))))
+        };
+        if this.sent.as_ref().is_some_and(|s| s.given_up()) {
+            return cut_short();
+        }
         let wait = this.wait.get_mut().expect("not poisoned");
         if wait.is_none() {
             let n = this.data.len().min(BODY_CHUNK);
@@ -549,6 +648,10 @@ impl http_body::Body for PacedBody {
             Poll::Ready(()) => {
                 let n = *n;
                 *wait = None;
+                let last = n == this.data.len();
+                if last && this.sent.as_ref().is_some_and(|s| !s.last_bytes_go()) {
+                    return cut_short();
+                }
                 Poll::Ready(Some(Ok(Frame::data(this.data.split_to(n)))))
             }
         }
@@ -560,5 +663,56 @@ impl http_body::Body for PacedBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.data.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn body(len: usize, sent: &Arc<BodySent>) -> PacedBody {
+        let bandwidth = Arc::new(Bandwidth::new(&Default::default()));
+        PacedBody::new(Bytes::from(vec![7; len]), bandwidth, Some(sent.clone()))
+    }
+
+    #[tokio::test]
+    async fn a_part_given_up_before_its_last_bytes_never_sends_them() {
+        let sent = Arc::new(BodySent::default());
+        let mut b = body(BODY_CHUNK + 1, &sent);
+        let first = b.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap().len(), BODY_CHUNK);
+        assert!(sent.give_up(), "not all sent: the request can be cut");
+        assert!(
+            b.frame().await.unwrap().is_err(),
+            "the last byte must not go"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_part_all_sent_is_not_cut_and_a_retry_sends_it_again() {
+        let sent = Arc::new(BodySent::default());
+        let mut b = body(BODY_CHUNK + 1, &sent);
+        while b.frame().await.is_some() {}
+        let mut again = body(10, &sent);
+        assert_eq!(
+            again
+                .frame()
+                .await
+                .unwrap()
+                .unwrap()
+                .into_data()
+                .unwrap()
+                .len(),
+            10
+        );
+        assert!(
+            !sent.give_up(),
+            "all sent: the request must run to its reply"
+        );
+        assert!(
+            body(10, &sent).frame().await.unwrap().is_err(),
+            "no attempt after giving up"
+        );
     }
 }

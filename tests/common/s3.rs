@@ -595,6 +595,7 @@ pub struct Faults {
     cut_get: AtomicUsize,
     corrupt_get: AtomicUsize,
     delay_ns: AtomicU64,
+    land_parts_late_ns: AtomicU64,
     filter: Mutex<Option<Filter>>,
 }
 
@@ -631,6 +632,16 @@ impl Faults {
         self.delay_ns
             .store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::SeqCst);
     }
+    /// Every (matching) UploadPart whose whole body arrived is accepted, and its part file
+    /// lands `d` later, even if the client has gone or the upload was aborted meanwhile, as
+    /// with a store still writing a part when the abort comes (AWS: "part uploads in progress
+    /// might or might not succeed"; s3s-fs then keeps the part forever). The reply comes after
+    /// the landing. A part whose body was cut short is not stored. `Duration::ZERO` turns it
+    /// off.
+    pub fn land_parts_late(&self, d: Duration) {
+        self.land_parts_late_ns
+            .store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::SeqCst);
+    }
     /// Restricts faults and delay to requests for which `pred(method, key)` is true; `key` is
     /// the percent-decoded object key ("" for bucket-level requests). Example: only GETs of data
     /// objects: `s3.faults.only_for(|m, k| m == Method::GET && k.contains("/Data/"))`.
@@ -649,6 +660,7 @@ impl Faults {
         self.cut_get.store(0, Ordering::SeqCst);
         self.corrupt_get.store(0, Ordering::SeqCst);
         self.delay_ns.store(0, Ordering::SeqCst);
+        self.land_parts_late_ns.store(0, Ordering::SeqCst);
         self.for_all();
     }
 
@@ -659,6 +671,10 @@ impl Faults {
 
     fn delay(&self) -> Duration {
         Duration::from_nanos(self.delay_ns.load(Ordering::SeqCst))
+    }
+
+    fn land_parts_late_by(&self) -> Duration {
+        Duration::from_nanos(self.land_parts_late_ns.load(Ordering::SeqCst))
     }
 
     /// Faults that replace the whole response.
@@ -790,13 +806,71 @@ async fn handle(
         return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
     }
 
-    let req = req.map(|inner| {
-        s3s::Body::http_body_unsync(CountIn {
-            inner,
+    let late = if applies && operation(&method, &entry.key, &query) == "UploadPart" {
+        faults.land_parts_late_by()
+    } else {
+        Duration::ZERO
+    };
+    let mut resp: HttpResponse = if late.is_zero() {
+        let req = req.map(|inner| {
+            s3s::Body::http_body_unsync(CountIn {
+                inner,
+                entry: entry.clone(),
+            })
+        });
+        shared.s3.call(req).await?
+    } else {
+        let (head, body) = req.into_parts();
+        let collected = CountIn {
+            inner: body,
             entry: entry.clone(),
-        })
-    });
-    let mut resp: HttpResponse = shared.s3.call(req).await?;
+        }
+        .collect()
+        .await;
+        let Ok(body) = collected.map(|c| c.to_bytes()) else {
+            // Cut short: nothing to store (the client is gone; the reply is for the log).
+            let resp = error_response(
+                StatusCode::BAD_REQUEST,
+                "IncompleteBody",
+                "The request body ended before its Content-Length.",
+                &path,
+                entry.seq,
+            );
+            entry.status.store(resp.status().as_u16(), Ordering::SeqCst);
+            return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
+        };
+        let req = Request::from_parts(head, s3s::Body::from(body));
+        let param = |name: &str| {
+            query
+                .split('&')
+                .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+                .unwrap_or("")
+                .to_owned()
+        };
+        let part_file = shared.root.join(format!(
+            ".upload_id-{}.part-{}",
+            param("uploadId"),
+            param("partNumber")
+        ));
+        // Detached, so a dropped connection does not stop it: s3s-fs checks the upload and
+        // writes the part now; its write "lands" `late` from now, after whatever an abort
+        // removed meanwhile.
+        let stored = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                let resp = shared.s3.call(req).await?;
+                let written = std::fs::read(&part_file).ok();
+                tokio::time::sleep(late).await;
+                if let Some(bytes) = written
+                    && !part_file.exists()
+                {
+                    std::fs::write(&part_file, bytes).expect("part file written back");
+                }
+                Ok::<_, HttpError>(resp)
+            }
+        });
+        stored.await.expect("store task")?
+    };
     // s3s-fs answers 500 for GET/HEAD of a key that is a "directory" (a prefix of other keys,
     // e.g. `root` when `root/Data/x` exists); S3 answers 404. rclone HEADs its destination
     // prefix first and retries a 500 for over a minute, so answer as S3 does.
