@@ -13,7 +13,8 @@ use attache::hash::ContentHash;
 use attache::jobs::get::{GetReport, GetSpec};
 use attache::jobs::hash::HashSpec;
 use attache::jobs::put::{PutError, PutReport};
-use attache::jobs::{get, put, setup};
+use attache::jobs::submit::{SubmitError, SubmitSpec};
+use attache::jobs::{get, put, setup, submit};
 use attache::manifest::Manifest;
 use attache::progress::Progress;
 use attache::scan::ScanOptions;
@@ -536,6 +537,80 @@ async fn a_cancel_waits_for_parts_the_store_already_has_before_aborting() {
         .collect::<Vec<_>>();
     assert_eq!(aborts.len(), 1, "{aborts:?}");
     assert_eq!(aborts[0].status, 204, "{aborts:?}");
+}
+
+/// A submit cancelled while its manifest is being stored says truly whether it was published:
+/// a manifest PUT answered within the grace (500 ms) counts as done; a later one is dropped and
+/// the manifest deleted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_cancelled_while_publishing_says_truly_whether_it_published() {
+    for (reply_after, published) in [
+        (Duration::from_millis(150), true),
+        (Duration::from_secs(3), false),
+    ] {
+        let s3 = TestS3::start().await;
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        write_files(&src, 5, |i| (format!("f{i}"), content(1000, i)));
+        let s = settings(&s3, "p", &t.path().join("cache"));
+        // Stored at once; answered late.
+        s3.faults
+            .only_for(|m, k| m.as_str() == "PUT" && k.contains("/Manifests/"));
+        s3.faults.delay_responses(reply_after);
+        let spec = SubmitSpec {
+            inputs: vec![src.clone()],
+            output_dirs: vec![],
+            referenced: vec![],
+            farm_id: "farm-1".into(),
+            queue_id: "queue-1".into(),
+            local_locations: vec![],
+            shared_locations: vec![],
+            hash: hash_spec(&src, &s),
+        };
+        let cancel = CancellationToken::new();
+        let tr = transfer(&s).await;
+        let job = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move { submit::run(spec, tr, &cancel).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while s3
+            .stats
+            .requests_matching(|r| r.key.contains("/Manifests/"))
+            == 0
+        {
+            assert!(Instant::now() < deadline, "no manifest was ever sent");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        cancel.cancel();
+        let r = job.await.unwrap();
+        tokio::time::sleep(reply_after).await;
+        let manifests: Vec<String> = s3
+            .object_keys()
+            .into_iter()
+            .filter(|k| k.contains("/Manifests/"))
+            .collect();
+        if published {
+            let report = r.expect("answered within the grace: published");
+            assert_eq!(manifests.len(), 1, "{manifests:?}");
+            assert_eq!(
+                Some(&manifests[0]),
+                report.roots[0].manifest_key.as_ref(),
+                "the report names the stored manifest"
+            );
+        } else {
+            assert!(
+                matches!(r, Err(SubmitError::Transfer(TransferError::Cancelled(_)))),
+                "{:?}",
+                r.err()
+            );
+            assert_eq!(
+                manifests,
+                Vec::<String>::new(),
+                "a cancelled submit left its manifest"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

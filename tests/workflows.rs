@@ -259,6 +259,42 @@ fn a_failed_submit_publishes_no_manifest() {
 }
 
 #[test]
+fn a_submit_whose_second_manifest_fails_takes_the_first_back() {
+    let f = Farm::new();
+    let (a, b) = (f.path("a"), f.path("b"));
+    write(&a.join("scene.ma"), b"scene");
+    write(&b.join("tex.png"), b"texture");
+    // Two roots (two LOCAL locations): two manifests. The first PUT of one goes through.
+    let manifest_puts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = manifest_puts.clone();
+    f.s3.faults.only_for(move |m, key| {
+        m.as_str() == "PUT"
+            && key.contains("/Manifests/")
+            && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1
+    });
+    f.s3.faults.internal_error_next(1_000_000);
+    let (code, _, err) = run(f
+        .attache("ws")
+        .arg("submit")
+        .args(IDS)
+        .arg("--location")
+        .arg(format!("A={}", a.display()))
+        .arg("--location")
+        .arg(format!("B={}", b.display()))
+        .arg(&a)
+        .arg(&b)
+        .env("ATTACHE_S3__RETRY_ATTEMPTS", "0"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/Manifests/"), "{err}");
+    assert!(manifest_puts.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert_eq!(
+        manifest_keys(&f.s3),
+        Vec::<String>::new(),
+        "half a submit stayed published"
+    );
+}
+
+#[test]
 fn windows_roots_sync_on_linux_with_mapping_rules() {
     let f = Farm::new();
     // A manifest as a Windows workstation would publish it.

@@ -253,24 +253,70 @@ pub async fn run(
         )));
     }
     // Every data object exists now: publish the manifests.
-    for (key, bytes) in to_publish {
-        if cancel.is_cancelled() {
-            return Err(TransferError::Cancelled(Cancelled).into());
-        }
-        if transfer.dry_run {
-            continue;
-        }
-        let (body, opts) = (bytes::Bytes::from(bytes), PutOptions::default());
-        transfer
-            .gate
-            .run(cancel, || transfer.store.put(&key, body.clone(), &opts))
-            .await?;
+    if cancel.is_cancelled() {
+        return Err(TransferError::Cancelled(Cancelled).into());
+    }
+    if !transfer.dry_run {
+        publish(&transfer, to_publish, cancel).await?;
     }
     Ok(SubmitReport {
         attachments,
         roots,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// How long a cancel lets manifest PUTs already under way finish. Publishing is the commit
+/// point: a PUT whose bytes reached the store may be stored even if dropped, so rather than
+/// guess, the job waits for the answer and says truly whether its manifests exist.
+const PUBLISH_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long taking published manifests back may take.
+const UNPUBLISH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Publishes the manifests, all or none: on a failure, or a cancel not over within
+/// [`PUBLISH_GRACE`], the ones already stored are deleted again.
+async fn publish(
+    transfer: &Transfer,
+    to_publish: Vec<(String, Vec<u8>)>,
+    cancel: &CancellationToken,
+) -> Result<(), SubmitError> {
+    let keys: Vec<String> = to_publish.iter().map(|(k, _)| k.clone()).collect();
+    // The PUTs run under their own token: the grace below is what ends them on a cancel.
+    let own = CancellationToken::new();
+    let puts = async {
+        for (key, bytes) in to_publish {
+            let (body, opts) = (bytes::Bytes::from(bytes), PutOptions::default());
+            transfer
+                .gate
+                .run(&own, || transfer.store.put(&key, body.clone(), &opts))
+                .await?;
+        }
+        Ok::<_, TransferError>(())
+    };
+    let grace_over = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(PUBLISH_GRACE).await;
+    };
+    let result = tokio::select! {
+        r = puts => r,
+        _ = grace_over => Err(TransferError::Cancelled(Cancelled)),
+    };
+    if result.is_err() {
+        let unpublish = tokio::time::timeout(UNPUBLISH_DEADLINE, transfer.store.delete_many(&keys));
+        match unpublish.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                "could not delete the manifests of this unfinished submit ({}): {e}; no job refers to them, delete them by hand",
+                keys.join(", ")
+            ),
+            Err(_) => tracing::warn!(
+                "deleting the manifests of this unfinished submit ({}) took over {UNPUBLISH_DEADLINE:?}; no job refers to them, delete them by hand",
+                keys.join(", ")
+            ),
+        }
+    }
+    Ok(result?)
 }
 
 /// Scans the inputs of one root (directories walked, files taken as they are) and runs them
