@@ -297,6 +297,8 @@ class CancelTest:
                 done = self.wait_done(h, 5)
                 end = {"t_end": None, "status": done["status"],
                        "outcome": "finished" if done["ok"] else "bad-exit"}
+                if h["kind"] == "daemon":
+                    end["daemon_alive"] = h["daemon"].run.running()
             last = watch.wait_quiet(0.3, timeout=60)
             watch.stop()
             moved = pre["bytes_in"] if self.dir == "upload" else pre["bytes_out"]
@@ -407,7 +409,9 @@ class CancelTest:
                      f"finished first{'; daemon: 0' if res['mode'] == 'daemon-sigterm' else ''})")
         if res["mode"] == "daemon-api":
             if not res.get("daemon_alive"):
-                rep.fail(f"{what}: the daemon died after DELETE")
+                when = "with its job finished before the cancel" if res["early"] else \
+                    "after DELETE"
+                rep.fail(f"{what}: the daemon died {when}")
             elif res.get("jobs_active") not in (0, None):
                 rep.fail(f"{what}: daemon still reports jobs_active={res['jobs_active']}")
         for k in ("to_end_s", "to_idle_s"):
