@@ -7,20 +7,31 @@ use std::path::Path;
 /// readers see the old file or the whole new one, never a part. A path that is a device,
 /// FIFO or socket (`/dev/null`, `/dev/stdout`) is written in place instead.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// Like [`write_atomic`], with the content written by `write` (buffered) as it is produced.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     // `-o /dev/null`, `-o /dev/stdout`, a FIFO: write into it. Renaming a temporary file over
     // it would replace the device node with a regular file (as root, even /dev/null).
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        return std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)?
-            .write_all(bytes);
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        let mut w = std::io::BufWriter::new(&file);
+        write(&mut w)?;
+        return w.flush();
     }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = temp_file_in(dir, ".attache-tmp-", "")?;
-    tmp.write_all(bytes)?;
+    let tmp = temp_file_in(dir, ".attache-tmp-", "")?;
+    let mut w = std::io::BufWriter::new(tmp.as_file());
+    write(&mut w)?;
+    w.flush()?;
+    drop(w);
     tmp.as_file().sync_data()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())

@@ -93,6 +93,11 @@ impl Manifest {
         encode::encode(self)
     }
 
+    /// The same bytes, streamed into `w` (for manifests too large to hold encoded as well).
+    pub fn encode_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        encode::encode_to(self, w)
+    }
+
     /// Checks every path against `rules` (decode already applied the native rules).
     pub fn validate_paths(&self, rules: PathRules) -> Result<(), DecodeError> {
         for (index, e) in self.entries.iter().enumerate() {

@@ -5,6 +5,7 @@
 //! outside the destination or through a link. Files already there with the right content are
 //! left alone (the hash cache makes that check cheap).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -110,7 +111,7 @@ pub async fn run(
     transfer
         .progress
         .add_bytes(plan.unchanged.1 + plan.skipped.1);
-    let download = download_all(transfer, plan.items, cancel).await?;
+    let download = download_all(transfer, &spec.dest, plan.items, cancel).await?;
     Ok(GetReport {
         files,
         bytes,
@@ -179,30 +180,36 @@ fn plan(
         skipped: (0, 0),
         placed: Vec::new(),
     };
-    for e in manifest.into_entries() {
-        let rel = e
-            .path
-            .to_posix_bytes()
-            .map_err(|err| TransferError::Refused {
-                path: dest.join(e.path.display().as_ref()),
-                message: err.to_string(),
-            })?;
+    // In place: the entries become the placed record (sync-inputs) without a second list; a
+    // plain get moves each path into the plan instead.
+    let mut entries = manifest.into_entries();
+    for e in entries.iter_mut() {
+        let refused = |err: crate::manifest::PathError, e: &ManifestEntry| TransferError::Refused {
+            path: dest.join(e.path.display().as_ref()),
+            message: err.to_string(),
+        };
+        // A plain get moves the path's bytes into the plan when they are the POSIX bytes
+        // (valid UTF-8: nearly every path); a recorded one keeps them for the record.
+        let converted: Option<Box<[u8]>> = match e.path.to_posix_bytes() {
+            Err(err) => return Err(refused(err, e)),
+            Ok(Cow::Borrowed(_)) if !record => None,
+            Ok(bytes) => Some(bytes.into()),
+        };
+        let mut rel = match converted {
+            Some(bytes) => bytes,
+            None => std::mem::take(&mut e.path).into_wtf8(),
+        };
         let mut path = dest.join(OsStr::from_bytes(&rel));
-        path.shrink_to_fit();
         if let Some(parent) = path.parent() {
             make_dirs(dest, parent, &mut made)?;
         }
         let (hash, size, mtime_us) = (e.hash, e.size, e.mtime_us);
-        let mut placed = e;
         match std::fs::symlink_metadata(&path) {
             Err(_) => {}
             Ok(_) if already_there(&path, size, hash, cache.as_ref()) => {
                 p.unchanged.0 += 1;
                 p.unchanged.1 += size;
                 fix_mtime(&path, mtime_us);
-                if record {
-                    p.placed.push(placed);
-                }
                 continue;
             }
             Ok(existing) => match conflict {
@@ -210,30 +217,31 @@ fn plan(
                 Conflict::Skip => {
                     p.skipped.0 += 1;
                     p.skipped.1 += size;
+                    // The record says what is there: the file that was left alone.
                     let stat = FileStat::of(&existing);
-                    placed.size = stat.size;
-                    placed.mtime_us = ManifestEntry::mtime_us_from_ns(stat.mtime_ns);
-                    if record {
-                        p.placed.push(placed);
-                    }
+                    e.size = stat.size;
+                    e.mtime_us = ManifestEntry::mtime_us_from_ns(stat.mtime_ns);
                     continue;
                 }
                 Conflict::CreateCopy => {
                     path = free_copy_name(&path);
-                    let rel = path.strip_prefix(dest).expect("beside the original");
-                    placed.path = ManifestPath::from_posix_bytes(rel.as_os_str().as_bytes());
+                    let copy = path.strip_prefix(dest).expect("beside the original");
+                    rel = copy.as_os_str().as_bytes().into();
+                    if record {
+                        e.path = ManifestPath::from_posix_bytes(&rel);
+                    }
                 }
             },
-        }
-        if record {
-            p.placed.push(placed);
         }
         p.items.push(DownloadItem {
             hash,
             size,
-            dest: path,
+            rel,
             mtime_us,
         });
+    }
+    if record {
+        p.placed = entries;
     }
     Ok(p)
 }

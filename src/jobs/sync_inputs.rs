@@ -154,13 +154,13 @@ fn write_record(
         return Ok(());
     }
     let path = record_path(session_dir, local);
-    let bytes = Manifest::new(std::mem::take(&mut report.placed))
-        .encode()
-        .expect("not empty");
+    let record = Manifest::new(std::mem::take(&mut report.placed));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(TransferError::io(dir))?;
     }
-    crate::fsutil::write_atomic(&path, &bytes).map_err(TransferError::io(&path))
+    // Streamed: the encoded record of a million entries is over 100 MiB.
+    crate::fsutil::write_atomic_with(&path, |w| record.encode_to(w))
+        .map_err(TransferError::io(&path))
 }
 
 /// The record sync-inputs left for `local`, if any.

@@ -17,6 +17,22 @@ pub(super) fn encode(m: &Manifest) -> Result<Vec<u8>, EncodeError> {
         return Err(EncodeError::Empty);
     }
     let mut out = Vec::with_capacity(96 + m.entries.len() * 120);
+    write_canonical(m, &mut out).expect("a Vec takes every write");
+    Ok(out)
+}
+
+/// Streams the canonical bytes into `w` in 64 KiB pieces, so a million-entry manifest is
+/// written without holding its 100+ MiB of JSON. An empty manifest is an error.
+pub(super) fn encode_to(m: &Manifest, w: &mut impl Write) -> std::io::Result<()> {
+    if m.entries.is_empty() {
+        return Err(std::io::Error::other(EncodeError::Empty));
+    }
+    write_canonical(m, w)
+}
+
+fn write_canonical(m: &Manifest, w: &mut impl Write) -> std::io::Result<()> {
+    const PIECE: usize = 64 << 10;
+    let mut out = Vec::with_capacity(PIECE + 4096);
     out.extend_from_slice(b"{\"hashAlg\":\"");
     out.extend_from_slice(HASH_ALG.as_bytes());
     out.extend_from_slice(b"\",\"manifestVersion\":\"");
@@ -34,9 +50,13 @@ pub(super) fn encode(m: &Manifest) -> Result<Vec<u8>, EncodeError> {
         );
         write_string(&mut out, e.path.code_points());
         let _ = write!(out, ",\"size\":{}}}", e.size);
+        if out.len() >= PIECE {
+            w.write_all(&out)?;
+            out.clear();
+        }
     }
     let _ = write!(out, "],\"totalSize\":{}}}", m.total_size());
-    Ok(out)
+    w.write_all(&out)
 }
 
 /// Writes a JSON string with ASCII-only escaping: lowercase `\uXXXX` for every code point
@@ -69,5 +89,44 @@ fn push_u_escape(out: &mut Vec<u8>, unit: u32) {
     out.extend_from_slice(b"\\u");
     for shift in [12, 8, 4, 0] {
         out.push(HEX[((unit >> shift) & 0xF) as usize]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::hash::ContentHash;
+    use crate::manifest::{Manifest, ManifestEntry, ManifestPath};
+
+    /// Records each write, so the test sees the pieces.
+    struct Pieces(Vec<Vec<u8>>);
+
+    impl std::io::Write for Pieces {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn streamed_encoding_is_the_same_bytes_in_pieces() {
+        let entries = (0..3000u64)
+            .map(|i| ManifestEntry {
+                path: ManifestPath::from_utf8(&format!("dir{}/fïle {i}.exr", i % 7)),
+                hash: ContentHash::of(&i.to_le_bytes()),
+                size: i,
+                mtime_us: 1_700_000_000_000_000 + i as i64,
+            })
+            .collect();
+        let m = Manifest::new(entries);
+        let mut pieces = Pieces(Vec::new());
+        m.encode_to(&mut pieces).unwrap();
+        assert!(pieces.0.len() > 3, "{} pieces", pieces.0.len());
+        assert!(pieces.0.iter().all(|p| p.len() < 80 << 10));
+        assert_eq!(pieces.0.concat(), m.encode().unwrap());
+        let empty = Manifest::new(Vec::new()).encode_to(&mut Pieces(Vec::new()));
+        assert!(empty.is_err(), "an empty manifest is never written");
     }
 }

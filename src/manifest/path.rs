@@ -10,7 +10,8 @@ use std::fmt;
 /// Held as WTF-8: UTF-8 that may also encode lone surrogate code points (3 bytes each). That
 /// is exactly the set of strings Python can hold, so every path the official client writes
 /// round-trips, while valid UTF-8 paths cost nothing extra.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// `Default` is the empty path: a placeholder for a path moved or freed, never valid.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct ManifestPath(Box<[u8]>);
 
 /// Why a path is refused. Manifests come from a bucket: untrusted input.
@@ -111,6 +112,11 @@ impl ManifestPath {
     }
 
     /// The POSIX file-name bytes: escaped bytes (U+DC80..U+DCFF) turn back into raw bytes.
+    /// The WTF-8 bytes, moved out (no copy).
+    pub fn into_wtf8(self) -> Box<[u8]> {
+        self.0
+    }
+
     pub fn to_posix_bytes(&self) -> Result<Cow<'_, [u8]>, PathError> {
         if self.as_str().is_some() {
             return Ok(Cow::Borrowed(&self.0));

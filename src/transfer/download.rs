@@ -7,6 +7,7 @@
 //! nothing behind: the temporary file is removed when it is dropped.
 
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,15 +25,38 @@ use crate::jobs::Cancelled;
 use crate::store::StoreError;
 use crate::store::layout::{data_key, legacy_data_key};
 
-/// One file to materialize.
+/// One file to materialize, as a plan holds it (a million of them at once): the path is
+/// relative to the download's root.
 #[derive(Debug, Clone)]
 pub struct DownloadItem {
     pub hash: ContentHash,
     pub size: u64,
-    /// Final path; its directory must exist (the caller creates it safely).
-    pub dest: PathBuf,
+    /// POSIX path bytes under the root; its directory must exist (the caller creates it
+    /// safely).
+    pub rel: Box<[u8]>,
     /// Manifest mtime, microseconds since the epoch.
     pub mtime_us: i64,
+}
+
+/// One file being materialized, with its full destination path (made only while it is
+/// worked on).
+#[derive(Debug, Clone)]
+struct Target {
+    hash: ContentHash,
+    size: u64,
+    dest: PathBuf,
+    mtime_us: i64,
+}
+
+impl Target {
+    fn of(root: &Path, item: &DownloadItem) -> Target {
+        Target {
+            hash: item.hash,
+            size: item.size,
+            dest: root.join(std::ffi::OsStr::from_bytes(&item.rel)),
+            mtime_us: item.mtime_us,
+        }
+    }
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -58,9 +82,11 @@ struct Counters {
 /// Fetches of one object before its corruption is reported.
 const TRIES: u32 = 3;
 
-/// Downloads every item, `transfer.workers` objects at a time. The first failure stops the rest.
+/// Downloads every item under `root`, `transfer.workers` objects at a time. The first failure
+/// stops the rest.
 pub async fn download_all(
     t: Arc<Transfer>,
+    root: &Path,
     mut items: Vec<DownloadItem>,
     cancel: &CancellationToken,
 ) -> Result<DownloadReport, TransferError> {
@@ -80,7 +106,7 @@ pub async fn download_all(
     let results = futures::stream::iter(groups)
         .map(|group: std::ops::Range<usize>| {
             let (t, counters, stop) = (t.clone(), counters.clone(), stop.clone());
-            async move { download_group(&t, &counters, &items[group], &stop).await }
+            async move { download_group(&t, &counters, root, &items[group], &stop).await }
         })
         .buffer_unordered(t.settings.workers.max(1));
     first_failure(results, &stop, cancel).await?;
@@ -96,6 +122,7 @@ pub async fn download_all(
 async fn download_group(
     t: &Transfer,
     c: &Counters,
+    root: &Path,
     group: &[DownloadItem],
     cancel: &CancellationToken,
 ) -> Result<(), TransferError> {
@@ -103,15 +130,15 @@ async fn download_group(
         return Err(Cancelled.into());
     }
     c.objects.fetch_add(1, Relaxed);
-    let first = &group[0];
-    place_first(t, c, first, cancel).await?;
+    let first = Target::of(root, &group[0]);
+    place_first(t, c, &first, cancel).await?;
     c.files.fetch_add(1, Relaxed);
     t.progress.add_files(1);
     for other in &group[1..] {
         if cancel.is_cancelled() {
             return Err(Cancelled.into());
         }
-        copy_verified(&first.dest, other).await?;
+        copy_verified(&first.dest, &Target::of(root, other)).await?;
         c.files.fetch_add(1, Relaxed);
         c.copied_files.fetch_add(1, Relaxed);
         t.progress.add_files(1);
@@ -125,7 +152,7 @@ async fn download_group(
 async fn place_first(
     t: &Transfer,
     c: &Counters,
-    item: &DownloadItem,
+    item: &Target,
     cancel: &CancellationToken,
 ) -> Result<(), TransferError> {
     let store_id = t.store.describe();
@@ -157,7 +184,7 @@ async fn place_first(
 
 /// Copies a local file with the same content to `item.dest`, checking the copy's hash (the
 /// source may have been changed since it was written) before it becomes visible.
-async fn copy_verified(src: &Path, item: &DownloadItem) -> Result<(), TransferError> {
+async fn copy_verified(src: &Path, item: &Target) -> Result<(), TransferError> {
     let (src, item) = (src.to_path_buf(), item.clone());
     tokio::task::spawn_blocking(move || -> Result<(), TransferError> {
         let mut tmp = temp_beside(&item.dest)?;
@@ -188,7 +215,7 @@ fn temp_beside(dest: &Path) -> Result<NamedTempFile, TransferError> {
 }
 
 /// Sets the manifest mtime (and atime) and renames the verified file into place.
-fn finalize(tmp: NamedTempFile, item: &DownloadItem) -> Result<(), TransferError> {
+fn finalize(tmp: NamedTempFile, item: &Target) -> Result<(), TransferError> {
     let t = crate::fsutil::file_time_from_us(item.mtime_us);
     filetime::set_file_handle_times(tmp.as_file(), Some(t), Some(t))
         .map_err(TransferError::io(&item.dest))?;
@@ -209,7 +236,7 @@ fn finalize(tmp: NamedTempFile, item: &DownloadItem) -> Result<(), TransferError
 async fn fetch_verified(
     t: &Transfer,
     c: &Counters,
-    item: &DownloadItem,
+    item: &Target,
     cancel: &CancellationToken,
 ) -> Result<NamedTempFile, TransferError> {
     let prefix = t.store.root_prefix();
@@ -278,7 +305,7 @@ async fn fetch_whole(
     t: &Transfer,
     c: &Counters,
     key: &str,
-    item: &DownloadItem,
+    item: &Target,
     tmp: &mut NamedTempFile,
     cancel: &CancellationToken,
 ) -> Result<(ContentHash, u64), TransferError> {
@@ -310,7 +337,7 @@ async fn fetch_ranged(
     t: &Transfer,
     c: &Counters,
     key: &str,
-    item: &DownloadItem,
+    item: &Target,
     tmp: &mut NamedTempFile,
     cancel: &CancellationToken,
 ) -> Result<(ContentHash, u64), TransferError> {

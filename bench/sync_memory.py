@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Peak RSS of `attache sync-inputs` and `attache get` of an N-entry manifest (default 1,000,000).
+
+  cargo build --release && bench/sync_memory.py [N]
+
+The manifest (31-byte paths over 300 small objects, like upload_scale_test's) is put in a
+file:// store on /dev/shm with its attachments JSON; both commands materialize it on tmpfs
+under GNU time (%M). Goal: peak RSS <= 64 MiB + 200 B x N. Env: ATTACHE_BIN.
+"""
+import json, os, subprocess, sys, shutil, hashlib
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+A = os.environ.get("ATTACHE_BIN", str(__import__("pathlib").Path(__file__).resolve().parent.parent / "target/release/attache"))
+W = "/dev/shm/attache-sync-memory"
+shutil.rmtree(W, ignore_errors=True)
+os.makedirs(f"{W}/src")
+for i in range(300):
+    with open(f"{W}/src/o{i}", "wb") as f:
+        f.write(os.urandom(1 + i * 13))
+env = {k: v for k, v in os.environ.items() if not k.startswith("ATTACHE_")}
+store = f"file://{W}/store"
+subprocess.run([A, "put", "--store", store, "--cache-dir", f"{W}/c0", "-o", f"{W}/src.manifest", f"{W}/src"],
+               check=True, env=env, stdout=subprocess.DEVNULL)
+src = json.load(open(f"{W}/src.manifest"))["paths"]
+paths = []
+for i in range(N):
+    e = src[i % len(src)]
+    paths.append({"hash": e["hash"], "mtime": 1700000000000000, "path": f"shot{i // 100000:02d}/seq{(i // 1000) % 100:03d}/frame_{i:07d}.exr", "size": e["size"]})
+paths.sort(key=lambda p: p["path"])
+m = {"hashAlg": "xxh128", "manifestVersion": "2023-03-03", "paths": paths, "totalSize": sum(p["size"] for p in paths)}
+data = json.dumps(m, separators=(",", ":")).encode()
+rel = "farm-1/queue-1/Inputs/abc/def_input"
+os.makedirs(os.path.dirname(f"{W}/store/Manifests/{rel}"), exist_ok=True)
+open(f"{W}/store/Manifests/{rel}", "wb").write(data)
+# the manifest's own hash (xxh128 of its bytes), from attache's hash of that one file
+mh = subprocess.run([A, "hash", "--no-cache", f"{W}/store/Manifests/farm-1/queue-1/Inputs/abc"], env=env, capture_output=True, text=True).stdout
+mhash = json.loads(mh)["paths"][0]["hash"]
+att = {"manifests": [{"rootPath": "/proj", "rootPathFormat": "posix", "inputManifestPath": rel, "inputManifestHash": mhash}], "fileSystem": "COPIED"}
+json.dump(att, open(f"{W}/att.json", "w"))
+print(f"manifest {len(data)/2**20:.0f} MiB, {N} entries; limit {(64*2**20 + 200*N)/2**20:.0f} MiB")
+def measure(name, args):
+    r = subprocess.run(["/usr/bin/time", "-f", "%M %e %U %S", *args], env=env, capture_output=True, text=True)
+    line = r.stderr.strip().splitlines()[-1]
+    kb, e, u, s = line.split()
+    print(f"{name}: rc {r.returncode}, peak RSS {int(kb)/1024:.0f} MiB, wall {e} s, cpu {float(u)+float(s):.1f} s")
+    if r.returncode: print(r.stderr[-2000:])
+measure("sync-inputs", [A, "sync-inputs", "--store", store, "--cache-dir", f"{W}/c1", "--attachments", f"{W}/att.json", "--session-dir", f"{W}/sess", "-o", "/dev/null"])
+shutil.rmtree(f"{W}/sess", ignore_errors=True)
+subprocess.run(["cp", f"{W}/store/Manifests/{rel}", f"{W}/big.manifest"])
+measure("get", [A, "get", "--store", store, "--cache-dir", f"{W}/c2", "--dest", f"{W}/out", f"{W}/big.manifest"])
+shutil.rmtree(W, ignore_errors=True)
