@@ -67,6 +67,37 @@ fn hash_spec(root: &Path, s: &Settings) -> HashSpec {
     }
 }
 
+/// Starts a `put` of `src` in the background; the token cancels it.
+async fn spawn_put(
+    src: &Path,
+    s: &Settings,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<PutReport, PutError>>,
+) {
+    let cancel = CancellationToken::new();
+    let (tr, spec) = (transfer(s).await, hash_spec(src, s));
+    let job = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move { put::run(spec, tr, &cancel).await })
+    };
+    (cancel, job)
+}
+
+/// Waits until the server has seen at least `n` requests matching `pred` (at most 60 s).
+async fn wait_for_requests(
+    s3: &TestS3,
+    n: usize,
+    what: &str,
+    pred: impl Fn(&common::s3::RequestInfo) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3.stats.requests_matching(&pred) < n {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn put_tree(root: &Path, s: &Settings) -> Result<PutReport, PutError> {
     put::run(
         hash_spec(root, s),
@@ -449,22 +480,11 @@ async fn cancelling_a_large_multipart_upload_aborts_it_within_a_second() {
         .unwrap();
     let mut s = settings(&s3, "p", &t.path().join("cache"));
     s.bandwidth.upload = Rate(200 * MIB);
-    let cancel = CancellationToken::new();
-    let tr = transfer(&s).await;
-    let job = {
-        let (cancel, spec) = (cancel.clone(), hash_spec(&src, &s));
-        tokio::spawn(async move { put::run(spec, tr, &cancel).await })
-    };
-    // Wait until parts are being uploaded.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s3
-        .stats
-        .requests_matching(|r| r.query.contains("partNumber"))
-        < 3
-    {
-        assert!(Instant::now() < deadline, "multipart upload never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (cancel, job) = spawn_put(&src, &s).await;
+    wait_for_requests(&s3, 3, "the multipart upload", |r| {
+        r.query.contains("partNumber")
+    })
+    .await;
     assert_eq!(s3.open_multipart_uploads(), 1);
     let sent = Instant::now();
     cancel.cancel();
@@ -499,21 +519,12 @@ async fn a_cancel_waits_for_parts_the_store_already_has_before_aborting() {
     write(&src, "big.bin", &content(40 * MIB, 7), MTIME_NS);
     let s = settings(&s3, "p", &t.path().join("cache"));
     s3.faults.land_parts_late(Duration::from_millis(400));
-    let cancel = CancellationToken::new();
-    let tr = transfer(&s).await;
-    let job = {
-        let (cancel, spec) = (cancel.clone(), hash_spec(&src, &s));
-        tokio::spawn(async move { put::run(spec, tr, &cancel).await })
-    };
+    let (cancel, job) = spawn_put(&src, &s).await;
     // Cancel once the server holds a whole part it has not stored yet.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s3.stats.requests_matching(|r| {
+    wait_for_requests(&s3, 1, "a whole part", |r| {
         r.operation() == "UploadPart" && r.bytes_in == 5 * MIB && r.status == 0
-    }) == 0
-    {
-        assert!(Instant::now() < deadline, "no part was ever sent whole");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await;
     cancel.cancel();
     let r = job.await.unwrap();
     assert!(
@@ -573,15 +584,7 @@ async fn a_submit_cancelled_while_publishing_says_truly_whether_it_published() {
             let cancel = cancel.clone();
             tokio::spawn(async move { submit::run(spec, tr, &cancel).await })
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while s3
-            .stats
-            .requests_matching(|r| r.key.contains("/Manifests/"))
-            == 0
-        {
-            assert!(Instant::now() < deadline, "no manifest was ever sent");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        wait_for_requests(&s3, 1, "a manifest PUT", |r| r.key.contains("/Manifests/")).await;
         cancel.cancel();
         let r = job.await.unwrap();
         tokio::time::sleep(reply_after).await;
