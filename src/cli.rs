@@ -253,12 +253,12 @@ pub(crate) fn flag(out: &mut Vec<Override>, key: &str, source: &str, value: Opti
 /// Runs an async job on a Tokio runtime where Ctrl-C (SIGINT) or SIGTERM cancels it (the job
 /// cleans up: temp files removed, multipart uploads aborted, exit 130); a second signal exits
 /// at once.
-pub(crate) fn run_async<T, F, Fut>(job: F) -> anyhow::Result<T>
+pub(crate) fn run_async<T, F, Fut>(threads: usize, job: F) -> anyhow::Result<T>
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = T>,
 {
-    let rt = crate::transfer::runtime()?;
+    let rt = crate::transfer::runtime(threads)?;
     let cancel = CancellationToken::new();
     rt.block_on(async {
         let on_signal = cancel.clone();
@@ -303,7 +303,8 @@ impl Interrupts {
 pub(crate) fn run_cancellable<T: Send + 'static>(
     job: impl FnOnce(CancellationToken) -> T + Send + 'static,
 ) -> anyhow::Result<T> {
-    run_async(|token| async move {
+    // One worker: it only waits for the job and the signals.
+    run_async(1, |token| async move {
         tokio::task::spawn_blocking(move || job(token))
             .await
             .expect("job panicked")

@@ -87,9 +87,11 @@ where
 /// with its own stack and allocator arena; past the cap, blocking work queues.
 const MAX_BLOCKING_THREADS: usize = 64;
 
-/// The runtime transfers run on, in the CLI and in the daemon.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// The runtime transfers run on, in the CLI and in the daemon, with `threads` workers
+/// ([`crate::config::Settings::runtime_threads`]).
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()

@@ -20,7 +20,7 @@ pub struct JobArgs {
 pub fn daemon(ctx: &Context) -> anyhow::Result<ExitCode> {
     let settings = ctx.settings.clone();
     let load = ctx.load.clone();
-    let rt = crate::transfer::runtime()?;
+    let rt = crate::transfer::runtime(settings.runtime_threads())?;
     rt.block_on(crate::daemon::server::serve(settings, load))?;
     Ok(ExitCode::SUCCESS)
 }

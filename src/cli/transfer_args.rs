@@ -59,7 +59,7 @@ where
     let settings = ctx.settings.clone();
     let progress = Arc::new(Progress::default());
     let _bar = Bar::start(label, progress.clone(), !std::io::stderr().is_terminal());
-    run_async(|cancel| async move {
+    run_async(settings.runtime_threads(), |cancel| async move {
         let bandwidth = Arc::new(Bandwidth::new(&settings.bandwidth));
         let url = store.unwrap_or_else(|| settings.store.url.clone());
         let t = setup::transfer_for(&url, &settings, bandwidth, progress)
