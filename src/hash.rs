@@ -1,6 +1,7 @@
 //! Content hashing: the XXH3-128 content hash type, file hashing, the parallel hasher and the
 //! persistent hash cache.
 
+pub mod as_written;
 pub mod cache;
 pub mod file;
 pub mod parallel;

@@ -666,6 +666,32 @@ async fn a_file_changed_during_multipart_upload_is_refused() {
     assert_eq!(s3.open_multipart_uploads(), 0);
 }
 
+/// A ranged download is hashed while its parts land; a corrupted part must still be caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_part_of_a_ranged_download_is_caught_and_fetched_again() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let data = content(23 * MIB + 77, 5);
+    write(&src, "big.bin", &data, MTIME_NS);
+    let s = settings(&s3, "p", &t.path().join("cache"));
+    let m = put_tree(&src, &s).await.unwrap().hash.roots[0]
+        .manifest
+        .clone();
+    let data_key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
+    s3.faults
+        .only_for(move |m, k| m.as_str() == "GET" && k == data_key);
+    s3.faults.corrupt_get_body_next(2);
+    let dest = t.path().join("dest");
+    let got = get_tree(&m, &dest, &s).await.unwrap();
+    assert_eq!(std::fs::read(dest.join("big.bin")).unwrap(), data);
+    assert!(got.download.refetched >= 1, "{:?}", got.download);
+    let ranged = s3
+        .stats
+        .requests_matching(|r| r.is_get() && r.key.ends_with(".xxh128"));
+    assert!(ranged >= 2 * 5, "fetched in parts, twice: {ranged} GETs");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_end_in_correct_content_or_a_clear_error() {
     let s3 = TestS3::start().await;

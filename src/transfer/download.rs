@@ -349,6 +349,9 @@ async fn fetch_ranged(
             .try_clone()
             .map_err(TransferError::io(&item.dest))?,
     );
+    // Hashed as the file fills in: each prefix is read back as soon as it is complete.
+    let hashing =
+        crate::hash::as_written::AsWritten::start(file.clone(), item.size, cancel.clone());
     let part = t.settings.part_size.0.max(1);
     let ranges: Vec<(u64, u64)> = (0..item.size.div_ceil(part))
         .map(|i| (i * part, (i * part + part).min(item.size)))
@@ -379,7 +382,7 @@ async fn fetch_ranged(
                     let chunk = chunk?;
                     let len = chunk.len() as u64;
                     if at + len > end {
-                        return Ok(false);
+                        return Ok((start, end, false));
                     }
                     if buf.is_empty() {
                         buf_at = at;
@@ -395,31 +398,35 @@ async fn fetch_ranged(
                 if !buf.is_empty() {
                     write(buf.freeze(), buf_at).await?;
                 }
-                Ok::<bool, TransferError>(at == end)
+                Ok::<_, TransferError>((start, end, at == end))
             }
         })
         .buffer_unordered(t.settings.max_parts_in_flight.max(1));
     let mut complete = true;
+    // Parts done beyond the contiguous prefix (start → end), and that prefix's end.
+    let mut landed = std::collections::BTreeMap::new();
+    let mut prefix = 0;
     while let Some(r) = parts.next().await {
-        complete &= r?;
+        let (start, end, whole) = r?;
+        complete &= whole;
+        if whole {
+            landed.insert(start, end);
+            while let Some(end) = landed.remove(&prefix) {
+                prefix = end;
+            }
+            hashing.ready(prefix);
+        }
     }
     drop(parts);
     if !complete {
         return Ok((ContentHash(0), 0));
     }
-    let path = tmp.path().to_path_buf();
-    let cancel2 = cancel.clone();
-    let hashed = tokio::task::spawn_blocking(move || {
-        crate::hash::file::hash_file(&path, 1 << 20, &cancel2, &|_| {})
-    })
-    .await
-    .expect("hash task panicked");
-    match hashed {
-        Ok(h) => Ok((h.hash, h.stat.size)),
-        Err(crate::hash::file::HashFileError::Cancelled) => Err(Cancelled.into()),
-        Err(e) => Err(TransferError::Refused {
+    match hashing.finish().await {
+        Ok(Some(hash)) => Ok((hash, item.size)),
+        Ok(None) => Err(Cancelled.into()),
+        Err(e) => Err(TransferError::Io {
             path: item.dest.clone(),
-            message: e.to_string(),
+            source: e,
         }),
     }
 }
