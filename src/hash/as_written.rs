@@ -1,6 +1,10 @@
 //! Hashing a file while it is being written out of order (parallel ranged downloads): a
 //! blocking thread reads and hashes each prefix as soon as it is complete, so the check of a
 //! large download overlaps the download instead of re-reading the whole file after it.
+//!
+//! The reader is a thread of its own, not one of the runtime's blocking threads: it waits
+//! for writes that need those threads, and many large downloads at once could otherwise take
+//! them all and wait forever.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -15,16 +19,23 @@ use super::ContentHash;
 /// Read size of the trailing reader (the pages were just written: a page-cache copy).
 const CHUNK: usize = 1 << 20;
 
+type Outcome = std::io::Result<Option<ContentHash>>;
+
 pub struct AsWritten {
     ready: Option<mpsc::Sender<u64>>,
-    done: tokio::task::JoinHandle<std::io::Result<Option<ContentHash>>>,
+    done: tokio::sync::oneshot::Receiver<Outcome>,
 }
 
 impl AsWritten {
     /// Starts hashing `file`, which will be `size` bytes long once written.
-    pub fn start(file: Arc<File>, size: u64, cancel: CancellationToken) -> AsWritten {
+    pub fn start(
+        file: Arc<File>,
+        size: u64,
+        cancel: CancellationToken,
+    ) -> std::io::Result<AsWritten> {
         let (tx, rx) = mpsc::channel::<u64>();
-        let done = tokio::task::spawn_blocking(move || {
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let read_back = move || -> Outcome {
             let mut hasher = Xxh3Default::new();
             let mut buf = vec![0; CHUNK.min(size as usize).max(1)];
             let (mut pos, mut ready) = (0u64, 0u64);
@@ -48,11 +59,16 @@ impl AsWritten {
                 pos += n as u64;
             }
             Ok(Some(ContentHash(hasher.digest128())))
-        });
-        AsWritten {
+        };
+        std::thread::Builder::new()
+            .name("attache-hash-as-written".into())
+            .spawn(move || {
+                let _ = done_tx.send(read_back());
+            })?;
+        Ok(AsWritten {
             ready: Some(tx),
             done,
-        }
+        })
     }
 
     /// The first `len` bytes are written (and stay as they are).
@@ -65,7 +81,9 @@ impl AsWritten {
     /// The hash, once every byte was declared ready; `None` if cancelled meanwhile.
     pub async fn finish(mut self) -> std::io::Result<Option<ContentHash>> {
         drop(self.ready.take());
-        (&mut self.done).await.expect("hash task panicked")
+        (&mut self.done)
+            .await
+            .expect("the hash thread always answers")
     }
 }
 
@@ -88,7 +106,8 @@ mod tests {
         let t = tempfile::tempfile().unwrap();
         t.set_len(data.len() as u64).unwrap();
         let file = Arc::new(t);
-        let h = AsWritten::start(file.clone(), data.len() as u64, CancellationToken::new());
+        let h =
+            AsWritten::start(file.clone(), data.len() as u64, CancellationToken::new()).unwrap();
         let part = 2 * CHUNK + 5;
         let mut parts: Vec<(usize, usize)> = (0..data.len().div_ceil(part))
             .map(|i| (i * part, ((i + 1) * part).min(data.len())))
@@ -107,13 +126,13 @@ mod tests {
     #[tokio::test]
     async fn a_download_given_up_ends_the_reader() {
         let file = Arc::new(tempfile::tempfile().unwrap());
-        let h = AsWritten::start(file, 10 << 20, CancellationToken::new());
+        let h = AsWritten::start(file, 10 << 20, CancellationToken::new()).unwrap();
         h.ready(0);
         drop(h); // the thread sees the closed channel and returns
         let cancel = CancellationToken::new();
         let file = Arc::new(tempfile::tempfile().unwrap());
         file.set_len(4 << 20).unwrap();
-        let h = AsWritten::start(file, 8 << 20, cancel.clone());
+        let h = AsWritten::start(file, 8 << 20, cancel.clone()).unwrap();
         cancel.cancel();
         h.ready(4 << 20);
         assert_eq!(h.finish().await.unwrap(), None);

@@ -351,7 +351,8 @@ async fn fetch_ranged(
     );
     // Hashed as the file fills in: each prefix is read back as soon as it is complete.
     let hashing =
-        crate::hash::as_written::AsWritten::start(file.clone(), item.size, cancel.clone());
+        crate::hash::as_written::AsWritten::start(file.clone(), item.size, cancel.clone())
+            .map_err(TransferError::io(&item.dest))?;
     let part = t.settings.part_size.0.max(1);
     let ranges: Vec<(u64, u64)> = (0..item.size.div_ceil(part))
         .map(|i| (i * part, (i * part + part).min(item.size)))
