@@ -308,24 +308,29 @@ impl Settings {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot show settings: {e}\n"))
     }
 
-    /// Hashing threads, with 0 resolved to the number of cores.
     /// Async worker threads: `transfer.runtime_threads`, or half the cores (at least one).
     /// Hashing and file I/O have threads of their own; more async workers than that only
     /// hand each small request between threads (measured: 10-12% more CPU and a slower
     /// 5,000-file get with 2 workers than with 1 on 2 cores).
     pub fn runtime_threads(&self) -> usize {
         match self.transfer.runtime_threads {
-            0 => (std::thread::available_parallelism().map_or(1, usize::from) / 2).max(1),
+            0 => (cores() / 2).max(1),
             n => n,
         }
     }
 
+    /// Hashing threads, with 0 resolved to the number of cores.
     pub fn hash_threads(&self) -> usize {
         match self.hash.threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            0 => cores(),
             n => n,
         }
     }
+}
+
+/// The cores this process may use (1 when that cannot be told).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// Every key, by section; unknown-key checks walk the sources against it.
@@ -1175,8 +1180,7 @@ mod tests {
     #[test]
     fn runtime_threads_resolve_zero_to_half_the_cores() {
         let mut s = Settings::default();
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(s.runtime_threads(), (cores / 2).max(1));
+        assert_eq!(s.runtime_threads(), (cores() / 2).max(1));
         s.transfer.runtime_threads = 3;
         assert_eq!(s.runtime_threads(), 3);
     }

@@ -1,3 +1,5 @@
+//! The `attache` command: parse, load config, run a job.
+
 fn main() -> std::process::ExitCode {
     tune_allocator();
     attache::cli::main()

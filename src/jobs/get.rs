@@ -31,8 +31,8 @@ pub struct GetSpec {
     /// Refuse to start when the files to fetch do not fit on the destination's file system.
     pub check_space: bool,
     /// Return what was placed at each path ([`GetReport::placed`]; sync-inputs records it).
-    /// Off, the manifest's entries are freed as they are planned: a million-entry `get`
-    /// holds the plan alone.
+    /// Off, each entry's path moves into the plan: a million-entry `get` holds the paths
+    /// once.
     pub record_placed: bool,
 }
 
@@ -184,14 +184,15 @@ fn plan(
     // plain get moves each path into the plan instead.
     let mut entries = manifest.into_entries();
     for e in entries.iter_mut() {
-        let refused = |err: crate::manifest::PathError, e: &ManifestEntry| TransferError::Refused {
-            path: dest.join(e.path.display().as_ref()),
-            message: err.to_string(),
-        };
         // A plain get moves the path's bytes into the plan when they are the POSIX bytes
         // (valid UTF-8: nearly every path); a recorded one keeps them for the record.
         let converted: Option<Box<[u8]>> = match e.path.to_posix_bytes() {
-            Err(err) => return Err(refused(err, e)),
+            Err(err) => {
+                return Err(TransferError::Refused {
+                    path: dest.join(e.path.display().as_ref()),
+                    message: err.to_string(),
+                });
+            }
             Ok(Cow::Borrowed(_)) if !record => None,
             Ok(bytes) => Some(bytes.into()),
         };

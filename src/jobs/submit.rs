@@ -304,16 +304,16 @@ async fn publish(
     };
     if result.is_err() {
         let unpublish = tokio::time::timeout(UNPUBLISH_DEADLINE, transfer.store.delete_many(&keys));
-        match unpublish.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(
-                "could not delete the manifests of this unfinished submit ({}): {e}; no job refers to them, delete them by hand",
+        let why = match unpublish.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {UNPUBLISH_DEADLINE:?}")),
+        };
+        if let Some(why) = why {
+            tracing::warn!(
+                "could not delete the manifests of this unfinished submit ({}): {why}; no job refers to them, delete them by hand",
                 keys.join(", ")
-            ),
-            Err(_) => tracing::warn!(
-                "deleting the manifests of this unfinished submit ({}) took over {UNPUBLISH_DEADLINE:?}; no job refers to them, delete them by hand",
-                keys.join(", ")
-            ),
+            );
         }
     }
     Ok(result?)

@@ -111,12 +111,12 @@ impl ManifestPath {
         Cow::Owned(s)
     }
 
-    /// The POSIX file-name bytes: escaped bytes (U+DC80..U+DCFF) turn back into raw bytes.
     /// The WTF-8 bytes, moved out (no copy).
     pub fn into_wtf8(self) -> Box<[u8]> {
         self.0
     }
 
+    /// The POSIX file-name bytes: escaped bytes (U+DC80..U+DCFF) turn back into raw bytes.
     pub fn to_posix_bytes(&self) -> Result<Cow<'_, [u8]>, PathError> {
         if self.as_str().is_some() {
             return Ok(Cow::Borrowed(&self.0));

@@ -240,7 +240,6 @@ async fn upload_one(
 /// Entries verified longer ago than this may be drawn for a re-check.
 const RECHECK_AFTER: Duration = Duration::from_secs(3600);
 
-/// Whether the index vouches for `hash` (a `sampled` entry older than an hour is asked again).
 /// Objects looked up one query each before the store's entries are loaded in one query: a
 /// small job need not read a large index, and a many-file one must not pay a read
 /// transaction per object (its WAL lock calls were a quarter of a small-file upload's CPU).
