@@ -609,10 +609,30 @@ def goals(summary: dict, server: str, tree_files: dict) -> list[tuple[str, str, 
     return rows
 
 
+def describe_fs(path: Path) -> str:
+    """The filesystem under path, and for ext4 whether it has a journal (see
+    transfer_bench.sh, JOURNALED_FS: without one, making files right after deleting others is
+    far dearer)."""
+    try:
+        src, fstype = subprocess.run(["findmnt", "-no", "SOURCE,FSTYPE", "-T", str(path)],
+                                     capture_output=True, text=True).stdout.split()[:2]
+    except (OSError, ValueError):
+        return "?"
+    desc = f"{fstype} on {src}"
+    if fstype == "ext4":
+        task = Path("/sys/fs/ext4") / Path(src).name / "journal_task"
+        try:
+            desc += ", no journal" if task.read_text().strip() == "<none>" else ", journaled"
+        except OSError:
+            pass
+    return desc
+
+
 def markdown(meta: dict, records: list[dict]) -> str:
     summary = summarize(records)
     lines = [f"# Transfer benchmark {meta['started']}", "",
-             f"Machine: {meta['machine']}. Load average before each tree: "
+             f"Machine: {meta['machine']}. Filesystem of trees, server data and downloads: "
+             f"{meta.get('filesystem', '?')}. Load average before each tree: "
              + ", ".join(f"{k} {v}" for k, v in meta["load"].items()) + ".",
              f"Command: `{meta['command']}`. Trees: "
              + ", ".join(f"{t} ({n} files, {b / MIB:.0f} MiB)"
@@ -701,6 +721,7 @@ def main() -> int:
         "started": started, "command": " ".join(sys.argv), "servers": [], "tree_order": trees,
         "machine": f"{os.cpu_count()} vCPU, {platform.machine()}, Linux {platform.release()}",
         "tools": {}, "trees": {}, "load": {}, "quick": args.quick,
+        "filesystem": describe_fs(bench_dir),
     }
     for cmd, key in ((["rclone", "--version"], "rclone"), ([args.aws, "--version"], "aws-cli"),
                      ([args.attache, "--version"], "attache")):

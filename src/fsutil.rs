@@ -1,5 +1,7 @@
 //! Small file-system helpers shared by commands and jobs.
 
+pub mod staged;
+
 use std::io::Write;
 use std::path::Path;
 

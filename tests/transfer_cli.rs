@@ -121,6 +121,75 @@ fn a_manifest_cannot_write_through_a_symlink() {
     );
 }
 
+/// Bytes the process has written with write(2) and friends (`wchar` of /proc/PID/io).
+fn bytes_written_by(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("wchar: ").map(|v| v.trim().parse().ok()))?
+        })
+        .unwrap_or(0)
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            found.extend(files_under(&p));
+        } else {
+            found.push(p);
+        }
+    }
+    found
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_get_killed_mid_file_leaves_no_file_at_all() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    let store = format!("file://{}", t.path().join("store").display());
+    let root = t.path().join("root");
+    std::fs::create_dir_all(root.join("shots")).unwrap();
+    let data: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(root.join("shots/plate.exr"), &data).unwrap();
+    let manifest = t.path().join("m.json");
+    let (code, _, err) = run(attache(&cache)
+        .args(["put", "--store", &store])
+        .arg(&root)
+        .arg("-o")
+        .arg(&manifest));
+    assert_eq!(code, 0, "{err}");
+    let dest = t.path().join("dest");
+    let mut child = attache(&cache)
+        .env("ATTACHE_BANDWIDTH__DOWNLOAD", "16MiB/s")
+        .args(["get", "--store", &store])
+        .arg(&manifest)
+        .arg("--dest")
+        .arg(&dest)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once a good part of the file is written (no chance to clean up).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bytes_written_by(child.id()) < 8 << 20 {
+        assert!(Instant::now() < deadline, "the get wrote nothing");
+        assert!(child.try_wait().unwrap().is_none(), "the get ended early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        files_under(&dest),
+        Vec::<std::path::PathBuf>::new(),
+        "a partial or temporary file was left behind"
+    );
+}
+
 #[test]
 fn ctrl_c_during_a_multipart_put_exits_130_and_aborts_the_upload() {
     cancel_a_multipart_put_with(libc::SIGINT);

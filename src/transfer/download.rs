@@ -1,10 +1,11 @@
 //! Downloading content objects into files, verified before they become visible.
 //!
-//! Each distinct hash is fetched once: into a temporary file beside its destination (one GET
-//! for small objects, parallel ranged GETs written at their offsets for large ones), checked
-//! for size and XXH3-128, given the manifest's mtime and renamed into place. Other files with
-//! the same content are copied from the first. A failed, corrupt or cancelled file leaves
-//! nothing behind: the temporary file is removed when it is dropped.
+//! Each distinct hash is fetched once: into a staged file in its destination's directory (one
+//! GET for small objects, parallel ranged GETs written at their offsets for large ones),
+//! checked for size and XXH3-128, given the manifest's mtime and only then given its name.
+//! Other files with the same content are copied from the first. A failed, corrupt or
+//! cancelled file leaves nothing behind; on Linux the staged file has no name until it is
+//! complete, so not even a killed process leaves a partial file (`fsutil::staged`).
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -14,12 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use futures::StreamExt;
-use tempfile::NamedTempFile;
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::inflight::{self, Claim, Done};
 use super::{Transfer, TransferError, cancellable, first_failure};
+use crate::fsutil::staged::Staged;
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
 use crate::store::StoreError;
@@ -182,21 +183,19 @@ async fn place_first(
     Ok(())
 }
 
-/// Copies a local file with the same content to `item.dest`, checking the copy's hash (the
-/// source may have been changed since it was written) before it becomes visible.
+/// Copies a local file with the same content to `item.dest`, hashing the bytes as they are
+/// copied (the source may have been changed since it was written) before the copy becomes
+/// visible.
 async fn copy_verified(src: &Path, item: &Target) -> Result<(), TransferError> {
     let (src, item) = (src.to_path_buf(), item.clone());
     tokio::task::spawn_blocking(move || -> Result<(), TransferError> {
-        let mut tmp = temp_beside(&item.dest)?;
-        let mut from = std::fs::File::open(&src).map_err(TransferError::io(&src))?;
-        std::io::copy(&mut from, tmp.as_file_mut()).map_err(TransferError::io(&item.dest))?;
-        let got =
-            crate::hash::file::hash_file(tmp.path(), 1 << 20, &CancellationToken::new(), &|_| {})
-                .map_err(|e| TransferError::Refused {
-                path: item.dest.clone(),
-                message: e.to_string(),
-            })?;
-        if got.hash != item.hash || got.stat.size != item.size {
+        let mut tmp = stage_beside(&item.dest)?;
+        let from = std::fs::File::open(&src).map_err(TransferError::io(&src))?;
+        let (got, got_size) = copy_hashing(from, tmp.as_file_mut()).map_err(|e| match e {
+            Side::Read(e) => TransferError::io(&src)(e),
+            Side::Write(e) => TransferError::io(&item.dest)(e),
+        })?;
+        if got != item.hash || got_size != item.size {
             return Err(TransferError::Refused {
                 path: src.clone(),
                 message: "changed since it was downloaded; fetching the object instead".into(),
@@ -208,28 +207,58 @@ async fn copy_verified(src: &Path, item: &Target) -> Result<(), TransferError> {
     .expect("copy task panicked")
 }
 
-/// A temporary file in the destination's directory (so the final rename is atomic).
-fn temp_beside(dest: &Path) -> Result<NamedTempFile, TransferError> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    crate::fsutil::temp_file_in(dir, ".attache-", ".part").map_err(TransferError::io(dir))
+/// Which end of a copy failed.
+enum Side {
+    Read(std::io::Error),
+    Write(std::io::Error),
 }
 
-/// Sets the manifest mtime (and atime) and renames the verified file into place.
-fn finalize(tmp: NamedTempFile, item: &Target) -> Result<(), TransferError> {
+/// Copies `from` to the end of `to`, returning the hash and length of what was copied.
+fn copy_hashing(
+    mut from: std::fs::File,
+    to: &mut std::fs::File,
+) -> Result<(ContentHash, u64), Side> {
+    use std::io::Read;
+    let mut buf = vec![0; 1 << 20];
+    let mut hasher = Xxh3Default::new();
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok((ContentHash(hasher.digest128()), total)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Side::Read(e)),
+        };
+        to.write_all(&buf[..n]).map_err(Side::Write)?;
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// A file staged in the destination's directory (so giving it its name is atomic).
+fn stage_beside(dest: &Path) -> Result<Staged, TransferError> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    Staged::new_in(dir, ".attache-", ".part").map_err(TransferError::io(dir))
+}
+
+/// Sets the manifest mtime (and atime) and gives the verified file its name.
+fn finalize(tmp: Staged, item: &Target) -> Result<(), TransferError> {
     let t = crate::fsutil::file_time_from_us(item.mtime_us);
     filetime::set_file_handle_times(tmp.as_file(), Some(t), Some(t))
         .map_err(TransferError::io(&item.dest))?;
-    if item.dest.is_dir() {
-        return Err(TransferError::Refused {
-            path: item.dest.clone(),
-            message: "is a directory; cannot replace it with a file".into(),
-        });
-    }
-    tmp.persist(&item.dest).map_err(|e| TransferError::Io {
-        path: item.dest.clone(),
-        source: e.error,
-    })?;
-    Ok(())
+    tmp.persist(&item.dest).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::IsADirectory {
+            TransferError::Refused {
+                path: item.dest.clone(),
+                message: "is a directory; cannot replace it with a file".into(),
+            }
+        } else {
+            TransferError::Io {
+                path: item.dest.clone(),
+                source: e,
+            }
+        }
+    })
 }
 
 /// Fetches the object into a temporary file and checks it, fetching again on a mismatch.
@@ -238,14 +267,14 @@ async fn fetch_verified(
     c: &Counters,
     item: &Target,
     cancel: &CancellationToken,
-) -> Result<NamedTempFile, TransferError> {
+) -> Result<Staged, TransferError> {
     let prefix = t.store.root_prefix();
     let mut key = data_key(prefix, item.hash);
     let mut tried_legacy = false;
     let mut tries = 0;
     loop {
         tries += 1;
-        let mut tmp = temp_beside(&item.dest)?;
+        let mut tmp = stage_beside(&item.dest)?;
         let fetched = if item.size >= t.settings.multipart_threshold.0 {
             fetch_ranged(t, c, &key, item, &mut tmp, cancel).await
         } else {
@@ -306,7 +335,7 @@ async fn fetch_whole(
     c: &Counters,
     key: &str,
     item: &Target,
-    tmp: &mut NamedTempFile,
+    tmp: &mut Staged,
     cancel: &CancellationToken,
 ) -> Result<(ContentHash, u64), TransferError> {
     let mut obj = t.gate.run(cancel, || t.store.get(key, None)).await?;
@@ -315,7 +344,8 @@ async fn fetch_whole(
     while let Some(chunk) = cancellable(cancel, obj.body.next()).await? {
         let chunk = chunk?;
         // Small page-cache writes: cheaper inline than a hop to a blocking thread.
-        tmp.write_all(&chunk)
+        tmp.as_file_mut()
+            .write_all(&chunk)
             .map_err(TransferError::io(&item.dest))?;
         hasher.update(&chunk);
         written += chunk.len() as u64;
@@ -331,14 +361,14 @@ async fn fetch_whole(
 /// Bytes of a ranged part gathered before one positioned write.
 const WRITE_BATCH: usize = 1 << 20;
 
-/// Parallel ranged GETs written at their offsets, then the whole file hashed from the page
-/// cache. A part that comes back short fails the fetch (and is fetched again).
+/// Parallel ranged GETs written at their offsets, the file hashed as its prefix fills in. A
+/// part that comes back short fails the fetch (and is fetched again).
 async fn fetch_ranged(
     t: &Transfer,
     c: &Counters,
     key: &str,
     item: &Target,
-    tmp: &mut NamedTempFile,
+    tmp: &mut Staged,
     cancel: &CancellationToken,
 ) -> Result<(ContentHash, u64), TransferError> {
     tmp.as_file()
