@@ -90,7 +90,8 @@ if [[ -n "${JOURNALED_FS:-}" ]]; then
     fi
     mkdir -p "$bench_dir"
     if ! mountpoint -q "$bench_dir"; then
-        mount -o loop "$image" "$bench_dir"
+        # discard: blocks freed inside give their space back to the (sparse) image file.
+        mount -o loop,discard "$image" "$bench_dir"
         mounted="$bench_dir"
     fi
 else

@@ -1,4 +1,5 @@
-//! Small file-system helpers shared by commands and jobs.
+//! Small file-system helpers shared by commands and jobs; `staged` holds files that get their
+//! name only when complete.
 
 pub mod staged;
 

@@ -7,7 +7,7 @@ pub mod cli;
 pub mod config;
 /// The daemon: local API server, job registry, signals and reload, and its CLI client.
 pub mod daemon;
-/// Small file-system helpers (atomic writes).
+/// Small file-system helpers: atomic writes, and files staged unnamed until complete.
 pub mod fsutil;
 /// Content hashing: XXH3-128 hash type, file hashing, parallel hasher, persistent hash cache.
 pub mod hash;

@@ -87,20 +87,30 @@ fn the_default_local_store_needs_no_setup() {
     );
 }
 
-#[test]
-fn a_manifest_cannot_write_through_a_symlink() {
-    let t = tempfile::tempdir().unwrap();
-    let cache = t.path().join("cache");
-    let store = format!("file://{}", t.path().join("store").display());
-    let root = t.path().join("root");
-    build_fixture_tree("tiny", &root);
-    let manifest = t.path().join("m.json");
+/// `attache put ROOT` into a file:// store under `dir`; returns (cache dir, store URL,
+/// manifest path).
+fn put_to_local_store(
+    dir: &std::path::Path,
+    root: &std::path::Path,
+) -> (std::path::PathBuf, String, std::path::PathBuf) {
+    let cache = dir.join("cache");
+    let store = format!("file://{}", dir.join("store").display());
+    let manifest = dir.join("m.json");
     let (code, _, err) = run(attache(&cache)
         .args(["put", "--store", &store])
-        .arg(&root)
+        .arg(root)
         .arg("-o")
         .arg(&manifest));
     assert_eq!(code, 0, "{err}");
+    (cache, store, manifest)
+}
+
+#[test]
+fn a_manifest_cannot_write_through_a_symlink() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    build_fixture_tree("tiny", &root);
+    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
     // The destination holds a link where the manifest has a directory.
     let dest = t.path().join("dest");
     let elsewhere = t.path().join("elsewhere");
@@ -149,21 +159,13 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn a_get_killed_mid_file_leaves_no_file_at_all() {
     let t = tempfile::tempdir().unwrap();
-    let cache = t.path().join("cache");
-    let store = format!("file://{}", t.path().join("store").display());
     let root = t.path().join("root");
     std::fs::create_dir_all(root.join("shots")).unwrap();
     let data: Vec<u8> = (0..64u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
         .collect();
     std::fs::write(root.join("shots/plate.exr"), &data).unwrap();
-    let manifest = t.path().join("m.json");
-    let (code, _, err) = run(attache(&cache)
-        .args(["put", "--store", &store])
-        .arg(&root)
-        .arg("-o")
-        .arg(&manifest));
-    assert_eq!(code, 0, "{err}");
+    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
     let dest = t.path().join("dest");
     let mut child = attache(&cache)
         .env("ATTACHE_BANDWIDTH__DOWNLOAD", "16MiB/s")
