@@ -9,7 +9,6 @@
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -396,18 +395,22 @@ async fn fetch_ranged(
                     .run(cancel, || t.store.get(key, Some(start..end)))
                     .await?;
                 // Body chunks are ~16 KiB; one blocking-thread hop per chunk cost more CPU
-                // than the copy into the page cache. Gather them into WRITE_BATCH writes.
-                let write = |buf: bytes::Bytes, at: u64| {
+                // than the copy into the page cache. Gather them into WRITE_BATCH writes of
+                // the chunks as they are (pwritev), not copied into one buffer.
+                let write = |bufs: Vec<bytes::Bytes>, at: u64| {
                     let f = file.clone();
                     async move {
-                        tokio::task::spawn_blocking(move || f.write_all_at(&buf, at))
-                            .await
-                            .expect("write task panicked")
-                            .map_err(TransferError::io(&item.dest))
+                        tokio::task::spawn_blocking(move || {
+                            crate::fsutil::write_all_vectored_at(&f, &bufs, at)
+                        })
+                        .await
+                        .expect("write task panicked")
+                        .map_err(TransferError::io(&item.dest))
                     }
                 };
-                let mut buf = bytes::BytesMut::new();
-                let mut buf_at = start;
+                let mut batch = Vec::new();
+                let mut batch_len = 0;
+                let mut batch_at = start;
                 let mut at = start;
                 while let Some(chunk) = cancellable(cancel, obj.body.next()).await? {
                     let chunk = chunk?;
@@ -415,19 +418,21 @@ async fn fetch_ranged(
                     if at + len > end {
                         return Ok((start, end, false));
                     }
-                    if buf.is_empty() {
-                        buf_at = at;
+                    if batch.is_empty() {
+                        batch_at = at;
                     }
-                    buf.extend_from_slice(&chunk);
+                    batch_len += chunk.len();
+                    batch.push(chunk);
                     at += len;
                     c.downloaded_bytes.fetch_add(len, Relaxed);
                     t.progress.add_bytes(len);
-                    if buf.len() >= WRITE_BATCH {
-                        write(buf.split().freeze(), buf_at).await?;
+                    if batch_len >= WRITE_BATCH {
+                        write(std::mem::take(&mut batch), batch_at).await?;
+                        batch_len = 0;
                     }
                 }
-                if !buf.is_empty() {
-                    write(buf.freeze(), buf_at).await?;
+                if !batch.is_empty() {
+                    write(batch, batch_at).await?;
                 }
                 Ok::<_, TransferError>((start, end, at == end))
             }
