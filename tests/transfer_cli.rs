@@ -155,6 +155,42 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     found
 }
 
+#[test]
+fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    for i in 0..50 {
+        let p = root.join(format!("d{}/f{i}.txt", i % 5));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, format!("content {i:04}")).unwrap();
+    }
+    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
+    let dest = t.path().join("dest");
+    let get = || {
+        let (code, out, err) = run(attache(&cache)
+            .args(["get", "--json", "--store", &store])
+            .arg(&manifest)
+            .arg("--dest")
+            .arg(&dest));
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (
+            v["unchanged_files"].as_u64().unwrap(),
+            v["download"]["objects"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(get(), (0, 50));
+    assert_eq!(get(), (50, 0), "everything already in place");
+    // Same size, mtime put back: only the content differs.
+    let changed = dest.join("d3/f13.txt");
+    let mtime = filetime::FileTime::from_last_modification_time(&changed.metadata().unwrap());
+    std::fs::write(&changed, "CONTENT 0013").unwrap();
+    filetime::set_file_mtime(&changed, mtime).unwrap();
+    assert_eq!(get(), (49, 1), "the changed file is fetched again");
+    assert_eq!(std::fs::read_to_string(&changed).unwrap(), "content 0013");
+    assert_eq!(get(), (50, 0));
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn a_get_killed_mid_file_leaves_no_file_at_all() {

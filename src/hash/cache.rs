@@ -187,21 +187,23 @@ impl HashCache {
 
     /// Looks up one file.
     pub fn lookup(&self, path: &[u8], stat: &FileStat) -> Result<Option<ContentHash>, CacheError> {
-        let q = |source| CacheError::Query {
-            path: self.path.clone(),
-            source,
-        };
         let conn = self.conn.lock().expect("no panics while holding the lock");
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, hash, check_ FROM hashes WHERE path = ?1",
-            )
-            .map_err(q)?;
-        let row = stmt
-            .query_row(params![path], Row::read)
-            .optional()
-            .map_err(q)?;
-        Ok(row.and_then(|r| r.trusted_hash(path, stat)))
+        lookup_on(&conn, &self.path, path, stat)
+    }
+
+    /// Many single lookups in one read transaction (see [`Snapshot`]). The cache cannot be
+    /// written through `self` while the snapshot lives.
+    pub fn snapshot(&self) -> Result<Snapshot<'_>, CacheError> {
+        let conn = self.conn.lock().expect("no panics while holding the lock");
+        conn.execute_batch("BEGIN")
+            .map_err(|source| CacheError::Query {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(Snapshot {
+            conn,
+            path: &self.path,
+        })
     }
 
     /// Records hashes in one transaction.
@@ -293,6 +295,50 @@ fn check_value(path: &[u8], s: &FileStat, hash: ContentHash) -> i64 {
     h.digest() as i64
 }
 
+/// A read transaction over the cache: SQLite takes its shared lock once for all the lookups
+/// made through it instead of once per query (a third of the CPU of a warm sync of 200,000
+/// files went to that lock). It ends when dropped.
+pub struct Snapshot<'a> {
+    conn: std::sync::MutexGuard<'a, Connection>,
+    path: &'a Path,
+}
+
+impl Snapshot<'_> {
+    /// Looks up one file.
+    pub fn lookup(&self, path: &[u8], stat: &FileStat) -> Result<Option<ContentHash>, CacheError> {
+        lookup_on(&self.conn, self.path, path, stat)
+    }
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        // Nothing was written: ending the transaction cannot lose anything.
+        let _ = self.conn.execute_batch("COMMIT");
+    }
+}
+
+fn lookup_on(
+    conn: &Connection,
+    cache: &Path,
+    path: &[u8],
+    stat: &FileStat,
+) -> Result<Option<ContentHash>, CacheError> {
+    let q = |source| CacheError::Query {
+        path: cache.to_path_buf(),
+        source,
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, hash, check_ FROM hashes WHERE path = ?1",
+        )
+        .map_err(q)?;
+    let row = stmt
+        .query_row(params![path], Row::read)
+        .optional()
+        .map_err(q)?;
+    Ok(row.and_then(|r| r.trusted_hash(path, stat)))
+}
+
 /// The key range of every path strictly below `dir`: `dir/` ≤ key < `dir0` ('0' follows '/').
 fn prefix_range(dir: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let base = dir.strip_suffix(b"/").unwrap_or(dir);
@@ -326,6 +372,34 @@ mod tests {
             mtime_ns: 10,
             ctime_ns: 20,
         }
+    }
+
+    #[test]
+    fn a_snapshot_answers_like_lookup_and_does_not_block_other_writers() {
+        let t = tempfile::tempdir().unwrap();
+        let c = HashCache::open(t.path()).unwrap();
+        let (ha, hb) = (ContentHash::of(b"a"), ContentHash::of(b"b"));
+        let s1 = stat(1);
+        let rec = |path: &'static [u8], hash| CacheRecord {
+            path,
+            stat: &s1,
+            hash,
+        };
+        c.store(&[rec(b"/r/a", ha)]).unwrap();
+        let snap = c.snapshot().unwrap();
+        assert_eq!(snap.lookup(b"/r/a", &stat(1)).unwrap(), Some(ha));
+        assert_eq!(snap.lookup(b"/r/a", &stat(2)).unwrap(), None);
+        assert_eq!(snap.lookup(b"/r/b", &stat(1)).unwrap(), None);
+        // Another process writes while the snapshot is open: no wait for its lock.
+        let other = HashCache::open(t.path()).unwrap();
+        let started = std::time::Instant::now();
+        other.store(&[rec(b"/r/b", hb)]).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(snap);
+        assert_eq!(c.lookup(b"/r/b", &stat(1)).unwrap(), Some(hb));
+        // The connection is usable for writes again.
+        c.store(&[rec(b"/r/c", ha)]).unwrap();
+        assert_eq!(other.lookup(b"/r/c", &stat(1)).unwrap(), Some(ha));
     }
 
     #[test]

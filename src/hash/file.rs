@@ -183,7 +183,7 @@ fn hash_inline_with(
 const SPREAD_MIN_BUFFERS: u64 = 32;
 
 /// How many large files at once are read by several readers. Past that, the cores are busy
-/// with other files anyway, and every such file holds `READERS * PER_READER` buffers.
+/// with other files anyway, and every such file holds six buffers and three threads.
 const SPREAD_SLOTS: usize = 2;
 
 /// Files being read by several readers right now.
@@ -226,7 +226,7 @@ const ONE_READER: Spread = Spread {
 /// hashing (6.7 against 27 GiB/s here); several copying at once keep the hasher fed, and a
 /// 2 GiB file is hashed at 113% of a plain one-thread read loop instead of 84% (medians of 10
 /// fresh processes, 2 vCPUs; 2 readers or 1 buffer each reached 96-102%). See bench/README.md,
-/// "Large-file gap".
+/// "Large-file gap (closed)".
 const THREE_READERS: Spread = Spread {
     readers: 3,
     per_reader: 2,

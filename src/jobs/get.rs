@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::hash::ContentHash;
-use crate::hash::cache::HashCache;
+use crate::hash::cache::{HashCache, Snapshot};
 use crate::manifest::{Manifest, ManifestEntry, ManifestPath, PathRules};
 use crate::scan::FileStat;
 use crate::transfer::download::{DownloadItem, DownloadReport, download_all};
@@ -173,6 +173,10 @@ fn plan(
 ) -> Result<Plan, TransferError> {
     std::fs::create_dir_all(dest).map_err(TransferError::io(dest))?;
     let cache = cache_dir.and_then(|d| HashCache::open(d).map_err(|e| tracing::warn!("{e}")).ok());
+    // Files already in place are checked against the cache in one read transaction; hashes
+    // of files that had to be read are written in batches, with the snapshot closed.
+    let mut snapshot = cache.as_ref().and_then(open_snapshot);
+    let mut hashed: Vec<Hashed> = Vec::new();
     let mut made: HashSet<PathBuf> = HashSet::new();
     let mut p = Plan {
         items: Vec::with_capacity(manifest.len()),
@@ -207,10 +211,17 @@ fn plan(
         let (hash, size, mtime_us) = (e.hash, e.size, e.mtime_us);
         match std::fs::symlink_metadata(&path) {
             Err(_) => {}
-            Ok(_) if already_there(&path, size, hash, cache.as_ref()) => {
+            Ok(meta) if already_there(&path, &meta, size, hash, snapshot.as_ref(), &mut hashed) => {
                 p.unchanged.0 += 1;
                 p.unchanged.1 += size;
-                fix_mtime(&path, mtime_us);
+                fix_mtime(&path, &meta, mtime_us);
+                if hashed.len() >= STORE_BATCH
+                    && let Some(c) = &cache
+                {
+                    drop(snapshot.take()); // the write needs the connection
+                    store_hashed(c, &mut hashed);
+                    snapshot = open_snapshot(c);
+                }
                 continue;
             }
             Ok(existing) => match conflict {
@@ -241,10 +252,39 @@ fn plan(
             mtime_us,
         });
     }
+    drop(snapshot);
+    if let Some(c) = &cache {
+        store_hashed(c, &mut hashed);
+    }
     if record {
         p.placed = entries;
     }
     Ok(p)
+}
+
+/// A file in place that was hashed because the cache did not know it: (path, stat, hash).
+type Hashed = (Vec<u8>, FileStat, ContentHash);
+
+fn open_snapshot(cache: &HashCache) -> Option<Snapshot<'_>> {
+    cache.snapshot().map_err(|e| tracing::warn!("{e}")).ok()
+}
+
+/// Hashes of files in place are written to the cache this many at a time.
+const STORE_BATCH: usize = 1024;
+
+fn store_hashed(cache: &HashCache, hashed: &mut Vec<Hashed>) {
+    let records: Vec<_> = hashed
+        .iter()
+        .map(|(path, stat, hash)| crate::hash::cache::CacheRecord {
+            path,
+            stat,
+            hash: *hash,
+        })
+        .collect();
+    if let Err(e) = cache.store(&records) {
+        tracing::warn!("{e}");
+    }
+    hashed.clear();
 }
 
 /// `name (1).ext`, `name (2).ext`, …: the first that does not exist.
@@ -263,12 +303,10 @@ fn free_copy_name(path: &Path) -> PathBuf {
         .expect("some number is free")
 }
 
-/// Gives a file already in place the manifest's mtime (when it differs), so output detection
-/// stays exact.
-fn fix_mtime(path: &Path, mtime_us: i64) {
-    if let Ok(m) = std::fs::symlink_metadata(path)
-        && ManifestEntry::mtime_us_from_ns(FileStat::of(&m).mtime_ns) == mtime_us
-    {
+/// Gives a file already in place (`meta`: its stat) the manifest's mtime when it differs, so
+/// output detection stays exact.
+fn fix_mtime(path: &Path, meta: &std::fs::Metadata, mtime_us: i64) {
+    if ManifestEntry::mtime_us_from_ns(FileStat::of(meta).mtime_ns) == mtime_us {
         return;
     }
     let t = crate::fsutil::file_time_from_us(mtime_us);
@@ -323,15 +361,20 @@ fn make_dirs(root: &Path, dir: &Path, made: &mut HashSet<PathBuf>) -> Result<(),
     Ok(())
 }
 
-/// A regular file of the right size whose content hashes to `hash`.
-fn already_there(path: &Path, size: u64, hash: ContentHash, cache: Option<&HashCache>) -> bool {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return false;
-    };
+/// A regular file (`meta`: its stat) of the right size whose content hashes to `hash`. A file
+/// the cache does not know is hashed, and its hash added to `hashed` for the cache.
+fn already_there(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    size: u64,
+    hash: ContentHash,
+    cache: Option<&Snapshot<'_>>,
+    hashed: &mut Vec<Hashed>,
+) -> bool {
     if !meta.is_file() || meta.len() != size {
         return false;
     }
-    let stat = FileStat::of(&meta);
+    let stat = FileStat::of(meta);
     let key = path.as_os_str().as_bytes();
     if let Some(c) = cache
         && let Ok(Some(h)) = c.lookup(key, &stat)
@@ -340,12 +383,8 @@ fn already_there(path: &Path, size: u64, hash: ContentHash, cache: Option<&HashC
     }
     match crate::hash::file::hash_file(path, 1 << 20, &CancellationToken::new(), &|_| {}) {
         Ok(fh) => {
-            if let Some(c) = cache {
-                let _ = c.store(&[crate::hash::cache::CacheRecord {
-                    path: key,
-                    stat: &fh.stat,
-                    hash: fh.hash,
-                }]);
+            if cache.is_some() {
+                hashed.push((key.to_vec(), fh.stat, fh.hash));
             }
             fh.hash == hash
         }

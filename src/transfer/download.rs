@@ -190,10 +190,13 @@ async fn copy_verified(src: &Path, item: &Target) -> Result<(), TransferError> {
     tokio::task::spawn_blocking(move || -> Result<(), TransferError> {
         let mut tmp = stage_beside(&item.dest)?;
         let from = std::fs::File::open(&src).map_err(TransferError::io(&src))?;
-        let (got, got_size) = copy_hashing(from, tmp.as_file_mut()).map_err(|e| match e {
-            Side::Read(e) => TransferError::io(&src)(e),
-            Side::Write(e) => TransferError::io(&item.dest)(e),
-        })?;
+        // A small file needs no 1 MiB buffer (one per copy, zeroed).
+        let buf_len = item.size.clamp(4096, 1 << 20) as usize;
+        let (got, got_size) =
+            copy_hashing(from, tmp.as_file_mut(), buf_len).map_err(|e| match e {
+                Side::Read(e) => TransferError::io(&src)(e),
+                Side::Write(e) => TransferError::io(&item.dest)(e),
+            })?;
         if got != item.hash || got_size != item.size {
             return Err(TransferError::Refused {
                 path: src.clone(),
@@ -212,13 +215,15 @@ enum Side {
     Write(std::io::Error),
 }
 
-/// Copies `from` to the end of `to`, returning the hash and length of what was copied.
+/// Copies `from` to the end of `to` through a buffer of `buf_len` bytes, returning the hash
+/// and length of what was copied.
 fn copy_hashing(
     mut from: std::fs::File,
     to: &mut std::fs::File,
+    buf_len: usize,
 ) -> Result<(ContentHash, u64), Side> {
     use std::io::Read;
-    let mut buf = vec![0; 1 << 20];
+    let mut buf = vec![0; buf_len];
     let mut hasher = Xxh3Default::new();
     let mut total = 0u64;
     loop {
