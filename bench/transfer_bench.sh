@@ -80,7 +80,26 @@ fi
 # nodes and S3 servers run journaled filesystems. The image (JOURNALED_FS_IMAGE) is kept, with
 # its trees, between runs; it is mounted for the run only. Needs root.
 mounted=""
+lock_fd=""
+unmount_bench() {
+    # The lock file lives on the image: close it, or the unmount finds the image busy.
+    if [[ -n "$lock_fd" ]]; then exec {lock_fd}>&-; fi
+    # After an interrupt the servers and tools may take a moment to exit.
+    for _ in $(seq 20); do
+        umount "$mounted" 2>/dev/null && return
+        sleep 0.5
+    done
+    say "could not unmount $mounted (still in use); umount it by hand"
+}
 if [[ -n "${JOURNALED_FS:-}" ]]; then
+    if [[ $(id -u) -ne 0 ]]; then
+        say "JOURNALED_FS needs root (it mounts an image through a loop device): run as root, or unset it"
+        exit 2
+    fi
+    if ! command -v mkfs.ext4 >/dev/null 2>&1; then
+        say "JOURNALED_FS needs mkfs.ext4: apt-get install e2fsprogs"
+        exit 2
+    fi
     image="${JOURNALED_FS_IMAGE:-/var/tmp/attache-bench-ext4.img}"
     bench_dir="${BENCH_DIR:-/tmp/attache-bench-journaled}"
     if [[ ! -f "$image" ]]; then
@@ -93,6 +112,8 @@ if [[ -n "${JOURNALED_FS:-}" ]]; then
         # discard: blocks freed inside give their space back to the (sparse) image file.
         mount -o loop,discard "$image" "$bench_dir"
         mounted="$bench_dir"
+        # Also when the run fails or is interrupted.
+        trap unmount_bench EXIT
     fi
 else
     bench_dir="${BENCH_DIR:-/tmp/attache-bench}"
@@ -102,10 +123,4 @@ fi
 exec {lock_fd}>"$bench_dir/.transfer_bench.lock"
 flock "$lock_fd"
 export BENCH_DIR="$bench_dir"
-status=0
-python3 "$here/transfer_bench.py" "$@" || status=$?
-if [[ -n "$mounted" ]]; then
-    exec {lock_fd}>&-
-    umount "$mounted" || say "could not unmount $mounted; umount it by hand"
-fi
-exit "$status"
+python3 "$here/transfer_bench.py" "$@"

@@ -16,17 +16,17 @@ use tempfile::NamedTempFile;
 
 pub struct Staged {
     inner: Inner,
-    /// Name parts of the temporary name used when there must be one.
-    prefix: &'static str,
-    suffix: &'static str,
 }
 
 enum Inner {
-    /// `O_TMPFILE`: no name yet; `dir` is where it will be linked.
+    /// `O_TMPFILE`: no name yet; `dir` is where it will be linked, under a temporary name
+    /// made of `prefix` and `suffix` when a file is already there to be replaced.
     #[cfg(target_os = "linux")]
     Unnamed {
         file: File,
         dir: PathBuf,
+        prefix: &'static str,
+        suffix: &'static str,
     },
     Named(NamedTempFile),
 }
@@ -41,15 +41,13 @@ impl Staged {
                 inner: Inner::Unnamed {
                     file,
                     dir: dir.to_path_buf(),
+                    prefix,
+                    suffix,
                 },
-                prefix,
-                suffix,
             });
         }
         Ok(Staged {
             inner: Inner::Named(super::temp_file_in(dir, prefix, suffix)?),
-            prefix,
-            suffix,
         })
     }
 
@@ -74,14 +72,19 @@ impl Staged {
     pub fn persist(self, dest: &Path) -> io::Result<()> {
         match self.inner {
             #[cfg(target_os = "linux")]
-            Inner::Unnamed { file, dir } => {
+            Inner::Unnamed {
+                file,
+                dir,
+                prefix,
+                suffix,
+            } => {
                 let from = proc_fd_path(&file);
                 match link_following(&from, dest) {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         // linkat never replaces: link under a temporary name, rename over.
                         tempfile::Builder::new()
-                            .prefix(self.prefix)
-                            .suffix(self.suffix)
+                            .prefix(prefix)
+                            .suffix(suffix)
                             .make_in(&dir, |tmp| link_following(&from, tmp))?
                             .persist(dest)
                             .map_err(|e| e.error)?;

@@ -188,6 +188,13 @@ fn plan(
     // plain get moves each path into the plan instead.
     let mut entries = manifest.into_entries();
     for e in entries.iter_mut() {
+        if hashed.len() >= STORE_BATCH
+            && let Some(c) = &cache
+        {
+            drop(snapshot.take()); // the write needs the connection
+            store_hashed(c, &mut hashed);
+            snapshot = open_snapshot(c);
+        }
         // A plain get moves the path's bytes into the plan when they are the POSIX bytes
         // (valid UTF-8: nearly every path); a recorded one keeps them for the record.
         let converted: Option<Box<[u8]>> = match e.path.to_posix_bytes() {
@@ -215,13 +222,6 @@ fn plan(
                 p.unchanged.0 += 1;
                 p.unchanged.1 += size;
                 fix_mtime(&path, &meta, mtime_us);
-                if hashed.len() >= STORE_BATCH
-                    && let Some(c) = &cache
-                {
-                    drop(snapshot.take()); // the write needs the connection
-                    store_hashed(c, &mut hashed);
-                    snapshot = open_snapshot(c);
-                }
                 continue;
             }
             Ok(existing) => match conflict {

@@ -17,7 +17,7 @@ pub(super) fn encode(m: &Manifest) -> Result<Vec<u8>, EncodeError> {
         return Err(EncodeError::Empty);
     }
     let mut out = Vec::with_capacity(96 + m.entries.len() * 120);
-    write_canonical(m, &mut out).expect("a Vec takes every write");
+    write_canonical(m, &mut out, usize::MAX, |_| Ok(())).expect("nothing to fail");
     Ok(out)
 }
 
@@ -27,12 +27,23 @@ pub(super) fn encode_to(m: &Manifest, w: &mut impl Write) -> std::io::Result<()>
     if m.entries.is_empty() {
         return Err(std::io::Error::other(EncodeError::Empty));
     }
-    write_canonical(m, w)
-}
-
-fn write_canonical(m: &Manifest, w: &mut impl Write) -> std::io::Result<()> {
     const PIECE: usize = 64 << 10;
     let mut out = Vec::with_capacity(PIECE + 4096);
+    write_canonical(m, &mut out, PIECE, |out| {
+        w.write_all(out)?;
+        out.clear();
+        Ok(())
+    })
+}
+
+/// Appends the canonical bytes to `out`, handing it to `flush` whenever it holds `flush_at`
+/// bytes or more, and once at the end (`encode` keeps everything; `encode_to` writes it out).
+fn write_canonical(
+    m: &Manifest,
+    out: &mut Vec<u8>,
+    flush_at: usize,
+    mut flush: impl FnMut(&mut Vec<u8>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     out.extend_from_slice(b"{\"hashAlg\":\"");
     out.extend_from_slice(HASH_ALG.as_bytes());
     out.extend_from_slice(b"\",\"manifestVersion\":\"");
@@ -48,15 +59,14 @@ fn write_canonical(m: &Manifest, w: &mut impl Write) -> std::io::Result<()> {
             "{{\"hash\":\"{}\",\"mtime\":{},\"path\":",
             e.hash, e.mtime_us
         );
-        write_string(&mut out, e.path.code_points());
+        write_string(out, e.path.code_points());
         let _ = write!(out, ",\"size\":{}}}", e.size);
-        if out.len() >= PIECE {
-            w.write_all(&out)?;
-            out.clear();
+        if out.len() >= flush_at {
+            flush(out)?;
         }
     }
     let _ = write!(out, "],\"totalSize\":{}}}", m.total_size());
-    w.write_all(&out)
+    flush(out)
 }
 
 /// Writes a JSON string with ASCII-only escaping: lowercase `\uXXXX` for every code point

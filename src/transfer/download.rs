@@ -413,9 +413,9 @@ async fn fetch_ranged(
                         .map_err(TransferError::io(&item.dest))
                     }
                 };
+                // The batch ends at `at`: it starts `batch_len` bytes before.
                 let mut batch = Vec::new();
                 let mut batch_len = 0;
-                let mut batch_at = start;
                 let mut at = start;
                 while let Some(chunk) = cancellable(cancel, obj.body.next()).await? {
                     let chunk = chunk?;
@@ -423,21 +423,18 @@ async fn fetch_ranged(
                     if at + len > end {
                         return Ok((start, end, false));
                     }
-                    if batch.is_empty() {
-                        batch_at = at;
-                    }
                     batch_len += chunk.len();
                     batch.push(chunk);
                     at += len;
                     c.downloaded_bytes.fetch_add(len, Relaxed);
                     t.progress.add_bytes(len);
                     if batch_len >= WRITE_BATCH {
-                        write(std::mem::take(&mut batch), batch_at).await?;
+                        write(std::mem::take(&mut batch), at - batch_len as u64).await?;
                         batch_len = 0;
                     }
                 }
                 if !batch.is_empty() {
-                    write(batch, batch_at).await?;
+                    write(batch, at - batch_len as u64).await?;
                 }
                 Ok::<_, TransferError>((start, end, at == end))
             }
