@@ -179,6 +179,27 @@ pub async fn cancellable<T>(
     }
 }
 
+/// Runs a piece of a transfer (an object, a part of one) as its own task; the returned future
+/// yields its result, and dropping that future aborts the task. Pieces polled together in one
+/// future would all run on one thread, and each response, each body chunk, would wake that
+/// thread from the worker that read it: cross-thread wake-ups that were a large share of a
+/// transfer's CPU. As tasks, each runs on the worker that drives its connection.
+pub(crate) fn spawned<T, F>(fut: F) -> impl Future<Output = Result<T, TransferError>> + Send
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, TransferError>> + Send + 'static,
+{
+    let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(fut));
+    async move {
+        match task.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Aborted only by the runtime shutting down.
+            Err(_) => Err(Cancelled.into()),
+        }
+    }
+}
+
 /// Drives a job's per-object results to the end. The first real failure stops the rest
 /// (through `stop`) and is the one reported, not the cancellations it caused; a cancel of the
 /// job itself reports `Cancelled`.
@@ -202,5 +223,44 @@ pub(crate) async fn first_failure(
         Some(TransferError::Cancelled(_)) | None if cancel.is_cancelled() => Err(Cancelled.into()),
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spawned_piece_gives_its_result_and_is_aborted_when_dropped() {
+        assert_eq!(spawned(async { Ok(7) }).await.unwrap(), 7);
+
+        // Dropped before it finishes (a job dropped by the daemon): the task must not run on.
+        let finished = Arc::new(AtomicBool::new(false));
+        let f = finished.clone();
+        let piece = spawned(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            f.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        let _ = tokio::time::timeout(Duration::from_millis(20), piece).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            !finished.load(Ordering::SeqCst),
+            "the dropped piece ran to its end"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[should_panic(expected = "the piece's own panic")]
+    async fn a_spawned_piece_that_panics_panics_its_caller() {
+        let _ = spawned(async {
+            if true {
+                panic!("the piece's own panic");
+            }
+            Ok(())
+        })
+        .await;
     }
 }

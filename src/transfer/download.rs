@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::inflight::{self, Claim, Done};
-use super::{Transfer, TransferError, cancellable, first_failure};
+use super::{Transfer, TransferError, cancellable, first_failure, spawned};
 use crate::fsutil::staged::Staged;
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
@@ -100,13 +100,15 @@ pub async fn download_all(
         groups.push(start..start + g.len());
         start += g.len();
     }
-    let items = &items;
+    let items = Arc::new(items);
+    let root = Arc::new(root.to_path_buf());
     let counters = Arc::new(Counters::default());
     let stop = cancel.child_token();
     let results = futures::stream::iter(groups)
         .map(|group: std::ops::Range<usize>| {
             let (t, counters, stop) = (t.clone(), counters.clone(), stop.clone());
-            async move { download_group(&t, &counters, root, &items[group], &stop).await }
+            let (items, root) = (items.clone(), root.clone());
+            spawned(async move { download_group(&t, &counters, &root, &items[group], &stop).await })
         })
         .buffer_unordered(t.settings.workers.max(1));
     first_failure(results, &stop, cancel).await?;
@@ -120,8 +122,8 @@ pub async fn download_all(
 }
 
 async fn download_group(
-    t: &Transfer,
-    c: &Counters,
+    t: &Arc<Transfer>,
+    c: &Arc<Counters>,
     root: &Path,
     group: &[DownloadItem],
     cancel: &CancellationToken,
@@ -150,8 +152,8 @@ async fn download_group(
 /// Fetches `item` from the store, unless another job of the daemon is fetching the same
 /// object: then it waits and copies that job's verified file.
 async fn place_first(
-    t: &Transfer,
-    c: &Counters,
+    t: &Arc<Transfer>,
+    c: &Arc<Counters>,
     item: &Target,
     cancel: &CancellationToken,
 ) -> Result<(), TransferError> {
@@ -267,8 +269,8 @@ fn finalize(tmp: Staged, item: &Target) -> Result<(), TransferError> {
 
 /// Fetches the object into a temporary file and checks it, fetching again on a mismatch.
 async fn fetch_verified(
-    t: &Transfer,
-    c: &Counters,
+    t: &Arc<Transfer>,
+    c: &Arc<Counters>,
     item: &Target,
     cancel: &CancellationToken,
 ) -> Result<Staged, TransferError> {
@@ -368,8 +370,8 @@ const WRITE_BATCH: usize = 1 << 20;
 /// Parallel ranged GETs written at their offsets, the file hashed as its prefix fills in. A
 /// part that comes back short fails the fetch (and is fetched again).
 async fn fetch_ranged(
-    t: &Transfer,
-    c: &Counters,
+    t: &Arc<Transfer>,
+    c: &Arc<Counters>,
     key: &str,
     item: &Target,
     tmp: &mut Staged,
@@ -393,24 +395,27 @@ async fn fetch_ranged(
         .collect();
     let mut parts = futures::stream::iter(ranges)
         .map(|(start, end)| {
-            let file = file.clone();
-            async move {
+            let (t, c, file, cancel) = (t.clone(), c.clone(), file.clone(), cancel.clone());
+            let (key, dest) = (key.to_string(), item.dest.clone());
+            // A task per part too: its body chunks are handled on the worker that reads them.
+            spawned(async move {
+                let cancel = &cancel;
                 let mut obj = t
                     .gate
-                    .run(cancel, || t.store.get(key, Some(start..end)))
+                    .run(cancel, || t.store.get(&key, Some(start..end)))
                     .await?;
                 // Body chunks are ~16 KiB; one blocking-thread hop per chunk cost more CPU
                 // than the copy into the page cache. Gather them into WRITE_BATCH writes of
                 // the chunks as they are (pwritev), not copied into one buffer.
                 let write = |bufs: Vec<bytes::Bytes>, at: u64| {
-                    let f = file.clone();
+                    let (f, dest) = (file.clone(), dest.clone());
                     async move {
                         tokio::task::spawn_blocking(move || {
                             crate::fsutil::write_all_vectored_at(&f, &bufs, at)
                         })
                         .await
                         .expect("write task panicked")
-                        .map_err(TransferError::io(&item.dest))
+                        .map_err(TransferError::io(dest))
                     }
                 };
                 // The batch ends at `at`: it starts `batch_len` bytes before.
@@ -437,7 +442,7 @@ async fn fetch_ranged(
                     write(batch, at - batch_len as u64).await?;
                 }
                 Ok::<_, TransferError>((start, end, at == end))
-            }
+            })
         })
         .buffer_unordered(t.settings.max_parts_in_flight.max(1));
     let mut complete = true;

@@ -20,7 +20,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 
 use super::inflight::{self, Claim, Done};
 use super::known_present::KnownPresent;
-use super::{Transfer, TransferError, cancellable, first_failure};
+use super::{Transfer, TransferError, cancellable, first_failure, spawned};
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
 use crate::store::layout::data_key;
@@ -139,14 +139,14 @@ pub async fn upload_stream(
         .map(|item| {
             let (t, counters, known, stop) =
                 (t.clone(), counters.clone(), known.clone(), stop.clone());
-            async move {
+            spawned(async move {
                 counters.objects.fetch_add(1, Relaxed);
                 // Re-check about `known_present_sample` trusted entries per run, at random.
                 let files = t.progress.snapshot().files_total.max(1);
                 let sampled =
                     rand::random::<f64>() < t.settings.known_present_sample as f64 / files as f64;
                 upload_one(&t, &counters, &known, item, sampled, &stop).await
-            }
+            })
         })
         .buffer_unordered(t.settings.workers.max(1));
     let outcome = first_failure(results, &stop, cancel).await;
