@@ -3,10 +3,15 @@
 //!
 //! ```text
 //! cargo run --release --example plain_s3 -- put DIR --store s3://bucket/prefix
+//! cargo run --release --example plain_s3 -- put-parts DIR --store s3://bucket/prefix
 //! cargo run --release --example plain_s3 -- get DIR --store s3://bucket/prefix [--out OUT]
 //! ```
 //! `put` reads every regular file under DIR into memory first (not timed), then PUTs
-//! them all concurrently as single requests to `prefix/plain/<relative path>` and times that. `get`
+//! them all concurrently as single requests to `prefix/plain/<relative path>` and times that.
+//! `put-parts` does the same, but a file of `transfer.multipart_threshold` or more goes as a
+//! multipart upload of `transfer.part_size` parts, all its parts at once: the request pattern
+//! attache uses, without reading, hashing or pacing (some stores, s3s-fs among them, copy
+//! every part again on Complete, so multipart costs them more than one PUT). `get`
 //! GETs those objects concurrently and drops the bytes (no disk writes), or with `--out OUT`
 //! writes each to `OUT/<relative path>` as it streams (what any download must at least do). Prints one JSON line:
 //! `seconds`, `bytes`, `gib_per_s`. S3 access comes from the attache config and its
@@ -35,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
             url.clone(),
             Some(std::path::PathBuf::from(out)),
         ),
-        _ => bail!("usage: plain_s3 put|get DIR --store s3://bucket/prefix [--out DIR]"),
+        _ => bail!("usage: plain_s3 put|put-parts|get DIR --store s3://bucket/prefix [--out DIR]"),
     };
     let settings = load(&LoadOptions::default())?.settings;
     let bandwidth = Arc::new(Bandwidth::new(&settings.bandwidth));
@@ -58,7 +63,11 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     let started;
     match mode.as_str() {
-        "put" => {
+        "put" | "put-parts" => {
+            let parts = (mode == "put-parts").then_some((
+                settings.transfer.multipart_threshold.0,
+                settings.transfer.part_size.0.max(1),
+            ));
             let mut bodies = Vec::new();
             for name in &names {
                 let data = std::fs::read(format!("{dir}/{name}"))
@@ -70,7 +79,14 @@ async fn main() -> anyhow::Result<()> {
                 let store = store.clone();
                 tasks.spawn(async move {
                     let n = body.len() as u64;
-                    store.put(&key, body, &PutOptions::default()).await?;
+                    match parts {
+                        Some((threshold, part)) if n >= threshold => {
+                            put_parts(&*store, &key, body, part).await?
+                        }
+                        _ => {
+                            store.put(&key, body, &PutOptions::default()).await?;
+                        }
+                    }
                     anyhow::Ok(n)
                 });
             }
@@ -121,6 +137,37 @@ async fn main() -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// One multipart upload of `body` in parts of `part` bytes, every part at once.
+async fn put_parts(
+    store: &dyn ObjectStore,
+    key: &str,
+    body: bytes::Bytes,
+    part: u64,
+) -> anyhow::Result<()> {
+    let upload_id = store.create_multipart(key).await?;
+    let sends = (0..(body.len() as u64).div_ceil(part)).map(|i| {
+        let (start, end) = (i * part, ((i + 1) * part).min(body.len() as u64));
+        let chunk = body.slice(start as usize..end as usize);
+        let upload_id = &upload_id;
+        async move {
+            let number = i as i32 + 1;
+            let etag = store.upload_part(key, upload_id, number, chunk).await?;
+            anyhow::Ok((number, etag))
+        }
+    });
+    let done = match futures::future::try_join_all(sends).await {
+        Ok(etags) => store
+            .complete_multipart(key, &upload_id, &etags)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    if done.is_err() {
+        let _ = store.abort_multipart(key, &upload_id).await;
+    }
+    done
 }
 
 /// Relative paths (`/`-separated) of the regular files under `dir`.

@@ -57,7 +57,8 @@ pub struct S3Settings {
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
-    /// Retries after the first attempt (the SDK's `max_attempts` is this + 1).
+    /// Retries after the first attempt, by the transfer gate (the SDK adds at most one
+    /// immediate retry per attempt).
     pub retry_attempts: u32,
     pub request_checksum_calculation: ChecksumMode,
     pub response_checksum_validation: ChecksumMode,

@@ -756,3 +756,28 @@ async fn faults_end_in_correct_content_or_a_clear_error() {
     let put = put_tree(&src2, &s).await.unwrap();
     assert_eq!(put.upload.uploaded_objects, 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lasting_server_error_is_tried_retry_attempts_times_not_more() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let data = content(20_000, 7);
+    write(&src, "only.bin", &data, 1_600_000_000_000_000_000);
+    let mut s = settings(&s3, "p", &t.path().join("cache"));
+    s.s3.retry_attempts = 2;
+    let data_key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
+    let k = data_key.clone();
+    s3.faults
+        .only_for(move |m, key| m.as_str() == "PUT" && key == k);
+    s3.faults.internal_error_next(1000);
+
+    let err = put_tree(&src, &s).await.unwrap_err();
+    assert!(err.to_string().contains("InternalError"), "{err}");
+    let puts = s3
+        .stats
+        .requests_matching(|r| r.method == "PUT" && r.key == data_key);
+    // The first attempt and 2 retries, each of which the S3 client may retry once at once:
+    // at most 6 requests. Both layers retrying fully made it 3 x 3 = 9 (36 by default).
+    assert!((3..=6).contains(&puts), "{puts} PUTs of a lasting 500");
+}

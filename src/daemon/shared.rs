@@ -82,6 +82,7 @@ impl Shared {
                     let gate = Arc::new(Gate::new(
                         settings.s3.max_connections,
                         store.throttle_signal(),
+                        settings.s3.retry_attempts,
                     ));
                     stores.insert(key, (store.clone(), gate.clone()));
                     (store, gate)

@@ -23,6 +23,7 @@ pub async fn transfer_for(
     let gate = Arc::new(Gate::new(
         settings.s3.max_connections,
         store.throttle_signal(),
+        settings.s3.retry_attempts,
     ));
     let known = KnownPresent::from_settings(settings);
     Ok(Arc::new(Transfer::new(

@@ -38,6 +38,22 @@ use super::{GetObject, ObjectInfo, ObjectStore, PutOptions, PutOutcome, StoreErr
 use crate::config::{ChecksumMode, S3Settings};
 use crate::transfer::limiter::Bandwidth;
 
+/// Error codes worth another attempt whatever the HTTP status (S3 may answer a
+/// CompleteMultipartUpload with 200 and an InternalError body); the SDK's own list.
+const RETRYABLE_CODES: &[&str] = &[
+    "InternalError",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "PriorRequestNotComplete",
+];
+
 /// Chunk size of paced request bodies.
 const BODY_CHUNK: usize = 64 * 1024;
 
@@ -90,8 +106,12 @@ impl S3Store {
                     .read_timeout(s.read_timeout.0)
                     .build(),
             )
+            // The transfer gate owns the retries (`s3.retry_attempts`); the SDK keeps one
+            // immediate retry, for what only it can fix on the spot (a dropped idle
+            // connection, a clock skew it measured). Both retrying fully multiplied attempts.
             .retry_config(
-                aws_config::retry::RetryConfig::standard().with_max_attempts(s.retry_attempts + 1),
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(if s.retry_attempts == 0 { 1 } else { 2 }),
             )
             .stalled_stream_protection(
                 aws_config::stalled_stream_protection::StalledStreamProtectionConfig::disabled(),
@@ -173,7 +193,10 @@ impl S3Store {
             SdkError::TimeoutError(_)
             | SdkError::DispatchFailure(_)
             | SdkError::ResponseError(_) => true,
-            _ => matches!(status, Some(s) if s >= 500 || s == 429),
+            _ => {
+                matches!(status, Some(s) if s >= 500 || s == 429)
+                    || e.code().is_some_and(|c| RETRYABLE_CODES.contains(&c))
+            }
         };
         let hint = match status {
             Some(403) => " (check the credentials and the bucket policy)",

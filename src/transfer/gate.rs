@@ -3,9 +3,11 @@
 //! Every store request takes a permit. When the store answers 503 SlowDown (counted by the
 //! S3 interceptor), the number of permits is halved, at most once a second; each quiet second
 //! after that it doubles again up to the maximum. (Growing back by one every two seconds took
-//! over a minute to return to full speed after a 10 s burst of 503s.) The SDK retries
-//! each request itself; [`Gate::run`] adds a slower retry on top for errors that outlast the
-//! SDK's attempts (its retry quota empties under a long throttling burst).
+//! over a minute to return to full speed after a 10 s burst of 503s.) [`Gate::run`] owns the
+//! retries (`s3.retry_attempts`, with exponential backoff and no permit held while it waits).
+//! The S3 client adds at most one immediate retry of its own (a dropped idle connection, a
+//! skewed clock it corrects); were both layers to retry fully, a lasting 500 would be tried
+//! 36 times over 100 s before it is reported.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -28,6 +30,8 @@ pub struct Gate {
     pub backoffs: AtomicU64,
     /// Store operations retried by the gate.
     pub retries: AtomicU64,
+    /// Attempts of one operation: the first and `s3.retry_attempts` retries.
+    attempts: u32,
 }
 
 struct GateState {
@@ -38,13 +42,14 @@ struct GateState {
     last_change: Instant,
 }
 
-/// Attempts of one store operation at the gate's level (each may be several SDK attempts);
-/// with the backoff below they span ~15 s, enough to ride out a throttling burst.
-const ATTEMPTS: u32 = 6;
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(20);
 
 impl Gate {
-    /// A gate of `max` concurrent requests, watching `throttles`.
-    pub fn new(max: usize, throttles: Arc<AtomicU64>) -> Gate {
+    /// A gate of `max` concurrent requests, watching `throttles`, retrying a failed request
+    /// `retries` times (5 retries wait 0.4 + 0.8 + 1.6 + 3.2 + 6.4 s, enough to ride out a
+    /// throttling burst).
+    pub fn new(max: usize, throttles: Arc<AtomicU64>, retries: u32) -> Gate {
         let max = max.max(1);
         Gate {
             sem: Semaphore::new(max),
@@ -58,6 +63,7 @@ impl Gate {
             throttles,
             backoffs: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            attempts: retries.saturating_add(1),
         }
     }
 
@@ -90,9 +96,9 @@ impl Gate {
             };
             match result {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
+                Err(e) if e.is_retryable() && attempt < self.attempts => {
                     self.retries.fetch_add(1, Ordering::Relaxed);
-                    let backoff = Duration::from_millis(200 << attempt)
+                    let backoff = Duration::from_millis(200 << attempt.min(10)).min(MAX_BACKOFF)
                         + Duration::from_millis(rand::random::<u64>() % 200);
                     tracing::debug!("retrying in {backoff:?}: {e}");
                     cancellable(cancel, tokio::time::sleep(backoff)).await?;
@@ -151,7 +157,7 @@ mod tests {
 
     #[tokio::test]
     async fn retryable_errors_are_retried_then_reported() {
-        let gate = Gate::new(4, Arc::default());
+        let gate = Gate::new(4, Arc::default(), 2);
         let calls = AtomicU64::new(0);
         let r: Result<(), _> = gate
             .run(&CancellationToken::new(), || async {
@@ -160,7 +166,11 @@ mod tests {
             })
             .await;
         assert!(matches!(r, Err(TransferError::Store(_))));
-        assert_eq!(calls.load(Ordering::Relaxed), u64::from(ATTEMPTS));
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            6,
+            "the first attempt and 5 retries"
+        );
         let calls = AtomicU64::new(0);
         let _ = gate
             .run(&CancellationToken::new(), || async {
@@ -178,7 +188,7 @@ mod tests {
     #[tokio::test]
     async fn throttling_halves_the_limit() {
         let throttles = Arc::new(AtomicU64::new(0));
-        let gate = Gate::new(16, throttles.clone());
+        let gate = Gate::new(16, throttles.clone(), 5);
         gate.state.lock().unwrap().last_change = Instant::now() - Duration::from_secs(5);
         throttles.store(3, Ordering::Relaxed);
         gate.run(&CancellationToken::new(), || async {
@@ -206,7 +216,7 @@ mod tests {
     #[tokio::test]
     async fn the_limit_doubles_back_each_quiet_second() {
         let throttles = Arc::new(AtomicU64::new(0));
-        let gate = Gate::new(16, throttles.clone());
+        let gate = Gate::new(16, throttles.clone(), 5);
         let ok = || async { Ok::<_, StoreError>(()) };
         let age = |g: &Gate| {
             g.state.lock().unwrap().last_change = Instant::now() - Duration::from_secs(2)
@@ -230,7 +240,7 @@ mod tests {
 
     #[tokio::test]
     async fn cancel_stops_waiting_for_a_permit() {
-        let gate = Gate::new(1, Arc::default());
+        let gate = Gate::new(1, Arc::default(), 5);
         let held = gate.sem.acquire().await.unwrap();
         let cancel = CancellationToken::new();
         cancel.cancel();
