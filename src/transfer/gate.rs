@@ -168,8 +168,8 @@ mod tests {
         assert!(matches!(r, Err(TransferError::Store(_))));
         assert_eq!(
             calls.load(Ordering::Relaxed),
-            6,
-            "the first attempt and 5 retries"
+            3,
+            "the first attempt and 2 retries"
         );
         let calls = AtomicU64::new(0);
         let _ = gate
