@@ -794,7 +794,10 @@ def main() -> int:
                 server.stop()
     finally:
         save()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP_WORKDIR"):
+            log(f"kept the work directory (BENCH_KEEP_WORKDIR): {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     print(base.with_suffix(".md").read_text())
     log(f"results: {base}.json, {base}.md")
     return 0

@@ -107,6 +107,18 @@ if [[ -n "${JOURNALED_FS:-}" ]]; then
         truncate -s "$JOURNALED_FS" "$image"
         mkfs.ext4 -q -F "$image"
     fi
+    # The image is sparse: it takes disk space as it fills. Should the disk under it run out,
+    # the loop device loses writes that were already reported done ("critical space allocation
+    # error" in dmesg) and the objects and files on the image are silently corrupt: a
+    # benchmark run then fails on downloads that do not match their hash. So the disk must
+    # have room for the whole image.
+    apparent=$(stat -c %s "$image")
+    allocated=$(( $(stat -c %b "$image") * $(stat -c %B "$image") ))
+    free=$(( $(df --output=avail -B1 "$(dirname "$image")" | tail -1) ))
+    if (( free < apparent - allocated )); then
+        say "the image $image may grow by $(( (apparent - allocated) >> 30 )) GiB more, but its disk has only $(( free >> 30 )) GiB free: free space, or shrink the image (resize2fs IMAGE SIZE, then truncate -s SIZE IMAGE)"
+        exit 2
+    fi
     mkdir -p "$bench_dir"
     if ! mountpoint -q "$bench_dir"; then
         # discard: blocks freed inside give their space back to the (sparse) image file.

@@ -330,6 +330,8 @@ async fn fetch_verified(
         c.refetched.fetch_add(1, Relaxed);
         tracing::warn!(
             key,
+            got = %got,
+            got_size,
             "downloaded content does not match its hash; fetching it again"
         );
     }
