@@ -240,6 +240,11 @@ pub struct Context {
 }
 
 /// Records a CLI flag as a config override, so flags, env and file share one validation.
+/// `-o FILE` of a command: `-` means stdout, as the option's default does (`None`).
+pub(crate) fn output_file(output: &Option<PathBuf>) -> Option<&std::path::Path> {
+    output.as_deref().filter(|p| p.as_os_str() != "-")
+}
+
 pub(crate) fn flag(out: &mut Vec<Override>, key: &str, source: &str, value: Option<String>) {
     if let Some(value) = value {
         out.push(Override {

@@ -303,3 +303,22 @@ fn the_cache_dir_flag_moves_the_cache_over_the_environment() {
     assert!(flag_cache.join(attache::hash::cache::FILE_NAME).exists());
     assert!(!env_cache.join(attache::hash::cache::FILE_NAME).exists());
 }
+
+#[test]
+fn dash_as_the_output_file_means_stdout() {
+    let t = tempfile::tempdir().unwrap();
+    let (root, cache) = (t.path().join("root"), t.path().join("cache"));
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("a.txt"), b"hello").unwrap();
+    let (code, out, err) = run(attache(&cache)
+        .current_dir(t.path())
+        .arg("hash")
+        .arg(&root)
+        .args(["-o", "-"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        decode(out.trim_end().as_bytes()).unwrap().entries().len(),
+        1
+    );
+    assert!(!t.path().join("-").exists(), "wrote a file named '-'");
+}

@@ -66,7 +66,7 @@ pub struct SubmitArgs {
     /// A SHARED storage-profile location: the farm reads it directly; nothing under it is uploaded.
     #[arg(long = "shared", value_name = "PATH")]
     shared: Vec<PathBuf>,
-    /// Write the attachments JSON to FILE (default: stdout).
+    /// Write the attachments JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Hash and ask the store what is missing; upload and publish nothing.
@@ -93,7 +93,7 @@ pub struct SyncInputsArgs {
     /// Storage-profile location NAME is at PATH on this worker (repeatable).
     #[arg(long = "location", value_name = "NAME=PATH")]
     locations: Vec<String>,
-    /// Write the path-mapping rules JSON to FILE (default: stdout).
+    /// Write the path-mapping rules JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     #[command(flatten)]
@@ -126,7 +126,7 @@ pub struct SyncOutputsArgs {
     /// Storage-profile location NAME is at PATH on this worker (repeatable).
     #[arg(long = "location", value_name = "NAME=PATH")]
     locations: Vec<String>,
-    /// Write the published manifests JSON to FILE (default: stdout).
+    /// Write the published manifests JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     #[command(flatten)]
@@ -275,7 +275,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         spec,
         "submitting",
         &a.common,
-        a.output.as_deref(),
+        crate::cli::output_file(&a.output),
         Some("attachments"),
     )?
     else {
@@ -315,7 +315,7 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
         spec,
         "syncing inputs",
         &a.common,
-        a.output.as_deref(),
+        crate::cli::output_file(&a.output),
         Some("path_mapping_rules"),
     )?
     else {
@@ -355,7 +355,7 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         spec,
         "syncing outputs",
         &a.common,
-        a.output.as_deref(),
+        crate::cli::output_file(&a.output),
         Some("manifests"),
     )?
     else {

@@ -28,7 +28,7 @@ pub struct HashArgs {
     roots: Vec<PathBuf>,
     /// Write the manifest to FILE. With several roots, or when PATH is a directory, write
     /// PATH/<xxh128(root)>_input for each root (the name Deadline gives input manifests).
-    /// Default: the manifest goes to stdout (one line per root).
+    /// Default, or `-o -`: the manifest goes to stdout (one line per root).
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
     /// Print a JSON summary on stdout (manifests are only written with -o).
@@ -64,7 +64,8 @@ impl HashArgs {
 }
 
 pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
-    let dir_mode = match &args.output {
+    let output = crate::cli::output_file(&args.output);
+    let dir_mode = match output {
         Some(o) => args.roots.len() > 1 || o.is_dir(),
         None => false,
     };
@@ -94,12 +95,12 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
             ),
         })?;
         let manifest_hash = ContentHash::of(&bytes);
-        let written = match &args.output {
+        let written = match output {
             Some(o) => {
                 let path = if dir_mode {
                     o.join(crate::store::layout::input_manifest_name(&r.root))
                 } else {
-                    o.clone()
+                    o.to_path_buf()
                 };
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent)

@@ -23,7 +23,7 @@ pub struct PutArgs {
     /// The directory whose files to upload.
     #[arg(value_name = "ROOT")]
     root: PathBuf,
-    /// Write the manifest to FILE (default: stdout).
+    /// Write the manifest to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     #[command(flatten)]
@@ -64,7 +64,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
         ),
     })?;
     let manifest_hash = ContentHash::of(&bytes);
-    match &args.output {
+    match crate::cli::output_file(&args.output) {
         Some(path) => crate::fsutil::write_atomic(path, &bytes)
             .with_context(|| format!("writing {}", path.display()))?,
         None if !args.store.json => {
@@ -78,7 +78,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
     if args.store.json {
         let v = json!({
             "root": root.root.to_string_lossy(),
-            "manifest": args.output.as_ref().map(|p| p.to_string_lossy().into_owned()),
+            "manifest": crate::cli::output_file(&args.output).map(|p| p.to_string_lossy().into_owned()),
             "manifest_hash": manifest_hash.to_hex(),
             "hash": report.hash.stats,
             "upload": u,
