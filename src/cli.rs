@@ -239,12 +239,12 @@ pub struct Context {
     pub load: LoadOptions,
 }
 
-/// Records a CLI flag as a config override, so flags, env and file share one validation.
 /// `-o FILE` of a command: `-` means stdout, as the option's default does (`None`).
 pub(crate) fn output_file(output: &Option<PathBuf>) -> Option<&std::path::Path> {
     output.as_deref().filter(|p| p.as_os_str() != "-")
 }
 
+/// Records a CLI flag as a config override, so flags, env and file share one validation.
 pub(crate) fn flag(out: &mut Vec<Override>, key: &str, source: &str, value: Option<String>) {
     if let Some(value) = value {
         out.push(Override {
