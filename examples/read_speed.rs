@@ -45,6 +45,14 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+/// A count option's value: a whole number above zero, or the usage message.
+fn positive(value: Option<String>) -> usize {
+    value
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| usage())
+}
+
 fn main() {
     let mut path = None;
     let mut runs = 5usize;
@@ -55,13 +63,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--runs" => {
-                runs = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n| n > 0)
-                    .unwrap_or_else(|| usage())
-            }
+            "--runs" => runs = positive(args.next()),
             "--buf" => {
                 bufsize = args
                     .next()
@@ -71,13 +73,7 @@ fn main() {
             }
             "--hash" => hash = true,
             "--pipeline" => pipeline = true,
-            "--readers" => {
-                readers = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n| n > 0)
-                    .unwrap_or_else(|| usage())
-            }
+            "--readers" => readers = positive(args.next()),
             "-h" | "--help" => usage(),
             _ if path.is_none() && !a.starts_with("--") => path = Some(a),
             _ => usage(),

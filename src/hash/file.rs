@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -149,7 +149,7 @@ fn hash_inline(
 
 fn hash_inline_with(
     buf: &mut [u8],
-    mut file: File,
+    file: File,
     expected: u64,
     keep: bool,
     cancel: &CancellationToken,
@@ -158,7 +158,7 @@ fn hash_inline_with(
     let mut hasher = Xxh3Default::new();
     let mut total = 0u64;
     // A file that fits in one buffer (most of them) is hashed in one shot.
-    let first = fill(&mut file, buf)?;
+    let first = fill_at(&file, buf, 0)?;
     if (first as u64) == expected && first < buf.len() {
         on_bytes(first as u64);
         let data = keep.then(|| bytes::Bytes::copy_from_slice(&buf[..first]));
@@ -175,7 +175,7 @@ fn hash_inline_with(
         if cancel.is_cancelled() {
             return Err(ReadError::Cancelled);
         }
-        n = fill(&mut file, buf)?;
+        n = fill_at(&file, buf, total)?;
     }
 }
 
@@ -309,20 +309,6 @@ fn fill_at(file: &File, buf: &mut [u8], offset: u64) -> Result<usize, ReadError>
     let mut n = 0;
     while n < buf.len() {
         match file.read_at(&mut buf[n..], offset + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(ReadError::Io(e)),
-        }
-    }
-    Ok(n)
-}
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn fill(file: &mut File, buf: &mut [u8]) -> Result<usize, ReadError> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -303,11 +303,13 @@ async fn publish(
         _ = grace_over => Err(TransferError::Cancelled(Cancelled)),
     };
     if result.is_err() {
-        let unpublish = tokio::time::timeout(UNPUBLISH_DEADLINE, transfer.store.delete_many(&keys));
+        let unpublish = transfer
+            .gate
+            .run_within(UNPUBLISH_DEADLINE, || transfer.store.delete_many(&keys));
         let why = match unpublish.await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!("no answer within {UNPUBLISH_DEADLINE:?}")),
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(e.to_string()),
+            None => Some(format!("no answer within {UNPUBLISH_DEADLINE:?}")),
         };
         if let Some(why) = why {
             tracing::warn!(

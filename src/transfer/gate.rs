@@ -77,6 +77,38 @@ impl Gate {
     pub async fn run<T, F, Fut>(
         &self,
         cancel: &CancellationToken,
+        op: F,
+    ) -> Result<T, TransferError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.retrying(cancel, true, op).await
+    }
+
+    /// Runs a clean-up operation (aborting a multipart upload, deleting manifests of an
+    /// unfinished submit) with the same retries, for at most `deadline`; `None` if that passed.
+    /// It takes no permit, so it never queues behind the requests it cleans up after, and no
+    /// job's token: it must happen especially when the job was cancelled.
+    pub async fn run_within<T, F, Fut>(
+        &self,
+        deadline: Duration,
+        op: F,
+    ) -> Option<Result<T, TransferError>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let never = CancellationToken::new();
+        tokio::time::timeout(deadline, self.retrying(&never, false, op))
+            .await
+            .ok()
+    }
+
+    async fn retrying<T, F, Fut>(
+        &self,
+        cancel: &CancellationToken,
+        queued: bool,
         mut op: F,
     ) -> Result<T, TransferError>
     where
@@ -86,13 +118,15 @@ impl Gate {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = {
+            let result = if queued {
                 let permit = cancellable(cancel, self.sem.acquire())
                     .await?
                     .expect("never closed");
                 let r = cancellable(cancel, op()).await;
                 self.release(permit);
                 r?
+            } else {
+                cancellable(cancel, op()).await?
             };
             match result {
                 Ok(v) => return Ok(v),
@@ -236,6 +270,32 @@ mod tests {
             16,
             "every permit back"
         );
+    }
+
+    #[tokio::test]
+    async fn a_clean_up_needs_no_permit_is_retried_and_ends_at_its_deadline() {
+        let gate = Gate::new(1, Arc::default(), 2);
+        let _held = gate.sem.acquire().await.unwrap();
+        let calls = AtomicU64::new(0);
+        let r = gate
+            .run_within(Duration::from_secs(10), || async {
+                match calls.fetch_add(1, Ordering::Relaxed) {
+                    0 => Err(failing(true)),
+                    _ => Ok(()),
+                }
+            })
+            .await;
+        assert!(
+            matches!(r, Some(Ok(()))),
+            "retried once, without the held permit"
+        );
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        let r = gate
+            .run_within(Duration::from_millis(50), || {
+                std::future::pending::<Result<(), StoreError>>()
+            })
+            .await;
+        assert!(r.is_none(), "the deadline ends it");
     }
 
     #[tokio::test]

@@ -355,10 +355,13 @@ async fn upload_multipart(
     let result = upload_parts(t, item, key, &upload_id, cancel).await;
     if result.is_err() {
         // Not under `cancel`: the abort must happen even (especially) when cancelled.
-        match tokio::time::timeout(ABORT_DEADLINE, t.store.abort_multipart(key, &upload_id)).await {
-            Ok(Ok(())) => tracing::debug!(key, "multipart upload aborted"),
-            Ok(Err(e)) => tracing::warn!("could not abort the multipart upload of {key}: {e}"),
-            Err(_) => tracing::warn!(
+        let abort = t
+            .gate
+            .run_within(ABORT_DEADLINE, || t.store.abort_multipart(key, &upload_id));
+        match abort.await {
+            Some(Ok(())) => tracing::debug!(key, "multipart upload aborted"),
+            Some(Err(e)) => tracing::warn!("could not abort the multipart upload of {key}: {e}"),
+            None => tracing::warn!(
                 "aborting the multipart upload of {key} took over {ABORT_DEADLINE:?}; a lifecycle rule must clean it up"
             ),
         }
