@@ -421,27 +421,24 @@ def tool_aws(ctx: Ctx) -> list[tuple[str, dict]]:
 
 def tool_plain(ctx: Ctx) -> list[tuple[str, dict]]:
     env = ctx.attache_env()
-    cmd = [ctx.args.plain]
-    put = run_measured(cmd + ["put", str(ctx.tree_dir), "--store", ctx.store], env, ctx.rundir,
-                       "plain-put", ctx.server)
-    put["inner"] = json.loads((ctx.rundir / "plain-put.out").read_text())
+
+    def plain(name: str, mode: str, store: str, *extra: str) -> dict:
+        r = run_measured([ctx.args.plain, mode, str(ctx.tree_dir), "--store", store, *extra],
+                         env, ctx.rundir, name, ctx.server)
+        r["inner"] = json.loads((ctx.rundir / f"{name}.out").read_text())
+        return r
+
+    put = plain("plain-put", "put", ctx.store)
     # The same, large files as multipart uploads in attache's parts: the store's own cost of
     # multipart (s3s-fs copies and hashes every part again on Complete), without attache.
-    parts = run_measured(cmd + ["put-parts", str(ctx.tree_dir), "--store", ctx.store + "-parts"],
-                         env, ctx.rundir, "plain-put-parts", ctx.server)
-    parts["inner"] = json.loads((ctx.rundir / "plain-put-parts.out").read_text())
-    get = run_measured(cmd + ["get", str(ctx.tree_dir), "--store", ctx.store], env, ctx.rundir,
-                       "plain-get", ctx.server)
-    get["inner"] = json.loads((ctx.rundir / "plain-get.out").read_text())
+    parts = plain("plain-put-parts", "put-parts", ctx.store + "-parts")
+    get = plain("plain-get", "get", ctx.store)
     # The same GETs, each written to a file as it streams: what any download must at least do.
     out = ctx.rundir / "plain-out"
-    getw = run_measured(cmd + ["get", str(ctx.tree_dir), "--store", ctx.store, "--out", str(out)],
-                        env, ctx.rundir, "plain-get-write", ctx.server)
-    getw["inner"] = json.loads((ctx.rundir / "plain-get-write.out").read_text())
+    getw = plain("plain-get-write", "get", ctx.store, "--out", str(out))
     shutil.rmtree(out, ignore_errors=True)
     return [("upload", put), ("upload (multipart)", parts), ("download (no write)", get),
             ("download", getw)]
-
 
 TOOLS = {
     "attache": lambda c: tool_attache(c, daemon=False),

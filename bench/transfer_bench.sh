@@ -116,7 +116,7 @@ if [[ -n "${JOURNALED_FS:-}" ]]; then
     allocated=$(( $(stat -c %b "$image") * $(stat -c %B "$image") ))
     free=$(( $(df --output=avail -B1 "$(dirname "$image")" | tail -1) ))
     if (( free < apparent - allocated )); then
-        say "the image $image may grow by $(( (apparent - allocated) >> 30 )) GiB more, but its disk has only $(( free >> 30 )) GiB free: free space, or shrink the image (resize2fs IMAGE SIZE, then truncate -s SIZE IMAGE)"
+        say "the image $image may grow by $(( (apparent - allocated) >> 30 )) GiB more, but its disk has only $(( free >> 30 )) GiB free: free space, or shrink the image (unmounted: e2fsck -f IMAGE; resize2fs IMAGE SIZE; truncate -s SIZE IMAGE)"
         exit 2
     fi
     mkdir -p "$bench_dir"
