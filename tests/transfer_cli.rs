@@ -142,19 +142,6 @@ fn bytes_written_by(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            found.extend(files_under(&p));
-        } else {
-            found.push(p);
-        }
-    }
-    found
-}
-
 #[test]
 fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
     let t = tempfile::tempdir().unwrap();

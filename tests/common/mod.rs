@@ -81,3 +81,20 @@ pub fn run(c: &mut Command) -> (i32, String, String) {
     let o = c.output().unwrap();
     (o.status.code().unwrap_or(-1), stdout(&o), stderr(&o))
 }
+
+/// Every file (not directory) under `dir`, at any depth; none if `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
