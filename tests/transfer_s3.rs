@@ -767,12 +767,42 @@ async fn a_lasting_server_error_is_tried_retry_attempts_times_not_more() {
         .only_for(move |m, key| m.as_str() == "PUT" && key == k);
     s3.faults.internal_error_next(1000);
 
-    let err = put_tree(&src, &s).await.unwrap_err();
-    assert!(err.to_string().contains("InternalError"), "{err}");
+    let err = put_tree(&src, &s).await.unwrap_err().to_string();
+    // What a person reads: the status, the store's code, no dump of the SDK's structures.
+    assert!(
+        err.contains("HTTP 500 Internal Server Error: InternalError"),
+        "{err}"
+    );
+    assert!(!err.contains("ServiceError"), "{err}");
     let puts = s3
         .stats
         .requests_matching(|r| r.method == "PUT" && r.key == data_key);
     // The first attempt and 2 retries, each of which the S3 client may retry once at once:
     // at most 6 requests. Both layers retrying fully made it 3 x 3 = 9 (36 by default).
     assert!((3..=6).contains(&puts), "{puts} PUTs of a lasting 500");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_head_names_the_object_and_the_status() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    // Above the multipart threshold: uploaded after a HEAD, whose reply has no body to name
+    // an error code.
+    let data = content(6 * MIB, 8);
+    write(&src, "big.bin", &data, 1_600_000_000_000_000_000);
+    let mut s = settings(&s3, "p", &t.path().join("cache"));
+    s.s3.retry_attempts = 0;
+    let data_key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
+    let k = data_key.clone();
+    s3.faults
+        .only_for(move |m, key| m.as_str() == "HEAD" && key == k);
+    s3.faults.internal_error_next(1000);
+
+    let err = put_tree(&src, &s).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("HEAD {data_key}: HTTP 500 Internal Server Error")),
+        "{err}"
+    );
+    assert!(!err.contains("ServiceError"), "{err}");
 }

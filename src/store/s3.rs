@@ -207,7 +207,7 @@ impl S3Store {
             store: self.describe.clone(),
             op,
             key: key.into(),
-            message: format!("{}{hint}", DisplayErrorContext(&e)),
+            message: format!("{}{hint}", describe_sdk_error(&e)),
             retryable,
         }
     }
@@ -223,6 +223,32 @@ impl S3Store {
             ))
         }))
     }
+}
+
+/// What went wrong, for a person: the HTTP status and the store's code and message when the
+/// store replied (the SDK's own text for an unmodelled reply is a debug dump of the response),
+/// the whole cause chain when no reply came (connection refused, timeout, TLS).
+fn describe_sdk_error<E>(e: &SdkError<E>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let Some(reply) = e.raw_response() else {
+        return DisplayErrorContext(e).to_string();
+    };
+    let status = reply.status();
+    let reason = http::StatusCode::from_u16(status.as_u16())
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut text = format!("HTTP {} {reason}", status.as_u16());
+    match (e.code(), e.message()) {
+        (Some(code), Some(message)) => text += &format!(": {code}: {message}"),
+        (Some(code), None) => text += &format!(": {code}"),
+        (None, Some(message)) => text += &format!(": {message}"),
+        // HEAD replies carry no body, so no code; S3 gives the reason in the status alone.
+        (None, None) => {}
+    }
+    text.trim_end().to_string()
 }
 
 #[async_trait]
