@@ -173,6 +173,13 @@ fn mixed_tree(root: &Path) {
         &content(12 * MIB + 3, 2),
         1_600_000_003_000_000_000,
     );
+    // Below the multipart threshold and over several write batches, the last one partial.
+    write(
+        root,
+        "mid/texture.exr",
+        &content(3 * MIB / 2 + 7, 4),
+        1_600_000_003_500_000_000,
+    );
     write(
         root,
         "déjà vu/日本 😀.exr",
@@ -226,16 +233,16 @@ async fn mixed_tree_round_trips_through_s3_and_file_store() {
     ] {
         let put = put_tree(&src, &s).await.unwrap();
         let m = put.hash.roots[0].manifest.clone();
-        assert_eq!(put.upload.files, 6, "{name}");
-        assert_eq!(put.upload.objects, 5, "{name}: the duplicate is one object");
-        assert_eq!(put.upload.uploaded_objects, 5, "{name}");
+        assert_eq!(put.upload.files, 7, "{name}");
+        assert_eq!(put.upload.objects, 6, "{name}: the duplicate is one object");
+        assert_eq!(put.upload.uploaded_objects, 6, "{name}");
         assert_eq!(
             put.upload.multipart_objects, 1,
             "{name}: only the 12 MiB file is above the threshold"
         );
         let dest = t.path().join(format!("dest-{name}"));
         let got = get_tree(&m, &dest, &s).await.unwrap();
-        assert_eq!(got.download.objects, 5, "{name}");
+        assert_eq!(got.download.objects, 6, "{name}");
         assert_eq!(got.download.copied_files, 1, "{name}");
         assert_same_tree(&src, &dest, &m);
         assert!(leftovers(&dest).is_empty(), "{name}: temp files left");
