@@ -310,31 +310,35 @@ impl ObjectStore for S3Store {
         let out = req.send().await.map_err(|e| self.err("GET", key, e))?;
         let content_length = out.content_length().unwrap_or(0).max(0) as u64;
         let (bandwidth, timeout) = (self.bandwidth.clone(), self.read_timeout);
-        let (describe, key) = (self.describe.clone(), key.to_string());
-        let body = futures::stream::unfold(Some(out.body), move |state| {
-            let (bandwidth, describe, key) = (bandwidth.clone(), describe.clone(), key.clone());
-            async move {
-                let mut stream = state?;
-                let failed = |message: String| StoreError::Failed {
-                    store: describe,
-                    op: "GET",
-                    key,
-                    message,
-                    retryable: true,
-                };
-                match tokio::time::timeout(timeout, stream.next()).await {
-                    Err(_) => Some((
-                        Err(failed(format!("no data for {timeout:?} (s3.read_timeout)"))),
-                        None,
+        // The names travel in the stream's state, taken only to describe a failure: no
+        // allocation per chunk.
+        let state = Some((out.body, bandwidth, self.describe.clone(), key.to_string()));
+        let body = futures::stream::unfold(state, move |state| async move {
+            let (mut stream, bandwidth, describe, key) = state?;
+            let failed = |describe, key, message: String| StoreError::Failed {
+                store: describe,
+                op: "GET",
+                key,
+                message,
+                retryable: true,
+            };
+            match tokio::time::timeout(timeout, stream.next()).await {
+                Err(_) => Some((
+                    Err(failed(
+                        describe,
+                        key,
+                        format!("no data for {timeout:?} (s3.read_timeout)"),
                     )),
-                    Ok(None) => None,
-                    Ok(Some(Err(e))) => {
-                        Some((Err(failed(DisplayErrorContext(&e).to_string())), None))
-                    }
-                    Ok(Some(Ok(chunk))) => {
-                        bandwidth.download.acquire(chunk.len()).await;
-                        Some((Ok(chunk), Some(stream)))
-                    }
+                    None,
+                )),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => {
+                    let message = DisplayErrorContext(&e).to_string();
+                    Some((Err(failed(describe, key, message)), None))
+                }
+                Ok(Some(Ok(chunk))) => {
+                    bandwidth.download.acquire(chunk.len()).await;
+                    Some((Ok(chunk), Some((stream, bandwidth, describe, key))))
                 }
             }
         });
