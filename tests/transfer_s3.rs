@@ -631,6 +631,9 @@ async fn a_file_changed_during_multipart_upload_is_refused() {
     );
     let mut s = settings(&s3, "p", &t.path().join("cache"));
     s.bandwidth.upload = Rate(10 * MIB);
+    // One part at a time: the last part is still unread when the file changes (with all 6
+    // parts in flight at once, a busy machine could read them all first and rightly succeed).
+    s.transfer.max_parts_in_flight = 1;
     let planned = ContentHash::of(&std::fs::read(&path).unwrap());
     let tr = transfer(&s).await;
     let job = {
