@@ -104,14 +104,21 @@ pub async fn download_all(
     let root = Arc::new(root.to_path_buf());
     let counters = Arc::new(Counters::default());
     let stop = cancel.child_token();
-    let results = futures::stream::iter(groups)
-        .map(|group: std::ops::Range<usize>| {
-            let (t, counters, stop) = (t.clone(), counters.clone(), stop.clone());
-            let (items, root) = (items.clone(), root.clone());
-            spawned(async move { download_group(&t, &counters, &root, &items[group], &stop).await })
-        })
-        .buffer_unordered(t.settings.workers.max(1));
-    first_failure(results, &stop, cancel).await?;
+    let (c, cancel) = (counters.clone(), cancel.clone());
+    // The loop that starts objects and collects their results is a task too: each finished
+    // object then wakes it on the runtime's worker, not the caller's thread (one cross-thread
+    // wake-up per file, 10,000 futex calls for 5,000 files, before).
+    spawned(async move {
+        let results = futures::stream::iter(groups)
+            .map(|group: std::ops::Range<usize>| {
+                let (t, c, stop) = (t.clone(), c.clone(), stop.clone());
+                let (items, root) = (items.clone(), root.clone());
+                spawned(async move { download_group(&t, &c, &root, &items[group], &stop).await })
+            })
+            .buffer_unordered(t.settings.workers.max(1));
+        first_failure(results, &stop, &cancel).await
+    })
+    .await?;
     Ok(DownloadReport {
         files: counters.files.load(Relaxed),
         objects: counters.objects.load(Relaxed),
@@ -350,8 +357,8 @@ async fn fetch_whole(
     let mut hasher = Xxh3Default::new();
     let mut received = 0u64;
     // Page-cache writes are cheaper inline than a hop to a blocking thread. Body chunks are
-    // ~16-64 KiB: gathered into INLINE_BATCH writes (pwritev of the chunks as they are), a
-    // fifth of the system calls of one write per chunk.
+    // ~16-64 KiB: gathered into INLINE_BATCH writes (pwritev of the chunks as they are), not
+    // one write each (mixed-tree download: client CPU 2.9 s against 2.3 s).
     let mut batch = Vec::new();
     let mut batch_len = 0;
     let mut written = 0u64;

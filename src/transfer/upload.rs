@@ -119,37 +119,44 @@ const ABORT_DEADLINE: Duration = Duration::from_secs(5);
 /// failure stops the rest; cancel stops everything at once.
 pub async fn upload_stream(
     t: Arc<Transfer>,
-    items: impl Stream<Item = UploadItem> + Send,
+    items: impl Stream<Item = UploadItem> + Send + 'static,
     cancel: &CancellationToken,
 ) -> Result<UploadReport, TransferError> {
     let counters = Arc::new(Counters::default());
-    let known = Arc::new(KnownView::default());
-    let seen = Mutex::new(HashSet::new());
     let stop = cancel.child_token();
-    let results = items
-        .filter_map(|item| {
-            counters.files.fetch_add(1, Relaxed);
-            let first = seen.lock().expect("not poisoned").insert(item.hash);
-            if !first {
-                t.progress.add_files(1);
-                t.progress.add_bytes(item.size);
-            }
-            async move { first.then_some(item) }
-        })
-        .map(|item| {
-            let (t, counters, known, stop) =
-                (t.clone(), counters.clone(), known.clone(), stop.clone());
-            spawned(async move {
-                counters.objects.fetch_add(1, Relaxed);
-                // Re-check about `known_present_sample` trusted entries per run, at random.
-                let files = t.progress.snapshot().files_total.max(1);
-                let sampled =
-                    rand::random::<f64>() < t.settings.known_present_sample as f64 / files as f64;
-                upload_one(&t, &counters, &known, item, sampled, &stop).await
+    let (tr, c, cancel) = (t.clone(), counters.clone(), cancel.clone());
+    // The loop that starts objects and collects their results is a task too: each finished
+    // object then wakes it on the runtime's worker, not the caller's thread.
+    let outcome = spawned(async move {
+        let (t, counters) = (tr, c);
+        let known = Arc::new(KnownView::default());
+        let seen = Mutex::new(HashSet::new());
+        let results = items
+            .filter_map(|item| {
+                counters.files.fetch_add(1, Relaxed);
+                let first = seen.lock().expect("not poisoned").insert(item.hash);
+                if !first {
+                    t.progress.add_files(1);
+                    t.progress.add_bytes(item.size);
+                }
+                async move { first.then_some(item) }
             })
-        })
-        .buffer_unordered(t.settings.workers.max(1));
-    let outcome = first_failure(results, &stop, cancel).await;
+            .map(|item| {
+                let (t, counters, known, stop) =
+                    (t.clone(), counters.clone(), known.clone(), stop.clone());
+                spawned(async move {
+                    counters.objects.fetch_add(1, Relaxed);
+                    // Re-check about `known_present_sample` trusted entries per run, at random.
+                    let files = t.progress.snapshot().files_total.max(1);
+                    let sampled = rand::random::<f64>()
+                        < t.settings.known_present_sample as f64 / files as f64;
+                    upload_one(&t, &counters, &known, item, sampled, &stop).await
+                })
+            })
+            .buffer_unordered(t.settings.workers.max(1));
+        first_failure(results, &stop, &cancel).await
+    })
+    .await;
     counters.flush_known(&t);
     outcome?;
     Ok(counters.report())
