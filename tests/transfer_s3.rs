@@ -816,3 +816,25 @@ async fn a_failed_head_names_the_object_and_the_status() {
     );
     assert!(!err.contains("ServiceError"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_400_to_a_head_says_what_to_check() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(
+        &src,
+        "big.bin",
+        &content(6 * MIB, 9),
+        1_600_000_000_000_000_000,
+    );
+    let mut s = settings(&s3, "p", &t.path().join("cache"));
+    // Too short for a bucket name: the server refuses it, and a HEAD's reply has no body.
+    s.store.url = "s3://b1/p".into();
+    s.s3.retry_attempts = 0;
+    let err = put_tree(&src, &s).await.unwrap_err().to_string();
+    assert!(
+        err.contains("HTTP 400 Bad Request (check s3.region and the bucket name)"),
+        "{err}"
+    );
+}

@@ -201,6 +201,9 @@ impl S3Store {
         let hint = match status {
             Some(403) => " (check the credentials and the bucket policy)",
             Some(301) => " (wrong region: set s3.region)",
+            // S3 answers a HEAD signed for the wrong region, or naming an invalid bucket, with
+            // a bare 400: the reply of a HEAD has no body to say which.
+            Some(400) if e.code().is_none() => " (check s3.region and the bucket name)",
             _ => "",
         };
         StoreError::Failed {
