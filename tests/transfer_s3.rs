@@ -762,6 +762,16 @@ async fn faults_end_in_correct_content_or_a_clear_error() {
     assert_eq!(put.upload.uploaded_objects, 30);
 }
 
+/// Every `method` request for the object of `data` fails with a 500 from now on; its key.
+fn fail_lastingly(s3: &TestS3, method: &'static str, data: &[u8]) -> String {
+    let data_key = format!("p/Data/{}.xxh128", ContentHash::of(data));
+    let k = data_key.clone();
+    s3.faults
+        .only_for(move |m, key| m.as_str() == method && key == k);
+    s3.faults.internal_error_next(1000);
+    data_key
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lasting_server_error_is_tried_retry_attempts_times_not_more() {
     let s3 = TestS3::start().await;
@@ -771,11 +781,7 @@ async fn a_lasting_server_error_is_tried_retry_attempts_times_not_more() {
     write(&src, "only.bin", &data, 1_600_000_000_000_000_000);
     let mut s = settings(&s3, "p", &t.path().join("cache"));
     s.s3.retry_attempts = 2;
-    let data_key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
-    let k = data_key.clone();
-    s3.faults
-        .only_for(move |m, key| m.as_str() == "PUT" && key == k);
-    s3.faults.internal_error_next(1000);
+    let data_key = fail_lastingly(&s3, "PUT", &data);
 
     let err = put_tree(&src, &s).await.unwrap_err().to_string();
     // What a person reads: the status, the store's code, no dump of the SDK's structures.
@@ -803,11 +809,7 @@ async fn a_failed_head_names_the_object_and_the_status() {
     write(&src, "big.bin", &data, 1_600_000_000_000_000_000);
     let mut s = settings(&s3, "p", &t.path().join("cache"));
     s.s3.retry_attempts = 0;
-    let data_key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
-    let k = data_key.clone();
-    s3.faults
-        .only_for(move |m, key| m.as_str() == "HEAD" && key == k);
-    s3.faults.internal_error_next(1000);
+    let data_key = fail_lastingly(&s3, "HEAD", &data);
 
     let err = put_tree(&src, &s).await.unwrap_err().to_string();
     assert!(
