@@ -200,10 +200,33 @@ where
     }
 }
 
+/// Runs each of `pieces` (one per object) as a task, `workers` at a time, to the end or the
+/// first real failure ([`first_failure`]). The loop that starts them and collects their
+/// results is a task too, so a finished piece wakes it on the runtime's worker rather than
+/// the caller's thread (10,000 futex calls for a 5,000-file download when it was not).
+pub(crate) async fn run_pieces<S, F>(
+    pieces: S,
+    workers: usize,
+    stop: CancellationToken,
+    cancel: &CancellationToken,
+) -> Result<(), TransferError>
+where
+    S: futures::Stream<Item = F> + Send + 'static,
+    F: Future<Output = Result<(), TransferError>> + Send + 'static,
+{
+    use futures::StreamExt;
+    let cancel = cancel.clone();
+    spawned(async move {
+        let results = pieces.map(spawned).buffer_unordered(workers.max(1));
+        first_failure(results, &stop, &cancel).await
+    })
+    .await
+}
+
 /// Drives a job's per-object results to the end. The first real failure stops the rest
 /// (through `stop`) and is the one reported, not the cancellations it caused; a cancel of the
 /// job itself reports `Cancelled`.
-pub(crate) async fn first_failure(
+async fn first_failure(
     results: impl futures::Stream<Item = Result<(), TransferError>>,
     stop: &CancellationToken,
     cancel: &CancellationToken,

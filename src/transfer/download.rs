@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::inflight::{self, Claim, Done};
-use super::{Transfer, TransferError, cancellable, first_failure, spawned};
+use super::{Transfer, TransferError, cancellable, run_pieces, spawned};
 use crate::fsutil::staged::Staged;
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
@@ -104,21 +104,15 @@ pub async fn download_all(
     let root = Arc::new(root.to_path_buf());
     let counters = Arc::new(Counters::default());
     let stop = cancel.child_token();
-    let (c, cancel) = (counters.clone(), cancel.clone());
-    // The loop that starts objects and collects their results is a task too: each finished
-    // object then wakes it on the runtime's worker, not the caller's thread (one cross-thread
-    // wake-up per file, 10,000 futex calls for 5,000 files, before).
-    spawned(async move {
-        let results = futures::stream::iter(groups)
-            .map(|group: std::ops::Range<usize>| {
-                let (t, c, stop) = (t.clone(), c.clone(), stop.clone());
-                let (items, root) = (items.clone(), root.clone());
-                spawned(async move { download_group(&t, &c, &root, &items[group], &stop).await })
-            })
-            .buffer_unordered(t.settings.workers.max(1));
-        first_failure(results, &stop, &cancel).await
-    })
-    .await?;
+    let pieces = futures::stream::iter(groups).map({
+        let (t, counters, stop) = (t.clone(), counters.clone(), stop.clone());
+        move |group: std::ops::Range<usize>| {
+            let (t, c, stop) = (t.clone(), counters.clone(), stop.clone());
+            let (items, root) = (items.clone(), root.clone());
+            async move { download_group(&t, &c, &root, &items[group], &stop).await }
+        }
+    });
+    run_pieces(pieces, t.settings.workers, stop, cancel).await?;
     Ok(DownloadReport {
         files: counters.files.load(Relaxed),
         objects: counters.objects.load(Relaxed),

@@ -20,7 +20,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 
 use super::inflight::{self, Claim, Done};
 use super::known_present::KnownPresent;
-use super::{Transfer, TransferError, cancellable, first_failure, spawned};
+use super::{Transfer, TransferError, cancellable, run_pieces};
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
 use crate::store::layout::data_key;
@@ -123,40 +123,38 @@ pub async fn upload_stream(
     cancel: &CancellationToken,
 ) -> Result<UploadReport, TransferError> {
     let counters = Arc::new(Counters::default());
+    let known = Arc::new(KnownView::default());
     let stop = cancel.child_token();
-    let (tr, c, cancel) = (t.clone(), counters.clone(), cancel.clone());
-    // The loop that starts objects and collects their results is a task too: each finished
-    // object then wakes it on the runtime's worker, not the caller's thread.
-    let outcome = spawned(async move {
-        let (t, counters) = (tr, c);
-        let known = Arc::new(KnownView::default());
-        let seen = Mutex::new(HashSet::new());
-        let results = items
-            .filter_map(|item| {
+    let mut seen = HashSet::new();
+    let pieces = items
+        .filter_map({
+            let (t, counters) = (t.clone(), counters.clone());
+            move |item| {
                 counters.files.fetch_add(1, Relaxed);
-                let first = seen.lock().expect("not poisoned").insert(item.hash);
+                let first = seen.insert(item.hash);
                 if !first {
                     t.progress.add_files(1);
                     t.progress.add_bytes(item.size);
                 }
-                async move { first.then_some(item) }
-            })
-            .map(|item| {
+                std::future::ready(first.then_some(item))
+            }
+        })
+        .map({
+            let (t, counters, stop) = (t.clone(), counters.clone(), stop.clone());
+            move |item| {
                 let (t, counters, known, stop) =
                     (t.clone(), counters.clone(), known.clone(), stop.clone());
-                spawned(async move {
+                async move {
                     counters.objects.fetch_add(1, Relaxed);
                     // Re-check about `known_present_sample` trusted entries per run, at random.
                     let files = t.progress.snapshot().files_total.max(1);
                     let sampled = rand::random::<f64>()
                         < t.settings.known_present_sample as f64 / files as f64;
                     upload_one(&t, &counters, &known, item, sampled, &stop).await
-                })
-            })
-            .buffer_unordered(t.settings.workers.max(1));
-        first_failure(results, &stop, &cancel).await
-    })
-    .await;
+                }
+            }
+        });
+    let outcome = run_pieces(pieces, t.settings.workers, stop, cancel).await;
     counters.flush_known(&t);
     outcome?;
     Ok(counters.report())
