@@ -75,6 +75,55 @@ pub fn write_all_vectored_at(
     Ok(())
 }
 
+/// Chunks written at consecutive offsets of a file from `at` on, gathered until `batch` bytes
+/// wait and then written with one [`write_all_vectored_at`] (the chunks as they are, no copy).
+pub struct BatchedWriter<'a> {
+    file: &'a std::fs::File,
+    /// Where the first waiting chunk goes.
+    at: u64,
+    waiting: Vec<bytes::Bytes>,
+    waiting_len: u64,
+    batch: u64,
+}
+
+impl<'a> BatchedWriter<'a> {
+    pub fn new(file: &'a std::fs::File, at: u64, batch: usize) -> BatchedWriter<'a> {
+        BatchedWriter {
+            file,
+            at,
+            waiting: Vec::new(),
+            waiting_len: 0,
+            batch: batch as u64,
+        }
+    }
+
+    /// Adds `chunk` after everything pushed so far; writes the batch once it is full.
+    pub fn push(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
+        self.waiting_len += chunk.len() as u64;
+        self.waiting.push(chunk);
+        if self.waiting_len >= self.batch {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes what waits.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        if !self.waiting.is_empty() {
+            write_all_vectored_at(self.file, &self.waiting, self.at)?;
+            self.at += self.waiting_len;
+            self.waiting.clear();
+            self.waiting_len = 0;
+        }
+        Ok(())
+    }
+
+    /// The offset just past everything pushed, written or not.
+    pub fn end(&self) -> u64 {
+        self.at + self.waiting_len
+    }
+}
+
 /// A manifest mtime (microseconds since the epoch, possibly negative) as a file time.
 pub fn file_time_from_us(mtime_us: i64) -> filetime::FileTime {
     let ns = i128::from(mtime_us) * 1000;
@@ -125,6 +174,26 @@ mod tests {
         want.extend_from_slice(b"ab");
         want.extend((0..1500).map(|i| b'0' + (i % 10) as u8));
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn batched_writes_land_in_order_and_only_full_batches_go_before_the_flush() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("f");
+        let f = std::fs::File::create(&path).unwrap();
+        let mut w = BatchedWriter::new(&f, 2, 5);
+        w.push(bytes::Bytes::from_static(b"abc")).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"",
+            "3 of 5 bytes: still waiting"
+        );
+        w.push(bytes::Bytes::from_static(b"defg")).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"\0\0abcdefg");
+        w.push(bytes::Bytes::from_static(b"hi")).unwrap();
+        assert_eq!(w.end(), 11, "past everything pushed, written or not");
+        w.flush().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"\0\0abcdefghi");
     }
 
     #[test]
