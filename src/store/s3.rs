@@ -210,7 +210,7 @@ impl S3Store {
             store: self.describe.clone(),
             op,
             key: key.into(),
-            message: format!("{}{hint}", describe_sdk_error(&e)),
+            message: format!("{}{hint}", describe_sdk_error(&e, status)),
             retryable,
         }
     }
@@ -231,19 +231,18 @@ impl S3Store {
 /// What went wrong, for a person: the HTTP status and the store's code and message when the
 /// store replied (the SDK's own text for an unmodelled reply is a debug dump of the response),
 /// the whole cause chain when no reply came (connection refused, timeout, TLS).
-fn describe_sdk_error<E>(e: &SdkError<E>) -> String
+fn describe_sdk_error<E>(e: &SdkError<E>, status: Option<u16>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let Some(reply) = e.raw_response() else {
+    let Some(status) = status else {
         return DisplayErrorContext(e).to_string();
     };
-    let status = reply.status();
-    let reason = http::StatusCode::from_u16(status.as_u16())
+    let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
-    let mut text = format!("HTTP {} {reason}", status.as_u16());
+    let mut text = format!("HTTP {status} {reason}");
     match (e.code(), e.message()) {
         (Some(code), Some(message)) => text += &format!(": {code}: {message}"),
         (Some(code), None) => text += &format!(": {code}"),
@@ -318,32 +317,23 @@ impl ObjectStore for S3Store {
         let state = Some((out.body, bandwidth, self.describe.clone(), key.to_string()));
         let body = futures::stream::unfold(state, move |state| async move {
             let (mut stream, bandwidth, describe, key) = state?;
-            let failed = |describe, key, message: String| StoreError::Failed {
+            let message = match tokio::time::timeout(timeout, stream.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    bandwidth.download.acquire(chunk.len()).await;
+                    return Some((Ok(chunk), Some((stream, bandwidth, describe, key))));
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => DisplayErrorContext(&e).to_string(),
+                Err(_) => format!("no data for {timeout:?} (s3.read_timeout)"),
+            };
+            let failed = StoreError::Failed {
                 store: describe,
                 op: "GET",
                 key,
                 message,
                 retryable: true,
             };
-            match tokio::time::timeout(timeout, stream.next()).await {
-                Err(_) => Some((
-                    Err(failed(
-                        describe,
-                        key,
-                        format!("no data for {timeout:?} (s3.read_timeout)"),
-                    )),
-                    None,
-                )),
-                Ok(None) => None,
-                Ok(Some(Err(e))) => {
-                    let message = DisplayErrorContext(&e).to_string();
-                    Some((Err(failed(describe, key, message)), None))
-                }
-                Ok(Some(Ok(chunk))) => {
-                    bandwidth.download.acquire(chunk.len()).await;
-                    Some((Ok(chunk), Some((stream, bandwidth, describe, key))))
-                }
-            }
+            Some((Err(failed), None))
         });
         Ok(GetObject {
             content_length,
