@@ -1,10 +1,11 @@
-//! Content hashing: the XXH3-128 content hash type, file hashing, the parallel hasher and the
-//! persistent hash cache.
+//! Content hashing: the XXH3-128 content hash type, file hashing, the parallel hasher, the
+//! persistent hash cache and the recorder that fills it while files are downloaded.
 
 pub mod as_written;
 pub mod cache;
 pub mod file;
 pub mod parallel;
+pub mod recorder;
 
 use std::fmt;
 

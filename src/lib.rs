@@ -9,7 +9,7 @@ pub mod config;
 pub mod daemon;
 /// Small file-system helpers: atomic writes, and files staged unnamed until complete.
 pub mod fsutil;
-/// Content hashing: XXH3-128 hash type, file hashing, parallel hasher, persistent hash cache.
+/// Content hashing: XXH3-128 hash type, file hashing, parallel hasher, hash cache and recorder.
 pub mod hash;
 /// Workflows run by the CLI and the daemon: hash, put, get, submit, sync-inputs/outputs, verify.
 pub mod jobs;

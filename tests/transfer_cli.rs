@@ -146,10 +146,12 @@ fn bytes_written_by(pid: u32) -> u64 {
 fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
+    // Large enough for the download to record them in the hash cache (64 KiB and up).
+    let content = |tag: &str| tag.repeat(6000);
     for i in 0..50 {
         let p = root.join(format!("d{}/f{i}.txt", i % 5));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, format!("content {i:04}")).unwrap();
+        std::fs::write(&p, content(&format!("content {i:04}"))).unwrap();
     }
     let (cache, store, manifest) = put_to_local_store(t.path(), &root);
     let dest = t.path().join("dest");
@@ -163,19 +165,33 @@ fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         (
             v["unchanged_files"].as_u64().unwrap(),
+            v["unchanged_read_files"].as_u64().unwrap(),
             v["download"]["objects"].as_u64().unwrap(),
         )
     };
-    assert_eq!(get(), (0, 50));
-    assert_eq!(get(), (50, 0), "everything already in place");
+    assert_eq!(get(), (0, 0, 50));
+    assert_eq!(
+        get(),
+        (50, 0, 0),
+        "everything already in place, known from the hash cache without reading a file"
+    );
     // Same size, mtime put back: only the content differs.
     let changed = dest.join("d3/f13.txt");
     let mtime = filetime::FileTime::from_last_modification_time(&changed.metadata().unwrap());
-    std::fs::write(&changed, "CONTENT 0013").unwrap();
+    std::fs::write(&changed, content("CONTENT 0013")).unwrap();
     filetime::set_file_mtime(&changed, mtime).unwrap();
-    assert_eq!(get(), (49, 1), "the changed file is fetched again");
-    assert_eq!(std::fs::read_to_string(&changed).unwrap(), "content 0013");
-    assert_eq!(get(), (50, 0));
+    assert_eq!(get(), (49, 0, 1), "the changed file is fetched again");
+    assert_eq!(
+        std::fs::read_to_string(&changed).unwrap(),
+        content("content 0013")
+    );
+    assert_eq!(get(), (50, 0, 0));
+    // Without the cache's knowledge the files are read to be recognized, and recorded once
+    // they are old enough to be trusted.
+    std::fs::remove_dir_all(&cache).unwrap();
+    wait_out_racy_window();
+    assert_eq!(get(), (50, 50, 0));
+    assert_eq!(get(), (50, 0, 0));
 }
 
 #[cfg(target_os = "linux")]

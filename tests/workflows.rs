@@ -133,6 +133,22 @@ fn submit_sync_render_sync_outputs_download_outputs() {
         );
     }
 
+    // The next task's sync finds every input in place: nothing is fetched, and the one file
+    // of 64 KiB or more is known to the hash cache from its download, so only the 6 small
+    // files are read to check.
+    let (code, _, err) = run(f
+        .attache("worker")
+        .arg("sync-inputs")
+        .arg("--attachments")
+        .arg(&att)
+        .arg("--session-dir")
+        .arg(&session));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("downloaded 0 objects (0 B), 7 already in place (6 read to check)\n"),
+        "{err}"
+    );
+
     // The task renders two frames and touches an input outside the output dir.
     write(&local.join("renders/f0001.exr"), b"frame 1");
     write(&local.join("renders/sub/f0002.exr"), b"frame 2");

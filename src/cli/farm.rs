@@ -324,13 +324,14 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
     for r in out["roots"].as_array().into_iter().flatten() {
         let rep = &r["report"];
         eprintln!(
-            "{} -> {}: {} files; downloaded {} objects ({}), {} already in place",
+            "{} -> {}: {} files; downloaded {} objects ({}), {} already in place{}",
             r["root_path"].as_str().unwrap_or_default(),
             r["local_root"].as_str().unwrap_or_default(),
             rep["files"],
             rep["download"]["objects"],
             size(&rep["download"]["downloaded_bytes"]),
-            rep["unchanged_files"]
+            rep["unchanged_files"],
+            super::get_cmd::read_to_check(rep["unchanged_read_files"].as_u64().unwrap_or(0))
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -69,7 +69,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
     } else {
         let d = &report.download;
         eprintln!(
-            "{}: {} files ({}) in {:.2} s: downloaded {} objects ({}), {} copies, {} already in place, {} fetched again",
+            "{}: {} files ({}) in {:.2} s: downloaded {} objects ({}), {} copies, {} already in place{}, {} fetched again",
             args.dest.display(),
             report.files,
             ByteSize(report.bytes).display().iec(),
@@ -78,8 +78,18 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             ByteSize(d.downloaded_bytes).display().iec(),
             d.copied_files,
             report.unchanged_files,
+            read_to_check(report.unchanged_read_files),
             d.refetched
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// " (N read to check)" when files in place had to be read to be recognized.
+pub fn read_to_check(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} read to check)")
+    }
 }

@@ -68,8 +68,9 @@ impl Staged {
     }
 
     /// Gives the file the name `dest` (in the directory it was made in), replacing a file
-    /// already there atomically: readers see the old file or the whole new one.
-    pub fn persist(self, dest: &Path) -> io::Result<()> {
+    /// already there atomically: readers see the old file or the whole new one. Returns the
+    /// file, now named, so the caller can stat what it placed.
+    pub fn persist(self, dest: &Path) -> io::Result<File> {
         match self.inner {
             #[cfg(target_os = "linux")]
             Inner::Unnamed {
@@ -88,12 +89,12 @@ impl Staged {
                             .make_in(&dir, |tmp| link_following(&from, tmp))?
                             .persist(dest)
                             .map_err(|e| e.error)?;
-                        Ok(())
                     }
-                    other => other,
+                    other => other?,
                 }
+                Ok(file)
             }
-            Inner::Named(t) => t.persist(dest).map(drop).map_err(|e| e.error),
+            Inner::Named(t) => t.persist(dest).map_err(|e| e.error),
         }
     }
 }

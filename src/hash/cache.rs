@@ -19,6 +19,11 @@
 //! right. A file whose mtime or ctime is within [`RACY_WINDOW_NS`] of the moment it was read is
 //! hashed but not cached: a write landing in the same timestamp tick would go unseen (git's
 //! "racily clean" problem).
+//!
+//! Files attache has just written and verified itself (downloads) are the exception: they are
+//! recorded at once (`hash::recorder`), keyed by their stat after they got their name. Their
+//! mtime is the manifest's, set by attache, so any later write moves it, and only a write that
+//! also set that exact mtime back inside the same clock tick as the naming could go unseen.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -34,6 +39,20 @@ pub const FILE_NAME: &str = "hash-cache-v1.sqlite3";
 
 /// Files modified this close to the moment they were read are not cached.
 pub const RACY_WINDOW_NS: i64 = 1_000_000_000;
+
+/// Whether a file that looked like `stat` when it was read, at `read_at_ns` (Unix ns), changed
+/// too recently for its hash to be cached.
+pub fn is_racy(stat: &FileStat, read_at_ns: i64) -> bool {
+    stat.mtime_ns.max(stat.ctime_ns) > read_at_ns - RACY_WINDOW_NS
+}
+
+/// Now, in nanoseconds since the Unix epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use super::ContentHash;
-use super::cache::{CacheRecord, HashCache, RACY_WINDOW_NS};
+use super::cache::{CacheRecord, HashCache, is_racy, now_ns};
 use super::file::{HashFileError, hash_file_keeping};
 use crate::manifest::{Manifest, ManifestEntry, ManifestPath};
 use crate::progress::Progress;
@@ -179,7 +179,7 @@ pub fn hash_tree(
             match hash_file_keeping(Path::new(path), read_buffer, keep, &stop, &on_bytes) {
                 Ok(fh) => {
                     progress.add_files(1);
-                    let racy = fh.stat.mtime_ns.max(fh.stat.ctime_ns) > started_ns - RACY_WINDOW_NS;
+                    let racy = is_racy(&fh.stat, started_ns);
                     let file = HashedFile {
                         rel: f.rel,
                         stat: fh.stat,
@@ -251,13 +251,6 @@ pub fn to_manifest(files: &[HashedFile]) -> Manifest {
             })
             .collect(),
     )
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

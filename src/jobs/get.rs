@@ -16,7 +16,8 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::hash::ContentHash;
-use crate::hash::cache::{HashCache, Snapshot};
+use crate::hash::cache::{HashCache, Snapshot, is_racy, now_ns};
+use crate::hash::recorder::{CacheRecorder, RecordSink};
 use crate::manifest::{Manifest, ManifestEntry, ManifestPath, PathRules};
 use crate::scan::FileStat;
 use crate::transfer::download::{DownloadItem, DownloadReport, download_all};
@@ -66,6 +67,9 @@ pub struct GetReport {
     pub bytes: u64,
     /// Files already in place with the right content.
     pub unchanged_files: u64,
+    /// Of those, files that had to be read to be recognized (the hash cache did not know them
+    /// or they had changed since it did).
+    pub unchanged_read_files: u64,
     /// Files left alone because other content was there (`--conflict skip`).
     pub skipped_files: u64,
     pub download: DownloadReport,
@@ -89,21 +93,68 @@ pub async fn run(
             path: spec.dest.clone(),
             message: e.to_string(),
         })?;
+    // The hash cache is keyed by absolute paths.
+    let dest = std::path::absolute(&spec.dest).map_err(TransferError::io(&spec.dest))?;
     let files = spec.manifest.len() as u64;
     let bytes = spec.manifest.total_size();
     transfer.progress.add_total(files, bytes);
-    let plan = {
-        let dest = spec.dest.clone();
+    // Hashes the plan had to compute and files the download places go to the cache as they
+    // come, so the next sync trusts them without reading them.
+    let recorder = spec.cache_dir.as_deref().and_then(start_recorder);
+    let sink = recorder.as_ref().map(CacheRecorder::sink);
+    let placed = plan_and_download(spec, dest, sink, transfer, cancel).await;
+    if let Some(r) = recorder {
+        tokio::task::spawn_blocking(move || r.finish())
+            .await
+            .expect("cache recorder panicked");
+    }
+    let (plan, download) = placed?;
+    Ok(GetReport {
+        files,
+        bytes,
+        unchanged_files: plan.unchanged.0,
+        unchanged_read_files: plan.unchanged_read,
+        skipped_files: plan.skipped.0,
+        download,
+        seconds: started.elapsed().as_secs_f64(),
+        placed: plan.placed,
+    })
+}
+
+fn start_recorder(cache_dir: &Path) -> Option<CacheRecorder> {
+    // A cache that cannot be opened is reported once, by the plan.
+    let cache = HashCache::open(cache_dir).ok()?;
+    CacheRecorder::start(cache)
+        .map_err(|e| tracing::warn!("hash cache recorder: {e}"))
+        .ok()
+}
+
+async fn plan_and_download(
+    spec: GetSpec,
+    dest: PathBuf,
+    sink: Option<RecordSink>,
+    transfer: Arc<Transfer>,
+    cancel: &CancellationToken,
+) -> Result<(Plan, DownloadReport), TransferError> {
+    let mut plan = {
+        let dest = dest.clone();
         let (manifest, cache_dir, conflict) = (spec.manifest, spec.cache_dir, spec.conflict);
-        let record = spec.record_placed;
+        let (record, sink) = (spec.record_placed, sink.clone());
         tokio::task::spawn_blocking(move || {
-            plan(manifest, &dest, cache_dir.as_deref(), conflict, record)
+            plan(
+                manifest,
+                &dest,
+                cache_dir.as_deref(),
+                sink.as_ref(),
+                conflict,
+                record,
+            )
         })
         .await
         .expect("planning task panicked")?
     };
     if spec.check_space {
-        check_space(&spec.dest, plan.items.iter().map(|i| i.size).sum())?;
+        check_space(&dest, plan.items.iter().map(|i| i.size).sum())?;
     }
     transfer
         .progress
@@ -111,16 +162,9 @@ pub async fn run(
     transfer
         .progress
         .add_bytes(plan.unchanged.1 + plan.skipped.1);
-    let download = download_all(transfer, &spec.dest, plan.items, cancel).await?;
-    Ok(GetReport {
-        files,
-        bytes,
-        unchanged_files: plan.unchanged.0,
-        skipped_files: plan.skipped.0,
-        download,
-        seconds: started.elapsed().as_secs_f64(),
-        placed: plan.placed,
-    })
+    let items = std::mem::take(&mut plan.items);
+    let download = download_all(transfer, &dest, items, sink, cancel).await?;
+    Ok((plan, download))
 }
 
 /// Fails early, naming the numbers, when `need` bytes will not fit under `dir`.
@@ -156,6 +200,8 @@ struct Plan {
     items: Vec<DownloadItem>,
     /// (files, bytes) already in place.
     unchanged: (u64, u64),
+    /// Files in place that had to be read to be recognized.
+    unchanged_read: u64,
     /// (files, bytes) left alone under `Conflict::Skip`.
     skipped: (u64, u64),
     placed: Vec<ManifestEntry>,
@@ -168,19 +214,22 @@ fn plan(
     manifest: Manifest,
     dest: &Path,
     cache_dir: Option<&Path>,
+    sink: Option<&RecordSink>,
     conflict: Conflict,
     record: bool,
 ) -> Result<Plan, TransferError> {
     std::fs::create_dir_all(dest).map_err(TransferError::io(dest))?;
     let cache = cache_dir.and_then(|d| HashCache::open(d).map_err(|e| tracing::warn!("{e}")).ok());
     // Files already in place are checked against the cache in one read transaction; hashes
-    // of files that had to be read are written in batches, with the snapshot closed.
-    let mut snapshot = cache.as_ref().and_then(open_snapshot);
-    let mut hashed: Vec<Hashed> = Vec::new();
+    // of files that had to be read go to the recorder (its own connection).
+    let snapshot = cache
+        .as_ref()
+        .and_then(|c| c.snapshot().map_err(|e| tracing::warn!("{e}")).ok());
     let mut made: HashSet<PathBuf> = HashSet::new();
     let mut p = Plan {
         items: Vec::with_capacity(manifest.len()),
         unchanged: (0, 0),
+        unchanged_read: 0,
         skipped: (0, 0),
         placed: Vec::new(),
     };
@@ -188,13 +237,6 @@ fn plan(
     // plain get moves each path into the plan instead.
     let mut entries = manifest.into_entries();
     for e in entries.iter_mut() {
-        if hashed.len() >= STORE_BATCH
-            && let Some(c) = &cache
-        {
-            drop(snapshot.take()); // the write needs the connection
-            store_hashed(c, &mut hashed);
-            snapshot = open_snapshot(c);
-        }
         // A plain get moves the path's bytes into the plan when they are the POSIX bytes
         // (valid UTF-8: nearly every path); a recorded one keeps them for the record.
         let converted: Option<Box<[u8]>> = match e.path.to_posix_bytes() {
@@ -218,7 +260,17 @@ fn plan(
         let (hash, size, mtime_us) = (e.hash, e.size, e.mtime_us);
         match std::fs::symlink_metadata(&path) {
             Err(_) => {}
-            Ok(meta) if already_there(&path, &meta, size, hash, snapshot.as_ref(), &mut hashed) => {
+            Ok(meta)
+                if already_there(
+                    &path,
+                    &meta,
+                    size,
+                    hash,
+                    snapshot.as_ref(),
+                    sink,
+                    &mut p.unchanged_read,
+                ) =>
+            {
                 p.unchanged.0 += 1;
                 p.unchanged.1 += size;
                 fix_mtime(&path, &meta, mtime_us);
@@ -253,38 +305,10 @@ fn plan(
         });
     }
     drop(snapshot);
-    if let Some(c) = &cache {
-        store_hashed(c, &mut hashed);
-    }
     if record {
         p.placed = entries;
     }
     Ok(p)
-}
-
-/// A file in place that was hashed because the cache did not know it: (path, stat, hash).
-type Hashed = (Vec<u8>, FileStat, ContentHash);
-
-fn open_snapshot(cache: &HashCache) -> Option<Snapshot<'_>> {
-    cache.snapshot().map_err(|e| tracing::warn!("{e}")).ok()
-}
-
-/// Hashes of files in place are written to the cache this many at a time.
-const STORE_BATCH: usize = 1024;
-
-fn store_hashed(cache: &HashCache, hashed: &mut Vec<Hashed>) {
-    let records: Vec<_> = hashed
-        .iter()
-        .map(|(path, stat, hash)| crate::hash::cache::CacheRecord {
-            path,
-            stat,
-            hash: *hash,
-        })
-        .collect();
-    if let Err(e) = cache.store(&records) {
-        tracing::warn!("{e}");
-    }
-    hashed.clear();
 }
 
 /// `name (1).ext`, `name (2).ext`, …: the first that does not exist.
@@ -362,14 +386,16 @@ fn make_dirs(root: &Path, dir: &Path, made: &mut HashSet<PathBuf>) -> Result<(),
 }
 
 /// A regular file (`meta`: its stat) of the right size whose content hashes to `hash`. A file
-/// the cache does not know is hashed, and its hash added to `hashed` for the cache.
+/// the cache does not know is hashed, and its hash sent to `sink` unless it changed too
+/// recently to be trusted.
 fn already_there(
     path: &Path,
     meta: &std::fs::Metadata,
     size: u64,
     hash: ContentHash,
     cache: Option<&Snapshot<'_>>,
-    hashed: &mut Vec<Hashed>,
+    sink: Option<&RecordSink>,
+    read: &mut u64,
 ) -> bool {
     if !meta.is_file() || meta.len() != size {
         return false;
@@ -381,13 +407,63 @@ fn already_there(
     {
         return h == hash;
     }
+    let read_at = now_ns();
     match crate::hash::file::hash_file(path, 1 << 20, &CancellationToken::new(), &|_| {}) {
         Ok(fh) => {
-            if cache.is_some() {
-                hashed.push((key.to_vec(), fh.stat, fh.hash));
+            if fh.hash == hash {
+                *read += 1;
+            }
+            if let Some(sink) = sink
+                && !is_racy(&fh.stat, read_at)
+            {
+                sink.record(path, fh.stat, fh.hash);
             }
             fh.hash == hash
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks `path` as a file in place (expecting `content`) with an empty cache, and says
+    /// whether its hash was recorded.
+    fn recorded_after_check(path: &Path, content: &[u8], cache_dir: &Path) -> bool {
+        let rec = CacheRecorder::start(HashCache::open(cache_dir).unwrap()).unwrap();
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        let mut read = 0;
+        let sink = rec.sink();
+        let hash = ContentHash::of(content);
+        assert!(already_there(
+            path,
+            &meta,
+            content.len() as u64,
+            hash,
+            None,
+            Some(&sink),
+            &mut read
+        ));
+        assert_eq!(read, 1);
+        rec.finish();
+        let stat = FileStat::of(&meta);
+        let cache = HashCache::open(cache_dir).unwrap();
+        cache.lookup(path.as_os_str().as_bytes(), &stat).unwrap() == Some(hash)
+    }
+
+    #[test]
+    fn a_file_in_place_is_recorded_only_once_it_is_old_enough_to_trust() {
+        let t = tempfile::tempdir().unwrap();
+        let (cache, path) = (t.path().join("cache"), t.path().join("f"));
+        std::fs::write(&path, b"in place").unwrap();
+        assert!(
+            !recorded_after_check(&path, b"in place", &cache),
+            "written just now: a write in the same clock tick would go unseen"
+        );
+        std::thread::sleep(std::time::Duration::from_nanos(
+            crate::hash::cache::RACY_WINDOW_NS as u64 + 100_000_000,
+        ));
+        assert!(recorded_after_check(&path, b"in place", &cache));
     }
 }
