@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Cancelled, normalize_root, on_pool};
 use crate::hash::cache::{CacheError, HashCache};
 use crate::hash::parallel::{
-    CacheUse, HashErrors, HashOutcome, HashSink, HashStats, HashedFile, hash_tree, to_manifest,
+    CacheUse, HashErrors, HashOutcome, HashSink, HashStats, hash_tree, to_manifest,
 };
 use crate::manifest::Manifest;
 use crate::progress::Progress;
@@ -68,7 +68,6 @@ pub enum HashJobError {
 pub struct HashedRoot {
     /// The root as it names the manifest: absolute, normalized.
     pub root: PathBuf,
-    pub files: Vec<HashedFile>,
     pub manifest: Manifest,
     pub stats: HashStats,
 }
@@ -187,8 +186,7 @@ pub fn hash_listed(
     match hash_tree(root, files, cache, spec.read_buffer, cancel, progress, sink)? {
         HashOutcome::Done(files, stats) => Ok(HashedRoot {
             root: root.to_path_buf(),
-            manifest: to_manifest(&files),
-            files,
+            manifest: to_manifest(files),
             stats,
         }),
         HashOutcome::Cancelled => Err(Cancelled.into()),

@@ -5,7 +5,7 @@
 //! were hashed: small files reuse the hashing read, other files are hashed again as they are
 //! read for upload, and content that no longer matches its planned hash is never stored.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::inflight::{self, Claim, Done};
-use super::known_present::KnownPresent;
+use super::known_present::{KnownEntries, KnownPresent};
 use super::{Transfer, TransferError, cancellable, run_pieces};
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
@@ -263,7 +263,7 @@ struct KnownView {
 
 enum Loaded {
     /// The store's entries when they were loaded (hash → verified at).
-    Entries(HashMap<ContentHash, i64>),
+    Entries(KnownEntries),
     /// Too many entries to hold: one query per object.
     TooMany,
     /// The index could not be read: ask the store.
@@ -289,7 +289,7 @@ impl KnownView {
         let age = match loaded {
             Some(Loaded::Failed) => return false,
             Some(Loaded::Entries(entries)) => {
-                entries.get(&hash).map(|&at| KnownPresent::age_of(at))
+                entries.get(&hash).map(KnownPresent::age_of)
             }
             Some(Loaded::TooMany) | None => match k.age(store_id, hash) {
                 Ok(age) => age,
