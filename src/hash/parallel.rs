@@ -111,10 +111,15 @@ pub fn hash_tree(
         );
         p
     };
-    let keys: Vec<Vec<u8>> = {
-        files.sort_by_cached_key(|f| abs(&f.rel));
-        files.iter().map(|f| abs(&f.rel)).collect()
-    };
+    // In the order of the absolute paths (the cache's range scan needs it), which is the order
+    // of the relative ones: they all follow the same root. Borrowed bytes for any UTF-8 path,
+    // so sorting allocates nothing.
+    fn posix(rel: &ManifestPath) -> std::borrow::Cow<'_, [u8]> {
+        rel.to_posix_bytes()
+            .expect("scanned paths come from file names")
+    }
+    files.sort_unstable_by(|a, b| posix(&a.rel).cmp(&posix(&b.rel)));
+    let keys: Vec<Vec<u8>> = files.iter().map(|f| abs(&f.rel)).collect();
     let cached = match cache {
         Some(c) => {
             let batch: Vec<(&[u8], &FileStat)> = keys

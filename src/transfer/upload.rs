@@ -288,9 +288,7 @@ impl KnownView {
         });
         let age = match loaded {
             Some(Loaded::Failed) => return false,
-            Some(Loaded::Entries(entries)) => {
-                entries.get(&hash).map(KnownPresent::age_of)
-            }
+            Some(Loaded::Entries(entries)) => entries.get(&hash).map(KnownPresent::age_of),
             Some(Loaded::TooMany) | None => match k.age(store_id, hash) {
                 Ok(age) => age,
                 Err(e) => {
