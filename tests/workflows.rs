@@ -109,13 +109,16 @@ fn submit_sync_render_sync_outputs_download_outputs() {
 
     // Worker: sync inputs into the session dir.
     let session = f.path("session");
-    let rules = f.ok(f
-        .attache("worker")
-        .arg("sync-inputs")
-        .arg("--attachments")
-        .arg(&att)
-        .arg("--session-dir")
-        .arg(&session));
+    let sync_inputs = || {
+        let mut c = f.attache("worker");
+        c.arg("sync-inputs")
+            .arg("--attachments")
+            .arg(&att)
+            .arg("--session-dir")
+            .arg(&session);
+        c
+    };
+    let rules = f.ok(&mut sync_inputs());
     let rules: serde_json::Value = serde_json::from_str(&rules).unwrap();
     let local = PathBuf::from(rules[0]["destination_path"].as_str().unwrap());
     assert_eq!(rules[0]["source_path"], proj.to_str().unwrap());
@@ -136,13 +139,7 @@ fn submit_sync_render_sync_outputs_download_outputs() {
     // The next task's sync finds every input in place: nothing is fetched, and the one file
     // of 64 KiB or more is known to the hash cache from its download, so only the 6 small
     // files are read to check.
-    let (code, _, err) = run(f
-        .attache("worker")
-        .arg("sync-inputs")
-        .arg("--attachments")
-        .arg(&att)
-        .arg("--session-dir")
-        .arg(&session));
+    let (code, _, err) = run(&mut sync_inputs());
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("downloaded 0 objects (0 B), 7 already in place (6 read to check)\n"),
