@@ -91,7 +91,8 @@ const RECORD_FROM: u64 = 64 << 10;
 const TRIES: u32 = 3;
 
 /// Downloads every item under `root`, `transfer.workers` objects at a time. The first failure
-/// stops the rest. Each file placed is sent to `record` (for the hash cache).
+/// stops the rest. Each placed file of `RECORD_FROM` bytes or more is sent to `record` (for
+/// the hash cache).
 pub async fn download_all(
     t: Arc<Transfer>,
     root: &Path,
