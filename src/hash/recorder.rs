@@ -59,10 +59,17 @@ impl CacheRecorder {
     }
 
     /// Commits everything recorded so far and ends the thread; later records are dropped.
-    /// Blocks for one transaction at most: call it from a blocking thread.
+    /// Blocks for one transaction (longer while another process holds the cache's write
+    /// lock): call it from a blocking thread.
     pub fn finish(self) {
         let _ = self.tx.send(Msg::Finish);
         let _ = self.thread.join();
+    }
+
+    /// Like [`Self::finish`] without waiting: for a cancelled or failed job, which must not
+    /// wait on the cache. What was recorded is committed if the process lives long enough.
+    pub fn detach(self) {
+        let _ = self.tx.send(Msg::Finish);
     }
 }
 
@@ -149,6 +156,28 @@ mod tests {
         let cache = HashCache::open(dir.path()).unwrap();
         for (p, s, h) in &files {
             assert_eq!(cache.lookup(p.as_bytes(), s).unwrap(), Some(*h), "{p}");
+        }
+    }
+
+    #[test]
+    fn a_detached_recorder_still_commits_what_it_was_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = CacheRecorder::start(HashCache::open(dir.path()).unwrap()).unwrap();
+        let stat = FileStat {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: 4,
+            ctime_ns: 5,
+        };
+        rec.sink()
+            .record(Path::new("/d/f"), stat.clone(), ContentHash(9));
+        rec.detach();
+        let cache = HashCache::open(dir.path()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.lookup(b"/d/f", &stat).unwrap().is_none() {
+            assert!(Instant::now() < deadline, "never committed");
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }

@@ -103,10 +103,13 @@ pub async fn run(
     let recorder = spec.cache_dir.as_deref().and_then(start_recorder);
     let sink = recorder.as_ref().map(CacheRecorder::sink);
     let placed = plan_and_download(spec, dest, sink, transfer, cancel).await;
-    if let Some(r) = recorder {
-        tokio::task::spawn_blocking(move || r.finish())
+    match recorder {
+        Some(r) if placed.is_ok() => tokio::task::spawn_blocking(move || r.finish())
             .await
-            .expect("cache recorder panicked");
+            .expect("cache recorder panicked"),
+        // A cancel must not wait on the cache.
+        Some(r) => r.detach(),
+        None => {}
     }
     let (plan, download) = placed?;
     Ok(GetReport {
