@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use super::Cancelled;
 use crate::hash::ContentHash;
 use crate::hash::cache::{HashCache, Snapshot, is_racy, now_ns};
 use crate::hash::recorder::{CacheRecorder, RecordSink};
@@ -142,15 +143,15 @@ async fn plan_and_download(
     let mut plan = {
         let dest = dest.clone();
         let (manifest, cache_dir, conflict) = (spec.manifest, spec.cache_dir, spec.conflict);
-        let (record, sink) = (spec.record_placed, sink.clone());
+        let (record, sink, cancel) = (spec.record_placed, sink.clone(), cancel.clone());
         tokio::task::spawn_blocking(move || {
             plan(
                 manifest,
                 &dest,
                 cache_dir.as_deref(),
                 sink.as_ref(),
-                conflict,
-                record,
+                (conflict, record),
+                &cancel,
             )
         })
         .await
@@ -218,8 +219,8 @@ fn plan(
     dest: &Path,
     cache_dir: Option<&Path>,
     sink: Option<&RecordSink>,
-    conflict: Conflict,
-    record: bool,
+    (conflict, record): (Conflict, bool),
+    cancel: &CancellationToken,
 ) -> Result<Plan, TransferError> {
     std::fs::create_dir_all(dest).map_err(TransferError::io(dest))?;
     let cache = cache_dir.and_then(|d| HashCache::open(d).map_err(|e| tracing::warn!("{e}")).ok());
@@ -261,25 +262,25 @@ fn plan(
             make_dirs(dest, parent, &mut made)?;
         }
         let (hash, size, mtime_us) = (e.hash, e.size, e.mtime_us);
-        match std::fs::symlink_metadata(&path) {
-            Err(_) => {}
-            Ok(meta)
-                if already_there(
-                    &path,
-                    &meta,
-                    size,
-                    hash,
-                    snapshot.as_ref(),
-                    sink,
-                    &mut p.unchanged_read,
-                ) =>
-            {
+        let found = std::fs::symlink_metadata(&path).ok().map(|meta| {
+            let there = already_there(&path, &meta, (size, hash), snapshot.as_ref(), sink, cancel);
+            (there, meta)
+        });
+        // A cancel stops the plan here: a million entries take seconds even when no file has
+        // to be read, and minutes when they all do.
+        if cancel.is_cancelled() {
+            return Err(Cancelled.into());
+        }
+        match found {
+            None => {}
+            Some((there @ (InPlace::Known | InPlace::Read), meta)) => {
+                p.unchanged_read += u64::from(there == InPlace::Read);
                 p.unchanged.0 += 1;
                 p.unchanged.1 += size;
                 fix_mtime(&path, &meta, mtime_us);
                 continue;
             }
-            Ok(existing) => match conflict {
+            Some((InPlace::No, existing)) => match conflict {
                 Conflict::Overwrite => {}
                 Conflict::Skip => {
                     p.skipped.0 += 1;
@@ -388,42 +389,57 @@ fn make_dirs(root: &Path, dir: &Path, made: &mut HashSet<PathBuf>) -> Result<(),
     Ok(())
 }
 
-/// A regular file (`meta`: its stat) of the right size whose content hashes to `hash`. A file
-/// the cache does not know is hashed, and its hash sent to `sink` unless it changed too
-/// recently to be trusted.
+/// What is at a destination path, as far as the plan is concerned.
+#[derive(Debug, PartialEq, Eq)]
+enum InPlace {
+    /// Not the manifest's content (or not a regular file, or not readable).
+    No,
+    /// The manifest's content, as the hash cache knows.
+    Known,
+    /// The manifest's content, found by reading the file.
+    Read,
+}
+
+/// Whether the regular file at `path` (`meta`: its stat) has the right size and content. A
+/// file the cache does not know is hashed (a cancel stops that), and its hash sent to `sink`
+/// unless it changed too recently to be trusted.
 fn already_there(
     path: &Path,
     meta: &std::fs::Metadata,
-    size: u64,
-    hash: ContentHash,
+    (size, hash): (u64, ContentHash),
     cache: Option<&Snapshot<'_>>,
     sink: Option<&RecordSink>,
-    read: &mut u64,
-) -> bool {
+    cancel: &CancellationToken,
+) -> InPlace {
     if !meta.is_file() || meta.len() != size {
-        return false;
+        return InPlace::No;
     }
     let stat = FileStat::of(meta);
     let key = path.as_os_str().as_bytes();
     if let Some(c) = cache
         && let Ok(Some(h)) = c.lookup(key, &stat)
     {
-        return h == hash;
+        return if h == hash {
+            InPlace::Known
+        } else {
+            InPlace::No
+        };
     }
     let read_at = now_ns();
-    match crate::hash::file::hash_file(path, 1 << 20, &CancellationToken::new(), &|_| {}) {
+    match crate::hash::file::hash_file(path, 1 << 20, cancel, &|_| {}) {
         Ok(fh) => {
-            if fh.hash == hash {
-                *read += 1;
-            }
             if let Some(sink) = sink
                 && !is_racy(&fh.stat, read_at)
             {
                 sink.record(path, fh.stat, fh.hash);
             }
-            fh.hash == hash
+            if fh.hash == hash {
+                InPlace::Read
+            } else {
+                InPlace::No
+            }
         }
-        Err(_) => false,
+        Err(_) => InPlace::No,
     }
 }
 
@@ -436,23 +452,47 @@ mod tests {
     fn recorded_after_check(path: &Path, content: &[u8], cache_dir: &Path) -> bool {
         let rec = CacheRecorder::start(HashCache::open(cache_dir).unwrap()).unwrap();
         let meta = std::fs::symlink_metadata(path).unwrap();
-        let mut read = 0;
         let sink = rec.sink();
         let hash = ContentHash::of(content);
-        assert!(already_there(
+        let there = already_there(
             path,
             &meta,
-            content.len() as u64,
-            hash,
+            (content.len() as u64, hash),
             None,
             Some(&sink),
-            &mut read
-        ));
-        assert_eq!(read, 1);
+            &CancellationToken::new(),
+        );
+        assert_eq!(there, InPlace::Read);
         rec.finish();
         let stat = FileStat::of(&meta);
         let cache = HashCache::open(cache_dir).unwrap();
         cache.lookup(path.as_os_str().as_bytes(), &stat).unwrap() == Some(hash)
+    }
+
+    #[test]
+    fn a_cancel_stops_the_plan_before_it_goes_through_the_manifest() {
+        let t = tempfile::tempdir().unwrap();
+        let entries = (0..100)
+            .map(|i| ManifestEntry {
+                path: ManifestPath::from_posix_bytes(format!("d{i}/f").as_bytes()),
+                hash: ContentHash::of(&[i as u8]),
+                size: 1,
+                mtime_us: 0,
+            })
+            .collect();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let got = plan(
+            Manifest::new(entries),
+            t.path(),
+            None,
+            None,
+            (Conflict::Overwrite, false),
+            &cancel,
+        );
+        assert!(matches!(got, Err(TransferError::Cancelled(_))), "{:?}", got.err());
+        let made = std::fs::read_dir(t.path()).unwrap().count();
+        assert!(made <= 1, "{made} directories made after the cancel");
     }
 
     #[test]
