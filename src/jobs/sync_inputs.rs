@@ -13,7 +13,7 @@ use crate::hash::ContentHash;
 use crate::manifest::{Manifest, decode, merge};
 use crate::store::layout::manifests_prefix;
 use crate::store::read_object;
-use crate::transfer::{Transfer, TransferError};
+use crate::transfer::{Transfer, TransferError, cancellable};
 
 pub struct SyncInputsSpec {
     pub attachments: Attachments,
@@ -72,7 +72,13 @@ pub async fn fetch_manifest(
             )));
         }
     }
-    decode(&bytes).map_err(|e| refused(format!("manifest is not usable: {e}")))
+    // Decoding a million entries takes a second or more: off the runtime's worker (the other
+    // transfers of a daemon go on), and a cancel does not wait for it.
+    let decoding = tokio::task::spawn_blocking(move || decode(&bytes));
+    cancellable(cancel, decoding)
+        .await?
+        .expect("manifest decoding panicked")
+        .map_err(|e| refused(format!("manifest is not usable: {e}")))
 }
 
 pub async fn run(
