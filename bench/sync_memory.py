@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
 """Peak RSS of `attache sync-inputs` and `attache get` of an N-entry manifest (default 1,000,000).
 
-  cargo build --release && bench/sync_memory.py [N]
+  cargo build --release && bench/sync_memory.py [N] [--cancel]
+
+--cancel: instead of memory, how long attache takes to exit after Ctrl-C (SIGINT) at points
+of that sync: `sync-inputs` at 0.3, 0.8 and 1.5 s (fetch, decode, plan, copies), and `get`
+into the materialized tree with an empty hash cache at 4 s (the plan re-reading files in
+place). Goal: within 1 s.
 
 The manifest (31-byte paths over 300 small objects, like upload_scale_test's) is put in a
 file:// store on /dev/shm with its attachments JSON; both commands materialize it on tmpfs
 under GNU time (%M). Goal: peak RSS <= 64 MiB + 200 B x N. Env: ATTACHE_BIN.
 """
 import json, os, subprocess, sys, shutil, hashlib
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+CANCEL = "--cancel" in sys.argv
+args = [a for a in sys.argv[1:] if a != "--cancel"]
+N = int(args[0]) if args else 1_000_000
 A = os.environ.get("ATTACHE_BIN", str(__import__("pathlib").Path(__file__).resolve().parent.parent / "target/release/attache"))
 W = "/dev/shm/attache-sync-memory"
 shutil.rmtree(W, ignore_errors=True)
@@ -43,6 +50,28 @@ def measure(name, args):
     kb, e, u, s = line.split()
     print(f"{name}: rc {r.returncode}, peak RSS {int(kb)/1024:.0f} MiB, wall {e} s, cpu {float(u)+float(s):.1f} s")
     if r.returncode: print(r.stderr[-2000:])
+def cancel_at(name, args, at):
+    import signal, time
+    p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(at)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    p.wait()
+    took = time.monotonic() - t0
+    print(f"{name}: Ctrl-C at {at} s -> exit {p.returncode} after {took:.3f} s{'' if took <= 1 else '  OVER 1 s'}")
+if CANCEL:
+    sync = [A, "sync-inputs", "--store", store, "--cache-dir", f"{W}/c1", "--attachments", f"{W}/att.json", "--session-dir", f"{W}/sess", "-o", "/dev/null"]
+    for at in (0.3, 0.8, 1.5):
+        shutil.rmtree(f"{W}/sess", ignore_errors=True)
+        shutil.rmtree(f"{W}/c1", ignore_errors=True)
+        cancel_at("sync-inputs", sync, at)
+    subprocess.run(["cp", f"{W}/store/Manifests/{rel}", f"{W}/big.manifest"])
+    get = [A, "get", "--store", store, "--cache-dir", f"{W}/c2", "--dest", f"{W}/out", f"{W}/big.manifest"]
+    subprocess.run(get, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shutil.rmtree(f"{W}/c2")
+    cancel_at("get, files in place, empty hash cache", get, 4.0)
+    shutil.rmtree(W, ignore_errors=True)
+    sys.exit(0)
 measure("sync-inputs", [A, "sync-inputs", "--store", store, "--cache-dir", f"{W}/c1", "--attachments", f"{W}/att.json", "--session-dir", f"{W}/sess", "-o", "/dev/null"])
 shutil.rmtree(f"{W}/sess", ignore_errors=True)
 subprocess.run(["cp", f"{W}/store/Manifests/{rel}", f"{W}/big.manifest"])

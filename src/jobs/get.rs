@@ -490,7 +490,11 @@ mod tests {
             (Conflict::Overwrite, false),
             &cancel,
         );
-        assert!(matches!(got, Err(TransferError::Cancelled(_))), "{:?}", got.err());
+        assert!(
+            matches!(got, Err(TransferError::Cancelled(_))),
+            "{:?}",
+            got.err()
+        );
         let made = std::fs::read_dir(t.path()).unwrap().count();
         assert!(made <= 1, "{made} directories made after the cancel");
     }
