@@ -623,12 +623,7 @@ async fn a_file_changed_during_multipart_upload_is_refused() {
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
-    let path = write(
-        &src,
-        "render.exr",
-        &content(30 * MIB, 7),
-        1_600_000_000_000_000_000,
-    );
+    let path = write(&src, "render.exr", &content(30 * MIB, 7), MTIME_NS);
     let mut s = settings(&s3, "p", &t.path().join("cache"));
     s.bandwidth.upload = Rate(10 * MIB);
     // One part at a time: the last part is still unread when the file changes (with all 6
@@ -703,12 +698,7 @@ async fn faults_end_in_correct_content_or_a_clear_error() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     write_files(&src, 20, |i| (format!("f{i}"), content(50_000 + i, i)));
-    write(
-        &src,
-        "big.bin",
-        &content(11 * MIB, 99),
-        1_600_000_000_000_000_000,
-    );
+    write(&src, "big.bin", &content(11 * MIB, 99), MTIME_NS);
     let mut s = settings(&s3, "p", &t.path().join("cache"));
     s.cache.hash_cache = false;
 
@@ -778,7 +768,7 @@ async fn a_lasting_server_error_is_tried_retry_attempts_times_not_more() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     let data = content(20_000, 7);
-    write(&src, "only.bin", &data, 1_600_000_000_000_000_000);
+    write(&src, "only.bin", &data, MTIME_NS);
     let mut s = settings(&s3, "p", &t.path().join("cache"));
     s.s3.retry_attempts = 2;
     let data_key = fail_lastingly(&s3, "PUT", &data);
@@ -806,7 +796,7 @@ async fn a_failed_head_names_the_object_and_the_status() {
     // Above the multipart threshold: uploaded after a HEAD, whose reply has no body to name
     // an error code.
     let data = content(6 * MIB, 8);
-    write(&src, "big.bin", &data, 1_600_000_000_000_000_000);
+    write(&src, "big.bin", &data, MTIME_NS);
     let mut s = settings(&s3, "p", &t.path().join("cache"));
     s.s3.retry_attempts = 0;
     let data_key = fail_lastingly(&s3, "HEAD", &data);
@@ -824,12 +814,7 @@ async fn a_bare_400_to_a_head_says_what_to_check() {
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
-    write(
-        &src,
-        "big.bin",
-        &content(6 * MIB, 9),
-        1_600_000_000_000_000_000,
-    );
+    write(&src, "big.bin", &content(6 * MIB, 9), MTIME_NS);
     let mut s = settings(&s3, "p", &t.path().join("cache"));
     // Too short for a bucket name: the server refuses it, and a HEAD's reply has no body.
     s.store.url = "s3://b1/p".into();
