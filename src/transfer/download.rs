@@ -120,14 +120,8 @@ pub async fn download_all(
             let (t, c, stop) = (t.clone(), counters.clone(), stop.clone());
             let (items, root, record) = (items.clone(), root.clone(), record.clone());
             async move {
-                let placed = |item: &Target, stat: FileStat| {
-                    if let Some(r) = &record
-                        && item.size >= RECORD_FROM
-                    {
-                        r.record(&item.dest, stat, item.hash);
-                    }
-                };
-                download_group(&t, &c, &root, &items[group], &placed, &stop).await
+                let group = &items[group];
+                download_group(&t, &c, &root, group, record.as_ref(), &stop).await
             }
         }
     });
@@ -141,15 +135,22 @@ pub async fn download_all(
     })
 }
 
-/// What a placed file looked like once it had its name, for the hash cache.
-type Placed<'a> = dyn Fn(&Target, FileStat) + Send + Sync + 'a;
+/// Sends a placed file, as it looked once it had its name, to the hash cache (`RECORD_FROM`
+/// bytes and up).
+fn record_placed(record: Option<&RecordSink>, item: &Target, stat: FileStat) {
+    if let Some(r) = record
+        && item.size >= RECORD_FROM
+    {
+        r.record(&item.dest, stat, item.hash);
+    }
+}
 
 async fn download_group(
     t: &Arc<Transfer>,
     c: &Arc<Counters>,
     root: &Path,
     group: &[DownloadItem],
-    placed: &Placed<'_>,
+    record: Option<&RecordSink>,
     cancel: &CancellationToken,
 ) -> Result<(), TransferError> {
     if cancel.is_cancelled() {
@@ -157,7 +158,7 @@ async fn download_group(
     }
     c.objects.fetch_add(1, Relaxed);
     let first = Target::of(root, &group[0]);
-    placed(&first, place_first(t, c, &first, cancel).await?);
+    record_placed(record, &first, place_first(t, c, &first, cancel).await?);
     c.files.fetch_add(1, Relaxed);
     t.progress.add_files(1);
     for other in &group[1..] {
@@ -165,7 +166,7 @@ async fn download_group(
             return Err(Cancelled.into());
         }
         let other = Target::of(root, other);
-        placed(&other, copy_verified(&first.dest, &other).await?);
+        record_placed(record, &other, copy_verified(&first.dest, &other).await?);
         c.files.fetch_add(1, Relaxed);
         c.copied_files.fetch_add(1, Relaxed);
         t.progress.add_files(1);
