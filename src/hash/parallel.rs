@@ -102,22 +102,19 @@ pub fn hash_tree(
     sink: Option<&dyn HashSink>,
 ) -> Result<HashOutcome, HashErrors> {
     let root_bytes = root.as_os_str().as_bytes();
-    let abs = |rel: &ManifestPath| -> Vec<u8> {
-        let mut p = root_bytes.strip_suffix(b"/").unwrap_or(root_bytes).to_vec();
-        p.push(b'/');
-        p.extend_from_slice(
-            &rel.to_posix_bytes()
-                .expect("scanned paths come from file names"),
-        );
-        p
-    };
-    // In the order of the absolute paths (the cache's range scan needs it), which is the order
-    // of the relative ones: they all follow the same root. Borrowed bytes for any UTF-8 path,
-    // so sorting allocates nothing.
+    // Borrowed bytes for any UTF-8 path: sorting by them allocates nothing.
     fn posix(rel: &ManifestPath) -> std::borrow::Cow<'_, [u8]> {
         rel.to_posix_bytes()
             .expect("scanned paths come from file names")
     }
+    let abs = |rel: &ManifestPath| -> Vec<u8> {
+        let mut p = root_bytes.strip_suffix(b"/").unwrap_or(root_bytes).to_vec();
+        p.push(b'/');
+        p.extend_from_slice(&posix(rel));
+        p
+    };
+    // In the order of the absolute paths (the cache's range scan needs it), which is the order
+    // of the relative ones: they all follow the same root.
     files.sort_unstable_by(|a, b| posix(&a.rel).cmp(&posix(&b.rel)));
     let keys: Vec<Vec<u8>> = files.iter().map(|f| abs(&f.rel)).collect();
     let cached = match cache {
