@@ -60,25 +60,27 @@ pub async fn fetch_manifest(
         .gate
         .run(cancel, || read_object(t.store.as_ref(), key))
         .await?;
-    let refused = |message: String| TransferError::Refused {
-        path: PathBuf::from(key),
-        message,
-    };
-    if let Some(want) = expected {
-        let got = ContentHash::of(&bytes);
-        if !got.to_hex().eq_ignore_ascii_case(want) {
-            return Err(refused(format!(
-                "manifest hash is {got}, the job says {want}: the manifest was changed or damaged"
-            )));
+    // Checking and decoding a million entries takes a second or more: off the runtime's
+    // worker (the other transfers of a daemon go on), and a cancel does not wait for it.
+    let expected = expected.map(str::to_owned);
+    let checking = tokio::task::spawn_blocking(move || -> Result<Manifest, String> {
+        if let Some(want) = expected {
+            let got = ContentHash::of(&bytes);
+            if !got.to_hex().eq_ignore_ascii_case(&want) {
+                return Err(format!(
+                    "manifest hash is {got}, the job says {want}: the manifest was changed or damaged"
+                ));
+            }
         }
-    }
-    // Decoding a million entries takes a second or more: off the runtime's worker (the other
-    // transfers of a daemon go on), and a cancel does not wait for it.
-    let decoding = tokio::task::spawn_blocking(move || decode(&bytes));
-    cancellable(cancel, decoding)
+        decode(&bytes).map_err(|e| format!("manifest is not usable: {e}"))
+    });
+    cancellable(cancel, checking)
         .await?
-        .expect("manifest decoding panicked")
-        .map_err(|e| refused(format!("manifest is not usable: {e}")))
+        .expect("manifest check panicked")
+        .map_err(|message| TransferError::Refused {
+            path: PathBuf::from(key),
+            message,
+        })
 }
 
 pub async fn run(
