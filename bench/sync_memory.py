@@ -4,7 +4,8 @@
   cargo build --release && bench/sync_memory.py [N] [--cancel]
 
 --cancel: instead of memory, how long attache takes to exit after Ctrl-C (SIGINT) at points
-of that sync: `sync-inputs` at 0.3, 0.8 and 1.5 s (fetch, decode, plan, copies), and `get`
+of that sync: `sync-inputs` at 0.3, 0.8 and 1.5 s (fetch, decode, plan, copies), and `sync-outputs` of that session at 0.2, 0.6 and 1.5 s (reading sync-inputs' record, scanning
+the tree), and `get`
 into the materialized tree with an empty hash cache at 4 s (the plan re-reading files in
 place). Goal: within 1 s.
 
@@ -41,7 +42,7 @@ open(f"{W}/store/Manifests/{rel}", "wb").write(data)
 # the manifest's own hash (xxh128 of its bytes), from attache's hash of that one file
 mh = subprocess.run([A, "hash", "--no-cache", f"{W}/store/Manifests/farm-1/queue-1/Inputs/abc"], env=env, capture_output=True, text=True).stdout
 mhash = json.loads(mh)["paths"][0]["hash"]
-att = {"manifests": [{"rootPath": "/proj", "rootPathFormat": "posix", "inputManifestPath": rel, "inputManifestHash": mhash}], "fileSystem": "COPIED"}
+att = {"manifests": [{"rootPath": "/proj", "rootPathFormat": "posix", "inputManifestPath": rel, "inputManifestHash": mhash, "outputRelativeDirectories": ["."]}], "fileSystem": "COPIED"}
 json.dump(att, open(f"{W}/att.json", "w"))
 print(f"manifest {len(data)/2**20:.0f} MiB, {N} entries; limit {(64*2**20 + 200*N)/2**20:.0f} MiB")
 def measure(name, args):
@@ -65,6 +66,13 @@ if CANCEL:
         shutil.rmtree(f"{W}/sess", ignore_errors=True)
         shutil.rmtree(f"{W}/c1", ignore_errors=True)
         cancel_at("sync-inputs", sync, at)
+    # sync-outputs over the whole materialized tree: reading sync-inputs' record of a million
+    # entries, then scanning a million files against it.
+    subprocess.run(sync, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    outputs = [A, "sync-outputs", "--store", store, "--cache-dir", f"{W}/c1", "--attachments", f"{W}/att.json", "--session-dir", f"{W}/sess", "-o", "/dev/null",
+               "--farm-id", "farm-1", "--queue-id", "queue-1", "--job-id", "job-1", "--step-id", "step-1", "--task-id", "task-1", "--session-action-id", "sessionaction-1"]
+    for at in (0.2, 0.6, 1.5):
+        cancel_at("sync-outputs", outputs, at)
     subprocess.run(["cp", f"{W}/store/Manifests/{rel}", f"{W}/big.manifest"])
     get = [A, "get", "--store", store, "--cache-dir", f"{W}/c2", "--dest", f"{W}/out", f"{W}/big.manifest"]
     subprocess.run(get, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::attachments::{Attachments, PathMappingRule, local_root};
+use super::detached;
 use super::get::{self, Conflict, GetReport, GetSpec};
 use crate::hash::ContentHash;
 use crate::manifest::{Manifest, decode, merge};
 use crate::store::layout::manifests_prefix;
 use crate::store::read_object;
-use crate::transfer::{Transfer, TransferError, cancellable};
+use crate::transfer::{Transfer, TransferError};
 
 pub struct SyncInputsSpec {
     pub attachments: Attachments,
@@ -63,7 +64,7 @@ pub async fn fetch_manifest(
     // Checking and decoding a million entries takes a second or more: off the runtime's
     // worker (the other transfers of a daemon go on), and a cancel does not wait for it.
     let expected = expected.map(str::to_owned);
-    let checking = tokio::task::spawn_blocking(move || -> Result<Manifest, String> {
+    let checking = detached::run(cancel, move || -> Result<Manifest, String> {
         if let Some(want) = expected {
             let got = ContentHash::of(&bytes);
             if !got.to_hex().eq_ignore_ascii_case(&want) {
@@ -74,13 +75,10 @@ pub async fn fetch_manifest(
         }
         decode(&bytes).map_err(|e| format!("manifest is not usable: {e}"))
     });
-    cancellable(cancel, checking)
-        .await?
-        .expect("manifest check panicked")
-        .map_err(|message| TransferError::Refused {
-            path: PathBuf::from(key),
-            message,
-        })
+    checking.await?.map_err(|message| TransferError::Refused {
+        path: PathBuf::from(key),
+        message,
+    })
 }
 
 pub async fn run(

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Cancelled;
 use super::attachments::{Attachments, local_root};
 use super::hash::{HashJobError, HashSpec, hash_chosen};
 use super::put::{PutError, run_with};
 use super::sync_inputs::read_record;
+use super::{Cancelled, detached};
 use crate::hash::ContentHash;
 use crate::manifest::{ManifestEntry, ManifestPath, PathRules, json_quote};
 use crate::scan::{ScanOptions, ScanOutcome, ScannedFile, dedup_by_path, scan_under};
@@ -165,14 +165,18 @@ fn changed_outputs(
     session_dir: &std::path::Path,
     cancel: &CancellationToken,
 ) -> Result<Vec<ScannedFile>, HashJobError> {
-    let record: HashMap<ManifestPath, (u64, i64)> = read_record(session_dir, local)
-        .map(|m| {
-            m.into_entries()
-                .into_iter()
-                .map(|e| (e.path, (e.size, e.mtime_us)))
-                .collect()
-        })
-        .unwrap_or_default();
+    // A million-entry record takes a second to read: a cancel does not wait for it.
+    let (session, local_root) = (session_dir.to_path_buf(), local.to_path_buf());
+    let record: HashMap<ManifestPath, (u64, i64)> = detached::run_blocking(cancel, move || {
+        read_record(&session, &local_root)
+            .map(|m| {
+                m.into_entries()
+                    .into_iter()
+                    .map(|e| (e.path, (e.size, e.mtime_us)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    })?;
     let opts = ScanOptions {
         follow_external_symlinks: false,
         boundary: Some(session_dir.to_path_buf()),
