@@ -38,6 +38,15 @@ pub fn normalize_root(root: &Path) -> std::io::Result<PathBuf> {
     Ok(out)
 }
 
+/// Encodes a manifest that has entries, on a blocking thread, and drops it there: for a large
+/// one both take a good part of a second, which on the runtime's worker would stall every
+/// other transfer and the API of a daemon.
+pub(crate) async fn encode_off_worker(manifest: crate::manifest::Manifest) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || manifest.encode().expect("a manifest with entries"))
+        .await
+        .expect("manifest encoding panicked")
+}
+
 /// Runs `f` on a rayon pool of `threads` threads (the hashing and walking threads).
 pub(crate) fn on_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
     match rayon::ThreadPoolBuilder::new()

@@ -227,13 +227,13 @@ pub async fn run(
         if !g.inputs.is_empty() {
             let (report, upload) =
                 hash_and_upload(&root, &g.inputs, &spec, transfer.clone(), cancel).await?;
-            let hashed = &report.roots[0];
+            let hashed = report.roots.into_iter().next().expect("one root hashed");
             result.files = hashed.stats.files;
             result.bytes = hashed.stats.bytes;
             result.hash = hashed.stats;
             result.upload = Some(upload);
             if !hashed.manifest.is_empty() {
-                let bytes = hashed.manifest.encode().expect("not empty");
+                let bytes = super::encode_off_worker(hashed.manifest).await;
                 let rel =
                     input_manifest_path(&spec.farm_id, &spec.queue_id, &new_guid(), &root_path);
                 props.input_manifest_path = Some(rel.clone());

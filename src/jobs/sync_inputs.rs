@@ -11,7 +11,7 @@ use super::attachments::{Attachments, PathMappingRule, local_root};
 use super::detached;
 use super::get::{self, Conflict, GetReport, GetSpec};
 use crate::hash::ContentHash;
-use crate::manifest::{Manifest, decode, merge};
+use crate::manifest::{Manifest, ManifestEntry, decode, merge};
 use crate::store::layout::manifests_prefix;
 use crate::store::read_object;
 use crate::transfer::{Transfer, TransferError};
@@ -134,7 +134,12 @@ pub async fn run(
             check_space: true,
         };
         let mut report = get::run(get_spec, transfer.clone(), cancel).await?;
-        write_record(&spec.session_dir, &local, &mut report)?;
+        // Off the runtime's worker: a million-entry record is over 100 MiB to write.
+        let placed = std::mem::take(&mut report.placed);
+        let (session_dir, at) = (spec.session_dir.clone(), local.clone());
+        tokio::task::spawn_blocking(move || write_record(&session_dir, &at, placed))
+            .await
+            .expect("writing the sync record panicked")?;
         synced.push(SyncedRoot {
             root_path: props.root_path.clone(),
             local_root: local,
@@ -150,17 +155,16 @@ pub async fn run(
 }
 
 /// Saves what was placed under `local` as a manifest (the codec keeps any file name exact).
-/// The entries move out of the report (a large manifest is not copied again).
 fn write_record(
     session_dir: &Path,
     local: &Path,
-    report: &mut GetReport,
+    placed: Vec<ManifestEntry>,
 ) -> Result<(), TransferError> {
-    if report.placed.is_empty() {
+    if placed.is_empty() {
         return Ok(());
     }
     let path = record_path(session_dir, local);
-    let record = Manifest::new(std::mem::take(&mut report.placed));
+    let record = Manifest::new(placed);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(TransferError::io(dir))?;
     }

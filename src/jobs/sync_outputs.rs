@@ -94,13 +94,20 @@ pub async fn run(
             cancel,
         )
         .await?;
-        let manifest = &put.hash.roots[0].manifest;
+        let manifest = put
+            .hash
+            .roots
+            .into_iter()
+            .next()
+            .expect("one root hashed")
+            .manifest;
         if manifest.is_empty() {
             tracing::info!(root = %m.root_path, "no new or changed outputs");
             continue;
         }
         // The data is all there: publish the manifest.
-        let bytes = bytes::Bytes::from(manifest.encode().expect("not empty"));
+        let files = manifest.len() as u64;
+        let bytes = bytes::Bytes::from(super::encode_off_worker(manifest).await);
         let rel = keys.for_root(m.file_system_location_name.as_deref(), &m.root_path);
         let key = format!("{prefix}{rel}");
         let opts = PutOptions {
@@ -119,7 +126,7 @@ pub async fn run(
             output_manifest_path: rel,
             output_manifest_hash: ContentHash::of(&bytes).to_hex(),
             root_path: m.root_path.clone(),
-            files: manifest.len() as u64,
+            files,
         });
     }
     Ok(published)
