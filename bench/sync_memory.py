@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Peak RSS of `attache sync-inputs` and `attache get` of an N-entry manifest (default 1,000,000).
 
-  cargo build --release && bench/sync_memory.py [N] [--cancel]
+  cargo build --release && bench/sync_memory.py [N] [--cancel | --api]
 
 --cancel: instead of memory, how long attache takes to exit after Ctrl-C (SIGINT) at points
 of that sync: `sync-inputs` at 0.3, 0.8 and 1.5 s (fetch, decode, plan, copies), and `sync-outputs` of that session at 0.2, 0.6 and 1.5 s (reading sync-inputs' record, scanning
@@ -9,13 +9,20 @@ the tree), and `get`
 into the materialized tree with an empty hash cache at 4 s (the plan re-reading files in
 place). Goal: within 1 s.
 
+--api: how the daemon's API answers while it runs that sync: `attache daemon` on a temporary
+socket, the sync submitted as a job, and one client asking for the job's status every 20 ms
+(a new connection each time) until the job ends; prints the job's wall time and the latency
+of those requests (p50, p99, max). With one runtime worker (2 vCPUs), anything heavy on it
+stalls every request.
+
 The manifest (31-byte paths over 300 small objects, like upload_scale_test's) is put in a
 file:// store on /dev/shm with its attachments JSON; both commands materialize it on tmpfs
 under GNU time (%M). Goal: peak RSS <= 64 MiB + 200 B x N. Env: ATTACHE_BIN.
 """
 import json, os, subprocess, sys, shutil, hashlib
 CANCEL = "--cancel" in sys.argv
-args = [a for a in sys.argv[1:] if a != "--cancel"]
+API = "--api" in sys.argv
+args = [a for a in sys.argv[1:] if a not in ("--cancel", "--api")]
 N = int(args[0]) if args else 1_000_000
 A = os.environ.get("ATTACHE_BIN", str(__import__("pathlib").Path(__file__).resolve().parent.parent / "target/release/attache"))
 W = "/dev/shm/attache-sync-memory"
@@ -60,6 +67,50 @@ def cancel_at(name, args, at):
     p.wait()
     took = time.monotonic() - t0
     print(f"{name}: Ctrl-C at {at} s -> exit {p.returncode} after {took:.3f} s{'' if took <= 1 else '  OVER 1 s'}")
+def api_latency():
+    import socket, time
+    cfg = f"{W}/daemon.toml"
+    open(cfg, "w").write(f'[store]\nurl = "{store}"\n[cache]\ndir = "{W}/c3"\n'
+                         f'[daemon]\nsocket = "{W}/run/attache.sock"\nstate_dir = "{W}/state"\n')
+    denv = dict(env, XDG_CONFIG_HOME=f"{W}/no-config")
+    d = subprocess.Popen([A, "--config", cfg, "daemon"], env=denv, stderr=open(f"{W}/daemon.log", "w"))
+    sock = f"{W}/run/attache.sock"
+    def req(method, path, body=b""):
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(sock)
+        c.sendall(f"{method} {path} HTTP/1.1\r\nHost: attache\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+        c.close()
+        return json.loads(data.partition(b"\r\n\r\n")[2])
+    for _ in range(200):
+        try:
+            req("GET", "/v1/health")
+            break
+        except OSError:
+            time.sleep(0.05)
+    job = json.dumps({"kind": "sync_inputs", "attachments": f"{W}/att.json", "session_dir": f"{W}/sess-api"}).encode()
+    t0 = time.monotonic()
+    jid = req("POST", "/v1/jobs", job)["id"]
+    lat, state = [], "queued"
+    while state in ("queued", "running") and time.monotonic() - t0 < 600:
+        s0 = time.monotonic()
+        state = req("GET", f"/v1/jobs/{jid}")["state"]
+        lat.append(time.monotonic() - s0)
+        time.sleep(0.02)
+    wall = time.monotonic() - t0
+    d.terminate()
+    d.wait()
+    lat.sort()
+    q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] * 1000
+    print(f"daemon sync_inputs job: {state} in {wall:.1f} s; {len(lat)} status requests: "
+          f"p50 {q(0.5):.1f} ms, p99 {q(0.99):.1f} ms, max {lat[-1] * 1000:.0f} ms")
+if API:
+    api_latency()
+    shutil.rmtree(W, ignore_errors=True)
+    sys.exit(0)
 if CANCEL:
     sync = [A, "sync-inputs", "--store", store, "--cache-dir", f"{W}/c1", "--attachments", f"{W}/att.json", "--session-dir", f"{W}/sess", "-o", "/dev/null"]
     for at in (0.3, 0.8, 1.5):
