@@ -28,6 +28,7 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub daemon: DaemonSettings,
     pub log: LogSettings,
+    pub storage_profile: StorageProfileSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +121,39 @@ pub struct DaemonSettings {
     /// Bearer token required on the TCP listener.
     pub token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
+}
+
+/// This machine's file-system locations of the farm's storage profile; the `--location` and
+/// `--shared` flags add to them (a flag's NAME replaces the same NAME here).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageProfileSettings {
+    /// LOCAL locations, `NAME=PATH`: submit groups inputs under PATH into a root named NAME;
+    /// sync-inputs and sync-outputs place that root at PATH.
+    pub locations: Vec<String>,
+    /// SHARED locations: the farm reads them directly, so submit uploads nothing under them.
+    pub shared: Vec<PathBuf>,
+}
+
+impl StorageProfileSettings {
+    /// `given` (`NAME=PATH` flags or job fields) and then the configured locations whose
+    /// NAME none of `given` has.
+    pub fn locations_with(&self, given: &[String]) -> Vec<String> {
+        let name = |v: &String| v.split_once('=').map(|(n, _)| n.to_owned());
+        let names: Vec<_> = given.iter().filter_map(name).collect();
+        let configured = self
+            .locations
+            .iter()
+            .filter(|v| name(v).is_none_or(|n| !names.contains(&n)));
+        given.iter().chain(configured).cloned().collect()
+    }
+
+    /// `given` and the configured shared locations.
+    pub fn shared_with(&self, given: &[PathBuf]) -> Vec<PathBuf> {
+        let mut all = given.to_vec();
+        all.extend(self.shared.iter().filter(|p| !given.contains(p)).cloned());
+        all
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -388,7 +422,12 @@ const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("log", &["level", "format"]),
+    ("storage_profile", &["locations", "shared"]),
 ];
+
+/// List settings; in the environment their items are separated by `;`
+/// (`ATTACHE_STORAGE_PROFILE__LOCATIONS="Projects=/mnt/projects;Library=/mnt/lib"`).
+const LIST_KEYS: &[&str] = &["storage_profile.locations", "storage_profile.shared"];
 
 // ---- errors ----
 
@@ -529,8 +568,21 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
     }
 
-    let env = env_vars(&opts.env)?;
+    let mut env = env_vars(&opts.env)?;
     setters.add_env(&env)?;
+    // The `config` crate splits lists only when it also guesses types, which would turn a
+    // profile or secret like "007" into a number: lists are split here and set directly
+    // (no flag sets them, so they still rank below flags).
+    let lists: Vec<(String, Vec<String>)> = env
+        .extract_if(.., |(name, _)| LIST_KEYS.contains(&env_key(name).as_str()))
+        .map(|(name, value)| {
+            let items = value
+                .split(';')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned);
+            (env_key(&name), items.collect())
+        })
+        .collect();
     // Values stay strings (no try_parsing): "007" must remain "007" for a profile or a
     // secret, and strings still deserialize into numbers and booleans, as flags do.
     let env_source = config::Environment::with_prefix("ATTACHE")
@@ -539,6 +591,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         .ignore_empty(true)
         .source(Some(env.into_iter().collect()));
     builder = builder.add_source(env_source);
+    for (key, items) in lists {
+        builder = builder.set_override(key, items)?;
+    }
 
     for flag in &opts.overrides {
         setters.add_flag(flag)?;
@@ -737,7 +792,39 @@ fn validate(s: &Settings) -> Result<(), Violation> {
     )?;
     at_least("hash.read_buffer", s.hash.read_buffer, ByteSize::kib(64))?;
     at_most("hash.read_buffer", s.hash.read_buffer, ByteSize::mib(64))?;
-    check_listener(&s.daemon)
+    check_listener(&s.daemon)?;
+    check_storage_profile(&s.storage_profile)
+}
+
+/// Every location is `NAME=PATH` with an absolute PATH, and no NAME twice.
+fn check_storage_profile(p: &StorageProfileSettings) -> Result<(), Violation> {
+    let mut names = Vec::new();
+    for v in &p.locations {
+        let bad = |reason: String| Violation {
+            key: "storage_profile.locations",
+            reason,
+        };
+        let Some((name, path)) = v
+            .split_once('=')
+            .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+        else {
+            return Err(bad(format!("{v:?}: expected NAME=PATH")));
+        };
+        if !Path::new(path).is_absolute() {
+            return Err(bad(format!("{v:?}: {path} must be an absolute path")));
+        }
+        if names.contains(&name) {
+            return Err(bad(format!("location {name:?} is given twice")));
+        }
+        names.push(name);
+    }
+    match p.shared.iter().find(|s| !s.is_absolute()) {
+        Some(s) => Err(Violation {
+            key: "storage_profile.shared",
+            reason: format!("{} must be an absolute path", s.display()),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// A zero timeout would fail every request.
@@ -1192,5 +1279,81 @@ mod tests {
         assert!(s.hash_threads() >= 1);
         s.hash.threads = 3;
         assert_eq!(s.hash_threads(), 3);
+    }
+
+    #[test]
+    fn storage_profile_locations_come_from_the_file_or_the_environment() {
+        let text = "[storage_profile]\nlocations = [\"Projects=/mnt/projects\"]\nshared = [\"/mnt/lib\"]\n";
+        let s = settings(text, &[], &[]);
+        assert_eq!(s.storage_profile.locations, ["Projects=/mnt/projects"]);
+        assert_eq!(s.storage_profile.shared, [PathBuf::from("/mnt/lib")]);
+        // The environment wins over the file; its items are split at `;`, and a value like
+        // "007" in another key stays a string.
+        let s = settings(
+            text,
+            &[
+                (
+                    "ATTACHE_STORAGE_PROFILE__LOCATIONS",
+                    "Projects=/net/p;Lib=/net/lib",
+                ),
+                ("ATTACHE_S3__PROFILE", "007"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            s.storage_profile.locations,
+            ["Projects=/net/p", "Lib=/net/lib"]
+        );
+        assert_eq!(s.storage_profile.shared, [PathBuf::from("/mnt/lib")]);
+        assert_eq!(s.s3.profile.as_deref(), Some("007"));
+    }
+
+    #[test]
+    fn bad_storage_profile_locations_are_named() {
+        error(
+            "[storage_profile]\nlocations = [\"Projects\"]\n",
+            &[],
+            &[],
+            &["storage_profile.locations", "<file>", "expected NAME=PATH"],
+        );
+        error(
+            "",
+            &[("ATTACHE_STORAGE_PROFILE__LOCATIONS", "P=mnt/p")],
+            &[],
+            &[
+                "storage_profile.locations",
+                "ATTACHE_STORAGE_PROFILE__LOCATIONS",
+                "absolute",
+            ],
+        );
+        error(
+            "[storage_profile]\nlocations = [\"P=/a\", \"P=/b\"]\n",
+            &[],
+            &[],
+            &["\"P\" is given twice"],
+        );
+        error(
+            "[storage_profile]\nshared = [\"lib\"]\n",
+            &[],
+            &[],
+            &["storage_profile.shared", "absolute"],
+        );
+    }
+
+    #[test]
+    fn given_locations_replace_configured_ones_of_the_same_name() {
+        let p = StorageProfileSettings {
+            locations: vec!["Projects=/mnt/projects".into(), "Lib=/mnt/lib".into()],
+            shared: vec!["/mnt/shared".into()],
+        };
+        assert_eq!(
+            p.locations_with(&["Projects=/tmp/p".into()]),
+            ["Projects=/tmp/p", "Lib=/mnt/lib"]
+        );
+        assert_eq!(p.locations_with(&[]), p.locations);
+        assert_eq!(
+            p.shared_with(&["/mnt/shared".into(), "/x".into()]),
+            [PathBuf::from("/mnt/shared"), PathBuf::from("/x")]
+        );
     }
 }

@@ -536,3 +536,79 @@ fn sync_outputs_refuses_output_directories_that_leave_the_root() {
         f.s3.object_keys()
     );
 }
+
+/// Storage-profile locations from the configuration, no flags: the workstation's from the
+/// environment, the worker's from its config file; a worker's flag replaces the same name.
+#[test]
+fn configured_storage_profile_locations_map_roots_on_both_sides() {
+    let f = Farm::new();
+    let proj = f.path("ws-projects");
+    write(&proj.join("shot/scene.ma"), b"scene");
+    let lib = f.path("ws-library");
+    write(&lib.join("tex.png"), b"shared texture");
+    let att = f.path("att.json");
+    f.ok(f
+        .attache("ws")
+        .arg("submit")
+        .args(IDS)
+        .arg(proj.join("shot/scene.ma"))
+        .arg(lib.join("tex.png"))
+        .arg("-o")
+        .arg(&att)
+        .env(
+            "ATTACHE_STORAGE_PROFILE__LOCATIONS",
+            format!("Projects={}", proj.display()),
+        )
+        .env("ATTACHE_STORAGE_PROFILE__SHARED", &lib));
+    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(&att).unwrap()).unwrap();
+    let manifests = a["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 1, "the shared library is not a root: {a}");
+    assert_eq!(manifests[0]["fileSystemLocationName"], "Projects");
+    assert_eq!(manifests[0]["rootPath"], proj.to_str().unwrap());
+    let shared_object = format!(
+        "DeadlineCloud/Data/{}.xxh128",
+        ContentHash::of(b"shared texture")
+    );
+    assert!(
+        f.s3.read_object(&shared_object).is_none(),
+        "shared uploaded"
+    );
+
+    // The worker's config file says where Projects is on it.
+    let worker_projects = f.path("worker-projects");
+    let config = f.path("worker/no-config/attache/config.toml");
+    write(
+        &config,
+        format!(
+            "[storage_profile]\nlocations = [\"Projects={}\"]\n",
+            worker_projects.display()
+        )
+        .as_bytes(),
+    );
+    let session = f.path("session");
+    let sync = |extra: &[String]| {
+        let mut c = f.attache("worker");
+        c.arg("sync-inputs")
+            .arg("--attachments")
+            .arg(&att)
+            .arg("--session-dir")
+            .arg(&session)
+            .args(extra);
+        f.ok(&mut c)
+    };
+    sync(&[]);
+    assert_eq!(
+        std::fs::read(worker_projects.join("shot/scene.ma")).unwrap(),
+        b"scene"
+    );
+    let elsewhere = f.path("flag-projects");
+    sync(&[
+        "--location".into(),
+        format!("Projects={}", elsewhere.display()),
+    ]);
+    assert_eq!(
+        std::fs::read(elsewhere.join("shot/scene.ma")).unwrap(),
+        b"scene",
+        "the flag replaces the configured location of the same name"
+    );
+}

@@ -60,10 +60,12 @@ pub struct SubmitArgs {
     farm_id: String,
     #[arg(long, value_name = "ID")]
     queue_id: String,
-    /// A LOCAL storage-profile location: inputs under PATH form one root named NAME (repeatable).
+    /// A LOCAL storage-profile location: inputs under PATH form one root named NAME (repeatable;
+    /// adds to [config: storage_profile.locations]).
     #[arg(long = "location", value_name = "NAME=PATH")]
     locations: Vec<String>,
-    /// A SHARED storage-profile location: the farm reads it directly; nothing under it is uploaded.
+    /// A SHARED storage-profile location: the farm reads it directly; nothing under it is uploaded
+    /// (repeatable; adds to [config: storage_profile.shared]).
     #[arg(long = "shared", value_name = "PATH")]
     shared: Vec<PathBuf>,
     /// Write the attachments JSON to FILE (default, or `-`: stdout).
@@ -90,7 +92,8 @@ pub struct SyncInputsArgs {
     /// When a file with other content is already there.
     #[arg(long, value_enum, default_value_t = Conflict::Overwrite)]
     conflict: Conflict,
-    /// Storage-profile location NAME is at PATH on this worker (repeatable).
+    /// Storage-profile location NAME is at PATH on this worker (repeatable; adds to, or for the
+    /// same NAME replaces, [config: storage_profile.locations]).
     #[arg(long = "location", value_name = "NAME=PATH")]
     locations: Vec<String>,
     /// Write the path-mapping rules JSON to FILE (default, or `-`: stdout).
@@ -123,7 +126,8 @@ pub struct SyncOutputsArgs {
     /// The session action's start, UTC, e.g. 2026-11-21T10:00:00.000000Z (default: now).
     #[arg(long, value_name = "TIME")]
     start_time: Option<String>,
-    /// Storage-profile location NAME is at PATH on this worker (repeatable).
+    /// Storage-profile location NAME is at PATH on this worker (repeatable; adds to, or for the
+    /// same NAME replaces, [config: storage_profile.locations]).
     #[arg(long = "location", value_name = "NAME=PATH")]
     locations: Vec<String>,
     /// Write the published manifests JSON to FILE (default, or `-`: stdout).

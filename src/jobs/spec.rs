@@ -331,6 +331,8 @@ impl JobSpec {
             .hash_cache
             .then(|| settings.cache.dir.clone());
         let hash = HashSpec::from_settings(settings, Vec::new(), settings.cache.hash_cache);
+        // The machine's storage-profile locations, under the job's own.
+        let profile = &settings.storage_profile;
         Ok(match self {
             JobSpec::Submit(j) => {
                 let spec = SubmitSpec {
@@ -339,11 +341,11 @@ impl JobSpec {
                     referenced: j.referenced,
                     farm_id: j.farm_id,
                     queue_id: j.queue_id,
-                    local_locations: pairs(&j.locations, "locations")?
+                    local_locations: pairs(&profile.locations_with(&j.locations), "locations")?
                         .into_iter()
                         .map(|(name, path)| Location { name, path })
                         .collect(),
-                    shared_locations: j.shared,
+                    shared_locations: profile.shared_with(&j.shared),
                     hash,
                 };
                 let transfer = if j.dry_run {
@@ -358,7 +360,7 @@ impl JobSpec {
                     attachments: attachments(j.attachments)?,
                     session_dir: j.session_dir,
                     conflict: j.conflict,
-                    location_map: pairs(&j.locations, "locations")?,
+                    location_map: pairs(&profile.locations_with(&j.locations), "locations")?,
                     cache_dir,
                 };
                 JobOutput::SyncInputs(super::sync_inputs::run(spec, transfer, cancel).await?)
@@ -367,7 +369,7 @@ impl JobSpec {
                 let spec = SyncOutputsSpec {
                     attachments: attachments(j.attachments)?,
                     session_dir: j.session_dir,
-                    location_map: pairs(&j.locations, "locations")?,
+                    location_map: pairs(&profile.locations_with(&j.locations), "locations")?,
                     farm_id: j.farm_id,
                     queue_id: j.queue_id,
                     job_id: j.job_id,
