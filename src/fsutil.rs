@@ -13,10 +13,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomic_with(path, |w| w.write_all(bytes))
 }
 
+/// Like [`write_atomic`], but without waiting for the disk: for records a power cut may cost
+/// (a reader must then cope with an old, empty or missing file), written where an `fsync`
+/// could wait for the disk's whole backlog (the daemon's job records: up to half a second
+/// each while a transfer fills the page cache, which held up every cancel).
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_inner(path, |w| w.write_all(bytes), false)
+}
+
 /// Like [`write_atomic`], with the content written by `write` (buffered) as it is produced.
 pub fn write_atomic_with(
     path: &Path,
     write: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    write_atomic_inner(path, write, true)
+}
+
+fn write_atomic_inner(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
+    sync: bool,
 ) -> std::io::Result<()> {
     // `-o /dev/null`, `-o /dev/stdout`, a FIFO: write into it. Renaming a temporary file over
     // it would replace the device node with a regular file (as root, even /dev/null).
@@ -35,7 +51,9 @@ pub fn write_atomic_with(
     write(&mut w)?;
     w.flush()?;
     drop(w);
-    tmp.as_file().sync_data()?;
+    if sync {
+        tmp.as_file().sync_data()?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }

@@ -132,6 +132,8 @@ impl HashCache {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // NORMAL in WAL mode: a power cut may lose the last commits, never corrupt the file.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // See `no_checkpoint_on_close`.
+        no_checkpoint_on_close(&conn)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS hashes (
                path BLOB PRIMARY KEY,
@@ -266,6 +268,18 @@ impl HashCache {
         }
         tx.commit().map_err(q)
     }
+}
+
+/// The last connection to close would otherwise copy the log into the database and flush
+/// both to disk before the process can exit: a wait of its own for the disk's whole backlog
+/// (0.2–0.4 s after a cancelled 4 GiB upload, on top of the cancel). The log is kept instead
+/// and folded in by a later commit (SQLite does that every 1,000 pages); nothing is lost.
+pub(crate) fn no_checkpoint_on_close(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map(|_| ())
 }
 
 struct Row {
@@ -419,6 +433,35 @@ mod tests {
         // The connection is usable for writes again.
         c.store(&[rec(b"/r/c", ha)]).unwrap();
         assert_eq!(other.lookup(b"/r/c", &stat(1)).unwrap(), Some(ha));
+    }
+
+    /// Closing does not fold the log into the database (that flushes the disk's backlog
+    /// before the process can exit); what was stored is still there when opened again.
+    #[test]
+    fn closing_keeps_the_log_and_loses_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let h = ContentHash::of(b"a");
+        let s1 = stat(1);
+        let c = HashCache::open(t.path()).unwrap();
+        c.store(&[CacheRecord {
+            path: b"/r/a",
+            stat: &s1,
+            hash: h,
+        }])
+        .unwrap();
+        drop(c);
+        let wal = t.path().join(format!("{FILE_NAME}-wal"));
+        assert!(
+            wal.exists(),
+            "the log was checkpointed and removed on close"
+        );
+        assert_eq!(
+            HashCache::open(t.path())
+                .unwrap()
+                .lookup(b"/r/a", &stat(1))
+                .unwrap(),
+            Some(h)
+        );
     }
 
     #[test]

@@ -92,6 +92,7 @@ impl KnownPresent {
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
+        crate::hash::cache::no_checkpoint_on_close(&conn).map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS present (
                store TEXT NOT NULL, hash BLOB NOT NULL, verified_at INTEGER NOT NULL,
