@@ -272,14 +272,39 @@ impl HashCache {
 
 /// The last connection to close would otherwise copy the log into the database and flush
 /// both to disk before the process can exit: a wait of its own for the disk's whole backlog
-/// (0.2–0.4 s after a cancelled 4 GiB upload, on top of the cancel). The log is kept instead
-/// and folded in by a later commit (SQLite does that every 1,000 pages); nothing is lost.
+/// (0.2–0.4 s after a cancelled 4 GiB upload, on top of the cancel). A small log is kept
+/// instead and folded in by a later commit (SQLite does that every 1,000 pages); nothing is
+/// lost. A large one is folded in when it closes ([`fold_large_log`]).
 pub(crate) fn no_checkpoint_on_close(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
         true,
     )
     .map(|_| ())
+}
+
+/// The largest log left beside a database when its connection closes.
+pub(crate) const KEEP_LOG_UP_TO: u64 = 8 << 20;
+
+/// For a connection about to close: a log over `keep` bytes (hashing 200,000 files leaves
+/// 30 MiB) is folded into the database and truncated, as SQLite's own close would, flush
+/// included, rather than left in the cache directory until the next write. Another
+/// process using the database makes it give up at once; its own close or commits fold it.
+pub(crate) fn fold_large_log(conn: &Connection, db: &Path, keep: u64) {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > keep) {
+        let _ = conn.busy_timeout(Duration::ZERO);
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+}
+
+impl Drop for HashCache {
+    fn drop(&mut self) {
+        if let Ok(conn) = self.conn.get_mut() {
+            fold_large_log(conn, &self.path, KEEP_LOG_UP_TO);
+        }
+    }
 }
 
 struct Row {
@@ -452,8 +477,8 @@ mod tests {
         drop(c);
         let wal = t.path().join(format!("{FILE_NAME}-wal"));
         assert!(
-            wal.exists(),
-            "the log was checkpointed and removed on close"
+            wal.metadata().unwrap().len() > 0,
+            "the log was folded in on close"
         );
         assert_eq!(
             HashCache::open(t.path())
@@ -461,6 +486,38 @@ mod tests {
                 .lookup(b"/r/a", &stat(1))
                 .unwrap(),
             Some(h)
+        );
+    }
+
+    #[test]
+    fn a_log_over_the_limit_is_folded_in_and_truncated() {
+        let t = tempfile::tempdir().unwrap();
+        let s1 = stat(1);
+        let c = HashCache::open(t.path()).unwrap();
+        c.store(&[CacheRecord {
+            path: b"/r/a",
+            stat: &s1,
+            hash: ContentHash::of(b"a"),
+        }])
+        .unwrap();
+        let wal = t.path().join(format!("{FILE_NAME}-wal"));
+        let conn = c.conn.lock().unwrap();
+        fold_large_log(&conn, &c.path, u64::MAX);
+        assert!(wal.metadata().unwrap().len() > 0, "under the limit: kept");
+        fold_large_log(&conn, &c.path, 0);
+        assert_eq!(
+            wal.metadata().unwrap().len(),
+            0,
+            "over the limit: truncated"
+        );
+        drop(conn);
+        drop(c);
+        assert_eq!(
+            HashCache::open(t.path())
+                .unwrap()
+                .lookup(b"/r/a", &stat(1))
+                .unwrap(),
+            Some(ContentHash::of(b"a"))
         );
     }
 

@@ -52,6 +52,18 @@ pub struct KnownPresent {
     ttl: Duration,
 }
 
+impl Drop for KnownPresent {
+    fn drop(&mut self) {
+        if let Ok(conn) = self.conn.get_mut() {
+            crate::hash::cache::fold_large_log(
+                conn,
+                &self.path,
+                crate::hash::cache::KEEP_LOG_UP_TO,
+            );
+        }
+    }
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
