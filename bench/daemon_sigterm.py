@@ -16,7 +16,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,19 +24,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from daemon_api import request, wait_ready
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def request(sock, method, path, body=b""):
-    c = socket.socket(socket.AF_UNIX)
-    c.connect(sock)
-    c.sendall(f"{method} {path} HTTP/1.1\r\nHost: attache\r\nContent-Type: application/json\r\n"
-              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-    data = b""
-    while chunk := c.recv(65536):
-        data += chunk
-    c.close()
-    return data.partition(b"\r\n\r\n")[2]
 
 
 def main():
@@ -75,12 +64,7 @@ def main():
             log = open(work / f"daemon-{i}.log", "w")
             d = subprocess.Popen([a.bin, "--config", str(cfg), "daemon"], env=denv, stderr=log)
             sock = str(run / "s.sock")
-            for _ in range(200):
-                try:
-                    request(sock, "GET", "/v1/health")
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            wait_ready(sock)
             job = {"kind": "submit", "inputs": [str(big)], "farm_id": "farm-1", "queue_id": "queue-1"}
             request(sock, "POST", "/v1/jobs", json.dumps(job).encode())
             at = random.uniform(0.5, 14)

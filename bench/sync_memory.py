@@ -68,29 +68,16 @@ def cancel_at(name, args, at):
     took = time.monotonic() - t0
     print(f"{name}: Ctrl-C at {at} s -> exit {p.returncode} after {took:.3f} s{'' if took <= 1 else '  OVER 1 s'}")
 def api_latency():
-    import socket, time
+    import time
     cfg = f"{W}/daemon.toml"
     open(cfg, "w").write(f'[store]\nurl = "{store}"\n[cache]\ndir = "{W}/c3"\n'
                          f'[daemon]\nsocket = "{W}/run/attache.sock"\nstate_dir = "{W}/state"\n')
     denv = dict(env, XDG_CONFIG_HOME=f"{W}/no-config")
     d = subprocess.Popen([A, "--config", cfg, "daemon"], env=denv, stderr=open(f"{W}/daemon.log", "w"))
     sock = f"{W}/run/attache.sock"
-    def req(method, path, body=b""):
-        c = socket.socket(socket.AF_UNIX)
-        c.connect(sock)
-        c.sendall(f"{method} {path} HTTP/1.1\r\nHost: attache\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-        data = b""
-        while chunk := c.recv(65536):
-            data += chunk
-        c.close()
-        return json.loads(data.partition(b"\r\n\r\n")[2])
-    for _ in range(200):
-        try:
-            req("GET", "/v1/health")
-            break
-        except OSError:
-            time.sleep(0.05)
+    from daemon_api import request, wait_ready
+    req = lambda method, path, body=b"": json.loads(request(sock, method, path, body))
+    wait_ready(sock)
     job = json.dumps({"kind": "sync_inputs", "attachments": f"{W}/att.json", "session_dir": f"{W}/sess-api"}).encode()
     t0 = time.monotonic()
     jid = req("POST", "/v1/jobs", job)["id"]
