@@ -13,6 +13,8 @@ pub mod fsutil;
 pub mod hash;
 /// Workflows run by the CLI and the daemon: hash, put, get, submit, sync-inputs/outputs, verify.
 pub mod jobs;
+/// The SQLite files kept on each machine (hash cache, known-present index): open and close.
+pub mod local_db;
 /// Log output setup (text or JSON, filtered by `log.level`).
 pub mod logging;
 /// Manifests: v2023-03-03 model, canonical codec, path validation, merge and diff.

@@ -27,9 +27,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::ContentHash;
 use crate::scan::FileStat;
@@ -121,19 +120,7 @@ impl HashCache {
     }
 
     fn connect(path: &Path) -> rusqlite::Result<Connection> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        // Other attache processes may hold the write lock briefly; wait rather than fail.
-        conn.busy_timeout(Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // NORMAL in WAL mode: a power cut may lose the last commits, never corrupt the file.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        // See `no_checkpoint_on_close`.
-        no_checkpoint_on_close(&conn)?;
+        let conn = crate::local_db::open(path)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS hashes (
                path BLOB PRIMARY KEY,
@@ -270,40 +257,9 @@ impl HashCache {
     }
 }
 
-/// The last connection to close would otherwise copy the log into the database and flush
-/// both to disk before the process can exit: a wait of its own for the disk's whole backlog
-/// (0.2–0.4 s after a cancelled 4 GiB upload, on top of the cancel). A small log is kept
-/// instead and folded in by a later commit (SQLite does that every 1,000 pages); nothing is
-/// lost. A large one is folded in when it closes ([`fold_large_log`]).
-pub(crate) fn no_checkpoint_on_close(conn: &Connection) -> rusqlite::Result<()> {
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-        true,
-    )
-    .map(|_| ())
-}
-
-/// The largest log left beside a database when its connection closes.
-pub(crate) const KEEP_LOG_UP_TO: u64 = 8 << 20;
-
-/// For a connection about to close: a log over `keep` bytes (hashing 200,000 files leaves
-/// 30 MiB) is folded into the database and truncated, as SQLite's own close would, flush
-/// included, rather than left in the cache directory until the next write. Another
-/// process using the database makes it give up at once; its own close or commits fold it.
-pub(crate) fn fold_large_log(conn: &Connection, db: &Path, keep: u64) {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > keep) {
-        let _ = conn.busy_timeout(Duration::ZERO);
-        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-    }
-}
-
 impl Drop for HashCache {
     fn drop(&mut self) {
-        if let Ok(conn) = self.conn.get_mut() {
-            fold_large_log(conn, &self.path, KEEP_LOG_UP_TO);
-        }
+        crate::local_db::close(&mut self.conn, &self.path);
     }
 }
 
@@ -421,6 +377,7 @@ fn io_to_sqlite(e: std::io::Error) -> rusqlite::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn stat(size: u64) -> FileStat {
         FileStat {
@@ -460,8 +417,8 @@ mod tests {
         assert_eq!(other.lookup(b"/r/c", &stat(1)).unwrap(), Some(ha));
     }
 
-    /// Closing does not fold the log into the database (that flushes the disk's backlog
-    /// before the process can exit); what was stored is still there when opened again.
+    /// Closing does not fold a small log into the database (`local_db`: that flushes the
+    /// disk's backlog before the process can exit); what was stored is still there.
     #[test]
     fn closing_keeps_the_log_and_loses_nothing() {
         let t = tempfile::tempdir().unwrap();
@@ -486,38 +443,6 @@ mod tests {
                 .lookup(b"/r/a", &stat(1))
                 .unwrap(),
             Some(h)
-        );
-    }
-
-    #[test]
-    fn a_log_over_the_limit_is_folded_in_and_truncated() {
-        let t = tempfile::tempdir().unwrap();
-        let s1 = stat(1);
-        let c = HashCache::open(t.path()).unwrap();
-        c.store(&[CacheRecord {
-            path: b"/r/a",
-            stat: &s1,
-            hash: ContentHash::of(b"a"),
-        }])
-        .unwrap();
-        let wal = t.path().join(format!("{FILE_NAME}-wal"));
-        let conn = c.conn.lock().unwrap();
-        fold_large_log(&conn, &c.path, u64::MAX);
-        assert!(wal.metadata().unwrap().len() > 0, "under the limit: kept");
-        fold_large_log(&conn, &c.path, 0);
-        assert_eq!(
-            wal.metadata().unwrap().len(),
-            0,
-            "over the limit: truncated"
-        );
-        drop(conn);
-        drop(c);
-        assert_eq!(
-            HashCache::open(t.path())
-                .unwrap()
-                .lookup(b"/r/a", &stat(1))
-                .unwrap(),
-            Some(ContentHash::of(b"a"))
         );
     }
 

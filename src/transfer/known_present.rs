@@ -54,13 +54,7 @@ pub struct KnownPresent {
 
 impl Drop for KnownPresent {
     fn drop(&mut self) {
-        if let Ok(conn) = self.conn.get_mut() {
-            crate::hash::cache::fold_large_log(
-                conn,
-                &self.path,
-                crate::hash::cache::KEEP_LOG_UP_TO,
-            );
-        }
+        crate::local_db::close(&mut self.conn, &self.path);
     }
 }
 
@@ -98,13 +92,7 @@ impl KnownPresent {
         };
         std::fs::create_dir_all(dir)
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
-        crate::hash::cache::no_checkpoint_on_close(&conn).map_err(err)?;
+        let conn = crate::local_db::open(&path).map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS present (
                store TEXT NOT NULL, hash BLOB NOT NULL, verified_at INTEGER NOT NULL,
