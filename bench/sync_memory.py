@@ -4,10 +4,10 @@
   cargo build --release && bench/sync_memory.py [N] [--cancel | --api]
 
 --cancel: instead of memory, how long attache takes to exit after Ctrl-C (SIGINT) at points
-of that sync: `sync-inputs` at 0.3, 0.8 and 1.5 s (fetch, decode, plan, copies), and `sync-outputs` of that session at 0.2, 0.6 and 1.5 s (reading sync-inputs' record, scanning
-the tree), and `get`
-into the materialized tree with an empty hash cache at 4 s (the plan re-reading files in
-place). Goal: within 1 s.
+of that sync: `sync-inputs` at 0.3, 0.8 and 1.5 s (fetch, decode, plan, copies);
+`sync-outputs` of that session at 0.2, 0.6 and 1.5 s (reading sync-inputs' record, scanning
+the tree); `get` into the materialized tree with an empty hash cache at 4 s (the plan
+re-reading files in place). Goal: within 1 s.
 
 --api: how the daemon's API answers while it runs that sync: `attache daemon` on a temporary
 socket, the sync submitted as a job, and one client asking for the job's status every 20 ms
@@ -52,6 +52,8 @@ mhash = json.loads(mh)["paths"][0]["hash"]
 att = {"manifests": [{"rootPath": "/proj", "rootPathFormat": "posix", "inputManifestPath": rel, "inputManifestHash": mhash, "outputRelativeDirectories": ["."]}], "fileSystem": "COPIED"}
 json.dump(att, open(f"{W}/att.json", "w"))
 print(f"manifest {len(data)/2**20:.0f} MiB, {N} entries; limit {(64*2**20 + 200*N)/2**20:.0f} MiB")
+SYNC = [A, "sync-inputs", "--store", store, "--cache-dir", f"{W}/c1", "--attachments", f"{W}/att.json", "--session-dir", f"{W}/sess", "-o", "/dev/null"]
+GET = [A, "get", "--store", store, "--cache-dir", f"{W}/c2", "--dest", f"{W}/out", f"{W}/big.manifest"]
 def measure(name, args):
     r = subprocess.run(["/usr/bin/time", "-f", "%M %e %U %S", *args], env=env, capture_output=True, text=True)
     line = r.stderr.strip().splitlines()[-1]
@@ -99,27 +101,25 @@ if API:
     shutil.rmtree(W, ignore_errors=True)
     sys.exit(0)
 if CANCEL:
-    sync = [A, "sync-inputs", "--store", store, "--cache-dir", f"{W}/c1", "--attachments", f"{W}/att.json", "--session-dir", f"{W}/sess", "-o", "/dev/null"]
     for at in (0.3, 0.8, 1.5):
         shutil.rmtree(f"{W}/sess", ignore_errors=True)
         shutil.rmtree(f"{W}/c1", ignore_errors=True)
-        cancel_at("sync-inputs", sync, at)
+        cancel_at("sync-inputs", SYNC, at)
     # sync-outputs over the whole materialized tree: reading sync-inputs' record of a million
     # entries, then scanning a million files against it.
-    subprocess.run(sync, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(SYNC, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     outputs = [A, "sync-outputs", "--store", store, "--cache-dir", f"{W}/c1", "--attachments", f"{W}/att.json", "--session-dir", f"{W}/sess", "-o", "/dev/null",
                "--farm-id", "farm-1", "--queue-id", "queue-1", "--job-id", "job-1", "--step-id", "step-1", "--task-id", "task-1", "--session-action-id", "sessionaction-1"]
     for at in (0.2, 0.6, 1.5):
         cancel_at("sync-outputs", outputs, at)
     subprocess.run(["cp", f"{W}/store/Manifests/{rel}", f"{W}/big.manifest"])
-    get = [A, "get", "--store", store, "--cache-dir", f"{W}/c2", "--dest", f"{W}/out", f"{W}/big.manifest"]
-    subprocess.run(get, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(GET, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shutil.rmtree(f"{W}/c2")
-    cancel_at("get, files in place, empty hash cache", get, 4.0)
+    cancel_at("get, files in place, empty hash cache", GET, 4.0)
     shutil.rmtree(W, ignore_errors=True)
     sys.exit(0)
-measure("sync-inputs", [A, "sync-inputs", "--store", store, "--cache-dir", f"{W}/c1", "--attachments", f"{W}/att.json", "--session-dir", f"{W}/sess", "-o", "/dev/null"])
+measure("sync-inputs", SYNC)
 shutil.rmtree(f"{W}/sess", ignore_errors=True)
 subprocess.run(["cp", f"{W}/store/Manifests/{rel}", f"{W}/big.manifest"])
-measure("get", [A, "get", "--store", store, "--cache-dir", f"{W}/c2", "--dest", f"{W}/out", f"{W}/big.manifest"])
+measure("get", GET)
 shutil.rmtree(W, ignore_errors=True)
