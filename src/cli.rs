@@ -245,6 +245,14 @@ pub(crate) fn output_file(output: &Option<PathBuf>) -> Option<&std::path::Path> 
 }
 
 /// Records a CLI flag as a config override, so flags, env and file share one validation.
+/// The summary's mention of multipart uploads an earlier run left open and this one aborted.
+pub(crate) fn leftovers_note(aborted: u64) -> String {
+    match aborted {
+        0 => String::new(),
+        n => format!("; aborted {n} multipart upload(s) an earlier run left open"),
+    }
+}
+
 pub(crate) fn flag(out: &mut Vec<Override>, key: &str, source: &str, value: Option<String>) {
     if let Some(value) = value {
         out.push(Override {

@@ -6,6 +6,7 @@ pub mod gate;
 pub mod inflight;
 pub mod known_present;
 pub mod limiter;
+pub mod open_uploads;
 pub mod upload;
 
 use std::path::PathBuf;
@@ -40,6 +41,8 @@ pub struct Transfer {
     pub progress: Arc<Progress>,
     /// Hashes known to be in the store; `None`: ask the store every time.
     pub known: Option<Arc<known_present::KnownPresent>>,
+    /// Multipart uploads started and not yet completed or aborted, for the next run to abort.
+    pub open_uploads: open_uploads::OpenUploads,
 }
 
 impl Transfer {
@@ -122,6 +125,7 @@ impl Transfer {
             memory: Arc::new(Semaphore::new(memory_units as usize)),
             progress,
             known,
+            open_uploads: open_uploads::OpenUploads::new(&settings.cache.dir),
             dry_run: false,
             inflight: None,
         }

@@ -281,3 +281,87 @@ fn cancel_a_multipart_put_with(signal: libc::c_int) {
     );
     eprintln!("put exited 130 {took:?} after signal {signal}");
 }
+
+/// A cancelled put does not wait long for a store that does not answer its abort: the upload
+/// stays recorded in the cache dir, and the next put to that store aborts it.
+#[test]
+fn an_abort_the_store_does_not_answer_is_repeated_by_the_next_put() {
+    let s3 = TestS3::start_background();
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    let root = t.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::File::create(root.join("huge.bin"))
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    // Only the abort (DELETE ?uploadId) is throttled: every try gets 503 SlowDown.
+    s3.faults
+        .only_for(|m, k| m == http::Method::DELETE && k.contains("/Data/"));
+    s3.faults.slow_down_for(Duration::from_secs(600));
+    let mut child = attache(&cache)
+        .envs(s3.env())
+        .env("ATTACHE_BANDWIDTH__UPLOAD", "100MiB/s")
+        .args(["put", "--store", &s3.store_url("p"), "-o"])
+        .arg(t.path().join("m.json"))
+        .arg(&root)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3
+        .stats
+        .requests_matching(|r| r.query.contains("partNumber"))
+        < 2
+    {
+        assert!(Instant::now() < deadline, "no part was uploaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    // The abort gets half a second once the parts in flight have settled (up to 1 s).
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(
+        s3.open_multipart_uploads(),
+        1,
+        "the store refused the abort"
+    );
+    let records = files_under(&cache.join("open-uploads"));
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = read_json(&records[0]);
+    assert_eq!(record["store"], s3.store_url("p"), "{record}");
+    assert_eq!(
+        record["upload_id"],
+        s3.multipart_upload_ids()[0].as_str(),
+        "{record}"
+    );
+
+    // The store answers again: any later put to it aborts the upload.
+    s3.faults.clear();
+    let small = t.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    std::fs::write(small.join("a.txt"), b"a").unwrap();
+    let (code, out, err) = run(attache(&cache)
+        .envs(s3.env())
+        .args(["put", "--json", "--store", &s3.store_url("p")])
+        .arg(&small)
+        .arg("-o")
+        .arg(t.path().join("small.json")));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["upload"]["aborted_leftover_uploads"], 1, "{v}");
+    assert_eq!(
+        s3.open_multipart_uploads(),
+        0,
+        "the leftover was not aborted"
+    );
+    assert_eq!(s3.multipart_part_files(), 0);
+    assert_eq!(
+        files_under(&cache.join("open-uploads")),
+        Vec::<std::path::PathBuf>::new()
+    );
+    eprintln!("put exited 130 {took:?} after SIGINT; the next put aborted the leftover");
+}

@@ -288,7 +288,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     for r in out["roots"].as_array().into_iter().flatten() {
         let u = &r["upload"];
         eprintln!(
-            "{}: {} files ({}); {} {} objects ({}), {} already in the store, {} known present{}",
+            "{}: {} files ({}); {} {} objects ({}), {} already in the store, {} known present{}{}",
             r["root_path"].as_str().unwrap_or_default(),
             r["files"],
             size(&r["bytes"]),
@@ -297,6 +297,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
             size(&u["uploaded_bytes"]),
             u["present_objects"].as_u64().unwrap_or(0),
             u["known_objects"].as_u64().unwrap_or(0),
+            super::leftovers_note(u["aborted_leftover_uploads"].as_u64().unwrap_or(0)),
             match (r["manifest_key"].as_str(), dry_run) {
                 (Some(k), false) => format!("; manifest {k}"),
                 _ => String::new(),

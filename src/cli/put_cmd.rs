@@ -87,7 +87,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         eprintln!(
-            "{}: {} files ({}) -> {} distinct objects: uploaded {} ({}, {} multipart), {} already in the store, {} known present (no request); {:.2} s",
+            "{}: {} files ({}) -> {} distinct objects: uploaded {} ({}, {} multipart), {} already in the store, {} known present (no request){}; {:.2} s",
             root.root.display(),
             u.files,
             ByteSize(root.stats.bytes).display().iec(),
@@ -97,6 +97,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
             u.multipart_objects,
             u.present_objects,
             u.known_objects,
+            super::leftovers_note(u.aborted_leftover_uploads),
             report.seconds
         );
         eprintln!(

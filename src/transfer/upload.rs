@@ -18,13 +18,15 @@ use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
+use super::gate::Gate;
 use super::inflight::{self, Claim, Done};
 use super::known_present::{KnownEntries, KnownPresent};
+use super::open_uploads;
 use super::{Transfer, TransferError, cancellable, run_pieces};
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
 use crate::store::layout::data_key;
-use crate::store::{PutOptions, PutOutcome};
+use crate::store::{ObjectStore, PutOptions, PutOutcome};
 
 /// One file to upload, by content hash.
 #[derive(Debug, Clone)]
@@ -50,6 +52,8 @@ pub struct UploadReport {
     pub present_objects: u64,
     /// Objects skipped because the known-present index vouched for them (no request).
     pub known_objects: u64,
+    /// Multipart uploads to this store that earlier runs left open, aborted by this one.
+    pub aborted_leftover_uploads: u64,
 }
 
 #[derive(Default)]
@@ -100,6 +104,7 @@ impl Counters {
             multipart_objects: self.multipart_objects.load(Relaxed),
             present_objects: self.present_objects.load(Relaxed),
             known_objects: self.known_objects.load(Relaxed),
+            aborted_leftover_uploads: 0,
         }
     }
 }
@@ -154,10 +159,21 @@ pub async fn upload_stream(
                 }
             }
         });
+    // Alongside the transfer; dropped (records kept) if it fails or is cancelled.
+    let leftovers = (!t.dry_run).then(|| {
+        let t = t.clone();
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            async move { abort_leftovers(&t).await },
+        ))
+    });
     let outcome = run_pieces(pieces, t.settings.workers, stop, cancel).await;
     counters.flush_known(&t);
     outcome?;
-    Ok(counters.report())
+    let mut report = counters.report();
+    if let Some(task) = leftovers {
+        report.aborted_leftover_uploads = cancellable(cancel, task).await?.unwrap_or(0) as u64;
+    }
+    Ok(report)
 }
 
 async fn upload_one(
@@ -355,21 +371,144 @@ async fn upload_multipart(
     cancel: &CancellationToken,
 ) -> Result<(), TransferError> {
     let upload_id = t.gate.run(cancel, || t.store.create_multipart(key)).await?;
-    let result = upload_parts(t, item, key, &upload_id, cancel).await;
-    if result.is_err() {
-        // Not under `cancel`: the abort must happen even (especially) when cancelled.
-        let abort = t
-            .gate
-            .run_within(ABORT_DEADLINE, || t.store.abort_multipart(key, &upload_id));
-        match abort.await {
-            Some(Ok(())) => tracing::debug!(key, "multipart upload aborted"),
-            Some(Err(e)) => tracing::warn!("could not abort the multipart upload of {key}: {e}"),
-            None => tracing::warn!(
-                "aborting the multipart upload of {key} took over {ABORT_DEADLINE:?}; a lifecycle rule must clean it up"
-            ),
+    let record = {
+        let (o, store, key, id) = (
+            t.open_uploads.clone(),
+            t.store.describe(),
+            key.to_string(),
+            upload_id.clone(),
+        );
+        // Off the runtime: a file create can wait on a busy disk's journal.
+        match tokio::task::spawn_blocking(move || o.record(&store, &key, &id)).await {
+            Ok(Ok(held)) => Some(held),
+            Ok(Err(e)) => {
+                tracing::warn!("{e}");
+                None
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
+    };
+    let result = upload_parts(t, item, key, &upload_id, cancel).await;
+    match (&result, record) {
+        (Ok(()), Some(record)) => {
+            tokio::task::spawn_blocking(move || record.done());
+        }
+        (Ok(()), None) => {}
+        (Err(_), record) => abort_given_up(t, key, upload_id, record, cancel.is_cancelled()).await,
     }
     result
+}
+
+/// How long a cancelled upload waits to see its multipart upload aborted when the abort is
+/// recorded: someone is waiting for the cancel, and the next upload to the store repeats an
+/// abort that was not confirmed by then.
+const CANCEL_ABORT_WAIT: Duration = Duration::from_millis(500);
+
+/// Aborts a multipart upload that failed or was cancelled (not under `cancel`: the abort must
+/// happen even, especially, then). It runs as its own task: a cancelled upload waits at most
+/// [`CANCEL_ABORT_WAIT`] for it, and in the daemon it finishes meanwhile; the record goes
+/// once the store confirms.
+async fn abort_given_up(
+    t: &Transfer,
+    key: &str,
+    upload_id: String,
+    record: Option<open_uploads::Held>,
+    cancelled: bool,
+) {
+    let bounded = cancelled && record.is_some();
+    let task = tokio::spawn(abort_recorded(
+        t.store.clone(),
+        t.gate.clone(),
+        key.to_string(),
+        upload_id,
+        record,
+    ));
+    if !bounded {
+        if let Err(e) = task.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    } else if tokio::time::timeout(CANCEL_ABORT_WAIT, task).await.is_err() {
+        tracing::info!(
+            "the store has not confirmed the abort of the multipart upload of {key} yet; the next upload to {} repeats it if it does not",
+            t.store.describe()
+        );
+    }
+}
+
+/// Aborts `upload_id` of `key` (within [`ABORT_DEADLINE`]); drops its record once the store
+/// confirms.
+async fn abort_recorded(
+    store: Arc<dyn ObjectStore>,
+    gate: Arc<Gate>,
+    key: String,
+    upload_id: String,
+    record: Option<open_uploads::Held>,
+) {
+    let later = if record.is_some() {
+        "the next upload to this store tries again"
+    } else {
+        "a lifecycle rule must clean it up"
+    };
+    match gate
+        .run_within(ABORT_DEADLINE, || store.abort_multipart(&key, &upload_id))
+        .await
+    {
+        Some(Ok(())) => {
+            tracing::debug!(key, "multipart upload aborted");
+            if let Some(record) = record {
+                tokio::task::spawn_blocking(move || record.done());
+            }
+        }
+        Some(Err(e)) => {
+            tracing::warn!("could not abort the multipart upload of {key}: {e}; {later}")
+        }
+        None => tracing::warn!(
+            "aborting the multipart upload of {key} took over {ABORT_DEADLINE:?}; {later}"
+        ),
+    }
+}
+
+/// Aborts the multipart uploads to this store that earlier runs left open (see
+/// [`open_uploads`]), all at once; returns how many the store confirmed.
+pub async fn abort_leftovers(t: &Transfer) -> usize {
+    let (o, store) = (t.open_uploads.clone(), t.store.describe());
+    let Ok(left) = tokio::task::spawn_blocking(move || o.leftovers(&store)).await else {
+        return 0;
+    };
+    if left.is_empty() {
+        return 0;
+    }
+    tracing::info!(
+        "aborting {} multipart upload(s) to {} left open by an earlier run",
+        left.len(),
+        t.store.describe()
+    );
+    let aborted = futures::future::join_all(left.into_iter().map(|l| async move {
+        let r = t
+            .gate
+            .run_within(ABORT_DEADLINE, || t.store.abort_multipart(&l.key, &l.upload_id))
+            .await;
+        match r {
+            Some(Ok(())) => {
+                tracing::debug!(key = l.key, "left-over multipart upload aborted");
+                let held = l.held;
+                tokio::task::spawn_blocking(move || held.done());
+                true
+            }
+            Some(Err(e)) => {
+                tracing::warn!(
+                    "could not abort the multipart upload of {} left open by an earlier run: {e}; the next upload tries again",
+                    l.key
+                );
+                false
+            }
+            None => false,
+        }
+    }))
+    .await;
+    aborted.into_iter().filter(|&a| a).count()
 }
 
 async fn upload_parts(

@@ -1,0 +1,220 @@
+//! Multipart uploads this machine started and has not completed or aborted yet: one small
+//! record each in `<cache.dir>/open-uploads/`, so that an upload a cancel could not wait to
+//! see aborted, or that a crash, a kill or a lost store left open, is aborted by the next
+//! upload to the same store instead of keeping its parts (billed storage) in the bucket.
+//!
+//! Why a lock: the process that runs an upload holds an exclusive `flock` on its record until
+//! the upload is completed or aborted. The kernel drops the lock with the process, so a
+//! record that can be locked is a leftover whatever ended its owner, and a record in use by
+//! another job or process on the machine is never touched.
+
+use std::fs::{File, TryLockError};
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// The records' directory, under `cache.dir`.
+pub const DIR_NAME: &str = "open-uploads";
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot record the multipart upload of {key} in {dir}: {source} (check that cache.dir is writable)"
+)]
+pub struct RecordError {
+    key: String,
+    dir: PathBuf,
+    source: std::io::Error,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    store: String,
+    key: String,
+    upload_id: String,
+    /// Unix seconds.
+    started_at: u64,
+}
+
+/// The records of one machine (one cache dir).
+#[derive(Debug, Clone)]
+pub struct OpenUploads {
+    dir: PathBuf,
+}
+
+/// A record, locked by this process: while an upload runs, or while a leftover is aborted.
+#[derive(Debug)]
+pub struct Held {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl Held {
+    /// The upload is completed or aborted: its record goes. Dropping a `Held` without this
+    /// keeps the record, unlocked, for the next upload to the store to abort.
+    pub fn done(self) {
+        if let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// A multipart upload a previous run (or a job no longer running) left open.
+#[derive(Debug)]
+pub struct Leftover {
+    pub key: String,
+    pub upload_id: String,
+    pub started_at: u64,
+    pub held: Held,
+}
+
+impl OpenUploads {
+    pub fn new(cache_dir: &Path) -> OpenUploads {
+        OpenUploads {
+            dir: cache_dir.join(DIR_NAME),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Records the upload `upload_id` of `key` in `store` (its `describe()`), locked until
+    /// the returned [`Held`] is done or dropped. The record is complete and locked before it
+    /// gets its name, so nobody sees it half-written or unlocked.
+    pub fn record(&self, store: &str, key: &str, upload_id: &str) -> Result<Held, RecordError> {
+        let err = |source| RecordError {
+            key: key.into(),
+            dir: self.dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(err)?;
+        let record = Record {
+            store: store.into(),
+            key: key.into(),
+            upload_id: upload_id.into(),
+            started_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+        };
+        let tmp = crate::fsutil::temp_file_in(&self.dir, ".record-", ".tmp").map_err(err)?;
+        tmp.as_file().lock().map_err(err)?;
+        let json = serde_json::to_vec(&record).expect("a record serializes");
+        tmp.as_file().write_all(&json).map_err(err)?;
+        let path = self.dir.join(record_name(store, upload_id));
+        let lock = tmp.persist(&path).map_err(|e| err(e.error))?;
+        Ok(Held { path, _lock: lock })
+    }
+
+    /// The records of `store` that no running upload holds, each locked for the caller.
+    /// Unreadable entries are skipped (with a debug log): this must never stop an upload.
+    pub fn leftovers(&self, store: &str) -> Vec<Leftover> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            match take_if_left(&path, store) {
+                Ok(Some(l)) => out.push(l),
+                Ok(None) => {}
+                Err(e) => tracing::debug!("skipping {}: {e}", path.display()),
+            }
+        }
+        out.sort_by_key(|l| l.started_at);
+        out
+    }
+}
+
+/// Locks `path` if no one holds it and it records an upload of `store`.
+fn take_if_left(path: &Path, store: &str) -> std::io::Result<Option<Leftover>> {
+    let mut file = File::open(path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Ok(None),
+        Err(TryLockError::Error(e)) => return Err(e),
+    }
+    // Removed by its owner between our open and lock: already finished.
+    if file.metadata()?.nlink() == 0 {
+        return Ok(None);
+    }
+    let mut json = Vec::new();
+    file.read_to_end(&mut json)?;
+    let r: Record = serde_json::from_slice(&json).map_err(std::io::Error::other)?;
+    if r.store != store {
+        return Ok(None);
+    }
+    Ok(Some(Leftover {
+        key: r.key,
+        upload_id: r.upload_id,
+        started_at: r.started_at,
+        held: Held {
+            path: path.to_path_buf(),
+            _lock: file,
+        },
+    }))
+}
+
+/// One name per (store, upload): upload ids are unique only within a store.
+fn record_name(store: &str, upload_id: &str) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+    h.update(store.as_bytes());
+    h.update(&[0]);
+    h.update(upload_id.as_bytes());
+    format!("{:032x}.json", h.digest128())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_upload_is_not_a_leftover_and_a_finished_one_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let o = OpenUploads::new(t.path());
+        let held = o.record("s3://b/p", "p/Data/a.xxh128", "u1").unwrap();
+        assert!(o.leftovers("s3://b/p").is_empty(), "held by its upload");
+        held.done();
+        assert!(o.leftovers("s3://b/p").is_empty());
+        assert_eq!(std::fs::read_dir(o.dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_upload_given_up_unconfirmed_is_left_to_the_next_run_of_the_same_store_only() {
+        let t = tempfile::tempdir().unwrap();
+        let o = OpenUploads::new(t.path());
+        drop(o.record("s3://b/p", "p/Data/a.xxh128", "u1").unwrap());
+        drop(o.record("s3://other/p", "p/Data/a.xxh128", "u1").unwrap());
+        let left = o.leftovers("s3://b/p");
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            (left[0].key.as_str(), left[0].upload_id.as_str()),
+            ("p/Data/a.xxh128", "u1")
+        );
+        // Locked for whoever took it: another run does not abort it too.
+        assert!(o.leftovers("s3://b/p").is_empty());
+        let first = left.into_iter().next().unwrap();
+        drop(first);
+        let again = o.leftovers("s3://b/p");
+        assert_eq!(again.len(), 1, "an abort that failed keeps the record");
+        again.into_iter().for_each(|l| l.held.done());
+        assert!(o.leftovers("s3://b/p").is_empty());
+        assert_eq!(o.leftovers("s3://other/p").len(), 1);
+    }
+
+    #[test]
+    fn junk_in_the_directory_is_skipped() {
+        let t = tempfile::tempdir().unwrap();
+        let o = OpenUploads::new(t.path());
+        std::fs::create_dir_all(o.dir()).unwrap();
+        std::fs::write(o.dir().join("x.json"), b"{not json").unwrap();
+        std::fs::write(o.dir().join(".record-1.tmp"), b"").unwrap();
+        drop(o.record("s3://b/p", "k", "u").unwrap());
+        assert_eq!(o.leftovers("s3://b/p").len(), 1);
+    }
+}
