@@ -6,9 +6,9 @@
 Starts the test S3 server (examples/s3_server.rs) with its data under --dir, writes a 4 GiB
 random file there, and for each run starts `attache daemon` (a fresh bucket, cache and state
 dir), submits the file as a job, sends SIGTERM at a seeded random point in [0.5, 14] s and
-times the daemon's exit (goal: 1 s). The daemon must abort the multipart upload before it
-exits, so a server that answers slowly (its disk busy with the parts it was just sent) shows
-here. Put --dir on the disk under test (default: $TMPDIR). Each run's daemon log (debug) is
+times the daemon's exit (goal: 1 s). The daemon aborts the multipart upload as it exits and
+waits at most 0.5 s for the store to confirm; an upload still open a second later must be
+recorded in its cache dir and aborted by the next put to the store (run and reported here). Put --dir on the disk under test (default: $TMPDIR). Each run's daemon log (debug) is
 kept as DIR/daemon-N.log. Every loop is bounded.
 """
 import argparse
@@ -78,8 +78,9 @@ def main():
                 d.wait()
             took = time.monotonic() - t0
             times.append(took)
+            left = leftovers(a.bin, cfg, denv, info, run)
             print(f"run {i}: SIGTERM at {at:.2f} s -> exit {d.returncode} after {took:.3f} s"
-                  f"{'  OVER 1 s' if took > 1 else ''}", flush=True)
+                  f"{'  OVER 1 s' if took > 1 else ''}{left}", flush=True)
     finally:
         server.terminate()
         server.wait()
@@ -87,6 +88,29 @@ def main():
           f"over 1 s: {sum(t > 1 for t in times)}; logs in {work}")
     big.unlink()
     subprocess.run(["rm", "-rf", str(work / "s3")])
+
+
+def stats(info):
+    with urllib.request.urlopen(f"{info['control']}/stats") as r:
+        return json.load(r)
+
+
+def leftovers(bin, cfg, env, info, run):
+    """Multipart uploads the daemon left open (their abort unconfirmed when it exited) must be
+    recorded in its cache dir and aborted by the next upload to the store: a one-file put."""
+    time.sleep(1)  # let the server finish an abort that was sent
+    open_mpu = stats(info)["open_multipart_uploads"]
+    if not open_mpu:
+        return ""
+    recorded = len(list((run / "cache" / "open-uploads").glob("*.json")))
+    tiny = run / "tiny"
+    tiny.mkdir()
+    (tiny / "a.txt").write_text("a")
+    subprocess.run([bin, "--config", str(cfg), "put", str(tiny), "-o", str(run / "tiny.manifest")],
+                   env=env, stderr=subprocess.DEVNULL, timeout=60)
+    after = stats(info)["open_multipart_uploads"]
+    return (f"; {open_mpu} upload(s) left open, {recorded} recorded, {after} open after the "
+            f"next put{'  NOT CLEANED' if after else ''}")
 
 
 if __name__ == "__main__":

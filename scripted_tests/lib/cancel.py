@@ -14,7 +14,9 @@ After each cancel: time to exit (CLI, daemon) or to the `cancelled` state (API),
 (that, and the S3 server seeing no request traffic for 300 ms), then the leftovers: temp files
 (`.attache-*`), partial or corrupt files in the destination, objects in the store that are not
 exactly their source file, open multipart uploads and part files on the server, input manifests
-published by a cancelled submit.
+published by a cancelled submit. attache waits at most 0.5 s for the store to confirm an abort
+after a cancel; an upload still open then must be recorded in the run's cache dir
+(open-uploads/) and aborted by the next put to the store, which the test runs and counts.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ class CancelTest:
         if mode.startswith("daemon"):
             d = Daemon(w, server, w.fresh("daemon"), tag=f"{tag}-daemon")
             h["daemon"] = d
+            h["cache"] = d.dir / "cache"
             if self.dir == "download":
                 h["dest"] = w.fresh("session")
                 spec = {"kind": "sync_inputs", "attachments": str(self.attachments[scn]),
@@ -165,8 +168,9 @@ class CancelTest:
                 argv = self.attache("get", self.manifest[scn], "--dest", h["dest"],
                                     "--store", server.store_url(prefix))
             else:
+                h["cache"] = w.fresh("cache")
                 argv = self.attache("put", root, "--store", server.store_url(prefix),
-                                    "-o", w.fresh("out.manifest"))
+                                    "-o", w.fresh("out.manifest"), cache=h["cache"])
             h["run"] = Run(argv, env=attache_env(server), log_path=logf, work=w)
             h["t_start"] = h["run"].t_start
         return h
@@ -228,6 +232,9 @@ class CancelTest:
         out["aborts"] = ops.get("AbortMultipartUpload", 0)
         out["completes"] = ops.get("CompleteMultipartUpload", 0)
         out["orphans"] = 0
+        out["next_run"] = 0
+        if out["open_mpu"] and h.get("cache") and self.dir == "upload":
+            out.update(self.next_run_aborts(h, server, out))
         if out["mpu_parts"] and not out["open_mpu"] and out["completes"] and \
                 not self.args.strict_mpu:
             # s3s-fs deletes an upload's registration first, then assembles (and deletes) the
@@ -238,6 +245,27 @@ class CancelTest:
             out["problems"].append(f"{out['open_mpu']} open multipart upload(s), "
                                    f"{out['mpu_parts']} part file(s) on the server")
         return out
+
+    def next_run_aborts(self, h: dict, server: S3Server, out: dict) -> dict:
+        """An upload whose abort the store had not confirmed when attache gave up waiting (0.5 s
+        after a cancel) must be recorded in the cache dir's open-uploads/ and aborted by the
+        next upload to the store: runs a one-file put with the same cache, then counts again."""
+        recorded = len(list((Path(h["cache"]) / "open-uploads").glob("*.json")))
+        tiny = self.work.fresh("tiny")
+        Path(tiny).mkdir(parents=True, exist_ok=True)
+        (Path(tiny) / "a.txt").write_text(h["tag"])
+        run = Run(self.attache("put", tiny, "--store", server.store_url(h["prefix"]),
+                               "-o", self.work.fresh("tiny.manifest"), cache=h["cache"]),
+                  env=attache_env(server), log_path=self.work.logs / f"{h['tag']}-next.log",
+                  work=self.work)
+        run.wait(60)
+        st = server.stats()
+        log(f"{h['tag']}: {out['open_mpu']} open multipart upload(s) after the cancel, "
+            f"{recorded} recorded; after the next put: {st['open_multipart_uploads']} open")
+        if recorded >= out["open_mpu"] and run.rc == 0:
+            return {"next_run": out["open_mpu"], "open_mpu": st["open_multipart_uploads"],
+                    "mpu_parts": st["multipart_part_files"]}
+        return {}
 
     # ------------------------------------------------------------------ baseline
 
@@ -468,14 +496,19 @@ class CancelTest:
             else:
                 extra = [f"{r['present']}/{r['total']}", r["bad"], r["manifests"]]
             parts = f"{r['mpu_parts']}*" if r.get("orphans") else r["mpu_parts"]
-            rows.append(common + extra + [r["open_mpu"], parts, r.get("aborts"), r["srv_tmp"]])
+            mpu = [r["open_mpu"]] + ([r.get("next_run", 0)] if self.dir == "upload" else [])
+            rows.append(common + extra + mpu + [parts, r.get("aborts"), r["srv_tmp"]])
         hdr = ["scenario", "mode", "cancel s", "at", "outcome", "to exit s", "to idle s",
                "req after"]
         hdr += (["files ok", "temp", "partial", "extra"] if self.dir == "download"
                 else ["objects ok", "bad", "manifests"])
-        hdr += ["open MPU", "MPU parts", "aborts", "srv .tmp"]
+        hdr += ["open MPU"] + (["next run"] if self.dir == "upload" else [])
+        hdr += ["MPU parts", "aborts", "srv .tmp"]
         rep.table(f"Cancel runs ({self.dir}): 'to exit' = process exit (daemon-api: job "
-                  f"cancelled); 'to idle' = that and no S3 traffic for 300 ms", hdr, rows)
+                  f"cancelled); 'to idle' = that and no S3 traffic for 300 ms"
+                  + ("; 'next run' = open uploads whose abort was not confirmed within 0.5 s, "
+                     "recorded and aborted by the next put (open MPU is counted after it)"
+                     if self.dir == "upload" else ""), hdr, rows)
         srows = []
         for scn in ("files", "big"):
             for mode in MODES + ["official"]:

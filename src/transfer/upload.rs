@@ -536,14 +536,18 @@ async fn upload_parts(
                 p = t.memory.acquire_many(t.memory_units(len)) => break p.expect("never closed"),
             }
         };
-        let (data, h) = read_part(
-            &file,
-            &item.path,
-            offset,
-            len,
-            hasher.take().expect("returned after each part"),
+        // Under cancel: on a busy disk one part's read can take a large share of a second.
+        let (data, h) = cancellable(
+            cancel,
+            read_part(
+                &file,
+                &item.path,
+                offset,
+                len,
+                hasher.take().expect("returned after each part"),
+            ),
         )
-        .await?;
+        .await??;
         hasher = Some(h);
         let body = Bytes::from(data);
         in_flight.push(async move {
