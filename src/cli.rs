@@ -46,7 +46,8 @@ struct GlobalArgs {
     /// Log format: text or json [config: log.format].
     #[arg(long, global = true, value_name = "FORMAT")]
     log_format: Option<String>,
-    /// Directory of the hash cache and the known-present index [config: cache.dir].
+    /// Directory of the hash cache, the known-present index and the open-uploads records
+    /// [config: cache.dir].
     #[arg(long, global = true, value_name = "DIR")]
     cache_dir: Option<String>,
 }
