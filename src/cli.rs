@@ -1,5 +1,6 @@
 //! The command line: arguments, config loading, dispatch and exit codes.
 
+mod cleanup_cmd;
 mod config_cmd;
 mod daemon_cmd;
 mod farm;
@@ -68,6 +69,9 @@ enum Command {
     Put(put_cmd::PutArgs),
     /// Materialize manifests from a store into a directory (plumbing for sync-inputs).
     Get(get_cmd::GetArgs),
+    /// Abort multipart uploads left open in a store (this machine's leftovers, then any under
+    /// the root prefix older than --older-than).
+    Cleanup(cleanup_cmd::CleanupArgs),
     /// Run the transfer daemon: one process serving every transfer of this machine over a
     /// local socket (see "Run as a service" in the README).
     Daemon,
@@ -182,6 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SyncOutputs(a) => a.overrides(&mut overrides),
         Command::DownloadOutputs(a) => a.overrides(&mut overrides),
         Command::Get(a) => a.overrides(&mut overrides),
+        Command::Cleanup(a) => a.overrides(&mut overrides),
         Command::Manifest(m) => m.overrides(&mut overrides),
         Command::Config(_)
         | Command::Daemon
@@ -220,6 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SyncOutputs(a) => farm::sync_outputs(&ctx, a),
         Command::DownloadOutputs(a) => farm::download_outputs(&ctx, a),
         Command::Get(a) => get_cmd::run(&ctx, a),
+        Command::Cleanup(a) => cleanup_cmd::run(&ctx, a),
         Command::Manifest(m) => manifest_cmd::run(&ctx, m),
         Command::Config(c) => config_cmd::run(&ctx, c),
         Command::Daemon => daemon_cmd::daemon(&ctx),

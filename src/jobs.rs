@@ -2,6 +2,7 @@
 //! A job takes a spec, a cancellation token and a progress sink, and returns a JSON-ready result.
 
 pub mod attachments;
+pub mod cleanup;
 pub mod detached;
 pub mod download_outputs;
 pub mod get;

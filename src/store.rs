@@ -28,6 +28,15 @@ pub struct ObjectInfo {
     pub metadata: Vec<(String, String)>,
 }
 
+/// A multipart upload a store holds open: started, neither completed nor aborted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+    /// Milliseconds since the epoch, when the store reports it.
+    pub initiated_ms: Option<i64>,
+}
+
 impl ObjectInfo {
     pub fn meta(&self, name: &str) -> Option<&str> {
         self.metadata
@@ -143,6 +152,8 @@ pub trait ObjectStore: Send + Sync {
         parts: &[(i32, String)],
     ) -> Result<(), StoreError>;
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+    /// The open multipart uploads of keys starting with `prefix`.
+    async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError>;
     /// Every object whose key starts with `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError>;

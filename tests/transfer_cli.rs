@@ -365,3 +365,29 @@ fn an_abort_the_store_does_not_answer_is_repeated_by_the_next_put() {
     );
     eprintln!("put exited 130 {took:?} after SIGINT; the next put aborted the leftover");
 }
+
+#[test]
+fn cleanup_reports_what_it_did_and_refuses_a_bad_age() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    let store = format!("file://{}", t.path().join("store").display());
+    let (code, _, err) =
+        run(attache(&cache).args(["cleanup", "--store", &store, "--older-than", "soon"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--older-than \"soon\""), "{err}");
+    let (code, _, err) = run(attache(&cache).args(["cleanup", "--store", &store]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("0 open multipart upload(s) under Data/: aborted 0 started over 24h ago"),
+        "{err}"
+    );
+    let (code, out, err) =
+        run(attache(&cache).args(["cleanup", "--json", "--dry-run", "--store", &store]));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["listed"].as_u64(), v["dry_run"].as_bool()),
+        (Some(0), Some(true)),
+        "{v}"
+    );
+}

@@ -825,3 +825,85 @@ async fn a_bare_400_to_a_head_says_what_to_check() {
         "{err}"
     );
 }
+
+/// `cleanup` aborts what the store holds open under the root prefix's Data/: this machine's
+/// recorded leftovers at once, others only past `--older-than`; never an upload a transfer on
+/// this machine is running, never one under another prefix; a dry run aborts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_aborts_open_uploads_by_age_and_spares_running_ones() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let s = settings(&s3, "p", &t.path().join("cache"));
+    check_cleanup(transfer(&s).await, &|| s3.multipart_upload_ids()).await;
+    let store = t.path().join("store");
+    let s = fs_settings(&store, &t.path().join("cache-fs"));
+    let open = || {
+        std::fs::read_dir(store.join(".attache-multipart"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    check_cleanup(transfer(&s).await, &open).await;
+}
+
+async fn check_cleanup(tr: Arc<Transfer>, open: &dyn Fn() -> Vec<String>) {
+    use attache::jobs::cleanup::{self, CleanupSpec};
+    let store = tr.store.describe();
+    let data = |name: &str| attache::store::layout::join(tr.store.root_prefix(), name);
+    let keys = [
+        data("Data/a.xxh128"),
+        data("Data/b.xxh128"),
+        data("Data/c.xxh128"),
+        "q/Data/d.xxh128".to_string(),
+    ];
+    let mut ids = Vec::new();
+    for key in &keys {
+        ids.push(tr.store.create_multipart(key).await.unwrap());
+    }
+    // c: left by an earlier run of this machine; b: a transfer here is running it.
+    drop(tr.open_uploads.record(&store, &keys[2], &ids[2]).unwrap());
+    let running = tr.open_uploads.record(&store, &keys[1], &ids[1]).unwrap();
+    let cancel = CancellationToken::new();
+    let run = |older_than: Duration, dry_run: bool| {
+        let spec = CleanupSpec {
+            older_than,
+            dry_run,
+        };
+        let (tr, cancel) = (tr.clone(), cancel.clone());
+        async move { cleanup::run(spec, tr, &cancel).await.unwrap() }
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+
+    let r = run(Duration::ZERO, true).await;
+    assert_eq!((r.recorded_aborted, r.listed), (0, 3), "{store}: {r:?}");
+    let would: Vec<_> = r.aborted.iter().map(|u| u.key.clone()).collect();
+    assert_eq!(would, [keys[0].clone(), keys[2].clone()], "{store}: {r:?}");
+    assert_eq!(open().len(), 4, "{store}: a dry run aborts nothing");
+
+    let r = run(Duration::from_secs(24 * 3600), false).await;
+    assert_eq!(r.recorded_aborted, 1, "{store}: {r:?}");
+    assert_eq!(
+        (r.listed, r.kept_younger, r.kept_in_progress_here),
+        (2, 1, 1),
+        "{store}: {r:?}"
+    );
+    assert!(
+        r.aborted.is_empty() && r.failed.is_empty(),
+        "{store}: {r:?}"
+    );
+    assert_eq!(open().len(), 3, "{store}");
+
+    let r = run(Duration::ZERO, false).await;
+    let aborted: Vec<_> = r.aborted.iter().map(|u| u.upload_id.clone()).collect();
+    assert_eq!(aborted, [ids[0].clone()], "{store}: {r:?}");
+    assert_eq!(r.kept_in_progress_here, 1, "{store}: {r:?}");
+    assert_eq!(
+        sorted(open()),
+        sorted(vec![ids[1].clone(), ids[3].clone()]),
+        "{store}: the running upload and the other prefix's stay"
+    );
+    running.done();
+}

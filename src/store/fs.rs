@@ -3,7 +3,8 @@
 //! Every write goes to a unique temporary file under `dir/.attache-tmp/` and is renamed (or,
 //! for create-if-absent, hard-linked) into place, so several processes can share the store
 //! and a reader never sees a partial object. Multipart parts wait in
-//! `dir/.attache-multipart/<upload id>/` until they are completed or aborted.
+//! `dir/.attache-multipart/<upload id>/` (beside a `key` file naming the object) until they are
+//! completed or aborted.
 
 use std::io::Write;
 use std::ops::Range;
@@ -16,11 +17,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::parts_in_flight::{PartsInFlight, SETTLE_WITHIN};
-use super::{GetObject, ObjectInfo, ObjectStore, PutOptions, PutOutcome, StoreError};
+use super::{GetObject, ObjectInfo, ObjectStore, OpenUpload, PutOptions, PutOutcome, StoreError};
 use crate::transfer::limiter::Bandwidth;
 
 const TMP_DIR: &str = ".attache-tmp";
 const MULTIPART_DIR: &str = ".attache-multipart";
+/// In an upload's dir: the key it is for (parts are `00001`, `00002`, …).
+const UPLOAD_KEY_FILE: &str = "key";
 /// User metadata of objects that have some, as JSON beside the store's keys.
 const META_DIR: &str = ".attache-meta";
 /// Size of the chunks a GET body is read and paced in.
@@ -272,9 +275,13 @@ impl ObjectStore for FsStore {
         self.path_of(key, "CreateMultipartUpload")?;
         let id = format!("{:032x}", rand::random::<u128>());
         let dir = self.upload_dir(&id)?;
-        blocking(move || std::fs::create_dir_all(dir))
-            .await
-            .map_err(|e| self.io("CreateMultipartUpload", key, e))?;
+        let named = key.to_string();
+        blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join(UPLOAD_KEY_FILE), named)
+        })
+        .await
+        .map_err(|e| self.io("CreateMultipartUpload", key, e))?;
         Ok(id)
     }
 
@@ -357,6 +364,14 @@ impl ObjectStore for FsStore {
         }
     }
 
+    async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError> {
+        let root = self.dir.join(MULTIPART_DIR);
+        let prefix_owned = prefix.to_string();
+        blocking(move || list_uploads(&root, &prefix_owned))
+            .await
+            .map_err(|e| self.io("ListMultipartUploads", prefix, e))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let root = self.dir.clone();
         let prefix_owned = prefix.to_string();
@@ -379,6 +394,45 @@ impl ObjectStore for FsStore {
 }
 
 /// Every file under `root` whose key starts with `prefix`, skipping attache's own directories.
+/// The upload dirs under `root` whose `key` file starts with `prefix`; one without a key file
+/// (from attache before 2026-11-22) is listed under the key "" whatever the prefix.
+fn list_uploads(root: &Path, prefix: &str) -> std::io::Result<Vec<OpenUpload>> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Ok(upload_id) = entry.file_name().into_string() else {
+            continue;
+        };
+        let key_file = entry.path().join(UPLOAD_KEY_FILE);
+        let (key, started) = match std::fs::read_to_string(&key_file) {
+            Ok(k) if k.starts_with(prefix) => (k, std::fs::metadata(&key_file)?),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (String::new(), entry.metadata()?)
+            }
+            Err(e) => return Err(e),
+        };
+        // The key file is written once, at the start; the dir changes with every part.
+        let initiated_ms = started
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64);
+        out.push(OpenUpload {
+            key,
+            upload_id,
+            initiated_ms,
+        });
+    }
+    out.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
+    Ok(out)
+}
+
 fn list_dir(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
     // Walk only the directory the prefix names, not the whole store.
     let base = match prefix.rfind('/') {

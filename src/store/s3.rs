@@ -34,7 +34,7 @@ use futures::StreamExt;
 use http_body::{Frame, SizeHint};
 
 use super::parts_in_flight::{PartsInFlight, SETTLE_WITHIN};
-use super::{GetObject, ObjectInfo, ObjectStore, PutOptions, PutOutcome, StoreError};
+use super::{GetObject, ObjectInfo, ObjectStore, OpenUpload, PutOptions, PutOutcome, StoreError};
 use crate::config::{ChecksumMode, S3Settings};
 use crate::transfer::limiter::Bandwidth;
 
@@ -486,6 +486,42 @@ impl ObjectStore for S3Store {
                 StoreError::NotFound { .. } => Ok(()),
                 other => Err(other),
             },
+        }
+    }
+
+    async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError> {
+        // Not paginated by the SDK: follow the key and upload-id markers by hand.
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .set_expected_bucket_owner(self.expected_bucket_owner.clone())
+                .send()
+                .await
+                .map_err(|e| self.err("ListMultipartUploads", prefix, e))?;
+            for u in page.uploads() {
+                if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
+                    out.push(OpenUpload {
+                        key: key.to_string(),
+                        upload_id: id.to_string(),
+                        initiated_ms: u.initiated().and_then(|t| t.to_millis().ok()),
+                    });
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(out);
+            }
         }
     }
 

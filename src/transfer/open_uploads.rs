@@ -129,6 +129,33 @@ impl OpenUploads {
         out.sort_by_key(|l| l.started_at);
         out
     }
+
+    /// The upload ids of `store` that a running upload on this machine holds.
+    pub fn in_progress(&self, store: &str) -> std::collections::HashSet<String> {
+        read_records(&self.dir)
+            .into_iter()
+            .filter(|(r, held)| *held && r.store == store)
+            .map(|(r, _)| r.upload_id)
+            .collect()
+    }
+}
+
+/// The records of this dir, with whether a running upload holds each.
+fn read_records(dir: &Path) -> Vec<(Record, bool)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter_map(|p| {
+            let file = File::open(&p).ok()?;
+            let held = matches!(file.try_lock(), Err(TryLockError::WouldBlock));
+            let record = serde_json::from_reader(std::io::BufReader::new(&file)).ok()?;
+            Some((record, held))
+        })
+        .collect()
 }
 
 /// Locks `path` if no one holds it and it records an upload of `store`.
@@ -179,7 +206,13 @@ mod tests {
         let o = OpenUploads::new(t.path());
         let held = o.record("s3://b/p", "p/Data/a.xxh128", "u1").unwrap();
         assert!(o.leftovers("s3://b/p").is_empty(), "held by its upload");
+        assert_eq!(
+            o.in_progress("s3://b/p").into_iter().collect::<Vec<_>>(),
+            ["u1"]
+        );
+        assert!(o.in_progress("s3://other/p").is_empty());
         held.done();
+        assert!(o.in_progress("s3://b/p").is_empty());
         assert!(o.leftovers("s3://b/p").is_empty());
         assert_eq!(std::fs::read_dir(o.dir()).unwrap().count(), 0);
     }

@@ -118,7 +118,7 @@ fn write_known(t: &Transfer, store_id: &str, hashes: &[ContentHash]) {
 }
 
 /// How long an AbortMultipartUpload may take after a failure or cancel.
-const ABORT_DEADLINE: Duration = Duration::from_secs(5);
+pub const ABORT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Uploads every item of `items` (as they arrive), `transfer.workers` at a time. The first
 /// failure stops the rest; cancel stops everything at once.

@@ -175,7 +175,8 @@ impl TestS3 {
     /// - `.upload_id-<uuid>.part-<n>`: one file per uploaded part ([`Self::multipart_part_files`]).
     /// - `.bucket-<b64>.object-<b64>.upload-<uuid>.metadata.json`: the object's attributes.
     ///
-    /// ListMultipartUploads is not implemented by s3s-fs (501), so the disk is the only way.
+    /// s3s-fs does not implement ListMultipartUploads (501); this server answers it from the same
+    /// files ([`list_multipart_uploads`]).
     pub fn open_multipart_uploads(&self) -> usize {
         self.multipart_upload_ids().len()
     }
@@ -806,6 +807,12 @@ async fn handle(
         return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
     }
 
+    if operation(&method, &entry.key, &query) == "ListMultipartUploads" {
+        let resp = list_multipart_uploads(&shared.root, &entry.bucket, &query);
+        entry.status.store(resp.status().as_u16(), Ordering::SeqCst);
+        return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
+    }
+
     let late = if applies && operation(&method, &entry.key, &query) == "UploadPart" {
         faults.land_parts_late_by()
     } else {
@@ -924,6 +931,80 @@ fn content_length<B>(resp: &Response<B>) -> Option<u64> {
 
 /// An S3-style XML error, as AWS sends it (the SDK reads `<Code>` to classify: SlowDown is a
 /// throttling error, InternalError/503/500 are transient; both are retried).
+/// ListMultipartUploads, which s3s-fs does not implement (501), answered from its files: an
+/// open upload has `.upload-<id>.json` (its mtime is the start) and
+/// `.bucket-<b64>.object-<b64>.upload-<id>.metadata.json` (naming its bucket and key). One
+/// page, no markers.
+fn list_multipart_uploads(root: &Path, bucket: &str, query: &str) -> Response<s3s::Body> {
+    use base64::Engine as _;
+    let b64 = |s: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+    };
+    let prefix = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("prefix="))
+        .map(percent_decode)
+        .unwrap_or_default();
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut uploads = Vec::new();
+    for name in root_file_names(root) {
+        let Some(rest) = name
+            .strip_prefix(".bucket-")
+            .and_then(|r| r.strip_suffix(".metadata.json"))
+        else {
+            continue;
+        };
+        let Some((b, rest)) = rest.split_once(".object-") else {
+            continue;
+        };
+        let Some((k, id)) = rest.split_once(".upload-") else {
+            continue;
+        };
+        let (Some(b), Some(k)) = (b64(b), b64(k)) else {
+            continue;
+        };
+        let Ok(started) =
+            std::fs::metadata(root.join(format!(".upload-{id}.json"))).and_then(|m| m.modified())
+        else {
+            continue; // completed or aborted: only its attributes are left
+        };
+        if b == bucket && k.starts_with(&prefix) {
+            uploads.push((k, id.to_string(), started));
+        }
+    }
+    uploads.sort();
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListMultipartUploadsResult \
+         xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket><KeyMarker></KeyMarker>\
+         <UploadIdMarker></UploadIdMarker><Prefix>{}</Prefix><MaxUploads>1000</MaxUploads>\
+         <IsTruncated>false</IsTruncated>",
+        escape(bucket),
+        escape(&prefix)
+    );
+    for (key, id, started) in uploads {
+        xml.push_str(&format!(
+            "<Upload><Key>{}</Key><UploadId>{id}</UploadId><Initiated>{}</Initiated>\
+             <StorageClass>STANDARD</StorageClass></Upload>",
+            escape(&key),
+            humantime::format_rfc3339_millis(started)
+        ));
+    }
+    xml.push_str("</ListMultipartUploadsResult>");
+    let mut resp = Response::new(s3s::Body::from(xml));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    resp
+}
+
 fn error_response(
     status: StatusCode,
     code: &str,

@@ -1,0 +1,97 @@
+//! `attache cleanup`: aborts the multipart uploads a store holds open under its root prefix's
+//! `Data/` (where content objects go): first those this machine recorded as left open by its
+//! earlier runs, then every other one started longer ago than a given age (`rclone cleanup`
+//! does the same with 24 h). Their parts are invisible in listings but billed.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::OpenUpload;
+use crate::store::layout::join;
+use crate::transfer::upload::{ABORT_DEADLINE, abort_leftovers};
+use crate::transfer::{Transfer, TransferError};
+
+pub struct CleanupSpec {
+    /// Only uploads started longer ago than this are aborted (0: all).
+    pub older_than: Duration,
+    /// Report what would be aborted; abort nothing.
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CleanupReport {
+    pub store: String,
+    /// The key prefix whose uploads were listed.
+    pub prefix: String,
+    pub dry_run: bool,
+    /// Uploads this machine's earlier runs recorded as left open, aborted first.
+    pub recorded_aborted: u64,
+    /// Open uploads the store listed under `prefix`.
+    pub listed: u64,
+    /// Uploads aborted (or, with `dry_run`, that would be).
+    pub aborted: Vec<OpenUpload>,
+    /// Kept: started within `older_than`, or the store did not say when.
+    pub kept_younger: u64,
+    /// Kept: a transfer on this machine is running it.
+    pub kept_in_progress_here: u64,
+    /// Uploads the store did not abort, with the reason.
+    pub failed: Vec<String>,
+}
+
+pub async fn run(
+    spec: CleanupSpec,
+    t: Arc<Transfer>,
+    cancel: &CancellationToken,
+) -> Result<CleanupReport, TransferError> {
+    let store = t.store.describe();
+    let prefix = join(t.store.root_prefix(), "Data/");
+    let mut report = CleanupReport {
+        store: store.clone(),
+        prefix: prefix.clone(),
+        dry_run: spec.dry_run,
+        ..CleanupReport::default()
+    };
+    if !spec.dry_run {
+        report.recorded_aborted =
+            crate::transfer::cancellable(cancel, abort_leftovers(&t)).await? as u64;
+    }
+    let open = t
+        .gate
+        .run(cancel, || t.store.list_multipart_uploads(&prefix))
+        .await?;
+    report.listed = open.len() as u64;
+    let here = t.open_uploads.in_progress(&store);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    let cutoff = now_ms.saturating_sub(spec.older_than.as_millis() as i64);
+    for u in open {
+        if here.contains(&u.upload_id) {
+            report.kept_in_progress_here += 1;
+        } else if !spec.older_than.is_zero() && u.initiated_ms.is_none_or(|t| t > cutoff) {
+            report.kept_younger += 1;
+        } else if spec.dry_run {
+            report.aborted.push(u);
+        } else {
+            let aborted = crate::transfer::cancellable(
+                cancel,
+                t.gate.run_within(ABORT_DEADLINE, || {
+                    t.store.abort_multipart(&u.key, &u.upload_id)
+                }),
+            )
+            .await?;
+            match aborted {
+                Some(Ok(())) => report.aborted.push(u),
+                Some(Err(e)) => report.failed.push(e.to_string()),
+                None => report.failed.push(format!(
+                    "{}: aborting upload {} took over {ABORT_DEADLINE:?}",
+                    u.key, u.upload_id
+                )),
+            }
+        }
+    }
+    Ok(report)
+}
