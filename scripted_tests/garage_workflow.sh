@@ -3,7 +3,8 @@
 # with real-length farm, queue, job, step, task and session-action ids:
 #
 #   submit -> sync-inputs -> (the task writes outputs) -> sync-outputs -> download-outputs,
-#   then a re-submit of the unchanged tree (must upload nothing and publish one manifest).
+#   then a re-submit of the unchanged tree (must upload nothing and publish one manifest),
+#   then `cleanup` of an upload a killed put left open.
 #
 #   scripted_tests/garage_workflow.sh        (ATTACHE_BIN=path: use that binary, no cargo build)
 #
@@ -108,6 +109,31 @@ if run_attache ws submit "${ids[@]}" "$proj/scenes" "$proj/tex" --output-dir "$p
     if [[ "$up" == 0 ]]; then pass "re-submit: uploaded 0 objects, $known known present"; else fail "re-submit uploaded $up objects"; fi
 else
     fail "re-submit"; cat "$work/again.log"
+fi
+
+# A put killed mid-multipart (kill -9: no abort) leaves an open upload on the store and its
+# record in the cache; `cleanup` finds it through Garage's ListMultipartUploads and aborts it.
+mkdir -p "$work/sparse"
+truncate -s 1G "$work/sparse/huge.bin"
+run_attache killed put "$work/sparse" -o "$work/killed.manifest" 2>"$work/killed.log" &
+killed_pid=$!
+for _ in $(seq 300); do
+    compgen -G "$work/killed/open-uploads/*.json" >/dev/null && break
+    sleep 0.1
+done
+sleep 0.5
+kill -9 "$killed_pid" 2>/dev/null; wait "$killed_pid" 2>/dev/null
+if run_attache other cleanup --older-than 0 --json >"$work/cleanup.json" 2>"$work/cleanup.log" &&
+    run_attache other cleanup --older-than 0 --dry-run --json >"$work/cleanup2.json" 2>>"$work/cleanup.log"; then
+    aborted="$(json "$work/cleanup.json" "len(d['aborted'])")"
+    left="$(json "$work/cleanup2.json" "d['listed']")"
+    if [[ "$aborted" -ge 1 && "$left" == 0 ]]; then
+        pass "cleanup: aborted $aborted upload(s) a killed put left open; none listed after"
+    else
+        fail "cleanup: aborted $aborted, still listed $left"; cat "$work/cleanup.log"
+    fi
+else
+    fail "cleanup"; cat "$work/cleanup.log"
 fi
 
 ((n_fail == 0)) && echo "garage workflow: all checks passed" || echo "garage workflow: $n_fail checks failed"
