@@ -70,7 +70,7 @@ enum Command {
     /// Materialize manifests from a store into a directory (plumbing for sync-inputs).
     Get(get_cmd::GetArgs),
     /// Abort multipart uploads left open in a store (this machine's leftovers, then any under
-    /// the root prefix older than --older-than).
+    /// the root prefix's Data/ started over --older-than ago).
     Cleanup(cleanup_cmd::CleanupArgs),
     /// Run the transfer daemon: one process serving every transfer of this machine over a
     /// local socket (see "Run as a service" in the README).
