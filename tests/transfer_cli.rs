@@ -241,20 +241,24 @@ fn sigterm_during_a_multipart_put_cancels_it_the_same_way() {
     cancel_a_multipart_put_with(libc::SIGTERM);
 }
 
-fn cancel_a_multipart_put_with(signal: libc::c_int) {
-    let s3 = TestS3::start_background();
-    let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("root");
+/// Starts `attache put` of a sparse 2 GiB file (`dir/root`, manifest to `dir/m.json`) at
+/// 100 MiB/s and returns once two parts were sent.
+fn start_multipart_put(
+    s3: &TestS3,
+    dir: &std::path::Path,
+    cache: &std::path::Path,
+) -> std::process::Child {
+    let root = dir.join("root");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::File::create(root.join("huge.bin"))
         .unwrap()
         .set_len(2 << 30)
         .unwrap();
-    let mut child = attache(&t.path().join("cache"))
+    let child = attache(cache)
         .envs(s3.env())
         .env("ATTACHE_BANDWIDTH__UPLOAD", "100MiB/s")
         .args(["put", "--store", &s3.store_url("p"), "-o"])
-        .arg(t.path().join("m.json"))
+        .arg(dir.join("m.json"))
         .arg(&root)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -268,6 +272,13 @@ fn cancel_a_multipart_put_with(signal: libc::c_int) {
         assert!(Instant::now() < deadline, "no part was uploaded");
         std::thread::sleep(Duration::from_millis(20));
     }
+    child
+}
+
+fn cancel_a_multipart_put_with(signal: libc::c_int) {
+    let s3 = TestS3::start_background();
+    let t = tempfile::tempdir().unwrap();
+    let mut child = start_multipart_put(&s3, t.path(), &t.path().join("cache"));
     let sent = Instant::now();
     unsafe { libc::kill(child.id() as i32, signal) };
     let status = child.wait().unwrap();
@@ -289,34 +300,11 @@ fn an_abort_the_store_does_not_answer_is_repeated_by_the_next_put() {
     let s3 = TestS3::start_background();
     let t = tempfile::tempdir().unwrap();
     let cache = t.path().join("cache");
-    let root = t.path().join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::File::create(root.join("huge.bin"))
-        .unwrap()
-        .set_len(2 << 30)
-        .unwrap();
     // Only the abort (DELETE ?uploadId) is throttled: every try gets 503 SlowDown.
     s3.faults
         .only_for(|m, k| m == http::Method::DELETE && k.contains("/Data/"));
     s3.faults.slow_down_for(Duration::from_secs(600));
-    let mut child = attache(&cache)
-        .envs(s3.env())
-        .env("ATTACHE_BANDWIDTH__UPLOAD", "100MiB/s")
-        .args(["put", "--store", &s3.store_url("p"), "-o"])
-        .arg(t.path().join("m.json"))
-        .arg(&root)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s3
-        .stats
-        .requests_matching(|r| r.query.contains("partNumber"))
-        < 2
-    {
-        assert!(Instant::now() < deadline, "no part was uploaded");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = start_multipart_put(&s3, t.path(), &cache);
     let sent = Instant::now();
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
