@@ -390,13 +390,18 @@ async fn upload_multipart(
     };
     let result = upload_parts(t, item, key, &upload_id, cancel).await;
     match (&result, record) {
-        (Ok(()), Some(record)) => {
-            tokio::task::spawn_blocking(move || record.done());
-        }
+        (Ok(()), Some(record)) => finished(record).await,
         (Ok(()), None) => {}
         (Err(_), record) => abort_given_up(t, key, upload_id, record, cancel.is_cancelled()).await,
     }
     result
+}
+
+/// Removes the record of an upload the store confirmed completed or aborted, off the runtime
+/// (an unlink can wait on a busy disk's journal), and waits for it: a process that exited
+/// first would leave the record for the next run to abort a finished upload again.
+async fn finished(record: open_uploads::Held) {
+    let _ = tokio::task::spawn_blocking(move || record.done()).await;
 }
 
 /// How long a cancelled upload waits to see its multipart upload aborted when the abort is
@@ -458,7 +463,7 @@ async fn abort_recorded(
         Some(Ok(())) => {
             tracing::debug!(key, "multipart upload aborted");
             if let Some(record) = record {
-                tokio::task::spawn_blocking(move || record.done());
+                finished(record).await;
             }
         }
         Some(Err(e)) => {
@@ -493,8 +498,7 @@ pub async fn abort_leftovers(t: &Transfer) -> usize {
         match r {
             Some(Ok(())) => {
                 tracing::debug!(key = l.key, "left-over multipart upload aborted");
-                let held = l.held;
-                tokio::task::spawn_blocking(move || held.done());
+                finished(l.held).await;
                 true
             }
             Some(Err(e)) => {
