@@ -546,3 +546,36 @@ fn two_jobs_share_the_pool_and_move_each_object_once() {
 fn proj_file(d: &Daemon, i: usize) -> PathBuf {
     d.path("proj").join(format!("f{i}.bin"))
 }
+
+/// A multipart upload an earlier run left open (here: recorded in the cache, its parts still
+/// in the store, as after a crash) is aborted when the daemon starts, before any job.
+#[test]
+fn the_daemon_aborts_uploads_left_open_when_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let upload = store.join(".attache-multipart/0123456789abcdef0123456789abcdef");
+    std::fs::create_dir_all(&upload).unwrap();
+    std::fs::write(upload.join("key"), "Data/a.xxh128").unwrap();
+    std::fs::write(upload.join("00001"), b"part").unwrap();
+    let records = dir.path().join("cache/open-uploads");
+    std::fs::create_dir_all(&records).unwrap();
+    let record = serde_json::json!({
+        "store": format!("file://{}", store.display()),
+        "key": "Data/a.xxh128",
+        "upload_id": "0123456789abcdef0123456789abcdef",
+        "started_at": 1_700_000_000u64,
+    });
+    std::fs::write(records.join("r.json"), record.to_string()).unwrap();
+    let d = Daemon::start_in(dir, "", &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while upload.exists() || !files_under(&records).is_empty() {
+        assert!(Instant::now() < deadline, "not aborted: {}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        d.log()
+            .contains("aborted 1 multipart upload(s) left open in file://"),
+        "{}",
+        d.log()
+    );
+}

@@ -41,6 +41,29 @@ pub enum DaemonError {
     Group(String),
 }
 
+/// Aborts the multipart uploads earlier runs on this machine left open (a crash, a power cut,
+/// an abort the store did not confirm in time), in every store their records name, so a
+/// daemon restarted after a crash cleans up before its next job needs to.
+async fn abort_leftovers_at_start(shared: Arc<Shared>) {
+    let settings = shared.settings();
+    let records = crate::transfer::open_uploads::OpenUploads::new(&settings.cache.dir);
+    let Ok(stores) = tokio::task::spawn_blocking(move || records.stores_with_leftovers()).await
+    else {
+        return;
+    };
+    for url in stores {
+        match shared.transfer_for(&url, &settings, Arc::default()).await {
+            Ok(t) => {
+                let n = crate::transfer::upload::abort_leftovers(&t).await;
+                tracing::info!("aborted {n} multipart upload(s) left open in {url}");
+            }
+            Err(e) => tracing::warn!(
+                "cannot open {url} to abort the multipart uploads left open there: {e}; the next upload to it will"
+            ),
+        }
+    }
+}
+
 /// Runs the daemon until a shutdown signal. `load` is how the config was loaded, so a reload
 /// reads the same file, environment and flags again.
 pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonError> {
@@ -72,6 +95,7 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
 
     let listener = bind_socket(&d.socket, d.socket_group.as_deref())?;
     tracing::info!(socket = %d.socket.display(), "attache daemon listening");
+    tokio::spawn(abort_leftovers_at_start(shared.clone()));
     let stop_accepting = CancellationToken::new();
     let mut servers = Vec::new();
     {

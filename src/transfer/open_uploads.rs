@@ -130,6 +130,19 @@ impl OpenUploads {
         out
     }
 
+    /// The stores (as `describe()` names them: their URLs) with records no running upload
+    /// holds.
+    pub fn stores_with_leftovers(&self) -> Vec<String> {
+        let mut stores: Vec<String> = read_records(&self.dir)
+            .into_iter()
+            .filter(|(_, held)| !held)
+            .map(|(r, _)| r.store)
+            .collect();
+        stores.sort();
+        stores.dedup();
+        stores
+    }
+
     /// The upload ids of `store` that a running upload on this machine holds.
     pub fn in_progress(&self, store: &str) -> std::collections::HashSet<String> {
         read_records(&self.dir)
@@ -237,6 +250,7 @@ mod tests {
         assert_eq!(again.len(), 1, "an abort that failed keeps the record");
         again.into_iter().for_each(|l| l.held.done());
         assert!(o.leftovers("s3://b/p").is_empty());
+        assert_eq!(o.stores_with_leftovers(), ["s3://other/p"]);
         assert_eq!(o.leftovers("s3://other/p").len(), 1);
     }
 
