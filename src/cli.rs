@@ -251,7 +251,6 @@ pub(crate) fn output_file(output: &Option<PathBuf>) -> Option<&std::path::Path> 
     output.as_deref().filter(|p| p.as_os_str() != "-")
 }
 
-/// Records a CLI flag as a config override, so flags, env and file share one validation.
 /// The summary's mention of multipart uploads an earlier run left open and this one aborted.
 pub(crate) fn leftovers_note(aborted: u64) -> String {
     match aborted {
@@ -260,6 +259,7 @@ pub(crate) fn leftovers_note(aborted: u64) -> String {
     }
 }
 
+/// Records a CLI flag as a config override, so flags, env and file share one validation.
 pub(crate) fn flag(out: &mut Vec<Override>, key: &str, source: &str, value: Option<String>) {
     if let Some(value) = value {
         out.push(Override {

@@ -11,7 +11,8 @@ pub mod daemon;
 pub mod fsutil;
 /// Content hashing: XXH3-128 hash type, file hashing, parallel hasher, hash cache and recorder.
 pub mod hash;
-/// Workflows run by the CLI and the daemon: hash, put, get, submit, sync-inputs/outputs, verify.
+/// Workflows run by the CLI and the daemon: hash, put, get, submit, sync-inputs/outputs, verify,
+/// cleanup.
 pub mod jobs;
 /// The SQLite files kept on each machine (hash cache, known-present index): open and close.
 pub mod local_db;
@@ -25,5 +26,6 @@ pub mod progress;
 pub mod scan;
 /// Object stores: the `ObjectStore` trait, S3 and local-directory stores, the key layout.
 pub mod store;
-/// Moving content between trees and a store: upload, download, multipart, bandwidth, retries.
+/// Moving content between trees and a store: upload, download, multipart (and the records of
+/// open ones), bandwidth, retries.
 pub mod transfer;

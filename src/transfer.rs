@@ -1,5 +1,6 @@
 //! Moving content between trees and a store: upload (single and managed multipart), download
-//! (whole and ranged), the known-present index, bandwidth limits, retries and throttling.
+//! (whole and ranged), the known-present index, the records of open multipart uploads,
+//! bandwidth limits, retries and throttling.
 
 pub mod download;
 pub mod gate;

@@ -393,7 +393,6 @@ impl ObjectStore for FsStore {
     }
 }
 
-/// Every file under `root` whose key starts with `prefix`, skipping attache's own directories.
 /// The upload dirs under `root` whose `key` file starts with `prefix`; one without a key file
 /// (from attache before 2026-11-22) is listed under the key "" whatever the prefix.
 fn list_uploads(root: &Path, prefix: &str) -> std::io::Result<Vec<OpenUpload>> {
@@ -433,6 +432,7 @@ fn list_uploads(root: &Path, prefix: &str) -> std::io::Result<Vec<OpenUpload>> {
     Ok(out)
 }
 
+/// Every file under `root` whose key starts with `prefix`, skipping attache's own directories.
 fn list_dir(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
     // Walk only the directory the prefix names, not the whole store.
     let base = match prefix.rfind('/') {
