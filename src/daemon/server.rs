@@ -54,8 +54,11 @@ async fn abort_leftovers_at_start(shared: Arc<Shared>) {
     for url in stores {
         match shared.transfer_for(&url, &settings, Arc::default()).await {
             Ok(t) => {
+                // Each one it could not abort is logged on its own.
                 let n = crate::transfer::upload::abort_leftovers(&t).await;
-                tracing::info!("aborted {n} multipart upload(s) left open in {url}");
+                if n > 0 {
+                    tracing::info!("aborted {n} multipart upload(s) left open in {url}");
+                }
             }
             Err(e) => tracing::warn!(
                 "cannot open {url} to abort the multipart uploads left open there: {e}; the next upload to it will"

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::OpenUpload;
 use crate::store::layout::join;
-use crate::transfer::upload::{ABORT_DEADLINE, abort_leftovers};
+use crate::transfer::upload::{abort_leftovers, abort_within};
 use crate::transfer::{Transfer, TransferError};
 
 pub struct CleanupSpec {
@@ -62,7 +62,7 @@ pub async fn run(
         .run(cancel, || t.store.list_multipart_uploads(&prefix))
         .await?;
     report.listed = open.len() as u64;
-    let here = t.open_uploads.in_progress(&store);
+    let here = t.open_uploads.upload_ids(&store).running;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -76,20 +76,10 @@ pub async fn run(
         } else if spec.dry_run {
             report.aborted.push(u);
         } else {
-            let aborted = crate::transfer::cancellable(
-                cancel,
-                t.gate.run_within(ABORT_DEADLINE, || {
-                    t.store.abort_multipart(&u.key, &u.upload_id)
-                }),
-            )
-            .await?;
-            match aborted {
-                Some(Ok(())) => report.aborted.push(u),
-                Some(Err(e)) => report.failed.push(e.to_string()),
-                None => report.failed.push(format!(
-                    "{}: aborting upload {} took over {ABORT_DEADLINE:?}",
-                    u.key, u.upload_id
-                )),
+            let aborted = abort_within(&*t.store, &t.gate, &u.key, &u.upload_id);
+            match crate::transfer::cancellable(cancel, aborted).await? {
+                Ok(()) => report.aborted.push(u),
+                Err(e) => report.failed.push(e),
             }
         }
     }

@@ -8,6 +8,7 @@
 //! record that can be locked is a leftover whatever ended its owner, and a record in use by
 //! another job or process on the machine is never touched.
 
+use std::collections::HashSet;
 use std::fs::{File, TryLockError};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -111,21 +112,18 @@ impl OpenUploads {
     /// The records of `store` that no running upload holds, each locked for the caller.
     /// Unreadable entries are skipped (with a debug log): this must never stop an upload.
     pub fn leftovers(&self, store: &str) -> Vec<Leftover> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            match take_if_left(&path, store) {
-                Ok(Some(l)) => out.push(l),
-                Ok(None) => {}
-                Err(e) => tracing::debug!("skipping {}: {e}", path.display()),
-            }
-        }
+        let mut out: Vec<Leftover> = read_records(&self.dir)
+            .into_iter()
+            .filter(|r| r.record.store == store)
+            .filter_map(|r| {
+                Some(Leftover {
+                    held: r.unheld?,
+                    key: r.record.key,
+                    upload_id: r.record.upload_id,
+                    started_at: r.record.started_at,
+                })
+            })
+            .collect();
         out.sort_by_key(|l| l.started_at);
         out
     }
@@ -135,68 +133,83 @@ impl OpenUploads {
     pub fn stores_with_leftovers(&self) -> Vec<String> {
         let mut stores: Vec<String> = read_records(&self.dir)
             .into_iter()
-            .filter(|(_, held)| !held)
-            .map(|(r, _)| r.store)
+            .filter(|r| r.unheld.is_some())
+            .map(|r| r.record.store)
             .collect();
         stores.sort();
         stores.dedup();
         stores
     }
 
-    /// The upload ids of `store` that a running upload on this machine holds.
-    pub fn in_progress(&self, store: &str) -> std::collections::HashSet<String> {
-        read_records(&self.dir)
-            .into_iter()
-            .filter(|(r, held)| *held && r.store == store)
-            .map(|(r, _)| r.upload_id)
-            .collect()
+    /// The upload ids recorded for `store`, without locking any.
+    pub fn upload_ids(&self, store: &str) -> RecordedIds {
+        let mut ids = RecordedIds::default();
+        for r in read_records(&self.dir) {
+            if r.record.store == store {
+                let set = if r.unheld.is_some() {
+                    &mut ids.left
+                } else {
+                    &mut ids.running
+                };
+                set.insert(r.record.upload_id);
+            }
+        }
+        ids
     }
 }
 
-/// The records of this dir, with whether a running upload holds each.
-fn read_records(dir: &Path) -> Vec<(Record, bool)> {
+/// A store's recorded upload ids: those a running upload on this machine holds, and the
+/// leftovers.
+#[derive(Debug, Default)]
+pub struct RecordedIds {
+    pub running: HashSet<String>,
+    pub left: HashSet<String>,
+}
+
+/// A record as read, and locked for the reader if no running upload holds it.
+struct ReadRecord {
+    record: Record,
+    /// `None`: a running upload holds it.
+    unheld: Option<Held>,
+}
+
+/// The records in `dir`; unreadable ones are skipped with a debug log.
+fn read_records(dir: &Path) -> Vec<ReadRecord> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .filter_map(|p| {
-            let file = File::open(&p).ok()?;
-            let held = matches!(file.try_lock(), Err(TryLockError::WouldBlock));
-            let record = serde_json::from_reader(std::io::BufReader::new(&file)).ok()?;
-            Some((record, held))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for path in entries.flatten().map(|e| e.path()) {
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        match read_record(path.clone()) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => {}
+            Err(e) => tracing::debug!("skipping {}: {e}", path.display()),
+        }
+    }
+    out
 }
 
-/// Locks `path` if no one holds it and it records an upload of `store`.
-fn take_if_left(path: &Path, store: &str) -> std::io::Result<Option<Leftover>> {
-    let mut file = File::open(path)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => return Ok(None),
+/// Reads the record at `path`, locking it if no one holds it. `None`: its owner removed it
+/// between our open and lock (the upload is finished).
+fn read_record(path: PathBuf) -> std::io::Result<Option<ReadRecord>> {
+    let mut file = File::open(&path)?;
+    let unheld = match file.try_lock() {
+        Ok(()) => true,
+        Err(TryLockError::WouldBlock) => false,
         Err(TryLockError::Error(e)) => return Err(e),
-    }
-    // Removed by its owner between our open and lock: already finished.
-    if file.metadata()?.nlink() == 0 {
+    };
+    if unheld && file.metadata()?.nlink() == 0 {
         return Ok(None);
     }
     let mut json = Vec::new();
     file.read_to_end(&mut json)?;
-    let r: Record = serde_json::from_slice(&json).map_err(std::io::Error::other)?;
-    if r.store != store {
-        return Ok(None);
-    }
-    Ok(Some(Leftover {
-        key: r.key,
-        upload_id: r.upload_id,
-        started_at: r.started_at,
-        held: Held {
-            path: path.to_path_buf(),
-            _lock: file,
-        },
+    let record = serde_json::from_slice(&json).map_err(std::io::Error::other)?;
+    Ok(Some(ReadRecord {
+        record,
+        unheld: unheld.then_some(Held { path, _lock: file }),
     }))
 }
 
@@ -219,13 +232,12 @@ mod tests {
         let o = OpenUploads::new(t.path());
         let held = o.record("s3://b/p", "p/Data/a.xxh128", "u1").unwrap();
         assert!(o.leftovers("s3://b/p").is_empty(), "held by its upload");
-        assert_eq!(
-            o.in_progress("s3://b/p").into_iter().collect::<Vec<_>>(),
-            ["u1"]
-        );
-        assert!(o.in_progress("s3://other/p").is_empty());
+        let ids = o.upload_ids("s3://b/p");
+        assert_eq!(ids.running.into_iter().collect::<Vec<_>>(), ["u1"]);
+        assert!(ids.left.is_empty());
+        assert!(o.upload_ids("s3://other/p").running.is_empty());
         held.done();
-        assert!(o.in_progress("s3://b/p").is_empty());
+        assert!(o.upload_ids("s3://b/p").running.is_empty());
         assert!(o.leftovers("s3://b/p").is_empty());
         assert_eq!(std::fs::read_dir(o.dir()).unwrap().count(), 0);
     }
@@ -236,6 +248,9 @@ mod tests {
         let o = OpenUploads::new(t.path());
         drop(o.record("s3://b/p", "p/Data/a.xxh128", "u1").unwrap());
         drop(o.record("s3://other/p", "p/Data/a.xxh128", "u1").unwrap());
+        let ids = o.upload_ids("s3://b/p");
+        assert_eq!(ids.left.into_iter().collect::<Vec<_>>(), ["u1"]);
+        assert!(ids.running.is_empty());
         let left = o.leftovers("s3://b/p");
         assert_eq!(left.len(), 1);
         assert_eq!(

@@ -442,36 +442,52 @@ async fn abort_given_up(
     }
 }
 
-/// Aborts `upload_id` of `key` (within [`ABORT_DEADLINE`]); drops its record once the store
-/// confirms.
+/// Aborts `upload_id` of `key`, retried like any request, within [`ABORT_DEADLINE`] and
+/// without waiting for a connection slot; the error names the key and why the abort was not
+/// confirmed.
+pub async fn abort_within(
+    store: &dyn ObjectStore,
+    gate: &Gate,
+    key: &str,
+    upload_id: &str,
+) -> Result<(), String> {
+    match gate
+        .run_within(ABORT_DEADLINE, || store.abort_multipart(key, upload_id))
+        .await
+    {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err(format!(
+            "{key}: AbortMultipartUpload of upload {upload_id} had no answer within {ABORT_DEADLINE:?}"
+        )),
+    }
+}
+
+/// Aborts `upload_id` of `key` and drops its record once the store confirms; true then.
 async fn abort_recorded(
     store: Arc<dyn ObjectStore>,
     gate: Arc<Gate>,
     key: String,
     upload_id: String,
     record: Option<open_uploads::Held>,
-) {
-    let later = if record.is_some() {
-        "the next upload to this store tries again"
-    } else {
-        "a lifecycle rule must clean it up"
-    };
-    match gate
-        .run_within(ABORT_DEADLINE, || store.abort_multipart(&key, &upload_id))
-        .await
-    {
-        Some(Ok(())) => {
+) -> bool {
+    match abort_within(&*store, &gate, &key, &upload_id).await {
+        Ok(()) => {
             tracing::debug!(key, "multipart upload aborted");
             if let Some(record) = record {
                 finished(record).await;
             }
+            true
         }
-        Some(Err(e)) => {
-            tracing::warn!("could not abort the multipart upload of {key}: {e}; {later}")
+        Err(e) => {
+            let later = if record.is_some() {
+                "the next upload to this store tries again"
+            } else {
+                "a lifecycle rule must clean it up"
+            };
+            tracing::warn!("could not abort a multipart upload: {e}; {later}");
+            false
         }
-        None => tracing::warn!(
-            "aborting the multipart upload of {key} took over {ABORT_DEADLINE:?}; {later}"
-        ),
     }
 }
 
@@ -490,26 +506,14 @@ pub async fn abort_leftovers(t: &Transfer) -> usize {
         left.len(),
         t.store.describe()
     );
-    let aborted = futures::future::join_all(left.into_iter().map(|l| async move {
-        let r = t
-            .gate
-            .run_within(ABORT_DEADLINE, || t.store.abort_multipart(&l.key, &l.upload_id))
-            .await;
-        match r {
-            Some(Ok(())) => {
-                tracing::debug!(key = l.key, "left-over multipart upload aborted");
-                finished(l.held).await;
-                true
-            }
-            Some(Err(e)) => {
-                tracing::warn!(
-                    "could not abort the multipart upload of {} left open by an earlier run: {e}; the next upload tries again",
-                    l.key
-                );
-                false
-            }
-            None => false,
-        }
+    let aborted = futures::future::join_all(left.into_iter().map(|l| {
+        abort_recorded(
+            t.store.clone(),
+            t.gate.clone(),
+            l.key,
+            l.upload_id,
+            Some(l.held),
+        )
     }))
     .await;
     aborted.into_iter().filter(|&a| a).count()
