@@ -69,7 +69,7 @@ pub fn run(ctx: &Context, args: CleanupArgs) -> anyhow::Result<ExitCode> {
         }
         let recorded = match report.recorded_aborted {
             0 => String::new(),
-            n => format!("; aborted {n} this machine's earlier runs left open"),
+            n => format!("; {verb} {n} this machine's earlier runs left open"),
         };
         let age = if older_than.is_zero() {
             "of any age".to_string()

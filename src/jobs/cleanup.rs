@@ -26,7 +26,8 @@ pub struct CleanupReport {
     /// The key prefix whose uploads were listed.
     pub prefix: String,
     pub dry_run: bool,
-    /// Uploads this machine's earlier runs recorded as left open, aborted first.
+    /// Uploads this machine's earlier runs recorded as left open, aborted first whatever their
+    /// age (with `dry_run`: those of them the store lists, that would be).
     pub recorded_aborted: u64,
     /// Open uploads the store listed under `prefix`.
     pub listed: u64,
@@ -62,15 +63,18 @@ pub async fn run(
         .run(cancel, || t.store.list_multipart_uploads(&prefix))
         .await?;
     report.listed = open.len() as u64;
-    let here = t.open_uploads.upload_ids(&store).running;
+    let recorded = t.open_uploads.upload_ids(&store);
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as i64;
     let cutoff = now_ms.saturating_sub(spec.older_than.as_millis() as i64);
     for u in open {
-        if here.contains(&u.upload_id) {
+        if recorded.running.contains(&u.upload_id) {
             report.kept_in_progress_here += 1;
+        } else if spec.dry_run && recorded.left.contains(&u.upload_id) {
+            // A real run aborts it first, whatever its age.
+            report.recorded_aborted += 1;
         } else if !spec.older_than.is_zero() && u.initiated_ms.is_none_or(|t| t > cutoff) {
             report.kept_younger += 1;
         } else if spec.dry_run {
