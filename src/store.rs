@@ -120,6 +120,13 @@ impl StoreError {
 pub trait ObjectStore: Send + Sync {
     /// `s3://bucket/prefix` or `file:///dir`, for messages.
     fn describe(&self) -> String;
+    /// The store as this machine remembers it (known-present index, open-upload records,
+    /// the daemon's in-flight objects): `describe()` and whatever else tells apart two stores
+    /// of that name, such as the same bucket name at two S3 endpoints. Messages use
+    /// `describe()`.
+    fn identity(&self) -> String {
+        self.describe()
+    }
     /// The root prefix content and manifests live under (may be empty).
     fn root_prefix(&self) -> &str;
     /// A counter of throttling replies (503 SlowDown) the store has seen; transfers lower

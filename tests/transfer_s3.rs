@@ -406,6 +406,45 @@ async fn a_404_for_a_known_object_is_uploaded_again_next_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_bucket_name_at_another_endpoint_is_another_store() {
+    // A studio's test store and its AWS bucket can share a name: what this machine remembers
+    // of one (objects known present, uploads left open) must not count for the other.
+    let (a, b) = (TestS3::start().await, TestS3::start().await);
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write_files(&src, 20, |i| (format!("f{i}"), content(100 + i, i)));
+    let cache = t.path().join("cache");
+    let (sa, sb) = (settings(&a, "p", &cache), settings(&b, "p", &cache));
+    assert_eq!(sa.store.url, sb.store.url, "one bucket name, two endpoints");
+    put_tree(&src, &sa).await.unwrap();
+    let ta = transfer(&sa).await;
+    let key = "p/Data/left.xxh128";
+    let id = ta.store.create_multipart(key).await.unwrap();
+    let (identity, url) = (ta.store.identity(), ta.store.describe());
+    drop(ta.open_uploads.record(&identity, &url, key, &id).unwrap());
+
+    let to_b = put_tree(&src, &sb).await.unwrap();
+    assert_eq!(
+        (to_b.upload.uploaded_objects, to_b.upload.known_objects),
+        (20, 0),
+        "nothing is known present in B"
+    );
+    assert_eq!(to_b.upload.aborted_leftover_uploads, 0);
+    assert_eq!(
+        a.open_multipart_uploads(),
+        1,
+        "A's upload is not B's to abort"
+    );
+    let m = to_b.hash.roots[0].manifest.clone();
+    get_tree(&m, &t.path().join("from-b"), &sb).await.unwrap();
+
+    let to_a = put_tree(&src, &sa).await.unwrap();
+    assert_eq!(to_a.upload.known_objects, 20);
+    assert_eq!(to_a.upload.aborted_leftover_uploads, 1);
+    assert_eq!(a.open_multipart_uploads(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_many_file_download_returns_within_a_second_and_leaves_nothing() {
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
@@ -848,7 +887,7 @@ async fn cleanup_aborts_open_uploads_by_age_and_spares_running_ones() {
 
 async fn check_cleanup(tr: Arc<Transfer>, open: &dyn Fn() -> Vec<String>) {
     use attache::jobs::cleanup::{self, CleanupSpec};
-    let store = tr.store.describe();
+    let (store, url) = (tr.store.identity(), tr.store.describe());
     let data = |name: &str| attache::store::layout::join(tr.store.root_prefix(), name);
     let keys = [
         data("Data/a.xxh128"),
@@ -861,8 +900,15 @@ async fn check_cleanup(tr: Arc<Transfer>, open: &dyn Fn() -> Vec<String>) {
         ids.push(tr.store.create_multipart(key).await.unwrap());
     }
     // c: left by an earlier run of this machine; b: a transfer here is running it.
-    drop(tr.open_uploads.record(&store, &keys[2], &ids[2]).unwrap());
-    let running = tr.open_uploads.record(&store, &keys[1], &ids[1]).unwrap();
+    drop(
+        tr.open_uploads
+            .record(&store, &url, &keys[2], &ids[2])
+            .unwrap(),
+    );
+    let running = tr
+        .open_uploads
+        .record(&store, &url, &keys[1], &ids[1])
+        .unwrap();
     let cancel = CancellationToken::new();
     let run = |older_than: Duration, dry_run: bool| {
         let spec = CleanupSpec {

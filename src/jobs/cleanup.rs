@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::OpenUpload;
@@ -63,12 +64,13 @@ pub async fn run(
         .run(cancel, || t.store.list_multipart_uploads(&prefix))
         .await?;
     report.listed = open.len() as u64;
-    let recorded = t.open_uploads.upload_ids(&store);
+    let recorded = t.open_uploads.upload_ids(&t.store.identity());
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as i64;
     let cutoff = now_ms.saturating_sub(spec.older_than.as_millis() as i64);
+    let mut to_abort = Vec::new();
     for u in open {
         if recorded.running.contains(&u.upload_id) {
             report.kept_in_progress_here += 1;
@@ -80,12 +82,26 @@ pub async fn run(
         } else if spec.dry_run {
             report.aborted.push(u);
         } else {
-            let aborted = abort_within(&*t.store, &t.gate, &u.key, &u.upload_id);
-            match crate::transfer::cancellable(cancel, aborted).await? {
-                Ok(()) => report.aborted.push(u),
-                Err(e) => report.failed.push(e),
-            }
+            to_abort.push(u);
         }
     }
+    // `transfer.workers` at a time (the gate caps the connections): a bucket a farm has
+    // neglected can hold thousands, at a round trip each.
+    let aborts = futures::stream::iter(to_abort)
+        .map(|u| async {
+            let aborted = abort_within(&*t.store, &t.gate, &u.key, &u.upload_id).await;
+            (u, aborted)
+        })
+        .buffer_unordered(t.settings.workers.max(1));
+    let mut aborts = std::pin::pin!(aborts);
+    while let Some((u, aborted)) = crate::transfer::cancellable(cancel, aborts.next()).await? {
+        match aborted {
+            Ok(()) => report.aborted.push(u),
+            Err(e) => report.failed.push(e),
+        }
+    }
+    report
+        .aborted
+        .sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
     Ok(report)
 }

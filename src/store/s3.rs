@@ -72,6 +72,7 @@ pub struct S3Store {
     bucket: String,
     root_prefix: String,
     describe: String,
+    identity: String,
     bandwidth: Arc<Bandwidth>,
     read_timeout: Duration,
     expected_bucket_owner: Option<String>,
@@ -165,9 +166,17 @@ impl S3Store {
         } else {
             format!("/{root_prefix}")
         };
+        let describe = format!("s3://{bucket}{prefix_part}");
+        let conf = conf.build();
+        let identity = store_identity(
+            &describe,
+            sdk.endpoint_url(),
+            conf.region().map(|r| r.as_ref()),
+        );
         Ok(S3Store {
-            client: Client::from_conf(conf.build()),
-            describe: format!("s3://{bucket}{prefix_part}"),
+            client: Client::from_conf(conf),
+            describe,
+            identity,
             bucket,
             root_prefix,
             bandwidth,
@@ -228,6 +237,18 @@ impl S3Store {
     }
 }
 
+/// The store's identity (see [`ObjectStore::identity`]): its URL, region and endpoint (from
+/// `s3.endpoint_url`, `AWS_ENDPOINT_URL` or the profile; none is AWS's own). Without them, a
+/// bucket name used at a test endpoint and on AWS would share one known-present index, and a
+/// put to AWS would skip objects only the test store holds.
+fn store_identity(describe: &str, endpoint: Option<&str>, region: Option<&str>) -> String {
+    let endpoint = endpoint.map_or("aws", |e| e.trim_end_matches('/'));
+    format!(
+        "{describe} region={} endpoint={endpoint}",
+        region.unwrap_or("")
+    )
+}
+
 /// What went wrong, for a person: the HTTP status and the store's code and message when the
 /// store replied (the SDK's own text for an unmodelled reply is a debug dump of the response),
 /// the whole cause chain when no reply came (connection refused, timeout, TLS).
@@ -257,6 +278,10 @@ where
 impl ObjectStore for S3Store {
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn identity(&self) -> String {
+        self.identity.clone()
     }
 
     fn root_prefix(&self) -> &str {
@@ -752,6 +777,23 @@ impl http_body::Body for PacedBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn a_bucket_is_told_apart_by_endpoint_and_region_not_by_a_trailing_slash() {
+        let aws = store_identity("s3://b/p", None, Some("us-west-2"));
+        let local = store_identity("s3://b/p", Some("http://127.0.0.1:9000"), Some("us-west-2"));
+        assert_ne!(aws, local);
+        assert_eq!(
+            local,
+            store_identity(
+                "s3://b/p",
+                Some("http://127.0.0.1:9000/"),
+                Some("us-west-2")
+            )
+        );
+        assert_ne!(aws, store_identity("s3://b/p", None, Some("cn-north-1")));
+        assert_ne!(aws, store_identity("s3://b/q", None, Some("us-west-2")));
+    }
 
     fn body(len: usize, sent: &Arc<BodySent>) -> PacedBody {
         let bandwidth = Arc::new(Bandwidth::new(&Default::default()));

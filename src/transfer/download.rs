@@ -183,7 +183,7 @@ async fn place_first(
     item: &Target,
     cancel: &CancellationToken,
 ) -> Result<FileStat, TransferError> {
-    let store_id = t.store.describe();
+    let store_id = t.store.identity();
     let claim = t
         .inflight
         .as_ref()
@@ -326,7 +326,7 @@ async fn fetch_verified(
             }
             Err(TransferError::Store(e)) if e.is_not_found() => {
                 if let Some(k) = &t.known {
-                    let _ = k.forget(&t.store.describe(), item.hash);
+                    let _ = k.forget(&t.store.identity(), item.hash);
                 }
                 return Err(StoreError::NotFound {
                     store: t.store.describe(),

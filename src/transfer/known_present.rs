@@ -1,8 +1,9 @@
 //! The known-present index: content hashes recently seen in a store, so a re-upload asks the
 //! store nothing about them.
 //!
-//! SQLite, `<cache.dir>/known-present-v1.sqlite3`, table `present(store TEXT, hash BLOB,
-//! verified_at INTEGER)` keyed by (store, hash). An entry is trusted for
+//! SQLite, `<cache.dir>/known-present-v2.sqlite3`, table `present(store TEXT, hash BLOB,
+//! verified_at INTEGER)` keyed by (store, hash), the store by its `identity()` (URL, region
+//! and endpoint). An entry is trusted for
 //! `transfer.known_present_ttl`; each run re-checks about `transfer.known_present_sample`
 //! randomly chosen trusted entries older than an hour against the store (so a re-upload right
 //! after an upload makes no request at all), and a store that answers 404 for a hash (on upload
@@ -17,7 +18,10 @@ use rusqlite::{Connection, params};
 
 use crate::hash::ContentHash;
 
-pub const FILE_NAME: &str = "known-present-v1.sqlite3";
+pub const FILE_NAME: &str = "known-present-v2.sqlite3";
+/// The index before stores were told apart by endpoint: a bucket name seen at one endpoint
+/// counted for every other, so its entries cannot be trusted and it is removed.
+const OLD_FILE_NAME: &str = "known-present-v1.sqlite3";
 
 #[derive(Debug, thiserror::Error)]
 #[error("known-present index {path}: {source}")]
@@ -99,6 +103,14 @@ impl KnownPresent {
                PRIMARY KEY (store, hash)) WITHOUT ROWID;",
         )
         .map_err(err)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let old = dir.join(format!("{OLD_FILE_NAME}{suffix}"));
+            if let Err(e) = std::fs::remove_file(&old)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::debug!("cannot remove {}: {e}", old.display());
+            }
+        }
         Ok(KnownPresent {
             path,
             conn: Mutex::new(conn),
@@ -265,5 +277,22 @@ mod tests {
         );
         let none = k.entries_of("s3://empty", 4).unwrap();
         assert_eq!(none.expect("within the limit").len(), 0);
+    }
+
+    #[test]
+    fn the_index_that_did_not_tell_endpoints_apart_is_removed() {
+        let t = tempfile::tempdir().unwrap();
+        for name in [OLD_FILE_NAME, "known-present-v1.sqlite3-wal"] {
+            std::fs::write(t.path().join(name), b"old").unwrap();
+        }
+        KnownPresent::open(t.path(), Duration::from_secs(60)).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("v1"))
+            .collect();
+        names.sort();
+        assert!(names.is_empty(), "{names:?}");
+        assert!(t.path().join(FILE_NAME).exists());
     }
 }

@@ -29,7 +29,12 @@ pub struct RecordError {
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Record {
+    /// The store's `identity()`, which the records of a store are matched by.
     store: String,
+    /// The store's URL, to open it again (records written before there was `url` have it
+    /// in `store`).
+    #[serde(default)]
+    url: String,
     key: String,
     upload_id: String,
     /// Unix seconds.
@@ -81,10 +86,17 @@ impl OpenUploads {
         &self.dir
     }
 
-    /// Records the upload `upload_id` of `key` in `store` (its `describe()`), locked until
-    /// the returned [`Held`] is done or dropped. The record is complete and locked before it
-    /// gets its name, so nobody sees it half-written or unlocked.
-    pub fn record(&self, store: &str, key: &str, upload_id: &str) -> Result<Held, RecordError> {
+    /// Records the upload `upload_id` of `key` in `store` (its `identity()`; `url` is its
+    /// `describe()`), locked until the returned [`Held`] is done or dropped. The record is
+    /// complete and locked before it gets its name, so nobody sees it half-written or
+    /// unlocked.
+    pub fn record(
+        &self,
+        store: &str,
+        url: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Held, RecordError> {
         let err = |source| RecordError {
             key: key.into(),
             dir: self.dir.clone(),
@@ -93,6 +105,7 @@ impl OpenUploads {
         std::fs::create_dir_all(&self.dir).map_err(err)?;
         let record = Record {
             store: store.into(),
+            url: url.into(),
             key: key.into(),
             upload_id: upload_id.into(),
             started_at: std::time::SystemTime::now()
@@ -128,13 +141,18 @@ impl OpenUploads {
         out
     }
 
-    /// The stores (as `describe()` names them: their URLs) with records no running upload
-    /// holds.
+    /// The URLs of the stores with records no running upload holds.
     pub fn stores_with_leftovers(&self) -> Vec<String> {
         let mut stores: Vec<String> = read_records(&self.dir)
             .into_iter()
             .filter(|r| r.unheld.is_some())
-            .map(|r| r.record.store)
+            .map(|r| {
+                if r.record.url.is_empty() {
+                    r.record.store
+                } else {
+                    r.record.url
+                }
+            })
             .collect();
         stores.sort();
         stores.dedup();
@@ -230,7 +248,9 @@ mod tests {
     fn a_running_upload_is_not_a_leftover_and_a_finished_one_leaves_nothing() {
         let t = tempfile::tempdir().unwrap();
         let o = OpenUploads::new(t.path());
-        let held = o.record("s3://b/p", "p/Data/a.xxh128", "u1").unwrap();
+        let held = o
+            .record("s3://b/p", "s3://b/p", "p/Data/a.xxh128", "u1")
+            .unwrap();
         assert!(o.leftovers("s3://b/p").is_empty(), "held by its upload");
         let ids = o.upload_ids("s3://b/p");
         assert_eq!(ids.running.into_iter().collect::<Vec<_>>(), ["u1"]);
@@ -246,8 +266,15 @@ mod tests {
     fn an_upload_given_up_unconfirmed_is_left_to_the_next_run_of_the_same_store_only() {
         let t = tempfile::tempdir().unwrap();
         let o = OpenUploads::new(t.path());
-        drop(o.record("s3://b/p", "p/Data/a.xxh128", "u1").unwrap());
-        drop(o.record("s3://other/p", "p/Data/a.xxh128", "u1").unwrap());
+        drop(
+            o.record("s3://b/p", "s3://b/p", "p/Data/a.xxh128", "u1")
+                .unwrap(),
+        );
+        let other = "s3://other/p region=r endpoint=http://127.0.0.1:1";
+        drop(
+            o.record(other, "s3://other/p", "p/Data/a.xxh128", "u1")
+                .unwrap(),
+        );
         let ids = o.upload_ids("s3://b/p");
         assert_eq!(ids.left.into_iter().collect::<Vec<_>>(), ["u1"]);
         assert!(ids.running.is_empty());
@@ -265,8 +292,11 @@ mod tests {
         assert_eq!(again.len(), 1, "an abort that failed keeps the record");
         again.into_iter().for_each(|l| l.held.done());
         assert!(o.leftovers("s3://b/p").is_empty());
+        // Named by URL, to be opened; matched by identity, so the same bucket name at another
+        // endpoint is not taken for it.
         assert_eq!(o.stores_with_leftovers(), ["s3://other/p"]);
-        assert_eq!(o.leftovers("s3://other/p").len(), 1);
+        assert!(o.leftovers("s3://other/p").is_empty());
+        assert_eq!(o.leftovers(other).len(), 1);
     }
 
     #[test]
@@ -276,7 +306,14 @@ mod tests {
         std::fs::create_dir_all(o.dir()).unwrap();
         std::fs::write(o.dir().join("x.json"), b"{not json").unwrap();
         std::fs::write(o.dir().join(".record-1.tmp"), b"").unwrap();
-        drop(o.record("s3://b/p", "k", "u").unwrap());
+        drop(o.record("s3://b/p", "s3://b/p", "k", "u").unwrap());
         assert_eq!(o.leftovers("s3://b/p").len(), 1);
+        // A record from before records had a `url`: its store is its URL.
+        std::fs::write(
+            o.dir().join("old.json"),
+            br#"{"store":"s3://old","key":"k","upload_id":"u","started_at":1}"#,
+        )
+        .unwrap();
+        assert_eq!(o.stores_with_leftovers(), ["s3://b/p", "s3://old"]);
     }
 }

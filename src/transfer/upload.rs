@@ -91,7 +91,7 @@ impl Counters {
     fn flush_known(&self, t: &Transfer) {
         let batch = std::mem::take(&mut *self.known_pending.lock().expect("not poisoned"));
         if !batch.is_empty() {
-            write_known(t, &t.store.describe(), &batch);
+            write_known(t, &t.store.identity(), &batch);
         }
     }
 
@@ -187,7 +187,7 @@ async fn upload_one(
     if cancel.is_cancelled() {
         return Err(Cancelled.into());
     }
-    let store_id = t.store.describe();
+    let store_id = t.store.identity();
     let key = data_key(t.store.root_prefix(), item.hash);
     if known.is_known(t, &store_id, item.hash, sampled) {
         c.known_objects.fetch_add(1, Relaxed);
@@ -374,12 +374,12 @@ async fn upload_multipart(
     let record = {
         let (o, store, key, id) = (
             t.open_uploads.clone(),
-            t.store.describe(),
+            (t.store.identity(), t.store.describe()),
             key.to_string(),
             upload_id.clone(),
         );
         // Off the runtime: a file create can wait on a busy disk's journal.
-        match tokio::task::spawn_blocking(move || o.record(&store, &key, &id)).await {
+        match tokio::task::spawn_blocking(move || o.record(&store.0, &store.1, &key, &id)).await {
             Ok(Ok(held)) => Some(held),
             Ok(Err(e)) => {
                 tracing::warn!("{e}");
@@ -494,7 +494,7 @@ async fn abort_recorded(
 /// Aborts the multipart uploads to this store that earlier runs left open (see
 /// [`open_uploads`]), all at once; returns how many the store confirmed.
 pub async fn abort_leftovers(t: &Transfer) -> usize {
-    let (o, store) = (t.open_uploads.clone(), t.store.describe());
+    let (o, store) = (t.open_uploads.clone(), t.store.identity());
     let Ok(left) = tokio::task::spawn_blocking(move || o.leftovers(&store)).await else {
         return 0;
     };
