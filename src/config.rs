@@ -43,7 +43,8 @@ pub struct StoreSettings {
 pub struct S3Settings {
     /// Custom endpoint for S3-compatible stores (Garage, MinIO, Ceph).
     pub endpoint_url: Option<String>,
-    /// `None`: the AWS chain decides.
+    /// `None`: AWS_REGION, the profile, the EC2 instance metadata (AWS only), else us-east-1
+    /// (`store::s3::region`).
     pub region: Option<String>,
     pub profile: Option<String>,
     /// Bucket in the path instead of the host name; needed for IP endpoints.

@@ -7,10 +7,16 @@ use crate::config::{LogFormat, LogSettings};
 /// Installs the global subscriber. A bad `log.level` falls back to `info` with a warning
 /// rather than hiding every log.
 pub fn init(settings: &LogSettings) {
-    let (filter, bad) = match EnvFilter::try_new(&settings.level) {
+    let (mut filter, bad) = match EnvFilter::try_new(&settings.level) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
+    if !settings.level.contains("aws_config") {
+        // Off EC2 the SDK warns, with a debug dump, that instance metadata has no region: the
+        // normal case on a workstation or an on-prem node, where attache signs for us-east-1
+        // (logged at debug) unless s3.region says otherwise.
+        filter = filter.add_directive("aws_config::imds::region=error".parse().expect("valid"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::s3::TestS3;
@@ -383,4 +385,134 @@ fn cleanup_reports_what_it_did_and_refuses_a_bad_age() {
         (Some(0), Some(true)),
         "{v}"
     );
+}
+
+/// The environment of `s3` without `skip`, and with no AWS settings of the machine running the
+/// tests (credentials, profile, region, instance metadata).
+fn s3_env_without(s3: &TestS3, skip: &[&str], home: &Path) -> Command {
+    let mut c = attache(&home.join("cache"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("HOME", home)
+        .env("AWS_CONFIG_FILE", home.join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            home.join("no-aws-credentials"),
+        )
+        .envs(
+            s3.env()
+                .into_iter()
+                .filter(|(k, _)| !skip.contains(&k.as_str())),
+        );
+    c
+}
+
+#[test]
+fn a_store_that_cannot_be_used_says_why_without_retrying_in_vain() {
+    let s3 = TestS3::start_background();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"content a").unwrap();
+    std::fs::write(src.join("b"), b"content b").unwrap();
+    let manifest = t.path().join("m.json");
+    let no_debug_dump = |err: &str| {
+        assert!(!err.contains("DispatchFailure("), "{err}");
+        assert!(!err.contains("region from IMDS"), "{err}");
+    };
+
+    // A bucket that does not exist: named as such, not as missing objects, and not retried.
+    let put = |store: &str| {
+        run(s3_env_without(&s3, &[], t.path())
+            .env("ATTACHE_S3__RETRY_ATTEMPTS", "3")
+            .args(["put", "--store", store])
+            .arg(&src)
+            .arg("-o")
+            .arg(&manifest))
+    };
+    let (code, _, err) = put("s3://no-such-bucket/p");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("NoSuchBucket"), "{err}");
+    assert!(err.contains("check the bucket name"), "{err}");
+    assert!(s3.stats.requests_of("PUT") <= 2, "{:?}", s3.stats.log());
+    no_debug_dump(&err);
+    let (code, _, err) = put(&s3.store_url("p"));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(s3_env_without(&s3, &[], t.path())
+        .args(["get", "--store", "s3://no-such-bucket/p"])
+        .arg(&manifest)
+        .arg("--dest")
+        .arg(t.path().join("dest")));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("NoSuchBucket"), "{err}");
+    assert!(!err.contains("must be uploaded again"), "{err}");
+
+    // No credentials anywhere: said at once, with what to set; nothing reaches the store.
+    s3.stats.reset();
+    let (code, _, err) = run(s3_env_without(
+        &s3,
+        &["ATTACHE_S3__ACCESS_KEY_ID", "ATTACHE_S3__SECRET_ACCESS_KEY"],
+        t.path(),
+    )
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .args(["put", "--store", &s3.store_url("p"), "--no-cache"])
+    .arg(&src)
+    .arg("-o")
+    .arg(&manifest));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no credentials: set s3.access_key_id"),
+        "{err}"
+    );
+    assert_eq!(s3.stats.requests(), 0, "{:?}", s3.stats.log());
+    no_debug_dump(&err);
+
+    // A store that is down: named, with what to check.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, _, err) = run(s3_env_without(&s3, &[], t.path())
+        .env("ATTACHE_S3__ENDPOINT_URL", &down)
+        .env("ATTACHE_S3__RETRY_ATTEMPTS", "1")
+        .args(["put", "--store", &s3.store_url("p"), "--no-cache"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&manifest));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot reach {down}: check s3.endpoint_url")),
+        "{err}"
+    );
+    no_debug_dump(&err);
+}
+
+#[test]
+fn with_an_endpoint_and_no_region_instance_metadata_is_never_asked() {
+    // The SDK would ask the EC2 metadata service for a region, 4 times with 1 s timeouts,
+    // before each command on a machine that is not an EC2 instance.
+    let s3 = TestS3::start_background();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"content a").unwrap();
+    let imds = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    imds.set_nonblocking(true).unwrap();
+    let (code, _, err) = run(s3_env_without(&s3, &["ATTACHE_S3__REGION"], t.path())
+        .env(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            format!("http://{}", imds.local_addr().unwrap()),
+        )
+        .args(["put", "--store", &s3.store_url("p")])
+        .arg(&src)
+        .arg("-o")
+        .arg(t.path().join("m.json")));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        matches!(imds.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "instance metadata was asked"
+    );
+    assert!(!err.contains("region from IMDS"), "{err}");
 }

@@ -14,6 +14,13 @@
 //!   (`parts_in_flight`). A part dropped earlier is cut short and never stored.
 //! - An interceptor counts attempts and throttling replies (503 / SlowDown) so the transfer
 //!   engine can lower its concurrency while a store pushes back.
+//! - The region is found before the SDK loads its config (`region`): left to the SDK, every
+//!   command off EC2 waited seconds for the instance metadata service.
+//! - Failures are described for people (`describe`): the causes without the SDK's debug
+//!   dumps, and what to check.
+
+mod describe;
+mod region;
 
 use std::ops::Range;
 use std::pin::Pin;
@@ -26,7 +33,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::interceptors::FinalizerInterceptorContextRef;
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, SdkBody};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::Bytes;
@@ -73,6 +80,8 @@ pub struct S3Store {
     root_prefix: String,
     describe: String,
     identity: String,
+    /// Where requests go (`s3.endpoint_url`, `AWS_ENDPOINT_URL`, the profile); `None`: AWS.
+    endpoint: Option<String>,
     bandwidth: Arc<Bandwidth>,
     read_timeout: Duration,
     expected_bucket_owner: Option<String>,
@@ -117,9 +126,23 @@ impl S3Store {
             .stalled_stream_protection(
                 aws_config::stalled_stream_protection::StalledStreamProtectionConfig::disabled(),
             );
-        if let Some(region) = &s.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
+        // Resolved here, never left to the loader: with no region, its SSO and credential
+        // chains ask IMDS again, each with the SDK's 4 × 1 s.
+        let region = match &s.region {
+            Some(region) => aws_config::Region::new(region.clone()),
+            None => {
+                match region::chain(s, |v| std::env::var(v).ok()).region().await {
+                    Some(region) => region,
+                    None => {
+                        // S3-compatible stores accept any region; AWS needs the real one
+                        // (a 301 reply says to set s3.region).
+                        tracing::debug!("no region configured; signing for us-east-1");
+                        aws_config::Region::new("us-east-1")
+                    }
+                }
+            }
+        };
+        loader = loader.region(region);
         if let Some(profile) = &s.profile {
             loader = loader.profile_name(profile);
         }
@@ -137,7 +160,7 @@ impl S3Store {
         }
         let sdk = loader.load().await;
         let counters = Arc::new(S3Counters::default());
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+        let conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(s.force_path_style)
             .request_checksum_calculation(match s.request_checksum_calculation {
                 ChecksumMode::WhenRequired => {
@@ -156,11 +179,6 @@ impl S3Store {
                 }
             })
             .interceptor(CountReplies(counters.clone()));
-        if sdk.region().is_none() {
-            // S3-compatible stores accept any region; AWS needs the real one (set s3.region).
-            tracing::debug!("no region configured; signing for us-east-1");
-            conf = conf.region(aws_config::Region::new("us-east-1"));
-        }
         let prefix_part = if root_prefix.is_empty() {
             String::new()
         } else {
@@ -177,6 +195,7 @@ impl S3Store {
             client: Client::from_conf(conf),
             describe,
             identity,
+            endpoint: sdk.endpoint_url().map(str::to_string),
             bucket,
             root_prefix,
             bandwidth,
@@ -192,13 +211,16 @@ impl S3Store {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let status = e.raw_response().map(|r| r.status().as_u16());
-        if status == Some(404) || matches!(e.code(), Some("NoSuchKey" | "NotFound")) {
+        let no_bucket = e.code() == Some("NoSuchBucket");
+        if !no_bucket && (status == Some(404) || matches!(e.code(), Some("NoSuchKey" | "NotFound")))
+        {
             return StoreError::NotFound {
                 store: self.describe.clone(),
                 key: key.into(),
             };
         }
         let retryable = match &e {
+            _ if describe::is_credentials_failure(&e) => false,
             SdkError::TimeoutError(_)
             | SdkError::DispatchFailure(_)
             | SdkError::ResponseError(_) => true,
@@ -207,19 +229,11 @@ impl S3Store {
                     || e.code().is_some_and(|c| RETRYABLE_CODES.contains(&c))
             }
         };
-        let hint = match status {
-            Some(403) => " (check the credentials and the bucket policy)",
-            Some(301) => " (wrong region: set s3.region)",
-            // S3 answers a HEAD signed for the wrong region, or naming an invalid bucket, with
-            // a bare 400: the reply of a HEAD has no body to say which.
-            Some(400) if e.code().is_none() => " (check s3.region and the bucket name)",
-            _ => "",
-        };
         StoreError::Failed {
             store: self.describe.clone(),
             op,
             key: key.into(),
-            message: format!("{}{hint}", describe_sdk_error(&e, status)),
+            message: describe::describe(&e, status, self.endpoint.as_deref()),
             retryable,
         }
     }
@@ -247,31 +261,6 @@ fn store_identity(describe: &str, endpoint: Option<&str>, region: Option<&str>) 
         "{describe} region={} endpoint={endpoint}",
         region.unwrap_or("")
     )
-}
-
-/// What went wrong, for a person: the HTTP status and the store's code and message when the
-/// store replied (the SDK's own text for an unmodelled reply is a debug dump of the response),
-/// the whole cause chain when no reply came (connection refused, timeout, TLS).
-fn describe_sdk_error<E>(e: &SdkError<E>, status: Option<u16>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let Some(status) = status else {
-        return DisplayErrorContext(e).to_string();
-    };
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    let mut text = format!("HTTP {status} {reason}");
-    match (e.code(), e.message()) {
-        (Some(code), Some(message)) => text += &format!(": {code}: {message}"),
-        (Some(code), None) => text += &format!(": {code}"),
-        (None, Some(message)) => text += &format!(": {message}"),
-        // HEAD replies carry no body, so no code; S3 gives the reason in the status alone.
-        (None, None) => {}
-    }
-    text.trim_end().to_string()
 }
 
 #[async_trait]
@@ -348,7 +337,7 @@ impl ObjectStore for S3Store {
                     return Some((Ok(chunk), Some((stream, bandwidth, describe, key))));
                 }
                 Ok(None) => return None,
-                Ok(Some(Err(e))) => DisplayErrorContext(&e).to_string(),
+                Ok(Some(Err(e))) => describe::causes(&e),
                 Err(_) => format!("no data for {timeout:?} (s3.read_timeout)"),
             };
             let failed = StoreError::Failed {

@@ -19,7 +19,9 @@
 //!   leaves the object file behind. Use short farm/queue ids here; real-length ids go to Garage.
 //! - Keys map to paths: `a/b` and `a/b/c` cannot both exist (file vs directory), `..` segments
 //!   are resolved, and deleting `a/b/c` leaves the empty directories `a/b` (not listed).
-//! - Not implemented: ListMultipartUploads (501), conditional GET headers, versioning.
+//! - s3s-fs answers ListMultipartUploads with 501 and writes objects into buckets that do not
+//!   exist; this server answers the first from s3s-fs's files and the second with
+//!   NoSuchBucket, as S3 does. Not implemented: conditional GET headers, versioning.
 //!   Error codes differ from AWS in places; don't assert exact codes for s3s-fs's own errors.
 //! - A *failed* CompleteMultipartUpload (parts out of order, EntityTooSmall) already deleted the
 //!   upload's registration: the upload can neither be completed nor aborted afterwards
@@ -803,6 +805,25 @@ async fn handle(
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        entry.status.store(resp.status().as_u16(), Ordering::SeqCst);
+        return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
+    }
+
+    // s3s-fs writes objects into a bucket that does not exist (creating its directory); S3
+    // answers NoSuchBucket, which attache must tell apart from a missing object.
+    // (A name too short or long to be a bucket's is left to s3s, which refuses it with 400.)
+    let creates_bucket = method == Method::PUT && entry.key.is_empty();
+    let valid_name = (3..=63).contains(&entry.bucket.len());
+    if !creates_bucket && valid_name && !shared.root.join(&entry.bucket).is_dir() {
+        let mut body = req.into_body();
+        while body.frame().await.is_some() {}
+        let resp = error_response(
+            StatusCode::NOT_FOUND,
+            "NoSuchBucket",
+            "The specified bucket does not exist",
+            &path,
+            entry.seq,
+        );
         entry.status.store(resp.status().as_u16(), Ordering::SeqCst);
         return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
     }

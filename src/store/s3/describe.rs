@@ -1,0 +1,143 @@
+//! What went wrong with an S3 request, in words for the person at the terminal: the reply's
+//! status, code and message; or, when no reply came, the causes one after the other (without
+//! the SDK's debug dump of each) and what to check.
+
+use std::error::Error;
+
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+
+/// What a failed request says, with a hint of what to check; `endpoint` is where the
+/// requests go (`None`: AWS).
+pub fn describe<E>(e: &SdkError<E>, status: Option<u16>, endpoint: Option<&str>) -> String
+where
+    E: ProvideErrorMetadata + Error + Send + Sync + 'static,
+{
+    let Some(status) = status else {
+        return format!("{}{}", causes(e), no_reply_hint(e, endpoint));
+    };
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut text = format!("HTTP {status} {reason}");
+    match (e.code(), e.message()) {
+        (Some(code), Some(message)) => text += &format!(": {code}: {message}"),
+        (Some(code), None) => text += &format!(": {code}"),
+        (None, Some(message)) => text += &format!(": {message}"),
+        // HEAD replies carry no body, so no code; S3 gives the reason in the status alone.
+        (None, None) => {}
+    }
+    let hint = match (status, e.code()) {
+        (_, Some("NoSuchBucket")) => {
+            " (check the bucket name in the store URL, and s3.endpoint_url and s3.region)"
+        }
+        (403, _) => " (check the credentials and the bucket policy)",
+        (301, _) => " (wrong region: set s3.region)",
+        // S3 answers a HEAD signed for the wrong region, or naming an invalid bucket, with a
+        // bare 400: the reply of a HEAD has no body to say which.
+        (400, None) => " (check s3.region and the bucket name)",
+        _ => "",
+    };
+    format!("{}{hint}", text.trim_end())
+}
+
+/// Whether the request failed before it was sent because there are no usable credentials:
+/// trying again cannot help.
+pub fn is_credentials_failure<E: Error + 'static>(e: &SdkError<E>) -> bool {
+    chain(e).any(|c| c.downcast_ref::<CredentialsError>().is_some())
+}
+
+/// The causes of `e`, outermost first, joined with ": ". A cause whose text its parent
+/// already carries is left out, and so is everything after a multi-line text (the
+/// credential chain's list of what it tried), which says it all.
+pub fn causes(e: &(dyn Error + 'static)) -> String {
+    let mut out = String::new();
+    for c in chain(e) {
+        let text = c.to_string();
+        let text = text.trim();
+        if text.is_empty() || out.contains(text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(text);
+        if text.contains('\n') {
+            break;
+        }
+    }
+    out
+}
+
+fn chain<'a>(e: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(e), |&c| c.source())
+}
+
+fn no_reply_hint<E: Error + 'static>(e: &SdkError<E>, endpoint: Option<&str>) -> String {
+    if is_credentials_failure(e) {
+        return " (no credentials: set s3.access_key_id and s3.secret_access_key, s3.profile or \
+                AWS_PROFILE, or run where an IAM role provides them)"
+            .into();
+    }
+    let store = endpoint.map_or("S3".to_string(), |e| e.to_string());
+    match e {
+        SdkError::TimeoutError(_) => format!(
+            " ({store} did not answer in time: check the network, s3.connect_timeout and s3.read_timeout)"
+        ),
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            format!(" ({store} did not answer in time: check the network and s3.connect_timeout)")
+        }
+        SdkError::DispatchFailure(d) if d.is_io() => match endpoint {
+            Some(e) => {
+                format!(" (cannot reach {e}: check s3.endpoint_url and that the store is running)")
+            }
+            None => " (cannot reach S3: check the network and proxy settings)".into(),
+        },
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl Error for E {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn causes_are_joined_without_repeats_and_stop_at_a_full_account() {
+        let e = E(
+            "dispatch failure",
+            Some(Box::new(E(
+                "io error",
+                Some(Box::new(E(
+                    "tcp connect error: Connection refused",
+                    Some(Box::new(E("Connection refused", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            causes(&e),
+            "dispatch failure: io error: tcp connect error: Connection refused"
+        );
+        let listed = E(
+            "no credentials found in chain. Attempted:\n  Environment: not set",
+            Some(Box::new(E("Environment", None))),
+        );
+        assert_eq!(
+            causes(&listed),
+            "no credentials found in chain. Attempted:\n  Environment: not set"
+        );
+    }
+}
