@@ -43,6 +43,9 @@ pub struct StoreSettings {
 pub struct S3Settings {
     /// Custom endpoint for S3-compatible stores (Garage, MinIO, Ceph).
     pub endpoint_url: Option<String>,
+    /// HTTP(S) proxy for every request: a URL (may carry `user:password@`), or `none`;
+    /// `None`: `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` from the environment.
+    pub proxy: Option<Secret>,
     /// `None`: AWS_REGION, the profile, the EC2 instance metadata (AWS only), else us-east-1
     /// (`store::s3::region`).
     pub region: Option<String>,
@@ -257,6 +260,7 @@ impl Default for S3Settings {
     fn default() -> Self {
         Self {
             endpoint_url: None,
+            proxy: None,
             region: None,
             profile: None,
             force_path_style: false,
@@ -376,6 +380,7 @@ const KEYS: &[(&str, &[&str])] = &[
         "s3",
         &[
             "endpoint_url",
+            "proxy",
             "region",
             "profile",
             "force_path_style",
@@ -770,6 +775,7 @@ const MAX_PART: ByteSize = ByteSize::gib(5);
 
 fn validate(s: &Settings) -> Result<(), Violation> {
     check_store_url(&s.store.url)?;
+    check_proxy(s.s3.proxy.as_ref())?;
     at_least("s3.max_connections", s.s3.max_connections, 1)?;
     at_least(
         "s3.connect_timeout",
@@ -867,6 +873,28 @@ fn check_listener(d: &DaemonSettings) -> Result<(), Violation> {
     Err(Violation {
         key: "daemon.listen",
         reason: "a TCP listener needs daemon.token_file to be set".into(),
+    })
+}
+
+/// `s3.proxy` is `none` or an http:// or https:// URL. The reason never repeats the value: it
+/// may carry a password.
+fn check_proxy(proxy: Option<&Secret>) -> Result<(), Violation> {
+    let Some(proxy) = proxy.map(Secret::expose) else {
+        return Ok(());
+    };
+    let ok = proxy == "none"
+        || proxy
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+    if ok {
+        return Ok(());
+    }
+    Err(Violation {
+        key: "s3.proxy",
+        reason:
+            "expected none or an http:// or https:// URL, such as http://proxy.studio.lan:3128 \
+                 (with user:password@ before the host if the proxy asks for them)"
+                .into(),
     })
 }
 
@@ -1084,6 +1112,22 @@ mod tests {
         );
         let flag = [("transfer.speed", "1", "--speed")];
         error("", &[], &flag, &["`transfer.speed`", "flag --speed"]);
+    }
+
+    #[test]
+    fn a_proxy_is_none_or_a_url_and_its_password_is_never_shown() {
+        let ok = settings("[s3]\nproxy = \"http://u:pw@proxy.lan:3128\"\n", &[], &[]);
+        assert_eq!(
+            ok.s3.proxy.as_ref().map(Secret::expose),
+            Some("http://u:pw@proxy.lan:3128")
+        );
+        assert!(!format!("{:?}", ok.s3).contains("pw@"));
+        assert!(!serde_json::to_string(&ok.s3).unwrap().contains("pw@"));
+        settings("[s3]\nproxy = \"none\"\n", &[], &[]);
+        let f = file("[s3]\nproxy = \"socks5://u:hunter2@proxy.lan\"\n");
+        let e = load(&options(&f, &[], &[])).unwrap_err().to_string();
+        assert!(e.contains("`s3.proxy`") && e.contains("http://"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 mod common;
 
 use std::path::Path;
+
+use base64::Engine;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -387,12 +389,12 @@ fn cleanup_reports_what_it_did_and_refuses_a_bad_age() {
     );
 }
 
-/// The environment of `s3` without `skip`, and with no AWS settings of the machine running the
-/// tests (credentials, profile, region, instance metadata).
+/// The environment of `s3` without `skip`, and with no AWS or proxy settings of the machine
+/// running the tests (credentials, profile, region, instance metadata, `HTTPS_PROXY`…).
 fn s3_env_without(s3: &TestS3, skip: &[&str], home: &Path) -> Command {
     let mut c = attache(&home.join("cache"));
     for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") {
+        if k.starts_with("AWS_") || k.to_ascii_uppercase().ends_with("_PROXY") {
             c.env_remove(k);
         }
     }
@@ -515,4 +517,73 @@ fn with_an_endpoint_and_no_region_instance_metadata_is_never_asked() {
         "instance metadata was asked"
     );
     assert!(!err.contains("region from IMDS"), "{err}");
+}
+
+#[test]
+fn requests_go_through_the_proxy_the_environment_or_the_config_names() {
+    use common::proxy::TestProxy;
+    let s3 = TestS3::start_background();
+    let proxy = TestProxy::start_background();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..3 {
+        std::fs::write(src.join(format!("f{i}")), format!("content {i}")).unwrap();
+    }
+    let put = |prefix: &str, env: &[(&str, &str)]| {
+        run(s3_env_without(&s3, &[], t.path())
+            .envs(env.iter().copied())
+            .args(["put", "--no-cache", "--store", &s3.store_url(prefix)])
+            .arg(&src)
+            .arg("-o")
+            .arg(t.path().join("m.json")))
+    };
+
+    // HTTP_PROXY from the environment, with credentials in it, as aws-cli and rclone read it.
+    let with_auth = proxy.url_with_auth("artist", "pa55");
+    let (code, _, err) = put("env", &[("HTTP_PROXY", &with_auth)]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(s3.object_keys().len(), 3, "{err}");
+    assert_eq!(
+        proxy.forwarded(),
+        s3.stats.requests(),
+        "every request went through it"
+    );
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("artist:pa55")
+    );
+    assert!(
+        proxy.auth().iter().all(|a| *a == basic),
+        "{:?}",
+        proxy.auth()
+    );
+    assert!(!err.contains("pa55"), "{err}");
+
+    // NO_PROXY, and s3.proxy = none, go direct.
+    let before = proxy.forwarded();
+    let no_proxy = [
+        ("HTTP_PROXY", proxy.url.as_str()),
+        ("NO_PROXY", "127.0.0.1"),
+    ];
+    let (code, _, err) = put("no-proxy", &no_proxy);
+    assert_eq!(code, 0, "{err}");
+    let none = [
+        ("HTTP_PROXY", proxy.url.as_str()),
+        ("ATTACHE_S3__PROXY", "none"),
+    ];
+    let (code, _, err) = put("none", &none);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(proxy.forwarded(), before, "nothing went through the proxy");
+
+    // s3.proxy, with no environment variable.
+    let (code, _, err) = put("config", &[("ATTACHE_S3__PROXY", &proxy.url)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(proxy.forwarded() > before, "{err}");
+
+    // A bad s3.proxy is a usage error that does not repeat the password.
+    let (code, _, err) = put("bad", &[("ATTACHE_S3__PROXY", "socks5://user:secret@host")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("s3.proxy"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
 }

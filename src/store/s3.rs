@@ -102,6 +102,7 @@ impl S3Store {
             .max_connections_per_host(s.max_connections)
             .idle_timeout(Some(s.idle_timeout.0))
             .tcp_nodelay(true)
+            .proxy_config(proxy_config(s, |v| std::env::var(v).ok())?)
             .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
             .build_https()
             .map_err(|e| format!("cannot build the HTTP connection pool: {e}"))?;
@@ -248,6 +249,43 @@ impl S3Store {
                 sent.clone(),
             ))
         }))
+    }
+}
+
+/// The proxy settings: `s3.proxy`, else the environment's, as aws-cli and rclone read them.
+/// With none of its variables set the pool connects directly, without the proxy layer.
+fn proxy_config(
+    s: &S3Settings,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<aws_smithy_http_client::proxy::ProxyConfig, String> {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    let set = |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
+    match s.proxy.as_ref().map(|p| p.expose()) {
+        Some("none") => Ok(ProxyConfig::disabled()),
+        Some(url) => {
+            // The error would quote the URL, and with it a password.
+            let proxy = ProxyConfig::all(url).map_err(|_| {
+                "s3.proxy is not a URL the HTTP client accepts (http://host:port)".to_string()
+            })?;
+            Ok(match set(&["NO_PROXY", "no_proxy"]) {
+                Some(rules) => proxy.no_proxy(rules),
+                None => proxy,
+            })
+        }
+        None => {
+            let vars = [
+                "HTTPS_PROXY",
+                "https_proxy",
+                "HTTP_PROXY",
+                "http_proxy",
+                "ALL_PROXY",
+                "all_proxy",
+            ];
+            Ok(match set(&vars) {
+                Some(_) => ProxyConfig::from_env(),
+                None => ProxyConfig::disabled(),
+            })
+        }
     }
 }
 
@@ -765,7 +803,34 @@ impl http_body::Body for PacedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn the_proxy_comes_from_s3_proxy_else_from_the_environment_else_none() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let mut s = S3Settings::default();
+        assert!(proxy_config(&s, env(&[])).unwrap().is_disabled());
+        assert!(
+            proxy_config(&s, env(&[("HTTPS_PROXY", "")]))
+                .unwrap()
+                .is_disabled()
+        );
+        let from_env = proxy_config(&s, env(&[("https_proxy", "http://p:3128")])).unwrap();
+        assert!(from_env.is_from_env());
+        s.proxy = Some(Secret::new("none"));
+        let none = proxy_config(&s, env(&[("HTTPS_PROXY", "http://p:3128")])).unwrap();
+        assert!(none.is_disabled());
+        s.proxy = Some(Secret::new("http://p:3128"));
+        let set = proxy_config(&s, env(&[])).unwrap();
+        assert!(!set.is_disabled() && !set.is_from_env());
+    }
 
     #[test]
     fn a_bucket_is_told_apart_by_endpoint_and_region_not_by_a_trailing_slash() {

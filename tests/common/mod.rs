@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: fixture trees and running the binary.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
