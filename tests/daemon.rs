@@ -579,3 +579,33 @@ fn the_daemon_aborts_uploads_left_open_when_it_starts() {
         d.log()
     );
 }
+
+#[test]
+fn a_secret_key_rotated_by_a_reload_is_used_by_the_next_job() {
+    let s3 = TestS3::start_background();
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("proj");
+    big_tree(&proj, 2, 1000);
+    let s3_section = |secret: &str| {
+        format!(
+            "[s3]\nendpoint_url = \"{}\"\nforce_path_style = true\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{secret}\"\nretry_attempts = 0\n",
+            s3.endpoint, s3.access_key
+        )
+    };
+    let d = Daemon::start_in(dir, &s3_section("revoked"), &[]);
+    let spec = serde_json::json!({"kind": "submit", "inputs": [proj], "farm_id": "farm-1", "queue_id": "queue-1", "store": s3.store_url("DeadlineCloud")}).to_string();
+    let (_, a) = d.api("POST", "/v1/jobs", &spec);
+    let a = d.wait(a["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(a["state"], "failed", "{a}");
+    assert!(a.to_string().contains("403"), "{a}");
+
+    d.write_config(&s3_section(&s3.secret_key));
+    let (status, r) = d.api("POST", "/v1/reload", "");
+    assert_eq!(status, 200, "{r}");
+    let (_, b) = d.api("POST", "/v1/jobs", &spec);
+    let b = d.wait(b["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(
+        b["state"], "succeeded",
+        "the store client kept the revoked key: {b}"
+    );
+}

@@ -69,10 +69,7 @@ impl Shared {
         settings: &Settings,
         progress: Arc<Progress>,
     ) -> Result<Arc<Transfer>, OpenStoreError> {
-        let key = format!(
-            "{url}\n{}",
-            serde_json::to_string(&settings.s3).unwrap_or_default()
-        );
+        let key = client_key(url, &settings.s3);
         let (store, gate) = {
             let mut stores = self.stores.lock().await;
             match stores.get(&key) {
@@ -109,5 +106,45 @@ impl Shared {
             *known = KnownPresent::from_settings(settings);
         }
         known.clone()
+    }
+}
+
+/// Which store client a job shares: one per URL and `[s3]` settings. Secrets serialize as
+/// `<redacted>`, so their hash joins the key: a secret key or proxy password rotated by a
+/// reload opens a new client instead of keeping the old (perhaps revoked) one.
+fn client_key(url: &str, s3: &crate::config::S3Settings) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+    for secret in [&s3.secret_access_key, &s3.session_token, &s3.proxy] {
+        h.update(secret.as_ref().map_or("", |s| s.expose()).as_bytes());
+        h.update(&[0]);
+    }
+    format!(
+        "{url}\n{}\n{:032x}",
+        serde_json::to_string(s3).unwrap_or_default(),
+        h.digest128()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{S3Settings, Secret};
+
+    #[test]
+    fn a_rotated_secret_is_another_client() {
+        let old = S3Settings {
+            secret_access_key: Some(Secret::new("old")),
+            ..S3Settings::default()
+        };
+        let new = S3Settings {
+            secret_access_key: Some(Secret::new("new")),
+            ..S3Settings::default()
+        };
+        assert_eq!(
+            client_key("s3://b/p", &old),
+            client_key("s3://b/p", &old.clone())
+        );
+        assert_ne!(client_key("s3://b/p", &old), client_key("s3://b/p", &new));
+        assert!(!client_key("s3://b/p", &old).contains("old"));
     }
 }
