@@ -46,6 +46,8 @@ pub struct S3Settings {
     /// HTTP(S) proxy for every request: a URL (may carry `user:password@`), or `none`;
     /// `None`: `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` from the environment.
     pub proxy: Option<Secret>,
+    /// PEM file of CA certificates trusted besides the system's; `None`: `AWS_CA_BUNDLE`.
+    pub ca_bundle: Option<PathBuf>,
     /// `None`: AWS_REGION, the profile, the EC2 instance metadata (AWS only), else us-east-1
     /// (`store::s3::region`).
     pub region: Option<String>,
@@ -261,6 +263,7 @@ impl Default for S3Settings {
         Self {
             endpoint_url: None,
             proxy: None,
+            ca_bundle: None,
             region: None,
             profile: None,
             force_path_style: false,
@@ -381,6 +384,7 @@ const KEYS: &[(&str, &[&str])] = &[
         &[
             "endpoint_url",
             "proxy",
+            "ca_bundle",
             "region",
             "profile",
             "force_path_style",
@@ -776,6 +780,12 @@ const MAX_PART: ByteSize = ByteSize::gib(5);
 fn validate(s: &Settings) -> Result<(), Violation> {
     check_store_url(&s.store.url)?;
     check_proxy(s.s3.proxy.as_ref())?;
+    if let Some(path) = &s.s3.ca_bundle {
+        crate::store::s3::read_ca_bundle(path).map_err(|reason| Violation {
+            key: "s3.ca_bundle",
+            reason,
+        })?;
+    }
     at_least("s3.max_connections", s.s3.max_connections, 1)?;
     at_least(
         "s3.connect_timeout",

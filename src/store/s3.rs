@@ -23,6 +23,7 @@ mod describe;
 mod region;
 
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -104,6 +105,7 @@ impl S3Store {
             .tcp_nodelay(true)
             .proxy_config(proxy_config(s, |v| std::env::var(v).ok())?)
             .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+            .tls_context(tls_context(s, |v| std::env::var(v).ok())?)
             .build_https()
             .map_err(|e| format!("cannot build the HTTP connection pool: {e}"))?;
         let http = aws_smithy_http_client::pool::Client::new(&pool)
@@ -251,6 +253,48 @@ impl S3Store {
         }))
     }
 }
+
+/// The certificates TLS trusts: the system's, and those of `s3.ca_bundle` (else of the file
+/// `AWS_CA_BUNDLE` names, as aws-cli reads it), for a store whose certificate a studio's own
+/// CA signed.
+fn tls_context(
+    s: &S3Settings,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<aws_smithy_http_client::tls::TlsContext, String> {
+    use aws_smithy_http_client::tls::{TlsContext, TrustStore};
+    let mut trust = TrustStore::default();
+    let bundle = match &s.ca_bundle {
+        Some(path) => Some(("s3.ca_bundle", path.clone())),
+        None => env("AWS_CA_BUNDLE")
+            .filter(|p| !p.is_empty())
+            .map(|p| ("AWS_CA_BUNDLE", PathBuf::from(p))),
+    };
+    if let Some((source, path)) = bundle {
+        let pem = read_ca_bundle(&path).map_err(|e| format!("{source}: {e}"))?;
+        trust = trust.with_pem_certificate(pem);
+    }
+    TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|e| format!("cannot set up TLS: {e}"))
+}
+
+/// The PEM bytes of a CA bundle, checked to hold at least one certificate.
+pub fn read_ca_bundle(path: &Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !pem
+        .windows(CERT_PEM.len())
+        .any(|w| w == CERT_PEM.as_bytes())
+    {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(pem)
+}
+
+const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----";
 
 /// The proxy settings: `s3.proxy`, else the environment's, as aws-cli and rclone read them.
 /// With none of its variables set the pool connects directly, without the proxy layer.

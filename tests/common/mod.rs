@@ -3,6 +3,7 @@
 
 pub mod proxy;
 pub mod s3;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -81,6 +81,12 @@ fn no_reply_hint<E: Error + 'static>(e: &SdkError<E>, endpoint: Option<&str>) ->
             .into();
     }
     let store = endpoint.map_or("S3".to_string(), |e| e.to_string());
+    if causes(e).contains("certificate") {
+        return format!(
+            " (the certificate of {store} is not trusted: add the CA that signed it to the \
+             system's trust store, or name its PEM file in s3.ca_bundle or AWS_CA_BUNDLE)"
+        );
+    }
     match e {
         SdkError::TimeoutError(_) => format!(
             " ({store} did not answer in time: check the network, s3.connect_timeout and s3.read_timeout)"

@@ -1,0 +1,72 @@
+//! TLS in front of a test server, with a certificate signed by a CA of its own (as a studio's
+//! MinIO behind its internal CA): the client must be told to trust that CA.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tokio::net::{TcpListener, TcpStream};
+
+pub struct TlsFront {
+    /// `https://localhost:PORT`
+    pub endpoint: String,
+    /// The CA's certificate, PEM.
+    pub ca_pem: String,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TlsFront {
+    /// Terminates TLS for "localhost" and passes the bytes on to `backend` (`host:port`).
+    pub fn start_background(backend: &str) -> TlsFront {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let backend = backend.to_string();
+        runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, backend) = (acceptor.clone(), backend.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return; // the client refused the certificate
+                    };
+                    if let Ok(mut plain) = TcpStream::connect(&backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    }
+                });
+            }
+        });
+        TlsFront {
+            endpoint: format!("https://localhost:{port}"),
+            ca_pem: ca.pem(),
+            _runtime: runtime,
+        }
+    }
+
+    /// Writes the CA's certificate to `path`.
+    pub fn write_ca(&self, path: &Path) {
+        std::fs::write(path, &self.ca_pem).unwrap();
+    }
+}
