@@ -406,14 +406,21 @@ fn s3_env_without(s3: &TestS3, skip: &[&str], home: &Path) -> Command {
     c
 }
 
+/// `dir/src` with `n` small files (`f0`, `f1`, …), all different.
+fn small_src(dir: &Path, n: usize) -> std::path::PathBuf {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..n {
+        std::fs::write(src.join(format!("f{i}")), format!("content {i}")).unwrap();
+    }
+    src
+}
+
 #[test]
 fn a_store_that_cannot_be_used_says_why_without_retrying_in_vain() {
     let s3 = TestS3::start_background();
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a"), b"content a").unwrap();
-    std::fs::write(src.join("b"), b"content b").unwrap();
+    let src = small_src(t.path(), 2);
     let manifest = t.path().join("m.json");
     let no_debug_dump = |err: &str| {
         assert!(!err.contains("DispatchFailure("), "{err}");
@@ -491,9 +498,7 @@ fn with_an_endpoint_and_no_region_instance_metadata_is_never_asked() {
     // before each command on a machine that is not an EC2 instance.
     let s3 = TestS3::start_background();
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a"), b"content a").unwrap();
+    let src = small_src(t.path(), 1);
     let imds = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     imds.set_nonblocking(true).unwrap();
     let (code, _, err) = run(s3_env_without(&s3, &["ATTACHE_S3__REGION"], t.path())
@@ -519,11 +524,7 @@ fn requests_go_through_the_proxy_the_environment_or_the_config_names() {
     let s3 = TestS3::start_background();
     let proxy = TestProxy::start_background();
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..3 {
-        std::fs::write(src.join(format!("f{i}")), format!("content {i}")).unwrap();
-    }
+    let src = small_src(t.path(), 3);
     let put = |prefix: &str, env: &[(&str, &str)]| {
         run(s3_env_without(&s3, &[], t.path())
             .envs(env.iter().copied())
@@ -588,9 +589,7 @@ fn a_store_behind_a_private_ca_is_trusted_through_s3_ca_bundle_or_aws_ca_bundle(
     let s3 = TestS3::start_background();
     let front = TlsFront::start_background(s3.endpoint.trim_start_matches("http://"));
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a"), b"content a").unwrap();
+    let src = small_src(t.path(), 1);
     let ca = t.path().join("studio-ca.pem");
     front.write_ca(&ca);
     let put = |prefix: &str, env: &[(&str, &str)]| {
@@ -619,7 +618,7 @@ fn a_store_behind_a_private_ca_is_trusted_through_s3_ca_bundle_or_aws_ca_bundle(
     assert_eq!(s3.object_keys().len(), 2, "one object under each prefix");
 
     // A file that is not a CA bundle is a usage error naming the setting.
-    let not_pem = t.path().join("src/a");
+    let not_pem = src.join("f0");
     let (code, _, err) = put(
         "bad",
         &[("ATTACHE_S3__CA_BUNDLE", not_pem.to_str().unwrap())],
