@@ -4,7 +4,8 @@
 #
 #   submit -> sync-inputs -> (the task writes outputs) -> sync-outputs -> download-outputs,
 #   then a re-submit of the unchanged tree (must upload nothing and publish one manifest),
-#   then `cleanup` of an upload a killed put left open.
+#   then `cleanup` of an upload a killed put left open, and a put with no region set (Garage
+#   wants its own: the error must name s3.region).
 #
 #   scripted_tests/garage_workflow.sh        (ATTACHE_BIN=path: use that binary, no cargo build)
 #
@@ -134,6 +135,18 @@ if run_attache other cleanup --older-than 0 --json >"$work/cleanup.json" 2>"$wor
     fi
 else
     fail "cleanup"; cat "$work/cleanup.log"
+fi
+
+# Garage wants its own region ("garage"); a put signed for us-east-1 (no region set anywhere)
+# must say which setting to fix, at once.
+mkdir -p "$work/tiny" && echo tiny >"$work/tiny/one.txt"
+(unset AWS_REGION AWS_DEFAULT_REGION ATTACHE_S3__REGION
+    run_attache noregion put "$work/tiny" -o "$work/noregion.manifest" >/dev/null 2>"$work/noregion.log")
+rc=$?
+if [[ $rc == 1 ]] && grep -q "AuthorizationHeaderMalformed.*set s3.region" "$work/noregion.log"; then
+    pass "no region: refused by Garage, and the error says to set s3.region"
+else
+    fail "no region: exit $rc"; cat "$work/noregion.log"
 fi
 
 ((n_fail == 0)) && echo "garage workflow: all checks passed" || echo "garage workflow: $n_fail checks failed"

@@ -32,6 +32,11 @@ where
         (_, Some("NoSuchBucket")) => {
             " (check the bucket name in the store URL, and s3.endpoint_url and s3.region)"
         }
+        // S3 and Garage answer a request signed for another region so, naming the one they
+        // expect.
+        (_, Some("AuthorizationHeaderMalformed")) => {
+            " (set s3.region to the region the store expects)"
+        }
         (403, _) => " (check the credentials and the bucket policy)",
         (301, _) => " (wrong region: set s3.region)",
         // S3 answers a HEAD signed for the wrong region, or naming an invalid bucket, with a
