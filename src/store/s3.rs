@@ -18,12 +18,16 @@
 //!   command off EC2 waited seconds for the instance metadata service.
 //! - Failures are described for people (`describe`): the causes without the SDK's debug
 //!   dumps, and what to check.
+//! - Proxies and extra CA certificates are the pool's (`http`), as aws-cli and rclone take
+//!   them from the environment.
 
 mod describe;
+mod http;
 mod region;
 
+pub use http::read_ca_bundle;
+
 use std::ops::Range;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,9 +107,9 @@ impl S3Store {
             .max_connections_per_host(s.max_connections)
             .idle_timeout(Some(s.idle_timeout.0))
             .tcp_nodelay(true)
-            .proxy_config(proxy_config(s, |v| std::env::var(v).ok())?)
+            .proxy_config(http::proxy_config(s, |v| std::env::var(v).ok())?)
             .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
-            .tls_context(tls_context(s, |v| std::env::var(v).ok())?)
+            .tls_context(http::tls_context(s, |v| std::env::var(v).ok())?)
             .build_https()
             .map_err(|e| format!("cannot build the HTTP connection pool: {e}"))?;
         let http = aws_smithy_http_client::pool::Client::new(&pool)
@@ -189,16 +193,24 @@ impl S3Store {
         };
         let describe = format!("s3://{bucket}{prefix_part}");
         let conf = conf.build();
+        // As the SDK ranks them: the setting, then S3's own variable, then the general one
+        // or the profile's (which `sdk` carries).
+        let endpoint = s
+            .endpoint_url
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+            .filter(|e| !e.is_empty())
+            .or_else(|| sdk.endpoint_url().map(str::to_string));
         let identity = store_identity(
             &describe,
-            sdk.endpoint_url(),
+            endpoint.as_deref(),
             conf.region().map(|r| r.as_ref()),
         );
         Ok(S3Store {
             client: Client::from_conf(conf),
             describe,
             identity,
-            endpoint: sdk.endpoint_url().map(str::to_string),
+            endpoint,
             bucket,
             root_prefix,
             bandwidth,
@@ -254,87 +266,9 @@ impl S3Store {
     }
 }
 
-/// The certificates TLS trusts: the system's, and those of `s3.ca_bundle` (else of the file
-/// `AWS_CA_BUNDLE` names, as aws-cli reads it), for a store whose certificate a studio's own
-/// CA signed.
-fn tls_context(
-    s: &S3Settings,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<aws_smithy_http_client::tls::TlsContext, String> {
-    use aws_smithy_http_client::tls::{TlsContext, TrustStore};
-    let mut trust = TrustStore::default();
-    let bundle = match &s.ca_bundle {
-        Some(path) => Some(("s3.ca_bundle", path.clone())),
-        None => env("AWS_CA_BUNDLE")
-            .filter(|p| !p.is_empty())
-            .map(|p| ("AWS_CA_BUNDLE", PathBuf::from(p))),
-    };
-    if let Some((source, path)) = bundle {
-        let pem = read_ca_bundle(&path).map_err(|e| format!("{source}: {e}"))?;
-        trust = trust.with_pem_certificate(pem);
-    }
-    TlsContext::builder()
-        .with_trust_store(trust)
-        .build()
-        .map_err(|e| format!("cannot set up TLS: {e}"))
-}
-
-/// The PEM bytes of a CA bundle, checked to hold at least one certificate.
-pub fn read_ca_bundle(path: &Path) -> Result<Vec<u8>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if !pem
-        .windows(CERT_PEM.len())
-        .any(|w| w == CERT_PEM.as_bytes())
-    {
-        return Err(format!(
-            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
-    }
-    Ok(pem)
-}
-
-const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----";
-
-/// The proxy settings: `s3.proxy`, else the environment's, as aws-cli and rclone read them.
-/// With none of its variables set the pool connects directly, without the proxy layer.
-fn proxy_config(
-    s: &S3Settings,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<aws_smithy_http_client::proxy::ProxyConfig, String> {
-    use aws_smithy_http_client::proxy::ProxyConfig;
-    let set = |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
-    match s.proxy.as_ref().map(|p| p.expose()) {
-        Some("none") => Ok(ProxyConfig::disabled()),
-        Some(url) => {
-            // The error would quote the URL, and with it a password.
-            let proxy = ProxyConfig::all(url).map_err(|_| {
-                "s3.proxy is not a URL the HTTP client accepts (http://host:port)".to_string()
-            })?;
-            Ok(match set(&["NO_PROXY", "no_proxy"]) {
-                Some(rules) => proxy.no_proxy(rules),
-                None => proxy,
-            })
-        }
-        None => {
-            let vars = [
-                "HTTPS_PROXY",
-                "https_proxy",
-                "HTTP_PROXY",
-                "http_proxy",
-                "ALL_PROXY",
-                "all_proxy",
-            ];
-            Ok(match set(&vars) {
-                Some(_) => ProxyConfig::from_env(),
-                None => ProxyConfig::disabled(),
-            })
-        }
-    }
-}
-
 /// The store's identity (see [`ObjectStore::identity`]): its URL, region and endpoint (from
-/// `s3.endpoint_url`, `AWS_ENDPOINT_URL` or the profile; none is AWS's own). Without them, a
+/// `s3.endpoint_url`, `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL` or the profile; none is
+/// AWS's own). Without them, a
 /// bucket name used at a test endpoint and on AWS would share one known-present index, and a
 /// put to AWS would skip objects only the test store holds.
 fn store_identity(describe: &str, endpoint: Option<&str>, region: Option<&str>) -> String {
@@ -847,34 +781,7 @@ impl http_body::Body for PacedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
     use http_body_util::BodyExt;
-
-    #[test]
-    fn the_proxy_comes_from_s3_proxy_else_from_the_environment_else_none() {
-        let env = |vars: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                vars.iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
-        let mut s = S3Settings::default();
-        assert!(proxy_config(&s, env(&[])).unwrap().is_disabled());
-        assert!(
-            proxy_config(&s, env(&[("HTTPS_PROXY", "")]))
-                .unwrap()
-                .is_disabled()
-        );
-        let from_env = proxy_config(&s, env(&[("https_proxy", "http://p:3128")])).unwrap();
-        assert!(from_env.is_from_env());
-        s.proxy = Some(Secret::new("none"));
-        let none = proxy_config(&s, env(&[("HTTPS_PROXY", "http://p:3128")])).unwrap();
-        assert!(none.is_disabled());
-        s.proxy = Some(Secret::new("http://p:3128"));
-        let set = proxy_config(&s, env(&[])).unwrap();
-        assert!(!set.is_disabled() && !set.is_from_env());
-    }
 
     #[test]
     fn a_bucket_is_told_apart_by_endpoint_and_region_not_by_a_trailing_slash() {
