@@ -629,3 +629,42 @@ fn a_store_behind_a_private_ca_is_trusted_through_s3_ca_bundle_or_aws_ca_bundle(
         "{err}"
     );
 }
+
+#[test]
+fn aws_cli_style_flags_name_the_endpoint_region_and_profile() {
+    let s3 = TestS3::start_background();
+    let t = tempfile::tempdir().unwrap();
+    let src = small_src(t.path(), 2);
+    let aws = t.path().join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        format!(
+            "[studio]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            s3.access_key, s3.secret_key
+        ),
+    )
+    .unwrap();
+    // Nothing from the environment but the path style: endpoint, region and credentials come
+    // from the flags and the profile they name.
+    let (code, out, err) = run(s3_env_without(
+        &s3,
+        &[
+            "ATTACHE_S3__ENDPOINT_URL",
+            "ATTACHE_S3__REGION",
+            "ATTACHE_S3__ACCESS_KEY_ID",
+            "ATTACHE_S3__SECRET_ACCESS_KEY",
+        ],
+        t.path(),
+    )
+    .args(["put", "--json", "--store", &s3.store_url("p")])
+    .args(["--endpoint-url", &s3.endpoint, "--region", "us-east-1"])
+    .args(["--profile", "studio"])
+    .arg(&src)
+    .arg("-o")
+    .arg(t.path().join("m.json")));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["upload"]["uploaded_objects"], 2, "{v}");
+    assert_eq!(s3.object_keys().len(), 2);
+}

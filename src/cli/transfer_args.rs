@@ -26,6 +26,17 @@ pub struct StoreArgs {
     /// Cap on open connections to the store [config: s3.max_connections].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<String>,
+    /// S3-compatible store's endpoint, e.g. http://minio.lan:9000, as aws-cli's flag
+    /// [config: s3.endpoint_url].
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Region to sign requests for [config: s3.region].
+    #[arg(long, value_name = "NAME")]
+    pub region: Option<String>,
+    /// AWS profile for credentials and region (~/.aws/config, ~/.aws/credentials)
+    /// [config: s3.profile].
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -41,6 +52,14 @@ impl StoreArgs {
             "--max-connections",
             self.max_connections.clone(),
         );
+        flag(
+            out,
+            "s3.endpoint_url",
+            "--endpoint-url",
+            self.endpoint_url.clone(),
+        );
+        flag(out, "s3.region", "--region", self.region.clone());
+        flag(out, "s3.profile", "--profile", self.profile.clone());
     }
 }
 
