@@ -584,7 +584,7 @@ fn requests_go_through_the_proxy_the_environment_or_the_config_names() {
 }
 
 #[test]
-fn a_store_behind_a_private_ca_is_trusted_through_s3_ca_bundle_or_aws_ca_bundle() {
+fn an_https_store_signed_by_a_private_ca_is_trusted_through_its_bundle_and_reached_through_a_proxy() {
     use common::tls::TlsFront;
     let s3 = TestS3::start_background();
     let front = TlsFront::start_background(s3.endpoint.trim_start_matches("http://"));
@@ -616,6 +616,26 @@ fn a_store_behind_a_private_ca_is_trusted_through_s3_ca_bundle_or_aws_ca_bundle(
     let (code, _, err) = put("env", &[("AWS_CA_BUNDLE", ca)]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(s3.object_keys().len(), 2, "one object under each prefix");
+
+    // Behind a proxy, as most studios reach AWS: HTTPS_PROXY, a CONNECT tunnel, the CA.
+    let proxy = common::proxy::TestProxy::start_background();
+    let with_auth = proxy.url_with_auth("artist", "pa55");
+    let (code, _, err) = put(
+        "proxied",
+        &[("HTTPS_PROXY", &with_auth), ("AWS_CA_BUNDLE", ca)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(proxy.tunnels() > 0 && proxy.forwarded() == 0, "{err}");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("artist:pa55")
+    );
+    assert!(
+        proxy.auth().iter().all(|a| *a == basic),
+        "{:?}",
+        proxy.auth()
+    );
+    assert_eq!(s3.object_keys().len(), 3);
 
     // A file that is not a CA bundle is a usage error naming the setting.
     let not_pem = src.join("f0");

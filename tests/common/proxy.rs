@@ -1,6 +1,7 @@
 //! A forward HTTP proxy on 127.0.0.1, as a studio's proxy in front of S3: each absolute-form
-//! request (`PUT http://host:port/key`) is sent on to its host and the reply passed back. It
-//! counts what it forwarded and keeps each request's `Proxy-Authorization`.
+//! request (`PUT http://host:port/key`) is sent on to its host and the reply passed back, and
+//! a `CONNECT host:port` (how clients reach `https://` stores through a proxy) becomes a
+//! tunnel. It counts what it forwarded and tunnelled and keeps each `Proxy-Authorization`.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Default)]
 struct Seen {
     forwarded: AtomicUsize,
+    tunnels: AtomicUsize,
     auth: Mutex<Vec<String>>,
 }
 
@@ -45,6 +47,7 @@ impl TestProxy {
                     let service = hyper::service::service_fn(move |req| forward(req, s.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -67,7 +70,13 @@ impl TestProxy {
         self.seen.forwarded.load(Ordering::SeqCst)
     }
 
-    /// The `Proxy-Authorization` of each forwarded request ("" where there was none).
+    /// CONNECT tunnels opened so far.
+    pub fn tunnels(&self) -> usize {
+        self.seen.tunnels.load(Ordering::SeqCst)
+    }
+
+    /// The `Proxy-Authorization` of each forwarded request and tunnel ("" where there was
+    /// none).
     pub fn auth(&self) -> Vec<String> {
         self.seen.auth.lock().unwrap().clone()
     }
@@ -75,20 +84,35 @@ impl TestProxy {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn forward(req: Request<Incoming>, seen: Arc<Seen>) -> Result<Response<Incoming>, BoxError> {
+type Reply = Response<http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>>;
+
+async fn forward(req: Request<Incoming>, seen: Arc<Seen>) -> Result<Reply, BoxError> {
+    use http_body_util::Either;
     let authority = req
         .uri()
         .authority()
         .ok_or("not an absolute-form request: the client did not treat this as a proxy")?
         .to_string();
-    let (mut head, body) = req.into_parts();
-    let auth = head
-        .headers
-        .remove(hyper::header::PROXY_AUTHORIZATION)
+    let auth = req
+        .headers()
+        .get(hyper::header::PROXY_AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or_default().to_string())
         .unwrap_or_default();
     seen.auth.lock().unwrap().push(auth);
+    if req.method() == hyper::Method::CONNECT {
+        seen.tunnels.fetch_add(1, Ordering::SeqCst);
+        let mut target = TcpStream::connect(authority).await?;
+        tokio::spawn(async move {
+            if let Ok(upgraded) = hyper::upgrade::on(req).await {
+                let mut client = TokioIo::new(upgraded);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
+            }
+        });
+        return Ok(Response::new(Either::Right(http_body_util::Empty::new())));
+    }
     seen.forwarded.fetch_add(1, Ordering::SeqCst);
+    let (mut head, body) = req.into_parts();
+    head.headers.remove(hyper::header::PROXY_AUTHORIZATION);
     head.uri = head
         .uri
         .path_and_query()
@@ -97,5 +121,6 @@ async fn forward(req: Request<Incoming>, seen: Arc<Seen>) -> Result<Response<Inc
     let stream = TcpStream::connect(authority).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    Ok(sender.send_request(Request::from_parts(head, body)).await?)
+    let reply = sender.send_request(Request::from_parts(head, body)).await?;
+    Ok(reply.map(Either::Left))
 }
