@@ -5,7 +5,6 @@ mod common;
 
 use std::path::Path;
 
-use base64::Engine;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -544,15 +543,7 @@ fn requests_go_through_the_proxy_the_environment_or_the_config_names() {
         s3.stats.requests(),
         "every request went through it"
     );
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("artist:pa55")
-    );
-    assert!(
-        proxy.auth().iter().all(|a| *a == basic),
-        "{:?}",
-        proxy.auth()
-    );
+    proxy.assert_every_request_authorized_as("artist", "pa55");
     assert!(!err.contains("pa55"), "{err}");
 
     // NO_PROXY, and s3.proxy = none, go direct.
@@ -584,7 +575,7 @@ fn requests_go_through_the_proxy_the_environment_or_the_config_names() {
 }
 
 #[test]
-fn an_https_store_signed_by_a_private_ca_is_trusted_through_its_bundle_and_reached_through_a_proxy() {
+fn an_https_store_of_a_private_ca_is_trusted_by_its_bundle_also_through_a_proxy() {
     use common::tls::TlsFront;
     let s3 = TestS3::start_background();
     let front = TlsFront::start_background(s3.endpoint.trim_start_matches("http://"));
@@ -626,15 +617,7 @@ fn an_https_store_signed_by_a_private_ca_is_trusted_through_its_bundle_and_reach
     );
     assert_eq!(code, 0, "{err}");
     assert!(proxy.tunnels() > 0 && proxy.forwarded() == 0, "{err}");
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("artist:pa55")
-    );
-    assert!(
-        proxy.auth().iter().all(|a| *a == basic),
-        "{:?}",
-        proxy.auth()
-    );
+    proxy.assert_every_request_authorized_as("artist", "pa55");
     assert_eq!(s3.object_keys().len(), 3);
 
     // A file that is not a CA bundle is a usage error naming the setting.

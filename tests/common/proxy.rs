@@ -70,6 +70,20 @@ impl TestProxy {
         self.seen.forwarded.load(Ordering::SeqCst)
     }
 
+    /// Every request and tunnel so far carried `user:password` as Basic proxy credentials.
+    pub fn assert_every_request_authorized_as(&self, user: &str, password: &str) {
+        use base64::Engine;
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let auth = self.auth();
+        assert!(
+            !auth.is_empty() && auth.iter().all(|a| *a == basic),
+            "{auth:?}"
+        );
+    }
+
     /// CONNECT tunnels opened so far.
     pub fn tunnels(&self) -> usize {
         self.seen.tunnels.load(Ordering::SeqCst)
