@@ -197,6 +197,112 @@ fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
     assert_eq!(get(), (50, 0, 0));
 }
 
+#[test]
+fn put_dry_run_uploads_nothing_and_leaves_the_next_put_everything_to_do() {
+    let t = tempfile::tempdir().unwrap();
+    let src = small_src(t.path(), 3);
+    let store = t.path().join("store");
+    let put = |dry: bool| {
+        let mut c = attache(&t.path().join("cache"));
+        c.args([
+            "put",
+            "--json",
+            "--store",
+            &format!("file://{}", store.display()),
+        ]);
+        if dry {
+            c.arg("--dry-run");
+        }
+        let (code, out, err) = run(c.arg(&src).arg("-o").arg(t.path().join("m.json")));
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let v = put(true);
+    assert_eq!(
+        (&v["dry_run"], &v["upload"]["uploaded_objects"]),
+        (&true.into(), &3.into()),
+        "{v}"
+    );
+    assert!(files_under(&store).is_empty(), "{:?}", files_under(&store));
+    let v = put(false);
+    assert_eq!(
+        v["upload"]["uploaded_objects"], 3,
+        "the dry run recorded nothing as present: {v}"
+    );
+}
+
+#[test]
+fn get_dry_run_says_what_it_would_fetch_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("a.txt"), "content a").unwrap();
+    std::fs::write(root.join("sub/b.txt"), "content b").unwrap();
+    std::fs::write(root.join("sub/copy-of-a.txt"), "content a").unwrap();
+    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
+    let dest = t.path().join("dest");
+    let dry = || {
+        let (code, out, err) = run(attache(&cache)
+            .args(["get", "--dry-run", "--json", "--store", &store])
+            .arg(&manifest)
+            .arg("--dest")
+            .arg(&dest));
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+
+    // Into a directory that does not exist: all of it, one object per content.
+    let v = dry();
+    assert_eq!(v["dry_run"], true, "{v}");
+    let d = &v["download"];
+    assert_eq!(
+        (&d["files"], &d["objects"], &d["copied_files"]),
+        (&3.into(), &2.into(), &1.into()),
+        "{v}"
+    );
+    assert_eq!(d["downloaded_bytes"], 18, "{v}");
+    assert!(!dest.exists(), "a dry run created the destination");
+
+    // One file already in place (with another mtime), one with other content.
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::write(dest.join("a.txt"), "content a").unwrap();
+    filetime::set_file_mtime(
+        dest.join("a.txt"),
+        filetime::FileTime::from_unix_time(1_000_000, 0),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dest.join("sub")).unwrap();
+    std::fs::write(dest.join("sub/b.txt"), "other b").unwrap();
+    let v = dry();
+    assert_eq!(v["unchanged_files"], 1, "{v}");
+    assert_eq!(v["download"]["files"], 2, "{v}");
+    assert_eq!(
+        std::fs::read_to_string(dest.join("sub/b.txt")).unwrap(),
+        "other b"
+    );
+    let mtime =
+        filetime::FileTime::from_last_modification_time(&dest.join("a.txt").metadata().unwrap());
+    assert_eq!(mtime.unix_seconds(), 1_000_000, "a dry run set an mtime");
+
+    // The real run does what the dry run said.
+    let (code, out, err) = run(attache(&cache)
+        .args(["get", "--json", "--store", &store])
+        .arg(&manifest)
+        .arg("--dest")
+        .arg(&dest));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&v["unchanged_files"], &v["download"]["files"]),
+        (&1.into(), &2.into()),
+        "{v}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("sub/b.txt")).unwrap(),
+        "content b"
+    );
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn a_get_killed_mid_file_leaves_no_file_at_all() {

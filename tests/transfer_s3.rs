@@ -115,6 +115,7 @@ async fn get_tree(m: &Manifest, dest: &Path, s: &Settings) -> Result<GetReport, 
         cache_dir: None,
         conflict: Default::default(),
         check_space: false,
+        dry_run: false,
     };
     get::run(spec, transfer(s).await, &CancellationToken::new()).await
 }
@@ -468,6 +469,7 @@ async fn cancelling_a_many_file_download_returns_within_a_second_and_leaves_noth
         cache_dir: None,
         conflict: Default::default(),
         check_space: false,
+        dry_run: false,
     };
     let tr = transfer(&s).await;
     let job = {

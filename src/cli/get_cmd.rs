@@ -33,6 +33,10 @@ pub struct GetArgs {
     /// When a file with other content is already there.
     #[arg(long, value_enum, default_value_t = Conflict::Overwrite)]
     conflict: Conflict,
+    /// Show what would be downloaded (files already in place are checked as for a real run);
+    /// write and fetch nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 impl GetArgs {
@@ -60,12 +64,27 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             .then(|| settings.cache.dir.clone()),
         conflict: args.conflict,
         check_space: true,
+        dry_run: args.dry_run,
     };
     let report = with_transfer(ctx, None, "downloading", |t, cancel| async move {
         Ok(get::run(spec, t, &cancel).await?)
     })?;
     if args.store.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.dry_run {
+        let d = &report.download;
+        eprintln!(
+            "{}: {} files ({}): would download {} objects ({}), {} copies, {} already in place{}, {} skipped (dry run: nothing written)",
+            args.dest.display(),
+            report.files,
+            ByteSize(report.bytes).display().iec(),
+            d.objects,
+            ByteSize(d.downloaded_bytes).display().iec(),
+            d.copied_files,
+            report.unchanged_files,
+            read_to_check(report.unchanged_read_files),
+            report.skipped_files
+        );
     } else {
         let d = &report.download;
         eprintln!(

@@ -34,6 +34,10 @@ pub struct PutArgs {
     /// Read every file; neither use nor update the hash cache [config: cache.hash_cache].
     #[arg(long)]
     no_cache: bool,
+    /// Hash the tree and ask the store what it lacks; upload nothing (the manifest is still
+    /// written).
+    #[arg(long)]
+    dry_run: bool,
 }
 
 impl PutArgs {
@@ -53,7 +57,13 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
         vec![args.root.clone()],
         settings.cache.hash_cache,
     );
+    let dry_run = args.dry_run;
     let report = with_transfer(ctx, None, "uploading", |t, cancel| async move {
+        let t = if dry_run {
+            std::sync::Arc::new(t.dry_run_copy())
+        } else {
+            t
+        };
         Ok(put::run(spec, t, &cancel).await?)
     })?;
     let root = &report.hash.roots[0];
@@ -82,16 +92,18 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
             "manifest_hash": manifest_hash.to_hex(),
             "hash": report.hash.stats,
             "upload": u,
+            "dry_run": dry_run,
             "seconds": report.seconds,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         eprintln!(
-            "{}: {} files ({}) -> {} distinct objects: uploaded {} ({}, {} multipart), {} already in the store, {} known present (no request){}; {:.2} s",
+            "{}: {} files ({}) -> {} distinct objects: {} {} ({}, {} multipart), {} already in the store, {} known present (no request){}; {:.2} s",
             root.root.display(),
             u.files,
             ByteSize(root.stats.bytes).display().iec(),
             u.objects,
+            if dry_run { "would upload" } else { "uploaded" },
             u.uploaded_objects,
             ByteSize(u.uploaded_bytes).display().iec(),
             u.multipart_objects,

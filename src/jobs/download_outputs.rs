@@ -139,6 +139,7 @@ pub async fn run(
             cache_dir: spec.cache_dir.clone(),
             conflict: spec.conflict,
             check_space: true,
+            dry_run: false,
         };
         let report = get::run(get_spec, transfer.clone(), cancel).await?;
         roots.push(DownloadedRoot {

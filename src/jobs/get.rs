@@ -36,6 +36,9 @@ pub struct GetSpec {
     /// Off, each entry's path moves into the plan: a million-entry `get` holds the paths
     /// once.
     pub record_placed: bool,
+    /// Plan only: find out what would be downloaded, write nothing (no directory, no file, no
+    /// mtime), fetch nothing.
+    pub dry_run: bool,
 }
 
 /// What to do when a file with other content is already at a destination path.
@@ -73,7 +76,9 @@ pub struct GetReport {
     pub unchanged_read_files: u64,
     /// Files left alone because other content was there (`--conflict skip`).
     pub skipped_files: u64,
+    /// With `dry_run`: what the download would fetch, nothing was.
     pub download: DownloadReport,
+    pub dry_run: bool,
     pub seconds: f64,
     /// What is now at each path the manifest placed (paths relative to the destination):
     /// the record output detection compares against.
@@ -88,6 +93,7 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<GetReport, TransferError> {
     let started = Instant::now();
+    let dry_run = spec.dry_run;
     spec.manifest
         .validate_paths(PathRules::native())
         .map_err(|e| TransferError::Refused {
@@ -120,6 +126,7 @@ pub async fn run(
         unchanged_read_files: plan.unchanged_read,
         skipped_files: plan.skipped.0,
         download,
+        dry_run,
         seconds: started.elapsed().as_secs_f64(),
         placed: plan.placed,
     })
@@ -144,13 +151,14 @@ async fn plan_and_download(
         let dest = dest.clone();
         let (manifest, cache_dir, conflict) = (spec.manifest, spec.cache_dir, spec.conflict);
         let (record, sink, cancel) = (spec.record_placed, sink.clone(), cancel.clone());
+        let dry_run = spec.dry_run;
         tokio::task::spawn_blocking(move || {
             plan(
                 manifest,
                 &dest,
                 cache_dir.as_deref(),
                 sink.as_ref(),
-                (conflict, record),
+                (conflict, record, dry_run),
                 &cancel,
             )
         })
@@ -158,7 +166,13 @@ async fn plan_and_download(
         .expect("planning task panicked")?
     };
     if spec.check_space {
-        check_space(&dest, plan.items.iter().map(|i| i.size).sum())?;
+        // A dry run may plan into a directory that does not exist yet.
+        let existing = dest.ancestors().find(|d| d.is_dir()).unwrap_or(&dest);
+        check_space(existing, plan.items.iter().map(|i| i.size).sum())?;
+    }
+    if spec.dry_run {
+        let would = would_download(&plan.items);
+        return Ok((plan, would));
     }
     transfer
         .progress
@@ -169,6 +183,25 @@ async fn plan_and_download(
     let items = std::mem::take(&mut plan.items);
     let download = download_all(transfer, &dest, items, sink, cancel).await?;
     Ok((plan, download))
+}
+
+/// What downloading `items` would fetch: one object per distinct hash, the other files with
+/// that content copied locally.
+fn would_download(items: &[DownloadItem]) -> DownloadReport {
+    let mut seen = HashSet::new();
+    let mut report = DownloadReport {
+        files: items.len() as u64,
+        ..DownloadReport::default()
+    };
+    for item in items {
+        if seen.insert(item.hash) {
+            report.objects += 1;
+            report.downloaded_bytes += item.size;
+        } else {
+            report.copied_files += 1;
+        }
+    }
+    report
 }
 
 /// Fails early, naming the numbers, when `need` bytes will not fit under `dir`.
@@ -219,10 +252,12 @@ fn plan(
     dest: &Path,
     cache_dir: Option<&Path>,
     sink: Option<&RecordSink>,
-    (conflict, record): (Conflict, bool),
+    (conflict, record, dry_run): (Conflict, bool, bool),
     cancel: &CancellationToken,
 ) -> Result<Plan, TransferError> {
-    std::fs::create_dir_all(dest).map_err(TransferError::io(dest))?;
+    if !dry_run {
+        std::fs::create_dir_all(dest).map_err(TransferError::io(dest))?;
+    }
     let cache = cache_dir.and_then(|d| HashCache::open(d).map_err(|e| tracing::warn!("{e}")).ok());
     // Files already in place are checked against the cache in one read transaction; hashes
     // of files that had to be read go to the recorder (its own connection).
@@ -259,7 +294,7 @@ fn plan(
         };
         let mut path = dest.join(OsStr::from_bytes(&rel));
         if let Some(parent) = path.parent() {
-            make_dirs(dest, parent, &mut made)?;
+            make_dirs(dest, parent, &mut made, !dry_run)?;
         }
         let (hash, size, mtime_us) = (e.hash, e.size, e.mtime_us);
         let found = std::fs::symlink_metadata(&path).ok().map(|meta| {
@@ -277,7 +312,9 @@ fn plan(
                 p.unchanged_read += u64::from(there == InPlace::Read);
                 p.unchanged.0 += 1;
                 p.unchanged.1 += size;
-                fix_mtime(&path, &meta, mtime_us);
+                if !dry_run {
+                    fix_mtime(&path, &meta, mtime_us);
+                }
                 continue;
             }
             Some((InPlace::No, existing)) => match conflict {
@@ -344,8 +381,13 @@ fn fix_mtime(path: &Path, meta: &std::fs::Metadata, mtime_us: i64) {
 }
 
 /// Creates `dir` (under `root`) component by component, refusing to pass through a symlink
-/// or a file.
-fn make_dirs(root: &Path, dir: &Path, made: &mut HashSet<PathBuf>) -> Result<(), TransferError> {
+/// or a file. Without `create` (a dry run) it only checks what is there.
+fn make_dirs(
+    root: &Path,
+    dir: &Path,
+    made: &mut HashSet<PathBuf>,
+    create: bool,
+) -> Result<(), TransferError> {
     if made.contains(dir) || dir == root {
         return Ok(());
     }
@@ -371,6 +413,11 @@ fn make_dirs(root: &Path, dir: &Path, made: &mut HashSet<PathBuf>) -> Result<(),
                     path: at,
                     message: "is a file where the manifest needs a directory".into(),
                 });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+                // Nothing below a directory that is not there can be in the way.
+                made.insert(dir.to_path_buf());
+                return Ok(());
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir(&at)
@@ -487,7 +534,7 @@ mod tests {
             t.path(),
             None,
             None,
-            (Conflict::Overwrite, false),
+            (Conflict::Overwrite, false, false),
             &cancel,
         );
         assert!(

@@ -132,6 +132,7 @@ pub async fn run(
             cache_dir: spec.cache_dir.clone(),
             conflict: spec.conflict,
             check_space: true,
+            dry_run: false,
         };
         let mut report = get::run(get_spec, transfer.clone(), cancel).await?;
         // Off the runtime's worker: a million-entry record is over 100 MiB to write.
