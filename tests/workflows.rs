@@ -118,7 +118,13 @@ fn submit_sync_render_sync_outputs_download_outputs() {
             .arg(&session);
         c
     };
+    // A dry run first: the same rules, what would be fetched, and nothing in the session dir.
+    let (code, dry, err) = run(sync_inputs().arg("--dry-run"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("7 files; would download 6 objects"), "{err}");
+    assert!(!session.exists(), "a dry run wrote {:?}", files_under(&session));
     let rules = f.ok(&mut sync_inputs());
+    assert_eq!(dry, rules, "the dry run's path-mapping rules");
     let rules: serde_json::Value = serde_json::from_str(&rules).unwrap();
     let local = PathBuf::from(rules[0]["destination_path"].as_str().unwrap());
     assert_eq!(rules[0]["source_path"], proj.to_str().unwrap());

@@ -99,6 +99,10 @@ pub struct SyncInputsArgs {
     /// Write the path-mapping rules JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Say what would be downloaded (files in place are checked as for a real run); write
+    /// nothing in the session directory, fetch nothing but the manifests.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -314,7 +318,13 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
         conflict: a.conflict,
         locations: a.locations,
         store: a.common.store.store.clone(),
+        dry_run: a.dry_run,
     });
+    let verb = if a.dry_run {
+        "would download"
+    } else {
+        "downloaded"
+    };
     let Some(out) = run_and_emit(
         ctx,
         spec,
@@ -329,7 +339,7 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
     for r in out["roots"].as_array().into_iter().flatten() {
         let rep = &r["report"];
         eprintln!(
-            "{} -> {}: {} files; downloaded {} objects ({}), {} already in place{}",
+            "{} -> {}: {} files; {verb} {} objects ({}), {} already in place{}",
             r["root_path"].as_str().unwrap_or_default(),
             r["local_root"].as_str().unwrap_or_default(),
             rep["files"],

@@ -73,6 +73,9 @@ pub struct SyncInputsJob {
     pub locations: Vec<String>,
     #[serde(default)]
     pub store: Option<String>,
+    /// Plan only: say what would be downloaded; write nothing (no file, directory or record).
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -362,6 +365,7 @@ impl JobSpec {
                     conflict: j.conflict,
                     location_map: pairs(&profile.locations_with(&j.locations), "locations")?,
                     cache_dir,
+                    dry_run: j.dry_run,
                 };
                 JobOutput::SyncInputs(super::sync_inputs::run(spec, transfer, cancel).await?)
             }
