@@ -122,7 +122,11 @@ fn submit_sync_render_sync_outputs_download_outputs() {
     let (code, dry, err) = run(sync_inputs().arg("--dry-run"));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("7 files; would download 6 objects"), "{err}");
-    assert!(!session.exists(), "a dry run wrote {:?}", files_under(&session));
+    assert!(
+        !session.exists(),
+        "a dry run wrote {:?}",
+        files_under(&session)
+    );
     let rules = f.ok(&mut sync_inputs());
     assert_eq!(dry, rules, "the dry run's path-mapping rules");
     let rules: serde_json::Value = serde_json::from_str(&rules).unwrap();
@@ -202,7 +206,20 @@ fn submit_sync_render_sync_outputs_download_outputs() {
         .arg("--session-dir")
         .arg(&session));
 
-    // Workstation: download outputs to where they belong.
+    // Workstation: download outputs to where they belong; a dry run first says what would
+    // come and touches nothing.
+    let (code, _, err) = run(f.attache("ws").arg("download-outputs").args(IDS).args([
+        "--job-id",
+        "job-1",
+        "--dry-run",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("2 files from 1 manifests; would download 2 objects"),
+        "{err}"
+    );
+    let renders = files_under(&proj.join("renders"));
+    assert!(renders.is_empty(), "a dry run wrote {renders:?}");
     f.ok(f
         .attache("ws")
         .arg("download-outputs")

@@ -161,6 +161,10 @@ pub struct DownloadOutputsArgs {
     /// Put the outputs of root FROM under TO instead (repeatable).
     #[arg(long = "root-map", value_name = "FROM=TO")]
     root_map: Vec<String>,
+    /// Say what would be downloaded, and which local files have other content (what
+    /// --conflict decides about); write and fetch nothing but the manifests.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -396,18 +400,28 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         conflict: a.conflict,
         root_map: a.root_map,
         store: a.common.store.store.clone(),
+        dry_run: a.dry_run,
     });
+    let verb = if a.dry_run {
+        "would download"
+    } else {
+        "downloaded"
+    };
     let Some(out) = run_and_emit(ctx, spec, "downloading outputs", &a.common, None, None)? else {
         return Ok(ExitCode::SUCCESS);
     };
     for r in out["roots"].as_array().into_iter().flatten() {
+        let rep = &r["report"];
         eprintln!(
-            "{} -> {}: {} files from {} manifests; downloaded {} objects",
+            "{} -> {}: {} files from {} manifests; {verb} {} objects ({}), {} already in place, {} skipped",
             r["root_path"].as_str().unwrap_or_default(),
             r["destination"].as_str().unwrap_or_default(),
-            r["report"]["files"],
+            rep["files"],
             r["manifests"],
-            r["report"]["download"]["objects"]
+            rep["download"]["objects"],
+            size(&rep["download"]["downloaded_bytes"]),
+            rep["unchanged_files"],
+            rep["skipped_files"]
         );
     }
     eprintln!("{} tasks with outputs", out["tasks"]);

@@ -115,6 +115,9 @@ pub struct DownloadOutputsJob {
     pub root_map: Vec<String>,
     #[serde(default)]
     pub store: Option<String>,
+    /// Plan only: say what would be downloaded and what is in the way; write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// What a job returns, by kind.
@@ -399,6 +402,7 @@ impl JobSpec {
                     conflict: j.conflict,
                     root_map: pairs(&j.root_map, "root_map")?,
                     cache_dir,
+                    dry_run: j.dry_run,
                 };
                 JobOutput::DownloadOutputs(
                     super::download_outputs::run(spec, transfer, cancel).await?,
