@@ -275,6 +275,7 @@ fn get_dry_run_says_what_it_would_fetch_and_writes_nothing() {
     std::fs::write(dest.join("sub/b.txt"), "other b").unwrap();
     let v = dry();
     assert_eq!(v["unchanged_files"], 1, "{v}");
+    assert_eq!(v["replaced_files"], 1, "sub/b.txt has other content: {v}");
     assert_eq!(v["download"]["files"], 2, "{v}");
     assert_eq!(
         std::fs::read_to_string(dest.join("sub/b.txt")).unwrap(),

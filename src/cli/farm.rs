@@ -413,7 +413,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
     for r in out["roots"].as_array().into_iter().flatten() {
         let rep = &r["report"];
         eprintln!(
-            "{} -> {}: {} files from {} manifests; {verb} {} objects ({}), {} already in place, {} skipped",
+            "{} -> {}: {} files from {} manifests; {verb} {} objects ({}), {} already in place, {} with other content replaced, {} skipped",
             r["root_path"].as_str().unwrap_or_default(),
             r["destination"].as_str().unwrap_or_default(),
             rep["files"],
@@ -421,6 +421,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
             rep["download"]["objects"],
             size(&rep["download"]["downloaded_bytes"]),
             rep["unchanged_files"],
+            rep["replaced_files"],
             rep["skipped_files"]
         );
     }

@@ -74,7 +74,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
     } else if report.dry_run {
         let d = &report.download;
         eprintln!(
-            "{}: {} files ({}): would download {} objects ({}), {} copies, {} already in place{}, {} skipped (dry run: nothing written)",
+            "{}: {} files ({}): would download {} objects ({}), {} copies, {} already in place{}, {} with other content replaced, {} skipped (dry run: nothing written)",
             args.dest.display(),
             report.files,
             ByteSize(report.bytes).display().iec(),
@@ -83,6 +83,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             d.copied_files,
             report.unchanged_files,
             read_to_check(report.unchanged_read_files),
+            report.replaced_files,
             report.skipped_files
         );
     } else {

@@ -76,6 +76,9 @@ pub struct GetReport {
     pub unchanged_read_files: u64,
     /// Files left alone because other content was there (`--conflict skip`).
     pub skipped_files: u64,
+    /// Files that had other content, replaced (`--conflict overwrite`; with `dry_run`: that
+    /// would be).
+    pub replaced_files: u64,
     /// With `dry_run`: what the download would fetch, nothing was.
     pub download: DownloadReport,
     pub dry_run: bool,
@@ -125,6 +128,7 @@ pub async fn run(
         unchanged_files: plan.unchanged.0,
         unchanged_read_files: plan.unchanged_read,
         skipped_files: plan.skipped.0,
+        replaced_files: plan.replaced,
         download,
         dry_run,
         seconds: started.elapsed().as_secs_f64(),
@@ -241,6 +245,8 @@ struct Plan {
     unchanged_read: u64,
     /// (files, bytes) left alone under `Conflict::Skip`.
     skipped: (u64, u64),
+    /// Files with other content that the download replaces (`Conflict::Overwrite`).
+    replaced: u64,
     placed: Vec<ManifestEntry>,
 }
 
@@ -270,6 +276,7 @@ fn plan(
         unchanged: (0, 0),
         unchanged_read: 0,
         skipped: (0, 0),
+        replaced: 0,
         placed: Vec::new(),
     };
     // In place: the entries become the placed record (sync-inputs) without a second list; a
@@ -318,7 +325,7 @@ fn plan(
                 continue;
             }
             Some((InPlace::No, existing)) => match conflict {
-                Conflict::Overwrite => {}
+                Conflict::Overwrite => p.replaced += 1,
                 Conflict::Skip => {
                     p.skipped.0 += 1;
                     p.skipped.1 += size;
