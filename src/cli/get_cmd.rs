@@ -89,7 +89,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
     } else {
         let d = &report.download;
         eprintln!(
-            "{}: {} files ({}) in {:.2} s: downloaded {} objects ({}), {} copies, {} already in place{}, {} fetched again",
+            "{}: {} files ({}) in {:.2} s: downloaded {} objects ({}), {} copies, {} already in place{}, {} with other content replaced, {} skipped, {} fetched again",
             args.dest.display(),
             report.files,
             ByteSize(report.bytes).display().iec(),
@@ -99,6 +99,8 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             d.copied_files,
             report.unchanged_files,
             read_to_check(report.unchanged_read_files),
+            report.replaced_files,
+            report.skipped_files,
             d.refetched
         );
     }
