@@ -235,7 +235,7 @@ impl S3Store {
             };
         }
         let retryable = match &e {
-            _ if describe::is_credentials_failure(&e) => false,
+            _ if describe::is_lasting_credentials_failure(&e) => false,
             SdkError::TimeoutError(_)
             | SdkError::DispatchFailure(_)
             | SdkError::ResponseError(_) => true,

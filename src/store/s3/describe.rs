@@ -47,10 +47,18 @@ where
     format!("{}{hint}", text.trim_end())
 }
 
-/// Whether the request failed before it was sent because there are no usable credentials:
-/// trying again cannot help.
-pub fn is_credentials_failure<E: Error + 'static>(e: &SdkError<E>) -> bool {
-    chain(e).any(|c| c.downcast_ref::<CredentialsError>().is_some())
+/// Whether the request failed before it was sent because no credentials are configured, or
+/// their configuration is broken: trying again cannot help. (A provider that timed out or
+/// failed, such as STS or the instance metadata answering 503, may do better next time.)
+pub fn is_lasting_credentials_failure<E: Error + 'static>(e: &SdkError<E>) -> bool {
+    matches!(
+        credentials_error(e),
+        Some(CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_))
+    )
+}
+
+fn credentials_error<E: Error + 'static>(e: &SdkError<E>) -> Option<&CredentialsError> {
+    chain(e).find_map(|c| c.downcast_ref::<CredentialsError>())
 }
 
 /// The causes of `e`, outermost first, joined with ": ". A cause whose text its parent
@@ -80,10 +88,16 @@ fn chain<'a>(e: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Erro
 }
 
 fn no_reply_hint<E: Error + 'static>(e: &SdkError<E>, endpoint: Option<&str>) -> String {
-    if is_credentials_failure(e) {
-        return " (no credentials: set s3.access_key_id and s3.secret_access_key, s3.profile or \
-                AWS_PROFILE, or run where an IAM role provides them)"
-            .into();
+    match credentials_error(e) {
+        Some(CredentialsError::CredentialsNotLoaded(_)) => {
+            return " (no credentials: set s3.access_key_id and s3.secret_access_key, s3.profile \
+                    or AWS_PROFILE, or run where an IAM role provides them)"
+                .into();
+        }
+        Some(CredentialsError::InvalidConfiguration(_)) => {
+            return " (check the AWS profile's configuration: ~/.aws/config, s3.profile)".into();
+        }
+        _ => {}
     }
     let store = endpoint.map_or("S3".to_string(), |e| e.to_string());
     if causes(e).contains("certificate") {
