@@ -108,6 +108,24 @@ fn put_to_local_store(
     (cache, store, manifest)
 }
 
+/// `attache get --json` of `manifest` from `store` into `dest`, with `flags`; its report.
+fn get_json(
+    cache: &Path,
+    store: &str,
+    manifest: &Path,
+    dest: &Path,
+    flags: &[&str],
+) -> serde_json::Value {
+    let (code, out, err) = run(attache(cache)
+        .args(["get", "--json", "--store", store])
+        .args(flags)
+        .arg(manifest)
+        .arg("--dest")
+        .arg(dest));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 #[test]
 fn a_manifest_cannot_write_through_a_symlink() {
     let t = tempfile::tempdir().unwrap();
@@ -159,13 +177,7 @@ fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
     let (cache, store, manifest) = put_to_local_store(t.path(), &root);
     let dest = t.path().join("dest");
     let get = || {
-        let (code, out, err) = run(attache(&cache)
-            .args(["get", "--json", "--store", &store])
-            .arg(&manifest)
-            .arg("--dest")
-            .arg(&dest));
-        assert_eq!(code, 0, "{err}");
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let v = get_json(&cache, &store, &manifest, &dest, &[]);
         (
             v["unchanged_files"].as_u64().unwrap(),
             v["unchanged_read_files"].as_u64().unwrap(),
@@ -241,15 +253,7 @@ fn get_dry_run_says_what_it_would_fetch_and_writes_nothing() {
     std::fs::write(root.join("sub/copy-of-a.txt"), "content a").unwrap();
     let (cache, store, manifest) = put_to_local_store(t.path(), &root);
     let dest = t.path().join("dest");
-    let dry = || {
-        let (code, out, err) = run(attache(&cache)
-            .args(["get", "--dry-run", "--json", "--store", &store])
-            .arg(&manifest)
-            .arg("--dest")
-            .arg(&dest));
-        assert_eq!(code, 0, "{err}");
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()
-    };
+    let dry = || get_json(&cache, &store, &manifest, &dest, &["--dry-run"]);
 
     // Into a directory that does not exist: all of it, one object per content.
     let v = dry();
@@ -286,13 +290,7 @@ fn get_dry_run_says_what_it_would_fetch_and_writes_nothing() {
     assert_eq!(mtime.unix_seconds(), 1_000_000, "a dry run set an mtime");
 
     // The real run does what the dry run said.
-    let (code, out, err) = run(attache(&cache)
-        .args(["get", "--json", "--store", &store])
-        .arg(&manifest)
-        .arg("--dest")
-        .arg(&dest));
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = get_json(&cache, &store, &manifest, &dest, &[]);
     assert_eq!(
         (&v["unchanged_files"], &v["download"]["files"]),
         (&1.into(), &2.into()),
@@ -533,15 +531,20 @@ fn a_store_that_cannot_be_used_says_why_without_retrying_in_vain() {
         assert!(!err.contains("region from IMDS"), "{err}");
     };
 
-    // A bucket that does not exist: named as such, not as missing objects, and not retried.
-    let put = |store: &str| {
-        run(s3_env_without(&s3, &[], t.path())
-            .env("ATTACHE_S3__RETRY_ATTEMPTS", "3")
-            .args(["put", "--store", store])
+    // `put --no-cache` of the tree to `store`, run by `c`.
+    let put_with = |c: &mut Command, store: &str| {
+        run(c
+            .args(["put", "--no-cache", "--store", store])
             .arg(&src)
             .arg("-o")
             .arg(&manifest))
     };
+    let put = |store: &str| {
+        let mut c = s3_env_without(&s3, &[], t.path());
+        put_with(c.env("ATTACHE_S3__RETRY_ATTEMPTS", "3"), store)
+    };
+
+    // A bucket that does not exist: named as such, not as missing objects, and not retried.
     let (code, _, err) = put("s3://no-such-bucket/p");
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("NoSuchBucket"), "{err}");
@@ -561,16 +564,15 @@ fn a_store_that_cannot_be_used_says_why_without_retrying_in_vain() {
 
     // No credentials anywhere: said at once, with what to set; nothing reaches the store.
     s3.stats.reset();
-    let (code, _, err) = run(s3_env_without(
+    let mut c = s3_env_without(
         &s3,
         &["ATTACHE_S3__ACCESS_KEY_ID", "ATTACHE_S3__SECRET_ACCESS_KEY"],
         t.path(),
-    )
-    .env("AWS_EC2_METADATA_DISABLED", "true")
-    .args(["put", "--store", &s3.store_url("p"), "--no-cache"])
-    .arg(&src)
-    .arg("-o")
-    .arg(&manifest));
+    );
+    let (code, _, err) = put_with(
+        c.env("AWS_EC2_METADATA_DISABLED", "true"),
+        &s3.store_url("p"),
+    );
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("no credentials: set s3.access_key_id"),
@@ -583,13 +585,10 @@ fn a_store_that_cannot_be_used_says_why_without_retrying_in_vain() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let down = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let (code, _, err) = run(s3_env_without(&s3, &[], t.path())
-        .env("ATTACHE_S3__ENDPOINT_URL", &down)
-        .env("ATTACHE_S3__RETRY_ATTEMPTS", "1")
-        .args(["put", "--store", &s3.store_url("p"), "--no-cache"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&manifest));
+    let mut c = s3_env_without(&s3, &[], t.path());
+    c.env("ATTACHE_S3__ENDPOINT_URL", &down)
+        .env("ATTACHE_S3__RETRY_ATTEMPTS", "1");
+    let (code, _, err) = put_with(&mut c, &s3.store_url("p"));
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(&format!("cannot reach {down}: check s3.endpoint_url")),

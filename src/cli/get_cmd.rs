@@ -71,25 +71,15 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
     })?;
     if args.store.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if report.dry_run {
-        let d = &report.download;
-        eprintln!(
-            "{}: {} files ({}): would download {} objects ({}), {} copies, {} already in place{}, {} with other content replaced, {} skipped (dry run: nothing written)",
-            args.dest.display(),
-            report.files,
-            ByteSize(report.bytes).display().iec(),
-            d.objects,
-            ByteSize(d.downloaded_bytes).display().iec(),
-            d.copied_files,
-            report.unchanged_files,
-            read_to_check(report.unchanged_read_files),
-            report.replaced_files,
-            report.skipped_files
-        );
     } else {
         let d = &report.download;
+        let (verb, tail) = if report.dry_run {
+            ("would download", " (dry run: nothing written)".to_string())
+        } else {
+            ("downloaded", format!(", {} fetched again", d.refetched))
+        };
         eprintln!(
-            "{}: {} files ({}) in {:.2} s: downloaded {} objects ({}), {} copies, {} already in place{}, {} with other content replaced, {} skipped, {} fetched again",
+            "{}: {} files ({}) in {:.2} s: {verb} {} objects ({}), {} copies, {} already in place{}, {} with other content replaced, {} skipped{tail}",
             args.dest.display(),
             report.files,
             ByteSize(report.bytes).display().iec(),
@@ -101,7 +91,6 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             read_to_check(report.unchanged_read_files),
             report.replaced_files,
             report.skipped_files,
-            d.refetched
         );
     }
     Ok(ExitCode::SUCCESS)
