@@ -251,6 +251,11 @@ pub(crate) fn output_file(output: &Option<PathBuf>) -> Option<&std::path::Path> 
     output.as_deref().filter(|p| p.as_os_str() != "-")
 }
 
+/// A summary's verb: what was done (`done`), or with `--dry-run` what would be (`would`).
+pub(crate) fn tense(dry_run: bool, done: &'static str, would: &'static str) -> &'static str {
+    if dry_run { would } else { done }
+}
+
 /// The summary's mention of multipart uploads an earlier run left open and this one aborted.
 pub(crate) fn leftovers_note(aborted: u64) -> String {
     match aborted {

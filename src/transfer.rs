@@ -34,7 +34,8 @@ pub struct Transfer {
     pub gate: Arc<gate::Gate>,
     /// Bytes of bodies held in memory, in units of [`MEMORY_UNIT`]: the memory bound.
     pub memory: Arc<Semaphore>,
-    /// Only find out what would be uploaded: ask the store, write nothing.
+    /// Only find out what would be transferred: ask the store what it lacks (upload), plan
+    /// against what is in place (download); write nothing, to the store or to disk.
     pub dry_run: bool,
     /// Shared with the other jobs of the daemon, so an object two jobs need moves once.
     pub inflight: Option<Arc<inflight::InFlight>>,
@@ -47,12 +48,16 @@ pub struct Transfer {
 }
 
 impl Transfer {
-    /// The same context, finding out what would be uploaded without writing anything.
-    pub fn dry_run_copy(&self) -> Transfer {
-        Transfer {
-            dry_run: true,
-            ..self.clone()
+    /// This context, or with `dry_run` the same one finding out what would be transferred
+    /// without writing anything.
+    pub fn dry_run_if(self: Arc<Self>, dry_run: bool) -> Arc<Transfer> {
+        if !dry_run {
+            return self;
         }
+        Arc::new(Transfer {
+            dry_run: true,
+            ..(*self).clone()
+        })
     }
 
     /// Budget units a body of `len` bytes takes (a body larger than the whole budget takes

@@ -115,7 +115,6 @@ async fn get_tree(m: &Manifest, dest: &Path, s: &Settings) -> Result<GetReport, 
         cache_dir: None,
         conflict: Default::default(),
         check_space: false,
-        dry_run: false,
     };
     get::run(spec, transfer(s).await, &CancellationToken::new()).await
 }
@@ -469,7 +468,6 @@ async fn cancelling_a_many_file_download_returns_within_a_second_and_leaves_noth
         cache_dir: None,
         conflict: Default::default(),
         check_space: false,
-        dry_run: false,
     };
     let tr = transfer(&s).await;
     let job = {
@@ -913,11 +911,8 @@ async fn check_cleanup(tr: Arc<Transfer>, open: &dyn Fn() -> Vec<String>) {
         .unwrap();
     let cancel = CancellationToken::new();
     let run = |older_than: Duration, dry_run: bool| {
-        let spec = CleanupSpec {
-            older_than,
-            dry_run,
-        };
-        let (tr, cancel) = (tr.clone(), cancel.clone());
+        let spec = CleanupSpec { older_than };
+        let (tr, cancel) = (tr.clone().dry_run_if(dry_run), cancel.clone());
         async move { cleanup::run(spec, tr, &cancel).await.unwrap() }
     };
     let sorted = |mut v: Vec<String>| {

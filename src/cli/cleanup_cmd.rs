@@ -39,21 +39,14 @@ pub fn run(ctx: &Context, args: CleanupArgs) -> anyhow::Result<ExitCode> {
             message: format!("--older-than {:?}: {e}", args.older_than),
         })?
         .0;
-    let spec = CleanupSpec {
-        older_than,
-        dry_run: args.dry_run,
-    };
+    let spec = CleanupSpec { older_than };
     let report = with_transfer(ctx, None, "cleaning up", |t, cancel| async move {
-        Ok(cleanup::run(spec, t, &cancel).await?)
+        Ok(cleanup::run(spec, t.dry_run_if(args.dry_run), &cancel).await?)
     })?;
     if args.store.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let verb = if report.dry_run {
-            "would abort"
-        } else {
-            "aborted"
-        };
+        let verb = super::tense(report.dry_run, "aborted", "would abort");
         for u in &report.aborted {
             let started = u
                 .initiated_ms

@@ -300,7 +300,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
             r["root_path"].as_str().unwrap_or_default(),
             r["files"],
             size(&r["bytes"]),
-            if dry_run { "would upload" } else { "uploaded" },
+            super::tense(dry_run, "uploaded", "would upload"),
             u["uploaded_objects"].as_u64().unwrap_or(0),
             size(&u["uploaded_bytes"]),
             u["present_objects"].as_u64().unwrap_or(0),
@@ -324,11 +324,7 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
         store: a.common.store.store.clone(),
         dry_run: a.dry_run,
     });
-    let verb = if a.dry_run {
-        "would download"
-    } else {
-        "downloaded"
-    };
+    let verb = super::tense(a.dry_run, "downloaded", "would download");
     let Some(out) = run_and_emit(
         ctx,
         spec,
@@ -402,11 +398,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         store: a.common.store.store.clone(),
         dry_run: a.dry_run,
     });
-    let verb = if a.dry_run {
-        "would download"
-    } else {
-        "downloaded"
-    };
+    let verb = super::tense(a.dry_run, "downloaded", "would download");
     let Some(out) = run_and_emit(ctx, spec, "downloading outputs", &a.common, None, None)? else {
         return Ok(ExitCode::SUCCESS);
     };

@@ -64,19 +64,19 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             .then(|| settings.cache.dir.clone()),
         conflict: args.conflict,
         check_space: true,
-        dry_run: args.dry_run,
     };
     let report = with_transfer(ctx, None, "downloading", |t, cancel| async move {
-        Ok(get::run(spec, t, &cancel).await?)
+        Ok(get::run(spec, t.dry_run_if(args.dry_run), &cancel).await?)
     })?;
     if args.store.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let d = &report.download;
-        let (verb, tail) = if report.dry_run {
-            ("would download", " (dry run: nothing written)".to_string())
+        let verb = super::tense(report.dry_run, "downloaded", "would download");
+        let tail = if report.dry_run {
+            " (dry run: nothing written)".to_string()
         } else {
-            ("downloaded", format!(", {} fetched again", d.refetched))
+            format!(", {} fetched again", d.refetched)
         };
         eprintln!(
             "{}: {} files ({}) in {:.2} s: {verb} {} objects ({}), {} copies, {} already in place{}, {} with other content replaced, {} skipped{tail}",

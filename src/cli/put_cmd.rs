@@ -59,12 +59,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
     );
     let dry_run = args.dry_run;
     let report = with_transfer(ctx, None, "uploading", |t, cancel| async move {
-        let t = if dry_run {
-            std::sync::Arc::new(t.dry_run_copy())
-        } else {
-            t
-        };
-        Ok(put::run(spec, t, &cancel).await?)
+        Ok(put::run(spec, t.dry_run_if(dry_run), &cancel).await?)
     })?;
     let root = &report.hash.roots[0];
     let bytes = root.manifest.encode().map_err(|_| UsageError {
@@ -103,7 +98,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
             u.files,
             ByteSize(root.stats.bytes).display().iec(),
             u.objects,
-            if dry_run { "would upload" } else { "uploaded" },
+            super::tense(dry_run, "uploaded", "would upload"),
             u.uploaded_objects,
             ByteSize(u.uploaded_bytes).display().iec(),
             u.multipart_objects,

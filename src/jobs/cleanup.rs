@@ -17,8 +17,6 @@ use crate::transfer::{Transfer, TransferError};
 pub struct CleanupSpec {
     /// Only uploads started longer ago than this are aborted (0: all).
     pub older_than: Duration,
-    /// Report what would be aborted; abort nothing.
-    pub dry_run: bool,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -26,6 +24,7 @@ pub struct CleanupReport {
     pub store: String,
     /// The key prefix whose uploads were listed.
     pub prefix: String,
+    /// The transfer's `dry_run`: report what would be aborted, abort nothing.
     pub dry_run: bool,
     /// Uploads this machine's earlier runs recorded as left open, aborted first whatever their
     /// age (with `dry_run`: those of them the store lists, that would be).
@@ -52,10 +51,10 @@ pub async fn run(
     let mut report = CleanupReport {
         store: store.clone(),
         prefix: prefix.clone(),
-        dry_run: spec.dry_run,
+        dry_run: t.dry_run,
         ..CleanupReport::default()
     };
-    if !spec.dry_run {
+    if !t.dry_run {
         report.recorded_aborted =
             crate::transfer::cancellable(cancel, abort_leftovers(&t)).await? as u64;
     }
@@ -74,12 +73,12 @@ pub async fn run(
     for u in open {
         if recorded.running.contains(&u.upload_id) {
             report.kept_in_progress_here += 1;
-        } else if spec.dry_run && recorded.left.contains(&u.upload_id) {
+        } else if t.dry_run && recorded.left.contains(&u.upload_id) {
             // A real run aborts it first, whatever its age.
             report.recorded_aborted += 1;
         } else if !spec.older_than.is_zero() && u.initiated_ms.is_none_or(|t| t > cutoff) {
             report.kept_younger += 1;
-        } else if spec.dry_run {
+        } else if t.dry_run {
             report.aborted.push(u);
         } else {
             to_abort.push(u);

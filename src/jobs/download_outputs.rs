@@ -24,8 +24,6 @@ pub struct DownloadOutputsSpec {
     /// Root path as submitted → where to put it here (default: the root path itself).
     pub root_map: Vec<(String, PathBuf)>,
     pub cache_dir: Option<PathBuf>,
-    /// Plan only: nothing is written or fetched but the manifests.
-    pub dry_run: bool,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -141,7 +139,6 @@ pub async fn run(
             cache_dir: spec.cache_dir.clone(),
             conflict: spec.conflict,
             check_space: true,
-            dry_run: spec.dry_run,
         };
         let report = get::run(get_spec, transfer.clone(), cancel).await?;
         roots.push(DownloadedRoot {

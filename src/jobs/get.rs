@@ -36,9 +36,6 @@ pub struct GetSpec {
     /// Off, each entry's path moves into the plan: a million-entry `get` holds the paths
     /// once.
     pub record_placed: bool,
-    /// Plan only: find out what would be downloaded, write nothing (no directory, no file, no
-    /// mtime), fetch nothing.
-    pub dry_run: bool,
 }
 
 /// What to do when a file with other content is already at a destination path.
@@ -81,6 +78,8 @@ pub struct GetReport {
     pub replaced_files: u64,
     /// With `dry_run`: what the download would fetch, nothing was.
     pub download: DownloadReport,
+    /// Planned only (the transfer's `dry_run`): nothing was written (no directory, no file,
+    /// no mtime), nothing fetched.
     pub dry_run: bool,
     pub seconds: f64,
     /// What is now at each path the manifest placed (paths relative to the destination):
@@ -96,7 +95,7 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<GetReport, TransferError> {
     let started = Instant::now();
-    let dry_run = spec.dry_run;
+    let dry_run = transfer.dry_run;
     spec.manifest
         .validate_paths(PathRules::native())
         .map_err(|e| TransferError::Refused {
@@ -155,7 +154,7 @@ async fn plan_and_download(
         let dest = dest.clone();
         let (manifest, cache_dir, conflict) = (spec.manifest, spec.cache_dir, spec.conflict);
         let (record, sink, cancel) = (spec.record_placed, sink.clone(), cancel.clone());
-        let dry_run = spec.dry_run;
+        let dry_run = transfer.dry_run;
         tokio::task::spawn_blocking(move || {
             plan(
                 manifest,
@@ -174,10 +173,6 @@ async fn plan_and_download(
         let existing = dest.ancestors().find(|d| d.is_dir()).unwrap_or(&dest);
         check_space(existing, plan.items.iter().map(|i| i.size).sum())?;
     }
-    if spec.dry_run {
-        let would = would_download(&plan.items);
-        return Ok((plan, would));
-    }
     transfer
         .progress
         .add_files(plan.unchanged.0 + plan.skipped.0);
@@ -187,25 +182,6 @@ async fn plan_and_download(
     let items = std::mem::take(&mut plan.items);
     let download = download_all(transfer, &dest, items, sink, cancel).await?;
     Ok((plan, download))
-}
-
-/// What downloading `items` would fetch: one object per distinct hash, the other files with
-/// that content copied locally.
-fn would_download(items: &[DownloadItem]) -> DownloadReport {
-    let mut seen = HashSet::new();
-    let mut report = DownloadReport {
-        files: items.len() as u64,
-        ..DownloadReport::default()
-    };
-    for item in items {
-        if seen.insert(item.hash) {
-            report.objects += 1;
-            report.downloaded_bytes += item.size;
-        } else {
-            report.copied_files += 1;
-        }
-    }
-    report
 }
 
 /// Fails early, naming the numbers, when `need` bytes will not fit under `dir`.

@@ -325,6 +325,16 @@ impl JobSpec {
         Ok(())
     }
 
+    /// Whether the job only finds out what it would transfer.
+    fn dry_run(&self) -> bool {
+        match self {
+            JobSpec::Submit(j) => j.dry_run,
+            JobSpec::SyncInputs(j) => j.dry_run,
+            JobSpec::DownloadOutputs(j) => j.dry_run,
+            JobSpec::SyncOutputs(_) => false,
+        }
+    }
+
     /// Runs the job with `transfer` (opened on the job's store) and the settings snapshot.
     pub async fn run(
         self,
@@ -337,6 +347,7 @@ impl JobSpec {
             .hash_cache
             .then(|| settings.cache.dir.clone());
         let hash = HashSpec::from_settings(settings, Vec::new(), settings.cache.hash_cache);
+        let transfer = transfer.dry_run_if(self.dry_run());
         // The machine's storage-profile locations, under the job's own.
         let profile = &settings.storage_profile;
         Ok(match self {
@@ -354,11 +365,6 @@ impl JobSpec {
                     shared_locations: profile.shared_with(&j.shared),
                     hash,
                 };
-                let transfer = if j.dry_run {
-                    Arc::new(transfer.dry_run_copy())
-                } else {
-                    transfer
-                };
                 JobOutput::Submit(super::submit::run(spec, transfer, cancel).await?)
             }
             JobSpec::SyncInputs(j) => {
@@ -368,7 +374,6 @@ impl JobSpec {
                     conflict: j.conflict,
                     location_map: pairs(&profile.locations_with(&j.locations), "locations")?,
                     cache_dir,
-                    dry_run: j.dry_run,
                 };
                 JobOutput::SyncInputs(super::sync_inputs::run(spec, transfer, cancel).await?)
             }
@@ -402,7 +407,6 @@ impl JobSpec {
                     conflict: j.conflict,
                     root_map: pairs(&j.root_map, "root_map")?,
                     cache_dir,
-                    dry_run: j.dry_run,
                 };
                 JobOutput::DownloadOutputs(
                     super::download_outputs::run(spec, transfer, cancel).await?,

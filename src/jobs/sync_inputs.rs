@@ -23,8 +23,6 @@ pub struct SyncInputsSpec {
     /// Storage-profile location name → local path on this worker.
     pub location_map: Vec<(String, PathBuf)>,
     pub cache_dir: Option<PathBuf>,
-    /// Plan only: no file, directory or record is written, nothing is fetched.
-    pub dry_run: bool,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -122,7 +120,7 @@ pub async fn run(
         });
         if manifests.is_empty() {
             // Outputs only: the directory must exist for the renderer to write into.
-            if !spec.dry_run {
+            if !transfer.dry_run {
                 std::fs::create_dir_all(&local).map_err(TransferError::io(&local))?;
             }
             continue;
@@ -136,13 +134,12 @@ pub async fn run(
             cache_dir: spec.cache_dir.clone(),
             conflict: spec.conflict,
             check_space: true,
-            dry_run: spec.dry_run,
         };
         let mut report = get::run(get_spec, transfer.clone(), cancel).await?;
         // Off the runtime's worker: a million-entry record is over 100 MiB to write.
         let placed = std::mem::take(&mut report.placed);
         let (session_dir, at) = (spec.session_dir.clone(), local.clone());
-        if !spec.dry_run {
+        if !transfer.dry_run {
             tokio::task::spawn_blocking(move || write_record(&session_dir, &at, placed))
                 .await
                 .expect("writing the sync record panicked")?;

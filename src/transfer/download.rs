@@ -110,6 +110,16 @@ pub async fn download_all(
         groups.push(start..start + g.len());
         start += g.len();
     }
+    if t.dry_run {
+        // What it would fetch: one object per group, the group's other files copied.
+        return Ok(DownloadReport {
+            files: items.len() as u64,
+            objects: groups.len() as u64,
+            downloaded_bytes: groups.iter().map(|g| items[g.start].size).sum(),
+            copied_files: (items.len() - groups.len()) as u64,
+            refetched: 0,
+        });
+    }
     let items = Arc::new(items);
     let root = Arc::new(root.to_path_buf());
     let counters = Arc::new(Counters::default());
