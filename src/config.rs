@@ -779,7 +779,12 @@ const MAX_PART: ByteSize = ByteSize::gib(5);
 
 fn validate(s: &Settings) -> Result<(), Violation> {
     check_store_url(&s.store.url)?;
-    check_proxy(s.s3.proxy.as_ref())?;
+    if let Some(proxy) = &s.s3.proxy {
+        crate::store::s3::proxy_setting(proxy.expose()).map_err(|reason| Violation {
+            key: "s3.proxy",
+            reason,
+        })?;
+    }
     if let Some(path) = &s.s3.ca_bundle {
         crate::store::s3::read_ca_bundle(path).map_err(|reason| Violation {
             key: "s3.ca_bundle",
@@ -883,28 +888,6 @@ fn check_listener(d: &DaemonSettings) -> Result<(), Violation> {
     Err(Violation {
         key: "daemon.listen",
         reason: "a TCP listener needs daemon.token_file to be set".into(),
-    })
-}
-
-/// `s3.proxy` is `none` or an http:// or https:// URL. The reason never repeats the value: it
-/// may carry a password.
-fn check_proxy(proxy: Option<&Secret>) -> Result<(), Violation> {
-    let Some(proxy) = proxy.map(Secret::expose) else {
-        return Ok(());
-    };
-    let ok = proxy == "none"
-        || proxy
-            .parse::<http::Uri>()
-            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
-    if ok {
-        return Ok(());
-    }
-    Err(Violation {
-        key: "s3.proxy",
-        reason:
-            "expected none or an http:// or https:// URL, such as http://proxy.studio.lan:3128 \
-                 (with user:password@ before the host if the proxy asks for them)"
-                .into(),
     })
 }
 

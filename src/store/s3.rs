@@ -25,7 +25,7 @@ mod describe;
 mod http;
 mod region;
 
-pub use http::read_ca_bundle;
+pub use http::{proxy_setting, read_ca_bundle};
 
 use std::ops::Range;
 use std::pin::Pin;
@@ -85,7 +85,7 @@ pub struct S3Store {
     root_prefix: String,
     describe: String,
     identity: String,
-    /// Where requests go (`s3.endpoint_url`, `AWS_ENDPOINT_URL`, the profile); `None`: AWS.
+    /// Where requests go ([`configured_endpoint`], else the profile's); `None`: AWS.
     endpoint: Option<String>,
     bandwidth: Arc<Bandwidth>,
     read_timeout: Duration,
@@ -103,13 +103,15 @@ impl S3Store {
         bandwidth: Arc<Bandwidth>,
     ) -> Result<S3Store, String> {
         use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+        let env = |v: &str| std::env::var(v).ok();
+        let configured = configured_endpoint(s, env);
         let pool = aws_smithy_http_client::pool::ConnectionPool::builder()
             .max_connections_per_host(s.max_connections)
             .idle_timeout(Some(s.idle_timeout.0))
             .tcp_nodelay(true)
-            .proxy_config(http::proxy_config(s, |v| std::env::var(v).ok())?)
+            .proxy_config(http::proxy_config(s, env)?)
             .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
-            .tls_context(http::tls_context(s, |v| std::env::var(v).ok())?)
+            .tls_context(http::tls_context(s, env)?)
             .build_https()
             .map_err(|e| format!("cannot build the HTTP connection pool: {e}"))?;
         let http = aws_smithy_http_client::pool::Client::new(&pool)
@@ -138,7 +140,7 @@ impl S3Store {
         let region = match &s.region {
             Some(region) => aws_config::Region::new(region.clone()),
             None => {
-                match region::chain(s, |v| std::env::var(v).ok()).region().await {
+                match region::chain(s, configured.is_none()).region().await {
                     Some(region) => region,
                     None => {
                         // S3-compatible stores accept any region; AWS needs the real one
@@ -193,14 +195,8 @@ impl S3Store {
         };
         let describe = format!("s3://{bucket}{prefix_part}");
         let conf = conf.build();
-        // As the SDK ranks them: the setting, then S3's own variable, then the general one
-        // or the profile's (which `sdk` carries).
-        let endpoint = s
-            .endpoint_url
-            .clone()
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
-            .filter(|e| !e.is_empty())
-            .or_else(|| sdk.endpoint_url().map(str::to_string));
+        // Else the profile's, which `sdk` carries.
+        let endpoint = configured.or_else(|| sdk.endpoint_url().map(str::to_string));
         let identity = store_identity(
             &describe,
             endpoint.as_deref(),
@@ -266,11 +262,25 @@ impl S3Store {
     }
 }
 
+/// The endpoint set before the SDK loads, as the SDK ranks them: `s3.endpoint_url`, else
+/// `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`. `None`: AWS itself, or an endpoint the
+/// profile names.
+fn configured_endpoint(s: &S3Settings, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    s.endpoint_url
+        .clone()
+        .into_iter()
+        .chain(
+            ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+                .into_iter()
+                .filter_map(env),
+        )
+        .find(|e| !e.is_empty())
+}
+
 /// The store's identity (see [`ObjectStore::identity`]): its URL, region and endpoint (from
 /// `s3.endpoint_url`, `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL` or the profile; none is
-/// AWS's own). Without them, a
-/// bucket name used at a test endpoint and on AWS would share one known-present index, and a
-/// put to AWS would skip objects only the test store holds.
+/// AWS's own). Without them, a bucket name used at a test endpoint and on AWS would share one
+/// known-present index, and a put to AWS would skip objects only the test store holds.
 fn store_identity(describe: &str, endpoint: Option<&str>, region: Option<&str>) -> String {
     let endpoint = endpoint.map_or("aws", |e| e.trim_end_matches('/'));
     format!(
@@ -782,6 +792,32 @@ impl http_body::Body for PacedBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn the_endpoint_comes_from_the_setting_then_s3_s_variable_then_the_general_one() {
+        let none = |_: &str| None;
+        assert_eq!(configured_endpoint(&S3Settings::default(), none), None);
+        let local = S3Settings {
+            endpoint_url: Some("http://127.0.0.1:3900".into()),
+            ..S3Settings::default()
+        };
+        let both = |v: &str| Some(format!("http://{v}"));
+        assert_eq!(
+            configured_endpoint(&local, both).as_deref(),
+            Some("http://127.0.0.1:3900")
+        );
+        assert_eq!(
+            configured_endpoint(&S3Settings::default(), both).as_deref(),
+            Some("http://AWS_ENDPOINT_URL_S3")
+        );
+        let general = |v: &str| (v == "AWS_ENDPOINT_URL").then(|| "http://minio:9000".into());
+        assert_eq!(
+            configured_endpoint(&S3Settings::default(), general).as_deref(),
+            Some("http://minio:9000")
+        );
+        let empty = |_: &str| Some(String::new());
+        assert_eq!(configured_endpoint(&S3Settings::default(), empty), None);
+    }
 
     #[test]
     fn a_bucket_is_told_apart_by_endpoint_and_region_not_by_a_trailing_slash() {

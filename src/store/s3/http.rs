@@ -57,15 +57,11 @@ pub fn proxy_config(
     use aws_smithy_http_client::proxy::ProxyConfig;
     let set = |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
     match s.proxy.as_ref().map(|p| p.expose()) {
-        Some("none") => Ok(ProxyConfig::disabled()),
-        Some(url) => {
-            // The error would quote the URL, and with it a password.
-            let proxy = ProxyConfig::all(url).map_err(|_| {
-                "s3.proxy is not a URL the HTTP client accepts (http://host:port)".to_string()
-            })?;
+        Some(value) => {
+            let proxy = proxy_setting(value).map_err(|e| format!("s3.proxy: {e}"))?;
             Ok(match set(&["NO_PROXY", "no_proxy"]) {
-                Some(rules) => proxy.no_proxy(rules),
-                None => proxy,
+                Some(rules) if !proxy.is_disabled() => proxy.no_proxy(rules),
+                _ => proxy,
             })
         }
         None => {
@@ -83,6 +79,21 @@ pub fn proxy_config(
             })
         }
     }
+}
+
+/// `s3.proxy` as the pool takes it: `none` (connect directly), or an http:// or https:// URL
+/// every request goes through. The error never repeats the value: it may carry a password.
+/// Config validation calls this too, so a value it accepts is one the pool accepts.
+pub fn proxy_setting(value: &str) -> Result<aws_smithy_http_client::proxy::ProxyConfig, String> {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    if value == "none" {
+        return Ok(ProxyConfig::disabled());
+    }
+    ProxyConfig::all(value).map_err(|_| {
+        "expected none or an http:// or https:// URL, such as http://proxy.studio.lan:3128 \
+         (with user:password@ before the host if the proxy asks for them)"
+            .to_string()
+    })
 }
 
 #[cfg(test)]

@@ -18,19 +18,17 @@ use crate::config::S3Settings;
 /// One IMDS attempt's connect and read timeout.
 const IMDS_TIMEOUT: Duration = Duration::from_millis(300);
 
-/// The environment variables that give the SDK an endpoint for S3 (besides `s3.endpoint_url`).
-const ENDPOINT_VARS: [&str; 2] = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"];
-
-/// `AWS_REGION` / `AWS_DEFAULT_REGION`, then the profile's `region`, then (for AWS only)
-/// IMDS.
-pub fn chain(s: &S3Settings, env: impl Fn(&str) -> Option<String>) -> RegionProviderChain {
+/// `AWS_REGION` / `AWS_DEFAULT_REGION`, then the profile's `region`, then, with `ask_imds`
+/// (for AWS itself: an S3-compatible store accepts any region, and its machines are rarely
+/// EC2 instances), IMDS.
+pub fn chain(s: &S3Settings, ask_imds: bool) -> RegionProviderChain {
     let mut profile = ProfileFileRegionProvider::builder();
     if let Some(name) = &s.profile {
         profile = profile.profile_name(name);
     }
     let chain = RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
         .or_else(profile.build());
-    if !asks_imds(s, env) {
+    if !ask_imds {
         return chain;
     }
     let client = imds::Client::builder()
@@ -43,34 +41,4 @@ pub fn chain(s: &S3Settings, env: impl Fn(&str) -> Option<String>) -> RegionProv
             .imds_client(client)
             .build(),
     )
-}
-
-/// Whether IMDS may know the region: only for AWS's own endpoints. An S3-compatible store
-/// (MinIO, Garage, Ceph) accepts any region, and its machines are rarely EC2 instances.
-pub fn asks_imds(s: &S3Settings, env: impl Fn(&str) -> Option<String>) -> bool {
-    s.endpoint_url.is_none()
-        && ENDPOINT_VARS
-            .iter()
-            .all(|v| env(v).is_none_or(|e| e.is_empty()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn imds_is_asked_only_for_aws_itself() {
-        let none = |_: &str| None;
-        let aws = S3Settings::default();
-        assert!(asks_imds(&aws, none));
-        let local = S3Settings {
-            endpoint_url: Some("http://127.0.0.1:3900".into()),
-            ..S3Settings::default()
-        };
-        assert!(!asks_imds(&local, none));
-        let from_env = |v: &str| (v == "AWS_ENDPOINT_URL").then(|| "http://minio:9000".into());
-        assert!(!asks_imds(&aws, from_env));
-        let empty = |_: &str| Some(String::new());
-        assert!(asks_imds(&aws, empty));
-    }
 }
