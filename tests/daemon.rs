@@ -206,8 +206,15 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
         .cmd()
         .env("ATTACHE_DAEMON", "1")
         .args(["submit", "--farm-id", "farm-1", "--queue-id", "queue-1"])
+        .args(["--workers", "4"])
         .arg(&proj));
     assert_eq!(code, 0, "{err}");
+    // A flag for this process's transfers is not silently dropped.
+    assert!(
+        err.contains("--workers does not apply to a job run by the daemon"),
+        "{err}"
+    );
+    assert!(!err.contains("--store"), "{err}");
     let (l, r): (serde_json::Value, serde_json::Value) = (
         serde_json::from_str(&local).unwrap(),
         serde_json::from_str(&remote).unwrap(),

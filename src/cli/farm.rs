@@ -31,6 +31,16 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// The flags given that set this process's transfer settings, which a job run by the
+    /// daemon does not see.
+    fn local_only_flags(&self) -> Vec<&'static str> {
+        let mut given = self.store.local_only_flags();
+        if self.bwlimit.is_some() {
+            given.push("--bwlimit");
+        }
+        given
+    }
+
     fn overrides(&self, out: &mut Vec<Override>, direction: &str) {
         self.store.overrides(out);
         flag(
@@ -202,11 +212,18 @@ fn execute(
     ctx: &Context,
     spec: JobSpec,
     label: &'static str,
-    use_daemon: bool,
+    common: &CommonArgs,
 ) -> anyhow::Result<serde_json::Value> {
     let spec = spec.resolve(&std::env::current_dir()?).map_err(usage)?;
     spec.validate().map_err(usage)?;
-    if use_daemon || std::env::var_os("ATTACHE_DAEMON").is_some_and(|v| v != "0" && !v.is_empty()) {
+    if common.daemon
+        || std::env::var_os("ATTACHE_DAEMON").is_some_and(|v| v != "0" && !v.is_empty())
+    {
+        for flag in common.local_only_flags() {
+            tracing::warn!(
+                "{flag} does not apply to a job run by the daemon: its own config decides (set it there)"
+            );
+        }
         return crate::daemon::client::run_job(&ctx.settings, &spec);
     }
     let settings = ctx.settings.clone();
@@ -229,7 +246,7 @@ fn run_and_emit(
     output: Option<&Path>,
     part: Option<&str>,
 ) -> anyhow::Result<Option<serde_json::Value>> {
-    let out = execute(ctx, spec, label, common.daemon)?;
+    let out = execute(ctx, spec, label, common)?;
     if common.store.json {
         emit(&out, output)?;
         return Ok(None);

@@ -43,6 +43,20 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// The flags given that set transfer settings (all but --store and --json).
+    pub fn local_only_flags(&self) -> Vec<&'static str> {
+        [
+            ("--workers", self.workers.is_some()),
+            ("--max-connections", self.max_connections.is_some()),
+            ("--endpoint-url", self.endpoint_url.is_some()),
+            ("--region", self.region.is_some()),
+            ("--profile", self.profile.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+
     pub fn overrides(&self, out: &mut Vec<Override>) {
         flag(out, "store.url", "--store", self.store.clone());
         flag(out, "transfer.workers", "--workers", self.workers.clone());
