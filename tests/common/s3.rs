@@ -805,7 +805,6 @@ async fn handle(
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        entry.status.store(resp.status().as_u16(), Ordering::SeqCst);
         return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
     }
 
@@ -824,13 +823,11 @@ async fn handle(
             &path,
             entry.seq,
         );
-        entry.status.store(resp.status().as_u16(), Ordering::SeqCst);
         return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
     }
 
     if operation(&method, &entry.key, &query) == "ListMultipartUploads" {
         let resp = list_multipart_uploads(&shared.root, &entry.bucket, &query);
-        entry.status.store(resp.status().as_u16(), Ordering::SeqCst);
         return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
     }
 
@@ -864,7 +861,6 @@ async fn handle(
                 &path,
                 entry.seq,
             );
-            entry.status.store(resp.status().as_u16(), Ordering::SeqCst);
             return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
         };
         let req = Request::from_parts(head, s3s::Body::from(body));
@@ -940,7 +936,6 @@ async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    entry.status.store(resp.status().as_u16(), Ordering::SeqCst);
     Ok(OutBody::new(resp, entry, conn, mode))
 }
 
@@ -1184,12 +1179,15 @@ struct OutBody {
 }
 
 impl OutBody {
+    /// The reply, its status recorded in `entry`.
     fn new(
         resp: Response<s3s::Body>,
         entry: Arc<Entry>,
         conn: Arc<ConnShared>,
         mode: Mode,
     ) -> Response<OutBody> {
+        // Every reply's status goes to the log as it leaves.
+        entry.status.store(resp.status().as_u16(), Ordering::SeqCst);
         let content_length = content_length(&resp);
         resp.map(|inner| OutBody {
             inner,
