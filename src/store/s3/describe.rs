@@ -14,7 +14,9 @@ where
     E: ProvideErrorMetadata + Error + Send + Sync + 'static,
 {
     let Some(status) = status else {
-        return format!("{}{}", causes(e), no_reply_hint(e, endpoint));
+        let causes = causes(e);
+        let hint = no_reply_hint(e, &causes, endpoint);
+        return format!("{causes}{hint}");
     };
     let reason = http::StatusCode::from_u16(status)
         .ok()
@@ -87,7 +89,12 @@ fn chain<'a>(e: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Erro
     std::iter::successors(Some(e), |&c| c.source())
 }
 
-fn no_reply_hint<E: Error + 'static>(e: &SdkError<E>, endpoint: Option<&str>) -> String {
+/// What to check when no reply came; `causes` is [`causes`] of `e`.
+fn no_reply_hint<E: Error + 'static>(
+    e: &SdkError<E>,
+    causes: &str,
+    endpoint: Option<&str>,
+) -> String {
     match credentials_error(e) {
         Some(CredentialsError::CredentialsNotLoaded(_)) => {
             return " (no credentials: set s3.access_key_id and s3.secret_access_key, s3.profile \
@@ -100,7 +107,7 @@ fn no_reply_hint<E: Error + 'static>(e: &SdkError<E>, endpoint: Option<&str>) ->
         _ => {}
     }
     let store = endpoint.map_or("S3".to_string(), |e| e.to_string());
-    if causes(e).contains("certificate") {
+    if causes.contains("certificate") {
         return format!(
             " (the certificate of {store} is not trusted: add the CA that signed it to the \
              system's trust store, or name its PEM file in s3.ca_bundle or AWS_CA_BUNDLE)"
