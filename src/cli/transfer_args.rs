@@ -20,7 +20,7 @@ pub struct StoreArgs {
     /// the [s3] settings and the AWS chain (env, profile, instance role).
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
-    /// Files transferred at once [config: transfer.workers].
+    /// Files transferred (for cleanup: uploads aborted) at once [config: transfer.workers].
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
     /// Cap on open connections to the store [config: s3.max_connections].
