@@ -16,6 +16,13 @@ pub fn init(settings: &LogSettings) {
         // normal case on a workstation or an on-prem node, where attache signs for us-east-1
         // (logged at debug) unless s3.region says otherwise.
         filter = filter.add_directive("aws_config::imds::region=error".parse().expect("valid"));
+        // The credential chain warns, with a debug dump, of a provider that failed; the error
+        // attache reports carries the same cause, readably.
+        filter = filter.add_directive(
+            "aws_config::meta::credentials::chain=error"
+                .parse()
+                .expect("valid"),
+        );
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

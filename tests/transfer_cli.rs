@@ -581,6 +581,32 @@ fn a_store_that_cannot_be_used_says_why_without_retrying_in_vain() {
     assert_eq!(s3.stats.requests(), 0, "{:?}", s3.stats.log());
     no_debug_dump(&err);
 
+    // No credentials, and the instance metadata service refuses (turned off on an EC2
+    // instance, or a proxy answering for its address): said at once, asked once, no warning
+    // with a debug dump for each retry.
+    let (imds, asked) = refusing_http_server();
+    let mut c = s3_env_without(
+        &s3,
+        &["ATTACHE_S3__ACCESS_KEY_ID", "ATTACHE_S3__SECRET_ACCESS_KEY"],
+        t.path(),
+    );
+    c.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds)
+        .env("ATTACHE_S3__RETRY_ATTEMPTS", "3");
+    let (code, _, err) = put_with(&mut c, &s3.store_url("p"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the EC2 instance metadata service refused"),
+        "{err}"
+    );
+    assert!(err.contains("set s3.access_key_id"), "{err}");
+    assert!(!err.contains("WARN"), "{err}");
+    // One put per file at most, each asking IMDS for a token once (the cache of credentials
+    // keeps no failure): retried, there would be 3 rounds of 2 SDK attempts.
+    let asked = asked.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=2).contains(&asked), "IMDS asked {asked} times: {err}");
+    assert_eq!(s3.stats.requests(), 0, "{:?}", s3.stats.log());
+    no_debug_dump(&err);
+
     // A store that is down: named, with what to check.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let down = format!("http://{}", closed.local_addr().unwrap());
@@ -595,6 +621,30 @@ fn a_store_that_cannot_be_used_says_why_without_retrying_in_vain() {
         "{err}"
     );
     no_debug_dump(&err);
+}
+
+/// An HTTP server that answers 403 to every request, and the count of requests: the EC2
+/// instance metadata service where it is turned off.
+fn refusing_http_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut head = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while head.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = conn.write_all(
+                b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    (url, asked)
 }
 
 #[test]

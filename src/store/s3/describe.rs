@@ -49,14 +49,37 @@ where
     format!("{}{hint}", text.trim_end())
 }
 
-/// Whether the request failed before it was sent because no credentials are configured, or
-/// their configuration is broken: trying again cannot help. (A provider that timed out or
-/// failed, such as STS or the instance metadata answering 503, may do better next time.)
+/// Whether the request failed before it was sent because no credentials are configured,
+/// their configuration is broken, or the instance metadata service refused them: trying
+/// again cannot help. (A provider that timed out or failed, such as STS or the instance
+/// metadata answering 503, may do better next time.)
 pub fn is_lasting_credentials_failure<E: Error + 'static>(e: &SdkError<E>) -> bool {
-    matches!(
-        credentials_error(e),
-        Some(CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_))
-    )
+    match credentials_error(e) {
+        Some(
+            CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_),
+        ) => true,
+        Some(CredentialsError::ProviderError(_)) => imds_refused(e),
+        _ => false,
+    }
+}
+
+/// Whether the EC2 instance metadata service, last in the credential chain, refused: a 4xx
+/// to its token request (403 where it is turned off on the instance, or from a proxy or
+/// another machine answering for its address) or a 403 to the credentials request. Retried,
+/// it refuses again, with a warning each time.
+fn imds_refused<E: Error + 'static>(e: &SdkError<E>) -> bool {
+    use aws_config::imds::client::error::{ImdsError, TokenError};
+    chain(e).any(|c| {
+        if let Some(token) = c.downcast_ref::<SdkError<TokenError>>() {
+            return token
+                .raw_response()
+                .is_some_and(|r| r.status().is_client_error());
+        }
+        matches!(
+            c.downcast_ref::<ImdsError>(),
+            Some(ImdsError::ErrorResponse(r)) if r.response().status().as_u16() == 403
+        )
+    })
 }
 
 fn credentials_error<E: Error + 'static>(e: &SdkError<E>) -> Option<&CredentialsError> {
@@ -95,14 +118,20 @@ fn no_reply_hint<E: Error + 'static>(
     causes: &str,
     endpoint: Option<&str>,
 ) -> String {
+    const SET_CREDENTIALS: &str = "set s3.access_key_id and s3.secret_access_key, s3.profile \
+                                   or AWS_PROFILE, or run where an IAM role provides them";
     match credentials_error(e) {
         Some(CredentialsError::CredentialsNotLoaded(_)) => {
-            return " (no credentials: set s3.access_key_id and s3.secret_access_key, s3.profile \
-                    or AWS_PROFILE, or run where an IAM role provides them)"
-                .into();
+            return format!(" (no credentials: {SET_CREDENTIALS})");
         }
         Some(CredentialsError::InvalidConfiguration(_)) => {
             return " (check the AWS profile's configuration: ~/.aws/config, s3.profile)".into();
+        }
+        Some(CredentialsError::ProviderError(_)) if imds_refused(e) => {
+            return format!(
+                " (no credentials: none configured, and the EC2 instance metadata service \
+                 refused; {SET_CREDENTIALS}; off EC2, AWS_EC2_METADATA_DISABLED=true skips it)"
+            );
         }
         _ => {}
     }
