@@ -615,4 +615,18 @@ fn a_secret_key_rotated_by_a_reload_is_used_by_the_next_job() {
         b["state"], "succeeded",
         "the store client kept the revoked key: {b}"
     );
+
+    // The store now has two clients (the old one and the reloaded one), but one sample per
+    // metric: a label set given twice makes Prometheus reject the whole scrape. The label
+    // names the endpoint, so one bucket name at two endpoints is told apart.
+    let (_, metrics) = http(&d.socket(), "GET", "/metrics", "").unwrap();
+    let samples: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("attache_requests_limit{"))
+        .collect();
+    assert_eq!(samples.len(), 1, "{metrics}");
+    assert!(
+        samples[0].contains(&format!("endpoint={}", s3.endpoint.trim_end_matches('/'))),
+        "{metrics}"
+    );
 }

@@ -172,39 +172,48 @@ impl Metrics {
             ],
         );
         let gates = shared.gates().await;
-        let per_store = |f: &dyn Fn(
-            &crate::transfer::gate::Gate,
-            &dyn crate::store::ObjectStore,
-        ) -> u64|
-         -> Vec<(String, u64)> {
-            gates
-                .iter()
-                .map(|(name, s, g)| (format!("{{store=\"{name}\"}}"), f(g, s.as_ref())))
-                .collect()
-        };
+        // One sample per store, labelled by its identity (URL, region, endpoint: one bucket
+        // name at two endpoints is two stores). A store with several clients (a reload changed
+        // the [s3] settings) sums their counters and shows its newest client's gauge: a label
+        // set given twice would make Prometheus reject the scrape.
+        let per_store =
+            |f: &dyn Fn(&crate::transfer::gate::Gate, &dyn crate::store::ObjectStore) -> u64,
+             counter: bool|
+             -> Vec<(String, u64)> {
+                let mut by_store = std::collections::BTreeMap::<&str, u64>::new();
+                for (identity, s, g) in &gates {
+                    let v = f(g, s.as_ref());
+                    let total = by_store.entry(identity).or_default();
+                    *total = if counter { *total + v } else { v };
+                }
+                by_store
+                    .into_iter()
+                    .map(|(identity, v)| (format!("{{store=\"{}\"}}", label_value(identity)), v))
+                    .collect()
+            };
         metric(
             "retries_total",
             "counter",
             "Store requests retried by attache.",
-            &per_store(&|g, _| g.retries.load(Relaxed)),
+            &per_store(&|g, _| g.retries.load(Relaxed), true),
         );
         metric(
             "throttled_total",
             "counter",
             "503 SlowDown replies from the store.",
-            &per_store(&|_, s| s.throttle_signal().load(Relaxed)),
+            &per_store(&|_, s| s.throttle_signal().load(Relaxed), true),
         );
         metric(
             "backoffs_total",
             "counter",
             "Times concurrency was halved for throttling.",
-            &per_store(&|g, _| g.backoffs.load(Relaxed)),
+            &per_store(&|g, _| g.backoffs.load(Relaxed), true),
         );
         metric(
             "requests_limit",
             "gauge",
             "Requests allowed in flight now.",
-            &per_store(&|g, _| g.limit() as u64),
+            &per_store(&|g, _| g.limit() as u64, false),
         );
         metric(
             "config_reloads_total",
@@ -219,5 +228,23 @@ impl Metrics {
             &one(&self.reload_failures),
         );
         o
+    }
+}
+
+/// `v` as a Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_label_value_escapes_what_would_end_or_break_it() {
+        assert_eq!(
+            super::label_value("s3://b/a\"b\\c\nd region=r"),
+            "s3://b/a\\\"b\\\\c\\nd region=r"
+        );
     }
 }

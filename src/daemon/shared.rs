@@ -15,8 +15,8 @@ use crate::transfer::inflight::InFlight;
 use crate::transfer::known_present::KnownPresent;
 use crate::transfer::limiter::Bandwidth;
 
-/// A store's client with the gate its jobs share.
-type StoreEntry = (Arc<dyn ObjectStore>, Arc<Gate>);
+/// A store's client with the gate its jobs share, and its place in the order they were opened.
+type StoreEntry = (Arc<dyn ObjectStore>, Arc<Gate>, usize);
 
 pub struct Shared {
     settings: ArcSwap<Settings>,
@@ -52,13 +52,14 @@ impl Shared {
         self.settings.store(Arc::new(new));
     }
 
-    /// (store, gate) pairs opened so far, for metrics.
+    /// (store identity, client, gate) of every client opened so far, oldest first, for
+    /// metrics. A reload that changes the [s3] settings opens a second client for a store.
     pub async fn gates(&self) -> Vec<(String, Arc<dyn ObjectStore>, Arc<Gate>)> {
-        self.stores
-            .lock()
-            .await
-            .values()
-            .map(|(s, g)| (s.describe(), s.clone(), g.clone()))
+        let mut entries: Vec<StoreEntry> = self.stores.lock().await.values().cloned().collect();
+        entries.sort_by_key(|e| e.2);
+        entries
+            .into_iter()
+            .map(|(s, g, _)| (s.identity(), s, g))
             .collect()
     }
 
@@ -73,7 +74,7 @@ impl Shared {
         let (store, gate) = {
             let mut stores = self.stores.lock().await;
             match stores.get(&key) {
-                Some(pair) => pair.clone(),
+                Some((store, gate, _)) => (store.clone(), gate.clone()),
                 None => {
                     let store = store::open(url, settings, self.bandwidth.clone()).await?;
                     let gate = Arc::new(Gate::new(
@@ -81,7 +82,9 @@ impl Shared {
                         store.throttle_signal(),
                         settings.s3.retry_attempts,
                     ));
-                    stores.insert(key, (store.clone(), gate.clone()));
+                    // Entries are never removed: the count so far orders them.
+                    let opened = stores.len();
+                    stores.insert(key, (store.clone(), gate.clone(), opened));
                     (store, gate)
                 }
             }
