@@ -67,6 +67,8 @@ struct Counters {
     known_objects: AtomicU64,
     /// Hashes stored or found, not yet written to the known-present index.
     known_pending: Mutex<Vec<ContentHash>>,
+    /// Batches being written to the known-present index.
+    known_writes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Known-present entries are written in batches of this many: one SQLite transaction per
@@ -82,16 +84,38 @@ impl Counters {
             (pending.len() >= KNOWN_BATCH).then(|| std::mem::take(&mut *pending))
         };
         if let Some(batch) = full {
-            write_known(t, store_id, &batch);
+            self.write_known(t, store_id.to_string(), batch);
         }
     }
 
+    /// Writes a batch from a blocking thread: its commit may wait for another process's
+    /// write lock (`busy_timeout`), which must not hold up the runtime's worker, and with it
+    /// every transfer and the daemon's API.
+    fn write_known(&self, t: &Transfer, store_id: String, hashes: Vec<ContentHash>) {
+        let Some(k) = t.known.clone() else { return };
+        let write = tokio::task::spawn_blocking(move || {
+            if let Err(e) = k.record(&store_id, &hashes) {
+                tracing::warn!("{e}");
+            }
+        });
+        self.known_writes.lock().expect("not poisoned").push(write);
+    }
+
     /// Writes what is pending (at the end of the stream, whether it succeeded or not: what
-    /// was stored before a failure is in the store all the same).
-    fn flush_known(&self, t: &Transfer) {
+    /// was stored before a failure is in the store all the same), then waits for every
+    /// batch to be written, unless cancelled (a cancelled run does not wait on the index; the
+    /// batches still land).
+    async fn flush_known(&self, t: &Transfer, cancel: &CancellationToken) {
         let batch = std::mem::take(&mut *self.known_pending.lock().expect("not poisoned"));
         if !batch.is_empty() {
-            write_known(t, &t.store.identity(), &batch);
+            self.write_known(t, t.store.identity(), batch);
+        }
+        let writes = std::mem::take(&mut *self.known_writes.lock().expect("not poisoned"));
+        for write in writes {
+            tokio::select! {
+                _ = write => {}
+                _ = cancel.cancelled() => return,
+            }
         }
     }
 
@@ -106,14 +130,6 @@ impl Counters {
             known_objects: self.known_objects.load(Relaxed),
             aborted_leftover_uploads: 0,
         }
-    }
-}
-
-fn write_known(t: &Transfer, store_id: &str, hashes: &[ContentHash]) {
-    if let Some(k) = &t.known
-        && let Err(e) = k.record(store_id, hashes)
-    {
-        tracing::warn!("{e}");
     }
 }
 
@@ -167,7 +183,7 @@ pub async fn upload_stream(
         ))
     });
     let outcome = run_pieces(pieces, t.settings.workers, stop, cancel).await;
-    counters.flush_known(&t);
+    counters.flush_known(&t, cancel).await;
     outcome?;
     let mut report = counters.report();
     if let Some(task) = leftovers {
