@@ -221,6 +221,10 @@ impl Registry {
         });
         self.metrics.job_finished(state);
         tracing::info!(job = %job.snapshot().id, state = ?state, "job finished");
+        if self.active() == 0 {
+            // Idle: give back what the job freed (a blocking call: it walks the heap).
+            tokio::task::spawn_blocking(release_freed_memory);
+        }
     }
 
     /// Changes a job's record, persists it and wakes its watchers.
@@ -285,5 +289,16 @@ fn write_record(dir: &Path, record: &JobRecord) {
     let bytes = serde_json::to_vec_pretty(record).expect("records serialize");
     if let Err(e) = crate::fsutil::write_atomic_unsynced(&path, &bytes) {
         tracing::warn!(file = %path.display(), "cannot save the job record: {e}");
+    }
+}
+
+/// Returns the heap's free pages to the kernel. glibc keeps what a job freed mapped in its
+/// arenas: after a submit of 200,000 files the idle daemon kept 48 MiB (20 MiB with this),
+/// and the same submit again peaked at 118-121 MiB (93-96 MiB; `bench/daemon_memory.sh`).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
