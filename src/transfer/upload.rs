@@ -67,8 +67,9 @@ struct Counters {
     known_objects: AtomicU64,
     /// Hashes stored or found, not yet written to the known-present index.
     known_pending: Mutex<Vec<ContentHash>>,
-    /// Batches being written to the known-present index.
-    known_writes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The last batch given to the known-present index; each batch is written after the one
+    /// before it.
+    known_write: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Known-present entries are written in batches of this many: one SQLite transaction per
@@ -90,15 +91,22 @@ impl Counters {
 
     /// Writes a batch from a blocking thread: its commit may wait for another process's
     /// write lock (`busy_timeout`), which must not hold up the runtime's worker, and with it
-    /// every transfer and the daemon's API.
+    /// every transfer and the daemon's API. One batch at a time, after the one before: while
+    /// the index is locked, later batches wait as tasks, not as blocking threads the file
+    /// reads need.
     fn write_known(&self, t: &Transfer, store_id: String, hashes: Vec<ContentHash>) {
         let Some(k) = t.known.clone() else { return };
-        let write = tokio::task::spawn_blocking(move || {
-            if let Err(e) = k.record(&store_id, &hashes) {
+        let mut last = self.known_write.lock().expect("not poisoned");
+        let before = last.take();
+        *last = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            let write = tokio::task::spawn_blocking(move || k.record(&store_id, &hashes));
+            if let Ok(Err(e)) = write.await {
                 tracing::warn!("{e}");
             }
-        });
-        self.known_writes.lock().expect("not poisoned").push(write);
+        }));
     }
 
     /// Writes what is pending (at the end of the stream, whether it succeeded or not: what
@@ -110,11 +118,11 @@ impl Counters {
         if !batch.is_empty() {
             self.write_known(t, t.store.identity(), batch);
         }
-        let writes = std::mem::take(&mut *self.known_writes.lock().expect("not poisoned"));
-        for write in writes {
+        let last = self.known_write.lock().expect("not poisoned").take();
+        if let Some(last) = last {
             tokio::select! {
-                _ = write => {}
-                _ = cancel.cancelled() => return,
+                _ = last => {}
+                _ = cancel.cancelled() => {}
             }
         }
     }
