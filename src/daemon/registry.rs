@@ -264,7 +264,8 @@ impl Registry {
             .lock()
             .expect("not poisoned")
             .values()
-            .filter(|j| !j.snapshot().state.is_final())
+            // The state alone: a snapshot would clone every record, results included.
+            .filter(|j| !j.record.lock().expect("not poisoned").state.is_final())
             .count()
     }
 
