@@ -167,12 +167,20 @@ fn bytes_written_by(pid: u32) -> u64 {
 fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
-    // Large enough for the download to record them in the hash cache (64 KiB and up).
+    // Half of them of 64 KiB and up (recorded in the hash cache as they land), half smaller
+    // (recorded in path order once the download ends).
     let content = |tag: &str| tag.repeat(6000);
+    let small = |tag: &str| tag.repeat(50);
     for i in 0..50 {
         let p = root.join(format!("d{}/f{i}.txt", i % 5));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, content(&format!("content {i:04}"))).unwrap();
+        let tag = format!("content {i:04}");
+        let data = if i % 2 == 0 {
+            small(&tag)
+        } else {
+            content(&tag)
+        };
+        std::fs::write(&p, data).unwrap();
     }
     let (cache, store, manifest) = put_to_local_store(t.path(), &root);
     let dest = t.path().join("dest");
@@ -190,15 +198,25 @@ fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
         (50, 0, 0),
         "everything already in place, known from the hash cache without reading a file"
     );
-    // Same size, mtime put back: only the content differs.
+    // Same size, mtime put back: only the content differs, of a large and a small file.
     let changed = dest.join("d3/f13.txt");
-    let mtime = filetime::FileTime::from_last_modification_time(&changed.metadata().unwrap());
-    std::fs::write(&changed, content("CONTENT 0013")).unwrap();
-    filetime::set_file_mtime(&changed, mtime).unwrap();
-    assert_eq!(get(), (49, 0, 1), "the changed file is fetched again");
+    let changed_small = dest.join("d2/f12.txt");
+    for (p, data) in [
+        (&changed, content("CONTENT 0013")),
+        (&changed_small, small("CONTENT 0012")),
+    ] {
+        let mtime = filetime::FileTime::from_last_modification_time(&p.metadata().unwrap());
+        std::fs::write(p, data).unwrap();
+        filetime::set_file_mtime(p, mtime).unwrap();
+    }
+    assert_eq!(get(), (48, 0, 2), "the changed files are fetched again");
     assert_eq!(
         std::fs::read_to_string(&changed).unwrap(),
         content("content 0013")
+    );
+    assert_eq!(
+        std::fs::read_to_string(&changed_small).unwrap(),
+        small("content 0012")
     );
     assert_eq!(get(), (50, 0, 0));
     // Without the cache's knowledge the files are read to be recognized, and recorded once

@@ -4,8 +4,13 @@
 //!
 //! Senders never wait: records queue in memory until the thread commits them (one transaction
 //! per [`BATCH`] records or per [`LINGER`], so a slow trickle of files still lands).
+//!
+//! Records can also come as one stream in path order ([`RecordSink::record_in_order`]), pulled
+//! by the thread as it commits them. The table is keyed by path: records in key order fill
+//! each page of it once, where the same records in the order files land (no order at all)
+//! rewrite a random page each. That is what makes recording many small files cheap.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,8 +31,12 @@ struct Owned {
     hash: ContentHash,
 }
 
+/// Records in path order, made as they are pulled (so none wait in memory as paths).
+type InOrder = Box<dyn Iterator<Item = (PathBuf, FileStat, ContentHash)> + Send>;
+
 enum Msg {
     Record(Owned),
+    InOrder(InOrder),
     /// Commit what came before and stop. Explicit, rather than waiting for every sender to be
     /// dropped: a task cut short by a cancel may hold a sink a while longer.
     Finish,
@@ -84,45 +93,78 @@ impl RecordSink {
             hash,
         }));
     }
+
+    /// Records `records`, which must come sorted by path, after what was sent before. The
+    /// thread pulls them one transaction at a time: nothing is built ahead of the commits.
+    pub fn record_in_order<I>(&self, records: I)
+    where
+        I: Iterator<Item = (PathBuf, FileStat, ContentHash)> + Send + 'static,
+    {
+        let _ = self.0.send(Msg::InOrder(Box::new(records)));
+    }
 }
 
 fn record_all(cache: &HashCache, rx: &mpsc::Receiver<Msg>) {
     let mut batch: Vec<Owned> = Vec::with_capacity(BATCH);
-    let mut finished = false;
-    while !finished {
+    loop {
         match rx.recv() {
             Ok(Msg::Record(r)) => batch.push(r),
+            Ok(Msg::InOrder(records)) => {
+                commit_in_order(cache, records, &mut batch);
+                continue;
+            }
             Ok(Msg::Finish) | Err(_) => return,
         }
         let until = Instant::now() + LINGER;
         while batch.len() < BATCH {
             match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
                 Ok(Msg::Record(r)) => batch.push(r),
-                Ok(Msg::Finish) => {
-                    finished = true;
+                Ok(Msg::InOrder(records)) => {
+                    // What came first is committed first.
+                    commit(cache, &mut batch);
+                    commit_in_order(cache, records, &mut batch);
                     break;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => break,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    finished = true;
-                    break;
+                Ok(Msg::Finish) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    commit(cache, &mut batch);
+                    return;
                 }
             }
         }
-        let records: Vec<CacheRecord<'_>> = batch
-            .iter()
-            .map(|r| CacheRecord {
-                path: &r.path,
-                stat: &r.stat,
-                hash: r.hash,
-            })
-            .collect();
-        if let Err(e) = cache.store(&records) {
-            tracing::warn!("{e}");
-        }
-        drop(records);
-        batch.clear();
+        commit(cache, &mut batch);
     }
+}
+
+/// Commits `records` in transactions of [`BATCH`], using `batch` (empty) as the buffer.
+fn commit_in_order(cache: &HashCache, records: InOrder, batch: &mut Vec<Owned>) {
+    use std::os::unix::ffi::OsStringExt;
+    for (path, stat, hash) in records {
+        let path = path.into_os_string().into_vec().into_boxed_slice();
+        batch.push(Owned { path, stat, hash });
+        if batch.len() == BATCH {
+            commit(cache, batch);
+        }
+    }
+    commit(cache, batch);
+}
+
+/// Commits `batch` in one transaction and empties it. A failure is logged: the cache is an
+/// optimization, and the files it would have vouched for are hashed by the next sync.
+fn commit(cache: &HashCache, batch: &mut Vec<Owned>) {
+    let records: Vec<CacheRecord<'_>> = batch
+        .iter()
+        .map(|r| CacheRecord {
+            path: &r.path,
+            stat: &r.stat,
+            hash: r.hash,
+        })
+        .collect();
+    if let Err(e) = cache.store(&records) {
+        tracing::warn!("{e}");
+    }
+    drop(records);
+    batch.clear();
 }
 
 #[cfg(test)]
@@ -157,6 +199,43 @@ mod tests {
         for (p, s, h) in &files {
             assert_eq!(cache.lookup(p.as_bytes(), s).unwrap(), Some(*h), "{p}");
         }
+    }
+
+    #[test]
+    fn records_in_path_order_land_after_what_was_sent_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = CacheRecorder::start(HashCache::open(dir.path()).unwrap()).unwrap();
+        let sink = rec.sink();
+        let stat = |ino| FileStat {
+            dev: 1,
+            ino,
+            size: 3,
+            mtime_ns: 4,
+            ctime_ns: 5,
+        };
+        sink.record(Path::new("/d/a"), stat(1), ContentHash(1));
+        // Over two transactions, the last one partial; the first names /d/a again.
+        let ordered: Vec<_> = std::iter::once((PathBuf::from("/d/a"), stat(1), ContentHash(2)))
+            .chain((0..(2 * BATCH as u64 + 3)).map(|i| {
+                (
+                    PathBuf::from(format!("/d/o{i:05}")),
+                    stat(10 + i),
+                    ContentHash(i.into()),
+                )
+            }))
+            .collect();
+        sink.record_in_order(ordered.clone().into_iter());
+        sink.record(Path::new("/d/z"), stat(2), ContentHash(3));
+        rec.finish();
+        let cache = HashCache::open(dir.path()).unwrap();
+        for (p, s, h) in &ordered {
+            let p = p.to_str().unwrap();
+            assert_eq!(cache.lookup(p.as_bytes(), s).unwrap(), Some(*h), "{p}");
+        }
+        assert_eq!(
+            cache.lookup(b"/d/z", &stat(2)).unwrap(),
+            Some(ContentHash(3))
+        );
     }
 
     #[test]

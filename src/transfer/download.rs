@@ -10,8 +10,8 @@
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -82,17 +82,19 @@ struct Counters {
     refetched: AtomicU64,
 }
 
-/// Placed files from this size up are recorded in the hash cache. A smaller file costs the
-/// next sync about as much to hash again as it costs to record now: recording a million files
-/// of up to 4 KiB as they landed (in no path order) made a 31 s sync take 50 s.
-const RECORD_FROM: u64 = 64 << 10;
+/// Placed files from this size up are recorded in the hash cache as they land; smaller ones
+/// once the download ends, in path order. Recording a million files of up to 4 KiB as they
+/// landed (in no path order, so each insert rewrote a random page of the table) made a 31 s
+/// sync take 50 s; left out, the next sync had to read them all again.
+const RECORD_AS_PLACED_FROM: u64 = 64 << 10;
 
 /// Fetches of one object before its corruption is reported.
 const TRIES: u32 = 3;
 
 /// Downloads every item under `root`, `transfer.workers` objects at a time. The first failure
-/// stops the rest. Each placed file of `RECORD_FROM` bytes or more is sent to `record` (for
-/// the hash cache).
+/// stops the rest. Every placed file is sent to `record` (for the hash cache): from
+/// `RECORD_AS_PLACED_FROM` bytes as it lands, smaller ones at the end (also of a failed or
+/// cancelled download), sorted by path.
 pub async fn download_all(
     t: Arc<Transfer>,
     root: &Path,
@@ -123,19 +125,27 @@ pub async fn download_all(
     let items = Arc::new(items);
     let root = Arc::new(root.to_path_buf());
     let counters = Arc::new(Counters::default());
+    let recording = record.map(|sink| {
+        Arc::new(Recording {
+            sink,
+            small: Mutex::default(),
+        })
+    });
     let stop = cancel.child_token();
     let pieces = futures::stream::iter(groups).map({
         let (t, counters, stop) = (t.clone(), counters.clone(), stop.clone());
+        let (items, root, recording) = (items.clone(), root.clone(), recording.clone());
         move |group: std::ops::Range<usize>| {
             let (t, c, stop) = (t.clone(), counters.clone(), stop.clone());
-            let (items, root, record) = (items.clone(), root.clone(), record.clone());
-            async move {
-                let group = &items[group];
-                download_group(&t, &c, &root, group, record.as_ref(), &stop).await
-            }
+            let (items, root, rec) = (items.clone(), root.clone(), recording.clone());
+            async move { download_group(&t, &c, &root, &items, group, rec.as_deref(), &stop).await }
         }
     });
-    run_pieces(pieces, t.settings.workers, stop, cancel).await?;
+    let ran = run_pieces(pieces, t.settings.workers, stop, cancel).await;
+    if let Some(r) = recording {
+        r.record_small(&root, items);
+    }
+    ran?;
     Ok(DownloadReport {
         files: counters.files.load(Relaxed),
         objects: counters.objects.load(Relaxed),
@@ -145,13 +155,76 @@ pub async fn download_all(
     })
 }
 
-/// Sends a placed file, as it looked once it had its name, to the hash cache (`RECORD_FROM`
-/// bytes and up).
-fn record_placed(record: Option<&RecordSink>, item: &Target, stat: FileStat) {
-    if let Some(r) = record
-        && item.size >= RECORD_FROM
-    {
-        r.record(&item.dest, stat, item.hash);
+/// Where a download sends the files it placed, for the hash cache.
+struct Recording {
+    sink: RecordSink,
+    /// Placed files under `RECORD_AS_PLACED_FROM` bytes, kept until the end (32 bytes each).
+    small: Mutex<Vec<PlacedSmall>>,
+}
+
+/// A small placed file: its item in the plan, and the fields of its stat the plan does not
+/// hold already (its size and mtime are the item's, checked when it is kept).
+struct PlacedSmall {
+    item: u32,
+    dev: u64,
+    ino: u64,
+    ctime_ns: i64,
+}
+
+impl Recording {
+    /// Takes a file placed as `item` (at `index` in the plan), as it looked once it had its
+    /// name.
+    fn placed(&self, index: usize, item: &Target, stat: FileStat) {
+        let as_planned =
+            item.mtime_us.checked_mul(1000) == Some(stat.mtime_ns) && stat.size == item.size;
+        match u32::try_from(index) {
+            Ok(i) if item.size < RECORD_AS_PLACED_FROM && as_planned => self
+                .small
+                .lock()
+                .expect("no panics while locked")
+                .push(PlacedSmall {
+                    item: i,
+                    dev: stat.dev,
+                    ino: stat.ino,
+                    ctime_ns: stat.ctime_ns,
+                }),
+            // Large, or a file system that keeps coarser times than the manifest's: the stat
+            // as it is.
+            _ => self.sink.record(&item.dest, stat, item.hash),
+        }
+    }
+
+    /// Sends the small placed files to the cache, sorted by path. `items` lives until the
+    /// recorder has pulled them all.
+    fn record_small(&self, root: &Arc<PathBuf>, items: Arc<Vec<DownloadItem>>) {
+        let small = std::mem::take(&mut *self.small.lock().expect("no panics while locked"));
+        if small.is_empty() {
+            return;
+        }
+        let root = root.clone();
+        // Sorted by the recording thread when it comes to them, not here on the runtime's
+        // worker (a million of them take a second or more).
+        let records = std::iter::once(small).flat_map(move |mut small| {
+            // The root is common to all: in the order of their relative paths they are in
+            // path order.
+            small.sort_unstable_by(|a, b| {
+                items[a.item as usize].rel.cmp(&items[b.item as usize].rel)
+            });
+            let (items, root) = (items.clone(), root.clone());
+            small.into_iter().map(move |p| {
+                let item = &items[p.item as usize];
+                let stat = FileStat {
+                    dev: p.dev,
+                    ino: p.ino,
+                    size: item.size,
+                    mtime_ns: item.mtime_us * 1000,
+                    ctime_ns: p.ctime_ns,
+                };
+                let path = root.join(std::ffi::OsStr::from_bytes(&item.rel));
+                (path, stat, item.hash)
+            })
+        });
+        self.sink.record_in_order(records);
     }
 }
 
@@ -159,24 +232,39 @@ async fn download_group(
     t: &Arc<Transfer>,
     c: &Arc<Counters>,
     root: &Path,
-    group: &[DownloadItem],
-    record: Option<&RecordSink>,
+    items: &[DownloadItem],
+    group: std::ops::Range<usize>,
+    record: Option<&Recording>,
     cancel: &CancellationToken,
 ) -> Result<(), TransferError> {
     if cancel.is_cancelled() {
         return Err(Cancelled.into());
     }
+    let placed = |index: usize, item: &Target, stat: FileStat| {
+        if let Some(r) = record {
+            r.placed(index, item, stat);
+        }
+    };
     c.objects.fetch_add(1, Relaxed);
-    let first = Target::of(root, &group[0]);
-    record_placed(record, &first, place_first(t, c, &first, cancel).await?);
+    let first = Target::of(root, &items[group.start]);
+    placed(
+        group.start,
+        &first,
+        place_first(t, c, &first, cancel).await?,
+    );
     c.files.fetch_add(1, Relaxed);
     t.progress.add_files(1);
-    for other in &group[1..] {
+    for (index, item) in items
+        .iter()
+        .enumerate()
+        .take(group.end)
+        .skip(group.start + 1)
+    {
         if cancel.is_cancelled() {
             return Err(Cancelled.into());
         }
-        let other = Target::of(root, other);
-        record_placed(record, &other, copy_verified(&first.dest, &other).await?);
+        let other = Target::of(root, item);
+        placed(index, &other, copy_verified(&first.dest, &other).await?);
         c.files.fetch_add(1, Relaxed);
         c.copied_files.fetch_add(1, Relaxed);
         t.progress.add_files(1);
