@@ -214,7 +214,7 @@ mod tests {
             ctime_ns: 5,
         };
         sink.record(Path::new("/d/a"), stat(1), ContentHash(1));
-        // Over two transactions, the last one partial; the first names /d/a again.
+        // Over three transactions, the last one partial; the first record names /d/a again.
         let ordered: Vec<_> = std::iter::once((PathBuf::from("/d/a"), stat(1), ContentHash(2)))
             .chain((0..(2 * BATCH as u64 + 3)).map(|i| {
                 (

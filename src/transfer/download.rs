@@ -82,7 +82,8 @@ struct Counters {
     refetched: AtomicU64,
 }
 
-/// Placed files from this size up are recorded in the hash cache as they land; smaller ones
+/// Placed files from this size up are recorded in the hash cache as they land (few, and dear
+/// to hash again, so they are recorded even if the process is killed later); smaller ones
 /// once the download ends, in path order. Recording a million files of up to 4 KiB as they
 /// landed (in no path order, so each insert rewrote a random page of the table) made a 31 s
 /// sync take 50 s; left out, the next sync had to read them all again.
@@ -143,7 +144,7 @@ pub async fn download_all(
     });
     let ran = run_pieces(pieces, t.settings.workers, stop, cancel).await;
     if let Some(r) = recording {
-        r.record_small(&root, items);
+        r.record_small(root, items);
     }
     ran?;
     Ok(DownloadReport {
@@ -196,12 +197,11 @@ impl Recording {
 
     /// Sends the small placed files to the cache, sorted by path. `items` lives until the
     /// recorder has pulled them all.
-    fn record_small(&self, root: &Arc<PathBuf>, items: Arc<Vec<DownloadItem>>) {
+    fn record_small(&self, root: Arc<PathBuf>, items: Arc<Vec<DownloadItem>>) {
         let small = std::mem::take(&mut *self.small.lock().expect("no panics while locked"));
         if small.is_empty() {
             return;
         }
-        let root = root.clone();
         // Sorted by the recording thread when it comes to them, not here on the runtime's
         // worker, which every job's requests share (a million take about a third of a
         // second).
