@@ -167,8 +167,8 @@ fn bytes_written_by(pid: u32) -> u64 {
 fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
-    // Half of them of 64 KiB and up (recorded in the hash cache as they land), half smaller
-    // (recorded in path order once the download ends).
+    // Half of them of 64 KiB and up (fetched first, largest first), half smaller (fetched in
+    // path order): every placed file reaches the hash cache.
     let content = |tag: &str| tag.repeat(6000);
     let small = |tag: &str| tag.repeat(50);
     for i in 0..50 {

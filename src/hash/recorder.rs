@@ -2,18 +2,21 @@
 //! goes on: the files it placed (and the files its plan had to read) are trusted by the next
 //! sync without being read again.
 //!
-//! Senders never wait: records queue in memory until the thread commits them (one transaction
-//! per [`BATCH`] records or per [`LINGER`], so a slow trickle of files still lands).
+//! Records queue in memory until the thread commits them (one transaction per [`BATCH`]
+//! records or per [`LINGER`], so a slow trickle of files still lands). At most [`QUEUED`] wait:
+//! past that a sender waits for a commit. Copying a million small files outran the thread,
+//! which shares two vCPUs with the copies, and the queue grew by 90 MiB.
 //!
-//! Records can also come as one stream in path order ([`RecordSink::record_in_order`]), pulled
-//! by the thread as it commits them. The table is keyed by path: records in key order fill
-//! each page of it once, where the same records in the order files land (no order at all)
-//! rewrite a random page each. That is what makes recording many small files cheap.
+//! The table is keyed by path, so records sent nearly in path order are cheap to commit: each
+//! transaction fills a few neighbouring pages, where records in no order rewrite a random
+//! page each. Downloads place small files in path order for that reason.
 
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::path::Path;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use super::ContentHash;
 use super::cache::{CacheRecord, HashCache};
@@ -21,6 +24,9 @@ use crate::scan::FileStat;
 
 /// Records per transaction, at most.
 const BATCH: usize = 1024;
+
+/// Records sent and not yet committed, at most.
+const QUEUED: usize = 8 * BATCH;
 
 /// How long a record may wait for others to share its transaction.
 const LINGER: Duration = Duration::from_millis(200);
@@ -31,12 +37,8 @@ struct Owned {
     hash: ContentHash,
 }
 
-/// Records in path order, made as they are pulled (so none wait in memory as paths).
-type InOrder = Box<dyn Iterator<Item = (PathBuf, FileStat, ContentHash)> + Send>;
-
 enum Msg {
     Record(Owned),
-    InOrder(InOrder),
     /// Commit what came before and stop. Explicit, rather than waiting for every sender to be
     /// dropped: a task cut short by a cancel may hold a sink a while longer.
     Finish,
@@ -44,87 +46,100 @@ enum Msg {
 
 /// The recording thread. [`CacheRecorder::finish`] waits until everything sent is committed.
 pub struct CacheRecorder {
-    tx: mpsc::Sender<Msg>,
+    sink: RecordSink,
     thread: JoinHandle<()>,
 }
 
 /// Where a download sends what it placed; cheap to clone into every task.
 #[derive(Clone)]
-pub struct RecordSink(mpsc::Sender<Msg>);
+pub struct RecordSink {
+    tx: mpsc::Sender<Msg>,
+    /// One permit per record that may still be queued; the thread gives them back as it
+    /// commits, and closes it when it ends (so no sender waits for a thread that is gone).
+    room: Arc<Semaphore>,
+}
 
 impl CacheRecorder {
     /// Starts the thread; it owns `cache` (a connection of its own, so it writes while other
     /// connections read).
     pub fn start(cache: HashCache) -> std::io::Result<CacheRecorder> {
         let (tx, rx) = mpsc::channel::<Msg>();
+        let room = Arc::new(Semaphore::new(QUEUED));
         let thread = std::thread::Builder::new()
             .name("attache-cache".into())
-            .spawn(move || record_all(&cache, &rx))?;
-        Ok(CacheRecorder { tx, thread })
+            .spawn({
+                let room = room.clone();
+                move || {
+                    record_all(&cache, &rx, &room);
+                    room.close();
+                }
+            })?;
+        Ok(CacheRecorder {
+            sink: RecordSink { tx, room },
+            thread,
+        })
     }
 
     pub fn sink(&self) -> RecordSink {
-        RecordSink(self.tx.clone())
+        self.sink.clone()
     }
 
     /// Commits everything recorded so far and ends the thread; later records are dropped.
     /// Blocks for one transaction (longer while another process holds the cache's write
     /// lock): call it from a blocking thread.
     pub fn finish(self) {
-        let _ = self.tx.send(Msg::Finish);
+        let _ = self.sink.tx.send(Msg::Finish);
         let _ = self.thread.join();
     }
 
     /// Like [`Self::finish`] without waiting: for a cancelled or failed job, which must not
     /// wait on the cache. What was recorded is committed if the process lives long enough.
     pub fn detach(self) {
-        let _ = self.tx.send(Msg::Finish);
+        let _ = self.sink.tx.send(Msg::Finish);
     }
 }
 
 impl RecordSink {
     /// `path` is absolute; `stat` is what the file looked like when its content was `hash`.
-    pub fn record(&self, path: &Path, stat: FileStat, hash: ContentHash) {
+    /// Waits while [`QUEUED`] records are queued.
+    pub async fn record(&self, path: &Path, stat: FileStat, hash: ContentHash) {
+        // Closed only when the thread has finished: the record is dropped (the cache is an
+        // optimization).
+        if let Ok(permit) = self.room.acquire().await {
+            permit.forget();
+            self.send(path, stat, hash);
+        }
+    }
+
+    /// [`Self::record`] from a blocking thread.
+    pub fn record_blocking(&self, path: &Path, stat: FileStat, hash: ContentHash) {
+        if let Ok(permit) = futures::executor::block_on(self.room.acquire()) {
+            permit.forget();
+            self.send(path, stat, hash);
+        }
+    }
+
+    fn send(&self, path: &Path, stat: FileStat, hash: ContentHash) {
         use std::os::unix::ffi::OsStrExt;
-        // Fails only when the thread has finished: the cache is an optimization.
-        let _ = self.0.send(Msg::Record(Owned {
+        let _ = self.tx.send(Msg::Record(Owned {
             path: path.as_os_str().as_bytes().into(),
             stat,
             hash,
         }));
     }
-
-    /// Records `records`, which must come sorted by path, after what was sent before. The
-    /// thread pulls them one transaction at a time: nothing is built ahead of the commits.
-    pub fn record_in_order<I>(&self, records: I)
-    where
-        I: Iterator<Item = (PathBuf, FileStat, ContentHash)> + Send + 'static,
-    {
-        let _ = self.0.send(Msg::InOrder(Box::new(records)));
-    }
 }
 
-fn record_all(cache: &HashCache, rx: &mpsc::Receiver<Msg>) {
+fn record_all(cache: &HashCache, rx: &mpsc::Receiver<Msg>, room: &Semaphore) {
     let mut batch: Vec<Owned> = Vec::with_capacity(BATCH);
     loop {
         match rx.recv() {
             Ok(Msg::Record(r)) => batch.push(r),
-            Ok(Msg::InOrder(records)) => {
-                commit_in_order(cache, records, &mut batch);
-                continue;
-            }
             Ok(Msg::Finish) | Err(_) => return,
         }
         let until = Instant::now() + LINGER;
         while batch.len() < BATCH {
             match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
                 Ok(Msg::Record(r)) => batch.push(r),
-                Ok(Msg::InOrder(records)) => {
-                    // What came first is committed first.
-                    commit(cache, &mut batch);
-                    commit_in_order(cache, records, &mut batch);
-                    break;
-                }
                 Err(mpsc::RecvTimeoutError::Timeout) => break,
                 Ok(Msg::Finish) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     commit(cache, &mut batch);
@@ -132,21 +147,10 @@ fn record_all(cache: &HashCache, rx: &mpsc::Receiver<Msg>) {
                 }
             }
         }
+        let committed = batch.len();
         commit(cache, &mut batch);
+        room.add_permits(committed);
     }
-}
-
-/// Commits `records` in transactions of [`BATCH`], using `batch` (empty) as the buffer.
-fn commit_in_order(cache: &HashCache, records: InOrder, batch: &mut Vec<Owned>) {
-    use std::os::unix::ffi::OsStringExt;
-    for (path, stat, hash) in records {
-        let path = path.into_os_string().into_vec().into_boxed_slice();
-        batch.push(Owned { path, stat, hash });
-        if batch.len() == BATCH {
-            commit(cache, batch);
-        }
-    }
-    commit(cache, batch);
 }
 
 /// Commits `batch` in one transaction and empties it. A failure is logged: the cache is an
@@ -189,12 +193,12 @@ mod tests {
             })
             .collect();
         for (p, s, h) in &files {
-            sink.record(Path::new(p), s.clone(), *h);
+            sink.record_blocking(Path::new(p), s.clone(), *h);
         }
         // A sink still held (a task cut short by a cancel) does not hold up the finish, and
         // what it sends afterwards is dropped.
         rec.finish();
-        sink.record(Path::new("/d/late"), files[0].1.clone(), ContentHash(1));
+        sink.record_blocking(Path::new("/d/late"), files[0].1.clone(), ContentHash(1));
         let cache = HashCache::open(dir.path()).unwrap();
         for (p, s, h) in &files {
             assert_eq!(cache.lookup(p.as_bytes(), s).unwrap(), Some(*h), "{p}");
@@ -202,40 +206,29 @@ mod tests {
     }
 
     #[test]
-    fn records_in_path_order_land_after_what_was_sent_before_them() {
+    fn senders_never_wait_for_a_recorder_that_has_ended() {
         let dir = tempfile::tempdir().unwrap();
         let rec = CacheRecorder::start(HashCache::open(dir.path()).unwrap()).unwrap();
         let sink = rec.sink();
-        let stat = |ino| FileStat {
-            dev: 1,
-            ino,
-            size: 3,
-            mtime_ns: 4,
-            ctime_ns: 5,
-        };
-        sink.record(Path::new("/d/a"), stat(1), ContentHash(1));
-        // Over three transactions, the last one partial; the first record names /d/a again.
-        let ordered: Vec<_> = std::iter::once((PathBuf::from("/d/a"), stat(1), ContentHash(2)))
-            .chain((0..(2 * BATCH as u64 + 3)).map(|i| {
-                (
-                    PathBuf::from(format!("/d/o{i:05}")),
-                    stat(10 + i),
-                    ContentHash(i.into()),
-                )
-            }))
-            .collect();
-        sink.record_in_order(ordered.clone().into_iter());
-        sink.record(Path::new("/d/z"), stat(2), ContentHash(3));
         rec.finish();
-        let cache = HashCache::open(dir.path()).unwrap();
-        for (p, s, h) in &ordered {
-            let p = p.to_str().unwrap();
-            assert_eq!(cache.lookup(p.as_bytes(), s).unwrap(), Some(*h), "{p}");
-        }
-        assert_eq!(
-            cache.lookup(b"/d/z", &stat(2)).unwrap(),
-            Some(ContentHash(3))
-        );
+        // More than the queue holds: without the thread to commit them, a sender would wait
+        // for room forever.
+        let (done_tx, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            let stat = FileStat {
+                dev: 1,
+                ino: 2,
+                size: 3,
+                mtime_ns: 4,
+                ctime_ns: 5,
+            };
+            for i in 0..(QUEUED + 10) {
+                sink.record_blocking(Path::new(&format!("/d/f{i}")), stat.clone(), ContentHash(1));
+            }
+            done_tx.send(()).unwrap();
+        });
+        done.recv_timeout(Duration::from_secs(10))
+            .expect("a sender waited for a recorder that had ended");
     }
 
     #[test]
@@ -250,7 +243,7 @@ mod tests {
             ctime_ns: 5,
         };
         rec.sink()
-            .record(Path::new("/d/f"), stat.clone(), ContentHash(9));
+            .record_blocking(Path::new("/d/f"), stat.clone(), ContentHash(9));
         rec.detach();
         let cache = HashCache::open(dir.path()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);

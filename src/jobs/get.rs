@@ -461,7 +461,7 @@ fn already_there(
             if let Some(sink) = sink
                 && !is_racy(&fh.stat, read_at)
             {
-                sink.record(path, fh.stat, fh.hash);
+                sink.record_blocking(path, fh.stat, fh.hash);
             }
             if fh.hash == hash {
                 InPlace::Read

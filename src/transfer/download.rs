@@ -7,11 +7,12 @@
 //! cancelled file leaves nothing behind; on Linux the staged file has no name until it is
 //! complete, so not even a killed process leaves a partial file (`fsutil::staged`).
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +57,7 @@ impl Target {
         Target {
             hash: item.hash,
             size: item.size,
-            dest: root.join(std::ffi::OsStr::from_bytes(&item.rel)),
+            dest: root.join(OsStr::from_bytes(&item.rel)),
             mtime_us: item.mtime_us,
         }
     }
@@ -82,71 +83,92 @@ struct Counters {
     refetched: AtomicU64,
 }
 
-/// Placed files from this size up are recorded in the hash cache as they land (few, and dear
-/// to hash again, so they are recorded even if the process is killed later); smaller ones
-/// once the download ends, in path order. Recording a million files of up to 4 KiB as they
-/// landed (in no path order, so each insert rewrote a random page of the table) made a 31 s
-/// sync take 50 s; left out, the next sync had to read them all again.
-const RECORD_AS_PLACED_FROM: u64 = 64 << 10;
+/// Objects from this size up are fetched first, largest first: they take longest, and large
+/// ones are split into parallel parts anyway. Smaller ones follow in the plan's order, which
+/// is the manifest's path order, and so do the copies of files with the same content: the
+/// files land, and reach the hash cache, nearly sorted by path. The cache's table is keyed
+/// by path: records in key order fill each page of it once, where records in no order
+/// rewrite a random page each (a million small files fetched by size and recorded as they
+/// landed made a 31 s sync take 50 s).
+const IN_PLAN_ORDER_BELOW: u64 = 64 << 10;
 
 /// Fetches of one object before its corruption is reported.
 const TRIES: u32 = 3;
 
-/// Downloads every item under `root`, `transfer.workers` objects at a time. The first failure
-/// stops the rest. Every placed file is sent to `record` (for the hash cache): from
-/// `RECORD_AS_PLACED_FROM` bytes as it lands, smaller ones at the end (also of a failed or
-/// cancelled download), sorted by path.
+/// Downloads every item under `root`, `transfer.workers` objects at a time: each distinct
+/// object once, into the first file that has it, then the other files with the same content
+/// copied from that one. The first failure stops the rest. Every placed file is sent to
+/// `record` (for the hash cache) as it lands.
 pub async fn download_all(
     t: Arc<Transfer>,
     root: &Path,
-    mut items: Vec<DownloadItem>,
+    items: Vec<DownloadItem>,
     record: Option<RecordSink>,
     cancel: &CancellationToken,
 ) -> Result<DownloadReport, TransferError> {
-    // Files with the same content side by side, large objects first (they take longest and
-    // are split into parallel parts anyway). Sorted in place and handed out as slices: a
-    // million-entry plan is not copied into per-object groups.
-    items.sort_unstable_by(|a, b| b.size.cmp(&a.size).then(a.hash.cmp(&b.hash)));
-    let mut groups = Vec::new();
-    let mut start = 0;
-    for g in items.chunk_by(|a, b| a.hash == b.hash) {
-        groups.push(start..start + g.len());
-        start += g.len();
-    }
+    // Sorting a million-entry plan takes a fraction of a second: off the runtime's workers,
+    // which every job's requests share.
+    let (items, FetchPlan { firsts, copies }) = tokio::task::spawn_blocking(move || {
+        let plan = FetchPlan::of(&items);
+        (items, plan)
+    })
+    .await
+    .expect("sorting the plan panicked");
     if t.dry_run {
-        // What it would fetch: one object per group, the group's other files copied.
         return Ok(DownloadReport {
             files: items.len() as u64,
-            objects: groups.len() as u64,
-            downloaded_bytes: groups.iter().map(|g| items[g.start].size).sum(),
-            copied_files: (items.len() - groups.len()) as u64,
+            objects: firsts.len() as u64,
+            downloaded_bytes: firsts.iter().map(|&i| items[i].size).sum(),
+            copied_files: copies.len() as u64,
             refetched: 0,
         });
     }
-    let items = Arc::new(items);
-    let root = Arc::new(root.to_path_buf());
+    let (items, root) = (Arc::new(items), Arc::new(root.to_path_buf()));
     let counters = Arc::new(Counters::default());
-    let recording = record.map(|sink| {
-        Arc::new(Recording {
-            sink,
-            small: Mutex::default(),
-        })
-    });
     let stop = cancel.child_token();
-    let pieces = futures::stream::iter(groups).map({
-        let (t, counters, stop) = (t.clone(), counters.clone(), stop.clone());
-        let (items, root, recording) = (items.clone(), root.clone(), recording.clone());
-        move |group: std::ops::Range<usize>| {
-            let (t, c, stop) = (t.clone(), counters.clone(), stop.clone());
-            let (items, root, rec) = (items.clone(), root.clone(), recording.clone());
-            async move { download_group(&t, &c, &root, &items, group, rec.as_deref(), &stop).await }
+    let fetches = futures::stream::iter(firsts).map({
+        let (t, c, stop, record) = (t.clone(), counters.clone(), stop.clone(), record.clone());
+        let (items, root) = (items.clone(), root.clone());
+        move |first| {
+            let (t, c, stop, record) = (t.clone(), c.clone(), stop.clone(), record.clone());
+            let item = Target::of(&root, &items[first]);
+            async move {
+                let (item, stat) = place(&t, &c, item, &stop).await?;
+                if let Some(sink) = record {
+                    sink.record(&item.dest, stat, item.hash).await;
+                }
+                Ok(())
+            }
         }
     });
-    let ran = run_pieces(pieces, t.settings.workers, stop, cancel).await;
-    if let Some(r) = recording {
-        r.record_small(root, items);
-    }
-    ran?;
+    run_pieces(fetches, t.settings.workers, stop.clone(), cancel).await?;
+    // Only once every object is in its first file.
+    let batches = copy_batches(&copies, &items);
+    let copies = Arc::new(copies);
+    let copy_all = futures::stream::iter(batches).map({
+        let (t, c, stop) = (t.clone(), counters.clone(), stop.clone());
+        move |batch: std::ops::Range<usize>| {
+            let (t, c, stop, record) = (t.clone(), c.clone(), stop.clone(), record.clone());
+            let work = copies[batch]
+                .iter()
+                .map(|&(to, from)| {
+                    (
+                        root.join(OsStr::from_bytes(&items[from].rel)),
+                        Target::of(&root, &items[to]),
+                    )
+                })
+                .collect();
+            async move {
+                for (item, stat) in copy_all_into(&t, &c, work, &stop).await? {
+                    if let Some(sink) = &record {
+                        sink.record(&item.dest, stat, item.hash).await;
+                    }
+                }
+                Ok(())
+            }
+        }
+    });
+    run_pieces(copy_all, t.settings.workers, stop, cancel).await?;
     Ok(DownloadReport {
         files: counters.files.load(Relaxed),
         objects: counters.objects.load(Relaxed),
@@ -156,122 +178,132 @@ pub async fn download_all(
     })
 }
 
-/// Where a download sends the files it placed, for the hash cache.
-struct Recording {
-    sink: RecordSink,
-    /// Placed files under `RECORD_AS_PLACED_FROM` bytes, kept until the end (32 bytes each).
-    small: Mutex<Vec<PlacedSmall>>,
+/// The order of a download, as indices into its items (so a million-entry plan is neither
+/// moved nor copied).
+struct FetchPlan {
+    /// The first file of each distinct object, which it is fetched into: objects from
+    /// [`IN_PLAN_ORDER_BELOW`] bytes first, largest first, then the others in plan order.
+    firsts: Vec<usize>,
+    /// `(file, first)`: every other file, copied from the first with the same content; in
+    /// plan order.
+    copies: Vec<(usize, usize)>,
 }
 
-/// A small placed file: its item in the plan, and the fields of its stat the plan does not
-/// hold already (its size and mtime are the item's, checked when it is kept).
-struct PlacedSmall {
-    item: u32,
-    dev: u64,
-    ino: u64,
-    ctime_ns: i64,
-}
-
-impl Recording {
-    /// Takes a file placed as `item` (at `index` in the plan), as it looked once it had its
-    /// name.
-    fn placed(&self, index: usize, item: &Target, stat: FileStat) {
-        let as_planned =
-            item.mtime_us.checked_mul(1000) == Some(stat.mtime_ns) && stat.size == item.size;
-        match u32::try_from(index) {
-            Ok(i) if item.size < RECORD_AS_PLACED_FROM && as_planned => self
-                .small
-                .lock()
-                .expect("no panics while locked")
-                .push(PlacedSmall {
-                    item: i,
-                    dev: stat.dev,
-                    ino: stat.ino,
-                    ctime_ns: stat.ctime_ns,
-                }),
-            // Large, or a file system that keeps coarser times than the manifest's: the stat
-            // as it is.
-            _ => self.sink.record(&item.dest, stat, item.hash),
+impl FetchPlan {
+    fn of(items: &[DownloadItem]) -> FetchPlan {
+        let content = |i: usize| (items[i].hash, items[i].size);
+        let mut by_content: Vec<usize> = (0..items.len()).collect();
+        by_content.sort_unstable_by_key(|&i| (content(i), i));
+        let mut plan = FetchPlan {
+            firsts: Vec::new(),
+            copies: Vec::new(),
+        };
+        for same in by_content.chunk_by(|&a, &b| content(a) == content(b)) {
+            plan.firsts.push(same[0]);
+            plan.copies.extend(same[1..].iter().map(|&i| (i, same[0])));
         }
-    }
-
-    /// Sends the small placed files to the cache, sorted by path. `items` lives until the
-    /// recorder has pulled them all.
-    fn record_small(&self, root: Arc<PathBuf>, items: Arc<Vec<DownloadItem>>) {
-        let small = std::mem::take(&mut *self.small.lock().expect("no panics while locked"));
-        if small.is_empty() {
-            return;
-        }
-        // Sorted by the recording thread when it comes to them, not here on the runtime's
-        // worker, which every job's requests share (a million take about a third of a
-        // second).
-        let records = std::iter::once(small).flat_map(move |mut small| {
-            // The root is common to all: in the order of their relative paths they are in
-            // path order.
-            small.sort_unstable_by(|a, b| {
-                items[a.item as usize].rel.cmp(&items[b.item as usize].rel)
-            });
-            let (items, root) = (items.clone(), root.clone());
-            small.into_iter().map(move |p| {
-                let item = &items[p.item as usize];
-                let stat = FileStat {
-                    dev: p.dev,
-                    ino: p.ino,
-                    size: item.size,
-                    mtime_ns: item.mtime_us * 1000,
-                    ctime_ns: p.ctime_ns,
-                };
-                let path = root.join(std::ffi::OsStr::from_bytes(&item.rel));
-                (path, stat, item.hash)
-            })
+        drop(by_content);
+        plan.firsts.sort_unstable_by_key(|&i| match items[i].size {
+            size if size >= IN_PLAN_ORDER_BELOW => (false, std::cmp::Reverse(size), i),
+            _ => (true, std::cmp::Reverse(0), i), // in plan order
         });
-        self.sink.record_in_order(records);
+        plan.copies.sort_unstable();
+        plan
     }
 }
 
-async fn download_group(
+/// Places `item` (its object's first file) from the store; returns it with its stat as it
+/// was once it had its name.
+async fn place(
     t: &Arc<Transfer>,
     c: &Arc<Counters>,
-    root: &Path,
-    items: &[DownloadItem],
-    group: std::ops::Range<usize>,
-    record: Option<&Recording>,
+    item: Target,
     cancel: &CancellationToken,
-) -> Result<(), TransferError> {
+) -> Result<(Target, FileStat), TransferError> {
     if cancel.is_cancelled() {
         return Err(Cancelled.into());
     }
-    let placed = |index: usize, item: &Target, stat: FileStat| {
-        if let Some(r) = record {
-            r.placed(index, item, stat);
-        }
-    };
     c.objects.fetch_add(1, Relaxed);
-    let first = Target::of(root, &items[group.start]);
-    placed(
-        group.start,
-        &first,
-        place_first(t, c, &first, cancel).await?,
-    );
+    let stat = place_first(t, c, &item, cancel).await?;
     c.files.fetch_add(1, Relaxed);
     t.progress.add_files(1);
-    for (index, item) in items
-        .iter()
-        .enumerate()
-        .take(group.end)
-        .skip(group.start + 1)
-    {
-        if cancel.is_cancelled() {
-            return Err(Cancelled.into());
+    Ok((item, stat))
+}
+
+/// Consecutive copies of small files share one blocking call, up to this many files or
+/// [`COPY_BATCH_BYTES`]: a million-file plan with few distinct objects is mostly copies, and
+/// handing each to a blocking thread of its own cost more than the copy.
+const COPY_BATCH_FILES: usize = 32;
+const COPY_BATCH_BYTES: u64 = 1 << 20;
+
+/// Cuts `copies` into ranges of consecutive copies, [`COPY_BATCH_FILES`] or
+/// [`COPY_BATCH_BYTES`] at most (a larger file is a batch of its own).
+fn copy_batches(copies: &[(usize, usize)], items: &[DownloadItem]) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, &(to, _)) in copies.iter().enumerate() {
+        let size = items[to].size;
+        if i > start && (i - start == COPY_BATCH_FILES || bytes + size > COPY_BATCH_BYTES) {
+            batches.push(start..i);
+            (start, bytes) = (i, 0);
         }
-        let other = Target::of(root, item);
-        placed(index, &other, copy_verified(&first.dest, &other).await?);
-        c.files.fetch_add(1, Relaxed);
-        c.copied_files.fetch_add(1, Relaxed);
-        t.progress.add_files(1);
-        t.progress.add_bytes(other.size);
+        bytes += size;
     }
-    Ok(())
+    if start < copies.len() {
+        batches.push(start..copies.len());
+    }
+    batches
+}
+
+/// Copies each `(src, item)` of `work`, `src` being a file already placed with the same
+/// content, in one blocking call; fetches the object instead where `src` no longer has that
+/// content (changed or removed since it was placed). Returns the files placed.
+async fn copy_all_into(
+    t: &Arc<Transfer>,
+    c: &Arc<Counters>,
+    work: Vec<(PathBuf, Target)>,
+    cancel: &CancellationToken,
+) -> Result<Vec<(Target, FileStat)>, TransferError> {
+    let copied = {
+        let cancel = cancel.clone();
+        tokio::task::spawn_blocking(move || {
+            work.into_iter()
+                .take_while(|_| !cancel.is_cancelled())
+                .map(|(src, item)| {
+                    let copied = copy_verified_now(&src, &item);
+                    (src, item, copied)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("copy task panicked")
+    };
+    let mut placed = Vec::with_capacity(copied.len());
+    for (src, item, copied) in copied {
+        match copied {
+            Ok(stat) => {
+                c.files.fetch_add(1, Relaxed);
+                c.copied_files.fetch_add(1, Relaxed);
+                t.progress.add_files(1);
+                t.progress.add_bytes(item.size);
+                placed.push((item, stat));
+            }
+            // The source side failed: the object is fetched into this file.
+            Err(TransferError::Io { path, source }) if path == src => {
+                tracing::debug!(path = %path.display(), "cannot copy from it ({source}); fetching");
+                placed.push(place(t, c, item, cancel).await?);
+            }
+            Err(TransferError::Refused { path, message }) if path == src => {
+                tracing::debug!(path = %path.display(), "{message}");
+                placed.push(place(t, c, item, cancel).await?);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if cancel.is_cancelled() {
+        return Err(Cancelled.into());
+    }
+    Ok(placed)
 }
 
 /// Fetches `item` from the store, unless another job of the daemon is fetching the same
@@ -314,26 +346,28 @@ async fn place_first(
 /// visible.
 async fn copy_verified(src: &Path, item: &Target) -> Result<FileStat, TransferError> {
     let (src, item) = (src.to_path_buf(), item.clone());
-    tokio::task::spawn_blocking(move || -> Result<FileStat, TransferError> {
-        let mut tmp = stage_beside(&item.dest)?;
-        let from = std::fs::File::open(&src).map_err(TransferError::io(&src))?;
-        // A small file needs no 1 MiB buffer (one per copy, zeroed).
-        let buf_len = item.size.clamp(4096, 1 << 20) as usize;
-        let (got, got_size) =
-            copy_hashing(from, tmp.as_file_mut(), buf_len).map_err(|e| match e {
-                Side::Read(e) => TransferError::io(&src)(e),
-                Side::Write(e) => TransferError::io(&item.dest)(e),
-            })?;
-        if got != item.hash || got_size != item.size {
-            return Err(TransferError::Refused {
-                path: src.clone(),
-                message: "changed since it was downloaded; fetching the object instead".into(),
-            });
-        }
-        finalize(tmp, &item)
-    })
-    .await
-    .expect("copy task panicked")
+    tokio::task::spawn_blocking(move || copy_verified_now(&src, &item))
+        .await
+        .expect("copy task panicked")
+}
+
+/// [`copy_verified`] on the calling thread (a blocking one).
+fn copy_verified_now(src: &Path, item: &Target) -> Result<FileStat, TransferError> {
+    let mut tmp = stage_beside(&item.dest)?;
+    let from = std::fs::File::open(src).map_err(TransferError::io(src))?;
+    // A small file needs no 1 MiB buffer (one per copy, zeroed).
+    let buf_len = item.size.clamp(4096, 1 << 20) as usize;
+    let (got, got_size) = copy_hashing(from, tmp.as_file_mut(), buf_len).map_err(|e| match e {
+        Side::Read(e) => TransferError::io(src)(e),
+        Side::Write(e) => TransferError::io(&item.dest)(e),
+    })?;
+    if got != item.hash || got_size != item.size {
+        return Err(TransferError::Refused {
+            path: src.to_path_buf(),
+            message: "changed since it was downloaded; fetching the object instead".into(),
+        });
+    }
+    finalize(tmp, item)
 }
 
 /// Which end of a copy failed.
@@ -582,5 +616,109 @@ async fn fetch_ranged(
             path: item.dest.clone(),
             source: e,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(rel: &str, size: u64, hash: u128) -> DownloadItem {
+        DownloadItem {
+            hash: ContentHash(hash),
+            size,
+            rel: rel.as_bytes().into(),
+            mtime_us: 0,
+        }
+    }
+
+    #[test]
+    fn large_objects_come_first_then_small_ones_and_copies_in_the_plans_order() {
+        let big = IN_PLAN_ORDER_BELOW;
+        let items = vec![
+            item("a", 10, 7),
+            item("b", big, 1),
+            item("c", 20, 5),
+            item("d", 10, 7), // same content as "a": copied from it
+            item("e", 3 * big, 2),
+            item("f", 5, 3),
+            item("g", 20, 5),  // same content as "c"
+            item("h", big, 1), // same content as "b"
+            item("i", 5, 7),   // the same hash as "a" but another size: another object
+        ];
+        let name = |i: usize| std::str::from_utf8(&items[i].rel).unwrap();
+        let plan = FetchPlan::of(&items);
+        let firsts: Vec<_> = plan.firsts.iter().map(|&i| name(i)).collect();
+        assert_eq!(firsts, ["e", "b", "a", "c", "f", "i"]);
+        let copies: Vec<_> = plan
+            .copies
+            .iter()
+            .map(|&(to, from)| (name(to), name(from)))
+            .collect();
+        assert_eq!(copies, [("d", "a"), ("g", "c"), ("h", "b")]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_whose_source_no_longer_has_the_content_fetches_the_object_instead() {
+        use crate::config::Settings;
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let data = b"the object's content".repeat(100);
+        let hash = ContentHash::of(&data);
+        let key = store.join(data_key("", hash));
+        std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+        std::fs::write(&key, &data).unwrap();
+        let mut s = Settings::default();
+        s.cache.dir = dir.path().join("cache");
+        let t = crate::jobs::setup::transfer_for(
+            &format!("file://{}", store.display()),
+            &s,
+            Arc::new(super::super::limiter::Bandwidth::new(&s.bandwidth)),
+            Arc::default(),
+        )
+        .await
+        .unwrap();
+        // The first file with that content was changed after it was placed.
+        let src = dir.path().join("first");
+        std::fs::write(&src, b"edited since").unwrap();
+        let dest = dir.path().join("second");
+        let item = Target {
+            hash,
+            size: data.len() as u64,
+            dest: dest.clone(),
+            mtime_us: 1_700_000_000_000_000,
+        };
+        let c = Arc::new(Counters::default());
+        // A source that is gone altogether: the same.
+        let third = Target {
+            dest: dir.path().join("third"),
+            ..item.clone()
+        };
+        let work = vec![(src, item), (dir.path().join("gone"), third)];
+        let placed = copy_all_into(&t, &c, work, &CancellationToken::new())
+            .await
+            .unwrap();
+        let dests: Vec<_> = placed.iter().map(|(p, _)| p.dest.clone()).collect();
+        assert_eq!(dests, [dest.clone(), dir.path().join("third")]);
+        for (placed, stat) in &placed {
+            assert_eq!(std::fs::read(&placed.dest).unwrap(), data);
+            assert_eq!(stat.size, data.len() as u64);
+        }
+        assert_eq!(c.objects.load(Relaxed), 2, "both fetched from the store");
+        assert_eq!(c.copied_files.load(Relaxed), 0);
+        assert_eq!(c.files.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn copies_of_small_files_are_batched_and_a_large_one_goes_alone() {
+        let mut items: Vec<_> = (0..40).map(|i| item(&format!("s{i:02}"), 10, 1)).collect();
+        items.push(item("big", COPY_BATCH_BYTES, 2));
+        items.push(item("t", 10, 1));
+        let copies: Vec<_> = (1..items.len()).map(|i| (i, 0)).collect();
+        assert_eq!(
+            copy_batches(&copies, &items),
+            [0..COPY_BATCH_FILES, COPY_BATCH_FILES..39, 39..40, 40..41]
+        );
+        assert!(copy_batches(&[], &items).is_empty());
     }
 }
