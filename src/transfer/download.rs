@@ -158,14 +158,7 @@ pub async fn download_all(
                     )
                 })
                 .collect();
-            async move {
-                for (item, stat) in copy_all_into(&t, &c, work, &stop).await? {
-                    if let Some(sink) = &record {
-                        sink.record(&item.dest, stat, item.hash).await;
-                    }
-                }
-                Ok(())
-            }
+            async move { copy_all_into(&t, &c, work, record.as_ref(), &stop).await }
         }
     });
     run_pieces(copy_all, t.settings.workers, stop, cancel).await?;
@@ -257,13 +250,15 @@ fn copy_batches(copies: &[(usize, usize)], items: &[DownloadItem]) -> Vec<std::o
 
 /// Copies each `(src, item)` of `work`, `src` being a file already placed with the same
 /// content, in one blocking call; fetches the object instead where `src` no longer has that
-/// content (changed or removed since it was placed). Returns the files placed.
+/// content (changed or removed since it was placed). Every file placed is sent to `record`,
+/// also when another failed or the job was cancelled.
 async fn copy_all_into(
     t: &Arc<Transfer>,
     c: &Arc<Counters>,
     work: Vec<(PathBuf, Target)>,
+    record: Option<&RecordSink>,
     cancel: &CancellationToken,
-) -> Result<Vec<(Target, FileStat)>, TransferError> {
+) -> Result<(), TransferError> {
     let copied = {
         let cancel = cancel.clone();
         tokio::task::spawn_blocking(move || {
@@ -278,32 +273,43 @@ async fn copy_all_into(
         .await
         .expect("copy task panicked")
     };
-    let mut placed = Vec::with_capacity(copied.len());
+    let mut failed = None;
     for (src, item, copied) in copied {
-        match copied {
+        let placed = match copied {
             Ok(stat) => {
                 c.files.fetch_add(1, Relaxed);
                 c.copied_files.fetch_add(1, Relaxed);
                 t.progress.add_files(1);
                 t.progress.add_bytes(item.size);
-                placed.push((item, stat));
+                Ok((item, stat))
             }
             // The source side failed: the object is fetched into this file.
-            Err(TransferError::Io { path, source }) if path == src => {
+            Err(TransferError::Io { path, source }) if path == src && failed.is_none() => {
                 tracing::debug!(path = %path.display(), "cannot copy from it ({source}); fetching");
-                placed.push(place(t, c, item, cancel).await?);
+                place(t, c, item, cancel).await
             }
-            Err(TransferError::Refused { path, message }) if path == src => {
+            Err(TransferError::Refused { path, message }) if path == src && failed.is_none() => {
                 tracing::debug!(path = %path.display(), "{message}");
-                placed.push(place(t, c, item, cancel).await?);
+                place(t, c, item, cancel).await
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
+        };
+        match placed {
+            Ok((item, stat)) => {
+                if let Some(sink) = record {
+                    sink.record(&item.dest, stat, item.hash).await;
+                }
+            }
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
         }
     }
-    if cancel.is_cancelled() {
-        return Err(Cancelled.into());
+    match failed {
+        Some(e) => Err(e),
+        None if cancel.is_cancelled() => Err(Cancelled.into()),
+        None => Ok(()),
     }
-    Ok(placed)
 }
 
 /// Fetches `item` from the store, unless another job of the daemon is fetching the same
@@ -695,14 +701,22 @@ mod tests {
             ..item.clone()
         };
         let work = vec![(src, item), (dir.path().join("gone"), third)];
-        let placed = copy_all_into(&t, &c, work, &CancellationToken::new())
+        let cache_dir = dir.path().join("hash-cache");
+        let open = || crate::hash::cache::HashCache::open(&cache_dir).unwrap();
+        let recorder = crate::hash::recorder::CacheRecorder::start(open()).unwrap();
+        let sink = recorder.sink();
+        copy_all_into(&t, &c, work, Some(&sink), &CancellationToken::new())
             .await
             .unwrap();
-        let dests: Vec<_> = placed.iter().map(|(p, _)| p.dest.clone()).collect();
-        assert_eq!(dests, [dest.clone(), dir.path().join("third")]);
-        for (placed, stat) in &placed {
-            assert_eq!(std::fs::read(&placed.dest).unwrap(), data);
-            assert_eq!(stat.size, data.len() as u64);
+        tokio::task::spawn_blocking(move || recorder.finish())
+            .await
+            .unwrap();
+        for placed in [dest, dir.path().join("third")] {
+            assert_eq!(std::fs::read(&placed).unwrap(), data);
+            // Recorded with the stat of the file the fetch made.
+            let stat = FileStat::of(&std::fs::metadata(&placed).unwrap());
+            let key = placed.as_os_str().as_bytes();
+            assert_eq!(open().lookup(key, &stat).unwrap(), Some(hash), "{placed:?}");
         }
         assert_eq!(c.objects.load(Relaxed), 2, "both fetched from the store");
         assert_eq!(c.copied_files.load(Relaxed), 0);
