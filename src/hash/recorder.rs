@@ -189,6 +189,16 @@ fn commit(cache: &HashCache, batch: &mut Vec<Owned>) {
 mod tests {
     use super::*;
 
+    fn a_stat() -> FileStat {
+        FileStat {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: 4,
+            ctime_ns: 5,
+        }
+    }
+
     #[test]
     fn everything_sent_before_finish_is_committed() {
         let dir = tempfile::tempdir().unwrap();
@@ -229,13 +239,7 @@ mod tests {
         // for room forever.
         let (done_tx, done) = mpsc::channel();
         std::thread::spawn(move || {
-            let stat = FileStat {
-                dev: 1,
-                ino: 2,
-                size: 3,
-                mtime_ns: 4,
-                ctime_ns: 5,
-            };
+            let stat = a_stat();
             for i in 0..(QUEUED + 10) {
                 sink.record_blocking(Path::new(&format!("/d/f{i}")), stat.clone(), ContentHash(1));
             }
@@ -249,13 +253,7 @@ mod tests {
     fn a_detached_recorder_still_commits_what_it_was_sent() {
         let dir = tempfile::tempdir().unwrap();
         let rec = CacheRecorder::start(HashCache::open(dir.path()).unwrap()).unwrap();
-        let stat = FileStat {
-            dev: 1,
-            ino: 2,
-            size: 3,
-            mtime_ns: 4,
-            ctime_ns: 5,
-        };
+        let stat = a_stat();
         rec.sink()
             .record_blocking(Path::new("/d/f"), stat.clone(), ContentHash(9));
         rec.detach();
