@@ -106,29 +106,22 @@ impl RecordSink {
     /// `path` is absolute; `stat` is what the file looked like when its content was `hash`.
     /// Waits while [`QUEUED`] records are queued.
     pub async fn record(&self, path: &Path, stat: FileStat, hash: ContentHash) {
+        use std::os::unix::ffi::OsStrExt;
         // Closed only when the thread has finished: the record is dropped (the cache is an
         // optimization).
         if let Ok(permit) = self.room.acquire().await {
             permit.forget();
-            self.send(path, stat, hash);
+            let _ = self.tx.send(Msg::Record(Owned {
+                path: path.as_os_str().as_bytes().into(),
+                stat,
+                hash,
+            }));
         }
     }
 
     /// [`Self::record`] from a blocking thread.
     pub fn record_blocking(&self, path: &Path, stat: FileStat, hash: ContentHash) {
-        if let Ok(permit) = futures::executor::block_on(self.room.acquire()) {
-            permit.forget();
-            self.send(path, stat, hash);
-        }
-    }
-
-    fn send(&self, path: &Path, stat: FileStat, hash: ContentHash) {
-        use std::os::unix::ffi::OsStrExt;
-        let _ = self.tx.send(Msg::Record(Owned {
-            path: path.as_os_str().as_bytes().into(),
-            stat,
-            hash,
-        }));
+        futures::executor::block_on(self.record(path, stat, hash));
     }
 }
 

@@ -283,13 +283,12 @@ async fn copy_all_into(
                 t.progress.add_bytes(item.size);
                 Ok((item, stat))
             }
-            // The source side failed: the object is fetched into this file.
-            Err(TransferError::Io { path, source }) if path == src && failed.is_none() => {
-                tracing::debug!(path = %path.display(), "cannot copy from it ({source}); fetching");
-                place(t, c, item, cancel).await
-            }
-            Err(TransferError::Refused { path, message }) if path == src && failed.is_none() => {
-                tracing::debug!(path = %path.display(), "{message}");
+            // The source side failed (unreadable, changed, gone): the object is fetched into
+            // this file instead.
+            Err(TransferError::Io { path, .. } | TransferError::Refused { path, .. })
+                if path == src && failed.is_none() =>
+            {
+                tracing::debug!(path = %path.display(), "cannot copy from it; fetching");
                 place(t, c, item, cancel).await
             }
             Err(e) => Err(e),
@@ -679,7 +678,7 @@ mod tests {
         let t = crate::jobs::setup::transfer_for(
             &format!("file://{}", store.display()),
             &s,
-            Arc::new(super::super::limiter::Bandwidth::new(&s.bandwidth)),
+            Arc::new(crate::transfer::limiter::Bandwidth::new(&s.bandwidth)),
             Arc::default(),
         )
         .await
