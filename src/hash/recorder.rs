@@ -73,8 +73,8 @@ impl CacheRecorder {
             .spawn({
                 let room = room.clone();
                 move || {
-                    record_all(&cache, &rx, &room);
-                    room.close();
+                    let room = CloseOnDrop(room);
+                    record_all(&cache, &rx, &room.0);
                 }
             })?;
         Ok(CacheRecorder {
@@ -122,6 +122,16 @@ impl RecordSink {
     /// [`Self::record`] from a blocking thread.
     pub fn record_blocking(&self, path: &Path, stat: FileStat, hash: ContentHash) {
         futures::executor::block_on(self.record(path, stat, hash));
+    }
+}
+
+/// Closes the queue however the thread ends, a panic included: a sender waiting for room
+/// then goes on (its record dropped) instead of waiting for a thread that is gone.
+struct CloseOnDrop(Arc<Semaphore>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -240,6 +250,20 @@ mod tests {
         });
         done.recv_timeout(Duration::from_secs(10))
             .expect("a sender waited for a recorder that had ended");
+    }
+
+    #[test]
+    fn a_recorder_thread_that_panics_still_closes_the_queue() {
+        let room = Arc::new(Semaphore::new(0));
+        let guard = CloseOnDrop(room.clone());
+        let ended = std::thread::spawn(move || {
+            let _guard = guard;
+            panic!("a commit panicked");
+        })
+        .join();
+        assert!(ended.is_err());
+        // No room left and no thread to make any: a sender must not wait.
+        assert!(futures::executor::block_on(room.acquire()).is_err());
     }
 
     #[test]

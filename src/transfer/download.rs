@@ -722,6 +722,98 @@ mod tests {
         assert_eq!(c.files.load(Relaxed), 2);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_download_cancelled_during_its_copies_leaves_whole_recorded_files_only() {
+        use crate::config::Settings;
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let data = b"one content for every file ".repeat(40);
+        let hash = ContentHash::of(&data);
+        let key = store.join(data_key("", hash));
+        std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+        std::fs::write(&key, &data).unwrap();
+        let mut s = Settings::default();
+        s.cache.dir = dir.path().join("cache");
+        let t = crate::jobs::setup::transfer_for(
+            &format!("file://{}", store.display()),
+            &s,
+            Arc::new(crate::transfer::limiter::Bandwidth::new(&s.bandwidth)),
+            Arc::default(),
+        )
+        .await
+        .unwrap();
+        // One object, fetched once; every other file is a copy of the first.
+        const FILES: usize = 20_000;
+        let root = dir.path().join("out");
+        for d in 0..20 {
+            std::fs::create_dir_all(root.join(format!("d{d:02}"))).unwrap();
+        }
+        let items: Vec<_> = (0..FILES)
+            .map(|i| DownloadItem {
+                mtime_us: 1_700_000_000_000_000,
+                ..item(
+                    &format!("d{:02}/f{i:05}", i % 20),
+                    data.len() as u64,
+                    hash.0,
+                )
+            })
+            .collect();
+        let cache_dir = dir.path().join("hash-cache");
+        let open = || crate::hash::cache::HashCache::open(&cache_dir).unwrap();
+        let recorder = crate::hash::recorder::CacheRecorder::start(open()).unwrap();
+        let cancel = CancellationToken::new();
+        // Cancel once the copies are under way (the first file is the fetch).
+        let watcher = tokio::spawn({
+            let (progress, cancel) = (t.progress.clone(), cancel.clone());
+            async move {
+                while progress.snapshot().files_done < 200 {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                cancel.cancel();
+            }
+        });
+        let got = download_all(t, &root, items, Some(recorder.sink()), &cancel).await;
+        watcher.await.unwrap();
+        assert!(
+            matches!(got, Err(TransferError::Cancelled(_))),
+            "{:?}",
+            got.map(|r| r.files)
+        );
+        let placed = |root: &Path| -> Vec<PathBuf> {
+            let mut all = Vec::new();
+            for d in std::fs::read_dir(root).unwrap() {
+                for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+                    all.push(f.unwrap().path());
+                }
+            }
+            all
+        };
+        let files = placed(&root);
+        assert!(
+            files.len() > 1 && files.len() < FILES,
+            "cancelled after {} of {FILES} files",
+            files.len()
+        );
+        // Nothing goes on once the download has returned.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(placed(&root).len(), files.len());
+        tokio::task::spawn_blocking(move || recorder.finish())
+            .await
+            .unwrap();
+        let cache = open();
+        for f in &files {
+            let name = f.file_name().unwrap().to_str().unwrap();
+            assert!(
+                name.starts_with('f') && name.len() == 6,
+                "left behind: {f:?}"
+            );
+            assert_eq!(std::fs::read(f).unwrap(), data, "{f:?}");
+            let stat = FileStat::of(&std::fs::metadata(f).unwrap());
+            let key = f.as_os_str().as_bytes();
+            assert_eq!(cache.lookup(key, &stat).unwrap(), Some(hash), "{f:?}");
+        }
+    }
+
     #[test]
     fn copies_of_small_files_are_batched_and_a_large_one_goes_alone() {
         let mut items: Vec<_> = (0..40).map(|i| item(&format!("s{i:02}"), 10, 1)).collect();
