@@ -663,18 +663,15 @@ mod tests {
         assert_eq!(copies, [("d", "a"), ("g", "c"), ("h", "b")]);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_copy_whose_source_no_longer_has_the_content_fetches_the_object_instead() {
-        use crate::config::Settings;
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
-        let data = b"the object's content".repeat(100);
-        let hash = ContentHash::of(&data);
+    /// A transfer to a file:// store under `dir` that holds one object, `data`.
+    async fn store_holding(dir: &Path, data: &[u8]) -> (Arc<Transfer>, ContentHash) {
+        let store = dir.join("store");
+        let hash = ContentHash::of(data);
         let key = store.join(data_key("", hash));
         std::fs::create_dir_all(key.parent().unwrap()).unwrap();
-        std::fs::write(&key, &data).unwrap();
-        let mut s = Settings::default();
-        s.cache.dir = dir.path().join("cache");
+        std::fs::write(&key, data).unwrap();
+        let mut s = crate::config::Settings::default();
+        s.cache.dir = dir.join("cache");
         let t = crate::jobs::setup::transfer_for(
             &format!("file://{}", store.display()),
             &s,
@@ -683,6 +680,14 @@ mod tests {
         )
         .await
         .unwrap();
+        (t, hash)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_whose_source_no_longer_has_the_content_fetches_the_object_instead() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"the object's content".repeat(100);
+        let (t, hash) = store_holding(dir.path(), &data).await;
         // The first file with that content was changed after it was placed.
         let src = dir.path().join("first");
         std::fs::write(&src, b"edited since").unwrap();
@@ -724,24 +729,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_download_cancelled_during_its_copies_leaves_whole_recorded_files_only() {
-        use crate::config::Settings;
         let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
         let data = b"one content for every file ".repeat(40);
-        let hash = ContentHash::of(&data);
-        let key = store.join(data_key("", hash));
-        std::fs::create_dir_all(key.parent().unwrap()).unwrap();
-        std::fs::write(&key, &data).unwrap();
-        let mut s = Settings::default();
-        s.cache.dir = dir.path().join("cache");
-        let t = crate::jobs::setup::transfer_for(
-            &format!("file://{}", store.display()),
-            &s,
-            Arc::new(crate::transfer::limiter::Bandwidth::new(&s.bandwidth)),
-            Arc::default(),
-        )
-        .await
-        .unwrap();
+        let (t, hash) = store_holding(dir.path(), &data).await;
         // One object, fetched once; every other file is a copy of the first.
         const FILES: usize = 20_000;
         let root = dir.path().join("out");
