@@ -42,20 +42,52 @@ fn write_atomic_inner(
         write(&mut w)?;
         return w.flush();
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = temp_file_in(dir, ".attache-tmp-", "")?;
-    let mut w = std::io::BufWriter::new(tmp.as_file());
+    let tmp = AtomicFile::create(path)?;
+    let mut w = std::io::BufWriter::new(tmp.file());
     write(&mut w)?;
     w.flush()?;
     drop(w);
-    if sync {
-        tmp.as_file().sync_data()?;
+    tmp.commit(sync)
+}
+
+/// A file written under a temporary name beside its path and renamed to it only by
+/// [`AtomicFile::commit`]: readers see the old file or the whole new one. Dropped without a
+/// commit (an error, a cancel), the temporary file is removed.
+pub struct AtomicFile {
+    path: std::path::PathBuf,
+    tmp: tempfile::NamedTempFile,
+}
+
+impl AtomicFile {
+    /// Starts the file that will be `path` (its directory must exist).
+    pub fn create(path: &Path) -> std::io::Result<AtomicFile> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            tmp: temp_file_in(dir, ".attache-tmp-", "")?,
+        })
     }
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+
+    pub fn file(&self) -> &std::fs::File {
+        self.tmp.as_file()
+    }
+
+    /// The name it gets on commit.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Gives the file its name; with `sync`, once its data is on the disk.
+    pub fn commit(self, sync: bool) -> std::io::Result<()> {
+        if sync {
+            self.tmp.as_file().sync_data()?;
+        }
+        self.tmp.persist(&self.path).map_err(|e| e.error)?;
+        Ok(())
+    }
 }
 
 /// Writes every byte of `bufs`, in order, at `offset` (`pwritev`: one system call for many

@@ -6,7 +6,7 @@ mod encode;
 mod ops;
 pub mod path;
 
-pub use decode::{DecodeError, decode};
+pub use decode::{DecodeError, ReadError, decode, decode_from};
 pub use ops::{ManifestDiff, diff, merge};
 pub use path::{ManifestPath, PathError, PathRules};
 
@@ -113,7 +113,7 @@ impl Manifest {
     }
 }
 
-pub use encode::EncodeError;
+pub use encode::{EncodeError, ManifestWriter};
 
 /// A string as Python's `json.dumps(s)` writes it (quoted, ASCII-only escapes): the form of
 /// the `asset-root-json` metadata.

@@ -46,17 +46,6 @@ impl ObjectInfo {
     }
 }
 
-/// Reads a whole (small) object, such as a manifest, into memory.
-pub async fn read_object(store: &dyn ObjectStore, key: &str) -> Result<Bytes, StoreError> {
-    use futures::StreamExt;
-    let mut obj = store.get(key, None).await?;
-    let mut out = bytes::BytesMut::with_capacity(obj.content_length as usize);
-    while let Some(chunk) = obj.body.next().await {
-        out.extend_from_slice(&chunk?);
-    }
-    Ok(out.freeze())
-}
-
 /// Options of a single-request upload.
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {

@@ -109,7 +109,7 @@ async fn put_tree(root: &Path, s: &Settings) -> Result<PutReport, PutError> {
 
 async fn get_tree(m: &Manifest, dest: &Path, s: &Settings) -> Result<GetReport, TransferError> {
     let spec = GetSpec {
-        record_placed: true,
+        record: None,
         manifest: m.clone(),
         dest: dest.to_path_buf(),
         cache_dir: None,
@@ -462,8 +462,9 @@ async fn cancelling_a_many_file_download_returns_within_a_second_and_leaves_noth
     let dest = t.path().join("dest");
     let get_cache = t.path().join("get-cache");
     let cancel = CancellationToken::new();
+    let records = t.path().join("records");
     let spec = GetSpec {
-        record_placed: true,
+        record: Some(records.join("dest.manifest")),
         manifest: m.clone(),
         dest: dest.clone(),
         cache_dir: Some(get_cache.clone()),
@@ -491,6 +492,10 @@ async fn cancelling_a_many_file_download_returns_within_a_second_and_leaves_noth
         "temp files left: {:?}",
         leftovers(&dest)
     );
+    // The record of what is placed is written only for a whole download: neither it nor
+    // its temporary file is left.
+    let left: Vec<_> = std::fs::read_dir(&records).unwrap().collect();
+    assert!(left.is_empty(), "record files left: {left:?}");
     // Every file that is there is complete and correct.
     let mut present = Vec::new();
     for e in m.entries() {

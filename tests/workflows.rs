@@ -505,6 +505,61 @@ fn malicious_manifests_touch_nothing_outside_the_session_dir() {
     assert_eq!(std::fs::read(local.join("dup")).unwrap(), b"evil");
 }
 
+/// An input manifest is decoded as it streams in. One of 5,000 entries (half a MiB, many
+/// chunks) whose read is cut short is read again whole; one delivered with a flipped byte is
+/// refused as damaged, and nothing of it is placed.
+#[test]
+fn an_input_manifest_cut_short_is_read_again_and_a_damaged_one_is_refused() {
+    let f = Farm::new();
+    f.s3.write_object(
+        &format!("DeadlineCloud/Data/{}.xxh128", ContentHash::of(b"frame")),
+        b"frame",
+    );
+    let entries: Vec<String> = (0..5_000)
+        .map(|i| entry(&format!("shot/f{i:05}.exr"), "frame"))
+        .collect();
+    let text = format!(
+        r#"{{"hashAlg":"xxh128","manifestVersion":"2023-03-03","paths":[{}],"totalSize":25000}}"#,
+        entries.join(",")
+    );
+    let att = job_with_manifest(&f, text.as_bytes(), true);
+    let local =
+        |session: &Path| session.join(attache::jobs::attachments::asset_root_dir_name("/proj"));
+    let sync = |session: &Path| {
+        run(f
+            .attache("w")
+            .arg("sync-inputs")
+            .arg("--attachments")
+            .arg(&att)
+            .arg("--session-dir")
+            .arg(session))
+    };
+    f.s3.faults
+        .only_for(|m, k| m.as_str() == "GET" && k.contains("/Manifests/"));
+
+    f.s3.faults.cut_get_body_next(1);
+    let session = f.path("session");
+    let (code, _, err) = sync(&session);
+    assert_eq!(code, 0, "{err}");
+    let shot = local(&session).join("shot");
+    assert_eq!(std::fs::read_dir(&shot).unwrap().count(), 5_000);
+    assert_eq!(std::fs::read(shot.join("f04999.exr")).unwrap(), b"frame");
+    let manifest_gets =
+        f.s3.stats
+            .requests_matching(|r| r.is_get() && r.key.contains("/Manifests/"));
+    assert_eq!(manifest_gets, 2, "the cut read and the one after it");
+
+    f.s3.faults.corrupt_get_body_next(1);
+    let session = f.path("session2");
+    let (code, _, err) = sync(&session);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the manifest was changed or damaged"), "{err}");
+    assert!(
+        !local(&session).join("shot").exists(),
+        "placed files of a damaged manifest"
+    );
+}
+
 #[test]
 fn dry_run_submit_writes_nothing() {
     let f = Farm::new();

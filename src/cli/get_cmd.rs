@@ -55,7 +55,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
     );
     let settings = ctx.settings.clone();
     let spec = GetSpec {
-        record_placed: false,
+        record: None,
         manifest,
         dest: args.dest.clone(),
         cache_dir: settings

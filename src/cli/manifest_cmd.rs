@@ -1,5 +1,6 @@
 //! `attache manifest cat|diff|verify`.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use super::progress_bar::Bar;
 use super::{Context, flag, run_cancellable};
 use crate::config::Override;
 use crate::jobs::verify;
-use crate::manifest::{Manifest, ManifestEntry, decode, diff, merge};
+use crate::manifest::{Manifest, ManifestEntry, ReadError, decode_from, diff, merge};
 use crate::progress::Progress;
 
 #[derive(Debug, Subcommand)]
@@ -129,11 +130,18 @@ pub fn run(ctx: &Context, cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Reads and decodes a manifest file; errors name the file.
+/// Reads and decodes a manifest file as it is read; errors name the file.
 pub fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
-    decode(&bytes).with_context(|| format!("manifest {} is not usable", path.display()))
+    let file =
+        File::open(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    decode_from(file).map_err(|e| match e {
+        ReadError::Io(e) => {
+            anyhow::Error::new(e).context(format!("cannot read manifest {}", path.display()))
+        }
+        ReadError::Decode(e) => {
+            anyhow::Error::new(e).context(format!("manifest {} is not usable", path.display()))
+        }
+    })
 }
 
 fn cat(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {

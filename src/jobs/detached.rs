@@ -51,7 +51,8 @@ pub fn run_blocking<T: Send + 'static>(
     }
 }
 
-fn spawn(f: impl FnOnce() + Send + 'static) {
+/// Starts `f` on a thread nothing waits for.
+pub(super) fn spawn(f: impl FnOnce() + Send + 'static) {
     std::thread::Builder::new()
         .name("attache-detached".into())
         .spawn(f)

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::fetch_manifest::fetch_manifest;
 use super::get::{self, Conflict, GetReport, GetSpec};
-use super::sync_inputs::fetch_manifest;
 use crate::manifest::merge;
 use crate::store::layout::manifests_prefix;
 use crate::transfer::{Transfer, TransferError};
@@ -133,7 +133,7 @@ pub async fn run(
             .map(|(_, to)| to.clone())
             .unwrap_or_else(|| PathBuf::from(&root_path));
         let get_spec = GetSpec {
-            record_placed: false,
+            record: None,
             manifest: merge(manifests),
             dest: destination.clone(),
             cache_dir: spec.cache_dir.clone(),

@@ -16,10 +16,13 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Cancelled;
+use crate::fsutil::AtomicFile;
 use crate::hash::ContentHash;
 use crate::hash::cache::{HashCache, Snapshot, is_racy, now_ns};
 use crate::hash::recorder::{CacheRecorder, RecordSink};
-use crate::manifest::{Manifest, ManifestEntry, ManifestPath, PathRules};
+use crate::manifest::{
+    Manifest, ManifestEntry, ManifestPath, ManifestVersion, ManifestWriter, PathRules,
+};
 use crate::scan::FileStat;
 use crate::transfer::download::{DownloadItem, DownloadReport, download_all};
 use crate::transfer::{Transfer, TransferError};
@@ -32,10 +35,10 @@ pub struct GetSpec {
     pub conflict: Conflict,
     /// Refuse to start when the files to fetch do not fit on the destination's file system.
     pub check_space: bool,
-    /// Return what was placed at each path ([`GetReport::placed`]; sync-inputs records it).
-    /// Off, each entry's path moves into the plan: a million-entry `get` holds the paths
-    /// once.
-    pub record_placed: bool,
+    /// Write what is at each path once the get is done to this file (sync-inputs' record,
+    /// which output detection compares against; paths relative to the destination). It is
+    /// written as the plan goes and gets its name only when the whole download succeeded.
+    pub record: Option<PathBuf>,
 }
 
 /// What to do when a file with other content is already at a destination path.
@@ -82,10 +85,6 @@ pub struct GetReport {
     /// no mtime), nothing fetched.
     pub dry_run: bool,
     pub seconds: f64,
-    /// What is now at each path the manifest placed (paths relative to the destination):
-    /// the record output detection compares against.
-    #[serde(skip)]
-    pub placed: Vec<ManifestEntry>,
 }
 
 /// Plans and downloads `spec.manifest` into `spec.dest`.
@@ -120,7 +119,12 @@ pub async fn run(
         Some(r) => r.detach(),
         None => {}
     }
-    let (plan, download) = placed?;
+    let (mut plan, download) = placed?;
+    if let Some(record) = plan.record.take() {
+        tokio::task::spawn_blocking(move || record.commit())
+            .await
+            .expect("committing the record panicked")?;
+    }
     Ok(GetReport {
         files,
         bytes,
@@ -131,7 +135,6 @@ pub async fn run(
         download,
         dry_run,
         seconds: started.elapsed().as_secs_f64(),
-        placed: plan.placed,
     })
 }
 
@@ -153,7 +156,7 @@ async fn plan_and_download(
     let mut plan = {
         let dest = dest.clone();
         let (manifest, cache_dir, conflict) = (spec.manifest, spec.cache_dir, spec.conflict);
-        let (record, sink, cancel) = (spec.record_placed, sink.clone(), cancel.clone());
+        let (record, sink, cancel) = (spec.record, sink.clone(), cancel.clone());
         let dry_run = transfer.dry_run;
         tokio::task::spawn_blocking(move || {
             plan(
@@ -161,7 +164,7 @@ async fn plan_and_download(
                 &dest,
                 cache_dir.as_deref(),
                 sink.as_ref(),
-                (conflict, record, dry_run),
+                (conflict, record.as_deref(), dry_run),
                 &cancel,
             )
         })
@@ -223,18 +226,56 @@ struct Plan {
     skipped: (u64, u64),
     /// Files with other content that the download replaces (`Conflict::Overwrite`).
     replaced: u64,
-    placed: Vec<ManifestEntry>,
+    /// The record of what each path will hold, written as the plan went.
+    record: Option<PlacedRecord>,
 }
 
-/// Decides, per entry, what to fetch and where. Creates directories.
-/// Consumes the manifest: its entries move into the placed record rather than being copied
-/// (a million-entry manifest is held once, not twice).
+/// sync-inputs' record of what is at each path, written entry by entry as the plan decides,
+/// so a million entries are not held beside the plan until the download ends. Dropped
+/// without a commit (a failed or cancelled download), it leaves nothing.
+struct PlacedRecord {
+    file: AtomicFile,
+    writer: ManifestWriter<std::fs::File>,
+}
+
+impl PlacedRecord {
+    fn create(path: &Path) -> std::io::Result<PlacedRecord> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = AtomicFile::create(path)?;
+        let writer = ManifestWriter::new(file.file().try_clone()?, ManifestVersion::V2023_03_03);
+        Ok(PlacedRecord { file, writer })
+    }
+
+    fn push(&mut self, e: &ManifestEntry) -> Result<(), TransferError> {
+        self.writer
+            .push(e)
+            .map_err(TransferError::io(self.file.path()))
+    }
+
+    /// Names the record, once its data is on the disk.
+    fn commit(self) -> Result<(), TransferError> {
+        let path = self.file.path().to_path_buf();
+        if self.writer.entries() == 0 {
+            return Ok(()); // nothing placed, nothing to compare against
+        }
+        self.writer
+            .finish()
+            .and_then(|_| self.file.commit(true))
+            .map_err(TransferError::io(&path))
+    }
+}
+
+/// Decides, per entry, what to fetch and where. Creates directories. Consumes the manifest:
+/// each entry goes to the record (if any) and its path moves into the plan, so a
+/// million-entry manifest is held once, not twice.
 fn plan(
     manifest: Manifest,
     dest: &Path,
     cache_dir: Option<&Path>,
     sink: Option<&RecordSink>,
-    (conflict, record, dry_run): (Conflict, bool, bool),
+    (conflict, record_to, dry_run): (Conflict, Option<&Path>, bool),
     cancel: &CancellationToken,
 ) -> Result<Plan, TransferError> {
     if !dry_run {
@@ -253,14 +294,16 @@ fn plan(
         unchanged_read: 0,
         skipped: (0, 0),
         replaced: 0,
-        placed: Vec::new(),
+        record: match record_to {
+            Some(path) if !dry_run => {
+                Some(PlacedRecord::create(path).map_err(TransferError::io(path))?)
+            }
+            _ => None,
+        },
     };
-    // In place: the entries become the placed record (sync-inputs) without a second list; a
-    // plain get moves each path into the plan instead.
-    let mut entries = manifest.into_entries();
-    for e in entries.iter_mut() {
-        // A plain get moves the path's bytes into the plan when they are the POSIX bytes
-        // (valid UTF-8: nearly every path); a recorded one keeps them for the record.
+    for mut e in manifest.into_entries() {
+        // The path's POSIX bytes: the manifest's own when they are (valid UTF-8: nearly every
+        // path), which then move into the plan without a copy.
         let converted: Option<Box<[u8]>> = match e.path.to_posix_bytes() {
             Err(err) => {
                 return Err(TransferError::Refused {
@@ -268,14 +311,13 @@ fn plan(
                     message: err.to_string(),
                 });
             }
-            Ok(Cow::Borrowed(_)) if !record => None,
-            Ok(bytes) => Some(bytes.into()),
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(bytes)) => Some(bytes.into()),
         };
-        let mut rel = match converted {
-            Some(bytes) => bytes,
-            None => std::mem::take(&mut e.path).into_wtf8(),
-        };
-        let mut path = dest.join(OsStr::from_bytes(&rel));
+        let mut path = dest.join(OsStr::from_bytes(
+            converted.as_deref().unwrap_or(e.path.as_wtf8()),
+        ));
+        let mut copy_rel: Option<Box<[u8]>> = None;
         if let Some(parent) = path.parent() {
             make_dirs(dest, parent, &mut made, !dry_run)?;
         }
@@ -298,6 +340,9 @@ fn plan(
                 if !dry_run {
                     fix_mtime(&path, &meta, mtime_us);
                 }
+                if let Some(r) = p.record.as_mut() {
+                    r.push(&e)?;
+                }
                 continue;
             }
             Some((InPlace::No, existing)) => match conflict {
@@ -309,18 +354,27 @@ fn plan(
                     let stat = FileStat::of(&existing);
                     e.size = stat.size;
                     e.mtime_us = ManifestEntry::mtime_us_from_ns(stat.mtime_ns);
+                    if let Some(r) = p.record.as_mut() {
+                        r.push(&e)?;
+                    }
                     continue;
                 }
                 Conflict::CreateCopy => {
                     path = free_copy_name(&path);
                     let copy = path.strip_prefix(dest).expect("beside the original");
-                    rel = copy.as_os_str().as_bytes().into();
-                    if record {
-                        e.path = ManifestPath::from_posix_bytes(&rel);
-                    }
+                    let copy: Box<[u8]> = copy.as_os_str().as_bytes().into();
+                    e.path = ManifestPath::from_posix_bytes(&copy);
+                    copy_rel = Some(copy);
                 }
             },
         }
+        if let Some(r) = p.record.as_mut() {
+            r.push(&e)?;
+        }
+        let rel = match copy_rel.or(converted) {
+            Some(bytes) => bytes,
+            None => e.path.into_wtf8(),
+        };
         p.items.push(DownloadItem {
             hash,
             size,
@@ -329,9 +383,6 @@ fn plan(
         });
     }
     drop(snapshot);
-    if record {
-        p.placed = entries;
-    }
     Ok(p)
 }
 
@@ -517,7 +568,7 @@ mod tests {
             t.path(),
             None,
             None,
-            (Conflict::Overwrite, false, false),
+            (Conflict::Overwrite, None, false),
             &cancel,
         );
         assert!(
@@ -542,5 +593,65 @@ mod tests {
             crate::hash::cache::RACY_WINDOW_NS as u64 + 100_000_000,
         ));
         assert!(recorded_after_check(&path, b"in place", &cache));
+    }
+
+    /// The plan writes sync-inputs' record as it goes: the manifest's entry for each file in
+    /// place or to fetch, what is there for a file left alone, the new name of a copy. The
+    /// record is named only on commit.
+    #[test]
+    fn the_record_says_what_each_path_holds_and_is_named_only_on_commit() {
+        let entry = |path: &str, content: &[u8]| ManifestEntry {
+            path: ManifestPath::from_posix_bytes(path.as_bytes()),
+            hash: ContentHash::of(content),
+            size: content.len() as u64,
+            mtime_us: 1_700_000_000_000_000,
+        };
+        let manifest = Manifest::new(vec![
+            entry("new", b"fetched"),
+            entry("other.txt", b"the manifest's"),
+            entry("same", b"in place"),
+        ]);
+        for conflict in [Conflict::Skip, Conflict::CreateCopy] {
+            let t = tempfile::tempdir().unwrap();
+            let dest = t.path().join("dest");
+            std::fs::create_dir_all(&dest).unwrap();
+            std::fs::write(dest.join("same"), b"in place").unwrap();
+            std::fs::write(dest.join("other.txt"), b"X").unwrap();
+            let record = t.path().join("records/r.manifest");
+            let mut p = plan(
+                manifest.clone(),
+                &dest,
+                None,
+                None,
+                (conflict, Some(record.as_path()), false),
+                &CancellationToken::new(),
+            )
+            .unwrap();
+            assert!(!record.exists(), "{conflict:?}: named before the download");
+            p.record.take().unwrap().commit().unwrap();
+            let got = crate::manifest::decode_from(std::fs::File::open(&record).unwrap())
+                .unwrap()
+                .into_entries();
+            let fetched: Vec<&[u8]> = p.items.iter().map(|i| &i.rel[..]).collect();
+            let left = FileStat::of(&std::fs::metadata(dest.join("other.txt")).unwrap());
+            let other = match conflict {
+                Conflict::Skip => {
+                    assert_eq!(fetched, [&b"new"[..]]);
+                    ManifestEntry {
+                        size: 1,
+                        mtime_us: ManifestEntry::mtime_us_from_ns(left.mtime_ns),
+                        ..entry("other.txt", b"the manifest's")
+                    }
+                }
+                _ => {
+                    assert_eq!(fetched, [&b"new"[..], &b"other (1).txt"[..]]);
+                    entry("other (1).txt", b"the manifest's")
+                }
+            };
+            let want = vec![entry("new", b"fetched"), other, entry("same", b"in place")];
+            assert_eq!(got, want, "{conflict:?}");
+            let names = std::fs::read_dir(t.path().join("records")).unwrap().count();
+            assert_eq!(names, 1, "{conflict:?}: a temporary file beside the record");
+        }
     }
 }

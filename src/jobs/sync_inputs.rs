@@ -8,12 +8,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::attachments::{Attachments, PathMappingRule, local_root};
-use super::detached;
+use super::fetch_manifest::fetch_manifest;
 use super::get::{self, Conflict, GetReport, GetSpec};
 use crate::hash::ContentHash;
-use crate::manifest::{Manifest, ManifestEntry, decode, merge};
+use crate::manifest::{Manifest, decode_from, merge};
 use crate::store::layout::manifests_prefix;
-use crate::store::read_object;
 use crate::transfer::{Transfer, TransferError};
 
 pub struct SyncInputsSpec {
@@ -47,38 +46,6 @@ pub fn record_path(session_dir: &Path, local_root: &Path) -> PathBuf {
         .join(".attache")
         .join("inputs")
         .join(format!("{id}.manifest"))
-}
-
-/// Reads a manifest object, checks it against the hash the job recorded, decodes it (which
-/// refuses unsafe paths).
-pub async fn fetch_manifest(
-    t: &Transfer,
-    key: &str,
-    expected: Option<&str>,
-    cancel: &CancellationToken,
-) -> Result<Manifest, TransferError> {
-    let bytes = t
-        .gate
-        .run(cancel, || read_object(t.store.as_ref(), key))
-        .await?;
-    // Checking and decoding a million entries takes a second or more: off the runtime's
-    // worker (the other transfers of a daemon go on), and a cancel does not wait for it.
-    let expected = expected.map(str::to_owned);
-    let checking = detached::run(cancel, move || -> Result<Manifest, String> {
-        if let Some(want) = expected {
-            let got = ContentHash::of(&bytes);
-            if !got.to_hex().eq_ignore_ascii_case(&want) {
-                return Err(format!(
-                    "manifest hash is {got}, the job says {want}: the manifest was changed or damaged"
-                ));
-            }
-        }
-        decode(&bytes).map_err(|e| format!("manifest is not usable: {e}"))
-    });
-    checking.await?.map_err(|message| TransferError::Refused {
-        path: PathBuf::from(key),
-        message,
-    })
 }
 
 pub async fn run(
@@ -128,22 +95,16 @@ pub async fn run(
         let count = manifests.len();
         let merged = merge(manifests);
         let get_spec = GetSpec {
-            record_placed: true,
+            // What is placed, for output detection: written as get plans (a million-entry
+            // record is over 100 MiB), named once every file is in place.
+            record: Some(record_path(&spec.session_dir, &local)),
             manifest: merged,
             dest: local.clone(),
             cache_dir: spec.cache_dir.clone(),
             conflict: spec.conflict,
             check_space: true,
         };
-        let mut report = get::run(get_spec, transfer.clone(), cancel).await?;
-        // Off the runtime's worker: a million-entry record is over 100 MiB to write.
-        let placed = std::mem::take(&mut report.placed);
-        let (session_dir, at) = (spec.session_dir.clone(), local.clone());
-        if !transfer.dry_run {
-            tokio::task::spawn_blocking(move || write_record(&session_dir, &at, placed))
-                .await
-                .expect("writing the sync record panicked")?;
-        }
+        let report = get::run(get_spec, transfer.clone(), cancel).await?;
         synced.push(SyncedRoot {
             root_path: props.root_path.clone(),
             local_root: local,
@@ -158,27 +119,8 @@ pub async fn run(
     })
 }
 
-/// Saves what was placed under `local` as a manifest (the codec keeps any file name exact).
-fn write_record(
-    session_dir: &Path,
-    local: &Path,
-    placed: Vec<ManifestEntry>,
-) -> Result<(), TransferError> {
-    if placed.is_empty() {
-        return Ok(());
-    }
-    let path = record_path(session_dir, local);
-    let record = Manifest::new(placed);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(TransferError::io(dir))?;
-    }
-    // Streamed: the encoded record of a million entries is over 100 MiB.
-    crate::fsutil::write_atomic_with(&path, |w| record.encode_to(w))
-        .map_err(TransferError::io(&path))
-}
-
 /// The record sync-inputs left for `local`, if any.
 pub fn read_record(session_dir: &Path, local: &Path) -> Option<Manifest> {
-    let bytes = std::fs::read(record_path(session_dir, local)).ok()?;
-    decode(&bytes).ok()
+    let file = std::fs::File::open(record_path(session_dir, local)).ok()?;
+    decode_from(file).ok()
 }

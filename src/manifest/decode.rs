@@ -4,6 +4,12 @@
 //! official client writes for non-UTF-8 POSIX names. Strict about what attache relies on
 //! (required keys, types, version, hash algorithm, safe paths); lenient about unknown keys
 //! and white space, as the official decoder is.
+//!
+//! Streaming: the document is read in 64 KiB chunks and the bytes of entries already decoded
+//! are let go of, so a million-entry manifest (116 MiB of JSON) is never held whole beside
+//! its entries.
+
+use std::io::{self, Read};
 
 use super::path::{ManifestPath, PathError, PathRules, push_code_point};
 use super::{HASH_ALG, Manifest, ManifestEntry, ManifestVersion};
@@ -41,10 +47,37 @@ pub enum DecodeError {
     NoPaths,
 }
 
-/// Decodes a manifest, validating every path against this platform's rules.
+/// Why a manifest could not be read from a file or stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read the manifest: {0}")]
+    Io(#[source] io::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Decodes a manifest held in memory, validating every path against this platform's rules.
 pub fn decode(bytes: &[u8]) -> Result<Manifest, DecodeError> {
-    let mut p = Parser { b: bytes, i: 0 };
-    let doc = p.document()?;
+    decode_from(bytes).map_err(|e| match e {
+        ReadError::Decode(e) => e,
+        ReadError::Io(e) => unreachable!("reading a byte slice cannot fail: {e}"),
+    })
+}
+
+/// Decodes a manifest as it is read from `src`, validating every path against this
+/// platform's rules. Memory: the entries, and the read-ahead of one entry.
+pub fn decode_from(src: impl Read) -> Result<Manifest, ReadError> {
+    let mut p = Parser::new(src);
+    let doc = p.document();
+    // A failed read ends the input early; report it, not the syntax error it leads to.
+    if let Some(e) = p.read_error.take() {
+        return Err(ReadError::Io(e));
+    }
+    Ok(check(doc?)?)
+}
+
+/// The document's header checked and its entries made a manifest.
+fn check(doc: Document) -> Result<Manifest, DecodeError> {
     let version = match (doc.manifest_version, doc.specification_version) {
         (Some(v), _) if v == ManifestVersion::V2023_03_03.as_str() => ManifestVersion::V2023_03_03,
         (Some(v), _) | (None, Some(v)) => return Err(DecodeError::UnsupportedVersion(v)),
@@ -86,9 +119,22 @@ struct Document {
 /// Unknown values may nest; cap the depth so a hostile document cannot overflow the stack.
 const MAX_DEPTH: usize = 64;
 
-struct Parser<'a> {
-    b: &'a [u8],
+/// Bytes asked of the source at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+struct Parser<R> {
+    src: R,
+    /// What has been read of the document and not let go of yet; `i` indexes it. It only
+    /// grows while a value is parsed, so indices into it stay valid until [`Parser::let_go`].
+    buf: Vec<u8>,
     i: usize,
+    /// Bytes of the document before `buf[0]`, for error offsets.
+    base: usize,
+    /// Where reads land before they join `buf` (reading into `buf` itself would mean zeroing
+    /// its spare room first, for every read however short).
+    scratch: Box<[u8]>,
+    at_end: bool,
+    read_error: Option<io::Error>,
 }
 
 enum Number {
@@ -96,7 +142,19 @@ enum Number {
     Other,
 }
 
-impl Parser<'_> {
+impl<R: Read> Parser<R> {
+    fn new(src: R) -> Self {
+        Parser {
+            src,
+            buf: Vec::with_capacity(2 * READ_CHUNK),
+            i: 0,
+            base: 0,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+            at_end: false,
+            read_error: None,
+        }
+    }
+
     fn document(&mut self) -> Result<Document, DecodeError> {
         let mut doc = Document::default();
         self.object(|p, key| {
@@ -121,7 +179,7 @@ impl Parser<'_> {
             }
         })?;
         self.ws();
-        if self.i != self.b.len() {
+        if self.peek().is_some() {
             return Err(self.syntax("unexpected data after the manifest object"));
         }
         Ok(doc)
@@ -145,6 +203,7 @@ impl Parser<'_> {
         }
         loop {
             let index = entries.len();
+            self.let_go();
             entries.push(self.entry(index)?);
             self.ws();
             match self.next_byte() {
@@ -249,19 +308,15 @@ impl Parser<'_> {
         let mut out = Vec::new();
         loop {
             let run_start = self.i;
-            while let Some(&c) = self.b.get(self.i) {
+            while let Some(c) = self.peek() {
                 if c == b'"' || c == b'\\' || c < 0x20 {
                     break;
                 }
                 self.i += 1;
             }
-            let run = &self.b[run_start..self.i];
+            let run = &self.buf[run_start..self.i];
             if std::str::from_utf8(run).is_err() {
-                return Err(Parser {
-                    b: self.b,
-                    i: run_start,
-                }
-                .syntax("string is not valid UTF-8"));
+                return Err(self.syntax_at(run_start, "string is not valid UTF-8"));
             }
             out.extend_from_slice(run);
             match self.next_byte() {
@@ -286,7 +341,7 @@ impl Parser<'_> {
             Some(b'u') => {
                 let unit = self.hex4()?;
                 let is_high = (0xD800..0xDC00).contains(&unit);
-                if is_high && self.b[self.i..].starts_with(b"\\u") {
+                if is_high && self.fill(2) && self.buf[self.i..].starts_with(b"\\u") {
                     let save = self.i;
                     self.i += 2;
                     let low = self.hex4()?;
@@ -306,8 +361,9 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32, DecodeError> {
+        self.fill(4);
         let digits = self
-            .b
+            .buf
             .get(self.i..self.i + 4)
             .ok_or_else(|| self.syntax("short \\u escape"))?;
         let text = std::str::from_utf8(digits).map_err(|_| self.syntax("bad \\u escape"))?;
@@ -332,13 +388,9 @@ impl Parser<'_> {
         }
         let int_start = self.i;
         self.digits();
-        let int_digits = &self.b[int_start..self.i];
+        let int_digits = &self.buf[int_start..self.i];
         if int_digits.is_empty() || (int_digits.len() > 1 && int_digits[0] == b'0') {
-            return Err(Parser {
-                b: self.b,
-                i: start,
-            }
-            .syntax("expected a number"));
+            return Err(self.syntax_at(start, "expected a number"));
         }
         let mut integral = true;
         if self.peek() == Some(b'.') {
@@ -358,7 +410,7 @@ impl Parser<'_> {
             }
             integral = false;
         }
-        let text = std::str::from_utf8(&self.b[start..self.i]).expect("ASCII digits");
+        let text = std::str::from_utf8(&self.buf[start..self.i]).expect("ASCII digits");
         Ok(match (integral, text.parse::<i128>()) {
             (true, Ok(v)) => Number::Int(v),
             _ => Number::Other,
@@ -407,7 +459,7 @@ impl Parser<'_> {
     }
 
     fn literal(&mut self, word: &[u8]) -> Result<(), DecodeError> {
-        if self.b[self.i..].starts_with(word) {
+        if self.fill(word.len()) && self.buf[self.i..].starts_with(word) {
             self.i += word.len();
             Ok(())
         } else {
@@ -421,8 +473,38 @@ impl Parser<'_> {
         }
     }
 
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
+    fn peek(&mut self) -> Option<u8> {
+        if self.i >= self.buf.len() && !self.fill(1) {
+            return None;
+        }
+        Some(self.buf[self.i])
+    }
+
+    /// Reads until `n` bytes from `i` on are held; false if the document ends (or its source
+    /// fails) first.
+    fn fill(&mut self, n: usize) -> bool {
+        while self.buf.len() < self.i + n && !self.at_end {
+            match self.src.read(&mut self.scratch) {
+                Ok(0) => self.at_end = true,
+                Ok(got) => self.buf.extend_from_slice(&self.scratch[..got]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.read_error = Some(e);
+                    self.at_end = true;
+                }
+            }
+        }
+        self.buf.len() >= self.i + n
+    }
+
+    /// Drops the bytes before `i` once they are a chunk's worth. Only between values: callers
+    /// hold indices into `buf` while they parse one.
+    fn let_go(&mut self) {
+        if self.i >= READ_CHUNK {
+            self.buf.drain(..self.i);
+            self.base += self.i;
+            self.i = 0;
+        }
     }
 
     fn next_byte(&mut self) -> Option<u8> {
@@ -434,8 +516,12 @@ impl Parser<'_> {
     }
 
     fn syntax(&self, message: &str) -> DecodeError {
+        self.syntax_at(self.i, message)
+    }
+
+    fn syntax_at(&self, i: usize, message: &str) -> DecodeError {
         DecodeError::Syntax {
-            offset: self.i,
+            offset: self.base + i,
             message: message.to_string(),
         }
     }
@@ -464,4 +550,117 @@ fn set_once<T>(
     }
     *slot = Some(parse(())?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands out at most `step` bytes per read, then fails with `fail` (if any) at `fail_at`.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        at: usize,
+        step: usize,
+        fail_at: Option<usize>,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let end = self.data.len().min(self.fail_at.unwrap_or(usize::MAX));
+            if self.at == end && self.fail_at.is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "connection reset",
+                ));
+            }
+            let n = out.len().min(self.step).min(end - self.at);
+            out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn trickle(data: &[u8], step: usize) -> Trickle<'_> {
+        Trickle {
+            data,
+            at: 0,
+            step,
+            fail_at: None,
+        }
+    }
+
+    /// `n` entries exercising every token kind: escapes (a surrogate pair, a lone surrogate),
+    /// unknown keys holding nested values, literals, fractions, white space.
+    fn awkward(n: usize) -> String {
+        let entries: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    "{{ \"hash\" : \"{:032x}\",\n\t\"extra\": [true, false, null, -1.5e3, {{\"k\": [\"v\\\"\"]}}],\r\n  \"mtime\": {i}, \"path\": \"d{}/f\\u00e9\\ud83d\\ude00\\udc80\\/{i:06}\", \"size\": {} }}",
+                    i * 7919,
+                    i % 10,
+                    i % 1000
+                )
+            })
+            .collect();
+        format!(
+            "{{\"other\": {{\"deep\": [[1], [2.0]]}}, \"hashAlg\": \"xxh128\", \"manifestVersion\": \"2023-03-03\",\n \"paths\": [{}], \"totalSize\": 1}}\n",
+            entries.join(",\n ")
+        )
+    }
+
+    #[test]
+    fn a_document_read_a_few_bytes_at_a_time_decodes_as_it_does_whole() {
+        // 2,000 entries: about 300 KiB, so the parser lets go of read bytes several times.
+        let doc = awkward(2_000);
+        assert!(doc.len() > 4 * READ_CHUNK);
+        let whole = decode(doc.as_bytes()).unwrap();
+        assert_eq!(whole.len(), 2_000);
+        // 1 byte: every refill boundary, inside escapes, literals and numbers; 7 and 4093:
+        // boundaries that fall elsewhere each time.
+        for step in [1, 7, 4093] {
+            let m = decode_from(trickle(doc.as_bytes(), step)).unwrap();
+            assert_eq!(m, whole, "{step} bytes per read");
+        }
+        let e = &whole.entries()[0];
+        assert_eq!(
+            e.path.as_wtf8(),
+            b"d0/f\xc3\xa9\xf0\x9f\x98\x80\xed\xb2\x80/000000"
+        );
+    }
+
+    #[test]
+    fn a_failing_source_is_reported_as_a_read_error_not_as_bad_json() {
+        let doc = awkward(2_000);
+        let src = Trickle {
+            fail_at: Some(doc.len() / 2),
+            ..trickle(doc.as_bytes(), 1000)
+        };
+        match decode_from(src) {
+            Err(ReadError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn syntax_errors_give_the_offset_in_the_whole_document() {
+        let doc = awkward(2_000);
+        // Break the last entry's opening brace, far past what the parser still holds.
+        let at = doc.rfind("{ \"hash\"").unwrap();
+        let mut bad = doc.into_bytes();
+        bad[at] = b'x';
+        match decode_from(trickle(&bad, 4093)) {
+            Err(ReadError::Decode(DecodeError::Syntax { offset, .. })) => assert_eq!(offset, at),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_parser_holds_a_few_chunks_however_long_the_document() {
+        let doc = awkward(20_000);
+        assert!(doc.len() > 2_000_000);
+        let mut p = Parser::new(doc.as_bytes());
+        let parsed = p.document().unwrap();
+        assert_eq!(parsed.paths.unwrap().len(), 20_000);
+        assert!(p.buf.capacity() <= 4 * READ_CHUNK, "{}", p.buf.capacity());
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use super::{HASH_ALG, Manifest};
+use super::{HASH_ALG, Manifest, ManifestEntry, ManifestVersion};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
@@ -17,40 +17,51 @@ pub(super) fn encode(m: &Manifest) -> Result<Vec<u8>, EncodeError> {
         return Err(EncodeError::Empty);
     }
     let mut out = Vec::with_capacity(96 + m.entries.len() * 120);
-    write_canonical(m, &mut out, usize::MAX, |_| Ok(())).expect("nothing to fail");
+    encode_to(m, &mut out).expect("writing into a Vec cannot fail");
     Ok(out)
 }
 
 /// Streams the canonical bytes into `w` in 64 KiB pieces, so a million-entry manifest is
 /// written without holding its 100+ MiB of JSON. An empty manifest is an error.
 pub(super) fn encode_to(m: &Manifest, w: &mut impl Write) -> std::io::Result<()> {
-    if m.entries.is_empty() {
-        return Err(std::io::Error::other(EncodeError::Empty));
+    let mut out = ManifestWriter::new(w, m.version);
+    for e in &m.entries {
+        out.push(e)?;
     }
-    const PIECE: usize = 64 << 10;
-    let mut out = Vec::with_capacity(PIECE + 4096);
-    write_canonical(m, &mut out, PIECE, |out| {
-        w.write_all(out)?;
-        out.clear();
-        Ok(())
-    })
+    out.finish().map(drop)
 }
 
-/// Appends the canonical bytes to `out`, handing it to `flush` whenever it holds `flush_at`
-/// bytes or more, and once at the end (`encode` keeps everything; `encode_to` writes it out).
-fn write_canonical(
-    m: &Manifest,
-    out: &mut Vec<u8>,
-    flush_at: usize,
-    mut flush: impl FnMut(&mut Vec<u8>) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    out.extend_from_slice(b"{\"hashAlg\":\"");
-    out.extend_from_slice(HASH_ALG.as_bytes());
-    out.extend_from_slice(b"\",\"manifestVersion\":\"");
-    out.extend_from_slice(m.version.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"paths\":[");
-    for (i, e) in m.entries.iter().enumerate() {
-        if i > 0 {
+/// Writes a manifest entry by entry, in 64 KiB pieces: the header, each entry as it comes,
+/// and `totalSize` at the end. Entries given in canonical order make the canonical bytes;
+/// attache also reads back any other order (decoding sorts), which its own records may use.
+pub struct ManifestWriter<W: Write> {
+    w: W,
+    out: Vec<u8>,
+    entries: u64,
+    total_size: u64,
+}
+
+const PIECE: usize = 64 << 10;
+
+impl<W: Write> ManifestWriter<W> {
+    pub fn new(w: W, version: ManifestVersion) -> Self {
+        let mut out = Vec::with_capacity(PIECE + 4096);
+        out.extend_from_slice(b"{\"hashAlg\":\"");
+        out.extend_from_slice(HASH_ALG.as_bytes());
+        out.extend_from_slice(b"\",\"manifestVersion\":\"");
+        out.extend_from_slice(version.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"paths\":[");
+        ManifestWriter {
+            w,
+            out,
+            entries: 0,
+            total_size: 0,
+        }
+    }
+
+    pub fn push(&mut self, e: &ManifestEntry) -> std::io::Result<()> {
+        let out = &mut self.out;
+        if self.entries > 0 {
             out.push(b',');
         }
         // Writing into a Vec cannot fail.
@@ -61,12 +72,31 @@ fn write_canonical(
         );
         write_string(out, e.path.code_points());
         let _ = write!(out, ",\"size\":{}}}", e.size);
-        if out.len() >= flush_at {
-            flush(out)?;
+        self.entries += 1;
+        self.total_size += e.size;
+        if out.len() >= PIECE {
+            self.w.write_all(out)?;
+            out.clear();
         }
+        Ok(())
     }
-    let _ = write!(out, "],\"totalSize\":{}}}", m.total_size());
-    flush(out)
+
+    /// Entries pushed so far.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Ends the document and hands back the writer, flushed. No entry is an error: the
+    /// official decoder rejects `"paths": []`.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        if self.entries == 0 {
+            return Err(std::io::Error::other(EncodeError::Empty));
+        }
+        let _ = write!(self.out, "],\"totalSize\":{}}}", self.total_size);
+        self.w.write_all(&self.out)?;
+        self.w.flush()?;
+        Ok(self.w)
+    }
 }
 
 /// Writes a JSON string with ASCII-only escaping: lowercase `\uXXXX` for every code point
