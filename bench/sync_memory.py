@@ -18,7 +18,9 @@ stalls every request.
 The manifest (31-byte paths over 300 small objects, like upload_scale_test's) is put in a
 file:// store on /dev/shm with its attachments JSON; both commands materialize it on tmpfs
 under GNU time (%M). Goal: peak RSS <= 64 MiB + 200 B x N. `sync-inputs` is then run again
-into the same session (the next task's sync: every input in place). Env: ATTACHE_BIN.
+into the same session (the next task's sync: every input in place), and `sync-outputs` of
+that session with the whole root as its output directory: once with no output (every file
+as placed), once after the task wrote one new file. Env: ATTACHE_BIN.
 """
 import json, os, subprocess, sys, shutil, hashlib
 CANCEL = "--cancel" in sys.argv
@@ -55,6 +57,8 @@ json.dump(att, open(f"{W}/att.json", "w"))
 print(f"manifest {len(data)/2**20:.0f} MiB, {N} entries; limit {(64*2**20 + 200*N)/2**20:.0f} MiB")
 SYNC = [A, "sync-inputs", "--store", store, "--cache-dir", f"{W}/c1", "--attachments", f"{W}/att.json", "--session-dir", f"{W}/sess", "-o", "/dev/null"]
 GET = [A, "get", "--store", store, "--cache-dir", f"{W}/c2", "--dest", f"{W}/out", f"{W}/big.manifest"]
+OUTPUTS = [A, "sync-outputs", "--store", store, "--cache-dir", f"{W}/c1", "--attachments", f"{W}/att.json", "--session-dir", f"{W}/sess", "-o", "/dev/null",
+           "--farm-id", "farm-1", "--queue-id", "queue-1", "--job-id", "job-1", "--step-id", "step-1", "--task-id", "task-1", "--session-action-id", "sessionaction-1"]
 def measure(name, args):
     r = subprocess.run(["/usr/bin/time", "-f", "%M %e %U %S", *args], env=env, capture_output=True, text=True)
     line = r.stderr.strip().splitlines()[-1]
@@ -109,10 +113,8 @@ if CANCEL:
     # sync-outputs over the whole materialized tree: reading sync-inputs' record of a million
     # entries, then scanning a million files against it.
     subprocess.run(SYNC, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    outputs = [A, "sync-outputs", "--store", store, "--cache-dir", f"{W}/c1", "--attachments", f"{W}/att.json", "--session-dir", f"{W}/sess", "-o", "/dev/null",
-               "--farm-id", "farm-1", "--queue-id", "queue-1", "--job-id", "job-1", "--step-id", "step-1", "--task-id", "task-1", "--session-action-id", "sessionaction-1"]
     for at in (0.2, 0.6, 1.5):
-        cancel_at("sync-outputs", outputs, at)
+        cancel_at("sync-outputs", OUTPUTS, at)
     subprocess.run(["cp", f"{W}/store/Manifests/{rel}", f"{W}/big.manifest"])
     subprocess.run(GET, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shutil.rmtree(f"{W}/c2")
@@ -122,6 +124,10 @@ if CANCEL:
 measure("sync-inputs", SYNC)
 # The next task's sync: every input already in place, known to the hash cache from the download.
 measure("sync-inputs again", SYNC)
+measure("sync-outputs, no output", OUTPUTS)
+root = next(d for d in os.listdir(f"{W}/sess") if d.startswith("assetroot-"))
+open(f"{W}/sess/{root}/shot00/new_output.exr", "wb").write(b"x" * 1000)
+measure("sync-outputs, one new file", OUTPUTS)
 shutil.rmtree(f"{W}/sess", ignore_errors=True)
 subprocess.run(["cp", f"{W}/store/Manifests/{rel}", f"{W}/big.manifest"])
 measure("get", GET)

@@ -123,23 +123,24 @@ pub fn scan_under(
     opts: ScanOptions,
     cancel: &CancellationToken,
 ) -> Result<ScanOutcome, ScanErrors> {
-    let mut outcome = scan(dir, opts, cancel)?;
+    scan_under_keeping(root, dir, opts, &|_| true, cancel)
+}
+
+/// Like [`scan_under`], keeping only the files `keep` accepts: the others are never held, so
+/// looking for the few changed files of a million-file tree costs memory for the few.
+pub fn scan_under_keeping(
+    root: &Path,
+    dir: &Path,
+    opts: ScanOptions,
+    keep: &(dyn Fn(&ScannedFile) -> bool + Sync),
+    cancel: &CancellationToken,
+) -> Result<ScanOutcome, ScanErrors> {
     let prefix = dir
         .strip_prefix(root)
         .expect("dir is under root")
         .as_os_str()
         .as_encoded_bytes();
-    if let ScanOutcome::Done(files) = &mut outcome
-        && !prefix.is_empty()
-    {
-        for f in files {
-            let mut rel = prefix.to_vec();
-            rel.push(b'/');
-            rel.extend_from_slice(&f.rel.to_posix_bytes().expect("scanned names"));
-            f.rel = ManifestPath::from_posix_bytes(&rel);
-        }
-    }
-    Ok(outcome)
+    walk(dir, prefix.to_vec(), opts, keep, cancel)
 }
 
 /// Sorts files by path and keeps one file per path (inputs may overlap).
@@ -153,6 +154,17 @@ pub fn dedup_by_path(files: &mut Vec<ScannedFile>) {
 pub fn scan(
     root: &Path,
     opts: ScanOptions,
+    cancel: &CancellationToken,
+) -> Result<ScanOutcome, ScanErrors> {
+    walk(root, Vec::new(), opts, &|_| true, cancel)
+}
+
+/// Walks `root`, naming files `rel_prefix/…`, keeping those `keep` accepts.
+fn walk(
+    root: &Path,
+    rel_prefix: Vec<u8>,
+    opts: ScanOptions,
+    keep: &(dyn Fn(&ScannedFile) -> bool + Sync),
     cancel: &CancellationToken,
 ) -> Result<ScanOutcome, ScanErrors> {
     let one = |e| ScanErrors(vec![e]);
@@ -178,13 +190,14 @@ pub fn scan(
         root,
         real_root: &real_root,
         opts,
+        keep,
         cancel,
         files: Mutex::new(Vec::new()),
         errors: Mutex::new(Vec::new()),
     };
     let top = DirTask {
         path: root.to_path_buf(),
-        rel: Vec::new(),
+        rel: rel_prefix,
         ancestors: vec![(meta.dev(), meta.ino())],
     };
     rayon::scope(|s| walker.walk_dir(s, top));
@@ -218,6 +231,7 @@ struct Walker<'a> {
     root: &'a Path,
     real_root: &'a Path,
     opts: ScanOptions,
+    keep: &'a (dyn Fn(&ScannedFile) -> bool + Sync),
     cancel: &'a CancellationToken,
     files: Mutex<Vec<ScannedFile>>,
     errors: Mutex<Vec<ScanError>>,
@@ -265,10 +279,15 @@ impl<'a> Walker<'a> {
                 }
             };
             match self.classify(&path, file_type) {
-                Ok(Some(Found::File(meta))) => files.push(ScannedFile {
-                    rel: ManifestPath::from_posix_bytes(&rel),
-                    stat: FileStat::of(&meta),
-                }),
+                Ok(Some(Found::File(meta))) => {
+                    let file = ScannedFile {
+                        rel: ManifestPath::from_posix_bytes(&rel),
+                        stat: FileStat::of(&meta),
+                    };
+                    if (self.keep)(&file) {
+                        files.push(file);
+                    }
+                }
                 Ok(Some(Found::Dir(meta))) => {
                     let id = (meta.dev(), meta.ino());
                     if dir.ancestors.contains(&id) {
@@ -517,5 +536,42 @@ mod tests {
             scan(t.path(), ScanOptions::default(), &token),
             Ok(ScanOutcome::Cancelled)
         ));
+    }
+
+    #[test]
+    fn a_scan_under_a_root_names_files_from_the_root_and_keeps_only_what_it_is_told() {
+        let t = tempfile::tempdir().unwrap();
+        for f in [
+            "out/a.exr",
+            "out/deep/b.exr",
+            "out/deep/keep.exr",
+            "other/c.exr",
+        ] {
+            let p = t.path().join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, f).unwrap();
+        }
+        let names = |keep: &(dyn Fn(&ScannedFile) -> bool + Sync)| {
+            let dir = t.path().join("out");
+            let outcome = scan_under_keeping(
+                t.path(),
+                &dir,
+                ScanOptions::default(),
+                keep,
+                &CancellationToken::new(),
+            );
+            let ScanOutcome::Done(files) = outcome.unwrap() else {
+                panic!("not cancelled")
+            };
+            let mut v: Vec<String> = files.iter().map(|f| f.rel.display().into_owned()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names(&|_| true),
+            ["out/a.exr", "out/deep/b.exr", "out/deep/keep.exr"]
+        );
+        let kept = names(&|f| f.rel.as_wtf8().ends_with(b"keep.exr") || f.stat.size == 9);
+        assert_eq!(kept, ["out/a.exr", "out/deep/keep.exr"]);
     }
 }

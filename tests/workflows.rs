@@ -560,6 +560,80 @@ fn an_input_manifest_cut_short_is_read_again_and_a_damaged_one_is_refused() {
     );
 }
 
+/// An output directory that also holds inputs: the inputs as sync-inputs placed them are not
+/// outputs; one the task rewrote, one it only touched and one it added are.
+#[test]
+fn inputs_left_as_placed_are_not_outputs_and_rewritten_ones_are() {
+    let f = Farm::new();
+    for c in ["a", "b", "c"] {
+        f.s3.write_object(
+            &format!(
+                "DeadlineCloud/Data/{}.xxh128",
+                ContentHash::of(c.as_bytes())
+            ),
+            c.as_bytes(),
+        );
+    }
+    let entries = [
+        entry("renders/a.exr", "a"),
+        entry("renders/b.exr", "b"),
+        entry("renders/zz/c.exr", "c"),
+        entry("tex/a.png", "a"),
+    ];
+    let text = format!(
+        r#"{{"hashAlg":"xxh128","manifestVersion":"2023-03-03","paths":[{}],"totalSize":4}}"#,
+        entries.join(",")
+    );
+    let rel = "farm-1/queue-1/Inputs/00000000000040008000000000000000/in_input";
+    f.s3.write_object(&format!("DeadlineCloud/Manifests/{rel}"), text.as_bytes());
+    let att = serde_json::json!({"manifests": [{"rootPath": "/proj", "rootPathFormat": "posix",
+        "inputManifestPath": rel, "inputManifestHash": ContentHash::of(text.as_bytes()).to_hex(),
+        "outputRelativeDirectories": ["renders"]}], "fileSystem": "COPIED"});
+    let att_path = f.path("att.json");
+    std::fs::write(&att_path, att.to_string()).unwrap();
+    let session = f.path("session");
+    let with_session = |c: &mut Command| {
+        c.arg("--attachments")
+            .arg(&att_path)
+            .arg("--session-dir")
+            .arg(&session);
+    };
+    let mut sync_inputs = f.attache("w");
+    sync_inputs.arg("sync-inputs");
+    with_session(&mut sync_inputs);
+    f.ok(&mut sync_inputs);
+
+    let local = session.join(attache::jobs::attachments::asset_root_dir_name("/proj"));
+    write(&local.join("renders/b.exr"), b"b, rendered again");
+    let c = local.join("renders/zz/c.exr");
+    let later = filetime::FileTime::from_unix_time(1_800_000_000, 0);
+    filetime::set_file_mtime(&c, later).unwrap();
+    write(&local.join("renders/new.exr"), b"new frame");
+    let mut sync_outputs = f.attache("w");
+    sync_outputs
+        .arg("sync-outputs")
+        .args(IDS)
+        .args(TASK_IDS)
+        .args(["--session-action-id", "sa-1"]);
+    with_session(&mut sync_outputs);
+    let outs: serde_json::Value = serde_json::from_str(&f.ok(&mut sync_outputs)).unwrap();
+    let key = format!(
+        "DeadlineCloud/Manifests/{}",
+        outs[0]["outputManifestPath"].as_str().unwrap()
+    );
+    let out = attache::manifest::decode(&f.s3.read_object(&key).unwrap()).unwrap();
+    let paths: Vec<String> = out
+        .entries()
+        .iter()
+        .map(|e| e.path.display().into_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        ["renders/b.exr", "renders/new.exr", "renders/zz/c.exr"],
+        "a.exr is as placed; tex/ is not an output directory"
+    );
+}
+
 #[test]
 fn dry_run_submit_writes_nothing() {
     let f = Farm::new();

@@ -139,7 +139,9 @@ impl HashCache {
     /// Looks up many files under one directory at once. `files` must be sorted by path bytes;
     /// the answer has one slot per file. One ordered range scan serves the whole batch; when
     /// `files` is every file under `dir` (`prune_unlisted`), rows that match none of them
-    /// (deleted or renamed files) are pruned.
+    /// (deleted or renamed files) are pruned. Otherwise the scan covers only the listed
+    /// files' span and keeps nothing else: a few changed outputs of a million-file root
+    /// (sync-outputs) read the rows between them, and held all million paths before.
     pub fn lookup_sorted(
         &self,
         dir: &[u8],
@@ -151,7 +153,15 @@ impl HashCache {
             path: self.path.clone(),
             source,
         };
-        let (lo, hi) = prefix_range(dir);
+        let (lo, hi) = match (files.first(), files.last()) {
+            _ if prune_unlisted => prefix_range(dir),
+            (Some(first), Some(last)) => {
+                let mut after_last = last.0.to_vec();
+                after_last.push(0); // the first path above it in byte order
+                (first.0.to_vec(), after_last)
+            }
+            _ => return Ok(Vec::new()),
+        };
         let conn = self.conn.lock().expect("no panics while holding the lock");
         let mut stmt = conn
             .prepare_cached(
@@ -171,14 +181,14 @@ impl HashCache {
             if i < files.len() && files[i].0 == path.as_slice() {
                 out[i] = Row::read(row).map_err(q)?.trusted_hash(&path, files[i].1);
                 i += 1;
-            } else {
+            } else if prune_unlisted {
                 stale.push(path);
             }
         }
         drop(rows);
         drop(stmt);
         // Only a complete scan of `dir` knows that an unlisted row's file is gone.
-        if prune_unlisted && !stale.is_empty() {
+        if !stale.is_empty() {
             let tx = conn.unchecked_transaction().map_err(q)?;
             {
                 let mut del = tx
@@ -533,6 +543,15 @@ mod tests {
             c.lookup_sorted(b"/r", &files, false).unwrap(),
             vec![Some(ha), Some(hc), None]
         );
+        // Its scan covers only the listed span: each end is found.
+        let ends: Vec<(&[u8], &FileStat)> = vec![(b"/r/c", &s)];
+        assert_eq!(c.lookup_sorted(b"/r", &ends, false).unwrap(), [Some(hc)]);
+        let ends: Vec<(&[u8], &FileStat)> = vec![(b"/r/a", &s), (b"/r/b-deleted", &s)];
+        assert_eq!(
+            c.lookup_sorted(b"/r", &ends, false).unwrap(),
+            [Some(ha), Some(ha)]
+        );
+        assert_eq!(c.lookup_sorted(b"/r", &[], false).unwrap(), []);
         assert_eq!(
             c.lookup(b"/r/b-deleted", &s).unwrap(),
             Some(ha),
