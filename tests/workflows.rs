@@ -55,6 +55,23 @@ impl Farm {
     }
 }
 
+/// The output manifest whose path sync-outputs printed first: its key and its paths.
+fn published_outputs(f: &Farm, printed: &str) -> (String, Vec<String>) {
+    let outs: serde_json::Value = serde_json::from_str(printed).unwrap();
+    let key = format!(
+        "DeadlineCloud/Manifests/{}",
+        outs[0]["outputManifestPath"].as_str().unwrap()
+    );
+    let bytes = f.s3.read_object(&key).expect("output manifest");
+    let paths = attache::manifest::decode(&bytes)
+        .unwrap()
+        .entries()
+        .iter()
+        .map(|e| e.path.display().into_owned())
+        .collect();
+    (key, paths)
+}
+
 fn write(p: &Path, data: &[u8]) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, data).unwrap();
@@ -169,18 +186,7 @@ fn submit_sync_render_sync_outputs_download_outputs() {
         .arg(&att)
         .arg("--session-dir")
         .arg(&session));
-    let outs: serde_json::Value = serde_json::from_str(&outs).unwrap();
-    let out_key = format!(
-        "DeadlineCloud/Manifests/{}",
-        outs[0]["outputManifestPath"].as_str().unwrap()
-    );
-    let out_manifest =
-        attache::manifest::decode(&f.s3.read_object(&out_key).expect("output manifest")).unwrap();
-    let paths: Vec<String> = out_manifest
-        .entries()
-        .iter()
-        .map(|e| e.path.display().into_owned())
-        .collect();
+    let (out_key, paths) = published_outputs(&f, &outs);
     assert_eq!(
         paths,
         ["renders/f0001.exr", "renders/sub/f0002.exr"],
@@ -616,17 +622,7 @@ fn inputs_left_as_placed_are_not_outputs_and_rewritten_ones_are() {
         .args(TASK_IDS)
         .args(["--session-action-id", "sa-1"]);
     with_session(&mut sync_outputs);
-    let outs: serde_json::Value = serde_json::from_str(&f.ok(&mut sync_outputs)).unwrap();
-    let key = format!(
-        "DeadlineCloud/Manifests/{}",
-        outs[0]["outputManifestPath"].as_str().unwrap()
-    );
-    let out = attache::manifest::decode(&f.s3.read_object(&key).unwrap()).unwrap();
-    let paths: Vec<String> = out
-        .entries()
-        .iter()
-        .map(|e| e.path.display().into_owned())
-        .collect();
+    let (_, paths) = published_outputs(&f, &f.ok(&mut sync_outputs));
     assert_eq!(
         paths,
         ["renders/b.exr", "renders/new.exr", "renders/zz/c.exr"],
