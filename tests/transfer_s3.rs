@@ -610,6 +610,48 @@ async fn a_cancel_waits_for_parts_the_store_already_has_before_aborting() {
     assert_eq!(aborts[0].status, 204, "{aborts:?}");
 }
 
+/// A CreateMultipartUpload the store has carried out when the cancel comes, its reply still
+/// on the way: the upload it made must not stay open, unknown to anyone. The reply is awaited
+/// (briefly) and the upload it names aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_the_create_of_a_multipart_upload_aborts_what_it_created() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    write(&src, "big.bin", &content(40 * MIB, 9), MTIME_NS);
+    let s = settings(&s3, "p", &t.path().join("cache"));
+    // Creates and completes (the POSTs) are answered 150 ms after the store did them.
+    s3.faults.only_for(|m, _| m.as_str() == "POST");
+    s3.faults.delay_responses(Duration::from_millis(150));
+    let (cancel, job) = spawn_put(&src, &s).await;
+    wait_for_requests(&s3, 1, "the create", |r| {
+        r.operation() == "CreateMultipartUpload"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(s3.open_multipart_uploads(), 1, "the store made the upload");
+    let sent = Instant::now();
+    cancel.cancel();
+    let r = job.await.unwrap();
+    let took = sent.elapsed();
+    assert!(
+        matches!(r, Err(PutError::Transfer(TransferError::Cancelled(_)))),
+        "{:?}",
+        r.err()
+    );
+    assert!(took < Duration::from_secs(1), "took {took:?} to stop");
+    assert_eq!(
+        s3.open_multipart_uploads(),
+        0,
+        "the upload the cancelled create made was left open"
+    );
+    let parts = s3
+        .stats
+        .requests_matching(|r| r.operation() == "UploadPart");
+    assert_eq!(parts, 0, "parts were sent after the cancel");
+}
+
 /// A submit cancelled while its manifest is being stored says truly whether it was published:
 /// a manifest PUT answered within the grace (500 ms) counts as done; a later one is dropped and
 /// the manifest deleted again.

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{TransferError, cancellable};
+use crate::jobs::Cancelled;
 use crate::store::StoreError;
 
 pub struct Gate {
@@ -40,6 +41,23 @@ struct GateState {
     debt: usize,
     seen_throttles: u64,
     last_change: Instant,
+}
+
+/// Awaits `request` unless `cancel` fires; then it gets `grace` more to bring its reply.
+async fn reply_within<T>(
+    cancel: &CancellationToken,
+    grace: Duration,
+    request: impl Future<Output = T>,
+) -> Result<T, Cancelled> {
+    tokio::pin!(request);
+    match cancellable(cancel, &mut request).await {
+        Ok(reply) => return Ok(reply),
+        Err(cancelled) if grace.is_zero() => return Err(cancelled),
+        Err(_) => {}
+    }
+    tokio::time::timeout(grace, request)
+        .await
+        .map_err(|_| Cancelled)
 }
 
 /// The longest wait between two attempts.
@@ -83,7 +101,24 @@ impl Gate {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        self.retrying(cancel, true, op).await
+        self.retrying(cancel, true, Duration::ZERO, op).await
+    }
+
+    /// Like [`Gate::run`], for a request whose effect outlives it (creating a multipart
+    /// upload): once sent, a cancel gives it `grace` to bring its reply, so that the caller
+    /// learns what the store did and can undo it. Dropped at once, the store may act on it
+    /// and nobody would know the upload it made.
+    pub async fn run_to_reply<T, F, Fut>(
+        &self,
+        cancel: &CancellationToken,
+        grace: Duration,
+        op: F,
+    ) -> Result<T, TransferError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.retrying(cancel, true, grace, op).await
     }
 
     /// Runs a clean-up operation (aborting a multipart upload, deleting manifests of an
@@ -100,7 +135,7 @@ impl Gate {
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let never = CancellationToken::new();
-        tokio::time::timeout(deadline, self.retrying(&never, false, op))
+        tokio::time::timeout(deadline, self.retrying(&never, false, Duration::ZERO, op))
             .await
             .ok()
     }
@@ -109,6 +144,7 @@ impl Gate {
         &self,
         cancel: &CancellationToken,
         queued: bool,
+        grace: Duration,
         mut op: F,
     ) -> Result<T, TransferError>
     where
@@ -122,11 +158,11 @@ impl Gate {
                 let permit = cancellable(cancel, self.sem.acquire())
                     .await?
                     .expect("never closed");
-                let r = cancellable(cancel, op()).await;
+                let r = reply_within(cancel, grace, op()).await;
                 self.release(permit);
                 r?
             } else {
-                cancellable(cancel, op()).await?
+                reply_within(cancel, grace, op()).await?
             };
             match result {
                 Ok(v) => return Ok(v),
@@ -309,5 +345,47 @@ mod tests {
             .await;
         assert!(matches!(r, Err(TransferError::Cancelled(_))));
         drop(held);
+    }
+
+    /// A request sent before the cancel: `run` drops it; `run_to_reply` waits for its reply
+    /// within the grace, and not beyond.
+    #[tokio::test]
+    async fn a_request_run_to_its_reply_outlives_the_cancel_by_the_grace_only() {
+        let gate = Gate::new(4, Arc::default(), 0);
+        let reply_after = |d: Duration| {
+            move || async move {
+                tokio::time::sleep(d).await;
+                Ok::<_, StoreError>("upload-id")
+            }
+        };
+        let cancelled_soon = || {
+            let cancel = CancellationToken::new();
+            let c = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                c.cancel();
+            });
+            cancel
+        };
+        let slow = Duration::from_millis(200);
+        let r = gate.run(&cancelled_soon(), reply_after(slow)).await;
+        assert!(matches!(r, Err(TransferError::Cancelled(_))), "{r:?}");
+        let r = gate
+            .run_to_reply(&cancelled_soon(), Duration::from_secs(5), reply_after(slow))
+            .await;
+        assert_eq!(r.unwrap(), "upload-id");
+        let started = Instant::now();
+        let r = gate
+            .run_to_reply(
+                &cancelled_soon(),
+                Duration::from_millis(50),
+                reply_after(slow),
+            )
+            .await;
+        assert!(matches!(r, Err(TransferError::Cancelled(_))), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(150),
+            "waited past the grace"
+        );
     }
 }

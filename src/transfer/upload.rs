@@ -394,7 +394,12 @@ async fn upload_multipart(
     key: &str,
     cancel: &CancellationToken,
 ) -> Result<(), TransferError> {
-    let upload_id = t.gate.run(cancel, || t.store.create_multipart(key)).await?;
+    // Once sent, the create runs to its reply even if cancelled meanwhile: the store may have
+    // made the upload, and only its id lets the abort below undo it.
+    let upload_id = t
+        .gate
+        .run_to_reply(cancel, CANCEL_CREATE_WAIT, || t.store.create_multipart(key))
+        .await?;
     let record = {
         let (o, store, key, id) = (
             t.open_uploads.clone(),
@@ -427,6 +432,10 @@ async fn upload_multipart(
 async fn finished(record: open_uploads::Held) {
     let _ = tokio::task::spawn_blocking(move || record.done()).await;
 }
+
+/// How long a cancel waits for the reply to a CreateMultipartUpload already sent (a few ms
+/// from S3): the upload it names is then aborted, rather than left open and unknown.
+const CANCEL_CREATE_WAIT: Duration = Duration::from_millis(300);
 
 /// How long a cancelled upload waits to see its multipart upload aborted when the abort is
 /// recorded: someone is waiting for the cancel, and the next upload to the store repeats an
