@@ -84,6 +84,25 @@ async fn spawn_put(
     (cancel, job)
 }
 
+/// Cancels a put started by [`spawn_put`], checks that it ends `Cancelled` within a second,
+/// and says how long it took.
+async fn cancel_put(
+    cancel: CancellationToken,
+    job: tokio::task::JoinHandle<Result<PutReport, PutError>>,
+) -> Duration {
+    let sent = Instant::now();
+    cancel.cancel();
+    let r = job.await.unwrap();
+    let took = sent.elapsed();
+    assert!(
+        matches!(r, Err(PutError::Transfer(TransferError::Cancelled(_)))),
+        "{:?}",
+        r.err()
+    );
+    assert!(took < Duration::from_secs(1), "took {took:?} to stop");
+    took
+}
+
 /// Waits until the server has seen at least `n` requests matching `pred` (at most 60 s).
 async fn wait_for_requests(
     s3: &TestS3,
@@ -546,16 +565,7 @@ async fn cancelling_a_large_multipart_upload_aborts_it_within_a_second() {
     })
     .await;
     assert_eq!(s3.open_multipart_uploads(), 1);
-    let sent = Instant::now();
-    cancel.cancel();
-    let r = job.await.unwrap();
-    let took = sent.elapsed();
-    assert!(
-        matches!(r, Err(PutError::Transfer(TransferError::Cancelled(_)))),
-        "{:?}",
-        r.err()
-    );
-    assert!(took < Duration::from_secs(1), "took {took:?} to stop");
+    let took = cancel_put(cancel, job).await;
     assert_eq!(
         s3.open_multipart_uploads(),
         0,
@@ -631,16 +641,7 @@ async fn a_cancel_during_the_create_of_a_multipart_upload_aborts_what_it_created
     .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(s3.open_multipart_uploads(), 1, "the store made the upload");
-    let sent = Instant::now();
-    cancel.cancel();
-    let r = job.await.unwrap();
-    let took = sent.elapsed();
-    assert!(
-        matches!(r, Err(PutError::Transfer(TransferError::Cancelled(_)))),
-        "{:?}",
-        r.err()
-    );
-    assert!(took < Duration::from_secs(1), "took {took:?} to stop");
+    cancel_put(cancel, job).await;
     assert_eq!(
         s3.open_multipart_uploads(),
         0,
