@@ -189,6 +189,25 @@ pub async fn cancellable<T>(
     }
 }
 
+/// Awaits `request` unless `cancel` fires; then it gets `grace` more to bring its reply (a
+/// request the store may act on anyway: its answer says what to undo). No grace: as
+/// [`cancellable`].
+pub async fn reply_within<T>(
+    cancel: &CancellationToken,
+    grace: std::time::Duration,
+    request: impl Future<Output = T>,
+) -> Result<T, Cancelled> {
+    tokio::pin!(request);
+    match cancellable(cancel, &mut request).await {
+        Ok(reply) => return Ok(reply),
+        Err(cancelled) if grace.is_zero() => return Err(cancelled),
+        Err(_) => {}
+    }
+    tokio::time::timeout(grace, request)
+        .await
+        .map_err(|_| Cancelled)
+}
+
 /// Runs a piece of a transfer (an object, a part of one) as its own task; the returned future
 /// yields its result, and dropping that future aborts the task. Pieces polled together in one
 /// future would all run on one thread, and each response, each body chunk, would wake that

@@ -132,12 +132,10 @@ pub fn run(ctx: &Context, cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
 
 /// Reads and decodes a manifest file as it is read; errors name the file.
 pub fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
-    let file =
-        File::open(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let cannot_read = || format!("cannot read manifest {}", path.display());
+    let file = File::open(path).with_context(cannot_read)?;
     decode_from(file).map_err(|e| match e {
-        ReadError::Io(e) => {
-            anyhow::Error::new(e).context(format!("cannot read manifest {}", path.display()))
-        }
+        ReadError::Io(e) => anyhow::Error::new(e).context(cannot_read()),
         ReadError::Decode(e) => {
             anyhow::Error::new(e).context(format!("manifest {} is not usable", path.display()))
         }

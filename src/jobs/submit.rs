@@ -18,7 +18,7 @@ use crate::scan::{FileStat, ScanOutcome, ScannedFile, dedup_by_path, scan_under}
 use crate::store::PutOptions;
 use crate::store::layout::{input_manifest_path, manifests_prefix, new_guid};
 use crate::transfer::upload::UploadReport;
-use crate::transfer::{Transfer, TransferError};
+use crate::transfer::{Transfer, TransferError, reply_within};
 
 /// A storage-profile location of type LOCAL: inputs under it form a root named after it.
 #[derive(Debug, Clone)]
@@ -294,13 +294,9 @@ async fn publish(
         }
         Ok::<_, TransferError>(())
     };
-    let grace_over = async {
-        cancel.cancelled().await;
-        tokio::time::sleep(PUBLISH_GRACE).await;
-    };
-    let result = tokio::select! {
-        r = puts => r,
-        _ = grace_over => Err(TransferError::Cancelled(Cancelled)),
+    let result = match reply_within(cancel, PUBLISH_GRACE, puts).await {
+        Ok(r) => r,
+        Err(cancelled) => Err(cancelled.into()),
     };
     if result.is_err() {
         let unpublish = transfer

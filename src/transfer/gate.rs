@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{TransferError, cancellable};
-use crate::jobs::Cancelled;
+use super::{TransferError, cancellable, reply_within};
 use crate::store::StoreError;
 
 pub struct Gate {
@@ -41,23 +40,6 @@ struct GateState {
     debt: usize,
     seen_throttles: u64,
     last_change: Instant,
-}
-
-/// Awaits `request` unless `cancel` fires; then it gets `grace` more to bring its reply.
-async fn reply_within<T>(
-    cancel: &CancellationToken,
-    grace: Duration,
-    request: impl Future<Output = T>,
-) -> Result<T, Cancelled> {
-    tokio::pin!(request);
-    match cancellable(cancel, &mut request).await {
-        Ok(reply) => return Ok(reply),
-        Err(cancelled) if grace.is_zero() => return Err(cancelled),
-        Err(_) => {}
-    }
-    tokio::time::timeout(grace, request)
-        .await
-        .map_err(|_| Cancelled)
 }
 
 /// The longest wait between two attempts.
