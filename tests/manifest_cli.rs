@@ -88,6 +88,12 @@ fn malformed_manifests_get_clear_errors() {
             assert!(err.contains(want), "{text}: {err}");
         }
     }
+    // A manifest that is not there: the error names it.
+    let missing = t.path().join("missing.json");
+    let (code, _, err) = run(attache(t.path()).args(["manifest", "cat"]).arg(&missing));
+    assert_eq!(code, 1, "{err}");
+    let want = format!("cannot read manifest {}", missing.display());
+    assert!(err.contains(&want), "{err}");
 }
 
 #[test]
