@@ -16,12 +16,15 @@
 //!   engine can lower its concurrency while a store pushes back.
 //! - The region is found before the SDK loads its config (`region`): left to the SDK, every
 //!   command off EC2 waited seconds for the instance metadata service.
+//! - The endpoint is resolved once per store, not by S3's rules for every request
+//!   (`endpoint`).
 //! - Failures are described for people (`describe`): the causes without the SDK's debug
 //!   dumps, and what to check.
 //! - Proxies and extra CA certificates are the pool's (`http`), as aws-cli and rclone take
 //!   them from the environment.
 
 mod describe;
+mod endpoint;
 mod http;
 mod region;
 
@@ -187,6 +190,7 @@ impl S3Store {
                     aws_sdk_s3::config::ResponseChecksumValidation::WhenSupported
                 }
             })
+            .endpoint_resolver(endpoint::KeyBlindCache::default())
             .interceptor(CountReplies(counters.clone()));
         let prefix_part = if root_prefix.is_empty() {
             String::new()
