@@ -4,9 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+
+mod handoff;
 
 use super::Cancelled;
 use super::hash::{HashJobError, HashReport, HashSpec, run_with_sink};
@@ -42,6 +42,9 @@ pub struct PutReport {
 /// Hashed files waiting for an upload worker.
 const QUEUE: usize = 256;
 
+/// Files the uploader takes before a hashing thread blocked on a full queue may go on.
+const QUEUE_BATCH: usize = 64;
+
 /// Files up to this size are handed to the uploader with the bytes hashing read.
 const KEEP_BYTES_UP_TO: u64 = 1 << 20;
 
@@ -51,7 +54,7 @@ const KEEP_BYTES_UP_TO: u64 = 1 << 20;
 const KEPT_UNITS: usize = 16 * 16;
 
 struct ToUploader {
-    tx: mpsc::Sender<UploadItem>,
+    tx: handoff::Sender<UploadItem>,
     transfer: Arc<Transfer>,
     kept: Arc<tokio::sync::Semaphore>,
 }
@@ -117,7 +120,7 @@ where
 {
     let started = Instant::now();
     let job = cancel.child_token();
-    let (tx, rx) = mpsc::channel(QUEUE);
+    let (tx, rx) = handoff::channel(QUEUE, QUEUE_BATCH);
     let hashing = {
         let (job, sink) = (
             job.clone(),
@@ -135,7 +138,7 @@ where
             r
         })
     };
-    let uploaded = upload_stream(transfer.clone(), ReceiverStream::new(rx), &job).await;
+    let uploaded = upload_stream(transfer.clone(), rx, &job).await;
     if uploaded.is_err() {
         job.cancel();
     }
