@@ -136,29 +136,32 @@ impl HashCache {
         &self.path
     }
 
-    /// Looks up many files under one directory at once. `files` must be sorted by path bytes;
-    /// the answer has one slot per file. One ordered range scan serves the whole batch; when
+    /// Looks up many files under one directory at once. `files` are paths relative to `dir`
+    /// (POSIX bytes), sorted by their bytes; the answer has one slot per file. They are given
+    /// relative so that a caller does not build 200,000 absolute paths to ask. One ordered range scan serves the whole batch; when
     /// `files` is every file under `dir` (`prune_unlisted`), rows that match none of them
     /// (deleted or renamed files) are pruned. Otherwise the scan covers only the listed
     /// files' span and keeps nothing else: a few changed outputs of a million-file root
     /// (sync-outputs) read the rows between them, and held all million paths before.
-    pub fn lookup_sorted(
+    pub fn lookup_sorted<P: AsRef<[u8]>>(
         &self,
         dir: &[u8],
-        files: &[(&[u8], &FileStat)],
+        files: &[(P, &FileStat)],
         prune_unlisted: bool,
     ) -> Result<Vec<Option<ContentHash>>, CacheError> {
-        debug_assert!(files.is_sorted_by(|a, b| a.0 <= b.0));
+        debug_assert!(files.is_sorted_by(|a, b| a.0.as_ref() <= b.0.as_ref()));
         let q = |source| CacheError::Query {
             path: self.path.clone(),
             source,
         };
+        let (under, _) = prefix_range(dir);
+        let abs = |rel: &P| [under.as_slice(), rel.as_ref()].concat();
         let (lo, hi) = match (files.first(), files.last()) {
             _ if prune_unlisted => prefix_range(dir),
             (Some(first), Some(last)) => {
-                let mut after_last = last.0.to_vec();
+                let mut after_last = abs(&last.0);
                 after_last.push(0); // the first path above it in byte order
-                (first.0.to_vec(), after_last)
+                (abs(&first.0), after_last)
             }
             _ => return Ok(Vec::new()),
         };
@@ -175,10 +178,14 @@ impl HashCache {
         let mut i = 0;
         while let Some(row) = rows.next().map_err(q)? {
             let path: Vec<u8> = row.get(0).map_err(q)?;
-            while i < files.len() && files[i].0 < path.as_slice() {
+            // Every row in the range is under `dir/`; the order of the rest is theirs.
+            let Some(rel) = path.strip_prefix(under.as_slice()) else {
+                continue;
+            };
+            while i < files.len() && files[i].0.as_ref() < rel {
                 i += 1;
             }
-            if i < files.len() && files[i].0 == path.as_slice() {
+            if i < files.len() && files[i].0.as_ref() == rel {
                 out[i] = Row::read(row).map_err(q)?.trusted_hash(&path, files[i].1);
                 i += 1;
             } else if prune_unlisted {
@@ -537,21 +544,21 @@ mod tests {
             },
         ])
         .unwrap();
-        let files: Vec<(&[u8], &FileStat)> = vec![(b"/r/a", &s), (b"/r/c", &s), (b"/r/new", &s)];
+        let files: Vec<(&[u8], &FileStat)> = vec![(b"a", &s), (b"c", &s), (b"new", &s)];
         // A partial list (some files of the root) prunes nothing.
         assert_eq!(
             c.lookup_sorted(b"/r", &files, false).unwrap(),
             vec![Some(ha), Some(hc), None]
         );
         // Its scan covers only the listed span: each end is found.
-        let ends: Vec<(&[u8], &FileStat)> = vec![(b"/r/c", &s)];
+        let ends: Vec<(&[u8], &FileStat)> = vec![(b"c", &s)];
         assert_eq!(c.lookup_sorted(b"/r", &ends, false).unwrap(), [Some(hc)]);
-        let ends: Vec<(&[u8], &FileStat)> = vec![(b"/r/a", &s), (b"/r/b-deleted", &s)];
+        let ends: Vec<(&[u8], &FileStat)> = vec![(b"a", &s), (b"b-deleted", &s)];
         assert_eq!(
             c.lookup_sorted(b"/r", &ends, false).unwrap(),
             [Some(ha), Some(ha)]
         );
-        assert_eq!(c.lookup_sorted(b"/r", &[], false).unwrap(), []);
+        assert_eq!(c.lookup_sorted::<&[u8]>(b"/r", &[], false).unwrap(), []);
         assert_eq!(
             c.lookup(b"/r/b-deleted", &s).unwrap(),
             Some(ha),
