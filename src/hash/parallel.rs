@@ -91,6 +91,9 @@ pub enum HashOutcome {
     Cancelled,
 }
 
+/// Hashed files recorded in the hash cache per transaction (a few in tests, to have several).
+const STORE_CHUNK: usize = if cfg!(test) { 4 } else { 16_384 };
+
 /// Hashes the scanned files of `root` on the current rayon pool.
 pub fn hash_tree(
     root: &Path,
@@ -117,7 +120,7 @@ pub fn hash_tree(
     // of the relative ones: they all follow the same root.
     files.sort_unstable_by(|a, b| posix(&a.rel).cmp(&posix(&b.rel)));
     // Asked by relative path: the absolute ones are built one at a time below, as each file is
-    // handed on (200,000 of them held at once were ~23 MiB of an unchanged put's peak).
+    // handed on or hashed (200,000 of them held at once were ~23 MiB of a put's peak).
     let cached = match cache {
         Some(c) => {
             let batch: Vec<(std::borrow::Cow<'_, [u8]>, &FileStat)> =
@@ -137,7 +140,7 @@ pub fn hash_tree(
     }
     let mut stats = HashStats::default();
     let mut done: Vec<HashedFile> = Vec::with_capacity(files.len());
-    let mut misses: Vec<(ScannedFile, Vec<u8>)> = Vec::new();
+    let mut misses: Vec<ScannedFile> = Vec::new();
     for (f, hit) in files.into_iter().zip(cached) {
         stats.files += 1;
         stats.bytes += f.stat.size;
@@ -159,23 +162,22 @@ pub fn hash_tree(
                 }
                 done.push(file);
             }
-            None => {
-                let key = abs(&f.rel);
-                misses.push((f, key));
-            }
+            None => misses.push(f),
         }
     }
-    misses.sort_by_key(|m| std::cmp::Reverse(m.0.stat.size));
+    // Unstable: a stable sort takes a scratch copy of half the list.
+    misses.sort_unstable_by_key(|f| std::cmp::Reverse(f.stat.size));
 
     // The first failure stops the other workers; the failures found by then are reported.
     let stop = cancel.child_token();
     let errors = Mutex::new(Vec::new());
-    let hashed: Vec<(HashedFile, Vec<u8>, bool)> = misses
+    let hashed: Vec<(HashedFile, bool)> = misses
         .into_par_iter()
-        .filter_map(|(f, key)| {
+        .filter_map(|f| {
             if stop.is_cancelled() {
                 return None;
             }
+            let key = abs(&f.rel);
             let path = std::ffi::OsStr::from_bytes(&key);
             let started_ns = now_ns();
             let keep = sink.map_or(0, |s| s.keep_bytes_up_to());
@@ -193,7 +195,7 @@ pub fn hash_tree(
                     if let Some(sink) = sink {
                         sink.hashed(&file, Path::new(path), fh.data);
                     }
-                    Some((file, key, !racy))
+                    Some((file, !racy))
                 }
                 Err(HashFileError::Cancelled) => None,
                 Err(e) => {
@@ -209,18 +211,26 @@ pub fn hash_tree(
         .collect();
 
     if let Some(c) = cache {
-        let records: Vec<CacheRecord<'_>> = hashed
-            .iter()
-            .filter(|(_, _, cacheable)| *cacheable)
-            .map(|(f, key, _)| CacheRecord {
-                path: key,
-                stat: &f.stat,
-                hash: f.hash,
-            })
-            .collect();
-        // Worth keeping even when cancelled or failed: the next run starts from here.
-        if let Err(e) = c.cache.store(&records) {
-            tracing::warn!("{e}; new hashes were not cached");
+        // Worth keeping even when cancelled or failed: the next run starts from here. A chunk
+        // at a time, with only that chunk's absolute paths built.
+        for chunk in hashed.chunks(STORE_CHUNK) {
+            let keys: Vec<(Vec<u8>, &HashedFile)> = chunk
+                .iter()
+                .filter(|(_, cacheable)| *cacheable)
+                .map(|(f, _)| (abs(&f.rel), f))
+                .collect();
+            let records: Vec<CacheRecord<'_>> = keys
+                .iter()
+                .map(|(key, f)| CacheRecord {
+                    path: key,
+                    stat: &f.stat,
+                    hash: f.hash,
+                })
+                .collect();
+            if let Err(e) = c.cache.store(&records) {
+                tracing::warn!("{e}; new hashes were not cached");
+                break;
+            }
         }
     }
     let errors = errors
@@ -233,7 +243,7 @@ pub fn hash_tree(
         return Ok(HashOutcome::Cancelled);
     }
     // Hashing may have seen newer stats than the scan; count what was hashed.
-    for (f, _, _) in hashed {
+    for (f, _) in hashed {
         stats.hashed_files += 1;
         stats.hashed_bytes += f.stat.size;
         done.push(f);
@@ -330,5 +340,36 @@ mod tests {
             "cached now that it is old enough"
         );
         assert_eq!(run(&cache).cached_files, 1);
+    }
+
+    #[test]
+    fn every_hashed_file_is_cached_whatever_the_number_of_chunks() {
+        let t = tempfile::tempdir().unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = HashCache::open(cache_dir.path()).unwrap();
+        let n = 3 * STORE_CHUNK + 1;
+        for i in 0..n {
+            std::fs::write(t.path().join(format!("f{i}")), i.to_string()).unwrap();
+        }
+        // Past the racy window, so that every file may be cached.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let run = || match hash_tree(
+            t.path(),
+            scanned(t.path()),
+            Some(CacheUse {
+                cache: &cache,
+                complete_scan: true,
+            }),
+            4096,
+            &CancellationToken::new(),
+            &Progress::default(),
+            None,
+        ) {
+            Ok(HashOutcome::Done(_, stats)) => stats,
+            _ => panic!("hashing failed"),
+        };
+        assert_eq!(run().hashed_files, n as u64);
+        let again = run();
+        assert_eq!((again.cached_files, again.hashed_files), (n as u64, 0));
     }
 }
