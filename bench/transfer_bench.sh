@@ -33,6 +33,13 @@ fi
 target="${CARGO_TARGET_DIR:-$repo/target}"
 export ATTACHE_BIN="${ATTACHE_BIN:-$target/release/attache}"
 export EXAMPLES_DIR="${EXAMPLES_DIR:-$target/release/examples}"
+# Before any run writes its (then empty) result files.
+for needed in "$ATTACHE_BIN" "$EXAMPLES_DIR/s3_server" "$EXAMPLES_DIR/plain_s3"; do
+    if [[ ! -x "$needed" ]]; then
+        say "no $needed: build it (run without BUILD=0), or point CARGO_TARGET_DIR, ATTACHE_BIN or EXAMPLES_DIR at the build"
+        exit 2
+    fi
+done
 
 shim="$tools_dir/nodelay_shim.so"
 if [[ ! -f "$shim" || "$here/lib/nodelay_shim.c" -nt "$shim" ]]; then

@@ -280,6 +280,25 @@ mod tests {
         }
     }
 
+    /// Hashes all of `root` with `cache`.
+    fn hash_cached(root: &Path, cache: &HashCache) -> HashStats {
+        match hash_tree(
+            root,
+            scanned(root),
+            Some(CacheUse {
+                cache,
+                complete_scan: true,
+            }),
+            4096,
+            &CancellationToken::new(),
+            &Progress::default(),
+            None,
+        ) {
+            Ok(HashOutcome::Done(_, stats)) => stats,
+            _ => panic!("hashing failed"),
+        }
+    }
+
     #[test]
     fn a_file_vanishing_after_the_scan_is_an_error_naming_it() {
         let t = tempfile::tempdir().unwrap();
@@ -312,21 +331,7 @@ mod tests {
         let cache_dir = tempfile::tempdir().unwrap();
         let cache = HashCache::open(cache_dir.path()).unwrap();
         std::fs::write(t.path().join("fresh"), b"just written").unwrap();
-        let run = |cache: &HashCache| match hash_tree(
-            t.path(),
-            scanned(t.path()),
-            Some(CacheUse {
-                cache,
-                complete_scan: true,
-            }),
-            4096,
-            &CancellationToken::new(),
-            &Progress::default(),
-            None,
-        ) {
-            Ok(HashOutcome::Done(_, stats)) => stats,
-            _ => panic!("hashing failed"),
-        };
+        let run = |cache: &HashCache| hash_cached(t.path(), cache);
         assert_eq!(run(&cache).hashed_files, 1);
         assert_eq!(
             run(&cache).hashed_files,
@@ -353,21 +358,7 @@ mod tests {
         }
         // Past the racy window, so that every file may be cached.
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        let run = || match hash_tree(
-            t.path(),
-            scanned(t.path()),
-            Some(CacheUse {
-                cache: &cache,
-                complete_scan: true,
-            }),
-            4096,
-            &CancellationToken::new(),
-            &Progress::default(),
-            None,
-        ) {
-            Ok(HashOutcome::Done(_, stats)) => stats,
-            _ => panic!("hashing failed"),
-        };
+        let run = || hash_cached(t.path(), &cache);
         assert_eq!(run().hashed_files, n as u64);
         let again = run();
         assert_eq!((again.cached_files, again.hashed_files), (n as u64, 0));
