@@ -137,12 +137,12 @@ impl HashCache {
     }
 
     /// Looks up many files under one directory at once. `files` are paths relative to `dir`
-    /// (POSIX bytes), sorted by their bytes; the answer has one slot per file. They are given
-    /// relative so that a caller does not build 200,000 absolute paths to ask. One ordered range scan serves the whole batch; when
-    /// `files` is every file under `dir` (`prune_unlisted`), rows that match none of them
-    /// (deleted or renamed files) are pruned. Otherwise the scan covers only the listed
-    /// files' span and keeps nothing else: a few changed outputs of a million-file root
-    /// (sync-outputs) read the rows between them, and held all million paths before.
+    /// (POSIX bytes, so that a caller need not build 200,000 absolute paths to ask), sorted by
+    /// their bytes; the answer has one slot per file. One ordered range scan serves the whole
+    /// batch; when `files` is every file under `dir` (`prune_unlisted`), rows that match none
+    /// of them (deleted or renamed files) are pruned. Otherwise the scan covers only the
+    /// listed files' span and keeps nothing else: a few changed outputs of a million-file
+    /// root (sync-outputs) read the rows between them, and held all million paths before.
     pub fn lookup_sorted<P: AsRef<[u8]>>(
         &self,
         dir: &[u8],
@@ -178,7 +178,8 @@ impl HashCache {
         let mut i = 0;
         while let Some(row) = rows.next().map_err(q)? {
             let path: Vec<u8> = row.get(0).map_err(q)?;
-            // Every row in the range is under `dir/`; the order of the rest is theirs.
+            // Every row in the range is under `dir/`, so the rows come in the order of their
+            // relative paths.
             let Some(rel) = path.strip_prefix(under.as_slice()) else {
                 continue;
             };
