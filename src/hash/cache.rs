@@ -154,10 +154,10 @@ impl HashCache {
             path: self.path.clone(),
             source,
         };
-        let (under, _) = prefix_range(dir);
+        let (under, past_dir) = prefix_range(dir);
         let abs = |rel: &P| [under.as_slice(), rel.as_ref()].concat();
         let (lo, hi) = match (files.first(), files.last()) {
-            _ if prune_unlisted => prefix_range(dir),
+            _ if prune_unlisted => (under.clone(), past_dir),
             (Some(first), Some(last)) => {
                 let mut after_last = abs(&last.0);
                 after_last.push(0); // the first path above it in byte order
