@@ -25,12 +25,9 @@ repo="$(cd "$here/.." && pwd)"
 tree="${TREE:-/tmp/attache-bench-journaled/trees/small}"
 [[ -d "$tree" ]] || { echo "ab_garage: no tree at $tree (set TREE)" >&2; exit 2; }
 [[ -x /usr/bin/time ]] || { echo "ab_garage: needs GNU time (Debian package time)" >&2; exit 2; }
-tools_dir="${ATTACHE_TOOLS_DIR:-$HOME/.cache/attache-tools}"
-shim="$tools_dir/nodelay_shim.so"
-if [[ ! -f "$shim" || "$here/lib/nodelay_shim.c" -nt "$shim" ]]; then
-    mkdir -p "$tools_dir"
-    gcc -O2 -shared -fPIC -o "$shim" "$here/lib/nodelay_shim.c" -ldl
-fi
+# shellcheck source=lib/nodelay_shim.sh
+source "$here/lib/nodelay_shim.sh"
+shim=$(nodelay_shim)
 mkdir -p "$out"
 w=$(mktemp -d "$(dirname "$tree")/ab-garage-XXXX")
 stop() {

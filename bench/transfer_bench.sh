@@ -41,11 +41,9 @@ for needed in "$ATTACHE_BIN" "$EXAMPLES_DIR/s3_server" "$EXAMPLES_DIR/plain_s3";
     fi
 done
 
-shim="$tools_dir/nodelay_shim.so"
-if [[ ! -f "$shim" || "$here/lib/nodelay_shim.c" -nt "$shim" ]]; then
-    say "building the TCP_NODELAY shim"
-    gcc -O2 -shared -fPIC -o "$shim" "$here/lib/nodelay_shim.c" -ldl
-fi
+# shellcheck source=lib/nodelay_shim.sh
+source "$here/lib/nodelay_shim.sh"
+shim=$(nodelay_shim)
 export NODELAY_SHIM="$shim"
 
 if ! command -v rclone >/dev/null 2>&1; then

@@ -585,7 +585,6 @@ async fn a_cancel_waits_for_parts_the_store_already_has_before_aborting() {
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
     write(&src, "big.bin", &content(40 * MIB, 7), MTIME_NS);
     let s = settings(&s3, "p", &t.path().join("cache"));
     s3.faults.land_parts_late(Duration::from_millis(400));
@@ -595,13 +594,7 @@ async fn a_cancel_waits_for_parts_the_store_already_has_before_aborting() {
         r.operation() == "UploadPart" && r.bytes_in == 5 * MIB && r.status == 0
     })
     .await;
-    cancel.cancel();
-    let r = job.await.unwrap();
-    assert!(
-        matches!(r, Err(PutError::Transfer(TransferError::Cancelled(_)))),
-        "{:?}",
-        r.err()
-    );
+    cancel_put(cancel, job).await;
     // Every part the server was holding has landed by now.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(s3.open_multipart_uploads(), 0, "the upload was not aborted");
@@ -628,7 +621,6 @@ async fn a_cancel_during_the_create_of_a_multipart_upload_aborts_what_it_created
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
     write(&src, "big.bin", &content(40 * MIB, 9), MTIME_NS);
     let s = settings(&s3, "p", &t.path().join("cache"));
     // Creates and completes (the POSTs) are answered 150 ms after the store did them.
