@@ -183,6 +183,7 @@ def verify_tree(src: Path, dst: Path) -> int:
 class S3sServer:
     """examples/s3_server.rs: s3s-fs 0.14.1, TCP_NODELAY on, requests counted per operation."""
     name = "s3s-fs"
+    setup = "s3s-fs 0.14.1 (examples/s3_server), TCP_NODELAY"
 
     def __init__(self, workdir: Path, binary: str):
         self.root = workdir / "s3s-root"
@@ -246,6 +247,9 @@ class GarageServer:
         toml = (self.dir / "garage.toml").read_text()
         self.admin = "http://" + re.search(r'\[admin\][^\[]*api_bind_addr = "([^"]+)"', toml).group(1)
         self.metrics_token = re.search(r'metrics_token = "([^"]+)"', toml).group(1)
+        # The metadata engine changes Garage's speed more than any client does (garage.sh).
+        engine = re.search(r'db_engine = "([^"]+)"', toml).group(1)
+        self.setup = f"Garage, single node, db_engine {engine}, TCP_NODELAY shim"
         self.pid = int((self.dir / "garage.pid").read_text())
         self._base = {}
 
@@ -678,6 +682,7 @@ def markdown(meta: dict, records: list[dict]) -> str:
              f"Machine: {meta['machine']}. Filesystem of trees, server data and downloads: "
              f"{meta.get('filesystem', '?')}. Load average before each tree: "
              + ", ".join(f"{k} {v}" for k, v in meta["load"].items()) + ".",
+             "Servers: " + "; ".join(meta.get("server_setup", {}).values()) + ".",
              f"Command: `{meta['command']}`. Trees: "
              + ", ".join(f"{t} ({n} files, {b / MIB:.0f} MiB)"
                          for t, (n, b) in meta["trees"].items()) + ".",
@@ -765,7 +770,7 @@ def main() -> int:
     meta = {
         "started": started, "command": " ".join(sys.argv), "servers": [], "tree_order": trees,
         "machine": f"{os.cpu_count()} vCPU, {platform.machine()}, Linux {platform.release()}",
-        "tools": {}, "trees": {}, "load": {}, "quick": args.quick,
+        "tools": {}, "trees": {}, "load": {}, "quick": args.quick, "server_setup": {},
         "filesystem": describe_fs(bench_dir),
     }
     for cmd, key in ((["rclone", "--version"], "rclone"), ([args.aws, "--version"], "aws-cli"),
@@ -796,6 +801,7 @@ def main() -> int:
             server = (S3sServer(workdir, str(Path(args.examples) / "s3_server")) if sname == "s3s"
                       else GarageServer(workdir, args.shim))
             meta["servers"].append(server.name)
+            meta["server_setup"][server.name] = server.setup
             try:
                 for t in trees:
                     runs = 1 if args.quick else runs_of(args.runs, t)
