@@ -3,7 +3,8 @@
 #
 #   bench/ab.sh OUT ROUNDS VARIANT...
 #   bench/ab.sh /tmp/ab 4 old/attache new/attache                       # two binaries
-#   SERVER=s3s bench/ab.sh /tmp/ab 5 attache attache,ATTACHE_TRANSFER__RUNTIME_THREADS=2
+#   SERVER=s3s bench/ab.sh /tmp/ab 5 target/release/attache \
+#       target/release/attache,ATTACHE_TRANSFER__WORKERS=64,ATTACHE_S3__MAX_CONNECTIONS=64
 #
 # A VARIANT is an attache binary, optionally followed by ,NAME=VALUE settings put in its
 # environment (any ATTACHE_* config key). Each round runs every variant in turn: `submit` of
@@ -17,11 +18,12 @@
 # Environment: SERVER (garage, the default, or s3s), TREE (default
 # /tmp/attache-bench-journaled/trees/small, the transfer benchmark's small tree on its
 # journaled image; any directory works), EXAMPLES_DIR (where the s3s server's build is;
-# default $CARGO_TARGET_DIR/release/examples, else target/release/examples), ATTACHE_TOOLS_DIR.
+# default $CARGO_TARGET_DIR/release/examples, else target/release/examples), ATTACHE_TOOLS_DIR,
+# ATTACHE_GARAGE_DB_ENGINE (scripted_tests/garage.sh).
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
-    sed -n '2,21p' "$0" >&2
+    sed -n '2,22p' "$0" >&2
     exit 2
 fi
 out=$1 rounds=$2
