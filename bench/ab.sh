@@ -18,12 +18,13 @@
 # Environment: SERVER (garage, the default, or s3s), TREE (default
 # /tmp/attache-bench-journaled/trees/small, the transfer benchmark's small tree on its
 # journaled image; any directory works), EXAMPLES_DIR (where the s3s server's build is;
-# default $CARGO_TARGET_DIR/release/examples, else target/release/examples), ATTACHE_TOOLS_DIR,
+# default $CARGO_TARGET_DIR/release/examples, else target/release/examples), WORKDIR (where
+# the server's data, caches and sessions go; default: beside TREE), ATTACHE_TOOLS_DIR,
 # ATTACHE_GARAGE_DB_ENGINE (scripted_tests/garage.sh).
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
-    sed -n '2,22p' "$0" >&2
+    sed -n '2,23p' "$0" >&2
     exit 2
 fi
 out=$1 rounds=$2
@@ -47,7 +48,7 @@ for variant in "$@"; do
     [[ -x "${variant%%,*}" ]] || { echo "ab: no attache binary at ${variant%%,*}" >&2; exit 2; }
 done
 mkdir -p "$out"
-w=$(mktemp -d "$(dirname "$tree")/ab-$server-XXXX")
+w=$(mktemp -d "${WORKDIR:-$(dirname "$tree")}/ab-$server-XXXX")
 server_pid=
 stop() {
     if [[ $server == garage ]]; then
