@@ -682,7 +682,7 @@ def markdown(meta: dict, records: list[dict]) -> str:
              f"Machine: {meta['machine']}. Filesystem of trees, server data and downloads: "
              f"{meta.get('filesystem', '?')}. Load average before each tree: "
              + ", ".join(f"{k} {v}" for k, v in meta["load"].items()) + ".",
-             "Servers: " + "; ".join(meta.get("server_setup", {}).values()) + ".",
+             "Servers: " + "; ".join(meta["server_setup"].values()) + ".",
              f"Command: `{meta['command']}`. Trees: "
              + ", ".join(f"{t} ({n} files, {b / MIB:.0f} MiB)"
                          for t, (n, b) in meta["trees"].items()) + ".",

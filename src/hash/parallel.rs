@@ -123,8 +123,7 @@ pub fn hash_tree(
     // handed on or hashed (200,000 of them held at once were ~23 MiB of a put's peak).
     let cached = match cache {
         Some(c) => {
-            let batch: Vec<(std::borrow::Cow<'_, [u8]>, &FileStat)> =
-                files.iter().map(|f| (posix(&f.rel), &f.stat)).collect();
+            let batch: Vec<_> = files.iter().map(|f| (posix(&f.rel), &f.stat)).collect();
             c.cache
                 .lookup_sorted(root_bytes, &batch, c.complete_scan)
                 .unwrap_or_else(|e| {
