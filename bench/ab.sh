@@ -14,7 +14,8 @@
 # between benchmark sets taken hours apart.
 # Prints and appends to OUT/runs.txt one line per command: wall s, client CPU (user+sys) s,
 # peak RSS KiB, the server's CPU in clock ticks (1/100 s), and the machine's idle
-# core-seconds while the command ran (bench/idle_timeline.py).
+# core-seconds while the command ran, and the part of them spent waiting for the disk
+# (iowait; bench/idle_timeline.py).
 # Environment: SERVER (garage, the default, or s3s), TREE (default
 # /tmp/attache-bench-journaled/trees/small, the transfer benchmark's small tree on its
 # journaled image; any directory works), EXAMPLES_DIR (where the s3s server's build is;
@@ -24,7 +25,7 @@
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
-    sed -n '2,23p' "$0" >&2
+    sed -n '2,24p' "$0" >&2
     exit 2
 fi
 out=$1 rounds=$2
@@ -130,9 +131,11 @@ for _ in $(seq 1 "$rounds"); do
                 { cat "$w/stderr" >&2; exit 1; }
             read -r wall user sys rss <"$w/time"
             idle=$(sed -n 's/^wall .*idle core-seconds \([0-9.]*\).*/\1/p' "$w/stderr")
+            iowait=$(sed -n 's/^wall .*(iowait \([0-9.]*\)).*/\1/p' "$w/stderr")
             cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
             echo "$name $phase wall $wall cpu $cpu user $user sys $sys rss $rss" \
-                "${server}_ticks $(($(server_ticks) - before)) idle $idle" | tee -a "$out/runs.txt"
+                "${server}_ticks $(($(server_ticks) - before)) idle $idle iowait $iowait" |
+                tee -a "$out/runs.txt"
             sync
             sleep 1
         done
