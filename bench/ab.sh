@@ -25,7 +25,7 @@
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
-    sed -n '2,24p' "$0" >&2
+    awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" >&2   # the header comment above
     exit 2
 fi
 out=$1 rounds=$2
@@ -130,8 +130,9 @@ for _ in $(seq 1 "$rounds"); do
                 /usr/bin/time -f "%e %U %S %M" -o "$w/time" "${cmd[@]}" 2>"$w/stderr" ||
                 { cat "$w/stderr" >&2; exit 1; }
             read -r wall user sys rss <"$w/time"
-            idle=$(sed -n 's/^wall .*idle core-seconds \([0-9.]*\).*/\1/p' "$w/stderr")
-            iowait=$(sed -n 's/^wall .*(iowait \([0-9.]*\)).*/\1/p' "$w/stderr")
+            # idle_timeline.py's line: "wall W s, idle core-seconds I (iowait O) of T".
+            read -r idle iowait < <(sed -n \
+                's/^wall .*idle core-seconds \([0-9.]*\) (iowait \([0-9.]*\)).*/\1 \2/p' "$w/stderr")
             cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
             echo "$name $phase wall $wall cpu $cpu user $user sys $sys rss $rss" \
                 "${server}_ticks $(($(server_ticks) - before)) idle $idle iowait $iowait" |
