@@ -807,6 +807,12 @@ fn validate(s: &Settings) -> Result<(), Violation> {
         s.transfer.multipart_threshold,
         MIN_PART,
     )?;
+    // The largest object S3 takes in one PutObject.
+    at_most(
+        "transfer.multipart_threshold",
+        s.transfer.multipart_threshold,
+        MAX_PART,
+    )?;
     at_least(
         "transfer.max_parts_in_flight",
         s.transfer.max_parts_in_flight,
@@ -1209,6 +1215,13 @@ mod tests {
             &env,
             &[],
             &["ATTACHE_TRANSFER__PART_SIZE", "maximum is 5GiB"],
+        );
+        // S3's largest single PUT: a bigger threshold would send files S3 refuses.
+        error(
+            "[transfer]\nmultipart_threshold = \"6GiB\"\n",
+            &[],
+            &[],
+            &["`transfer.multipart_threshold`", "maximum is 5GiB"],
         );
         let flag = [("transfer.workers", "0", "--workers")];
         error(
