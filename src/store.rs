@@ -1,6 +1,7 @@
 //! Object stores: what attache needs from S3 (or a local directory standing in for it), as
 //! one trait, with the store URL and the key layout.
 
+pub mod file_source;
 pub mod fs;
 pub mod layout;
 pub mod parts_in_flight;
@@ -16,6 +17,7 @@ use futures::stream::BoxStream;
 
 use crate::config::Settings;
 use crate::transfer::limiter::Bandwidth;
+use file_source::{FileSource, SourceError};
 
 /// What a store knows of an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +87,9 @@ pub enum StoreError {
         /// Worth another try (network, 5xx, throttling) rather than a lasting refusal.
         retryable: bool,
     },
+    /// The file a [`ObjectStore::put_file`] was sending could not be read, or changed.
+    #[error("{}: {error}", path.display())]
+    Source { path: PathBuf, error: SourceError },
 }
 
 impl StoreError {
@@ -130,6 +135,15 @@ pub trait ObjectStore: Send + Sync {
         &self,
         key: &str,
         body: Bytes,
+        opts: &PutOptions,
+    ) -> Result<PutOutcome, StoreError>;
+    /// Uploads a file in one request, read as it is sent: for files too big to hold in
+    /// memory. Its last bytes go only if it still has `source.hash` and size; otherwise
+    /// [`StoreError::Source`], and nothing is stored.
+    async fn put_file(
+        &self,
+        key: &str,
+        source: Arc<FileSource>,
         opts: &PutOptions,
     ) -> Result<PutOutcome, StoreError>;
     async fn create_multipart(&self, key: &str) -> Result<String, StoreError>;

@@ -108,7 +108,8 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 impl Transfer {
     /// A transfer context from the settings. Bodies in memory are bounded by
-    /// `max_parts_in_flight × part_size` (at least one object of `multipart_threshold`).
+    /// `max_parts_in_flight × part_size`: a single PUT bigger than a part is read from its
+    /// file as it is sent.
     pub fn new(
         store: Arc<dyn ObjectStore>,
         settings: &crate::config::Settings,
@@ -117,7 +118,7 @@ impl Transfer {
         known: Option<Arc<known_present::KnownPresent>>,
     ) -> Transfer {
         let t = &settings.transfer;
-        let budget = (t.max_parts_in_flight as u64 * t.part_size.0).max(t.multipart_threshold.0);
+        let budget = t.max_parts_in_flight as u64 * t.part_size.0;
         let memory_units = budget.div_ceil(MEMORY_UNIT).min(u64::from(u32::MAX)) as u32;
         Transfer {
             memory_units,

@@ -759,6 +759,109 @@ async fn a_file_changed_during_multipart_upload_is_refused() {
     assert_eq!(s3.open_multipart_uploads(), 0);
 }
 
+/// With `multipart_threshold` raised (stores that copy parts again on Complete), a file bigger
+/// than a part goes in one PUT read from the file as it is sent: one request, the content
+/// intact, and a retry after a server error sends it all again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_put_bigger_than_a_part_is_read_as_it_is_sent() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let big = content(23 * MIB + 5, 11);
+    write(&src, "cache.vdb", &big, MTIME_NS);
+    write(&src, "tex.exr", &content(6 * MIB, 12), MTIME_NS);
+    let big_key = format!("p/Data/{}.xxh128", ContentHash::of(&big));
+    for (name, mut s) in [
+        ("s3", settings(&s3, "p", &t.path().join("cache-s3"))),
+        (
+            "file",
+            fs_settings(&t.path().join("store"), &t.path().join("cache-fs")),
+        ),
+    ] {
+        s.transfer.multipart_threshold = ByteSize(64 * MIB);
+        if name == "s3" {
+            let k = big_key.clone();
+            s3.faults
+                .only_for(move |m, key| m.as_str() == "PUT" && key == k);
+            s3.faults.internal_error_next(1);
+        }
+        let put = put_tree(&src, &s).await.unwrap();
+        assert_eq!(put.upload.uploaded_objects, 2, "{name}");
+        assert_eq!(put.upload.multipart_objects, 0, "{name}");
+        assert_eq!(put.upload.uploaded_bytes, 29 * MIB + 5, "{name}");
+        let m = put.hash.roots[0].manifest.clone();
+        let dest = t.path().join(format!("dest-{name}"));
+        get_tree(&m, &dest, &s).await.unwrap();
+        assert_same_tree(&src, &dest, &m);
+    }
+    assert_eq!(
+        s3.stats
+            .requests_matching(|r| r.method == "PUT" && r.key == big_key),
+        2,
+        "one PUT, and one retry after the server error"
+    );
+    assert_eq!(
+        s3.stats
+            .requests_matching(|r| r.query.contains("uploads") || r.query.contains("partNumber")),
+        0,
+        "no multipart request"
+    );
+    assert_eq!(s3.read_object(&big_key).as_deref(), Some(&big[..]));
+}
+
+/// A file that changes while its single PUT is read and sent is never stored, on either store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_during_a_streamed_put_is_refused() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    for (name, mut s) in [
+        ("s3", settings(&s3, "p", &t.path().join("cache-s3"))),
+        ("file", fs_settings(&store, &t.path().join("cache-fs"))),
+    ] {
+        let src = t.path().join(format!("src-{name}"));
+        let path = write(&src, "render.exr", &content(30 * MIB, 7), MTIME_NS);
+        s.transfer.multipart_threshold = ByteSize(64 * MIB);
+        // 3 s to send: the last MiB is read long after the PUT starts.
+        s.bandwidth.upload = Rate(10 * MIB);
+        let planned = ContentHash::of(&std::fs::read(&path).unwrap());
+        let key = format!("p/Data/{planned}.xxh128");
+        let (_cancel, job) = spawn_put(&src, &s).await;
+        if name == "s3" {
+            wait_for_requests(&s3, 1, "the PUT", |r| r.method == "PUT" && r.key == key).await;
+        } else {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while common::files_under(&store.join(".attache-tmp")).is_empty() {
+                assert!(Instant::now() < deadline, "the PUT never started");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        // The renderer rewrites the end of the file, same size.
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(&[0xFF; 4096], 29 * MIB)
+            .unwrap();
+        let err = job.await.unwrap().unwrap_err();
+        assert!(
+            err.to_string().contains("file changed during upload"),
+            "{name}: {err}"
+        );
+        assert!(err.to_string().contains("render.exr"), "{name}: {err}");
+        if name == "s3" {
+            assert!(
+                !s3.object_keys().contains(&key),
+                "stored under a wrong hash"
+            );
+        } else {
+            assert!(!store.join(&key).exists(), "stored under a wrong hash");
+            assert!(common::files_under(&store.join(".attache-tmp")).is_empty());
+        }
+    }
+}
+
 /// A ranged download is hashed while its parts land; a corrupted part must still be caught.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_part_of_a_ranged_download_is_caught_and_fetched_again() {

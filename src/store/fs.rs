@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use super::file_source::FileSource;
 use super::parts_in_flight::{PartsInFlight, SETTLE_WITHIN};
 use super::{GetObject, ObjectInfo, ObjectStore, OpenUpload, PutOptions, PutOutcome, StoreError};
 use crate::transfer::limiter::Bandwidth;
@@ -86,6 +87,16 @@ impl FsStore {
         crate::fsutil::temp_file_in(&self.dir.join(TMP_DIR), "obj-", "")
     }
 
+    /// Where an object's user metadata goes, with its JSON and a temporary file to write it
+    /// to; none without metadata.
+    fn meta_file(&self, key: &str, opts: &PutOptions) -> Option<MetaFile> {
+        (!opts.metadata.is_empty()).then(|| MetaFile {
+            path: self.dir.join(META_DIR).join(format!("{key}.json")),
+            json: serde_json::to_vec(&opts.metadata).expect("strings serialize"),
+            tmp: self.temp_file(),
+        })
+    }
+
     fn upload_dir(&self, upload_id: &str) -> Result<PathBuf, StoreError> {
         if upload_id.is_empty()
             || !upload_id
@@ -104,6 +115,44 @@ impl FsStore {
             self.bandwidth.upload.acquire(chunk.len()).await;
         }
     }
+}
+
+/// An object's user metadata, ready to be written beside it.
+struct MetaFile {
+    path: PathBuf,
+    json: Vec<u8>,
+    tmp: std::io::Result<tempfile::NamedTempFile>,
+}
+
+/// Puts a written object (and its metadata) in place: renamed over the key, or hard-linked
+/// when it must not replace one (link() fails if the name exists: an atomic create-if-absent).
+fn commit(
+    tmp: tempfile::NamedTempFile,
+    dest: &Path,
+    meta: Option<MetaFile>,
+    if_none_match: bool,
+) -> std::io::Result<PutOutcome> {
+    if let Some(meta) = meta {
+        let mut m = meta.tmp?;
+        m.write_all(&meta.json)?;
+        std::fs::create_dir_all(meta.path.parent().expect("under the meta dir"))?;
+        m.persist(&meta.path).map_err(|e| e.error)?;
+    }
+    tmp.as_file().sync_data()?;
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if if_none_match {
+        return match std::fs::hard_link(tmp.path(), dest) {
+            Ok(()) => Ok(PutOutcome::Created),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok(PutOutcome::AlreadyExists)
+            }
+            Err(e) => Err(e),
+        };
+    }
+    tmp.persist(dest).map_err(|e| e.error)?;
+    Ok(PutOutcome::Created)
 }
 
 /// Runs blocking file work off the async threads.
@@ -232,43 +281,39 @@ impl ObjectStore for FsStore {
         let dest = self.path_of(key, "PUT")?;
         self.pace_upload(&body).await;
         let tmp = self.temp_file().map_err(|e| self.io("PUT", key, e))?;
-        let if_none_match = opts.if_none_match;
-        let meta = (!opts.metadata.is_empty()).then(|| {
-            let path = self.dir.join(META_DIR).join(format!("{key}.json"));
-            (
-                path,
-                serde_json::to_vec(&opts.metadata).expect("strings serialize"),
-                self.temp_file(),
-            )
-        });
+        let (meta, if_none_match) = (self.meta_file(key, opts), opts.if_none_match);
         let result = blocking(move || -> std::io::Result<PutOutcome> {
-            if let Some((path, json, tmp)) = meta {
-                let mut tmp = tmp?;
-                tmp.write_all(&json)?;
-                std::fs::create_dir_all(path.parent().expect("under the meta dir"))?;
-                tmp.persist(&path).map_err(|e| e.error)?;
-            }
             let mut tmp = tmp;
             tmp.write_all(&body)?;
-            tmp.as_file().sync_data()?;
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            if if_none_match {
-                // link() fails if the name exists: an atomic create-if-absent.
-                return match std::fs::hard_link(tmp.path(), &dest) {
-                    Ok(()) => Ok(PutOutcome::Created),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        Ok(PutOutcome::AlreadyExists)
-                    }
-                    Err(e) => Err(e),
-                };
-            }
-            tmp.persist(&dest).map_err(|e| e.error)?;
-            Ok(PutOutcome::Created)
+            commit(tmp, &dest, meta, if_none_match)
         })
         .await;
         result.map_err(|e| self.io("PUT", key, e))
+    }
+
+    async fn put_file(
+        &self,
+        key: &str,
+        source: Arc<FileSource>,
+        opts: &PutOptions,
+    ) -> Result<PutOutcome, StoreError> {
+        let dest = self.path_of(key, "PUT")?;
+        let mut tmp = self.temp_file().map_err(|e| self.io("PUT", key, e))?;
+        let mut chunks = Box::pin(source.chunks());
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|error| StoreError::Source {
+                path: source.path.clone(),
+                error,
+            })?;
+            self.pace_upload(&chunk).await;
+            tmp = blocking(move || tmp.write_all(&chunk).map(|()| tmp))
+                .await
+                .map_err(|e| self.io("PUT", key, e))?;
+        }
+        let (meta, if_none_match) = (self.meta_file(key, opts), opts.if_none_match);
+        blocking(move || commit(tmp, &dest, meta, if_none_match))
+            .await
+            .map_err(|e| self.io("PUT", key, e))
     }
 
     async fn create_multipart(&self, key: &str) -> Result<String, StoreError> {

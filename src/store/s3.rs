@@ -23,6 +23,7 @@
 //! - Proxies and extra CA certificates are the pool's (`http`), as aws-cli and rclone take
 //!   them from the environment.
 
+mod body;
 mod describe;
 mod endpoint;
 mod http;
@@ -31,10 +32,8 @@ mod region;
 pub use http::{proxy_setting, read_ca_bundle};
 
 use std::ops::Range;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,16 +41,18 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::interceptors::FinalizerInterceptorContextRef;
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::put_object::PutObjectError;
 use aws_sdk_s3::primitives::{ByteStream, SdkBody};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body::{Frame, SizeHint};
 
+use super::file_source::{FileSource, SourceError};
 use super::parts_in_flight::{PartsInFlight, SETTLE_WITHIN};
 use super::{GetObject, ObjectInfo, ObjectStore, OpenUpload, PutOptions, PutOutcome, StoreError};
 use crate::config::{ChecksumMode, S3Settings};
 use crate::transfer::limiter::Bandwidth;
+use body::{BodySent, FileBody, PacedBody};
 
 /// Error codes worth another attempt whatever the HTTP status (S3 may answer a
 /// CompleteMultipartUpload with 200 and an InternalError body); the SDK's own list.
@@ -68,9 +69,6 @@ const RETRYABLE_CODES: &[&str] = &[
     "BandwidthLimitExceeded",
     "PriorRequestNotComplete",
 ];
-
-/// Chunk size of paced request bodies.
-const BODY_CHUNK: usize = 64 * 1024;
 
 /// Counters of what the store's server said, for throttling control and metrics.
 #[derive(Debug, Default)]
@@ -253,6 +251,41 @@ impl S3Store {
         }
     }
 
+    /// A PutObject of `len` bytes; an object already there under `if_none_match` is
+    /// [`PutOutcome::AlreadyExists`].
+    async fn put_body(
+        &self,
+        key: &str,
+        len: u64,
+        body: ByteStream,
+        opts: &PutOptions,
+    ) -> Result<PutOutcome, SdkError<PutObjectError>> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(len as i64)
+            .body(body)
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone());
+        for (k, v) in &opts.metadata {
+            req = req.metadata(k, v);
+        }
+        if opts.if_none_match {
+            req = req.if_none_match("*");
+        }
+        match req.send().await {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e)
+                if opts.if_none_match
+                    && e.raw_response().map(|r| r.status().as_u16()) == Some(412) =>
+            {
+                Ok(PutOutcome::AlreadyExists)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn paced_body(&self, data: Bytes, sent: Option<Arc<BodySent>>) -> ByteStream {
         let bandwidth = self.bandwidth.clone();
         // Retryable: the SDK rebuilds the body from the same bytes for each attempt.
@@ -391,30 +424,35 @@ impl ObjectStore for S3Store {
         body: Bytes,
         opts: &PutOptions,
     ) -> Result<PutOutcome, StoreError> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_length(body.len() as i64)
-            .body(self.paced_body(body, None))
-            .set_expected_bucket_owner(self.expected_bucket_owner.clone());
-        for (k, v) in &opts.metadata {
-            req = req.metadata(k, v);
-        }
-        if opts.if_none_match {
-            req = req.if_none_match("*");
-        }
-        match req.send().await {
-            Ok(_) => Ok(PutOutcome::Created),
-            Err(e)
-                if opts.if_none_match
-                    && e.raw_response().map(|r| r.status().as_u16()) == Some(412) =>
-            {
-                Ok(PutOutcome::AlreadyExists)
-            }
-            Err(e) => Err(self.err("PUT", key, e)),
-        }
+        let len = body.len() as u64;
+        self.put_body(key, len, self.paced_body(body, None), opts)
+            .await
+            .map_err(|e| self.err("PUT", key, e))
+    }
+
+    async fn put_file(
+        &self,
+        key: &str,
+        source: Arc<FileSource>,
+        opts: &PutOptions,
+    ) -> Result<PutOutcome, StoreError> {
+        let failure = Arc::new(Mutex::new(None::<SourceError>));
+        let body = {
+            let (source, bandwidth, failure) =
+                (source.clone(), self.bandwidth.clone(), failure.clone());
+            // Retryable: each attempt reads the file again from the start.
+            ByteStream::new(SdkBody::retryable(move || {
+                SdkBody::from_body_1_x(FileBody::new(&source, bandwidth.clone(), failure.clone()))
+            }))
+        };
+        let sent = self.put_body(key, source.size, body, opts).await;
+        sent.map_err(|e| match failure.lock().expect("not poisoned").take() {
+            Some(error) => StoreError::Source {
+                path: source.path.clone(),
+                error,
+            },
+            None => self.err("PUT", key, e),
+        })
     }
 
     async fn create_multipart(&self, key: &str) -> Result<String, StoreError> {
@@ -664,43 +702,6 @@ impl Intercept for CountReplies {
     }
 }
 
-type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Whether a request body has all been handed to the connection, and whether its request
-/// was given up: one atomic, so exactly one of "the last bytes go out" and "cut it short"
-/// wins.
-#[derive(Default)]
-struct BodySent(AtomicU8);
-
-const SENDING: u8 = 0;
-const ALL_SENT: u8 = 1;
-const GIVEN_UP: u8 = 2;
-
-impl BodySent {
-    /// A new attempt sends the body again (unless the request was given up).
-    fn restart(&self) {
-        let _ = self
-            .0
-            .compare_exchange(ALL_SENT, SENDING, Ordering::AcqRel, Ordering::Acquire);
-    }
-
-    /// Before the last bytes go out: false when the request was given up (they must not).
-    fn last_bytes_go(&self) -> bool {
-        self.0
-            .compare_exchange(SENDING, ALL_SENT, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    fn given_up(&self) -> bool {
-        self.0.load(Ordering::Acquire) & GIVEN_UP != 0
-    }
-
-    /// Gives the request up; true when its last bytes had not gone out (so it can be cut).
-    fn give_up(&self) -> bool {
-        self.0.fetch_or(GIVEN_UP, Ordering::AcqRel) == SENDING
-    }
-}
-
 /// Dropped with the part request's future: cuts the request short unless its body is all
 /// sent, in which case it runs to its reply (holding its `parts_in_flight` token).
 struct CutShortOnDrop {
@@ -713,82 +714,6 @@ impl Drop for CutShortOnDrop {
         if self.sent.give_up() {
             self.task.abort();
         }
-    }
-}
-
-/// A request body served from memory in chunks, each waiting for the upload limiter.
-struct PacedBody {
-    data: Bytes,
-    bandwidth: Arc<Bandwidth>,
-    /// The limiter wait of the next chunk (a Mutex so the body is `Sync`, as the SDK wants).
-    wait: Mutex<Option<(Wait, usize)>>,
-    sent: Option<Arc<BodySent>>,
-}
-
-impl PacedBody {
-    fn new(data: Bytes, bandwidth: Arc<Bandwidth>, sent: Option<Arc<BodySent>>) -> Self {
-        if let Some(sent) = &sent {
-            sent.restart();
-        }
-        PacedBody {
-            data,
-            bandwidth,
-            wait: Mutex::new(None),
-            sent,
-        }
-    }
-}
-
-impl http_body::Body for PacedBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if self.data.is_empty() {
-            return Poll::Ready(None);
-        }
-        let this = &mut *self;
-        let cut_short = || {
-            Poll::Ready(Some(Err(std::io::Error::other(
-                "the request was given up before its body was sent",
-            ))))
-        };
-        if this.sent.as_ref().is_some_and(|s| s.given_up()) {
-            return cut_short();
-        }
-        let wait = this.wait.get_mut().expect("not poisoned");
-        if wait.is_none() {
-            let n = this.data.len().min(BODY_CHUNK);
-            let bandwidth = this.bandwidth.clone();
-            *wait = Some((
-                Box::pin(async move { bandwidth.upload.acquire(n).await }),
-                n,
-            ));
-        }
-        let (fut, n) = wait.as_mut().expect("set above");
-        match fut.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => {
-                let n = *n;
-                *wait = None;
-                let last = n == this.data.len();
-                if last && this.sent.as_ref().is_some_and(|s| !s.last_bytes_go()) {
-                    return cut_short();
-                }
-                Poll::Ready(Some(Ok(Frame::data(this.data.split_to(n)))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.len() as u64)
     }
 }
 
@@ -838,50 +763,5 @@ mod tests {
         );
         assert_ne!(aws, store_identity("s3://b/p", None, Some("cn-north-1")));
         assert_ne!(aws, store_identity("s3://b/q", None, Some("us-west-2")));
-    }
-
-    fn body(len: usize, sent: &Arc<BodySent>) -> PacedBody {
-        let bandwidth = Arc::new(Bandwidth::new(&Default::default()));
-        PacedBody::new(Bytes::from(vec![7; len]), bandwidth, Some(sent.clone()))
-    }
-
-    #[tokio::test]
-    async fn a_part_given_up_before_its_last_bytes_never_sends_them() {
-        let sent = Arc::new(BodySent::default());
-        let mut b = body(BODY_CHUNK + 1, &sent);
-        let first = b.frame().await.unwrap().unwrap();
-        assert_eq!(first.into_data().unwrap().len(), BODY_CHUNK);
-        assert!(sent.give_up(), "not all sent: the request can be cut");
-        assert!(
-            b.frame().await.unwrap().is_err(),
-            "the last byte must not go"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_part_all_sent_is_not_cut_and_a_retry_sends_it_again() {
-        let sent = Arc::new(BodySent::default());
-        let mut b = body(BODY_CHUNK + 1, &sent);
-        while b.frame().await.is_some() {}
-        let mut again = body(10, &sent);
-        assert_eq!(
-            again
-                .frame()
-                .await
-                .unwrap()
-                .unwrap()
-                .into_data()
-                .unwrap()
-                .len(),
-            10
-        );
-        assert!(
-            !sent.give_up(),
-            "all sent: the request must run to its reply"
-        );
-        assert!(
-            body(10, &sent).frame().await.unwrap().is_err(),
-            "no attempt after giving up"
-        );
     }
 }

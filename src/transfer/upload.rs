@@ -25,8 +25,9 @@ use super::open_uploads;
 use super::{Transfer, TransferError, cancellable, run_pieces};
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
+use crate::store::file_source::{FileSource, READ_CHUNK, SourceError};
 use crate::store::layout::data_key;
-use crate::store::{ObjectStore, PutOptions, PutOutcome};
+use crate::store::{ObjectStore, PutOptions, PutOutcome, StoreError};
 
 /// One file to upload, by content hash.
 #[derive(Debug, Clone)]
@@ -237,33 +238,28 @@ async fn upload_one(
         None => None,
     };
     let small = item.size <= t.settings.multipart_threshold.0;
-    let mut parts_counted = false;
+    let streamed = small && item.data.is_none() && item.size > t.settings.part_size.0;
+    let mut bytes_counted = false;
     let created = if t.dry_run {
         // Would it be uploaded? Ask, write nothing.
         t.gate.run(cancel, || t.store.head(&key)).await?.is_none()
     } else if small && t.conditional_put_max.is_some_and(|max| item.size <= max) {
-        let body = load_verified(t, &item, cancel).await?;
         let opts = PutOptions {
             if_none_match: true,
             ..Default::default()
         };
-        t.gate
-            .run(cancel, || t.store.put(&key, body.clone(), &opts))
-            .await?
-            == PutOutcome::Created
+        bytes_counted = streamed;
+        put_single(t, &item, &key, &opts, streamed, cancel).await? == PutOutcome::Created
     } else if t.gate.run(cancel, || t.store.head(&key)).await?.is_some() {
         false
     } else if small {
-        let body = load_verified(t, &item, cancel).await?;
-        let opts = PutOptions::default();
-        t.gate
-            .run(cancel, || t.store.put(&key, body.clone(), &opts))
-            .await?;
+        put_single(t, &item, &key, &PutOptions::default(), streamed, cancel).await?;
+        bytes_counted = streamed;
         true
     } else {
         upload_multipart(t, &item, &key, cancel).await?;
         c.multipart_objects.fetch_add(1, Relaxed);
-        parts_counted = true;
+        bytes_counted = true;
         true
     };
     if created {
@@ -278,8 +274,52 @@ async fn upload_one(
     if let Some(guard) = claim {
         guard.done(Done::Stored);
     }
-    finish(t, &item, parts_counted);
+    finish(t, &item, bytes_counted);
     Ok(())
+}
+
+/// One PutObject of the whole file: from memory up to a part's size, else read from the file
+/// as it is sent (`streamed`, with `multipart_threshold` raised above `part_size`), its bytes
+/// counted as they go.
+async fn put_single(
+    t: &Transfer,
+    item: &UploadItem,
+    key: &str,
+    opts: &PutOptions,
+    streamed: bool,
+    cancel: &CancellationToken,
+) -> Result<PutOutcome, TransferError> {
+    if !streamed {
+        let body = load_verified(t, item, cancel).await?;
+        return t
+            .gate
+            .run(cancel, || t.store.put(key, body.clone(), opts))
+            .await;
+    }
+    // What the body holds at once: the chunk being sent and the one read ahead.
+    let _budget = cancellable(
+        cancel,
+        t.memory.acquire_many(t.memory_units(2 * READ_CHUNK as u64)),
+    )
+    .await?
+    .expect("never closed");
+    let source = Arc::new(FileSource::new(
+        item.path.clone(),
+        item.size,
+        item.hash,
+        Some(t.progress.clone()),
+    ));
+    let sent = t
+        .gate
+        .run(cancel, || t.store.put_file(key, source.clone(), opts))
+        .await;
+    sent.map_err(|e| match e {
+        TransferError::Store(StoreError::Source {
+            path,
+            error: SourceError::Changed(planned),
+        }) => TransferError::ChangedDuringUpload { path, planned },
+        e => e,
+    })
 }
 
 /// Entries verified longer ago than this may be drawn for a re-check.

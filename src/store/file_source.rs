@@ -1,0 +1,262 @@
+//! A file sent as one request body, read as it goes out: single PUTs too big to hold in memory.
+//!
+//! The bytes are hashed as they are read, and the last chunk is handed over only if the whole
+//! content still has the planned hash and size. A body cut short never becomes an object (the
+//! store sees fewer bytes than the Content-Length it was promised), so a file that changed
+//! while it was sent is never stored under the wrong hash.
+
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::Stream;
+use xxhash_rust::xxh3::Xxh3Default;
+
+use crate::hash::ContentHash;
+use crate::progress::Progress;
+
+/// Bytes read from the file at a time. The next chunk is read while this one is sent.
+pub const READ_CHUNK: usize = 1 << 20;
+
+/// A file to upload in one request, with the content it must still have.
+pub struct FileSource {
+    pub path: PathBuf,
+    pub size: u64,
+    pub hash: ContentHash,
+    /// Counts bytes as they are first sent (a retry sends them again, counted once).
+    progress: Option<Arc<Progress>>,
+    reported: AtomicU64,
+}
+
+/// Why a file's bytes could not all be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    #[error("file changed during upload (its content no longer has hash {0}); nothing was stored")]
+    Changed(ContentHash),
+    #[error("cannot read the file: {0}")]
+    Read(String),
+}
+
+impl FileSource {
+    pub fn new(
+        path: PathBuf,
+        size: u64,
+        hash: ContentHash,
+        progress: Option<Arc<Progress>>,
+    ) -> FileSource {
+        FileSource {
+            path,
+            size,
+            hash,
+            progress,
+            reported: AtomicU64::new(0),
+        }
+    }
+
+    /// The file's bytes from the start, in chunks of at most [`READ_CHUNK`], each read on a
+    /// blocking thread while the one before is sent. The stream ends with an error instead of
+    /// the last chunk when the content is not the planned one.
+    pub fn chunks(
+        self: &Arc<Self>,
+    ) -> impl Stream<Item = Result<Bytes, SourceError>> + Send + use<> {
+        let state = Reader {
+            source: self.clone(),
+            file: None,
+            offset: 0,
+            hasher: Some(Box::new(Xxh3Default::new())),
+            ahead: None,
+            failed: false,
+        };
+        futures::stream::unfold(state, |mut r| async move {
+            let chunk = r.next().await?;
+            if chunk.is_err() {
+                r.failed = true;
+            }
+            Some((chunk, r))
+        })
+    }
+
+    fn sent_up_to(&self, end: u64) {
+        let Some(progress) = &self.progress else {
+            return;
+        };
+        let before = self.reported.fetch_max(end, Ordering::Relaxed);
+        if end > before {
+            progress.add_bytes(end - before);
+        }
+    }
+}
+
+type Read = std::io::Result<(Vec<u8>, Box<Xxh3Default>)>;
+
+struct Reader {
+    source: Arc<FileSource>,
+    file: Option<Arc<std::fs::File>>,
+    offset: u64,
+    /// The running hash; moved into the read in flight (`ahead`) while there is one.
+    hasher: Option<Box<Xxh3Default>>,
+    ahead: Option<tokio::task::JoinHandle<Read>>,
+    failed: bool,
+}
+
+impl Reader {
+    async fn next(&mut self) -> Option<Result<Bytes, SourceError>> {
+        let size = self.source.size;
+        // The hasher is gone once the last chunk was read (a read in flight holds it).
+        if self.failed || (self.ahead.is_none() && self.hasher.is_none()) {
+            return None;
+        }
+        if self.ahead.is_none() {
+            if let Err(e) = self.read_ahead() {
+                return Some(Err(e));
+            }
+        }
+        let read = self
+            .ahead
+            .take()
+            .expect("started above")
+            .await
+            .expect("read task panicked");
+        let (buf, hasher) = match read {
+            Ok(r) => r,
+            // Shorter than planned: it changed.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Some(Err(SourceError::Changed(self.source.hash)));
+            }
+            Err(e) => return Some(Err(SourceError::Read(e.to_string()))),
+        };
+        let end = self.offset + buf.len() as u64;
+        self.offset = end;
+        if end < size {
+            self.hasher = Some(hasher);
+            if let Err(e) = self.read_ahead() {
+                return Some(Err(e));
+            }
+        } else if let Err(e) = self.check_whole(&hasher) {
+            return Some(Err(e));
+        }
+        self.source.sent_up_to(end);
+        Some(Ok(Bytes::from(buf)))
+    }
+
+    /// Starts reading the chunk at `offset` (an empty file: reads nothing, once).
+    fn read_ahead(&mut self) -> Result<(), SourceError> {
+        let file = match &self.file {
+            Some(f) => f.clone(),
+            None => {
+                let f = std::fs::File::open(&self.source.path)
+                    .map_err(|e| SourceError::Read(e.to_string()))?;
+                self.file.insert(Arc::new(f)).clone()
+            }
+        };
+        let (offset, size) = (self.offset, self.source.size);
+        let len = (size - offset).min(READ_CHUNK as u64) as usize;
+        let mut hasher = self.hasher.take().expect("returned after each read");
+        self.ahead = Some(tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; len];
+            file.read_exact_at(&mut buf, offset)?;
+            hasher.update(&buf);
+            Ok((buf, hasher))
+        }));
+        Ok(())
+    }
+
+    /// After the last planned byte: the content has the planned hash, and nothing was added.
+    fn check_whole(&self, hasher: &Xxh3Default) -> Result<(), SourceError> {
+        let changed = || SourceError::Changed(self.source.hash);
+        if ContentHash(hasher.digest128()) != self.source.hash {
+            return Err(changed());
+        }
+        let file = self.file.as_ref().expect("opened by the first read");
+        match file.metadata() {
+            Ok(m) if m.len() == self.source.size => Ok(()),
+            Ok(_) => Err(changed()),
+            Err(e) => Err(SourceError::Read(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    async fn collect(source: &Arc<FileSource>) -> Vec<Result<Bytes, SourceError>> {
+        source.chunks().collect().await
+    }
+
+    fn source_of(dir: &tempfile::TempDir, data: &[u8]) -> Arc<FileSource> {
+        let path = dir.path().join("f");
+        std::fs::write(&path, data).unwrap();
+        let progress = Arc::new(Progress::default());
+        Arc::new(FileSource::new(
+            path,
+            data.len() as u64,
+            ContentHash::of(data),
+            Some(progress),
+        ))
+    }
+
+    #[tokio::test]
+    async fn sends_the_whole_file_in_chunks_and_counts_each_byte_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..READ_CHUNK * 2 + 7).map(|i| (i % 251) as u8).collect();
+        let source = source_of(&dir, &data);
+        for _ in 0..2 {
+            // a retry reads it all again
+            let chunks = collect(&source).await;
+            assert_eq!(chunks.len(), 3);
+            let sent: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap()).collect();
+            assert_eq!(sent, data);
+        }
+        let progress = source.progress.as_ref().unwrap().snapshot();
+        assert_eq!(progress.bytes_done, data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn an_empty_file_is_one_empty_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = source_of(&dir, b"");
+        let chunks = collect(&source).await;
+        assert_eq!(chunks, vec![Ok(Bytes::new())]);
+    }
+
+    #[tokio::test]
+    async fn changed_content_ends_the_stream_before_its_last_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![1u8; READ_CHUNK + 10];
+        let source = source_of(&dir, &data);
+        let mut other = data.clone();
+        other[READ_CHUNK + 5] = 2; // same size, the last chunk differs
+        std::fs::write(&source.path, &other).unwrap();
+        let chunks = collect(&source).await;
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[0].as_ref().unwrap().len(), READ_CHUNK);
+        assert_eq!(chunks[1], Err(SourceError::Changed(source.hash)));
+    }
+
+    #[tokio::test]
+    async fn a_shorter_or_longer_file_is_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![3u8; 1000];
+        let source = source_of(&dir, &data);
+        std::fs::write(&source.path, &data[..999]).unwrap();
+        let changed = Err(SourceError::Changed(source.hash));
+        assert_eq!(collect(&source).await, vec![changed.clone()]);
+        let mut longer = data.clone();
+        longer.push(3);
+        std::fs::write(&source.path, &longer).unwrap();
+        assert_eq!(collect(&source).await, vec![changed]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_is_a_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = source_of(&dir, b"abc");
+        std::fs::remove_file(&source.path).unwrap();
+        let chunks = collect(&source).await;
+        assert!(matches!(chunks.as_slice(), [Err(SourceError::Read(_))]));
+    }
+}
