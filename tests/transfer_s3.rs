@@ -761,7 +761,7 @@ async fn a_file_changed_during_multipart_upload_is_refused() {
 
 /// With `multipart_threshold` raised (stores that copy parts again on Complete), a file bigger
 /// than a part goes in one PUT read from the file as it is sent: one request, the content
-/// intact, and a retry after a server error sends it all again.
+/// intact, and a retry after a server error sends it all again. Downloads keep their ranges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_put_bigger_than_a_part_is_read_as_it_is_sent() {
     let s3 = TestS3::start().await;
@@ -807,6 +807,12 @@ async fn a_single_put_bigger_than_a_part_is_read_as_it_is_sent() {
         "no multipart request"
     );
     assert_eq!(s3.read_object(&big_key).as_deref(), Some(&big[..]));
+    assert_eq!(
+        s3.stats
+            .requests_matching(|r| r.is_get() && r.key == big_key),
+        5,
+        "the download still goes in ranged parts of part_size, whatever the threshold"
+    );
 }
 
 /// A file that changes while its single PUT is read and sent is never stored, on either store.

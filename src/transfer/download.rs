@@ -448,7 +448,7 @@ async fn fetch_verified(
     loop {
         tries += 1;
         let mut tmp = stage_beside(&item.dest)?;
-        let fetched = if item.size >= t.settings.multipart_threshold.0 {
+        let fetched = if item.size >= ranged_from(t.settings.part_size.0) {
             fetch_ranged(t, c, &key, item, &mut tmp, cancel).await
         } else {
             fetch_whole(t, c, &key, item, &mut tmp, cancel).await
@@ -534,6 +534,13 @@ async fn fetch_whole(
     }
     out.flush().map_err(TransferError::io(&item.dest))?;
     Ok((ContentHash(hasher.digest128()), received))
+}
+
+/// Objects of at least this size are fetched in ranged parts of `part_size`: two or more.
+/// Not the upload's `multipart_threshold`, which a store that copies every part again on
+/// Complete wants high, while its downloads still gain from parallel ranges.
+fn ranged_from(part_size: u64) -> u64 {
+    2 * part_size
 }
 
 /// Bytes of a body (whole object or ranged part) gathered before one inline write.
