@@ -711,6 +711,24 @@ async fn a_submit_cancelled_while_publishing_says_truly_whether_it_published() {
     }
 }
 
+/// The renderer rewrites the end of a 30 MiB file, same size.
+fn rewrite_end(path: &Path) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(&[0xFF; 4096], 29 * MIB)
+        .unwrap();
+}
+
+/// An upload of render.exr, changed while it was sent, ends saying so and naming the file.
+fn assert_changed_during_upload(err: &PutError, what: &str) {
+    let err = err.to_string();
+    assert!(err.contains("file changed during upload"), "{what}: {err}");
+    assert!(err.contains("render.exr"), "{what}: {err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_changed_during_multipart_upload_is_refused() {
     let s3 = TestS3::start().await;
@@ -737,20 +755,8 @@ async fn a_file_changed_during_multipart_upload_is_refused() {
         assert!(Instant::now() < deadline, "multipart upload never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The renderer rewrites the end of the file, same size.
-    use std::os::unix::fs::FileExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .write_all_at(&[0xFF; 4096], 29 * MIB)
-        .unwrap();
-    let err = job.await.unwrap().unwrap_err();
-    assert!(
-        err.to_string().contains("file changed during upload"),
-        "{err}"
-    );
-    assert!(err.to_string().contains("render.exr"), "{err}");
+    rewrite_end(&path);
+    assert_changed_during_upload(&job.await.unwrap().unwrap_err(), "s3 multipart");
     let key = format!("p/Data/{planned}.xxh128");
     assert!(
         !s3.object_keys().contains(&key),
@@ -815,6 +821,20 @@ async fn a_single_put_bigger_than_a_part_is_read_as_it_is_sent() {
     );
 }
 
+/// Waits until the PUT of `key` has begun: the server saw it ("s3"), or the file store made
+/// its temporary file ("file").
+async fn wait_for_put_start(name: &str, s3: &TestS3, store: &Path, key: &str) {
+    if name == "s3" {
+        wait_for_requests(s3, 1, "the PUT", |r| r.method == "PUT" && r.key == key).await;
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::files_under(&store.join(".attache-tmp")).is_empty() {
+        assert!(Instant::now() < deadline, "the PUT never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A file that changes while its single PUT is read and sent is never stored, on either store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_changed_during_a_streamed_put_is_refused() {
@@ -833,29 +853,9 @@ async fn a_file_changed_during_a_streamed_put_is_refused() {
         let planned = ContentHash::of(&std::fs::read(&path).unwrap());
         let key = format!("p/Data/{planned}.xxh128");
         let (_cancel, job) = spawn_put(&src, &s).await;
-        if name == "s3" {
-            wait_for_requests(&s3, 1, "the PUT", |r| r.method == "PUT" && r.key == key).await;
-        } else {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while common::files_under(&store.join(".attache-tmp")).is_empty() {
-                assert!(Instant::now() < deadline, "the PUT never started");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        // The renderer rewrites the end of the file, same size.
-        use std::os::unix::fs::FileExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .write_all_at(&[0xFF; 4096], 29 * MIB)
-            .unwrap();
-        let err = job.await.unwrap().unwrap_err();
-        assert!(
-            err.to_string().contains("file changed during upload"),
-            "{name}: {err}"
-        );
-        assert!(err.to_string().contains("render.exr"), "{name}: {err}");
+        wait_for_put_start(name, &s3, &store, &key).await;
+        rewrite_end(&path);
+        assert_changed_during_upload(&job.await.unwrap().unwrap_err(), name);
         if name == "s3" {
             assert!(
                 !s3.object_keys().contains(&key),
@@ -863,6 +863,38 @@ async fn a_file_changed_during_a_streamed_put_is_refused() {
             );
         } else {
             assert!(!store.join(&key).exists(), "stored under a wrong hash");
+            assert!(common::files_under(&store.join(".attache-tmp")).is_empty());
+        }
+    }
+}
+
+/// A cancel in the middle of a streamed single PUT returns within a second and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_streamed_put_stops_within_a_second_and_stores_nothing() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let src = t.path().join("src");
+    let data = content(30 * MIB, 8);
+    write(&src, "render.exr", &data, MTIME_NS);
+    let key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
+    for (name, mut s) in [
+        ("s3", settings(&s3, "p", &t.path().join("cache-s3"))),
+        ("file", fs_settings(&store, &t.path().join("cache-fs"))),
+    ] {
+        s.transfer.multipart_threshold = ByteSize(64 * MIB);
+        s.bandwidth.upload = Rate(10 * MIB);
+        let (cancel, job) = spawn_put(&src, &s).await;
+        wait_for_put_start(name, &s3, &store, &key).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel_put(cancel, job).await;
+        if name == "s3" {
+            assert!(
+                !s3.object_keys().contains(&key),
+                "a cut-short PUT was stored"
+            );
+        } else {
+            assert!(!store.join(&key).exists(), "a cut-short PUT was stored");
             assert!(common::files_under(&store.join(".attache-tmp")).is_empty());
         }
     }
