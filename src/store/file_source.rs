@@ -108,10 +108,10 @@ impl Reader {
         if self.failed || (self.ahead.is_none() && self.hasher.is_none()) {
             return None;
         }
-        if self.ahead.is_none() {
-            if let Err(e) = self.read_ahead() {
-                return Some(Err(e));
-            }
+        if self.ahead.is_none()
+            && let Err(e) = self.read_ahead()
+        {
+            return Some(Err(e));
         }
         let read = self
             .ahead

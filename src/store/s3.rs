@@ -720,7 +720,6 @@ impl Drop for CutShortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
 
     #[test]
     fn the_endpoint_comes_from_the_setting_then_s3_s_variable_then_the_general_one() {
