@@ -12,7 +12,8 @@ upload_scale_test and fault_test (Python 3.11 stdlib only).
 - Trees, content checks (destination and store), and Report (table, JSON, failures).
 
 attache reads every ATTACHE_* variable as config and exits 2 on an unknown one, so attache runs
-with every ATTACHE_* variable of this environment removed and only ATTACHE_S3__* set here.
+with every ATTACHE_* variable of this environment removed and only ATTACHE_S3__* set here, plus
+the settings given with --set (e.g. --set transfer.multipart_threshold=5GiB).
 """
 
 from __future__ import annotations
@@ -68,7 +69,26 @@ def common_args(description: str) -> argparse.ArgumentParser:
                     help="random seed for trees and cancel points (default: random, printed)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    ap.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                    help="an attache setting for every attache process of the test, e.g. "
+                         "transfer.multipart_threshold=5GiB (repeatable)")
     return ap
+
+
+# ATTACHE_* variables from --set, given to every attache process (attache_env).
+SETTINGS: dict = {}
+
+
+def apply_settings(pairs: list[str]) -> None:
+    """--set KEY=VALUE pairs as attache's environment variables (section.key ->
+    ATTACHE_SECTION__KEY)."""
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not section or not name:
+            raise SystemExit(f"--set {pair!r}: expected section.key=value, "
+                             "e.g. transfer.multipart_threshold=5GiB")
+        SETTINGS[f"ATTACHE_{section.upper()}__{name.upper()}"] = value
 
 
 def resolve_seed(args) -> int:
@@ -271,6 +291,7 @@ def attache_env(s3: "S3Server | None", extra: dict | None = None) -> dict:
     env["AWS_CONFIG_FILE"] = _empty_aws_file()
     env["AWS_SHARED_CREDENTIALS_FILE"] = _empty_aws_file()
     env["NO_COLOR"] = "1"
+    env.update(SETTINGS)
     if s3 is not None:
         env.update(s3.attache_env())
     if extra:
@@ -821,6 +842,7 @@ def check_cache_dir_flag(work: Work, report: Report) -> None:
 
 def main_wrapper(test: str, body, args) -> int:
     """Runs body(work, report) with cleanup on every exit path; returns the exit code."""
+    apply_settings(args.set)
     work = Work(test, keep=args.keep)
     work.install_signal_handlers()
     report = Report(test, args)
