@@ -66,7 +66,7 @@ QUICK_TREES = {
 }
 DEFAULT_RUNS = {"small": 3, "mixed": 3, "large": 2, "huge-count": 1}
 ALL_TOOLS = ["attache", "attache-daemon", "official", "rclone", "rclone-16", "aws-cli", "plain"]
-# The order of the tables (attache-16 and attache-single are opt-in: --tools attache-16).
+# The order of the tables (attache-16 and attache-single are opt in, named in --tools).
 TABLE_ORDER = ["attache", "attache-16", "attache-single", "attache-daemon", "official", "rclone",
                "rclone-16", "aws-cli", "plain"]
 # The Python tools take well over 15 minutes each on 200,000 files here; opt in with

@@ -24,7 +24,8 @@ pub mod manifest;
 pub mod progress;
 /// Parallel directory walk of input roots, with the symlink and special-file policy.
 pub mod scan;
-/// Object stores: the `ObjectStore` trait, S3 and local-directory stores, the key layout.
+/// Object stores: the `ObjectStore` trait, S3 and local-directory stores, the key layout, files
+/// sent as request bodies.
 pub mod store;
 /// Moving content between trees and a store: upload, download, multipart (and the records of
 /// open ones), bandwidth, retries.

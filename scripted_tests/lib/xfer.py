@@ -86,8 +86,9 @@ def apply_settings(pairs: list[str]) -> None:
         key, sep, value = pair.partition("=")
         section, dot, name = key.partition(".")
         if not sep or not dot or not section or not name:
-            raise SystemExit(f"--set {pair!r}: expected section.key=value, "
-                             "e.g. transfer.multipart_threshold=5GiB")
+            print(f"--set {pair!r}: expected section.key=value, "
+                  "e.g. transfer.multipart_threshold=5GiB", file=sys.stderr)
+            raise SystemExit(2)
         SETTINGS[f"ATTACHE_{section.upper()}__{name.upper()}"] = value
 
 

@@ -3,7 +3,8 @@
 //! Choices, and why:
 //! - The HTTP client is `aws_smithy_http_client::pool::ConnectionPool`: `s3.max_connections`
 //!   is a hard cap on open connections shared by every transfer of the process.
-//! - Request bodies are streamed from memory through the upload limiter in 64 KiB chunks.
+//! - Request bodies, from memory or read from a file as they are sent (`body`), go through
+//!   the upload limiter in 64 KiB chunks.
 //!   A streaming body is signed as UNSIGNED-PAYLOAD, which also saves hashing every body with
 //!   SHA-256 (TLS protects it in transit; the content hash is checked before and after).
 //! - The SDK's stalled-stream protection is off: a body starved by the bandwidth limit would
