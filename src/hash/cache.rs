@@ -120,16 +120,15 @@ impl HashCache {
     }
 
     fn connect(path: &Path) -> rusqlite::Result<Connection> {
-        let conn = crate::local_db::open(path)?;
-        conn.execute_batch(
+        crate::local_db::open(
+            path,
             "CREATE TABLE IF NOT EXISTS hashes (
                path BLOB PRIMARY KEY,
                dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
                mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
                hash BLOB NOT NULL, check_ INTEGER NOT NULL, hashed_at INTEGER NOT NULL
              ) WITHOUT ROWID;",
-        )?;
-        Ok(conn)
+        )
     }
 
     pub fn path(&self) -> &Path {

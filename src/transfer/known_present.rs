@@ -96,8 +96,8 @@ impl KnownPresent {
         };
         std::fs::create_dir_all(dir)
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        let conn = crate::local_db::open(&path).map_err(err)?;
-        conn.execute_batch(
+        let conn = crate::local_db::open(
+            &path,
             "CREATE TABLE IF NOT EXISTS present (
                store TEXT NOT NULL, hash BLOB NOT NULL, verified_at INTEGER NOT NULL,
                PRIMARY KEY (store, hash)) WITHOUT ROWID;",
