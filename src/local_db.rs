@@ -61,7 +61,8 @@ fn connect(path: &Path, schema: &str) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn is_busy(e: &rusqlite::Error) -> bool {
+/// SQLite's "database is locked" (another connection holds the lock it needs).
+pub fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)

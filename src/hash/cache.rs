@@ -62,6 +62,13 @@ pub enum CacheError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error(
+        "hash cache {path}: {source}: another attache process has kept it locked for 30 s; wait for it to finish, give this run another --cache-dir, or run with --no-cache"
+    )]
+    Locked {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("hash cache {path}: {source}")]
     Query {
         path: PathBuf,
@@ -89,10 +96,7 @@ impl HashCache {
     /// never a wrong hash.
     pub fn open(dir: &Path) -> Result<Self, CacheError> {
         let path = dir.join(FILE_NAME);
-        let open_err = |source| CacheError::Open {
-            path: path.clone(),
-            source,
-        };
+        let open_err = |source| open_error(&path, source);
         std::fs::create_dir_all(dir).map_err(|e| open_err(io_to_sqlite(e)))?;
         let conn = match Self::connect(&path) {
             Ok(conn) => conn,
@@ -387,6 +391,17 @@ fn is_damage(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Why the cache could not be opened: held locked by another process past the busy timeout,
+/// or anything else (permissions, a full disk).
+fn open_error(path: &Path, source: rusqlite::Error) -> CacheError {
+    let path = path.to_path_buf();
+    if crate::local_db::is_busy(&source) {
+        CacheError::Locked { path, source }
+    } else {
+        CacheError::Open { path, source }
+    }
+}
+
 fn io_to_sqlite(e: std::io::Error) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(Box::new(e))
 }
@@ -620,5 +635,24 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().any(|n| n.contains(".damaged-")), "{names:?}");
+    }
+
+    /// A cache another process keeps locked is named as such, not as a permissions problem.
+    #[test]
+    fn a_locked_cache_says_who_holds_it_and_what_to_do() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some("database is locked".into()),
+        );
+        let msg = open_error(Path::new("/c/hash-cache-v1.sqlite3"), busy).to_string();
+        assert!(msg.contains("another attache process"), "{msg}");
+        assert!(msg.contains("--no-cache"), "{msg}");
+        assert!(!msg.contains("permissions"), "{msg}");
+        let denied = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            None,
+        );
+        let msg = open_error(Path::new("/c/hash-cache-v1.sqlite3"), denied).to_string();
+        assert!(msg.contains("permissions of cache.dir"), "{msg}");
     }
 }
