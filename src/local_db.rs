@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags};
 const KEEP_LOG_UP_TO: u64 = 8 << 20;
 
 /// How long a connection waits for another one's lock, and how long [`open`] keeps trying.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Opens (creating if needed) the database at `path` in WAL mode, with the caller's `schema`
 /// (`CREATE TABLE IF NOT EXISTS …`) applied.

@@ -63,7 +63,8 @@ pub enum CacheError {
         source: rusqlite::Error,
     },
     #[error(
-        "hash cache {path}: {source}: another attache process has kept it locked for 30 s; wait for it to finish, give this run another --cache-dir, or run with --no-cache"
+        "hash cache {path}: {source}: another attache process has kept it locked for {} s; wait for it to finish, give this run another --cache-dir, or run with --no-cache",
+        crate::local_db::BUSY_TIMEOUT.as_secs()
     )]
     Locked {
         path: PathBuf,

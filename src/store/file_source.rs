@@ -7,11 +7,11 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::hash::ContentHash;
@@ -26,8 +26,11 @@ pub struct FileSource {
     pub size: u64,
     pub hash: ContentHash,
     /// Counts bytes as they are first sent (a retry sends them again, counted once).
-    progress: Option<Arc<Progress>>,
+    progress: Arc<Progress>,
     reported: AtomicU64,
+    /// Why the file could not all be sent, once it could not: a store's client may only say
+    /// that the body failed, and a retry would read a changed file again for nothing.
+    failure: Mutex<Option<SourceError>>,
 }
 
 /// Why a file's bytes could not all be sent.
@@ -40,27 +43,32 @@ pub enum SourceError {
 }
 
 impl FileSource {
-    pub fn new(
-        path: PathBuf,
-        size: u64,
-        hash: ContentHash,
-        progress: Option<Arc<Progress>>,
-    ) -> FileSource {
+    pub fn new(path: PathBuf, size: u64, hash: ContentHash, progress: Arc<Progress>) -> FileSource {
         FileSource {
             path,
             size,
             hash,
             progress,
             reported: AtomicU64::new(0),
+            failure: Mutex::new(None),
         }
+    }
+
+    /// Why the file could not all be sent, if it could not.
+    pub fn failure(&self) -> Option<SourceError> {
+        self.failure.lock().expect("not poisoned").clone()
     }
 
     /// The file's bytes from the start, in chunks of at most [`READ_CHUNK`], each read on a
     /// blocking thread while the one before is sent. The stream ends with an error instead of
-    /// the last chunk when the content is not the planned one.
+    /// the last chunk when the content is not the planned one; once it has, every later
+    /// stream is that error alone.
     pub fn chunks(
         self: &Arc<Self>,
     ) -> impl Stream<Item = Result<Bytes, SourceError>> + Send + use<> {
+        if let Some(failed) = self.failure() {
+            return futures::stream::once(async move { Err(failed) }).left_stream();
+        }
         let state = Reader {
             source: self.clone(),
             file: None,
@@ -71,20 +79,19 @@ impl FileSource {
         };
         futures::stream::unfold(state, |mut r| async move {
             let chunk = r.next().await?;
-            if chunk.is_err() {
+            if let Err(e) = &chunk {
                 r.failed = true;
+                *r.source.failure.lock().expect("not poisoned") = Some(e.clone());
             }
             Some((chunk, r))
         })
+        .right_stream()
     }
 
     fn sent_up_to(&self, end: u64) {
-        let Some(progress) = &self.progress else {
-            return;
-        };
         let before = self.reported.fetch_max(end, Ordering::Relaxed);
         if end > before {
-            progress.add_bytes(end - before);
+            self.progress.add_bytes(end - before);
         }
     }
 }
@@ -190,12 +197,11 @@ mod tests {
     fn source_of(dir: &tempfile::TempDir, data: &[u8]) -> Arc<FileSource> {
         let path = dir.path().join("f");
         std::fs::write(&path, data).unwrap();
-        let progress = Arc::new(Progress::default());
         Arc::new(FileSource::new(
             path,
             data.len() as u64,
             ContentHash::of(data),
-            Some(progress),
+            Arc::new(Progress::default()),
         ))
     }
 
@@ -211,7 +217,7 @@ mod tests {
             let sent: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap()).collect();
             assert_eq!(sent, data);
         }
-        let progress = source.progress.as_ref().unwrap().snapshot();
+        let progress = source.progress.snapshot();
         assert_eq!(progress.bytes_done, data.len() as u64);
     }
 
@@ -235,20 +241,27 @@ mod tests {
         assert_eq!(chunks.len(), 2);
         assert_eq!(chunks[0].as_ref().unwrap().len(), READ_CHUNK);
         assert_eq!(chunks[1], Err(SourceError::Changed(source.hash)));
+        // Recorded: a retry gets the error alone, without reading the file again.
+        assert_eq!(source.failure(), Some(SourceError::Changed(source.hash)));
+        std::fs::write(&source.path, &data).unwrap();
+        assert_eq!(
+            collect(&source).await,
+            vec![Err(SourceError::Changed(source.hash))]
+        );
     }
 
     #[tokio::test]
     async fn a_shorter_or_longer_file_is_changed() {
-        let dir = tempfile::tempdir().unwrap();
         let data = vec![3u8; 1000];
-        let source = source_of(&dir, &data);
-        std::fs::write(&source.path, &data[..999]).unwrap();
-        let changed = Err(SourceError::Changed(source.hash));
-        assert_eq!(collect(&source).await, vec![changed.clone()]);
         let mut longer = data.clone();
         longer.push(3);
-        std::fs::write(&source.path, &longer).unwrap();
-        assert_eq!(collect(&source).await, vec![changed]);
+        for now in [&data[..999], &longer[..]] {
+            let dir = tempfile::tempdir().unwrap();
+            let source = source_of(&dir, &data);
+            std::fs::write(&source.path, now).unwrap();
+            let changed = Err(SourceError::Changed(source.hash));
+            assert_eq!(collect(&source).await, vec![changed], "{} bytes", now.len());
+        }
     }
 
     #[tokio::test]

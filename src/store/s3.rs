@@ -33,8 +33,8 @@ mod region;
 pub use http::{proxy_setting, read_ca_bundle};
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -48,12 +48,12 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectI
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::file_source::{FileSource, SourceError};
+use super::file_source::FileSource;
 use super::parts_in_flight::{PartsInFlight, SETTLE_WITHIN};
 use super::{GetObject, ObjectInfo, ObjectStore, OpenUpload, PutOptions, PutOutcome, StoreError};
 use crate::config::{ChecksumMode, S3Settings};
 use crate::transfer::limiter::Bandwidth;
-use body::{BodySent, FileBody, PacedBody};
+use body::{BodySent, PacedBody};
 
 /// Error codes worth another attempt whatever the HTTP status (S3 may answer a
 /// CompleteMultipartUpload with 200 and an InternalError body); the SDK's own list.
@@ -437,17 +437,15 @@ impl ObjectStore for S3Store {
         source: Arc<FileSource>,
         opts: &PutOptions,
     ) -> Result<PutOutcome, StoreError> {
-        let failure = Arc::new(Mutex::new(None::<SourceError>));
         let body = {
-            let (source, bandwidth, failure) =
-                (source.clone(), self.bandwidth.clone(), failure.clone());
+            let (source, bandwidth) = (source.clone(), self.bandwidth.clone());
             // Retryable: each attempt reads the file again from the start.
             ByteStream::new(SdkBody::retryable(move || {
-                SdkBody::from_body_1_x(FileBody::new(&source, bandwidth.clone(), failure.clone()))
+                SdkBody::from_body_1_x(PacedBody::from_file(&source, bandwidth.clone()))
             }))
         };
         let sent = self.put_body(key, source.size, body, opts).await;
-        sent.map_err(|e| match failure.lock().expect("not poisoned").take() {
+        sent.map_err(|e| match source.failure() {
             Some(error) => StoreError::Source {
                 path: source.path.clone(),
                 error,

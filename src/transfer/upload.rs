@@ -1,7 +1,8 @@
 //! Uploading content objects: each distinct hash once, skipping what the store already has.
 //!
 //! Per object: known-present index → (HEAD, or a conditional PUT) → single PUT up to
-//! `transfer.multipart_threshold`, managed multipart above it. A body is always the bytes that
+//! `transfer.multipart_threshold` (from memory up to `part_size`, read from the file as it is
+//! sent above it), managed multipart above it. A body is always the bytes that
 //! were hashed: small files reuse the hashing read, other files are hashed again as they are
 //! read for upload, and content that no longer matches its planned hash is never stored.
 
@@ -238,7 +239,6 @@ async fn upload_one(
         None => None,
     };
     let small = item.size <= t.settings.multipart_threshold.0;
-    let streamed = small && item.data.is_none() && item.size > t.settings.part_size.0;
     let mut bytes_counted = false;
     let created = if t.dry_run {
         // Would it be uploaded? Ask, write nothing.
@@ -248,13 +248,13 @@ async fn upload_one(
             if_none_match: true,
             ..Default::default()
         };
-        bytes_counted = streamed;
-        put_single(t, &item, &key, &opts, streamed, cancel).await? == PutOutcome::Created
+        bytes_counted = streamed(t, &item);
+        put_single(t, &item, &key, &opts, cancel).await? == PutOutcome::Created
     } else if t.gate.run(cancel, || t.store.head(&key)).await?.is_some() {
         false
     } else if small {
-        put_single(t, &item, &key, &PutOptions::default(), streamed, cancel).await?;
-        bytes_counted = streamed;
+        put_single(t, &item, &key, &PutOptions::default(), cancel).await?;
+        bytes_counted = streamed(t, &item);
         true
     } else {
         upload_multipart(t, &item, &key, cancel).await?;
@@ -278,18 +278,23 @@ async fn upload_one(
     Ok(())
 }
 
-/// One PutObject of the whole file: from memory up to a part's size, else read from the file
-/// as it is sent (`streamed`, with `multipart_threshold` raised above `part_size`), its bytes
-/// counted as they go.
+/// Whether a single PUT of `item` is read from its file as it is sent: its bytes are not at
+/// hand from hashing, and it is bigger than a part (`multipart_threshold` raised above
+/// `part_size`), so it is not held in memory.
+fn streamed(t: &Transfer, item: &UploadItem) -> bool {
+    item.data.is_none() && item.size > t.settings.part_size.0
+}
+
+/// One PutObject of the whole file: from memory, or [`streamed`] with its bytes counted as
+/// they go.
 async fn put_single(
     t: &Transfer,
     item: &UploadItem,
     key: &str,
     opts: &PutOptions,
-    streamed: bool,
     cancel: &CancellationToken,
 ) -> Result<PutOutcome, TransferError> {
-    if !streamed {
+    if !streamed(t, item) {
         let body = load_verified(t, item, cancel).await?;
         return t
             .gate
@@ -307,7 +312,7 @@ async fn put_single(
         item.path.clone(),
         item.size,
         item.hash,
-        Some(t.progress.clone()),
+        t.progress.clone(),
     ));
     let sent = t
         .gate

@@ -54,10 +54,18 @@ impl BodySent {
     }
 }
 
-/// A request body served from memory, each chunk after the upload limiter allows it.
+/// A request body, each chunk sent once the upload limiter allows it: bytes from memory, or a
+/// file read as it is sent ([`FileSource`]). A part's body (`sent`) can be cut short before its
+/// last bytes.
 pub(super) struct PacedBody {
-    data: Bytes,
-    pacer: Pacer,
+    /// Bytes at hand and not sent yet: all of them from memory, the chunk last read of a file.
+    current: Bytes,
+    /// A file's chunks still to read (a Mutex so the body is `Sync`, as the SDK wants).
+    file: Option<Mutex<BoxStream<'static, Result<Bytes, SourceError>>>>,
+    remaining: u64,
+    bandwidth: Arc<Bandwidth>,
+    /// The limiter wait of the next chunk (a Mutex so the body is `Sync`, as the SDK wants).
+    wait: Mutex<Option<(Wait, usize)>>,
     sent: Option<Arc<BodySent>>,
 }
 
@@ -67,9 +75,25 @@ impl PacedBody {
             sent.restart();
         }
         PacedBody {
-            data,
-            pacer: Pacer::new(bandwidth),
+            remaining: data.len() as u64,
+            current: data,
+            file: None,
+            bandwidth,
+            wait: Mutex::new(None),
             sent,
+        }
+    }
+
+    /// The file from its start; why it could not all be sent is left in `source` (the SDK's
+    /// error only says that the body failed).
+    pub(super) fn from_file(source: &Arc<FileSource>, bandwidth: Arc<Bandwidth>) -> Self {
+        PacedBody {
+            current: Bytes::new(),
+            file: Some(Mutex::new(source.chunks().boxed())),
+            remaining: source.size,
+            bandwidth,
+            wait: Mutex::new(None),
+            sent: None,
         }
     }
 }
@@ -82,102 +106,44 @@ impl http_body::Body for PacedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if self.data.is_empty() {
+        if self.remaining == 0 {
             return Poll::Ready(None);
         }
         let this = &mut *self;
-        let cut_short = || {
-            Poll::Ready(Some(Err(std::io::Error::other(
-                "the request was given up before its body was sent",
-            ))))
-        };
+        let fail = |message: String| Poll::Ready(Some(Err(std::io::Error::other(message))));
+        let cut_short = || fail("the request was given up before its body was sent".into());
         if this.sent.as_ref().is_some_and(|s| s.given_up()) {
             return cut_short();
         }
-        let Poll::Ready(n) = this.pacer.poll_allowed(this.data.len(), cx) else {
-            return Poll::Pending;
-        };
-        let last = n == this.data.len();
-        if last && this.sent.as_ref().is_some_and(|s| !s.last_bytes_go()) {
-            return cut_short();
-        }
-        Poll::Ready(Some(Ok(Frame::data(this.data.split_to(n)))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.len() as u64)
-    }
-}
-
-/// A request body read from a file as it is sent ([`FileSource`]), paced like [`PacedBody`].
-/// Why the file could not be sent is left in `failure`: the SDK's error only says the body
-/// failed, and a retry of a file that changed is not worth reading it again.
-pub(super) struct FileBody {
-    /// A Mutex so the body is `Sync`, as the SDK wants.
-    chunks: Mutex<BoxStream<'static, Result<Bytes, SourceError>>>,
-    /// The part of the chunk last read that is not sent yet.
-    current: Bytes,
-    remaining: u64,
-    pacer: Pacer,
-    failure: Arc<Mutex<Option<SourceError>>>,
-}
-
-impl FileBody {
-    pub(super) fn new(
-        source: &Arc<FileSource>,
-        bandwidth: Arc<Bandwidth>,
-        failure: Arc<Mutex<Option<SourceError>>>,
-    ) -> Self {
-        let chunks = match failure.lock().expect("not poisoned").clone() {
-            Some(failed) => futures::stream::once(async move { Err(failed) }).boxed(),
-            None => source.chunks().boxed(),
-        };
-        FileBody {
-            chunks: Mutex::new(chunks),
-            current: Bytes::new(),
-            remaining: source.size,
-            pacer: Pacer::new(bandwidth),
-            failure,
-        }
-    }
-}
-
-impl http_body::Body for FileBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
         while this.current.is_empty() {
-            if this.remaining == 0 {
-                return Poll::Ready(None);
-            }
-            let chunks = this.chunks.get_mut().expect("not poisoned");
-            match chunks.poll_next_unpin(cx) {
+            let Some(file) = &mut this.file else {
+                return fail("the body ended before its planned size".into());
+            };
+            match file.get_mut().expect("not poisoned").poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => this.current = chunk,
-                Poll::Ready(Some(Err(e))) => {
-                    let message = e.to_string();
-                    *this.failure.lock().expect("not poisoned") = Some(e);
-                    return Poll::Ready(Some(Err(std::io::Error::other(message))));
-                }
-                Poll::Ready(None) => {
-                    return Poll::Ready(Some(Err(std::io::Error::other(
-                        "the file ended before its planned size",
-                    ))));
-                }
+                Poll::Ready(Some(Err(e))) => return fail(e.to_string()),
+                Poll::Ready(None) => return fail("the file ended before its planned size".into()),
             }
         }
-        let Poll::Ready(n) = this.pacer.poll_allowed(this.current.len(), cx) else {
+        let wait = this.wait.get_mut().expect("not poisoned");
+        if wait.is_none() {
+            let n = this.current.len().min(BODY_CHUNK);
+            let bandwidth = this.bandwidth.clone();
+            *wait = Some((
+                Box::pin(async move { bandwidth.upload.acquire(n).await }),
+                n,
+            ));
+        }
+        let (fut, n) = wait.as_mut().expect("set above");
+        let Poll::Ready(()) = fut.as_mut().poll(cx) else {
             return Poll::Pending;
         };
+        let n = *n;
+        *wait = None;
+        if n as u64 == this.remaining && this.sent.as_ref().is_some_and(|s| !s.last_bytes_go()) {
+            return cut_short();
+        }
         this.remaining -= n as u64;
         Poll::Ready(Some(Ok(Frame::data(this.current.split_to(n)))))
     }
@@ -188,44 +154,6 @@ impl http_body::Body for FileBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.remaining)
-    }
-}
-
-/// Lets a body's bytes go [`BODY_CHUNK`] at a time, each once the upload limiter allows it.
-struct Pacer {
-    bandwidth: Arc<Bandwidth>,
-    /// The limiter wait of the next chunk (a Mutex so the body is `Sync`, as the SDK wants).
-    wait: Mutex<Option<(Wait, usize)>>,
-}
-
-impl Pacer {
-    fn new(bandwidth: Arc<Bandwidth>) -> Self {
-        Pacer {
-            bandwidth,
-            wait: Mutex::new(None),
-        }
-    }
-
-    /// How many of the `available` bytes may go now (at least one, at most a chunk).
-    fn poll_allowed(&mut self, available: usize, cx: &mut Context<'_>) -> Poll<usize> {
-        let wait = self.wait.get_mut().expect("not poisoned");
-        if wait.is_none() {
-            let n = available.min(BODY_CHUNK);
-            let bandwidth = self.bandwidth.clone();
-            *wait = Some((
-                Box::pin(async move { bandwidth.upload.acquire(n).await }),
-                n,
-            ));
-        }
-        let (fut, n) = wait.as_mut().expect("set above");
-        match fut.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => {
-                let n = *n;
-                *wait = None;
-                Poll::Ready(n)
-            }
-        }
     }
 }
 
