@@ -372,7 +372,8 @@ def tool_attache(ctx: Ctx, daemon: bool, settings: dict | None = None) -> list[t
         results.append(("download", r))
         results.append(("warm sync",
                         run_measured(down, env, ctx.rundir, "warmsync", ctx.server, dpid)))
-        if not daemon:
+        # Hashing does not depend on transfer settings: timed for the CLI with its defaults.
+        if not daemon and not settings:
             hcache = ctx.rundir / "hash-cache"
             h = [a.attache, "hash", str(ctx.tree_dir), "-o", "/dev/null", "--cache-dir",
                  str(hcache)]
