@@ -6,6 +6,17 @@ pub mod staged;
 use std::io::Write;
 use std::path::Path;
 
+/// Advice to append to the message of an I/O error the user can fix on their side: a full
+/// filesystem or a used-up disk quota. Empty for any other error.
+pub fn io_advice(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            ". The filesystem is full or a disk quota is used up: free some space on it and run again"
+        }
+        _ => "",
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
 /// readers see the old file or the whole new one, never a part. A path that is a device,
 /// FIFO or socket (`/dev/null`, `/dev/stdout`) is written in place instead.
@@ -202,6 +213,17 @@ pub fn temp_file_in(
 mod tests {
     use super::*;
     use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn a_full_disk_or_quota_gets_advice_other_errors_none() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let advice = io_advice(&std::io::Error::from_raw_os_error(errno));
+            assert!(advice.contains("free some space"), "{errno}: {advice}");
+        }
+        for errno in [libc::ENOENT, libc::EACCES, libc::EIO] {
+            assert_eq!(io_advice(&std::io::Error::from_raw_os_error(errno)), "");
+        }
+    }
 
     #[test]
     fn vectored_writes_land_in_order_at_their_offset() {

@@ -144,7 +144,7 @@ impl Transfer {
 pub enum TransferError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", crate::fsutil::io_advice(.source))]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -284,6 +284,20 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
+
+    #[test]
+    fn a_write_to_a_full_disk_names_the_file_and_says_what_to_do() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let msg = TransferError::io("/session/out/a.exr")(full).to_string();
+        assert!(
+            msg.starts_with("/session/out/a.exr: No space left on device"),
+            "{msg}"
+        );
+        assert!(msg.contains("free some space on it"), "{msg}");
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        let msg = TransferError::io("/session/out/a.exr")(denied).to_string();
+        assert!(!msg.contains("free some space"), "{msg}");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_spawned_piece_gives_its_result_and_is_aborted_when_dropped() {

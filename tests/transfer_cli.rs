@@ -228,6 +228,47 @@ fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
 }
 
 #[test]
+fn a_failed_get_keeps_what_it_placed_and_the_next_one_trusts_it_without_reading() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    for i in 0..40 {
+        let p = root.join(format!("d{}/f{i:02}.txt", i % 4));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, format!("content {i:02}").repeat(100)).unwrap();
+    }
+    // Last in path order, and fetched last: small files go in path order, one at a time here.
+    let last = "the last object".repeat(100);
+    std::fs::create_dir_all(root.join("zz")).unwrap();
+    std::fs::write(root.join("zz/last.txt"), &last).unwrap();
+    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
+    let object = files_under(&t.path().join("store/Data"))
+        .into_iter()
+        .find(|p| std::fs::read(p).unwrap() == last.as_bytes())
+        .unwrap();
+    let away = t.path().join("away");
+    std::fs::rename(&object, &away).unwrap();
+
+    let dest = t.path().join("dest");
+    let (code, _, err) = run(attache(&cache)
+        .args(["get", "--workers", "1", "--store", &store])
+        .arg(&manifest)
+        .arg("--dest")
+        .arg(&dest));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not found"), "{err}");
+    assert_eq!(files_under(&dest).len(), 40, "every other file was placed");
+
+    std::fs::rename(&away, &object).unwrap();
+    let v = get_json(&cache, &store, &manifest, &dest, &[]);
+    assert_eq!(v["unchanged_files"], 40, "{v}");
+    assert_eq!(
+        v["unchanged_read_files"], 0,
+        "the failed run recorded the files it placed: none is read again ({v})"
+    );
+    assert_eq!(v["download"]["objects"], 1, "{v}");
+}
+
+#[test]
 fn put_dry_run_uploads_nothing_and_leaves_the_next_put_everything_to_do() {
     let t = tempfile::tempdir().unwrap();
     let src = small_src(t.path(), 3);

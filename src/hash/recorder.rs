@@ -95,7 +95,7 @@ impl CacheRecorder {
         let _ = self.thread.join();
     }
 
-    /// Like [`Self::finish`] without waiting: for a cancelled or failed job, which must not
+    /// Like [`Self::finish`] without waiting: for a cancelled job, which must not
     /// wait on the cache. What was recorded is committed if the process lives long enough.
     pub fn detach(self) {
         let _ = self.sink.tx.send(Msg::Finish);

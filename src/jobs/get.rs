@@ -112,10 +112,14 @@ pub async fn run(
     let sink = recorder.as_ref().map(CacheRecorder::sink);
     let placed = plan_and_download(spec, dest, sink, transfer, cancel).await;
     match recorder {
-        Some(r) if placed.is_ok() => tokio::task::spawn_blocking(move || r.finish())
-            .await
-            .expect("cache recorder panicked"),
-        // A cancel must not wait on the cache.
+        // A cancel must not wait on the cache. Anything else, a failure too, commits what was
+        // recorded: after a full disk or a missing object, the next run trusts the files
+        // already placed instead of reading them all again.
+        Some(r) if !matches!(placed, Err(TransferError::Cancelled(_))) => {
+            tokio::task::spawn_blocking(move || r.finish())
+                .await
+                .expect("cache recorder panicked")
+        }
         Some(r) => r.detach(),
         None => {}
     }

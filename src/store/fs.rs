@@ -79,7 +79,8 @@ impl FsStore {
                 key: key.into(),
             }
         } else {
-            self.failed(op, key, e.to_string(), false)
+            let message = format!("{e}{}", crate::fsutil::io_advice(&e));
+            self.failed(op, key, message, false)
         }
     }
 
@@ -515,4 +516,23 @@ fn list_dir(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_store_disk_is_reported_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            FsStore::open(dir.path().to_path_buf(), Arc::new(Bandwidth::default())).unwrap();
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let msg = store.io("PUT", "Data/x.xxh128", full).to_string();
+        assert!(
+            msg.contains("PUT Data/x.xxh128: No space left on device"),
+            "{msg}"
+        );
+        assert!(msg.contains("free some space on it"), "{msg}");
+    }
 }
