@@ -70,6 +70,13 @@ pub enum CacheError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error(
+        "hash cache {path}: {source}: the disk of cache.dir is full; free some space on it, give this run another --cache-dir, or run with --no-cache"
+    )]
+    Full {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("hash cache {path}: {source}")]
     Query {
         path: PathBuf,
@@ -393,11 +400,13 @@ fn is_damage(e: &rusqlite::Error) -> bool {
 }
 
 /// Why the cache could not be opened: held locked by another process past the busy timeout,
-/// or anything else (permissions, a full disk).
+/// a full disk, or anything else (permissions, mostly).
 fn open_error(path: &Path, source: rusqlite::Error) -> CacheError {
     let path = path.to_path_buf();
     if crate::local_db::is_busy(&source) {
         CacheError::Locked { path, source }
+    } else if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        CacheError::Full { path, source }
     } else {
         CacheError::Open { path, source }
     }
@@ -638,7 +647,8 @@ mod tests {
         assert!(names.iter().any(|n| n.contains(".damaged-")), "{names:?}");
     }
 
-    /// A cache another process keeps locked is named as such, not as a permissions problem.
+    /// A cache another process keeps locked, or on a full disk, is named as such, not as a
+    /// permissions problem.
     #[test]
     fn a_locked_cache_says_who_holds_it_and_what_to_do() {
         let busy = rusqlite::Error::SqliteFailure(
@@ -655,5 +665,13 @@ mod tests {
         );
         let msg = open_error(Path::new("/c/hash-cache-v1.sqlite3"), denied).to_string();
         assert!(msg.contains("permissions of cache.dir"), "{msg}");
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        );
+        let msg = open_error(Path::new("/c/hash-cache-v1.sqlite3"), full).to_string();
+        assert!(msg.contains("disk of cache.dir is full"), "{msg}");
+        assert!(msg.contains("--no-cache"), "{msg}");
+        assert!(!msg.contains("permissions"), "{msg}");
     }
 }
