@@ -142,6 +142,13 @@ fn describe(e: &anyhow::Error) -> String {
             text.push_str(&part);
         }
     }
+    // A full disk, wherever it was met (a manifest written with -o, ...): what to do, once.
+    if let Some(io) = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>()) {
+        let advice = crate::fsutil::io_advice(io);
+        if !text.contains(advice) {
+            text.push_str(advice);
+        }
+    }
     text
 }
 
@@ -334,4 +341,38 @@ pub(crate) fn run_cancellable<T: Send + 'static>(
             .await
             .expect("job panicked")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn an_error_says_each_cause_once_and_what_to_do_about_a_full_disk() {
+        let full = Err::<(), _>(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            .context("writing /out/m.json")
+            .unwrap_err();
+        let text = describe(&full);
+        assert!(
+            text.starts_with("writing /out/m.json: No space left on device"),
+            "{text}"
+        );
+        assert_eq!(text.matches("free some space").count(), 1, "{text}");
+
+        // The advice already in a library error's text is not repeated.
+        let already = crate::transfer::TransferError::io("/dest/a.exr")(
+            std::io::Error::from_raw_os_error(libc::EDQUOT),
+        );
+        let text = describe(&anyhow::Error::from(already));
+        assert_eq!(text.matches("free some space").count(), 1, "{text}");
+
+        let denied = Err::<(), _>(std::io::Error::from_raw_os_error(libc::EACCES))
+            .context("writing /out/m.json")
+            .unwrap_err();
+        assert_eq!(
+            describe(&denied),
+            "writing /out/m.json: Permission denied (os error 13)"
+        );
+    }
 }
