@@ -3,6 +3,7 @@
 mod cleanup_cmd;
 mod config_cmd;
 mod daemon_cmd;
+mod exclude_args;
 mod farm;
 mod get_cmd;
 mod hash_cmd;

@@ -107,6 +107,8 @@ pub struct HashSettings {
     pub threads: usize,
     pub read_buffer: ByteSize,
     pub follow_external_symlinks: bool,
+    /// Patterns of paths scans leave out (see `scan::exclude`).
+    pub exclude: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -304,6 +306,7 @@ impl Default for HashSettings {
             threads: 0,
             read_buffer: ByteSize::mib(1),
             follow_external_symlinks: false,
+            exclude: Vec::new(),
         }
     }
 }
@@ -418,7 +421,12 @@ const KEYS: &[(&str, &[&str])] = &[
     ("bandwidth", &["upload", "download"]),
     (
         "hash",
-        &["threads", "read_buffer", "follow_external_symlinks"],
+        &[
+            "threads",
+            "read_buffer",
+            "follow_external_symlinks",
+            "exclude",
+        ],
     ),
     ("cache", &["dir", "hash_cache"]),
     (
@@ -437,7 +445,11 @@ const KEYS: &[(&str, &[&str])] = &[
 
 /// List settings; in the environment their items are separated by `;`
 /// (`ATTACHE_STORAGE_PROFILE__LOCATIONS="Projects=/mnt/projects;Library=/mnt/lib"`).
-const LIST_KEYS: &[&str] = &["storage_profile.locations", "storage_profile.shared"];
+const LIST_KEYS: &[&str] = &[
+    "storage_profile.locations",
+    "storage_profile.shared",
+    "hash.exclude",
+];
 
 // ---- errors ----
 
@@ -820,6 +832,10 @@ fn validate(s: &Settings) -> Result<(), Violation> {
     )?;
     at_least("hash.read_buffer", s.hash.read_buffer, ByteSize::kib(64))?;
     at_most("hash.read_buffer", s.hash.read_buffer, ByteSize::mib(64))?;
+    crate::scan::Exclude::new(&s.hash.exclude).map_err(|e| Violation {
+        key: "hash.exclude",
+        reason: e.to_string(),
+    })?;
     check_listener(&s.daemon)?;
     check_storage_profile(&s.storage_profile)
 }

@@ -22,7 +22,8 @@ pub mod logging;
 pub mod manifest;
 /// Progress counters (files and bytes, done and total) shared by workers and displays.
 pub mod progress;
-/// Parallel directory walk of input roots, with the symlink and special-file policy.
+/// Parallel directory walk of input roots, with the symlink and special-file policy and the
+/// exclusion patterns (`scan::exclude`).
 pub mod scan;
 /// Object stores: the `ObjectStore` trait, S3 and local-directory stores, the key layout, files
 /// sent as request bodies.

@@ -1,5 +1,7 @@
 //! Walking input roots into file entries, in parallel, with attache's symlink and
-//! special-file policy.
+//! special-file policy; `exclude` holds the patterns that leave paths out.
+
+pub mod exclude;
 
 use std::ffi::OsStr;
 use std::fs::{self, FileType, Metadata};
@@ -12,6 +14,7 @@ use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::manifest::ManifestPath;
+pub use exclude::{Exclude, ExcludeError};
 
 /// What a file looked like when it was scanned: the identity the hash cache is keyed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +64,9 @@ pub struct ScanOptions {
     /// Where symlinks may point (default: the scanned root). A worker scanning outputs allows
     /// links within the whole session directory.
     pub boundary: Option<PathBuf>,
+    /// Paths left out, matched against the path as the manifest spells it; an excluded
+    /// directory is not entered.
+    pub exclude: Exclude,
 }
 
 /// A problem with one path of the tree.
@@ -278,7 +284,16 @@ impl<'a> Walker<'a> {
                     continue;
                 }
             };
+            // Before the entry is looked at: an excluded link that escapes the root, or an
+            // excluded directory that cannot be read, is no error.
+            let is_dir = (!file_type.is_symlink()).then_some(file_type.is_dir());
+            if self.opts.exclude.excludes(&rel, is_dir) {
+                continue;
+            }
             match self.classify(&path, file_type) {
+                // A link to a directory, for the patterns of directories only.
+                Ok(Some(Found::Dir(_)))
+                    if is_dir.is_none() && self.opts.exclude.excludes(&rel, Some(true)) => {}
                 Ok(Some(Found::File(meta))) => {
                     let file = ScannedFile {
                         rel: ManifestPath::from_posix_bytes(&rel),
@@ -458,7 +473,7 @@ mod tests {
             t.path(),
             ScanOptions {
                 follow_external_symlinks: true,
-                boundary: None,
+                ..ScanOptions::default()
             },
         )
         .unwrap();

@@ -256,6 +256,13 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
     );
     assert_eq!(status, 400);
     assert_eq!(e["field"], "inputs", "{e}");
+    let (status, e) = d.api(
+        "POST",
+        "/v1/jobs",
+        r#"{"kind":"submit","inputs":["/p"],"farm_id":"f","queue_id":"q","exclude":["a[b"]}"#,
+    );
+    assert_eq!(status, 400);
+    assert_eq!(e["field"], "exclude", "{e}");
     let (status, _) = d.api("GET", "/v1/jobs/job-nope", "");
     assert_eq!(status, 404);
 
@@ -273,6 +280,22 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
         metrics.contains("attache_uploaded_objects_total 0"),
         "{metrics}"
     );
+
+    // --exclude travels with the job: the daemon leaves out what a local run leaves out.
+    let excluded = |daemon: &str| {
+        let (code, out, err) = run(d
+            .cmd()
+            .env("ATTACHE_DAEMON", daemon)
+            .args(["submit", "--farm-id", "farm-1", "--queue-id", "queue-1"])
+            .args(["--exclude", "sub/"])
+            .arg(&proj));
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["manifests"][0]["inputManifestHash"].clone()
+    };
+    let (local_ex, remote_ex) = (excluded("0"), excluded("1"));
+    assert_eq!(local_ex, remote_ex);
+    assert_ne!(local_ex, l["manifests"][0]["inputManifestHash"]);
 
     let (code, secs) = d.stop();
     assert_eq!(code, Some(0));

@@ -269,6 +269,63 @@ fn a_failed_get_keeps_what_it_placed_and_the_next_one_trusts_it_without_reading(
 }
 
 #[test]
+fn put_leaves_out_what_exclude_matches_and_does_not_enter_excluded_directories() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    for p in [
+        "shot.ma",
+        "shot.ma.tmp",
+        ".DS_Store",
+        "tex/wood.png",
+        "tex/.DS_Store",
+        "tex/cache",
+        "sim/cache/frame1.bc",
+        "backup/shot.ma",
+        "tex/backup/shot.ma",
+    ] {
+        let p = root.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, p.to_string_lossy().as_bytes()).unwrap();
+    }
+    // Read, it would fail the put: a link out of the root, in a directory left out.
+    std::os::unix::fs::symlink("/etc/hostname", root.join("sim/cache/outside")).unwrap();
+    let cache = t.path().join("cache");
+    let store = format!("file://{}", t.path().join("store").display());
+    let manifest = t.path().join("m.json");
+    let (code, _, err) = run(attache(&cache)
+        .env("ATTACHE_HASH__EXCLUDE", ".DS_Store;*.tmp")
+        .args(["put", "--store", &store])
+        .args(["--exclude", "cache/", "--exclude", "backup/*"])
+        .arg(&root)
+        .arg("-o")
+        .arg(&manifest));
+    assert_eq!(code, 0, "{err}");
+    let m = attache::manifest::decode(&std::fs::read(&manifest).unwrap()).unwrap();
+    let paths: Vec<_> = m.entries().iter().map(|e| e.path.display()).collect();
+    assert_eq!(
+        paths,
+        ["shot.ma", "tex/backup/shot.ma", "tex/cache", "tex/wood.png"],
+        "a name pattern at any depth, a path pattern from the root, a directory pattern for directories"
+    );
+    assert_eq!(files_under(&t.path().join("store/Data")).len(), 4);
+
+    let (code, _, err) = run(attache(&cache)
+        .args(["put", "--store", &store, "--exclude", "tex/[a"])
+        .arg(&root));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--exclude \"tex/[a\""), "{err}");
+    let (code, _, err) = run(attache(&cache)
+        .env("ATTACHE_HASH__EXCLUDE", "/abs/*.tmp")
+        .args(["put", "--store", &store])
+        .arg(&root));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("hash.exclude") && err.contains("relative"),
+        "{err}"
+    );
+}
+
+#[test]
 fn put_dry_run_uploads_nothing_and_leaves_the_next_put_everything_to_do() {
     let t = tempfile::tempdir().unwrap();
     let src = small_src(t.path(), 3);

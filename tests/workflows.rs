@@ -569,7 +569,7 @@ fn an_input_manifest_cut_short_is_read_again_and_a_damaged_one_is_refused() {
 /// An output directory that also holds inputs: the inputs as sync-inputs placed them are not
 /// outputs; one the task rewrote, one it only touched and one it added are.
 #[test]
-fn inputs_left_as_placed_are_not_outputs_and_rewritten_ones_are() {
+fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_are() {
     let f = Farm::new();
     for c in ["a", "b", "c"] {
         f.s3.write_object(
@@ -615,18 +615,24 @@ fn inputs_left_as_placed_are_not_outputs_and_rewritten_ones_are() {
     let later = filetime::FileTime::from_unix_time(1_800_000_000, 0);
     filetime::set_file_mtime(&c, later).unwrap();
     write(&local.join("renders/new.exr"), b"new frame");
+    // Left out by the worker's config and by the command's flags.
+    write(&local.join("renders/new.exr.tmp"), b"a frame being written");
+    write(&local.join("renders/scratch/x.exr"), b"scratch");
+    write(&local.join("renders/zz/.DS_Store"), b"finder");
     let mut sync_outputs = f.attache("w");
     sync_outputs
+        .env("ATTACHE_HASH__EXCLUDE", ".DS_Store")
         .arg("sync-outputs")
         .args(IDS)
         .args(TASK_IDS)
-        .args(["--session-action-id", "sa-1"]);
+        .args(["--session-action-id", "sa-1"])
+        .args(["--exclude", "*.tmp", "--exclude", "scratch/"]);
     with_session(&mut sync_outputs);
     let (_, paths) = published_outputs(&f, &f.ok(&mut sync_outputs));
     assert_eq!(
         paths,
         ["renders/b.exr", "renders/new.exr", "renders/zz/c.exr"],
-        "a.exr is as placed; tex/ is not an output directory"
+        "a.exr is as placed; tex/ is not an output directory; the rest is excluded"
     );
 }
 

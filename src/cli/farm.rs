@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
+use super::exclude_args::ExcludeArgs;
 use super::transfer_args::{StoreArgs, with_transfer};
 use super::{Context, UsageError, flag};
 use crate::config::Override;
@@ -78,6 +79,8 @@ pub struct SubmitArgs {
     /// (repeatable; adds to [config: storage_profile.shared]).
     #[arg(long = "shared", value_name = "PATH")]
     shared: Vec<PathBuf>,
+    #[command(flatten)]
+    exclude: ExcludeArgs,
     /// Write the attachments JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -144,6 +147,8 @@ pub struct SyncOutputsArgs {
     /// same NAME replaces, [config: storage_profile.locations]).
     #[arg(long = "location", value_name = "NAME=PATH")]
     locations: Vec<String>,
+    #[command(flatten)]
+    exclude: ExcludeArgs,
     /// Write the published manifests JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -296,6 +301,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         queue_id: a.queue_id,
         locations: a.locations,
         shared: a.shared,
+        exclude: a.exclude.exclude,
         dry_run,
         store: a.common.store.store.clone(),
     });
@@ -381,6 +387,7 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         session_action_id: a.session_action_id,
         start_time: a.start_time,
         locations: a.locations,
+        exclude: a.exclude.exclude,
         store: a.common.store.store.clone(),
     });
     let Some(out) = run_and_emit(

@@ -10,6 +10,7 @@ use bytesize::ByteSize;
 use clap::Args;
 use serde_json::json;
 
+use super::exclude_args::ExcludeArgs;
 use super::progress_bar::Bar;
 use super::{Context, UsageError, flag, run_cancellable};
 use crate::config::Override;
@@ -44,6 +45,8 @@ pub struct HashArgs {
     /// Hashing threads, 0 = one per core [config: hash.threads].
     #[arg(long, value_name = "N")]
     threads: Option<String>,
+    #[command(flatten)]
+    exclude: ExcludeArgs,
 }
 
 impl HashArgs {
@@ -69,11 +72,12 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
         Some(o) => args.roots.len() > 1 || o.is_dir(),
         None => false,
     };
-    let spec = HashSpec::from_settings(
+    let mut spec = HashSpec::from_settings(
         &ctx.settings,
         args.roots.clone(),
         ctx.settings.cache.hash_cache,
     );
+    args.exclude.apply(&mut spec)?;
     let progress = Arc::new(Progress::default());
     let report = {
         let _bar = Bar::start(

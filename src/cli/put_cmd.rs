@@ -9,6 +9,7 @@ use bytesize::ByteSize;
 use clap::Args;
 use serde_json::json;
 
+use super::exclude_args::ExcludeArgs;
 use super::transfer_args::{StoreArgs, with_transfer};
 use super::{Context, UsageError, flag};
 use crate::config::Override;
@@ -38,6 +39,8 @@ pub struct PutArgs {
     /// written).
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    exclude: ExcludeArgs,
 }
 
 impl PutArgs {
@@ -52,11 +55,12 @@ impl PutArgs {
 
 pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
     let settings = ctx.settings.clone();
-    let spec = crate::jobs::hash::HashSpec::from_settings(
+    let mut spec = crate::jobs::hash::HashSpec::from_settings(
         &settings,
         vec![args.root.clone()],
         settings.cache.hash_cache,
     );
+    args.exclude.apply(&mut spec)?;
     let dry_run = args.dry_run;
     let report = with_transfer(ctx, None, "uploading", |t, cancel| async move {
         Ok(put::run(spec, t.dry_run_if(dry_run), &cancel).await?)

@@ -12,7 +12,7 @@ use crate::hash::parallel::{
 };
 use crate::manifest::Manifest;
 use crate::progress::Progress;
-use crate::scan::{ScanErrors, ScanOptions, ScanOutcome, ScannedFile, scan};
+use crate::scan::{Exclude, ExcludeError, ScanErrors, ScanOptions, ScanOutcome, ScannedFile, scan};
 
 /// What to hash and how.
 #[derive(Debug, Clone)]
@@ -40,8 +40,23 @@ impl HashSpec {
             scan: ScanOptions {
                 follow_external_symlinks: settings.hash.follow_external_symlinks,
                 boundary: None,
+                exclude: Exclude::new(&settings.hash.exclude)
+                    .expect("hash.exclude is checked when the config is loaded"),
             },
         }
+    }
+
+    /// Leaves out the paths `patterns` match too (`--exclude`, a job's `exclude`), beside
+    /// those of `hash.exclude`.
+    pub fn exclude_also(&mut self, patterns: &[String]) -> Result<(), ExcludeError> {
+        if !patterns.is_empty() {
+            let all: Vec<&str> = (self.scan.exclude.patterns().iter())
+                .chain(patterns)
+                .map(String::as_str)
+                .collect();
+            self.scan.exclude = Exclude::new(&all)?;
+        }
+        Ok(())
     }
 }
 

@@ -46,6 +46,9 @@ pub struct SubmitJob {
     /// SHARED storage-profile locations.
     #[serde(default)]
     pub shared: Vec<PathBuf>,
+    /// Patterns of paths left out, beside `hash.exclude` (see `scan::exclude`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
     #[serde(default)]
     pub dry_run: bool,
     /// Store URL; default: `store.url`.
@@ -94,6 +97,9 @@ pub struct SyncOutputsJob {
     pub start_time: Option<String>,
     #[serde(default)]
     pub locations: Vec<String>,
+    /// Patterns of outputs left out, beside `hash.exclude`.
+    #[serde(default)]
+    pub exclude: Vec<String>,
     #[serde(default)]
     pub store: Option<String>,
 }
@@ -293,6 +299,7 @@ impl JobSpec {
                 id("farm_id", &j.farm_id)?;
                 id("queue_id", &j.queue_id)?;
                 pairs(&j.locations, "locations")?;
+                exclude(&j.exclude)?;
             }
             JobSpec::SyncInputs(j) => {
                 absolute("session_dir", &j.session_dir)?;
@@ -311,6 +318,7 @@ impl JobSpec {
                     id(f, v)?;
                 }
                 pairs(&j.locations, "locations")?;
+                exclude(&j.exclude)?;
             }
             JobSpec::DownloadOutputs(j) => {
                 id("farm_id", &j.farm_id)?;
@@ -352,6 +360,9 @@ impl JobSpec {
         let profile = &settings.storage_profile;
         Ok(match self {
             JobSpec::Submit(j) => {
+                let mut hash = hash;
+                hash.exclude_also(&j.exclude)
+                    .map_err(|e| invalid("exclude", e.to_string()))?;
                 let spec = SubmitSpec {
                     inputs: j.inputs,
                     output_dirs: j.output_dirs,
@@ -378,6 +389,9 @@ impl JobSpec {
                 JobOutput::SyncInputs(super::sync_inputs::run(spec, transfer, cancel).await?)
             }
             JobSpec::SyncOutputs(j) => {
+                let mut hash = hash;
+                hash.exclude_also(&j.exclude)
+                    .map_err(|e| invalid("exclude", e.to_string()))?;
                 let spec = SyncOutputsSpec {
                     attachments: attachments(j.attachments)?,
                     session_dir: j.session_dir,
@@ -414,6 +428,13 @@ impl JobSpec {
             }
         })
     }
+}
+
+/// Exclusion patterns that compile.
+fn exclude(patterns: &[String]) -> Result<(), JobError> {
+    crate::scan::Exclude::new(patterns)
+        .map(drop)
+        .map_err(|e| invalid("exclude", e.to_string()))
 }
 
 fn attachments(a: AttachmentsArg) -> Result<Attachments, JobError> {
@@ -479,5 +500,33 @@ mod tests {
         )
         .unwrap();
         sync.validate().unwrap();
+    }
+
+    #[test]
+    fn exclude_patterns_are_checked_before_the_job_runs() {
+        let spec = |patterns: &str| -> JobSpec {
+            serde_json::from_str(&format!(
+                r#"{{"kind":"submit","inputs":["/p/a"],"farm_id":"f","queue_id":"q","exclude":{patterns}}}"#
+            ))
+            .unwrap()
+        };
+        spec(r#"["*.tmp", "cache/"]"#).validate().unwrap();
+        let Err(JobError::Invalid { field, message }) = spec(r#"["*.tmp", "a[b"]"#).validate()
+        else {
+            panic!("a bad pattern passed")
+        };
+        assert_eq!(field, "exclude");
+        assert!(message.contains("\"a[b\""), "{message}");
+        let outputs: JobSpec = serde_json::from_str(
+            r#"{"kind":"sync_outputs","attachments":"/a.json","session_dir":"/s","farm_id":"f","queue_id":"q","job_id":"j","step_id":"s","task_id":"t","session_action_id":"sa","exclude":["/abs"]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            outputs.validate(),
+            Err(JobError::Invalid {
+                field: "exclude",
+                ..
+            })
+        ));
     }
 }

@@ -86,7 +86,7 @@ pub async fn run(
         let put = run_with(
             move |sink, job| {
                 hash_chosen(&local2, &hash_spec, sink, job, |job| {
-                    changed_outputs(&local2, &dirs, &session, job)
+                    changed_outputs(&local2, &dirs, &session, &hash_spec.scan.exclude, job)
                 })
             },
             transfer.clone(),
@@ -164,11 +164,12 @@ pub fn asset_root_metadata(root_path: &str) -> Vec<(String, String)> {
 }
 
 /// Files under the output directories that sync-inputs did not place, or whose size or mtime
-/// changed since. Symlinks may point anywhere inside the session directory, nowhere else.
+/// changed since, but for those `exclude` leaves out. Symlinks may point anywhere inside the session directory, nowhere else.
 fn changed_outputs(
     local: &std::path::Path,
     dirs: &[String],
     session_dir: &std::path::Path,
+    exclude: &crate::scan::Exclude,
     cancel: &CancellationToken,
 ) -> Result<Vec<ScannedFile>, HashJobError> {
     // A million-entry record takes a second to read: a cancel does not wait for it.
@@ -195,6 +196,7 @@ fn changed_outputs(
     let opts = ScanOptions {
         follow_external_symlinks: false,
         boundary: Some(session_dir.to_path_buf()),
+        exclude: exclude.clone(),
     };
     let mut out = Vec::new();
     for dir in dirs {

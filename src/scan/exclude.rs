@@ -1,0 +1,187 @@
+//! Exclusion patterns (`hash.exclude`, `--exclude`): which files and directories a scan leaves
+//! out of the manifest, so editor backups, autosaves and caches are neither hashed nor sent.
+//!
+//! The rules, close to rclone's and gitignore's:
+//! - a pattern without `/` matches the name of a file or directory at any depth
+//!   (`*.tmp`, `.DS_Store`, `__pycache__`);
+//! - a pattern with a `/` matches the whole path as the manifest spells it (`cache/**`,
+//!   `**/backup/*.ma`); `*` stays within one path component, `**` crosses them;
+//! - a trailing `/` (`tmp/`) matches directories only;
+//! - a directory that matches is not entered: nothing under it is read.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{pattern:?}: {reason}")]
+pub struct ExcludeError {
+    pub pattern: String,
+    pub reason: String,
+}
+
+/// Compiled patterns; empty (the default) excludes nothing. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Exclude(Option<Arc<Compiled>>);
+
+#[derive(Debug)]
+struct Compiled {
+    patterns: Vec<String>,
+    /// Matched against an entry's name, for files and directories / directories only.
+    names: GlobSet,
+    dir_names: GlobSet,
+    /// Matched against the entry's path, for files and directories / directories only.
+    paths: GlobSet,
+    dir_paths: GlobSet,
+}
+
+impl Exclude {
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Exclude, ExcludeError> {
+        if patterns.is_empty() {
+            return Ok(Exclude::default());
+        }
+        let mut sets: [GlobSetBuilder; 4] = std::array::from_fn(|_| GlobSetBuilder::new());
+        for p in patterns {
+            let p = p.as_ref();
+            let bad = |reason: &str| ExcludeError {
+                pattern: p.to_owned(),
+                reason: reason.to_owned(),
+            };
+            let (body, dir_only) = match p.strip_suffix('/') {
+                Some(body) => (body, true),
+                None => (p, false),
+            };
+            let body = body.strip_prefix("./").unwrap_or(body);
+            if body.is_empty() || body == "." {
+                return Err(bad("an empty pattern would exclude everything"));
+            }
+            if body.starts_with('/') {
+                return Err(bad(
+                    "paths in a manifest are relative: write the pattern without the leading /",
+                ));
+            }
+            let glob = GlobBuilder::new(body)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| bad(&e.kind().to_string()))?;
+            let set = match (body.contains('/'), dir_only) {
+                (false, false) => 0,
+                (false, true) => 1,
+                (true, false) => 2,
+                (true, true) => 3,
+            };
+            sets[set].add(glob);
+        }
+        let [names, dir_names, paths, dir_paths] = sets.map(|b| {
+            b.build()
+                .expect("each glob was built alone; a set of them builds")
+        });
+        Ok(Exclude(Some(Arc::new(Compiled {
+            patterns: patterns.iter().map(|p| p.as_ref().to_owned()).collect(),
+            names,
+            dir_names,
+            paths,
+            dir_paths,
+        }))))
+    }
+
+    /// The patterns as given.
+    pub fn patterns(&self) -> &[String] {
+        self.0.as_ref().map_or(&[], |c| &c.patterns)
+    }
+
+    /// Whether the entry at `rel` (its path as the manifest spells it, `/`-separated) is left
+    /// out. `is_dir: None`: not known yet (a symlink not followed yet); only patterns that
+    /// match files and directories alike apply then.
+    pub fn excludes(&self, rel: &[u8], is_dir: Option<bool>) -> bool {
+        let Some(c) = &self.0 else {
+            return false;
+        };
+        let name = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
+        let (rel, name) = (Path::new(OsStr::from_bytes(rel)), OsStr::from_bytes(name));
+        c.names.is_match(name)
+            || c.paths.is_match(rel)
+            || (is_dir == Some(true) && (c.dir_names.is_match(name) || c.dir_paths.is_match(rel)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(patterns: &[&str]) -> Exclude {
+        Exclude::new(patterns).unwrap()
+    }
+
+    #[test]
+    fn a_name_pattern_matches_at_any_depth() {
+        let e = ex(&["*.tmp", ".DS_Store", "__pycache__"]);
+        assert!(e.excludes(b"a.tmp", Some(false)));
+        assert!(e.excludes(b"shots/010/render.tmp", Some(false)));
+        assert!(e.excludes(b"shots/.DS_Store", Some(false)));
+        assert!(e.excludes(b"tools/__pycache__", Some(true)));
+        assert!(!e.excludes(b"shots/010/render.exr", Some(false)));
+        assert!(!e.excludes(b"a.tmp.exr", Some(false)));
+        assert!(!e.excludes(b"shots/x.DS_Store", Some(false)));
+    }
+
+    #[test]
+    fn a_pattern_with_a_slash_matches_the_whole_path() {
+        let e = ex(&["cache/*", "**/backup/*.ma", "./textures/raw"]);
+        assert!(e.excludes(b"cache/sim.abc", Some(false)));
+        assert!(
+            !e.excludes(b"cache/sub/sim.abc", Some(false)),
+            "* stays in a component"
+        );
+        assert!(
+            !e.excludes(b"shots/cache/sim.abc", Some(false)),
+            "anchored at the root"
+        );
+        assert!(e.excludes(b"backup/a.ma", Some(false)));
+        assert!(e.excludes(b"shots/010/backup/a.ma", Some(false)));
+        assert!(!e.excludes(b"shots/010/backup/a.mb", Some(false)));
+        assert!(e.excludes(b"textures/raw", Some(true)));
+        assert!(!e.excludes(b"textures/raw.png", Some(false)));
+    }
+
+    #[test]
+    fn a_trailing_slash_matches_directories_only() {
+        let e = ex(&["tmp/", "shots/*/scratch/"]);
+        assert!(e.excludes(b"tmp", Some(true)));
+        assert!(e.excludes(b"a/b/tmp", Some(true)));
+        assert!(!e.excludes(b"a/b/tmp", Some(false)));
+        assert!(
+            !e.excludes(b"a/b/tmp", None),
+            "not known to be a directory yet"
+        );
+        assert!(e.excludes(b"shots/010/scratch", Some(true)));
+        assert!(!e.excludes(b"shots/010/scratch", Some(false)));
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_matched_too() {
+        let e = ex(&["*.tmp"]);
+        assert!(e.excludes(b"d/\xff\xfe.tmp", Some(false)));
+        assert!(!e.excludes(b"d/\xff\xfe.exr", Some(false)));
+    }
+
+    #[test]
+    fn no_patterns_exclude_nothing_and_bad_ones_are_refused_with_the_reason() {
+        assert!(!Exclude::default().excludes(b"a.tmp", Some(false)));
+        assert!(!ex(&[]).excludes(b"a.tmp", Some(false)));
+        for (p, why) in [
+            ("", "empty"),
+            ("/", "empty"),
+            ("./", "empty"),
+            ("/abs/*.tmp", "relative"),
+            ("a[b", "unclosed"),
+        ] {
+            let e = Exclude::new(&[p]).unwrap_err().to_string();
+            assert!(e.contains(&format!("{p:?}")) && e.contains(why), "{p}: {e}");
+        }
+    }
+}
