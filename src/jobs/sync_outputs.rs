@@ -164,7 +164,8 @@ pub fn asset_root_metadata(root_path: &str) -> Vec<(String, String)> {
 }
 
 /// Files under the output directories that sync-inputs did not place, or whose size or mtime
-/// changed since, but for those `exclude` leaves out. Symlinks may point anywhere inside the session directory, nowhere else.
+/// changed since, but for those `exclude` leaves out. Symlinks may point anywhere inside the
+/// session directory, nowhere else.
 fn changed_outputs(
     local: &std::path::Path,
     dirs: &[String],
