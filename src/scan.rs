@@ -288,12 +288,16 @@ impl<'a> Walker<'a> {
             // excluded directory that cannot be read, is no error.
             let is_dir = (!file_type.is_symlink()).then_some(file_type.is_dir());
             if self.opts.exclude.excludes(&rel, is_dir) {
+                tracing::debug!(path = %path.display(), "excluded");
                 continue;
             }
             match self.classify(&path, file_type) {
                 // A link to a directory, for the patterns of directories only.
                 Ok(Some(Found::Dir(_)))
-                    if is_dir.is_none() && self.opts.exclude.excludes(&rel, Some(true)) => {}
+                    if is_dir.is_none() && self.opts.exclude.excludes(&rel, Some(true)) =>
+                {
+                    tracing::debug!(path = %path.display(), "excluded");
+                }
                 Ok(Some(Found::File(meta))) => {
                     let file = ScannedFile {
                         rel: ManifestPath::from_posix_bytes(&rel),
