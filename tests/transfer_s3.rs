@@ -835,6 +835,16 @@ async fn wait_for_put_start(name: &str, s3: &TestS3, store: &Path, key: &str) {
     }
 }
 
+/// Nothing stored under `key` on store `name`, and ("file") no temporary file left.
+fn assert_not_stored(name: &str, s3: &TestS3, store: &Path, key: &str, why: &str) {
+    if name == "s3" {
+        assert!(!s3.object_keys().contains(&key.to_string()), "{why}");
+    } else {
+        assert!(!store.join(key).exists(), "{why}");
+        assert!(common::files_under(&store.join(".attache-tmp")).is_empty());
+    }
+}
+
 /// A file that changes while its single PUT is read and sent is never stored, on either store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_changed_during_a_streamed_put_is_refused() {
@@ -856,15 +866,7 @@ async fn a_file_changed_during_a_streamed_put_is_refused() {
         wait_for_put_start(name, &s3, &store, &key).await;
         rewrite_end(&path);
         assert_changed_during_upload(&job.await.unwrap().unwrap_err(), name);
-        if name == "s3" {
-            assert!(
-                !s3.object_keys().contains(&key),
-                "stored under a wrong hash"
-            );
-        } else {
-            assert!(!store.join(&key).exists(), "stored under a wrong hash");
-            assert!(common::files_under(&store.join(".attache-tmp")).is_empty());
-        }
+        assert_not_stored(name, &s3, &store, &key, "stored under a wrong hash");
     }
 }
 
@@ -888,15 +890,7 @@ async fn cancelling_a_streamed_put_stops_within_a_second_and_stores_nothing() {
         wait_for_put_start(name, &s3, &store, &key).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         cancel_put(cancel, job).await;
-        if name == "s3" {
-            assert!(
-                !s3.object_keys().contains(&key),
-                "a cut-short PUT was stored"
-            );
-        } else {
-            assert!(!store.join(&key).exists(), "a cut-short PUT was stored");
-            assert!(common::files_under(&store.join(".attache-tmp")).is_empty());
-        }
+        assert_not_stored(name, &s3, &store, &key, "a cut-short PUT was stored");
     }
 }
 

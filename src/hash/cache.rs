@@ -651,25 +651,17 @@ mod tests {
     /// permissions problem.
     #[test]
     fn a_locked_cache_says_who_holds_it_and_what_to_do() {
-        let busy = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-            Some("database is locked".into()),
-        );
-        let msg = open_error(Path::new("/c/hash-cache-v1.sqlite3"), busy).to_string();
+        let message = |code: std::ffi::c_int| {
+            let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+            open_error(Path::new("/c/hash-cache-v1.sqlite3"), e).to_string()
+        };
+        let msg = message(rusqlite::ffi::SQLITE_BUSY);
         assert!(msg.contains("another attache process"), "{msg}");
         assert!(msg.contains("--no-cache"), "{msg}");
         assert!(!msg.contains("permissions"), "{msg}");
-        let denied = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-            None,
-        );
-        let msg = open_error(Path::new("/c/hash-cache-v1.sqlite3"), denied).to_string();
+        let msg = message(rusqlite::ffi::SQLITE_CANTOPEN);
         assert!(msg.contains("permissions of cache.dir"), "{msg}");
-        let full = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-            Some("database or disk is full".into()),
-        );
-        let msg = open_error(Path::new("/c/hash-cache-v1.sqlite3"), full).to_string();
+        let msg = message(rusqlite::ffi::SQLITE_FULL);
         assert!(msg.contains("disk of cache.dir is full"), "{msg}");
         assert!(msg.contains("--no-cache"), "{msg}");
         assert!(!msg.contains("permissions"), "{msg}");

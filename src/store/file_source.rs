@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use xxhash_rust::xxh3::Xxh3Default;
 
+use super::StoreError;
 use crate::hash::ContentHash;
 use crate::progress::Progress;
 
@@ -57,6 +58,14 @@ impl FileSource {
     /// Why the file could not all be sent, if it could not.
     pub fn failure(&self) -> Option<SourceError> {
         self.failure.lock().expect("not poisoned").clone()
+    }
+
+    /// The store's error for `error`, naming this file.
+    pub fn store_error(&self, error: SourceError) -> StoreError {
+        StoreError::Source {
+            path: self.path.clone(),
+            error,
+        }
     }
 
     /// The file's bytes from the start, in chunks of at most [`READ_CHUNK`], each read on a

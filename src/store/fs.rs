@@ -302,10 +302,7 @@ impl ObjectStore for FsStore {
         let mut tmp = self.temp_file().map_err(|e| self.io("PUT", key, e))?;
         let mut chunks = Box::pin(source.chunks());
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|error| StoreError::Source {
-                path: source.path.clone(),
-                error,
-            })?;
+            let chunk = chunk.map_err(|error| source.store_error(error))?;
             self.pace_upload(&chunk).await;
             tmp = blocking(move || tmp.write_all(&chunk).map(|()| tmp))
                 .await

@@ -446,10 +446,7 @@ impl ObjectStore for S3Store {
         };
         let sent = self.put_body(key, source.size, body, opts).await;
         sent.map_err(|e| match source.failure() {
-            Some(error) => StoreError::Source {
-                path: source.path.clone(),
-                error,
-            },
+            Some(error) => source.store_error(error),
             None => self.err("PUT", key, e),
         })
     }

@@ -253,8 +253,8 @@ async fn upload_one(
     } else if t.gate.run(cancel, || t.store.head(&key)).await?.is_some() {
         false
     } else if small {
-        put_single(t, &item, &key, &PutOptions::default(), cancel).await?;
         bytes_counted = streamed(t, &item);
+        put_single(t, &item, &key, &PutOptions::default(), cancel).await?;
         true
     } else {
         upload_multipart(t, &item, &key, cancel).await?;

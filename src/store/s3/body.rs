@@ -15,7 +15,7 @@ use crate::store::file_source::{FileSource, SourceError};
 use crate::transfer::limiter::Bandwidth;
 
 /// Chunk size of paced request bodies.
-pub(super) const BODY_CHUNK: usize = 64 * 1024;
+const BODY_CHUNK: usize = 64 * 1024;
 
 type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
