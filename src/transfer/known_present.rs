@@ -84,8 +84,10 @@ impl KnownPresent {
             .map(std::sync::Arc::new)
     }
 
-    pub fn ttl(&self) -> Duration {
-        self.ttl
+    /// Whether an entry verified `age` ago is still trusted. A TTL of 0 trusts none, even one
+    /// recorded this second (the ages are whole seconds): "ask the store about every object".
+    pub fn trusts(&self, age: Duration) -> bool {
+        !self.ttl.is_zero() && age <= self.ttl
     }
 
     pub fn open(dir: &Path, ttl: Duration) -> Result<KnownPresent, KnownPresentError> {
@@ -127,7 +129,7 @@ impl KnownPresent {
 
     /// Whether `hash` was verified in `store` within the TTL.
     pub fn is_fresh(&self, store: &str, hash: ContentHash) -> Result<bool, KnownPresentError> {
-        Ok(self.age(store, hash)?.is_some_and(|age| age <= self.ttl))
+        Ok(self.age(store, hash)?.is_some_and(|age| self.trusts(age)))
     }
 
     /// How long ago `hash` was last verified in `store`, if it ever was.
@@ -252,6 +254,11 @@ mod tests {
             .execute("UPDATE present SET verified_at = 1", [])
             .unwrap();
         assert!(!k.is_fresh("s3://x", b).unwrap(), "older than the TTL");
+        k.record("s3://x", &[a]).unwrap();
+        assert!(
+            !expired.is_fresh("s3://x", a).unwrap(),
+            "a TTL of 0 trusts nothing, even what was recorded this second"
+        );
     }
 
     #[test]

@@ -382,7 +382,7 @@ impl KnownView {
                 }
             },
         };
-        age.is_some_and(|age| age <= k.ttl() && !(sampled && age > RECHECK_AFTER))
+        age.is_some_and(|age| k.trusts(age) && !(sampled && age > RECHECK_AFTER))
     }
 }
 
