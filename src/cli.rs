@@ -1,5 +1,6 @@
 //! The command line: arguments, config loading, dispatch and exit codes.
 
+mod check_cmd;
 mod cleanup_cmd;
 mod config_cmd;
 mod daemon_cmd;
@@ -73,6 +74,9 @@ enum Command {
     /// Abort multipart uploads left open in a store (this machine's leftovers, then any under
     /// the root prefix's Data/ started over --older-than ago).
     Cleanup(cleanup_cmd::CleanupArgs),
+    /// Check that a store holds the content of manifests or of a job's inputs (HEAD each
+    /// object, or fetch and hash it with --deep); names the files of what is missing.
+    Check(check_cmd::CheckArgs),
     /// Run the transfer daemon: one process serving every transfer of this machine over a
     /// local socket (see "Run as a service" in the README).
     Daemon,
@@ -195,6 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DownloadOutputs(a) => a.overrides(&mut overrides),
         Command::Get(a) => a.overrides(&mut overrides),
         Command::Cleanup(a) => a.overrides(&mut overrides),
+        Command::Check(a) => a.overrides(&mut overrides),
         Command::Manifest(m) => m.overrides(&mut overrides),
         Command::Config(_)
         | Command::Daemon
@@ -234,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DownloadOutputs(a) => farm::download_outputs(&ctx, a),
         Command::Get(a) => get_cmd::run(&ctx, a),
         Command::Cleanup(a) => cleanup_cmd::run(&ctx, a),
+        Command::Check(a) => check_cmd::run(&ctx, a),
         Command::Manifest(m) => manifest_cmd::run(&ctx, m),
         Command::Config(c) => config_cmd::run(&ctx, c),
         Command::Daemon => daemon_cmd::daemon(&ctx),

@@ -1,7 +1,8 @@
-//! Workflows ("jobs"): one run of hash, verify, put, get, … driven by the CLI or (later) the daemon.
+//! Workflows ("jobs"): one run of hash, verify, put, get, check, … driven by the CLI or the daemon.
 //! A job takes a spec, a cancellation token and a progress sink, and returns a JSON-ready result.
 
 pub mod attachments;
+pub mod check;
 pub mod cleanup;
 pub mod detached;
 pub mod download_outputs;

@@ -765,3 +765,148 @@ fn configured_storage_profile_locations_map_roots_on_both_sides() {
         "the flag replaces the configured location of the same name"
     );
 }
+
+/// `attache check --attachments` as a wrangler runs it when a task fails for a missing input:
+/// it names what the store lacks and the files that need it; `--deep` tells damaged content
+/// from a wrong size, `--delete-damaged` clears it away, and the submitting machine's next
+/// submit uploads all of it again.
+#[test]
+fn check_names_what_a_job_lacks_in_the_store_and_a_resubmit_repairs_it() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    for (name, data) in [
+        ("a.exr", "alpha"),
+        ("sub/b.exr", "alpha"),
+        ("c.exr", "charlie content"),
+        ("d.exr", "delta content"),
+        ("e.exr", "echo"),
+    ] {
+        write(&proj.join(name), data.as_bytes());
+    }
+    let att = f.path("attachments.json");
+    f.ok(f
+        .attache("ws")
+        .arg("submit")
+        .args(IDS)
+        .arg(&proj)
+        .arg("-o")
+        .arg(&att));
+    let check = |cache: &str, flags: &[&str]| {
+        let (code, out, err) = run(f
+            .attache(cache)
+            .args(["check", "--json", "--attachments"])
+            .arg(&att)
+            .args(flags));
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+        (code, v)
+    };
+    let (code, v) = check("wrangler", &[]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        (&v["passed"], &v["manifests"], &v["files"], &v["objects"]),
+        (&true.into(), &1.into(), &5.into(), &4.into()),
+        "{v}"
+    );
+
+    let key = |data: &str| {
+        format!(
+            "DeadlineCloud/Data/{}.xxh128",
+            ContentHash::of(data.as_bytes())
+        )
+    };
+    std::fs::remove_file(f.s3.object_path(&key("alpha"))).unwrap();
+    f.s3.write_object(&key("charlie content"), b"CHARLIE CONTENT"); // same size
+    f.s3.write_object(&key("delta content"), b"d");
+
+    // A HEAD per object: the missing one with both files that need it, the wrong size; the
+    // damage of the same size is not seen.
+    let (code, v) = check("wrangler", &[]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["passed"], false);
+    assert_eq!(v["missing"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["missing"][0]["key"], key("alpha"));
+    assert_eq!(
+        v["missing"][0]["paths"],
+        serde_json::json!(["a.exr", "sub/b.exr"])
+    );
+    assert_eq!(v["missing"][0]["files"], 2);
+    assert_eq!(v["wrong_size"][0]["key"], key("delta content"), "{v}");
+    assert_eq!(
+        (
+            &v["wrong_size"][0]["size"],
+            &v["wrong_size"][0]["found_size"]
+        ),
+        (&13.into(), &1.into())
+    );
+    assert_eq!(v["damaged"], serde_json::json!([]));
+    assert_eq!(v["present"], 2);
+    let (code, out, err) = run(f
+        .attache("wrangler")
+        .arg("check")
+        .arg("--attachments")
+        .arg(&att));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        out.contains(&format!(
+            "missing   {}  (5 B; needed by 2 file(s): a.exr, sub/b.exr)",
+            key("alpha")
+        )),
+        "{out}"
+    );
+    assert!(out.contains("FAILED: 2 of 4 objects"), "{out}");
+    assert!(err.contains("KNOWN_PRESENT_TTL=0"), "{err}");
+
+    // Deep, from the workstation that uploaded them: both damaged objects are found by their
+    // hash, and deleted.
+    let (code, v) = check("ws", &["--deep", "--delete-damaged"]);
+    assert_eq!(code, 1, "{v}");
+    let damaged: Vec<(&str, bool)> = v["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["key"].as_str().unwrap(), p["deleted"].as_bool().unwrap()))
+        .collect();
+    let mut want = [(key("charlie content"), true), (key("delta content"), true)];
+    want.sort();
+    let want: Vec<(&str, bool)> = want.iter().map(|(k, d)| (k.as_str(), *d)).collect();
+    assert_eq!(damaged, want, "{v}");
+    assert_eq!(v["damaged"][0]["found_hash"].as_str().unwrap().len(), 32);
+    assert_eq!(v["missing"][0]["key"], key("alpha"));
+    assert_eq!(v["wrong_size"], serde_json::json!([]));
+    assert_eq!(f.s3.read_object(&key("delta content")), None);
+
+    // The check told this machine's known-present index; the next submit sends all three.
+    f.ok(f.attache("ws").arg("submit").args(IDS).arg(&proj));
+    let (code, v) = check("wrangler", &["--deep"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["present"], 4);
+    assert_eq!(v["downloaded_bytes"], 5 + 15 + 13 + 4);
+
+    // A manifest that is not what the job recorded is reported, not used.
+    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(&att).unwrap()).unwrap();
+    let manifest_key = format!(
+        "DeadlineCloud/Manifests/{}",
+        a["manifests"][0]["inputManifestPath"].as_str().unwrap()
+    );
+    let mut bytes = f.s3.read_object(&manifest_key).unwrap();
+    bytes.push(b'\n');
+    f.s3.write_object(&manifest_key, &bytes);
+    let (code, v) = check("wrangler", &[]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["unusable_manifests"][0]["key"], manifest_key.as_str());
+    assert!(
+        v["unusable_manifests"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("the manifest was changed or damaged"),
+        "{v}"
+    );
+
+    let (code, _, err) = run(f
+        .attache("wrangler")
+        .args(["check", "--attachments"])
+        .arg(f.path("nope.json")));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nope.json"), "{err}");
+}

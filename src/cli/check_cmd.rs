@@ -1,0 +1,186 @@
+//! `attache check`: does a store hold the content of manifests, or of a job's inputs?
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bytesize::ByteSize;
+use clap::Args;
+
+use super::manifest_cmd::read_manifest;
+use super::transfer_args::{StoreArgs, with_transfer};
+use super::{Context, UsageError, flag};
+use crate::config::Override;
+use crate::jobs::attachments::Attachments;
+use crate::jobs::check::{self, CheckReport, CheckSpec, Problem};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    attache check shot010.manifest --store s3://farm-bucket/DeadlineCloud\n  \
+    attache check --attachments attachments.json --store s3://farm-bucket/DeadlineCloud --deep\n\n\
+    Exit status: 0 when the store holds everything, 1 when something is missing or damaged.")]
+pub struct CheckArgs {
+    /// Manifest files whose content to look for in the store.
+    #[arg(value_name = "MANIFEST", required_unless_present = "attachments")]
+    manifests: Vec<PathBuf>,
+    /// A job's attachments JSON (as `submit` printed it): fetch its input manifests from the
+    /// store, check them against the hashes the job recorded, then check their content.
+    #[arg(long, value_name = "FILE")]
+    attachments: Option<PathBuf>,
+    /// Fetch every object and check its hash (reads every byte; default: ask each object's
+    /// size, one HEAD request).
+    #[arg(long)]
+    deep: bool,
+    /// With --deep: delete the objects whose content does not match their hash, so that the
+    /// next upload of those files sends them again.
+    #[arg(long, requires = "deep")]
+    delete_damaged: bool,
+    /// Download bandwidth cap for --deep, e.g. 50MB/s; 0 = unlimited [config: bandwidth.download].
+    #[arg(long, value_name = "RATE")]
+    bwlimit: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+impl CheckArgs {
+    pub fn overrides(&self, out: &mut Vec<Override>) {
+        self.store.overrides(out);
+        flag(out, "bandwidth.download", "--bwlimit", self.bwlimit.clone());
+    }
+}
+
+pub fn run(ctx: &Context, args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let manifests = args
+        .manifests
+        .iter()
+        .map(|p| read_manifest(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut fetch = Vec::new();
+    if let Some(path) = &args.attachments {
+        let doc = read_attachments(path)?;
+        fetch.extend(
+            doc.manifests
+                .into_iter()
+                .filter_map(|m| Some((m.input_manifest_path?, m.input_manifest_hash))),
+        );
+    }
+    let spec = CheckSpec {
+        manifests,
+        fetch,
+        deep: args.deep,
+        delete_damaged: args.delete_damaged,
+    };
+    let label = if args.deep { "fetching" } else { "checking" };
+    let report = with_transfer(ctx, None, label, |t, cancel| async move {
+        Ok(check::run(spec, t, &cancel).await?)
+    })?;
+    if args.store.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A bad attachments file is bad input (exit 2), named with what is wrong.
+fn read_attachments(path: &std::path::Path) -> Result<Attachments, UsageError> {
+    let text = std::fs::read(path).map_err(|e| UsageError {
+        message: format!("--attachments {}: {e}", path.display()),
+    })?;
+    serde_json::from_slice(&text).map_err(|e| UsageError {
+        message: format!(
+            "--attachments {}: not an attachments document (as submit prints it): {e}",
+            path.display()
+        ),
+    })
+}
+
+fn print_report(r: &CheckReport) {
+    for m in &r.unusable_manifests {
+        // The error names the manifest's key.
+        println!("manifest  {}", m.error);
+    }
+    for p in &r.missing {
+        println!(
+            "missing   {}  ({}; {})",
+            p.key,
+            ByteSize(p.size).display().iec(),
+            needed_by(p)
+        );
+    }
+    for p in &r.wrong_size {
+        println!(
+            "size      {}  (the store has {} bytes, the manifests say {}; {})",
+            p.key,
+            p.found_size.unwrap_or(0),
+            p.size,
+            needed_by(p)
+        );
+    }
+    for p in &r.damaged {
+        println!(
+            "damaged   {}  (its content hashes to {}, {} bytes{}; {})",
+            p.key,
+            p.found_hash.as_deref().unwrap_or("?"),
+            p.found_size.unwrap_or(0),
+            if p.deleted { "; deleted" } else { "" },
+            needed_by(p)
+        );
+    }
+    let how = if r.deep {
+        format!(
+            "fetched and hashed {}",
+            ByteSize(r.downloaded_bytes).display().iec()
+        )
+    } else {
+        "asked for each object's size".to_string()
+    };
+    println!(
+        "{}: {} of {} objects ({}) in {}, for {} files in {} manifest(s); {} missing, {} other size, {} damaged, {} manifest(s) unusable; {how} in {:.2} s",
+        if r.passed { "OK" } else { "FAILED" },
+        r.present,
+        r.objects,
+        ByteSize(r.bytes).display().iec(),
+        r.store,
+        r.files,
+        r.manifests,
+        r.missing.len(),
+        r.wrong_size.len(),
+        r.damaged.len(),
+        r.unusable_manifests.len(),
+        r.seconds,
+    );
+    if !r.missing.is_empty() || r.damaged.iter().any(|p| p.deleted) {
+        eprintln!(
+            "To upload them again, run the job's submit (or attache put ROOT) on a machine that has the files. This machine now knows they are not in the store; another one may trust its record of having uploaded them: run it there with ATTACHE_TRANSFER__KNOWN_PRESENT_TTL=0, so that it asks the store about every object."
+        );
+    }
+    if r.damaged.iter().any(|p| !p.deleted) {
+        eprintln!(
+            "A damaged object stays in the way of a new upload of its file (the store says it has it): run again with --delete-damaged, then upload the files again."
+        );
+    }
+    if !r.wrong_size.is_empty() && !r.deep {
+        eprintln!(
+            "Run again with --deep to find out whether the objects or the manifests are wrong."
+        );
+    }
+}
+
+/// "needed by 3 files: a.exr, b.exr, c.exr".
+fn needed_by(p: &Problem) -> String {
+    let more = p.files.saturating_sub(p.paths.len() as u64);
+    let tail = if more > 0 {
+        format!(", and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "needed by {} file(s): {}{tail}",
+        p.files,
+        p.paths.join(", ")
+    )
+}

@@ -1,0 +1,357 @@
+//! `attache check`: does a store hold the content that manifests name? Each distinct object is
+//! looked up once (HEAD: there, with the manifest's size) or, deep, fetched and hashed. What is
+//! missing or damaged is reported with the files that need it, so a wrangler knows which
+//! tasks will fail and what to upload again before a worker finds out.
+//!
+//! A deep check can delete the objects whose content does not hash to their key: such an
+//! object is wrong whatever any manifest says, no reader can use it (downloads check the
+//! hash), and while it is there uploads skip that key as present.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use xxhash_rust::xxh3::Xxh3Default;
+
+use super::fetch_manifest::fetch_manifest;
+use crate::hash::ContentHash;
+use crate::manifest::Manifest;
+use crate::store::layout::{data_key, legacy_data_key};
+use crate::store::{ObjectStore, StoreError};
+use crate::transfer::{Transfer, TransferError};
+
+/// Files named per problem object; the rest are counted.
+const PATHS_SHOWN: usize = 5;
+
+pub struct CheckSpec {
+    /// Manifests the caller read.
+    pub manifests: Vec<Manifest>,
+    /// Manifest objects to fetch from the store first (a job's input manifests): the key and
+    /// the hash the job recorded for it.
+    pub fetch: Vec<(String, Option<String>)>,
+    /// Fetch and hash every object instead of asking for its size.
+    pub deep: bool,
+    /// With `deep`: delete the objects whose content does not hash to their key.
+    pub delete_damaged: bool,
+}
+
+/// An object the manifests need that the store does not hold as they describe it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Problem {
+    pub hash: String,
+    pub key: String,
+    /// The size the manifests give.
+    pub size: u64,
+    /// The size the store reports (or, deep, the bytes it sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub found_size: Option<u64>,
+    /// Deep: the hash of what the store sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub found_hash: Option<String>,
+    /// Deleted by `delete_damaged`.
+    pub deleted: bool,
+    /// Files that need it (the first few) and how many there are.
+    pub paths: Vec<String>,
+    pub files: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnusableManifest {
+    pub key: String,
+    pub error: String,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CheckReport {
+    pub store: String,
+    pub deep: bool,
+    pub passed: bool,
+    /// Manifests checked (read by the caller and fetched).
+    pub manifests: u64,
+    pub files: u64,
+    /// Distinct objects the manifests need, and their bytes.
+    pub objects: u64,
+    pub bytes: u64,
+    /// Objects there, as the manifests describe them.
+    pub present: u64,
+    pub missing: Vec<Problem>,
+    /// There with another size than the manifests give. Without `deep` it is not known which
+    /// is wrong; deep, the content matched its key, so the manifest is.
+    pub wrong_size: Vec<Problem>,
+    /// Deep: content that does not hash to its key.
+    pub damaged: Vec<Problem>,
+    /// Manifest objects that could not be fetched or were not what the job recorded.
+    pub unusable_manifests: Vec<UnusableManifest>,
+    /// Bytes fetched by a deep check.
+    pub downloaded_bytes: u64,
+    pub seconds: f64,
+}
+
+/// What the store holds under one hash.
+enum Found {
+    Present,
+    Missing,
+    WrongSize {
+        key: String,
+        size: u64,
+    },
+    Damaged {
+        key: String,
+        size: u64,
+        hash: ContentHash,
+    },
+}
+
+pub async fn run(
+    spec: CheckSpec,
+    t: Arc<Transfer>,
+    cancel: &CancellationToken,
+) -> Result<CheckReport, TransferError> {
+    let started = std::time::Instant::now();
+    let mut report = CheckReport {
+        store: t.store.describe(),
+        deep: spec.deep,
+        ..CheckReport::default()
+    };
+    let mut manifests = spec.manifests;
+    let prefix = crate::store::layout::manifests_prefix(t.store.root_prefix());
+    for (path, expected) in &spec.fetch {
+        let key = format!("{prefix}{path}");
+        match fetch_manifest(&t, &key, expected.as_deref(), cancel).await {
+            Ok(m) => manifests.push(m),
+            Err(TransferError::Cancelled(c)) => return Err(c.into()),
+            Err(e) => report.unusable_manifests.push(UnusableManifest {
+                key,
+                error: e.to_string(),
+            }),
+        }
+    }
+    report.manifests = manifests.len() as u64;
+    report.files = manifests.iter().map(|m| m.len() as u64).sum();
+
+    let objects = distinct_objects(&manifests);
+    report.objects = objects.len() as u64;
+    report.bytes = objects.iter().map(|o| o.1).sum();
+    t.progress.add_total(report.objects, report.bytes);
+
+    let downloaded = Arc::new(AtomicU64::new(0));
+    let deep = spec.deep;
+    let mut found = futures::stream::iter(objects)
+        .map(|(hash, size)| {
+            let t = t.clone();
+            let downloaded = downloaded.clone();
+            async move {
+                let found = if deep {
+                    fetch_and_hash(&t, hash, size, &downloaded, cancel).await?
+                } else {
+                    look_up(&t, hash, size, cancel).await?
+                };
+                t.progress.add_files(1);
+                t.progress.add_bytes(size);
+                Ok::<_, TransferError>((hash, size, found))
+            }
+        })
+        .buffer_unordered(t.settings.workers.max(1));
+
+    let store = t.store.as_ref();
+    let mut present = Vec::new();
+    let mut absent = Vec::new();
+    while let Some(checked) = found.next().await {
+        let (hash, size, found) = checked?;
+        let problem = |key: String, found_size, found_hash: Option<ContentHash>| Problem {
+            hash: hash.to_hex(),
+            key,
+            size,
+            found_size,
+            found_hash: found_hash.map(|h| h.to_hex()),
+            deleted: false,
+            paths: Vec::new(),
+            files: 0,
+        };
+        match found {
+            Found::Present => present.push(hash),
+            Found::Missing => {
+                absent.push(hash);
+                let key = data_key(store.root_prefix(), hash);
+                report.missing.push(problem(key, None, None));
+            }
+            Found::WrongSize { key, size: got } => {
+                absent.push(hash);
+                report.wrong_size.push(problem(key, Some(got), None));
+            }
+            Found::Damaged {
+                key,
+                size: got,
+                hash: got_hash,
+            } => {
+                absent.push(hash);
+                report.damaged.push(problem(key, Some(got), Some(got_hash)));
+            }
+        }
+    }
+    drop(found);
+    report.present = present.len() as u64;
+    report.downloaded_bytes = downloaded.load(Relaxed);
+
+    if spec.delete_damaged && deep {
+        // Each damaged object is deleted on its own: one the store refuses is reported and the
+        // others still go.
+        for p in &mut report.damaged {
+            let key = [p.key.clone()];
+            match t.gate.run(cancel, || store.delete_many(&key)).await {
+                Ok(()) => {
+                    p.deleted = true;
+                    tracing::warn!(key = p.key, "deleted a damaged object");
+                }
+                Err(TransferError::Cancelled(c)) => return Err(c.into()),
+                Err(e) => tracing::error!(key = p.key, "could not delete a damaged object: {e}"),
+            }
+        }
+    }
+    remember(&t, present, absent).await;
+    for list in [
+        &mut report.missing,
+        &mut report.wrong_size,
+        &mut report.damaged,
+    ] {
+        list.sort_by(|a, b| a.key.cmp(&b.key));
+        name_files(list, &manifests);
+    }
+    report.passed = report.missing.is_empty()
+        && report.wrong_size.is_empty()
+        && report.damaged.is_empty()
+        && report.unusable_manifests.is_empty();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Each hash the manifests name, once, with its size (the first manifest's, should two
+/// disagree), sorted by hash. A sorted list takes 24 bytes an object, a third of a map's.
+fn distinct_objects(manifests: &[Manifest]) -> Vec<(ContentHash, u64)> {
+    let mut all: Vec<(ContentHash, u64)> = manifests
+        .iter()
+        .flat_map(|m| m.entries().iter().map(|e| (e.hash, e.size)))
+        .collect();
+    all.sort_by_key(|o| o.0);
+    all.dedup_by_key(|o| o.0);
+    all
+}
+
+/// HEAD under the object's key, then under the key very old clients used.
+async fn look_up(
+    t: &Transfer,
+    hash: ContentHash,
+    size: u64,
+    cancel: &CancellationToken,
+) -> Result<Found, TransferError> {
+    let prefix = t.store.root_prefix();
+    for key in [data_key(prefix, hash), legacy_data_key(prefix, hash)] {
+        if let Some(info) = t.gate.run(cancel, || t.store.head(&key)).await? {
+            return Ok(if info.size == size {
+                Found::Present
+            } else {
+                Found::WrongSize {
+                    key,
+                    size: info.size,
+                }
+            });
+        }
+    }
+    Ok(Found::Missing)
+}
+
+/// GET and hash the object (under either key); a body cut short is fetched again whole.
+async fn fetch_and_hash(
+    t: &Transfer,
+    hash: ContentHash,
+    size: u64,
+    downloaded: &AtomicU64,
+    cancel: &CancellationToken,
+) -> Result<Found, TransferError> {
+    let prefix = t.store.root_prefix();
+    for key in [data_key(prefix, hash), legacy_data_key(prefix, hash)] {
+        let read = t
+            .gate
+            .run(cancel, || hash_body(t.store.as_ref(), &key, downloaded))
+            .await;
+        let (got, got_size) = match read {
+            Ok(v) => v,
+            Err(TransferError::Store(e)) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
+        return Ok(if got != hash {
+            Found::Damaged {
+                key,
+                size: got_size,
+                hash: got,
+            }
+        } else if got_size != size {
+            Found::WrongSize {
+                key,
+                size: got_size,
+            }
+        } else {
+            Found::Present
+        });
+    }
+    Ok(Found::Missing)
+}
+
+async fn hash_body(
+    store: &dyn ObjectStore,
+    key: &str,
+    downloaded: &AtomicU64,
+) -> Result<(ContentHash, u64), StoreError> {
+    let mut obj = store.get(key, None).await?;
+    let mut hasher = Xxh3Default::new();
+    let mut len = 0u64;
+    while let Some(chunk) = obj.body.next().await {
+        let chunk = chunk?;
+        hasher.update(&chunk);
+        len += chunk.len() as u64;
+        downloaded.fetch_add(chunk.len() as u64, Relaxed);
+    }
+    Ok((ContentHash(hasher.digest128()), len))
+}
+
+/// Tells the known-present index what the check found: objects there are trusted by the next
+/// upload from this machine, and the others are asked about (and uploaded) again.
+async fn remember(t: &Transfer, present: Vec<ContentHash>, absent: Vec<ContentHash>) {
+    let Some(known) = t.known.clone() else {
+        return;
+    };
+    let store = t.store.identity();
+    let saved = tokio::task::spawn_blocking(move || {
+        for h in absent {
+            known.forget(&store, h)?;
+        }
+        known.record(&store, &present)
+    })
+    .await
+    .expect("the known-present update panicked");
+    if let Err(e) = saved {
+        tracing::warn!("{e}; the check's findings were not remembered for the next upload");
+    }
+}
+
+/// Fills in the files that need each problem object.
+fn name_files(problems: &mut [Problem], manifests: &[Manifest]) {
+    if problems.is_empty() {
+        return;
+    }
+    let index: std::collections::HashMap<ContentHash, usize> = problems
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| Some((ContentHash::from_hex(&p.hash)?, i)))
+        .collect();
+    for e in manifests.iter().flat_map(|m| m.entries()) {
+        if let Some(&i) = index.get(&e.hash) {
+            let p = &mut problems[i];
+            p.files += 1;
+            if p.paths.len() < PATHS_SHOWN {
+                p.paths.push(e.path.display().into_owned());
+            }
+        }
+    }
+}
