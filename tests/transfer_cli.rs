@@ -292,10 +292,13 @@ fn put_leaves_out_what_exclude_matches_and_does_not_enter_excluded_directories()
     let cache = t.path().join("cache");
     let store = format!("file://{}", t.path().join("store").display());
     let manifest = t.path().join("m.json");
+    let ignore = t.path().join("ignore");
+    std::fs::write(&ignore, "# old versions\nbackup/*\n").unwrap();
     let (code, _, err) = run(attache(&cache)
         .env("ATTACHE_HASH__EXCLUDE", ".DS_Store;*.tmp")
         .args(["put", "--store", &store])
-        .args(["--exclude", "cache/", "--exclude", "backup/*"])
+        .args(["--exclude", "cache/", "--exclude-from"])
+        .arg(&ignore)
         .arg(&root)
         .arg("-o")
         .arg(&manifest));
@@ -314,6 +317,15 @@ fn put_leaves_out_what_exclude_matches_and_does_not_enter_excluded_directories()
         .arg(&root));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--exclude \"tex/[a\""), "{err}");
+    let (code, _, err) = run(attache(&cache)
+        .args(["put", "--store", &store, "--exclude-from"])
+        .arg(t.path().join("no-such-ignore"))
+        .arg(&root));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--exclude-from") && err.contains("no-such-ignore"),
+        "{err}"
+    );
     let (code, _, err) = run(attache(&cache)
         .env("ATTACHE_HASH__EXCLUDE", "/abs/*.tmp")
         .args(["put", "--store", &store])

@@ -301,7 +301,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         queue_id: a.queue_id,
         locations: a.locations,
         shared: a.shared,
-        exclude: a.exclude.exclude,
+        exclude: a.exclude.patterns()?,
         dry_run,
         store: a.common.store.store.clone(),
     });
@@ -387,7 +387,7 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         session_action_id: a.session_action_id,
         start_time: a.start_time,
         locations: a.locations,
-        exclude: a.exclude.exclude,
+        exclude: a.exclude.patterns()?,
         store: a.common.store.store.clone(),
     });
     let Some(out) = run_and_emit(
