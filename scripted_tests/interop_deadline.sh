@@ -11,8 +11,8 @@
 #                            them through float seconds).
 #   B  official -> attache   the official submitter code (S3AssetManager prepare / hash / upload)
 #                            uploads another tree (non-ASCII root, 24 MiB multipart object,
-#                            sub-microsecond and pre-1970 mtimes); `attache sync-inputs`
-#                            materializes it; files equal byte for byte, mtimes exact, mapping
+#                            sub-microsecond and pre-1970 mtimes); `attache check --deep`
+#                            finds every object of it; `attache sync-inputs` materializes it; files equal byte for byte, mtimes exact, mapping
 #                            rules name S/assetroot-<shake_256(rootPath) 20 hex>.
 #   C  same manifests        for the same tree the manifest object published by each tool is
 #                            byte-identical and each inputManifestHash = xxh128(those bytes);
@@ -477,6 +477,9 @@ if step B1-official-upload "${OFFICIAL[@]}" upload "${QARGS[@]}" --output-dir "$
     check B2-attachments-like-fixture H attachments "$B/attachments.json" "$ROOT_B" "$FARM" "$QUEUE" \
         '["out"]' "$fixtures/tiny/attachments.json"
     check B3-key-layout layout "$B/attachments.json"
+    # attache check finds every object of the official submission, with its hash (--deep).
+    check B3a-attache-check run_attache check --attachments "$B/attachments.json" \
+        --store "$STORE" --deep
     # The harness itself: the official worker code reads what the official submitter wrote.
     if step B4-official-download "${OFFICIAL[@]}" download "${QARGS[@]}" \
         --attachments "$B/attachments.json" --dest "$B/official-session" -o "$B/official-mapping.json"; then
