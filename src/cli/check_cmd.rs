@@ -126,7 +126,11 @@ fn print_report(r: &CheckReport) {
             p.key,
             p.found_hash.as_deref().unwrap_or("?"),
             p.found_size.unwrap_or(0),
-            if p.deleted { "; deleted" } else { "" },
+            match (p.deleted, &p.delete_error) {
+                (true, _) => "; deleted".to_string(),
+                (false, Some(e)) => format!("; not deleted: {e}"),
+                (false, None) => String::new(),
+            },
             needed_by(p)
         );
     }
@@ -158,7 +162,10 @@ fn print_report(r: &CheckReport) {
             "To upload them again, run the job's submit (or attache put ROOT) on a machine that has the files. This machine now knows they are not in the store; another one may trust its record of having uploaded them: run it there with ATTACHE_TRANSFER__KNOWN_PRESENT_TTL=0, so that it asks the store about every object."
         );
     }
-    if r.damaged.iter().any(|p| !p.deleted) {
+    if r.damaged
+        .iter()
+        .any(|p| !p.deleted && p.delete_error.is_none())
+    {
         eprintln!(
             "A damaged object stays in the way of a new upload of its file (the store says it has it): run again with --delete-damaged, then upload the files again."
         );

@@ -51,6 +51,9 @@ pub struct Problem {
     pub found_hash: Option<String>,
     /// Deleted by `delete_damaged`.
     pub deleted: bool,
+    /// Why `delete_damaged` could not delete it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_error: Option<String>,
     /// Files that need it (the first few) and how many there are.
     pub paths: Vec<String>,
     pub files: u64,
@@ -166,6 +169,7 @@ pub async fn run(
             found_size,
             found_hash: found_hash.map(|h| h.to_hex()),
             deleted: false,
+            delete_error: None,
             paths: Vec::new(),
             files: 0,
         };
@@ -205,7 +209,7 @@ pub async fn run(
                     tracing::warn!(key = p.key, "deleted a damaged object");
                 }
                 Err(TransferError::Cancelled(c)) => return Err(c.into()),
-                Err(e) => tracing::error!(key = p.key, "could not delete a damaged object: {e}"),
+                Err(e) => p.delete_error = Some(e.to_string()),
             }
         }
     }
