@@ -1,5 +1,7 @@
 //! Log output: human text (default) or JSON lines on stderr, filtered by `log.level`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
@@ -24,8 +26,12 @@ pub fn init(settings: &LogSettings) {
                 .expect("valid"),
         );
     }
+    // Colours only for a person at a terminal: in a farm's task log, journald or a file, the
+    // escape codes are noise around every line. NO_COLOR turns them off there too.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = match settings.format {
         LogFormat::Text => builder.with_target(false).try_init(),

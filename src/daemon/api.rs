@@ -143,22 +143,24 @@ async fn events(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response
         return error(StatusCode::NOT_FOUND, &format!("no job {id}"), Some("id"));
     };
     let changes = job.subscribe();
+    // The first record at once; then each one after the wait, so that it is as fresh as it
+    // can be (taken before the wait, every record was 250 ms old when it was sent).
     let stream = futures::stream::unfold(
-        (job, changes, false),
-        |(job, mut changes, done)| async move {
+        (job, changes, true, false),
+        |(job, mut changes, first, done)| async move {
             if done {
                 return None;
+            }
+            if !first {
+                let _ = tokio::time::timeout(Duration::from_millis(250), changes.changed()).await;
             }
             let record = job.snapshot();
             let finished = record.state.is_final();
             let mut line = serde_json::to_vec(&record).expect("records serialize");
             line.push(b'\n');
-            if !finished {
-                let _ = tokio::time::timeout(Duration::from_millis(250), changes.changed()).await;
-            }
             Some((
                 Ok::<_, std::convert::Infallible>(Bytes::from(line)),
-                (job, changes, finished),
+                (job, changes, false, finished),
             ))
         },
     );
