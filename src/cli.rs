@@ -49,6 +49,10 @@ struct GlobalArgs {
     /// Log format: text or json [config: log.format].
     #[arg(long, global = true, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// When stderr is not a terminal, log a progress line this often, e.g. 10s; 0 = never
+    /// [config: log.stats].
+    #[arg(long, global = true, value_name = "DURATION")]
+    stats: Option<String>,
     /// Directory of the hash cache, the known-present index and the open-uploads records
     /// [config: cache.dir].
     #[arg(long, global = true, value_name = "DIR")]
@@ -183,6 +187,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         "log.format",
         "--log-format",
         cli.global.log_format.clone(),
+    );
+    flag(
+        &mut overrides,
+        "log.stats",
+        "--stats",
+        cli.global.stats.clone(),
     );
     flag(
         &mut overrides,

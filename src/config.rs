@@ -170,6 +170,9 @@ pub struct LogSettings {
     /// A tracing `EnvFilter` directive.
     pub level: String,
     pub format: LogFormat,
+    /// When stderr is not a terminal (a farm's task log, a service), a progress line this
+    /// often; 0: none.
+    pub stats: Duration,
 }
 
 /// When the S3 SDK computes request checksums / validates response checksums.
@@ -338,6 +341,7 @@ impl Default for LogSettings {
         Self {
             level: "info".into(),
             format: LogFormat::Text,
+            stats: Duration::secs(30),
         }
     }
 }
@@ -439,7 +443,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "state_dir",
         ],
     ),
-    ("log", &["level", "format"]),
+    ("log", &["level", "format", "stats"]),
     ("storage_profile", &["locations", "shared"]),
 ];
 

@@ -44,3 +44,66 @@ impl Progress {
         }
     }
 }
+
+/// Logs a job's progress, one line at a time, with the rate since the line before: for logs
+/// where no progress bar can be drawn (a farm's task log, the daemon's journal).
+pub struct ProgressLog {
+    label: String,
+    json: bool,
+    last: (std::time::Instant, u64),
+}
+
+impl ProgressLog {
+    pub fn new(label: impl Into<String>, format: crate::config::LogFormat) -> Self {
+        ProgressLog {
+            label: label.into(),
+            json: format == crate::config::LogFormat::Json,
+            last: (std::time::Instant::now(), 0),
+        }
+    }
+
+    /// "downloading: 1.2 GiB of 3.4 GiB (35%), 1234 of 5000 files, 112.0 MiB/s, 20s left", or
+    /// those figures as fields for a log collector.
+    pub fn log(&mut self, s: &ProgressSnapshot) {
+        let now = std::time::Instant::now();
+        let secs = now.duration_since(self.last.0).as_secs_f64().max(1e-3);
+        let rate = (s.bytes_done.saturating_sub(self.last.1) as f64 / secs) as u64;
+        self.last = (now, s.bytes_done);
+        let left = (rate > 0 && s.bytes_total > s.bytes_done)
+            .then(|| (s.bytes_total - s.bytes_done).div_ceil(rate));
+        let label = &self.label;
+        if self.json {
+            tracing::info!(
+                task = label,
+                files_done = s.files_done,
+                files_total = s.files_total,
+                bytes_done = s.bytes_done,
+                bytes_total = s.bytes_total,
+                bytes_per_second = rate,
+                seconds_left = left,
+                "progress"
+            );
+            return;
+        }
+        let size = |n| bytesize::ByteSize(n).display().iec().to_string();
+        let percent = match s.bytes_total {
+            0 => String::new(),
+            t => format!(" ({}%)", s.bytes_done.saturating_mul(100) / t),
+        };
+        let left = match left {
+            Some(secs) => format!(
+                ", {} left",
+                humantime::format_duration(std::time::Duration::from_secs(secs))
+            ),
+            None => String::new(),
+        };
+        tracing::info!(
+            "{label}: {} of {}{percent}, {} of {} files, {}/s{left}",
+            size(s.bytes_done),
+            size(s.bytes_total),
+            s.files_done,
+            s.files_total,
+            size(rate),
+        );
+    }
+}

@@ -653,3 +653,40 @@ fn a_secret_key_rotated_by_a_reload_is_used_by_the_next_job() {
         "{metrics}"
     );
 }
+
+/// A running job's progress goes to the daemon's log every `log.stats` (its journal on a
+/// service), and the CLI waiting for it logs the same where it has no terminal.
+#[test]
+fn a_running_job_logs_its_progress_in_the_daemon_and_in_the_waiting_command() {
+    // 1 MiB at 1 MB/s: about a second, ten progress lines.
+    let d = Daemon::start("[log]\nstats = \"100ms\"\n[bandwidth]\nupload = \"1MB/s\"\n");
+    let proj = d.path("proj");
+    big_tree(&proj, 16, 64 * 1024);
+    let (code, _, err) = run(d
+        .cmd()
+        .args([
+            "submit",
+            "--daemon",
+            "--farm-id",
+            "farm-1",
+            "--queue-id",
+            "queue-1",
+        ])
+        .arg(&proj));
+    assert_eq!(code, 0, "{err}");
+    let log = d.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" (submit): ")).collect();
+    assert!(lines.len() >= 2, "{log}");
+    assert!(
+        lines[0].contains("job-") && lines[0].contains(" of 16 files, "),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\x1b'),
+        "no colour codes in a journal: {log:?}"
+    );
+    assert!(
+        err.contains("daemon job: ") && err.contains(" of 16 files"),
+        "{err}"
+    );
+}

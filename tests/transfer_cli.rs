@@ -955,3 +955,47 @@ fn aws_cli_style_flags_name_the_endpoint_region_and_profile() {
     assert_eq!(v["upload"]["uploaded_objects"], 2, "{v}");
     assert_eq!(s3.object_keys().len(), 2);
 }
+
+/// Where stderr is not a terminal (a farm's task log), a long command logs its progress every
+/// `log.stats`, in plain text: no colour codes.
+#[test]
+fn a_transfer_logs_its_progress_in_plain_lines_when_stderr_is_not_a_terminal() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..16 {
+        std::fs::write(src.join(format!("f{i}")), vec![i as u8; 64 * 1024]).unwrap();
+    }
+    let (cache, store, manifest) = put_to_local_store(t.path(), &src);
+    let get = |dest: &str, stats: &str| {
+        let (code, _, err) = run(attache(&cache)
+            .args([
+                "get",
+                "--store",
+                &store,
+                "--bwlimit",
+                "2MB/s",
+                "--stats",
+                stats,
+            ])
+            .arg(&manifest)
+            .arg("--dest")
+            .arg(t.path().join(dest)));
+        assert_eq!(code, 0, "{err}");
+        err
+    };
+    // 1 MiB at 2 MB/s: about half a second.
+    let err = get("a", "100ms");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("downloading: "))
+        .collect();
+    assert!(lines.len() >= 2, "{err}");
+    assert!(
+        lines[0].contains(" of 1.0 MiB (") && lines[0].contains(" of 16 files, "),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "no colour codes in a log: {err:?}");
+    let err = get("b", "0");
+    assert!(!err.contains("downloading: "), "{err}");
+}

@@ -1,6 +1,6 @@
 //! `attache hash`: scan and hash trees into manifests.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -80,11 +80,7 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
     args.exclude.apply(&mut spec)?;
     let progress = Arc::new(Progress::default());
     let report = {
-        let _bar = Bar::start(
-            "hashing",
-            progress.clone(),
-            !std::io::stderr().is_terminal(),
-        );
+        let _bar = Bar::start("hashing", progress.clone(), &ctx.settings.log);
         let p = progress.clone();
         run_cancellable(move |cancel| run(&spec, &cancel, &p))??
     };

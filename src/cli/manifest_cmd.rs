@@ -185,11 +185,7 @@ fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
     );
     let progress = Arc::new(Progress::default());
     let report = {
-        let _bar = Bar::start(
-            "verifying",
-            progress.clone(),
-            !std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        );
+        let _bar = Bar::start("verifying", progress.clone(), &ctx.settings.log);
         let p = progress.clone();
         run_cancellable(move |cancel| verify::run(&expected, &spec, &cancel, &p))??
     };

@@ -1,6 +1,8 @@
-//! A terminal progress bar fed from a job's [`Progress`] counters (not drawn when stderr is not
-//! a terminal, so scripts and logs stay clean).
+//! A command's progress, fed from its job's [`Progress`] counters: a progress bar when stderr
+//! is a terminal; otherwise (a farm's task log, a service, a pipe) a log line every
+//! `log.stats`, so that a long transfer shows how far it got and how long it has left.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -8,25 +10,45 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::progress::Progress;
+use crate::config::LogSettings;
+use crate::progress::{Progress, ProgressLog};
 
 pub struct Bar {
     bar: ProgressBar,
-    /// Dropping it wakes the ticker at once: the bar must never delay a command's exit.
+    /// Dropping it wakes the ticker at once: the display must never delay a command's exit.
     stop: Option<mpsc::Sender<()>>,
     ticker: Option<JoinHandle<()>>,
 }
 
+/// How often the bar is redrawn.
+const DRAW_EVERY: Duration = Duration::from_millis(100);
+
 impl Bar {
-    /// Starts drawing `progress` under `label` (unless `hidden`: then nothing runs at all).
-    pub fn start(label: &'static str, progress: Arc<Progress>, hidden: bool) -> Bar {
-        if hidden {
-            return Bar {
-                bar: ProgressBar::hidden(),
-                stop: None,
-                ticker: None,
-            };
+    /// Shows `progress` under `label`: a bar on a terminal, log lines every `log.stats`
+    /// elsewhere, or nothing (then no thread runs at all).
+    pub fn start(label: &'static str, progress: Arc<Progress>, log: &LogSettings) -> Bar {
+        if std::io::stderr().is_terminal() {
+            return Bar::draw(label, progress);
         }
+        let every = log.stats.0;
+        if every.is_zero() {
+            return Bar::hidden();
+        }
+        let mut lines = ProgressLog::new(label, log.format);
+        Bar::tick(ProgressBar::hidden(), every, move || {
+            lines.log(&progress.snapshot())
+        })
+    }
+
+    fn hidden() -> Bar {
+        Bar {
+            bar: ProgressBar::hidden(),
+            stop: None,
+            ticker: None,
+        }
+    }
+
+    fn draw(label: &'static str, progress: Arc<Progress>) -> Bar {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
         bar.set_style(
             ProgressStyle::with_template(
@@ -36,23 +58,27 @@ impl Bar {
             .progress_chars("=> "),
         );
         bar.set_prefix(label);
+        let b = bar.clone();
+        Bar::tick(bar, DRAW_EVERY, move || {
+            let s = progress.snapshot();
+            b.set_length(s.bytes_total);
+            b.set_position(s.bytes_done);
+            b.set_message(format!("{}/{} files", s.files_done, s.files_total));
+        })
+    }
+
+    /// Runs `each` every `every` (a bar: also at once) until the `Bar` is dropped.
+    fn tick(bar: ProgressBar, every: Duration, mut each: impl FnMut() + Send + 'static) -> Bar {
+        let drawn = !bar.is_hidden();
         let (stop, stopped) = mpsc::channel::<()>();
-        let ticker = {
-            let bar = bar.clone();
-            std::thread::spawn(move || {
-                loop {
-                    let s = progress.snapshot();
-                    bar.set_length(s.bytes_total);
-                    bar.set_position(s.bytes_done);
-                    bar.set_message(format!("{}/{} files", s.files_done, s.files_total));
-                    if stopped.recv_timeout(Duration::from_millis(100))
-                        != Err(mpsc::RecvTimeoutError::Timeout)
-                    {
-                        return;
-                    }
-                }
-            })
-        };
+        let ticker = std::thread::spawn(move || {
+            if drawn {
+                each();
+            }
+            while stopped.recv_timeout(every) == Err(mpsc::RecvTimeoutError::Timeout) {
+                each();
+            }
+        });
         Bar {
             bar,
             stop: Some(stop),

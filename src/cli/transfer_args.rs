@@ -1,6 +1,5 @@
 //! Flags shared by the commands that talk to a store.
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 
 use clap::Args;
@@ -91,7 +90,7 @@ where
 {
     let settings = ctx.settings.clone();
     let progress = Arc::new(Progress::default());
-    let _bar = Bar::start(label, progress.clone(), !std::io::stderr().is_terminal());
+    let _bar = Bar::start(label, progress.clone(), &settings.log);
     run_async(settings.runtime_threads(), |cancel| async move {
         let bandwidth = Arc::new(Bandwidth::new(&settings.bandwidth));
         let url = store.unwrap_or_else(|| settings.store.url.clone());

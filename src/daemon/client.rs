@@ -1,7 +1,6 @@
 //! The CLI side of the daemon API: submit a job and follow it with the same progress bar and
 //! result as a local run; list, show and cancel jobs.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -120,11 +119,8 @@ pub fn run_job(settings: &Settings, spec: &JobSpec) -> anyhow::Result<serde_json
         let id = created["id"].as_str().unwrap_or_default().to_string();
         tracing::info!(job = %id, "submitted to the daemon");
         let progress = Arc::new(Progress::default());
-        let _bar = crate::cli::progress_bar::Bar::start(
-            "daemon job",
-            progress.clone(),
-            !std::io::stderr().is_terminal(),
-        );
+        let _bar =
+            crate::cli::progress_bar::Bar::start("daemon job", progress.clone(), &settings.log);
         let mut events = connect(&socket).await?;
         let resp = events
             .send(Method::GET, &format!("/v1/jobs/{id}/events"), None)

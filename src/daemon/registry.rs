@@ -193,13 +193,20 @@ impl Registry {
             .store()
             .map(str::to_string)
             .unwrap_or_else(|| settings.store.url.clone());
-        let outcome = match self
-            .shared
-            .transfer_for(&url, &settings, job.progress.clone())
-            .await
-        {
-            Ok(t) => spec.run(&settings, t, &job.cancel).await,
-            Err(e) => Err(JobError::Open(e)),
+        let kind = spec.kind();
+        let run = async {
+            match self
+                .shared
+                .transfer_for(&url, &settings, job.progress.clone())
+                .await
+            {
+                Ok(t) => spec.run(&settings, t, &job.cancel).await,
+                Err(e) => Err(JobError::Open(e)),
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = run => outcome,
+            never = log_progress(&job, kind, &settings.log) => match never {},
         };
         let progress = job.progress.snapshot();
         let state = self.update(&job, |r| {
@@ -280,6 +287,25 @@ impl Registry {
         {
             tracing::warn!("jobs did not stop within {deadline:?}");
         }
+    }
+}
+
+/// Logs a running job's progress every `log.stats` (never, with 0), until dropped.
+async fn log_progress(
+    job: &Job,
+    kind: &str,
+    log: &crate::config::LogSettings,
+) -> std::convert::Infallible {
+    let every = log.stats.0;
+    if every.is_zero() {
+        return std::future::pending().await;
+    }
+    let id = job.snapshot().id;
+    let mut lines = crate::progress::ProgressLog::new(format!("{id} ({kind})"), log.format);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        ticks.tick().await;
+        lines.log(&job.progress.snapshot());
     }
 }
 
