@@ -2,6 +2,7 @@
 # garage_workflow.sh — the whole farm cycle on a real distributed store (Garage on 127.0.0.1),
 # with real-length farm, queue, job, step, task and session-action ids:
 #
+#   doctor (every probe of the setup passes), then
 #   submit -> sync-inputs -> (the task writes outputs) -> sync-outputs -> download-outputs,
 #   then a re-submit of the unchanged tree (must upload nothing and publish one manifest),
 #   then `cleanup` of an upload a killed put left open, and a put with no region set (Garage
@@ -68,6 +69,13 @@ printf 'scene\n' >"$proj/scenes/shot010.ma"
 printf 'caf\xc3\xa9\n' >"$proj/scenes/notes déjà vu.txt"
 head -c $((24 << 20)) /dev/urandom >"$proj/tex/big.exr"
 touch -d @1700000000 "$proj"/scenes/* "$proj/tex/big.exr"
+
+# The setup check a studio runs first: every probe passes on a real store.
+if run_attache ws doctor >"$work/doctor.txt" 2>&1; then
+    pass "doctor: $(grep -c '^ok ' "$work/doctor.txt") probes ok"
+else
+    fail "doctor"; cat "$work/doctor.txt"
+fi
 
 if run_attache ws submit "${ids[@]}" "$proj/scenes" "$proj/tex" --output-dir "$proj/renders" -o "$work/att.json" 2>"$work/submit.log"; then
     pass "submit: $(json "$work/att.json" "d['manifests'][0]['inputManifestPath']")"

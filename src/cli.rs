@@ -4,6 +4,7 @@ mod check_cmd;
 mod cleanup_cmd;
 mod config_cmd;
 mod daemon_cmd;
+mod doctor_cmd;
 mod exclude_args;
 mod farm;
 mod get_cmd;
@@ -81,6 +82,9 @@ enum Command {
     /// Check that a store holds the content of manifests or of a job's inputs (HEAD each
     /// object, or fetch and hash it with --deep); names the files of what is missing.
     Check(check_cmd::CheckArgs),
+    /// Check this machine's setup against its store: credentials, permissions, endpoint,
+    /// multipart, caches; says what each failure needs.
+    Doctor(doctor_cmd::DoctorArgs),
     /// Run the transfer daemon: one process serving every transfer of this machine over a
     /// local socket (see "Run as a service" in the README).
     Daemon,
@@ -210,6 +214,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(a) => a.overrides(&mut overrides),
         Command::Cleanup(a) => a.overrides(&mut overrides),
         Command::Check(a) => a.overrides(&mut overrides),
+        Command::Doctor(a) => a.overrides(&mut overrides),
         Command::Manifest(m) => m.overrides(&mut overrides),
         Command::Config(_)
         | Command::Daemon
@@ -250,6 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(a) => get_cmd::run(&ctx, a),
         Command::Cleanup(a) => cleanup_cmd::run(&ctx, a),
         Command::Check(a) => check_cmd::run(&ctx, a),
+        Command::Doctor(a) => doctor_cmd::run(&ctx, a),
         Command::Manifest(m) => manifest_cmd::run(&ctx, m),
         Command::Config(c) => config_cmd::run(&ctx, c),
         Command::Daemon => daemon_cmd::daemon(&ctx),

@@ -5,6 +5,7 @@ pub mod attachments;
 pub mod check;
 pub mod cleanup;
 pub mod detached;
+pub mod doctor;
 pub mod download_outputs;
 pub mod fetch_manifest;
 pub mod get;

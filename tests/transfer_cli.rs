@@ -999,3 +999,78 @@ fn a_transfer_logs_its_progress_in_plain_lines_when_stderr_is_not_a_terminal() {
     let err = get("b", "0");
     assert!(!err.contains("downloading: "), "{err}");
 }
+
+/// `attache doctor` makes the requests a real run makes and passes on a usable store, leaves
+/// nothing open, and on a refused one names what is wrong and what it needs (exit 1). A cache
+/// it cannot open is a warning: transfers go on without it.
+#[test]
+fn doctor_checks_the_store_and_names_what_a_failure_needs() {
+    let s3 = TestS3::start_background();
+    let t = tempfile::tempdir().unwrap();
+    let store = s3.store_url("DeadlineCloud");
+    let doctor = |cmd: &mut Command| {
+        let (code, out, err) = run(cmd.args(["doctor", "--json", "--store", &store]));
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+        (code, v)
+    };
+    let (code, v) = doctor(attache(&t.path().join("cache")).envs(s3.env()));
+    assert_eq!(code, 0, "{v}");
+    let probes = v["probes"].as_array().unwrap();
+    let names: Vec<&str> = probes.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "read content",
+            "write content",
+            "read back",
+            "multipart",
+            "list open uploads",
+            "read manifests",
+            "hash cache",
+            "known-present index"
+        ]
+    );
+    assert!(probes.iter().all(|p| p["status"] == "ok"), "{v}");
+    // The only object written is the empty file's content, under its own hash.
+    assert_eq!(
+        s3.object_keys(),
+        [format!(
+            "DeadlineCloud/Data/{}.xxh128",
+            attache::hash::ContentHash::of(b"")
+        )]
+    );
+    assert_eq!(s3.open_multipart_uploads(), 0);
+
+    // Credentials the store does not accept, and a cache dir that is a file.
+    let not_a_dir = t.path().join("file");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let (code, v) = doctor(
+        attache(&not_a_dir)
+            .envs(s3.env())
+            .env("ATTACHE_S3__SECRET_ACCESS_KEY", "not-the-secret"),
+    );
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["passed"], false);
+    let write = &v["probes"][1];
+    assert_eq!(write["status"], "failed", "{v}");
+    assert!(
+        write["detail"].as_str().unwrap().contains("403")
+            && write["needs"]
+                .as_str()
+                .unwrap()
+                .starts_with("the secret key"),
+        "{v}"
+    );
+    assert_eq!(v["probes"][6]["status"], "warning", "{v}");
+
+    let (code, out, err) = run(attache(&t.path().join("cache"))
+        .envs(s3.env())
+        .args(["doctor", "--store", &store]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ok      write content")
+            && out.ends_with("This machine can transfer with this store.\n"),
+        "{out}"
+    );
+}

@@ -1,0 +1,334 @@
+//! `attache doctor`: can this machine do its part of the farm's transfers? Each probe makes
+//! the requests a real run makes, on keys that are safe to touch, and says what a failure
+//! needs (a permission, a setting), so that a studio finds a missing policy line before the
+//! first job fails on it.
+//!
+//! The probes write nothing a job could trip over: the only object written is the empty
+//! file's content object (`Data/<xxh128 of nothing>.xxh128`, the object any job with an empty
+//! file uploads, with `If-None-Match`, so an existing one is left alone); the multipart probe
+//! is aborted; nothing is deleted.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::hash::ContentHash;
+use crate::hash::cache::HashCache;
+use crate::jobs::Cancelled;
+use crate::store::PutOptions;
+use crate::store::layout::{data_key, join};
+use crate::transfer::known_present::KnownPresent;
+use crate::transfer::{Transfer, cancellable};
+
+/// How long one probe may take: a store that does not answer by then is reported as such.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    /// A probe of something every run needs failed.
+    Failed,
+    /// A probe of something only some commands need failed.
+    Warning,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Probe {
+    pub name: &'static str,
+    pub status: Status,
+    /// What was found, or the error.
+    pub detail: String,
+    /// What a failure needs, and which commands it stops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub needs: Option<String>,
+    pub ms: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct DoctorReport {
+    /// The store as messages name it, and as this machine tells stores apart (endpoint,
+    /// region).
+    pub store: String,
+    pub identity: String,
+    pub cache_dir: String,
+    pub probes: Vec<Probe>,
+    /// No probe failed (warnings allowed).
+    pub passed: bool,
+}
+
+pub async fn run(
+    settings: &Settings,
+    t: Arc<Transfer>,
+    cancel: &CancellationToken,
+) -> Result<DoctorReport, Cancelled> {
+    let store = t.store.clone();
+    let prefix = store.root_prefix().to_string();
+    let empty = data_key(&prefix, ContentHash::of(b""));
+    let data = join(&prefix, "Data/*");
+    let manifests = join(&prefix, "Manifests/*");
+    let mut probes = Vec::new();
+
+    let s = store.as_ref();
+    probes.push(
+        probe(
+            cancel,
+            "read content",
+            true,
+            format!(
+                "s3:GetObject on {data} and s3:ListBucket on the bucket (without it a missing object answers 403); every command that transfers"
+            ),
+            async {
+                Ok(match s.head(&empty).await? {
+                    Some(_) => format!("HEAD {empty}: present"),
+                    None => format!("HEAD {empty}: not found, as expected"),
+                })
+            },
+        )
+        .await?,
+    );
+    probes.push(
+        probe(
+            cancel,
+            "write content",
+            true,
+            format!("s3:PutObject on {data}; put, submit, sync-outputs"),
+            async {
+                let opts = PutOptions {
+                    if_none_match: true,
+                    metadata: Vec::new(),
+                };
+                let outcome = s.put(&empty, bytes::Bytes::new(), &opts).await?;
+                Ok(format!(
+                    "PUT {empty} (If-None-Match): {}",
+                    match outcome {
+                        crate::store::PutOutcome::Created => "stored",
+                        crate::store::PutOutcome::AlreadyExists => "already there, left alone",
+                    }
+                ))
+            },
+        )
+        .await?,
+    );
+    probes.push(
+        probe(
+            cancel,
+            "read back",
+            true,
+            format!("s3:GetObject on {data}; get, sync-inputs, download-outputs"),
+            async {
+                let mut obj = s.get(&empty, None).await?;
+                let mut len = 0;
+                while let Some(chunk) = obj.body.next().await {
+                    len += chunk?.len();
+                }
+                Ok(format!("GET {empty}: {len} bytes, as stored"))
+            },
+        )
+        .await?,
+    );
+    probes.push(
+        probe(
+            cancel,
+            "multipart",
+            true,
+            format!(
+                "s3:PutObject and s3:AbortMultipartUpload on {data}; files over transfer.multipart_threshold, and cancelling them"
+            ),
+            async {
+                let id = s.create_multipart(&empty).await?;
+                s.abort_multipart(&empty, &id).await?;
+                Ok(format!("started and aborted an upload to {empty}"))
+            },
+        )
+        .await?,
+    );
+    probes.push(
+        probe(
+            cancel,
+            "list open uploads",
+            false,
+            "s3:ListBucketMultipartUploads on the bucket; only attache cleanup".to_string(),
+            async {
+                let open = s.list_multipart_uploads(&join(&prefix, "Data/")).await?;
+                Ok(format!(
+                    "{} open multipart upload(s) under Data/",
+                    open.len()
+                ))
+            },
+        )
+        .await?,
+    );
+    let probe_manifest = join(&prefix, "Manifests/.attache-doctor-probe");
+    probes.push(
+        probe(
+            cancel,
+            "read manifests",
+            true,
+            format!("s3:GetObject on {manifests}; sync-inputs, download-outputs"),
+            async {
+                Ok(match s.head(&probe_manifest).await? {
+                    Some(_) => format!("HEAD {probe_manifest}: present"),
+                    None => format!("HEAD {probe_manifest}: not found, as expected"),
+                })
+            },
+        )
+        .await?,
+    );
+
+    let dir = settings.cache.dir.clone();
+    let ttl = settings.transfer.known_present_ttl.0;
+    let (cache, known) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let cache = HashCache::open(&dir).map(|_| ());
+        let cache_ms = started.elapsed().as_millis() as u64;
+        let started = Instant::now();
+        let known = KnownPresent::open(&dir, ttl).map(|_| ());
+        (
+            (cache, cache_ms),
+            (known, started.elapsed().as_millis() as u64),
+        )
+    })
+    .await
+    .expect("opening the caches panicked");
+    let needs_cache =
+        "a writable cache.dir (--cache-dir); without it every file is read on every run";
+    probes.push(local_probe("hash cache", cache, needs_cache));
+    probes.push(local_probe("known-present index", known, needs_cache));
+
+    let passed = probes.iter().all(|p| p.status != Status::Failed);
+    Ok(DoctorReport {
+        store: store.describe(),
+        identity: store.identity(),
+        cache_dir: settings.cache.dir.display().to_string(),
+        probes,
+        passed,
+    })
+}
+
+/// Runs one store probe once (no retries: a diagnosis must not wait out a backoff), for at
+/// most [`PROBE_TIMEOUT`].
+async fn probe(
+    cancel: &CancellationToken,
+    name: &'static str,
+    required: bool,
+    needs: String,
+    request: impl Future<Output = Result<String, crate::store::StoreError>>,
+) -> Result<Probe, Cancelled> {
+    let started = Instant::now();
+    let outcome = cancellable(cancel, tokio::time::timeout(PROBE_TIMEOUT, request)).await?;
+    let ms = started.elapsed().as_millis() as u64;
+    let (status, detail, needs) = match outcome {
+        Ok(Ok(detail)) => (Status::Ok, detail, None),
+        Ok(Err(e)) => {
+            let detail = e.to_string();
+            let needs = needs_for(&detail, needs);
+            (failure(required), detail, needs)
+        }
+        Err(_) => (
+            failure(required),
+            format!(
+                "no answer within {} s (check s3.endpoint_url, the network and any proxy)",
+                PROBE_TIMEOUT.as_secs()
+            ),
+            Some(needs),
+        ),
+    };
+    Ok(Probe {
+        name,
+        status,
+        detail,
+        needs,
+        ms,
+    })
+}
+
+/// What a failed request needs: the permission the probe exercises when the store refused
+/// it, the right credentials when it did not know them. Other errors (an endpoint that does
+/// not answer, a bucket that does not exist) already say what to do.
+fn needs_for(error: &str, permission: String) -> Option<String> {
+    let needs = if error.contains("SignatureDoesNotMatch") {
+        "the secret key that belongs to this access key (s3.secret_access_key, the profile or AWS_SECRET_ACCESS_KEY), and a clock within 15 minutes of the store's"
+    } else if error.contains("InvalidAccessKeyId") {
+        "an access key the store knows (s3.access_key_id, --profile or AWS_ACCESS_KEY_ID)"
+    } else if error.contains("ExpiredToken") || error.contains("TokenRefreshRequired") {
+        "fresh credentials: the session token has expired (log in again, e.g. aws sso login)"
+    } else if error.contains("HTTP 403") {
+        return Some(permission);
+    } else {
+        return None;
+    };
+    Some(needs.to_string())
+}
+
+fn failure(required: bool) -> Status {
+    if required {
+        Status::Failed
+    } else {
+        Status::Warning
+    }
+}
+
+fn local_probe<E: std::fmt::Display>(
+    name: &'static str,
+    (opened, ms): (Result<(), E>, u64),
+    needs: &str,
+) -> Probe {
+    match opened {
+        Ok(()) => Probe {
+            name,
+            status: Status::Ok,
+            detail: "opened".into(),
+            needs: None,
+            ms,
+        },
+        // Transfers go on without them, slower.
+        Err(e) => Probe {
+            name,
+            status: Status::Warning,
+            detail: e.to_string(),
+            needs: Some(needs.into()),
+            ms,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_names_the_permission_or_the_credentials_it_needs() {
+        let perm = || "s3:PutObject on p/Data/*".to_string();
+        assert_eq!(
+            needs_for("PUT k: HTTP 403 Forbidden: AccessDenied: denied", perm()).as_deref(),
+            Some("s3:PutObject on p/Data/*")
+        );
+        assert!(
+            needs_for("PUT k: HTTP 403 Forbidden: SignatureDoesNotMatch", perm())
+                .unwrap()
+                .starts_with("the secret key")
+        );
+        assert!(
+            needs_for("HTTP 403 Forbidden: InvalidAccessKeyId: no", perm())
+                .unwrap()
+                .starts_with("an access key")
+        );
+        assert!(
+            needs_for("HTTP 400 Bad Request: ExpiredToken", perm())
+                .unwrap()
+                .starts_with("fresh credentials")
+        );
+        assert_eq!(
+            needs_for(
+                "dispatch failure (cannot reach http://x: check s3.endpoint_url",
+                perm()
+            ),
+            None
+        );
+    }
+}
