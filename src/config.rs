@@ -4,6 +4,7 @@
 //! tell which file, variable or flag set a bad value, so this module checks every key against
 //! [`KEYS`] itself and remembers who set what, to name the key *and* the source in errors.
 
+mod schedule;
 mod units;
 
 use std::collections::HashMap;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use schedule::{Schedule, WeekTime};
 pub use units::{ByteSize, Duration, ParseUnitError, Rate};
 
 // ---- settings ----
@@ -98,6 +100,25 @@ pub struct TransferSettings {
 pub struct BandwidthSettings {
     pub upload: Rate,
     pub download: Rate,
+    /// A timetable (`[DAY-]HH:MM,UP[:DOWN]` entries, see [`Schedule`]); when set, its entry
+    /// in force replaces `upload` and `download`.
+    pub schedule: Vec<String>,
+}
+
+impl BandwidthSettings {
+    /// The (upload, download) limits in force at `t`.
+    pub fn in_force(&self, t: WeekTime) -> (Rate, Rate) {
+        // Checked when the settings were loaded.
+        Schedule::parse(&self.schedule)
+            .ok()
+            .and_then(|s| s.in_force(t))
+            .unwrap_or((self.upload, self.download))
+    }
+
+    /// Seconds from `t` until the schedule's next entry starts, if it has one.
+    pub fn next_change(&self, t: WeekTime) -> Option<u32> {
+        Schedule::parse(&self.schedule).ok()?.next_change(t)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -422,7 +443,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "runtime_threads",
         ],
     ),
-    ("bandwidth", &["upload", "download"]),
+    ("bandwidth", &["upload", "download", "schedule"]),
     (
         "hash",
         &[
@@ -453,6 +474,7 @@ const LIST_KEYS: &[&str] = &[
     "storage_profile.locations",
     "storage_profile.shared",
     "hash.exclude",
+    "bandwidth.schedule",
 ];
 
 // ---- errors ----
@@ -624,6 +646,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     for flag in &opts.overrides {
         setters.add_flag(flag)?;
         builder = builder.set_override(&flag.key, flag.value.clone())?;
+        // A rate given on the command line (--bwlimit) is this run's, whatever the timetable
+        // says.
+        if flag.key.starts_with("bandwidth.") && flag.source.starts_with("--") {
+            builder = builder.set_override("bandwidth.schedule", Vec::<String>::new())?;
+        }
     }
 
     let settings: Settings = builder
@@ -836,6 +863,10 @@ fn validate(s: &Settings) -> Result<(), Violation> {
     )?;
     at_least("hash.read_buffer", s.hash.read_buffer, ByteSize::kib(64))?;
     at_most("hash.read_buffer", s.hash.read_buffer, ByteSize::mib(64))?;
+    Schedule::parse(&s.bandwidth.schedule).map_err(|reason| Violation {
+        key: "bandwidth.schedule",
+        reason,
+    })?;
     crate::scan::Exclude::new(&s.hash.exclude).map_err(|e| Violation {
         key: "hash.exclude",
         reason: e.to_string(),
@@ -1377,6 +1408,48 @@ mod tests {
         );
         assert_eq!(s.storage_profile.shared, [PathBuf::from("/mnt/lib")]);
         assert_eq!(s.s3.profile.as_deref(), Some("007"));
+    }
+
+    #[test]
+    fn a_bandwidth_timetable_comes_from_the_file_or_the_environment_and_a_flag_overrides_it() {
+        let text =
+            "[bandwidth]\nupload = \"1MB/s\"\nschedule = [\"08:00,10MB/s\", \"19:00,off\"]\n";
+        let s = settings(text, &[], &[]);
+        assert_eq!(s.bandwidth.schedule, ["08:00,10MB/s", "19:00,off"]);
+        let noon = WeekTime::new(2, 12, 0, 0);
+        assert_eq!(
+            s.bandwidth.in_force(noon),
+            (Rate(10_000_000), Rate(10_000_000)),
+            "the timetable replaces upload and download"
+        );
+        assert_eq!(s.bandwidth.next_change(noon), Some(7 * 3600));
+        let s = settings(
+            text,
+            &[(
+                "ATTACHE_BANDWIDTH__SCHEDULE",
+                "Sat-00:00,off;Mon-00:00,2MB/s:3MB/s",
+            )],
+            &[],
+        );
+        assert_eq!(
+            s.bandwidth.in_force(noon),
+            (Rate(2_000_000), Rate(3_000_000))
+        );
+        // --bwlimit is this run's limit: no timetable.
+        let s = settings(text, &[], &[("bandwidth.upload", "5MB/s", "--bwlimit")]);
+        assert!(s.bandwidth.schedule.is_empty());
+        assert_eq!(s.bandwidth.in_force(noon).0, Rate(5_000_000));
+        assert_eq!(s.bandwidth.next_change(noon), None);
+        error(
+            "[bandwidth]\nschedule = [\"8:00-1MB/s\"]\n",
+            &[],
+            &[],
+            &[
+                "bandwidth.schedule",
+                "<file>",
+                "\"8:00-1MB/s\": expected [DAY-]HH:MM,RATE",
+            ],
+        );
     }
 
     #[test]

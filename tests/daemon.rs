@@ -690,3 +690,49 @@ fn a_running_job_logs_its_progress_in_the_daemon_and_in_the_waiting_command() {
         "{err}"
     );
 }
+
+/// `bandwidth.schedule`: the entry in force applies when the daemon starts, the next one when
+/// its time comes (here at the next minute: up to a minute of waiting), and a reload replaces
+/// the timetable at once.
+#[test]
+fn the_bandwidth_timetable_applies_each_entry_when_its_time_comes() {
+    let now = attache::config::WeekTime::now().0;
+    let minute = (now / 60) % (24 * 60);
+    let hhmm = |m: u32| format!("{:02}:{:02}", m / 60 % 24, m % 60);
+    let d = Daemon::start(&format!(
+        "[bandwidth]\nupload = \"9MiB/s\"\nschedule = [\"{},1MiB/s:3MiB/s\", \"{},2MiB/s:off\"]\n",
+        hhmm(minute),
+        hhmm(minute + 1)
+    ));
+    let bandwidth = || d.api("GET", "/v1/health", "").1["bandwidth"].clone();
+    let started = Instant::now();
+    let first = bandwidth();
+    // Unless the minute turned while the daemon started.
+    if first["upload"] != "2MiB/s" {
+        assert_eq!(
+            (&first["upload"], &first["download"]),
+            (&"1MiB/s".into(), &"3MiB/s".into()),
+            "{}",
+            d.log()
+        );
+    }
+    while bandwidth()["upload"] != "2MiB/s" {
+        assert!(
+            started.elapsed() < Duration::from_secs(65),
+            "the next entry never applied: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(bandwidth()["download"], "unlimited");
+    assert!(d.log().contains("bandwidth limits now"), "{}", d.log());
+
+    d.write_config("[bandwidth]\nschedule = [\"00:00,5MiB/s\"]\n");
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bandwidth()["upload"] != "5MiB/s" {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(bandwidth()["download"], "5MiB/s");
+}

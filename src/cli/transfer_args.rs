@@ -93,6 +93,11 @@ where
     let _bar = Bar::start(label, progress.clone(), &settings.log);
     run_async(settings.runtime_threads(), |cancel| async move {
         let bandwidth = Arc::new(Bandwidth::new(&settings.bandwidth));
+        if !settings.bandwidth.schedule.is_empty() {
+            // A long transfer follows the timetable; the task ends with the command.
+            let (b, s) = (bandwidth.clone(), settings.bandwidth.clone());
+            tokio::spawn(async move { b.follow_schedule(|| s.clone()).await });
+        }
         let url = store.unwrap_or_else(|| settings.store.url.clone());
         let t = setup::transfer_for(&url, &settings, bandwidth, progress)
             .await

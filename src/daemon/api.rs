@@ -176,7 +176,7 @@ async fn health(State(api): State<Arc<Api>>) -> Response {
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "jobs_active": api.registry.active(),
-        "bandwidth": {"upload": s.bandwidth.upload.to_string(), "download": s.bandwidth.download.to_string()},
+        "bandwidth": {"upload": api.shared.bandwidth.upload.rate().to_string(), "download": api.shared.bandwidth.download.rate().to_string()},
         "store": s.store.url,
     }))
     .into_response()

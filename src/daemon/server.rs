@@ -99,6 +99,16 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
     let listener = bind_socket(&d.socket, d.socket_group.as_deref())?;
     tracing::info!(socket = %d.socket.display(), "attache daemon listening");
     tokio::spawn(abort_leftovers_at_start(shared.clone()));
+    // bandwidth.schedule: each entry applies when its time comes, from the config in force.
+    tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            let bandwidth = shared.bandwidth.clone();
+            bandwidth
+                .follow_schedule(|| shared.settings().bandwidth.clone())
+                .await
+        }
+    });
     let stop_accepting = CancellationToken::new();
     let mut servers = Vec::new();
     {

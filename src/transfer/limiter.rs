@@ -14,7 +14,7 @@ use arc_swap::ArcSwapOption;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
 
-use crate::config::Rate;
+use crate::config::{BandwidthSettings, Rate, WeekTime};
 
 const CELL: u64 = 1024;
 
@@ -26,6 +26,8 @@ pub struct Limiter {
     total: AtomicU64,
     /// Time spent waiting, for metrics (nanoseconds).
     waited_ns: AtomicU64,
+    /// The rate set, in bytes per second (0: unlimited).
+    rate: AtomicU64,
 }
 
 struct Paced {
@@ -44,8 +46,14 @@ impl Limiter {
     /// Changes the rate for every transfer from now on (0 = unlimited). Waits already under
     /// way finish against the old rate.
     pub fn set_rate(&self, rate: Rate) {
+        self.rate.store(rate.0, Ordering::Relaxed);
         self.inner
             .store(rate.per_second().map(|bps| Arc::new(Paced::new(bps))));
+    }
+
+    /// The rate in force.
+    pub fn rate(&self) -> Rate {
+        Rate(self.rate.load(Ordering::Relaxed))
     }
 
     pub fn is_limited(&self) -> bool {
@@ -111,17 +119,41 @@ pub struct Bandwidth {
 }
 
 impl Bandwidth {
-    pub fn new(settings: &crate::config::BandwidthSettings) -> Self {
+    /// The limiters, at the limits in force now (the timetable's, when there is one).
+    pub fn new(settings: &BandwidthSettings) -> Self {
+        let (up, down) = settings.in_force(WeekTime::now());
         Bandwidth {
-            upload: Limiter::new(settings.upload),
-            download: Limiter::new(settings.download),
+            upload: Limiter::new(up),
+            download: Limiter::new(down),
         }
     }
 
-    /// Applies new limits live (config reload).
-    pub fn apply(&self, settings: &crate::config::BandwidthSettings) {
-        self.upload.set_rate(settings.upload);
-        self.download.set_rate(settings.download);
+    /// Applies the limits in force live (config reload, a timetable's next entry).
+    pub fn apply(&self, settings: &BandwidthSettings) {
+        let (up, down) = settings.in_force(WeekTime::now());
+        if (up, down) == (self.upload.rate(), self.download.rate()) {
+            return; // a new limiter would start a fresh burst for nothing
+        }
+        tracing::info!(upload = %up, download = %down, "bandwidth limits now");
+        self.upload.set_rate(up);
+        self.download.set_rate(down);
+    }
+
+    /// Follows `settings`' timetable: applies each entry when its time comes, for as long as
+    /// the returned future runs. `settings` is asked again each time (a daemon's reload
+    /// changes them), and at least every minute, so that a changed clock or time zone is
+    /// noticed.
+    pub async fn follow_schedule(&self, settings: impl Fn() -> BandwidthSettings) {
+        loop {
+            let wait = settings()
+                .next_change(WeekTime::now())
+                .map_or(60, |s| s.min(60));
+            tokio::time::sleep(std::time::Duration::from_secs(u64::from(wait.max(1)))).await;
+            let now = settings();
+            if !now.schedule.is_empty() {
+                self.apply(&now);
+            }
+        }
     }
 }
 
