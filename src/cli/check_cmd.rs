@@ -34,7 +34,8 @@ pub struct CheckArgs {
     /// next upload of those files sends them again.
     #[arg(long, requires = "deep")]
     delete_damaged: bool,
-    /// Download bandwidth cap for --deep, e.g. 50MB/s; 0 = unlimited [config: bandwidth.download].
+    /// Download bandwidth cap for --deep, e.g. 50MB/s; 0 = unlimited; replaces bandwidth.schedule
+    /// [config: bandwidth.download].
     #[arg(long, value_name = "RATE")]
     bwlimit: Option<String>,
     #[command(flatten)]

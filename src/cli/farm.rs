@@ -22,7 +22,8 @@ use crate::jobs::spec::{
 pub struct CommonArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// Bandwidth cap for this command's direction, e.g. 50MB/s; 0 = unlimited
+    /// Bandwidth cap for this command's direction, e.g. 50MB/s; 0 = unlimited; replaces
+    /// bandwidth.schedule
     /// [config: bandwidth.upload / bandwidth.download].
     #[arg(long, value_name = "RATE")]
     bwlimit: Option<String>,

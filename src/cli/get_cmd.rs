@@ -27,7 +27,8 @@ pub struct GetArgs {
     dest: PathBuf,
     #[command(flatten)]
     store: StoreArgs,
-    /// Download bandwidth cap, e.g. 50MB/s; 0 = unlimited [config: bandwidth.download].
+    /// Download bandwidth cap, e.g. 50MB/s; 0 = unlimited; replaces bandwidth.schedule
+    /// [config: bandwidth.download].
     #[arg(long, value_name = "RATE")]
     bwlimit: Option<String>,
     /// When a file with other content is already there.

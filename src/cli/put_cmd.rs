@@ -29,7 +29,8 @@ pub struct PutArgs {
     output: Option<PathBuf>,
     #[command(flatten)]
     store: StoreArgs,
-    /// Upload bandwidth cap, e.g. 50MB/s; 0 = unlimited [config: bandwidth.upload].
+    /// Upload bandwidth cap, e.g. 50MB/s; 0 = unlimited; replaces bandwidth.schedule
+    /// [config: bandwidth.upload].
     #[arg(long, value_name = "RATE")]
     bwlimit: Option<String>,
     /// Read every file; neither use nor update the hash cache [config: cache.hash_cache].
