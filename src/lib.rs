@@ -3,7 +3,8 @@
 
 /// The command line: arguments, config loading, dispatch, progress display, exit codes.
 pub mod cli;
-/// Settings: defaults, layered loading (file < environment < flags), units, validation.
+/// Settings: defaults, layered loading (file < environment < flags), units, the bandwidth
+/// timetable, validation.
 pub mod config;
 /// The daemon: local API server, job registry, signals and reload, and its CLI client.
 pub mod daemon;
@@ -20,7 +21,8 @@ pub mod local_db;
 pub mod logging;
 /// Manifests: v2023-03-03 model, canonical codec, path validation, merge and diff.
 pub mod manifest;
-/// Progress counters (files and bytes, done and total) shared by workers and displays.
+/// Progress counters (files and bytes, done and total) shared by workers and displays, and the
+/// progress lines logged where no bar can be drawn.
 pub mod progress;
 /// Parallel directory walk of input roots, with the symlink and special-file policy and the
 /// exclusion patterns (`scan::exclude`).
