@@ -736,3 +736,68 @@ fn the_bandwidth_timetable_applies_each_entry_when_its_time_comes() {
     }
     assert_eq!(bandwidth()["download"], "5MiB/s");
 }
+
+/// The worker's side through the daemon: sync-outputs reports what it found and sent, as a
+/// local run does, and its uploads count in the metrics.
+#[test]
+fn sync_outputs_through_the_daemon_reports_and_counts_its_uploads() {
+    let d = Daemon::start("");
+    let proj = d.path("proj");
+    std::fs::create_dir_all(proj.join("renders")).unwrap();
+    std::fs::write(proj.join("scene.ma"), b"scene").unwrap();
+    let att = d.path("att.json");
+    let ids = ["--farm-id", "farm-1", "--queue-id", "queue-1"];
+    let ok = |c: &mut Command| {
+        let (code, out, err) = run(c.arg("--daemon"));
+        assert_eq!(code, 0, "{err}");
+        (out, err)
+    };
+    ok(d.cmd()
+        .arg("submit")
+        .args(ids)
+        .arg(proj.join("scene.ma"))
+        .arg("--output-dir")
+        .arg(proj.join("renders"))
+        .arg("-o")
+        .arg(&att));
+    let session = d.path("session");
+    ok(d.cmd()
+        .args(["sync-inputs", "--attachments"])
+        .arg(&att)
+        .arg("--session-dir")
+        .arg(&session));
+    let local = session.join(attache::jobs::attachments::asset_root_dir_name(
+        proj.to_str().unwrap(),
+    ));
+    // The renderer makes its output directory, as with the official worker code.
+    std::fs::create_dir_all(local.join("renders")).unwrap();
+    std::fs::write(local.join("renders/f1.exr"), b"frame 1").unwrap();
+    let (out, err) = ok(d
+        .cmd()
+        .arg("sync-outputs")
+        .args(ids)
+        .args([
+            "--job-id",
+            "job-1",
+            "--step-id",
+            "step-1",
+            "--task-id",
+            "task-1",
+        ])
+        .args(["--session-action-id", "sa-1", "--attachments"])
+        .arg(&att)
+        .arg("--session-dir")
+        .arg(&session));
+    assert!(
+        err.contains(": 1 new or changed outputs (7 B); uploaded 1 objects")
+            && err.contains("; published farm-1/queue-1/job-1/step-1/task-1/"),
+        "{err}"
+    );
+    let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(printed.as_array().unwrap().len(), 1, "{printed}");
+    let (_, metrics) = http(&d.socket(), "GET", "/metrics", "").unwrap();
+    assert!(
+        metrics.contains("attache_uploaded_objects_total 2"),
+        "the scene and the frame: {metrics}"
+    );
+}

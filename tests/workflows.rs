@@ -619,16 +619,39 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
     write(&local.join("renders/new.exr.tmp"), b"a frame being written");
     write(&local.join("renders/scratch/x.exr"), b"scratch");
     write(&local.join("renders/zz/.DS_Store"), b"finder");
-    let mut sync_outputs = f.attache("w");
-    sync_outputs
-        .env("ATTACHE_HASH__EXCLUDE", ".DS_Store")
-        .arg("sync-outputs")
-        .args(IDS)
-        .args(TASK_IDS)
-        .args(["--session-action-id", "sa-1"])
-        .args(["--exclude", "*.tmp", "--exclude", "scratch/"]);
-    with_session(&mut sync_outputs);
-    let (_, paths) = published_outputs(&f, &f.ok(&mut sync_outputs));
+    let sync_outputs = |flags: &[&str]| {
+        let mut c = f.attache("w");
+        c.env("ATTACHE_HASH__EXCLUDE", ".DS_Store")
+            .arg("sync-outputs")
+            .args(IDS)
+            .args(TASK_IDS)
+            .args(["--session-action-id", "sa-1"])
+            .args(["--start-time", "2026-12-05T10:00:00.000000Z"])
+            .args(["--exclude", "*.tmp", "--exclude", "scratch/"])
+            .args(flags);
+        with_session(&mut c);
+        let (code, out, err) = run(&mut c);
+        assert_eq!(code, 0, "{err}");
+        (out, err)
+    };
+    // A dry run finds the same outputs, says what it would send, and sends nothing.
+    let stored = f.s3.object_keys();
+    let (would, err) = sync_outputs(&["--dry-run"]);
+    assert_eq!(f.s3.object_keys(), stored, "a dry run stores nothing");
+    assert!(
+        err.contains("/proj: 3 new or changed outputs (")
+            && err.contains("would upload 2 objects")
+            && err.contains("1 already in the store")
+            && err.contains("; would publish farm-1/queue-1/job-1/"),
+        "{err}"
+    );
+    let (out, err) = sync_outputs(&[]);
+    assert!(err.contains("; published farm-1/queue-1/job-1/"), "{err}");
+    assert_eq!(
+        out, would,
+        "the dry run named the manifest the real run published"
+    );
+    let (_, paths) = published_outputs(&f, &out);
     assert_eq!(
         paths,
         ["renders/b.exr", "renders/new.exr", "renders/zz/c.exr"],

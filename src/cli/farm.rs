@@ -153,6 +153,10 @@ pub struct SyncOutputsArgs {
     /// Write the published manifests JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Find the task's outputs and ask the store what it lacks; upload and publish nothing
+    /// (the manifests JSON says what would be published).
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -390,6 +394,7 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         locations: a.locations,
         exclude: a.exclude.patterns()?,
         store: a.common.store.store.clone(),
+        dry_run: a.dry_run,
     });
     let Some(out) = run_and_emit(
         ctx,
@@ -402,10 +407,25 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
     else {
         return Ok(ExitCode::SUCCESS);
     };
-    for m in out["manifests"].as_array().into_iter().flatten() {
+    let dry_run = a.dry_run;
+    for r in out["roots"].as_array().into_iter().flatten() {
+        let root = r["root_path"].as_str().unwrap_or_default();
+        let Some(path) = r["output_manifest_path"].as_str() else {
+            eprintln!("{root}: no new or changed outputs");
+            continue;
+        };
+        let u = &r["upload"];
         eprintln!(
-            "published {}",
-            m["outputManifestPath"].as_str().unwrap_or_default()
+            "{root}: {} new or changed outputs ({}); {} {} objects ({}), {} already in the store, {} known present{}; {} {path}",
+            r["files"],
+            size(&r["bytes"]),
+            super::tense(dry_run, "uploaded", "would upload"),
+            u["uploaded_objects"].as_u64().unwrap_or(0),
+            size(&u["uploaded_bytes"]),
+            u["present_objects"].as_u64().unwrap_or(0),
+            u["known_objects"].as_u64().unwrap_or(0),
+            super::leftovers_note(u["aborted_leftover_uploads"].as_u64().unwrap_or(0)),
+            super::tense(dry_run, "published", "would publish"),
         );
     }
     Ok(ExitCode::SUCCESS)

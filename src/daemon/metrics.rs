@@ -71,7 +71,10 @@ impl Metrics {
                 .roots
                 .iter()
                 .for_each(|root| download(&root.report.download)),
-            JobOutput::SyncOutputs { .. } => {}
+            JobOutput::SyncOutputs(r) => r
+                .roots
+                .iter()
+                .for_each(|root| upload(&root.upload, &root.hash)),
             JobOutput::DownloadOutputs(r) => r
                 .roots
                 .iter()

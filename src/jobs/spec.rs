@@ -15,7 +15,7 @@ use super::hash::HashSpec;
 use super::put::PutError;
 use super::submit::{Location, SubmitError, SubmitReport, SubmitSpec};
 use super::sync_inputs::{SyncInputsReport, SyncInputsSpec};
-use super::sync_outputs::{OutputManifest, SyncOutputsSpec};
+use super::sync_outputs::{SyncOutputsReport, SyncOutputsSpec};
 use crate::config::Settings;
 use crate::store::OpenStoreError;
 use crate::transfer::{Transfer, TransferError};
@@ -102,6 +102,9 @@ pub struct SyncOutputsJob {
     pub exclude: Vec<String>,
     #[serde(default)]
     pub store: Option<String>,
+    /// Find the outputs and ask the store what it lacks; upload and publish nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,7 +135,7 @@ pub struct DownloadOutputsJob {
 pub enum JobOutput {
     Submit(SubmitReport),
     SyncInputs(SyncInputsReport),
-    SyncOutputs { manifests: Vec<OutputManifest> },
+    SyncOutputs(SyncOutputsReport),
     DownloadOutputs(DownloadOutputsReport),
 }
 
@@ -339,7 +342,7 @@ impl JobSpec {
             JobSpec::Submit(j) => j.dry_run,
             JobSpec::SyncInputs(j) => j.dry_run,
             JobSpec::DownloadOutputs(j) => j.dry_run,
-            JobSpec::SyncOutputs(_) => false,
+            JobSpec::SyncOutputs(j) => j.dry_run,
         }
     }
 
@@ -407,9 +410,7 @@ impl JobSpec {
                     }),
                     hash,
                 };
-                JobOutput::SyncOutputs {
-                    manifests: super::sync_outputs::run(spec, transfer, cancel).await?,
-                }
+                JobOutput::SyncOutputs(super::sync_outputs::run(spec, transfer, cancel).await?)
             }
             JobSpec::DownloadOutputs(j) => {
                 let spec = DownloadOutputsSpec {

@@ -34,23 +34,43 @@ pub struct SyncOutputsSpec {
     pub hash: HashSpec,
 }
 
+/// What sync-outputs did for one asset root with output directories.
+#[derive(Debug, serde::Serialize)]
+pub struct OutputRoot {
+    pub root_path: String,
+    /// New and changed outputs found, and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+    /// How the outputs were hashed (read, or known to the hash cache).
+    pub hash: crate::hash::parallel::HashStats,
+    pub upload: crate::transfer::upload::UploadReport,
+    /// The output manifest's path (relative to the manifests prefix), once published (with a
+    /// dry run: where it would be); none without outputs.
+    pub output_manifest_path: Option<String>,
+}
+
+/// What sync-outputs did: the manifests to report to the farm, and per root the counts.
+#[derive(Debug, serde::Serialize)]
+pub struct SyncOutputsReport {
+    pub manifests: Vec<OutputManifest>,
+    pub roots: Vec<OutputRoot>,
+    /// Nothing was uploaded or published: `manifests` are what would have been.
+    pub dry_run: bool,
+}
+
 /// One published output manifest, as the worker reports it.
 #[derive(Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OutputManifest {
     pub output_manifest_path: String,
     pub output_manifest_hash: String,
-    #[serde(skip)]
-    pub root_path: String,
-    #[serde(skip)]
-    pub files: u64,
 }
 
 pub async fn run(
     spec: SyncOutputsSpec,
     transfer: Arc<Transfer>,
     cancel: &CancellationToken,
-) -> Result<Vec<OutputManifest>, PutError> {
+) -> Result<SyncOutputsReport, PutError> {
     let keys = OutputManifestPath {
         farm: &spec.farm_id,
         queue: &spec.queue_id,
@@ -68,6 +88,7 @@ pub async fn run(
         }
     }
     let mut published = Vec::new();
+    let mut roots = Vec::new();
     for m in &spec.attachments.manifests {
         let Some(dirs) = m
             .output_relative_directories
@@ -93,19 +114,22 @@ pub async fn run(
             cancel,
         )
         .await?;
-        let manifest = put
-            .hash
-            .roots
-            .into_iter()
-            .next()
-            .expect("one root hashed")
-            .manifest;
+        let hashed = put.hash.roots.into_iter().next().expect("one root hashed");
+        let manifest = hashed.manifest;
+        let mut root = OutputRoot {
+            root_path: m.root_path.clone(),
+            files: manifest.len() as u64,
+            bytes: manifest.total_size(),
+            hash: hashed.stats,
+            upload: put.upload,
+            output_manifest_path: None,
+        };
         if manifest.is_empty() {
             tracing::info!(root = %m.root_path, "no new or changed outputs");
+            roots.push(root);
             continue;
         }
         // The data is all there: publish the manifest.
-        let files = manifest.len() as u64;
         let bytes = bytes::Bytes::from(super::encode_off_worker(manifest).await);
         let rel = keys.for_root(m.file_system_location_name.as_deref(), &m.root_path);
         let key = format!("{prefix}{rel}");
@@ -116,19 +140,25 @@ pub async fn run(
         if cancel.is_cancelled() {
             return Err(PutError::Transfer(Cancelled.into()));
         }
-        transfer
-            .gate
-            .run(cancel, || transfer.store.put(&key, bytes.clone(), &opts))
-            .await
-            .map_err(PutError::Transfer)?;
+        if !transfer.dry_run {
+            transfer
+                .gate
+                .run(cancel, || transfer.store.put(&key, bytes.clone(), &opts))
+                .await
+                .map_err(PutError::Transfer)?;
+        }
+        root.output_manifest_path = Some(rel.clone());
+        roots.push(root);
         published.push(OutputManifest {
             output_manifest_path: rel,
             output_manifest_hash: ContentHash::of(&bytes).to_hex(),
-            root_path: m.root_path.clone(),
-            files,
         });
     }
-    Ok(published)
+    Ok(SyncOutputsReport {
+        manifests: published,
+        roots,
+        dry_run: transfer.dry_run,
+    })
 }
 
 /// An output directory must be `.` or a safe relative path (no `..`, not absolute): one that
