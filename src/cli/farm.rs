@@ -289,6 +289,20 @@ fn emit(value: &serde_json::Value, output: Option<&Path>) -> anyhow::Result<()> 
     }
 }
 
+/// "uploaded 2 objects (1.4 GiB), 1 already in the store, 0 known present" of an upload
+/// report (and the multipart uploads an earlier run left open, if any were aborted).
+fn uploaded(u: &serde_json::Value, dry_run: bool) -> String {
+    format!(
+        "{} {} objects ({}), {} already in the store, {} known present{}",
+        super::tense(dry_run, "uploaded", "would upload"),
+        u["uploaded_objects"].as_u64().unwrap_or(0),
+        size(&u["uploaded_bytes"]),
+        u["present_objects"].as_u64().unwrap_or(0),
+        u["known_objects"].as_u64().unwrap_or(0),
+        super::leftovers_note(u["aborted_leftover_uploads"].as_u64().unwrap_or(0)),
+    )
+}
+
 fn size(v: &serde_json::Value) -> String {
     bytesize::ByteSize(v.as_u64().unwrap_or(0))
         .display()
@@ -322,18 +336,12 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     for r in out["roots"].as_array().into_iter().flatten() {
-        let u = &r["upload"];
         eprintln!(
-            "{}: {} files ({}); {} {} objects ({}), {} already in the store, {} known present{}{}",
+            "{}: {} files ({}); {}{}",
             r["root_path"].as_str().unwrap_or_default(),
             r["files"],
             size(&r["bytes"]),
-            super::tense(dry_run, "uploaded", "would upload"),
-            u["uploaded_objects"].as_u64().unwrap_or(0),
-            size(&u["uploaded_bytes"]),
-            u["present_objects"].as_u64().unwrap_or(0),
-            u["known_objects"].as_u64().unwrap_or(0),
-            super::leftovers_note(u["aborted_leftover_uploads"].as_u64().unwrap_or(0)),
+            uploaded(&r["upload"], dry_run),
             match (r["manifest_key"].as_str(), dry_run) {
                 (Some(k), false) => format!("; manifest {k}"),
                 _ => String::new(),
@@ -414,17 +422,11 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
             eprintln!("{root}: no new or changed outputs");
             continue;
         };
-        let u = &r["upload"];
         eprintln!(
-            "{root}: {} new or changed outputs ({}); {} {} objects ({}), {} already in the store, {} known present{}; {} {path}",
+            "{root}: {} new or changed outputs ({}); {}; {} {path}",
             r["files"],
             size(&r["bytes"]),
-            super::tense(dry_run, "uploaded", "would upload"),
-            u["uploaded_objects"].as_u64().unwrap_or(0),
-            size(&u["uploaded_bytes"]),
-            u["present_objects"].as_u64().unwrap_or(0),
-            u["known_objects"].as_u64().unwrap_or(0),
-            super::leftovers_note(u["aborted_leftover_uploads"].as_u64().unwrap_or(0)),
+            uploaded(&r["upload"], dry_run),
             super::tense(dry_run, "published", "would publish"),
         );
     }
