@@ -75,7 +75,7 @@ pub struct GetObject {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "{key}: not found in {store} (is this the right store and root prefix? an object that was deleted must be uploaded again)"
+        "{key}: not found in {store} (is this the right store and root prefix? an object that was deleted must be uploaded again; `attache check` lists every object a job lacks)"
     )]
     NotFound { store: String, key: String },
     #[error("{store}: {op} {key}: {message}")]

@@ -255,7 +255,10 @@ fn a_failed_get_keeps_what_it_placed_and_the_next_one_trusts_it_without_reading(
         .arg("--dest")
         .arg(&dest));
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("not found"), "{err}");
+    assert!(
+        err.contains("not found") && err.contains("`attache check` lists every object"),
+        "{err}"
+    );
     assert_eq!(files_under(&dest).len(), 40, "every other file was placed");
 
     std::fs::rename(&away, &object).unwrap();

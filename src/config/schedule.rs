@@ -78,10 +78,6 @@ impl Schedule {
         Ok(Schedule(all))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The (upload, download) limits in force at `t`, or `None` without entries.
     pub fn in_force(&self, t: WeekTime) -> Option<(Rate, Rate)> {
         let minute = t.0 / 60;
