@@ -276,6 +276,11 @@ pub struct Context {
     pub load: LoadOptions,
 }
 
+/// Whether a job runs through the daemon: `--daemon`, or `ATTACHE_DAEMON` set (not to 0).
+pub(crate) fn through_daemon(flag: bool) -> bool {
+    flag || std::env::var_os("ATTACHE_DAEMON").is_some_and(|v| v != "0" && !v.is_empty())
+}
+
 /// `-o FILE` of a command: `-` means stdout, as the option's default does (`None`).
 pub(crate) fn output_file(output: &Option<PathBuf>) -> Option<&std::path::Path> {
     output.as_deref().filter(|p| p.as_os_str() != "-")

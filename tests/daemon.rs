@@ -801,3 +801,34 @@ fn sync_outputs_through_the_daemon_reports_and_counts_its_uploads() {
         "the scene and the frame: {metrics}"
     );
 }
+
+/// `attache doctor --daemon` probes with the daemon's config, credentials and caches, which a
+/// service does not share with the user who asks.
+#[test]
+fn doctor_through_the_daemon_probes_the_daemon_s_store() {
+    let d = Daemon::start("");
+    let (code, out, err) = run(d
+        .cmd()
+        .env("ATTACHE_CACHE__DIR", d.path("a-user-s-cache"))
+        .args(["doctor", "--daemon", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["passed"], true, "{v}");
+    assert_eq!(
+        v["store"],
+        format!("file://{}", d.path("store").display()),
+        "{v}"
+    );
+    assert_eq!(v["cache_dir"], d.path("cache").display().to_string(), "{v}");
+    assert!(
+        v["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["status"] == "ok"),
+        "{v}"
+    );
+    let (code, out, err) = run(d.cmd().args(["doctor", "--daemon"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("checked by:  the daemon at "), "{out}");
+}

@@ -1067,6 +1067,21 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
     );
     assert_eq!(v["probes"][6]["status"], "warning", "{v}");
 
+    // The local store passes every probe too.
+    let local = format!("file://{}", t.path().join("local").display());
+    let (code, out, err) =
+        run(attache(&t.path().join("cache")).args(["doctor", "--json", "--store", &local]));
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["status"] == "ok"),
+        "{v}"
+    );
+
     let (code, out, err) = run(attache(&t.path().join("cache"))
         .envs(s3.env())
         .args(["doctor", "--store", &store]));

@@ -226,9 +226,7 @@ fn execute(
 ) -> anyhow::Result<serde_json::Value> {
     let spec = spec.resolve(&std::env::current_dir()?).map_err(usage)?;
     spec.validate().map_err(usage)?;
-    if common.daemon
-        || std::env::var_os("ATTACHE_DAEMON").is_some_and(|v| v != "0" && !v.is_empty())
-    {
+    if super::through_daemon(common.daemon) {
         for flag in common.local_only_flags() {
             tracing::warn!(
                 "{flag} does not apply to a job run by the daemon: its own config decides (set it there)"

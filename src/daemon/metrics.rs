@@ -79,6 +79,7 @@ impl Metrics {
                 .roots
                 .iter()
                 .for_each(|root| download(&root.report.download)),
+            JobOutput::Doctor(_) => {}
         }
     }
 

@@ -27,7 +27,7 @@ use crate::transfer::{Transfer, cancellable};
 /// How long one probe may take: a store that does not answer by then is reported as such.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Ok,
@@ -37,9 +37,9 @@ pub enum Status {
     Warning,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Probe {
-    pub name: &'static str,
+    pub name: String,
     pub status: Status,
     /// What was found, or the error.
     pub detail: String,
@@ -49,7 +49,8 @@ pub struct Probe {
     pub ms: u64,
 }
 
-#[derive(Debug, serde::Serialize)]
+/// What the probes found; the daemon sends it to `attache doctor --daemon` as JSON.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct DoctorReport {
     /// The store as messages name it, and as this machine tells stores apart (endpoint,
     /// region).
@@ -163,7 +164,7 @@ pub async fn run(
         )
         .await?,
     );
-    let probe_manifest = join(&prefix, "Manifests/.attache-doctor-probe");
+    let probe_manifest = join(&prefix, "Manifests/attache-doctor-probe");
     probes.push(
         probe(
             cancel,
@@ -239,7 +240,7 @@ async fn probe(
         ),
     };
     Ok(Probe {
-        name,
+        name: name.into(),
         status,
         detail,
         needs,
@@ -280,7 +281,7 @@ fn local_probe<E: std::fmt::Display>(
 ) -> Probe {
     match opened {
         Ok(()) => Probe {
-            name,
+            name: name.into(),
             status: Status::Ok,
             detail: "opened".into(),
             needs: None,
@@ -288,7 +289,7 @@ fn local_probe<E: std::fmt::Display>(
         },
         // Transfers go on without them, slower.
         Err(e) => Probe {
-            name,
+            name: name.into(),
             status: Status::Warning,
             detail: e.to_string(),
             needs: Some(needs.into()),

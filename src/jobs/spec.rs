@@ -27,6 +27,15 @@ pub enum JobSpec {
     SyncInputs(SyncInputsJob),
     SyncOutputs(SyncOutputsJob),
     DownloadOutputs(DownloadOutputsJob),
+    Doctor(DoctorJob),
+}
+
+/// Probe the store (and the caches) as this process's transfers use them: `attache doctor`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoctorJob {
+    #[serde(default)]
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +146,7 @@ pub enum JobOutput {
     SyncInputs(SyncInputsReport),
     SyncOutputs(SyncOutputsReport),
     DownloadOutputs(DownloadOutputsReport),
+    Doctor(super::doctor::DoctorReport),
 }
 
 /// Why a job could not run or did not finish.
@@ -205,6 +215,7 @@ impl JobSpec {
             JobSpec::SyncInputs(_) => "sync_inputs",
             JobSpec::SyncOutputs(_) => "sync_outputs",
             JobSpec::DownloadOutputs(_) => "download_outputs",
+            JobSpec::Doctor(_) => "doctor",
         }
     }
 
@@ -214,6 +225,7 @@ impl JobSpec {
             JobSpec::SyncInputs(j) => j.store.as_deref(),
             JobSpec::SyncOutputs(j) => j.store.as_deref(),
             JobSpec::DownloadOutputs(j) => j.store.as_deref(),
+            JobSpec::Doctor(j) => j.store.as_deref(),
         }
     }
 
@@ -261,7 +273,7 @@ impl JobSpec {
                 abs(&mut j.session_dir);
                 inline(&mut j.attachments)?;
             }
-            JobSpec::DownloadOutputs(_) => {}
+            JobSpec::DownloadOutputs(_) | JobSpec::Doctor(_) => {}
         }
         Ok(self)
     }
@@ -332,6 +344,7 @@ impl JobSpec {
                 }
                 pairs(&j.root_map, "root_map")?;
             }
+            JobSpec::Doctor(_) => {}
         }
         Ok(())
     }
@@ -343,6 +356,7 @@ impl JobSpec {
             JobSpec::SyncInputs(j) => j.dry_run,
             JobSpec::DownloadOutputs(j) => j.dry_run,
             JobSpec::SyncOutputs(j) => j.dry_run,
+            JobSpec::Doctor(_) => false,
         }
     }
 
@@ -427,6 +441,11 @@ impl JobSpec {
                     super::download_outputs::run(spec, transfer, cancel).await?,
                 )
             }
+            JobSpec::Doctor(_) => JobOutput::Doctor(
+                super::doctor::run(settings, transfer, cancel)
+                    .await
+                    .map_err(TransferError::from)?,
+            ),
         })
     }
 }
