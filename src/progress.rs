@@ -65,6 +65,9 @@ impl ProgressLog {
     /// "downloading: 1.2 GiB of 3.4 GiB (35%), 1234 of 5000 files, 112.0 MiB/s, 20s left", or
     /// those figures as fields for a log collector.
     pub fn log(&mut self, s: &ProgressSnapshot) {
+        if s.files_total == 0 && s.bytes_total == 0 {
+            return; // nothing found yet: "0 of 0" says nothing
+        }
         let now = std::time::Instant::now();
         let secs = now.duration_since(self.last.0).as_secs_f64().max(1e-3);
         let rate = (s.bytes_done.saturating_sub(self.last.1) as f64 / secs) as u64;

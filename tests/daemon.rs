@@ -678,8 +678,10 @@ fn a_running_job_logs_its_progress_in_the_daemon_and_in_the_waiting_command() {
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(" (submit): ")).collect();
     assert!(lines.len() >= 2, "{log}");
     assert!(
-        lines[0].contains("job-") && lines[0].contains(" of 16 files, "),
-        "{log}"
+        lines
+            .iter()
+            .all(|l| l.contains("job-") && l.contains(" of 16 files, ")),
+        "no line before the job knows its files: {log}"
     );
     assert!(
         !log.contains('\x1b'),

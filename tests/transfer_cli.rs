@@ -995,7 +995,9 @@ fn a_transfer_logs_its_progress_in_plain_lines_when_stderr_is_not_a_terminal() {
         .collect();
     assert!(lines.len() >= 2, "{err}");
     assert!(
-        lines[0].contains(" of 1.0 MiB (") && lines[0].contains(" of 16 files, "),
+        lines
+            .iter()
+            .all(|l| l.contains(" of 1.0 MiB (") && l.contains(" of 16 files, ")),
         "{err}"
     );
     assert!(!err.contains('\x1b'), "no colour codes in a log: {err:?}");
