@@ -240,10 +240,20 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
 
     let (code, jobs, _) = run(d.cmd().arg("jobs"));
     assert_eq!(code, 0);
-    assert!(
-        jobs.contains("submit") && jobs.contains("succeeded"),
+    let header: Vec<&str> = jobs.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["ID", "KIND", "STATE", "AGE", "TOOK", "FILES", "BYTES"]
+    );
+    let line = jobs.lines().nth(1).unwrap();
+    let row: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (row[1], row[2], row[5]),
+        ("submit", "succeeded", "3/3"),
         "{jobs}"
     );
+    assert!(line.ends_with(" 22 B/22 B"), "{jobs}");
+    assert!(row[4].ends_with("ms") || row[4].ends_with('s'), "{jobs}");
 
     // A bad spec is refused before it is queued, naming the field.
     let (status, e) = d.api("POST", "/v1/jobs", r#"{"kind":"submit","queue_id":"q"}"#);

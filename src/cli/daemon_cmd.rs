@@ -31,22 +31,61 @@ pub fn jobs(ctx: &Context, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let now = now_ms();
     println!(
-        "{:<38} {:<17} {:<12} {:>12} {:>14}",
-        "ID", "KIND", "STATE", "FILES", "BYTES"
+        "{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}",
+        "ID", "KIND", "STATE", "AGE", "TOOK", "FILES", "BYTES"
     );
     for j in list.as_array().into_iter().flatten() {
         let p = &j["progress"];
         println!(
-            "{:<38} {:<17} {:<12} {:>12} {:>14}",
+            "{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}",
             j["id"].as_str().unwrap_or_default(),
             j["kind"].as_str().unwrap_or_default(),
             j["state"].as_str().unwrap_or_default(),
+            j["created_ms"]
+                .as_i64()
+                .map_or_else(String::new, |t| span(now - t)),
+            took(j, now),
             format!("{}/{}", p["files_done"], p["files_total"]),
-            format!("{}/{}", p["bytes_done"], p["bytes_total"]),
+            format!("{}/{}", size(&p["bytes_done"]), size(&p["bytes_total"])),
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long a job ran (so far, while it runs); empty before it started.
+fn took(j: &serde_json::Value, now: i64) -> String {
+    match j["started_ms"].as_i64() {
+        Some(start) => span(j["finished_ms"].as_i64().unwrap_or(now) - start),
+        None => String::new(),
+    }
+}
+
+/// A short duration for a table: 850ms, 45s, 3m12s, 1h03m, 2d04h.
+fn span(ms: i64) -> String {
+    let ms = ms.max(0);
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn size(v: &serde_json::Value) -> String {
+    bytesize::ByteSize(v.as_u64().unwrap_or(0))
+        .display()
+        .iec()
+        .to_string()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub fn status(ctx: &Context, a: JobArgs) -> anyhow::Result<ExitCode> {
@@ -72,15 +111,21 @@ fn print_job(j: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(j)?);
     } else {
         let p = &j["progress"];
+        let took = took(j, now_ms());
         println!(
-            "{} {} {}: {}/{} files, {}/{} bytes{}",
+            "{} {} {}: {}/{} files, {}/{}{}{}",
             j["id"].as_str().unwrap_or_default(),
             j["kind"].as_str().unwrap_or_default(),
             j["state"].as_str().unwrap_or_default(),
             p["files_done"],
             p["files_total"],
-            p["bytes_done"],
-            p["bytes_total"],
+            size(&p["bytes_done"]),
+            size(&p["bytes_total"]),
+            if took.is_empty() {
+                String::new()
+            } else {
+                format!(", {took}")
+            },
             j["error"]
                 .as_str()
                 .map(|e| format!("; {e}"))
