@@ -99,13 +99,17 @@ pub async fn run(
             true,
             format!("s3:PutObject on {data}; put, submit, sync-outputs"),
             async {
+                // As uploads send it: conditional unless s3.conditional_put is off (a store
+                // that does not take If-None-Match).
+                let conditional = settings.s3.conditional_put;
                 let opts = PutOptions {
-                    if_none_match: true,
+                    if_none_match: conditional,
                     metadata: Vec::new(),
                 };
                 let outcome = s.put(&empty, bytes::Bytes::new(), &opts).await?;
                 Ok(format!(
-                    "PUT {empty} (If-None-Match): {}",
+                    "PUT {empty}{}: {}",
+                    if conditional { " (If-None-Match)" } else { "" },
                     match outcome {
                         crate::store::PutOutcome::Created => "stored",
                         crate::store::PutOutcome::AlreadyExists => "already there, left alone",
