@@ -933,3 +933,79 @@ fn check_names_what_a_job_lacks_in_the_store_and_a_resubmit_repairs_it() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("nope.json"), "{err}");
 }
+
+/// `attache check --job-id …` checks a job's outputs as download-outputs would take them (the
+/// latest run of each task), beside its inputs, and names an output file whose object is gone.
+#[test]
+fn check_of_a_job_s_outputs_names_the_output_whose_object_is_gone() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    write(&proj.join("scene.ma"), b"scene");
+    std::fs::create_dir_all(proj.join("renders")).unwrap();
+    let att = f.path("att.json");
+    f.ok(f
+        .attache("ws")
+        .arg("submit")
+        .args(IDS)
+        .arg(&proj)
+        .arg("--output-dir")
+        .arg(proj.join("renders"))
+        .arg("-o")
+        .arg(&att));
+    let session = f.path("session");
+    f.ok(f
+        .attache("w")
+        .args(["sync-inputs", "--attachments"])
+        .arg(&att)
+        .arg("--session-dir")
+        .arg(&session));
+    let local = session.join(attache::jobs::attachments::asset_root_dir_name(
+        proj.to_str().unwrap(),
+    ));
+    write(&local.join("renders/f1.exr"), b"frame one");
+    write(&local.join("renders/f2.exr"), b"frame two");
+    f.ok(f
+        .attache("w")
+        .arg("sync-outputs")
+        .args(IDS)
+        .args(TASK_IDS)
+        .args(["--session-action-id", "sa-1", "--attachments"])
+        .arg(&att)
+        .arg("--session-dir")
+        .arg(&session));
+    let check = || {
+        let (code, out, err) = run(f
+            .attache("wrangler")
+            .args(["check", "--json", "--attachments"])
+            .arg(&att)
+            .args(IDS)
+            .args(["--job-id", "job-1"]));
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+        (code, v)
+    };
+    let (code, v) = check();
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        (
+            &v["manifests"],
+            &v["output_tasks"],
+            &v["files"],
+            &v["objects"]
+        ),
+        (&2.into(), &1.into(), &3.into(), &3.into()),
+        "the input manifest and one task's output manifest: {v}"
+    );
+    let gone = format!(
+        "DeadlineCloud/Data/{}.xxh128",
+        ContentHash::of(b"frame two")
+    );
+    std::fs::remove_file(f.s3.object_path(&gone)).unwrap();
+    let (code, v) = check();
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["missing"][0]["key"], gone.as_str(), "{v}");
+    assert_eq!(
+        v["missing"][0]["paths"],
+        serde_json::json!(["renders/f2.exr"])
+    );
+}

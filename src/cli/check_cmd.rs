@@ -12,20 +12,34 @@ use super::{Context, UsageError, flag};
 use crate::config::Override;
 use crate::jobs::attachments::Attachments;
 use crate::jobs::check::{self, CheckReport, CheckSpec, Problem};
+use crate::jobs::download_outputs::OutputsOf;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     attache check shot010.manifest --store s3://farm-bucket/DeadlineCloud\n  \
-    attache check --attachments attachments.json --store s3://farm-bucket/DeadlineCloud --deep\n\n\
+    attache check --attachments attachments.json --store s3://farm-bucket/DeadlineCloud --deep\n  \
+    attache check --farm-id farm-… --queue-id queue-… --job-id job-…   # the job's outputs\n\n\
     Exit status: 0 when the store holds everything, 1 when something is missing or damaged.")]
 pub struct CheckArgs {
     /// Manifest files whose content to look for in the store.
-    #[arg(value_name = "MANIFEST", required_unless_present = "attachments")]
+    #[arg(value_name = "MANIFEST", required_unless_present_any = ["attachments", "job_id"])]
     manifests: Vec<PathBuf>,
     /// A job's attachments JSON (as `submit` printed it): fetch its input manifests from the
     /// store, check them against the hashes the job recorded, then check their content.
     #[arg(long, value_name = "FILE")]
     attachments: Option<PathBuf>,
+    /// Check a job's outputs too: the latest run of each task, as download-outputs takes them
+    /// (with --farm-id and --queue-id; --step-id and --task-id narrow it).
+    #[arg(long, value_name = "ID", requires_all = ["farm_id", "queue_id"])]
+    job_id: Option<String>,
+    #[arg(long, value_name = "ID", requires = "job_id")]
+    farm_id: Option<String>,
+    #[arg(long, value_name = "ID", requires = "job_id")]
+    queue_id: Option<String>,
+    #[arg(long, value_name = "ID", requires = "job_id")]
+    step_id: Option<String>,
+    #[arg(long, value_name = "ID", requires = "step_id")]
+    task_id: Option<String>,
     /// Fetch every object and check its hash (reads every byte; default: ask each object's
     /// size, one HEAD request).
     #[arg(long)]
@@ -64,9 +78,20 @@ pub fn run(ctx: &Context, args: CheckArgs) -> anyhow::Result<ExitCode> {
                 .filter_map(|m| Some((m.input_manifest_path?, m.input_manifest_hash))),
         );
     }
+    let outputs_of = match (args.farm_id, args.queue_id, args.job_id) {
+        (Some(farm_id), Some(queue_id), Some(job_id)) => Some(OutputsOf {
+            farm_id,
+            queue_id,
+            job_id,
+            step_id: args.step_id,
+            task_id: args.task_id,
+        }),
+        _ => None,
+    };
     let spec = CheckSpec {
         manifests,
         fetch,
+        outputs_of,
         deep: args.deep,
         delete_damaged: args.delete_damaged,
     };
@@ -144,7 +169,7 @@ fn print_report(r: &CheckReport) {
         "asked for each object's size".to_string()
     };
     println!(
-        "{}: {} of {} objects ({}) in {}, for {} files in {} manifest(s); {} missing, {} other size, {} damaged, {} manifest(s) unusable; {how} in {:.2} s",
+        "{}: {} of {} objects ({}) in {}, for {} files in {} manifest(s){}; {} missing, {} other size, {} damaged, {} manifest(s) unusable; {how} in {:.2} s",
         if r.passed { "OK" } else { "FAILED" },
         r.present,
         r.objects,
@@ -152,6 +177,11 @@ fn print_report(r: &CheckReport) {
         r.store,
         r.files,
         r.manifests,
+        if r.output_tasks > 0 {
+            format!(" (outputs of {} task(s))", r.output_tasks)
+        } else {
+            String::new()
+        },
         r.missing.len(),
         r.wrong_size.len(),
         r.damaged.len(),

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
+use super::download_outputs::{OutputsOf, latest_outputs};
 use super::fetch_manifest::fetch_manifest;
 use crate::hash::ContentHash;
 use crate::manifest::Manifest;
@@ -30,6 +31,9 @@ pub struct CheckSpec {
     /// Manifest objects to fetch from the store first (a job's input manifests): the key and
     /// the hash the job recorded for it.
     pub fetch: Vec<(String, Option<String>)>,
+    /// A job's outputs to check too (the latest run of each task, as download-outputs takes
+    /// them).
+    pub outputs_of: Option<OutputsOf>,
     /// Fetch and hash every object instead of asking for its size.
     pub deep: bool,
     /// With `deep`: delete the objects whose content does not hash to their key.
@@ -72,6 +76,8 @@ pub struct CheckReport {
     pub passed: bool,
     /// Manifests checked (read by the caller and fetched).
     pub manifests: u64,
+    /// With `outputs_of`: the tasks whose output manifests were found.
+    pub output_tasks: u64,
     pub files: u64,
     /// Distinct objects the manifests need, and their bytes.
     pub objects: u64,
@@ -126,6 +132,37 @@ pub async fn run(
             Err(TransferError::Cancelled(c)) => return Err(c.into()),
             Err(e) => report.unusable_manifests.push(UnusableManifest {
                 key,
+                error: e.to_string(),
+            }),
+        }
+    }
+    if let Some(of) = &spec.outputs_of {
+        let described = format!(
+            "outputs of {}",
+            [Some(&of.job_id), of.step_id.as_ref(), of.task_id.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        match latest_outputs(of, &t, cancel).await {
+            Ok((tasks, by_root)) => {
+                report.output_tasks = tasks as u64;
+                for key in by_root.into_values().flatten() {
+                    match fetch_manifest(&t, &key, None, cancel).await {
+                        Ok(m) => manifests.push(m),
+                        Err(TransferError::Cancelled(c)) => return Err(c.into()),
+                        Err(e) => report.unusable_manifests.push(UnusableManifest {
+                            key,
+                            error: e.to_string(),
+                        }),
+                    }
+                }
+            }
+            Err(TransferError::Cancelled(c)) => return Err(c.into()),
+            Err(e) => report.unusable_manifests.push(UnusableManifest {
+                key: described,
                 error: e.to_string(),
             }),
         }

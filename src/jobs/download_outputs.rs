@@ -63,21 +63,33 @@ fn parse(key: &str, job_prefix: &str, last_modified_ms: i64) -> Option<OutputKey
     }
 }
 
-pub async fn run(
-    spec: DownloadOutputsSpec,
-    transfer: Arc<Transfer>,
+/// Which task outputs to find: a job's, or one step's, or one task's.
+#[derive(Debug, Clone)]
+pub struct OutputsOf {
+    pub farm_id: String,
+    pub queue_id: String,
+    pub job_id: String,
+    pub step_id: Option<String>,
+    pub task_id: Option<String>,
+}
+
+/// The output manifests that count: per task, those of its latest session action (a retried
+/// task replaces its outputs). Returns the number of tasks and the manifest keys by the root
+/// path they belong to (from their metadata), oldest first within a root.
+pub async fn latest_outputs(
+    of: &OutputsOf,
+    transfer: &Transfer,
     cancel: &CancellationToken,
-) -> Result<DownloadOutputsReport, TransferError> {
-    let started = std::time::Instant::now();
+) -> Result<(usize, BTreeMap<String, Vec<String>>), TransferError> {
     let job_prefix = format!(
         "{}{}/{}/{}/",
         manifests_prefix(transfer.store.root_prefix()),
-        spec.farm_id,
-        spec.queue_id,
-        spec.job_id
+        of.farm_id,
+        of.queue_id,
+        of.job_id
     );
     let mut list_prefix = job_prefix.clone();
-    for part in [&spec.step_id, &spec.task_id].into_iter().flatten() {
+    for part in [&of.step_id, &of.task_id].into_iter().flatten() {
         list_prefix.push_str(part);
         list_prefix.push('/');
     }
@@ -85,7 +97,6 @@ pub async fn run(
         .gate
         .run(cancel, || transfer.store.list(&list_prefix))
         .await?;
-    // Per task, only the latest session action counts (a retried task replaces its outputs).
     let mut latest: BTreeMap<(String, String), Vec<OutputKey>> = BTreeMap::new();
     for o in listed {
         let Some(k) = parse(&o.key, &job_prefix, o.last_modified_ms.unwrap_or(0)) else {
@@ -119,12 +130,35 @@ pub async fn run(
             })?;
         by_root.entry(root).or_default().push(k);
     }
+    let by_root = by_root
+        .into_iter()
+        .map(|(root, mut keys)| {
+            keys.sort_by_key(|k| (k.last_modified_ms, k.key.clone()));
+            (root, keys.into_iter().map(|k| k.key).collect())
+        })
+        .collect();
+    Ok((tasks, by_root))
+}
+
+pub async fn run(
+    spec: DownloadOutputsSpec,
+    transfer: Arc<Transfer>,
+    cancel: &CancellationToken,
+) -> Result<DownloadOutputsReport, TransferError> {
+    let started = std::time::Instant::now();
+    let of = OutputsOf {
+        farm_id: spec.farm_id.clone(),
+        queue_id: spec.queue_id.clone(),
+        job_id: spec.job_id.clone(),
+        step_id: spec.step_id.clone(),
+        task_id: spec.task_id.clone(),
+    };
+    let (tasks, by_root) = latest_outputs(&of, &transfer, cancel).await?;
     let mut roots = Vec::new();
-    for (root_path, mut keys) in by_root {
-        keys.sort_by_key(|k| (k.last_modified_ms, k.key.clone()));
+    for (root_path, keys) in by_root {
         let mut manifests = Vec::new();
-        for k in &keys {
-            manifests.push(fetch_manifest(&transfer, &k.key, None, cancel).await?);
+        for key in &keys {
+            manifests.push(fetch_manifest(&transfer, key, None, cancel).await?);
         }
         let destination = spec
             .root_map
