@@ -832,14 +832,7 @@ fn doctor_through_the_daemon_probes_the_daemon_s_store() {
         "{v}"
     );
     assert_eq!(v["cache_dir"], d.path("cache").display().to_string(), "{v}");
-    assert!(
-        v["probes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["status"] == "ok"),
-        "{v}"
-    );
+    assert_every_probe_ok(&v);
     let (code, out, err) = run(d.cmd().args(["doctor", "--daemon"]));
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("checked by:  the daemon at "), "{out}");

@@ -1036,7 +1036,7 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
             "known-present index"
         ]
     );
-    assert!(probes.iter().all(|p| p["status"] == "ok"), "{v}");
+    assert_every_probe_ok(&v);
     // The only object written is the empty file's content, under its own hash.
     assert_eq!(
         s3.object_keys(),
@@ -1075,14 +1075,7 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
         run(attache(&t.path().join("cache")).args(["doctor", "--json", "--store", &local]));
     assert_eq!(code, 0, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert!(
-        v["probes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["status"] == "ok"),
-        "{v}"
-    );
+    assert_every_probe_ok(&v);
 
     let (code, out, err) = run(attache(&t.path().join("cache"))
         .envs(s3.env())

@@ -100,3 +100,10 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+/// Asserts that every probe of an `attache doctor --json` report passed.
+pub fn assert_every_probe_ok(report: &serde_json::Value) {
+    let probes = report["probes"].as_array().expect("a doctor report");
+    assert!(!probes.is_empty(), "{report}");
+    assert!(probes.iter().all(|p| p["status"] == "ok"), "{report}");
+}
