@@ -139,19 +139,19 @@ fn print_report(r: &CheckReport) {
     }
     for p in &r.wrong_size {
         println!(
-            "size      {}  (the store has {} bytes, the manifests say {}; {})",
+            "size      {}  (the store has {}, the manifests say {}; {})",
             p.key,
-            p.found_size.unwrap_or(0),
-            p.size,
+            ByteSize(p.found_size.unwrap_or(0)).display().iec(),
+            ByteSize(p.size).display().iec(),
             needed_by(p)
         );
     }
     for p in &r.damaged {
         println!(
-            "damaged   {}  (its content hashes to {}, {} bytes{}; {})",
+            "damaged   {}  (its content hashes to {}, {}{}; {})",
             p.key,
             p.found_hash.as_deref().unwrap_or("?"),
-            p.found_size.unwrap_or(0),
+            ByteSize(p.found_size.unwrap_or(0)).display().iec(),
             match (p.deleted, &p.delete_error) {
                 (true, _) => "; deleted".to_string(),
                 (false, Some(e)) => format!("; not deleted: {e}"),
