@@ -79,8 +79,8 @@ enum Command {
     /// Abort multipart uploads left open in a store (this machine's leftovers, then any under
     /// the root prefix's Data/ started over --older-than ago).
     Cleanup(cleanup_cmd::CleanupArgs),
-    /// Check that a store holds the content of manifests or of a job's inputs (HEAD each
-    /// object, or fetch and hash it with --deep); names the files of what is missing.
+    /// Check that a store holds the content of manifests, or of a job's inputs and outputs
+    /// (HEAD each object, or fetch and hash it with --deep); names the files of what is missing.
     Check(check_cmd::CheckArgs),
     /// Check this machine's setup against its store: credentials, permissions, endpoint,
     /// multipart, caches; says what each failure needs.
