@@ -300,6 +300,16 @@ pub(crate) fn leftovers_note(aborted: u64) -> String {
 }
 
 /// Records a CLI flag as a config override, so flags, env and file share one validation.
+/// `--bwlimit VALUE` for a command moving data in `direction` (`upload` or `download`): a rate
+/// limits that direction; a timetable, as rclone's flag takes one (`"08:00,10MB/s 19:00,off"`,
+/// entries separated by spaces or `;`), replaces `bandwidth.schedule` for this run.
+pub(crate) fn bwlimit_flag(out: &mut Vec<Override>, direction: &str, value: Option<String>) {
+    match value {
+        Some(v) if v.contains(',') => flag(out, "bandwidth.schedule", "--bwlimit", Some(v)),
+        v => flag(out, &format!("bandwidth.{direction}"), "--bwlimit", v),
+    }
+}
+
 pub(crate) fn flag(out: &mut Vec<Override>, key: &str, source: &str, value: Option<String>) {
     if let Some(value) = value {
         out.push(Override {

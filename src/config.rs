@@ -645,6 +645,17 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
 
     for flag in &opts.overrides {
         setters.add_flag(flag)?;
+        if LIST_KEYS.contains(&flag.key.as_str()) {
+            // A list on the command line: items separated by `;` or spaces.
+            let items: Vec<String> = flag
+                .value
+                .split(|c: char| c == ';' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            builder = builder.set_override(&flag.key, items)?;
+            continue;
+        }
         builder = builder.set_override(&flag.key, flag.value.clone())?;
         // A rate given on the command line (--bwlimit) is this run's, whatever the timetable
         // says.
@@ -1440,6 +1451,27 @@ mod tests {
         assert!(s.bandwidth.schedule.is_empty());
         assert_eq!(s.bandwidth.in_force(noon).0, Rate(5_000_000));
         assert_eq!(s.bandwidth.next_change(noon), None);
+        // ... or this run's timetable, in rclone's form.
+        let s = settings(
+            text,
+            &[],
+            &[(
+                "bandwidth.schedule",
+                "00:00,1MB/s 12:00,7MB/s:off",
+                "--bwlimit",
+            )],
+        );
+        assert_eq!(s.bandwidth.schedule, ["00:00,1MB/s", "12:00,7MB/s:off"]);
+        assert_eq!(
+            s.bandwidth.in_force(noon),
+            (Rate(7_000_000), Rate::UNLIMITED)
+        );
+        error(
+            "",
+            &[],
+            &[("bandwidth.schedule", "08:00,fast", "--bwlimit")],
+            &["bandwidth.schedule", "--bwlimit", "fast"],
+        );
         error(
             "[bandwidth]\nschedule = [\"8:00-1MB/s\"]\n",
             &[],

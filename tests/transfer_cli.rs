@@ -1003,6 +1003,29 @@ fn a_transfer_logs_its_progress_in_plain_lines_when_stderr_is_not_a_terminal() {
     assert!(!err.contains('\x1b'), "no colour codes in a log: {err:?}");
     let err = get("b", "0");
     assert!(!err.contains("downloading: "), "{err}");
+
+    // --bwlimit also takes a timetable, as rclone's does: entries in force all day here.
+    let (code, _, err) = run(attache(&cache)
+        .args(["get", "--store", &store, "--stats", "100ms"])
+        .args(["--bwlimit", "00:00,2MB/s 12:00,1MB/s:2MB/s"])
+        .arg(&manifest)
+        .arg("--dest")
+        .arg(t.path().join("c")));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.lines().filter(|l| l.contains("downloading: ")).count() >= 2,
+        "paced by the timetable, 1 MiB takes half a second: {err}"
+    );
+    let (code, _, err) = run(attache(&cache)
+        .args(["get", "--store", &store, "--bwlimit", "08:00,fast"])
+        .arg(&manifest)
+        .arg("--dest")
+        .arg(t.path().join("d")));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bandwidth.schedule") && err.contains("--bwlimit") && err.contains("fast"),
+        "{err}"
+    );
 }
 
 /// `attache doctor` makes the requests a real run makes and passes on a usable store, leaves

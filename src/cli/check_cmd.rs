@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::manifest_cmd::read_manifest;
 use super::transfer_args::{StoreArgs, with_transfer};
-use super::{Context, UsageError, flag};
+use super::{Context, UsageError};
 use crate::config::Override;
 use crate::jobs::attachments::Attachments;
 use crate::jobs::check::{self, CheckReport, CheckSpec, Problem};
@@ -48,7 +48,8 @@ pub struct CheckArgs {
     /// next upload of those files sends them again.
     #[arg(long, requires = "deep")]
     delete_damaged: bool,
-    /// Download bandwidth cap for --deep, e.g. 50MB/s; 0 = unlimited; replaces bandwidth.schedule
+    /// Download bandwidth cap for --deep, e.g. 50MB/s; 0 = unlimited; or a timetable,
+    /// "08:00,10MB/s 19:00,off" (replaces bandwidth.schedule)
     /// [config: bandwidth.download].
     #[arg(long, value_name = "RATE")]
     bwlimit: Option<String>,
@@ -59,7 +60,7 @@ pub struct CheckArgs {
 impl CheckArgs {
     pub fn overrides(&self, out: &mut Vec<Override>) {
         self.store.overrides(out);
-        flag(out, "bandwidth.download", "--bwlimit", self.bwlimit.clone());
+        super::bwlimit_flag(out, "download", self.bwlimit.clone());
     }
 }
 

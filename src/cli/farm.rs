@@ -22,8 +22,8 @@ use crate::jobs::spec::{
 pub struct CommonArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// Bandwidth cap for this command's direction, e.g. 50MB/s; 0 = unlimited; replaces
-    /// bandwidth.schedule
+    /// Bandwidth cap for this command's direction, e.g. 50MB/s; 0 = unlimited; or a
+    /// timetable, "08:00,10MB/s 19:00,off" (replaces bandwidth.schedule)
     /// [config: bandwidth.upload / bandwidth.download].
     #[arg(long, value_name = "RATE")]
     bwlimit: Option<String>,
@@ -45,12 +45,7 @@ impl CommonArgs {
 
     fn overrides(&self, out: &mut Vec<Override>, direction: &str) {
         self.store.overrides(out);
-        flag(
-            out,
-            &format!("bandwidth.{direction}"),
-            "--bwlimit",
-            self.bwlimit.clone(),
-        );
+        super::bwlimit_flag(out, direction, self.bwlimit.clone());
     }
 }
 

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use bytesize::ByteSize;
 use clap::Args;
 
+use super::Context;
 use super::manifest_cmd::read_manifest;
 use super::transfer_args::{StoreArgs, with_transfer};
-use super::{Context, flag};
 use crate::config::Override;
 use crate::jobs::get;
 use crate::jobs::get::{Conflict, GetSpec};
@@ -27,7 +27,8 @@ pub struct GetArgs {
     dest: PathBuf,
     #[command(flatten)]
     store: StoreArgs,
-    /// Download bandwidth cap, e.g. 50MB/s; 0 = unlimited; replaces bandwidth.schedule
+    /// Download bandwidth cap, e.g. 50MB/s; 0 = unlimited; or a timetable,
+    /// "08:00,10MB/s 19:00,off" (replaces bandwidth.schedule)
     /// [config: bandwidth.download].
     #[arg(long, value_name = "RATE")]
     bwlimit: Option<String>,
@@ -43,7 +44,7 @@ pub struct GetArgs {
 impl GetArgs {
     pub fn overrides(&self, out: &mut Vec<Override>) {
         self.store.overrides(out);
-        flag(out, "bandwidth.download", "--bwlimit", self.bwlimit.clone());
+        super::bwlimit_flag(out, "download", self.bwlimit.clone());
     }
 }
 

@@ -29,7 +29,8 @@ pub struct PutArgs {
     output: Option<PathBuf>,
     #[command(flatten)]
     store: StoreArgs,
-    /// Upload bandwidth cap, e.g. 50MB/s; 0 = unlimited; replaces bandwidth.schedule
+    /// Upload bandwidth cap, e.g. 50MB/s; 0 = unlimited; or a timetable,
+    /// "08:00,10MB/s 19:00,off" (replaces bandwidth.schedule)
     /// [config: bandwidth.upload].
     #[arg(long, value_name = "RATE")]
     bwlimit: Option<String>,
@@ -47,7 +48,7 @@ pub struct PutArgs {
 impl PutArgs {
     pub fn overrides(&self, out: &mut Vec<Override>) {
         self.store.overrides(out);
-        flag(out, "bandwidth.upload", "--bwlimit", self.bwlimit.clone());
+        super::bwlimit_flag(out, "upload", self.bwlimit.clone());
         if self.no_cache {
             flag(out, "cache.hash_cache", "--no-cache", Some("false".into()));
         }
