@@ -276,6 +276,14 @@ pub struct Context {
     pub load: LoadOptions,
 }
 
+/// A byte count from a job's JSON report, for people: "1.4 GiB".
+pub(crate) fn json_size(v: &serde_json::Value) -> String {
+    bytesize::ByteSize(v.as_u64().unwrap_or(0))
+        .display()
+        .iec()
+        .to_string()
+}
+
 /// Whether a job runs through the daemon: `--daemon`, or `ATTACHE_DAEMON` set (not to 0).
 pub(crate) fn through_daemon(flag: bool) -> bool {
     flag || std::env::var_os("ATTACHE_DAEMON").is_some_and(|v| v != "0" && !v.is_empty())
@@ -299,7 +307,6 @@ pub(crate) fn leftovers_note(aborted: u64) -> String {
     }
 }
 
-/// Records a CLI flag as a config override, so flags, env and file share one validation.
 /// `--bwlimit VALUE` for a command moving data in `direction` (`upload` or `download`): a rate
 /// limits that direction; a timetable, as rclone's flag takes one (`"08:00,10MB/s 19:00,off"`,
 /// entries separated by spaces or `;`), replaces `bandwidth.schedule` for this run.
@@ -310,6 +317,7 @@ pub(crate) fn bwlimit_flag(out: &mut Vec<Override>, direction: &str, value: Opti
     }
 }
 
+/// Records a CLI flag as a config override, so flags, env and file share one validation.
 pub(crate) fn flag(out: &mut Vec<Override>, key: &str, source: &str, value: Option<String>) {
     if let Some(value) = value {
         out.push(Override {

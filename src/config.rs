@@ -659,7 +659,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         builder = builder.set_override(&flag.key, flag.value.clone())?;
         // A rate given on the command line (--bwlimit) is this run's, whatever the timetable
         // says.
-        if flag.key.starts_with("bandwidth.") && flag.source.starts_with("--") {
+        if flag.key.starts_with("bandwidth.") {
             builder = builder.set_override("bandwidth.schedule", Vec::<String>::new())?;
         }
     }

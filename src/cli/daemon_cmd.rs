@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory};
 
-use super::{Cli, Context};
+use super::{Cli, Context, json_size};
 use crate::daemon::client::{HttpMethod, call};
+use crate::daemon::registry::now_ms;
 
 #[derive(Debug, Args)]
 pub struct JobArgs {
@@ -48,7 +49,11 @@ pub fn jobs(ctx: &Context, json: bool) -> anyhow::Result<ExitCode> {
                 .map_or_else(String::new, |t| span(now - t)),
             took(j, now),
             format!("{}/{}", p["files_done"], p["files_total"]),
-            format!("{}/{}", size(&p["bytes_done"]), size(&p["bytes_total"])),
+            format!(
+                "{}/{}",
+                json_size(&p["bytes_done"]),
+                json_size(&p["bytes_total"])
+            ),
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -73,19 +78,6 @@ fn span(ms: i64) -> String {
         3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
     }
-}
-
-fn size(v: &serde_json::Value) -> String {
-    bytesize::ByteSize(v.as_u64().unwrap_or(0))
-        .display()
-        .iec()
-        .to_string()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub fn status(ctx: &Context, a: JobArgs) -> anyhow::Result<ExitCode> {
@@ -119,8 +111,8 @@ fn print_job(j: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
             j["state"].as_str().unwrap_or_default(),
             p["files_done"],
             p["files_total"],
-            size(&p["bytes_done"]),
-            size(&p["bytes_total"]),
+            json_size(&p["bytes_done"]),
+            json_size(&p["bytes_total"]),
             if took.is_empty() {
                 String::new()
             } else {

@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::exclude_args::ExcludeArgs;
 use super::transfer_args::{StoreArgs, with_transfer};
-use super::{Context, UsageError, flag};
+use super::{Context, UsageError, flag, json_size};
 use crate::config::Override;
 use crate::jobs::get::Conflict;
 use crate::jobs::spec::{
@@ -289,18 +289,11 @@ fn uploaded(u: &serde_json::Value, dry_run: bool) -> String {
         "{} {} objects ({}), {} already in the store, {} known present{}",
         super::tense(dry_run, "uploaded", "would upload"),
         u["uploaded_objects"].as_u64().unwrap_or(0),
-        size(&u["uploaded_bytes"]),
+        json_size(&u["uploaded_bytes"]),
         u["present_objects"].as_u64().unwrap_or(0),
         u["known_objects"].as_u64().unwrap_or(0),
         super::leftovers_note(u["aborted_leftover_uploads"].as_u64().unwrap_or(0)),
     )
-}
-
-fn size(v: &serde_json::Value) -> String {
-    bytesize::ByteSize(v.as_u64().unwrap_or(0))
-        .display()
-        .iec()
-        .to_string()
 }
 
 pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -333,7 +326,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
             "{}: {} files ({}); {}{}",
             r["root_path"].as_str().unwrap_or_default(),
             r["files"],
-            size(&r["bytes"]),
+            json_size(&r["bytes"]),
             uploaded(&r["upload"], dry_run),
             match (r["manifest_key"].as_str(), dry_run) {
                 (Some(k), false) => format!("; manifest {k}"),
@@ -373,7 +366,7 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
             r["local_root"].as_str().unwrap_or_default(),
             rep["files"],
             rep["download"]["objects"],
-            size(&rep["download"]["downloaded_bytes"]),
+            json_size(&rep["download"]["downloaded_bytes"]),
             rep["unchanged_files"],
             super::get_cmd::read_to_check(rep["unchanged_read_files"].as_u64().unwrap_or(0))
         );
@@ -418,7 +411,7 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         eprintln!(
             "{root}: {} new or changed outputs ({}); {}; {} {path}",
             r["files"],
-            size(&r["bytes"]),
+            json_size(&r["bytes"]),
             uploaded(&r["upload"], dry_run),
             super::tense(dry_run, "published", "would publish"),
         );
@@ -451,7 +444,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
             rep["files"],
             r["manifests"],
             rep["download"]["objects"],
-            size(&rep["download"]["downloaded_bytes"]),
+            json_size(&rep["download"]["downloaded_bytes"]),
             rep["unchanged_files"],
             rep["replaced_files"],
             rep["skipped_files"]

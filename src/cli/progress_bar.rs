@@ -35,7 +35,7 @@ impl Bar {
             return Bar::hidden();
         }
         let mut lines = ProgressLog::new(label, log.format);
-        Bar::tick(ProgressBar::hidden(), every, move || {
+        Bar::tick(ProgressBar::hidden(), every, false, move || {
             lines.log(&progress.snapshot())
         })
     }
@@ -59,7 +59,7 @@ impl Bar {
         );
         bar.set_prefix(label);
         let b = bar.clone();
-        Bar::tick(bar, DRAW_EVERY, move || {
+        Bar::tick(bar, DRAW_EVERY, true, move || {
             let s = progress.snapshot();
             b.set_length(s.bytes_total);
             b.set_position(s.bytes_done);
@@ -67,12 +67,16 @@ impl Bar {
         })
     }
 
-    /// Runs `each` every `every` (a bar: also at once) until the `Bar` is dropped.
-    fn tick(bar: ProgressBar, every: Duration, mut each: impl FnMut() + Send + 'static) -> Bar {
-        let drawn = !bar.is_hidden();
+    /// Runs `each` every `every` (and first at once if `at_once`) until the `Bar` is dropped.
+    fn tick(
+        bar: ProgressBar,
+        every: Duration,
+        at_once: bool,
+        mut each: impl FnMut() + Send + 'static,
+    ) -> Bar {
         let (stop, stopped) = mpsc::channel::<()>();
         let ticker = std::thread::spawn(move || {
-            if drawn {
+            if at_once {
                 each();
             }
             while stopped.recv_timeout(every) == Err(mpsc::RecvTimeoutError::Timeout) {

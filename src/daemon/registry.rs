@@ -83,7 +83,8 @@ pub struct Registry {
     tracker: TaskTracker,
 }
 
-fn now_ms() -> i64 {
+/// Now, in milliseconds since the epoch: the unit of a job record's times.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
