@@ -72,7 +72,10 @@ pub fn run(ctx: &Context, args: CheckArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut fetch = Vec::new();
     if let Some(path) = &args.attachments {
-        let doc = read_attachments(path)?;
+        // A bad attachments file is bad input (exit 2).
+        let doc = Attachments::read_file(path).map_err(|e| UsageError {
+            message: format!("--attachments {e}"),
+        })?;
         fetch.extend(
             doc.manifests
                 .into_iter()
@@ -109,19 +112,6 @@ pub fn run(ctx: &Context, args: CheckArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
-}
-
-/// A bad attachments file is bad input (exit 2), named with what is wrong.
-fn read_attachments(path: &std::path::Path) -> Result<Attachments, UsageError> {
-    let text = std::fs::read(path).map_err(|e| UsageError {
-        message: format!("--attachments {}: {e}", path.display()),
-    })?;
-    serde_json::from_slice(&text).map_err(|e| UsageError {
-        message: format!(
-            "--attachments {}: not an attachments document (as submit prints it): {e}",
-            path.display()
-        ),
     })
 }
 

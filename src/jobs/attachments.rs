@@ -14,6 +14,19 @@ pub struct Attachments {
     pub file_system: String,
 }
 
+impl Attachments {
+    /// Reads an attachments file (as `submit` writes it); the error names the file.
+    pub fn read_file(path: &Path) -> Result<Attachments, String> {
+        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&text).map_err(|e| {
+            format!(
+                "{}: not an attachments document, as submit writes one ({e})",
+                path.display()
+            )
+        })
+    }
+}
+
 fn copied() -> String {
     "COPIED".into()
 }

@@ -244,14 +244,7 @@ impl JobSpec {
                 } else {
                     p.clone()
                 };
-                let text = std::fs::read(&path)
-                    .map_err(|e| invalid("attachments", format!("{}: {e}", path.display())))?;
-                let doc = serde_json::from_slice(&text).map_err(|e| {
-                    invalid(
-                        "attachments",
-                        format!("{}: not an attachments document ({e})", path.display()),
-                    )
-                })?;
+                let doc = Attachments::read_file(&path).map_err(|e| invalid("attachments", e))?;
                 *a = AttachmentsArg::Inline(doc);
             }
             Ok(())
@@ -461,10 +454,7 @@ fn attachments(a: AttachmentsArg) -> Result<Attachments, JobError> {
     match a {
         AttachmentsArg::Inline(doc) => Ok(doc),
         AttachmentsArg::File(p) => {
-            let text = std::fs::read(&p)
-                .map_err(|e| invalid("attachments", format!("{}: {e}", p.display())))?;
-            serde_json::from_slice(&text)
-                .map_err(|e| invalid("attachments", format!("{}: {e}", p.display())))
+            Attachments::read_file(&p).map_err(|e| invalid("attachments", e))
         }
     }
 }
