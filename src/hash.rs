@@ -52,6 +52,13 @@ impl fmt::Display for ContentHash {
     }
 }
 
+/// As its 32 hex digits, as manifests and reports spell it.
+impl serde::Serialize for ContentHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Debug for ContentHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ContentHash({:032x})", self.0)

@@ -141,7 +141,7 @@ fn print_report(r: &CheckReport) {
         println!(
             "damaged   {}  (its content hashes to {}, {}{}; {})",
             p.key,
-            p.found_hash.as_deref().unwrap_or("?"),
+            p.found_hash.map_or_else(|| "?".to_string(), |h| h.to_hex()),
             ByteSize(p.found_size.unwrap_or(0)).display().iec(),
             match (p.deleted, &p.delete_error) {
                 (true, _) => "; deleted".to_string(),

@@ -43,7 +43,7 @@ pub struct CheckSpec {
 /// An object the manifests need that the store does not hold as they describe it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Problem {
-    pub hash: String,
+    pub hash: ContentHash,
     pub key: String,
     /// The size the manifests give.
     pub size: u64,
@@ -52,7 +52,7 @@ pub struct Problem {
     pub found_size: Option<u64>,
     /// Deep: the hash of what the store sent.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub found_hash: Option<String>,
+    pub found_hash: Option<ContentHash>,
     /// Deleted by `delete_damaged`.
     pub deleted: bool,
     /// Why `delete_damaged` could not delete it.
@@ -127,14 +127,8 @@ pub async fn run(
     let prefix = crate::store::layout::manifests_prefix(t.store.root_prefix());
     for (path, expected) in &spec.fetch {
         let key = format!("{prefix}{path}");
-        match fetch_manifest(&t, &key, expected.as_deref(), cancel).await {
-            Ok(m) => manifests.push(m),
-            Err(TransferError::Cancelled(c)) => return Err(c.into()),
-            Err(e) => report.unusable_manifests.push(UnusableManifest {
-                key,
-                error: e.to_string(),
-            }),
-        }
+        let fetched = fetch_manifest(&t, &key, expected.as_deref(), cancel).await;
+        keep_manifest(key, fetched, &mut manifests, &mut report)?;
     }
     if let Some(of) = &spec.outputs_of {
         let described = format!(
@@ -150,14 +144,8 @@ pub async fn run(
             Ok((tasks, by_root)) => {
                 report.output_tasks = tasks as u64;
                 for key in by_root.into_values().flatten() {
-                    match fetch_manifest(&t, &key, None, cancel).await {
-                        Ok(m) => manifests.push(m),
-                        Err(TransferError::Cancelled(c)) => return Err(c.into()),
-                        Err(e) => report.unusable_manifests.push(UnusableManifest {
-                            key,
-                            error: e.to_string(),
-                        }),
-                    }
+                    let fetched = fetch_manifest(&t, &key, None, cancel).await;
+                    keep_manifest(key, fetched, &mut manifests, &mut report)?;
                 }
             }
             Err(TransferError::Cancelled(c)) => return Err(c.into()),
@@ -199,12 +187,12 @@ pub async fn run(
     let mut absent = Vec::new();
     while let Some(checked) = found.next().await {
         let (hash, size, found) = checked?;
-        let problem = |key: String, found_size, found_hash: Option<ContentHash>| Problem {
-            hash: hash.to_hex(),
+        let problem = |key: String, found_size, found_hash| Problem {
+            hash,
             key,
             size,
             found_size,
-            found_hash: found_hash.map(|h| h.to_hex()),
+            found_hash,
             deleted: false,
             delete_error: None,
             paths: Vec::new(),
@@ -265,6 +253,25 @@ pub async fn run(
         && report.unusable_manifests.is_empty();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// A fetched manifest joins the check; one that could not be fetched or was not what the job
+/// recorded is reported and the others still checked. Only a cancel stops the check.
+fn keep_manifest(
+    key: String,
+    fetched: Result<Manifest, TransferError>,
+    manifests: &mut Vec<Manifest>,
+    report: &mut CheckReport,
+) -> Result<(), TransferError> {
+    match fetched {
+        Ok(m) => manifests.push(m),
+        Err(e @ TransferError::Cancelled(_)) => return Err(e),
+        Err(e) => report.unusable_manifests.push(UnusableManifest {
+            key,
+            error: e.to_string(),
+        }),
+    }
+    Ok(())
 }
 
 /// Each hash the manifests name, once, with its size (the first manifest's, should two
@@ -384,7 +391,7 @@ fn name_files(problems: &mut [Problem], manifests: &[Manifest]) {
     let index: std::collections::HashMap<ContentHash, usize> = problems
         .iter()
         .enumerate()
-        .filter_map(|(i, p)| Some((ContentHash::from_hex(&p.hash)?, i)))
+        .map(|(i, p)| (p.hash, i))
         .collect();
     for e in manifests.iter().flat_map(|m| m.entries()) {
         if let Some(&i) = index.get(&e.hash) {
