@@ -131,15 +131,6 @@ pub async fn run(
         keep_manifest(key, fetched, &mut manifests, &mut report)?;
     }
     if let Some(of) = &spec.outputs_of {
-        let described = format!(
-            "outputs of {}",
-            [Some(&of.job_id), of.step_id.as_ref(), of.task_id.as_ref()]
-                .into_iter()
-                .flatten()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join("/")
-        );
         match latest_outputs(of, &t, cancel).await {
             Ok((tasks, by_root)) => {
                 report.output_tasks = tasks as u64;
@@ -150,7 +141,16 @@ pub async fn run(
             }
             Err(TransferError::Cancelled(c)) => return Err(c.into()),
             Err(e) => report.unusable_manifests.push(UnusableManifest {
-                key: described,
+                // The listing failed: what was asked for stands in for a key.
+                key: format!(
+                    "outputs of {}",
+                    [Some(&of.job_id), of.step_id.as_ref(), of.task_id.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join("/")
+                ),
                 error: e.to_string(),
             }),
         }
