@@ -1069,6 +1069,29 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
         )]
     );
     assert_eq!(s3.open_multipart_uploads(), 0);
+    assert!(
+        files_under(&t.path().join("cache/open-uploads")).is_empty(),
+        "the probe's upload was recorded and, aborted, forgotten"
+    );
+
+    // An abort the store refuses: the probe fails, and its upload stays recorded, so the next
+    // cleanup (or upload) from this machine aborts it.
+    s3.faults
+        .only_for(|m, k| m == http::Method::DELETE && k.contains("/Data/"));
+    s3.faults.internal_error_next(3);
+    let (code, v) = doctor(attache(&t.path().join("cache")).envs(s3.env()));
+    s3.faults.clear();
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["probes"][3]["name"], "multipart");
+    assert_eq!(v["probes"][3]["status"], "failed", "{v}");
+    assert_eq!(s3.open_multipart_uploads(), 1);
+    let (code, out, err) = run(attache(&t.path().join("cache"))
+        .envs(s3.env())
+        .args(["cleanup", "--json", "--store", &store]));
+    assert_eq!(code, 0, "{err}");
+    let cleaned: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cleaned["recorded_aborted"], 1, "{cleaned}");
+    assert_eq!(s3.open_multipart_uploads(), 0);
 
     // Credentials the store does not accept, and a cache dir that is a file.
     let not_a_dir = t.path().join("file");

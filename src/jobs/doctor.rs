@@ -22,6 +22,7 @@ use crate::jobs::Cancelled;
 use crate::store::PutOptions;
 use crate::store::layout::{data_key, join};
 use crate::transfer::known_present::KnownPresent;
+use crate::transfer::upload::{finished, record_open};
 use crate::transfer::{Transfer, cancellable};
 
 /// How long one probe may take: a store that does not answer by then is reported as such.
@@ -146,7 +147,13 @@ pub async fn run(
             ),
             async {
                 let id = s.create_multipart(&empty).await?;
+                // Recorded as every upload is: if the abort is refused (or never answered),
+                // the next upload to this store from this machine aborts it.
+                let record = record_open(&t, &empty, &id).await;
                 s.abort_multipart(&empty, &id).await?;
+                if let Some(record) = record {
+                    finished(record).await;
+                }
                 Ok(format!("started and aborted an upload to {empty}"))
             },
         )

@@ -445,23 +445,7 @@ async fn upload_multipart(
         .gate
         .run_to_reply(cancel, CANCEL_CREATE_WAIT, || t.store.create_multipart(key))
         .await?;
-    let record = {
-        let (o, store, key, id) = (
-            t.open_uploads.clone(),
-            (t.store.identity(), t.store.describe()),
-            key.to_string(),
-            upload_id.clone(),
-        );
-        // Off the runtime: a file create can wait on a busy disk's journal.
-        match tokio::task::spawn_blocking(move || o.record(&store.0, &store.1, &key, &id)).await {
-            Ok(Ok(held)) => Some(held),
-            Ok(Err(e)) => {
-                tracing::warn!("{e}");
-                None
-            }
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    };
+    let record = record_open(t, key, &upload_id).await;
     let result = upload_parts(t, item, key, &upload_id, cancel).await;
     match (&result, record) {
         (Ok(()), Some(record)) => finished(record).await,
@@ -471,10 +455,35 @@ async fn upload_multipart(
     result
 }
 
+/// Records a multipart upload the store just opened, until [`finished`] (see
+/// [`open_uploads`]): dropped unfinished, the record stays for the next upload to abort it.
+/// A record that cannot be written is logged; the upload goes on.
+pub(crate) async fn record_open(
+    t: &Transfer,
+    key: &str,
+    upload_id: &str,
+) -> Option<open_uploads::Held> {
+    let (o, store, key, id) = (
+        t.open_uploads.clone(),
+        (t.store.identity(), t.store.describe()),
+        key.to_string(),
+        upload_id.to_string(),
+    );
+    // Off the runtime: a file create can wait on a busy disk's journal.
+    match tokio::task::spawn_blocking(move || o.record(&store.0, &store.1, &key, &id)).await {
+        Ok(Ok(held)) => Some(held),
+        Ok(Err(e)) => {
+            tracing::warn!("{e}");
+            None
+        }
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// Removes the record of an upload the store confirmed completed or aborted, off the runtime
 /// (an unlink can wait on a busy disk's journal), and waits for it: a process that exited
 /// first would leave the record for the next run to abort a finished upload again.
-async fn finished(record: open_uploads::Held) {
+pub(crate) async fn finished(record: open_uploads::Held) {
     let _ = tokio::task::spawn_blocking(move || record.done()).await;
 }
 
