@@ -197,15 +197,13 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
     // The same command, locally and through the daemon, gives the same attachments shape.
     let proj = d.path("proj");
     build_fixture_tree("tiny", &proj);
-    let (code, local, err) = run(d
-        .cmd()
-        .args(["submit", "--farm-id", "farm-1", "--queue-id", "queue-1"])
-        .arg(&proj));
+    let (code, local, err) = run(d.cmd().arg("submit").args(IDS).arg(&proj));
     assert_eq!(code, 0, "{err}");
     let (code, remote, err) = run(d
         .cmd()
         .env("ATTACHE_DAEMON", "1")
-        .args(["submit", "--farm-id", "farm-1", "--queue-id", "queue-1"])
+        .arg("submit")
+        .args(IDS)
         .args(["--workers", "4"])
         .arg(&proj));
     assert_eq!(code, 0, "{err}");
@@ -296,7 +294,8 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
         let (code, out, err) = run(d
             .cmd()
             .env("ATTACHE_DAEMON", daemon)
-            .args(["submit", "--farm-id", "farm-1", "--queue-id", "queue-1"])
+            .arg("submit")
+            .args(IDS)
             .args(["--exclude", "sub/"])
             .arg(&proj));
         assert_eq!(code, 0, "{err}");
@@ -758,7 +757,6 @@ fn sync_outputs_through_the_daemon_reports_and_counts_its_uploads() {
     std::fs::create_dir_all(proj.join("renders")).unwrap();
     std::fs::write(proj.join("scene.ma"), b"scene").unwrap();
     let att = d.path("att.json");
-    let ids = ["--farm-id", "farm-1", "--queue-id", "queue-1"];
     let ok = |c: &mut Command| {
         let (code, out, err) = run(c.arg("--daemon"));
         assert_eq!(code, 0, "{err}");
@@ -766,7 +764,7 @@ fn sync_outputs_through_the_daemon_reports_and_counts_its_uploads() {
     };
     ok(d.cmd()
         .arg("submit")
-        .args(ids)
+        .args(IDS)
         .arg(proj.join("scene.ma"))
         .arg("--output-dir")
         .arg(proj.join("renders"))
@@ -787,15 +785,8 @@ fn sync_outputs_through_the_daemon_reports_and_counts_its_uploads() {
     let (out, err) = ok(d
         .cmd()
         .arg("sync-outputs")
-        .args(ids)
-        .args([
-            "--job-id",
-            "job-1",
-            "--step-id",
-            "step-1",
-            "--task-id",
-            "task-1",
-        ])
+        .args(IDS)
+        .args(TASK_IDS)
         .args(["--session-action-id", "sa-1", "--attachments"])
         .arg(&att)
         .arg("--session-dir")

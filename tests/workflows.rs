@@ -11,18 +11,6 @@ use attache::hash::ContentHash;
 use common::s3::TestS3;
 use common::*;
 
-// s3s-fs limits keys to ~156 bytes: short ids here (the Garage script uses real-length ones).
-const IDS: [&str; 4] = ["--farm-id", "farm-1", "--queue-id", "queue-1"];
-/// The task a sync-outputs run belongs to (with [`IDS`] and a session action id).
-const TASK_IDS: [&str; 6] = [
-    "--job-id",
-    "job-1",
-    "--step-id",
-    "step-1",
-    "--task-id",
-    "task-1",
-];
-
 struct Farm {
     s3: TestS3,
     t: tempfile::TempDir,

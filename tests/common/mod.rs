@@ -10,6 +10,19 @@ use std::process::{Command, Output};
 
 use base64::Engine;
 
+// s3s-fs limits keys to ~156 bytes: short ids here (the Garage script uses real-length ones).
+/// The farm and queue of the tests' jobs.
+pub const IDS: [&str; 4] = ["--farm-id", "farm-1", "--queue-id", "queue-1"];
+/// The task a sync-outputs run belongs to (with [`IDS`] and a session action id).
+pub const TASK_IDS: [&str; 6] = [
+    "--job-id",
+    "job-1",
+    "--step-id",
+    "step-1",
+    "--task-id",
+    "task-1",
+];
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/deadline")
