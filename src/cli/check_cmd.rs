@@ -32,12 +32,16 @@ pub struct CheckArgs {
     /// (with --farm-id and --queue-id; --step-id and --task-id narrow it).
     #[arg(long, value_name = "ID", requires_all = ["farm_id", "queue_id"])]
     job_id: Option<String>,
+    /// The farm of --job-id.
     #[arg(long, value_name = "ID", requires = "job_id")]
     farm_id: Option<String>,
+    /// The queue of --job-id.
     #[arg(long, value_name = "ID", requires = "job_id")]
     queue_id: Option<String>,
+    /// Only this step's outputs (with --job-id).
     #[arg(long, value_name = "ID", requires = "job_id")]
     step_id: Option<String>,
+    /// Only this task's outputs (with --step-id).
     #[arg(long, value_name = "ID", requires = "step_id")]
     task_id: Option<String>,
     /// Fetch every object and check its hash (reads every byte; default: ask each object's
