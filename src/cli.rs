@@ -299,12 +299,20 @@ pub(crate) fn tense(dry_run: bool, done: &'static str, would: &'static str) -> &
     if dry_run { would } else { done }
 }
 
-/// The summary's mention of multipart uploads an earlier run left open and this one aborted.
-pub(crate) fn leftovers_note(aborted: u64) -> String {
-    match aborted {
-        0 => String::new(),
-        n => format!("; aborted {n} multipart upload(s) an earlier run left open"),
+/// The summary's mention of multipart uploads an earlier run left open that this one resumed
+/// or aborted.
+pub(crate) fn leftovers_note(aborted: u64, resumed: u64, resumed_bytes: u64) -> String {
+    let mut note = String::new();
+    if resumed > 0 {
+        note += &format!(
+            "; resumed {resumed} multipart upload(s) an earlier run left open ({} already in the store, not sent again)",
+            bytesize::ByteSize(resumed_bytes).display().iec()
+        );
     }
+    if aborted > 0 {
+        note += &format!("; aborted {aborted} multipart upload(s) an earlier run left open");
+    }
+    note
 }
 
 /// `--bwlimit VALUE` for a command moving data in `direction` (`upload` or `download`): a rate

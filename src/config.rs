@@ -91,6 +91,9 @@ pub struct TransferSettings {
     pub known_present_ttl: Duration,
     /// Known-present entries re-checked against the store each run.
     pub known_present_sample: usize,
+    /// How long a multipart upload that a store or network failure interrupted stays open
+    /// for a later run on this machine to resume; 0: abort it at once.
+    pub resume_for: Duration,
     /// Async worker threads (network and scheduling); 0: see [`Settings::runtime_threads`].
     pub runtime_threads: usize,
 }
@@ -319,6 +322,7 @@ impl Default for TransferSettings {
             max_parts_in_flight: 8,
             known_present_ttl: Duration::secs(24 * 3600),
             known_present_sample: 32,
+            resume_for: Duration::secs(24 * 3600),
             runtime_threads: 0,
         }
     }
@@ -440,6 +444,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "max_parts_in_flight",
             "known_present_ttl",
             "known_present_sample",
+            "resume_for",
             "runtime_threads",
         ],
     ),

@@ -39,6 +39,14 @@ pub struct OpenUpload {
     pub initiated_ms: Option<i64>,
 }
 
+/// A part an open multipart upload holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedPart {
+    pub number: i32,
+    pub size: u64,
+    pub etag: String,
+}
+
 impl ObjectInfo {
     pub fn meta(&self, name: &str) -> Option<&str> {
         self.metadata
@@ -162,6 +170,17 @@ pub trait ObjectStore: Send + Sync {
         parts: &[(i32, String)],
     ) -> Result<(), StoreError>;
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+    /// The parts an open multipart upload holds, by number; `None`: the store has no such
+    /// upload (completed, aborted, or expired by a lifecycle rule).
+    async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Option<Vec<UploadedPart>>, StoreError>;
+    /// The ETag this store gives a part of these bytes, when it can be known without sending
+    /// them (S3: their MD5, unless the bucket encrypts with KMS or customer keys). A part an
+    /// earlier run left is kept only when its ETag is this: the proof that it holds these bytes.
+    fn part_etag(&self, body: &[u8]) -> String;
     /// The open multipart uploads of keys starting with `prefix`.
     async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError>;
     /// Every object whose key starts with `prefix`.

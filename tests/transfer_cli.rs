@@ -532,6 +532,72 @@ fn cancel_a_multipart_put_with(signal: libc::c_int) {
     eprintln!("put exited 130 {took:?} after signal {signal}");
 }
 
+/// A put killed mid-upload (SIGKILL: no chance to abort) leaves its multipart upload open and
+/// recorded; the next put of the file resumes it, sends only the parts the store lacks, and
+/// says so.
+#[test]
+fn a_put_killed_mid_upload_is_resumed_by_the_next_put() {
+    let s3 = TestS3::start_background();
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    let root = t.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let data: Vec<u8> = (0..40u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("big.bin"), &data).unwrap();
+    let put = |limit: &str| {
+        let mut c = attache(&cache);
+        c.envs(s3.env())
+            .env("ATTACHE_TRANSFER__PART_SIZE", "5MiB")
+            .env("ATTACHE_TRANSFER__MULTIPART_THRESHOLD", "5MiB")
+            .env("ATTACHE_BANDWIDTH__UPLOAD", limit)
+            .args(["put", "--store", &s3.store_url("p"), "-o"])
+            .arg(t.path().join("m.json"))
+            .arg(&root);
+        c
+    };
+    let mut child = put("10MiB/s")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3.multipart_part_files() < 2 {
+        assert!(Instant::now() < deadline, "no part was uploaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert_eq!(s3.open_multipart_uploads(), 1, "a kill cannot abort");
+    // A part the server had whole when the connection went is still written.
+    std::thread::sleep(Duration::from_millis(200));
+    let stored = s3.multipart_part_files();
+
+    let parts_before = s3
+        .stats
+        .requests_matching(|r| r.query.contains("partNumber"));
+    let (code, _, err) = run(&mut put("0"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("resumed 1 multipart upload(s) an earlier run left open"),
+        "{err}"
+    );
+    let sent = s3
+        .stats
+        .requests_matching(|r| r.query.contains("partNumber"))
+        - parts_before;
+    assert!(
+        sent <= 8 - stored.min(8),
+        "{stored} of 8 parts were in the store, {sent} sent again"
+    );
+    assert_eq!(s3.open_multipart_uploads(), 0);
+    assert!(files_under(&cache.join("open-uploads")).is_empty());
+    let m = attache::manifest::decode(&std::fs::read(t.path().join("m.json")).unwrap()).unwrap();
+    let hash = m.entries()[0].hash;
+    assert!(
+        s3.read_object(&format!("p/Data/{hash}.xxh128")).unwrap() == data,
+        "the object is not the file"
+    );
+}
+
 /// A cancelled put does not wait long for a store that does not answer its abort: the upload
 /// stays recorded in the cache dir, and the next put to that store aborts it.
 #[test]

@@ -1147,3 +1147,187 @@ async fn check_cleanup(tr: Arc<Transfer>, open: &dyn Fn() -> Vec<String>) {
     );
     running.done();
 }
+
+/// 23 MiB: five parts of 5 MiB (the last 3 MiB) with [`settings`] and [`fs_settings`].
+const RESUMED_LEN: u64 = 23 * MIB;
+
+/// Part `n` (1-based) of `data` in 5 MiB parts.
+fn part_of(data: &[u8], n: u64) -> bytes::Bytes {
+    let start = ((n - 1) * 5 * MIB) as usize;
+    let end = (n * 5 * MIB).min(data.len() as u64) as usize;
+    bytes::Bytes::copy_from_slice(&data[start..end])
+}
+
+fn open_upload_records(cache: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_dir(cache.join("open-uploads"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_an_earlier_run_left_open_is_resumed_keeping_only_proven_parts() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let s = settings(&s3, "p", &t.path().join("cache"));
+    check_resume(&s, t.path(), "s3").await;
+    let store = t.path().join("store");
+    check_resume(
+        &fs_settings(&store, &t.path().join("cache-fs")),
+        t.path(),
+        "fs",
+    )
+    .await;
+}
+
+/// An earlier run left the multipart upload of a file open (as a crash does), with parts 1–3
+/// in the store, part 3 holding other bytes of its size: the next put resumes it, keeps parts
+/// 1 and 2, sends parts 3–5; the object is whole, and nothing stays open or recorded.
+async fn check_resume(s: &Settings, dir: &Path, name: &str) {
+    let src = dir.join(format!("src-{name}"));
+    let data = content(RESUMED_LEN, 42);
+    write(&src, "big.bin", &data, MTIME_NS);
+    let tr = transfer(s).await;
+    let key = attache::store::layout::data_key(tr.store.root_prefix(), ContentHash::of(&data));
+    let id = tr.store.create_multipart(&key).await.unwrap();
+    for n in 1..=2 {
+        tr.store
+            .upload_part(&key, &id, n as i32, part_of(&data, n))
+            .await
+            .unwrap();
+    }
+    let mut other = part_of(&data, 3).to_vec();
+    other[1000] ^= 0xff;
+    tr.store
+        .upload_part(&key, &id, 3, other.into())
+        .await
+        .unwrap();
+    let (identity, url) = (tr.store.identity(), tr.store.describe());
+    drop(tr.open_uploads.record(&identity, &url, &key, &id).unwrap());
+
+    let r = put_tree(&src, s).await.unwrap();
+    assert_eq!(
+        (r.upload.resumed_uploads, r.upload.resumed_bytes),
+        (1, 10 * MIB),
+        "{name}: parts 1 and 2 kept, part 3 (other bytes) sent again: {:?}",
+        r.upload
+    );
+    assert_eq!(r.upload.aborted_leftover_uploads, 0, "{name}");
+    let m = r.hash.roots[0].manifest.clone();
+    let dest = dir.join(format!("dest-{name}"));
+    get_tree(&m, &dest, s).await.unwrap();
+    assert!(
+        std::fs::read(dest.join("big.bin")).unwrap() == data,
+        "{name}: the object is not the file"
+    );
+    assert!(
+        tr.store
+            .list_multipart_uploads("")
+            .await
+            .unwrap()
+            .is_empty(),
+        "{name}: an upload stayed open"
+    );
+    assert!(open_upload_records(&s.cache.dir).is_empty(), "{name}");
+}
+
+/// A store failure during a multipart upload keeps the upload open and recorded: a later run
+/// that uploads the file resumes it, one that does not leaves it alone, `cleanup` aborts it,
+/// and with `transfer.resume_for = 0` the failure aborts it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_the_store_failed_is_kept_open_and_the_next_run_resumes_it() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    let mut s = settings(&s3, "p", &cache);
+    s.s3.retry_attempts = 1;
+    s.transfer.max_parts_in_flight = 1;
+    let (src, other, small) = (
+        t.path().join("src"),
+        t.path().join("other"),
+        t.path().join("small"),
+    );
+    let data = content(RESUMED_LEN, 7);
+    write(&src, "big.bin", &data, MTIME_NS);
+    write(&other, "big2.bin", &content(RESUMED_LEN, 8), MTIME_NS);
+    write(&small, "a.txt", b"a small file", MTIME_NS);
+    let part_puts = || {
+        s3.stats
+            .requests_matching(|r| r.method == "PUT" && r.query.contains("partNumber"))
+    };
+    // Every UploadPart after the first two fails, whatever the file.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let fail_after_two_parts = || {
+        seen.store(0, Ordering::SeqCst);
+        let seen = seen.clone();
+        s3.faults.only_for(move |m, key| {
+            m == http::Method::PUT
+                && key.contains("/Data/")
+                && seen.fetch_add(1, Ordering::SeqCst) >= 2
+        });
+        s3.faults.internal_error_next(1000);
+    };
+
+    // resume_for = 0: the failure aborts the upload, as before there was resuming.
+    fail_after_two_parts();
+    let mut abort_at_once = s.clone();
+    abort_at_once.transfer.resume_for = attache::config::Duration::secs(0);
+    let err = put_tree(&src, &abort_at_once).await.unwrap_err();
+    assert!(err.to_string().contains("UploadPart"), "{err}");
+    assert_eq!(s3.open_multipart_uploads(), 0, "resume_for = 0 aborts");
+    assert!(open_upload_records(&cache).is_empty());
+
+    // By default the failure keeps the upload, recorded as kept.
+    fail_after_two_parts();
+    put_tree(&src, &s).await.unwrap_err();
+    assert_eq!(s3.open_multipart_uploads(), 1, "kept open to be resumed");
+    let records = open_upload_records(&cache);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(records[0]["kept_at"].is_u64(), "{records:?}");
+    s3.faults.clear();
+    s3.faults.for_all();
+
+    // A run that does not upload that file leaves it alone.
+    let r = put_tree(&small, &s).await.unwrap();
+    assert_eq!(r.upload.aborted_leftover_uploads, 0);
+    assert_eq!(s3.open_multipart_uploads(), 1, "another run aborted it");
+
+    // The next run that uploads it sends only what the store lacks.
+    let before = part_puts();
+    let r = put_tree(&src, &s).await.unwrap();
+    assert_eq!(
+        (r.upload.resumed_uploads, r.upload.resumed_bytes),
+        (1, 10 * MIB),
+        "{:?}",
+        r.upload
+    );
+    assert_eq!(part_puts() - before, 3, "parts 3 to 5 only");
+    assert_eq!(s3.open_multipart_uploads(), 0);
+    assert!(open_upload_records(&cache).is_empty());
+    let key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
+    assert!(
+        s3.read_object(&key).unwrap() == data,
+        "the object is not the file"
+    );
+
+    // `cleanup` aborts a kept upload: the user asked for it.
+    fail_after_two_parts();
+    put_tree(&other, &s).await.unwrap_err();
+    s3.faults.clear();
+    s3.faults.for_all();
+    assert_eq!(s3.open_multipart_uploads(), 1);
+    let spec = attache::jobs::cleanup::CleanupSpec {
+        older_than: Duration::from_secs(24 * 3600),
+    };
+    let r = attache::jobs::cleanup::run(spec, transfer(&s).await, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(r.recorded_aborted, 1, "{r:?}");
+    assert_eq!(s3.open_multipart_uploads(), 0);
+    assert!(open_upload_records(&cache).is_empty());
+}

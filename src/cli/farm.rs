@@ -283,7 +283,8 @@ fn emit(value: &serde_json::Value, output: Option<&Path>) -> anyhow::Result<()> 
 }
 
 /// "uploaded 2 objects (1.4 GiB), 1 already in the store, 0 known present" of an upload
-/// report (and the multipart uploads an earlier run left open, if any were aborted).
+/// report (and the multipart uploads an earlier run left open, if any were resumed or
+/// aborted).
 fn uploaded(u: &serde_json::Value, dry_run: bool) -> String {
     format!(
         "{} {} objects ({}), {} already in the store, {} known present{}",
@@ -292,7 +293,11 @@ fn uploaded(u: &serde_json::Value, dry_run: bool) -> String {
         json_size(&u["uploaded_bytes"]),
         u["present_objects"].as_u64().unwrap_or(0),
         u["known_objects"].as_u64().unwrap_or(0),
-        super::leftovers_note(u["aborted_leftover_uploads"].as_u64().unwrap_or(0)),
+        super::leftovers_note(
+            u["aborted_leftover_uploads"].as_u64().unwrap_or(0),
+            u["resumed_uploads"].as_u64().unwrap_or(0),
+            u["resumed_bytes"].as_u64().unwrap_or(0),
+        ),
     )
 }
 

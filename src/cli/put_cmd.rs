@@ -110,7 +110,11 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
             u.multipart_objects,
             u.present_objects,
             u.known_objects,
-            super::leftovers_note(u.aborted_leftover_uploads),
+            super::leftovers_note(
+                u.aborted_leftover_uploads,
+                u.resumed_uploads,
+                u.resumed_bytes
+            ),
             report.seconds
         );
         eprintln!(

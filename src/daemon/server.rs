@@ -43,7 +43,8 @@ pub enum DaemonError {
 
 /// Aborts the multipart uploads earlier runs on this machine left open (a crash, a power cut,
 /// an abort the store did not confirm in time), in every store their records name, so a
-/// daemon restarted after a crash cleans up before its next job needs to.
+/// daemon restarted after a crash cleans up before its next job needs to. Those a failure kept
+/// to be resumed wait out `transfer.resume_for`.
 async fn abort_leftovers_at_start(shared: Arc<Shared>) {
     let settings = shared.settings();
     let records = crate::transfer::open_uploads::OpenUploads::new(&settings.cache.dir);
@@ -55,7 +56,7 @@ async fn abort_leftovers_at_start(shared: Arc<Shared>) {
         match shared.transfer_for(&url, &settings, Arc::default()).await {
             Ok(t) => {
                 // Each one it could not abort is logged on its own.
-                let n = crate::transfer::upload::abort_leftovers(&t).await;
+                let n = crate::transfer::upload::abort_leftovers(&t, false).await;
                 if n > 0 {
                     tracing::info!("aborted {n} multipart upload(s) left open in {url}");
                 }

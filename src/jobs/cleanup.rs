@@ -1,6 +1,6 @@
 //! `attache cleanup`: aborts the multipart uploads a store holds open under its root prefix's
 //! `Data/` (where content objects go): first those this machine recorded as left open by its
-//! earlier runs, then every other one started longer ago than a given age (`rclone cleanup`
+//! earlier runs (those kept to be resumed too), then every other one started longer ago than a given age (`rclone cleanup`
 //! does the same with 24 h). Their parts are invisible in listings but billed.
 
 use std::sync::Arc;
@@ -56,7 +56,7 @@ pub async fn run(
     };
     if !t.dry_run {
         report.recorded_aborted =
-            crate::transfer::cancellable(cancel, abort_leftovers(&t)).await? as u64;
+            crate::transfer::cancellable(cancel, abort_leftovers(&t, true)).await? as u64;
     }
     let open = t
         .gate

@@ -18,7 +18,10 @@ use futures::StreamExt;
 
 use super::file_source::FileSource;
 use super::parts_in_flight::{PartsInFlight, SETTLE_WITHIN};
-use super::{GetObject, ObjectInfo, ObjectStore, OpenUpload, PutOptions, PutOutcome, StoreError};
+use super::{
+    GetObject, ObjectInfo, ObjectStore, OpenUpload, PutOptions, PutOutcome, StoreError,
+    UploadedPart,
+};
 use crate::transfer::limiter::Bandwidth;
 
 const TMP_DIR: &str = ".attache-tmp";
@@ -348,7 +351,7 @@ impl ObjectStore for FsStore {
         let tmp = self
             .temp_file()
             .map_err(|e| self.io("UploadPart", key, e))?;
-        let etag = format!("{:032x}", crate::hash::ContentHash::of(&body).0);
+        let etag = part_etag(&body);
         // The write goes on if this request is dropped: an abort waits for it.
         let token = self.parts_in_flight.token(upload_id);
         blocking(move || -> std::io::Result<()> {
@@ -407,6 +410,23 @@ impl ObjectStore for FsStore {
         }
     }
 
+    async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Option<Vec<UploadedPart>>, StoreError> {
+        let dir = self.upload_dir(upload_id)?;
+        let named = key.to_string();
+        blocking(move || list_parts(&dir, &named))
+            .await
+            .map_err(|e| self.io("ListParts", key, e))
+    }
+
+    /// The same hash the part's upload answered with.
+    fn part_etag(&self, body: &[u8]) -> String {
+        part_etag(body)
+    }
+
     async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError> {
         let root = self.dir.join(MULTIPART_DIR);
         let prefix_owned = prefix.to_string();
@@ -434,6 +454,53 @@ impl ObjectStore for FsStore {
         }
         Ok(())
     }
+}
+
+/// A part's ETag in this store: the XXH128 of its bytes.
+fn part_etag(body: &[u8]) -> String {
+    format!("{:032x}", crate::hash::ContentHash::of(body).0)
+}
+
+/// The parts in an upload's directory (`None`: no such upload of `key`), each hashed for its
+/// ETag.
+fn list_parts(dir: &Path, key: &str) -> std::io::Result<Option<Vec<UploadedPart>>> {
+    match std::fs::read_to_string(dir.join(UPLOAD_KEY_FILE)) {
+        Ok(named) if named == key => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut parts = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(number) = entry
+            .file_name()
+            .to_str()
+            .filter(|n| n.len() == 5)
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+        let mut file = std::fs::File::open(entry.path())?;
+        let mut buf = vec![0; CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        parts.push(UploadedPart {
+            number,
+            size,
+            etag: format!("{:032x}", hasher.digest128()),
+        });
+    }
+    parts.sort_by_key(|p| p.number);
+    Ok(Some(parts))
 }
 
 /// The upload dirs under `root` whose `key` file starts with `prefix`; one without a key file

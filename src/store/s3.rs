@@ -50,7 +50,10 @@ use futures::StreamExt;
 
 use super::file_source::FileSource;
 use super::parts_in_flight::{PartsInFlight, SETTLE_WITHIN};
-use super::{GetObject, ObjectInfo, ObjectStore, OpenUpload, PutOptions, PutOutcome, StoreError};
+use super::{
+    GetObject, ObjectInfo, ObjectStore, OpenUpload, PutOptions, PutOutcome, StoreError,
+    UploadedPart,
+};
 use crate::config::{ChecksumMode, S3Settings};
 use crate::transfer::limiter::Bandwidth;
 use body::{BodySent, PacedBody};
@@ -565,6 +568,58 @@ impl ObjectStore for S3Store {
                 other => Err(other),
             },
         }
+    }
+
+    async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Option<Vec<UploadedPart>>, StoreError> {
+        // Pages of at most 1,000 parts: follow the part-number marker.
+        let mut out = Vec::new();
+        let mut marker = None::<String>;
+        loop {
+            let page = match self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .set_part_number_marker(marker.take())
+                .set_expected_bucket_owner(self.expected_bucket_owner.clone())
+                .send()
+                .await
+                .map_err(|e| self.err("ListParts", key, e))
+            {
+                Ok(page) => page,
+                // NoSuchUpload (404): completed, aborted or expired.
+                Err(StoreError::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            for p in page.parts() {
+                if let (Some(number), Some(size), Some(etag)) =
+                    (p.part_number(), p.size(), p.e_tag())
+                {
+                    out.push(UploadedPart {
+                        number,
+                        size: size.max(0) as u64,
+                        etag: etag.to_string(),
+                    });
+                }
+            }
+            marker = page.next_part_number_marker().map(str::to_string);
+            if page.is_truncated() != Some(true) || marker.is_none() {
+                return Ok(Some(out));
+            }
+        }
+    }
+
+    fn part_etag(&self, body: &[u8]) -> String {
+        use md5::Digest as _;
+        md5::Md5::digest(body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError> {

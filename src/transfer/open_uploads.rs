@@ -39,6 +39,9 @@ struct Record {
     upload_id: String,
     /// Unix seconds.
     started_at: u64,
+    /// Unix seconds: when a failure left the upload open for a later run to resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kept_at: Option<u64>,
 }
 
 /// The records of one machine (one cache dir).
@@ -64,6 +67,37 @@ impl Held {
             tracing::warn!("cannot remove {}: {e}", self.path.display());
         }
     }
+
+    /// A failure left the upload open to be resumed: the record says since when, so that
+    /// other runs leave it alone for `transfer.resume_for` ([`Leftover::kept_for_resume`]).
+    /// The new record replaces the old one whole (written beside it, then renamed), and is
+    /// unlocked when this returns. A record that cannot be rewritten stays as it was: the next
+    /// upload to the store aborts it.
+    pub fn keep_for_resume(self) {
+        let keep = || -> std::io::Result<()> {
+            let mut record: Record = serde_json::from_slice(&std::fs::read(&self.path)?)
+                .map_err(std::io::Error::other)?;
+            record.kept_at = Some(unix_now());
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            let mut tmp = crate::fsutil::temp_file_in(dir, ".record-", ".tmp")?;
+            tmp.write_all(&serde_json::to_vec(&record).expect("a record serializes"))?;
+            tmp.persist(&self.path).map_err(|e| e.error)?;
+            Ok(())
+        };
+        if let Err(e) = keep() {
+            tracing::warn!(
+                "cannot mark {} for resuming: {e}; the next upload to the store aborts it",
+                self.path.display()
+            );
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// A multipart upload a previous run (or a job no longer running) left open.
@@ -72,7 +106,19 @@ pub struct Leftover {
     pub key: String,
     pub upload_id: String,
     pub started_at: u64,
+    /// When a failure left it open to be resumed (unix seconds); `None`: a crash, a kill or
+    /// an abort the store did not confirm left it.
+    pub kept_at: Option<u64>,
     pub held: Held,
+}
+
+impl Leftover {
+    /// Whether a failure left it open less than `window` ago: it waits for a run that
+    /// resumes it, and other runs do not abort it.
+    pub fn kept_for_resume(&self, window: std::time::Duration) -> bool {
+        self.kept_at
+            .is_some_and(|at| unix_now() < at.saturating_add(window.as_secs()))
+    }
 }
 
 impl OpenUploads {
@@ -108,10 +154,8 @@ impl OpenUploads {
             url: url.into(),
             key: key.into(),
             upload_id: upload_id.into(),
-            started_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
+            started_at: unix_now(),
+            kept_at: None,
         };
         let tmp = crate::fsutil::temp_file_in(&self.dir, ".record-", ".tmp").map_err(err)?;
         tmp.as_file().lock().map_err(err)?;
@@ -125,20 +169,33 @@ impl OpenUploads {
     /// The records of `store` that no running upload holds, each locked for the caller.
     /// Unreadable entries are skipped (with a debug log): this must never stop an upload.
     pub fn leftovers(&self, store: &str) -> Vec<Leftover> {
+        self.leftovers_where(|r| r.store == store)
+    }
+
+    /// The records `wanted` picks that no running upload holds, each locked, oldest first.
+    fn leftovers_where(&self, wanted: impl Fn(&Record) -> bool) -> Vec<Leftover> {
         let mut out: Vec<Leftover> = read_records(&self.dir)
             .into_iter()
-            .filter(|r| r.record.store == store)
+            .filter(|r| wanted(&r.record))
             .filter_map(|r| {
                 Some(Leftover {
                     held: r.unheld?,
                     key: r.record.key,
                     upload_id: r.record.upload_id,
                     started_at: r.record.started_at,
+                    kept_at: r.record.kept_at,
                 })
             })
             .collect();
         out.sort_by_key(|l| l.started_at);
         out
+    }
+
+    /// The newest record of `key` in `store` that no running upload holds, locked for the
+    /// caller (to resume it); the others stay as they are.
+    pub fn leftover_of(&self, store: &str, key: &str) -> Option<Leftover> {
+        let mut left = self.leftovers_where(|r| r.store == store && r.key == key);
+        left.pop()
     }
 
     /// The URLs of the stores with records no running upload holds.

@@ -6,7 +6,7 @@
 //! were hashed: small files reuse the hashing read, other files are hashed again as they are
 //! read for upload, and content that no longer matches its planned hash is never stored.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -28,7 +28,7 @@ use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
 use crate::store::file_source::{FileSource, READ_CHUNK, SourceError};
 use crate::store::layout::data_key;
-use crate::store::{ObjectStore, PutOptions, PutOutcome, StoreError};
+use crate::store::{ObjectStore, PutOptions, PutOutcome, StoreError, UploadedPart};
 
 /// One file to upload, by content hash.
 #[derive(Debug, Clone)]
@@ -56,6 +56,10 @@ pub struct UploadReport {
     pub known_objects: u64,
     /// Multipart uploads to this store that earlier runs left open, aborted by this one.
     pub aborted_leftover_uploads: u64,
+    /// Multipart uploads an earlier run left open, resumed by this one.
+    pub resumed_uploads: u64,
+    /// Bytes of the parts those uploads already held, not sent again.
+    pub resumed_bytes: u64,
 }
 
 #[derive(Default)]
@@ -67,6 +71,8 @@ struct Counters {
     multipart_objects: AtomicU64,
     present_objects: AtomicU64,
     known_objects: AtomicU64,
+    resumed_uploads: AtomicU64,
+    resumed_bytes: AtomicU64,
     /// Hashes stored or found, not yet written to the known-present index.
     known_pending: Mutex<Vec<ContentHash>>,
     /// The last batch given to the known-present index; each batch is written after the one
@@ -139,6 +145,8 @@ impl Counters {
             present_objects: self.present_objects.load(Relaxed),
             known_objects: self.known_objects.load(Relaxed),
             aborted_leftover_uploads: 0,
+            resumed_uploads: self.resumed_uploads.load(Relaxed),
+            resumed_bytes: self.resumed_bytes.load(Relaxed),
         }
     }
 }
@@ -171,35 +179,46 @@ pub async fn upload_stream(
             }
         })
         .map({
-            let (t, counters, stop) = (t.clone(), counters.clone(), stop.clone());
+            let (t, counters, stop, user) =
+                (t.clone(), counters.clone(), stop.clone(), cancel.clone());
             move |item| {
                 let (t, counters, known, stop) =
                     (t.clone(), counters.clone(), known.clone(), stop.clone());
+                let user = user.clone();
                 async move {
                     counters.objects.fetch_add(1, Relaxed);
                     // Re-check about `known_present_sample` trusted entries per run, at random.
                     let files = t.progress.snapshot().files_total.max(1);
                     let sampled = rand::random::<f64>()
                         < t.settings.known_present_sample as f64 / files as f64;
-                    upload_one(&t, &counters, &known, item, sampled, &stop).await
+                    let stops = Stops {
+                        any: &stop,
+                        user: &user,
+                    };
+                    upload_one(&t, &counters, &known, item, sampled, stops).await
                 }
             }
         });
-    // Alongside the transfer; dropped (records kept) if it fails or is cancelled.
-    let leftovers = (!t.dry_run).then(|| {
-        let t = t.clone();
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-            async move { abort_leftovers(&t).await },
-        ))
-    });
     let outcome = run_pieces(pieces, t.settings.workers, stop, cancel).await;
     counters.flush_known(&t, cancel).await;
     outcome?;
     let mut report = counters.report();
-    if let Some(task) = leftovers {
-        report.aborted_leftover_uploads = cancellable(cancel, task).await?.unwrap_or(0) as u64;
+    // After the uploads, which may have resumed some of them; not after a failure, whose
+    // retry may resume them.
+    if !t.dry_run {
+        report.aborted_leftover_uploads =
+            cancellable(cancel, abort_leftovers(&t, false)).await? as u64;
     }
     Ok(report)
+}
+
+/// What stops an upload: `any` is cancelled by the user's cancel and by another object's
+/// failure, `user` by the user's cancel only (which aborts a multipart upload rather than
+/// keeping it to resume).
+#[derive(Clone, Copy)]
+struct Stops<'a> {
+    any: &'a CancellationToken,
+    user: &'a CancellationToken,
 }
 
 async fn upload_one(
@@ -208,8 +227,9 @@ async fn upload_one(
     known: &KnownView,
     item: UploadItem,
     sampled: bool,
-    cancel: &CancellationToken,
+    stops: Stops<'_>,
 ) -> Result<(), TransferError> {
+    let cancel = stops.any;
     if cancel.is_cancelled() {
         return Err(Cancelled.into());
     }
@@ -257,7 +277,10 @@ async fn upload_one(
         put_single(t, &item, &key, &PutOptions::default(), cancel).await?;
         true
     } else {
-        upload_multipart(t, &item, &key, cancel).await?;
+        if let Some(kept) = upload_multipart(t, &item, &key, stops).await? {
+            c.resumed_uploads.fetch_add(1, Relaxed);
+            c.resumed_bytes.fetch_add(kept, Relaxed);
+        }
         c.multipart_objects.fetch_add(1, Relaxed);
         bytes_counted = true;
         true
@@ -431,28 +454,114 @@ fn part_size_for(configured: u64, size: u64) -> u64 {
     configured.max(size.div_ceil(10_000))
 }
 
-/// Create, upload parts (at most `max_parts_in_flight` buffered, shared by all files), verify
-/// the content hash that streamed past, complete. Any failure or cancel aborts the upload.
+/// Create (or resume, see [`resumable`]), upload parts (at most `max_parts_in_flight`
+/// buffered, shared by all files), verify the content hash that streamed past, complete.
+/// Returns the bytes a resumed upload already held (`None`: not resumed). A failure the store
+/// or the network may get over leaves the upload open and recorded for a later run to resume
+/// (for `transfer.resume_for`); a cancel, content that changed, or a lasting refusal aborts it.
 async fn upload_multipart(
     t: &Transfer,
     item: &UploadItem,
     key: &str,
-    cancel: &CancellationToken,
-) -> Result<(), TransferError> {
-    // Once sent, the create runs to its reply even if cancelled meanwhile: the store may have
-    // made the upload, and only its id lets the abort below undo it.
-    let upload_id = t
-        .gate
-        .run_to_reply(cancel, CANCEL_CREATE_WAIT, || t.store.create_multipart(key))
-        .await?;
-    let record = record_open(t, key, &upload_id).await;
-    let result = upload_parts(t, item, key, &upload_id, cancel).await;
+    stops: Stops<'_>,
+) -> Result<Option<u64>, TransferError> {
+    let cancel = stops.any;
+    let (upload_id, record, held) = match resumable(t, key, cancel).await? {
+        Some(r) => (r.upload_id, Some(r.held), Some(r.parts)),
+        None => {
+            // Once sent, the create runs to its reply even if cancelled meanwhile: the store
+            // may have made the upload, and only its id lets the abort below undo it.
+            let id = t
+                .gate
+                .run_to_reply(cancel, CANCEL_CREATE_WAIT, || t.store.create_multipart(key))
+                .await?;
+            let record = record_open(t, key, &id).await;
+            (id, record, None)
+        }
+    };
+    let resumed = held.is_some();
+    let result = upload_parts(t, item, key, &upload_id, held.unwrap_or_default(), cancel).await;
     match (&result, record) {
-        (Ok(()), Some(record)) => finished(record).await,
-        (Ok(()), None) => {}
+        (Ok(_), Some(record)) => finished(record).await,
+        (Ok(_), None) => {}
+        (Err(e), Some(record)) if keeps_open(t, e, stops) => {
+            tracing::info!(
+                "the multipart upload of {key} ({}) stays open: a run within {} that uploads it resumes it",
+                item.path.display(),
+                humantime::format_duration(t.settings.resume_for.0)
+            );
+            let _ = tokio::task::spawn_blocking(move || record.keep_for_resume()).await;
+        }
         (Err(_), record) => abort_given_up(t, key, upload_id, record, cancel.is_cancelled()).await,
     }
-    result
+    result.map(|kept| resumed.then_some(kept))
+}
+
+/// Whether a multipart upload that failed with `e` is kept open to be resumed: the store or
+/// the network failed in a way another try may get over (or another object's failure stopped
+/// it), not the user's cancel, not the file, not a lasting refusal.
+fn keeps_open(t: &Transfer, e: &TransferError, stops: Stops<'_>) -> bool {
+    !t.settings.resume_for.0.is_zero()
+        && !stops.user.is_cancelled()
+        && match e {
+            TransferError::Store(e) => e.is_retryable(),
+            TransferError::Cancelled(_) => true,
+            _ => false,
+        }
+}
+
+/// A multipart upload this machine left open for `key`, and the parts the store holds of it.
+struct Resumable {
+    upload_id: String,
+    held: open_uploads::Held,
+    parts: HashMap<i32, UploadedPart>,
+}
+
+/// The multipart upload of `key` an earlier run on this machine left open (a failure, a
+/// crash, an unconfirmed abort), locked for this one, with its parts listed; `None`: start a
+/// new one. An upload the store no longer has loses its record; one whose parts cannot be
+/// listed is left to the leftover aborts.
+async fn resumable(
+    t: &Transfer,
+    key: &str,
+    cancel: &CancellationToken,
+) -> Result<Option<Resumable>, TransferError> {
+    if t.settings.resume_for.0.is_zero() {
+        return Ok(None);
+    }
+    let (o, store, k) = (t.open_uploads.clone(), t.store.identity(), key.to_string());
+    let Ok(Some(left)) = tokio::task::spawn_blocking(move || o.leftover_of(&store, &k)).await
+    else {
+        return Ok(None);
+    };
+    match t
+        .gate
+        .run(cancel, || t.store.list_parts(key, &left.upload_id))
+        .await
+    {
+        Ok(Some(parts)) => {
+            tracing::info!(
+                "resuming the multipart upload of {key} an earlier run left open ({} part(s) in the store)",
+                parts.len()
+            );
+            Ok(Some(Resumable {
+                upload_id: left.upload_id,
+                held: left.held,
+                parts: parts.into_iter().map(|p| (p.number, p)).collect(),
+            }))
+        }
+        Ok(None) => {
+            finished(left.held).await;
+            Ok(None)
+        }
+        Err(TransferError::Cancelled(c)) => Err(c.into()),
+        Err(e) => {
+            tracing::warn!(
+                "cannot list the parts of the multipart upload of {key} an earlier run left open ({e}); starting it again"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Records a multipart upload the store just opened, until [`finished`] (see
@@ -579,12 +688,19 @@ async fn abort_recorded(
 }
 
 /// Aborts the multipart uploads to this store that earlier runs left open (see
-/// [`open_uploads`]), all at once; returns how many the store confirmed.
-pub async fn abort_leftovers(t: &Transfer) -> usize {
+/// [`open_uploads`]), all at once; returns how many the store confirmed. Those a failure kept
+/// to be resumed are spared for `transfer.resume_for`, unless `resumable_too`.
+pub async fn abort_leftovers(t: &Transfer, resumable_too: bool) -> usize {
     let (o, store) = (t.open_uploads.clone(), t.store.identity());
     let Ok(left) = tokio::task::spawn_blocking(move || o.leftovers(&store)).await else {
         return 0;
     };
+    // Spared ones are unlocked here.
+    let window = t.settings.resume_for.0;
+    let left: Vec<_> = left
+        .into_iter()
+        .filter(|l| resumable_too || !l.kept_for_resume(window))
+        .collect();
     if left.is_empty() {
         return 0;
     }
@@ -606,18 +722,23 @@ pub async fn abort_leftovers(t: &Transfer) -> usize {
     aborted.into_iter().filter(|&a| a).count()
 }
 
+/// Uploads the parts of `item` (`held`: what the store already has of a resumed upload; a
+/// held part of the right size and ETag is kept, any other is sent again), verifies the
+/// content, completes. Returns the bytes kept.
 async fn upload_parts(
     t: &Transfer,
     item: &UploadItem,
     key: &str,
     upload_id: &str,
+    held: HashMap<i32, UploadedPart>,
     cancel: &CancellationToken,
-) -> Result<(), TransferError> {
+) -> Result<u64, TransferError> {
     let part_size = part_size_for(t.settings.part_size.0, item.size);
     let file = Arc::new(std::fs::File::open(&item.path).map_err(TransferError::io(&item.path))?);
     let mut hasher = Some(Box::new(Xxh3Default::new()));
     let mut in_flight = FuturesUnordered::new();
     let mut etags = Vec::new();
+    let mut kept_bytes = 0;
     let parts = item.size.div_ceil(part_size);
     for n in 1..=parts {
         let offset = (n - 1) * part_size;
@@ -631,8 +752,9 @@ async fn upload_parts(
                 p = t.memory.acquire_many(t.memory_units(len)) => break p.expect("never closed"),
             }
         };
+        let candidate = held.get(&(n as i32)).filter(|p| p.size == len);
         // Under cancel: on a busy disk one part's read can take a large share of a second.
-        let (data, h) = cancellable(
+        let (data, h, etag) = cancellable(
             cancel,
             read_part(
                 &file,
@@ -640,10 +762,18 @@ async fn upload_parts(
                 offset,
                 len,
                 hasher.take().expect("returned after each part"),
+                candidate.map(|_| t.store.clone()),
             ),
         )
         .await??;
         hasher = Some(h);
+        if let Some(kept) = candidate.filter(|p| etag.as_deref() == Some(p.etag.trim_matches('"')))
+        {
+            etags.push((n as i32, kept.etag.clone()));
+            t.progress.add_bytes(len);
+            kept_bytes += len;
+            continue;
+        }
         let body = Bytes::from(data);
         in_flight.push(async move {
             let etag = t
@@ -673,27 +803,30 @@ async fn upload_parts(
         .run(cancel, || {
             t.store.complete_multipart(key, upload_id, &etags)
         })
-        .await
+        .await?;
+    Ok(kept_bytes)
 }
 
-/// Reads one part on a blocking thread, feeding it to the running content hash.
+/// Reads one part on a blocking thread, feeding it to the running content hash; with `store`,
+/// also the ETag that store would give it (to compare with a part a resumed upload holds).
 async fn read_part(
     file: &Arc<std::fs::File>,
     path: &Path,
     offset: u64,
     len: u64,
     mut hasher: Box<Xxh3Default>,
-) -> Result<(Vec<u8>, Box<Xxh3Default>), TransferError> {
+    store: Option<Arc<dyn ObjectStore>>,
+) -> Result<(Vec<u8>, Box<Xxh3Default>, Option<String>), TransferError> {
     let file = file.clone();
-    let read =
-        tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, Box<Xxh3Default>)> {
-            let mut buf = vec![0; len as usize];
-            file.read_exact_at(&mut buf, offset)?;
-            hasher.update(&buf);
-            Ok((buf, hasher))
-        })
-        .await
-        .expect("read task panicked");
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let mut buf = vec![0; len as usize];
+        file.read_exact_at(&mut buf, offset)?;
+        hasher.update(&buf);
+        let etag = store.map(|s| s.part_etag(&buf));
+        Ok((buf, hasher, etag))
+    })
+    .await
+    .expect("read task panicked");
     read.map_err(|e| match e.kind() {
         // Shorter than planned: it changed.
         std::io::ErrorKind::UnexpectedEof => TransferError::Refused {

@@ -830,6 +830,17 @@ async fn handle(
         let resp = list_multipart_uploads(&shared.root, &entry.bucket, &query);
         return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
     }
+    if operation(&method, &entry.key, &query) == "ListParts" {
+        let resp = list_parts(
+            &shared.root,
+            &entry.bucket,
+            &entry.key,
+            &query,
+            &path,
+            entry.seq,
+        );
+        return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
+    }
 
     let late = if applies && operation(&method, &entry.key, &query) == "UploadPart" {
         faults.land_parts_late_by()
@@ -1013,6 +1024,68 @@ fn list_multipart_uploads(root: &Path, bucket: &str, query: &str) -> Response<s3
         ));
     }
     xml.push_str("</ListMultipartUploadsResult>");
+    let mut resp = Response::new(s3s::Body::from(xml));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    resp
+}
+
+/// ListParts answered from s3s-fs's files, as S3 answers it: s3s-fs 0.14.1 lists no ETags
+/// (which a resumed upload needs to prove the parts it keeps) and answers for an upload that
+/// does not exist. Here: NoSuchUpload for an upload that was never created, or was completed
+/// or aborted; each part's ETag is the MD5 of its file, as UploadPart answered. One page.
+fn list_parts(
+    root: &Path,
+    bucket: &str,
+    key: &str,
+    query: &str,
+    resource: &str,
+    seq: u64,
+) -> Response<s3s::Body> {
+    use md5::Digest as _;
+    let id = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("uploadId="))
+        .map(percent_decode)
+        .unwrap_or_default();
+    let valid = !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if !valid || !root.join(format!(".upload-{id}.json")).is_file() {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "NoSuchUpload",
+            "The specified multipart upload does not exist.",
+            resource,
+            seq,
+        );
+    }
+    let prefix = format!(".upload_id-{id}.part-");
+    let mut parts: Vec<(i32, String, u64)> = root_file_names(root)
+        .into_iter()
+        .filter_map(|name| {
+            let n = name.strip_prefix(&prefix)?.parse().ok()?;
+            let data = std::fs::read(root.join(&name)).ok()?;
+            let md5: String = md5::Md5::digest(&data)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            Some((n, md5, data.len() as u64))
+        })
+        .collect();
+    parts.sort();
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListPartsResult \
+         xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{bucket}</Bucket><Key>{key}</Key>\
+         <UploadId>{id}</UploadId><PartNumberMarker>0</PartNumberMarker><MaxParts>10000</MaxParts>\
+         <IsTruncated>false</IsTruncated>"
+    );
+    for (n, md5, size) in parts {
+        xml.push_str(&format!(
+            "<Part><PartNumber>{n}</PartNumber><ETag>&quot;{md5}&quot;</ETag><Size>{size}</Size></Part>"
+        ));
+    }
+    xml.push_str("</ListPartsResult>");
     let mut resp = Response::new(s3s::Body::from(xml));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
