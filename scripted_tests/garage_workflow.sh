@@ -5,8 +5,8 @@
 #   doctor (every probe of the setup passes), then
 #   submit -> sync-inputs -> (the task writes outputs) -> sync-outputs -> download-outputs,
 #   then a re-submit of the unchanged tree (must upload nothing and publish one manifest),
-#   then `cleanup` of an upload a killed put left open, and a put with no region set (Garage
-#   wants its own: the error must name s3.region).
+#   then a killed put resumed by the next one, `cleanup` of an upload a killed put left open,
+#   and a put with no region set (Garage wants its own: the error must name s3.region).
 #
 #   scripted_tests/garage_workflow.sh        (ATTACHE_BIN=path: use that binary, no cargo build)
 #
@@ -59,6 +59,9 @@ run_attache() { # CACHE_NAME ARGS...
 hex() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 farm="farm-$(hex)" queue="queue-$(hex)" job="job-$(hex)" step="step-$(hex)" task="task-$(hex)-1"
 ids=(--farm-id "$farm" --queue-id "$queue")
+# kill -9 a command started with `run_attache … &`: $! is the shell running the function, and
+# attache its child (or that shell itself).
+kill9() { pkill -9 -P "$1" 2>/dev/null; kill -9 "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {'d': d}))" "$@"; }
 
 # A project: small files, a 24 MiB file (multipart), a non-ASCII name, an output directory.
@@ -120,6 +123,32 @@ else
     fail "re-submit"; cat "$work/again.log"
 fi
 
+# A put killed mid-multipart is resumed by the next put from the same machine: Garage's
+# ListParts gives the parts it holds with their MD5 ETags, the put keeps those and sends the rest
+# (one part at a time at 24 MiB/s: a few are whole when the first put is killed).
+mkdir -p "$work/resume"
+head -c 96M /dev/urandom >"$work/resume/big.bin"
+ATTACHE_BANDWIDTH__UPLOAD=24MiB/s ATTACHE_TRANSFER__MAX_PARTS_IN_FLIGHT=1 run_attache resumer put "$work/resume" -o "$work/resume.manifest" 2>"$work/resume1.log" &
+resume_pid=$!
+for _ in $(seq 300); do
+    compgen -G "$work/resumer/open-uploads/*.json" >/dev/null && break
+    sleep 0.1
+done
+sleep 1.5
+kill9 "$resume_pid"
+if run_attache resumer put "$work/resume" -o "$work/resume.manifest" --json >"$work/resume.json" 2>"$work/resume2.log" &&
+    run_attache fresh get "$work/resume.manifest" --dest "$work/resumed" 2>>"$work/resume2.log" &&
+    cmp -s "$work/resume/big.bin" "$work/resumed/big.bin"; then
+    kept="$(json "$work/resume.json" "d['upload']['resumed_bytes']")"
+    if [[ "$(json "$work/resume.json" "d['upload']['resumed_uploads']")" == 1 && "$kept" -gt 0 ]]; then
+        pass "resume: a killed put's multipart upload resumed, $((kept >> 20)) MiB of 96 MiB kept, the file identical"
+    else
+        fail "resume: nothing resumed"; cat "$work/resume.json" "$work/resume2.log"
+    fi
+else
+    fail "resume"; cat "$work/resume2.log"
+fi
+
 # A put killed mid-multipart (kill -9: no abort) leaves an open upload on the store and its
 # record in the cache; `cleanup` finds it through Garage's ListMultipartUploads and aborts it.
 mkdir -p "$work/sparse"
@@ -131,7 +160,7 @@ for _ in $(seq 300); do
     sleep 0.1
 done
 sleep 0.5
-kill -9 "$killed_pid" 2>/dev/null; wait "$killed_pid" 2>/dev/null
+kill9 "$killed_pid"
 if run_attache other cleanup --older-than 0 --json >"$work/cleanup.json" 2>"$work/cleanup.log" &&
     run_attache other cleanup --older-than 0 --dry-run --json >"$work/cleanup2.json" 2>>"$work/cleanup.log"; then
     aborted="$(json "$work/cleanup.json" "len(d['aborted'])")"

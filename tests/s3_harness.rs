@@ -351,10 +351,54 @@ async fn multipart_uploads() {
     assert_eq!(s3.open_multipart_uploads(), 1);
     assert_eq!(s3.multipart_upload_ids(), std::slice::from_ref(&id));
     assert_eq!(s3.object_keys(), ["root/Data/big"]);
+    // ListParts gives each part's MD5 as its ETag, as S3 does (s3s-fs lists none).
+    let listed = c
+        .list_parts()
+        .bucket(&b)
+        .key(key)
+        .upload_id(&id)
+        .send()
+        .await
+        .unwrap();
+    let parts: Vec<_> = listed
+        .parts()
+        .iter()
+        .map(|p| (p.part_number(), p.size(), p.e_tag().map(str::to_string)))
+        .collect();
+    let md5: String = {
+        use md5::Digest as _;
+        md5::Md5::digest([1u8; 10])
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert_eq!(parts, [(Some(1), Some(10), Some(format!("\"{md5}\"")))]);
     abort_upload(&c, &b, key, &id).await.unwrap();
+    // An upload that is gone: NoSuchUpload, to a part, a ListParts and an abort alike.
+    let err = c
+        .list_parts()
+        .bucket(&b)
+        .key(key)
+        .upload_id(&id)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NoSuchUpload"));
+    let err = c
+        .upload_part()
+        .bucket(&b)
+        .key(key)
+        .upload_id(&id)
+        .part_number(2)
+        .body(vec![2u8; 10].into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NoSuchUpload"));
 
     // s3s-fs quirk: a failed Complete (here EntityTooSmall) unregisters the upload but leaves
-    // its parts; it cannot be aborted any more. Real S3 keeps the upload open.
+    // its parts; it cannot be aborted any more (the server answers NoSuchUpload, as S3 does
+    // for an upload that is gone). Real S3 keeps the upload open.
     let key = "root/Data/small-parts";
     let id = create_upload(&c, &b, key).await;
     let mut parts = Vec::new();
@@ -366,7 +410,7 @@ async fn multipart_uploads() {
     assert_eq!(s3.open_multipart_uploads(), 0);
     assert_eq!(s3.multipart_part_files(), 2);
     let err = abort_upload(&c, &b, key, &id).await.unwrap_err();
-    assert_eq!(err.code(), Some("AccessDenied"));
+    assert_eq!(err.code(), Some("NoSuchUpload"));
     assert_eq!(s3.multipart_part_files(), 2);
     assert_eq!(s3.object_keys(), ["root/Data/big"]);
 }

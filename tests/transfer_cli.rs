@@ -1119,6 +1119,7 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
             "write content",
             "read back",
             "multipart",
+            "list parts",
             "list open uploads",
             "read manifests",
             "hash cache",
@@ -1179,7 +1180,8 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
                 .starts_with("the secret key"),
         "{v}"
     );
-    assert_eq!(v["probes"][6]["status"], "warning", "{v}");
+    assert_eq!(v["probes"][7]["name"], "hash cache", "{v}");
+    assert_eq!(v["probes"][7]["status"], "warning", "{v}");
 
     // The local store passes every probe too.
     let local = format!("file://{}", t.path().join("local").display());

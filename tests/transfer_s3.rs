@@ -1331,3 +1331,67 @@ async fn a_multipart_upload_the_store_failed_is_kept_open_and_the_next_run_resum
     assert_eq!(s3.open_multipart_uploads(), 0);
     assert!(open_upload_records(&cache).is_empty());
 }
+
+/// Another machine stores the same large file first and the store drops this run's upload of
+/// that key (Garage drops every other upload of a key when one completes): the object counts
+/// as present, not as an error. An upload dropped with no object in its place (aborted from
+/// elsewhere) fails naming that, and leaves no record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_the_store_dropped_is_present_when_another_stored_the_object() {
+    use attache::store::PutOptions;
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let data = content(RESUMED_LEN, 9);
+    write(&src, "big.bin", &data, MTIME_NS);
+    let cache = t.path().join("cache");
+    let mut s = settings(&s3, "p", &cache);
+    s.bandwidth.upload = Rate(5 * MIB);
+    s.transfer.max_parts_in_flight = 1;
+    s.cache.hash_cache = false;
+    let key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
+    let other = transfer(&settings(&s3, "p", &t.path().join("cache-other"))).await;
+    let parts = |r: &common::s3::RequestInfo| r.query.contains("partNumber");
+
+    let (_cancel, job) = spawn_put(&src, &s).await;
+    wait_for_requests(&s3, 1, "a part", parts).await;
+    other
+        .store
+        .put(
+            &key,
+            bytes::Bytes::from(data.clone()),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let id = s3.multipart_upload_ids()[0].clone();
+    other.store.abort_multipart(&key, &id).await.unwrap();
+    let r = job.await.unwrap().unwrap();
+    assert_eq!(
+        (r.upload.uploaded_objects, r.upload.present_objects),
+        (0, 1),
+        "{:?}",
+        r.upload
+    );
+    assert_eq!(s3.open_multipart_uploads(), 0);
+    assert!(open_upload_records(&cache).is_empty());
+    assert!(s3.read_object(&key).unwrap() == data);
+
+    other
+        .store
+        .delete_many(std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    let before = s3.stats.requests_matching(parts);
+    let (_cancel, job) = spawn_put(&src, &s).await;
+    wait_for_requests(&s3, before + 1, "a part", parts).await;
+    let id = s3.multipart_upload_ids()[0].clone();
+    other.store.abort_multipart(&key, &id).await.unwrap();
+    let err = job.await.unwrap().unwrap_err();
+    assert!(
+        err.to_string().contains("the store dropped the upload"),
+        "{err}"
+    );
+    assert_eq!(s3.open_multipart_uploads(), 0);
+    assert!(open_upload_records(&cache).is_empty(), "nothing to resume");
+}

@@ -76,6 +76,7 @@ pub async fn run(
     let mut probes = Vec::new();
 
     let s = store.as_ref();
+    let mut listed = None;
     probes.push(
         probe(
             cancel,
@@ -150,6 +151,8 @@ pub async fn run(
                 // Recorded as every upload is: if the abort is refused (or never answered),
                 // the next upload to this store from this machine aborts it.
                 let record = record_open(&t, &empty, &id).await;
+                // What resuming an interrupted upload asks; reported as a probe of its own.
+                listed = Some(s.list_parts(&empty, &id).await);
                 s.abort_multipart(&empty, &id).await?;
                 if let Some(record) = record {
                     finished(record).await;
@@ -159,6 +162,25 @@ pub async fn run(
         )
         .await?,
     );
+    let lists_parts = format!(
+        "s3:ListMultipartUploadParts on {data}; only resuming an upload a failure interrupted"
+    );
+    probes.push(match listed {
+        Some(listed) => {
+            probe(cancel, "list parts", false, lists_parts, async move {
+                let parts = listed?.map_or(0, |p| p.len());
+                Ok(format!("ListParts of that upload: {parts} part(s)"))
+            })
+            .await?
+        }
+        None => Probe {
+            name: "list parts".into(),
+            status: Status::Warning,
+            detail: "not tried: the multipart probe made no upload to list".into(),
+            needs: Some(lists_parts),
+            ms: 0,
+        },
+    });
     probes.push(
         probe(
             cancel,

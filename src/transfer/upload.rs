@@ -277,13 +277,19 @@ async fn upload_one(
         put_single(t, &item, &key, &PutOptions::default(), cancel).await?;
         true
     } else {
-        if let Some(kept) = upload_multipart(t, &item, &key, stops).await? {
-            c.resumed_uploads.fetch_add(1, Relaxed);
-            c.resumed_bytes.fetch_add(kept, Relaxed);
-        }
-        c.multipart_objects.fetch_add(1, Relaxed);
+        // Its parts' bytes are counted as they go.
         bytes_counted = true;
-        true
+        match upload_multipart(t, &item, &key, stops).await? {
+            MultipartEnd::Completed { kept } => {
+                if kept > 0 {
+                    c.resumed_uploads.fetch_add(1, Relaxed);
+                    c.resumed_bytes.fetch_add(kept, Relaxed);
+                }
+                c.multipart_objects.fetch_add(1, Relaxed);
+                true
+            }
+            MultipartEnd::StoredByAnother => false,
+        }
     };
     if created {
         c.uploaded_objects.fetch_add(1, Relaxed);
@@ -454,17 +460,26 @@ fn part_size_for(configured: u64, size: u64) -> u64 {
     configured.max(size.div_ceil(10_000))
 }
 
+/// How a multipart upload ended.
+enum MultipartEnd {
+    /// Completed; `kept`: the bytes of the parts a resumed upload already held.
+    Completed { kept: u64 },
+    /// The store dropped the upload because another uploader stored the object first (Garage
+    /// drops the other uploads of a key when one completes): the object is there all the same.
+    StoredByAnother,
+}
+
 /// Create (or resume, see [`resumable`]), upload parts (at most `max_parts_in_flight`
-/// buffered, shared by all files), verify the content hash that streamed past, complete.
-/// Returns the bytes a resumed upload already held (`None`: not resumed). A failure the store
-/// or the network may get over leaves the upload open and recorded for a later run to resume
-/// (for `transfer.resume_for`); a cancel, content that changed, or a lasting refusal aborts it.
+/// buffered, shared by all files), verify the content hash that streamed past, complete. A
+/// failure the store or the network may get over leaves the upload open and recorded for a
+/// later run to resume (for `transfer.resume_for`); a cancel, content that changed, or a
+/// lasting refusal aborts it.
 async fn upload_multipart(
     t: &Transfer,
     item: &UploadItem,
     key: &str,
     stops: Stops<'_>,
-) -> Result<Option<u64>, TransferError> {
+) -> Result<MultipartEnd, TransferError> {
     let cancel = stops.any;
     let (upload_id, record, held) = match resumable(t, key, cancel).await? {
         Some(r) => (r.upload_id, Some(r.held), Some(r.parts)),
@@ -479,8 +494,12 @@ async fn upload_multipart(
             (id, record, None)
         }
     };
-    let resumed = held.is_some();
-    let result = upload_parts(t, item, key, &upload_id, held.unwrap_or_default(), cancel).await;
+    let mut result = upload_parts(t, item, key, &upload_id, held.unwrap_or_default(), cancel)
+        .await
+        .map(|kept| MultipartEnd::Completed { kept });
+    if matches!(&result, Err(TransferError::Store(e)) if e.is_not_found()) {
+        result = dropped_upload(t, item, key, cancel).await;
+    }
     match (&result, record) {
         (Ok(_), Some(record)) => finished(record).await,
         (Ok(_), None) => {}
@@ -494,7 +513,32 @@ async fn upload_multipart(
         }
         (Err(_), record) => abort_given_up(t, key, upload_id, record, cancel.is_cancelled()).await,
     }
-    result.map(|kept| resumed.then_some(kept))
+    result
+}
+
+/// The store answered a part or the completion of an upload with 404 NoSuchUpload: it dropped
+/// the upload. When the object is there with the file's size, another uploader stored it
+/// first (the key is the content's hash: it holds these bytes); otherwise the upload was
+/// aborted behind this run's back, and the error says so.
+async fn dropped_upload(
+    t: &Transfer,
+    item: &UploadItem,
+    key: &str,
+    cancel: &CancellationToken,
+) -> Result<MultipartEnd, TransferError> {
+    match t.gate.run(cancel, || t.store.head(key)).await? {
+        Some(info) if info.size == item.size => {
+            tracing::debug!(key, "the store dropped the multipart upload: another uploader stored the object");
+            Ok(MultipartEnd::StoredByAnother)
+        }
+        _ => Err(TransferError::Store(StoreError::Failed {
+            store: t.store.describe(),
+            op: "multipart upload",
+            key: key.to_string(),
+            message: "the store dropped the upload before it was completed (aborted from elsewhere: `attache cleanup --older-than 0` on another machine, or a lifecycle rule); run again".into(),
+            retryable: false,
+        })),
+    }
 }
 
 /// Whether a multipart upload that failed with `e` is kept open to be resumed: the store or

@@ -19,13 +19,14 @@
 //!   leaves the object file behind. Use short farm/queue ids here; real-length ids go to Garage.
 //! - Keys map to paths: `a/b` and `a/b/c` cannot both exist (file vs directory), `..` segments
 //!   are resolved, and deleting `a/b/c` leaves the empty directories `a/b` (not listed).
-//! - s3s-fs answers ListMultipartUploads with 501 and writes objects into buckets that do not
-//!   exist; this server answers the first from s3s-fs's files and the second with
-//!   NoSuchBucket, as S3 does. Not implemented: conditional GET headers, versioning.
+//! - s3s-fs answers ListMultipartUploads with 501, lists no ETags in ListParts, answers a
+//!   part, a completion or an abort of an upload that is gone with 403, and writes objects into buckets that
+//!   do not exist; this server answers the first two from s3s-fs's files, the third with 404
+//!   NoSuchUpload and the last with NoSuchBucket, as S3 does. Not implemented: conditional GET headers, versioning.
 //!   Error codes differ from AWS in places; don't assert exact codes for s3s-fs's own errors.
 //! - A *failed* CompleteMultipartUpload (parts out of order, EntityTooSmall) already deleted the
 //!   upload's registration: the upload can neither be completed nor aborted afterwards
-//!   (AccessDenied) and its part files stay on disk (see [`TestS3::multipart_part_files`]).
+//!   (404 NoSuchUpload, see above) and its part files stay on disk (see [`TestS3::multipart_part_files`]).
 //!   Real S3 keeps the upload open until it is aborted.
 #![allow(dead_code)]
 
@@ -830,6 +831,24 @@ async fn handle(
         let resp = list_multipart_uploads(&shared.root, &entry.bucket, &query);
         return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
     }
+    // s3s-fs answers a part, a completion or an abort of an upload that is gone (aborted,
+    // completed) with 403 AccessDenied; S3 answers 404 NoSuchUpload (after reading the body).
+    if matches!(
+        operation(&method, &entry.key, &query),
+        "UploadPart" | "CompleteMultipartUpload" | "AbortMultipartUpload"
+    ) && !upload_exists(&shared.root, &query)
+    {
+        let mut body = req.into_body();
+        while body.frame().await.is_some() {}
+        let resp = error_response(
+            StatusCode::NOT_FOUND,
+            "NoSuchUpload",
+            "The specified multipart upload does not exist.",
+            &path,
+            entry.seq,
+        );
+        return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
+    }
     if operation(&method, &entry.key, &query) == "ListParts" {
         let resp = list_parts(
             &shared.root,
@@ -1032,6 +1051,23 @@ fn list_multipart_uploads(root: &Path, bucket: &str, query: &str) -> Response<s3
     resp
 }
 
+/// The `uploadId` of a request's query.
+fn upload_id(query: &str) -> String {
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix("uploadId="))
+        .map(percent_decode)
+        .unwrap_or_default()
+}
+
+/// Whether the upload a request names is open: s3s-fs keeps `.upload-<id>.json` from its
+/// creation until it is completed or aborted.
+fn upload_exists(root: &Path, query: &str) -> bool {
+    let id = upload_id(query);
+    let valid = !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    valid && root.join(format!(".upload-{id}.json")).is_file()
+}
+
 /// ListParts answered from s3s-fs's files, as S3 answers it: s3s-fs 0.14.1 lists no ETags
 /// (which a resumed upload needs to prove the parts it keeps) and answers for an upload that
 /// does not exist. Here: NoSuchUpload for an upload that was never created, or was completed
@@ -1045,13 +1081,7 @@ fn list_parts(
     seq: u64,
 ) -> Response<s3s::Body> {
     use md5::Digest as _;
-    let id = query
-        .split('&')
-        .find_map(|p| p.strip_prefix("uploadId="))
-        .map(percent_decode)
-        .unwrap_or_default();
-    let valid = !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-    if !valid || !root.join(format!(".upload-{id}.json")).is_file() {
+    if !upload_exists(root, query) {
         return error_response(
             StatusCode::NOT_FOUND,
             "NoSuchUpload",
@@ -1060,6 +1090,7 @@ fn list_parts(
             seq,
         );
     }
+    let id = upload_id(query);
     let prefix = format!(".upload_id-{id}.part-");
     let mut parts: Vec<(i32, String, u64)> = root_file_names(root)
         .into_iter()
