@@ -59,9 +59,23 @@ run_attache() { # CACHE_NAME ARGS...
 hex() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 farm="farm-$(hex)" queue="queue-$(hex)" job="job-$(hex)" step="step-$(hex)" task="task-$(hex)-1"
 ids=(--farm-id "$farm" --queue-id "$queue")
-# kill -9 a command started with `run_attache … &`: $! is the shell running the function, and
-# attache its child (or that shell itself).
-kill9() { pkill -9 -P "$1" 2>/dev/null; kill -9 "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
+# Starts `run_attache CACHE put ARGS...` in the background, waits for the record of its
+# multipart upload, lets it run SECONDS more, then kills it with SIGKILL (no abort: the upload
+# stays open). $! is the shell running the function; attache is its child (or that shell).
+put_then_kill() { # CACHE SECONDS LOG ARGS...
+    local cache="$1" secs="$2" log="$3" pid
+    shift 3
+    run_attache "$cache" put "$@" 2>"$log" &
+    pid=$!
+    for _ in $(seq 300); do
+        compgen -G "$work/$cache/open-uploads/*.json" >/dev/null && break
+        sleep 0.1
+    done
+    sleep "$secs"
+    pkill -9 -P "$pid" 2>/dev/null
+    kill -9 "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+}
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {'d': d}))" "$@"; }
 
 # A project: small files, a 24 MiB file (multipart), a non-ASCII name, an output directory.
@@ -128,14 +142,8 @@ fi
 # (one part at a time at 24 MiB/s: a few are whole when the first put is killed).
 mkdir -p "$work/resume"
 head -c 96M /dev/urandom >"$work/resume/big.bin"
-ATTACHE_BANDWIDTH__UPLOAD=24MiB/s ATTACHE_TRANSFER__MAX_PARTS_IN_FLIGHT=1 run_attache resumer put "$work/resume" -o "$work/resume.manifest" 2>"$work/resume1.log" &
-resume_pid=$!
-for _ in $(seq 300); do
-    compgen -G "$work/resumer/open-uploads/*.json" >/dev/null && break
-    sleep 0.1
-done
-sleep 1.5
-kill9 "$resume_pid"
+ATTACHE_BANDWIDTH__UPLOAD=24MiB/s ATTACHE_TRANSFER__MAX_PARTS_IN_FLIGHT=1 \
+    put_then_kill resumer 1.5 "$work/resume1.log" "$work/resume" -o "$work/resume.manifest"
 if run_attache resumer put "$work/resume" -o "$work/resume.manifest" --json >"$work/resume.json" 2>"$work/resume2.log" &&
     run_attache fresh get "$work/resume.manifest" --dest "$work/resumed" 2>>"$work/resume2.log" &&
     cmp -s "$work/resume/big.bin" "$work/resumed/big.bin"; then
@@ -153,14 +161,7 @@ fi
 # record in the cache; `cleanup` finds it through Garage's ListMultipartUploads and aborts it.
 mkdir -p "$work/sparse"
 truncate -s 1G "$work/sparse/huge.bin"
-run_attache killed put "$work/sparse" -o "$work/killed.manifest" 2>"$work/killed.log" &
-killed_pid=$!
-for _ in $(seq 300); do
-    compgen -G "$work/killed/open-uploads/*.json" >/dev/null && break
-    sleep 0.1
-done
-sleep 0.5
-kill9 "$killed_pid"
+put_then_kill killed 0.5 "$work/killed.log" "$work/sparse" -o "$work/killed.manifest"
 if run_attache other cleanup --older-than 0 --json >"$work/cleanup.json" 2>"$work/cleanup.log" &&
     run_attache other cleanup --older-than 0 --dry-run --json >"$work/cleanup2.json" 2>>"$work/cleanup.log"; then
     aborted="$(json "$work/cleanup.json" "len(d['aborted'])")"

@@ -352,14 +352,8 @@ async fn multipart_uploads() {
     assert_eq!(s3.multipart_upload_ids(), std::slice::from_ref(&id));
     assert_eq!(s3.object_keys(), ["root/Data/big"]);
     // ListParts gives each part's MD5 as its ETag, as S3 does (s3s-fs lists none).
-    let listed = c
-        .list_parts()
-        .bucket(&b)
-        .key(key)
-        .upload_id(&id)
-        .send()
-        .await
-        .unwrap();
+    let list_parts = || c.list_parts().bucket(&b).key(key).upload_id(&id).send();
+    let listed = list_parts().await.unwrap();
     let parts: Vec<_> = listed
         .parts()
         .iter()
@@ -375,14 +369,7 @@ async fn multipart_uploads() {
     assert_eq!(parts, [(Some(1), Some(10), Some(format!("\"{md5}\"")))]);
     abort_upload(&c, &b, key, &id).await.unwrap();
     // An upload that is gone: NoSuchUpload, to a part, a ListParts and an abort alike.
-    let err = c
-        .list_parts()
-        .bucket(&b)
-        .key(key)
-        .upload_id(&id)
-        .send()
-        .await
-        .unwrap_err();
+    let err = list_parts().await.unwrap_err();
     assert_eq!(err.code(), Some("NoSuchUpload"));
     let err = c
         .upload_part()
