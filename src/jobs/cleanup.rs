@@ -1,7 +1,8 @@
 //! `attache cleanup`: aborts the multipart uploads a store holds open under its root prefix's
 //! `Data/` (where content objects go): first those this machine recorded as left open by its
-//! earlier runs (those kept to be resumed too), then every other one started longer ago than a given age (`rclone cleanup`
-//! does the same with 24 h). Their parts are invisible in listings but billed.
+//! earlier runs (those kept to be resumed too), then every other one started longer ago than
+//! a given age (`rclone cleanup` does the same with 24 h). Their parts are invisible in
+//! listings but billed.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,7 +1,9 @@
 //! Multipart uploads this machine started and has not completed or aborted yet: one small
 //! record each in `<cache.dir>/open-uploads/`, so that an upload a cancel could not wait to
-//! see aborted, or that a crash, a kill or a lost store left open, is aborted by the next
-//! upload to the same store instead of keeping its parts (billed storage) in the bucket.
+//! see aborted, or that a crash, a kill or a lost store left open, is resumed by the next
+//! upload of the same object or aborted by the next upload to the same store, instead of
+//! keeping its parts (billed storage) in the bucket. A record a failure marked `kept_at` is
+//! spared by the aborts for `transfer.resume_for`.
 //!
 //! Why a lock: the process that runs an upload holds an exclusive `flock` on its record until
 //! the upload is completed or aborted. The kernel drops the lock with the process, so a

@@ -2,9 +2,10 @@
 //!
 //! Per object: known-present index → (HEAD, or a conditional PUT) → single PUT up to
 //! `transfer.multipart_threshold` (from memory up to `part_size`, read from the file as it is
-//! sent above it), managed multipart above it. A body is always the bytes that
-//! were hashed: small files reuse the hashing read, other files are hashed again as they are
-//! read for upload, and content that no longer matches its planned hash is never stored.
+//! sent above it), managed multipart above it (resumed, keeping the parts the store proves
+//! it holds, when an earlier run on this machine left one open). A body is always the bytes
+//! that were hashed: small files reuse the hashing read, other files are hashed again as they
+//! are read for upload, and content that no longer matches its planned hash is never stored.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
