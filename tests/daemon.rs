@@ -828,3 +828,55 @@ fn doctor_through_the_daemon_probes_the_daemon_s_store() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("checked by:  the daemon at "), "{out}");
 }
+
+/// A submit whose multipart upload the store fails past its retries keeps the upload open; the
+/// next submit of the file (a wrangler's retry) resumes it in the same daemon, sends only the
+/// parts the store lacks, and `/metrics` counts the bytes kept.
+#[test]
+fn a_submit_the_store_failed_is_resumed_by_the_next_job() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let s3 = TestS3::start_background();
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let data: Vec<u8> = (0..23u32 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(proj.join("big.bin"), &data).unwrap();
+    let extra = "[transfer]\npart_size = \"5MiB\"\nmultipart_threshold = \"5MiB\"\nmax_parts_in_flight = 1\n[s3]\nretry_attempts = 0\n";
+    let d = Daemon::start_in(dir, extra, &s3.env());
+    let spec = serde_json::json!({"kind": "submit", "inputs": [proj], "farm_id": "farm-1", "queue_id": "queue-1", "store": s3.store_url("DeadlineCloud")}).to_string();
+    // Every UploadPart after the first two fails.
+    let seen = AtomicUsize::new(0);
+    s3.faults.only_for(move |m, k| {
+        m == http::Method::PUT && k.contains("/Data/") && seen.fetch_add(1, Ordering::SeqCst) >= 2
+    });
+    s3.faults.internal_error_next(1000);
+    let (_, a) = d.api("POST", "/v1/jobs", &spec);
+    let a = d.wait(a["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(a["state"], "failed", "{a}");
+    assert_eq!(s3.open_multipart_uploads(), 1, "kept to be resumed");
+    s3.faults.clear();
+    s3.faults.for_all();
+
+    let parts = |r: &common::s3::RequestInfo| r.query.contains("partNumber");
+    let before = s3.stats.requests_matching(parts);
+    let (_, b) = d.api("POST", "/v1/jobs", &spec);
+    let b = d.wait(b["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(b["state"], "succeeded", "{b}");
+    let upload = &b["result"]["roots"][0]["upload"];
+    assert_eq!(
+        (&upload["resumed_uploads"], &upload["resumed_bytes"]),
+        (&serde_json::json!(1), &serde_json::json!(10 << 20)),
+        "{b}"
+    );
+    assert_eq!(
+        s3.stats.requests_matching(parts) - before,
+        3,
+        "parts 3 to 5"
+    );
+    assert_eq!(s3.open_multipart_uploads(), 0);
+    let (_, metrics) = http(&d.socket(), "GET", "/metrics", "").unwrap();
+    assert!(
+        metrics.contains(&format!("attache_resumed_bytes_total {}", 10 << 20)),
+        "{metrics}"
+    );
+}

@@ -15,6 +15,7 @@ pub struct Metrics {
     cancelled: AtomicU64,
     bytes_up: AtomicU64,
     objects_up: AtomicU64,
+    bytes_resumed: AtomicU64,
     bytes_down: AtomicU64,
     objects_down: AtomicU64,
     known_present_hits: AtomicU64,
@@ -53,6 +54,7 @@ impl Metrics {
                       h: &crate::hash::parallel::HashStats| {
             self.bytes_up.fetch_add(u.uploaded_bytes, Relaxed);
             self.objects_up.fetch_add(u.uploaded_objects, Relaxed);
+            self.bytes_resumed.fetch_add(u.resumed_bytes, Relaxed);
             self.known_present_hits.fetch_add(u.known_objects, Relaxed);
             self.hash_cache_hits.fetch_add(h.cached_files, Relaxed);
             self.files_hashed.fetch_add(h.hashed_files, Relaxed);
@@ -128,6 +130,12 @@ impl Metrics {
             "counter",
             "Content objects uploaded (finished jobs).",
             &one(&self.objects_up),
+        );
+        metric(
+            "resumed_bytes_total",
+            "counter",
+            "Bytes of resumed multipart uploads the store already held, not sent again (finished jobs).",
+            &one(&self.bytes_resumed),
         );
         metric(
             "downloaded_bytes_total",
