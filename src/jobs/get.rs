@@ -178,7 +178,7 @@ async fn plan_and_download(
     if spec.check_space {
         // A dry run may plan into a directory that does not exist yet.
         let existing = dest.ancestors().find(|d| d.is_dir()).unwrap_or(&dest);
-        check_space(existing, plan.items.iter().map(|i| i.size).sum())?;
+        check_space(existing, plan.items.iter().map(|i| i.size))?;
     }
     transfer
         .progress
@@ -191,8 +191,10 @@ async fn plan_and_download(
     Ok((plan, download))
 }
 
-/// Fails early, naming the numbers, when `need` bytes will not fit under `dir`.
-fn check_space(dir: &Path, need: u64) -> Result<(), TransferError> {
+/// Fails early, naming the numbers, when files of `sizes` will not fit under `dir`: their
+/// blocks (each file takes whole blocks: 200,000 files of 1 KiB take 781 MiB of 4 KiB blocks,
+/// not 195 MiB) or their inodes.
+fn check_space(dir: &Path, sizes: impl Iterator<Item = u64>) -> Result<(), TransferError> {
     let c =
         std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| TransferError::Refused {
             path: dir.to_path_buf(),
@@ -206,18 +208,59 @@ fn check_space(dir: &Path, need: u64) -> Result<(), TransferError> {
             source: std::io::Error::last_os_error(),
         });
     }
-    let free = st.f_bavail as u64 * st.f_frsize as u64;
-    if need > free {
-        return Err(TransferError::Refused {
-            path: dir.to_path_buf(),
-            message: format!(
-                "not enough disk space: {} to download, {} free. Free some space or choose another directory",
-                bytesize::ByteSize(need).display().iec(),
-                bytesize::ByteSize(free).display().iec()
-            ),
-        });
+    let room = Room {
+        block: st.f_frsize as u64,
+        free_blocks: st.f_bavail as u64,
+        // A filesystem without an inode count (btrfs) reports 0 inodes in all.
+        free_inodes: (st.f_files > 0).then_some(st.f_favail as u64),
+    };
+    room.fits(sizes).map_err(|message| TransferError::Refused {
+        path: dir.to_path_buf(),
+        message,
+    })
+}
+
+/// The free room of a filesystem.
+struct Room {
+    block: u64,
+    free_blocks: u64,
+    /// `None`: the filesystem does not count inodes.
+    free_inodes: Option<u64>,
+}
+
+impl Room {
+    /// Whether files of `sizes` fit; otherwise what is lacking, to show the user.
+    fn fits(&self, sizes: impl Iterator<Item = u64>) -> Result<(), String> {
+        let block = self.block.max(1);
+        let (mut bytes, mut blocks, mut files) = (0u64, 0u64, 0u64);
+        for size in sizes {
+            bytes += size;
+            blocks += size.div_ceil(block);
+            files += 1;
+        }
+        let iec = |n: u64| bytesize::ByteSize(n).display().iec().to_string();
+        let (need, free) = (blocks * block, self.free_blocks * block);
+        if need > free {
+            let rounded = if need > bytes {
+                format!(" ({} in whole blocks of {})", iec(need), iec(block))
+            } else {
+                String::new()
+            };
+            return Err(format!(
+                "not enough disk space: {} to download{rounded}, {} free. Free some space or choose another directory",
+                iec(bytes),
+                iec(free)
+            ));
+        }
+        if let Some(inodes) = self.free_inodes
+            && files > inodes
+        {
+            return Err(format!(
+                "not enough inodes: {files} files to create, {inodes} free on this filesystem. Delete files there or choose another directory"
+            ));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 struct Plan {
@@ -592,6 +635,39 @@ mod tests {
         );
         let made = std::fs::read_dir(t.path()).unwrap().count();
         assert!(made <= 1, "{made} directories made after the cancel");
+    }
+
+    #[test]
+    fn room_counts_whole_blocks_and_inodes() {
+        let room = Room {
+            block: 4096,
+            free_blocks: 100,
+            free_inodes: Some(50),
+        };
+        // 100 files of 1 KiB: 100 KiB of bytes, but 100 blocks of 4 KiB: just fits.
+        assert_eq!(
+            room.fits(std::iter::repeat_n(1024, 100)),
+            Err("not enough inodes: 100 files to create, 50 free on this filesystem. Delete files there or choose another directory".to_string())
+        );
+        let room = Room {
+            free_inodes: None,
+            ..room
+        };
+        assert_eq!(room.fits(std::iter::repeat_n(1024, 100)), Ok(()));
+        // One more file does not fit, though its bytes are far below the free space.
+        let err = room.fits(std::iter::repeat_n(1024, 101)).unwrap_err();
+        assert_eq!(
+            err,
+            "not enough disk space: 101.0 KiB to download (404.0 KiB in whole blocks of 4.0 KiB), 400.0 KiB free. Free some space or choose another directory"
+        );
+        // Empty files take no block.
+        assert_eq!(room.fits(std::iter::repeat_n(0, 10_000)), Ok(()));
+        // Whole blocks: no note on the rounding.
+        let err = room.fits([101 * 4096].into_iter()).unwrap_err();
+        assert!(
+            err.starts_with("not enough disk space: 404.0 KiB to download, 400.0 KiB free"),
+            "{err}"
+        );
     }
 
     #[test]
