@@ -834,7 +834,6 @@ fn doctor_through_the_daemon_probes_the_daemon_s_store() {
 /// parts the store lacks, and `/metrics` counts the bytes kept.
 #[test]
 fn a_submit_the_store_failed_is_resumed_by_the_next_job() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let s3 = TestS3::start_background();
     let dir = tempfile::tempdir().unwrap();
     let proj = dir.path().join("proj");
@@ -845,11 +844,7 @@ fn a_submit_the_store_failed_is_resumed_by_the_next_job() {
     let d = Daemon::start_in(dir, extra, &s3.env());
     let spec = serde_json::json!({"kind": "submit", "inputs": [proj], "farm_id": "farm-1", "queue_id": "queue-1", "store": s3.store_url("DeadlineCloud")}).to_string();
     // Every UploadPart after the first two fails.
-    let seen = AtomicUsize::new(0);
-    s3.faults.only_for(move |m, k| {
-        m == http::Method::PUT && k.contains("/Data/") && seen.fetch_add(1, Ordering::SeqCst) >= 2
-    });
-    s3.faults.internal_error_next(1000);
+    s3.faults.fail_data_puts_after(2);
     let (_, a) = d.api("POST", "/v1/jobs", &spec);
     let a = d.wait(a["id"].as_str().unwrap(), Duration::from_secs(30));
     assert_eq!(a["state"], "failed", "{a}");

@@ -1240,7 +1240,6 @@ async fn check_resume(s: &Settings, dir: &Path, name: &str) {
 /// and with `transfer.resume_for = 0` the failure aborts it at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multipart_upload_the_store_failed_is_kept_open_and_the_next_run_resumes_it() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
     let cache = t.path().join("cache");
@@ -1261,17 +1260,7 @@ async fn a_multipart_upload_the_store_failed_is_kept_open_and_the_next_run_resum
             .requests_matching(|r| r.method == "PUT" && r.query.contains("partNumber"))
     };
     // Every UploadPart after the first two fails, whatever the file.
-    let seen = Arc::new(AtomicUsize::new(0));
-    let fail_after_two_parts = || {
-        seen.store(0, Ordering::SeqCst);
-        let seen = seen.clone();
-        s3.faults.only_for(move |m, key| {
-            m == http::Method::PUT
-                && key.contains("/Data/")
-                && seen.fetch_add(1, Ordering::SeqCst) >= 2
-        });
-        s3.faults.internal_error_next(1000);
-    };
+    let fail_after_two_parts = || s3.faults.fail_data_puts_after(2);
 
     // resume_for = 0: the failure aborts the upload, as before there was resuming.
     fail_after_two_parts();

@@ -646,6 +646,16 @@ impl Faults {
         self.land_parts_late_ns
             .store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::SeqCst);
     }
+    /// Lets the next `n` PUTs of data objects (`/Data/` keys: PutObject and UploadPart alike)
+    /// through and fails every later one with 500 InternalError, until [`Self::clear`] and
+    /// [`Self::for_all`]: a store that fails part-way through an upload, past any retries.
+    pub fn fail_data_puts_after(&self, n: usize) {
+        let seen = Arc::new(AtomicUsize::new(0));
+        self.only_for(move |m, key| {
+            m == Method::PUT && key.contains("/Data/") && seen.fetch_add(1, Ordering::SeqCst) >= n
+        });
+        self.internal_error_next(usize::MAX / 2);
+    }
     /// Restricts faults and delay to requests for which `pred(method, key)` is true; `key` is
     /// the percent-decoded object key ("" for bucket-level requests). Example: only GETs of data
     /// objects: `s3.faults.only_for(|m, k| m == Method::GET && k.contains("/Data/"))`.
