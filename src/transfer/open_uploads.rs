@@ -359,6 +359,35 @@ mod tests {
     }
 
     #[test]
+    fn an_upload_kept_to_be_resumed_is_found_by_its_key_and_says_since_when() {
+        let t = tempfile::tempdir().unwrap();
+        let o = OpenUploads::new(t.path());
+        drop(o.record("s", "s", "p/Data/a.xxh128", "old").unwrap());
+        drop(o.record("s", "s", "p/Data/b.xxh128", "other").unwrap());
+        let left = o.leftover_of("s", "p/Data/a.xxh128").unwrap();
+        assert_eq!(left.upload_id, "old");
+        assert_eq!(left.kept_at, None, "a crash's leftover");
+        assert!(!left.kept_for_resume(std::time::Duration::from_secs(3600)));
+        assert!(
+            o.leftover_of("s", "p/Data/a.xxh128").is_none(),
+            "locked for the one resuming it"
+        );
+        assert!(o.leftover_of("other store", "p/Data/b.xxh128").is_none());
+        left.held.keep_for_resume();
+        let kept = o.leftover_of("s", "p/Data/a.xxh128").unwrap();
+        assert!(kept.kept_at.is_some());
+        assert!(kept.kept_for_resume(std::time::Duration::from_secs(3600)));
+        assert!(!kept.kept_for_resume(std::time::Duration::ZERO));
+        assert_eq!(
+            (kept.key.as_str(), kept.upload_id.as_str()),
+            ("p/Data/a.xxh128", "old"),
+            "the record is rewritten whole"
+        );
+        drop(kept);
+        assert_eq!(o.leftovers("s").len(), 2);
+    }
+
+    #[test]
     fn junk_in_the_directory_is_skipped() {
         let t = tempfile::tempdir().unwrap();
         let o = OpenUploads::new(t.path());
