@@ -1122,6 +1122,7 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
             "list parts",
             "list open uploads",
             "read manifests",
+            "conditional put",
             "hash cache",
             "known-present index"
         ]
@@ -1139,6 +1140,25 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
     assert!(
         files_under(&t.path().join("cache/open-uploads")).is_empty(),
         "the probe's upload was recorded and, aborted, forgotten"
+    );
+
+    // A store that ignores If-None-Match (Garage): a warning that says what to set.
+    s3.faults.ignore_if_none_match(true);
+    let (code, v) = doctor(attache(&t.path().join("cache")).envs(s3.env()));
+    s3.faults.clear();
+    assert_eq!(code, 0, "only a warning: {v}");
+    let probe = &v["probes"][7];
+    assert_eq!(
+        (probe["name"].as_str(), probe["status"].as_str()),
+        (Some("conditional put"), Some("warning")),
+        "{v}"
+    );
+    assert!(
+        probe["needs"]
+            .as_str()
+            .unwrap()
+            .starts_with("s3.conditional_put = false"),
+        "{v}"
     );
 
     // An abort the store refuses: the probe fails, and its upload stays recorded, so the next
@@ -1180,8 +1200,8 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
                 .starts_with("the secret key"),
         "{v}"
     );
-    assert_eq!(v["probes"][7]["name"], "hash cache", "{v}");
-    assert_eq!(v["probes"][7]["status"], "warning", "{v}");
+    assert_eq!(v["probes"][8]["name"], "hash cache", "{v}");
+    assert_eq!(v["probes"][8]["status"], "warning", "{v}");
 
     // The local store passes every probe too.
     let local = format!("file://{}", t.path().join("local").display());

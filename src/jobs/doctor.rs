@@ -5,8 +5,8 @@
 //!
 //! The probes write nothing a job could trip over: the only object written is the empty
 //! file's content object (`Data/<xxh128 of nothing>.xxh128`, the object any job with an empty
-//! file uploads, with `If-None-Match`, so an existing one is left alone); the multipart probe
-//! is aborted; nothing is deleted.
+//! file uploads, with `If-None-Match`, so an existing one is left alone; sent twice, to see
+//! that the store refuses the second); the multipart probe is aborted; nothing is deleted.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -77,6 +77,7 @@ pub async fn run(
 
     let s = store.as_ref();
     let mut listed = None;
+    let mut honours_if_none_match = None;
     probes.push(
         probe(
             cancel,
@@ -109,6 +110,12 @@ pub async fn run(
                     metadata: Vec::new(),
                 };
                 let outcome = s.put(&empty, bytes::Bytes::new(), &opts).await?;
+                if conditional {
+                    // The object is there now: a store that honours the header refuses this.
+                    let again = s.put(&empty, bytes::Bytes::new(), &opts).await;
+                    honours_if_none_match =
+                        Some(again.map(|o| o == crate::store::PutOutcome::AlreadyExists));
+                }
                 Ok(format!(
                     "PUT {empty}{}: {}",
                     if conditional { " (If-None-Match)" } else { "" },
@@ -214,6 +221,8 @@ pub async fn run(
         .await?,
     );
 
+    probes.push(conditional_put_probe(honours_if_none_match));
+
     let dir = settings.cache.dir.clone();
     let ttl = settings.transfer.known_present_ttl.0;
     let (cache, known) = tokio::task::spawn_blocking(move || {
@@ -246,6 +255,43 @@ pub async fn run(
 
 /// Runs one store probe once (no retries: a diagnosis must not wait out a backoff), for at
 /// most [`PROBE_TIMEOUT`].
+/// Whether the store refused a second `PutObject If-None-Match: *` of an object it has, as
+/// S3 does (`None`: not tried, with `s3.conditional_put` off or the first PUT failed). A store
+/// that ignores the header stores the object again: small objects already there, unknown to
+/// this machine, are sent again instead of skipped. Its request ran in "write content".
+fn conditional_put_probe(honours: Option<Result<bool, crate::store::StoreError>>) -> Probe {
+    let needs = "s3.conditional_put = false (ATTACHE_S3__CONDITIONAL_PUT=false) for a store that ignores If-None-Match; only upload traffic depends on it".to_string();
+    let (status, detail, needs) = match honours {
+        None => (
+            Status::Ok,
+            "not tried (s3.conditional_put is off, or the write failed)".to_string(),
+            None,
+        ),
+        Some(Ok(true)) => (
+            Status::Ok,
+            "a second PUT If-None-Match of it was refused (412), as S3 does".to_string(),
+            None,
+        ),
+        Some(Ok(false)) => (
+            Status::Warning,
+            "the store ignored If-None-Match: * and stored the object again (Garage does): a small object already in the store but not known to this machine is sent again instead of skipped (the same bytes: harmless, but more upload traffic). Set s3.conditional_put = false to ask with HEAD first".to_string(),
+            Some(needs),
+        ),
+        Some(Err(e)) => {
+            let detail = e.to_string();
+            let needs = needs_for(&detail, needs);
+            (Status::Warning, detail, needs)
+        }
+    };
+    Probe {
+        name: "conditional put".into(),
+        status,
+        detail,
+        needs,
+        ms: 0,
+    }
+}
+
 async fn probe(
     cancel: &CancellationToken,
     name: &'static str,

@@ -601,6 +601,7 @@ pub struct Faults {
     delay_ns: AtomicU64,
     land_parts_late_ns: AtomicU64,
     filter: Mutex<Option<Filter>>,
+    ignore_if_none_match: AtomicBool,
 }
 
 impl Faults {
@@ -611,6 +612,11 @@ impl Faults {
     /// The next `n` (matching) requests get 503 SlowDown.
     pub fn slow_down_next(&self, n: usize) {
         self.slow_down.store(n, Ordering::SeqCst);
+    }
+    /// Behave as a store that ignores `If-None-Match: *` on PutObject (Garage 2.5 does): the
+    /// object is stored over an existing one instead of refused with 412.
+    pub fn ignore_if_none_match(&self, on: bool) {
+        self.ignore_if_none_match.store(on, Ordering::SeqCst);
     }
     /// The next `n` (matching) requests get 500 InternalError.
     pub fn internal_error_next(&self, n: usize) {
@@ -668,6 +674,7 @@ impl Faults {
     }
     /// Disarms every fault, the delay and the filter.
     pub fn clear(&self) {
+        self.ignore_if_none_match.store(false, Ordering::SeqCst);
         *self.slow_down_until.lock().unwrap() = None;
         self.slow_down.store(0, Ordering::SeqCst);
         self.internal_error.store(0, Ordering::SeqCst);
@@ -858,6 +865,14 @@ async fn handle(
             entry.seq,
         );
         return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
+    }
+    // A store that ignores If-None-Match: s3s-fs would refuse, so the object it would refuse
+    // for goes first (the header is signed: it cannot be taken off the request).
+    if faults.ignore_if_none_match.load(Ordering::SeqCst)
+        && operation(&method, &entry.key, &query) == "PutObject"
+        && req.headers().contains_key(header::IF_NONE_MATCH)
+    {
+        let _ = std::fs::remove_file(shared.root.join(&entry.bucket).join(&entry.key));
     }
     if operation(&method, &entry.key, &query) == "ListParts" {
         let resp = list_parts(
