@@ -178,6 +178,11 @@ fn submit_spec(inputs: &Path) -> String {
     serde_json::json!({"kind": "submit", "inputs": [inputs], "farm_id": "farm-1", "queue_id": "queue-1"}).to_string()
 }
 
+/// [`submit_spec`] to the store `store` (a test server's URL).
+fn submit_spec_to(inputs: &Path, store: &str) -> String {
+    serde_json::json!({"kind": "submit", "inputs": [inputs], "farm_id": "farm-1", "queue_id": "queue-1", "store": store}).to_string()
+}
+
 #[test]
 fn jobs_run_through_a_private_socket_and_the_cli() {
     let mut d = Daemon::start("");
@@ -493,9 +498,8 @@ fn sigterm_during_a_multipart_upload_exits_cleanly() {
     let env = s3.env();
     let extra = "[bandwidth]\nupload = \"50MiB/s\"\n";
     let mut d = Daemon::start_in(dir, extra, &env);
-    let spec = serde_json::json!({"kind": "submit", "inputs": [proj], "farm_id": "farm-1", "queue_id": "queue-1",
-        "store": s3.store_url("DeadlineCloud")});
-    let (status, job) = d.api("POST", "/v1/jobs", &spec.to_string());
+    let spec = submit_spec_to(&proj, &s3.store_url("DeadlineCloud"));
+    let (status, job) = d.api("POST", "/v1/jobs", &spec);
     assert_eq!(status, 201, "{job}");
     let deadline = Instant::now() + Duration::from_secs(60);
     while s3
@@ -527,9 +531,9 @@ fn two_jobs_share_the_pool_and_move_each_object_once() {
         "[bandwidth]\nupload = \"2MiB/s\"\ndownload = \"2MiB/s\"\n[s3]\nmax_connections = 2\n";
     let d = Daemon::start_in(dir, extra, &s3.env());
     let store = s3.store_url("DeadlineCloud");
-    let spec = serde_json::json!({"kind": "submit", "inputs": [proj], "farm_id": "farm-1", "queue_id": "queue-1", "store": store});
-    let (_, a) = d.api("POST", "/v1/jobs", &spec.to_string());
-    let (_, b) = d.api("POST", "/v1/jobs", &spec.to_string());
+    let spec = submit_spec_to(&proj, &store);
+    let (_, a) = d.api("POST", "/v1/jobs", &spec);
+    let (_, b) = d.api("POST", "/v1/jobs", &spec);
     let a = d.wait(a["id"].as_str().unwrap(), Duration::from_secs(30));
     let b = d.wait(b["id"].as_str().unwrap(), Duration::from_secs(30));
     assert_eq!(
@@ -632,7 +636,7 @@ fn a_secret_key_rotated_by_a_reload_is_used_by_the_next_job() {
         )
     };
     let d = Daemon::start_in(dir, &s3_section("revoked"), &[]);
-    let spec = serde_json::json!({"kind": "submit", "inputs": [proj], "farm_id": "farm-1", "queue_id": "queue-1", "store": s3.store_url("DeadlineCloud")}).to_string();
+    let spec = submit_spec_to(&proj, &s3.store_url("DeadlineCloud"));
     let (_, a) = d.api("POST", "/v1/jobs", &spec);
     let a = d.wait(a["id"].as_str().unwrap(), Duration::from_secs(30));
     assert_eq!(a["state"], "failed", "{a}");
@@ -782,15 +786,7 @@ fn sync_outputs_through_the_daemon_reports_and_counts_its_uploads() {
     // The renderer makes its output directory, as with the official worker code.
     std::fs::create_dir_all(local.join("renders")).unwrap();
     std::fs::write(local.join("renders/f1.exr"), b"frame 1").unwrap();
-    let (out, err) = ok(d
-        .cmd()
-        .arg("sync-outputs")
-        .args(IDS)
-        .args(TASK_IDS)
-        .args(["--session-action-id", "sa-1", "--attachments"])
-        .arg(&att)
-        .arg("--session-dir")
-        .arg(&session));
+    let (out, err) = ok(sync_outputs(&mut d.cmd(), "sa-1", &att, &session));
     assert!(
         err.contains(": 1 new or changed outputs (7 B); uploaded 1 objects")
             && err.contains("; published farm-1/queue-1/job-1/step-1/task-1/"),
@@ -842,7 +838,7 @@ fn a_submit_the_store_failed_is_resumed_by_the_next_job() {
     std::fs::write(proj.join("big.bin"), &data).unwrap();
     let extra = "[transfer]\npart_size = \"5MiB\"\nmultipart_threshold = \"5MiB\"\nmax_parts_in_flight = 1\n[s3]\nretry_attempts = 0\n";
     let d = Daemon::start_in(dir, extra, &s3.env());
-    let spec = serde_json::json!({"kind": "submit", "inputs": [proj], "farm_id": "farm-1", "queue_id": "queue-1", "store": s3.store_url("DeadlineCloud")}).to_string();
+    let spec = submit_spec_to(&proj, &s3.store_url("DeadlineCloud"));
     // Every UploadPart after the first two fails.
     s3.faults.fail_data_puts_after(2);
     let (_, a) = d.api("POST", "/v1/jobs", &spec);

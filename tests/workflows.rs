@@ -164,16 +164,12 @@ fn submit_sync_render_sync_outputs_download_outputs() {
     write(&local.join("renders/f0001.exr"), b"frame 1");
     write(&local.join("renders/sub/f0002.exr"), b"frame 2");
     write(&local.join("scenes/shot.ma"), b"scene edited by the task");
-    let outs = f.ok(f
-        .attache("worker")
-        .arg("sync-outputs")
-        .args(IDS)
-        .args(TASK_IDS)
-        .args(["--session-action-id", "sa-1"])
-        .arg("--attachments")
-        .arg(&att)
-        .arg("--session-dir")
-        .arg(&session));
+    let outs = f.ok(sync_outputs(
+        &mut f.attache("worker"),
+        "sa-1",
+        &att,
+        &session,
+    ));
     let (out_key, paths) = published_outputs(&f, &outs);
     assert_eq!(
         paths,
@@ -188,16 +184,12 @@ fn submit_sync_render_sync_outputs_download_outputs() {
     // A second run of the same task (a retry) replaces the first one's outputs.
     write(&local.join("renders/f0001.exr"), b"frame 1, retried");
     std::thread::sleep(std::time::Duration::from_millis(20));
-    f.ok(f
-        .attache("worker")
-        .arg("sync-outputs")
-        .args(IDS)
-        .args(TASK_IDS)
-        .args(["--session-action-id", "sa-2"])
-        .arg("--attachments")
-        .arg(&att)
-        .arg("--session-dir")
-        .arg(&session));
+    f.ok(sync_outputs(
+        &mut f.attache("worker"),
+        "sa-2",
+        &att,
+        &session,
+    ));
 
     // Workstation: download outputs to where they belong; a dry run first says what would
     // come and touches nothing.
@@ -679,16 +671,12 @@ fn sync_outputs_refuses_output_directories_that_leave_the_root() {
         "outputRelativeDirectories": ["renders", "../../secrets"]}], "fileSystem": "COPIED"});
     let att_path = f.path("att.json");
     std::fs::write(&att_path, att.to_string()).unwrap();
-    let (code, _, err) = run(f
-        .attache("w")
-        .arg("sync-outputs")
-        .args(IDS)
-        .args(TASK_IDS)
-        .args(["--session-action-id", "sa-1"])
-        .arg("--attachments")
-        .arg(&att_path)
-        .arg("--session-dir")
-        .arg(&session));
+    let (code, _, err) = run(sync_outputs(
+        &mut f.attache("w"),
+        "sa-1",
+        &att_path,
+        &session,
+    ));
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("../../secrets") && err.contains("'..' segment"),
@@ -952,15 +940,7 @@ fn check_of_a_job_s_outputs_names_the_output_whose_object_is_gone() {
     ));
     write(&local.join("renders/f1.exr"), b"frame one");
     write(&local.join("renders/f2.exr"), b"frame two");
-    f.ok(f
-        .attache("w")
-        .arg("sync-outputs")
-        .args(IDS)
-        .args(TASK_IDS)
-        .args(["--session-action-id", "sa-1", "--attachments"])
-        .arg(&att)
-        .arg("--session-dir")
-        .arg(&session));
+    f.ok(sync_outputs(&mut f.attache("w"), "sa-1", &att, &session));
     let check = || {
         let (code, out, err) = run(f
             .attache("wrangler")

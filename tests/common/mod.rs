@@ -23,6 +23,23 @@ pub const TASK_IDS: [&str; 6] = [
     "task-1",
 ];
 
+/// `cmd` made a `sync-outputs` of the task [`IDS`] + [`TASK_IDS`] as session action `sa`, for
+/// the job whose attachments are in `att`, from the session directory `session`.
+pub fn sync_outputs<'c>(
+    cmd: &'c mut Command,
+    sa: &str,
+    att: &Path,
+    session: &Path,
+) -> &'c mut Command {
+    cmd.arg("sync-outputs")
+        .args(IDS)
+        .args(TASK_IDS)
+        .args(["--session-action-id", sa, "--attachments"])
+        .arg(att)
+        .arg("--session-dir")
+        .arg(session)
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/deadline")
