@@ -9,6 +9,11 @@ pub mod recorder;
 
 use std::fmt;
 
+/// Lowercase hex of a digest's bytes, in order (Python's `hexdigest()`).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// XXH3-128 (seed 0) of a file's content: the key of its object in the store.
 ///
 /// Stored as a `u128` (16 bytes) rather than its 32-character hex form so that a

@@ -82,8 +82,7 @@ pub fn asset_root_dir_name(root_path: &str) -> String {
     shake.update(root_path.as_bytes());
     let mut out = [0u8; 10];
     shake.finalize_xof().read(&mut out);
-    let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
-    format!("assetroot-{hex}")
+    format!("assetroot-{}", crate::hash::hex(&out))
 }
 
 /// Where an asset root lives on this worker: a mapped storage-profile location, else its own

@@ -458,7 +458,7 @@ impl ObjectStore for FsStore {
 
 /// A part's ETag in this store: the XXH128 of its bytes.
 fn part_etag(body: &[u8]) -> String {
-    format!("{:032x}", crate::hash::ContentHash::of(body).0)
+    crate::hash::ContentHash::of(body).to_hex()
 }
 
 /// The parts in an upload's directory (`None`: no such upload of `key`), each hashed for its
@@ -481,22 +481,17 @@ fn list_parts(dir: &Path, key: &str) -> std::io::Result<Option<Vec<UploadedPart>
         else {
             continue;
         };
-        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
-        let mut file = std::fs::File::open(entry.path())?;
-        let mut buf = vec![0; CHUNK];
-        let mut size = 0u64;
-        loop {
-            let n = std::io::Read::read(&mut file, &mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
+        let part = crate::hash::file::hash_file(
+            &entry.path(),
+            CHUNK,
+            &tokio_util::sync::CancellationToken::new(),
+            &|_| {},
+        )
+        .map_err(std::io::Error::other)?;
         parts.push(UploadedPart {
             number,
-            size,
-            etag: format!("{:032x}", hasher.digest128()),
+            size: part.stat.size,
+            etag: part.hash.to_hex(),
         });
     }
     parts.sort_by_key(|p| p.number);

@@ -76,7 +76,7 @@ pub fn new_guid() -> String {
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::hash::hex(&b)
 }
 
 /// Joins a root prefix (possibly empty) and a relative key with one `/`.

@@ -616,10 +616,7 @@ impl ObjectStore for S3Store {
 
     fn part_etag(&self, body: &[u8]) -> String {
         use md5::Digest as _;
-        md5::Md5::digest(body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::hash::hex(&md5::Md5::digest(body))
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError> {
