@@ -76,8 +76,8 @@ enum Command {
     Put(put_cmd::PutArgs),
     /// Materialize manifests from a store into a directory (plumbing for sync-inputs).
     Get(get_cmd::GetArgs),
-    /// Abort multipart uploads left open in a store (this machine's leftovers, then any under
-    /// the root prefix's Data/ started over --older-than ago).
+    /// Abort multipart uploads left open in a store (this machine's leftovers, also those kept
+    /// to be resumed, then any under the root prefix's Data/ started over --older-than ago).
     Cleanup(cleanup_cmd::CleanupArgs),
     /// Check that a store holds the content of manifests, or of a job's inputs and outputs
     /// (HEAD each object, or fetch and hash it with --deep); names the files of what is missing.

@@ -482,7 +482,7 @@ async fn upload_multipart(
     stops: Stops<'_>,
 ) -> Result<MultipartEnd, TransferError> {
     let cancel = stops.any;
-    let (upload_id, record, held) = match resumable(t, key, cancel).await? {
+    let (upload_id, record, held) = match resumable(t, item, key, cancel).await? {
         Some(r) => (r.upload_id, Some(r.held), Some(r.parts)),
         None => {
             // Once sent, the create runs to its reply even if cancelled meanwhile: the store
@@ -568,6 +568,7 @@ struct Resumable {
 /// listed is left to the leftover aborts.
 async fn resumable(
     t: &Transfer,
+    item: &UploadItem,
     key: &str,
     cancel: &CancellationToken,
 ) -> Result<Option<Resumable>, TransferError> {
@@ -586,7 +587,8 @@ async fn resumable(
     {
         Ok(Some(parts)) => {
             tracing::info!(
-                "resuming the multipart upload of {key} an earlier run left open ({} part(s) in the store)",
+                "resuming the multipart upload of {} ({key}) an earlier run left open ({} part(s) in the store)",
+                item.path.display(),
                 parts.len()
             );
             Ok(Some(Resumable {
@@ -602,7 +604,8 @@ async fn resumable(
         Err(TransferError::Cancelled(c)) => Err(c.into()),
         Err(e) => {
             tracing::warn!(
-                "cannot list the parts of the multipart upload of {key} an earlier run left open ({e}); starting it again"
+                "cannot list the parts of the multipart upload of {} ({key}) an earlier run left open ({e}); starting it again",
+                item.path.display()
             );
             Ok(None)
         }
