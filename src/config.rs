@@ -91,8 +91,8 @@ pub struct TransferSettings {
     pub known_present_ttl: Duration,
     /// Known-present entries re-checked against the store each run.
     pub known_present_sample: usize,
-    /// How long a multipart upload that a store or network failure interrupted stays open
-    /// for a later run on this machine to resume; 0: abort it at once.
+    /// How long a multipart upload that a store or network failure interrupted (or a crash
+    /// left) stays open for a later run on this machine to resume; 0: abort it at once.
     pub resume_for: Duration,
     /// Async worker threads (network and scheduling); 0: see [`Settings::runtime_threads`].
     pub runtime_threads: usize,

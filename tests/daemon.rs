@@ -590,36 +590,53 @@ fn proj_file(d: &Daemon, i: usize) -> PathBuf {
     d.path("proj").join(format!("f{i}.bin"))
 }
 
-/// A multipart upload an earlier run left open (here: recorded in the cache, its parts still
-/// in the store, as after a crash) is aborted when the daemon starts, before any job.
+/// Multipart uploads earlier runs left open (here: recorded in the cache, their parts still
+/// in the store) are aborted when the daemon starts, before any job: one a cancel gave up on
+/// and one a crash left longer ago than `transfer.resume_for`. A crash's recent one is left
+/// for the job sent again to resume.
 #[test]
 fn the_daemon_aborts_uploads_left_open_when_it_starts() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let upload = store.join(".attache-multipart/0123456789abcdef0123456789abcdef");
-    std::fs::create_dir_all(&upload).unwrap();
-    std::fs::write(upload.join("key"), "Data/a.xxh128").unwrap();
-    std::fs::write(upload.join("00001"), b"part").unwrap();
     let records = dir.path().join("cache/open-uploads");
     std::fs::create_dir_all(&records).unwrap();
-    let record = serde_json::json!({
-        "store": format!("file://{}", store.display()),
-        "key": "Data/a.xxh128",
-        "upload_id": "0123456789abcdef0123456789abcdef",
-        "started_at": 1_700_000_000u64,
-    });
-    std::fs::write(records.join("r.json"), record.to_string()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let left = |id: &str, started_at: u64, given_up: bool| {
+        let upload = store.join(".attache-multipart").join(id);
+        std::fs::create_dir_all(&upload).unwrap();
+        std::fs::write(upload.join("key"), format!("Data/{id}.xxh128")).unwrap();
+        std::fs::write(upload.join("00001"), b"part").unwrap();
+        let record = serde_json::json!({
+            "store": format!("file://{}", store.display()),
+            "key": format!("Data/{id}.xxh128"),
+            "upload_id": id,
+            "started_at": started_at,
+            "given_up": given_up,
+        });
+        std::fs::write(records.join(format!("{id}.json")), record.to_string()).unwrap();
+        upload
+    };
+    let old_crash = left("0123456789abcdef0123456789abcde0", 1_700_000_000, false);
+    let cancelled = left("0123456789abcdef0123456789abcde1", now, true);
+    let recent_crash = left("0123456789abcdef0123456789abcde2", now - 60, false);
     let d = Daemon::start_in(dir, "", &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while upload.exists() || !files_under(&records).is_empty() {
+    while !d
+        .log()
+        .contains("aborted 2 multipart upload(s) left open in file://")
+    {
         assert!(Instant::now() < deadline, "not aborted: {}", d.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(
-        d.log()
-            .contains("aborted 1 multipart upload(s) left open in file://"),
-        "{}",
-        d.log()
+    let log = d.log();
+    assert!(!old_crash.exists() && !cancelled.exists(), "{log}");
+    assert!(recent_crash.join("00001").exists(), "{log}");
+    assert_eq!(
+        files_under(&records),
+        [records.join("0123456789abcdef0123456789abcde2.json")]
     );
 }
 
@@ -869,5 +886,74 @@ fn a_submit_the_store_failed_is_resumed_by_the_next_job() {
     assert!(
         metrics.contains(&format!("attache_resumed_bytes_total {}", 10 << 20)),
         "{metrics}"
+    );
+}
+
+/// A daemon killed mid-upload (SIGKILL: a crash, a power cut) cannot abort its multipart
+/// upload; restarted, it leaves it for the job sent again, which resumes it and sends only
+/// the parts the store lacks.
+#[test]
+fn a_job_the_daemon_crashed_in_is_resumed_after_the_restart() {
+    let s3 = TestS3::start_background();
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let data: Vec<u8> = (0..40u32 << 20).map(|i| (i % 241) as u8).collect();
+    std::fs::write(proj.join("big.bin"), &data).unwrap();
+    let parts = "[transfer]\npart_size = \"5MiB\"\nmultipart_threshold = \"5MiB\"\nmax_parts_in_flight = 1\n";
+    let slow = format!("{parts}[bandwidth]\nupload = \"10MiB/s\"\n");
+    let mut d = Daemon::start_in(dir, &slow, &s3.env());
+    let spec = submit_spec_to(&proj, &s3.store_url("DeadlineCloud"));
+    let (_, a) = d.api("POST", "/v1/jobs", &spec);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3.multipart_part_files() < 2 {
+        assert!(Instant::now() < deadline, "no part was uploaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.signal(libc::SIGKILL);
+    d.child.take().unwrap().wait().unwrap();
+    // A part the server had whole when the connection went is still written.
+    std::thread::sleep(Duration::from_millis(200));
+    let stored = s3.multipart_part_files();
+
+    d.write_config(parts);
+    d.launch(&s3.env());
+    let (_, a) = d.api(
+        "GET",
+        &format!("/v1/jobs/{}", a["id"].as_str().unwrap()),
+        "",
+    );
+    assert_eq!(a["state"], "interrupted", "{a}");
+    // Its start-up pass over earlier runs' uploads has had time to abort it, had it wanted to.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        s3.open_multipart_uploads(),
+        1,
+        "aborted at start: {}",
+        d.log()
+    );
+
+    let sent = || {
+        s3.stats
+            .requests_matching(|r| r.query.contains("partNumber"))
+    };
+    let before = sent();
+    let (_, b) = d.api("POST", "/v1/jobs", &spec);
+    let b = d.wait(b["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(b["state"], "succeeded", "{b}");
+    let upload = &b["result"]["roots"][0]["upload"];
+    assert_eq!(upload["resumed_uploads"], 1, "{b}");
+    assert!(upload["resumed_bytes"].as_u64().unwrap() > 0, "{b}");
+    assert!(
+        sent() - before <= 8 - stored.min(8),
+        "{stored} of 8 parts were in the store"
+    );
+    assert_eq!(s3.open_multipart_uploads(), 0);
+    let hash = attache::hash::ContentHash::of(&data);
+    assert!(
+        s3.read_object(&format!("DeadlineCloud/Data/{hash}.xxh128"))
+            .unwrap()
+            == data,
+        "the object is not the file"
     );
 }

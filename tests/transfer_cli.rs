@@ -533,8 +533,8 @@ fn cancel_a_multipart_put_with(signal: libc::c_int) {
 }
 
 /// A put killed mid-upload (SIGKILL: no chance to abort) leaves its multipart upload open and
-/// recorded; the next put of the file resumes it, sends only the parts the store lacks, and
-/// says so.
+/// recorded; a put of other files leaves it alone, and the next put of the file resumes it,
+/// sends only the parts the store lacks, and says so.
 #[test]
 fn a_put_killed_mid_upload_is_resumed_by_the_next_put() {
     let s3 = TestS3::start_background();
@@ -570,6 +570,25 @@ fn a_put_killed_mid_upload_is_resumed_by_the_next_put() {
     // A part the server had whole when the connection went is still written.
     std::thread::sleep(Duration::from_millis(200));
     let stored = s3.multipart_part_files();
+
+    // A put of other files meanwhile leaves it alone: the kill was no cancel, and the upload
+    // waits `transfer.resume_for` for a run that resumes it.
+    let small = t.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    std::fs::write(small.join("a.txt"), b"a").unwrap();
+    let (code, out, err) = run(attache(&cache)
+        .envs(s3.env())
+        .args(["put", "--json", "--store", &s3.store_url("p"), "-o"])
+        .arg(t.path().join("small.json"))
+        .arg(&small));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["upload"]["aborted_leftover_uploads"], 0, "{v}");
+    assert_eq!(
+        s3.open_multipart_uploads(),
+        1,
+        "a killed put's upload was aborted"
+    );
 
     let parts_before = s3
         .stats
@@ -635,6 +654,10 @@ fn an_abort_the_store_does_not_answer_is_repeated_by_the_next_put() {
         record["upload_id"],
         s3.multipart_upload_ids()[0].as_str(),
         "{record}"
+    );
+    assert_eq!(
+        record["given_up"], true,
+        "a cancel's abort to repeat: {record}"
     );
 
     // The store answers again: any later put to it aborts the upload.

@@ -41,10 +41,10 @@ pub enum DaemonError {
     Group(String),
 }
 
-/// Aborts the multipart uploads earlier runs on this machine left open (a crash, a power cut,
-/// an abort the store did not confirm in time), in every store their records name, so a
-/// daemon restarted after a crash cleans up before its next job needs to. Those a failure kept
-/// to be resumed wait out `transfer.resume_for`.
+/// Aborts the multipart uploads earlier runs on this machine gave up on (an abort the store
+/// did not confirm in time), in every store their records name, so a daemon restarted cleans
+/// up before its next job needs to. Those a failure or a crash left (the daemon's own crash
+/// too) wait out `transfer.resume_for` for the job sent again to resume them; older ones go.
 async fn abort_leftovers_at_start(shared: Arc<Shared>) {
     let settings = shared.settings();
     let records = crate::transfer::open_uploads::OpenUploads::new(&settings.cache.dir);

@@ -22,7 +22,7 @@ use crate::jobs::Cancelled;
 use crate::store::PutOptions;
 use crate::store::layout::{data_key, join};
 use crate::transfer::known_present::KnownPresent;
-use crate::transfer::upload::{finished, record_open};
+use crate::transfer::upload::{finished, given_up, record_open};
 use crate::transfer::{Transfer, cancellable};
 
 /// How long one probe may take: a store that does not answer by then is reported as such.
@@ -160,6 +160,7 @@ pub async fn run(
                 let record = record_open(&t, &empty, &id).await;
                 // What resuming an interrupted upload asks; reported as a probe of its own.
                 listed = Some(s.list_parts(&empty, &id).await);
+                let record = futures::future::OptionFuture::from(record.map(given_up)).await;
                 s.abort_multipart(&empty, &id).await?;
                 if let Some(record) = record {
                     finished(record).await;

@@ -2,8 +2,11 @@
 //! record each in `<cache.dir>/open-uploads/`, so that an upload a cancel could not wait to
 //! see aborted, or that a crash, a kill or a lost store left open, is resumed by the next
 //! upload of the same object or aborted by the next upload to the same store, instead of
-//! keeping its parts (billed storage) in the bucket. A record a failure marked `kept_at` is
-//! spared by the aborts for `transfer.resume_for`.
+//! keeping its parts (billed storage) in the bucket. The aborts spare an upload a failure
+//! kept (`kept_at`) or a crash left (a kill, a power cut: the record as written at its start)
+//! for `transfer.resume_for`, so that the run after it resumes rather than starts again; one
+//! the user cancelled, or that failed for good, is marked `given_up` before its abort is sent,
+//! so an abort the store did not confirm is repeated by the next run, not spared.
 //!
 //! Why a lock: the process that runs an upload holds an exclusive `flock` on its record until
 //! the upload is completed or aborted. The kernel drops the lock with the process, so a
@@ -44,6 +47,9 @@ struct Record {
     /// Unix seconds: when a failure left the upload open for a later run to resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kept_at: Option<u64>,
+    /// The upload is being aborted (a cancel, a lasting failure): not one to spare.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    given_up: bool,
 }
 
 /// The records of one machine (one cache dir).
@@ -72,26 +78,39 @@ impl Held {
 
     /// A failure left the upload open to be resumed: the record says since when, so that
     /// other runs leave it alone for `transfer.resume_for` ([`Leftover::kept_for_resume`]).
-    /// The new record replaces the old one whole (written beside it, then renamed), and is
-    /// unlocked when this returns. A record that cannot be rewritten stays as it was: the next
-    /// upload to the store aborts it.
-    pub fn keep_for_resume(self) {
-        let keep = || -> std::io::Result<()> {
-            let mut record: Record = serde_json::from_slice(&std::fs::read(&self.path)?)
-                .map_err(std::io::Error::other)?;
-            record.kept_at = Some(unix_now());
-            let dir = self.path.parent().unwrap_or(Path::new("."));
-            let mut tmp = crate::fsutil::temp_file_in(dir, ".record-", ".tmp")?;
-            tmp.write_all(&serde_json::to_vec(&record).expect("a record serializes"))?;
-            tmp.persist(&self.path).map_err(|e| e.error)?;
-            Ok(())
-        };
-        if let Err(e) = keep() {
-            tracing::warn!(
-                "cannot mark {} for resuming: {e}; the next upload to the store aborts it",
-                self.path.display()
-            );
+    /// It is unlocked when this returns. A record that cannot be rewritten stays as it was.
+    pub fn keep_for_resume(mut self) {
+        if let Err(e) = self.rewrite(|r| {
+            r.kept_at = Some(unix_now());
+            r.given_up = false;
+        }) {
+            tracing::warn!("cannot mark {} for resuming: {e}", self.path.display());
         }
+    }
+
+    /// The upload is about to be aborted: should the store not confirm it, the next run
+    /// aborts it again rather than sparing it as a crash's leftover. Still locked after.
+    pub fn give_up(&mut self) {
+        if let Err(e) = self.rewrite(|r| {
+            r.kept_at = None;
+            r.given_up = true;
+        }) {
+            tracing::debug!("cannot mark {} given up: {e}", self.path.display());
+        }
+    }
+
+    /// Replaces the record with `change` applied, whole (written beside it, locked, then
+    /// renamed over it), and holds the new one.
+    fn rewrite(&mut self, change: impl FnOnce(&mut Record)) -> std::io::Result<()> {
+        let mut record: Record =
+            serde_json::from_slice(&std::fs::read(&self.path)?).map_err(std::io::Error::other)?;
+        change(&mut record);
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut tmp = crate::fsutil::temp_file_in(dir, ".record-", ".tmp")?;
+        tmp.as_file().lock()?;
+        tmp.write_all(&serde_json::to_vec(&record).expect("a record serializes"))?;
+        self._lock = tmp.persist(&self.path).map_err(|e| e.error)?;
+        Ok(())
     }
 }
 
@@ -108,18 +127,25 @@ pub struct Leftover {
     pub key: String,
     pub upload_id: String,
     pub started_at: u64,
-    /// When a failure left it open to be resumed (unix seconds); `None`: a crash, a kill or
-    /// an abort the store did not confirm left it.
+    /// When a failure left it open to be resumed (unix seconds); `None`: a crash or a kill
+    /// left it, or it was given up.
     pub kept_at: Option<u64>,
+    /// A cancel or a lasting failure gave it up, and the store did not confirm the abort.
+    pub given_up: bool,
     pub held: Held,
 }
 
 impl Leftover {
-    /// Whether a failure left it open less than `window` ago: it waits for a run that
-    /// resumes it, and other runs do not abort it.
+    /// Whether it waits for a run that resumes it, and other runs do not abort it: a failure
+    /// left it open less than `window` ago, or a crash left it and it started less than
+    /// `window` ago (when the crash came is not known).
     pub fn kept_for_resume(&self, window: std::time::Duration) -> bool {
-        self.kept_at
-            .is_some_and(|at| unix_now() < at.saturating_add(window.as_secs()))
+        let since = match (self.given_up, self.kept_at) {
+            (true, _) => return false,
+            (false, Some(kept_at)) => kept_at,
+            (false, None) => self.started_at,
+        };
+        unix_now() < since.saturating_add(window.as_secs())
     }
 }
 
@@ -158,6 +184,7 @@ impl OpenUploads {
             upload_id: upload_id.into(),
             started_at: unix_now(),
             kept_at: None,
+            given_up: false,
         };
         let tmp = crate::fsutil::temp_file_in(&self.dir, ".record-", ".tmp").map_err(err)?;
         tmp.as_file().lock().map_err(err)?;
@@ -186,6 +213,7 @@ impl OpenUploads {
                     upload_id: r.record.upload_id,
                     started_at: r.record.started_at,
                     kept_at: r.record.kept_at,
+                    given_up: r.record.given_up,
                 })
             })
             .collect();
@@ -367,7 +395,11 @@ mod tests {
         let left = o.leftover_of("s", "p/Data/a.xxh128").unwrap();
         assert_eq!(left.upload_id, "old");
         assert_eq!(left.kept_at, None, "a crash's leftover");
-        assert!(!left.kept_for_resume(std::time::Duration::from_secs(3600)));
+        assert!(
+            left.kept_for_resume(std::time::Duration::from_secs(3600)),
+            "a crash's leftover started within the window is spared"
+        );
+        assert!(!left.kept_for_resume(std::time::Duration::ZERO));
         assert!(
             o.leftover_of("s", "p/Data/a.xxh128").is_none(),
             "locked for the one resuming it"
@@ -385,6 +417,42 @@ mod tests {
         );
         drop(kept);
         assert_eq!(o.leftovers("s").len(), 2);
+    }
+
+    #[test]
+    fn an_upload_given_up_stays_locked_and_is_not_spared_and_a_kept_one_no_longer_given_up() {
+        let t = tempfile::tempdir().unwrap();
+        let o = OpenUploads::new(t.path());
+        let hour = std::time::Duration::from_secs(3600);
+        let mut held = o.record("s", "s", "p/Data/a.xxh128", "u").unwrap();
+        held.give_up();
+        assert!(
+            o.leftovers("s").is_empty(),
+            "the rewritten record is locked as the old one was"
+        );
+        drop(held);
+        let left = o.leftover_of("s", "p/Data/a.xxh128").unwrap();
+        assert!(left.given_up);
+        assert!(!left.kept_for_resume(hour), "an abort to repeat");
+        left.held.keep_for_resume();
+        let kept = o.leftover_of("s", "p/Data/a.xxh128").unwrap();
+        assert!(!kept.given_up && kept.kept_at.is_some());
+        assert!(kept.kept_for_resume(hour));
+        drop(kept);
+        // A crash's leftover that started longer ago than the window is not spared.
+        std::fs::write(
+            o.dir().join("old.json"),
+            br#"{"store":"s","key":"k","upload_id":"v","started_at":1}"#,
+        )
+        .unwrap();
+        let old = o.leftover_of("s", "k").unwrap();
+        assert!(old.kept_at.is_none() && !old.given_up);
+        assert!(!old.kept_for_resume(hour));
+        assert_eq!(
+            std::fs::read_dir(o.dir()).unwrap().count(),
+            2,
+            "no temp file left"
+        );
     }
 
     #[test]

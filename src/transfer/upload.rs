@@ -644,6 +644,20 @@ pub(crate) async fn finished(record: open_uploads::Held) {
     let _ = tokio::task::spawn_blocking(move || record.done()).await;
 }
 
+/// Marks the record of an upload about to be aborted, off the runtime: an abort the store
+/// does not confirm is then repeated by the next run, not spared as a crash's leftover.
+pub(crate) async fn given_up(mut record: open_uploads::Held) -> open_uploads::Held {
+    match tokio::task::spawn_blocking(move || {
+        record.give_up();
+        record
+    })
+    .await
+    {
+        Ok(record) => record,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// How long a cancel waits for the reply to a CreateMultipartUpload already sent (a few ms
 /// from S3): the upload it names is then aborted, rather than left open and unknown.
 const CANCEL_CREATE_WAIT: Duration = Duration::from_millis(300);
@@ -715,6 +729,7 @@ async fn abort_recorded(
     upload_id: String,
     record: Option<open_uploads::Held>,
 ) -> bool {
+    let record = futures::future::OptionFuture::from(record.map(given_up)).await;
     match abort_within(&*store, &gate, &key, &upload_id).await {
         Ok(()) => {
             tracing::debug!(key, "multipart upload aborted");
@@ -736,8 +751,8 @@ async fn abort_recorded(
 }
 
 /// Aborts the multipart uploads to this store that earlier runs left open (see
-/// [`open_uploads`]), all at once; returns how many the store confirmed. Those a failure kept
-/// to be resumed are spared for `transfer.resume_for`, unless `resumable_too`.
+/// [`open_uploads`]), all at once; returns how many the store confirmed. Those a failure or a
+/// crash left, to be resumed, are spared for `transfer.resume_for`, unless `resumable_too`.
 pub async fn abort_leftovers(t: &Transfer, resumable_too: bool) -> usize {
     let (o, store) = (t.open_uploads.clone(), t.store.identity());
     let Ok(left) = tokio::task::spawn_blocking(move || o.leftovers(&store)).await else {
