@@ -140,6 +140,19 @@ pub struct HashSettings {
 pub struct CacheSettings {
     pub dir: PathBuf,
     pub hash_cache: bool,
+    /// Size of the local content cache (copies of fetched objects); 0: off.
+    pub content_size: ByteSize,
+    /// Where the content cache lives; `None`: `<dir>/content`.
+    pub content_dir: Option<PathBuf>,
+}
+
+impl CacheSettings {
+    /// The content cache's directory.
+    pub fn content_dir(&self) -> PathBuf {
+        self.content_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.join("content"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -344,6 +357,8 @@ impl Default for CacheSettings {
         Self {
             dir: xdg(dirs::cache_dir(), "/var/cache"),
             hash_cache: true,
+            content_size: ByteSize(0),
+            content_dir: None,
         }
     }
 }
@@ -458,7 +473,10 @@ const KEYS: &[(&str, &[&str])] = &[
             "exclude",
         ],
     ),
-    ("cache", &["dir", "hash_cache"]),
+    (
+        "cache",
+        &["dir", "hash_cache", "content_size", "content_dir"],
+    ),
     (
         "daemon",
         &[

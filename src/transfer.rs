@@ -1,7 +1,8 @@
 //! Moving content between trees and a store: upload (single and managed multipart), download
-//! (whole and ranged), the known-present index, the records of open multipart uploads,
-//! bandwidth limits, retries and throttling.
+//! (whole and ranged), the known-present index, the records of open multipart uploads, the
+//! local content cache, bandwidth limits, retries and throttling.
 
+pub mod content_cache;
 pub mod download;
 pub mod gate;
 pub mod inflight;
@@ -45,6 +46,8 @@ pub struct Transfer {
     pub known: Option<Arc<known_present::KnownPresent>>,
     /// Multipart uploads started and not yet completed or aborted, for the next run to abort.
     pub open_uploads: open_uploads::OpenUploads,
+    /// Copies of fetched objects kept on this machine (`cache.content_size`); `None`: off.
+    pub content_cache: Option<Arc<content_cache::ContentCache>>,
 }
 
 impl Transfer {
@@ -133,6 +136,12 @@ impl Transfer {
             progress,
             known,
             open_uploads: open_uploads::OpenUploads::new(&settings.cache.dir),
+            content_cache: (settings.cache.content_size.0 > 0).then(|| {
+                Arc::new(content_cache::ContentCache::new(
+                    settings.cache.content_dir(),
+                    settings.cache.content_size.0,
+                ))
+            }),
             dry_run: false,
             inflight: None,
         }

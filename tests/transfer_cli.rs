@@ -374,6 +374,39 @@ fn put_dry_run_uploads_nothing_and_leaves_the_next_put_everything_to_do() {
     );
 }
 
+/// `cache.content_size` turns the content cache on: a second `get` into another directory
+/// takes the objects from it (the store is gone meanwhile) and its summary says so.
+#[test]
+fn a_get_with_the_content_cache_on_needs_the_store_only_once() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    build_fixture_tree("tiny", &root);
+    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
+    let get = |dest: &str| {
+        run(attache(&cache)
+            .env("ATTACHE_CACHE__CONTENT_SIZE", "10MiB")
+            .args(["get", "--store", &store])
+            .arg(&manifest)
+            .arg("--dest")
+            .arg(t.path().join(dest)))
+    };
+    let (code, _, err) = get("one");
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("from the content cache"), "{err}");
+    assert!(!files_under(&cache.join("content")).is_empty());
+    // The store loses every object: only the content cache can serve them now.
+    std::fs::rename(t.path().join("store"), t.path().join("store-gone")).unwrap();
+    std::fs::create_dir(t.path().join("store")).unwrap();
+    let (code, _, err) = get("two");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("downloaded 0 objects (0 B), "), "{err}");
+    assert!(err.contains(" from the content cache ("), "{err}");
+    for f in files_under(&root) {
+        let got = t.path().join("two").join(f.strip_prefix(&root).unwrap());
+        assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&f).unwrap());
+    }
+}
+
 #[test]
 fn get_dry_run_says_what_it_would_fetch_and_writes_nothing() {
     let t = tempfile::tempdir().unwrap();
@@ -1147,10 +1180,36 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
             "read manifests",
             "conditional put",
             "hash cache",
-            "known-present index"
+            "known-present index",
+            "content cache"
         ]
     );
     assert_every_probe_ok(&v);
+    assert_eq!(
+        v["probes"][10]["detail"], "off (cache.content_size = 0)",
+        "{v}"
+    );
+    // A content cache that cannot be written is a warning: downloads go on without it.
+    let not_a_dir = t.path().join("not-a-dir");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    for (dir, status) in [(t.path().join("content"), "ok"), (not_a_dir, "warning")] {
+        let (code, v) = doctor(
+            attache(&t.path().join("cache"))
+                .envs(s3.env())
+                .env("ATTACHE_CACHE__CONTENT_SIZE", "1GiB")
+                .env("ATTACHE_CACHE__CONTENT_DIR", &dir),
+        );
+        assert_eq!(code, 0, "{v}");
+        let probe = &v["probes"][10];
+        assert_eq!(probe["status"], status, "{v}");
+        assert!(
+            probe["detail"]
+                .as_str()
+                .unwrap()
+                .contains(dir.to_str().unwrap()),
+            "{v}"
+        );
+    }
     // The only object written is the empty file's content, under its own hash.
     assert_eq!(
         s3.object_keys(),

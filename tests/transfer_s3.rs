@@ -1387,3 +1387,122 @@ async fn a_multipart_upload_the_store_dropped_is_present_when_another_stored_the
     assert_eq!(s3.open_multipart_uploads(), 0);
     assert!(open_upload_records(&cache).is_empty(), "nothing to resume");
 }
+
+/// With `cache.content_size` set, a download keeps a copy of each object it fetched, and the
+/// next download on the machine (another session directory) copies them from there without a
+/// request; a damaged copy is never placed (it is dropped, the object fetched and cached
+/// again), and the cache stays within its size, the least recently used going first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_content_cache_serves_the_next_download_and_never_places_a_damaged_copy() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write_files(&src, 10, |i| {
+        (format!("tex/t{i}.exr"), content(10_000 + i, i))
+    });
+    let big = content(12 * MIB, 99);
+    write(&src, "cache/sim.bgeo", &big, MTIME_NS);
+    let mut s = settings(&s3, "p", &t.path().join("cache"));
+    s.cache.content_size = ByteSize(64 * MIB);
+    let m = put_tree(&src, &s).await.unwrap().hash.roots[0]
+        .manifest
+        .clone();
+    let total: u64 = (0..10).map(|i| 10_000 + i).sum::<u64>() + 12 * MIB;
+    let data_gets = || {
+        s3.stats
+            .requests_matching(|r| r.method == "GET" && r.key.contains("/Data/"))
+    };
+    let content_dir = s.cache.content_dir();
+    let blobs = || common::files_under(&content_dir);
+    let same_tree = |dest: &Path| {
+        for f in common::files_under(&src) {
+            let got = dest.join(f.strip_prefix(&src).unwrap());
+            assert!(
+                std::fs::read(&got).unwrap() == std::fs::read(&f).unwrap(),
+                "{got:?}"
+            );
+            assert_eq!(
+                std::fs::metadata(&got).unwrap().modified().unwrap(),
+                std::fs::metadata(&f).unwrap().modified().unwrap(),
+                "{got:?}"
+            );
+        }
+    };
+
+    let first = get_tree(&m, &t.path().join("session1"), &s).await.unwrap();
+    assert_eq!(
+        (first.download.objects, first.download.content_cache_files),
+        (11, 0)
+    );
+    assert_eq!(blobs().len(), 11, "every object fetched is kept");
+
+    let before = data_gets();
+    let dest = t.path().join("session2");
+    let second = get_tree(&m, &dest, &s).await.unwrap();
+    assert_eq!(data_gets() - before, 0, "no object fetched again");
+    let d = &second.download;
+    assert_eq!(
+        (
+            d.objects,
+            d.downloaded_bytes,
+            d.content_cache_files,
+            d.content_cache_bytes
+        ),
+        (0, 0, 11, total)
+    );
+    same_tree(&dest);
+
+    // A dry run says what it would take from the cache.
+    let dry = get::run(
+        GetSpec {
+            record: None,
+            manifest: m.clone(),
+            dest: t.path().join("dry"),
+            cache_dir: None,
+            conflict: Default::default(),
+            check_space: false,
+        },
+        transfer(&s).await.dry_run_if(true),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (dry.download.objects, dry.download.content_cache_files),
+        (0, 11)
+    );
+
+    // A copy damaged on disk (same size, other bytes) is not placed: fetched instead.
+    let hash = ContentHash::of(&big);
+    let blob = blobs()
+        .into_iter()
+        .find(|b| b.ends_with(hash.to_hex()))
+        .unwrap();
+    let mut damaged = big.clone();
+    damaged[MIB as usize] ^= 1;
+    std::fs::write(&blob, &damaged).unwrap();
+    let before = data_gets();
+    let dest = t.path().join("session3");
+    let third = get_tree(&m, &dest, &s).await.unwrap();
+    assert_eq!(
+        (third.download.objects, third.download.content_cache_files),
+        (1, 10)
+    );
+    assert!(data_gets() > before);
+    same_tree(&dest);
+    assert!(std::fs::read(&blob).unwrap() == big, "cached again, whole");
+
+    // A run that adds to the cache brings it back within its size (which of them go is the
+    // unit tests' business).
+    s.cache.content_size = ByteSize(12 * MIB + 50_000);
+    let t0 = ContentHash::of(&content(10_000, 0)).to_hex();
+    std::fs::remove_file(blobs().into_iter().find(|b| b.ends_with(&t0)).unwrap()).unwrap();
+    let fourth = get_tree(&m, &t.path().join("session4"), &s).await.unwrap();
+    assert_eq!(fourth.download.objects, 1);
+    let kept: u64 = blobs()
+        .iter()
+        .map(|b| std::fs::metadata(b).unwrap().len())
+        .sum();
+    assert!(kept <= 12 * MIB + 50_000, "{kept}");
+    same_tree(&t.path().join("session4"));
+}

@@ -342,6 +342,12 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A download report's objects copied from the content cache, for a summary line.
+fn from_content_cache(download: &serde_json::Value) -> String {
+    let n = |k: &str| download[k].as_u64().unwrap_or(0);
+    super::get_cmd::from_content_cache(n("content_cache_files"), n("content_cache_bytes"))
+}
+
 pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode> {
     let spec = JobSpec::SyncInputs(SyncInputsJob {
         attachments: AttachmentsArg::File(a.attachments),
@@ -366,12 +372,13 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
     for r in out["roots"].as_array().into_iter().flatten() {
         let rep = &r["report"];
         eprintln!(
-            "{} -> {}: {} files; {verb} {} objects ({}), {} already in place{}",
+            "{} -> {}: {} files; {verb} {} objects ({}){}, {} already in place{}",
             r["root_path"].as_str().unwrap_or_default(),
             r["local_root"].as_str().unwrap_or_default(),
             rep["files"],
             rep["download"]["objects"],
             json_size(&rep["download"]["downloaded_bytes"]),
+            from_content_cache(&rep["download"]),
             rep["unchanged_files"],
             super::get_cmd::read_to_check(rep["unchanged_read_files"].as_u64().unwrap_or(0))
         );
@@ -443,13 +450,14 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
     for r in out["roots"].as_array().into_iter().flatten() {
         let rep = &r["report"];
         eprintln!(
-            "{} -> {}: {} files from {} manifests; {verb} {} objects ({}), {} already in place, {} with other content replaced, {} skipped",
+            "{} -> {}: {} files from {} manifests; {verb} {} objects ({}){}, {} already in place, {} with other content replaced, {} skipped",
             r["root_path"].as_str().unwrap_or_default(),
             r["destination"].as_str().unwrap_or_default(),
             rep["files"],
             r["manifests"],
             rep["download"]["objects"],
             json_size(&rep["download"]["downloaded_bytes"]),
+            from_content_cache(&rep["download"]),
             rep["unchanged_files"],
             rep["replaced_files"],
             rep["skipped_files"]

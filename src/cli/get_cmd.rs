@@ -81,13 +81,14 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             format!(", {} fetched again", d.refetched)
         };
         eprintln!(
-            "{}: {} files ({}) in {:.2} s: {verb} {} objects ({}), {} copies, {} already in place{}, {} with other content replaced, {} skipped{tail}",
+            "{}: {} files ({}) in {:.2} s: {verb} {} objects ({}){}, {} copies, {} already in place{}, {} with other content replaced, {} skipped{tail}",
             args.dest.display(),
             report.files,
             ByteSize(report.bytes).display().iec(),
             report.seconds,
             d.objects,
             ByteSize(d.downloaded_bytes).display().iec(),
+            from_content_cache(d.content_cache_files, d.content_cache_bytes),
             d.copied_files,
             report.unchanged_files,
             read_to_check(report.unchanged_read_files),
@@ -96,6 +97,18 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// ", N from the content cache (SIZE)" when objects were copied from it.
+pub fn from_content_cache(files: u64, bytes: u64) -> String {
+    if files == 0 {
+        String::new()
+    } else {
+        format!(
+            ", {files} from the content cache ({})",
+            ByteSize(bytes).display().iec()
+        )
+    }
 }
 
 /// " (N read to check)" when files in place had to be read to be recognized.

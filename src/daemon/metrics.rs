@@ -18,6 +18,7 @@ pub struct Metrics {
     bytes_resumed: AtomicU64,
     bytes_down: AtomicU64,
     objects_down: AtomicU64,
+    bytes_content_cache: AtomicU64,
     known_present_hits: AtomicU64,
     hash_cache_hits: AtomicU64,
     files_hashed: AtomicU64,
@@ -62,6 +63,8 @@ impl Metrics {
         let download = |d: &crate::transfer::download::DownloadReport| {
             self.bytes_down.fetch_add(d.downloaded_bytes, Relaxed);
             self.objects_down.fetch_add(d.objects, Relaxed);
+            self.bytes_content_cache
+                .fetch_add(d.content_cache_bytes, Relaxed);
         };
         match out {
             JobOutput::Submit(r) => r.roots.iter().for_each(|root| {
@@ -148,6 +151,12 @@ impl Metrics {
             "counter",
             "Content objects downloaded (finished jobs).",
             &one(&self.objects_down),
+        );
+        metric(
+            "content_cache_bytes_total",
+            "counter",
+            "Content bytes copied from the local content cache instead of downloaded (finished jobs).",
+            &one(&self.bytes_content_cache),
         );
         metric(
             "known_present_hits_total",

@@ -1,4 +1,5 @@
-//! Hashing one file with large reads, detecting a file that changes while it is read.
+//! Hashing one file with large reads, detecting a file that changes while it is read; and
+//! copying one while hashing what was copied.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -316,6 +317,37 @@ fn fill_at(file: &File, buf: &mut [u8], offset: u64) -> Result<usize, ReadError>
         }
     }
     Ok(n)
+}
+
+/// Which end of a [`copy_hashing`] failed.
+#[derive(Debug)]
+pub enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies `from` to the end of `to` through a buffer of `buf_len` bytes, returning the hash
+/// and length of what was copied (the source may have changed since it was last hashed).
+pub fn copy_hashing(
+    mut from: File,
+    to: &mut File,
+    buf_len: usize,
+) -> Result<(ContentHash, u64), CopyError> {
+    use std::io::{Read, Write};
+    let mut buf = vec![0; buf_len];
+    let mut hasher = Xxh3Default::new();
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok((ContentHash(hasher.digest128()), total)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::hash::cache::HashCache;
 use crate::jobs::Cancelled;
 use crate::store::PutOptions;
 use crate::store::layout::{data_key, join};
+use crate::transfer::content_cache::ContentCache;
 use crate::transfer::known_present::KnownPresent;
 use crate::transfer::upload::{finished, given_up, record_open};
 use crate::transfer::{Transfer, cancellable};
@@ -243,6 +244,7 @@ pub async fn run(
         "a writable cache.dir (--cache-dir); without it every file is read on every run";
     probes.push(local_probe("hash cache", cache, needs_cache));
     probes.push(local_probe("known-present index", known, needs_cache));
+    probes.push(content_cache_probe(&settings.cache).await);
 
     let passed = probes.iter().all(|p| p.status != Status::Failed);
     Ok(DoctorReport {
@@ -291,6 +293,47 @@ fn conditional_put_probe(honours: Option<Result<bool, crate::store::StoreError>>
         needs,
         ms: 0,
     }
+}
+
+/// The content cache: off, or its use and that a copy can be written in its directory.
+async fn content_cache_probe(settings: &crate::config::CacheSettings) -> Probe {
+    let (max, dir) = (settings.content_size.0, settings.content_dir());
+    let mut probe = Probe {
+        name: "content cache".into(),
+        status: Status::Ok,
+        detail: "off (cache.content_size = 0)".into(),
+        needs: None,
+        ms: 0,
+    };
+    if max == 0 {
+        return probe;
+    }
+    let started = Instant::now();
+    let cache = ContentCache::new(dir.clone(), max);
+    let usage = tokio::task::spawn_blocking(move || cache.usage())
+        .await
+        .expect("reading the content cache panicked");
+    probe.ms = started.elapsed().as_millis() as u64;
+    let size = |n| bytesize::ByteSize(n).display().iec();
+    match usage {
+        Ok((files, bytes)) => {
+            probe.detail = format!(
+                "{files} object(s), {} of {} in {}",
+                size(bytes),
+                size(max),
+                dir.display()
+            );
+        }
+        // Downloads go on without it.
+        Err(e) => {
+            probe.status = Status::Warning;
+            probe.detail = format!("{}: {e}", dir.display());
+            probe.needs = Some(
+                "a writable cache.content_dir on a local disk, or cache.content_size = 0".into(),
+            );
+        }
+    }
+    probe
 }
 
 async fn probe(

@@ -3,12 +3,13 @@
 //! Each distinct hash is fetched once: into a staged file in its destination's directory (one
 //! GET for small objects, parallel ranged GETs written at their offsets for large ones),
 //! checked for size and XXH3-128, given the manifest's mtime and only then given its name.
-//! Other files with the same content are copied from the first. A failed, corrupt or
+//! Other files with the same content are copied from the first. With the content cache on
+//! (`transfer::content_cache`), an object it holds is copied from there (verified as it is
+//! copied), and every object fetched is kept in it (a hard link where it can be). A failed, corrupt or
 //! cancelled file leaves nothing behind; on Linux the staged file has no name until it is
 //! complete, so not even a killed process leaves a partial file (`fsutil::staged`).
 
 use std::ffi::OsStr;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,11 +19,13 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
+use super::content_cache::{ContentCache, Inserted};
 use super::inflight::{self, Claim, Done};
 use super::{Transfer, TransferError, cancellable, run_pieces, spawned};
 use crate::fsutil::BatchedWriter;
 use crate::fsutil::staged::Staged;
 use crate::hash::ContentHash;
+use crate::hash::file::{CopyError, copy_hashing};
 use crate::hash::recorder::RecordSink;
 use crate::jobs::Cancelled;
 use crate::scan::FileStat;
@@ -72,6 +75,9 @@ pub struct DownloadReport {
     pub copied_files: u64,
     /// Objects fetched again after a corrupt or short body.
     pub refetched: u64,
+    /// Objects copied from this machine's content cache instead of fetched.
+    pub content_cache_files: u64,
+    pub content_cache_bytes: u64,
 }
 
 #[derive(Default)]
@@ -81,6 +87,12 @@ struct Counters {
     downloaded_bytes: AtomicU64,
     copied_files: AtomicU64,
     refetched: AtomicU64,
+    content_cache_files: AtomicU64,
+    content_cache_bytes: AtomicU64,
+    /// Objects added to the content cache.
+    content_cache_added: AtomicU64,
+    /// An object could not be added to the content cache (said once).
+    content_cache_failed: std::sync::atomic::AtomicBool,
 }
 
 /// Objects from this size up are fetched first, largest first: they take longest, and large
@@ -115,13 +127,35 @@ pub async fn download_all(
     .await
     .expect("sorting the plan panicked");
     if t.dry_run {
-        return Ok(DownloadReport {
-            files: items.len() as u64,
-            objects: firsts.len() as u64,
-            downloaded_bytes: firsts.iter().map(|&i| items[i].size).sum(),
-            copied_files: copies.len() as u64,
-            refetched: 0,
-        });
+        let (items, cache) = (Arc::new(items), t.content_cache.clone());
+        let cached: Vec<bool> = {
+            let (items, firsts) = (items.clone(), firsts.clone());
+            tokio::task::spawn_blocking(move || {
+                firsts
+                    .iter()
+                    .map(|&i| {
+                        let (hash, size) = (items[i].hash, items[i].size);
+                        cache.as_ref().is_some_and(|c| c.peek(hash, size).is_some())
+                    })
+                    .collect()
+            })
+            .await
+            .expect("looking in the content cache panicked")
+        };
+        let (mut report, mut fetched) = (DownloadReport::default(), 0);
+        for (&i, cached) in firsts.iter().zip(cached) {
+            if cached {
+                report.content_cache_files += 1;
+                report.content_cache_bytes += items[i].size;
+            } else {
+                fetched += 1;
+                report.downloaded_bytes += items[i].size;
+            }
+        }
+        report.files = items.len() as u64;
+        report.objects = fetched;
+        report.copied_files = copies.len() as u64;
+        return Ok(report);
     }
     let (items, root) = (Arc::new(items), Arc::new(root.to_path_buf()));
     let counters = Arc::new(Counters::default());
@@ -162,13 +196,37 @@ pub async fn download_all(
         }
     });
     run_pieces(copy_all, t.settings.workers, stop, cancel).await?;
+    if let Some(cache) = t.content_cache.clone()
+        && counters.content_cache_added.load(Relaxed) > 0
+    {
+        evict(cache).await;
+    }
     Ok(DownloadReport {
         files: counters.files.load(Relaxed),
         objects: counters.objects.load(Relaxed),
         downloaded_bytes: counters.downloaded_bytes.load(Relaxed),
         copied_files: counters.copied_files.load(Relaxed),
         refetched: counters.refetched.load(Relaxed),
+        content_cache_files: counters.content_cache_files.load(Relaxed),
+        content_cache_bytes: counters.content_cache_bytes.load(Relaxed),
     })
+}
+
+/// Brings the content cache back under its size after a download added to it.
+async fn evict(cache: Arc<ContentCache>) {
+    let dir = cache.dir().to_path_buf();
+    match tokio::task::spawn_blocking(move || cache.evict()).await {
+        Ok(Ok(e)) if e.files > 0 => tracing::info!(
+            "content cache {}: removed {} least recently used object(s) ({}), {} kept",
+            dir.display(),
+            e.files,
+            bytesize::ByteSize(e.bytes).display().iec(),
+            bytesize::ByteSize(e.kept_bytes).display().iec()
+        ),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("content cache {}: cannot evict: {e}", dir.display()),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// The order of a download, as indices into its items (so a million-entry plan is neither
@@ -216,7 +274,6 @@ async fn place(
     if cancel.is_cancelled() {
         return Err(Cancelled.into());
     }
-    c.objects.fetch_add(1, Relaxed);
     let stat = place_first(t, c, &item, cancel).await?;
     c.files.fetch_add(1, Relaxed);
     t.progress.add_files(1);
@@ -311,14 +368,28 @@ async fn copy_all_into(
     }
 }
 
-/// Fetches `item` from the store, unless another job of the daemon is fetching the same
-/// object: then it waits and copies that job's verified file.
+/// Copies `item` from the content cache if it holds the object, else fetches it from the
+/// store, unless another job of the daemon is fetching the same object: then it waits and
+/// copies that job's verified file. A fetched object is added to the content cache.
 async fn place_first(
     t: &Arc<Transfer>,
     c: &Arc<Counters>,
     item: &Target,
     cancel: &CancellationToken,
 ) -> Result<FileStat, TransferError> {
+    if let Some(cache) = t.content_cache.clone() {
+        let target = item.clone();
+        let cached = tokio::task::spawn_blocking(move || from_cache(&cache, &target))
+            .await
+            .expect("copy task panicked")?;
+        if let Some(stat) = cached {
+            c.content_cache_files.fetch_add(1, Relaxed);
+            c.content_cache_bytes.fetch_add(item.size, Relaxed);
+            t.progress.add_bytes(item.size);
+            return Ok(stat);
+        }
+    }
+    c.objects.fetch_add(1, Relaxed);
     let store_id = t.store.identity();
     let claim = t
         .inflight
@@ -339,11 +410,73 @@ async fn place_first(
         None => None,
     };
     let tmp = fetch_verified(t, c, item, cancel).await?;
-    let stat = finalize(tmp, item)?;
+    let mut stat = finalize(tmp, item)?;
     if let Some(guard) = guard {
         guard.done(Done::Placed(item.dest.clone()));
     }
+    if let Some(cache) = &t.content_cache {
+        keep_in_cache(cache, c, item, &mut stat).await;
+    }
     Ok(stat)
+}
+
+/// Keeps a file just fetched in the content cache: a hard link, made here (a few system
+/// calls, as naming the file was), else a copy on a blocking thread. A link moved the file's
+/// ctime: `stat` becomes the new one, which the hash cache records.
+async fn keep_in_cache(
+    cache: &Arc<ContentCache>,
+    c: &Counters,
+    item: &Target,
+    stat: &mut FileStat,
+) {
+    let (hash, size) = (item.hash, item.size);
+    let kept = match cache.link(&item.dest, hash, size) {
+        Ok(Inserted::NotLinked) => {
+            let (cache, dest) = (cache.clone(), item.dest.clone());
+            match tokio::task::spawn_blocking(move || cache.copy_in(&dest, hash, size)).await {
+                Ok(kept) => kept,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        Ok(Inserted::Linked) => std::fs::metadata(&item.dest).map(|meta| {
+            *stat = FileStat::of(&meta);
+            Inserted::Linked
+        }),
+        kept => kept,
+    };
+    match kept {
+        Ok(Inserted::No) => {}
+        Ok(_) => {
+            c.content_cache_added.fetch_add(1, Relaxed);
+        }
+        // Once per download: every other object would fail the same way.
+        Err(e) if !c.content_cache_failed.swap(true, Relaxed) => tracing::warn!(
+            "cannot add {} to the content cache in {}: {e}; the download goes on without it",
+            item.dest.display(),
+            cache.dir().display(),
+        ),
+        Err(_) => {}
+    }
+}
+
+/// Places `item` from the content cache: `None` when the cache has no copy of its object,
+/// or a copy that does not hold it (which is dropped).
+fn from_cache(cache: &ContentCache, item: &Target) -> Result<Option<FileStat>, TransferError> {
+    let Some(blob) = cache.take(item.hash, item.size) else {
+        return Ok(None);
+    };
+    match copy_verified_now(&blob, item) {
+        Ok(stat) => Ok(Some(stat)),
+        Err(TransferError::Refused { path, .. }) if path == blob => {
+            cache.discard(item.hash);
+            Ok(None)
+        }
+        Err(TransferError::Io { path, source }) if path == blob => {
+            tracing::debug!("cannot read {}: {source}; fetching", path.display());
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Copies a local file with the same content to `item.dest`, hashing the bytes as they are
@@ -363,8 +496,8 @@ fn copy_verified_now(src: &Path, item: &Target) -> Result<FileStat, TransferErro
     // A small file needs no 1 MiB buffer (one per copy, zeroed).
     let buf_len = item.size.clamp(4096, 1 << 20) as usize;
     let (got, got_size) = copy_hashing(from, tmp.as_file_mut(), buf_len).map_err(|e| match e {
-        Side::Read(e) => TransferError::io(src)(e),
-        Side::Write(e) => TransferError::io(&item.dest)(e),
+        CopyError::Read(e) => TransferError::io(src)(e),
+        CopyError::Write(e) => TransferError::io(&item.dest)(e),
     })?;
     if got != item.hash || got_size != item.size {
         return Err(TransferError::Refused {
@@ -373,36 +506,6 @@ fn copy_verified_now(src: &Path, item: &Target) -> Result<FileStat, TransferErro
         });
     }
     finalize(tmp, item)
-}
-
-/// Which end of a copy failed.
-enum Side {
-    Read(std::io::Error),
-    Write(std::io::Error),
-}
-
-/// Copies `from` to the end of `to` through a buffer of `buf_len` bytes, returning the hash
-/// and length of what was copied.
-fn copy_hashing(
-    mut from: std::fs::File,
-    to: &mut std::fs::File,
-    buf_len: usize,
-) -> Result<(ContentHash, u64), Side> {
-    use std::io::Read;
-    let mut buf = vec![0; buf_len];
-    let mut hasher = Xxh3Default::new();
-    let mut total = 0u64;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok((ContentHash(hasher.digest128()), total)),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Side::Read(e)),
-        };
-        to.write_all(&buf[..n]).map_err(Side::Write)?;
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
 }
 
 /// A file staged in the destination's directory (so giving it its name is atomic).
