@@ -17,6 +17,8 @@
 //! - `POST /reset`: forget the counters.
 //! - `POST /buckets/{name}`: create a bucket (a directory, as s3s-fs's CreateBucket does).
 //! - `POST /faults/slowdown?seconds=N`: every request gets 503 SlowDown for N seconds.
+//! - `POST /faults/delay?seconds=N`: every response comes N seconds late (a store across a
+//!   WAN: `0.02` is a 20 ms round trip), until cleared.
 //! - `POST /faults/clear`: disarm faults.
 
 #[path = "../tests/common/s3.rs"]
@@ -68,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         .route("/reset", post(reset))
         .route("/buckets/{name}", post(create_bucket))
         .route("/faults/slowdown", post(slowdown))
+        .route("/faults/delay", post(delay))
         .route("/faults/clear", post(clear_faults))
         .with_state(server.clone());
     let control = tokio::net::TcpListener::bind(("127.0.0.1", args.control_port)).await?;
@@ -158,6 +161,12 @@ struct Seconds {
 async fn slowdown(State(s3): State<Arc<s3::TestS3>>, Query(q): Query<Seconds>) -> StatusCode {
     s3.faults
         .slow_down_for(Duration::from_secs_f64(q.seconds.max(0.0)));
+    StatusCode::NO_CONTENT
+}
+
+async fn delay(State(s3): State<Arc<s3::TestS3>>, Query(q): Query<Seconds>) -> StatusCode {
+    s3.faults
+        .delay_responses(Duration::from_secs_f64(q.seconds.max(0.0)));
     StatusCode::NO_CONTENT
 }
 
