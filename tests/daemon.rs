@@ -957,3 +957,58 @@ fn a_job_the_daemon_crashed_in_is_resumed_after_the_restart() {
         "the object is not the file"
     );
 }
+
+/// With the content cache on, a worker's next session is served from it: the daemon's second
+/// sync-inputs of a job fetches nothing, says so in its result, and counts it in /metrics.
+#[test]
+fn a_daemon_s_next_session_takes_its_inputs_from_the_content_cache() {
+    let s3 = TestS3::start_background();
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("proj");
+    big_tree(&proj, 4, 300_000);
+    let mut env = s3.env();
+    env.push(("ATTACHE_CACHE__CONTENT_SIZE".into(), "1GiB".into()));
+    let d = Daemon::start_in(dir, "", &env);
+    let store = s3.store_url("DeadlineCloud");
+    let (_, a) = d.api("POST", "/v1/jobs", &submit_spec_to(&proj, &store));
+    let a = d.wait(a["id"].as_str().unwrap(), Duration::from_secs(30));
+    let attachments = a["result"]["attachments"].clone();
+    let data_gets = || {
+        s3.stats
+            .requests_matching(|r| r.method == "GET" && r.path.contains("/Data/"))
+    };
+    let mut downloads = Vec::new();
+    for session in ["s1", "s2"] {
+        let before = data_gets();
+        let spec = serde_json::json!({"kind": "sync_inputs", "attachments": attachments, "session_dir": d.path(session), "store": store});
+        let (_, j) = d.api("POST", "/v1/jobs", &spec.to_string());
+        let j = d.wait(j["id"].as_str().unwrap(), Duration::from_secs(30));
+        assert_eq!(j["state"], "succeeded", "{j}");
+        downloads.push((
+            data_gets() - before,
+            j["result"]["roots"][0]["report"]["download"].clone(),
+        ));
+    }
+    let (gets, first) = &downloads[0];
+    assert_eq!(
+        (*gets, &first["content_cache_files"]),
+        (4, &0.into()),
+        "{first}"
+    );
+    let (gets, second) = &downloads[1];
+    assert_eq!(*gets, 0, "the next session fetched again: {second}");
+    assert_eq!(
+        (
+            &second["objects"],
+            &second["content_cache_files"],
+            &second["content_cache_bytes"]
+        ),
+        (&0.into(), &4.into(), &1_200_000.into()),
+        "{second}"
+    );
+    let (_, metrics) = http(&d.socket(), "GET", "/metrics", "").unwrap();
+    assert!(
+        metrics.contains("attache_content_cache_bytes_total 1200000"),
+        "{metrics}"
+    );
+}
