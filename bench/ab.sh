@@ -71,25 +71,9 @@ if [[ $server == garage ]]; then
     source "$w/g/env.sh"
     server_pid=$(cat "$w/g/garage.pid")
 else
-    # s3s-fs sets TCP_NODELAY itself; it prints its endpoint and keys as one JSON line.
-    "$examples/s3_server" --root "$w/s3s" >"$w/s3s.json" 2>"$w/s3s.log" &
-    server_pid=$!
-    for _ in $(seq 100); do
-        [[ -s "$w/s3s.json" ]] || ! kill -0 "$server_pid" 2>/dev/null && break
-        sleep 0.05
-    done
-    [[ -s "$w/s3s.json" ]] || {
-        echo "ab: $examples/s3_server did not start (waited up to 5 s); its log:" >&2
-        cat "$w/s3s.log" >&2
-        exit 1
-    }
-    field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$w/s3s.json" "$1"; }
-    export ATTACHE_S3__ENDPOINT_URL ATTACHE_S3__ACCESS_KEY_ID ATTACHE_S3__SECRET_ACCESS_KEY
-    ATTACHE_S3__ENDPOINT_URL=$(field endpoint)
-    ATTACHE_S3__ACCESS_KEY_ID=$(field access_key)
-    ATTACHE_S3__SECRET_ACCESS_KEY=$(field secret_key)
-    export ATTACHE_S3__REGION=us-east-1 ATTACHE_S3__FORCE_PATH_STYLE=true
-    control=$(field control)
+    # shellcheck source=lib/s3s_server.sh
+    source "$here/lib/s3s_server.sh"
+    start_s3s_server "$examples" "$w" ab
 fi
 server_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
 # The scripts' own ATTACHE_* variables (ATTACHE_TOOLS_DIR, ATTACHE_GARAGE_*, ...) are not

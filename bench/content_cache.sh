@@ -46,21 +46,10 @@ stop() {
 }
 trap stop EXIT
 
-"$examples/s3_server" --root "$w/s3s" >"$w/s3s.json" 2>"$w/s3s.log" &
-server_pid=$!
-for _ in $(seq 100); do
-    [[ -s "$w/s3s.json" ]] || ! kill -0 "$server_pid" 2>/dev/null && break
-    sleep 0.05
-done
-[[ -s "$w/s3s.json" ]] || { echo "content_cache: s3_server did not start:" >&2; cat "$w/s3s.log" >&2; exit 1; }
-field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$w/s3s.json" "$1"; }
-export ATTACHE_S3__ENDPOINT_URL ATTACHE_S3__ACCESS_KEY_ID ATTACHE_S3__SECRET_ACCESS_KEY
-ATTACHE_S3__ENDPOINT_URL=$(field endpoint)
-ATTACHE_S3__ACCESS_KEY_ID=$(field access_key)
-ATTACHE_S3__SECRET_ACCESS_KEY=$(field secret_key)
-export ATTACHE_S3__REGION=us-east-1 ATTACHE_S3__FORCE_PATH_STYLE=true
-export ATTACHE_STORE__URL="s3://$(field bucket)/cc"
-control=$(field control)
+# shellcheck source=lib/s3s_server.sh
+source "$here/lib/s3s_server.sh"
+start_s3s_server "$examples" "$w" content_cache
+export ATTACHE_STORE__URL="s3://$s3s_bucket/cc"
 post() { python3 -c "import sys, urllib.request as u; u.urlopen(u.Request(sys.argv[1], method='POST'))" "$control$1"; }
 data_requests() {
     python3 -c "import json, sys, urllib.request as u; print(json.load(u.urlopen(sys.argv[1]))['data_requests'])" \
