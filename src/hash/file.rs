@@ -319,25 +319,31 @@ fn fill_at(file: &File, buf: &mut [u8], offset: u64) -> Result<usize, ReadError>
     Ok(n)
 }
 
-/// Which end of a [`copy_hashing`] failed.
+/// Which end of a [`copy_hashing`] failed, or that it was cancelled.
 #[derive(Debug)]
 pub enum CopyError {
     Read(io::Error),
     Write(io::Error),
+    Cancelled,
 }
 
 /// Copies `from` to the end of `to` through a buffer of `buf_len` bytes, returning the hash
 /// and length of what was copied (the source may have changed since it was last hashed).
+/// `cancel` is looked at before each buffer: a copy of gigabytes stops within one.
 pub fn copy_hashing(
     mut from: File,
     to: &mut File,
     buf_len: usize,
+    cancel: &CancellationToken,
 ) -> Result<(ContentHash, u64), CopyError> {
     use std::io::{Read, Write};
     let mut buf = vec![0; buf_len];
     let mut hasher = Xxh3Default::new();
     let mut total = 0u64;
     loop {
+        if cancel.is_cancelled() {
+            return Err(CopyError::Cancelled);
+        }
         let n = match from.read(&mut buf) {
             Ok(0) => return Ok((ContentHash(hasher.digest128()), total)),
             Ok(n) => n,

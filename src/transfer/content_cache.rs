@@ -21,6 +21,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::hash::ContentHash;
 use crate::hash::file::{CopyError, copy_hashing};
 
@@ -103,12 +105,12 @@ impl ContentCache {
         Some(path)
     }
 
-    /// Drops the blob of `hash` (it did not hold its content).
+    /// Drops the blob of `hash` (it did not hold its content, or could not be read).
     pub fn discard(&self, hash: ContentHash) {
         let path = self.path_of(hash);
         match std::fs::remove_file(&path) {
             Ok(()) => tracing::warn!(
-                "{}: the content cache's copy did not match its hash; removed it",
+                "{}: the content cache's copy did not hold its object or could not be read; removed it",
                 path.display()
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -121,7 +123,7 @@ impl ContentCache {
     /// `hash` as it is made.
     pub fn insert(&self, src: &Path, hash: ContentHash, size: u64) -> std::io::Result<Inserted> {
         match self.link(src, hash, size)? {
-            Inserted::NotLinked => self.copy_in(src, hash, size),
+            Inserted::NotLinked => self.copy_in(src, hash, size, &CancellationToken::new()),
             kept => Ok(kept),
         }
     }
@@ -165,8 +167,14 @@ impl ContentCache {
     }
 
     /// [`Self::insert`] by a copy, checked against `hash` as it is made: reads and writes the
-    /// whole file.
-    pub fn copy_in(&self, src: &Path, hash: ContentHash, size: u64) -> std::io::Result<Inserted> {
+    /// whole file, unless `cancel` stops it (an `Interrupted` error; nothing is kept).
+    pub fn copy_in(
+        &self,
+        src: &Path,
+        hash: ContentHash,
+        size: u64,
+        cancel: &CancellationToken,
+    ) -> std::io::Result<Inserted> {
         if size > self.max_bytes {
             return Ok(Inserted::No);
         }
@@ -177,8 +185,11 @@ impl ContentCache {
         let from = std::fs::File::open(src)?;
         let buf_len = size.clamp(4096, 1 << 20) as usize;
         let (got, got_size) =
-            copy_hashing(from, tmp.as_file_mut(), buf_len).map_err(|e| match e {
+            copy_hashing(from, tmp.as_file_mut(), buf_len, cancel).map_err(|e| match e {
                 CopyError::Read(e) | CopyError::Write(e) => e,
+                CopyError::Cancelled => {
+                    std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled")
+                }
             })?;
         if (got, got_size) != (hash, size) {
             return Ok(Inserted::No);
@@ -337,6 +348,34 @@ mod tests {
         assert_eq!(c.peek(h2, 5), None);
         let left: Vec<_> = std::fs::read_dir(blob.parent().unwrap()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temp file left: {left:?}");
+    }
+
+    #[test]
+    fn a_cancelled_copy_keeps_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let c = ContentCache::new(t.path().join("content"), 1 << 30);
+        let (src, h) = file(t.path(), "a", &vec![7; 3 << 20]);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let e = c.copy_in(&src, h, 3 << 20, &cancel).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted);
+        assert_eq!(c.peek(h, 3 << 20), None);
+        assert!(files_in(c.dir()).is_empty(), "{:?}", files_in(c.dir()));
+        let copied = c.copy_in(&src, h, 3 << 20, &CancellationToken::new());
+        assert_eq!(copied.unwrap(), Inserted::Copied);
+    }
+
+    /// Every file in the cache's subdirectories, temporary ones too.
+    fn files_in(dir: &Path) -> Vec<PathBuf> {
+        let subs = std::fs::read_dir(dir).into_iter().flatten().flatten();
+        subs.flat_map(|sub| {
+            std::fs::read_dir(sub.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .collect()
     }
 
     #[test]

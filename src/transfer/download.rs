@@ -322,7 +322,7 @@ async fn copy_all_into(
             work.into_iter()
                 .take_while(|_| !cancel.is_cancelled())
                 .map(|(src, item)| {
-                    let copied = copy_verified_now(&src, &item);
+                    let copied = copy_verified_now(&src, &item, &cancel);
                     (src, item, copied)
                 })
                 .collect::<Vec<_>>()
@@ -378,8 +378,8 @@ async fn place_first(
     cancel: &CancellationToken,
 ) -> Result<FileStat, TransferError> {
     if let Some(cache) = t.content_cache.clone() {
-        let target = item.clone();
-        let cached = tokio::task::spawn_blocking(move || from_cache(&cache, &target))
+        let (target, stop) = (item.clone(), cancel.clone());
+        let cached = tokio::task::spawn_blocking(move || from_cache(&cache, &target, &stop))
             .await
             .expect("copy task panicked")?;
         if let Some(stat) = cached {
@@ -398,7 +398,7 @@ async fn place_first(
     let guard = match claim {
         Some(Claim::Theirs(rx)) => {
             if let Done::Placed(src) = cancellable(cancel, inflight::wait(rx)).await?
-                && let Ok(stat) = copy_verified(&src, item).await
+                && let Ok(stat) = copy_verified(&src, item, cancel).await
             {
                 c.copied_files.fetch_add(1, Relaxed);
                 t.progress.add_bytes(item.size);
@@ -415,7 +415,7 @@ async fn place_first(
         guard.done(Done::Placed(item.dest.clone()));
     }
     if let Some(cache) = &t.content_cache {
-        keep_in_cache(cache, c, item, &mut stat).await;
+        keep_in_cache(cache, c, item, &mut stat, cancel).await;
     }
     Ok(stat)
 }
@@ -428,12 +428,14 @@ async fn keep_in_cache(
     c: &Counters,
     item: &Target,
     stat: &mut FileStat,
+    cancel: &CancellationToken,
 ) {
     let (hash, size) = (item.hash, item.size);
     let kept = match cache.link(&item.dest, hash, size) {
         Ok(Inserted::NotLinked) => {
-            let (cache, dest) = (cache.clone(), item.dest.clone());
-            match tokio::task::spawn_blocking(move || cache.copy_in(&dest, hash, size)).await {
+            let (cache, dest, stop) = (cache.clone(), item.dest.clone(), cancel.clone());
+            let copy = move || cache.copy_in(&dest, hash, size, &stop);
+            match tokio::task::spawn_blocking(copy).await {
                 Ok(kept) => kept,
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
@@ -449,6 +451,7 @@ async fn keep_in_cache(
         Ok(_) => {
             c.content_cache_added.fetch_add(1, Relaxed);
         }
+        Err(_) if cancel.is_cancelled() => {}
         // Once per download: every other object would fail the same way.
         Err(e) if !c.content_cache_failed.swap(true, Relaxed) => tracing::warn!(
             "cannot add {} to the content cache in {}: {e}; the download goes on without it",
@@ -461,18 +464,25 @@ async fn keep_in_cache(
 
 /// Places `item` from the content cache: `None` when the cache has no copy of its object,
 /// or a copy that does not hold it (which is dropped).
-fn from_cache(cache: &ContentCache, item: &Target) -> Result<Option<FileStat>, TransferError> {
+fn from_cache(
+    cache: &ContentCache,
+    item: &Target,
+    cancel: &CancellationToken,
+) -> Result<Option<FileStat>, TransferError> {
     let Some(blob) = cache.take(item.hash, item.size) else {
         return Ok(None);
     };
-    match copy_verified_now(&blob, item) {
+    match copy_verified_now(&blob, item, cancel) {
         Ok(stat) => Ok(Some(stat)),
         Err(TransferError::Refused { path, .. }) if path == blob => {
             cache.discard(item.hash);
             Ok(None)
         }
+        // Unreadable (its permissions changed with the file it is linked to, say): of no
+        // use, and in the way of a copy that would be.
         Err(TransferError::Io { path, source }) if path == blob => {
             tracing::debug!("cannot read {}: {source}; fetching", path.display());
+            cache.discard(item.hash);
             Ok(None)
         }
         Err(e) => Err(e),
@@ -482,23 +492,33 @@ fn from_cache(cache: &ContentCache, item: &Target) -> Result<Option<FileStat>, T
 /// Copies a local file with the same content to `item.dest`, hashing the bytes as they are
 /// copied (the source may have been changed since it was written) before the copy becomes
 /// visible.
-async fn copy_verified(src: &Path, item: &Target) -> Result<FileStat, TransferError> {
-    let (src, item) = (src.to_path_buf(), item.clone());
-    tokio::task::spawn_blocking(move || copy_verified_now(&src, &item))
+async fn copy_verified(
+    src: &Path,
+    item: &Target,
+    cancel: &CancellationToken,
+) -> Result<FileStat, TransferError> {
+    let (src, item, cancel) = (src.to_path_buf(), item.clone(), cancel.clone());
+    tokio::task::spawn_blocking(move || copy_verified_now(&src, &item, &cancel))
         .await
         .expect("copy task panicked")
 }
 
 /// [`copy_verified`] on the calling thread (a blocking one).
-fn copy_verified_now(src: &Path, item: &Target) -> Result<FileStat, TransferError> {
+fn copy_verified_now(
+    src: &Path,
+    item: &Target,
+    cancel: &CancellationToken,
+) -> Result<FileStat, TransferError> {
     let mut tmp = stage_beside(&item.dest)?;
     let from = std::fs::File::open(src).map_err(TransferError::io(src))?;
     // A small file needs no 1 MiB buffer (one per copy, zeroed).
     let buf_len = item.size.clamp(4096, 1 << 20) as usize;
-    let (got, got_size) = copy_hashing(from, tmp.as_file_mut(), buf_len).map_err(|e| match e {
-        CopyError::Read(e) => TransferError::io(src)(e),
-        CopyError::Write(e) => TransferError::io(&item.dest)(e),
-    })?;
+    let (got, got_size) =
+        copy_hashing(from, tmp.as_file_mut(), buf_len, cancel).map_err(|e| match e {
+            CopyError::Read(e) => TransferError::io(src)(e),
+            CopyError::Write(e) => TransferError::io(&item.dest)(e),
+            CopyError::Cancelled => Cancelled.into(),
+        })?;
     if got != item.hash || got_size != item.size {
         return Err(TransferError::Refused {
             path: src.to_path_buf(),
