@@ -832,15 +832,14 @@ async fn handle(
     let creates_bucket = method == Method::PUT && entry.key.is_empty();
     let valid_name = (3..=63).contains(&entry.bucket.len());
     if !creates_bucket && valid_name && !shared.root.join(&entry.bucket).is_dir() {
-        let mut body = req.into_body();
-        while body.frame().await.is_some() {}
-        let resp = error_response(
-            StatusCode::NOT_FOUND,
+        let resp = not_found_after_body(
+            req,
             "NoSuchBucket",
             "The specified bucket does not exist",
             &path,
-            entry.seq,
-        );
+            &entry,
+        )
+        .await;
         return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
     }
 
@@ -855,15 +854,14 @@ async fn handle(
         "UploadPart" | "CompleteMultipartUpload" | "AbortMultipartUpload"
     ) && !upload_exists(&shared.root, &query)
     {
-        let mut body = req.into_body();
-        while body.frame().await.is_some() {}
-        let resp = error_response(
-            StatusCode::NOT_FOUND,
+        let resp = not_found_after_body(
+            req,
             "NoSuchUpload",
             "The specified multipart upload does not exist.",
             &path,
-            entry.seq,
-        );
+            &entry,
+        )
+        .await;
         return Ok(OutBody::new(resp, entry, conn, Mode::Pass));
     }
     // A store that ignores If-None-Match: s3s-fs would refuse, so the object it would refuse
@@ -1148,6 +1146,20 @@ fn list_parts(
         HeaderValue::from_static("application/xml"),
     );
     resp
+}
+
+/// A 404 error answered once the request's body is read, as S3 does (answering while the
+/// client still sends makes hyper close the connection: the client could see a reset).
+async fn not_found_after_body(
+    req: Request<Incoming>,
+    code: &str,
+    message: &str,
+    path: &str,
+    entry: &Entry,
+) -> Response<s3s::Body> {
+    let mut body = req.into_body();
+    while body.frame().await.is_some() {}
+    error_response(StatusCode::NOT_FOUND, code, message, path, entry.seq)
 }
 
 fn error_response(
