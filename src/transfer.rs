@@ -136,12 +136,8 @@ impl Transfer {
             progress,
             known,
             open_uploads: open_uploads::OpenUploads::new(&settings.cache.dir),
-            content_cache: (settings.cache.content_size.0 > 0).then(|| {
-                Arc::new(content_cache::ContentCache::new(
-                    settings.cache.content_dir(),
-                    settings.cache.content_size.0,
-                ))
-            }),
+            content_cache: content_cache::ContentCache::from_settings(&settings.cache)
+                .map(Arc::new),
             dry_run: false,
             inflight: None,
         }

@@ -297,7 +297,6 @@ fn conditional_put_probe(honours: Option<Result<bool, crate::store::StoreError>>
 
 /// The content cache: off, or its use and that a copy can be written in its directory.
 async fn content_cache_probe(settings: &crate::config::CacheSettings) -> Probe {
-    let (max, dir) = (settings.content_size.0, settings.content_dir());
     let mut probe = Probe {
         name: "content cache".into(),
         status: Status::Ok,
@@ -305,11 +304,11 @@ async fn content_cache_probe(settings: &crate::config::CacheSettings) -> Probe {
         needs: None,
         ms: 0,
     };
-    if max == 0 {
+    let Some(cache) = ContentCache::from_settings(settings) else {
         return probe;
-    }
+    };
+    let (max, dir) = (settings.content_size.0, cache.dir().to_path_buf());
     let started = Instant::now();
-    let cache = ContentCache::new(dir.clone(), max);
     let usage = tokio::task::spawn_blocking(move || cache.usage())
         .await
         .expect("reading the content cache panicked");

@@ -70,6 +70,12 @@ impl ContentCache {
         ContentCache { dir, max_bytes }
     }
 
+    /// The cache the settings ask for; `None` with `cache.content_size` 0 (off).
+    pub fn from_settings(settings: &crate::config::CacheSettings) -> Option<ContentCache> {
+        let max = settings.content_size.0;
+        (max > 0).then(|| ContentCache::new(settings.content_dir(), max))
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -81,19 +87,20 @@ impl ContentCache {
 
     /// The blob of `hash` if the cache has one of `size` bytes, without marking it used.
     pub fn peek(&self, hash: ContentHash, size: u64) -> Option<PathBuf> {
+        self.found(hash, size).map(|(path, _)| path)
+    }
+
+    /// The blob of `hash` and its metadata, if it is a file of `size` bytes.
+    fn found(&self, hash: ContentHash, size: u64) -> Option<(PathBuf, std::fs::Metadata)> {
         let path = self.path_of(hash);
         let meta = std::fs::metadata(&path).ok()?;
-        (meta.is_file() && meta.len() == size).then_some(path)
+        (meta.is_file() && meta.len() == size).then_some((path, meta))
     }
 
     /// [`Self::peek`], marking the blob used (it goes last) unless it was within
     /// [`MARK_EVERY`].
     pub fn take(&self, hash: ContentHash, size: u64) -> Option<PathBuf> {
-        let path = self.path_of(hash);
-        let meta = std::fs::metadata(&path).ok()?;
-        if !meta.is_file() || meta.len() != size {
-            return None;
-        }
+        let (path, meta) = self.found(hash, size)?;
         if meta
             .accessed()
             .ok()
@@ -118,18 +125,9 @@ impl ContentCache {
         }
     }
 
-    /// Keeps `src`, a file just placed and verified with content `hash` of `size` bytes: a
-    /// hard link to it, or where that cannot be (another file system) a copy, checked against
-    /// `hash` as it is made.
-    pub fn insert(&self, src: &Path, hash: ContentHash, size: u64) -> std::io::Result<Inserted> {
-        match self.link(src, hash, size)? {
-            Inserted::NotLinked => self.copy_in(src, hash, size, &CancellationToken::new()),
-            kept => Ok(kept),
-        }
-    }
-
-    /// [`Self::insert`] by a hard link only: a few system calls, no data moved, fit to run
-    /// anywhere. [`Inserted::NotLinked`]: [`Self::copy_in`] must copy it.
+    /// Keeps `src`, a file just placed and verified with content `hash` of `size` bytes, by a
+    /// hard link: a few system calls, no data moved, fit to run anywhere.
+    /// [`Inserted::NotLinked`] (another file system): [`Self::copy_in`] must copy it.
     pub fn link(&self, src: &Path, hash: ContentHash, size: u64) -> std::io::Result<Inserted> {
         if size > self.max_bytes {
             return Ok(Inserted::No);
@@ -166,8 +164,8 @@ impl ContentCache {
         }
     }
 
-    /// [`Self::insert`] by a copy, checked against `hash` as it is made: reads and writes the
-    /// whole file, unless `cancel` stops it (an `Interrupted` error; nothing is kept).
+    /// Keeps `src` by a copy, checked against `hash` as it is made: reads and writes the whole
+    /// file, unless `cancel` stops it (an `Interrupted` error; nothing is kept).
     pub fn copy_in(
         &self,
         src: &Path,
@@ -286,6 +284,16 @@ mod tests {
         (p, ContentHash::of(bytes))
     }
 
+    /// What a download does with a file it fetched: a link, else a copy.
+    fn insert(c: &ContentCache, src: &Path, hash: ContentHash, size: u64) -> Inserted {
+        match c.link(src, hash, size).unwrap() {
+            Inserted::NotLinked => c
+                .copy_in(src, hash, size, &CancellationToken::new())
+                .unwrap(),
+            kept => kept,
+        }
+    }
+
     fn used_at(path: &Path, secs: i64) {
         filetime::set_file_atime(path, filetime::FileTime::from_unix_time(secs, 0)).unwrap();
     }
@@ -298,8 +306,8 @@ mod tests {
         let mtime = filetime::FileTime::from_unix_time(1_600_000_000, 0);
         filetime::set_file_mtime(&src, mtime).unwrap();
         assert_eq!(c.take(h, 5), None);
-        assert_eq!(c.insert(&src, h, 5).unwrap(), Inserted::Linked);
-        assert_eq!(c.insert(&src, h, 5).unwrap(), Inserted::No, "already there");
+        assert_eq!(insert(&c, &src, h, 5), Inserted::Linked);
+        assert_eq!(insert(&c, &src, h, 5), Inserted::No, "already there");
         let blob = c.take(h, 5).unwrap();
         let (a, b) = (src.metadata().unwrap(), blob.metadata().unwrap());
         assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "a hard link");
@@ -310,11 +318,11 @@ mod tests {
         std::fs::write(&blob, b"hel").unwrap();
         assert_eq!(c.take(h, 5), None);
         let (fresh, _) = file(t.path(), "fresh", b"hello");
-        assert_eq!(c.insert(&fresh, h, 5).unwrap(), Inserted::Copied);
+        assert_eq!(insert(&c, &fresh, h, 5), Inserted::Copied);
         assert_eq!(std::fs::read(c.peek(h, 5).unwrap()).unwrap(), b"hello");
         // Larger than the whole cache: not kept.
         let small = ContentCache::new(t.path().join("small"), 4);
-        assert_eq!(small.insert(&src, h, 5).unwrap(), Inserted::No);
+        assert_eq!(insert(&small, &src, h, 5), Inserted::No);
         c.discard(h);
         assert_eq!(c.peek(h, 5), None);
         assert_eq!(std::fs::read(&fresh).unwrap(), b"hello", "the file stays");
@@ -334,7 +342,7 @@ mod tests {
         }
         let c = ContentCache::new(shm.path().join("content"), 1 << 20);
         let (src, h) = file(t.path(), "a", b"hello");
-        assert_eq!(c.insert(&src, h, 5).unwrap(), Inserted::Copied);
+        assert_eq!(insert(&c, &src, h, 5), Inserted::Copied);
         let blob = c.peek(h, 5).unwrap();
         assert_eq!(std::fs::read(&blob).unwrap(), b"hello");
         assert_ne!(
@@ -344,7 +352,7 @@ mod tests {
         // A source that no longer holds the content is not kept.
         let (other, h2) = file(t.path(), "b", b"world");
         std::fs::write(&other, b"WORLD").unwrap();
-        assert_eq!(c.insert(&other, h2, 5).unwrap(), Inserted::No);
+        assert_eq!(insert(&c, &other, h2, 5), Inserted::No);
         assert_eq!(c.peek(h2, 5), None);
         let left: Vec<_> = std::fs::read_dir(blob.parent().unwrap()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temp file left: {left:?}");
@@ -385,7 +393,7 @@ mod tests {
         let mut blobs = Vec::new();
         for (i, used) in [(0u8, 300), (1, 100), (2, 200)] {
             let (src, h) = file(t.path(), &format!("f{i}"), &[i; 100]);
-            assert_eq!(c.insert(&src, h, 100).unwrap(), Inserted::Linked);
+            assert_eq!(insert(&c, &src, h, 100), Inserted::Linked);
             let blob = c.peek(h, 100).unwrap();
             used_at(&blob, used);
             blobs.push((h, blob));

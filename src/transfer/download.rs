@@ -127,35 +127,12 @@ pub async fn download_all(
     .await
     .expect("sorting the plan panicked");
     if t.dry_run {
-        let (items, cache) = (Arc::new(items), t.content_cache.clone());
-        let cached: Vec<bool> = {
-            let (items, firsts) = (items.clone(), firsts.clone());
-            tokio::task::spawn_blocking(move || {
-                firsts
-                    .iter()
-                    .map(|&i| {
-                        let (hash, size) = (items[i].hash, items[i].size);
-                        cache.as_ref().is_some_and(|c| c.peek(hash, size).is_some())
-                    })
-                    .collect()
-            })
-            .await
-            .expect("looking in the content cache panicked")
-        };
-        let (mut report, mut fetched) = (DownloadReport::default(), 0);
-        for (&i, cached) in firsts.iter().zip(cached) {
-            if cached {
-                report.content_cache_files += 1;
-                report.content_cache_bytes += items[i].size;
-            } else {
-                fetched += 1;
-                report.downloaded_bytes += items[i].size;
-            }
-        }
-        report.files = items.len() as u64;
-        report.objects = fetched;
-        report.copied_files = copies.len() as u64;
-        return Ok(report);
+        let (cache, copied_files) = (t.content_cache.clone(), copies.len() as u64);
+        // Looking in the content cache is a stat per object: off the runtime.
+        let report = tokio::task::spawn_blocking(move || {
+            dry_run_report(&items, &firsts, copied_files, cache.as_deref())
+        });
+        return Ok(report.await.expect("planning the dry run panicked"));
     }
     let (items, root) = (Arc::new(items), Arc::new(root.to_path_buf()));
     let counters = Arc::new(Counters::default());
@@ -210,6 +187,32 @@ pub async fn download_all(
         content_cache_files: counters.content_cache_files.load(Relaxed),
         content_cache_bytes: counters.content_cache_bytes.load(Relaxed),
     })
+}
+
+/// What a download of `items` would do: fetch each object (`firsts`) the content cache does
+/// not hold, copy the other files locally.
+fn dry_run_report(
+    items: &[DownloadItem],
+    firsts: &[usize],
+    copied_files: u64,
+    cache: Option<&ContentCache>,
+) -> DownloadReport {
+    let mut report = DownloadReport {
+        files: items.len() as u64,
+        copied_files,
+        ..DownloadReport::default()
+    };
+    for &i in firsts {
+        let (hash, size) = (items[i].hash, items[i].size);
+        if cache.is_some_and(|c| c.peek(hash, size).is_some()) {
+            report.content_cache_files += 1;
+            report.content_cache_bytes += size;
+        } else {
+            report.objects += 1;
+            report.downloaded_bytes += size;
+        }
+    }
+    report
 }
 
 /// Brings the content cache back under its size after a download added to it.
