@@ -256,8 +256,6 @@ pub async fn run(
     })
 }
 
-/// Runs one store probe once (no retries: a diagnosis must not wait out a backoff), for at
-/// most [`PROBE_TIMEOUT`].
 /// Whether the store refused a second `PutObject If-None-Match: *` of an object it has, as
 /// S3 does (`None`: not tried, with `s3.conditional_put` off or the first PUT failed). A store
 /// that ignores the header stores the object again: small objects already there, unknown to
@@ -335,6 +333,8 @@ async fn content_cache_probe(settings: &crate::config::CacheSettings) -> Probe {
     probe
 }
 
+/// Runs one store probe once (no retries: a diagnosis must not wait out a backoff), for at
+/// most [`PROBE_TIMEOUT`].
 async fn probe(
     cancel: &CancellationToken,
     name: &'static str,
