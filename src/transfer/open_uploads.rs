@@ -105,13 +105,19 @@ impl Held {
         let mut record: Record =
             serde_json::from_slice(&std::fs::read(&self.path)?).map_err(std::io::Error::other)?;
         change(&mut record);
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let mut tmp = crate::fsutil::temp_file_in(dir, ".record-", ".tmp")?;
-        tmp.as_file().lock()?;
-        tmp.write_all(&serde_json::to_vec(&record).expect("a record serializes"))?;
-        self._lock = tmp.persist(&self.path).map_err(|e| e.error)?;
+        self._lock = write_locked(&self.path, &record)?;
         Ok(())
     }
+}
+
+/// Writes `record` at `path` (replacing any record there) complete and locked before it gets
+/// its name, so nobody sees it half-written or unlocked; returns the locked file.
+fn write_locked(path: &Path, record: &Record) -> std::io::Result<File> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = crate::fsutil::temp_file_in(dir, ".record-", ".tmp")?;
+    tmp.as_file().lock()?;
+    tmp.write_all(&serde_json::to_vec(record).expect("a record serializes"))?;
+    tmp.persist(path).map_err(|e| e.error)
 }
 
 fn unix_now() -> u64 {
@@ -161,9 +167,7 @@ impl OpenUploads {
     }
 
     /// Records the upload `upload_id` of `key` in `store` (its `identity()`; `url` is its
-    /// `describe()`), locked until the returned [`Held`] is done or dropped. The record is
-    /// complete and locked before it gets its name, so nobody sees it half-written or
-    /// unlocked.
+    /// `describe()`), locked until the returned [`Held`] is done or dropped.
     pub fn record(
         &self,
         store: &str,
@@ -186,12 +190,8 @@ impl OpenUploads {
             kept_at: None,
             given_up: false,
         };
-        let tmp = crate::fsutil::temp_file_in(&self.dir, ".record-", ".tmp").map_err(err)?;
-        tmp.as_file().lock().map_err(err)?;
-        let json = serde_json::to_vec(&record).expect("a record serializes");
-        tmp.as_file().write_all(&json).map_err(err)?;
         let path = self.dir.join(record_name(store, upload_id));
-        let lock = tmp.persist(&path).map_err(|e| err(e.error))?;
+        let lock = write_locked(&path, &record).map_err(err)?;
         Ok(Held { path, _lock: lock })
     }
 
