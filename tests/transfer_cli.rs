@@ -572,6 +572,21 @@ fn cancel_a_multipart_put_with(signal: libc::c_int) {
     eprintln!("put exited 130 {took:?} after signal {signal}");
 }
 
+/// `attache put --json` of a one-file tree under `dir` to the test store's prefix `p`, with the
+/// cache dir `cache`: another run to the same store, uploading another file. Its report.
+fn put_other_file(s3: &TestS3, dir: &Path, cache: &Path) -> serde_json::Value {
+    let small = dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    std::fs::write(small.join("a.txt"), b"a").unwrap();
+    let (code, out, err) = run(attache(cache)
+        .envs(s3.env())
+        .args(["put", "--json", "--store", &s3.store_url("p"), "-o"])
+        .arg(dir.join("small.json"))
+        .arg(&small));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 /// A put killed mid-upload (SIGKILL: no chance to abort) leaves its multipart upload open and
 /// recorded; a put of other files leaves it alone, and the next put of the file resumes it,
 /// sends only the parts the store lacks, and says so.
@@ -613,16 +628,7 @@ fn a_put_killed_mid_upload_is_resumed_by_the_next_put() {
 
     // A put of other files meanwhile leaves it alone: the kill was no cancel, and the upload
     // waits `transfer.resume_for` for a run that resumes it.
-    let small = t.path().join("small");
-    std::fs::create_dir_all(&small).unwrap();
-    std::fs::write(small.join("a.txt"), b"a").unwrap();
-    let (code, out, err) = run(attache(&cache)
-        .envs(s3.env())
-        .args(["put", "--json", "--store", &s3.store_url("p"), "-o"])
-        .arg(t.path().join("small.json"))
-        .arg(&small));
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = put_other_file(&s3, t.path(), &cache);
     assert_eq!(v["upload"]["aborted_leftover_uploads"], 0, "{v}");
     assert_eq!(
         s3.open_multipart_uploads(),
@@ -702,17 +708,7 @@ fn an_abort_the_store_does_not_answer_is_repeated_by_the_next_put() {
 
     // The store answers again: any later put to it aborts the upload.
     s3.faults.clear();
-    let small = t.path().join("small");
-    std::fs::create_dir_all(&small).unwrap();
-    std::fs::write(small.join("a.txt"), b"a").unwrap();
-    let (code, out, err) = run(attache(&cache)
-        .envs(s3.env())
-        .args(["put", "--json", "--store", &s3.store_url("p")])
-        .arg(&small)
-        .arg("-o")
-        .arg(t.path().join("small.json")));
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = put_other_file(&s3, t.path(), &cache);
     assert_eq!(v["upload"]["aborted_leftover_uploads"], 1, "{v}");
     assert_eq!(
         s3.open_multipart_uploads(),
