@@ -41,10 +41,13 @@ pub struct DownloadOutputsReport {
     pub seconds: f64,
 }
 
-/// An output manifest key, split: `…/{step}/{task}/{startTime}_{sessionAction}/{name}_output`.
+/// An output manifest key, split: `…/{step}/{task}/{startTime}_{sessionAction}/{name}_output`,
+/// or a chunked step's `…/{step}/{startTime}_{sessionAction}/{name}_output` (a session action
+/// that ran a chunk of the step's tasks; no task folder).
 struct OutputKey {
     key: String,
-    task: (String, String),
+    /// (step, task); `None` for a chunked step's output.
+    task: Option<(String, String)>,
     session_action: String,
     last_modified_ms: i64,
 }
@@ -52,15 +55,19 @@ struct OutputKey {
 fn parse(key: &str, job_prefix: &str, last_modified_ms: i64) -> Option<OutputKey> {
     let rest = key.strip_prefix(job_prefix)?;
     let parts: Vec<&str> = rest.split('/').collect();
-    match parts[..] {
-        [step, task, session_action, name] if name.ends_with("_output") => Some(OutputKey {
-            key: key.to_string(),
-            task: (step.to_string(), task.to_string()),
-            session_action: session_action.to_string(),
-            last_modified_ms,
-        }),
-        _ => None,
-    }
+    let (task, session_action) = match parts[..] {
+        [step, task, session_action, name] if name.ends_with("_output") => {
+            (Some((step.to_string(), task.to_string())), session_action)
+        }
+        [_step, session_action, name] if name.ends_with("_output") => (None, session_action),
+        _ => return None,
+    };
+    Some(OutputKey {
+        key: key.to_string(),
+        task,
+        session_action: session_action.to_string(),
+        last_modified_ms,
+    })
 }
 
 /// Which task outputs to find: a job's, or one step's, or one task's.
@@ -74,8 +81,10 @@ pub struct OutputsOf {
 }
 
 /// The output manifests that count: per task, those of its latest session action (a retried
-/// task replaces its outputs). Returns the number of tasks and the manifest keys by the root
-/// path they belong to (from their metadata), oldest first within a root.
+/// task replaces its outputs), and every one of a chunked step (there is no task to tell a
+/// retry by; the official client takes them all too). Returns the number of tasks (a chunked
+/// step's session actions counted as tasks) and the manifest keys by the root path they belong
+/// to (from their metadata), oldest first within a root.
 pub async fn latest_outputs(
     of: &OutputsOf,
     transfer: &Transfer,
@@ -98,11 +107,16 @@ pub async fn latest_outputs(
         .run(cancel, || transfer.store.list(&list_prefix))
         .await?;
     let mut latest: BTreeMap<(String, String), Vec<OutputKey>> = BTreeMap::new();
+    let mut chunked: BTreeMap<String, Vec<OutputKey>> = BTreeMap::new();
     for o in listed {
         let Some(k) = parse(&o.key, &job_prefix, o.last_modified_ms.unwrap_or(0)) else {
             continue;
         };
-        let slot = latest.entry(k.task.clone()).or_default();
+        let Some(task) = k.task.clone() else {
+            chunked.entry(k.session_action.clone()).or_default().push(k);
+            continue;
+        };
+        let slot = latest.entry(task).or_default();
         match slot
             .first()
             .map(|f| f.session_action.cmp(&k.session_action))
@@ -112,10 +126,10 @@ pub async fn latest_outputs(
             Some(std::cmp::Ordering::Greater) => {}
         }
     }
-    let tasks = latest.len();
+    let tasks = latest.len() + chunked.len();
     // Root path (from the manifest's metadata) → manifests, oldest first.
     let mut by_root: BTreeMap<String, Vec<OutputKey>> = BTreeMap::new();
-    for k in latest.into_values().flatten() {
+    for k in latest.into_values().chain(chunked.into_values()).flatten() {
         let info = transfer
             .gate
             .run(cancel, || transfer.store.head(&k.key))
@@ -211,12 +225,24 @@ mod tests {
             5,
         )
         .unwrap();
-        assert_eq!(k.task, ("step-1".to_string(), "task-2".to_string()));
+        assert_eq!(k.task, Some(("step-1".to_string(), "task-2".to_string())));
         assert_eq!(
             k.session_action,
             "2026-01-02T03:04:05.000006Z_sessionaction-3"
         );
         assert!(parse(&format!("{p}step-1/task-2/x/abc_input"), p, 0).is_none());
         assert!(parse(&format!("{p}step-1/abc_output"), p, 0).is_none());
+        // A chunked step's session action: no task folder.
+        let k = parse(
+            &format!("{p}step-1/2026-01-02T03:04:05.000006Z_sessionaction-4/abc_output"),
+            p,
+            0,
+        )
+        .unwrap();
+        assert_eq!(k.task, None);
+        assert_eq!(
+            k.session_action,
+            "2026-01-02T03:04:05.000006Z_sessionaction-4"
+        );
     }
 }
