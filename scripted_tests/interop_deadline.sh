@@ -17,6 +17,11 @@
 #   C  same manifests        for the same tree the manifest object published by each tool is
 #                            byte-identical and each inputManifestHash = xxh128(those bytes);
 #                            also fixtures tiny and edge against their recorded manifest bytes.
+#   D  step dependencies     a step's task 1 runs on attache (sync-inputs, render, sync-outputs),
+#                            task 2 on the official worker code (AssetSync sync_inputs and
+#                            sync_outputs); a dependent task's inputs synced by the official
+#                            client (step_dependencies) and by `attache sync-inputs
+#                            --step-dependency` hold the job's inputs and both frames, byte for byte.
 #
 # One summary line per check (PASS/FAIL/SKIP); exit 1 if anything failed. Needs python3, curl and,
 # on the first run only, network access to crates.io and PyPI: Garage is built once (~13 min on
@@ -547,6 +552,53 @@ for fx in tiny edge; do
     fi
 done
 ((have_submit)) || missing "C1-C6: attache has no 'submit' subcommand; not run"
+
+# ---------------------------------------------------------------- D: step dependencies
+# A step that depends on another gets that step's outputs with its inputs. Task 1 of the step
+# runs on attache, task 2 on the official worker code (sync inputs, "render", sync outputs);
+# then each tool syncs a dependent task's inputs with --step-dependency: both find both tasks'
+# outputs in the root, byte for byte.
+D="$work/d"
+if ((have_sync)) && [[ -f "$A/attachments.json" ]]; then
+    mkdir -p "$D/frames"
+    JOB="job-$(rand_hex 32)"
+    STEP="step-$(rand_hex 32)"
+    JARGS=(--farm-id "$FARM" --queue-id "$QUEUE" --job-id "$JOB")
+    head -c 3000001 /dev/urandom >"$D/frames/f1.exr" && touch -d @1767323045.123456789 "$D/frames/f1.exr"
+    # Whole seconds: the official writer takes the mtime through float seconds.
+    printf 'frame 2 from the official worker code\n' >"$D/frames/f2.exr" && touch -d @1767323046 "$D/frames/f2.exr"
+    # What a dependent task must see: the job's inputs and both frames in out/.
+    cp -a "$ROOT_A" "$D/expected" && mkdir -p "$D/expected/out" \
+        && cp -p "$D/frames/f1.exr" "$D/frames/f2.exr" "$D/expected/out/"
+    attache_task() { # SESSION TASK_ID: sync inputs, render f1.exr, sync outputs
+        local session="$1" local_root
+        run_attache sync-inputs --attachments "$A/attachments.json" --store "$STORE" \
+            --session-dir "$session" -o /dev/null || return 1
+        local_root="$(H dest "$ROOT_A" "$session")"
+        mkdir -p "$local_root/out" && cp -p "$D/frames/f1.exr" "$local_root/out/" || return 1
+        run_attache sync-outputs --attachments "$A/attachments.json" --store "$STORE" \
+            --session-dir "$session" "${JARGS[@]}" --step-id "$STEP" --task-id "$2" \
+            --session-action-id "sessionaction-$(rand_hex 32)-0"
+    }
+    if step D1-attache-task attache_task "$D/task-1" "task-$(rand_hex 32)-1" \
+        && step D2-official-task "${OFFICIAL[@]}" task "${QARGS[@]}" --attachments "$A/attachments.json" \
+            --dest "$D/task-2" --job-id "$JOB" --step-id "$STEP" --task-id "task-$(rand_hex 32)-2" \
+            --session-action-id "sessionaction-$(rand_hex 32)-1" --render "out/f2.exr=$D/frames/f2.exr"; then
+        if step D3-official-sync-dependency "${OFFICIAL[@]}" download "${QARGS[@]}" \
+            --attachments "$A/attachments.json" --dest "$D/official-next" --job-id "$JOB" \
+            --step-dependency "$STEP" -o "$D/official-next.json"; then
+            check D4-official-files-equal H compare "$D/expected" "$(H dest "$ROOT_A" "$D/official-next")" official
+        fi
+        if step D5-attache-sync-dependency run_attache sync-inputs --attachments "$A/attachments.json" \
+            --store "$STORE" --session-dir "$D/next" "${JARGS[@]}" --step-dependency "$STEP" \
+            -o "$D/next.json"; then
+            check D6-attache-mapping H mapping "$D/next.json" "$ROOT_A" "$D/next"
+            check D7-attache-files-equal H compare "$D/expected" "$(H dest "$ROOT_A" "$D/next")" exact
+        fi
+    fi
+else
+    skip "D: needs attache sync-inputs and section A's submission"
+fi
 
 # ---------------------------------------------------------------- summary
 echo "interop_deadline: $n_pass passed, $n_fail failed, $n_skip skipped in $((SECONDS - t_start)) s" \

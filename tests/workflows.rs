@@ -765,6 +765,163 @@ fn configured_storage_profile_locations_map_roots_on_both_sides() {
     );
 }
 
+/// A task of another step, run in `session` on a worker: sync-outputs as session action `sa`;
+/// returns what it printed.
+fn step_task_outputs(
+    f: &Farm,
+    step: &str,
+    task: &str,
+    sa: &str,
+    att: &Path,
+    session: &Path,
+) -> String {
+    f.ok(f
+        .attache("worker")
+        .arg("sync-outputs")
+        .args(IDS)
+        .args(["--job-id", "job-1", "--step-id", step, "--task-id", task])
+        .args(["--session-action-id", sa, "--attachments"])
+        .arg(att)
+        .arg("--session-dir")
+        .arg(session))
+}
+
+/// A step that depends on another (a comp on its renders) gets the other step's outputs with
+/// its inputs: the latest run of each of its tasks (and every run of a chunked step's), in the
+/// same local root, and its own sync-outputs does not send them again as its outputs.
+#[test]
+fn a_step_s_dependencies_outputs_are_synced_with_its_inputs_and_are_not_its_outputs() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    write(&proj.join("scenes/shot.ma"), b"scene");
+    write(
+        &proj.join("renders/old.exr"),
+        b"an input where the outputs go",
+    );
+    let att = f.path("attachments.json");
+    f.ok(f
+        .attache("ws")
+        .arg("submit")
+        .args(IDS)
+        .arg(proj.join("scenes/shot.ma"))
+        .arg(proj.join("renders/old.exr"))
+        .arg("--output-dir")
+        .arg(proj.join("renders"))
+        .arg("-o")
+        .arg(&att));
+    let sync_inputs = |session: &Path| {
+        let mut c = f.attache("worker");
+        c.arg("sync-inputs")
+            .arg("--attachments")
+            .arg(&att)
+            .arg("--session-dir")
+            .arg(session);
+        c
+    };
+    let local_in = |session: &Path| {
+        session.join(attache::jobs::attachments::asset_root_dir_name(
+            proj.to_str().unwrap(),
+        ))
+    };
+
+    // Step "render": two tasks, the first one run twice (a retry replaces its outputs); the
+    // second renders over the input old.exr.
+    for (task, sa, file, data) in [
+        (
+            "task-1",
+            "sa-1",
+            "renders/f1.exr",
+            &b"frame 1, failed run"[..],
+        ),
+        ("task-2", "sa-2", "renders/f2.exr", b"frame 2"),
+        ("task-1", "sa-3", "renders/f1.exr", b"frame 1"),
+    ] {
+        let session = f.path(&format!("render-{sa}"));
+        f.ok(&mut sync_inputs(&session));
+        write(&local_in(&session).join(file), data);
+        if task == "task-2" {
+            write(&local_in(&session).join("renders/old.exr"), b"re-rendered");
+        }
+        step_task_outputs(&f, "render", task, sa, &att, &session);
+    }
+    // A chunked step's session action (a chunk of tasks) publishes without a task folder:
+    // `…/job-1/render/{startTime}_{sa}/…_output`, as newer workers do.
+    let chunk = f.path("render-chunk");
+    f.ok(&mut sync_inputs(&chunk));
+    write(&local_in(&chunk).join("renders/f3.exr"), b"frame 3");
+    let printed = step_task_outputs(&f, "render", "task-3", "sa-5", &att, &chunk);
+    let (task_key, _) = published_outputs(&f, &printed);
+    f.s3.move_object(&task_key, &task_key.replace("/render/task-3/", "/render/"));
+
+    // Step "comp" depends on "render". A dry run says what would come and writes nothing.
+    let comp = f.path("comp-session");
+    let deps = ["--step-dependency", "render", "--job-id", "job-1"];
+    let (code, dry_rules, err) = run(sync_inputs(&comp).args(IDS).args(deps).arg("--dry-run"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("step render: outputs of 3 tasks (3 manifests)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "5 files (with 3 output manifests of steps depended on); would download 5 objects"
+        ),
+        "{err}"
+    );
+    assert!(!comp.exists(), "a dry run wrote {:?}", files_under(&comp));
+    let (code, rules, err) = run(sync_inputs(&comp).args(IDS).args(deps));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rules, dry_rules);
+    let rules: serde_json::Value = serde_json::from_str(&rules).unwrap();
+    assert_eq!(rules.as_array().unwrap().len(), 1, "one root: {rules}");
+    let local = local_in(&comp);
+    assert_eq!(rules[0]["destination_path"], local.to_str().unwrap());
+    for (rel, want) in [
+        ("scenes/shot.ma", &b"scene"[..]),
+        ("renders/f1.exr", b"frame 1"),
+        ("renders/f2.exr", b"frame 2"),
+        ("renders/old.exr", b"re-rendered"),
+        ("renders/f3.exr", b"frame 3"),
+    ] {
+        assert_eq!(std::fs::read(local.join(rel)).unwrap(), want, "{rel}");
+    }
+
+    // The comp writes its own output: only that is published for it.
+    write(&local.join("renders/comp.exr"), b"comp");
+    step_task_outputs(&f, "comp", "task-1", "sa-4", &att, &comp);
+    let comp_outputs: serde_json::Value = serde_json::from_str(&f.ok(
+        f.attache("ws").arg("download-outputs").args(IDS).args([
+            "--job-id",
+            "job-1",
+            "--step-id",
+            "comp",
+            "--dry-run",
+            "--json",
+        ]),
+    ))
+    .unwrap();
+    assert_eq!(
+        comp_outputs["roots"][0]["report"]["files"], 1,
+        "the comp step published only its own output: {comp_outputs}"
+    );
+
+    // Usage: the job must be named; a step with no outputs is said, not an error.
+    let (code, _, err) = run(sync_inputs(&comp).args(["--step-dependency", "render"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--farm-id"), "{err}");
+    let (code, _, err) = run(sync_inputs(&comp).args(IDS).args([
+        "--step-dependency",
+        "lighting",
+        "--job-id",
+        "job-1",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("step lighting of job job-1: no output manifests in the store"),
+        "{err}"
+    );
+}
+
 /// `attache check --attachments` as a wrangler runs it when a task fails for a missing input:
 /// it names what the store lacks and the files that need it; `--deep` tells damaged content
 /// from a wrong size, `--delete-damaged` clears it away, and the submitting machine's next

@@ -7,7 +7,11 @@ Run it with the venv's python (scripted_tests/lib/deadline_venv.sh exports DEADL
   official.py upload   --bucket B --root-prefix P --farm-id F --queue-id Q
                        [--output-dir D]... INPUT... [-o attachments.json]
   official.py download --bucket B --root-prefix P --farm-id F --queue-id Q
-                       --attachments FILE --dest DIR [-o mapping.json]
+                       --attachments FILE --dest DIR [--job-id J [--step-dependency STEP]...]
+                       [-o mapping.json]
+  official.py task     --bucket B --root-prefix P --farm-id F --queue-id Q --attachments FILE
+                       --dest DIR --job-id J --step-id S --task-id T --session-action-id SA
+                       [--step-dependency STEP]... [--render REL=SRC]...
   official.py manifest-bytes --bucket B --key K -o FILE
   official.py ls       --bucket B [--prefix P] [--metadata]
 
@@ -34,6 +38,13 @@ download What a worker does before a task (deadline-cloud-worker-agent ->
          the manifest mtime (os.utime with float seconds, so it may land 1 us off). Prints
          (or writes to -o) the path-mapping rules: [{"source_path_format","source_path",
          "destination_path"}].
+         With --step-dependency STEP (repeatable, and --job-id): the outputs of that step are
+         synced over the inputs too (step_dependencies=[...]: each task's latest session action,
+         every root in DIR/assetroot-<shake_256(root)>).
+task     A worker's whole task in one AssetSync: download as above (--step-dependency too), then
+         --render REL=SRC copies SRC (content and mtime) to REL under the first root, then
+         AssetSync.sync_outputs(step, task, session action) hashes and uploads the new files and
+         publishes the task's output manifest.
 manifest-bytes  GET one object and write its exact bytes to -o; prints a JSON line with key,
          size, ETag, user metadata and xxh128 of the bytes.
 ls       List keys under a prefix as JSON lines (with --metadata: HEAD each for its user metadata).
@@ -232,21 +243,20 @@ def cmd_upload(args) -> int:
     return 0
 
 
-def cmd_download(args) -> int:
-    from deadline.job_attachments.asset_sync import AssetSync
+def _attachments(path: str):
     from deadline.job_attachments.models import Attachments, ManifestProperties
 
-    data = json.loads(Path(args.attachments).read_text(encoding="utf-8"))
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
     # The CreateJob payload, or a GetJob response holding it under "attachments".
     if "manifests" not in data and "attachments" in data:
         data = data["attachments"]
-    attachments = Attachments(
+    return Attachments(
         manifests=[ManifestProperties.from_dict(m) for m in data["manifests"]],
         fileSystem=data.get("fileSystem", "COPIED"),
     )
-    dest = Path(args.dest).absolute()
-    dest.mkdir(parents=True, exist_ok=True)
-    sync = AssetSync(farm_id=args.farm_id)
+
+
+def _sync_inputs(args, sync, attachments, dest: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         summary, rules = sync.attachment_sync_inputs(
@@ -255,8 +265,8 @@ def cmd_download(args) -> int:
             queue_id=args.queue_id,
             job_id=args.job_id,
             session_dir=dest,
+            step_dependencies=args.step_dependency or None,
         )
-    _write_json(rules, args.output)
     print(
         "official.py: download: "
         + json.dumps({
@@ -265,6 +275,56 @@ def cmd_download(args) -> int:
             "downloaded_files": summary.processed_files,
             "downloaded_bytes": summary.processed_bytes,
         }),
+        file=sys.stderr,
+    )
+    return rules
+
+
+def cmd_download(args) -> int:
+    from deadline.job_attachments.asset_sync import AssetSync
+
+    dest = Path(args.dest).absolute()
+    dest.mkdir(parents=True, exist_ok=True)
+    rules = _sync_inputs(args, AssetSync(farm_id=args.farm_id), _attachments(args.attachments), dest)
+    _write_json(rules, args.output)
+    return 0
+
+
+def cmd_task(args) -> int:
+    import shutil
+    import time
+
+    from deadline.job_attachments.asset_sync import AssetSync
+
+    dest = Path(args.dest).absolute()
+    dest.mkdir(parents=True, exist_ok=True)
+    attachments = _attachments(args.attachments)
+    # One AssetSync for both syncs: sync_outputs finds outputs by the mtimes sync_inputs recorded.
+    sync = AssetSync(farm_id=args.farm_id)
+    start_time = time.time()
+    rules = _sync_inputs(args, sync, attachments, dest)
+    local_root = Path(rules[0]["destination_path"])
+    for spec in args.render:
+        rel, src = spec.split("=", 1)
+        target = local_root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)  # content and mtime: the "render"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        summary = sync.sync_outputs(
+            s3_settings=_s3_settings(args),
+            attachments=attachments,
+            queue_id=args.queue_id,
+            job_id=args.job_id,
+            step_id=args.step_id,
+            task_id=args.task_id,
+            session_action_id=args.session_action_id,
+            start_time=start_time,
+            session_dir=dest,
+        )
+    print(
+        "official.py: task: outputs "
+        + json.dumps({"files": summary.processed_files, "bytes": summary.processed_bytes}),
         file=sys.stderr,
     )
     return 0
@@ -331,8 +391,24 @@ def main() -> int:
     dl.add_argument("--attachments", required=True, help="attachments JSON (as written by upload)")
     dl.add_argument("--dest", required=True, help="session directory")
     dl.add_argument("--job-id", default="job-" + "0" * 32)
+    dl.add_argument("--step-dependency", action="append", default=[],
+                    help="also sync this step's outputs (repeatable; needs the real --job-id)")
     dl.add_argument("-o", "--output", help="write the path-mapping rules here (default stdout)")
     dl.set_defaults(func=cmd_download)
+
+    tk = sub.add_parser("task", help="a worker's task: sync inputs, render, sync outputs")
+    queue_args(tk)
+    tk.add_argument("--attachments", required=True, help="attachments JSON (as written by upload)")
+    tk.add_argument("--dest", required=True, help="session directory")
+    tk.add_argument("--job-id", required=True)
+    tk.add_argument("--step-id", required=True)
+    tk.add_argument("--task-id", required=True)
+    tk.add_argument("--session-action-id", required=True)
+    tk.add_argument("--step-dependency", action="append", default=[],
+                    help="also sync this step's outputs (repeatable)")
+    tk.add_argument("--render", action="append", default=[], metavar="REL=SRC",
+                    help="copy SRC (with its mtime) to REL under the first root (repeatable)")
+    tk.set_defaults(func=cmd_task)
 
     mb = sub.add_parser("manifest-bytes", help="fetch one object's exact bytes")
     mb.add_argument("--bucket", required=True)

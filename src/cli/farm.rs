@@ -105,6 +105,25 @@ pub struct SyncInputsArgs {
     /// same NAME replaces, [config: storage_profile.locations]).
     #[arg(long = "location", value_name = "NAME=PATH")]
     locations: Vec<String>,
+    /// Also sync the outputs of this step of the job (a step the task's step depends on): the
+    /// latest run of each of its tasks, over the inputs (repeatable, or comma-separated; needs
+    /// --farm-id, --queue-id and --job-id).
+    #[arg(
+        long = "step-dependency",
+        value_name = "STEP_ID",
+        value_delimiter = ',',
+        requires_all = ["farm_id", "queue_id", "job_id"]
+    )]
+    step_dependencies: Vec<String>,
+    /// The job's farm (for --step-dependency).
+    #[arg(long, value_name = "ID")]
+    farm_id: Option<String>,
+    /// The job's queue (for --step-dependency).
+    #[arg(long, value_name = "ID")]
+    queue_id: Option<String>,
+    /// The job (for --step-dependency).
+    #[arg(long, value_name = "ID")]
+    job_id: Option<String>,
     /// Write the path-mapping rules JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -356,6 +375,10 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
         locations: a.locations,
         store: a.common.store.store.clone(),
         dry_run: a.dry_run,
+        step_dependencies: a.step_dependencies,
+        farm_id: a.farm_id,
+        queue_id: a.queue_id,
+        job_id: a.job_id,
     });
     let verb = super::tense(a.dry_run, "downloaded", "would download");
     let Some(out) = run_and_emit(
@@ -369,10 +392,22 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
     else {
         return Ok(ExitCode::SUCCESS);
     };
+    for d in out["step_dependencies"].as_array().into_iter().flatten() {
+        eprintln!(
+            "step {}: outputs of {} tasks ({} manifests)",
+            d["step_id"].as_str().unwrap_or_default(),
+            d["tasks"],
+            d["manifests"]
+        );
+    }
     for r in out["roots"].as_array().into_iter().flatten() {
         let rep = &r["report"];
+        let step_outputs = match r["step_output_manifests"].as_u64().unwrap_or(0) {
+            0 => String::new(),
+            n => format!(" (with {n} output manifests of steps depended on)"),
+        };
         eprintln!(
-            "{} -> {}: {} files; {verb} {} objects ({}){}, {} already in place{}",
+            "{} -> {}: {} files{step_outputs}; {verb} {} objects ({}){}, {} already in place{}",
             r["root_path"].as_str().unwrap_or_default(),
             r["local_root"].as_str().unwrap_or_default(),
             rep["files"],

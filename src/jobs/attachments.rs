@@ -64,6 +64,21 @@ impl PathFormat {
             PathFormat::Posix
         }
     }
+
+    /// The format a root path is spelled in, when nothing says: Windows for `C:\…`, `C:/…`
+    /// and `\\server\share`, else POSIX.
+    pub fn of(root_path: &str) -> Self {
+        let b = root_path.as_bytes();
+        let drive = b.len() >= 3
+            && b[0].is_ascii_alphabetic()
+            && b[1] == b':'
+            && matches!(b[2], b'\\' | b'/');
+        if drive || root_path.starts_with("\\\\") {
+            PathFormat::Windows
+        } else {
+            PathFormat::Posix
+        }
+    }
 }
 
 /// A path-mapping rule handed to the renderer: paths under `source_path` (as the submitter's
@@ -143,5 +158,15 @@ mod tests {
             format!("assetroot-{}", want.trim())
         );
         assert_eq!(asset_root_dir_name("/x").len(), "assetroot-".len() + 20);
+    }
+
+    #[test]
+    fn a_root_path_s_format_is_told_by_its_spelling() {
+        for p in ["C:\\proj", "d:/proj", "\\\\nas\\proj"] {
+            assert_eq!(PathFormat::of(p), PathFormat::Windows, "{p}");
+        }
+        for p in ["/proj", "/C:/x", "C:", "relative\\x"] {
+            assert_eq!(PathFormat::of(p), PathFormat::Posix, "{p}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use super::get::Conflict;
 use super::hash::HashSpec;
 use super::put::PutError;
 use super::submit::{Location, SubmitError, SubmitReport, SubmitSpec};
-use super::sync_inputs::{SyncInputsReport, SyncInputsSpec};
+use super::sync_inputs::{StepDependencies, SyncInputsReport, SyncInputsSpec};
 use super::sync_outputs::{SyncOutputsReport, SyncOutputsSpec};
 use crate::config::Settings;
 use crate::store::OpenStoreError;
@@ -88,6 +88,39 @@ pub struct SyncInputsJob {
     /// Plan only: say what would be downloaded; write nothing (no file, directory or record).
     #[serde(default)]
     pub dry_run: bool,
+    /// Steps whose outputs are synced over the inputs (step-step dependencies); they need
+    /// `farm_id`, `queue_id` and `job_id`.
+    #[serde(default)]
+    pub step_dependencies: Vec<String>,
+    #[serde(default)]
+    pub farm_id: Option<String>,
+    #[serde(default)]
+    pub queue_id: Option<String>,
+    #[serde(default)]
+    pub job_id: Option<String>,
+}
+
+impl SyncInputsJob {
+    /// The step dependencies with the job they belong to; an error names what is missing.
+    fn dependencies(&self) -> Result<Option<StepDependencies>, JobError> {
+        if self.step_dependencies.is_empty() {
+            return Ok(None);
+        }
+        let need = |field: &'static str, v: &Option<String>| {
+            v.clone().ok_or_else(|| {
+                invalid(
+                    field,
+                    "step_dependencies need farm_id, queue_id and job_id (the job the steps belong to)",
+                )
+            })
+        };
+        Ok(Some(StepDependencies {
+            farm_id: need("farm_id", &self.farm_id)?,
+            queue_id: need("queue_id", &self.queue_id)?,
+            job_id: need("job_id", &self.job_id)?,
+            step_ids: self.step_dependencies.clone(),
+        }))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -312,6 +345,14 @@ impl JobSpec {
             JobSpec::SyncInputs(j) => {
                 absolute("session_dir", &j.session_dir)?;
                 pairs(&j.locations, "locations")?;
+                if let Some(deps) = j.dependencies()? {
+                    id("farm_id", &deps.farm_id)?;
+                    id("queue_id", &deps.queue_id)?;
+                    id("job_id", &deps.job_id)?;
+                    for step in &deps.step_ids {
+                        id("step_dependencies", step)?;
+                    }
+                }
             }
             JobSpec::SyncOutputs(j) => {
                 absolute("session_dir", &j.session_dir)?;
@@ -390,6 +431,7 @@ impl JobSpec {
             }
             JobSpec::SyncInputs(j) => {
                 let spec = SyncInputsSpec {
+                    dependencies: j.dependencies()?,
                     attachments: attachments(j.attachments)?,
                     session_dir: j.session_dir,
                     conflict: j.conflict,
@@ -510,6 +552,28 @@ mod tests {
         )
         .unwrap();
         sync.validate().unwrap();
+        let deps = |ids: &str| -> Result<(), JobError> {
+            serde_json::from_str::<JobSpec>(&format!(
+                r#"{{"kind":"sync_inputs","attachments":{{"manifests":[]}},"session_dir":"/s","step_dependencies":["step-a","step-b"]{ids}}}"#
+            ))
+            .unwrap()
+            .validate()
+        };
+        deps(r#","farm_id":"f","queue_id":"q","job_id":"j""#).unwrap();
+        assert!(matches!(
+            deps(r#","farm_id":"f","queue_id":"q""#),
+            Err(JobError::Invalid {
+                field: "job_id",
+                ..
+            })
+        ));
+        assert!(matches!(
+            deps(r#","farm_id":"f","queue_id":"q","job_id":"j/../k""#),
+            Err(JobError::Invalid {
+                field: "job_id",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::attachments::{Attachments, PathMappingRule, local_root};
+use super::attachments::{
+    Attachments, PathFormat, PathMappingRule, asset_root_dir_name, local_root,
+};
+use super::download_outputs::{OutputsOf, latest_outputs};
 use super::fetch_manifest::fetch_manifest;
 use super::get::{self, Conflict, GetReport, GetSpec};
 use crate::hash::ContentHash;
@@ -22,6 +25,19 @@ pub struct SyncInputsSpec {
     /// Storage-profile location name → local path on this worker.
     pub location_map: Vec<(String, PathBuf)>,
     pub cache_dir: Option<PathBuf>,
+    /// Steps of the job whose outputs are synced over the inputs (step-step dependencies).
+    pub dependencies: Option<StepDependencies>,
+}
+
+/// The steps a task depends on, in the job they belong to: their outputs (the latest session
+/// action of each of their tasks) are materialized with the inputs, as the official worker
+/// does for a step's dependencies.
+#[derive(Debug, Clone)]
+pub struct StepDependencies {
+    pub farm_id: String,
+    pub queue_id: String,
+    pub job_id: String,
+    pub step_ids: Vec<String>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -29,13 +45,25 @@ pub struct SyncedRoot {
     pub root_path: String,
     pub local_root: PathBuf,
     pub manifests: usize,
+    /// Of `manifests`, the output manifests of the steps depended on.
+    pub step_output_manifests: usize,
     pub report: GetReport,
+}
+
+/// What a step depended on brought: the tasks whose outputs were found, and their manifests.
+#[derive(Debug, serde::Serialize)]
+pub struct DependencyReport {
+    pub step_id: String,
+    pub tasks: usize,
+    pub manifests: usize,
 }
 
 #[derive(Debug, serde::Serialize)]
 pub struct SyncInputsReport {
     pub path_mapping_rules: Vec<PathMappingRule>,
     pub roots: Vec<SyncedRoot>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub step_dependencies: Vec<DependencyReport>,
     pub seconds: f64,
 }
 
@@ -48,6 +76,38 @@ pub fn record_path(session_dir: &Path, local_root: &Path) -> PathBuf {
         .join(format!("{id}.manifest"))
 }
 
+/// One local root of the session and what lands in it, in merge order (later wins).
+struct LocalRoot {
+    local: PathBuf,
+    root_path: String,
+    format: PathFormat,
+    manifests: Vec<Manifest>,
+    step_output_manifests: usize,
+}
+
+/// The session's local roots, in the order the job (then the dependencies) named them.
+struct Roots(Vec<LocalRoot>);
+
+impl Roots {
+    /// The root for `local`, added (empty) when new.
+    fn entry(&mut self, local: PathBuf, root_path: &str, format: PathFormat) -> &mut LocalRoot {
+        let idx = match self.0.iter().position(|r| r.local == local) {
+            Some(i) => i,
+            None => {
+                self.0.push(LocalRoot {
+                    local,
+                    root_path: root_path.to_string(),
+                    format,
+                    manifests: Vec::new(),
+                    step_output_manifests: 0,
+                });
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[idx]
+    }
+}
+
 pub async fn run(
     spec: SyncInputsSpec,
     transfer: Arc<Transfer>,
@@ -55,72 +115,179 @@ pub async fn run(
 ) -> Result<SyncInputsReport, TransferError> {
     let started = std::time::Instant::now();
     let prefix = manifests_prefix(transfer.store.root_prefix());
-    // Local root → (root path, format, manifests in job order).
-    let mut roots: Vec<(
-        PathBuf,
-        &super::attachments::ManifestProperties,
-        Vec<Manifest>,
-    )> = Vec::new();
+    let mut roots = Roots(Vec::new());
     for m in &spec.attachments.manifests {
         let local = local_root(&spec.session_dir, m, &spec.location_map);
-        let idx = match roots.iter().position(|(l, _, _)| *l == local) {
-            Some(i) => i,
-            None => {
-                roots.push((local, m, Vec::new()));
-                roots.len() - 1
-            }
-        };
+        let root = roots.entry(local, &m.root_path, m.root_path_format);
         if let Some(path) = &m.input_manifest_path {
             let key = format!("{prefix}{path}");
             let manifest =
                 fetch_manifest(&transfer, &key, m.input_manifest_hash.as_deref(), cancel).await?;
-            roots[idx].2.push(manifest);
+            root.manifests.push(manifest);
+        }
+    }
+    let mut dependencies = Vec::new();
+    if let Some(deps) = &spec.dependencies {
+        for step_id in &deps.step_ids {
+            let of = OutputsOf {
+                farm_id: deps.farm_id.clone(),
+                queue_id: deps.queue_id.clone(),
+                job_id: deps.job_id.clone(),
+                step_id: Some(step_id.clone()),
+                task_id: None,
+            };
+            let (tasks, by_root) = latest_outputs(&of, &transfer, cancel).await?;
+            if tasks == 0 {
+                tracing::warn!(
+                    "step {step_id} of job {}: no output manifests in the store, nothing of it to sync (has the step run? are the ids right?)",
+                    deps.job_id
+                );
+            }
+            let mut manifests = 0;
+            for (root_path, keys) in by_root {
+                let (local, format) = dependency_root(&spec, &root_path);
+                for key in &keys {
+                    let manifest = fetch_manifest(&transfer, key, None, cancel).await?;
+                    let root = roots.entry(local.clone(), &root_path, format);
+                    root.manifests.push(manifest);
+                    root.step_output_manifests += 1;
+                }
+                manifests += keys.len();
+            }
+            dependencies.push(DependencyReport {
+                step_id: step_id.clone(),
+                tasks,
+                manifests,
+            });
         }
     }
     let mut rules = Vec::new();
     let mut synced = Vec::new();
-    for (local, props, manifests) in roots {
+    for root in roots.0 {
         rules.push(PathMappingRule {
-            source_path_format: props.root_path_format,
-            source_path: props.root_path.clone(),
-            destination_path: local.to_string_lossy().into_owned(),
+            source_path_format: root.format,
+            source_path: root.root_path.clone(),
+            destination_path: root.local.to_string_lossy().into_owned(),
         });
-        if manifests.is_empty() {
+        if root.manifests.is_empty() {
             // Outputs only: the directory must exist for the renderer to write into.
             if !transfer.dry_run {
-                std::fs::create_dir_all(&local).map_err(TransferError::io(&local))?;
+                std::fs::create_dir_all(&root.local).map_err(TransferError::io(&root.local))?;
             }
             continue;
         }
-        let count = manifests.len();
-        let merged = merge(manifests);
+        let count = root.manifests.len();
         let get_spec = GetSpec {
             // What is placed, for output detection: written as get plans (a million-entry
-            // record is over 100 MiB), named once every file is in place.
-            record: Some(record_path(&spec.session_dir, &local)),
-            manifest: merged,
-            dest: local.clone(),
+            // record is over 100 MiB), named once every file is in place. It holds the
+            // dependencies' outputs too, so this task's sync-outputs does not send them again.
+            record: Some(record_path(&spec.session_dir, &root.local)),
+            manifest: merge(root.manifests),
+            dest: root.local.clone(),
             cache_dir: spec.cache_dir.clone(),
             conflict: spec.conflict,
             check_space: true,
         };
         let report = get::run(get_spec, transfer.clone(), cancel).await?;
         synced.push(SyncedRoot {
-            root_path: props.root_path.clone(),
-            local_root: local,
+            root_path: root.root_path,
+            local_root: root.local,
             manifests: count,
+            step_output_manifests: root.step_output_manifests,
             report,
         });
     }
     Ok(SyncInputsReport {
         path_mapping_rules: rules,
         roots: synced,
+        step_dependencies: dependencies,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Where the outputs a dependency wrote under `root_path` land: in the local root of the job's
+/// asset root of that path (a mapped storage-profile location too, where the renderer is told
+/// to look; the official worker uses the session's `assetroot-…` directory even then), else in
+/// the session's `assetroot-…` directory for that path.
+fn dependency_root(spec: &SyncInputsSpec, root_path: &str) -> (PathBuf, PathFormat) {
+    match spec
+        .attachments
+        .manifests
+        .iter()
+        .find(|m| m.root_path == root_path)
+    {
+        Some(m) => (
+            local_root(&spec.session_dir, m, &spec.location_map),
+            m.root_path_format,
+        ),
+        None => (
+            spec.session_dir.join(asset_root_dir_name(root_path)),
+            PathFormat::of(root_path),
+        ),
+    }
 }
 
 /// The record sync-inputs left for `local`, if any.
 pub fn read_record(session_dir: &Path, local: &Path) -> Option<Manifest> {
     let file = std::fs::File::open(record_path(session_dir, local)).ok()?;
     decode_from(file).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::attachments::ManifestProperties;
+
+    fn spec(manifests: Vec<ManifestProperties>) -> SyncInputsSpec {
+        SyncInputsSpec {
+            attachments: Attachments {
+                manifests,
+                file_system: "COPIED".into(),
+            },
+            session_dir: PathBuf::from("/s"),
+            conflict: Conflict::Overwrite,
+            location_map: vec![("Projects".into(), PathBuf::from("/mnt/projects"))],
+            cache_dir: None,
+            dependencies: None,
+        }
+    }
+
+    fn root(path: &str, format: PathFormat, location: Option<&str>) -> ManifestProperties {
+        ManifestProperties {
+            root_path: path.into(),
+            root_path_format: format,
+            file_system_location_name: location.map(str::to_string),
+            input_manifest_path: None,
+            input_manifest_hash: None,
+            output_relative_directories: Some(vec!["renders".into()]),
+        }
+    }
+
+    #[test]
+    fn a_dependency_s_outputs_land_where_the_job_s_root_is_on_this_worker() {
+        let s = spec(vec![
+            root("P:\\proj", PathFormat::Windows, Some("Projects")),
+            root("/home/a/shot", PathFormat::Posix, None),
+        ]);
+        // A mapped storage-profile location: where the renderer is told the root is.
+        assert_eq!(
+            dependency_root(&s, "P:\\proj"),
+            (PathBuf::from("/mnt/projects"), PathFormat::Windows)
+        );
+        assert_eq!(
+            dependency_root(&s, "/home/a/shot"),
+            (
+                PathBuf::from("/s").join(asset_root_dir_name("/home/a/shot")),
+                PathFormat::Posix
+            )
+        );
+        // A root the attachments do not name: its own directory, its format from its spelling.
+        assert_eq!(
+            dependency_root(&s, "D:\\other"),
+            (
+                PathBuf::from("/s").join(asset_root_dir_name("D:\\other")),
+                PathFormat::Windows
+            )
+        );
+    }
 }
