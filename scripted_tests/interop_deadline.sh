@@ -18,10 +18,11 @@
 #                            byte-identical and each inputManifestHash = xxh128(those bytes);
 #                            also fixtures tiny and edge against their recorded manifest bytes.
 #   D  step dependencies     a step's task 1 runs on attache (sync-inputs, render, sync-outputs),
-#                            task 2 on the official worker code (AssetSync sync_inputs and
+#                            a chunk of its tasks too (no task id: step-level manifest), task 2
+#                            on the official worker code (AssetSync sync_inputs and
 #                            sync_outputs); a dependent task's inputs synced by the official
 #                            client (step_dependencies) and by `attache sync-inputs
-#                            --step-dependency` hold the job's inputs and both frames, byte for byte.
+#                            --step-dependency` hold the job's inputs and all three frames, byte for byte.
 #
 # One summary line per check (PASS/FAIL/SKIP); exit 1 if anything failed. Needs python3, curl and,
 # on the first run only, network access to crates.io and PyPI: Garage is built once (~13 min on
@@ -567,20 +568,23 @@ if ((have_sync)) && [[ -f "$A/attachments.json" ]]; then
     head -c 3000001 /dev/urandom >"$D/frames/f1.exr" && touch -d @1767323045.123456789 "$D/frames/f1.exr"
     # Whole seconds: the official writer takes the mtime through float seconds.
     printf 'frame 2 from the official worker code\n' >"$D/frames/f2.exr" && touch -d @1767323046 "$D/frames/f2.exr"
-    # What a dependent task must see: the job's inputs and both frames in out/.
+    printf 'frame 3 from a chunk of tasks\n' >"$D/frames/f3.exr" && touch -d @1767323047.5 "$D/frames/f3.exr"
+    # What a dependent task must see: the job's inputs and every frame in out/.
     cp -a "$ROOT_A" "$D/expected" && mkdir -p "$D/expected/out" \
-        && cp -p "$D/frames/f1.exr" "$D/frames/f2.exr" "$D/expected/out/"
-    attache_task() { # SESSION TASK_ID: sync inputs, render f1.exr, sync outputs
+        && cp -p "$D/frames/"*.exr "$D/expected/out/"
+    attache_task() { # SESSION FRAME [TASK_ID]: sync inputs, render FRAME, sync outputs
         local session="$1" local_root
         run_attache sync-inputs --attachments "$A/attachments.json" --store "$STORE" \
             --session-dir "$session" -o /dev/null || return 1
         local_root="$(H dest "$ROOT_A" "$session")"
-        mkdir -p "$local_root/out" && cp -p "$D/frames/f1.exr" "$local_root/out/" || return 1
+        mkdir -p "$local_root/out" && cp -p "$D/frames/$2" "$local_root/out/" || return 1
+        # Without a task id: a session action that ran a chunk of the step's tasks.
         run_attache sync-outputs --attachments "$A/attachments.json" --store "$STORE" \
-            --session-dir "$session" "${JARGS[@]}" --step-id "$STEP" --task-id "$2" \
+            --session-dir "$session" "${JARGS[@]}" --step-id "$STEP" ${3:+--task-id "$3"} \
             --session-action-id "sessionaction-$(rand_hex 32)-0"
     }
-    if step D1-attache-task attache_task "$D/task-1" "task-$(rand_hex 32)-1" \
+    if step D1-attache-task attache_task "$D/task-1" f1.exr "task-$(rand_hex 32)-1" \
+        && step D1a-attache-chunk attache_task "$D/chunk" f3.exr \
         && step D2-official-task "${OFFICIAL[@]}" task "${QARGS[@]}" --attachments "$A/attachments.json" \
             --dest "$D/task-2" --job-id "$JOB" --step-id "$STEP" --task-id "task-$(rand_hex 32)-2" \
             --session-action-id "sessionaction-$(rand_hex 32)-1" --render "out/f2.exr=$D/frames/f2.exr"; then

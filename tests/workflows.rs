@@ -765,25 +765,26 @@ fn configured_storage_profile_locations_map_roots_on_both_sides() {
     );
 }
 
-/// A task of another step, run in `session` on a worker: sync-outputs as session action `sa`;
-/// returns what it printed.
+/// A task of another step, run in `session` on a worker: sync-outputs as session action `sa`
+/// (`task` `None`: a chunk of a chunked step's tasks).
 fn step_task_outputs(
     f: &Farm,
     step: &str,
-    task: &str,
+    task: Option<&str>,
     sa: &str,
     att: &Path,
     session: &Path,
 ) -> String {
-    f.ok(f
-        .attache("worker")
-        .arg("sync-outputs")
+    let mut c = f.attache("worker");
+    c.arg("sync-outputs")
         .args(IDS)
-        .args(["--job-id", "job-1", "--step-id", step, "--task-id", task])
+        .args(["--job-id", "job-1", "--step-id", step])
+        .args(task.map(|t| ["--task-id", t]).into_iter().flatten())
         .args(["--session-action-id", sa, "--attachments"])
         .arg(att)
         .arg("--session-dir")
-        .arg(session))
+        .arg(session);
+    f.ok(&mut c)
 }
 
 /// A step that depends on another (a comp on its renders) gets the other step's outputs with
@@ -842,16 +843,22 @@ fn a_step_s_dependencies_outputs_are_synced_with_its_inputs_and_are_not_its_outp
         if task == "task-2" {
             write(&local_in(&session).join("renders/old.exr"), b"re-rendered");
         }
-        step_task_outputs(&f, "render", task, sa, &att, &session);
+        step_task_outputs(&f, "render", Some(task), sa, &att, &session);
     }
-    // A chunked step's session action (a chunk of tasks) publishes without a task folder:
-    // `…/job-1/render/{startTime}_{sa}/…_output`, as newer workers do.
+    // A session action that ran a chunk of the step's tasks (no task id) publishes without a
+    // task folder, `…/job-1/render/{startTime}_{sa}/…_output`, as the worker does.
     let chunk = f.path("render-chunk");
     f.ok(&mut sync_inputs(&chunk));
     write(&local_in(&chunk).join("renders/f3.exr"), b"frame 3");
-    let printed = step_task_outputs(&f, "render", "task-3", "sa-5", &att, &chunk);
-    let (task_key, _) = published_outputs(&f, &printed);
-    f.s3.move_object(&task_key, &task_key.replace("/render/task-3/", "/render/"));
+    let printed = step_task_outputs(&f, "render", None, "sa-5", &att, &chunk);
+    let (chunk_key, _) = published_outputs(&f, &printed);
+    let chunk_dir = chunk_key.rsplit_once('/').unwrap().0;
+    assert!(
+        chunk_dir.starts_with("DeadlineCloud/Manifests/farm-1/queue-1/job-1/render/")
+            && chunk_dir.ends_with("Z_sa-5")
+            && chunk_dir.matches('/').count() == 6,
+        "{chunk_key}"
+    );
 
     // Step "comp" depends on "render". A dry run says what would come and writes nothing.
     let comp = f.path("comp-session");
@@ -886,9 +893,28 @@ fn a_step_s_dependencies_outputs_are_synced_with_its_inputs_and_are_not_its_outp
         assert_eq!(std::fs::read(local.join(rel)).unwrap(), want, "{rel}");
     }
 
-    // The comp writes its own output: only that is published for it.
+    // The comp writes its own output: only that is published for it. Run as a Deadline task
+    // script runs it: the ids come from the environment the worker sets.
     write(&local.join("renders/comp.exr"), b"comp");
-    step_task_outputs(&f, "comp", "task-1", "sa-4", &att, &comp);
+    let printed = f.ok(f
+        .attache("worker")
+        .args(["sync-outputs", "--attachments"])
+        .arg(&att)
+        .arg("--session-dir")
+        .arg(&comp)
+        .envs([
+            ("DEADLINE_FARM_ID", "farm-1"),
+            ("DEADLINE_QUEUE_ID", "queue-1"),
+            ("DEADLINE_JOB_ID", "job-1"),
+            ("DEADLINE_STEP_ID", "comp"),
+            ("DEADLINE_TASK_ID", "task-1"),
+            ("DEADLINE_SESSIONACTION_ID", "sa-4"),
+        ]));
+    let (comp_key, _) = published_outputs(&f, &printed);
+    assert!(
+        comp_key.contains("/farm-1/queue-1/job-1/comp/task-1/") && comp_key.contains("Z_sa-4/"),
+        "{comp_key}"
+    );
     let comp_outputs: serde_json::Value = serde_json::from_str(&f.ok(
         f.attache("ws").arg("download-outputs").args(IDS).args([
             "--job-id",

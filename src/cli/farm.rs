@@ -116,13 +116,13 @@ pub struct SyncInputsArgs {
     )]
     step_dependencies: Vec<String>,
     /// The job's farm (for --step-dependency).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", env = "DEADLINE_FARM_ID")]
     farm_id: Option<String>,
     /// The job's queue (for --step-dependency).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", env = "DEADLINE_QUEUE_ID")]
     queue_id: Option<String>,
     /// The job (for --step-dependency).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", env = "DEADLINE_JOB_ID")]
     job_id: Option<String>,
     /// Write the path-mapping rules JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
@@ -143,17 +143,19 @@ pub struct SyncOutputsArgs {
     /// The session directory sync-inputs used.
     #[arg(long, value_name = "DIR")]
     session_dir: PathBuf,
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", env = "DEADLINE_FARM_ID")]
     farm_id: String,
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", env = "DEADLINE_QUEUE_ID")]
     queue_id: String,
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", env = "DEADLINE_JOB_ID")]
     job_id: String,
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", env = "DEADLINE_STEP_ID")]
     step_id: String,
-    #[arg(long, value_name = "ID")]
-    task_id: String,
-    #[arg(long, value_name = "ID")]
+    /// The task; without it (and without DEADLINE_TASK_ID) the session action ran a chunk of a
+    /// chunked step's tasks, and its outputs are published at the step level.
+    #[arg(long, value_name = "ID", env = "DEADLINE_TASK_ID")]
+    task_id: Option<String>,
+    #[arg(long, value_name = "ID", env = "DEADLINE_SESSIONACTION_ID")]
     session_action_id: String,
     /// The session action's start, UTC, e.g. 2026-11-21T10:00:00.000000Z (default: now).
     #[arg(long, value_name = "TIME")]
@@ -393,12 +395,14 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
         return Ok(ExitCode::SUCCESS);
     };
     for d in out["step_dependencies"].as_array().into_iter().flatten() {
-        eprintln!(
-            "step {}: outputs of {} tasks ({} manifests)",
-            d["step_id"].as_str().unwrap_or_default(),
-            d["tasks"],
-            d["manifests"]
-        );
+        let step = d["step_id"].as_str().unwrap_or_default();
+        match d["tasks"].as_u64().unwrap_or(0) {
+            0 => eprintln!("step {step}: no outputs in the store"),
+            n => eprintln!(
+                "step {step}: outputs of {n} tasks ({} manifests)",
+                d["manifests"]
+            ),
+        }
     }
     for r in out["roots"].as_array().into_iter().flatten() {
         let rep = &r["report"];

@@ -132,7 +132,10 @@ pub struct SyncOutputsJob {
     pub queue_id: String,
     pub job_id: String,
     pub step_id: String,
-    pub task_id: String,
+    /// Absent: a chunked step's session action (a chunk of its tasks), published at the
+    /// step level as the worker does without `DEADLINE_TASK_ID`.
+    #[serde(default)]
+    pub task_id: Option<String>,
     pub session_action_id: String,
     /// `%Y-%m-%dT%H:%M:%S.%fZ`; default: when the job starts.
     #[serde(default)]
@@ -361,10 +364,12 @@ impl JobSpec {
                     ("queue_id", &j.queue_id),
                     ("job_id", &j.job_id),
                     ("step_id", &j.step_id),
-                    ("task_id", &j.task_id),
                     ("session_action_id", &j.session_action_id),
                 ] {
                     id(f, v)?;
+                }
+                if let Some(task) = &j.task_id {
+                    id("task_id", task)?;
                 }
                 pairs(&j.locations, "locations")?;
                 exclude(&j.exclude)?;

@@ -27,7 +27,8 @@ pub struct SyncOutputsSpec {
     pub queue_id: String,
     pub job_id: String,
     pub step_id: String,
-    pub task_id: String,
+    /// `None`: a chunked step's session action, published at the step level.
+    pub task_id: Option<String>,
     pub session_action_id: String,
     /// `%Y-%m-%dT%H:%M:%S.%fZ`.
     pub start_time: String,
@@ -76,7 +77,7 @@ pub async fn run(
         queue: &spec.queue_id,
         job: &spec.job_id,
         step: &spec.step_id,
-        task: &spec.task_id,
+        task: spec.task_id.as_deref(),
         start_time: &spec.start_time,
         session_action: &spec.session_action_id,
     };

@@ -37,13 +37,14 @@ pub fn input_manifest_path(farm: &str, queue: &str, guid: &str, root_path: &str)
 }
 
 /// The task output manifest path, relative to the manifests prefix:
-/// `{farm}/{queue}/{job}/{step}/{task}/{startTime}_{sessionActionId}/{xxh128(fslName + rootPath)}_output`.
+/// `{farm}/{queue}/{job}/{step}/{task}/{startTime}_{sessionActionId}/{xxh128(fslName + rootPath)}_output`,
+/// or without `{task}/` for a chunked step's session action (a chunk of its tasks).
 pub struct OutputManifestPath<'a> {
     pub farm: &'a str,
     pub queue: &'a str,
     pub job: &'a str,
     pub step: &'a str,
-    pub task: &'a str,
+    pub task: Option<&'a str>,
     /// `%Y-%m-%dT%H:%M:%S.%fZ`, see [`session_action_time`].
     pub start_time: &'a str,
     pub session_action: &'a str,
@@ -52,13 +53,13 @@ pub struct OutputManifestPath<'a> {
 impl OutputManifestPath<'_> {
     pub fn for_root(&self, file_system_location_name: Option<&str>, root_path: &str) -> String {
         let name = format!("{}{root_path}", file_system_location_name.unwrap_or(""));
+        let task = self.task.map(|t| format!("{t}/")).unwrap_or_default();
         format!(
-            "{}/{}/{}/{}/{}/{}_{}/{}_output",
+            "{}/{}/{}/{}/{task}{}_{}/{}_output",
             self.farm,
             self.queue,
             self.job,
             self.step,
-            self.task,
             self.start_time,
             self.session_action,
             ContentHash::of(name.as_bytes())
@@ -110,7 +111,7 @@ mod tests {
             queue: "q",
             job: "j",
             step: "s",
-            task: "t",
+            task: Some("t"),
             start_time: "2026-01-02T03:04:05.000006Z",
             session_action: "sessionaction-1",
         };
@@ -126,6 +127,14 @@ mod tests {
             format!(
                 "f/q/j/s/t/2026-01-02T03:04:05.000006Z_sessionaction-1/{}_output",
                 ContentHash::of(b"Assets/r")
+            )
+        );
+        let chunk = OutputManifestPath { task: None, ..out };
+        assert_eq!(
+            chunk.for_root(None, "/r"),
+            format!(
+                "f/q/j/s/2026-01-02T03:04:05.000006Z_sessionaction-1/{}_output",
+                ContentHash::of(b"/r")
             )
         );
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_000_001);

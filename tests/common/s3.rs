@@ -256,29 +256,6 @@ impl TestS3 {
         std::fs::write(path, data).unwrap();
     }
 
-    /// Moves an object to another key with its user metadata, straight on disk (no request):
-    /// an object as another writer would have put it there.
-    pub fn move_object(&self, from: &str, to: &str) {
-        let to_path = self.object_path(to);
-        std::fs::create_dir_all(to_path.parent().unwrap()).unwrap();
-        std::fs::rename(self.object_path(from), to_path).unwrap();
-        // s3s-fs keeps metadata beside the bucket: `.bucket-{b64}.object-{b64}.*.json`.
-        use base64::Engine as _;
-        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let side = |key: &str| format!(".bucket-{}.object-{}.", b64(&self.bucket), b64(key));
-        let (old, new) = (side(from), side(to));
-        for e in std::fs::read_dir(&self.root).unwrap() {
-            let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            if let Some(rest) = name.strip_prefix(&old) {
-                std::fs::rename(
-                    self.root.join(&name),
-                    self.root.join(format!("{new}{rest}")),
-                )
-                .unwrap();
-            }
-        }
-    }
-
     /// Environment for running the attache binary against this server.
     pub fn env(&self) -> Vec<(String, String)> {
         [
