@@ -1,6 +1,7 @@
 //! Small file-system helpers shared by commands and jobs; `staged` holds files that get their
-//! name only when complete.
+//! name only when complete, `group` gives placed files to the group a job runs as.
 
+pub mod group;
 pub mod staged;
 
 use std::io::Write;

@@ -8,7 +8,8 @@ pub mod cli;
 pub mod config;
 /// The daemon: local API server, job registry, signals and reload, and its CLI client.
 pub mod daemon;
-/// Small file-system helpers: atomic writes, and files staged unnamed until complete.
+/// Small file-system helpers: atomic writes, files staged unnamed until complete, placed files
+/// given to the group a job runs as.
 pub mod fsutil;
 /// Content hashing: XXH3-128 hash type, file hashing, parallel hasher, hash cache and recorder.
 pub mod hash;

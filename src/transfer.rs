@@ -48,6 +48,9 @@ pub struct Transfer {
     pub open_uploads: open_uploads::OpenUploads,
     /// Copies of fetched objects kept on this machine (`cache.content_size`); `None`: off.
     pub content_cache: Option<Arc<content_cache::ContentCache>>,
+    /// The group every file and directory a download places is given (with group write):
+    /// the group of the user a worker's job runs as.
+    pub group_access: Option<Arc<crate::fsutil::group::GroupAccess>>,
 }
 
 impl Transfer {
@@ -61,6 +64,20 @@ impl Transfer {
             dry_run: true,
             ..(*self).clone()
         })
+    }
+
+    /// This context, or with `group` the same one giving what downloads place to that group.
+    pub fn with_group_access(
+        self: Arc<Self>,
+        group: Option<crate::fsutil::group::GroupAccess>,
+    ) -> Arc<Transfer> {
+        match group {
+            None => self,
+            Some(g) => Arc::new(Transfer {
+                group_access: Some(Arc::new(g)),
+                ..(*self).clone()
+            }),
+        }
     }
 
     /// Budget units a body of `len` bytes takes (a body larger than the whole budget takes
@@ -140,6 +157,7 @@ impl Transfer {
                 .map(Arc::new),
             dry_run: false,
             inflight: None,
+            group_access: None,
         }
     }
 }

@@ -948,6 +948,94 @@ fn a_step_s_dependencies_outputs_are_synced_with_its_inputs_and_are_not_its_outp
     );
 }
 
+/// A queue whose jobs run as another OS user: the worker (here with a umask that keeps
+/// everything private) gives every file and directory it places, and a root the job only
+/// writes outputs to, to that user's group, with group read and write.
+#[test]
+fn a_job_run_as_another_user_finds_its_inputs_in_its_group() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let f = Farm::new();
+    let proj = f.path("proj");
+    write(&proj.join("scenes/shot.ma"), b"scene");
+    write(&proj.join("tex/a/wood.png"), b"texture");
+    write(&proj.join("tex/b/wood copy.png"), b"texture"); // placed as a local copy
+    write(&proj.join("tex/big.exr"), &vec![7u8; 9 << 20]); // fetched in ranged parts
+    let att = f.path("attachments.json");
+    f.ok(f
+        .attache("ws")
+        .arg("submit")
+        .args(IDS)
+        .arg(&proj)
+        .arg("-o")
+        .arg(&att));
+    // A second root the job only writes outputs to.
+    let mut a: serde_json::Value = serde_json::from_slice(&std::fs::read(&att).unwrap()).unwrap();
+    a["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!(
+        {"rootPath": "/comp-out", "rootPathFormat": "posix", "outputRelativeDirectories": ["."]}));
+    std::fs::write(&att, a.to_string()).unwrap();
+    // A group other than ours where we may give files away (root may use any id).
+    let group = if unsafe { libc::geteuid() } == 0 {
+        4242
+    } else {
+        unsafe { libc::getegid() }
+    };
+    let session = f.path("session");
+    let sync = |extra: &[&str]| {
+        let mut c = f.attache("worker");
+        c.arg("sync-inputs")
+            .arg("--attachments")
+            .arg(&att)
+            .arg("--session-dir")
+            .arg(&session)
+            .args(extra);
+        // SAFETY: umask is async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::umask(0o077);
+                Ok(())
+            });
+        }
+        run(&mut c)
+    };
+    let (code, _, err) = sync(&["--job-group", "no-such-group-attache"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("job_group") && err.contains("no-such-group-attache"),
+        "{err}"
+    );
+    let (code, _, err) = sync(&["--job-group", &group.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let local = session.join(attache::jobs::attachments::asset_root_dir_name(
+        proj.to_str().unwrap(),
+    ));
+    let outputs_only = session.join(attache::jobs::attachments::asset_root_dir_name("/comp-out"));
+    let mut seen = (0, 0);
+    let mut stack = vec![local.clone(), outputs_only];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let want = if m.is_dir() { 0o070 } else { 0o060 };
+        assert_eq!(m.gid(), group, "{}", p.display());
+        assert_eq!(
+            m.mode() & want,
+            want,
+            "{}: mode {:o}",
+            p.display(),
+            m.mode()
+        );
+        if m.is_dir() {
+            seen.0 += 1;
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            seen.1 += 1;
+        }
+    }
+    assert_eq!(seen, (6, 4), "(directories, files) checked");
+}
+
 /// `attache check --attachments` as a wrangler runs it when a task fails for a missing input:
 /// it names what the store lacks and the files that need it; `--deep` tells damaged content
 /// from a wrong size, `--delete-damaged` clears it away, and the submitting machine's next

@@ -124,6 +124,10 @@ pub struct SyncInputsArgs {
     /// The job (for --step-dependency).
     #[arg(long, value_name = "ID", env = "DEADLINE_JOB_ID")]
     job_id: Option<String>,
+    /// The group of the OS user the job runs as (a queue's jobRunAsUser): every file and
+    /// directory placed is given to it, with group read and write, as the Deadline worker does.
+    #[arg(long, value_name = "GROUP")]
+    job_group: Option<String>,
     /// Write the path-mapping rules JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -381,6 +385,7 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
         farm_id: a.farm_id,
         queue_id: a.queue_id,
         job_id: a.job_id,
+        job_group: a.job_group,
     });
     let verb = super::tense(a.dry_run, "downloaded", "would download");
     let Some(out) = run_and_emit(

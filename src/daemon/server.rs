@@ -208,7 +208,7 @@ fn bind_socket(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListe
         .parent()
         .ok_or_else(|| err("the socket needs a directory".into()))?;
     let gid = group
-        .map(|g| group_id(g).ok_or_else(|| DaemonError::Group(g.to_string())))
+        .map(|g| crate::fsutil::group::group_id(g).ok_or_else(|| DaemonError::Group(g.to_string())))
         .transpose()?;
     if !dir.exists() {
         std::fs::create_dir_all(dir)
@@ -241,14 +241,6 @@ fn bind_socket(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListe
             .map_err(|e| err(format!("cannot give the socket to the group: {e}")))?;
     }
     Ok(listener)
-}
-
-fn group_id(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: `c` is a valid C string; getgrnam returns NULL or a pointer valid until the
-    // next call, read at once.
-    let g = unsafe { libc::getgrnam(c.as_ptr()) };
-    (!g.is_null()).then(|| unsafe { (*g).gr_gid })
 }
 
 fn chown_group(path: &Path, gid: u32) -> std::io::Result<()> {

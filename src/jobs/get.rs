@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Cancelled;
 use crate::fsutil::AtomicFile;
+use crate::fsutil::group::GroupAccess;
 use crate::hash::ContentHash;
 use crate::hash::cache::{HashCache, Snapshot, is_racy, now_ns};
 use crate::hash::recorder::{CacheRecorder, RecordSink};
@@ -162,10 +163,12 @@ async fn plan_and_download(
         let (manifest, cache_dir, conflict) = (spec.manifest, spec.cache_dir, spec.conflict);
         let (record, sink, cancel) = (spec.record, sink.clone(), cancel.clone());
         let dry_run = transfer.dry_run;
+        let group = transfer.group_access.clone();
         tokio::task::spawn_blocking(move || {
+            let dirs = Dirs::new(&dest, !dry_run, group.as_deref());
             plan(
                 manifest,
-                &dest,
+                dirs,
                 cache_dir.as_deref(),
                 sink.as_ref(),
                 (conflict, record.as_deref(), dry_run),
@@ -322,22 +325,20 @@ const SHRINK_EVERY: usize = 64 * 1024;
 /// million-entry manifest is held once, not twice.
 fn plan(
     manifest: Manifest,
-    dest: &Path,
+    mut dirs: Dirs,
     cache_dir: Option<&Path>,
     sink: Option<&RecordSink>,
     (conflict, record_to, dry_run): (Conflict, Option<&Path>, bool),
     cancel: &CancellationToken,
 ) -> Result<Plan, TransferError> {
-    if !dry_run {
-        std::fs::create_dir_all(dest).map_err(TransferError::io(dest))?;
-    }
+    let dest = dirs.root;
+    dirs.make_root()?;
     let cache = cache_dir.and_then(|d| HashCache::open(d).map_err(|e| tracing::warn!("{e}")).ok());
     // Files already in place are checked against the cache in one read transaction; hashes
     // of files that had to be read go to the recorder (its own connection).
     let snapshot = cache
         .as_ref()
         .and_then(|c| c.snapshot().map_err(|e| tracing::warn!("{e}")).ok());
-    let mut made: HashSet<PathBuf> = HashSet::new();
     let mut p = Plan {
         items: Vec::with_capacity(manifest.len()),
         unchanged: (0, 0),
@@ -376,7 +377,7 @@ fn plan(
         ));
         let mut copy_rel: Option<Box<[u8]>> = None;
         if let Some(parent) = path.parent() {
-            make_dirs(dest, parent, &mut made, !dry_run)?;
+            dirs.make(parent)?;
         }
         let (hash, size, mtime_us) = (e.hash, e.size, e.mtime_us);
         let found = std::fs::symlink_metadata(&path).ok().map(|meta| {
@@ -471,60 +472,120 @@ fn fix_mtime(path: &Path, meta: &std::fs::Metadata, mtime_us: i64) {
     }
 }
 
-/// Creates `dir` (under `root`) component by component, refusing to pass through a symlink
-/// or a file. Without `create` (a dry run) it only checks what is there.
-fn make_dirs(
-    root: &Path,
-    dir: &Path,
-    made: &mut HashSet<PathBuf>,
+/// The directories of a download: made under the root as the plan needs them, each checked
+/// once, and given to the job's group (if any).
+struct Dirs<'a> {
+    root: &'a Path,
+    made: HashSet<PathBuf>,
+    /// Without it (a dry run), only check what is there.
     create: bool,
+    group: Option<&'a GroupAccess>,
+}
+
+impl<'a> Dirs<'a> {
+    fn new(root: &'a Path, create: bool, group: Option<&'a GroupAccess>) -> Dirs<'a> {
+        Dirs {
+            root,
+            made: HashSet::new(),
+            create,
+            group,
+        }
+    }
+
+    /// Creates the root (and what leads to it) if missing.
+    fn make_root(&mut self) -> Result<(), TransferError> {
+        if self.create {
+            let existed = self.root.is_dir();
+            std::fs::create_dir_all(self.root).map_err(TransferError::io(self.root))?;
+            self.grant(self.root, existed)?;
+        }
+        Ok(())
+    }
+
+    /// Creates `dir` (under the root) component by component, refusing to pass through a
+    /// symlink or a file.
+    fn make(&mut self, dir: &Path) -> Result<(), TransferError> {
+        if self.made.contains(dir) || dir == self.root {
+            return Ok(());
+        }
+        let rel = dir
+            .strip_prefix(self.root)
+            .expect("planned paths are under the root");
+        let mut at = self.root.to_path_buf();
+        for part in rel.components() {
+            at.push(part);
+            if self.made.contains(&at) {
+                continue;
+            }
+            match std::fs::symlink_metadata(&at) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(TransferError::Refused {
+                        path: at,
+                        message: "is a symlink; attache does not write through links. Remove it and run again".into(),
+                    });
+                }
+                Ok(m) if m.is_dir() => {
+                    if self.create {
+                        self.grant(&at, true)?;
+                    }
+                }
+                Ok(_) => {
+                    return Err(TransferError::Refused {
+                        path: at,
+                        message: "is a file where the manifest needs a directory".into(),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => {
+                    // Nothing below a directory that is not there can be in the way.
+                    self.made.insert(dir.to_path_buf());
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir(&at)
+                        .or_else(|e| if at.is_dir() { Ok(()) } else { Err(e) })
+                        .map_err(TransferError::io(&at))?;
+                    self.grant(&at, false)?;
+                }
+                Err(e) => {
+                    return Err(TransferError::Io {
+                        path: at,
+                        source: e,
+                    });
+                }
+            }
+            self.made.insert(at.clone());
+        }
+        Ok(())
+    }
+
+    fn grant(&self, dir: &Path, existed: bool) -> Result<(), TransferError> {
+        grant_dir(self.group, dir, existed)
+    }
+}
+
+/// Gives a directory files are placed in (or a root the job writes its outputs to) to the
+/// job's group, as the files are. One that was there before (a storage-profile location, a
+/// directory of the project) may belong to someone else: that it cannot be given is a
+/// warning, not a failure.
+pub fn grant_dir(
+    group: Option<&GroupAccess>,
+    dir: &Path,
+    existed: bool,
 ) -> Result<(), TransferError> {
-    if made.contains(dir) || dir == root {
+    let Some(g) = group else {
         return Ok(());
-    }
-    let rel = dir
-        .strip_prefix(root)
-        .expect("planned paths are under the root");
-    let mut at = root.to_path_buf();
-    for part in rel.components() {
-        at.push(part);
-        if made.contains(&at) {
-            continue;
+    };
+    match g.grant_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if existed => {
+            tracing::warn!(path = %dir.display(), "{}", g.advice(&e));
+            Ok(())
         }
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(TransferError::Refused {
-                    path: at,
-                    message: "is a symlink; attache does not write through links. Remove it and run again".into(),
-                });
-            }
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(TransferError::Refused {
-                    path: at,
-                    message: "is a file where the manifest needs a directory".into(),
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
-                // Nothing below a directory that is not there can be in the way.
-                made.insert(dir.to_path_buf());
-                return Ok(());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(&at)
-                    .or_else(|e| if at.is_dir() { Ok(()) } else { Err(e) })
-                    .map_err(TransferError::io(&at))?;
-            }
-            Err(e) => {
-                return Err(TransferError::Io {
-                    path: at,
-                    source: e,
-                });
-            }
-        }
-        made.insert(at.clone());
+        Err(e) => Err(TransferError::Refused {
+            path: dir.to_path_buf(),
+            message: g.advice(&e),
+        }),
     }
-    Ok(())
 }
 
 /// What is at a destination path, as far as the plan is concerned.
@@ -622,7 +683,7 @@ mod tests {
         cancel.cancel();
         let got = plan(
             Manifest::new(entries),
-            t.path(),
+            Dirs::new(t.path(), true, None),
             None,
             None,
             (Conflict::Overwrite, None, false),
@@ -710,7 +771,7 @@ mod tests {
             let record = t.path().join("records/r.manifest");
             let mut p = plan(
                 manifest.clone(),
-                &dest,
+                Dirs::new(&dest, true, None),
                 None,
                 None,
                 (conflict, Some(record.as_path()), false),

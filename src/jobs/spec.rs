@@ -17,6 +17,7 @@ use super::submit::{Location, SubmitError, SubmitReport, SubmitSpec};
 use super::sync_inputs::{StepDependencies, SyncInputsReport, SyncInputsSpec};
 use super::sync_outputs::{SyncOutputsReport, SyncOutputsSpec};
 use crate::config::Settings;
+use crate::fsutil::group::GroupAccess;
 use crate::store::OpenStoreError;
 use crate::transfer::{Transfer, TransferError};
 
@@ -98,9 +99,28 @@ pub struct SyncInputsJob {
     pub queue_id: Option<String>,
     #[serde(default)]
     pub job_id: Option<String>,
+    /// The group of the OS user the job runs as: what is placed is given to it, with group
+    /// read and write.
+    #[serde(default)]
+    pub job_group: Option<String>,
 }
 
 impl SyncInputsJob {
+    /// The job's group on this machine; an unknown one is an invalid job.
+    fn group(&self) -> Result<Option<GroupAccess>, JobError> {
+        self.job_group
+            .as_deref()
+            .map(|name| {
+                GroupAccess::resolve(name).ok_or_else(|| {
+                    invalid(
+                        "job_group",
+                        format!("{name:?}: no such group on this machine"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
     /// The step dependencies with the job they belong to; an error names what is missing.
     fn dependencies(&self) -> Result<Option<StepDependencies>, JobError> {
         if self.step_dependencies.is_empty() {
@@ -348,6 +368,7 @@ impl JobSpec {
             JobSpec::SyncInputs(j) => {
                 absolute("session_dir", &j.session_dir)?;
                 pairs(&j.locations, "locations")?;
+                j.group()?;
                 if let Some(deps) = j.dependencies()? {
                     id("farm_id", &deps.farm_id)?;
                     id("queue_id", &deps.queue_id)?;
@@ -435,6 +456,7 @@ impl JobSpec {
                 JobOutput::Submit(super::submit::run(spec, transfer, cancel).await?)
             }
             JobSpec::SyncInputs(j) => {
+                let transfer = transfer.with_group_access(j.group()?);
                 let spec = SyncInputsSpec {
                     dependencies: j.dependencies()?,
                     attachments: attachments(j.attachments)?,

@@ -172,7 +172,9 @@ pub async fn run(
         if root.manifests.is_empty() {
             // Outputs only: the directory must exist for the renderer to write into.
             if !transfer.dry_run {
+                let existed = root.local.is_dir();
                 std::fs::create_dir_all(&root.local).map_err(TransferError::io(&root.local))?;
+                get::grant_dir(transfer.group_access.as_deref(), &root.local, existed)?;
             }
             continue;
         }

@@ -23,6 +23,7 @@ use super::content_cache::{ContentCache, Inserted};
 use super::inflight::{self, Claim, Done};
 use super::{Transfer, TransferError, cancellable, run_pieces, spawned};
 use crate::fsutil::BatchedWriter;
+use crate::fsutil::group::GroupAccess;
 use crate::fsutil::staged::Staged;
 use crate::hash::ContentHash;
 use crate::hash::file::{CopyError, copy_hashing};
@@ -53,15 +54,18 @@ struct Target {
     size: u64,
     dest: PathBuf,
     mtime_us: i64,
+    /// The group the file is given before it gets its name ([`Transfer::group_access`]).
+    group: Option<Arc<GroupAccess>>,
 }
 
 impl Target {
-    fn of(root: &Path, item: &DownloadItem) -> Target {
+    fn of(t: &Transfer, root: &Path, item: &DownloadItem) -> Target {
         Target {
             hash: item.hash,
             size: item.size,
             dest: root.join(OsStr::from_bytes(&item.rel)),
             mtime_us: item.mtime_us,
+            group: t.group_access.clone(),
         }
     }
 }
@@ -142,7 +146,7 @@ pub async fn download_all(
         let (items, root) = (items.clone(), root.clone());
         move |first| {
             let (t, c, stop, record) = (t.clone(), c.clone(), stop.clone(), record.clone());
-            let item = Target::of(&root, &items[first]);
+            let item = Target::of(&t, &root, &items[first]);
             async move {
                 let (item, stat) = place(&t, &c, item, &stop).await?;
                 if let Some(sink) = record {
@@ -165,7 +169,7 @@ pub async fn download_all(
                 .map(|&(to, from)| {
                     (
                         root.join(OsStr::from_bytes(&items[from].rel)),
-                        Target::of(&root, &items[to]),
+                        Target::of(&t, &root, &items[to]),
                     )
                 })
                 .collect();
@@ -537,9 +541,16 @@ fn stage_beside(dest: &Path) -> Result<Staged, TransferError> {
     Staged::new_in(dir, ".attache-", ".part").map_err(TransferError::io(dir))
 }
 
-/// Sets the manifest mtime (and atime) and gives the verified file its name. Returns its stat
-/// as named (naming it moved its ctime).
+/// Sets the manifest mtime (and atime), and the group if the job runs as another user, and
+/// gives the verified file its name. Returns its stat as named (naming it moved its ctime).
 fn finalize(tmp: Staged, item: &Target) -> Result<FileStat, TransferError> {
+    if let Some(g) = &item.group {
+        g.grant_file(tmp.as_file())
+            .map_err(|e| TransferError::Refused {
+                path: item.dest.clone(),
+                message: g.advice(&e),
+            })?;
+    }
     let t = crate::fsutil::file_time_from_us(item.mtime_us);
     filetime::set_file_handle_times(tmp.as_file(), Some(t), Some(t))
         .map_err(TransferError::io(&item.dest))?;
@@ -830,6 +841,7 @@ mod tests {
             size: data.len() as u64,
             dest: dest.clone(),
             mtime_us: 1_700_000_000_000_000,
+            group: None,
         };
         let c = Arc::new(Counters::default());
         // A source that is gone altogether: the same.
