@@ -948,6 +948,111 @@ fn a_step_s_dependencies_outputs_are_synced_with_its_inputs_and_are_not_its_outp
     );
 }
 
+/// With the content cache on, a worker keeps the outputs it uploads: a task of a dependent
+/// step it runs next takes them from there, not from the store, and the session's next
+/// sync-outputs still knows them without reading them.
+#[test]
+fn a_worker_keeps_its_outputs_for_the_dependent_step_it_runs_next() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    write(&proj.join("scenes/shot.ma"), b"scene");
+    std::fs::create_dir_all(proj.join("renders")).unwrap();
+    let att = f.path("attachments.json");
+    f.ok(f
+        .attache("ws")
+        .arg("submit")
+        .args(IDS)
+        .arg(proj.join("scenes/shot.ma"))
+        .arg("--output-dir")
+        .arg(proj.join("renders"))
+        .arg("-o")
+        .arg(&att));
+    let worker = |session: &Path, args: &[&str]| {
+        let mut c = f.attache("worker");
+        c.env("ATTACHE_CACHE__CONTENT_SIZE", "1GiB")
+            .args(args)
+            .arg("--attachments")
+            .arg(&att)
+            .arg("--session-dir")
+            .arg(session);
+        let (code, out, err) = run(&mut c);
+        assert_eq!(code, 0, "{err}");
+        (out, err)
+    };
+    let render = f.path("render-session");
+    worker(&render, &["sync-inputs"]);
+    let local = render.join(attache::jobs::attachments::asset_root_dir_name(
+        proj.to_str().unwrap(),
+    ));
+    write(&local.join("renders/f1.exr"), &vec![1u8; 200 << 10]);
+    write(&local.join("renders/f2.exr"), b"frame 2");
+    let outputs = |sa: &'static str| {
+        vec![
+            "sync-outputs",
+            "--farm-id",
+            "farm-1",
+            "--queue-id",
+            "queue-1",
+            "--job-id",
+            "job-1",
+            "--step-id",
+            "render",
+            "--task-id",
+            "task-1",
+            "--session-action-id",
+            sa,
+        ]
+    };
+    let (_, err) = worker(&render, &outputs("sa-1"));
+    assert!(err.contains("; 2 kept in the content cache"), "{err}");
+    // The task is run again in the same session: its outputs are known, not read.
+    let mut again = outputs("sa-2");
+    again.push("--json");
+    let (out, _) = worker(&render, &again);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let hash = &report["roots"][0]["hash"];
+    assert_eq!(
+        (hash["cached_files"].as_u64(), hash["hashed_files"].as_u64()),
+        (Some(2), Some(0)),
+        "{report}"
+    );
+
+    // The comp, on the same worker: the inputs and both frames from the content cache.
+    let comp = f.path("comp-session");
+    f.s3.stats.reset();
+    let (_, err) = worker(
+        &comp,
+        &[
+            "sync-inputs",
+            "--step-dependency",
+            "render",
+            "--farm-id",
+            "farm-1",
+            "--queue-id",
+            "queue-1",
+            "--job-id",
+            "job-1",
+        ],
+    );
+    assert!(
+        err.contains("downloaded 0 objects (0 B), 3 from the content cache"),
+        "{err}"
+    );
+    assert_eq!(
+        f.s3.stats
+            .requests_matching(|r| r.is_get() && r.key.contains("/Data/")),
+        0,
+        "no data fetched"
+    );
+    let comp_local = comp.join(attache::jobs::attachments::asset_root_dir_name(
+        proj.to_str().unwrap(),
+    ));
+    assert_eq!(
+        std::fs::read(comp_local.join("renders/f2.exr")).unwrap(),
+        b"frame 2"
+    );
+}
+
 /// A queue whose jobs run as another OS user: the worker (here with a umask that keeps
 /// everything private) gives every file and directory it places, and a root the job only
 /// writes outputs to, to that user's group, with group read and write.

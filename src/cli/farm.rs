@@ -464,8 +464,12 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
             eprintln!("{root}: no new or changed outputs");
             continue;
         };
+        let kept = match r["content_cache_files"].as_u64().unwrap_or(0) {
+            0 => String::new(),
+            n => format!("; {n} kept in the content cache"),
+        };
         eprintln!(
-            "{root}: {} new or changed outputs ({}); {}; {} {path}",
+            "{root}: {} new or changed outputs ({}); {}; {} {path}{kept}",
             r["files"],
             json_size(&r["bytes"]),
             uploaded(&r["upload"], dry_run),

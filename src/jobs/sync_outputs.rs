@@ -2,7 +2,8 @@
 //! directories (new, or changed since sync-inputs), upload them, then publish each root's output
 //! manifest under the task's output key.
 
-use std::path::PathBuf;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -13,11 +14,14 @@ use super::put::{PutError, run_with};
 use super::sync_inputs::read_record;
 use super::{Cancelled, detached};
 use crate::hash::ContentHash;
+use crate::hash::cache::{CacheRecord, HashCache};
 use crate::manifest::{Manifest, ManifestEntry, ManifestPath, PathRules, json_quote};
+use crate::scan::FileStat;
 use crate::scan::{ScanOptions, ScanOutcome, ScannedFile, dedup_by_path, scan_under_keeping};
 use crate::store::PutOptions;
 use crate::store::layout::{OutputManifestPath, manifests_prefix};
 use crate::transfer::Transfer;
+use crate::transfer::content_cache::{ContentCache, Inserted};
 
 pub struct SyncOutputsSpec {
     pub attachments: Attachments,
@@ -48,6 +52,9 @@ pub struct OutputRoot {
     /// The output manifest's path (relative to the manifests prefix), once published (with a
     /// dry run: where it would be); none without outputs.
     pub output_manifest_path: Option<String>,
+    /// Outputs kept in this machine's content cache (by a hard link), for a dependent step's
+    /// task on this machine.
+    pub content_cache_files: u64,
 }
 
 /// What sync-outputs did: the manifests to report to the farm, and per root the counts.
@@ -124,12 +131,22 @@ pub async fn run(
             hash: hashed.stats,
             upload: put.upload,
             output_manifest_path: None,
+            content_cache_files: 0,
         };
         if manifest.is_empty() {
             tracing::info!(root = %m.root_path, "no new or changed outputs");
             roots.push(root);
             continue;
         }
+        // What the content cache may keep, once the manifest is published.
+        let keep: Vec<Output> = match &transfer.content_cache {
+            Some(_) if !transfer.dry_run => manifest
+                .entries()
+                .iter()
+                .filter_map(|e| Output::of(&local, e))
+                .collect(),
+            _ => Vec::new(),
+        };
         // The data is all there: publish the manifest.
         let bytes = bytes::Bytes::from(super::encode_off_worker(manifest).await);
         let rel = keys.for_root(m.file_system_location_name.as_deref(), &m.root_path);
@@ -148,6 +165,16 @@ pub async fn run(
                 .await
                 .map_err(PutError::Transfer)?;
         }
+        if let Some(cache) = transfer.content_cache.clone()
+            && !keep.is_empty()
+        {
+            let (cache_dir, stop) = (spec.hash.cache_dir.clone(), cancel.clone());
+            root.content_cache_files = tokio::task::spawn_blocking(move || {
+                keep_outputs(&cache, keep, cache_dir.as_deref(), &stop)
+            })
+            .await
+            .expect("keeping outputs panicked");
+        }
         root.output_manifest_path = Some(rel.clone());
         roots.push(root);
         published.push(OutputManifest {
@@ -160,6 +187,93 @@ pub async fn run(
         roots,
         dry_run: transfer.dry_run,
     })
+}
+
+/// An output just published, as it was hashed.
+struct Output {
+    path: PathBuf,
+    hash: ContentHash,
+    size: u64,
+    mtime_us: i64,
+}
+
+impl Output {
+    fn of(local: &Path, e: &ManifestEntry) -> Option<Output> {
+        let rel = e.path.to_posix_bytes().ok()?;
+        Some(Output {
+            path: local.join(std::ffi::OsStr::from_bytes(&rel)),
+            hash: e.hash,
+            size: e.size,
+            mtime_us: e.mtime_us,
+        })
+    }
+}
+
+/// Keeps outputs just uploaded in this machine's content cache, so that a task of a step
+/// that depends on this one, run on this machine, takes them from there. Only by hard links:
+/// a copy would write every frame a second time right after the render, for a use that may
+/// not come. A file whose size or mtime moved since it was hashed is left out (every use of
+/// the cache checks the content anyway). A link moves the file's ctime: the hash cache gets
+/// the new stat, or the session's next sync-outputs would read the file again. Returns how
+/// many were kept.
+fn keep_outputs(
+    cache: &ContentCache,
+    outputs: Vec<Output>,
+    cache_dir: Option<&Path>,
+    cancel: &CancellationToken,
+) -> u64 {
+    let mut linked: Vec<(Vec<u8>, FileStat, ContentHash)> = Vec::new();
+    for o in outputs {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let as_hashed = |m: &std::fs::Metadata| {
+            let s = FileStat::of(m);
+            m.is_file()
+                && s.size == o.size
+                && ManifestEntry::mtime_us_from_ns(s.mtime_ns) == o.mtime_us
+        };
+        match std::fs::symlink_metadata(&o.path) {
+            Ok(m) if as_hashed(&m) => {}
+            _ => continue,
+        }
+        match cache.link(&o.path, o.hash, o.size) {
+            Ok(Inserted::Linked) => {
+                if let Ok(m) = std::fs::symlink_metadata(&o.path) {
+                    linked.push((o.path.into_os_string().into_vec(), FileStat::of(&m), o.hash));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(
+                    "cannot keep {} in the content cache in {}: {e}",
+                    o.path.display(),
+                    cache.dir().display()
+                );
+                break;
+            }
+        }
+    }
+    if linked.is_empty() {
+        return 0;
+    }
+    if let Some(dir) = cache_dir {
+        let records: Vec<CacheRecord> = linked
+            .iter()
+            .map(|(path, stat, hash)| CacheRecord {
+                path,
+                stat,
+                hash: *hash,
+            })
+            .collect();
+        if let Err(e) = HashCache::open(dir).and_then(|c| c.store(&records)) {
+            tracing::warn!("hash cache: {e}");
+        }
+    }
+    if let Err(e) = cache.evict() {
+        tracing::warn!("content cache {}: {e}", cache.dir().display());
+    }
+    linked.len() as u64
 }
 
 /// An output directory must be `.` or a safe relative path (no `..`, not absolute): one that
