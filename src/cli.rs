@@ -1,5 +1,6 @@
 //! The command line: arguments, config loading, dispatch and exit codes.
 
+mod cache_cmd;
 mod check_cmd;
 mod cleanup_cmd;
 mod config_cmd;
@@ -85,6 +86,9 @@ enum Command {
     /// Check this machine's setup against its store: credentials, permissions, endpoint,
     /// multipart, caches; says what each failure needs.
     Doctor(doctor_cmd::DoctorArgs),
+    /// Show what this machine's caches hold (hash cache, known-present index, content cache,
+    /// open uploads); clear or trim them.
+    Cache(cache_cmd::CacheArgs),
     /// Run the transfer daemon: one process serving every transfer of this machine over a
     /// local socket (see "Run as a service" in the README).
     Daemon,
@@ -217,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(a) => a.overrides(&mut overrides),
         Command::Manifest(m) => m.overrides(&mut overrides),
         Command::Config(_)
+        | Command::Cache(_)
         | Command::Daemon
         | Command::Jobs { .. }
         | Command::Status(_)
@@ -256,6 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cleanup(a) => cleanup_cmd::run(&ctx, a),
         Command::Check(a) => check_cmd::run(&ctx, a),
         Command::Doctor(a) => doctor_cmd::run(&ctx, a),
+        Command::Cache(a) => cache_cmd::run(&ctx, a),
         Command::Manifest(m) => manifest_cmd::run(&ctx, m),
         Command::Config(c) => config_cmd::run(&ctx, c),
         Command::Daemon => daemon_cmd::daemon(&ctx),

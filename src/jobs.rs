@@ -10,6 +10,7 @@ pub mod download_outputs;
 pub mod fetch_manifest;
 pub mod get;
 pub mod hash;
+pub mod local_caches;
 pub mod put;
 pub mod setup;
 pub mod spec;

@@ -414,6 +414,98 @@ fn a_get_with_the_content_cache_on_needs_the_store_only_once() {
     assert!(!err.contains("read to check"), "{err}");
 }
 
+/// `attache cache` shows what each cache holds; `clear` makes the next run find it out again
+/// (read the files, ask the store, fetch the objects); `trim` shrinks the content cache.
+#[test]
+fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
+    let t = tempfile::tempdir().unwrap();
+    let src = small_src(t.path(), 3);
+    // Older than the hash cache's racy window, so the put caches their hashes.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (cache, store, manifest) = put_to_local_store(t.path(), &src);
+    let (code, _, err) = run(attache(&cache)
+        .env("ATTACHE_CACHE__CONTENT_SIZE", "10MiB")
+        .args(["get", "--store", &store])
+        .arg(&manifest)
+        .arg("--dest")
+        .arg(t.path().join("dest")));
+    assert_eq!(code, 0, "{err}");
+    let cache_cmd = |args: &[&str]| {
+        let (code, out, err) = run(attache(&cache).arg("cache").args(args));
+        (code, out, err)
+    };
+    let show = || {
+        let (code, out, err) = cache_cmd(&["--json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let u = show();
+    assert_eq!(u["hash_cache"]["entries"], 6, "3 sources, 3 placed: {u}");
+    assert_eq!(u["known_present"]["entries"], 3, "{u}");
+    assert_eq!(u["known_present_stores"][0]["store"], store.as_str(), "{u}");
+    assert_eq!(u["content"]["files"], 3, "{u}");
+    assert_eq!(u["content"]["limit"], 0, "off in this run's settings: {u}");
+    let (code, human, err) = cache_cmd(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        human.contains("6 files known") && human.contains("3 objects in 1 stores"),
+        "{human}"
+    );
+
+    let put = || {
+        let (code, out, err) = run(attache(&cache)
+            .args(["put", "--json", "--store", &store])
+            .arg(&src)
+            .arg("-o")
+            .arg(t.path().join("m2.json")));
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    // Another store's entries are not this one's.
+    let (code, out, err) = cache_cmd(&["clear", "--known-present", "--store", "file:///elsewhere"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("forgot 0 objects"), "{out}");
+    let (code, out, err) = cache_cmd(&["clear", "--known-present", "--store", &store]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("forgot 3 objects"), "{out}");
+    let v = put();
+    assert_eq!(
+        (
+            &v["upload"]["known_objects"],
+            &v["upload"]["present_objects"]
+        ),
+        (&0.into(), &3.into()),
+        "the store is asked again: {v}"
+    );
+    assert_eq!(v["hash"]["hashed_files"], 0, "no file read: {v}");
+    let (code, _, err) = cache_cmd(&["clear", "--hash"]);
+    assert_eq!(code, 0, "{err}");
+    let v = put();
+    assert_eq!(v["hash"]["hashed_files"], 3, "every file read again: {v}");
+
+    // The content cache: trimmed to a size, then emptied.
+    let (code, _, err) = cache_cmd(&["trim"]);
+    assert_eq!(code, 2, "no size to trim to: {err}");
+    assert!(err.contains("--to SIZE"), "{err}");
+    let (code, out, err) = cache_cmd(&["trim", "--to", "1B"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("removed 3 objects"), "{out}");
+    let (code, _, err) = cache_cmd(&["clear"]);
+    assert_eq!(code, 2, "clear what? {err}");
+    let (code, _, err) = cache_cmd(&["clear", "--all"]);
+    assert_eq!(code, 0, "{err}");
+    let u = show();
+    assert_eq!(
+        (
+            &u["hash_cache"]["entries"],
+            &u["known_present"]["entries"],
+            &u["content"]["files"]
+        ),
+        (&0.into(), &0.into(), &0.into()),
+        "{u}"
+    );
+}
+
 #[test]
 fn get_dry_run_says_what_it_would_fetch_and_writes_nothing() {
     let t = tempfile::tempdir().unwrap();

@@ -147,6 +147,28 @@ impl HashCache {
         &self.path
     }
 
+    /// How many files the cache knows.
+    pub fn count(&self) -> Result<u64, CacheError> {
+        let conn = self.conn.lock().expect("no panics while holding the lock");
+        conn.query_row("SELECT count(*) FROM hashes", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|source| CacheError::Query {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Forgets every file: the next run reads each file once again. Returns how many.
+    pub fn clear(&self) -> Result<u64, CacheError> {
+        let conn = self.conn.lock().expect("no panics while holding the lock");
+        conn.execute("DELETE FROM hashes", [])
+            .map(|n| n as u64)
+            .map_err(|source| CacheError::Query {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
     /// Looks up many files under one directory at once. `files` are paths relative to `dir`
     /// (POSIX bytes, so that a caller need not build 200,000 absolute paths to ask), sorted by
     /// their bytes; the answer has one slot per file. One ordered range scan serves the whole

@@ -57,7 +57,7 @@ pub enum Inserted {
 type Blob = (SystemTime, u64, PathBuf);
 
 /// What an eviction pass found and did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Evicted {
     pub files: u64,
     pub bytes: u64,
@@ -224,11 +224,23 @@ impl ContentCache {
         Ok(out)
     }
 
+    /// Removes every blob (a temporary file another process is writing is left): what the
+    /// machine kept is fetched again. Safe while other processes use the cache, as any
+    /// removal is.
+    pub fn clear(&self) -> std::io::Result<Evicted> {
+        ContentCache::new(self.dir.clone(), 0).evict()
+    }
+
     /// How many blobs the cache holds, and their bytes; and that a blob can be written there
     /// (a temporary file is made and removed).
     pub fn usage(&self) -> std::io::Result<(u64, u64)> {
         std::fs::create_dir_all(&self.dir)?;
         drop(crate::fsutil::temp_file_in(&self.dir, ".blob-", ".tmp")?);
+        self.contents()
+    }
+
+    /// How many blobs the cache holds, and their bytes (nothing written).
+    pub fn contents(&self) -> std::io::Result<(u64, u64)> {
         let (blobs, total) = self.blobs(false)?;
         Ok((blobs.len() as u64, total))
     }

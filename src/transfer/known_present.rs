@@ -211,6 +211,34 @@ impl KnownPresent {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// The stores the index knows (by identity) and how many objects of each, most first.
+    pub fn stores(&self) -> Result<Vec<(String, u64)>, KnownPresentError> {
+        let conn = self.conn.lock().expect("not poisoned");
+        let mut stmt = conn
+            .prepare("SELECT store, count(*) AS n FROM present GROUP BY store ORDER BY n DESC")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Forgets every entry, or those of the store at `url` (`s3://bucket/prefix`, at any
+    /// endpoint and region): its next uploads ask it about every object again. Returns how
+    /// many entries went.
+    pub fn forget_store(&self, url: Option<&str>) -> Result<u64, KnownPresentError> {
+        let conn = self.conn.lock().expect("not poisoned");
+        let n = match url {
+            None => conn.execute("DELETE FROM present", []),
+            // An identity is the URL, then " region=… endpoint=…" for S3.
+            Some(url) => conn.execute(
+                "DELETE FROM present WHERE store = ?1 OR substr(store, 1, length(?1) + 1) = ?1 || ' '",
+                params![url.trim_end_matches('/')],
+            ),
+        };
+        n.map(|n| n as u64).map_err(|e| self.err(e))
+    }
+
     /// Forgets a hash the store turned out not to have.
     pub fn forget(&self, store: &str, hash: ContentHash) -> Result<(), KnownPresentError> {
         let conn = self.conn.lock().expect("not poisoned");

@@ -195,6 +195,11 @@ impl OpenUploads {
         Ok(Held { path, _lock: lock })
     }
 
+    /// How many uploads are recorded open (running ones, and those left to resume or abort).
+    pub fn count(&self) -> u64 {
+        read_records(&self.dir).len() as u64
+    }
+
     /// The records of `store` that no running upload holds, each locked for the caller.
     /// Unreadable entries are skipped (with a debug log): this must never stop an upload.
     pub fn leftovers(&self, store: &str) -> Vec<Leftover> {

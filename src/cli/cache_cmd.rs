@@ -1,0 +1,162 @@
+//! `attache cache`: what this machine's caches hold; `clear` and `trim` empty them.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::{Context, UsageError};
+use crate::config::ByteSize;
+use crate::jobs::local_caches::{self, CacheUsage, ClearSpec};
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  attache cache\n  attache cache clear --known-present --store s3://bucket/DeadlineCloud\n  attache cache trim --to 50GiB"
+)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    command: Option<CacheCommand>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Show what each cache holds, where, and its size on disk (the default).
+    Show,
+    /// Empty caches, also while transfers run: what is forgotten is found out again.
+    Clear(ClearArgs),
+    /// Remove the content cache's least recently used objects until it holds at most
+    /// cache.content_size (or --to).
+    Trim {
+        /// Trim to this size instead, e.g. 50GiB.
+        #[arg(long, value_name = "SIZE")]
+        to: Option<ByteSize>,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true)))]
+struct ClearArgs {
+    /// The hash cache: the next run that needs a file's hash reads the file once again.
+    #[arg(long, group = "what")]
+    hash: bool,
+    /// The known-present index: uploads ask the store about every object again (after
+    /// objects were deleted from the store behind attache's back).
+    #[arg(long, group = "what")]
+    known_present: bool,
+    /// With --known-present: only for this store, e.g. s3://bucket/DeadlineCloud (at any
+    /// endpoint and region).
+    #[arg(long, value_name = "URL", requires = "known_present")]
+    store: Option<String>,
+    /// The content cache's objects: later downloads fetch them again.
+    #[arg(long, group = "what")]
+    content: bool,
+    /// All three.
+    #[arg(long, group = "what", conflicts_with = "store")]
+    all: bool,
+}
+
+pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
+    let settings = &ctx.settings;
+    match a.command.unwrap_or(CacheCommand::Show) {
+        CacheCommand::Show => {
+            let usage = local_caches::usage(settings)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&usage)?);
+            } else {
+                print!("{}", show(&usage));
+            }
+        }
+        CacheCommand::Clear(c) => {
+            let spec = ClearSpec {
+                hash: c.hash || c.all,
+                known_present: (c.known_present || c.all).then_some(c.store),
+                content: c.content || c.all,
+            };
+            let cleared = local_caches::clear(settings, &spec)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&cleared)?);
+            } else {
+                if let Some(n) = cleared.hash_entries {
+                    println!("hash cache: forgot {n} files");
+                }
+                if let Some(n) = cleared.known_present_entries {
+                    println!("known-present index: forgot {n} objects");
+                }
+                if let (Some(n), Some(b)) = (cleared.content_files, cleared.content_bytes) {
+                    println!("content cache: removed {n} objects ({})", size(b));
+                }
+            }
+        }
+        CacheCommand::Trim { to } => {
+            if to.is_none() && settings.cache.content_size.0 == 0 {
+                return Err(UsageError {
+                    message: "cache.content_size is 0 (the content cache is off): give --to SIZE, or empty it with `attache cache clear --content`".into(),
+                }
+                .into());
+            }
+            let gone = local_caches::trim(settings, to.map(|b| b.0))?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&gone)?);
+            } else {
+                println!(
+                    "content cache: removed {} objects ({}); it holds {}",
+                    gone.files,
+                    size(gone.bytes),
+                    size(gone.kept_bytes)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn size(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
+/// The human form of `attache cache`.
+fn show(u: &CacheUsage) -> String {
+    let mut out = format!("cache.dir {}\n", u.dir.display());
+    match (&u.hash_cache, &u.known_present) {
+        (Some(h), Some(k)) => {
+            out += &format!(
+                "hash cache       {} files known ({}), {}\n",
+                h.entries,
+                size(h.bytes),
+                h.path.display()
+            );
+            out += &format!(
+                "known-present    {} objects in {} stores ({}), {}\n",
+                k.entries,
+                u.known_present_stores.len(),
+                size(k.bytes),
+                k.path.display()
+            );
+            for s in &u.known_present_stores {
+                out += &format!("                 {:>10}  {}\n", s.entries, s.store);
+            }
+        }
+        _ => {
+            out +=
+                "hash cache       off (cache.hash_cache = false; so is the known-present index)\n"
+        }
+    }
+    let c = &u.content;
+    let limit = match c.limit {
+        0 => "off: cache.content_size = 0".to_string(),
+        n => format!("of {}", size(n)),
+    };
+    out += &format!(
+        "content cache    {} objects, {} ({limit}), {}\n",
+        c.files,
+        size(c.bytes),
+        c.dir.display()
+    );
+    out += &format!(
+        "open uploads     {} multipart uploads recorded open (resumed by the next upload of the file, or aborted by `attache cleanup`)\n",
+        u.open_uploads
+    );
+    out
+}

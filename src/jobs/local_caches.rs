@@ -1,0 +1,174 @@
+//! What this machine's caches hold, and emptying them (`attache cache`): the hash cache, the
+//! known-present index, the content cache, and the records of open multipart uploads.
+//!
+//! Each is safe to empty at any time, also while transfers run: what is forgotten is found
+//! out again (files read, the store asked, objects fetched).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::hash::cache::HashCache;
+use crate::transfer::content_cache::ContentCache;
+use crate::transfer::known_present::KnownPresent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalCacheError {
+    #[error(transparent)]
+    HashCache(#[from] crate::hash::cache::CacheError),
+    #[error(transparent)]
+    KnownPresent(#[from] crate::transfer::known_present::KnownPresentError),
+    #[error("content cache {path}: {source}")]
+    Content {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One SQLite file: where, how large on disk (with its write-ahead log), how many rows.
+#[derive(Debug, Serialize)]
+pub struct DbUsage {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StoreEntries {
+    /// The store's identity: URL, region and endpoint.
+    pub store: String,
+    pub entries: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContentUsage {
+    pub dir: PathBuf,
+    pub files: u64,
+    pub bytes: u64,
+    /// `cache.content_size`; 0: off (what is there is still shown).
+    pub limit: u64,
+}
+
+/// What `attache cache` shows.
+#[derive(Debug, Serialize)]
+pub struct CacheUsage {
+    pub dir: PathBuf,
+    /// `None`: `cache.hash_cache = false`.
+    pub hash_cache: Option<DbUsage>,
+    pub known_present: Option<DbUsage>,
+    pub known_present_stores: Vec<StoreEntries>,
+    pub content: ContentUsage,
+    /// Multipart uploads this machine left open (resumable, or for `attache cleanup`).
+    pub open_uploads: u64,
+}
+
+/// What `attache cache clear` removed.
+#[derive(Debug, Default, Serialize)]
+pub struct Cleared {
+    pub hash_entries: Option<u64>,
+    pub known_present_entries: Option<u64>,
+    pub content_files: Option<u64>,
+    pub content_bytes: Option<u64>,
+}
+
+/// Which caches to empty.
+#[derive(Debug, Default, Clone)]
+pub struct ClearSpec {
+    pub hash: bool,
+    /// `Some(None)`: every store; `Some(Some(url))`: that store only.
+    pub known_present: Option<Option<String>>,
+    pub content: bool,
+}
+
+/// Size on disk of a SQLite database and its `-wal` file.
+fn db_bytes(path: &Path) -> u64 {
+    ["", "-wal"]
+        .iter()
+        .filter_map(|s| std::fs::metadata(format!("{}{s}", path.display())).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn content_cache(settings: &Settings) -> ContentCache {
+    ContentCache::new(settings.cache.content_dir(), settings.cache.content_size.0)
+}
+
+fn content_error(cache: &ContentCache) -> impl Fn(std::io::Error) -> LocalCacheError + '_ {
+    |source| LocalCacheError::Content {
+        path: cache.dir().to_path_buf(),
+        source,
+    }
+}
+
+pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
+    let dir = settings.cache.dir.clone();
+    let (mut hash_cache, mut known_present, mut stores) = (None, None, Vec::new());
+    if settings.cache.hash_cache {
+        let c = HashCache::open(&dir)?;
+        hash_cache = Some(DbUsage {
+            entries: c.count()?,
+            bytes: db_bytes(c.path()),
+            path: c.path().to_path_buf(),
+        });
+        let k = KnownPresent::open(&dir, settings.transfer.known_present_ttl.0)?;
+        stores = k
+            .stores()?
+            .into_iter()
+            .map(|(store, entries)| StoreEntries { store, entries })
+            .collect();
+        let path = dir.join(crate::transfer::known_present::FILE_NAME);
+        known_present = Some(DbUsage {
+            entries: stores.iter().map(|s| s.entries).sum(),
+            bytes: db_bytes(&path),
+            path,
+        });
+    }
+    let cache = content_cache(settings);
+    let (files, bytes) = cache.contents().map_err(content_error(&cache))?;
+    let open_uploads = crate::transfer::open_uploads::OpenUploads::new(&dir).count();
+    Ok(CacheUsage {
+        dir,
+        hash_cache,
+        known_present,
+        known_present_stores: stores,
+        content: ContentUsage {
+            dir: cache.dir().to_path_buf(),
+            files,
+            bytes,
+            limit: settings.cache.content_size.0,
+        },
+        open_uploads,
+    })
+}
+
+/// Empties what `spec` names.
+pub fn clear(settings: &Settings, spec: &ClearSpec) -> Result<Cleared, LocalCacheError> {
+    let dir = &settings.cache.dir;
+    let mut out = Cleared::default();
+    if spec.hash {
+        out.hash_entries = Some(HashCache::open(dir)?.clear()?);
+    }
+    if let Some(store) = &spec.known_present {
+        let k = KnownPresent::open(dir, settings.transfer.known_present_ttl.0)?;
+        out.known_present_entries = Some(k.forget_store(store.as_deref())?);
+    }
+    if spec.content {
+        let cache = content_cache(settings);
+        let gone = cache.clear().map_err(content_error(&cache))?;
+        out.content_files = Some(gone.files);
+        out.content_bytes = Some(gone.bytes);
+    }
+    Ok(out)
+}
+
+/// Removes the least recently used objects of the content cache until it holds at most `to`
+/// (default: `cache.content_size`).
+pub fn trim(
+    settings: &Settings,
+    to: Option<u64>,
+) -> Result<crate::transfer::content_cache::Evicted, LocalCacheError> {
+    let limit = to.unwrap_or(settings.cache.content_size.0);
+    let cache = ContentCache::new(settings.cache.content_dir(), limit);
+    cache.evict().map_err(content_error(&cache))
+}
