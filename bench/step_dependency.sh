@@ -10,8 +10,8 @@
 #   bench/step_dependency.sh /tmp/sd 3 0.02       # every response 20 ms late: a store across a WAN
 #
 # One s3s-fs server (the benchmark's s3_server, TCP_NODELAY set) serves every run. Each round
-# runs both variants (cache off, on) with a fresh cache dir and fresh sessions, each its own
-# job (so no output is already in the store). Prints and appends to OUT/runs.txt one line per
+# runs both variants (cache off, on) with a fresh cache dir, fresh sessions and a store prefix
+# of its own (content is stored by hash: an earlier run's outputs would already be there). Prints and appends to OUT/runs.txt one line per
 # command: wall s, client CPU (user+sys) s, peak RSS KiB, data-object requests the server saw,
 # and attache's summary. WORKDIR needs ROUNDS × 2 × 3 × the tree's size.
 # Environment: ATTACHE_BIN (default $CARGO_TARGET_DIR/release/attache, else
@@ -49,19 +49,20 @@ trap stop EXIT
 # shellcheck source=lib/s3s_server.sh
 source "$here/lib/s3s_server.sh"
 start_s3s_server "$examples" "$w" step_dependency
-export ATTACHE_STORE__URL="s3://$s3s_bucket/sd"
 post() { python3 -c "import sys, urllib.request as u; u.urlopen(u.Request(sys.argv[1], method='POST'))" "$control$1"; }
 data_requests() {
     python3 -c "import json, sys, urllib.request as u; print(json.load(u.urlopen(sys.argv[1]))['data_requests'])" \
         "$control/stats?multipart=false"
 }
 
-# The job: one scene file in, renders/ out.
+# The job: one scene file in, renders/ out; submitted to each run's store.
 mkdir -p "$w/proj/renders"
 echo "scene" >"$w/proj/shot.ma"
-ATTACHE_CACHE__DIR="$w/submit-cache" "$bin" submit "$w/proj/shot.ma" --output-dir "$w/proj/renders" \
-    --farm-id farm-1 --queue-id queue-1 -o "$w/attachments.json" 2>"$w/submit.log" ||
-    { cat "$w/submit.log" >&2; exit 1; }
+submit() {
+    ATTACHE_CACHE__DIR="$w/submit-cache-$n" "$bin" submit "$w/proj/shot.ma" \
+        --output-dir "$w/proj/renders" --farm-id farm-1 --queue-id queue-1 \
+        -o "$w/attachments.json" 2>"$w/submit.log" || { cat "$w/submit.log" >&2; exit 1; }
+}
 local_root() { python3 -c "import hashlib,sys; print(sys.argv[2] + '/assetroot-' + hashlib.shake_256(sys.argv[1].encode()).hexdigest(10))" "$w/proj" "$1"; }
 post "/faults/delay?seconds=$delay"
 echo "# $(date -u +%FT%TZ) tree $tree, response delay ${delay}s, load $(cut -d' ' -f1-3 /proc/loadavg)" |
@@ -86,6 +87,8 @@ n=0
 for _ in $(seq 1 "$rounds"); do
     for variant in off on; do
         n=$((n + 1))
+        export ATTACHE_STORE__URL="s3://$s3s_bucket/sd-$n"
+        submit
         cache="$w/cache-$n" size=200GiB
         [[ $variant == off ]] && size=0
         ids=(--farm-id farm-1 --queue-id queue-1 --job-id "job-$n")
