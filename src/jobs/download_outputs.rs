@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::fetch_manifest::fetch_manifest;
+use futures::{StreamExt, TryStreamExt};
+
+use super::fetch_manifest::{AT_ONCE, fetch_manifests};
 use super::get::{self, Conflict, GetReport, GetSpec};
 use crate::manifest::merge;
 use crate::store::layout::manifests_prefix;
@@ -127,13 +129,23 @@ pub async fn latest_outputs(
         }
     }
     let tasks = latest.len() + chunked.len();
+    let keys: Vec<OutputKey> = latest
+        .into_values()
+        .chain(chunked.into_values())
+        .flatten()
+        .collect();
+    // The root each belongs to is in its metadata: a HEAD each, several at once.
+    let heads: Vec<_> = keys
+        .iter()
+        .map(|k| transfer.gate.run(cancel, || transfer.store.head(&k.key)))
+        .collect();
+    let infos: Vec<_> = futures::stream::iter(heads)
+        .buffered(AT_ONCE)
+        .try_collect()
+        .await?;
     // Root path (from the manifest's metadata) → manifests, oldest first.
     let mut by_root: BTreeMap<String, Vec<OutputKey>> = BTreeMap::new();
-    for k in latest.into_values().chain(chunked.into_values()).flatten() {
-        let info = transfer
-            .gate
-            .run(cancel, || transfer.store.head(&k.key))
-            .await?;
+    for (k, info) in keys.into_iter().zip(infos) {
         let root = info
             .as_ref()
             .and_then(root_of)
@@ -170,10 +182,7 @@ pub async fn run(
     let (tasks, by_root) = latest_outputs(&of, &transfer, cancel).await?;
     let mut roots = Vec::new();
     for (root_path, keys) in by_root {
-        let mut manifests = Vec::new();
-        for key in &keys {
-            manifests.push(fetch_manifest(&transfer, key, None, cancel).await?);
-        }
+        let manifests = fetch_manifests(&transfer, &keys, cancel).await?;
         let destination = spec
             .root_map
             .iter()

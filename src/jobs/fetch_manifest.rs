@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 
 use bytes::{Buf, Bytes};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
@@ -23,6 +23,29 @@ use crate::transfer::{Transfer, TransferError};
 
 /// Body chunks queued between the reading task and the decoder (a few MiB at most).
 const QUEUED_CHUNKS: usize = 16;
+
+/// Manifests read at once (each has a decoder thread): a step of a thousand tasks has a
+/// thousand output manifests, which one by one cost a thousand round trips.
+pub const AT_ONCE: usize = 16;
+
+/// Reads the manifests `keys` (no hash to check them against), [`AT_ONCE`] at a time, and
+/// returns them in the order of `keys`. The first failure stops the rest.
+pub async fn fetch_manifests(
+    t: &Transfer,
+    keys: &[String],
+    cancel: &CancellationToken,
+) -> Result<Vec<Manifest>, TransferError> {
+    // The (lazy) futures made first: a stream mapping keys through a closure is not provably
+    // `Send` for the daemon's spawn.
+    let reads: Vec<_> = keys
+        .iter()
+        .map(|key| fetch_manifest(t, key, None, cancel))
+        .collect();
+    futures::stream::iter(reads)
+        .buffered(AT_ONCE)
+        .try_collect()
+        .await
+}
 
 /// Reads the manifest object `key`, decodes it (which refuses unsafe paths) and, when the job
 /// recorded one, checks its hash. A failed read is retried whole, as any store request is.

@@ -11,7 +11,7 @@ use super::attachments::{
     Attachments, PathFormat, PathMappingRule, asset_root_dir_name, local_root,
 };
 use super::download_outputs::{OutputsOf, latest_outputs};
-use super::fetch_manifest::fetch_manifest;
+use super::fetch_manifest::{fetch_manifest, fetch_manifests};
 use super::get::{self, Conflict, GetReport, GetSpec};
 use crate::hash::ContentHash;
 use crate::manifest::{Manifest, decode_from, merge};
@@ -146,12 +146,10 @@ pub async fn run(
             let mut manifests = 0;
             for (root_path, keys) in by_root {
                 let (local, format) = dependency_root(&spec, &root_path);
-                for key in &keys {
-                    let manifest = fetch_manifest(&transfer, key, None, cancel).await?;
-                    let root = roots.entry(local.clone(), &root_path, format);
-                    root.manifests.push(manifest);
-                    root.step_output_manifests += 1;
-                }
+                let fetched = fetch_manifests(&transfer, &keys, cancel).await?;
+                let root = roots.entry(local, &root_path, format);
+                root.step_output_manifests += fetched.len();
+                root.manifests.extend(fetched);
                 manifests += keys.len();
             }
             dependencies.push(DependencyReport {
