@@ -134,8 +134,17 @@ pub async fn run(
         match latest_outputs(of, &t, cancel).await {
             Ok((tasks, by_root)) => {
                 report.output_tasks = tasks as u64;
-                for key in by_root.into_values().flatten() {
-                    let fetched = fetch_manifest(&t, &key, None, cancel).await;
+                // One per task: several at once, each kept or reported on its own.
+                let keys: Vec<String> = by_root.into_values().flatten().collect();
+                let reads: Vec<_> = keys
+                    .iter()
+                    .map(|key| fetch_manifest(&t, key, None, cancel))
+                    .collect();
+                let fetched: Vec<_> = futures::stream::iter(reads)
+                    .buffered(super::fetch_manifest::AT_ONCE)
+                    .collect()
+                    .await;
+                for (key, fetched) in keys.into_iter().zip(fetched) {
                     keep_manifest(key, fetched, &mut manifests, &mut report)?;
                 }
             }
