@@ -31,30 +31,16 @@ bin="${ATTACHE_BIN:-$target/release/attache}"
 examples="${EXAMPLES_DIR:-$target/release/examples}"
 tree="${TREE:-/tmp/attache-bench-journaled/trees/small}"
 [[ -d "$tree" ]] || { echo "content_cache: no tree at $tree (set TREE)" >&2; exit 2; }
-[[ -x "$bin" ]] || { echo "content_cache: no attache at $bin (set ATTACHE_BIN)" >&2; exit 2; }
-[[ -x "$examples/s3_server" ]] || {
-    echo "content_cache: no $examples/s3_server: cargo build --release --examples, or set EXAMPLES_DIR" >&2
-    exit 2
-}
-[[ -x /usr/bin/time ]] || { echo "content_cache: needs GNU time (Debian package time)" >&2; exit 2; }
-mkdir -p "$out"
-w=$(mktemp -d "${WORKDIR:-$(dirname "$tree")}/cc-XXXX")
-server_pid=
-stop() {
-    [[ -n $server_pid ]] && { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
-    rm -rf "$w"
-}
-trap stop EXIT
-
 # shellcheck source=lib/s3s_server.sh
 source "$here/lib/s3s_server.sh"
+# shellcheck source=lib/bench_env.sh
+source "$here/lib/bench_env.sh"
+need_tools content_cache "$examples" "$bin"
+mkdir -p "$out"
+make_workdir "${WORKDIR:-$(dirname "$tree")}" cc
 start_s3s_server "$examples" "$w" content_cache
 export ATTACHE_STORE__URL="s3://$s3s_bucket/cc"
-post() { python3 -c "import sys, urllib.request as u; u.urlopen(u.Request(sys.argv[1], method='POST'))" "$control$1"; }
-data_requests() {
-    python3 -c "import json, sys, urllib.request as u; print(json.load(u.urlopen(sys.argv[1]))['data_requests'])" \
-        "$control/stats?multipart=false"
-}
+data_requests() { server_stat data_requests; }
 
 ATTACHE_CACHE__DIR="$w/submit-cache" "$bin" submit "$tree" --farm-id farm-1 --queue-id queue-1 \
     -o "$w/attachments.json" 2>"$w/submit.log" || { cat "$w/submit.log" >&2; exit 1; }

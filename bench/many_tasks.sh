@@ -29,32 +29,16 @@ target="${CARGO_TARGET_DIR:-$repo/target}"
 bins=("$@")
 ((${#bins[@]})) || bins=("${ATTACHE_BIN:-$target/release/attache}")
 examples="${EXAMPLES_DIR:-$target/release/examples}"
-for b in "${bins[@]}"; do
-    [[ -x "$b" ]] || { echo "many_tasks: no attache at $b" >&2; exit 2; }
-done
-[[ -x "$examples/s3_server" ]] || {
-    echo "many_tasks: no $examples/s3_server: cargo build --release --examples, or set EXAMPLES_DIR" >&2
-    exit 2
-}
-[[ -x /usr/bin/time ]] || { echo "many_tasks: needs GNU time (Debian package time)" >&2; exit 2; }
-mkdir -p "$out"
-w=$(mktemp -d "${WORKDIR:-/tmp}/mt-XXXX")
-server_pid=
-stop() {
-    [[ -n $server_pid ]] && { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
-    rm -rf "$w"
-}
-trap stop EXIT
-
 # shellcheck source=lib/s3s_server.sh
 source "$here/lib/s3s_server.sh"
+# shellcheck source=lib/bench_env.sh
+source "$here/lib/bench_env.sh"
+need_tools many_tasks "$examples" "${bins[@]}"
+mkdir -p "$out"
+make_workdir "${WORKDIR:-/tmp}" mt
 start_s3s_server "$examples" "$w" many_tasks
 export ATTACHE_STORE__URL="s3://$s3s_bucket/mt"
-post() { python3 -c "import sys, urllib.request as u; u.urlopen(u.Request(sys.argv[1], method='POST'))" "$control$1"; }
-requests() {
-    python3 -c "import json, sys, urllib.request as u; print(json.load(u.urlopen(sys.argv[1]))['requests'])" \
-        "$control/stats?multipart=false"
-}
+requests() { server_stat requests; }
 
 # The job and its render step: TASKS sync-outputs, one frame each, in one session.
 bin=${bins[0]}

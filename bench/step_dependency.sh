@@ -31,29 +31,15 @@ bin="${ATTACHE_BIN:-$target/release/attache}"
 examples="${EXAMPLES_DIR:-$target/release/examples}"
 tree="${TREE:-/tmp/attache-bench-journaled/trees/mixed}"
 [[ -d "$tree" ]] || { echo "step_dependency: no tree at $tree (set TREE)" >&2; exit 2; }
-[[ -x "$bin" ]] || { echo "step_dependency: no attache at $bin (set ATTACHE_BIN)" >&2; exit 2; }
-[[ -x "$examples/s3_server" ]] || {
-    echo "step_dependency: no $examples/s3_server: cargo build --release --examples, or set EXAMPLES_DIR" >&2
-    exit 2
-}
-[[ -x /usr/bin/time ]] || { echo "step_dependency: needs GNU time (Debian package time)" >&2; exit 2; }
-mkdir -p "$out"
-w=$(mktemp -d "${WORKDIR:-$(dirname "$tree")}/sd-XXXX")
-server_pid=
-stop() {
-    [[ -n $server_pid ]] && { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
-    rm -rf "$w"
-}
-trap stop EXIT
-
 # shellcheck source=lib/s3s_server.sh
 source "$here/lib/s3s_server.sh"
+# shellcheck source=lib/bench_env.sh
+source "$here/lib/bench_env.sh"
+need_tools step_dependency "$examples" "$bin"
+mkdir -p "$out"
+make_workdir "${WORKDIR:-$(dirname "$tree")}" sd
 start_s3s_server "$examples" "$w" step_dependency
-post() { python3 -c "import sys, urllib.request as u; u.urlopen(u.Request(sys.argv[1], method='POST'))" "$control$1"; }
-data_requests() {
-    python3 -c "import json, sys, urllib.request as u; print(json.load(u.urlopen(sys.argv[1]))['data_requests'])" \
-        "$control/stats?multipart=false"
-}
+data_requests() { server_stat data_requests; }
 
 # The job: one scene file in, renders/ out; submitted to each run's store.
 mkdir -p "$w/proj/renders"

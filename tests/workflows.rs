@@ -41,6 +41,37 @@ impl Farm {
         assert_eq!(code, 0, "{err}");
         out
     }
+
+    /// A workstation's submit of `inputs`, with `outputs` as output directories; returns the
+    /// attachments file.
+    fn submit(&self, inputs: &[PathBuf], outputs: &[PathBuf]) -> PathBuf {
+        let att = self.path("attachments.json");
+        let mut c = self.attache("ws");
+        c.arg("submit").args(IDS).args(inputs);
+        for dir in outputs {
+            c.arg("--output-dir").arg(dir);
+        }
+        self.ok(c.arg("-o").arg(&att));
+        att
+    }
+
+    /// A worker's `sync-inputs` of the job in `att` into `session` (more flags may follow).
+    fn sync_inputs(&self, att: &Path, session: &Path) -> Command {
+        let mut c = self.attache("worker");
+        c.arg("sync-inputs")
+            .arg("--attachments")
+            .arg(att)
+            .arg("--session-dir")
+            .arg(session);
+        c
+    }
+}
+
+/// Where sync-inputs puts the asset root `root` in `session` (no storage profile).
+fn local_root(session: &Path, root: &Path) -> PathBuf {
+    session.join(attache::jobs::attachments::asset_root_dir_name(
+        root.to_str().unwrap(),
+    ))
 }
 
 /// The output manifest whose path sync-outputs printed first: its key and its paths.
@@ -799,31 +830,12 @@ fn a_step_s_dependencies_outputs_are_synced_with_its_inputs_and_are_not_its_outp
         &proj.join("renders/old.exr"),
         b"an input where the outputs go",
     );
-    let att = f.path("attachments.json");
-    f.ok(f
-        .attache("ws")
-        .arg("submit")
-        .args(IDS)
-        .arg(proj.join("scenes/shot.ma"))
-        .arg(proj.join("renders/old.exr"))
-        .arg("--output-dir")
-        .arg(proj.join("renders"))
-        .arg("-o")
-        .arg(&att));
-    let sync_inputs = |session: &Path| {
-        let mut c = f.attache("worker");
-        c.arg("sync-inputs")
-            .arg("--attachments")
-            .arg(&att)
-            .arg("--session-dir")
-            .arg(session);
-        c
-    };
-    let local_in = |session: &Path| {
-        session.join(attache::jobs::attachments::asset_root_dir_name(
-            proj.to_str().unwrap(),
-        ))
-    };
+    let att = f.submit(
+        &[proj.join("scenes/shot.ma"), proj.join("renders/old.exr")],
+        &[proj.join("renders")],
+    );
+    let sync_inputs = |session: &Path| f.sync_inputs(&att, session);
+    let local_in = |session: &Path| local_root(session, &proj);
 
     // Step "render": two tasks, the first one run twice (a retry replaces its outputs); the
     // second renders over the input old.exr.
@@ -957,16 +969,7 @@ fn a_worker_keeps_its_outputs_for_the_dependent_step_it_runs_next() {
     let proj = f.path("proj");
     write(&proj.join("scenes/shot.ma"), b"scene");
     std::fs::create_dir_all(proj.join("renders")).unwrap();
-    let att = f.path("attachments.json");
-    f.ok(f
-        .attache("ws")
-        .arg("submit")
-        .args(IDS)
-        .arg(proj.join("scenes/shot.ma"))
-        .arg("--output-dir")
-        .arg(proj.join("renders"))
-        .arg("-o")
-        .arg(&att));
+    let att = f.submit(&[proj.join("scenes/shot.ma")], &[proj.join("renders")]);
     let worker = |session: &Path, args: &[&str]| {
         let mut c = f.attache("worker");
         c.env("ATTACHE_CACHE__CONTENT_SIZE", "1GiB")
@@ -981,9 +984,7 @@ fn a_worker_keeps_its_outputs_for_the_dependent_step_it_runs_next() {
     };
     let render = f.path("render-session");
     worker(&render, &["sync-inputs"]);
-    let local = render.join(attache::jobs::attachments::asset_root_dir_name(
-        proj.to_str().unwrap(),
-    ));
+    let local = local_root(&render, &proj);
     write(&local.join("renders/f1.exr"), &vec![1u8; 200 << 10]);
     write(&local.join("renders/f2.exr"), b"frame 2");
     let outputs = |sa: &'static str| {
@@ -1044,9 +1045,7 @@ fn a_worker_keeps_its_outputs_for_the_dependent_step_it_runs_next() {
         0,
         "no data fetched"
     );
-    let comp_local = comp.join(attache::jobs::attachments::asset_root_dir_name(
-        proj.to_str().unwrap(),
-    ));
+    let comp_local = local_root(&comp, &proj);
     assert_eq!(
         std::fs::read(comp_local.join("renders/f2.exr")).unwrap(),
         b"frame 2"
@@ -1066,14 +1065,7 @@ fn a_job_run_as_another_user_finds_its_inputs_in_its_group() {
     write(&proj.join("tex/a/wood.png"), b"texture");
     write(&proj.join("tex/b/wood copy.png"), b"texture"); // placed as a local copy
     write(&proj.join("tex/big.exr"), &vec![7u8; 9 << 20]); // fetched in ranged parts
-    let att = f.path("attachments.json");
-    f.ok(f
-        .attache("ws")
-        .arg("submit")
-        .args(IDS)
-        .arg(&proj)
-        .arg("-o")
-        .arg(&att));
+    let att = f.submit(std::slice::from_ref(&proj), &[]);
     // A second root the job only writes outputs to.
     let mut a: serde_json::Value = serde_json::from_slice(&std::fs::read(&att).unwrap()).unwrap();
     a["manifests"]
@@ -1090,13 +1082,8 @@ fn a_job_run_as_another_user_finds_its_inputs_in_its_group() {
     };
     let session = f.path("session");
     let sync = |extra: &[&str]| {
-        let mut c = f.attache("worker");
-        c.arg("sync-inputs")
-            .arg("--attachments")
-            .arg(&att)
-            .arg("--session-dir")
-            .arg(&session)
-            .args(extra);
+        let mut c = f.sync_inputs(&att, &session);
+        c.args(extra);
         // SAFETY: umask is async-signal-safe.
         unsafe {
             c.pre_exec(|| {
@@ -1114,10 +1101,8 @@ fn a_job_run_as_another_user_finds_its_inputs_in_its_group() {
     );
     let (code, _, err) = sync(&["--job-group", &group.to_string()]);
     assert_eq!(code, 0, "{err}");
-    let local = session.join(attache::jobs::attachments::asset_root_dir_name(
-        proj.to_str().unwrap(),
-    ));
-    let outputs_only = session.join(attache::jobs::attachments::asset_root_dir_name("/comp-out"));
+    let local = local_root(&session, &proj);
+    let outputs_only = local_root(&session, Path::new("/comp-out"));
     let mut seen = (0, 0);
     let mut stack = vec![local.clone(), outputs_only];
     while let Some(p) = stack.pop() {
