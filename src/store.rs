@@ -49,11 +49,16 @@ pub struct UploadedPart {
 
 impl ObjectInfo {
     pub fn meta(&self, name: &str) -> Option<&str> {
-        self.metadata
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        meta(&self.metadata, name)
     }
+}
+
+/// The user metadata value `name` (case-insensitive, as HTTP headers are).
+pub fn meta<'a>(metadata: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    metadata
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Options of a single-request upload.
@@ -76,6 +81,9 @@ pub enum PutOutcome {
 pub struct GetObject {
     /// Bytes this response will carry (the range's length for a ranged GET).
     pub content_length: u64,
+    /// User metadata (`x-amz-meta-*`), as a HEAD gives it: an output manifest's `asset-root`
+    /// comes with its body, without a HEAD of its own.
+    pub metadata: Vec<(String, String)>,
     pub body: BoxStream<'static, Result<Bytes, StoreError>>,
 }
 

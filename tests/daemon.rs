@@ -1012,3 +1012,75 @@ fn a_daemon_s_next_session_takes_its_inputs_from_the_content_cache() {
         "{metrics}"
     );
 }
+
+/// The farm fields of the newer worker flow through the API: a chunk's sync_outputs without a
+/// task id, then a dependent task's sync_inputs with `step_dependencies` and `job_group`.
+#[test]
+fn a_daemon_job_syncs_a_step_s_outputs_for_a_job_run_as_another_user() {
+    use std::os::unix::fs::MetadataExt;
+    let s3 = TestS3::start_background();
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(proj.join("renders")).unwrap();
+    std::fs::write(proj.join("shot.ma"), b"scene").unwrap();
+    let d = Daemon::start_in(dir, "", &s3.env());
+    let store = s3.store_url("DeadlineCloud");
+    let run = |spec: serde_json::Value| {
+        let (_, j) = d.api("POST", "/v1/jobs", &spec.to_string());
+        let j = d.wait(j["id"].as_str().unwrap(), Duration::from_secs(30));
+        assert_eq!(j["state"], "succeeded", "{j}");
+        j["result"].clone()
+    };
+    let a = run(
+        serde_json::json!({"kind": "submit", "inputs": [proj.join("shot.ma")],
+        "output_dirs": [proj.join("renders")], "farm_id": "farm-1", "queue_id": "queue-1",
+        "store": store}),
+    );
+    let attachments = a["attachments"].clone();
+    let render = d.path("render");
+    run(
+        serde_json::json!({"kind": "sync_inputs", "attachments": attachments,
+        "session_dir": render, "store": store}),
+    );
+    let local = |session: &Path| {
+        session.join(attache::jobs::attachments::asset_root_dir_name(
+            proj.to_str().unwrap(),
+        ))
+    };
+    std::fs::create_dir_all(local(&render).join("renders")).unwrap();
+    std::fs::write(local(&render).join("renders/f1.exr"), b"frame 1").unwrap();
+    let out = run(
+        serde_json::json!({"kind": "sync_outputs", "attachments": attachments,
+        "session_dir": render, "farm_id": "farm-1", "queue_id": "queue-1", "job_id": "job-1",
+        "step_id": "render", "session_action_id": "sa-1", "store": store}),
+    );
+    let path = out["manifests"][0]["outputManifestPath"].as_str().unwrap();
+    assert!(
+        path.starts_with("farm-1/queue-1/job-1/render/20"),
+        "a chunk's: {path}"
+    );
+    // A group other than ours where we may give files away (root may use any id).
+    let group = if unsafe { libc::geteuid() } == 0 {
+        4242
+    } else {
+        unsafe { libc::getegid() }
+    };
+    let comp = d.path("comp");
+    let r = run(
+        serde_json::json!({"kind": "sync_inputs", "attachments": attachments,
+        "session_dir": comp, "store": store, "step_dependencies": ["render"],
+        "farm_id": "farm-1", "queue_id": "queue-1", "job_id": "job-1",
+        "job_group": group.to_string()}),
+    );
+    assert_eq!(
+        (
+            &r["step_dependencies"][0]["tasks"],
+            &r["roots"][0]["step_output_manifests"]
+        ),
+        (&1.into(), &1.into()),
+        "{r}"
+    );
+    let frame = local(&comp).join("renders/f1.exr");
+    assert_eq!(std::fs::read(&frame).unwrap(), b"frame 1");
+    assert_eq!(std::fs::metadata(&frame).unwrap().gid(), group);
+}

@@ -888,8 +888,19 @@ fn a_step_s_dependencies_outputs_are_synced_with_its_inputs_and_are_not_its_outp
         "{err}"
     );
     assert!(!comp.exists(), "a dry run wrote {:?}", files_under(&comp));
+    f.s3.stats.reset();
     let (code, rules, err) = run(sync_inputs(&comp).args(IDS).args(deps));
     assert_eq!(code, 0, "{err}");
+    // Each manifest is one GET: its root comes in its metadata, no HEAD is needed.
+    let manifest_reqs = |method: &str| {
+        f.s3.stats
+            .requests_matching(|r| r.method == method && r.key.contains("/Manifests/"))
+    };
+    assert_eq!(
+        (manifest_reqs("GET"), manifest_reqs("HEAD")),
+        (4, 0),
+        "the input manifest and three output manifests"
+    );
     assert_eq!(rules, dry_rules);
     let rules: serde_json::Value = serde_json::from_str(&rules).unwrap();
     assert_eq!(rules.as_array().unwrap().len(), 1, "one root: {rules}");

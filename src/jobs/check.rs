@@ -14,7 +14,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
-use super::download_outputs::{OutputsOf, latest_outputs};
+use super::download_outputs::{OutputsOf, latest_output_keys};
 use super::fetch_manifest::fetch_manifest;
 use crate::hash::ContentHash;
 use crate::manifest::Manifest;
@@ -131,11 +131,10 @@ pub async fn run(
         keep_manifest(key, fetched, &mut manifests, &mut report)?;
     }
     if let Some(of) = &spec.outputs_of {
-        match latest_outputs(of, &t, cancel).await {
-            Ok((tasks, by_root)) => {
+        match latest_output_keys(of, &t, cancel).await {
+            Ok((tasks, keys)) => {
                 report.output_tasks = tasks as u64;
                 // One per task: several at once, each kept or reported on its own.
-                let keys: Vec<String> = by_root.into_values().flatten().collect();
                 let reads: Vec<_> = keys
                     .iter()
                     .map(|key| fetch_manifest(&t, key, None, cancel))

@@ -8,12 +8,11 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use futures::{StreamExt, TryStreamExt};
-
-use super::fetch_manifest::{AT_ONCE, fetch_manifests};
+use super::fetch_manifest::fetch_manifests;
 use super::get::{self, Conflict, GetReport, GetSpec};
-use crate::manifest::merge;
+use crate::manifest::{Manifest, merge};
 use crate::store::layout::manifests_prefix;
+use crate::store::meta;
 use crate::transfer::{Transfer, TransferError};
 
 pub struct DownloadOutputsSpec {
@@ -85,13 +84,13 @@ pub struct OutputsOf {
 /// The output manifests that count: per task, those of its latest session action (a retried
 /// task replaces its outputs), and every one of a chunked step (there is no task to tell a
 /// retry by; the official client takes them all too). Returns the number of tasks (a chunked
-/// step's session actions counted as tasks) and the manifest keys by the root path they belong
-/// to (from their metadata), oldest first within a root.
-pub async fn latest_outputs(
+/// step's session actions counted as tasks) and their keys, oldest first (the order the store
+/// wrote them).
+pub async fn latest_output_keys(
     of: &OutputsOf,
     transfer: &Transfer,
     cancel: &CancellationToken,
-) -> Result<(usize, BTreeMap<String, Vec<String>>), TransferError> {
+) -> Result<(usize, Vec<String>), TransferError> {
     let job_prefix = format!(
         "{}{}/{}/{}/",
         manifests_prefix(transfer.store.root_prefix()),
@@ -129,40 +128,34 @@ pub async fn latest_outputs(
         }
     }
     let tasks = latest.len() + chunked.len();
-    let keys: Vec<OutputKey> = latest
+    let mut keys: Vec<OutputKey> = latest
         .into_values()
         .chain(chunked.into_values())
         .flatten()
         .collect();
-    // The root each belongs to is in its metadata: a HEAD each, several at once.
-    let heads: Vec<_> = keys
-        .iter()
-        .map(|k| transfer.gate.run(cancel, || transfer.store.head(&k.key)))
-        .collect();
-    let infos: Vec<_> = futures::stream::iter(heads)
-        .buffered(AT_ONCE)
-        .try_collect()
-        .await?;
-    // Root path (from the manifest's metadata) → manifests, oldest first.
-    let mut by_root: BTreeMap<String, Vec<OutputKey>> = BTreeMap::new();
-    for (k, info) in keys.into_iter().zip(infos) {
-        let root = info
-            .as_ref()
-            .and_then(root_of)
-            .ok_or_else(|| TransferError::Refused {
-                path: PathBuf::from(&k.key),
-                message: "output manifest has no asset-root metadata; cannot tell where it belongs"
-                    .into(),
-            })?;
-        by_root.entry(root).or_default().push(k);
+    keys.sort_by(|a, b| (a.last_modified_ms, &a.key).cmp(&(b.last_modified_ms, &b.key)));
+    Ok((tasks, keys.into_iter().map(|k| k.key).collect()))
+}
+
+/// The manifests of [`latest_output_keys`], read several at once, by the root path each
+/// belongs to (its `asset-root` metadata, which comes with the body), oldest first within a
+/// root. Returns the number of tasks too.
+pub async fn latest_outputs(
+    of: &OutputsOf,
+    transfer: &Transfer,
+    cancel: &CancellationToken,
+) -> Result<(usize, BTreeMap<String, Vec<Manifest>>), TransferError> {
+    let (tasks, keys) = latest_output_keys(of, transfer, cancel).await?;
+    let fetched = fetch_manifests(transfer, &keys, cancel).await?;
+    let mut by_root: BTreeMap<String, Vec<Manifest>> = BTreeMap::new();
+    for (key, (manifest, metadata)) in keys.iter().zip(fetched) {
+        let root = root_of(&metadata).ok_or_else(|| TransferError::Refused {
+            path: PathBuf::from(key),
+            message: "output manifest has no asset-root metadata; cannot tell where it belongs"
+                .into(),
+        })?;
+        by_root.entry(root).or_default().push(manifest);
     }
-    let by_root = by_root
-        .into_iter()
-        .map(|(root, mut keys)| {
-            keys.sort_by_key(|k| (k.last_modified_ms, k.key.clone()));
-            (root, keys.into_iter().map(|k| k.key).collect())
-        })
-        .collect();
     Ok((tasks, by_root))
 }
 
@@ -181,8 +174,8 @@ pub async fn run(
     };
     let (tasks, by_root) = latest_outputs(&of, &transfer, cancel).await?;
     let mut roots = Vec::new();
-    for (root_path, keys) in by_root {
-        let manifests = fetch_manifests(&transfer, &keys, cancel).await?;
+    for (root_path, manifests) in by_root {
+        let count = manifests.len();
         let destination = spec
             .root_map
             .iter()
@@ -201,7 +194,7 @@ pub async fn run(
         roots.push(DownloadedRoot {
             root_path,
             destination,
-            manifests: keys.len(),
+            manifests: count,
             report,
         });
     }
@@ -212,13 +205,13 @@ pub async fn run(
     })
 }
 
-/// The root path an output manifest belongs to: `asset-root-json` (JSON string) if present,
-/// else `asset-root`.
-fn root_of(info: &crate::store::ObjectInfo) -> Option<String> {
-    if let Some(j) = info.meta("asset-root-json") {
+/// The root path an output manifest belongs to, from its metadata: `asset-root-json` (a JSON
+/// string) if present, else `asset-root`.
+fn root_of(metadata: &[(String, String)]) -> Option<String> {
+    if let Some(j) = meta(metadata, "asset-root-json") {
         return serde_json::from_str::<String>(j).ok();
     }
-    info.meta("asset-root").map(str::to_string)
+    meta(metadata, "asset-root").map(str::to_string)
 }
 
 #[cfg(test)]

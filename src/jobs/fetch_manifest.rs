@@ -28,18 +28,18 @@ const QUEUED_CHUNKS: usize = 16;
 /// thousand output manifests, which one by one cost a thousand round trips.
 pub const AT_ONCE: usize = 16;
 
-/// Reads the manifests `keys` (no hash to check them against), [`AT_ONCE`] at a time, and
-/// returns them in the order of `keys`. The first failure stops the rest.
+/// Reads the manifests `keys` (no hash to check them against), [`AT_ONCE`] at a time, each
+/// with its user metadata, in the order of `keys`. The first failure stops the rest.
 pub async fn fetch_manifests(
     t: &Transfer,
     keys: &[String],
     cancel: &CancellationToken,
-) -> Result<Vec<Manifest>, TransferError> {
+) -> Result<Vec<(Manifest, Metadata)>, TransferError> {
     // The (lazy) futures made first: a stream mapping keys through a closure is not provably
     // `Send` for the daemon's spawn.
     let reads: Vec<_> = keys
         .iter()
-        .map(|key| fetch_manifest(t, key, None, cancel))
+        .map(|key| fetch_with_metadata(t, key, None, cancel))
         .collect();
     futures::stream::iter(reads)
         .buffered(AT_ONCE)
@@ -55,6 +55,16 @@ pub async fn fetch_manifest(
     expected: Option<&str>,
     cancel: &CancellationToken,
 ) -> Result<Manifest, TransferError> {
+    Ok(fetch_with_metadata(t, key, expected, cancel).await?.0)
+}
+
+/// [`fetch_manifest`], and the object's user metadata.
+async fn fetch_with_metadata(
+    t: &Transfer,
+    key: &str,
+    expected: Option<&str>,
+    cancel: &CancellationToken,
+) -> Result<(Manifest, Metadata), TransferError> {
     let decoded = t
         .gate
         .run(cancel, || attempt(t.store.as_ref(), key, expected))
@@ -65,14 +75,18 @@ pub async fn fetch_manifest(
     })
 }
 
+/// An object's user metadata.
+type Metadata = Vec<(String, String)>;
+
 /// One read of the object, its body handed chunk by chunk to a decoder thread. A store error
 /// wins over whatever the decoder made of the body it cut short.
 async fn attempt(
     store: &dyn ObjectStore,
     key: &str,
     expected: Option<&str>,
-) -> Result<Result<Manifest, String>, StoreError> {
+) -> Result<Result<(Manifest, Metadata), String>, StoreError> {
     let mut obj = store.get(key, None).await?;
+    let metadata = std::mem::take(&mut obj.metadata);
     let (chunks, rx) = mpsc::channel(QUEUED_CHUNKS);
     let (done, decoded) = oneshot::channel();
     let expected = expected.map(str::to_owned);
@@ -85,7 +99,8 @@ async fn attempt(
         }
     }
     drop(chunks);
-    Ok(decoded.await.expect("the manifest decoder panicked"))
+    let decoded = decoded.await.expect("the manifest decoder panicked");
+    Ok(decoded.map(|manifest| (manifest, metadata)))
 }
 
 /// Decodes the body and checks its hash. Without an expected hash, the first error ends it.

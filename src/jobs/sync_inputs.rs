@@ -11,7 +11,7 @@ use super::attachments::{
     Attachments, PathFormat, PathMappingRule, asset_root_dir_name, local_root,
 };
 use super::download_outputs::{OutputsOf, latest_outputs};
-use super::fetch_manifest::{fetch_manifest, fetch_manifests};
+use super::fetch_manifest::fetch_manifest;
 use super::get::{self, Conflict, GetReport, GetSpec};
 use crate::hash::ContentHash;
 use crate::manifest::{Manifest, decode_from, merge};
@@ -144,13 +144,12 @@ pub async fn run(
                 );
             }
             let mut manifests = 0;
-            for (root_path, keys) in by_root {
+            for (root_path, fetched) in by_root {
                 let (local, format) = dependency_root(&spec, &root_path);
-                let fetched = fetch_manifests(&transfer, &keys, cancel).await?;
                 let root = roots.entry(local, &root_path, format);
+                manifests += fetched.len();
                 root.step_output_manifests += fetched.len();
                 root.manifests.extend(fetched);
-                manifests += keys.len();
             }
             dependencies.push(DependencyReport {
                 step_id: step_id.clone(),

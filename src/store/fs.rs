@@ -91,11 +91,16 @@ impl FsStore {
         crate::fsutil::temp_file_in(&self.dir.join(TMP_DIR), "obj-", "")
     }
 
+    /// Where an object's user metadata is kept.
+    fn meta_path(&self, key: &str) -> PathBuf {
+        self.dir.join(META_DIR).join(format!("{key}.json"))
+    }
+
     /// Where an object's user metadata goes, with its JSON and a temporary file to write it
     /// to; none without metadata.
     fn meta_file(&self, key: &str, opts: &PutOptions) -> Option<MetaFile> {
         (!opts.metadata.is_empty()).then(|| MetaFile {
-            path: self.dir.join(META_DIR).join(format!("{key}.json")),
+            path: self.meta_path(key),
             json: serde_json::to_vec(&opts.metadata).expect("strings serialize"),
             tmp: self.temp_file(),
         })
@@ -119,6 +124,14 @@ impl FsStore {
             self.bandwidth.upload.acquire(chunk.len()).await;
         }
     }
+}
+
+/// An object's user metadata, or none (an object put without, or one whose JSON is gone).
+fn read_metadata(meta_path: &Path) -> Vec<(String, String)> {
+    std::fs::read(meta_path)
+        .ok()
+        .and_then(|text| serde_json::from_slice(&text).ok())
+        .unwrap_or_default()
 }
 
 /// An object's user metadata, ready to be written beside it.
@@ -193,13 +206,11 @@ impl ObjectStore for FsStore {
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let path = self.path_of(key, "HEAD")?;
         let key2 = key.to_string();
-        let meta_path = self.dir.join(META_DIR).join(format!("{key}.json"));
+        let meta_path = self.meta_path(key);
         match blocking(move || std::fs::metadata(path)).await {
             Ok(m) if m.is_file() => {
                 let mut i = info(&key2, &m);
-                if let Ok(text) = std::fs::read(&meta_path) {
-                    i.metadata = serde_json::from_slice(&text).unwrap_or_default();
-                }
+                i.metadata = read_metadata(&meta_path);
                 Ok(Some(i))
             }
             Ok(_) => Ok(None),
@@ -210,13 +221,15 @@ impl ObjectStore for FsStore {
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetObject, StoreError> {
         let path = self.path_of(key, "GET")?;
-        let opened = blocking(move || -> std::io::Result<(std::fs::File, u64)> {
+        let meta_path = self.meta_path(key);
+        type Opened = (std::fs::File, u64, Vec<(String, String)>);
+        let opened = blocking(move || -> std::io::Result<Opened> {
             let f = std::fs::File::open(path)?;
             let len = f.metadata()?.len();
-            Ok((f, len))
+            Ok((f, len, read_metadata(&meta_path)))
         })
         .await;
-        let (file, len) = opened.map_err(|e| self.io("GET", key, e))?;
+        let (file, len, metadata) = opened.map_err(|e| self.io("GET", key, e))?;
         let range = range.unwrap_or(0..len);
         if range.end > len || range.start > range.end {
             return Err(self.failed(
@@ -272,6 +285,7 @@ impl ObjectStore for FsStore {
         });
         Ok(GetObject {
             content_length,
+            metadata,
             body: body.boxed(),
         })
     }

@@ -318,6 +318,12 @@ fn configured_endpoint(s: &S3Settings, env: impl Fn(&str) -> Option<String>) -> 
         .find(|e| !e.is_empty())
 }
 
+/// A response's user metadata as pairs.
+fn user_metadata(m: Option<&std::collections::HashMap<String, String>>) -> Vec<(String, String)> {
+    m.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
 /// The store's identity (see [`ObjectStore::identity`]): its URL, region and endpoint (from
 /// `s3.endpoint_url`, `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL` or the profile; none is
 /// AWS's own). Without them, a bucket name used at a test endpoint and on AWS would share one
@@ -362,10 +368,7 @@ impl ObjectStore for S3Store {
                 key: key.into(),
                 size: o.content_length().unwrap_or(0).max(0) as u64,
                 last_modified_ms: o.last_modified().and_then(|t| t.to_millis().ok()),
-                metadata: o
-                    .metadata()
-                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                    .unwrap_or_default(),
+                metadata: user_metadata(o.metadata()),
             })),
             Err(e) => match self.err("HEAD", key, e) {
                 StoreError::NotFound { .. } => Ok(None),
@@ -385,6 +388,7 @@ impl ObjectStore for S3Store {
             if r.start == r.end {
                 return Ok(GetObject {
                     content_length: 0,
+                    metadata: Vec::new(),
                     body: futures::stream::empty().boxed(),
                 });
             }
@@ -392,6 +396,7 @@ impl ObjectStore for S3Store {
         }
         let out = req.send().await.map_err(|e| self.err("GET", key, e))?;
         let content_length = out.content_length().unwrap_or(0).max(0) as u64;
+        let metadata = user_metadata(out.metadata());
         let (bandwidth, timeout) = (self.bandwidth.clone(), self.read_timeout);
         // The names travel in the stream's state, taken only to describe a failure: no
         // allocation per chunk.
@@ -418,6 +423,7 @@ impl ObjectStore for S3Store {
         });
         Ok(GetObject {
             content_length,
+            metadata,
             body: body.boxed(),
         })
     }
