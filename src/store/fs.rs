@@ -608,4 +608,30 @@ mod tests {
         );
         assert!(msg.contains("free some space on it"), "{msg}");
     }
+
+    /// An output manifest's `asset-root` comes back with its body, as from S3.
+    #[tokio::test]
+    async fn a_get_returns_the_metadata_the_put_gave() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            FsStore::open(dir.path().to_path_buf(), Arc::new(Bandwidth::default())).unwrap();
+        let opts = PutOptions {
+            metadata: vec![("asset-root".into(), "/proj".into())],
+            ..PutOptions::default()
+        };
+        store
+            .put("Manifests/x_output", Bytes::from_static(b"{}"), &opts)
+            .await
+            .unwrap();
+        store
+            .put("Data/y", Bytes::from_static(b"y"), &PutOptions::default())
+            .await
+            .unwrap();
+        let got = store.get("Manifests/x_output", None).await.unwrap();
+        assert_eq!(
+            crate::store::meta(&got.metadata, "Asset-Root"),
+            Some("/proj")
+        );
+        assert!(store.get("Data/y", None).await.unwrap().metadata.is_empty());
+    }
 }
