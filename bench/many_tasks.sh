@@ -8,7 +8,12 @@
 #   bench/many_tasks.sh OUT TASKS ROUNDS [DELAY_SECONDS] [BIN...]
 #   bench/many_tasks.sh /tmp/mt 200 3 0.02                          # this build
 #   bench/many_tasks.sh /tmp/mt 200 3 0.02 /tmp/attache-old /tmp/attache-new   # A/B
+#   bench/many_tasks.sh /tmp/mt 200 3 0.02 BIN official     # and the official client
 #
+# A BIN named `official` is the official client (`deadline` 0.60.10, its venv made by
+# scripted_tests/lib/deadline_venv.sh): `official.py download --step-dependency`, the worker
+# agent's `sync_inputs(step_dependencies=[…])`; it has no download-outputs without the Deadline
+# API, so that row is left out.
 # One s3s-fs server (the benchmark's s3_server, TCP_NODELAY set); the tasks are published once
 # (by the first BIN, without delay), then every response is DELAY late and each BIN runs both
 # commands ROUNDS times, alternating. Prints and appends to OUT/runs.txt one line per run:
@@ -29,19 +34,42 @@ target="${CARGO_TARGET_DIR:-$repo/target}"
 bins=("$@")
 ((${#bins[@]})) || bins=("${ATTACHE_BIN:-$target/release/attache}")
 examples="${EXAMPLES_DIR:-$target/release/examples}"
+attache_bins=()
+for b in "${bins[@]}"; do
+    if [[ $b == official ]]; then
+        # shellcheck source=../scripted_tests/lib/deadline_venv.sh
+        source "$repo/scripted_tests/lib/deadline_venv.sh"
+    else
+        attache_bins+=("$b")
+    fi
+done
 # shellcheck source=lib/s3s_server.sh
 source "$here/lib/s3s_server.sh"
 # shellcheck source=lib/bench_env.sh
 source "$here/lib/bench_env.sh"
-need_tools many_tasks "$examples" "${bins[@]}"
+need_tools many_tasks "$examples" "${attache_bins[@]}"
 mkdir -p "$out"
 make_workdir "${WORKDIR:-/tmp}" mt
 start_s3s_server "$examples" "$w" many_tasks
 export ATTACHE_STORE__URL="s3://$s3s_bucket/mt"
 requests() { server_stat requests; }
 
+# The official client, as a program `time` can run, reaching the same server (and nothing
+# else: official.py refuses any other endpoint).
+if [[ -n ${DEADLINE_PY:-} ]]; then
+    cat >"$w/official" <<EOF
+#!/usr/bin/env bash
+export AWS_ENDPOINT_URL='$ATTACHE_S3__ENDPOINT_URL' AWS_ACCESS_KEY_ID='$ATTACHE_S3__ACCESS_KEY_ID'
+export AWS_SECRET_ACCESS_KEY='$ATTACHE_S3__SECRET_ACCESS_KEY' AWS_REGION='$ATTACHE_S3__REGION'
+export AWS_DEFAULT_REGION='$ATTACHE_S3__REGION' AWS_ACCOUNT_ID=123456789012
+export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+exec '$DEADLINE_PY' '$repo/scripted_tests/lib/official.py' "\$@"
+EOF
+    chmod +x "$w/official"
+fi
+
 # The job and its render step: TASKS sync-outputs, one frame each, in one session.
-bin=${bins[0]}
+bin=${attache_bins[0]}
 ids=(--farm-id farm-1 --queue-id queue-1)
 mkdir -p "$w/proj/renders"
 echo "scene" >"$w/proj/shot.ma"
@@ -68,15 +96,19 @@ for _ in $(seq 1 "$rounds"); do
         for cmd in sync-inputs download-outputs; do
             n=$((n + 1))
             export ATTACHE_CACHE__DIR="$w/cache-$n"
-            case $cmd in
-                sync-inputs) args=(sync-inputs --attachments "$w/attachments.json"
+            case $b/$cmd in
+                official/sync-inputs) args=("$w/official" download --bucket "$s3s_bucket"
+                    --root-prefix mt "${ids[@]}" --attachments "$w/attachments.json"
+                    --dest "$w/comp-$n" --job-id job-1 --step-dependency step-render -o /dev/null) ;;
+                official/*) continue ;;
+                */sync-inputs) args=("$b" sync-inputs --attachments "$w/attachments.json"
                     --session-dir "$w/comp-$n" "${ids[@]}" --job-id job-1
                     --step-dependency step-render -o /dev/null) ;;
-                download-outputs) args=(download-outputs "${ids[@]}" --job-id job-1
+                */download-outputs) args=("$b" download-outputs "${ids[@]}" --job-id job-1
                     --step-id step-render --root-map "$w/proj=$w/home-$n") ;;
             esac
             before=$(requests)
-            /usr/bin/time -f "%e %U %S" -o "$w/time" "$b" "${args[@]}" >/dev/null 2>"$w/stderr" ||
+            /usr/bin/time -f "%e %U %S" -o "$w/time" "${args[@]}" >/dev/null 2>"$w/stderr" ||
                 { cat "$w/stderr" >&2; exit 1; }
             read -r wall user sys <"$w/time"
             cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
