@@ -448,7 +448,7 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
     let (code, human, err) = cache_cmd(&[]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        human.contains("6 files known") && human.contains("3 objects in 1 stores"),
+        human.contains("6 files known") && human.contains("3 objects in 1 store ("),
         "{human}"
     );
 

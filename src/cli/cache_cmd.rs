@@ -127,10 +127,13 @@ fn show(u: &CacheUsage) -> String {
                 size(h.bytes),
                 h.path.display()
             );
+            let stores = match u.known_present_stores.len() {
+                1 => "1 store".to_string(),
+                n => format!("{n} stores"),
+            };
             out += &format!(
-                "known-present    {} objects in {} stores ({}), {}\n",
+                "known-present    {} objects in {stores} ({}), {}\n",
                 k.entries,
-                u.known_present_stores.len(),
                 size(k.bytes),
                 k.path.display()
             );
