@@ -147,15 +147,20 @@ impl HashCache {
         &self.path
     }
 
+    /// A failed query on this cache, naming its file.
+    fn query_error(&self, source: rusqlite::Error) -> CacheError {
+        CacheError::Query {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
     /// How many files the cache knows.
     pub fn count(&self) -> Result<u64, CacheError> {
         let conn = self.conn.lock().expect("no panics while holding the lock");
         conn.query_row("SELECT count(*) FROM hashes", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
-            .map_err(|source| CacheError::Query {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(|e| self.query_error(e))
     }
 
     /// Forgets every file: the next run reads each file once again. Returns how many.
@@ -163,10 +168,7 @@ impl HashCache {
         let conn = self.conn.lock().expect("no panics while holding the lock");
         conn.execute("DELETE FROM hashes", [])
             .map(|n| n as u64)
-            .map_err(|source| CacheError::Query {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(|e| self.query_error(e))
     }
 
     /// Looks up many files under one directory at once. `files` are paths relative to `dir`
@@ -183,10 +185,7 @@ impl HashCache {
         prune_unlisted: bool,
     ) -> Result<Vec<Option<ContentHash>>, CacheError> {
         debug_assert!(files.is_sorted_by(|a, b| a.0.as_ref() <= b.0.as_ref()));
-        let q = |source| CacheError::Query {
-            path: self.path.clone(),
-            source,
-        };
+        let q = |e| self.query_error(e);
         let (under, past_dir) = prefix_range(dir);
         let abs = |rel: &P| [under.as_slice(), rel.as_ref()].concat();
         let (lo, hi) = match (files.first(), files.last()) {
@@ -255,10 +254,7 @@ impl HashCache {
     pub fn snapshot(&self) -> Result<Snapshot<'_>, CacheError> {
         let conn = self.conn.lock().expect("no panics while holding the lock");
         conn.execute_batch("BEGIN")
-            .map_err(|source| CacheError::Query {
-                path: self.path.clone(),
-                source,
-            })?;
+            .map_err(|e| self.query_error(e))?;
         Ok(Snapshot {
             conn,
             path: &self.path,
@@ -270,10 +266,7 @@ impl HashCache {
         if records.is_empty() {
             return Ok(());
         }
-        let q = |source| CacheError::Query {
-            path: self.path.clone(),
-            source,
-        };
+        let q = |e| self.query_error(e);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()

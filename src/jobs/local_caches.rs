@@ -90,8 +90,10 @@ fn db_bytes(path: &Path) -> u64 {
         .sum()
 }
 
-fn content_cache(settings: &Settings) -> ContentCache {
-    ContentCache::new(settings.cache.content_dir(), settings.cache.content_size.0)
+/// The machine's content cache (also when `cache.content_size` is 0: what is there is still
+/// shown and can be emptied), held to `limit` bytes.
+fn content_cache(settings: &Settings, limit: u64) -> ContentCache {
+    ContentCache::new(settings.cache.content_dir(), limit)
 }
 
 fn content_error(cache: &ContentCache) -> impl Fn(std::io::Error) -> LocalCacheError + '_ {
@@ -124,7 +126,7 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
             path,
         });
     }
-    let cache = content_cache(settings);
+    let cache = content_cache(settings, settings.cache.content_size.0);
     let (files, bytes) = cache.contents().map_err(content_error(&cache))?;
     let open_uploads = crate::transfer::open_uploads::OpenUploads::new(&dir).count();
     Ok(CacheUsage {
@@ -154,8 +156,9 @@ pub fn clear(settings: &Settings, spec: &ClearSpec) -> Result<Cleared, LocalCach
         out.known_present_entries = Some(k.forget_store(store.as_deref())?);
     }
     if spec.content {
-        let cache = content_cache(settings);
-        let gone = cache.clear().map_err(content_error(&cache))?;
+        // Held to nothing: every object goes (a temporary file being written is left).
+        let cache = content_cache(settings, 0);
+        let gone = cache.evict().map_err(content_error(&cache))?;
         out.content_files = Some(gone.files);
         out.content_bytes = Some(gone.bytes);
     }
@@ -169,6 +172,6 @@ pub fn trim(
     to: Option<u64>,
 ) -> Result<crate::transfer::content_cache::Evicted, LocalCacheError> {
     let limit = to.unwrap_or(settings.cache.content_size.0);
-    let cache = ContentCache::new(settings.cache.content_dir(), limit);
+    let cache = content_cache(settings, limit);
     cache.evict().map_err(content_error(&cache))
 }

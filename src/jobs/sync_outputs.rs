@@ -182,6 +182,12 @@ pub async fn run(
             output_manifest_hash: ContentHash::of(&bytes).to_hex(),
         });
     }
+    if let Some(cache) = transfer.content_cache.clone()
+        && roots.iter().any(|r| r.content_cache_files > 0)
+    {
+        // One pass over the cache for the whole run, not one per root.
+        crate::transfer::content_cache::evict_after_adding(cache).await;
+    }
     Ok(SyncOutputsReport {
         manifests: published,
         roots,
@@ -215,7 +221,7 @@ impl Output {
 /// not come. A file whose size or mtime moved since it was hashed is left out (every use of
 /// the cache checks the content anyway). A link moves the file's ctime: the hash cache gets
 /// the new stat, or the session's next sync-outputs would read the file again. Returns how
-/// many were kept.
+/// many were kept (the caller trims the cache once, after every root).
 fn keep_outputs(
     cache: &ContentCache,
     outputs: Vec<Output>,
@@ -269,9 +275,6 @@ fn keep_outputs(
         if let Err(e) = HashCache::open(dir).and_then(|c| c.store(&records)) {
             tracing::warn!("hash cache: {e}");
         }
-    }
-    if let Err(e) = cache.evict() {
-        tracing::warn!("content cache {}: {e}", cache.dir().display());
     }
     linked.len() as u64
 }

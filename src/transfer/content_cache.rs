@@ -19,6 +19,7 @@
 //! a damaged one) rather than trusting it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
@@ -224,13 +225,6 @@ impl ContentCache {
         Ok(out)
     }
 
-    /// Removes every blob (a temporary file another process is writing is left): what the
-    /// machine kept is fetched again. Safe while other processes use the cache, as any
-    /// removal is.
-    pub fn clear(&self) -> std::io::Result<Evicted> {
-        ContentCache::new(self.dir.clone(), 0).evict()
-    }
-
     /// How many blobs the cache holds, and their bytes; and that a blob can be written there
     /// (a temporary file is made and removed).
     pub fn usage(&self) -> std::io::Result<(u64, u64)> {
@@ -274,6 +268,24 @@ impl ContentCache {
             }
         }
         Ok((blobs, total))
+    }
+}
+
+/// Brings the content cache back under its size after a transfer added to it, off the
+/// runtime (a stat per object); what it removed is logged.
+pub async fn evict_after_adding(cache: Arc<ContentCache>) {
+    let dir = cache.dir().to_path_buf();
+    match tokio::task::spawn_blocking(move || cache.evict()).await {
+        Ok(Ok(e)) if e.files > 0 => tracing::info!(
+            "content cache {}: removed {} least recently used object(s) ({}), {} kept",
+            dir.display(),
+            e.files,
+            bytesize::ByteSize(e.bytes).display().iec(),
+            bytesize::ByteSize(e.kept_bytes).display().iec()
+        ),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("content cache {}: cannot evict: {e}", dir.display()),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

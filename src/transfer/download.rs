@@ -19,7 +19,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
-use super::content_cache::{ContentCache, Inserted};
+use super::content_cache::{self, ContentCache, Inserted};
 use super::inflight::{self, Claim, Done};
 use super::{Transfer, TransferError, cancellable, run_pieces, spawned};
 use crate::fsutil::BatchedWriter;
@@ -180,7 +180,7 @@ pub async fn download_all(
     if let Some(cache) = t.content_cache.clone()
         && counters.content_cache_added.load(Relaxed) > 0
     {
-        evict(cache).await;
+        content_cache::evict_after_adding(cache).await;
     }
     Ok(DownloadReport {
         files: counters.files.load(Relaxed),
@@ -217,23 +217,6 @@ fn dry_run_report(
         }
     }
     report
-}
-
-/// Brings the content cache back under its size after a download added to it.
-async fn evict(cache: Arc<ContentCache>) {
-    let dir = cache.dir().to_path_buf();
-    match tokio::task::spawn_blocking(move || cache.evict()).await {
-        Ok(Ok(e)) if e.files > 0 => tracing::info!(
-            "content cache {}: removed {} least recently used object(s) ({}), {} kept",
-            dir.display(),
-            e.files,
-            bytesize::ByteSize(e.bytes).display().iec(),
-            bytesize::ByteSize(e.kept_bytes).display().iec()
-        ),
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!("content cache {}: cannot evict: {e}", dir.display()),
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
 }
 
 /// The order of a download, as indices into its items (so a million-entry plan is neither
