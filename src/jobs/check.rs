@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::download_outputs::{OutputsOf, latest_output_keys};
-use super::fetch_manifest::fetch_manifest;
+use super::fetch_manifest::{fetch_manifest, read_at_once};
 use crate::hash::ContentHash;
 use crate::manifest::Manifest;
 use crate::store::layout::{data_key, legacy_data_key};
@@ -135,15 +135,9 @@ pub async fn run(
             Ok((tasks, keys)) => {
                 report.output_tasks = tasks as u64;
                 // One per task: several at once, each kept or reported on its own.
-                let reads: Vec<_> = keys
-                    .iter()
-                    .map(|key| fetch_manifest(&t, key, None, cancel))
-                    .collect();
-                let fetched: Vec<_> = futures::stream::iter(reads)
-                    .buffered(super::fetch_manifest::AT_ONCE)
-                    .collect()
-                    .await;
+                let fetched: Vec<_> = read_at_once(&t, &keys, cancel).collect().await;
                 for (key, fetched) in keys.into_iter().zip(fetched) {
+                    let fetched = fetched.map(|(manifest, _)| manifest);
                     keep_manifest(key, fetched, &mut manifests, &mut report)?;
                 }
             }

@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 
 use bytes::{Buf, Bytes};
-use futures::{StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
@@ -26,25 +26,31 @@ const QUEUED_CHUNKS: usize = 16;
 
 /// Manifests read at once (each has a decoder thread): a step of a thousand tasks has a
 /// thousand output manifests, which one by one cost a thousand round trips.
-pub const AT_ONCE: usize = 16;
+const AT_ONCE: usize = 16;
 
-/// Reads the manifests `keys` (no hash to check them against), [`AT_ONCE`] at a time, each
-/// with its user metadata, in the order of `keys`. The first failure stops the rest.
-pub async fn fetch_manifests(
-    t: &Transfer,
-    keys: &[String],
-    cancel: &CancellationToken,
-) -> Result<Vec<(Manifest, Metadata)>, TransferError> {
+/// The manifests `keys` (no hash to check them against), read [`AT_ONCE`] at a time, each
+/// with its user metadata, as a stream in the order of `keys`.
+pub fn read_at_once<'a>(
+    t: &'a Transfer,
+    keys: &'a [String],
+    cancel: &'a CancellationToken,
+) -> impl Stream<Item = Result<(Manifest, Metadata), TransferError>> + Send + 'a {
     // The (lazy) futures made first: a stream mapping keys through a closure is not provably
     // `Send` for the daemon's spawn.
     let reads: Vec<_> = keys
         .iter()
         .map(|key| fetch_with_metadata(t, key, None, cancel))
         .collect();
-    futures::stream::iter(reads)
-        .buffered(AT_ONCE)
-        .try_collect()
-        .await
+    futures::stream::iter(reads).buffered(AT_ONCE)
+}
+
+/// [`read_at_once`], all of them; the first failure stops the rest.
+pub async fn fetch_manifests(
+    t: &Transfer,
+    keys: &[String],
+    cancel: &CancellationToken,
+) -> Result<Vec<(Manifest, Metadata)>, TransferError> {
+    read_at_once(t, keys, cancel).try_collect().await
 }
 
 /// Reads the manifest object `key`, decodes it (which refuses unsafe paths) and, when the job

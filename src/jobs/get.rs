@@ -171,7 +171,7 @@ async fn plan_and_download(
                 dirs,
                 cache_dir.as_deref(),
                 sink.as_ref(),
-                (conflict, record.as_deref(), dry_run),
+                (conflict, record.as_deref()),
                 &cancel,
             )
         })
@@ -328,9 +328,11 @@ fn plan(
     mut dirs: Dirs,
     cache_dir: Option<&Path>,
     sink: Option<&RecordSink>,
-    (conflict, record_to, dry_run): (Conflict, Option<&Path>, bool),
+    (conflict, record_to): (Conflict, Option<&Path>),
     cancel: &CancellationToken,
 ) -> Result<Plan, TransferError> {
+    // A dry run creates no directory, nor anything else.
+    let dry_run = !dirs.create;
     let dest = dirs.root;
     dirs.make_root()?;
     let cache = cache_dir.and_then(|d| HashCache::open(d).map_err(|e| tracing::warn!("{e}")).ok());
@@ -686,7 +688,7 @@ mod tests {
             Dirs::new(t.path(), true, None),
             None,
             None,
-            (Conflict::Overwrite, None, false),
+            (Conflict::Overwrite, None),
             &cancel,
         );
         assert!(
@@ -774,7 +776,7 @@ mod tests {
                 Dirs::new(&dest, true, None),
                 None,
                 None,
-                (conflict, Some(record.as_path()), false),
+                (conflict, Some(record.as_path())),
                 &CancellationToken::new(),
             )
             .unwrap();
