@@ -375,21 +375,28 @@ fn put_dry_run_uploads_nothing_and_leaves_the_next_put_everything_to_do() {
 }
 
 /// `cache.content_size` turns the content cache on: a second `get` into another directory
-/// takes the objects from it (the store is gone meanwhile) and its summary says so.
+/// takes the objects from it (the store is gone meanwhile) and its summary says so;
+/// `--no-content-cache` neither fills it nor takes from it.
 #[test]
 fn a_get_with_the_content_cache_on_needs_the_store_only_once() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
     build_fixture_tree("tiny", &root);
     let (cache, store, manifest) = put_to_local_store(t.path(), &root);
-    let get = |dest: &str| {
+    let get_with = |dest: &str, flags: &[&str]| {
         run(attache(&cache)
             .env("ATTACHE_CACHE__CONTENT_SIZE", "10MiB")
             .args(["get", "--store", &store])
+            .args(flags)
             .arg(&manifest)
             .arg("--dest")
             .arg(t.path().join(dest)))
     };
+    let get = |dest: &str| get_with(dest, &[]);
+    // --no-content-cache: this run leaves the cache alone.
+    let (code, _, err) = get_with("zero", &["--no-content-cache"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(files_under(&cache.join("content")).is_empty());
     let (code, _, err) = get("one");
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("from the content cache"), "{err}");
@@ -397,6 +404,11 @@ fn a_get_with_the_content_cache_on_needs_the_store_only_once() {
     // The store loses every object: only the content cache can serve them now.
     std::fs::rename(t.path().join("store"), t.path().join("store-gone")).unwrap();
     std::fs::create_dir(t.path().join("store")).unwrap();
+    let (code, _, err) = get_with("not-from-the-cache", &["--no-content-cache"]);
+    assert_eq!(
+        code, 1,
+        "--no-content-cache took objects from the cache: {err}"
+    );
     let (code, _, err) = get("two");
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("downloaded 0 objects (0 B), "), "{err}");
@@ -419,6 +431,22 @@ fn a_get_with_the_content_cache_on_needs_the_store_only_once() {
 #[test]
 fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
     let t = tempfile::tempdir().unwrap();
+    // On a machine that has transferred nothing yet, looking and emptying create nothing.
+    let fresh = t.path().join("fresh-cache");
+    for args in [&["--json"][..], &["clear", "--all"]] {
+        let (code, out, err) = run(attache(&fresh).arg("cache").args(args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        if args == ["--json"] {
+            let u: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(u["hash_cache"]["entries"], 0, "{u}");
+            assert_eq!(u["known_present"]["entries"], 0, "{u}");
+        }
+        assert!(
+            !fresh.exists(),
+            "attache cache {args:?} made {}",
+            fresh.display()
+        );
+    }
     let src = small_src(t.path(), 3);
     // Older than the hash cache's racy window, so the put caches their hashes.
     std::thread::sleep(Duration::from_millis(1100));

@@ -815,7 +815,17 @@ fn step_task_outputs(
         .arg(att)
         .arg("--session-dir")
         .arg(session);
-    f.ok(&mut c)
+    let (code, out, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    // Run by hand (no DEADLINE_SESSIONACTION_ID), a missing task id may be a forgotten flag.
+    assert_eq!(
+        err.contains(
+            "no --task-id (and no DEADLINE_TASK_ID): publishing the outputs at the step level"
+        ),
+        task.is_none(),
+        "{err}"
+    );
+    out
 }
 
 /// A step that depends on another (a comp on its renders) gets the other step's outputs with
@@ -969,6 +979,7 @@ fn a_step_s_dependencies_outputs_are_synced_with_its_inputs_and_are_not_its_outp
         err.contains("step lighting of job job-1: no output manifests in the store"),
         "{err}"
     );
+    assert_eq!(err.matches("lighting").count(), 1, "said once: {err}");
 }
 
 /// With the content cache on, a worker keeps the outputs it uploads: a task of a dependent

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::exclude_args::ExcludeArgs;
-use super::transfer_args::{StoreArgs, with_transfer};
+use super::transfer_args::{ContentCacheArgs, StoreArgs, with_transfer};
 use super::{Context, UsageError, flag, json_size};
 use crate::config::Override;
 use crate::jobs::get::Conflict;
@@ -136,6 +136,8 @@ pub struct SyncInputsArgs {
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
+    content_cache: ContentCacheArgs,
+    #[command(flatten)]
     common: CommonArgs,
 }
 
@@ -178,6 +180,8 @@ pub struct SyncOutputsArgs {
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
+    content_cache: ContentCacheArgs,
+    #[command(flatten)]
     common: CommonArgs,
 }
 
@@ -206,6 +210,8 @@ pub struct DownloadOutputsArgs {
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
+    content_cache: ContentCacheArgs,
+    #[command(flatten)]
     common: CommonArgs,
 }
 
@@ -221,18 +227,21 @@ impl SubmitArgs {
 impl SyncInputsArgs {
     pub fn overrides(&self, out: &mut Vec<Override>) {
         self.common.overrides(out, "download");
+        self.content_cache.overrides(out);
     }
 }
 
 impl SyncOutputsArgs {
     pub fn overrides(&self, out: &mut Vec<Override>) {
         self.common.overrides(out, "upload");
+        self.content_cache.overrides(out);
     }
 }
 
 impl DownloadOutputsArgs {
     pub fn overrides(&self, out: &mut Vec<Override>) {
         self.common.overrides(out, "download");
+        self.content_cache.overrides(out);
     }
 }
 
@@ -243,11 +252,16 @@ fn execute(
     spec: JobSpec,
     label: &'static str,
     common: &CommonArgs,
+    other_local_flag: Option<&'static str>,
 ) -> anyhow::Result<serde_json::Value> {
     let spec = spec.resolve(&std::env::current_dir()?).map_err(usage)?;
     spec.validate().map_err(usage)?;
     if super::through_daemon(common.daemon) {
-        for flag in common.local_only_flags() {
+        for flag in common
+            .local_only_flags()
+            .into_iter()
+            .chain(other_local_flag)
+        {
             tracing::warn!(
                 "{flag} does not apply to a job run by the daemon: its own config decides (set it there)"
             );
@@ -270,11 +284,11 @@ fn run_and_emit(
     ctx: &Context,
     spec: JobSpec,
     label: &'static str,
-    common: &CommonArgs,
+    (common, other_local_flag): (&CommonArgs, Option<&'static str>),
     output: Option<&Path>,
     part: Option<&str>,
 ) -> anyhow::Result<Option<serde_json::Value>> {
-    let out = execute(ctx, spec, label, common)?;
+    let out = execute(ctx, spec, label, common, other_local_flag)?;
     if common.store.json {
         emit(&out, output)?;
         return Ok(None);
@@ -344,7 +358,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         ctx,
         spec,
         "submitting",
-        &a.common,
+        (&a.common, a.no_cache.then_some("--no-cache")),
         crate::cli::output_file(&a.output),
         Some("attachments"),
     )?
@@ -392,16 +406,20 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
         ctx,
         spec,
         "syncing inputs",
-        &a.common,
+        (&a.common, a.content_cache.given()),
         crate::cli::output_file(&a.output),
         Some("path_mapping_rules"),
     )?
     else {
         return Ok(ExitCode::SUCCESS);
     };
+    // In this process a step with no outputs was warned about already; the daemon logs its
+    // warning in its own log.
+    let said_empty = !super::through_daemon(a.common.daemon);
     for d in out["step_dependencies"].as_array().into_iter().flatten() {
         let step = d["step_id"].as_str().unwrap_or_default();
         match d["tasks"].as_u64().unwrap_or(0) {
+            0 if said_empty => {}
             0 => eprintln!("step {step}: no outputs in the store"),
             n => eprintln!(
                 "step {step}: outputs of {n} tasks ({} manifests)",
@@ -431,6 +449,14 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
 }
 
 pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCode> {
+    if a.task_id.is_none() && std::env::var_os("DEADLINE_SESSIONACTION_ID").is_none() {
+        // Inside a Deadline task no task id means a chunk; run by hand it is more likely a
+        // forgotten flag, and the outputs would not be found under the task.
+        tracing::warn!(
+            "no --task-id (and no DEADLINE_TASK_ID): publishing the outputs at the step level, as a chunk of {}'s tasks; give --task-id for one task's outputs",
+            a.step_id
+        );
+    }
     let spec = JobSpec::SyncOutputs(SyncOutputsJob {
         attachments: AttachmentsArg::File(a.attachments),
         session_dir: a.session_dir,
@@ -450,7 +476,7 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         ctx,
         spec,
         "syncing outputs",
-        &a.common,
+        (&a.common, a.content_cache.given()),
         crate::cli::output_file(&a.output),
         Some("manifests"),
     )?
@@ -492,7 +518,15 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         dry_run: a.dry_run,
     });
     let verb = super::tense(a.dry_run, "downloaded", "would download");
-    let Some(out) = run_and_emit(ctx, spec, "downloading outputs", &a.common, None, None)? else {
+    let Some(out) = run_and_emit(
+        ctx,
+        spec,
+        "downloading outputs",
+        (&a.common, a.content_cache.given()),
+        None,
+        None,
+    )?
+    else {
         return Ok(ExitCode::SUCCESS);
     };
     for r in out["roots"].as_array().into_iter().flatten() {

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::Context;
 use super::manifest_cmd::read_manifest;
-use super::transfer_args::{StoreArgs, with_transfer};
+use super::transfer_args::{ContentCacheArgs, StoreArgs, with_transfer};
 use crate::config::Override;
 use crate::jobs::get;
 use crate::jobs::get::{Conflict, GetSpec};
@@ -39,11 +39,14 @@ pub struct GetArgs {
     /// write and fetch nothing.
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    content_cache: ContentCacheArgs,
 }
 
 impl GetArgs {
     pub fn overrides(&self, out: &mut Vec<Override>) {
         self.store.overrides(out);
+        self.content_cache.overrides(out);
         super::bwlimit_flag(out, "download", self.bwlimit.clone());
     }
 }

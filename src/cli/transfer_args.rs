@@ -76,6 +76,34 @@ impl StoreArgs {
     }
 }
 
+/// `--no-content-cache`, for the commands that fetch objects (and `sync-outputs`, which keeps
+/// its outputs in the content cache for the worker's next task).
+#[derive(Debug, Args)]
+pub struct ContentCacheArgs {
+    /// Neither take objects from the content cache nor put any in it, this run only (for a
+    /// one-off job that would push a farm's shared textures out) [config: cache.content_size = 0].
+    #[arg(long)]
+    pub no_content_cache: bool,
+}
+
+impl ContentCacheArgs {
+    pub fn overrides(&self, out: &mut Vec<Override>) {
+        if self.no_content_cache {
+            flag(
+                out,
+                "cache.content_size",
+                "--no-content-cache",
+                Some("0".into()),
+            );
+        }
+    }
+
+    /// The flag, when given (a job run by the daemon does not see it).
+    pub fn given(&self) -> Option<&'static str> {
+        self.no_content_cache.then_some("--no-content-cache")
+    }
+}
+
 /// Runs a transfer job: opens the configured store, shows a progress bar labelled `label`,
 /// cancels on Ctrl-C. A store that cannot be opened is a configuration error (exit 2).
 pub fn with_transfer<T, F, Fut>(

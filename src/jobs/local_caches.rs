@@ -107,19 +107,26 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
     let dir = settings.cache.dir.clone();
     let (mut hash_cache, mut known_present, mut stores) = (None, None, Vec::new());
     if settings.cache.hash_cache {
-        let c = HashCache::open(&dir)?;
+        // Looking creates nothing: a database not made yet is shown empty.
+        let path = dir.join(crate::hash::cache::FILE_NAME);
+        let entries = match path.exists() {
+            true => HashCache::open(&dir)?.count()?,
+            false => 0,
+        };
         hash_cache = Some(DbUsage {
-            entries: c.count()?,
-            bytes: db_bytes(c.path()),
-            path: c.path().to_path_buf(),
+            entries,
+            bytes: db_bytes(&path),
+            path,
         });
-        let k = KnownPresent::open(&dir, settings.transfer.known_present_ttl.0)?;
-        stores = k
-            .stores()?
-            .into_iter()
-            .map(|(store, entries)| StoreEntries { store, entries })
-            .collect();
         let path = dir.join(crate::transfer::known_present::FILE_NAME);
+        if path.exists() {
+            let k = KnownPresent::open(&dir, settings.transfer.known_present_ttl.0)?;
+            stores = k
+                .stores()?
+                .into_iter()
+                .map(|(store, entries)| StoreEntries { store, entries })
+                .collect();
+        }
         known_present = Some(DbUsage {
             entries: stores.iter().map(|s| s.entries).sum(),
             bytes: db_bytes(&path),
@@ -148,12 +155,20 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
 pub fn clear(settings: &Settings, spec: &ClearSpec) -> Result<Cleared, LocalCacheError> {
     let dir = &settings.cache.dir;
     let mut out = Cleared::default();
+    // A database not made yet is empty already: clearing it creates nothing.
     if spec.hash {
-        out.hash_entries = Some(HashCache::open(dir)?.clear()?);
+        out.hash_entries = Some(match dir.join(crate::hash::cache::FILE_NAME).exists() {
+            true => HashCache::open(dir)?.clear()?,
+            false => 0,
+        });
     }
     if let Some(store) = &spec.known_present {
-        let k = KnownPresent::open(dir, settings.transfer.known_present_ttl.0)?;
-        out.known_present_entries = Some(k.forget_store(store.as_deref())?);
+        let path = dir.join(crate::transfer::known_present::FILE_NAME);
+        out.known_present_entries = Some(match path.exists() {
+            true => KnownPresent::open(dir, settings.transfer.known_present_ttl.0)?
+                .forget_store(store.as_deref())?,
+            false => 0,
+        });
     }
     if spec.content {
         // Held to nothing: every object goes (a temporary file being written is left).
