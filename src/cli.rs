@@ -1,5 +1,6 @@
 //! The command line: arguments, config loading, dispatch and exit codes.
 
+mod bwlimit_cmd;
 mod cache_cmd;
 mod check_cmd;
 mod cleanup_cmd;
@@ -102,6 +103,9 @@ enum Command {
     Status(daemon_cmd::JobArgs),
     /// Cancel a daemon job.
     Cancel(daemon_cmd::JobArgs),
+    /// Show or change the daemon's bandwidth limits while it runs (every transfer, those in
+    /// flight too), for a while or until reset.
+    Bwlimit(bwlimit_cmd::BwlimitArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -226,6 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Jobs { .. }
         | Command::Status(_)
         | Command::Cancel(_)
+        | Command::Bwlimit(_)
         | Command::Completions { .. }
         | Command::Man => {}
     }
@@ -268,6 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs { json } => daemon_cmd::jobs(&ctx, json),
         Command::Status(a) => daemon_cmd::status(&ctx, a),
         Command::Cancel(a) => daemon_cmd::cancel(&ctx, a),
+        Command::Bwlimit(a) => bwlimit_cmd::run(&ctx, a),
         Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the config is loaded")
         }

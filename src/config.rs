@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use schedule::{Schedule, WeekTime};
+pub use schedule::{Schedule, WeekTime, parse_rates};
 pub use units::{ByteSize, Duration, ParseUnitError, Rate};
 
 // ---- settings ----

@@ -2,6 +2,7 @@
 //! sharing one connection pool per store, one bandwidth limit and one cache between jobs.
 
 pub mod api;
+pub mod bandwidth;
 pub mod client;
 pub mod metrics;
 pub mod registry;

@@ -723,6 +723,110 @@ fn a_running_job_logs_its_progress_in_the_daemon_and_in_the_waiting_command() {
     );
 }
 
+/// `attache bwlimit` changes the daemon's limits while it runs, as rclone's `rc core/bwlimit`
+/// does: a transfer in flight follows at once, a reload does not undo it, `--for` runs out by
+/// itself and `--reset` gives the config's back.
+#[test]
+fn attache_bwlimit_changes_the_daemon_s_limits_while_it_runs() {
+    let d = Daemon::start("[bandwidth]\nupload = \"1MiB/s\"\n");
+    let bwlimit = |args: &[&str]| {
+        let (code, out, err) = run(d.cmd().arg("bwlimit").args(args));
+        (code, out, err)
+    };
+    let (code, out, err) = bwlimit(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("upload 1MiB/s, download unlimited (the config's"),
+        "{out}"
+    );
+
+    // 8 MiB at 1 MiB/s would take 8 s; the limit is lifted while it runs.
+    let proj = d.path("proj");
+    big_tree(&proj, 1, 8 << 20);
+    let started = Instant::now();
+    let (_, job) = d.api("POST", "/v1/jobs", &submit_spec(&proj));
+    let id = job["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(700));
+    let (code, out, err) = bwlimit(&["off"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "upload unlimited, download unlimited (set by hand, until `attache bwlimit --reset`)"
+        ),
+        "{out}"
+    );
+    assert_eq!(d.wait(&id, Duration::from_secs(20))["state"], "succeeded");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "the running transfer kept the config's rate: {took:?}"
+    );
+
+    // A reload changes the config, not the limits set by hand.
+    d.write_config("[bandwidth]\nupload = \"2MiB/s\"\n");
+    let (status, e) = d.api("POST", "/v1/reload", "");
+    assert_eq!(status, 200, "{e}");
+    let health = d.api("GET", "/v1/health", "").1;
+    assert_eq!(
+        (
+            &health["bandwidth"]["upload"],
+            &health["bandwidth"]["source"]
+        ),
+        (&"unlimited".into(), &"set".into()),
+        "{health}"
+    );
+
+    // For a while: then the (reloaded) config's limits are back by themselves.
+    let (code, out, err) = bwlimit(&["3MiB/s:off", "--for", "2s", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&v["upload"], &v["download"], &v["source"]),
+        (&"3MiB/s".into(), &"unlimited".into(), &"set".into()),
+        "{v}"
+    );
+    assert!(v["seconds_left"].as_u64().unwrap() <= 2, "{v}");
+    let metrics = d.api("GET", "/metrics", "").1;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("attache_bandwidth_limit_bytes_per_second{direction=\"upload\"} 3145728"),
+        "{metrics}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let v = d.api("GET", "/v1/bandwidth", "").1;
+        if v["source"] == "config" {
+            assert_eq!(v["upload"], "2MiB/s", "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "--for 2s never ran out: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(d.log().contains("ran out"), "{}", d.log());
+
+    // Until reset.
+    let (code, _, err) = bwlimit(&["500KiB/s"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = bwlimit(&["--reset"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("upload 2MiB/s, download unlimited (the config's"),
+        "{out}"
+    );
+
+    // A typo is bad usage, named, and changes nothing.
+    let (code, _, err) = bwlimit(&["fast"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("\"fast\""), "{err}");
+    let (code, _, err) = bwlimit(&["1MB/s", "--for", "0"]);
+    assert_eq!(code, 2, "{err}");
+    let (status, e) = d.api("PUT", "/v1/bandwidth", r#"{"rate": "quick"}"#);
+    assert_eq!((status, &e["field"]), (400, &"rate".into()), "{e}");
+    assert_eq!(d.api("GET", "/v1/bandwidth", "").1["source"], "config");
+}
+
 /// `bandwidth.schedule`: the entry in force applies when the daemon starts, the next one when
 /// its time comes (here at the next minute: up to a minute of waiting), and a reload replaces
 /// the timetable at once.

@@ -130,6 +130,13 @@ fn parse_entry(e: &str) -> Result<(Vec<u32>, u32, Rate, Rate), String> {
             ));
         }
     };
+    let (up, down) = parse_rates(rates)?;
+    Ok((days, h * 60 + m, up, down))
+}
+
+/// `RATE[:RATE]` → (upload, download): one rate for both directions, or each its own; `off`
+/// is unlimited. A timetable entry's rates, and `attache bwlimit`'s.
+pub fn parse_rates(rates: &str) -> Result<(Rate, Rate), String> {
     let rate = |s: &str| -> Result<Rate, String> {
         let s = s.trim();
         if s.eq_ignore_ascii_case("off") {
@@ -137,14 +144,13 @@ fn parse_entry(e: &str) -> Result<(Vec<u32>, u32, Rate, Rate), String> {
         }
         Rate::from_str(s).map_err(|e| e.to_string())
     };
-    let (up, down) = match rates.split_once(':') {
+    Ok(match rates.split_once(':') {
         Some((up, down)) => (rate(up)?, rate(down)?),
         None => {
             let r = rate(rates)?;
             (r, r)
         }
-    };
-    Ok((days, h * 60 + m, up, down))
+    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,9 @@
 //! | `GET /v1/jobs/{id}/events` | NDJSON: the record every 250 ms and at each change, until it ends |
 //! | `DELETE /v1/jobs/{id}` | cancel |
 //! | `GET /v1/health` | liveness, version, active jobs, bandwidth in force |
+//! | `GET /v1/bandwidth` | the limits in force and where they come from |
+//! | `PUT /v1/bandwidth` | set limits by hand: `{"rate": "10MB/s[:DOWN]", "for": "2h"}` |
+//! | `DELETE /v1/bandwidth` | back to the config's limits |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /v1/reload` | re-read the config (as SIGHUP) |
 
@@ -43,6 +46,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/jobs/{id}", get(status).delete(cancel))
         .route("/v1/jobs/{id}/events", get(events))
         .route("/v1/health", get(health))
+        .route(
+            "/v1/bandwidth",
+            get(bandwidth).put(set_bandwidth).delete(reset_bandwidth),
+        )
         .route("/v1/reload", post(reload))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -176,10 +183,68 @@ async fn health(State(api): State<Arc<Api>>) -> Response {
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "jobs_active": api.registry.active(),
-        "bandwidth": {"upload": api.shared.bandwidth.upload.rate().to_string(), "download": api.shared.bandwidth.download.rate().to_string()},
+        "bandwidth": {"upload": api.shared.bandwidth.upload.rate().to_string(), "download": api.shared.bandwidth.download.rate().to_string(), "source": api.shared.bandwidth_view().source},
         "store": s.store.url,
     }))
     .into_response()
+}
+
+async fn bandwidth(State(api): State<Arc<Api>>) -> Response {
+    axum::Json(api.shared.bandwidth_view()).into_response()
+}
+
+/// `{"rate": "UP[:DOWN]", "for": DURATION}`: what `attache bwlimit RATE [--for DURATION]` sends.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetBandwidth {
+    rate: String,
+    #[serde(default, rename = "for")]
+    lasting: Option<String>,
+}
+
+async fn set_bandwidth(State(api): State<Arc<Api>>, body: Bytes) -> Response {
+    let req: SetBandwidth = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!(
+                "bad request body: {e}; expected {{\"rate\": \"10MB/s\" or \"10MB/s:off\", \"for\": \"2h\" (optional)}}"
+            );
+            return error(StatusCode::BAD_REQUEST, &message, None);
+        }
+    };
+    let (up, down) = match crate::config::parse_rates(&req.rate) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!(
+                "rate {:?}: {e} (RATE for both directions, or UP:DOWN; \"off\" is unlimited)",
+                req.rate
+            );
+            return error(StatusCode::BAD_REQUEST, &message, Some("rate"));
+        }
+    };
+    let lasting = match req
+        .lasting
+        .as_deref()
+        .map(str::parse::<crate::config::Duration>)
+    {
+        None => None,
+        Some(Ok(d)) if !d.0.is_zero() => Some(d.0),
+        Some(Ok(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "for: give a duration above 0, like 2h, or leave it out (until reset)",
+                Some("for"),
+            );
+        }
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("for: {e}"), Some("for")),
+    };
+    api.shared.set_bandwidth(up, down, lasting);
+    axum::Json(api.shared.bandwidth_view()).into_response()
+}
+
+async fn reset_bandwidth(State(api): State<Arc<Api>>) -> Response {
+    api.shared.reset_bandwidth();
+    axum::Json(api.shared.bandwidth_view()).into_response()
 }
 
 async fn reload(State(api): State<Arc<Api>>) -> Response {

@@ -193,11 +193,22 @@ where
 
 /// `GET` or `DELETE` on the API, returning the JSON reply.
 pub fn call(settings: &Settings, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
+    call_with(settings, method, path, None)
+}
+
+/// A request with an optional JSON body, returning the JSON reply.
+pub fn call_with(
+    settings: &Settings,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
     let socket = settings.daemon.socket.clone();
     let path = path.to_string();
+    let body = body.map(serde_json::to_vec).transpose()?;
     runtime()?.block_on(async move {
         let mut conn = connect(&socket).await?;
-        Ok(conn.json(method, &path, None).await?)
+        Ok(conn.json(method, &path, body).await?)
     })
 }
 

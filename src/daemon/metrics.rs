@@ -192,6 +192,22 @@ impl Metrics {
                 ),
             ],
         );
+        let rate = |l: &crate::transfer::limiter::Limiter| l.rate().0;
+        metric(
+            "bandwidth_limit_bytes_per_second",
+            "gauge",
+            "The bandwidth limit in force (0: unlimited): the config's, its timetable's, or one set by `attache bwlimit`.",
+            &[
+                (
+                    "{direction=\"upload\"}".into(),
+                    rate(&shared.bandwidth.upload),
+                ),
+                (
+                    "{direction=\"download\"}".into(),
+                    rate(&shared.bandwidth.download),
+                ),
+            ],
+        );
         let gates = shared.gates().await;
         // One sample per store, labelled by its identity (URL, region, endpoint: one bucket
         // name at two endpoints is two stores). A store with several clients (a reload changed

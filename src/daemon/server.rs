@@ -100,13 +100,14 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
     let listener = bind_socket(&d.socket, d.socket_group.as_deref())?;
     tracing::info!(socket = %d.socket.display(), "attache daemon listening");
     tokio::spawn(abort_leftovers_at_start(shared.clone()));
-    // bandwidth.schedule: each entry applies when its time comes, from the config in force.
+    // bandwidth.schedule: each entry applies when its time comes, from the config in force
+    // (not while limits set by hand are: they come without a timetable).
     tokio::spawn({
         let shared = shared.clone();
         async move {
             let bandwidth = shared.bandwidth.clone();
             bandwidth
-                .follow_schedule(|| shared.settings().bandwidth.clone())
+                .follow_schedule(|| shared.bandwidth_settings())
                 .await
         }
     });
@@ -186,7 +187,15 @@ fn reload_config(load: &LoadOptions, shared: &Shared, metrics: &Metrics) -> Resu
             }
             shared.apply(loaded.settings);
             metrics.reloaded(true);
-            tracing::info!("config reloaded: bandwidth applies now, other settings to new jobs");
+            if shared.bandwidth_view().source == "set" {
+                tracing::info!(
+                    "config reloaded: settings apply to new jobs; the bandwidth limits set by hand stay (attache bwlimit --reset)"
+                );
+            } else {
+                tracing::info!(
+                    "config reloaded: bandwidth applies now, other settings to new jobs"
+                );
+            }
             Ok(())
         }
         Err(e) => {

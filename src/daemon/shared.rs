@@ -1,5 +1,6 @@
 //! What every job of the daemon shares: the settings (swapped whole on reload), one bandwidth
-//! limiter per direction, and per store one client (one connection pool) and one request gate.
+//! limiter per direction (and the limits set by hand, see daemon::bandwidth), and per store
+//! one client (one connection pool) and one request gate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ pub struct Shared {
     known: Mutex<Option<Arc<KnownPresent>>>,
     /// Objects some job is transferring right now: another job needing one waits for it.
     inflight: Arc<InFlight>,
+    /// Bandwidth limits set by hand, over the config's (see daemon::bandwidth).
+    pub(super) set_limits: Mutex<Option<super::bandwidth::SetLimits>>,
 }
 
 impl Shared {
@@ -37,6 +40,7 @@ impl Shared {
             stores: Default::default(),
             known: Mutex::new(None),
             inflight: Arc::default(),
+            set_limits: Mutex::new(None),
         }
     }
 
@@ -45,11 +49,12 @@ impl Shared {
         self.settings.load_full()
     }
 
-    /// Applies reloaded settings: bandwidth at once, everything else for new jobs.
+    /// Applies reloaded settings: bandwidth at once (unless limits set by hand are in force),
+    /// everything else for new jobs.
     pub fn apply(&self, new: Settings) {
-        self.bandwidth.apply(&new.bandwidth);
         *self.known.lock().expect("not poisoned") = None;
         self.settings.store(Arc::new(new));
+        self.apply_bandwidth();
     }
 
     /// (store identity, client, gate) of every client opened so far, oldest first, for

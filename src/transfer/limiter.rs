@@ -116,6 +116,9 @@ impl Paced {
 pub struct Bandwidth {
     pub upload: Limiter,
     pub download: Limiter,
+    /// Wakes [`Bandwidth::follow_schedule`] to look at its settings again now (the daemon's
+    /// limits were set or reset by hand).
+    pub settings_changed: tokio::sync::Notify,
 }
 
 impl Bandwidth {
@@ -125,6 +128,7 @@ impl Bandwidth {
         Bandwidth {
             upload: Limiter::new(up),
             download: Limiter::new(down),
+            settings_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -142,13 +146,17 @@ impl Bandwidth {
     /// Follows `settings`' timetable: applies each entry when its time comes, for as long as
     /// the returned future runs. `settings` is asked again each time (a daemon's reload
     /// changes them), and at least every minute, so that a changed clock or time zone is
-    /// noticed.
+    /// noticed, or sooner when [`Bandwidth::settings_changed`] says so.
     pub async fn follow_schedule(&self, settings: impl Fn() -> BandwidthSettings) {
         loop {
             let wait = settings()
                 .next_change(WeekTime::now())
                 .map_or(60, |s| s.min(60));
-            tokio::time::sleep(std::time::Duration::from_secs(u64::from(wait.max(1)))).await;
+            let sleep = tokio::time::sleep(std::time::Duration::from_secs(u64::from(wait.max(1))));
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.settings_changed.notified() => continue,
+            }
             let now = settings();
             if !now.schedule.is_empty() {
                 self.apply(&now);

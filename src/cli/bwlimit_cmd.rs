@@ -1,0 +1,86 @@
+//! `attache bwlimit`: show or change the daemon's bandwidth limits while it runs, as rclone's
+//! `rc core/bwlimit` does (a command's own `--bwlimit` is for that command only).
+
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::json;
+
+use super::{Context, UsageError};
+use crate::daemon::client::{HttpMethod, call, call_with};
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  attache bwlimit                      # the limits in force, and where they come from\n  attache bwlimit 20MB/s --for 2h      # both directions, for two hours\n  attache bwlimit 10MB/s:off           # uploads 10 MB/s, downloads unlimited, until reset\n  attache bwlimit --reset              # back to the config's limits (or its timetable's)"
+)]
+pub struct BwlimitArgs {
+    /// The limits for every transfer of the daemon, those in flight too: RATE for both
+    /// directions, or UP:DOWN; "off" is unlimited. They replace the config's limits and
+    /// timetable until --reset, until --for runs out, or until the daemon stops.
+    #[arg(value_name = "RATE", conflicts_with = "reset")]
+    rate: Option<String>,
+    /// How long the limits hold, e.g. 2h or 30m (default: until reset).
+    #[arg(long = "for", value_name = "DURATION", requires = "rate")]
+    lasting: Option<String>,
+    /// Drop the limits set by hand: the config's apply again.
+    #[arg(long)]
+    reset: bool,
+    /// Print the limits as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(ctx: &Context, a: BwlimitArgs) -> anyhow::Result<ExitCode> {
+    let view = if let Some(rate) = &a.rate {
+        // Checked here too, so a typo is bad usage (exit 2) before the daemon is asked.
+        crate::config::parse_rates(rate).map_err(|e| UsageError {
+            message: format!(
+                "{rate:?}: {e} (RATE for both directions, or UP:DOWN; \"off\" is unlimited)"
+            ),
+        })?;
+        if let Some(d) = &a.lasting {
+            match d.parse::<crate::config::Duration>() {
+                Ok(d) if !d.0.is_zero() => {}
+                Ok(_) => Err(UsageError {
+                    message: "--for 0: give a duration above 0, like 2h, or leave --for out (until reset)".into(),
+                })?,
+                Err(e) => Err(UsageError {
+                    message: format!("--for: {e}"),
+                })?,
+            }
+        }
+        let body = json!({"rate": rate, "for": a.lasting});
+        call_with(&ctx.settings, HttpMethod::PUT, "/v1/bandwidth", Some(&body))?
+    } else if a.reset {
+        call(&ctx.settings, HttpMethod::DELETE, "/v1/bandwidth")?
+    } else {
+        call(&ctx.settings, HttpMethod::GET, "/v1/bandwidth")?
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        println!("{}", describe(&view));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// "upload 20 MB/s, download 20 MB/s (set by hand, until 2026-12-06T06:00:00Z, 1h 59m left)".
+fn describe(v: &serde_json::Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let source = match v["source"].as_str() {
+        Some("set") => match (v["until"].as_str(), v["seconds_left"].as_u64()) {
+            (Some(until), Some(left)) => format!(
+                "set by hand, until {until}, {} left",
+                humantime::format_duration(std::time::Duration::from_secs(left))
+            ),
+            _ => "set by hand, until `attache bwlimit --reset`".into(),
+        },
+        Some("schedule") => "the config's timetable, bandwidth.schedule".into(),
+        _ => "the config's bandwidth.upload and bandwidth.download".into(),
+    };
+    format!(
+        "upload {}, download {} ({source})",
+        s("upload"),
+        s("download")
+    )
+}

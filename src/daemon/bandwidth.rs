@@ -1,0 +1,147 @@
+//! The daemon's bandwidth limits at run time: the config's (`bandwidth.upload`/`download`, or
+//! its timetable's entry), unless limits were set by hand (`attache bwlimit`,
+//! `PUT /v1/bandwidth`). Limits set by hand replace the config's and its timetable, for every
+//! transfer in flight too, until they are reset, their time is up, or the daemon stops; a
+//! config reload keeps them.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::shared::Shared;
+use crate::config::{BandwidthSettings, Rate, WeekTime};
+
+/// Limits set by hand.
+#[derive(Debug, Clone)]
+pub struct SetLimits {
+    pub upload: Rate,
+    pub download: Rate,
+    /// When they give way to the config's again; `None`: when reset, or the daemon stops.
+    pub until: Option<SystemTime>,
+    /// Tells a later setting from this one, so this one's expiry leaves that one alone.
+    serial: u64,
+}
+
+/// What `GET /v1/bandwidth` and `attache bwlimit` show.
+#[derive(Debug, Serialize)]
+pub struct BandwidthView {
+    /// The limits in force, e.g. "10 MB/s" or "unlimited".
+    pub upload: String,
+    pub download: String,
+    /// Bytes per second; 0: unlimited.
+    pub upload_bytes_per_second: u64,
+    pub download_bytes_per_second: u64,
+    /// "config" (`bandwidth.upload`/`download`), "schedule" (the entry of
+    /// `bandwidth.schedule` in force) or "set" (by hand).
+    pub source: &'static str,
+    /// When limits set by hand give way to the config's (RFC 3339, UTC).
+    pub until: Option<String>,
+    pub seconds_left: Option<u64>,
+}
+
+impl Shared {
+    /// The bandwidth settings in force: the limits set by hand (without a timetable), else the
+    /// config's.
+    pub fn bandwidth_settings(&self) -> BandwidthSettings {
+        match &*self.set_limits.lock().expect("not poisoned") {
+            Some(set) => BandwidthSettings {
+                upload: set.upload,
+                download: set.download,
+                schedule: Vec::new(),
+            },
+            None => self.settings().bandwidth.clone(),
+        }
+    }
+
+    /// Sets the limits of both directions, for every job, for `lasting` or until reset.
+    pub fn set_bandwidth(
+        self: &Arc<Self>,
+        upload: Rate,
+        download: Rate,
+        lasting: Option<Duration>,
+    ) {
+        let serial = {
+            let mut set = self.set_limits.lock().expect("not poisoned");
+            let serial = set.as_ref().map_or(0, |s| s.serial) + 1;
+            *set = Some(SetLimits {
+                upload,
+                download,
+                until: lasting.map(|d| SystemTime::now() + d),
+                serial,
+            });
+            serial
+        };
+        tracing::info!(
+            upload = %upload,
+            download = %download,
+            lasting = %lasting.map_or("until reset".into(), |d| humantime::format_duration(d).to_string()),
+            "bandwidth limits set by hand"
+        );
+        self.apply_bandwidth();
+        if let Some(d) = lasting {
+            let shared = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                if let Some(shared) = shared.upgrade() {
+                    shared.expire_bandwidth(serial);
+                }
+            });
+        }
+    }
+
+    /// Back to the config's limits (or its timetable's). Returns whether limits were set.
+    pub fn reset_bandwidth(&self) -> bool {
+        let was = self
+            .set_limits
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .is_some();
+        if was {
+            tracing::info!("bandwidth limits set by hand reset: the config's apply");
+            self.apply_bandwidth();
+        }
+        was
+    }
+
+    fn expire_bandwidth(&self, serial: u64) {
+        let mut set = self.set_limits.lock().expect("not poisoned");
+        if set.as_ref().is_some_and(|s| s.serial == serial) {
+            *set = None;
+            drop(set);
+            tracing::info!("bandwidth limits set by hand ran out: the config's apply");
+            self.apply_bandwidth();
+        }
+    }
+
+    /// Puts the limits in force on the limiters, and has the timetable's follower look again.
+    pub(super) fn apply_bandwidth(&self) {
+        self.bandwidth.apply(&self.bandwidth_settings());
+        self.bandwidth.settings_changed.notify_waiters();
+    }
+
+    pub fn bandwidth_view(&self) -> BandwidthView {
+        let set = self.set_limits.lock().expect("not poisoned").clone();
+        let config = self.settings().bandwidth.clone();
+        let (source, (up, down)) = match &set {
+            Some(s) => ("set", (s.upload, s.download)),
+            None if config.schedule.is_empty() => ("config", (config.upload, config.download)),
+            None => ("schedule", config.in_force(WeekTime::now())),
+        };
+        let until = set.and_then(|s| s.until);
+        BandwidthView {
+            upload: up.to_string(),
+            download: down.to_string(),
+            upload_bytes_per_second: up.0,
+            download_bytes_per_second: down.0,
+            source,
+            until: until.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            seconds_left: until.map(|t| {
+                t.duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .as_secs()
+            }),
+        }
+    }
+}
