@@ -166,6 +166,31 @@ pub struct DaemonSettings {
     /// Bearer token required on the TCP listener.
     pub token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
+    /// Finished jobs whose records are kept (in memory and in `state_dir`): the newest this
+    /// many; older ones are forgotten. A job's record stays at least a minute after it ends.
+    pub jobs_kept: usize,
+    /// Finished jobs are forgotten this long after they end; 0: no age limit.
+    pub jobs_kept_for: Duration,
+}
+
+impl DaemonSettings {
+    /// Whether `other` differs in what only a restart applies (the listeners and the state
+    /// directory); the job history's limits apply at a reload.
+    pub fn differs_for_restart(&self, other: &DaemonSettings) -> bool {
+        (
+            &self.socket,
+            &self.socket_group,
+            &self.listen,
+            &self.token_file,
+            &self.state_dir,
+        ) != (
+            &other.socket,
+            &other.socket_group,
+            &other.listen,
+            &other.token_file,
+            &other.state_dir,
+        )
+    }
 }
 
 /// This machine's file-system locations of the farm's storage profile; the `--location` and
@@ -372,6 +397,8 @@ impl Default for DaemonSettings {
             listen: None,
             token_file: None,
             state_dir: xdg(state, "/var/lib").join("daemon"),
+            jobs_kept: 1000,
+            jobs_kept_for: Duration::secs(7 * 24 * 3600),
         }
     }
 }
@@ -485,6 +512,8 @@ const KEYS: &[(&str, &[&str])] = &[
             "listen",
             "token_file",
             "state_dir",
+            "jobs_kept",
+            "jobs_kept_for",
         ],
     ),
     ("log", &["level", "format", "stats"]),

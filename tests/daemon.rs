@@ -371,6 +371,74 @@ fn finished_jobs_survive_a_restart_and_running_ones_are_interrupted() {
     assert_eq!(j["state"], "interrupted", "{j}");
 }
 
+/// A daemon that runs for months keeps a bounded history: finished jobs beyond
+/// `daemon.jobs_kept`, or older than `daemon.jobs_kept_for`, are forgotten (memory and
+/// state_dir) at start and whenever a job finishes; one that just finished stays readable.
+#[test]
+fn a_long_running_daemon_forgets_old_finished_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(dir, "", &[]);
+    let small = d.path("small");
+    build_fixture_tree("tiny", &small);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (_, j) = d.api("POST", "/v1/jobs", &submit_spec(&small));
+        let id = j["id"].as_str().unwrap().to_string();
+        assert_eq!(d.wait(&id, Duration::from_secs(10))["state"], "succeeded");
+        ids.push(id);
+    }
+    d.stop();
+    // Their records, aged: 9 days, 3 days, 2 hours and 1 hour since they finished.
+    let state = d.path("state/jobs");
+    let record = |id: &str| state.join(format!("{id}.json"));
+    let hours_ago = |h: i64| attache::daemon::registry::now_ms() - h * 3_600_000;
+    for (id, h) in ids.iter().zip([9 * 24, 3 * 24, 2, 1]) {
+        let mut r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(record(id)).unwrap()).unwrap();
+        r["finished_ms"] = hours_ago(h).into();
+        std::fs::write(record(id), serde_json::to_vec(&r).unwrap()).unwrap();
+    }
+
+    // At start: older than the default 7 days goes.
+    d.launch(&[]);
+    let listed = |d: &Daemon| -> Vec<String> {
+        let (_, list) = d.api("GET", "/v1/jobs", "");
+        let mut l: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect();
+        l.sort();
+        l
+    };
+    let sorted = |v: &[&String]| {
+        let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listed(&d), sorted(&[&ids[1], &ids[2], &ids[3]]));
+    assert!(!record(&ids[0]).exists());
+
+    // A reload lowers the limits; the next job to finish applies them. It stays itself (it
+    // has just finished), with the newest one before it; the rest go.
+    // (write_config's extra lines land in its [daemon] table.)
+    d.write_config("jobs_kept = 2\njobs_kept_for = \"2d\"\n");
+    let (status, e) = d.api("POST", "/v1/reload", "");
+    assert_eq!(status, 200, "{e}");
+    assert!(!d.log().contains("apply at the next start"), "{}", d.log());
+    let (_, j) = d.api("POST", "/v1/jobs", &submit_spec(&small));
+    let new = j["id"].as_str().unwrap().to_string();
+    assert_eq!(d.wait(&new, Duration::from_secs(10))["state"], "succeeded");
+    assert_eq!(listed(&d), sorted(&[&ids[3], &new]));
+    for gone in &ids[..3] {
+        assert!(!record(gone).exists(), "{gone}");
+        let (status, _) = d.api("GET", &format!("/v1/jobs/{gone}"), "");
+        assert_eq!(status, 404);
+    }
+    assert!(record(&new).exists() && record(&ids[3]).exists());
+}
+
 #[test]
 fn sighup_applies_a_new_bandwidth_and_keeps_the_old_config_when_broken() {
     let d = Daemon::start("[bandwidth]\nupload = \"1MiB/s\"\n");

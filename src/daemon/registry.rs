@@ -1,6 +1,7 @@
 //! The daemon's jobs: each a record (spec, state, progress, result or error) that is kept in
 //! memory, persisted under `daemon.state_dir/jobs/` at every state change, and restored after a
-//! restart (a job that was queued or running then is reported `interrupted`).
+//! restart (a job that was queued or running then is reported `interrupted`). Finished jobs
+//! are forgotten beyond `daemon.jobs_kept` and after `daemon.jobs_kept_for`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +84,10 @@ pub struct Registry {
     tracker: TaskTracker,
 }
 
+/// A finished job's record stays at least this long whatever `daemon.jobs_kept` says, so a
+/// client that saw the job end can still read its result.
+pub const KEPT_AT_LEAST: Duration = Duration::from_secs(60);
+
 /// Now, in milliseconds since the epoch: the unit of a job record's times.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -133,14 +138,68 @@ impl Registry {
             };
             jobs.insert(record.id.clone(), Arc::new(job));
         }
-        Ok(Arc::new(Registry {
+        let registry = Registry {
             jobs: Mutex::new(jobs),
             dir,
             shared,
             metrics,
             root: CancellationToken::new(),
             tracker: TaskTracker::new(),
-        }))
+        };
+        registry.forget_old_jobs();
+        Ok(Arc::new(registry))
+    }
+
+    /// Forgets the finished jobs beyond `daemon.jobs_kept` (the longest finished first) and
+    /// those that finished more than `daemon.jobs_kept_for` ago: their records leave memory
+    /// and `state_dir`, so a daemon that runs for months holds a bounded history. Queued and
+    /// running jobs, and any that finished within [`KEPT_AT_LEAST`], stay.
+    fn forget_old_jobs(&self) {
+        let limits = self.shared.settings().daemon.clone();
+        let now = now_ms();
+        let max_age_ms = limits.jobs_kept_for.0.as_millis() as i64;
+        let mut jobs = self.jobs.lock().expect("not poisoned");
+        let mut finished: Vec<(i64, String)> = jobs
+            .values()
+            .filter_map(|j| {
+                let r = j.record.lock().expect("not poisoned");
+                r.state
+                    .is_final()
+                    .then(|| (r.finished_ms.unwrap_or(r.created_ms), r.id.clone()))
+            })
+            .collect();
+        finished.sort_unstable_by(|a, b| b.cmp(a)); // the most recently finished first
+        let grace_ms = KEPT_AT_LEAST.as_millis() as i64;
+        let gone: Vec<String> = finished
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (ended, _))| {
+                let age = now - ended;
+                age >= grace_ms && (*i >= limits.jobs_kept || (max_age_ms > 0 && age > max_age_ms))
+            })
+            .map(|(_, (_, id))| id)
+            .collect();
+        for id in &gone {
+            jobs.remove(id);
+        }
+        drop(jobs);
+        for id in &gone {
+            let path = self.dir.join(format!("{id}.json"));
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(file = %path.display(), "cannot remove a forgotten job's record: {e}")
+                }
+                _ => {}
+            }
+        }
+        if !gone.is_empty() {
+            tracing::debug!(
+                forgotten = gone.len(),
+                jobs_kept = limits.jobs_kept,
+                jobs_kept_for = %limits.jobs_kept_for,
+                "finished jobs forgotten"
+            );
+        }
     }
 
     /// Validates and starts a job. Its id is returned at once; it runs in the background.
@@ -229,6 +288,7 @@ impl Registry {
         });
         self.metrics.job_finished(state);
         tracing::info!(job = %job.snapshot().id, state = ?state, "job finished");
+        self.forget_old_jobs();
         if self.active() == 0 {
             // Idle: give back what the job freed (a blocking call: it walks the heap).
             tokio::task::spawn_blocking(release_freed_memory);

@@ -180,7 +180,7 @@ fn reload_config(load: &LoadOptions, shared: &Shared, metrics: &Metrics) -> Resu
     match config::load(load) {
         Ok(loaded) => {
             let old = shared.settings();
-            if loaded.settings.daemon != old.daemon {
+            if loaded.settings.daemon.differs_for_restart(&old.daemon) {
                 tracing::warn!(
                     "[daemon] changes (socket, listener, state dir) apply at the next start"
                 );
