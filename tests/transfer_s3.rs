@@ -674,6 +674,7 @@ async fn a_submit_cancelled_while_publishing_says_truly_whether_it_published() {
             queue_id: "queue-1".into(),
             local_locations: vec![],
             shared_locations: vec![],
+            require_paths_exist: false,
             hash: hash_spec(&src, &s),
         };
         let cancel = CancellationToken::new();

@@ -1360,3 +1360,56 @@ fn check_of_a_job_s_outputs_names_the_output_whose_object_is_gone() {
         serde_json::json!(["renders/f2.exr"])
     );
 }
+
+/// An input that does not exist yet (a simulation's caches, which an earlier step of the job
+/// writes) is submitted as a referenced path by default, as the official client does: the
+/// submit says so, its root still covers it, nothing is uploaded for it. With
+/// `--require-paths-exist` it is an error and nothing is published.
+#[test]
+fn a_missing_input_is_referenced_unless_paths_must_exist() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    write(&proj.join("scenes/shot.ma"), b"scene");
+    let cache = proj.join("sim/cache.vdb");
+    let submit = |extra: &[&str]| {
+        let mut c = f.attache("ws");
+        c.arg("submit")
+            .args(IDS)
+            .arg(proj.join("scenes/shot.ma"))
+            .arg(&cache)
+            .args(["--json"])
+            .args(extra);
+        run(&mut c)
+    };
+
+    let (code, _, err) = submit(&["--require-paths-exist"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("1 input(s) do not exist (--require-paths-exist)")
+            && err.contains(&cache.display().to_string()),
+        "{err}"
+    );
+    assert!(
+        !f.s3.object_keys().iter().any(|k| k.contains("/Manifests/")),
+        "published: {:?}",
+        f.s3.object_keys()
+    );
+
+    let (code, out, err) = submit(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "input {} does not exist: submitted as a referenced path",
+            cache.display()
+        )),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["missing_inputs"][0], cache.to_str().unwrap(), "{v}");
+    assert_eq!(
+        v["attachments"]["manifests"][0]["rootPath"],
+        proj.to_str().unwrap(),
+        "the root covers the scene and the cache: {v}"
+    );
+    assert_eq!(v["roots"][0]["files"], 1, "{v}");
+}

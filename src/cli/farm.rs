@@ -86,6 +86,10 @@ pub struct SubmitArgs {
     /// Read every file; neither use nor update the hash cache [config: cache.hash_cache].
     #[arg(long)]
     no_cache: bool,
+    /// An input that does not exist is an error (by default it is submitted as a referenced
+    /// path, with a warning, as the official client does).
+    #[arg(long)]
+    require_paths_exist: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -351,6 +355,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         locations: a.locations,
         shared: a.shared,
         exclude: a.exclude.patterns()?,
+        require_paths_exist: a.require_paths_exist,
         dry_run,
         store: a.common.store.store.clone(),
     });

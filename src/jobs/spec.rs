@@ -59,6 +59,10 @@ pub struct SubmitJob {
     /// Patterns of paths left out, beside `hash.exclude` (see `scan::exclude`).
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// An input that does not exist is an error, not a referenced path (as the official
+    /// client's `--require-paths-exist`).
+    #[serde(default)]
+    pub require_paths_exist: bool,
     #[serde(default)]
     pub dry_run: bool,
     /// Store URL; default: `store.url`.
@@ -451,6 +455,7 @@ impl JobSpec {
                         .map(|(name, path)| Location { name, path })
                         .collect(),
                     shared_locations: profile.shared_with(&j.shared),
+                    require_paths_exist: j.require_paths_exist,
                     hash,
                 };
                 JobOutput::Submit(super::submit::run(spec, transfer, cancel).await?)

@@ -38,6 +38,9 @@ pub struct SubmitSpec {
     pub local_locations: Vec<Location>,
     /// SHARED locations: the farm reaches them itself, nothing under them is uploaded.
     pub shared_locations: Vec<PathBuf>,
+    /// An input that does not exist is an error; else it becomes a referenced path (with a
+    /// warning), as for the official client by default.
+    pub require_paths_exist: bool,
     /// Hashing settings (its `roots` are ignored).
     pub hash: HashSpec,
 }
@@ -74,6 +77,8 @@ pub struct RootResult {
 pub struct SubmitReport {
     pub attachments: Attachments,
     pub roots: Vec<RootResult>,
+    /// Inputs that did not exist, submitted as referenced paths.
+    pub missing_inputs: Vec<PathBuf>,
     pub seconds: f64,
 }
 
@@ -173,14 +178,48 @@ fn group(spec: &SubmitSpec) -> Result<BTreeMap<String, Group>, SubmitError> {
     Ok(groups)
 }
 
+/// Moves the inputs that do not exist to the referenced paths. A job may name an input that a
+/// step before it makes (a simulation's caches, read by the render after it), so by default,
+/// as for the official client, a missing input shapes the roots, nothing is uploaded for it,
+/// and a warning names it. With `require_paths_exist` it is an error.
+fn refer_to_missing_inputs(spec: &mut SubmitSpec) -> Result<Vec<PathBuf>, SubmitError> {
+    let (inputs, missing): (Vec<PathBuf>, Vec<PathBuf>) = std::mem::take(&mut spec.inputs)
+        .into_iter()
+        .partition(|p| std::fs::symlink_metadata(p).is_ok());
+    spec.inputs = inputs;
+    if missing.is_empty() {
+        return Ok(missing);
+    }
+    let names = missing
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if spec.require_paths_exist {
+        return Err(SubmitError::Input(format!(
+            "{} input(s) do not exist (--require-paths-exist): {names}",
+            missing.len()
+        )));
+    }
+    for p in &missing {
+        tracing::warn!(
+            "input {} does not exist: submitted as a referenced path (its root is mapped, nothing is uploaded for it); --require-paths-exist makes this an error",
+            p.display()
+        );
+    }
+    spec.referenced.extend(missing.iter().cloned());
+    Ok(missing)
+}
+
 /// Submits: every root's data first, then its manifest; nothing is published if anything
 /// fails or is cancelled.
 pub async fn run(
-    spec: SubmitSpec,
+    mut spec: SubmitSpec,
     transfer: Arc<Transfer>,
     cancel: &CancellationToken,
 ) -> Result<SubmitReport, SubmitError> {
     let started = std::time::Instant::now();
+    let missing_inputs = refer_to_missing_inputs(&mut spec)?;
     let groups = group(&spec)?;
     if groups
         .values()
@@ -262,6 +301,7 @@ pub async fn run(
     Ok(SubmitReport {
         attachments,
         roots,
+        missing_inputs,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -396,6 +436,7 @@ mod tests {
                 path: "/mnt/assets".into(),
             }],
             shared_locations: vec!["/mnt/shared".into()],
+            require_paths_exist: false,
             hash: HashSpec {
                 roots: vec![],
                 cache_dir: None,
