@@ -23,6 +23,8 @@
 #                            sync_outputs); a dependent task's inputs synced by the official
 #                            client (step_dependencies) and by `attache sync-inputs
 #                            --step-dependency` hold the job's inputs and all three frames, byte for byte.
+#   E  a missing input       an input that does not exist yet is a referenced path for both
+#                            tools by default: the same root and the same manifest bytes.
 #
 # One summary line per check (PASS/FAIL/SKIP); exit 1 if anything failed. Needs python3, curl and,
 # on the first run only, network access to crates.io and PyPI: Garage is built once (~13 min on
@@ -602,6 +604,24 @@ if ((have_sync)) && [[ -f "$A/attachments.json" ]]; then
     fi
 else
     skip "D: needs attache sync-inputs and section A's submission"
+fi
+
+# ---------------------------------------------------------------- E: a missing input
+# An input that does not exist yet (a cache an earlier step of the job writes) is a referenced
+# path for both tools by default: it shapes the root, so the root, the manifest's name and its
+# bytes are the same.
+E="$work/e"
+if ((have_submit)); then
+    mkdir -p "$E/proj/scene"
+    printf 'scene\n' >"$E/proj/scene/shot.ma" && touch -d @1767323045 "$E/proj/scene/shot.ma"
+    missing_input="$E/proj/sim/deep/cache.vdb"
+    if step E1-official-upload "${OFFICIAL[@]}" upload "${QARGS[@]}" --allow-missing \
+            "$E/proj/scene/shot.ma" "$missing_input" -o "$E/official.json" \
+        && step E2-attache-submit attache_submit "$E/proj/scene/shot.ma" "$E/attache.json" "$missing_input"; then
+        check E3-same-manifest same_manifest "$E/official.json" "$E/attache.json"
+    fi
+else
+    missing "E: attache has no 'submit' subcommand"
 fi
 
 # ---------------------------------------------------------------- summary

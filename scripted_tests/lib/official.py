@@ -174,9 +174,10 @@ def _write_json(obj, out: str | None) -> None:
         sys.stdout.write(text)
 
 
-def _expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
+def _expand_inputs(inputs: list[str], allow_missing: bool = False) -> tuple[list[str], list[str]]:
     """Files stay; directories become their files (os.walk), as the submitter expands
-    input directories. Empty directories become referenced paths."""
+    input directories. Empty directories become referenced paths. A missing path is an
+    error, or with allow_missing an input left for the client to refer to (its default)."""
     files: set[str] = set()
     referenced: set[str] = set()
     for p in inputs:
@@ -188,7 +189,7 @@ def _expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
                     files.update(os.path.normpath(os.path.join(root, n)) for n in names)
             if empty:
                 referenced.add(p)
-        elif os.path.exists(p):
+        elif os.path.exists(p) or allow_missing:
             files.add(p)
         else:
             die(f"input does not exist: {p}")
@@ -198,7 +199,7 @@ def _expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
 def cmd_upload(args) -> int:
     from deadline.job_attachments.upload import S3AssetManager
 
-    files, referenced = _expand_inputs(args.inputs)
+    files, referenced = _expand_inputs(args.inputs, args.allow_missing)
     manager = S3AssetManager(
         farm_id=args.farm_id,
         queue_id=args.queue_id,
@@ -208,7 +209,7 @@ def cmd_upload(args) -> int:
         input_paths=files,
         output_paths=sorted(args.output_dir),
         referenced_paths=referenced,
-        require_paths_exist=True,
+        require_paths_exist=not args.allow_missing,
     )
     hash_cache = args.hash_cache_dir or os.path.join(_TMP.name, "hash-cache")
     s3_check_cache = args.s3_check_cache_dir or os.path.join(_TMP.name, "s3-check-cache")
@@ -383,6 +384,8 @@ def main() -> int:
     up.add_argument("--hash-cache-dir", help="client hash cache dir (default: fresh temp dir)")
     up.add_argument("--s3-check-cache-dir", help="client S3 check cache dir (default: fresh temp dir)")
     up.add_argument("-o", "--output", help="write the attachments JSON here (default stdout)")
+    up.add_argument("--allow-missing", action="store_true",
+                    help="a missing input is referenced, as the client's default (require_paths_exist=False)")
     up.add_argument("inputs", nargs="+", metavar="INPUT")
     up.set_defaults(func=cmd_upload)
 
