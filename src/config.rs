@@ -166,10 +166,11 @@ pub struct DaemonSettings {
     /// Bearer token required on the TCP listener.
     pub token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
-    /// Finished jobs whose records are kept (in memory and in `state_dir`): the newest this
-    /// many; older ones are forgotten. A job's record stays at least a minute after it ends.
+    /// Finished jobs whose records are kept (in memory and in `state_dir`): the most recently
+    /// finished this many (at least 1); older ones are forgotten.
     pub jobs_kept: usize,
-    /// Finished jobs are forgotten this long after they end; 0: no age limit.
+    /// Finished jobs are forgotten this long after they end (at least a minute); 0: no age
+    /// limit.
     pub jobs_kept_for: Duration,
 }
 
@@ -935,6 +936,15 @@ fn validate(s: &Settings) -> Result<(), Violation> {
         reason: e.to_string(),
     })?;
     check_listener(&s.daemon)?;
+    // A client must be able to read the result of the job it has just run.
+    at_least("daemon.jobs_kept", s.daemon.jobs_kept, 1)?;
+    if !s.daemon.jobs_kept_for.0.is_zero() {
+        at_least(
+            "daemon.jobs_kept_for",
+            s.daemon.jobs_kept_for,
+            Duration::secs(60),
+        )?;
+    }
     check_storage_profile(&s.storage_profile)
 }
 
@@ -1355,6 +1365,19 @@ mod tests {
             &[],
             &[],
             &["`s3.read_timeout`", "<file>"],
+        );
+        // The daemon's history: a client reads the result of the job it has just run.
+        error(
+            "[daemon]\njobs_kept = 0\n",
+            &[],
+            &[],
+            &["`daemon.jobs_kept`", "minimum is 1"],
+        );
+        error(
+            "[daemon]\njobs_kept_for = \"30s\"\n",
+            &[],
+            &[],
+            &["`daemon.jobs_kept_for`", "minimum is 1m"],
         );
         error(
             "[store]\nurl = \"bucket/dir\"\n",

@@ -84,10 +84,6 @@ pub struct Registry {
     tracker: TaskTracker,
 }
 
-/// A finished job's record stays at least this long whatever `daemon.jobs_kept` says, so a
-/// client that saw the job end can still read its result.
-pub const KEPT_AT_LEAST: Duration = Duration::from_secs(60);
-
 /// Now, in milliseconds since the epoch: the unit of a job record's times.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -153,7 +149,8 @@ impl Registry {
     /// Forgets the finished jobs beyond `daemon.jobs_kept` (the longest finished first) and
     /// those that finished more than `daemon.jobs_kept_for` ago: their records leave memory
     /// and `state_dir`, so a daemon that runs for months holds a bounded history. Queued and
-    /// running jobs, and any that finished within [`KEPT_AT_LEAST`], stay.
+    /// running jobs stay; so does the job that has just finished (the most recent, and the
+    /// age limit is at least a minute), for the client waiting on it.
     fn forget_old_jobs(&self) {
         let limits = self.shared.settings().daemon.clone();
         let now = now_ms();
@@ -169,13 +166,11 @@ impl Registry {
             })
             .collect();
         finished.sort_unstable_by(|a, b| b.cmp(a)); // the most recently finished first
-        let grace_ms = KEPT_AT_LEAST.as_millis() as i64;
         let gone: Vec<String> = finished
             .into_iter()
             .enumerate()
             .filter(|(i, (ended, _))| {
-                let age = now - ended;
-                age >= grace_ms && (*i >= limits.jobs_kept || (max_age_ms > 0 && age > max_age_ms))
+                *i >= limits.jobs_kept || (max_age_ms > 0 && now - ended > max_age_ms)
             })
             .map(|(_, (_, id))| id)
             .collect();
