@@ -64,7 +64,7 @@ pub fn run(ctx: &Context, a: BwlimitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// "upload 20 MB/s, download 20 MB/s (set by hand, until 2026-12-06T06:00:00Z, 1h 59m left)".
+/// "upload 20MB/s, download 20MB/s (set by hand, until 2026-12-06T06:00:00Z, 1h 59m left)".
 fn describe(v: &serde_json::Value) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
     let source = match v["source"].as_str() {

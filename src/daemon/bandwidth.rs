@@ -5,12 +5,16 @@
 //! config reload keeps them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use super::shared::Shared;
 use crate::config::{BandwidthSettings, Rate, WeekTime};
+
+/// Numbers the settings made by hand.
+static SERIAL: AtomicU64 = AtomicU64::new(0);
 
 /// Limits set by hand.
 #[derive(Debug, Clone)]
@@ -26,7 +30,7 @@ pub struct SetLimits {
 /// What `GET /v1/bandwidth` and `attache bwlimit` show.
 #[derive(Debug, Serialize)]
 pub struct BandwidthView {
-    /// The limits in force, e.g. "10 MB/s" or "unlimited".
+    /// The limits in force, e.g. "10MB/s" or "unlimited".
     pub upload: String,
     pub download: String,
     /// Bytes per second; 0: unlimited.
@@ -61,17 +65,14 @@ impl Shared {
         download: Rate,
         lasting: Option<Duration>,
     ) {
-        let serial = {
-            let mut set = self.set_limits.lock().expect("not poisoned");
-            let serial = set.as_ref().map_or(0, |s| s.serial) + 1;
-            *set = Some(SetLimits {
-                upload,
-                download,
-                until: lasting.map(|d| SystemTime::now() + d),
-                serial,
-            });
-            serial
-        };
+        // Never reused (a reset in between must not let an old setting's expiry end a new one).
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        *self.set_limits.lock().expect("not poisoned") = Some(SetLimits {
+            upload,
+            download,
+            until: lasting.map(|d| SystemTime::now() + d),
+            serial,
+        });
         tracing::info!(
             upload = %upload,
             download = %download,
