@@ -93,14 +93,10 @@ enum Command {
     /// Run the transfer daemon: one process serving every transfer of this machine over a
     /// local socket (see "Run as a service" in the README).
     Daemon,
-    /// List the daemon's jobs.
-    Jobs {
-        /// Print the records as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one daemon job: state, progress, result or error.
-    Status(daemon_cmd::JobArgs),
+    /// List the daemon's jobs, oldest first.
+    Jobs(daemon_cmd::JobsArgs),
+    /// Show one daemon job: state, progress, result or error; --follow waits for its end.
+    Status(daemon_cmd::StatusArgs),
     /// Cancel a daemon job.
     Cancel(daemon_cmd::JobArgs),
     /// Show or change the daemon's bandwidth limits while it runs (every transfer, those in
@@ -227,7 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(_)
         | Command::Cache(_)
         | Command::Daemon
-        | Command::Jobs { .. }
+        | Command::Jobs(_)
         | Command::Status(_)
         | Command::Cancel(_)
         | Command::Bwlimit(_)
@@ -270,7 +266,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manifest(m) => manifest_cmd::run(&ctx, m),
         Command::Config(c) => config_cmd::run(&ctx, c),
         Command::Daemon => daemon_cmd::daemon(&ctx),
-        Command::Jobs { json } => daemon_cmd::jobs(&ctx, json),
+        Command::Jobs(a) => daemon_cmd::jobs(&ctx, a),
         Command::Status(a) => daemon_cmd::status(&ctx, a),
         Command::Cancel(a) => daemon_cmd::cancel(&ctx, a),
         Command::Bwlimit(a) => bwlimit_cmd::run(&ctx, a),

@@ -371,6 +371,80 @@ fn finished_jobs_survive_a_restart_and_running_ones_are_interrupted() {
     assert_eq!(j["state"], "interrupted", "{j}");
 }
 
+/// `attache jobs` lists oldest first and filters by state and recency; `attache status ID
+/// --follow` waits for someone else's job with its progress and exits with its outcome.
+#[test]
+fn attache_jobs_filters_and_status_follows_a_job_to_its_end() {
+    let d = Daemon::start("[bandwidth]\nupload = \"2MiB/s\"\n");
+    let small = d.path("small");
+    build_fixture_tree("tiny", &small);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (_, j) = d.api("POST", "/v1/jobs", &submit_spec(&small));
+        let id = j["id"].as_str().unwrap().to_string();
+        assert_eq!(d.wait(&id, Duration::from_secs(10))["state"], "succeeded");
+        ids.push(id);
+    }
+    // 6 MiB at 2 MiB/s: about 3 s.
+    let slow = d.path("slow");
+    big_tree(&slow, 1, 6 << 20);
+    let (_, j) = d.api("POST", "/v1/jobs", &submit_spec(&slow));
+    let slow_id = j["id"].as_str().unwrap().to_string();
+    let listed = |args: &[&str]| -> Vec<String> {
+        let (code, out, err) = run(d.cmd().arg("jobs").arg("--json").args(args));
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut all = ids.clone();
+    all.push(slow_id.clone());
+    assert_eq!(listed(&[]), all, "oldest first");
+    assert_eq!(listed(&["--state", "running,queued"]), vec![slow_id.clone()]);
+    assert_eq!(listed(&["--state", "succeeded", "--last", "2"]), ids[1..]);
+    let (code, _, err) = run(d.cmd().args(["jobs", "--state", "done"]));
+    assert_eq!(code, 2, "{err}");
+    let (status, e) = d.api("GET", "/v1/jobs?state=done", "");
+    assert_eq!((status, &e["field"]), (400, &"state".into()), "{e}");
+
+    // Following: until the job ends, then its outcome.
+    let (code, out, err) = run(d.cmd().args(["status", "--follow", &slow_id]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("{slow_id} submit succeeded")),
+        "{out}"
+    );
+    // A job cancelled while it is followed: exit 130, and the follower did not cancel it.
+    // (A second file: the first one's content is in the store already.)
+    let slow2 = d.path("slow2");
+    big_tree(&slow2, 2, 6 << 20);
+    let (_, j) = d.api("POST", "/v1/jobs", &submit_spec(&slow2));
+    let id = j["id"].as_str().unwrap().to_string();
+    let socket = d.socket();
+    let canceller = std::thread::spawn({
+        let id = id.clone();
+        move || {
+            std::thread::sleep(Duration::from_millis(500));
+            http(&socket, "DELETE", &format!("/v1/jobs/{id}"), "")
+        }
+    });
+    let started = Instant::now();
+    let (code, out, err) = run(d.cmd().args(["status", "--follow", &id]));
+    canceller.join().unwrap();
+    assert_eq!(code, 130, "{out}{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "it waited for the transfer's end"
+    );
+    let (code, _, err) = run(d.cmd().args(["status", "--follow", "job-nosuchjob"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no job job-nosuchjob"), "{err}");
+}
+
 /// A daemon that runs for months keeps a bounded history: finished jobs beyond
 /// `daemon.jobs_kept`, or older than `daemon.jobs_kept_for`, are forgotten (memory and
 /// state_dir) at start and whenever a job finishes; one that just finished stays readable.

@@ -1,5 +1,5 @@
-//! `attache daemon`, and the commands that talk to it: `jobs`, `status`, `cancel`; plus the
-//! packaging helpers `completions` and `man`.
+//! `attache daemon`, and the commands that talk to it: `jobs`, `status`, `cancel` (and
+//! `bwlimit`, in its own module); plus the packaging helpers `completions` and `man`.
 
 use std::process::ExitCode;
 
@@ -18,6 +18,35 @@ pub struct JobArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    job: JobArgs,
+    /// Show the job's progress until it ends; the exit status is then the job's (0 succeeded,
+    /// 1 failed or interrupted, 130 cancelled). Ctrl-C stops following, not the job.
+    #[arg(long)]
+    follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only jobs in this state: queued, running, succeeded, failed, cancelled, interrupted
+    /// (repeatable, or comma-separated).
+    #[arg(
+        long,
+        value_name = "STATE",
+        value_delimiter = ',',
+        value_parser = ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+    )]
+    state: Vec<String>,
+    /// Only the N most recent.
+    #[arg(long, value_name = "N")]
+    last: Option<usize>,
+    /// Print the records as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 pub fn daemon(ctx: &Context) -> anyhow::Result<ExitCode> {
     let settings = ctx.settings.clone();
     let load = ctx.load.clone();
@@ -26,9 +55,20 @@ pub fn daemon(ctx: &Context) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn jobs(ctx: &Context, json: bool) -> anyhow::Result<ExitCode> {
-    let list = call(&ctx.settings, HttpMethod::GET, "/v1/jobs")?;
-    if json {
+pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
+    let mut query = Vec::new();
+    if !a.state.is_empty() {
+        query.push(format!("state={}", a.state.join(",")));
+    }
+    if let Some(n) = a.last {
+        query.push(format!("last={n}"));
+    }
+    let path = match query.is_empty() {
+        true => "/v1/jobs".to_string(),
+        false => format!("/v1/jobs?{}", query.join("&")),
+    };
+    let list = call(&ctx.settings, HttpMethod::GET, &path)?;
+    if a.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -80,13 +120,23 @@ fn span(ms: i64) -> String {
     }
 }
 
-pub fn status(ctx: &Context, a: JobArgs) -> anyhow::Result<ExitCode> {
-    let j = call(
-        &ctx.settings,
-        HttpMethod::GET,
-        &format!("/v1/jobs/{}", a.id),
-    )?;
-    print_job(&j, a.json)
+pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let a_job = &a.job;
+    if !a.follow {
+        let j = call(
+            &ctx.settings,
+            HttpMethod::GET,
+            &format!("/v1/jobs/{}", a_job.id),
+        )?;
+        return print_job(&j, a_job.json);
+    }
+    let j = crate::daemon::client::watch_job(&ctx.settings, &a_job.id)?;
+    print_job(&j, a_job.json)?;
+    Ok(match j["state"].as_str() {
+        Some("succeeded") => ExitCode::SUCCESS,
+        Some("cancelled") => ExitCode::from(super::exit::CANCELLED),
+        _ => ExitCode::FAILURE,
+    })
 }
 
 pub fn cancel(ctx: &Context, a: JobArgs) -> anyhow::Result<ExitCode> {

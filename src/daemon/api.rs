@@ -3,7 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/jobs` | start a job from a spec `{"kind": "submit", ...}`; 201 with its record |
-//! | `GET /v1/jobs` | every job's record |
+//! | `GET /v1/jobs` | the jobs' records, oldest first (`?state=running,queued`, `?last=N`) |
 //! | `GET /v1/jobs/{id}` | one job: state, progress, result or error |
 //! | `GET /v1/jobs/{id}/events` | NDJSON: the record every 250 ms and at each change, until it ends |
 //! | `DELETE /v1/jobs/{id}` | cancel |
@@ -19,14 +19,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
 use super::metrics::Metrics;
-use super::registry::Registry;
+use super::registry::{JobState, Registry};
 use super::shared::Shared;
 use crate::jobs::spec::{JobError, JobSpec};
 
@@ -125,8 +125,28 @@ async fn create(State(api): State<Arc<Api>>, body: Bytes) -> Response {
     }
 }
 
-async fn list(State(api): State<Arc<Api>>) -> Response {
-    axum::Json(api.registry.list()).into_response()
+/// `GET /v1/jobs?state=running,queued&last=20`: both optional.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    last: Option<usize>,
+}
+
+async fn list(State(api): State<Arc<Api>>, query: Query<ListQuery>) -> Response {
+    let mut states = Vec::new();
+    for s in query.state.iter().flat_map(|s| s.split(',')) {
+        match serde_json::from_value::<JobState>(serde_json::Value::String(s.trim().into())) {
+            Ok(state) => states.push(state),
+            Err(_) => {
+                let message = format!(
+                    "state {s:?}: expected queued, running, succeeded, failed, cancelled or interrupted (comma-separated)"
+                );
+                return error(StatusCode::BAD_REQUEST, &message, Some("state"));
+            }
+        }
+    }
+    axum::Json(api.registry.list(&states, query.last)).into_response()
 }
 
 async fn status(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {

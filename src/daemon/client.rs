@@ -118,36 +118,7 @@ pub fn run_job(settings: &Settings, spec: &JobSpec) -> anyhow::Result<serde_json
         let created = conn.json(Method::POST, "/v1/jobs", Some(body)).await?;
         let id = created["id"].as_str().unwrap_or_default().to_string();
         tracing::info!(job = %id, "submitted to the daemon");
-        let progress = Arc::new(Progress::default());
-        let _bar =
-            crate::cli::progress_bar::Bar::start("daemon job", progress.clone(), &settings.log);
-        let mut events = connect(&socket).await?;
-        let resp = events
-            .send(Method::GET, &format!("/v1/jobs/{id}/events"), None)
-            .await?;
-        let body = resp.into_body().into_data_stream().map_err_io();
-        let mut lines = StreamReader::new(body).lines();
-        let mut last = serde_json::Value::Null;
-        let mut cancelled = false;
-        // Ctrl-C or SIGTERM cancels the daemon job (the daemon cleans up), as a local run does.
-        let mut interrupts = crate::cli::Interrupts::new()?;
-        loop {
-            tokio::select! {
-                line = lines.next_line() => match line {
-                    Ok(Some(l)) => {
-                        last = serde_json::from_str(&l).unwrap_or(serde_json::Value::Null);
-                        mirror(&progress, &last["progress"]);
-                    }
-                    _ => break,
-                },
-                _ = interrupts.next(), if !cancelled => {
-                    cancelled = true;
-                    eprintln!("cancelling job {id}…");
-                    let mut c = connect(&socket).await?;
-                    c.json(Method::DELETE, &format!("/v1/jobs/{id}"), None).await?;
-                }
-            }
-        }
+        let last = follow(settings, &id, OnInterrupt::CancelTheJob).await?;
         match last["state"].as_str() {
             Some("succeeded") => Ok(last["result"].clone()),
             Some("cancelled") => Err(anyhow::Error::new(Cancelled)),
@@ -162,6 +133,66 @@ pub fn run_job(settings: &Settings, spec: &JobSpec) -> anyhow::Result<serde_json
             .into()),
         }
     })
+}
+
+/// Follows a job the daemon already runs (`attache status ID --follow`) with the progress
+/// display until it ends; returns its last record. Ctrl-C stops following, not the job.
+pub fn watch_job(settings: &Settings, id: &str) -> anyhow::Result<serde_json::Value> {
+    runtime()?.block_on(follow(settings, id, OnInterrupt::StopFollowing))
+}
+
+/// What Ctrl-C (or SIGTERM) does while a job is followed.
+#[derive(PartialEq)]
+enum OnInterrupt {
+    /// The command started the job: cancel it (the daemon cleans up), as a local run does.
+    CancelTheJob,
+    /// Someone else's job: leave it running.
+    StopFollowing,
+}
+
+/// Shows a job's progress from its event stream until it ends; returns the last record.
+async fn follow(
+    settings: &Settings,
+    id: &str,
+    on_interrupt: OnInterrupt,
+) -> anyhow::Result<serde_json::Value> {
+    let socket = &settings.daemon.socket;
+    let progress = Arc::new(Progress::default());
+    let _bar = crate::cli::progress_bar::Bar::start("daemon job", progress.clone(), &settings.log);
+    let mut events = connect(socket).await?;
+    let resp = events
+        .send(Method::GET, &format!("/v1/jobs/{id}/events"), None)
+        .await?;
+    if !resp.status().is_success() {
+        return Err(ClientError::Api(format!("no job {id} (HTTP {})", resp.status())).into());
+    }
+    let body = resp.into_body().into_data_stream().map_err_io();
+    let mut lines = StreamReader::new(body).lines();
+    let mut last = serde_json::Value::Null;
+    let mut cancelled = false;
+    let mut interrupts = crate::cli::Interrupts::new()?;
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(l)) => {
+                    last = serde_json::from_str(&l).unwrap_or(serde_json::Value::Null);
+                    mirror(&progress, &last["progress"]);
+                }
+                _ => break,
+            },
+            _ = interrupts.next(), if !cancelled => {
+                if on_interrupt == OnInterrupt::StopFollowing {
+                    eprintln!("stopped following job {id}; it goes on in the daemon");
+                    return Err(anyhow::Error::new(Cancelled));
+                }
+                cancelled = true;
+                eprintln!("cancelling job {id}…");
+                let mut c = connect(socket).await?;
+                c.json(Method::DELETE, &format!("/v1/jobs/{id}"), None).await?;
+            }
+        }
+    }
+    Ok(last)
 }
 
 /// Copies the daemon's progress numbers into the local counters the bar reads.

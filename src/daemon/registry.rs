@@ -302,13 +302,24 @@ impl Registry {
         out
     }
 
-    pub fn list(&self) -> Vec<JobRecord> {
-        self.jobs
+    /// The jobs in the order they were created (the newest last), those in one of `states`
+    /// only (all when empty), the `last` most recent only (all when `None`).
+    pub fn list(&self, states: &[JobState], last: Option<usize>) -> Vec<JobRecord> {
+        let mut jobs: Vec<JobRecord> = self
+            .jobs
             .lock()
             .expect("not poisoned")
             .values()
+            .filter(|j| {
+                states.is_empty() || states.contains(&j.record.lock().expect("not poisoned").state)
+            })
             .map(|j| j.snapshot())
-            .collect()
+            .collect();
+        jobs.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        if let Some(n) = last {
+            jobs.drain(..jobs.len().saturating_sub(n));
+        }
+        jobs
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Job>> {
