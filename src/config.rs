@@ -133,6 +133,8 @@ pub struct HashSettings {
     pub follow_external_symlinks: bool,
     /// Patterns of paths scans leave out (see `scan::exclude`).
     pub exclude: Vec<String>,
+    /// Patterns of the only files scans take (none: every file not excluded).
+    pub include: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -374,6 +376,7 @@ impl Default for HashSettings {
             read_buffer: ByteSize::mib(1),
             follow_external_symlinks: false,
             exclude: Vec::new(),
+            include: Vec::new(),
         }
     }
 }
@@ -499,6 +502,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "read_buffer",
             "follow_external_symlinks",
             "exclude",
+            "include",
         ],
     ),
     (
@@ -527,6 +531,7 @@ const LIST_KEYS: &[&str] = &[
     "storage_profile.locations",
     "storage_profile.shared",
     "hash.exclude",
+    "hash.include",
     "bandwidth.schedule",
 ];
 
@@ -933,6 +938,10 @@ fn validate(s: &Settings) -> Result<(), Violation> {
     })?;
     crate::scan::Exclude::new(&s.hash.exclude).map_err(|e| Violation {
         key: "hash.exclude",
+        reason: e.to_string(),
+    })?;
+    crate::scan::Exclude::filter(&[] as &[&str], &s.hash.include).map_err(|e| Violation {
+        key: "hash.include",
         reason: e.to_string(),
     })?;
     check_listener(&s.daemon)?;

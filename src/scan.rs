@@ -64,8 +64,8 @@ pub struct ScanOptions {
     /// Where symlinks may point (default: the scanned root). A worker scanning outputs allows
     /// links within the whole session directory.
     pub boundary: Option<PathBuf>,
-    /// Paths left out, matched against the path as the manifest spells it; an excluded
-    /// directory is not entered.
+    /// Paths left out (and, with inclusion patterns, the only files taken), matched against
+    /// the path as the manifest spells it; an excluded directory is not entered.
     pub exclude: Exclude,
 }
 
@@ -291,12 +291,23 @@ impl<'a> Walker<'a> {
                 tracing::debug!(path = %path.display(), "excluded");
                 continue;
             }
+            // A file not included is not looked at either (a link is, to see where it goes).
+            if is_dir == Some(false) && !self.opts.exclude.takes_file(&rel) {
+                tracing::debug!(path = %path.display(), "not included");
+                continue;
+            }
             match self.classify(&path, file_type) {
                 // A link to a directory, for the patterns of directories only.
                 Ok(Some(Found::Dir(_)))
                     if is_dir.is_none() && self.opts.exclude.excludes(&rel, Some(true)) =>
                 {
                     tracing::debug!(path = %path.display(), "excluded");
+                }
+                // A link to a file, for the inclusion patterns.
+                Ok(Some(Found::File(_)))
+                    if is_dir.is_none() && !self.opts.exclude.takes_file(&rel) =>
+                {
+                    tracing::debug!(path = %path.display(), "not included");
                 }
                 Ok(Some(Found::File(meta))) => {
                     let file = ScannedFile {

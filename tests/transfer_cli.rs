@@ -338,6 +338,30 @@ fn put_leaves_out_what_exclude_matches_and_does_not_enter_excluded_directories()
         err.contains("hash.exclude") && err.contains("relative"),
         "{err}"
     );
+
+    // Inclusion: only the files a pattern matches (by name, or by path from the root), an
+    // exclusion still winning; from the config and the flags.
+    let included = t.path().join("included.json");
+    let (code, _, err) = run(attache(&cache)
+        .env("ATTACHE_HASH__EXCLUDE", "*.tmp;sim/")
+        .env("ATTACHE_HASH__INCLUDE", "*.ma")
+        .args(["put", "--store", &store, "--include", "tex/*.png"])
+        .args(["--exclude", "tex/backup/"])
+        .arg(&root)
+        .arg("-o")
+        .arg(&included));
+    assert_eq!(code, 0, "{err}");
+    let m = attache::manifest::decode(&std::fs::read(&included).unwrap()).unwrap();
+    let paths: Vec<_> = m.entries().iter().map(|e| e.path.display()).collect();
+    assert_eq!(paths, ["backup/shot.ma", "shot.ma", "tex/wood.png"]);
+    let (code, _, err) = run(attache(&cache)
+        .args(["put", "--store", &store, "--include", "tex/"])
+        .arg(&root));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--include \"tex/\"") && err.contains("dir/**"),
+        "{err}"
+    );
 }
 
 #[test]

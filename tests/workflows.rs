@@ -630,13 +630,13 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
     write(&local.join("renders/new.exr.tmp"), b"a frame being written");
     write(&local.join("renders/scratch/x.exr"), b"scratch");
     write(&local.join("renders/zz/.DS_Store"), b"finder");
-    let sync_outputs = |flags: &[&str]| {
+    let sync_outputs = |sa: &str, flags: &[&str]| {
         let mut c = f.attache("w");
         c.env("ATTACHE_HASH__EXCLUDE", ".DS_Store")
             .arg("sync-outputs")
             .args(IDS)
             .args(TASK_IDS)
-            .args(["--session-action-id", "sa-1"])
+            .args(["--session-action-id", sa])
             .args(["--start-time", "2026-12-05T10:00:00.000000Z"])
             .args(["--exclude", "*.tmp", "--exclude", "scratch/"])
             .args(flags);
@@ -647,7 +647,7 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
     };
     // A dry run finds the same outputs, says what it would send, and sends nothing.
     let stored = f.s3.object_keys();
-    let (would, err) = sync_outputs(&["--dry-run"]);
+    let (would, err) = sync_outputs("sa-1", &["--dry-run"]);
     assert_eq!(f.s3.object_keys(), stored, "a dry run stores nothing");
     assert!(
         err.contains("/proj: 3 new or changed outputs (")
@@ -656,7 +656,7 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
             && err.contains("; would publish farm-1/queue-1/job-1/"),
         "{err}"
     );
-    let (out, err) = sync_outputs(&[]);
+    let (out, err) = sync_outputs("sa-1", &[]);
     assert!(err.contains("; published farm-1/queue-1/job-1/"), "{err}");
     assert_eq!(
         out, would,
@@ -667,6 +667,15 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
         paths,
         ["renders/b.exr", "renders/new.exr", "renders/zz/c.exr"],
         "a.exr is as placed; tex/ is not an output directory; the rest is excluded"
+    );
+
+    // Only the frames of one directory: the others are not outputs of this session action.
+    let (out, _) = sync_outputs("sa-2", &["--include", "renders/zz/*.exr"]);
+    let (_, paths) = published_outputs(&f, &out);
+    assert_eq!(
+        paths,
+        ["renders/zz/c.exr"],
+        "--include takes only what it matches"
     );
 }
 

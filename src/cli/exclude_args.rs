@@ -1,5 +1,5 @@
-//! `--exclude PATTERN` and `--exclude-from FILE`, shared by the commands that scan trees into
-//! manifests.
+//! `--exclude PATTERN`, `--exclude-from FILE`, `--include PATTERN` and `--include-from FILE`,
+//! shared by the commands that scan trees into manifests.
 
 use std::path::{Path, PathBuf};
 
@@ -20,35 +20,68 @@ pub struct ExcludeArgs {
     /// `#` are skipped (repeatable; adds to --exclude and hash.exclude).
     #[arg(long = "exclude-from", value_name = "FILE")]
     pub exclude_from: Vec<PathBuf>,
+    /// Take only the files PATTERN matches (a name, `*.exr`, or a path with a `/`,
+    /// `renders/**`) from the directories scanned; an exclusion still wins (repeatable; adds to
+    /// [config: hash.include]).
+    #[arg(long = "include", value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Read inclusion patterns from FILE, as --exclude-from reads its (repeatable).
+    #[arg(long = "include-from", value_name = "FILE")]
+    pub include_from: Vec<PathBuf>,
 }
 
 impl ExcludeArgs {
-    /// The patterns of the flags and of the files, each checked; a file that cannot be read
-    /// or a bad pattern is a usage error naming the flag (and the file and line).
+    /// The exclusion patterns of the flags and of the files, each checked; a file that cannot
+    /// be read or a bad pattern is a usage error naming the flag (and the file and line).
     pub fn patterns(&self) -> Result<Vec<String>, UsageError> {
-        Exclude::new(&self.exclude).map_err(|e| UsageError {
-            message: format!("--exclude {e}"),
-        })?;
-        let mut all = self.exclude.clone();
-        for file in &self.exclude_from {
-            all.extend(read_patterns(file)?);
-        }
-        Ok(all)
+        gather(&self.exclude, &self.exclude_from, "exclude", |p| {
+            Exclude::new(p)
+        })
+    }
+
+    /// The inclusion patterns of the flags and of the files, checked as [`Self::patterns`].
+    pub fn includes(&self) -> Result<Vec<String>, UsageError> {
+        gather(&self.include, &self.include_from, "include", |p| {
+            Exclude::filter(&[] as &[&str], p)
+        })
     }
 
     /// Adds the patterns to `spec`.
     pub fn apply(&self, spec: &mut HashSpec) -> Result<(), UsageError> {
-        spec.exclude_also(&self.patterns()?)
+        spec.filter_also(&self.patterns()?, &self.includes()?)
             .map_err(|e| UsageError {
-                message: format!("--exclude {e}"),
+                message: format!("--exclude/--include {e}"),
             })
     }
 }
 
-/// The patterns of an exclude file (rclone's `--exclude-from` format).
-fn read_patterns(file: &Path) -> Result<Vec<String>, UsageError> {
+/// The patterns of `--{flag}` and of each `--{flag}-from` file, each checked by `check`.
+fn gather(
+    given: &[String],
+    files: &[PathBuf],
+    flag: &str,
+    check: impl Fn(&[&str]) -> Result<Exclude, crate::scan::ExcludeError>,
+) -> Result<Vec<String>, UsageError> {
+    for p in given {
+        check(&[p.as_str()]).map_err(|e| UsageError {
+            message: format!("--{flag} {e}"),
+        })?;
+    }
+    let mut all = given.to_vec();
+    for file in files {
+        all.extend(read_patterns(file, flag, &check)?);
+    }
+    Ok(all)
+}
+
+/// The patterns of a pattern file (rclone's `--exclude-from` format).
+fn read_patterns(
+    file: &Path,
+    flag: &str,
+    check: impl Fn(&[&str]) -> Result<Exclude, crate::scan::ExcludeError>,
+) -> Result<Vec<String>, UsageError> {
     let text = std::fs::read_to_string(file).map_err(|e| UsageError {
-        message: format!("--exclude-from {}: {e}", file.display()),
+        message: format!("--{flag}-from {}: {e}", file.display()),
     })?;
     let mut patterns = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -56,8 +89,8 @@ fn read_patterns(file: &Path) -> Result<Vec<String>, UsageError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        Exclude::new(&[line]).map_err(|e| UsageError {
-            message: format!("--exclude-from {} line {}: {e}", file.display(), n + 1),
+        check(&[line]).map_err(|e| UsageError {
+            message: format!("--{flag}-from {} line {}: {e}", file.display(), n + 1),
         })?;
         patterns.push(line.to_string());
     }
@@ -76,8 +109,11 @@ mod tests {
         let args = ExcludeArgs {
             exclude: vec![".DS_Store".into()],
             exclude_from: vec![file.clone()],
+            include: vec![],
+            include_from: vec![file.clone()],
         };
         assert_eq!(args.patterns().unwrap(), [".DS_Store", "*.tmp", "cache/**"]);
+        assert_eq!(args.includes().unwrap(), ["*.tmp", "cache/**"]);
 
         std::fs::write(&file, "*.tmp\na[b\n").unwrap();
         let e = args.patterns().unwrap_err().message;
@@ -91,6 +127,8 @@ mod tests {
         let missing = ExcludeArgs {
             exclude: vec![],
             exclude_from: vec![t.path().join("nope")],
+            include: vec![],
+            include_from: vec![],
         };
         let e = missing.patterns().unwrap_err().message;
         assert!(e.contains("nope") && e.contains("No such file"), "{e}");

@@ -355,6 +355,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         locations: a.locations,
         shared: a.shared,
         exclude: a.exclude.patterns()?,
+        include: a.exclude.includes()?,
         require_paths_exist: a.require_paths_exist,
         dry_run,
         store: a.common.store.store.clone(),
@@ -474,6 +475,7 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         start_time: a.start_time,
         locations: a.locations,
         exclude: a.exclude.patterns()?,
+        include: a.exclude.includes()?,
         store: a.common.store.store.clone(),
         dry_run: a.dry_run,
     });

@@ -40,22 +40,30 @@ impl HashSpec {
             scan: ScanOptions {
                 follow_external_symlinks: settings.hash.follow_external_symlinks,
                 boundary: None,
-                exclude: Exclude::new(&settings.hash.exclude)
-                    .expect("hash.exclude is checked when the config is loaded"),
+                exclude: Exclude::filter(&settings.hash.exclude, &settings.hash.include)
+                    .expect("hash.exclude and hash.include are checked when the config is loaded"),
             },
         }
     }
 
-    /// Leaves out the paths `patterns` match too (`--exclude`, a job's `exclude`), beside
-    /// those of `hash.exclude`.
-    pub fn exclude_also(&mut self, patterns: &[String]) -> Result<(), ExcludeError> {
-        if !patterns.is_empty() {
-            let all: Vec<&str> = (self.scan.exclude.patterns().iter())
-                .chain(patterns)
-                .map(String::as_str)
-                .collect();
-            self.scan.exclude = Exclude::new(&all)?;
+    /// Leaves out the paths `excludes` match, and takes only the files `includes` match, too
+    /// (`--exclude`, `--include`, a job's `exclude` and `include`), beside the config's.
+    pub fn filter_also(
+        &mut self,
+        excludes: &[String],
+        includes: &[String],
+    ) -> Result<(), ExcludeError> {
+        if excludes.is_empty() && includes.is_empty() {
+            return Ok(());
         }
+        let now = &self.scan.exclude;
+        let all = |mine: &[String], more: &[String]| -> Vec<String> {
+            mine.iter().chain(more).cloned().collect()
+        };
+        self.scan.exclude = Exclude::filter(
+            &all(now.patterns(), excludes),
+            &all(now.includes(), includes),
+        )?;
         Ok(())
     }
 }

@@ -59,6 +59,9 @@ pub struct SubmitJob {
     /// Patterns of paths left out, beside `hash.exclude` (see `scan::exclude`).
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Patterns of the only files taken from input directories, beside `hash.include`.
+    #[serde(default)]
+    pub include: Vec<String>,
     /// An input that does not exist is an error, not a referenced path (as the official
     /// client's `--require-paths-exist`).
     #[serde(default)]
@@ -169,6 +172,9 @@ pub struct SyncOutputsJob {
     /// Patterns of outputs left out, beside `hash.exclude`.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Patterns of the only outputs taken, beside `hash.include`.
+    #[serde(default)]
+    pub include: Vec<String>,
     #[serde(default)]
     pub store: Option<String>,
     /// Find the outputs and ask the store what it lacks; upload and publish nothing.
@@ -367,7 +373,7 @@ impl JobSpec {
                 id("farm_id", &j.farm_id)?;
                 id("queue_id", &j.queue_id)?;
                 pairs(&j.locations, "locations")?;
-                exclude(&j.exclude)?;
+                filter(&j.exclude, &j.include)?;
             }
             JobSpec::SyncInputs(j) => {
                 absolute("session_dir", &j.session_dir)?;
@@ -397,7 +403,7 @@ impl JobSpec {
                     id("task_id", task)?;
                 }
                 pairs(&j.locations, "locations")?;
-                exclude(&j.exclude)?;
+                filter(&j.exclude, &j.include)?;
             }
             JobSpec::DownloadOutputs(j) => {
                 id("farm_id", &j.farm_id)?;
@@ -442,8 +448,8 @@ impl JobSpec {
         Ok(match self {
             JobSpec::Submit(j) => {
                 let mut hash = hash;
-                hash.exclude_also(&j.exclude)
-                    .map_err(|e| invalid("exclude", e.to_string()))?;
+                hash.filter_also(&j.exclude, &j.include)
+                    .map_err(|e| filter_error(&j.include, e))?;
                 let spec = SubmitSpec {
                     inputs: j.inputs,
                     output_dirs: j.output_dirs,
@@ -474,8 +480,8 @@ impl JobSpec {
             }
             JobSpec::SyncOutputs(j) => {
                 let mut hash = hash;
-                hash.exclude_also(&j.exclude)
-                    .map_err(|e| invalid("exclude", e.to_string()))?;
+                hash.filter_also(&j.exclude, &j.include)
+                    .map_err(|e| filter_error(&j.include, e))?;
                 let spec = SyncOutputsSpec {
                     attachments: attachments(j.attachments)?,
                     session_dir: j.session_dir,
@@ -517,11 +523,20 @@ impl JobSpec {
     }
 }
 
-/// Exclusion patterns that compile.
-fn exclude(patterns: &[String]) -> Result<(), JobError> {
-    crate::scan::Exclude::new(patterns)
+/// Exclusion and inclusion patterns that compile.
+fn filter(excludes: &[String], includes: &[String]) -> Result<(), JobError> {
+    crate::scan::Exclude::filter(excludes, includes)
         .map(drop)
-        .map_err(|e| invalid("exclude", e.to_string()))
+        .map_err(|e| filter_error(includes, e))
+}
+
+/// A bad pattern, under the field that holds it.
+fn filter_error(includes: &[String], e: crate::scan::ExcludeError) -> JobError {
+    let field = match includes.contains(&e.pattern) {
+        true => "include",
+        false => "exclude",
+    };
+    invalid(field, e.to_string())
 }
 
 fn attachments(a: AttachmentsArg) -> Result<Attachments, JobError> {

@@ -1,20 +1,24 @@
-//! Exclusion patterns (`hash.exclude`, `--exclude`): which files and directories a scan leaves
-//! out of the manifest, so editor backups, autosaves and caches are neither hashed nor sent.
+//! Exclusion and inclusion patterns (`hash.exclude`, `--exclude`; `hash.include`,
+//! `--include`): which files and directories a scan leaves out of the manifest, so editor
+//! backups, autosaves and caches are neither hashed nor sent, or which files alone it takes
+//! (a render's frames, not its logs).
 //!
 //! The rules, close to rclone's and gitignore's:
 //! - a pattern without `/` matches the name of a file or directory at any depth
 //!   (`*.tmp`, `.DS_Store`, `__pycache__`);
 //! - a pattern with a `/` matches the whole path as the manifest spells it (`cache/**`,
 //!   `**/backup/*.ma`); `*` stays within one path component, `**` crosses them;
-//! - a trailing `/` (`tmp/`) matches directories only;
-//! - a directory that matches is not entered: nothing under it is read.
+//! - a trailing `/` (`tmp/`) matches directories only (exclusions only);
+//! - a directory that matches an exclusion is not entered: nothing under it is read;
+//! - with inclusion patterns, a file is taken only when one of them matches it (and no
+//!   exclusion does); every directory not excluded is entered, as rclone's `--include` does.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{pattern:?}: {reason}")]
@@ -23,7 +27,7 @@ pub struct ExcludeError {
     pub reason: String,
 }
 
-/// Compiled patterns; empty (the default) excludes nothing. Cheap to clone.
+/// Compiled patterns; empty (the default) leaves out nothing. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Exclude(Option<Arc<Compiled>>);
 
@@ -36,39 +40,62 @@ struct Compiled {
     /// Matched against the entry's path, for files and directories / directories only.
     paths: GlobSet,
     dir_paths: GlobSet,
+    includes: Vec<String>,
+    /// Matched against a file's name / path; `None`: no inclusion patterns (every file).
+    include: Option<(GlobSet, GlobSet)>,
+}
+
+/// One pattern: its glob, whether it has a `/` (matches paths, not names), whether it ends
+/// in `/` (directories only).
+fn compile(p: &str) -> Result<(Glob, bool, bool), ExcludeError> {
+    let bad = |reason: &str| ExcludeError {
+        pattern: p.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (body, dir_only) = match p.strip_suffix('/') {
+        Some(body) => (body, true),
+        None => (p, false),
+    };
+    let body = body.strip_prefix("./").unwrap_or(body);
+    if body.is_empty() || body == "." {
+        return Err(bad("an empty pattern would match everything"));
+    }
+    if body.starts_with('/') {
+        return Err(bad(
+            "paths in a manifest are relative: write the pattern without the leading /",
+        ));
+    }
+    let glob = GlobBuilder::new(body)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| bad(&e.kind().to_string()))?;
+    Ok((glob, body.contains('/'), dir_only))
+}
+
+fn build(b: GlobSetBuilder) -> GlobSet {
+    b.build()
+        .expect("each glob was built alone; a set of them builds")
 }
 
 impl Exclude {
+    /// Exclusion patterns only.
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Exclude, ExcludeError> {
-        if patterns.is_empty() {
+        Exclude::filter(patterns, &[] as &[&str])
+    }
+
+    /// Exclusion patterns, and inclusion patterns (none: every file not excluded is taken).
+    pub fn filter<S: AsRef<str>, T: AsRef<str>>(
+        patterns: &[S],
+        includes: &[T],
+    ) -> Result<Exclude, ExcludeError> {
+        if patterns.is_empty() && includes.is_empty() {
             return Ok(Exclude::default());
         }
         let mut sets: [GlobSetBuilder; 4] = std::array::from_fn(|_| GlobSetBuilder::new());
         for p in patterns {
-            let p = p.as_ref();
-            let bad = |reason: &str| ExcludeError {
-                pattern: p.to_owned(),
-                reason: reason.to_owned(),
-            };
-            let (body, dir_only) = match p.strip_suffix('/') {
-                Some(body) => (body, true),
-                None => (p, false),
-            };
-            let body = body.strip_prefix("./").unwrap_or(body);
-            if body.is_empty() || body == "." {
-                return Err(bad("an empty pattern would exclude everything"));
-            }
-            if body.starts_with('/') {
-                return Err(bad(
-                    "paths in a manifest are relative: write the pattern without the leading /",
-                ));
-            }
-            let glob = GlobBuilder::new(body)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map_err(|e| bad(&e.kind().to_string()))?;
-            let set = match (body.contains('/'), dir_only) {
+            let (glob, has_slash, dir_only) = compile(p.as_ref())?;
+            let set = match (has_slash, dir_only) {
                 (false, false) => 0,
                 (false, true) => 1,
                 (true, false) => 2,
@@ -76,22 +103,46 @@ impl Exclude {
             };
             sets[set].add(glob);
         }
-        let [names, dir_names, paths, dir_paths] = sets.map(|b| {
-            b.build()
-                .expect("each glob was built alone; a set of them builds")
-        });
+        let [names, dir_names, paths, dir_paths] = sets.map(build);
+        let mut include = None;
+        if !includes.is_empty() {
+            let (mut names, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new());
+            for p in includes {
+                let (glob, has_slash, dir_only) = compile(p.as_ref())?;
+                if dir_only {
+                    return Err(ExcludeError {
+                        pattern: p.as_ref().to_owned(),
+                        reason:
+                            "an inclusion pattern takes files: for a directory's files write dir/**"
+                                .into(),
+                    });
+                }
+                match has_slash {
+                    true => paths.add(glob),
+                    false => names.add(glob),
+                };
+            }
+            include = Some((build(names), build(paths)));
+        }
         Ok(Exclude(Some(Arc::new(Compiled {
             patterns: patterns.iter().map(|p| p.as_ref().to_owned()).collect(),
             names,
             dir_names,
             paths,
             dir_paths,
+            includes: includes.iter().map(|p| p.as_ref().to_owned()).collect(),
+            include,
         }))))
     }
 
-    /// The patterns as given.
+    /// The exclusion patterns as given.
     pub fn patterns(&self) -> &[String] {
         self.0.as_ref().map_or(&[], |c| &c.patterns)
+    }
+
+    /// The inclusion patterns as given.
+    pub fn includes(&self) -> &[String] {
+        self.0.as_ref().map_or(&[], |c| &c.includes)
     }
 
     /// Whether the entry at `rel` (its path as the manifest spells it, `/`-separated) is left
@@ -106,6 +157,16 @@ impl Exclude {
         c.names.is_match(name)
             || c.paths.is_match(rel)
             || (is_dir == Some(true) && (c.dir_names.is_match(name) || c.dir_paths.is_match(rel)))
+    }
+
+    /// Whether the file at `rel`, not excluded, is taken: always without inclusion patterns,
+    /// else when one of them matches its name or path.
+    pub fn takes_file(&self, rel: &[u8]) -> bool {
+        let Some((names, paths)) = self.0.as_ref().and_then(|c| c.include.as_ref()) else {
+            return true;
+        };
+        let name = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
+        names.is_match(OsStr::from_bytes(name)) || paths.is_match(Path::new(OsStr::from_bytes(rel)))
     }
 }
 
@@ -167,6 +228,36 @@ mod tests {
         let e = ex(&["*.tmp"]);
         assert!(e.excludes(b"d/\xff\xfe.tmp", Some(false)));
         assert!(!e.excludes(b"d/\xff\xfe.exr", Some(false)));
+    }
+
+    #[test]
+    fn with_inclusion_patterns_only_the_files_they_match_are_taken() {
+        let f = Exclude::filter(&["*.tmp.exr"], &["*.exr", "comp/**/*.mov"]).unwrap();
+        assert!(f.takes_file(b"renders/010/beauty.0001.exr"));
+        assert!(f.takes_file(b"comp/010/v2/final.mov"));
+        assert!(!f.takes_file(b"renders/010/render.log"));
+        assert!(
+            !f.takes_file(b"preview/final.mov"),
+            "a path pattern is anchored"
+        );
+        assert!(
+            !f.excludes(b"renders", Some(true)),
+            "directories are entered"
+        );
+        assert!(
+            f.excludes(b"renders/a.tmp.exr", Some(false)),
+            "an exclusion wins"
+        );
+        assert_eq!(f.includes(), ["*.exr", "comp/**/*.mov"]);
+        let none = Exclude::new(&["*.tmp"]).unwrap();
+        assert!(
+            none.takes_file(b"render.log"),
+            "no inclusion patterns: every file"
+        );
+        let e = Exclude::filter(&[] as &[&str], &["renders/"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dir/**"), "{e}");
     }
 
     #[test]
