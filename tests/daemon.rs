@@ -106,6 +106,13 @@ impl Daemon {
         )
     }
 
+    /// Starts a job from `spec` through the API; returns its id.
+    fn start_job(&self, spec: &str) -> String {
+        let (status, job) = self.api("POST", "/v1/jobs", spec);
+        assert_eq!(status, 201, "{job}");
+        job["id"].as_str().unwrap().to_string()
+    }
+
     /// Polls a job until it ends; returns its record.
     fn wait(&self, id: &str, limit: Duration) -> serde_json::Value {
         let deadline = Instant::now() + limit;
@@ -246,7 +253,9 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
     let header: Vec<&str> = jobs.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["ID", "KIND", "STATE", "AGE", "TOOK", "FILES", "BYTES"]
+        [
+            "ID", "KIND", "STATE", "AGE", "TOOK", "FILES", "BYTES", "WHAT"
+        ]
     );
     let line = jobs.lines().nth(1).unwrap();
     let row: Vec<&str> = line.split_whitespace().collect();
@@ -255,7 +264,10 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
         ("submit", "succeeded", "3/3"),
         "{jobs}"
     );
-    assert!(line.ends_with(" 22 B/22 B"), "{jobs}");
+    assert!(
+        line.ends_with(&format!(" 22 B/22 B  {}", proj.display())),
+        "what the job works on comes last: {jobs}"
+    );
     assert!(row[4].ends_with("ms") || row[4].ends_with('s'), "{jobs}");
 
     // A bad spec is refused before it is queued, naming the field.
@@ -346,16 +358,14 @@ fn finished_jobs_survive_a_restart_and_running_ones_are_interrupted() {
     let mut d = Daemon::start_in(dir, "[bandwidth]\nupload = \"1MiB/s\"\n", &[]);
     let small = d.path("small");
     build_fixture_tree("tiny", &small);
-    let (_, done) = d.api("POST", "/v1/jobs", &submit_spec(&small));
-    let done_id = done["id"].as_str().unwrap().to_string();
+    let done_id = d.start_job(&submit_spec(&small));
     assert_eq!(
         d.wait(&done_id, Duration::from_secs(10))["state"],
         "succeeded"
     );
     let slow = d.path("slow");
     big_tree(&slow, 4, 4 << 20);
-    let (_, running) = d.api("POST", "/v1/jobs", &submit_spec(&slow));
-    let running_id = running["id"].as_str().unwrap().to_string();
+    let running_id = d.start_job(&submit_spec(&slow));
     std::thread::sleep(Duration::from_millis(300));
     // A crash: no chance to clean up.
     d.signal(libc::SIGKILL);
@@ -380,16 +390,14 @@ fn attache_jobs_filters_and_status_follows_a_job_to_its_end() {
     build_fixture_tree("tiny", &small);
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let (_, j) = d.api("POST", "/v1/jobs", &submit_spec(&small));
-        let id = j["id"].as_str().unwrap().to_string();
+        let id = d.start_job(&submit_spec(&small));
         assert_eq!(d.wait(&id, Duration::from_secs(10))["state"], "succeeded");
         ids.push(id);
     }
     // 6 MiB at 2 MiB/s: about 3 s.
     let slow = d.path("slow");
     big_tree(&slow, 1, 6 << 20);
-    let (_, j) = d.api("POST", "/v1/jobs", &submit_spec(&slow));
-    let slow_id = j["id"].as_str().unwrap().to_string();
+    let slow_id = d.start_job(&submit_spec(&slow));
     let listed = |args: &[&str]| -> Vec<String> {
         let (code, out, err) = run(d.cmd().arg("jobs").arg("--json").args(args));
         assert_eq!(code, 0, "{err}");
@@ -403,7 +411,10 @@ fn attache_jobs_filters_and_status_follows_a_job_to_its_end() {
     let mut all = ids.clone();
     all.push(slow_id.clone());
     assert_eq!(listed(&[]), all, "oldest first");
-    assert_eq!(listed(&["--state", "running,queued"]), vec![slow_id.clone()]);
+    assert_eq!(
+        listed(&["--state", "running,queued"]),
+        vec![slow_id.clone()]
+    );
     assert_eq!(listed(&["--state", "succeeded", "--last", "2"]), ids[1..]);
     let (code, _, err) = run(d.cmd().args(["jobs", "--state", "done"]));
     assert_eq!(code, 2, "{err}");
@@ -421,8 +432,7 @@ fn attache_jobs_filters_and_status_follows_a_job_to_its_end() {
     // (A second file: the first one's content is in the store already.)
     let slow2 = d.path("slow2");
     big_tree(&slow2, 2, 6 << 20);
-    let (_, j) = d.api("POST", "/v1/jobs", &submit_spec(&slow2));
-    let id = j["id"].as_str().unwrap().to_string();
+    let id = d.start_job(&submit_spec(&slow2));
     let socket = d.socket();
     let canceller = std::thread::spawn({
         let id = id.clone();
@@ -456,8 +466,7 @@ fn a_long_running_daemon_forgets_old_finished_jobs() {
     build_fixture_tree("tiny", &small);
     let mut ids = Vec::new();
     for _ in 0..4 {
-        let (_, j) = d.api("POST", "/v1/jobs", &submit_spec(&small));
-        let id = j["id"].as_str().unwrap().to_string();
+        let id = d.start_job(&submit_spec(&small));
         assert_eq!(d.wait(&id, Duration::from_secs(10))["state"], "succeeded");
         ids.push(id);
     }
@@ -501,8 +510,7 @@ fn a_long_running_daemon_forgets_old_finished_jobs() {
     let (status, e) = d.api("POST", "/v1/reload", "");
     assert_eq!(status, 200, "{e}");
     assert!(!d.log().contains("apply at the next start"), "{}", d.log());
-    let (_, j) = d.api("POST", "/v1/jobs", &submit_spec(&small));
-    let new = j["id"].as_str().unwrap().to_string();
+    let new = d.start_job(&submit_spec(&small));
     assert_eq!(d.wait(&new, Duration::from_secs(10))["state"], "succeeded");
     assert_eq!(listed(&d), sorted(&[&ids[3], &new]));
     for gone in &ids[..3] {
@@ -524,8 +532,7 @@ fn sighup_applies_a_new_bandwidth_and_keeps_the_old_config_when_broken() {
     let proj = d.path("proj");
     big_tree(&proj, 1, 8 << 20);
     let started = Instant::now();
-    let (_, job) = d.api("POST", "/v1/jobs", &submit_spec(&proj));
-    let id = job["id"].as_str().unwrap().to_string();
+    let id = d.start_job(&submit_spec(&proj));
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(
         d.api("GET", &format!("/v1/jobs/{id}"), "").1["state"],
@@ -886,8 +893,7 @@ fn attache_bwlimit_changes_the_daemon_s_limits_while_it_runs() {
     let proj = d.path("proj");
     big_tree(&proj, 1, 8 << 20);
     let started = Instant::now();
-    let (_, job) = d.api("POST", "/v1/jobs", &submit_spec(&proj));
-    let id = job["id"].as_str().unwrap().to_string();
+    let id = d.start_job(&submit_spec(&proj));
     std::thread::sleep(Duration::from_millis(700));
     let (code, out, err) = bwlimit(&["off"]);
     assert_eq!(code, 0, "{err}");

@@ -74,13 +74,13 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
     }
     let now = now_ms();
     println!(
-        "{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}",
+        "{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}  WHAT",
         "ID", "KIND", "STATE", "AGE", "TOOK", "FILES", "BYTES"
     );
     for j in list.as_array().into_iter().flatten() {
         let p = &j["progress"];
         println!(
-            "{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}",
+            "{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}  {}",
             j["id"].as_str().unwrap_or_default(),
             j["kind"].as_str().unwrap_or_default(),
             j["state"].as_str().unwrap_or_default(),
@@ -94,9 +94,40 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
                 json_size(&p["bytes_done"]),
                 json_size(&p["bytes_total"])
             ),
+            what(&j["spec"]),
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a job works on, for the table: a submit's first input, a worker job's session
+/// directory, the job whose outputs are downloaded, the store a doctor probes.
+fn what(spec: &serde_json::Value) -> String {
+    let s = |k: &str| spec[k].as_str().unwrap_or_default().to_string();
+    match spec["kind"].as_str() {
+        Some("submit") => {
+            let inputs = spec["inputs"].as_array().map_or(&[][..], |v| v.as_slice());
+            match inputs {
+                [] => String::new(),
+                [one] => one.as_str().unwrap_or_default().to_string(),
+                [first, rest @ ..] => format!(
+                    "{} (+{} more)",
+                    first.as_str().unwrap_or_default(),
+                    rest.len()
+                ),
+            }
+        }
+        Some("sync_inputs" | "sync_outputs") => s("session_dir"),
+        Some("download_outputs") => match spec["step_id"].as_str() {
+            Some(step) => format!("{} {step}", s("job_id")),
+            None => s("job_id"),
+        },
+        Some("doctor") => spec["store"]
+            .as_str()
+            .unwrap_or("the configured store")
+            .to_string(),
+        _ => String::new(),
+    }
 }
 
 /// How long a job ran (so far, while it runs); empty before it started.

@@ -19,7 +19,7 @@ use crate::progress::Progress;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot reach the attache daemon at {socket}: {message}. Start it with `attache daemon` (or `systemctl start attache`), or run without --daemon"
+        "cannot reach the attache daemon at {socket}: {message}. Start it with `attache daemon` (or `systemctl start attache`), or check daemon.socket; a transfer also runs without --daemon"
     )]
     Connect { socket: String, message: String },
     #[error("daemon: {0}")]

@@ -176,37 +176,30 @@ impl Metrics {
             "Files read and hashed.",
             &one(&self.files_hashed),
         );
-        let waits = |l: &crate::transfer::limiter::Limiter| l.waited().as_millis() as u64;
+        // One sample per direction of the shared limiters.
+        let by_direction = |f: fn(&crate::transfer::limiter::Limiter) -> u64| {
+            [
+                (
+                    "{direction=\"upload\"}".to_string(),
+                    f(&shared.bandwidth.upload),
+                ),
+                (
+                    "{direction=\"download\"}".to_string(),
+                    f(&shared.bandwidth.download),
+                ),
+            ]
+        };
         metric(
             "limiter_wait_milliseconds_total",
             "counter",
             "Time transfers waited on the bandwidth limit.",
-            &[
-                (
-                    "{direction=\"upload\"}".into(),
-                    waits(&shared.bandwidth.upload),
-                ),
-                (
-                    "{direction=\"download\"}".into(),
-                    waits(&shared.bandwidth.download),
-                ),
-            ],
+            &by_direction(|l| l.waited().as_millis() as u64),
         );
-        let rate = |l: &crate::transfer::limiter::Limiter| l.rate().0;
         metric(
             "bandwidth_limit_bytes_per_second",
             "gauge",
             "The bandwidth limit in force (0: unlimited): the config's, its timetable's, or one set by `attache bwlimit`.",
-            &[
-                (
-                    "{direction=\"upload\"}".into(),
-                    rate(&shared.bandwidth.upload),
-                ),
-                (
-                    "{direction=\"download\"}".into(),
-                    rate(&shared.bandwidth.download),
-                ),
-            ],
+            &by_direction(|l| l.rate().0),
         );
         let gates = shared.gates().await;
         // One sample per store, labelled by its identity (URL, region, endpoint: one bucket
