@@ -649,5 +649,15 @@ mod tests {
                 ..
             })
         ));
+        // An inclusion pattern is named under its own field.
+        let included: JobSpec = serde_json::from_str(
+            r#"{"kind":"sync_outputs","attachments":"/a.json","session_dir":"/s","farm_id":"f","queue_id":"q","job_id":"j","step_id":"s","task_id":"t","session_action_id":"sa","exclude":["*.tmp"],"include":["renders/"]}"#,
+        )
+        .unwrap();
+        let Err(JobError::Invalid { field, message }) = included.validate() else {
+            panic!("a directory-only inclusion pattern passed")
+        };
+        assert_eq!(field, "include");
+        assert!(message.contains("dir/**"), "{message}");
     }
 }
