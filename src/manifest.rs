@@ -75,6 +75,13 @@ impl Manifest {
         self.entries
     }
 
+    /// Keeps the entries `keep` accepts (canonical order is kept); returns how many went.
+    pub fn retain(&mut self, keep: impl FnMut(&ManifestEntry) -> bool) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(keep);
+        before - self.entries.len()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -558,6 +558,50 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
     );
 }
 
+/// `get --include/--exclude` fetches only some of a manifest's files (the frames, not the
+/// logs; not a scratch directory), and says how many it left out; the config's `hash.*`
+/// patterns, which are about scanning, do not apply.
+#[test]
+fn get_picks_among_a_manifest_s_files_with_include_and_exclude() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    for p in [
+        "f1.exr",
+        "f2.exr",
+        "render.log",
+        "tmp/f3.exr",
+        "comp/final.mov",
+    ] {
+        std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
+        std::fs::write(root.join(p), p.as_bytes()).unwrap();
+    }
+    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
+    let dest = t.path().join("dest");
+    let (code, _, err) = run(attache(&cache)
+        .env("ATTACHE_HASH__EXCLUDE", "*.exr")
+        .args([
+            "get",
+            "--store",
+            &store,
+            "--include",
+            "*.exr",
+            "--include",
+            "comp/*.mov",
+        ])
+        .args(["--exclude", "tmp/"])
+        .arg(&manifest)
+        .arg("--dest")
+        .arg(&dest));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("2 left out by --exclude/--include"), "{err}");
+    let mut got: Vec<String> = files_under(&dest)
+        .iter()
+        .map(|p| p.strip_prefix(&dest).unwrap().display().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["comp/final.mov", "f1.exr", "f2.exr"]);
+}
+
 #[test]
 fn get_dry_run_says_what_it_would_fetch_and_writes_nothing() {
     let t = tempfile::tempdir().unwrap();

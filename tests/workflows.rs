@@ -236,6 +236,22 @@ fn submit_sync_render_sync_outputs_download_outputs() {
     );
     let renders = files_under(&proj.join("renders"));
     assert!(renders.is_empty(), "a dry run wrote {renders:?}");
+    // Only some of them: the frames of one directory.
+    let (code, _, err) = run(f.attache("ws").arg("download-outputs").args(IDS).args([
+        "--job-id",
+        "job-1",
+        "--include",
+        "renders/sub/**",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("1 files from 1 manifests (1 left out by --exclude/--include)"),
+        "{err}"
+    );
+    assert_eq!(
+        files_under(&proj.join("renders")),
+        [proj.join("renders/sub/f0002.exr")]
+    );
     f.ok(f
         .attache("ws")
         .arg("download-outputs")

@@ -1,5 +1,6 @@
 //! `--exclude PATTERN`, `--exclude-from FILE`, `--include PATTERN` and `--include-from FILE`,
-//! shared by the commands that scan trees into manifests.
+//! shared by the commands that scan trees into manifests and by those that pick among a
+//! manifest's files to download.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ use crate::scan::exclude::Exclude;
 pub struct ExcludeArgs {
     /// Leave out the paths PATTERN matches: a name at any depth (`*.tmp`, `.DS_Store`), a path
     /// as the manifest spells it when it has a `/` (`cache/**`), directories only with a
-    /// trailing `/` (repeatable; adds to [config: hash.exclude]).
+    /// trailing `/` (repeatable; where files are scanned, adds to [config: hash.exclude]).
     #[arg(long = "exclude", value_name = "PATTERN")]
     pub exclude: Vec<String>,
     /// Read exclusion patterns from FILE, one per line; blank lines and lines starting with
@@ -21,7 +22,7 @@ pub struct ExcludeArgs {
     #[arg(long = "exclude-from", value_name = "FILE")]
     pub exclude_from: Vec<PathBuf>,
     /// Take only the files PATTERN matches (a name, `*.exr`, or a path with a `/`,
-    /// `renders/**`) from the directories scanned; an exclusion still wins (repeatable; adds to
+    /// `renders/**`); an exclusion still wins (repeatable; where files are scanned, adds to
     /// [config: hash.include]).
     #[arg(long = "include", value_name = "PATTERN")]
     pub include: Vec<String>,
@@ -43,6 +44,14 @@ impl ExcludeArgs {
     pub fn includes(&self) -> Result<Vec<String>, UsageError> {
         gather(&self.include, &self.include_from, "include", |p| {
             Exclude::filter(&[] as &[&str], p)
+        })
+    }
+
+    /// The flags' patterns alone (the config's `hash.exclude` and `hash.include` are about
+    /// scanning, not about picking among a manifest's files).
+    pub fn filter(&self) -> Result<Exclude, UsageError> {
+        Exclude::filter(&self.patterns()?, &self.includes()?).map_err(|e| UsageError {
+            message: format!("--exclude/--include {e}"),
         })
     }
 

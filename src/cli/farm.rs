@@ -214,6 +214,8 @@ pub struct DownloadOutputsArgs {
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
+    pick: ExcludeArgs,
+    #[command(flatten)]
     content_cache: ContentCacheArgs,
     #[command(flatten)]
     common: CommonArgs,
@@ -521,6 +523,8 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         task_id: a.task_id,
         conflict: a.conflict,
         root_map: a.root_map,
+        exclude: a.pick.patterns()?,
+        include: a.pick.includes()?,
         store: a.common.store.store.clone(),
         dry_run: a.dry_run,
     });
@@ -538,8 +542,12 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
     };
     for r in out["roots"].as_array().into_iter().flatten() {
         let rep = &r["report"];
+        let left_out = match r["left_out"].as_u64().unwrap_or(0) {
+            0 => String::new(),
+            n => format!(" ({n} left out by --exclude/--include)"),
+        };
         eprintln!(
-            "{} -> {}: {} files from {} manifests; {verb} {} objects ({}){}, {} already in place, {} with other content replaced, {} skipped",
+            "{} -> {}: {} files from {} manifests{left_out}; {verb} {} objects ({}){}, {} already in place, {} with other content replaced, {} skipped",
             r["root_path"].as_str().unwrap_or_default(),
             r["destination"].as_str().unwrap_or_default(),
             rep["files"],

@@ -7,6 +7,7 @@ use bytesize::ByteSize;
 use clap::Args;
 
 use super::Context;
+use super::exclude_args::ExcludeArgs;
 use super::manifest_cmd::read_manifest;
 use super::transfer_args::{ContentCacheArgs, StoreArgs, with_transfer};
 use crate::config::Override;
@@ -41,6 +42,8 @@ pub struct GetArgs {
     dry_run: bool,
     #[command(flatten)]
     content_cache: ContentCacheArgs,
+    #[command(flatten)]
+    pick: ExcludeArgs,
 }
 
 impl GetArgs {
@@ -52,12 +55,14 @@ impl GetArgs {
 }
 
 pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
-    let manifest = merge(
+    let mut manifest = merge(
         args.manifests
             .iter()
             .map(|p| read_manifest(p))
             .collect::<anyhow::Result<Vec<_>>>()?,
     );
+    let pick = args.pick.filter()?;
+    let left_out = manifest.retain(|e| pick.takes_path(e.path.as_wtf8()));
     let settings = ctx.settings.clone();
     let spec = GetSpec {
         record: None,
@@ -83,8 +88,12 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
         } else {
             format!(", {} fetched again", d.refetched)
         };
+        let left_out = match left_out {
+            0 => String::new(),
+            n => format!(", {n} left out by --exclude/--include"),
+        };
         eprintln!(
-            "{}: {} files ({}) in {:.2} s: {verb} {} objects ({}){}, {} copies, {} already in place{}, {} with other content replaced, {} skipped{tail}",
+            "{}: {} files ({}{left_out}) in {:.2} s: {verb} {} objects ({}){}, {} copies, {} already in place{}, {} with other content replaced, {} skipped{tail}",
             args.dest.display(),
             report.files,
             ByteSize(report.bytes).display().iec(),

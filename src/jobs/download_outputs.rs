@@ -25,6 +25,8 @@ pub struct DownloadOutputsSpec {
     /// Root path as submitted → where to put it here (default: the root path itself).
     pub root_map: Vec<(String, PathBuf)>,
     pub cache_dir: Option<PathBuf>,
+    /// Which of the outputs to fetch (`--exclude`, `--include`); default: all.
+    pub pick: crate::scan::Exclude,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -32,6 +34,8 @@ pub struct DownloadedRoot {
     pub root_path: String,
     pub destination: PathBuf,
     pub manifests: usize,
+    /// Files of the manifests `--exclude` or `--include` left out.
+    pub left_out: usize,
     pub report: GetReport,
 }
 
@@ -182,9 +186,11 @@ pub async fn run(
             .find(|(from, _)| *from == root_path)
             .map(|(_, to)| to.clone())
             .unwrap_or_else(|| PathBuf::from(&root_path));
+        let mut manifest = merge(manifests);
+        let left_out = manifest.retain(|e| spec.pick.takes_path(e.path.as_wtf8()));
         let get_spec = GetSpec {
             record: None,
-            manifest: merge(manifests),
+            manifest,
             dest: destination.clone(),
             cache_dir: spec.cache_dir.clone(),
             conflict: spec.conflict,
@@ -195,6 +201,7 @@ pub async fn run(
             root_path,
             destination,
             manifests: count,
+            left_out,
             report,
         });
     }

@@ -197,6 +197,12 @@ pub struct DownloadOutputsJob {
     /// `FROM=TO` root mappings.
     #[serde(default)]
     pub root_map: Vec<String>,
+    /// Patterns of the outputs not fetched (see `scan::exclude`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Patterns of the only outputs fetched.
+    #[serde(default)]
+    pub include: Vec<String>,
     #[serde(default)]
     pub store: Option<String>,
     /// Plan only: say what would be downloaded and what is in the way; write nothing.
@@ -413,6 +419,7 @@ impl JobSpec {
                     return Err(invalid("task_id", "needs step_id"));
                 }
                 pairs(&j.root_map, "root_map")?;
+                filter(&j.exclude, &j.include)?;
             }
             JobSpec::Doctor(_) => {}
         }
@@ -509,6 +516,8 @@ impl JobSpec {
                     conflict: j.conflict,
                     root_map: pairs(&j.root_map, "root_map")?,
                     cache_dir,
+                    pick: crate::scan::Exclude::filter(&j.exclude, &j.include)
+                        .map_err(|e| filter_error(&j.include, e))?,
                 };
                 JobOutput::DownloadOutputs(
                     super::download_outputs::run(spec, transfer, cancel).await?,

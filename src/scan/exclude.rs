@@ -159,6 +159,20 @@ impl Exclude {
             || (is_dir == Some(true) && (c.dir_names.is_match(name) || c.dir_paths.is_match(rel)))
     }
 
+    /// Whether a manifest's file at `rel` is taken, for a download that picks among a
+    /// manifest's files: no directory above it excluded, the file not excluded, and included.
+    pub fn takes_path(&self, rel: &[u8]) -> bool {
+        if self.0.is_none() {
+            return true;
+        }
+        let dirs_taken = rel
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'/')
+            .all(|(i, _)| !self.excludes(&rel[..i], Some(true)));
+        dirs_taken && !self.excludes(rel, Some(false)) && self.takes_file(rel)
+    }
+
     /// Whether the file at `rel`, not excluded, is taken: always without inclusion patterns,
     /// else when one of them matches its name or path.
     pub fn takes_file(&self, rel: &[u8]) -> bool {
@@ -258,6 +272,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("dir/**"), "{e}");
+    }
+
+    #[test]
+    fn a_manifest_path_is_taken_as_a_scan_would_take_its_file() {
+        let f = Exclude::filter(&["tmp/", "*.log"], &["*.exr", "*.log", "comp/*.mov"]).unwrap();
+        assert!(f.takes_path(b"renders/010/beauty.0001.exr"));
+        assert!(
+            !f.takes_path(b"renders/tmp/beauty.0001.exr"),
+            "under an excluded directory"
+        );
+        assert!(
+            !f.takes_path(b"renders/render.log"),
+            "excluded, though included"
+        );
+        assert!(!f.takes_path(b"renders/preview.mov"), "not included");
+        assert!(f.takes_path(b"comp/final.mov"));
+        assert!(Exclude::default().takes_path(b"anything/at/all"));
     }
 
     #[test]
