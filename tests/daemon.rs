@@ -113,6 +113,31 @@ impl Daemon {
         job["id"].as_str().unwrap().to_string()
     }
 
+    /// Starts a submit of one file of `bytes` in `proj/` (slow under a bandwidth limit);
+    /// returns its id and when it started.
+    fn start_slow_submit(&self, bytes: usize) -> (String, Instant) {
+        let proj = self.path("proj");
+        big_tree(&proj, 1, bytes);
+        let started = Instant::now();
+        (self.start_job(&submit_spec(&proj)), started)
+    }
+
+    /// Runs `n` submits of the tiny fixture tree in `dir`, one after the other, each to its
+    /// end; returns their ids.
+    fn small_submits(&self, dir: &Path, n: usize) -> Vec<String> {
+        build_fixture_tree("tiny", dir);
+        (0..n)
+            .map(|_| {
+                let id = self.start_job(&submit_spec(dir));
+                assert_eq!(
+                    self.wait(&id, Duration::from_secs(10))["state"],
+                    "succeeded"
+                );
+                id
+            })
+            .collect()
+    }
+
     /// Polls a job until it ends; returns its record.
     fn wait(&self, id: &str, limit: Duration) -> serde_json::Value {
         let deadline = Instant::now() + limit;
@@ -387,13 +412,7 @@ fn finished_jobs_survive_a_restart_and_running_ones_are_interrupted() {
 fn attache_jobs_filters_and_status_follows_a_job_to_its_end() {
     let d = Daemon::start("[bandwidth]\nupload = \"2MiB/s\"\n");
     let small = d.path("small");
-    build_fixture_tree("tiny", &small);
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let id = d.start_job(&submit_spec(&small));
-        assert_eq!(d.wait(&id, Duration::from_secs(10))["state"], "succeeded");
-        ids.push(id);
-    }
+    let ids = d.small_submits(&small, 3);
     // 6 MiB at 2 MiB/s: about 3 s.
     let slow = d.path("slow");
     big_tree(&slow, 1, 6 << 20);
@@ -463,13 +482,7 @@ fn a_long_running_daemon_forgets_old_finished_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start_in(dir, "", &[]);
     let small = d.path("small");
-    build_fixture_tree("tiny", &small);
-    let mut ids = Vec::new();
-    for _ in 0..4 {
-        let id = d.start_job(&submit_spec(&small));
-        assert_eq!(d.wait(&id, Duration::from_secs(10))["state"], "succeeded");
-        ids.push(id);
-    }
+    let ids = d.small_submits(&small, 4);
     d.stop();
     // Their records, aged: 9 days, 3 days, 2 hours and 1 hour since they finished.
     let state = d.path("state/jobs");
@@ -529,10 +542,7 @@ fn sighup_applies_a_new_bandwidth_and_keeps_the_old_config_when_broken() {
         "1MiB/s"
     );
     // 8 MiB at 1 MiB/s would take 8 s; the reload lands while it is running.
-    let proj = d.path("proj");
-    big_tree(&proj, 1, 8 << 20);
-    let started = Instant::now();
-    let id = d.start_job(&submit_spec(&proj));
+    let (id, started) = d.start_slow_submit(8 << 20);
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(
         d.api("GET", &format!("/v1/jobs/{id}"), "").1["state"],
@@ -890,10 +900,7 @@ fn attache_bwlimit_changes_the_daemon_s_limits_while_it_runs() {
     );
 
     // 8 MiB at 1 MiB/s would take 8 s; the limit is lifted while it runs.
-    let proj = d.path("proj");
-    big_tree(&proj, 1, 8 << 20);
-    let started = Instant::now();
-    let id = d.start_job(&submit_spec(&proj));
+    let (id, started) = d.start_slow_submit(8 << 20);
     std::thread::sleep(Duration::from_millis(700));
     let (code, out, err) = bwlimit(&["off"]);
     assert_eq!(code, 0, "{err}");

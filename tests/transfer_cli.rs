@@ -275,21 +275,20 @@ fn a_failed_get_keeps_what_it_placed_and_the_next_one_trusts_it_without_reading(
 fn put_leaves_out_what_exclude_matches_and_does_not_enter_excluded_directories() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
-    for p in [
-        "shot.ma",
-        "shot.ma.tmp",
-        ".DS_Store",
-        "tex/wood.png",
-        "tex/.DS_Store",
-        "tex/cache",
-        "sim/cache/frame1.bc",
-        "backup/shot.ma",
-        "tex/backup/shot.ma",
-    ] {
-        let p = root.join(p);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, p.to_string_lossy().as_bytes()).unwrap();
-    }
+    write_tree(
+        &root,
+        &[
+            "shot.ma",
+            "shot.ma.tmp",
+            ".DS_Store",
+            "tex/wood.png",
+            "tex/.DS_Store",
+            "tex/cache",
+            "sim/cache/frame1.bc",
+            "backup/shot.ma",
+            "tex/backup/shot.ma",
+        ],
+    );
     // Read, it would fail the put: a link out of the root, in a directory left out.
     std::os::unix::fs::symlink("/etc/hostname", root.join("sim/cache/outside")).unwrap();
     let cache = t.path().join("cache");
@@ -565,16 +564,16 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
 fn get_picks_among_a_manifest_s_files_with_include_and_exclude() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
-    for p in [
-        "f1.exr",
-        "f2.exr",
-        "render.log",
-        "tmp/f3.exr",
-        "comp/final.mov",
-    ] {
-        std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
-        std::fs::write(root.join(p), p.as_bytes()).unwrap();
-    }
+    write_tree(
+        &root,
+        &[
+            "f1.exr",
+            "f2.exr",
+            "render.log",
+            "tmp/f3.exr",
+            "comp/final.mov",
+        ],
+    );
     let (cache, store, manifest) = put_to_local_store(t.path(), &root);
     let dest = t.path().join("dest");
     let (code, _, err) = run(attache(&cache)

@@ -114,6 +114,15 @@ pub fn run(c: &mut Command) -> (i32, String, String) {
     (o.status.code().unwrap_or(-1), stdout(&o), stderr(&o))
 }
 
+/// Writes each of `rels` under `root` (directories made as needed), its content its own path.
+pub fn write_tree(root: &Path, rels: &[&str]) {
+    for rel in rels {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, p.to_string_lossy().as_bytes()).unwrap();
+    }
+}
+
 /// Every file (not directory) under `dir`, at any depth; none if `dir` does not exist.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
