@@ -152,17 +152,17 @@ fn span(ms: i64) -> String {
 }
 
 pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let a_job = &a.job;
+    let job = &a.job;
     if !a.follow {
         let j = call(
             &ctx.settings,
             HttpMethod::GET,
-            &format!("/v1/jobs/{}", a_job.id),
+            &format!("/v1/jobs/{}", job.id),
         )?;
-        return print_job(&j, a_job.json);
+        return print_job(&j, job.json);
     }
-    let j = crate::daemon::client::watch_job(&ctx.settings, &a_job.id)?;
-    print_job(&j, a_job.json)?;
+    let j = crate::daemon::client::watch_job(&ctx.settings, &job.id)?;
+    print_job(&j, job.json)?;
     Ok(match j["state"].as_str() {
         Some("succeeded") => ExitCode::SUCCESS,
         Some("cancelled") => ExitCode::from(super::exit::CANCELLED),

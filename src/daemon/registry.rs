@@ -1,7 +1,8 @@
 //! The daemon's jobs: each a record (spec, state, progress, result or error) that is kept in
 //! memory, persisted under `daemon.state_dir/jobs/` at every state change, and restored after a
 //! restart (a job that was queued or running then is reported `interrupted`). Finished jobs
-//! are forgotten beyond `daemon.jobs_kept` and after `daemon.jobs_kept_for`.
+//! are forgotten beyond `daemon.jobs_kept` and after `daemon.jobs_kept_for` (at start, when a
+//! job finishes, and every hour).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -151,7 +152,7 @@ impl Registry {
     /// and `state_dir`, so a daemon that runs for months holds a bounded history. Queued and
     /// running jobs stay; so does the job that has just finished (the most recent, and the
     /// age limit is at least a minute), for the client waiting on it.
-    fn forget_old_jobs(&self) {
+    pub fn forget_old_jobs(&self) {
         let limits = self.shared.settings().daemon.clone();
         let now = now_ms();
         let max_age_ms = limits.jobs_kept_for.0.as_millis() as i64;

@@ -111,6 +111,18 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
                 .await
         }
     });
+    // The job history's age limit holds on an idle daemon too (a finishing job also prunes).
+    tokio::spawn({
+        let registry = registry.clone();
+        async move {
+            let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+            hourly.tick().await; // the first tick is now; the registry pruned when it opened
+            loop {
+                hourly.tick().await;
+                registry.forget_old_jobs();
+            }
+        }
+    });
     let stop_accepting = CancellationToken::new();
     let mut servers = Vec::new();
     {
