@@ -79,7 +79,9 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
         Ok(get::run(spec, t.dry_run_if(args.dry_run), &cancel).await?)
     })?;
     if args.store.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        v["left_out"] = left_out.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let d = &report.download;
         let verb = super::tense(report.dry_run, "downloaded", "would download");
