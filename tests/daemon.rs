@@ -975,8 +975,17 @@ fn attache_bwlimit_changes_the_daemon_s_limits_while_it_runs() {
     let (code, _, err) = bwlimit(&["fast"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("\"fast\""), "{err}");
-    let (code, _, err) = bwlimit(&["1MB/s", "--for", "0"]);
-    assert_eq!(code, 2, "{err}");
+    for lasting in ["0", "400d"] {
+        let (code, _, err) = bwlimit(&["1MB/s", "--for", lasting]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("at most 365 days"), "{err}");
+    }
+    let (status, e) = d.api(
+        "PUT",
+        "/v1/bandwidth",
+        r#"{"rate": "1MB/s", "for": "1000000y"}"#,
+    );
+    assert_eq!((status, &e["field"]), (400, &"for".into()), "{e}");
     let (status, e) = d.api("PUT", "/v1/bandwidth", r#"{"rate": "quick"}"#);
     assert_eq!((status, &e["field"]), (400, &"rate".into()), "{e}");
     assert_eq!(d.api("GET", "/v1/bandwidth", "").1["source"], "config");

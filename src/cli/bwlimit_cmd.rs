@@ -40,9 +40,11 @@ pub fn run(ctx: &Context, a: BwlimitArgs) -> anyhow::Result<ExitCode> {
         })?;
         if let Some(d) = &a.lasting {
             match d.parse::<crate::config::Duration>() {
-                Ok(d) if !d.0.is_zero() => {}
+                Ok(d) if !d.0.is_zero() && d.0.as_secs() <= 365 * 24 * 3600 => {}
                 Ok(_) => Err(UsageError {
-                    message: "--for 0: give a duration above 0, like 2h, or leave --for out (until reset)".into(),
+                    message: format!(
+                        "--for {d}: give a duration above 0 and at most 365 days, like 2h, or leave --for out (until reset)"
+                    ),
                 })?,
                 Err(e) => Err(UsageError {
                     message: format!("--for: {e}"),

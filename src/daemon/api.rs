@@ -222,6 +222,9 @@ struct SetBandwidth {
     lasting: Option<String>,
 }
 
+/// The longest `for` of limits set by hand (longer: leave it out, until reset).
+const MAX_SET_FOR: Duration = Duration::from_secs(365 * 24 * 3600);
+
 async fn set_bandwidth(State(api): State<Arc<Api>>, body: Bytes) -> Response {
     let req: SetBandwidth = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -248,11 +251,11 @@ async fn set_bandwidth(State(api): State<Arc<Api>>, body: Bytes) -> Response {
         .map(str::parse::<crate::config::Duration>)
     {
         None => None,
-        Some(Ok(d)) if !d.0.is_zero() => Some(d.0),
+        Some(Ok(d)) if !d.0.is_zero() && d.0 <= MAX_SET_FOR => Some(d.0),
         Some(Ok(_)) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "for: give a duration above 0, like 2h, or leave it out (until reset)",
+                "for: give a duration above 0 and at most 365 days, like 2h, or leave it out (until reset)",
                 Some("for"),
             );
         }

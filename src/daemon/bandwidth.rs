@@ -70,7 +70,7 @@ impl Shared {
         *self.set_limits.lock().expect("not poisoned") = Some(SetLimits {
             upload,
             download,
-            until: lasting.map(|d| SystemTime::now() + d),
+            until: lasting.and_then(|d| SystemTime::now().checked_add(d)),
             serial,
         });
         tracing::info!(
