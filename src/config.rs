@@ -174,11 +174,13 @@ pub struct DaemonSettings {
     /// Finished jobs are forgotten this long after they end (at least a minute); 0: no age
     /// limit.
     pub jobs_kept_for: Duration,
+    /// Jobs that run at once; the others wait, queued (at least 1).
+    pub max_running_jobs: usize,
 }
 
 impl DaemonSettings {
-    /// Whether `other` differs in what only a restart applies (the listeners and the state
-    /// directory); the job history's limits apply at a reload.
+    /// Whether `other` differs in what only a restart applies (the listeners, the state
+    /// directory, the number of jobs run at once); the job history's limits apply at a reload.
     pub fn differs_for_restart(&self, other: &DaemonSettings) -> bool {
         (
             &self.socket,
@@ -186,12 +188,14 @@ impl DaemonSettings {
             &self.listen,
             &self.token_file,
             &self.state_dir,
+            self.max_running_jobs,
         ) != (
             &other.socket,
             &other.socket_group,
             &other.listen,
             &other.token_file,
             &other.state_dir,
+            other.max_running_jobs,
         )
     }
 }
@@ -403,6 +407,7 @@ impl Default for DaemonSettings {
             state_dir: xdg(state, "/var/lib").join("daemon"),
             jobs_kept: 1000,
             jobs_kept_for: Duration::secs(7 * 24 * 3600),
+            max_running_jobs: 8,
         }
     }
 }
@@ -519,6 +524,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "state_dir",
             "jobs_kept",
             "jobs_kept_for",
+            "max_running_jobs",
         ],
     ),
     ("log", &["level", "format", "stats"]),
@@ -947,6 +953,7 @@ fn validate(s: &Settings) -> Result<(), Violation> {
     check_listener(&s.daemon)?;
     // A client must be able to read the result of the job it has just run.
     at_least("daemon.jobs_kept", s.daemon.jobs_kept, 1)?;
+    at_least("daemon.max_running_jobs", s.daemon.max_running_jobs, 1)?;
     if !s.daemon.jobs_kept_for.0.is_zero() {
         at_least(
             "daemon.jobs_kept_for",

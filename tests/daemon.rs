@@ -474,6 +474,48 @@ fn attache_jobs_filters_and_status_follows_a_job_to_its_end() {
     assert!(err.contains("no job job-nosuchjob"), "{err}");
 }
 
+/// `daemon.max_running_jobs`: the jobs beyond it wait, queued, in the order they came; one
+/// cancelled while queued ends without having run; the others run as slots free up.
+#[test]
+fn jobs_beyond_max_running_jobs_wait_queued_and_can_be_cancelled_there() {
+    let d = Daemon::start("max_running_jobs = 1\n[bandwidth]\nupload = \"4MiB/s\"\n");
+    // 8 MiB at 4 MiB/s: about 2 s, holding the one slot.
+    let (slow, _) = d.start_slow_submit(8 << 20);
+    let small = d.path("small");
+    build_fixture_tree("tiny", &small);
+    let waiting = d.start_job(&submit_spec(&small));
+    let cancelled = d.start_job(&submit_spec(&small));
+    std::thread::sleep(Duration::from_millis(300));
+    let state = |id: &str| d.api("GET", &format!("/v1/jobs/{id}"), "").1;
+    assert_eq!(state(&slow)["state"], "running");
+    assert_eq!(state(&waiting)["state"], "queued");
+    let (status, _) = d.api("DELETE", &format!("/v1/jobs/{cancelled}"), "");
+    assert_eq!(status, 202);
+    let j = d.wait(&cancelled, Duration::from_secs(5));
+    assert_eq!(j["state"], "cancelled", "{j}");
+    assert!(j["started_ms"].is_null(), "it never ran: {j}");
+    assert_eq!(
+        state(&waiting)["state"],
+        "queued",
+        "still behind the slow one"
+    );
+    // Through the CLI, a job that has to wait says so, then runs.
+    let (code, _, err) = run(d.cmd().args(["submit", "--daemon"]).args(IDS).arg(&small));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("is queued: the daemon runs daemon.max_running_jobs jobs at once"),
+        "{err}"
+    );
+    for id in [&slow, &waiting] {
+        assert_eq!(d.wait(id, Duration::from_secs(20))["state"], "succeeded");
+    }
+    assert!(
+        d.log().contains("queued: daemon.max_running_jobs"),
+        "{}",
+        d.log()
+    );
+}
+
 /// A daemon that runs for months keeps a bounded history: finished jobs beyond
 /// `daemon.jobs_kept`, or older than `daemon.jobs_kept_for`, are forgotten (memory and
 /// state_dir) at start and whenever a job finishes; one that just finished stays readable.

@@ -170,12 +170,19 @@ async fn follow(
     let mut lines = StreamReader::new(body).lines();
     let mut last = serde_json::Value::Null;
     let mut cancelled = false;
+    let mut said_queued = false;
     let mut interrupts = crate::cli::Interrupts::new()?;
     loop {
         tokio::select! {
             line = lines.next_line() => match line {
                 Ok(Some(l)) => {
                     last = serde_json::from_str(&l).unwrap_or(serde_json::Value::Null);
+                    if last["state"] == "queued" && !said_queued {
+                        said_queued = true;
+                        eprintln!(
+                            "job {id} is queued: the daemon runs daemon.max_running_jobs jobs at once"
+                        );
+                    }
                     mirror(&progress, &last["progress"]);
                 }
                 _ => break,

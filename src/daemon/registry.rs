@@ -83,6 +83,9 @@ pub struct Registry {
     /// Parent of every job's token: cancelling it stops everything (shutdown).
     root: CancellationToken,
     tracker: TaskTracker,
+    /// One permit per job allowed to run at once (`daemon.max_running_jobs`); the others wait
+    /// queued, in the order they came.
+    slots: tokio::sync::Semaphore,
 }
 
 /// Now, in milliseconds since the epoch: the unit of a job record's times.
@@ -135,6 +138,7 @@ impl Registry {
             };
             jobs.insert(record.id.clone(), Arc::new(job));
         }
+        let slots = tokio::sync::Semaphore::new(shared.settings().daemon.max_running_jobs);
         let registry = Registry {
             jobs: Mutex::new(jobs),
             dir,
@@ -142,6 +146,7 @@ impl Registry {
             metrics,
             root: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            slots,
         };
         registry.forget_old_jobs();
         Ok(Arc::new(registry))
@@ -238,6 +243,30 @@ impl Registry {
     }
 
     async fn run(&self, job: Arc<Job>) {
+        // Queued until a slot is free; a cancel while queued ends the job before it starts.
+        let _slot = match self.slots.try_acquire() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::info!(
+                    job = %job.snapshot().id,
+                    "queued: daemon.max_running_jobs jobs are running"
+                );
+                tokio::select! {
+                    slot = self.slots.acquire() => slot.expect("the job slots are never closed"),
+                    _ = job.cancel.cancelled() => {
+                        let state = self.update(&job, |r| {
+                            r.finished_ms = Some(now_ms());
+                            r.state = JobState::Cancelled;
+                            r.state
+                        });
+                        self.metrics.job_finished(state);
+                        tracing::info!(job = %job.snapshot().id, "job cancelled while queued");
+                        self.forget_old_jobs();
+                        return;
+                    }
+                }
+            }
+        };
         let spec = self.update(&job, |r| {
             r.state = JobState::Running;
             r.started_ms = Some(now_ms());

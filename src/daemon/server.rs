@@ -194,7 +194,7 @@ fn reload_config(load: &LoadOptions, shared: &Shared, metrics: &Metrics) -> Resu
             let old = shared.settings();
             if loaded.settings.daemon.differs_for_restart(&old.daemon) {
                 tracing::warn!(
-                    "[daemon] changes (socket, listener, state dir) apply at the next start"
+                    "[daemon] changes (socket, listener, state dir, max_running_jobs) apply at the next start"
                 );
             }
             shared.apply(loaded.settings);
