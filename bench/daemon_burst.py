@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -22,14 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon_api import request, wait_ready  # noqa: E402
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+from daemon_api import daemon_config, request, rss_kib, start_daemon, wait_ready  # noqa: E402
 
 
 def run_variant(binary: str, cap: int, jobs: int, files: int, size: int) -> None:
@@ -40,15 +32,8 @@ def run_variant(binary: str, cap: int, jobs: int, files: int, size: int) -> None
             tree.mkdir()
             for i in range(files):
                 (tree / f"f{i}.bin").write_bytes(os.urandom(size))
-        sock = d / "run" / "attache.sock"
-        config = d / "attache.toml"
-        config.write_text(
-            f'[store]\nurl = "file://{d / "store"}"\n[cache]\ndir = "{d / "cache"}"\n'
-            f'[daemon]\nsocket = "{sock}"\nstate_dir = "{d / "state"}"\nmax_running_jobs = {cap}\n'
-            f'[log]\nstats = "0"\n')
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ATTACHE_")}
-        daemon = subprocess.Popen([binary, "--config", str(config), "daemon"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=open(d / "daemon.log", "wb"))
+        config, sock = daemon_config(d, f"max_running_jobs = {cap}\n")
+        daemon = start_daemon(binary, config, d / "daemon.log")
         try:
             wait_ready(str(sock))
             idle = rss_kib(daemon.pid)

@@ -17,27 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon_api import request, wait_ready  # noqa: E402
+from daemon_api import daemon_config, request, rss_kib, start_daemon, wait_ready  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def start(binary: str, config: Path, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTACHE_")}
-    return subprocess.Popen([binary, "--config", str(config), "daemon"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+    return rss_kib(pid) / 1024
 
 
 def run_variant(binary: str, kept: int, jobs: int, every: int) -> None:
@@ -47,13 +37,8 @@ def run_variant(binary: str, kept: int, jobs: int, every: int) -> None:
         (tree / "tex").mkdir(parents=True)
         for i in range(3):
             (tree / "tex" / f"t{i}.exr").write_bytes(os.urandom(4096))
-        sock = d / "run" / "attache.sock"
-        config = d / "attache.toml"
-        config.write_text(
-            f'[store]\nurl = "file://{d / "store"}"\n[cache]\ndir = "{d / "cache"}"\n'
-            f'[daemon]\nsocket = "{sock}"\nstate_dir = "{d / "state"}"\njobs_kept = {kept}\n'
-            f'jobs_kept_for = "0"\n[log]\nstats = "0"\n')
-        daemon = start(binary, config, d / "daemon.log")
+        config, sock = daemon_config(d, f'jobs_kept = {kept}\njobs_kept_for = "0"\n')
+        daemon = start_daemon(binary, config, d / "daemon.log")
         try:
             wait_ready(str(sock))
             spec = json.dumps({"kind": "submit", "inputs": [str(tree)], "farm_id": "farm-1",
@@ -80,7 +65,7 @@ def run_variant(binary: str, kept: int, jobs: int, every: int) -> None:
             daemon.terminate()
             daemon.wait(timeout=30)
             t = time.monotonic()
-            daemon = start(binary, config, d / "daemon.log")
+            daemon = start_daemon(binary, config, d / "daemon.log")
             wait_ready(str(sock), 120)
             print(f"jobs_kept={kept:<9} restart until it answers: {time.monotonic() - t:.2f} s, "
                   f"RSS then {rss_mib(daemon.pid):.1f} MiB", flush=True)
