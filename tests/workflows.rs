@@ -1396,12 +1396,16 @@ fn a_missing_input_is_referenced_unless_paths_must_exist() {
     let proj = f.path("proj");
     write(&proj.join("scenes/shot.ma"), b"scene");
     let cache = proj.join("sim/cache.vdb");
+    // A link to what the simulation will write: missing too, as for the official client.
+    let latest = proj.join("scenes/latest.vdb");
+    std::os::unix::fs::symlink(&cache, &latest).unwrap();
     let submit = |extra: &[&str]| {
         let mut c = f.attache("ws");
         c.arg("submit")
             .args(IDS)
             .arg(proj.join("scenes/shot.ma"))
             .arg(&cache)
+            .arg(&latest)
             .args(["--json"])
             .args(extra);
         run(&mut c)
@@ -1410,7 +1414,7 @@ fn a_missing_input_is_referenced_unless_paths_must_exist() {
     let (code, _, err) = submit(&["--require-paths-exist"]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("1 input(s) do not exist (--require-paths-exist)")
+        err.contains("2 input(s) do not exist (--require-paths-exist)")
             && err.contains(&cache.display().to_string()),
         "{err}"
     );
@@ -1430,7 +1434,11 @@ fn a_missing_input_is_referenced_unless_paths_must_exist() {
         "{err}"
     );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["missing_inputs"][0], cache.to_str().unwrap(), "{v}");
+    assert_eq!(
+        v["missing_inputs"],
+        serde_json::json!([cache.to_str().unwrap(), latest.to_str().unwrap()]),
+        "{v}"
+    );
     assert_eq!(
         v["attachments"]["manifests"][0]["rootPath"],
         proj.to_str().unwrap(),

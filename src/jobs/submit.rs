@@ -185,7 +185,8 @@ fn group(spec: &SubmitSpec) -> Result<BTreeMap<String, Group>, SubmitError> {
 fn refer_to_missing_inputs(spec: &mut SubmitSpec) -> Result<Vec<PathBuf>, SubmitError> {
     let (inputs, missing): (Vec<PathBuf>, Vec<PathBuf>) = std::mem::take(&mut spec.inputs)
         .into_iter()
-        .partition(|p| std::fs::symlink_metadata(p).is_ok());
+        // As the official client's `exists`: a link to nothing (yet) is missing too.
+        .partition(|p| p.exists());
     spec.inputs = inputs;
     if missing.is_empty() {
         return Ok(missing);
