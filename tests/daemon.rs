@@ -489,6 +489,20 @@ fn jobs_beyond_max_running_jobs_wait_queued_and_can_be_cancelled_there() {
     let state = |id: &str| d.api("GET", &format!("/v1/jobs/{id}"), "").1;
     assert_eq!(state(&slow)["state"], "running");
     assert_eq!(state(&waiting)["state"], "queued");
+    let health = d.api("GET", "/v1/health", "").1;
+    assert_eq!(
+        (&health["jobs_active"], &health["jobs_queued"]),
+        (&3.into(), &2.into()),
+        "{health}"
+    );
+    let metrics = d.api("GET", "/metrics", "").1;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("\nattache_jobs_queued 2\n"),
+        "{metrics}"
+    );
     let (status, _) = d.api("DELETE", &format!("/v1/jobs/{cancelled}"), "");
     assert_eq!(status, 202);
     let j = d.wait(&cancelled, Duration::from_secs(5));

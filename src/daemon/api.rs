@@ -203,6 +203,7 @@ async fn health(State(api): State<Arc<Api>>) -> Response {
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "jobs_active": api.registry.active(),
+        "jobs_queued": api.registry.queued(),
         "bandwidth": {"upload": api.shared.bandwidth.upload.rate().to_string(), "download": api.shared.bandwidth.download.rate().to_string(), "source": api.shared.bandwidth_view().source},
         "store": s.store.url,
     }))

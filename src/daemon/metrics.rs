@@ -107,6 +107,12 @@ impl Metrics {
             &[(String::new(), registry.active() as u64)],
         );
         metric(
+            "jobs_queued",
+            "gauge",
+            "Jobs waiting for a slot (daemon.max_running_jobs).",
+            &[(String::new(), registry.queued() as u64)],
+        );
+        metric(
             "jobs_finished_total",
             "counter",
             "Jobs finished, by state.",

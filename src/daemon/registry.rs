@@ -363,13 +363,23 @@ impl Registry {
         Some(job.snapshot())
     }
 
+    /// Jobs queued or running.
     pub fn active(&self) -> usize {
+        self.count(|s| !s.is_final())
+    }
+
+    /// Jobs waiting for a slot (`daemon.max_running_jobs`).
+    pub fn queued(&self) -> usize {
+        self.count(|s| s == JobState::Queued)
+    }
+
+    fn count(&self, which: impl Fn(JobState) -> bool) -> usize {
         self.jobs
             .lock()
             .expect("not poisoned")
             .values()
             // The state alone: a snapshot would clone every record, results included.
-            .filter(|j| !j.record.lock().expect("not poisoned").state.is_final())
+            .filter(|j| which(j.record.lock().expect("not poisoned").state))
             .count()
     }
 
