@@ -1047,6 +1047,48 @@ fn attache_bwlimit_changes_the_daemon_s_limits_while_it_runs() {
     assert_eq!(d.api("GET", "/v1/bandwidth", "").1["source"], "config");
 }
 
+/// Limits set by hand replace the config's timetable too, and a reset gives the timetable's
+/// entry back at once.
+#[test]
+fn bwlimit_set_by_hand_replaces_the_timetable_until_reset() {
+    // One entry: in force all week.
+    let d = Daemon::start("[bandwidth]\nschedule = [\"00:00,3MiB/s:5MiB/s\"]\n");
+    let view = || d.api("GET", "/v1/bandwidth", "").1;
+    let v = view();
+    assert_eq!(
+        (&v["source"], &v["upload"], &v["download"]),
+        (&"schedule".into(), &"3MiB/s".into(), &"5MiB/s".into()),
+        "{v}"
+    );
+    let (status, v) = d.api("PUT", "/v1/bandwidth", r#"{"rate": "off:1MiB/s"}"#);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (&v["source"], &v["upload"], &v["download"]),
+        (&"set".into(), &"unlimited".into(), &"1MiB/s".into()),
+        "{v}"
+    );
+    let health = d.api("GET", "/v1/health", "").1;
+    assert_eq!(
+        health["bandwidth"]["download"], "1MiB/s",
+        "the limiters follow: {health}"
+    );
+    let (code, out, err) = run(d.cmd().args(["bwlimit", "--reset"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("upload 3MiB/s, download 5MiB/s (the config's timetable"),
+        "{out}"
+    );
+    let health = d.api("GET", "/v1/health", "").1;
+    assert_eq!(
+        (
+            &health["bandwidth"]["upload"],
+            &health["bandwidth"]["source"]
+        ),
+        (&"3MiB/s".into(), &"schedule".into()),
+        "{health}"
+    );
+}
+
 /// `bandwidth.schedule`: the entry in force applies when the daemon starts, the next one when
 /// its time comes (here at the next minute: up to a minute of waiting), and a reload replaces
 /// the timetable at once.
