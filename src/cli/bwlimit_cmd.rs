@@ -7,6 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::{Context, UsageError};
+use crate::daemon::bandwidth::parse_setting;
 use crate::daemon::client::{HttpMethod, call, call_with};
 
 #[derive(Debug, Args)]
@@ -33,24 +34,12 @@ pub struct BwlimitArgs {
 pub fn run(ctx: &Context, a: BwlimitArgs) -> anyhow::Result<ExitCode> {
     let view = if let Some(rate) = &a.rate {
         // Checked here too, so a typo is bad usage (exit 2) before the daemon is asked.
-        crate::config::parse_rates(rate).map_err(|e| UsageError {
-            message: format!(
-                "{rate:?}: {e} (RATE for both directions, or UP:DOWN; \"off\" is unlimited)"
-            ),
+        parse_setting(rate, a.lasting.as_deref()).map_err(|e| UsageError {
+            message: match e.field {
+                "for" => format!("--{}", e.message),
+                _ => e.message,
+            },
         })?;
-        if let Some(d) = &a.lasting {
-            match d.parse::<crate::config::Duration>() {
-                Ok(d) if !d.0.is_zero() && d.0.as_secs() <= 365 * 24 * 3600 => {}
-                Ok(_) => Err(UsageError {
-                    message: format!(
-                        "--for {d}: give a duration above 0 and at most 365 days, like 2h, or leave --for out (until reset)"
-                    ),
-                })?,
-                Err(e) => Err(UsageError {
-                    message: format!("--for: {e}"),
-                })?,
-            }
-        }
         let body = json!({"rate": rate, "for": a.lasting});
         call_with(&ctx.settings, HttpMethod::PUT, "/v1/bandwidth", Some(&body))?
     } else if a.reset {

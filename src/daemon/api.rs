@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+use super::bandwidth::parse_setting;
 use super::metrics::Metrics;
 use super::registry::{JobState, Registry};
 use super::shared::Shared;
@@ -223,9 +224,6 @@ struct SetBandwidth {
     lasting: Option<String>,
 }
 
-/// The longest `for` of limits set by hand (longer: leave it out, until reset).
-const MAX_SET_FOR: Duration = Duration::from_secs(365 * 24 * 3600);
-
 async fn set_bandwidth(State(api): State<Arc<Api>>, body: Bytes) -> Response {
     let req: SetBandwidth = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -236,31 +234,9 @@ async fn set_bandwidth(State(api): State<Arc<Api>>, body: Bytes) -> Response {
             return error(StatusCode::BAD_REQUEST, &message, None);
         }
     };
-    let (up, down) = match crate::config::parse_rates(&req.rate) {
-        Ok(r) => r,
-        Err(e) => {
-            let message = format!(
-                "rate {:?}: {e} (RATE for both directions, or UP:DOWN; \"off\" is unlimited)",
-                req.rate
-            );
-            return error(StatusCode::BAD_REQUEST, &message, Some("rate"));
-        }
-    };
-    let lasting = match req
-        .lasting
-        .as_deref()
-        .map(str::parse::<crate::config::Duration>)
-    {
-        None => None,
-        Some(Ok(d)) if !d.0.is_zero() && d.0 <= MAX_SET_FOR => Some(d.0),
-        Some(Ok(_)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "for: give a duration above 0 and at most 365 days, like 2h, or leave it out (until reset)",
-                Some("for"),
-            );
-        }
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("for: {e}"), Some("for")),
+    let (up, down, lasting) = match parse_setting(&req.rate, req.lasting.as_deref()) {
+        Ok(setting) => setting,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.message, Some(e.field)),
     };
     api.shared.set_bandwidth(up, down, lasting);
     axum::Json(api.shared.bandwidth_view()).into_response()

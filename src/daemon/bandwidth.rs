@@ -27,6 +27,63 @@ pub struct SetLimits {
     serial: u64,
 }
 
+/// Where the limits in force come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsFrom {
+    /// `bandwidth.upload` and `bandwidth.download`.
+    Config,
+    /// The entry of `bandwidth.schedule` in force.
+    Schedule,
+    /// `attache bwlimit` or `PUT /v1/bandwidth`.
+    Set,
+}
+
+/// The longest a setting by hand may last (longer: leave the duration out, until reset).
+const MAX_LASTING: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A setting by hand that cannot be taken: the field at fault and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SetError {
+    /// `rate` or `for`, as the API names them.
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Parses a setting by hand, `RATE` or `UP:DOWN` (`off`: unlimited) and how long it lasts
+/// (`None`: until reset), for the API and the CLI alike.
+pub fn parse_setting(
+    rate: &str,
+    lasting: Option<&str>,
+) -> Result<(Rate, Rate, Option<Duration>), SetError> {
+    let (up, down) = crate::config::parse_rates(rate).map_err(|e| SetError {
+        field: "rate",
+        message: format!(
+            "rate {rate:?}: {e} (RATE for both directions, or UP:DOWN; \"off\" is unlimited)"
+        ),
+    })?;
+    let lasting = match lasting.map(|l| (l, l.parse::<crate::config::Duration>())) {
+        None => None,
+        Some((_, Ok(d))) if !d.0.is_zero() && d.0 <= MAX_LASTING => Some(d.0),
+        Some((l, Ok(_))) => {
+            return Err(SetError {
+                field: "for",
+                message: format!(
+                    "for {l:?}: give a duration above 0 and at most 365 days, like 2h, or leave it out (until reset)"
+                ),
+            });
+        }
+        Some((_, Err(e))) => {
+            return Err(SetError {
+                field: "for",
+                message: format!("for: {e}"),
+            });
+        }
+    };
+    Ok((up, down, lasting))
+}
+
 /// What `GET /v1/bandwidth` and `attache bwlimit` show.
 #[derive(Debug, Serialize)]
 pub struct BandwidthView {
@@ -36,9 +93,7 @@ pub struct BandwidthView {
     /// Bytes per second; 0: unlimited.
     pub upload_bytes_per_second: u64,
     pub download_bytes_per_second: u64,
-    /// "config" (`bandwidth.upload`/`download`), "schedule" (the entry of
-    /// `bandwidth.schedule` in force) or "set" (by hand).
-    pub source: &'static str,
+    pub source: LimitsFrom,
     /// When limits set by hand give way to the config's (RFC 3339, UTC).
     pub until: Option<String>,
     pub seconds_left: Option<u64>,
@@ -126,9 +181,11 @@ impl Shared {
         let set = self.set_limits.lock().expect("not poisoned").clone();
         let config = self.settings().bandwidth.clone();
         let (source, (up, down)) = match &set {
-            Some(s) => ("set", (s.upload, s.download)),
-            None if config.schedule.is_empty() => ("config", (config.upload, config.download)),
-            None => ("schedule", config.in_force(WeekTime::now())),
+            Some(s) => (LimitsFrom::Set, (s.upload, s.download)),
+            None if config.schedule.is_empty() => {
+                (LimitsFrom::Config, (config.upload, config.download))
+            }
+            None => (LimitsFrom::Schedule, config.in_force(WeekTime::now())),
         };
         let until = set.and_then(|s| s.until);
         BandwidthView {

@@ -199,7 +199,7 @@ fn reload_config(load: &LoadOptions, shared: &Shared, metrics: &Metrics) -> Resu
             }
             shared.apply(loaded.settings);
             metrics.reloaded(true);
-            if shared.bandwidth_view().source == "set" {
+            if shared.bandwidth_view().source == super::bandwidth::LimitsFrom::Set {
                 tracing::info!(
                     "config reloaded: settings apply to new jobs; the bandwidth limits set by hand stay (attache bwlimit --reset)"
                 );
