@@ -131,7 +131,7 @@ pub struct HashSettings {
     pub threads: usize,
     pub read_buffer: ByteSize,
     pub follow_external_symlinks: bool,
-    /// Patterns of paths scans leave out (see `scan::exclude`).
+    /// Patterns of paths scans leave out (see `scan::filter`).
     pub exclude: Vec<String>,
     /// Patterns of the only files scans take (none: every file not excluded).
     pub include: Vec<String>,
@@ -942,11 +942,11 @@ fn validate(s: &Settings) -> Result<(), Violation> {
         key: "bandwidth.schedule",
         reason,
     })?;
-    crate::scan::Exclude::new(&s.hash.exclude).map_err(|e| Violation {
+    crate::scan::PathFilter::excluding(&s.hash.exclude).map_err(|e| Violation {
         key: "hash.exclude",
         reason: e.to_string(),
     })?;
-    crate::scan::Exclude::filter(&[] as &[&str], &s.hash.include).map_err(|e| Violation {
+    crate::scan::PathFilter::new(&[] as &[&str], &s.hash.include).map_err(|e| Violation {
         key: "hash.include",
         reason: e.to_string(),
     })?;

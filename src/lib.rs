@@ -28,7 +28,7 @@ pub mod manifest;
 /// progress lines logged where no bar can be drawn.
 pub mod progress;
 /// Parallel directory walk of input roots, with the symlink and special-file policy and the
-/// exclusion patterns (`scan::exclude`).
+/// exclusion and inclusion patterns (`scan::filter`).
 pub mod scan;
 /// Object stores: the `ObjectStore` trait, S3 and local-directory stores, the key layout, files
 /// sent as request bodies.

@@ -1,7 +1,7 @@
 //! Walking input roots into file entries, in parallel, with attache's symlink and
-//! special-file policy; `exclude` holds the patterns that leave paths out.
+//! special-file policy; `filter` holds the patterns that leave paths out (or take only some).
 
-pub mod exclude;
+pub mod filter;
 
 use std::ffi::OsStr;
 use std::fs::{self, FileType, Metadata};
@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::manifest::ManifestPath;
-pub use exclude::{Exclude, ExcludeError};
+pub use filter::{PathFilter, PatternError};
 
 /// What a file looked like when it was scanned: the identity the hash cache is keyed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub struct ScanOptions {
     pub boundary: Option<PathBuf>,
     /// Paths left out (and, with inclusion patterns, the only files taken), matched against
     /// the path as the manifest spells it; an excluded directory is not entered.
-    pub exclude: Exclude,
+    pub filter: PathFilter,
 }
 
 /// A problem with one path of the tree.
@@ -287,25 +287,25 @@ impl<'a> Walker<'a> {
             // Before the entry is looked at: an excluded link that escapes the root, or an
             // excluded directory that cannot be read, is no error.
             let is_dir = (!file_type.is_symlink()).then_some(file_type.is_dir());
-            if self.opts.exclude.excludes(&rel, is_dir) {
+            if self.opts.filter.excludes(&rel, is_dir) {
                 tracing::debug!(path = %path.display(), "excluded");
                 continue;
             }
             // A file not included is not looked at either (a link is, to see where it goes).
-            if is_dir == Some(false) && !self.opts.exclude.takes_file(&rel) {
+            if is_dir == Some(false) && !self.opts.filter.takes_file(&rel) {
                 tracing::debug!(path = %path.display(), "not included");
                 continue;
             }
             match self.classify(&path, file_type) {
                 // A link to a directory, for the patterns of directories only.
                 Ok(Some(Found::Dir(_)))
-                    if is_dir.is_none() && self.opts.exclude.excludes(&rel, Some(true)) =>
+                    if is_dir.is_none() && self.opts.filter.excludes(&rel, Some(true)) =>
                 {
                     tracing::debug!(path = %path.display(), "excluded");
                 }
                 // A link to a file, for the inclusion patterns.
                 Ok(Some(Found::File(_)))
-                    if is_dir.is_none() && !self.opts.exclude.takes_file(&rel) =>
+                    if is_dir.is_none() && !self.opts.filter.takes_file(&rel) =>
                 {
                     tracing::debug!(path = %path.display(), "not included");
                 }

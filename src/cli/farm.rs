@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::exclude_args::ExcludeArgs;
+use super::filter_args::FilterArgs;
 use super::transfer_args::{ContentCacheArgs, StoreArgs, with_transfer};
 use super::{Context, UsageError, flag, json_size};
 use crate::config::Override;
@@ -76,7 +76,7 @@ pub struct SubmitArgs {
     #[arg(long = "shared", value_name = "PATH")]
     shared: Vec<PathBuf>,
     #[command(flatten)]
-    exclude: ExcludeArgs,
+    filter: FilterArgs,
     /// Write the attachments JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -175,7 +175,7 @@ pub struct SyncOutputsArgs {
     #[arg(long = "location", value_name = "NAME=PATH")]
     locations: Vec<String>,
     #[command(flatten)]
-    exclude: ExcludeArgs,
+    filter: FilterArgs,
     /// Write the published manifests JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -214,7 +214,7 @@ pub struct DownloadOutputsArgs {
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
-    pick: ExcludeArgs,
+    filter: FilterArgs,
     #[command(flatten)]
     content_cache: ContentCacheArgs,
     #[command(flatten)]
@@ -356,8 +356,8 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         queue_id: a.queue_id,
         locations: a.locations,
         shared: a.shared,
-        exclude: a.exclude.patterns()?,
-        include: a.exclude.includes()?,
+        exclude: a.filter.excludes()?,
+        include: a.filter.includes()?,
         require_paths_exist: a.require_paths_exist,
         dry_run,
         store: a.common.store.store.clone(),
@@ -476,8 +476,8 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         session_action_id: a.session_action_id,
         start_time: a.start_time,
         locations: a.locations,
-        exclude: a.exclude.patterns()?,
-        include: a.exclude.includes()?,
+        exclude: a.filter.excludes()?,
+        include: a.filter.includes()?,
         store: a.common.store.store.clone(),
         dry_run: a.dry_run,
     });
@@ -523,8 +523,8 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         task_id: a.task_id,
         conflict: a.conflict,
         root_map: a.root_map,
-        exclude: a.pick.patterns()?,
-        include: a.pick.includes()?,
+        exclude: a.filter.excludes()?,
+        include: a.filter.includes()?,
         store: a.common.store.store.clone(),
         dry_run: a.dry_run,
     });

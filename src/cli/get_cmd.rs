@@ -7,7 +7,7 @@ use bytesize::ByteSize;
 use clap::Args;
 
 use super::Context;
-use super::exclude_args::ExcludeArgs;
+use super::filter_args::FilterArgs;
 use super::manifest_cmd::read_manifest;
 use super::transfer_args::{ContentCacheArgs, StoreArgs, with_transfer};
 use crate::config::Override;
@@ -43,7 +43,7 @@ pub struct GetArgs {
     #[command(flatten)]
     content_cache: ContentCacheArgs,
     #[command(flatten)]
-    pick: ExcludeArgs,
+    filter: FilterArgs,
 }
 
 impl GetArgs {
@@ -61,7 +61,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             .map(|p| read_manifest(p))
             .collect::<anyhow::Result<Vec<_>>>()?,
     );
-    let pick = args.pick.filter()?;
+    let pick = args.filter.filter()?;
     let left_out = manifest.retain(|e| pick.takes_path(e.path.as_wtf8()));
     let settings = ctx.settings.clone();
     let spec = GetSpec {

@@ -10,7 +10,7 @@ use bytesize::ByteSize;
 use clap::Args;
 use serde_json::json;
 
-use super::exclude_args::ExcludeArgs;
+use super::filter_args::FilterArgs;
 use super::progress_bar::Bar;
 use super::{Context, UsageError, flag, run_cancellable};
 use crate::config::Override;
@@ -46,7 +46,7 @@ pub struct HashArgs {
     #[arg(long, value_name = "N")]
     threads: Option<String>,
     #[command(flatten)]
-    exclude: ExcludeArgs,
+    filter: FilterArgs,
 }
 
 impl HashArgs {
@@ -77,7 +77,7 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
         args.roots.clone(),
         ctx.settings.cache.hash_cache,
     );
-    args.exclude.apply(&mut spec)?;
+    args.filter.apply(&mut spec)?;
     let progress = Arc::new(Progress::default());
     let report = {
         let _bar = Bar::start("hashing", progress.clone(), &ctx.settings.log);

@@ -9,7 +9,7 @@ use bytesize::ByteSize;
 use clap::Args;
 use serde_json::json;
 
-use super::exclude_args::ExcludeArgs;
+use super::filter_args::FilterArgs;
 use super::transfer_args::{StoreArgs, with_transfer};
 use super::{Context, UsageError, flag};
 use crate::config::Override;
@@ -42,7 +42,7 @@ pub struct PutArgs {
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
-    exclude: ExcludeArgs,
+    filter: FilterArgs,
 }
 
 impl PutArgs {
@@ -62,7 +62,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
         vec![args.root.clone()],
         settings.cache.hash_cache,
     );
-    args.exclude.apply(&mut spec)?;
+    args.filter.apply(&mut spec)?;
     let dry_run = args.dry_run;
     let report = with_transfer(ctx, None, "uploading", |t, cancel| async move {
         Ok(put::run(spec, t.dry_run_if(dry_run), &cancel).await?)

@@ -26,7 +26,7 @@ pub struct DownloadOutputsSpec {
     pub root_map: Vec<(String, PathBuf)>,
     pub cache_dir: Option<PathBuf>,
     /// Which of the outputs to fetch (`--exclude`, `--include`); default: all.
-    pub pick: crate::scan::Exclude,
+    pub pick: crate::scan::PathFilter,
 }
 
 #[derive(Debug, serde::Serialize)]

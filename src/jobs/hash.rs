@@ -12,7 +12,9 @@ use crate::hash::parallel::{
 };
 use crate::manifest::Manifest;
 use crate::progress::Progress;
-use crate::scan::{Exclude, ExcludeError, ScanErrors, ScanOptions, ScanOutcome, ScannedFile, scan};
+use crate::scan::{
+    PathFilter, PatternError, ScanErrors, ScanOptions, ScanOutcome, ScannedFile, scan,
+};
 
 /// What to hash and how.
 #[derive(Debug, Clone)]
@@ -40,7 +42,7 @@ impl HashSpec {
             scan: ScanOptions {
                 follow_external_symlinks: settings.hash.follow_external_symlinks,
                 boundary: None,
-                exclude: Exclude::filter(&settings.hash.exclude, &settings.hash.include)
+                filter: PathFilter::new(&settings.hash.exclude, &settings.hash.include)
                     .expect("hash.exclude and hash.include are checked when the config is loaded"),
             },
         }
@@ -52,17 +54,17 @@ impl HashSpec {
         &mut self,
         excludes: &[String],
         includes: &[String],
-    ) -> Result<(), ExcludeError> {
+    ) -> Result<(), PatternError> {
         if excludes.is_empty() && includes.is_empty() {
             return Ok(());
         }
-        let now = &self.scan.exclude;
+        let now = &self.scan.filter;
         let all = |mine: &[String], more: &[String]| -> Vec<String> {
             mine.iter().chain(more).cloned().collect()
         };
-        self.scan.exclude = Exclude::filter(
-            &all(now.patterns(), excludes),
-            &all(now.includes(), includes),
+        self.scan.filter = PathFilter::new(
+            &all(now.exclusions(), excludes),
+            &all(now.inclusions(), includes),
         )?;
         Ok(())
     }

@@ -56,7 +56,7 @@ pub struct SubmitJob {
     /// SHARED storage-profile locations.
     #[serde(default)]
     pub shared: Vec<PathBuf>,
-    /// Patterns of paths left out, beside `hash.exclude` (see `scan::exclude`).
+    /// Patterns of paths left out, beside `hash.exclude` (see `scan::filter`).
     #[serde(default)]
     pub exclude: Vec<String>,
     /// Patterns of the only files taken from input directories, beside `hash.include`.
@@ -197,7 +197,7 @@ pub struct DownloadOutputsJob {
     /// `FROM=TO` root mappings.
     #[serde(default)]
     pub root_map: Vec<String>,
-    /// Patterns of the outputs not fetched (see `scan::exclude`).
+    /// Patterns of the outputs not fetched (see `scan::filter`).
     #[serde(default)]
     pub exclude: Vec<String>,
     /// Patterns of the only outputs fetched.
@@ -516,7 +516,7 @@ impl JobSpec {
                     conflict: j.conflict,
                     root_map: pairs(&j.root_map, "root_map")?,
                     cache_dir,
-                    pick: crate::scan::Exclude::filter(&j.exclude, &j.include)
+                    pick: crate::scan::PathFilter::new(&j.exclude, &j.include)
                         .map_err(|e| filter_error(&j.include, e))?,
                 };
                 JobOutput::DownloadOutputs(
@@ -534,13 +534,13 @@ impl JobSpec {
 
 /// Exclusion and inclusion patterns that compile.
 fn filter(excludes: &[String], includes: &[String]) -> Result<(), JobError> {
-    crate::scan::Exclude::filter(excludes, includes)
+    crate::scan::PathFilter::new(excludes, includes)
         .map(drop)
         .map_err(|e| filter_error(includes, e))
 }
 
 /// A bad pattern, under the field that holds it.
-fn filter_error(includes: &[String], e: crate::scan::ExcludeError) -> JobError {
+fn filter_error(includes: &[String], e: crate::scan::PatternError) -> JobError {
     let field = match includes.contains(&e.pattern) {
         true => "include",
         false => "exclude",

@@ -115,7 +115,7 @@ pub async fn run(
         let put = run_with(
             move |sink, job| {
                 hash_chosen(&local2, &hash_spec, sink, job, |job| {
-                    changed_outputs(&local2, &dirs, &session, &hash_spec.scan.exclude, job)
+                    changed_outputs(&local2, &dirs, &session, &hash_spec.scan.filter, job)
                 })
             },
             transfer.clone(),
@@ -318,7 +318,7 @@ fn changed_outputs(
     local: &std::path::Path,
     dirs: &[String],
     session_dir: &std::path::Path,
-    exclude: &crate::scan::Exclude,
+    filter: &crate::scan::PathFilter,
     cancel: &CancellationToken,
 ) -> Result<Vec<ScannedFile>, HashJobError> {
     // A million-entry record takes a second to read: a cancel does not wait for it.
@@ -345,7 +345,7 @@ fn changed_outputs(
     let opts = ScanOptions {
         follow_external_symlinks: false,
         boundary: Some(session_dir.to_path_buf()),
-        exclude: exclude.clone(),
+        filter: filter.clone(),
     };
     let mut out = Vec::new();
     for dir in dirs {

@@ -22,14 +22,14 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{pattern:?}: {reason}")]
-pub struct ExcludeError {
+pub struct PatternError {
     pub pattern: String,
     pub reason: String,
 }
 
 /// Compiled patterns; empty (the default) leaves out nothing. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Exclude(Option<Arc<Compiled>>);
+pub struct PathFilter(Option<Arc<Compiled>>);
 
 #[derive(Debug)]
 struct Compiled {
@@ -47,8 +47,8 @@ struct Compiled {
 
 /// One pattern: its glob, whether it has a `/` (matches paths, not names), whether it ends
 /// in `/` (directories only).
-fn compile(p: &str) -> Result<(Glob, bool, bool), ExcludeError> {
-    let bad = |reason: &str| ExcludeError {
+fn compile(p: &str) -> Result<(Glob, bool, bool), PatternError> {
+    let bad = |reason: &str| PatternError {
         pattern: p.to_owned(),
         reason: reason.to_owned(),
     };
@@ -78,19 +78,19 @@ fn build(b: GlobSetBuilder) -> GlobSet {
         .expect("each glob was built alone; a set of them builds")
 }
 
-impl Exclude {
+impl PathFilter {
     /// Exclusion patterns only.
-    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Exclude, ExcludeError> {
-        Exclude::filter(patterns, &[] as &[&str])
+    pub fn excluding<S: AsRef<str>>(patterns: &[S]) -> Result<PathFilter, PatternError> {
+        PathFilter::new(patterns, &[] as &[&str])
     }
 
     /// Exclusion patterns, and inclusion patterns (none: every file not excluded is taken).
-    pub fn filter<S: AsRef<str>, T: AsRef<str>>(
+    pub fn new<S: AsRef<str>, T: AsRef<str>>(
         patterns: &[S],
         includes: &[T],
-    ) -> Result<Exclude, ExcludeError> {
+    ) -> Result<PathFilter, PatternError> {
         if patterns.is_empty() && includes.is_empty() {
-            return Ok(Exclude::default());
+            return Ok(PathFilter::default());
         }
         let mut sets: [GlobSetBuilder; 4] = std::array::from_fn(|_| GlobSetBuilder::new());
         for p in patterns {
@@ -110,7 +110,7 @@ impl Exclude {
             for p in includes {
                 let (glob, has_slash, dir_only) = compile(p.as_ref())?;
                 if dir_only {
-                    return Err(ExcludeError {
+                    return Err(PatternError {
                         pattern: p.as_ref().to_owned(),
                         reason:
                             "an inclusion pattern takes files: for a directory's files write dir/**"
@@ -124,7 +124,7 @@ impl Exclude {
             }
             include = Some((build(names), build(paths)));
         }
-        Ok(Exclude(Some(Arc::new(Compiled {
+        Ok(PathFilter(Some(Arc::new(Compiled {
             patterns: patterns.iter().map(|p| p.as_ref().to_owned()).collect(),
             names,
             dir_names,
@@ -136,12 +136,12 @@ impl Exclude {
     }
 
     /// The exclusion patterns as given.
-    pub fn patterns(&self) -> &[String] {
+    pub fn exclusions(&self) -> &[String] {
         self.0.as_ref().map_or(&[], |c| &c.patterns)
     }
 
     /// The inclusion patterns as given.
-    pub fn includes(&self) -> &[String] {
+    pub fn inclusions(&self) -> &[String] {
         self.0.as_ref().map_or(&[], |c| &c.includes)
     }
 
@@ -188,8 +188,8 @@ impl Exclude {
 mod tests {
     use super::*;
 
-    fn ex(patterns: &[&str]) -> Exclude {
-        Exclude::new(patterns).unwrap()
+    fn ex(patterns: &[&str]) -> PathFilter {
+        PathFilter::excluding(patterns).unwrap()
     }
 
     #[test]
@@ -246,7 +246,7 @@ mod tests {
 
     #[test]
     fn with_inclusion_patterns_only_the_files_they_match_are_taken() {
-        let f = Exclude::filter(&["*.tmp.exr"], &["*.exr", "comp/**/*.mov"]).unwrap();
+        let f = PathFilter::new(&["*.tmp.exr"], &["*.exr", "comp/**/*.mov"]).unwrap();
         assert!(f.takes_file(b"renders/010/beauty.0001.exr"));
         assert!(f.takes_file(b"comp/010/v2/final.mov"));
         assert!(!f.takes_file(b"renders/010/render.log"));
@@ -262,13 +262,13 @@ mod tests {
             f.excludes(b"renders/a.tmp.exr", Some(false)),
             "an exclusion wins"
         );
-        assert_eq!(f.includes(), ["*.exr", "comp/**/*.mov"]);
-        let none = Exclude::new(&["*.tmp"]).unwrap();
+        assert_eq!(f.inclusions(), ["*.exr", "comp/**/*.mov"]);
+        let none = PathFilter::excluding(&["*.tmp"]).unwrap();
         assert!(
             none.takes_file(b"render.log"),
             "no inclusion patterns: every file"
         );
-        let e = Exclude::filter(&[] as &[&str], &["renders/"])
+        let e = PathFilter::new(&[] as &[&str], &["renders/"])
             .unwrap_err()
             .to_string();
         assert!(e.contains("dir/**"), "{e}");
@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn a_manifest_path_is_taken_as_a_scan_would_take_its_file() {
-        let f = Exclude::filter(&["tmp/", "*.log"], &["*.exr", "*.log", "comp/*.mov"]).unwrap();
+        let f = PathFilter::new(&["tmp/", "*.log"], &["*.exr", "*.log", "comp/*.mov"]).unwrap();
         assert!(f.takes_path(b"renders/010/beauty.0001.exr"));
         assert!(
             !f.takes_path(b"renders/tmp/beauty.0001.exr"),
@@ -288,12 +288,12 @@ mod tests {
         );
         assert!(!f.takes_path(b"renders/preview.mov"), "not included");
         assert!(f.takes_path(b"comp/final.mov"));
-        assert!(Exclude::default().takes_path(b"anything/at/all"));
+        assert!(PathFilter::default().takes_path(b"anything/at/all"));
     }
 
     #[test]
     fn no_patterns_exclude_nothing_and_bad_ones_are_refused_with_the_reason() {
-        assert!(!Exclude::default().excludes(b"a.tmp", Some(false)));
+        assert!(!PathFilter::default().excludes(b"a.tmp", Some(false)));
         assert!(!ex(&[]).excludes(b"a.tmp", Some(false)));
         for (p, why) in [
             ("", "empty"),
@@ -302,7 +302,7 @@ mod tests {
             ("/abs/*.tmp", "relative"),
             ("a[b", "unclosed"),
         ] {
-            let e = Exclude::new(&[p]).unwrap_err().to_string();
+            let e = PathFilter::excluding(&[p]).unwrap_err().to_string();
             assert!(e.contains(&format!("{p:?}")) && e.contains(why), "{p}: {e}");
         }
     }

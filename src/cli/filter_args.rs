@@ -8,10 +8,10 @@ use clap::Args;
 
 use super::UsageError;
 use crate::jobs::hash::HashSpec;
-use crate::scan::exclude::Exclude;
+use crate::scan::filter::PathFilter;
 
 #[derive(Debug, Args)]
-pub struct ExcludeArgs {
+pub struct FilterArgs {
     /// Leave out the paths PATTERN matches: a name at any depth (`*.tmp`, `.DS_Store`), a path
     /// as the manifest spells it when it has a `/` (`cache/**`), directories only with a
     /// trailing `/` (repeatable; where files are scanned, adds to [config: hash.exclude]).
@@ -31,33 +31,33 @@ pub struct ExcludeArgs {
     pub include_from: Vec<PathBuf>,
 }
 
-impl ExcludeArgs {
+impl FilterArgs {
     /// The exclusion patterns of the flags and of the files, each checked; a file that cannot
     /// be read or a bad pattern is a usage error naming the flag (and the file and line).
-    pub fn patterns(&self) -> Result<Vec<String>, UsageError> {
+    pub fn excludes(&self) -> Result<Vec<String>, UsageError> {
         gather(&self.exclude, &self.exclude_from, "exclude", |p| {
-            Exclude::new(p)
+            PathFilter::excluding(p)
         })
     }
 
-    /// The inclusion patterns of the flags and of the files, checked as [`Self::patterns`].
+    /// The inclusion patterns of the flags and of the files, checked as [`Self::excludes`].
     pub fn includes(&self) -> Result<Vec<String>, UsageError> {
         gather(&self.include, &self.include_from, "include", |p| {
-            Exclude::filter(&[] as &[&str], p)
+            PathFilter::new(&[] as &[&str], p)
         })
     }
 
     /// The flags' patterns alone (the config's `hash.exclude` and `hash.include` are about
     /// scanning, not about picking among a manifest's files).
-    pub fn filter(&self) -> Result<Exclude, UsageError> {
-        Exclude::filter(&self.patterns()?, &self.includes()?).map_err(|e| UsageError {
+    pub fn filter(&self) -> Result<PathFilter, UsageError> {
+        PathFilter::new(&self.excludes()?, &self.includes()?).map_err(|e| UsageError {
             message: format!("--exclude/--include {e}"),
         })
     }
 
     /// Adds the patterns to `spec`.
     pub fn apply(&self, spec: &mut HashSpec) -> Result<(), UsageError> {
-        spec.filter_also(&self.patterns()?, &self.includes()?)
+        spec.filter_also(&self.excludes()?, &self.includes()?)
             .map_err(|e| UsageError {
                 message: format!("--exclude/--include {e}"),
             })
@@ -69,7 +69,7 @@ fn gather(
     given: &[String],
     files: &[PathBuf],
     flag: &str,
-    check: impl Fn(&[&str]) -> Result<Exclude, crate::scan::ExcludeError>,
+    check: impl Fn(&[&str]) -> Result<PathFilter, crate::scan::PatternError>,
 ) -> Result<Vec<String>, UsageError> {
     for p in given {
         check(&[p.as_str()]).map_err(|e| UsageError {
@@ -87,7 +87,7 @@ fn gather(
 fn read_patterns(
     file: &Path,
     flag: &str,
-    check: impl Fn(&[&str]) -> Result<Exclude, crate::scan::ExcludeError>,
+    check: impl Fn(&[&str]) -> Result<PathFilter, crate::scan::PatternError>,
 ) -> Result<Vec<String>, UsageError> {
     let text = std::fs::read_to_string(file).map_err(|e| UsageError {
         message: format!("--{flag}-from {}: {e}", file.display()),
@@ -115,17 +115,17 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let file = t.path().join("ignore");
         std::fs::write(&file, "# scratch\n*.tmp\n\n  cache/**  \r\n#not/this\n").unwrap();
-        let args = ExcludeArgs {
+        let args = FilterArgs {
             exclude: vec![".DS_Store".into()],
             exclude_from: vec![file.clone()],
             include: vec![],
             include_from: vec![file.clone()],
         };
-        assert_eq!(args.patterns().unwrap(), [".DS_Store", "*.tmp", "cache/**"]);
+        assert_eq!(args.excludes().unwrap(), [".DS_Store", "*.tmp", "cache/**"]);
         assert_eq!(args.includes().unwrap(), ["*.tmp", "cache/**"]);
 
         std::fs::write(&file, "*.tmp\na[b\n").unwrap();
-        let e = args.patterns().unwrap_err().message;
+        let e = args.excludes().unwrap_err().message;
         assert!(
             e.starts_with(&format!(
                 "--exclude-from {} line 2: \"a[b\"",
@@ -133,13 +133,13 @@ mod tests {
             )),
             "{e}"
         );
-        let missing = ExcludeArgs {
+        let missing = FilterArgs {
             exclude: vec![],
             exclude_from: vec![t.path().join("nope")],
             include: vec![],
             include_from: vec![],
         };
-        let e = missing.patterns().unwrap_err().message;
+        let e = missing.excludes().unwrap_err().message;
         assert!(e.contains("nope") && e.contains("No such file"), "{e}");
     }
 }
