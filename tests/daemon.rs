@@ -106,6 +106,14 @@ impl Daemon {
         )
     }
 
+    /// The upload limit in force and where it comes from, as `/v1/health` says.
+    fn upload_limit(&self) -> (String, String) {
+        let health = self.api("GET", "/v1/health", "").1;
+        let b = &health["bandwidth"];
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        (text(&b["upload"]), text(&b["source"]))
+    }
+
     /// Starts a job from `spec` through the API; returns its id.
     fn start_job(&self, spec: &str) -> String {
         let (status, job) = self.api("POST", "/v1/jobs", spec);
@@ -977,15 +985,7 @@ fn attache_bwlimit_changes_the_daemon_s_limits_while_it_runs() {
     d.write_config("[bandwidth]\nupload = \"2MiB/s\"\n");
     let (status, e) = d.api("POST", "/v1/reload", "");
     assert_eq!(status, 200, "{e}");
-    let health = d.api("GET", "/v1/health", "").1;
-    assert_eq!(
-        (
-            &health["bandwidth"]["upload"],
-            &health["bandwidth"]["source"]
-        ),
-        (&"unlimited".into(), &"set".into()),
-        "{health}"
-    );
+    assert_eq!(d.upload_limit(), ("unlimited".into(), "set".into()));
 
     // For a while: then the (reloaded) config's limits are back by themselves.
     let (code, out, err) = bwlimit(&["3MiB/s:off", "--for", "2s", "--json"]);
@@ -1078,15 +1078,7 @@ fn bwlimit_set_by_hand_replaces_the_timetable_until_reset() {
         out.contains("upload 3MiB/s, download 5MiB/s (the config's timetable"),
         "{out}"
     );
-    let health = d.api("GET", "/v1/health", "").1;
-    assert_eq!(
-        (
-            &health["bandwidth"]["upload"],
-            &health["bandwidth"]["source"]
-        ),
-        (&"3MiB/s".into(), &"schedule".into()),
-        "{health}"
-    );
+    assert_eq!(d.upload_limit(), ("3MiB/s".into(), "schedule".into()));
 }
 
 /// `bandwidth.schedule`: the entry in force applies when the daemon starts, the next one when

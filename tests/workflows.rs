@@ -55,6 +55,16 @@ impl Farm {
         att
     }
 
+    /// A workstation's `download-outputs` of job-1 with `flags`.
+    fn download_outputs(&self, flags: &[&str]) -> Command {
+        let mut c = self.attache("ws");
+        c.arg("download-outputs")
+            .args(IDS)
+            .args(["--job-id", "job-1"])
+            .args(flags);
+        c
+    }
+
     /// A worker's `sync-inputs` of the job in `att` into `session` (more flags may follow).
     fn sync_inputs(&self, att: &Path, session: &Path) -> Command {
         let mut c = self.attache("worker");
@@ -224,11 +234,7 @@ fn submit_sync_render_sync_outputs_download_outputs() {
 
     // Workstation: download outputs to where they belong; a dry run first says what would
     // come and touches nothing.
-    let (code, _, err) = run(f.attache("ws").arg("download-outputs").args(IDS).args([
-        "--job-id",
-        "job-1",
-        "--dry-run",
-    ]));
+    let (code, _, err) = run(&mut f.download_outputs(&["--dry-run"]));
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("2 files from 1 manifests; would download 2 objects"),
@@ -237,12 +243,7 @@ fn submit_sync_render_sync_outputs_download_outputs() {
     let renders = files_under(&proj.join("renders"));
     assert!(renders.is_empty(), "a dry run wrote {renders:?}");
     // Only some of them: the frames of one directory.
-    let (code, _, err) = run(f.attache("ws").arg("download-outputs").args(IDS).args([
-        "--job-id",
-        "job-1",
-        "--include",
-        "renders/sub/**",
-    ]));
+    let (code, _, err) = run(&mut f.download_outputs(&["--include", "renders/sub/**"]));
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("1 files from 1 manifests (1 left out by --exclude/--include)"),
@@ -252,11 +253,7 @@ fn submit_sync_render_sync_outputs_download_outputs() {
         files_under(&proj.join("renders")),
         [proj.join("renders/sub/f0002.exr")]
     );
-    f.ok(f
-        .attache("ws")
-        .arg("download-outputs")
-        .args(IDS)
-        .args(["--job-id", "job-1"]));
+    f.ok(&mut f.download_outputs(&[]));
     assert_eq!(
         std::fs::read(proj.join("renders/f0001.exr")).unwrap(),
         b"frame 1, retried"
@@ -973,16 +970,12 @@ fn a_step_s_dependencies_outputs_are_synced_with_its_inputs_and_are_not_its_outp
         comp_key.contains("/farm-1/queue-1/job-1/comp/task-1/") && comp_key.contains("Z_sa-4/"),
         "{comp_key}"
     );
-    let comp_outputs: serde_json::Value = serde_json::from_str(&f.ok(
-        f.attache("ws").arg("download-outputs").args(IDS).args([
-            "--job-id",
-            "job-1",
-            "--step-id",
-            "comp",
-            "--dry-run",
-            "--json",
-        ]),
-    ))
+    let comp_outputs: serde_json::Value = serde_json::from_str(&f.ok(&mut f.download_outputs(&[
+        "--step-id",
+        "comp",
+        "--dry-run",
+        "--json",
+    ])))
     .unwrap();
     assert_eq!(
         comp_outputs["roots"][0]["report"]["files"], 1,

@@ -191,12 +191,12 @@ fn refer_to_missing_inputs(spec: &mut SubmitSpec) -> Result<Vec<PathBuf>, Submit
     if missing.is_empty() {
         return Ok(missing);
     }
-    let names = missing
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
     if spec.require_paths_exist {
+        let names = missing
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         return Err(SubmitError::Input(format!(
             "{} input(s) do not exist (--require-paths-exist): {names}",
             missing.len()
