@@ -35,10 +35,8 @@ tree="${TREE:-/tmp/attache-bench-journaled/trees/small}"
 source "$here/lib/s3s_server.sh"
 # shellcheck source=lib/bench_env.sh
 source "$here/lib/bench_env.sh"
-need_tools content_cache "$examples" "$bin"
+start_bench content_cache cc "${WORKDIR:-$(dirname "$tree")}" "$bin"
 mkdir -p "$out"
-make_workdir "${WORKDIR:-$(dirname "$tree")}" cc
-start_s3s_server "$examples" "$w" content_cache
 export ATTACHE_STORE__URL="s3://$s3s_bucket/cc"
 data_requests() { server_stat data_requests; }
 

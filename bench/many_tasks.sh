@@ -47,10 +47,8 @@ done
 source "$here/lib/s3s_server.sh"
 # shellcheck source=lib/bench_env.sh
 source "$here/lib/bench_env.sh"
-need_tools many_tasks "$examples" "${attache_bins[@]}"
+start_bench many_tasks mt "${WORKDIR:-/tmp}" "${attache_bins[@]}"
 mkdir -p "$out"
-make_workdir "${WORKDIR:-/tmp}" mt
-start_s3s_server "$examples" "$w" many_tasks
 export ATTACHE_STORE__URL="s3://$s3s_bucket/mt"
 requests() { server_stat requests; }
 

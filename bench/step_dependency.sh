@@ -35,10 +35,8 @@ tree="${TREE:-/tmp/attache-bench-journaled/trees/mixed}"
 source "$here/lib/s3s_server.sh"
 # shellcheck source=lib/bench_env.sh
 source "$here/lib/bench_env.sh"
-need_tools step_dependency "$examples" "$bin"
+start_bench step_dependency sd "${WORKDIR:-$(dirname "$tree")}" "$bin"
 mkdir -p "$out"
-make_workdir "${WORKDIR:-$(dirname "$tree")}" sd
-start_s3s_server "$examples" "$w" step_dependency
 data_requests() { server_stat data_requests; }
 
 # The job: one scene file in, renders/ out; submitted to each run's store.

@@ -5,6 +5,8 @@
 #   binary at each BIN, EXAMPLES_DIR/s3_server, or GNU time.
 # make_workdir BASE NAME: makes a fresh work dir under BASE and sets w to it; on exit the
 #   server (server_pid, once started) is stopped and w removed.
+# start_bench NAME TAG BASE BIN...: need_tools, then make_workdir BASE TAG, then the s3s-fs
+#   server started in w (start_s3s_server with $examples): every script's prologue.
 # post PATH: a POST to the server's control API (e.g. /faults/delay?seconds=0.02).
 # server_stat FIELD: a field of the server's /stats (requests, data_requests, ...).
 
@@ -33,6 +35,14 @@ stop_workdir() {
         wait "$server_pid" 2>/dev/null || true
     fi
     rm -rf "$w"
+}
+
+start_bench() {
+    local name=$1 tag=$2 base=$3
+    shift 3
+    need_tools "$name" "$examples" "$@"
+    make_workdir "$base" "$tag"
+    start_s3s_server "$examples" "$w" "$name"
 }
 
 post() {
