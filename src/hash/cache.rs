@@ -99,6 +99,15 @@ pub struct CacheRecord<'a> {
 }
 
 impl HashCache {
+    /// Opens the cache in `dir` if one was made there; `None` (and nothing created) if not:
+    /// for looking at it or emptying it.
+    pub fn open_existing(dir: &Path) -> Result<Option<Self>, CacheError> {
+        match dir.join(FILE_NAME).exists() {
+            true => Self::open(dir).map(Some),
+            false => Ok(None),
+        }
+    }
+
     /// Opens (creating if needed) the cache in `dir`. A damaged database is moved aside to
     /// `<name>.damaged-<unix time>` and a fresh one started, so a broken cache costs a re-hash,
     /// never a wrong hash.

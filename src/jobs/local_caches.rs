@@ -109,9 +109,9 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
     if settings.cache.hash_cache {
         // Looking creates nothing: a database not made yet is shown empty.
         let path = dir.join(crate::hash::cache::FILE_NAME);
-        let entries = match path.exists() {
-            true => HashCache::open(&dir)?.count()?,
-            false => 0,
+        let entries = match HashCache::open_existing(&dir)? {
+            Some(c) => c.count()?,
+            None => 0,
         };
         hash_cache = Some(DbUsage {
             entries,
@@ -119,8 +119,7 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
             path,
         });
         let path = dir.join(crate::transfer::known_present::FILE_NAME);
-        if path.exists() {
-            let k = KnownPresent::open(&dir, settings.transfer.known_present_ttl.0)?;
+        if let Some(k) = KnownPresent::open_existing(&dir, settings.transfer.known_present_ttl.0)? {
             stores = k
                 .stores()?
                 .into_iter()
@@ -157,17 +156,16 @@ pub fn clear(settings: &Settings, spec: &ClearSpec) -> Result<Cleared, LocalCach
     let mut out = Cleared::default();
     // A database not made yet is empty already: clearing it creates nothing.
     if spec.hash {
-        out.hash_entries = Some(match dir.join(crate::hash::cache::FILE_NAME).exists() {
-            true => HashCache::open(dir)?.clear()?,
-            false => 0,
+        out.hash_entries = Some(match HashCache::open_existing(dir)? {
+            Some(c) => c.clear()?,
+            None => 0,
         });
     }
     if let Some(store) = &spec.known_present {
-        let path = dir.join(crate::transfer::known_present::FILE_NAME);
-        out.known_present_entries = Some(match path.exists() {
-            true => KnownPresent::open(dir, settings.transfer.known_present_ttl.0)?
-                .forget_store(store.as_deref())?,
-            false => 0,
+        let ttl = settings.transfer.known_present_ttl.0;
+        out.known_present_entries = Some(match KnownPresent::open_existing(dir, ttl)? {
+            Some(k) => k.forget_store(store.as_deref())?,
+            None => 0,
         });
     }
     if spec.content {

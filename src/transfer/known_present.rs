@@ -90,6 +90,18 @@ impl KnownPresent {
         !self.ttl.is_zero() && age <= self.ttl
     }
 
+    /// Opens the index in `dir` if one was made there; `None` (and nothing created) if not:
+    /// for looking at it or emptying it.
+    pub fn open_existing(
+        dir: &Path,
+        ttl: Duration,
+    ) -> Result<Option<KnownPresent>, KnownPresentError> {
+        match dir.join(FILE_NAME).exists() {
+            true => Self::open(dir, ttl).map(Some),
+            false => Ok(None),
+        }
+    }
+
     pub fn open(dir: &Path, ttl: Duration) -> Result<KnownPresent, KnownPresentError> {
         let path = dir.join(FILE_NAME);
         let err = |source| KnownPresentError {
