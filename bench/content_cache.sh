@@ -25,16 +25,12 @@ if [[ $# -lt 2 ]]; then
 fi
 out=$1 rounds=$2 delay=${3:-0}
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/.." && pwd)"
-target="${CARGO_TARGET_DIR:-$repo/target}"
-bin="${ATTACHE_BIN:-$target/release/attache}"
-examples="${EXAMPLES_DIR:-$target/release/examples}"
-tree="${TREE:-/tmp/attache-bench-journaled/trees/small}"
-[[ -d "$tree" ]] || { echo "content_cache: no tree at $tree (set TREE)" >&2; exit 2; }
 # shellcheck source=lib/s3s_server.sh
 source "$here/lib/s3s_server.sh"
 # shellcheck source=lib/bench_env.sh
 source "$here/lib/bench_env.sh"
+bench_paths
+bench_tree content_cache /tmp/attache-bench-journaled/trees/small
 start_bench content_cache cc "${WORKDIR:-$(dirname "$tree")}" "$bin"
 mkdir -p "$out"
 export ATTACHE_STORE__URL="s3://$s3s_bucket/cc"

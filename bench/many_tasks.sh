@@ -29,11 +29,13 @@ fi
 out=$1 tasks=$2 rounds=$3 delay=${4:-0}
 shift $(($# < 4 ? $# : 4))
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/.." && pwd)"
-target="${CARGO_TARGET_DIR:-$repo/target}"
+# shellcheck source=lib/s3s_server.sh
+source "$here/lib/s3s_server.sh"
+# shellcheck source=lib/bench_env.sh
+source "$here/lib/bench_env.sh"
+bench_paths
 bins=("$@")
-((${#bins[@]})) || bins=("${ATTACHE_BIN:-$target/release/attache}")
-examples="${EXAMPLES_DIR:-$target/release/examples}"
+((${#bins[@]})) || bins=("$bin")
 attache_bins=()
 for b in "${bins[@]}"; do
     if [[ $b == official ]]; then
@@ -43,10 +45,6 @@ for b in "${bins[@]}"; do
         attache_bins+=("$b")
     fi
 done
-# shellcheck source=lib/s3s_server.sh
-source "$here/lib/s3s_server.sh"
-# shellcheck source=lib/bench_env.sh
-source "$here/lib/bench_env.sh"
 start_bench many_tasks mt "${WORKDIR:-/tmp}" "${attache_bins[@]}"
 mkdir -p "$out"
 export ATTACHE_STORE__URL="s3://$s3s_bucket/mt"

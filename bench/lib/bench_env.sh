@@ -1,6 +1,10 @@
 # Sourced by the benchmark scripts that run attache against the benchmark's s3s-fs server
 # (content_cache.sh, step_dependency.sh, many_tasks.sh), after lib/s3s_server.sh.
 #
+# bench_paths: sets repo, target ($CARGO_TARGET_DIR, else repo/target), bin ($ATTACHE_BIN,
+#   else the release build) and examples ($EXAMPLES_DIR, else the release examples), from
+#   here (the script's bench/ directory).
+# bench_tree NAME DEFAULT: sets tree to $TREE, else DEFAULT; exits 2 unless it is a directory.
 # need_tools NAME EXAMPLES_DIR BIN...: exits 2, naming what is missing, without an attache
 #   binary at each BIN, EXAMPLES_DIR/s3_server, or GNU time.
 # make_workdir BASE NAME: makes a fresh work dir under BASE and sets w to it; on exit the
@@ -9,6 +13,18 @@
 #   server started in w (start_s3s_server with $examples): every script's prologue.
 # post PATH: a POST to the server's control API (e.g. /faults/delay?seconds=0.02).
 # server_stat FIELD: a field of the server's /stats (requests, data_requests, ...).
+
+bench_paths() {
+    repo="$(cd "$here/.." && pwd)"
+    target="${CARGO_TARGET_DIR:-$repo/target}"
+    bin="${ATTACHE_BIN:-$target/release/attache}"
+    examples="${EXAMPLES_DIR:-$target/release/examples}"
+}
+
+bench_tree() {
+    tree="${TREE:-$2}"
+    [[ -d "$tree" ]] || { echo "$1: no tree at $tree (set TREE)" >&2; exit 2; }
+}
 
 need_tools() {
     local name=$1 examples=$2 b
