@@ -174,12 +174,20 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
         exit::CANCELLED
     } else if e
         .chain()
-        .any(|c| c.is::<ConfigError>() || c.is::<UsageError>())
+        .any(|c| c.is::<ConfigError>() || c.is::<UsageError>() || is_wrong_token(c))
     {
         exit::USAGE
     } else {
         exit::FAILURE
     }
+}
+
+/// Another machine's daemon refused the token given: the client's config, not a failure.
+fn is_wrong_token(e: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        e.downcast_ref::<crate::daemon::client::ClientError>(),
+        Some(crate::daemon::client::ClientError::WrongToken { .. })
+    )
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -667,7 +667,11 @@ pub struct Loaded {
 const ENV_PREFIX: &str = "ATTACHE_";
 
 /// `ATTACHE_*` variables that steer the command line rather than set a setting.
-pub const CLIENT_ENV_VARS: &[&str] = &["ATTACHE_DAEMON"];
+pub const CLIENT_ENV_VARS: &[&str] = &[
+    "ATTACHE_DAEMON",
+    "ATTACHE_DAEMON_URL",
+    "ATTACHE_DAEMON_TOKEN_FILE",
+];
 
 /// Reads the file, environment and flags, merges them over the defaults and validates.
 pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {

@@ -8,3 +8,4 @@ pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod shared;
+pub mod token;

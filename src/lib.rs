@@ -6,8 +6,8 @@ pub mod cli;
 /// Settings: defaults, layered loading (file < environment < flags), units, the bandwidth
 /// timetable, validation.
 pub mod config;
-/// The daemon: local API server, job registry, signals and reload, bandwidth set by hand, and
-/// its CLI client.
+/// The daemon: local API server, job registry, signals and reload, bandwidth set by hand, the
+/// TCP listener's token, and its CLI client (this machine's socket or another's listener).
 pub mod daemon;
 /// Small file-system helpers: atomic writes, files staged unnamed until complete, placed files
 /// given to the group a job runs as.

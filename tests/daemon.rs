@@ -654,8 +654,9 @@ fn sighup_applies_a_new_bandwidth_and_keeps_the_old_config_when_broken() {
     assert_eq!(status, 422, "{e}");
 }
 
-#[test]
-fn the_tcp_listener_needs_the_token() {
+/// A daemon listening on TCP at a free port with the token `s3cr3t-t0ken-0123456789`, and
+/// `extra` config lines (in `[daemon]`, then any sections they open); returns it and its port.
+fn daemon_on_tcp(extra: &str) -> (Daemon, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -663,14 +664,23 @@ fn the_tcp_listener_needs_the_token() {
         .port();
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, "s3cr3t-t0ken-0123456789\n").unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    private_file(&token, "s3cr3t-t0ken-0123456789\n");
     let extra = format!(
-        "listen = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+        "listen = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n{extra}",
         token.display()
     );
     // `listen` and `token_file` belong to [daemon], which the base config opens last.
-    let d = Daemon::start_in(dir, &extra, &[]);
+    (Daemon::start_in(dir, &extra, &[]), port)
+}
+
+fn private_file(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn the_tcp_listener_needs_the_token() {
+    let (d, port) = daemon_on_tcp("");
     let addr = format!("127.0.0.1:{port}");
     assert_eq!(tcp_http(&addr, "/v1/health", None), 401);
     assert_eq!(
@@ -681,6 +691,86 @@ fn the_tcp_listener_needs_the_token() {
         tcp_http(&addr, "/v1/health", Some("s3cr3t-t0ken-0123456789")),
         200
     );
+    assert!(!d.log().contains("s3cr3t"), "the token is never logged");
+}
+
+#[test]
+fn a_wrangler_manages_another_machine_s_daemon_over_tcp() {
+    let (d, port) = daemon_on_tcp("[bandwidth]\nupload = \"256KiB/s\"\n");
+    let url = format!("http://127.0.0.1:{port}");
+    // The wrangler's machine: no config of that daemon, no socket, a copy of its token.
+    let desk = tempfile::tempdir().unwrap();
+    let token = desk.path().join("farm.token");
+    private_file(&token, "s3cr3t-t0ken-0123456789\n");
+    let remote = |args: &[&str]| {
+        let mut c = attache(&desk.path().join("cache"));
+        c.env("XDG_RUNTIME_DIR", desk.path().join("run"))
+            .args(args)
+            .arg("--daemon-url")
+            .arg(&url)
+            .arg("--token-file")
+            .arg(&token);
+        run(&mut c)
+    };
+
+    // 4 MiB at 256 KiB/s would take 16 s.
+    let (id, started) = d.start_slow_submit(4 << 20);
+    let (code, out, err) = remote(&["jobs", "--state", "running,queued", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let jobs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(jobs[0]["id"], id.as_str(), "{jobs}");
+
+    // Its uplink is free again: lift the limit for the transfer in flight, and follow it.
+    let (code, out, err) = remote(&["bwlimit", "off", "--for", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("upload unlimited"), "{out}");
+    assert_eq!(d.upload_limit(), ("unlimited".into(), "set".into()));
+    let (code, out, err) = remote(&["status", &id, "--follow"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{id} submit succeeded")), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(12));
+
+    // Back to the config's limit; a second submit is cancelled from afar.
+    let (code, out, err) = remote(&["bwlimit", "--reset"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("upload 256KiB/s"), "{out}");
+    std::fs::write(d.path("proj/f0"), vec![7u8; 4 << 20]).unwrap();
+    let second = d.start_job(&submit_spec(&d.path("proj")));
+    let (code, _, err) = remote(&["cancel", &second]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        d.wait(&second, Duration::from_secs(5))["state"],
+        "cancelled"
+    );
+
+    // A wrong token, or one others can read, is the wrangler's config: exit 2, named.
+    let wrong = desk.path().join("old.token");
+    private_file(&wrong, "an-older-token-0123456789\n");
+    let mut c = attache(&desk.path().join("cache"));
+    c.args(["jobs", "--daemon-url", &url, "--token-file"])
+        .arg(&wrong);
+    let (code, _, err) = run(&mut c);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("refused the token of") && err.contains("old.token"),
+        "{err}"
+    );
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = remote(&["jobs"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("farm.token") && err.contains("chmod 600"),
+        "{err}"
+    );
+    // The environment names the daemon as well, for a shell that manages one worker.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut c = attache(&desk.path().join("cache"));
+    c.env("ATTACHE_DAEMON_URL", &url)
+        .env("ATTACHE_DAEMON_TOKEN_FILE", &token)
+        .args(["status", &second]);
+    let (code, out, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cancelled"), "{out}");
     assert!(!d.log().contains("s3cr3t"), "the token is never logged");
 }
 

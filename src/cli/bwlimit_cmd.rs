@@ -6,13 +6,14 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::json;
 
+use super::daemon_cmd::DaemonUrlArgs;
 use super::{Context, UsageError};
 use crate::daemon::bandwidth::parse_setting;
 use crate::daemon::client::{HttpMethod, call, call_with};
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  attache bwlimit                      # the limits in force, and where they come from\n  attache bwlimit 20MB/s --for 2h      # both directions, for two hours\n  attache bwlimit 10MB/s:off           # uploads 10 MB/s, downloads unlimited, until reset\n  attache bwlimit --reset              # back to the config's limits (or its timetable's)"
+    after_help = "Examples:\n  attache bwlimit                      # the limits in force, and where they come from\n  attache bwlimit 20MB/s --for 2h      # both directions, for two hours\n  attache bwlimit 10MB/s:off           # uploads 10 MB/s, downloads unlimited, until reset\n  attache bwlimit --reset              # back to the config's limits (or its timetable's)\n  attache bwlimit 5MB/s --daemon-url http://render042:7070 --token-file ~/.config/attache/farm.token"
 )]
 pub struct BwlimitArgs {
     /// The limits for every transfer of the daemon, those in flight too: RATE for both
@@ -29,9 +30,12 @@ pub struct BwlimitArgs {
     /// Print the limits as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    daemon: DaemonUrlArgs,
 }
 
 pub fn run(ctx: &Context, a: BwlimitArgs) -> anyhow::Result<ExitCode> {
+    let at = a.daemon.address(&ctx.settings)?;
     let view = if let Some(rate) = &a.rate {
         // Checked here too, so a typo is bad usage (exit 2) before the daemon is asked.
         parse_setting(rate, a.lasting.as_deref()).map_err(|e| UsageError {
@@ -41,11 +45,11 @@ pub fn run(ctx: &Context, a: BwlimitArgs) -> anyhow::Result<ExitCode> {
             },
         })?;
         let body = json!({"rate": rate, "for": a.lasting});
-        call_with(&ctx.settings, HttpMethod::PUT, "/v1/bandwidth", Some(&body))?
+        call_with(&at, HttpMethod::PUT, "/v1/bandwidth", Some(&body))?
     } else if a.reset {
-        call(&ctx.settings, HttpMethod::DELETE, "/v1/bandwidth")?
+        call(&at, HttpMethod::DELETE, "/v1/bandwidth")?
     } else {
-        call(&ctx.settings, HttpMethod::GET, "/v1/bandwidth")?
+        call(&at, HttpMethod::GET, "/v1/bandwidth")?
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&view)?);

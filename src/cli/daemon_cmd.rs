@@ -1,13 +1,44 @@
 //! `attache daemon`, and the commands that talk to it: `jobs`, `status`, `cancel` (and
 //! `bwlimit`, in its own module); plus the packaging helpers `completions` and `man`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory};
 
-use super::{Cli, Context, json_size};
-use crate::daemon::client::{HttpMethod, call};
+use super::{Cli, Context, UsageError, json_size};
+use crate::config::Settings;
+use crate::daemon::client::{DaemonAddress, HttpMethod, call};
 use crate::daemon::registry::now_ms;
+
+/// Which daemon a command talks to: this machine's, on its socket, or another machine's, on
+/// the TCP listener its `daemon.listen` opens (a wrangler's view of a worker).
+#[derive(Debug, Args)]
+pub struct DaemonUrlArgs {
+    /// The daemon of another machine, on its TCP listener (its daemon.listen), e.g.
+    /// http://render042:7070; default: this machine's, on daemon.socket.
+    #[arg(long, value_name = "URL", env = "ATTACHE_DAEMON_URL")]
+    pub daemon_url: Option<String>,
+    /// A copy of that daemon's token file, mode 0600 [default: daemon.token_file].
+    #[arg(long, value_name = "FILE", env = "ATTACHE_DAEMON_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl DaemonUrlArgs {
+    /// The daemon to ask; a bad URL or token file is bad usage (exit 2) before any request.
+    pub fn address(&self, settings: &Settings) -> Result<DaemonAddress, UsageError> {
+        let Some(url) = &self.daemon_url else {
+            return Ok(DaemonAddress::local(settings));
+        };
+        let token_file = self
+            .token_file
+            .as_deref()
+            .or(settings.daemon.token_file.as_deref());
+        DaemonAddress::remote(url, token_file).map_err(|e| UsageError {
+            message: e.to_string(),
+        })
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct JobArgs {
@@ -16,6 +47,8 @@ pub struct JobArgs {
     /// Print the full record as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub daemon: DaemonUrlArgs,
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +78,8 @@ pub struct JobsArgs {
     /// Print the records as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    daemon: DaemonUrlArgs,
 }
 
 pub fn daemon(ctx: &Context) -> anyhow::Result<ExitCode> {
@@ -67,7 +102,8 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
         true => "/v1/jobs".to_string(),
         false => format!("/v1/jobs?{}", query.join("&")),
     };
-    let list = call(&ctx.settings, HttpMethod::GET, &path)?;
+    let at = a.daemon.address(&ctx.settings)?;
+    let list = call(&at, HttpMethod::GET, &path)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
@@ -153,15 +189,12 @@ fn span(ms: i64) -> String {
 
 pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<ExitCode> {
     let job = &a.job;
+    let at = job.daemon.address(&ctx.settings)?;
     if !a.follow {
-        let j = call(
-            &ctx.settings,
-            HttpMethod::GET,
-            &format!("/v1/jobs/{}", job.id),
-        )?;
+        let j = call(&at, HttpMethod::GET, &format!("/v1/jobs/{}", job.id))?;
         return print_job(&j, job.json);
     }
-    let j = crate::daemon::client::watch_job(&ctx.settings, &job.id)?;
+    let j = crate::daemon::client::watch_job(&at, &ctx.settings, &job.id)?;
     print_job(&j, job.json)?;
     Ok(match j["state"].as_str() {
         Some("succeeded") => ExitCode::SUCCESS,
@@ -171,11 +204,8 @@ pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn cancel(ctx: &Context, a: JobArgs) -> anyhow::Result<ExitCode> {
-    let j = call(
-        &ctx.settings,
-        HttpMethod::DELETE,
-        &format!("/v1/jobs/{}", a.id),
-    )?;
+    let at = a.daemon.address(&ctx.settings)?;
+    let j = call(&at, HttpMethod::DELETE, &format!("/v1/jobs/{}", a.id))?;
     print_job(&j, a.json)
 }
 

@@ -85,7 +85,7 @@ async fn auth(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+        if !super::token::token_matches(token, given) {
             return error(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token (daemon.token_file)",

@@ -1,7 +1,8 @@
 //! The CLI side of the daemon API: submit a job and follow it with the same progress bar and
-//! result as a local run; list, show and cancel jobs.
+//! result as a local run; list, show and cancel jobs, on this machine's socket or on another
+//! machine's TCP listener (with its bearer token).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,6 +23,24 @@ pub enum ClientError {
         "cannot reach the attache daemon at {socket}: {message}. Start it with `attache daemon` (or `systemctl start attache`), or check daemon.socket; a transfer also runs without --daemon"
     )]
     Connect { socket: String, message: String },
+    #[error(
+        "cannot reach the attache daemon at {url}: {message}. Check that the daemon runs there with daemon.listen set to that address, and that no firewall is in the way"
+    )]
+    ConnectTcp { url: String, message: String },
+    #[error(
+        "--daemon-url {url}: {message}. Write http://HOST:PORT, the daemon.listen of that machine (the listener speaks plain HTTP: across an untrusted network, reach it through `ssh -L`)"
+    )]
+    BadUrl { url: String, message: String },
+    #[error(
+        "--daemon-url needs the bearer token of that daemon's daemon.token_file: give a copy of it with --token-file FILE (or ATTACHE_DAEMON_TOKEN_FILE, or daemon.token_file)"
+    )]
+    NoToken,
+    #[error("--token-file {0}")]
+    TokenFile(#[from] super::token::TokenFileError),
+    #[error(
+        "the daemon at {url} refused the token of {token_file}: it is not the one in that daemon's daemon.token_file"
+    )]
+    WrongToken { url: String, token_file: String },
     #[error("daemon: {0}")]
     Api(String),
     #[error("job {id} {state}: {message}")]
@@ -32,25 +51,149 @@ pub enum ClientError {
     },
 }
 
-struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+/// Where the daemon is: this machine's Unix socket, or another machine's TCP listener (with
+/// its bearer token), for `jobs`, `status`, `cancel` and `bwlimit --daemon-url`.
+#[derive(Clone)]
+pub enum DaemonAddress {
+    Socket(PathBuf),
+    Tcp {
+        /// As given, for messages: `http://render042:7070`.
+        url: String,
+        /// `host:port`, connected to and sent as `Host`.
+        authority: String,
+        token: String,
+        token_file: PathBuf,
+    },
 }
 
-async fn connect(socket: &Path) -> Result<Conn, ClientError> {
-    let cerr = |e: &dyn std::fmt::Display| ClientError::Connect {
-        socket: socket.display().to_string(),
-        message: e.to_string(),
+impl std::fmt::Debug for DaemonAddress {
+    // Never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaemonAddress::Socket(p) => write!(f, "Socket({})", p.display()),
+            DaemonAddress::Tcp { url, .. } => write!(f, "Tcp({url})"),
+        }
+    }
+}
+
+impl DaemonAddress {
+    /// This machine's daemon, at `daemon.socket`.
+    pub fn local(settings: &Settings) -> DaemonAddress {
+        DaemonAddress::Socket(settings.daemon.socket.clone())
+    }
+
+    /// The daemon listening at `url` (`http://HOST:PORT` or `HOST:PORT`), with the token read
+    /// from `token_file`.
+    pub fn remote(url: &str, token_file: Option<&Path>) -> Result<DaemonAddress, ClientError> {
+        let authority = authority_of(url)?;
+        let token_file = token_file.ok_or(ClientError::NoToken)?;
+        let token = super::token::read_token_file(token_file)?;
+        Ok(DaemonAddress::Tcp {
+            url: url.trim_end_matches('/').to_string(),
+            authority,
+            token,
+            token_file: token_file.to_path_buf(),
+        })
+    }
+}
+
+/// `host:port` of a daemon URL; only plain `http://` (the listener has no TLS), no path.
+fn authority_of(url: &str) -> Result<String, ClientError> {
+    let bad = |message: &str| ClientError::BadUrl {
+        url: url.to_string(),
+        message: message.to_string(),
     };
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| cerr(&e))?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| cerr(&e))?;
+    if url.starts_with("https://") {
+        return Err(bad("the daemon's listener has no TLS"));
+    }
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    if rest.contains("://") {
+        return Err(bad("only http:// is spoken"));
+    }
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(bad("not a host and port"));
+    }
+    let uri: hyper::Uri = format!("http://{authority}/")
+        .parse()
+        .map_err(|_| bad("not a host and port"))?;
+    if uri.port_u16().is_none() {
+        return Err(bad("no port (the daemon has no default one)"));
+    }
+    Ok(authority.to_string())
+}
+
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+    /// `Some` on a TCP listener: sent with every request.
+    token: Option<String>,
+    /// For the message of a refused token: (url, token file).
+    remote: Option<(String, String)>,
+}
+
+async fn connect(at: &DaemonAddress) -> Result<Conn, ClientError> {
+    match at {
+        DaemonAddress::Socket(socket) => {
+            let cerr = |e: &dyn std::fmt::Display| ClientError::Connect {
+                socket: socket.display().to_string(),
+                message: e.to_string(),
+            };
+            let stream = tokio::net::UnixStream::connect(socket)
+                .await
+                .map_err(|e| cerr(&e))?;
+            let sender = handshake(stream).await.map_err(|e| cerr(&e))?;
+            Ok(Conn {
+                sender,
+                host: "attache".into(),
+                token: None,
+                remote: None,
+            })
+        }
+        DaemonAddress::Tcp {
+            url,
+            authority,
+            token,
+            token_file,
+        } => {
+            let cerr = |e: &dyn std::fmt::Display| ClientError::ConnectTcp {
+                url: url.clone(),
+                message: e.to_string(),
+            };
+            let stream = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                tokio::net::TcpStream::connect(authority.as_str()),
+            )
+            .await
+            .map_err(|_| cerr(&"no answer within 10 s"))?
+            .map_err(|e| cerr(&e))?;
+            // Requests are small and interactive: no Nagle delay.
+            let _ = stream.set_nodelay(true);
+            let sender = handshake(stream).await.map_err(|e| cerr(&e))?;
+            Ok(Conn {
+                sender,
+                host: authority.clone(),
+                token: Some(token.clone()),
+                remote: Some((url.clone(), token_file.display().to_string())),
+            })
+        }
+    }
+}
+
+/// How long a connection to another machine's daemon may take to open.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn handshake<S>(
+    stream: S,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok(Conn { sender })
+    Ok(sender)
 }
 
 impl Conn {
@@ -60,17 +203,31 @@ impl Conn {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, "attache")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::HOST, self.host.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .expect("valid request");
-        self.sender
+        let resp = self
+            .sender
             .send_request(req)
             .await
-            .map_err(|e| ClientError::Api(e.to_string()))
+            .map_err(|e| ClientError::Api(e.to_string()))?;
+        if resp.status() == hyper::StatusCode::UNAUTHORIZED
+            && let Some((url, token_file)) = &self.remote
+        {
+            return Err(ClientError::WrongToken {
+                url: url.clone(),
+                token_file: token_file.clone(),
+            });
+        }
+        Ok(resp)
     }
 
     /// A request whose whole JSON reply is wanted; a 4xx/5xx becomes an error with its message.
@@ -111,14 +268,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Submits `spec`, shows its progress, cancels it on Ctrl-C, and returns its result.
 pub fn run_job(settings: &Settings, spec: &JobSpec) -> anyhow::Result<serde_json::Value> {
-    let socket = settings.daemon.socket.clone();
+    let at = DaemonAddress::local(settings);
     let body = serde_json::to_vec(spec)?;
     runtime()?.block_on(async move {
-        let mut conn = connect(&socket).await?;
+        let mut conn = connect(&at).await?;
         let created = conn.json(Method::POST, "/v1/jobs", Some(body)).await?;
         let id = created["id"].as_str().unwrap_or_default().to_string();
         tracing::info!(job = %id, "submitted to the daemon");
-        let last = follow(settings, &id, OnInterrupt::CancelTheJob).await?;
+        let last = follow(&at, settings, &id, OnInterrupt::CancelTheJob).await?;
         match last["state"].as_str() {
             Some("succeeded") => Ok(last["result"].clone()),
             Some("cancelled") => Err(anyhow::Error::new(Cancelled)),
@@ -137,8 +294,12 @@ pub fn run_job(settings: &Settings, spec: &JobSpec) -> anyhow::Result<serde_json
 
 /// Follows a job the daemon already runs (`attache status ID --follow`) with the progress
 /// display until it ends; returns its last record. Ctrl-C stops following, not the job.
-pub fn watch_job(settings: &Settings, id: &str) -> anyhow::Result<serde_json::Value> {
-    runtime()?.block_on(follow(settings, id, OnInterrupt::StopFollowing))
+pub fn watch_job(
+    at: &DaemonAddress,
+    settings: &Settings,
+    id: &str,
+) -> anyhow::Result<serde_json::Value> {
+    runtime()?.block_on(follow(at, settings, id, OnInterrupt::StopFollowing))
 }
 
 /// What Ctrl-C (or SIGTERM) does while a job is followed.
@@ -152,14 +313,14 @@ enum OnInterrupt {
 
 /// Shows a job's progress from its event stream until it ends; returns the last record.
 async fn follow(
+    at: &DaemonAddress,
     settings: &Settings,
     id: &str,
     on_interrupt: OnInterrupt,
 ) -> anyhow::Result<serde_json::Value> {
-    let socket = &settings.daemon.socket;
     let progress = Arc::new(Progress::default());
     let _bar = crate::cli::progress_bar::Bar::start("daemon job", progress.clone(), &settings.log);
-    let mut events = connect(socket).await?;
+    let mut events = connect(at).await?;
     let resp = events
         .send(Method::GET, &format!("/v1/jobs/{id}/events"), None)
         .await?;
@@ -194,7 +355,7 @@ async fn follow(
                 }
                 cancelled = true;
                 eprintln!("cancelling job {id}…");
-                let mut c = connect(socket).await?;
+                let mut c = connect(at).await?;
                 c.json(Method::DELETE, &format!("/v1/jobs/{id}"), None).await?;
             }
         }
@@ -230,24 +391,55 @@ where
 }
 
 /// `GET` or `DELETE` on the API, returning the JSON reply.
-pub fn call(settings: &Settings, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
-    call_with(settings, method, path, None)
+pub fn call(at: &DaemonAddress, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
+    call_with(at, method, path, None)
 }
 
 /// A request with an optional JSON body, returning the JSON reply.
 pub fn call_with(
-    settings: &Settings,
+    at: &DaemonAddress,
     method: Method,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
-    let socket = settings.daemon.socket.clone();
     let path = path.to_string();
     let body = body.map(serde_json::to_vec).transpose()?;
     runtime()?.block_on(async move {
-        let mut conn = connect(&socket).await?;
+        let mut conn = connect(at).await?;
         Ok(conn.json(method, &path, body).await?)
     })
 }
 
 pub use hyper::Method as HttpMethod;
+
+#[cfg(test)]
+mod tests {
+    use super::authority_of;
+
+    #[test]
+    fn a_daemon_url_is_plain_http_to_a_host_and_port() {
+        for (url, authority) in [
+            ("http://render042:7070", "render042:7070"),
+            ("http://render042:7070/", "render042:7070"),
+            ("render042.farm.lan:7070", "render042.farm.lan:7070"),
+            ("http://10.0.3.42:7070", "10.0.3.42:7070"),
+            ("http://[fd00::42]:7070", "[fd00::42]:7070"),
+        ] {
+            assert_eq!(authority_of(url).unwrap(), authority, "{url}");
+        }
+        for (url, why) in [
+            ("https://render042:7070", "no TLS"),
+            ("ftp://render042:7070", "only http://"),
+            ("http://render042", "no port"),
+            ("http://render042:7070/v1/jobs", "not a host and port"),
+            ("http://user@render042:7070", "not a host and port"),
+            ("", "not a host and port"),
+        ] {
+            let e = authority_of(url).unwrap_err().to_string();
+            assert!(
+                e.contains(why) && e.contains("http://HOST:PORT"),
+                "{url}: {e}"
+            );
+        }
+    }
+}

@@ -273,20 +273,8 @@ fn read_token(path: Option<&Path>) -> Result<String, DaemonError> {
         path: PathBuf::new(),
         message: "daemon.listen needs a token file".into(),
     })?;
-    let terr = |message: String| DaemonError::Token {
-        path: path.to_path_buf(),
-        message,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| terr(e.to_string()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(terr("readable by others; chmod 600 it".into()));
-    }
-    let token = std::fs::read_to_string(path)
-        .map_err(|e| terr(e.to_string()))?
-        .trim()
-        .to_string();
-    if token.len() < 16 {
-        return Err(terr("the token must be at least 16 characters".into()));
-    }
-    Ok(token)
+    super::token::read_token_file(path).map_err(|e| DaemonError::Token {
+        path: e.path,
+        message: e.message,
+    })
 }
