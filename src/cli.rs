@@ -99,6 +99,9 @@ enum Command {
     Status(daemon_cmd::StatusArgs),
     /// Cancel a daemon job.
     Cancel(daemon_cmd::JobArgs),
+    /// Run failed, cancelled or interrupted daemon jobs again (each as a new job with the same
+    /// spec; uploads resume where they stopped).
+    Retry(daemon_cmd::RetryArgs),
     /// Show or change the daemon's bandwidth limits while it runs (every transfer, those in
     /// flight too), for a while or until reset.
     Bwlimit(bwlimit_cmd::BwlimitArgs),
@@ -234,6 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Jobs(_)
         | Command::Status(_)
         | Command::Cancel(_)
+        | Command::Retry(_)
         | Command::Bwlimit(_)
         | Command::Completions { .. }
         | Command::Man => {}
@@ -277,6 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(a) => daemon_cmd::jobs(&ctx, a),
         Command::Status(a) => daemon_cmd::status(&ctx, a),
         Command::Cancel(a) => daemon_cmd::cancel(&ctx, a),
+        Command::Retry(a) => daemon_cmd::retry(&ctx, a),
         Command::Bwlimit(a) => bwlimit_cmd::run(&ctx, a),
         Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the config is loaded")

@@ -775,6 +775,57 @@ fn a_wrangler_manages_another_machine_s_daemon_over_tcp() {
 }
 
 #[test]
+fn attache_retry_runs_a_cancelled_job_again_and_refuses_one_that_runs_or_succeeded() {
+    let d = Daemon::start("[bandwidth]\nupload = \"256KiB/s\"\n");
+    let retry = |args: &[&str]| run(d.cmd().arg("retry").args(args));
+    // 4 MiB at 256 KiB/s would take 16 s.
+    let (first, _) = d.start_slow_submit(4 << 20);
+    let (code, _, err) = retry(&[&first]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "job {first} is running: only a failed, cancelled or interrupted"
+        )),
+        "{err}"
+    );
+    d.api("DELETE", &format!("/v1/jobs/{first}"), "");
+    assert_eq!(d.wait(&first, Duration::from_secs(5))["state"], "cancelled");
+
+    let (code, out, err) = retry(&[&first, "job-unknown"]);
+    assert_eq!(code, 1, "the unknown one fails the command: {err}");
+    assert!(err.contains("no job job-unknown"), "{err}");
+    assert!(out.contains(&format!("(retry of {first})")), "{out}");
+    let second = out.split_whitespace().next().unwrap().to_string();
+    assert_ne!(second, first);
+    let (status, rec) = d.api("GET", &format!("/v1/jobs/{second}"), "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        rec["spec"],
+        d.api("GET", &format!("/v1/jobs/{first}"), "").1["spec"]
+    );
+    assert_eq!(rec["retry_of"], first.as_str());
+    let (code, _, err) = run(d.cmd().args(["bwlimit", "off"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        d.wait(&second, Duration::from_secs(10))["state"],
+        "succeeded"
+    );
+
+    let (status, e) = d.api("POST", &format!("/v1/jobs/{second}/retry"), "");
+    assert_eq!((status, &e["field"]), (409, &"id".into()), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("job {second} succeeded: only")),
+        "{e}"
+    );
+    let (code, _, err) = retry(&[&first, &second, "--follow"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("give one ID"), "{err}");
+}
+
+#[test]
 fn two_jobs_share_one_bandwidth_limit() {
     let d = Daemon::start("[bandwidth]\nupload = \"8MiB/s\"\n");
     let (a, b) = (d.path("a"), d.path("b"));
@@ -1386,9 +1437,19 @@ fn a_job_the_daemon_crashed_in_is_resumed_after_the_restart() {
             .requests_matching(|r| r.query.contains("partNumber"))
     };
     let before = sent();
-    let (_, b) = d.api("POST", "/v1/jobs", &spec);
-    let b = d.wait(b["id"].as_str().unwrap(), Duration::from_secs(30));
-    assert_eq!(b["state"], "succeeded", "{b}");
+    // `attache retry` runs it again from its record (the DCC that sent it is gone).
+    let old = a["id"].as_str().unwrap();
+    let said = a["error"].as_str().unwrap();
+    assert!(said.contains(&format!("`attache retry {old}`")), "{said}");
+    let (code, out, err) = run(d.cmd().args(["retry", old, "--follow", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("{old} runs again as job-")), "{err}");
+    let b: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&b["state"], &b["retry_of"]),
+        (&"succeeded".into(), &old.into()),
+        "{b}"
+    );
     let upload = &b["result"]["roots"][0]["upload"];
     assert_eq!(upload["resumed_uploads"], 1, "{b}");
     assert!(upload["resumed_bytes"].as_u64().unwrap() > 0, "{b}");

@@ -1,5 +1,5 @@
-//! `attache daemon`, and the commands that talk to it: `jobs`, `status`, `cancel` (and
-//! `bwlimit`, in its own module); plus the packaging helpers `completions` and `man`.
+//! `attache daemon`, and the commands that talk to it: `jobs`, `status`, `cancel`, `retry`
+//! (and `bwlimit`, in its own module); plus the packaging helpers `completions` and `man`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use clap::{Args, CommandFactory};
 
 use super::{Cli, Context, UsageError, json_size};
 use crate::config::Settings;
-use crate::daemon::client::{DaemonAddress, HttpMethod, call};
+use crate::daemon::client::{ClientError, DaemonAddress, HttpMethod, call};
 use crate::daemon::registry::now_ms;
 
 /// Which daemon a command talks to: this machine's, on its socket, or another machine's, on
@@ -59,6 +59,23 @@ pub struct StatusArgs {
     /// 1 failed or interrupted, 130 cancelled). Ctrl-C stops following, not the job.
     #[arg(long)]
     follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The jobs to run again: failed, cancelled or interrupted ones (`attache jobs --state
+    /// failed,cancelled,interrupted`). Each becomes a new job with the same spec.
+    #[arg(required = true, value_name = "ID")]
+    ids: Vec<String>,
+    /// Show the new job's progress until it ends (one ID only); the exit status is then the
+    /// job's. Ctrl-C stops following, not the job.
+    #[arg(long)]
+    follow: bool,
+    /// Print the new jobs' records as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    daemon: DaemonUrlArgs,
 }
 
 #[derive(Debug, Args)]
@@ -194,11 +211,60 @@ pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<ExitCode> {
         let j = call(&at, HttpMethod::GET, &format!("/v1/jobs/{}", job.id))?;
         return print_job(&j, job.json);
     }
-    let j = crate::daemon::client::watch_job(&at, &ctx.settings, &job.id)?;
-    print_job(&j, job.json)?;
+    follow_to_its_end(ctx, &at, &job.id, job.json)
+}
+
+/// Shows a job's progress until it ends, prints its record and returns its outcome as the
+/// exit status: 0 succeeded, 130 cancelled, 1 otherwise.
+fn follow_to_its_end(
+    ctx: &Context,
+    at: &DaemonAddress,
+    id: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let j = crate::daemon::client::watch_job(at, &ctx.settings, id)?;
+    print_job(&j, json)?;
     Ok(match j["state"].as_str() {
         Some("succeeded") => ExitCode::SUCCESS,
         Some("cancelled") => ExitCode::from(super::exit::CANCELLED),
+        _ => ExitCode::FAILURE,
+    })
+}
+
+/// `attache retry ID...`: each job run again as a new one; a job that cannot be (it
+/// succeeded, or still runs) is said and the others go on (exit 1 at the end).
+pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
+    if a.follow && a.ids.len() > 1 {
+        return Err(UsageError {
+            message: "--follow follows one job: give one ID".into(),
+        }
+        .into());
+    }
+    let at = a.daemon.address(&ctx.settings)?;
+    let mut refused = 0;
+    for id in &a.ids {
+        match call(&at, HttpMethod::POST, &format!("/v1/jobs/{id}/retry")) {
+            Ok(j) => {
+                if a.follow {
+                    let new = j["id"].as_str().unwrap_or_default().to_string();
+                    eprintln!("{id} runs again as {new}");
+                    return follow_to_its_end(ctx, &at, &new, a.json);
+                }
+                print_job(&j, a.json)?;
+            }
+            // Only the daemon's refusal of this one job: an unreachable daemon stops here.
+            Err(e)
+                if e.downcast_ref::<ClientError>()
+                    .is_some_and(ClientError::is_api) =>
+            {
+                eprintln!("error: {e}");
+                refused += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(match refused {
+        0 => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     })
 }
@@ -233,6 +299,10 @@ fn print_job(j: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
                 .as_str()
                 .map(|e| format!("; {e}"))
                 .unwrap_or_default()
+                + &j["retry_of"]
+                    .as_str()
+                    .map(|old| format!(" (retry of {old})"))
+                    .unwrap_or_default()
         );
     }
     Ok(ExitCode::SUCCESS)

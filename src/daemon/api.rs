@@ -7,6 +7,7 @@
 //! | `GET /v1/jobs/{id}` | one job: state, progress, result or error |
 //! | `GET /v1/jobs/{id}/events` | NDJSON: the record every 250 ms and at each change, until it ends |
 //! | `DELETE /v1/jobs/{id}` | cancel |
+//! | `POST /v1/jobs/{id}/retry` | run a failed, cancelled or interrupted job again: a new job |
 //! | `GET /v1/health` | liveness, version, active jobs, bandwidth in force |
 //! | `GET /v1/bandwidth` | the limits in force and where they come from |
 //! | `PUT /v1/bandwidth` | set limits by hand: `{"rate": "10MB/s[:DOWN]", "for": "2h"}` |
@@ -27,7 +28,7 @@ use serde_json::json;
 
 use super::bandwidth::parse_setting;
 use super::metrics::Metrics;
-use super::registry::{JobState, Registry};
+use super::registry::{JobState, Registry, RetryError};
 use super::shared::Shared;
 use crate::jobs::spec::{JobError, JobSpec};
 
@@ -46,6 +47,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/jobs", post(create).get(list))
         .route("/v1/jobs/{id}", get(status).delete(cancel))
         .route("/v1/jobs/{id}/events", get(events))
+        .route("/v1/jobs/{id}/retry", post(retry))
         .route("/v1/health", get(health))
         .route(
             "/v1/bandwidth",
@@ -161,6 +163,25 @@ async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response
     match api.registry.cancel(&id) {
         Some(record) => (StatusCode::ACCEPTED, axum::Json(record)).into_response(),
         None => error(StatusCode::NOT_FOUND, &format!("no job {id}"), Some("id")),
+    }
+}
+
+async fn retry(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    match api.registry.retry(&id) {
+        Ok(record) => (StatusCode::CREATED, axum::Json(record)).into_response(),
+        Err(e @ RetryError::NoSuchJob(_)) => {
+            error(StatusCode::NOT_FOUND, &e.to_string(), Some("id"))
+        }
+        Err(e @ RetryError::NotRetryable { .. }) => {
+            error(StatusCode::CONFLICT, &e.to_string(), Some("id"))
+        }
+        // The daemon shutting down, or a spec an older version accepted and this one does not.
+        Err(RetryError::Job(JobError::Invalid { field, message })) => error(
+            StatusCode::BAD_REQUEST,
+            &format!("{field}: {message}"),
+            Some(field),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
     }
 }
 

@@ -51,6 +51,13 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// The daemon answered and refused the request (not: could not be reached).
+    pub fn is_api(&self) -> bool {
+        matches!(self, ClientError::Api(_))
+    }
+}
+
 /// Where the daemon is: this machine's Unix socket, or another machine's TCP listener (with
 /// its bearer token), for `jobs`, `status`, `cancel` and `bwlimit --daemon-url`.
 #[derive(Clone)]
@@ -390,7 +397,7 @@ where
     }
 }
 
-/// `GET` or `DELETE` on the API, returning the JSON reply.
+/// A request without a body, returning the JSON reply.
 pub fn call(at: &DaemonAddress, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
     call_with(at, method, path, None)
 }

@@ -50,6 +50,20 @@ pub struct JobRecord {
     pub progress: ProgressSnapshot,
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
+    /// The job this one runs again (`attache retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
+}
+
+/// Why a job cannot be run again.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error("no job {0}")]
+    NoSuchJob(String),
+    #[error("job {id} {what}: only a failed, cancelled or interrupted job is run again")]
+    NotRetryable { id: String, what: &'static str },
+    #[error(transparent)]
+    Job(#[from] JobError),
 }
 
 pub struct Job {
@@ -124,8 +138,10 @@ impl Registry {
             };
             if !record.state.is_final() {
                 record.state = JobState::Interrupted;
-                record.error =
-                    Some("the daemon stopped while this job was running; submit it again".into());
+                record.error = Some(format!(
+                    "the daemon stopped while this job was running; `attache retry {}` runs it again",
+                    record.id
+                ));
                 record.finished_ms = Some(now_ms());
                 write_record(&dir, &record);
             }
@@ -205,6 +221,35 @@ impl Registry {
 
     /// Validates and starts a job. Its id is returned at once; it runs in the background.
     pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<JobRecord, JobError> {
+        self.start(spec, None)
+    }
+
+    /// Starts a failed, cancelled or interrupted job again, as a new job with the same spec
+    /// (`retry_of` names the old one): an upload resumes what the first run left open, a
+    /// download or sync skips what is already in place. A job that succeeded, or is still
+    /// queued or running, is refused.
+    pub fn retry(self: &Arc<Self>, id: &str) -> Result<JobRecord, RetryError> {
+        let old = self
+            .get(id)
+            .ok_or_else(|| RetryError::NoSuchJob(id.to_string()))?
+            .snapshot();
+        let what = match old.state {
+            JobState::Failed | JobState::Cancelled | JobState::Interrupted => None,
+            JobState::Queued => Some("is queued"),
+            JobState::Running => Some("is running"),
+            JobState::Succeeded => Some("succeeded"),
+        };
+        if let Some(what) = what {
+            return Err(RetryError::NotRetryable { id: old.id, what });
+        }
+        Ok(self.start(old.spec, Some(old.id))?)
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        spec: JobSpec,
+        retry_of: Option<String>,
+    ) -> Result<JobRecord, JobError> {
         spec.validate()?;
         if self.root.is_cancelled() {
             return Err(JobError::Invalid {
@@ -224,6 +269,7 @@ impl Registry {
             progress: ProgressSnapshot::default(),
             result: None,
             error: None,
+            retry_of,
         };
         write_record(&self.dir, &record);
         let (changed, _) = watch::channel(0);
