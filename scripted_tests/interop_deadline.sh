@@ -25,6 +25,9 @@
 #                            --step-dependency` hold the job's inputs and all three frames, byte for byte.
 #   E  a missing input       an input that does not exist yet is a referenced path for both
 #                            tools by default: the same root and the same manifest bytes.
+#   F  asset references      a job bundle's asset_references.yaml, read by the official client's
+#                            loader and by `attache submit --asset-references`: the same root,
+#                            manifest bytes and output directories.
 #
 # One summary line per check (PASS/FAIL/SKIP); exit 1 if anything failed. Needs python3, curl and,
 # on the first run only, network access to crates.io and PyPI: Garage is built once (~13 min on
@@ -622,6 +625,42 @@ if ((have_submit)); then
     fi
 else
     missing "E: attache has no 'submit' subcommand"
+fi
+
+# ---------------------------------------------------------------- F: a job bundle's asset references
+# The asset_references.yaml of a job bundle (what `deadline bundle submit` and the DCC submitters
+# read: input files and directories, output directories, referenced paths), read by the official
+# client's own loader and by `attache submit --asset-references`: the same root, manifest bytes
+# and output directories.
+F="$work/f"
+if ((have_submit)); then
+    mkdir -p "$F/proj/scene" "$F/proj/tex/sub" "$F/bundle"
+    printf 'scene\n' >"$F/proj/scene/shot.ma" && touch -d @1767323045 "$F/proj/scene/shot.ma"
+    printf 'a\n' >"$F/proj/tex/a.png" && touch -d @1767323046 "$F/proj/tex/a.png"
+    printf 'b\n' >"$F/proj/tex/sub/b.png" && touch -d @1767323047 "$F/proj/tex/sub/b.png"
+    cat >"$F/bundle/asset_references.yaml" <<YAML
+assetReferences:
+  inputs:
+    filenames:
+    - $F/proj/scene/shot.ma
+    directories:
+    - $F/proj/tex
+  outputs:
+    directories:
+    - $F/proj/renders
+  referencedPaths:
+  - $F/proj/sim/cache.vdb
+YAML
+    if step F1-official-upload "${OFFICIAL[@]}" upload "${QARGS[@]}" \
+            --asset-references "$F/bundle" -o "$F/official.json" \
+        && step F2-attache-submit run_attache submit --farm-id "$FARM" --queue-id "$QUEUE" \
+            --store "$STORE" --asset-references "$F/bundle" -o "$F/attache.json"; then
+        check F3-same-manifest same_manifest "$F/official.json" "$F/attache.json"
+        check F4-official-attachments H attachments "$F/official.json" "$F/proj" "$FARM" "$QUEUE" '["renders"]' -
+        check F5-attache-attachments H attachments "$F/attache.json" "$F/proj" "$FARM" "$QUEUE" '["renders"]' -
+    fi
+else
+    missing "F: attache has no 'submit' subcommand"
 fi
 
 # ---------------------------------------------------------------- summary

@@ -14,6 +14,7 @@ mod hash_cmd;
 mod manifest_cmd;
 pub(crate) mod progress_bar;
 mod put_cmd;
+mod submit_paths;
 mod transfer_args;
 
 use std::path::PathBuf;

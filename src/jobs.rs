@@ -1,6 +1,7 @@
 //! Workflows ("jobs"): one run of hash, verify, put, get, check, … driven by the CLI or the daemon.
 //! A job takes a spec, a cancellation token and a progress sink, and returns a JSON-ready result.
 
+pub mod asset_references;
 pub mod attachments;
 pub mod check;
 pub mod cleanup;

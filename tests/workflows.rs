@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -1438,4 +1439,98 @@ fn a_missing_input_is_referenced_unless_paths_must_exist() {
         "the root covers the scene and the cache: {v}"
     );
     assert_eq!(v["roots"][0]["files"], 1, "{v}");
+}
+
+/// A job bundle's asset_references.yaml (what `deadline bundle submit` and the DCC submitters
+/// read) and a list of inputs on stdin submit what the same paths given as arguments do.
+#[test]
+fn a_job_bundle_s_asset_references_and_a_list_of_inputs_submit_what_arguments_would() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    write(&proj.join("scenes/shot.ma"), b"scene");
+    write(&proj.join("tex/a.png"), b"texture a");
+    write(&proj.join("tex/sub/b.png"), b"texture b");
+    let bundle = f.path("bundle");
+    // The scene relative to the current directory, as the official client reads it.
+    write(
+        &bundle.join("asset_references.yaml"),
+        format!(
+            "assetReferences:\n  inputs:\n    filenames:\n    - scenes/shot.ma\n    directories:\n    - {proj}/tex\n  outputs:\n    directories:\n    - {proj}/renders\n  referencedPaths:\n  - {proj}/sim/cache.vdb\n",
+            proj = proj.display()
+        )
+        .as_bytes(),
+    );
+    let submit = |extra: &[&std::ffi::OsStr], stdin: &str| {
+        let mut c = f.attache("ws");
+        c.current_dir(&proj)
+            .arg("submit")
+            .args(IDS)
+            .arg("--json")
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        // The manifest's name has a fresh id per submission; its root, bytes and outputs not.
+        let m = &v["attachments"]["manifests"][0];
+        (
+            v["attachments"]["manifests"].as_array().unwrap().len(),
+            m["rootPath"].clone(),
+            m["inputManifestHash"].clone(),
+            m["outputRelativeDirectories"].clone(),
+            v["roots"][0]["files"].clone(),
+        )
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let by_arguments = submit(
+        &[
+            &os("scenes/shot.ma"),
+            proj.join("tex").as_os_str(),
+            &os("--output-dir"),
+            proj.join("renders").as_os_str(),
+            &os("--referenced"),
+            proj.join("sim/cache.vdb").as_os_str(),
+        ],
+        "",
+    );
+    assert_eq!(
+        (
+            &by_arguments.0,
+            &by_arguments.1,
+            &by_arguments.3,
+            &by_arguments.4
+        ),
+        (
+            &1,
+            &serde_json::json!(proj.to_str().unwrap()),
+            &serde_json::json!(["renders"]),
+            &serde_json::json!(3)
+        )
+    );
+    let by_bundle = submit(&[&os("--asset-references"), bundle.as_os_str()], "");
+    assert_eq!(by_bundle, by_arguments);
+    let by_list = submit(
+        &[
+            &os("--inputs-from"),
+            &os("-"),
+            &os("--output-dir"),
+            proj.join("renders").as_os_str(),
+            &os("--referenced"),
+            proj.join("sim/cache.vdb").as_os_str(),
+        ],
+        &format!(
+            "# the shot's inputs\nscenes/shot.ma\n{}/tex\n",
+            proj.display()
+        ),
+    );
+    assert_eq!(by_list, by_arguments);
 }

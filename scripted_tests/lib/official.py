@@ -199,7 +199,22 @@ def _expand_inputs(inputs: list[str], allow_missing: bool = False) -> tuple[list
 def cmd_upload(args) -> int:
     from deadline.job_attachments.upload import S3AssetManager
 
-    files, referenced = _expand_inputs(args.inputs, args.allow_missing)
+    inputs, outputs, bundle_referenced = list(args.inputs), list(args.output_dir), []
+    if args.asset_references:
+        # As create_job_from_job_bundle reads a bundle's asset references (its own loader).
+        from deadline.client.job_bundle.loader import read_yaml_or_json_object
+        from deadline.client.job_bundle.submission import AssetReferences
+
+        refs = AssetReferences.from_dict(
+            read_yaml_or_json_object(args.asset_references, "asset_references", required=True)
+        )
+        inputs += sorted(refs.input_filenames) + sorted(refs.input_directories)
+        outputs += sorted(refs.output_directories)
+        bundle_referenced = sorted(refs.referenced_paths)
+    if not inputs and not outputs:
+        die("upload: give INPUT paths or --asset-references")
+    files, referenced = _expand_inputs(inputs, args.allow_missing)
+    referenced = sorted(set(referenced) | set(bundle_referenced))
     manager = S3AssetManager(
         farm_id=args.farm_id,
         queue_id=args.queue_id,
@@ -207,7 +222,7 @@ def cmd_upload(args) -> int:
     )
     group = manager.prepare_paths_for_upload(
         input_paths=files,
-        output_paths=sorted(args.output_dir),
+        output_paths=sorted(set(outputs)),
         referenced_paths=referenced,
         require_paths_exist=not args.allow_missing,
     )
@@ -386,7 +401,9 @@ def main() -> int:
     up.add_argument("-o", "--output", help="write the attachments JSON here (default stdout)")
     up.add_argument("--allow-missing", action="store_true",
                     help="a missing input is referenced, as the client's default (require_paths_exist=False)")
-    up.add_argument("inputs", nargs="+", metavar="INPUT")
+    up.add_argument("--asset-references", metavar="BUNDLE_DIR",
+                    help="also take a job bundle's asset_references.json/.yaml (the client's own loader)")
+    up.add_argument("inputs", nargs="*", metavar="INPUT")
     up.set_defaults(func=cmd_upload)
 
     dl = sub.add_parser("download", help="materialize a job's inputs as a worker does")

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::filter_args::FilterArgs;
+use super::submit_paths::{SubmitPathArgs, SubmitPaths};
 use super::transfer_args::{ContentCacheArgs, StoreArgs, with_transfer};
 use super::{Context, UsageError, flag, json_size};
 use crate::config::Override;
@@ -51,12 +52,14 @@ impl CommonArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  attache submit scenes/shot010.ma textures/ --output-dir renders/ \\\n    --farm-id farm-… --queue-id queue-… --store s3://bucket/DeadlineCloud -o attachments.json"
+    after_help = "Examples:\n  attache submit scenes/shot010.ma textures/ --output-dir renders/ \\\n    --farm-id farm-… --queue-id queue-… --store s3://bucket/DeadlineCloud -o attachments.json\n  attache submit --asset-references ~/bundles/shot010/ --farm-id farm-… --queue-id queue-…"
 )]
 pub struct SubmitArgs {
     /// Input files and directories (directories are taken whole).
     #[arg(value_name = "INPUT")]
     inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    paths_from: SubmitPathArgs,
     /// A directory the job writes outputs to (repeatable).
     #[arg(long = "output-dir", value_name = "DIR")]
     output_dirs: Vec<PathBuf>,
@@ -348,10 +351,15 @@ fn uploaded(u: &serde_json::Value, dry_run: bool) -> String {
 
 pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let dry_run = a.dry_run;
-    let spec = JobSpec::Submit(SubmitJob {
+    let paths = a.paths_from.gather(SubmitPaths {
         inputs: a.inputs,
         output_dirs: a.output_dirs,
         referenced: a.referenced,
+    })?;
+    let spec = JobSpec::Submit(SubmitJob {
+        inputs: paths.inputs,
+        output_dirs: paths.output_dirs,
+        referenced: paths.referenced,
         farm_id: a.farm_id,
         queue_id: a.queue_id,
         locations: a.locations,

@@ -1,0 +1,197 @@
+//! A job bundle's asset references (`asset_references.json` or `.yaml`), the file the official
+//! client's `deadline bundle submit` and the DCC submitters read a job's inputs, outputs and
+//! referenced paths from, so `attache submit --asset-references` submits what they would.
+//!
+//! ```yaml
+//! assetReferences:
+//!   inputs:
+//!     filenames: [/proj/shot010/scene.ma]
+//!     directories: [/proj/shot010/tex]
+//!   outputs:
+//!     directories: [/proj/shot010/renders]
+//!   referencedPaths: [/proj/cache/sim]
+//! ```
+//!
+//! As the official client reads it (deadline 0.60.10, `AssetReferences.from_dict`): every list
+//! is optional, other keys are ignored, relative paths are relative to the current directory.
+//! A bundle directory holds `asset_references.json` or `asset_references.yaml`, not both.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct AssetReferencesError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// What a job bundle says the job reads, writes and refers to.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AssetReferences {
+    /// Input files and directories (a directory is taken whole).
+    pub inputs: Vec<PathBuf>,
+    pub output_directories: Vec<PathBuf>,
+    pub referenced_paths: Vec<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct File {
+    #[serde(rename = "assetReferences")]
+    asset_references: Option<Refs>,
+}
+
+#[derive(Deserialize, Default)]
+struct Refs {
+    #[serde(default)]
+    inputs: Option<Inputs>,
+    #[serde(default)]
+    outputs: Option<Outputs>,
+    #[serde(default, rename = "referencedPaths")]
+    referenced_paths: Option<Vec<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Inputs {
+    #[serde(default)]
+    filenames: Option<Vec<PathBuf>>,
+    #[serde(default)]
+    directories: Option<Vec<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Outputs {
+    #[serde(default)]
+    directories: Option<Vec<PathBuf>>,
+}
+
+impl AssetReferences {
+    /// Reads `path`: an asset references file (`.json` as JSON, anything else as YAML, which
+    /// also reads JSON), or a job bundle directory holding one.
+    pub fn read(path: &Path) -> Result<AssetReferences, AssetReferencesError> {
+        let err = |path: &Path, message: String| AssetReferencesError {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = if path.is_dir() {
+            bundle_file(path).map_err(|m| err(path, m))?
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| err(&file, e.to_string()))?;
+        let parsed: File = if file.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| err(&file, e.to_string()))?
+        } else {
+            yaml_serde::from_str(&text).map_err(|e| err(&file, e.to_string()))?
+        };
+        let refs = parsed.asset_references.ok_or_else(|| {
+            err(
+                &file,
+                "no assetReferences: the file a job bundle names its inputs and outputs in has \
+                 them under that key"
+                    .into(),
+            )
+        })?;
+        let inputs = refs.inputs.unwrap_or_default();
+        Ok(AssetReferences {
+            inputs: (inputs.filenames.into_iter().flatten())
+                .chain(inputs.directories.into_iter().flatten())
+                .collect(),
+            output_directories: refs
+                .outputs
+                .unwrap_or_default()
+                .directories
+                .unwrap_or_default(),
+            referenced_paths: refs.referenced_paths.unwrap_or_default(),
+        })
+    }
+}
+
+/// The asset references file of a job bundle directory.
+fn bundle_file(dir: &Path) -> Result<PathBuf, String> {
+    let json = dir.join("asset_references.json");
+    let yaml = dir.join("asset_references.yaml");
+    match (json.is_file(), yaml.is_file()) {
+        (true, true) => Err(
+            "a job bundle holds asset_references.json or asset_references.yaml, not both".into(),
+        ),
+        (true, false) => Ok(json),
+        (false, true) => Ok(yaml),
+        (false, false) => Err(
+            "no asset_references.json or asset_references.yaml in this job bundle directory".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(v: &[&str]) -> Vec<PathBuf> {
+        v.iter().map(PathBuf::from).collect()
+    }
+
+    #[test]
+    fn yaml_and_json_give_the_same_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = dir.path().join("refs.yaml");
+        std::fs::write(
+            &yaml,
+            "assetReferences:\n  inputs:\n    filenames:\n    - /proj/scene.ma\n    - 'rel/a b.txt'\n    directories: [/proj/tex]\n  outputs:\n    directories:\n    - /proj/renders\n  referencedPaths:\n  - /proj/cache\n",
+        )
+        .unwrap();
+        let json = dir.path().join("refs.json");
+        std::fs::write(
+            &json,
+            r#"{"assetReferences": {"inputs": {"directories": ["/proj/tex"], "filenames": ["/proj/scene.ma", "rel/a b.txt"]}, "outputs": {"directories": ["/proj/renders"]}, "referencedPaths": ["/proj/cache"]}}"#,
+        )
+        .unwrap();
+        let want = AssetReferences {
+            inputs: paths(&["/proj/scene.ma", "rel/a b.txt", "/proj/tex"]),
+            output_directories: paths(&["/proj/renders"]),
+            referenced_paths: paths(&["/proj/cache"]),
+        };
+        assert_eq!(AssetReferences::read(&yaml).unwrap(), want);
+        assert_eq!(AssetReferences::read(&json).unwrap(), want);
+    }
+
+    #[test]
+    fn lists_are_optional_and_other_keys_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("asset_references.yaml");
+        // As the DCC submitters write it when a list is empty, and with a key of a later version.
+        std::fs::write(
+            &f,
+            "assetReferences:\n  inputs:\n    filenames:\n    directories: []\n  outputs: {}\n  somethingNew: 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            AssetReferences::read(dir.path()).unwrap(),
+            AssetReferences::default()
+        );
+    }
+
+    #[test]
+    fn a_bundle_directory_holds_one_file_and_the_key_must_be_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = AssetReferences::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("no asset_references.json or asset_references.yaml"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("asset_references.json"), "{}").unwrap();
+        let e = AssetReferences::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("asset_references.json: no assetReferences"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("asset_references.yaml"), "{}").unwrap();
+        let e = AssetReferences::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "assetReferences:\n  inputs: [oops\n").unwrap();
+        let e = AssetReferences::read(&bad).unwrap_err().to_string();
+        assert!(e.starts_with(&bad.display().to_string()), "{e}");
+    }
+}
