@@ -42,7 +42,9 @@ pub struct Cli {
     command: Command,
 }
 
+/// Every command's flags, listed after each command's own in its `--help`.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 struct GlobalArgs {
     /// Config file (default: $XDG_CONFIG_HOME/attache/config.toml, then /etc/attache/config.toml).
     #[arg(long, global = true, value_name = "FILE")]
