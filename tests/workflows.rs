@@ -1534,3 +1534,19 @@ fn a_job_bundle_s_asset_references_and_a_list_of_inputs_submit_what_arguments_wo
     );
     assert_eq!(by_list, by_arguments);
 }
+
+/// A job with no outputs (yet, or a mistyped id) is not an error, as for the official client,
+/// but the command says where it looked.
+#[test]
+fn download_outputs_of_a_job_without_any_says_where_it_looked() {
+    let f = Farm::new();
+    let (code, _, err) = run(&mut f.download_outputs(&["--step-id", "step-9"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "no outputs: no task has published any under {}/Manifests/farm-1/queue-1/job-1/step-9/",
+            f.s3.store_url("DeadlineCloud")
+        )),
+        "{err}"
+    );
+}
