@@ -167,6 +167,10 @@ pub struct DaemonSettings {
     pub listen: Option<String>,
     /// Bearer token required on the TCP listener.
     pub token_file: Option<PathBuf>,
+    /// The TCP listener's certificate (PEM, with its chain) and private key: with both, it
+    /// speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub state_dir: PathBuf,
     /// Finished jobs whose records are kept (in memory and in `state_dir`): the most recently
     /// finished this many (at least 1); older ones are forgotten.
@@ -187,6 +191,7 @@ impl DaemonSettings {
             &self.socket_group,
             &self.listen,
             &self.token_file,
+            (&self.tls_cert, &self.tls_key),
             &self.state_dir,
             self.max_running_jobs,
         ) != (
@@ -194,6 +199,7 @@ impl DaemonSettings {
             &other.socket_group,
             &other.listen,
             &other.token_file,
+            (&other.tls_cert, &other.tls_key),
             &other.state_dir,
             other.max_running_jobs,
         )
@@ -404,6 +410,8 @@ impl Default for DaemonSettings {
             socket_group: None,
             listen: None,
             token_file: None,
+            tls_cert: None,
+            tls_key: None,
             state_dir: xdg(state, "/var/lib").join("daemon"),
             jobs_kept: 1000,
             jobs_kept_for: Duration::secs(7 * 24 * 3600),
@@ -521,6 +529,8 @@ const KEYS: &[(&str, &[&str])] = &[
             "socket_group",
             "listen",
             "token_file",
+            "tls_cert",
+            "tls_key",
             "state_dir",
             "jobs_kept",
             "jobs_kept_for",
@@ -671,6 +681,7 @@ pub const CLIENT_ENV_VARS: &[&str] = &[
     "ATTACHE_DAEMON",
     "ATTACHE_DAEMON_URL",
     "ATTACHE_DAEMON_TOKEN_FILE",
+    "ATTACHE_DAEMON_CA",
 ];
 
 /// Reads the file, environment and flags, merges them over the defaults and validates.
@@ -1030,14 +1041,27 @@ fn at_most<T: PartialOrd + fmt::Display>(
     })
 }
 
-/// A TCP listener is reachable by other users, so it is only allowed with a token.
+/// A TCP listener is reachable by other users, so it is only allowed with a token; its
+/// certificate and key go together, and with a listener.
 fn check_listener(d: &DaemonSettings) -> Result<(), Violation> {
-    if d.listen.is_none() || d.token_file.is_some() {
-        return Ok(());
+    if d.listen.is_some() && d.token_file.is_none() {
+        return Err(Violation {
+            key: "daemon.listen",
+            reason: "a TCP listener needs daemon.token_file to be set".into(),
+        });
     }
+    let (key, reason) = match (&d.tls_cert, &d.tls_key) {
+        (Some(_), None) => ("daemon.tls_key", "daemon.tls_cert needs its private key"),
+        (None, Some(_)) => ("daemon.tls_cert", "daemon.tls_key needs its certificate"),
+        (Some(_), Some(_)) if d.listen.is_none() => (
+            "daemon.tls_cert",
+            "TLS is for the TCP listener: set daemon.listen too",
+        ),
+        _ => return Ok(()),
+    };
     Err(Violation {
-        key: "daemon.listen",
-        reason: "a TCP listener needs daemon.token_file to be set".into(),
+        key,
+        reason: reason.into(),
     })
 }
 
@@ -1410,6 +1434,18 @@ mod tests {
             &[],
             &[],
             &["`daemon.listen`", "token_file"],
+        );
+        error(
+            "[daemon]\nlisten = \"0.0.0.0:7070\"\ntoken_file = \"/t\"\ntls_cert = \"/c.pem\"\n",
+            &[],
+            &[],
+            &["`daemon.tls_key`", "needs its private key"],
+        );
+        error(
+            "[daemon]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n",
+            &[],
+            &[],
+            &["`daemon.tls_cert`", "set daemon.listen too"],
         );
     }
 

@@ -8,4 +8,5 @@ pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod shared;
+pub mod tls;
 pub mod token;

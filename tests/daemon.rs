@@ -775,6 +775,54 @@ fn a_wrangler_manages_another_machine_s_daemon_over_tcp() {
 }
 
 #[test]
+fn the_tcp_listener_speaks_https_with_a_certificate_and_the_cli_checks_it() {
+    let certs = tempfile::tempdir().unwrap();
+    let studio = common::tls::StudioCa::new();
+    let (ca, cert, key) = (
+        certs.path().join("ca.pem"),
+        certs.path().join("daemon.pem"),
+        certs.path().join("daemon.key"),
+    );
+    std::fs::write(&ca, &studio.ca_pem).unwrap();
+    std::fs::write(&cert, &studio.cert_pem).unwrap();
+    private_file(&key, &studio.key_pem);
+    let (d, port) = daemon_on_tcp(&format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    assert!(d.log().contains("HTTPS"), "{}", d.log());
+    let token = certs.path().join("farm.token");
+    private_file(&token, "s3cr3t-t0ken-0123456789\n");
+    let remote = |url: &str, ca: Option<&Path>| {
+        let mut c = attache(&certs.path().join("cache"));
+        c.args(["jobs", "--json", "--daemon-url", url, "--token-file"])
+            .arg(&token);
+        if let Some(ca) = ca {
+            c.arg("--daemon-ca").arg(ca);
+        }
+        run(&mut c)
+    };
+    let https = format!("https://localhost:{port}");
+    let (code, out, err) = remote(&https, Some(&ca));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "[]");
+
+    // A certificate of the studio's CA is not trusted without it.
+    let (code, _, err) = remote(&https, None);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("TLS with the daemon at {https}: ")) && err.contains("--daemon-ca"),
+        "{err}"
+    );
+    // Plain HTTP gets nothing from it, the token included.
+    let (code, _, err) = remote(&format!("http://localhost:{port}"), None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("speaks https://"), "{err}");
+    assert!(!d.log().contains("s3cr3t"), "the token is never logged");
+}
+
+#[test]
 fn attache_retry_runs_a_cancelled_job_again_and_refuses_one_that_runs_or_succeeded() {
     let d = Daemon::start("[bandwidth]\nupload = \"256KiB/s\"\n");
     let retry = |args: &[&str]| run(d.cmd().arg("retry").args(args));

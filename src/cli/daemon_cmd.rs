@@ -16,12 +16,17 @@ use crate::daemon::registry::now_ms;
 #[derive(Debug, Args)]
 pub struct DaemonUrlArgs {
     /// The daemon of another machine, on its TCP listener (its daemon.listen), e.g.
-    /// http://render042:7070; default: this machine's, on daemon.socket.
+    /// https://render042:7070 (http:// for one without daemon.tls_cert); default: this
+    /// machine's, on daemon.socket.
     #[arg(long, value_name = "URL", env = "ATTACHE_DAEMON_URL")]
     pub daemon_url: Option<String>,
     /// A copy of that daemon's token file, mode 0600 [default: daemon.token_file].
     #[arg(long, value_name = "FILE", env = "ATTACHE_DAEMON_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// For an https:// URL: the certificate (PEM) of the CA that signed the daemon's, or the
+    /// daemon's own [default: the system's trusted roots].
+    #[arg(long, value_name = "FILE", env = "ATTACHE_DAEMON_CA")]
+    pub daemon_ca: Option<PathBuf>,
 }
 
 impl DaemonUrlArgs {
@@ -34,7 +39,7 @@ impl DaemonUrlArgs {
             .token_file
             .as_deref()
             .or(settings.daemon.token_file.as_deref());
-        DaemonAddress::remote(url, token_file).map_err(|e| UsageError {
+        DaemonAddress::remote(url, token_file, self.daemon_ca.as_deref()).map_err(|e| UsageError {
             message: e.to_string(),
         })
     }

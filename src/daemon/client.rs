@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::pki_types::ServerName;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
@@ -28,9 +30,15 @@ pub enum ClientError {
     )]
     ConnectTcp { url: String, message: String },
     #[error(
-        "--daemon-url {url}: {message}. Write http://HOST:PORT, the daemon.listen of that machine (the listener speaks plain HTTP: across an untrusted network, reach it through `ssh -L`)"
+        "--daemon-url {url}: {message}. Write https://HOST:PORT (a daemon with daemon.tls_cert) or http://HOST:PORT, HOST:PORT being the daemon.listen of that machine"
     )]
     BadUrl { url: String, message: String },
+    #[error("--daemon-ca {0}")]
+    CaFile(super::tls::TlsFileError),
+    #[error(
+        "TLS with the daemon at {url}: {message}. Its certificate must be for the URL's host and signed by a CA this machine trusts or by the one given with --daemon-ca FILE (a self-signed one is given itself, and needs basicConstraints CA:FALSE); a daemon without daemon.tls_cert speaks http://"
+    )]
+    Tls { url: String, message: String },
     #[error(
         "--daemon-url needs the bearer token of that daemon's daemon.token_file: give a copy of it with --token-file FILE (or ATTACHE_DAEMON_TOKEN_FILE, or daemon.token_file)"
     )]
@@ -59,17 +67,20 @@ impl ClientError {
 }
 
 /// Where the daemon is: this machine's Unix socket, or another machine's TCP listener (with
-/// its bearer token), for `jobs`, `status`, `cancel` and `bwlimit --daemon-url`.
+/// its bearer token, over TLS for `https://`), for `jobs`, `status`, `cancel`, `retry` and
+/// `bwlimit --daemon-url`.
 #[derive(Clone)]
 pub enum DaemonAddress {
     Socket(PathBuf),
     Tcp {
-        /// As given, for messages: `http://render042:7070`.
+        /// As given, for messages: `https://render042:7070`.
         url: String,
         /// `host:port`, connected to and sent as `Host`.
         authority: String,
         token: String,
         token_file: PathBuf,
+        /// For `https://`: what the client trusts, and the name the certificate must have.
+        tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     },
 }
 
@@ -89,33 +100,63 @@ impl DaemonAddress {
         DaemonAddress::Socket(settings.daemon.socket.clone())
     }
 
-    /// The daemon listening at `url` (`http://HOST:PORT` or `HOST:PORT`), with the token read
-    /// from `token_file`.
-    pub fn remote(url: &str, token_file: Option<&Path>) -> Result<DaemonAddress, ClientError> {
-        let authority = authority_of(url)?;
+    /// The daemon listening at `url` (`https://HOST:PORT`, `http://HOST:PORT` or
+    /// `HOST:PORT`), with the token read from `token_file`; over `https://` trusting `ca`
+    /// (else the system's roots).
+    pub fn remote(
+        url: &str,
+        token_file: Option<&Path>,
+        ca: Option<&Path>,
+    ) -> Result<DaemonAddress, ClientError> {
+        let parsed = parse_url(url)?;
         let token_file = token_file.ok_or(ClientError::NoToken)?;
         let token = super::token::read_token_file(token_file)?;
+        let tls = match parsed.tls {
+            false => None,
+            true => {
+                let config = super::tls::client_config(ca).map_err(ClientError::CaFile)?;
+                let name =
+                    ServerName::try_from(parsed.host.clone()).map_err(|_| ClientError::BadUrl {
+                        url: url.to_string(),
+                        message: format!("{:?} is not a host name or address", parsed.host),
+                    })?;
+                Some((config, name))
+            }
+        };
         Ok(DaemonAddress::Tcp {
             url: url.trim_end_matches('/').to_string(),
-            authority,
+            authority: parsed.authority,
             token,
             token_file: token_file.to_path_buf(),
+            tls,
         })
     }
 }
 
-/// `host:port` of a daemon URL; only plain `http://` (the listener has no TLS), no path.
-fn authority_of(url: &str) -> Result<String, ClientError> {
+/// A daemon URL taken apart.
+#[derive(Debug, PartialEq)]
+struct DaemonUrl {
+    tls: bool,
+    /// `host:port`
+    authority: String,
+    /// The host alone (an IPv6 address without its brackets), for the certificate's name.
+    host: String,
+}
+
+/// `https://HOST:PORT`, `http://HOST:PORT` or `HOST:PORT` (plain HTTP); no path, no default
+/// port.
+fn parse_url(url: &str) -> Result<DaemonUrl, ClientError> {
     let bad = |message: &str| ClientError::BadUrl {
         url: url.to_string(),
         message: message.to_string(),
     };
-    if url.starts_with("https://") {
-        return Err(bad("the daemon's listener has no TLS"));
-    }
-    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => (false, url),
+    };
     if rest.contains("://") {
-        return Err(bad("only http:// is spoken"));
+        return Err(bad("only https:// and http:// are spoken"));
     }
     let authority = rest.trim_end_matches('/');
     if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
@@ -124,10 +165,17 @@ fn authority_of(url: &str) -> Result<String, ClientError> {
     let uri: hyper::Uri = format!("http://{authority}/")
         .parse()
         .map_err(|_| bad("not a host and port"))?;
-    if uri.port_u16().is_none() {
+    let (Some(host), Some(_)) = (uri.host(), uri.port_u16()) else {
         return Err(bad("no port (the daemon has no default one)"));
-    }
-    Ok(authority.to_string())
+    };
+    Ok(DaemonUrl {
+        tls,
+        authority: authority.to_string(),
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    })
 }
 
 struct Conn {
@@ -162,6 +210,7 @@ async fn connect(at: &DaemonAddress) -> Result<Conn, ClientError> {
             authority,
             token,
             token_file,
+            tls,
         } => {
             let cerr = |e: &dyn std::fmt::Display| ClientError::ConnectTcp {
                 url: url.clone(),
@@ -176,7 +225,23 @@ async fn connect(at: &DaemonAddress) -> Result<Conn, ClientError> {
             .map_err(|e| cerr(&e))?;
             // Requests are small and interactive: no Nagle delay.
             let _ = stream.set_nodelay(true);
-            let sender = handshake(stream).await.map_err(|e| cerr(&e))?;
+            let sender = match tls {
+                Some((config, name)) => {
+                    let connector = tokio_rustls::TlsConnector::from(config.clone());
+                    let tls_stream = tokio::time::timeout(
+                        CONNECT_TIMEOUT,
+                        connector.connect(name.clone(), stream),
+                    )
+                    .await
+                    .map_err(|_| cerr(&"no TLS handshake within 10 s"))?
+                    .map_err(|e| ClientError::Tls {
+                        url: url.clone(),
+                        message: e.to_string(),
+                    })?;
+                    handshake(tls_stream).await.map_err(|e| cerr(&e))?
+                }
+                None => handshake(stream).await.map_err(|e| cerr(&e))?,
+            };
             Ok(Conn {
                 sender,
                 host: authority.clone(),
@@ -221,11 +286,15 @@ impl Conn {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .expect("valid request");
-        let resp = self
-            .sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Api(e.to_string()))?;
+        let resp = self.sender.send_request(req).await.map_err(|e| {
+            ClientError::Api(match &self.remote {
+                // A TLS listener closes a connection that speaks plain HTTP to it.
+                Some((url, _)) if url.starts_with("http://") || !url.contains("://") => {
+                    format!("{url}: {e} (a daemon with daemon.tls_cert speaks https:// only)")
+                }
+                _ => e.to_string(),
+            })
+        })?;
         if resp.status() == hyper::StatusCode::UNAUTHORIZED
             && let Some((url, token_file)) = &self.remote
         {
@@ -421,31 +490,55 @@ pub use hyper::Method as HttpMethod;
 
 #[cfg(test)]
 mod tests {
-    use super::authority_of;
+    use super::{DaemonUrl, parse_url};
 
     #[test]
-    fn a_daemon_url_is_plain_http_to_a_host_and_port() {
-        for (url, authority) in [
-            ("http://render042:7070", "render042:7070"),
-            ("http://render042:7070/", "render042:7070"),
-            ("render042.farm.lan:7070", "render042.farm.lan:7070"),
-            ("http://10.0.3.42:7070", "10.0.3.42:7070"),
-            ("http://[fd00::42]:7070", "[fd00::42]:7070"),
+    fn a_daemon_url_is_https_or_http_to_a_host_and_port() {
+        let url = |tls: bool, authority: &str, host: &str| DaemonUrl {
+            tls,
+            authority: authority.into(),
+            host: host.into(),
+        };
+        for (given, want) in [
+            (
+                "http://render042:7070",
+                url(false, "render042:7070", "render042"),
+            ),
+            (
+                "http://render042:7070/",
+                url(false, "render042:7070", "render042"),
+            ),
+            (
+                "render042.farm.lan:7070",
+                url(false, "render042.farm.lan:7070", "render042.farm.lan"),
+            ),
+            (
+                "https://render042:7070",
+                url(true, "render042:7070", "render042"),
+            ),
+            (
+                "http://10.0.3.42:7070",
+                url(false, "10.0.3.42:7070", "10.0.3.42"),
+            ),
+            (
+                "https://[fd00::42]:7070",
+                url(true, "[fd00::42]:7070", "fd00::42"),
+            ),
         ] {
-            assert_eq!(authority_of(url).unwrap(), authority, "{url}");
+            assert_eq!(parse_url(given).unwrap(), want, "{given}");
         }
-        for (url, why) in [
-            ("https://render042:7070", "no TLS"),
-            ("ftp://render042:7070", "only http://"),
+        for (given, why) in [
+            ("ftp://render042:7070", "only https:// and http://"),
             ("http://render042", "no port"),
+            ("https://render042", "no port"),
             ("http://render042:7070/v1/jobs", "not a host and port"),
             ("http://user@render042:7070", "not a host and port"),
             ("", "not a host and port"),
         ] {
-            let e = authority_of(url).unwrap_err().to_string();
+            let e = parse_url(given).unwrap_err().to_string();
             assert!(
-                e.contains(why) && e.contains("http://HOST:PORT"),
-                "{url}: {e}"
+                e.contains(why) && e.contains("https://HOST:PORT"),
+                "{given}: {e}"
             );
         }
     }

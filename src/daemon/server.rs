@@ -1,6 +1,6 @@
 //! `attache daemon`: listens on the Unix socket (mode 0600, or 0660 for `daemon.socket_group`),
 //! and on TCP only when `daemon.listen` is set (then with the bearer token of
-//! `daemon.token_file`). SIGHUP re-reads the config; SIGTERM/SIGINT stop accepting, cancel
+//! `daemon.token_file`, and HTTPS with `daemon.tls_cert` and `daemon.tls_key`). SIGHUP re-reads the config; SIGTERM/SIGINT stop accepting, cancel
 //! every job, let them clean up (abort multipart uploads, remove temporary files), and exit 0;
 //! a second signal exits at once.
 
@@ -32,6 +32,8 @@ pub enum DaemonError {
     },
     #[error("daemon.token_file {path}: {message}")]
     Token { path: PathBuf, message: String },
+    #[error("daemon.tls_cert/tls_key {path}: {message}")]
+    Tls { path: PathBuf, message: String },
     #[error("daemon.state_dir {path}: {source}")]
     State {
         path: PathBuf,
@@ -142,14 +144,37 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
                 addr: addr.clone(),
                 source,
             })?;
-        tracing::info!(%addr, "TCP listener on (bearer token required)");
         let stop = stop_accepting.clone();
         let app = router(api(Some(token)));
-        servers.push(tokio::spawn(async move {
-            let _ = axum::serve(tcp, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        }));
+        match (&d.tls_cert, &d.tls_key) {
+            (Some(cert), Some(key)) => {
+                let config =
+                    super::tls::server_config(cert, key).map_err(|e| DaemonError::Tls {
+                        path: e.path,
+                        message: e.message,
+                    })?;
+                let tls = super::tls::TlsListener::new(tcp, config).map_err(|source| {
+                    DaemonError::Listen {
+                        addr: addr.clone(),
+                        source,
+                    }
+                })?;
+                tracing::info!(%addr, "TCP listener on, HTTPS (bearer token required)");
+                servers.push(tokio::spawn(async move {
+                    let _ = axum::serve(tls, app)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await;
+                }));
+            }
+            _ => {
+                tracing::info!(%addr, "TCP listener on, plain HTTP (bearer token required)");
+                servers.push(tokio::spawn(async move {
+                    let _ = axum::serve(tcp, app)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await;
+                }));
+            }
+        }
     }
 
     wait_for_shutdown(&*reload).await;

@@ -16,9 +16,19 @@ pub struct TlsFront {
     _runtime: tokio::runtime::Runtime,
 }
 
-impl TlsFront {
-    /// Terminates TLS for "localhost" and passes the bytes on to `backend` (`host:port`).
-    pub fn start_background(backend: &str) -> TlsFront {
+/// A studio's own CA and a certificate it signed for "localhost".
+pub struct StudioCa {
+    /// The CA's certificate, PEM.
+    pub ca_pem: String,
+    /// The leaf's certificate and private key, PEM and DER.
+    pub cert_pem: String,
+    pub key_pem: String,
+    cert_der: rustls::pki_types::CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+impl StudioCa {
+    pub fn new() -> StudioCa {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
@@ -27,14 +37,28 @@ impl TlsFront {
             .unwrap()
             .signed_by(&leaf_key, &ca)
             .unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+        StudioCa {
+            ca_pem: ca.pem(),
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+            cert_der: leaf.der().clone(),
+            key_der: leaf_key.serialize_der(),
+        }
+    }
+}
+
+impl TlsFront {
+    /// Terminates TLS for "localhost" and passes the bytes on to `backend` (`host:port`).
+    pub fn start_background(backend: &str) -> TlsFront {
+        let studio = StudioCa::new();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(studio.key_der.clone()).unwrap();
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
+        .with_single_cert(vec![studio.cert_der.clone()], key)
         .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -60,7 +84,7 @@ impl TlsFront {
         });
         TlsFront {
             endpoint: format!("https://localhost:{port}"),
-            ca_pem: ca.pem(),
+            ca_pem: studio.ca_pem,
             _runtime: runtime,
         }
     }
