@@ -871,6 +871,33 @@ fn attache_retry_runs_a_cancelled_job_again_and_refuses_one_that_runs_or_succeed
     let (code, _, err) = retry(&[&first, &second, "--follow"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("give one ID"), "{err}");
+
+    // A job is run again once: a second retry names the first one's job.
+    let (code, _, err) = retry(&[&first]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "job {first} was already run again as {second} (succeeded)"
+        )),
+        "{err}"
+    );
+    // After a crash: every interrupted (here: cancelled) job not yet run again, and only those.
+    let (code, _, err) = retry(&["--state", "cancelled"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no cancelled job left to run again"), "{err}");
+    let (third, _) = d.start_slow_submit(4 << 20);
+    d.api("DELETE", &format!("/v1/jobs/{third}"), "");
+    assert_eq!(d.wait(&third, Duration::from_secs(5))["state"], "cancelled");
+    let (code, out, err) = retry(&["--state", "failed,cancelled,interrupted", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["retry_of"], third.as_str(), "{out}");
+    let (code, _, err) = retry(&["--state", "cancelled"]);
+    assert_eq!(
+        (code, err.contains("no cancelled job left")),
+        (0, true),
+        "{err}"
+    );
 }
 
 #[test]

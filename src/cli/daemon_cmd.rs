@@ -70,8 +70,22 @@ pub struct StatusArgs {
 pub struct RetryArgs {
     /// The jobs to run again: failed, cancelled or interrupted ones (`attache jobs --state
     /// failed,cancelled,interrupted`). Each becomes a new job with the same spec.
-    #[arg(required = true, value_name = "ID")]
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "state",
+        conflicts_with = "state"
+    )]
     ids: Vec<String>,
+    /// Every job in this state that has not been run again yet: failed, cancelled,
+    /// interrupted (repeatable, or comma-separated); e.g. all the interrupted ones after a
+    /// crash.
+    #[arg(
+        long,
+        value_name = "STATE",
+        value_delimiter = ',',
+        value_parser = ["failed", "cancelled", "interrupted"]
+    )]
+    state: Vec<String>,
     /// Show the new job's progress until it ends (one ID only); the exit status is then the
     /// job's. Ctrl-C stops following, not the job.
     #[arg(long)]
@@ -245,9 +259,40 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
         }
         .into());
     }
+    if a.follow && !a.state.is_empty() {
+        return Err(UsageError {
+            message: "--follow follows one job: give one ID, not --state".into(),
+        }
+        .into());
+    }
     let at = a.daemon.address(&ctx.settings)?;
+    let ids = match a.state.is_empty() {
+        true => a.ids.clone(),
+        false => {
+            let list = call(&at, HttpMethod::GET, "/v1/jobs")?;
+            let jobs = list.as_array().map_or(&[][..], |v| v.as_slice());
+            // Those already run again are left alone: the command can be run twice.
+            let retried: std::collections::HashSet<&str> =
+                jobs.iter().filter_map(|j| j["retry_of"].as_str()).collect();
+            let ids: Vec<String> = jobs
+                .iter()
+                .filter(|j| {
+                    j["state"]
+                        .as_str()
+                        .is_some_and(|s| a.state.iter().any(|w| w == s))
+                })
+                .filter_map(|j| j["id"].as_str())
+                .filter(|id| !retried.contains(id))
+                .map(str::to_string)
+                .collect();
+            if ids.is_empty() {
+                eprintln!("no {} job left to run again", a.state.join(" or "));
+            }
+            ids
+        }
+    };
     let mut refused = 0;
-    for id in &a.ids {
+    for id in &ids {
         match call(&at, HttpMethod::POST, &format!("/v1/jobs/{id}/retry")) {
             Ok(j) => {
                 if a.follow {

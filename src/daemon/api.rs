@@ -172,7 +172,7 @@ async fn retry(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response 
         Err(e @ RetryError::NoSuchJob(_)) => {
             error(StatusCode::NOT_FOUND, &e.to_string(), Some("id"))
         }
-        Err(e @ RetryError::NotRetryable { .. }) => {
+        Err(e @ (RetryError::NotRetryable { .. } | RetryError::AlreadyRetried { .. })) => {
             error(StatusCode::CONFLICT, &e.to_string(), Some("id"))
         }
         // The daemon shutting down, or a spec an older version accepted and this one does not.

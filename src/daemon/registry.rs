@@ -62,6 +62,14 @@ pub enum RetryError {
     NoSuchJob(String),
     #[error("job {id} {what}: only a failed, cancelled or interrupted job is run again")]
     NotRetryable { id: String, what: &'static str },
+    #[error(
+        "job {id} was already run again as {by} ({state}); retry that one if it did not succeed"
+    )]
+    AlreadyRetried {
+        id: String,
+        by: String,
+        state: String,
+    },
     #[error(transparent)]
     Job(#[from] JobError),
 }
@@ -100,6 +108,8 @@ pub struct Registry {
     /// One permit per job allowed to run at once (`daemon.max_running_jobs`); the others wait
     /// queued, in the order they came.
     slots: tokio::sync::Semaphore,
+    /// Held while a job is retried (see [`Registry::retry`]).
+    retrying: Mutex<()>,
 }
 
 /// Now, in milliseconds since the epoch: the unit of a job record's times.
@@ -163,6 +173,7 @@ impl Registry {
             root: CancellationToken::new(),
             tracker: TaskTracker::new(),
             slots,
+            retrying: Mutex::new(()),
         };
         registry.forget_old_jobs();
         Ok(Arc::new(registry))
@@ -229,6 +240,8 @@ impl Registry {
     /// download or sync skips what is already in place. A job that succeeded, or is still
     /// queued or running, is refused.
     pub fn retry(self: &Arc<Self>, id: &str) -> Result<JobRecord, RetryError> {
+        // One retry of a job at a time: two wranglers retrying it together make one new job.
+        let _one_at_a_time = self.retrying.lock().expect("not poisoned");
         let old = self
             .get(id)
             .ok_or_else(|| RetryError::NoSuchJob(id.to_string()))?
@@ -241,6 +254,18 @@ impl Registry {
         };
         if let Some(what) = what {
             return Err(RetryError::NotRetryable { id: old.id, what });
+        }
+        if let Some(by) = self
+            .list(&[], None)
+            .into_iter()
+            .find(|j| j.retry_of.as_deref() == Some(id))
+        {
+            let state = serde_json::to_value(by.state).expect("states serialize");
+            return Err(RetryError::AlreadyRetried {
+                id: old.id,
+                by: by.id,
+                state: state.as_str().unwrap_or_default().to_string(),
+            });
         }
         Ok(self.start(old.spec, Some(old.id))?)
     }
