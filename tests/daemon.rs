@@ -536,6 +536,22 @@ fn jobs_beyond_max_running_jobs_wait_queued_and_can_be_cancelled_there() {
         "{}",
         d.log()
     );
+    // The time jobs waited and ran, for a farm's dashboards: three started (the cancelled one
+    // never did), the first at once, the two others behind it; all three succeeded.
+    let metrics = d.api("GET", "/metrics", "").1;
+    let metrics = metrics.as_str().unwrap();
+    for line in [
+        "attache_job_queued_seconds_count{kind=\"submit\"} 3",
+        "attache_job_queued_seconds_bucket{kind=\"submit\",le=\"0.1\"} 1",
+        "attache_job_queued_seconds_bucket{kind=\"submit\",le=\"+Inf\"} 3",
+        "attache_job_duration_seconds_count{kind=\"submit\"} 3",
+        "# TYPE attache_job_duration_seconds histogram",
+    ] {
+        assert!(
+            metrics.contains(&format!("\n{line}\n")),
+            "{line}: {metrics}"
+        );
+    }
 }
 
 /// A daemon that runs for months keeps a bounded history: finished jobs beyond

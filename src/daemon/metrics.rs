@@ -1,7 +1,10 @@
 //! `GET /metrics`: Prometheus text of what the daemon did and is doing.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use super::registry::{JobState, Registry};
 use super::shared::Shared;
@@ -24,11 +27,88 @@ pub struct Metrics {
     files_hashed: AtomicU64,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
+    /// By job kind: how long jobs waited for a slot, how long those that succeeded ran.
+    queued: Mutex<BTreeMap<&'static str, Histogram>>,
+    ran: Mutex<BTreeMap<&'static str, Histogram>>,
+}
+
+/// Upper bounds of the job-time histograms, in seconds: from a warm sync (tenths of a second)
+/// to a night's submission.
+const BUCKETS: [f64; 11] = [
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    15.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    12.0 * 3600.0,
+];
+
+/// A Prometheus histogram of durations: how many fell at or under each bound, their count and
+/// their sum.
+#[derive(Default, Clone)]
+struct Histogram {
+    at_most: [u64; BUCKETS.len()],
+    count: u64,
+    sum: Duration,
+}
+
+impl Histogram {
+    fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (n, bound) in self.at_most.iter_mut().zip(BUCKETS) {
+            if secs <= bound {
+                *n += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += d;
+    }
+
+    /// The text lines of `attache_{name}` for the histograms of each kind.
+    fn render(o: &mut String, name: &str, help: &str, by_kind: &BTreeMap<&'static str, Histogram>) {
+        let _ = writeln!(
+            o,
+            "# HELP attache_{name} {help}\n# TYPE attache_{name} histogram"
+        );
+        for (kind, h) in by_kind {
+            for (n, bound) in h.at_most.iter().zip(BUCKETS) {
+                let _ = writeln!(
+                    o,
+                    "attache_{name}_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                o,
+                "attache_{name}_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                o,
+                "attache_{name}_sum{{kind=\"{kind}\"}} {}",
+                h.sum.as_secs_f64()
+            );
+            let _ = writeln!(o, "attache_{name}_count{{kind=\"{kind}\"}} {}", h.count);
+        }
+    }
 }
 
 impl Metrics {
-    pub fn job_started(&self) {
+    /// A job of `kind` starts, after waiting `queued` for a slot.
+    pub fn job_started(&self, kind: &'static str, queued: Duration) {
         self.started.fetch_add(1, Relaxed);
+        let mut by_kind = self.queued.lock().expect("not poisoned");
+        by_kind.entry(kind).or_default().observe(queued);
+    }
+
+    /// A job of `kind` succeeded after running `ran`.
+    pub fn job_succeeded(&self, kind: &'static str, ran: Duration) {
+        let mut by_kind = self.ran.lock().expect("not poisoned");
+        by_kind.entry(kind).or_default().observe(ran);
     }
 
     pub fn job_finished(&self, state: JobState) {
@@ -263,6 +343,20 @@ impl Metrics {
             "Config reloads refused (the old config stayed).",
             &one(&self.reload_failures),
         );
+        let queued = self.queued.lock().expect("not poisoned").clone();
+        Histogram::render(
+            &mut o,
+            "job_queued_seconds",
+            "Time jobs waited for a slot (daemon.max_running_jobs) before they started, by kind.",
+            &queued,
+        );
+        let ran = self.ran.lock().expect("not poisoned").clone();
+        Histogram::render(
+            &mut o,
+            "job_duration_seconds",
+            "Time succeeded jobs ran, from start to result, by kind.",
+            &ran,
+        );
         o
     }
 }
@@ -276,10 +370,36 @@ fn label_value(v: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_histogram_counts_each_duration_under_every_bound_it_fits() {
+        let mut h = Histogram::default();
+        for secs in [0.05, 2.0, 7200.0, 90_000.0] {
+            h.observe(Duration::from_secs_f64(secs));
+        }
+        let mut o = String::new();
+        Histogram::render(&mut o, "t", "help", &BTreeMap::from([("submit", h)]));
+        for line in [
+            "# TYPE attache_t histogram",
+            "attache_t_bucket{kind=\"submit\",le=\"0.1\"} 1",
+            "attache_t_bucket{kind=\"submit\",le=\"1\"} 1",
+            "attache_t_bucket{kind=\"submit\",le=\"5\"} 2",
+            "attache_t_bucket{kind=\"submit\",le=\"3600\"} 2",
+            "attache_t_bucket{kind=\"submit\",le=\"14400\"} 3",
+            "attache_t_bucket{kind=\"submit\",le=\"43200\"} 3",
+            "attache_t_bucket{kind=\"submit\",le=\"+Inf\"} 4",
+            "attache_t_sum{kind=\"submit\"} 97202.05",
+            "attache_t_count{kind=\"submit\"} 4",
+        ] {
+            assert!(o.lines().any(|l| l == line), "{line}:\n{o}");
+        }
+    }
+
     #[test]
     fn a_label_value_escapes_what_would_end_or_break_it() {
         assert_eq!(
-            super::label_value("s3://b/a\"b\\c\nd region=r"),
+            label_value("s3://b/a\"b\\c\nd region=r"),
             "s3://b/a\\\"b\\\\c\\nd region=r"
         );
     }

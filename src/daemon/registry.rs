@@ -112,6 +112,11 @@ pub struct Registry {
     retrying: Mutex<()>,
 }
 
+/// A span between two record times (never negative: the clock may have been set back).
+fn ms(span: i64) -> Duration {
+    Duration::from_millis(span.max(0) as u64)
+}
+
 /// Now, in milliseconds since the epoch: the unit of a job record's times.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -338,12 +343,13 @@ impl Registry {
                 }
             }
         };
-        let spec = self.update(&job, |r| {
+        let (spec, queued_ms) = self.update(&job, |r| {
             r.state = JobState::Running;
-            r.started_ms = Some(now_ms());
-            r.spec.clone()
+            let now = now_ms();
+            r.started_ms = Some(now);
+            (r.spec.clone(), now - r.created_ms)
         });
-        self.metrics.job_started();
+        self.metrics.job_started(spec.kind(), ms(queued_ms));
         let settings = self.shared.settings();
         let url = spec
             .store()
@@ -365,8 +371,9 @@ impl Registry {
             never = log_progress(&job, kind, &settings.log) => match never {},
         };
         let progress = job.progress.snapshot();
-        let state = self.update(&job, |r| {
-            r.finished_ms = Some(now_ms());
+        let (state, ran_ms) = self.update(&job, |r| {
+            let now = now_ms();
+            r.finished_ms = Some(now);
             r.progress = progress;
             match outcome {
                 Ok(out) => {
@@ -380,9 +387,12 @@ impl Registry {
                     r.state = JobState::Failed;
                 }
             }
-            r.state
+            (r.state, now - r.started_ms.unwrap_or(now))
         });
         self.metrics.job_finished(state);
+        if state == JobState::Succeeded {
+            self.metrics.job_succeeded(kind, ms(ran_ms));
+        }
         tracing::info!(job = %job.snapshot().id, state = ?state, "job finished");
         self.forget_old_jobs();
         if self.active() == 0 {
