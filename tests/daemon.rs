@@ -790,6 +790,64 @@ fn a_wrangler_manages_another_machine_s_daemon_over_tcp() {
     assert!(!d.log().contains("s3cr3t"), "the token is never logged");
 }
 
+/// A DCC plugin that writes job bundles sends the daemon the bundle, not its paths: the job
+/// reads its asset_references.yaml and its record holds what it read.
+#[test]
+fn a_submit_through_the_api_takes_a_job_bundle_s_asset_references() {
+    let d = Daemon::start("");
+    let proj = d.path("proj");
+    big_tree(&proj.join("tex"), 3, 1000);
+    std::fs::write(proj.join("scene.ma"), b"scene").unwrap();
+    let bundle = d.path("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let refs = |scene: &str| {
+        format!(
+            "assetReferences:\n  inputs:\n    filenames: [{scene}]\n    directories: [{p}/tex]\n  outputs:\n    directories: [{p}/renders]\n",
+            p = proj.display()
+        )
+    };
+    std::fs::write(
+        bundle.join("asset_references.yaml"),
+        refs(&proj.join("scene.ma").display().to_string()),
+    )
+    .unwrap();
+    let spec = |bundle: &Path| {
+        serde_json::json!({"kind": "submit", "asset_references": [bundle], "farm_id": "farm-1", "queue_id": "queue-1"}).to_string()
+    };
+    let id = d.start_job(&spec(&bundle));
+    let j = d.wait(&id, Duration::from_secs(10));
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["result"]["roots"][0]["files"], 4, "{j}");
+    let att = &j["result"]["attachments"]["manifests"][0];
+    assert_eq!(
+        att["outputRelativeDirectories"],
+        serde_json::json!(["renders"]),
+        "{j}"
+    );
+    assert_eq!(
+        j["spec"]["inputs"],
+        serde_json::json!([proj.join("scene.ma"), proj.join("tex")]),
+        "the record holds what was read: {j}"
+    );
+    assert!(j["spec"].get("asset_references").is_none(), "{j}");
+
+    // A relative path means the client's current directory, which the daemon does not know.
+    std::fs::write(bundle.join("asset_references.yaml"), refs("scene.ma")).unwrap();
+    let (status, e) = d.api("POST", "/v1/jobs", &spec(&bundle));
+    assert_eq!(
+        (status, &e["field"]),
+        (400, &"asset_references".into()),
+        "{e}"
+    );
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("scene.ma is relative"),
+        "{e}"
+    );
+}
+
 #[test]
 fn the_tcp_listener_speaks_https_with_a_certificate_and_the_cli_checks_it() {
     let certs = tempfile::tempdir().unwrap();

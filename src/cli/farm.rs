@@ -360,6 +360,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         inputs: paths.inputs,
         output_dirs: paths.output_dirs,
         referenced: paths.referenced,
+        asset_references: Vec::new(),
         farm_id: a.farm_id,
         queue_id: a.queue_id,
         locations: a.locations,

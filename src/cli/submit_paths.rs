@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::UsageError;
-use crate::jobs::asset_references::AssetReferences;
+use crate::jobs::asset_references::{AssetReferences, keep_first_of_each};
 
 #[derive(Debug, Args)]
 pub struct SubmitPathArgs {
@@ -49,8 +49,7 @@ impl SubmitPathArgs {
             all.inputs.extend(read_path_list(file)?);
         }
         for list in [&mut all.inputs, &mut all.output_dirs, &mut all.referenced] {
-            let mut seen = std::collections::HashSet::new();
-            list.retain(|p| seen.insert(p.clone()));
+            keep_first_of_each(list);
         }
         Ok(all)
     }

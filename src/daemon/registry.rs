@@ -237,7 +237,8 @@ impl Registry {
 
     /// Validates and starts a job. Its id is returned at once; it runs in the background.
     pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<JobRecord, JobError> {
-        self.start(spec, None)
+        // Read now, so the record (and a retry) holds the paths the job was given.
+        self.start(spec.take_asset_references()?, None)
     }
 
     /// Starts a failed, cancelled or interrupted job again, as a new job with the same spec

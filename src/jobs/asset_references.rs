@@ -108,6 +108,12 @@ impl AssetReferences {
     }
 }
 
+/// Drops the paths named again after their first time, keeping the order.
+pub fn keep_first_of_each(paths: &mut Vec<PathBuf>) {
+    let mut seen = std::collections::HashSet::new();
+    paths.retain(|p| seen.insert(p.clone()));
+}
+
 /// The asset references file of a job bundle directory.
 fn bundle_file(dir: &Path) -> Result<PathBuf, String> {
     let json = dir.join("asset_references.json");

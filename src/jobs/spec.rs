@@ -48,6 +48,11 @@ pub struct SubmitJob {
     pub output_dirs: Vec<PathBuf>,
     #[serde(default)]
     pub referenced: Vec<PathBuf>,
+    /// Job bundles' asset references (`asset_references.yaml`/`.json`, or the bundle
+    /// directory): their paths join `inputs`, `output_dirs` and `referenced` when the daemon
+    /// accepts the job ([`JobSpec::take_asset_references`]); the CLI reads them itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub asset_references: Vec<PathBuf>,
     pub farm_id: String,
     pub queue_id: String,
     /// LOCAL storage-profile locations, `NAME=PATH`.
@@ -281,6 +286,46 @@ fn invalid(field: &'static str, message: impl Into<String>) -> JobError {
 }
 
 impl JobSpec {
+    /// Reads a submit's `asset_references` files into its paths (each path once). The daemon
+    /// has no current directory of its client's: the files' paths must be absolute.
+    pub fn take_asset_references(mut self) -> Result<JobSpec, JobError> {
+        let JobSpec::Submit(j) = &mut self else {
+            return Ok(self);
+        };
+        for file in std::mem::take(&mut j.asset_references) {
+            if !file.is_absolute() {
+                return Err(invalid(
+                    "asset_references",
+                    format!("{} must be an absolute path", file.display()),
+                ));
+            }
+            let refs = crate::jobs::asset_references::AssetReferences::read(&file)
+                .map_err(|e| invalid("asset_references", e.to_string()))?;
+            let all = refs
+                .inputs
+                .iter()
+                .chain(&refs.output_directories)
+                .chain(&refs.referenced_paths);
+            if let Some(relative) = all.into_iter().find(|p| p.is_relative()) {
+                return Err(invalid(
+                    "asset_references",
+                    format!(
+                        "{}: {} is relative, and the daemon has no current directory to read it from: write absolute paths, or submit with `attache submit --asset-references`, which reads them from its own",
+                        file.display(),
+                        relative.display()
+                    ),
+                ));
+            }
+            j.inputs.extend(refs.inputs);
+            j.output_dirs.extend(refs.output_directories);
+            j.referenced.extend(refs.referenced_paths);
+        }
+        for list in [&mut j.inputs, &mut j.output_dirs, &mut j.referenced] {
+            crate::jobs::asset_references::keep_first_of_each(list);
+        }
+        Ok(self)
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             JobSpec::Submit(_) => "submit",
