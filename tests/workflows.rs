@@ -1550,3 +1550,50 @@ fn download_outputs_of_a_job_without_any_says_where_it_looked() {
         "{err}"
     );
 }
+
+/// A worker runs thousands of sessions, each recording its files in the hash cache under its
+/// own directory: the next sync forgets those of the sessions the worker agent has removed,
+/// so the cache holds the sessions that are there, not every session ever run.
+#[test]
+fn a_worker_s_hash_cache_forgets_the_sessions_that_were_removed() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    build_fixture_tree("tiny", &proj);
+    let att = f.submit(std::slice::from_ref(&proj), &[]);
+    let known = || {
+        let (code, out, err) = run(f.attache("worker").args(["cache", "--json"]));
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["hash_cache"]["entries"].as_u64().unwrap()
+    };
+    let sessions = f.path("sessions");
+    for s in ["session-1", "session-2"] {
+        f.ok(&mut f.sync_inputs(&att, &sessions.join(s)));
+    }
+    let per_session = known() / 2;
+    assert!(per_session > 0);
+    std::fs::remove_dir_all(sessions.join("session-1")).unwrap();
+    let (code, _, err) = run(&mut f.sync_inputs(&att, &sessions.join("session-3")));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "hash cache: forgot {per_session} files of directories removed from {} (1 of them)",
+            sessions.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(known(), 2 * per_session, "session-2 and session-3");
+
+    // `attache cache trim` does the same for any directory that is gone.
+    std::fs::remove_dir_all(&sessions).unwrap();
+    let (code, out, err) = run(f.attache("worker").args(["cache", "trim"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "hash cache: forgot {} files under directories that no longer exist (1 of them)",
+            2 * per_session
+        )),
+        "{out}"
+    );
+    assert_eq!(known(), 0);
+}

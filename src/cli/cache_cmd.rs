@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::{Context, UsageError};
+use super::Context;
 use crate::config::ByteSize;
 use crate::jobs::local_caches::{self, CacheUsage, ClearSpec};
 
@@ -26,10 +26,12 @@ enum CacheCommand {
     Show,
     /// Empty caches, also while transfers run: what is forgotten is found out again.
     Clear(ClearArgs),
-    /// Remove the content cache's least recently used objects until it holds at most
-    /// cache.content_size (or --to).
+    /// Forget what the databases hold in vain (hashes of files under directories that no
+    /// longer exist, such as removed render sessions; known-present entries older than
+    /// transfer.known_present_ttl), and remove the content cache's least recently used
+    /// objects until it holds at most cache.content_size (or --to).
     Trim {
-        /// Trim to this size instead, e.g. 50GiB.
+        /// Trim the content cache to this size, e.g. 50GiB (also when cache.content_size is 0).
         #[arg(long, value_name = "SIZE")]
         to: Option<ByteSize>,
     },
@@ -90,22 +92,32 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
             }
         }
         CacheCommand::Trim { to } => {
-            if to.is_none() && settings.cache.content_size.0 == 0 {
-                return Err(UsageError {
-                    message: "cache.content_size is 0 (the content cache is off): give --to SIZE, or empty it with `attache cache clear --content`".into(),
-                }
-                .into());
-            }
-            let gone = local_caches::trim(settings, to.map(|b| b.0))?;
+            let done = local_caches::trim(settings, to.map(|b| b.0))?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&gone)?);
-            } else {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let (Some(files), Some(dirs)) = (done.hash_files, done.hash_directories) {
                 println!(
+                    "hash cache: forgot {files} files under directories that no longer exist ({dirs} of them)"
+                );
+            }
+            if let Some(n) = done.known_present_expired {
+                println!(
+                    "known-present index: forgot {n} objects not verified for transfer.known_present_ttl ({})",
+                    settings.transfer.known_present_ttl
+                );
+            }
+            match &done.content {
+                Some(gone) => println!(
                     "content cache: removed {} objects ({}); it holds {}",
                     gone.files,
                     size(gone.bytes),
                     size(gone.kept_bytes)
-                );
+                ),
+                None => println!(
+                    "content cache: off (cache.content_size = 0; --to SIZE trims what is there)"
+                ),
             }
         }
     }

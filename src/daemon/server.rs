@@ -113,15 +113,32 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
                 .await
         }
     });
-    // The job history's age limit holds on an idle daemon too (a finishing job also prunes).
+    // The job history's age limit holds on an idle daemon too (a finishing job also prunes);
+    // the machine's databases forget what they hold in vain (the hashes of removed sessions'
+    // files, known-present entries too old to trust).
     tokio::spawn({
-        let registry = registry.clone();
+        let (registry, shared) = (registry.clone(), shared.clone());
         async move {
             let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
             hourly.tick().await; // the first tick is now; the registry pruned when it opened
             loop {
                 hourly.tick().await;
                 registry.forget_old_jobs();
+                let settings = shared.settings();
+                let done = tokio::task::spawn_blocking(move || {
+                    crate::jobs::local_caches::forget_stale(&settings)
+                })
+                .await;
+                match done {
+                    Ok(Ok(t)) => tracing::info!(
+                        hash_files = t.hash_files.unwrap_or(0),
+                        hash_directories = t.hash_directories.unwrap_or(0),
+                        known_present_expired = t.known_present_expired.unwrap_or(0),
+                        "caches: forgot what no longer exists or is too old"
+                    ),
+                    Ok(Err(e)) => tracing::warn!("caches: {e}"),
+                    Err(e) => tracing::warn!("caches: {e}"),
+                }
             }
         }
     });

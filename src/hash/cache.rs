@@ -25,6 +25,7 @@
 //! mtime is the manifest's, set by attache, so any later write moves it, and only a write that
 //! also set that exact mtime back inside the same clock tick as the naming could go unseen.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -178,6 +179,115 @@ impl HashCache {
         conn.execute("DELETE FROM hashes", [])
             .map(|n| n as u64)
             .map_err(|e| self.query_error(e))
+    }
+
+    /// Forgets the files under each directory directly in `parent` that no longer exists
+    /// (but `except`, which a sync is about to make): on a render worker, the sessions the
+    /// worker agent has removed since (each session's files are recorded under its own
+    /// directory, which would otherwise stay in the cache for good). One index seek and one
+    /// `stat` per entry of `parent` that has rows, whatever their number; rows are deleted a
+    /// few thousand at a time, and `stop` ends it between them. Returns (entries gone, rows
+    /// forgotten).
+    pub fn forget_vanished_in(
+        &self,
+        parent: &Path,
+        except: &Path,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(u64, u64), CacheError> {
+        let except = except.as_os_str().as_bytes();
+        let q = |e| self.query_error(e);
+        let (under, past) = prefix_range(parent.as_os_str().as_bytes());
+        let conn = self.conn.lock().expect("no panics while holding the lock");
+        let first_from = |from: &[u8], below: &[u8]| -> rusqlite::Result<Option<Vec<u8>>> {
+            conn.prepare_cached(
+                "SELECT path FROM hashes WHERE path >= ?1 AND path < ?2 ORDER BY path LIMIT 1",
+            )?
+            .query_row(params![from, below], |r| r.get(0))
+            .optional()
+        };
+        let (mut entries, mut rows) = (0, 0);
+        let mut cursor = under.clone();
+        while let Some(path) = first_from(&cursor, &past).map_err(q)? {
+            // The entry of `parent` this row is under (or is).
+            let name_len = path[under.len()..]
+                .iter()
+                .position(|&b| b == b'/')
+                .unwrap_or(path.len() - under.len());
+            let entry = path[..under.len() + name_len].to_vec();
+            let (entry_under, entry_past) = prefix_range(&entry);
+            if entry != except && is_gone(&entry) {
+                // The entry itself (a file), then all that was under it (a directory).
+                let n = conn
+                    .prepare_cached("DELETE FROM hashes WHERE path = ?1")
+                    .and_then(|mut d| d.execute(params![entry]))
+                    .map_err(q)? as u64
+                    + delete_range(&conn, &entry_under, &entry_past, stop).map_err(q)?;
+                entries += 1;
+                rows += n;
+            }
+            if stop() {
+                break;
+            }
+            // Next: a sibling whose name extends this one with a byte below '/' (`shot 2`
+            // after `shot`) sorts between the entry and its subtree; then past the subtree.
+            let mut after_entry = entry.clone();
+            after_entry.push(0);
+            cursor = match first_from(&after_entry, &entry_under).map_err(q)? {
+                Some(sibling) => sibling,
+                None => entry_past,
+            };
+        }
+        Ok((entries, rows))
+    }
+
+    /// Forgets the files of every directory that no longer exists, wherever it is: a pass over
+    /// the whole cache, with one `stat` per directory that has rows (`attache cache trim`,
+    /// and a daemon once an hour). Files removed from a directory that is still there stay
+    /// until a full scan of their root (`hash`, `put`) prunes them. Returns (directories gone,
+    /// rows forgotten).
+    pub fn forget_vanished(&self) -> Result<(u64, u64), CacheError> {
+        let q = |e| self.query_error(e);
+        let (mut dirs, mut rows) = (0, 0);
+        // Rows above `after` are still to be seen; those below `deleted_below` went with a
+        // directory; `present` is the last directory found there (its files need no `stat`).
+        let (mut after, mut deleted_below, mut present) = (Vec::new(), Vec::new(), Vec::new());
+        loop {
+            // In batches, the lock given up between them for the transfers that share it.
+            let conn = self.conn.lock().expect("no panics while holding the lock");
+            let batch: Vec<Vec<u8>> = conn
+                .prepare_cached("SELECT path FROM hashes WHERE path > ?1 ORDER BY path LIMIT 10000")
+                .and_then(|mut st| {
+                    st.query_map(params![after], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()
+                })
+                .map_err(q)?;
+            let Some(last) = batch.last() else {
+                break;
+            };
+            after = last.clone();
+            for path in &batch {
+                let Some(dir) = parent_of(path) else {
+                    continue;
+                };
+                if path.as_slice() < deleted_below.as_slice() || dir == present.as_slice() {
+                    continue;
+                }
+                if !is_gone(dir) {
+                    present = dir.to_vec();
+                    continue;
+                }
+                // The highest directory that is gone: one range for all that was under it.
+                let mut top = dir;
+                while let Some(up) = parent_of(top).filter(|up| is_gone(up)) {
+                    top = up;
+                }
+                let (lo, hi) = prefix_range(top);
+                rows += delete_range(&conn, &lo, &hi, &|| false).map_err(q)?;
+                dirs += 1;
+                deleted_below = hi;
+            }
+        }
+        Ok((dirs, rows))
     }
 
     /// Looks up many files under one directory at once. `files` are paths relative to `dir`
@@ -406,6 +516,58 @@ fn lookup_on(
     Ok(row.and_then(|r| r.trusted_hash(path, stat)))
 }
 
+/// Deletes the rows from `lo` (included) to `hi` (excluded), a few thousand per statement so
+/// that a cancel (`stop`) is heard between them and no statement holds the database long.
+fn delete_range(
+    conn: &Connection,
+    lo: &[u8],
+    hi: &[u8],
+    stop: &dyn Fn() -> bool,
+) -> rusqlite::Result<u64> {
+    const CHUNK: i64 = 5000;
+    let mut from = lo.to_vec();
+    let mut deleted = 0;
+    loop {
+        let upto: Option<Vec<u8>> = conn
+            .prepare_cached(
+                "SELECT path FROM hashes WHERE path >= ?1 AND path < ?2 ORDER BY path LIMIT 1 OFFSET ?3",
+            )?
+            .query_row(params![from, hi, CHUNK], |r| r.get(0))
+            .optional()?;
+        let end = upto.clone().unwrap_or_else(|| hi.to_vec());
+        deleted += conn
+            .prepare_cached("DELETE FROM hashes WHERE path >= ?1 AND path < ?2")?
+            .execute(params![from, end])? as u64;
+        match upto {
+            Some(next) if !stop() => from = next,
+            _ => return Ok(deleted),
+        }
+    }
+}
+
+/// Whether `path` is gone for sure (not there, or a file where a directory was); any other
+/// failure (a network mount that does not answer, a permission) keeps its rows.
+fn is_gone(path: &[u8]) -> bool {
+    match std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(path)) {
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+        ),
+    }
+}
+
+/// The directory a path is in (`/a` for `/a/b`, `/` for `/a`); `None` for `/` or a relative
+/// path.
+fn parent_of(path: &[u8]) -> Option<&[u8]> {
+    let cut = path.iter().rposition(|&b| b == b'/')?;
+    match cut {
+        0 if path.len() > 1 => Some(&path[..1]),
+        0 => None,
+        _ => Some(&path[..cut]),
+    }
+}
+
 /// The key range of every path strictly below `dir`: `dir/` ≤ key < `dir0` ('0' follows '/').
 fn prefix_range(dir: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let base = dir.strip_suffix(b"/").unwrap_or(dir);
@@ -453,6 +615,111 @@ mod tests {
             mtime_ns: 10,
             ctime_ns: 20,
         }
+    }
+
+    /// A cache in `t/cache` that knows `files` (paths under `t`), and those of them that are
+    /// made on disk (`made`).
+    fn cache_knowing(t: &Path, files: &[&str], made: &[&str]) -> HashCache {
+        for f in made {
+            let p = t.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"x").unwrap();
+        }
+        let cache = HashCache::open(&t.join("cache")).unwrap();
+        let paths: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| t.join(f).into_os_string().into_encoded_bytes())
+            .collect();
+        let st = stat(1);
+        let records: Vec<CacheRecord<'_>> = paths
+            .iter()
+            .map(|p| CacheRecord {
+                path: p,
+                stat: &st,
+                hash: ContentHash::of(b"x"),
+            })
+            .collect();
+        cache.store(&records).unwrap();
+        cache
+    }
+
+    fn known(cache: &HashCache, t: &Path) -> Vec<String> {
+        let conn = cache.conn.lock().unwrap();
+        let mut st = conn
+            .prepare("SELECT path FROM hashes ORDER BY path")
+            .unwrap();
+        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+        let base = t.as_os_str().len() + 1;
+        rows.map(|p| String::from_utf8(p.unwrap()[base..].to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_files_of_sessions_no_longer_there_are_forgotten_and_no_others() {
+        let t = tempfile::tempdir().unwrap();
+        let files = [
+            "sessions/s1/assetroot-a/scene.ma",
+            "sessions/s1/assetroot-a/tex/a.png",
+            "sessions/s2/assetroot-a/scene.ma",
+            "sessions/s2/assetroot-a/tex/a.png",
+            // Sorts between `s2` and `s2/…` (' ' < '/'): a sibling, not part of s2.
+            "sessions/s2 old/f",
+            "sessions/s3/f",
+            "sessions/s4",
+            // Sorts between the file `s4` and where its subtree would be.
+            "sessions/s4-kept/f",
+            "proj/shot/f",
+        ];
+        let made = [files[0], files[1], files[4], files[7], files[8]];
+        let cache = cache_knowing(t.path(), &files, &made);
+        // s2 and s3 (directories) and s4 (a file) are gone; `s2 old` and `s4-kept` are there.
+        let (gone, rows) = cache
+            .forget_vanished_in(
+                &t.path().join("sessions"),
+                &t.path().join("sessions/s5"),
+                &|| false,
+            )
+            .unwrap();
+        assert_eq!((gone, rows), (3, 4));
+        assert_eq!(
+            known(&cache, t.path()),
+            [files[8], files[0], files[1], files[4], files[7]].map(String::from)
+        );
+        // Again: nothing more to forget.
+        assert_eq!(
+            cache
+                .forget_vanished_in(
+                    &t.path().join("sessions"),
+                    &t.path().join("sessions/s5"),
+                    &|| false
+                )
+                .unwrap(),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn a_pass_over_the_whole_cache_forgets_each_directory_gone_once() {
+        let t = tempfile::tempdir().unwrap();
+        let files = [
+            "a/keep/f1",
+            "a/keep/f2",
+            "a/gone/deep/x/f",
+            "a/gone/deep/y/f",
+            "a/gone/g",
+            "b/also gone/f",
+            "c/f",
+        ];
+        let made = [files[0], files[1], files[6]];
+        let cache = cache_knowing(t.path(), &files, &made);
+        // `a/gone` and `b` are gone: one range each, whatever was under them.
+        let (dirs, rows) = cache.forget_vanished().unwrap();
+        assert_eq!((dirs, rows), (2, 4));
+        assert_eq!(
+            known(&cache, t.path()),
+            [files[0], files[1], files[6]].map(String::from)
+        );
+        assert_eq!(cache.forget_vanished().unwrap(), (0, 0));
     }
 
     #[test]

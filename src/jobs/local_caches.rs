@@ -1,5 +1,6 @@
-//! What this machine's caches hold, and emptying them (`attache cache`): the hash cache, the
-//! known-present index, the content cache, and the records of open multipart uploads.
+//! What this machine's caches hold, and emptying or trimming them (`attache cache`): the hash
+//! cache, the known-present index, the content cache, and the records of open multipart
+//! uploads.
 //!
 //! Each is safe to empty at any time, also while transfers run: what is forgotten is found
 //! out again (files read, the store asked, objects fetched).
@@ -178,13 +179,49 @@ pub fn clear(settings: &Settings, spec: &ClearSpec) -> Result<Cleared, LocalCach
     Ok(out)
 }
 
-/// Removes the least recently used objects of the content cache until it holds at most `to`
-/// (default: `cache.content_size`).
-pub fn trim(
-    settings: &Settings,
-    to: Option<u64>,
-) -> Result<crate::transfer::content_cache::Evicted, LocalCacheError> {
+/// What `attache cache trim` did.
+#[derive(Debug, Default, Serialize)]
+pub struct Trimmed {
+    /// Hash cache rows of files under directories that no longer exist, and those
+    /// directories (`None`: the hash cache is off).
+    pub hash_files: Option<u64>,
+    pub hash_directories: Option<u64>,
+    /// Known-present entries older than `transfer.known_present_ttl`.
+    pub known_present_expired: Option<u64>,
+    /// The content cache held to its size (`None`: it is off and no size was given).
+    pub content: Option<crate::transfer::content_cache::Evicted>,
+}
+
+/// Forgets what the machine's databases hold in vain (the hashes of files whose directory is
+/// gone, such as render sessions the worker agent removed; known-present entries too old to
+/// be trusted), and removes the content cache's least recently used objects until it holds
+/// at most `to` (default: `cache.content_size`; nothing when that is 0 and `to` is `None`).
+/// A database not made yet is left so.
+pub fn trim(settings: &Settings, to: Option<u64>) -> Result<Trimmed, LocalCacheError> {
+    let mut out = forget_stale(settings)?;
     let limit = to.unwrap_or(settings.cache.content_size.0);
-    let cache = content_cache(settings, limit);
-    cache.evict().map_err(content_error(&cache))
+    if limit > 0 || to.is_some() {
+        let cache = content_cache(settings, limit);
+        out.content = Some(cache.evict().map_err(content_error(&cache))?);
+    }
+    Ok(out)
+}
+
+/// The databases' part of [`trim`] (a daemon does it every hour).
+pub fn forget_stale(settings: &Settings) -> Result<Trimmed, LocalCacheError> {
+    let dir = &settings.cache.dir;
+    let mut out = Trimmed::default();
+    if settings.cache.hash_cache {
+        let (dirs, files) = match HashCache::open_existing(dir)? {
+            Some(c) => c.forget_vanished()?,
+            None => (0, 0),
+        };
+        (out.hash_directories, out.hash_files) = (Some(dirs), Some(files));
+        let ttl = settings.transfer.known_present_ttl.0;
+        out.known_present_expired = Some(match KnownPresent::open_existing(dir, ttl)? {
+            Some(k) => k.forget_expired()?,
+            None => 0,
+        });
+    }
+    Ok(out)
 }

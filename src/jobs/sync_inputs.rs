@@ -108,7 +108,53 @@ impl Roots {
     }
 }
 
+/// Forgets the hash cache's rows of the sessions beside this one that the worker agent has
+/// removed: each session records its files under its own directory, and a worker runs
+/// thousands of sessions. Runs beside the sync (on its own connection; it stops early when
+/// the sync is cancelled). A cache that cannot be opened is said by the download itself.
+async fn forget_removed_sessions(cache_dir: PathBuf, session: PathBuf, stop: CancellationToken) {
+    let done = tokio::task::spawn_blocking(move || {
+        let cache = crate::hash::cache::HashCache::open(&cache_dir)?;
+        let sessions = session.parent().unwrap_or(&session).to_path_buf();
+        cache
+            .forget_vanished_in(&sessions, &session, &|| stop.is_cancelled())
+            .map(|n| (n, sessions))
+    })
+    .await
+    .expect("the hash cache's pruning panicked");
+    match done {
+        Ok(((0, _), _)) => {}
+        Ok(((gone, files), sessions)) => tracing::info!(
+            "hash cache: forgot {files} files of directories removed from {} ({gone} of them)",
+            sessions.display()
+        ),
+        Err(e) => tracing::debug!("hash cache: {e}"),
+    }
+}
+
 pub async fn run(
+    spec: SyncInputsSpec,
+    transfer: Arc<Transfer>,
+    cancel: &CancellationToken,
+) -> Result<SyncInputsReport, TransferError> {
+    // The cache is keyed by absolute paths.
+    let session = std::path::absolute(&spec.session_dir).ok();
+    let pruning = match (spec.cache_dir.clone(), session, transfer.dry_run) {
+        (Some(cache_dir), Some(session), false) => Some(tokio::spawn(forget_removed_sessions(
+            cache_dir,
+            session,
+            cancel.clone(),
+        ))),
+        _ => None,
+    };
+    let synced = sync(spec, transfer, cancel).await;
+    if let Some(pruning) = pruning {
+        let _ = pruning.await;
+    }
+    synced
+}
+
+async fn sync(
     spec: SyncInputsSpec,
     transfer: Arc<Transfer>,
     cancel: &CancellationToken,

@@ -251,6 +251,23 @@ impl KnownPresent {
         n.map(|n| n as u64).map_err(|e| self.err(e))
     }
 
+    /// Forgets the entries older than `transfer.known_present_ttl`, which no run trusts any
+    /// more: a machine that uploads for months keeps what it may use, not every object it
+    /// ever sent. Returns how many went (none with a ttl of 0, which trusts no entry).
+    pub fn forget_expired(&self) -> Result<u64, KnownPresentError> {
+        if self.ttl.is_zero() {
+            return Ok(0);
+        }
+        let cutoff = now_secs().saturating_sub(self.ttl.as_secs().min(i64::MAX as u64) as i64);
+        let conn = self.conn.lock().expect("not poisoned");
+        conn.execute(
+            "DELETE FROM present WHERE verified_at < ?1",
+            params![cutoff],
+        )
+        .map(|n| n as u64)
+        .map_err(|e| self.err(e))
+    }
+
     /// Forgets a hash the store turned out not to have.
     pub fn forget(&self, store: &str, hash: ContentHash) -> Result<(), KnownPresentError> {
         let conn = self.conn.lock().expect("not poisoned");
@@ -266,6 +283,28 @@ impl KnownPresent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_older_than_the_ttl_are_forgotten_and_fresh_ones_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let k = KnownPresent::open(t.path(), Duration::from_secs(3600)).unwrap();
+        let (a, b) = (ContentHash::of(b"a"), ContentHash::of(b"b"));
+        k.record("s3://x", &[a, b]).unwrap();
+        k.conn
+            .lock()
+            .unwrap()
+            .execute(
+                "UPDATE present SET verified_at = verified_at - 3601 WHERE hash = ?1",
+                params![a.to_be_bytes().as_slice()],
+            )
+            .unwrap();
+        assert_eq!(k.forget_expired().unwrap(), 1);
+        assert!(k.is_fresh("s3://x", b).unwrap());
+        assert_eq!(k.stores().unwrap(), vec![("s3://x".to_string(), 1)]);
+        // A ttl of 0 trusts nothing and forgets nothing (the index is off).
+        let off = KnownPresent::open(t.path(), Duration::ZERO).unwrap();
+        assert_eq!(off.forget_expired().unwrap(), 0);
+    }
 
     #[test]
     fn fresh_entries_expire_and_can_be_forgotten() {
