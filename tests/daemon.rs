@@ -848,6 +848,82 @@ fn a_submit_through_the_api_takes_a_job_bundle_s_asset_references() {
     );
 }
 
+/// Runs `script` with python3 and the Python client (`clients/python`) on its path; returns
+/// its stdout as JSON.
+fn python_client(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = Command::new("python3")
+        .env(
+            "PYTHONPATH",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
+        )
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A DCC plugin's way in: the Python client (stdlib only) submits a job bundle, follows the
+/// job to its end, and gets the daemon's refusals as exceptions naming the field.
+#[test]
+fn the_python_client_submits_a_bundle_follows_it_and_reads_refusals() {
+    let d = Daemon::start("");
+    let proj = d.path("proj");
+    big_tree(&proj, 4, 1000);
+    let bundle = d.path("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(
+        bundle.join("asset_references.json"),
+        serde_json::json!({"assetReferences": {"inputs": {"directories": [proj]},
+            "outputs": {"directories": [proj.join("renders")]}}})
+        .to_string(),
+    )
+    .unwrap();
+    let script = r#"
+import json, sys
+from attache_client import Daemon, DaemonError
+d = Daemon(socket_path=sys.argv[1])
+job = d.submit(farm_id="farm-1", queue_id="queue-1", asset_references=[sys.argv[2]])
+records = list(d.events(job["id"]))
+out = {"states": [r["state"] for r in records], "final": records[-1]}
+for name, call in [("retry", lambda: d.retry(job["id"])),
+                   ("spec", lambda: d.submit(farm_id="farm/1", queue_id="q", inputs=["/p"]))]:
+    try:
+        call()
+        out[name] = None
+    except DaemonError as e:
+        out[name] = [e.status, e.field, str(e)]
+out["bandwidth"] = d.bandwidth("5MB/s", lasting="1h")
+out["succeeded"] = [j["id"] for j in d.jobs(states=["succeeded"])]
+print(json.dumps(out))
+"#;
+    let v = python_client(script, &[d.socket().as_os_str(), bundle.as_os_str()]);
+    let states = v["states"].as_array().unwrap();
+    assert_eq!(states.last().unwrap(), "succeeded", "{v}");
+    let final_ = &v["final"];
+    assert_eq!(final_["result"]["roots"][0]["files"], 4, "{v}");
+    assert_eq!(
+        final_["result"]["attachments"]["manifests"][0]["outputRelativeDirectories"],
+        serde_json::json!(["renders"]),
+        "{v}"
+    );
+    assert_eq!(v["retry"][0], 409, "{v}");
+    assert!(v["retry"][2].as_str().unwrap().contains("succeeded"), "{v}");
+    assert_eq!(
+        (&v["spec"][0], &v["spec"][1]),
+        (&400.into(), &"farm_id".into()),
+        "{v}"
+    );
+    assert_eq!(v["bandwidth"]["source"], "set", "{v}");
+    assert_eq!(v["succeeded"], serde_json::json!([final_["id"]]), "{v}");
+}
+
 #[test]
 fn the_tcp_listener_speaks_https_with_a_certificate_and_the_cli_checks_it() {
     let certs = tempfile::tempdir().unwrap();
@@ -881,6 +957,16 @@ fn the_tcp_listener_speaks_https_with_a_certificate_and_the_cli_checks_it() {
     let (code, out, err) = remote(&https, Some(&ca));
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "[]");
+    // The Python client too, with the same three things.
+    let v = python_client(
+        "import json, sys\nfrom attache_client import Daemon\nd = Daemon(url=sys.argv[1], token_file=sys.argv[2], ca_file=sys.argv[3])\nprint(json.dumps(d.health()))",
+        &[
+            std::ffi::OsStr::new(&https),
+            token.as_os_str(),
+            ca.as_os_str(),
+        ],
+    );
+    assert_eq!(v["status"], "ok", "{v}");
 
     // A certificate of the studio's CA is not trusted without it.
     let (code, _, err) = remote(&https, None);
