@@ -183,23 +183,22 @@ pub struct DaemonSettings {
 }
 
 impl DaemonSettings {
-    /// Whether `other` differs in what only a restart applies (the listeners, the state
-    /// directory, the number of jobs run at once); the job history's limits apply at a reload.
+    /// Whether `other` differs in what only a restart applies (the listeners and whether the
+    /// TCP one speaks TLS, the state directory, the number of jobs run at once); the job
+    /// history's limits, and the token and certificate files, apply at a reload.
     pub fn differs_for_restart(&self, other: &DaemonSettings) -> bool {
         (
             &self.socket,
             &self.socket_group,
             &self.listen,
-            &self.token_file,
-            (&self.tls_cert, &self.tls_key),
+            self.tls_cert.is_some(),
             &self.state_dir,
             self.max_running_jobs,
         ) != (
             &other.socket,
             &other.socket_group,
             &other.listen,
-            &other.token_file,
-            (&other.tls_cert, &other.tls_key),
+            other.tls_cert.is_some(),
             &other.state_dir,
             other.max_running_jobs,
         )

@@ -8,5 +8,6 @@ pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod shared;
+pub mod tcp_secrets;
 pub mod tls;
 pub mod token;

@@ -979,7 +979,39 @@ fn the_tcp_listener_speaks_https_with_a_certificate_and_the_cli_checks_it() {
     let (code, _, err) = remote(&format!("http://localhost:{port}"), None);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("speaks https://"), "{err}");
-    assert!(!d.log().contains("s3cr3t"), "the token is never logged");
+
+    // Rotated files are taken at a reload, without the restart that would cancel every
+    // transfer: a new certificate (of another CA here) and a new token.
+    let rotated = common::tls::StudioCa::new();
+    let new_ca = certs.path().join("new-ca.pem");
+    std::fs::write(&new_ca, &rotated.ca_pem).unwrap();
+    std::fs::write(&cert, &rotated.cert_pem).unwrap();
+    private_file(&key, &rotated.key_pem);
+    private_file(&d.path("token"), "r0tated-t0ken-0123456789\n");
+    let (status, e) = d.api("POST", "/v1/reload", "");
+    assert_eq!(status, 200, "{e}");
+    let (code, _, err) = remote(&https, Some(&ca));
+    assert_eq!(code, 1, "the old certificate is gone: {err}");
+    let (code, _, err) = remote(&https, Some(&new_ca));
+    assert_eq!(code, 2, "the old token is refused: {err}");
+    private_file(&token, "r0tated-t0ken-0123456789\n");
+    let (code, _, err) = remote(&https, Some(&new_ca));
+    assert_eq!(code, 0, "{err}");
+    // A key that does not go with the certificate: the reload is refused, naming it, and
+    // the listener keeps what it had.
+    private_file(&key, &common::tls::StudioCa::new().key_pem);
+    let (status, e) = d.api("POST", "/v1/reload", "");
+    assert_eq!(status, 422, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("daemon.tls_key"),
+        "{e}"
+    );
+    let (code, _, err) = remote(&https, Some(&new_ca));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !d.log().contains("s3cr3t") && !d.log().contains("r0tated"),
+        "a token is never logged"
+    );
 }
 
 #[test]

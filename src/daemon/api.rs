@@ -38,8 +38,8 @@ pub struct Api {
     pub metrics: Arc<Metrics>,
     /// Re-reads the config; `Err` names what was wrong (the old config stays).
     pub reload: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
-    /// Required as `Authorization: Bearer …` (the TCP listener only).
-    pub token: Option<String>,
+    /// The TCP listener's: its token is required as `Authorization: Bearer …`.
+    pub tcp: Option<Arc<super::tcp_secrets::TcpSecrets>>,
 }
 
 pub fn router(api: Arc<Api>) -> Router {
@@ -82,12 +82,12 @@ async fn auth(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some(token) = &api.token {
+    if let Some(tcp) = &api.tcp {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if !super::token::token_matches(token, given) {
+        if !tcp.token_matches(given) {
             return error(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token (daemon.token_file)",

@@ -16,6 +16,7 @@ use super::api::{Api, router};
 use super::metrics::Metrics;
 use super::registry::Registry;
 use super::shared::Shared;
+use super::tcp_secrets::{SecretsError as TcpSecretsError, TcpSecrets};
 use crate::config::{self, LoadOptions, Settings};
 
 /// How long jobs get to clean up after a shutdown signal.
@@ -30,10 +31,8 @@ pub enum DaemonError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("daemon.token_file {path}: {message}")]
-    Token { path: PathBuf, message: String },
-    #[error("daemon.tls_cert/tls_key {path}: {message}")]
-    Tls { path: PathBuf, message: String },
+    #[error(transparent)]
+    Secrets(#[from] TcpSecretsError),
     #[error("daemon.state_dir {path}: {source}")]
     State {
         path: PathBuf,
@@ -83,19 +82,25 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
                 source,
             }
         })?;
+    // The TCP listener's token and certificate: read before anything listens, read again at
+    // each reload.
+    let tcp_secrets = match &d.listen {
+        Some(_) => Some(Arc::new(TcpSecrets::load(&d)?)),
+        None => None,
+    };
     let reload = {
-        let (shared, metrics) = (shared.clone(), metrics.clone());
-        move || reload_config(&load, &shared, &metrics)
+        let (shared, metrics, secrets) = (shared.clone(), metrics.clone(), tcp_secrets.clone());
+        move || reload_config(&load, &shared, &metrics, secrets.as_deref())
     };
     let reload: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(reload);
-    let api = |token: Option<String>| {
+    let api = |tcp: Option<Arc<TcpSecrets>>| {
         let reload = reload.clone();
         Arc::new(Api {
             registry: registry.clone(),
             shared: shared.clone(),
             metrics: metrics.clone(),
             reload: Box::new(move || reload()),
-            token,
+            tcp,
         })
     };
 
@@ -153,8 +158,7 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
                 .await;
         }));
     }
-    if let Some(addr) = &d.listen {
-        let token = read_token(d.token_file.as_deref())?;
+    if let (Some(addr), Some(secrets)) = (&d.listen, tcp_secrets) {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| DaemonError::Listen {
@@ -162,15 +166,10 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
                 source,
             })?;
         let stop = stop_accepting.clone();
-        let app = router(api(Some(token)));
-        match (&d.tls_cert, &d.tls_key) {
-            (Some(cert), Some(key)) => {
-                let config =
-                    super::tls::server_config(cert, key).map_err(|e| DaemonError::Tls {
-                        path: e.path,
-                        message: e.message,
-                    })?;
-                let tls = super::tls::TlsListener::new(tcp, config).map_err(|source| {
+        let app = router(api(Some(secrets.clone())));
+        match secrets.tls() {
+            Some(_) => {
+                let tls = super::tls::TlsListener::new(tcp, secrets).map_err(|source| {
                     DaemonError::Listen {
                         addr: addr.clone(),
                         source,
@@ -183,7 +182,7 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
                         .await;
                 }));
             }
-            _ => {
+            None => {
                 tracing::info!(%addr, "TCP listener on, plain HTTP (bearer token required)");
                 servers.push(tokio::spawn(async move {
                     let _ = axum::serve(tcp, app)
@@ -230,17 +229,37 @@ async fn wait_for_shutdown(reload: &(dyn Fn() -> Result<(), String> + Send + Syn
 }
 
 /// Re-reads the config; on any error logs it and keeps the settings in force.
-fn reload_config(load: &LoadOptions, shared: &Shared, metrics: &Metrics) -> Result<(), String> {
-    match config::load(load) {
+fn reload_config(
+    load: &LoadOptions,
+    shared: &Shared,
+    metrics: &Metrics,
+    tcp: Option<&TcpSecrets>,
+) -> Result<(), String> {
+    let loaded = config::load(load)
+        .map_err(|e| e.to_string())
+        .and_then(|loaded| {
+            // A rotated token or certificate: taken now, or the whole reload is refused.
+            match tcp {
+                Some(tcp) if loaded.settings.daemon.listen.is_some() => tcp
+                    .reload(&loaded.settings.daemon)
+                    .map(|()| loaded)
+                    .map_err(|e| e.to_string()),
+                _ => Ok(loaded),
+            }
+        });
+    match loaded {
         Ok(loaded) => {
             let old = shared.settings();
             if loaded.settings.daemon.differs_for_restart(&old.daemon) {
                 tracing::warn!(
-                    "[daemon] changes (socket, listener, state dir, max_running_jobs) apply at the next start"
+                    "[daemon] changes (socket, listener and whether it speaks TLS, state dir, max_running_jobs) apply at the next start"
                 );
             }
             shared.apply(loaded.settings);
             metrics.reloaded(true);
+            if tcp.is_some() {
+                tracing::info!("the TCP listener's token and certificate were read again");
+            }
             if shared.bandwidth_view().source == super::bandwidth::LimitsFrom::Set {
                 tracing::info!(
                     "config reloaded: settings apply to new jobs; the bandwidth limits set by hand stay (attache bwlimit --reset)"
@@ -255,7 +274,7 @@ fn reload_config(load: &LoadOptions, shared: &Shared, metrics: &Metrics) -> Resu
         Err(e) => {
             metrics.reloaded(false);
             tracing::error!("config reload failed, keeping the previous settings: {e}");
-            Err(e.to_string())
+            Err(e)
         }
     }
 }
@@ -308,15 +327,4 @@ fn bind_socket(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListe
 
 fn chown_group(path: &Path, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::chown(path, None, Some(gid))
-}
-
-fn read_token(path: Option<&Path>) -> Result<String, DaemonError> {
-    let path = path.ok_or_else(|| DaemonError::Token {
-        path: PathBuf::new(),
-        message: "daemon.listen needs a token file".into(),
-    })?;
-    super::token::read_token_file(path).map_err(|e| DaemonError::Token {
-        path: e.path,
-        message: e.message,
-    })
 }

@@ -14,6 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
+use super::tcp_secrets::TcpSecrets;
+
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -111,10 +113,11 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+    /// Serves with the certificate `secrets` holds when each connection comes (a reload may
+    /// have rotated it).
+    pub fn new(tcp: TcpListener, secrets: Arc<TcpSecrets>) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = match tcp.accept().await {
@@ -127,7 +130,10 @@ impl TlsListener {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (acceptor, ready) = (acceptor.clone(), tx.clone());
+                let Some(config) = secrets.tls() else {
+                    return; // a listener made with TLS keeps it
+                };
+                let (acceptor, ready) = (tokio_rustls::TlsAcceptor::from(config), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
