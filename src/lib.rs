@@ -7,7 +7,8 @@ pub mod cli;
 /// timetable, validation.
 pub mod config;
 /// The daemon: local API server, job registry, signals and reload, bandwidth set by hand, the
-/// TCP listener's token, and its CLI client (this machine's socket or another's listener).
+/// TCP listener's token and TLS (re-read at a reload), and its CLI client (this machine's
+/// socket or another's listener).
 pub mod daemon;
 /// Small file-system helpers: atomic writes, files staged unnamed until complete, placed files
 /// given to the group a job runs as.
