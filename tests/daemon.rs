@@ -746,6 +746,19 @@ fn a_wrangler_manages_another_machine_s_daemon_over_tcp() {
     assert!(out.contains(&format!("{id} submit succeeded")), "{out}");
     assert!(started.elapsed() < Duration::from_secs(12));
 
+    // Its setup, as its daemon sees it (its config, credentials and store).
+    let (code, out, err) = remote(&["doctor"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "checked by:  the daemon at {url} (its own config)"
+        )) && out.contains(&format!(
+            "store:       file://{}",
+            d.path("store").display()
+        )),
+        "{out}"
+    );
+
     // Back to the config's limit; a second submit is cancelled from afar.
     let (code, out, err) = remote(&["bwlimit", "--reset"]);
     assert_eq!(code, 0, "{err}");

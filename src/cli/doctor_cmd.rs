@@ -1,5 +1,6 @@
 //! `attache doctor`: check this machine's setup against its store (permissions, endpoint,
-//! caches), saying what each failure needs; with `--daemon`, the daemon's setup.
+//! caches), saying what each failure needs; with `--daemon`, the daemon's setup (with
+//! `--daemon-url`, another machine's).
 
 use std::process::ExitCode;
 
@@ -15,7 +16,8 @@ use crate::jobs::spec::{DoctorJob, JobSpec};
 #[command(after_help = "Examples:\n  \
     attache doctor\n  \
     attache doctor --store s3://farm-bucket/DeadlineCloud --profile render\n  \
-    attache doctor --daemon      # the daemon's credentials, config and caches\n\n\
+    attache doctor --daemon      # the daemon's credentials, config and caches\n  \
+    attache doctor --daemon-url https://render042:7070 --token-file ~/farm.token\n\n\
     Exit status: 0 when every required probe passed (warnings allowed), 1 otherwise.")]
 pub struct DoctorArgs {
     #[command(flatten)]
@@ -24,6 +26,10 @@ pub struct DoctorArgs {
     /// credentials and caches, which a service's may not share with yours.
     #[arg(long)]
     daemon: bool,
+    /// With --daemon-url: run the probes in another machine's daemon (a worker seen from a
+    /// wrangler's desk).
+    #[command(flatten)]
+    remote: super::daemon_cmd::DaemonUrlArgs,
 }
 
 impl DoctorArgs {
@@ -33,7 +39,8 @@ impl DoctorArgs {
 }
 
 pub fn run(ctx: &Context, args: DoctorArgs) -> anyhow::Result<ExitCode> {
-    let (report, by) = if super::through_daemon(args.daemon) {
+    let remote = args.remote.daemon_url.is_some();
+    let (report, by) = if remote || super::through_daemon(args.daemon) {
         for flag in args.store.local_only_flags() {
             tracing::warn!(
                 "{flag} does not apply to a job run by the daemon: its own config decides (set it there)"
@@ -42,12 +49,10 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> anyhow::Result<ExitCode> {
         let spec = JobSpec::Doctor(DoctorJob {
             store: args.store.store.clone(),
         });
-        let out = crate::daemon::client::run_job(&ctx.settings, &spec)?;
+        let at = args.remote.address(&ctx.settings)?;
+        let out = crate::daemon::client::run_job_at(&at, &ctx.settings, &spec)?;
         let report: DoctorReport = serde_json::from_value(out)?;
-        let by = format!(
-            "the daemon at {} (its own config)",
-            ctx.settings.daemon.socket.display()
-        );
+        let by = format!("the daemon at {} (its own config)", at.describe());
         (report, by)
     } else {
         let settings = ctx.settings.clone();

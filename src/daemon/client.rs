@@ -87,14 +87,19 @@ pub enum DaemonAddress {
 impl std::fmt::Debug for DaemonAddress {
     // Never the token.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DaemonAddress::Socket(p) => write!(f, "Socket({})", p.display()),
-            DaemonAddress::Tcp { url, .. } => write!(f, "Tcp({url})"),
-        }
+        write!(f, "DaemonAddress({})", self.describe())
     }
 }
 
 impl DaemonAddress {
+    /// Where it is, for messages: the socket's path or the URL.
+    pub fn describe(&self) -> String {
+        match self {
+            DaemonAddress::Socket(p) => p.display().to_string(),
+            DaemonAddress::Tcp { url, .. } => url.clone(),
+        }
+    }
+
     /// This machine's daemon, at `daemon.socket`.
     pub fn local(settings: &Settings) -> DaemonAddress {
         DaemonAddress::Socket(settings.daemon.socket.clone())
@@ -342,9 +347,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Submits `spec`, shows its progress, cancels it on Ctrl-C, and returns its result.
+/// Submits `spec` to this machine's daemon, shows its progress, cancels it on Ctrl-C, and
+/// returns its result.
 pub fn run_job(settings: &Settings, spec: &JobSpec) -> anyhow::Result<serde_json::Value> {
-    let at = DaemonAddress::local(settings);
+    run_job_at(&DaemonAddress::local(settings), settings, spec)
+}
+
+/// [`run_job`] with the daemon at `at`.
+pub fn run_job_at(
+    at: &DaemonAddress,
+    settings: &Settings,
+    spec: &JobSpec,
+) -> anyhow::Result<serde_json::Value> {
+    let at = at.clone();
     let body = serde_json::to_vec(spec)?;
     runtime()?.block_on(async move {
         let mut conn = connect(&at).await?;
