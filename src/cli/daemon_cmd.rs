@@ -122,7 +122,11 @@ pub fn daemon(ctx: &Context) -> anyhow::Result<ExitCode> {
     let settings = ctx.settings.clone();
     let load = ctx.load.clone();
     let rt = crate::transfer::runtime(settings.runtime_threads())?;
-    rt.block_on(crate::daemon::server::serve(settings, load))?;
+    let served = rt.block_on(crate::daemon::server::serve(settings, load));
+    // Jobs have cleaned up by now; a blocking call that does not return (a `stat` on a network
+    // mount that hangs) must not keep the service from stopping.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

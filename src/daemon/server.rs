@@ -121,29 +121,36 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
     // The job history's age limit holds on an idle daemon too (a finishing job also prunes);
     // the machine's databases forget what they hold in vain (the hashes of removed sessions'
     // files, known-present entries too old to trust).
+    let stop_housekeeping = CancellationToken::new();
     tokio::spawn({
         let (registry, shared) = (registry.clone(), shared.clone());
+        let stop = stop_housekeeping.clone();
         async move {
             let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
             hourly.tick().await; // the first tick is now; the registry pruned when it opened
+            // A pass still running (a network mount slow to answer a `stat`) is not doubled.
+            let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
             loop {
                 hourly.tick().await;
                 registry.forget_old_jobs();
-                let settings = shared.settings();
-                let done = tokio::task::spawn_blocking(move || {
-                    crate::jobs::local_caches::forget_stale(&settings)
-                })
-                .await;
-                match done {
-                    Ok(Ok(t)) => tracing::info!(
-                        hash_files = t.hash_files.unwrap_or(0),
-                        hash_directories = t.hash_directories.unwrap_or(0),
-                        known_present_expired = t.known_present_expired.unwrap_or(0),
-                        "caches: forgot what no longer exists or is too old"
-                    ),
-                    Ok(Err(e)) => tracing::warn!("caches: {e}"),
-                    Err(e) => tracing::warn!("caches: {e}"),
+                if busy.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    continue;
                 }
+                let (settings, busy, stop) = (shared.settings(), busy.clone(), stop.clone());
+                tokio::task::spawn_blocking(move || {
+                    match crate::jobs::local_caches::forget_stale(&settings, &|| {
+                        stop.is_cancelled()
+                    }) {
+                        Ok(t) => tracing::info!(
+                            hash_files = t.hash_files.unwrap_or(0),
+                            hash_directories = t.hash_directories.unwrap_or(0),
+                            known_present_expired = t.known_present_expired.unwrap_or(0),
+                            "caches: forgot what no longer exists or is too old"
+                        ),
+                        Err(e) => tracing::warn!("caches: {e}"),
+                    }
+                    busy.store(false, std::sync::atomic::Ordering::SeqCst);
+                });
             }
         }
     });
@@ -194,6 +201,7 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
     }
 
     wait_for_shutdown(&*reload).await;
+    stop_housekeeping.cancel();
     tracing::info!("shutting down: cancelling jobs");
     // Jobs first (their event streams end with them), then the listeners.
     let second_signal = tokio::spawn(async {

@@ -242,16 +242,16 @@ impl HashCache {
 
     /// Forgets the files of every directory that no longer exists, wherever it is: a pass over
     /// the whole cache, with one `stat` per directory that has rows (`attache cache trim`,
-    /// and a daemon once an hour). Files removed from a directory that is still there stay
-    /// until a full scan of their root (`hash`, `put`) prunes them. Returns (directories gone,
-    /// rows forgotten).
-    pub fn forget_vanished(&self) -> Result<(u64, u64), CacheError> {
+    /// and a daemon once an hour); `stop` ends it between batches. Files removed from a
+    /// directory that is still there stay until a full scan of their root (`hash`, `put`)
+    /// prunes them. Returns (directories gone, rows forgotten).
+    pub fn forget_vanished(&self, stop: &dyn Fn() -> bool) -> Result<(u64, u64), CacheError> {
         let q = |e| self.query_error(e);
         let (mut dirs, mut rows) = (0, 0);
         // Rows above `after` are still to be seen; those below `deleted_below` went with a
         // directory; `present` is the last directory found there (its files need no `stat`).
         let (mut after, mut deleted_below, mut present) = (Vec::new(), Vec::new(), Vec::new());
-        loop {
+        while !stop() {
             // In batches, the lock given up between them for the transfers that share it.
             let conn = self.conn.lock().expect("no panics while holding the lock");
             let batch: Vec<Vec<u8>> = conn
@@ -282,7 +282,7 @@ impl HashCache {
                     top = up;
                 }
                 let (lo, hi) = prefix_range(top);
-                rows += delete_range(&conn, &lo, &hi, &|| false).map_err(q)?;
+                rows += delete_range(&conn, &lo, &hi, stop).map_err(q)?;
                 dirs += 1;
                 deleted_below = hi;
             }
@@ -713,13 +713,13 @@ mod tests {
         let made = [files[0], files[1], files[6]];
         let cache = cache_knowing(t.path(), &files, &made);
         // `a/gone` and `b` are gone: one range each, whatever was under them.
-        let (dirs, rows) = cache.forget_vanished().unwrap();
+        let (dirs, rows) = cache.forget_vanished(&|| false).unwrap();
         assert_eq!((dirs, rows), (2, 4));
         assert_eq!(
             known(&cache, t.path()),
             [files[0], files[1], files[6]].map(String::from)
         );
-        assert_eq!(cache.forget_vanished().unwrap(), (0, 0));
+        assert_eq!(cache.forget_vanished(&|| false).unwrap(), (0, 0));
     }
 
     #[test]

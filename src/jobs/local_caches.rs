@@ -198,7 +198,7 @@ pub struct Trimmed {
 /// at most `to` (default: `cache.content_size`; nothing when that is 0 and `to` is `None`).
 /// A database not made yet is left so.
 pub fn trim(settings: &Settings, to: Option<u64>) -> Result<Trimmed, LocalCacheError> {
-    let mut out = forget_stale(settings)?;
+    let mut out = forget_stale(settings, &|| false)?;
     let limit = to.unwrap_or(settings.cache.content_size.0);
     if limit > 0 || to.is_some() {
         let cache = content_cache(settings, limit);
@@ -207,13 +207,17 @@ pub fn trim(settings: &Settings, to: Option<u64>) -> Result<Trimmed, LocalCacheE
     Ok(out)
 }
 
-/// The databases' part of [`trim`] (a daemon does it every hour).
-pub fn forget_stale(settings: &Settings) -> Result<Trimmed, LocalCacheError> {
+/// The databases' part of [`trim`] (a daemon does it every hour); `stop` ends the pass over
+/// the hash cache early.
+pub fn forget_stale(
+    settings: &Settings,
+    stop: &dyn Fn() -> bool,
+) -> Result<Trimmed, LocalCacheError> {
     let dir = &settings.cache.dir;
     let mut out = Trimmed::default();
     if settings.cache.hash_cache {
         let (dirs, files) = match HashCache::open_existing(dir)? {
-            Some(c) => c.forget_vanished()?,
+            Some(c) => c.forget_vanished(stop)?,
             None => (0, 0),
         };
         (out.hash_directories, out.hash_files) = (Some(dirs), Some(files));
