@@ -1470,6 +1470,51 @@ fn attache_bwlimit_changes_the_daemon_s_limits_while_it_runs() {
 
 /// Limits set by hand replace the config's timetable too, and a reset gives the timetable's
 /// entry back at once.
+/// A wrangler's `bwlimit --for 8h` on a farm outlives a restart of the daemon (a package
+/// upgrade) with the time it had left; one that ran out meanwhile, or was reset, does not.
+#[test]
+fn bwlimit_set_by_hand_outlives_a_restart_until_its_time_is_up() {
+    let mut d = Daemon::start("[bandwidth]\nupload = \"1MiB/s\"\n");
+    let bwlimit = |d: &Daemon, args: &[&str]| {
+        let (code, out, err) = run(d.cmd().arg("bwlimit").args(args));
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let restart = |d: &mut Daemon| {
+        assert_eq!(d.stop().0, Some(0));
+        d.launch(&[]);
+    };
+    bwlimit(&d, &["3MiB/s:off", "--for", "1h"]);
+    restart(&mut d);
+    assert_eq!(d.upload_limit(), ("3MiB/s".into(), "set".into()));
+    let v: serde_json::Value = serde_json::from_str(&bwlimit(&d, &["--json"])).unwrap();
+    let left = v["seconds_left"].as_u64().unwrap();
+    assert!((3590..=3600).contains(&left), "{v}");
+    assert!(d.log().contains("taken back"), "{}", d.log());
+
+    // Reset: the config's after a restart too.
+    bwlimit(&d, &["--reset"]);
+    restart(&mut d);
+    assert_eq!(d.upload_limit(), ("1MiB/s".into(), "config".into()));
+
+    // Until reset: kept as long as it takes.
+    bwlimit(&d, &["off"]);
+    restart(&mut d);
+    assert_eq!(d.upload_limit(), ("unlimited".into(), "set".into()));
+
+    // Ran out while the daemon was stopped: dropped.
+    bwlimit(&d, &["2MiB/s", "--for", "2s"]);
+    assert_eq!(d.stop().0, Some(0));
+    assert!(
+        d.path("state/bandwidth.json").exists(),
+        "kept while stopped"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    d.launch(&[]);
+    assert_eq!(d.upload_limit(), ("1MiB/s".into(), "config".into()));
+    assert!(!d.path("state/bandwidth.json").exists());
+}
+
 #[test]
 fn bwlimit_set_by_hand_replaces_the_timetable_until_reset() {
     // One entry: in force all week.

@@ -18,7 +18,7 @@ use crate::daemon::client::{HttpMethod, call, call_with};
 pub struct BwlimitArgs {
     /// The limits for every transfer of the daemon, those in flight too: RATE for both
     /// directions, or UP:DOWN; "off" is unlimited. They replace the config's limits and
-    /// timetable until --reset, until --for runs out, or until the daemon stops.
+    /// timetable until --reset or until --for runs out, a restart of the daemon included.
     #[arg(value_name = "RATE", conflicts_with = "reset")]
     rate: Option<String>,
     /// How long the limits hold, e.g. 2h or 30m (default: until reset).

@@ -1,8 +1,9 @@
 //! The daemon's bandwidth limits at run time: the config's (`bandwidth.upload`/`download`, or
 //! its timetable's entry), unless limits were set by hand (`attache bwlimit`,
 //! `PUT /v1/bandwidth`). Limits set by hand replace the config's and its timetable, for every
-//! transfer in flight too, until they are reset, their time is up, or the daemon stops; a
-//! config reload keeps them.
+//! transfer in flight too, until they are reset or their time is up; a config reload keeps
+//! them, and so does a restart (they are kept in `daemon.state_dir/bandwidth.json`): a
+//! wrangler's `--for 8h` on a farm's workers outlives a package upgrade.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,10 +22,23 @@ static SERIAL: AtomicU64 = AtomicU64::new(0);
 pub struct SetLimits {
     pub upload: Rate,
     pub download: Rate,
-    /// When they give way to the config's again; `None`: when reset, or the daemon stops.
+    /// When they give way to the config's again; `None`: when reset.
     pub until: Option<SystemTime>,
     /// Tells a later setting from this one, so this one's expiry leaves that one alone.
     serial: u64,
+}
+
+/// Limits set by hand as `daemon.state_dir/bandwidth.json` keeps them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    upload: String,
+    download: String,
+    /// Unix seconds; `None`: until reset.
+    until_unix: Option<u64>,
+}
+
+fn kept_at(settings: &crate::config::Settings) -> std::path::PathBuf {
+    settings.daemon.state_dir.join("bandwidth.json")
 }
 
 /// Where the limits in force come from.
@@ -122,12 +136,14 @@ impl Shared {
     ) {
         // Never reused (a reset in between must not let an old setting's expiry end a new one).
         let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
-        *self.set_limits.lock().expect("not poisoned") = Some(SetLimits {
+        let set = SetLimits {
             upload,
             download,
             until: lasting.and_then(|d| SystemTime::now().checked_add(d)),
             serial,
-        });
+        };
+        self.keep_set_limits(Some(&set));
+        *self.set_limits.lock().expect("not poisoned") = Some(set);
         tracing::info!(
             upload = %upload,
             download = %download,
@@ -155,10 +171,75 @@ impl Shared {
             .take()
             .is_some();
         if was {
+            self.keep_set_limits(None);
             tracing::info!("bandwidth limits set by hand reset: the config's apply");
             self.apply_bandwidth();
         }
         was
+    }
+
+    /// Takes back the limits set by hand before the daemon last stopped, for the time they
+    /// had left; those whose time ran out meanwhile are dropped.
+    pub fn restore_bandwidth(self: &Arc<Self>) {
+        let path = kept_at(&self.settings());
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        let kept: Option<Kept> = serde_json::from_str(&text).ok();
+        let Some((up, down, until)) = kept.and_then(|k| {
+            let (up, down, _) =
+                parse_setting(&format!("{}:{}", k.upload, k.download), None).ok()?;
+            Some((
+                up,
+                down,
+                k.until_unix
+                    .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+            ))
+        }) else {
+            tracing::warn!(file = %path.display(), "unreadable bandwidth limits set by hand; the config's apply");
+            let _ = std::fs::remove_file(&path);
+            return;
+        };
+        let lasting = match until.map(|t| t.duration_since(SystemTime::now())) {
+            None => None,
+            Some(Ok(left)) if !left.is_zero() => Some(left),
+            Some(_) => {
+                tracing::info!(
+                    "the bandwidth limits set by hand ran out while the daemon was stopped"
+                );
+                let _ = std::fs::remove_file(&path);
+                return;
+            }
+        };
+        tracing::info!("bandwidth limits set by hand before the restart are taken back");
+        self.set_bandwidth(up, down, lasting);
+    }
+
+    /// Writes (or, with `None`, removes) the record of the limits set by hand, so a restart
+    /// takes them back. A failure only costs that: it is logged.
+    fn keep_set_limits(&self, set: Option<&SetLimits>) {
+        let path = kept_at(&self.settings());
+        let done = match set {
+            Some(s) => {
+                let kept = Kept {
+                    upload: s.upload.to_string(),
+                    download: s.download.to_string(),
+                    until_unix: s
+                        .until
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs()),
+                };
+                let json = serde_json::to_vec(&kept).expect("serializes");
+                crate::fsutil::write_atomic(&path, &json)
+            }
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        };
+        if let Err(e) = done {
+            tracing::warn!(file = %path.display(), "cannot keep the bandwidth limits set by hand for a restart: {e}");
+        }
     }
 
     fn expire_bandwidth(&self, serial: u64) {
@@ -166,6 +247,7 @@ impl Shared {
         if set.as_ref().is_some_and(|s| s.serial == serial) {
             *set = None;
             drop(set);
+            self.keep_set_limits(None);
             tracing::info!("bandwidth limits set by hand ran out: the config's apply");
             self.apply_bandwidth();
         }

@@ -104,6 +104,7 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
         })
     };
 
+    shared.restore_bandwidth();
     let listener = bind_socket(&d.socket, d.socket_group.as_deref())?;
     tracing::info!(socket = %d.socket.display(), "attache daemon listening");
     tokio::spawn(abort_leftovers_at_start(shared.clone()));
