@@ -13,7 +13,7 @@ use crate::daemon::client::{HttpMethod, call, call_with};
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  attache bwlimit                      # the limits in force, and where they come from\n  attache bwlimit 20MB/s --for 2h      # both directions, for two hours\n  attache bwlimit 10MB/s:off           # uploads 10 MB/s, downloads unlimited, until reset\n  attache bwlimit --reset              # back to the config's limits (or its timetable's)\n  attache bwlimit 5MB/s --daemon-url http://render042:7070 --token-file ~/.config/attache/farm.token"
+    after_help = "Examples:\n  attache bwlimit                      # the limits in force, and where they come from\n  attache bwlimit 20MB/s --for 2h      # both directions, for two hours\n  attache bwlimit 10MB/s:off           # uploads 10 MB/s, downloads unlimited, until reset\n  attache bwlimit --reset              # back to the config's limits (or its timetable's)\n  attache bwlimit 5MB/s --daemon-url https://render042:7070 --token-file ~/farm.token"
 )]
 pub struct BwlimitArgs {
     /// The limits for every transfer of the daemon, those in flight too: RATE for both

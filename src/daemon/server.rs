@@ -1,8 +1,9 @@
 //! `attache daemon`: listens on the Unix socket (mode 0600, or 0660 for `daemon.socket_group`),
 //! and on TCP only when `daemon.listen` is set (then with the bearer token of
-//! `daemon.token_file`, and HTTPS with `daemon.tls_cert` and `daemon.tls_key`). SIGHUP re-reads the config; SIGTERM/SIGINT stop accepting, cancel
-//! every job, let them clean up (abort multipart uploads, remove temporary files), and exit 0;
-//! a second signal exits at once.
+//! `daemon.token_file`, and HTTPS with `daemon.tls_cert` and `daemon.tls_key`). SIGHUP
+//! re-reads the config (and the listener's token and certificate); SIGTERM/SIGINT stop
+//! accepting, cancel every job, let them clean up (abort multipart uploads, remove temporary
+//! files), and exit 0; a second signal exits at once.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -264,9 +265,10 @@ fn reload_config(
                     "[daemon] changes (socket, listener and whether it speaks TLS, state dir, max_running_jobs) apply at the next start"
                 );
             }
+            let listens = loaded.settings.daemon.listen.is_some();
             shared.apply(loaded.settings);
             metrics.reloaded(true);
-            if tcp.is_some() {
+            if tcp.is_some() && listens {
                 tracing::info!("the TCP listener's token and certificate were read again");
             }
             if shared.bandwidth_view().source == super::bandwidth::LimitsFrom::Set {
