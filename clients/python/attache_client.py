@@ -32,7 +32,7 @@ import socket
 import ssl
 from urllib.parse import quote, urlsplit
 
-__all__ = ["Daemon", "DaemonError", "default_socket"]
+__all__ = ["Daemon", "DaemonError", "UnixHTTPConnection", "default_socket"]
 
 
 class DaemonError(Exception):
@@ -52,8 +52,10 @@ def default_socket():
     return os.path.join(base, "attache.sock")
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection over a Unix socket (the daemon's), for http.client."""
+
+    def __init__(self, path, timeout=None):
         super().__init__("attache", timeout=timeout)
         self._path = path
 
@@ -91,7 +93,7 @@ class Daemon:
 
     def _connection(self, timeout):
         if self._token is None:
-            return _UnixConnection(self._socket, timeout)
+            return UnixHTTPConnection(self._socket, timeout)
         host, port = self._url.hostname, self._url.port
         if self._tls is not None:
             return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)

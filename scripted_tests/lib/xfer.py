@@ -19,13 +19,11 @@ the settings given with --set (e.g. --set transfer.multipart_threshold=5GiB).
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+
+# The daemon's Unix-socket HTTP connection, from the Python client the project ships.
+sys.path.insert(0, str(REPO / "clients" / "python"))
+from attache_client import UnixHTTPConnection  # noqa: E402
 T0 = time.monotonic()
 MiB = 1 << 20
 GiB = 1 << 30
@@ -489,17 +491,6 @@ class TrafficWatch:
 
 # ------------------------------------------------------------------------------------ daemon
 
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 15):
-        super().__init__("attache", timeout=timeout)
-        self._path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self._path)
-        self.sock = s
-
 
 class Daemon:
     """`attache daemon` with its own socket, state dir and cache dir under DIR."""
@@ -527,7 +518,7 @@ class Daemon:
             time.sleep(0.02)
 
     def request(self, method: str, path: str, body=None, timeout: float = 15):
-        c = _UnixHTTP(str(self.sock), timeout=timeout)
+        c = UnixHTTPConnection(str(self.sock), timeout=timeout)
         try:
             data = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -565,7 +556,7 @@ class Daemon:
             time.sleep(interval)
 
     def metrics(self) -> dict:
-        c = _UnixHTTP(str(self.sock))
+        c = UnixHTTPConnection(str(self.sock), timeout=15)
         try:
             c.request("GET", "/metrics")
             text = c.getresponse().read().decode()
