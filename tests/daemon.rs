@@ -803,6 +803,72 @@ fn a_wrangler_manages_another_machine_s_daemon_over_tcp() {
     assert!(!d.log().contains("s3cr3t"), "the token is never logged");
 }
 
+/// A farm seen from a wrangler's desk: one table of the jobs of several workers, one
+/// bandwidth setting for all of them; a worker that does not answer is named and the others
+/// still are.
+#[test]
+fn jobs_and_bwlimit_speak_to_several_daemons_at_once() {
+    let (a, port_a) = daemon_on_tcp("");
+    let (b, port_b) = daemon_on_tcp("");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let desk = tempfile::tempdir().unwrap();
+    let token = desk.path().join("farm.token");
+    private_file(&token, "s3cr3t-t0ken-0123456789\n");
+    let (url_a, url_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    let farm = |urls: &str, args: &[&str]| {
+        let mut c = attache(&desk.path().join("cache"));
+        c.args(args)
+            .args(["--daemon-url", urls, "--token-file"])
+            .arg(&token);
+        run(&mut c)
+    };
+    for d in [&a, &b] {
+        let small = d.path("small");
+        build_fixture_tree("tiny", &small);
+        let id = d.start_job(&submit_spec(&small));
+        d.wait(&id, Duration::from_secs(10));
+    }
+    let both = format!("{url_a},{url_b}");
+    let (code, out, err) = farm(&both, &["jobs", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let jobs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let daemons: std::collections::BTreeSet<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["daemon"].as_str().unwrap())
+        .collect();
+    assert_eq!(daemons, [url_a.as_str(), url_b.as_str()].into(), "{jobs}");
+    let (code, out, err) = farm(&both, &["jobs"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("DAEMON") && out.contains(&format!("127.0.0.1:{port_b}")),
+        "{out}"
+    );
+
+    // One setting for the farm; a worker down is named, the others take it.
+    // (A trailing comma, as `printf '…,'` leaves, names no daemon.)
+    let with_dead = format!("{both},http://127.0.0.1:{dead},");
+    let (code, out, err) = farm(&with_dead, &["bwlimit", "7MiB/s", "--for", "1h"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("http://127.0.0.1:{dead}")), "{err}");
+    assert!(out.contains(&format!("{url_a}: upload 7MiB/s")), "{out}");
+    for d in [&a, &b] {
+        assert_eq!(d.upload_limit(), ("7MiB/s".into(), "set".into()));
+    }
+    // A command about one job talks to one daemon.
+    let (code, _, err) = farm(&both, &["status", "job-1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("give one --daemon-url"), "{err}");
+}
+
 /// A DCC plugin that writes job bundles sends the daemon the bundle, not its paths: the job
 /// reads its asset_references.yaml and its record holds what it read.
 #[test]

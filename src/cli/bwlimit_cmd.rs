@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::json;
 
-use super::daemon_cmd::DaemonUrlArgs;
+use super::daemon_cmd::{DaemonUrlArgs, answers, ask_each};
 use super::{Context, UsageError};
 use crate::daemon::bandwidth::parse_setting;
-use crate::daemon::client::{HttpMethod, call, call_with};
+use crate::daemon::client::{DaemonAddress, HttpMethod, call, call_with};
 
 #[derive(Debug, Args)]
 #[command(
@@ -35,28 +35,52 @@ pub struct BwlimitArgs {
 }
 
 pub fn run(ctx: &Context, a: BwlimitArgs) -> anyhow::Result<ExitCode> {
-    let at = a.daemon.address(&ctx.settings)?;
-    let view = if let Some(rate) = &a.rate {
-        // Checked here too, so a typo is bad usage (exit 2) before the daemon is asked.
+    if let Some(rate) = &a.rate {
+        // Checked here too, so a typo is bad usage (exit 2) before any daemon is asked.
         parse_setting(rate, a.lasting.as_deref()).map_err(|e| UsageError {
             message: match e.field {
                 "for" => format!("--{}", e.message),
                 _ => e.message,
             },
         })?;
-        let body = json!({"rate": rate, "for": a.lasting});
-        call_with(&at, HttpMethod::PUT, "/v1/bandwidth", Some(&body))?
-    } else if a.reset {
-        call(&at, HttpMethod::DELETE, "/v1/bandwidth")?
-    } else {
-        call(&at, HttpMethod::GET, "/v1/bandwidth")?
-    };
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
-    } else {
-        println!("{}", describe(&view));
     }
-    Ok(ExitCode::SUCCESS)
+    let daemons = a.daemon.addresses(&ctx.settings)?;
+    let ask = |at: &DaemonAddress| match (&a.rate, a.reset) {
+        (Some(rate), _) => {
+            let body = json!({"rate": rate, "for": a.lasting});
+            call_with(at, HttpMethod::PUT, "/v1/bandwidth", Some(&body))
+        }
+        (None, true) => call(at, HttpMethod::DELETE, "/v1/bandwidth"),
+        (None, false) => call(at, HttpMethod::GET, "/v1/bandwidth"),
+    };
+    let (views, failed) = answers(ask_each(&daemons, ask))?;
+    let several = daemons.len() > 1;
+    if a.json {
+        let views: Vec<serde_json::Value> = views
+            .into_iter()
+            .map(|(at, mut v)| {
+                if several {
+                    v["daemon"] = at.describe().into();
+                }
+                v
+            })
+            .collect();
+        match (several, views.as_slice()) {
+            (false, [one]) => println!("{}", serde_json::to_string_pretty(one)?),
+            _ => println!("{}", serde_json::to_string_pretty(&views)?),
+        }
+    } else {
+        for (at, view) in views {
+            match several {
+                true => println!("{}: {}", at.describe(), describe(&view)),
+                false => println!("{}", describe(&view)),
+            }
+        }
+    }
+    Ok(match failed {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
+    })
 }
 
 /// "upload 20MB/s, download 20MB/s (set by hand, until 2026-12-06T06:00:00Z, 1h 59m left)".

@@ -17,9 +17,15 @@ use crate::daemon::registry::now_ms;
 pub struct DaemonUrlArgs {
     /// The daemon of another machine, on its TCP listener (its daemon.listen), e.g.
     /// https://render042:7070 (http:// for one without daemon.tls_cert); default: this
-    /// machine's, on daemon.socket.
-    #[arg(long, value_name = "URL", env = "ATTACHE_DAEMON_URL")]
-    pub daemon_url: Option<String>,
+    /// machine's, on daemon.socket. `jobs` and `bwlimit` take several (repeatable, or
+    /// comma-separated): one table, or one setting, for a farm.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ATTACHE_DAEMON_URL",
+        value_delimiter = ','
+    )]
+    pub daemon_url: Vec<String>,
     /// A copy of that daemon's token file, mode 0600 [default: daemon.token_file].
     #[arg(long, value_name = "FILE", env = "ATTACHE_DAEMON_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -30,19 +36,85 @@ pub struct DaemonUrlArgs {
 }
 
 impl DaemonUrlArgs {
-    /// The daemon to ask; a bad URL or token file is bad usage (exit 2) before any request.
+    /// Whether another machine's daemon is named.
+    pub fn remote(&self) -> bool {
+        self.urls().next().is_some()
+    }
+
+    /// The URLs given (an empty item of a list, as a trailing comma leaves, is none).
+    fn urls(&self) -> impl Iterator<Item = &String> {
+        self.daemon_url.iter().filter(|u| !u.trim().is_empty())
+    }
+
+    /// The daemon to ask (one); a bad URL or token file is bad usage (exit 2) before any
+    /// request.
     pub fn address(&self, settings: &Settings) -> Result<DaemonAddress, UsageError> {
-        let Some(url) = &self.daemon_url else {
-            return Ok(DaemonAddress::local(settings));
-        };
+        match self.addresses(settings)?.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => Err(UsageError {
+                message: "this command talks to one daemon: give one --daemon-url".into(),
+            }),
+        }
+    }
+
+    /// The daemons to ask: those named, else this machine's.
+    pub fn addresses(&self, settings: &Settings) -> Result<Vec<DaemonAddress>, UsageError> {
+        if !self.remote() {
+            return Ok(vec![DaemonAddress::local(settings)]);
+        }
         let token_file = self
             .token_file
             .as_deref()
             .or(settings.daemon.token_file.as_deref());
-        DaemonAddress::remote(url, token_file, self.daemon_ca.as_deref()).map_err(|e| UsageError {
-            message: e.to_string(),
-        })
+        self.urls()
+            .map(|url| {
+                DaemonAddress::remote(url, token_file, self.daemon_ca.as_deref()).map_err(|e| {
+                    UsageError {
+                        message: e.to_string(),
+                    }
+                })
+            })
+            .collect()
     }
+}
+
+/// `request` sent to each daemon at once (a farm's worth answers in the time of the slowest):
+/// each one's address and answer, in the order given.
+pub(crate) fn ask_each<T: Send>(
+    daemons: &[DaemonAddress],
+    request: impl Fn(&DaemonAddress) -> anyhow::Result<T> + Sync,
+) -> Vec<(&DaemonAddress, anyhow::Result<T>)> {
+    std::thread::scope(|s| {
+        let asked: Vec<_> = daemons
+            .iter()
+            .map(|at| (at, s.spawn(|| request(at))))
+            .collect();
+        asked
+            .into_iter()
+            .map(|(at, t)| (at, t.join().expect("a request panicked")))
+            .collect()
+    })
+}
+
+/// The daemons' answers that came, with each failure said on stderr (its daemon named), and
+/// whether one failed. A usage error (a refused token) is returned as such.
+pub(crate) fn answers<T>(
+    asked: Vec<(&DaemonAddress, anyhow::Result<T>)>,
+) -> anyhow::Result<(Vec<(&DaemonAddress, T)>, bool)> {
+    let several = asked.len() > 1;
+    let mut ok = Vec::new();
+    let mut failed = false;
+    for (at, answer) in asked {
+        match answer {
+            Ok(v) => ok.push((at, v)),
+            Err(e) if !several => return Err(e),
+            Err(e) => {
+                eprintln!("error: {}: {e:#}", at.describe());
+                failed = true;
+            }
+        }
+    }
+    Ok((ok, failed))
 }
 
 #[derive(Debug, Args)]
@@ -142,21 +214,52 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
         true => "/v1/jobs".to_string(),
         false => format!("/v1/jobs?{}", query.join("&")),
     };
-    let at = a.daemon.address(&ctx.settings)?;
-    let list = call(&at, HttpMethod::GET, &path)?;
+    let daemons = a.daemon.addresses(&ctx.settings)?;
+    let (lists, failed) = answers(ask_each(&daemons, |at| call(at, HttpMethod::GET, &path)))?;
+    let several = daemons.len() > 1;
+    // With several daemons: one list, each record naming its daemon, oldest first.
+    let mut jobs: Vec<serde_json::Value> = Vec::new();
+    for (at, list) in lists {
+        for mut j in list.as_array().cloned().unwrap_or_default() {
+            if several {
+                j["daemon"] = at.describe().into();
+            }
+            jobs.push(j);
+        }
+    }
+    jobs.sort_by_key(|j| j["created_ms"].as_i64().unwrap_or(0));
+    let code = match failed {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(ExitCode::SUCCESS);
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(code);
     }
     let now = now_ms();
+    let host = |j: &serde_json::Value| match several {
+        true => format!("{:<24} ", host_of(j["daemon"].as_str().unwrap_or_default())),
+        false => String::new(),
+    };
     println!(
-        "{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}  WHAT",
-        "ID", "KIND", "STATE", "AGE", "TOOK", "FILES", "BYTES"
+        "{}{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}  WHAT",
+        match several {
+            true => format!("{:<24} ", "DAEMON"),
+            false => String::new(),
+        },
+        "ID",
+        "KIND",
+        "STATE",
+        "AGE",
+        "TOOK",
+        "FILES",
+        "BYTES"
     );
-    for j in list.as_array().into_iter().flatten() {
+    for j in &jobs {
         let p = &j["progress"];
         println!(
-            "{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}  {}",
+            "{}{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}  {}",
+            host(j),
             j["id"].as_str().unwrap_or_default(),
             j["kind"].as_str().unwrap_or_default(),
             j["state"].as_str().unwrap_or_default(),
@@ -173,7 +276,12 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
             what(&j["spec"]),
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
+}
+
+/// A daemon's URL without its scheme, for a table: `render042:7070`.
+fn host_of(url: &str) -> &str {
+    url.split_once("://").map_or(url, |(_, rest)| rest)
 }
 
 /// What a job works on, for the table: a submit's first input, a worker job's session

@@ -39,7 +39,7 @@ impl DoctorArgs {
 }
 
 pub fn run(ctx: &Context, args: DoctorArgs) -> anyhow::Result<ExitCode> {
-    let remote = args.remote.daemon_url.is_some();
+    let remote = args.remote.remote();
     let (report, by) = if remote || super::through_daemon(args.daemon) {
         for flag in args.store.local_only_flags() {
             tracing::warn!(
