@@ -98,6 +98,16 @@ fn read_patterns(
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        // An rclone --filter-from file read here would match nothing it means, silently.
+        if line == "!" || line.starts_with("+ ") || line.starts_with("- ") {
+            return Err(UsageError {
+                message: format!(
+                    "--{flag}-from {} line {}: {line:?} is an rclone filter rule; this file takes one pattern per line, as rclone's --{flag}-from: put the `- ` patterns in an --exclude-from file and the `+ ` ones in an --include-from file, without the sign",
+                    file.display(),
+                    n + 1
+                ),
+            });
+        }
         check(&[line]).map_err(|e| UsageError {
             message: format!("--{flag}-from {} line {}: {e}", file.display(), n + 1),
         })?;
@@ -141,5 +151,44 @@ mod tests {
         };
         let e = missing.excludes().unwrap_err().message;
         assert!(e.contains("nope") && e.contains("No such file"), "{e}");
+    }
+
+    #[test]
+    fn an_rclone_filter_file_is_refused_rather_than_matching_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("filters");
+        std::fs::write(
+            &file,
+            "# rclone --filter-from
++ *.exr
+- *
+",
+        )
+        .unwrap();
+        let args = FilterArgs {
+            exclude: vec![],
+            exclude_from: vec![file.clone()],
+            include: vec![],
+            include_from: vec![file.clone()],
+        };
+        for e in [args.excludes(), args.includes()] {
+            let e = e.unwrap_err().message;
+            assert!(
+                e.contains(&format!(
+                    "{} line 2: \"+ *.exr\" is an rclone filter rule",
+                    file.display()
+                )),
+                "{e}"
+            );
+        }
+        // A name that merely starts with a sign is a pattern.
+        std::fs::write(
+            &file,
+            "-draft-*.ma
++old
+",
+        )
+        .unwrap();
+        assert_eq!(args.excludes().unwrap(), ["-draft-*.ma", "+old"]);
     }
 }
