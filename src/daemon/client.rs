@@ -67,8 +67,8 @@ impl ClientError {
 }
 
 /// Where the daemon is: this machine's Unix socket, or another machine's TCP listener (with
-/// its bearer token, over TLS for `https://`), for `jobs`, `status`, `cancel`, `retry` and
-/// `bwlimit --daemon-url`.
+/// its bearer token, over TLS for `https://`), for `jobs`, `status`, `cancel`, `retry`,
+/// `bwlimit` and `doctor` with `--daemon-url`.
 #[derive(Clone)]
 pub enum DaemonAddress {
     Socket(PathBuf),
