@@ -1169,6 +1169,18 @@ fn attache_retry_runs_a_cancelled_job_again_and_refuses_one_that_runs_or_succeed
         (0, true),
         "{err}"
     );
+    // The table says which job ran which again.
+    let (code, out, err) = run(d.cmd().arg("jobs"));
+    assert_eq!(code, 0, "{err}");
+    let line = |id: &str| out.lines().find(|l| l.starts_with(id)).unwrap().to_string();
+    assert!(
+        line(&first).ends_with(&format!("(run again as {second})")),
+        "{out}"
+    );
+    assert!(
+        line(&second).ends_with(&format!("(retry of {first})")),
+        "{out}"
+    );
 }
 
 #[test]

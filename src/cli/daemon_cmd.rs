@@ -255,12 +255,23 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
         "FILES",
         "BYTES"
     );
+    // Which job ran each one again, for the failed and interrupted ones a wrangler looks at.
+    let rerun: std::collections::HashMap<&str, &str> = jobs
+        .iter()
+        .filter_map(|j| Some((j["retry_of"].as_str()?, j["id"].as_str()?)))
+        .collect();
     for j in &jobs {
         let p = &j["progress"];
+        let id = j["id"].as_str().unwrap_or_default();
+        let again = match (rerun.get(id), j["retry_of"].as_str()) {
+            (Some(by), _) => format!(" (run again as {by})"),
+            (None, Some(of)) => format!(" (retry of {of})"),
+            (None, None) => String::new(),
+        };
         println!(
-            "{}{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}  {}",
+            "{}{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}  {}{again}",
             host(j),
-            j["id"].as_str().unwrap_or_default(),
+            id,
             j["kind"].as_str().unwrap_or_default(),
             j["state"].as_str().unwrap_or_default(),
             j["created_ms"]
