@@ -31,8 +31,8 @@ pub struct SetLimits {
 /// Limits set by hand as `daemon.state_dir/bandwidth.json` keeps them.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Kept {
-    upload: String,
-    download: String,
+    upload: Rate,
+    download: Rate,
     /// Unix seconds; `None`: until reset.
     until_unix: Option<u64>,
 }
@@ -185,21 +185,14 @@ impl Shared {
         let Ok(text) = std::fs::read_to_string(&path) else {
             return;
         };
-        let kept: Option<Kept> = serde_json::from_str(&text).ok();
-        let Some((up, down, until)) = kept.and_then(|k| {
-            let (up, down, _) =
-                parse_setting(&format!("{}:{}", k.upload, k.download), None).ok()?;
-            Some((
-                up,
-                down,
-                k.until_unix
-                    .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
-            ))
-        }) else {
+        let Ok(kept) = serde_json::from_str::<Kept>(&text) else {
             tracing::warn!(file = %path.display(), "unreadable bandwidth limits set by hand; the config's apply");
             let _ = std::fs::remove_file(&path);
             return;
         };
+        let until = kept
+            .until_unix
+            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
         let lasting = match until.map(|t| t.duration_since(SystemTime::now())) {
             None => None,
             Some(Ok(left)) if !left.is_zero() => Some(left),
@@ -212,7 +205,7 @@ impl Shared {
             }
         };
         tracing::info!("bandwidth limits set by hand before the restart are taken back");
-        self.set_bandwidth(up, down, lasting);
+        self.set_bandwidth(kept.upload, kept.download, lasting);
     }
 
     /// Writes (or, with `None`, removes) the record of the limits set by hand, so a restart
@@ -222,8 +215,8 @@ impl Shared {
         let done = match set {
             Some(s) => {
                 let kept = Kept {
-                    upload: s.upload.to_string(),
-                    download: s.download.to_string(),
+                    upload: s.upload,
+                    download: s.download,
                     until_unix: s
                         .until
                         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
