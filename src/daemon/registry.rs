@@ -261,15 +261,21 @@ impl Registry {
         if let Some(what) = what {
             return Err(RetryError::NotRetryable { id: old.id, what });
         }
-        if let Some(by) = self
-            .list(&[], None)
-            .into_iter()
-            .find(|j| j.retry_of.as_deref() == Some(id))
-        {
-            let state = serde_json::to_value(by.state).expect("states serialize");
+        // Each record's own fields: a snapshot of every job (results included) is not needed.
+        let by = self
+            .jobs
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .find_map(|j| {
+                let r = j.record.lock().expect("not poisoned");
+                (r.retry_of.as_deref() == Some(id)).then(|| (r.id.clone(), r.state))
+            });
+        if let Some((by, state)) = by {
+            let state = serde_json::to_value(state).expect("states serialize");
             return Err(RetryError::AlreadyRetried {
                 id: old.id,
-                by: by.id,
+                by,
                 state: state.as_str().unwrap_or_default().to_string(),
             });
         }
