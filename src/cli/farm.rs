@@ -9,10 +9,11 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::filter_args::FilterArgs;
-use super::submit_paths::{SubmitPathArgs, SubmitPaths};
+use super::submit_paths::SubmitPathArgs;
 use super::transfer_args::{ContentCacheArgs, StoreArgs, with_transfer};
 use super::{Context, UsageError, flag, json_size};
 use crate::config::Override;
+use crate::jobs::asset_references::AssetReferences;
 use crate::jobs::get::Conflict;
 use crate::jobs::spec::{
     AttachmentsArg, DownloadOutputsJob, JobSpec, SubmitJob, SyncInputsJob, SyncOutputsJob,
@@ -351,15 +352,15 @@ fn uploaded(u: &serde_json::Value, dry_run: bool) -> String {
 
 pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let dry_run = a.dry_run;
-    let paths = a.paths_from.gather(SubmitPaths {
+    let paths = a.paths_from.gather(AssetReferences {
         inputs: a.inputs,
-        output_dirs: a.output_dirs,
-        referenced: a.referenced,
+        output_directories: a.output_dirs,
+        referenced_paths: a.referenced,
     })?;
     let spec = JobSpec::Submit(SubmitJob {
         inputs: paths.inputs,
-        output_dirs: paths.output_dirs,
-        referenced: paths.referenced,
+        output_dirs: paths.output_directories,
+        referenced: paths.referenced_paths,
         asset_references: Vec::new(),
         farm_id: a.farm_id,
         queue_id: a.queue_id,

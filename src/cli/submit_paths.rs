@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::UsageError;
-use crate::jobs::asset_references::{AssetReferences, keep_first_of_each};
+use crate::jobs::asset_references::{AssetReferences, Relative};
 
 #[derive(Debug, Args)]
 pub struct SubmitPathArgs {
@@ -24,32 +24,23 @@ pub struct SubmitPathArgs {
     inputs_from: Vec<PathBuf>,
 }
 
-/// A submission's paths, from the arguments and the files.
-#[derive(Debug, Default, PartialEq)]
-pub struct SubmitPaths {
-    pub inputs: Vec<PathBuf>,
-    pub output_dirs: Vec<PathBuf>,
-    pub referenced: Vec<PathBuf>,
-}
-
 impl SubmitPathArgs {
     /// `given` (the arguments and flags) with the files' paths added; a path named twice is
     /// kept once. A file that cannot be read is bad usage, naming the flag and the file.
-    pub fn gather(&self, given: SubmitPaths) -> Result<SubmitPaths, UsageError> {
+    pub fn gather(&self, given: AssetReferences) -> Result<AssetReferences, UsageError> {
         let mut all = given;
-        for path in &self.asset_references {
-            let refs = AssetReferences::read(path).map_err(|e| UsageError {
-                message: format!("--asset-references {e}"),
-            })?;
-            all.inputs.extend(refs.inputs);
-            all.output_dirs.extend(refs.output_directories);
-            all.referenced.extend(refs.referenced_paths);
-        }
+        all.merge(
+            AssetReferences::read_all(&self.asset_references, Relative::Kept).map_err(|e| {
+                UsageError {
+                    message: format!("--asset-references {e}"),
+                }
+            })?,
+        );
         for file in &self.inputs_from {
-            all.inputs.extend(read_path_list(file)?);
-        }
-        for list in [&mut all.inputs, &mut all.output_dirs, &mut all.referenced] {
-            keep_first_of_each(list);
+            all.merge(AssetReferences {
+                inputs: read_path_list(file)?,
+                ..AssetReferences::default()
+            });
         }
         Ok(all)
     }
@@ -104,23 +95,23 @@ mod tests {
             inputs_from: vec![list],
         };
         let got = args
-            .gather(SubmitPaths {
+            .gather(AssetReferences {
                 inputs: paths(&["/proj/extra.abc"]),
-                output_dirs: paths(&["/proj/renders"]),
-                referenced: vec![],
+                output_directories: paths(&["/proj/renders"]),
+                referenced_paths: vec![],
             })
             .unwrap();
         assert_eq!(
             got,
-            SubmitPaths {
+            AssetReferences {
                 inputs: paths(&[
                     "/proj/extra.abc",
                     "/proj/scene.ma",
                     "/proj/tex/a.png",
                     "/proj/name ending in a space ",
                 ]),
-                output_dirs: paths(&["/proj/renders", "/proj/out"]),
-                referenced: paths(&["/proj/cache"]),
+                output_directories: paths(&["/proj/renders", "/proj/out"]),
+                referenced_paths: paths(&["/proj/cache"]),
             }
         );
     }
@@ -131,7 +122,7 @@ mod tests {
             asset_references: vec![],
             inputs_from: vec!["/nonexistent/list.txt".into()],
         };
-        let e = args.gather(SubmitPaths::default()).unwrap_err().message;
+        let e = args.gather(AssetReferences::default()).unwrap_err().message;
         assert!(
             e.starts_with("--inputs-from /nonexistent/list.txt: "),
             "{e}"
@@ -140,7 +131,7 @@ mod tests {
             asset_references: vec!["/nonexistent/refs.yaml".into()],
             inputs_from: vec![],
         };
-        let e = args.gather(SubmitPaths::default()).unwrap_err().message;
+        let e = args.gather(AssetReferences::default()).unwrap_err().message;
         assert!(
             e.starts_with("--asset-references /nonexistent/refs.yaml: "),
             "{e}"

@@ -108,10 +108,61 @@ impl AssetReferences {
     }
 }
 
-/// Drops the paths named again after their first time, keeping the order.
-pub fn keep_first_of_each(paths: &mut Vec<PathBuf>) {
-    let mut seen = std::collections::HashSet::new();
-    paths.retain(|p| seen.insert(p.clone()));
+/// Whom a relative path in an asset references file is left to.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Relative {
+    /// Kept as it is: the caller makes it absolute against its current directory, as the
+    /// official client does (the CLI).
+    Kept,
+    /// Refused, naming the file: the daemon has no current directory of its client's.
+    Refused,
+}
+
+impl AssetReferences {
+    /// The paths of each of `files` (files or bundle directories, see [`Self::read`]) after
+    /// one another, each path once.
+    pub fn read_all(
+        files: &[PathBuf],
+        relative: Relative,
+    ) -> Result<AssetReferences, AssetReferencesError> {
+        let mut all = AssetReferences::default();
+        for file in files {
+            let refs = AssetReferences::read(file)?;
+            let mut paths = refs
+                .inputs
+                .iter()
+                .chain(&refs.output_directories)
+                .chain(&refs.referenced_paths);
+            if relative == Relative::Refused
+                && let Some(rel) = paths.find(|p| p.is_relative())
+            {
+                return Err(AssetReferencesError {
+                    path: file.clone(),
+                    message: format!(
+                        "{} is relative, and the daemon has no current directory to read it from: write absolute paths, or submit with `attache submit --asset-references`, which reads them from its own",
+                        rel.display()
+                    ),
+                });
+            }
+            all.merge(refs);
+        }
+        Ok(all)
+    }
+
+    /// Adds `more`'s paths after these, and keeps each path once (its first time).
+    pub fn merge(&mut self, more: AssetReferences) {
+        self.inputs.extend(more.inputs);
+        self.output_directories.extend(more.output_directories);
+        self.referenced_paths.extend(more.referenced_paths);
+        for list in [
+            &mut self.inputs,
+            &mut self.output_directories,
+            &mut self.referenced_paths,
+        ] {
+            let mut seen = std::collections::HashSet::new();
+            list.retain(|p| seen.insert(p.clone()));
+        }
+    }
 }
 
 /// The asset references file of a job bundle directory.

@@ -292,37 +292,28 @@ impl JobSpec {
         let JobSpec::Submit(j) = &mut self else {
             return Ok(self);
         };
-        for file in std::mem::take(&mut j.asset_references) {
-            if !file.is_absolute() {
-                return Err(invalid(
-                    "asset_references",
-                    format!("{} must be an absolute path", file.display()),
-                ));
-            }
-            let refs = crate::jobs::asset_references::AssetReferences::read(&file)
-                .map_err(|e| invalid("asset_references", e.to_string()))?;
-            let all = refs
-                .inputs
-                .iter()
-                .chain(&refs.output_directories)
-                .chain(&refs.referenced_paths);
-            if let Some(relative) = all.into_iter().find(|p| p.is_relative()) {
-                return Err(invalid(
-                    "asset_references",
-                    format!(
-                        "{}: {} is relative, and the daemon has no current directory to read it from: write absolute paths, or submit with `attache submit --asset-references`, which reads them from its own",
-                        file.display(),
-                        relative.display()
-                    ),
-                ));
-            }
-            j.inputs.extend(refs.inputs);
-            j.output_dirs.extend(refs.output_directories);
-            j.referenced.extend(refs.referenced_paths);
+        use crate::jobs::asset_references::{AssetReferences, Relative};
+        let files = std::mem::take(&mut j.asset_references);
+        if let Some(file) = files.iter().find(|f| !f.is_absolute()) {
+            return Err(invalid(
+                "asset_references",
+                format!("{} must be an absolute path", file.display()),
+            ));
         }
-        for list in [&mut j.inputs, &mut j.output_dirs, &mut j.referenced] {
-            crate::jobs::asset_references::keep_first_of_each(list);
-        }
+        let mut paths = AssetReferences {
+            inputs: std::mem::take(&mut j.inputs),
+            output_directories: std::mem::take(&mut j.output_dirs),
+            referenced_paths: std::mem::take(&mut j.referenced),
+        };
+        paths.merge(
+            AssetReferences::read_all(&files, Relative::Refused)
+                .map_err(|e| invalid("asset_references", e.to_string()))?,
+        );
+        (j.inputs, j.output_dirs, j.referenced) = (
+            paths.inputs,
+            paths.output_directories,
+            paths.referenced_paths,
+        );
         Ok(self)
     }
 
