@@ -185,11 +185,8 @@ fn parse_url(url: &str) -> Result<DaemonUrl, ClientError> {
 
 struct Conn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    host: String,
-    /// `Some` on a TCP listener: sent with every request.
-    token: Option<String>,
-    /// For the message of a refused token: (url, token file).
-    remote: Option<(String, String)>,
+    /// Whom it is connected to: the `Host`, the token and the messages come from it.
+    at: DaemonAddress,
 }
 
 async fn connect(at: &DaemonAddress) -> Result<Conn, ClientError> {
@@ -205,17 +202,14 @@ async fn connect(at: &DaemonAddress) -> Result<Conn, ClientError> {
             let sender = handshake(stream).await.map_err(|e| cerr(&e))?;
             Ok(Conn {
                 sender,
-                host: "attache".into(),
-                token: None,
-                remote: None,
+                at: at.clone(),
             })
         }
         DaemonAddress::Tcp {
             url,
             authority,
-            token,
-            token_file,
             tls,
+            ..
         } => {
             let cerr = |e: &dyn std::fmt::Display| ClientError::ConnectTcp {
                 url: url.clone(),
@@ -249,9 +243,7 @@ async fn connect(at: &DaemonAddress) -> Result<Conn, ClientError> {
             };
             Ok(Conn {
                 sender,
-                host: authority.clone(),
-                token: Some(token.clone()),
-                remote: Some((url.clone(), token_file.display().to_string())),
+                at: at.clone(),
             })
         }
     }
@@ -283,29 +275,35 @@ impl Conn {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, self.host.as_str())
             .header(hyper::header::CONTENT_TYPE, "application/json");
-        if let Some(token) = &self.token {
-            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
+        req = match &self.at {
+            DaemonAddress::Socket(_) => req.header(hyper::header::HOST, "attache"),
+            DaemonAddress::Tcp {
+                authority, token, ..
+            } => req
+                .header(hyper::header::HOST, authority.as_str())
+                .header(hyper::header::AUTHORIZATION, format!("Bearer {token}")),
+        };
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .expect("valid request");
         let resp = self.sender.send_request(req).await.map_err(|e| {
-            ClientError::Api(match &self.remote {
+            ClientError::Api(match &self.at {
                 // A TLS listener closes a connection that speaks plain HTTP to it.
-                Some((url, _)) if url.starts_with("http://") || !url.contains("://") => {
+                DaemonAddress::Tcp { url, tls: None, .. } => {
                     format!("{url}: {e} (a daemon with daemon.tls_cert speaks https:// only)")
                 }
                 _ => e.to_string(),
             })
         })?;
         if resp.status() == hyper::StatusCode::UNAUTHORIZED
-            && let Some((url, token_file)) = &self.remote
+            && let DaemonAddress::Tcp {
+                url, token_file, ..
+            } = &self.at
         {
             return Err(ClientError::WrongToken {
                 url: url.clone(),
-                token_file: token_file.clone(),
+                token_file: token_file.display().to_string(),
             });
         }
         Ok(resp)
