@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::json;
 
-use super::daemon_cmd::{DaemonUrlArgs, answers, ask_each};
+use super::daemon_cmd::{DaemonUrlArgs, ask_all};
 use super::{Context, UsageError};
 use crate::daemon::bandwidth::parse_setting;
 use crate::daemon::client::{DaemonAddress, HttpMethod, call, call_with};
@@ -53,7 +53,7 @@ pub fn run(ctx: &Context, a: BwlimitArgs) -> anyhow::Result<ExitCode> {
         (None, true) => call(at, HttpMethod::DELETE, "/v1/bandwidth"),
         (None, false) => call(at, HttpMethod::GET, "/v1/bandwidth"),
     };
-    let (views, failed) = answers(ask_each(&daemons, ask))?;
+    let (views, failed) = ask_all(&daemons, ask)?;
     let several = daemons.len() > 1;
     if a.json {
         let views: Vec<serde_json::Value> = views

@@ -79,31 +79,25 @@ impl DaemonUrlArgs {
 }
 
 /// `request` sent to each daemon at once (a farm's worth answers in the time of the slowest):
-/// each one's address and answer, in the order given.
-pub(crate) fn ask_each<T: Send>(
+/// the answers that came, in the order given, and whether one failed, each failure said on
+/// stderr with its daemon named. With one daemon its failure is the command's (its exit code
+/// too: a refused token is bad usage).
+pub(crate) fn ask_all<T: Send>(
     daemons: &[DaemonAddress],
     request: impl Fn(&DaemonAddress) -> anyhow::Result<T> + Sync,
-) -> Vec<(&DaemonAddress, anyhow::Result<T>)> {
-    std::thread::scope(|s| {
-        let asked: Vec<_> = daemons
+) -> anyhow::Result<(Vec<(&DaemonAddress, T)>, bool)> {
+    let asked: Vec<_> = std::thread::scope(|s| {
+        let asking: Vec<_> = daemons
             .iter()
             .map(|at| (at, s.spawn(|| request(at))))
             .collect();
-        asked
+        asking
             .into_iter()
             .map(|(at, t)| (at, t.join().expect("a request panicked")))
             .collect()
-    })
-}
-
-/// The daemons' answers that came, with each failure said on stderr (its daemon named), and
-/// whether one failed. A usage error (a refused token) is returned as such.
-pub(crate) fn answers<T>(
-    asked: Vec<(&DaemonAddress, anyhow::Result<T>)>,
-) -> anyhow::Result<(Vec<(&DaemonAddress, T)>, bool)> {
+    });
     let several = asked.len() > 1;
-    let mut ok = Vec::new();
-    let mut failed = false;
+    let (mut ok, mut failed) = (Vec::new(), false);
     for (at, answer) in asked {
         match answer {
             Ok(v) => ok.push((at, v)),
@@ -215,7 +209,7 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
         false => format!("/v1/jobs?{}", query.join("&")),
     };
     let daemons = a.daemon.addresses(&ctx.settings)?;
-    let (lists, failed) = answers(ask_each(&daemons, |at| call(at, HttpMethod::GET, &path)))?;
+    let (lists, failed) = ask_all(&daemons, |at| call(at, HttpMethod::GET, &path))?;
     let several = daemons.len() > 1;
     // With several daemons: one list, each record naming its daemon, oldest first.
     let mut jobs: Vec<serde_json::Value> = Vec::new();
