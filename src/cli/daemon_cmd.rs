@@ -154,7 +154,7 @@ pub struct RetryArgs {
     state: Vec<String>,
     /// Show the new job's progress until it ends (one ID only); the exit status is then the
     /// job's. Ctrl-C stops following, not the job.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "state")]
     follow: bool,
     /// Print the new jobs' records as JSON.
     #[arg(long)]
@@ -373,12 +373,6 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
     if a.follow && a.ids.len() > 1 {
         return Err(UsageError {
             message: "--follow follows one job: give one ID".into(),
-        }
-        .into());
-    }
-    if a.follow && !a.state.is_empty() {
-        return Err(UsageError {
-            message: "--follow follows one job: give one ID, not --state".into(),
         }
         .into());
     }
