@@ -39,6 +39,17 @@ pub struct OpenUpload {
     pub initiated_ms: Option<i64>,
 }
 
+/// Keys a listing request returns at most (S3's `max-keys` default and ceiling).
+pub const LIST_PAGE_KEYS: usize = 1000;
+
+/// One page of a listing, in key order.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectInfo>,
+    /// More keys follow the last one.
+    pub truncated: bool,
+}
+
 /// A part an open multipart upload holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadedPart {
@@ -193,6 +204,28 @@ pub trait ObjectStore: Send + Sync {
     async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError>;
     /// Every object whose key starts with `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    /// The objects under `prefix` whose keys sort after `start_after`, at most
+    /// [`LIST_PAGE_KEYS`] of them. This default lists everything under `prefix` and keeps the
+    /// page: right for a directory, where [`ObjectStore::lists_by_page`] is false.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<ListPage, StoreError> {
+        let mut objects = self.list(prefix).await?;
+        if let Some(after) = start_after {
+            objects.retain(|o| o.key.as_str() > after);
+        }
+        let truncated = objects.len() > LIST_PAGE_KEYS;
+        objects.truncate(LIST_PAGE_KEYS);
+        Ok(ListPage { objects, truncated })
+    }
+    /// Whether a [`ObjectStore::list_page`] is one request (S3: it answers for up to 1,000
+    /// keys at about the cost of a HEAD) rather than a walk of a whole directory, where asking
+    /// for each key is cheaper.
+    fn lists_by_page(&self) -> bool {
+        false
+    }
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError>;
 }
 

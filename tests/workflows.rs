@@ -1242,6 +1242,54 @@ fn check_names_what_a_job_lacks_in_the_store_and_a_resubmit_repairs_it() {
     );
     assert_eq!(v["damaged"], serde_json::json!([]));
     assert_eq!(v["present"], 2);
+    // A HEAD each, and two for the missing one (its key and the legacy one).
+    assert_eq!(
+        (&v["head_requests"], &v["list_requests"]),
+        (&5.into(), &0.into()),
+        "{v}"
+    );
+
+    // "echo" now only under the key very old clients used: still there. Listing the store's
+    // content finds what HEADs find, without a HEAD; `--lookup head` never lists.
+    let echo = f.s3.read_object(&key("echo")).unwrap();
+    std::fs::remove_file(f.s3.object_path(&key("echo"))).unwrap();
+    f.s3.write_object(
+        &format!("DeadlineCloud/Data/{}", ContentHash::of(b"echo")),
+        &echo,
+    );
+    let findings = |v: &serde_json::Value| {
+        (
+            v["missing"].clone(),
+            v["wrong_size"].clone(),
+            v["present"].clone(),
+        )
+    };
+    for (how, lists) in [("list", true), ("head", false)] {
+        f.s3.stats.reset();
+        let (code, w) = check("wrangler", &["--lookup", how]);
+        assert_eq!(code, 1, "{w}");
+        assert_eq!(findings(&w), findings(&v), "--lookup {how}: {w}");
+        let sent = |op: &str| {
+            f.s3.stats
+                .requests_matching(|r| r.operation() == op && !r.key.contains("/Manifests/"))
+        };
+        let (lists_sent, heads_sent) = (sent("ListObjectsV2"), sent("HeadObject"));
+        assert_eq!(
+            (lists_sent > 0, heads_sent > 0),
+            (lists, !lists),
+            "--lookup {how}"
+        );
+        assert_eq!(
+            (&w["list_requests"], &w["head_requests"]),
+            (&lists_sent.into(), &heads_sent.into()),
+            "--lookup {how}"
+        );
+    }
+    let (code, _, err) = run(f
+        .attache("wrangler")
+        .args(["check", "--deep", "--lookup", "list", "--attachments"])
+        .arg(&att));
+    assert_eq!(code, 2, "{err}");
     let (code, out, err) = run(f
         .attache("wrangler")
         .arg("check")
@@ -1310,6 +1358,51 @@ fn check_names_what_a_job_lacks_in_the_store_and_a_resubmit_repairs_it() {
         .arg(f.path("nope.json")));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("nope.json"), "{err}");
+}
+
+/// A job of 1,000 objects or more is checked by listing the store's content, a request per
+/// 1,000 objects instead of a HEAD each, and what is missing is still named with its files.
+#[test]
+fn check_of_a_big_job_lists_the_store_instead_of_a_head_per_object() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    for i in 0..1200 {
+        write(
+            &proj.join(format!("d{}/f{i}.exr", i % 7)),
+            format!("frame {i}").as_bytes(),
+        );
+    }
+    let manifest = f.path("job.manifest");
+    f.ok(f
+        .attache("ws")
+        .arg("put")
+        .arg(&proj)
+        .arg("-o")
+        .arg(&manifest));
+    let key = format!("DeadlineCloud/Data/{}.xxh128", ContentHash::of(b"frame 17"));
+    std::fs::remove_file(f.s3.object_path(&key)).unwrap();
+
+    f.s3.stats.reset();
+    let (code, out, err) = run(f
+        .attache("wrangler")
+        .args(["check", "--json"])
+        .arg(&manifest));
+    assert_eq!(code, 1, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&v["objects"], &v["present"]), (&1200.into(), &1199.into()));
+    assert_eq!(v["missing"][0]["key"], key.as_str(), "{v}");
+    assert_eq!(v["missing"][0]["paths"], serde_json::json!(["d3/f17.exr"]));
+    let lists =
+        f.s3.stats
+            .requests_matching(|r| r.operation() == "ListObjectsV2");
+    assert_eq!(
+        (&v["list_requests"], &v["head_requests"]),
+        (&lists.into(), &0.into()),
+        "{v}"
+    );
+    assert_eq!(f.s3.stats.requests_of("HEAD"), 0);
+    // Five ranges of 240 objects listed side by side, a page each (1,200 HEADs before).
+    assert!(lists <= 5, "{lists} listing requests: {v}");
 }
 
 /// `attache check --job-id …` checks a job's outputs as download-outputs would take them (the

@@ -11,7 +11,7 @@ use super::transfer_args::{StoreArgs, with_transfer};
 use super::{Context, UsageError};
 use crate::config::Override;
 use crate::jobs::attachments::Attachments;
-use crate::jobs::check::{self, CheckReport, CheckSpec, Problem};
+use crate::jobs::check::{self, CheckReport, CheckSpec, Lookup, Problem};
 use crate::jobs::download_outputs::OutputsOf;
 
 #[derive(Debug, Args)]
@@ -45,9 +45,20 @@ pub struct CheckArgs {
     #[arg(long, value_name = "ID", requires = "step_id")]
     task_id: Option<String>,
     /// Fetch every object and check its hash (reads every byte; default: ask each object's
-    /// size, one HEAD request).
+    /// size, by listing or a HEAD each).
     #[arg(long)]
     deep: bool,
+    /// How to ask for each object's size: `list` the store's content (a request answers for
+    /// up to 1,000 objects), a `head` request per object, or `auto`: list an S3 store for
+    /// 1,000 objects or more while each page answers for 16 or more, else HEADs.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "HOW",
+        default_value_t,
+        conflicts_with = "deep"
+    )]
+    lookup: Lookup,
     /// With --deep: delete the objects whose content does not match their hash, so that the
     /// next upload of those files sends them again.
     #[arg(long, requires = "deep")]
@@ -102,6 +113,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> anyhow::Result<ExitCode> {
         outputs_of,
         deep: args.deep,
         delete_damaged: args.delete_damaged,
+        lookup: args.lookup,
     };
     let label = if args.deep { "fetching" } else { "checking" };
     let report = with_transfer(ctx, None, label, |t, cancel| async move {
@@ -161,7 +173,10 @@ fn print_report(r: &CheckReport) {
             ByteSize(r.downloaded_bytes).display().iec()
         )
     } else {
-        "asked for each object's size".to_string()
+        format!(
+            "asked for each object's size with {} listing page(s) and {} HEAD(s)",
+            r.list_requests, r.head_requests
+        )
     };
     println!(
         "{}: {} of {} objects ({}) in {}, for {} files in {} manifest(s){}; {} missing, {} other size, {} damaged, {} manifest(s) unusable; {how} in {:.2} s",

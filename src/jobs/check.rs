@@ -7,6 +7,8 @@
 //! object is wrong whatever any manifest says, no reader can use it (downloads check the
 //! hash), and while it is there uploads skip that key as present.
 
+mod listing;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -21,6 +23,7 @@ use crate::manifest::Manifest;
 use crate::store::layout::{data_key, legacy_data_key};
 use crate::store::{ObjectStore, StoreError};
 use crate::transfer::{Transfer, TransferError};
+pub use listing::Lookup;
 
 /// Files named per problem object; the rest are counted.
 const PATHS_SHOWN: usize = 5;
@@ -38,6 +41,8 @@ pub struct CheckSpec {
     pub deep: bool,
     /// With `deep`: delete the objects whose content does not hash to their key.
     pub delete_damaged: bool,
+    /// Without `deep`: list the store's content, or ask for each object.
+    pub lookup: Lookup,
 }
 
 /// An object the manifests need that the store does not hold as they describe it.
@@ -94,6 +99,11 @@ pub struct CheckReport {
     pub unusable_manifests: Vec<UnusableManifest>,
     /// Bytes fetched by a deep check.
     pub downloaded_bytes: u64,
+    /// Requests that asked about content: listing pages, HEADs (a missing object takes two:
+    /// its key and the legacy one), GETs of a deep check.
+    pub list_requests: u64,
+    pub head_requests: u64,
+    pub get_requests: u64,
     pub seconds: f64,
 }
 
@@ -165,17 +175,51 @@ pub async fn run(
     report.bytes = objects.iter().map(|o| o.1).sum();
     t.progress.add_total(report.objects, report.bytes);
 
-    let downloaded = Arc::new(AtomicU64::new(0));
+    let requests = Requests::default();
+    let mut found = Findings::default();
+    let by_listing = !spec.deep
+        && match spec.lookup {
+            Lookup::Head => false,
+            Lookup::List => true,
+            Lookup::Auto => t.store.lists_by_page() && objects.len() >= listing::MIN_OBJECTS,
+        };
+    let to_ask = if by_listing {
+        // Ranges of the sorted objects, one listing each, `transfer.workers` at a time. A
+        // range's last page runs past its end (up to 1,000 keys it does not need), so a range
+        // is not made smaller than a few hundred objects.
+        let workers = t.settings.workers.max(1);
+        let range = objects
+            .len()
+            .div_ceil(workers)
+            .max(listing::MIN_RANGE_OBJECTS);
+        let fall_back = spec.lookup == Lookup::Auto;
+        let mut listed = futures::stream::iter(objects.chunks(range))
+            .map(|range| listing::look_up(&t, range, fall_back, cancel))
+            .buffer_unordered(workers);
+        let mut to_ask = Vec::new();
+        while let Some(l) = listed.next().await {
+            let l = l?;
+            requests.list.fetch_add(l.pages, Relaxed);
+            for (hash, size, f) in l.found {
+                found.add(&mut report, t.store.root_prefix(), hash, size, f);
+            }
+            to_ask.extend(l.to_ask);
+        }
+        to_ask
+    } else {
+        objects
+    };
+
     let deep = spec.deep;
-    let mut found = futures::stream::iter(objects)
+    let mut asked = futures::stream::iter(to_ask)
         .map(|(hash, size)| {
             let t = t.clone();
-            let downloaded = downloaded.clone();
+            let requests = &requests;
             async move {
                 let found = if deep {
-                    fetch_and_hash(&t, hash, size, &downloaded, cancel).await?
+                    fetch_and_hash(&t, hash, size, requests, cancel).await?
                 } else {
-                    look_up(&t, hash, size, cancel).await?
+                    look_up(&t, hash, size, requests, cancel).await?
                 };
                 t.progress.add_files(1);
                 t.progress.add_bytes(size);
@@ -183,48 +227,19 @@ pub async fn run(
             }
         })
         .buffer_unordered(t.settings.workers.max(1));
+    while let Some(checked) = asked.next().await {
+        let (hash, size, f) = checked?;
+        found.add(&mut report, t.store.root_prefix(), hash, size, f);
+    }
+    drop(asked);
+    let Findings { present, absent } = found;
+    report.present = present.len() as u64;
+    report.downloaded_bytes = requests.downloaded.load(Relaxed);
+    report.list_requests = requests.list.load(Relaxed);
+    report.head_requests = requests.head.load(Relaxed);
+    report.get_requests = requests.get.load(Relaxed);
 
     let store = t.store.as_ref();
-    let mut present = Vec::new();
-    let mut absent = Vec::new();
-    while let Some(checked) = found.next().await {
-        let (hash, size, found) = checked?;
-        let problem = |key: String, found_size, found_hash| Problem {
-            hash,
-            key,
-            size,
-            found_size,
-            found_hash,
-            deleted: false,
-            delete_error: None,
-            paths: Vec::new(),
-            files: 0,
-        };
-        match found {
-            Found::Present => present.push(hash),
-            Found::Missing => {
-                absent.push(hash);
-                let key = data_key(store.root_prefix(), hash);
-                report.missing.push(problem(key, None, None));
-            }
-            Found::WrongSize { key, size: got } => {
-                absent.push(hash);
-                report.wrong_size.push(problem(key, Some(got), None));
-            }
-            Found::Damaged {
-                key,
-                size: got,
-                hash: got_hash,
-            } => {
-                absent.push(hash);
-                report.damaged.push(problem(key, Some(got), Some(got_hash)));
-            }
-        }
-    }
-    drop(found);
-    report.present = present.len() as u64;
-    report.downloaded_bytes = downloaded.load(Relaxed);
-
     if spec.delete_damaged && deep {
         // Each damaged object is deleted on its own: one the store refuses is reported and the
         // others still go.
@@ -255,6 +270,66 @@ pub async fn run(
         && report.unusable_manifests.is_empty();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Requests sent and bytes fetched, counted as they go.
+#[derive(Default)]
+struct Requests {
+    list: AtomicU64,
+    head: AtomicU64,
+    get: AtomicU64,
+    downloaded: AtomicU64,
+}
+
+/// What the objects asked about so far were found to be: the report's problems, and the
+/// hashes to tell the known-present index.
+#[derive(Default)]
+struct Findings {
+    present: Vec<ContentHash>,
+    absent: Vec<ContentHash>,
+}
+
+impl Findings {
+    fn add(
+        &mut self,
+        report: &mut CheckReport,
+        root_prefix: &str,
+        hash: ContentHash,
+        size: u64,
+        found: Found,
+    ) {
+        let problem = |key: String, found_size, found_hash| Problem {
+            hash,
+            key,
+            size,
+            found_size,
+            found_hash,
+            deleted: false,
+            delete_error: None,
+            paths: Vec::new(),
+            files: 0,
+        };
+        match found {
+            Found::Present => self.present.push(hash),
+            Found::Missing => {
+                self.absent.push(hash);
+                let key = data_key(root_prefix, hash);
+                report.missing.push(problem(key, None, None));
+            }
+            Found::WrongSize { key, size: got } => {
+                self.absent.push(hash);
+                report.wrong_size.push(problem(key, Some(got), None));
+            }
+            Found::Damaged {
+                key,
+                size: got,
+                hash: got_hash,
+            } => {
+                self.absent.push(hash);
+                report.damaged.push(problem(key, Some(got), Some(got_hash)));
+            }
+        }
+    }
 }
 
 /// A fetched manifest joins the check; one that could not be fetched or was not what the job
@@ -293,10 +368,12 @@ async fn look_up(
     t: &Transfer,
     hash: ContentHash,
     size: u64,
+    requests: &Requests,
     cancel: &CancellationToken,
 ) -> Result<Found, TransferError> {
     let prefix = t.store.root_prefix();
     for key in [data_key(prefix, hash), legacy_data_key(prefix, hash)] {
+        requests.head.fetch_add(1, Relaxed);
         if let Some(info) = t.gate.run(cancel, || t.store.head(&key)).await? {
             return Ok(if info.size == size {
                 Found::Present
@@ -316,14 +393,17 @@ async fn fetch_and_hash(
     t: &Transfer,
     hash: ContentHash,
     size: u64,
-    downloaded: &AtomicU64,
+    requests: &Requests,
     cancel: &CancellationToken,
 ) -> Result<Found, TransferError> {
     let prefix = t.store.root_prefix();
     for key in [data_key(prefix, hash), legacy_data_key(prefix, hash)] {
+        requests.get.fetch_add(1, Relaxed);
         let read = t
             .gate
-            .run(cancel, || hash_body(t.store.as_ref(), &key, downloaded))
+            .run(cancel, || {
+                hash_body(t.store.as_ref(), &key, &requests.downloaded)
+            })
             .await;
         let (got, got_size) = match read {
             Ok(v) => v,

@@ -9,6 +9,11 @@ pub fn data_key(root_prefix: &str, hash: ContentHash) -> String {
     join(root_prefix, &format!("Data/{hash}.xxh128"))
 }
 
+/// `{rootPrefix}/Data/`: the prefix every content object's key starts with.
+pub fn data_prefix(root_prefix: &str) -> String {
+    join(root_prefix, "Data/")
+}
+
 /// The data key objects from very old clients used (no `.xxh128`); readers fall back to it.
 pub fn legacy_data_key(root_prefix: &str, hash: ContentHash) -> String {
     join(root_prefix, &format!("Data/{hash}"))

@@ -51,8 +51,8 @@ use futures::StreamExt;
 use super::file_source::FileSource;
 use super::parts_in_flight::{PartsInFlight, SETTLE_WITHIN};
 use super::{
-    GetObject, ObjectInfo, ObjectStore, OpenUpload, PutOptions, PutOutcome, StoreError,
-    UploadedPart,
+    GetObject, LIST_PAGE_KEYS, ListPage, ObjectInfo, ObjectStore, OpenUpload, PutOptions,
+    PutOutcome, StoreError, UploadedPart,
 };
 use crate::config::{ChecksumMode, S3Settings};
 use crate::transfer::limiter::Bandwidth;
@@ -319,6 +319,16 @@ fn configured_endpoint(s: &S3Settings, env: impl Fn(&str) -> Option<String>) -> 
 }
 
 /// A response's user metadata as pairs.
+/// An object as a listing describes it (no user metadata: listings do not carry it).
+fn listed(o: &aws_sdk_s3::types::Object) -> ObjectInfo {
+    ObjectInfo {
+        key: o.key().unwrap_or_default().to_string(),
+        size: o.size().unwrap_or(0).max(0) as u64,
+        last_modified_ms: o.last_modified().and_then(|t| t.to_millis().ok()),
+        metadata: Vec::new(),
+    }
+}
+
 fn user_metadata(m: Option<&std::collections::HashMap<String, String>>) -> Vec<(String, String)> {
     m.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default()
@@ -673,16 +683,35 @@ impl ObjectStore for S3Store {
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.err("LIST", prefix, e))?;
-            for o in page.contents() {
-                out.push(ObjectInfo {
-                    key: o.key().unwrap_or_default().to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    last_modified_ms: o.last_modified().and_then(|t| t.to_millis().ok()),
-                    metadata: Vec::new(),
-                });
-            }
+            out.extend(page.contents().iter().map(listed));
         }
         Ok(out)
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<ListPage, StoreError> {
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_start_after(start_after.map(str::to_string))
+            .max_keys(LIST_PAGE_KEYS as i32)
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone())
+            .send()
+            .await
+            .map_err(|e| self.err("LIST", prefix, e))?;
+        Ok(ListPage {
+            objects: page.contents().iter().map(listed).collect(),
+            truncated: page.is_truncated() == Some(true),
+        })
+    }
+
+    fn lists_by_page(&self) -> bool {
+        true
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
