@@ -239,15 +239,7 @@ pub async fn run(
     for g in groups.values() {
         let root = g.root();
         let root_path = root.to_string_lossy().into_owned();
-        let outputs: Vec<String> = g
-            .outputs
-            .iter()
-            .map(|o| match o.strip_prefix(&root) {
-                Ok(r) if r.as_os_str().is_empty() => ".".to_string(),
-                Ok(r) => r.to_string_lossy().into_owned(),
-                Err(_) => o.to_string_lossy().into_owned(),
-            })
-            .collect();
+        let outputs = relative_outputs(&g.outputs, &root);
         let mut props = ManifestProperties {
             root_path: root_path.clone(),
             root_path_format: PathFormat::native(),
@@ -421,9 +413,42 @@ fn collect_inputs(
     Ok(files)
 }
 
+/// A root's output directories as `outputRelativeDirectories` spells them, in the official
+/// client's order: the paths sorted as strings, each once, then made relative to the root.
+fn relative_outputs(outputs: &[PathBuf], root: &Path) -> Vec<String> {
+    let mut sorted: Vec<&PathBuf> = outputs.iter().collect();
+    sorted.sort_by(|a, b| {
+        a.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.as_os_str().as_encoded_bytes())
+    });
+    sorted.dedup();
+    sorted
+        .into_iter()
+        .map(|o| match o.strip_prefix(root) {
+            Ok(r) if r.as_os_str().is_empty() => ".".to_string(),
+            Ok(r) => r.to_string_lossy().into_owned(),
+            Err(_) => o.to_string_lossy().into_owned(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_directories_are_in_the_official_client_s_order() {
+        let outputs: Vec<PathBuf> = ["/p/renders", "/p/comp", "/p/a-b", "/p/a/b", "/p/comp", "/p"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        // Python's sorted() of the strings: '-' (0x2d) before '/' (0x2f).
+        assert_eq!(
+            relative_outputs(&outputs, Path::new("/p")),
+            [".", "a-b", "a/b", "comp", "renders"]
+        );
+    }
 
     fn spec(inputs: &[&str], outputs: &[&str]) -> SubmitSpec {
         SubmitSpec {
