@@ -28,6 +28,11 @@
 #   F  asset references      a job bundle's asset_references.yaml, read by the official client's
 #                            loader and by `attache submit --asset-references`: the same root,
 #                            manifest bytes and output directories.
+#   G  template parameters   a job bundle's template PATH and LIST[PATH] parameters with a
+#                            dataFlow, their values from -p, parameter_values.yaml and a default
+#                            in the bundle, applied by the official client's own functions and by
+#                            `attache submit --asset-references DIR -p`: the same root, manifest
+#                            bytes and output directories.
 #
 # One summary line per check (PASS/FAIL/SKIP); exit 1 if anything failed. Needs python3, curl and,
 # on the first run only, network access to crates.io and PyPI: Garage is built once (~13 min on
@@ -661,6 +666,56 @@ YAML
     fi
 else
     missing "F: attache has no 'submit' subcommand"
+fi
+
+# ---------------------------------------------------------------- G: a job bundle's template parameters
+# A template's PATH parameters with a dataFlow are inputs and outputs, as `deadline bundle
+# submit` applies them (read_job_bundle_parameters, apply_job_parameters): a scene given with
+# -p, a LIST[PATH] given with -p as a JSON array, a texture directory by its default inside the
+# bundle, an output directory and an output FILE (its directory) from parameter_values.yaml, a
+# referenced path without a dataFlow.
+G="$work/g"
+if ((have_submit)); then
+    mkdir -p "$G/proj/scene" "$G/proj/extra" "$G/bundle/tex"
+    printf 'scene\n' >"$G/proj/scene/shot.ma" && touch -d @1767323045 "$G/proj/scene/shot.ma"
+    printf 'x\n' >"$G/proj/extra/x.abc" && touch -d @1767323046 "$G/proj/extra/x.abc"
+    printf 'y\n' >"$G/proj/extra/y.abc" && touch -d @1767323047 "$G/proj/extra/y.abc"
+    printf 'a\n' >"$G/bundle/tex/a.png" && touch -d @1767323048 "$G/bundle/tex/a.png"
+    cat >"$G/bundle/template.yaml" <<'YAML'
+specificationVersion: jobtemplate-2023-09
+name: interop-g
+parameterDefinitions:
+- {name: SceneFile, type: PATH, objectType: FILE, dataFlow: IN}
+- {name: Extras, type: "LIST[PATH]", objectType: FILE, dataFlow: IN}
+- {name: Textures, type: PATH, objectType: DIRECTORY, dataFlow: IN, default: tex}
+- {name: OutDir, type: PATH, objectType: DIRECTORY, dataFlow: OUT}
+- {name: CompFile, type: PATH, objectType: FILE, dataFlow: OUT}
+- {name: Plugins, type: PATH, objectType: DIRECTORY}
+- {name: Frames, type: STRING, default: "1-3"}
+steps:
+- name: render
+  script:
+    actions:
+      onRun: {command: "true"}
+YAML
+    cat >"$G/bundle/parameter_values.yaml" <<YAML
+parameterValues:
+- {name: OutDir, value: $G/proj/renders}
+- {name: CompFile, value: $G/proj/comp/final.exr}
+- {name: Plugins, value: $G/proj/plugins}
+YAML
+    g_params=(-p "SceneFile=$G/proj/scene/shot.ma"
+              -p "Extras=[\"$G/proj/extra/x.abc\", \"$G/proj/extra/y.abc\"]")
+    if step G1-official-upload "${OFFICIAL[@]}" upload "${QARGS[@]}" \
+            --asset-references "$G/bundle" "${g_params[@]}" -o "$G/official.json" \
+        && step G2-attache-submit run_attache submit --farm-id "$FARM" --queue-id "$QUEUE" \
+            --store "$STORE" --asset-references "$G/bundle" "${g_params[@]}" -o "$G/attache.json"; then
+        check G3-same-manifest same_manifest "$G/official.json" "$G/attache.json"
+        check G4-official-attachments H attachments "$G/official.json" "$G" "$FARM" "$QUEUE" '["proj/comp", "proj/renders"]' -
+        check G5-attache-attachments H attachments "$G/attache.json" "$G" "$FARM" "$QUEUE" '["proj/comp", "proj/renders"]' -
+    fi
+else
+    missing "G: attache has no 'submit' subcommand"
 fi
 
 # ---------------------------------------------------------------- summary

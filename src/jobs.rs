@@ -3,6 +3,7 @@
 
 pub mod asset_references;
 pub mod attachments;
+pub mod bundle_template;
 pub mod check;
 pub mod cleanup;
 pub mod detached;

@@ -16,7 +16,7 @@ pub mod fsutil;
 /// Content hashing: XXH3-128 hash type, file hashing, parallel hasher, hash cache and recorder.
 pub mod hash;
 /// Workflows run by the CLI and the daemon: hash, put, get, submit (and the job bundle's asset
-/// references it reads), sync-inputs/outputs, verify, cleanup, check of a store against
+/// references and template PATH parameters it reads), sync-inputs/outputs, verify, cleanup, check of a store against
 /// manifests, doctor (setup probes), the machine's caches (`local_caches`: show, clear, trim).
 pub mod jobs;
 /// The SQLite files kept on each machine (hash cache, known-present index): open and close.

@@ -925,6 +925,63 @@ fn a_submit_through_the_api_takes_a_job_bundle_s_asset_references() {
             .contains("scene.ma is relative"),
         "{e}"
     );
+
+    // A bundle with a template: its PATH parameters, valued by `parameters` (as the official
+    // client's job_parameters) and a default inside the bundle, are the job's paths.
+    let templated = d.path("templated");
+    std::fs::create_dir_all(templated.join("plugins")).unwrap();
+    std::fs::write(
+        templated.join("template.json"),
+        r#"{"specificationVersion": "jobtemplate-2023-09", "parameterDefinitions": [
+            {"name": "Scene", "type": "PATH", "objectType": "FILE", "dataFlow": "IN"},
+            {"name": "Tex", "type": "LIST[PATH]", "objectType": "DIRECTORY", "dataFlow": "IN"},
+            {"name": "Out", "type": "PATH", "objectType": "DIRECTORY", "dataFlow": "OUT"},
+            {"name": "Plugins", "type": "PATH", "default": "plugins"}]}"#,
+    )
+    .unwrap();
+    let with = |params: serde_json::Value| {
+        serde_json::json!({"kind": "submit", "asset_references": [&templated], "parameters": params,
+            "farm_id": "farm-1", "queue_id": "queue-1"})
+        .to_string()
+    };
+    let id = d.start_job(&with(serde_json::json!([
+        {"name": "Scene", "value": proj.join("scene.ma")},
+        {"name": "Tex", "value": [proj.join("tex")]},
+        {"name": "Out", "value": proj.join("renders")},
+    ])));
+    let j = d.wait(&id, Duration::from_secs(10));
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["result"]["roots"][0]["files"], 4, "{j}");
+    assert_eq!(
+        (
+            &j["spec"]["inputs"],
+            &j["spec"]["output_dirs"],
+            &j["spec"]["referenced"]
+        ),
+        (
+            &serde_json::json!([proj.join("scene.ma"), proj.join("tex")]),
+            &serde_json::json!([proj.join("renders")]),
+            &serde_json::json!([templated.join("plugins")]),
+        ),
+        "{j}"
+    );
+    let (status, e) = d.api(
+        "POST",
+        "/v1/jobs",
+        &with(serde_json::json!([{"name": "Scene", "value": proj.join("scene.ma")}])),
+    );
+    assert_eq!(
+        (status, &e["field"]),
+        (400, &"asset_references".into()),
+        "{e}"
+    );
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("parameter Tex has no value"),
+        "{e}"
+    );
 }
 
 /// Runs `script` with python3 and the Python client (`clients/python`) on its path; returns
@@ -959,16 +1016,21 @@ fn the_python_client_submits_a_bundle_follows_it_and_reads_refusals() {
     std::fs::create_dir_all(&bundle).unwrap();
     std::fs::write(
         bundle.join("asset_references.json"),
-        serde_json::json!({"assetReferences": {"inputs": {"directories": [proj]},
-            "outputs": {"directories": [proj.join("renders")]}}})
-        .to_string(),
+        serde_json::json!({"assetReferences": {"inputs": {"directories": [proj]}}}).to_string(),
+    )
+    .unwrap();
+    // The output directory is a template parameter, valued by the plugin.
+    std::fs::write(
+        bundle.join("template.yaml"),
+        "specificationVersion: jobtemplate-2023-09\nparameterDefinitions:\n- {name: Renders, type: PATH, objectType: DIRECTORY, dataFlow: OUT}\n",
     )
     .unwrap();
     let script = r#"
 import json, sys
 from attache_client import Daemon, DaemonError
 d = Daemon(socket_path=sys.argv[1])
-job = d.submit(farm_id="farm-1", queue_id="queue-1", asset_references=[sys.argv[2]])
+job = d.submit(farm_id="farm-1", queue_id="queue-1", asset_references=[sys.argv[2]],
+               parameters={"Renders": sys.argv[3]})
 records = list(d.events(job["id"]))
 out = {"states": [r["state"] for r in records], "final": records[-1]}
 for name, call in [("retry", lambda: d.retry(job["id"])),
@@ -982,7 +1044,14 @@ out["bandwidth"] = d.bandwidth("5MB/s", lasting="1h")
 out["succeeded"] = [j["id"] for j in d.jobs(states=["succeeded"])]
 print(json.dumps(out))
 "#;
-    let v = python_client(script, &[d.socket().as_os_str(), bundle.as_os_str()]);
+    let v = python_client(
+        script,
+        &[
+            d.socket().as_os_str(),
+            bundle.as_os_str(),
+            proj.join("renders").as_os_str(),
+        ],
+    );
     let states = v["states"].as_array().unwrap();
     assert_eq!(states.last().unwrap(), "succeeded", "{v}");
     let final_ = &v["final"];

@@ -1626,6 +1626,79 @@ fn a_job_bundle_s_asset_references_and_a_list_of_inputs_submit_what_arguments_wo
         ),
     );
     assert_eq!(by_list, by_arguments);
+
+    // A bundle with a template and no asset references: its PATH parameters are the paths,
+    // valued by --parameter (relative to the current directory), the bundle's
+    // parameter_values and, for Frames, a default.
+    let templated = f.path("templated");
+    write(
+        &templated.join("template.yaml"),
+        b"specificationVersion: jobtemplate-2023-09\nname: shot\nparameterDefinitions:\n\
+          - {name: Scene, type: PATH, objectType: FILE, dataFlow: IN}\n\
+          - {name: Textures, type: PATH, objectType: DIRECTORY, dataFlow: IN}\n\
+          - {name: Renders, type: PATH, objectType: DIRECTORY, dataFlow: OUT}\n\
+          - {name: Cache, type: PATH, objectType: FILE}\n\
+          - {name: Frames, type: STRING, default: 1-10}\n\
+          steps: []\n",
+    );
+    write(
+        &templated.join("parameter_values.yaml"),
+        format!(
+            "parameterValues:\n- {{name: Textures, value: {proj}/tex}}\n- {{name: Renders, value: {proj}/renders}}\n- {{name: Cache, value: {proj}/sim/cache.vdb}}\n",
+            proj = proj.display()
+        )
+        .as_bytes(),
+    );
+    let by_template = submit(
+        &[
+            &os("--asset-references"),
+            templated.as_os_str(),
+            &os("-p"),
+            &os("Scene=scenes/shot.ma"),
+        ],
+        "",
+    );
+    assert_eq!(by_template, by_arguments);
+
+    let refused = |extra: &[&str]| {
+        let (code, _, err) = run(f
+            .attache("ws")
+            .current_dir(&proj)
+            .arg("submit")
+            .args(IDS)
+            .args(extra));
+        (code, err)
+    };
+    let t = templated.to_str().unwrap();
+    let (code, err) = refused(&["--asset-references", t]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "parameter Scene has no value and no default: give it with --parameter Scene=VALUE"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("template.yaml"), "{err}");
+    let (code, err) = refused(&["-p", "Scene=scenes/shot.ma", "scenes/shot.ma"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--asset-references"), "{err}");
+    let (code, err) = refused(&["--asset-references", t, "-p", "Scene"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("give it as NAME=VALUE"), "{err}");
+    // A name the template does not define is warned about: its paths would be left out.
+    let (code, err) = refused(&[
+        "--asset-references",
+        t,
+        "-p",
+        "Scene=scenes/shot.ma",
+        "-p",
+        "Scnee=other.ma",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("--parameter Scnee: not a parameter of the bundle's template"),
+        "{err}"
+    );
 }
 
 /// A job with no outputs (yet, or a mistyped id) is not an error, as for the official client,

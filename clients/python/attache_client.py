@@ -137,14 +137,18 @@ class Daemon:
         return self._call("POST", "/v1/jobs", spec)
 
     def submit(self, farm_id, queue_id, inputs=(), output_dirs=(), referenced=(),
-               asset_references=(), **more):
+               asset_references=(), parameters=None, **more):
         """Starts a submission: absolute paths of inputs (files and directories), output
         directories, referenced paths, and job bundles (or their asset_references files) to
-        take more from; `more`: other fields (store, exclude, include, locations, shared,
+        take more from; `parameters`: values of the bundles' template parameters, a dict
+        {name: value} (a PATH parameter with a dataFlow is an input or output; a LIST[PATH]'s
+        value a list); `more`: other fields (store, exclude, include, locations, shared,
         require_paths_exist, dry_run)."""
         spec = dict(kind="submit", farm_id=farm_id, queue_id=queue_id, inputs=list(inputs),
                     output_dirs=list(output_dirs), referenced=list(referenced),
                     asset_references=list(asset_references), **more)
+        if parameters:
+            spec["parameters"] = [{"name": k, "value": v} for k, v in parameters.items()]
         return self.start(spec)
 
     def job(self, job_id):

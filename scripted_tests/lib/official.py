@@ -201,13 +201,22 @@ def cmd_upload(args) -> int:
 
     inputs, outputs, bundle_referenced = list(args.inputs), list(args.output_dir), []
     if args.asset_references:
-        # As create_job_from_job_bundle reads a bundle's asset references (its own loader).
+        # As create_job_from_job_bundle reads a bundle's asset references and applies its
+        # template's job parameters (its own loader and functions).
         from deadline.client.job_bundle.loader import read_yaml_or_json_object
+        from deadline.client.job_bundle.parameters import (apply_job_parameters,
+                                                           read_job_bundle_parameters)
         from deadline.client.job_bundle.submission import AssetReferences
 
+        bundle = args.asset_references
+        has_template = any(os.path.isfile(os.path.join(bundle, f"template.{ext}"))
+                           for ext in ("json", "yaml"))
         refs = AssetReferences.from_dict(
-            read_yaml_or_json_object(args.asset_references, "asset_references", required=True)
+            read_yaml_or_json_object(bundle, "asset_references", required=not has_template)
         )
+        if has_template:
+            given = [dict(zip(("name", "value"), p.split("=", 1))) for p in args.parameter]
+            apply_job_parameters(given, bundle, read_job_bundle_parameters(bundle), refs)
         inputs += sorted(refs.input_filenames) + sorted(refs.input_directories)
         outputs += sorted(refs.output_directories)
         bundle_referenced = sorted(refs.referenced_paths)
@@ -402,7 +411,11 @@ def main() -> int:
     up.add_argument("--allow-missing", action="store_true",
                     help="a missing input is referenced, as the client's default (require_paths_exist=False)")
     up.add_argument("--asset-references", metavar="BUNDLE_DIR",
-                    help="also take a job bundle's asset_references.json/.yaml (the client's own loader)")
+                    help="also take a job bundle's asset_references.json/.yaml and its template's "
+                         "PATH parameters (the client's own loader)")
+    up.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                    help="a value of the bundle template's job parameters, as `deadline bundle "
+                         "submit -p` (repeatable)")
     up.add_argument("inputs", nargs="*", metavar="INPUT")
     up.set_defaults(func=cmd_upload)
 

@@ -362,6 +362,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         output_dirs: paths.output_directories,
         referenced: paths.referenced_paths,
         asset_references: Vec::new(),
+        parameters: Vec::new(),
         farm_id: a.farm_id,
         queue_id: a.queue_id,
         locations: a.locations,

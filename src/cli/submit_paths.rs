@@ -9,15 +9,28 @@ use clap::Args;
 
 use super::UsageError;
 use crate::jobs::asset_references::{AssetReferences, Relative};
+use crate::jobs::bundle_template::{self, GivenParameter};
 
 #[derive(Debug, Args)]
 pub struct SubmitPathArgs {
     /// Take the inputs, output directories and referenced paths of a job bundle's asset
-    /// references: its asset_references.json or .yaml, or the bundle directory holding one
-    /// (as `deadline bundle submit` reads them; relative paths are relative to the current
-    /// directory). Adds to INPUT, --output-dir and --referenced (repeatable).
+    /// references: its asset_references.json or .yaml, or the bundle directory, whose
+    /// template's PATH parameters add theirs (as `deadline bundle submit` reads them; relative
+    /// paths are relative to the current directory). Adds to INPUT, --output-dir and
+    /// --referenced (repeatable).
     #[arg(long = "asset-references", value_name = "FILE|DIR")]
     asset_references: Vec<PathBuf>,
+    /// The value of a job parameter of the bundle's template, as `deadline bundle submit -p`:
+    /// a PATH parameter with a dataFlow is an input or output (a LIST[PATH] is a JSON array,
+    /// '["/a", "/b"]'). Wins over the bundle's parameter_values file and the template's
+    /// default (repeatable).
+    #[arg(
+        short = 'p',
+        long = "parameter",
+        value_name = "NAME=VALUE",
+        requires = "asset_references"
+    )]
+    parameters: Vec<GivenParameter>,
     /// Read input paths from FILE, one per line (`-`: stdin); blank lines and lines starting
     /// with `#` are skipped. Adds to INPUT (repeatable).
     #[arg(long = "inputs-from", value_name = "FILE")]
@@ -30,12 +43,20 @@ impl SubmitPathArgs {
     pub fn gather(&self, given: AssetReferences) -> Result<AssetReferences, UsageError> {
         let mut all = given;
         all.merge(
-            AssetReferences::read_all(&self.asset_references, Relative::Kept).map_err(|e| {
-                UsageError {
+            AssetReferences::read_all(&self.asset_references, &self.parameters, Relative::Kept)
+                .map_err(|e| UsageError {
                     message: format!("--asset-references {e}"),
-                }
-            })?,
+                })?,
         );
+        let undefined = bundle_template::undefined(&self.asset_references, &self.parameters);
+        if !undefined.is_empty() {
+            // Other parameters are the job's (CreateJob's), but a mistyped PATH parameter's
+            // paths would be left out without a word.
+            tracing::warn!(
+                "--parameter {}: not a parameter of the bundle's template; its value names no path for the job's attachments",
+                undefined.join(", ")
+            );
+        }
         for file in &self.inputs_from {
             all.merge(AssetReferences {
                 inputs: read_path_list(file)?,
@@ -92,6 +113,7 @@ mod tests {
         .unwrap();
         let args = SubmitPathArgs {
             asset_references: vec![dir.path().to_path_buf()],
+            parameters: vec![],
             inputs_from: vec![list],
         };
         let got = args
@@ -120,6 +142,7 @@ mod tests {
     fn an_unreadable_file_names_its_flag() {
         let args = SubmitPathArgs {
             asset_references: vec![],
+            parameters: vec![],
             inputs_from: vec!["/nonexistent/list.txt".into()],
         };
         let e = args.gather(AssetReferences::default()).unwrap_err().message;
@@ -129,6 +152,7 @@ mod tests {
         );
         let args = SubmitPathArgs {
             asset_references: vec!["/nonexistent/refs.yaml".into()],
+            parameters: vec![],
             inputs_from: vec![],
         };
         let e = args.gather(AssetReferences::default()).unwrap_err().message;

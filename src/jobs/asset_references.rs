@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::bundle_template::{self, GivenParameter};
+
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct AssetReferencesError {
@@ -68,31 +70,25 @@ struct Outputs {
 
 impl AssetReferences {
     /// Reads `path`: an asset references file (`.json` as JSON, anything else as YAML, which
-    /// also reads JSON), or a job bundle directory holding one.
+    /// also reads JSON), or a job bundle directory (see [`AssetReferences::read_bundle`]).
     pub fn read(path: &Path) -> Result<AssetReferences, AssetReferencesError> {
-        let err = |path: &Path, message: String| AssetReferencesError {
-            path: path.to_path_buf(),
-            message,
-        };
-        let file = if path.is_dir() {
-            bundle_file(path).map_err(|m| err(path, m))?
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&file).map_err(|e| err(&file, e.to_string()))?;
-        let parsed: File = if file.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).map_err(|e| err(&file, e.to_string()))?
-        } else {
-            yaml_serde::from_str(&text).map_err(|e| err(&file, e.to_string()))?
-        };
-        let refs = parsed.asset_references.ok_or_else(|| {
-            err(
-                &file,
-                "no assetReferences: the file a job bundle names its inputs and outputs in has \
-                 them under that key"
-                    .into(),
-            )
-        })?;
+        if path.is_dir() {
+            return AssetReferences::read_bundle(path, &[]);
+        }
+        let parsed: File =
+            serde_json::from_value(read_document(path)?).map_err(|e| AssetReferencesError {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let refs = parsed
+            .asset_references
+            .ok_or_else(|| AssetReferencesError {
+                path: path.to_path_buf(),
+                message:
+                    "no assetReferences: the file a job bundle names its inputs and outputs in \
+                      has them under that key"
+                        .into(),
+            })?;
         let inputs = refs.inputs.unwrap_or_default();
         Ok(AssetReferences {
             inputs: (inputs.filenames.into_iter().flatten())
@@ -105,6 +101,31 @@ impl AssetReferences {
                 .unwrap_or_default(),
             referenced_paths: refs.referenced_paths.unwrap_or_default(),
         })
+    }
+
+    /// A job bundle directory's paths: those of its asset references file, then those of its
+    /// template's PATH parameters (values from `given`, see [`bundle_template`]). It must hold
+    /// one of the two.
+    pub fn read_bundle(
+        dir: &Path,
+        given: &[GivenParameter],
+    ) -> Result<AssetReferences, AssetReferencesError> {
+        let file = bundle_file(dir, "asset_references")?;
+        let template = bundle_template::read(dir, given)?;
+        if file.is_none() && template.is_none() {
+            return Err(AssetReferencesError {
+                path: dir.to_path_buf(),
+                message: "no asset_references.json or asset_references.yaml, and no \
+                          template.json or template.yaml, in this job bundle directory"
+                    .into(),
+            });
+        }
+        let mut refs = match file {
+            Some(file) => AssetReferences::read(&file)?,
+            None => AssetReferences::default(),
+        };
+        refs.merge(template.unwrap_or_default());
+        Ok(refs)
     }
 }
 
@@ -120,14 +141,20 @@ pub enum Relative {
 
 impl AssetReferences {
     /// The paths of each of `files` (files or bundle directories, see [`Self::read`]) after
-    /// one another, each path once.
+    /// one another, each path once; `given` are the values of the bundles' template
+    /// parameters.
     pub fn read_all(
         files: &[PathBuf],
+        given: &[GivenParameter],
         relative: Relative,
     ) -> Result<AssetReferences, AssetReferencesError> {
         let mut all = AssetReferences::default();
         for file in files {
-            let refs = AssetReferences::read(file)?;
+            let refs = if file.is_dir() {
+                AssetReferences::read_bundle(file, given)?
+            } else {
+                AssetReferences::read(file)?
+            };
             let mut paths = refs
                 .inputs
                 .iter()
@@ -165,19 +192,32 @@ impl AssetReferences {
     }
 }
 
-/// The asset references file of a job bundle directory.
-fn bundle_file(dir: &Path) -> Result<PathBuf, String> {
-    let json = dir.join("asset_references.json");
-    let yaml = dir.join("asset_references.yaml");
+/// A job bundle's `NAME.json` or `NAME.yaml` (not both); `None` when neither is there.
+pub(super) fn bundle_file(dir: &Path, name: &str) -> Result<Option<PathBuf>, AssetReferencesError> {
+    let json = dir.join(format!("{name}.json"));
+    let yaml = dir.join(format!("{name}.yaml"));
     match (json.is_file(), yaml.is_file()) {
-        (true, true) => Err(
-            "a job bundle holds asset_references.json or asset_references.yaml, not both".into(),
-        ),
-        (true, false) => Ok(json),
-        (false, true) => Ok(yaml),
-        (false, false) => Err(
-            "no asset_references.json or asset_references.yaml in this job bundle directory".into(),
-        ),
+        (true, true) => Err(AssetReferencesError {
+            path: dir.to_path_buf(),
+            message: format!("a job bundle holds {name}.json or {name}.yaml, not both"),
+        }),
+        (true, false) => Ok(Some(json)),
+        (false, true) => Ok(Some(yaml)),
+        (false, false) => Ok(None),
+    }
+}
+
+/// A JSON (`.json`) or YAML (anything else; YAML reads JSON too) document.
+pub(super) fn read_document(file: &Path) -> Result<serde_json::Value, AssetReferencesError> {
+    let err = |message: String| AssetReferencesError {
+        path: file.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| err(e.to_string()))?;
+    if file.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| err(e.to_string()))
+    } else {
+        yaml_serde::from_str(&text).map_err(|e| err(e.to_string()))
     }
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::attachments::Attachments;
+use super::bundle_template::GivenParameter;
 use super::download_outputs::{DownloadOutputsReport, DownloadOutputsSpec};
 use super::get::Conflict;
 use super::hash::HashSpec;
@@ -53,6 +54,10 @@ pub struct SubmitJob {
     /// accepts the job ([`JobSpec::take_asset_references`]); the CLI reads them itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub asset_references: Vec<PathBuf>,
+    /// Values of the job bundles' template parameters (`{"name", "value"}`), as
+    /// `--parameter`: a PATH parameter with a dataFlow is an input or output directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<GivenParameter>,
     pub farm_id: String,
     pub queue_id: String,
     /// LOCAL storage-profile locations, `NAME=PATH`.
@@ -294,6 +299,13 @@ impl JobSpec {
         };
         use crate::jobs::asset_references::{AssetReferences, Relative};
         let files = std::mem::take(&mut j.asset_references);
+        let given = std::mem::take(&mut j.parameters);
+        if !given.is_empty() && files.is_empty() {
+            return Err(invalid(
+                "parameters",
+                "values of a job bundle's template parameters need the bundle: give its directory in asset_references",
+            ));
+        }
         if let Some(file) = files.iter().find(|f| !f.is_absolute()) {
             return Err(invalid(
                 "asset_references",
@@ -306,7 +318,7 @@ impl JobSpec {
             referenced_paths: std::mem::take(&mut j.referenced),
         };
         paths.merge(
-            AssetReferences::read_all(&files, Relative::Refused)
+            AssetReferences::read_all(&files, &given, Relative::Refused)
                 .map_err(|e| invalid("asset_references", e.to_string()))?,
         );
         (j.inputs, j.output_dirs, j.referenced) = (
