@@ -184,27 +184,13 @@ pub async fn run(
             Lookup::Auto => t.store.lists_by_page() && objects.len() >= listing::MIN_OBJECTS,
         };
     let to_ask = if by_listing {
-        // Ranges of the sorted objects, one listing each, `transfer.workers` at a time. A
-        // range's last page runs past its end (up to 1,000 keys it does not need), so a range
-        // is not made smaller than a few hundred objects.
-        let workers = t.settings.workers.max(1);
-        let range = objects
-            .len()
-            .div_ceil(workers)
-            .max(listing::MIN_RANGE_OBJECTS);
         let fall_back = spec.lookup == Lookup::Auto;
-        let mut listed = futures::stream::iter(objects.chunks(range))
-            .map(|range| listing::look_up(&t, range, fall_back, cancel))
-            .buffer_unordered(workers);
-        let mut to_ask = Vec::new();
-        while let Some(l) = listed.next().await {
-            let l = l?;
-            requests.list.fetch_add(l.pages, Relaxed);
-            for (hash, size, f) in l.found {
-                found.add(&mut report, t.store.root_prefix(), hash, size, f);
-            }
-            to_ask.extend(l.to_ask);
-        }
+        let root = t.store.root_prefix();
+        let (to_ask, pages) = listing::look_up_all(&t, &objects, fall_back, cancel, |h, s, f| {
+            found.add(&mut report, root, h, s, f)
+        })
+        .await?;
+        requests.list.fetch_add(pages, Relaxed);
         to_ask
     } else {
         objects

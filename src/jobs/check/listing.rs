@@ -8,6 +8,7 @@
 //! listing only while a range's pages answer for [`MIN_PER_PAGE`] each or more and asks for
 //! the rest one by one (hashes spread evenly, so the first pages tell what the next would).
 
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Found;
@@ -18,16 +19,16 @@ use crate::transfer::{Transfer, TransferError};
 
 /// `auto` lists only for this many objects or more: below it, HEADs (`transfer.workers` at a
 /// time) take a fraction of a second anyway.
-pub const MIN_OBJECTS: usize = 1000;
+pub(super) const MIN_OBJECTS: usize = 1000;
 
 /// Objects a range listed on its own holds at least. A range's last page runs past its end
 /// (a page is up to 1,000 keys whatever is needed): more ranges list in parallel, fewer list
 /// less that is not needed.
-pub const MIN_RANGE_OBJECTS: usize = 250;
+const MIN_RANGE_OBJECTS: usize = 250;
 
 /// `auto` goes on listing while a range's pages answer for this many objects each or more.
 /// Fewer, and a HEAD each is cheaper: S3 prices a LIST at 12.5 times a HEAD.
-pub const MIN_PER_PAGE: usize = 16;
+const MIN_PER_PAGE: usize = 16;
 
 /// How `check` asks the store about each object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
@@ -43,19 +44,48 @@ pub enum Lookup {
     Head,
 }
 
+/// Lists the keys of `objects` (sorted by hash, distinct) in ranges, `transfer.workers` at a
+/// time, and hands what the store holds of each to `found`. Returns the objects left to ask
+/// for one by one (with `fall_back`, where pages answered for too few), and the pages listed.
+pub(super) async fn look_up_all(
+    t: &Transfer,
+    objects: &[(ContentHash, u64)],
+    fall_back: bool,
+    cancel: &CancellationToken,
+    mut found: impl FnMut(ContentHash, u64, Found),
+) -> Result<(Vec<(ContentHash, u64)>, u64), TransferError> {
+    // A range's last page runs past its end (up to 1,000 keys it does not need), so a range
+    // is not made smaller than a few hundred objects.
+    let workers = t.settings.workers.max(1);
+    let range = objects.len().div_ceil(workers).max(MIN_RANGE_OBJECTS);
+    let mut listed = futures::stream::iter(objects.chunks(range))
+        .map(|range| look_up(t, range, fall_back, cancel))
+        .buffer_unordered(workers);
+    let (mut to_ask, mut pages) = (Vec::new(), 0);
+    while let Some(l) = listed.next().await {
+        let l = l?;
+        pages += l.pages;
+        for (hash, size, f) in l.found {
+            found(hash, size, f);
+        }
+        to_ask.extend(l.to_ask);
+    }
+    Ok((to_ask, pages))
+}
+
 /// What listing one range of objects found.
 #[derive(Default)]
-pub(super) struct Listed {
-    pub found: Vec<(ContentHash, u64, Found)>,
-    /// Objects left to ask for one by one: a page answered for too few of them.
-    pub to_ask: Vec<(ContentHash, u64)>,
-    pub pages: u64,
+struct Listed {
+    found: Vec<(ContentHash, u64, Found)>,
+    /// Objects left to ask for one by one: pages answered for too few of them.
+    to_ask: Vec<(ContentHash, u64)>,
+    pages: u64,
 }
 
 /// Lists the keys of `objects` (sorted by hash, distinct) and says what the store holds of
 /// each. With `fall_back`, stops listing once the pages answered for fewer than
 /// [`MIN_PER_PAGE`] each, and leaves the rest in `to_ask`.
-pub(super) async fn look_up(
+async fn look_up(
     t: &Transfer,
     objects: &[(ContentHash, u64)],
     fall_back: bool,
