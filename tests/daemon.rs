@@ -804,10 +804,10 @@ fn a_wrangler_manages_another_machine_s_daemon_over_tcp() {
 }
 
 /// A farm seen from a wrangler's desk: one table of the jobs of several workers, one
-/// bandwidth setting for all of them; a worker that does not answer is named and the others
-/// still are.
+/// bandwidth setting for all of them, a job's status, cancel and retry by its id alone; a
+/// worker that does not answer is named and the others still are.
 #[test]
-fn jobs_and_bwlimit_speak_to_several_daemons_at_once() {
+fn a_wrangler_s_commands_speak_to_several_daemons_at_once() {
     let (a, port_a) = daemon_on_tcp("");
     let (b, port_b) = daemon_on_tcp("");
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
@@ -863,10 +863,47 @@ fn jobs_and_bwlimit_speak_to_several_daemons_at_once() {
     for d in [&a, &b] {
         assert_eq!(d.upload_limit(), ("7MiB/s".into(), "set".into()));
     }
-    // A command about one job talks to one daemon.
+
+    // A job's id is enough: of the farm's daemons, the one that has it is found (and named),
+    // whichever else is down.
+    let (code, _, err) = farm(&both, &["bwlimit", "64KiB/s", "--for", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    let (running, _) = b.start_slow_submit(4 << 20);
+    let (code, out, err) = farm(&with_dead, &["status", &running]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("{running} submit running")),
+        "{out}"
+    );
+    assert!(err.contains(&format!("{running} is on {url_b}")), "{err}");
+    assert!(err.contains(&format!("http://127.0.0.1:{dead}")), "{err}");
+    let (code, _, err) = farm(&both, &["cancel", &running]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        b.wait(&running, Duration::from_secs(5))["state"],
+        "cancelled"
+    );
+    let (code, out, err) = farm(&both, &["retry", "--state", "cancelled", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["retry_of"], running.as_str(), "{again}");
+    let again = again["id"].as_str().unwrap();
+    let (code, _, err) = farm(&both, &["cancel", again]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(b.wait(again, Duration::from_secs(5))["state"], "cancelled");
+    // An id no daemon has: said, exit 1.
     let (code, _, err) = farm(&both, &["status", "job-1"]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("give one --daemon-url"), "{err}");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no job job-1 on any of the 2 daemons"),
+        "{err}"
+    );
+    let (code, _, err) = farm(&both, &["retry", "job-1", again]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no job job-1 on any of the 2 daemons"),
+        "{err}"
+    );
 }
 
 /// A DCC plugin that writes job bundles sends the daemon the bundle, not its paths: the job

@@ -17,8 +17,9 @@ use crate::daemon::registry::now_ms;
 pub struct DaemonUrlArgs {
     /// The daemon of another machine, on its TCP listener (its daemon.listen), e.g.
     /// https://render042:7070 (http:// for one without daemon.tls_cert); default: this
-    /// machine's, on daemon.socket. `jobs` and `bwlimit` take several (repeatable, or
-    /// comma-separated): one table, or one setting, for a farm.
+    /// machine's, on daemon.socket. `jobs`, `bwlimit`, `status`, `cancel` and `retry` take
+    /// several (repeatable, or comma-separated): one table or one setting for a farm, or the
+    /// daemon that has the job.
     #[arg(
         long,
         value_name = "URL",
@@ -342,12 +343,50 @@ fn span(ms: i64) -> String {
 
 pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<ExitCode> {
     let job = &a.job;
-    let at = job.daemon.address(&ctx.settings)?;
+    let (at, j) = holder_of(&job.daemon.addresses(&ctx.settings)?, &job.id)?;
     if !a.follow {
-        let j = call(&at, HttpMethod::GET, &format!("/v1/jobs/{}", job.id))?;
         return print_job(&j, job.json);
     }
     follow_to_its_end(ctx, &at, &job.id, job.json)
+}
+
+/// The daemon that has job `id`, and the job's record. Of several, each is asked at once (a
+/// job's id is unique across a farm) and the one that knows it is named on stderr; one that
+/// cannot be asked is said and the others still are.
+fn holder_of(
+    daemons: &[DaemonAddress],
+    id: &str,
+) -> anyhow::Result<(DaemonAddress, serde_json::Value)> {
+    let path = format!("/v1/jobs/{id}");
+    if let [one] = daemons {
+        return Ok((one.clone(), call(one, HttpMethod::GET, &path)?));
+    }
+    let (answers, failed) = ask_all(daemons, |at| match call(at, HttpMethod::GET, &path) {
+        Ok(j) => Ok(Some(j)),
+        Err(e)
+            if e.downcast_ref::<ClientError>()
+                .is_some_and(ClientError::is_not_found) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    })?;
+    match answers.into_iter().find_map(|(at, j)| Some((at, j?))) {
+        Some((at, j)) => {
+            eprintln!("{id} is on {}", at.describe());
+            Ok((at.clone(), j))
+        }
+        None => Err(ClientError::NotFound(format!(
+            "no job {id} on any of the {} daemons{}",
+            daemons.len(),
+            if failed {
+                " that answered (the others are named above)"
+            } else {
+                ""
+            }
+        ))
+        .into()),
+    }
 }
 
 /// Shows a job's progress until it ends, prints its record and returns its outcome as the
@@ -376,48 +415,49 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
         }
         .into());
     }
-    let at = a.daemon.address(&ctx.settings)?;
-    let ids = match a.state.is_empty() {
-        true => a.ids.clone(),
-        false => {
-            let list = call(&at, HttpMethod::GET, "/v1/jobs")?;
-            let jobs = list.as_array().map_or(&[][..], |v| v.as_slice());
-            // Those already run again are left alone: the command can be run twice.
-            let retried: std::collections::HashSet<&str> =
-                jobs.iter().filter_map(|j| j["retry_of"].as_str()).collect();
-            let ids: Vec<String> = jobs
-                .iter()
-                .filter(|j| {
-                    j["state"]
-                        .as_str()
-                        .is_some_and(|s| a.state.iter().any(|w| w == s))
-                })
-                .filter_map(|j| j["id"].as_str())
-                .filter(|id| !retried.contains(id))
-                .map(str::to_string)
-                .collect();
-            if ids.is_empty() {
-                eprintln!("no {} job left to run again", a.state.join(" or "));
-            }
-            ids
-        }
-    };
+    let daemons = a.daemon.addresses(&ctx.settings)?;
+    // Each job with the daemon that has it.
+    let mut jobs: Vec<(DaemonAddress, String)> = Vec::new();
     let mut refused = 0;
-    for id in &ids {
-        match call(&at, HttpMethod::POST, &format!("/v1/jobs/{id}/retry")) {
+    if a.state.is_empty() {
+        for id in &a.ids {
+            let at = match daemons.as_slice() {
+                [one] => one.clone(),
+                // Of several: a job none of them has is said, and the others still go.
+                several => match holder_of(several, id) {
+                    Ok((at, _)) => at,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        refused += 1;
+                        continue;
+                    }
+                },
+            };
+            jobs.push((at, id.clone()));
+        }
+    } else {
+        let (lists, failed) = ask_all(&daemons, |at| call(at, HttpMethod::GET, "/v1/jobs"))?;
+        refused += usize::from(failed);
+        for (at, list) in lists {
+            let ids = to_run_again(&list, &a.state);
+            jobs.extend(ids.into_iter().map(|id| (at.clone(), id)));
+        }
+        if jobs.is_empty() {
+            eprintln!("no {} job left to run again", a.state.join(" or "));
+        }
+    }
+    for (at, id) in &jobs {
+        match call(at, HttpMethod::POST, &format!("/v1/jobs/{id}/retry")) {
             Ok(j) => {
                 if a.follow {
                     let new = j["id"].as_str().unwrap_or_default().to_string();
                     eprintln!("{id} runs again as {new}");
-                    return follow_to_its_end(ctx, &at, &new, a.json);
+                    return follow_to_its_end(ctx, at, &new, a.json);
                 }
                 print_job(&j, a.json)?;
             }
             // Only the daemon's refusal of this one job: an unreachable daemon stops here.
-            Err(e)
-                if e.downcast_ref::<ClientError>()
-                    .is_some_and(ClientError::is_api) =>
-            {
+            Err(e) if is_refusal(&e) => {
                 eprintln!("error: {e}");
                 refused += 1;
             }
@@ -430,8 +470,36 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The daemon answered and refused (not: could not be reached).
+fn is_refusal(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ClientError>()
+        .is_some_and(ClientError::is_api)
+}
+
+/// The ids of a daemon's jobs in one of `states` that have not been run again (so that the
+/// command can be run twice).
+fn to_run_again(list: &serde_json::Value, states: &[String]) -> Vec<String> {
+    let jobs = list.as_array().map_or(&[][..], |v| v.as_slice());
+    let retried: std::collections::HashSet<&str> =
+        jobs.iter().filter_map(|j| j["retry_of"].as_str()).collect();
+    jobs.iter()
+        .filter(|j| {
+            j["state"]
+                .as_str()
+                .is_some_and(|s| states.iter().any(|w| w == s))
+        })
+        .filter_map(|j| j["id"].as_str())
+        .filter(|id| !retried.contains(id))
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn cancel(ctx: &Context, a: JobArgs) -> anyhow::Result<ExitCode> {
-    let at = a.daemon.address(&ctx.settings)?;
+    let daemons = a.daemon.addresses(&ctx.settings)?;
+    let at = match daemons.as_slice() {
+        [one] => one.clone(),
+        _ => holder_of(&daemons, &a.id)?.0,
+    };
     let j = call(&at, HttpMethod::DELETE, &format!("/v1/jobs/{}", a.id))?;
     print_job(&j, a.json)
 }

@@ -51,6 +51,9 @@ pub enum ClientError {
     WrongToken { url: String, token_file: String },
     #[error("daemon: {0}")]
     Api(String),
+    /// The daemon answered 404: it has no such job.
+    #[error("daemon: {0}")]
+    NotFound(String),
     #[error("job {id} {state}: {message}")]
     JobFailed {
         id: String,
@@ -62,7 +65,12 @@ pub enum ClientError {
 impl ClientError {
     /// The daemon answered and refused the request (not: could not be reached).
     pub fn is_api(&self) -> bool {
-        matches!(self, ClientError::Api(_))
+        matches!(self, ClientError::Api(_) | ClientError::NotFound(_))
+    }
+
+    /// The daemon answered that it has no such job.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::NotFound(_))
     }
 }
 
@@ -327,15 +335,16 @@ impl Conn {
         let value: serde_json::Value =
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         if status.is_success() {
-            Ok(value)
-        } else {
-            Err(ClientError::Api(
-                value["error"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| status.to_string()),
-            ))
+            return Ok(value);
         }
+        let message = value["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| status.to_string());
+        Err(match status {
+            hyper::StatusCode::NOT_FOUND => ClientError::NotFound(message),
+            _ => ClientError::Api(message),
+        })
     }
 }
 
