@@ -105,6 +105,8 @@ enum Command {
     /// Run failed, cancelled or interrupted daemon jobs again (each as a new job with the same
     /// spec; uploads resume where they stopped).
     Retry(daemon_cmd::RetryArgs),
+    /// Change a queued daemon job's priority (0 to 100; higher gets the next free slot).
+    Priority(daemon_cmd::PriorityArgs),
     /// Show or change the daemon's bandwidth limits while it runs (every transfer, those in
     /// flight too), for a while or until reset.
     Bwlimit(bwlimit_cmd::BwlimitArgs),
@@ -241,6 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Status(_)
         | Command::Cancel(_)
         | Command::Retry(_)
+        | Command::Priority(_)
         | Command::Bwlimit(_)
         | Command::Completions { .. }
         | Command::Man => {}
@@ -285,6 +288,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(a) => daemon_cmd::status(&ctx, a),
         Command::Cancel(a) => daemon_cmd::cancel(&ctx, a),
         Command::Retry(a) => daemon_cmd::retry(&ctx, a),
+        Command::Priority(a) => daemon_cmd::priority(&ctx, a),
         Command::Bwlimit(a) => bwlimit_cmd::run(&ctx, a),
         Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the config is loaded")

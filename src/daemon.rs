@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod shared;
+pub mod slots;
 pub mod tcp_secrets;
 pub mod tls;
 pub mod token;

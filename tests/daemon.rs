@@ -484,6 +484,87 @@ fn attache_jobs_filters_and_status_follows_a_job_to_its_end() {
 
 /// `daemon.max_running_jobs`: the jobs beyond it wait, queued, in the order they came; one
 /// cancelled while queued ends without having run; the others run as slots free up.
+/// When the daemon's slots are taken, the queued job of the highest priority starts next
+/// (the oldest among equals), and a wrangler can move a queued job up the queue.
+#[test]
+fn queued_jobs_start_by_priority_and_can_be_moved_up() {
+    let d = Daemon::start("max_running_jobs = 1\n[bandwidth]\nupload = \"4MiB/s\"\n");
+    // 8 MiB at 4 MiB/s: about 2 s, holding the one slot.
+    let (slow, _) = d.start_slow_submit(8 << 20);
+    let small = d.path("small");
+    build_fixture_tree("tiny", &small);
+    let with_priority = |p: serde_json::Value| {
+        let mut spec: serde_json::Value = serde_json::from_str(&submit_spec(&small)).unwrap();
+        spec["priority"] = p;
+        spec.to_string()
+    };
+    let plain = d.start_job(&submit_spec(&small));
+    let high = d.start_job(&with_priority(80.into()));
+    let low = d.start_job(&with_priority(10.into()));
+    let also_plain = d.start_job(&submit_spec(&small));
+    let (status, e) = d.api("POST", "/v1/jobs", &with_priority(101.into()));
+    assert_eq!((status, &e["field"]), (400, &"priority".into()), "{e}");
+    let (status, e) = d.api("POST", "/v1/jobs", &with_priority("high".into()));
+    assert_eq!((status, &e["field"]), (400, &"priority".into()), "{e}");
+
+    // The low one is moved up from the command line, past the 80.
+    let (code, out, err) = run(d.cmd().args(["priority", &low, "90"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("queued") && out.contains("[priority 90]"),
+        "{out}"
+    );
+    let (code, out, err) = run(d.cmd().args(["jobs"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&high) && l.ends_with("[priority 80]")),
+        "{out}"
+    );
+    // A running job holds its slot already.
+    let (code, _, err) = run(d.cmd().args(["priority", &slow, "99"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("only a queued job's priority"), "{err}");
+    let (code, _, err) = run(d.cmd().args(["priority", &low, "101"]));
+    assert_eq!(code, 2, "{err}");
+
+    // A command run with --daemon --priority goes first of all.
+    let mut urgent = d
+        .cmd()
+        .args(["submit", "--daemon", "--priority", "100", "--json"])
+        .args(IDS)
+        .arg(&small)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let urgent_id = loop {
+        let (_, jobs) = d.api("GET", "/v1/jobs?state=queued", "");
+        if let Some(j) = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["priority"] == 100)
+        {
+            break j["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "the urgent job never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(urgent.wait().unwrap().success());
+    let started = |id: &str| {
+        let j = d.wait(id, Duration::from_secs(20));
+        assert_eq!(j["state"], "succeeded", "{j}");
+        j["started_ms"].as_i64().unwrap()
+    };
+    let order: Vec<i64> = [&slow, &urgent_id, &low, &high, &plain, &also_plain]
+        .iter()
+        .map(|id| started(id))
+        .collect();
+    assert!(order.is_sorted(), "started in this order: {order:?}");
+}
+
 #[test]
 fn jobs_beyond_max_running_jobs_wait_queued_and_can_be_cancelled_there() {
     let d = Daemon::start("max_running_jobs = 1\n[bandwidth]\nupload = \"4MiB/s\"\n");
@@ -1071,6 +1152,7 @@ job = d.submit(farm_id="farm-1", queue_id="queue-1", asset_references=[sys.argv[
 records = list(d.events(job["id"]))
 out = {"states": [r["state"] for r in records], "final": records[-1]}
 for name, call in [("retry", lambda: d.retry(job["id"])),
+                   ("priority", lambda: d.set_priority(job["id"], 70)),
                    ("spec", lambda: d.submit(farm_id="farm/1", queue_id="q", inputs=["/p"]))]:
     try:
         call()
@@ -1099,6 +1181,11 @@ print(json.dumps(out))
         "{v}"
     );
     assert_eq!(v["retry"][0], 409, "{v}");
+    assert_eq!(
+        (&v["priority"][0], &v["priority"][1]),
+        (&409.into(), &"id".into()),
+        "only a queued job's priority changes: {v}"
+    );
     assert!(v["retry"][2].as_str().unwrap().contains("succeeded"), "{v}");
     assert_eq!(
         (&v["spec"][0], &v["spec"][1]),

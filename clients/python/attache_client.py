@@ -132,8 +132,9 @@ class Daemon:
 
     def start(self, spec):
         """Starts a job from a spec: {"kind": "submit" | "sync_inputs" | "sync_outputs" |
-        "download_outputs" | "doctor", ...} with the CLI's flags in snake_case. Returns its
-        record ("id", "state")."""
+        "download_outputs" | "doctor", ...} with the CLI's flags in snake_case, and
+        "priority" (0 to 100, default 50: a queued job of a higher priority starts first).
+        Returns its record ("id", "state")."""
         return self._call("POST", "/v1/jobs", spec)
 
     def submit(self, farm_id, queue_id, inputs=(), output_dirs=(), referenced=(),
@@ -142,8 +143,8 @@ class Daemon:
         directories, referenced paths, and job bundles (or their asset_references files) to
         take more from; `parameters`: values of the bundles' template parameters, a dict
         {name: value} (a PATH parameter with a dataFlow is an input or output; a LIST[PATH]'s
-        value a list); `more`: other fields (store, exclude, include, locations, shared,
-        require_paths_exist, dry_run)."""
+        value a list); `more`: other fields (priority, store, exclude, include, locations,
+        shared, require_paths_exist, dry_run)."""
         spec = dict(kind="submit", farm_id=farm_id, queue_id=queue_id, inputs=list(inputs),
                     output_dirs=list(output_dirs), referenced=list(referenced),
                     asset_references=list(asset_references), **more)
@@ -190,6 +191,10 @@ class Daemon:
     def retry(self, job_id):
         """Runs a failed, cancelled or interrupted job again; returns the new job's record."""
         return self._call("POST", "/v1/jobs/%s/retry" % quote(job_id))
+
+    def set_priority(self, job_id, priority):
+        """Changes a queued job's priority (0 to 100); returns its record."""
+        return self._call("PUT", "/v1/jobs/%s/priority" % quote(job_id), {"priority": priority})
 
     def bandwidth(self, rate=None, lasting=None, reset=False):
         """The bandwidth limits in force; with `rate` ("20MB/s", or "UP:DOWN", "off":

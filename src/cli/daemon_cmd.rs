@@ -1,5 +1,5 @@
-//! `attache daemon`, and the commands that talk to it: `jobs`, `status`, `cancel`, `retry`
-//! (and `bwlimit`, in its own module); plus the packaging helpers `completions` and `man`.
+//! `attache daemon`, and the commands that talk to it: `jobs`, `status`, `cancel`, `retry`,
+//! `priority` (and `bwlimit`, in its own module); plus the packaging helpers `completions` and `man`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +8,9 @@ use clap::{Args, CommandFactory};
 
 use super::{Cli, Context, UsageError, json_size};
 use crate::config::Settings;
-use crate::daemon::client::{ClientError, DaemonAddress, HttpMethod, call};
+use crate::daemon::client::{ClientError, DaemonAddress, HttpMethod, call, call_with};
 use crate::daemon::registry::now_ms;
+use crate::daemon::slots::DEFAULT_PRIORITY;
 
 /// Which daemon a command talks to: this machine's, on its socket, or another machine's, on
 /// the TCP listener its `daemon.listen` opens (a wrangler's view of a worker).
@@ -165,6 +166,21 @@ pub struct RetryArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PriorityArgs {
+    /// The queued job.
+    pub id: String,
+    /// Its new priority, 0 to 100 (default of a job: 50): a queued job of a higher priority
+    /// gets the next free slot (daemon.max_running_jobs) first.
+    #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub priority: u8,
+    /// Print the job's record as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub daemon: DaemonUrlArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct JobsArgs {
     /// Only jobs in this state: queued, running, succeeded, failed, cancelled, interrupted
     /// (repeatable, or comma-separated).
@@ -262,7 +278,7 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
             (Some(by), _) => format!(" (run again as {by})"),
             (None, Some(of)) => format!(" (retry of {of})"),
             (None, None) => String::new(),
-        };
+        } + &priority_note(j);
         println!(
             "{}{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}  {}{again}",
             host(j),
@@ -283,6 +299,14 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(code)
+}
+
+/// " [priority 90]" for a job whose priority is not the default.
+fn priority_note(j: &serde_json::Value) -> String {
+    match j["priority"].as_u64() {
+        Some(p) if p != u64::from(DEFAULT_PRIORITY) => format!(" [priority {p}]"),
+        _ => String::new(),
+    }
 }
 
 /// A daemon's URL without its scheme, for a table: `render042:7070`.
@@ -504,6 +528,23 @@ pub fn cancel(ctx: &Context, a: JobArgs) -> anyhow::Result<ExitCode> {
     print_job(&j, a.json)
 }
 
+/// `attache priority ID N`: a queued job's place in the daemon's queue.
+pub fn priority(ctx: &Context, a: PriorityArgs) -> anyhow::Result<ExitCode> {
+    let daemons = a.daemon.addresses(&ctx.settings)?;
+    let at = match daemons.as_slice() {
+        [one] => one.clone(),
+        _ => holder_of(&daemons, &a.id)?.0,
+    };
+    let body = serde_json::json!({ "priority": a.priority });
+    let j = call_with(
+        &at,
+        HttpMethod::PUT,
+        &format!("/v1/jobs/{}/priority", a.id),
+        Some(&body),
+    )?;
+    print_job(&j, a.json)
+}
+
 fn print_job(j: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(j)?);
@@ -532,6 +573,7 @@ fn print_job(j: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
                     .as_str()
                     .map(|old| format!(" (retry of {old})"))
                     .unwrap_or_default()
+                + &priority_note(j)
         );
     }
     Ok(ExitCode::SUCCESS)

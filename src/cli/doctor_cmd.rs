@@ -50,7 +50,7 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> anyhow::Result<ExitCode> {
             store: args.store.store.clone(),
         });
         let at = args.remote.address(&ctx.settings)?;
-        let out = crate::daemon::client::run_job_at(&at, &ctx.settings, &spec)?;
+        let out = crate::daemon::client::run_job_at(&at, &ctx.settings, &spec, None)?;
         let report: DoctorReport = serde_json::from_value(out)?;
         let by = format!("the daemon at {} (its own config)", at.describe());
         (report, by)

@@ -32,6 +32,10 @@ pub struct CommonArgs {
     /// Run through the attache daemon (also: ATTACHE_DAEMON=1); its config then applies.
     #[arg(long)]
     daemon: bool,
+    /// With --daemon: the job's priority, 0 to 100 (default 50). When daemon.max_running_jobs
+    /// are running, a queued job of a higher priority starts first.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=100))]
+    priority: Option<u8>,
 }
 
 impl CommonArgs {
@@ -276,7 +280,10 @@ fn execute(
                 "{flag} does not apply to a job run by the daemon: its own config decides (set it there)"
             );
         }
-        return crate::daemon::client::run_job(&ctx.settings, &spec);
+        return crate::daemon::client::run_job(&ctx.settings, &spec, common.priority);
+    }
+    if common.priority.is_some() {
+        tracing::warn!("--priority orders the daemon's queue: it applies with --daemon only");
     }
     let settings = ctx.settings.clone();
     let output = with_transfer(

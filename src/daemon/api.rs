@@ -2,12 +2,13 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /v1/jobs` | start a job from a spec `{"kind": "submit", ...}`; 201 with its record |
+//! | `POST /v1/jobs` | start a job from a spec `{"kind": "submit", ...}` (and `"priority"`); 201 with its record |
 //! | `GET /v1/jobs` | the jobs' records, oldest first (`?state=running,queued`, `?last=N`) |
 //! | `GET /v1/jobs/{id}` | one job: state, progress, result or error |
 //! | `GET /v1/jobs/{id}/events` | NDJSON: the record every 250 ms and at each change, until it ends |
 //! | `DELETE /v1/jobs/{id}` | cancel |
 //! | `POST /v1/jobs/{id}/retry` | run a failed, cancelled or interrupted job again: a new job |
+//! | `PUT /v1/jobs/{id}/priority` | a queued job's priority: `{"priority": 90}` |
 //! | `GET /v1/health` | liveness, version, active jobs, bandwidth in force |
 //! | `GET /v1/bandwidth` | the limits in force and where they come from |
 //! | `PUT /v1/bandwidth` | set limits by hand: `{"rate": "10MB/s[:DOWN]", "for": "2h"}` |
@@ -23,13 +24,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde_json::json;
 
 use super::bandwidth::parse_setting;
 use super::metrics::Metrics;
-use super::registry::{JobState, Registry, RetryError};
+use super::registry::{JobState, PriorityError, Registry, RetryError};
 use super::shared::Shared;
+use super::slots::{DEFAULT_PRIORITY, MAX_PRIORITY};
 use crate::jobs::spec::{JobError, JobSpec};
 
 pub struct Api {
@@ -48,6 +50,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/jobs/{id}", get(status).delete(cancel))
         .route("/v1/jobs/{id}/events", get(events))
         .route("/v1/jobs/{id}/retry", post(retry))
+        .route("/v1/jobs/{id}/priority", put(set_priority))
         .route("/v1/health", get(health))
         .route(
             "/v1/bandwidth",
@@ -105,8 +108,38 @@ fn field_of(message: &str) -> Option<String> {
     Some(message[start..start + len].to_string())
 }
 
+/// A job's `priority` (0 to 100), beside its spec in `POST /v1/jobs`, or alone in
+/// `PUT /v1/jobs/{id}/priority`; a bad one is a 400 naming the field.
+fn priority_of(value: Option<serde_json::Value>) -> Result<u8, Box<Response>> {
+    let Some(v) = value else {
+        return Ok(DEFAULT_PRIORITY);
+    };
+    match v.as_u64().filter(|p| *p <= u64::from(MAX_PRIORITY)) {
+        Some(p) => Ok(p as u8),
+        None => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "priority {v}: give a whole number from 0 to {MAX_PRIORITY} (default {DEFAULT_PRIORITY}; higher runs first)"
+            ),
+            Some("priority"),
+        ))),
+    }
+}
+
 async fn create(State(api): State<Arc<Api>>, body: Bytes) -> Response {
-    let spec: JobSpec = match serde_json::from_slice(&body) {
+    // The priority is the job's, not its spec's: taken out before the spec is read.
+    let (spec, priority) = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            let priority = match priority_of(fields.remove("priority")) {
+                Ok(p) => p,
+                Err(refused) => return *refused,
+            };
+            (serde_json::from_value::<JobSpec>(fields.into()), priority)
+        }
+        Ok(other) => (serde_json::from_value::<JobSpec>(other), DEFAULT_PRIORITY),
+        Err(e) => (Err(e), DEFAULT_PRIORITY),
+    };
+    let spec: JobSpec = match spec {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("invalid job spec: {e}");
@@ -117,7 +150,7 @@ async fn create(State(api): State<Arc<Api>>, body: Bytes) -> Response {
             );
         }
     };
-    match api.registry.submit(spec) {
+    match api.registry.submit(spec, priority) {
         Ok(record) => (StatusCode::CREATED, axum::Json(record)).into_response(),
         Err(JobError::Invalid { field, message }) => error(
             StatusCode::BAD_REQUEST,
@@ -182,6 +215,41 @@ async fn retry(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response 
             Some(field),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+    }
+}
+
+/// `PUT /v1/jobs/{id}/priority` `{"priority": 90}`: a queued job's place in the queue.
+async fn set_priority(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        priority: serde_json::Value,
+    }
+    let priority = match serde_json::from_slice::<Body>(&body) {
+        Ok(b) => match priority_of(Some(b.priority)) {
+            Ok(p) => p,
+            Err(refused) => return *refused,
+        },
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"priority\": N}}: {e}"),
+                Some("priority"),
+            );
+        }
+    };
+    match api.registry.set_priority(&id, priority) {
+        Ok(record) => axum::Json(record).into_response(),
+        Err(e @ PriorityError::NoSuchJob(_)) => {
+            error(StatusCode::NOT_FOUND, &e.to_string(), Some("id"))
+        }
+        Err(e @ PriorityError::NotQueued { .. }) => {
+            error(StatusCode::CONFLICT, &e.to_string(), Some("id"))
+        }
     }
 }
 

@@ -356,8 +356,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Submits `spec` to this machine's daemon, shows its progress, cancels it on Ctrl-C, and
 /// returns its result.
-pub fn run_job(settings: &Settings, spec: &JobSpec) -> anyhow::Result<serde_json::Value> {
-    run_job_at(&DaemonAddress::local(settings), settings, spec)
+pub fn run_job(
+    settings: &Settings,
+    spec: &JobSpec,
+    priority: Option<u8>,
+) -> anyhow::Result<serde_json::Value> {
+    run_job_at(&DaemonAddress::local(settings), settings, spec, priority)
 }
 
 /// [`run_job`] with the daemon at `at`.
@@ -365,9 +369,14 @@ pub fn run_job_at(
     at: &DaemonAddress,
     settings: &Settings,
     spec: &JobSpec,
+    priority: Option<u8>,
 ) -> anyhow::Result<serde_json::Value> {
     let at = at.clone();
-    let body = serde_json::to_vec(spec)?;
+    let mut body = serde_json::to_value(spec)?;
+    if let Some(p) = priority {
+        body["priority"] = p.into();
+    }
+    let body = serde_json::to_vec(&body)?;
     runtime()?.block_on(async move {
         let mut conn = connect(&at).await?;
         let created = conn.json(Method::POST, "/v1/jobs", Some(body)).await?;

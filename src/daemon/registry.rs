@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::metrics::Metrics;
 use super::shared::Shared;
+use super::slots::{DEFAULT_PRIORITY, Slots, Turn};
 use crate::jobs::spec::{JobError, JobSpec};
 use crate::progress::{Progress, ProgressSnapshot};
 
@@ -53,6 +54,22 @@ pub struct JobRecord {
     /// The job this one runs again (`attache retry`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<String>,
+    /// 0 to 100: a queued job of a higher priority gets the next free slot first.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+}
+
+fn default_priority() -> u8 {
+    DEFAULT_PRIORITY
+}
+
+/// Why a job's priority cannot be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum PriorityError {
+    #[error("no job {0}")]
+    NoSuchJob(String),
+    #[error("job {id} is {state}: only a queued job's priority can be changed")]
+    NotQueued { id: String, state: String },
 }
 
 /// Why a job cannot be run again.
@@ -105,9 +122,9 @@ pub struct Registry {
     /// Parent of every job's token: cancelling it stops everything (shutdown).
     root: CancellationToken,
     tracker: TaskTracker,
-    /// One permit per job allowed to run at once (`daemon.max_running_jobs`); the others wait
-    /// queued, in the order they came.
-    slots: tokio::sync::Semaphore,
+    /// One slot per job allowed to run at once (`daemon.max_running_jobs`); the others wait
+    /// queued, by priority, then in the order they came.
+    slots: Arc<Slots>,
     /// Held while a job is retried (see [`Registry::retry`]).
     retrying: Mutex<()>,
 }
@@ -169,7 +186,7 @@ impl Registry {
             };
             jobs.insert(record.id.clone(), Arc::new(job));
         }
-        let slots = tokio::sync::Semaphore::new(shared.settings().daemon.max_running_jobs);
+        let slots = Slots::new(shared.settings().daemon.max_running_jobs);
         let registry = Registry {
             jobs: Mutex::new(jobs),
             dir,
@@ -236,9 +253,30 @@ impl Registry {
     }
 
     /// Validates and starts a job. Its id is returned at once; it runs in the background.
-    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<JobRecord, JobError> {
+    pub fn submit(self: &Arc<Self>, spec: JobSpec, priority: u8) -> Result<JobRecord, JobError> {
         // Read now, so the record (and a retry) holds the paths the job was given.
-        self.start(spec.take_asset_references()?, None)
+        self.start(spec.take_asset_references()?, None, priority)
+    }
+
+    /// Changes a queued job's priority (a running or finished one holds its slot, or needs
+    /// none: refused); returns its record.
+    pub fn set_priority(&self, id: &str, priority: u8) -> Result<JobRecord, PriorityError> {
+        let job = self
+            .get(id)
+            .ok_or_else(|| PriorityError::NoSuchJob(id.to_string()))?;
+        let mut r = job.record.lock().expect("not poisoned");
+        if r.state != JobState::Queued {
+            let state = serde_json::to_value(r.state).expect("states serialize");
+            return Err(PriorityError::NotQueued {
+                id: id.to_string(),
+                state: state.as_str().unwrap_or_default().to_string(),
+            });
+        }
+        // Not in the queue yet: `run` reads the record's priority when it queues the job.
+        self.slots.set_priority(id, priority);
+        r.priority = priority;
+        write_record(&self.dir, &r);
+        Ok(r.clone())
     }
 
     /// Starts a failed, cancelled or interrupted job again, as a new job with the same spec
@@ -279,13 +317,14 @@ impl Registry {
                 state: state.as_str().unwrap_or_default().to_string(),
             });
         }
-        Ok(self.start(old.spec, Some(old.id))?)
+        Ok(self.start(old.spec, Some(old.id), old.priority)?)
     }
 
     fn start(
         self: &Arc<Self>,
         spec: JobSpec,
         retry_of: Option<String>,
+        priority: u8,
     ) -> Result<JobRecord, JobError> {
         spec.validate()?;
         if self.root.is_cancelled() {
@@ -307,6 +346,7 @@ impl Registry {
             result: None,
             error: None,
             retry_of,
+            priority,
         };
         write_record(&self.dir, &record);
         let (changed, _) = watch::channel(0);
@@ -327,15 +367,22 @@ impl Registry {
 
     async fn run(&self, job: Arc<Job>) {
         // Queued until a slot is free; a cancel while queued ends the job before it starts.
-        let _slot = match self.slots.try_acquire() {
-            Ok(slot) => slot,
-            Err(_) => {
+        // The priority is read and the job queued under its record's lock, so that a change of
+        // priority (`set_priority`) is never lost between the two.
+        let turn = {
+            let r = job.record.lock().expect("not poisoned");
+            (self.slots.take_or_queue(&r.id, r.priority), r.priority)
+        };
+        let _slot = match turn {
+            (Turn::Now(slot), _) => slot,
+            (turn, priority) => {
                 tracing::info!(
                     job = %job.snapshot().id,
+                    priority,
                     "queued: daemon.max_running_jobs jobs are running"
                 );
                 tokio::select! {
-                    slot = self.slots.acquire() => slot.expect("the job slots are never closed"),
+                    slot = turn.slot() => slot,
                     _ = job.cancel.cancelled() => {
                         let state = self.update(&job, |r| {
                             r.finished_ms = Some(now_ms());
