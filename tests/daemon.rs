@@ -121,6 +121,14 @@ impl Daemon {
         job["id"].as_str().unwrap().to_string()
     }
 
+    /// Asserts that `POST /v1/jobs` refuses `spec` (400), naming `field`, with `words` in
+    /// its message.
+    fn assert_refused(&self, spec: &str, field: &str, words: &str) {
+        let (status, e) = self.api("POST", "/v1/jobs", spec);
+        assert_eq!((status, &e["field"]), (400, &field.into()), "{e}");
+        assert!(e["error"].as_str().unwrap().contains(words), "{e}");
+    }
+
     /// Starts a submit of one file of `bytes` in `proj/` (slow under a bandwidth limit);
     /// returns its id and when it started.
     fn start_slow_submit(&self, bytes: usize) -> (String, Instant) {
@@ -502,10 +510,8 @@ fn queued_jobs_start_by_priority_and_can_be_moved_up() {
     let high = d.start_job(&with_priority(80.into()));
     let low = d.start_job(&with_priority(10.into()));
     let also_plain = d.start_job(&submit_spec(&small));
-    let (status, e) = d.api("POST", "/v1/jobs", &with_priority(101.into()));
-    assert_eq!((status, &e["field"]), (400, &"priority".into()), "{e}");
-    let (status, e) = d.api("POST", "/v1/jobs", &with_priority("high".into()));
-    assert_eq!((status, &e["field"]), (400, &"priority".into()), "{e}");
+    d.assert_refused(&with_priority(101.into()), "priority", "from 0 to 100");
+    d.assert_refused(&with_priority("high".into()), "priority", "from 0 to 100");
 
     // The low one is moved up from the command line, past the 80.
     let (code, out, err) = run(d.cmd().args(["priority", &low, "90"]));
@@ -972,6 +978,41 @@ fn a_wrangler_s_commands_speak_to_several_daemons_at_once() {
     let (code, _, err) = farm(&both, &["cancel", again]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(b.wait(again, Duration::from_secs(5))["state"], "cancelled");
+    // The setup of each, one line each; a daemon down is named and counted.
+    let (code, out, err) = farm(&with_dead, &["doctor"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.contains(&format!("ok      {url_a}  file://")), "{out}");
+    assert!(
+        out.contains("2 of 3 daemons can transfer with their store (1 gave no report: see above)"),
+        "{out}"
+    );
+    assert!(err.contains(&format!("http://127.0.0.1:{dead}")), "{err}");
+    let (code, out, err) = farm(&both, &["doctor", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let reports: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reports.as_array().unwrap().len(), 2, "{reports}");
+    assert_eq!(reports[0]["report"]["passed"], true, "{reports}");
+    // A store neither can write to (`Data` is a file there): each says what failed; a store that cannot be opened at all leaves no report, said on stderr.
+    let broken = desk.path().join("broken-store");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("Data"), b"").unwrap();
+    let broken = format!("file://{}", broken.display());
+    let (code, out, err) = farm(&both, &["doctor", "--store", &broken]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(out.matches("FAILED  http://127.0.0.1:").count(), 2, "{out}");
+    assert!(out.contains("        write content: "), "{out}");
+    assert!(
+        out.contains("0 of 2 daemons can transfer with their store."),
+        "{out}"
+    );
+    let (code, out, err) = farm(&both, &["doctor", "--store", "file:///proc/attache-store"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.contains("(2 gave no report: see above)"), "{out}");
+    assert!(
+        err.contains("cannot use store file:///proc/attache-store"),
+        "{err}"
+    );
+
     // An id no daemon has: said, exit 1.
     let (code, _, err) = farm(&both, &["status", "job-1"]);
     assert_eq!(code, 1, "{err}");
@@ -1030,19 +1071,7 @@ fn a_submit_through_the_api_takes_a_job_bundle_s_asset_references() {
 
     // A relative path means the client's current directory, which the daemon does not know.
     std::fs::write(bundle.join("asset_references.yaml"), refs("scene.ma")).unwrap();
-    let (status, e) = d.api("POST", "/v1/jobs", &spec(&bundle));
-    assert_eq!(
-        (status, &e["field"]),
-        (400, &"asset_references".into()),
-        "{e}"
-    );
-    assert!(
-        e["error"]
-            .as_str()
-            .unwrap()
-            .contains("scene.ma is relative"),
-        "{e}"
-    );
+    d.assert_refused(&spec(&bundle), "asset_references", "scene.ma is relative");
 
     // A bundle with a template: its PATH parameters, valued by `parameters` (as the official
     // client's job_parameters) and a default inside the bundle, are the job's paths.
@@ -1083,22 +1112,10 @@ fn a_submit_through_the_api_takes_a_job_bundle_s_asset_references() {
         ),
         "{j}"
     );
-    let (status, e) = d.api(
-        "POST",
-        "/v1/jobs",
+    d.assert_refused(
         &with(serde_json::json!([{"name": "Scene", "value": proj.join("scene.ma")}])),
-    );
-    assert_eq!(
-        (status, &e["field"]),
-        (400, &"asset_references".into()),
-        "{e}"
-    );
-    assert!(
-        e["error"]
-            .as_str()
-            .unwrap()
-            .contains("parameter Tex has no value"),
-        "{e}"
+        "asset_references",
+        "parameter Tex has no value",
     );
 }
 

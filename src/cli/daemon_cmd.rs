@@ -18,9 +18,9 @@ use crate::daemon::slots::DEFAULT_PRIORITY;
 pub struct DaemonUrlArgs {
     /// The daemon of another machine, on its TCP listener (its daemon.listen), e.g.
     /// https://render042:7070 (http:// for one without daemon.tls_cert); default: this
-    /// machine's, on daemon.socket. `jobs`, `bwlimit`, `status`, `cancel` and `retry` take
-    /// several (repeatable, or comma-separated): one table or one setting for a farm, or the
-    /// daemon that has the job.
+    /// machine's, on daemon.socket. Takes several (repeatable, or comma-separated): one table,
+    /// one setting or one line each for a farm (`jobs`, `bwlimit`, `doctor`), or the daemon
+    /// that has the job (`status`, `cancel`, `retry`, `priority`).
     #[arg(
         long,
         value_name = "URL",
@@ -48,18 +48,8 @@ impl DaemonUrlArgs {
         self.daemon_url.iter().filter(|u| !u.trim().is_empty())
     }
 
-    /// The daemon to ask (one); a bad URL or token file is bad usage (exit 2) before any
-    /// request.
-    pub fn address(&self, settings: &Settings) -> Result<DaemonAddress, UsageError> {
-        match self.addresses(settings)?.as_slice() {
-            [one] => Ok(one.clone()),
-            _ => Err(UsageError {
-                message: "this command talks to one daemon: give one --daemon-url".into(),
-            }),
-        }
-    }
-
-    /// The daemons to ask: those named, else this machine's.
+    /// The daemons to ask: those named, else this machine's. A bad URL or token file is bad
+    /// usage (exit 2) before any request.
     pub fn addresses(&self, settings: &Settings) -> Result<Vec<DaemonAddress>, UsageError> {
         if !self.remote() {
             return Ok(vec![DaemonAddress::local(settings)]);

@@ -3,12 +3,15 @@
 //! `--daemon-url`, another machine's).
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
 use super::Context;
+use super::daemon_cmd::ask_all;
 use super::transfer_args::{StoreArgs, with_transfer};
 use crate::config::Override;
+use crate::daemon::client::{DaemonAddress, HttpMethod, call, call_with};
 use crate::jobs::doctor::{self, DoctorReport, Status};
 use crate::jobs::spec::{DoctorJob, JobSpec};
 
@@ -17,7 +20,8 @@ use crate::jobs::spec::{DoctorJob, JobSpec};
     attache doctor\n  \
     attache doctor --store s3://farm-bucket/DeadlineCloud --profile render\n  \
     attache doctor --daemon      # the daemon's credentials, config and caches\n  \
-    attache doctor --daemon-url https://render042:7070 --token-file ~/farm.token\n\n\
+    attache doctor --daemon-url https://render042:7070 --token-file ~/farm.token\n  \
+    attache doctor --daemon-url \"$FARM\"   # several daemons: one line each\n\n\
     Exit status: 0 when every required probe passed (warnings allowed), 1 otherwise.")]
 pub struct DoctorArgs {
     #[command(flatten)]
@@ -27,7 +31,7 @@ pub struct DoctorArgs {
     #[arg(long)]
     daemon: bool,
     /// With --daemon-url: run the probes in another machine's daemon (a worker seen from a
-    /// wrangler's desk).
+    /// wrangler's desk); with several, in each at once, one line each.
     #[command(flatten)]
     remote: super::daemon_cmd::DaemonUrlArgs,
 }
@@ -49,7 +53,10 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> anyhow::Result<ExitCode> {
         let spec = JobSpec::Doctor(DoctorJob {
             store: args.store.store.clone(),
         });
-        let at = args.remote.address(&ctx.settings)?;
+        let at = match args.remote.addresses(&ctx.settings)?.as_slice() {
+            [one] => one.clone(),
+            several => return on_several(several, &spec, args.store.json),
+        };
         let out = crate::daemon::client::run_job_at(&at, &ctx.settings, &spec, None)?;
         let report: DoctorReport = serde_json::from_value(out)?;
         let by = format!("the daemon at {} (its own config)", at.describe());
@@ -75,6 +82,85 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The probes in each of several daemons at once (a farm from a wrangler's desk): a line each,
+/// the failed probes and what they need below it; `--json`, their reports with the daemon's
+/// URL. Exit 1 when one failed or gave no report (unreachable, or its job failed: said on
+/// stderr).
+fn on_several(daemons: &[DaemonAddress], spec: &JobSpec, json: bool) -> anyhow::Result<ExitCode> {
+    let spec = serde_json::to_value(spec)?;
+    let (reports, unasked) = ask_all(daemons, |at| doctor_at(at, &spec))?;
+    let passed = reports.iter().filter(|(_, r)| r.passed).count();
+    if json {
+        let all: Vec<_> = reports
+            .iter()
+            .map(|(at, r)| serde_json::json!({"daemon": at.describe(), "report": r}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        for (at, r) in &reports {
+            let warnings = r.probes.iter().filter(|p| p.status == Status::Warning);
+            println!(
+                "{:<7} {}  {}{}",
+                if r.passed { "ok" } else { "FAILED" },
+                at.describe(),
+                r.identity,
+                match warnings.count() {
+                    0 => String::new(),
+                    n => format!(
+                        " ({n} warning(s): attache doctor --daemon-url {})",
+                        at.describe()
+                    ),
+                }
+            );
+            for p in r.probes.iter().filter(|p| p.status == Status::Failed) {
+                println!("        {}: {}", p.name, p.detail);
+                if let Some(needs) = &p.needs {
+                    println!("        needs {needs}");
+                }
+            }
+        }
+        println!(
+            "{passed} of {} daemons can transfer with their store{}.",
+            daemons.len(),
+            match daemons.len() - reports.len() {
+                0 => String::new(),
+                n => format!(" ({n} gave no report: see above)"),
+            }
+        );
+    }
+    Ok(if passed == daemons.len() && !unasked {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs the doctor job in the daemon at `at` and waits for its report, quietly (several run
+/// at once: no progress bar each).
+fn doctor_at(at: &DaemonAddress, spec: &serde_json::Value) -> anyhow::Result<DoctorReport> {
+    let created = call_with(at, HttpMethod::POST, "/v1/jobs", Some(spec))?;
+    let id = created["id"].as_str().unwrap_or_default();
+    // Each probe has its own time limit; this bounds a daemon that stops answering.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = call(at, HttpMethod::GET, &format!("/v1/jobs/{id}"))?;
+        match j["state"].as_str() {
+            Some("succeeded") => return Ok(serde_json::from_value(j["result"].clone())?),
+            Some("queued" | "running") if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Some("queued" | "running") => {
+                anyhow::bail!("its doctor job {id} did not end within 120 s")
+            }
+            state => anyhow::bail!(
+                "its doctor job {id} {}: {}",
+                state.unwrap_or("ended"),
+                j["error"].as_str().unwrap_or_default()
+            ),
+        }
+    }
 }
 
 fn print_report(report: &DoctorReport, by: &str) {
