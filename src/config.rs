@@ -135,6 +135,9 @@ pub struct HashSettings {
     pub exclude: Vec<String>,
     /// Patterns of the only files scans take (none: every file not excluded).
     pub include: Vec<String>,
+    /// rclone's ordered filter rules (`+ PATTERN`, `- PATTERN`, `!`), asked before the
+    /// patterns (see `scan::rules`).
+    pub filter: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -386,6 +389,7 @@ impl Default for HashSettings {
             follow_external_symlinks: false,
             exclude: Vec::new(),
             include: Vec::new(),
+            filter: Vec::new(),
         }
     }
 }
@@ -515,6 +519,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "follow_external_symlinks",
             "exclude",
             "include",
+            "filter",
         ],
     ),
     (
@@ -547,6 +552,7 @@ const LIST_KEYS: &[&str] = &[
     "storage_profile.shared",
     "hash.exclude",
     "hash.include",
+    "hash.filter",
     "bandwidth.schedule",
 ];
 
@@ -962,6 +968,10 @@ fn validate(s: &Settings) -> Result<(), Violation> {
     })?;
     crate::scan::PathFilter::new(&[] as &[&str], &s.hash.include).map_err(|e| Violation {
         key: "hash.include",
+        reason: e.to_string(),
+    })?;
+    crate::scan::rules::Rules::new(&s.hash.filter).map_err(|e| Violation {
+        key: "hash.filter",
         reason: e.to_string(),
     })?;
     check_listener(&s.daemon)?;

@@ -28,8 +28,8 @@ pub mod manifest;
 /// Progress counters (files and bytes, done and total) shared by workers and displays, and the
 /// progress lines logged where no bar can be drawn.
 pub mod progress;
-/// Parallel directory walk of input roots, with the symlink and special-file policy and the
-/// exclusion and inclusion patterns (`scan::filter`).
+/// Parallel directory walk of input roots, with the symlink and special-file policy, the
+/// exclusion and inclusion patterns (`scan::filter`) and rclone's filter rules (`scan::rules`).
 pub mod scan;
 /// Object stores: the `ObjectStore` trait, S3 and local-directory stores, the key layout, files
 /// sent as request bodies.

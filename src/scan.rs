@@ -1,7 +1,9 @@
 //! Walking input roots into file entries, in parallel, with attache's symlink and
-//! special-file policy; `filter` holds the patterns that leave paths out (or take only some).
+//! special-file policy; `filter` holds the patterns that leave paths out (or take only some),
+//! `rules` rclone's ordered filter rules asked before them.
 
 pub mod filter;
+pub mod rules;
 
 use std::ffi::OsStr;
 use std::fs::{self, FileType, Metadata};

@@ -363,6 +363,82 @@ fn put_leaves_out_what_exclude_matches_and_does_not_enter_excluded_directories()
     );
 }
 
+/// An rclone filter file, read as rclone reads it: the first rule that matches decides, a
+/// directory left out by a rule is not entered, and the rules come before the config's
+/// exclusions; `get --filter` picks among a manifest's files the same way.
+#[test]
+fn put_and_get_follow_rclone_filter_rules_in_order() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    write_tree(
+        &root,
+        &[
+            "renders/010/beauty.0001.exr",
+            "renders/010/beauty.0001.tmp.exr",
+            "renders/010/render.log",
+            "comp/010/final.mov",
+            "shots/010/comp/review.mov",
+            "shots/010/notes.txt",
+            "cache/sim.vdb",
+            "keep.tmp",
+        ],
+    );
+    // Read, it would fail the put: a link out of the root, in a directory a rule leaves out.
+    std::os::unix::fs::symlink("/etc/hostname", root.join("cache/outside")).unwrap();
+    let filters = t.path().join("filters.txt");
+    std::fs::write(
+        &filters,
+        "# renders and movies, as rclone takes them\n; a comment too\n- *.tmp.exr\n+ /renders/**\n- cache/**\n+ *.mov\n+ keep.tmp\n- **\n",
+    )
+    .unwrap();
+    let cache = t.path().join("cache-dir");
+    let store = format!("file://{}", t.path().join("store").display());
+    let manifest = t.path().join("m.json");
+    let (code, _, err) = run(attache(&cache)
+        .env("ATTACHE_HASH__EXCLUDE", "*.tmp")
+        .args(["put", "--store", &store, "--filter-from"])
+        .arg(&filters)
+        .arg(&root)
+        .arg("-o")
+        .arg(&manifest));
+    assert_eq!(code, 0, "{err}");
+    let m = attache::manifest::decode(&std::fs::read(&manifest).unwrap()).unwrap();
+    let paths: Vec<_> = m.entries().iter().map(|e| e.path.display()).collect();
+    assert_eq!(
+        paths,
+        [
+            "comp/010/final.mov",
+            "keep.tmp",
+            "renders/010/beauty.0001.exr",
+            "renders/010/render.log",
+            "shots/010/comp/review.mov",
+        ],
+        "the first matching rule decides, before hash.exclude"
+    );
+
+    let dest = t.path().join("dest");
+    let (code, _, err) = run(attache(&cache)
+        .args(["get", "--store", &store, "--dest"])
+        .arg(&dest)
+        .args(["--filter", "+ /renders/**/*.exr", "--filter", "- **"])
+        .arg(&manifest));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        files_under(&dest),
+        [dest.join("renders/010/beauty.0001.exr")],
+        "only the renders' frames"
+    );
+
+    let (code, _, err) = run(attache(&cache)
+        .args(["put", "--store", &store, "--filter", "*.exr"])
+        .arg(&root));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--filter \"*.exr\"") && err.contains("`+ PATTERN`"),
+        "{err}"
+    );
+}
+
 #[test]
 fn put_dry_run_uploads_nothing_and_leaves_the_next_put_everything_to_do() {
     let t = tempfile::tempdir().unwrap();

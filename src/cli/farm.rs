@@ -376,6 +376,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         shared: a.shared,
         exclude: a.filter.excludes()?,
         include: a.filter.includes()?,
+        filter: a.filter.rules()?,
         require_paths_exist: a.require_paths_exist,
         dry_run,
         store: a.common.store.store.clone(),
@@ -496,6 +497,7 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         locations: a.locations,
         exclude: a.filter.excludes()?,
         include: a.filter.includes()?,
+        filter: a.filter.rules()?,
         store: a.common.store.store.clone(),
         dry_run: a.dry_run,
     });
@@ -558,6 +560,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         root_map: a.root_map,
         exclude: a.filter.excludes()?,
         include: a.filter.includes()?,
+        filter: a.filter.rules()?,
         store: a.common.store.store.clone(),
         dry_run: a.dry_run,
     });

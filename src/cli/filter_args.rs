@@ -1,5 +1,5 @@
-//! `--exclude PATTERN`, `--exclude-from FILE`, `--include PATTERN` and `--include-from FILE`,
-//! shared by the commands that scan trees into manifests and by those that pick among a
+//! `--exclude PATTERN`, `--exclude-from FILE`, `--include PATTERN`, `--include-from FILE`,
+//! `--filter RULE` and `--filter-from FILE`, shared by the commands that scan trees into manifests and by those that pick among a
 //! manifest's files to download.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use clap::Args;
 use super::UsageError;
 use crate::jobs::hash::HashSpec;
 use crate::scan::filter::PathFilter;
+use crate::scan::rules::Rules;
 
 #[derive(Debug, Args)]
 pub struct FilterArgs {
@@ -29,6 +30,16 @@ pub struct FilterArgs {
     /// Read inclusion patterns from FILE, as --exclude-from reads its (repeatable).
     #[arg(long = "include-from", value_name = "FILE")]
     pub include_from: Vec<PathBuf>,
+    /// An rclone filter rule: `+ PATTERN` takes, `- PATTERN` leaves out, `!` forgets the rules
+    /// before it; the first rule matching a path decides, before --exclude and --include
+    /// (patterns as rclone reads them: `/` first anchors at the root) (repeatable; adds to
+    /// [config: hash.filter]).
+    #[arg(long = "filter", value_name = "RULE", allow_hyphen_values = true)]
+    pub filter: Vec<String>,
+    /// Read filter rules from FILE, one per line, as rclone's --filter-from; blank lines and
+    /// lines starting with `#` or `;` are skipped (repeatable; after the --filter rules).
+    #[arg(long = "filter-from", value_name = "FILE")]
+    pub filter_from: Vec<PathBuf>,
 }
 
 impl FilterArgs {
@@ -47,17 +58,47 @@ impl FilterArgs {
         })
     }
 
-    /// The flags' patterns alone (the config's `hash.exclude` and `hash.include` are about
-    /// scanning, not about picking among a manifest's files).
+    /// The filter rules of `--filter`, then of each `--filter-from` file, each checked.
+    pub fn rules(&self) -> Result<Vec<String>, UsageError> {
+        let check = |rules: &[&str]| Rules::new(rules).map(drop);
+        for r in &self.filter {
+            check(&[r.as_str()]).map_err(|e| UsageError {
+                message: format!("--filter {e}"),
+            })?;
+        }
+        let mut all = self.filter.clone();
+        for file in &self.filter_from {
+            let text = std::fs::read_to_string(file).map_err(|e| UsageError {
+                message: format!("--filter-from {}: {e}", file.display()),
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                // rclone keeps a pattern's spaces; only the line's end is its own.
+                let line = line.trim_end_matches(['\r', '\n']);
+                if line.trim().is_empty() || line.starts_with('#') || line.starts_with(';') {
+                    continue;
+                }
+                check(&[line]).map_err(|e| UsageError {
+                    message: format!("--filter-from {} line {}: {e}", file.display(), n + 1),
+                })?;
+                all.push(line.to_string());
+            }
+        }
+        Ok(all)
+    }
+
+    /// The flags' patterns and rules alone (the config's `hash.exclude`, `hash.include` and
+    /// `hash.filter` are about scanning, not about picking among a manifest's files).
     pub fn filter(&self) -> Result<PathFilter, UsageError> {
-        PathFilter::new(&self.excludes()?, &self.includes()?).map_err(|e| UsageError {
-            message: format!("--exclude/--include {e}"),
+        PathFilter::with_rules(&self.excludes()?, &self.includes()?, &self.rules()?).map_err(|e| {
+            UsageError {
+                message: format!("--exclude/--include {e}"),
+            }
         })
     }
 
-    /// Adds the patterns to `spec`.
+    /// Adds the patterns and rules to `spec`.
     pub fn apply(&self, spec: &mut HashSpec) -> Result<(), UsageError> {
-        spec.filter_also(&self.excludes()?, &self.includes()?)
+        spec.filter_also(&self.excludes()?, &self.includes()?, &self.rules()?)
             .map_err(|e| UsageError {
                 message: format!("--exclude/--include {e}"),
             })
@@ -102,7 +143,7 @@ fn read_patterns(
         if line == "!" || line.starts_with("+ ") || line.starts_with("- ") {
             return Err(UsageError {
                 message: format!(
-                    "--{flag}-from {} line {}: {line:?} is an rclone filter rule; this file takes one pattern per line, as rclone's --{flag}-from: put the `- ` patterns in an --exclude-from file and the `+ ` ones in an --include-from file, without the sign",
+                    "--{flag}-from {} line {}: {line:?} is an rclone filter rule; this file takes one pattern per line, as rclone's --{flag}-from: give a file of rules with --filter-from",
                     file.display(),
                     n + 1
                 ),
@@ -130,6 +171,8 @@ mod tests {
             exclude_from: vec![file.clone()],
             include: vec![],
             include_from: vec![file.clone()],
+            filter: vec![],
+            filter_from: vec![],
         };
         assert_eq!(args.excludes().unwrap(), [".DS_Store", "*.tmp", "cache/**"]);
         assert_eq!(args.includes().unwrap(), ["*.tmp", "cache/**"]);
@@ -148,6 +191,8 @@ mod tests {
             exclude_from: vec![t.path().join("nope")],
             include: vec![],
             include_from: vec![],
+            filter: vec![],
+            filter_from: vec![],
         };
         let e = missing.excludes().unwrap_err().message;
         assert!(e.contains("nope") && e.contains("No such file"), "{e}");
@@ -170,6 +215,8 @@ mod tests {
             exclude_from: vec![file.clone()],
             include: vec![],
             include_from: vec![file.clone()],
+            filter: vec![],
+            filter_from: vec![],
         };
         for e in [args.excludes(), args.includes()] {
             let e = e.unwrap_err().message;
@@ -190,5 +237,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(args.excludes().unwrap(), ["-draft-*.ma", "+old"]);
+    }
+
+    #[test]
+    fn a_filter_file_gives_its_rules_after_the_flags_and_names_a_bad_line() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("filters");
+        std::fs::write(
+            &file,
+            "# renders only\n; as rclone\n+ *.exr\r\n\n- cache/**\n!\n- **\n",
+        )
+        .unwrap();
+        let args = FilterArgs {
+            exclude: vec![],
+            exclude_from: vec![],
+            include: vec![],
+            include_from: vec![],
+            filter: vec!["- *.tmp.exr".into()],
+            filter_from: vec![file.clone()],
+        };
+        assert_eq!(
+            args.rules().unwrap(),
+            ["- *.tmp.exr", "+ *.exr", "- cache/**", "!", "- **"]
+        );
+        std::fs::write(&file, "+ *.exr\n*.log\n").unwrap();
+        let e = args.rules().unwrap_err().message;
+        assert!(
+            e.starts_with(&format!("--filter-from {} line 2: ", file.display()))
+                && e.contains("`+ PATTERN`"),
+            "{e}"
+        );
     }
 }

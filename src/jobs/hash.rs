@@ -42,29 +42,36 @@ impl HashSpec {
             scan: ScanOptions {
                 follow_external_symlinks: settings.hash.follow_external_symlinks,
                 boundary: None,
-                filter: PathFilter::new(&settings.hash.exclude, &settings.hash.include)
-                    .expect("hash.exclude and hash.include are checked when the config is loaded"),
+                filter: PathFilter::with_rules(
+                    &settings.hash.exclude,
+                    &settings.hash.include,
+                    &settings.hash.filter,
+                )
+                .expect("hash.exclude, include and filter are checked when the config is loaded"),
             },
         }
     }
 
-    /// Leaves out the paths `excludes` match, and takes only the files `includes` match, too
-    /// (`--exclude`, `--include`, a job's `exclude` and `include`), beside the config's.
+    /// Leaves out the paths `excludes` match, takes only the files `includes` match, and
+    /// asks `rules` after the config's rules (`--exclude`, `--include`, `--filter`, a job's
+    /// `exclude`, `include` and `filter`), beside the config's.
     pub fn filter_also(
         &mut self,
         excludes: &[String],
         includes: &[String],
+        rules: &[String],
     ) -> Result<(), PatternError> {
-        if excludes.is_empty() && includes.is_empty() {
+        if excludes.is_empty() && includes.is_empty() && rules.is_empty() {
             return Ok(());
         }
         let now = &self.scan.filter;
         let all = |mine: &[String], more: &[String]| -> Vec<String> {
             mine.iter().chain(more).cloned().collect()
         };
-        self.scan.filter = PathFilter::new(
+        self.scan.filter = PathFilter::with_rules(
             &all(now.exclusions(), excludes),
             &all(now.inclusions(), includes),
+            &all(now.rules(), rules),
         )?;
         Ok(())
     }

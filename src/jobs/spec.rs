@@ -72,6 +72,9 @@ pub struct SubmitJob {
     /// Patterns of the only files taken from input directories, beside `hash.include`.
     #[serde(default)]
     pub include: Vec<String>,
+    /// rclone's ordered filter rules, after `hash.filter` (see `scan::rules`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter: Vec<String>,
     /// An input that does not exist is an error, not a referenced path (as the official
     /// client's `--require-paths-exist`).
     #[serde(default)]
@@ -185,6 +188,9 @@ pub struct SyncOutputsJob {
     /// Patterns of the only outputs taken, beside `hash.include`.
     #[serde(default)]
     pub include: Vec<String>,
+    /// rclone's ordered filter rules, after `hash.filter`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter: Vec<String>,
     #[serde(default)]
     pub store: Option<String>,
     /// Find the outputs and ask the store what it lacks; upload and publish nothing.
@@ -213,6 +219,9 @@ pub struct DownloadOutputsJob {
     /// Patterns of the only outputs fetched.
     #[serde(default)]
     pub include: Vec<String>,
+    /// rclone's ordered filter rules, asked before the patterns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter: Vec<String>,
     #[serde(default)]
     pub store: Option<String>,
     /// Plan only: say what would be downloaded and what is in the way; write nothing.
@@ -427,7 +436,7 @@ impl JobSpec {
                 id("farm_id", &j.farm_id)?;
                 id("queue_id", &j.queue_id)?;
                 pairs(&j.locations, "locations")?;
-                filter(&j.exclude, &j.include)?;
+                filter(&j.exclude, &j.include, &j.filter)?;
             }
             JobSpec::SyncInputs(j) => {
                 absolute("session_dir", &j.session_dir)?;
@@ -457,7 +466,7 @@ impl JobSpec {
                     id("task_id", task)?;
                 }
                 pairs(&j.locations, "locations")?;
-                filter(&j.exclude, &j.include)?;
+                filter(&j.exclude, &j.include, &j.filter)?;
             }
             JobSpec::DownloadOutputs(j) => {
                 id("farm_id", &j.farm_id)?;
@@ -467,7 +476,7 @@ impl JobSpec {
                     return Err(invalid("task_id", "needs step_id"));
                 }
                 pairs(&j.root_map, "root_map")?;
-                filter(&j.exclude, &j.include)?;
+                filter(&j.exclude, &j.include, &j.filter)?;
             }
             JobSpec::Doctor(_) => {}
         }
@@ -503,8 +512,8 @@ impl JobSpec {
         Ok(match self {
             JobSpec::Submit(j) => {
                 let mut hash = hash;
-                hash.filter_also(&j.exclude, &j.include)
-                    .map_err(|e| filter_error(&j.include, e))?;
+                hash.filter_also(&j.exclude, &j.include, &j.filter)
+                    .map_err(|e| filter_error(&j.include, &j.filter, e))?;
                 let spec = SubmitSpec {
                     inputs: j.inputs,
                     output_dirs: j.output_dirs,
@@ -535,8 +544,8 @@ impl JobSpec {
             }
             JobSpec::SyncOutputs(j) => {
                 let mut hash = hash;
-                hash.filter_also(&j.exclude, &j.include)
-                    .map_err(|e| filter_error(&j.include, e))?;
+                hash.filter_also(&j.exclude, &j.include, &j.filter)
+                    .map_err(|e| filter_error(&j.include, &j.filter, e))?;
                 let spec = SyncOutputsSpec {
                     attachments: attachments(j.attachments)?,
                     session_dir: j.session_dir,
@@ -564,8 +573,7 @@ impl JobSpec {
                     conflict: j.conflict,
                     root_map: pairs(&j.root_map, "root_map")?,
                     cache_dir,
-                    pick: crate::scan::PathFilter::new(&j.exclude, &j.include)
-                        .map_err(|e| filter_error(&j.include, e))?,
+                    pick: filter(&j.exclude, &j.include, &j.filter)?,
                 };
                 JobOutput::DownloadOutputs(
                     super::download_outputs::run(spec, transfer, cancel).await?,
@@ -580,18 +588,24 @@ impl JobSpec {
     }
 }
 
-/// Exclusion and inclusion patterns that compile.
-fn filter(excludes: &[String], includes: &[String]) -> Result<(), JobError> {
-    crate::scan::PathFilter::new(excludes, includes)
-        .map(drop)
-        .map_err(|e| filter_error(includes, e))
+/// A job's exclusion and inclusion patterns and filter rules, compiled.
+fn filter(
+    excludes: &[String],
+    includes: &[String],
+    rules: &[String],
+) -> Result<crate::scan::PathFilter, JobError> {
+    crate::scan::PathFilter::with_rules(excludes, includes, rules)
+        .map_err(|e| filter_error(includes, rules, e))
 }
 
 /// A bad pattern, under the field that holds it.
-fn filter_error(includes: &[String], e: crate::scan::PatternError) -> JobError {
-    let field = match includes.contains(&e.pattern) {
-        true => "include",
-        false => "exclude",
+fn filter_error(includes: &[String], rules: &[String], e: crate::scan::PatternError) -> JobError {
+    let field = if crate::scan::rules::Rules::new(rules).is_err() {
+        "filter"
+    } else if includes.contains(&e.pattern) {
+        "include"
+    } else {
+        "exclude"
     };
     invalid(field, e.to_string())
 }
@@ -716,5 +730,18 @@ mod tests {
         };
         assert_eq!(field, "include");
         assert!(message.contains("dir/**"), "{message}");
+        // Filter rules too, as the download of a job's outputs takes them.
+        let ruled = |rules: &str| -> JobSpec {
+            serde_json::from_str(&format!(
+                r#"{{"kind":"download_outputs","farm_id":"f","queue_id":"q","job_id":"j","include":["*.exr"],"filter":{rules}}}"#
+            ))
+            .unwrap()
+        };
+        ruled(r#"["+ /renders/**", "- **"]"#).validate().unwrap();
+        let Err(JobError::Invalid { field, message }) = ruled(r#"["*.exr"]"#).validate() else {
+            panic!("a rule without its sign passed")
+        };
+        assert_eq!(field, "filter");
+        assert!(message.contains("`+ PATTERN`"), "{message}");
     }
 }

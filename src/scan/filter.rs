@@ -11,7 +11,9 @@
 //! - a trailing `/` (`tmp/`) matches directories only (exclusions only);
 //! - a directory that matches an exclusion is not entered: nothing under it is read;
 //! - with inclusion patterns, a file is taken only when one of them matches it (and no
-//!   exclusion does); every directory not excluded is entered, as rclone's `--include` does.
+//!   exclusion does); every directory not excluded is entered, as rclone's `--include` does;
+//! - rclone's ordered filter rules (`--filter`, see `scan::rules`) come first: the first
+//!   that matches decides, and the patterns above decide the paths no rule matches.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -19,6 +21,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+
+use super::rules::Rules;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{pattern:?}: {reason}")]
@@ -43,6 +47,8 @@ struct Compiled {
     includes: Vec<String>,
     /// Matched against a file's name / path; `None`: no inclusion patterns (every file).
     include: Option<(GlobSet, GlobSet)>,
+    /// Ordered rules, asked first.
+    rules: Rules,
 }
 
 /// One pattern: its glob, whether it has a `/` (matches paths, not names), whether it ends
@@ -89,9 +95,19 @@ impl PathFilter {
         patterns: &[S],
         includes: &[T],
     ) -> Result<PathFilter, PatternError> {
-        if patterns.is_empty() && includes.is_empty() {
+        PathFilter::with_rules(patterns, includes, &[] as &[&str])
+    }
+
+    /// [`PathFilter::new`] with ordered filter rules asked first (see `scan::rules`).
+    pub fn with_rules<S: AsRef<str>, T: AsRef<str>, R: AsRef<str>>(
+        patterns: &[S],
+        includes: &[T],
+        rules: &[R],
+    ) -> Result<PathFilter, PatternError> {
+        if patterns.is_empty() && includes.is_empty() && rules.is_empty() {
             return Ok(PathFilter::default());
         }
+        let rules = Rules::new(rules)?;
         let mut sets: [GlobSetBuilder; 4] = std::array::from_fn(|_| GlobSetBuilder::new());
         for p in patterns {
             let (glob, has_slash, dir_only) = compile(p.as_ref())?;
@@ -132,7 +148,13 @@ impl PathFilter {
             dir_paths,
             includes: includes.iter().map(|p| p.as_ref().to_owned()).collect(),
             include,
+            rules,
         }))))
+    }
+
+    /// The filter rules as given.
+    pub fn rules(&self) -> &[String] {
+        self.0.as_ref().map_or(&[], |c| &c.rules.given)
     }
 
     /// The exclusion patterns as given.
@@ -152,6 +174,9 @@ impl PathFilter {
         let Some(c) = &self.0 else {
             return false;
         };
+        if let Some(take) = c.rules.decide(rel, is_dir) {
+            return !take;
+        }
         let name = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
         let (rel, name) = (Path::new(OsStr::from_bytes(rel)), OsStr::from_bytes(name));
         c.names.is_match(name)
@@ -173,10 +198,17 @@ impl PathFilter {
         dirs_taken && !self.excludes(rel, Some(false)) && self.takes_file(rel)
     }
 
-    /// Whether the file at `rel`, not excluded, is taken: always without inclusion patterns,
-    /// else when one of them matches its name or path.
+    /// Whether the file at `rel`, not excluded, is taken: as the first filter rule matching
+    /// it says; else always without inclusion patterns, else when one of them matches its name
+    /// or path.
     pub fn takes_file(&self, rel: &[u8]) -> bool {
-        let Some((names, paths)) = self.0.as_ref().and_then(|c| c.include.as_ref()) else {
+        let Some(c) = &self.0 else {
+            return true;
+        };
+        if let Some(take) = c.rules.decide(rel, Some(false)) {
+            return take;
+        }
+        let Some((names, paths)) = &c.include else {
             return true;
         };
         let name = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
@@ -289,6 +321,34 @@ mod tests {
         assert!(!f.takes_path(b"renders/preview.mov"), "not included");
         assert!(f.takes_path(b"comp/final.mov"));
         assert!(PathFilter::default().takes_path(b"anything/at/all"));
+    }
+
+    #[test]
+    fn filter_rules_decide_before_the_patterns() {
+        let f = PathFilter::with_rules(
+            &["*.tmp.exr", "cache/"],
+            &["*.exr"],
+            &["+ keep.tmp.exr", "- *.log"],
+        )
+        .unwrap();
+        assert!(
+            f.takes_path(b"renders/keep.tmp.exr"),
+            "a rule wins over an exclusion"
+        );
+        assert!(
+            !f.takes_path(b"renders/other.tmp.exr"),
+            "no rule: the exclusion"
+        );
+        assert!(!f.takes_path(b"renders/render.log"));
+        assert!(f.takes_path(b"renders/beauty.exr"));
+        assert!(
+            !f.takes_path(b"renders/notes.txt"),
+            "no rule: the inclusion"
+        );
+        assert!(f.excludes(b"shots/cache", Some(true)));
+        assert_eq!(f.rules(), ["+ keep.tmp.exr", "- *.log"]);
+        let only = PathFilter::with_rules(&[] as &[&str], &[] as &[&str], &["- *.log"]).unwrap();
+        assert!(!only.takes_path(b"a.log") && only.takes_path(b"a.exr"));
     }
 
     #[test]
