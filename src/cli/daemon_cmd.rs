@@ -1,5 +1,6 @@
 //! `attache daemon`, and the commands that talk to it: `jobs`, `status`, `cancel`, `retry`,
-//! `priority` (and `bwlimit`, in its own module); plus the packaging helpers `completions` and `man`.
+//! `priority` (and `bwlimit` and `doctor`, in their own modules); plus the packaging helpers
+//! `completions` and `man`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -36,6 +36,12 @@ impl JobState {
     pub fn is_final(self) -> bool {
         !matches!(self, JobState::Queued | JobState::Running)
     }
+
+    /// The state as the API spells it: `queued`, `running`, ….
+    pub fn name(self) -> String {
+        let v = serde_json::to_value(self).expect("states serialize");
+        v.as_str().unwrap_or_default().to_string()
+    }
 }
 
 /// What the API reports about a job.
@@ -266,10 +272,9 @@ impl Registry {
             .ok_or_else(|| PriorityError::NoSuchJob(id.to_string()))?;
         let mut r = job.record.lock().expect("not poisoned");
         if r.state != JobState::Queued {
-            let state = serde_json::to_value(r.state).expect("states serialize");
             return Err(PriorityError::NotQueued {
                 id: id.to_string(),
-                state: state.as_str().unwrap_or_default().to_string(),
+                state: r.state.name(),
             });
         }
         // Not in the queue yet: `run` reads the record's priority when it queues the job.
@@ -310,11 +315,10 @@ impl Registry {
                 (r.retry_of.as_deref() == Some(id)).then(|| (r.id.clone(), r.state))
             });
         if let Some((by, state)) = by {
-            let state = serde_json::to_value(state).expect("states serialize");
             return Err(RetryError::AlreadyRetried {
                 id: old.id,
                 by,
-                state: state.as_str().unwrap_or_default().to_string(),
+                state: state.name(),
             });
         }
         Ok(self.start(old.spec, Some(old.id), old.priority)?)

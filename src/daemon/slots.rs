@@ -93,7 +93,8 @@ impl Slots {
     }
 
     /// Waiting jobs, in the order they will get a slot.
-    pub fn queue(&self) -> Vec<String> {
+    #[cfg(test)]
+    fn queue(&self) -> Vec<String> {
         let s = self.state.lock().expect("not poisoned");
         let mut order: Vec<(usize, &Waiter)> = s.waiting.iter().enumerate().collect();
         order.sort_by_key(|(i, w)| (std::cmp::Reverse(w.priority), *i));
