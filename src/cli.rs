@@ -11,6 +11,7 @@ mod farm;
 mod filter_args;
 mod get_cmd;
 mod hash_cmd;
+mod job_manifest_args;
 mod manifest_cmd;
 pub(crate) mod progress_bar;
 mod put_cmd;

@@ -12,6 +12,7 @@ pub mod download_outputs;
 pub mod fetch_manifest;
 pub mod get;
 pub mod hash;
+pub mod job_manifests;
 pub mod local_caches;
 pub mod put;
 pub mod setup;

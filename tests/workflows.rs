@@ -1471,6 +1471,63 @@ fn check_of_a_job_s_outputs_names_the_output_whose_object_is_gone() {
         v["missing"][0]["paths"],
         serde_json::json!(["renders/f2.exr"])
     );
+
+    // What the job read and wrote, as the store holds it: `manifest cat` of its input
+    // manifest and of its task's output manifest, each under its key.
+    let (code, out, err) = run(f
+        .attache("wrangler")
+        .args(["manifest", "cat", "--attachments"])
+        .arg(&att)
+        .args(IDS)
+        .args(["--job-id", "job-1"]));
+    assert_eq!(code, 0, "{err}");
+    let headers: Vec<&str> = out.lines().filter(|l| l.starts_with("# ")).collect();
+    assert!(
+        headers[0].starts_with("# DeadlineCloud/Manifests/farm-1/queue-1/Inputs/")
+            && headers[2].starts_with("# DeadlineCloud/Manifests/farm-1/queue-1/job-1/")
+            && headers[2].ends_with("_output"),
+        "{out}"
+    );
+    assert_eq!(
+        (headers[1], headers[3]),
+        ("# 1 files, 5 bytes", "# 2 files, 18 bytes"),
+        "{out}"
+    );
+    assert!(out.contains("  renders/f2.exr\n"), "{out}");
+    let (code, out, err) = run(f
+        .attache("wrangler")
+        .args(["manifest", "cat", "--json"])
+        .args(IDS)
+        .args(["--job-id", "job-1", "--step-id", "step-1"]));
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[1]["path"], "renders/f2.exr");
+    assert!(
+        lines[1]["manifest"].as_str().unwrap().ends_with("_output"),
+        "{out}"
+    );
+    // A manifest changed since the job recorded it is said, exit 1.
+    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(&att).unwrap()).unwrap();
+    let key = format!(
+        "DeadlineCloud/Manifests/{}",
+        a["manifests"][0]["inputManifestPath"].as_str().unwrap()
+    );
+    let mut bytes = f.s3.read_object(&key).unwrap();
+    bytes.push(b'\n');
+    f.s3.write_object(&key, &bytes);
+    let (code, _, err) = run(f
+        .attache("wrangler")
+        .args(["manifest", "cat", "--attachments"])
+        .arg(&att));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&key) && err.contains("changed or damaged"),
+        "{err}"
+    );
 }
 
 /// An input that does not exist yet (a simulation's caches, which an earlier step of the job

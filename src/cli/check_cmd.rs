@@ -6,13 +6,12 @@ use std::process::ExitCode;
 use bytesize::ByteSize;
 use clap::Args;
 
+use super::Context;
+use super::job_manifest_args::JobManifestArgs;
 use super::manifest_cmd::read_manifest;
 use super::transfer_args::{StoreArgs, with_transfer};
-use super::{Context, UsageError};
 use crate::config::Override;
-use crate::jobs::attachments::Attachments;
 use crate::jobs::check::{self, CheckReport, CheckSpec, Lookup, Problem};
-use crate::jobs::download_outputs::OutputsOf;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
@@ -24,33 +23,15 @@ pub struct CheckArgs {
     /// Manifest files whose content to look for in the store.
     #[arg(value_name = "MANIFEST", required_unless_present_any = ["attachments", "job_id"])]
     manifests: Vec<PathBuf>,
-    /// A job's attachments JSON (as `submit` printed it): fetch its input manifests from the
-    /// store, check them against the hashes the job recorded, then check their content.
-    #[arg(long, value_name = "FILE")]
-    attachments: Option<PathBuf>,
-    /// Check a job's outputs too: the latest run of each task, as download-outputs takes them
-    /// (with --farm-id and --queue-id; --step-id and --task-id narrow it).
-    #[arg(long, value_name = "ID", requires_all = ["farm_id", "queue_id"])]
-    job_id: Option<String>,
-    /// The farm of --job-id.
-    #[arg(long, value_name = "ID", requires = "job_id")]
-    farm_id: Option<String>,
-    /// The queue of --job-id.
-    #[arg(long, value_name = "ID", requires = "job_id")]
-    queue_id: Option<String>,
-    /// Only this step's outputs (with --job-id).
-    #[arg(long, value_name = "ID", requires = "job_id")]
-    step_id: Option<String>,
-    /// Only this task's outputs (with --step-id).
-    #[arg(long, value_name = "ID", requires = "step_id")]
-    task_id: Option<String>,
+    #[command(flatten)]
+    job: JobManifestArgs,
     /// Fetch every object and check its hash (reads every byte; default: ask each object's
     /// size, by listing or a HEAD each).
     #[arg(long)]
     deep: bool,
     /// How to ask for each object's size: `list` the store's content (a request answers for
     /// up to 1,000 objects), a `head` request per object, or `auto`: list an S3 store for
-    /// 1,000 objects or more while each page answers for 16 or more, else HEADs.
+    /// 1,000 objects or more while its pages answer for 16 each or more, else HEADs.
     #[arg(
         long,
         value_enum,
@@ -85,32 +66,10 @@ pub fn run(ctx: &Context, args: CheckArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|p| read_manifest(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut fetch = Vec::new();
-    if let Some(path) = &args.attachments {
-        // A bad attachments file is bad input (exit 2).
-        let doc = Attachments::read_file(path).map_err(|e| UsageError {
-            message: format!("--attachments {e}"),
-        })?;
-        fetch.extend(
-            doc.manifests
-                .into_iter()
-                .filter_map(|m| Some((m.input_manifest_path?, m.input_manifest_hash))),
-        );
-    }
-    let outputs_of = match (args.farm_id, args.queue_id, args.job_id) {
-        (Some(farm_id), Some(queue_id), Some(job_id)) => Some(OutputsOf {
-            farm_id,
-            queue_id,
-            job_id,
-            step_id: args.step_id,
-            task_id: args.task_id,
-        }),
-        _ => None,
-    };
     let spec = CheckSpec {
         manifests,
-        fetch,
-        outputs_of,
+        fetch: args.job.inputs()?,
+        outputs_of: args.job.outputs_of(),
         deep: args.deep,
         delete_damaged: args.delete_damaged,
         lookup: args.lookup,

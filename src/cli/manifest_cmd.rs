@@ -1,4 +1,4 @@
-//! `attache manifest cat|diff|verify`.
+//! `attache manifest cat|diff|verify`; `cat` reads a job's manifests from its store too.
 
 use std::fs::File;
 use std::io::Write;
@@ -10,23 +10,20 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use super::job_manifest_args::JobManifestArgs;
 use super::progress_bar::Bar;
+use super::transfer_args::{StoreArgs, with_transfer};
 use super::{Context, flag, run_cancellable};
 use crate::config::Override;
-use crate::jobs::verify;
+use crate::jobs::{job_manifests, verify};
 use crate::manifest::{Manifest, ManifestEntry, ReadError, decode_from, diff, merge};
 use crate::progress::Progress;
 
 #[derive(Debug, Subcommand)]
 pub enum ManifestCommand {
-    /// Print the files of one or more manifests (hash, size, mtime, path).
-    Cat {
-        #[arg(required = true, value_name = "FILE")]
-        files: Vec<PathBuf>,
-        /// One JSON object per file, on its own line.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Print the files of manifests (hash, size, mtime, path): manifest files, or a job's in
+    /// its store (--attachments: its inputs; --job-id: its tasks' outputs).
+    Cat(Box<CatArgs>),
     /// Show files added, changed and removed between two manifests.
     Diff {
         old: PathBuf,
@@ -41,6 +38,22 @@ pub enum ManifestCommand {
     /// Re-hash a directory and report where it differs from the manifests (merged in order,
     /// later wins). Exits 1 when a file is missing or its content differs.
     Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    attache manifest cat shot010.manifest\n  \
+    attache manifest cat --attachments attachments.json        # the job's inputs, from the store\n  \
+    attache manifest cat --farm-id farm-… --queue-id queue-… --job-id job-… --step-id step-…\n\n\
+    --json prints one object per file, on its own line (with the manifest's key, for one from the store).")]
+pub struct CatArgs {
+    /// Manifest files.
+    #[arg(value_name = "FILE", required_unless_present_any = ["attachments", "job_id"])]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    job: JobManifestArgs,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +82,9 @@ pub struct VerifyArgs {
 
 impl ManifestCommand {
     pub fn overrides(&self, out: &mut Vec<Override>) {
+        if let ManifestCommand::Cat(c) = self {
+            c.store.overrides(out);
+        }
         if let ManifestCommand::Verify(v) = self {
             flag(out, "hash.threads", "--threads", v.threads.clone());
             if v.follow_external_symlinks {
@@ -85,7 +101,7 @@ impl ManifestCommand {
 
 pub fn run(ctx: &Context, cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ManifestCommand::Cat { files, json } => cat(&files, json),
+        ManifestCommand::Cat(c) => cat(ctx, *c),
         ManifestCommand::Diff {
             old,
             new,
@@ -142,19 +158,49 @@ pub fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
     })
 }
 
-fn cat(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
+/// The manifests named: files, then a job's fetched from its store (one that cannot be used
+/// is said on stderr, exit 1, and the others still printed).
+fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<ExitCode> {
+    // Each with what names it: the file, or the store's key.
+    let mut all: Vec<(String, Manifest, bool)> = Vec::new();
+    for file in &args.files {
+        all.push((file.display().to_string(), read_manifest(file)?, false));
+    }
+    let mut unusable = false;
+    if args.job.any() {
+        let inputs = args.job.inputs()?;
+        let outputs_of = args.job.outputs_of();
+        let fetched = with_transfer(ctx, None, "fetching", |t, cancel| async move {
+            Ok(job_manifests::fetch(&t, &inputs, outputs_of.as_ref(), &cancel).await?)
+        })?;
+        for (key, m) in fetched.manifests {
+            match m {
+                Ok(m) => all.push((key, m, true)),
+                Err(e) => {
+                    eprintln!("error: {key}: {e}");
+                    unusable = true;
+                }
+            }
+        }
+        if args.job.job_id.is_some() && fetched.output_tasks == 0 {
+            eprintln!("no task of the job has published outputs (yet)");
+        }
+    }
     let mut out = std::io::stdout().lock();
-    for file in files {
-        let m = read_manifest(file)?;
-        if json {
+    for (name, m, from_store) in &all {
+        if args.store.json {
             for e in m.entries() {
-                serde_json::to_writer(&mut out, &entry_json(e))?;
+                let mut v = entry_json(e);
+                if *from_store {
+                    v["manifest"] = name.as_str().into();
+                }
+                serde_json::to_writer(&mut out, &v)?;
                 writeln!(out)?;
             }
             continue;
         }
-        if files.len() > 1 {
-            writeln!(out, "# {}", file.display())?;
+        if all.len() > 1 || *from_store {
+            writeln!(out, "# {name}")?;
         }
         for e in m.entries() {
             writeln!(
@@ -168,7 +214,10 @@ fn cat(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
         }
         writeln!(out, "# {} files, {} bytes", m.len(), m.total_size())?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(match unusable {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
+    })
 }
 
 fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {

@@ -16,8 +16,8 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3Default;
 
-use super::download_outputs::{OutputsOf, latest_output_keys};
-use super::fetch_manifest::{fetch_manifest, read_at_once};
+use super::download_outputs::OutputsOf;
+use super::job_manifests;
 use crate::hash::ContentHash;
 use crate::manifest::Manifest;
 use crate::store::layout::{data_key, legacy_data_key};
@@ -134,35 +134,15 @@ pub async fn run(
         ..CheckReport::default()
     };
     let mut manifests = spec.manifests;
-    let prefix = crate::store::layout::manifests_prefix(t.store.root_prefix());
-    for (path, expected) in &spec.fetch {
-        let key = format!("{prefix}{path}");
-        let fetched = fetch_manifest(&t, &key, expected.as_deref(), cancel).await;
-        keep_manifest(key, fetched, &mut manifests, &mut report)?;
-    }
-    if let Some(of) = &spec.outputs_of {
-        match latest_output_keys(of, &t, cancel).await {
-            Ok((tasks, keys)) => {
-                report.output_tasks = tasks as u64;
-                // One per task: several at once, each kept or reported on its own.
-                let fetched: Vec<_> = read_at_once(&t, &keys, cancel).collect().await;
-                for (key, fetched) in keys.into_iter().zip(fetched) {
-                    let fetched = fetched.map(|(manifest, _)| manifest);
-                    keep_manifest(key, fetched, &mut manifests, &mut report)?;
-                }
-            }
-            Err(TransferError::Cancelled(c)) => return Err(c.into()),
+    let fetched = job_manifests::fetch(&t, &spec.fetch, spec.outputs_of.as_ref(), cancel).await?;
+    report.output_tasks = fetched.output_tasks as u64;
+    // One that could not be fetched, or was not what the job recorded, is reported and the
+    // others still checked.
+    for (key, fetched) in fetched.manifests {
+        match fetched {
+            Ok(m) => manifests.push(m),
             Err(e) => report.unusable_manifests.push(UnusableManifest {
-                // The listing failed: what was asked for stands in for a key.
-                key: format!(
-                    "outputs of {}",
-                    [Some(&of.job_id), of.step_id.as_ref(), of.task_id.as_ref()]
-                        .into_iter()
-                        .flatten()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>()
-                        .join("/")
-                ),
+                key,
                 error: e.to_string(),
             }),
         }
@@ -316,25 +296,6 @@ impl Findings {
             }
         }
     }
-}
-
-/// A fetched manifest joins the check; one that could not be fetched or was not what the job
-/// recorded is reported and the others still checked. Only a cancel stops the check.
-fn keep_manifest(
-    key: String,
-    fetched: Result<Manifest, TransferError>,
-    manifests: &mut Vec<Manifest>,
-    report: &mut CheckReport,
-) -> Result<(), TransferError> {
-    match fetched {
-        Ok(m) => manifests.push(m),
-        Err(e @ TransferError::Cancelled(_)) => return Err(e),
-        Err(e) => report.unusable_manifests.push(UnusableManifest {
-            key,
-            error: e.to_string(),
-        }),
-    }
-    Ok(())
 }
 
 /// Each hash the manifests name, once, with its size (the first manifest's, should two
