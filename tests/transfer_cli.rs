@@ -271,6 +271,15 @@ fn a_failed_get_keeps_what_it_placed_and_the_next_one_trusts_it_without_reading(
     assert_eq!(v["download"]["objects"], 1, "{v}");
 }
 
+/// The paths of a manifest file, in its order.
+fn manifest_paths(file: &Path) -> Vec<String> {
+    let m = attache::manifest::decode(&std::fs::read(file).unwrap()).unwrap();
+    m.entries()
+        .iter()
+        .map(|e| e.path.display().into_owned())
+        .collect()
+}
+
 #[test]
 fn put_leaves_out_what_exclude_matches_and_does_not_enter_excluded_directories() {
     let t = tempfile::tempdir().unwrap();
@@ -305,8 +314,7 @@ fn put_leaves_out_what_exclude_matches_and_does_not_enter_excluded_directories()
         .arg("-o")
         .arg(&manifest));
     assert_eq!(code, 0, "{err}");
-    let m = attache::manifest::decode(&std::fs::read(&manifest).unwrap()).unwrap();
-    let paths: Vec<_> = m.entries().iter().map(|e| e.path.display()).collect();
+    let paths = manifest_paths(&manifest);
     assert_eq!(
         paths,
         ["shot.ma", "tex/backup/shot.ma", "tex/cache", "tex/wood.png"],
@@ -350,8 +358,7 @@ fn put_leaves_out_what_exclude_matches_and_does_not_enter_excluded_directories()
         .arg("-o")
         .arg(&included));
     assert_eq!(code, 0, "{err}");
-    let m = attache::manifest::decode(&std::fs::read(&included).unwrap()).unwrap();
-    let paths: Vec<_> = m.entries().iter().map(|e| e.path.display()).collect();
+    let paths = manifest_paths(&included);
     assert_eq!(paths, ["backup/shot.ma", "shot.ma", "tex/wood.png"]);
     let (code, _, err) = run(attache(&cache)
         .args(["put", "--store", &store, "--include", "tex/"])
@@ -402,8 +409,7 @@ fn put_and_get_follow_rclone_filter_rules_in_order() {
         .arg("-o")
         .arg(&manifest));
     assert_eq!(code, 0, "{err}");
-    let m = attache::manifest::decode(&std::fs::read(&manifest).unwrap()).unwrap();
-    let paths: Vec<_> = m.entries().iter().map(|e| e.path.display()).collect();
+    let paths = manifest_paths(&manifest);
     assert_eq!(
         paths,
         [

@@ -71,12 +71,20 @@ fn compile(p: &str) -> Result<(Glob, bool, bool), PatternError> {
             "paths in a manifest are relative: write the pattern without the leading /",
         ));
     }
-    let glob = GlobBuilder::new(body)
+    Ok((glob(body, p)?, body.contains('/'), dir_only))
+}
+
+/// `text` as a glob of paths: `*` within a component, `**` across them, `\` escaping; a bad
+/// one is refused naming `pattern`, as it was given.
+pub(super) fn glob(text: &str, pattern: &str) -> Result<Glob, PatternError> {
+    GlobBuilder::new(text)
         .literal_separator(true)
         .backslash_escape(true)
         .build()
-        .map_err(|e| bad(&e.kind().to_string()))?;
-    Ok((glob, body.contains('/'), dir_only))
+        .map_err(|e| PatternError {
+            pattern: pattern.to_owned(),
+            reason: e.kind().to_string(),
+        })
 }
 
 fn build(b: GlobSetBuilder) -> GlobSet {

@@ -15,7 +15,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::GlobMatcher;
 
 use super::filter::PatternError;
 
@@ -81,12 +81,7 @@ impl Rules {
                 true => body.to_string(),
                 false => format!("**/{body}"),
             };
-            GlobBuilder::new(&full)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map(|g| g.compile_matcher())
-                .map_err(|e| bad(&e.kind().to_string()))
+            Ok(super::filter::glob(&full, pattern)?.compile_matcher())
         };
         if dirs_only {
             self.dirs.push((Some(take), glob(body)?));
