@@ -186,22 +186,20 @@ pub struct DaemonSettings {
 }
 
 impl DaemonSettings {
-    /// Whether `other` differs in what only a restart applies (the listeners and whether the
-    /// TCP one speaks TLS, the state directory, the number of jobs run at once); the job
-    /// history's limits, and the token and certificate files, apply at a reload.
+    /// Whether `other` differs in what only a restart applies (the listeners' addresses, the
+    /// state directory, the number of jobs run at once); the job history's limits, the token
+    /// and certificate files, and TLS on or off, apply at a reload.
     pub fn differs_for_restart(&self, other: &DaemonSettings) -> bool {
         (
             &self.socket,
             &self.socket_group,
             &self.listen,
-            self.tls_cert.is_some(),
             &self.state_dir,
             self.max_running_jobs,
         ) != (
             &other.socket,
             &other.socket_group,
             &other.listen,
-            other.tls_cert.is_some(),
             &other.state_dir,
             other.max_running_jobs,
         )

@@ -1303,6 +1303,68 @@ fn the_tcp_listener_speaks_https_with_a_certificate_and_the_cli_checks_it() {
     );
 }
 
+/// A reload turns the listener's TLS on, and off again: a farm's listeners move to HTTPS
+/// without the restart that would cancel every transfer in flight.
+#[test]
+fn a_reload_turns_the_listener_s_tls_on_and_off() {
+    let (d, port) = daemon_on_tcp("");
+    assert!(d.log().contains("plain HTTP"), "{}", d.log());
+    let certs = tempfile::tempdir().unwrap();
+    let studio = common::tls::StudioCa::new();
+    let (ca, cert, key) = (
+        certs.path().join("ca.pem"),
+        certs.path().join("daemon.pem"),
+        certs.path().join("daemon.key"),
+    );
+    std::fs::write(&ca, &studio.ca_pem).unwrap();
+    std::fs::write(&cert, &studio.cert_pem).unwrap();
+    private_file(&key, &studio.key_pem);
+    let token = certs.path().join("farm.token");
+    private_file(&token, "s3cr3t-t0ken-0123456789\n");
+    let health = |url: &str| {
+        let mut c = attache(&certs.path().join("cache"));
+        c.args(["jobs", "--daemon-url", url, "--daemon-ca"])
+            .arg(&ca)
+            .arg("--token-file")
+            .arg(&token);
+        run(&mut c)
+    };
+    let (http, https) = (
+        format!("http://localhost:{port}"),
+        format!("https://localhost:{port}"),
+    );
+    assert_eq!(health(&http).0, 0);
+    // The daemon's own config, as daemon_on_tcp wrote it, with the certificate added.
+    let listener = format!(
+        "listen = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+        d.path("token").display()
+    );
+    d.write_config(&format!(
+        "{listener}tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let (status, e) = d.api("POST", "/v1/reload", "");
+    assert_eq!(status, 200, "{e}");
+    let (code, _, err) = health(&https);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = health(&http);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("speaks https://"), "{err}");
+    assert!(d.log().contains("speaks HTTPS from now on"), "{}", d.log());
+    // And off again: said as a warning.
+    d.write_config(&listener);
+    let (status, e) = d.api("POST", "/v1/reload", "");
+    assert_eq!(status, 200, "{e}");
+    let (code, _, err) = health(&http);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        d.log().contains("speaks plain HTTP from now on"),
+        "{}",
+        d.log()
+    );
+}
+
 #[test]
 fn attache_retry_runs_a_cancelled_job_again_and_refuses_one_that_runs_or_succeeded() {
     let d = Daemon::start("[bandwidth]\nupload = \"256KiB/s\"\n");

@@ -1,7 +1,7 @@
 //! `attache daemon`: listens on the Unix socket (mode 0600, or 0660 for `daemon.socket_group`),
 //! and on TCP only when `daemon.listen` is set (then with the bearer token of
 //! `daemon.token_file`, and HTTPS with `daemon.tls_cert` and `daemon.tls_key`). SIGHUP
-//! re-reads the config (and the listener's token and certificate); SIGTERM/SIGINT stop
+//! re-reads the config (and the listener's token and certificate, TLS on or off); SIGTERM/SIGINT stop
 //! accepting, cancel every job, let them clean up (abort multipart uploads, remove temporary
 //! files), and exit 0; a second signal exits at once.
 
@@ -176,30 +176,21 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
             })?;
         let stop = stop_accepting.clone();
         let app = router(api(Some(secrets.clone())));
-        match secrets.tls() {
-            Some(_) => {
-                let tls = super::tls::TlsListener::new(tcp, secrets).map_err(|source| {
-                    DaemonError::Listen {
-                        addr: addr.clone(),
-                        source,
-                    }
-                })?;
-                tracing::info!(%addr, "TCP listener on, HTTPS (bearer token required)");
-                servers.push(tokio::spawn(async move {
-                    let _ = axum::serve(tls, app)
-                        .with_graceful_shutdown(stop.cancelled_owned())
-                        .await;
-                }));
-            }
-            None => {
-                tracing::info!(%addr, "TCP listener on, plain HTTP (bearer token required)");
-                servers.push(tokio::spawn(async move {
-                    let _ = axum::serve(tcp, app)
-                        .with_graceful_shutdown(stop.cancelled_owned())
-                        .await;
-                }));
-            }
-        }
+        let speaks = match secrets.tls() {
+            Some(_) => "HTTPS",
+            None => "plain HTTP",
+        };
+        let listener =
+            super::tls::ApiListener::new(tcp, secrets).map_err(|source| DaemonError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+        tracing::info!(%addr, "TCP listener on, {speaks} (bearer token required)");
+        servers.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        }));
     }
 
     wait_for_shutdown(&*reload).await;
@@ -248,12 +239,22 @@ fn reload_config(
     let loaded = config::load(load)
         .map_err(|e| e.to_string())
         .and_then(|loaded| {
-            // A rotated token or certificate: taken now, or the whole reload is refused.
+            // A rotated token or certificate, TLS turned on or off: taken now, or the whole
+            // reload is refused.
             match tcp {
-                Some(tcp) if loaded.settings.daemon.listen.is_some() => tcp
-                    .reload(&loaded.settings.daemon)
-                    .map(|()| loaded)
-                    .map_err(|e| e.to_string()),
+                Some(tcp) if loaded.settings.daemon.listen.is_some() => {
+                    match tcp.reload(&loaded.settings.daemon) {
+                        Ok(Some(true)) => {
+                            tracing::info!("the TCP listener speaks HTTPS from now on")
+                        }
+                        Ok(Some(false)) => tracing::warn!(
+                            "the TCP listener speaks plain HTTP from now on: its token crosses the network in clear"
+                        ),
+                        Ok(None) => {}
+                        Err(e) => return Err(e.to_string()),
+                    }
+                    Ok(loaded)
+                }
                 _ => Ok(loaded),
             }
         });
@@ -262,7 +263,7 @@ fn reload_config(
             let old = shared.settings();
             if loaded.settings.daemon.differs_for_restart(&old.daemon) {
                 tracing::warn!(
-                    "[daemon] changes (socket, listener and whether it speaks TLS, state dir, max_running_jobs) apply at the next start"
+                    "[daemon] changes (socket, listener address, state dir, max_running_jobs) apply at the next start"
                 );
             }
             let listens = loaded.settings.daemon.listen.is_some();

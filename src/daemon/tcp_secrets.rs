@@ -1,6 +1,7 @@
 //! What the daemon's TCP listener checks and shows: the bearer token of `daemon.token_file`
 //! and the certificate of `daemon.tls_cert`/`tls_key`, held so that a reload (SIGHUP) takes
-//! rotated files without a restart, which would cancel every transfer in flight.
+//! rotated files, and TLS turned on or off, without a restart, which would cancel every
+//! transfer in flight.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -19,7 +20,7 @@ pub struct SecretsError {
 pub struct TcpSecrets {
     token: RwLock<String>,
     /// `None`: plain HTTP (no `daemon.tls_cert`).
-    tls: Option<RwLock<Arc<rustls::ServerConfig>>>,
+    tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
 }
 
 /// The listener's token and TLS setup as the settings' files give them now.
@@ -58,19 +59,21 @@ impl TcpSecrets {
         let (token, tls) = read(d)?;
         Ok(TcpSecrets {
             token: RwLock::new(token),
-            tls: tls.map(RwLock::new),
+            tls: RwLock::new(tls),
         })
     }
 
-    /// Reads the files again (the same settings or new ones). Nothing changes unless every
-    /// file can be used. TLS can be neither turned on nor off here: that is a restart's.
-    pub fn reload(&self, d: &DaemonSettings) -> Result<(), SecretsError> {
+    /// Reads the files again (the same settings or new ones): a rotated token or
+    /// certificate, or TLS turned on or off, for the connections to come. Nothing changes
+    /// unless every file can be used. Returns whether the listener speaks TLS now, when that
+    /// changed.
+    pub fn reload(&self, d: &DaemonSettings) -> Result<Option<bool>, SecretsError> {
         let (token, tls) = read(d)?;
         *self.token.write().expect("not poisoned") = token;
-        if let (Some(held), Some(new)) = (&self.tls, tls) {
-            *held.write().expect("not poisoned") = new;
-        }
-        Ok(())
+        let mut held = self.tls.write().expect("not poisoned");
+        let changed = held.is_some() != tls.is_some();
+        *held = tls;
+        Ok(changed.then_some(held.is_some()))
     }
 
     /// Whether a request's bearer token is the listener's (in constant time).
@@ -80,8 +83,6 @@ impl TcpSecrets {
 
     /// The TLS setup for the next connection; `None`: plain HTTP.
     pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.tls
-            .as_ref()
-            .map(|t| t.read().expect("not poisoned").clone())
+        self.tls.read().expect("not poisoned").clone()
     }
 }

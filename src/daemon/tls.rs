@@ -13,6 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 
 use super::tcp_secrets::TcpSecrets;
 
@@ -104,17 +105,19 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFil
     Ok(certs)
 }
 
-/// A TCP listener whose connections are served once their TLS handshake is done. Each
-/// handshake runs on a task of its own (10 s at most), so a client that connects and sends
-/// nothing holds up no one else.
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+/// A connection to the TCP listener: over TLS, or plain HTTP.
+pub type ApiStream = Either<TlsStream<TcpStream>, TcpStream>;
+
+/// The daemon's TCP listener: each connection is served over TLS when the listener's secrets
+/// hold a certificate as it comes (a reload may turn TLS on or off, or rotate it), once its
+/// handshake is done, else as it is. Each handshake runs on a task of its own (10 s at
+/// most), so a client that connects and sends nothing holds up no one else.
+pub struct ApiListener {
+    ready: mpsc::Receiver<(ApiStream, SocketAddr)>,
     local: SocketAddr,
 }
 
-impl TlsListener {
-    /// Serves with the certificate `secrets` holds when each connection comes (a reload may
-    /// have rotated it).
+impl ApiListener {
     pub fn new(tcp: TcpListener, secrets: Arc<TcpSecrets>) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
@@ -131,13 +134,16 @@ impl TlsListener {
                 };
                 let _ = stream.set_nodelay(true);
                 let Some(config) = secrets.tls() else {
-                    return; // a listener made with TLS keeps it
+                    if tx.send((Either::Right(stream), peer)).await.is_err() {
+                        return; // the server stopped
+                    }
+                    continue;
                 };
                 let (acceptor, ready) = (tokio_rustls::TlsAcceptor::from(config), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let _ = ready.send((tls, peer)).await;
+                            let _ = ready.send((Either::Left(tls), peer)).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake refused")
@@ -150,12 +156,12 @@ impl TlsListener {
                 }
             }
         });
-        Ok(TlsListener { ready, local })
+        Ok(ApiListener { ready, local })
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+impl axum::serve::Listener for ApiListener {
+    type Io = ApiStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
