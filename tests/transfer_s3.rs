@@ -924,6 +924,44 @@ async fn a_corrupted_part_of_a_ranged_download_is_caught_and_fetched_again() {
     assert!(ranged >= 2 * 5, "fetched in parts, twice: {ranged} GETs");
 }
 
+/// A part of a large download whose connection is lost mid-body is fetched on from where it
+/// stopped: the bytes that came are kept, neither the part nor the object fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_part_of_a_ranged_download_is_fetched_on_from_where_it_stopped() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let data = content(23 * MIB + 77, 6);
+    write(&src, "big.bin", &data, MTIME_NS);
+    let s = settings(&s3, "p", &t.path().join("cache"));
+    let m = put_tree(&src, &s).await.unwrap().hash.roots[0]
+        .manifest
+        .clone();
+    let data_key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
+    s3.faults
+        .only_for(move |m, k| m.as_str() == "GET" && k == data_key);
+    s3.faults.cut_get_body_next(2);
+    s3.stats.reset();
+    let dest = t.path().join("dest");
+    let got = get_tree(&m, &dest, &s).await.unwrap();
+    assert_eq!(std::fs::read(dest.join("big.bin")).unwrap(), data);
+    let d = &got.download;
+    assert_eq!((d.resumed_parts, d.refetched), (2, 0), "{d:?}");
+    assert_eq!(
+        d.downloaded_bytes,
+        data.len() as u64,
+        "no byte fetched twice: {d:?}"
+    );
+    let gets = s3
+        .stats
+        .requests_matching(|r| r.is_get() && r.key.ends_with(".xxh128"));
+    assert_eq!(
+        gets,
+        5 + 2,
+        "five parts of 5 MiB, and the rest of the two cut ones"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_end_in_correct_content_or_a_clear_error() {
     let s3 = TestS3::start().await;

@@ -79,6 +79,9 @@ pub struct DownloadReport {
     pub copied_files: u64,
     /// Objects fetched again after a corrupt or short body.
     pub refetched: u64,
+    /// Parts of large objects whose body was cut, fetched on from where they stopped
+    /// rather than the whole object again.
+    pub resumed_parts: u64,
     /// Objects copied from this machine's content cache instead of fetched.
     pub content_cache_files: u64,
     pub content_cache_bytes: u64,
@@ -91,6 +94,7 @@ struct Counters {
     downloaded_bytes: AtomicU64,
     copied_files: AtomicU64,
     refetched: AtomicU64,
+    resumed_parts: AtomicU64,
     content_cache_files: AtomicU64,
     content_cache_bytes: AtomicU64,
     /// Objects added to the content cache.
@@ -110,6 +114,10 @@ const IN_PLAN_ORDER_BELOW: u64 = 64 << 10;
 
 /// Fetches of one object before its corruption is reported.
 const TRIES: u32 = 3;
+
+/// Times a part of a large object whose body is cut is fetched on from where it stopped,
+/// before the whole object is fetched again.
+const PART_RESUMES: u32 = 3;
 
 /// Downloads every item under `root`, `transfer.workers` objects at a time: each distinct
 /// object once, into the first file that has it, then the other files with the same content
@@ -188,6 +196,7 @@ pub async fn download_all(
         downloaded_bytes: counters.downloaded_bytes.load(Relaxed),
         copied_files: counters.copied_files.load(Relaxed),
         refetched: counters.refetched.load(Relaxed),
+        resumed_parts: counters.resumed_parts.load(Relaxed),
         content_cache_files: counters.content_cache_files.load(Relaxed),
         content_cache_bytes: counters.content_cache_bytes.load(Relaxed),
     })
@@ -667,7 +676,9 @@ fn ranged_from(part_size: u64) -> u64 {
 const INLINE_BATCH: usize = 256 << 10;
 
 /// Parallel ranged GETs written at their offsets, the file hashed as its prefix fills in. A
-/// part that comes back short fails the fetch (and is fetched again).
+/// part whose body is cut or ends short is fetched on from where it stopped
+/// ([`PART_RESUMES`] times); one that runs past its range fails the fetch (and the object is
+/// fetched again).
 async fn fetch_ranged(
     t: &Arc<Transfer>,
     c: &Arc<Counters>,
@@ -699,26 +710,38 @@ async fn fetch_ranged(
             // A task per part too: its body chunks are handled on the worker that reads them.
             spawned(async move {
                 let cancel = &cancel;
-                let mut obj = t
-                    .gate
-                    .run(cancel, || t.store.get(&key, Some(start..end)))
-                    .await?;
                 // Written inline in INLINE_BATCH pwritevs, as whole objects are: a hop to a
                 // blocking thread per 1 MiB batch cost more CPU (large tree: 8.2 s against
                 // 7.5 s) and held 4 times the bytes.
                 let mut out = BatchedWriter::new(&file, start, INLINE_BATCH);
-                while let Some(chunk) = cancellable(cancel, obj.body.next()).await? {
-                    let chunk = chunk?;
-                    let len = chunk.len() as u64;
-                    if out.end() + len > end {
+                let mut resumes = 0;
+                loop {
+                    let from = out.end();
+                    let read = read_range(&t, &c, &key, from..end, &mut out, &dest, cancel).await;
+                    let why = match read {
+                        Ok(true) if out.end() == end => break,
+                        Ok(true) => "its body ended short".to_string(),
+                        // Longer than asked: not this object; the whole fetch fails.
+                        Ok(false) => return Ok((start, end, false)),
+                        Err(TransferError::Store(e)) if e.is_retryable() => e.to_string(),
+                        Err(e) => return Err(e),
+                    };
+                    // What came is kept: the rest of the part is asked for, not all of it,
+                    // nor the whole object (a connection lost near the end of 50 GiB).
+                    if resumes == PART_RESUMES {
                         return Ok((start, end, false));
                     }
-                    c.downloaded_bytes.fetch_add(len, Relaxed);
-                    t.progress.add_bytes(len);
-                    out.push(chunk).map_err(TransferError::io(&dest))?;
+                    resumes += 1;
+                    out.flush().map_err(TransferError::io(&dest))?;
+                    c.resumed_parts.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        key,
+                        at = out.end(),
+                        "a part's download was interrupted ({why}); fetching the rest of it"
+                    );
                 }
                 out.flush().map_err(TransferError::io(&dest))?;
-                Ok::<_, TransferError>((start, end, out.end() == end))
+                Ok::<_, TransferError>((start, end, true))
             })
         })
         .buffer_unordered(t.settings.max_parts_in_flight.max(1));
@@ -749,6 +772,35 @@ async fn fetch_ranged(
             source: e,
         }),
     }
+}
+
+/// GETs `range` of `key` and pushes its body to `out` (which ends at `range.start`); false
+/// when the body runs past the range's end.
+async fn read_range(
+    t: &Transfer,
+    c: &Counters,
+    key: &str,
+    range: std::ops::Range<u64>,
+    out: &mut BatchedWriter<'_>,
+    dest: &Path,
+    cancel: &CancellationToken,
+) -> Result<bool, TransferError> {
+    let end = range.end;
+    let mut obj = t
+        .gate
+        .run(cancel, || t.store.get(key, Some(range.clone())))
+        .await?;
+    while let Some(chunk) = cancellable(cancel, obj.body.next()).await? {
+        let chunk = chunk?;
+        let len = chunk.len() as u64;
+        if out.end() + len > end {
+            return Ok(false);
+        }
+        c.downloaded_bytes.fetch_add(len, Relaxed);
+        t.progress.add_bytes(len);
+        out.push(chunk).map_err(TransferError::io(dest))?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
