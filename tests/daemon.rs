@@ -1216,15 +1216,7 @@ print(json.dumps(out))
 #[test]
 fn the_tcp_listener_speaks_https_with_a_certificate_and_the_cli_checks_it() {
     let certs = tempfile::tempdir().unwrap();
-    let studio = common::tls::StudioCa::new();
-    let (ca, cert, key) = (
-        certs.path().join("ca.pem"),
-        certs.path().join("daemon.pem"),
-        certs.path().join("daemon.key"),
-    );
-    std::fs::write(&ca, &studio.ca_pem).unwrap();
-    std::fs::write(&cert, &studio.cert_pem).unwrap();
-    private_file(&key, &studio.key_pem);
+    let (ca, cert, key) = common::tls::StudioCa::new().write_files(certs.path());
     let (d, port) = daemon_on_tcp(&format!(
         "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
         cert.display(),
@@ -1310,15 +1302,7 @@ fn a_reload_turns_the_listener_s_tls_on_and_off() {
     let (d, port) = daemon_on_tcp("");
     assert!(d.log().contains("plain HTTP"), "{}", d.log());
     let certs = tempfile::tempdir().unwrap();
-    let studio = common::tls::StudioCa::new();
-    let (ca, cert, key) = (
-        certs.path().join("ca.pem"),
-        certs.path().join("daemon.pem"),
-        certs.path().join("daemon.key"),
-    );
-    std::fs::write(&ca, &studio.ca_pem).unwrap();
-    std::fs::write(&cert, &studio.cert_pem).unwrap();
-    private_file(&key, &studio.key_pem);
+    let (ca, cert, key) = common::tls::StudioCa::new().write_files(certs.path());
     let token = certs.path().join("farm.token");
     private_file(&token, "s3cr3t-t0ken-0123456789\n");
     let health = |url: &str| {

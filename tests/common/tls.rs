@@ -2,7 +2,7 @@
 //! MinIO behind its internal CA): the client must be told to trust that CA.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -49,6 +49,22 @@ impl StudioCa {
             cert_der: leaf.der().clone(),
             key_der: leaf_key.serialize_der(),
         }
+    }
+
+    /// Writes the CA's certificate, the leaf's and its key (mode 0600, as a daemon asks of
+    /// its key) as `ca.pem`, `daemon.pem` and `daemon.key` in `dir`; returns their paths.
+    pub fn write_files(&self, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let (ca, cert, key) = (
+            dir.join("ca.pem"),
+            dir.join("daemon.pem"),
+            dir.join("daemon.key"),
+        );
+        std::fs::write(&ca, &self.ca_pem).unwrap();
+        std::fs::write(&cert, &self.cert_pem).unwrap();
+        std::fs::write(&key, &self.key_pem).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (ca, cert, key)
     }
 }
 
