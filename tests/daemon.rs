@@ -527,6 +527,29 @@ fn queued_jobs_start_by_priority_and_can_be_moved_up() {
             .any(|l| l.starts_with(&high) && l.ends_with("[priority 80]")),
         "{out}"
     );
+    // Each queued job's place: the moved one first, then by priority, then by arrival.
+    let place = |id: &str| d.api("GET", &format!("/v1/jobs/{id}"), "").1["queue_position"].clone();
+    assert_eq!(
+        [
+            place(&low),
+            place(&high),
+            place(&plain),
+            place(&also_plain),
+            place(&slow)
+        ],
+        [
+            1.into(),
+            2.into(),
+            3.into(),
+            4.into(),
+            serde_json::Value::Null
+        ]
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&plain) && l.contains(" queued #3 ")),
+        "{out}"
+    );
     // A running job holds its slot already.
     let (code, _, err) = run(d.cmd().args(["priority", &slow, "99"]));
     assert_eq!(code, 1, "{err}");

@@ -275,7 +275,7 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
             host(j),
             id,
             j["kind"].as_str().unwrap_or_default(),
-            j["state"].as_str().unwrap_or_default(),
+            state_of(j),
             j["created_ms"]
                 .as_i64()
                 .map_or_else(String::new, |t| span(now - t)),
@@ -290,6 +290,15 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(code)
+}
+
+/// A job's state, with its place in the daemon's queue when queued: `queued #2`.
+fn state_of(j: &serde_json::Value) -> String {
+    let state = j["state"].as_str().unwrap_or_default();
+    match j["queue_position"].as_u64() {
+        Some(n) => format!("{state} #{n}"),
+        None => state.to_string(),
+    }
 }
 
 /// " [priority 90]" for a job whose priority is not the default.
@@ -546,7 +555,7 @@ fn print_job(j: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
             "{} {} {}: {}/{} files, {}/{}{}{}",
             j["id"].as_str().unwrap_or_default(),
             j["kind"].as_str().unwrap_or_default(),
-            j["state"].as_str().unwrap_or_default(),
+            state_of(j),
             p["files_done"],
             p["files_total"],
             json_size(&p["bytes_done"]),

@@ -186,8 +186,8 @@ async fn list(State(api): State<Arc<Api>>, query: Query<ListQuery>) -> Response 
 }
 
 async fn status(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
-    match api.registry.get(&id) {
-        Some(job) => axum::Json(job.snapshot()).into_response(),
+    match api.registry.record(&id) {
+        Some(record) => axum::Json(record).into_response(),
         None => error(StatusCode::NOT_FOUND, &format!("no job {id}"), Some("id")),
     }
 }

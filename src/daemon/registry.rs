@@ -63,10 +63,21 @@ pub struct JobRecord {
     /// 0 to 100: a queued job of a higher priority gets the next free slot first.
     #[serde(default = "default_priority")]
     pub priority: u8,
+    /// A queued job's place in the queue (1: it starts next); in the API's answers, not in
+    /// the stored record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<usize>,
 }
 
 fn default_priority() -> u8 {
     DEFAULT_PRIORITY
+}
+
+/// Sets a queued job's `queue_position` from the queue's order.
+fn place_in(queue: &[String], r: &mut JobRecord) {
+    if r.state == JobState::Queued {
+        r.queue_position = queue.iter().position(|id| *id == r.id).map(|i| i + 1);
+    }
 }
 
 /// Why a job's priority cannot be changed.
@@ -351,6 +362,7 @@ impl Registry {
             error: None,
             retry_of,
             priority,
+            queue_position: None,
         };
         write_record(&self.dir, &record);
         let (changed, _) = watch::channel(0);
@@ -484,6 +496,10 @@ impl Registry {
             })
             .map(|j| j.snapshot())
             .collect();
+        let queue = self.slots.queue();
+        for j in &mut jobs {
+            place_in(&queue, j);
+        }
         jobs.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         if let Some(n) = last {
             jobs.drain(..jobs.len().saturating_sub(n));
@@ -493,6 +509,13 @@ impl Registry {
 
     pub fn get(&self, id: &str) -> Option<Arc<Job>> {
         self.jobs.lock().expect("not poisoned").get(id).cloned()
+    }
+
+    /// A job's record as the API answers it: with its place in the queue when queued.
+    pub fn record(&self, id: &str) -> Option<JobRecord> {
+        let mut r = self.get(id)?.snapshot();
+        place_in(&self.slots.queue(), &mut r);
+        Some(r)
     }
 
     /// Cancels a job (no effect once it has finished); returns its record.

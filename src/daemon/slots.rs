@@ -92,11 +92,16 @@ impl Slots {
         }
     }
 
-    /// Waiting jobs, in the order they will get a slot.
-    #[cfg(test)]
-    fn queue(&self) -> Vec<String> {
+    /// Waiting jobs, in the order they will get a slot (those that left the queue, their
+    /// job cancelled, not among them).
+    pub fn queue(&self) -> Vec<String> {
         let s = self.state.lock().expect("not poisoned");
-        let mut order: Vec<(usize, &Waiter)> = s.waiting.iter().enumerate().collect();
+        let mut order: Vec<(usize, &Waiter)> = s
+            .waiting
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| !w.give.is_closed())
+            .collect();
         order.sort_by_key(|(i, w)| (std::cmp::Reverse(w.priority), *i));
         order.into_iter().map(|(_, w)| w.job.clone()).collect()
     }
@@ -165,7 +170,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         }
-        assert_eq!(slots.queue(), ["b", "d", "a", "c", "e", "x"]);
+        assert_eq!(slots.queue(), ["b", "d", "a", "c", "e"], "x left");
         assert!(slots.set_priority("e", 95));
         assert!(!slots.set_priority("nobody", 1));
         drop(held);
