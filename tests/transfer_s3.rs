@@ -898,21 +898,32 @@ async fn cancelling_a_streamed_put_stops_within_a_second_and_stores_nothing() {
     }
 }
 
-/// A ranged download is hashed while its parts land; a corrupted part must still be caught.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupted_part_of_a_ranged_download_is_caught_and_fetched_again() {
-    let s3 = TestS3::start().await;
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    let data = content(23 * MIB + 77, 5);
+/// `big.bin` (23 MiB, fetched in ranged parts of 5 MiB) put under `dir`, with the server's
+/// GET faults to come aimed at its object only: its bytes, the settings and the manifest.
+async fn one_big_object_with_faulty_gets(
+    s3: &TestS3,
+    dir: &Path,
+    seed: u64,
+) -> (Vec<u8>, Settings, Manifest) {
+    let src = dir.join("src");
+    let data = content(23 * MIB + 77, seed);
     write(&src, "big.bin", &data, MTIME_NS);
-    let s = settings(&s3, "p", &t.path().join("cache"));
+    let s = settings(s3, "p", &dir.join("cache"));
     let m = put_tree(&src, &s).await.unwrap().hash.roots[0]
         .manifest
         .clone();
     let data_key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
     s3.faults
         .only_for(move |m, k| m.as_str() == "GET" && k == data_key);
+    (data, s, m)
+}
+
+/// A ranged download is hashed while its parts land; a corrupted part must still be caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_part_of_a_ranged_download_is_caught_and_fetched_again() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let (data, s, m) = one_big_object_with_faulty_gets(&s3, t.path(), 5).await;
     s3.faults.corrupt_get_body_next(2);
     let dest = t.path().join("dest");
     let got = get_tree(&m, &dest, &s).await.unwrap();
@@ -930,16 +941,7 @@ async fn a_corrupted_part_of_a_ranged_download_is_caught_and_fetched_again() {
 async fn a_cut_part_of_a_ranged_download_is_fetched_on_from_where_it_stopped() {
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    let data = content(23 * MIB + 77, 6);
-    write(&src, "big.bin", &data, MTIME_NS);
-    let s = settings(&s3, "p", &t.path().join("cache"));
-    let m = put_tree(&src, &s).await.unwrap().hash.roots[0]
-        .manifest
-        .clone();
-    let data_key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
-    s3.faults
-        .only_for(move |m, k| m.as_str() == "GET" && k == data_key);
+    let (data, s, m) = one_big_object_with_faulty_gets(&s3, t.path(), 6).await;
     s3.faults.cut_get_body_next(2);
     s3.stats.reset();
     let dest = t.path().join("dest");
