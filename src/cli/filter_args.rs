@@ -46,44 +46,35 @@ impl FilterArgs {
     /// The exclusion patterns of the flags and of the files, each checked; a file that cannot
     /// be read or a bad pattern is a usage error naming the flag (and the file and line).
     pub fn excludes(&self) -> Result<Vec<String>, UsageError> {
-        gather(&self.exclude, &self.exclude_from, "exclude", |p| {
-            PathFilter::excluding(p)
-        })
+        gather(
+            &self.exclude,
+            &self.exclude_from,
+            "exclude",
+            Lines::Patterns,
+            |p| PathFilter::excluding(&[p]).map(drop),
+        )
     }
 
     /// The inclusion patterns of the flags and of the files, checked as [`Self::excludes`].
     pub fn includes(&self) -> Result<Vec<String>, UsageError> {
-        gather(&self.include, &self.include_from, "include", |p| {
-            PathFilter::new(&[] as &[&str], p)
-        })
+        gather(
+            &self.include,
+            &self.include_from,
+            "include",
+            Lines::Patterns,
+            |p| PathFilter::new(&[] as &[&str], &[p]).map(drop),
+        )
     }
 
     /// The filter rules of `--filter`, then of each `--filter-from` file, each checked.
     pub fn rules(&self) -> Result<Vec<String>, UsageError> {
-        let check = |rules: &[&str]| Rules::new(rules).map(drop);
-        for r in &self.filter {
-            check(&[r.as_str()]).map_err(|e| UsageError {
-                message: format!("--filter {e}"),
-            })?;
-        }
-        let mut all = self.filter.clone();
-        for file in &self.filter_from {
-            let text = std::fs::read_to_string(file).map_err(|e| UsageError {
-                message: format!("--filter-from {}: {e}", file.display()),
-            })?;
-            for (n, line) in text.lines().enumerate() {
-                // rclone keeps a pattern's spaces; only the line's end is its own.
-                let line = line.trim_end_matches(['\r', '\n']);
-                if line.trim().is_empty() || line.starts_with('#') || line.starts_with(';') {
-                    continue;
-                }
-                check(&[line]).map_err(|e| UsageError {
-                    message: format!("--filter-from {} line {}: {e}", file.display(), n + 1),
-                })?;
-                all.push(line.to_string());
-            }
-        }
-        Ok(all)
+        gather(
+            &self.filter,
+            &self.filter_from,
+            "filter",
+            Lines::Rules,
+            |r| Rules::new(&[r]).map(drop),
+        )
     }
 
     /// The flags' patterns and rules alone (the config's `hash.exclude`, `hash.include` and
@@ -105,56 +96,76 @@ impl FilterArgs {
     }
 }
 
-/// The patterns of `--{flag}` and of each `--{flag}-from` file, each checked by `check`.
+/// How a `--{flag}-from` file's lines are read.
+#[derive(Clone, Copy, PartialEq)]
+enum Lines {
+    /// rclone's `--exclude-from`/`--include-from`: one pattern a line, trimmed; `#` comments.
+    Patterns,
+    /// rclone's `--filter-from`: one rule a line, its spaces kept (a pattern may end in one);
+    /// `#` and `;` comments.
+    Rules,
+}
+
+/// The items of `--{flag}` and of each `--{flag}-from` file, each checked by `check`; a file
+/// that cannot be read or a bad item is a usage error naming the flag (and the file and
+/// line).
 fn gather(
     given: &[String],
     files: &[PathBuf],
     flag: &str,
-    check: impl Fn(&[&str]) -> Result<PathFilter, crate::scan::PatternError>,
+    lines: Lines,
+    check: impl Fn(&str) -> Result<(), crate::scan::PatternError>,
 ) -> Result<Vec<String>, UsageError> {
     for p in given {
-        check(&[p.as_str()]).map_err(|e| UsageError {
+        check(p).map_err(|e| UsageError {
             message: format!("--{flag} {e}"),
         })?;
     }
     let mut all = given.to_vec();
     for file in files {
-        all.extend(read_patterns(file, flag, &check)?);
+        all.extend(read_lines(file, flag, lines, &check)?);
     }
     Ok(all)
 }
 
-/// The patterns of a pattern file (rclone's `--exclude-from` format).
-fn read_patterns(
+/// The items of a `--{flag}-from` file.
+fn read_lines(
     file: &Path,
     flag: &str,
-    check: impl Fn(&[&str]) -> Result<PathFilter, crate::scan::PatternError>,
+    lines: Lines,
+    check: impl Fn(&str) -> Result<(), crate::scan::PatternError>,
 ) -> Result<Vec<String>, UsageError> {
     let text = std::fs::read_to_string(file).map_err(|e| UsageError {
         message: format!("--{flag}-from {}: {e}", file.display()),
     })?;
-    let mut patterns = Vec::new();
+    let at = |n: usize| format!("--{flag}-from {} line {}", file.display(), n + 1);
+    let mut items = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+        let line = match lines {
+            Lines::Patterns => line.trim(),
+            Lines::Rules => line.trim_end_matches('\r'),
+        };
+        let comment = line.starts_with('#') || (lines == Lines::Rules && line.starts_with(';'));
+        if line.trim().is_empty() || comment {
             continue;
         }
-        // An rclone --filter-from file read here would match nothing it means, silently.
-        if line == "!" || line.starts_with("+ ") || line.starts_with("- ") {
+        // An rclone --filter-from file read as patterns would match nothing it means, silently.
+        if lines == Lines::Patterns
+            && (line == "!" || line.starts_with("+ ") || line.starts_with("- "))
+        {
             return Err(UsageError {
                 message: format!(
-                    "--{flag}-from {} line {}: {line:?} is an rclone filter rule; this file takes one pattern per line, as rclone's --{flag}-from: give a file of rules with --filter-from",
-                    file.display(),
-                    n + 1
+                    "{}: {line:?} is an rclone filter rule; this file takes one pattern per line, as rclone's --{flag}-from: give a file of rules with --filter-from",
+                    at(n)
                 ),
             });
         }
-        check(&[line]).map_err(|e| UsageError {
-            message: format!("--{flag}-from {} line {}: {e}", file.display(), n + 1),
+        check(line).map_err(|e| UsageError {
+            message: format!("{}: {e}", at(n)),
         })?;
-        patterns.push(line.to_string());
+        items.push(line.to_string());
     }
-    Ok(patterns)
+    Ok(items)
 }
 
 #[cfg(test)]
