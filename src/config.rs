@@ -92,7 +92,8 @@ pub struct TransferSettings {
     /// Known-present entries re-checked against the store each run.
     pub known_present_sample: usize,
     /// How long a multipart upload that a store or network failure interrupted (or a crash
-    /// left) stays open for a later run on this machine to resume; 0: abort it at once.
+    /// left) stays open for a later run on this machine to resume; 0: abort it at once. Also
+    /// how long an interrupted download's partial objects are kept (0: none is).
     pub resume_for: Duration,
     /// Async worker threads (network and scheduling); 0: see [`Settings::runtime_threads`].
     pub runtime_threads: usize,

@@ -35,5 +35,5 @@ pub mod scan;
 /// sent as request bodies.
 pub mod store;
 /// Moving content between trees and a store: upload, download, multipart (and the records of
-/// open ones), bandwidth, retries.
+/// open ones), partial downloads kept to fetch on from, bandwidth, retries.
 pub mod transfer;

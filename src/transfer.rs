@@ -1,6 +1,7 @@
 //! Moving content between trees and a store: upload (single and managed multipart), download
 //! (whole and ranged), the known-present index, the records of open multipart uploads, the
-//! local content cache, bandwidth limits, retries and throttling.
+//! partial downloads kept to fetch on from, the local content cache, bandwidth limits, retries
+//! and throttling.
 
 pub mod content_cache;
 pub mod download;
@@ -9,6 +10,7 @@ pub mod inflight;
 pub mod known_present;
 pub mod limiter;
 pub mod open_uploads;
+pub mod partial_downloads;
 pub mod upload;
 
 use std::path::PathBuf;
@@ -46,6 +48,8 @@ pub struct Transfer {
     pub known: Option<Arc<known_present::KnownPresent>>,
     /// Multipart uploads started and not yet completed or aborted, for the next run to abort.
     pub open_uploads: open_uploads::OpenUploads,
+    /// Large objects a download fetched part of, kept for the next run to fetch on from.
+    pub partial_downloads: partial_downloads::PartialDownloads,
     /// Copies of fetched objects kept on this machine (`cache.content_size`); `None`: off.
     pub content_cache: Option<Arc<content_cache::ContentCache>>,
     /// The group every file and directory a download places is given (with group write):
@@ -153,6 +157,10 @@ impl Transfer {
             progress,
             known,
             open_uploads: open_uploads::OpenUploads::new(&settings.cache.dir),
+            partial_downloads: partial_downloads::PartialDownloads::new(
+                &settings.cache.dir,
+                t.resume_for.0,
+            ),
             content_cache: content_cache::ContentCache::from_settings(&settings.cache)
                 .map(Arc::new),
             dry_run: false,

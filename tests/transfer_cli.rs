@@ -152,17 +152,6 @@ fn a_manifest_cannot_write_through_a_symlink() {
     );
 }
 
-/// Bytes the process has written with write(2) and friends (`wchar` of /proc/PID/io).
-fn bytes_written_by(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("wchar: ").map(|v| v.trim().parse().ok()))?
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
     let t = tempfile::tempdir().unwrap();
@@ -631,6 +620,11 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
     assert!(out.contains("removed 3 objects"), "{out}");
     let (code, _, err) = cache_cmd(&["clear"]);
     assert_eq!(code, 2, "clear what? {err}");
+    // A partial download a cancelled get left (see interrupt_a_large_get_then_get_again).
+    let kept = cache.join("partial-downloads");
+    std::fs::create_dir_all(&kept).unwrap();
+    std::fs::write(kept.join(format!("{}-9.part", "0".repeat(32))), "123456789").unwrap();
+    assert_eq!(show()["partial_downloads"]["files"], 1);
     let (code, _, err) = cache_cmd(&["clear", "--all"]);
     assert_eq!(code, 0, "{err}");
     let u = show();
@@ -638,9 +632,10 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
         (
             &u["hash_cache"]["entries"],
             &u["known_present"]["entries"],
-            &u["content"]["files"]
+            &u["content"]["files"],
+            &u["partial_downloads"]["files"]
         ),
-        (&0.into(), &0.into(), &0.into()),
+        (&0.into(), &0.into(), &0.into(), &0.into()),
         "{u}"
     );
 }
@@ -753,7 +748,19 @@ fn get_dry_run_says_what_it_would_fetch_and_writes_nothing() {
 
 #[cfg(target_os = "linux")]
 #[test]
-fn a_get_killed_mid_file_leaves_no_file_at_all() {
+fn a_get_killed_mid_file_leaves_no_file_and_the_next_fetches_only_the_rest() {
+    interrupt_a_large_get_then_get_again(libc::SIGKILL);
+}
+
+#[test]
+fn ctrl_c_during_a_large_get_exits_130_and_the_next_fetches_only_the_rest() {
+    interrupt_a_large_get_then_get_again(libc::SIGINT);
+}
+
+/// A 64 MiB file fetched in parts of 8 MiB one at a time (16 MiB/s) is stopped by `signal`
+/// once its first parts landed: nothing is in the destination, and the next get fetches only
+/// the parts that did not land, the kept ones verified with the rest.
+fn interrupt_a_large_get_then_get_again(signal: libc::c_int) {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
     std::fs::create_dir_all(root.join("shots")).unwrap();
@@ -765,6 +772,7 @@ fn a_get_killed_mid_file_leaves_no_file_at_all() {
     let dest = t.path().join("dest");
     let mut child = attache(&cache)
         .env("ATTACHE_BANDWIDTH__DOWNLOAD", "16MiB/s")
+        .env("ATTACHE_TRANSFER__MAX_PARTS_IN_FLIGHT", "1")
         .args(["get", "--store", &store])
         .arg(&manifest)
         .arg("--dest")
@@ -772,19 +780,63 @@ fn a_get_killed_mid_file_leaves_no_file_at_all() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Killed once a good part of the file is written (no chance to clean up).
+    // Stopped once two parts landed (a line each after the record's header).
+    let kept = cache.join("partial-downloads");
+    let landed_parts = || {
+        files_under(&kept)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "landed"))
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .count()
+            })
+            .sum::<usize>()
+            .saturating_sub(1)
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while bytes_written_by(child.id()) < 8 << 20 {
-        assert!(Instant::now() < deadline, "the get wrote nothing");
+    while landed_parts() < 2 {
+        assert!(Instant::now() < deadline, "no part landed");
         assert!(child.try_wait().unwrap().is_none(), "the get ended early");
         std::thread::sleep(Duration::from_millis(10));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let status = child.wait().unwrap();
+    if signal == libc::SIGINT {
+        assert_eq!(status.code(), Some(130), "{status:?}");
+    }
     assert_eq!(
         files_under(&dest),
         Vec::<std::path::PathBuf>::new(),
-        "a partial or temporary file was left behind"
+        "a partial or temporary file was left in the destination"
+    );
+    assert_eq!(files_under(&kept).len(), 2, "the .part and its record");
+    let (code, out, err) = run(attache(&cache).args(["cache", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let u: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(u["partial_downloads"]["files"], 1, "{u}");
+    assert!(
+        u["partial_downloads"]["bytes"].as_u64().unwrap() >= 2 * (8 << 20),
+        "{u}"
+    );
+
+    let v = get_json(&cache, &store, &manifest, &dest, &[]);
+    let d = &v["download"];
+    let (resumed, fetched) = (
+        d["resumed_bytes"].as_u64().unwrap(),
+        d["downloaded_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        resumed >= 2 * (8 << 20),
+        "two parts at least were kept: {v}"
+    );
+    assert_eq!(resumed + fetched, 64 << 20, "no byte fetched twice: {v}");
+    assert_eq!(std::fs::read(dest.join("shots/plate.exr")).unwrap(), data);
+    assert_eq!(
+        files_under(&kept),
+        Vec::<std::path::PathBuf>::new(),
+        "the partial download became the file"
     );
 }
 

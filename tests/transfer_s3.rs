@@ -964,6 +964,87 @@ async fn a_cut_part_of_a_ranged_download_is_fetched_on_from_where_it_stopped() {
     );
 }
 
+/// A get of `big.bin` (five parts) that fails once two parts came: the store is lost past
+/// any retries. Returns the destination, left empty, and the partial download's directory.
+async fn a_get_that_fails_after_two_parts(
+    s3: &TestS3,
+    dir: &Path,
+    m: &Manifest,
+    s: &Settings,
+) -> (PathBuf, PathBuf) {
+    s3.faults.fail_data_gets_after(2);
+    let dest = dir.join("dest");
+    // Lost for good: no need to wait out the SDK's backoffs.
+    let mut once = s.clone();
+    once.s3.retry_attempts = 1;
+    let err = get_tree(m, &dest, &once).await.unwrap_err();
+    assert!(
+        err.to_string().contains("big.bin") || err.to_string().contains("Data/"),
+        "{err}"
+    );
+    assert!(
+        common::files_under(&dest).is_empty(),
+        "nothing half-written in the destination"
+    );
+    let kept = s.cache.dir.join("partial-downloads");
+    assert_eq!(
+        common::files_under(&kept).len(),
+        2,
+        "the .part and its record"
+    );
+    s3.faults.clear();
+    s3.stats.reset();
+    (dest, kept)
+}
+
+/// What a failed download fetched of a large object is kept: the next one fetches only the
+/// parts that did not land, and the object is still verified whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_get_fetches_only_the_parts_a_failed_one_did_not_land() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let (data, s, m) = one_big_object_with_faulty_gets(&s3, t.path(), 8).await;
+    let (dest, kept) = a_get_that_fails_after_two_parts(&s3, t.path(), &m, &s).await;
+    let got = get_tree(&m, &dest, &s).await.unwrap();
+    assert_eq!(std::fs::read(dest.join("big.bin")).unwrap(), data);
+    let d = &got.download;
+    assert!(d.resumed_bytes >= 3 * MIB, "two parts kept: {d:?}");
+    assert_eq!(
+        d.resumed_bytes + d.downloaded_bytes,
+        data.len() as u64,
+        "no byte fetched twice: {d:?}"
+    );
+    let gets = s3
+        .stats
+        .requests_matching(|r| r.is_get() && r.key.ends_with(".xxh128"));
+    assert_eq!(gets, 3, "the three parts that did not land");
+    assert!(common::files_under(&kept).is_empty(), "it became the file");
+}
+
+/// A kept partial download whose bytes changed on disk does not verify: the object is
+/// fetched again whole, and the right content lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_partial_download_that_changed_on_disk_is_fetched_again_whole() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let (data, s, m) = one_big_object_with_faulty_gets(&s3, t.path(), 9).await;
+    let (dest, kept) = a_get_that_fails_after_two_parts(&s3, t.path(), &m, &s).await;
+    let part = common::files_under(&kept)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "part"))
+        .unwrap();
+    let mut bytes = std::fs::read(&part).unwrap();
+    // Every landed range is recorded in whole parts: flipping a byte in each 5 MiB hits one.
+    for at in (MIB..bytes.len() as u64).step_by(5 * MIB as usize) {
+        bytes[at as usize] ^= 0xff;
+    }
+    std::fs::write(&part, &bytes).unwrap();
+    let got = get_tree(&m, &dest, &s).await.unwrap();
+    assert_eq!(std::fs::read(dest.join("big.bin")).unwrap(), data);
+    assert_eq!(got.download.refetched, 1, "{:?}", got.download);
+    assert!(common::files_under(&kept).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_end_in_correct_content_or_a_clear_error() {
     let s3 = TestS3::start().await;

@@ -163,12 +163,12 @@ class CancelTest:
             h["t_start"] = h["run"].t_start
         else:
             h["kind"] = "cli"
+            h["cache"] = w.fresh("cache")
             if self.dir == "download":
                 h["dest"] = w.fresh("dest")
                 argv = self.attache("get", self.manifest[scn], "--dest", h["dest"],
-                                    "--store", server.store_url(prefix))
+                                    "--store", server.store_url(prefix), cache=h["cache"])
             else:
-                h["cache"] = w.fresh("cache")
                 argv = self.attache("put", root, "--store", server.store_url(prefix),
                                     "-o", w.fresh("out.manifest"), cache=h["cache"])
             h["run"] = Run(argv, env=attache_env(server), log_path=logf, work=w)
@@ -267,6 +267,43 @@ class CancelTest:
                     "mpu_parts": st["multipart_part_files"]}
         return {}
 
+    def next_get(self, h: dict, server: S3Server, tag: str, what: str) -> dict:
+        """After a cancelled `attache get` of the big file, the next get with the same cache dir
+        fetches only what the cancelled one had not landed (its parts kept in
+        cache.dir/partial-downloads/) and places the whole file: checks that, and returns the
+        figures."""
+        w, scn = self.work, h["scn"]
+        root, idx = self.src[scn]
+        size = sum(idx.values())
+        out_path = w.fresh("next-get.json")
+        run = Run(self.attache("get", "--json", self.manifest[scn], "--dest", h["dest"],
+                               "--store", server.store_url(h["prefix"]), cache=h["cache"]),
+                  env=attache_env(server), log_path=w.logs / f"{tag}-next.log",
+                  stdout_path=out_path, work=w)
+        run.wait(900)
+        if run.rc != 0:
+            self.report.fail(f"{what}: the get after the cancel failed: {exit_desc(run.rc)}: "
+                             f"{run.log_tail()}")
+            return {}
+        got = json.loads(Path(out_path).read_text())
+        d = got["download"]
+        resumed, fetched = d.get("resumed_bytes", 0), d["downloaded_bytes"]
+        left = check_dest(h["dest"], root, idx, True)
+        for p in dest_problems(left):
+            self.report.fail(f"{what}: after the next get: {p}")
+        if got.get("unchanged_files", 0) == 0 and resumed + fetched != size:
+            self.report.fail(f"{what}: the next get kept {resumed} bytes and fetched {fetched} "
+                             f"of {size}: some were fetched twice or not at all")
+        kept = list((Path(h["cache"]) / "partial-downloads").iterdir()) \
+            if (Path(h["cache"]) / "partial-downloads").exists() else []
+        if kept:
+            self.report.fail(f"{what}: {len(kept)} file(s) left in partial-downloads/ after the "
+                             f"next get, e.g. {kept[0]}")
+        log(f"{tag}: the next get kept {fmt_bytes(resumed)}, fetched {fmt_bytes(fetched)} in "
+            f"{run.t_exit - run.t_start:.2f} s")
+        return {"next_resumed": resumed, "next_fetched": fetched,
+                "next_s": run.t_exit - run.t_start}
+
     # ------------------------------------------------------------------ baseline
 
     def baseline(self, scn: str, tool: str) -> float | None:
@@ -345,6 +382,9 @@ class CancelTest:
             left = self.leftovers(h, server, expect_complete=finished_ok)
             res.update({k: v for k, v in left.items()})
             self.judge(res, h, tag)
+            if self.dir == "download" and h["kind"] == "cli" and scn == "big" and \
+                    res["outcome"] == "cancelled":
+                res.update(self.next_get(h, server, tag, what=f"{tag} (seed {self.seed})"))
         finally:
             self.cleanup_handle(h)
             if self.dir == "upload":
@@ -509,6 +549,16 @@ class CancelTest:
                   + ("; 'next run' = open uploads whose abort was not confirmed within 0.5 s, "
                      "recorded and aborted by the next put (open MPU is counted after it)"
                      if self.dir == "upload" else ""), hdr, rows)
+        nrows = [[r["mode"], f"{r['delay_s']:.2f}",
+                  "-" if r["at_bytes_frac"] is None else f"{100 * r['at_bytes_frac']:.0f}%",
+                  fmt_bytes(r["next_resumed"]), fmt_bytes(r["next_fetched"]),
+                  fmt_s(r["next_s"])]
+                 for r in self.results if "next_resumed" in r]
+        if nrows:
+            rep.table("The get after a cancelled `attache get` of the big file (same cache dir): "
+                      "'kept' = bytes the cancelled run had landed in whole parts, not fetched "
+                      "again",
+                      ["mode", "cancel s", "at", "kept", "fetched", "next get s"], nrows)
         srows = []
         for scn in ("files", "big"):
             for mode in MODES + ["official"]:

@@ -28,8 +28,9 @@ enum CacheCommand {
     Clear(ClearArgs),
     /// Forget what the databases hold in vain (hashes of files under directories that no
     /// longer exist, such as removed render sessions; known-present entries older than
-    /// transfer.known_present_ttl), and remove the content cache's least recently used
-    /// objects until it holds at most cache.content_size (or --to).
+    /// transfer.known_present_ttl), remove partial downloads not written to for
+    /// transfer.resume_for, and remove the content cache's least recently used objects until
+    /// it holds at most cache.content_size (or --to).
     Trim {
         /// Trim the content cache to this size, e.g. 50GiB (also when cache.content_size is 0).
         #[arg(long, value_name = "SIZE")]
@@ -54,7 +55,11 @@ struct ClearArgs {
     /// The content cache's objects: later downloads fetch them again.
     #[arg(long, group = "what")]
     content: bool,
-    /// All three.
+    /// The partial downloads of large objects a cancelled, killed or failed get left (those
+    /// being written are left): the next get of one fetches all of it.
+    #[arg(long, group = "what")]
+    partial_downloads: bool,
+    /// All of them.
     #[arg(long, group = "what", conflicts_with = "store")]
     all: bool,
 }
@@ -75,6 +80,7 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
                 hash: c.hash || c.all,
                 known_present: (c.known_present || c.all).then_some(c.store),
                 content: c.content || c.all,
+                partial_downloads: c.partial_downloads || c.all,
             };
             let cleared = local_caches::clear(settings, &spec)?;
             if a.json {
@@ -88,6 +94,9 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
                 }
                 if let (Some(n), Some(b)) = (cleared.content_files, cleared.content_bytes) {
                     println!("content cache: removed {n} objects ({})", size(b));
+                }
+                if let Some(p) = cleared.partial_downloads {
+                    println!("partial downloads: removed {} ({})", p.files, size(p.bytes));
                 }
             }
         }
@@ -106,6 +115,14 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
                 println!(
                     "known-present index: forgot {n} objects not verified for transfer.known_present_ttl ({})",
                     settings.transfer.known_present_ttl
+                );
+            }
+            if let Some(p) = done.partial_downloads {
+                println!(
+                    "partial downloads: removed {} not written to for transfer.resume_for ({}), {}",
+                    p.files,
+                    settings.transfer.resume_for,
+                    size(p.bytes)
                 );
             }
             match &done.content {
@@ -168,6 +185,13 @@ fn show(u: &CacheUsage) -> String {
         c.files,
         size(c.bytes),
         c.dir.display()
+    );
+    let p = &u.partial_downloads;
+    out += &format!(
+        "partial dls      {} large objects fetched in part, {} (the next get fetches on from them), {}\n",
+        p.files,
+        size(p.bytes),
+        p.dir.display()
     );
     out += &format!(
         "open uploads     {} multipart uploads recorded open (resumed by the next upload of the file, or aborted by `attache cleanup`)\n",

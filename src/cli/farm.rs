@@ -408,10 +408,10 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A download report's objects copied from the content cache, for a summary line.
-fn from_content_cache(download: &serde_json::Value) -> String {
-    let n = |k: &str| download[k].as_u64().unwrap_or(0);
-    super::get_cmd::from_content_cache(n("content_cache_files"), n("content_cache_bytes"))
+/// What a download report had without fetching it, for a summary line.
+fn not_fetched_again(download: &serde_json::Value) -> String {
+    let d = serde_json::from_value(download.clone()).unwrap_or_default();
+    super::get_cmd::not_fetched_again(&d)
 }
 
 pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode> {
@@ -467,7 +467,7 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
             rep["files"],
             rep["download"]["objects"],
             json_size(&rep["download"]["downloaded_bytes"]),
-            from_content_cache(&rep["download"]),
+            not_fetched_again(&rep["download"]),
             rep["unchanged_files"],
             super::get_cmd::read_to_check(rep["unchanged_read_files"].as_u64().unwrap_or(0))
         );
@@ -590,7 +590,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
             r["manifests"],
             rep["download"]["objects"],
             json_size(&rep["download"]["downloaded_bytes"]),
-            from_content_cache(&rep["download"]),
+            not_fetched_again(&rep["download"]),
             rep["unchanged_files"],
             rep["replaced_files"],
             rep["skipped_files"]

@@ -14,6 +14,7 @@ use crate::config::Override;
 use crate::jobs::get;
 use crate::jobs::get::{Conflict, GetSpec};
 use crate::manifest::merge;
+use crate::transfer::download::DownloadReport;
 
 #[derive(Debug, Args)]
 #[command(
@@ -102,7 +103,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             report.seconds,
             d.objects,
             ByteSize(d.downloaded_bytes).display().iec(),
-            from_content_cache(d.content_cache_files, d.content_cache_bytes),
+            not_fetched_again(d),
             d.copied_files,
             report.unchanged_files,
             read_to_check(report.unchanged_read_files),
@@ -113,16 +114,25 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// ", N from the content cache (SIZE)" when objects were copied from it.
-pub fn from_content_cache(files: u64, bytes: u64) -> String {
-    if files == 0 {
-        String::new()
-    } else {
-        format!(
-            ", {files} from the content cache ({})",
-            ByteSize(bytes).display().iec()
-        )
+/// What a download had without fetching it, for a summary line: ", N from the content cache
+/// (SIZE)" when objects were copied from it, ", kept SIZE an earlier, interrupted run fetched"
+/// when partial downloads were fetched on from.
+pub fn not_fetched_again(d: &DownloadReport) -> String {
+    let mut out = String::new();
+    if d.content_cache_files > 0 {
+        out += &format!(
+            ", {} from the content cache ({})",
+            d.content_cache_files,
+            ByteSize(d.content_cache_bytes).display().iec()
+        );
     }
+    if d.resumed_bytes > 0 {
+        out += &format!(
+            ", kept {} an earlier, interrupted run fetched",
+            ByteSize(d.resumed_bytes).display().iec()
+        );
+    }
+    out
 }
 
 /// " (N read to check)" when files in place had to be read to be recognized.

@@ -147,6 +147,7 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
                             hash_files = t.hash_files.unwrap_or(0),
                             hash_directories = t.hash_directories.unwrap_or(0),
                             known_present_expired = t.known_present_expired.unwrap_or(0),
+                            partial_downloads_removed = t.partial_downloads.map_or(0, |p| p.files),
                             "caches: forgot what no longer exists or is too old"
                         ),
                         Err(e) => tracing::warn!("caches: {e}"),

@@ -1,6 +1,6 @@
 //! What this machine's caches hold, and emptying or trimming them (`attache cache`): the hash
-//! cache, the known-present index, the content cache, and the records of open multipart
-//! uploads.
+//! cache, the known-present index, the content cache, the partial downloads of large objects,
+//! and the records of open multipart uploads.
 //!
 //! Each is safe to empty at any time, also while transfers run: what is forgotten is found
 //! out again (files read, the store asked, objects fetched).
@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::hash::cache::HashCache;
 use crate::transfer::content_cache::ContentCache;
 use crate::transfer::known_present::KnownPresent;
+use crate::transfer::partial_downloads::{PartialDownloads, Partials};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalCacheError {
@@ -22,6 +23,11 @@ pub enum LocalCacheError {
     KnownPresent(#[from] crate::transfer::known_present::KnownPresentError),
     #[error("content cache {path}: {source}")]
     Content {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("partial downloads {path}: {source}")]
+    Partial {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -60,8 +66,18 @@ pub struct CacheUsage {
     pub known_present: Option<DbUsage>,
     pub known_present_stores: Vec<StoreEntries>,
     pub content: ContentUsage,
+    /// Large objects a cancelled, killed or failed download fetched part of, kept for the next
+    /// one to fetch on from.
+    pub partial_downloads: PartialUsage,
     /// Multipart uploads this machine left open (resumable, or for `attache cleanup`).
     pub open_uploads: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PartialUsage {
+    pub dir: PathBuf,
+    pub files: u64,
+    pub bytes: u64,
 }
 
 /// What `attache cache clear` removed.
@@ -71,6 +87,7 @@ pub struct Cleared {
     pub known_present_entries: Option<u64>,
     pub content_files: Option<u64>,
     pub content_bytes: Option<u64>,
+    pub partial_downloads: Option<Partials>,
 }
 
 /// Which caches to empty.
@@ -80,6 +97,7 @@ pub struct ClearSpec {
     /// `Some(None)`: every store; `Some(Some(url))`: that store only.
     pub known_present: Option<Option<String>>,
     pub content: bool,
+    pub partial_downloads: bool,
 }
 
 /// Size on disk of a SQLite database and its `-wal` file.
@@ -100,6 +118,18 @@ fn content_cache(settings: &Settings, limit: u64) -> ContentCache {
 fn content_error(cache: &ContentCache) -> impl Fn(std::io::Error) -> LocalCacheError + '_ {
     |source| LocalCacheError::Content {
         path: cache.dir().to_path_buf(),
+        source,
+    }
+}
+
+/// The machine's partial downloads, kept for `transfer.resume_for`.
+fn partial_downloads(settings: &Settings) -> PartialDownloads {
+    PartialDownloads::new(&settings.cache.dir, settings.transfer.resume_for.0)
+}
+
+fn partial_error(kept: &PartialDownloads) -> impl Fn(std::io::Error) -> LocalCacheError + '_ {
+    |source| LocalCacheError::Partial {
+        path: kept.dir().to_path_buf(),
         source,
     }
 }
@@ -136,6 +166,8 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
     let cache = content_cache(settings, settings.cache.content_size.0);
     let (files, bytes) = cache.contents().map_err(content_error(&cache))?;
     let open_uploads = crate::transfer::open_uploads::OpenUploads::new(&dir).count();
+    let kept = partial_downloads(settings);
+    let partials = kept.usage().map_err(partial_error(&kept))?;
     Ok(CacheUsage {
         dir,
         hash_cache,
@@ -146,6 +178,11 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
             files,
             bytes,
             limit: settings.cache.content_size.0,
+        },
+        partial_downloads: PartialUsage {
+            dir: kept.dir().to_path_buf(),
+            files: partials.files,
+            bytes: partials.bytes,
         },
         open_uploads,
     })
@@ -176,6 +213,11 @@ pub fn clear(settings: &Settings, spec: &ClearSpec) -> Result<Cleared, LocalCach
         out.content_files = Some(gone.files);
         out.content_bytes = Some(gone.bytes);
     }
+    if spec.partial_downloads {
+        // Those being written are left.
+        let kept = partial_downloads(settings);
+        out.partial_downloads = Some(kept.clear().map_err(partial_error(&kept))?);
+    }
     Ok(out)
 }
 
@@ -190,11 +232,14 @@ pub struct Trimmed {
     pub known_present_expired: Option<u64>,
     /// The content cache held to its size (`None`: it is off and no size was given).
     pub content: Option<crate::transfer::content_cache::Evicted>,
+    /// Partial downloads not written to for `transfer.resume_for`.
+    pub partial_downloads: Option<Partials>,
 }
 
 /// Forgets what the machine's databases hold in vain (the hashes of files whose directory is
 /// gone, such as render sessions the worker agent removed; known-present entries too old to
-/// be trusted), and removes the content cache's least recently used objects until it holds
+/// be trusted), removes partial downloads not written to for `transfer.resume_for`, and
+/// removes the content cache's least recently used objects until it holds
 /// at most `to` (default: `cache.content_size`; nothing when that is 0 and `to` is `None`).
 /// A database not made yet is left so.
 pub fn trim(settings: &Settings, to: Option<u64>) -> Result<Trimmed, LocalCacheError> {
@@ -207,8 +252,8 @@ pub fn trim(settings: &Settings, to: Option<u64>) -> Result<Trimmed, LocalCacheE
     Ok(out)
 }
 
-/// The databases' part of [`trim`] (a daemon does it every hour); `stop` ends the pass over
-/// the hash cache early.
+/// The databases' and partial downloads' part of [`trim`] (a daemon does it every hour);
+/// `stop` ends the pass over the hash cache early.
 pub fn forget_stale(
     settings: &Settings,
     stop: &dyn Fn() -> bool,
@@ -227,5 +272,7 @@ pub fn forget_stale(
             None => 0,
         });
     }
+    let kept = partial_downloads(settings);
+    out.partial_downloads = Some(kept.sweep().map_err(partial_error(&kept))?);
     Ok(out)
 }

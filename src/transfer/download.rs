@@ -21,6 +21,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 
 use super::content_cache::{self, ContentCache, Inserted};
 use super::inflight::{self, Claim, Done};
+use super::partial_downloads::Partial;
 use super::{Transfer, TransferError, cancellable, run_pieces, spawned};
 use crate::fsutil::BatchedWriter;
 use crate::fsutil::group::GroupAccess;
@@ -70,7 +71,8 @@ impl Target {
     }
 }
 
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DownloadReport {
     pub files: u64,
     pub objects: u64,
@@ -82,6 +84,9 @@ pub struct DownloadReport {
     /// Parts of large objects whose body was cut, fetched on from where they stopped
     /// rather than the whole object again.
     pub resumed_parts: u64,
+    /// Bytes of large objects an earlier run fetched before it was cancelled, killed or
+    /// failed, kept in `cache.dir` and not fetched again (`transfer::partial_downloads`).
+    pub resumed_bytes: u64,
     /// Objects copied from this machine's content cache instead of fetched.
     pub content_cache_files: u64,
     pub content_cache_bytes: u64,
@@ -95,6 +100,9 @@ struct Counters {
     copied_files: AtomicU64,
     refetched: AtomicU64,
     resumed_parts: AtomicU64,
+    resumed_bytes: AtomicU64,
+    /// A large object could not be kept as a partial download (said once).
+    partial_failed: std::sync::atomic::AtomicBool,
     content_cache_files: AtomicU64,
     content_cache_bytes: AtomicU64,
     /// Objects added to the content cache.
@@ -132,8 +140,20 @@ pub async fn download_all(
 ) -> Result<DownloadReport, TransferError> {
     // Sorting a million-entry plan takes a fraction of a second: off the runtime's workers,
     // which every job's requests share.
+    let (partials, large, dry_run) = (
+        t.partial_downloads.clone(),
+        ranged_from(t.settings.part_size.0),
+        t.dry_run,
+    );
     let (items, FetchPlan { firsts, copies }) = tokio::task::spawn_blocking(move || {
         let plan = FetchPlan::of(&items);
+        // Partial downloads left too long go before any is added.
+        if !dry_run
+            && items.iter().any(|i| i.size >= large)
+            && let Err(e) = partials.sweep()
+        {
+            tracing::debug!("cannot sweep {}: {e}", partials.dir().display());
+        }
         (items, plan)
     })
     .await
@@ -197,6 +217,7 @@ pub async fn download_all(
         copied_files: counters.copied_files.load(Relaxed),
         refetched: counters.refetched.load(Relaxed),
         resumed_parts: counters.resumed_parts.load(Relaxed),
+        resumed_bytes: counters.resumed_bytes.load(Relaxed),
         content_cache_files: counters.content_cache_files.load(Relaxed),
         content_cache_bytes: counters.content_cache_bytes.load(Relaxed),
     })
@@ -524,7 +545,7 @@ fn copy_verified_now(
             message: "changed since it was downloaded; fetching the object instead".into(),
         });
     }
-    finalize(tmp, item)
+    finalize(tmp.into(), item)
 }
 
 /// A file staged in the destination's directory (so giving it its name is atomic).
@@ -533,9 +554,84 @@ fn stage_beside(dest: &Path) -> Result<Staged, TransferError> {
     Staged::new_in(dir, ".attache-", ".part").map_err(TransferError::io(dir))
 }
 
+/// Where an object is fetched into before it gets its name.
+enum Landing {
+    /// A file staged beside its destination (`fsutil::staged`).
+    Staged(Staged),
+    /// A large object's partial download in `cache.dir`, kept for a later run when this one
+    /// stops before it is complete.
+    Kept(Partial),
+}
+
+impl From<Staged> for Landing {
+    fn from(s: Staged) -> Landing {
+        Landing::Staged(s)
+    }
+}
+
+impl Landing {
+    fn as_file(&self) -> &std::fs::File {
+        match self {
+            Landing::Staged(s) => s.as_file(),
+            Landing::Kept(p) => p.file(),
+        }
+    }
+
+    /// The byte ranges an earlier run wrote.
+    fn landed_before(&self) -> &[(u64, u64)] {
+        match self {
+            Landing::Staged(_) => &[],
+            Landing::Kept(p) => p.landed_before(),
+        }
+    }
+
+    /// Bytes `start..end` are written: kept for a later run.
+    fn landed(&mut self, start: u64, end: u64) {
+        if let Landing::Kept(p) = self
+            && let Err(e) = p.landed(start, end)
+        {
+            // Costs a later run these bytes, not this one anything.
+            tracing::debug!("cannot record a part of a partial download: {e}");
+        }
+    }
+
+    /// What landed does not hold the object: nothing of it is kept.
+    fn discard(self) {
+        if let Landing::Kept(p) = self {
+            p.discard();
+        }
+    }
+
+    fn persist(self, dest: &Path) -> std::io::Result<std::fs::File> {
+        match self {
+            Landing::Staged(s) => s.persist(dest),
+            Landing::Kept(p) => p.persist(dest),
+        }
+    }
+}
+
+/// Where a large object is fetched into: its partial download in `cache.dir`, with what an
+/// earlier run fetched of it, or (where it cannot be kept) a file staged beside its
+/// destination.
+fn keep_or_stage(t: &Transfer, c: &Counters, item: &Target) -> Result<Landing, TransferError> {
+    let dir = item.dest.parent().unwrap_or(Path::new("."));
+    match t.partial_downloads.open(item.hash, item.size, dir) {
+        Ok(Some(p)) => return Ok(Landing::Kept(p)),
+        Ok(None) => {}
+        // Once per download: every other object would fail the same way.
+        Err(e) if !c.partial_failed.swap(true, Relaxed) => tracing::warn!(
+            "cannot keep partial downloads in {}: {e}; large objects are fetched without \
+             (a cancelled or failed run's are fetched again whole)",
+            t.partial_downloads.dir().display()
+        ),
+        Err(_) => {}
+    }
+    Ok(stage_beside(&item.dest)?.into())
+}
+
 /// Sets the manifest mtime (and atime), and the group if the job runs as another user, and
 /// gives the verified file its name. Returns its stat as named (naming it moved its ctime).
-fn finalize(tmp: Staged, item: &Target) -> Result<FileStat, TransferError> {
+fn finalize(tmp: Landing, item: &Target) -> Result<FileStat, TransferError> {
     if let Some(g) = &item.group {
         g.grant_file(tmp.as_file())
             .map_err(|e| TransferError::Refused {
@@ -563,24 +659,44 @@ fn finalize(tmp: Staged, item: &Target) -> Result<FileStat, TransferError> {
     Ok(FileStat::of(&meta))
 }
 
-/// Fetches the object into a temporary file and checks it, fetching again on a mismatch.
+/// Fetches the object into a temporary file (a large one: its partial download, see
+/// [`keep_or_stage`]) and checks it, fetching again on a mismatch.
 async fn fetch_verified(
     t: &Arc<Transfer>,
     c: &Arc<Counters>,
     item: &Target,
     cancel: &CancellationToken,
-) -> Result<Staged, TransferError> {
+) -> Result<Landing, TransferError> {
     let prefix = t.store.root_prefix();
     let mut key = data_key(prefix, item.hash);
     let mut tried_legacy = false;
     let mut tries = 0;
+    // What earlier runs fetched is counted once (a fetch again within this run finds what
+    // this run fetched too).
+    let mut kept_counted = false;
     loop {
         tries += 1;
-        let mut tmp = stage_beside(&item.dest)?;
-        let fetched = if item.size >= ranged_from(t.settings.part_size.0) {
-            fetch_ranged(t, c, &key, item, &mut tmp, cancel).await
+        let fetched;
+        let tmp = if item.size >= ranged_from(t.settings.part_size.0) {
+            let mut tmp = keep_or_stage(t, c, item)?;
+            if !std::mem::replace(&mut kept_counted, true) {
+                let kept: u64 = tmp.landed_before().iter().map(|(s, e)| e - s).sum();
+                if kept > 0 {
+                    c.resumed_bytes.fetch_add(kept, Relaxed);
+                    t.progress.add_bytes(kept);
+                    tracing::info!(
+                        key,
+                        bytes = kept,
+                        "fetching on from what an earlier run fetched"
+                    );
+                }
+            }
+            fetched = fetch_ranged(t, c, &key, item, &mut tmp, cancel).await;
+            tmp
         } else {
-            fetch_whole(t, c, &key, item, &mut tmp, cancel).await
+            let tmp = stage_beside(&item.dest)?;
+            fetched = fetch_whole(t, c, &key, item, tmp.as_file(), cancel).await;
+            tmp.into()
         };
         let (got, got_size) = match fetched {
             Ok(v) => v,
@@ -612,6 +728,7 @@ async fn fetch_verified(
         if got == item.hash && got_size == item.size {
             return Ok(tmp);
         }
+        tmp.discard();
         if tries >= TRIES {
             return Err(TransferError::Corrupt {
                 key,
@@ -639,7 +756,7 @@ async fn fetch_whole(
     c: &Counters,
     key: &str,
     item: &Target,
-    tmp: &mut Staged,
+    tmp: &std::fs::File,
     cancel: &CancellationToken,
 ) -> Result<(ContentHash, u64), TransferError> {
     let mut obj = t.gate.run(cancel, || t.store.get(key, None)).await?;
@@ -648,7 +765,7 @@ async fn fetch_whole(
     // Page-cache writes are cheaper inline than a hop to a blocking thread. Body chunks are
     // ~16-64 KiB: gathered into INLINE_BATCH writes, not one write each (mixed-tree download:
     // client CPU 2.9 s against 2.3 s).
-    let mut out = BatchedWriter::new(tmp.as_file(), 0, INLINE_BATCH);
+    let mut out = BatchedWriter::new(tmp, 0, INLINE_BATCH);
     while let Some(chunk) = cancellable(cancel, obj.body.next()).await? {
         let chunk = chunk?;
         let len = chunk.len() as u64;
@@ -678,13 +795,14 @@ const INLINE_BATCH: usize = 256 << 10;
 /// Parallel ranged GETs written at their offsets, the file hashed as its prefix fills in. A
 /// part whose body is cut or ends short is fetched on from where it stopped
 /// ([`PART_RESUMES`] times); one that runs past its range fails the fetch (and the object is
-/// fetched again).
+/// fetched again). What an earlier run landed in a partial download is not fetched; each
+/// part that lands is recorded for a later run.
 async fn fetch_ranged(
     t: &Arc<Transfer>,
     c: &Arc<Counters>,
     key: &str,
     item: &Target,
-    tmp: &mut Staged,
+    tmp: &mut Landing,
     cancel: &CancellationToken,
 ) -> Result<(ContentHash, u64), TransferError> {
     tmp.as_file()
@@ -699,10 +817,18 @@ async fn fetch_ranged(
     let hashing =
         crate::hash::as_written::AsWritten::start(file.clone(), item.size, cancel.clone())
             .map_err(TransferError::io(&item.dest))?;
-    let part = t.settings.part_size.0.max(1);
-    let ranges: Vec<(u64, u64)> = (0..item.size.div_ceil(part))
-        .map(|i| (i * part, (i * part + part).min(item.size)))
-        .collect();
+    // Parts done beyond the contiguous prefix (start → end), and that prefix's end.
+    let mut landed = std::collections::BTreeMap::new();
+    let mut prefix = 0;
+    let before = tmp.landed_before().to_vec();
+    if !before.is_empty() {
+        landed.extend(before.iter().copied());
+        while let Some(end) = landed.remove(&prefix) {
+            prefix = end;
+        }
+        hashing.ready(prefix);
+    }
+    let ranges = parts_missing(&before, item.size, t.settings.part_size.0.max(1));
     let mut parts = futures::stream::iter(ranges)
         .map(|(start, end)| {
             let (t, c, file, cancel) = (t.clone(), c.clone(), file.clone(), cancel.clone());
@@ -718,18 +844,26 @@ async fn fetch_ranged(
                 loop {
                     let from = out.end();
                     let read = read_range(&t, &c, &key, from..end, &mut out, &dest, cancel).await;
-                    let why = match read {
+                    let (why, failed) = match read {
                         Ok(true) if out.end() == end => break,
-                        Ok(true) => "its body ended short".to_string(),
+                        Ok(true) => ("its body ended short".to_string(), None),
                         // Longer than asked: not this object; the whole fetch fails.
                         Ok(false) => return Ok((start, end, false)),
-                        Err(TransferError::Store(e)) if e.is_retryable() => e.to_string(),
+                        Err(TransferError::Store(e)) if e.is_retryable() => {
+                            (e.to_string(), Some(e))
+                        }
                         Err(e) => return Err(e),
                     };
                     // What came is kept: the rest of the part is asked for, not all of it,
                     // nor the whole object (a connection lost near the end of 50 GiB).
                     if resumes == PART_RESUMES {
-                        return Ok((start, end, false));
+                        // A store still failing fails the fetch, the parts that landed kept
+                        // for the next try or run; a body short every time is not this
+                        // object's.
+                        return match failed {
+                            Some(e) => Err(e.into()),
+                            None => Ok((start, end, false)),
+                        };
                     }
                     resumes += 1;
                     out.flush().map_err(TransferError::io(&dest))?;
@@ -746,13 +880,11 @@ async fn fetch_ranged(
         })
         .buffer_unordered(t.settings.max_parts_in_flight.max(1));
     let mut complete = true;
-    // Parts done beyond the contiguous prefix (start → end), and that prefix's end.
-    let mut landed = std::collections::BTreeMap::new();
-    let mut prefix = 0;
     while let Some(r) = parts.next().await {
         let (start, end, whole) = r?;
         complete &= whole;
         if whole {
+            tmp.landed(start, end);
             landed.insert(start, end);
             while let Some(end) = landed.remove(&prefix) {
                 prefix = end;
@@ -772,6 +904,27 @@ async fn fetch_ranged(
             source: e,
         }),
     }
+}
+
+/// The ranges of an object of `size` bytes not in `landed` (sorted, merged), cut into parts
+/// of at most `part` bytes.
+fn parts_missing(landed: &[(u64, u64)], size: u64, part: u64) -> Vec<(u64, u64)> {
+    let mut parts = Vec::new();
+    let mut cut = |from: u64, to: u64| {
+        let mut start = from;
+        while start < to {
+            let end = (start + part).min(to);
+            parts.push((start, end));
+            start = end;
+        }
+    };
+    let mut at = 0;
+    for &(start, end) in landed {
+        cut(at, start);
+        at = end;
+    }
+    cut(at, size);
+    parts
 }
 
 /// GETs `range` of `key` and pushes its body to `out` (which ends at `range.start`); false
@@ -982,6 +1135,18 @@ mod tests {
             let key = f.as_os_str().as_bytes();
             assert_eq!(cache.lookup(key, &stat).unwrap(), Some(hash), "{f:?}");
         }
+    }
+
+    #[test]
+    fn only_the_ranges_an_earlier_run_did_not_land_are_fetched_in_parts() {
+        assert_eq!(parts_missing(&[], 25, 10), [(0, 10), (10, 20), (20, 25)]);
+        // Landed in other parts (another part_size then): the gaps, cut into parts.
+        assert_eq!(
+            parts_missing(&[(0, 7), (12, 14), (20, 25)], 25, 10),
+            [(7, 12), (14, 20)]
+        );
+        assert_eq!(parts_missing(&[(3, 25)], 25, 2), [(0, 2), (2, 3)]);
+        assert!(parts_missing(&[(0, 25)], 25, 10).is_empty());
     }
 
     #[test]

@@ -656,9 +656,18 @@ impl Faults {
     /// through and fails every later one with 500 InternalError, until [`Self::clear`] and
     /// [`Self::for_all`]: a store that fails part-way through an upload, past any retries.
     pub fn fail_data_puts_after(&self, n: usize) {
+        self.fail_data_after(Method::PUT, n);
+    }
+    /// Lets the next `n` GETs of data objects (`/Data/` keys, whole or ranged) through and
+    /// fails every later one with 500 InternalError, until [`Self::clear`]: a store lost
+    /// part-way through a download, past any retries.
+    pub fn fail_data_gets_after(&self, n: usize) {
+        self.fail_data_after(Method::GET, n);
+    }
+    fn fail_data_after(&self, method: Method, n: usize) {
         let seen = Arc::new(AtomicUsize::new(0));
         self.only_for(move |m, key| {
-            m == Method::PUT && key.contains("/Data/") && seen.fetch_add(1, Ordering::SeqCst) >= n
+            *m == method && key.contains("/Data/") && seen.fetch_add(1, Ordering::SeqCst) >= n
         });
         self.internal_error_next(usize::MAX / 2);
     }

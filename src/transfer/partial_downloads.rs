@@ -1,0 +1,468 @@
+//! Large objects a download fetched part of, kept in `<cache.dir>/partial-downloads/` so that
+//! the next run that needs the object (after a cancel, a crash, a kill, a store lost for good)
+//! fetches only the parts that did not land, not all of it again.
+//!
+//! Each is two files named by the object's hash and size: `H-S.part`, the object's bytes at
+//! their offsets, which becomes the destination file by a rename once every part landed and
+//! the whole was verified, so nothing half-written is ever under a destination's name (and so
+//! it is used only when `cache.dir` is on the destination's filesystem, and the destination's
+//! directory has no default ACL, which a file made elsewhere would miss; a setgid directory's
+//! group is given to it as the directory would have); and `H-S.landed`, a
+//! line `START END` appended as each part lands, after its bytes were written. The whole object
+//! is verified as ever: a claim a power cut made false (the line written, the bytes not) costs
+//! a fetch, never a wrong file.
+//!
+//! Why a lock: the process that writes a `.part` holds an exclusive `flock` on it, so a second
+//! process that needs the same object at the same time stages its own file instead, and a
+//! `.part` that can be locked is one no run is writing. One not written to for
+//! `transfer.resume_for` is removed by the next download ([`PartialDownloads::sweep`]).
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::hash::ContentHash;
+
+/// The partial downloads' directory, under `cache.dir`.
+pub const DIR_NAME: &str = "partial-downloads";
+
+const PART: &str = "part";
+const LANDED: &str = "landed";
+
+/// The first line of a `.landed` file, followed by the object's size.
+const HEADER: &str = "attache partial download v1";
+
+/// The partial downloads of one machine (one cache dir).
+#[derive(Debug, Clone)]
+pub struct PartialDownloads {
+    dir: PathBuf,
+    /// `transfer.resume_for`: how long one not written to is kept; zero: none is kept.
+    keep_for: Duration,
+}
+
+/// A partial download this process writes (its `.part` locked).
+#[derive(Debug)]
+pub struct Partial {
+    path: PathBuf,
+    file: File,
+    landed: File,
+    /// Byte ranges an earlier run wrote, sorted and merged.
+    before: Vec<(u64, u64)>,
+}
+
+/// What [`PartialDownloads::sweep`] or [`PartialDownloads::clear`] removed, or what
+/// [`PartialDownloads::usage`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Partials {
+    pub files: u64,
+    /// Bytes on disk (a `.part` holds only the parts that landed).
+    pub bytes: u64,
+}
+
+impl PartialDownloads {
+    pub fn new(cache_dir: &Path, keep_for: Duration) -> PartialDownloads {
+        PartialDownloads {
+            dir: cache_dir.join(DIR_NAME),
+            keep_for,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The partial download of the object `hash` (`size` bytes) for a file in `dest_dir`,
+    /// what an earlier run wrote of it kept; `None` where it cannot be kept, and the object
+    /// is staged beside its destination as any other: keeping is off (`transfer.resume_for`
+    /// is zero), `cache.dir` is on another filesystem than `dest_dir` (a rename could not
+    /// place it), `dest_dir` has a default ACL or is setgid to a group this process cannot
+    /// give, or another process is writing it.
+    pub fn open(
+        &self,
+        hash: ContentHash,
+        size: u64,
+        dest_dir: &Path,
+    ) -> io::Result<Option<Partial>> {
+        if self.keep_for.is_zero() {
+            return Ok(None);
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
+        let dest = std::fs::metadata(dest_dir)?;
+        if std::fs::metadata(&self.dir)?.dev() != dest.dev() || has_default_acl(dest_dir) {
+            return Ok(None);
+        }
+        let path = self.dir.join(format!("{hash}-{size}.{PART}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
+        // Still the file at `path`: not one a run placed (renamed away) or a sweep removed
+        // between the open and the lock.
+        let held = file.metadata()?;
+        match std::fs::metadata(&path) {
+            Ok(m) if (m.dev(), m.ino()) == (held.dev(), held.ino()) => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        // A file made in a setgid (0o2000) directory gets its group: so must this one.
+        if dest.mode() & 0o2000 != 0
+            && held.gid() != dest.gid()
+            && std::os::unix::fs::fchown(&file, None, Some(dest.gid())).is_err()
+        {
+            return Ok(None);
+        }
+        let landed_path = path.with_extension(LANDED);
+        // A `.part` of another length was made and not sized yet: what any record says is not
+        // in it.
+        let before = match held.len() == size {
+            true => read_landed(&landed_path, size),
+            false => Vec::new(),
+        };
+        if before.is_empty() {
+            file.set_len(size)?;
+            std::fs::write(&landed_path, format!("{HEADER} {size}\n"))?;
+        }
+        let landed = OpenOptions::new().append(true).open(&landed_path)?;
+        Ok(Some(Partial {
+            path,
+            file,
+            landed,
+            before,
+        }))
+    }
+
+    /// Removes the partial downloads no process is writing that were not written to for
+    /// `transfer.resume_for` (all of them when it is zero).
+    pub fn sweep(&self) -> io::Result<Partials> {
+        self.remove_unlocked(Some(self.keep_for))
+    }
+
+    /// Removes every partial download no process is writing.
+    pub fn clear(&self) -> io::Result<Partials> {
+        self.remove_unlocked(None)
+    }
+
+    /// How many partial downloads there are, and their bytes on disk.
+    pub fn usage(&self) -> io::Result<Partials> {
+        let mut found = Partials::default();
+        for (_, meta) in self.parts()? {
+            found.files += 1;
+            found.bytes += meta.blocks() * 512;
+        }
+        Ok(found)
+    }
+
+    /// Each `.part` with its metadata (none when the directory was never made).
+    fn parts(&self) -> io::Result<Vec<(PathBuf, std::fs::Metadata)>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut parts = Vec::new();
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == PART)
+                && let Ok(meta) = std::fs::symlink_metadata(&path)
+                && meta.is_file()
+            {
+                parts.push((path, meta));
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Removes the unlocked partial downloads last written longer than `older_than` ago
+    /// (`None`: all), and `.landed` files left without their `.part` as long.
+    fn remove_unlocked(&self, older_than: Option<Duration>) -> io::Result<Partials> {
+        let now = SystemTime::now();
+        let old = |meta: &std::fs::Metadata| {
+            older_than.is_none_or(|age| {
+                meta.modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_some_and(|since| since >= age)
+            })
+        };
+        let mut gone = Partials::default();
+        for (path, meta) in self.parts()? {
+            if !old(&meta) {
+                continue;
+            }
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            if file.try_lock().is_err() {
+                continue; // being written
+            }
+            let _ = std::fs::remove_file(path.with_extension(LANDED));
+            if std::fs::remove_file(&path).is_ok() {
+                gone.files += 1;
+                gone.bytes += meta.blocks() * 512;
+            }
+        }
+        // A `.landed` whose `.part` went (a run placed it and stopped before removing it).
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten() {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == LANDED)
+                && !path.with_extension(PART).exists()
+                && std::fs::metadata(&path).is_ok_and(|m| old(&m))
+            {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(gone)
+    }
+}
+
+/// Whether files made in `dir` get a default ACL, which a file renamed into it would not have.
+#[cfg(target_os = "linux")]
+fn has_default_acl(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return true;
+    };
+    // SAFETY: both are NUL-terminated strings; a null buffer of size 0 asks for the length.
+    let len = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"system.posix_acl_default".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    len > 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn has_default_acl(_: &Path) -> bool {
+    false
+}
+
+/// The ranges a `.landed` file records for an object of `size` bytes, sorted and merged;
+/// none when it is missing or not for that size. A line cut short (a crash while appending)
+/// ends it.
+fn read_landed(path: &Path, size: u64) -> Vec<(u64, u64)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let mut lines = text.split_inclusive('\n');
+    if lines.next() != Some(&format!("{HEADER} {size}\n")) {
+        return Vec::new();
+    }
+    let mut ranges: Vec<(u64, u64)> = lines
+        .map_while(|line| {
+            let (start, end) = line.strip_suffix('\n')?.split_once(' ')?;
+            let (start, end) = (start.parse::<u64>().ok()?, end.parse::<u64>().ok()?);
+            (start < end && end <= size).then_some((start, end))
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged
+}
+
+impl Partial {
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The byte ranges an earlier run wrote, sorted and merged.
+    pub fn landed_before(&self) -> &[(u64, u64)] {
+        &self.before
+    }
+
+    /// Records that bytes `start..end` are written.
+    pub fn landed(&mut self, start: u64, end: u64) -> io::Result<()> {
+        // One short write in append mode: a crash cuts it at worst, which ends the record.
+        self.landed.write_all(format!("{start} {end}\n").as_bytes())
+    }
+
+    /// Drops what landed (the object did not verify): the next fetch starts over.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(self.path.with_extension(LANDED));
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Gives the verified object the name `dest` (a rename: atomic, replacing a file there);
+    /// returns it, named.
+    pub fn persist(self, dest: &Path) -> io::Result<File> {
+        std::fs::rename(&self.path, dest)?;
+        let _ = std::fs::remove_file(self.path.with_extension(LANDED));
+        Ok(self.file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn hash(n: u128) -> ContentHash {
+        ContentHash(n)
+    }
+
+    /// Writes `start..end` of `partial` (bytes of `start` mod 251) and records it.
+    fn land(partial: &mut Partial, start: u64, end: u64) {
+        use std::os::unix::fs::FileExt;
+        let bytes: Vec<u8> = (start..end).map(|i| (i % 251) as u8).collect();
+        partial.file().write_all_at(&bytes, start).unwrap();
+        partial.landed(start, end).unwrap();
+    }
+
+    #[test]
+    fn what_a_run_landed_is_there_for_the_next_one_and_placing_it_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let kept = PartialDownloads::new(&t.path().join("cache"), DAY);
+        let mut p = kept.open(hash(1), 100, t.path()).unwrap().unwrap();
+        assert!(p.landed_before().is_empty());
+        land(&mut p, 40, 60);
+        land(&mut p, 0, 20);
+        land(&mut p, 20, 30);
+        drop(p); // a cancel, a failure
+
+        let mut p = kept.open(hash(1), 100, t.path()).unwrap().unwrap();
+        assert_eq!(p.landed_before(), [(0, 30), (40, 60)]);
+        land(&mut p, 30, 40);
+        land(&mut p, 60, 100);
+        let dest = t.path().join("big.bin");
+        p.persist(&dest).unwrap();
+        let want: Vec<u8> = (0..100u64).map(|i| (i % 251) as u8).collect();
+        assert_eq!(std::fs::read(&dest).unwrap(), want);
+        assert_eq!(std::fs::read_dir(kept.dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_record_for_another_size_or_cut_short_is_not_trusted() {
+        let t = tempfile::tempdir().unwrap();
+        let kept = PartialDownloads::new(t.path(), DAY);
+        let mut p = kept.open(hash(2), 100, t.path()).unwrap().unwrap();
+        land(&mut p, 0, 50);
+        land(&mut p, 50, 70);
+        drop(p);
+        let landed = kept.dir().join(format!("{}-100.landed", hash(2)));
+        // A crash while appending the second line.
+        let text = std::fs::read_to_string(&landed).unwrap();
+        std::fs::write(&landed, &text[..text.len() - 3]).unwrap();
+        let p = kept.open(hash(2), 100, t.path()).unwrap().unwrap();
+        assert_eq!(p.landed_before(), [(0, 50)]);
+        drop(p);
+        // Ranges past the size, or a record of another size, are not taken.
+        std::fs::write(&landed, format!("{HEADER} 100\n0 50\n90 101\n")).unwrap();
+        assert_eq!(read_landed(&landed, 100), [(0, 50)]);
+        assert!(read_landed(&landed, 99).is_empty());
+    }
+
+    #[test]
+    fn a_partial_download_in_use_is_not_handed_out_twice_nor_swept() {
+        let t = tempfile::tempdir().unwrap();
+        let kept = PartialDownloads::new(t.path(), DAY);
+        let p = kept.open(hash(3), 10, t.path()).unwrap().unwrap();
+        assert!(kept.open(hash(3), 10, t.path()).unwrap().is_none());
+        assert_eq!(kept.clear().unwrap().files, 0);
+        drop(p);
+        assert_eq!(kept.usage().unwrap().files, 1);
+        assert_eq!(kept.clear().unwrap().files, 1);
+        assert_eq!(kept.usage().unwrap(), Partials::default());
+    }
+
+    #[test]
+    fn a_file_placed_in_a_setgid_directory_gets_its_group_as_one_made_there_would() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let dest_dir = t.path().join("session");
+        std::fs::create_dir(&dest_dir).unwrap();
+        // A group other than this process's: only root may give a directory any group.
+        let gid = unsafe { libc::getegid() } + 4242;
+        if std::os::unix::fs::chown(&dest_dir, None, Some(gid)).is_err() {
+            eprintln!("skipped: giving a directory another group needs root");
+            return;
+        }
+        std::fs::set_permissions(&dest_dir, std::fs::Permissions::from_mode(0o2775)).unwrap();
+        let kept = PartialDownloads::new(&t.path().join("cache"), DAY);
+        let mut p = kept.open(hash(7), 10, &dest_dir).unwrap().unwrap();
+        land(&mut p, 0, 10);
+        let placed = p.persist(&dest_dir.join("f")).unwrap();
+        assert_eq!(placed.metadata().unwrap().gid(), gid);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_directory_with_a_default_acl_gets_files_made_in_it_not_renamed_into_it() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir().unwrap();
+        let dest_dir = t.path().join("session");
+        std::fs::create_dir(&dest_dir).unwrap();
+        let kept = PartialDownloads::new(&t.path().join("cache"), DAY);
+        assert!(kept.open(hash(8), 10, &dest_dir).unwrap().is_some());
+        // The kernel's ACL format: version 2, then (tag, perms, id): user::rwx, group::r-x,
+        // other::r-x.
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm) in [(0x01u16, 7u16), (0x04, 5), (0x20, 5)] {
+            acl.extend(tag.to_le_bytes());
+            acl.extend(perm.to_le_bytes());
+            acl.extend(u32::MAX.to_le_bytes());
+        }
+        let path = std::ffi::CString::new(dest_dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings and a buffer of the length given.
+        let set = unsafe {
+            libc::setxattr(
+                path.as_ptr(),
+                c"system.posix_acl_default".as_ptr(),
+                acl.as_ptr().cast(),
+                acl.len(),
+                0,
+            )
+        };
+        if set != 0 {
+            eprintln!("skipped: this filesystem takes no ACL");
+            return;
+        }
+        assert!(kept.open(hash(9), 10, &dest_dir).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_sweep_removes_those_not_written_to_for_resume_for() {
+        let t = tempfile::tempdir().unwrap();
+        let kept = PartialDownloads::new(t.path(), DAY);
+        let mut old = kept.open(hash(4), 10, t.path()).unwrap().unwrap();
+        land(&mut old, 0, 10);
+        let aged = std::time::SystemTime::now() - DAY - Duration::from_secs(60);
+        old.file().set_modified(aged).unwrap();
+        drop(old);
+        drop(kept.open(hash(5), 10, t.path()).unwrap().unwrap());
+        assert_eq!(kept.sweep().unwrap().files, 1);
+        let names: Vec<_> = std::fs::read_dir(kept.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names.iter().all(|n| n.starts_with(&hash(5).to_string())),
+            "{names:?}"
+        );
+        // resume_for = 0: nothing is kept, and a sweep removes what was.
+        let off = PartialDownloads::new(t.path(), Duration::ZERO);
+        assert!(off.open(hash(6), 10, t.path()).unwrap().is_none());
+        assert_eq!(off.sweep().unwrap().files, 1);
+    }
+}
