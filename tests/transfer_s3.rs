@@ -1021,6 +1021,67 @@ async fn the_next_get_fetches_only_the_parts_a_failed_one_did_not_land() {
     assert!(common::files_under(&kept).is_empty(), "it became the file");
 }
 
+/// A cancel keeps the parts in flight as far as they came, not only the whole ones: the next
+/// download fetches the rest of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_get_keeps_its_parts_in_flight_as_far_as_they_came() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let (data, s, m) = one_big_object_with_faulty_gets(&s3, t.path(), 10).await;
+    // Five parts of 5 MiB at once, 4 MiB/s between them: none is whole after a second.
+    let mut slow = s.clone();
+    slow.bandwidth.download = Rate(4 * MIB);
+    let (dest, cancel) = (t.path().join("dest"), CancellationToken::new());
+    let spec = GetSpec {
+        record: None,
+        manifest: m.clone(),
+        dest: dest.clone(),
+        cache_dir: None,
+        conflict: Default::default(),
+        check_space: false,
+    };
+    let get = tokio::spawn({
+        let (transfer, cancel) = (transfer(&slow).await, cancel.clone());
+        async move { get::run(spec, transfer, &cancel).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cancel.cancel();
+    assert!(matches!(
+        get.await.unwrap(),
+        Err(TransferError::Cancelled(_))
+    ));
+    assert!(common::files_under(&dest).is_empty());
+    let kept = s.cache.dir.join("partial-downloads");
+    let record = common::files_under(&kept)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "landed"))
+        .unwrap();
+    let ranges: Vec<(u64, u64)> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    assert!(
+        ranges
+            .iter()
+            .any(|(a, b)| b - a < 5 * MIB && b % (5 * MIB) != 0),
+        "a part cut by the cancel is recorded as far as it came: {ranges:?}"
+    );
+
+    s3.stats.reset();
+    let got = get_tree(&m, &dest, &s).await.unwrap();
+    assert_eq!(std::fs::read(dest.join("big.bin")).unwrap(), data);
+    let d = &got.download;
+    let recorded: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+    assert_eq!(d.resumed_bytes, recorded, "{d:?}");
+    assert_eq!(d.resumed_bytes + d.downloaded_bytes, data.len() as u64);
+    assert!(common::files_under(&kept).is_empty());
+}
+
 /// A kept partial download whose bytes changed on disk does not verify: the object is
 /// fetched again whole, and the right content lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1034,7 +1095,7 @@ async fn a_kept_partial_download_that_changed_on_disk_is_fetched_again_whole() {
         .find(|p| p.extension().is_some_and(|e| e == "part"))
         .unwrap();
     let mut bytes = std::fs::read(&part).unwrap();
-    // Every landed range is recorded in whole parts: flipping a byte in each 5 MiB hits one.
+    // The two parts that came landed whole: flipping a byte in each 5 MiB hits them.
     for at in (MIB..bytes.len() as u64).step_by(5 * MIB as usize) {
         bytes[at as usize] ^= 0xff;
     }

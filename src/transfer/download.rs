@@ -21,7 +21,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 
 use super::content_cache::{self, ContentCache, Inserted};
 use super::inflight::{self, Claim, Done};
-use super::partial_downloads::Partial;
+use super::partial_downloads::{LandedLog, Partial};
 use super::{Transfer, TransferError, cancellable, run_pieces, spawned};
 use crate::fsutil::BatchedWriter;
 use crate::fsutil::group::GroupAccess;
@@ -585,13 +585,11 @@ impl Landing {
         }
     }
 
-    /// Bytes `start..end` are written: kept for a later run.
-    fn landed(&mut self, start: u64, end: u64) {
-        if let Landing::Kept(p) = self
-            && let Err(e) = p.landed(start, end)
-        {
-            // Costs a later run these bytes, not this one anything.
-            tracing::debug!("cannot record a part of a partial download: {e}");
+    /// Where the parts record what they wrote, for a later run; `None`: not kept.
+    fn log(&self) -> Option<LandedLog> {
+        match self {
+            Landing::Staged(_) => None,
+            Landing::Kept(p) => Some(p.log()),
         }
     }
 
@@ -829,17 +827,25 @@ async fn fetch_ranged(
         hashing.ready(prefix);
     }
     let ranges = parts_missing(&before, item.size, t.settings.part_size.0.max(1));
+    let log = tmp.log();
+    // Stops the other parts when one fails, so that each records how far it came and lets go
+    // of the file before this returns.
+    let stop = cancel.child_token();
     let mut parts = futures::stream::iter(ranges)
         .map(|(start, end)| {
-            let (t, c, file, cancel) = (t.clone(), c.clone(), file.clone(), cancel.clone());
-            let (key, dest) = (key.to_string(), item.dest.clone());
+            let (t, c, file, cancel) = (t.clone(), c.clone(), file.clone(), stop.clone());
+            let (key, dest, log) = (key.to_string(), item.dest.clone(), log.clone());
             // A task per part too: its body chunks are handled on the worker that reads them.
             spawned(async move {
                 let cancel = &cancel;
                 // Written inline in INLINE_BATCH pwritevs, as whole objects are: a hop to a
                 // blocking thread per 1 MiB batch cost more CPU (large tree: 8.2 s against
                 // 7.5 s) and held 4 times the bytes.
-                let mut out = BatchedWriter::new(&file, start, INLINE_BATCH);
+                let mut out = PartWriter {
+                    out: BatchedWriter::new(&file, start, INLINE_BATCH),
+                    start,
+                    log,
+                };
                 let mut resumes = 0;
                 loop {
                     let from = out.end();
@@ -879,12 +885,20 @@ async fn fetch_ranged(
             })
         })
         .buffer_unordered(t.settings.max_parts_in_flight.max(1));
-    let mut complete = true;
+    let (mut complete, mut failed) = (true, None);
     while let Some(r) = parts.next().await {
-        let (start, end, whole) = r?;
+        let (start, end, whole) = match r {
+            Ok(done) => done,
+            Err(e) => {
+                if failed.is_none() {
+                    failed = Some(e);
+                    stop.cancel();
+                }
+                continue;
+            }
+        };
         complete &= whole;
         if whole {
-            tmp.landed(start, end);
             landed.insert(start, end);
             while let Some(end) = landed.remove(&prefix) {
                 prefix = end;
@@ -893,6 +907,9 @@ async fn fetch_ranged(
         }
     }
     drop(parts);
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if !complete {
         return Ok((ContentHash(0), 0));
     }
@@ -903,6 +920,42 @@ async fn fetch_ranged(
             path: item.dest.clone(),
             source: e,
         }),
+    }
+}
+
+/// A part's writer that, however the part's task ends (done, failed, cancelled, aborted),
+/// records what it wrote in the partial download's log for a later run: a cancel keeps the
+/// parts in flight as far as they came, not only the whole ones.
+struct PartWriter<'a> {
+    out: BatchedWriter<'a>,
+    start: u64,
+    log: Option<LandedLog>,
+}
+
+impl<'a> std::ops::Deref for PartWriter<'a> {
+    type Target = BatchedWriter<'a>;
+    fn deref(&self) -> &BatchedWriter<'a> {
+        &self.out
+    }
+}
+
+impl<'a> std::ops::DerefMut for PartWriter<'a> {
+    fn deref_mut(&mut self) -> &mut BatchedWriter<'a> {
+        &mut self.out
+    }
+}
+
+impl Drop for PartWriter<'_> {
+    fn drop(&mut self) {
+        // A write that failed leaves it unknown how far the bytes are there: none recorded.
+        if let Some(log) = &self.log
+            && self.out.end() > self.start
+            && self.out.flush().is_ok()
+            && let Err(e) = log.record(self.start, self.out.end())
+        {
+            // Costs a later run these bytes, not this one anything.
+            tracing::debug!("cannot record a part of a partial download: {e}");
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::hash::ContentHash;
@@ -47,9 +48,22 @@ pub struct PartialDownloads {
 pub struct Partial {
     path: PathBuf,
     file: File,
-    landed: File,
+    landed: LandedLog,
     /// Byte ranges an earlier run wrote, sorted and merged.
     before: Vec<(u64, u64)>,
+}
+
+/// The `.landed` record of a partial download, shared by the tasks that write its parts.
+#[derive(Debug, Clone)]
+pub struct LandedLog(Arc<File>);
+
+impl LandedLog {
+    /// Records that bytes `start..end` are written.
+    pub fn record(&self, start: u64, end: u64) -> io::Result<()> {
+        // One short write in append mode: atomic beside other tasks' lines, and a crash cuts
+        // it at worst, which ends the record.
+        (&*self.0).write_all(format!("{start} {end}\n").as_bytes())
+    }
 }
 
 /// What [`PartialDownloads::sweep`] or [`PartialDownloads::clear`] removed, or what
@@ -135,7 +149,9 @@ impl PartialDownloads {
             file.set_len(size)?;
             std::fs::write(&landed_path, format!("{HEADER} {size}\n"))?;
         }
-        let landed = OpenOptions::new().append(true).open(&landed_path)?;
+        let landed = LandedLog(Arc::new(
+            OpenOptions::new().append(true).open(&landed_path)?,
+        ));
         Ok(Some(Partial {
             path,
             file,
@@ -291,10 +307,9 @@ impl Partial {
         &self.before
     }
 
-    /// Records that bytes `start..end` are written.
-    pub fn landed(&mut self, start: u64, end: u64) -> io::Result<()> {
-        // One short write in append mode: a crash cuts it at worst, which ends the record.
-        self.landed.write_all(format!("{start} {end}\n").as_bytes())
+    /// Where the parts being fetched record what they wrote (each part's task holds one).
+    pub fn log(&self) -> LandedLog {
+        self.landed.clone()
     }
 
     /// Drops what landed (the object did not verify): the next fetch starts over.
@@ -327,7 +342,7 @@ mod tests {
         use std::os::unix::fs::FileExt;
         let bytes: Vec<u8> = (start..end).map(|i| (i % 251) as u8).collect();
         partial.file().write_all_at(&bytes, start).unwrap();
-        partial.landed(start, end).unwrap();
+        partial.log().record(start, end).unwrap();
     }
 
     #[test]
