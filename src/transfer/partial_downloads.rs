@@ -5,7 +5,7 @@
 //! Each is two files named by the object's hash and size: `H-S.part`, the object's bytes at
 //! their offsets, which becomes the destination file by a rename once every part landed and
 //! the whole was verified, so nothing half-written is ever under a destination's name (and so
-//! it is used only when `cache.dir` is on the destination's filesystem, and the destination's
+//! it is used only when `cache.dir` is on the destination's mount, and the destination's
 //! directory has no default ACL, which a file made elsewhere would miss; a setgid directory's
 //! group is given to it as the directory would have); and `H-S.landed`, a
 //! line `START END` appended as each part lands, after its bytes were written. The whole object
@@ -90,8 +90,8 @@ impl PartialDownloads {
     /// The partial download of the object `hash` (`size` bytes) for a file in `dest_dir`,
     /// what an earlier run wrote of it kept; `None` where it cannot be kept, and the object
     /// is staged beside its destination as any other: keeping is off (`transfer.resume_for`
-    /// is zero), `cache.dir` is on another filesystem than `dest_dir` (a rename could not
-    /// place it), `dest_dir` has a default ACL or is setgid to a group this process cannot
+    /// is zero), `cache.dir` is on another mount than `dest_dir` (a rename could not place
+    /// it), `dest_dir` has a default ACL or is setgid to a group this process cannot
     /// give, or another process is writing it.
     pub fn open(
         &self,
@@ -107,7 +107,7 @@ impl PartialDownloads {
             .mode(0o700)
             .create(&self.dir)?;
         let dest = std::fs::metadata(dest_dir)?;
-        if std::fs::metadata(&self.dir)?.dev() != dest.dev() || has_default_acl(dest_dir) {
+        if !renames_into(&self.dir, dest_dir)? || has_default_acl(dest_dir) {
             return Ok(None);
         }
         let path = self.dir.join(format!("{hash}-{size}.{PART}"));
@@ -244,6 +244,44 @@ impl PartialDownloads {
     }
 }
 
+/// Whether a file in directory `from` can be renamed into directory `to`: both on one mount
+/// (one filesystem can be mounted at several places, a bind mount into a container, and a
+/// rename between them fails). Where the mount is not known (Linux before 5.8), not.
+fn renames_into(from: &Path, to: &Path) -> io::Result<bool> {
+    if std::fs::metadata(from)?.dev() != std::fs::metadata(to)?.dev() {
+        return Ok(false);
+    }
+    Ok(match (mount_id(from), mount_id(to)) {
+        (Some(a), Some(b)) => a == b,
+        // Other systems: no bind mounts of Linux's kind.
+        _ => cfg!(not(target_os = "linux")),
+    })
+}
+
+/// The id of the mount `path` is on (`statx`, Linux 5.8 and later).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn mount_id(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statx is plain data, and the call fills it; the path is NUL-terminated.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            0,
+            libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    (r == 0 && st.stx_mask & libc::STATX_MNT_ID != 0).then_some(st.stx_mnt_id)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn mount_id(_: &Path) -> Option<u64> {
+    None
+}
+
 /// Whether files made in `dir` get a default ACL, which a file renamed into it would not have.
 #[cfg(target_os = "linux")]
 fn has_default_acl(dir: &Path) -> bool {
@@ -365,6 +403,21 @@ mod tests {
         let want: Vec<u8> = (0..100u64).map(|i| (i % 251) as u8).collect();
         assert_eq!(std::fs::read(&dest).unwrap(), want);
         assert_eq!(std::fs::read_dir(kept.dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_directory_of_the_same_mount_takes_renames_and_the_machine_says_so() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("a")).unwrap();
+        assert!(renames_into(&t.path().join("a"), t.path()).unwrap());
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        assert!(
+            mount_id(t.path()).is_some(),
+            "this kernel should say which mount a path is on (Linux 5.8+)"
+        );
+        // /proc is a mount of its own everywhere on Linux.
+        #[cfg(target_os = "linux")]
+        assert!(!renames_into(t.path(), Path::new("/proc")).unwrap());
     }
 
     #[test]
