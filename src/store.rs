@@ -56,6 +56,8 @@ pub struct UploadedPart {
     pub number: i32,
     pub size: u64,
     pub etag: String,
+    /// When the store received it (milliseconds since the epoch), when it says.
+    pub last_modified_ms: Option<i64>,
 }
 
 impl ObjectInfo {

@@ -1,8 +1,9 @@
 //! Moving content between trees and a store: upload (single and managed multipart), download
-//! (whole and ranged), the known-present index, the records of open multipart uploads, the
-//! partial downloads kept to fetch on from, the local content cache, bandwidth limits, retries
-//! and throttling.
+//! (whole and ranged), the known-present index, the records of open multipart uploads (and
+//! finding those other machines abandoned), the partial downloads kept to fetch on from, the
+//! local content cache, bandwidth limits, retries and throttling.
 
+pub mod abandoned_uploads;
 pub mod content_cache;
 pub mod download;
 pub mod gate;
@@ -50,6 +51,9 @@ pub struct Transfer {
     pub open_uploads: open_uploads::OpenUploads,
     /// Large objects a download fetched part of, kept for the next run to fetch on from.
     pub partial_downloads: partial_downloads::PartialDownloads,
+    /// Whether the store answers ListMultipartUploads, to find uploads to take over
+    /// (`abandoned_uploads`); cleared by its first lasting refusal.
+    pub lists_open_uploads: Arc<std::sync::atomic::AtomicBool>,
     /// Copies of fetched objects kept on this machine (`cache.content_size`); `None`: off.
     pub content_cache: Option<Arc<content_cache::ContentCache>>,
     /// The group every file and directory a download places is given (with group write):
@@ -161,6 +165,7 @@ impl Transfer {
                 &settings.cache.dir,
                 t.resume_for.0,
             ),
+            lists_open_uploads: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             content_cache: content_cache::ContentCache::from_settings(&settings.cache)
                 .map(Arc::new),
             dry_run: false,

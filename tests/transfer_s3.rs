@@ -1334,6 +1334,73 @@ async fn check_cleanup(tr: Arc<Transfer>, open: &dyn Fn() -> Vec<String>) {
     running.done();
 }
 
+/// A multipart upload another machine (another cache dir) left open is taken over by the
+/// next upload of the same file once it has been idle for half an hour, keeping the parts the
+/// store holds; one that may still be at work is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_another_machine_abandoned_is_taken_over_once_idle() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let machine = |cache: &str| {
+        let mut s = settings(&s3, "p", &t.path().join(cache));
+        s.s3.retry_attempts = 1;
+        s.transfer.max_parts_in_flight = 1;
+        s
+    };
+    let (a, b) = (machine("a-cache"), machine("b-cache"));
+    let part_puts = || {
+        s3.stats
+            .requests_matching(|r| r.method == "PUT" && r.query.contains("partNumber"))
+    };
+    // Machine A's upload of a file fails after two parts, and is kept open for A.
+    let left_by_a = |name: &str, seed: u64| {
+        let src = t.path().join(name);
+        let data = content(RESUMED_LEN, seed);
+        write(&src, "big.bin", &data, MTIME_NS);
+        (src, data)
+    };
+    let (src, data) = left_by_a("src", 11);
+    s3.faults.fail_data_puts_after(2);
+    put_tree(&src, &a).await.unwrap_err();
+    s3.faults.clear();
+    assert_eq!(s3.open_multipart_uploads(), 1);
+
+    // Idle for 31 minutes: machine B, uploading the same file, takes it over.
+    s3.age_multipart_uploads(Duration::from_secs(31 * 60));
+    let before = part_puts();
+    let r = put_tree(&src, &b).await.unwrap();
+    assert_eq!(
+        (r.upload.resumed_uploads, r.upload.resumed_bytes),
+        (1, 10 * MIB),
+        "{:?}",
+        r.upload
+    );
+    assert_eq!(part_puts() - before, 3, "parts 3 to 5 only");
+    assert_eq!(s3.open_multipart_uploads(), 0);
+    assert!(open_upload_records(&t.path().join("b-cache")).is_empty());
+    let key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
+    assert!(
+        s3.read_object(&key).unwrap() == data,
+        "the object is not the file"
+    );
+
+    // Left a minute ago, it may still be at work on A: B leaves it alone.
+    let (src, _) = left_by_a("src2", 12);
+    s3.faults.fail_data_puts_after(2);
+    put_tree(&src, &a).await.unwrap_err();
+    s3.faults.clear();
+    s3.age_multipart_uploads(Duration::from_secs(60));
+    let before = part_puts();
+    let r = put_tree(&src, &b).await.unwrap();
+    assert_eq!(r.upload.resumed_uploads, 0, "{:?}", r.upload);
+    assert_eq!(part_puts() - before, 5, "all of it, in B's own upload");
+    assert_eq!(
+        s3.open_multipart_uploads(),
+        1,
+        "A's upload is A's to resume or abort"
+    );
+}
+
 /// 23 MiB: five parts of 5 MiB (the last 3 MiB) with [`settings`] and [`fs_settings`].
 const RESUMED_LEN: u64 = 23 * MIB;
 

@@ -506,10 +506,21 @@ fn list_parts(dir: &Path, key: &str) -> std::io::Result<Option<Vec<UploadedPart>
             number,
             size: part.stat.size,
             etag: part.hash.to_hex(),
+            last_modified_ms: entry.metadata().ok().as_ref().and_then(modified_ms),
         });
     }
     parts.sort_by_key(|p| p.number);
     Ok(Some(parts))
+}
+
+/// A file's mtime in milliseconds since the epoch.
+fn modified_ms(meta: &std::fs::Metadata) -> Option<i64> {
+    let since = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(since.as_millis() as i64)
 }
 
 /// The upload dirs under `root` whose `key` file starts with `prefix`; one without a key file
@@ -536,11 +547,7 @@ fn list_uploads(root: &Path, prefix: &str) -> std::io::Result<Vec<OpenUpload>> {
             Err(e) => return Err(e),
         };
         // The key file is written once, at the start; the dir changes with every part.
-        let initiated_ms = started
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64);
+        let initiated_ms = modified_ms(&started);
         out.push(OpenUpload {
             key,
             upload_id,

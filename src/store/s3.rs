@@ -242,7 +242,8 @@ impl S3Store {
             | SdkError::DispatchFailure(_)
             | SdkError::ResponseError(_) => true,
             _ => {
-                matches!(status, Some(s) if s >= 500 || s == 429)
+                // 501 Not Implemented: an operation this store lacks, whatever the try.
+                matches!(status, Some(s) if (s >= 500 && s != 501) || s == 429)
                     || e.code().is_some_and(|c| RETRYABLE_CODES.contains(&c))
             }
         };
@@ -620,6 +621,7 @@ impl ObjectStore for S3Store {
                         number,
                         size: size.max(0) as u64,
                         etag: etag.to_string(),
+                        last_modified_ms: p.last_modified().and_then(|t| t.to_millis().ok()),
                     });
                 }
             }

@@ -3,7 +3,8 @@
 //! Per object: known-present index → (HEAD, or a conditional PUT) → single PUT up to
 //! `transfer.multipart_threshold` (from memory up to `part_size`, read from the file as it is
 //! sent above it), managed multipart above it (resumed, keeping the parts the store proves
-//! it holds, when an earlier run on this machine left one open). A body is always the bytes
+//! it holds, when an earlier run on this machine left one open, or another machine abandoned
+//! one: `abandoned_uploads`). A body is always the bytes
 //! that were hashed: small files reuse the hashing read, other files are hashed again as they
 //! are read for upload, and content that no longer matches its planned hash is never stored.
 
@@ -555,7 +556,8 @@ fn keeps_open(t: &Transfer, e: &TransferError, stops: Stops<'_>) -> bool {
         }
 }
 
-/// A multipart upload this machine left open for `key`, and the parts the store holds of it.
+/// A multipart upload left open for `key` (by this machine, or abandoned by another), and the
+/// parts the store holds of it.
 struct Resumable {
     upload_id: String,
     held: open_uploads::Held,
@@ -563,9 +565,9 @@ struct Resumable {
 }
 
 /// The multipart upload of `key` an earlier run on this machine left open (a failure, a
-/// crash, an unconfirmed abort), locked for this one, with its parts listed; `None`: start a
-/// new one. An upload the store no longer has loses its record; one whose parts cannot be
-/// listed is left to the leftover aborts.
+/// crash, an unconfirmed abort), locked for this one, with its parts listed; else one another
+/// machine abandoned ([`taken_over`]); `None`: start a new one. An upload the store no longer
+/// has loses its record; one whose parts cannot be listed is left to the leftover aborts.
 async fn resumable(
     t: &Transfer,
     item: &UploadItem,
@@ -578,7 +580,7 @@ async fn resumable(
     let (o, store, k) = (t.open_uploads.clone(), t.store.identity(), key.to_string());
     let Ok(Some(left)) = tokio::task::spawn_blocking(move || o.leftover_of(&store, &k)).await
     else {
-        return Ok(None);
+        return taken_over(t, item, key, cancel).await;
     };
     match t
         .gate
@@ -610,6 +612,34 @@ async fn resumable(
             Ok(None)
         }
     }
+}
+
+/// An open upload of `key` that another machine (or this one under another `cache.dir`) left
+/// idle for [`abandoned_uploads::IDLE`], recorded as this run's own from now on: its parts
+/// that prove they hold the file's bytes are kept, as a resumed upload's are.
+async fn taken_over(
+    t: &Transfer,
+    item: &UploadItem,
+    key: &str,
+    cancel: &CancellationToken,
+) -> Result<Option<Resumable>, TransferError> {
+    let Some((upload_id, parts)) = super::abandoned_uploads::find(t, key, cancel).await? else {
+        return Ok(None);
+    };
+    // Unrecorded, a failure could not keep it for this machine's next run: start anew.
+    let Some(held) = record_open(t, key, &upload_id).await else {
+        return Ok(None);
+    };
+    tracing::info!(
+        "taking over the multipart upload of {} ({key}) that another machine or run left open and idle ({} part(s) in the store)",
+        item.path.display(),
+        parts.len()
+    );
+    Ok(Some(Resumable {
+        upload_id,
+        held,
+        parts: parts.into_iter().map(|p| (p.number, p)).collect(),
+    }))
 }
 
 /// Records a multipart upload the store just opened, until [`finished`] (see

@@ -198,6 +198,19 @@ impl TestS3 {
         ids
     }
 
+    /// Makes every open multipart upload and its parts look `by` older: their start and
+    /// their parts' times (file mtimes, which ListMultipartUploads and ListParts report).
+    pub fn age_multipart_uploads(&self, by: Duration) {
+        for name in root_file_names(&self.root) {
+            if name.starts_with(".upload-") || name.starts_with(".upload_id-") {
+                let path = self.root.join(&name);
+                let was = std::fs::metadata(&path).unwrap().modified().unwrap();
+                filetime::set_file_mtime(&path, filetime::FileTime::from_system_time(was - by))
+                    .unwrap();
+            }
+        }
+    }
+
     /// Part files (`.upload_id-<uuid>.part-<n>`) on disk. Abort deletes all of an upload's parts;
     /// Complete deletes the parts it assembled. Parts survive a failed Complete, and parts
     /// uploaded but left out of the Complete list are never deleted.
@@ -1124,16 +1137,18 @@ fn list_parts(
     }
     let id = upload_id(query);
     let prefix = format!(".upload_id-{id}.part-");
-    let mut parts: Vec<(i32, String, u64)> = root_file_names(root)
+    let mut parts: Vec<(i32, String, u64, std::time::SystemTime)> = root_file_names(root)
         .into_iter()
         .filter_map(|name| {
             let n = name.strip_prefix(&prefix)?.parse().ok()?;
-            let data = std::fs::read(root.join(&name)).ok()?;
+            let path = root.join(&name);
+            let data = std::fs::read(&path).ok()?;
             let md5: String = md5::Md5::digest(&data)
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
-            Some((n, md5, data.len() as u64))
+            let landed = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+            Some((n, md5, data.len() as u64, landed))
         })
         .collect();
     parts.sort();
@@ -1143,9 +1158,11 @@ fn list_parts(
          <UploadId>{id}</UploadId><PartNumberMarker>0</PartNumberMarker><MaxParts>10000</MaxParts>\
          <IsTruncated>false</IsTruncated>"
     );
-    for (n, md5, size) in parts {
+    for (n, md5, size, landed) in parts {
         xml.push_str(&format!(
-            "<Part><PartNumber>{n}</PartNumber><ETag>&quot;{md5}&quot;</ETag><Size>{size}</Size></Part>"
+            "<Part><PartNumber>{n}</PartNumber><LastModified>{}</LastModified>\
+             <ETag>&quot;{md5}&quot;</ETag><Size>{size}</Size></Part>",
+            humantime::format_rfc3339_millis(landed)
         ));
     }
     xml.push_str("</ListPartsResult>");

@@ -1,0 +1,96 @@
+//! Multipart uploads a run that is gone left open where this machine keeps no record of them:
+//! another machine's (a shared project submitted again from another workstation, a task's
+//! outputs retried on another worker), or this machine's under another `cache.dir` (the
+//! daemon's and a user's CLI). Found by listing the key's open uploads; one whose start and
+//! every part are older than [`IDLE`] is taken as abandoned, and the next upload of the same
+//! content takes it over (see `upload::resumable`) rather than sending every part again.
+//!
+//! Why idle: a store does not say whether an uploader is still at work. A live upload lands a
+//! part every few seconds (8 MiB by default); one idle for half an hour is not coming back, and
+//! should it come back, both send the same bytes (the key is their hash): whichever completes
+//! first stores the object, and the other finds it stored.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Transfer, TransferError};
+use crate::jobs::Cancelled;
+use crate::store::UploadedPart;
+
+/// How long an open upload, and each of its parts, must have been left alone to be taken over.
+pub const IDLE: Duration = Duration::from_secs(30 * 60);
+
+/// An abandoned open upload of `key` in `t`'s store that no record on this machine names, with
+/// the parts it holds (the one holding the most bytes, when there are several); `None` when
+/// there is none, or the store cannot list them (a store without ListMultipartUploads, a
+/// policy without `s3:ListBucketMultipartUploads`: then it is not asked again).
+pub async fn find(
+    t: &Transfer,
+    key: &str,
+    cancel: &CancellationToken,
+) -> Result<Option<(String, Vec<UploadedPart>)>, Cancelled> {
+    if !t.lists_open_uploads.load(Relaxed) {
+        return Ok(None);
+    }
+    let uploads = match t
+        .gate
+        .run(cancel, || t.store.list_multipart_uploads(key))
+        .await
+    {
+        Ok(uploads) => uploads,
+        Err(TransferError::Cancelled(c)) => return Err(c),
+        Err(e) => {
+            if !matches!(&e, TransferError::Store(e) if e.is_retryable()) {
+                t.lists_open_uploads.store(false, Relaxed);
+            }
+            tracing::debug!(
+                key,
+                "cannot list the open uploads of the key ({e}); none is taken over"
+            );
+            return Ok(None);
+        }
+    };
+    let mut candidates: Vec<_> = uploads.into_iter().filter(|u| u.key == key).collect();
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let (o, store) = (t.open_uploads.clone(), t.store.identity());
+    let recorded = tokio::task::spawn_blocking(move || o.upload_ids(&store))
+        .await
+        .expect("reading the open-upload records panicked");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    // A time the store does not say is not known to be old.
+    let idle = |ms: Option<i64>| ms.is_some_and(|ms| now_ms - ms >= IDLE.as_millis() as i64);
+    candidates.retain(|u| {
+        idle(u.initiated_ms)
+            && !recorded.running.contains(&u.upload_id)
+            && !recorded.left.contains(&u.upload_id)
+    });
+    let mut best: Option<(String, Vec<UploadedPart>)> = None;
+    let bytes = |parts: &[UploadedPart]| parts.iter().map(|p| p.size).sum::<u64>();
+    for u in candidates {
+        let parts = match t
+            .gate
+            .run(cancel, || t.store.list_parts(key, &u.upload_id))
+            .await
+        {
+            Ok(Some(parts)) => parts,
+            Ok(None) => continue, // completed or aborted meanwhile
+            Err(TransferError::Cancelled(c)) => return Err(c),
+            Err(e) => {
+                tracing::debug!(key, upload_id = u.upload_id, "cannot list its parts ({e})");
+                continue;
+            }
+        };
+        if parts.iter().all(|p| idle(p.last_modified_ms))
+            && best.as_ref().is_none_or(|(_, b)| bytes(&parts) > bytes(b))
+        {
+            best = Some((u.upload_id, parts));
+        }
+    }
+    Ok(best)
+}
