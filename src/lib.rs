@@ -34,6 +34,6 @@ pub mod scan;
 /// Object stores: the `ObjectStore` trait, S3 and local-directory stores, the key layout, files
 /// sent as request bodies.
 pub mod store;
-/// Moving content between trees and a store: upload, download, multipart (and the records of
-/// open ones), partial downloads kept to fetch on from, bandwidth, retries.
+/// Moving content between trees and a store: upload, download, multipart (the records of open
+/// ones, taking over those abandoned elsewhere), partial downloads kept, bandwidth, retries.
 pub mod transfer;

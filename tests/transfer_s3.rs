@@ -1334,6 +1334,32 @@ async fn check_cleanup(tr: Arc<Transfer>, open: &dyn Fn() -> Vec<String>) {
     running.done();
 }
 
+/// `r`, a put of `data` ([`RESUMED_LEN`]) with settings `s`, resumed an upload that held its
+/// first two parts: it sent the other three (`sent` UploadParts), left nothing open nor
+/// recorded, and the object is the file.
+fn assert_resumed_after_two_parts(
+    s3: &TestS3,
+    r: &PutReport,
+    sent: usize,
+    s: &Settings,
+    data: &[u8],
+) {
+    assert_eq!(
+        (r.upload.resumed_uploads, r.upload.resumed_bytes),
+        (1, 10 * MIB),
+        "{:?}",
+        r.upload
+    );
+    assert_eq!(sent, 3, "parts 3 to 5 only");
+    assert_eq!(s3.open_multipart_uploads(), 0);
+    assert!(open_upload_records(&s.cache.dir).is_empty());
+    let key = format!("p/Data/{}.xxh128", ContentHash::of(data));
+    assert!(
+        s3.read_object(&key).unwrap() == data,
+        "the object is not the file"
+    );
+}
+
 /// A multipart upload another machine (another cache dir) left open is taken over by the
 /// next upload of the same file once it has been idle for half an hour, keeping the parts the
 /// store holds; one that may still be at work is left alone.
@@ -1369,20 +1395,7 @@ async fn an_upload_another_machine_abandoned_is_taken_over_once_idle() {
     s3.age_multipart_uploads(Duration::from_secs(31 * 60));
     let before = part_puts();
     let r = put_tree(&src, &b).await.unwrap();
-    assert_eq!(
-        (r.upload.resumed_uploads, r.upload.resumed_bytes),
-        (1, 10 * MIB),
-        "{:?}",
-        r.upload
-    );
-    assert_eq!(part_puts() - before, 3, "parts 3 to 5 only");
-    assert_eq!(s3.open_multipart_uploads(), 0);
-    assert!(open_upload_records(&t.path().join("b-cache")).is_empty());
-    let key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
-    assert!(
-        s3.read_object(&key).unwrap() == data,
-        "the object is not the file"
-    );
+    assert_resumed_after_two_parts(&s3, &r, part_puts() - before, &b, &data);
 
     // Left a minute ago, it may still be at work on A: B leaves it alone.
     let (src, _) = left_by_a("src2", 12);
@@ -1542,20 +1555,7 @@ async fn a_multipart_upload_the_store_failed_is_kept_open_and_the_next_run_resum
     // The next run that uploads it sends only what the store lacks.
     let before = part_puts();
     let r = put_tree(&src, &s).await.unwrap();
-    assert_eq!(
-        (r.upload.resumed_uploads, r.upload.resumed_bytes),
-        (1, 10 * MIB),
-        "{:?}",
-        r.upload
-    );
-    assert_eq!(part_puts() - before, 3, "parts 3 to 5 only");
-    assert_eq!(s3.open_multipart_uploads(), 0);
-    assert!(open_upload_records(&cache).is_empty());
-    let key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
-    assert!(
-        s3.read_object(&key).unwrap() == data,
-        "the object is not the file"
-    );
+    assert_resumed_after_two_parts(&s3, &r, part_puts() - before, &s, &data);
 
     // `cleanup` aborts a kept upload: the user asked for it.
     fail_after_two_parts();
