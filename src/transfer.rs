@@ -161,8 +161,8 @@ impl Transfer {
             progress,
             known,
             open_uploads: open_uploads::OpenUploads::new(&settings.cache.dir),
-            partial_downloads: partial_downloads::PartialDownloads::new(
-                &settings.cache.dir,
+            partial_downloads: partial_downloads::PartialDownloads::of(
+                &settings.cache,
                 t.resume_for.0,
             ),
             lists_open_uploads: Arc::new(std::sync::atomic::AtomicBool::new(true)),

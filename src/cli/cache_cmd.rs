@@ -191,7 +191,11 @@ fn show(u: &CacheUsage) -> String {
         "partial dls      {} large objects fetched in part, {} (the next get fetches on from them), {}\n",
         p.files,
         size(p.bytes),
-        p.dir.display()
+        p.dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     out += &format!(
         "open uploads     {} multipart uploads recorded open (resumed by the next upload of the file, or aborted by `attache cleanup`)\n",

@@ -26,9 +26,9 @@ pub enum LocalCacheError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("partial downloads {path}: {source}")]
+    #[error("partial downloads in {dirs:?}: {source}")]
     Partial {
-        path: PathBuf,
+        dirs: Vec<PathBuf>,
         source: std::io::Error,
     },
 }
@@ -75,7 +75,8 @@ pub struct CacheUsage {
 
 #[derive(Debug, Serialize)]
 pub struct PartialUsage {
-    pub dir: PathBuf,
+    /// Where they are kept: under `cache.dir`, and `cache.content_dir` when it is set.
+    pub dirs: Vec<PathBuf>,
     pub files: u64,
     pub bytes: u64,
 }
@@ -124,12 +125,12 @@ fn content_error(cache: &ContentCache) -> impl Fn(std::io::Error) -> LocalCacheE
 
 /// The machine's partial downloads, kept for `transfer.resume_for`.
 fn partial_downloads(settings: &Settings) -> PartialDownloads {
-    PartialDownloads::new(&settings.cache.dir, settings.transfer.resume_for.0)
+    PartialDownloads::of(&settings.cache, settings.transfer.resume_for.0)
 }
 
 fn partial_error(kept: &PartialDownloads) -> impl Fn(std::io::Error) -> LocalCacheError + '_ {
     |source| LocalCacheError::Partial {
-        path: kept.dir().to_path_buf(),
+        dirs: kept.dirs().to_vec(),
         source,
     }
 }
@@ -180,7 +181,7 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
             limit: settings.cache.content_size.0,
         },
         partial_downloads: PartialUsage {
-            dir: kept.dir().to_path_buf(),
+            dirs: kept.dirs().to_vec(),
             files: partials.files,
             bytes: partials.bytes,
         },

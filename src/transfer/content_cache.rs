@@ -249,7 +249,11 @@ impl ContentCache {
             subs => subs?,
         };
         for sub in subs.flatten() {
-            if !sub.file_type().is_ok_and(|t| t.is_dir()) {
+            // Its blobs are in directories named by hash; a hidden one is another's (the
+            // partial downloads kept here, `transfer::partial_downloads`).
+            if !sub.file_type().is_ok_and(|t| t.is_dir())
+                || sub.file_name().as_encoded_bytes().starts_with(b".")
+            {
                 continue;
             }
             for e in std::fs::read_dir(sub.path())?.flatten() {
@@ -427,9 +431,14 @@ mod tests {
         filetime::set_file_mtime(&stale, filetime::FileTime::from_unix_time(1, 0)).unwrap();
         let fresh = blobs[0].1.with_file_name(".blob-y.tmp");
         std::fs::write(&fresh, b"being written").unwrap();
+        // Partial downloads kept beside the blobs are neither counted nor evicted.
+        let kept = c.dir().join(".partial-downloads");
+        std::fs::create_dir(&kept).unwrap();
+        std::fs::write(kept.join("x-1000.part"), [7; 1000]).unwrap();
 
         let e = c.evict().unwrap();
         assert_eq!((e.files, e.bytes, e.kept_bytes), (1, 100, 200));
+        assert!(kept.join("x-1000.part").exists());
         assert!(!blobs[1].1.exists(), "the least recently used goes");
         assert!(blobs[0].1.exists() && blobs[2].1.exists());
         assert!(!stale.exists() && fresh.exists());

@@ -152,7 +152,7 @@ pub async fn download_all(
             && items.iter().any(|i| i.size >= large)
             && let Err(e) = partials.sweep()
         {
-            tracing::debug!("cannot sweep {}: {e}", partials.dir().display());
+            tracing::debug!("cannot sweep the partial downloads: {e}");
         }
         (items, plan)
     })
@@ -618,9 +618,15 @@ fn keep_or_stage(t: &Transfer, c: &Counters, item: &Target) -> Result<Landing, T
         Ok(None) => {}
         // Once per download: every other object would fail the same way.
         Err(e) if !c.partial_failed.swap(true, Relaxed) => tracing::warn!(
-            "cannot keep partial downloads in {}: {e}; large objects are fetched without \
-             (a cancelled or failed run's are fetched again whole)",
-            t.partial_downloads.dir().display()
+            "cannot keep partial downloads for {} (in {}): {e}; large objects are fetched \
+             without (a cancelled or failed run's are fetched again whole)",
+            item.dest.display(),
+            t.partial_downloads
+                .dirs()
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
         ),
         Err(_) => {}
     }

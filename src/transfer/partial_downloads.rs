@@ -1,11 +1,12 @@
-//! Large objects a download fetched part of, kept in `<cache.dir>/partial-downloads/` so that
+//! Large objects a download fetched part of, kept in `<cache.dir>/partial-downloads/` (or, for a
+//! destination on the content cache's mount, `<cache.content_dir>/.partial-downloads/`) so that
 //! the next run that needs the object (after a cancel, a crash, a kill, a store lost for good)
 //! fetches only the parts that did not land, not all of it again.
 //!
 //! Each is two files named by the object's hash and size: `H-S.part`, the object's bytes at
 //! their offsets, which becomes the destination file by a rename once every part landed and
 //! the whole was verified, so nothing half-written is ever under a destination's name (and so
-//! it is used only when `cache.dir` is on the destination's mount, and the destination's
+//! it is used only when its directory is on the destination's mount, and the destination's
 //! directory has no default ACL, which a file made elsewhere would miss; a setgid directory's
 //! group is given to it as the directory would have); and `H-S.landed`, a
 //! line `START END` appended as each part lands, after its bytes were written. The whole object
@@ -29,6 +30,11 @@ use crate::hash::ContentHash;
 /// The partial downloads' directory, under `cache.dir`.
 pub const DIR_NAME: &str = "partial-downloads";
 
+/// Their directory under `cache.content_dir` when it is set: a farm puts the content cache on
+/// the sessions' filesystem, and so the destinations' mount. Hidden: the content cache takes
+/// its other directories for its own.
+pub const CONTENT_DIR_NAME: &str = ".partial-downloads";
+
 const PART: &str = "part";
 const LANDED: &str = "landed";
 
@@ -38,7 +44,8 @@ const HEADER: &str = "attache partial download v1";
 /// The partial downloads of one machine (one cache dir).
 #[derive(Debug, Clone)]
 pub struct PartialDownloads {
-    dir: PathBuf,
+    /// Where they may be kept, tried in order for a destination's mount.
+    dirs: Vec<PathBuf>,
     /// `transfer.resume_for`: how long one not written to is kept; zero: none is kept.
     keep_for: Duration,
 }
@@ -78,86 +85,54 @@ pub struct Partials {
 impl PartialDownloads {
     pub fn new(cache_dir: &Path, keep_for: Duration) -> PartialDownloads {
         PartialDownloads {
-            dir: cache_dir.join(DIR_NAME),
+            dirs: vec![cache_dir.join(DIR_NAME)],
             keep_for,
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The machine's: under `cache.dir`, and under `cache.content_dir` when it is set.
+    pub fn of(cache: &crate::config::CacheSettings, keep_for: Duration) -> PartialDownloads {
+        let mut kept = PartialDownloads::new(&cache.dir, keep_for);
+        if let Some(content) = &cache.content_dir {
+            kept.dirs.push(content.join(CONTENT_DIR_NAME));
+        }
+        kept
+    }
+
+    /// Where they may be kept.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
     }
 
     /// The partial download of the object `hash` (`size` bytes) for a file in `dest_dir`,
     /// what an earlier run wrote of it kept; `None` where it cannot be kept, and the object
     /// is staged beside its destination as any other: keeping is off (`transfer.resume_for`
-    /// is zero), `cache.dir` is on another mount than `dest_dir` (a rename could not place
-    /// it), `dest_dir` has a default ACL or is setgid to a group this process cannot
-    /// give, or another process is writing it.
+    /// is zero), none of their directories is on `dest_dir`'s mount (a rename could not place
+    /// it), `dest_dir` has a default ACL or is setgid to a group this process cannot give, or
+    /// another process is writing it.
     pub fn open(
         &self,
         hash: ContentHash,
         size: u64,
         dest_dir: &Path,
     ) -> io::Result<Option<Partial>> {
-        if self.keep_for.is_zero() {
+        if self.keep_for.is_zero() || has_default_acl(dest_dir) {
             return Ok(None);
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)?;
-        let dest = std::fs::metadata(dest_dir)?;
-        if !renames_into(&self.dir, dest_dir)? || has_default_acl(dest_dir) {
-            return Ok(None);
+        for (i, dir) in self.dirs.iter().enumerate() {
+            // The content cache's directory is its to make (and give its mode).
+            if i > 0 && !dir.parent().is_some_and(Path::is_dir) {
+                continue;
+            }
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            if renames_into(dir, dest_dir)? {
+                return open_in(dir, hash, size, dest_dir);
+            }
         }
-        let path = self.dir.join(format!("{hash}-{size}.{PART}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Ok(None),
-            Err(TryLockError::Error(e)) => return Err(e),
-        }
-        // Still the file at `path`: not one a run placed (renamed away) or a sweep removed
-        // between the open and the lock.
-        let held = file.metadata()?;
-        match std::fs::metadata(&path) {
-            Ok(m) if (m.dev(), m.ino()) == (held.dev(), held.ino()) => {}
-            Ok(_) => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        // A file made in a setgid (0o2000) directory gets its group: so must this one.
-        if dest.mode() & 0o2000 != 0
-            && held.gid() != dest.gid()
-            && std::os::unix::fs::fchown(&file, None, Some(dest.gid())).is_err()
-        {
-            return Ok(None);
-        }
-        let landed_path = path.with_extension(LANDED);
-        // A `.part` of another length was made and not sized yet: what any record says is not
-        // in it.
-        let before = match held.len() == size {
-            true => read_landed(&landed_path, size),
-            false => Vec::new(),
-        };
-        if before.is_empty() {
-            file.set_len(size)?;
-            std::fs::write(&landed_path, format!("{HEADER} {size}\n"))?;
-        }
-        let landed = LandedLog(Arc::new(
-            OpenOptions::new().append(true).open(&landed_path)?,
-        ));
-        Ok(Some(Partial {
-            path,
-            file,
-            landed,
-            before,
-        }))
+        Ok(None)
     }
 
     /// Removes the partial downloads no process is writing that were not written to for
@@ -181,16 +156,10 @@ impl PartialDownloads {
         Ok(found)
     }
 
-    /// Each `.part` with its metadata (none when the directory was never made).
+    /// Each `.part` with its metadata (none where a directory was never made).
     fn parts(&self) -> io::Result<Vec<(PathBuf, std::fs::Metadata)>> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
         let mut parts = Vec::new();
-        for entry in entries {
-            let path = entry?.path();
+        for path in self.entries()? {
             if path.extension().is_some_and(|e| e == PART)
                 && let Ok(meta) = std::fs::symlink_metadata(&path)
                 && meta.is_file()
@@ -199,6 +168,23 @@ impl PartialDownloads {
             }
         }
         Ok(parts)
+    }
+
+    /// What their directories hold.
+    fn entries(&self) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for dir in &self.dirs {
+            match std::fs::read_dir(dir) {
+                Ok(entries) => {
+                    for entry in entries {
+                        out.push(entry?.path());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Removes the unlocked partial downloads last written longer than `older_than` ago
@@ -231,8 +217,7 @@ impl PartialDownloads {
             }
         }
         // A `.landed` whose `.part` went (a run placed it and stopped before removing it).
-        for entry in std::fs::read_dir(&self.dir).into_iter().flatten() {
-            let path = entry?.path();
+        for path in self.entries()? {
             if path.extension().is_some_and(|e| e == LANDED)
                 && !path.with_extension(PART).exists()
                 && std::fs::metadata(&path).is_ok_and(|m| old(&m))
@@ -242,6 +227,65 @@ impl PartialDownloads {
         }
         Ok(gone)
     }
+}
+
+/// The partial download of `hash` in `dir`, locked for this process (see
+/// [`PartialDownloads::open`]).
+fn open_in(
+    dir: &Path,
+    hash: ContentHash,
+    size: u64,
+    dest_dir: &Path,
+) -> io::Result<Option<Partial>> {
+    let dest = std::fs::metadata(dest_dir)?;
+    let path = dir.join(format!("{hash}-{size}.{PART}"));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Ok(None),
+        Err(TryLockError::Error(e)) => return Err(e),
+    }
+    // Still the file at `path`: not one a run placed (renamed away) or a sweep removed
+    // between the open and the lock.
+    let held = file.metadata()?;
+    match std::fs::metadata(&path) {
+        Ok(m) if (m.dev(), m.ino()) == (held.dev(), held.ino()) => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    // A file made in a setgid (0o2000) directory gets its group: so must this one.
+    if dest.mode() & 0o2000 != 0
+        && held.gid() != dest.gid()
+        && std::os::unix::fs::fchown(&file, None, Some(dest.gid())).is_err()
+    {
+        return Ok(None);
+    }
+    let landed_path = path.with_extension(LANDED);
+    // A `.part` of another length was made and not sized yet: what any record says is not
+    // in it.
+    let before = match held.len() == size {
+        true => read_landed(&landed_path, size),
+        false => Vec::new(),
+    };
+    if before.is_empty() {
+        file.set_len(size)?;
+        std::fs::write(&landed_path, format!("{HEADER} {size}\n"))?;
+    }
+    let landed = LandedLog(Arc::new(
+        OpenOptions::new().append(true).open(&landed_path)?,
+    ));
+    Ok(Some(Partial {
+        path,
+        file,
+        landed,
+        before,
+    }))
 }
 
 /// Whether a file in directory `from` can be renamed into directory `to`: both on one mount
@@ -402,7 +446,7 @@ mod tests {
         p.persist(&dest).unwrap();
         let want: Vec<u8> = (0..100u64).map(|i| (i % 251) as u8).collect();
         assert_eq!(std::fs::read(&dest).unwrap(), want);
-        assert_eq!(std::fs::read_dir(kept.dir()).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(&kept.dirs()[0]).unwrap().count(), 0);
     }
 
     #[test]
@@ -421,6 +465,39 @@ mod tests {
     }
 
     #[test]
+    fn a_destination_on_the_content_cache_s_mount_keeps_them_there() {
+        let shm = Path::new("/dev/shm");
+        let t = tempfile::tempdir().unwrap();
+        if !shm.is_dir() || renames_into(shm, t.path()).unwrap_or(true) {
+            eprintln!("skipped: needs /dev/shm on a mount of its own");
+            return;
+        }
+        // cache.dir on another mount, the content cache on the sessions' one.
+        let elsewhere = tempfile::tempdir_in(shm).unwrap();
+        let content = t.path().join("content");
+        std::fs::create_dir(&content).unwrap();
+        let cache = crate::config::CacheSettings {
+            dir: elsewhere.path().to_path_buf(),
+            content_dir: Some(content.clone()),
+            ..Default::default()
+        };
+        let kept = PartialDownloads::of(&cache, DAY);
+        let session = t.path().join("session");
+        std::fs::create_dir(&session).unwrap();
+        let mut p = kept.open(hash(10), 10, &session).unwrap().unwrap();
+        assert!(
+            p.path.starts_with(content.join(CONTENT_DIR_NAME)),
+            "{:?}",
+            p.path
+        );
+        land(&mut p, 0, 10);
+        p.persist(&session.join("f")).unwrap();
+        // Without a content cache there, nothing is kept for that destination.
+        let without = PartialDownloads::new(elsewhere.path(), DAY);
+        assert!(without.open(hash(11), 10, &session).unwrap().is_none());
+    }
+
+    #[test]
     fn a_record_for_another_size_or_cut_short_is_not_trusted() {
         let t = tempfile::tempdir().unwrap();
         let kept = PartialDownloads::new(t.path(), DAY);
@@ -428,7 +505,7 @@ mod tests {
         land(&mut p, 0, 50);
         land(&mut p, 50, 70);
         drop(p);
-        let landed = kept.dir().join(format!("{}-100.landed", hash(2)));
+        let landed = kept.dirs()[0].join(format!("{}-100.landed", hash(2)));
         // A crash while appending the second line.
         let text = std::fs::read_to_string(&landed).unwrap();
         std::fs::write(&landed, &text[..text.len() - 3]).unwrap();
@@ -520,7 +597,7 @@ mod tests {
         drop(old);
         drop(kept.open(hash(5), 10, t.path()).unwrap().unwrap());
         assert_eq!(kept.sweep().unwrap().files, 1);
-        let names: Vec<_> = std::fs::read_dir(kept.dir())
+        let names: Vec<_> = std::fs::read_dir(&kept.dirs()[0])
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
