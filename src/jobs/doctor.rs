@@ -195,7 +195,7 @@ pub async fn run(
             cancel,
             "list open uploads",
             false,
-            "s3:ListBucketMultipartUploads on the bucket; only attache cleanup".to_string(),
+            "s3:ListBucketMultipartUploads on the bucket; attache cleanup, and taking over an upload another machine abandoned".to_string(),
             async {
                 let open = s.list_multipart_uploads(&join(&prefix, "Data/")).await?;
                 Ok(format!(
