@@ -119,20 +119,26 @@ impl PartialDownloads {
         if self.keep_for.is_zero() || has_default_acl(dest_dir) {
             return Ok(None);
         }
+        // A directory that cannot be used leaves the next one to try; said if none could.
+        let mut failed = None;
         for (i, dir) in self.dirs.iter().enumerate() {
             // The content cache's directory is its to make (and give its mode).
             if i > 0 && !dir.parent().is_some_and(Path::is_dir) {
                 continue;
             }
-            std::fs::DirBuilder::new()
+            let made = std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(dir)?;
-            if renames_into(dir, dest_dir)? {
-                return open_in(dir, hash, size, dest_dir);
+                .create(dir);
+            match made.and_then(|()| renames_into(dir, dest_dir)) {
+                Ok(true) => return open_in(dir, hash, size, dest_dir),
+                Ok(false) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        Ok(None)
+        failed.map_or(Ok(None), Err)
     }
 
     /// Removes the partial downloads no process is writing that were not written to for
