@@ -2149,6 +2149,60 @@ fn a_job_the_daemon_crashed_in_is_resumed_after_the_restart() {
     );
 }
 
+/// A sync-inputs the store fails part-way through a large object keeps what it fetched; the
+/// job retried (`POST /v1/jobs/ID/retry`, a wrangler's requeue) fetches only the rest, and
+/// `/metrics` counts the bytes kept.
+#[test]
+fn a_failed_sync_inputs_retried_fetches_only_what_it_lacked() {
+    let s3 = TestS3::start_background();
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let data: Vec<u8> = (0..23u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(proj.join("big.bin"), &data).unwrap();
+    let extra =
+        "[transfer]\npart_size = \"5MiB\"\nmax_parts_in_flight = 1\n[s3]\nretry_attempts = 0\n";
+    let d = Daemon::start_in(dir, extra, &s3.env());
+    let store = s3.store_url("DeadlineCloud");
+    let (_, a) = d.api("POST", "/v1/jobs", &submit_spec_to(&proj, &store));
+    let a = d.wait(a["id"].as_str().unwrap(), Duration::from_secs(30));
+    let spec = serde_json::json!({"kind": "sync_inputs", "attachments": a["result"]["attachments"],
+        "session_dir": d.path("session"), "store": store});
+    // Every GET of content after the first two parts fails.
+    s3.faults.fail_data_gets_after(2);
+    let (_, j) = d.api("POST", "/v1/jobs", &spec.to_string());
+    let id = j["id"].as_str().unwrap().to_string();
+    let j = d.wait(&id, Duration::from_secs(60));
+    assert_eq!(j["state"], "failed", "{j}");
+    s3.faults.clear();
+
+    let gets = |r: &common::s3::RequestInfo| r.method == "GET" && r.path.contains("/Data/");
+    let before = s3.stats.requests_matching(gets);
+    let (_, retried) = d.api("POST", &format!("/v1/jobs/{id}/retry"), "");
+    let r = d.wait(retried["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let download = &r["result"]["roots"][0]["report"]["download"];
+    assert_eq!(download["resumed_bytes"], 10 << 20, "{r}");
+    assert_eq!(download["downloaded_bytes"], (13 << 20) as u64, "{r}");
+    assert_eq!(s3.stats.requests_matching(gets) - before, 3, "parts 3 to 5");
+    let placed = common::files_under(&d.path("session"))
+        .into_iter()
+        .find(|p| p.ends_with("big.bin"))
+        .unwrap();
+    assert!(
+        std::fs::read(placed).unwrap() == data,
+        "the file is not the object"
+    );
+    let (_, metrics) = http(&d.socket(), "GET", "/metrics", "").unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "attache_download_resumed_bytes_total {}",
+            10 << 20
+        )),
+        "{metrics}"
+    );
+}
+
 /// With the content cache on, a worker's next session is served from it: the daemon's second
 /// sync-inputs of a job fetches nothing, says so in its result, and counts it in /metrics.
 #[test]

@@ -21,6 +21,7 @@ pub struct Metrics {
     bytes_resumed: AtomicU64,
     bytes_down: AtomicU64,
     objects_down: AtomicU64,
+    bytes_down_kept: AtomicU64,
     bytes_content_cache: AtomicU64,
     known_present_hits: AtomicU64,
     hash_cache_hits: AtomicU64,
@@ -143,6 +144,7 @@ impl Metrics {
         let download = |d: &crate::transfer::download::DownloadReport| {
             self.bytes_down.fetch_add(d.downloaded_bytes, Relaxed);
             self.objects_down.fetch_add(d.objects, Relaxed);
+            self.bytes_down_kept.fetch_add(d.resumed_bytes, Relaxed);
             self.bytes_content_cache
                 .fetch_add(d.content_cache_bytes, Relaxed);
         };
@@ -237,6 +239,12 @@ impl Metrics {
             "counter",
             "Content objects downloaded (finished jobs).",
             &one(&self.objects_down),
+        );
+        metric(
+            "download_resumed_bytes_total",
+            "counter",
+            "Bytes of large objects an interrupted download had fetched, kept on this machine and not fetched again (finished jobs).",
+            &one(&self.bytes_down_kept),
         );
         metric(
             "content_cache_bytes_total",
