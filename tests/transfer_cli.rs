@@ -821,11 +821,21 @@ fn interrupt_a_large_get_then_get_again(signal: libc::c_int) {
         "{u}"
     );
 
+    // A dry run says what the get will fetch.
+    let dry = get_json(&cache, &store, &manifest, &dest, &["--dry-run"]);
     let v = get_json(&cache, &store, &manifest, &dest, &[]);
     let d = &v["download"];
     let (resumed, fetched) = (
         d["resumed_bytes"].as_u64().unwrap(),
         d["downloaded_bytes"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        (
+            &dry["download"]["resumed_bytes"],
+            &dry["download"]["downloaded_bytes"]
+        ),
+        (&d["resumed_bytes"], &d["downloaded_bytes"]),
+        "{dry}"
     );
     assert!(
         resumed >= 2 * (8 << 20),

@@ -160,9 +160,10 @@ pub async fn download_all(
     .expect("sorting the plan panicked");
     if t.dry_run {
         let (cache, copied_files) = (t.content_cache.clone(), copies.len() as u64);
+        let kept = (t.partial_downloads.clone(), large);
         // Looking in the content cache is a stat per object: off the runtime.
         let report = tokio::task::spawn_blocking(move || {
-            dry_run_report(&items, &firsts, copied_files, cache.as_deref())
+            dry_run_report(&items, &firsts, copied_files, cache.as_deref(), kept)
         });
         return Ok(report.await.expect("planning the dry run panicked"));
     }
@@ -224,12 +225,14 @@ pub async fn download_all(
 }
 
 /// What a download of `items` would do: fetch each object (`firsts`) the content cache does
-/// not hold, copy the other files locally.
+/// not hold, but for what an interrupted download kept of those from `kept.1` bytes, and copy
+/// the other files locally.
 fn dry_run_report(
     items: &[DownloadItem],
     firsts: &[usize],
     copied_files: u64,
     cache: Option<&ContentCache>,
+    kept: (super::partial_downloads::PartialDownloads, u64),
 ) -> DownloadReport {
     let mut report = DownloadReport {
         files: items.len() as u64,
@@ -242,8 +245,13 @@ fn dry_run_report(
             report.content_cache_files += 1;
             report.content_cache_bytes += size;
         } else {
+            let resumed = match size >= kept.1 {
+                true => kept.0.kept_bytes(hash, size),
+                false => 0,
+            };
             report.objects += 1;
-            report.downloaded_bytes += size;
+            report.downloaded_bytes += size - resumed;
+            report.resumed_bytes += resumed;
         }
     }
     report

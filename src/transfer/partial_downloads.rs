@@ -141,6 +141,27 @@ impl PartialDownloads {
         failed.map_or(Ok(None), Err)
     }
 
+    /// The bytes of object `hash` (`size` bytes) an interrupted download kept, which the next
+    /// download of it into the same mount will not fetch (what a dry run says); nothing is
+    /// locked or made.
+    pub fn kept_bytes(&self, hash: ContentHash, size: u64) -> u64 {
+        if self.keep_for.is_zero() {
+            return 0;
+        }
+        let name = format!("{hash}-{size}");
+        self.dirs
+            .iter()
+            .filter(|dir| {
+                std::fs::metadata(dir.join(format!("{name}.{PART}"))).is_ok_and(|m| m.len() == size)
+            })
+            .map(|dir| {
+                let landed = read_landed(&dir.join(format!("{name}.{LANDED}")), size);
+                landed.iter().map(|(start, end)| end - start).sum()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Removes the partial downloads no process is writing that were not written to for
     /// `transfer.resume_for` (all of them when it is zero).
     pub fn sweep(&self) -> io::Result<Partials> {
@@ -443,6 +464,8 @@ mod tests {
         land(&mut p, 0, 20);
         land(&mut p, 20, 30);
         drop(p); // a cancel, a failure
+        assert_eq!(kept.kept_bytes(hash(1), 100), 50, "what a dry run says");
+        assert_eq!(kept.kept_bytes(hash(2), 100), 0);
 
         let mut p = kept.open(hash(1), 100, t.path()).unwrap().unwrap();
         assert_eq!(p.landed_before(), [(0, 30), (40, 60)]);
@@ -452,6 +475,7 @@ mod tests {
         p.persist(&dest).unwrap();
         let want: Vec<u8> = (0..100u64).map(|i| (i % 251) as u8).collect();
         assert_eq!(std::fs::read(&dest).unwrap(), want);
+        assert_eq!(kept.kept_bytes(hash(1), 100), 0);
         assert_eq!(std::fs::read_dir(&kept.dirs()[0]).unwrap().count(), 0);
     }
 
