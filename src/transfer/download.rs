@@ -688,6 +688,9 @@ async fn fetch_verified(
     let mut kept_counted = false;
     loop {
         tries += 1;
+        // GETs of this try the store answered: a failure after one was is a cut body, worth
+        // another try; one before is a request the gate has retried already.
+        let answered = Arc::new(AtomicU64::new(0));
         let fetched;
         let tmp = if item.size >= ranged_from(t.settings.part_size.0) {
             let mut tmp = keep_or_stage(t, c, item)?;
@@ -703,11 +706,11 @@ async fn fetch_verified(
                     );
                 }
             }
-            fetched = fetch_ranged(t, c, &key, item, &mut tmp, cancel).await;
+            fetched = fetch_ranged(t, c, &key, item, &mut tmp, &answered, cancel).await;
             tmp
         } else {
             let tmp = stage_beside(&item.dest)?;
-            fetched = fetch_whole(t, c, &key, item, tmp.as_file(), cancel).await;
+            fetched = fetch_whole(t, c, &key, item, tmp.as_file(), &answered, cancel).await;
             tmp.into()
         };
         let (got, got_size) = match fetched {
@@ -730,7 +733,9 @@ async fn fetch_verified(
                 .into());
             }
             // A body cut off mid-stream fails after the request itself succeeded: fetch again.
-            Err(TransferError::Store(e)) if e.is_retryable() && tries < TRIES => {
+            Err(TransferError::Store(e))
+                if e.is_retryable() && tries < TRIES && answered.load(Relaxed) > 0 =>
+            {
                 c.refetched.fetch_add(1, Relaxed);
                 tracing::warn!(key, "download interrupted ({e}); fetching it again");
                 continue;
@@ -769,9 +774,11 @@ async fn fetch_whole(
     key: &str,
     item: &Target,
     tmp: &std::fs::File,
+    answered: &AtomicU64,
     cancel: &CancellationToken,
 ) -> Result<(ContentHash, u64), TransferError> {
     let mut obj = t.gate.run(cancel, || t.store.get(key, None)).await?;
+    answered.fetch_add(1, Relaxed);
     let mut hasher = Xxh3Default::new();
     let mut received = 0u64;
     // Page-cache writes are cheaper inline than a hop to a blocking thread. Body chunks are
@@ -815,6 +822,7 @@ async fn fetch_ranged(
     key: &str,
     item: &Target,
     tmp: &mut Landing,
+    answered: &Arc<AtomicU64>,
     cancel: &CancellationToken,
 ) -> Result<(ContentHash, u64), TransferError> {
     tmp.as_file()
@@ -848,7 +856,12 @@ async fn fetch_ranged(
     let mut parts = futures::stream::iter(ranges)
         .map(|(start, end)| {
             let (t, c, file, cancel) = (t.clone(), c.clone(), file.clone(), stop.clone());
-            let (key, dest, log) = (key.to_string(), item.dest.clone(), log.clone());
+            let (key, dest, log, answered) = (
+                key.to_string(),
+                item.dest.clone(),
+                log.clone(),
+                answered.clone(),
+            );
             // A task per part too: its body chunks are handled on the worker that reads them.
             spawned(async move {
                 let cancel = &cancel;
@@ -863,7 +876,13 @@ async fn fetch_ranged(
                 let mut resumes = 0;
                 loop {
                     let from = out.end();
-                    let read = read_range(&t, &c, &key, from..end, &mut out, &dest, cancel).await;
+                    // A request that fails, the gate has retried already: the fetch fails.
+                    let obj = t
+                        .gate
+                        .run(cancel, || t.store.get(&key, Some(from..end)))
+                        .await?;
+                    answered.fetch_add(1, Relaxed);
+                    let read = read_body(&t, &c, obj, end, &mut out, &dest, cancel).await;
                     let (why, failed) = match read {
                         Ok(true) if out.end() == end => break,
                         Ok(true) => ("its body ended short".to_string(), None),
@@ -994,22 +1013,16 @@ fn parts_missing(landed: &[(u64, u64)], size: u64, part: u64) -> Vec<(u64, u64)>
     parts
 }
 
-/// GETs `range` of `key` and pushes its body to `out` (which ends at `range.start`); false
-/// when the body runs past the range's end.
-async fn read_range(
+/// Pushes the body of a ranged GET's answer to `out` up to `end`; false when it runs past.
+async fn read_body(
     t: &Transfer,
     c: &Counters,
-    key: &str,
-    range: std::ops::Range<u64>,
+    mut obj: crate::store::GetObject,
+    end: u64,
     out: &mut BatchedWriter<'_>,
     dest: &Path,
     cancel: &CancellationToken,
 ) -> Result<bool, TransferError> {
-    let end = range.end;
-    let mut obj = t
-        .gate
-        .run(cancel, || t.store.get(key, Some(range.clone())))
-        .await?;
     while let Some(chunk) = cancellable(cancel, obj.body.next()).await? {
         let chunk = chunk?;
         let len = chunk.len() as u64;
