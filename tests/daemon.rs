@@ -2023,6 +2023,15 @@ fn doctor_through_the_daemon_probes_the_daemon_s_store() {
     assert!(out.starts_with("checked by:  the daemon at "), "{out}");
 }
 
+/// `DIR/proj` holding `big.bin`, 23 MiB (five parts of 5 MiB) of bytes `i % modulus`.
+fn project_of_one_big_file(dir: &Path, modulus: u32) -> (PathBuf, Vec<u8>) {
+    let proj = dir.join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let data: Vec<u8> = (0..23u32 << 20).map(|i| (i % modulus) as u8).collect();
+    std::fs::write(proj.join("big.bin"), &data).unwrap();
+    (proj, data)
+}
+
 /// A submit whose multipart upload the store fails past its retries keeps the upload open; the
 /// next submit of the file (a wrangler's retry) resumes it in the same daemon, sends only the
 /// parts the store lacks, and `/metrics` counts the bytes kept.
@@ -2030,10 +2039,7 @@ fn doctor_through_the_daemon_probes_the_daemon_s_store() {
 fn a_submit_the_store_failed_is_resumed_by_the_next_job() {
     let s3 = TestS3::start_background();
     let dir = tempfile::tempdir().unwrap();
-    let proj = dir.path().join("proj");
-    std::fs::create_dir_all(&proj).unwrap();
-    let data: Vec<u8> = (0..23u32 << 20).map(|i| (i % 253) as u8).collect();
-    std::fs::write(proj.join("big.bin"), &data).unwrap();
+    let (proj, _) = project_of_one_big_file(dir.path(), 253);
     let extra = "[transfer]\npart_size = \"5MiB\"\nmultipart_threshold = \"5MiB\"\nmax_parts_in_flight = 1\n[s3]\nretry_attempts = 0\n";
     let d = Daemon::start_in(dir, extra, &s3.env());
     let spec = submit_spec_to(&proj, &s3.store_url("DeadlineCloud"));
@@ -2156,10 +2162,7 @@ fn a_job_the_daemon_crashed_in_is_resumed_after_the_restart() {
 fn a_failed_sync_inputs_retried_fetches_only_what_it_lacked() {
     let s3 = TestS3::start_background();
     let dir = tempfile::tempdir().unwrap();
-    let proj = dir.path().join("proj");
-    std::fs::create_dir_all(&proj).unwrap();
-    let data: Vec<u8> = (0..23u32 << 20).map(|i| (i % 251) as u8).collect();
-    std::fs::write(proj.join("big.bin"), &data).unwrap();
+    let (proj, data) = project_of_one_big_file(dir.path(), 251);
     let extra =
         "[transfer]\npart_size = \"5MiB\"\nmax_parts_in_flight = 1\n[s3]\nretry_attempts = 0\n";
     let d = Daemon::start_in(dir, extra, &s3.env());
