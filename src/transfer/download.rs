@@ -85,7 +85,7 @@ pub struct DownloadReport {
     /// rather than the whole object again.
     pub resumed_parts: u64,
     /// Bytes of large objects an earlier run fetched before it was cancelled, killed or
-    /// failed, kept in `cache.dir` and not fetched again (`transfer::partial_downloads`).
+    /// failed, kept on this machine and not fetched again (`transfer::partial_downloads`).
     pub resumed_bytes: u64,
     /// Objects copied from this machine's content cache instead of fetched.
     pub content_cache_files: u64,
@@ -160,10 +160,16 @@ pub async fn download_all(
     .expect("sorting the plan panicked");
     if t.dry_run {
         let (cache, copied_files) = (t.content_cache.clone(), copies.len() as u64);
-        let kept = (t.partial_downloads.clone(), large);
+        let kept = t.partial_downloads.clone();
         // Looking in the content cache is a stat per object: off the runtime.
         let report = tokio::task::spawn_blocking(move || {
-            dry_run_report(&items, &firsts, copied_files, cache.as_deref(), kept)
+            dry_run_report(
+                &items,
+                &firsts,
+                copied_files,
+                cache.as_deref(),
+                (&kept, large),
+            )
         });
         return Ok(report.await.expect("planning the dry run panicked"));
     }
@@ -225,14 +231,14 @@ pub async fn download_all(
 }
 
 /// What a download of `items` would do: fetch each object (`firsts`) the content cache does
-/// not hold, but for what an interrupted download kept of those from `kept.1` bytes, and copy
-/// the other files locally.
+/// not hold, but for what interrupted downloads kept (`kept.0`) of those of `kept.1` bytes and
+/// more, and copy the other files locally.
 fn dry_run_report(
     items: &[DownloadItem],
     firsts: &[usize],
     copied_files: u64,
     cache: Option<&ContentCache>,
-    kept: (super::partial_downloads::PartialDownloads, u64),
+    kept: (&super::partial_downloads::PartialDownloads, u64),
 ) -> DownloadReport {
     let mut report = DownloadReport {
         files: items.len() as u64,
@@ -566,8 +572,8 @@ fn stage_beside(dest: &Path) -> Result<Staged, TransferError> {
 enum Landing {
     /// A file staged beside its destination (`fsutil::staged`).
     Staged(Staged),
-    /// A large object's partial download in `cache.dir`, kept for a later run when this one
-    /// stops before it is complete.
+    /// A large object's partial download (`transfer::partial_downloads`), kept for a later run
+    /// when this one stops before it is complete.
     Kept(Partial),
 }
 
@@ -616,9 +622,8 @@ impl Landing {
     }
 }
 
-/// Where a large object is fetched into: its partial download in `cache.dir`, with what an
-/// earlier run fetched of it, or (where it cannot be kept) a file staged beside its
-/// destination.
+/// Where a large object is fetched into: its partial download, with what an earlier run
+/// fetched of it, or (where it cannot be kept) a file staged beside its destination.
 fn keep_or_stage(t: &Transfer, c: &Counters, item: &Target) -> Result<Landing, TransferError> {
     let dir = item.dest.parent().unwrap_or(Path::new("."));
     match t.partial_downloads.open(item.hash, item.size, dir) {
