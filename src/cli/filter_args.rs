@@ -11,7 +11,7 @@ use crate::jobs::hash::HashSpec;
 use crate::scan::filter::PathFilter;
 use crate::scan::rules::Rules;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct FilterArgs {
     /// Leave out the paths PATTERN matches: a name at any depth (`*.tmp`, `.DS_Store`), a path
     /// as the manifest spells it when it has a `/` (`cache/**`), directories only with a
@@ -180,10 +180,8 @@ mod tests {
         let args = FilterArgs {
             exclude: vec![".DS_Store".into()],
             exclude_from: vec![file.clone()],
-            include: vec![],
             include_from: vec![file.clone()],
-            filter: vec![],
-            filter_from: vec![],
+            ..Default::default()
         };
         assert_eq!(args.excludes().unwrap(), [".DS_Store", "*.tmp", "cache/**"]);
         assert_eq!(args.includes().unwrap(), ["*.tmp", "cache/**"]);
@@ -198,12 +196,8 @@ mod tests {
             "{e}"
         );
         let missing = FilterArgs {
-            exclude: vec![],
             exclude_from: vec![t.path().join("nope")],
-            include: vec![],
-            include_from: vec![],
-            filter: vec![],
-            filter_from: vec![],
+            ..Default::default()
         };
         let e = missing.excludes().unwrap_err().message;
         assert!(e.contains("nope") && e.contains("No such file"), "{e}");
@@ -222,12 +216,9 @@ mod tests {
         )
         .unwrap();
         let args = FilterArgs {
-            exclude: vec![],
             exclude_from: vec![file.clone()],
-            include: vec![],
             include_from: vec![file.clone()],
-            filter: vec![],
-            filter_from: vec![],
+            ..Default::default()
         };
         for e in [args.excludes(), args.includes()] {
             let e = e.unwrap_err().message;
@@ -260,12 +251,9 @@ mod tests {
         )
         .unwrap();
         let args = FilterArgs {
-            exclude: vec![],
-            exclude_from: vec![],
-            include: vec![],
-            include_from: vec![],
             filter: vec!["- *.tmp.exr".into()],
             filter_from: vec![file.clone()],
+            ..Default::default()
         };
         assert_eq!(
             args.rules().unwrap(),

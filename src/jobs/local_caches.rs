@@ -26,7 +26,9 @@ pub enum LocalCacheError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("partial downloads in {dirs:?}: {source}")]
+    #[error(
+        "partial downloads in {dirs:?}: {source} (check that cache.dir is readable and writable)"
+    )]
     Partial {
         dirs: Vec<PathBuf>,
         source: std::io::Error,

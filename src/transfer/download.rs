@@ -632,7 +632,8 @@ fn keep_or_stage(t: &Transfer, c: &Counters, item: &Target) -> Result<Landing, T
         // Once per download: every other object would fail the same way.
         Err(e) if !c.partial_failed.swap(true, Relaxed) => tracing::warn!(
             "cannot keep partial downloads for {} (in {}): {e}; large objects are fetched \
-             without (a cancelled or failed run's are fetched again whole)",
+             without (a cancelled or failed run's are fetched again whole): check that \
+             cache.dir is writable",
             item.dest.display(),
             t.partial_downloads
                 .dirs()

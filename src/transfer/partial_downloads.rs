@@ -119,6 +119,7 @@ impl PartialDownloads {
         if self.keep_for.is_zero() || has_default_acl(dest_dir) {
             return Ok(None);
         }
+        let dest = std::fs::metadata(dest_dir)?;
         // A directory that cannot be used leaves the next one to try; said if none could.
         let mut failed = None;
         for (i, dir) in self.dirs.iter().enumerate() {
@@ -130,8 +131,8 @@ impl PartialDownloads {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir);
-            match made.and_then(|()| renames_into(dir, dest_dir)) {
-                Ok(true) => return open_in(dir, hash, size, dest_dir),
+            match made.and_then(|()| renames_into(dir, dest_dir, &dest)) {
+                Ok(true) => return open_in(dir, hash, size, &dest),
                 Ok(false) => {}
                 Err(e) => {
                     failed.get_or_insert(e);
@@ -256,15 +257,14 @@ impl PartialDownloads {
     }
 }
 
-/// The partial download of `hash` in `dir`, locked for this process (see
-/// [`PartialDownloads::open`]).
+/// The partial download of `hash` in `dir`, locked for this process, for a file in a
+/// directory of metadata `dest` (see [`PartialDownloads::open`]).
 fn open_in(
     dir: &Path,
     hash: ContentHash,
     size: u64,
-    dest_dir: &Path,
+    dest: &std::fs::Metadata,
 ) -> io::Result<Option<Partial>> {
-    let dest = std::fs::metadata(dest_dir)?;
     let path = dir.join(format!("{hash}-{size}.{PART}"));
     let file = OpenOptions::new()
         .read(true)
@@ -315,11 +315,12 @@ fn open_in(
     }))
 }
 
-/// Whether a file in directory `from` can be renamed into directory `to`: both on one mount
-/// (one filesystem can be mounted at several places, a bind mount into a container, and a
-/// rename between them fails). Where the mount is not known (Linux before 5.8), not.
-fn renames_into(from: &Path, to: &Path) -> io::Result<bool> {
-    if std::fs::metadata(from)?.dev() != std::fs::metadata(to)?.dev() {
+/// Whether a file in directory `from` can be renamed into directory `to` (with its metadata):
+/// both on one mount (one filesystem can be mounted at several places, a bind mount into a
+/// container, and a rename between them fails). Where the mount is not known (Linux before
+/// 5.8), not.
+fn renames_into(from: &Path, to: &Path, to_meta: &std::fs::Metadata) -> io::Result<bool> {
+    if std::fs::metadata(from)?.dev() != to_meta.dev() {
         return Ok(false);
     }
     Ok(match (mount_id(from), mount_id(to)) {
@@ -446,6 +447,11 @@ mod tests {
         ContentHash(n)
     }
 
+    /// Whether a file in `from` can be renamed into `to`.
+    fn renames(from: &Path, to: &Path) -> io::Result<bool> {
+        renames_into(from, to, &std::fs::metadata(to)?)
+    }
+
     /// Writes `start..end` of `partial` (bytes of `start` mod 251) and records it.
     fn land(partial: &mut Partial, start: u64, end: u64) {
         use std::os::unix::fs::FileExt;
@@ -483,7 +489,7 @@ mod tests {
     fn a_directory_of_the_same_mount_takes_renames_and_the_machine_says_so() {
         let t = tempfile::tempdir().unwrap();
         std::fs::create_dir(t.path().join("a")).unwrap();
-        assert!(renames_into(&t.path().join("a"), t.path()).unwrap());
+        assert!(renames(&t.path().join("a"), t.path()).unwrap());
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         assert!(
             mount_id(t.path()).is_some(),
@@ -491,14 +497,14 @@ mod tests {
         );
         // /proc is a mount of its own everywhere on Linux.
         #[cfg(target_os = "linux")]
-        assert!(!renames_into(t.path(), Path::new("/proc")).unwrap());
+        assert!(!renames(t.path(), Path::new("/proc")).unwrap());
     }
 
     #[test]
     fn a_destination_on_the_content_cache_s_mount_keeps_them_there() {
         let shm = Path::new("/dev/shm");
         let t = tempfile::tempdir().unwrap();
-        if !shm.is_dir() || renames_into(shm, t.path()).unwrap_or(true) {
+        if !shm.is_dir() || renames(shm, t.path()).unwrap_or(true) {
             eprintln!("skipped: needs /dev/shm on a mount of its own");
             return;
         }

@@ -564,6 +564,16 @@ struct Resumable {
     parts: HashMap<i32, UploadedPart>,
 }
 
+impl Resumable {
+    fn new(upload_id: String, held: open_uploads::Held, parts: Vec<UploadedPart>) -> Resumable {
+        Resumable {
+            upload_id,
+            held,
+            parts: parts.into_iter().map(|p| (p.number, p)).collect(),
+        }
+    }
+}
+
 /// The multipart upload of `key` an earlier run on this machine left open (a failure, a
 /// crash, an unconfirmed abort), locked for this one, with its parts listed; else one another
 /// machine abandoned ([`taken_over`]); `None`: start a new one. An upload the store no longer
@@ -593,11 +603,7 @@ async fn resumable(
                 item.path.display(),
                 parts.len()
             );
-            Ok(Some(Resumable {
-                upload_id: left.upload_id,
-                held: left.held,
-                parts: parts.into_iter().map(|p| (p.number, p)).collect(),
-            }))
+            Ok(Some(Resumable::new(left.upload_id, left.held, parts)))
         }
         Ok(None) => {
             finished(left.held).await;
@@ -635,11 +641,7 @@ async fn taken_over(
         item.path.display(),
         parts.len()
     );
-    Ok(Some(Resumable {
-        upload_id,
-        held,
-        parts: parts.into_iter().map(|p| (p.number, p)).collect(),
-    }))
+    Ok(Some(Resumable::new(upload_id, held, parts)))
 }
 
 /// Records a multipart upload the store just opened, until [`finished`] (see
