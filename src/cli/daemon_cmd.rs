@@ -374,6 +374,15 @@ pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<ExitCode> {
     follow_to_its_end(ctx, &at, &job.id, job.json)
 }
 
+/// The daemon to send a request about job `id` to: the one named, without asking it first (its
+/// answer says if it lacks the job), else the one of several that has it ([`holder_of`]).
+fn daemon_of(daemons: &[DaemonAddress], id: &str) -> anyhow::Result<DaemonAddress> {
+    match daemons {
+        [one] => Ok(one.clone()),
+        several => Ok(holder_of(several, id)?.0),
+    }
+}
+
 /// The daemon that has job `id`, and the job's record. Of several, each is asked at once (a
 /// job's id is unique across a farm) and the one that knows it is named on stderr; one that
 /// cannot be asked is said and the others still are.
@@ -445,17 +454,14 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
     let mut refused = 0;
     if a.state.is_empty() {
         for id in &a.ids {
-            let at = match daemons.as_slice() {
-                [one] => one.clone(),
-                // Of several: a job none of them has is said, and the others still go.
-                several => match holder_of(several, id) {
-                    Ok((at, _)) => at,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        refused += 1;
-                        continue;
-                    }
-                },
+            // Of several: a job none of them has is said, and the others still go.
+            let at = match daemon_of(&daemons, id) {
+                Ok(at) => at,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    refused += 1;
+                    continue;
+                }
             };
             jobs.push((at, id.clone()));
         }
@@ -519,22 +525,14 @@ fn to_run_again(list: &serde_json::Value, states: &[String]) -> Vec<String> {
 }
 
 pub fn cancel(ctx: &Context, a: JobArgs) -> anyhow::Result<ExitCode> {
-    let daemons = a.daemon.addresses(&ctx.settings)?;
-    let at = match daemons.as_slice() {
-        [one] => one.clone(),
-        _ => holder_of(&daemons, &a.id)?.0,
-    };
+    let at = daemon_of(&a.daemon.addresses(&ctx.settings)?, &a.id)?;
     let j = call(&at, HttpMethod::DELETE, &format!("/v1/jobs/{}", a.id))?;
     print_job(&j, a.json)
 }
 
 /// `attache priority ID N`: a queued job's place in the daemon's queue.
 pub fn priority(ctx: &Context, a: PriorityArgs) -> anyhow::Result<ExitCode> {
-    let daemons = a.daemon.addresses(&ctx.settings)?;
-    let at = match daemons.as_slice() {
-        [one] => one.clone(),
-        _ => holder_of(&daemons, &a.id)?.0,
-    };
+    let at = daemon_of(&a.daemon.addresses(&ctx.settings)?, &a.id)?;
     let body = serde_json::json!({ "priority": a.priority });
     let j = call_with(
         &at,
