@@ -1414,6 +1414,97 @@ async fn an_upload_another_machine_abandoned_is_taken_over_once_idle() {
     );
 }
 
+/// An upload another machine took over stays in its hands while it is at work: the machine
+/// that left it, its time to resume past, does not abort it while a part landed in it within
+/// half an hour, nor does `cleanup` from a third machine; once it is idle, its leftover is
+/// aborted as before, and the taker's next run starts the file again in an upload of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_another_machine_took_over_is_not_aborted_while_it_is_at_work() {
+    use attache::jobs::cleanup::{self, CleanupSpec};
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let machine = |cache: &str| {
+        let mut s = settings(&s3, "p", &t.path().join(cache));
+        s.s3.retry_attempts = 1;
+        s.transfer.max_parts_in_flight = 1;
+        s
+    };
+    let (mut a, b) = (machine("a-cache"), machine("b-cache"));
+    a.transfer.resume_for = attache::config::Duration::secs(600);
+    let (src, small) = (t.path().join("src"), t.path().join("small"));
+    let data = content(RESUMED_LEN, 13);
+    write(&src, "big.bin", &data, MTIME_NS);
+    write(&small, "a.txt", b"another file of A's", MTIME_NS);
+
+    // A leaves the upload after two parts; idle for 31 minutes, B takes it over and leaves it
+    // in turn after one more part.
+    s3.faults.fail_data_puts_after(2);
+    put_tree(&src, &a).await.unwrap_err();
+    s3.age_multipart_uploads(Duration::from_secs(31 * 60));
+    age_open_upload_records(&a.cache.dir, Duration::from_secs(31 * 60));
+    s3.faults.fail_data_puts_after(1);
+    put_tree(&src, &b).await.unwrap_err();
+    s3.faults.clear();
+    s3.faults.for_all();
+    assert_eq!(s3.open_multipart_uploads(), 1);
+    assert_eq!(open_upload_records(&a.cache.dir).len(), 1);
+    assert_eq!(open_upload_records(&b.cache.dir).len(), 1);
+
+    // A's time to resume it (10 minutes) has passed, but B wrote to it a moment ago: A leaves
+    // it alone.
+    let r = put_tree(&small, &a).await.unwrap();
+    assert_eq!(r.upload.aborted_leftover_uploads, 0, "{:?}", r.upload);
+    assert_eq!(s3.open_multipart_uploads(), 1, "A aborted B's upload");
+    assert_eq!(
+        open_upload_records(&a.cache.dir).len(),
+        1,
+        "A looks again later"
+    );
+
+    // `cleanup --older-than 10m` from a third machine: started 31 minutes ago, but written
+    // to since.
+    let third = transfer(&machine("c-cache")).await;
+    for dry_run in [true, false] {
+        let spec = CleanupSpec {
+            older_than: Duration::from_secs(600),
+        };
+        let r = cleanup::run(
+            spec,
+            third.clone().dry_run_if(dry_run),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (r.listed, r.kept_written_lately, r.aborted.len()),
+            (1, 1, 0),
+            "dry run {dry_run}: {r:?}"
+        );
+    }
+    assert_eq!(s3.open_multipart_uploads(), 1);
+
+    // Idle for 31 minutes: A's next run aborts its leftover, and B's next run, finding it
+    // gone, uploads the file whole in an upload of its own.
+    s3.age_multipart_uploads(Duration::from_secs(31 * 60));
+    let r = put_tree(&small, &a).await.unwrap();
+    assert_eq!(r.upload.aborted_leftover_uploads, 1, "{:?}", r.upload);
+    assert_eq!(s3.open_multipart_uploads(), 0);
+    assert!(open_upload_records(&a.cache.dir).is_empty());
+    let r = put_tree(&src, &b).await.unwrap();
+    assert_eq!(
+        (r.upload.uploaded_objects, r.upload.resumed_uploads),
+        (1, 0),
+        "{:?}",
+        r.upload
+    );
+    assert!(open_upload_records(&b.cache.dir).is_empty());
+    let key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
+    assert!(
+        s3.read_object(&key).unwrap() == data,
+        "the object is not the file"
+    );
+}
+
 /// 23 MiB: five parts of 5 MiB (the last 3 MiB) with [`settings`] and [`fs_settings`].
 const RESUMED_LEN: u64 = 23 * MIB;
 
@@ -1433,6 +1524,27 @@ fn open_upload_records(cache: &Path) -> Vec<serde_json::Value> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Moves the times in the open-upload records of `cache` (`started_at`, `kept_at`) `by` into
+/// the past, as if their runs had stopped that much earlier.
+fn age_open_upload_records(cache: &Path, by: Duration) {
+    for e in std::fs::read_dir(cache.join("open-uploads"))
+        .unwrap()
+        .flatten()
+    {
+        if e.path().extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let mut r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        for field in ["started_at", "kept_at"] {
+            if let Some(at) = r[field].as_u64() {
+                r[field] = (at - by.as_secs()).into();
+            }
+        }
+        std::fs::write(e.path(), serde_json::to_vec(&r).unwrap()).unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1577,7 +1689,7 @@ async fn a_multipart_upload_the_store_failed_is_kept_open_and_the_next_run_resum
 /// Another machine stores the same large file first and the store drops this run's upload of
 /// that key (Garage drops every other upload of a key when one completes): the object counts
 /// as present, not as an error. An upload dropped with no object in its place (aborted from
-/// elsewhere) fails naming that, and leaves no record.
+/// elsewhere) fails naming that, and leaves no record; a resumed one is uploaded again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multipart_upload_the_store_dropped_is_present_when_another_stored_the_object() {
     use attache::store::PutOptions;
@@ -1636,6 +1748,32 @@ async fn a_multipart_upload_the_store_dropped_is_present_when_another_stored_the
     );
     assert_eq!(s3.open_multipart_uploads(), 0);
     assert!(open_upload_records(&cache).is_empty(), "nothing to resume");
+
+    // A resumed upload aborted from elsewhere part-way (by the machine that left it, a
+    // cleanup, a lifecycle rule): the file goes up again, whole, in an upload of its own.
+    s3.faults.fail_data_puts_after(2);
+    put_tree(&src, &s).await.unwrap_err();
+    s3.faults.clear();
+    s3.faults.for_all();
+    let before = s3.stats.requests_matching(parts);
+    let (_cancel, job) = spawn_put(&src, &s).await;
+    wait_for_requests(&s3, before + 1, "a part", parts).await;
+    let id = s3.multipart_upload_ids()[0].clone();
+    other.store.abort_multipart(&key, &id).await.unwrap();
+    let r = job.await.unwrap().unwrap();
+    assert_eq!(
+        (r.upload.uploaded_objects, r.upload.resumed_uploads),
+        (1, 0),
+        "{:?}",
+        r.upload
+    );
+    assert!(
+        s3.stats.requests_matching(parts) - before > 5,
+        "one part in the resumed upload, then all five again"
+    );
+    assert_eq!(s3.open_multipart_uploads(), 0);
+    assert!(open_upload_records(&cache).is_empty());
+    assert!(s3.read_object(&key).unwrap() == data);
 }
 
 /// With `cache.content_size` set, a download keeps a copy of each object it fetched, and the

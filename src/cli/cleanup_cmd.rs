@@ -18,8 +18,9 @@ use crate::jobs::cleanup::{self, CleanupSpec};
 pub struct CleanupArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// Abort uploads started longer ago than this (e.g. 12h, 7d). 0 aborts every open upload
-    /// under the prefix, including ones other machines are running right now.
+    /// Abort uploads started longer ago than this (e.g. 12h, 7d) that no part was written to
+    /// since. 0 aborts every open upload under the prefix, including ones other machines are
+    /// running right now.
     #[arg(long, value_name = "DURATION", default_value = "24h")]
     older_than: String,
     /// List what would be aborted; abort nothing.
@@ -64,13 +65,19 @@ pub fn run(ctx: &Context, args: CleanupArgs) -> anyhow::Result<ExitCode> {
             0 => String::new(),
             n => format!("; {verb} {n} this machine's earlier runs left open"),
         };
-        let age = if older_than.is_zero() {
-            "of any age".to_string()
+        let (age, written) = if older_than.is_zero() {
+            ("of any age".to_string(), String::new())
         } else {
-            format!("started over {} ago", args.older_than)
+            (
+                format!("started over {} ago", args.older_than),
+                format!(
+                    ", {} written to within {}",
+                    report.kept_written_lately, args.older_than
+                ),
+            )
         };
         eprintln!(
-            "{}: {} open multipart upload(s) under {}: {verb} {} {age}, kept {} younger, {} in progress on this machine{recorded}",
+            "{}: {} open multipart upload(s) under {}: {verb} {} {age}, kept {} younger{written}, {} in progress on this machine{recorded}",
             report.store,
             report.listed,
             report.prefix,

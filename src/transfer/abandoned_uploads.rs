@@ -9,12 +9,17 @@
 //! part every few seconds (8 MiB by default); one idle for half an hour is not coming back, and
 //! should it come back, both send the same bytes (the key is their hash): whichever completes
 //! first stores the object, and the other finds it stored.
+//!
+//! The same rule holds the other way ([`taken_over_since`]): the machine that left an upload
+//! does not abort it, when its time to resume it has passed, while a part landed in it within
+//! [`IDLE`] since it left it: another machine has taken it over and is at work.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::open_uploads::LeftAs;
 use super::{Transfer, TransferError};
 use crate::jobs::Cancelled;
 use crate::store::UploadedPart;
@@ -60,15 +65,12 @@ pub async fn find(
     let recorded = tokio::task::spawn_blocking(move || o.upload_ids(&store))
         .await
         .expect("reading the open-upload records panicked");
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    // A time the store does not say is not known to be old.
-    let idle = |ms: Option<i64>| ms.is_some_and(|ms| now_ms - ms >= IDLE.as_millis() as i64);
+    let now_ms = now_ms();
+    let idle = |ms: Option<i64>| idle_at(now_ms, ms);
     candidates.retain(|u| {
         idle(u.initiated_ms)
             && !recorded.running.contains(&u.upload_id)
-            && !recorded.left.contains(&u.upload_id)
+            && !recorded.left.contains_key(&u.upload_id)
     });
     let mut best: Option<(String, Vec<UploadedPart>)> = None;
     let bytes = |parts: &[UploadedPart]| parts.iter().map(|p| p.size).sum::<u64>();
@@ -93,4 +95,85 @@ pub async fn find(
         }
     }
     Ok(best)
+}
+
+/// Whether another uploader is at work on an upload this machine left (`left_as`): one of
+/// its parts landed less than [`IDLE`] ago, and, when the record says when this machine's run
+/// stopped, more than [`SLACK`] after that. Never for one this machine gave up. A part whose
+/// time the store does not say is not counted.
+pub fn taken_over_since(parts: &[UploadedPart], left_as: LeftAs) -> bool {
+    let after_ms = match left_as {
+        LeftAs::GivenUp => return false,
+        LeftAs::Kept { at } => (at as i64)
+            .saturating_mul(1000)
+            .saturating_add(SLACK.as_millis() as i64),
+        LeftAs::Crashed => i64::MIN,
+    };
+    let now_ms = now_ms();
+    parts.iter().any(|p| {
+        p.last_modified_ms
+            .is_some_and(|ms| ms > after_ms && !idle_at(now_ms, Some(ms)))
+    })
+}
+
+/// How long after a run kept its upload open a part that lands in it is still taken as the
+/// run's own: a part in flight may land a little later, and the store's clock may be off
+/// this machine's. Another machine's parts come later still: it takes an upload over only
+/// once it has been idle for [`IDLE`].
+const SLACK: Duration = Duration::from_secs(5 * 60);
+
+/// Whether a time the store gave (milliseconds since the epoch) is [`IDLE`] or more before
+/// `now_ms`; a time it does not say is not known to be old.
+fn idle_at(now_ms: i64, ms: Option<i64>) -> bool {
+    ms.is_some_and(|ms| now_ms - ms >= IDLE.as_millis() as i64)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(ago: Option<Duration>) -> UploadedPart {
+        UploadedPart {
+            number: 1,
+            size: 1,
+            etag: "\"e\"".into(),
+            last_modified_ms: ago.map(|d| now_ms() - d.as_millis() as i64),
+        }
+    }
+
+    #[test]
+    fn an_upload_is_taken_over_while_a_part_landed_within_the_idle_time_after_it_was_left() {
+        let min = Duration::from_secs(60);
+        let crashed = LeftAs::Crashed;
+        assert!(taken_over_since(
+            &[part(Some(40 * min)), part(Some(min))],
+            crashed
+        ));
+        assert!(!taken_over_since(
+            &[part(Some(40 * min)), part(Some(31 * min))],
+            crashed
+        ));
+        assert!(
+            !taken_over_since(&[], crashed),
+            "no part: nobody is at work"
+        );
+        assert!(
+            !taken_over_since(&[part(None)], crashed),
+            "a time the store does not say is not taken as recent"
+        );
+        // Kept by a failure 2 minutes ago: a part of a minute ago is the failed run's own
+        // (one in flight); kept 20 minutes ago, it is another machine's.
+        let kept = |ago: Duration| LeftAs::Kept {
+            at: (now_ms() / 1000) as u64 - ago.as_secs(),
+        };
+        assert!(!taken_over_since(&[part(Some(min))], kept(2 * min)));
+        assert!(taken_over_since(&[part(Some(min))], kept(20 * min)));
+        assert!(!taken_over_since(&[part(Some(min))], LeftAs::GivenUp));
+    }
 }

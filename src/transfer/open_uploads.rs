@@ -13,7 +13,7 @@
 //! record that can be locked is a leftover whatever ended its owner, and a record in use by
 //! another job or process on the machine is never touched.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, TryLockError};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -141,7 +141,33 @@ pub struct Leftover {
     pub held: Held,
 }
 
+/// How a leftover's run stopped, as its record says: what tells the parts another machine
+/// sent after taking the upload over (`abandoned_uploads::taken_over_since`) from its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftAs {
+    /// A cancel or a lasting failure gave it up: this machine is aborting it.
+    GivenUp,
+    /// A failure kept it to be resumed, at this time (unix seconds).
+    Kept { at: u64 },
+    /// A crash or a kill left it: when is not known.
+    Crashed,
+}
+
+impl LeftAs {
+    fn of(given_up: bool, kept_at: Option<u64>) -> LeftAs {
+        match (given_up, kept_at) {
+            (true, _) => LeftAs::GivenUp,
+            (false, Some(at)) => LeftAs::Kept { at },
+            (false, None) => LeftAs::Crashed,
+        }
+    }
+}
+
 impl Leftover {
+    pub fn left_as(&self) -> LeftAs {
+        LeftAs::of(self.given_up, self.kept_at)
+    }
+
     /// Whether it waits for a run that resumes it, and other runs do not abort it: a failure
     /// left it open less than `window` ago, or a crash left it and it started less than
     /// `window` ago (when the crash came is not known).
@@ -256,12 +282,12 @@ impl OpenUploads {
         let mut ids = RecordedIds::default();
         for r in read_records(&self.dir) {
             if r.record.store == store {
-                let set = if r.unheld.is_some() {
-                    &mut ids.left
+                if r.unheld.is_some() {
+                    let left_as = LeftAs::of(r.record.given_up, r.record.kept_at);
+                    ids.left.insert(r.record.upload_id, left_as);
                 } else {
-                    &mut ids.running
-                };
-                set.insert(r.record.upload_id);
+                    ids.running.insert(r.record.upload_id);
+                }
             }
         }
         ids
@@ -273,7 +299,7 @@ impl OpenUploads {
 #[derive(Debug, Default)]
 pub struct RecordedIds {
     pub running: HashSet<String>,
-    pub left: HashSet<String>,
+    pub left: HashMap<String, LeftAs>,
 }
 
 /// A record as read, and locked for the reader if no running upload holds it.
@@ -368,7 +394,10 @@ mod tests {
                 .unwrap(),
         );
         let ids = o.upload_ids("s3://b/p");
-        assert_eq!(ids.left.into_iter().collect::<Vec<_>>(), ["u1"]);
+        assert_eq!(
+            ids.left.into_iter().collect::<Vec<_>>(),
+            [("u1".to_string(), LeftAs::Crashed)]
+        );
         assert!(ids.running.is_empty());
         let left = o.leftovers("s3://b/p");
         assert_eq!(left.len(), 1);

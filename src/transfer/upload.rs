@@ -24,8 +24,8 @@ use xxhash_rust::xxh3::Xxh3Default;
 use super::gate::Gate;
 use super::inflight::{self, Claim, Done};
 use super::known_present::{KnownEntries, KnownPresent};
-use super::open_uploads;
 use super::{Transfer, TransferError, cancellable, run_pieces};
+use super::{abandoned_uploads, open_uploads};
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
 use crate::store::file_source::{FileSource, READ_CHUNK, SourceError};
@@ -475,7 +475,8 @@ enum MultipartEnd {
 /// buffered, shared by all files), verify the content hash that streamed past, complete. A
 /// failure the store or the network may get over leaves the upload open and recorded for a
 /// later run to resume (for `transfer.resume_for`); a cancel, content that changed, or a
-/// lasting refusal aborts it.
+/// lasting refusal aborts it. A resumed upload the store dropped part-way is started again
+/// anew, once.
 async fn upload_multipart(
     t: &Transfer,
     item: &UploadItem,
@@ -483,25 +484,47 @@ async fn upload_multipart(
     stops: Stops<'_>,
 ) -> Result<MultipartEnd, TransferError> {
     let cancel = stops.any;
-    let (upload_id, record, held) = match resumable(t, item, key, cancel).await? {
-        Some(r) => (r.upload_id, Some(r.held), Some(r.parts)),
-        None => {
-            // Once sent, the create runs to its reply even if cancelled meanwhile: the store
-            // may have made the upload, and only its id lets the abort below undo it.
-            let id = t
-                .gate
-                .run_to_reply(cancel, CANCEL_CREATE_WAIT, || t.store.create_multipart(key))
-                .await?;
-            let record = record_open(t, key, &id).await;
-            (id, record, None)
+    let mut resumed = resumable(t, item, key, cancel).await?;
+    let (upload_id, record, result) = loop {
+        let (upload_id, record, held) = match resumed.take() {
+            Some(r) => (r.upload_id, Some(r.held), Some(r.parts)),
+            None => {
+                // Once sent, the create runs to its reply even if cancelled meanwhile: the
+                // store may have made the upload, and only its id lets the abort below undo it.
+                let id = t
+                    .gate
+                    .run_to_reply(cancel, CANCEL_CREATE_WAIT, || t.store.create_multipart(key))
+                    .await?;
+                let record = record_open(t, key, &id).await;
+                (id, record, None)
+            }
+        };
+        let was_resumed = held.is_some();
+        let counted = AtomicU64::new(0);
+        let held = held.unwrap_or_default();
+        let mut result = upload_parts(t, item, key, &upload_id, held, &counted, cancel)
+            .await
+            .map(|kept| MultipartEnd::Completed { kept });
+        if matches!(&result, Err(TransferError::Store(e)) if e.is_not_found()) {
+            result = dropped_upload(t, item, key, cancel).await;
+            // An old upload, resumed or taken over, may be aborted behind this run's back
+            // (by the machine that left it, `attache cleanup`, a lifecycle rule): the file
+            // goes up again in an upload of its own, once.
+            if result.is_err() && was_resumed && !cancel.is_cancelled() {
+                tracing::info!(
+                    "the multipart upload of {} ({key}) this run resumed was aborted from elsewhere; uploading the file again in a new one",
+                    item.path.display()
+                );
+                if let Some(record) = record {
+                    finished(record).await;
+                }
+                // Its bytes are counted again as they go.
+                t.progress.add_total(0, counted.load(Relaxed));
+                continue;
+            }
         }
+        break (upload_id, record, result);
     };
-    let mut result = upload_parts(t, item, key, &upload_id, held.unwrap_or_default(), cancel)
-        .await
-        .map(|kept| MultipartEnd::Completed { kept });
-    if matches!(&result, Err(TransferError::Store(e)) if e.is_not_found()) {
-        result = dropped_upload(t, item, key, cancel).await;
-    }
     match (&result, record) {
         (Ok(_), Some(record)) => finished(record).await,
         (Ok(_), None) => {}
@@ -629,7 +652,7 @@ async fn taken_over(
     key: &str,
     cancel: &CancellationToken,
 ) -> Result<Option<Resumable>, TransferError> {
-    let Some((upload_id, parts)) = super::abandoned_uploads::find(t, key, cancel).await? else {
+    let Some((upload_id, parts)) = abandoned_uploads::find(t, key, cancel).await? else {
         return Ok(None);
     };
     // Unrecorded, a failure could not keep it for this machine's next run: start anew.
@@ -792,10 +815,16 @@ pub async fn abort_leftovers(t: &Transfer, resumable_too: bool) -> usize {
     };
     // Spared ones are unlocked here.
     let window = t.settings.resume_for.0;
-    let left: Vec<_> = left
+    let left = left
         .into_iter()
-        .filter(|l| resumable_too || !l.kept_for_resume(window))
-        .collect();
+        .filter(|l| resumable_too || !l.kept_for_resume(window));
+    let left: Vec<_> = futures::future::join_all(
+        left.map(|l| async { (!taken_over_elsewhere(t, &l).await).then_some(l) }),
+    )
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
     if left.is_empty() {
         return 0;
     }
@@ -817,15 +846,44 @@ pub async fn abort_leftovers(t: &Transfer, resumable_too: bool) -> usize {
     aborted.into_iter().filter(|&a| a).count()
 }
 
+/// Whether an upload this machine left open, about to be aborted, had a part land in it
+/// within [`abandoned_uploads::IDLE`] since it was left: another machine (or this one under
+/// another `cache.dir`) has taken it over and is at work, and the abort would fail its
+/// upload. Its record stays, and a later run looks again. An upload whose parts cannot be
+/// listed is aborted, as before.
+async fn taken_over_elsewhere(t: &Transfer, l: &open_uploads::Leftover) -> bool {
+    if l.left_as() == open_uploads::LeftAs::GivenUp {
+        return false;
+    }
+    let Some(Ok(Some(parts))) = t
+        .gate
+        .run_within(ABORT_DEADLINE, || t.store.list_parts(&l.key, &l.upload_id))
+        .await
+    else {
+        return false;
+    };
+    let taken = abandoned_uploads::taken_over_since(&parts, l.left_as());
+    if taken {
+        tracing::info!(
+            key = l.key,
+            "not aborting the multipart upload an earlier run left open: a part landed in it within {} (another machine took it over)",
+            humantime::format_duration(abandoned_uploads::IDLE)
+        );
+    }
+    taken
+}
+
 /// Uploads the parts of `item` (`held`: what the store already has of a resumed upload; a
 /// held part of the right size and ETag is kept, any other is sent again), verifies the
-/// content, completes. Returns the bytes kept.
+/// content, completes. Returns the bytes kept; `counted` gets the bytes it added to the
+/// progress, however it ends.
 async fn upload_parts(
     t: &Transfer,
     item: &UploadItem,
     key: &str,
     upload_id: &str,
     held: HashMap<i32, UploadedPart>,
+    counted: &AtomicU64,
     cancel: &CancellationToken,
 ) -> Result<u64, TransferError> {
     let part_size = part_size_for(t.settings.part_size.0, item.size);
@@ -866,6 +924,7 @@ async fn upload_parts(
         {
             etags.push((n as i32, kept.etag.clone()));
             t.progress.add_bytes(len);
+            counted.fetch_add(len, Relaxed);
             kept_bytes += len;
             continue;
         }
@@ -878,6 +937,7 @@ async fn upload_parts(
                 })
                 .await?;
             t.progress.add_bytes(len);
+            counted.fetch_add(len, Relaxed);
             drop(permit);
             Ok::<_, TransferError>((n as i32, etag))
         });
