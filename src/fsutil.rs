@@ -184,6 +184,11 @@ impl<'a> BatchedWriter<'a> {
     pub fn end(&self) -> u64 {
         self.at + self.waiting_len
     }
+
+    /// The offset just past what is written to the file.
+    pub fn written_end(&self) -> u64 {
+        self.at
+    }
 }
 
 /// A manifest mtime (microseconds since the epoch, possibly negative) as a file time.

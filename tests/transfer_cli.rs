@@ -749,18 +749,35 @@ fn get_dry_run_says_what_it_would_fetch_and_writes_nothing() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_get_killed_mid_file_leaves_no_file_and_the_next_fetches_only_the_rest() {
-    interrupt_a_large_get_then_get_again(libc::SIGKILL);
+    interrupt_a_large_get_then_get_again(libc::SIGKILL, 8, 16);
+}
+
+/// Killed with no chance to record how far its part in flight came, a get still keeps that
+/// part's progress to its last 4 MiB mark: parts of 32 MiB, killed 8 MiB into the first.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_get_killed_mid_part_keeps_what_that_part_wrote() {
+    let at_kill = interrupt_a_large_get_then_get_again(libc::SIGKILL, 32, 8);
+    assert!(
+        !at_kill.is_multiple_of(32 << 20),
+        "no record inside the part in flight: {at_kill} bytes recorded"
+    );
 }
 
 #[test]
 fn ctrl_c_during_a_large_get_exits_130_and_the_next_fetches_only_the_rest() {
-    interrupt_a_large_get_then_get_again(libc::SIGINT);
+    interrupt_a_large_get_then_get_again(libc::SIGINT, 8, 16);
 }
 
-/// A 64 MiB file fetched in parts of 8 MiB one at a time (16 MiB/s) is stopped by `signal`
-/// once its first parts landed: nothing is in the destination, and the next get fetches only
-/// the parts that did not land, the kept ones verified with the rest.
-fn interrupt_a_large_get_then_get_again(signal: libc::c_int) {
+/// A 64 MiB file fetched in parts of `part_mib` MiB one at a time (16 MiB/s) is stopped by
+/// `signal` once the partial download's record says `kill_at_mib` MiB landed: nothing is in the
+/// destination, and the next get fetches only what did not land, the kept bytes verified with
+/// the rest. Returns the bytes recorded when the signal was sent.
+fn interrupt_a_large_get_then_get_again(
+    signal: libc::c_int,
+    part_mib: u64,
+    kill_at_mib: u64,
+) -> u64 {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
     std::fs::create_dir_all(root.join("shots")).unwrap();
@@ -773,6 +790,7 @@ fn interrupt_a_large_get_then_get_again(signal: libc::c_int) {
     let mut child = attache(&cache)
         .env("ATTACHE_BANDWIDTH__DOWNLOAD", "16MiB/s")
         .env("ATTACHE_TRANSFER__MAX_PARTS_IN_FLIGHT", "1")
+        .env("ATTACHE_TRANSFER__PART_SIZE", format!("{part_mib}MiB"))
         .args(["get", "--store", &store])
         .arg(&manifest)
         .arg("--dest")
@@ -780,27 +798,35 @@ fn interrupt_a_large_get_then_get_again(signal: libc::c_int) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Stopped once two parts landed (a line each after the record's header).
+    // The bytes the record says landed: one part in flight at a time, so its `START END`
+    // lines (after a header) reach END contiguously from 0.
     let kept = cache.join("partial-downloads");
-    let landed_parts = || {
+    let landed = || {
         files_under(&kept)
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "landed"))
-            .map(|p| {
-                std::fs::read_to_string(p)
-                    .unwrap_or_default()
+            .flat_map(|p| {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let ends: Vec<u64> = text
                     .lines()
-                    .count()
+                    .skip(1)
+                    .filter_map(|l| l.split_once(' ')?.1.parse().ok())
+                    .collect();
+                ends
             })
-            .sum::<usize>()
-            .saturating_sub(1)
+            .max()
+            .unwrap_or(0)
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while landed_parts() < 2 {
-        assert!(Instant::now() < deadline, "no part landed");
+    let at_kill = loop {
+        let at = landed();
+        if at >= kill_at_mib << 20 {
+            break at;
+        }
+        assert!(Instant::now() < deadline, "nothing landed");
         assert!(child.try_wait().unwrap().is_none(), "the get ended early");
         std::thread::sleep(Duration::from_millis(10));
-    }
+    };
     unsafe { libc::kill(child.id() as i32, signal) };
     let status = child.wait().unwrap();
     if signal == libc::SIGINT {
@@ -817,7 +843,7 @@ fn interrupt_a_large_get_then_get_again(signal: libc::c_int) {
     let u: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(u["partial_downloads"]["files"], 1, "{u}");
     assert!(
-        u["partial_downloads"]["bytes"].as_u64().unwrap() >= 2 * (8 << 20),
+        u["partial_downloads"]["bytes"].as_u64().unwrap() >= at_kill,
         "{u}"
     );
 
@@ -838,8 +864,8 @@ fn interrupt_a_large_get_then_get_again(signal: libc::c_int) {
         "{dry}"
     );
     assert!(
-        resumed >= 2 * (8 << 20),
-        "two parts at least were kept: {v}"
+        resumed >= at_kill,
+        "what was recorded when the signal came was kept ({at_kill} bytes): {v}"
     );
     assert_eq!(resumed + fetched, 64 << 20, "no byte fetched twice: {v}");
     assert_eq!(std::fs::read(dest.join("shots/plate.exr")).unwrap(), data);
@@ -848,6 +874,7 @@ fn interrupt_a_large_get_then_get_again(signal: libc::c_int) {
         Vec::<std::path::PathBuf>::new(),
         "the partial download became the file"
     );
+    at_kill
 }
 
 #[test]

@@ -877,6 +877,7 @@ async fn fetch_ranged(
                 let mut out = PartWriter {
                     out: BatchedWriter::new(&file, start, INLINE_BATCH),
                     start,
+                    recorded: start,
                     log,
                 };
                 let mut resumes = 0;
@@ -968,8 +969,31 @@ async fn fetch_ranged(
 struct PartWriter<'a> {
     out: BatchedWriter<'a>,
     start: u64,
+    /// How far the log says the part is written.
+    recorded: u64,
     log: Option<LandedLog>,
 }
+
+impl PartWriter<'_> {
+    /// Adds `chunk` after what was pushed. Each [`RECORD_EVERY`] bytes written are recorded as
+    /// they go, so that a run killed with no chance to record (`kill -9`, the OOM killer)
+    /// keeps them too: the kernel has them, as it has the record.
+    fn push(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
+        self.out.push(chunk)?;
+        let written = self.out.written_end();
+        if written - self.recorded >= RECORD_EVERY
+            && let Some(log) = &self.log
+            && log.record(self.start, written).is_ok()
+        {
+            self.recorded = written;
+        }
+        Ok(())
+    }
+}
+
+/// How many bytes of a part are written between two records of its progress: a record is a
+/// write of a few bytes to the log.
+const RECORD_EVERY: u64 = 4 << 20;
 
 impl<'a> std::ops::Deref for PartWriter<'a> {
     type Target = BatchedWriter<'a>;
@@ -986,9 +1010,10 @@ impl<'a> std::ops::DerefMut for PartWriter<'a> {
 
 impl Drop for PartWriter<'_> {
     fn drop(&mut self) {
-        // A write that failed leaves it unknown how far the bytes are there: none recorded.
+        // A write that failed leaves it unknown how far the bytes are there: none more
+        // recorded.
         if let Some(log) = &self.log
-            && self.out.end() > self.start
+            && self.out.end() > self.recorded
             && self.out.flush().is_ok()
             && let Err(e) = log.record(self.start, self.out.end())
         {
@@ -1025,7 +1050,7 @@ async fn read_body(
     c: &Counters,
     mut obj: crate::store::GetObject,
     end: u64,
-    out: &mut BatchedWriter<'_>,
+    out: &mut PartWriter<'_>,
     dest: &Path,
     cancel: &CancellationToken,
 ) -> Result<bool, TransferError> {

@@ -9,7 +9,8 @@
 //! it is used only when its directory is on the destination's mount, and the destination's
 //! directory has no default ACL, which a file made elsewhere would miss; a setgid directory's
 //! group is given to it as the directory would have); and `H-S.landed`, a
-//! line `START END` appended as each part lands, after its bytes were written. The whole object
+//! line `START END` appended as each part lands, after its bytes were written (and every
+//! 4 MiB on the way, so a killed run keeps a large part's progress too). The whole object
 //! is verified as ever: a claim a power cut made false (the line written, the bytes not) costs
 //! a fetch, never a wrong file.
 //!
