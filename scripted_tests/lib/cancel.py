@@ -6,6 +6,9 @@ transfer time T; then every mode cancels at seeded random points in [3%, 97%] of
 
   cli-sigint      `attache get` / `attache put`, SIGINT (Ctrl-C) to the process
   cli-sigterm     the same, SIGTERM
+  cli-sigkill     downloads only: `attache get`, SIGKILL (kill -9, the OOM killer: no chance
+                  to clean up; an upload killed so keeps its multipart upload open by design,
+                  for the next put to resume, see fault_test)
   daemon-api      a fresh `attache daemon`, a sync_inputs / submit job, DELETE /v1/jobs/ID
   daemon-sigterm  a fresh daemon, a job, SIGTERM to the daemon (must exit 0)
   official        the official client (official.py download / upload), SIGINT; figures only
@@ -35,6 +38,7 @@ from xfer import (GiB, IDLE_GOAL_S, MiB, Daemon, Run, S3Server, TrafficWatch, at
 
 FARM, QUEUE = "farm-1", "queue-1"
 MODES = ["cli-sigint", "cli-sigterm", "daemon-api", "daemon-sigterm"]
+DOWNLOAD_MODES = MODES[:2] + ["cli-sigkill"] + MODES[2:]
 EXIT_TIMEOUT = 30.0
 OFFICIAL_EXIT_TIMEOUT = 90.0
 
@@ -424,6 +428,8 @@ class CancelTest:
             h["daemon"].run.signal(signal.SIGTERM)
         elif mode == "cli-sigterm":
             h["run"].signal(signal.SIGTERM)
+        elif mode == "cli-sigkill":
+            h["run"].signal(signal.SIGKILL)
         else:  # cli-sigint, official
             h["run"].signal(signal.SIGINT)
 
@@ -475,7 +481,7 @@ class CancelTest:
             outcome = "hung"
         elif rc == 0:
             outcome = "finished"
-        elif rc in (130, 143):
+        elif rc in (130, 143) or (mode == "cli-sigkill" and rc == -signal.SIGKILL):
             outcome = "cancelled"
         elif h["kind"] == "official" and rc is not None and rc != 0:
             outcome = "cancelled"
@@ -526,7 +532,7 @@ class CancelTest:
             base = bases[(scn, "attache")]
             if not base:
                 continue
-            for mode in MODES:
+            for mode in self.modes():
                 rng = random.Random(f"{rng_root}-{self.dir}-{scn}-{mode}")
                 for _ in range(self.cfg["points"]):
                     self.cancel_run(scn, mode, rng.uniform(0.03, 0.97) * base, base)
@@ -536,6 +542,9 @@ class CancelTest:
                 for _ in range(self.cfg["official_points"]):
                     self.cancel_run(scn, "official", rng.uniform(0.03, 0.97) * obase, obase)
         self.tables()
+
+    def modes(self) -> list[str]:
+        return DOWNLOAD_MODES if self.dir == "download" else MODES
 
     def tables(self) -> None:
         rep = self.report
@@ -576,12 +585,12 @@ class CancelTest:
         if nrows:
             rep.table("The download after a cancelled one of the big file (cli: `attache get` "
                       "again, same cache dir; daemon-api: the job retried): 'kept' = bytes the "
-                      "cancelled run had written (parts in flight as far as they came), not "
-                      "fetched again",
+                      "cancelled run had written (parts in flight as far as they came; after "
+                      "cli-sigkill, to their last 4 MiB mark), not fetched again",
                       ["mode", "cancel s", "at", "kept", "fetched", "next get s"], nrows)
         srows = []
         for scn in ("files", "big"):
-            for mode in MODES + ["official"]:
+            for mode in self.modes() + ["official"]:
                 rs = [r for r in self.results if r["scenario"] == scn and r["mode"] == mode]
                 if not rs:
                     continue
