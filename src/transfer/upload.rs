@@ -506,22 +506,26 @@ async fn upload_multipart(
             .await
             .map(|kept| MultipartEnd::Completed { kept });
         if matches!(&result, Err(TransferError::Store(e)) if e.is_not_found()) {
-            result = dropped_upload(t, item, key, cancel).await;
-            // An old upload, resumed or taken over, may be aborted behind this run's back
-            // (by the machine that left it, `attache cleanup`, a lifecycle rule): the file
-            // goes up again in an upload of its own, once.
-            if result.is_err() && was_resumed && !cancel.is_cancelled() {
-                tracing::info!(
-                    "the multipart upload of {} ({key}) this run resumed was aborted from elsewhere; uploading the file again in a new one",
-                    item.path.display()
-                );
-                if let Some(record) = record {
-                    finished(record).await;
+            result = match stored_by_another(t, item, key, cancel).await {
+                Ok(true) => Ok(MultipartEnd::StoredByAnother),
+                // An old upload, resumed or taken over, may be aborted behind this run's back
+                // (by the machine that left it, `attache cleanup`, a lifecycle rule): the file
+                // goes up again in an upload of its own, once.
+                Ok(false) if was_resumed => {
+                    tracing::info!(
+                        "the multipart upload of {} ({key}) this run resumed was aborted from elsewhere; uploading the file again in a new one",
+                        item.path.display()
+                    );
+                    if let Some(record) = record {
+                        finished(record).await;
+                    }
+                    // Its bytes are counted again as they go.
+                    t.progress.add_total(0, counted.load(Relaxed));
+                    continue;
                 }
-                // Its bytes are counted again as they go.
-                t.progress.add_total(0, counted.load(Relaxed));
-                continue;
-            }
+                Ok(false) => Err(aborted_from_elsewhere(t, key)),
+                Err(e) => Err(e),
+            };
         }
         break (upload_id, record, result);
     };
@@ -542,28 +546,38 @@ async fn upload_multipart(
 }
 
 /// The store answered a part or the completion of an upload with 404 NoSuchUpload: it dropped
-/// the upload. When the object is there with the file's size, another uploader stored it
-/// first (the key is the content's hash: it holds these bytes); otherwise the upload was
-/// aborted behind this run's back, and the error says so.
-async fn dropped_upload(
+/// the upload. True when the object is there with the file's size: another uploader stored
+/// it first (the key is the content's hash: it holds these bytes); false: the upload was
+/// aborted behind this run's back.
+async fn stored_by_another(
     t: &Transfer,
     item: &UploadItem,
     key: &str,
     cancel: &CancellationToken,
-) -> Result<MultipartEnd, TransferError> {
-    match t.gate.run(cancel, || t.store.head(key)).await? {
-        Some(info) if info.size == item.size => {
-            tracing::debug!(key, "the store dropped the multipart upload: another uploader stored the object");
-            Ok(MultipartEnd::StoredByAnother)
-        }
-        _ => Err(TransferError::Store(StoreError::Failed {
-            store: t.store.describe(),
-            op: "multipart upload",
-            key: key.to_string(),
-            message: "the store dropped the upload before it was completed (aborted from elsewhere: `attache cleanup --older-than 0` on another machine, or a lifecycle rule); run again".into(),
-            retryable: false,
-        })),
+) -> Result<bool, TransferError> {
+    let stored = t
+        .gate
+        .run(cancel, || t.store.head(key))
+        .await?
+        .is_some_and(|info| info.size == item.size);
+    if stored {
+        tracing::debug!(
+            key,
+            "the store dropped the multipart upload: another uploader stored the object"
+        );
     }
+    Ok(stored)
+}
+
+/// The error of an upload the store dropped, with no object in its place.
+fn aborted_from_elsewhere(t: &Transfer, key: &str) -> TransferError {
+    TransferError::Store(StoreError::Failed {
+        store: t.store.describe(),
+        op: "multipart upload",
+        key: key.to_string(),
+        message: "the store dropped the upload before it was completed (aborted from elsewhere: `attache cleanup --older-than 0` on another machine, or a lifecycle rule); run again".into(),
+        retryable: false,
+    })
 }
 
 /// Whether a multipart upload that failed with `e` is kept open to be resumed: the store or
