@@ -95,6 +95,11 @@ pub struct TransferSettings {
     /// left) stays open for a later run on this machine to resume; 0: abort it at once. Also
     /// how long an interrupted download's partial objects are kept (0: none is).
     pub resume_for: Duration,
+    /// How long a multipart upload another machine left open, and each of its parts, must
+    /// have been idle for this machine to take it over; also how recently a part must have
+    /// landed in an upload this machine left for it to be spared as taken over. 0: take none
+    /// over (and spare as by the default).
+    pub take_over_after: Duration,
     /// Async worker threads (network and scheduling); 0: see [`Settings::runtime_threads`].
     pub runtime_threads: usize,
 }
@@ -375,6 +380,7 @@ impl Default for TransferSettings {
             known_present_ttl: Duration::secs(24 * 3600),
             known_present_sample: 32,
             resume_for: Duration::secs(24 * 3600),
+            take_over_after: Duration::secs(30 * 60),
             runtime_threads: 0,
         }
     }
@@ -506,6 +512,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "known_present_ttl",
             "known_present_sample",
             "resume_for",
+            "take_over_after",
             "runtime_threads",
         ],
     ),

@@ -1361,8 +1361,9 @@ fn assert_resumed_after_two_parts(
 }
 
 /// A multipart upload another machine (another cache dir) left open is taken over by the
-/// next upload of the same file once it has been idle for half an hour, keeping the parts the
-/// store holds; one that may still be at work is left alone.
+/// next upload of the same file once it has been idle for half an hour (or
+/// `transfer.take_over_after`), keeping the parts the store holds; one that may still be at
+/// work is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_another_machine_abandoned_is_taken_over_once_idle() {
     let s3 = TestS3::start().await;
@@ -1412,6 +1413,24 @@ async fn an_upload_another_machine_abandoned_is_taken_over_once_idle() {
         1,
         "A's upload is A's to resume or abort"
     );
+
+    // `transfer.take_over_after` sets how long: a machine that takes uploads over after 30 s
+    // takes over one idle for a minute; one set to take none over starts its own.
+    let mut quick = machine("quick-cache");
+    quick.transfer.take_over_after = attache::config::Duration::secs(30);
+    let mut never = machine("never-cache");
+    never.transfer.take_over_after = attache::config::Duration::secs(0);
+    for (name, seed, s, resumed) in [("src3", 13, &quick, 1), ("src4", 14, &never, 0)] {
+        let (src, _) = left_by_a(name, seed);
+        s3.faults.fail_data_puts_after(2);
+        put_tree(&src, &a).await.unwrap_err();
+        s3.faults.clear();
+        s3.age_multipart_uploads(Duration::from_secs(60));
+        let before = part_puts();
+        let r = put_tree(&src, s).await.unwrap();
+        assert_eq!(r.upload.resumed_uploads, resumed, "{name}: {:?}", r.upload);
+        assert_eq!(part_puts() - before, 5 - 2 * resumed as usize, "{name}");
+    }
 }
 
 /// An upload another machine took over stays in its hands while it is at work: the machine

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::layout::join;
 use crate::store::{OpenUpload, UploadedPart};
-use crate::transfer::abandoned_uploads::taken_over_since;
+use crate::transfer::abandoned_uploads::{spare_window, taken_over_since};
 use crate::transfer::upload::{abort_leftovers, abort_within};
 use crate::transfer::{Transfer, TransferError};
 
@@ -90,9 +90,10 @@ pub async fn run(
     }
     // A real run aborts these first, whatever their age, unless another machine took one over
     // and is at work in it (see `abort_leftovers`): that one is judged as any other.
+    let window = spare_window(&t.settings);
     for (u, parts) in with_parts(&t, recorded_left, cancel).await? {
         let left_as = recorded.left[&u.upload_id];
-        if parts.is_some_and(|p| taken_over_since(&p, left_as)) {
+        if parts.is_some_and(|p| taken_over_since(&p, left_as, window)) {
             candidates.push(u);
         } else {
             report.recorded_aborted += 1;

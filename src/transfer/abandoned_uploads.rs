@@ -2,7 +2,7 @@
 //! another machine's (a shared project submitted again from another workstation, a task's
 //! outputs retried on another worker), or this machine's under another `cache.dir` (the
 //! daemon's and a user's CLI). Found by listing the key's open uploads; one whose start and
-//! every part are older than [`IDLE`] is taken as abandoned, and the next upload of the same
+//! every part are older than `transfer.take_over_after` (30 minutes) is taken as abandoned, and the next upload of the same
 //! content takes it over (see `upload::resumable`) rather than sending every part again.
 //!
 //! Why idle: a store does not say whether an uploader is still at work. A live upload lands a
@@ -12,7 +12,7 @@
 //!
 //! The same rule holds the other way ([`taken_over_since`]): the machine that left an upload
 //! does not abort it, when its time to resume it has passed, while a part landed in it within
-//! [`IDLE`] since it left it: another machine has taken it over and is at work.
+//! that time since it left it: another machine has taken it over and is at work.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -21,11 +21,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::open_uploads::LeftAs;
 use super::{Transfer, TransferError};
+use crate::config::TransferSettings;
 use crate::jobs::Cancelled;
 use crate::store::UploadedPart;
 
-/// How long an open upload, and each of its parts, must have been left alone to be taken over.
-pub const IDLE: Duration = Duration::from_secs(30 * 60);
+/// How recently a part must have landed in an upload this machine left for it to be spared
+/// as another machine's: `transfer.take_over_after`, the time the machines take one over
+/// after (as a farm's machines share their settings), or its default where this machine takes
+/// none over.
+pub fn spare_window(settings: &TransferSettings) -> Duration {
+    match settings.take_over_after.0 {
+        d if d.is_zero() => TransferSettings::default().take_over_after.0,
+        d => d,
+    }
+}
 
 /// An abandoned open upload of `key` in `t`'s store that no record on this machine names, with
 /// the parts it holds (the one holding the most bytes, when there are several); `None` when
@@ -36,7 +45,8 @@ pub async fn find(
     key: &str,
     cancel: &CancellationToken,
 ) -> Result<Option<(String, Vec<UploadedPart>)>, Cancelled> {
-    if !t.lists_open_uploads.load(Relaxed) {
+    let idle_for = t.settings.take_over_after.0;
+    if idle_for.is_zero() || !t.lists_open_uploads.load(Relaxed) {
         return Ok(None);
     }
     let uploads = match t
@@ -66,7 +76,7 @@ pub async fn find(
         .await
         .expect("reading the open-upload records panicked");
     let now_ms = now_ms();
-    let idle = |ms: Option<i64>| idle_at(now_ms, ms);
+    let idle = |ms: Option<i64>| idle_at(now_ms, ms, idle_for);
     candidates.retain(|u| {
         idle(u.initiated_ms)
             && !recorded.running.contains(&u.upload_id)
@@ -98,34 +108,36 @@ pub async fn find(
 }
 
 /// Whether another uploader is at work on an upload this machine left (`left_as`): one of
-/// its parts landed less than [`IDLE`] ago, and, when the record says when this machine's run
-/// stopped, more than [`SLACK`] after that. Never for one this machine gave up. A part whose
-/// time the store does not say is not counted.
-pub fn taken_over_since(parts: &[UploadedPart], left_as: LeftAs) -> bool {
+/// its parts landed less than `window` ([`spare_window`]) ago, and, when the record says when
+/// this machine's run stopped, more than [`slack`] after that. Never for one this machine gave
+/// up. A part whose time the store does not say is not counted.
+pub fn taken_over_since(parts: &[UploadedPart], left_as: LeftAs, window: Duration) -> bool {
     let after_ms = match left_as {
         LeftAs::GivenUp => return false,
         LeftAs::Kept { at } => (at as i64)
             .saturating_mul(1000)
-            .saturating_add(SLACK.as_millis() as i64),
+            .saturating_add(slack(window).as_millis() as i64),
         LeftAs::Crashed => i64::MIN,
     };
     let now_ms = now_ms();
     parts.iter().any(|p| {
         p.last_modified_ms
-            .is_some_and(|ms| ms > after_ms && !idle_at(now_ms, Some(ms)))
+            .is_some_and(|ms| ms > after_ms && !idle_at(now_ms, Some(ms), window))
     })
 }
 
 /// How long after a run kept its upload open a part that lands in it is still taken as the
 /// run's own: a part in flight may land a little later, and the store's clock may be off
-/// this machine's. Another machine's parts come later still: it takes an upload over only
-/// once it has been idle for [`IDLE`].
-const SLACK: Duration = Duration::from_secs(5 * 60);
+/// this machine's. 5 minutes, less than `window`: another machine's parts come later still,
+/// as it takes an upload over only once it has been idle that long.
+fn slack(window: Duration) -> Duration {
+    Duration::from_secs(5 * 60).min(window / 2)
+}
 
-/// Whether a time the store gave (milliseconds since the epoch) is [`IDLE`] or more before
+/// Whether a time the store gave (milliseconds since the epoch) is `idle_for` or more before
 /// `now_ms`; a time it does not say is not known to be old.
-fn idle_at(now_ms: i64, ms: Option<i64>) -> bool {
-    ms.is_some_and(|ms| now_ms - ms >= IDLE.as_millis() as i64)
+fn idle_at(now_ms: i64, ms: Option<i64>, idle_for: Duration) -> bool {
+    ms.is_some_and(|ms| now_ms - ms >= idle_for.as_millis() as i64)
 }
 
 fn now_ms() -> i64 {
@@ -150,21 +162,17 @@ mod tests {
     #[test]
     fn an_upload_is_taken_over_while_a_part_landed_within_the_idle_time_after_it_was_left() {
         let min = Duration::from_secs(60);
+        let window = 30 * min;
+        let taken = |parts: &[UploadedPart], left_as| taken_over_since(parts, left_as, window);
         let crashed = LeftAs::Crashed;
-        assert!(taken_over_since(
-            &[part(Some(40 * min)), part(Some(min))],
-            crashed
-        ));
-        assert!(!taken_over_since(
+        assert!(taken(&[part(Some(40 * min)), part(Some(min))], crashed));
+        assert!(!taken(
             &[part(Some(40 * min)), part(Some(31 * min))],
             crashed
         ));
+        assert!(!taken(&[], crashed), "no part: nobody is at work");
         assert!(
-            !taken_over_since(&[], crashed),
-            "no part: nobody is at work"
-        );
-        assert!(
-            !taken_over_since(&[part(None)], crashed),
+            !taken(&[part(None)], crashed),
             "a time the store does not say is not taken as recent"
         );
         // Kept by a failure 2 minutes ago: a part of a minute ago is the failed run's own
@@ -172,8 +180,24 @@ mod tests {
         let kept = |ago: Duration| LeftAs::Kept {
             at: (now_ms() / 1000) as u64 - ago.as_secs(),
         };
-        assert!(!taken_over_since(&[part(Some(min))], kept(2 * min)));
-        assert!(taken_over_since(&[part(Some(min))], kept(20 * min)));
-        assert!(!taken_over_since(&[part(Some(min))], LeftAs::GivenUp));
+        assert!(!taken(&[part(Some(min))], kept(2 * min)));
+        assert!(taken(&[part(Some(min))], kept(20 * min)));
+        assert!(!taken(&[part(Some(min))], LeftAs::GivenUp));
+        // A farm that takes uploads over after 2 minutes: within a minute of that.
+        let short = |parts: &[UploadedPart], left_as| taken_over_since(parts, left_as, 2 * min);
+        let secs = Duration::from_secs;
+        assert!(short(&[part(Some(secs(10)))], kept(2 * min)));
+        assert!(!short(&[part(Some(secs(10)))], kept(secs(30))));
+        assert!(!short(&[part(Some(3 * min))], crashed), "idle again");
+    }
+
+    #[test]
+    fn the_spare_window_is_the_take_over_time_or_its_default_where_none_is_taken_over() {
+        let mut s = TransferSettings::default();
+        assert_eq!(spare_window(&s), Duration::from_secs(30 * 60));
+        s.take_over_after = crate::config::Duration::secs(120);
+        assert_eq!(spare_window(&s), Duration::from_secs(120));
+        s.take_over_after = crate::config::Duration::secs(0);
+        assert_eq!(spare_window(&s), Duration::from_secs(30 * 60));
     }
 }

@@ -658,7 +658,7 @@ async fn resumable(
 }
 
 /// An open upload of `key` that another machine (or this one under another `cache.dir`) left
-/// idle for [`abandoned_uploads::IDLE`], recorded as this run's own from now on: its parts
+/// idle for `transfer.take_over_after`, recorded as this run's own from now on: its parts
 /// that prove they hold the file's bytes are kept, as a resumed upload's are.
 async fn taken_over(
     t: &Transfer,
@@ -861,7 +861,7 @@ pub async fn abort_leftovers(t: &Transfer, resumable_too: bool) -> usize {
 }
 
 /// Whether an upload this machine left open, about to be aborted, had a part land in it
-/// within [`abandoned_uploads::IDLE`] since it was left: another machine (or this one under
+/// within [`abandoned_uploads::spare_window`] since it was left: another machine (or this one under
 /// another `cache.dir`) has taken it over and is at work, and the abort would fail its
 /// upload. Its record stays, and a later run looks again. An upload whose parts cannot be
 /// listed is aborted, as before.
@@ -876,12 +876,13 @@ async fn taken_over_elsewhere(t: &Transfer, l: &open_uploads::Leftover) -> bool 
     else {
         return false;
     };
-    let taken = abandoned_uploads::taken_over_since(&parts, l.left_as());
+    let window = abandoned_uploads::spare_window(&t.settings);
+    let taken = abandoned_uploads::taken_over_since(&parts, l.left_as(), window);
     if taken {
         tracing::info!(
             key = l.key,
             "not aborting the multipart upload an earlier run left open: a part landed in it within {} (another machine took it over)",
-            humantime::format_duration(abandoned_uploads::IDLE)
+            humantime::format_duration(window)
         );
     }
     taken
