@@ -1610,6 +1610,12 @@ fn the_daemon_aborts_uploads_left_open_when_it_starts() {
         std::fs::create_dir_all(&upload).unwrap();
         std::fs::write(upload.join("key"), format!("Data/{id}.xxh128")).unwrap();
         std::fs::write(upload.join("00001"), b"part").unwrap();
+        // Its part landed when it started: nobody took it over since.
+        filetime::set_file_mtime(
+            upload.join("00001"),
+            filetime::FileTime::from_unix_time(started_at as i64, 0),
+        )
+        .unwrap();
         let record = serde_json::json!({
             "store": format!("file://{}", store.display()),
             "key": format!("Data/{id}.xxh128"),

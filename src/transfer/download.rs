@@ -764,6 +764,8 @@ async fn fetch_verified(
             });
         }
         c.refetched.fetch_add(1, Relaxed);
+        // Every byte of it is fetched and counted again.
+        t.progress.add_total(0, item.size);
         tracing::warn!(
             key,
             got = %got,
