@@ -1390,12 +1390,7 @@ fn assert_resumed_after_two_parts(
 async fn an_upload_another_machine_abandoned_is_taken_over_once_idle() {
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
-    let machine = |cache: &str| {
-        let mut s = settings(&s3, "p", &t.path().join(cache));
-        s.s3.retry_attempts = 1;
-        s.transfer.max_parts_in_flight = 1;
-        s
-    };
+    let machine = |cache: &str| machine_settings(&s3, &t.path().join(cache));
     let (a, b) = (machine("a-cache"), machine("b-cache"));
     let part_puts = || {
         s3.stats
@@ -1464,12 +1459,7 @@ async fn an_upload_another_machine_took_over_is_not_aborted_while_it_is_at_work(
     use attache::jobs::cleanup::{self, CleanupSpec};
     let s3 = TestS3::start().await;
     let t = tempfile::tempdir().unwrap();
-    let machine = |cache: &str| {
-        let mut s = settings(&s3, "p", &t.path().join(cache));
-        s.s3.retry_attempts = 1;
-        s.transfer.max_parts_in_flight = 1;
-        s
-    };
+    let machine = |cache: &str| machine_settings(&s3, &t.path().join(cache));
     let (mut a, b) = (machine("a-cache"), machine("b-cache"));
     a.transfer.resume_for = attache::config::Duration::secs(600);
     let (src, small) = (t.path().join("src"), t.path().join("small"));
@@ -1544,6 +1534,15 @@ async fn an_upload_another_machine_took_over_is_not_aborted_while_it_is_at_work(
         s3.read_object(&key).unwrap() == data,
         "the object is not the file"
     );
+}
+
+/// One "machine" of the tests of uploads left and taken over: its own cache dir, one try per
+/// request and one part in flight, so that a fault stops its upload after a known part.
+fn machine_settings(s3: &TestS3, cache: &Path) -> Settings {
+    let mut s = settings(s3, "p", cache);
+    s.s3.retry_attempts = 1;
+    s.transfer.max_parts_in_flight = 1;
+    s
 }
 
 /// 23 MiB: five parts of 5 MiB (the last 3 MiB) with [`settings`] and [`fs_settings`].
@@ -1777,12 +1776,19 @@ async fn a_multipart_upload_the_store_dropped_is_present_when_another_stored_the
         .delete_many(std::slice::from_ref(&key))
         .await
         .unwrap();
-    let before = s3.stats.requests_matching(parts);
-    let (_cancel, job) = spawn_put(&src, &s).await;
-    wait_for_requests(&s3, before + 1, "a part", parts).await;
-    let id = s3.multipart_upload_ids()[0].clone();
-    other.store.abort_multipart(&key, &id).await.unwrap();
-    let err = job.await.unwrap().unwrap_err();
+    // A put whose upload another machine aborts once a part landed.
+    let aborted_midway = || async {
+        let before = s3.stats.requests_matching(parts);
+        let (_cancel, job) = spawn_put(&src, &s).await;
+        wait_for_requests(&s3, before + 1, "a part", parts).await;
+        let id = s3.multipart_upload_ids()[0].clone();
+        other.store.abort_multipart(&key, &id).await.unwrap();
+        (
+            job.await.unwrap(),
+            s3.stats.requests_matching(parts) - before,
+        )
+    };
+    let err = aborted_midway().await.0.unwrap_err();
     assert!(
         err.to_string().contains("the store dropped the upload"),
         "{err}"
@@ -1796,12 +1802,8 @@ async fn a_multipart_upload_the_store_dropped_is_present_when_another_stored_the
     put_tree(&src, &s).await.unwrap_err();
     s3.faults.clear();
     s3.faults.for_all();
-    let before = s3.stats.requests_matching(parts);
-    let (_cancel, job) = spawn_put(&src, &s).await;
-    wait_for_requests(&s3, before + 1, "a part", parts).await;
-    let id = s3.multipart_upload_ids()[0].clone();
-    other.store.abort_multipart(&key, &id).await.unwrap();
-    let r = job.await.unwrap().unwrap();
+    let (r, part_puts) = aborted_midway().await;
+    let r = r.unwrap();
     assert_eq!(
         (r.upload.uploaded_objects, r.upload.resumed_uploads),
         (1, 0),
@@ -1809,7 +1811,7 @@ async fn a_multipart_upload_the_store_dropped_is_present_when_another_stored_the
         r.upload
     );
     assert!(
-        s3.stats.requests_matching(parts) - before > 5,
+        part_puts > 5,
         "one part in the resumed upload, then all five again"
     );
     assert_eq!(s3.open_multipart_uploads(), 0);
