@@ -5,7 +5,8 @@
 #   doctor (every required probe of the setup passes; Garage ignores If-None-Match), then
 #   submit -> sync-inputs -> (the task writes outputs) -> sync-outputs -> download-outputs,
 #   then a re-submit of the unchanged tree (must upload nothing and publish one manifest),
-#   then a killed put resumed by the next one, `cleanup` of an upload a killed put left open,
+#   then a killed put resumed by the next one, one taken over by another machine, `cleanup` of
+#   an upload a killed put left open,
 #   and a put with no region set (Garage wants its own: the error must name s3.region).
 #
 #   scripted_tests/garage_workflow.sh        (ATTACHE_BIN=path: use that binary, no cargo build)
@@ -157,6 +158,34 @@ if run_attache resumer put "$work/resume" -o "$work/resume.manifest" --json >"$w
     fi
 else
     fail "resume"; cat "$work/resume2.log"
+fi
+
+# A put killed mid-multipart on "machine A" is taken over by "machine B" (another cache dir,
+# transfer.take_over_after = 2s) once idle that long: Garage's ListMultipartUploads and
+# ListParts give the upload and its parts with their times; B keeps the parts A sent. A's next
+# put, its resume time past, finds the upload completed and drops its record.
+mkdir -p "$work/takeover" "$work/takeover-tiny"
+head -c 96M /dev/urandom >"$work/takeover/big.bin"
+echo tiny >"$work/takeover-tiny/a.txt"
+ATTACHE_BANDWIDTH__UPLOAD=24MiB/s ATTACHE_TRANSFER__MAX_PARTS_IN_FLIGHT=1 \
+    put_then_kill machine-a 1.5 "$work/takeover1.log" "$work/takeover" -o "$work/takeover.manifest"
+sleep 2.5
+if ATTACHE_TRANSFER__TAKE_OVER_AFTER=2s run_attache machine-b put "$work/takeover" \
+        -o "$work/takeover.manifest" --json >"$work/takeover.json" 2>"$work/takeover2.log" &&
+    run_attache fresh get "$work/takeover.manifest" --dest "$work/takenover" 2>>"$work/takeover2.log" &&
+    cmp -s "$work/takeover/big.bin" "$work/takenover/big.bin" &&
+    ATTACHE_TRANSFER__RESUME_FOR=1s run_attache machine-a put "$work/takeover-tiny" \
+        -o "$work/takeover-tiny.manifest" 2>>"$work/takeover2.log"; then
+    kept="$(json "$work/takeover.json" "d['upload']['resumed_bytes']")"
+    records="$(find "$work/machine-a/open-uploads" -name '*.json' 2>/dev/null | wc -l)"
+    if [[ "$(json "$work/takeover.json" "d['upload']['resumed_uploads']")" == 1 && "$kept" -gt 0 && "$records" == 0 ]]; then
+        pass "takeover: machine B took over the upload killed machine A left, $((kept >> 20)) MiB of 96 MiB kept, the file identical; A's record gone"
+    else
+        fail "takeover: resumed $(json "$work/takeover.json" "d['upload']['resumed_uploads']"), $kept bytes kept, $records record(s) left on A"
+        cat "$work/takeover.json" "$work/takeover2.log"
+    fi
+else
+    fail "takeover"; cat "$work/takeover2.log"
 fi
 
 # A put killed mid-multipart (kill -9: no abort) leaves an open upload on the store and its
