@@ -6,9 +6,9 @@ transfer time T; then every mode cancels at seeded random points in [3%, 97%] of
 
   cli-sigint      `attache get` / `attache put`, SIGINT (Ctrl-C) to the process
   cli-sigterm     the same, SIGTERM
-  cli-sigkill     downloads only: `attache get`, SIGKILL (kill -9, the OOM killer: no chance
-                  to clean up; an upload killed so keeps its multipart upload open by design,
-                  for the next put to resume, see fault_test)
+  cli-sigkill     the same, SIGKILL (kill -9, the OOM killer: no chance to clean up). A put
+                  killed so keeps its multipart upload open by design: the same put run again
+                  with the same cache dir must resume it and leave nothing open
   daemon-api      a fresh `attache daemon`, a sync_inputs / submit job, DELETE /v1/jobs/ID
   daemon-sigterm  a fresh daemon, a job, SIGTERM to the daemon (must exit 0)
   official        the official client (official.py download / upload), SIGINT; figures only
@@ -37,8 +37,7 @@ from xfer import (GiB, IDLE_GOAL_S, MiB, Daemon, Run, S3Server, TrafficWatch, at
                   read_manifest, rmtree)
 
 FARM, QUEUE = "farm-1", "queue-1"
-MODES = ["cli-sigint", "cli-sigterm", "daemon-api", "daemon-sigterm"]
-DOWNLOAD_MODES = MODES[:2] + ["cli-sigkill"] + MODES[2:]
+MODES = ["cli-sigint", "cli-sigterm", "cli-sigkill", "daemon-api", "daemon-sigterm"]
 EXIT_TIMEOUT = 30.0
 OFFICIAL_EXIT_TIMEOUT = 90.0
 
@@ -237,7 +236,9 @@ class CancelTest:
         out["completes"] = ops.get("CompleteMultipartUpload", 0)
         out["orphans"] = 0
         out["next_run"] = 0
-        if out["open_mpu"] and h.get("cache") and self.dir == "upload":
+        if self.dir == "upload" and h["mode"] == "cli-sigkill":
+            out.update(self.next_put_resumes(h, server, out))
+        elif out["open_mpu"] and h.get("cache") and self.dir == "upload":
             out.update(self.next_run_aborts(h, server, out))
         if out["mpu_parts"] and not out["open_mpu"] and out["completes"] and \
                 not self.args.strict_mpu:
@@ -270,6 +271,38 @@ class CancelTest:
             return {"next_run": out["open_mpu"], "open_mpu": st["open_multipart_uploads"],
                     "mpu_parts": st["multipart_part_files"]}
         return {}
+
+    def next_put_resumes(self, h: dict, server: S3Server, out: dict) -> dict:
+        """A put killed with SIGKILL leaves its multipart upload open, recorded in its cache
+        dir as a crash's leftover: the same put run again with that cache dir must resume it,
+        complete every object and leave no upload open. Returns the figures (next_run: the
+        uploads it resumed; open_mpu, mpu_parts: what is open after it), with a problem when it
+        failed or left something."""
+        root = self.src[h["scn"]][0]
+        out_path = self.work.fresh("next-put.json")
+        run = Run(self.attache("put", root, "--json", "--store", server.store_url(h["prefix"]),
+                               "-o", self.work.fresh("next.manifest"), cache=h["cache"]),
+                  env=attache_env(server), log_path=self.work.logs / f"{h['tag']}-next.log",
+                  stdout_path=out_path, work=self.work)
+        run.wait(900)
+        st = server.stats()
+        res = {"open_mpu": st["open_multipart_uploads"], "mpu_parts": st["multipart_part_files"],
+               "problems": list(out["problems"])}
+        if run.rc != 0:
+            res["problems"].append(f"the put after the kill failed: {exit_desc(run.rc)}: "
+                                   f"{run.log_tail()}")
+            return res
+        u = json.loads(Path(out_path).read_text())["upload"]
+        res["next_run"] = u["resumed_uploads"]
+        res["next_put_kept"] = u["resumed_bytes"]
+        done = check_store(server, h["prefix"], root, self.by_hash[h["scn"]])
+        if done["objects"] != len(self.by_hash[h["scn"]]) or done["bad"]:
+            res["problems"].append(f"after the put after the kill: {done['objects']} of "
+                                   f"{len(self.by_hash[h['scn']])} objects, {len(done['bad'])} bad")
+        log(f"{h['tag']}: {out['open_mpu']} multipart upload(s) open after the kill; the next put "
+            f"resumed {u['resumed_uploads']} ({fmt_bytes(u['resumed_bytes'])} kept), "
+            f"{st['open_multipart_uploads']} open after it")
+        return res
 
     def next_get(self, h: dict, server: S3Server, tag: str, what: str) -> dict:
         """After a cancelled `attache get` of the big file, the next get with the same cache dir
@@ -532,7 +565,7 @@ class CancelTest:
             base = bases[(scn, "attache")]
             if not base:
                 continue
-            for mode in self.modes():
+            for mode in MODES:
                 rng = random.Random(f"{rng_root}-{self.dir}-{scn}-{mode}")
                 for _ in range(self.cfg["points"]):
                     self.cancel_run(scn, mode, rng.uniform(0.03, 0.97) * base, base)
@@ -542,9 +575,6 @@ class CancelTest:
                 for _ in range(self.cfg["official_points"]):
                     self.cancel_run(scn, "official", rng.uniform(0.03, 0.97) * obase, obase)
         self.tables()
-
-    def modes(self) -> list[str]:
-        return DOWNLOAD_MODES if self.dir == "download" else MODES
 
     def tables(self) -> None:
         rep = self.report
@@ -575,8 +605,17 @@ class CancelTest:
         rep.table(f"Cancel runs ({self.dir}): 'to exit' = process exit (daemon-api: job "
                   f"cancelled); 'to idle' = that and no S3 traffic for 300 ms"
                   + ("; 'next run' = open uploads whose abort was not confirmed within 0.5 s, "
-                     "recorded and aborted by the next put (open MPU is counted after it)"
+                     "recorded and aborted by the next put, or, after cli-sigkill, the uploads "
+                     "the same put run again resumed (open MPU is counted after it)"
                      if self.dir == "upload" else ""), hdr, rows)
+        krows = [[r["scenario"], f"{r['delay_s']:.2f}",
+                  "-" if r["at_bytes_frac"] is None else f"{100 * r['at_bytes_frac']:.0f}%",
+                  r.get("next_run", 0), fmt_bytes(r["next_put_kept"])]
+                 for r in self.results if "next_put_kept" in r]
+        if krows:
+            rep.table("The put after a killed one (cli-sigkill: the same put again, same cache "
+                      "dir): the multipart uploads it resumed and the bytes it kept, not sent "
+                      "again", ["scenario", "kill s", "at", "resumed", "kept"], krows)
         nrows = [[r["mode"], f"{r['delay_s']:.2f}",
                   "-" if r["at_bytes_frac"] is None else f"{100 * r['at_bytes_frac']:.0f}%",
                   fmt_bytes(r["next_resumed"]), fmt_bytes(r["next_fetched"]),
@@ -590,7 +629,7 @@ class CancelTest:
                       ["mode", "cancel s", "at", "kept", "fetched", "next get s"], nrows)
         srows = []
         for scn in ("files", "big"):
-            for mode in self.modes() + ["official"]:
+            for mode in MODES + ["official"]:
                 rs = [r for r in self.results if r["scenario"] == scn and r["mode"] == mode]
                 if not rs:
                     continue
