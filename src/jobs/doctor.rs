@@ -172,7 +172,7 @@ pub async fn run(
         .await?,
     );
     let lists_parts = format!(
-        "s3:ListMultipartUploadParts on {data}; only resuming or taking over an upload, and leaving one another machine took over to it"
+        "s3:ListMultipartUploadParts on {data}; only resuming or taking over an upload, and not aborting one another machine took over"
     );
     probes.push(match listed {
         Some(listed) => {
