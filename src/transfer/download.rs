@@ -689,20 +689,19 @@ async fn fetch_verified(
     let mut key = data_key(prefix, item.hash);
     let mut tried_legacy = false;
     let mut tries = 0;
-    // What earlier runs fetched is counted once (a fetch again within this run finds what
-    // this run fetched too).
-    let mut kept_counted = false;
+    // Bytes of the object the progress counts. What earlier runs fetched is counted once (a
+    // fetch again within this run finds what this run fetched too); what a try fetched and
+    // the next does not keep grows the progress's total, as it is fetched again.
+    let mut in_progress = None;
     loop {
         tries += 1;
-        // GETs of this try the store answered: a failure after one was is a cut body, worth
-        // another try; one before is a request the gate has retried already.
-        let answered = Arc::new(AtomicU64::new(0));
+        let this_try = TryCounts::new(t, c);
         let fetched;
         let tmp = if item.size >= ranged_from(t.settings.part_size.0) {
             let mut tmp = keep_or_stage(t, c, item)?;
-            if !std::mem::replace(&mut kept_counted, true) {
-                let kept: u64 = tmp.landed_before().iter().map(|(s, e)| e - s).sum();
-                if kept > 0 {
+            let kept: u64 = tmp.landed_before().iter().map(|(s, e)| e - s).sum();
+            match in_progress {
+                None if kept > 0 => {
                     c.resumed_bytes.fetch_add(kept, Relaxed);
                     t.progress.add_bytes(kept);
                     tracing::info!(
@@ -711,14 +710,20 @@ async fn fetch_verified(
                         "fetching on from what an earlier run fetched"
                     );
                 }
+                None => {}
+                Some(counted) => t.progress.add_total(0, u64::saturating_sub(counted, kept)),
             }
-            fetched = fetch_ranged(t, c, &key, item, &mut tmp, &answered, cancel).await;
+            in_progress = Some(kept);
+            fetched = fetch_ranged(t, c, &key, item, &mut tmp, &this_try, cancel).await;
             tmp
         } else {
             let tmp = stage_beside(&item.dest)?;
-            fetched = fetch_whole(t, c, &key, item, tmp.as_file(), &answered, cancel).await;
+            t.progress.add_total(0, in_progress.unwrap_or(0));
+            in_progress = Some(0);
+            fetched = fetch_whole(t, &key, item, tmp.as_file(), &this_try, cancel).await;
             tmp.into()
         };
+        in_progress = in_progress.map(|n| n + this_try.counted.load(Relaxed));
         let (got, got_size) = match fetched {
             Ok(v) => v,
             Err(TransferError::Store(e)) if e.is_not_found() && !tried_legacy => {
@@ -740,7 +745,7 @@ async fn fetch_verified(
             }
             // A body cut off mid-stream fails after the request itself succeeded: fetch again.
             Err(TransferError::Store(e))
-                if e.is_retryable() && tries < TRIES && answered.load(Relaxed) > 0 =>
+                if e.is_retryable() && tries < TRIES && this_try.answered.load(Relaxed) > 0 =>
             {
                 c.refetched.fetch_add(1, Relaxed);
                 tracing::warn!(key, "download interrupted ({e}); fetching it again");
@@ -764,8 +769,6 @@ async fn fetch_verified(
             });
         }
         c.refetched.fetch_add(1, Relaxed);
-        // Every byte of it is fetched and counted again.
-        t.progress.add_total(0, item.size);
         tracing::warn!(
             key,
             got = %got,
@@ -775,18 +778,46 @@ async fn fetch_verified(
     }
 }
 
+/// One try at fetching an object: what it saw, and the counters of the bytes it receives.
+struct TryCounts {
+    /// GETs the store answered: a failure after one was is a cut body, worth another try; one
+    /// before is a request the gate has retried already.
+    answered: AtomicU64,
+    /// Bytes it added to the progress.
+    counted: AtomicU64,
+    counters: Arc<Counters>,
+    progress: Arc<crate::progress::Progress>,
+}
+
+impl TryCounts {
+    fn new(t: &Transfer, c: &Arc<Counters>) -> Arc<TryCounts> {
+        Arc::new(TryCounts {
+            answered: AtomicU64::new(0),
+            counted: AtomicU64::new(0),
+            counters: c.clone(),
+            progress: t.progress.clone(),
+        })
+    }
+
+    /// `len` bytes of a body came: downloaded, and done in the progress.
+    fn received(&self, len: u64) {
+        self.counters.downloaded_bytes.fetch_add(len, Relaxed);
+        self.progress.add_bytes(len);
+        self.counted.fetch_add(len, Relaxed);
+    }
+}
+
 /// One GET, written and hashed as it streams. Returns (hash, bytes written).
 async fn fetch_whole(
     t: &Transfer,
-    c: &Counters,
     key: &str,
     item: &Target,
     tmp: &std::fs::File,
-    answered: &AtomicU64,
+    this_try: &TryCounts,
     cancel: &CancellationToken,
 ) -> Result<(ContentHash, u64), TransferError> {
     let mut obj = t.gate.run(cancel, || t.store.get(key, None)).await?;
-    answered.fetch_add(1, Relaxed);
+    this_try.answered.fetch_add(1, Relaxed);
     let mut hasher = Xxh3Default::new();
     let mut received = 0u64;
     // Page-cache writes are cheaper inline than a hop to a blocking thread. Body chunks are
@@ -798,8 +829,7 @@ async fn fetch_whole(
         let len = chunk.len() as u64;
         hasher.update(&chunk);
         received += len;
-        c.downloaded_bytes.fetch_add(len, Relaxed);
-        t.progress.add_bytes(len);
+        this_try.received(len);
         if received > item.size {
             break; // longer than the manifest says: mismatch, no need to read on
         }
@@ -830,7 +860,7 @@ async fn fetch_ranged(
     key: &str,
     item: &Target,
     tmp: &mut Landing,
-    answered: &Arc<AtomicU64>,
+    this_try: &Arc<TryCounts>,
     cancel: &CancellationToken,
 ) -> Result<(ContentHash, u64), TransferError> {
     tmp.as_file()
@@ -864,11 +894,11 @@ async fn fetch_ranged(
     let mut parts = futures::stream::iter(ranges)
         .map(|(start, end)| {
             let (t, c, file, cancel) = (t.clone(), c.clone(), file.clone(), stop.clone());
-            let (key, dest, log, answered) = (
+            let (key, dest, log, this_try) = (
                 key.to_string(),
                 item.dest.clone(),
                 log.clone(),
-                answered.clone(),
+                this_try.clone(),
             );
             // A task per part too: its body chunks are handled on the worker that reads them.
             spawned(async move {
@@ -890,8 +920,8 @@ async fn fetch_ranged(
                         .gate
                         .run(cancel, || t.store.get(&key, Some(from..end)))
                         .await?;
-                    answered.fetch_add(1, Relaxed);
-                    let read = read_body(&t, &c, obj, end, &mut out, &dest, cancel).await;
+                    this_try.answered.fetch_add(1, Relaxed);
+                    let read = read_body(&this_try, obj, end, &mut out, &dest, cancel).await;
                     let (why, failed) = match read {
                         Ok(true) if out.end() == end => break,
                         Ok(true) => ("its body ended short".to_string(), None),
@@ -1048,8 +1078,7 @@ fn parts_missing(landed: &[(u64, u64)], size: u64, part: u64) -> Vec<(u64, u64)>
 
 /// Pushes the body of a ranged GET's answer to `out` up to `end`; false when it runs past.
 async fn read_body(
-    t: &Transfer,
-    c: &Counters,
+    this_try: &TryCounts,
     mut obj: crate::store::GetObject,
     end: u64,
     out: &mut PartWriter<'_>,
@@ -1062,8 +1091,7 @@ async fn read_body(
         if out.end() + len > end {
             return Ok(false);
         }
-        c.downloaded_bytes.fetch_add(len, Relaxed);
-        t.progress.add_bytes(len);
+        this_try.received(len);
         out.push(chunk).map_err(TransferError::io(dest))?;
     }
     Ok(true)
