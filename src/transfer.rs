@@ -161,10 +161,7 @@ impl Transfer {
             progress,
             known,
             open_uploads: open_uploads::OpenUploads::new(&settings.cache.dir),
-            partial_downloads: partial_downloads::PartialDownloads::of(
-                &settings.cache,
-                t.resume_for.0,
-            ),
+            partial_downloads: partial_downloads::PartialDownloads::of(settings),
             lists_open_uploads: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             content_cache: content_cache::ContentCache::from_settings(&settings.cache)
                 .map(Arc::new),

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::store::layout::join;
 use crate::store::{OpenUpload, UploadedPart};
 use crate::transfer::abandoned_uploads::{spare_window, taken_over_since};
+use crate::transfer::open_uploads::LeftAs;
 use crate::transfer::upload::{abort_leftovers, abort_within};
 use crate::transfer::{Transfer, TransferError};
 
@@ -82,6 +83,9 @@ pub async fn run(
     for u in open {
         if recorded.running.contains(&u.upload_id) {
             report.kept_in_progress_here += 1;
+        } else if t.dry_run && recorded.left.get(&u.upload_id) == Some(&LeftAs::GivenUp) {
+            // An abort to repeat: no other machine took it over.
+            report.recorded_aborted += 1;
         } else if t.dry_run && recorded.left.contains_key(&u.upload_id) {
             recorded_left.push(u);
         } else {

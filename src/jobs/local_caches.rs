@@ -125,11 +125,6 @@ fn content_error(cache: &ContentCache) -> impl Fn(std::io::Error) -> LocalCacheE
     }
 }
 
-/// The machine's partial downloads, kept for `transfer.resume_for`.
-fn partial_downloads(settings: &Settings) -> PartialDownloads {
-    PartialDownloads::of(&settings.cache, settings.transfer.resume_for.0)
-}
-
 fn partial_error(kept: &PartialDownloads) -> impl Fn(std::io::Error) -> LocalCacheError + '_ {
     |source| LocalCacheError::Partial {
         dirs: kept.dirs().to_vec(),
@@ -169,7 +164,7 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
     let cache = content_cache(settings, settings.cache.content_size.0);
     let (files, bytes) = cache.contents().map_err(content_error(&cache))?;
     let open_uploads = crate::transfer::open_uploads::OpenUploads::new(&dir).count();
-    let kept = partial_downloads(settings);
+    let kept = PartialDownloads::of(settings);
     let partials = kept.usage().map_err(partial_error(&kept))?;
     Ok(CacheUsage {
         dir,
@@ -218,7 +213,7 @@ pub fn clear(settings: &Settings, spec: &ClearSpec) -> Result<Cleared, LocalCach
     }
     if spec.partial_downloads {
         // Those being written are left.
-        let kept = partial_downloads(settings);
+        let kept = PartialDownloads::of(settings);
         out.partial_downloads = Some(kept.clear().map_err(partial_error(&kept))?);
     }
     Ok(out)
@@ -275,7 +270,7 @@ pub fn forget_stale(
             None => 0,
         });
     }
-    let kept = partial_downloads(settings);
+    let kept = PartialDownloads::of(settings);
     out.partial_downloads = Some(kept.sweep().map_err(partial_error(&kept))?);
     Ok(out)
 }

@@ -875,16 +875,19 @@ async fn fetch_ranged(
     let hashing =
         crate::hash::as_written::AsWritten::start(file.clone(), item.size, cancel.clone())
             .map_err(TransferError::io(&item.dest))?;
-    // Parts done beyond the contiguous prefix (start → end), and that prefix's end.
-    let mut landed = std::collections::BTreeMap::new();
-    let mut prefix = 0;
-    let before = tmp.landed_before().to_vec();
-    if !before.is_empty() {
-        landed.extend(before.iter().copied());
+    // Parts done beyond the contiguous prefix (start → end), and that prefix's end, which
+    // the hash reads up to as it grows.
+    let (mut landed, mut prefix) = (std::collections::BTreeMap::new(), 0);
+    let mut land = |start: u64, end: u64| {
+        landed.insert(start, end);
         while let Some(end) = landed.remove(&prefix) {
             prefix = end;
         }
         hashing.ready(prefix);
+    };
+    let before = tmp.landed_before().to_vec();
+    for &(start, end) in &before {
+        land(start, end);
     }
     let ranges = parts_missing(&before, item.size, t.settings.part_size.0.max(1));
     let log = tmp.log();
@@ -971,11 +974,7 @@ async fn fetch_ranged(
         };
         complete &= whole;
         if whole {
-            landed.insert(start, end);
-            while let Some(end) = landed.remove(&prefix) {
-                prefix = end;
-            }
-            hashing.ready(prefix);
+            land(start, end);
         }
     }
     drop(parts);

@@ -133,11 +133,8 @@ pub struct Leftover {
     pub key: String,
     pub upload_id: String,
     pub started_at: u64,
-    /// When a failure left it open to be resumed (unix seconds); `None`: a crash or a kill
-    /// left it, or it was given up.
-    pub kept_at: Option<u64>,
-    /// A cancel or a lasting failure gave it up, and the store did not confirm the abort.
-    pub given_up: bool,
+    /// How its run stopped.
+    pub left_as: LeftAs,
     pub held: Held,
 }
 
@@ -145,7 +142,8 @@ pub struct Leftover {
 /// sent after taking the upload over (`abandoned_uploads::taken_over_since`) from its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeftAs {
-    /// A cancel or a lasting failure gave it up: this machine is aborting it.
+    /// A cancel or a lasting failure gave it up: this machine is aborting it (the store did
+    /// not confirm the abort, if it is a leftover).
     GivenUp,
     /// A failure kept it to be resumed, at this time (unix seconds).
     Kept { at: u64 },
@@ -153,9 +151,9 @@ pub enum LeftAs {
     Crashed,
 }
 
-impl LeftAs {
-    fn of(given_up: bool, kept_at: Option<u64>) -> LeftAs {
-        match (given_up, kept_at) {
+impl Record {
+    fn left_as(&self) -> LeftAs {
+        match (self.given_up, self.kept_at) {
             (true, _) => LeftAs::GivenUp,
             (false, Some(at)) => LeftAs::Kept { at },
             (false, None) => LeftAs::Crashed,
@@ -164,18 +162,14 @@ impl LeftAs {
 }
 
 impl Leftover {
-    pub fn left_as(&self) -> LeftAs {
-        LeftAs::of(self.given_up, self.kept_at)
-    }
-
     /// Whether it waits for a run that resumes it, and other runs do not abort it: a failure
     /// left it open less than `window` ago, or a crash left it and it started less than
     /// `window` ago (when the crash came is not known).
     pub fn kept_for_resume(&self, window: std::time::Duration) -> bool {
-        let since = match (self.given_up, self.kept_at) {
-            (true, _) => return false,
-            (false, Some(kept_at)) => kept_at,
-            (false, None) => self.started_at,
+        let since = match self.left_as {
+            LeftAs::GivenUp => return false,
+            LeftAs::Kept { at } => at,
+            LeftAs::Crashed => self.started_at,
         };
         unix_now() < since.saturating_add(window.as_secs())
     }
@@ -240,11 +234,10 @@ impl OpenUploads {
             .filter_map(|r| {
                 Some(Leftover {
                     held: r.unheld?,
+                    left_as: r.record.left_as(),
                     key: r.record.key,
                     upload_id: r.record.upload_id,
                     started_at: r.record.started_at,
-                    kept_at: r.record.kept_at,
-                    given_up: r.record.given_up,
                 })
             })
             .collect();
@@ -283,7 +276,7 @@ impl OpenUploads {
         for r in read_records(&self.dir) {
             if r.record.store == store {
                 if r.unheld.is_some() {
-                    let left_as = LeftAs::of(r.record.given_up, r.record.kept_at);
+                    let left_as = r.record.left_as();
                     ids.left.insert(r.record.upload_id, left_as);
                 } else {
                     ids.running.insert(r.record.upload_id);
@@ -428,7 +421,7 @@ mod tests {
         drop(o.record("s", "s", "p/Data/b.xxh128", "other").unwrap());
         let left = o.leftover_of("s", "p/Data/a.xxh128").unwrap();
         assert_eq!(left.upload_id, "old");
-        assert_eq!(left.kept_at, None, "a crash's leftover");
+        assert_eq!(left.left_as, LeftAs::Crashed, "a crash's leftover");
         assert!(
             left.kept_for_resume(std::time::Duration::from_secs(3600)),
             "a crash's leftover started within the window is spared"
@@ -441,7 +434,7 @@ mod tests {
         assert!(o.leftover_of("other store", "p/Data/b.xxh128").is_none());
         left.held.keep_for_resume();
         let kept = o.leftover_of("s", "p/Data/a.xxh128").unwrap();
-        assert!(kept.kept_at.is_some());
+        assert!(matches!(kept.left_as, LeftAs::Kept { .. }));
         assert!(kept.kept_for_resume(std::time::Duration::from_secs(3600)));
         assert!(!kept.kept_for_resume(std::time::Duration::ZERO));
         assert_eq!(
@@ -466,11 +459,11 @@ mod tests {
         );
         drop(held);
         let left = o.leftover_of("s", "p/Data/a.xxh128").unwrap();
-        assert!(left.given_up);
+        assert_eq!(left.left_as, LeftAs::GivenUp);
         assert!(!left.kept_for_resume(hour), "an abort to repeat");
         left.held.keep_for_resume();
         let kept = o.leftover_of("s", "p/Data/a.xxh128").unwrap();
-        assert!(!kept.given_up && kept.kept_at.is_some());
+        assert!(matches!(kept.left_as, LeftAs::Kept { .. }));
         assert!(kept.kept_for_resume(hour));
         drop(kept);
         // A crash's leftover that started longer ago than the window is not spared.
@@ -480,7 +473,7 @@ mod tests {
         )
         .unwrap();
         let old = o.leftover_of("s", "k").unwrap();
-        assert!(old.kept_at.is_none() && !old.given_up);
+        assert_eq!(old.left_as, LeftAs::Crashed);
         assert!(!old.kept_for_resume(hour));
         assert_eq!(
             std::fs::read_dir(o.dir()).unwrap().count(),

@@ -91,9 +91,11 @@ impl PartialDownloads {
         }
     }
 
-    /// The machine's: under `cache.dir`, and under `cache.content_dir` when it is set.
-    pub fn of(cache: &crate::config::CacheSettings, keep_for: Duration) -> PartialDownloads {
-        let mut kept = PartialDownloads::new(&cache.dir, keep_for);
+    /// The machine's: under `cache.dir`, and under `cache.content_dir` when it is set, kept
+    /// for `transfer.resume_for`.
+    pub fn of(settings: &crate::config::Settings) -> PartialDownloads {
+        let cache = &settings.cache;
+        let mut kept = PartialDownloads::new(&cache.dir, settings.transfer.resume_for.0);
         if let Some(content) = &cache.content_dir {
             kept.dirs.push(content.join(CONTENT_DIR_NAME));
         }
@@ -178,25 +180,11 @@ impl PartialDownloads {
     /// How many partial downloads there are, and their bytes on disk.
     pub fn usage(&self) -> io::Result<Partials> {
         let mut found = Partials::default();
-        for (_, meta) in self.parts()? {
+        for (_, meta) in parts(&self.entries()?) {
             found.files += 1;
             found.bytes += meta.blocks() * 512;
         }
         Ok(found)
-    }
-
-    /// Each `.part` with its metadata (none where a directory was never made).
-    fn parts(&self) -> io::Result<Vec<(PathBuf, std::fs::Metadata)>> {
-        let mut parts = Vec::new();
-        for path in self.entries()? {
-            if path.extension().is_some_and(|e| e == PART)
-                && let Ok(meta) = std::fs::symlink_metadata(&path)
-                && meta.is_file()
-            {
-                parts.push((path, meta));
-            }
-        }
-        Ok(parts)
     }
 
     /// What their directories hold.
@@ -228,25 +216,26 @@ impl PartialDownloads {
                     .is_some_and(|since| since >= age)
             })
         };
+        let entries = self.entries()?;
         let mut gone = Partials::default();
-        for (path, meta) in self.parts()? {
+        for (path, meta) in parts(&entries) {
             if !old(&meta) {
                 continue;
             }
-            let Ok(file) = File::open(&path) else {
+            let Ok(file) = File::open(path) else {
                 continue;
             };
             if file.try_lock().is_err() {
                 continue; // being written
             }
             let _ = std::fs::remove_file(path.with_extension(LANDED));
-            if std::fs::remove_file(&path).is_ok() {
+            if std::fs::remove_file(path).is_ok() {
                 gone.files += 1;
                 gone.bytes += meta.blocks() * 512;
             }
         }
         // A `.landed` whose `.part` went (a run placed it and stopped before removing it).
-        for path in self.entries()? {
+        for path in entries {
             if path.extension().is_some_and(|e| e == LANDED)
                 && !path.with_extension(PART).exists()
                 && std::fs::metadata(&path).is_ok_and(|m| old(&m))
@@ -256,6 +245,18 @@ impl PartialDownloads {
         }
         Ok(gone)
     }
+}
+
+/// Each `.part` among `entries` with its metadata.
+fn parts(entries: &[PathBuf]) -> Vec<(&PathBuf, std::fs::Metadata)> {
+    entries
+        .iter()
+        .filter(|path| path.extension().is_some_and(|e| e == PART))
+        .filter_map(|path| {
+            let meta = std::fs::symlink_metadata(path).ok()?;
+            meta.is_file().then_some((path, meta))
+        })
+        .collect()
 }
 
 /// The partial download of `hash` in `dir`, locked for this process, for a file in a
@@ -513,12 +514,11 @@ mod tests {
         let elsewhere = tempfile::tempdir_in(shm).unwrap();
         let content = t.path().join("content");
         std::fs::create_dir(&content).unwrap();
-        let cache = crate::config::CacheSettings {
-            dir: elsewhere.path().to_path_buf(),
-            content_dir: Some(content.clone()),
-            ..Default::default()
-        };
-        let kept = PartialDownloads::of(&cache, DAY);
+        let mut settings = crate::config::Settings::default();
+        settings.cache.dir = elsewhere.path().to_path_buf();
+        settings.cache.content_dir = Some(content.clone());
+        settings.transfer.resume_for = crate::config::Duration(DAY);
+        let kept = PartialDownloads::of(&settings);
         let session = t.path().join("session");
         std::fs::create_dir(&session).unwrap();
         let mut p = kept.open(hash(10), 10, &session).unwrap().unwrap();

@@ -866,7 +866,7 @@ pub async fn abort_leftovers(t: &Transfer, resumable_too: bool) -> usize {
 /// upload. Its record stays, and a later run looks again. An upload whose parts cannot be
 /// listed is aborted, as before.
 async fn taken_over_elsewhere(t: &Transfer, l: &open_uploads::Leftover) -> bool {
-    if l.left_as() == open_uploads::LeftAs::GivenUp {
+    if l.left_as == open_uploads::LeftAs::GivenUp {
         return false;
     }
     let Some(Ok(Some(parts))) = t
@@ -877,7 +877,7 @@ async fn taken_over_elsewhere(t: &Transfer, l: &open_uploads::Leftover) -> bool 
         return false;
     };
     let window = abandoned_uploads::spare_window(&t.settings);
-    let taken = abandoned_uploads::taken_over_since(&parts, l.left_as(), window);
+    let taken = abandoned_uploads::taken_over_since(&parts, l.left_as, window);
     if taken {
         tracing::info!(
             key = l.key,
