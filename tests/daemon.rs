@@ -1623,7 +1623,14 @@ fn the_daemon_aborts_uploads_left_open_when_it_starts() {
             "started_at": started_at,
             "given_up": given_up,
         });
-        std::fs::write(records.join(format!("{id}.json")), record.to_string()).unwrap();
+        let path = records.join(format!("{id}.json"));
+        std::fs::write(&path, record.to_string()).unwrap();
+        // Its run's last heartbeat: when it started.
+        filetime::set_file_mtime(
+            &path,
+            filetime::FileTime::from_unix_time(started_at as i64, 0),
+        )
+        .unwrap();
         upload
     };
     let old_crash = left("0123456789abcdef0123456789abcde0", 1_700_000_000, false);

@@ -966,28 +966,8 @@ fn a_put_killed_mid_upload_is_resumed_by_the_next_put() {
     std::fs::create_dir_all(&root).unwrap();
     let data: Vec<u8> = (0..40u32 << 20).map(|i| (i % 251) as u8).collect();
     std::fs::write(root.join("big.bin"), &data).unwrap();
-    let put = |limit: &str| {
-        let mut c = attache(&cache);
-        c.envs(s3.env())
-            .env("ATTACHE_TRANSFER__PART_SIZE", "5MiB")
-            .env("ATTACHE_TRANSFER__MULTIPART_THRESHOLD", "5MiB")
-            .env("ATTACHE_BANDWIDTH__UPLOAD", limit)
-            .args(["put", "--store", &s3.store_url("p"), "-o"])
-            .arg(t.path().join("m.json"))
-            .arg(&root);
-        c
-    };
-    let mut child = put("10MiB/s")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s3.multipart_part_files() < 2 {
-        assert!(Instant::now() < deadline, "no part was uploaded");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
+    let put = |limit: &str| multipart_put(&s3, t.path(), &cache, limit);
+    kill_once_parts_landed(put("10MiB/s"), &s3, 2);
     assert_eq!(s3.open_multipart_uploads(), 1, "a kill cannot abort");
     // A part the server had whole when the connection went is still written.
     std::thread::sleep(Duration::from_millis(200));
@@ -1028,6 +1008,91 @@ fn a_put_killed_mid_upload_is_resumed_by_the_next_put() {
         s3.read_object(&format!("p/Data/{hash}.xxh128")).unwrap() == data,
         "the object is not the file"
     );
+}
+
+/// `attache put` of `dir`/root to `s3`'s prefix `p` with the cache dir `cache`, in 5 MiB parts,
+/// sending at most `limit` (`0`: no limit).
+fn multipart_put(s3: &TestS3, dir: &Path, cache: &Path, limit: &str) -> Command {
+    let mut c = attache(cache);
+    c.envs(s3.env())
+        .env("ATTACHE_TRANSFER__PART_SIZE", "5MiB")
+        .env("ATTACHE_TRANSFER__MULTIPART_THRESHOLD", "5MiB")
+        .env("ATTACHE_BANDWIDTH__UPLOAD", limit)
+        .args(["put", "--store", &s3.store_url("p"), "-o"])
+        .arg(dir.join("m.json"))
+        .arg(dir.join("root"));
+    c
+}
+
+/// Starts `put` and SIGKILLs it (a crash: no chance to abort) once `parts` of its parts are
+/// in the store.
+fn kill_once_parts_landed(mut put: Command, s3: &TestS3, parts: usize) {
+    let mut child = put.stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3.multipart_part_files() < parts {
+        assert!(Instant::now() < deadline, "no part was uploaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+}
+
+/// A killed put's record says when its run last landed a part (the record's modification
+/// time), not only when it started: the upload is kept for `transfer.resume_for` from then (a
+/// long upload killed late is still resumed), and `attache cleanup` right after the kill
+/// takes its parts for its own, not another machine's, and aborts it.
+#[test]
+fn a_killed_put_is_kept_from_its_last_part_and_cleanup_right_after_aborts_it() {
+    let s3 = TestS3::start_background();
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    let root = t.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let data: Vec<u8> = (0..40u32 << 20).map(|i| (i % 241) as u8).collect();
+    std::fs::write(root.join("big.bin"), &data).unwrap();
+    // One 5 MiB part at a time at 4 MiB/s: a part lands every 1.25 s.
+    let mut put = multipart_put(&s3, t.path(), &cache, "4MiB/s");
+    put.env("ATTACHE_TRANSFER__MAX_PARTS_IN_FLIGHT", "1");
+    kill_once_parts_landed(put, &s3, 4);
+    assert_eq!(s3.open_multipart_uploads(), 1, "a kill cannot abort");
+    let records = files_under(&cache.join("open-uploads"));
+    assert_eq!(records.len(), 1, "{records:?}");
+    let mut record = read_json(&records[0]);
+    let started = record["started_at"].as_u64().unwrap();
+    let modified =
+        filetime::FileTime::from_last_modification_time(&std::fs::metadata(&records[0]).unwrap());
+    assert!(
+        modified.unix_seconds() as u64 >= started + 2,
+        "the record's time ({}) is its last part's, seconds after its start ({started})",
+        modified.unix_seconds()
+    );
+
+    // As if the put had started two days ago and run until now: the next put to the store
+    // keeps the upload, for `resume_for` (24h) from its last part.
+    record["started_at"] = (started - 2 * 86_400).into();
+    std::fs::write(&records[0], record.to_string()).unwrap();
+    filetime::set_file_mtime(&records[0], modified).unwrap();
+    let v = put_other_file(&s3, t.path(), &cache);
+    assert_eq!(v["upload"]["aborted_leftover_uploads"], 0, "{v}");
+    assert_eq!(
+        s3.open_multipart_uploads(),
+        1,
+        "a killed put's upload was aborted"
+    );
+
+    // Its parts landed before its last heartbeat (or within seconds of it): the killed run's
+    // own, not another machine's at work, so `cleanup` aborts it.
+    let (code, out, err) = run(attache(&cache).envs(s3.env()).args([
+        "cleanup",
+        "--json",
+        "--store",
+        &s3.store_url("p"),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let cleaned: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cleaned["recorded_aborted"], 1, "{cleaned}\n{err}");
+    assert_eq!(s3.open_multipart_uploads(), 0);
+    assert!(files_under(&cache.join("open-uploads")).is_empty());
 }
 
 /// A cancelled put does not wait long for a store that does not answer its abort: the upload

@@ -1574,8 +1574,9 @@ fn open_upload_records(cache: &Path) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// Moves the times in the open-upload records of `cache` (`started_at`, `kept_at`) `by` into
-/// the past, as if their runs had stopped that much earlier.
+/// Moves the times in the open-upload records of `cache` (`started_at`, `kept_at`, and the
+/// file's modification time, a crashed run's last heartbeat) `by` into the past, as if their
+/// runs had stopped that much earlier.
 fn age_open_upload_records(cache: &Path, by: Duration) {
     for e in std::fs::read_dir(cache.join("open-uploads"))
         .unwrap()
@@ -1584,6 +1585,7 @@ fn age_open_upload_records(cache: &Path, by: Duration) {
         if e.path().extension().is_none_or(|x| x != "json") {
             continue;
         }
+        let modified = filetime::FileTime::from_last_modification_time(&e.metadata().unwrap());
         let mut r: serde_json::Value =
             serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
         for field in ["started_at", "kept_at"] {
@@ -1592,6 +1594,8 @@ fn age_open_upload_records(cache: &Path, by: Duration) {
             }
         }
         std::fs::write(e.path(), serde_json::to_vec(&r).unwrap()).unwrap();
+        let aged = modified.unix_seconds() - by.as_secs() as i64;
+        filetime::set_file_mtime(e.path(), filetime::FileTime::from_unix_time(aged, 0)).unwrap();
     }
 }
 

@@ -108,17 +108,16 @@ pub async fn find(
 }
 
 /// Whether another uploader is at work on an upload this machine left (`left_as`): one of
-/// its parts landed less than `window` ([`spare_window`]) ago, and, when the record says when
-/// this machine's run stopped, more than [`slack`] after that. Never for one this machine gave
-/// up. A part whose time the store does not say is not counted.
+/// its parts landed less than `window` ([`spare_window`]) ago, and more than [`slack`] after
+/// this machine's run stopped. Never for one this machine gave up. A part whose time the
+/// store does not say is not counted.
 pub fn taken_over_since(parts: &[UploadedPart], left_as: LeftAs, window: Duration) -> bool {
-    let after_ms = match left_as {
-        LeftAs::GivenUp => return false,
-        LeftAs::Kept { at } => (at as i64)
-            .saturating_mul(1000)
-            .saturating_add(slack(window).as_millis() as i64),
-        LeftAs::Crashed => i64::MIN,
+    let Some(at) = left_as.stopped_at() else {
+        return false;
     };
+    let after_ms = (at as i64)
+        .saturating_mul(1000)
+        .saturating_add(slack(window).as_millis() as i64);
     let now_ms = now_ms();
     parts.iter().any(|p| {
         p.last_modified_ms
@@ -126,9 +125,9 @@ pub fn taken_over_since(parts: &[UploadedPart], left_as: LeftAs, window: Duratio
     })
 }
 
-/// How long after a run kept its upload open a part that lands in it is still taken as the
-/// run's own: a part in flight may land a little later, and the store's clock may be off
-/// this machine's. 5 minutes, less than `window`: another machine's parts come later still,
+/// How long after a run stopped (kept its upload open, or last beat before a crash) a part
+/// that lands in its upload is still taken as the run's own: a part in flight may land a
+/// little later, and the store's clock may be off this machine's. 5 minutes, less than `window`: another machine's parts come later still,
 /// as it takes an upload over only once it has been idle that long.
 fn slack(window: Duration) -> Duration {
     Duration::from_secs(5 * 60).min(window / 2)
@@ -164,7 +163,9 @@ mod tests {
         let min = Duration::from_secs(60);
         let window = 30 * min;
         let taken = |parts: &[UploadedPart], left_as| taken_over_since(parts, left_as, window);
-        let crashed = LeftAs::Crashed;
+        let at = |ago: Duration| (now_ms() / 1000) as u64 - ago.as_secs();
+        // Crashed 40 minutes ago (its last heartbeat).
+        let crashed = LeftAs::Crashed { at: at(40 * min) };
         assert!(taken(&[part(Some(40 * min)), part(Some(min))], crashed));
         assert!(!taken(
             &[part(Some(40 * min)), part(Some(31 * min))],
@@ -177,11 +178,14 @@ mod tests {
         );
         // Kept by a failure 2 minutes ago: a part of a minute ago is the failed run's own
         // (one in flight); kept 20 minutes ago, it is another machine's.
-        let kept = |ago: Duration| LeftAs::Kept {
-            at: (now_ms() / 1000) as u64 - ago.as_secs(),
-        };
+        let kept = |ago: Duration| LeftAs::Kept { at: at(ago) };
         assert!(!taken(&[part(Some(min))], kept(2 * min)));
         assert!(taken(&[part(Some(min))], kept(20 * min)));
+        // A crash the same: its last heartbeat 2 minutes ago, a part of a minute ago is its
+        // own (`attache cleanup` right after a crash aborts its upload).
+        let crash = |ago: Duration| LeftAs::Crashed { at: at(ago) };
+        assert!(!taken(&[part(Some(min))], crash(2 * min)));
+        assert!(taken(&[part(Some(min))], crash(20 * min)));
         assert!(!taken(&[part(Some(min))], LeftAs::GivenUp));
         // A farm that takes uploads over after 2 minutes: within a minute of that.
         let short = |parts: &[UploadedPart], left_as| taken_over_since(parts, left_as, 2 * min);

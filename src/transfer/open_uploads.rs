@@ -3,8 +3,9 @@
 //! see aborted, or that a crash, a kill or a lost store left open, is resumed by the next
 //! upload of the same object or aborted by the next upload to the same store, instead of
 //! keeping its parts (billed storage) in the bucket. The aborts spare an upload a failure
-//! kept (`kept_at`) or a crash left (a kill, a power cut: the record as written at its start)
-//! for `transfer.resume_for`, so that the run after it resumes rather than starts again; one
+//! kept (`kept_at`) or a crash left (a kill, a power cut: the record as its run last touched
+//! it, see [`Heartbeat`]) for `transfer.resume_for` since its run stopped, so that the run
+//! after it resumes rather than starts again; one
 //! the user cancelled, or that failed for good, is marked `given_up` before its abort is sent,
 //! so an abort the store did not confirm is repeated by the next run, not spared.
 //!
@@ -12,12 +13,20 @@
 //! the upload is completed or aborted. The kernel drops the lock with the process, so a
 //! record that can be locked is a leftover whatever ended its owner, and a record in use by
 //! another job or process on the machine is never touched.
+//!
+//! Why a heartbeat: a crash cannot write down when it came. A running upload sets its
+//! record's modification time as its parts land, so a crash's record says when its run last
+//! worked: `resume_for` counts from then (a long upload killed hours in is still resumed),
+//! and the parts another machine sends after taking the upload over are told from the
+//! crashed run's own (`abandoned_uploads::taken_over_since`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, TryLockError};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// The records' directory, under `cache.dir`.
 pub const DIR_NAME: &str = "open-uploads";
@@ -65,7 +74,42 @@ pub struct Held {
     _lock: File,
 }
 
+/// A running upload's sign of life: sets its record's modification time (see the module's
+/// doc). Cheap to clone; a beat within the same second as the last one is not due.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    path: Arc<Path>,
+    last: Arc<AtomicU64>,
+}
+
+impl Heartbeat {
+    /// Whether a beat is due: none yet this second. Claims it.
+    pub fn due(&self) -> bool {
+        let now = unix_now();
+        self.last.swap(now, Relaxed) != now
+    }
+
+    /// Sets the record's modification time to now (system calls: off the async runtime). A
+    /// failure is logged: the record then says its run stopped earlier than it did.
+    pub fn beat(&self) {
+        // Opened anew, not the locked file duplicated: a duplicate would keep the lock while
+        // a beat is under way after the upload is done; a `flock` stays with the first open.
+        let set = File::open(&self.path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        if let Err(e) = set {
+            tracing::debug!("cannot set the time of {}: {e}", self.path.display());
+        }
+    }
+}
+
 impl Held {
+    /// The heartbeat of the upload holding this record.
+    pub fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            path: self.path.as_path().into(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     /// The upload is completed or aborted: its record goes. Dropping a `Held` without this
     /// keeps the record, unlocked, for the next upload to the store to abort.
     pub fn done(self) {
@@ -85,6 +129,18 @@ impl Held {
             r.given_up = false;
         }) {
             tracing::warn!("cannot mark {} for resuming: {e}", self.path.display());
+        }
+    }
+
+    /// A run resumes the upload: the record is a running upload's again (neither kept nor
+    /// given up), so that should this run crash too, the record says so, and when. Still
+    /// locked after; a record that cannot be rewritten stays as it was.
+    pub fn resume(&mut self) {
+        if let Err(e) = self.rewrite(|r| {
+            r.kept_at = None;
+            r.given_up = false;
+        }) {
+            tracing::debug!("cannot mark {} resumed: {e}", self.path.display());
         }
     }
 
@@ -147,31 +203,41 @@ pub enum LeftAs {
     GivenUp,
     /// A failure kept it to be resumed, at this time (unix seconds).
     Kept { at: u64 },
-    /// A crash or a kill left it: when is not known.
-    Crashed,
+    /// A crash or a kill left it; its run last worked on it at this time (unix seconds: its
+    /// record's last [`Heartbeat`], its start for a record written before there were any).
+    Crashed { at: u64 },
+}
+
+impl LeftAs {
+    /// When its run stopped (unix seconds); `None` for one given up.
+    pub fn stopped_at(self) -> Option<u64> {
+        match self {
+            LeftAs::GivenUp => None,
+            LeftAs::Kept { at } | LeftAs::Crashed { at } => Some(at),
+        }
+    }
 }
 
 impl Record {
-    fn left_as(&self) -> LeftAs {
+    /// `modified`: the record's modification time (unix seconds).
+    fn left_as(&self, modified: u64) -> LeftAs {
         match (self.given_up, self.kept_at) {
             (true, _) => LeftAs::GivenUp,
             (false, Some(at)) => LeftAs::Kept { at },
-            (false, None) => LeftAs::Crashed,
+            (false, None) => LeftAs::Crashed {
+                at: modified.max(self.started_at),
+            },
         }
     }
 }
 
 impl Leftover {
-    /// Whether it waits for a run that resumes it, and other runs do not abort it: a failure
-    /// left it open less than `window` ago, or a crash left it and it started less than
-    /// `window` ago (when the crash came is not known).
+    /// Whether it waits for a run that resumes it, and other runs do not abort it: its run
+    /// stopped (a failure kept it, a crash left it) less than `window` ago.
     pub fn kept_for_resume(&self, window: std::time::Duration) -> bool {
-        let since = match self.left_as {
-            LeftAs::GivenUp => return false,
-            LeftAs::Kept { at } => at,
-            LeftAs::Crashed => self.started_at,
-        };
-        unix_now() < since.saturating_add(window.as_secs())
+        self.left_as
+            .stopped_at()
+            .is_some_and(|at| unix_now() < at.saturating_add(window.as_secs()))
     }
 }
 
@@ -234,7 +300,7 @@ impl OpenUploads {
             .filter_map(|r| {
                 Some(Leftover {
                     held: r.unheld?,
-                    left_as: r.record.left_as(),
+                    left_as: r.record.left_as(r.modified),
                     key: r.record.key,
                     upload_id: r.record.upload_id,
                     started_at: r.record.started_at,
@@ -276,7 +342,7 @@ impl OpenUploads {
         for r in read_records(&self.dir) {
             if r.record.store == store {
                 if r.unheld.is_some() {
-                    let left_as = r.record.left_as();
+                    let left_as = r.record.left_as(r.modified);
                     ids.left.insert(r.record.upload_id, left_as);
                 } else {
                     ids.running.insert(r.record.upload_id);
@@ -298,6 +364,8 @@ pub struct RecordedIds {
 /// A record as read, and locked for the reader if no running upload holds it.
 struct ReadRecord {
     record: Record,
+    /// Its modification time, unix seconds.
+    modified: u64,
     /// `None`: a running upload holds it.
     unheld: Option<Held>,
 }
@@ -330,7 +398,8 @@ fn read_record(path: PathBuf) -> std::io::Result<Option<ReadRecord>> {
         Err(TryLockError::WouldBlock) => false,
         Err(TryLockError::Error(e)) => return Err(e),
     };
-    if unheld && file.metadata()?.nlink() == 0 {
+    let meta = file.metadata()?;
+    if unheld && meta.nlink() == 0 {
         return Ok(None);
     }
     let mut json = Vec::new();
@@ -338,6 +407,7 @@ fn read_record(path: PathBuf) -> std::io::Result<Option<ReadRecord>> {
     let record = serde_json::from_slice(&json).map_err(std::io::Error::other)?;
     Ok(Some(ReadRecord {
         record,
+        modified: meta.mtime().max(0) as u64,
         unheld: unheld.then_some(Held { path, _lock: file }),
     }))
 }
@@ -387,10 +457,8 @@ mod tests {
                 .unwrap(),
         );
         let ids = o.upload_ids("s3://b/p");
-        assert_eq!(
-            ids.left.into_iter().collect::<Vec<_>>(),
-            [("u1".to_string(), LeftAs::Crashed)]
-        );
+        assert_eq!(ids.left.len(), 1);
+        assert!(matches!(ids.left["u1"], LeftAs::Crashed { .. }));
         assert!(ids.running.is_empty());
         let left = o.leftovers("s3://b/p");
         assert_eq!(left.len(), 1);
@@ -421,7 +489,11 @@ mod tests {
         drop(o.record("s", "s", "p/Data/b.xxh128", "other").unwrap());
         let left = o.leftover_of("s", "p/Data/a.xxh128").unwrap();
         assert_eq!(left.upload_id, "old");
-        assert_eq!(left.left_as, LeftAs::Crashed, "a crash's leftover");
+        assert!(
+            matches!(left.left_as, LeftAs::Crashed { at } if at == left.started_at),
+            "a crash's leftover, stopped as it started: {:?}",
+            left.left_as
+        );
         assert!(
             left.kept_for_resume(std::time::Duration::from_secs(3600)),
             "a crash's leftover started within the window is spared"
@@ -462,24 +534,76 @@ mod tests {
         assert_eq!(left.left_as, LeftAs::GivenUp);
         assert!(!left.kept_for_resume(hour), "an abort to repeat");
         left.held.keep_for_resume();
-        let kept = o.leftover_of("s", "p/Data/a.xxh128").unwrap();
+        let mut kept = o.leftover_of("s", "p/Data/a.xxh128").unwrap();
         assert!(matches!(kept.left_as, LeftAs::Kept { .. }));
         assert!(kept.kept_for_resume(hour));
+        // Resumed, then a crash: a crash's leftover.
+        kept.held.resume();
+        assert!(o.leftovers("s").is_empty(), "still locked");
         drop(kept);
-        // A crash's leftover that started longer ago than the window is not spared.
+        let crashed = o.leftover_of("s", "p/Data/a.xxh128").unwrap();
+        assert!(matches!(crashed.left_as, LeftAs::Crashed { .. }));
+        assert!(crashed.kept_for_resume(hour));
+        drop(crashed);
+        // A crash's leftover that stopped longer ago than the window is not spared.
+        let old_json = o.dir().join("old.json");
         std::fs::write(
-            o.dir().join("old.json"),
+            &old_json,
             br#"{"store":"s","key":"k","upload_id":"v","started_at":1}"#,
         )
         .unwrap();
+        filetime::set_file_mtime(&old_json, filetime::FileTime::from_unix_time(2, 0)).unwrap();
         let old = o.leftover_of("s", "k").unwrap();
-        assert_eq!(old.left_as, LeftAs::Crashed);
+        assert_eq!(old.left_as, LeftAs::Crashed { at: 2 });
         assert!(!old.kept_for_resume(hour));
         assert_eq!(
             std::fs::read_dir(o.dir()).unwrap().count(),
             2,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn a_crash_s_leftover_is_kept_from_its_run_s_last_heartbeat_not_from_its_start() {
+        let t = tempfile::tempdir().unwrap();
+        let o = OpenUploads::new(t.path());
+        let hour = std::time::Duration::from_secs(3600);
+        let held = o.record("s", "s", "k", "u").unwrap();
+        // As if it had started two hours ago: a long upload.
+        let path = std::fs::read_dir(o.dir())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut r: Record = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        r.started_at -= 7200;
+        std::fs::write(&path, serde_json::to_vec(&r).unwrap()).unwrap();
+        let two_hours_ago = filetime::FileTime::from_unix_time(r.started_at as i64, 0);
+        filetime::set_file_mtime(&path, two_hours_ago).unwrap();
+        let beat = held.heartbeat();
+        assert!(beat.due());
+        beat.beat();
+        assert!(!beat.due(), "one beat a second");
+        // A crash: the heartbeat does not keep the record locked.
+        drop(held);
+        let left = o.leftover_of("s", "k").expect("unlocked");
+        drop(beat);
+        assert_eq!(left.started_at, r.started_at);
+        let LeftAs::Crashed { at } = left.left_as else {
+            panic!("{:?}", left.left_as)
+        };
+        assert!(
+            at + 1 >= unix_now(),
+            "stopped at its last beat, not its start"
+        );
+        assert!(left.kept_for_resume(hour));
+        drop(left);
+        // Without the beat, it stopped two hours ago.
+        filetime::set_file_mtime(&path, two_hours_ago).unwrap();
+        let left = o.leftover_of("s", "k").unwrap();
+        assert_eq!(left.left_as, LeftAs::Crashed { at: r.started_at });
+        assert!(!left.kept_for_resume(hour));
     }
 
     #[test]

@@ -501,8 +501,12 @@ async fn upload_multipart(
         };
         let was_resumed = held.is_some();
         let counted = AtomicU64::new(0);
-        let held = held.unwrap_or_default();
-        let mut result = upload_parts(t, item, key, &upload_id, held, &counted, cancel)
+        let upload = OpenUpload {
+            id: &upload_id,
+            held: held.unwrap_or_default(),
+            heartbeat: record.as_ref().map(open_uploads::Held::heartbeat),
+        };
+        let mut result = upload_parts(t, item, key, upload, &counted, cancel)
             .await
             .map(|kept| MultipartEnd::Completed { kept });
         if matches!(&result, Err(TransferError::Store(e)) if e.is_not_found()) {
@@ -640,7 +644,8 @@ async fn resumable(
                 item.path.display(),
                 parts.len()
             );
-            Ok(Some(Resumable::new(left.upload_id, left.held, parts)))
+            let held = rewritten(left.held, open_uploads::Held::resume).await;
+            Ok(Some(Resumable::new(left.upload_id, held, parts)))
         }
         Ok(None) => {
             finished(left.held).await;
@@ -715,9 +720,18 @@ pub(crate) async fn finished(record: open_uploads::Held) {
 
 /// Marks the record of an upload about to be aborted, off the runtime: an abort the store
 /// does not confirm is then repeated by the next run, not spared as a crash's leftover.
-pub(crate) async fn given_up(mut record: open_uploads::Held) -> open_uploads::Held {
+pub(crate) async fn given_up(record: open_uploads::Held) -> open_uploads::Held {
+    rewritten(record, open_uploads::Held::give_up).await
+}
+
+/// Rewrites an upload's record with `change`, off the runtime (a rename can wait on a busy
+/// disk's journal).
+async fn rewritten(
+    mut record: open_uploads::Held,
+    change: fn(&mut open_uploads::Held),
+) -> open_uploads::Held {
     match tokio::task::spawn_blocking(move || {
-        record.give_up();
+        change(&mut record);
         record
     })
     .await
@@ -888,19 +902,31 @@ async fn taken_over_elsewhere(t: &Transfer, l: &open_uploads::Leftover) -> bool 
     taken
 }
 
-/// Uploads the parts of `item` (`held`: what the store already has of a resumed upload; a
-/// held part of the right size and ETag is kept, any other is sent again), verifies the
-/// content, completes. Returns the bytes kept; `counted` gets the bytes it added to the
-/// progress, however it ends.
+/// A multipart upload open in the store, as its parts are sent.
+struct OpenUpload<'a> {
+    id: &'a str,
+    /// What the store already has of it (a resumed upload).
+    held: HashMap<i32, UploadedPart>,
+    /// Its record's, beaten as parts land (see [`open_uploads`]); `None` when unrecorded.
+    heartbeat: Option<open_uploads::Heartbeat>,
+}
+
+/// Uploads the parts of `item` (a part `upload` holds of the right size and ETag is kept,
+/// any other is sent again), verifies the content, completes. Returns the bytes kept;
+/// `counted` gets the bytes it added to the progress, however it ends.
 async fn upload_parts(
     t: &Transfer,
     item: &UploadItem,
     key: &str,
-    upload_id: &str,
-    held: HashMap<i32, UploadedPart>,
+    upload: OpenUpload<'_>,
     counted: &AtomicU64,
     cancel: &CancellationToken,
 ) -> Result<u64, TransferError> {
+    let OpenUpload {
+        id: upload_id,
+        held,
+        heartbeat,
+    } = upload;
     let part_size = part_size_for(t.settings.part_size.0, item.size);
     let file = Arc::new(std::fs::File::open(&item.path).map_err(TransferError::io(&item.path))?);
     let mut hasher = Some(Box::new(Xxh3Default::new()));
@@ -944,6 +970,7 @@ async fn upload_parts(
             continue;
         }
         let body = Bytes::from(data);
+        let heartbeat = &heartbeat;
         in_flight.push(async move {
             let etag = t
                 .gate
@@ -954,6 +981,10 @@ async fn upload_parts(
             t.progress.add_bytes(len);
             counted.fetch_add(len, Relaxed);
             drop(permit);
+            if let Some(h) = heartbeat.as_ref().filter(|h| h.due()) {
+                let h = h.clone();
+                let _ = tokio::task::spawn_blocking(move || h.beat()).await;
+            }
             Ok::<_, TransferError>((n as i32, etag))
         });
     }
