@@ -2,7 +2,12 @@
 
 Two scenarios: `files` (many small files: 5,000 of 0-256 KiB; quick 1,000) and `big` (one file
 transferred in multipart: 4 GiB; quick 512 MiB). For each, an uncancelled baseline run gives the
-transfer time T; then every mode cancels at seeded random points in [3%, 97%] of T:
+transfer time T; then every mode cancels at seeded random points, drawn in turn over the time
+and over the bytes: the first (and third) at a point in [3%, 97%] of T, the second when the
+server has seen a fraction in [3%, 97%] of the tree's bytes. Points over the time also fall in
+a transfer's last phase (a 4 GiB upload's CompleteMultipartUpload, which s3s-fs spends seconds
+on); points over the bytes always fall while data flows, where a killed put leaves parts to
+resume and a cancelled get leaves parts to keep:
 
   cli-sigint      `attache get` / `attache put`, SIGINT (Ctrl-C) to the process
   cli-sigterm     the same, SIGTERM
@@ -38,6 +43,8 @@ from xfer import (GiB, IDLE_GOAL_S, MiB, Daemon, Run, S3Server, TrafficWatch, at
 
 FARM, QUEUE = "farm-1", "queue-1"
 MODES = ["cli-sigint", "cli-sigterm", "cli-sigkill", "daemon-api", "daemon-sigterm"]
+# What a mode's cancel points are drawn over, in turn (see the module's doc).
+OVER = ["time", "bytes"]
 EXIT_TIMEOUT = 30.0
 OFFICIAL_EXIT_TIMEOUT = 90.0
 
@@ -392,7 +399,27 @@ class CancelTest:
 
     # ------------------------------------------------------------------ one cancel
 
-    def cancel_run(self, scn: str, mode: str, delay: float, base: float) -> None:
+    def moved(self, st: dict) -> int | None:
+        """The transfer's bytes the server has seen (in for an upload, out for a download)."""
+        return st["bytes_in"] if self.dir == "upload" else st["bytes_out"]
+
+    def wait_point(self, h: dict, server: S3Server, over: str, frac: float, base: float,
+                   total: int) -> None:
+        """Waits for the cancel point, unless the transfer ends first: `frac` of the baseline
+        time T (`over` "time") or of the tree's bytes, as the server counts them ("bytes",
+        polled every 20 ms as the traffic watch does)."""
+        if over == "time":
+            at = h["t_start"] + frac * base
+            while time.monotonic() < at and not self.finished(h):
+                time.sleep(min(0.01, max(0.0, at - time.monotonic())))
+            return
+        while not self.finished(h):
+            moved = self.moved(server.stats(multipart=False))
+            if moved is None or moved >= frac * total:
+                return
+            time.sleep(0.02)
+
+    def cancel_run(self, scn: str, mode: str, over: str, frac: float, base: float) -> None:
         self.n += 1
         tag = f"{scn}-{mode}-{self.n}"
         if self.dir == "download":
@@ -402,15 +429,15 @@ class CancelTest:
         server.reset()
         h = self.start(scn, mode, server, prefix, tag)
         total = sum(self.src[scn][1].values())
-        res = {"scenario": scn, "mode": mode, "delay_s": delay, "delay_frac": delay / base}
+        res = {"scenario": scn, "mode": mode, "over": over, "point_frac": frac}
         try:
-            # sleep until the cancel point, unless the transfer ends first
-            while time.monotonic() < h["t_start"] + delay and not self.finished(h):
-                time.sleep(min(0.01, max(0.0, h["t_start"] + delay - time.monotonic())))
+            self.wait_point(h, server, over, frac, base, total)
             early = self.finished(h)
             pre = server.stats()
             watch = TrafficWatch(server).start()
             t_sig = time.monotonic()
+            res["delay_s"] = t_sig - h["t_start"]
+            res["delay_frac"] = res["delay_s"] / base
             if not early:
                 self.send_cancel(h, mode)
                 end = self.wait_end(h, mode, t_sig)
@@ -422,7 +449,7 @@ class CancelTest:
                     end["daemon_alive"] = h["daemon"].run.running()
             last = watch.wait_quiet(0.3, timeout=60)
             watch.stop()
-            moved = pre["bytes_in"] if self.dir == "upload" else pre["bytes_out"]
+            moved = self.moved(pre)
             t_end = end.pop("t_end")
             res.update(end)
             res["early"] = early
@@ -449,7 +476,8 @@ class CancelTest:
             if h.get("dest"):
                 rmtree(h["dest"])
         self.results.append(res)
-        log(f"{tag}: cancel at {delay:.2f} s -> {res['outcome']} ({res['status']}), "
+        log(f"{tag}: cancel at {res['delay_s']:.2f} s ({over} point {100 * frac:.0f}%) -> "
+            f"{res['outcome']} ({res['status']}), "
             f"end {fmt_s(res['to_end_s'])} s, idle {fmt_s(res['to_idle_s'])} s, "
             f"left: {res['problems'] or 'nothing'}")
 
@@ -567,25 +595,25 @@ class CancelTest:
                 continue
             for mode in MODES:
                 rng = random.Random(f"{rng_root}-{self.dir}-{scn}-{mode}")
-                for _ in range(self.cfg["points"]):
-                    self.cancel_run(scn, mode, rng.uniform(0.03, 0.97) * base, base)
+                for i in range(self.cfg["points"]):
+                    self.cancel_run(scn, mode, OVER[i % 2], rng.uniform(0.03, 0.97), base)
             obase = bases.get((scn, "official"))
             if self.official_py and obase:
                 rng = random.Random(f"{rng_root}-{self.dir}-{scn}-official")
-                for _ in range(self.cfg["official_points"]):
-                    self.cancel_run(scn, "official", rng.uniform(0.03, 0.97) * obase, obase)
+                for i in range(self.cfg["official_points"]):
+                    self.cancel_run(scn, "official", OVER[i % 2], rng.uniform(0.03, 0.97), obase)
         self.tables()
 
     def tables(self) -> None:
         rep = self.report
         rep.figures.update({"direction": self.dir, "sizes": self.cfg, "runs": self.results})
         moved = "bytes in" if self.dir == "upload" else "bytes out"
-        rep.table(f"Baselines (uncancelled {self.dir}; T is what cancel points are drawn from)",
+        rep.table(f"Baselines (uncancelled {self.dir}; T is what time points are drawn from)",
                   ["scenario", "tool", "T s", "result", "complete", "requests", moved],
                   self.base_rows)
         rows = []
         for r in self.results:
-            common = [r["scenario"], r["mode"], f"{r['delay_s']:.2f}",
+            common = [r["scenario"], r["mode"], drawn(r), f"{r['delay_s']:.2f}",
                       "-" if r["at_bytes_frac"] is None else f"{100 * r['at_bytes_frac']:.0f}%",
                       r["outcome"] + (" (before cancel)" if r.get("early") else ""),
                       fmt_s(r["to_end_s"]), fmt_s(r["to_idle_s"]), r["req_after"]]
@@ -596,27 +624,29 @@ class CancelTest:
             parts = f"{r['mpu_parts']}*" if r.get("orphans") else r["mpu_parts"]
             mpu = [r["open_mpu"]] + ([r.get("next_run", 0)] if self.dir == "upload" else [])
             rows.append(common + extra + mpu + [parts, r.get("aborts"), r["srv_tmp"]])
-        hdr = ["scenario", "mode", "cancel s", "at", "outcome", "to exit s", "to idle s",
-               "req after"]
+        hdr = ["scenario", "mode", "drawn", "cancel s", "at", "outcome", "to exit s",
+               "to idle s", "req after"]
         hdr += (["files ok", "temp", "partial", "extra"] if self.dir == "download"
                 else ["objects ok", "bad", "manifests"])
         hdr += ["open MPU"] + (["next run"] if self.dir == "upload" else [])
         hdr += ["MPU parts", "aborts", "srv .tmp"]
         rep.table(f"Cancel runs ({self.dir}): 'to exit' = process exit (daemon-api: job "
-                  f"cancelled); 'to idle' = that and no S3 traffic for 300 ms"
+                  f"cancelled); 'to idle' = that and no S3 traffic for 300 ms; 'drawn' = the "
+                  f"point as drawn, of T or of the tree's bytes; 'at' = the bytes the server "
+                  f"had seen at the cancel"
                   + ("; 'next run' = open uploads whose abort was not confirmed within 0.5 s, "
                      "recorded and aborted by the next put, or, after cli-sigkill, the uploads "
                      "the same put run again resumed (open MPU is counted after it)"
                      if self.dir == "upload" else ""), hdr, rows)
-        krows = [[r["scenario"], f"{r['delay_s']:.2f}",
+        krows = [[r["scenario"], drawn(r), f"{r['delay_s']:.2f}",
                   "-" if r["at_bytes_frac"] is None else f"{100 * r['at_bytes_frac']:.0f}%",
                   r.get("next_run", 0), fmt_bytes(r["next_put_kept"])]
                  for r in self.results if "next_put_kept" in r]
         if krows:
             rep.table("The put after a killed one (cli-sigkill: the same put again, same cache "
                       "dir): the multipart uploads it resumed and the bytes it kept, not sent "
-                      "again", ["scenario", "kill s", "at", "resumed", "kept"], krows)
-        nrows = [[r["mode"], f"{r['delay_s']:.2f}",
+                      "again", ["scenario", "drawn", "kill s", "at", "resumed", "kept"], krows)
+        nrows = [[r["mode"], drawn(r), f"{r['delay_s']:.2f}",
                   "-" if r["at_bytes_frac"] is None else f"{100 * r['at_bytes_frac']:.0f}%",
                   fmt_bytes(r["next_resumed"]), fmt_bytes(r["next_fetched"]),
                   fmt_s(r["next_s"])]
@@ -626,7 +656,8 @@ class CancelTest:
                       "again, same cache dir; daemon-api: the job retried): 'kept' = bytes the "
                       "cancelled run had written (parts in flight as far as they came; after "
                       "cli-sigkill, to their last 4 MiB mark), not fetched again",
-                      ["mode", "cancel s", "at", "kept", "fetched", "next get s"], nrows)
+                      ["mode", "drawn", "cancel s", "at", "kept", "fetched", "next get s"],
+                      nrows)
         srows = []
         for scn in ("files", "big"):
             for mode in MODES + ["official"]:
@@ -651,6 +682,11 @@ class CancelTest:
                      f"deletes the upload first and assembles parts after, so a Complete dropped "
                      f"by the client half-way orphans them (AWS S3 finishes a Complete "
                      f"server-side). Not counted as failures; --strict-mpu counts them.")
+
+
+def drawn(r: dict) -> str:
+    """A run's cancel point as drawn: `time 45%` (of T) or `bytes 45%` (of the tree's)."""
+    return f"{r['over']} {100 * r['point_frac']:.0f}%"
 
 
 def main(direction: str, doc: str) -> int:
