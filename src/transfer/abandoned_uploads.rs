@@ -127,8 +127,9 @@ pub fn taken_over_since(parts: &[UploadedPart], left_as: LeftAs, window: Duratio
 
 /// How long after a run stopped (kept its upload open, or last beat before a crash) a part
 /// that lands in its upload is still taken as the run's own: a part in flight may land a
-/// little later, and the store's clock may be off this machine's. 5 minutes, less than `window`: another machine's parts come later still,
-/// as it takes an upload over only once it has been idle that long.
+/// little later, and the store's clock may be off this machine's. 5 minutes, less than
+/// `window`: another machine's parts come later still, as it takes an upload over only once
+/// it has been idle that long.
 fn slack(window: Duration) -> Duration {
     Duration::from_secs(5 * 60).min(window / 2)
 }

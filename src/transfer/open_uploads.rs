@@ -3,11 +3,11 @@
 //! see aborted, or that a crash, a kill or a lost store left open, is resumed by the next
 //! upload of the same object or aborted by the next upload to the same store, instead of
 //! keeping its parts (billed storage) in the bucket. The aborts spare an upload a failure
-//! kept (`kept_at`) or a crash left (a kill, a power cut: the record as its run last touched
-//! it, see [`Heartbeat`]) for `transfer.resume_for` since its run stopped, so that the run
-//! after it resumes rather than starts again; one
-//! the user cancelled, or that failed for good, is marked `given_up` before its abort is sent,
-//! so an abort the store did not confirm is repeated by the next run, not spared.
+//! kept (`kept_at`) or a crash left (a kill, a power cut: see [`Heartbeat`]) for
+//! `transfer.resume_for` since its run stopped, so that the run after it resumes rather than
+//! starts again; one the user cancelled, or that failed for good, is marked `given_up` before
+//! its abort is sent, so an abort the store did not confirm is repeated by the next run, not
+//! spared.
 //!
 //! Why a lock: the process that runs an upload holds an exclusive `flock` on its record until
 //! the upload is completed or aborted. The kernel drops the lock with the process, so a
