@@ -2,12 +2,12 @@
 
 Two scenarios: `files` (many small files: 5,000 of 0-256 KiB; quick 1,000) and `big` (one file
 transferred in multipart: 4 GiB; quick 512 MiB). For each, an uncancelled baseline run gives the
-transfer time T; then every mode cancels at seeded random points, drawn in turn over the time
-and over the bytes: the first (and third) at a point in [3%, 97%] of T, the second when the
-server has seen a fraction in [3%, 97%] of the tree's bytes. Points over the time also fall in
-a transfer's last phase (a 4 GiB upload's CompleteMultipartUpload, which s3s-fs spends seconds
-on); points over the bytes always fall while data flows, where a killed put leaves parts to
-resume and a cancelled get leaves parts to keep:
+transfer time T; then every mode cancels at seeded random points, drawn in turn over the bytes
+and over the time: the first (and third) when the server has seen a fraction in [3%, 97%] of
+the tree's bytes, the second at a point in [3%, 97%] of T. Points over the bytes fall while
+data flows, where a killed put leaves parts to resume and a cancelled get leaves parts to keep;
+points over the time also fall in a transfer's last phase (s3s-fs spends about half of a 4 GiB
+upload in CompleteMultipartUpload, reading and copying every part again):
 
   cli-sigint      `attache get` / `attache put`, SIGINT (Ctrl-C) to the process
   cli-sigterm     the same, SIGTERM
@@ -44,7 +44,7 @@ from xfer import (GiB, IDLE_GOAL_S, MiB, Daemon, Run, S3Server, TrafficWatch, at
 FARM, QUEUE = "farm-1", "queue-1"
 MODES = ["cli-sigint", "cli-sigterm", "cli-sigkill", "daemon-api", "daemon-sigterm"]
 # What a mode's cancel points are drawn over, in turn (see the module's doc).
-OVER = ["time", "bytes"]
+OVER = ["bytes", "time"]
 EXIT_TIMEOUT = 30.0
 OFFICIAL_EXIT_TIMEOUT = 90.0
 
@@ -246,7 +246,11 @@ class CancelTest:
         if self.dir == "upload" and h["mode"] == "cli-sigkill":
             out.update(self.next_put_resumes(h, server, out))
         elif out["open_mpu"] and h.get("cache") and self.dir == "upload":
-            out.update(self.next_run_aborts(h, server, out))
+            d = h.get("daemon")
+            if d is not None and d.run.running():
+                out.update(self.daemon_finishes_abort(h, server, out))
+            if out["open_mpu"]:
+                out.update(self.next_run_aborts(h, server, out))
         if out["mpu_parts"] and not out["open_mpu"] and out["completes"] and \
                 not self.args.strict_mpu:
             # s3s-fs deletes an upload's registration first, then assembles (and deletes) the
@@ -257,6 +261,22 @@ class CancelTest:
             out["problems"].append(f"{out['open_mpu']} open multipart upload(s), "
                                    f"{out['mpu_parts']} part file(s) on the server")
         return out
+
+    def daemon_finishes_abort(self, h: dict, server: S3Server, out: dict) -> dict:
+        """A daemon job's cancel waits 0.5 s for the store to confirm its abort; the daemon
+        goes on with the abort meanwhile, holding the upload's record (a put run then leaves it
+        alone, as one in progress). Waits up to 10 s for the daemon to finish it; else stops the
+        daemon (its record, marked given up, is then the next put's to abort)."""
+        t0 = time.monotonic()
+        while time.monotonic() < t0 + 10:
+            st = server.stats()
+            if not st["open_multipart_uploads"] and not st["multipart_part_files"]:
+                log(f"{h['tag']}: the daemon confirmed its abort "
+                    f"{time.monotonic() - t0:.2f} s after the checks began")
+                return {"open_mpu": 0, "mpu_parts": 0, "daemon_aborted": out["open_mpu"]}
+            time.sleep(0.1)
+        h["daemon"].stop(15)
+        return {}
 
     def next_run_aborts(self, h: dict, server: S3Server, out: dict) -> dict:
         """An upload whose abort the store had not confirmed when attache gave up waiting (0.5 s
@@ -622,7 +642,9 @@ class CancelTest:
             else:
                 extra = [f"{r['present']}/{r['total']}", r["bad"], r["manifests"]]
             parts = f"{r['mpu_parts']}*" if r.get("orphans") else r["mpu_parts"]
-            mpu = [r["open_mpu"]] + ([r.get("next_run", 0)] if self.dir == "upload" else [])
+            after = (f"daemon {r['daemon_aborted']}" if r.get("daemon_aborted")
+                     else r.get("next_run", 0))
+            mpu = [r["open_mpu"]] + ([after] if self.dir == "upload" else [])
             rows.append(common + extra + mpu + [parts, r.get("aborts"), r["srv_tmp"]])
         hdr = ["scenario", "mode", "drawn", "cancel s", "at", "outcome", "to exit s",
                "to idle s", "req after"]
@@ -635,8 +657,10 @@ class CancelTest:
                   f"point as drawn, of T or of the tree's bytes; 'at' = the bytes the server "
                   f"had seen at the cancel"
                   + ("; 'next run' = open uploads whose abort was not confirmed within 0.5 s, "
-                     "recorded and aborted by the next put, or, after cli-sigkill, the uploads "
-                     "the same put run again resumed (open MPU is counted after it)"
+                     "recorded and aborted by the next put ('daemon N': the daemon, which goes "
+                     "on with the abort after its job's cancel, confirmed it before the checks "
+                     "ended), or, after cli-sigkill, the uploads the same put run again resumed "
+                     "(open MPU is counted after it)"
                      if self.dir == "upload" else ""), hdr, rows)
         krows = [[r["scenario"], drawn(r), f"{r['delay_s']:.2f}",
                   "-" if r["at_bytes_frac"] is None else f"{100 * r['at_bytes_frac']:.0f}%",
