@@ -962,10 +962,7 @@ fn a_put_killed_mid_upload_is_resumed_by_the_next_put() {
     let s3 = TestS3::start_background();
     let t = tempfile::tempdir().unwrap();
     let cache = t.path().join("cache");
-    let root = t.path().join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let data: Vec<u8> = (0..40u32 << 20).map(|i| (i % 251) as u8).collect();
-    std::fs::write(root.join("big.bin"), &data).unwrap();
+    let data = big_file_in_root(t.path(), 251);
     let put = |limit: &str| multipart_put(&s3, t.path(), &cache, limit);
     kill_once_parts_landed(put("10MiB/s"), &s3, 2);
     assert_eq!(s3.open_multipart_uploads(), 1, "a kill cannot abort");
@@ -1010,6 +1007,15 @@ fn a_put_killed_mid_upload_is_resumed_by_the_next_put() {
     );
 }
 
+/// Writes `dir`/root/big.bin, 40 MiB of bytes cycling below `modulus`; returns them.
+fn big_file_in_root(dir: &Path, modulus: u32) -> Vec<u8> {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let data: Vec<u8> = (0..40u32 << 20).map(|i| (i % modulus) as u8).collect();
+    std::fs::write(root.join("big.bin"), &data).unwrap();
+    data
+}
+
 /// `attache put` of `dir`/root to `s3`'s prefix `p` with the cache dir `cache`, in 5 MiB parts,
 /// sending at most `limit` (`0`: no limit).
 fn multipart_put(s3: &TestS3, dir: &Path, cache: &Path, limit: &str) -> Command {
@@ -1046,10 +1052,7 @@ fn a_killed_put_is_kept_from_its_last_part_and_cleanup_right_after_aborts_it() {
     let s3 = TestS3::start_background();
     let t = tempfile::tempdir().unwrap();
     let cache = t.path().join("cache");
-    let root = t.path().join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let data: Vec<u8> = (0..40u32 << 20).map(|i| (i % 241) as u8).collect();
-    std::fs::write(root.join("big.bin"), &data).unwrap();
+    big_file_in_root(t.path(), 241);
     // One 5 MiB part at a time at 4 MiB/s: a part lands every 1.25 s.
     let mut put = multipart_put(&s3, t.path(), &cache, "4MiB/s");
     put.env("ATTACHE_TRANSFER__MAX_PARTS_IN_FLIGHT", "1");
