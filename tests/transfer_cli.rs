@@ -1069,6 +1069,25 @@ fn a_killed_put_is_kept_from_its_last_part_and_cleanup_right_after_aborts_it() {
         "the record's time ({}) is its last part's, seconds after its start ({started})",
         modified.unix_seconds()
     );
+    // `attache cache` says what becomes of it: resumed by the next put of the file, or, past
+    // `transfer.resume_for`, aborted by the next put to the store.
+    let (code, out, err) = run(attache(&cache).arg("cache"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("1 multipart uploads recorded open: 0 running, 1 kept to resume"),
+        "{out}"
+    );
+    let (code, out, err) = run(attache(&cache)
+        .env("ATTACHE_TRANSFER__RESUME_FOR", "0s")
+        .args(["cache", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let u: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(u["open_uploads"], 1, "{u}");
+    assert_eq!(
+        u["open_upload_states"],
+        serde_json::json!({"running": 0, "kept": 0, "to_abort": 1}),
+        "{u}"
+    );
 
     // As if the put had started two days ago and run until now: the next put to the store
     // keeps the upload, for `resume_for` (24h) from its last part.
@@ -1096,6 +1115,8 @@ fn a_killed_put_is_kept_from_its_last_part_and_cleanup_right_after_aborts_it() {
     assert_eq!(cleaned["recorded_aborted"], 1, "{cleaned}\n{err}");
     assert_eq!(s3.open_multipart_uploads(), 0);
     assert!(files_under(&cache.join("open-uploads")).is_empty());
+    let (_, out, _) = run(attache(&cache).arg("cache"));
+    assert!(out.contains("0 multipart uploads recorded open\n"), "{out}");
 }
 
 /// A cancelled put does not wait long for a store that does not answer its abort: the upload

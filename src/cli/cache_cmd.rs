@@ -197,9 +197,17 @@ fn show(u: &CacheUsage) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    out += &format!(
-        "open uploads     {} multipart uploads recorded open (resumed by the next upload of the file, or aborted by `attache cleanup`)\n",
-        u.open_uploads
-    );
+    let o = &u.open_upload_states;
+    out += &if o.total() == 0 {
+        "open uploads     0 multipart uploads recorded open\n".to_string()
+    } else {
+        format!(
+            "open uploads     {} multipart uploads recorded open: {} running, {} kept to resume (by the next upload of the file within transfer.resume_for), {} to abort (by the next upload to the store, or `attache cleanup`)\n",
+            o.total(),
+            o.running,
+            o.kept,
+            o.to_abort
+        )
+    };
     out
 }

@@ -71,8 +71,11 @@ pub struct CacheUsage {
     /// Large objects a cancelled, killed or failed download fetched part of, kept for the next
     /// one to fetch on from.
     pub partial_downloads: PartialUsage,
-    /// Multipart uploads this machine left open (resumable, or for `attache cleanup`).
+    /// Multipart uploads recorded open on this machine: running, or left (resumable, or for
+    /// the next upload or `attache cleanup` to abort).
     pub open_uploads: u64,
+    /// The same, by what becomes of them.
+    pub open_upload_states: crate::transfer::open_uploads::Tally,
 }
 
 #[derive(Debug, Serialize)]
@@ -163,7 +166,8 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
     }
     let cache = content_cache(settings, settings.cache.content_size.0);
     let (files, bytes) = cache.contents().map_err(content_error(&cache))?;
-    let open_uploads = crate::transfer::open_uploads::OpenUploads::new(&dir).count();
+    let open_upload_states =
+        crate::transfer::open_uploads::OpenUploads::new(&dir).tally(settings.transfer.resume_for.0);
     let kept = PartialDownloads::of(settings);
     let partials = kept.usage().map_err(partial_error(&kept))?;
     Ok(CacheUsage {
@@ -182,7 +186,8 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
             files: partials.files,
             bytes: partials.bytes,
         },
-        open_uploads,
+        open_uploads: open_upload_states.total(),
+        open_upload_states,
     })
 }
 

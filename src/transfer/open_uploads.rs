@@ -235,9 +235,33 @@ impl Leftover {
     /// Whether it waits for a run that resumes it, and other runs do not abort it: its run
     /// stopped (a failure kept it, a crash left it) less than `window` ago.
     pub fn kept_for_resume(&self, window: std::time::Duration) -> bool {
-        self.left_as
-            .stopped_at()
+        self.left_as.kept_for_resume(window)
+    }
+}
+
+impl LeftAs {
+    fn kept_for_resume(self, window: std::time::Duration) -> bool {
+        self.stopped_at()
             .is_some_and(|at| unix_now() < at.saturating_add(window.as_secs()))
+    }
+}
+
+/// A machine's records by what becomes of their uploads (`attache cache`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Tally {
+    /// Held by an upload running now (a CLI or the daemon).
+    pub running: u64,
+    /// Left by a failure or a crash less than `transfer.resume_for` ago: the next upload of
+    /// the same file resumes it.
+    pub kept: u64,
+    /// Given up (an abort not confirmed), or left longer ago: the next upload to its store,
+    /// or `attache cleanup`, aborts it (unless another machine took it over).
+    pub to_abort: u64,
+}
+
+impl Tally {
+    pub fn total(&self) -> u64 {
+        self.running + self.kept + self.to_abort
     }
 }
 
@@ -281,9 +305,20 @@ impl OpenUploads {
         Ok(Held { path, _lock: lock })
     }
 
-    /// How many uploads are recorded open (running ones, and those left to resume or abort).
-    pub fn count(&self) -> u64 {
-        read_records(&self.dir).len() as u64
+    /// The uploads recorded open, running or left (to resume within `resume_for`, or to
+    /// abort).
+    pub fn tally(&self, resume_for: std::time::Duration) -> Tally {
+        let mut t = Tally::default();
+        for r in read_records(&self.dir) {
+            if r.unheld.is_none() {
+                t.running += 1;
+            } else if r.record.left_as(r.modified).kept_for_resume(resume_for) {
+                t.kept += 1;
+            } else {
+                t.to_abort += 1;
+            }
+        }
+        t
     }
 
     /// The records of `store` that no running upload holds, each locked for the caller.
@@ -599,11 +634,23 @@ mod tests {
         );
         assert!(left.kept_for_resume(hour));
         drop(left);
+        let counted = |running, kept, to_abort| Tally {
+            running,
+            kept,
+            to_abort,
+        };
+        assert_eq!(o.tally(hour), counted(0, 1, 0));
         // Without the beat, it stopped two hours ago.
         filetime::set_file_mtime(&path, two_hours_ago).unwrap();
         let left = o.leftover_of("s", "k").unwrap();
         assert_eq!(left.left_as, LeftAs::Crashed { at: r.started_at });
         assert!(!left.kept_for_resume(hour));
+        drop(left);
+        assert_eq!(o.tally(hour), counted(0, 0, 1));
+        let running = o.record("s", "s", "k2", "u2").unwrap();
+        assert_eq!(o.tally(hour), counted(1, 0, 1));
+        assert_eq!(o.tally(hour).total(), 2);
+        running.done();
     }
 
     #[test]
