@@ -6,7 +6,7 @@
 #   submit -> sync-inputs -> (the task writes outputs) -> sync-outputs -> download-outputs,
 #   then a re-submit of the unchanged tree (must upload nothing and publish one manifest),
 #   then a killed put resumed by the next one, one taken over by another machine, `cleanup` of
-#   an upload a killed put left open,
+#   an upload a killed put left open (on its machine right after the kill, and from another),
 #   and a put with no region set (Garage wants its own: the error must name s3.region).
 #
 #   scripted_tests/garage_workflow.sh        (ATTACHE_BIN=path: use that binary, no cargo build)
@@ -189,9 +189,27 @@ else
 fi
 
 # A put killed mid-multipart (kill -9: no abort) leaves an open upload on the store and its
-# record in the cache; `cleanup` finds it through Garage's ListMultipartUploads and aborts it.
+# record in the cache. Right after the kill, `cleanup` on that machine aborts it: the record's
+# time is the killed run's last part, so the parts Garage lists (ListParts) are taken for the
+# run's own, not for another machine's at work.
 mkdir -p "$work/sparse"
 truncate -s 1G "$work/sparse/huge.bin"
+put_then_kill crashed 1.5 "$work/crashed.log" "$work/sparse" -o "$work/crashed.manifest"
+if run_attache crashed cleanup --json >"$work/cleanup0.json" 2>"$work/cleanup0.log"; then
+    recorded="$(json "$work/cleanup0.json" "d['recorded_aborted']")"
+    records="$(find "$work/crashed/open-uploads" -name '*.json' | wc -l)"
+    if [[ "$recorded" == 1 && "$records" == 0 ]]; then
+        pass "cleanup right after a crash: its machine aborted the upload it left (its own parts)"
+    else
+        fail "cleanup right after a crash: $recorded recorded upload(s) aborted, $records record(s) left"
+        cat "$work/cleanup0.json" "$work/cleanup0.log"
+    fi
+else
+    fail "cleanup right after a crash"; cat "$work/cleanup0.log"
+fi
+
+# Another put killed the same way; `cleanup` from another machine finds its upload through
+# Garage's ListMultipartUploads and aborts it.
 put_then_kill killed 0.5 "$work/killed.log" "$work/sparse" -o "$work/killed.manifest"
 if run_attache other cleanup --older-than 0 --json >"$work/cleanup.json" 2>"$work/cleanup.log" &&
     run_attache other cleanup --older-than 0 --dry-run --json >"$work/cleanup2.json" 2>>"$work/cleanup.log"; then
