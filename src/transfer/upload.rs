@@ -907,7 +907,8 @@ struct OpenUpload<'a> {
     id: &'a str,
     /// What the store already has of it (a resumed upload).
     held: HashMap<i32, UploadedPart>,
-    /// Its record's, beaten as parts land (see [`open_uploads`]); `None` when unrecorded.
+    /// Its record's heartbeat, beaten as its parts land (see [`open_uploads`]); `None` when
+    /// the upload could not be recorded.
     heartbeat: Option<open_uploads::Heartbeat>,
 }
 
