@@ -1652,6 +1652,16 @@ fn the_daemon_aborts_uploads_left_open_when_it_starts() {
         files_under(&records),
         [records.join("0123456789abcdef0123456789abcde2.json")]
     );
+    // A farm's monitoring sees it: one upload kept to resume, none to abort.
+    let metrics = d.api("GET", "/metrics", "").1;
+    let metrics = metrics.as_str().unwrap();
+    for line in [
+        "attache_open_uploads{state=\"running\"} 0",
+        "attache_open_uploads{state=\"kept\"} 1",
+        "attache_open_uploads{state=\"to_abort\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
 }
 
 #[test]

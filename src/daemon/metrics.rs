@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::registry::{JobState, Registry};
 use super::shared::Shared;
 use crate::jobs::spec::JobOutput;
+use crate::transfer::open_uploads::OpenUploads;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -338,6 +339,24 @@ impl Metrics {
             "gauge",
             "Requests allowed in flight now.",
             &per_store(&|g, _| g.limit() as u64, false),
+        );
+        // The daemon's records of multipart uploads (its cache dir), read off the runtime: a
+        // count that keeps growing in `to_abort` is billed storage nothing is cleaning up.
+        let settings = shared.settings();
+        let open = tokio::task::spawn_blocking(move || {
+            OpenUploads::new(&settings.cache.dir).tally(settings.transfer.resume_for.0)
+        })
+        .await
+        .unwrap_or_default();
+        metric(
+            "open_uploads",
+            "gauge",
+            "Multipart uploads recorded open in the daemon's cache dir: running, kept to resume (within transfer.resume_for), to abort (by the next upload to the store, or `attache cleanup`).",
+            &[
+                ("{state=\"running\"}".into(), open.running),
+                ("{state=\"kept\"}".into(), open.kept),
+                ("{state=\"to_abort\"}".into(), open.to_abort),
+            ],
         );
         metric(
             "config_reloads_total",
