@@ -98,6 +98,15 @@ impl Daemon {
         (status.code(), started.elapsed().as_secs_f64())
     }
 
+    /// Asserts that `GET /metrics` has each of `lines`, whole.
+    fn assert_metrics(&self, lines: &[&str]) {
+        let metrics = self.api("GET", "/metrics", "").1;
+        let metrics = metrics.as_str().unwrap();
+        for line in lines {
+            assert!(metrics.lines().any(|l| l == *line), "{line}:\n{metrics}");
+        }
+    }
+
     fn api(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
         let (status, text) = http(&self.socket(), method, path, body).expect("daemon answers");
         (
@@ -648,20 +657,13 @@ fn jobs_beyond_max_running_jobs_wait_queued_and_can_be_cancelled_there() {
     );
     // The time jobs waited and ran, for a farm's dashboards: three started (the cancelled one
     // never did), the first at once, the two others behind it; all three succeeded.
-    let metrics = d.api("GET", "/metrics", "").1;
-    let metrics = metrics.as_str().unwrap();
-    for line in [
+    d.assert_metrics(&[
         "attache_job_queued_seconds_count{kind=\"submit\"} 3",
         "attache_job_queued_seconds_bucket{kind=\"submit\",le=\"0.1\"} 1",
         "attache_job_queued_seconds_bucket{kind=\"submit\",le=\"+Inf\"} 3",
         "attache_job_duration_seconds_count{kind=\"submit\"} 3",
         "# TYPE attache_job_duration_seconds histogram",
-    ] {
-        assert!(
-            metrics.contains(&format!("\n{line}\n")),
-            "{line}: {metrics}"
-        );
-    }
+    ]);
 }
 
 /// A daemon that runs for months keeps a bounded history: finished jobs beyond
@@ -1653,15 +1655,11 @@ fn the_daemon_aborts_uploads_left_open_when_it_starts() {
         [records.join("0123456789abcdef0123456789abcde2.json")]
     );
     // A farm's monitoring sees it: one upload kept to resume, none to abort.
-    let metrics = d.api("GET", "/metrics", "").1;
-    let metrics = metrics.as_str().unwrap();
-    for line in [
+    d.assert_metrics(&[
         "attache_open_uploads{state=\"running\"} 0",
         "attache_open_uploads{state=\"kept\"} 1",
         "attache_open_uploads{state=\"to_abort\"} 0",
-    ] {
-        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
-    }
+    ]);
 }
 
 #[test]
