@@ -9,14 +9,14 @@
 //! that machine's upload.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::layout::join;
 use crate::store::{OpenUpload, UploadedPart};
-use crate::transfer::abandoned_uploads::{spare_window, taken_over_since};
+use crate::transfer::abandoned_uploads::{landed_after, now_ms, spare_window, taken_over_since};
 use crate::transfer::open_uploads::LeftAs;
 use crate::transfer::upload::{abort_leftovers, abort_within};
 use crate::transfer::{Transfer, TransferError};
@@ -74,11 +74,7 @@ pub async fn run(
         .await?;
     report.listed = open.len() as u64;
     let recorded = t.open_uploads.upload_ids(&t.store.identity());
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as i64;
-    let cutoff = now_ms.saturating_sub(spec.older_than.as_millis() as i64);
+    let cutoff = now_ms().saturating_sub(spec.older_than.as_millis() as i64);
     let (mut candidates, mut recorded_left) = (Vec::new(), Vec::new());
     for u in open {
         if recorded.running.contains(&u.upload_id) {
@@ -114,11 +110,7 @@ pub async fn run(
     if !spec.older_than.is_zero() {
         let old = std::mem::take(&mut to_abort);
         for (u, parts) in with_parts(&t, old, cancel).await? {
-            let written = parts.is_some_and(|p| {
-                p.iter()
-                    .any(|p| p.last_modified_ms.is_some_and(|ms| ms > cutoff))
-            });
-            if written {
+            if parts.is_some_and(|p| landed_after(&p, cutoff)) {
                 report.kept_written_lately += 1;
             } else {
                 to_abort.push(u);

@@ -2,8 +2,9 @@
 //! another machine's (a shared project submitted again from another workstation, a task's
 //! outputs retried on another worker), or this machine's under another `cache.dir` (the
 //! daemon's and a user's CLI). Found by listing the key's open uploads; one whose start and
-//! every part are older than `transfer.take_over_after` (30 minutes) is taken as abandoned, and the next upload of the same
-//! content takes it over (see `upload::resumable`) rather than sending every part again.
+//! every part are older than `transfer.take_over_after` (30 minutes) is taken as abandoned,
+//! and the next upload of the same content takes it over (see `upload::resumable`) rather
+//! than sending every part again.
 //!
 //! Why idle: a store does not say whether an uploader is still at work. A live upload lands a
 //! part every few seconds (8 MiB by default); one idle for half an hour is not coming back, and
@@ -118,11 +119,16 @@ pub fn taken_over_since(parts: &[UploadedPart], left_as: LeftAs, window: Duratio
     let after_ms = (at as i64)
         .saturating_mul(1000)
         .saturating_add(slack(window).as_millis() as i64);
-    let now_ms = now_ms();
-    parts.iter().any(|p| {
-        p.last_modified_ms
-            .is_some_and(|ms| ms > after_ms && !idle_at(now_ms, Some(ms), window))
-    })
+    let within_ms = now_ms().saturating_sub(window.as_millis() as i64);
+    landed_after(parts, after_ms.max(within_ms))
+}
+
+/// Whether a part of `parts` landed after `ms` (milliseconds since the epoch). A part whose
+/// time the store does not say is not counted.
+pub fn landed_after(parts: &[UploadedPart], ms: i64) -> bool {
+    parts
+        .iter()
+        .any(|p| p.last_modified_ms.is_some_and(|landed| landed > ms))
 }
 
 /// How long after a run stopped (kept its upload open, or last beat before a crash) a part
@@ -140,7 +146,8 @@ fn idle_at(now_ms: i64, ms: Option<i64>, idle_for: Duration) -> bool {
     ms.is_some_and(|ms| now_ms - ms >= idle_for.as_millis() as i64)
 }
 
-fn now_ms() -> i64 {
+/// Now, in milliseconds since the epoch (the unit of the store's times).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -875,8 +875,8 @@ pub async fn abort_leftovers(t: &Transfer, resumable_too: bool) -> usize {
 }
 
 /// Whether an upload this machine left open, about to be aborted, had a part land in it
-/// within [`abandoned_uploads::spare_window`] since it was left: another machine (or this one under
-/// another `cache.dir`) has taken it over and is at work, and the abort would fail its
+/// within [`abandoned_uploads::spare_window`] since it was left: another machine (or this one
+/// under another `cache.dir`) has taken it over and is at work, and the abort would fail its
 /// upload. Its record stays, and a later run looks again. An upload whose parts cannot be
 /// listed is aborted, as before.
 async fn taken_over_elsewhere(t: &Transfer, l: &open_uploads::Leftover) -> bool {
@@ -931,6 +931,13 @@ async fn upload_parts(
     let part_size = part_size_for(t.settings.part_size.0, item.size);
     let file = Arc::new(std::fs::File::open(&item.path).map_err(TransferError::io(&item.path))?);
     let mut hasher = Some(Box::new(Xxh3Default::new()));
+    // A part kept or sent: done in the progress, and counted for a restart to take back.
+    let count = |len: u64| {
+        t.progress.add_bytes(len);
+        counted.fetch_add(len, Relaxed);
+    };
+    let count = &count;
+    let heartbeat = heartbeat.as_ref();
     let mut in_flight = FuturesUnordered::new();
     let mut etags = Vec::new();
     let mut kept_bytes = 0;
@@ -965,13 +972,11 @@ async fn upload_parts(
         if let Some(kept) = candidate.filter(|p| etag.as_deref() == Some(p.etag.trim_matches('"')))
         {
             etags.push((n as i32, kept.etag.clone()));
-            t.progress.add_bytes(len);
-            counted.fetch_add(len, Relaxed);
+            count(len);
             kept_bytes += len;
             continue;
         }
         let body = Bytes::from(data);
-        let heartbeat = &heartbeat;
         in_flight.push(async move {
             let etag = t
                 .gate
@@ -979,10 +984,9 @@ async fn upload_parts(
                     t.store.upload_part(key, upload_id, n as i32, body.clone())
                 })
                 .await?;
-            t.progress.add_bytes(len);
-            counted.fetch_add(len, Relaxed);
+            count(len);
             drop(permit);
-            if let Some(h) = heartbeat.as_ref().filter(|h| h.due()) {
+            if let Some(h) = heartbeat.filter(|h| h.due()) {
                 let h = h.clone();
                 let _ = tokio::task::spawn_blocking(move || h.beat()).await;
             }
