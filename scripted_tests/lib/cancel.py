@@ -633,8 +633,7 @@ class CancelTest:
                   self.base_rows)
         rows = []
         for r in self.results:
-            common = [r["scenario"], r["mode"], drawn(r), f"{r['delay_s']:.2f}",
-                      "-" if r["at_bytes_frac"] is None else f"{100 * r['at_bytes_frac']:.0f}%",
+            common = [r["scenario"], r["mode"], *point(r),
                       r["outcome"] + (" (before cancel)" if r.get("early") else ""),
                       fmt_s(r["to_end_s"]), fmt_s(r["to_idle_s"]), r["req_after"]]
             if self.dir == "download":
@@ -662,17 +661,13 @@ class CancelTest:
                      "ended), or, after cli-sigkill, the uploads the same put run again resumed "
                      "(open MPU is counted after it)"
                      if self.dir == "upload" else ""), hdr, rows)
-        krows = [[r["scenario"], drawn(r), f"{r['delay_s']:.2f}",
-                  "-" if r["at_bytes_frac"] is None else f"{100 * r['at_bytes_frac']:.0f}%",
-                  r.get("next_run", 0), fmt_bytes(r["next_put_kept"])]
+        krows = [[r["scenario"], *point(r), r.get("next_run", 0), fmt_bytes(r["next_put_kept"])]
                  for r in self.results if "next_put_kept" in r]
         if krows:
             rep.table("The put after a killed one (cli-sigkill: the same put again, same cache "
                       "dir): the multipart uploads it resumed and the bytes it kept, not sent "
                       "again", ["scenario", "drawn", "kill s", "at", "resumed", "kept"], krows)
-        nrows = [[r["mode"], drawn(r), f"{r['delay_s']:.2f}",
-                  "-" if r["at_bytes_frac"] is None else f"{100 * r['at_bytes_frac']:.0f}%",
-                  fmt_bytes(r["next_resumed"]), fmt_bytes(r["next_fetched"]),
+        nrows = [[r["mode"], *point(r), fmt_bytes(r["next_resumed"]), fmt_bytes(r["next_fetched"]),
                   fmt_s(r["next_s"])]
                  for r in self.results if "next_resumed" in r]
         if nrows:
@@ -708,9 +703,12 @@ class CancelTest:
                      f"server-side). Not counted as failures; --strict-mpu counts them.")
 
 
-def drawn(r: dict) -> str:
-    """A run's cancel point as drawn: `time 45%` (of T) or `bytes 45%` (of the tree's)."""
-    return f"{r['over']} {100 * r['point_frac']:.0f}%"
+def point(r: dict) -> list[str]:
+    """A run's cancel point, as the tables' columns "drawn" (`time 45%` of T, or `bytes 45%`
+    of the tree's), "cancel s" (when it came) and "at" (the bytes the server had seen)."""
+    at = r["at_bytes_frac"]
+    return [f"{r['over']} {100 * r['point_frac']:.0f}%", f"{r['delay_s']:.2f}",
+            "-" if at is None else f"{100 * at:.0f}%"]
 
 
 def main(direction: str, doc: str) -> int:
