@@ -85,6 +85,9 @@ pub struct TransferSettings {
     pub workers: usize,
     pub part_size: ByteSize,
     pub multipart_threshold: ByteSize,
+    /// `multipart_threshold` for a store seen to copy every part again when it completes a
+    /// multipart upload (`transfer::copying_stores`); 0: off.
+    pub copying_store_threshold: ByteSize,
     /// Parts in flight per file; memory is bounded by parts × part size.
     pub max_parts_in_flight: usize,
     /// How long a hash seen in the store is trusted without asking again.
@@ -376,6 +379,7 @@ impl Default for TransferSettings {
             workers: 32,
             part_size: ByteSize::mib(8),
             multipart_threshold: ByteSize::mib(16),
+            copying_store_threshold: MAX_PART,
             max_parts_in_flight: 8,
             known_present_ttl: Duration::secs(24 * 3600),
             known_present_sample: 32,
@@ -508,6 +512,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "workers",
             "part_size",
             "multipart_threshold",
+            "copying_store_threshold",
             "max_parts_in_flight",
             "known_present_ttl",
             "known_present_sample",
@@ -957,6 +962,18 @@ fn validate(s: &Settings) -> Result<(), Violation> {
         s.transfer.multipart_threshold,
         MAX_PART,
     )?;
+    if s.transfer.copying_store_threshold.0 != 0 {
+        at_least(
+            "transfer.copying_store_threshold",
+            s.transfer.copying_store_threshold,
+            MIN_PART,
+        )?;
+        at_most(
+            "transfer.copying_store_threshold",
+            s.transfer.copying_store_threshold,
+            MAX_PART,
+        )?;
+    }
     at_least(
         "transfer.max_parts_in_flight",
         s.transfer.max_parts_in_flight,

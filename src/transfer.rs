@@ -5,6 +5,7 @@
 
 pub mod abandoned_uploads;
 pub mod content_cache;
+pub mod copying_stores;
 pub mod download;
 pub mod gate;
 pub mod inflight;
@@ -47,6 +48,9 @@ pub struct Transfer {
     pub progress: Arc<Progress>,
     /// Hashes known to be in the store; `None`: ask the store every time.
     pub known: Option<Arc<known_present::KnownPresent>>,
+    /// Whether the store copies every part again on completion (then files up to
+    /// `transfer.copying_store_threshold` go in one PUT), as measured on this machine.
+    pub copying_store: Arc<copying_stores::CopyingStore>,
     /// Multipart uploads started and not yet completed or aborted, for the next run to abort.
     pub open_uploads: open_uploads::OpenUploads,
     /// Large objects a download fetched part of, kept for the next run to fetch on from.
@@ -90,6 +94,13 @@ impl Transfer {
 
     /// Budget units a body of `len` bytes takes (a body larger than the whole budget takes
     /// all of it, rather than waiting forever).
+    /// Files bigger than this go up in parts: `transfer.multipart_threshold`, raised for a
+    /// store that copies parts on completion ([`copying_stores`]).
+    pub fn multipart_threshold(&self) -> u64 {
+        self.copying_store
+            .multipart_threshold(self.settings.multipart_threshold.0)
+    }
+
     pub fn memory_units(&self, len: u64) -> u32 {
         (len.div_ceil(MEMORY_UNIT).max(1) as u32).min(self.memory_units)
     }
@@ -148,6 +159,11 @@ impl Transfer {
         let t = &settings.transfer;
         let budget = t.max_parts_in_flight as u64 * t.part_size.0;
         let memory_units = budget.div_ceil(MEMORY_UNIT).min(u64::from(u32::MAX)) as u32;
+        let copying_store = Arc::new(copying_stores::CopyingStore::new(
+            &settings.cache.dir,
+            store.identity(),
+            t.copying_store_threshold.0,
+        ));
         Transfer {
             memory_units,
             store,
@@ -160,6 +176,7 @@ impl Transfer {
             memory: Arc::new(Semaphore::new(memory_units as usize)),
             progress,
             known,
+            copying_store,
             open_uploads: open_uploads::OpenUploads::new(&settings.cache.dir),
             partial_downloads: partial_downloads::PartialDownloads::of(settings),
             lists_open_uploads: Arc::new(std::sync::atomic::AtomicBool::new(true)),

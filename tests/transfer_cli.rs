@@ -620,6 +620,44 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
     assert!(out.contains("removed 3 objects"), "{out}");
     let (code, _, err) = cache_cmd(&["clear"]);
     assert_eq!(code, 2, "clear what? {err}");
+    // Stores measured to copy parts on completion (see transfer_s3.rs,
+    // a_store_that_completes_slowly_gets_large_files_in_one_put): this one twice in a row,
+    // another once.
+    let now_ms = attache::transfer::abandoned_uploads::now_ms();
+    let slow = |at_ms: i64| serde_json::json!({"at_ms": at_ms, "bytes": 1u64 << 30, "parts_ms": 12000, "complete_ms": 7000});
+    let measured = serde_json::json!({"stores": {
+        store.as_str(): [slow(now_ms - 3_600_000), slow(now_ms)],
+        "s3://other region=us-east-1": [slow(now_ms)],
+    }});
+    std::fs::write(cache.join("copying-stores.json"), measured.to_string()).unwrap();
+    let (code, human, err) = cache_cmd(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        human.contains("1 of 2 stores measured copy parts on completion")
+            && human.contains("one PUT per file until 20")
+            && human.contains(&format!("  {store}\n")),
+        "{human}"
+    );
+    let u = show();
+    // By identity: file:// before s3://.
+    let until = u["copying_stores"]["stores"][0]["copies_until_ms"].as_i64();
+    assert_eq!(until, Some(now_ms - 3_600_000 + 7 * 86_400_000), "{u}");
+    assert!(
+        u["copying_stores"]["stores"][1]["copies_until_ms"].is_null(),
+        "{u}"
+    );
+    for (other, forgot) in [("file:///elsewhere", 0), (store.as_str(), 1)] {
+        let (code, out, err) = cache_cmd(&["clear", "--copying-stores", "--store", other]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(&format!("forgot the measurements of {forgot} stores")),
+            "{out}"
+        );
+    }
+    assert_eq!(
+        show()["copying_stores"]["stores"].as_array().unwrap().len(),
+        1
+    );
     // A partial download a cancelled get left (see interrupt_a_large_get_then_get_again).
     let kept = cache.join("partial-downloads");
     std::fs::create_dir_all(&kept).unwrap();
@@ -633,9 +671,16 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
             &u["hash_cache"]["entries"],
             &u["known_present"]["entries"],
             &u["content"]["files"],
-            &u["partial_downloads"]["files"]
+            &u["partial_downloads"]["files"],
+            &u["copying_stores"]["stores"]
         ),
-        (&0.into(), &0.into(), &0.into(), &0.into()),
+        (
+            &0.into(),
+            &0.into(),
+            &0.into(),
+            &0.into(),
+            &serde_json::json!([])
+        ),
         "{u}"
     );
 }

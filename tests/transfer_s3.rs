@@ -825,6 +825,79 @@ async fn a_single_put_bigger_than_a_part_is_read_as_it_is_sent() {
     );
 }
 
+/// A store whose multipart completions take as long as a copy of the parts (s3s-fs copies
+/// every part again) is measured so after two uploads of 64 MiB or more, and the next run
+/// sends files up to `transfer.copying_store_threshold` to it in one PUT; a store that
+/// completes quickly keeps getting parts, and so does one with the threshold at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_completes_slowly_gets_large_files_in_one_put() {
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let base = content(64 * MIB, 21);
+    let tree = |name: &str, ids: &[u8]| {
+        let root = t.path().join(name);
+        for &i in ids {
+            let mut data = base.clone();
+            data[0] = i;
+            write(&root, &format!("cache{i}.vdb"), &data, MTIME_NS);
+        }
+        root
+    };
+    let (first, second, third) = (tree("a", &[1, 2]), tree("b", &[3]), tree("c", &[4]));
+    let multipart_requests = |s3: &TestS3| {
+        s3.stats
+            .requests_matching(|r| r.query.contains("uploads") || r.query.contains("partNumber"))
+    };
+
+    // Completions (and creations) take 2 s: slow against parts sent in well under 4 s.
+    let cache = t.path().join("cache-slow");
+    let slow = settings(&s3, "slow", &cache);
+    s3.faults
+        .only_for(|m, key| m.as_str() == "POST" && key.contains("/Data/"));
+    s3.faults.delay_responses(Duration::from_secs(2));
+    let put = put_tree(&first, &slow).await.unwrap();
+    assert_eq!(put.upload.multipart_objects, 2);
+    let measured = attache::transfer::copying_stores::measured(&cache);
+    let (store, m) = measured.iter().next().expect("the store was measured");
+    assert!(store.starts_with(&slow.store.url), "{store}");
+    let now = attache::transfer::abandoned_uploads::now_ms();
+    let week = 7 * 24 * 3600 * 1000;
+    let until = m.copies_until(now).expect("taken for a copying store");
+    assert!(
+        until > now + week - 60_000 && until <= now + week,
+        "for a week"
+    );
+    assert!(m.0.iter().all(|m| m.slow() && m.bytes == 64 * MIB), "{m:?}");
+    s3.faults.clear();
+
+    s3.stats.reset();
+    let put = put_tree(&second, &slow).await.unwrap();
+    assert_eq!(put.upload.uploaded_objects, 1);
+    assert_eq!(put.upload.multipart_objects, 0, "one PUT");
+    assert_eq!(multipart_requests(&s3), 0);
+    let m = put.hash.roots[0].manifest.clone();
+    let dest = t.path().join("dest");
+    get_tree(&m, &dest, &slow).await.unwrap();
+    assert_same_tree(&second, &dest, &m);
+
+    // Measured quick (and the threshold at 0, measured slow): parts, as configured.
+    let quick = settings(&s3, "quick", &t.path().join("cache-quick"));
+    put_tree(&first, &quick).await.unwrap();
+    s3.stats.reset();
+    let put = put_tree(&second, &quick).await.unwrap();
+    assert_eq!(put.upload.multipart_objects, 1);
+    let mut off = settings(&s3, "off", &t.path().join("cache-off"));
+    off.transfer.copying_store_threshold = ByteSize(0);
+    s3.faults
+        .only_for(|m, key| m.as_str() == "POST" && key.contains("/Data/"));
+    s3.faults.delay_responses(Duration::from_secs(2));
+    put_tree(&first, &off).await.unwrap();
+    s3.faults.clear();
+    let put = put_tree(&third, &off).await.unwrap();
+    assert_eq!(put.upload.multipart_objects, 1);
+    assert!(attache::transfer::copying_stores::measured(&t.path().join("cache-off")).is_empty());
+}
+
 /// Waits until the PUT of `key` has begun: the server saw it ("s3"), or the file store made
 /// its temporary file ("file").
 async fn wait_for_put_start(name: &str, s3: &TestS3, store: &Path, key: &str) {

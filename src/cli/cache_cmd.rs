@@ -40,17 +40,23 @@ enum CacheCommand {
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).multiple(true)))]
+#[command(group(clap::ArgGroup::new("per_store").multiple(true)))]
 struct ClearArgs {
     /// The hash cache: the next run that needs a file's hash reads the file once again.
     #[arg(long, group = "what")]
     hash: bool,
     /// The known-present index: uploads ask the store about every object again (after
     /// objects were deleted from the store behind attache's back).
-    #[arg(long, group = "what")]
+    #[arg(long, groups = ["what", "per_store"])]
     known_present: bool,
-    /// With --known-present: only for this store, e.g. s3://bucket/DeadlineCloud (at any
-    /// endpoint and region).
-    #[arg(long, value_name = "URL", requires = "known_present")]
+    /// What was measured of stores' multipart completions (transfer.copying_store_threshold):
+    /// a store taken for one that copies parts on completion gets files over
+    /// transfer.multipart_threshold in parts again, until measured so twice more.
+    #[arg(long, groups = ["what", "per_store"])]
+    copying_stores: bool,
+    /// With --known-present or --copying-stores: only for this store, e.g.
+    /// s3://bucket/DeadlineCloud (at any endpoint and region).
+    #[arg(long, value_name = "URL", requires = "per_store")]
     store: Option<String>,
     /// The content cache's objects: later downloads fetch them again.
     #[arg(long, group = "what")]
@@ -78,7 +84,8 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
         CacheCommand::Clear(c) => {
             let spec = ClearSpec {
                 hash: c.hash || c.all,
-                known_present: (c.known_present || c.all).then_some(c.store),
+                known_present: (c.known_present || c.all).then(|| c.store.clone()),
+                copying_stores: (c.copying_stores || c.all).then_some(c.store),
                 content: c.content || c.all,
                 partial_downloads: c.partial_downloads || c.all,
             };
@@ -97,6 +104,9 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(p) = cleared.partial_downloads {
                     println!("partial downloads: removed {} ({})", p.files, size(p.bytes));
+                }
+                if let Some(n) = cleared.copying_stores {
+                    println!("copying stores: forgot the measurements of {n} stores");
                 }
             }
         }
@@ -209,5 +219,25 @@ fn show(u: &CacheUsage) -> String {
             o.to_abort
         )
     };
+    let c = &u.copying_stores;
+    let copying: Vec<_> = c
+        .stores
+        .iter()
+        .filter_map(|s| Some((s.copies_until_ms?, &s.store)))
+        .collect();
+    out += &format!(
+        "copying stores   {} of {} stores measured copy parts on completion (transfer.copying_store_threshold), {}\n",
+        copying.len(),
+        c.stores.len(),
+        c.path.display()
+    );
+    for (until_ms, store) in copying {
+        let until =
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(until_ms.max(0) as u64);
+        out += &format!(
+            "                 one PUT per file until {}  {store}\n",
+            humantime::format_rfc3339_seconds(until)
+        );
+    }
     out
 }

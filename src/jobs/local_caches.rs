@@ -1,6 +1,6 @@
 //! What this machine's caches hold, and emptying or trimming them (`attache cache`): the hash
 //! cache, the known-present index, the content cache, the partial downloads of large objects,
-//! and the records of open multipart uploads.
+//! the records of open multipart uploads, and the stores measured to copy parts on completion.
 //!
 //! Each is safe to empty at any time, also while transfers run: what is forgotten is found
 //! out again (files read, the store asked, objects fetched).
@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::hash::cache::HashCache;
 use crate::transfer::content_cache::ContentCache;
+use crate::transfer::copying_stores;
 use crate::transfer::known_present::KnownPresent;
 use crate::transfer::partial_downloads::{PartialDownloads, Partials};
 
@@ -23,6 +24,11 @@ pub enum LocalCacheError {
     KnownPresent(#[from] crate::transfer::known_present::KnownPresentError),
     #[error("content cache {path}: {source}")]
     Content {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source} (check that cache.dir is writable)")]
+    CopyingStores {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -76,6 +82,24 @@ pub struct CacheUsage {
     pub open_uploads: u64,
     /// The same, by what becomes of them.
     pub open_upload_states: crate::transfer::open_uploads::Tally,
+    /// Stores whose multipart completions were measured (`transfer.copying_store_threshold`).
+    pub copying_stores: CopyingStoresUsage,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CopyingStoresUsage {
+    pub path: PathBuf,
+    pub stores: Vec<MeasuredStore>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MeasuredStore {
+    /// The store's identity: URL, region and endpoint.
+    pub store: String,
+    /// Until when (Unix ms) files up to `transfer.copying_store_threshold` go to it in one
+    /// PUT; `None`: it is not taken for a store that copies parts on completion.
+    pub copies_until_ms: Option<i64>,
+    pub measurements: Vec<crate::transfer::copying_stores::Measurement>,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,6 +118,8 @@ pub struct Cleared {
     pub content_files: Option<u64>,
     pub content_bytes: Option<u64>,
     pub partial_downloads: Option<Partials>,
+    /// Stores whose measurements were forgotten.
+    pub copying_stores: Option<u64>,
 }
 
 /// Which caches to empty.
@@ -104,6 +130,8 @@ pub struct ClearSpec {
     pub known_present: Option<Option<String>>,
     pub content: bool,
     pub partial_downloads: bool,
+    /// Like `known_present`, for the measurements of stores' multipart completions.
+    pub copying_stores: Option<Option<String>>,
 }
 
 /// Size on disk of a SQLite database and its `-wal` file.
@@ -170,6 +198,18 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
         crate::transfer::open_uploads::OpenUploads::new(&dir).tally(settings.transfer.resume_for.0);
     let kept = PartialDownloads::of(settings);
     let partials = kept.usage().map_err(partial_error(&kept))?;
+    let now = crate::transfer::abandoned_uploads::now_ms();
+    let copying_stores = CopyingStoresUsage {
+        path: dir.join(copying_stores::FILE_NAME),
+        stores: copying_stores::measured(&dir)
+            .into_iter()
+            .map(|(store, m)| MeasuredStore {
+                store,
+                copies_until_ms: m.copies_until(now),
+                measurements: m.0,
+            })
+            .collect(),
+    };
     Ok(CacheUsage {
         dir,
         hash_cache,
@@ -188,6 +228,7 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
         },
         open_uploads: open_upload_states.total(),
         open_upload_states,
+        copying_stores,
     })
 }
 
@@ -220,6 +261,15 @@ pub fn clear(settings: &Settings, spec: &ClearSpec) -> Result<Cleared, LocalCach
         // Those being written are left.
         let kept = PartialDownloads::of(settings);
         out.partial_downloads = Some(kept.clear().map_err(partial_error(&kept))?);
+    }
+    if let Some(store) = &spec.copying_stores {
+        let forgotten = copying_stores::forget(dir, store.as_deref()).map_err(|source| {
+            LocalCacheError::CopyingStores {
+                path: dir.join(copying_stores::FILE_NAME),
+                source,
+            }
+        })?;
+        out.copying_stores = Some(forgotten);
     }
     Ok(out)
 }

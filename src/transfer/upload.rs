@@ -260,7 +260,7 @@ async fn upload_one(
         Some(Claim::Mine(guard)) => Some(guard),
         None => None,
     };
-    let small = item.size <= t.settings.multipart_threshold.0;
+    let small = item.size <= t.multipart_threshold();
     let mut bytes_counted = false;
     let created = if t.dry_run {
         // Would it be uploaded? Ask, write nothing.
@@ -938,6 +938,7 @@ async fn upload_parts(
     };
     let count = &count;
     let heartbeat = heartbeat.as_ref();
+    let started = std::time::Instant::now();
     let mut in_flight = FuturesUnordered::new();
     let mut etags = Vec::new();
     let mut kept_bytes = 0;
@@ -1005,11 +1006,21 @@ async fn upload_parts(
         });
     }
     etags.sort_by_key(|(n, _)| *n);
+    let parts_took = started.elapsed();
+    // The last try's time: how long the store took to assemble the object.
+    let mut tried = std::time::Instant::now();
     t.gate
         .run(cancel, || {
+            tried = std::time::Instant::now();
             t.store.complete_multipart(key, upload_id, &etags)
         })
         .await?;
+    if kept_bytes == 0 {
+        let completing = tried.elapsed();
+        t.copying_store
+            .record(item.size, parts_took, completing)
+            .await;
+    }
     Ok(kept_bytes)
 }
 

@@ -1,0 +1,340 @@
+//! Stores that copy every part of a multipart upload again when they complete it (s3s-fs,
+//! stores that keep objects as plain files): there a multipart upload writes its bytes twice
+//! and takes about twice as long as one PUT of the file. Such a store is told by how long its
+//! completions take: about as long as sending the parts, where S3 and Garage complete in a
+//! fraction of a second whatever the size.
+//!
+//! Each multipart upload of 64 MiB or more whose parts this run sent is recorded, per store,
+//! in `<cache.dir>/copying-stores.json`: its size, how long its parts took and how long its
+//! completion took. When the last two recorded within [`REMEMBERED_FOR`] both completed
+//! slowly, files up to `transfer.copying_store_threshold` go to that store in one PUT (read
+//! from the file as it is sent), until those records are older than [`REMEMBERED_FOR`]; then
+//! multipart uploads measure the store again. Two, so that one slow completion (a busy
+//! store) does not change how a real S3 is written to; a quick completion clears the verdict.
+//!
+//! Several processes may record at once: the file is rewritten whole (atomically), and a
+//! record one of them writes over is only lost, as if that upload had not been measured.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The file under `cache.dir`.
+pub const FILE_NAME: &str = "copying-stores.json";
+
+/// How long measurements are trusted; after it, the store is measured again.
+pub const REMEMBERED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Uploads smaller than this are not measured: their completion is quick everywhere.
+const MEASURED_FROM: u64 = 64 << 20;
+
+/// A completion this long or longer, and at least half as long as sending the parts, is
+/// a copying store's.
+const SLOW_COMPLETION: Duration = Duration::from_millis(500);
+
+/// Measurements kept per store.
+const KEPT: usize = 4;
+
+/// How long one multipart upload's parts and its completion took.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    pub bytes: u64,
+    pub parts_ms: u64,
+    pub complete_ms: u64,
+}
+
+impl Measurement {
+    /// Whether the completion took as long as a copy of the parts would.
+    pub fn slow(&self) -> bool {
+        self.complete_ms >= SLOW_COMPLETION.as_millis() as u64
+            && self.complete_ms.saturating_mul(2) >= self.parts_ms
+    }
+}
+
+/// What is known of one store: its measurements, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreMeasurements(pub Vec<Measurement>);
+
+impl StoreMeasurements {
+    /// Until when (Unix ms) the store is taken for one that copies parts on completion;
+    /// `None`: it is not.
+    pub fn copies_until(&self, now_ms: i64) -> Option<i64> {
+        let window = REMEMBERED_FOR.as_millis() as i64;
+        let recent: Vec<&Measurement> = self
+            .0
+            .iter()
+            .filter(|m| m.at_ms > now_ms - window)
+            .collect();
+        match recent[..] {
+            [.., older, newer] if older.slow() && newer.slow() => Some(older.at_ms + window),
+            _ => None,
+        }
+    }
+
+    fn add(&mut self, m: Measurement) {
+        self.0.push(m);
+        let extra = self.0.len().saturating_sub(KEPT);
+        self.0.drain(..extra);
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct File {
+    /// By store identity (`ObjectStore::identity`).
+    stores: BTreeMap<String, StoreMeasurements>,
+}
+
+fn read(path: &Path) -> File {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::debug!("{}: {e}; starting over", path.display());
+            File::default()
+        }),
+        Err(_) => File::default(),
+    }
+}
+
+/// Every store this machine measured, from `cache_dir`.
+pub fn measured(cache_dir: &Path) -> BTreeMap<String, StoreMeasurements> {
+    read(&cache_dir.join(FILE_NAME)).stores
+}
+
+/// Forgets what was measured of the store at `url` (at any endpoint and region; every store
+/// with `None`). Returns how many stores were forgotten.
+pub fn forget(cache_dir: &Path, url: Option<&str>) -> std::io::Result<u64> {
+    let path = cache_dir.join(FILE_NAME);
+    let mut file = read(&path);
+    let before = file.stores.len();
+    match url.map(|u| u.trim_end_matches('/')) {
+        // An identity is the URL, then " region=… endpoint=…" for S3.
+        Some(url) => file
+            .stores
+            .retain(|id, _| id != url && !id.strip_prefix(url).is_some_and(|r| r.starts_with(' '))),
+        None => file.stores.clear(),
+    }
+    let forgotten = (before - file.stores.len()) as u64;
+    if forgotten > 0 {
+        write(&path, &file)?;
+    }
+    Ok(forgotten)
+}
+
+fn write(path: &Path, file: &File) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let json = serde_json::to_vec_pretty(file).expect("serializable");
+    crate::fsutil::write_atomic_unsynced(path, &json)
+}
+
+/// One store's measurements, for the uploads of one transfer: read from `cache.dir` the first
+/// time they are needed, added to as uploads complete.
+pub struct CopyingStore {
+    path: PathBuf,
+    store: String,
+    /// `transfer.copying_store_threshold`; 0: measure nothing, change nothing.
+    threshold: u64,
+    known: OnceLock<Mutex<StoreMeasurements>>,
+}
+
+impl CopyingStore {
+    pub fn new(cache_dir: &Path, store: String, threshold: u64) -> CopyingStore {
+        CopyingStore {
+            path: cache_dir.join(FILE_NAME),
+            store,
+            threshold,
+            known: OnceLock::new(),
+        }
+    }
+
+    fn known(&self) -> &Mutex<StoreMeasurements> {
+        self.known.get_or_init(|| {
+            let mut file = read(&self.path);
+            Mutex::new(file.stores.remove(&self.store).unwrap_or_default())
+        })
+    }
+
+    /// The threshold uploads to this store use, given `configured`
+    /// (`transfer.multipart_threshold`): raised to `transfer.copying_store_threshold` while
+    /// the store is taken for one that copies parts on completion.
+    pub fn multipart_threshold(&self, configured: u64) -> u64 {
+        if self.threshold <= configured {
+            return configured;
+        }
+        let copies = self
+            .known()
+            .lock()
+            .expect("not poisoned")
+            .copies_until(super::abandoned_uploads::now_ms())
+            .is_some();
+        if copies { self.threshold } else { configured }
+    }
+
+    /// Records a multipart upload of `bytes` whose parts took `parts` (all sent by this run)
+    /// and whose completion took `complete`; says so in the log when it makes the store one
+    /// that copies parts. Writes the file on a blocking thread.
+    pub async fn record(&self, bytes: u64, parts: Duration, complete: Duration) {
+        if self.threshold == 0 || bytes < MEASURED_FROM {
+            return;
+        }
+        let m = Measurement {
+            at_ms: super::abandoned_uploads::now_ms(),
+            bytes,
+            parts_ms: parts.as_millis() as u64,
+            complete_ms: complete.as_millis() as u64,
+        };
+        let (was, now) = {
+            let mut known = self.known().lock().expect("not poisoned");
+            let was = known.copies_until(m.at_ms).is_some();
+            known.add(m);
+            (was, known.copies_until(m.at_ms))
+        };
+        tracing::debug!(
+            store = %self.store,
+            bytes,
+            parts_ms = m.parts_ms,
+            complete_ms = m.complete_ms,
+            slow = m.slow(),
+            "multipart upload completed"
+        );
+        match (was, now) {
+            (false, Some(_)) => tracing::info!(
+                "{}: completing a multipart upload took {:.1} s, against {:.1} s to send its {} (twice in a row): this store copies every part again on completion. Files up to {} go to it in one PUT for {} days (transfer.copying_store_threshold; \"0\" keeps multipart_threshold)",
+                self.store,
+                complete.as_secs_f64(),
+                parts.as_secs_f64(),
+                bytesize::ByteSize(bytes).display().iec(),
+                bytesize::ByteSize(self.threshold).display().iec(),
+                REMEMBERED_FOR.as_secs() / 86_400
+            ),
+            (true, None) => tracing::info!(
+                "{}: a multipart upload completed quickly ({:.1} s after {:.1} s of parts): files over transfer.multipart_threshold go to it in parts again",
+                self.store,
+                complete.as_secs_f64(),
+                parts.as_secs_f64()
+            ),
+            _ => {}
+        }
+        let (path, store) = (self.path.clone(), self.store.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut file = read(&path);
+            file.stores.entry(store).or_default().add(m);
+            if let Err(e) = write(&path, &file) {
+                tracing::debug!("{}: {e}", path.display());
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 24 * 3600 * 1000;
+
+    fn m(at_ms: i64, parts_ms: u64, complete_ms: u64) -> Measurement {
+        Measurement {
+            at_ms,
+            bytes: 1 << 30,
+            parts_ms,
+            complete_ms,
+        }
+    }
+
+    #[test]
+    fn a_completion_as_long_as_half_the_parts_is_slow() {
+        // s3s-fs, four 1 GiB files at once: parts about 12 s, completions about 7 s.
+        assert!(m(0, 12_000, 7_200).slow());
+        assert!(m(0, 1_000, 500).slow());
+        // S3 and Garage: a fraction of a second, whatever the size.
+        assert!(!m(0, 12_000, 300).slow());
+        assert!(!m(0, 1_000, 499).slow());
+        // Long, but short against the parts (a slow link).
+        assert!(!m(0, 120_000, 5_000).slow());
+    }
+
+    #[test]
+    fn two_slow_completions_in_a_row_make_a_copying_store_for_a_week_from_the_first() {
+        let now = 100 * DAY;
+        let one = StoreMeasurements(vec![m(now - DAY, 12_000, 7_000)]);
+        assert_eq!(one.copies_until(now), None);
+        let two = StoreMeasurements(vec![m(now - DAY, 12_000, 7_000), m(now, 12_000, 7_000)]);
+        assert_eq!(two.copies_until(now), Some(now - DAY + 7 * DAY));
+        // A week after the first of them, the store is measured again.
+        assert_eq!(two.copies_until(now + 6 * DAY - 1), Some(now + 6 * DAY));
+        assert_eq!(two.copies_until(now + 6 * DAY), None);
+    }
+
+    #[test]
+    fn a_quick_completion_ends_it() {
+        let now = 100 * DAY;
+        let mut s = StoreMeasurements(vec![m(now - 2, 12_000, 7_000), m(now - 1, 12_000, 7_000)]);
+        assert!(s.copies_until(now).is_some());
+        s.add(m(now, 12_000, 200));
+        assert_eq!(s.copies_until(now), None);
+        // A slow one and a quick one, in either order, are not two slow ones.
+        s.add(m(now, 12_000, 7_000));
+        assert_eq!(s.copies_until(now), None);
+    }
+
+    #[test]
+    fn only_the_last_measurements_are_kept() {
+        let mut s = StoreMeasurements::default();
+        for i in 0..10 {
+            s.add(m(i, 1, 1));
+        }
+        assert_eq!(
+            s.0.iter().map(|m| m.at_ms).collect::<Vec<_>>(),
+            [6, 7, 8, 9]
+        );
+    }
+
+    #[tokio::test]
+    async fn measurements_are_kept_per_store_in_the_cache_dir_and_raise_the_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        const GIB: u64 = 1 << 30;
+        let id = "s3://a region=us-east-1 endpoint=http://127.0.0.1:9000";
+        let a = CopyingStore::new(dir.path(), id.into(), 5 * GIB);
+        let slow = (Duration::from_secs(12), Duration::from_secs(7));
+        a.record(GIB, slow.0, slow.1).await;
+        assert_eq!(
+            a.multipart_threshold(16 << 20),
+            16 << 20,
+            "one is not enough"
+        );
+        // Small uploads are not measured.
+        a.record(MEASURED_FROM - 1, slow.0, slow.1).await;
+        assert_eq!(a.multipart_threshold(16 << 20), 16 << 20);
+        a.record(GIB, slow.0, slow.1).await;
+        assert_eq!(a.multipart_threshold(16 << 20), 5 * GIB);
+        // A configured threshold above it stays.
+        assert_eq!(a.multipart_threshold(5 * GIB + 1), 5 * GIB + 1);
+
+        // The next run reads it; another store is not affected.
+        let again = CopyingStore::new(dir.path(), id.into(), 5 * GIB);
+        assert_eq!(again.multipart_threshold(16 << 20), 5 * GIB);
+        let b = CopyingStore::new(dir.path(), "s3://b".into(), 5 * GIB);
+        assert_eq!(b.multipart_threshold(16 << 20), 16 << 20);
+        assert_eq!(measured(dir.path()).len(), 1);
+
+        // Turned off: nothing changes, nothing is measured.
+        let off = CopyingStore::new(dir.path(), id.into(), 0);
+        assert_eq!(off.multipart_threshold(16 << 20), 16 << 20);
+        let c = CopyingStore::new(dir.path(), "s3://c".into(), 0);
+        c.record(GIB, slow.0, slow.1).await;
+        c.record(GIB, slow.0, slow.1).await;
+        assert_eq!(measured(dir.path()).len(), 1);
+
+        assert_eq!(forget(dir.path(), Some("s3://b")).unwrap(), 0);
+        assert_eq!(forget(dir.path(), Some("s3:/")).unwrap(), 0);
+        assert_eq!(forget(dir.path(), Some("s3://a/")).unwrap(), 1);
+        let forgotten = CopyingStore::new(dir.path(), id.into(), 5 * GIB);
+        assert_eq!(forgotten.multipart_threshold(16 << 20), 16 << 20);
+    }
+}
