@@ -47,7 +47,7 @@ python3 -c "import sys, urllib.request as u; u.urlopen(u.Request(sys.argv[1], me
 for v in learned parts; do
     printf '[store]\nurl = "s3://copying/%s"\n[cache]\ndir = "%s/cache-%s"\n' "$v" "$w" "$v" >"$w/$v.toml"
 done
-echo "copying-store $(date -u +%Y-%m-%dT%H:%M:%SZ) $("$bin" --version) load $(cut -d' ' -f1-3 /proc/loadavg)" |
+echo "copying-store $(date -u +%Y-%m-%dT%H:%M:%SZ) $("$bin" --version) ($(git -C "$repo" rev-parse --short HEAD 2>/dev/null)) load $(cut -d' ' -f1-3 /proc/loadavg)" |
     tee "$w/out.txt"
 n=0
 for round in $(seq 1 "$rounds"); do

@@ -35,5 +35,6 @@ pub mod scan;
 /// sent as request bodies.
 pub mod store;
 /// Moving content between trees and a store: upload, download, multipart (the records of open
-/// ones, taking over those abandoned elsewhere), partial downloads kept, bandwidth, retries.
+/// ones, taking over those abandoned elsewhere, stores that copy parts on completion), partial
+/// downloads kept, bandwidth, retries.
 pub mod transfer;

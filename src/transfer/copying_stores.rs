@@ -32,7 +32,7 @@ pub const REMEMBERED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 const MEASURED_FROM: u64 = 64 << 20;
 
 /// A completion this long or longer, and at least half as long as sending the parts, is
-/// a copying store's.
+/// a copying store's; a shorter one, and under a tenth of the parts' time, is not.
 const SLOW_COMPLETION: Duration = Duration::from_millis(500);
 
 /// Measurements kept per store.
@@ -54,9 +54,15 @@ impl Measurement {
         self.complete_ms >= SLOW_COMPLETION.as_millis() as u64
             && self.complete_ms.saturating_mul(2) >= self.parts_ms
     }
+
+    /// Whether the completion was over before a copy of the parts could be.
+    pub fn quick(&self) -> bool {
+        self.complete_ms < SLOW_COMPLETION.as_millis() as u64
+            && self.complete_ms.saturating_mul(10) < self.parts_ms
+    }
 }
 
-/// What is known of one store: its measurements, oldest first.
+/// What is known of one store: its measurements, slow or quick, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoreMeasurements(pub Vec<Measurement>);
 
@@ -77,7 +83,17 @@ impl StoreMeasurements {
     }
 
     fn add(&mut self, m: Measurement) {
-        self.0.push(m);
+        self.merge(std::slice::from_ref(&m));
+    }
+
+    /// Adds `more` to these (those not here already), in time order, keeping the last [`KEPT`].
+    fn merge(&mut self, more: &[Measurement]) {
+        for m in more {
+            if !self.0.contains(m) {
+                self.0.push(*m);
+            }
+        }
+        self.0.sort_by_key(|m| m.at_ms);
         let extra = self.0.len().saturating_sub(KEPT);
         self.0.drain(..extra);
     }
@@ -176,8 +192,9 @@ impl CopyingStore {
     }
 
     /// Records a multipart upload of `bytes` whose parts took `parts` (all sent by this run)
-    /// and whose completion took `complete`; says so in the log when it makes the store one
-    /// that copies parts. Writes the file on a blocking thread.
+    /// and whose completion took `complete`, when that says whether the store copies parts
+    /// (a long completion after parts slowed by a bandwidth limit, say, does not); says so in
+    /// the log when it changes the store's verdict. Writes the file on a blocking thread.
     pub async fn record(&self, bytes: u64, parts: Duration, complete: Duration) {
         if self.threshold == 0 || bytes < MEASURED_FROM {
             return;
@@ -188,20 +205,24 @@ impl CopyingStore {
             parts_ms: parts.as_millis() as u64,
             complete_ms: complete.as_millis() as u64,
         };
-        let (was, now) = {
-            let mut known = self.known().lock().expect("not poisoned");
-            let was = known.copies_until(m.at_ms).is_some();
-            known.add(m);
-            (was, known.copies_until(m.at_ms))
-        };
         tracing::debug!(
             store = %self.store,
             bytes,
             parts_ms = m.parts_ms,
             complete_ms = m.complete_ms,
             slow = m.slow(),
+            quick = m.quick(),
             "multipart upload completed"
         );
+        if !m.slow() && !m.quick() {
+            return;
+        }
+        let (was, now, known) = {
+            let mut known = self.known().lock().expect("not poisoned");
+            let was = known.copies_until(m.at_ms).is_some();
+            known.add(m);
+            (was, known.copies_until(m.at_ms), known.clone())
+        };
         match (was, now) {
             (false, Some(_)) => tracing::info!(
                 "{}: completing a multipart upload took {:.1} s, against {:.1} s to send its {} (twice in a row): this store copies every part again on completion. Files up to {} go to it in one PUT for {} days (transfer.copying_store_threshold; \"0\" keeps multipart_threshold)",
@@ -222,8 +243,12 @@ impl CopyingStore {
         }
         let (path, store) = (self.path.clone(), self.store.clone());
         let _ = tokio::task::spawn_blocking(move || {
+            // One writer at a time in this process, so uploads completing together all land;
+            // what another process wrote meanwhile is kept.
+            static WRITING: Mutex<()> = Mutex::new(());
+            let _one = WRITING.lock().expect("not poisoned");
             let mut file = read(&path);
-            file.stores.entry(store).or_default().add(m);
+            file.stores.entry(store).or_default().merge(&known.0);
             if let Err(e) = write(&path, &file) {
                 tracing::debug!("{}: {e}", path.display());
             }
@@ -255,8 +280,12 @@ mod tests {
         // S3 and Garage: a fraction of a second, whatever the size.
         assert!(!m(0, 12_000, 300).slow());
         assert!(!m(0, 1_000, 499).slow());
-        // Long, but short against the parts (a slow link).
-        assert!(!m(0, 120_000, 5_000).slow());
+        assert!(m(0, 12_000, 300).quick() && m(0, 1_000, 99).quick());
+        assert!(!m(0, 12_000, 7_200).quick());
+        // Neither: long, but short against the parts (a slow link, a bandwidth limit); short,
+        // but not against the parts (a store that copies quickly).
+        assert!(!m(0, 120_000, 5_000).slow() && !m(0, 120_000, 5_000).quick());
+        assert!(!m(0, 1_000, 300).slow() && !m(0, 1_000, 300).quick());
     }
 
     #[test]
@@ -284,15 +313,20 @@ mod tests {
     }
 
     #[test]
-    fn only_the_last_measurements_are_kept() {
+    fn only_the_last_measurements_are_kept_in_time_order() {
         let mut s = StoreMeasurements::default();
         for i in 0..10 {
             s.add(m(i, 1, 1));
         }
-        assert_eq!(
-            s.0.iter().map(|m| m.at_ms).collect::<Vec<_>>(),
-            [6, 7, 8, 9]
-        );
+        let at = |s: &StoreMeasurements| {
+            s.0.iter()
+                .map(|m| (m.at_ms, m.parts_ms))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at(&s), [(6, 1), (7, 1), (8, 1), (9, 1)]);
+        // Another process's, merged: each once, in time order.
+        s.merge(&[m(7, 1, 1), m(10, 1, 1), m(5, 1, 1), m(8, 2, 2)]);
+        assert_eq!(at(&s), [(8, 1), (8, 2), (9, 1), (10, 1)]);
     }
 
     #[tokio::test]
@@ -313,6 +347,10 @@ mod tests {
         assert_eq!(a.multipart_threshold(16 << 20), 16 << 20);
         a.record(GIB, slow.0, slow.1).await;
         assert_eq!(a.multipart_threshold(16 << 20), 5 * GIB);
+        // A long completion after parts slowed down (a bandwidth limit) says nothing.
+        a.record(GIB, Duration::from_secs(120), Duration::from_secs(5))
+            .await;
+        assert_eq!(a.multipart_threshold(16 << 20), 5 * GIB);
         // A configured threshold above it stays.
         assert_eq!(a.multipart_threshold(5 * GIB + 1), 5 * GIB + 1);
 
@@ -322,6 +360,7 @@ mod tests {
         let b = CopyingStore::new(dir.path(), "s3://b".into(), 5 * GIB);
         assert_eq!(b.multipart_threshold(16 << 20), 16 << 20);
         assert_eq!(measured(dir.path()).len(), 1);
+        assert_eq!(measured(dir.path())[id].0.len(), 2, "the two slow ones");
 
         // Turned off: nothing changes, nothing is measured.
         let off = CopyingStore::new(dir.path(), id.into(), 0);

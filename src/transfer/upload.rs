@@ -1,8 +1,9 @@
 //! Uploading content objects: each distinct hash once, skipping what the store already has.
 //!
 //! Per object: known-present index → (HEAD, or a conditional PUT) → single PUT up to
-//! `transfer.multipart_threshold` (from memory up to `part_size`, read from the file as it is
-//! sent above it), managed multipart above it (resumed, keeping the parts the store proves
+//! `transfer.multipart_threshold` (raised for a store that copies parts on completion:
+//! `copying_stores`; from memory up to `part_size`, read from the file as it is sent above
+//! it), managed multipart above it (resumed, keeping the parts the store proves
 //! it holds, when an earlier run on this machine left one open, or another machine abandoned
 //! one: `abandoned_uploads`). A body is always the bytes
 //! that were hashed: small files reuse the hashing read, other files are hashed again as they
