@@ -4,16 +4,19 @@
 //! completions take: about as long as sending the parts, where S3 and Garage complete in a
 //! fraction of a second whatever the size.
 //!
-//! Each multipart upload of 64 MiB or more whose parts this run sent is recorded, per store,
-//! in `<cache.dir>/copying-stores.json`: its size, how long its parts took and how long its
-//! completion took. When the last two recorded within [`REMEMBERED_FOR`] both completed
-//! slowly, files up to `transfer.copying_store_threshold` go to that store in one PUT (read
-//! from the file as it is sent), until those records are older than [`REMEMBERED_FOR`]; then
-//! multipart uploads measure the store again. Two, so that one slow completion (a busy
-//! store) does not change how a real S3 is written to; a quick completion clears the verdict.
+//! Each multipart upload of 64 MiB or more whose parts this run sent is measured: its size,
+//! how long its parts took and how long its completion took. One whose completion was slow
+//! or quick (not one in between, such as after parts held back by a bandwidth limit) is
+//! recorded per store in `<cache.dir>/copying-stores.json`. When the last two recorded within
+//! [`REMEMBERED_FOR`] were both slow, files up to `transfer.copying_store_threshold` go to
+//! that store in one PUT (read from the file as it is sent), until the first of them is older
+//! than [`REMEMBERED_FOR`]; then multipart uploads measure the store again. Two, so that one
+//! slow completion (a busy store) does not change how a real S3 is written to; a quick one
+//! ends the verdict at once.
 //!
-//! Several processes may record at once: the file is rewritten whole (atomically), and a
-//! record one of them writes over is only lost, as if that upload had not been measured.
+//! The file is read, merged with what this process measured and rewritten whole
+//! (atomically), one writer at a time per process; two processes writing at the same moment
+//! can lose one's measurement, as if that upload had not been measured.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,16 +86,24 @@ impl StoreMeasurements {
     }
 
     fn add(&mut self, m: Measurement) {
-        self.merge(std::slice::from_ref(&m));
+        self.0.push(m);
+        self.keep_last();
     }
 
-    /// Adds `more` to these (those not here already), in time order, keeping the last [`KEPT`].
+    /// Adds those of `more` not here already (two equal measurements, two uploads in the
+    /// same millisecond, are both kept).
     fn merge(&mut self, more: &[Measurement]) {
         for m in more {
-            if !self.0.contains(m) {
+            let count = |of: &[Measurement]| of.iter().filter(|x| *x == m).count();
+            if count(&self.0) < count(more) {
                 self.0.push(*m);
             }
         }
+        self.keep_last();
+    }
+
+    /// In time order, the last [`KEPT`].
+    fn keep_last(&mut self) {
         self.0.sort_by_key(|m| m.at_ms);
         let extra = self.0.len().saturating_sub(KEPT);
         self.0.drain(..extra);
@@ -127,10 +138,14 @@ pub fn forget(cache_dir: &Path, url: Option<&str>) -> std::io::Result<u64> {
     let mut file = read(&path);
     let before = file.stores.len();
     match url.map(|u| u.trim_end_matches('/')) {
-        // An identity is the URL, then " region=… endpoint=…" for S3.
-        Some(url) => file
-            .stores
-            .retain(|id, _| id != url && !id.strip_prefix(url).is_some_and(|r| r.starts_with(' '))),
+        Some(url) => {
+            // An identity is the URL, then " region=… endpoint=…" for S3.
+            let of_url = |id: &str| {
+                id.strip_prefix(url)
+                    .is_some_and(|r| r.is_empty() || r.starts_with(' '))
+            };
+            file.stores.retain(|id, _| !of_url(id));
+        }
         None => file.stores.clear(),
     }
     let forgotten = (before - file.stores.len()) as u64;
@@ -327,6 +342,12 @@ mod tests {
         // Another process's, merged: each once, in time order.
         s.merge(&[m(7, 1, 1), m(10, 1, 1), m(5, 1, 1), m(8, 2, 2)]);
         assert_eq!(at(&s), [(8, 1), (8, 2), (9, 1), (10, 1)]);
+        // Two equal ones (two uploads in the same millisecond) stay two.
+        s.add(m(11, 1, 1));
+        s.add(m(11, 1, 1));
+        let mut file = StoreMeasurements(vec![m(11, 1, 1)]);
+        file.merge(&s.0);
+        assert_eq!(at(&file), [(9, 1), (10, 1), (11, 1), (11, 1)]);
     }
 
     #[tokio::test]
