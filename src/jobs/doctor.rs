@@ -146,6 +146,14 @@ pub async fn run(
         )
         .await?,
     );
+    // Said with the multipart probe: why files over multipart_threshold go in one PUT here.
+    let threshold = t.multipart_threshold();
+    let one_put = (threshold > settings.transfer.multipart_threshold.0).then(|| {
+        format!(
+            "; files up to {} go to this store in one PUT: this machine measured it copying every part again on completion (attache cache, transfer.copying_store_threshold)",
+            bytesize::ByteSize(threshold).display().iec()
+        )
+    });
     probes.push(
         probe(
             cancel,
@@ -166,7 +174,10 @@ pub async fn run(
                 if let Some(record) = record {
                     finished(record).await;
                 }
-                Ok(format!("started and aborted an upload to {empty}"))
+                Ok(format!(
+                    "started and aborted an upload to {empty}{}",
+                    one_put.unwrap_or_default()
+                ))
             },
         )
         .await?,
