@@ -7,12 +7,14 @@
 //! Each multipart upload of 64 MiB or more whose parts this run sent is measured: its size,
 //! how long its parts took and how long its completion took. One whose completion was slow
 //! or quick (not one in between, such as after parts held back by a bandwidth limit) is
-//! recorded per store in `<cache.dir>/copying-stores.json`. When the last two recorded within
-//! [`REMEMBERED_FOR`] were both slow, files up to `transfer.copying_store_threshold` go to
-//! that store in one PUT (read from the file as it is sent), until the first of them is older
-//! than [`REMEMBERED_FOR`]; then multipart uploads measure the store again. Two, so that one
-//! slow completion (a busy store) does not change how a real S3 is written to; a quick one
-//! ends the verdict at once.
+//! recorded per store in `<cache.dir>/copying-stores.json`. When the last two recorded were
+//! both slow, the last within [`CONFIRMED_FOR`] and the one before within [`REMEMBERED_FOR`],
+//! files up to `transfer.copying_store_threshold` go to that store in one PUT (read from the
+//! file as it is sent). Two, so that one slow completion (a busy S3) does not change how a
+//! real S3 is written to; a quick one ends the verdict at once. Once a day the next large
+//! file goes in parts again to measure the store anew, so that a verdict wrongly taken (two
+//! slow completions of S3 in a row) holds a day at most, at the cost, on a store that does
+//! copy, of one upload in parts a day.
 //!
 //! The file is read, merged with what this process measured and rewritten whole
 //! (atomically), one writer at a time per process; two processes writing at the same moment
@@ -28,8 +30,12 @@ use serde::{Deserialize, Serialize};
 /// The file under `cache.dir`.
 pub const FILE_NAME: &str = "copying-stores.json";
 
-/// How long measurements are trusted; after it, the store is measured again.
+/// How long the older of the two slow measurements counts.
 pub const REMEMBERED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long the last slow measurement counts: after it, the next large file goes in parts
+/// and measures the store again.
+pub const CONFIRMED_FOR: Duration = Duration::from_secs(24 * 3600);
 
 /// Uploads smaller than this are not measured: their completion is quick everywhere.
 const MEASURED_FROM: u64 = 64 << 20;
@@ -73,16 +79,14 @@ impl StoreMeasurements {
     /// Until when (Unix ms) the store is taken for one that copies parts on completion;
     /// `None`: it is not.
     pub fn copies_until(&self, now_ms: i64) -> Option<i64> {
-        let window = REMEMBERED_FOR.as_millis() as i64;
-        let recent: Vec<&Measurement> = self
-            .0
-            .iter()
-            .filter(|m| m.at_ms > now_ms - window)
-            .collect();
-        match recent[..] {
-            [.., older, newer] if older.slow() && newer.slow() => Some(older.at_ms + window),
-            _ => None,
-        }
+        let ms = |d: Duration| d.as_millis() as i64;
+        let until = match self.0[..] {
+            [.., older, newer] if older.slow() && newer.slow() => {
+                (older.at_ms + ms(REMEMBERED_FOR)).min(newer.at_ms + ms(CONFIRMED_FOR))
+            }
+            _ => return None,
+        };
+        (until > now_ms).then_some(until)
     }
 
     fn add(&mut self, m: Measurement) {
@@ -240,13 +244,12 @@ impl CopyingStore {
         };
         match (was, now) {
             (false, Some(_)) => tracing::info!(
-                "{}: completing a multipart upload took {:.1} s, against {:.1} s to send its {} (twice in a row): this store copies every part again on completion. Files up to {} go to it in one PUT for {} days (transfer.copying_store_threshold; \"0\" keeps multipart_threshold)",
+                "{}: completing a multipart upload took {:.1} s, against {:.1} s to send its {} (twice in a row): this store copies every part again on completion. Files up to {} go to it in one PUT, but for one in parts a day to measure it again (transfer.copying_store_threshold; \"0\" keeps multipart_threshold)",
                 self.store,
                 complete.as_secs_f64(),
                 parts.as_secs_f64(),
                 bytesize::ByteSize(bytes).display().iec(),
                 bytesize::ByteSize(self.threshold).display().iec(),
-                REMEMBERED_FOR.as_secs() / 86_400
             ),
             (true, None) => tracing::info!(
                 "{}: a multipart upload completed quickly ({:.1} s after {:.1} s of parts): files over transfer.multipart_threshold go to it in parts again",
@@ -304,15 +307,22 @@ mod tests {
     }
 
     #[test]
-    fn two_slow_completions_in_a_row_make_a_copying_store_for_a_week_from_the_first() {
+    fn two_slow_completions_in_a_row_make_a_copying_store_for_a_day_from_the_last() {
         let now = 100 * DAY;
-        let one = StoreMeasurements(vec![m(now - DAY, 12_000, 7_000)]);
+        let slow = |at| m(at, 12_000, 7_000);
+        let one = StoreMeasurements(vec![slow(now - DAY)]);
         assert_eq!(one.copies_until(now), None);
-        let two = StoreMeasurements(vec![m(now - DAY, 12_000, 7_000), m(now, 12_000, 7_000)]);
-        assert_eq!(two.copies_until(now), Some(now - DAY + 7 * DAY));
-        // A week after the first of them, the store is measured again.
-        assert_eq!(two.copies_until(now + 6 * DAY - 1), Some(now + 6 * DAY));
-        assert_eq!(two.copies_until(now + 6 * DAY), None);
+        let mut s = StoreMeasurements(vec![slow(now - DAY), slow(now)]);
+        assert_eq!(s.copies_until(now), Some(now + DAY));
+        // A day after the last of them, the next large file goes in parts: measured slow
+        // again, one more day.
+        assert_eq!(s.copies_until(now + DAY - 1), Some(now + DAY));
+        assert_eq!(s.copies_until(now + DAY), None);
+        s.add(slow(now + 3 * DAY));
+        assert_eq!(s.copies_until(now + 3 * DAY), Some(now + 4 * DAY));
+        // Not with the one before it more than a week old.
+        s.add(slow(now + 11 * DAY));
+        assert_eq!(s.copies_until(now + 11 * DAY), None);
     }
 
     #[test]
