@@ -570,7 +570,9 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
     let (code, human, err) = cache_cmd(&[]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        human.contains("6 files known") && human.contains("3 objects in 1 store ("),
+        human.contains("6 files known")
+            && human.contains("3 objects in 1 store (")
+            && human.contains("copying stores   none measured yet"),
         "{human}"
     );
 
@@ -633,7 +635,7 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
     let (code, human, err) = cache_cmd(&[]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        human.contains("1 of 2 stores measured copy parts on completion")
+        human.contains("2 stores measured, 1 copying parts on completion")
             && human.contains("one PUT per file until 20")
             && human.contains(&format!("  {store}\n")),
         "{human}"

@@ -225,12 +225,17 @@ fn show(u: &CacheUsage) -> String {
         .iter()
         .filter_map(|s| Some((s.copies_until_ms?, &s.store)))
         .collect();
-    out += &format!(
-        "copying stores   {} of {} stores measured copy parts on completion (transfer.copying_store_threshold), {}\n",
-        copying.len(),
-        c.stores.len(),
-        c.path.display()
-    );
+    out += &match c.stores.len() {
+        0 => format!(
+            "copying stores   none measured yet (multipart completions of 64 MiB or more, transfer.copying_store_threshold), {}\n",
+            c.path.display()
+        ),
+        n => format!(
+            "copying stores   {n} stores measured, {} copying parts on completion (one PUT per file up to transfer.copying_store_threshold), {}\n",
+            copying.len(),
+            c.path.display()
+        ),
+    };
     for (until_ms, store) in copying {
         let until =
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(until_ms.max(0) as u64);
