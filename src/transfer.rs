@@ -92,8 +92,6 @@ impl Transfer {
         }
     }
 
-    /// Budget units a body of `len` bytes takes (a body larger than the whole budget takes
-    /// all of it, rather than waiting forever).
     /// Files bigger than this go up in parts: `transfer.multipart_threshold`, raised for a
     /// store that copies parts on completion ([`copying_stores`]).
     pub fn multipart_threshold(&self) -> u64 {
@@ -101,6 +99,8 @@ impl Transfer {
             .multipart_threshold(self.settings.multipart_threshold.0)
     }
 
+    /// Budget units a body of `len` bytes takes (a body larger than the whole budget takes
+    /// all of it, rather than waiting forever).
     pub fn memory_units(&self, len: u64) -> u32 {
         (len.div_ceil(MEMORY_UNIT).max(1) as u32).min(self.memory_units)
     }
