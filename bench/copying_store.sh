@@ -11,8 +11,11 @@
 # is given new content each run by rewriting the first bytes of each file, so every run
 # uploads every byte; the server's objects are removed after each run. The server (the
 # benchmark's s3s-fs build, EXAMPLES_DIR, as in ab.sh) keeps its data beside TREE.
+# STORE=file puts to a file:// store beside TREE instead (attache's own store, which says it
+# copies parts: "learned" sends one PUT per file from the first round on).
 # Prints one line per run: wall s, client CPU s, peak RSS KiB, objects sent in parts.
-# With --record the output also goes to bench/results/copying-store-<UTC time>.txt.
+# With --record the output also goes to bench/results/copying-store-<UTC time>.txt
+# (copying-store-file-<UTC time>.txt with STORE=file).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -24,7 +27,12 @@ bin="${ATTACHE_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/attache}"
 examples="${EXAMPLES_DIR:-${CARGO_TARGET_DIR:-$repo/target}/release/examples}"
 tree="${TREE:-/tmp/attache-bench/trees/large-copying}"
 [[ -x $bin ]] || { echo "copying_store: no attache at $bin (set ATTACHE_BIN)" >&2; exit 2; }
-[[ -x $examples/s3_server ]] || { echo "copying_store: no $examples/s3_server" >&2; exit 2; }
+store="${STORE:-s3s}"
+case "$store" in
+    s3s) [[ -x $examples/s3_server ]] || { echo "copying_store: no $examples/s3_server" >&2; exit 2; } ;;
+    file) ;;
+    *) echo "copying_store: STORE must be s3s or file, not '$store'" >&2; exit 2 ;;
+esac
 if [[ -z ${TREE:-} ]]; then
     # The transfer benchmark's large tree (transfer_bench.py).
     for i in 0 1 2 3; do
@@ -39,15 +47,19 @@ stop() {
     rm -rf "$w"
 }
 trap stop EXIT
-# shellcheck source=lib/s3s_server.sh
-source "$here/lib/s3s_server.sh"
-start_s3s_server "$examples" "$w" copying_store
-python3 -c "import sys, urllib.request as u; u.urlopen(u.Request(sys.argv[1], method='POST'))" \
-    "$control/buckets/copying"
+if [[ $store == s3s ]]; then
+    # shellcheck source=lib/s3s_server.sh
+    source "$here/lib/s3s_server.sh"
+    start_s3s_server "$examples" "$w" copying_store
+    python3 -c "import sys, urllib.request as u; u.urlopen(u.Request(sys.argv[1], method='POST'))" \
+        "$control/buckets/copying"
+fi
 for v in learned parts; do
-    printf '[store]\nurl = "s3://copying/%s"\n[cache]\ndir = "%s/cache-%s"\n' "$v" "$w" "$v" >"$w/$v.toml"
+    url="s3://copying/$v"
+    [[ $store == file ]] && url="file://$w/s3s/copying/$v"
+    printf '[store]\nurl = "%s"\n[cache]\ndir = "%s/cache-%s"\n' "$url" "$w" "$v" >"$w/$v.toml"
 done
-echo "copying-store $(date -u +%Y-%m-%dT%H:%M:%SZ) $("$bin" --version) ($(git -C "$repo" rev-parse --short HEAD 2>/dev/null)) load $(cut -d' ' -f1-3 /proc/loadavg)" |
+echo "copying-store ($store) $(date -u +%Y-%m-%dT%H:%M:%SZ) $("$bin" --version) ($(git -C "$repo" rev-parse --short HEAD 2>/dev/null)) load $(cut -d' ' -f1-3 /proc/loadavg)" |
     tee "$w/out.txt"
 n=0
 for round in $(seq 1 "$rounds"); do
@@ -77,5 +89,7 @@ for round in $(seq 1 "$rounds"); do
 done
 "$bin" --config "$w/learned.toml" cache | grep -A1 "copying stores" | tee -a "$w/out.txt"
 if (( record )); then
-    cp "$w/out.txt" "$here/results/copying-store-$(date -u +%Y%m%dT%H%MZ).txt"
+    name=copying-store
+    [[ $store == file ]] && name=copying-store-file
+    cp "$w/out.txt" "$here/results/$name-$(date -u +%Y%m%dT%H%MZ).txt"
 fi

@@ -157,6 +157,11 @@ pub trait ObjectStore: Send + Sync {
     fn throttle_signal(&self) -> Arc<std::sync::atomic::AtomicU64> {
         Arc::default()
     }
+    /// Whether completing a multipart upload copies its parts again (known of the store
+    /// itself; others are measured: `transfer::copying_stores`).
+    fn completion_copies_parts(&self) -> bool {
+        false
+    }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetObject, StoreError>;

@@ -163,6 +163,7 @@ impl Transfer {
             &settings.cache.dir,
             store.identity(),
             t.copying_store_threshold.0,
+            store.completion_copies_parts(),
         ));
         Transfer {
             memory_units,

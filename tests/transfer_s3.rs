@@ -46,6 +46,9 @@ fn fs_settings(store: &Path, cache: &Path) -> Settings {
     s.store.url = format!("file://{}", store.display());
     s.transfer.multipart_threshold = ByteSize(5 * MIB);
     s.transfer.part_size = ByteSize(5 * MIB);
+    // The file store copies parts on completion: without this, files up to 5 GiB would go
+    // to it in one PUT, and these tests are of its multipart uploads too.
+    s.transfer.copying_store_threshold = ByteSize(0);
     s.cache.dir = cache.to_path_buf();
     s
 }
@@ -896,6 +899,31 @@ async fn a_store_that_completes_slowly_gets_large_files_in_one_put() {
     let put = put_tree(&third, &off).await.unwrap();
     assert_eq!(put.upload.multipart_objects, 1);
     assert!(attache::transfer::copying_stores::measured(&t.path().join("cache-off")).is_empty());
+}
+
+/// The file store copies every part on completion, and says so: files up to
+/// `transfer.copying_store_threshold` go to it in one PUT from the first upload on, and in
+/// parts with the threshold at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_store_gets_large_files_in_one_put_from_the_first_upload() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src, "cache.vdb", &content(23 * MIB, 31), MTIME_NS);
+    for (threshold, in_parts) in [(5 << 30, 0), (0, 1)] {
+        let store = t.path().join(format!("store-{threshold}"));
+        let mut s = fs_settings(&store, &t.path().join(format!("cache-{threshold}")));
+        s.transfer.copying_store_threshold = ByteSize(threshold);
+        let put = put_tree(&src, &s).await.unwrap();
+        assert_eq!(put.upload.uploaded_objects, 1);
+        assert_eq!(
+            put.upload.multipart_objects, in_parts,
+            "threshold {threshold}"
+        );
+        let m = put.hash.roots[0].manifest.clone();
+        let dest = t.path().join(format!("dest-{threshold}"));
+        get_tree(&m, &dest, &s).await.unwrap();
+        assert_same_tree(&src, &dest, &m);
+    }
 }
 
 /// Waits until the PUT of `key` has begun: the server saw it ("s3"), or the file store made

@@ -149,8 +149,13 @@ pub async fn run(
     // Said with the multipart probe: why files over multipart_threshold go in one PUT here.
     let threshold = t.multipart_threshold();
     let one_put = (threshold > settings.transfer.multipart_threshold.0).then(|| {
+        let how = if store.completion_copies_parts() {
+            "it copies every part again on completion"
+        } else {
+            "this machine measured it copying every part again on completion (attache cache)"
+        };
         format!(
-            "; files up to {} go to this store in one PUT: this machine measured it copying every part again on completion (attache cache, transfer.copying_store_threshold)",
+            "; files up to {} go to this store in one PUT: {how} (transfer.copying_store_threshold)",
             bytesize::ByteSize(threshold).display().iec()
         )
     });

@@ -16,6 +16,9 @@
 //! slow completions of S3 in a row) holds a day at most, at the cost, on a store that does
 //! copy, of one upload in parts a day.
 //!
+//! A store that knows it copies (attache's own `file://` store) is not measured: files up to
+//! the threshold go to it in one PUT from the first upload on.
+//!
 //! The file is read, merged with what this process measured and rewritten whole
 //! (atomically), one writer at a time per process; two processes writing at the same moment
 //! can lose one's measurement, as if that upload had not been measured.
@@ -174,15 +177,18 @@ pub struct CopyingStore {
     store: String,
     /// `transfer.copying_store_threshold`; 0: measure nothing, change nothing.
     threshold: u64,
+    /// The store says it copies parts on completion (`ObjectStore::completion_copies_parts`).
+    copies: bool,
     known: OnceLock<Mutex<StoreMeasurements>>,
 }
 
 impl CopyingStore {
-    pub fn new(cache_dir: &Path, store: String, threshold: u64) -> CopyingStore {
+    pub fn new(cache_dir: &Path, store: String, threshold: u64, copies: bool) -> CopyingStore {
         CopyingStore {
             path: cache_dir.join(FILE_NAME),
             store,
             threshold,
+            copies,
             known: OnceLock::new(),
         }
     }
@@ -201,12 +207,13 @@ impl CopyingStore {
         if self.threshold <= configured {
             return configured;
         }
-        let copies = self
-            .known()
-            .lock()
-            .expect("not poisoned")
-            .copies_until(super::abandoned_uploads::now_ms())
-            .is_some();
+        let copies = self.copies
+            || self
+                .known()
+                .lock()
+                .expect("not poisoned")
+                .copies_until(super::abandoned_uploads::now_ms())
+                .is_some();
         if copies { self.threshold } else { configured }
     }
 
@@ -215,7 +222,7 @@ impl CopyingStore {
     /// (a long completion after parts slowed by a bandwidth limit, say, does not); says so in
     /// the log when it changes the store's verdict. Writes the file on a blocking thread.
     pub async fn record(&self, bytes: u64, parts: Duration, complete: Duration) {
-        if self.threshold == 0 || bytes < MEASURED_FROM {
+        if self.threshold == 0 || self.copies || bytes < MEASURED_FROM {
             return;
         }
         let m = Measurement {
@@ -365,7 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         const GIB: u64 = 1 << 30;
         let id = "s3://a region=us-east-1 endpoint=http://127.0.0.1:9000";
-        let a = CopyingStore::new(dir.path(), id.into(), 5 * GIB);
+        let a = CopyingStore::new(dir.path(), id.into(), 5 * GIB, false);
         let slow = (Duration::from_secs(12), Duration::from_secs(7));
         a.record(GIB, slow.0, slow.1).await;
         assert_eq!(
@@ -386,17 +393,17 @@ mod tests {
         assert_eq!(a.multipart_threshold(5 * GIB + 1), 5 * GIB + 1);
 
         // The next run reads it; another store is not affected.
-        let again = CopyingStore::new(dir.path(), id.into(), 5 * GIB);
+        let again = CopyingStore::new(dir.path(), id.into(), 5 * GIB, false);
         assert_eq!(again.multipart_threshold(16 << 20), 5 * GIB);
-        let b = CopyingStore::new(dir.path(), "s3://b".into(), 5 * GIB);
+        let b = CopyingStore::new(dir.path(), "s3://b".into(), 5 * GIB, false);
         assert_eq!(b.multipart_threshold(16 << 20), 16 << 20);
         assert_eq!(measured(dir.path()).len(), 1);
         assert_eq!(measured(dir.path())[id].0.len(), 2, "the two slow ones");
 
         // Turned off: nothing changes, nothing is measured.
-        let off = CopyingStore::new(dir.path(), id.into(), 0);
+        let off = CopyingStore::new(dir.path(), id.into(), 0, false);
         assert_eq!(off.multipart_threshold(16 << 20), 16 << 20);
-        let c = CopyingStore::new(dir.path(), "s3://c".into(), 0);
+        let c = CopyingStore::new(dir.path(), "s3://c".into(), 0, false);
         c.record(GIB, slow.0, slow.1).await;
         c.record(GIB, slow.0, slow.1).await;
         assert_eq!(measured(dir.path()).len(), 1);
@@ -404,7 +411,15 @@ mod tests {
         assert_eq!(forget(dir.path(), Some("s3://b")).unwrap(), 0);
         assert_eq!(forget(dir.path(), Some("s3:/")).unwrap(), 0);
         assert_eq!(forget(dir.path(), Some("s3://a/")).unwrap(), 1);
-        let forgotten = CopyingStore::new(dir.path(), id.into(), 5 * GIB);
+        let forgotten = CopyingStore::new(dir.path(), id.into(), 5 * GIB, false);
         assert_eq!(forgotten.multipart_threshold(16 << 20), 16 << 20);
+
+        // A store that says it copies (file://): one PUT from the start, nothing measured.
+        let fs = CopyingStore::new(dir.path(), "file:///s".into(), 5 * GIB, true);
+        assert_eq!(fs.multipart_threshold(16 << 20), 5 * GIB);
+        fs.record(GIB, slow.0, slow.1).await;
+        assert!(!measured(dir.path()).contains_key("file:///s"));
+        let fs_off = CopyingStore::new(dir.path(), "file:///s".into(), 0, true);
+        assert_eq!(fs_off.multipart_threshold(16 << 20), 16 << 20);
     }
 }
