@@ -660,6 +660,20 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
         show()["copying_stores"]["stores"].as_array().unwrap().len(),
         1
     );
+    // `trim` forgets a store measured only over a week ago.
+    let trim_copying = || {
+        let (code, out, err) = cache_cmd(&["trim"]);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .find(|l| l.starts_with("copying stores: "))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_string()
+    };
+    assert!(trim_copying().contains("forgot 0 stores"));
+    let old = serde_json::json!({"stores": {"s3://other region=us-east-1": [slow(now_ms - 8 * 86_400_000)]}});
+    std::fs::write(cache.join("copying-stores.json"), old.to_string()).unwrap();
+    assert!(trim_copying().contains("forgot 1 stores"));
+    assert_eq!(show()["copying_stores"]["stores"], serde_json::json!([]));
     // A partial download a cancelled get left (see interrupt_a_large_get_then_get_again).
     let kept = cache.join("partial-downloads");
     std::fs::create_dir_all(&kept).unwrap();

@@ -135,6 +135,11 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
                     size(p.bytes)
                 );
             }
+            if let Some(n) = done.copying_stores {
+                println!(
+                    "copying stores: forgot {n} stores whose multipart completions were all measured over a week ago"
+                );
+            }
             match &done.content {
                 Some(gone) => println!(
                     "content cache: removed {} objects ({}); it holds {}",

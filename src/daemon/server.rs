@@ -148,6 +148,7 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
                             hash_directories = t.hash_directories.unwrap_or(0),
                             known_present_expired = t.known_present_expired.unwrap_or(0),
                             partial_downloads_removed = t.partial_downloads.map_or(0, |p| p.files),
+                            copying_stores_forgotten = t.copying_stores.unwrap_or(0),
                             "caches: forgot what no longer exists or is too old"
                         ),
                         Err(e) => tracing::warn!("caches: {e}"),

@@ -156,6 +156,13 @@ fn content_error(cache: &ContentCache) -> impl Fn(std::io::Error) -> LocalCacheE
     }
 }
 
+fn copying_stores_error(dir: &Path) -> impl Fn(std::io::Error) -> LocalCacheError + '_ {
+    move |source| LocalCacheError::CopyingStores {
+        path: dir.join(copying_stores::FILE_NAME),
+        source,
+    }
+}
+
 fn partial_error(kept: &PartialDownloads) -> impl Fn(std::io::Error) -> LocalCacheError + '_ {
     |source| LocalCacheError::Partial {
         dirs: kept.dirs().to_vec(),
@@ -263,12 +270,8 @@ pub fn clear(settings: &Settings, spec: &ClearSpec) -> Result<Cleared, LocalCach
         out.partial_downloads = Some(kept.clear().map_err(partial_error(&kept))?);
     }
     if let Some(store) = &spec.copying_stores {
-        let forgotten = copying_stores::forget(dir, store.as_deref()).map_err(|source| {
-            LocalCacheError::CopyingStores {
-                path: dir.join(copying_stores::FILE_NAME),
-                source,
-            }
-        })?;
+        let forgotten =
+            copying_stores::forget(dir, store.as_deref()).map_err(copying_stores_error(dir))?;
         out.copying_stores = Some(forgotten);
     }
     Ok(out)
@@ -287,6 +290,8 @@ pub struct Trimmed {
     pub content: Option<crate::transfer::content_cache::Evicted>,
     /// Partial downloads not written to for `transfer.resume_for`.
     pub partial_downloads: Option<Partials>,
+    /// Stores whose multipart completions were all measured over a week ago.
+    pub copying_stores: Option<u64>,
 }
 
 /// Forgets what the machine's databases hold in vain (the hashes of files whose directory is
@@ -327,5 +332,8 @@ pub fn forget_stale(
     }
     let kept = PartialDownloads::of(settings);
     out.partial_downloads = Some(kept.sweep().map_err(partial_error(&kept))?);
+    let now = crate::transfer::abandoned_uploads::now_ms();
+    out.copying_stores =
+        Some(copying_stores::forget_stale(dir, now).map_err(copying_stores_error(dir))?);
     Ok(out)
 }

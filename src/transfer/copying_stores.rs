@@ -162,6 +162,26 @@ pub fn forget(cache_dir: &Path, url: Option<&str>) -> std::io::Result<u64> {
     Ok(forgotten)
 }
 
+/// Forgets the measurements older than [`REMEMBERED_FOR`], which no verdict uses any more
+/// (`attache cache trim`, and a daemon every hour), and the stores left with none: a machine
+/// that met many stores (test servers on passing ports) keeps those it still uses. Returns
+/// how many stores were forgotten.
+pub fn forget_stale(cache_dir: &Path, now_ms: i64) -> std::io::Result<u64> {
+    let path = cache_dir.join(FILE_NAME);
+    let mut file = read(&path);
+    let cutoff = now_ms - REMEMBERED_FOR.as_millis() as i64;
+    let before: usize = file.stores.values().map(|m| m.0.len()).sum();
+    let stores = file.stores.len();
+    for m in file.stores.values_mut() {
+        m.0.retain(|m| m.at_ms > cutoff);
+    }
+    file.stores.retain(|_, m| !m.0.is_empty());
+    if file.stores.values().map(|m| m.0.len()).sum::<usize>() < before {
+        write(&path, &file)?;
+    }
+    Ok((stores - file.stores.len()) as u64)
+}
+
 fn write(path: &Path, file: &File) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -365,6 +385,33 @@ mod tests {
         let mut file = StoreMeasurements(vec![m(11, 1, 1)]);
         file.merge(&s.0);
         assert_eq!(at(&file), [(9, 1), (10, 1), (11, 1), (11, 1)]);
+    }
+
+    #[test]
+    fn a_trim_forgets_measurements_a_week_old_and_stores_left_with_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 100 * DAY;
+        let (old, recent) = (m(now - 8 * DAY, 12_000, 7_000), m(now - DAY, 12_000, 7_000));
+        let file = File {
+            stores: [
+                ("s3://gone".to_string(), StoreMeasurements(vec![old])),
+                (
+                    "s3://kept".to_string(),
+                    StoreMeasurements(vec![old, recent]),
+                ),
+            ]
+            .into(),
+        };
+        write(&dir.path().join(FILE_NAME), &file).unwrap();
+        assert_eq!(forget_stale(dir.path(), now).unwrap(), 1);
+        let left = measured(dir.path());
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["s3://kept"]);
+        assert_eq!(left["s3://kept"].0, [recent]);
+        assert_eq!(forget_stale(dir.path(), now).unwrap(), 0);
+        // Nothing measured: nothing written.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(forget_stale(empty.path(), now).unwrap(), 0);
+        assert!(!empty.path().join(FILE_NAME).exists());
     }
 
     #[tokio::test]
