@@ -61,7 +61,7 @@ struct ToUploader {
 
 impl HashSink for ToUploader {
     fn keep_bytes_up_to(&self) -> u64 {
-        KEEP_BYTES_UP_TO.min(self.transfer.multipart_threshold())
+        KEEP_BYTES_UP_TO.min(self.transfer.settings.multipart_threshold.0)
     }
 
     fn totals(&self, files: u64, bytes: u64) {
