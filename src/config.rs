@@ -963,16 +963,13 @@ fn validate(s: &Settings) -> Result<(), Violation> {
         MAX_PART,
     )?;
     if s.transfer.copying_store_threshold.0 != 0 {
-        at_least(
-            "transfer.copying_store_threshold",
-            s.transfer.copying_store_threshold,
-            MIN_PART,
-        )?;
-        at_most(
-            "transfer.copying_store_threshold",
-            s.transfer.copying_store_threshold,
-            MAX_PART,
-        )?;
+        let t = s.transfer.copying_store_threshold;
+        at_least("transfer.copying_store_threshold", t, MIN_PART)
+            .and_then(|()| at_most("transfer.copying_store_threshold", t, MAX_PART))
+            .map_err(|v| Violation {
+                reason: format!("{} (\"0\" turns it off)", v.reason),
+                ..v
+            })?;
     }
     at_least(
         "transfer.max_parts_in_flight",
@@ -1422,6 +1419,16 @@ mod tests {
             &[],
             &[],
             &["`transfer.multipart_threshold`", "maximum is 5GiB"],
+        );
+        error(
+            "[transfer]\ncopying_store_threshold = \"1MiB\"\n",
+            &[],
+            &[],
+            &[
+                "`transfer.copying_store_threshold`",
+                "minimum is 5MiB",
+                "\"0\" turns it off",
+            ],
         );
         let flag = [("transfer.workers", "0", "--workers")];
         error(
