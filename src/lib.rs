@@ -3,6 +3,8 @@
 
 /// The command line: arguments, config loading, dispatch, progress display, exit codes.
 pub mod cli;
+/// The wall clock in the units records and stores keep time in.
+pub mod clock;
 /// Settings: defaults, layered loading (file < environment < flags), units, the bandwidth
 /// timetable, validation.
 pub mod config;

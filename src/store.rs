@@ -236,6 +236,14 @@ pub trait ObjectStore: Send + Sync {
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError>;
 }
 
+/// Whether `identity` ([`ObjectStore::identity`]) is the store at `url`, at any endpoint and
+/// region: an identity is the URL, then " region=… endpoint=…" for S3.
+pub fn identity_is_of(identity: &str, url: &str) -> bool {
+    identity
+        .strip_prefix(url.trim_end_matches('/'))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+}
+
 /// A parsed `store.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {

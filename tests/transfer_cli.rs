@@ -92,6 +92,18 @@ fn the_default_local_store_needs_no_setup() {
 
 /// `attache put ROOT` into a file:// store under `dir`; returns (cache dir, store URL,
 /// manifest path).
+/// Writes `cache`'s copying-stores measurements: for each store identity, a slow completion
+/// (7 s after 12 s of parts, a 1 GiB upload) at each of the given times (Unix ms).
+fn measured_copying(cache: &Path, stores: &[(&str, &[i64])]) {
+    let slow = |at_ms: &i64| serde_json::json!({"at_ms": at_ms, "bytes": 1u64 << 30, "parts_ms": 12000, "complete_ms": 7000});
+    let stores: serde_json::Map<String, serde_json::Value> = stores
+        .iter()
+        .map(|(store, at)| (store.to_string(), at.iter().map(slow).collect()))
+        .collect();
+    let file = serde_json::json!({ "stores": stores });
+    std::fs::write(cache.join("copying-stores.json"), file.to_string()).unwrap();
+}
+
 fn put_to_local_store(
     dir: &std::path::Path,
     root: &std::path::Path,
@@ -625,13 +637,12 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
     // Stores measured to copy parts on completion (see transfer_s3.rs,
     // a_store_that_completes_slowly_gets_large_files_in_one_put): this one twice in a row,
     // another once.
-    let now_ms = attache::transfer::abandoned_uploads::now_ms();
-    let slow = |at_ms: i64| serde_json::json!({"at_ms": at_ms, "bytes": 1u64 << 30, "parts_ms": 12000, "complete_ms": 7000});
-    let measured = serde_json::json!({"stores": {
-        store.as_str(): [slow(now_ms - 3_600_000), slow(now_ms)],
-        "s3://other region=us-east-1": [slow(now_ms)],
-    }});
-    std::fs::write(cache.join("copying-stores.json"), measured.to_string()).unwrap();
+    let now_ms = attache::clock::now_ms();
+    let other = "s3://other region=us-east-1";
+    measured_copying(
+        &cache,
+        &[(&store, &[now_ms - 3_600_000, now_ms]), (other, &[now_ms])],
+    );
     let (code, human, err) = cache_cmd(&[]);
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -670,8 +681,7 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
             .to_string()
     };
     assert!(trim_copying().contains("forgot 0 stores"));
-    let old = serde_json::json!({"stores": {"s3://other region=us-east-1": [slow(now_ms - 8 * 86_400_000)]}});
-    std::fs::write(cache.join("copying-stores.json"), old.to_string()).unwrap();
+    measured_copying(&cache, &[(other, &[now_ms - 8 * 86_400_000])]);
     assert!(trim_copying().contains("forgot 1 stores"));
     assert_eq!(show()["copying_stores"]["stores"], serde_json::json!([]));
     // A partial download a cancelled get left (see interrupt_a_large_get_then_get_again).
@@ -1822,14 +1832,9 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
     assert!(multipart_detail(&v).contains(&copies), "{v}");
     let (_, v) = doctor(attache(&t.path().join("cache")).envs(s3.env()));
     assert!(!multipart_detail(&v).contains(one_put), "{v}");
-    let now_ms = attache::transfer::abandoned_uploads::now_ms();
-    let slow = serde_json::json!({"at_ms": now_ms, "bytes": 1u64 << 30, "parts_ms": 12000, "complete_ms": 7000});
+    let now_ms = attache::clock::now_ms();
     let identity = v["identity"].as_str().unwrap();
-    std::fs::write(
-        t.path().join("cache/copying-stores.json"),
-        serde_json::json!({"stores": {identity: [slow, slow]}}).to_string(),
-    )
-    .unwrap();
+    measured_copying(&t.path().join("cache"), &[(identity, &[now_ms, now_ms])]);
     let (code, v) = doctor(attache(&t.path().join("cache")).envs(s3.env()));
     assert_eq!(code, 0, "{v}");
     let measured = format!("{one_put}this machine measured it copying");

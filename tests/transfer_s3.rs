@@ -863,7 +863,7 @@ async fn a_store_that_completes_slowly_gets_large_files_in_one_put() {
     let measured = attache::transfer::copying_stores::measured(&cache);
     let (store, m) = measured.iter().next().expect("the store was measured");
     assert!(store.starts_with(&slow.store.url), "{store}");
-    let now = attache::transfer::abandoned_uploads::now_ms();
+    let now = attache::clock::now_ms();
     let day = 24 * 3600 * 1000;
     let until = m.copies_until(now).expect("taken for a copying store");
     assert!(

@@ -152,12 +152,7 @@ fn ms(span: i64) -> Duration {
 }
 
 /// Now, in milliseconds since the epoch: the unit of a job record's times.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 impl Registry {
     /// Opens the job records under `state_dir`, marking jobs that were still queued or running

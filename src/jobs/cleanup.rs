@@ -14,9 +14,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::store::layout::join;
 use crate::store::{OpenUpload, UploadedPart};
-use crate::transfer::abandoned_uploads::{landed_after, now_ms, spare_window, taken_over_since};
+use crate::transfer::abandoned_uploads::{landed_after, spare_window, taken_over_since};
 use crate::transfer::open_uploads::LeftAs;
 use crate::transfer::upload::{abort_leftovers, abort_within};
 use crate::transfer::{Transfer, TransferError};

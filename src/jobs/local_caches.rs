@@ -205,7 +205,7 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
         crate::transfer::open_uploads::OpenUploads::new(&dir).tally(settings.transfer.resume_for.0);
     let kept = PartialDownloads::of(settings);
     let partials = kept.usage().map_err(partial_error(&kept))?;
-    let now = crate::transfer::abandoned_uploads::now_ms();
+    let now = crate::clock::now_ms();
     let copying_stores = CopyingStoresUsage {
         path: dir.join(copying_stores::FILE_NAME),
         stores: copying_stores::measured(&dir)
@@ -332,7 +332,7 @@ pub fn forget_stale(
     }
     let kept = PartialDownloads::of(settings);
     out.partial_downloads = Some(kept.sweep().map_err(partial_error(&kept))?);
-    let now = crate::transfer::abandoned_uploads::now_ms();
+    let now = crate::clock::now_ms();
     out.copying_stores =
         Some(copying_stores::forget_stale(dir, now).map_err(copying_stores_error(dir))?);
     Ok(out)

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::open_uploads::LeftAs;
 use super::{Transfer, TransferError};
+use crate::clock::now_ms;
 use crate::config::TransferSettings;
 use crate::jobs::Cancelled;
 use crate::store::UploadedPart;
@@ -144,13 +145,6 @@ fn slack(window: Duration) -> Duration {
 /// `now_ms`; a time it does not say is not known to be old.
 fn idle_at(now_ms: i64, ms: Option<i64>, idle_for: Duration) -> bool {
     ms.is_some_and(|ms| now_ms - ms >= idle_for.as_millis() as i64)
-}
-
-/// Now, in milliseconds since the epoch (the unit of the store's times).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

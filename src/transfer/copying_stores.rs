@@ -144,15 +144,10 @@ pub fn forget(cache_dir: &Path, url: Option<&str>) -> std::io::Result<u64> {
     let path = cache_dir.join(FILE_NAME);
     let mut file = read(&path);
     let before = file.stores.len();
-    match url.map(|u| u.trim_end_matches('/')) {
-        Some(url) => {
-            // An identity is the URL, then " region=… endpoint=…" for S3.
-            let of_url = |id: &str| {
-                id.strip_prefix(url)
-                    .is_some_and(|r| r.is_empty() || r.starts_with(' '))
-            };
-            file.stores.retain(|id, _| !of_url(id));
-        }
+    match url {
+        Some(url) => file
+            .stores
+            .retain(|id, _| !crate::store::identity_is_of(id, url)),
         None => file.stores.clear(),
     }
     let forgotten = (before - file.stores.len()) as u64;
@@ -232,7 +227,7 @@ impl CopyingStore {
                 .known()
                 .lock()
                 .expect("not poisoned")
-                .copies_until(super::abandoned_uploads::now_ms())
+                .copies_until(crate::clock::now_ms())
                 .is_some();
         if copies { self.threshold } else { configured }
     }
@@ -246,7 +241,7 @@ impl CopyingStore {
             return;
         }
         let m = Measurement {
-            at_ms: super::abandoned_uploads::now_ms(),
+            at_ms: crate::clock::now_ms(),
             bytes,
             parts_ms: parts.as_millis() as u64,
             complete_ms: complete.as_millis() as u64,

@@ -62,11 +62,9 @@ impl Drop for KnownPresent {
     }
 }
 
+/// Now, as the index stores times (SQLite integers).
 fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64
+    crate::clock::now_secs() as i64
 }
 
 impl KnownPresent {
@@ -242,7 +240,7 @@ impl KnownPresent {
         let conn = self.conn.lock().expect("not poisoned");
         let n = match url {
             None => conn.execute("DELETE FROM present", []),
-            // An identity is the URL, then " region=… endpoint=…" for S3.
+            // `store::identity_is_of`, in SQL: the URL, then " region=… endpoint=…" for S3.
             Some(url) => conn.execute(
                 "DELETE FROM present WHERE store = ?1 OR substr(store, 1, length(?1) + 1) = ?1 || ' '",
                 params![url.trim_end_matches('/')],

@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::clock::now_secs;
+
 /// The records' directory, under `cache.dir`.
 pub const DIR_NAME: &str = "open-uploads";
 
@@ -85,7 +87,7 @@ pub struct Heartbeat {
 impl Heartbeat {
     /// Whether a beat is due: none yet this second. Claims it.
     pub fn due(&self) -> bool {
-        let now = unix_now();
+        let now = now_secs();
         self.last.swap(now, Relaxed) != now
     }
 
@@ -125,7 +127,7 @@ impl Held {
     /// It is unlocked when this returns. A record that cannot be rewritten stays as it was.
     pub fn keep_for_resume(mut self) {
         if let Err(e) = self.rewrite(|r| {
-            r.kept_at = Some(unix_now());
+            r.kept_at = Some(now_secs());
             r.given_up = false;
         }) {
             tracing::warn!("cannot mark {} for resuming: {e}", self.path.display());
@@ -176,13 +178,6 @@ fn write_locked(path: &Path, record: &Record) -> std::io::Result<File> {
     tmp.persist(path).map_err(|e| e.error)
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
 /// A multipart upload a previous run (or a job no longer running) left open.
 #[derive(Debug)]
 pub struct Leftover {
@@ -216,6 +211,11 @@ impl LeftAs {
             LeftAs::Kept { at } | LeftAs::Crashed { at } => Some(at),
         }
     }
+
+    fn kept_for_resume(self, window: std::time::Duration) -> bool {
+        self.stopped_at()
+            .is_some_and(|at| now_secs() < at.saturating_add(window.as_secs()))
+    }
 }
 
 impl Record {
@@ -236,13 +236,6 @@ impl Leftover {
     /// stopped (a failure kept it, a crash left it) less than `window` ago.
     pub fn kept_for_resume(&self, window: std::time::Duration) -> bool {
         self.left_as.kept_for_resume(window)
-    }
-}
-
-impl LeftAs {
-    fn kept_for_resume(self, window: std::time::Duration) -> bool {
-        self.stopped_at()
-            .is_some_and(|at| unix_now() < at.saturating_add(window.as_secs()))
     }
 }
 
@@ -296,7 +289,7 @@ impl OpenUploads {
             url: url.into(),
             key: key.into(),
             upload_id: upload_id.into(),
-            started_at: unix_now(),
+            started_at: now_secs(),
             kept_at: None,
             given_up: false,
         };
@@ -629,7 +622,7 @@ mod tests {
             panic!("{:?}", left.left_as)
         };
         assert!(
-            at + 1 >= unix_now(),
+            at + 1 >= now_secs(),
             "stopped at its last beat, not its start"
         );
         assert!(left.kept_for_resume(hour));
