@@ -261,7 +261,9 @@ async fn upload_one(
         Some(Claim::Mine(guard)) => Some(guard),
         None => None,
     };
-    let small = item.size <= t.multipart_threshold();
+    // The configured threshold first: most files are under it, and need no store verdict.
+    let small =
+        item.size <= t.settings.multipart_threshold.0 || item.size <= t.multipart_threshold();
     let mut bytes_counted = false;
     let created = if t.dry_run {
         // Would it be uploaded? Ask, write nothing.
