@@ -19,9 +19,10 @@
 //! A store that knows it copies (attache's own `file://` store) is not measured: files up to
 //! the threshold go to it in one PUT from the first upload on.
 //!
-//! The file is read, merged with what this process measured and rewritten whole
-//! (atomically), one writer at a time per process; two processes writing at the same moment
-//! can lose one's measurement, as if that upload had not been measured.
+//! The file is read, changed and rewritten whole (atomically) under an exclusive lock on
+//! `copying-stores.json.lock` beside it, so that uploads completing at the same moment in
+//! several processes all land, and a `cache clear --copying-stores` is not undone by a
+//! process that read the file before it (each writes only what it measured since).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,18 +98,6 @@ impl StoreMeasurements {
         self.keep_last();
     }
 
-    /// Adds those of `more` not here already (two equal measurements, two uploads in the
-    /// same millisecond, are both kept).
-    fn merge(&mut self, more: &[Measurement]) {
-        for m in more {
-            let count = |of: &[Measurement]| of.iter().filter(|x| *x == m).count();
-            if count(&self.0) < count(more) {
-                self.0.push(*m);
-            }
-        }
-        self.keep_last();
-    }
-
     /// In time order, the last [`KEPT`].
     fn keep_last(&mut self) {
         self.0.sort_by_key(|m| m.at_ms);
@@ -142,18 +131,21 @@ pub fn measured(cache_dir: &Path) -> BTreeMap<String, StoreMeasurements> {
 /// with `None`). Returns how many stores were forgotten.
 pub fn forget(cache_dir: &Path, url: Option<&str>) -> std::io::Result<u64> {
     let path = cache_dir.join(FILE_NAME);
-    let mut file = read(&path);
-    let before = file.stores.len();
-    match url {
-        Some(url) => file
-            .stores
-            .retain(|id, _| !crate::store::identity_is_of(id, url)),
-        None => file.stores.clear(),
+    if !path.exists() {
+        return Ok(0); // nothing measured: no directory or lock file made
     }
-    let forgotten = (before - file.stores.len()) as u64;
-    if forgotten > 0 {
-        write(&path, &file)?;
-    }
+    let mut forgotten = 0;
+    update(&path, |file| {
+        let before = file.stores.len();
+        match url {
+            Some(url) => file
+                .stores
+                .retain(|id, _| !crate::store::identity_is_of(id, url)),
+            None => file.stores.clear(),
+        }
+        forgotten = (before - file.stores.len()) as u64;
+        forgotten > 0
+    })?;
     Ok(forgotten)
 }
 
@@ -163,24 +155,46 @@ pub fn forget(cache_dir: &Path, url: Option<&str>) -> std::io::Result<u64> {
 /// how many stores were forgotten.
 pub fn forget_stale(cache_dir: &Path, now_ms: i64) -> std::io::Result<u64> {
     let path = cache_dir.join(FILE_NAME);
-    let mut file = read(&path);
+    if !path.exists() {
+        return Ok(0);
+    }
     let cutoff = now_ms - REMEMBERED_FOR.as_millis() as i64;
-    let before: usize = file.stores.values().map(|m| m.0.len()).sum();
-    let stores = file.stores.len();
-    for m in file.stores.values_mut() {
-        m.0.retain(|m| m.at_ms > cutoff);
+    let mut forgotten = 0;
+    update(&path, |file| {
+        let before: usize = file.stores.values().map(|m| m.0.len()).sum();
+        let stores = file.stores.len();
+        for m in file.stores.values_mut() {
+            m.0.retain(|m| m.at_ms > cutoff);
+        }
+        file.stores.retain(|_, m| !m.0.is_empty());
+        forgotten = (stores - file.stores.len()) as u64;
+        file.stores.values().map(|m| m.0.len()).sum::<usize>() < before
+    })?;
+    Ok(forgotten)
+}
+
+/// Reads the file at `path`, lets `change` change it and rewrites it when `change` says it
+/// did, holding an exclusive lock on `<path>.lock` throughout: a lock per open file, so two
+/// processes, or two uploads of one, take turns.
+fn update(path: &Path, change: impl FnOnce(&mut File) -> bool) -> std::io::Result<()> {
+    let dir = path.parent().expect("a file in cache.dir");
+    std::fs::create_dir_all(dir)?;
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)?;
+    lock.lock()?;
+    let mut file = read(path);
+    if change(&mut file) {
+        write(path, &file)?;
     }
-    file.stores.retain(|_, m| !m.0.is_empty());
-    if file.stores.values().map(|m| m.0.len()).sum::<usize>() < before {
-        write(&path, &file)?;
-    }
-    Ok((stores - file.stores.len()) as u64)
+    Ok(())
 }
 
 fn write(path: &Path, file: &File) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
     let json = serde_json::to_vec_pretty(file).expect("serializable");
     crate::fsutil::write_atomic_unsynced(path, &json)
 }
@@ -258,11 +272,11 @@ impl CopyingStore {
         if !m.slow() && !m.quick() {
             return;
         }
-        let (was, now, known) = {
+        let (was, now) = {
             let mut known = self.known().lock().expect("not poisoned");
             let was = known.copies_until(m.at_ms).is_some();
             known.add(m);
-            (was, known.copies_until(m.at_ms), known.clone())
+            (was, known.copies_until(m.at_ms))
         };
         match (was, now) {
             (false, Some(_)) => tracing::info!(
@@ -283,13 +297,11 @@ impl CopyingStore {
         }
         let (path, store) = (self.path.clone(), self.store.clone());
         let _ = tokio::task::spawn_blocking(move || {
-            // One writer at a time in this process, so uploads completing together all land;
-            // what another process wrote meanwhile is kept.
-            static WRITING: Mutex<()> = Mutex::new(());
-            let _one = WRITING.lock().expect("not poisoned");
-            let mut file = read(&path);
-            file.stores.entry(store).or_default().merge(&known.0);
-            if let Err(e) = write(&path, &file) {
+            let added = update(&path, |file| {
+                file.stores.entry(store).or_default().add(m);
+                true
+            });
+            if let Err(e) = added {
                 tracing::debug!("{}: {e}", path.display());
             }
         })
@@ -371,15 +383,60 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(at(&s), [(6, 1), (7, 1), (8, 1), (9, 1)]);
-        // Another process's, merged: each once, in time order.
-        s.merge(&[m(7, 1, 1), m(10, 1, 1), m(5, 1, 1), m(8, 2, 2)]);
-        assert_eq!(at(&s), [(8, 1), (8, 2), (9, 1), (10, 1)]);
-        // Two equal ones (two uploads in the same millisecond) stay two.
+        // One added out of order (another upload's, finished a moment later) goes in its
+        // place; two equal ones (two uploads in the same millisecond) stay two.
         s.add(m(11, 1, 1));
         s.add(m(11, 1, 1));
-        let mut file = StoreMeasurements(vec![m(11, 1, 1)]);
-        file.merge(&s.0);
-        assert_eq!(at(&file), [(9, 1), (10, 1), (11, 1), (11, 1)]);
+        s.add(m(10, 2, 2));
+        assert_eq!(at(&s), [(9, 1), (10, 2), (11, 1), (11, 1)]);
+    }
+
+    #[tokio::test]
+    async fn uploads_completing_together_in_several_processes_all_land() {
+        // Each thread opens the lock file for itself, as another process would.
+        let dir = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let dir = dir.path().to_owned();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    let store = CopyingStore::new(&dir, format!("s3://b{i}"), 5 << 30, false);
+                    for _ in 0..3 {
+                        rt.block_on(store.record(
+                            1 << 30,
+                            Duration::from_secs(12),
+                            Duration::from_secs(7),
+                        ));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let measured = measured(dir.path());
+        assert_eq!(measured.len(), 16);
+        assert!(measured.values().all(|m| m.0.len() == 3), "{measured:?}");
+    }
+
+    #[tokio::test]
+    async fn a_clear_is_not_undone_by_a_transfer_that_read_the_file_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "s3://a";
+        let slow = (Duration::from_secs(12), Duration::from_secs(7));
+        let earlier = CopyingStore::new(dir.path(), id.into(), 5 << 30, false);
+        earlier.record(1 << 30, slow.0, slow.1).await;
+        earlier.record(1 << 30, slow.0, slow.1).await;
+        let running = CopyingStore::new(dir.path(), id.into(), 5 << 30, false);
+        assert_eq!(running.multipart_threshold(16 << 20), 5 << 30);
+        assert_eq!(forget(dir.path(), None).unwrap(), 1);
+        // The running transfer completes one more: only that one is written.
+        running.record(1 << 30, slow.0, slow.1).await;
+        assert_eq!(measured(dir.path())[id].0.len(), 1);
+        let next = CopyingStore::new(dir.path(), id.into(), 5 << 30, false);
+        assert_eq!(next.multipart_threshold(16 << 20), 16 << 20);
     }
 
     #[test]
