@@ -15,6 +15,7 @@ mod job_manifest_args;
 mod manifest_cmd;
 pub(crate) mod progress_bar;
 mod put_cmd;
+pub(crate) mod stdout;
 mod submit_paths;
 mod transfer_args;
 
@@ -96,6 +97,9 @@ enum Command {
     Cache(cache_cmd::CacheArgs),
     /// Run the transfer daemon: one process serving every transfer of this machine over a
     /// local socket (see "Run as a service" in the README).
+    #[command(
+        after_help = "Settings (config file, or ATTACHE_DAEMON__<KEY>; `attache config show` shows them):\n  daemon.socket       the Unix socket (default $XDG_RUNTIME_DIR/attache/attache.sock, else /run/attache/attache.sock)\n  daemon.socket_group a group allowed to use the socket\n  daemon.listen       also listen on TCP, e.g. 127.0.0.1:7070 (needs daemon.token_file)\n  daemon.token_file   the bearer token TCP clients send\n  daemon.tls_cert, daemon.tls_key   HTTPS for the TCP listener\nExample:\n  ATTACHE_DAEMON__LISTEN=0.0.0.0:7070 ATTACHE_DAEMON__TOKEN_FILE=/etc/attache/token attache daemon"
+    )]
     Daemon,
     /// List the daemon's jobs, oldest first.
     Jobs(daemon_cmd::JobsArgs),
@@ -113,8 +117,7 @@ enum Command {
     Bwlimit(bwlimit_cmd::BwlimitArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff).
-    #[command(hide = true)]
+    /// Print the man page (roff): `attache man > attache.1`.
     Man,
     /// Read, compare and check manifests.
     #[command(subcommand)]
@@ -143,6 +146,8 @@ pub fn main() -> ExitCode {
     let result = run(cli);
     match result {
         Ok(code) => code,
+        // `attache jobs | head`: the reader has what it wanted.
+        Err(e) if stdout::closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             let code = exit_code_of(&e);
             if code != exit::CANCELLED {
@@ -321,6 +326,44 @@ pub(crate) fn through_daemon(flag: bool) -> bool {
 /// `-o FILE` of a command: `-` means stdout, as the option's default does (`None`).
 pub(crate) fn output_file(output: &Option<PathBuf>) -> Option<&std::path::Path> {
     output.as_deref().filter(|p| p.as_os_str() != "-")
+}
+
+/// Checks, before any work, that `-o PATH` can be written (a file can be made in its
+/// directory; with `dir_ok`, PATH may be that directory): an upload that ran an hour, or a
+/// submit that published its manifests, must not end on a typo'd directory with its result
+/// lost. Devices and FIFOs (`/dev/null`) are written into, and pass.
+pub(crate) fn check_output(output: &Option<PathBuf>, dir_ok: bool) -> Result<(), UsageError> {
+    let Some(path) = output_file(output) else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(path).ok();
+    let dir = match &meta {
+        Some(m) if m.is_dir() && dir_ok => path,
+        Some(m) if m.is_dir() => {
+            return Err(UsageError {
+                message: format!(
+                    "-o {}: is a directory; give the file to write",
+                    path.display()
+                ),
+            });
+        }
+        Some(m) if !m.is_file() => return Ok(()),
+        _ => match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        },
+    };
+    crate::fsutil::temp_file_in(dir, ".attache-tmp-", "")
+        .map(drop)
+        .map_err(|e| UsageError {
+            message: format!(
+                "-o {}: cannot write in {}: {} (create the directory, or choose another path)",
+                path.display(),
+                dir.display(),
+                // tempfile's error ends naming its temporary file, which means nothing here.
+                e.to_string().split(" at path ").next().unwrap_or_default(),
+            ),
+        })
 }
 
 /// A summary's verb: what was done (`done`), or with `--dry-run` what would be (`would`).

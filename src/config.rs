@@ -928,6 +928,13 @@ const MAX_PART: ByteSize = ByteSize::gib(5);
 
 fn validate(s: &Settings) -> Result<(), Violation> {
     check_store_url(&s.store.url)?;
+    if let Some(url) = &s.s3.endpoint_url {
+        check_endpoint_url(url)?;
+    }
+    crate::logging::check_level(&s.log.level).map_err(|reason| Violation {
+        key: "log.level",
+        reason,
+    })?;
     if let Some(proxy) = &s.s3.proxy {
         crate::store::s3::proxy_setting(proxy.expose()).map_err(|reason| Violation {
             key: "s3.proxy",
@@ -1091,6 +1098,21 @@ fn check_listener(d: &DaemonSettings) -> Result<(), Violation> {
     Err(Violation {
         key,
         reason: reason.into(),
+    })
+}
+
+/// An endpoint that is not `http(s)://HOST[:PORT]` would fail only at the first request,
+/// after the hashing, as a "dispatch failure".
+fn check_endpoint_url(url: &str) -> Result<(), Violation> {
+    let ok = url.parse::<http::Uri>().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+    });
+    if ok {
+        return Ok(());
+    }
+    Err(Violation {
+        key: "s3.endpoint_url",
+        reason: format!("expected http://HOST:PORT or https://HOST[:PORT], got {url:?}"),
     })
 }
 

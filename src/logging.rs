@@ -6,6 +6,25 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
 
+/// Checks a `log.level` filter: it parses, and each directive without `=` is a level. A bare
+/// word other than a level (`warning`, `verbose`) would parse as a target and turn every log
+/// off but that target's, warnings included.
+pub fn check_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    EnvFilter::try_new(level).map_err(|e| format!("{level:?} is not a log filter: {e}"))?;
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains(['=', '[', '{'])
+            && !LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+        {
+            return Err(format!(
+                "{directive:?} is not a level: use one of {} or TARGET=LEVEL (attache=debug)",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Installs the global subscriber. A bad `log.level` falls back to `info` with a warning
 /// rather than hiding every log.
 pub fn init(settings: &LogSettings) {

@@ -103,9 +103,7 @@ pub struct GetObject {
 /// A store failure, naming the store, the operation and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error(
-        "{key}: not found in {store} (is this the right store and root prefix? an object that was deleted must be uploaded again; `attache check` lists every object a job lacks)"
-    )]
+    #[error("{key}: not found in {store} ({})", not_found_advice(key))]
     NotFound { store: String, key: String },
     #[error("{store}: {op} {key}: {message}")]
     Failed {
@@ -119,6 +117,16 @@ pub enum StoreError {
     /// The file a [`ObjectStore::put_file`] was sending could not be read, or changed.
     #[error("{}: {error}", path.display())]
     Source { path: PathBuf, error: SourceError },
+}
+
+/// What to check when `key` is not in the store: a content object is uploaded again, a
+/// manifest published again.
+fn not_found_advice(key: &str) -> &'static str {
+    if key.contains("/Manifests/") || key.starts_with("Manifests/") {
+        "is this the right store and root prefix, and the right farm, queue and job ids? a manifest is there once its submission or task has published it"
+    } else {
+        "is this the right store and root prefix? an object that was deleted must be uploaded again; `attache check` lists every object a job lacks"
+    }
 }
 
 impl StoreError {

@@ -185,3 +185,79 @@ fn config_show_applies_env_and_redacts_secrets() {
     assert_eq!(code, 2);
     assert!(err.contains("nope.toml"), "{err}");
 }
+
+#[test]
+fn a_log_level_or_endpoint_that_would_misbehave_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    // A bare word that is not a level parses as a target: every warning would be hidden.
+    for (env, value, says) in [
+        (
+            "ATTACHE_LOG__LEVEL",
+            "warning",
+            "\"warning\" is not a level",
+        ),
+        ("ATTACHE_LOG__LEVEL", "verbose", "TARGET=LEVEL"),
+        ("ATTACHE_LOG__LEVEL", "attache=bogus[", "not a log filter"),
+        (
+            "ATTACHE_S3__ENDPOINT_URL",
+            "127.0.0.1:9000",
+            "expected http://HOST:PORT",
+        ),
+    ] {
+        let (code, _, err) = run(attache(t.path()).args(["config", "show"]).env(env, value));
+        assert_eq!(code, 2, "{env}={value}: {err}");
+        assert!(err.contains(says) && err.contains(env), "{err}");
+    }
+    for (env, value) in [
+        ("ATTACHE_LOG__LEVEL", "WARN"),
+        ("ATTACHE_LOG__LEVEL", "warn,attache=debug"),
+        ("ATTACHE_S3__ENDPOINT_URL", "https://s3.example.com"),
+    ] {
+        let (code, _, err) = run(attache(t.path()).args(["config", "show"]).env(env, value));
+        assert_eq!(code, 0, "{env}={value}: {err}");
+    }
+}
+
+#[test]
+fn output_cut_short_by_its_reader_ends_quietly() {
+    // `attache config show | head -1`: the reader has gone before attache writes.
+    let t = tempfile::tempdir().unwrap();
+    for args in [
+        &["config", "show"][..],
+        &["completions", "bash"],
+        &["man"],
+        &["cache", "--json"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = attache(t.path())
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_command_missing_what_to_work_on_says_every_way_to_give_it() {
+    let t = tempfile::tempdir().unwrap();
+    for args in [&["check"][..], &["manifest", "cat"]] {
+        let (code, _, err) = run(attache(t.path()).args(args));
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("--attachments FILE") && err.contains("--job-id"),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, _, err) =
+        run(attache(t.path()).args(["cache", "clear", "--hash", "--store", "s3://b/p"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--store goes with --known-present or --copying-stores"),
+        "{err}"
+    );
+}

@@ -1404,11 +1404,76 @@ fn a_store_that_cannot_be_used_says_why_without_retrying_in_vain() {
         "{err}"
     );
     no_debug_dump(&err);
+
+    // An endpoint that is not an S3 server (a web server, a proxy: 404 to everything): the
+    // PUT's status and what to check, not a content object "deleted from the store".
+    let (web, _) = http_server_answering("404 Not Found");
+    let mut c = s3_env_without(&s3, &[], t.path());
+    c.env("ATTACHE_S3__ENDPOINT_URL", &web)
+        .env("ATTACHE_S3__RETRY_ATTEMPTS", "1");
+    let (code, _, err) = put_with(&mut c, &s3.store_url("p"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("PUT") && err.contains("HTTP 404"), "{err}");
+    assert!(err.contains("is it an S3 server?"), "{err}");
+    assert!(!err.contains("must be uploaded again"), "{err}");
+}
+
+#[test]
+fn a_result_file_that_cannot_be_written_is_refused_before_any_transfer() {
+    let s3 = TestS3::start_background();
+    let t = tempfile::tempdir().unwrap();
+    let src = small_src(t.path(), 3);
+    let store = s3.store_url("p");
+    let put = |o: &Path| {
+        run(s3_env_without(&s3, &[], t.path())
+            .args(["put", "--store", &store])
+            .arg(&src)
+            .arg("-o")
+            .arg(o))
+    };
+    // A directory that does not exist (a typo): exit 2 before a byte is sent.
+    let (code, _, err) = put(&t.path().join("no-such-dir/m.json"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no-such-dir") && err.contains("cannot write in"),
+        "{err}"
+    );
+    assert!(!err.contains(".attache-tmp-"), "{err}");
+    // A directory given for the file.
+    let (code, _, err) = put(t.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is a directory"), "{err}");
+    // Nor does a submit publish manifests whose attachments it could not write.
+    let (code, _, err) = run(s3_env_without(&s3, &[], t.path())
+        .args([
+            "submit",
+            "--farm-id",
+            "farm-1",
+            "--queue-id",
+            "queue-1",
+            "--store",
+            &store,
+        ])
+        .arg(&src)
+        .arg("-o")
+        .arg(t.path().join("no-such-dir/attachments.json")));
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(s3.stats.requests(), 0, "{:?}", s3.stats.log());
+    // /dev/null is written into.
+    let (code, _, err) = put(Path::new("/dev/null"));
+    assert_eq!(code, 0, "{err}");
 }
 
 /// An HTTP server that answers 403 to every request, and the count of requests: the EC2
 /// instance metadata service where it is turned off.
 fn refusing_http_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    http_server_answering("403 Forbidden")
+}
+
+/// An HTTP server that answers `status` to every request, and the count of requests.
+fn http_server_answering(
+    status: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1423,7 +1488,8 @@ fn refusing_http_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUs
             }
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let _ = conn.write_all(
-                b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
             );
         }
     });

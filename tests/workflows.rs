@@ -232,6 +232,48 @@ fn submit_sync_render_sync_outputs_download_outputs() {
         &att,
         &session,
     ));
+    // A mistyped session directory fails the task instead of publishing nothing.
+    let (code, _, err) = run(sync_outputs(
+        &mut f.attache("worker"),
+        "sa-3",
+        &att,
+        &f.path("sesion"),
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("sesion") && err.contains("no such session directory"),
+        "{err}"
+    );
+    // An empty session directory (sync-inputs never ran there): nothing to publish, said.
+    std::fs::create_dir_all(f.path("empty-session")).unwrap();
+    let (code, _, err) = run(sync_outputs(
+        &mut f.attache("worker"),
+        "sa-3",
+        &att,
+        &f.path("empty-session"),
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("is this the task's session directory?"),
+        "{err}"
+    );
+
+    // Workstation: a --root-map whose FROM is no root of the job's outputs (a typo) would
+    // send them into the project: refused, nothing written.
+    let elsewhere = f.path("elsewhere");
+    let typo = format!("{}/rendrs={}", proj.display(), elsewhere.display());
+    let (code, _, err) = run(&mut f.download_outputs(&["--root-map", &typo]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--root-map: not a root path of this job's outputs"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{:?}", proj.to_str().unwrap())),
+        "{err}"
+    );
+    assert!(files_under(&proj.join("renders")).is_empty());
+    assert!(!elsewhere.exists());
 
     // Workstation: download outputs to where they belong; a dry run first says what would
     // come and touches nothing.

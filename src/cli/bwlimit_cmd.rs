@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::daemon_cmd::{DaemonUrlArgs, ask_all};
 use super::{Context, UsageError};
+use crate::cli::stdout::outln;
 use crate::daemon::bandwidth::parse_setting;
 use crate::daemon::client::{DaemonAddress, HttpMethod, call, call_with};
 
@@ -66,14 +67,14 @@ pub fn run(ctx: &Context, a: BwlimitArgs) -> anyhow::Result<ExitCode> {
             })
             .collect();
         match (several, views.as_slice()) {
-            (false, [one]) => println!("{}", serde_json::to_string_pretty(one)?),
-            _ => println!("{}", serde_json::to_string_pretty(&views)?),
+            (false, [one]) => outln!("{}", serde_json::to_string_pretty(one)?),
+            _ => outln!("{}", serde_json::to_string_pretty(&views)?),
         }
     } else {
         for (at, view) in views {
             match several {
-                true => println!("{}: {}", at.describe(), describe(&view)),
-                false => println!("{}", describe(&view)),
+                true => outln!("{}: {}", at.describe(), describe(&view)),
+                false => outln!("{}", describe(&view)),
             }
         }
     }

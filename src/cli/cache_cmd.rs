@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::Context;
+use super::{Context, UsageError};
+use crate::cli::stdout::{out, outln};
 use crate::config::ByteSize;
 use crate::jobs::local_caches::{self, CacheUsage, ClearSpec};
 
@@ -40,23 +41,22 @@ enum CacheCommand {
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).multiple(true)))]
-#[command(group(clap::ArgGroup::new("per_store").multiple(true)))]
 struct ClearArgs {
     /// The hash cache: the next run that needs a file's hash reads the file once again.
     #[arg(long, group = "what")]
     hash: bool,
     /// The known-present index: uploads ask the store about every object again (after
     /// objects were deleted from the store behind attache's back).
-    #[arg(long, groups = ["what", "per_store"])]
+    #[arg(long, group = "what")]
     known_present: bool,
     /// What was measured of stores' multipart completions (transfer.copying_store_threshold):
     /// a store taken for one that copies parts on completion gets files over
     /// transfer.multipart_threshold in parts again, until measured so twice more.
-    #[arg(long, groups = ["what", "per_store"])]
+    #[arg(long, group = "what")]
     copying_stores: bool,
     /// With --known-present or --copying-stores: only for this store, e.g.
     /// s3://bucket/DeadlineCloud (at any endpoint and region).
-    #[arg(long, value_name = "URL", requires = "per_store")]
+    #[arg(long, value_name = "URL")]
     store: Option<String>,
     /// The content cache's objects: later downloads fetch them again.
     #[arg(long, group = "what")]
@@ -76,12 +76,18 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
         CacheCommand::Show => {
             let usage = local_caches::usage(settings)?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&usage)?);
+                outln!("{}", serde_json::to_string_pretty(&usage)?);
             } else {
-                print!("{}", show(&usage));
+                out!("{}", show(&usage));
             }
         }
         CacheCommand::Clear(c) => {
+            if c.store.is_some() && !(c.known_present || c.copying_stores) {
+                return Err(UsageError {
+                    message: "--store goes with --known-present or --copying-stores: the other caches are not kept per store".into(),
+                }
+                .into());
+            }
             let spec = ClearSpec {
                 hash: c.hash || c.all,
                 known_present: (c.known_present || c.all).then(|| c.store.clone()),
@@ -91,44 +97,44 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
             };
             let cleared = local_caches::clear(settings, &spec)?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&cleared)?);
+                outln!("{}", serde_json::to_string_pretty(&cleared)?);
             } else {
                 if let Some(n) = cleared.hash_entries {
-                    println!("hash cache: forgot {n} files");
+                    outln!("hash cache: forgot {n} files");
                 }
                 if let Some(n) = cleared.known_present_entries {
-                    println!("known-present index: forgot {n} objects");
+                    outln!("known-present index: forgot {n} objects");
                 }
                 if let (Some(n), Some(b)) = (cleared.content_files, cleared.content_bytes) {
-                    println!("content cache: removed {n} objects ({})", size(b));
+                    outln!("content cache: removed {n} objects ({})", size(b));
                 }
                 if let Some(p) = cleared.partial_downloads {
-                    println!("partial downloads: removed {} ({})", p.files, size(p.bytes));
+                    outln!("partial downloads: removed {} ({})", p.files, size(p.bytes));
                 }
                 if let Some(n) = cleared.copying_stores {
-                    println!("copying stores: forgot the measurements of {n} stores");
+                    outln!("copying stores: forgot the measurements of {n} stores");
                 }
             }
         }
         CacheCommand::Trim { to } => {
             let done = local_caches::trim(settings, to.map(|b| b.0))?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&done)?);
+                outln!("{}", serde_json::to_string_pretty(&done)?);
                 return Ok(ExitCode::SUCCESS);
             }
             if let (Some(files), Some(dirs)) = (done.hash_files, done.hash_directories) {
-                println!(
+                outln!(
                     "hash cache: forgot {files} files under directories that no longer exist ({dirs} of them)"
                 );
             }
             if let Some(n) = done.known_present_expired {
-                println!(
+                outln!(
                     "known-present index: forgot {n} objects not verified for transfer.known_present_ttl ({})",
                     settings.transfer.known_present_ttl
                 );
             }
             if let Some(p) = done.partial_downloads {
-                println!(
+                outln!(
                     "partial downloads: removed {} not written to for transfer.resume_for ({}), {}",
                     p.files,
                     settings.transfer.resume_for,
@@ -136,18 +142,18 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             if let Some(n) = done.copying_stores {
-                println!(
+                outln!(
                     "copying stores: forgot {n} stores whose multipart completions were all measured over a week ago"
                 );
             }
             match &done.content {
-                Some(gone) => println!(
+                Some(gone) => outln!(
                     "content cache: removed {} objects ({}); it holds {}",
                     gone.files,
                     size(gone.bytes),
                     size(gone.kept_bytes)
                 ),
-                None => println!(
+                None => outln!(
                     "content cache: off (cache.content_size = 0; --to SIZE trims what is there)"
                 ),
             }

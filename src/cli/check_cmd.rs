@@ -10,6 +10,7 @@ use super::Context;
 use super::job_manifest_args::JobManifestArgs;
 use super::manifest_cmd::read_manifest;
 use super::transfer_args::{StoreArgs, with_transfer};
+use crate::cli::stdout::outln;
 use crate::config::Override;
 use crate::jobs::check::{self, CheckReport, CheckSpec, Lookup, Problem};
 
@@ -21,7 +22,7 @@ use crate::jobs::check::{self, CheckReport, CheckSpec, Lookup, Problem};
     Exit status: 0 when the store holds everything, 1 when something is missing or damaged.")]
 pub struct CheckArgs {
     /// Manifest files whose content to look for in the store.
-    #[arg(value_name = "MANIFEST", required_unless_present_any = ["attachments", "job_id"])]
+    #[arg(value_name = "MANIFEST")]
     manifests: Vec<PathBuf>,
     #[command(flatten)]
     job: JobManifestArgs,
@@ -61,6 +62,7 @@ impl CheckArgs {
 }
 
 pub fn run(ctx: &Context, args: CheckArgs) -> anyhow::Result<ExitCode> {
+    args.job.require_some(&args.manifests, "MANIFEST")?;
     let manifests = args
         .manifests
         .iter()
@@ -79,9 +81,9 @@ pub fn run(ctx: &Context, args: CheckArgs) -> anyhow::Result<ExitCode> {
         Ok(check::run(spec, t, &cancel).await?)
     })?;
     if args.store.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(if report.passed {
         ExitCode::SUCCESS
@@ -90,13 +92,13 @@ pub fn run(ctx: &Context, args: CheckArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_report(r: &CheckReport) {
+fn print_report(r: &CheckReport) -> std::io::Result<()> {
     for m in &r.unusable_manifests {
         // The error names the manifest's key.
-        println!("manifest  {}", m.error);
+        outln!("manifest  {}", m.error);
     }
     for p in &r.missing {
-        println!(
+        outln!(
             "missing   {}  ({}; {})",
             p.key,
             ByteSize(p.size).display().iec(),
@@ -104,7 +106,7 @@ fn print_report(r: &CheckReport) {
         );
     }
     for p in &r.wrong_size {
-        println!(
+        outln!(
             "size      {}  (the store has {}, the manifests say {}; {})",
             p.key,
             ByteSize(p.found_size.unwrap_or(0)).display().iec(),
@@ -113,7 +115,7 @@ fn print_report(r: &CheckReport) {
         );
     }
     for p in &r.damaged {
-        println!(
+        outln!(
             "damaged   {}  (its content hashes to {}, {}{}; {})",
             p.key,
             p.found_hash.map_or_else(|| "?".to_string(), |h| h.to_hex()),
@@ -137,7 +139,7 @@ fn print_report(r: &CheckReport) {
             r.list_requests, r.head_requests
         )
     };
-    println!(
+    outln!(
         "{}: {} of {} objects ({}) in {}, for {} files in {} manifest(s){}; {} missing, {} other size, {} damaged, {} manifest(s) unusable; {how} in {:.2} s",
         if r.passed { "OK" } else { "FAILED" },
         r.present,
@@ -175,6 +177,7 @@ fn print_report(r: &CheckReport) {
             "Run again with --deep to find out whether the objects or the manifests are wrong."
         );
     }
+    Ok(())
 }
 
 /// "needed by 3 files: a.exr, b.exr, c.exr".

@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::transfer_args::{StoreArgs, with_transfer};
 use super::{Context, UsageError};
+use crate::cli::stdout::outln;
 use crate::config::Duration;
 use crate::config::Override;
 use crate::jobs::cleanup::{self, CleanupSpec};
@@ -45,7 +46,7 @@ pub fn run(ctx: &Context, args: CleanupArgs) -> anyhow::Result<ExitCode> {
         Ok(cleanup::run(spec, t.dry_run_if(args.dry_run), &cancel).await?)
     })?;
     if args.store.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let verb = super::tense(report.dry_run, "aborted", "would abort");
         for u in &report.aborted {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::Context;
+use crate::cli::stdout::{out, outln};
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -16,10 +17,10 @@ pub fn run(ctx: &Context, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ConfigCommand::Show => {
             match &ctx.config_file {
-                Some(f) => println!("# config file: {}", f.display()),
-                None => println!("# no config file found; defaults and environment"),
+                Some(f) => outln!("# config file: {}", f.display()),
+                None => outln!("# no config file found; defaults and environment"),
             }
-            print!("{}", ctx.settings.to_redacted_toml());
+            out!("{}", ctx.settings.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
     }

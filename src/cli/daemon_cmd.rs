@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory};
 
 use super::{Cli, Context, UsageError, json_size};
+use crate::cli::stdout::outln;
 use crate::config::Settings;
 use crate::daemon::client::{ClientError, DaemonAddress, HttpMethod, call, call_with};
 use crate::daemon::registry::now_ms;
@@ -235,7 +236,7 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
         false => ExitCode::SUCCESS,
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        outln!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(code);
     }
     let now = now_ms();
@@ -243,7 +244,7 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
         true => format!("{:<24} ", host_of(j["daemon"].as_str().unwrap_or_default())),
         false => String::new(),
     };
-    println!(
+    outln!(
         "{}{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}  WHAT",
         match several {
             true => format!("{:<24} ", "DAEMON"),
@@ -270,7 +271,7 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
             (None, Some(of)) => format!(" (retry of {of})"),
             (None, None) => String::new(),
         } + &priority_note(j);
-        println!(
+        outln!(
             "{}{:<38} {:<17} {:<12} {:>8} {:>8} {:>13} {:>21}  {}{again}",
             host(j),
             id,
@@ -545,11 +546,11 @@ pub fn priority(ctx: &Context, a: PriorityArgs) -> anyhow::Result<ExitCode> {
 
 fn print_job(j: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(j)?);
+        outln!("{}", serde_json::to_string_pretty(j)?);
     } else {
         let p = &j["progress"];
         let took = took(j, now_ms());
-        println!(
+        outln!(
             "{} {} {}: {}/{} files, {}/{}{}{}",
             j["id"].as_str().unwrap_or_default(),
             j["kind"].as_str().unwrap_or_default(),
@@ -579,17 +580,15 @@ fn print_job(j: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
 
 /// Shell completion script for `shell`, on stdout.
 pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
-    clap_complete::generate(
-        shell,
-        &mut Cli::command(),
-        "attache",
-        &mut std::io::stdout(),
-    );
+    // Generated into memory: clap_complete panics when its writer fails (`| head`).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "attache", &mut script);
+    std::io::Write::write_all(&mut crate::cli::stdout::stdout(), &script)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The man page (roff), on stdout.
 pub fn man() -> anyhow::Result<ExitCode> {
-    clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+    clap_mangen::Man::new(Cli::command()).render(&mut crate::cli::stdout::stdout())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ use clap::Args;
 use super::Context;
 use super::daemon_cmd::ask_all;
 use super::transfer_args::{StoreArgs, with_transfer};
+use crate::cli::stdout::outln;
 use crate::config::Override;
 use crate::daemon::client::{DaemonAddress, HttpMethod, call, call_with};
 use crate::jobs::doctor::{self, DoctorReport, Status};
@@ -73,9 +74,9 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> anyhow::Result<ExitCode> {
         (report, by)
     };
     if args.store.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&report, &by);
+        print_report(&report, &by)?;
     }
     Ok(if report.passed {
         ExitCode::SUCCESS
@@ -97,11 +98,11 @@ fn on_several(daemons: &[DaemonAddress], spec: &JobSpec, json: bool) -> anyhow::
             .iter()
             .map(|(at, r)| serde_json::json!({"daemon": at.describe(), "report": r}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         for (at, r) in &reports {
             let warnings = r.probes.iter().filter(|p| p.status == Status::Warning);
-            println!(
+            outln!(
                 "{:<7} {}  {}{}",
                 if r.passed { "ok" } else { "FAILED" },
                 at.describe(),
@@ -115,13 +116,13 @@ fn on_several(daemons: &[DaemonAddress], spec: &JobSpec, json: bool) -> anyhow::
                 }
             );
             for p in r.probes.iter().filter(|p| p.status == Status::Failed) {
-                println!("        {}: {}", p.name, p.detail);
+                outln!("        {}: {}", p.name, p.detail);
                 if let Some(needs) = &p.needs {
-                    println!("        needs {needs}");
+                    outln!("        needs {needs}");
                 }
             }
         }
-        println!(
+        outln!(
             "{passed} of {} daemons can transfer with their store{}.",
             daemons.len(),
             match daemons.len() - reports.len() {
@@ -163,22 +164,22 @@ fn doctor_at(at: &DaemonAddress, spec: &serde_json::Value) -> anyhow::Result<Doc
     }
 }
 
-fn print_report(report: &DoctorReport, by: &str) {
-    println!("checked by:  {by}");
-    println!("store:       {}", report.identity);
-    println!("cache.dir:   {}", report.cache_dir);
+fn print_report(report: &DoctorReport, by: &str) -> std::io::Result<()> {
+    outln!("checked by:  {by}");
+    outln!("store:       {}", report.identity);
+    outln!("cache.dir:   {}", report.cache_dir);
     for p in &report.probes {
         let status = match p.status {
             Status::Ok => "ok     ",
             Status::Failed => "FAILED ",
             Status::Warning => "warning",
         };
-        println!("{status} {:<20} {} ({} ms)", p.name, p.detail, p.ms);
+        outln!("{status} {:<20} {} ({} ms)", p.name, p.detail, p.ms);
         if let Some(needs) = &p.needs {
-            println!("        {:<20} needs {needs}", "");
+            outln!("        {:<20} needs {needs}", "");
         }
     }
-    println!(
+    outln!(
         "{}",
         if report.passed {
             "This machine can transfer with this store."
@@ -186,4 +187,5 @@ fn print_report(report: &DoctorReport, by: &str) {
             "This machine cannot transfer with this store: see FAILED above."
         }
     );
+    Ok(())
 }

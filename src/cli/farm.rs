@@ -71,8 +71,10 @@ pub struct SubmitArgs {
     /// A path the job refers to without uploading it (shapes the asset roots; repeatable).
     #[arg(long = "referenced", value_name = "PATH")]
     referenced: Vec<PathBuf>,
+    /// The farm the job is submitted to (the manifests' keys name it).
     #[arg(long, value_name = "ID")]
     farm_id: String,
+    /// The queue the job is submitted to (its job-attachments store).
     #[arg(long, value_name = "ID")]
     queue_id: String,
     /// A LOCAL storage-profile location: inputs under PATH form one root named NAME (repeatable;
@@ -161,18 +163,23 @@ pub struct SyncOutputsArgs {
     /// The session directory sync-inputs used.
     #[arg(long, value_name = "DIR")]
     session_dir: PathBuf,
+    /// The task's farm.
     #[arg(long, value_name = "ID", env = "DEADLINE_FARM_ID")]
     farm_id: String,
+    /// The task's queue.
     #[arg(long, value_name = "ID", env = "DEADLINE_QUEUE_ID")]
     queue_id: String,
+    /// The task's job.
     #[arg(long, value_name = "ID", env = "DEADLINE_JOB_ID")]
     job_id: String,
+    /// The task's step.
     #[arg(long, value_name = "ID", env = "DEADLINE_STEP_ID")]
     step_id: String,
     /// The task; without it (and without DEADLINE_TASK_ID) the session action ran a chunk of a
     /// chunked step's tasks, and its outputs are published at the step level.
     #[arg(long, value_name = "ID", env = "DEADLINE_TASK_ID")]
     task_id: Option<String>,
+    /// The session action that ran the task (the output manifest's key names it).
     #[arg(long, value_name = "ID", env = "DEADLINE_SESSIONACTION_ID")]
     session_action_id: String,
     /// The session action's start, UTC, e.g. 2026-11-21T10:00:00.000000Z (default: now).
@@ -199,10 +206,13 @@ pub struct SyncOutputsArgs {
 
 #[derive(Debug, Args)]
 pub struct DownloadOutputsArgs {
+    /// The job's farm.
     #[arg(long, value_name = "ID")]
     farm_id: String,
+    /// The job's queue.
     #[arg(long, value_name = "ID")]
     queue_id: String,
+    /// The job whose outputs to download (every step's, the latest of each task).
     #[arg(long, value_name = "ID")]
     job_id: String,
     /// Only this step's outputs.
@@ -334,7 +344,7 @@ fn emit(value: &serde_json::Value, output: Option<&Path>) -> anyhow::Result<()> 
     match output {
         Some(p) => crate::fsutil::write_atomic(p, &text)
             .with_context(|| format!("writing {}", p.display())),
-        None => Ok(std::io::stdout().lock().write_all(&text)?),
+        None => Ok(crate::cli::stdout::stdout().write_all(&text)?),
     }
 }
 
@@ -358,6 +368,7 @@ fn uploaded(u: &serde_json::Value, dry_run: bool) -> String {
 }
 
 pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
+    crate::cli::check_output(&a.output, false)?;
     let dry_run = a.dry_run;
     let paths = a.paths_from.gather(AssetReferences {
         inputs: a.inputs,
@@ -415,6 +426,7 @@ fn not_fetched_again(download: &serde_json::Value) -> String {
 }
 
 pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode> {
+    crate::cli::check_output(&a.output, false)?;
     let spec = JobSpec::SyncInputs(SyncInputsJob {
         attachments: AttachmentsArg::File(a.attachments),
         session_dir: a.session_dir,
@@ -476,6 +488,7 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
 }
 
 pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCode> {
+    crate::cli::check_output(&a.output, false)?;
     if a.task_id.is_none() && std::env::var_os("DEADLINE_SESSIONACTION_ID").is_none() {
         // Inside a Deadline task no task id means a chunk; run by hand it is more likely a
         // forgotten flag, and the outputs would not be found under the task.

@@ -10,6 +10,7 @@ use super::Context;
 use super::filter_args::FilterArgs;
 use super::manifest_cmd::read_manifest;
 use super::transfer_args::{ContentCacheArgs, StoreArgs, with_transfer};
+use crate::cli::stdout::outln;
 use crate::config::Override;
 use crate::jobs::get;
 use crate::jobs::get::{Conflict, GetSpec};
@@ -82,7 +83,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
     if args.store.json {
         let mut v = serde_json::to_value(&report)?;
         v["left_out"] = left_out.into();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let d = &report.download;
         let verb = super::tense(report.dry_run, "downloaded", "would download");

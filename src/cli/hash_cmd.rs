@@ -86,7 +86,7 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
     };
 
     let mut roots_json = Vec::new();
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = crate::cli::stdout::stdout();
     for r in &report.roots {
         let bytes = r.manifest.encode().map_err(|_| UsageError {
             message: format!(

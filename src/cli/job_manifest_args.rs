@@ -69,4 +69,21 @@ impl JobManifestArgs {
     pub fn any(&self) -> bool {
         self.attachments.is_some() || self.job_id.is_some()
     }
+
+    /// A usage error when neither manifest files (`files`, named `what`) nor a job's
+    /// manifests are given: clap's own would name the files alone.
+    pub fn require_some(
+        &self,
+        files: &[std::path::PathBuf],
+        what: &str,
+    ) -> Result<(), crate::cli::UsageError> {
+        if files.is_empty() && !self.any() {
+            return Err(crate::cli::UsageError {
+                message: format!(
+                    "give {what} files, or a job's manifests: --attachments FILE, or --farm-id ID --queue-id ID --job-id ID [--step-id ID [--task-id ID]]"
+                ),
+            });
+        }
+        Ok(())
+    }
 }

@@ -48,7 +48,7 @@ pub enum ManifestCommand {
     --json prints one object per file, on its own line (with the manifest's key, for one from the store).")]
 pub struct CatArgs {
     /// Manifest files.
-    #[arg(value_name = "FILE", required_unless_present_any = ["attachments", "job_id"])]
+    #[arg(value_name = "FILE")]
     files: Vec<PathBuf>,
     #[command(flatten)]
     job: JobManifestArgs,
@@ -109,7 +109,7 @@ pub fn run(ctx: &Context, cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
             exit_code,
         } => {
             let d = diff(&read_manifest(&old)?, &read_manifest(&new)?);
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::cli::stdout::stdout();
             if json {
                 let v = json!({
                     "added": d.added.iter().map(entry_json).collect::<Vec<_>>(),
@@ -161,6 +161,7 @@ pub fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
 /// The manifests named: files, then a job's fetched from its store (one that cannot be used
 /// is said on stderr, exit 1, and the others still printed).
 fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<ExitCode> {
+    args.job.require_some(&args.files, "manifest")?;
     // Each with what names it: the file, or the store's key.
     let mut all: Vec<(String, Manifest, bool)> = Vec::new();
     for file in &args.files {
@@ -186,7 +187,7 @@ fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<ExitCode> {
             eprintln!("no task of the job has published outputs (yet)");
         }
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::cli::stdout::stdout();
     for (name, m, from_store) in &all {
         if args.store.json {
             for e in m.entries() {
@@ -239,7 +240,7 @@ fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
         run_cancellable(move |cancel| verify::run(&expected, &spec, &cancel, &p))??
     };
     let passed = report.passed(v.strict);
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::cli::stdout::stdout();
     let pairs = |list: &[(ManifestEntry, ManifestEntry)]| {
         list.iter()
             .map(|(a, b)| json!({"expected": entry_json(a), "found": entry_json(b)}))

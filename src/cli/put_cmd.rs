@@ -12,6 +12,7 @@ use serde_json::json;
 use super::filter_args::FilterArgs;
 use super::transfer_args::{StoreArgs, with_transfer};
 use super::{Context, UsageError, flag};
+use crate::cli::stdout::outln;
 use crate::config::Override;
 use crate::hash::ContentHash;
 use crate::jobs::put;
@@ -56,6 +57,7 @@ impl PutArgs {
 }
 
 pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
+    crate::cli::check_output(&args.output, false)?;
     let settings = ctx.settings.clone();
     let mut spec = crate::jobs::hash::HashSpec::from_settings(
         &settings,
@@ -79,7 +81,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
         Some(path) => crate::fsutil::write_atomic(path, &bytes)
             .with_context(|| format!("writing {}", path.display()))?,
         None if !args.store.json => {
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::cli::stdout::stdout();
             out.write_all(&bytes)?;
             out.write_all(b"\n")?;
         }
@@ -96,7 +98,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
             "dry_run": dry_run,
             "seconds": report.seconds,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         eprintln!(
             "{}: {} files ({}) -> {} distinct objects: {} {} ({}, {} multipart), {} already in the store, {} known present (no request){}; {:.2} s",

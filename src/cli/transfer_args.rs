@@ -19,7 +19,8 @@ pub struct StoreArgs {
     /// the [s3] settings and the AWS chain (env, profile, instance role).
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
-    /// Files transferred (for cleanup: uploads aborted) at once [config: transfer.workers].
+    /// How many files are transferred at once (`cleanup`: uploads aborted at once)
+    /// [config: transfer.workers].
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
     /// Cap on open connections to the store [config: s3.max_connections].

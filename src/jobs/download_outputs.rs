@@ -177,6 +177,30 @@ pub async fn run(
         task_id: spec.task_id.clone(),
     };
     let (tasks, by_root) = latest_outputs(&of, &transfer, cancel).await?;
+    // A mistyped FROM would send the outputs to the root path itself (the artist's project,
+    // the very place the map was meant to keep them out of). A FROM of a root these tasks
+    // did not write to is fine (one map for every download of a job), so long as every root
+    // here is mapped.
+    let unmatched = spec
+        .root_map
+        .iter()
+        .find(|(from, _)| !by_root.contains_key(from));
+    let unmapped = by_root
+        .keys()
+        .any(|root| !spec.root_map.iter().any(|(from, _)| from == root));
+    if let (Some((from, _)), true) = (unmatched, unmapped) {
+        return Err(TransferError::Refused {
+            path: PathBuf::from(from),
+            message: format!(
+                "--root-map: not a root path of this job's outputs, which are {}; nothing was downloaded",
+                by_root
+                    .keys()
+                    .map(|r| format!("{r:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
     let mut roots = Vec::new();
     for (root_path, manifests) in by_root {
         let count = manifests.len();

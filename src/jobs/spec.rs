@@ -625,7 +625,13 @@ pub fn pairs(values: &[String], field: &'static str) -> Result<Vec<(String, Path
         .iter()
         .map(|v| match v.split_once('=') {
             Some((k, p)) if !k.is_empty() && !p.is_empty() => Ok((k.to_string(), PathBuf::from(p))),
-            _ => Err(invalid(field, format!("{v:?}: expected NAME=PATH"))),
+            _ => Err(invalid(
+                field,
+                match field {
+                    "root_map" => format!("{v:?}: expected FROM=TO (--root-map ROOT=DIR)"),
+                    _ => format!("{v:?}: expected NAME=PATH"),
+                },
+            )),
         })
         .collect()
 }

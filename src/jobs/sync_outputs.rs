@@ -95,6 +95,17 @@ pub async fn run(
             check_output_dir(&spec.session_dir, dir)?;
         }
     }
+    // A mistyped --session-dir would otherwise find no outputs and succeed: the task's
+    // frames lost, and its log saying only that nothing changed.
+    if !spec.session_dir.is_dir() {
+        return Err(PutError::Hash(HashJobError::Root {
+            root: spec.session_dir.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such session directory (give the --session-dir of the task's session, where sync-inputs placed its inputs)",
+            ),
+        }));
+    }
     let mut published = Vec::new();
     let mut roots = Vec::new();
     for m in &spec.attachments.manifests {
@@ -106,6 +117,14 @@ pub async fn run(
             continue;
         };
         let local = local_root(&spec.session_dir, m, &spec.location_map);
+        if !local.is_dir() {
+            tracing::warn!(
+                "{}: no {} for the root {} (sync-inputs makes it): no outputs there to sync; is this the task's session directory?",
+                spec.session_dir.display(),
+                local.display(),
+                m.root_path
+            );
+        }
         let (local2, dirs, session, hash_spec) = (
             local.clone(),
             dirs.clone(),
@@ -134,7 +153,7 @@ pub async fn run(
             content_cache_files: 0,
         };
         if manifest.is_empty() {
-            tracing::info!(root = %m.root_path, "no new or changed outputs");
+            tracing::debug!(root = %m.root_path, "no new or changed outputs");
             roots.push(root);
             continue;
         }

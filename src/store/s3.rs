@@ -229,7 +229,12 @@ impl S3Store {
     {
         let status = e.raw_response().map(|r| r.status().as_u16());
         let no_bucket = e.code() == Some("NoSuchBucket");
-        if !no_bucket && (status == Some(404) || matches!(e.code(), Some("NoSuchKey" | "NotFound")))
+        // A PUT or a CreateMultipartUpload names no object that could be missing: a 404 to
+        // one is a wrong endpoint or bucket (or a proxy), not a deleted object.
+        let creates = matches!(op, "PUT" | "CreateMultipartUpload");
+        if !no_bucket
+            && !creates
+            && (status == Some(404) || matches!(e.code(), Some("NoSuchKey" | "NotFound")))
         {
             return StoreError::NotFound {
                 store: self.describe.clone(),

@@ -34,6 +34,10 @@ where
         (_, Some("NoSuchBucket")) => {
             " (check the bucket name in the store URL, and s3.endpoint_url and s3.region)"
         }
+        // A 404 to a PUT or a CreateMultipartUpload (to the others it is "not found").
+        (404, _) => {
+            " (check s3.endpoint_url: is it an S3 server? and the bucket name in the store URL)"
+        }
         // S3 and Garage answer a request signed for another region so, naming the one they
         // expect.
         (_, Some("AuthorizationHeaderMalformed")) => {
@@ -141,6 +145,18 @@ fn no_reply_hint<E: Error + 'static>(
             " (the certificate of {store} is not trusted: add the CA that signed it to the \
              system's trust store, or name its PEM file in s3.ca_bundle or AWS_CA_BUNDLE)"
         );
+    }
+    if let Some(e) = endpoint {
+        if causes.contains("dns error") {
+            // With s3.force_path_style off the host looked up is BUCKET.HOST, which a local
+            // or on-prem store rarely has in its DNS.
+            return format!(
+                " (cannot resolve the host of {e}, or BUCKET.host when s3.force_path_style is off: check s3.endpoint_url; a store that takes the bucket in the path (MinIO, Garage, Ceph) needs s3.force_path_style = true)"
+            );
+        }
+        if e.starts_with("https://") && causes.contains("corrupt message") {
+            return format!(" (is {e} an http:// endpoint? its answer is not TLS)");
+        }
     }
     match e {
         SdkError::TimeoutError(_) => format!(
