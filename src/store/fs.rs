@@ -38,17 +38,40 @@ pub struct FsStore {
     describe: String,
     bandwidth: Arc<Bandwidth>,
     parts_in_flight: PartsInFlight,
+    /// The store's directories are there (checked, or made, by the first write).
+    made: std::sync::atomic::AtomicBool,
 }
 
 impl FsStore {
+    /// Makes nothing: the store's directory is made by the first write, so that a read of a
+    /// store whose directory is missing (a share not mounted) says so, instead of a new
+    /// empty store on the local disk.
     pub fn open(dir: PathBuf, bandwidth: Arc<Bandwidth>) -> std::io::Result<FsStore> {
-        std::fs::create_dir_all(dir.join(TMP_DIR))?;
         Ok(FsStore {
             describe: format!("file://{}", dir.display()),
             dir,
             bandwidth,
             parts_in_flight: PartsInFlight::default(),
+            made: Default::default(),
         })
+    }
+
+    /// Before a write: the store's directories, made if missing (said in the log, as a
+    /// new store at a mistyped or unmounted path should be).
+    fn make_dirs(&self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.made.load(Relaxed) {
+            return Ok(());
+        }
+        if !self.dir.is_dir() {
+            tracing::info!(
+                "{}: the store directory does not exist; creating it",
+                self.describe
+            );
+        }
+        std::fs::create_dir_all(self.dir.join(TMP_DIR))?;
+        self.made.store(true, Relaxed);
+        Ok(())
     }
 
     /// The file of a key, refusing keys that could leave the store directory.
@@ -76,6 +99,13 @@ impl FsStore {
     }
 
     fn io(&self, op: &'static str, key: &str, e: std::io::Error) -> StoreError {
+        if e.kind() == std::io::ErrorKind::NotFound && op == "GET" && !self.dir.is_dir() {
+            let message = format!(
+                "the store directory {} does not exist (is the share mounted? check store.url)",
+                self.dir.display()
+            );
+            return self.failed(op, key, message, false);
+        }
         if e.kind() == std::io::ErrorKind::NotFound {
             StoreError::NotFound {
                 store: self.describe.clone(),
@@ -88,7 +118,17 @@ impl FsStore {
     }
 
     fn temp_file(&self) -> std::io::Result<tempfile::NamedTempFile> {
-        crate::fsutil::temp_file_in(&self.dir.join(TMP_DIR), "obj-", "")
+        self.make_dirs()?;
+        let tmp = || crate::fsutil::temp_file_in(&self.dir.join(TMP_DIR), "obj-", "");
+        match tmp() {
+            // Removed since (a store emptied by hand under a running daemon): made again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.made.store(false, std::sync::atomic::Ordering::Relaxed);
+                self.make_dirs()?;
+                tmp()
+            }
+            other => other,
+        }
     }
 
     /// Where an object's user metadata is kept.
@@ -342,6 +382,8 @@ impl ObjectStore for FsStore {
         let id = format!("{:032x}", rand::random::<u128>());
         let dir = self.upload_dir(&id)?;
         let named = key.to_string();
+        self.make_dirs()
+            .map_err(|e| self.io("CreateMultipartUpload", key, e))?;
         blocking(move || {
             std::fs::create_dir_all(&dir)?;
             std::fs::write(dir.join(UPLOAD_KEY_FILE), named)
@@ -620,6 +662,45 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("free some space on it"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn a_read_of_a_store_whose_directory_is_missing_says_so_and_makes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("nas-not-mounted/store");
+        let store = FsStore::open(dir.clone(), Arc::new(Bandwidth::default())).unwrap();
+        let err = store.get("Data/x.xxh128", None).await.err().unwrap();
+        assert!(!err.is_not_found(), "{err}");
+        assert!(
+            err.to_string()
+                .contains("does not exist (is the share mounted?"),
+            "{err}"
+        );
+        assert!(store.head("Data/x.xxh128").await.unwrap().is_none());
+        assert!(store.list("Data/").await.unwrap().is_empty());
+        assert!(!t.path().join("nas-not-mounted").exists());
+        // A write makes it; then a missing object is just missing.
+        store
+            .put(
+                "Data/y.xxh128",
+                Bytes::from_static(b"y"),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let err = store.get("Data/x.xxh128", None).await.err().unwrap();
+        assert!(err.is_not_found(), "{err}");
+        // Emptied by hand under a running process: made again by the next write.
+        std::fs::remove_dir_all(&dir).unwrap();
+        store
+            .put(
+                "Data/z.xxh128",
+                Bytes::from_static(b"z"),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert!(store.head("Data/z.xxh128").await.unwrap().is_some());
     }
 
     /// An output manifest's `asset-root` comes back with its body, as from S3.
