@@ -229,6 +229,52 @@ fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
 }
 
 #[test]
+fn a_get_names_the_local_files_with_other_content_and_what_it_does_with_them() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    write_tree(&root, &["renders/render.log", "scenes/shot.ma"]);
+    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
+    let dest = t.path().join("dest");
+    get_json(&cache, &store, &manifest, &dest, &[]);
+    let edited = dest.join("renders/render.log");
+    std::fs::write(&edited, "an artist's edit").unwrap();
+    let get = |flags: &[&str]| {
+        let (code, _, err) = run(attache(&cache)
+            .args(["get", "--store", &store])
+            .args(flags)
+            .arg(&manifest)
+            .arg("--dest")
+            .arg(&dest));
+        assert_eq!(code, 0, "{err}");
+        err
+    };
+    let named = |what: &str| format!("{}: other content there; {what}", edited.display());
+    let err = get(&["--dry-run"]);
+    assert!(err.contains(&named("would replace it")), "{err}");
+    let err = get(&["--conflict", "skip"]);
+    assert!(
+        err.contains(&named("left alone (--conflict skip)")),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&edited).unwrap(),
+        "an artist's edit"
+    );
+    let err = get(&["--conflict", "create-copy"]);
+    assert!(
+        err.contains(&named("the manifest's file goes beside it as")),
+        "{err}"
+    );
+    assert!(err.contains("render (1).log"), "{err}");
+    let err = get(&[]);
+    assert!(err.contains(&named("replacing it")), "{err}");
+    assert!(
+        !err.contains("scenes/shot.ma"),
+        "only the file with other content: {err}"
+    );
+}
+
+#[test]
 fn a_failed_get_keeps_what_it_placed_and_the_next_one_trusts_it_without_reading() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");

@@ -317,6 +317,17 @@ impl PlacedRecord {
     }
 }
 
+/// Files found with other content that the log names, one line each; the rest are counted.
+const CONFLICTS_NAMED: u64 = 20;
+
+/// Names the `n`th file found with other content at `path`, and what happens to it: an
+/// artist whose edit a download replaces learns which file it was.
+fn name_conflict(n: u64, path: &Path, what: &str) {
+    if n <= CONFLICTS_NAMED {
+        tracing::info!("{}: other content there; {what}", path.display());
+    }
+}
+
 /// Entries planned between two returns of the manifest's memory.
 const SHRINK_EVERY: usize = 64 * 1024;
 
@@ -358,6 +369,7 @@ fn plan(
     // memory (48 MiB for a million) is handed back while the plan grows, not after it.
     let mut entries = manifest.into_entries();
     entries.reverse();
+    let mut conflicts = 0u64;
     while let Some(mut e) = entries.pop() {
         if entries.len().is_multiple_of(SHRINK_EVERY) {
             entries.shrink_to_fit();
@@ -406,8 +418,19 @@ fn plan(
                 continue;
             }
             Some((InPlace::No, existing)) => match conflict {
-                Conflict::Overwrite => p.replaced += 1,
+                Conflict::Overwrite => {
+                    p.replaced += 1;
+                    conflicts += 1;
+                    let verb = if dry_run {
+                        "would replace"
+                    } else {
+                        "replacing"
+                    };
+                    name_conflict(conflicts, &path, &format!("{verb} it"));
+                }
                 Conflict::Skip => {
+                    conflicts += 1;
+                    name_conflict(conflicts, &path, "left alone (--conflict skip)");
                     p.skipped.0 += 1;
                     p.skipped.1 += size;
                     // The record says what is there: the file that was left alone.
@@ -420,7 +443,14 @@ fn plan(
                     continue;
                 }
                 Conflict::CreateCopy => {
-                    path = free_copy_name(&path);
+                    let original = path;
+                    path = free_copy_name(&original);
+                    conflicts += 1;
+                    name_conflict(
+                        conflicts,
+                        &original,
+                        &format!("the manifest's file goes beside it as {}", path.display()),
+                    );
                     let copy = path.strip_prefix(dest).expect("beside the original");
                     let copy: Box<[u8]> = copy.as_os_str().as_bytes().into();
                     e.path = ManifestPath::from_posix_bytes(&copy);
@@ -441,6 +471,12 @@ fn plan(
             rel,
             mtime_us,
         });
+    }
+    if conflicts > CONFLICTS_NAMED {
+        tracing::info!(
+            "…and {} more files with other content",
+            conflicts - CONFLICTS_NAMED
+        );
     }
     drop(snapshot);
     Ok(p)
