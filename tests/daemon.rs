@@ -1501,9 +1501,21 @@ fn sigterm_during_a_multipart_upload_exits_cleanly() {
     let env = s3.env();
     let extra = "[bandwidth]\nupload = \"50MiB/s\"\n";
     let mut d = Daemon::start_in(dir, extra, &env);
-    let spec = submit_spec_to(&proj, &s3.store_url("DeadlineCloud"));
-    let (status, job) = d.api("POST", "/v1/jobs", &spec);
-    assert_eq!(status, 201, "{job}");
+    // A task script's submit through the daemon.
+    let client = d
+        .cmd()
+        .args([
+            "submit",
+            "--daemon",
+            "--store",
+            &s3.store_url("DeadlineCloud"),
+        ])
+        .args(IDS)
+        .arg(&proj)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while s3
         .stats
@@ -1513,15 +1525,32 @@ fn sigterm_during_a_multipart_upload_exits_cleanly() {
         assert!(Instant::now() < deadline, "no part uploaded: {}", d.log());
         std::thread::sleep(Duration::from_millis(20));
     }
+    let (_, jobs) = d.api("GET", "/v1/jobs", "");
+    let id = jobs[0]["id"].as_str().unwrap().to_string();
     let (code, secs) = d.stop();
     assert_eq!(code, Some(0), "{}", d.log());
     assert!(secs < 5.0, "took {secs:.1} s");
     assert_eq!(s3.open_multipart_uploads(), 0, "multipart upload left open");
-    let record = std::fs::read_to_string(
-        d.path(&format!("state/jobs/{}.json", job["id"].as_str().unwrap())),
-    )
-    .unwrap();
-    assert!(record.contains("\"cancelled\""), "{record}");
+    // The client was not cancelled: it says the daemon stopped, and fails (not 130).
+    let out = client.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("job {id} interrupted: the daemon stopped")),
+        "{err}"
+    );
+    let record = std::fs::read_to_string(d.path(&format!("state/jobs/{id}.json"))).unwrap();
+    // Interrupted, as after a crash: not taken for a cancel, and run again by
+    // `retry --state interrupted`.
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["state"], "interrupted", "{record}");
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("the daemon stopped while the job was running; `attache retry"),
+        "{record}"
+    );
 }
 
 #[test]

@@ -397,7 +397,7 @@ impl Registry {
                     _ = job.cancel.cancelled() => {
                         let state = self.update(&job, |r| {
                             r.finished_ms = Some(now_ms());
-                            r.state = JobState::Cancelled;
+                            self.cancelled(r);
                             r.state
                         });
                         self.metrics.job_finished(state);
@@ -446,7 +446,7 @@ impl Registry {
                     r.result = Some(serde_json::to_value(&out).unwrap_or_default());
                     r.state = JobState::Succeeded;
                 }
-                Err(e) if e.is_cancelled() => r.state = JobState::Cancelled,
+                Err(e) if e.is_cancelled() => self.cancelled(r),
                 Err(e) => {
                     r.error = Some(e.to_string());
                     r.state = JobState::Failed;
@@ -463,6 +463,26 @@ impl Registry {
         if self.active() == 0 {
             // Idle: give back what the job freed (a blocking call: it walks the heap).
             tokio::task::spawn_blocking(release_freed_memory);
+        }
+    }
+
+    /// A job that stopped on its cancel: `cancelled` when someone cancelled it; `interrupted`
+    /// when the daemon was stopping, as after a crash, so that a client following it does not
+    /// take a restart for a cancel, and `retry --state interrupted` runs it again.
+    fn cancelled(&self, r: &mut JobRecord) {
+        if self.root.is_cancelled() {
+            r.state = JobState::Interrupted;
+            r.error = Some(format!(
+                "the daemon stopped while the job was {}; `attache retry {}` runs it again",
+                if r.started_ms.is_some() {
+                    "running"
+                } else {
+                    "queued"
+                },
+                r.id
+            ));
+        } else {
+            r.state = JobState::Cancelled;
         }
     }
 
