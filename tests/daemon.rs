@@ -1374,6 +1374,11 @@ fn a_reload_turns_the_listener_s_tls_on_and_off() {
     );
 }
 
+/// A finished job's result, from the API.
+fn rec_result(d: &Daemon, id: &str) -> serde_json::Value {
+    d.api("GET", &format!("/v1/jobs/{id}"), "").1["result"].clone()
+}
+
 #[test]
 fn attache_retry_runs_a_cancelled_job_again_and_refuses_one_that_runs_or_succeeded() {
     let d = Daemon::start("[bandwidth]\nupload = \"256KiB/s\"\n");
@@ -1409,6 +1414,32 @@ fn attache_retry_runs_a_cancelled_job_again_and_refuses_one_that_runs_or_succeed
     assert_eq!(
         d.wait(&second, Duration::from_secs(10))["state"],
         "succeeded"
+    );
+    // The attachments the retried submit's command never wrote: from the job's result.
+    let att = d.path("attachments.json");
+    let (code, _, err) = run(d.cmd().args(["status", &second, "-o"]).arg(&att));
+    assert_eq!(code, 0, "{err}");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&att).unwrap()).unwrap();
+    assert_eq!(written, rec_result(&d, &second)["attachments"]);
+    assert!(
+        written["manifests"][0]["inputManifestPath"].is_string(),
+        "{written}"
+    );
+    let (code, out, _) = run(d.cmd().args(["status", &second, "-o", "-"]));
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        written
+    );
+    let (code, _, err) = run(d
+        .cmd()
+        .args(["status", &first, "-o"])
+        .arg(d.path("none.json")));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("job {first} is cancelled: nothing written")),
+        "{err}"
     );
 
     let (status, e) = d.api("POST", &format!("/v1/jobs/{second}/retry"), "");

@@ -124,6 +124,11 @@ pub struct StatusArgs {
     /// 1 failed or interrupted, 130 cancelled). Ctrl-C stops following, not the job.
     #[arg(long)]
     follow: bool,
+    /// Write what the job's command writes with -o, from its result, once it succeeded: a
+    /// submit's attachments JSON, sync-inputs' path-mapping rules, sync-outputs' manifests
+    /// (`-`: stdout, instead of the job's line).
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +155,10 @@ pub struct RetryArgs {
     /// job's. Ctrl-C stops following, not the job.
     #[arg(long, conflicts_with = "state")]
     follow: bool,
+    /// With --follow: write what the job's command writes with -o, once it succeeded (a
+    /// submit's attachments JSON, …; as `status -o`).
+    #[arg(short, long, value_name = "FILE", requires = "follow")]
+    output: Option<PathBuf>,
     /// Print the new jobs' records as JSON.
     #[arg(long)]
     json: bool,
@@ -367,12 +376,44 @@ fn span(ms: i64) -> String {
 }
 
 pub fn status(ctx: &Context, a: StatusArgs) -> anyhow::Result<ExitCode> {
+    crate::cli::check_output(&a.output, false)?;
     let job = &a.job;
     let (at, j) = holder_of(&job.daemon.addresses(&ctx.settings)?, &job.id)?;
     if !a.follow {
-        return print_job(&j, job.json);
+        return print_with_result(&j, job.json, &a.output);
     }
-    follow_to_its_end(ctx, &at, &job.id, job.json)
+    follow_to_its_end(ctx, &at, &job.id, job.json, &a.output)
+}
+
+/// The job's line (or record), and with `-o` the document its command would have written;
+/// a job that has not succeeded has none (exit 1).
+fn print_with_result(
+    j: &serde_json::Value,
+    json: bool,
+    output: &Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let Some(o) = output else {
+        return print_job(j, json);
+    };
+    let succeeded = j["state"] == "succeeded";
+    if crate::cli::output_file(output).is_some() || !succeeded {
+        print_job(j, json)?;
+    }
+    if !succeeded {
+        eprintln!(
+            "job {} is {}: nothing written to {}",
+            j["id"].as_str().unwrap_or_default(),
+            j["state"].as_str().unwrap_or("unknown"),
+            o.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    super::farm::emit_result(
+        j["kind"].as_str().unwrap_or_default(),
+        &j["result"],
+        crate::cli::output_file(output),
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The daemon to send a request about job `id` to: the one named, without asking it first (its
@@ -430,9 +471,11 @@ fn follow_to_its_end(
     at: &DaemonAddress,
     id: &str,
     json: bool,
+    output: &Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let j = crate::daemon::client::watch_job(at, &ctx.settings, id)?;
-    print_job(&j, json)?;
+    // Its exit status is the job's, said below.
+    print_with_result(&j, json, output)?;
     Ok(match j["state"].as_str() {
         Some("succeeded") => ExitCode::SUCCESS,
         Some("cancelled") => ExitCode::from(super::exit::CANCELLED),
@@ -443,6 +486,7 @@ fn follow_to_its_end(
 /// `attache retry ID...`: each job run again as a new one; a job that cannot be (it
 /// succeeded, or still runs) is said and the others go on (exit 1 at the end).
 pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
+    crate::cli::check_output(&a.output, false)?;
     if a.follow && a.ids.len() > 1 {
         return Err(UsageError {
             message: "--follow follows one job: give one ID".into(),
@@ -483,7 +527,7 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
                 if a.follow {
                     let new = j["id"].as_str().unwrap_or_default().to_string();
                     eprintln!("{id} runs again as {new}");
-                    return follow_to_its_end(ctx, at, &new, a.json);
+                    return follow_to_its_end(ctx, at, &new, a.json, &a.output);
                 }
                 print_job(&j, a.json)?;
             }

@@ -337,6 +337,28 @@ fn usage(e: crate::jobs::spec::JobError) -> anyhow::Error {
     }
 }
 
+/// Writes what the command of a daemon job of `kind` writes with `-o FILE` (a submit's
+/// attachments, sync-inputs' path-mapping rules, sync-outputs' manifests), from the job's
+/// `result`: for `attache status ID -o FILE` and `retry ID --follow -o FILE`.
+pub(super) fn emit_result(
+    kind: &str,
+    result: &serde_json::Value,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    let part = match kind {
+        "submit" => "attachments",
+        "sync_inputs" => "path_mapping_rules",
+        "sync_outputs" => "manifests",
+        other => {
+            return Err(UsageError {
+                message: format!("-o: a {other} job writes no file (--json prints its record)"),
+            }
+            .into());
+        }
+    };
+    emit(&result[part], output)
+}
+
 /// Writes a JSON result to FILE (atomically) or stdout.
 fn emit(value: &serde_json::Value, output: Option<&Path>) -> anyhow::Result<()> {
     let mut text = serde_json::to_vec_pretty(value)?;
