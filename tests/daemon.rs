@@ -264,16 +264,20 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
     let (code, remote, err) = run(d
         .cmd()
         .env("ATTACHE_DAEMON", "1")
+        .args(["--cache-dir"])
+        .arg(d.path("client-cache"))
         .arg("submit")
         .args(IDS)
         .args(["--workers", "4"])
         .arg(&proj));
     assert_eq!(code, 0, "{err}");
     // A flag for this process's transfers is not silently dropped.
-    assert!(
-        err.contains("--workers does not apply to a job run by the daemon"),
-        "{err}"
-    );
+    for flag in ["--workers", "--cache-dir"] {
+        assert!(
+            err.contains(&format!("{flag} does not apply to a job run by the daemon")),
+            "{err}"
+        );
+    }
     assert!(!err.contains("--store"), "{err}");
     let (l, r): (serde_json::Value, serde_json::Value) = (
         serde_json::from_str(&local).unwrap(),

@@ -281,10 +281,15 @@ fn execute(
     let spec = spec.resolve(&std::env::current_dir()?).map_err(usage)?;
     spec.validate().map_err(usage)?;
     if super::through_daemon(common.daemon) {
+        // The daemon's jobs use its caches: a global --cache-dir is this process's.
+        let cache_dir = (ctx.load.overrides.iter())
+            .any(|o| o.key == "cache.dir")
+            .then_some("--cache-dir");
         for flag in common
             .local_only_flags()
             .into_iter()
             .chain(other_local_flag)
+            .chain(cache_dir)
         {
             tracing::warn!(
                 "{flag} does not apply to a job run by the daemon: its own config decides (set it there)"
