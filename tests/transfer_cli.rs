@@ -266,6 +266,14 @@ fn a_get_names_the_local_files_with_other_content_and_what_it_does_with_them() {
         "{err}"
     );
     assert!(err.contains("render (1).log"), "{err}");
+    // Run again: the copy holds the manifest's file already; no `render (2).log`.
+    let err = get(&["--conflict", "create-copy"]);
+    assert!(!err.contains("other content there"), "{err}");
+    assert!(!dest.join("renders/render (2).log").exists());
+    assert_eq!(
+        std::fs::read(dest.join("renders/render (1).log")).unwrap(),
+        std::fs::read(root.join("renders/render.log")).unwrap()
+    );
     let err = get(&[]);
     assert!(err.contains(&named("replacing it")), "{err}");
     assert!(

@@ -444,16 +444,35 @@ fn plan(
                 }
                 Conflict::CreateCopy => {
                     let original = path;
-                    path = free_copy_name(&original);
+                    // A copy an earlier run made, still holding the manifest's file, is that
+                    // file in place: a rerun makes no `name (2).ext`.
+                    let (copy_path, in_place) = copy_name(&original, |p, meta| {
+                        let there =
+                            already_there(p, meta, (size, hash), snapshot.as_ref(), sink, cancel);
+                        (there != InPlace::No).then_some((there, meta.clone()))
+                    });
+                    path = copy_path;
+                    let copy = path.strip_prefix(dest).expect("beside the original");
+                    let copy: Box<[u8]> = copy.as_os_str().as_bytes().into();
+                    e.path = ManifestPath::from_posix_bytes(&copy);
+                    if let Some((there, meta)) = in_place {
+                        p.unchanged_read += u64::from(there == InPlace::Read);
+                        p.unchanged.0 += 1;
+                        p.unchanged.1 += size;
+                        if !dry_run {
+                            fix_mtime(&path, &meta, mtime_us);
+                        }
+                        if let Some(r) = p.record.as_mut() {
+                            r.push(&e)?;
+                        }
+                        continue;
+                    }
                     conflicts += 1;
                     name_conflict(
                         conflicts,
                         &original,
                         &format!("the manifest's file goes beside it as {}", path.display()),
                     );
-                    let copy = path.strip_prefix(dest).expect("beside the original");
-                    let copy: Box<[u8]> = copy.as_os_str().as_bytes().into();
-                    e.path = ManifestPath::from_posix_bytes(&copy);
                     copy_rel = Some(copy);
                 }
             },
@@ -482,8 +501,12 @@ fn plan(
     Ok(p)
 }
 
-/// `name (1).ext`, `name (2).ext`, …: the first that does not exist.
-fn free_copy_name(path: &Path) -> PathBuf {
+/// `name (1).ext`, `name (2).ext`, …: the first that `holds_it` (the manifest's file, put
+/// there by an earlier run), with what it said, or else the first that does not exist.
+fn copy_name<T>(
+    path: &Path,
+    holds_it: impl Fn(&Path, &std::fs::Metadata) -> Option<T>,
+) -> (PathBuf, Option<T>) {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -492,10 +515,18 @@ fn free_copy_name(path: &Path) -> PathBuf {
         .extension()
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
-    (1..)
-        .map(|n| path.with_file_name(format!("{stem} ({n}){ext}")))
-        .find(|p| std::fs::symlink_metadata(p).is_err())
-        .expect("some number is free")
+    for n in 1.. {
+        let p = path.with_file_name(format!("{stem} ({n}){ext}"));
+        match std::fs::symlink_metadata(&p) {
+            Err(_) => return (p, None),
+            Ok(meta) => {
+                if let Some(found) = holds_it(&p, &meta) {
+                    return (p, Some(found));
+                }
+            }
+        }
+    }
+    unreachable!("some number is free")
 }
 
 /// Gives a file already in place (`meta`: its stat) the manifest's mtime when it differs, so
