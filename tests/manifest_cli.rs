@@ -253,6 +253,12 @@ fn a_command_missing_what_to_work_on_says_every_way_to_give_it() {
             "{args:?}: {err}"
         );
     }
+    // An attachments file where a manifest goes: which flag takes it.
+    let att = t.path().join("attachments.json");
+    fs::write(&att, r#"{"manifests": [], "fileSystem": "COPIED"}"#).unwrap();
+    let (code, _, err) = run(attache(t.path()).args(["manifest", "cat"]).arg(&att));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("it is a job's attachments JSON"), "{err}");
     let (code, _, err) =
         run(attache(t.path()).args(["cache", "clear", "--hash", "--store", "s3://b/p"]));
     assert_eq!(code, 2, "{err}");

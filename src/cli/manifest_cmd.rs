@@ -153,9 +153,27 @@ pub fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
     decode_from(file).map_err(|e| match e {
         ReadError::Io(e) => anyhow::Error::new(e).context(cannot_read()),
         ReadError::Decode(e) => {
-            anyhow::Error::new(e).context(format!("manifest {} is not usable", path.display()))
+            // A job's attachments JSON given where a manifest goes: say which flag takes it.
+            let hint = if looks_like_attachments(path) {
+                " (it is a job's attachments JSON: `manifest cat` and `check` take it with --attachments FILE, `sync-inputs --attachments FILE` materializes it)"
+            } else {
+                ""
+            };
+            anyhow::Error::new(e).context(format!(
+                "manifest {} is not usable{hint}",
+                path.display()
+            ))
         }
     })
+}
+
+/// Whether the file at `path` is a JSON object with a `manifests` list, as an attachments
+/// file is.
+fn looks_like_attachments(path: &Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|v| v["manifests"].is_array())
 }
 
 /// The manifests named: files, then a job's fetched from its store (one that cannot be used

@@ -424,7 +424,7 @@ impl JobSpec {
                 if j.inputs.is_empty() && j.output_dirs.is_empty() {
                     return Err(invalid(
                         "inputs",
-                        "nothing to submit: give inputs or output_dirs",
+                        "nothing to submit: give input files or directories (INPUT..., --asset-references, --inputs-from; API field inputs) or --output-dir (output_dirs)",
                     ));
                 }
                 for p in &j.inputs {
