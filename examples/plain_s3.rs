@@ -153,7 +153,9 @@ async fn put_parts(
         let upload_id = &upload_id;
         async move {
             let number = i as i32 + 1;
-            let etag = store.upload_part(key, upload_id, number, chunk).await?;
+            let etag = store
+                .upload_part(key, upload_id, number, chunk, None)
+                .await?;
             anyhow::Ok((number, etag))
         }
     });

@@ -6,6 +6,7 @@ pub mod fs;
 pub mod layout;
 pub mod parts_in_flight;
 pub mod s3;
+pub mod sent_bytes;
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -81,6 +82,8 @@ pub struct PutOptions {
     pub if_none_match: bool,
     /// User metadata (`x-amz-meta-*`).
     pub metadata: Vec<(String, String)>,
+    /// Counts the body's bytes into the transfer's progress as they go out.
+    pub sent: Option<Arc<sent_bytes::SentBytes>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,12 +193,14 @@ pub trait ObjectStore: Send + Sync {
     ) -> Result<PutOutcome, StoreError>;
     async fn create_multipart(&self, key: &str) -> Result<String, StoreError>;
     /// Uploads part `part_number` (1-based); returns its ETag.
+    /// `sent` counts the part's bytes as they go out.
     async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         part_number: i32,
         body: Bytes,
+        sent: Option<Arc<sent_bytes::SentBytes>>,
     ) -> Result<String, StoreError>;
     async fn complete_multipart(
         &self,

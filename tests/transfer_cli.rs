@@ -1800,6 +1800,79 @@ fn a_transfer_logs_its_progress_in_plain_lines_when_stderr_is_not_a_terminal() {
     );
 }
 
+/// An upload held back by a bandwidth limit shows its bytes moving before its file (or part)
+/// is done: a single PUT to the local store, and a multipart upload's parts to S3.
+#[test]
+fn a_slow_upload_counts_its_bytes_as_they_go_out() {
+    let t = tempfile::tempdir().unwrap();
+    // (bytes done, files done) of each JSON progress line.
+    let progress = |err: &str| -> Vec<(u64, u64)> {
+        err.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["task"] == "uploading")
+            .map(|v| {
+                let f = &v["fields"];
+                (
+                    f["bytes_done"].as_u64().unwrap(),
+                    f["files_done"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let moving = |lines: &[(u64, u64)]| lines.iter().any(|&(bytes, files)| bytes > 0 && files == 0);
+
+    // One 2 MiB file, one PUT from memory, at 512 KiB/s: about 4 s.
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("frame.exr"), vec![7u8; 2 << 20]).unwrap();
+    let (code, _, err) = run(attache(&t.path().join("cache"))
+        .args([
+            "--log-format",
+            "json",
+            "--stats",
+            "500ms",
+            "put",
+            "--bwlimit",
+            "512KiB/s",
+        ])
+        .args([
+            "--store",
+            &format!("file://{}", t.path().join("store").display()),
+        ])
+        .arg(&src)
+        .args(["-o", "/dev/null"]));
+    assert_eq!(code, 0, "{err}");
+    let lines = progress(&err);
+    assert!(
+        moving(&lines),
+        "no bytes counted before the file was done: {lines:?} {err}"
+    );
+
+    // 40 MiB in parts of 5 MiB at 16 MiB/s, all parts at once: about 2.5 s.
+    let s3 = TestS3::start_background();
+    let dir = t.path().join("mp");
+    big_file_in_root(&dir, 251);
+    let (code, _, err) = run(
+        multipart_put(&s3, &dir, &t.path().join("cache2"), "16MiB/s").args([
+            "--log-format",
+            "json",
+            "--stats",
+            "500ms",
+        ]),
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines = progress(&err);
+    assert!(
+        moving(&lines),
+        "no bytes counted before the file was done: {lines:?} {err}"
+    );
+    // Counted once: at most the file's size at any time.
+    assert!(
+        lines.iter().all(|&(bytes, _)| bytes <= 40 << 20),
+        "{lines:?}"
+    );
+}
+
 /// `attache doctor` makes the requests a real run makes and passes on a usable store, leaves
 /// nothing open, and on a refused one names what is wrong and what it needs (exit 1). A cache
 /// it cannot open is a warning: transfers go on without it.

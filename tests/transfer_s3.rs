@@ -1727,14 +1727,14 @@ async fn check_resume(s: &Settings, dir: &Path, name: &str) {
     let id = tr.store.create_multipart(&key).await.unwrap();
     for n in 1..=2 {
         tr.store
-            .upload_part(&key, &id, n as i32, part_of(&data, n))
+            .upload_part(&key, &id, n as i32, part_of(&data, n), None)
             .await
             .unwrap();
     }
     let mut other = part_of(&data, 3).to_vec();
     other[1000] ^= 0xff;
     tr.store
-        .upload_part(&key, &id, 3, other.into())
+        .upload_part(&key, &id, 3, other.into(), None)
         .await
         .unwrap();
     let (identity, url) = (tr.store.identity(), tr.store.describe());

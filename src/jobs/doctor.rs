@@ -108,7 +108,7 @@ pub async fn run(
                 let conditional = settings.s3.conditional_put;
                 let opts = PutOptions {
                     if_none_match: conditional,
-                    metadata: Vec::new(),
+                    ..PutOptions::default()
                 };
                 let outcome = s.put(&empty, bytes::Bytes::new(), &opts).await?;
                 if conditional {

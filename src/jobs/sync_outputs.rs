@@ -171,8 +171,8 @@ pub async fn run(
         let rel = keys.for_root(m.file_system_location_name.as_deref(), &m.root_path);
         let key = format!("{prefix}{rel}");
         let opts = PutOptions {
-            if_none_match: false,
             metadata: asset_root_metadata(&m.root_path),
+            ..PutOptions::default()
         };
         if cancel.is_cancelled() {
             return Err(PutError::Transfer(Cancelled.into()));

@@ -7,7 +7,6 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -15,8 +14,8 @@ use futures::{Stream, StreamExt};
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::StoreError;
+use super::sent_bytes::SentBytes;
 use crate::hash::ContentHash;
-use crate::progress::Progress;
 
 /// Bytes read from the file at a time. The next chunk is read while this one is sent.
 pub const READ_CHUNK: usize = 1 << 20;
@@ -27,8 +26,7 @@ pub struct FileSource {
     pub size: u64,
     pub hash: ContentHash,
     /// Counts bytes as they are first sent (a retry sends them again, counted once).
-    progress: Arc<Progress>,
-    reported: AtomicU64,
+    sent: Arc<SentBytes>,
     /// Why the file could not all be sent, once it could not: a store's client may only say
     /// that the body failed, and a retry would read a changed file again for nothing.
     failure: Mutex<Option<SourceError>>,
@@ -44,13 +42,12 @@ pub enum SourceError {
 }
 
 impl FileSource {
-    pub fn new(path: PathBuf, size: u64, hash: ContentHash, progress: Arc<Progress>) -> FileSource {
+    pub fn new(path: PathBuf, size: u64, hash: ContentHash, sent: Arc<SentBytes>) -> FileSource {
         FileSource {
             path,
             size,
             hash,
-            progress,
-            reported: AtomicU64::new(0),
+            sent,
             failure: Mutex::new(None),
         }
     }
@@ -97,11 +94,9 @@ impl FileSource {
         .right_stream()
     }
 
-    fn sent_up_to(&self, end: u64) {
-        let before = self.reported.fetch_max(end, Ordering::Relaxed);
-        if end > before {
-            self.progress.add_bytes(end - before);
-        }
+    /// The bytes of the file counted as sent so far.
+    pub fn sent(&self) -> &SentBytes {
+        &self.sent
     }
 }
 
@@ -153,7 +148,7 @@ impl Reader {
         } else if let Err(e) = self.check_whole(&hasher) {
             return Some(Err(e));
         }
-        self.source.sent_up_to(end);
+        self.source.sent.sent_up_to(end);
         Some(Ok(Bytes::from(buf)))
     }
 
@@ -210,7 +205,9 @@ mod tests {
             path,
             data.len() as u64,
             ContentHash::of(data),
-            Arc::new(Progress::default()),
+            Arc::new(SentBytes::new(Arc::new(
+                crate::progress::Progress::default(),
+            ))),
         ))
     }
 
@@ -226,8 +223,7 @@ mod tests {
             let sent: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap()).collect();
             assert_eq!(sent, data);
         }
-        let progress = source.progress.snapshot();
-        assert_eq!(progress.bytes_done, data.len() as u64);
+        assert_eq!(source.sent().reported(), data.len() as u64);
     }
 
     #[tokio::test]

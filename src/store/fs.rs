@@ -18,6 +18,7 @@ use futures::StreamExt;
 
 use super::file_source::FileSource;
 use super::parts_in_flight::{PartsInFlight, SETTLE_WITHIN};
+use super::sent_bytes::SentBytes;
 use super::{
     GetObject, ObjectInfo, ObjectStore, OpenUpload, PutOptions, PutOutcome, StoreError,
     UploadedPart,
@@ -158,10 +159,15 @@ impl FsStore {
     }
 
     /// Paces `body` through the upload limiter (local writes count like network ones, which is
-    /// also how the limit can be tried without S3).
-    async fn pace_upload(&self, body: &Bytes) {
+    /// also how the limit can be tried without S3), counting it into `counted` as it goes.
+    async fn pace_upload(&self, body: &Bytes, counted: Option<&SentBytes>) {
+        let mut done = 0;
         for chunk in body.chunks(CHUNK) {
             self.bandwidth.upload.acquire(chunk.len()).await;
+            done += chunk.len() as u64;
+            if let Some(c) = counted {
+                c.sent_up_to(done);
+            }
         }
     }
 }
@@ -343,7 +349,7 @@ impl ObjectStore for FsStore {
         opts: &PutOptions,
     ) -> Result<PutOutcome, StoreError> {
         let dest = self.path_of(key, "PUT")?;
-        self.pace_upload(&body).await;
+        self.pace_upload(&body, opts.sent.as_deref()).await;
         let tmp = self.temp_file().map_err(|e| self.io("PUT", key, e))?;
         let (meta, if_none_match) = (self.meta_file(key, opts), opts.if_none_match);
         let result = blocking(move || -> std::io::Result<PutOutcome> {
@@ -366,7 +372,7 @@ impl ObjectStore for FsStore {
         let mut chunks = Box::pin(source.chunks());
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(|error| source.store_error(error))?;
-            self.pace_upload(&chunk).await;
+            self.pace_upload(&chunk, None).await;
             tmp = blocking(move || tmp.write_all(&chunk).map(|()| tmp))
                 .await
                 .map_err(|e| self.io("PUT", key, e))?;
@@ -399,6 +405,7 @@ impl ObjectStore for FsStore {
         upload_id: &str,
         part_number: i32,
         body: Bytes,
+        counted: Option<Arc<SentBytes>>,
     ) -> Result<String, StoreError> {
         let dir = self.upload_dir(upload_id)?;
         if !dir.is_dir() {
@@ -409,7 +416,7 @@ impl ObjectStore for FsStore {
                 false,
             ));
         }
-        self.pace_upload(&body).await;
+        self.pace_upload(&body, counted.as_deref()).await;
         let tmp = self
             .temp_file()
             .map_err(|e| self.io("UploadPart", key, e))?;

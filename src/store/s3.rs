@@ -50,6 +50,7 @@ use futures::StreamExt;
 
 use super::file_source::FileSource;
 use super::parts_in_flight::{PartsInFlight, SETTLE_WITHIN};
+use super::sent_bytes::SentBytes;
 use super::{
     GetObject, LIST_PAGE_KEYS, ListPage, ObjectInfo, ObjectStore, OpenUpload, PutOptions,
     PutOutcome, StoreError, UploadedPart,
@@ -296,7 +297,12 @@ impl S3Store {
         }
     }
 
-    fn paced_body(&self, data: Bytes, sent: Option<Arc<BodySent>>) -> ByteStream {
+    fn paced_body(
+        &self,
+        data: Bytes,
+        sent: Option<Arc<BodySent>>,
+        counted: Option<Arc<SentBytes>>,
+    ) -> ByteStream {
         let bandwidth = self.bandwidth.clone();
         // Retryable: the SDK rebuilds the body from the same bytes for each attempt.
         ByteStream::new(SdkBody::retryable(move || {
@@ -304,6 +310,7 @@ impl S3Store {
                 data.clone(),
                 bandwidth.clone(),
                 sent.clone(),
+                counted.clone(),
             ))
         }))
     }
@@ -451,7 +458,8 @@ impl ObjectStore for S3Store {
         opts: &PutOptions,
     ) -> Result<PutOutcome, StoreError> {
         let len = body.len() as u64;
-        self.put_body(key, len, self.paced_body(body, None), opts)
+        let body = self.paced_body(body, None, opts.sent.clone());
+        self.put_body(key, len, body, opts)
             .await
             .map_err(|e| self.err("PUT", key, e))
     }
@@ -503,6 +511,7 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         part_number: i32,
         body: Bytes,
+        counted: Option<Arc<SentBytes>>,
     ) -> Result<String, StoreError> {
         let sent = Arc::new(BodySent::default());
         let send = self
@@ -513,7 +522,7 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .part_number(part_number)
             .content_length(body.len() as i64)
-            .body(self.paced_body(body, Some(sent.clone())))
+            .body(self.paced_body(body, Some(sent.clone()), counted))
             .set_expected_bucket_owner(self.expected_bucket_owner.clone())
             .send();
         let token = self.parts_in_flight.token(upload_id);

@@ -31,6 +31,7 @@ use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
 use crate::store::file_source::{FileSource, READ_CHUNK, SourceError};
 use crate::store::layout::data_key;
+use crate::store::sent_bytes::SentBytes;
 use crate::store::{ObjectStore, PutOptions, PutOutcome, StoreError, UploadedPart};
 
 /// One file to upload, by content hash.
@@ -240,7 +241,7 @@ async fn upload_one(
     let key = data_key(t.store.root_prefix(), item.hash);
     if known.is_known(t, &store_id, item.hash, sampled) {
         c.known_objects.fetch_add(1, Relaxed);
-        finish(t, &item, false);
+        finish(t, &item, 0);
         return Ok(());
     }
     // Another job of the daemon uploading the same object: wait for it instead.
@@ -253,7 +254,7 @@ async fn upload_one(
         Some(Claim::Theirs(rx)) => {
             if cancellable(cancel, inflight::wait(rx)).await? == Done::Stored {
                 c.present_objects.fetch_add(1, Relaxed);
-                finish(t, &item, false);
+                finish(t, &item, 0);
                 return Ok(());
             }
             None
@@ -264,26 +265,34 @@ async fn upload_one(
     // The configured threshold first: most files are under it, and need no store verdict.
     let small =
         item.size <= t.settings.multipart_threshold.0 || item.size <= t.multipart_threshold();
-    let mut bytes_counted = false;
+    // A single PUT's bytes, counted into the progress as they go out.
+    let sent = Arc::new(SentBytes::new(t.progress.clone()));
+    let mut counted = 0;
     let created = if t.dry_run {
         // Would it be uploaded? Ask, write nothing.
         t.gate.run(cancel, || t.store.head(&key)).await?.is_none()
     } else if small && t.conditional_put_max.is_some_and(|max| item.size <= max) {
         let opts = PutOptions {
             if_none_match: true,
+            sent: Some(sent.clone()),
             ..Default::default()
         };
-        bytes_counted = streamed(t, &item);
-        put_single(t, &item, &key, &opts, cancel).await? == PutOutcome::Created
+        let outcome = put_single(t, &item, &key, &opts, cancel).await?;
+        counted = sent.reported();
+        outcome == PutOutcome::Created
     } else if t.gate.run(cancel, || t.store.head(&key)).await?.is_some() {
         false
     } else if small {
-        bytes_counted = streamed(t, &item);
-        put_single(t, &item, &key, &PutOptions::default(), cancel).await?;
+        let opts = PutOptions {
+            sent: Some(sent.clone()),
+            ..Default::default()
+        };
+        put_single(t, &item, &key, &opts, cancel).await?;
+        counted = sent.reported();
         true
     } else {
         // Its parts' bytes are counted as they go.
-        bytes_counted = true;
+        counted = item.size;
         match upload_multipart(t, &item, &key, stops).await? {
             MultipartEnd::Completed { kept } => {
                 if kept > 0 {
@@ -308,7 +317,7 @@ async fn upload_one(
     if let Some(guard) = claim {
         guard.done(Done::Stored);
     }
-    finish(t, &item, bytes_counted);
+    finish(t, &item, counted);
     Ok(())
 }
 
@@ -346,7 +355,9 @@ async fn put_single(
         item.path.clone(),
         item.size,
         item.hash,
-        t.progress.clone(),
+        opts.sent
+            .clone()
+            .unwrap_or_else(|| Arc::new(SentBytes::new(t.progress.clone()))),
     ));
     let sent = t
         .gate
@@ -420,12 +431,10 @@ impl KnownView {
     }
 }
 
-/// Counts a file as done (its bytes too, unless its parts were counted as they went).
-fn finish(t: &Transfer, item: &UploadItem, bytes_counted: bool) {
+/// Counts a file as done, and those of its bytes not `counted` as they went.
+fn finish(t: &Transfer, item: &UploadItem, counted: u64) {
     t.progress.add_files(1);
-    if !bytes_counted {
-        t.progress.add_bytes(item.size);
-    }
+    t.progress.add_bytes(item.size.saturating_sub(counted));
 }
 
 /// The file's bytes, checked against the planned hash: from hashing, or read again now.
@@ -503,7 +512,7 @@ async fn upload_multipart(
             }
         };
         let was_resumed = held.is_some();
-        let counted = AtomicU64::new(0);
+        let counted = Arc::new(AtomicU64::new(0));
         let upload = OpenUpload {
             id: &upload_id,
             held: held.unwrap_or_default(),
@@ -923,7 +932,7 @@ async fn upload_parts(
     item: &UploadItem,
     key: &str,
     upload: OpenUpload<'_>,
-    counted: &AtomicU64,
+    counted: &Arc<AtomicU64>,
     cancel: &CancellationToken,
 ) -> Result<u64, TransferError> {
     let OpenUpload {
@@ -981,14 +990,18 @@ async fn upload_parts(
             continue;
         }
         let body = Bytes::from(data);
+        // Counted as it goes out (into `counted` too), the rest once the part is in.
+        let sent = Arc::new(SentBytes::also_into(t.progress.clone(), counted.clone()));
         in_flight.push(async move {
             let etag = t
                 .gate
                 .run(cancel, || {
-                    t.store.upload_part(key, upload_id, n as i32, body.clone())
+                    let sent = Some(sent.clone());
+                    t.store
+                        .upload_part(key, upload_id, n as i32, body.clone(), sent)
                 })
                 .await?;
-            count(len);
+            count(len.saturating_sub(sent.reported()));
             drop(permit);
             if let Some(h) = heartbeat.filter(|h| h.due()) {
                 let h = h.clone();

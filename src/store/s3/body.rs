@@ -12,6 +12,7 @@ use futures::stream::BoxStream;
 use http_body::{Frame, SizeHint};
 
 use crate::store::file_source::{FileSource, SourceError};
+use crate::store::sent_bytes::SentBytes;
 use crate::transfer::limiter::Bandwidth;
 
 /// Chunk size of paced request bodies.
@@ -67,15 +68,24 @@ pub(super) struct PacedBody {
     /// The limiter wait of the next chunk (a Mutex so the body is `Sync`, as the SDK wants).
     wait: Mutex<Option<(Wait, usize)>>,
     sent: Option<Arc<BodySent>>,
+    /// Counts the bytes of a body from memory into the progress as they go (a file's
+    /// [`FileSource`] counts its own); with the body's size.
+    counted: Option<(Arc<SentBytes>, u64)>,
 }
 
 impl PacedBody {
-    pub(super) fn new(data: Bytes, bandwidth: Arc<Bandwidth>, sent: Option<Arc<BodySent>>) -> Self {
+    pub(super) fn new(
+        data: Bytes,
+        bandwidth: Arc<Bandwidth>,
+        sent: Option<Arc<BodySent>>,
+        counted: Option<Arc<SentBytes>>,
+    ) -> Self {
         if let Some(sent) = &sent {
             sent.restart();
         }
         PacedBody {
             remaining: data.len() as u64,
+            counted: counted.map(|c| (c, data.len() as u64)),
             current: data,
             file: None,
             bandwidth,
@@ -94,6 +104,7 @@ impl PacedBody {
             bandwidth,
             wait: Mutex::new(None),
             sent: None,
+            counted: None,
         }
     }
 }
@@ -145,6 +156,9 @@ impl http_body::Body for PacedBody {
             return cut_short();
         }
         this.remaining -= n as u64;
+        if let Some((counted, size)) = &this.counted {
+            counted.sent_up_to(size - this.remaining);
+        }
         Poll::Ready(Some(Ok(Frame::data(this.current.split_to(n)))))
     }
 
@@ -164,7 +178,12 @@ mod tests {
 
     fn body(len: usize, sent: &Arc<BodySent>) -> PacedBody {
         let bandwidth = Arc::new(Bandwidth::new(&Default::default()));
-        PacedBody::new(Bytes::from(vec![7; len]), bandwidth, Some(sent.clone()))
+        PacedBody::new(
+            Bytes::from(vec![7; len]),
+            bandwidth,
+            Some(sent.clone()),
+            None,
+        )
     }
 
     #[tokio::test]
