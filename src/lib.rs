@@ -34,7 +34,7 @@ pub mod progress;
 /// exclusion and inclusion patterns (`scan::filter`) and rclone's filter rules (`scan::rules`).
 pub mod scan;
 /// Object stores: the `ObjectStore` trait, S3 and local-directory stores, the key layout, files
-/// sent as request bodies.
+/// sent as request bodies, bodies' bytes counted as they go out.
 pub mod store;
 /// Moving content between trees and a store: upload, download, multipart (the records of open
 /// ones, taking over those abandoned elsewhere, stores that copy parts on completion), partial

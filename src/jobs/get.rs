@@ -280,6 +280,30 @@ struct Plan {
     record: Option<PlacedRecord>,
 }
 
+impl Plan {
+    /// The manifest's file `e` found in place at `path` (`meta`: its stat): counted, given
+    /// the manifest's mtime (not in a dry run), recorded.
+    fn keep(
+        &mut self,
+        there: InPlace,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        e: &ManifestEntry,
+        dry_run: bool,
+    ) -> Result<(), TransferError> {
+        self.unchanged_read += u64::from(there == InPlace::Read);
+        self.unchanged.0 += 1;
+        self.unchanged.1 += e.size;
+        if !dry_run {
+            fix_mtime(path, meta, e.mtime_us);
+        }
+        if let Some(r) = self.record.as_mut() {
+            r.push(e)?;
+        }
+        Ok(())
+    }
+}
+
 /// sync-inputs' record of what is at each path, written entry by entry as the plan decides,
 /// so a million entries are not held beside the plan until the download ends. Dropped
 /// without a commit (a failed or cancelled download), it leaves nothing.
@@ -406,15 +430,7 @@ fn plan(
         match found {
             None => {}
             Some((there @ (InPlace::Known | InPlace::Read), meta)) => {
-                p.unchanged_read += u64::from(there == InPlace::Read);
-                p.unchanged.0 += 1;
-                p.unchanged.1 += size;
-                if !dry_run {
-                    fix_mtime(&path, &meta, mtime_us);
-                }
-                if let Some(r) = p.record.as_mut() {
-                    r.push(&e)?;
-                }
+                p.keep(there, &path, &meta, &e, dry_run)?;
                 continue;
             }
             Some((InPlace::No, existing)) => match conflict {
@@ -456,15 +472,7 @@ fn plan(
                     let copy: Box<[u8]> = copy.as_os_str().as_bytes().into();
                     e.path = ManifestPath::from_posix_bytes(&copy);
                     if let Some((there, meta)) = in_place {
-                        p.unchanged_read += u64::from(there == InPlace::Read);
-                        p.unchanged.0 += 1;
-                        p.unchanged.1 += size;
-                        if !dry_run {
-                            fix_mtime(&path, &meta, mtime_us);
-                        }
-                        if let Some(r) = p.record.as_mut() {
-                            r.push(&e)?;
-                        }
+                        p.keep(there, &path, &meta, &e, dry_run)?;
                         continue;
                     }
                     conflicts += 1;

@@ -100,14 +100,25 @@ impl FsStore {
     }
 
     fn io(&self, op: &'static str, key: &str, e: std::io::Error) -> StoreError {
-        if e.kind() == std::io::ErrorKind::NotFound && op == "GET" && !self.dir.is_dir() {
-            let message = format!(
-                "the store directory {} does not exist (is the share mounted? check store.url)",
-                self.dir.display()
-            );
-            return self.failed(op, key, message, false);
+        let writes = matches!(op, "PUT" | "CreateMultipartUpload" | "UploadPart");
+        if e.kind() == std::io::ErrorKind::NotFound && !self.dir.is_dir() {
+            if op == "GET" {
+                let message = format!(
+                    "the store directory {} does not exist (is the share mounted? check store.url)",
+                    self.dir.display()
+                );
+                return self.failed(op, key, message, false);
+            }
+            if writes {
+                let message = format!(
+                    "cannot create the store directory {}: {e} (check store.url, and that its parent exists and is mounted)",
+                    self.dir.display()
+                );
+                return self.failed(op, key, message, false);
+            }
         }
-        if e.kind() == std::io::ErrorKind::NotFound {
+        // A write names no object that could be missing.
+        if e.kind() == std::io::ErrorKind::NotFound && !writes {
             StoreError::NotFound {
                 store: self.describe.clone(),
                 key: key.into(),
