@@ -47,6 +47,8 @@ pub struct S3Settings {
     pub endpoint_url: Option<String>,
     /// HTTP(S) proxy for every request: a URL (may carry `user:password@`), or `none`;
     /// `None`: `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` from the environment.
+    /// Shown with its password alone redacted.
+    #[serde(serialize_with = "serialize_proxy")]
     pub proxy: Option<Secret>,
     /// PEM file of CA certificates trusted besides the system's; `None`: `AWS_CA_BUNDLE`.
     pub ca_bundle: Option<PathBuf>,
@@ -313,6 +315,35 @@ fn one_of(got: &str, allowed: &[&str]) -> String {
 pub struct Secret(String);
 
 const REDACTED: &str = "<redacted>";
+
+/// `s3.proxy` as `config show` prints it: the URL with the password it may carry redacted,
+/// so a wrangler sees which proxy is in use.
+fn serialize_proxy<S: serde::Serializer>(proxy: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match proxy {
+        None => s.serialize_none(),
+        Some(p) => s.serialize_some(&redact_password(p.expose())),
+    }
+}
+
+/// `scheme://user:password@host…` with the password redacted (a user name alone, too); a
+/// URL without them as it is; anything else (not a URL) redacted whole.
+fn redact_password(url: &str) -> String {
+    if url == "none" {
+        return url.into();
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return REDACTED.into();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        // A user name alone may be the secret (a token): redacted whole.
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:{REDACTED}@{}", &rest[at + 1..]),
+            None => format!("{scheme}://{REDACTED}@{}", &rest[at + 1..]),
+        },
+        None => url.into(),
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -1558,6 +1589,30 @@ mod tests {
             !shown.contains("session_token"),
             "unset secrets are not shown: {shown}"
         );
+    }
+
+    #[test]
+    fn a_proxy_is_shown_with_its_password_alone_redacted() {
+        for (proxy, shown) in [
+            (
+                "http://render:hunter2@proxy.lan:3128",
+                "http://render:<redacted>@proxy.lan:3128",
+            ),
+            ("http://proxy.lan:3128/", "http://proxy.lan:3128/"),
+            (
+                "https://s3cr3t-token@proxy.lan",
+                "https://<redacted>@proxy.lan",
+            ),
+            ("none", "none"),
+        ] {
+            let s = settings("", &[("ATTACHE_S3__PROXY", proxy)], &[]);
+            let text = s.to_redacted_toml();
+            assert!(text.contains(&format!("proxy = \"{shown}\"")), "{text}");
+            assert!(
+                !text.contains("hunter2") && !text.contains("s3cr3t"),
+                "{text}"
+            );
+        }
     }
 
     #[test]
