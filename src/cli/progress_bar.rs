@@ -49,7 +49,7 @@ impl Bar {
     }
 
     fn draw(label: &'static str, progress: Arc<Progress>) -> Bar {
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         bar.set_style(
             ProgressStyle::with_template(
                 "{prefix} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg} ({elapsed}, {eta} left)",
@@ -61,7 +61,11 @@ impl Bar {
         let b = bar.clone();
         Bar::tick(bar, DRAW_EVERY, true, move || {
             let s = progress.snapshot();
-            b.set_length(s.bytes_total);
+            // Before the totals are known (hashing, planning) the bar is empty, not full.
+            match s.bytes_total {
+                0 => b.unset_length(),
+                total => b.set_length(total),
+            }
             b.set_position(s.bytes_done);
             b.set_message(format!("{}/{} files", s.files_done, s.files_total));
         })
