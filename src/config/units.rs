@@ -157,9 +157,31 @@ impl fmt::Display for Rate {
     }
 }
 
+/// Days, hours, minutes, seconds and milliseconds, as the docs write them (`7d`, `1h 30m`):
+/// humantime's own display says `7days` and counts months of 30.44 days.
+const DURATION_UNITS: [(u128, &str); 5] = [
+    (86_400_000, "d"),
+    (3_600_000, "h"),
+    (60_000, "m"),
+    (1_000, "s"),
+    (1, "ms"),
+];
+
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
+        let mut left = self.0.as_millis();
+        if left == 0 {
+            // Under a millisecond (never configured so): humantime's exact form.
+            return write!(f, "{}", humantime::format_duration(self.0));
+        }
+        let mut parts = Vec::new();
+        for (ms, unit) in DURATION_UNITS {
+            if left >= ms {
+                parts.push(format!("{}{unit}", left / ms));
+                left %= ms;
+            }
+        }
+        f.write_str(&parts.join(" "))
     }
 }
 
@@ -333,6 +355,19 @@ mod tests {
         assert_eq!(Rate(50_000_000).to_string(), "50MB/s");
         assert_eq!(Duration::secs(5400).to_string(), "1h 30m");
         assert_eq!("1h 30m".parse::<Duration>().unwrap().to_string(), "1h 30m");
+        // As the docs write them, and read back the same.
+        for (secs, shown) in [
+            (86_400, "1d"),
+            (7 * 86_400, "7d"),
+            (60 * 86_400, "60d"),
+            (90_061, "1d 1h 1m 1s"),
+        ] {
+            assert_eq!(Duration::secs(secs).to_string(), shown);
+            assert_eq!(shown.parse(), Ok(Duration::secs(secs)));
+        }
+        let ms = Duration(std::time::Duration::from_millis(1_250));
+        assert_eq!(ms.to_string(), "1s 250ms");
+        assert_eq!("1s 250ms".parse(), Ok(ms));
     }
 
     #[test]
