@@ -94,10 +94,7 @@ impl ProgressLog {
             t => format!(" ({}%)", s.bytes_done.saturating_mul(100) / t),
         };
         let left = match left {
-            Some(secs) => format!(
-                ", {} left",
-                humantime::format_duration(std::time::Duration::from_secs(secs))
-            ),
+            Some(secs) => format!(", {} left", crate::config::Duration::secs(secs)),
             None => String::new(),
         };
         tracing::info!(

@@ -91,7 +91,7 @@ fn describe(v: &serde_json::Value) -> String {
         Some("set") => match (v["until"].as_str(), v["seconds_left"].as_u64()) {
             (Some(until), Some(left)) => format!(
                 "set by hand, until {until}, {} left",
-                humantime::format_duration(std::time::Duration::from_secs(left))
+                crate::config::Duration::secs(left)
             ),
             _ => "set by hand, until `attache bwlimit --reset`".into(),
         },

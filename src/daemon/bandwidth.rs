@@ -147,7 +147,7 @@ impl Shared {
         tracing::info!(
             upload = %upload,
             download = %download,
-            lasting = %lasting.map_or("until reset".into(), |d| humantime::format_duration(d).to_string()),
+            lasting = %lasting.map_or("until reset".into(), |d| crate::config::Duration(d).to_string()),
             "bandwidth limits set by hand"
         );
         self.apply_bandwidth();

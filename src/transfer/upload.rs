@@ -552,7 +552,7 @@ async fn upload_multipart(
             tracing::info!(
                 "the multipart upload of {key} ({}) stays open: a run within {} that uploads it resumes it",
                 item.path.display(),
-                humantime::format_duration(t.settings.resume_for.0)
+                t.settings.resume_for
             );
             let _ = tokio::task::spawn_blocking(move || record.keep_for_resume()).await;
         }
@@ -908,7 +908,7 @@ async fn taken_over_elsewhere(t: &Transfer, l: &open_uploads::Leftover) -> bool 
         tracing::info!(
             key = l.key,
             "not aborting the multipart upload an earlier run left open: a part landed in it within {} (another machine took it over)",
-            humantime::format_duration(window)
+            crate::config::Duration(window)
         );
     }
     taken
