@@ -421,7 +421,20 @@ fn finished_jobs_survive_a_restart_and_running_ones_are_interrupted() {
     big_tree(&slow, 4, 4 << 20);
     let running_id = d.start_job(&submit_spec(&slow));
     std::thread::sleep(Duration::from_millis(300));
-    // A crash: no chance to clean up.
+    // A second daemon on another socket (a login without XDG_RUNTIME_DIR) but the same
+    // state_dir would take the first one's running jobs for interrupted ones: refused.
+    let (code, _, err) = run(d
+        .cmd()
+        .env("ATTACHE_DAEMON__SOCKET", d.path("second.sock"))
+        .arg("daemon"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("another attache daemon uses it (pid ") && err.contains("daemon.state_dir"),
+        "{err}"
+    );
+    let (_, j) = d.api("GET", &format!("/v1/jobs/{running_id}"), "");
+    assert_eq!(j["state"], "running", "{j}");
+    // A crash: no chance to clean up; the lock goes with the process.
     d.signal(libc::SIGKILL);
     d.child.take().unwrap().wait().unwrap();
     d.launch(&[]);

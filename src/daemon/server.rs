@@ -41,6 +41,47 @@ pub enum DaemonError {
     },
     #[error("daemon.socket_group {0:?}: no such group")]
     Group(String),
+    #[error(
+        "daemon.state_dir {}: another attache daemon uses it{}; stop it first, or give this one a daemon.state_dir of its own (two daemons would take each other's running jobs for interrupted ones)",
+        path.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    StateInUse { path: PathBuf, pid: Option<u32> },
+}
+
+/// Takes `<state_dir>/daemon.lock` for this daemon, with its pid in it, for as long as the
+/// returned file is open: the job records and the bandwidth set by hand have one owner. The
+/// kernel drops the lock with the process, so a crash leaves nothing to clean up.
+fn lock_state_dir(state_dir: &std::path::Path) -> Result<std::fs::File, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    let io = |source| DaemonError::State {
+        path: state_dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(state_dir).map_err(io)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(state_dir.join("daemon.lock"))
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(DaemonError::StateInUse {
+                path: state_dir.to_path_buf(),
+                pid: text.trim().parse().ok(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    write!(file, "{}", std::process::id()).map_err(io)?;
+    Ok(file)
 }
 
 /// Aborts the multipart uploads earlier runs on this machine gave up on (an abort the store
@@ -74,6 +115,7 @@ async fn abort_leftovers_at_start(shared: Arc<Shared>) {
 /// reads the same file, environment and flags again.
 pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonError> {
     let d = settings.daemon.clone();
+    let _state_lock = lock_state_dir(&d.state_dir)?;
     let shared = Arc::new(Shared::new(settings));
     let metrics = Arc::new(Metrics::default());
     let registry =
