@@ -174,6 +174,12 @@ pub trait ObjectStore: Send + Sync {
         false
     }
 
+    /// Whether the store itself is there (an S3 bucket, a store directory), asked when none
+    /// of the objects looked for was: a wrong bucket answers every HEAD with a bare 404, as
+    /// if each object were missing. An answer that does not say (no permission to ask) is Ok.
+    async fn confirm_exists(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetObject, StoreError>;
     async fn put(

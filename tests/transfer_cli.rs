@@ -1398,6 +1398,25 @@ fn a_store_that_cannot_be_used_says_why_without_retrying_in_vain() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("NoSuchBucket"), "{err}");
     assert!(!err.contains("must be uploaded again"), "{err}");
+    // check, which asks with a HEAD per object (bare 404s from a bucket that is not there):
+    // the bucket named, not every object reported missing; so for a share not mounted.
+    for (store, says) in [
+        (
+            "s3://no-such-bucket/p".to_string(),
+            "no such bucket".to_string(),
+        ),
+        (
+            format!("file://{}", t.path().join("not-mounted").display()),
+            "the store directory does not exist".to_string(),
+        ),
+    ] {
+        let (code, out, err) = run(s3_env_without(&s3, &[], t.path())
+            .args(["check", "--store", &store])
+            .arg(&manifest));
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(&says), "{err}");
+        assert!(!out.contains("missing"), "{out}");
+    }
 
     // No credentials anywhere: said at once, with what to set; nothing reaches the store.
     s3.stats.reset();

@@ -199,6 +199,11 @@ pub async fn run(
     }
     drop(asked);
     let Findings { present, absent } = found;
+    // Nothing found at all: a wrong bucket or an unmounted share, rather than every object
+    // gone, is said as such (and nothing is remembered of it).
+    if present.is_empty() && !absent.is_empty() {
+        t.gate.run(cancel, || t.store.confirm_exists()).await?;
+    }
     report.present = present.len() as u64;
     report.downloaded_bytes = requests.downloaded.load(Relaxed);
     report.list_requests = requests.list.load(Relaxed);

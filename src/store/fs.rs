@@ -266,6 +266,15 @@ impl ObjectStore for FsStore {
         ""
     }
 
+    async fn confirm_exists(&self) -> Result<(), StoreError> {
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        let message = "the store directory does not exist (is the share mounted? check store.url)";
+        let dir = self.dir.display().to_string();
+        Err(self.failed("stat", &dir, message.into(), false))
+    }
+
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let path = self.path_of(key, "HEAD")?;
         let key2 = key.to_string();

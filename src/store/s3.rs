@@ -377,6 +377,33 @@ impl ObjectStore for S3Store {
         self.counters.throttled.clone()
     }
 
+    async fn confirm_exists(&self) -> Result<(), StoreError> {
+        let asked = self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.expected_bucket_owner.clone())
+            .send()
+            .await;
+        match asked {
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
+                Err(StoreError::Failed {
+                    store: self.describe.clone(),
+                    op: "HeadBucket",
+                    key: self.bucket.clone(),
+                    message: "HTTP 404: no such bucket (check the bucket name in the store URL, and s3.endpoint_url and s3.region)".into(),
+                    retryable: false,
+                })
+            }
+            // 403 (a role without s3:ListBucket) and the like: the objects' answers stand.
+            Err(e) => {
+                tracing::debug!("HeadBucket {}: {e}", self.bucket);
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let r = self
             .client
