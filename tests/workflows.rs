@@ -859,6 +859,29 @@ fn configured_storage_profile_locations_map_roots_on_both_sides() {
         b"scene",
         "the flag replaces the configured location of the same name"
     );
+
+    // A flag's relative path is taken from the working directory, as an input's is, and a
+    // trailing `/` changes nothing: the same root path, so the same manifest key.
+    let (code, out, err) = run(f
+        .attache("ws")
+        .current_dir(f.path(""))
+        .arg("submit")
+        .args(IDS)
+        .arg(proj.join("shot/scene.ma"))
+        .args(["--location", "Projects=ws-projects/", "--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        again["manifests"][0]["fileSystemLocationName"], "Projects",
+        "{again}"
+    );
+    assert_eq!(again["manifests"][0]["rootPath"], proj.to_str().unwrap());
+    // The submission's folder is new each time; the manifest's name is its root's hash.
+    let name = |m: &serde_json::Value| {
+        let path = m["inputManifestPath"].as_str().unwrap().to_string();
+        path.rsplit('/').next().unwrap().to_string()
+    };
+    assert_eq!(name(&again["manifests"][0]), name(&manifests[0]));
 }
 
 /// A task of another step, run in `session` on a worker: sync-outputs as session action `sa`

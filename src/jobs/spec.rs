@@ -378,6 +378,16 @@ impl JobSpec {
             }
             Ok(())
         };
+        // `NAME=PATH` (`FROM=TO`): PATH as the inputs' are, and without a trailing `/`, so
+        // that the same directory gives the same root path (and manifest key).
+        let pair = |v: &mut String| {
+            if let Some((name, path)) = v.split_once('=') {
+                let mut p = PathBuf::from(path);
+                abs(&mut p);
+                let p: PathBuf = p.components().collect();
+                *v = format!("{name}={}", p.display());
+            }
+        };
         match &mut self {
             JobSpec::Submit(j) => {
                 j.inputs
@@ -386,16 +396,20 @@ impl JobSpec {
                     .chain(&mut j.referenced)
                     .chain(&mut j.shared)
                     .for_each(abs);
+                j.locations.iter_mut().for_each(pair);
             }
             JobSpec::SyncInputs(j) => {
                 abs(&mut j.session_dir);
                 inline(&mut j.attachments)?;
+                j.locations.iter_mut().for_each(pair);
             }
             JobSpec::SyncOutputs(j) => {
                 abs(&mut j.session_dir);
                 inline(&mut j.attachments)?;
+                j.locations.iter_mut().for_each(pair);
             }
-            JobSpec::DownloadOutputs(_) | JobSpec::Doctor(_) => {}
+            JobSpec::DownloadOutputs(j) => j.root_map.iter_mut().for_each(pair),
+            JobSpec::Doctor(_) => {}
         }
         Ok(self)
     }
@@ -624,6 +638,11 @@ pub fn pairs(values: &[String], field: &'static str) -> Result<Vec<(String, Path
     values
         .iter()
         .map(|v| match v.split_once('=') {
+            // A path of this machine: one sent to the daemon is not resolved there.
+            Some((_, p)) if !p.is_empty() && !Path::new(p).is_absolute() => Err(invalid(
+                field,
+                format!("{v:?}: {p} must be an absolute path"),
+            )),
             Some((k, p)) if !k.is_empty() && !p.is_empty() => Ok((k.to_string(), PathBuf::from(p))),
             _ => Err(invalid(
                 field,
