@@ -267,3 +267,20 @@ fn a_command_missing_what_to_work_on_says_every_way_to_give_it() {
         "{err}"
     );
 }
+
+#[test]
+fn an_empty_daemon_url_is_refused_not_taken_for_this_machine() {
+    // `attache bwlimit 20MB/s --daemon-url "$FARM"` with FARM unset.
+    let t = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(attache(t.path()).args(["bwlimit", "20MB/s", "--daemon-url", ""]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--daemon-url (or ATTACHE_DAEMON_URL) is empty"),
+        "{err}"
+    );
+    let (code, _, err) = run(attache(t.path())
+        .args(["jobs"])
+        .env("ATTACHE_DAEMON_URL", ""));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is empty (an unset variable?)"), "{err}");
+}

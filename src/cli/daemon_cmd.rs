@@ -53,6 +53,14 @@ impl DaemonUrlArgs {
     /// The daemons to ask: those named, else this machine's. A bad URL or token file is bad
     /// usage (exit 2) before any request.
     pub fn addresses(&self, settings: &Settings) -> Result<Vec<DaemonAddress>, UsageError> {
+        // `--daemon-url "$FARM"` with FARM unset must not act on this machine's daemon.
+        let given_empty = !self.daemon_url.is_empty()
+            || std::env::var_os("ATTACHE_DAEMON_URL").is_some_and(|v| v.is_empty());
+        if given_empty && !self.remote() {
+            return Err(UsageError {
+                message: "--daemon-url (or ATTACHE_DAEMON_URL) is empty (an unset variable?): give the daemons' URLs, e.g. https://render042:7070, or leave it out for this machine's daemon".into(),
+            });
+        }
         if !self.remote() {
             return Ok(vec![DaemonAddress::local(settings)]);
         }
