@@ -76,13 +76,12 @@ pub struct ScanOptions {
 pub enum ScanError {
     #[error("{path}: cannot read: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error(
-        "{path}: symlink points outside the root {root} (to {target}); copy the file into the root, or pass --follow-external-symlinks to hash the target"
-    )]
+    #[error("{path}: symlink points outside the root {root} (to {target}); {what_to_do}")]
     EscapingSymlink {
         path: PathBuf,
         root: PathBuf,
         target: PathBuf,
+        what_to_do: &'static str,
     },
     #[error("{path}: symlink loop")]
     SymlinkLoop { path: PathBuf },
@@ -392,10 +391,17 @@ impl<'a> Walker<'a> {
             },
         })?;
         if !target.starts_with(self.real_root) && !self.opts.follow_external_symlinks {
+            // Where links are never followed (a task's outputs), no flag can help.
+            let what_to_do = if self.opts.boundary.is_some() {
+                "a task's outputs are the files inside its session directory: write them there, not a link to them"
+            } else {
+                "copy the file into the root, or pass --follow-external-symlinks (hash.follow_external_symlinks) to hash the target"
+            };
             return Err(ScanError::EscapingSymlink {
                 path: path.to_path_buf(),
                 root: self.root.to_path_buf(),
                 target,
+                what_to_do,
             });
         }
         fs::metadata(&target).map_err(|source| ScanError::Io {

@@ -257,6 +257,25 @@ fn submit_sync_render_sync_outputs_download_outputs() {
         err.contains("is this the task's session directory?"),
         "{err}"
     );
+    // A render written as a link to a file outside the session: refused, with what to do
+    // (no flag to follow it: sync-outputs takes none).
+    let link = local.join("renders/f0003.exr");
+    write(&f.path("secrets.txt"), b"not an output");
+    std::os::unix::fs::symlink(f.path("secrets.txt"), &link).unwrap();
+    let (code, _, err) = run(sync_outputs(
+        &mut f.attache("worker"),
+        "sa-3",
+        &att,
+        &session,
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("symlink points outside the root"), "{err}");
+    assert!(
+        err.contains("write them there, not a link to them"),
+        "{err}"
+    );
+    assert!(!err.contains("--follow-external-symlinks"), "{err}");
+    std::fs::remove_file(&link).unwrap();
 
     // Workstation: a --root-map whose FROM is no root of the job's outputs (a typo) would
     // send them into the project: refused, nothing written.
