@@ -148,6 +148,11 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         // `attache jobs | head`: the reader has what it wanted.
         Err(e) if stdout::closed(&e) => ExitCode::SUCCESS,
+        // Interrupted, as a cancel is (130), but the job goes on: not "cancelled".
+        Err(e) if e.is::<crate::daemon::client::StoppedFollowing>() => {
+            eprintln!("{e}");
+            ExitCode::from(exit::CANCELLED)
+        }
         Err(e) => {
             let code = exit_code_of(&e);
             if code != exit::CANCELLED {

@@ -514,6 +514,46 @@ fn attache_jobs_filters_and_status_follows_a_job_to_its_end() {
     let (code, _, err) = run(d.cmd().args(["status", "--follow", "job-nosuchjob"]));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no job job-nosuchjob"), "{err}");
+
+    // Ctrl-C stops following, says so, and is not a cancel: the job goes on.
+    let slow3 = d.path("slow3");
+    big_tree(&slow3, 2, 6 << 20);
+    let id = d.start_job(&submit_spec(&slow3));
+    let follower = d
+        .cmd()
+        .args(["status", "--follow", &id])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill only sends a signal to the child just spawned.
+    unsafe { libc::kill(follower.id() as i32, libc::SIGINT) };
+    let out = follower.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains(&format!(
+            "stopped following job {id}; it goes on in the daemon"
+        )),
+        "{err}"
+    );
+    assert!(!err.lines().any(|l| l == "cancelled"), "{err}");
+    assert_eq!(
+        d.api("GET", &format!("/v1/jobs/{id}"), "").1["state"],
+        "running"
+    );
+    // `attache cancel` shows the job stopped, not its record from before; again, it says
+    // there is nothing to cancel.
+    let (code, out, err) = run(d.cmd().args(["cancel", &id]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{id} submit cancelled")), "{out}");
+    let (code, _, err) = run(d.cmd().args(["cancel", &id]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("has ended (cancelled): nothing to cancel"),
+        "{err}"
+    );
 }
 
 /// `daemon.max_running_jobs`: the jobs beyond it wait, queued, in the order they came; one

@@ -579,7 +579,26 @@ fn to_run_again(list: &serde_json::Value, states: &[String]) -> Vec<String> {
 
 pub fn cancel(ctx: &Context, a: JobArgs) -> anyhow::Result<ExitCode> {
     let at = daemon_of(&a.daemon.addresses(&ctx.settings)?, &a.id)?;
-    let j = call(&at, HttpMethod::DELETE, &format!("/v1/jobs/{}", a.id))?;
+    let path = format!("/v1/jobs/{}", a.id);
+    let mut j = call(&at, HttpMethod::DELETE, &path)?;
+    let done = |j: &serde_json::Value| !matches!(j["state"].as_str(), Some("queued" | "running"));
+    if done(&j) {
+        eprintln!(
+            "job {} has ended ({}): nothing to cancel",
+            a.id,
+            j["state"].as_str().unwrap_or("ended")
+        );
+        return print_job(&j, a.json);
+    }
+    // It stops within a second: show it stopped, not the record from before the cancel.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !done(&j) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        j = call(&at, HttpMethod::GET, &path)?;
+    }
+    if !done(&j) {
+        eprintln!("job {} is still stopping", a.id);
+    }
     print_job(&j, a.json)
 }
 

@@ -418,6 +418,12 @@ enum OnInterrupt {
     StopFollowing,
 }
 
+/// Ctrl-C while following a job someone else started: this command stops (exit 130), the
+/// job does not.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped following job {0}; it goes on in the daemon")]
+pub struct StoppedFollowing(pub String);
+
 /// Shows a job's progress from its event stream until it ends; returns the last record.
 async fn follow(
     at: &DaemonAddress,
@@ -457,8 +463,7 @@ async fn follow(
             },
             _ = interrupts.next(), if !cancelled => {
                 if on_interrupt == OnInterrupt::StopFollowing {
-                    eprintln!("stopped following job {id}; it goes on in the daemon");
-                    return Err(anyhow::Error::new(Cancelled));
+                    return Err(StoppedFollowing(id.to_string()).into());
                 }
                 cancelled = true;
                 eprintln!("cancelling job {id}…");
