@@ -434,9 +434,29 @@ fn finished_jobs_survive_a_restart_and_running_ones_are_interrupted() {
     );
     let (_, j) = d.api("GET", &format!("/v1/jobs/{running_id}"), "");
     assert_eq!(j["state"], "running", "{j}");
+    // A task script's submit through the daemon, cut off by the crash.
+    let slow2 = d.path("slow2");
+    big_tree(&slow2, 2, 4 << 20);
+    let client = d
+        .cmd()
+        .args(["submit", "--daemon"])
+        .args(IDS)
+        .arg(&slow2)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     // A crash: no chance to clean up; the lock goes with the process.
     d.signal(libc::SIGKILL);
     d.child.take().unwrap().wait().unwrap();
+    let out = client.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("was cut off: the daemon stopped answering before the job ended"),
+        "{err}"
+    );
     d.launch(&[]);
     let (_, j) = d.api("GET", &format!("/v1/jobs/{done_id}"), "");
     assert_eq!(j["state"], "succeeded");
@@ -1496,7 +1516,9 @@ fn attache_retry_runs_a_cancelled_job_again_and_refuses_one_that_runs_or_succeed
         .arg(d.path("none.json")));
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains(&format!("job {first} is cancelled: nothing written")),
+        err.contains(&format!(
+            "job {first} did not succeed (cancelled): nothing written"
+        )),
         "{err}"
     );
 

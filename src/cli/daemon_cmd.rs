@@ -409,7 +409,7 @@ fn print_with_result(
     }
     if !succeeded {
         eprintln!(
-            "job {} is {}: nothing written to {}",
+            "job {} did not succeed ({}): nothing written to {}",
             j["id"].as_str().unwrap_or_default(),
             j["state"].as_str().unwrap_or("unknown"),
             o.display()

@@ -386,13 +386,19 @@ pub fn run_job_at(
         match last["state"].as_str() {
             Some("succeeded") => Ok(last["result"].clone()),
             Some("cancelled") => Err(anyhow::Error::new(Cancelled)),
-            state => Err(ClientError::JobFailed {
+            // The stream ended before the job did: the daemon went away (a crash, a kill).
+            Some("queued" | "running") | None => Err(ClientError::JobFailed {
+                message: format!(
+                    "the daemon stopped answering before the job ended (a crash or a kill?); once it is back, `attache status {id}` says what became of it and `attache retry {id}` runs it again"
+                ),
                 id,
-                state: state.unwrap_or("ended").to_string(),
-                message: last["error"]
-                    .as_str()
-                    .unwrap_or("the event stream ended early")
-                    .to_string(),
+                state: "was cut off".into(),
+            }
+            .into()),
+            Some(state) => Err(ClientError::JobFailed {
+                id,
+                state: state.to_string(),
+                message: last["error"].as_str().unwrap_or_default().to_string(),
             }
             .into()),
         }

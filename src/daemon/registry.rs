@@ -85,7 +85,7 @@ fn place_in(queue: &[String], r: &mut JobRecord) {
 pub enum PriorityError {
     #[error("no job {0}")]
     NoSuchJob(String),
-    #[error("job {id} is {state}: only a queued job's priority can be changed")]
+    #[error("job {id} is not queued ({state}): only a queued job's priority can be changed")]
     NotQueued { id: String, state: String },
 }
 
