@@ -772,6 +772,28 @@ fn dry_run_submit_writes_nothing() {
         "would upload one object"
     );
     assert!(f.s3.object_keys().is_empty(), "{:?}", f.s3.object_keys());
+    // With -o: the attachments name manifests that were not published, so no file a
+    // pipeline would take for real; they are printed instead.
+    let att = f.path("att.json");
+    let (code, out, err) = run(f
+        .attache("ws")
+        .arg("submit")
+        .args(IDS)
+        .arg(&proj)
+        .arg("--dry-run")
+        .arg("-o")
+        .arg(&att));
+    assert_eq!(code, 0, "{err}");
+    assert!(!att.exists());
+    assert!(
+        err.contains("dry run: ") && err.contains("att.json is not written"),
+        "{err}"
+    );
+    let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        printed["manifests"][0]["inputManifestPath"].is_string(),
+        "{out}"
+    );
 }
 
 #[test]

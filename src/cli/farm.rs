@@ -342,6 +342,21 @@ fn usage(e: crate::jobs::spec::JobError) -> anyhow::Error {
     }
 }
 
+/// Where a result naming manifests in the store goes: with `--dry-run` none was published,
+/// so it is printed, not written to `-o FILE` where a pipeline would take it for real.
+fn not_to_file_in_a_dry_run(dry_run: bool, output: Option<&Path>) -> Option<&Path> {
+    match output {
+        Some(file) if dry_run => {
+            eprintln!(
+                "dry run: {} is not written (the manifests it names were not published); here is what it would hold",
+                file.display()
+            );
+            None
+        }
+        output => output,
+    }
+}
+
 /// Writes what the command of a daemon job of `kind` writes with `-o FILE` (a submit's
 /// attachments, sync-inputs' path-mapping rules, sync-outputs' manifests), from the job's
 /// `result`: for `attache status ID -o FILE` and `retry ID --follow -o FILE`.
@@ -424,7 +439,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         spec,
         "submitting",
         (&a.common, a.no_cache.then_some("--no-cache")),
-        crate::cli::output_file(&a.output),
+        not_to_file_in_a_dry_run(dry_run, crate::cli::output_file(&a.output)),
         Some("attachments"),
     )?
     else {
@@ -546,7 +561,7 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         spec,
         "syncing outputs",
         (&a.common, a.content_cache.given()),
-        crate::cli::output_file(&a.output),
+        not_to_file_in_a_dry_run(a.dry_run, crate::cli::output_file(&a.output)),
         Some("manifests"),
     )?
     else {
