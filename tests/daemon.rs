@@ -1956,6 +1956,17 @@ fn attache_bwlimit_changes_the_daemon_s_limits_while_it_runs() {
     }
     assert!(d.log().contains("ran out"), "{}", d.log());
 
+    // A timetable, or rclone's bare KiB a second, is said as such, not misread.
+    let (code, _, err) = bwlimit(&["08:00,10MB/s 19:00,off"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("is a timetable") && err.contains("bandwidth.schedule"),
+        "{err}"
+    );
+    let (code, _, err) = bwlimit(&["512"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("rclone's --bwlimit reads KiB"), "{err}");
+
     // Until reset.
     let (code, _, err) = bwlimit(&["500KiB/s"]);
     assert_eq!(code, 0, "{err}");

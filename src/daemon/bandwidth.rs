@@ -71,6 +71,15 @@ pub fn parse_setting(
     rate: &str,
     lasting: Option<&str>,
 ) -> Result<(Rate, Rate, Option<Duration>), SetError> {
+    // A timetable (`08:00,10MB/s 19:00,off`) is the config's, not a setting by hand.
+    if rate.contains(',') {
+        return Err(SetError {
+            field: "rate",
+            message: format!(
+                "rate {rate:?} is a timetable: `attache bwlimit` sets one rate (RATE, or UP:DOWN) for a while; a timetable goes in the daemon's bandwidth.schedule (a reload applies it)"
+            ),
+        });
+    }
     let (up, down) = crate::config::parse_rates(rate).map_err(|e| SetError {
         field: "rate",
         message: format!(
