@@ -49,6 +49,12 @@ pub fn run(ctx: &Context, args: CleanupArgs) -> anyhow::Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let verb = super::tense(report.dry_run, "aborted", "would abort");
+        for u in &report.recorded {
+            eprintln!(
+                "{verb} {} (upload {}, left open by an earlier run on this machine)",
+                u.key, u.upload_id
+            );
+        }
         for u in &report.aborted {
             let started = u
                 .initiated_ms

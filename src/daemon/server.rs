@@ -99,7 +99,9 @@ async fn abort_leftovers_at_start(shared: Arc<Shared>) {
         match shared.transfer_for(&url, &settings, Arc::default()).await {
             Ok(t) => {
                 // Each one it could not abort is logged on its own.
-                let n = crate::transfer::upload::abort_leftovers(&t, false).await;
+                let n = crate::transfer::upload::abort_leftovers(&t, false)
+                    .await
+                    .len();
                 if n > 0 {
                     tracing::info!("aborted {n} multipart upload(s) left open in {url}");
                 }

@@ -37,6 +37,8 @@ pub struct CleanupReport {
     /// Uploads this machine's earlier runs recorded as left open, aborted first whatever their
     /// age (with `dry_run`: those of them the store lists, that would be).
     pub recorded_aborted: u64,
+    /// Those uploads, each named (their start time when the store listed them).
+    pub recorded: Vec<OpenUpload>,
     /// Open uploads the store listed under `prefix`.
     pub listed: u64,
     /// Uploads aborted (or, with `dry_run`, that would be).
@@ -66,8 +68,7 @@ pub async fn run(
         ..CleanupReport::default()
     };
     if !t.dry_run {
-        report.recorded_aborted =
-            crate::transfer::cancellable(cancel, abort_leftovers(&t, true)).await? as u64;
+        report.recorded = crate::transfer::cancellable(cancel, abort_leftovers(&t, true)).await?;
     }
     let open = t
         .gate
@@ -82,7 +83,7 @@ pub async fn run(
             report.kept_in_progress_here += 1;
         } else if t.dry_run && recorded.left.get(&u.upload_id) == Some(&LeftAs::GivenUp) {
             // An abort to repeat: no other machine took it over.
-            report.recorded_aborted += 1;
+            report.recorded.push(u);
         } else if t.dry_run && recorded.left.contains_key(&u.upload_id) {
             recorded_left.push(u);
         } else {
@@ -97,7 +98,7 @@ pub async fn run(
         if parts.is_some_and(|p| taken_over_since(&p, left_as, window)) {
             candidates.push(u);
         } else {
-            report.recorded_aborted += 1;
+            report.recorded.push(u);
         }
     }
     let mut to_abort = Vec::new();
@@ -136,9 +137,10 @@ pub async fn run(
             Err(e) => report.failed.push(e),
         }
     }
-    report
-        .aborted
-        .sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
+    for list in [&mut report.aborted, &mut report.recorded] {
+        list.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
+    }
+    report.recorded_aborted = report.recorded.len() as u64;
     Ok(report)
 }
 

@@ -211,7 +211,7 @@ pub async fn upload_stream(
     // retry may resume them.
     if !t.dry_run {
         report.aborted_leftover_uploads =
-            cancellable(cancel, abort_leftovers(&t, false)).await? as u64;
+            cancellable(cancel, abort_leftovers(&t, false)).await?.len() as u64;
     }
     Ok(report)
 }
@@ -846,12 +846,13 @@ async fn abort_recorded(
 }
 
 /// Aborts the multipart uploads to this store that earlier runs left open (see
-/// [`open_uploads`]), all at once; returns how many the store confirmed. Those a failure or a
-/// crash left, to be resumed, are spared for `transfer.resume_for`, unless `resumable_too`.
-pub async fn abort_leftovers(t: &Transfer, resumable_too: bool) -> usize {
+/// [`open_uploads`]), all at once; returns those the store confirmed (key and upload id).
+/// Those a failure or a crash left, to be resumed, are spared for `transfer.resume_for`,
+/// unless `resumable_too`.
+pub async fn abort_leftovers(t: &Transfer, resumable_too: bool) -> Vec<crate::store::OpenUpload> {
     let (o, store) = (t.open_uploads.clone(), t.store.identity());
     let Ok(left) = tokio::task::spawn_blocking(move || o.leftovers(&store)).await else {
-        return 0;
+        return Vec::new();
     };
     // Spared ones are unlocked here.
     let window = t.settings.resume_for.0;
@@ -866,24 +867,31 @@ pub async fn abort_leftovers(t: &Transfer, resumable_too: bool) -> usize {
     .flatten()
     .collect();
     if left.is_empty() {
-        return 0;
+        return Vec::new();
     }
     tracing::info!(
         "aborting {} multipart upload(s) to {} left open by an earlier run",
         left.len(),
         t.store.describe()
     );
-    let aborted = futures::future::join_all(left.into_iter().map(|l| {
-        abort_recorded(
+    let aborted = futures::future::join_all(left.into_iter().map(|l| async {
+        let upload = crate::store::OpenUpload {
+            key: l.key.clone(),
+            upload_id: l.upload_id.clone(),
+            initiated_ms: None,
+        };
+        let done = abort_recorded(
             t.store.clone(),
             t.gate.clone(),
             l.key,
             l.upload_id,
             Some(l.held),
         )
+        .await;
+        done.then_some(upload)
     }))
     .await;
-    aborted.into_iter().filter(|&a| a).count()
+    aborted.into_iter().flatten().collect()
 }
 
 /// Whether an upload this machine left open, about to be aborted, had a part land in it
