@@ -655,6 +655,14 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
     let (code, out, err) = cache_cmd(&["clear", "--known-present", "--store", "file:///elsewhere"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("forgot 0 objects"), "{out}");
+    // ...and it says which stores it holds, for a typo; a store that is no URL is refused.
+    assert!(
+        out.contains(&format!("(it holds objects of {store}")),
+        "{out}"
+    );
+    let (code, _, err) = cache_cmd(&["clear", "--known-present", "--store", "attache-test"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--store attache-test: "), "{err}");
     let (code, out, err) = cache_cmd(&["clear", "--known-present", "--store", &store]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("forgot 3 objects"), "{out}");

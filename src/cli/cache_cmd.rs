@@ -88,6 +88,12 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
                 }
                 .into());
             }
+            if let Some(url) = &c.store {
+                crate::store::StoreUrl::parse(url).map_err(|e| UsageError {
+                    message: format!("--store {url}: {e}"),
+                })?;
+            }
+            let store_given = c.store.is_some();
             let spec = ClearSpec {
                 hash: c.hash || c.all,
                 known_present: (c.known_present || c.all).then(|| c.store.clone()),
@@ -104,6 +110,16 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(n) = cleared.known_present_entries {
                     outln!("known-present index: forgot {n} objects");
+                    if n == 0 && store_given {
+                        // A store the index never held (a typo, another prefix): say which it holds.
+                        let held = local_caches::usage(settings)
+                            .map(|u| u.known_present_stores)
+                            .unwrap_or_default();
+                        let names: Vec<String> = held.iter().map(|s| s.store.clone()).collect();
+                        if !names.is_empty() {
+                            outln!("  (it holds objects of {})", names.join(", "));
+                        }
+                    }
                 }
                 if let (Some(n), Some(b)) = (cleared.content_files, cleared.content_bytes) {
                     outln!("content cache: removed {n} objects ({})", size(b));
