@@ -222,11 +222,22 @@ fn a_log_level_or_endpoint_that_would_misbehave_is_refused() {
 fn output_cut_short_by_its_reader_ends_quietly() {
     // `attache config show | head -1`: the reader has gone before attache writes.
     let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("a.txt"), b"a").unwrap();
+    let m = t.path().join("m.json");
+    let (code, _, err) = run(attache(t.path()).arg("hash").arg(&root).arg("-o").arg(&m));
+    assert_eq!(code, 0, "{err}");
+    let (root, m) = (root.to_str().unwrap(), m.to_str().unwrap());
     for args in [
         &["config", "show"][..],
         &["completions", "bash"],
         &["man"],
         &["cache", "--json"],
+        &["hash", root, "--json"],
+        &["manifest", "verify", "--json", m, "--root", root],
+        &["manifest", "diff", "--json", m, m],
+        &["manifest", "cat", "--json", m],
     ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);

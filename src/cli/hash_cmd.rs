@@ -141,8 +141,7 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let mut summary = summary_json(&report);
         summary["roots"] = roots_json.into();
-        serde_json::to_writer_pretty(&mut stdout, &summary)?;
-        writeln!(stdout)?;
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&summary)?)?;
     } else {
         eprintln!("{}", summary_line(&report.stats, report.seconds));
     }

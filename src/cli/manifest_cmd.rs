@@ -116,8 +116,8 @@ pub fn run(ctx: &Context, cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
                     "changed": d.changed.iter().map(|(a, b)| json!({"old": entry_json(a), "new": entry_json(b)})).collect::<Vec<_>>(),
                     "removed": d.removed.iter().map(entry_json).collect::<Vec<_>>(),
                 });
-                serde_json::to_writer_pretty(&mut out, &v)?;
-                writeln!(out)?;
+                // Through a string: serde_json's error would hide a closed stdout.
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
             } else {
                 for e in &d.added {
                     writeln!(out, "+ {}  ({} bytes, {})", e.path, e.size, e.hash)?;
@@ -213,8 +213,7 @@ fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<ExitCode> {
                 if *from_store {
                     v["manifest"] = name.as_str().into();
                 }
-                serde_json::to_writer(&mut out, &v)?;
-                writeln!(out)?;
+                writeln!(out, "{}", serde_json::to_string(&v)?)?;
             }
             continue;
         }
@@ -274,8 +273,7 @@ fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
             "mtime_mismatch": pairs(&report.mtime_mismatch),
             "extra": report.extra.iter().map(entry_json).collect::<Vec<_>>(),
         });
-        serde_json::to_writer_pretty(&mut out, &j)?;
-        writeln!(out)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&j)?)?;
     } else {
         for e in &report.missing {
             writeln!(out, "missing   {}", e.path)?;
