@@ -308,7 +308,7 @@ fn submit_sync_render_sync_outputs_download_outputs() {
     let (code, _, err) = run(&mut f.download_outputs(&["--include", "renders/sub/**"]));
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("1 files from 1 manifests (1 left out by --exclude/--include)"),
+        err.contains("1 files from 1 manifests (1 left out by the filters)"),
         "{err}"
     );
     assert_eq!(

@@ -635,7 +635,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         let rep = &r["report"];
         let left_out = match r["left_out"].as_u64().unwrap_or(0) {
             0 => String::new(),
-            n => format!(" ({n} left out by --exclude/--include)"),
+            n => format!(" ({n} left out by the filters)"),
         };
         eprintln!(
             "{} -> {}: {} files from {} manifests{left_out}; {verb} {} objects ({}){}, {} already in place, {} with other content replaced, {} skipped",

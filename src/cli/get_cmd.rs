@@ -94,7 +94,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
         };
         let left_out = match left_out {
             0 => String::new(),
-            n => format!(", {n} left out by --exclude/--include"),
+            n => format!(", {n} left out by the filters"),
         };
         eprintln!(
             "{}: {} files ({}{left_out}) in {:.2} s: {verb} {} objects ({}){}, {} copies, {} already in place{}, {} with other content replaced, {} skipped{tail}",
