@@ -94,7 +94,7 @@ impl FromStr for Rate {
             .map_err(|_| error(s, Self::EXPECTED))?;
         // A bare number is bytes a second here and KiB a second to rclone's --bwlimit, whose
         // timetables get pasted: its `512` would be 512 B/s, a thousand times too slow.
-        if t.bytes().all(|b| b.is_ascii_digit()) && rate.0 > 0 && rate.0 < 1 << 20 {
+        if t.bytes().all(|b| b.is_ascii_digit()) && rate.0 > 0 && rate.0 < 1_000_000 {
             return Err(error(s, BARE_RATE));
         }
         Ok(rate)
@@ -102,7 +102,7 @@ impl FromStr for Rate {
 }
 
 /// Why a small rate without a unit is refused.
-const BARE_RATE: &str = "a unit under 1MiB/s (512KiB/s, 500kB/s): a number alone is bytes a second, where rclone's --bwlimit reads KiB a second";
+const BARE_RATE: &str = "a unit under 1MB/s (512KiB/s, 500kB/s): a number alone is bytes a second, where rclone's --bwlimit reads KiB a second";
 
 impl FromStr for Duration {
     type Err = ParseUnitError;
@@ -310,7 +310,7 @@ mod tests {
             ("50mib/S", 50 << 20),
             ("100M/s", 100_000_000),
             ("100M", 100_000_000),
-            ("1048576", 1 << 20),
+            ("1000000", 1_000_000),
             ("512KiB", 512 << 10),
             ("0", 0),
             ("unlimited", 0),
@@ -324,7 +324,7 @@ mod tests {
         // rclone's bare 512 is 512 KiB/s; here it would be 512 B/s: a unit is asked for.
         let err = "512".parse::<Rate>().unwrap_err().to_string();
         assert!(err.contains("rclone's --bwlimit reads KiB"), "{err}");
-        assert!("1048575".parse::<Rate>().is_err());
+        assert!("999999".parse::<Rate>().is_err());
     }
 
     #[test]

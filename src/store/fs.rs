@@ -117,8 +117,10 @@ impl FsStore {
                 return self.failed(op, key, message, false);
             }
         }
-        // A write names no object that could be missing.
-        if e.kind() == std::io::ErrorKind::NotFound && !writes {
+        // A PUT names no object that could be missing (an UploadPart's upload can be: one
+        // aborted from elsewhere, which the upload starts again).
+        let creates = matches!(op, "PUT" | "CreateMultipartUpload");
+        if e.kind() == std::io::ErrorKind::NotFound && !creates {
             StoreError::NotFound {
                 store: self.describe.clone(),
                 key: key.into(),
