@@ -1956,6 +1956,31 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
         v["probes"][10]["detail"], "off (cache.content_size = 0)",
         "{v}"
     );
+    // A store that does not answer: said once, the other store probes not sent (each would
+    // wait and fail the same way), none of them claiming a permission is missing.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, v) = doctor(
+        attache(&t.path().join("cache"))
+            .envs(s3.env())
+            .env("ATTACHE_S3__ENDPOINT_URL", &down),
+    );
+    assert_eq!(code, 1, "{v}");
+    assert!(
+        v["probes"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach"),
+        "{v}"
+    );
+    for p in &v["probes"].as_array().unwrap()[1..7] {
+        assert!(
+            p["detail"].as_str().unwrap().starts_with("not tried"),
+            "{p}"
+        );
+        assert!(p["needs"].is_null(), "{p}");
+    }
     // A content cache that cannot be written is a warning: downloads go on without it.
     let not_a_dir = t.path().join("not-a-dir");
     std::fs::write(&not_a_dir, b"").unwrap();

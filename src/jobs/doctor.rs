@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -77,11 +78,15 @@ pub async fn run(
     let mut probes = Vec::new();
 
     let s = store.as_ref();
+    let probing = Probing {
+        cancel,
+        no_answer: AtomicBool::new(false),
+    };
     let mut listed = None;
     let mut honours_if_none_match = None;
     probes.push(
         probe(
-            cancel,
+            &probing,
             "read content",
             true,
             format!(
@@ -98,7 +103,7 @@ pub async fn run(
     );
     probes.push(
         probe(
-            cancel,
+            &probing,
             "write content",
             true,
             format!("s3:PutObject on {data}; put, submit, sync-outputs"),
@@ -131,7 +136,7 @@ pub async fn run(
     );
     probes.push(
         probe(
-            cancel,
+            &probing,
             "read back",
             true,
             format!("s3:GetObject on {data}; get, sync-inputs, download-outputs"),
@@ -161,7 +166,7 @@ pub async fn run(
     });
     probes.push(
         probe(
-            cancel,
+            &probing,
             "multipart",
             true,
             format!(
@@ -192,23 +197,24 @@ pub async fn run(
     );
     probes.push(match listed {
         Some(listed) => {
-            probe(cancel, "list parts", false, lists_parts, async move {
+            probe(&probing, "list parts", false, lists_parts, async move {
                 let parts = listed?.map_or(0, |p| p.len());
                 Ok(format!("ListParts of that upload: {parts} part(s)"))
             })
             .await?
         }
+        // What it needs is not known: it was never asked.
         None => Probe {
             name: "list parts".into(),
             status: Status::Warning,
             detail: "not tried: the multipart probe made no upload to list".into(),
-            needs: Some(lists_parts),
+            needs: None,
             ms: 0,
         },
     });
     probes.push(
         probe(
-            cancel,
+            &probing,
             "list open uploads",
             false,
             "s3:ListBucketMultipartUploads on the bucket; attache cleanup, and taking over an upload another machine abandoned".to_string(),
@@ -225,7 +231,7 @@ pub async fn run(
     let probe_manifest = join(&prefix, "Manifests/attache-doctor-probe");
     probes.push(
         probe(
-            cancel,
+            &probing,
             "read manifests",
             true,
             format!("s3:GetObject on {manifests}; sync-inputs, download-outputs"),
@@ -349,33 +355,57 @@ async fn content_cache_probe(settings: &crate::config::CacheSettings) -> Probe {
     probe
 }
 
+/// The store probes' run: once the store did not answer one (down, unreachable, a timeout),
+/// the others are not sent, each saying so, instead of failing one by one after their own
+/// wait with the same error.
+struct Probing<'a> {
+    cancel: &'a CancellationToken,
+    no_answer: AtomicBool,
+}
+
 /// Runs one store probe once (no retries: a diagnosis must not wait out a backoff), for at
 /// most [`PROBE_TIMEOUT`].
 async fn probe(
-    cancel: &CancellationToken,
+    probing: &Probing<'_>,
     name: &'static str,
     required: bool,
     needs: String,
     request: impl Future<Output = Result<String, crate::store::StoreError>>,
 ) -> Result<Probe, Cancelled> {
+    if probing.no_answer.load(Relaxed) {
+        return Ok(Probe {
+            name: name.into(),
+            status: failure(required),
+            detail: "not tried: the store did not answer an earlier probe (see above)".into(),
+            needs: None,
+            ms: 0,
+        });
+    }
     let started = Instant::now();
-    let outcome = cancellable(cancel, tokio::time::timeout(PROBE_TIMEOUT, request)).await?;
+    let outcome = cancellable(probing.cancel, tokio::time::timeout(PROBE_TIMEOUT, request)).await?;
     let ms = started.elapsed().as_millis() as u64;
     let (status, detail, needs) = match outcome {
         Ok(Ok(detail)) => (Status::Ok, detail, None),
         Ok(Err(e)) => {
+            // Network, 5xx: the store cannot be used now, whatever the request.
+            if e.is_retryable() {
+                probing.no_answer.store(true, Relaxed);
+            }
             let detail = e.to_string();
             let needs = needs_for(&detail, needs);
             (failure(required), detail, needs)
         }
-        Err(_) => (
-            failure(required),
-            format!(
-                "no answer within {} s (check s3.endpoint_url, the network and any proxy)",
-                PROBE_TIMEOUT.as_secs()
-            ),
-            Some(needs),
-        ),
+        Err(_) => {
+            probing.no_answer.store(true, Relaxed);
+            (
+                failure(required),
+                format!(
+                    "no answer within {} s (check s3.endpoint_url, the network and any proxy)",
+                    PROBE_TIMEOUT.as_secs()
+                ),
+                Some(needs),
+            )
+        }
     };
     Ok(Probe {
         name: name.into(),
