@@ -636,6 +636,9 @@ fn queued_jobs_start_by_priority_and_can_be_moved_up() {
             .any(|l| l.starts_with(&plain) && l.contains(" queued #3 ")),
         "{out}"
     );
+    // Nothing counted yet: `-`, not 0/0 of nothing.
+    let line = out.lines().find(|l| l.starts_with(&plain)).unwrap();
+    assert!(!line.contains("0/0") && line.contains(" - "), "{line}");
     // A running job holds its slot already.
     let (code, _, err) = run(d.cmd().args(["priority", &slow, "99"]));
     assert_eq!(code, 1, "{err}");

@@ -298,16 +298,27 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
                 .as_i64()
                 .map_or_else(String::new, |t| span(now - t)),
             took(j, now),
-            format!("{}/{}", p["files_done"], p["files_total"]),
-            format!(
-                "{}/{}",
-                json_size(&p["bytes_done"]),
-                json_size(&p["bytes_total"])
+            counts(j, format!("{}/{}", p["files_done"], p["files_total"])),
+            counts(
+                j,
+                format!(
+                    "{}/{}",
+                    json_size(&p["bytes_done"]),
+                    json_size(&p["bytes_total"])
+                )
             ),
             what(&j["spec"]),
         );
     }
     Ok(code)
+}
+
+/// A job's files or bytes done of the total; `-` while it is queued (nothing counted yet).
+fn counts(j: &serde_json::Value, done_of_total: String) -> String {
+    match j["state"].as_str() {
+        Some("queued") => "-".into(),
+        _ => done_of_total,
+    }
 }
 
 /// A job's state, with its place in the daemon's queue when queued: `queued #2`.
