@@ -342,6 +342,18 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
     );
     assert_eq!(status, 400);
     assert_eq!(e["field"], "exclude", "{e}");
+    // A misspelt field: the known ones listed, the job's priority among them.
+    let (status, e) = d.api(
+        "POST",
+        "/v1/jobs",
+        r#"{"kind":"submit","inputs":["/p"],"farm_id":"f","queue_id":"q","priorty":90}"#,
+    );
+    assert_eq!(status, 400);
+    let said = e["error"].as_str().unwrap();
+    assert!(
+        said.contains("unknown field `priorty`") && said.contains("`priority`"),
+        "{e}"
+    );
     let (status, _) = d.api("GET", "/v1/jobs/job-nope", "");
     assert_eq!(status, 404);
 

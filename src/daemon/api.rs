@@ -142,7 +142,13 @@ async fn create(State(api): State<Arc<Api>>, body: Bytes) -> Response {
     let spec: JobSpec = match spec {
         Ok(s) => s,
         Err(e) => {
-            let msg = format!("invalid job spec: {e}");
+            // serde lists the spec's own fields; `priority` sits beside them.
+            let also = if e.to_string().contains("unknown field") {
+                " (and `priority`, 0 to 100)"
+            } else {
+                ""
+            };
+            let msg = format!("invalid job spec: {e}{also}");
             return error(
                 StatusCode::BAD_REQUEST,
                 &msg,
