@@ -310,16 +310,16 @@ fn execute(
     Ok(serde_json::to_value(output)?)
 }
 
-/// Runs the job and writes its JSON: all of it with `--json`, else the `part` users pipe on
-/// (`None` for no part). Returns the output for a human summary, or `None` under `--json`.
+/// Runs the job and writes its JSON: all of it with `--json`, else the part users pipe on
+/// ([`written_part`]). Returns the output for a human summary, or `None` under `--json`.
 fn run_and_emit(
     ctx: &Context,
     spec: JobSpec,
     label: &'static str,
     (common, other_local_flag): (&CommonArgs, Option<&'static str>),
     output: Option<&Path>,
-    part: Option<&str>,
 ) -> anyhow::Result<Option<serde_json::Value>> {
+    let part = written_part(spec.kind());
     let out = execute(ctx, spec, label, common, other_local_flag)?;
     if common.store.json {
         emit(&out, output)?;
@@ -329,6 +329,18 @@ fn run_and_emit(
         emit(&out[part], output)?;
     }
     Ok(Some(out))
+}
+
+/// The part of a job's result its command writes (`-o FILE`, else stdout) for the farm to
+/// take: a submit's attachments, sync-inputs' path-mapping rules, sync-outputs' manifests;
+/// `None`: the command writes none.
+fn written_part(kind: &str) -> Option<&'static str> {
+    match kind {
+        "submit" => Some("attachments"),
+        "sync_inputs" => Some("path_mapping_rules"),
+        "sync_outputs" => Some("manifests"),
+        _ => None,
+    }
 }
 
 /// A spec error is bad usage (exit code 2).
@@ -365,16 +377,11 @@ pub(super) fn emit_result(
     result: &serde_json::Value,
     output: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let part = match kind {
-        "submit" => "attachments",
-        "sync_inputs" => "path_mapping_rules",
-        "sync_outputs" => "manifests",
-        other => {
-            return Err(UsageError {
-                message: format!("-o: a {other} job writes no file (--json prints its record)"),
-            }
-            .into());
+    let Some(part) = written_part(kind) else {
+        return Err(UsageError {
+            message: format!("-o: a {kind} job writes no file (--json prints its record)"),
         }
+        .into());
     };
     emit(&result[part], output)
 }
@@ -440,7 +447,6 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         "submitting",
         (&a.common, a.no_cache.then_some("--no-cache")),
         not_to_file_in_a_dry_run(dry_run, crate::cli::output_file(&a.output)),
-        Some("attachments"),
     )?
     else {
         return Ok(ExitCode::SUCCESS);
@@ -489,7 +495,6 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
         "syncing inputs",
         (&a.common, a.content_cache.given()),
         crate::cli::output_file(&a.output),
-        Some("path_mapping_rules"),
     )?
     else {
         return Ok(ExitCode::SUCCESS);
@@ -562,7 +567,6 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         "syncing outputs",
         (&a.common, a.content_cache.given()),
         not_to_file_in_a_dry_run(a.dry_run, crate::cli::output_file(&a.output)),
-        Some("manifests"),
     )?
     else {
         return Ok(ExitCode::SUCCESS);
@@ -625,7 +629,6 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         spec,
         "downloading outputs",
         (&a.common, a.content_cache.given()),
-        None,
         None,
     )?
     else {
