@@ -112,9 +112,7 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
                     outln!("known-present index: forgot {n} objects");
                     if n == 0 && store_given {
                         // A store the index never held (a typo, another prefix): say which it holds.
-                        let held = local_caches::usage(settings)
-                            .map(|u| u.known_present_stores)
-                            .unwrap_or_default();
+                        let held = local_caches::known_present_stores(settings).unwrap_or_default();
                         let names: Vec<String> = held.iter().map(|s| s.store.clone()).collect();
                         if !names.is_empty() {
                             outln!("  (it holds objects of {})", names.join(", "));

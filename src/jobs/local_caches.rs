@@ -170,6 +170,18 @@ fn partial_error(kept: &PartialDownloads) -> impl Fn(std::io::Error) -> LocalCac
     }
 }
 
+/// The stores the known-present index holds objects of, with how many each.
+pub fn known_present_stores(settings: &Settings) -> Result<Vec<StoreEntries>, LocalCacheError> {
+    let ttl = settings.transfer.known_present_ttl.0;
+    let Some(k) = KnownPresent::open_existing(&settings.cache.dir, ttl)? else {
+        return Ok(Vec::new());
+    };
+    Ok(k.stores()?
+        .into_iter()
+        .map(|(store, entries)| StoreEntries { store, entries })
+        .collect())
+}
+
 pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
     let dir = settings.cache.dir.clone();
     let (mut hash_cache, mut known_present, mut stores) = (None, None, Vec::new());
@@ -186,13 +198,7 @@ pub fn usage(settings: &Settings) -> Result<CacheUsage, LocalCacheError> {
             path,
         });
         let path = dir.join(crate::transfer::known_present::FILE_NAME);
-        if let Some(k) = KnownPresent::open_existing(&dir, settings.transfer.known_present_ttl.0)? {
-            stores = k
-                .stores()?
-                .into_iter()
-                .map(|(store, entries)| StoreEntries { store, entries })
-                .collect();
-        }
+        stores = known_present_stores(settings)?;
         known_present = Some(DbUsage {
             entries: stores.iter().map(|s| s.entries).sum(),
             bytes: db_bytes(&path),
