@@ -265,30 +265,19 @@ async fn upload_one(
     // The configured threshold first: most files are under it, and need no store verdict.
     let small =
         item.size <= t.settings.multipart_threshold.0 || item.size <= t.multipart_threshold();
-    // A single PUT's bytes, counted into the progress as they go out.
-    let sent = Arc::new(SentBytes::new(t.progress.clone()));
+    // Bytes counted into the progress as they went out.
     let mut counted = 0;
     let created = if t.dry_run {
         // Would it be uploaded? Ask, write nothing.
         t.gate.run(cancel, || t.store.head(&key)).await?.is_none()
     } else if small && t.conditional_put_max.is_some_and(|max| item.size <= max) {
-        let opts = PutOptions {
-            if_none_match: true,
-            sent: Some(sent.clone()),
-            ..Default::default()
-        };
-        let outcome = put_single(t, &item, &key, &opts, cancel).await?;
-        counted = sent.reported();
+        let (outcome, sent) = put_single(t, &item, &key, true, cancel).await?;
+        counted = sent;
         outcome == PutOutcome::Created
     } else if t.gate.run(cancel, || t.store.head(&key)).await?.is_some() {
         false
     } else if small {
-        let opts = PutOptions {
-            sent: Some(sent.clone()),
-            ..Default::default()
-        };
-        put_single(t, &item, &key, &opts, cancel).await?;
-        counted = sent.reported();
+        (_, counted) = put_single(t, &item, &key, false, cancel).await?;
         true
     } else {
         // Its parts' bytes are counted as they go.
@@ -328,21 +317,29 @@ fn streamed(t: &Transfer, item: &UploadItem) -> bool {
     item.data.is_none() && item.size > t.settings.part_size.0
 }
 
-/// One PutObject of the whole file: from memory, or [`streamed`] with its bytes counted as
-/// they go.
+/// One PutObject of the whole file (`If-None-Match: *` with `if_none_match`): from memory, or
+/// [`streamed`]; either way its bytes are counted into the progress as they go out. Returns
+/// the outcome and the bytes counted.
 async fn put_single(
     t: &Transfer,
     item: &UploadItem,
     key: &str,
-    opts: &PutOptions,
+    if_none_match: bool,
     cancel: &CancellationToken,
-) -> Result<PutOutcome, TransferError> {
+) -> Result<(PutOutcome, u64), TransferError> {
+    let sent = Arc::new(SentBytes::new(t.progress.clone()));
     if !streamed(t, item) {
         let body = load_verified(t, item, cancel).await?;
-        return t
+        let opts = PutOptions {
+            if_none_match,
+            sent: Some(sent.clone()),
+            ..Default::default()
+        };
+        let outcome = t
             .gate
-            .run(cancel, || t.store.put(key, body.clone(), opts))
-            .await;
+            .run(cancel, || t.store.put(key, body.clone(), &opts))
+            .await?;
+        return Ok((outcome, sent.reported()));
     }
     // What the body holds at once: the chunk being sent and the one read ahead.
     let _budget = cancellable(
@@ -351,25 +348,29 @@ async fn put_single(
     )
     .await?
     .expect("never closed");
+    // The file counts its bytes as it is read for sending.
     let source = Arc::new(FileSource::new(
         item.path.clone(),
         item.size,
         item.hash,
-        opts.sent
-            .clone()
-            .unwrap_or_else(|| Arc::new(SentBytes::new(t.progress.clone()))),
+        sent.clone(),
     ));
-    let sent = t
+    let opts = PutOptions {
+        if_none_match,
+        ..Default::default()
+    };
+    let outcome = t
         .gate
-        .run(cancel, || t.store.put_file(key, source.clone(), opts))
-        .await;
-    sent.map_err(|e| match e {
-        TransferError::Store(StoreError::Source {
-            path,
-            error: SourceError::Changed(planned),
-        }) => TransferError::ChangedDuringUpload { path, planned },
-        e => e,
-    })
+        .run(cancel, || t.store.put_file(key, source.clone(), &opts))
+        .await
+        .map_err(|e| match e {
+            TransferError::Store(StoreError::Source {
+                path,
+                error: SourceError::Changed(planned),
+            }) => TransferError::ChangedDuringUpload { path, planned },
+            e => e,
+        })?;
+    Ok((outcome, sent.reported()))
 }
 
 /// Entries verified longer ago than this may be drawn for a re-check.
