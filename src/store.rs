@@ -122,6 +122,12 @@ pub enum StoreError {
     Source { path: PathBuf, error: SourceError },
 }
 
+/// Whether the operation `op` makes an object rather than naming one that exists: a "not
+/// found" to it is a wrong store, endpoint or directory, never a missing object.
+pub(crate) fn creates_object(op: &str) -> bool {
+    matches!(op, "PUT" | "CreateMultipartUpload")
+}
+
 /// What to check when `key` is not in the store: a content object is uploaded again, a
 /// manifest published again.
 fn not_found_advice(key: &str) -> &'static str {

@@ -1432,7 +1432,7 @@ fn a_store_that_cannot_be_used_says_why_without_retrying_in_vain() {
         ),
         (
             format!("file://{}", t.path().join("not-mounted").display()),
-            "the store directory does not exist".to_string(),
+            "not-mounted does not exist (is the share mounted?".to_string(),
         ),
     ] {
         let (code, out, err) = run(s3_env_without(&s3, &[], t.path())

@@ -100,27 +100,23 @@ impl FsStore {
     }
 
     fn io(&self, op: &'static str, key: &str, e: std::io::Error) -> StoreError {
-        let writes = matches!(op, "PUT" | "CreateMultipartUpload" | "UploadPart");
-        if e.kind() == std::io::ErrorKind::NotFound && !self.dir.is_dir() {
-            if op == "GET" {
-                let message = format!(
-                    "the store directory {} does not exist (is the share mounted? check store.url)",
-                    self.dir.display()
-                );
-                return self.failed(op, key, message, false);
-            }
-            if writes {
-                let message = format!(
-                    "cannot create the store directory {}: {e} (check store.url, and that its parent exists and is mounted)",
-                    self.dir.display()
-                );
-                return self.failed(op, key, message, false);
+        let not_found = e.kind() == std::io::ErrorKind::NotFound;
+        if not_found && !self.dir.is_dir() {
+            match op {
+                "GET" => return self.no_store_dir(op, key),
+                "PUT" | "CreateMultipartUpload" | "UploadPart" => {
+                    let message = format!(
+                        "cannot create the store directory {}: {e} (check store.url, and that its parent exists and is mounted)",
+                        self.dir.display()
+                    );
+                    return self.failed(op, key, message, false);
+                }
+                _ => {}
             }
         }
-        // A PUT names no object that could be missing (an UploadPart's upload can be: one
-        // aborted from elsewhere, which the upload starts again).
-        let creates = matches!(op, "PUT" | "CreateMultipartUpload");
-        if e.kind() == std::io::ErrorKind::NotFound && !creates {
+        // An UploadPart's upload can be missing: one aborted from elsewhere, which the upload
+        // starts again.
+        if not_found && !super::creates_object(op) {
             StoreError::NotFound {
                 store: self.describe.clone(),
                 key: key.into(),
@@ -129,6 +125,15 @@ impl FsStore {
             let message = format!("{e}{}", crate::fsutil::io_advice(&e));
             self.failed(op, key, message, false)
         }
+    }
+
+    /// The store's directory is not there (a share not mounted, a mistyped URL).
+    fn no_store_dir(&self, op: &'static str, key: &str) -> StoreError {
+        let message = format!(
+            "the store directory {} does not exist (is the share mounted? check store.url)",
+            self.dir.display()
+        );
+        self.failed(op, key, message, false)
     }
 
     fn temp_file(&self) -> std::io::Result<tempfile::NamedTempFile> {
@@ -269,12 +274,10 @@ impl ObjectStore for FsStore {
     }
 
     async fn confirm_exists(&self) -> Result<(), StoreError> {
-        if self.dir.is_dir() {
-            return Ok(());
+        match self.dir.is_dir() {
+            true => Ok(()),
+            false => Err(self.no_store_dir("stat", "Data/")),
         }
-        let message = "the store directory does not exist (is the share mounted? check store.url)";
-        let dir = self.dir.display().to_string();
-        Err(self.failed("stat", &dir, message.into(), false))
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {

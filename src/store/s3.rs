@@ -230,11 +230,10 @@ impl S3Store {
     {
         let status = e.raw_response().map(|r| r.status().as_u16());
         let no_bucket = e.code() == Some("NoSuchBucket");
-        // A PUT or a CreateMultipartUpload names no object that could be missing: a 404 to
-        // one is a wrong endpoint or bucket (or a proxy), not a deleted object.
-        let creates = matches!(op, "PUT" | "CreateMultipartUpload");
+        // A 404 to a PUT or a CreateMultipartUpload is a wrong endpoint or bucket (or a
+        // proxy), not a deleted object.
         if !no_bucket
-            && !creates
+            && !super::creates_object(op)
             && (status == Some(404) || matches!(e.code(), Some("NoSuchKey" | "NotFound")))
         {
             return StoreError::NotFound {
