@@ -601,10 +601,11 @@ pub fn cancel(ctx: &Context, a: JobArgs) -> anyhow::Result<ExitCode> {
         );
         return print_job(&j, a.json);
     }
-    // It stops within a second: show it stopped, not the record from before the cancel.
+    // It stops within a second: show it stopped, not the record from before the cancel. A
+    // few requests (each a connection, TLS to another machine's daemon), not a busy loop.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     while !done(&j) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(200));
         j = call(&at, HttpMethod::GET, &path)?;
     }
     if !done(&j) {
