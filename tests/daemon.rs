@@ -74,6 +74,14 @@ impl Daemon {
     }
 
     /// attache with this daemon's config.
+    /// `c` (one of [`Self::cmd`]) started in the background, its stderr kept for [`ended`].
+    fn start_cli(&self, c: &mut Command) -> std::process::Child {
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn cmd(&self) -> Command {
         let mut c = attache(&self.dir.path().join("cache"));
         c.env_remove("ATTACHE_CACHE__DIR")
@@ -236,6 +244,15 @@ fn submit_spec(inputs: &Path) -> String {
 }
 
 /// [`submit_spec`] to the store `store` (a test server's URL).
+/// A command started with [`Daemon::start_cli`], once it has exited: its code and stderr.
+fn ended(child: std::process::Child) -> (Option<i32>, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn submit_spec_to(inputs: &Path, store: &str) -> String {
     serde_json::json!({"kind": "submit", "inputs": [inputs], "farm_id": "farm-1", "queue_id": "queue-1", "store": store}).to_string()
 }
@@ -449,22 +466,13 @@ fn finished_jobs_survive_a_restart_and_running_ones_are_interrupted() {
     // A task script's submit through the daemon, cut off by the crash.
     let slow2 = d.path("slow2");
     big_tree(&slow2, 2, 4 << 20);
-    let client = d
-        .cmd()
-        .args(["submit", "--daemon"])
-        .args(IDS)
-        .arg(&slow2)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = d.start_cli(d.cmd().args(["submit", "--daemon"]).args(IDS).arg(&slow2));
     std::thread::sleep(Duration::from_millis(500));
     // A crash: no chance to clean up; the lock goes with the process.
     d.signal(libc::SIGKILL);
     d.child.take().unwrap().wait().unwrap();
-    let out = client.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = ended(client);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("was cut off: the daemon stopped answering before the job ended"),
         "{err}"
@@ -551,19 +559,12 @@ fn attache_jobs_filters_and_status_follows_a_job_to_its_end() {
     let slow3 = d.path("slow3");
     big_tree(&slow3, 2, 6 << 20);
     let id = d.start_job(&submit_spec(&slow3));
-    let follower = d
-        .cmd()
-        .args(["status", "--follow", &id])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let follower = d.start_cli(d.cmd().args(["status", "--follow", &id]));
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: kill only sends a signal to the child just spawned.
     unsafe { libc::kill(follower.id() as i32, libc::SIGINT) };
-    let out = follower.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    let (code, err) = ended(follower);
+    assert_eq!(code, Some(130), "{err}");
     assert!(
         err.contains(&format!(
             "stopped following job {id}; it goes on in the daemon"
@@ -1628,20 +1629,13 @@ fn sigterm_during_a_multipart_upload_exits_cleanly() {
     let extra = "[bandwidth]\nupload = \"50MiB/s\"\n";
     let mut d = Daemon::start_in(dir, extra, &env);
     // A task script's submit through the daemon.
-    let client = d
-        .cmd()
-        .args([
-            "submit",
-            "--daemon",
-            "--store",
-            &s3.store_url("DeadlineCloud"),
-        ])
-        .args(IDS)
-        .arg(&proj)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let store = s3.store_url("DeadlineCloud");
+    let client = d.start_cli(
+        d.cmd()
+            .args(["submit", "--daemon", "--store", &store])
+            .args(IDS)
+            .arg(&proj),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while s3
         .stats
@@ -1658,9 +1652,8 @@ fn sigterm_during_a_multipart_upload_exits_cleanly() {
     assert!(secs < 5.0, "took {secs:.1} s");
     assert_eq!(s3.open_multipart_uploads(), 0, "multipart upload left open");
     // The client was not cancelled: it says the daemon stopped, and fails (not 130).
-    let out = client.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = ended(client);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains(&format!("job {id} interrupted: the daemon stopped")),
         "{err}"

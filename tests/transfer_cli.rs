@@ -1237,24 +1237,19 @@ fn a_killed_put_is_kept_from_its_last_part_and_cleanup_right_after_aborts_it() {
 
     // Its parts landed before its last heartbeat (or within seconds of it): the killed run's
     // own, not another machine's at work, so `cleanup` aborts it, naming it.
-    let (code, _, err) = run(attache(&cache).envs(s3.env()).args([
-        "cleanup",
-        "--dry-run",
-        "--store",
-        &s3.store_url("p"),
-    ]));
+    let cleanup = |flag: &str| {
+        run(attache(&cache)
+            .envs(s3.env())
+            .args(["cleanup", flag, "--store", &s3.store_url("p")]))
+    };
+    let (code, _, err) = cleanup("--dry-run");
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("would abort p/Data/")
             && err.contains("left open by an earlier run on this machine"),
         "{err}"
     );
-    let (code, out, err) = run(attache(&cache).envs(s3.env()).args([
-        "cleanup",
-        "--json",
-        "--store",
-        &s3.store_url("p"),
-    ]));
+    let (code, out, err) = cleanup("--json");
     assert_eq!(code, 0, "{err}");
     let cleaned: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(cleaned["recorded_aborted"], 1, "{cleaned}\n{err}");
