@@ -274,8 +274,12 @@ fn dependency_root(spec: &SyncInputsSpec, root_path: &str) -> (PathBuf, PathForm
 
 /// The record sync-inputs left for `local`, if any.
 pub fn read_record(session_dir: &Path, local: &Path) -> Option<Manifest> {
-    let file = std::fs::File::open(record_path(session_dir, local)).ok()?;
-    decode_from(file).ok()
+    read_manifest_file(&record_path(session_dir, local))
+}
+
+/// A manifest file of the session's records, if it is there and whole.
+pub fn read_manifest_file(path: &Path) -> Option<Manifest> {
+    decode_from(std::fs::File::open(path).ok()?).ok()
 }
 
 #[cfg(test)]

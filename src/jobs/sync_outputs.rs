@@ -1,6 +1,7 @@
 //! The sync-outputs job (worker): find the files a task wrote under each root's output
-//! directories (new, or changed since sync-inputs), upload them, then publish each root's output
-//! manifest under the task's output key.
+//! directories (new, or changed since sync-inputs or since another task of the session
+//! published them), upload them, then publish each root's output manifest under the task's
+//! output key.
 
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -11,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 use super::attachments::{Attachments, local_root};
 use super::hash::{HashJobError, HashSpec, hash_chosen};
 use super::put::{PutError, run_with};
-use super::sync_inputs::read_record;
+use super::sync_inputs::{read_manifest_file, read_record};
 use super::{Cancelled, detached};
 use crate::hash::ContentHash;
 use crate::hash::cache::{CacheRecord, HashCache};
-use crate::manifest::{Manifest, ManifestEntry, ManifestPath, PathRules, json_quote};
+use crate::manifest::{Manifest, ManifestEntry, ManifestPath, PathRules, json_quote, merge};
 use crate::scan::FileStat;
 use crate::scan::{ScanOptions, ScanOutcome, ScannedFile, dedup_by_path, scan_under_keeping};
 use crate::store::PutOptions;
@@ -125,16 +126,24 @@ pub async fn run(
                 m.root_path
             );
         }
-        let (local2, dirs, session, hash_spec) = (
+        let (local2, dirs, session, hash_spec, task) = (
             local.clone(),
             dirs.clone(),
             spec.session_dir.clone(),
             spec.hash.clone(),
+            spec.task_id.clone(),
         );
         let put = run_with(
             move |sink, job| {
                 hash_chosen(&local2, &hash_spec, sink, job, |job| {
-                    changed_outputs(&local2, &dirs, &session, &hash_spec.scan.filter, job)
+                    changed_outputs(
+                        &local2,
+                        &dirs,
+                        &session,
+                        task.as_deref(),
+                        &hash_spec.scan,
+                        job,
+                    )
                 })
             },
             transfer.clone(),
@@ -166,6 +175,8 @@ pub async fn run(
                 .collect(),
             _ => Vec::new(),
         };
+        // What the session's next sync-outputs compares with, once this one is published.
+        let published_now = (!transfer.dry_run).then(|| manifest.clone());
         // The data is all there: publish the manifest.
         let bytes = bytes::Bytes::from(super::encode_off_worker(manifest).await);
         let rel = keys.for_root(m.file_system_location_name.as_deref(), &m.root_path);
@@ -183,6 +194,18 @@ pub async fn run(
                 .run(cancel, || transfer.store.put(&key, bytes.clone(), &opts))
                 .await
                 .map_err(PutError::Transfer)?;
+        }
+        if let Some(outputs) = published_now {
+            let (session, local, task) = (
+                spec.session_dir.clone(),
+                local.clone(),
+                spec.task_id.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                record_outputs(&session, &local, task.as_deref(), outputs)
+            })
+            .await
+            .expect("recording outputs panicked");
         }
         if let Some(cache) = transfer.content_cache.clone()
             && !keep.is_empty()
@@ -212,6 +235,61 @@ pub async fn run(
         roots,
         dry_run: transfer.dry_run,
     })
+}
+
+/// Where the session's sync-outputs record what each task published from `local_root`:
+/// one file per task (`step` for a chunk's session action, which has no task id).
+fn published_dir(session_dir: &Path, local_root: &Path) -> PathBuf {
+    let id = ContentHash::of(local_root.as_os_str().as_encoded_bytes());
+    session_dir
+        .join(".attache")
+        .join("outputs")
+        .join(id.to_string())
+}
+
+fn published_path(session_dir: &Path, local_root: &Path, task: Option<&str>) -> PathBuf {
+    published_dir(session_dir, local_root).join(format!("{}.manifest", task.unwrap_or("step")))
+}
+
+/// What the session's other tasks published from `local`, oldest first (so that, merged, the
+/// latest publication of a path wins).
+fn published_by_others(session_dir: &Path, local: &Path, task: Option<&str>) -> Vec<Manifest> {
+    let mine = published_path(session_dir, local, task);
+    let Ok(entries) = std::fs::read_dir(published_dir(session_dir, local)) else {
+        return Vec::new();
+    };
+    let mut records: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "manifest") && *p != mine)
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    records.sort();
+    records
+        .into_iter()
+        .filter_map(|(_, p)| read_manifest_file(&p))
+        .collect()
+}
+
+/// Adds the outputs just published from `local` to the session's record of what this task
+/// published. Deadline runs a step's tasks one after another in one session: the next task
+/// publishes only what it wrote or changed, not every frame before it again, while a run of
+/// the same task again (a retry) publishes all of its own (its latest run is what
+/// download-outputs takes). A record that cannot be written costs only that: a warning, and
+/// the next task sends them again.
+fn record_outputs(session_dir: &Path, local: &Path, task: Option<&str>, published: Manifest) {
+    let path = published_path(session_dir, local, task);
+    let all = merge(read_manifest_file(&path).into_iter().chain([published]));
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| crate::fsutil::write_atomic_with(&path, |w| all.encode_to(w)));
+    if let Err(e) = written {
+        tracing::warn!(
+            "cannot record the outputs published in {}: {e}; the session's next tasks send them again",
+            path.display()
+        );
+    }
 }
 
 /// An output just published, as it was hashed.
@@ -330,22 +408,27 @@ pub fn asset_root_metadata(root_path: &str) -> Vec<(String, String)> {
     }
 }
 
-/// Files under the output directories that sync-inputs did not place, or whose size or mtime
-/// changed since, but for those `exclude` leaves out. Symlinks may point anywhere inside the
+/// Files under the output directories that neither sync-inputs placed nor another task of
+/// the session published, or whose size or mtime changed since, but for those `exclude`
+/// leaves out. Symlinks may point anywhere inside the
 /// session directory, nowhere else.
 fn changed_outputs(
     local: &std::path::Path,
     dirs: &[String],
     session_dir: &std::path::Path,
-    filter: &crate::scan::PathFilter,
+    task: Option<&str>,
+    scan: &ScanOptions,
     cancel: &CancellationToken,
 ) -> Result<Vec<ScannedFile>, HashJobError> {
     // A million-entry record takes a second to read: a cancel does not wait for it.
     let (session, local_root) = (session_dir.to_path_buf(), local.to_path_buf());
+    let task = task.map(str::to_string);
     let record: Vec<ManifestEntry> = detached::run_blocking(cancel, move || {
-        let mut entries = read_record(&session, &local_root)
-            .map(Manifest::into_entries)
-            .unwrap_or_default();
+        // What sync-inputs placed, and what the session's other tasks published (later wins:
+        // an input a task rewrote is compared with what that task published).
+        let placed = read_record(&session, &local_root);
+        let published = published_by_others(&session, &local_root, task.as_deref());
+        let mut entries = merge(placed.into_iter().chain(published)).into_entries();
         // Byte order, to search it (a manifest is in UTF-16 order). A sorted vector rather
         // than a hash map: a million entries cost 48 MiB beside their paths, not 69.
         entries.sort_unstable_by(|a, b| a.path.as_wtf8().cmp(b.path.as_wtf8()));
@@ -364,7 +447,8 @@ fn changed_outputs(
     let opts = ScanOptions {
         follow_external_symlinks: false,
         boundary: Some(session_dir.to_path_buf()),
-        filter: filter.clone(),
+        filter: scan.filter.clone(),
+        caller: scan.caller.clone(),
     };
     let mut out = Vec::new();
     for dir in dirs {
