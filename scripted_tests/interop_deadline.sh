@@ -24,7 +24,8 @@
 #                            client (step_dependencies) and by `attache sync-inputs
 #                            --step-dependency` hold the job's inputs and all three frames, byte for byte.
 #   E  a missing input       an input that does not exist yet is a referenced path for both
-#                            tools by default: the same root and the same manifest bytes.
+#                            tools by default: the same root and the same manifest bytes; with
+#                            nothing else, the same attachments (a root with no manifest).
 #   F  asset references      a job bundle's asset_references.yaml, read by the official client's
 #                            loader and by `attache submit --asset-references`: the same root,
 #                            manifest bytes and output directories.
@@ -627,6 +628,16 @@ if ((have_submit)); then
             "$E/proj/scene/shot.ma" "$missing_input" -o "$E/official.json" \
         && step E2-attache-submit attache_submit "$E/proj/scene/shot.ma" "$E/attache.json" "$missing_input"; then
         check E3-same-manifest same_manifest "$E/official.json" "$E/attache.json"
+    fi
+    # Nothing but the missing input: a root with no manifest (its rootPath the path itself, as
+    # the official client groups a lone path), the same attachments document from both.
+    if step E4-official-upload "${OFFICIAL[@]}" upload "${QARGS[@]}" --allow-missing \
+            "$missing_input" -o "$E/official-ref.json" \
+        && step E5-attache-submit attache_submit "$missing_input" "$E/attache-ref.json"; then
+        check E6-same-attachments python3 -c 'import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+print(json.dumps(a)) if a == b else sys.exit(f"official {a}\nattache  {b}")' \
+            "$E/official-ref.json" "$E/attache-ref.json"
     fi
 else
     missing "E: attache has no 'submit' subcommand"

@@ -75,11 +75,16 @@ pub struct RootResult {
 
 #[derive(Debug, serde::Serialize)]
 pub struct SubmitReport {
-    pub attachments: Attachments,
+    /// `None` (JSON `null`): every path is under a SHARED location, and the job takes no
+    /// attachments (CreateJob's `attachments` needs a manifest entry; the official client
+    /// leaves it out).
+    pub attachments: Option<Attachments>,
     pub roots: Vec<RootResult>,
     /// Inputs that did not exist, submitted as referenced paths.
     pub missing_inputs: Vec<PathBuf>,
     pub seconds: f64,
+    /// Nothing was uploaded or published: the manifests the attachments name are not there.
+    pub dry_run: bool,
 }
 
 /// One asset root being assembled.
@@ -94,28 +99,24 @@ struct Group {
 }
 
 impl Group {
+    /// As the official client's `_get_asset_groups`: the common path of every member, its
+    /// directory when that is a file (a lone file input). A referenced directory, or a
+    /// referenced path alone, is its own root, as there.
     fn root(&self) -> PathBuf {
         if let Some(r) = &self.fixed_root {
             return r.clone();
         }
-        // A file input stands for its directory; directories and outputs for themselves.
-        let dirs = self
+        let members = self
             .inputs
             .iter()
-            .map(|p| {
-                if p.is_dir() {
-                    p.clone()
-                } else {
-                    p.parent().unwrap_or(p).to_path_buf()
-                }
-            })
-            .chain(self.outputs.iter().cloned())
-            .chain(
-                self.referenced
-                    .iter()
-                    .map(|p| p.parent().unwrap_or(p).to_path_buf()),
-            );
-        common_path(dirs).unwrap_or_else(|| PathBuf::from("/"))
+            .chain(&self.outputs)
+            .chain(&self.referenced)
+            .cloned();
+        let common = common_path(members).unwrap_or_else(|| PathBuf::from("/"));
+        match common.parent() {
+            Some(dir) if common.is_file() => dir.to_path_buf(),
+            _ => common,
+        }
     }
 }
 
@@ -222,13 +223,17 @@ pub async fn run(
     let started = std::time::Instant::now();
     let missing_inputs = refer_to_missing_inputs(&mut spec)?;
     let groups = group(&spec)?;
-    if groups
-        .values()
-        .all(|g| g.inputs.is_empty() && g.outputs.is_empty())
-    {
-        return Err(SubmitError::Input(
-            "nothing to submit: give input files or directories, or --output-dir".into(),
-        ));
+    if groups.is_empty() {
+        tracing::warn!(
+            "every path is under a SHARED storage-profile location: nothing is uploaded, and the job takes no attachments (create it without them, as `deadline bundle submit` does)"
+        );
+        return Ok(SubmitReport {
+            attachments: None,
+            roots: Vec::new(),
+            missing_inputs,
+            seconds: started.elapsed().as_secs_f64(),
+            dry_run: transfer.dry_run,
+        });
     }
     let mut attachments = Attachments {
         manifests: Vec::new(),
@@ -292,10 +297,11 @@ pub async fn run(
         publish(&transfer, to_publish, cancel).await?;
     }
     Ok(SubmitReport {
-        attachments,
+        attachments: Some(attachments),
         roots,
         missing_inputs,
         seconds: started.elapsed().as_secs_f64(),
+        dry_run: transfer.dry_run,
     })
 }
 
@@ -493,11 +499,34 @@ mod tests {
             "{roots:?}"
         );
         assert_eq!(roots.len(), 2, "shared inputs are not uploaded: {roots:?}");
-        let single = group(&spec(&["/proj/a/x.ma"], &[])).unwrap();
+
+        // As the official client: the common path of the members, its directory when that is
+        // a file; a referenced directory or a lone referenced path is its own root.
+        let t = tempfile::tempdir().unwrap();
+        let (scene, refs) = (t.path().join("a/x.ma"), t.path().join("refs"));
+        std::fs::create_dir_all(scene.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(&refs).unwrap();
+        std::fs::write(&scene, b"x").unwrap();
+        let root_of = |inputs: &[&Path], referenced: &[&Path]| {
+            let mut s = spec(&[], &[]);
+            s.inputs = inputs.iter().map(|p| p.to_path_buf()).collect();
+            s.referenced = referenced.iter().map(|p| p.to_path_buf()).collect();
+            let g = group(&s).unwrap();
+            assert_eq!(g.len(), 1, "{g:?}");
+            g.values().next().unwrap().root()
+        };
         assert_eq!(
-            single.values().next().unwrap().root(),
-            PathBuf::from("/proj/a"),
-            "a single file's root is its directory"
+            root_of(&[&scene], &[]),
+            t.path().join("a"),
+            "a lone file's directory"
         );
+        assert_eq!(root_of(&[], &[&refs]), refs, "a referenced directory");
+        let cache = t.path().join("sim/cache.vdb");
+        assert_eq!(
+            root_of(&[], &[&cache]),
+            cache,
+            "a lone path that does not exist"
+        );
+        assert_eq!(root_of(&[&scene], &[&cache]), t.path(), "the common path");
     }
 }
