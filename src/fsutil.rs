@@ -1,6 +1,8 @@
 //! Small file-system helpers shared by commands and jobs; `staged` holds files that get their
-//! name only when complete, `group` gives placed files to the group a job runs as.
+//! name only when complete, `group` gives placed files to the group a job runs as, `access`
+//! says what another user may do with a path (the daemon acting for its clients).
 
+pub mod access;
 pub mod group;
 pub mod staged;
 
@@ -8,14 +10,47 @@ use std::io::Write;
 use std::path::Path;
 
 /// Advice to append to the message of an I/O error the user can fix on their side: a full
-/// filesystem or a used-up disk quota. Empty for any other error.
-pub fn io_advice(e: &std::io::Error) -> &'static str {
+/// filesystem or a used-up disk quota, a refusal (naming the user refused), a read-only
+/// mount. Empty for any other error.
+pub fn io_advice(e: &std::io::Error) -> std::borrow::Cow<'static, str> {
     match e.kind() {
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-            ". The filesystem is full or a disk quota is used up: free some space on it and run again"
+            ". The filesystem is full or a disk quota is used up: free some space on it and run again".into()
         }
-        _ => "",
+        // A daemon runs as a service user, a job as another OS user, an NFS export squashes
+        // root: who was refused is what to check first.
+        std::io::ErrorKind::PermissionDenied => format!(
+            ". attache runs as {}: give it access to that path, or choose another",
+            running_user()
+        )
+        .into(),
+        std::io::ErrorKind::ReadOnlyFilesystem => {
+            ". The filesystem is mounted read-only: choose a path on a writable one".into()
+        }
+        _ => "".into(),
     }
+}
+
+/// The user this process runs as, by name when the machine knows it: `user render (uid
+/// 1001)`.
+pub fn running_user() -> String {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    match user_name(uid) {
+        Some(n) => format!("user {n} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// The name of user `uid`, when this machine knows it.
+pub fn user_name(uid: u32) -> Option<String> {
+    // SAFETY: getpwuid returns NULL or a pointer valid until the next call, read at once.
+    let pw = unsafe { libc::getpwuid(uid) };
+    (!pw.is_null()).then(|| {
+        unsafe { std::ffi::CStr::from_ptr((*pw).pw_name) }
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
@@ -221,12 +256,23 @@ mod tests {
     use std::os::unix::fs::FileTypeExt;
 
     #[test]
-    fn a_full_disk_or_quota_gets_advice_other_errors_none() {
+    fn a_full_disk_a_refusal_or_a_read_only_mount_gets_advice_other_errors_none() {
         for errno in [libc::ENOSPC, libc::EDQUOT] {
             let advice = io_advice(&std::io::Error::from_raw_os_error(errno));
             assert!(advice.contains("free some space"), "{errno}: {advice}");
         }
-        for errno in [libc::ENOENT, libc::EACCES, libc::EIO] {
+        // SAFETY: geteuid cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        for errno in [libc::EACCES, libc::EPERM] {
+            let advice = io_advice(&std::io::Error::from_raw_os_error(errno));
+            assert!(
+                advice.contains("attache runs as ") && advice.contains(&format!("uid {uid}")),
+                "{errno}: {advice}"
+            );
+        }
+        let advice = io_advice(&std::io::Error::from_raw_os_error(libc::EROFS));
+        assert!(advice.contains("mounted read-only"), "{advice}");
+        for errno in [libc::ENOENT, libc::EIO] {
             assert_eq!(io_advice(&std::io::Error::from_raw_os_error(errno)), "");
         }
     }

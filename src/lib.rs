@@ -13,7 +13,7 @@ pub mod config;
 /// socket or another's listener).
 pub mod daemon;
 /// Small file-system helpers: atomic writes, files staged unnamed until complete, placed files
-/// given to the group a job runs as.
+/// given to the group a job runs as, what another user may do with a path.
 pub mod fsutil;
 /// Content hashing: XXH3-128 hash type, file hashing, parallel hasher, hash cache and recorder.
 pub mod hash;

@@ -69,6 +69,9 @@ pub struct ScanOptions {
     /// Paths left out (and, with inclusion patterns, the only files taken), matched against
     /// the path as the manifest spells it; an excluded directory is not entered.
     pub filter: PathFilter,
+    /// The daemon's client, when it is another user: a file or directory its user may not
+    /// read is refused, not read for it.
+    pub caller: Option<std::sync::Arc<crate::fsutil::access::Caller>>,
 }
 
 /// A problem with one path of the tree.
@@ -93,6 +96,9 @@ pub enum ScanError {
     SpecialFile { path: PathBuf, kind: &'static str },
     #[error("{path}: not a directory; pass the directory that holds it")]
     RootNotDirectory { path: PathBuf },
+    /// The daemon scans for a client whose user may not read this.
+    #[error(transparent)]
+    NotTheCallers(#[from] crate::fsutil::access::Refused),
 }
 
 /// Every problem found in a tree (the walk goes on past the first, so a user can fix them all).
@@ -363,6 +369,18 @@ impl<'a> Walker<'a> {
             }
         };
         let ft = meta.file_type();
+        if let Some(caller) = &self.opts.caller {
+            use crate::fsutil::access::{READ, Refused, SEARCH};
+            let want = if ft.is_dir() { READ | SEARCH } else { READ };
+            if !caller.allows(&meta, want) {
+                return Err(Refused {
+                    path: path.to_path_buf(),
+                    who: caller.describe(),
+                    what: "read",
+                }
+                .into());
+            }
+        }
         if ft.is_file() {
             Ok(Some(Found::File(meta)))
         } else if ft.is_dir() {
@@ -395,7 +413,7 @@ impl<'a> Walker<'a> {
             let what_to_do = if self.opts.boundary.is_some() {
                 "a task's outputs are the files inside its session directory: write them there, not a link to them"
             } else {
-                "copy the file into the root, or pass --follow-external-symlinks (hash.follow_external_symlinks) to hash the target"
+                "copy the file into the root, or set hash.follow_external_symlinks = true to hash the target (ATTACHE_HASH__FOLLOW_EXTERNAL_SYMLINKS=true for one run; `hash` and `manifest verify` also take --follow-external-symlinks)"
             };
             return Err(ScanError::EscapingSymlink {
                 path: path.to_path_buf(),

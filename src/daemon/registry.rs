@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use super::metrics::Metrics;
 use super::shared::Shared;
 use super::slots::{DEFAULT_PRIORITY, Slots, Turn};
+use crate::fsutil::access::Caller;
 use crate::jobs::spec::{JobError, JobSpec};
 use crate::progress::{Progress, ProgressSnapshot};
 
@@ -112,6 +113,9 @@ pub struct Job {
     record: Mutex<JobRecord>,
     progress: Arc<Progress>,
     cancel: CancellationToken,
+    /// The client that asked for the job, when it is another user: the job reads and writes
+    /// only what that user could.
+    caller: Option<Arc<Caller>>,
     /// Bumped at every state change, so event streams wake at once.
     changed: watch::Sender<u64>,
 }
@@ -194,6 +198,8 @@ impl Registry {
                 record: Mutex::new(record.clone()),
                 progress: Arc::default(),
                 cancel: CancellationToken::new(),
+                // Ended: it runs no more (a retry is the retrying client's).
+                caller: None,
                 changed,
             };
             jobs.insert(record.id.clone(), Arc::new(job));
@@ -265,9 +271,23 @@ impl Registry {
     }
 
     /// Validates and starts a job. Its id is returned at once; it runs in the background.
-    pub fn submit(self: &Arc<Self>, spec: JobSpec, priority: u8) -> Result<JobRecord, JobError> {
+    /// Starts a job for `caller` (`None`: a client of the daemon's own user, or root).
+    pub fn submit(
+        self: &Arc<Self>,
+        spec: JobSpec,
+        priority: u8,
+        caller: Option<Arc<Caller>>,
+    ) -> Result<JobRecord, JobError> {
+        // Before a job bundle is read for it, and again for the paths the bundle gave.
+        if let Some(c) = &caller {
+            spec.check_caller(c)?;
+        }
         // Read now, so the record (and a retry) holds the paths the job was given.
-        self.start(spec.take_asset_references()?, None, priority)
+        let spec = spec.take_asset_references()?;
+        if let Some(c) = &caller {
+            spec.check_caller(c)?;
+        }
+        self.start(spec, None, priority, caller)
     }
 
     /// Changes a queued job's priority (a running or finished one holds its slot, or needs
@@ -294,7 +314,11 @@ impl Registry {
     /// (`retry_of` names the old one): an upload resumes what the first run left open, a
     /// download or sync skips what is already in place. A job that succeeded, or is still
     /// queued or running, is refused.
-    pub fn retry(self: &Arc<Self>, id: &str) -> Result<JobRecord, RetryError> {
+    pub fn retry(
+        self: &Arc<Self>,
+        id: &str,
+        caller: Option<Arc<Caller>>,
+    ) -> Result<JobRecord, RetryError> {
         // One retry of a job at a time: two wranglers retrying it together make one new job.
         let _one_at_a_time = self.retrying.lock().expect("not poisoned");
         let old = self
@@ -327,7 +351,11 @@ impl Registry {
                 state: state.name(),
             });
         }
-        Ok(self.start(old.spec, Some(old.id), old.priority)?)
+        // The new job is the retrying client's: what it may read and write.
+        if let Some(c) = &caller {
+            old.spec.check_caller(c)?;
+        }
+        Ok(self.start(old.spec, Some(old.id), old.priority, caller)?)
     }
 
     fn start(
@@ -335,6 +363,7 @@ impl Registry {
         spec: JobSpec,
         retry_of: Option<String>,
         priority: u8,
+        caller: Option<Arc<Caller>>,
     ) -> Result<JobRecord, JobError> {
         spec.validate()?;
         if self.root.is_cancelled() {
@@ -365,6 +394,7 @@ impl Registry {
             record: Mutex::new(record.clone()),
             progress: Arc::default(),
             cancel: self.root.child_token(),
+            caller,
             changed,
         });
         self.jobs
@@ -421,13 +451,23 @@ impl Registry {
             .map(str::to_string)
             .unwrap_or_else(|| settings.store.url.clone());
         let kind = spec.kind();
+        tracing::info!(
+            job = %job.snapshot().id,
+            kind,
+            on = %spec.describe(),
+            store = %url,
+            "job started"
+        );
         let run = async {
             match self
                 .shared
                 .transfer_for(&url, &settings, job.progress.clone())
                 .await
             {
-                Ok(t) => spec.run(&settings, t, &job.cancel).await,
+                Ok(t) => {
+                    spec.run(&settings, t, &job.cancel, job.caller.clone())
+                        .await
+                }
                 Err(e) => Err(JobError::Open(e)),
             }
         };
@@ -458,7 +498,21 @@ impl Registry {
         if state == JobState::Succeeded {
             self.metrics.job_succeeded(kind, ms(ran_ms));
         }
-        tracing::info!(job = %job.snapshot().id, state = ?state, "job finished");
+        // A failure says why in the daemon's log too: a farm reads the service's journal,
+        // not each client's output.
+        let record = job.snapshot();
+        match (&record.error, state) {
+            (Some(error), JobState::Failed) => {
+                tracing::warn!(job = %record.id, kind, %error, "job failed");
+            }
+            _ => tracing::info!(
+                job = %record.id,
+                kind,
+                state = ?state,
+                seconds = ran_ms as f64 / 1000.0,
+                "job finished"
+            ),
+        }
         self.forget_old_jobs();
         if self.active() == 0 {
             // Idle: give back what the job freed (a blocking call: it walks the heap).

@@ -86,6 +86,17 @@ pub fn group_id(name: &str) -> Option<u32> {
     (!g.is_null()).then(|| unsafe { (*g).gr_gid })
 }
 
+/// The name of group `gid`, when this machine knows it.
+pub fn group_name(gid: u32) -> Option<String> {
+    // SAFETY: getgrgid returns NULL or a pointer valid until the next call, read at once.
+    let g = unsafe { libc::getgrgid(gid) };
+    (!g.is_null()).then(|| {
+        unsafe { std::ffi::CStr::from_ptr((*g).gr_name) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,9 @@ pub struct DownloadOutputsSpec {
     pub cache_dir: Option<PathBuf>,
     /// Which of the outputs to fetch (`--exclude`, `--include`); default: all.
     pub pick: crate::scan::PathFilter,
+    /// The daemon's client, when it is another user: every destination must be one its user
+    /// may write in (the roots come from the store, which the client may have written).
+    pub caller: Option<Arc<crate::fsutil::access::Caller>>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -201,15 +204,28 @@ pub async fn run(
             ),
         });
     }
-    let mut roots = Vec::new();
-    for (root_path, manifests) in by_root {
-        let count = manifests.len();
-        let destination = spec
-            .root_map
+    let destination_of = |root_path: &str| {
+        spec.root_map
             .iter()
             .find(|(from, _)| *from == root_path)
             .map(|(_, to)| to.clone())
-            .unwrap_or_else(|| PathBuf::from(&root_path));
+            .unwrap_or_else(|| PathBuf::from(root_path))
+    };
+    if let Some(caller) = &spec.caller {
+        for root_path in by_root.keys() {
+            let destination = destination_of(root_path);
+            caller
+                .may_write_in(&destination)
+                .map_err(|refused| TransferError::Refused {
+                    path: destination.clone(),
+                    message: format!("nothing was downloaded: {refused}"),
+                })?;
+        }
+    }
+    let mut roots = Vec::new();
+    for (root_path, manifests) in by_root {
+        let count = manifests.len();
+        let destination = destination_of(&root_path);
         let mut manifest = merge(manifests);
         let left_out = manifest.retain(|e| spec.pick.takes_path(e.path.as_wtf8()));
         let get_spec = GetSpec {

@@ -1,0 +1,198 @@
+//! What another user may do with a path, by its mode bits: the daemon, which runs as a service
+//! user, acts for a client on its socket with that client's rights, so that a user allowed to
+//! use the socket cannot have the daemon read or write what the user could not (its token,
+//! its TLS key, its store credentials, another user's files).
+//!
+//! POSIX permission bits only: an ACL that grants more is not seen (the request is refused;
+//! the user runs the command without `--daemon`), one that takes away is not either (the
+//! group and other bits still have to allow it).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Read, write and search (execute) in a mode's bits.
+pub const READ: u32 = 4;
+pub const WRITE: u32 = 2;
+pub const SEARCH: u32 = 1;
+
+/// A client's user: its ids and its groups, as the kernel gave them for its connection. Not
+/// made for root or the daemon's own user, who may do anything the daemon may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    /// Its supplementary groups (with `gid`).
+    pub groups: Vec<u32>,
+}
+
+/// A path the caller may not use as the job would, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "{path}: {who} may not {what} it, and the daemon does for a client only what the client's user could do itself (run the command without --daemon, or ask the owner for access)"
+)]
+pub struct Refused {
+    pub path: PathBuf,
+    pub who: String,
+    pub what: &'static str,
+}
+
+impl Caller {
+    /// The user of a peer process (`SO_PEERCRED`): its groups from `/proc/<pid>/status` (those
+    /// the process has now), else its primary group alone.
+    pub fn of_peer(uid: u32, gid: u32, pid: Option<i32>) -> Caller {
+        let mut groups = pid
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .and_then(|status| {
+                status.lines().find_map(|l| {
+                    l.strip_prefix("Groups:").map(|ids| {
+                        ids.split_whitespace()
+                            .filter_map(|g| g.parse().ok())
+                            .collect::<Vec<u32>>()
+                    })
+                })
+            })
+            .unwrap_or_default();
+        groups.push(gid);
+        groups.sort_unstable();
+        groups.dedup();
+        Caller { uid, gid, groups }
+    }
+
+    /// Whether `meta`'s mode gives this user the `want` bits (READ, WRITE, SEARCH, or'ed):
+    /// the owner's bits for its owner, the group's for a member, the others' for the rest.
+    pub fn allows(&self, meta: &std::fs::Metadata, want: u32) -> bool {
+        let mode = meta.mode();
+        let bits = if meta.uid() == self.uid {
+            mode >> 6
+        } else if self.groups.contains(&meta.gid()) {
+            mode >> 3
+        } else {
+            mode
+        } & 7;
+        bits & want == want
+    }
+
+    /// For messages: `user render (uid 1001)`.
+    pub fn describe(&self) -> String {
+        match crate::fsutil::user_name(self.uid) {
+            Some(name) => format!("user {name} (uid {})", self.uid),
+            None => format!("uid {}", self.uid),
+        }
+    }
+
+    fn refused(&self, path: &Path, what: &'static str) -> Refused {
+        Refused {
+            path: path.to_path_buf(),
+            who: self.describe(),
+            what,
+        }
+    }
+
+    /// Every directory above `path` may be searched (entered).
+    fn may_reach(&self, path: &Path) -> Result<(), Refused> {
+        for dir in path.ancestors().skip(1) {
+            if dir.as_os_str().is_empty() {
+                continue;
+            }
+            if let Ok(meta) = std::fs::metadata(dir)
+                && !self.allows(&meta, SEARCH)
+            {
+                return Err(self.refused(dir, "enter"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The caller may read `path` (a file; a directory: list and enter it). A path that does
+    /// not exist is not refused here: the job says what it does with it.
+    pub fn may_read(&self, path: &Path) -> Result<(), Refused> {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(());
+        };
+        self.may_reach(path)?;
+        let want = if meta.is_dir() { READ | SEARCH } else { READ };
+        match self.allows(&meta, want) {
+            true => Ok(()),
+            false => Err(self.refused(path, "read")),
+        }
+    }
+
+    /// The caller may write in directory `path`, or make it: its nearest existing directory
+    /// (itself, or the closest one above it) lets the caller add entries.
+    pub fn may_write_in(&self, path: &Path) -> Result<(), Refused> {
+        let Some((dir, meta)) = path
+            .ancestors()
+            .find_map(|d| std::fs::metadata(d).ok().map(|m| (d, m)))
+        else {
+            return Ok(());
+        };
+        self.may_reach(dir)?;
+        match self.allows(&meta, WRITE | SEARCH) {
+            true => Ok(()),
+            false => Err(self.refused(dir, "write in")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn the_owner_s_group_s_or_other_s_bits_decide() {
+        let t = tempfile::tempdir().unwrap();
+        mode(t.path(), 0o755);
+        let secret = t.path().join("token");
+        std::fs::write(&secret, b"s3cr3t").unwrap();
+        let meta = || std::fs::metadata(&secret).unwrap();
+        let (uid, gid) = (meta().uid(), meta().gid());
+        let owner = Caller {
+            uid: uid + 1000,
+            gid: gid + 1000,
+            groups: vec![gid + 1000],
+        };
+        let stranger = owner.clone();
+        let owner = Caller { uid, ..owner };
+        let member = Caller {
+            groups: vec![gid],
+            ..stranger.clone()
+        };
+        mode(&secret, 0o640);
+        assert!(owner.allows(&meta(), READ | WRITE));
+        assert!(member.allows(&meta(), READ) && !member.allows(&meta(), WRITE));
+        assert!(!stranger.allows(&meta(), READ));
+        let refused = stranger.may_read(&secret).unwrap_err();
+        assert_eq!(
+            (refused.path.as_path(), refused.what),
+            (secret.as_path(), "read")
+        );
+        mode(&secret, 0o644);
+        stranger.may_read(&secret).unwrap();
+        // A directory closed to others keeps what is in it from them, whatever its mode.
+        let dir = t.path().join("private");
+        std::fs::create_dir(&dir).unwrap();
+        let inside = dir.join("frame.exr");
+        std::fs::write(&inside, b"x").unwrap();
+        mode(&inside, 0o644);
+        mode(&dir, 0o700);
+        let refused = stranger.may_read(&inside).unwrap_err();
+        assert_eq!(
+            (refused.path.as_path(), refused.what),
+            (dir.as_path(), "enter")
+        );
+        assert_eq!(
+            stranger
+                .may_write_in(&dir.join("new/deeper"))
+                .unwrap_err()
+                .path,
+            dir
+        );
+        mode(&dir, 0o777);
+        stranger.may_write_in(&dir.join("new/deeper")).unwrap();
+    }
+}
