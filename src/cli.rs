@@ -51,7 +51,8 @@ struct GlobalArgs {
     /// Config file (default: $XDG_CONFIG_HOME/attache/config.toml, then /etc/attache/config.toml).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Log filter, e.g. "debug" or "attache=debug" [config: log.level].
+    /// Log filter, e.g. "debug" (the AWS SDK's and HTTP stack's crates stay at info unless
+    /// named: "debug,aws_smithy_runtime=debug") or "attache=debug" [config: log.level].
     #[arg(long, global = true, value_name = "FILTER")]
     log_level: Option<String>,
     /// Log format: text or json [config: log.format].
@@ -115,6 +116,8 @@ enum Command {
     /// Show or change the daemon's bandwidth limits while it runs (every transfer, those in
     /// flight too), for a while or until reset.
     Bwlimit(bwlimit_cmd::BwlimitArgs),
+    /// Make the daemon read its config again (as SIGHUP), and say whether it took it.
+    Reload(daemon_cmd::ReloadArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff): `attache man > attache.1`.
@@ -181,8 +184,8 @@ fn describe(e: &anyhow::Error) -> String {
     // A full disk, wherever it was met (a manifest written with -o, ...): what to do, once.
     if let Some(io) = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>()) {
         let advice = crate::fsutil::io_advice(io);
-        if !text.contains(advice) {
-            text.push_str(advice);
+        if !text.contains(&*advice) {
+            text.push_str(&advice);
         }
     }
     text
@@ -256,6 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Retry(_)
         | Command::Priority(_)
         | Command::Bwlimit(_)
+        | Command::Reload(_)
         | Command::Completions { .. }
         | Command::Man => {}
     }
@@ -274,6 +278,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     crate::logging::init(&loaded.settings.log);
     if let Some(file) = &loaded.file {
         tracing::debug!(config = %file.display(), "config loaded");
+        let secrets = config::secrets_open_to_others(file);
+        if !secrets.is_empty() {
+            tracing::warn!(
+                "config file {} holds {} and every user of this machine can read it: chmod 600 it (640 with the daemon's group), or give the keys through the environment or an AWS profile",
+                file.display(),
+                secrets.join(", ")
+            );
+        }
     }
     let ctx = Context {
         settings: loaded.settings,
@@ -301,6 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retry(a) => daemon_cmd::retry(&ctx, a),
         Command::Priority(a) => daemon_cmd::priority(&ctx, a),
         Command::Bwlimit(a) => bwlimit_cmd::run(&ctx, a),
+        Command::Reload(a) => daemon_cmd::reload(&ctx, a),
         Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the config is loaded")
         }
@@ -498,12 +511,25 @@ mod tests {
         let text = describe(&anyhow::Error::from(already));
         assert_eq!(text.matches("free some space").count(), 1, "{text}");
 
+        // A refusal names the user refused (a daemon's service user, an NFS export's
+        // squashed root), once.
         let denied = Err::<(), _>(std::io::Error::from_raw_os_error(libc::EACCES))
             .context("writing /out/m.json")
             .unwrap_err();
+        let text = describe(&denied);
+        assert!(
+            text.starts_with(
+                "writing /out/m.json: Permission denied (os error 13). attache runs as "
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("attache runs as").count(), 1, "{text}");
+        let enoent = Err::<(), _>(std::io::Error::from_raw_os_error(libc::ENOENT))
+            .context("reading /in/m.json")
+            .unwrap_err();
         assert_eq!(
-            describe(&denied),
-            "writing /out/m.json: Permission denied (os error 13)"
+            describe(&enoent),
+            "reading /in/m.json: No such file or directory (os error 2)"
         );
     }
 }

@@ -12,7 +12,8 @@ Houdini, Nuke and Blender): copy it next to the plugin.
         p = record["progress"]
         print(record["state"], p["bytes_done"], "of", p["bytes_total"])
     if record["state"] == "succeeded":
-        attachments = record["result"]["attachments"]   # for CreateJob's "attachments"
+        attachments = record["result"]["attachments"]   # for CreateJob's "attachments";
+        # None when every path is on SHARED storage: create the job without attachments
 
     # Another machine's daemon (its daemon.listen), with a copy of its token:
     worker = Daemon(url="https://render042:7070", token_file="~/farm.token",
@@ -45,11 +46,21 @@ class DaemonError(Exception):
         self.field = field
 
 
+SYSTEM_SOCKET = "/run/attache/attache.sock"
+# The states a job ends in.
+FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+
+
 def default_socket():
-    """The daemon's socket when daemon.socket is not set."""
+    """The daemon's socket when daemon.socket is not set: the login's, in $XDG_RUNTIME_DIR;
+    when no daemon is there and the system service's socket is, that one (as the CLI)."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = os.path.join(runtime, "attache") if runtime else "/run/attache"
-    return os.path.join(base, "attache.sock")
+    if not runtime:
+        return SYSTEM_SOCKET
+    mine = os.path.join(runtime, "attache", "attache.sock")
+    if not os.path.exists(mine) and os.path.exists(SYSTEM_SOCKET):
+        return SYSTEM_SOCKET
+    return mine
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -113,9 +124,17 @@ class Daemon:
             raise DaemonError(0, "cannot reach the attache daemon: %s" % e) from e
         if resp.status >= 400:
             try:
-                reply = json.loads(resp.read() or b"null") or {}
+                body = resp.read()
             finally:
                 conn.close()
+            try:
+                reply = json.loads(body or b"null")
+            except ValueError:
+                reply = None
+            if not isinstance(reply, dict):
+                # Not the daemon's JSON refusal (a proxy's page): its text, still a DaemonError.
+                text = body.decode("utf-8", "replace").strip()
+                reply = {"error": text or resp.reason}
             raise DaemonError(resp.status, reply.get("error", resp.reason), reply.get("field"))
         return conn, resp
 
@@ -167,15 +186,26 @@ class Daemon:
 
     def events(self, job_id):
         """Yields the job's record at every change and every 250 ms, until it ends (the last
-        one yielded is its final record)."""
+        one yielded is its final record). Raises DaemonError (status 0) when the stream stops
+        before the job has ended: the daemon stopped or the connection broke, and the job's
+        outcome is not known (ask job() once the daemon is back; retry() runs it again)."""
         # No read timeout: a queued job may wait long between two records' worth of change.
         conn, resp = self._send("GET", "/v1/jobs/%s/events" % quote(job_id), timeout=None)
+        record, broken = None, None
         try:
             for line in resp:
                 if line.strip():
-                    yield json.loads(line)
+                    record = json.loads(line)
+                    yield record
+        except (OSError, http.client.HTTPException) as e:
+            broken = e
         finally:
             conn.close()
+        if record is None or record.get("state") not in FINAL_STATES:
+            state = record.get("state") if record else "unknown"
+            raise DaemonError(0, "job %s was cut off: the daemon stopped answering while it "
+                              "was %s; ask again once it is back (retry() runs it again)"
+                              % (job_id, state)) from broken
 
     def wait(self, job_id):
         """Waits for the job to end; returns its final record."""

@@ -114,6 +114,15 @@ pub(crate) fn ask_all<T: Send>(
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "As SIGHUP (`systemctl reload attache` runs it), but the outcome is told: exit 0 once the daemon runs with the config file as it is now; exit 1 and the daemon's reason when it keeps the one it had (a key it cannot use), exit 2 when this command cannot read the file itself.\nExamples:\n  attache reload\n  attache reload --daemon-url \"$FARM\"      # every worker, after a config rollout"
+)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub daemon: DaemonUrlArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct JobArgs {
     /// The job's id (from `attache jobs` or the submit reply).
     pub id: String,
@@ -218,8 +227,27 @@ pub fn daemon(ctx: &Context) -> anyhow::Result<ExitCode> {
     // Jobs have cleaned up by now; a blocking call that does not return (a `stat` on a network
     // mount that hangs) must not keep the service from stopping.
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
-    served?;
+    served.map_err(|e| match e.is_setting() {
+        true => anyhow::Error::new(UsageError {
+            message: e.to_string(),
+        }),
+        false => e.into(),
+    })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `attache reload`: the daemon reads its config again (`POST /v1/reload`), and says whether
+/// it took it.
+pub fn reload(ctx: &Context, a: ReloadArgs) -> anyhow::Result<ExitCode> {
+    let daemons = a.daemon.addresses(&ctx.settings)?;
+    let (reloaded, failed) = ask_all(&daemons, |at| call(at, HttpMethod::POST, "/v1/reload"))?;
+    for (at, _) in reloaded {
+        eprintln!("{}: config reloaded", at.describe());
+    }
+    Ok(match failed {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
+    })
 }
 
 pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {

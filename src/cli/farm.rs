@@ -305,7 +305,7 @@ fn execute(
         ctx,
         spec.store().map(str::to_string),
         label,
-        |t, cancel| async move { Ok(spec.run(&settings, t, &cancel).await?) },
+        |t, cancel| async move { Ok(spec.run(&settings, t, &cancel, None).await?) },
     )?;
     Ok(serde_json::to_value(output)?)
 }

@@ -32,6 +32,7 @@ use super::metrics::Metrics;
 use super::registry::{JobState, PriorityError, Registry, RetryError};
 use super::shared::Shared;
 use super::slots::{DEFAULT_PRIORITY, MAX_PRIORITY};
+use crate::fsutil::access::Caller;
 use crate::jobs::spec::{JobError, JobSpec};
 
 pub struct Api {
@@ -66,7 +67,50 @@ pub fn router(api: Arc<Api>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn_with_state(api.clone(), auth))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(api)
+}
+
+/// Every refusal as `{"error", "field"}`, also those axum makes itself (a query that does
+/// not parse, a body over the limit, a method the route does not take): a client reads one
+/// shape, and its JSON parser never meets a plain-text reply.
+async fn json_errors(res: Response) -> Response {
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(res.status().is_client_error() || res.status().is_server_error()) || is_json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = match (text.is_empty(), parts.headers.get(header::ALLOW)) {
+        (true, Some(allow)) => format!(
+            "method not allowed: this route takes {} only; see the README's API table",
+            allow.to_str().unwrap_or_default()
+        ),
+        (true, None) => parts
+            .status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_string(),
+        (false, _) => text,
+    };
+    // "Failed to deserialize query string: last: invalid digit …" names `last`.
+    let field = message
+        .strip_prefix("Failed to deserialize query string: ")
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(f, _)| f.to_string())
+        .filter(|f| !f.contains(' '))
+        .or_else(|| field_of(&message));
+    let mut out = error(parts.status, &message, field.as_deref());
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
@@ -126,7 +170,54 @@ fn priority_of(value: Option<serde_json::Value>) -> Result<u8, Box<Response>> {
     }
 }
 
-async fn create(State(api): State<Arc<Api>>, body: Bytes) -> Response {
+/// The client of the Unix socket, when it is another user than the daemon's (and not root),
+/// set by [`peer`]: its jobs read and write only what its user could.
+pub type CallerExt = Option<axum::Extension<Arc<Caller>>>;
+
+/// For the Unix socket's router: the peer's user (`SO_PEERCRED`), for the handlers that start
+/// jobs. A client of the daemon's own user, or root, may do what the daemon may.
+pub async fn peer(
+    axum::extract::ConnectInfo(cred): axum::extract::ConnectInfo<Peer>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if let Some(c) = cred.0.filter(|c| c.uid() != me && c.uid() != 0) {
+        let caller = Caller::of_peer(c.uid(), c.gid(), c.pid());
+        req.extensions_mut().insert(Arc::new(caller));
+    }
+    next.run(req).await
+}
+
+/// What the kernel says of a Unix socket connection's other end.
+#[derive(Clone, Debug)]
+pub struct Peer(Option<tokio::net::unix::UCred>);
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        Peer(stream.io().peer_cred().ok())
+    }
+}
+
+/// A job refused: 400 naming the field, 403 for what the client's user may not do.
+fn refused_job(e: JobError) -> Response {
+    match e {
+        JobError::Invalid { field, message } => error(
+            StatusCode::BAD_REQUEST,
+            &format!("{field}: {message}"),
+            Some(field),
+        ),
+        e @ JobError::NotTheCallers(_) => error(StatusCode::FORBIDDEN, &e.to_string(), None),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+    }
+}
+
+async fn create(State(api): State<Arc<Api>>, caller: CallerExt, body: Bytes) -> Response {
     // The priority is the job's, not its spec's: taken out before the spec is read.
     let (spec, priority) = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Object(mut fields)) => {
@@ -156,14 +247,9 @@ async fn create(State(api): State<Arc<Api>>, body: Bytes) -> Response {
             );
         }
     };
-    match api.registry.submit(spec, priority) {
+    match api.registry.submit(spec, priority, caller.map(|c| c.0)) {
         Ok(record) => (StatusCode::CREATED, axum::Json(record)).into_response(),
-        Err(JobError::Invalid { field, message }) => error(
-            StatusCode::BAD_REQUEST,
-            &format!("{field}: {message}"),
-            Some(field),
-        ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+        Err(e) => refused_job(e),
     }
 }
 
@@ -205,8 +291,8 @@ async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response
     }
 }
 
-async fn retry(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
-    match api.registry.retry(&id) {
+async fn retry(State(api): State<Arc<Api>>, Path(id): Path<String>, caller: CallerExt) -> Response {
+    match api.registry.retry(&id, caller.map(|c| c.0)) {
         Ok(record) => (StatusCode::CREATED, axum::Json(record)).into_response(),
         Err(e @ RetryError::NoSuchJob(_)) => {
             error(StatusCode::NOT_FOUND, &e.to_string(), Some("id"))
@@ -214,13 +300,9 @@ async fn retry(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response 
         Err(e @ (RetryError::NotRetryable { .. } | RetryError::AlreadyRetried { .. })) => {
             error(StatusCode::CONFLICT, &e.to_string(), Some("id"))
         }
-        // The daemon shutting down, or a spec an older version accepted and this one does not.
-        Err(RetryError::Job(JobError::Invalid { field, message })) => error(
-            StatusCode::BAD_REQUEST,
-            &format!("{field}: {message}"),
-            Some(field),
-        ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+        // The daemon shutting down, a spec an older version accepted and this one does not,
+        // or one the retrying client's user may not run.
+        Err(RetryError::Job(e)) => refused_job(e),
     }
 }
 
@@ -269,21 +351,25 @@ async fn events(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response
     // The first record at once; then each one after the wait, so that it is as fresh as it
     // can be (taken before the wait, every record was 250 ms old when it was sent).
     let stream = futures::stream::unfold(
-        (job, changes, true, false),
-        |(job, mut changes, first, done)| async move {
+        (api, job, changes, true, false),
+        |(api, job, mut changes, first, done)| async move {
             if done {
                 return None;
             }
             if !first {
                 let _ = tokio::time::timeout(Duration::from_millis(250), changes.changed()).await;
             }
-            let record = job.snapshot();
+            // As `GET /v1/jobs/{id}` answers it: a queued job with its place in the queue.
+            let record = api
+                .registry
+                .record(&job.snapshot().id)
+                .unwrap_or_else(|| job.snapshot());
             let finished = record.state.is_final();
             let mut line = serde_json::to_vec(&record).expect("records serialize");
             line.push(b'\n');
             Some((
                 Ok::<_, std::convert::Infallible>(Bytes::from(line)),
-                (job, changes, false, finished),
+                (api, job, changes, false, finished),
             ))
         },
     );

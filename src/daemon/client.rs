@@ -21,10 +21,12 @@ use crate::progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "cannot reach the attache daemon at {socket}: {message}. Start it with `attache daemon` (or `systemctl start attache`), or check daemon.socket; a transfer also runs without --daemon"
-    )]
-    Connect { socket: String, message: String },
+    #[error("cannot reach the attache daemon at {socket}: {message}. {advice}")]
+    Connect {
+        socket: String,
+        message: String,
+        advice: String,
+    },
     #[error(
         "cannot reach the attache daemon at {url}: {message}. Check that the daemon runs there with daemon.listen set to that address, and that no firewall is in the way"
     )]
@@ -99,6 +101,38 @@ impl std::fmt::Debug for DaemonAddress {
     }
 }
 
+/// The system service's socket (packaging/attache.service), and the default where no
+/// `XDG_RUNTIME_DIR` is set.
+const SYSTEM_SOCKET: &str = "/run/attache/attache.sock";
+
+const START_ADVICE: &str = "Start it with `attache daemon` (or `systemctl start attache`), or check daemon.socket; a transfer also runs without --daemon";
+
+/// What to do when the socket cannot be connected to: start the daemon, or, when it is
+/// there but refused, join the group it is shared with.
+fn connect_advice(socket: &Path, e: &std::io::Error) -> String {
+    use std::os::unix::fs::MetadataExt;
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return START_ADVICE.into();
+    }
+    // The socket, or the directory that keeps others out of it.
+    let guarded = std::fs::metadata(socket)
+        .or_else(|_| std::fs::metadata(socket.parent().unwrap_or(socket)))
+        .ok();
+    let me = crate::fsutil::running_user();
+    match guarded {
+        Some(m) => {
+            let group = crate::fsutil::group::group_name(m.gid())
+                .unwrap_or_else(|| format!("gid {}", m.gid()));
+            format!(
+                "The daemon is there, shared with its owner and group {group} only (daemon.socket_group), and attache runs as {me}: add that user to group {group} (then log in again), or run as the daemon's user"
+            )
+        }
+        None => format!(
+            "attache runs as {me}, which may not open it: check the socket's owner, group and mode"
+        ),
+    }
+}
+
 impl DaemonAddress {
     /// Where it is, for messages: the socket's path or the URL.
     pub fn describe(&self) -> String {
@@ -108,9 +142,20 @@ impl DaemonAddress {
         }
     }
 
-    /// This machine's daemon, at `daemon.socket`.
+    /// This machine's daemon, at `daemon.socket`. With that setting left to its default (in
+    /// `$XDG_RUNTIME_DIR`, a login's) and no daemon there, the system service's socket when it
+    /// is there: a worker's agent or job user, logged in, reaches the service as its
+    /// environment-less runs do.
     pub fn local(settings: &Settings) -> DaemonAddress {
-        DaemonAddress::Socket(settings.daemon.socket.clone())
+        let socket = &settings.daemon.socket;
+        let system = Path::new(SYSTEM_SOCKET);
+        if *socket == crate::config::DaemonSettings::default().socket
+            && !socket.exists()
+            && system.exists()
+        {
+            return DaemonAddress::Socket(system.to_path_buf());
+        }
+        DaemonAddress::Socket(socket.clone())
     }
 
     /// The daemon listening at `url` (`https://HOST:PORT`, `http://HOST:PORT` or
@@ -200,14 +245,17 @@ struct Conn {
 async fn connect(at: &DaemonAddress) -> Result<Conn, ClientError> {
     match at {
         DaemonAddress::Socket(socket) => {
-            let cerr = |e: &dyn std::fmt::Display| ClientError::Connect {
+            let cerr = |e: &dyn std::fmt::Display, advice: String| ClientError::Connect {
                 socket: socket.display().to_string(),
                 message: e.to_string(),
+                advice,
             };
             let stream = tokio::net::UnixStream::connect(socket)
                 .await
-                .map_err(|e| cerr(&e))?;
-            let sender = handshake(stream).await.map_err(|e| cerr(&e))?;
+                .map_err(|e| cerr(&e, connect_advice(socket, &e)))?;
+            let sender = handshake(stream)
+                .await
+                .map_err(|e| cerr(&e, START_ADVICE.into()))?;
             Ok(Conn {
                 sender,
                 at: at.clone(),
@@ -243,7 +291,7 @@ async fn connect(at: &DaemonAddress) -> Result<Conn, ClientError> {
                     .map_err(|_| cerr(&"no TLS handshake within 10 s"))?
                     .map_err(|e| ClientError::Tls {
                         url: url.clone(),
-                        message: e.to_string(),
+                        message: tls_failure(&e),
                     })?;
                     handshake(tls_stream).await.map_err(|e| cerr(&e))?
                 }
@@ -254,6 +302,34 @@ async fn connect(at: &DaemonAddress) -> Result<Conn, ClientError> {
                 at: at.clone(),
             })
         }
+    }
+}
+
+/// Why the daemon's certificate was not taken, in words: rustls's own text for some of its
+/// refusals is a dump of algorithm ids.
+fn tls_failure(e: &std::io::Error) -> String {
+    use rustls::CertificateError as C;
+    let rustls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let Some(rustls::Error::InvalidCertificate(c)) = rustls else {
+        return e.to_string();
+    };
+    match c {
+        C::UnknownIssuer
+        | C::BadSignature
+        | C::UnsupportedSignatureAlgorithmContext { .. }
+        | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            "its certificate is not signed by a CA this machine trusts".into()
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "its certificate is not for the URL's host name".into()
+        }
+        C::Expired | C::ExpiredContext { .. } => "its certificate has expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "its certificate is not valid yet (is this machine's clock right?)".into()
+        }
+        _ => e.to_string(),
     }
 }
 
@@ -532,7 +608,25 @@ pub use hyper::Method as HttpMethod;
 
 #[cfg(test)]
 mod tests {
-    use super::{DaemonUrl, parse_url};
+    use super::{DaemonUrl, START_ADVICE, connect_advice, parse_url};
+
+    #[test]
+    fn a_refused_socket_names_the_group_to_join_a_missing_one_says_to_start_the_daemon() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let socket = t.path().join("attache.sock");
+        let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(connect_advice(&socket, &gone), START_ADVICE);
+        std::fs::write(&socket, b"").unwrap();
+        let gid = std::fs::metadata(&socket).unwrap().gid();
+        let group = crate::fsutil::group::group_name(gid).unwrap_or(format!("gid {gid}"));
+        let refused = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let advice = connect_advice(&socket, &refused);
+        assert!(
+            advice.contains(&format!("add that user to group {group}")),
+            "{advice}"
+        );
+    }
 
     #[test]
     fn a_daemon_url_is_https_or_http_to_a_host_and_port() {

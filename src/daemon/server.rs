@@ -49,6 +49,28 @@ pub enum DaemonError {
     StateInUse { path: PathBuf, pid: Option<u32> },
 }
 
+impl DaemonError {
+    /// Whether a setting names what cannot be used (a token file others can read, a missing
+    /// certificate, an unknown group): the config to fix, exit 2, as for the clients.
+    pub fn is_setting(&self) -> bool {
+        matches!(self, DaemonError::Secrets(_) | DaemonError::Group(_))
+    }
+}
+
+/// Says at start, once, what would otherwise show only job by job: a `cache.dir` the daemon
+/// cannot write (made by root, a read-only mount, a path through a file).
+fn warn_if_cache_dir_unwritable(dir: &std::path::Path) {
+    let writable = std::fs::create_dir_all(dir)
+        .and_then(|()| crate::fsutil::temp_file_in(dir, ".attache-tmp-", "").map(drop));
+    if let Err(e) = writable {
+        tracing::warn!(
+            "cache.dir {}: cannot write there ({e}{}): the hash cache, the known-present index and the records of open uploads live there, so jobs fail on the hash cache or run without the others until it is fixed (or cache.hash_cache = false)",
+            dir.display(),
+            crate::fsutil::io_advice(&e)
+        );
+    }
+}
+
 /// Takes `<state_dir>/daemon.lock` for this daemon, with its pid in it, for as long as the
 /// returned file is open: the job records and the bandwidth set by hand have one owner. The
 /// kernel drops the lock with the process, so a crash leaves nothing to clean up.
@@ -117,7 +139,14 @@ async fn abort_leftovers_at_start(shared: Arc<Shared>) {
 /// reads the same file, environment and flags again.
 pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonError> {
     let d = settings.daemon.clone();
+    // A setting that cannot be used stops the start before anything is made (as this user).
+    if let Some(g) = &d.socket_group
+        && crate::fsutil::group::group_id(g).is_none()
+    {
+        return Err(DaemonError::Group(g.clone()));
+    }
     let _state_lock = lock_state_dir(&d.state_dir)?;
+    warn_if_cache_dir_unwritable(&settings.cache.dir);
     let shared = Arc::new(Shared::new(settings));
     let metrics = Arc::new(Metrics::default());
     let registry =
@@ -206,7 +235,11 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
     let mut servers = Vec::new();
     {
         let stop = stop_accepting.clone();
-        let app = router(api(None));
+        // Who is on the other end of each connection: a client of another user gets jobs
+        // that read and write only what its user could.
+        let app = router(api(None))
+            .layer(axum::middleware::from_fn(super::api::peer))
+            .into_make_service_with_connect_info::<super::api::Peer>();
         servers.push(tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())

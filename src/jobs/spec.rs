@@ -18,6 +18,7 @@ use super::submit::{Location, SubmitError, SubmitReport, SubmitSpec};
 use super::sync_inputs::{StepDependencies, SyncInputsReport, SyncInputsSpec};
 use super::sync_outputs::{SyncOutputsReport, SyncOutputsSpec};
 use crate::config::Settings;
+use crate::fsutil::access::Caller;
 use crate::fsutil::group::GroupAccess;
 use crate::store::OpenStoreError;
 use crate::transfer::{Transfer, TransferError};
@@ -249,6 +250,9 @@ pub enum JobError {
         field: &'static str,
         message: String,
     },
+    /// The daemon's client asks for what its user may not do (HTTP 403).
+    #[error(transparent)]
+    NotTheCallers(#[from] crate::fsutil::access::Refused),
     #[error(transparent)]
     Open(#[from] OpenStoreError),
     // Boxed: these are large, and a job's error is made once.
@@ -358,6 +362,113 @@ impl JobSpec {
         }
     }
 
+    /// Whether the daemon may do this job for `caller`, a client of another user: the paths
+    /// it would read (inputs, a job bundle's files, an attachments file, a session's outputs)
+    /// must be readable by that user, and those it would write in (a session directory,
+    /// storage-profile locations, download destinations) writable. Checked before anything
+    /// is read; the files inside an input directory or a session are checked as the scan
+    /// finds them, and download destinations the store names once they are known.
+    pub fn check_caller(&self, caller: &Caller) -> Result<(), JobError> {
+        /// What a job bundle directory holds that the daemon reads.
+        const BUNDLE_FILES: [&str; 6] = [
+            "asset_references.yaml",
+            "asset_references.json",
+            "template.yaml",
+            "template.json",
+            "parameter_values.yaml",
+            "parameter_values.json",
+        ];
+        let attachments = |a: &AttachmentsArg| match a {
+            AttachmentsArg::File(p) => caller.may_read(p),
+            AttachmentsArg::Inline(_) => Ok(()),
+        };
+        let paths = |pairs: &'_ [String]| -> Vec<PathBuf> {
+            pairs
+                .iter()
+                .filter_map(|v| v.split_once('=').map(|(_, path)| PathBuf::from(path)))
+                .collect()
+        };
+        match self {
+            JobSpec::Submit(j) => {
+                j.inputs.iter().try_for_each(|p| caller.may_read(p))?;
+                for bundle in &j.asset_references {
+                    caller.may_read(bundle)?;
+                    for name in BUNDLE_FILES {
+                        caller.may_read(&bundle.join(name))?;
+                    }
+                }
+            }
+            JobSpec::SyncInputs(j) => {
+                attachments(&j.attachments)?;
+                caller.may_write_in(&j.session_dir)?;
+                for location in paths(&j.locations) {
+                    caller.may_write_in(&location)?;
+                }
+            }
+            JobSpec::SyncOutputs(j) => {
+                attachments(&j.attachments)?;
+                caller.may_read(&j.session_dir)?;
+                for location in paths(&j.locations) {
+                    caller.may_read(&location)?;
+                }
+            }
+            JobSpec::DownloadOutputs(j) => {
+                for destination in paths(&j.root_map) {
+                    caller.may_write_in(&destination)?;
+                }
+            }
+            JobSpec::Doctor(_) => {}
+        }
+        Ok(())
+    }
+
+    /// What the job works on, for the daemon's log, so that its lines can be tied to a
+    /// Deadline task: the farm, queue and first input of a submit; the session directory (and
+    /// the task's ids) of a worker job; the job whose outputs are downloaded.
+    pub fn describe(&self) -> String {
+        let ids = |parts: &[Option<&str>]| {
+            parts
+                .iter()
+                .flatten()
+                .copied()
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        match self {
+            JobSpec::Submit(j) => {
+                let first = j.inputs.first().or(j.output_dirs.first());
+                let more = (j.inputs.len() + j.output_dirs.len()).saturating_sub(1);
+                format!(
+                    "{}: {}{}",
+                    ids(&[Some(&j.farm_id), Some(&j.queue_id)]),
+                    first.map(|p| p.display().to_string()).unwrap_or_default(),
+                    match more {
+                        0 => String::new(),
+                        n => format!(" (+{n} more)"),
+                    }
+                )
+            }
+            JobSpec::SyncInputs(j) => match &j.job_id {
+                Some(job) => format!("{job}: session {}", j.session_dir.display()),
+                None => format!("session {}", j.session_dir.display()),
+            },
+            JobSpec::SyncOutputs(j) => format!(
+                "{} {}: session {}",
+                ids(&[Some(&j.job_id), Some(&j.step_id), j.task_id.as_deref()]),
+                j.session_action_id,
+                j.session_dir.display()
+            ),
+            JobSpec::DownloadOutputs(j) => ids(&[
+                Some(&j.farm_id),
+                Some(&j.queue_id),
+                Some(&j.job_id),
+                j.step_id.as_deref(),
+                j.task_id.as_deref(),
+            ]),
+            JobSpec::Doctor(_) => "the store".to_string(),
+        }
+    }
+
     /// Makes relative paths absolute against `cwd` (the CLI's working directory) and reads an
     /// attachments file into the spec, so the job no longer depends on where it was written.
     pub fn resolve(mut self, cwd: &Path) -> Result<JobSpec, JobError> {
@@ -433,6 +544,15 @@ impl JobSpec {
                 Ok(())
             }
         };
+        // An attachments file the daemon reads: the client's working directory is not its.
+        let attachments_file = |a: &AttachmentsArg| match a {
+            AttachmentsArg::File(p) => absolute("attachments", p),
+            AttachmentsArg::Inline(_) => Ok(()),
+        };
+        // A store URL that cannot be opened is refused with the spec, not by a failed job.
+        if let Some(url) = self.store() {
+            crate::store::StoreUrl::parse(url).map_err(|e| invalid("store", e.to_string()))?;
+        }
         match self {
             JobSpec::Submit(j) => {
                 if j.inputs.is_empty() && j.output_dirs.is_empty() {
@@ -454,6 +574,7 @@ impl JobSpec {
             }
             JobSpec::SyncInputs(j) => {
                 absolute("session_dir", &j.session_dir)?;
+                attachments_file(&j.attachments)?;
                 pairs(&j.locations, "locations")?;
                 j.group()?;
                 if let Some(deps) = j.dependencies()? {
@@ -467,6 +588,7 @@ impl JobSpec {
             }
             JobSpec::SyncOutputs(j) => {
                 absolute("session_dir", &j.session_dir)?;
+                attachments_file(&j.attachments)?;
                 for (f, v) in [
                     ("farm_id", &j.farm_id),
                     ("queue_id", &j.queue_id),
@@ -509,18 +631,31 @@ impl JobSpec {
     }
 
     /// Runs the job with `transfer` (opened on the job's store) and the settings snapshot.
+    /// `caller`: the daemon's client, when it is another user: what the job reads or writes
+    /// for it must be what that user could (see [`Self::check_caller`]).
     pub async fn run(
         self,
         settings: &Settings,
         transfer: Arc<Transfer>,
         cancel: &CancellationToken,
+        caller: Option<Arc<Caller>>,
     ) -> Result<JobOutput, JobError> {
         let cache_dir = settings
             .cache
             .hash_cache
             .then(|| settings.cache.dir.clone());
-        let hash = HashSpec::from_settings(settings, Vec::new(), settings.cache.hash_cache);
+        let mut hash = HashSpec::from_settings(settings, Vec::new(), settings.cache.hash_cache);
+        hash.scan.caller = caller.clone();
         let transfer = transfer.dry_run_if(self.dry_run());
+        let url = self.store().unwrap_or(&settings.store.url);
+        if !matches!(self, JobSpec::Doctor(_)) && url == crate::config::StoreSettings::default().url
+        {
+            // The embedded default is for trying attache; a farm job there is seen by no other
+            // machine, and would "succeed" without a word.
+            tracing::warn!(
+                "store.url is not set: this job uses this machine's own store, {url}, which the farm's other machines do not see; set store.url (or --store) to the queue's bucket and root prefix, s3://BUCKET/ROOT_PREFIX"
+            );
+        }
         // The machine's storage-profile locations, under the job's own.
         let profile = &settings.storage_profile;
         Ok(match self {
@@ -588,6 +723,7 @@ impl JobSpec {
                     root_map: pairs(&j.root_map, "root_map")?,
                     cache_dir,
                     pick: filter(&j.exclude, &j.include, &j.filter)?,
+                    caller,
                 };
                 JobOutput::DownloadOutputs(
                     super::download_outputs::run(spec, transfer, cancel).await?,
@@ -695,6 +831,31 @@ mod tests {
         )
         .unwrap();
         sync.validate().unwrap();
+        // The daemon would read a relative attachments file from its own working directory;
+        // a store URL it cannot open would fail the job only once it runs.
+        for (spec, field) in [
+            (
+                r#"{"kind":"sync_inputs","attachments":"att.json","session_dir":"/s"}"#,
+                "attachments",
+            ),
+            (
+                r#"{"kind":"sync_outputs","attachments":"att.json","session_dir":"/s","farm_id":"f","queue_id":"q","job_id":"j","step_id":"s","task_id":"t","session_action_id":"sa"}"#,
+                "attachments",
+            ),
+            (
+                r#"{"kind":"submit","inputs":["/p/a"],"farm_id":"f","queue_id":"q","store":"ftp://x"}"#,
+                "store",
+            ),
+        ] {
+            let e = serde_json::from_str::<JobSpec>(spec)
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(
+                matches!(&e, JobError::Invalid { field: f, .. } if *f == field),
+                "{spec}: {e}"
+            );
+        }
         let deps = |ids: &str| -> Result<(), JobError> {
             serde_json::from_str::<JobSpec>(&format!(
                 r#"{{"kind":"sync_inputs","attachments":{{"manifests":[]}},"session_dir":"/s","step_dependencies":["step-a","step-b"]{ids}}}"#
