@@ -721,6 +721,44 @@ pub struct Loaded {
     pub file: Option<PathBuf>,
 }
 
+/// The secrets a config file that every user may read holds (`s3.secret_access_key`,
+/// `s3.session_token`, a proxy's password): what a warning names. None for a private file.
+pub fn secrets_open_to_others(file: &Path) -> Vec<&'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    let open = std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o004 != 0);
+    let Some(s3) = open
+        .then(|| std::fs::read_to_string(file).ok())
+        .flatten()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("s3").and_then(|v| v.as_table()).cloned())
+    else {
+        return Vec::new();
+    };
+    let mut held = Vec::new();
+    for (key, name) in [
+        ("secret_access_key", "s3.secret_access_key"),
+        ("session_token", "s3.session_token"),
+    ] {
+        if s3
+            .get(key)
+            .and_then(|v| v.as_str())
+            .is_some_and(|v| !v.is_empty())
+        {
+            held.push(name);
+        }
+    }
+    let proxy_password = s3
+        .get("proxy")
+        .and_then(|v| v.as_str())
+        .and_then(|u| u.split_once("://").map(|(_, rest)| rest.to_string()))
+        .and_then(|rest| rest.split_once('@').map(|(user, _)| user.contains(':')))
+        .unwrap_or(false);
+    if proxy_password {
+        held.push("the password in s3.proxy");
+    }
+    held
+}
+
 const ENV_PREFIX: &str = "ATTACHE_";
 
 /// `ATTACHE_*` variables that steer the command line rather than set a setting.

@@ -25,6 +25,38 @@ pub fn check_level(level: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The AWS SDK's and the HTTP stack's crates, which log every request's headers and
+/// signing steps (the access key id among them) at debug: thousands of lines a job.
+const LIBRARIES: [&str; 9] = [
+    "aws_config",
+    "aws_runtime",
+    "aws_sdk_s3",
+    "aws_sigv4",
+    "aws_smithy_runtime",
+    "aws_smithy_http_client",
+    "hyper",
+    "hyper_util",
+    "rustls",
+];
+
+/// With a bare `debug` or `trace` (`--log-level debug` to see what attache does), the
+/// libraries stay at `info` unless the filter names them (`aws_smithy_runtime=debug`).
+fn quiet_libraries(level: &str) -> Vec<String> {
+    let bare = level
+        .split(',')
+        .rev()
+        .map(|d| d.trim().to_ascii_lowercase())
+        .find(|d| !d.contains(['=', '[', '{']));
+    if !matches!(bare.as_deref(), Some("debug" | "trace")) {
+        return Vec::new();
+    }
+    LIBRARIES
+        .iter()
+        .filter(|lib| !level.contains(*lib))
+        .map(|lib| format!("{lib}=info"))
+        .collect()
+}
+
 /// Installs the global subscriber. A bad `log.level` falls back to `info` with a warning
 /// rather than hiding every log.
 pub fn init(settings: &LogSettings) {
@@ -45,6 +77,9 @@ pub fn init(settings: &LogSettings) {
                 .expect("valid"),
         );
     }
+    for directive in quiet_libraries(&settings.level) {
+        filter = filter.add_directive(directive.parse().expect("valid"));
+    }
     // Colours only for a person at a terminal: in a farm's task log, journald or a file, the
     // escape codes are noise around every line. NO_COLOR turns them off there too.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -61,5 +96,27 @@ pub fn init(settings: &LogSettings) {
             "log.level {:?} is not a valid filter ({e}); using \"info\"",
             settings.level
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quiet_libraries;
+
+    #[test]
+    fn a_bare_debug_keeps_the_sdk_at_info_unless_it_is_named() {
+        let quiet = quiet_libraries("debug");
+        assert!(quiet.contains(&"aws_sigv4=info".to_string()), "{quiet:?}");
+        assert!(quiet.contains(&"hyper=info".to_string()), "{quiet:?}");
+        let named = quiet_libraries("trace,aws_smithy_runtime=debug");
+        assert!(
+            !named.iter().any(|d| d.starts_with("aws_smithy_runtime=")),
+            "{named:?}"
+        );
+        assert!(named.contains(&"aws_sigv4=info".to_string()), "{named:?}");
+        // No bare debug: the libraries are at the filter's own level (never raised to info).
+        for level in ["info", "warn,attache=debug", "attache=trace"] {
+            assert_eq!(quiet_libraries(level), Vec::<String>::new(), "{level}");
+        }
     }
 }

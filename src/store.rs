@@ -297,8 +297,11 @@ impl StoreUrl {
         if let Some(path) = url.strip_prefix("file://")
             && path.starts_with('/')
         {
+            // As a file manager or a browser writes it: `%20` for a space.
+            use std::os::unix::ffi::OsStringExt;
+            let bytes: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
             return Ok(StoreUrl::Fs {
-                dir: PathBuf::from(path),
+                dir: PathBuf::from(std::ffi::OsString::from_vec(bytes)),
             });
         }
         Err(StoreUrlError::Unsupported(url.into()))
@@ -366,6 +369,12 @@ mod tests {
             StoreUrl::parse("file:///srv/cas").unwrap(),
             StoreUrl::Fs {
                 dir: "/srv/cas".into()
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("file:///mnt/render%20share/caf%C3%A9").unwrap(),
+            StoreUrl::Fs {
+                dir: "/mnt/render share/café".into()
             }
         );
         for bad in ["s3:///x", "file://rel", "http://x", "/plain/path"] {

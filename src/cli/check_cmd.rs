@@ -68,6 +68,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|p| read_manifest(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let by_ids = args.job.outputs_of().is_some();
     let spec = CheckSpec {
         manifests,
         fetch: args.job.inputs()?,
@@ -84,6 +85,12 @@ pub fn run(ctx: &Context, args: CheckArgs) -> anyhow::Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report)?;
+    }
+    if by_ids && report.manifests == 0 && report.unusable_manifests.is_empty() {
+        eprintln!(
+            "Nothing was checked: no manifest of the job was found in {}. Check the farm, queue, job, step and task ids and the store (a job's outputs are there once a task has published them).",
+            report.store
+        );
     }
     Ok(if report.passed {
         ExitCode::SUCCESS

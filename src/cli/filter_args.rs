@@ -15,9 +15,9 @@ use crate::scan::rules::Rules;
 pub struct FilterArgs {
     /// Leave out the paths PATTERN matches: a name at any depth (`*.tmp`, `.DS_Store`), a path
     /// as the manifest spells it when it has a `/` (`cache/**`), directories only with a
-    /// trailing `/` (repeatable; hash, put, submit, sync-outputs: adds to [config:
-    /// hash.exclude]; get, download-outputs: picks among the manifests' files, the config
-    /// not applying).
+    /// trailing `/` (repeatable; hash, put, submit, sync-outputs, manifest verify: adds to
+    /// [config: hash.exclude]; get, download-outputs: picks among the manifests' files, the
+    /// config not applying).
     #[arg(long = "exclude", value_name = "PATTERN")]
     pub exclude: Vec<String>,
     /// Read exclusion patterns from FILE, one per line; blank lines and lines starting with
@@ -25,8 +25,9 @@ pub struct FilterArgs {
     #[arg(long = "exclude-from", value_name = "FILE")]
     pub exclude_from: Vec<PathBuf>,
     /// Take only the files PATTERN matches (a name, `*.exr`, or a path with a `/`,
-    /// `renders/**`); an exclusion still wins (repeatable; hash, put, submit, sync-outputs:
-    /// adds to [config: hash.include]; get, download-outputs: the config not applying).
+    /// `renders/**`); an exclusion still wins (repeatable; hash, put, submit, sync-outputs,
+    /// manifest verify: adds to [config: hash.include]; get, download-outputs: the config not
+    /// applying).
     #[arg(long = "include", value_name = "PATTERN")]
     pub include: Vec<String>,
     /// Read inclusion patterns from FILE, as --exclude-from reads its (repeatable).
@@ -35,8 +36,8 @@ pub struct FilterArgs {
     /// An rclone filter rule: `+ PATTERN` takes, `- PATTERN` leaves out, `!` forgets the rules
     /// before it; the first rule matching a path decides, before --exclude and --include
     /// (patterns as rclone reads them: `/` first anchors at the root) (repeatable; hash, put,
-    /// submit, sync-outputs: adds to [config: hash.filter]; get, download-outputs: the config
-    /// not applying).
+    /// submit, sync-outputs, manifest verify: adds to [config: hash.filter]; get,
+    /// download-outputs: the config not applying).
     #[arg(long = "filter", value_name = "RULE", allow_hyphen_values = true)]
     pub filter: Vec<String>,
     /// Read filter rules from FILE, one per line, as rclone's --filter-from; blank lines and

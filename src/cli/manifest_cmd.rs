@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use super::filter_args::FilterArgs;
 use super::job_manifest_args::JobManifestArgs;
 use super::progress_bar::Bar;
 use super::transfer_args::{StoreArgs, with_transfer};
@@ -78,6 +79,10 @@ pub struct VerifyArgs {
     /// Follow symlinks that point outside the root [config: hash.follow_external_symlinks].
     #[arg(long)]
     follow_external_symlinks: bool,
+    /// Verify only part of the tree: the filters (the config's hash.exclude, include and
+    /// filter, and these) pick among the manifests' files and the files on disk alike.
+    #[command(flatten)]
+    filter: FilterArgs,
 }
 
 impl ManifestCommand {
@@ -245,16 +250,17 @@ fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
             .map(|p| read_manifest(p))
             .collect::<anyhow::Result<Vec<_>>>()?,
     );
-    let spec = crate::jobs::hash::HashSpec::from_settings(
+    let mut spec = crate::jobs::hash::HashSpec::from_settings(
         &ctx.settings,
         vec![v.root.clone()],
         v.use_cache,
     );
+    v.filter.apply(&mut spec)?;
     let progress = Arc::new(Progress::default());
     let report = {
         let _bar = Bar::start("verifying", progress.clone(), &ctx.settings.log);
         let p = progress.clone();
-        run_cancellable(move |cancel| verify::run(&expected, &spec, &cancel, &p))??
+        run_cancellable(move |cancel| verify::run(expected, &spec, &cancel, &p))??
     };
     let passed = report.passed(v.strict);
     let mut out = crate::cli::stdout::stdout();
@@ -272,6 +278,7 @@ fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
             "content_mismatch": pairs(&report.content_mismatch),
             "mtime_mismatch": pairs(&report.mtime_mismatch),
             "extra": report.extra.iter().map(entry_json).collect::<Vec<_>>(),
+            "left_out": report.left_out,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&j)?)?;
     } else {
@@ -287,9 +294,13 @@ fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
         for e in &report.extra {
             writeln!(out, "extra     {}", e.path)?;
         }
+        let left_out = match report.left_out {
+            0 => String::new(),
+            n => format!("; {n} left out by the filters"),
+        };
         writeln!(
             out,
-            "{}: {} of {} files match; {} missing, {} differ, {} other mtime, {} extra",
+            "{}: {} of {} files match; {} missing, {} differ, {} other mtime, {} extra{left_out}",
             if passed { "OK" } else { "FAILED" },
             report.checked - report.missing.len() - report.content_mismatch.len(),
             report.checked,

@@ -134,6 +134,7 @@ pub async fn run(
         ..CheckReport::default()
     };
     let mut manifests = spec.manifests;
+    let by_ids = spec.outputs_of.is_some();
     let fetched = job_manifests::fetch(&t, &spec.fetch, spec.outputs_of.as_ref(), cancel).await?;
     report.output_tasks = fetched.output_tasks as u64;
     // One that could not be fetched, or was not what the job recorded, is reported and the
@@ -235,7 +236,10 @@ pub async fn run(
         list.sort_by(|a, b| a.key.cmp(&b.key));
         name_files(list, &manifests);
     }
-    report.passed = report.missing.is_empty()
+    // A job's ids that find no manifest at all (a typo, another store) checked nothing: not
+    // an OK. (Attachments that name no input manifest, a job of outputs only, are fine.)
+    report.passed = (report.manifests > 0 || !by_ids)
+        && report.missing.is_empty()
         && report.wrong_size.is_empty()
         && report.damaged.is_empty()
         && report.unusable_manifests.is_empty();

@@ -262,10 +262,16 @@ pub async fn run(
     })
     .await
     .expect("opening the caches panicked");
-    let needs_cache =
-        "a writable cache.dir (--cache-dir); without it every file is read on every run";
-    probes.push(local_probe("hash cache", cache, needs_cache));
-    probes.push(local_probe("known-present index", known, needs_cache));
+    probes.push(local_probe(
+        "hash cache",
+        cache,
+        "a writable cache.dir (--cache-dir); without it every file is read on every run",
+    ));
+    probes.push(local_probe(
+        "known-present index",
+        known,
+        "a writable cache.dir (--cache-dir); without it the store is asked about every object on every run",
+    ));
     probes.push(content_cache_probe(&settings.cache).await);
 
     let passed = probes.iter().all(|p| p.status != Status::Failed);

@@ -318,6 +318,12 @@ impl PlacedRecord {
             std::fs::create_dir_all(dir)?;
         }
         let file = AtomicFile::create(path)?;
+        // Held while this record is written: a record whose writer was killed (kill -9, a
+        // power cut) is a temporary file no one holds, removed by the next sync-inputs here.
+        file.file().lock()?;
+        if let Some(dir) = path.parent() {
+            remove_abandoned_records(dir, file.file());
+        }
         let writer = ManifestWriter::new(file.file().try_clone()?, ManifestVersion::V2023_03_03);
         Ok(PlacedRecord { file, writer })
     }
@@ -338,6 +344,31 @@ impl PlacedRecord {
             .finish()
             .and_then(|_| self.file.commit(true))
             .map_err(TransferError::io(&path))
+    }
+}
+
+/// Removes the temporary records in `dir` that no writer holds (a sync-inputs killed while
+/// writing one), `mine` aside.
+fn remove_abandoned_records(dir: &Path, mine: &std::fs::File) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let me = mine.metadata().map(|m| m.ino()).ok();
+    for entry in entries.flatten() {
+        let temporary = entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(b".attache-tmp-");
+        if !temporary || entry.metadata().map(|m| m.ino()).ok() == me {
+            continue;
+        }
+        let path = entry.path();
+        if let Ok(f) = std::fs::File::open(&path)
+            && f.try_lock().is_ok()
+        {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 
@@ -515,16 +546,27 @@ fn copy_name<T>(
     path: &Path,
     holds_it: impl Fn(&Path, &std::fs::Metadata) -> Option<T>,
 ) -> (PathBuf, Option<T>) {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let ext = path
-        .extension()
-        .map(|e| format!(".{}", e.to_string_lossy()))
-        .unwrap_or_default();
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let stem = path.file_stem().map_or(&[][..], |s| s.as_bytes());
+    let ext = path.extension().map_or(&[][..], |e| e.as_bytes());
+    // An "extension" that fills the name is part of the stem.
+    let (stem, ext) = match ext.len() + " (1000)".len() + 1 < NAME_MAX {
+        true => (stem, ext),
+        false => (path.file_name().map_or(&[][..], |n| n.as_bytes()), &[][..]),
+    };
     for n in 1.. {
-        let p = path.with_file_name(format!("{stem} ({n}){ext}"));
+        let mark = format!(" ({n})");
+        let dot = if ext.is_empty() { 0 } else { 1 };
+        // A name longer than the filesystem takes (255 bytes) loses the end of its stem,
+        // at a character's edge, to make room for the mark.
+        let room = NAME_MAX.saturating_sub(mark.len() + dot + ext.len());
+        let mut name = shortened(stem, room).to_vec();
+        name.extend_from_slice(mark.as_bytes());
+        if !ext.is_empty() {
+            name.push(b'.');
+            name.extend_from_slice(ext);
+        }
+        let p = path.with_file_name(std::ffi::OsString::from_vec(name));
         match std::fs::symlink_metadata(&p) {
             Err(_) => return (p, None),
             Ok(meta) => {
@@ -535,6 +577,22 @@ fn copy_name<T>(
         }
     }
     unreachable!("some number is free")
+}
+
+/// The longest file name Linux filesystems take, in bytes.
+const NAME_MAX: usize = 255;
+
+/// `name` cut to at most `room` bytes, not inside a UTF-8 character.
+fn shortened(name: &[u8], room: usize) -> &[u8] {
+    if name.len() <= room {
+        return name;
+    }
+    let mut end = room;
+    // A continuation byte (10xxxxxx) is inside a character: step back to its start.
+    while end > 0 && name[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 /// Gives a file already in place (`meta`: its stat) the manifest's mtime when it differs, so
@@ -722,6 +780,43 @@ fn already_there(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_left_by_a_killed_sync_is_removed_one_being_written_is_not() {
+        let t = tempfile::tempdir().unwrap();
+        let abandoned = t.path().join(".attache-tmp-killed");
+        std::fs::write(&abandoned, b"half a record").unwrap();
+        let written = t.path().join(".attache-tmp-writing");
+        std::fs::write(&written, b"a record being written").unwrap();
+        let writer = std::fs::File::open(&written).unwrap();
+        writer.lock().unwrap();
+        let record = PlacedRecord::create(&t.path().join("root.manifest")).unwrap();
+        assert!(!abandoned.exists(), "no writer holds it");
+        assert!(written.exists(), "its writer holds it");
+        assert!(record.file.file().metadata().is_ok());
+    }
+
+    #[test]
+    fn a_copy_s_name_fits_the_filesystem_and_keeps_whole_characters() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir().unwrap();
+        let none = |_: &Path, _: &std::fs::Metadata| None::<()>;
+        let name_of = |p: &Path| p.file_name().unwrap().as_bytes().to_vec();
+        let short = t.path().join("frame.exr");
+        assert_eq!(name_of(&copy_name(&short, none).0), b"frame (1).exr");
+        // 254 bytes: the stem gives way to " (1)", the extension stays.
+        let long = t.path().join(format!("{}.txt", "L".repeat(250)));
+        let (copy, _) = copy_name(&long, none);
+        let name = name_of(&copy);
+        assert_eq!(name.len(), NAME_MAX);
+        assert!(name.ends_with(b"L (1).txt"), "{}", copy.display());
+        std::fs::write(&copy, b"it is made").unwrap();
+        // Two-byte characters: cut between them, never inside one.
+        let accents = t.path().join(format!("{}.exr", "é".repeat(125)));
+        let name = name_of(&copy_name(&accents, none).0);
+        assert!(name.len() <= NAME_MAX);
+        assert!(std::str::from_utf8(&name).unwrap().ends_with("é (1).exr"));
+    }
 
     /// Checks `path` as a file in place (expecting `content`) with an empty cache, and says
     /// whether its hash was recorded.

@@ -21,6 +21,9 @@ pub struct VerifyReport {
     pub mtime_mismatch: Vec<(ManifestEntry, ManifestEntry)>,
     /// On disk, not in the manifest.
     pub extra: Vec<ManifestEntry>,
+    /// The manifest's files the filters leave out (not checked), as the scan leaves them out
+    /// on disk.
+    pub left_out: usize,
 }
 
 impl VerifyReport {
@@ -32,20 +35,23 @@ impl VerifyReport {
     }
 }
 
-/// Hashes `spec.roots[0]` and compares it with `expected`.
+/// Hashes `spec.roots[0]` and compares it with `expected`. The scan's filters (the config's
+/// and the command's) pick among the manifest's files too, as rclone's `check` filters both
+/// sides: a file the scan leaves out is not reported missing.
 pub fn run(
-    expected: &Manifest,
+    mut expected: Manifest,
     spec: &HashSpec,
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<VerifyReport, HashJobError> {
+    let left_out = expected.retain(|e| spec.scan.filter.takes_path(e.path.as_wtf8()));
     let report = super::hash::run(spec, cancel, progress)?;
     let hashed = report.roots.into_iter().next().expect("one root was given");
     let ManifestDiff {
         added,
         changed,
         removed,
-    } = diff(expected, &hashed.manifest);
+    } = diff(&expected, &hashed.manifest);
     let (content_mismatch, mtime_mismatch) = changed
         .into_iter()
         .partition(|(want, got)| want.hash != got.hash || want.size != got.size);
@@ -56,5 +62,6 @@ pub fn run(
         content_mismatch,
         mtime_mismatch,
         extra: added,
+        left_out,
     })
 }
