@@ -6,6 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -216,6 +217,37 @@ fn http(socket: &Path, method: &str, path: &str, body: &str) -> Option<(u16, Str
     Some((status, body))
 }
 
+/// The first record of a job's event stream (NDJSON, sent chunked), read as it comes.
+fn first_event(socket: &Path, id: &str) -> serde_json::Value {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /v1/jobs/{id}/events HTTP/1.1\r\nHost: attache\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        // Chunk sizes (`209`) parse as JSON numbers: the record is the object.
+        if let Some(record) = text.lines().find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(|v| v.is_object())
+        }) {
+            return record;
+        }
+    }
+}
+
 fn tcp_http(addr: &str, path: &str, token: Option<&str>) -> u16 {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     let auth = token
@@ -243,7 +275,6 @@ fn submit_spec(inputs: &Path) -> String {
     serde_json::json!({"kind": "submit", "inputs": [inputs], "farm_id": "farm-1", "queue_id": "queue-1"}).to_string()
 }
 
-/// [`submit_spec`] to the store `store` (a test server's URL).
 /// A command started with [`Daemon::start_cli`], once it has exited: its code and stderr.
 fn ended(child: std::process::Child) -> (Option<i32>, String) {
     let out = child.wait_with_output().unwrap();
@@ -253,6 +284,7 @@ fn ended(child: std::process::Child) -> (Option<i32>, String) {
     )
 }
 
+/// [`submit_spec`] to the store `store` (a test server's URL).
 fn submit_spec_to(inputs: &Path, store: &str) -> String {
     serde_json::json!({"kind": "submit", "inputs": [inputs], "farm_id": "farm-1", "queue_id": "queue-1", "store": store}).to_string()
 }
@@ -649,6 +681,8 @@ fn queued_jobs_start_by_priority_and_can_be_moved_up() {
             .any(|l| l.starts_with(&plain) && l.contains(" queued #3 ")),
         "{out}"
     );
+    // A plugin following a queued job sees its place too.
+    assert_eq!(first_event(&d.socket(), &plain)["queue_position"], 3);
     // Nothing counted yet: `-`, not 0/0 of nothing.
     let line = out.lines().find(|l| l.starts_with(&plain)).unwrap();
     assert!(!line.contains("0/0") && line.contains(" - "), "{line}");
@@ -873,6 +907,28 @@ fn sighup_applies_a_new_bandwidth_and_keeps_the_old_config_when_broken() {
     );
     let (status, e) = d.api("POST", "/v1/reload", "");
     assert_eq!(status, 422, "{e}");
+    // `attache reload` (the units' ExecReload) tells how it went, by its exit code: a file it
+    // cannot read itself (2), a config the daemon refuses (1: here a command with a config of
+    // its own asks), a config the daemon took (0).
+    let (code, _, err) = run(d.cmd().arg("reload"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bandwidth.upload"), "{err}");
+    let (code, _, err) = run(attache(&d.path("client-cache"))
+        .env("ATTACHE_DAEMON__SOCKET", d.socket())
+        .arg("reload"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("config not reloaded") && err.contains("bandwidth.upload"),
+        "{err}"
+    );
+    d.write_config("[bandwidth]\nupload = \"32MiB/s\"\n");
+    let (code, _, err) = run(d.cmd().arg("reload"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("config reloaded"), "{err}");
+    assert_eq!(
+        d.api("GET", "/v1/health", "").1["bandwidth"]["upload"],
+        "32MiB/s"
+    );
 }
 
 /// A daemon listening on TCP at a free port with the token `s3cr3t-t0ken-0123456789`, and
@@ -899,6 +955,38 @@ fn private_file(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// A cache.dir the service cannot write (made by root, a read-only mount, a path through a
+/// file) is said once at start, not only by each job that then fails on it.
+#[test]
+fn a_daemon_whose_cache_dir_cannot_be_written_says_so_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let cache = file.join("cache");
+    let d = Daemon::start_in(
+        dir,
+        "",
+        &[("ATTACHE_CACHE__DIR".into(), cache.display().to_string())],
+    );
+    let log = d.log();
+    assert!(
+        log.contains(&format!(
+            "cache.dir {}: cannot write there",
+            cache.display()
+        )),
+        "{log}"
+    );
+    let proj = d.path("proj");
+    build_fixture_tree("tiny", &proj);
+    let id = d.start_job(&submit_spec(&proj));
+    let job = d.wait(&id, Duration::from_secs(20));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("hash cache"),
+        "{job}"
+    );
+}
+
 #[test]
 fn the_tcp_listener_needs_the_token() {
     let (d, port) = daemon_on_tcp("");
@@ -913,6 +1001,34 @@ fn the_tcp_listener_needs_the_token() {
         200
     );
     assert!(!d.log().contains("s3cr3t"), "the token is never logged");
+
+    // A token file others can read, or a socket group that does not exist, is the config to
+    // fix: the daemon does not start, exit 2 (as for a client), naming the setting.
+    let second = |env: &[(&str, &str)]| {
+        let mut c = d.cmd();
+        c.env("ATTACHE_DAEMON__SOCKET", d.path("second.sock"))
+            .env("ATTACHE_DAEMON__STATE_DIR", d.path("second-state"))
+            .envs(env.iter().copied())
+            .arg("daemon");
+        run(&mut c)
+    };
+    let (code, _, err) = second(&[("ATTACHE_DAEMON__SOCKET_GROUP", "no-such-group-here")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("daemon.socket_group") && err.contains("no-such-group-here"),
+        "{err}"
+    );
+    assert!(
+        !d.path("second-state").exists(),
+        "nothing is made before the settings are checked"
+    );
+    std::fs::set_permissions(d.path("token"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = second(&[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("daemon.token_file") && err.contains("chmod 600"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -1296,6 +1412,10 @@ for name, call in [("retry", lambda: d.retry(job["id"])),
     except DaemonError as e:
         out[name] = [e.status, e.field, str(e)]
 out["bandwidth"] = d.bandwidth("5MB/s", lasting="1h")
+try:
+    d.jobs(last=-1)
+except DaemonError as e:
+    out["bad_query"] = [e.status, e.field, str(e)]
 out["succeeded"] = [j["id"] for j in d.jobs(states=["succeeded"])]
 print(json.dumps(out))
 "#;
@@ -1330,6 +1450,205 @@ print(json.dumps(out))
     );
     assert_eq!(v["bandwidth"]["source"], "set", "{v}");
     assert_eq!(v["succeeded"], serde_json::json!([final_["id"]]), "{v}");
+    assert_eq!(
+        (&v["bad_query"][0], &v["bad_query"][1]),
+        (&400.into(), &"last".into()),
+        "{v}"
+    );
+
+    // Every refusal is JSON naming the field, also those the HTTP layer makes, and a path
+    // the daemon would read from its own working directory, or a store it cannot open, is
+    // refused with the spec rather than failing the job later.
+    let sync = |attachments: &str, store: &str| {
+        format!(r#"{{"kind":"sync_inputs","attachments":{attachments},"session_dir":"/s"{store}}}"#)
+    };
+    for (method, path, body, status, field) in [
+        ("GET", "/v1/jobs?last=abc", String::new(), 400, Some("last")),
+        ("GET", "/v1/jobs?foo=1", String::new(), 400, Some("foo")),
+        ("DELETE", "/v1/health", String::new(), 405, None),
+        (
+            "POST",
+            "/v1/jobs",
+            sync(r#""att.json""#, ""),
+            400,
+            Some("attachments"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            sync(r#"{"manifests":[]}"#, r#","store":"ftp://x""#),
+            400,
+            Some("store"),
+        ),
+    ] {
+        let (code, reply) = d.api(method, path, &body);
+        assert_eq!(code, status, "{method} {path} {body}: {reply}");
+        assert!(reply["error"].is_string(), "{method} {path}: {reply}");
+        assert_eq!(reply["field"].as_str(), field, "{method} {path}: {reply}");
+    }
+}
+
+/// A user allowed on the socket cannot have the daemon (here running as root) read or write
+/// what the user could not: a file only its owner reads, a directory closed to it, a
+/// session directory it may not write in. What the user may read goes through.
+#[test]
+fn the_daemon_does_for_another_user_only_what_that_user_could() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: acting as another user (nobody) needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start_in(dir, "socket_group = \"nogroup\"\n", &[]);
+    let public = d.path("public");
+    std::fs::create_dir_all(public.join("tex")).unwrap();
+    std::fs::write(public.join("tex/a.png"), b"texture").unwrap();
+    let secret = d.path("secret.token");
+    private_file(
+        &secret,
+        "s3cr3t-t0ken-0123456789
+",
+    );
+    // A tree the user may enter, with one file it may not read.
+    let mixed = d.path("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    std::fs::write(mixed.join("ok.png"), b"fine").unwrap();
+    private_file(
+        &mixed.join("key.pem"),
+        "private key
+",
+    );
+    let closed = d.path("closed-session");
+    std::fs::create_dir_all(&closed).unwrap();
+    for p in [&public, &public.join("tex"), &mixed, &closed] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for p in [public.join("tex/a.png"), mixed.join("ok.png")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let client = d.path("attache_client.py");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python/attache_client.py"),
+        &client,
+    )
+    .unwrap();
+    std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let script = r#"
+import json, sys
+from attache_client import Daemon, DaemonError
+d = Daemon(socket_path=sys.argv[1])
+out = {}
+def submit(name, **spec):
+    try:
+        out[name] = d.wait(d.start(spec)["id"])
+    except DaemonError as e:
+        out[name] = [e.status, str(e)]
+ids = dict(farm_id="farm-1", queue_id="queue-1")
+submit("public", kind="submit", inputs=[sys.argv[2]], **ids)
+submit("secret", kind="submit", inputs=[sys.argv[3]], **ids)
+submit("mixed", kind="submit", inputs=[sys.argv[4]], **ids)
+submit("session", kind="sync_inputs", attachments={"manifests": []}, session_dir=sys.argv[5])
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3")
+        .uid(65534)
+        .gid(65534)
+        .env("PYTHONPATH", d.path(""))
+        .arg("-c")
+        .arg(script)
+        .arg(d.socket())
+        .arg(&public)
+        .arg(&secret)
+        .arg(&mixed)
+        .arg(closed.join("s-1"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["public"]["state"], "succeeded", "{v}");
+    for (name, path, what) in [
+        ("secret", &secret, "read"),
+        ("session", &closed, "write in"),
+    ] {
+        assert_eq!(v[name][0], 403, "{name}: {v}");
+        let message = v[name][1].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "{}: user nobody (uid 65534) may not {what} it",
+                path.display()
+            )),
+            "{name}: {message}"
+        );
+    }
+    assert_eq!(v["mixed"]["state"], "failed", "{v}");
+    let error = v["mixed"]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "{}: user nobody (uid 65534) may not read it",
+            mixed.join("key.pem").display()
+        )),
+        "{error}"
+    );
+    let key_object = d.path("store/Data").join(format!(
+        "{}.xxh128",
+        attache::hash::ContentHash::of(b"private key\n")
+    ));
+    assert!(!key_object.exists(), "never read for it, never uploaded");
+}
+
+/// A plugin following a job must not take a daemon that stopped for the job's end: the
+/// Python client raises, as the CLI says the job was cut off.
+#[test]
+fn the_python_client_raises_when_the_daemon_stops_before_the_job_ends() {
+    use std::io::BufRead;
+    let mut d = Daemon::start("[bandwidth]\nupload = \"1MiB/s\"\n");
+    let slow = d.path("slow");
+    big_tree(&slow, 4, 4 << 20);
+    let id = d.start_job(&submit_spec(&slow));
+    let script = r#"
+import json, sys
+from attache_client import Daemon, DaemonError
+d = Daemon(socket_path=sys.argv[1])
+try:
+    for r in d.events(sys.argv[2]):
+        print(json.dumps({"state": r["state"]}), flush=True)
+    print(json.dumps({"raised": None}))
+except DaemonError as e:
+    print(json.dumps({"raised": [e.status, str(e)]}))
+"#;
+    let mut follower = Command::new("python3")
+        .env(
+            "PYTHONPATH",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
+        )
+        .arg("-c")
+        .arg(script)
+        .arg(d.socket())
+        .arg(&id)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(
+        first.contains("running") || first.contains("queued"),
+        "{first}"
+    );
+    d.signal(libc::SIGKILL);
+    d.child.take().unwrap().wait().unwrap();
+    let last = lines.last().unwrap().unwrap();
+    assert!(follower.wait().unwrap().success());
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["raised"][0], 0, "{v}");
+    assert!(
+        v["raised"][1].as_str().unwrap().contains("was cut off"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -1372,7 +1691,9 @@ fn the_tcp_listener_speaks_https_with_a_certificate_and_the_cli_checks_it() {
     let (code, _, err) = remote(&https, None);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains(&format!("TLS with the daemon at {https}: ")) && err.contains("--daemon-ca"),
+        err.contains(&format!(
+            "TLS with the daemon at {https}: its certificate is not signed by a CA this machine trusts"
+        )) && err.contains("--daemon-ca"),
         "{err}"
     );
     // Plain HTTP gets nothing from it, the token included.
@@ -2229,6 +2550,26 @@ fn a_submit_the_store_failed_is_resumed_by_the_next_job() {
     let a = d.wait(a["id"].as_str().unwrap(), Duration::from_secs(30));
     assert_eq!(a["state"], "failed", "{a}");
     assert_eq!(s3.open_multipart_uploads(), 1, "kept to be resumed");
+    // The service's log says what the job worked on, and why it failed.
+    let id = a["id"].as_str().unwrap();
+    let log = d.log();
+    let line = |what: &str| {
+        log.lines()
+            .find(|l| l.contains(what) && l.contains(id))
+            .unwrap_or_else(|| panic!("no {what:?} line for {id}:\n{log}"))
+            .to_string()
+    };
+    let started = line("job started");
+    assert!(
+        started.contains("kind=\"submit\"") || started.contains("kind=submit"),
+        "{started}"
+    );
+    assert!(started.contains(proj.to_str().unwrap()), "{started}");
+    let failed = line("job failed");
+    assert!(
+        failed.contains("WARN") && failed.contains(a["error"].as_str().unwrap()),
+        "{failed}"
+    );
     s3.faults.clear();
     s3.faults.for_all();
 

@@ -126,6 +126,33 @@ fn diff_and_verify_report_changes() {
     assert_eq!(v["content_mismatch"][0]["expected"]["path"], "hello.txt");
     assert_eq!(v["extra"][0]["path"], "new.txt");
 
+    // The filters pick among the manifest's files and the files on disk alike: the frames
+    // alone are checked, and a file the config leaves out (here the changed one) is neither
+    // missing nor different, though the manifest has it.
+    let (code, out, err) = run(attache(t.path())
+        .env("ATTACHE_HASH__EXCLUDE", "hello.txt")
+        .args(["manifest", "verify", "--strict", "--exclude", "new.txt"])
+        .args(["--exclude", "empty.txt"])
+        .arg(&tiny)
+        .arg("--root")
+        .arg(&root));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("OK: 1 of 1 files match; 0 missing, 0 differ, 0 other mtime, 0 extra; 2 left out by the filters"),
+        "{out}"
+    );
+    let (code, out, _) = run(attache(t.path())
+        .args(["manifest", "verify", "--json", "--include", "sub/**"])
+        .arg(&tiny)
+        .arg("--root")
+        .arg(&root));
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["checked"].as_u64(), v["left_out"].as_u64()),
+        (Some(1), Some(2))
+    );
+
     let edge = fixture("edge").join("manifest.json");
     let (code, out, _) = run(attache(t.path())
         .args(["manifest", "diff"])
@@ -156,6 +183,26 @@ fn config_show_applies_env_and_redacts_secrets() {
     assert!(!out.contains("hunter2"), "{out}");
     assert!(out.contains("<redacted>"), "{out}");
     assert!(out.contains("download = \"50MB/s\""), "{out}");
+    // What is left to attache is shown as comments, so the output still loads back as the
+    // same settings (the content cache following cache.dir).
+    let content = format!(
+        "#   cache.content_dir: {}",
+        t.path().join("content").display()
+    );
+    assert!(out.lines().any(|l| l.starts_with(&content)), "{out}");
+    assert!(out.contains("#   hash.threads: "), "{out}");
+    let shown = t.path().join("shown.toml");
+    fs::write(&shown, &out).unwrap();
+    let (code, again, err) = run(attache(t.path())
+        .arg("--config")
+        .arg(&shown)
+        .args(["config", "show"]));
+    assert_eq!(code, 0, "{err}");
+    let settings = |text: &str| {
+        // The first line names the config file read.
+        text.lines().skip(1).collect::<Vec<_>>().join("\n")
+    };
+    assert_eq!(settings(&again), settings(&out));
 
     let (code, _, err) = run(attache(t.path())
         .args(["config", "show"])
@@ -165,6 +212,32 @@ fn config_show_applies_env_and_redacts_secrets() {
         err.contains("s3.max_conections") && err.contains("ATTACHE_S3__MAX_CONECTIONS"),
         "{err}"
     );
+
+    // A key in a file every user can read is warned about, naming it; not in a private one.
+    use std::os::unix::fs::PermissionsExt;
+    let keys = t.path().join("keys.toml");
+    fs::write(
+        &keys,
+        "[s3]\naccess_key_id = \"AKIAEXAMPLE\"\nsecret_access_key = \"hunter2-very-secret\"\n",
+    )
+    .unwrap();
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        fs::set_permissions(&keys, fs::Permissions::from_mode(mode)).unwrap();
+        let (code, out, err) = run(attache(t.path())
+            .arg("--config")
+            .arg(&keys)
+            .args(["config", "show"]));
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            !out.contains("hunter2") && !err.contains("hunter2"),
+            "{out}{err}"
+        );
+        assert_eq!(
+            err.contains("holds s3.secret_access_key and every user of this machine can read it"),
+            warned,
+            "mode {mode:o}: {err}"
+        );
+    }
 
     let f = t.path().join("c.toml");
     fs::write(&f, "[transfer]\npart_size = \"1KiB\"\n").unwrap();

@@ -705,12 +705,19 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
     write(&local.join("renders/new.exr.tmp"), b"a frame being written");
     write(&local.join("renders/scratch/x.exr"), b"scratch");
     write(&local.join("renders/zz/.DS_Store"), b"finder");
-    let sync_outputs = |sa: &str, flags: &[&str]| {
+    let sync_outputs = |task: &str, sa: &str, flags: &[&str]| {
         let mut c = f.attache("w");
         c.env("ATTACHE_HASH__EXCLUDE", ".DS_Store")
             .arg("sync-outputs")
             .args(IDS)
-            .args(TASK_IDS)
+            .args([
+                "--job-id",
+                "job-1",
+                "--step-id",
+                "step-1",
+                "--task-id",
+                task,
+            ])
             .args(["--session-action-id", sa])
             .args(["--start-time", "2026-12-05T10:00:00.000000Z"])
             .args(["--exclude", "*.tmp", "--exclude", "scratch/"])
@@ -722,7 +729,7 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
     };
     // A dry run finds the same outputs, says what it would send, and sends nothing.
     let stored = f.s3.object_keys();
-    let (would, err) = sync_outputs("sa-1", &["--dry-run"]);
+    let (would, err) = sync_outputs("task-1", "sa-1", &["--dry-run"]);
     assert_eq!(f.s3.object_keys(), stored, "a dry run stores nothing");
     assert!(
         err.contains("/proj: 3 new or changed outputs (")
@@ -731,7 +738,7 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
             && err.contains("; would publish farm-1/queue-1/job-1/"),
         "{err}"
     );
-    let (out, err) = sync_outputs("sa-1", &[]);
+    let (out, err) = sync_outputs("task-1", "sa-1", &[]);
     assert!(err.contains("; published farm-1/queue-1/job-1/"), "{err}");
     assert_eq!(
         out, would,
@@ -744,14 +751,36 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
         "a.exr is as placed; tex/ is not an output directory; the rest is excluded"
     );
 
-    // Only the frames of one directory: the others are not outputs of this session action.
-    let (out, _) = sync_outputs("sa-2", &["--include", "renders/zz/*.exr"]);
+    // The session's next task: only what it wrote or changed is its output, not the frames
+    // the task before it published (Deadline runs a step's tasks one after another in one
+    // session); --include takes only the frames of one directory.
+    write(&local.join("renders/zz/d.exr"), b"task 2, frame d");
+    write(&local.join("renders/e.exr"), b"task 2, frame e");
+    let (out, _) = sync_outputs("task-2", "sa-2", &["--include", "renders/zz/*.exr"]);
     let (_, paths) = published_outputs(&f, &out);
     assert_eq!(
         paths,
-        ["renders/zz/c.exr"],
-        "--include takes only what it matches"
+        ["renders/zz/d.exr"],
+        "--include takes only what it matches, and c.exr went with the task before"
     );
+    write(
+        &local.join("renders/new.exr"),
+        b"new frame, rendered again by task 3",
+    );
+    let (out, _) = sync_outputs("task-3", "sa-3", &[]);
+    let (_, paths) = published_outputs(&f, &out);
+    assert_eq!(
+        paths,
+        ["renders/e.exr", "renders/new.exr"],
+        "what no task published yet, and a frame rewritten since it was"
+    );
+    let (out, err) = sync_outputs("task-4", "sa-4", &[]);
+    assert_eq!(out.trim(), "[]", "{err}");
+    // The first task run again in the session (a retry): its latest run is what
+    // download-outputs takes, so it publishes all of its own again (new.exr is task 3's now).
+    let (out, _) = sync_outputs("task-1", "sa-5", &[]);
+    let (_, paths) = published_outputs(&f, &out);
+    assert_eq!(paths, ["renders/b.exr", "renders/zz/c.exr"]);
 }
 
 #[test]
@@ -770,6 +799,10 @@ fn dry_run_submit_writes_nothing() {
     assert_eq!(
         v["roots"][0]["upload"]["uploaded_objects"], 1,
         "would upload one object"
+    );
+    assert_eq!(
+        v["dry_run"], true,
+        "as get's and sync-outputs' --json say: {v}"
     );
     assert!(f.s3.object_keys().is_empty(), "{:?}", f.s3.object_keys());
     // With -o: the attachments name manifests that were not published, so no file a
@@ -1577,6 +1610,17 @@ fn check_of_a_job_s_outputs_names_the_output_whose_object_is_gone() {
         v["missing"][0]["paths"],
         serde_json::json!(["renders/f2.exr"])
     );
+    // A mistyped job id finds no manifest: nothing was checked, which is no OK.
+    let (code, out, err) = run(f
+        .attache("wrangler")
+        .arg("check")
+        .args(IDS)
+        .args(["--job-id", "job-l"]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.starts_with("FAILED: 0 of 0 objects") && err.contains("Nothing was checked"),
+        "{out}{err}"
+    );
 
     // What the job read and wrote, as the store holds it: `manifest cat` of its input
     // manifest and of its task's output manifest, each under its key.
@@ -1695,6 +1739,40 @@ fn a_missing_input_is_referenced_unless_paths_must_exist() {
         "the root covers the scene and the cache: {v}"
     );
     assert_eq!(v["roots"][0]["files"], 1, "{v}");
+
+    // Nothing but paths to come: their roots are mapped, nothing is uploaded, no manifest
+    // (as the official client, whose root for a lone path is that path).
+    let mut c = f.attache("ws");
+    c.arg("submit").args(IDS).arg(&cache).args(["--json"]);
+    let (code, out, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["attachments"]["manifests"],
+        serde_json::json!([{"rootPath": cache.to_str().unwrap(), "rootPathFormat": "posix"}]),
+        "{v}"
+    );
+
+    // Every path on storage the farm reaches itself: no attachments at all (CreateJob takes
+    // none with no manifest entry; the official client leaves them out), and the result file
+    // says so rather than keeping an older submission's.
+    let written = f.path("attachments.json");
+    std::fs::write(&written, b"{\"an\": \"older submission\"}").unwrap();
+    let mut c = f.attache("ws");
+    c.arg("submit")
+        .args(IDS)
+        .arg(proj.join("scenes/shot.ma"))
+        .arg("--shared")
+        .arg(&proj)
+        .arg("-o")
+        .arg(&written);
+    let (code, _, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("every path is under a SHARED storage-profile location"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&written).unwrap().trim(), "null");
 }
 
 /// A job bundle's asset_references.yaml (what `deadline bundle submit` and the DCC submitters
