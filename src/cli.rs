@@ -19,6 +19,7 @@ pub(crate) mod stdout;
 mod submit_paths;
 mod transfer_args;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -163,9 +164,55 @@ pub fn main() -> ExitCode {
             } else {
                 eprintln!("cancelled");
             }
+            if json_asked() {
+                // A script reading --json gets the failure there too, and whether running
+                // the command again as it is may succeed.
+                let failure = serde_json::json!({
+                    "error": if code == exit::CANCELLED { "cancelled".to_string() } else { describe(&e) },
+                    "exit_code": code,
+                    "retryable": is_retryable(&e),
+                });
+                let _ = writeln!(stdout::stdout(), "{failure}");
+            }
             ExitCode::from(code)
         }
     }
+}
+
+/// Whether the command line asked for `--json` (parsed already: no other argument is it).
+fn json_asked() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// Whether running the command again as it is may succeed: the store unreachable or
+/// throttling, a file still being written, a daemon job interrupted or cut off. Not bad usage,
+/// a damaged manifest or object, a refused path, a full disk.
+fn is_retryable(e: &anyhow::Error) -> bool {
+    use crate::daemon::client::ClientError;
+    use crate::jobs::spec::JobError;
+    use crate::transfer::TransferError;
+    e.chain().any(|c| {
+        c.downcast_ref::<JobError>()
+            .is_some_and(JobError::is_retryable)
+            || c.downcast_ref::<TransferError>()
+                .is_some_and(TransferError::is_retryable)
+            || c.downcast_ref::<crate::jobs::put::PutError>()
+                .is_some_and(|p| p.is_retryable())
+            || c.downcast_ref::<crate::jobs::submit::SubmitError>()
+                .is_some_and(|s| s.is_retryable())
+            || c.downcast_ref::<crate::store::StoreError>()
+                .is_some_and(|s| s.is_retryable())
+            || matches!(
+                c.downcast_ref::<ClientError>(),
+                Some(ClientError::JobFailed {
+                    retryable: true,
+                    ..
+                })
+            )
+    })
 }
 
 /// The error and its causes, leaving out a cause whose text the message already shows

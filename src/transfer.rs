@@ -223,6 +223,16 @@ pub enum TransferError {
 }
 
 impl TransferError {
+    /// Worth running again later as it is (the store unreachable, throttling, a 5xx; a file
+    /// still being written), rather than a lasting failure a run again would meet again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TransferError::Store(e) => e.is_retryable(),
+            TransferError::ChangedDuringUpload { .. } => true,
+            _ => false,
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TransferError {
         let path = path.into();
         move |source| TransferError::Io { path, source }

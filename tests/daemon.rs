@@ -1586,6 +1586,7 @@ print(json.dumps(out))
         );
     }
     assert_eq!(v["mixed"]["state"], "failed", "{v}");
+    assert_eq!(v["mixed"]["retryable"], false, "a lasting refusal: {v}");
     let error = v["mixed"]["error"].as_str().unwrap();
     assert!(
         error.contains(&format!(
@@ -1910,6 +1911,11 @@ fn attache_retry_runs_a_cancelled_job_again_and_refuses_one_that_runs_or_succeed
         line(&second).ends_with(&format!("(retry of {first})")),
         "{out}"
     );
+    // Also in a list of the cancelled ones alone, where the retry is not listed.
+    let (code, out, err) = run(d.cmd().args(["jobs", "--state", "cancelled"]));
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().find(|l| l.starts_with(&first)).unwrap();
+    assert!(line.ends_with(&format!("(run again as {second})")), "{out}");
 }
 
 #[test]
@@ -2549,6 +2555,7 @@ fn a_submit_the_store_failed_is_resumed_by_the_next_job() {
     let (_, a) = d.api("POST", "/v1/jobs", &spec);
     let a = d.wait(a["id"].as_str().unwrap(), Duration::from_secs(30));
     assert_eq!(a["state"], "failed", "{a}");
+    assert_eq!(a["retryable"], true, "the store failed: worth a retry: {a}");
     assert_eq!(s3.open_multipart_uploads(), 1, "kept to be resumed");
     // The service's log says what the job worked on, and why it failed.
     let id = a["id"].as_str().unwrap();

@@ -1497,6 +1497,28 @@ fn a_store_that_cannot_be_used_says_why_without_retrying_in_vain() {
         "{err}"
     );
     no_debug_dump(&err);
+    // With --json the failure is on stdout too, saying whether running the command again as
+    // it is may succeed: yes for a store that is down, no for a bucket that does not exist.
+    let json_failure = |endpoint: &str, store: &str| {
+        let mut c = s3_env_without(&s3, &[], t.path());
+        c.env("ATTACHE_S3__ENDPOINT_URL", endpoint)
+            .env("ATTACHE_S3__RETRY_ATTEMPTS", "1")
+            .args(["put", "--no-cache", "--json", "--store", store])
+            .arg(&src);
+        let (code, out, err) = run(&mut c);
+        assert_eq!(code, 1, "{err}");
+        serde_json::from_str::<serde_json::Value>(out.trim())
+            .unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let v = json_failure(&down, &s3.store_url("p"));
+    assert_eq!(
+        (&v["exit_code"], &v["retryable"]),
+        (&1.into(), &true.into()),
+        "{v}"
+    );
+    assert!(v["error"].as_str().unwrap().contains("cannot reach"), "{v}");
+    let v = json_failure(&s3.endpoint, "s3://no-such-bucket/p");
+    assert_eq!(v["retryable"], false, "{v}");
 
     // An endpoint that is not an S3 server (a web server, a proxy: 404 to everything): the
     // PUT's status and what to check, not a content object "deleted from the store".

@@ -61,6 +61,8 @@ pub enum ClientError {
         id: String,
         state: String,
         message: String,
+        /// Running it again as it is may succeed (its record's `retryable`).
+        retryable: bool,
     },
 }
 
@@ -469,12 +471,14 @@ pub fn run_job_at(
                 ),
                 id,
                 state: "was cut off".into(),
+                retryable: true,
             }
             .into()),
             Some(state) => Err(ClientError::JobFailed {
                 id,
                 state: state.to_string(),
                 message: last["error"].as_str().unwrap_or_default().to_string(),
+                retryable: last["retryable"].as_bool().unwrap_or(false),
             }
             .into()),
         }

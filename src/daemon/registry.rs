@@ -68,6 +68,15 @@ pub struct JobRecord {
     /// the stored record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<usize>,
+    /// The job that ran this one again (`attache retry`); in the API's answers, not in the
+    /// stored record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_by: Option<String>,
+    /// For a job that failed or was interrupted: whether running it again as it is may
+    /// succeed (the store unreachable or throttling, the daemon stopped), or the cause is
+    /// lasting (a damaged manifest, a refused path, a full disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
 }
 
 fn default_priority() -> u8 {
@@ -186,6 +195,7 @@ impl Registry {
             };
             if !record.state.is_final() {
                 record.state = JobState::Interrupted;
+                record.retryable = Some(true);
                 record.error = Some(format!(
                     "the daemon stopped while this job was running; `attache retry {}` runs it again",
                     record.id
@@ -334,17 +344,7 @@ impl Registry {
         if let Some(what) = what {
             return Err(RetryError::NotRetryable { id: old.id, what });
         }
-        // Each record's own fields: a snapshot of every job (results included) is not needed.
-        let by = self
-            .jobs
-            .lock()
-            .expect("not poisoned")
-            .values()
-            .find_map(|j| {
-                let r = j.record.lock().expect("not poisoned");
-                (r.retry_of.as_deref() == Some(id)).then(|| (r.id.clone(), r.state))
-            });
-        if let Some((by, state)) = by {
+        if let Some((by, state)) = self.run_again_as(id) {
             return Err(RetryError::AlreadyRetried {
                 id: old.id,
                 by,
@@ -387,6 +387,8 @@ impl Registry {
             retry_of,
             priority,
             queue_position: None,
+            retried_by: None,
+            retryable: None,
         };
         write_record(&self.dir, &record);
         let (changed, _) = watch::channel(0);
@@ -489,6 +491,7 @@ impl Registry {
                 Err(e) if e.is_cancelled() => self.cancelled(r),
                 Err(e) => {
                     r.error = Some(e.to_string());
+                    r.retryable = Some(e.is_retryable());
                     r.state = JobState::Failed;
                 }
             }
@@ -526,6 +529,7 @@ impl Registry {
     fn cancelled(&self, r: &mut JobRecord) {
         if self.root.is_cancelled() {
             r.state = JobState::Interrupted;
+            r.retryable = Some(true);
             r.error = Some(format!(
                 "the daemon stopped while the job was {}; `attache retry {}` runs it again",
                 if r.started_ms.is_some() {
@@ -555,19 +559,31 @@ impl Registry {
     /// The jobs in the order they were created (the newest last), those in one of `states`
     /// only (all when empty), the `last` most recent only (all when `None`).
     pub fn list(&self, states: &[JobState], last: Option<usize>) -> Vec<JobRecord> {
-        let mut jobs: Vec<JobRecord> = self
-            .jobs
-            .lock()
-            .expect("not poisoned")
-            .values()
-            .filter(|j| {
-                states.is_empty() || states.contains(&j.record.lock().expect("not poisoned").state)
-            })
-            .map(|j| j.snapshot())
-            .collect();
+        let (mut jobs, retried): (Vec<JobRecord>, BTreeMap<String, String>) = {
+            let all = self.jobs.lock().expect("not poisoned");
+            // Which job ran each one again, also when that one is not listed (a list of the
+            // interrupted jobs, whose retries succeeded).
+            let retried = all
+                .values()
+                .filter_map(|j| {
+                    let r = j.record.lock().expect("not poisoned");
+                    Some((r.retry_of.clone()?, r.id.clone()))
+                })
+                .collect();
+            let listed = all
+                .values()
+                .filter(|j| {
+                    states.is_empty()
+                        || states.contains(&j.record.lock().expect("not poisoned").state)
+                })
+                .map(|j| j.snapshot())
+                .collect();
+            (listed, retried)
+        };
         let queue = self.slots.queue();
         for j in &mut jobs {
             place_in(&queue, j);
+            j.retried_by = retried.get(&j.id).cloned();
         }
         jobs.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         if let Some(n) = last {
@@ -580,11 +596,28 @@ impl Registry {
         self.jobs.lock().expect("not poisoned").get(id).cloned()
     }
 
-    /// A job's record as the API answers it: with its place in the queue when queued.
+    /// A job's record as the API answers it: with its place in the queue when queued, and
+    /// the job that ran it again once it has ended.
     pub fn record(&self, id: &str) -> Option<JobRecord> {
         let mut r = self.get(id)?.snapshot();
         place_in(&self.slots.queue(), &mut r);
+        if r.state.is_final() {
+            r.retried_by = self.run_again_as(id).map(|(by, _)| by);
+        }
         Some(r)
+    }
+
+    /// The job that ran job `id` again, and its state. Each record's own fields: a snapshot
+    /// of every job (results included) is not needed.
+    fn run_again_as(&self, id: &str) -> Option<(String, JobState)> {
+        self.jobs
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .find_map(|j| {
+                let r = j.record.lock().expect("not poisoned");
+                (r.retry_of.as_deref() == Some(id)).then(|| (r.id.clone(), r.state))
+            })
     }
 
     /// Cancels a job (no effect once it has finished); returns its record.

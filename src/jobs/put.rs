@@ -23,6 +23,11 @@ pub enum PutError {
 }
 
 impl PutError {
+    /// See [`TransferError::is_retryable`].
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, PutError::Transfer(t) if t.is_retryable())
+    }
+
     fn is_cancelled(&self) -> bool {
         matches!(
             self,

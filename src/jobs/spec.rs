@@ -283,6 +283,18 @@ impl From<TransferError> for JobError {
 }
 
 impl JobError {
+    /// Worth running again later as it is (`attache retry`): the store unreachable or
+    /// throttling, a 5xx, a file still being written. Not a bad spec, a refused path, a
+    /// damaged manifest or object, a full disk.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            JobError::Submit(e) => e.is_retryable(),
+            JobError::Put(e) => e.is_retryable(),
+            JobError::Transfer(e) => e.is_retryable(),
+            JobError::Invalid { .. } | JobError::NotTheCallers(_) | JobError::Open(_) => false,
+        }
+    }
+
     /// The job stopped because it was cancelled.
     pub fn is_cancelled(&self) -> bool {
         let mut e: Option<&(dyn std::error::Error + 'static)> = Some(self);

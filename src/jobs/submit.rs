@@ -55,6 +55,17 @@ pub enum SubmitError {
     Input(String),
 }
 
+impl SubmitError {
+    /// See [`TransferError::is_retryable`].
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SubmitError::Put(p) => p.is_retryable(),
+            SubmitError::Transfer(t) => t.is_retryable(),
+            SubmitError::Input(_) => false,
+        }
+    }
+}
+
 impl From<HashJobError> for SubmitError {
     fn from(e: HashJobError) -> Self {
         SubmitError::Put(PutError::Hash(e))
