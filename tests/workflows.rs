@@ -1947,15 +1947,22 @@ fn a_job_bundle_s_asset_references_and_a_list_of_inputs_submit_what_arguments_wo
 #[test]
 fn download_outputs_of_a_job_without_any_says_where_it_looked() {
     let f = Farm::new();
-    let (code, _, err) = run(&mut f.download_outputs(&["--step-id", "step-9"]));
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains(&format!(
-            "no outputs: no task has published any under {}/Manifests/farm-1/queue-1/job-1/step-9/",
-            f.s3.store_url("DeadlineCloud")
-        )),
-        "{err}"
-    );
+    // Beside --json too: a script reads the JSON, its log shows the typo'd id.
+    for json in [&[][..], &["--json"]] {
+        let (code, out, err) = run(f.download_outputs(&["--step-id", "step-9"]).args(json));
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains(&format!(
+                "no outputs: no task has published any under {}/Manifests/farm-1/queue-1/job-1/step-9/",
+                f.s3.store_url("DeadlineCloud")
+            )),
+            "{err}"
+        );
+        if !json.is_empty() {
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["tasks"], 0, "{v}");
+        }
+    }
 }
 
 /// A worker runs thousands of sessions, each recording its files in the hash cache under its

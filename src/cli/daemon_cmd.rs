@@ -303,15 +303,11 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
         "FILES",
         "BYTES"
     );
-    // Which job ran each one again, for the failed and interrupted ones a wrangler looks at.
-    let rerun: std::collections::HashMap<&str, &str> = jobs
-        .iter()
-        .filter_map(|j| Some((j["retry_of"].as_str()?, j["id"].as_str()?)))
-        .collect();
     for j in &jobs {
         let p = &j["progress"];
         let id = j["id"].as_str().unwrap_or_default();
-        let again = match (rerun.get(id), j["retry_of"].as_str()) {
+        // Which job ran it again, for the failed and interrupted ones a wrangler looks at.
+        let again = match (j["retried_by"].as_str(), j["retry_of"].as_str()) {
             (Some(by), _) => format!(" (run again as {by})"),
             (None, Some(of)) => format!(" (retry of {of})"),
             (None, None) => String::new(),

@@ -594,21 +594,8 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
 }
 
 pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result<ExitCode> {
-    let job_path = [Some(&a.farm_id), Some(&a.queue_id), Some(&a.job_id)]
-        .into_iter()
-        .chain([a.step_id.as_ref(), a.task_id.as_ref()])
-        .flatten()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join("/");
-    let store = match (
-        &a.common.store.store,
-        super::through_daemon(a.common.daemon),
-    ) {
-        (Some(url), _) => url.clone(),
-        (None, true) => "<the daemon's store.url>".into(),
-        (None, false) => ctx.settings.store.url.clone(),
-    };
+    let through_daemon = super::through_daemon(a.common.daemon);
+    let job = a.job_id.clone();
     let spec = JobSpec::DownloadOutputs(DownloadOutputsJob {
         farm_id: a.farm_id,
         queue_id: a.queue_id,
@@ -655,10 +642,12 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         );
     }
     match out["tasks"].as_u64() {
-        // The same as the official client: not an error (the job may not have run a task yet).
-        Some(0) => eprintln!(
-            "no outputs: no task has published any under {store}/Manifests/{job_path}/ (yet); check the ids and the store if the job has run"
+        // A job run here said so itself (`no outputs: …`, with where it looked); the
+        // daemon's log holds that of one run there.
+        Some(0) if through_daemon => eprintln!(
+            "no outputs: no task of {job} has published any in the daemon's store (yet); check the ids and the store if the job has run"
         ),
+        Some(0) => {}
         _ => eprintln!("{} tasks with outputs", out["tasks"]),
     }
     Ok(ExitCode::SUCCESS)

@@ -180,6 +180,22 @@ pub async fn run(
         task_id: spec.task_id.clone(),
     };
     let (tasks, by_root) = latest_outputs(&of, &transfer, cancel).await?;
+    if tasks == 0 {
+        // The same as the official client: not an error (the job may not have run a task
+        // yet), but said, also beside --json and in the daemon's log: a typo in an id looks
+        // just like it.
+        let job_path = [Some(&of.farm_id), Some(&of.queue_id), Some(&of.job_id)]
+            .into_iter()
+            .chain([of.step_id.as_ref(), of.task_id.as_ref()])
+            .flatten()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("/");
+        tracing::warn!(
+            "no outputs: no task has published any under {}/Manifests/{job_path}/ (yet); check the ids and the store if the job has run",
+            transfer.store.describe()
+        );
+    }
     // A mistyped FROM would send the outputs to the root path itself (the artist's project,
     // the very place the map was meant to keep them out of). A FROM of a root these tasks
     // did not write to is fine (one map for every download of a job), so long as every root
