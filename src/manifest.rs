@@ -8,7 +8,7 @@ pub mod path;
 
 pub use decode::{DecodeError, ReadError, decode, decode_from};
 pub use ops::{ManifestDiff, diff, merge};
-pub use path::{ManifestPath, PathError, PathRules};
+pub use path::{ManifestPath, PathError, PathRules, printable};
 
 use crate::hash::ContentHash;
 

@@ -368,3 +368,35 @@ fn an_empty_daemon_url_is_refused_not_taken_for_this_machine() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is empty (an unset variable?)"), "{err}");
 }
+
+/// A file name with a newline in it stays on one line of text output (`manifest cat`,
+/// `verify`, `diff`), written `\u000a`; `--json` has it as it is.
+#[test]
+fn text_output_keeps_one_line_per_path() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("nl\nname.txt"), b"x").unwrap();
+    fs::write(root.join("plain.txt"), b"y").unwrap();
+    let m = t.path().join("m.json");
+    let (code, _, err) = run(attache(t.path()).arg("hash").arg(&root).arg("-o").arg(&m));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(attache(t.path()).args(["manifest", "cat"]).arg(&m));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "two files and the total: {out}");
+    assert!(out.contains("  nl\\u000aname.txt\n"), "{out}");
+    fs::remove_file(root.join("nl\nname.txt")).unwrap();
+    let (code, out, _) = run(attache(t.path())
+        .args(["manifest", "verify"])
+        .arg(&m)
+        .arg("--root")
+        .arg(&root));
+    assert_eq!(code, 1);
+    assert!(out.starts_with("missing   nl\\u000aname.txt\n"), "{out}");
+    let (code, out, err) = run(attache(t.path())
+        .args(["manifest", "cat", "--json"])
+        .arg(&m));
+    assert_eq!(code, 0, "{err}");
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["path"], "nl\nname.txt");
+}

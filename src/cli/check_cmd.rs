@@ -13,6 +13,7 @@ use super::transfer_args::{StoreArgs, with_transfer};
 use crate::cli::stdout::outln;
 use crate::config::Override;
 use crate::jobs::check::{self, CheckReport, CheckSpec, Lookup, Problem};
+use crate::manifest::printable;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
@@ -195,9 +196,6 @@ fn needed_by(p: &Problem) -> String {
     } else {
         String::new()
     };
-    format!(
-        "needed by {} file(s): {}{tail}",
-        p.files,
-        p.paths.join(", ")
-    )
+    let paths: Vec<_> = p.paths.iter().map(|p| printable(p)).collect();
+    format!("needed by {} file(s): {}{tail}", p.files, paths.join(", "))
 }

@@ -17,7 +17,7 @@ use super::transfer_args::{StoreArgs, with_transfer};
 use super::{Context, flag, run_cancellable};
 use crate::config::Override;
 use crate::jobs::{job_manifests, verify};
-use crate::manifest::{Manifest, ManifestEntry, ReadError, decode_from, diff, merge};
+use crate::manifest::{Manifest, ManifestEntry, ReadError, decode_from, diff, merge, printable};
 use crate::progress::Progress;
 
 #[derive(Debug, Subcommand)]
@@ -125,13 +125,13 @@ pub fn run(ctx: &Context, cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
                 writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
             } else {
                 for e in &d.added {
-                    writeln!(out, "+ {}  ({} bytes, {})", e.path, e.size, e.hash)?;
+                    writeln!(out, "+ {}  ({} bytes, {})", line(&e.path), e.size, e.hash)?;
                 }
                 for (a, b) in &d.changed {
-                    writeln!(out, "~ {}  ({})", b.path, change_summary(a, b))?;
+                    writeln!(out, "~ {}  ({})", line(&b.path), change_summary(a, b))?;
                 }
                 for e in &d.removed {
-                    writeln!(out, "- {}", e.path)?;
+                    writeln!(out, "- {}", line(&e.path))?;
                 }
                 writeln!(
                     out,
@@ -232,7 +232,7 @@ fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<ExitCode> {
                 e.hash,
                 e.size,
                 format_mtime(e.mtime_us),
-                e.path
+                line(&e.path)
             )?;
         }
         writeln!(out, "# {} files, {} bytes", m.len(), m.total_size())?;
@@ -283,16 +283,26 @@ fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "{}", serde_json::to_string_pretty(&j)?)?;
     } else {
         for e in &report.missing {
-            writeln!(out, "missing   {}", e.path)?;
+            writeln!(out, "missing   {}", line(&e.path))?;
         }
         for (a, b) in &report.content_mismatch {
-            writeln!(out, "differs   {}  ({})", a.path, change_summary(a, b))?;
+            writeln!(
+                out,
+                "differs   {}  ({})",
+                line(&a.path),
+                change_summary(a, b)
+            )?;
         }
         for (a, b) in &report.mtime_mismatch {
-            writeln!(out, "mtime     {}  ({})", a.path, change_summary(a, b))?;
+            writeln!(
+                out,
+                "mtime     {}  ({})",
+                line(&a.path),
+                change_summary(a, b)
+            )?;
         }
         for e in &report.extra {
-            writeln!(out, "extra     {}", e.path)?;
+            writeln!(out, "extra     {}", line(&e.path))?;
         }
         let left_out = match report.left_out {
             0 => String::new(),
@@ -315,6 +325,11 @@ fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// A manifest path for a line of text output: one line, whatever its name holds.
+fn line(path: &crate::manifest::ManifestPath) -> String {
+    printable(&path.display()).into_owned()
 }
 
 fn entry_json(e: &ManifestEntry) -> serde_json::Value {

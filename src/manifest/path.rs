@@ -216,6 +216,23 @@ impl fmt::Debug for ManifestPath {
     }
 }
 
+/// `text` for a line of text output (`manifest cat`, `check`): a control character (a newline
+/// in a file name) written as `\u000a`, as a lone surrogate is, so that one path stays one
+/// line. JSON output escapes them itself.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut s = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c.is_control() {
+            true => s.push_str(&format!("\\u{:04x}", u32::from(c))),
+            false => s.push(c),
+        }
+    }
+    Cow::Owned(s)
+}
+
 impl fmt::Display for ManifestPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.display())
