@@ -867,6 +867,22 @@ fn sighup_applies_a_new_bandwidth_and_keeps_the_old_config_when_broken() {
         d.api("GET", &format!("/v1/jobs/{id}"), "").1["state"],
         "running"
     );
+    // The bytes on their way count at once, for a dashboard's rate(); the job's own count
+    // comes at its end.
+    let metrics = d.api("GET", "/metrics", "").1;
+    let value = |line: &str| -> u64 {
+        let metrics = metrics.as_str().unwrap();
+        let found = metrics.lines().find(|l| l.starts_with(line));
+        found
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{line}:\n{metrics}"))
+    };
+    let moving = value("attache_transferred_bytes_total{direction=\"upload\"}");
+    assert!(
+        moving >= 256 << 10,
+        "{moving} bytes after a second at 1 MiB/s"
+    );
+    assert_eq!(value("attache_uploaded_bytes_total "), 0);
     d.write_config("[bandwidth]\nupload = \"64MiB/s\"\n");
     d.signal(libc::SIGHUP);
     assert_eq!(d.wait(&id, Duration::from_secs(20))["state"], "succeeded");

@@ -17,6 +17,8 @@ pub struct Metrics {
     succeeded: AtomicU64,
     failed: AtomicU64,
     cancelled: AtomicU64,
+    /// Stopped by the daemon's shutdown (not by a user's cancel).
+    interrupted: AtomicU64,
     bytes_up: AtomicU64,
     objects_up: AtomicU64,
     bytes_resumed: AtomicU64,
@@ -117,6 +119,7 @@ impl Metrics {
         match state {
             JobState::Succeeded => &self.succeeded,
             JobState::Cancelled => &self.cancelled,
+            JobState::Interrupted => &self.interrupted,
             _ => &self.failed,
         }
         .fetch_add(1, Relaxed);
@@ -203,6 +206,10 @@ impl Metrics {
                 ("{state=\"succeeded\"}".into(), self.succeeded.load(Relaxed)),
                 ("{state=\"failed\"}".into(), self.failed.load(Relaxed)),
                 ("{state=\"cancelled\"}".into(), self.cancelled.load(Relaxed)),
+                (
+                    "{state=\"interrupted\"}".into(),
+                    self.interrupted.load(Relaxed),
+                ),
             ],
         );
         metric(
@@ -289,6 +296,12 @@ impl Metrics {
             "counter",
             "Time transfers waited on the bandwidth limit.",
             &by_direction(|l| l.waited().as_millis() as u64),
+        );
+        metric(
+            "transferred_bytes_total",
+            "counter",
+            "Data bytes sent and received as they go, running jobs' included (a part or object sent again counts again): rate() shows the throughput while long jobs run, where uploaded_bytes_total and downloaded_bytes_total move when a job ends.",
+            &by_direction(|l| l.passed()),
         );
         metric(
             "bandwidth_limit_bytes_per_second",

@@ -28,6 +28,8 @@ pub struct Limiter {
     waited_ns: AtomicU64,
     /// The rate set, in bytes per second (0: unlimited).
     rate: AtomicU64,
+    /// Bytes that passed, limited or not: the daemon's live count of what its transfers move.
+    passed: AtomicU64,
 }
 
 struct Paced {
@@ -65,8 +67,15 @@ impl Limiter {
         std::time::Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed))
     }
 
+    /// Bytes that have passed (every transfer's data, as it goes; one re-sent is counted
+    /// again).
+    pub fn passed(&self) -> u64 {
+        self.passed.load(Ordering::Relaxed)
+    }
+
     /// Waits until `bytes` more may pass. Cancel by dropping the future.
     pub async fn acquire(&self, bytes: usize) {
+        self.passed.fetch_add(bytes as u64, Ordering::Relaxed);
         let Some(paced) = self.inner.load_full() else {
             return;
         };
