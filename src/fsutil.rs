@@ -114,7 +114,7 @@ impl AtomicFile {
         };
         Ok(AtomicFile {
             path: path.to_path_buf(),
-            tmp: temp_file_in(dir, ".attache-tmp-", "")?,
+            tmp: temp_file_in(dir, TEMP_PREFIX, "")?,
         })
     }
 
@@ -233,6 +233,20 @@ pub fn file_time_from_us(mtime_us: i64) -> filetime::FileTime {
         ns.div_euclid(1_000_000_000) as i64,
         ns.rem_euclid(1_000_000_000) as u32,
     )
+}
+
+/// The name every temporary file attache writes beside its final one starts with.
+pub const TEMP_PREFIX: &str = ".attache-tmp-";
+
+/// Whether a file can be made in `dir` (and is removed again): the check before a command
+/// or the daemon relies on writing there. The error is the system's, without the temporary
+/// file's name (which means nothing to the user).
+pub fn can_write_in(dir: &Path) -> std::io::Result<()> {
+    temp_file_in(dir, TEMP_PREFIX, "").map(drop).map_err(|e| {
+        let text = e.to_string();
+        let system = text.split(" at path ").next().unwrap_or_default();
+        std::io::Error::new(e.kind(), system.to_string())
+    })
 }
 
 /// A temporary file in `dir` (removed if dropped) that will become a regular file: created

@@ -60,8 +60,7 @@ impl DaemonError {
 /// Says at start, once, what would otherwise show only job by job: a `cache.dir` the daemon
 /// cannot write (made by root, a read-only mount, a path through a file).
 fn warn_if_cache_dir_unwritable(dir: &std::path::Path) {
-    let writable = std::fs::create_dir_all(dir)
-        .and_then(|()| crate::fsutil::temp_file_in(dir, ".attache-tmp-", "").map(drop));
+    let writable = std::fs::create_dir_all(dir).and_then(|()| crate::fsutil::can_write_in(dir));
     if let Err(e) = writable {
         tracing::warn!(
             "cache.dir {}: cannot write there ({e}{}): the hash cache, the known-present index and the records of open uploads live there, so jobs fail on the hash cache or run without the others until it is fixed (or cache.hash_cache = false)",

@@ -193,6 +193,18 @@ impl AssetReferences {
 }
 
 /// A job bundle's `NAME.json` or `NAME.yaml` (not both); `None` when neither is there.
+/// The documents of a job bundle directory attache reads (each as `NAME.json` or
+/// `NAME.yaml`, see [`bundle_file`]): its asset references, its template, its parameter
+/// values.
+const BUNDLE_DOCUMENTS: [&str; 3] = ["asset_references", "template", "parameter_values"];
+
+/// The paths each of [`BUNDLE_DOCUMENTS`] may have in `dir`, there or not.
+pub(super) fn bundle_document_paths(dir: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    BUNDLE_DOCUMENTS
+        .into_iter()
+        .flat_map(move |name| ["json", "yaml"].map(|ext| dir.join(format!("{name}.{ext}"))))
+}
+
 pub(super) fn bundle_file(dir: &Path, name: &str) -> Result<Option<PathBuf>, AssetReferencesError> {
     let json = dir.join(format!("{name}.json"));
     let yaml = dir.join(format!("{name}.yaml"));

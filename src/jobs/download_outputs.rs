@@ -88,6 +88,23 @@ pub struct OutputsOf {
     pub task_id: Option<String>,
 }
 
+impl OutputsOf {
+    /// `farm/queue/job[/step[/task]]`: where under `Manifests/` these outputs are.
+    pub fn path(&self) -> String {
+        [
+            Some(&self.farm_id),
+            Some(&self.queue_id),
+            Some(&self.job_id),
+        ]
+        .into_iter()
+        .chain([self.step_id.as_ref(), self.task_id.as_ref()])
+        .flatten()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("/")
+    }
+}
+
 /// The output manifests that count: per task, those of its latest session action (a retried
 /// task replaces its outputs), and every one of a chunked step (there is no task to tell a
 /// retry by; the official client takes them all too). Returns the number of tasks (a chunked
@@ -105,11 +122,11 @@ pub async fn latest_output_keys(
         of.queue_id,
         of.job_id
     );
-    let mut list_prefix = job_prefix.clone();
-    for part in [&of.step_id, &of.task_id].into_iter().flatten() {
-        list_prefix.push_str(part);
-        list_prefix.push('/');
-    }
+    let list_prefix = format!(
+        "{}{}/",
+        manifests_prefix(transfer.store.root_prefix()),
+        of.path()
+    );
     let listed = transfer
         .gate
         .run(cancel, || transfer.store.list(&list_prefix))
@@ -184,16 +201,10 @@ pub async fn run(
         // The same as the official client: not an error (the job may not have run a task
         // yet), but said, also beside --json and in the daemon's log: a typo in an id looks
         // just like it.
-        let job_path = [Some(&of.farm_id), Some(&of.queue_id), Some(&of.job_id)]
-            .into_iter()
-            .chain([of.step_id.as_ref(), of.task_id.as_ref()])
-            .flatten()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join("/");
         tracing::warn!(
-            "no outputs: no task has published any under {}/Manifests/{job_path}/ (yet); check the ids and the store if the job has run",
-            transfer.store.describe()
+            "no outputs: no task has published any under {}/Manifests/{}/ (yet); check the ids and the store if the job has run",
+            transfer.store.describe(),
+            of.path()
         );
     }
     // A mistyped FROM would send the outputs to the root path itself (the artist's project,

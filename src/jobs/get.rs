@@ -359,7 +359,7 @@ fn remove_abandoned_records(dir: &Path, mine: &std::fs::File) {
         let temporary = entry
             .file_name()
             .as_encoded_bytes()
-            .starts_with(b".attache-tmp-");
+            .starts_with(crate::fsutil::TEMP_PREFIX.as_bytes());
         if !temporary || entry.metadata().map(|m| m.ino()).ok() == me {
             continue;
         }

@@ -381,51 +381,40 @@ impl JobSpec {
     /// is read; the files inside an input directory or a session are checked as the scan
     /// finds them, and download destinations the store names once they are known.
     pub fn check_caller(&self, caller: &Caller) -> Result<(), JobError> {
-        /// What a job bundle directory holds that the daemon reads.
-        const BUNDLE_FILES: [&str; 6] = [
-            "asset_references.yaml",
-            "asset_references.json",
-            "template.yaml",
-            "template.json",
-            "parameter_values.yaml",
-            "parameter_values.json",
-        ];
         let attachments = |a: &AttachmentsArg| match a {
             AttachmentsArg::File(p) => caller.may_read(p),
             AttachmentsArg::Inline(_) => Ok(()),
         };
-        let paths = |pairs: &'_ [String]| -> Vec<PathBuf> {
-            pairs
-                .iter()
-                .filter_map(|v| v.split_once('=').map(|(_, path)| PathBuf::from(path)))
-                .collect()
+        // The PATH of each `NAME=PATH` (`FROM=TO`), checked already by `validate`.
+        let paths = |values: &[String], field| -> Result<Vec<PathBuf>, JobError> {
+            Ok(pairs(values, field)?.into_iter().map(|(_, p)| p).collect())
         };
         match self {
             JobSpec::Submit(j) => {
                 j.inputs.iter().try_for_each(|p| caller.may_read(p))?;
                 for bundle in &j.asset_references {
                     caller.may_read(bundle)?;
-                    for name in BUNDLE_FILES {
-                        caller.may_read(&bundle.join(name))?;
+                    for document in super::asset_references::bundle_document_paths(bundle) {
+                        caller.may_read(&document)?;
                     }
                 }
             }
             JobSpec::SyncInputs(j) => {
                 attachments(&j.attachments)?;
                 caller.may_write_in(&j.session_dir)?;
-                for location in paths(&j.locations) {
+                for location in paths(&j.locations, "locations")? {
                     caller.may_write_in(&location)?;
                 }
             }
             JobSpec::SyncOutputs(j) => {
                 attachments(&j.attachments)?;
                 caller.may_read(&j.session_dir)?;
-                for location in paths(&j.locations) {
+                for location in paths(&j.locations, "locations")? {
                     caller.may_read(&location)?;
                 }
             }
             JobSpec::DownloadOutputs(j) => {
-                for destination in paths(&j.root_map) {
+                for destination in paths(&j.root_map, "root_map")? {
                     caller.may_write_in(&destination)?;
                 }
             }

@@ -69,11 +69,15 @@ pub struct SyncInputsReport {
 
 /// Where sync-inputs records what it placed under each local root.
 pub fn record_path(session_dir: &Path, local_root: &Path) -> PathBuf {
-    let id = ContentHash::of(local_root.as_os_str().as_encoded_bytes());
     session_dir
         .join(".attache")
         .join("inputs")
-        .join(format!("{id}.manifest"))
+        .join(format!("{}.manifest", root_id(local_root)))
+}
+
+/// A local root's name in the session's records (`.attache/…`).
+pub fn root_id(local_root: &Path) -> ContentHash {
+    ContentHash::of(local_root.as_os_str().as_encoded_bytes())
 }
 
 /// One local root of the session and what lands in it, in merge order (later wins).

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::attachments::{Attachments, local_root};
 use super::hash::{HashJobError, HashSpec, hash_chosen};
 use super::put::{PutError, run_with};
-use super::sync_inputs::{read_manifest_file, read_record};
+use super::sync_inputs::{read_manifest_file, read_record, root_id};
 use super::{Cancelled, detached};
 use crate::hash::ContentHash;
 use crate::hash::cache::{CacheRecord, HashCache};
@@ -240,11 +240,10 @@ pub async fn run(
 /// Where the session's sync-outputs record what each task published from `local_root`:
 /// one file per task (`step` for a chunk's session action, which has no task id).
 fn published_dir(session_dir: &Path, local_root: &Path) -> PathBuf {
-    let id = ContentHash::of(local_root.as_os_str().as_encoded_bytes());
     session_dir
         .join(".attache")
         .join("outputs")
-        .join(id.to_string())
+        .join(root_id(local_root).to_string())
 }
 
 fn published_path(session_dir: &Path, local_root: &Path, task: Option<&str>) -> PathBuf {
