@@ -36,7 +36,8 @@ use crate::jobs::Cancelled;
     version,
     about,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_help = "Exit codes: 0 ok, 1 failure, 2 bad usage or config, 130 cancelled. With --json a failure is also one line on stdout: {\"error\", \"exit_code\", \"retryable\"} (retryable: running the command again as it is may succeed)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -325,12 +326,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     crate::logging::init(&loaded.settings.log);
     if let Some(file) = &loaded.file {
         tracing::debug!(config = %file.display(), "config loaded");
-        let secrets = config::secrets_open_to_others(file);
-        if !secrets.is_empty() {
+        if !loaded.secrets_open_to_others.is_empty() {
             tracing::warn!(
                 "config file {} holds {} and every user of this machine can read it: chmod 600 it (640 with the daemon's group), or give the keys through the environment or an AWS profile",
                 file.display(),
-                secrets.join(", ")
+                loaded.secrets_open_to_others.join(", ")
             );
         }
     }
@@ -418,17 +418,13 @@ pub(crate) fn check_output(output: &Option<PathBuf>, dir_ok: bool) -> Result<(),
             _ => std::path::Path::new("."),
         },
     };
-    crate::fsutil::temp_file_in(dir, ".attache-tmp-", "")
-        .map(drop)
-        .map_err(|e| UsageError {
-            message: format!(
-                "-o {}: cannot write in {}: {} (create the directory, or choose another path)",
-                path.display(),
-                dir.display(),
-                // tempfile's error ends naming its temporary file, which means nothing here.
-                e.to_string().split(" at path ").next().unwrap_or_default(),
-            ),
-        })
+    crate::fsutil::can_write_in(dir).map_err(|e| UsageError {
+        message: format!(
+            "-o {}: cannot write in {}: {e} (create the directory, or choose another path)",
+            path.display(),
+            dir.display(),
+        ),
+    })
 }
 
 /// A summary's verb: what was done (`done`), or with `--dry-run` what would be (`would`).

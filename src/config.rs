@@ -719,44 +719,9 @@ pub struct Loaded {
     pub settings: Settings,
     /// The file that was read, if any.
     pub file: Option<PathBuf>,
-}
-
-/// The secrets a config file that every user may read holds (`s3.secret_access_key`,
-/// `s3.session_token`, a proxy's password): what a warning names. None for a private file.
-pub fn secrets_open_to_others(file: &Path) -> Vec<&'static str> {
-    use std::os::unix::fs::PermissionsExt;
-    let open = std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o004 != 0);
-    let Some(s3) = open
-        .then(|| std::fs::read_to_string(file).ok())
-        .flatten()
-        .and_then(|text| text.parse::<toml::Table>().ok())
-        .and_then(|t| t.get("s3").and_then(|v| v.as_table()).cloned())
-    else {
-        return Vec::new();
-    };
-    let mut held = Vec::new();
-    for (key, name) in [
-        ("secret_access_key", "s3.secret_access_key"),
-        ("session_token", "s3.session_token"),
-    ] {
-        if s3
-            .get(key)
-            .and_then(|v| v.as_str())
-            .is_some_and(|v| !v.is_empty())
-        {
-            held.push(name);
-        }
-    }
-    let proxy_password = s3
-        .get("proxy")
-        .and_then(|v| v.as_str())
-        .and_then(|u| u.split_once("://").map(|(_, rest)| rest.to_string()))
-        .and_then(|rest| rest.split_once('@').map(|(user, _)| user.contains(':')))
-        .unwrap_or(false);
-    if proxy_password {
-        held.push("the password in s3.proxy");
-    }
-    held
+    /// The secrets that file sets (`s3.secret_access_key`, `s3.session_token`, a password in
+    /// `s3.proxy`) when every user of the machine can read it: what a warning names.
+    pub secrets_open_to_others: Vec<&'static str>,
 }
 
 const ENV_PREFIX: &str = "ATTACHE_";
@@ -833,9 +798,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         .and_then(config::Config::try_deserialize)
         .map_err(|e| setters.explain(e))?;
     validate(&settings).map_err(|v| setters.invalid(v.key, v.reason))?;
+    let secrets_open_to_others = match &file {
+        Some((path, _)) => setters.secrets_open_to_others(path, &settings),
+        None => Vec::new(),
+    };
     Ok(Loaded {
         settings,
         file: file.map(|(path, _)| path),
+        secrets_open_to_others,
     })
 }
 
@@ -950,6 +920,31 @@ impl Setters {
         check_key(&key, &origin)?;
         self.0.push((key, origin));
         Ok(())
+    }
+
+    /// The secrets the file at `path` set (and nothing after it), when every user may read
+    /// it.
+    fn secrets_open_to_others(&self, path: &Path, settings: &Settings) -> Vec<&'static str> {
+        use std::os::unix::fs::PermissionsExt;
+        let open = std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0);
+        if !open {
+            return Vec::new();
+        }
+        let from_file = |key: &str| matches!(self.origin_of(key), Origin::File(_));
+        let proxy_password = settings
+            .s3
+            .proxy
+            .as_ref()
+            .is_some_and(|p| redact_password(p.expose()) != p.expose());
+        [
+            ("s3.secret_access_key", "s3.secret_access_key", true),
+            ("s3.session_token", "s3.session_token", true),
+            ("s3.proxy", "the password in s3.proxy", proxy_password),
+        ]
+        .into_iter()
+        .filter(|(key, _, held)| *held && from_file(key))
+        .map(|(_, name, _)| name)
+        .collect()
     }
 
     fn origin_of(&self, key: &str) -> Origin {
