@@ -170,23 +170,18 @@ fn priority_of(value: Option<serde_json::Value>) -> Result<u8, Box<Response>> {
     }
 }
 
-/// The client of the Unix socket, when it is another user than the daemon's (and not root),
-/// set by [`peer`]: its jobs read and write only what its user could.
-pub type CallerExt = Option<axum::Extension<Arc<Caller>>>;
+/// The peer of a Unix socket request, set by [`peer`] (none on the TCP listener, whose token
+/// holder is trusted as the daemon's user).
+pub type PeerExt = Option<axum::Extension<Peer>>;
 
-/// For the Unix socket's router: the peer's user (`SO_PEERCRED`), for the handlers that start
-/// jobs. A client of the daemon's own user, or root, may do what the daemon may.
+/// For the Unix socket's router: the peer (`SO_PEERCRED`) of each request, for the handlers
+/// that start jobs.
 pub async fn peer(
-    axum::extract::ConnectInfo(cred): axum::extract::ConnectInfo<Peer>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<Peer>,
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if let Some(c) = cred.0.filter(|c| c.uid() != me && c.uid() != 0) {
-        let caller = Caller::of_peer(c.uid(), c.gid(), c.pid());
-        req.extensions_mut().insert(Arc::new(caller));
-    }
+    req.extensions_mut().insert(peer);
     next.run(req).await
 }
 
@@ -204,6 +199,16 @@ impl
     }
 }
 
+/// The client a job is started for, when it is another user than the daemon's (and not
+/// root): its jobs read and write only what its user could. Its groups are read here, for the
+/// requests that start a job only.
+fn caller(peer: PeerExt) -> Option<Arc<Caller>> {
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let c = peer?.0.0.filter(|c| c.uid() != me && c.uid() != 0)?;
+    Some(Arc::new(Caller::of_peer(c.uid(), c.gid(), c.pid())))
+}
+
 /// A job refused: 400 naming the field, 403 for what the client's user may not do.
 fn refused_job(e: JobError) -> Response {
     match e {
@@ -217,7 +222,7 @@ fn refused_job(e: JobError) -> Response {
     }
 }
 
-async fn create(State(api): State<Arc<Api>>, caller: CallerExt, body: Bytes) -> Response {
+async fn create(State(api): State<Arc<Api>>, peer: PeerExt, body: Bytes) -> Response {
     // The priority is the job's, not its spec's: taken out before the spec is read.
     let (spec, priority) = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Object(mut fields)) => {
@@ -247,7 +252,7 @@ async fn create(State(api): State<Arc<Api>>, caller: CallerExt, body: Bytes) -> 
             );
         }
     };
-    match api.registry.submit(spec, priority, caller.map(|c| c.0)) {
+    match api.registry.submit(spec, priority, caller(peer)) {
         Ok(record) => (StatusCode::CREATED, axum::Json(record)).into_response(),
         Err(e) => refused_job(e),
     }
@@ -291,8 +296,8 @@ async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response
     }
 }
 
-async fn retry(State(api): State<Arc<Api>>, Path(id): Path<String>, caller: CallerExt) -> Response {
-    match api.registry.retry(&id, caller.map(|c| c.0)) {
+async fn retry(State(api): State<Arc<Api>>, Path(id): Path<String>, peer: PeerExt) -> Response {
+    match api.registry.retry(&id, caller(peer)) {
         Ok(record) => (StatusCode::CREATED, axum::Json(record)).into_response(),
         Err(e @ RetryError::NoSuchJob(_)) => {
             error(StatusCode::NOT_FOUND, &e.to_string(), Some("id"))
@@ -351,8 +356,8 @@ async fn events(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response
     // The first record at once; then each one after the wait, so that it is as fresh as it
     // can be (taken before the wait, every record was 250 ms old when it was sent).
     let stream = futures::stream::unfold(
-        (api, job, changes, true, false),
-        |(api, job, mut changes, first, done)| async move {
+        (api, id, job, changes, true, false),
+        |(api, id, job, mut changes, first, done)| async move {
             if done {
                 return None;
             }
@@ -360,16 +365,13 @@ async fn events(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response
                 let _ = tokio::time::timeout(Duration::from_millis(250), changes.changed()).await;
             }
             // As `GET /v1/jobs/{id}` answers it: a queued job with its place in the queue.
-            let record = api
-                .registry
-                .record(&job.snapshot().id)
-                .unwrap_or_else(|| job.snapshot());
+            let record = api.registry.record(&id).unwrap_or_else(|| job.snapshot());
             let finished = record.state.is_final();
             let mut line = serde_json::to_vec(&record).expect("records serialize");
             line.push(b'\n');
             Some((
                 Ok::<_, std::convert::Infallible>(Bytes::from(line)),
-                (api, job, changes, false, finished),
+                (api, id, job, changes, false, finished),
             ))
         },
     );
