@@ -295,12 +295,7 @@ fn a_log_level_or_endpoint_that_would_misbehave_is_refused() {
 fn output_cut_short_by_its_reader_ends_quietly() {
     // `attache config show | head -1`: the reader has gone before attache writes.
     let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("root");
-    fs::create_dir_all(&root).unwrap();
-    fs::write(root.join("a.txt"), b"a").unwrap();
-    let m = t.path().join("m.json");
-    let (code, _, err) = run(attache(t.path()).arg("hash").arg(&root).arg("-o").arg(&m));
-    assert_eq!(code, 0, "{err}");
+    let (root, m) = hashed_tree(t.path(), &[("a.txt", b"a")]);
     let (root, m) = (root.to_str().unwrap(), m.to_str().unwrap());
     for args in [
         &["config", "show"][..],
@@ -374,13 +369,7 @@ fn an_empty_daemon_url_is_refused_not_taken_for_this_machine() {
 #[test]
 fn text_output_keeps_one_line_per_path() {
     let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("root");
-    fs::create_dir_all(&root).unwrap();
-    fs::write(root.join("nl\nname.txt"), b"x").unwrap();
-    fs::write(root.join("plain.txt"), b"y").unwrap();
-    let m = t.path().join("m.json");
-    let (code, _, err) = run(attache(t.path()).arg("hash").arg(&root).arg("-o").arg(&m));
-    assert_eq!(code, 0, "{err}");
+    let (root, m) = hashed_tree(t.path(), &[("nl\nname.txt", b"x"), ("plain.txt", b"y")]);
     let (code, out, err) = run(attache(t.path()).args(["manifest", "cat"]).arg(&m));
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 3, "two files and the total: {out}");
@@ -399,4 +388,20 @@ fn text_output_keeps_one_line_per_path() {
     assert_eq!(code, 0, "{err}");
     let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(first["path"], "nl\nname.txt");
+}
+
+/// `dir/root` holding `files`, and its manifest written by `attache hash` to `dir/m.json`.
+fn hashed_tree(
+    dir: &std::path::Path,
+    files: &[(&str, &[u8])],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let root = dir.join("root");
+    fs::create_dir_all(&root).unwrap();
+    for (name, data) in files {
+        fs::write(root.join(name), data).unwrap();
+    }
+    let m = dir.join("m.json");
+    let (code, _, err) = run(attache(dir).arg("hash").arg(&root).arg("-o").arg(&m));
+    assert_eq!(code, 0, "{err}");
+    (root, m)
 }
