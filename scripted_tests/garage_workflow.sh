@@ -47,33 +47,42 @@ pass "setup: garage at $AWS_ENDPOINT_URL"
 
 # The scripts' own ATTACHE_* knobs are not attache settings: keep them from it.
 : >"$work/attache.toml"
-run_attache() { # CACHE_NAME ARGS...
+# Sets `cmd` to the command line of attache with cache CACHE_NAME and ARGS.
+attache_cmd() { # CACHE_NAME ARGS...
     local cache="$1"; shift
     local -a scrub=()
     local v
     for v in $(compgen -e); do
         [[ "$v" == ATTACHE_* && "$v" != *__* ]] && scrub+=(-u "$v")
     done
-    env "${scrub[@]}" ATTACHE_CACHE__DIR="$work/$cache" ATTACHE_STORE__URL="s3://$GARAGE_BUCKET/DeadlineCloud" \
-        "$attache" --config "$work/attache.toml" "$@"
+    cmd=(env "${scrub[@]}" ATTACHE_CACHE__DIR="$work/$cache" ATTACHE_STORE__URL="s3://$GARAGE_BUCKET/DeadlineCloud"
+        "$attache" --config "$work/attache.toml" "$@")
+}
+run_attache() { # CACHE_NAME ARGS...
+    local -a cmd
+    attache_cmd "$@"
+    "${cmd[@]}"
 }
 hex() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 farm="farm-$(hex)" queue="queue-$(hex)" job="job-$(hex)" step="step-$(hex)" task="task-$(hex)-1"
 ids=(--farm-id "$farm" --queue-id "$queue")
 # Starts `run_attache CACHE put ARGS...` in the background, waits for the record of its
 # multipart upload, lets it run SECONDS more, then kills it with SIGKILL (no abort: the upload
-# stays open). $! is the shell running the function; attache is its child (or that shell).
+# stays open). attache itself is the background job (`env` execs it), so `wait` returns once
+# it is gone and its records' locks with it: a shell's pid there would leave the killed attache
+# exiting, its records still held, while the next command looks at them.
 put_then_kill() { # CACHE SECONDS LOG ARGS...
     local cache="$1" secs="$2" log="$3" pid
     shift 3
-    run_attache "$cache" put "$@" 2>"$log" &
+    local -a cmd
+    attache_cmd "$cache" put "$@"
+    "${cmd[@]}" 2>"$log" &
     pid=$!
     for _ in $(seq 300); do
         compgen -G "$work/$cache/open-uploads/*.json" >/dev/null && break
         sleep 0.1
     done
     sleep "$secs"
-    pkill -9 -P "$pid" 2>/dev/null
     kill -9 "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
 }
