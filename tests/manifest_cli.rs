@@ -322,6 +322,30 @@ fn output_cut_short_by_its_reader_ends_quietly() {
 }
 
 #[test]
+fn the_man_page_says_the_environment_the_files_and_the_exit_codes() {
+    let t = tempfile::tempdir().unwrap();
+    let (code, page, err) = run(attache(t.path()).arg("man"));
+    assert_eq!(code, 0, "{err}");
+    for section in [".SH ENVIRONMENT", ".SH FILES", ".SH EXIT STATUS"] {
+        assert!(page.contains(section), "no {section}");
+    }
+    // Every variable a flag reads (`[env: …]` in --help) is there.
+    for sub in [&["sync-outputs"][..], &["jobs"]] {
+        let (_, help, _) = run(attache(t.path()).args(sub).arg("--help"));
+        for var in help.split("[env: ").skip(1) {
+            let var = var.trim_start().split(['=', ']']).next().unwrap();
+            assert!(
+                page.contains(&format!("\\fB{var}\\fR")),
+                "{var} is not in the man page"
+            );
+        }
+    }
+    for code in ["\\fB0\\fR", "\\fB1\\fR", "\\fB2\\fR", "\\fB130\\fR"] {
+        assert!(page.contains(code), "no exit status {code}");
+    }
+}
+
+#[test]
 fn a_command_missing_what_to_work_on_says_every_way_to_give_it() {
     let t = tempfile::tempdir().unwrap();
     for args in [&["check"][..], &["manifest", "cat"]] {

@@ -694,8 +694,75 @@ pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The man page (roff), on stdout.
+/// The man page (roff), on stdout: clap's sections, then what `--help` cannot say by
+/// flag (the environment, the files, the exit status).
 pub fn man() -> anyhow::Result<ExitCode> {
-    clap_mangen::Man::new(Cli::command()).render(&mut crate::cli::stdout::stdout())?;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+    page.extend_from_slice(MAN_SECTIONS.as_bytes());
+    std::io::Write::write_all(&mut crate::cli::stdout::stdout(), &page)?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// The man page's ENVIRONMENT, FILES and EXIT STATUS sections (roff), as the README's
+/// "Configuration" and "Commands" say them.
+const MAN_SECTIONS: &str = r#".SH ENVIRONMENT
+.TP
+\fBATTACHE_\fISECTION\fB__\fIKEY\fR
+Sets a key of the config file, over the file and under the flags, e.g.
+\fBATTACHE_S3__ENDPOINT_URL=http://127.0.0.1:3900\fR or
+\fBATTACHE_BANDWIDTH__DOWNLOAD=50MB/s\fR; a list's items are separated by \fB;\fR.
+\fBattache config show\fR prints the settings in force.
+.TP
+\fBATTACHE_DAEMON\fR
+\fB1\fR: run workflow commands through the daemon (\fB\-\-daemon\fR).
+.TP
+\fBATTACHE_DAEMON_URL\fR, \fBATTACHE_DAEMON_TOKEN_FILE\fR, \fBATTACHE_DAEMON_CA\fR
+\fB\-\-daemon\-url\fR, \fB\-\-token\-file\fR and \fB\-\-daemon\-ca\fR.
+.TP
+\fBDEADLINE_FARM_ID\fR, \fBDEADLINE_QUEUE_ID\fR, \fBDEADLINE_JOB_ID\fR, \fBDEADLINE_STEP_ID\fR, \fBDEADLINE_TASK_ID\fR, \fBDEADLINE_SESSIONACTION_ID\fR
+The ids of the farm workflows, as a Deadline Cloud worker sets them for a task.
+.TP
+\fBAWS_REGION\fR, \fBAWS_PROFILE\fR, \fBAWS_ACCESS_KEY_ID\fR, \fBAWS_SECRET_ACCESS_KEY\fR, \fBAWS_SESSION_TOKEN\fR, \fBAWS_CA_BUNDLE\fR
+The AWS chain, where the config sets no \fBs3.region\fR, \fBs3.profile\fR, keys or
+\fBs3.ca_bundle\fR.
+.TP
+\fBHTTPS_PROXY\fR, \fBHTTP_PROXY\fR, \fBALL_PROXY\fR, \fBNO_PROXY\fR
+The proxy, where \fBs3.proxy\fR is not set.
+.TP
+\fBXDG_CONFIG_HOME\fR, \fBXDG_CACHE_HOME\fR, \fBXDG_DATA_HOME\fR, \fBXDG_STATE_HOME\fR, \fBXDG_RUNTIME_DIR\fR
+Where the files below are.
+.TP
+\fBNO_COLOR\fR
+No colour in the log.
+.SH FILES
+.TP
+\fB$XDG_CONFIG_HOME/attache/config.toml\fR, else \fB/etc/attache/config.toml\fR
+The config file, where \fB\-\-config\fR names none.
+.TP
+\fB$XDG_CACHE_HOME/attache/\fR (a service: \fB/var/cache/attache/\fR)
+\fBcache.dir\fR: the hash cache, the known\-present index, the records of open multipart
+uploads (\fBopen\-uploads/\fR) and the content cache (\fBcontent/\fR).
+.TP
+\fB$XDG_DATA_HOME/attache/store/\fR (a service: \fB/var/lib/attache/store/\fR)
+The embedded default store (\fBstore.url\fR).
+.TP
+\fB$XDG_RUNTIME_DIR/attache/attache.sock\fR, \fB/run/attache/attache.sock\fR
+The daemon's socket (\fBdaemon.socket\fR; a client tries the system service's second).
+.TP
+\fB$XDG_STATE_HOME/attache/daemon/\fR (a service: \fB/var/lib/attache/daemon/\fR)
+\fBdaemon.state_dir\fR: the daemon's job records and bandwidth limits set by hand.
+.SH EXIT STATUS
+.TP
+\fB0\fR
+Done.
+.TP
+\fB1\fR
+Failed (with \fB\-\-json\fR, a line on stdout says why and whether a retry may succeed).
+.TP
+\fB2\fR
+Bad usage or config.
+.TP
+\fB130\fR
+Cancelled (Ctrl\-C, SIGTERM).
+"#;

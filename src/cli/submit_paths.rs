@@ -35,6 +35,10 @@ pub struct SubmitPathArgs {
     /// with `#` are skipped. Adds to INPUT (repeatable).
     #[arg(long = "inputs-from", value_name = "FILE")]
     inputs_from: Vec<PathBuf>,
+    /// The --inputs-from lists are separated by NUL bytes, as `find -print0` writes them (a
+    /// name may hold a newline), with no line skipped (as rsync's --from0).
+    #[arg(long = "from0", requires = "inputs_from")]
+    from0: bool,
 }
 
 impl SubmitPathArgs {
@@ -59,7 +63,7 @@ impl SubmitPathArgs {
         }
         for file in &self.inputs_from {
             all.merge(AssetReferences {
-                inputs: read_path_list(file)?,
+                inputs: read_path_list(file, self.from0)?,
                 ..AssetReferences::default()
             });
         }
@@ -67,9 +71,9 @@ impl SubmitPathArgs {
     }
 }
 
-/// The paths of a list file, one per line, exactly as written (a name may end in a space);
-/// `-` reads stdin.
-fn read_path_list(file: &PathBuf) -> Result<Vec<PathBuf>, UsageError> {
+/// The paths of a list file, one per line, exactly as written (a name may end in a space),
+/// or, with `nul_separated`, one per NUL-terminated entry; `-` reads stdin.
+fn read_path_list(file: &PathBuf, nul_separated: bool) -> Result<Vec<PathBuf>, UsageError> {
     let bad = |e: std::io::Error| UsageError {
         message: format!("--inputs-from {}: {e}", file.display()),
     };
@@ -80,6 +84,13 @@ fn read_path_list(file: &PathBuf) -> Result<Vec<PathBuf>, UsageError> {
         bytes = std::fs::read(file).map_err(bad)?;
     }
     use std::os::unix::ffi::OsStrExt;
+    if nul_separated {
+        return Ok(bytes
+            .split(|&b| b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+            .collect());
+    }
     Ok(bytes
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
@@ -115,6 +126,7 @@ mod tests {
             asset_references: vec![dir.path().to_path_buf()],
             parameters: vec![],
             inputs_from: vec![list],
+            from0: false,
         };
         let got = args
             .gather(AssetReferences {
@@ -139,11 +151,31 @@ mod tests {
     }
 
     #[test]
+    fn a_nul_separated_list_keeps_newlines_and_hashes_in_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("inputs.bin");
+        // As `find -print0` writes it: each name ends in a NUL.
+        std::fs::write(&list, b"/proj/two\nlines.png\0#not a comment\0/proj/a b \0").unwrap();
+        let args = SubmitPathArgs {
+            asset_references: vec![],
+            parameters: vec![],
+            inputs_from: vec![list],
+            from0: true,
+        };
+        let got = args.gather(AssetReferences::default()).unwrap();
+        assert_eq!(
+            got.inputs,
+            paths(&["/proj/two\nlines.png", "#not a comment", "/proj/a b "])
+        );
+    }
+
+    #[test]
     fn an_unreadable_file_names_its_flag() {
         let args = SubmitPathArgs {
             asset_references: vec![],
             parameters: vec![],
             inputs_from: vec!["/nonexistent/list.txt".into()],
+            from0: false,
         };
         let e = args.gather(AssetReferences::default()).unwrap_err().message;
         assert!(
@@ -154,6 +186,7 @@ mod tests {
             asset_references: vec!["/nonexistent/refs.yaml".into()],
             parameters: vec![],
             inputs_from: vec![],
+            from0: false,
         };
         let e = args.gather(AssetReferences::default()).unwrap_err().message;
         assert!(
