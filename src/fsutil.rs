@@ -1,8 +1,10 @@
 //! Small file-system helpers shared by commands and jobs; `staged` holds files that get their
 //! name only when complete, `group` gives placed files to the group a job runs as, `access`
-//! says what another user may do with a path (the daemon acting for its clients).
+//! says what another user may do with a path (the daemon acting for its clients), `beneath`
+//! reads and writes a session's records without following a link its user planted.
 
 pub mod access;
+pub mod beneath;
 pub mod group;
 pub mod staged;
 

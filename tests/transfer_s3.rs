@@ -489,7 +489,10 @@ async fn cancelling_a_many_file_download_returns_within_a_second_and_leaves_noth
     let cancel = CancellationToken::new();
     let records = t.path().join("records");
     let spec = GetSpec {
-        record: Some(records.join("dest.manifest")),
+        record: Some(attache::fsutil::beneath::Beneath::new(
+            &records,
+            "dest.manifest",
+        )),
         manifest: m.clone(),
         dest: dest.clone(),
         cache_dir: Some(get_cache.clone()),

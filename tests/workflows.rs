@@ -329,6 +329,29 @@ fn submit_sync_render_sync_outputs_download_outputs() {
         b"scene v1",
         "inputs are not outputs"
     );
+
+    // An artist paints over a frame; downloading the outputs again keeps the edit and puts
+    // the job's frame beside it, unless told to replace it.
+    write(&proj.join("renders/f0001.exr"), b"paint-over");
+    let (code, _, err) = run(&mut f.download_outputs(&[]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("1 copies beside files with other content"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(proj.join("renders/f0001.exr")).unwrap(),
+        b"paint-over"
+    );
+    assert_eq!(
+        std::fs::read(proj.join("renders/f0001 (1).exr")).unwrap(),
+        b"frame 1, retried"
+    );
+    f.ok(&mut f.download_outputs(&["--conflict", "overwrite"]));
+    assert_eq!(
+        std::fs::read(proj.join("renders/f0001.exr")).unwrap(),
+        b"frame 1, retried"
+    );
 }
 
 #[test]
@@ -457,8 +480,10 @@ fn windows_roots_sync_on_linux_with_mapping_rules() {
         root,
     );
     f.s3.write_object(&format!("DeadlineCloud/Manifests/{rel}"), &bytes);
+    // A Windows workstation writes a nested output directory with its own separator.
     let att = serde_json::json!({"manifests": [{"rootPath": root, "rootPathFormat": "windows",
-        "inputManifestPath": rel, "inputManifestHash": ContentHash::of(&bytes).to_hex()}], "fileSystem": "COPIED"});
+        "inputManifestPath": rel, "inputManifestHash": ContentHash::of(&bytes).to_hex(),
+        "outputRelativeDirectories": ["renders\\beauty"]}], "fileSystem": "COPIED"});
     let att_path = f.path("att.json");
     std::fs::write(&att_path, att.to_string()).unwrap();
     let session = f.path("session");
@@ -482,6 +507,40 @@ fn windows_roots_sync_on_linux_with_mapping_rules() {
         b"win scene"
     );
     assert_eq!(std::fs::read(local.join("tex/wood.png")).unwrap(), b"png");
+
+    // The Linux worker finds the frames under renders/beauty.
+    write(&local.join("renders/beauty/beauty.0001.exr"), b"frame 1");
+    let outs = f.ok(sync_outputs(
+        &mut f.attache("w"),
+        "sa-1",
+        &att_path,
+        &session,
+    ));
+    let (_, paths) = published_outputs(&f, &outs);
+    assert_eq!(paths, ["renders/beauty/beauty.0001.exr"]);
+
+    // A Linux desk has no C:\: the outputs are refused without a map, not written under the
+    // current directory; a map names the root in any case and with either slash.
+    let cwd = f.path("desk");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let (code, _, err) = run(f.download_outputs(&[]).current_dir(&cwd));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not an absolute path on this machine"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--root-map 'C:\\Projects\\Shot 010=/local/dir'"),
+        "{err}"
+    );
+    assert!(files_under(&cwd).is_empty());
+    let dest = f.path("shot010");
+    let map = format!("c:/projects/SHOT 010/={}", dest.display());
+    f.ok(f.download_outputs(&["--root-map", &map]).current_dir(&cwd));
+    assert_eq!(
+        std::fs::read(dest.join("renders/beauty/beauty.0001.exr")).unwrap(),
+        b"frame 1"
+    );
 }
 
 /// Publishes `manifest_text` as a job's only input manifest and returns the attachments file.
@@ -852,10 +911,115 @@ fn sync_outputs_refuses_output_directories_that_leave_the_root() {
         err.contains("../../secrets") && err.contains("'..' segment"),
         "{err}"
     );
+    // A Windows root's entries are read with `/` for `\\`: `..\\..` leaves the root too.
+    let att = serde_json::json!({"manifests": [{"rootPath": "C:\\proj", "rootPathFormat": "windows",
+        "outputRelativeDirectories": ["..\\..\\secrets"]}], "fileSystem": "COPIED"});
+    std::fs::write(&att_path, att.to_string()).unwrap();
+    let (code, _, err) = run(sync_outputs(
+        &mut f.attache("w"),
+        "sa-1",
+        &att_path,
+        &session,
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("'..' segment"), "{err}");
     assert!(
         f.s3.object_keys().is_empty(),
         "nothing may be uploaded: {:?}",
         f.s3.object_keys()
+    );
+}
+
+/// With `--json` and `-o FILE`, the file gets what the farm's next step reads (as without
+/// --json) and stdout the whole report.
+#[test]
+fn json_and_an_output_file_each_get_their_own() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    write(&proj.join("scene.ma"), b"scene");
+    let att = f.path("att.json");
+    let out = f.ok(f
+        .attache("ws")
+        .arg("submit")
+        .args(IDS)
+        .arg(proj.join("scene.ma"))
+        .args(["--json", "-o"])
+        .arg(&att));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["kind"], "submit", "{out}");
+    let attachments: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&att).unwrap()).unwrap();
+    assert_eq!(attachments, report["attachments"]);
+    let rules = f.path("rules.json");
+    let out = f.ok(f
+        .sync_inputs(&att, &f.path("session"))
+        .args(["--json", "-o"])
+        .arg(&rules));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&rules).unwrap()).unwrap();
+    assert!(written.is_array(), "{written}");
+    assert_eq!(written, report["path_mapping_rules"]);
+}
+
+/// A session's user may plant links where the session's records go (`.attache/`), to have a
+/// daemon that serves it write elsewhere, into a device, or wait on a FIFO: none is followed.
+#[test]
+fn links_planted_among_a_session_s_records_are_not_followed() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = Farm::new();
+    let proj = f.path("proj");
+    write(&proj.join("scene.ma"), b"scene");
+    std::fs::create_dir_all(proj.join("renders")).unwrap();
+    let att = f.submit(&[proj.join("scene.ma")], &[proj.join("renders")]);
+    let session = f.path("session");
+    let elsewhere = f.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(&session).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, session.join(".attache")).unwrap();
+    let (code, _, err) = run(&mut f.sync_inputs(&att, &session));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(".attache: is a link or a file"), "{err}");
+    assert!(
+        files_under(&elsewhere).is_empty(),
+        "{:?}",
+        files_under(&elsewhere)
+    );
+
+    // The link removed, the sync goes on; then a FIFO at the name of the task's outputs
+    // record: sync-outputs publishes, warns, and neither waits on it nor writes into it.
+    std::fs::remove_file(session.join(".attache")).unwrap();
+    f.ok(&mut f.sync_inputs(&att, &session));
+    let local = local_root(&session, &proj);
+    write(&local.join("renders/f1.exr"), b"frame");
+    let records = session
+        .join(".attache/outputs")
+        .join(attache::jobs::sync_inputs::root_id(&local).to_string());
+    std::fs::create_dir_all(&records).unwrap();
+    let fifo = std::ffi::CString::new(records.join("task-1.manifest").to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(records.join("task-1.manifest"))
+        .unwrap();
+    let outs = f.ok(sync_outputs(
+        &mut f.attache("worker"),
+        "sa-1",
+        &att,
+        &session,
+    ));
+    let (_, paths) = published_outputs(&f, &outs);
+    assert_eq!(paths, ["renders/f1.exr"]);
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut &reader, &mut got);
+    assert!(got.is_empty(), "the record was written into the FIFO");
+    // The record replaced the FIFO (renamed over its name).
+    assert!(
+        std::fs::symlink_metadata(records.join("task-1.manifest"))
+            .unwrap()
+            .is_file()
     );
 }
 

@@ -221,8 +221,10 @@ pub struct DownloadOutputsArgs {
     /// Only this task's outputs (with --step-id).
     #[arg(long, value_name = "ID", requires = "step_id")]
     task_id: Option<String>,
-    /// When a file with other content is already there.
-    #[arg(long, value_enum, default_value_t = Conflict::Overwrite)]
+    /// When a file with other content is already there (an artist's edit of a frame): by
+    /// default it is kept and the job's file written beside it as `name (1).ext`, as the
+    /// official client does.
+    #[arg(long, value_enum, default_value_t = Conflict::CreateCopy)]
     conflict: Conflict,
     /// Put the outputs of root FROM under TO instead (repeatable).
     #[arg(long = "root-map", value_name = "FROM=TO")]
@@ -322,7 +324,12 @@ fn run_and_emit(
     let part = written_part(spec.kind());
     let out = execute(ctx, spec, label, common, other_local_flag)?;
     if common.store.json {
-        emit(&out, output)?;
+        // `-o FILE` gets what the farm's next step reads, as without --json; the whole
+        // result goes to stdout.
+        if let (Some(part), Some(file)) = (part, output) {
+            emit(&out[part], Some(file))?;
+        }
+        emit(&out, None)?;
         return Ok(None);
     }
     if let Some(part) = part {
@@ -628,7 +635,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
             n => format!(" ({n} left out by the filters)"),
         };
         eprintln!(
-            "{} -> {}: {} files from {} manifests{left_out}; {verb} {} objects ({}){}, {} already in place, {} with other content replaced, {} skipped",
+            "{} -> {}: {} files from {} manifests{left_out}; {verb} {} objects ({}){}, {} already in place, {} copies beside files with other content, {} with other content replaced, {} skipped",
             r["root_path"].as_str().unwrap_or_default(),
             r["destination"].as_str().unwrap_or_default(),
             rep["files"],
@@ -637,6 +644,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
             json_size(&rep["download"]["downloaded_bytes"]),
             not_fetched_again(&rep["download"]),
             rep["unchanged_files"],
+            rep["beside_files"],
             rep["replaced_files"],
             rep["skipped_files"]
         );

@@ -97,7 +97,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             n => format!(", {n} left out by the filters"),
         };
         eprintln!(
-            "{}: {} files ({}{left_out}) in {:.2} s: {verb} {} objects ({}){}, {} copies, {} already in place{}, {} with other content replaced, {} skipped{tail}",
+            "{}: {} files ({}{left_out}) in {:.2} s: {verb} {} objects ({}){}, {} copies, {} already in place{}, {} beside files with other content, {} with other content replaced, {} skipped{tail}",
             args.dest.display(),
             report.files,
             ByteSize(report.bytes).display().iec(),
@@ -108,6 +108,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             d.copied_files,
             report.unchanged_files,
             read_to_check(report.unchanged_read_files),
+            report.beside_files,
             report.replaced_files,
             report.skipped_files,
         );

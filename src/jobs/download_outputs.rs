@@ -3,7 +3,7 @@
 //! materialize them at the roots they came from.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -211,13 +211,12 @@ pub async fn run(
     // the very place the map was meant to keep them out of). A FROM of a root these tasks
     // did not write to is fine (one map for every download of a job), so long as every root
     // here is mapped.
+    let mapped = |root: &str| spec.root_map.iter().find(|(from, _)| same_root(from, root));
     let unmatched = spec
         .root_map
         .iter()
-        .find(|(from, _)| !by_root.contains_key(from));
-    let unmapped = by_root
-        .keys()
-        .any(|root| !spec.root_map.iter().any(|(from, _)| from == root));
+        .find(|(from, _)| !by_root.keys().any(|root| same_root(from, root)));
+    let unmapped = by_root.keys().any(|root| mapped(root).is_none());
     if let (Some((from, _)), true) = (unmatched, unmapped) {
         return Err(TransferError::Refused {
             path: PathBuf::from(from),
@@ -231,10 +230,21 @@ pub async fn run(
             ),
         });
     }
+    // A Windows workstation's root (`C:\proj`) is no path here: written as it is, it
+    // would be a directory of that name under the current one.
+    if let Some(root) = by_root
+        .keys()
+        .find(|root| mapped(root).is_none() && !Path::new(root).is_absolute())
+    {
+        return Err(TransferError::Refused {
+            path: PathBuf::from(root),
+            message: format!(
+                "the job's outputs have this root, which is not an absolute path on this machine (the job was submitted from another OS); give it a destination here: --root-map '{root}=/local/dir'; nothing was downloaded"
+            ),
+        });
+    }
     let destination_of = |root_path: &str| {
-        spec.root_map
-            .iter()
-            .find(|(from, _)| *from == root_path)
+        mapped(root_path)
             .map(|(_, to)| to.clone())
             .unwrap_or_else(|| PathBuf::from(root_path))
     };
@@ -279,6 +289,34 @@ pub async fn run(
     })
 }
 
+/// Whether a `--root-map` FROM names the root path `root`: the same path, but for trailing
+/// separators, and for a Windows root (a drive letter or `\\server`) whatever the case or
+/// the kind of slash, as Windows compares paths.
+fn same_root(from: &str, root: &str) -> bool {
+    let windows = |p: &str| {
+        let b = p.as_bytes();
+        p.starts_with("\\\\") || (b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':')
+    };
+    if windows(root) && windows(&from.replace('/', "\\")) {
+        let key = |p: &str| {
+            let p = p.replace('/', "\\");
+            let trimmed = p.trim_end_matches('\\');
+            // `C:\` is the drive's root; `C:` alone is not a path.
+            if trimmed.len() == 2 {
+                p.to_lowercase()
+            } else {
+                trimmed.to_lowercase()
+            }
+        };
+        return key(from) == key(root);
+    }
+    let key = |p: &str| match p.trim_end_matches('/') {
+        "" => "/".to_string(),
+        t => t.to_string(),
+    };
+    key(from) == key(root)
+}
+
 /// The root path an output manifest belongs to, from its metadata: `asset-root-json` (a JSON
 /// string) if present, else `asset-root`.
 fn root_of(metadata: &[(String, String)]) -> Option<String> {
@@ -291,6 +329,25 @@ fn root_of(metadata: &[(String, String)]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_root_map_names_a_windows_root_in_any_case_and_slash() {
+        for from in [
+            "C:\\Projects\\shot010",
+            "c:\\projects\\SHOT010",
+            "C:/Projects/shot010",
+            "C:\\Projects\\shot010\\",
+        ] {
+            assert!(same_root(from, "C:\\Projects\\shot010"), "{from}");
+        }
+        assert!(same_root("\\\\NAS\\Proj", "\\\\nas\\proj"));
+        assert!(same_root("d:/", "D:\\"));
+        assert!(!same_root("C:\\Projects", "C:\\Projects\\shot010"));
+        // A POSIX root is compared as it is, but for a trailing slash.
+        assert!(same_root("/proj/shot/", "/proj/shot"));
+        assert!(!same_root("/Proj/shot", "/proj/shot"));
+        assert!(same_root("/", "/"));
+    }
 
     #[test]
     fn output_keys_parse() {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Cancelled;
 use crate::fsutil::AtomicFile;
+use crate::fsutil::beneath::{Beneath, OpenDir, open_regular};
 use crate::fsutil::group::GroupAccess;
 use crate::hash::ContentHash;
 use crate::hash::cache::{HashCache, Snapshot, is_racy, now_ns};
@@ -39,7 +40,7 @@ pub struct GetSpec {
     /// Write what is at each path once the get is done to this file (sync-inputs' record,
     /// which output detection compares against; paths relative to the destination). It is
     /// written as the plan goes and gets its name only when the whole download succeeded.
-    pub record: Option<PathBuf>,
+    pub record: Option<crate::fsutil::beneath::Beneath>,
 }
 
 /// What to do when a file with other content is already at a destination path.
@@ -77,6 +78,9 @@ pub struct GetReport {
     pub unchanged_read_files: u64,
     /// Files left alone because other content was there (`--conflict skip`).
     pub skipped_files: u64,
+    /// Files that had other content, kept, the manifest's written beside them as
+    /// `name (1).ext` (`--conflict create-copy`; with `dry_run`: that would be).
+    pub beside_files: u64,
     /// Files that had other content, replaced (`--conflict overwrite`; with `dry_run`: that
     /// would be).
     pub replaced_files: u64,
@@ -136,6 +140,7 @@ pub async fn run(
         unchanged_files: plan.unchanged.0,
         unchanged_read_files: plan.unchanged_read,
         skipped_files: plan.skipped.0,
+        beside_files: plan.beside,
         replaced_files: plan.replaced,
         download,
         dry_run,
@@ -171,7 +176,7 @@ async fn plan_and_download(
                 dirs,
                 cache_dir.as_deref(),
                 sink.as_ref(),
-                (conflict, record.as_deref()),
+                (conflict, record.as_ref()),
                 &cancel,
             )
         })
@@ -274,6 +279,8 @@ struct Plan {
     unchanged_read: u64,
     /// (files, bytes) left alone under `Conflict::Skip`.
     skipped: (u64, u64),
+    /// Files the manifest's go beside (`--conflict create-copy`).
+    beside: u64,
     /// Files with other content that the download replaces (`Conflict::Overwrite`).
     replaced: u64,
     /// The record of what each path will hold, written as the plan went.
@@ -310,33 +317,37 @@ impl Plan {
 struct PlacedRecord {
     file: AtomicFile,
     writer: ManifestWriter<std::fs::File>,
+    /// The record's directory, reached without a link the session's user planted; open
+    /// until the record is named in it.
+    _dir: OpenDir,
+    /// The record's path, for messages.
+    shown: PathBuf,
 }
 
 impl PlacedRecord {
-    fn create(path: &Path) -> std::io::Result<PlacedRecord> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = AtomicFile::create(path)?;
+    fn create(path: &Beneath) -> std::io::Result<PlacedRecord> {
+        let (dir, name) = path.open_parent(true)?;
+        let file = AtomicFile::create(&dir.at(&name))?;
         // Held while this record is written: a record whose writer was killed (kill -9, a
         // power cut) is a temporary file no one holds, removed by the next sync-inputs here.
         file.file().lock()?;
-        if let Some(dir) = path.parent() {
-            remove_abandoned_records(dir, file.file());
-        }
+        remove_abandoned_records(&dir, file.file());
         let writer = ManifestWriter::new(file.file().try_clone()?, ManifestVersion::V2023_03_03);
-        Ok(PlacedRecord { file, writer })
+        Ok(PlacedRecord {
+            file,
+            writer,
+            _dir: dir,
+            shown: path.shown(),
+        })
     }
 
     fn push(&mut self, e: &ManifestEntry) -> Result<(), TransferError> {
-        self.writer
-            .push(e)
-            .map_err(TransferError::io(self.file.path()))
+        self.writer.push(e).map_err(TransferError::io(&self.shown))
     }
 
     /// Names the record, once its data is on the disk.
     fn commit(self) -> Result<(), TransferError> {
-        let path = self.file.path().to_path_buf();
+        let path = self.shown.clone();
         if self.writer.entries() == 0 {
             return Ok(()); // nothing placed, nothing to compare against
         }
@@ -349,22 +360,23 @@ impl PlacedRecord {
 
 /// Removes the temporary records in `dir` that no writer holds (a sync-inputs killed while
 /// writing one), `mine` aside.
-fn remove_abandoned_records(dir: &Path, mine: &std::fs::File) {
+fn remove_abandoned_records(dir: &OpenDir, mine: &std::fs::File) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(names) = dir.names() else {
         return;
     };
     let me = mine.metadata().map(|m| m.ino()).ok();
-    for entry in entries.flatten() {
-        let temporary = entry
-            .file_name()
+    for name in names {
+        let temporary = name
             .as_encoded_bytes()
             .starts_with(crate::fsutil::TEMP_PREFIX.as_bytes());
-        if !temporary || entry.metadata().map(|m| m.ino()).ok() == me {
+        if !temporary {
             continue;
         }
-        let path = entry.path();
-        if let Ok(f) = std::fs::File::open(&path)
+        let path = dir.at(&name);
+        // Only a regular file is opened (a FIFO planted there would block the open).
+        if let Ok(f) = open_regular(&path)
+            && f.metadata().map(|m| m.ino()).ok() != me
             && f.try_lock().is_ok()
         {
             let _ = std::fs::remove_file(&path);
@@ -394,7 +406,7 @@ fn plan(
     mut dirs: Dirs,
     cache_dir: Option<&Path>,
     sink: Option<&RecordSink>,
-    (conflict, record_to): (Conflict, Option<&Path>),
+    (conflict, record_to): (Conflict, Option<&Beneath>),
     cancel: &CancellationToken,
 ) -> Result<Plan, TransferError> {
     // A dry run creates no directory, nor anything else.
@@ -412,10 +424,11 @@ fn plan(
         unchanged: (0, 0),
         unchanged_read: 0,
         skipped: (0, 0),
+        beside: 0,
         replaced: 0,
         record: match record_to {
             Some(path) if !dry_run => {
-                Some(PlacedRecord::create(path).map_err(TransferError::io(path))?)
+                Some(PlacedRecord::create(path).map_err(TransferError::io(path.shown()))?)
             }
             _ => None,
         },
@@ -507,6 +520,7 @@ fn plan(
                         continue;
                     }
                     conflicts += 1;
+                    p.beside += 1;
                     name_conflict(
                         conflicts,
                         &original,
@@ -790,7 +804,7 @@ mod tests {
         std::fs::write(&written, b"a record being written").unwrap();
         let writer = std::fs::File::open(&written).unwrap();
         writer.lock().unwrap();
-        let record = PlacedRecord::create(&t.path().join("root.manifest")).unwrap();
+        let record = PlacedRecord::create(&Beneath::new(t.path(), "root.manifest")).unwrap();
         assert!(!abandoned.exists(), "no writer holds it");
         assert!(written.exists(), "its writer holds it");
         assert!(record.file.file().metadata().is_ok());
@@ -941,12 +955,13 @@ mod tests {
             std::fs::write(dest.join("same"), b"in place").unwrap();
             std::fs::write(dest.join("other.txt"), b"X").unwrap();
             let record = t.path().join("records/r.manifest");
+            let at = Beneath::new(t.path(), "records/r.manifest");
             let mut p = plan(
                 manifest.clone(),
                 Dirs::new(&dest, true, None),
                 None,
                 None,
-                (conflict, Some(record.as_path())),
+                (conflict, Some(&at)),
                 &CancellationToken::new(),
             )
             .unwrap();

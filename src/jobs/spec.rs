@@ -209,7 +209,9 @@ pub struct DownloadOutputsJob {
     pub step_id: Option<String>,
     #[serde(default)]
     pub task_id: Option<String>,
-    #[serde(default)]
+    /// By default a file with other content is kept (an artist's edit), the job's written
+    /// beside it, as `download-outputs` does.
+    #[serde(default = "keep_a_copy")]
     pub conflict: Conflict,
     /// `FROM=TO` root mappings.
     #[serde(default)]
@@ -313,6 +315,10 @@ fn invalid(field: &'static str, message: impl Into<String>) -> JobError {
         field,
         message: message.into(),
     }
+}
+
+fn keep_a_copy() -> Conflict {
+    Conflict::CreateCopy
 }
 
 impl JobSpec {

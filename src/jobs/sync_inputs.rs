@@ -13,6 +13,7 @@ use super::attachments::{
 use super::download_outputs::{OutputsOf, latest_outputs};
 use super::fetch_manifest::fetch_manifest;
 use super::get::{self, Conflict, GetReport, GetSpec};
+use crate::fsutil::beneath::Beneath;
 use crate::hash::ContentHash;
 use crate::manifest::{Manifest, decode_from, merge};
 use crate::store::layout::manifests_prefix;
@@ -67,12 +68,15 @@ pub struct SyncInputsReport {
     pub seconds: f64,
 }
 
-/// Where sync-inputs records what it placed under each local root.
-pub fn record_path(session_dir: &Path, local_root: &Path) -> PathBuf {
-    session_dir
-        .join(".attache")
-        .join("inputs")
-        .join(format!("{}.manifest", root_id(local_root)))
+/// Where sync-inputs records what it placed under each local root (under the session
+/// directory, whose user may plant links there: see `fsutil::beneath`).
+pub fn record_path(session_dir: &Path, local_root: &Path) -> Beneath {
+    Beneath::new(
+        session_dir,
+        Path::new(".attache")
+            .join("inputs")
+            .join(format!("{}.manifest", root_id(local_root))),
+    )
 }
 
 /// A local root's name in the session's records (`.attache/…`).
@@ -164,6 +168,7 @@ async fn sync(
     cancel: &CancellationToken,
 ) -> Result<SyncInputsReport, TransferError> {
     let started = std::time::Instant::now();
+    unmapped_location(&spec)?;
     let prefix = manifests_prefix(transfer.store.root_prefix());
     let mut roots = Roots(Vec::new());
     for m in &spec.attachments.manifests {
@@ -276,14 +281,46 @@ fn dependency_root(spec: &SyncInputsSpec, root_path: &str) -> (PathBuf, PathForm
     }
 }
 
+/// A root at a storage-profile location this worker's locations do not name, when it names
+/// some: a mistyped `--location` would otherwise put the root in the session directory, where
+/// the renderer, told the location's path, does not look. The official worker refuses it too
+/// ("No path mapping rule found for the source path …"). A worker with no locations puts
+/// every root in the session directory, as the official one does.
+fn unmapped_location(spec: &SyncInputsSpec) -> Result<(), TransferError> {
+    if spec.location_map.is_empty() {
+        return Ok(());
+    }
+    for m in &spec.attachments.manifests {
+        let Some(name) = m.file_system_location_name.as_deref() else {
+            continue;
+        };
+        if !spec.location_map.iter().any(|(n, _)| n == name) {
+            let known: Vec<String> = spec
+                .location_map
+                .iter()
+                .map(|(n, _)| format!("{n:?}"))
+                .collect();
+            return Err(TransferError::Refused {
+                path: PathBuf::from(&m.root_path),
+                message: format!(
+                    "the job's root is at storage-profile location {name:?}, which this worker's locations ({}; --location, storage_profile.locations) do not name: give --location {name}=/its/path/here; nothing was downloaded",
+                    known.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The record sync-inputs left for `local`, if any.
 pub fn read_record(session_dir: &Path, local: &Path) -> Option<Manifest> {
     read_manifest_file(&record_path(session_dir, local))
 }
 
-/// A manifest file of the session's records, if it is there and whole.
-pub fn read_manifest_file(path: &Path) -> Option<Manifest> {
-    decode_from(std::fs::File::open(path).ok()?).ok()
+/// A manifest file of the session's records, if it is there, a regular file reached without
+/// a link, and whole.
+pub fn read_manifest_file(path: &Beneath) -> Option<Manifest> {
+    decode_from(path.open_file().ok()?).ok()
 }
 
 #[cfg(test)]
@@ -314,6 +351,23 @@ mod tests {
             input_manifest_hash: None,
             output_relative_directories: Some(vec!["renders".into()]),
         }
+    }
+
+    #[test]
+    fn a_root_at_a_location_the_worker_does_not_name_is_refused_when_it_names_some() {
+        let mut s = spec(vec![
+            root("P:\\proj", PathFormat::Windows, Some("Projects")),
+            root("D:\\Assets", PathFormat::Windows, Some("Assets")),
+        ]);
+        let e = unmapped_location(&s).unwrap_err().to_string();
+        assert!(e.contains("D:\\Assets"), "{e}");
+        assert!(e.contains("--location Assets=/its/path/here"), "{e}");
+        s.location_map
+            .push(("Assets".into(), PathBuf::from("/mnt/assets")));
+        unmapped_location(&s).unwrap();
+        // No locations at all: every root in the session directory.
+        s.location_map.clear();
+        unmapped_location(&s).unwrap();
     }
 
     #[test]

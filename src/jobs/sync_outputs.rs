@@ -9,14 +9,17 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::attachments::{Attachments, local_root};
+use super::attachments::{Attachments, ManifestProperties, PathFormat, local_root};
 use super::hash::{HashJobError, HashSpec, hash_chosen};
 use super::put::{PutError, run_with};
 use super::sync_inputs::{read_manifest_file, read_record, root_id};
 use super::{Cancelled, detached};
+use crate::fsutil::beneath::{Beneath, open_regular};
 use crate::hash::ContentHash;
 use crate::hash::cache::{CacheRecord, HashCache};
-use crate::manifest::{Manifest, ManifestEntry, ManifestPath, PathRules, json_quote, merge};
+use crate::manifest::{
+    Manifest, ManifestEntry, ManifestPath, PathRules, decode_from, json_quote, merge,
+};
 use crate::scan::FileStat;
 use crate::scan::{ScanOptions, ScanOutcome, ScannedFile, dedup_by_path, scan_under_keeping};
 use crate::store::PutOptions;
@@ -92,8 +95,8 @@ pub async fn run(
     let prefix = manifests_prefix(transfer.store.root_prefix());
     // The attachments are untrusted on a worker: check every output directory before any work.
     for m in &spec.attachments.manifests {
-        for dir in m.output_relative_directories.iter().flatten() {
-            check_output_dir(&spec.session_dir, dir)?;
+        for dir in output_dirs_here(m) {
+            check_output_dir(&spec.session_dir, &dir)?;
         }
     }
     // A mistyped --session-dir would otherwise find no outputs and succeed: the task's
@@ -110,13 +113,10 @@ pub async fn run(
     let mut published = Vec::new();
     let mut roots = Vec::new();
     for m in &spec.attachments.manifests {
-        let Some(dirs) = m
-            .output_relative_directories
-            .as_ref()
-            .filter(|d| !d.is_empty())
-        else {
+        let dirs = output_dirs_here(m);
+        if dirs.is_empty() {
             continue;
-        };
+        }
         let local = local_root(&spec.session_dir, m, &spec.location_map);
         if !local.is_dir() {
             tracing::warn!(
@@ -182,7 +182,10 @@ pub async fn run(
         let rel = keys.for_root(m.file_system_location_name.as_deref(), &m.root_path);
         let key = format!("{prefix}{rel}");
         let opts = PutOptions {
-            metadata: asset_root_metadata(&m.root_path),
+            metadata: output_manifest_metadata(
+                &m.root_path,
+                m.file_system_location_name.as_deref(),
+            ),
             ..PutOptions::default()
         };
         if cancel.is_cancelled() {
@@ -239,35 +242,43 @@ pub async fn run(
 
 /// Where the session's sync-outputs record what each task published from `local_root`:
 /// one file per task (`step` for a chunk's session action, which has no task id).
-fn published_dir(session_dir: &Path, local_root: &Path) -> PathBuf {
-    session_dir
-        .join(".attache")
-        .join("outputs")
-        .join(root_id(local_root).to_string())
+/// (Under the session directory, whose user may plant links there: see `fsutil::beneath`.)
+fn published_dir(session_dir: &Path, local_root: &Path) -> Beneath {
+    Beneath::new(
+        session_dir,
+        Path::new(".attache")
+            .join("outputs")
+            .join(root_id(local_root).to_string()),
+    )
 }
 
-fn published_path(session_dir: &Path, local_root: &Path, task: Option<&str>) -> PathBuf {
-    published_dir(session_dir, local_root).join(format!("{}.manifest", task.unwrap_or("step")))
+fn published_name(task: Option<&str>) -> String {
+    format!("{}.manifest", task.unwrap_or("step"))
 }
 
 /// What the session's other tasks published from `local`, oldest first (so that, merged, the
 /// latest publication of a path wins).
 fn published_by_others(session_dir: &Path, local: &Path, task: Option<&str>) -> Vec<Manifest> {
-    let mine = published_path(session_dir, local, task);
-    let Ok(entries) = std::fs::read_dir(published_dir(session_dir, local)) else {
+    let mine = published_name(task);
+    let Ok(dir) = published_dir(session_dir, local).open_dir(false) else {
         return Vec::new();
     };
-    let mut records: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "manifest") && *p != mine)
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .collect();
-    records.sort();
-    records
+    let mut records: Vec<(std::time::SystemTime, Manifest)> = dir
+        .names()
+        .unwrap_or_default()
         .into_iter()
-        .filter_map(|(_, p)| read_manifest_file(&p))
-        .collect()
+        .filter(|n| {
+            Path::new(n).extension().is_some_and(|x| x == "manifest")
+                && n.as_os_str() != mine.as_str()
+        })
+        .filter_map(|n| {
+            let file = open_regular(&dir.at(&n)).ok()?;
+            let modified = file.metadata().ok()?.modified().ok()?;
+            Some((modified, decode_from(file).ok()?))
+        })
+        .collect();
+    records.sort_by_key(|(modified, _)| *modified);
+    records.into_iter().map(|(_, m)| m).collect()
 }
 
 /// Adds the outputs just published from `local` to the session's record of what this task
@@ -277,16 +288,21 @@ fn published_by_others(session_dir: &Path, local: &Path, task: Option<&str>) -> 
 /// download-outputs takes). A record that cannot be written costs only that: a warning, and
 /// the next task sends them again.
 fn record_outputs(session_dir: &Path, local: &Path, task: Option<&str>, published: Manifest) {
-    let path = published_path(session_dir, local, task);
+    let path = published_dir(session_dir, local).join(published_name(task));
     let all = merge(read_manifest_file(&path).into_iter().chain([published]));
-    let written = path
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| crate::fsutil::write_atomic_with(&path, |w| all.encode_to(w)));
+    // Renamed over whatever is at its name (never written into a link's target).
+    let written = path.open_parent(true).and_then(|(dir, name)| {
+        let file = crate::fsutil::AtomicFile::create(&dir.at(&name))?;
+        let mut w = std::io::BufWriter::new(file.file());
+        all.encode_to(&mut w)?;
+        std::io::Write::flush(&mut w)?;
+        drop(w);
+        file.commit(true)
+    });
     if let Err(e) = written {
         tracing::warn!(
             "cannot record the outputs published in {}: {e}; the session's next tasks send them again",
-            path.display()
+            path.shown().display()
         );
     }
 }
@@ -375,6 +391,19 @@ fn keep_outputs(
     linked.len() as u64
 }
 
+/// A root's output directories as this machine's paths: a Windows workstation writes
+/// `renders\\beauty`, which is `renders/beauty` here (as the official worker reads it).
+fn output_dirs_here(m: &ManifestProperties) -> Vec<String> {
+    m.output_relative_directories
+        .iter()
+        .flatten()
+        .map(|d| match m.root_path_format {
+            PathFormat::Windows => d.replace('\\', "/"),
+            PathFormat::Posix => d.clone(),
+        })
+        .collect()
+}
+
 /// An output directory must be `.` or a safe relative path (no `..`, not absolute): one that
 /// leaves the asset root would upload whatever it finds there.
 fn check_output_dir(session_dir: &std::path::Path, dir: &str) -> Result<(), PutError> {
@@ -393,10 +422,12 @@ fn check_output_dir(session_dir: &std::path::Path, dir: &str) -> Result<(), PutE
         })
 }
 
-/// `asset-root` is the root path when it is ASCII; otherwise both keys hold its JSON-quoted,
-/// ASCII-escaped form (readers prefer `asset-root-json`).
-pub fn asset_root_metadata(root_path: &str) -> Vec<(String, String)> {
-    if root_path.is_ascii() {
+/// An output manifest's object metadata, as the official worker sets it: `asset-root` is the
+/// root path when it is ASCII, otherwise both it and `asset-root-json` hold its JSON-quoted,
+/// ASCII-escaped form (readers prefer `asset-root-json`); `file-system-location-name` names
+/// the root's storage-profile location, if it has one.
+pub fn output_manifest_metadata(root_path: &str, location: Option<&str>) -> Vec<(String, String)> {
+    let mut metadata = if root_path.is_ascii() {
         vec![("asset-root".into(), root_path.into())]
     } else {
         let quoted = json_quote(root_path);
@@ -404,7 +435,11 @@ pub fn asset_root_metadata(root_path: &str) -> Vec<(String, String)> {
             ("asset-root".into(), quoted.clone()),
             ("asset-root-json".into(), quoted),
         ]
+    };
+    if let Some(name) = location.filter(|n| !n.is_empty()) {
+        metadata.push(("file-system-location-name".into(), name.into()));
     }
+    metadata
 }
 
 /// Files under the output directories that neither sync-inputs placed nor another task of
@@ -462,6 +497,11 @@ fn changed_outputs(
             local.join(&rel_dir)
         };
         if !path.is_dir() {
+            // Another task may make it yet (the official worker says the same).
+            tracing::info!(
+                "found 0 files: output directory {} does not exist",
+                path.display()
+            );
             continue;
         }
         // Unchanged files are dropped as the scan finds them: a million of them are never

@@ -1,0 +1,251 @@
+//! Files of a session's records (`<session>/.attache/…`), read and written without following
+//! a link below the session directory.
+//!
+//! Why: the session's user owns its directory, and a daemon running as root (or as another
+//! user) writes the records there for that user's jobs. A link planted at `.attache`, or at a
+//! record's name, would otherwise have the daemon create files where the user may not, write a
+//! manifest into a device (`-> /dev/sda`), or block on a FIFO. Each directory is opened from
+//! the one before it and later used through its open descriptor (`/proc/self/fd/N/name`), so
+//! a link swapped in meanwhile is not followed either.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+
+/// A path under a directory the caller trusts (`base`, such as a session directory) whose
+/// components below it are not (`rel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Beneath {
+    base: PathBuf,
+    rel: PathBuf,
+}
+
+impl Beneath {
+    pub fn new(base: impl Into<PathBuf>, rel: impl Into<PathBuf>) -> Beneath {
+        Beneath {
+            base: base.into(),
+            rel: rel.into(),
+        }
+    }
+
+    /// The whole path, for messages.
+    pub fn shown(&self) -> PathBuf {
+        self.base.join(&self.rel)
+    }
+
+    /// `name` under this path.
+    pub fn join(&self, name: impl AsRef<Path>) -> Beneath {
+        Beneath::new(&self.base, self.rel.join(name))
+    }
+
+    /// The directory this path is in, and its last component.
+    fn split(&self) -> io::Result<(Beneath, &OsStr)> {
+        match (self.rel.parent(), self.rel.file_name()) {
+            (Some(dir), Some(name)) => Ok((Beneath::new(&self.base, dir), name)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: not a file under {}",
+                    self.shown().display(),
+                    self.base.display()
+                ),
+            )),
+        }
+    }
+
+    /// Opens this path as a directory, each component below `base` without following a link
+    /// (a link or a file there is an error naming it); with `create`, missing ones are made.
+    pub fn open_dir(&self, create: bool) -> io::Result<OpenDir> {
+        if create {
+            std::fs::create_dir_all(&self.base)?;
+        }
+        let mut dir = OpenDir {
+            file: open_dir_nofollow(&self.base, false)?,
+            shown: self.base.clone(),
+        };
+        for part in self.rel.components() {
+            let Component::Normal(name) = part else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{}: only plain names may follow {}",
+                        self.shown().display(),
+                        self.base.display()
+                    ),
+                ));
+            };
+            let at = dir.at(name);
+            let shown = dir.shown.join(name);
+            if create {
+                match std::fs::create_dir(&at) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("{}: {e}", shown.display()),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            let file = open_dir_nofollow(&at, true).map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) {
+                    io::Error::other(format!(
+                        "{}: is a link or a file where attache keeps a directory of the session's records; attache does not write through links. Remove it",
+                        shown.display()
+                    ))
+                } else {
+                    io::Error::new(e.kind(), format!("{}: {e}", shown.display()))
+                }
+            })?;
+            dir = OpenDir { file, shown };
+        }
+        Ok(dir)
+    }
+
+    /// Opens this path's directory (made if `create`) and gives it with the file's name.
+    pub fn open_parent(&self, create: bool) -> io::Result<(OpenDir, PathBuf)> {
+        let (dir, name) = self.split()?;
+        Ok((dir.open_dir(create)?, PathBuf::from(name)))
+    }
+
+    /// Opens this path for reading if it is a regular file ([`open_regular`]), reached
+    /// without following a link.
+    pub fn open_file(&self) -> io::Result<File> {
+        let (dir, name) = self.open_parent(false)?;
+        open_regular(&dir.at(&name))
+    }
+}
+
+/// A directory open for use by the names in it.
+pub struct OpenDir {
+    file: File,
+    shown: PathBuf,
+}
+
+impl OpenDir {
+    /// The path that reaches `name` in this directory through its descriptor: valid while
+    /// this lives, and no link on the way to the directory is looked up again.
+    pub fn at(&self, name: impl AsRef<Path>) -> PathBuf {
+        through(&self.file, &self.shown).join(name)
+    }
+
+    /// `name` in this directory, for messages.
+    pub fn shown(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.shown.join(name)
+    }
+
+    /// The names in this directory.
+    pub fn names(&self) -> io::Result<Vec<std::ffi::OsString>> {
+        Ok(std::fs::read_dir(self.at(""))?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect())
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn through(dir: &File, _shown: &Path) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+}
+
+/// Elsewhere the components were checked as they were opened, and the path is used again.
+#[cfg(not(target_os = "linux"))]
+fn through(_dir: &File, shown: &Path) -> PathBuf {
+    shown.to_path_buf()
+}
+
+fn open_dir_nofollow(path: &Path, nofollow: bool) -> io::Result<File> {
+    let flags = libc::O_DIRECTORY | if nofollow { libc::O_NOFOLLOW } else { 0 };
+    OpenOptions::new().read(true).custom_flags(flags).open(path)
+}
+
+/// Opens `path` for reading if it is a regular file: not through a link at its end, and
+/// without waiting on a FIFO or touching a device (an error says what it is instead).
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_record_is_written_and_read_under_directories_made_on_the_way() {
+        let t = tempfile::tempdir().unwrap();
+        let record = Beneath::new(t.path(), ".attache/outputs/abc/task-1.manifest");
+        let (dir, name) = record.open_parent(true).unwrap();
+        let f = crate::fsutil::AtomicFile::create(&dir.at(&name)).unwrap();
+        f.file().write_all(b"{}").unwrap();
+        f.commit(false).unwrap();
+        drop(dir);
+        let mut text = String::new();
+        record
+            .open_file()
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "{}");
+        assert!(
+            t.path()
+                .join(".attache/outputs/abc/task-1.manifest")
+                .is_file()
+        );
+        let (dir, _) = record.open_parent(false).unwrap();
+        assert_eq!(
+            dir.names().unwrap(),
+            vec![std::ffi::OsString::from("task-1.manifest")]
+        );
+        assert_eq!(dir.shown("x"), t.path().join(".attache/outputs/abc/x"));
+    }
+
+    #[test]
+    fn a_link_on_the_way_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let (session, elsewhere) = (t.path().join("session"), t.path().join("elsewhere"));
+        std::fs::create_dir_all(&session).unwrap();
+        std::fs::create_dir_all(elsewhere.join("outputs")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, session.join(".attache")).unwrap();
+        let record = Beneath::new(&session, ".attache/outputs/abc/task-1.manifest");
+        let e = record.open_parent(true).err().unwrap().to_string();
+        assert!(e.contains("session/.attache: is a link or a file"), "{e}");
+        assert!(record.open_file().is_err());
+        assert!(
+            !elsewhere.join("outputs/abc").exists(),
+            "made a directory through the link"
+        );
+    }
+
+    #[test]
+    fn a_link_or_a_fifo_at_the_name_is_not_read() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join(".attache");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(t.path().join("secret"), "x").unwrap();
+        std::os::unix::fs::symlink(t.path().join("secret"), dir.join("a.manifest")).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("b.manifest").to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        for name in ["a.manifest", "b.manifest"] {
+            // Returns at once (no wait for a FIFO writer), with an error.
+            assert!(
+                Beneath::new(t.path(), Path::new(".attache").join(name))
+                    .open_file()
+                    .is_err()
+            );
+        }
+    }
+}
