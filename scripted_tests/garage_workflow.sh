@@ -141,7 +141,7 @@ else
     fail "download-outputs"; cat "$work/dl.log"
 fi
 
-if run_attache ws submit "${ids[@]}" "$proj/scenes" "$proj/tex" --output-dir "$proj/renders" --json -o "$work/again.json" 2>"$work/again.log"; then
+if run_attache ws submit "${ids[@]}" "$proj/scenes" "$proj/tex" --output-dir "$proj/renders" --json -o "$work/again-attachments.json" >"$work/again.json" 2>"$work/again.log"; then
     up="$(json "$work/again.json" "sum(r['upload']['uploaded_objects'] for r in d['roots'] if r['upload'])")"
     known="$(json "$work/again.json" "sum(r['upload']['known_objects'] for r in d['roots'] if r['upload'])")"
     if [[ "$up" == 0 ]]; then pass "re-submit: uploaded 0 objects, $known known present"; else fail "re-submit uploaded $up objects"; fi

@@ -79,7 +79,7 @@ pub struct ScanOptions {
 pub enum ScanError {
     #[error("{path}: cannot read: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path}: symlink points outside the root {root} (to {target}); {what_to_do}")]
+    #[error("{path}: symlink points outside the directory {root} (to {target}); {what_to_do}")]
     EscapingSymlink {
         path: PathBuf,
         root: PathBuf,
@@ -413,7 +413,7 @@ impl<'a> Walker<'a> {
             let what_to_do = if self.opts.boundary.is_some() {
                 "a task's outputs are the files inside its session directory: write them there, not a link to them"
             } else {
-                "copy the file into the root, or set hash.follow_external_symlinks = true to hash the target (ATTACHE_HASH__FOLLOW_EXTERNAL_SYMLINKS=true for one run; `hash` and `manifest verify` also take --follow-external-symlinks)"
+                "copy the file into that directory, or give --follow-external-symlinks (hash, put, submit, manifest verify) or set hash.follow_external_symlinks = true to hash the target"
             };
             return Err(ScanError::EscapingSymlink {
                 path: path.to_path_buf(),

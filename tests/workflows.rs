@@ -269,7 +269,10 @@ fn submit_sync_render_sync_outputs_download_outputs() {
         &session,
     ));
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("symlink points outside the root"), "{err}");
+    assert!(
+        err.contains("symlink points outside the directory"),
+        "{err}"
+    );
     assert!(
         err.contains("write them there, not a link to them"),
         "{err}"
@@ -928,6 +931,45 @@ fn sync_outputs_refuses_output_directories_that_leave_the_root() {
         "nothing may be uploaded: {:?}",
         f.s3.object_keys()
     );
+}
+
+/// A texture directory holding a link to a file elsewhere (a studio's HDRI library): refused
+/// by default, naming the link and the directory it leaves; taken whole with the flag.
+#[test]
+fn submit_follows_links_out_of_an_input_directory_when_told() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    write(&proj.join("tex/wood.png"), b"wood");
+    write(&f.path("library/sky.hdr"), b"sky");
+    std::os::unix::fs::symlink(f.path("library/sky.hdr"), proj.join("tex/sky.hdr")).unwrap();
+    let submit = |flag: Option<&str>| {
+        let mut c = f.attache("ws");
+        c.arg("submit").args(IDS).arg(proj.join("tex"));
+        c.args(flag);
+        c.arg("-o").arg(f.path("att.json"));
+        c
+    };
+    let (code, _, err) = run(&mut submit(None));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("sky.hdr: symlink points outside the directory"),
+        "{err}"
+    );
+    assert!(err.contains("give --follow-external-symlinks"), "{err}");
+    f.ok(&mut submit(Some("--follow-external-symlinks")));
+    let att: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.path("att.json")).unwrap()).unwrap();
+    let key = format!(
+        "DeadlineCloud/Manifests/{}",
+        att["manifests"][0]["inputManifestPath"].as_str().unwrap()
+    );
+    let manifest = attache::manifest::decode(&f.s3.read_object(&key).unwrap()).unwrap();
+    let paths: Vec<String> = manifest
+        .entries()
+        .iter()
+        .map(|e| e.path.display().into_owned())
+        .collect();
+    assert_eq!(paths, ["sky.hdr", "wood.png"]);
 }
 
 /// With `--json` and `-o FILE`, the file gets what the farm's next step reads (as without

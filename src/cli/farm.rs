@@ -96,6 +96,10 @@ pub struct SubmitArgs {
     /// Read every file; neither use nor update the hash cache [config: cache.hash_cache].
     #[arg(long)]
     no_cache: bool,
+    /// Upload the targets of symlinks in an input directory that point outside it instead of
+    /// refusing them [config: hash.follow_external_symlinks].
+    #[arg(long)]
+    follow_external_symlinks: bool,
     /// An input that does not exist is an error (by default it is submitted as a referenced
     /// path, with a warning, as the official client does).
     #[arg(long)]
@@ -247,6 +251,7 @@ impl SubmitArgs {
         if self.no_cache {
             flag(out, "cache.hash_cache", "--no-cache", Some("false".into()));
         }
+        super::hash_cmd::follow_flag(out, self.follow_external_symlinks);
     }
 }
 
@@ -278,7 +283,7 @@ fn execute(
     spec: JobSpec,
     label: &'static str,
     common: &CommonArgs,
-    other_local_flag: Option<&'static str>,
+    other_local_flags: Vec<&'static str>,
 ) -> anyhow::Result<serde_json::Value> {
     let spec = spec.resolve(&std::env::current_dir()?).map_err(usage)?;
     spec.validate().map_err(usage)?;
@@ -290,7 +295,7 @@ fn execute(
         for flag in common
             .local_only_flags()
             .into_iter()
-            .chain(other_local_flag)
+            .chain(other_local_flags)
             .chain(cache_dir)
         {
             tracing::warn!(
@@ -318,11 +323,11 @@ fn run_and_emit(
     ctx: &Context,
     spec: JobSpec,
     label: &'static str,
-    (common, other_local_flag): (&CommonArgs, Option<&'static str>),
+    (common, other_local_flags): (&CommonArgs, Vec<&'static str>),
     output: Option<&Path>,
 ) -> anyhow::Result<Option<serde_json::Value>> {
     let part = written_part(spec.kind());
-    let out = execute(ctx, spec, label, common, other_local_flag)?;
+    let out = execute(ctx, spec, label, common, other_local_flags)?;
     if common.store.json {
         // `-o FILE` gets what the farm's next step reads, as without --json; the whole
         // result goes to stdout.
@@ -452,7 +457,17 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         ctx,
         spec,
         "submitting",
-        (&a.common, a.no_cache.then_some("--no-cache")),
+        (
+            &a.common,
+            [
+                a.no_cache.then_some("--no-cache"),
+                a.follow_external_symlinks
+                    .then_some("--follow-external-symlinks"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
         not_to_file_in_a_dry_run(dry_run, crate::cli::output_file(&a.output)),
     )?
     else {
@@ -500,7 +515,7 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
         ctx,
         spec,
         "syncing inputs",
-        (&a.common, a.content_cache.given()),
+        (&a.common, a.content_cache.given().into_iter().collect()),
         crate::cli::output_file(&a.output),
     )?
     else {
@@ -572,7 +587,7 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         ctx,
         spec,
         "syncing outputs",
-        (&a.common, a.content_cache.given()),
+        (&a.common, a.content_cache.given().into_iter().collect()),
         not_to_file_in_a_dry_run(a.dry_run, crate::cli::output_file(&a.output)),
     )?
     else {
@@ -622,7 +637,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         ctx,
         spec,
         "downloading outputs",
-        (&a.common, a.content_cache.given()),
+        (&a.common, a.content_cache.given().into_iter().collect()),
         None,
     )?
     else {

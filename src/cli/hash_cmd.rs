@@ -54,15 +54,20 @@ impl HashArgs {
         if self.no_cache {
             flag(out, "cache.hash_cache", "--no-cache", Some("false".into()));
         }
-        if self.follow_external_symlinks {
-            flag(
-                out,
-                "hash.follow_external_symlinks",
-                "--follow-external-symlinks",
-                Some("true".into()),
-            );
-        }
+        follow_flag(out, self.follow_external_symlinks);
         flag(out, "hash.threads", "--threads", self.threads.clone());
+    }
+}
+
+/// `--follow-external-symlinks`, of the commands that hash a tree.
+pub fn follow_flag(out: &mut Vec<Override>, given: bool) {
+    if given {
+        flag(
+            out,
+            "hash.follow_external_symlinks",
+            "--follow-external-symlinks",
+            Some("true".into()),
+        );
     }
 }
 

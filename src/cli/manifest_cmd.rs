@@ -354,13 +354,56 @@ fn change_summary(a: &ManifestEntry, b: &ManifestEntry) -> String {
     parts.join(", ")
 }
 
-/// RFC 3339 UTC with microseconds; raw microseconds for times before 1970.
+/// RFC 3339 UTC with microseconds, before 1970 too (a file restored from an old archive, a
+/// camera's card without a clock), where humantime and SystemTime stop.
 fn format_mtime(us: i64) -> String {
-    match u64::try_from(us) {
-        Ok(us) => humantime::format_rfc3339_micros(
-            std::time::UNIX_EPOCH + std::time::Duration::from_micros(us),
-        )
-        .to_string(),
-        Err(_) => format!("{us}us"),
+    let (secs, micros) = (us.div_euclid(1_000_000), us.rem_euclid(1_000_000));
+    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_mtime;
+
+    #[test]
+    fn mtimes_are_rfc3339_before_1970_too() {
+        assert_eq!(format_mtime(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(format_mtime(-1), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(
+            format_mtime(-315_619_199_876_544),
+            "1960-01-01T00:00:00.123456Z"
+        );
+        // The same as humantime's where it has one: a leap day, and a date far ahead.
+        for us in [
+            951_782_400_000_001_i64,
+            1_700_000_000_123_456,
+            4_102_444_800_000_000,
+        ] {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us as u64);
+            assert_eq!(
+                format_mtime(us),
+                humantime::format_rfc3339_micros(t).to_string()
+            );
+        }
     }
 }

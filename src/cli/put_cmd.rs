@@ -38,6 +38,10 @@ pub struct PutArgs {
     /// Read every file; neither use nor update the hash cache [config: cache.hash_cache].
     #[arg(long)]
     no_cache: bool,
+    /// Upload the targets of symlinks that point outside ROOT instead of refusing them
+    /// [config: hash.follow_external_symlinks].
+    #[arg(long)]
+    follow_external_symlinks: bool,
     /// Hash the tree and ask the store what it lacks; upload nothing (the manifest is still
     /// written).
     #[arg(long)]
@@ -53,6 +57,7 @@ impl PutArgs {
         if self.no_cache {
             flag(out, "cache.hash_cache", "--no-cache", Some("false".into()));
         }
+        super::hash_cmd::follow_flag(out, self.follow_external_symlinks);
     }
 }
 

@@ -40,7 +40,7 @@ pub struct GetSpec {
     /// Write what is at each path once the get is done to this file (sync-inputs' record,
     /// which output detection compares against; paths relative to the destination). It is
     /// written as the plan goes and gets its name only when the whole download succeeded.
-    pub record: Option<crate::fsutil::beneath::Beneath>,
+    pub record: Option<Beneath>,
 }
 
 /// What to do when a file with other content is already at a destination path.
