@@ -1324,6 +1324,20 @@ fn a_submit_through_the_api_takes_a_job_bundle_s_asset_references() {
     std::fs::write(bundle.join("asset_references.yaml"), refs("scene.ma")).unwrap();
     d.assert_refused(&spec(&bundle), "asset_references", "scene.ma is relative");
 
+    // A FIFO where the document is: refused at once, where reading it would block the daemon
+    // (every client) until someone wrote to it.
+    let fifo = d.path("fifo-bundle");
+    std::fs::create_dir_all(&fifo).unwrap();
+    let name =
+        std::ffi::CString::new(fifo.join("asset_references.yaml").to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0);
+    d.assert_refused(
+        &spec(&fifo.join("asset_references.yaml")),
+        "asset_references",
+        "not a regular file",
+    );
+
     // A bundle with a template: its PATH parameters, valued by `parameters` (as the official
     // client's job_parameters) and a default inside the bundle, are the job's paths.
     let templated = d.path("templated");
@@ -1565,6 +1579,7 @@ submit("public", kind="submit", inputs=[sys.argv[2]], **ids)
 submit("secret", kind="submit", inputs=[sys.argv[3]], **ids)
 submit("mixed", kind="submit", inputs=[sys.argv[4]], **ids)
 submit("session", kind="sync_inputs", attachments={"manifests": []}, session_dir=sys.argv[5])
+submit("store", kind="submit", inputs=[sys.argv[2]], store="file://" + sys.argv[6], **ids)
 print(json.dumps(out))
 "#;
     let out = Command::new("python3")
@@ -1578,6 +1593,7 @@ print(json.dumps(out))
         .arg(&secret)
         .arg(&mixed)
         .arg(closed.join("s-1"))
+        .arg(d.path("elsewhere"))
         .output()
         .unwrap();
     assert!(
@@ -1616,6 +1632,26 @@ print(json.dumps(out))
         attache::hash::ContentHash::of(b"private key\n")
     ));
     assert!(!key_object.exists(), "never read for it, never uploaded");
+    // A store of its own choosing would be written with the daemon's rights (a file:// one)
+    // or its credentials.
+    assert_eq!(v["store"][0], 403, "{v}");
+    assert!(
+        v["store"][1]
+            .as_str()
+            .unwrap()
+            .contains("only its own store"),
+        "{v}"
+    );
+    assert!(!d.path("elsewhere").exists());
+    // Root retries the failed job (as after an outage): it acts for nobody again, and fails
+    // as it did, instead of reading the key with root's rights.
+    let failed = v["mixed"]["id"].as_str().unwrap();
+    let (status, retried) = d.api("POST", &format!("/v1/jobs/{failed}/retry"), "");
+    assert_eq!(status, 201, "{retried}");
+    assert_eq!(retried["run_as"]["uid"], 65534, "{retried}");
+    let again = d.wait(retried["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(again["state"], "failed", "{again}");
+    assert!(!key_object.exists(), "a retry by root read it for nobody");
 }
 
 /// A plugin following a job must not take a daemon that stopped for the job's end: the

@@ -1028,11 +1028,28 @@ fn links_planted_among_a_session_s_records_are_not_followed() {
         files_under(&elsewhere)
     );
 
-    // The link removed, the sync goes on; then a FIFO at the name of the task's outputs
-    // record: sync-outputs publishes, warns, and neither waits on it nor writes into it.
+    // The same at the asset root's own directory: the download would follow it.
     std::fs::remove_file(session.join(".attache")).unwrap();
-    f.ok(&mut f.sync_inputs(&att, &session));
     let local = local_root(&session, &proj);
+    // (The refused sync made it before it met the link.)
+    let _ = std::fs::remove_dir_all(&local);
+    std::os::unix::fs::symlink(&elsewhere, &local).unwrap();
+    let (code, _, err) = run(&mut f.sync_inputs(&att, &session));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is a link where sync-inputs keeps an asset root"),
+        "{err}"
+    );
+    assert!(
+        files_under(&elsewhere).is_empty(),
+        "{:?}",
+        files_under(&elsewhere)
+    );
+    std::fs::remove_file(&local).unwrap();
+
+    // The links removed, the sync goes on; then a FIFO at the name of the task's outputs
+    // record: sync-outputs publishes, warns, and neither waits on it nor writes into it.
+    f.ok(&mut f.sync_inputs(&att, &session));
     write(&local.join("renders/f1.exr"), b"frame");
     let records = session
         .join(".attache/outputs")

@@ -218,6 +218,9 @@ fn refused_job(e: JobError) -> Response {
             Some(field),
         ),
         e @ JobError::NotTheCallers(_) => error(StatusCode::FORBIDDEN, &e.to_string(), None),
+        e @ JobError::NotTheCallersStore { .. } => {
+            error(StatusCode::FORBIDDEN, &e.to_string(), Some("store"))
+        }
         e => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
     }
 }

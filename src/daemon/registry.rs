@@ -77,6 +77,10 @@ pub struct JobRecord {
     /// lasting (a damaged manifest, a refused path, a full disk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retryable: Option<bool>,
+    /// The user the job acts for, when a client of another user asked for it: a retry, by
+    /// whoever asks for it, acts for that user again (after a restart too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<Caller>,
 }
 
 fn default_priority() -> u8 {
@@ -208,8 +212,7 @@ impl Registry {
                 record: Mutex::new(record.clone()),
                 progress: Arc::default(),
                 cancel: CancellationToken::new(),
-                // Ended: it runs no more (a retry is the retrying client's).
-                caller: None,
+                caller: record.run_as.clone().map(Arc::new),
                 changed,
             };
             jobs.insert(record.id.clone(), Arc::new(job));
@@ -290,6 +293,7 @@ impl Registry {
     ) -> Result<JobRecord, JobError> {
         // Before a job bundle is read for it, and again for the paths a bundle gave.
         if let Some(c) = &caller {
+            self.check_store(&spec)?;
             spec.check_caller(c)?;
         }
         let bundles = matches!(&spec, JobSpec::Submit(j) if !j.asset_references.is_empty());
@@ -352,11 +356,31 @@ impl Registry {
                 state: state.name(),
             });
         }
-        // The new job is the retrying client's: what it may read and write.
+        // The new job acts for the user the old one did: a retry by root (or the daemon's own
+        // user, or a TCP client) must not run another user's spec with the daemon's rights. A
+        // client of another user retrying it must be able to do it too.
         if let Some(c) = &caller {
+            self.check_store(&old.spec)?;
             old.spec.check_caller(c)?;
         }
-        Ok(self.start(old.spec, Some(old.id), old.priority, caller)?)
+        let run_as = old.run_as.map(Arc::new);
+        if let Some(owner) = &run_as {
+            old.spec.check_caller(owner)?;
+        }
+        Ok(self.start(old.spec, Some(old.id), old.priority, run_as)?)
+    }
+
+    /// A client of another user gets the daemon's own store only: another would be read and
+    /// written with the daemon's credentials, a `file://` one with the daemon's rights.
+    fn check_store(&self, spec: &JobSpec) -> Result<(), JobError> {
+        let own = self.shared.settings().store.url.clone();
+        match spec.store() {
+            Some(store) if store != own => Err(JobError::NotTheCallersStore {
+                store: store.to_string(),
+                own,
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn start(
@@ -390,6 +414,7 @@ impl Registry {
             queue_position: None,
             retried_by: None,
             retryable: None,
+            run_as: caller.as_deref().cloned(),
         };
         write_record(&self.dir, &record);
         let (changed, _) = watch::channel(0);

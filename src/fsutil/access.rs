@@ -17,7 +17,7 @@ pub const SEARCH: u32 = 1;
 
 /// A client's user: its ids and its groups, as the kernel gave them for its connection. Not
 /// made for root or the daemon's own user, who may do anything the daemon may.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,

@@ -165,9 +165,18 @@ fn open_dir_nofollow(path: &Path, nofollow: bool) -> io::Result<File> {
 /// Opens `path` for reading if it is a regular file: not through a link at its end, and
 /// without waiting on a FIFO or touching a device (an error says what it is instead).
 pub fn open_regular(path: &Path) -> io::Result<File> {
+    open_regular_with(path, libc::O_NOFOLLOW)
+}
+
+/// As [`open_regular`], through a link at its end too.
+pub fn open_regular_following(path: &Path) -> io::Result<File> {
+    open_regular_with(path, 0)
+}
+
+fn open_regular_with(path: &Path, flags: libc::c_int) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags(flags | libc::O_NONBLOCK)
         .open(path)?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(

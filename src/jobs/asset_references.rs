@@ -225,7 +225,12 @@ pub(super) fn read_document(file: &Path) -> Result<serde_json::Value, AssetRefer
         path: file.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(file).map_err(|e| err(e.to_string()))?;
+    // A regular file only: the daemon reads a bundle while it accepts a job, and a FIFO there
+    // would block it (and every other client) until someone wrote to it.
+    let mut text = String::new();
+    crate::fsutil::beneath::open_regular_following(file)
+        .and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut text))
+        .map_err(|e| err(e.to_string()))?;
     if file.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).map_err(|e| err(e.to_string()))
     } else {

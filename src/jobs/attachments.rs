@@ -18,7 +18,23 @@ impl Attachments {
     /// Reads an attachments file (as `submit` writes it); the error names the file.
     pub fn read_file(path: &Path) -> Result<Attachments, String> {
         let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_slice(&text).map_err(|e| {
+        Self::parse(path, &text)
+    }
+
+    /// Reads an attachments file the daemon was given by path: a regular file only, not
+    /// through a link at its name (the client's access was checked on the path: a link
+    /// swapped in since would be read with the daemon's rights, a FIFO would block it). The
+    /// CLI reads its own with [`Attachments::read_file`], which takes `<(command)` too.
+    pub fn read_regular_file(path: &Path) -> Result<Attachments, String> {
+        let mut text = Vec::new();
+        crate::fsutil::beneath::open_regular(path)
+            .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut text))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(path, &text)
+    }
+
+    fn parse(path: &Path, text: &[u8]) -> Result<Attachments, String> {
+        serde_json::from_slice(text).map_err(|e| {
             format!(
                 "{}: not an attachments document, as submit writes one ({e})",
                 path.display()

@@ -255,6 +255,12 @@ pub enum JobError {
     /// The daemon's client asks for what its user may not do (HTTP 403).
     #[error(transparent)]
     NotTheCallers(#[from] crate::fsutil::access::Refused),
+    /// A client of another user names a store other than the daemon's (HTTP 403): the daemon
+    /// would read and write it with its own credentials, a `file://` one with its own rights.
+    #[error(
+        "store: {store}: the daemon uses for a client of another user only its own store ({own}); run the command without --daemon to use another"
+    )]
+    NotTheCallersStore { store: String, own: String },
     #[error(transparent)]
     Open(#[from] OpenStoreError),
     // Boxed: these are large, and a job's error is made once.
@@ -293,7 +299,10 @@ impl JobError {
             JobError::Submit(e) => e.is_retryable(),
             JobError::Put(e) => e.is_retryable(),
             JobError::Transfer(e) => e.is_retryable(),
-            JobError::Invalid { .. } | JobError::NotTheCallers(_) | JobError::Open(_) => false,
+            JobError::Invalid { .. }
+            | JobError::NotTheCallers(_)
+            | JobError::NotTheCallersStore { .. }
+            | JobError::Open(_) => false,
         }
     }
 
@@ -771,7 +780,7 @@ fn attachments(a: AttachmentsArg) -> Result<Attachments, JobError> {
     match a {
         AttachmentsArg::Inline(doc) => Ok(doc),
         AttachmentsArg::File(p) => {
-            Attachments::read_file(&p).map_err(|e| invalid("attachments", e))
+            Attachments::read_regular_file(&p).map_err(|e| invalid("attachments", e))
         }
     }
 }

@@ -216,6 +216,7 @@ async fn sync(
     let mut rules = Vec::new();
     let mut synced = Vec::new();
     for root in roots.0 {
+        not_a_link_in_the_session(&spec.session_dir, &root.local)?;
         rules.push(PathMappingRule {
             source_path_format: root.format,
             source_path: root.root_path.clone(),
@@ -279,6 +280,27 @@ fn dependency_root(spec: &SyncInputsSpec, root_path: &str) -> (PathBuf, PathForm
             PathFormat::of(root_path),
         ),
     }
+}
+
+/// A local root in the session directory (`assetroot-…`) must not be a link: the session's
+/// user could plant one (`assetroot-… -> /etc`), and the download, and a `--job-group`'s
+/// grants, would follow it with the daemon's rights. (A location's path, from the worker's
+/// own config, may be one.)
+fn not_a_link_in_the_session(session_dir: &Path, local: &Path) -> Result<(), TransferError> {
+    let Ok(rel) = local.strip_prefix(session_dir) else {
+        return Ok(());
+    };
+    let mut at = session_dir.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(TransferError::Refused {
+                path: at,
+                message: "is a link where sync-inputs keeps an asset root in the session directory; attache does not write through links. Remove it and run again".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A root at a storage-profile location this worker's locations do not name, when it names
