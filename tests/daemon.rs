@@ -1554,6 +1554,9 @@ fn the_daemon_does_for_another_user_only_what_that_user_could() {
     for p in [&public, &public.join("tex"), &mixed, &closed] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
+    let open_session = d.path("open-session");
+    std::fs::create_dir_all(&open_session).unwrap();
+    std::fs::set_permissions(&open_session, std::fs::Permissions::from_mode(0o777)).unwrap();
     for p in [public.join("tex/a.png"), mixed.join("ok.png")] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
@@ -1580,6 +1583,8 @@ submit("secret", kind="submit", inputs=[sys.argv[3]], **ids)
 submit("mixed", kind="submit", inputs=[sys.argv[4]], **ids)
 submit("session", kind="sync_inputs", attachments={"manifests": []}, session_dir=sys.argv[5])
 submit("store", kind="submit", inputs=[sys.argv[2]], store="file://" + sys.argv[6], **ids)
+submit("group", kind="sync_inputs", attachments={"manifests": []}, session_dir=sys.argv[7],
+       job_group="root")
 print(json.dumps(out))
 "#;
     let out = Command::new("python3")
@@ -1594,6 +1599,7 @@ print(json.dumps(out))
         .arg(&mixed)
         .arg(closed.join("s-1"))
         .arg(d.path("elsewhere"))
+        .arg(&open_session)
         .output()
         .unwrap();
     assert!(
@@ -1643,6 +1649,15 @@ print(json.dumps(out))
         "{v}"
     );
     assert!(!d.path("elsewhere").exists());
+    // Its files given to a group it is not in.
+    assert_eq!(v["group"][0], 403, "{v}");
+    assert!(
+        v["group"][1]
+            .as_str()
+            .unwrap()
+            .contains("job_group: root: user nobody (uid 65534) is not in this group"),
+        "{v}"
+    );
     // Root retries the failed job (as after an outage): it acts for nobody again, and fails
     // as it did, instead of reading the key with root's rights.
     let failed = v["mixed"]["id"].as_str().unwrap();

@@ -221,6 +221,9 @@ fn refused_job(e: JobError) -> Response {
         e @ JobError::NotTheCallersStore { .. } => {
             error(StatusCode::FORBIDDEN, &e.to_string(), Some("store"))
         }
+        e @ JobError::NotTheCallersGroup { .. } => {
+            error(StatusCode::FORBIDDEN, &e.to_string(), Some("job_group"))
+        }
         e => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
     }
 }

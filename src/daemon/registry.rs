@@ -359,13 +359,13 @@ impl Registry {
         // The new job acts for the user the old one did: a retry by root (or the daemon's own
         // user, or a TCP client) must not run another user's spec with the daemon's rights. A
         // client of another user retrying it must be able to do it too.
-        if let Some(c) = &caller {
-            self.check_store(&old.spec)?;
-            old.spec.check_caller(c)?;
-        }
         let run_as = old.run_as.map(Arc::new);
-        if let Some(owner) = &run_as {
-            old.spec.check_caller(owner)?;
+        if caller.is_some() || run_as.is_some() {
+            // (The daemon's store may have changed since, by a reload.)
+            self.check_store(&old.spec)?;
+        }
+        for user in [&caller, &run_as].into_iter().flatten() {
+            old.spec.check_caller(user)?;
         }
         Ok(self.start(old.spec, Some(old.id), old.priority, run_as)?)
     }

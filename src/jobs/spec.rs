@@ -261,6 +261,12 @@ pub enum JobError {
         "store: {store}: the daemon uses for a client of another user only its own store ({own}); run the command without --daemon to use another"
     )]
     NotTheCallersStore { store: String, own: String },
+    /// A client of another user asks for placed files to be given to a group it is not in
+    /// (HTTP 403).
+    #[error(
+        "job_group: {group}: {who} is not in this group, and the daemon gives a client's files only to a group of the client's user"
+    )]
+    NotTheCallersGroup { group: String, who: String },
     #[error(transparent)]
     Open(#[from] OpenStoreError),
     // Boxed: these are large, and a job's error is made once.
@@ -302,6 +308,7 @@ impl JobError {
             JobError::Invalid { .. }
             | JobError::NotTheCallers(_)
             | JobError::NotTheCallersStore { .. }
+            | JobError::NotTheCallersGroup { .. }
             | JobError::Open(_) => false,
         }
     }
@@ -417,6 +424,14 @@ impl JobSpec {
             JobSpec::SyncInputs(j) => {
                 attachments(&j.attachments)?;
                 caller.may_write_in(&j.session_dir)?;
+                if let Some(g) = j.group()?
+                    && !caller.groups.contains(&g.gid)
+                {
+                    return Err(JobError::NotTheCallersGroup {
+                        group: g.name,
+                        who: caller.describe(),
+                    });
+                }
                 for location in paths(&j.locations, "locations")? {
                     caller.may_write_in(&location)?;
                 }
