@@ -25,6 +25,10 @@ pub enum HashFileError {
         "{path}: kept changing while it was read ({tries} tries); wait until it is complete and run again"
     )]
     Changed { path: PathBuf, tries: u32 },
+    #[error(
+        "{path}: replaced by another file (a link?) since it was scanned; the daemon reads for a client of another user only the file that user's access was checked on"
+    )]
+    Replaced { path: PathBuf },
     #[error("cancelled")]
     Cancelled,
 }

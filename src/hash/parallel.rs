@@ -95,11 +95,23 @@ pub enum HashOutcome {
 const STORE_CHUNK: usize = if cfg!(test) { 4 } else { 16_384 };
 
 /// Hashes the scanned files of `root` on the current rayon pool.
+/// How [`hash_tree`] reads the files it hashes.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    /// Bytes read at a time.
+    pub buffer: usize,
+    /// A file its path names now must be the one the scan found (same device and inode),
+    /// else it is an error: the daemon, acting for a client of another user, checked that
+    /// user's access on the scanned file, and a link swapped in since would be read with the
+    /// daemon's rights.
+    pub scanned_only: bool,
+}
+
 pub fn hash_tree(
     root: &Path,
     mut files: Vec<ScannedFile>,
     cache: Option<CacheUse<'_>>,
-    read_buffer: usize,
+    reading: Reading,
     cancel: &CancellationToken,
     progress: &Progress,
     sink: Option<&dyn HashSink>,
@@ -181,7 +193,20 @@ pub fn hash_tree(
             let started_ns = now_ns();
             let keep = sink.map_or(0, |s| s.keep_bytes_up_to());
             let on_bytes = |n| progress.add_bytes(n);
-            match hash_file_keeping(Path::new(path), read_buffer, keep, &stop, &on_bytes) {
+            let scanned = (f.stat.dev, f.stat.ino);
+            match hash_file_keeping(Path::new(path), reading.buffer, keep, &stop, &on_bytes) {
+                // The path names another file than the scan checked (a link swapped in): for a
+                // client of another user, its access was checked on the scanned one only.
+                Ok(fh) if reading.scanned_only && (fh.stat.dev, fh.stat.ino) != scanned => {
+                    errors
+                        .lock()
+                        .expect("no panics while holding the lock")
+                        .push(HashFileError::Replaced {
+                            path: Path::new(path).to_path_buf(),
+                        });
+                    stop.cancel();
+                    None
+                }
                 Ok(fh) => {
                     progress.add_files(1);
                     let racy = is_racy(&fh.stat, started_ns);
@@ -288,7 +313,10 @@ mod tests {
                 cache,
                 complete_scan: true,
             }),
-            4096,
+            Reading {
+                buffer: 4096,
+                scanned_only: false,
+            },
             &CancellationToken::new(),
             &Progress::default(),
             None,
@@ -296,6 +324,40 @@ mod tests {
             Ok(HashOutcome::Done(_, stats)) => stats,
             _ => panic!("hashing failed"),
         }
+    }
+
+    #[test]
+    fn a_file_replaced_after_the_scan_is_refused_where_only_the_scanned_one_may_be_read() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("small.txt"), b"mine").unwrap();
+        std::fs::write(t.path().join("secret"), b"not for the client").unwrap();
+        let files = scanned(&root);
+        // Swapped for a link to a file the scan never checked.
+        std::fs::remove_file(root.join("small.txt")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("secret"), root.join("small.txt")).unwrap();
+        let hash = |scanned_only| {
+            hash_tree(
+                &root,
+                files.clone(),
+                None,
+                Reading {
+                    buffer: 4096,
+                    scanned_only,
+                },
+                &CancellationToken::new(),
+                &Progress::default(),
+                None,
+            )
+        };
+        let err = match hash(true) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("read a file the scan did not check"),
+        };
+        assert!(err.contains("small.txt: replaced by another file"), "{err}");
+        // A local run reads what the path names now, as before.
+        assert!(matches!(hash(false), Ok(HashOutcome::Done(..))));
     }
 
     #[test]
@@ -309,7 +371,10 @@ mod tests {
             t.path(),
             files,
             None,
-            4096,
+            Reading {
+                buffer: 4096,
+                scanned_only: false,
+            },
             &CancellationToken::new(),
             &Progress::default(),
             None,

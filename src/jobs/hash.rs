@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Cancelled, normalize_root, on_pool};
 use crate::hash::cache::{CacheError, HashCache};
 use crate::hash::parallel::{
-    CacheUse, HashErrors, HashOutcome, HashSink, HashStats, hash_tree, to_manifest,
+    CacheUse, HashErrors, HashOutcome, HashSink, HashStats, Reading, hash_tree, to_manifest,
 };
 use crate::manifest::Manifest;
 use crate::progress::Progress;
@@ -216,7 +216,11 @@ pub fn hash_listed(
     sink: Option<&dyn HashSink>,
 ) -> Result<HashedRoot, HashJobError> {
     progress.add_total(files.len() as u64, files.iter().map(|f| f.stat.size).sum());
-    match hash_tree(root, files, cache, spec.read_buffer, cancel, progress, sink)? {
+    let reading = Reading {
+        buffer: spec.read_buffer,
+        scanned_only: spec.scan.caller.is_some(),
+    };
+    match hash_tree(root, files, cache, reading, cancel, progress, sink)? {
         HashOutcome::Done(files, stats) => Ok(HashedRoot {
             root: root.to_path_buf(),
             manifest: to_manifest(files),
