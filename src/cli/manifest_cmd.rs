@@ -92,14 +92,7 @@ impl ManifestCommand {
         }
         if let ManifestCommand::Verify(v) = self {
             flag(out, "hash.threads", "--threads", v.threads.clone());
-            if v.follow_external_symlinks {
-                flag(
-                    out,
-                    "hash.follow_external_symlinks",
-                    "--follow-external-symlinks",
-                    Some("true".into()),
-                );
-            }
+            super::hash_cmd::follow_flag(out, v.follow_external_symlinks);
         }
     }
 }

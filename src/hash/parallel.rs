@@ -94,7 +94,6 @@ pub enum HashOutcome {
 /// Hashed files recorded in the hash cache per transaction (a few in tests, to have several).
 const STORE_CHUNK: usize = if cfg!(test) { 4 } else { 16_384 };
 
-/// Hashes the scanned files of `root` on the current rayon pool.
 /// How [`hash_tree`] reads the files it hashes.
 #[derive(Debug, Clone, Copy)]
 pub struct Reading {
@@ -107,6 +106,7 @@ pub struct Reading {
     pub scanned_only: bool,
 }
 
+/// Hashes the scanned files of `root` on the current rayon pool.
 pub fn hash_tree(
     root: &Path,
     mut files: Vec<ScannedFile>,

@@ -192,7 +192,6 @@ impl AssetReferences {
     }
 }
 
-/// A job bundle's `NAME.json` or `NAME.yaml` (not both); `None` when neither is there.
 /// The documents of a job bundle directory attache reads (each as `NAME.json` or
 /// `NAME.yaml`, see [`bundle_file`]): its asset references, its template, its parameter
 /// values.
@@ -205,6 +204,7 @@ pub(super) fn bundle_document_paths(dir: &Path) -> impl Iterator<Item = PathBuf>
         .flat_map(move |name| ["json", "yaml"].map(|ext| dir.join(format!("{name}.{ext}"))))
 }
 
+/// A job bundle's `NAME.json` or `NAME.yaml` (not both); `None` when neither is there.
 pub(super) fn bundle_file(dir: &Path, name: &str) -> Result<Option<PathBuf>, AssetReferencesError> {
     let json = dir.join(format!("{name}.json"));
     let yaml = dir.join(format!("{name}.yaml"));
