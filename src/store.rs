@@ -306,6 +306,15 @@ impl StoreUrl {
         }
         Err(StoreUrlError::Unsupported(url.into()))
     }
+
+    /// Whether two store URLs name the same store, however spelled (a trailing slash, a
+    /// percent-encoded `file://` path); URLs that do not parse are compared as written.
+    pub fn same(a: &str, b: &str) -> bool {
+        match (StoreUrl::parse(a), StoreUrl::parse(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -380,5 +389,22 @@ mod tests {
         for bad in ["s3:///x", "file://rel", "http://x", "/plain/path"] {
             assert!(StoreUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn one_store_spelled_two_ways_is_the_same_store() {
+        assert!(StoreUrl::same(
+            "s3://farm/DeadlineCloud/",
+            "s3://farm/DeadlineCloud"
+        ));
+        assert!(StoreUrl::same(
+            "file:///srv/my%20cas/",
+            "file:///srv/my cas"
+        ));
+        assert!(!StoreUrl::same(
+            "s3://farm/DeadlineCloud",
+            "s3://farm/Other"
+        ));
+        assert!(!StoreUrl::same("s3://farm/x", "file:///farm/x"));
     }
 }

@@ -375,10 +375,12 @@ impl Registry {
     fn check_store(&self, spec: &JobSpec) -> Result<(), JobError> {
         let own = self.shared.settings().store.url.clone();
         match spec.store() {
-            Some(store) if store != own => Err(JobError::NotTheCallersStore {
-                store: store.to_string(),
-                own,
-            }),
+            Some(store) if !crate::store::StoreUrl::same(store, &own) => {
+                Err(JobError::NotTheCallersStore {
+                    store: store.to_string(),
+                    own,
+                })
+            }
             _ => Ok(()),
         }
     }
