@@ -91,6 +91,24 @@ fn write_atomic_inner(
         write(&mut w)?;
         return w.flush();
     }
+    replace_inner(path, write, sync)
+}
+
+/// Like [`write_atomic_with`], but whatever is at `path` (a link, a FIFO, a device) is
+/// replaced by the new file, never written into: for files in a directory another user may
+/// have planted something in (a session's records).
+pub fn replace_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    replace_inner(path, write, true)
+}
+
+fn replace_inner(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
+    sync: bool,
+) -> std::io::Result<()> {
     let tmp = AtomicFile::create(path)?;
     let mut w = std::io::BufWriter::new(tmp.file());
     write(&mut w)?;

@@ -92,14 +92,28 @@ fn published_outputs(f: &Farm, printed: &str) -> (String, Vec<String>) {
         "DeadlineCloud/Manifests/{}",
         outs[0]["outputManifestPath"].as_str().unwrap()
     );
-    let bytes = f.s3.read_object(&key).expect("output manifest");
-    let paths = attache::manifest::decode(&bytes)
+    let paths = manifest_paths(f, &key);
+    (key, paths)
+}
+
+/// The paths of the manifest the store holds at `key`.
+fn manifest_paths(f: &Farm, key: &str) -> Vec<String> {
+    let bytes = f.s3.read_object(key).expect("manifest");
+    attache::manifest::decode(&bytes)
         .unwrap()
         .entries()
         .iter()
         .map(|e| e.path.display().into_owned())
-        .collect();
-    (key, paths)
+        .collect()
+}
+
+/// The store key of the first root's input manifest in the attachments file `att`.
+fn input_manifest_key(att: &Path) -> String {
+    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(att).unwrap()).unwrap();
+    format!(
+        "DeadlineCloud/Manifests/{}",
+        a["manifests"][0]["inputManifestPath"].as_str().unwrap()
+    )
 }
 
 fn write(p: &Path, data: &[u8]) {
@@ -957,19 +971,8 @@ fn submit_follows_links_out_of_an_input_directory_when_told() {
     );
     assert!(err.contains("give --follow-external-symlinks"), "{err}");
     f.ok(&mut submit(Some("--follow-external-symlinks")));
-    let att: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(f.path("att.json")).unwrap()).unwrap();
-    let key = format!(
-        "DeadlineCloud/Manifests/{}",
-        att["manifests"][0]["inputManifestPath"].as_str().unwrap()
-    );
-    let manifest = attache::manifest::decode(&f.s3.read_object(&key).unwrap()).unwrap();
-    let paths: Vec<String> = manifest
-        .entries()
-        .iter()
-        .map(|e| e.path.display().into_owned())
-        .collect();
-    assert_eq!(paths, ["sky.hdr", "wood.png"]);
+    let key = input_manifest_key(&f.path("att.json"));
+    assert_eq!(manifest_paths(&f, &key), ["sky.hdr", "wood.png"]);
 }
 
 /// With `--json` and `-o FILE`, the file gets what the farm's next step reads (as without
@@ -1037,7 +1040,10 @@ fn links_planted_among_a_session_s_records_are_not_followed() {
     let (code, _, err) = run(&mut f.sync_inputs(&att, &session));
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("is a link where sync-inputs keeps an asset root"),
+        err.contains(&format!(
+            "{}: is a link or a file where attache keeps a directory",
+            local.display()
+        )),
         "{err}"
     );
     assert!(
@@ -1695,11 +1701,7 @@ fn check_names_what_a_job_lacks_in_the_store_and_a_resubmit_repairs_it() {
     assert_eq!(v["downloaded_bytes"], 5 + 15 + 13 + 4);
 
     // A manifest that is not what the job recorded is reported, not used.
-    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(&att).unwrap()).unwrap();
-    let manifest_key = format!(
-        "DeadlineCloud/Manifests/{}",
-        a["manifests"][0]["inputManifestPath"].as_str().unwrap()
-    );
+    let manifest_key = input_manifest_key(&att);
     let mut bytes = f.s3.read_object(&manifest_key).unwrap();
     bytes.push(b'\n');
     f.s3.write_object(&manifest_key, &bytes);
@@ -1884,11 +1886,7 @@ fn check_of_a_job_s_outputs_names_the_output_whose_object_is_gone() {
         "{out}"
     );
     // A manifest changed since the job recorded it is said, exit 1.
-    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(&att).unwrap()).unwrap();
-    let key = format!(
-        "DeadlineCloud/Manifests/{}",
-        a["manifests"][0]["inputManifestPath"].as_str().unwrap()
-    );
+    let key = input_manifest_key(&att);
     let mut bytes = f.s3.read_object(&key).unwrap();
     bytes.push(b'\n');
     f.s3.write_object(&key, &bytes);

@@ -15,6 +15,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
+/// What is said of a link (or a file) met where a directory is kept: the error of kind
+/// `NotADirectory` that [`Beneath::open_dir`] gives, after the path.
+pub const NOT_A_DIRECTORY: &str = "is a link or a file where attache keeps a directory; attache does not write through links. Remove it and run again";
+
 /// A path under a directory the caller trusts (`base`, such as a session directory) whose
 /// components below it are not (`rel`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +61,8 @@ impl Beneath {
     }
 
     /// Opens this path as a directory, each component below `base` without following a link
-    /// (a link or a file there is an error naming it); with `create`, missing ones are made.
+    /// (a link or a file there is an error of kind `NotADirectory` naming it); with `create`,
+    /// missing ones are made.
     pub fn open_dir(&self, create: bool) -> io::Result<OpenDir> {
         if create {
             std::fs::create_dir_all(&self.base)?;
@@ -91,11 +96,12 @@ impl Beneath {
                 }
             }
             let file = open_dir_nofollow(&at, true).map_err(|e| {
-                if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) {
-                    io::Error::other(format!(
-                        "{}: is a link or a file where attache keeps a directory of the session's records; attache does not write through links. Remove it",
-                        shown.display()
-                    ))
+                if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR)
+                {
+                    io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        format!("{}: {NOT_A_DIRECTORY}", shown.display()),
+                    )
                 } else {
                     io::Error::new(e.kind(), format!("{}: {e}", shown.display()))
                 }
@@ -115,7 +121,7 @@ impl Beneath {
     /// without following a link.
     pub fn open_file(&self) -> io::Result<File> {
         let (dir, name) = self.open_parent(false)?;
-        open_regular(&dir.at(&name))
+        dir.open_file(name)
     }
 }
 
@@ -132,9 +138,9 @@ impl OpenDir {
         through(&self.file, &self.shown).join(name)
     }
 
-    /// `name` in this directory, for messages.
-    pub fn shown(&self, name: impl AsRef<Path>) -> PathBuf {
-        self.shown.join(name)
+    /// Opens `name` in this directory for reading if it is a regular file ([`open_regular`]).
+    pub fn open_file(&self, name: impl AsRef<Path>) -> io::Result<File> {
+        open_regular(&self.at(name))
     }
 
     /// The names in this directory.
@@ -157,7 +163,8 @@ fn through(_dir: &File, shown: &Path) -> PathBuf {
     shown.to_path_buf()
 }
 
-fn open_dir_nofollow(path: &Path, nofollow: bool) -> io::Result<File> {
+/// Opens the directory `path`; with `nofollow`, not through a link at its end.
+pub(crate) fn open_dir_nofollow(path: &Path, nofollow: bool) -> io::Result<File> {
     let flags = libc::O_DIRECTORY | if nofollow { libc::O_NOFOLLOW } else { 0 };
     OpenOptions::new().read(true).custom_flags(flags).open(path)
 }
@@ -218,7 +225,6 @@ mod tests {
             dir.names().unwrap(),
             vec![std::ffi::OsString::from("task-1.manifest")]
         );
-        assert_eq!(dir.shown("x"), t.path().join(".attache/outputs/abc/x"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! worker (0077) does not leave the job files it may write but not read.
 
 use std::fs::File;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Added to the mode of every placed file: group read and write (the official worker adds
@@ -43,11 +43,11 @@ impl GroupAccess {
     /// Gives a directory to the group, with group read, write and search; never through a
     /// symlink.
     pub fn grant_dir(&self, dir: &Path) -> std::io::Result<()> {
-        let fd = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-            .open(dir)?;
-        grant(&fd, self.gid, DIR_MODE)
+        grant(
+            &super::beneath::open_dir_nofollow(dir, true)?,
+            self.gid,
+            DIR_MODE,
+        )
     }
 
     /// What to tell the user when the system refused: the group and what to do.

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Cancelled;
 use crate::fsutil::AtomicFile;
-use crate::fsutil::beneath::{Beneath, OpenDir, open_regular};
+use crate::fsutil::beneath::{Beneath, OpenDir};
 use crate::fsutil::group::GroupAccess;
 use crate::hash::ContentHash;
 use crate::hash::cache::{HashCache, Snapshot, is_racy, now_ns};
@@ -373,13 +373,12 @@ fn remove_abandoned_records(dir: &OpenDir, mine: &std::fs::File) {
         if !temporary {
             continue;
         }
-        let path = dir.at(&name);
         // Only a regular file is opened (a FIFO planted there would block the open).
-        if let Ok(f) = open_regular(&path)
+        if let Ok(f) = dir.open_file(&name)
             && f.metadata().map(|m| m.ino()).ok() != me
             && f.try_lock().is_ok()
         {
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(dir.at(&name));
         }
     }
 }

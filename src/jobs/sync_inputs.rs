@@ -290,17 +290,14 @@ fn not_a_link_in_the_session(session_dir: &Path, local: &Path) -> Result<(), Tra
     let Ok(rel) = local.strip_prefix(session_dir) else {
         return Ok(());
     };
-    let mut at = session_dir.to_path_buf();
-    for part in rel.components() {
-        at.push(part);
-        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(TransferError::Refused {
-                path: at,
-                message: "is a link where sync-inputs keeps an asset root in the session directory; attache does not write through links. Remove it and run again".into(),
-            });
-        }
+    match Beneath::new(session_dir, rel).open_dir(false) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(TransferError::Refused {
+            path: local.to_path_buf(),
+            message: crate::fsutil::beneath::NOT_A_DIRECTORY.into(),
+        }),
+        // Not there yet (the download makes it), or what the download will say itself.
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// A root at a storage-profile location this worker's locations do not name, when it names

@@ -14,7 +14,7 @@ use super::hash::{HashJobError, HashSpec, hash_chosen};
 use super::put::{PutError, run_with};
 use super::sync_inputs::{read_manifest_file, read_record, root_id};
 use super::{Cancelled, detached};
-use crate::fsutil::beneath::{Beneath, open_regular};
+use crate::fsutil::beneath::Beneath;
 use crate::hash::ContentHash;
 use crate::hash::cache::{CacheRecord, HashCache};
 use crate::manifest::{
@@ -272,7 +272,7 @@ fn published_by_others(session_dir: &Path, local: &Path, task: Option<&str>) -> 
                 && n.as_os_str() != mine.as_str()
         })
         .filter_map(|n| {
-            let file = open_regular(&dir.at(&n)).ok()?;
+            let file = dir.open_file(&n).ok()?;
             let modified = file.metadata().ok()?.modified().ok()?;
             Some((modified, decode_from(file).ok()?))
         })
@@ -290,14 +290,8 @@ fn published_by_others(session_dir: &Path, local: &Path, task: Option<&str>) -> 
 fn record_outputs(session_dir: &Path, local: &Path, task: Option<&str>, published: Manifest) {
     let path = published_dir(session_dir, local).join(published_name(task));
     let all = merge(read_manifest_file(&path).into_iter().chain([published]));
-    // Renamed over whatever is at its name (never written into a link's target).
     let written = path.open_parent(true).and_then(|(dir, name)| {
-        let file = crate::fsutil::AtomicFile::create(&dir.at(&name))?;
-        let mut w = std::io::BufWriter::new(file.file());
-        all.encode_to(&mut w)?;
-        std::io::Write::flush(&mut w)?;
-        drop(w);
-        file.commit(true)
+        crate::fsutil::replace_atomic_with(&dir.at(&name), |w| all.encode_to(w))
     });
     if let Err(e) = written {
         tracing::warn!(
