@@ -237,6 +237,29 @@ impl TransferError {
         let path = path.into();
         move |source| TransferError::Io { path, source }
     }
+
+    /// An error of opening a directory below `dir` without following a link
+    /// (`fsutil::beneath`): a link or a file in the way is refused, naming it; another error
+    /// names where it was met.
+    pub fn on_the_way(dir: &std::path::Path) -> impl FnOnce(std::io::Error) -> TransferError {
+        move |e| {
+            if let Some(link) = crate::fsutil::beneath::InTheWay::of(&e) {
+                return TransferError::Refused {
+                    path: link.path.clone(),
+                    message: "is a link or a file where the manifest needs a directory; attache \
+                              does not write through links. Remove it and run again"
+                        .into(),
+                };
+            }
+            match crate::fsutil::beneath::AtPath::split(e) {
+                (Some(path), source) => TransferError::Io { path, source },
+                (None, source) => TransferError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                },
+            }
+        }
+    }
 }
 
 /// Awaits `fut` unless `cancel` fires first (dropping `fut`, which stops its I/O at once).

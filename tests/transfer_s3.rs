@@ -131,6 +131,7 @@ async fn put_tree(root: &Path, s: &Settings) -> Result<PutReport, PutError> {
 
 async fn get_tree(m: &Manifest, dest: &Path, s: &Settings) -> Result<GetReport, TransferError> {
     let spec = GetSpec {
+        for_caller: None,
         record: None,
         manifest: m.clone(),
         dest: dest.to_path_buf(),
@@ -489,6 +490,7 @@ async fn cancelling_a_many_file_download_returns_within_a_second_and_leaves_noth
     let cancel = CancellationToken::new();
     let records = t.path().join("records");
     let spec = GetSpec {
+        for_caller: None,
         record: Some(attache::fsutil::beneath::Beneath::new(
             &records,
             "dest.manifest",
@@ -1144,6 +1146,7 @@ async fn a_cancelled_get_keeps_its_parts_in_flight_as_far_as_they_came() {
     slow.bandwidth.download = Rate(4 * MIB);
     let (dest, cancel) = (t.path().join("dest"), CancellationToken::new());
     let spec = GetSpec {
+        for_caller: None,
         record: None,
         manifest: m.clone(),
         dest: dest.clone(),
@@ -1261,6 +1264,7 @@ async fn faults_end_in_correct_content_or_a_clear_error() {
             .await
             .unwrap();
         let spec = GetSpec {
+            for_caller: None,
             record: None,
             manifest: m.clone(),
             dest: t.path().join(format!("dest-progress-{i}")),
@@ -2009,6 +2013,7 @@ async fn the_content_cache_serves_the_next_download_and_never_places_a_damaged_c
     // A dry run says what it would take from the cache.
     let dry = get::run(
         GetSpec {
+            for_caller: None,
             record: None,
             manifest: m.clone(),
             dest: t.path().join("dry"),

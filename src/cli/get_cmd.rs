@@ -68,6 +68,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
     let settings = ctx.settings.clone();
     let spec = GetSpec {
         record: None,
+        for_caller: None,
         manifest,
         dest: args.dest.clone(),
         cache_dir: settings

@@ -47,10 +47,15 @@ impl SubmitPathArgs {
     pub fn gather(&self, given: AssetReferences) -> Result<AssetReferences, UsageError> {
         let mut all = given;
         all.merge(
-            AssetReferences::read_all(&self.asset_references, &self.parameters, Relative::Kept)
-                .map_err(|e| UsageError {
-                    message: format!("--asset-references {e}"),
-                })?,
+            AssetReferences::read_all(
+                &self.asset_references,
+                &self.parameters,
+                Relative::Kept,
+                None,
+            )
+            .map_err(|e| UsageError {
+                message: format!("--asset-references {e}"),
+            })?,
         );
         let undefined = bundle_template::undefined(&self.asset_references, &self.parameters);
         if !undefined.is_empty() {

@@ -298,7 +298,7 @@ impl Registry {
         }
         let bundles = matches!(&spec, JobSpec::Submit(j) if !j.asset_references.is_empty());
         // Read now, so the record (and a retry) holds the paths the job was given.
-        let spec = spec.take_asset_references()?;
+        let spec = spec.take_asset_references(caller.as_deref())?;
         if let Some(c) = caller.as_ref().filter(|_| bundles) {
             spec.check_caller(c)?;
         }

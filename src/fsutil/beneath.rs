@@ -19,6 +19,53 @@ use std::path::{Component, Path, PathBuf};
 /// `NotADirectory` that [`Beneath::open_dir`] gives, after the path.
 pub const NOT_A_DIRECTORY: &str = "is a link or a file where attache keeps a directory; attache does not write through links. Remove it and run again";
 
+/// A link or a file met where a directory is needed: the payload of the `NotADirectory`
+/// errors of [`Beneath::open_dir`] and [`OpenDir::open_below`], so a caller can name `path`
+/// in its own words ([`InTheWay::of`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {NOT_A_DIRECTORY}", path.display())]
+pub struct InTheWay {
+    pub path: PathBuf,
+}
+
+impl InTheWay {
+    /// The link or file `e` met, if that is what it is.
+    pub fn of(e: &io::Error) -> Option<&InTheWay> {
+        e.get_ref()?.downcast_ref()
+    }
+}
+
+impl From<InTheWay> for io::Error {
+    fn from(e: InTheWay) -> io::Error {
+        io::Error::new(io::ErrorKind::NotADirectory, e)
+    }
+}
+
+/// Another error met at `path` on the way to a directory: the payload of the other errors of
+/// [`OpenDir::open_below`] and [`OpenDir::make_below`] ([`AtPath::split`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct AtPath {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+impl AtPath {
+    fn error(path: PathBuf, source: io::Error) -> io::Error {
+        io::Error::new(source.kind(), AtPath { path, source })
+    }
+
+    /// The path `e` was met at, if it names one, and its cause.
+    pub fn split(e: io::Error) -> (Option<PathBuf>, io::Error) {
+        if !e.get_ref().is_some_and(|r| r.is::<AtPath>()) {
+            return (None, e);
+        }
+        let inner = e.into_inner().expect("checked above");
+        let at = inner.downcast::<AtPath>().expect("checked above");
+        (Some(at.path), at.source)
+    }
+}
+
 /// A path under a directory the caller trusts (`base`, such as a session directory) whose
 /// components below it are not (`rel`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,54 +108,13 @@ impl Beneath {
     }
 
     /// Opens this path as a directory, each component below `base` without following a link
-    /// (a link or a file there is an error of kind `NotADirectory` naming it); with `create`,
-    /// missing ones are made.
+    /// (a link or a file there is an error of kind `NotADirectory` naming it, [`InTheWay`]);
+    /// with `create`, missing ones are made.
     pub fn open_dir(&self, create: bool) -> io::Result<OpenDir> {
         if create {
             std::fs::create_dir_all(&self.base)?;
         }
-        let mut dir = OpenDir {
-            file: open_dir_nofollow(&self.base, false)?,
-            shown: self.base.clone(),
-        };
-        for part in self.rel.components() {
-            let Component::Normal(name) = part else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "{}: only plain names may follow {}",
-                        self.shown().display(),
-                        self.base.display()
-                    ),
-                ));
-            };
-            let at = dir.at(name);
-            let shown = dir.shown.join(name);
-            if create {
-                match std::fs::create_dir(&at) {
-                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                        return Err(io::Error::new(
-                            e.kind(),
-                            format!("{}: {e}", shown.display()),
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-            let file = open_dir_nofollow(&at, true).map_err(|e| {
-                if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR)
-                {
-                    io::Error::new(
-                        io::ErrorKind::NotADirectory,
-                        format!("{}: {NOT_A_DIRECTORY}", shown.display()),
-                    )
-                } else {
-                    io::Error::new(e.kind(), format!("{}: {e}", shown.display()))
-                }
-            })?;
-            dir = OpenDir { file, shown };
-        }
-        Ok(dir)
+        OpenDir::open(&self.base)?.walk(&self.rel, create)
     }
 
     /// Opens this path's directory (made if `create`) and gives it with the file's name.
@@ -132,6 +138,91 @@ pub struct OpenDir {
 }
 
 impl OpenDir {
+    /// Opens the directory `path`, through a link at its end too (the caller trusts it).
+    pub fn open(path: &Path) -> io::Result<OpenDir> {
+        Ok(OpenDir {
+            file: open_dir_nofollow(path, false)?,
+            shown: path.to_path_buf(),
+        })
+    }
+
+    /// The directory's path as it was named, for messages.
+    pub fn shown(&self) -> &Path {
+        &self.shown
+    }
+
+    /// Opens the directory `rel` (plain names) below this one without following a link on
+    /// the way: a link or a file there is an error of kind `NotADirectory` ([`InTheWay`],
+    /// naming it). One `openat2` where the kernel has it (Linux 5.6), else a component at a
+    /// time.
+    pub fn open_below(&self, rel: &Path) -> io::Result<OpenDir> {
+        #[cfg(target_os = "linux")]
+        if let Some(file) =
+            openat2_beneath(&self.file, rel).map_err(|e| AtPath::error(self.shown.join(rel), e))?
+        {
+            return Ok(OpenDir {
+                file,
+                shown: self.shown.join(rel),
+            });
+        }
+        self.walk(rel, false)
+    }
+
+    /// Opens the directory `rel` below this one as [`Self::open_below`] does, making the
+    /// missing ones (each through the descriptor of the one above it).
+    pub fn make_below(&self, rel: &Path) -> io::Result<OpenDir> {
+        self.walk(rel, true)
+    }
+
+    /// The directory, open (for a check of what was opened).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Opens `rel` below this directory a component at a time, each without following a
+    /// link; with `create`, missing ones are made (through the descriptor of the one above).
+    fn walk(&self, rel: &Path, create: bool) -> io::Result<OpenDir> {
+        let mut dir = OpenDir {
+            file: self.file.try_clone()?,
+            shown: self.shown.clone(),
+        };
+        for part in rel.components() {
+            let Component::Normal(name) = part else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{}: only plain names may follow {}",
+                        self.shown.join(rel).display(),
+                        self.shown.display()
+                    ),
+                ));
+            };
+            let at = dir.at(name);
+            let shown = dir.shown.join(name);
+            if create {
+                match std::fs::create_dir(&at) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                        return Err(AtPath::error(shown, e));
+                    }
+                    _ => {}
+                }
+            }
+            let file = open_dir_nofollow(&at, true).map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR)
+                {
+                    InTheWay {
+                        path: shown.clone(),
+                    }
+                    .into()
+                } else {
+                    AtPath::error(shown.clone(), e)
+                }
+            })?;
+            dir = OpenDir { file, shown };
+        }
+        Ok(dir)
+    }
+
     /// The path that reaches `name` in this directory through its descriptor: valid while
     /// this lives, and no link on the way to the directory is looked up again.
     pub fn at(&self, name: impl AsRef<Path>) -> PathBuf {
@@ -149,6 +240,46 @@ impl OpenDir {
             .flatten()
             .map(|e| e.file_name())
             .collect())
+    }
+}
+
+/// `openat2(dir, rel, O_DIRECTORY, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: `None` where the
+/// kernel (older than 5.6) or a sandbox (seccomp) does not allow the call, and where it met
+/// a link or a file, for [`OpenDir::walk`] to name it.
+#[cfg(target_os = "linux")]
+fn openat2_beneath(dir: &File, rel: &Path) -> io::Result<Option<File>> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    if rel.as_os_str().is_empty() {
+        return dir.try_clone().map(Some);
+    }
+    let Ok(path) = std::ffi::CString::new(rel.as_os_str().as_bytes()) else {
+        return Ok(None);
+    };
+    // SAFETY: open_how is plain data; zero is "no flag" for each field.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid descriptor, C string and open_how of the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a descriptor the call just opened, owned by nothing else.
+        return Ok(Some(unsafe { File::from_raw_fd(fd as i32) }));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(
+            libc::ENOSYS | libc::EPERM | libc::E2BIG | libc::ELOOP | libc::ENOTDIR | libc::EXDEV,
+        ) => Ok(None),
+        _ => Err(e),
     }
 }
 
@@ -242,6 +373,36 @@ mod tests {
             !elsewhere.join("outputs/abc").exists(),
             "made a directory through the link"
         );
+    }
+
+    #[test]
+    fn a_directory_below_is_opened_without_following_a_link_on_the_way() {
+        let t = tempfile::tempdir().unwrap();
+        let (root, elsewhere) = (t.path().join("session"), t.path().join("elsewhere"));
+        std::fs::create_dir_all(root.join("shot/renders")).unwrap();
+        std::fs::create_dir_all(elsewhere.join("renders")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("linked")).unwrap();
+        std::fs::write(root.join("shot/file"), "x").unwrap();
+        let opened = OpenDir::open(&root).unwrap();
+        let below = opened.open_below(Path::new("shot/renders")).unwrap();
+        std::fs::write(below.at("frame.exr"), "f").unwrap();
+        assert!(root.join("shot/renders/frame.exr").is_file());
+        // The one call and the walk it falls back to both refuse, naming what is in the way.
+        for (rel, in_the_way) in [
+            ("linked/renders", root.join("linked")),
+            ("shot/file/x", root.join("shot/file")),
+        ] {
+            for e in [
+                opened.open_below(Path::new(rel)).err().unwrap(),
+                opened.walk(Path::new(rel), false).err().unwrap(),
+            ] {
+                assert_eq!(e.kind(), io::ErrorKind::NotADirectory, "{rel}: {e}");
+                assert_eq!(InTheWay::of(&e).unwrap().path, in_the_way, "{rel}");
+            }
+        }
+        let e = opened.open_below(Path::new("shot/missing")).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("session/shot/missing"), "{e}");
     }
 
     #[test]

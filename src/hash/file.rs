@@ -83,7 +83,8 @@ pub fn hash_file_keeping(
         }
     };
     for _ in 0..TRIES {
-        let file = File::open(path).map_err(io_err)?;
+        // Not blocking on a FIFO or touching a device put where the scan found a file.
+        let file = crate::fsutil::beneath::open_regular_following(path).map_err(io_err)?;
         let before = FileStat::of(&file.metadata().map_err(io_err)?);
         let keep = before.size <= keep_up_to;
         let (hash, len, data) = if before.size > buf_size as u64 * PIPELINE_MIN_BUFFERS {
@@ -336,7 +337,7 @@ pub enum CopyError {
 /// `cancel` is looked at before each buffer: a copy of gigabytes stops within one.
 pub fn copy_hashing(
     mut from: File,
-    to: &mut File,
+    mut to: &File,
     buf_len: usize,
     cancel: &CancellationToken,
 ) -> Result<(ContentHash, u64), CopyError> {
@@ -366,6 +367,18 @@ mod tests {
 
     fn hash(path: &Path, buf: usize) -> Result<FileHash, HashFileError> {
         hash_file(path, buf, &CancellationToken::new(), &|_| {})
+    }
+
+    #[test]
+    fn a_fifo_where_a_file_was_is_refused_at_once_not_waited_on() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("frame.exr");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Without a writer, opening it to read would wait forever.
+        let e = hash(&fifo, 4096).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::bundle_template::{self, GivenParameter};
+use crate::fsutil::access::Caller;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -72,14 +73,24 @@ impl AssetReferences {
     /// Reads `path`: an asset references file (`.json` as JSON, anything else as YAML, which
     /// also reads JSON), or a job bundle directory (see [`AssetReferences::read_bundle`]).
     pub fn read(path: &Path) -> Result<AssetReferences, AssetReferencesError> {
+        AssetReferences::read_for(path, None)
+    }
+
+    /// [`Self::read`] for `caller` (the daemon's client of another user): each document only
+    /// if that user may read it.
+    fn read_for(
+        path: &Path,
+        caller: Option<&Caller>,
+    ) -> Result<AssetReferences, AssetReferencesError> {
         if path.is_dir() {
-            return AssetReferences::read_bundle(path, &[]);
+            return AssetReferences::read_bundle(path, &[], caller);
         }
-        let parsed: File =
-            serde_json::from_value(read_document(path)?).map_err(|e| AssetReferencesError {
+        let parsed: File = serde_json::from_value(read_document(path, caller)?).map_err(|e| {
+            AssetReferencesError {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            })?;
+            }
+        })?;
         let refs = parsed
             .asset_references
             .ok_or_else(|| AssetReferencesError {
@@ -109,9 +120,10 @@ impl AssetReferences {
     pub fn read_bundle(
         dir: &Path,
         given: &[GivenParameter],
+        caller: Option<&Caller>,
     ) -> Result<AssetReferences, AssetReferencesError> {
         let file = bundle_file(dir, "asset_references")?;
-        let template = bundle_template::read(dir, given)?;
+        let template = bundle_template::read(dir, given, caller)?;
         if file.is_none() && template.is_none() {
             return Err(AssetReferencesError {
                 path: dir.to_path_buf(),
@@ -121,7 +133,7 @@ impl AssetReferences {
             });
         }
         let mut refs = match file {
-            Some(file) => AssetReferences::read(&file)?,
+            Some(file) => AssetReferences::read_for(&file, caller)?,
             None => AssetReferences::default(),
         };
         refs.merge(template.unwrap_or_default());
@@ -142,18 +154,20 @@ pub enum Relative {
 impl AssetReferences {
     /// The paths of each of `files` (files or bundle directories, see [`Self::read`]) after
     /// one another, each path once; `given` are the values of the bundles' template
-    /// parameters.
+    /// parameters; `caller`: the daemon's client of another user, who must be able to read
+    /// each document.
     pub fn read_all(
         files: &[PathBuf],
         given: &[GivenParameter],
         relative: Relative,
+        caller: Option<&Caller>,
     ) -> Result<AssetReferences, AssetReferencesError> {
         let mut all = AssetReferences::default();
         for file in files {
             let refs = if file.is_dir() {
-                AssetReferences::read_bundle(file, given)?
+                AssetReferences::read_bundle(file, given, caller)?
             } else {
-                AssetReferences::read(file)?
+                AssetReferences::read_for(file, caller)?
             };
             let mut paths = refs
                 .inputs
@@ -219,18 +233,27 @@ pub(super) fn bundle_file(dir: &Path, name: &str) -> Result<Option<PathBuf>, Ass
     }
 }
 
-/// A JSON (`.json`) or YAML (anything else; YAML reads JSON too) document.
-pub(super) fn read_document(file: &Path) -> Result<serde_json::Value, AssetReferencesError> {
+/// A JSON (`.json`) or YAML (anything else; YAML reads JSON too) document; for `caller`,
+/// only if that user may read the file opened (its mode, not the path's checked earlier: a
+/// link swapped in since is not read with the daemon's rights).
+pub(super) fn read_document(
+    file: &Path,
+    caller: Option<&Caller>,
+) -> Result<serde_json::Value, AssetReferencesError> {
     let err = |message: String| AssetReferencesError {
         path: file.to_path_buf(),
         message,
     };
     // A regular file only: the daemon reads a bundle while it accepts a job, and a FIFO there
     // would block it (and every other client) until someone wrote to it.
+    let mut f =
+        crate::fsutil::beneath::open_regular_following(file).map_err(|e| err(e.to_string()))?;
+    if let Some(c) = caller {
+        c.may_read_opened(file, &f)
+            .map_err(|e| err(e.to_string()))?;
+    }
     let mut text = String::new();
-    crate::fsutil::beneath::open_regular_following(file)
-        .and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut text))
-        .map_err(|e| err(e.to_string()))?;
+    std::io::Read::read_to_string(&mut f, &mut text).map_err(|e| err(e.to_string()))?;
     if file.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).map_err(|e| err(e.to_string()))
     } else {
@@ -244,6 +267,44 @@ mod tests {
 
     fn paths(v: &[&str]) -> Vec<PathBuf> {
         v.iter().map(PathBuf::from).collect()
+    }
+
+    #[test]
+    fn a_document_is_read_for_another_user_only_if_the_file_opened_lets_them() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        mode(dir.path(), 0o755).unwrap();
+        let meta = std::fs::metadata(dir.path()).unwrap();
+        let stranger = Caller {
+            uid: meta.uid() + 1000,
+            gid: meta.gid() + 1000,
+            groups: vec![meta.gid() + 1000],
+        };
+        let refs = dir.path().join("asset_references.json");
+        std::fs::write(
+            &refs,
+            r#"{"assetReferences": {"inputs": {"filenames": ["/a"]}}}"#,
+        )
+        .unwrap();
+        mode(&refs, 0o644).unwrap();
+        let read = AssetReferences::read_for(&refs, Some(&stranger)).unwrap();
+        assert_eq!(read.inputs, paths(&["/a"]));
+        // Swapped for a link to the daemon's own secret after the path was checked: the file
+        // opened is the secret, which that user may not read.
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "s3cr3t").unwrap();
+        mode(&secret, 0o600).unwrap();
+        std::fs::remove_file(&refs).unwrap();
+        std::os::unix::fs::symlink(&secret, &refs).unwrap();
+        let e = AssetReferences::read_for(&refs, Some(&stranger))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("may not read it"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
+        // The daemon's own user (no caller) reads what it may: here, no JSON.
+        let e = read_document(&refs, None).unwrap_err().to_string();
+        assert!(e.contains("expected"), "{e}");
     }
 
     #[test]

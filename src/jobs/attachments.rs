@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha3::digest::{ExtendableOutput, Update, XofReader};
 
+use crate::fsutil::access::Caller;
+
 /// `{"manifests": [...], "fileSystem": "COPIED"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -23,12 +25,17 @@ impl Attachments {
 
     /// Reads an attachments file the daemon was given by path: a regular file only, not
     /// through a link at its name (the client's access was checked on the path: a link
-    /// swapped in since would be read with the daemon's rights, a FIFO would block it). The
-    /// CLI reads its own with [`Attachments::read_file`], which takes `<(command)` too.
-    pub fn read_regular_file(path: &Path) -> Result<Attachments, String> {
+    /// swapped in since would be read with the daemon's rights, a FIFO would block it), and
+    /// for `caller` (a client of another user) only if the file opened lets that user read
+    /// it. The CLI reads its own with [`Attachments::read_file`], which takes `<(command)` too.
+    pub fn read_regular_file(path: &Path, caller: Option<&Caller>) -> Result<Attachments, String> {
+        let mut file = crate::fsutil::beneath::open_regular(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(c) = caller {
+            c.may_read_opened(path, &file).map_err(|e| e.to_string())?;
+        }
         let mut text = Vec::new();
-        crate::fsutil::beneath::open_regular(path)
-            .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut text))
+        std::io::Read::read_to_end(&mut file, &mut text)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Self::parse(path, &text)
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::asset_references::{AssetReferences, AssetReferencesError, bundle_file, read_document};
+use crate::fsutil::access::Caller;
 
 const SPECIFICATION: &str = "jobtemplate-2023-09";
 
@@ -58,6 +59,7 @@ impl std::str::FromStr for GivenParameter {
 pub fn read(
     bundle: &Path,
     given: &[GivenParameter],
+    caller: Option<&Caller>,
 ) -> Result<Option<AssetReferences>, AssetReferencesError> {
     let Some(template_file) = bundle_file(bundle, "template")? else {
         return Ok(None);
@@ -66,7 +68,7 @@ pub fn read(
         path: template_file.clone(),
         message,
     };
-    let template = read_document(&template_file)?;
+    let template = read_document(&template_file, caller)?;
     match template.get("specificationVersion") {
         Some(Value::String(v)) if v == SPECIFICATION => {}
         Some(v) => {
@@ -91,7 +93,7 @@ pub fn read(
         Some(_) => return Err(err("parameterDefinitions must be a list".into())),
     };
     let values = match bundle_file(bundle, "parameter_values")? {
-        Some(file) => parameter_values(&file)?,
+        Some(file) => parameter_values(&file, caller)?,
         None => Vec::new(),
     };
 
@@ -157,7 +159,7 @@ pub fn undefined(bundles: &[PathBuf], given: &[GivenParameter]) -> Vec<String> {
         let Ok(Some(file)) = bundle_file(bundle, "template") else {
             continue;
         };
-        let Ok(doc) = read_document(&file) else {
+        let Ok(doc) = read_document(&file, None) else {
             continue;
         };
         for def in doc
@@ -299,8 +301,11 @@ fn is_uri(s: &str) -> bool {
 }
 
 /// `parameterValues: [{name, value}, …]` of a bundle's parameter values file.
-fn parameter_values(file: &Path) -> Result<Vec<(String, Value)>, AssetReferencesError> {
-    let doc = read_document(file)?;
+fn parameter_values(
+    file: &Path,
+    caller: Option<&Caller>,
+) -> Result<Vec<(String, Value)>, AssetReferencesError> {
+    let doc = read_document(file, caller)?;
     let err = |message: String| AssetReferencesError {
         path: file.to_path_buf(),
         message,
@@ -360,7 +365,7 @@ steps: []
         )
         .unwrap();
         let at = |p: &str| bundle.join(p);
-        let refs = read(&bundle, &given(&["Cache=/proj/cache", "Frames=1-10"]))
+        let refs = read(&bundle, &given(&["Cache=/proj/cache", "Frames=1-10"]), None)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -389,6 +394,7 @@ steps: []
                 r#"Extra=["/x/1.txt", ""]"#,
                 "Textures=",
             ]),
+            None,
         )
         .unwrap()
         .unwrap();
@@ -398,7 +404,7 @@ steps: []
     #[test]
     fn a_bundle_without_a_template_names_no_parameters() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read(dir.path(), &[]).unwrap(), None);
+        assert_eq!(read(dir.path(), &[], None).unwrap(), None);
     }
 
     #[test]
@@ -408,7 +414,7 @@ steps: []
         std::fs::create_dir(&bundle).unwrap();
         let refused = |template: &str| {
             std::fs::write(bundle.join("template.yaml"), template).unwrap();
-            read(&bundle, &[]).unwrap_err().to_string()
+            read(&bundle, &[], None).unwrap_err().to_string()
         };
         let head = "specificationVersion: jobtemplate-2023-09\nparameterDefinitions:\n";
         let e = refused(&format!("{head}- {{name: In, type: PATH, dataFlow: IN}}\n"));
@@ -445,7 +451,7 @@ steps: []
             r#"{"specificationVersion": "jobtemplate-2023-09", "parameterDefinitions": [{"name": "In", "type": "PATH", "dataFlow": "IN", "default": "up/secret"}]}"#,
         )
         .unwrap();
-        let e = read(&bundle, &[]).unwrap_err().to_string();
+        let e = read(&bundle, &[], None).unwrap_err().to_string();
         assert!(e.contains("leads outside it"), "{e}");
     }
 
@@ -460,6 +466,7 @@ steps: []
         let refs = read(
             dir.path(),
             &given(&["In=s3://bucket/scene.ma", r#"More=["/a", "https://x/y"]"#]),
+            None,
         )
         .unwrap()
         .unwrap();

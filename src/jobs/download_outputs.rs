@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::fetch_manifest::fetch_manifests;
-use super::get::{self, Conflict, GetReport, GetSpec};
+use super::get::{self, Conflict, GetReport, GetSpec, WritableFor};
 use crate::manifest::{Manifest, merge};
 use crate::store::layout::manifests_prefix;
 use crate::store::meta;
@@ -267,6 +267,10 @@ pub async fn run(
         let left_out = manifest.retain(|e| spec.pick.takes_path(e.path.as_wtf8()));
         let get_spec = GetSpec {
             record: None,
+            for_caller: spec.caller.as_ref().map(|caller| WritableFor {
+                caller: caller.clone(),
+                checked: destination.clone(),
+            }),
             manifest,
             dest: destination.clone(),
             cache_dir: spec.cache_dir.clone(),

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Cancelled;
 use crate::fsutil::AtomicFile;
+use crate::fsutil::access::Caller;
 use crate::fsutil::beneath::{Beneath, OpenDir};
 use crate::fsutil::group::GroupAccess;
 use crate::hash::ContentHash;
@@ -26,7 +27,7 @@ use crate::manifest::{
     Manifest, ManifestEntry, ManifestPath, ManifestVersion, ManifestWriter, PathRules,
 };
 use crate::scan::FileStat;
-use crate::transfer::download::{DownloadItem, DownloadReport, download_all};
+use crate::transfer::download::{self, DownloadItem, DownloadReport, download_all};
 use crate::transfer::{Transfer, TransferError};
 
 pub struct GetSpec {
@@ -41,6 +42,18 @@ pub struct GetSpec {
     /// which output detection compares against; paths relative to the destination). It is
     /// written as the plan goes and gets its name only when the whole download succeeded.
     pub record: Option<Beneath>,
+    /// For a client of another user (the daemon's): where that user may write.
+    pub for_caller: Option<WritableFor>,
+}
+
+/// The directory a client of another user was checked to be able to write in, that a
+/// destination is in (or is). The get opens it once, checks it again on what it opened (a
+/// link swapped in since the check is not written through), and reaches the destination from
+/// it without following a link: the files go nowhere that user could not put them.
+#[derive(Clone)]
+pub struct WritableFor {
+    pub caller: Arc<Caller>,
+    pub checked: PathBuf,
 }
 
 /// What to do when a file with other content is already at a destination path.
@@ -167,10 +180,10 @@ async fn plan_and_download(
         let dest = dest.clone();
         let (manifest, cache_dir, conflict) = (spec.manifest, spec.cache_dir, spec.conflict);
         let (record, sink, cancel) = (spec.record, sink.clone(), cancel.clone());
-        let dry_run = transfer.dry_run;
+        let (dry_run, for_caller) = (transfer.dry_run, spec.for_caller);
         let group = transfer.group_access.clone();
         tokio::task::spawn_blocking(move || {
-            let dirs = Dirs::new(&dest, !dry_run, group.as_deref());
+            let dirs = Dirs::new(&dest, !dry_run, group.as_deref(), for_caller.as_ref());
             plan(
                 manifest,
                 dirs,
@@ -195,7 +208,10 @@ async fn plan_and_download(
         .progress
         .add_bytes(plan.unchanged.1 + plan.skipped.1);
     let items = std::mem::take(&mut plan.items);
-    let download = download_all(transfer, &dest, items, sink, cancel).await?;
+    let download = match plan.root.take() {
+        Some(root) => download_all(transfer, root, items, sink, cancel).await?,
+        None => download::dry_run(transfer, items).await,
+    };
     Ok((plan, download))
 }
 
@@ -285,6 +301,8 @@ struct Plan {
     replaced: u64,
     /// The record of what each path will hold, written as the plan went.
     record: Option<PlacedRecord>,
+    /// The destination, open: the download places every file from it (`None` in a dry run).
+    root: Option<OpenDir>,
 }
 
 impl Plan {
@@ -425,6 +443,7 @@ fn plan(
         skipped: (0, 0),
         beside: 0,
         replaced: 0,
+        root: None,
         record: match record_to {
             Some(path) if !dry_run => {
                 Some(PlacedRecord::create(path).map_err(TransferError::io(path.shown()))?)
@@ -550,6 +569,9 @@ fn plan(
         );
     }
     drop(snapshot);
+    if !dry_run {
+        p.root = Some(dirs.opened_root().map_err(TransferError::io(dest))?);
+    }
     Ok(p)
 }
 
@@ -615,7 +637,8 @@ fn fix_mtime(path: &Path, meta: &std::fs::Metadata, mtime_us: i64) {
         return;
     }
     let t = crate::fsutil::file_time_from_us(mtime_us);
-    if let Err(e) = filetime::set_file_times(path, t, t) {
+    // Of the file checked, not of what a link swapped in since names.
+    if let Err(e) = filetime::set_symlink_file_times(path, t, t) {
         tracing::warn!(path = %path.display(), "cannot set mtime: {e}");
     }
 }
@@ -628,25 +651,80 @@ struct Dirs<'a> {
     /// Without it (a dry run), only check what is there.
     create: bool,
     group: Option<&'a GroupAccess>,
+    for_caller: Option<&'a WritableFor>,
+    /// The root, open once it exists: each directory is made through the descriptor of the
+    /// one above it, so a link swapped in meanwhile is not followed.
+    opened: Option<OpenDir>,
 }
 
 impl<'a> Dirs<'a> {
-    fn new(root: &'a Path, create: bool, group: Option<&'a GroupAccess>) -> Dirs<'a> {
+    fn new(
+        root: &'a Path,
+        create: bool,
+        group: Option<&'a GroupAccess>,
+        for_caller: Option<&'a WritableFor>,
+    ) -> Dirs<'a> {
         Dirs {
             root,
             made: HashSet::new(),
             create,
             group,
+            for_caller,
+            opened: None,
         }
     }
 
     /// Creates the root (and what leads to it) if missing.
     fn make_root(&mut self) -> Result<(), TransferError> {
+        if let Some(w) = self.for_caller {
+            return self.make_root_for(w);
+        }
         if self.create {
             let existed = self.root.is_dir();
             std::fs::create_dir_all(self.root).map_err(TransferError::io(self.root))?;
-            self.grant(self.root, existed)?;
+            self.grant(self.root, self.root, existed)?;
         }
+        Ok(())
+    }
+
+    /// Opens the directory checked for `w`'s user (the nearest that exists), checks it
+    /// again on what was opened, and opens (or makes) the root below it without following a
+    /// link.
+    fn make_root_for(&mut self, w: &WritableFor) -> Result<(), TransferError> {
+        let Some(base) = w.checked.ancestors().find(|d| d.is_dir()) else {
+            return Err(TransferError::io(&w.checked)(
+                std::io::ErrorKind::NotFound.into(),
+            ));
+        };
+        let rel = self
+            .root
+            .strip_prefix(base)
+            .map_err(|_| TransferError::Refused {
+                path: self.root.to_path_buf(),
+                message: format!("is not under {}, where the job may write", base.display()),
+            })?;
+        let opened = OpenDir::open(base).map_err(TransferError::io(base))?;
+        w.caller
+            .may_write_in_opened(base, opened.file())
+            .map_err(|refused| TransferError::Refused {
+                path: base.to_path_buf(),
+                message: refused.to_string(),
+            })?;
+        let existed = self.root.is_dir();
+        let root = match self.create {
+            true => opened.make_below(rel),
+            false => opened.open_below(rel),
+        };
+        let root = match root {
+            Ok(root) => root,
+            // A dry run's root that is not there yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => return Ok(()),
+            Err(e) => return Err(TransferError::on_the_way(self.root)(e)),
+        };
+        if self.create {
+            self.grant(&root.at(""), self.root, existed)?;
+        }
+        self.opened = Some(root);
         Ok(())
     }
 
@@ -659,55 +737,80 @@ impl<'a> Dirs<'a> {
         let rel = dir
             .strip_prefix(self.root)
             .expect("planned paths are under the root");
-        let mut at = self.root.to_path_buf();
-        for part in rel.components() {
-            at.push(part);
-            if self.made.contains(&at) {
-                continue;
+        let mut parent = match self.opened_root() {
+            Ok(root) => root,
+            // A dry run's root that is not there: nothing below it can be in the way.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => {
+                self.made.insert(dir.to_path_buf());
+                return Ok(());
             }
-            match std::fs::symlink_metadata(&at) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(TransferError::Refused {
-                        path: at,
-                        message: "is a symlink; attache does not write through links. Remove it and run again".into(),
-                    });
-                }
-                Ok(m) if m.is_dir() => {
-                    if self.create {
-                        self.grant(&at, true)?;
-                    }
-                }
-                Ok(_) => {
-                    return Err(TransferError::Refused {
-                        path: at,
-                        message: "is a file where the manifest needs a directory".into(),
-                    });
-                }
+            Err(e) => return Err(TransferError::io(self.root)(e)),
+        };
+        let mut shown = self.root.to_path_buf();
+        for part in rel.components() {
+            shown.push(part);
+            if !self.made.contains(&shown) {
+                self.check_or_make(&parent.at(part), &shown)?;
+                self.made.insert(shown.clone());
+            }
+            parent = match parent.open_below(Path::new(part.as_os_str())) {
+                Ok(next) => next,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => {
-                    // Nothing below a directory that is not there can be in the way.
                     self.made.insert(dir.to_path_buf());
                     return Ok(());
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir(&at)
-                        .or_else(|e| if at.is_dir() { Ok(()) } else { Err(e) })
-                        .map_err(TransferError::io(&at))?;
-                    self.grant(&at, false)?;
-                }
-                Err(e) => {
-                    return Err(TransferError::Io {
-                        path: at,
-                        source: e,
-                    });
-                }
-            }
-            self.made.insert(at.clone());
+                Err(e) => return Err(TransferError::on_the_way(self.root)(e)),
+            };
         }
         Ok(())
     }
 
-    fn grant(&self, dir: &Path, existed: bool) -> Result<(), TransferError> {
-        grant_dir(self.group, dir, existed)
+    /// The root, open (a new descriptor each time, of the directory first opened).
+    fn opened_root(&mut self) -> std::io::Result<OpenDir> {
+        if self.opened.is_none() {
+            self.opened = Some(OpenDir::open(self.root)?);
+        }
+        self.opened
+            .as_ref()
+            .expect("opened above")
+            .open_below(Path::new(""))
+    }
+
+    /// Checks what is at `at` (reached through its parent's descriptor; `shown` for
+    /// messages): a directory, given to the job's group; nothing, made (unless a dry run).
+    fn check_or_make(&self, at: &Path, shown: &Path) -> Result<(), TransferError> {
+        match std::fs::symlink_metadata(at) {
+            Ok(m) if m.file_type().is_symlink() => Err(TransferError::Refused {
+                path: shown.to_path_buf(),
+                message:
+                    "is a symlink; attache does not write through links. Remove it and run again"
+                        .into(),
+            }),
+            Ok(m) if m.is_dir() => match self.create {
+                true => self.grant(at, shown, true),
+                false => Ok(()),
+            },
+            Ok(_) => Err(TransferError::Refused {
+                path: shown.to_path_buf(),
+                message: "is a file where the manifest needs a directory".into(),
+            }),
+            // Nothing below a directory that is not there can be in the way.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(at)
+                    .or_else(|e| if at.is_dir() { Ok(()) } else { Err(e) })
+                    .map_err(TransferError::io(shown))?;
+                self.grant(at, shown, false)
+            }
+            Err(e) => Err(TransferError::Io {
+                path: shown.to_path_buf(),
+                source: e,
+            }),
+        }
+    }
+
+    fn grant(&self, at: &Path, shown: &Path, existed: bool) -> Result<(), TransferError> {
+        grant_dir_at(self.group, at, shown, existed)
     }
 }
 
@@ -720,17 +823,27 @@ pub fn grant_dir(
     dir: &Path,
     existed: bool,
 ) -> Result<(), TransferError> {
+    grant_dir_at(group, dir, dir, existed)
+}
+
+/// [`grant_dir`] of the directory reached at `at`, named `shown` in messages.
+fn grant_dir_at(
+    group: Option<&GroupAccess>,
+    at: &Path,
+    shown: &Path,
+    existed: bool,
+) -> Result<(), TransferError> {
     let Some(g) = group else {
         return Ok(());
     };
-    match g.grant_dir(dir) {
+    match g.grant_dir(at) {
         Ok(()) => Ok(()),
         Err(e) if existed => {
-            tracing::warn!(path = %dir.display(), "{}", g.advice(&e));
+            tracing::warn!(path = %shown.display(), "{}", g.advice(&e));
             Ok(())
         }
         Err(e) => Err(TransferError::Refused {
-            path: dir.to_path_buf(),
+            path: shown.to_path_buf(),
             message: g.advice(&e),
         }),
     }
@@ -868,7 +981,7 @@ mod tests {
         cancel.cancel();
         let got = plan(
             Manifest::new(entries),
-            Dirs::new(t.path(), true, None),
+            Dirs::new(t.path(), true, None, None),
             None,
             None,
             (Conflict::Overwrite, None),
@@ -957,7 +1070,7 @@ mod tests {
             let at = Beneath::new(t.path(), "records/r.manifest");
             let mut p = plan(
                 manifest.clone(),
-                Dirs::new(&dest, true, None),
+                Dirs::new(&dest, true, None, None),
                 None,
                 None,
                 (conflict, Some(&at)),
@@ -989,6 +1102,90 @@ mod tests {
             assert_eq!(got, want, "{conflict:?}");
             let names = std::fs::read_dir(t.path().join("records")).unwrap().count();
             assert_eq!(names, 1, "{conflict:?}: a temporary file beside the record");
+        }
+    }
+
+    /// For a client of another user, the download's root is reached from the directory
+    /// checked for that user, checked again on what was opened, and without following a link
+    /// below it: the files go nowhere that user could not put them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn for_another_user_files_go_only_where_that_user_may_write() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let mode = |p: &Path, m| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        };
+        mode(t.path(), 0o755);
+        let data = b"a frame".repeat(50);
+        let (transfer, hash) = crate::transfer::download::store_holding(t.path(), &data).await;
+        let meta = std::fs::metadata(t.path()).unwrap();
+        let caller = Arc::new(Caller {
+            uid: meta.uid() + 1000,
+            gid: meta.gid() + 1000,
+            groups: vec![meta.gid() + 1000],
+        });
+        let get = |dest: PathBuf, checked: PathBuf| GetSpec {
+            manifest: Manifest::new(vec![ManifestEntry {
+                path: ManifestPath::from_posix_bytes(b"shot/a.exr"),
+                hash,
+                size: data.len() as u64,
+                mtime_us: 1_700_000_000_000_000,
+            }]),
+            dest,
+            cache_dir: None,
+            conflict: Conflict::Overwrite,
+            check_space: false,
+            record: None,
+            for_caller: Some(WritableFor {
+                caller: caller.clone(),
+                checked,
+            }),
+        };
+        let (open, closed) = (t.path().join("open"), t.path().join("closed"));
+        for (d, m) in [(&open, 0o777), (&closed, 0o755)] {
+            std::fs::create_dir(d).unwrap();
+            mode(d, m);
+        }
+        let cancel = CancellationToken::new();
+        run(
+            get(open.join("out"), open.clone()),
+            transfer.clone(),
+            &cancel,
+        )
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(open.join("out/shot/a.exr")).unwrap(), data);
+
+        // The directory checked, now a link to one that user may not write in.
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&closed, &link).unwrap();
+        let e = run(
+            get(link.join("out"), link.clone()),
+            transfer.clone(),
+            &cancel,
+        )
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("may not write in it"), "{e}");
+        // A link below it, to a directory anyone may write in.
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        mode(&elsewhere, 0o777);
+        std::os::unix::fs::symlink(&elsewhere, open.join("assetroot-1")).unwrap();
+        let e = run(
+            get(open.join("assetroot-1"), open.clone()),
+            transfer,
+            &cancel,
+        )
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("assetroot-1: is a link"), "{e}");
+        for d in [&closed, &elsewhere] {
+            assert_eq!(std::fs::read_dir(d).unwrap().count(), 0, "written in {d:?}");
         }
     }
 }

@@ -339,8 +339,9 @@ fn keep_a_copy() -> Conflict {
 
 impl JobSpec {
     /// Reads a submit's `asset_references` files into its paths (each path once). The daemon
-    /// has no current directory of its client's: the files' paths must be absolute.
-    pub fn take_asset_references(mut self) -> Result<JobSpec, JobError> {
+    /// has no current directory of its client's: the files' paths must be absolute. For
+    /// `caller` (a client of another user), each document only if that user may read it.
+    pub fn take_asset_references(mut self, caller: Option<&Caller>) -> Result<JobSpec, JobError> {
         let JobSpec::Submit(j) = &mut self else {
             return Ok(self);
         };
@@ -365,7 +366,7 @@ impl JobSpec {
             referenced_paths: std::mem::take(&mut j.referenced),
         };
         paths.merge(
-            AssetReferences::read_all(&files, &given, Relative::Refused)
+            AssetReferences::read_all(&files, &given, Relative::Refused, caller)
                 .map_err(|e| invalid("asset_references", e.to_string()))?,
         );
         (j.inputs, j.output_dirs, j.referenced) = (
@@ -714,11 +715,12 @@ impl JobSpec {
                 let transfer = transfer.with_group_access(j.group()?);
                 let spec = SyncInputsSpec {
                     dependencies: j.dependencies()?,
-                    attachments: attachments(j.attachments)?,
+                    attachments: attachments(j.attachments, caller.as_deref())?,
                     session_dir: j.session_dir,
                     conflict: j.conflict,
                     location_map: pairs(&profile.locations_with(&j.locations), "locations")?,
                     cache_dir,
+                    caller,
                 };
                 JobOutput::SyncInputs(super::sync_inputs::run(spec, transfer, cancel).await?)
             }
@@ -727,7 +729,7 @@ impl JobSpec {
                 hash.filter_also(&j.exclude, &j.include, &j.filter)
                     .map_err(|e| filter_error(&j.include, &j.filter, e))?;
                 let spec = SyncOutputsSpec {
-                    attachments: attachments(j.attachments)?,
+                    attachments: attachments(j.attachments, caller.as_deref())?,
                     session_dir: j.session_dir,
                     location_map: pairs(&profile.locations_with(&j.locations), "locations")?,
                     farm_id: j.farm_id,
@@ -791,11 +793,12 @@ fn filter_error(includes: &[String], rules: &[String], e: crate::scan::PatternEr
     invalid(field, e.to_string())
 }
 
-fn attachments(a: AttachmentsArg) -> Result<Attachments, JobError> {
+/// The job's attachments document; a file's for `caller` only if that user may read it.
+fn attachments(a: AttachmentsArg, caller: Option<&Caller>) -> Result<Attachments, JobError> {
     match a {
         AttachmentsArg::Inline(doc) => Ok(doc),
         AttachmentsArg::File(p) => {
-            Attachments::read_regular_file(&p).map_err(|e| invalid("attachments", e))
+            Attachments::read_regular_file(&p, caller).map_err(|e| invalid("attachments", e))
         }
     }
 }

@@ -12,7 +12,8 @@ use super::attachments::{
 };
 use super::download_outputs::{OutputsOf, latest_outputs};
 use super::fetch_manifest::fetch_manifest;
-use super::get::{self, Conflict, GetReport, GetSpec};
+use super::get::{self, Conflict, GetReport, GetSpec, WritableFor};
+use crate::fsutil::access::Caller;
 use crate::fsutil::beneath::Beneath;
 use crate::hash::ContentHash;
 use crate::manifest::{Manifest, decode_from, merge};
@@ -28,6 +29,9 @@ pub struct SyncInputsSpec {
     pub cache_dir: Option<PathBuf>,
     /// Steps of the job whose outputs are synced over the inputs (step-step dependencies).
     pub dependencies: Option<StepDependencies>,
+    /// The daemon's client, when it is another user: the files go only where that user may
+    /// write ([`WritableFor`]).
+    pub caller: Option<Arc<Caller>>,
 }
 
 /// The steps a task depends on, in the job they belong to: their outputs (the latest session
@@ -232,7 +236,19 @@ async fn sync(
             continue;
         }
         let count = root.manifests.len();
+        // A location root is written in the location, any other in the session directory:
+        // for a client of another user, what was checked for them.
+        let checked = spec
+            .location_map
+            .iter()
+            .map(|(_, path)| path)
+            .find(|path| root.local.starts_with(path))
+            .unwrap_or(&spec.session_dir);
         let get_spec = GetSpec {
+            for_caller: spec.caller.as_ref().map(|caller| WritableFor {
+                caller: caller.clone(),
+                checked: checked.clone(),
+            }),
             // What is placed, for output detection: written as get plans (a million-entry
             // record is over 100 MiB), named once every file is in place. It holds the
             // dependencies' outputs too, so this task's sync-outputs does not send them again.
@@ -358,6 +374,7 @@ mod tests {
             location_map: vec![("Projects".into(), PathBuf::from("/mnt/projects"))],
             cache_dir: None,
             dependencies: None,
+            caller: None,
         }
     }
 

@@ -157,7 +157,8 @@ impl Reader {
         let file = match &self.file {
             Some(f) => f.clone(),
             None => {
-                let f = std::fs::File::open(&self.source.path)
+                // Not blocking on a FIFO put where the file was hashed.
+                let f = crate::fsutil::beneath::open_regular_following(&self.source.path)
                     .map_err(|e| SourceError::Read(e.to_string()))?;
                 self.file.insert(Arc::new(f)).clone()
             }

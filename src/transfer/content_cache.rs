@@ -180,11 +180,11 @@ impl ContentCache {
         let path = self.path_of(hash);
         let dir = path.parent().expect("a blob has a directory");
         std::fs::create_dir_all(dir)?;
-        let mut tmp = crate::fsutil::temp_file_in(dir, ".blob-", ".tmp")?;
+        let tmp = crate::fsutil::temp_file_in(dir, ".blob-", ".tmp")?;
         let from = std::fs::File::open(src)?;
         let buf_len = size.clamp(4096, 1 << 20) as usize;
         let (got, got_size) =
-            copy_hashing(from, tmp.as_file_mut(), buf_len, cancel).map_err(|e| match e {
+            copy_hashing(from, tmp.as_file(), buf_len, cancel).map_err(|e| match e {
                 CopyError::Read(e) | CopyError::Write(e) => e,
                 CopyError::Cancelled => {
                     std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled")

@@ -24,6 +24,7 @@ use super::inflight::{self, Claim, Done};
 use super::partial_downloads::{LandedLog, Partial};
 use super::{Transfer, TransferError, cancellable, run_pieces, spawned};
 use crate::fsutil::BatchedWriter;
+use crate::fsutil::beneath::{OpenDir, open_regular};
 use crate::fsutil::group::GroupAccess;
 use crate::fsutil::staged::Staged;
 use crate::hash::ContentHash;
@@ -49,10 +50,15 @@ pub struct DownloadItem {
 
 /// One file being materialized, with its full destination path (made only while it is
 /// worked on).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Target {
     hash: ContentHash,
     size: u64,
+    /// The download's root, open: the file's directory is opened from it ([`open_dir_of`]).
+    root: Arc<OpenDir>,
+    /// The path below the root.
+    rel: PathBuf,
+    /// The whole path, for messages, records and copies.
     dest: PathBuf,
     mtime_us: i64,
     /// The group the file is given before it gets its name ([`Transfer::group_access`]).
@@ -60,11 +66,14 @@ struct Target {
 }
 
 impl Target {
-    fn of(t: &Transfer, root: &Path, item: &DownloadItem) -> Target {
+    fn of(t: &Transfer, root: &Arc<OpenDir>, item: &DownloadItem) -> Target {
+        let rel = PathBuf::from(OsStr::from_bytes(&item.rel));
         Target {
             hash: item.hash,
             size: item.size,
-            dest: root.join(OsStr::from_bytes(&item.rel)),
+            root: root.clone(),
+            dest: root.shown().join(&rel),
+            rel,
             mtime_us: item.mtime_us,
             group: t.group_access.clone(),
         }
@@ -127,27 +136,17 @@ const TRIES: u32 = 3;
 /// before the whole object is fetched again.
 const PART_RESUMES: u32 = 3;
 
-/// Downloads every item under `root`, `transfer.workers` objects at a time: each distinct
-/// object once, into the first file that has it, then the other files with the same content
-/// copied from that one. The first failure stops the rest. Every placed file is sent to
-/// `record` (for the hash cache) as it lands.
-pub async fn download_all(
-    t: Arc<Transfer>,
-    root: &Path,
-    items: Vec<DownloadItem>,
-    record: Option<RecordSink>,
-    cancel: &CancellationToken,
-) -> Result<DownloadReport, TransferError> {
-    // Sorting a million-entry plan takes a fraction of a second: off the runtime's workers,
-    // which every job's requests share.
+/// The plan of a download of `items`: sorted (off the runtime's workers, which every job's
+/// requests share: a million-entry plan takes a fraction of a second), and for a real one
+/// the partial downloads left too long swept first.
+async fn plan_of(t: &Transfer, items: Vec<DownloadItem>) -> (Vec<DownloadItem>, FetchPlan) {
     let (partials, large, dry_run) = (
         t.partial_downloads.clone(),
         ranged_from(t.settings.part_size.0),
         t.dry_run,
     );
-    let (items, FetchPlan { firsts, copies }) = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let plan = FetchPlan::of(&items);
-        // Partial downloads left too long go before any is added.
         if !dry_run
             && items.iter().any(|i| i.size >= large)
             && let Err(e) = partials.sweep()
@@ -157,23 +156,47 @@ pub async fn download_all(
         (items, plan)
     })
     .await
-    .expect("sorting the plan panicked");
-    if t.dry_run {
-        let (cache, copied_files) = (t.content_cache.clone(), copies.len() as u64);
-        let kept = t.partial_downloads.clone();
-        // Looking in the content cache is a stat per object: off the runtime.
-        let report = tokio::task::spawn_blocking(move || {
-            dry_run_report(
-                &items,
-                &firsts,
-                copied_files,
-                cache.as_deref(),
-                (&kept, large),
-            )
-        });
-        return Ok(report.await.expect("planning the dry run panicked"));
-    }
-    let (items, root) = (Arc::new(items), Arc::new(root.to_path_buf()));
+    .expect("sorting the plan panicked")
+}
+
+/// What [`download_all`] would do with `items` (the transfer is a dry run's): the objects it
+/// would fetch, the bytes partial downloads hold, the files the content cache or copies give.
+pub async fn dry_run(t: Arc<Transfer>, items: Vec<DownloadItem>) -> DownloadReport {
+    let (items, FetchPlan { firsts, copies }) = plan_of(&t, items).await;
+    let (cache, copied_files) = (t.content_cache.clone(), copies.len() as u64);
+    let (kept, large) = (
+        t.partial_downloads.clone(),
+        ranged_from(t.settings.part_size.0),
+    );
+    // Looking in the content cache is a stat per object: off the runtime.
+    let report = tokio::task::spawn_blocking(move || {
+        dry_run_report(
+            &items,
+            &firsts,
+            copied_files,
+            cache.as_deref(),
+            (&kept, large),
+        )
+    });
+    report.await.expect("planning the dry run panicked")
+}
+
+/// Downloads every item under `root`, `transfer.workers` objects at a time: each distinct
+/// object once, into the first file that has it, then the other files with the same content
+/// copied from that one. The first failure stops the rest. Every placed file is sent to
+/// `record` (for the hash cache) as it lands. Each file is placed in its directory opened
+/// from `root`'s descriptor without following a link, so a link swapped in below the root
+/// while the download runs (by the user of a session the daemon writes into for them) does
+/// not take the file elsewhere.
+pub async fn download_all(
+    t: Arc<Transfer>,
+    root: OpenDir,
+    items: Vec<DownloadItem>,
+    record: Option<RecordSink>,
+    cancel: &CancellationToken,
+) -> Result<DownloadReport, TransferError> {
+    let (items, FetchPlan { firsts, copies }) = plan_of(&t, items).await;
+    let (items, root) = (Arc::new(items), Arc::new(root));
     let counters = Arc::new(Counters::default());
     let stop = cancel.child_token();
     let fetches = futures::stream::iter(firsts).map({
@@ -203,7 +226,7 @@ pub async fn download_all(
                 .iter()
                 .map(|&(to, from)| {
                     (
-                        root.join(OsStr::from_bytes(&items[from].rel)),
+                        root.shown().join(OsStr::from_bytes(&items[from].rel)),
                         Target::of(&t, &root, &items[to]),
                     )
                 })
@@ -543,12 +566,13 @@ fn copy_verified_now(
     item: &Target,
     cancel: &CancellationToken,
 ) -> Result<FileStat, TransferError> {
-    let mut tmp = stage_beside(&item.dest)?;
-    let from = std::fs::File::open(src).map_err(TransferError::io(src))?;
+    let tmp = stage_beside(item)?;
+    // Not through a link, nor blocking on a FIFO put where a placed file was.
+    let from = open_regular(src).map_err(TransferError::io(src))?;
     // A small file needs no 1 MiB buffer (one per copy, zeroed).
     let buf_len = item.size.clamp(4096, 1 << 20) as usize;
     let (got, got_size) =
-        copy_hashing(from, tmp.as_file_mut(), buf_len, cancel).map_err(|e| match e {
+        copy_hashing(from, tmp.as_file(), buf_len, cancel).map_err(|e| match e {
             CopyError::Read(e) => TransferError::io(src)(e),
             CopyError::Write(e) => TransferError::io(&item.dest)(e),
             CopyError::Cancelled => Cancelled.into(),
@@ -559,17 +583,42 @@ fn copy_verified_now(
             message: "changed since it was downloaded; fetching the object instead".into(),
         });
     }
-    finalize(tmp.into(), item)
+    finalize(tmp, item)
+}
+
+/// The directory `item` is placed in, opened from the root without following a link: one
+/// on the way is refused, naming it.
+fn open_dir_of(item: &Target) -> Result<OpenDir, TransferError> {
+    let rel = item.rel.parent().unwrap_or(Path::new(""));
+    item.root
+        .open_below(rel)
+        .map_err(TransferError::on_the_way(item.root.shown()))
 }
 
 /// A file staged in the destination's directory (so giving it its name is atomic).
-fn stage_beside(dest: &Path) -> Result<Staged, TransferError> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    Staged::new_in(dir, ".attache-", ".part").map_err(TransferError::io(dir))
+fn stage_beside(item: &Target) -> Result<Landing, TransferError> {
+    stage_in(open_dir_of(item)?)
 }
 
-/// Where an object is fetched into before it gets its name.
-enum Landing {
+/// A file staged in `dir`, the destination's directory.
+fn stage_in(dir: OpenDir) -> Result<Landing, TransferError> {
+    let staged = Staged::new_in(&dir.at(""), ".attache-", ".part")
+        .map_err(TransferError::io(dir.shown()))?;
+    Ok(Landing {
+        into: LandsIn::Staged(staged),
+        dir,
+    })
+}
+
+/// Where an object is fetched into before it gets its name, and the directory it gets it in.
+struct Landing {
+    into: LandsIn,
+    /// Declared after `into`, so dropped after it: a staged file's temporary name is reached
+    /// through this directory's descriptor.
+    dir: OpenDir,
+}
+
+enum LandsIn {
     /// A file staged beside its destination (`fsutil::staged`).
     Staged(Staged),
     /// A large object's partial download (`transfer::partial_downloads`), kept for a later run
@@ -577,57 +626,61 @@ enum Landing {
     Kept(Partial),
 }
 
-impl From<Staged> for Landing {
-    fn from(s: Staged) -> Landing {
-        Landing::Staged(s)
-    }
-}
-
 impl Landing {
     fn as_file(&self) -> &std::fs::File {
-        match self {
-            Landing::Staged(s) => s.as_file(),
-            Landing::Kept(p) => p.file(),
+        match &self.into {
+            LandsIn::Staged(s) => s.as_file(),
+            LandsIn::Kept(p) => p.file(),
         }
     }
 
     /// The byte ranges an earlier run wrote.
     fn landed_before(&self) -> &[(u64, u64)] {
-        match self {
-            Landing::Staged(_) => &[],
-            Landing::Kept(p) => p.landed_before(),
+        match &self.into {
+            LandsIn::Staged(_) => &[],
+            LandsIn::Kept(p) => p.landed_before(),
         }
     }
 
     /// Where the parts record what they wrote, for a later run; `None`: not kept.
     fn log(&self) -> Option<LandedLog> {
-        match self {
-            Landing::Staged(_) => None,
-            Landing::Kept(p) => Some(p.log()),
+        match &self.into {
+            LandsIn::Staged(_) => None,
+            LandsIn::Kept(p) => Some(p.log()),
         }
     }
 
     /// What landed does not hold the object: nothing of it is kept.
     fn discard(self) {
-        if let Landing::Kept(p) = self {
+        if let LandsIn::Kept(p) = self.into {
             p.discard();
         }
     }
 
-    fn persist(self, dest: &Path) -> std::io::Result<std::fs::File> {
-        match self {
-            Landing::Staged(s) => s.persist(dest),
-            Landing::Kept(p) => p.persist(dest),
-        }
+    /// Gives the file `item`'s name in the directory opened for it.
+    fn persist(self, item: &Target) -> std::io::Result<std::fs::File> {
+        let Landing { into, dir } = self;
+        let name = item.rel.file_name().unwrap_or_default();
+        let placed = match into {
+            LandsIn::Staged(s) => s.persist(&dir.at(name)),
+            LandsIn::Kept(p) => p.persist(&dir.at(name)),
+        };
+        drop(dir);
+        placed
     }
 }
 
 /// Where a large object is fetched into: its partial download, with what an earlier run
 /// fetched of it, or (where it cannot be kept) a file staged beside its destination.
 fn keep_or_stage(t: &Transfer, c: &Counters, item: &Target) -> Result<Landing, TransferError> {
-    let dir = item.dest.parent().unwrap_or(Path::new("."));
-    match t.partial_downloads.open(item.hash, item.size, dir) {
-        Ok(Some(p)) => return Ok(Landing::Kept(p)),
+    let dir = open_dir_of(item)?;
+    match t.partial_downloads.open(item.hash, item.size, &dir.at("")) {
+        Ok(Some(p)) => {
+            return Ok(Landing {
+                into: LandsIn::Kept(p),
+                dir,
+            });
+        }
         Ok(None) => {}
         // Once per download: every other object would fail the same way.
         Err(e) if !c.partial_failed.swap(true, Relaxed) => tracing::warn!(
@@ -644,7 +697,7 @@ fn keep_or_stage(t: &Transfer, c: &Counters, item: &Target) -> Result<Landing, T
         ),
         Err(_) => {}
     }
-    Ok(stage_beside(&item.dest)?.into())
+    stage_in(dir)
 }
 
 /// Sets the manifest mtime (and atime), and the group if the job runs as another user, and
@@ -660,7 +713,7 @@ fn finalize(tmp: Landing, item: &Target) -> Result<FileStat, TransferError> {
     let t = crate::fsutil::file_time_from_us(item.mtime_us);
     filetime::set_file_handle_times(tmp.as_file(), Some(t), Some(t))
         .map_err(TransferError::io(&item.dest))?;
-    let file = tmp.persist(&item.dest).map_err(|e| {
+    let file = tmp.persist(item).map_err(|e| {
         if e.kind() == std::io::ErrorKind::IsADirectory {
             TransferError::Refused {
                 path: item.dest.clone(),
@@ -717,11 +770,11 @@ async fn fetch_verified(
             fetched = fetch_ranged(t, c, &key, item, &mut tmp, &this_try, cancel).await;
             tmp
         } else {
-            let tmp = stage_beside(&item.dest)?;
+            let tmp = stage_beside(item)?;
             t.progress.add_total(0, in_progress.unwrap_or(0));
             in_progress = Some(0);
             fetched = fetch_whole(t, &key, item, tmp.as_file(), &this_try, cancel).await;
-            tmp.into()
+            tmp
         };
         in_progress = in_progress.map(|n| n + this_try.counted.load(Relaxed));
         let (got, got_size) = match fetched {
@@ -1096,6 +1149,27 @@ async fn read_body(
     Ok(true)
 }
 
+/// A transfer to a file:// store under `dir` that holds one object, `data`.
+#[cfg(test)]
+pub(crate) async fn store_holding(dir: &Path, data: &[u8]) -> (Arc<Transfer>, ContentHash) {
+    let store = dir.join("store");
+    let hash = ContentHash::of(data);
+    let key = store.join(data_key("", hash));
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, data).unwrap();
+    let mut s = crate::config::Settings::default();
+    s.cache.dir = dir.join("cache");
+    let t = crate::jobs::setup::transfer_for(
+        &format!("file://{}", store.display()),
+        &s,
+        Arc::new(crate::transfer::limiter::Bandwidth::new(&s.bandwidth)),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    (t, hash)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1135,26 +1209,6 @@ mod tests {
         assert_eq!(copies, [("d", "a"), ("g", "c"), ("h", "b")]);
     }
 
-    /// A transfer to a file:// store under `dir` that holds one object, `data`.
-    async fn store_holding(dir: &Path, data: &[u8]) -> (Arc<Transfer>, ContentHash) {
-        let store = dir.join("store");
-        let hash = ContentHash::of(data);
-        let key = store.join(data_key("", hash));
-        std::fs::create_dir_all(key.parent().unwrap()).unwrap();
-        std::fs::write(&key, data).unwrap();
-        let mut s = crate::config::Settings::default();
-        s.cache.dir = dir.join("cache");
-        let t = crate::jobs::setup::transfer_for(
-            &format!("file://{}", store.display()),
-            &s,
-            Arc::new(crate::transfer::limiter::Bandwidth::new(&s.bandwidth)),
-            Arc::default(),
-        )
-        .await
-        .unwrap();
-        (t, hash)
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_copy_whose_source_no_longer_has_the_content_fetches_the_object_instead() {
         let dir = tempfile::tempdir().unwrap();
@@ -1164,19 +1218,20 @@ mod tests {
         let src = dir.path().join("first");
         std::fs::write(&src, b"edited since").unwrap();
         let dest = dir.path().join("second");
-        let item = Target {
-            hash,
-            size: data.len() as u64,
-            dest: dest.clone(),
-            mtime_us: 1_700_000_000_000_000,
-            group: None,
+        let root = Arc::new(OpenDir::open(dir.path()).unwrap());
+        let target = |rel: &str| {
+            let placed = DownloadItem {
+                hash,
+                size: data.len() as u64,
+                rel: rel.as_bytes().into(),
+                mtime_us: 1_700_000_000_000_000,
+            };
+            Target::of(&t, &root, &placed)
         };
+        let item = target("second");
         let c = Arc::new(Counters::default());
         // A source that is gone altogether: the same.
-        let third = Target {
-            dest: dir.path().join("third"),
-            ..item.clone()
-        };
+        let third = target("third");
         let work = vec![(src, item), (dir.path().join("gone"), third)];
         let cache_dir = dir.path().join("hash-cache");
         let open = || crate::hash::cache::HashCache::open(&cache_dir).unwrap();
@@ -1198,6 +1253,39 @@ mod tests {
         assert_eq!(c.objects.load(Relaxed), 2, "both fetched from the store");
         assert_eq!(c.copied_files.load(Relaxed), 0);
         assert_eq!(c.files.load(Relaxed), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_swapped_in_below_the_root_after_the_plan_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"a frame".repeat(100);
+        let (t, hash) = store_holding(dir.path(), &data).await;
+        let root = dir.path().join("session");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(elsewhere.join("deeper")).unwrap();
+        // The plan made session/shot/deeper; the session's user then puts a link there.
+        std::fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("shot")).unwrap();
+        let items = ["shot/deeper/a.exr", "shot/deeper/b.exr"]
+            .map(|rel| item(rel, data.len() as u64, hash.0))
+            .to_vec();
+        let root_dir = OpenDir::open(&root).unwrap();
+        let got = download_all(t, root_dir, items, None, &CancellationToken::new()).await;
+        match got {
+            Err(TransferError::Refused { path, message }) => {
+                assert_eq!(path, root.join("shot"));
+                assert!(
+                    message.contains("does not write through links"),
+                    "{message}"
+                );
+            }
+            other => panic!("{:?}", other.map(|r| r.files)),
+        }
+        assert_eq!(
+            std::fs::read_dir(elsewhere.join("deeper")).unwrap().count(),
+            0,
+            "written through the link"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1235,7 +1323,8 @@ mod tests {
                 cancel.cancel();
             }
         });
-        let got = download_all(t, &root, items, Some(recorder.sink()), &cancel).await;
+        let root_dir = OpenDir::open(&root).unwrap();
+        let got = download_all(t, root_dir, items, Some(recorder.sink()), &cancel).await;
         watcher.await.unwrap();
         assert!(
             matches!(got, Err(TransferError::Cancelled(_))),

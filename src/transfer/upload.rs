@@ -27,6 +27,7 @@ use super::inflight::{self, Claim, Done};
 use super::known_present::{KnownEntries, KnownPresent};
 use super::{Transfer, TransferError, cancellable, run_pieces};
 use super::{abandoned_uploads, open_uploads};
+use crate::fsutil::beneath::open_regular_following;
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
 use crate::store::file_source::{FileSource, READ_CHUNK, SourceError};
@@ -457,7 +458,7 @@ async fn load_verified(
     .await?
     .expect("never closed");
     let path = item.path.clone();
-    let bytes = tokio::task::spawn_blocking(move || std::fs::read(&path))
+    let bytes = tokio::task::spawn_blocking(move || read_regular(&path))
         .await
         .expect("read task panicked")
         .map_err(TransferError::io(&item.path))?;
@@ -468,6 +469,14 @@ async fn load_verified(
         });
     }
     Ok(super::bytes_holding(bytes, budget))
+}
+
+/// The content of the regular file at `path` (a FIFO put where it was hashed is refused, not
+/// waited on).
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open_regular_following(path)?, &mut bytes)?;
+    Ok(bytes)
 }
 
 /// Part size for an object: the configured one, raised when S3's 10,000-part cap needs it.
@@ -950,7 +959,8 @@ async fn upload_parts(
         heartbeat,
     } = upload;
     let part_size = part_size_for(t.settings.part_size.0, item.size);
-    let file = Arc::new(std::fs::File::open(&item.path).map_err(TransferError::io(&item.path))?);
+    // Not blocking on a FIFO put where the file was hashed.
+    let file = Arc::new(open_regular_following(&item.path).map_err(TransferError::io(&item.path))?);
     let mut hasher = Some(Box::new(Xxh3Default::new()));
     // A part kept or sent: done in the progress, and counted for a restart to take back.
     let count = |len: u64| {
