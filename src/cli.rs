@@ -427,6 +427,20 @@ pub(crate) fn check_output(output: &Option<PathBuf>, dir_ok: bool) -> Result<(),
     })
 }
 
+/// `n` of `noun` for a summary line: "1 file", "2 files", "0 objects", "1 copy", "3 copies".
+pub(crate) fn counted(n: u64, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
+/// [`counted`] of a count in a job's JSON report.
+pub(crate) fn counted_json(v: &serde_json::Value, noun: &str) -> String {
+    counted(v.as_u64().unwrap_or(0), noun)
+}
+
 /// A summary's verb: what was done (`done`), or with `--dry-run` what would be (`would`).
 pub(crate) fn tense(dry_run: bool, done: &'static str, would: &'static str) -> &'static str {
     if dry_run { would } else { done }
@@ -533,6 +547,19 @@ pub(crate) fn run_cancellable<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_of_one_is_singular() {
+        assert_eq!(counted(1, "file"), "1 file");
+        assert_eq!(counted(0, "file"), "0 files");
+        assert_eq!(counted(5000, "object"), "5000 objects");
+        assert_eq!(counted(1, "copy"), "1 copy");
+        assert_eq!(counted(2, "copy"), "2 copies");
+        assert_eq!(
+            counted_json(&serde_json::json!(1), "manifest"),
+            "1 manifest"
+        );
+    }
     use anyhow::Context;
 
     #[test]

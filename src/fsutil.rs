@@ -284,10 +284,37 @@ pub fn temp_file_in(
         .tempfile_in(dir)
 }
 
+/// The whole content of `file`, if it is at most `max` bytes; a larger one is an error of kind
+/// `InvalidData` saying so, read no further (a huge or sparse file does not fill the memory).
+pub fn read_capped(file: &mut impl std::io::Read, max: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, max + 1), &mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} MiB: not a document attache reads",
+                max.div_ceil(1 << 20)
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn a_document_over_its_limit_is_refused_without_reading_it_all() {
+        let mut small: &[u8] = b"{}";
+        assert_eq!(read_capped(&mut small, 2).unwrap(), b"{}");
+        let mut endless = std::io::repeat(b' ');
+        let e = read_capped(&mut endless, 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("larger than 1 MiB"), "{e}");
+    }
 
     #[test]
     fn a_full_disk_a_refusal_or_a_read_only_mount_gets_advice_other_errors_none() {

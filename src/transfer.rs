@@ -222,6 +222,16 @@ pub enum TransferError {
     Cancelled(#[from] Cancelled),
 }
 
+/// Refused for a client of another user: names what they may not use.
+impl From<crate::fsutil::access::Refused> for TransferError {
+    fn from(refused: crate::fsutil::access::Refused) -> TransferError {
+        TransferError::Refused {
+            message: refused.reason(),
+            path: refused.path,
+        }
+    }
+}
+
 impl TransferError {
     /// Worth running again later as it is (the store unreachable, throttling, a 5xx; a file
     /// still being written), rather than a lasting failure a run again would meet again.

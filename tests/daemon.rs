@@ -2560,7 +2560,7 @@ fn sync_outputs_through_the_daemon_reports_and_counts_its_uploads() {
     std::fs::write(local.join("renders/f1.exr"), b"frame 1").unwrap();
     let (out, err) = ok(sync_outputs(&mut d.cmd(), "sa-1", &att, &session));
     assert!(
-        err.contains(": 1 new or changed outputs (7 B); uploaded 1 objects")
+        err.contains(": 1 new or changed output (7 B); uploaded 1 object")
             && err.contains("; published farm-1/queue-1/job-1/step-1/task-1/"),
         "{err}"
     );

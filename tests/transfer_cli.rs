@@ -721,11 +721,14 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
         u["copying_stores"]["stores"][1]["copies_until_ms"].is_null(),
         "{u}"
     );
-    for (other, forgot) in [("file:///elsewhere", 0), (store.as_str(), 1)] {
+    for (other, forgot) in [
+        ("file:///elsewhere", "0 stores"),
+        (store.as_str(), "1 store"),
+    ] {
         let (code, out, err) = cache_cmd(&["clear", "--copying-stores", "--store", other]);
         assert_eq!(code, 0, "{err}");
         assert!(
-            out.contains(&format!("forgot the measurements of {forgot} stores")),
+            out.contains(&format!("forgot the measurements of {forgot}")),
             "{out}"
         );
     }
@@ -744,7 +747,7 @@ fn attache_cache_shows_clears_and_trims_the_machine_s_caches() {
     };
     assert!(trim_copying().contains("forgot 0 stores"));
     measured_copying(&cache, &[(other, &[now_ms - 8 * 86_400_000])]);
-    assert!(trim_copying().contains("forgot 1 stores"));
+    assert!(trim_copying().contains("forgot 1 store "));
     assert_eq!(show()["copying_stores"]["stores"], serde_json::json!([]));
     // A partial download a cancelled get left (see interrupt_a_large_get_then_get_again).
     let kept = cache.join("partial-downloads");

@@ -316,7 +316,7 @@ fn submit_sync_render_sync_outputs_download_outputs() {
     let (code, _, err) = run(&mut f.download_outputs(&["--dry-run"]));
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("2 files from 1 manifests; would download 2 objects"),
+        err.contains("2 files from 1 manifest; would download 2 objects"),
         "{err}"
     );
     let renders = files_under(&proj.join("renders"));
@@ -325,7 +325,7 @@ fn submit_sync_render_sync_outputs_download_outputs() {
     let (code, _, err) = run(&mut f.download_outputs(&["--include", "renders/sub/**"]));
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("1 files from 1 manifests (1 left out by the filters)"),
+        err.contains("1 file from 1 manifest (1 left out by the filters)"),
         "{err}"
     );
     assert_eq!(
@@ -353,7 +353,7 @@ fn submit_sync_render_sync_outputs_download_outputs() {
     let (code, _, err) = run(&mut f.download_outputs(&[]));
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("1 copies beside files with other content"),
+        err.contains("1 copy beside files with other content"),
         "{err}"
     );
     assert_eq!(
@@ -1865,7 +1865,7 @@ fn check_of_a_job_s_outputs_names_the_output_whose_object_is_gone() {
     );
     assert_eq!(
         (headers[1], headers[3]),
-        ("# 1 files, 5 bytes", "# 2 files, 18 bytes"),
+        ("# 1 file, 5 bytes", "# 2 files, 18 bytes"),
         "{out}"
     );
     assert!(out.contains("  renders/f2.exr\n"), "{out}");

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::{Context, UsageError};
+use super::{Context, UsageError, counted};
 use crate::cli::stdout::{out, outln};
 use crate::config::ByteSize;
 use crate::jobs::local_caches::{self, CacheUsage, ClearSpec};
@@ -106,10 +106,10 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
                 outln!("{}", serde_json::to_string_pretty(&cleared)?);
             } else {
                 if let Some(n) = cleared.hash_entries {
-                    outln!("hash cache: forgot {n} files");
+                    outln!("hash cache: forgot {}", counted(n, "file"));
                 }
                 if let Some(n) = cleared.known_present_entries {
-                    outln!("known-present index: forgot {n} objects");
+                    outln!("known-present index: forgot {}", counted(n, "object"));
                     if n == 0 && store_given {
                         // A store the index never held (a typo, another prefix): say which it holds.
                         let held = local_caches::known_present_stores(settings).unwrap_or_default();
@@ -120,13 +120,20 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 if let (Some(n), Some(b)) = (cleared.content_files, cleared.content_bytes) {
-                    outln!("content cache: removed {n} objects ({})", size(b));
+                    outln!(
+                        "content cache: removed {} ({})",
+                        counted(n, "object"),
+                        size(b)
+                    );
                 }
                 if let Some(p) = cleared.partial_downloads {
                     outln!("partial downloads: removed {} ({})", p.files, size(p.bytes));
                 }
                 if let Some(n) = cleared.copying_stores {
-                    outln!("copying stores: forgot the measurements of {n} stores");
+                    outln!(
+                        "copying stores: forgot the measurements of {}",
+                        counted(n, "store")
+                    );
                 }
             }
         }
@@ -138,12 +145,14 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
             }
             if let (Some(files), Some(dirs)) = (done.hash_files, done.hash_directories) {
                 outln!(
-                    "hash cache: forgot {files} files under directories that no longer exist ({dirs} of them)"
+                    "hash cache: forgot {} under directories that no longer exist ({dirs} of them)",
+                    counted(files, "file")
                 );
             }
             if let Some(n) = done.known_present_expired {
                 outln!(
-                    "known-present index: forgot {n} objects not verified for transfer.known_present_ttl ({})",
+                    "known-present index: forgot {} not verified for transfer.known_present_ttl ({})",
+                    counted(n, "object"),
                     settings.transfer.known_present_ttl
                 );
             }
@@ -157,13 +166,14 @@ pub fn run(ctx: &Context, a: CacheArgs) -> anyhow::Result<ExitCode> {
             }
             if let Some(n) = done.copying_stores {
                 outln!(
-                    "copying stores: forgot {n} stores whose multipart completions were all measured over a week ago"
+                    "copying stores: forgot {} whose multipart completions were all measured over a week ago",
+                    counted(n, "store")
                 );
             }
             match &done.content {
                 Some(gone) => outln!(
-                    "content cache: removed {} objects ({}); it holds {}",
-                    gone.files,
+                    "content cache: removed {} ({}); it holds {}",
+                    counted(gone.files, "object"),
                     size(gone.bytes),
                     size(gone.kept_bytes)
                 ),

@@ -11,7 +11,7 @@ use clap::Args;
 use super::filter_args::FilterArgs;
 use super::submit_paths::SubmitPathArgs;
 use super::transfer_args::{ContentCacheArgs, StoreArgs, with_transfer};
-use super::{Context, UsageError, flag, json_size};
+use super::{Context, UsageError, counted, counted_json, flag, json_size};
 use crate::config::Override;
 use crate::jobs::asset_references::AssetReferences;
 use crate::jobs::get::Conflict;
@@ -414,9 +414,9 @@ fn emit(value: &serde_json::Value, output: Option<&Path>) -> anyhow::Result<()> 
 /// aborted).
 fn uploaded(u: &serde_json::Value, dry_run: bool) -> String {
     format!(
-        "{} {} objects ({}), {} already in the store, {} known present{}",
+        "{} {} ({}), {} already in the store, {} known present{}",
         super::tense(dry_run, "uploaded", "would upload"),
-        u["uploaded_objects"].as_u64().unwrap_or(0),
+        counted_json(&u["uploaded_objects"], "object"),
         json_size(&u["uploaded_bytes"]),
         u["present_objects"].as_u64().unwrap_or(0),
         u["known_objects"].as_u64().unwrap_or(0),
@@ -475,9 +475,9 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     for r in out["roots"].as_array().into_iter().flatten() {
         eprintln!(
-            "{}: {} files ({}); {}{}",
+            "{}: {} ({}); {}{}",
             r["root_path"].as_str().unwrap_or_default(),
-            r["files"],
+            counted_json(&r["files"], "file"),
             json_size(&r["bytes"]),
             uploaded(&r["upload"], dry_run),
             match (r["manifest_key"].as_str(), dry_run) {
@@ -530,8 +530,9 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
             0 if said_empty => {}
             0 => eprintln!("step {step}: no outputs in the store"),
             n => eprintln!(
-                "step {step}: outputs of {n} tasks ({} manifests)",
-                d["manifests"]
+                "step {step}: outputs of {} ({})",
+                counted(n, "task"),
+                counted_json(&d["manifests"], "manifest")
             ),
         }
     }
@@ -539,14 +540,17 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
         let rep = &r["report"];
         let step_outputs = match r["step_output_manifests"].as_u64().unwrap_or(0) {
             0 => String::new(),
-            n => format!(" (with {n} output manifests of steps depended on)"),
+            n => format!(
+                " (with {} of steps depended on)",
+                counted(n, "output manifest")
+            ),
         };
         eprintln!(
-            "{} -> {}: {} files{step_outputs}; {verb} {} objects ({}){}, {} already in place{}",
+            "{} -> {}: {}{step_outputs}; {verb} {} ({}){}, {} already in place{}",
             r["root_path"].as_str().unwrap_or_default(),
             r["local_root"].as_str().unwrap_or_default(),
-            rep["files"],
-            rep["download"]["objects"],
+            counted_json(&rep["files"], "file"),
+            counted_json(&rep["download"]["objects"], "object"),
             json_size(&rep["download"]["downloaded_bytes"]),
             not_fetched_again(&rep["download"]),
             rep["unchanged_files"],
@@ -605,8 +609,8 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
             n => format!("; {n} kept in the content cache"),
         };
         eprintln!(
-            "{root}: {} new or changed outputs ({}); {}; {} {path}{kept}",
-            r["files"],
+            "{root}: {} ({}); {}; {} {path}{kept}",
+            counted_json(&r["files"], "new or changed output"),
             json_size(&r["bytes"]),
             uploaded(&r["upload"], dry_run),
             super::tense(dry_run, "published", "would publish"),
@@ -650,16 +654,16 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
             n => format!(" ({n} left out by the filters)"),
         };
         eprintln!(
-            "{} -> {}: {} files from {} manifests{left_out}; {verb} {} objects ({}){}, {} already in place, {} copies beside files with other content, {} with other content replaced, {} skipped",
+            "{} -> {}: {} from {}{left_out}; {verb} {} ({}){}, {} already in place, {} beside files with other content, {} with other content replaced, {} skipped",
             r["root_path"].as_str().unwrap_or_default(),
             r["destination"].as_str().unwrap_or_default(),
-            rep["files"],
-            r["manifests"],
-            rep["download"]["objects"],
+            counted_json(&rep["files"], "file"),
+            counted_json(&r["manifests"], "manifest"),
+            counted_json(&rep["download"]["objects"], "object"),
             json_size(&rep["download"]["downloaded_bytes"]),
             not_fetched_again(&rep["download"]),
             rep["unchanged_files"],
-            rep["beside_files"],
+            counted_json(&rep["beside_files"], "copy"),
             rep["replaced_files"],
             rep["skipped_files"]
         );
@@ -671,7 +675,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
             "no outputs: no task of {job} has published any in the daemon's store (yet); check the ids and the store if the job has run"
         ),
         Some(0) => {}
-        _ => eprintln!("{} tasks with outputs", out["tasks"]),
+        _ => eprintln!("{} with outputs", counted_json(&out["tasks"], "task")),
     }
     Ok(ExitCode::SUCCESS)
 }

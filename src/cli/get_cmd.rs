@@ -98,18 +98,18 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             n => format!(", {n} left out by the filters"),
         };
         eprintln!(
-            "{}: {} files ({}{left_out}) in {:.2} s: {verb} {} objects ({}){}, {} copies, {} already in place{}, {} beside files with other content, {} with other content replaced, {} skipped{tail}",
+            "{}: {} ({}{left_out}) in {:.2} s: {verb} {} ({}){}, {}, {} already in place{}, {} beside files with other content, {} with other content replaced, {} skipped{tail}",
             args.dest.display(),
-            report.files,
+            super::counted(report.files, "file"),
             ByteSize(report.bytes).display().iec(),
             report.seconds,
-            d.objects,
+            super::counted(d.objects, "object"),
             ByteSize(d.downloaded_bytes).display().iec(),
             not_fetched_again(d),
-            d.copied_files,
+            super::counted(d.copied_files, "copy"),
             report.unchanged_files,
             read_to_check(report.unchanged_read_files),
-            report.beside_files,
+            super::counted(report.beside_files, "copy"),
             report.replaced_files,
             report.skipped_files,
         );

@@ -125,9 +125,9 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
         };
         if !args.json {
             eprintln!(
-                "{}: {} files, {}{}, manifest {}",
+                "{}: {}, {}{}, manifest {}",
                 r.root.display(),
-                r.stats.files,
+                super::counted(r.stats.files, "file"),
                 ByteSize(r.stats.bytes).display().iec(),
                 written
                     .as_ref()
@@ -165,11 +165,11 @@ fn summary_json(r: &HashReport) -> serde_json::Value {
 /// One line a person reads: how much, how fast, and how much the cache saved.
 pub fn summary_line(s: &HashStats, seconds: f64) -> String {
     format!(
-        "{} files ({}) in {:.2} s: read {} files ({}), {} from the hash cache; {:.2} GiB/s, {:.0} files/s",
-        s.files,
+        "{} ({}) in {:.2} s: read {} ({}), {} from the hash cache; {:.2} GiB/s, {:.0} files/s",
+        super::counted(s.files, "file"),
         ByteSize(s.bytes).display().iec(),
         seconds,
-        s.hashed_files,
+        super::counted(s.hashed_files, "file"),
         ByteSize(s.hashed_bytes).display().iec(),
         s.cached_files,
         s.bytes as f64 / (1u64 << 30) as f64 / seconds.max(1e-9),

@@ -228,7 +228,12 @@ fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<ExitCode> {
                 line(&e.path)
             )?;
         }
-        writeln!(out, "# {} files, {} bytes", m.len(), m.total_size())?;
+        writeln!(
+            out,
+            "# {}, {}",
+            super::counted(m.len() as u64, "file"),
+            super::counted(m.total_size(), "byte")
+        )?;
     }
     Ok(match unusable {
         true => ExitCode::FAILURE,

@@ -106,11 +106,11 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         eprintln!(
-            "{}: {} files ({}) -> {} distinct objects: {} {} ({}, {} multipart), {} already in the store, {} known present (no request){}; {:.2} s",
+            "{}: {} ({}) -> {}: {} {} ({}, {} multipart), {} already in the store, {} known present (no request){}; {:.2} s",
             root.root.display(),
-            u.files,
+            super::counted(u.files, "file"),
             ByteSize(root.stats.bytes).display().iec(),
-            u.objects,
+            super::counted(u.objects, "distinct object"),
             super::tense(dry_run, "uploaded", "would upload"),
             u.uploaded_objects,
             ByteSize(u.uploaded_bytes).display().iec(),

@@ -27,13 +27,21 @@ pub struct Caller {
 
 /// A path the caller may not use as the job would, and why.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "{path}: {who} may not {what} it, and the daemon does for a client only what the client's user could do itself (run the command without --daemon, or ask the owner for access)"
-)]
+#[error("{}: {}", path.display(), self.reason())]
 pub struct Refused {
     pub path: PathBuf,
     pub who: String,
     pub what: &'static str,
+}
+
+impl Refused {
+    /// What was refused, without the path.
+    pub fn reason(&self) -> String {
+        format!(
+            "{} may not {} it, and the daemon does for a client only what the client's user could do itself (run the command without --daemon, or ask the owner for access)",
+            self.who, self.what
+        )
+    }
 }
 
 impl Caller {
@@ -138,6 +146,25 @@ impl Caller {
             true => Ok(()),
             false => Err(self.refused(path, "write in")),
         }
+    }
+
+    /// The daemon may place files for the caller in `dir`, opened at `path`: the caller may
+    /// write in it ([`Self::may_write_in_opened`]), or, for a daemon that is not root, it is
+    /// the daemon's own (one it made for an earlier job and could not give away; its user's
+    /// reach is the bound).
+    pub fn may_place_in(&self, path: &Path, dir: &std::fs::File) -> Result<(), Refused> {
+        // SAFETY: geteuid cannot fail.
+        let daemon = unsafe { libc::geteuid() };
+        if daemon != 0 && dir.metadata().is_ok_and(|m| m.uid() == daemon) {
+            return Ok(());
+        }
+        self.may_write_in_opened(path, dir)
+    }
+
+    /// Whether the caller may replace `file` (its stat) in directory `dir` (its stat), which
+    /// it may write in: not in a sticky directory (such as `/tmp`) where neither is theirs.
+    pub fn may_replace(&self, dir: &std::fs::Metadata, file: &std::fs::Metadata) -> bool {
+        dir.mode() & libc::S_ISVTX == 0 || dir.uid() == self.uid || file.uid() == self.uid
     }
 
     /// The caller may write in directory `path`, or make it: its nearest existing directory

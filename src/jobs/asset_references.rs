@@ -233,6 +233,10 @@ pub(super) fn bundle_file(dir: &Path, name: &str) -> Result<Option<PathBuf>, Ass
     }
 }
 
+/// The largest job bundle document read: the daemon reads one while it accepts a job, so a
+/// huge (or sparse) file must not take its memory and time. Templates are kilobytes.
+const DOCUMENT_MAX: u64 = 16 << 20;
+
 /// A JSON (`.json`) or YAML (anything else; YAML reads JSON too) document; for `caller`,
 /// only if that user may read the file opened (its mode, not the path's checked earlier: a
 /// link swapped in since is not read with the daemon's rights).
@@ -252,8 +256,8 @@ pub(super) fn read_document(
         c.may_read_opened(file, &f)
             .map_err(|e| err(e.to_string()))?;
     }
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut f, &mut text).map_err(|e| err(e.to_string()))?;
+    let text = crate::fsutil::read_capped(&mut f, DOCUMENT_MAX).map_err(|e| err(e.to_string()))?;
+    let text = String::from_utf8(text).map_err(|e| err(e.to_string()))?;
     if file.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).map_err(|e| err(e.to_string()))
     } else {
@@ -302,6 +306,14 @@ mod tests {
             .to_string();
         assert!(e.contains("may not read it"), "{e}");
         assert!(!e.contains("s3cr3t"), "{e}");
+        // A huge (here sparse) document is not read into memory.
+        let huge = dir.path().join("template.yaml");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(DOCUMENT_MAX + 1)
+            .unwrap();
+        let e = read_document(&huge, None).unwrap_err().to_string();
+        assert!(e.contains("larger than 16 MiB"), "{e}");
         // The daemon's own user (no caller) reads what it may: here, no JSON.
         let e = read_document(&refs, None).unwrap_err().to_string();
         assert!(e.contains("expected"), "{e}");

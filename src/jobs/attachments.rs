@@ -16,6 +16,11 @@ pub struct Attachments {
     pub file_system: String,
 }
 
+/// The largest attachments file the daemon reads for a job: a root's entry is a few hundred
+/// bytes, so this is hundreds of thousands of roots, and a huge (or sparse) file given
+/// instead does not take the daemon's memory.
+const ATTACHMENTS_MAX: u64 = 64 << 20;
+
 impl Attachments {
     /// Reads an attachments file (as `submit` writes it); the error names the file.
     pub fn read_file(path: &Path) -> Result<Attachments, String> {
@@ -34,8 +39,7 @@ impl Attachments {
         if let Some(c) = caller {
             c.may_read_opened(path, &file).map_err(|e| e.to_string())?;
         }
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut text)
+        let text = crate::fsutil::read_capped(&mut file, ATTACHMENTS_MAX)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Self::parse(path, &text)
     }

@@ -27,7 +27,7 @@ use crate::manifest::{
     Manifest, ManifestEntry, ManifestPath, ManifestVersion, ManifestWriter, PathRules,
 };
 use crate::scan::FileStat;
-use crate::transfer::download::{self, DownloadItem, DownloadReport, download_all};
+use crate::transfer::download::{self, Destination, DownloadItem, DownloadReport, download_all};
 use crate::transfer::{Transfer, TransferError};
 
 pub struct GetSpec {
@@ -180,7 +180,7 @@ async fn plan_and_download(
         let dest = dest.clone();
         let (manifest, cache_dir, conflict) = (spec.manifest, spec.cache_dir, spec.conflict);
         let (record, sink, cancel) = (spec.record, sink.clone(), cancel.clone());
-        let (dry_run, for_caller) = (transfer.dry_run, spec.for_caller);
+        let (dry_run, for_caller) = (transfer.dry_run, spec.for_caller.clone());
         let group = transfer.group_access.clone();
         tokio::task::spawn_blocking(move || {
             let dirs = Dirs::new(&dest, !dry_run, group.as_deref(), for_caller.as_ref());
@@ -209,7 +209,11 @@ async fn plan_and_download(
         .add_bytes(plan.unchanged.1 + plan.skipped.1);
     let items = std::mem::take(&mut plan.items);
     let download = match plan.root.take() {
-        Some(root) => download_all(transfer, root, items, sink, cancel).await?,
+        Some(root) => {
+            let caller = spec.for_caller.map(|w| w.caller);
+            let into = Destination { root, caller };
+            download_all(transfer, into, items, sink, cancel).await?
+        }
         None => download::dry_run(transfer, items).await,
     };
     Ok((plan, download))
@@ -307,19 +311,19 @@ struct Plan {
 
 impl Plan {
     /// The manifest's file `e` found in place at `path` (`meta`: its stat): counted, given
-    /// the manifest's mtime (not in a dry run), recorded.
+    /// the manifest's mtime if `touch`, recorded.
     fn keep(
         &mut self,
         there: InPlace,
         path: &Path,
         meta: &std::fs::Metadata,
         e: &ManifestEntry,
-        dry_run: bool,
+        touch: bool,
     ) -> Result<(), TransferError> {
         self.unchanged_read += u64::from(there == InPlace::Read);
         self.unchanged.0 += 1;
         self.unchanged.1 += e.size;
-        if !dry_run {
+        if touch {
             fix_mtime(path, meta, e.mtime_us);
         }
         if let Some(r) = self.record.as_mut() {
@@ -451,6 +455,13 @@ fn plan(
             _ => None,
         },
     };
+    // A file in place gets the manifest's mtime, not in a dry run, and for another user's
+    // job only if it is theirs (a file of someone else's with that content is left as it is).
+    let for_caller = dirs.for_caller;
+    let touch = |meta: &std::fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        !dry_run && for_caller.is_none_or(|w| w.caller.uid == meta.uid())
+    };
     // Taken from the back of a reversed vector that shrinks as it goes, so the entries'
     // memory (48 MiB for a million) is handed back while the plan grows, not after it.
     let mut entries = manifest.into_entries();
@@ -492,7 +503,7 @@ fn plan(
         match found {
             None => {}
             Some((there @ (InPlace::Known | InPlace::Read), meta)) => {
-                p.keep(there, &path, &meta, &e, dry_run)?;
+                p.keep(there, &path, &meta, &e, touch(&meta))?;
                 continue;
             }
             Some((InPlace::No, existing)) => match conflict {
@@ -534,7 +545,7 @@ fn plan(
                     let copy: Box<[u8]> = copy.as_os_str().as_bytes().into();
                     e.path = ManifestPath::from_posix_bytes(&copy);
                     if let Some((there, meta)) = in_place {
-                        p.keep(there, &path, &meta, &e, dry_run)?;
+                        p.keep(there, &path, &meta, &e, touch(&meta))?;
                         continue;
                     }
                     conflicts += 1;
@@ -674,23 +685,17 @@ impl<'a> Dirs<'a> {
         }
     }
 
-    /// Creates the root (and what leads to it) if missing.
+    /// Creates the root (and what leads to it) if missing. For another user's job, the root
+    /// is reached from the directory checked for that user, opened and checked again here.
     fn make_root(&mut self) -> Result<(), TransferError> {
-        if let Some(w) = self.for_caller {
-            return self.make_root_for(w);
-        }
-        if self.create {
-            let existed = self.root.is_dir();
-            std::fs::create_dir_all(self.root).map_err(TransferError::io(self.root))?;
-            self.grant(self.root, self.root, existed)?;
-        }
-        Ok(())
-    }
-
-    /// Opens the directory checked for `w`'s user (the nearest that exists), checks it
-    /// again on what was opened, and opens (or makes) the root below it without following a
-    /// link.
-    fn make_root_for(&mut self, w: &WritableFor) -> Result<(), TransferError> {
+        let Some(w) = self.for_caller else {
+            if self.create {
+                let existed = self.root.is_dir();
+                std::fs::create_dir_all(self.root).map_err(TransferError::io(self.root))?;
+                self.grant(self.root, self.root, existed)?;
+            }
+            return Ok(());
+        };
         let Some(base) = w.checked.ancestors().find(|d| d.is_dir()) else {
             return Err(TransferError::io(&w.checked)(
                 std::io::ErrorKind::NotFound.into(),
@@ -704,27 +709,11 @@ impl<'a> Dirs<'a> {
                 message: format!("is not under {}, where the job may write", base.display()),
             })?;
         let opened = OpenDir::open(base).map_err(TransferError::io(base))?;
-        w.caller
-            .may_write_in_opened(base, opened.file())
-            .map_err(|refused| TransferError::Refused {
-                path: base.to_path_buf(),
-                message: refused.to_string(),
-            })?;
-        let existed = self.root.is_dir();
-        let root = match self.create {
-            true => opened.make_below(rel),
-            false => opened.open_below(rel),
-        };
-        let root = match root {
-            Ok(root) => root,
-            // A dry run's root that is not there yet.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => return Ok(()),
-            Err(e) => return Err(TransferError::on_the_way(self.root)(e)),
-        };
-        if self.create {
-            self.grant(&root.at(""), self.root, existed)?;
+        may_write_in(&w.caller, &opened, base)?;
+        if rel.as_os_str().is_empty() && self.create {
+            self.grant(&opened.at(""), self.root, true)?;
         }
-        self.opened = Some(root);
+        self.opened = self.descend(opened, base.to_path_buf(), rel)?;
         Ok(())
     }
 
@@ -737,30 +726,68 @@ impl<'a> Dirs<'a> {
         let rel = dir
             .strip_prefix(self.root)
             .expect("planned paths are under the root");
-        let mut parent = match self.opened_root() {
-            Ok(root) => root,
+        let root = match self.opened_root() {
+            Ok(root) => Some(root),
             // A dry run's root that is not there: nothing below it can be in the way.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => {
-                self.made.insert(dir.to_path_buf());
-                return Ok(());
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => None,
             Err(e) => return Err(TransferError::io(self.root)(e)),
         };
-        let mut shown = self.root.to_path_buf();
+        let reached = match root {
+            Some(root) => self.descend(root, self.root.to_path_buf(), rel)?,
+            None => None,
+        };
+        if reached.is_none() {
+            self.made.insert(dir.to_path_buf());
+        }
+        Ok(())
+    }
+
+    /// Goes down `rel` from `dir` (named `shown`) a component at a time, through each
+    /// directory's descriptor and without following a link: makes what is missing (unless a
+    /// dry run) and takes each directory over once ([`Self::take_over`]). `None`: a dry run's
+    /// directory that is not there yet.
+    fn descend(
+        &mut self,
+        mut dir: OpenDir,
+        mut shown: PathBuf,
+        rel: &Path,
+    ) -> Result<Option<OpenDir>, TransferError> {
         for part in rel.components() {
             shown.push(part);
-            if !self.made.contains(&shown) {
-                self.check_or_make(&parent.at(part), &shown)?;
-                self.made.insert(shown.clone());
-            }
-            parent = match parent.open_below(Path::new(part.as_os_str())) {
+            let name = Path::new(part.as_os_str());
+            let known = self.made.contains(&shown);
+            let made = !known && self.check_or_make(&dir.at(name), &shown)?;
+            dir = match dir.open_below(name) {
                 Ok(next) => next,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => {
-                    self.made.insert(dir.to_path_buf());
-                    return Ok(());
+                    return Ok(None);
                 }
                 Err(e) => return Err(TransferError::on_the_way(self.root)(e)),
             };
+            if !known {
+                self.take_over(&dir, &shown, made)?;
+                self.made.insert(shown.clone());
+            }
+        }
+        Ok(Some(dir))
+    }
+
+    /// For another user's job, a directory that was there must be one that user may write
+    /// in, and one made for them becomes theirs (where the daemon may give it away: as
+    /// root), so that their next job may write in it too. Then (unless a dry run) it is given
+    /// to the job's group.
+    fn take_over(&self, dir: &OpenDir, shown: &Path, made: bool) -> Result<(), TransferError> {
+        if let Some(w) = self.for_caller {
+            if !made {
+                may_write_in(&w.caller, dir, shown)?;
+            } else if let Err(e) = std::os::unix::fs::fchown(dir.file(), Some(w.caller.uid), None)
+                && e.kind() != std::io::ErrorKind::PermissionDenied
+            {
+                return Err(TransferError::io(shown)(e));
+            }
+        }
+        if self.create {
+            self.grant(&dir.at(""), shown, !made)?;
         }
         Ok(())
     }
@@ -777,8 +804,9 @@ impl<'a> Dirs<'a> {
     }
 
     /// Checks what is at `at` (reached through its parent's descriptor; `shown` for
-    /// messages): a directory, given to the job's group; nothing, made (unless a dry run).
-    fn check_or_make(&self, at: &Path, shown: &Path) -> Result<(), TransferError> {
+    /// messages): a link or a file is refused; a missing directory is made (unless a dry
+    /// run). Returns whether it made it.
+    fn check_or_make(&self, at: &Path, shown: &Path) -> Result<bool, TransferError> {
         match std::fs::symlink_metadata(at) {
             Ok(m) if m.file_type().is_symlink() => Err(TransferError::Refused {
                 path: shown.to_path_buf(),
@@ -786,22 +814,19 @@ impl<'a> Dirs<'a> {
                     "is a symlink; attache does not write through links. Remove it and run again"
                         .into(),
             }),
-            Ok(m) if m.is_dir() => match self.create {
-                true => self.grant(at, shown, true),
-                false => Ok(()),
-            },
+            Ok(m) if m.is_dir() => Ok(false),
             Ok(_) => Err(TransferError::Refused {
                 path: shown.to_path_buf(),
                 message: "is a file where the manifest needs a directory".into(),
             }),
             // Nothing below a directory that is not there can be in the way.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(at)
-                    .or_else(|e| if at.is_dir() { Ok(()) } else { Err(e) })
-                    .map_err(TransferError::io(shown))?;
-                self.grant(at, shown, false)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(at) {
+                Ok(()) => Ok(true),
+                // Made by another job meanwhile.
+                Err(_) if at.is_dir() => Ok(false),
+                Err(e) => Err(TransferError::io(shown)(e)),
+            },
             Err(e) => Err(TransferError::Io {
                 path: shown.to_path_buf(),
                 source: e,
@@ -810,24 +835,31 @@ impl<'a> Dirs<'a> {
     }
 
     fn grant(&self, at: &Path, shown: &Path, existed: bool) -> Result<(), TransferError> {
-        grant_dir_at(self.group, at, shown, existed)
+        grant_dir(self.group, at, shown, existed)
     }
 }
 
-/// Gives a directory files are placed in (or a root the job writes its outputs to) to the
-/// job's group, as the files are. One that was there before (a storage-profile location, a
-/// directory of the project) may belong to someone else: that it cannot be given is a
-/// warning, not a failure.
-pub fn grant_dir(
-    group: Option<&GroupAccess>,
-    dir: &Path,
-    existed: bool,
-) -> Result<(), TransferError> {
-    grant_dir_at(group, dir, dir, existed)
+/// That the daemon may place files for `caller` in `dir` (opened at `shown`), by what was
+/// opened ([`Caller::may_place_in`]): refused, naming it, otherwise.
+fn may_write_in(caller: &Caller, dir: &OpenDir, shown: &Path) -> Result<(), TransferError> {
+    caller.may_place_in(shown, dir.file()).map_err(Into::into)
 }
 
-/// [`grant_dir`] of the directory reached at `at`, named `shown` in messages.
-fn grant_dir_at(
+/// Makes `dest`, a root a job writes its outputs into, as a get makes its destination: for
+/// `for_caller` only where that user may write, and given to the job's `group`.
+pub fn make_dest(
+    dest: &Path,
+    group: Option<&GroupAccess>,
+    for_caller: Option<&WritableFor>,
+) -> Result<(), TransferError> {
+    Dirs::new(dest, true, group, for_caller).make_root()
+}
+
+/// Gives a directory files are placed in (or a root the job writes its outputs to), reached at
+/// `at` (named `shown` in messages), to the job's group, as the files are. One that was there
+/// before (a storage-profile location, a directory of the project) may belong to someone
+/// else: that it cannot be given is a warning, not a failure.
+fn grant_dir(
     group: Option<&GroupAccess>,
     at: &Path,
     shown: &Path,
@@ -1105,41 +1137,73 @@ mod tests {
         }
     }
 
-    /// For a client of another user, the download's root is reached from the directory
-    /// checked for that user, checked again on what was opened, and without following a link
-    /// below it: the files go nowhere that user could not put them.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn for_another_user_files_go_only_where_that_user_may_write() {
+    /// A transfer to a store holding one object, a user other than the test's, and the
+    /// spec of a get of `paths` (each that object) into `dest` for that user, who was checked
+    /// to be able to write in `checked`. `None` where the test does not run as root: as
+    /// another user, a daemon may write in its own directories (`Caller::may_place_in`).
+    async fn for_another_user(
+        t: &Path,
+    ) -> Option<(
+        Arc<Transfer>,
+        Arc<Caller>,
+        impl Fn(&[&str], PathBuf, PathBuf) -> GetSpec,
+    )> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let t = tempfile::tempdir().unwrap();
-        let mode = |p: &Path, m| {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
-        };
-        mode(t.path(), 0o755);
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: a daemon acting for another user as root needs root");
+            return None;
+        }
+        std::fs::set_permissions(t, std::fs::Permissions::from_mode(0o755)).unwrap();
         let data = b"a frame".repeat(50);
-        let (transfer, hash) = crate::transfer::download::store_holding(t.path(), &data).await;
-        let meta = std::fs::metadata(t.path()).unwrap();
+        let (transfer, hash) = crate::transfer::download::store_holding(t, &data).await;
+        let meta = std::fs::metadata(t).unwrap();
         let caller = Arc::new(Caller {
             uid: meta.uid() + 1000,
             gid: meta.gid() + 1000,
             groups: vec![meta.gid() + 1000],
         });
-        let get = |dest: PathBuf, checked: PathBuf| GetSpec {
-            manifest: Manifest::new(vec![ManifestEntry {
-                path: ManifestPath::from_posix_bytes(b"shot/a.exr"),
-                hash,
-                size: data.len() as u64,
-                mtime_us: 1_700_000_000_000_000,
-            }]),
-            dest,
-            cache_dir: None,
-            conflict: Conflict::Overwrite,
-            check_space: false,
-            record: None,
-            for_caller: Some(WritableFor {
-                caller: caller.clone(),
-                checked,
-            }),
+        let spec = {
+            let caller = caller.clone();
+            move |paths: &[&str], dest: PathBuf, checked: PathBuf| GetSpec {
+                manifest: Manifest::new(
+                    paths
+                        .iter()
+                        .map(|p| ManifestEntry {
+                            path: ManifestPath::from_posix_bytes(p.as_bytes()),
+                            hash,
+                            size: data.len() as u64,
+                            mtime_us: 1_700_000_000_000_000,
+                        })
+                        .collect(),
+                ),
+                dest,
+                cache_dir: None,
+                conflict: Conflict::Overwrite,
+                check_space: false,
+                record: None,
+                for_caller: Some(WritableFor {
+                    caller: caller.clone(),
+                    checked,
+                }),
+            }
+        };
+        Some((transfer, caller, spec))
+    }
+
+    fn mode(p: &Path, m: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+
+    /// For a client of another user, the download's root is reached from the directory
+    /// checked for that user, checked again on what was opened, and without following a link
+    /// below it: the files go nowhere that user could not put them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn for_another_user_files_go_only_where_that_user_may_write() {
+        let t = tempfile::tempdir().unwrap();
+        let Some((transfer, _, get)) = for_another_user(t.path()).await else {
+            return;
         };
         let (open, closed) = (t.path().join("open"), t.path().join("closed"));
         for (d, m) in [(&open, 0o777), (&closed, 0o755)] {
@@ -1147,45 +1211,96 @@ mod tests {
             mode(d, m);
         }
         let cancel = CancellationToken::new();
+        let frame = ["shot/a.exr"];
         run(
-            get(open.join("out"), open.clone()),
+            get(&frame, open.join("out"), open.clone()),
             transfer.clone(),
             &cancel,
         )
         .await
         .unwrap();
-        assert_eq!(std::fs::read(open.join("out/shot/a.exr")).unwrap(), data);
+        assert!(open.join("out/shot/a.exr").is_file());
 
         // The directory checked, now a link to one that user may not write in.
         let link = t.path().join("link");
         std::os::unix::fs::symlink(&closed, &link).unwrap();
-        let e = run(
-            get(link.join("out"), link.clone()),
+        let got = run(
+            get(&frame, link.join("out"), link.clone()),
             transfer.clone(),
             &cancel,
-        )
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+        );
+        let e = got.await.err().unwrap().to_string();
         assert!(e.contains("may not write in it"), "{e}");
+        // The same for a root a task writes its outputs into (made, and given to a group).
+        let w = get(&[], link.join("renders"), link.clone()).for_caller;
+        let e = make_dest(&link.join("renders"), None, w.as_ref()).unwrap_err();
+        assert!(e.to_string().contains("may not write in it"), "{e}");
         // A link below it, to a directory anyone may write in.
         let elsewhere = t.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
         mode(&elsewhere, 0o777);
         std::os::unix::fs::symlink(&elsewhere, open.join("assetroot-1")).unwrap();
-        let e = run(
-            get(open.join("assetroot-1"), open.clone()),
+        let got = run(
+            get(&frame, open.join("assetroot-1"), open.clone()),
             transfer,
             &cancel,
-        )
-        .await
-        .err()
-        .unwrap()
-        .to_string();
-        assert!(e.contains("assetroot-1: is a link"), "{e}");
+        );
+        let e = got.await.err().unwrap().to_string();
+        assert!(e.contains("assetroot-1: is a symlink"), "{e}");
         for d in [&closed, &elsewhere] {
             assert_eq!(std::fs::read_dir(d).unwrap().count(), 0, "written in {d:?}");
         }
+    }
+
+    /// In a directory every user may write in (a sticky one, as `/tmp`), another user's job
+    /// writes in no directory of someone else's and replaces no file of theirs; what is made
+    /// for it is its user's, so that user's next job writes there too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_user_s_job_writes_in_no_directory_and_replaces_no_file_of_someone_else() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let Some((transfer, caller, get)) = for_another_user(t.path()).await else {
+            return;
+        };
+        let shared = t.path().join("shared");
+        std::fs::create_dir_all(shared.join("private")).unwrap();
+        mode(&shared, 0o1777);
+        mode(&shared.join("private"), 0o700);
+        std::fs::write(shared.join("victim"), b"root's").unwrap();
+        mode(&shared.join("victim"), 0o644);
+        let cancel = CancellationToken::new();
+        let into = |paths: &[&str]| {
+            run(
+                get(paths, shared.clone(), shared.clone()),
+                transfer.clone(),
+                &cancel,
+            )
+        };
+
+        let e = into(&["private/planted.txt"])
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("shared/private: user") && e.contains("may not write in it"),
+            "{e}"
+        );
+        let e = into(&["victim"]).await.err().unwrap().to_string();
+        assert!(
+            e.contains("shared/victim: user") && e.contains("may not replace"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(shared.join("victim")).unwrap(), b"root's");
+        assert_eq!(
+            std::fs::read_dir(shared.join("private")).unwrap().count(),
+            0
+        );
+
+        into(&["mine/a.exr"]).await.unwrap();
+        let made = std::fs::metadata(shared.join("mine")).unwrap();
+        assert_eq!(made.uid(), caller.uid, "the directory made is its user's");
+        into(&["mine/b.exr", "mine/a.exr"]).await.unwrap();
+        assert!(shared.join("mine/b.exr").is_file());
     }
 }

@@ -14,7 +14,7 @@ use super::put::{PutError, run_with};
 use super::{Cancelled, normalize_root};
 use crate::hash::ContentHash;
 use crate::hash::parallel::HashStats;
-use crate::scan::{FileStat, ScanOutcome, ScannedFile, dedup_by_path, scan_under};
+use crate::scan::{FileStat, ScanErrors, ScanOutcome, ScannedFile, dedup_by_path, scan_under};
 use crate::store::PutOptions;
 use crate::store::layout::{input_manifest_path, manifests_prefix, new_guid};
 use crate::transfer::upload::UploadReport;
@@ -406,6 +406,22 @@ fn collect_inputs(
             root: input.clone(),
             source,
         })?;
+        // For the daemon's client of another user, what the path names now (a link swapped in
+        // since the job was accepted, say) must be theirs to read: a file is read only if it
+        // is still the one stat'ed here (same device and inode), so its mode is the one that
+        // counts. A directory's files are checked as the scan finds them.
+        if let Some(caller) = &spec.scan.caller {
+            use crate::fsutil::access::{READ, SEARCH};
+            let want = if meta.is_dir() { READ | SEARCH } else { READ };
+            if !caller.allows(&meta, want) {
+                let refused = crate::fsutil::access::Refused {
+                    path: input.clone(),
+                    who: caller.describe(),
+                    what: "read",
+                };
+                return Err(ScanErrors(vec![refused.into()]).into());
+            }
+        }
         if meta.is_dir() {
             match scan_under(root, input, spec.scan.clone(), cancel)? {
                 ScanOutcome::Done(found) => files.extend(found),
@@ -453,6 +469,45 @@ fn relative_outputs(outputs: &[PathBuf], root: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file input the daemon reads for another user is checked on what it names when the
+    /// job runs: a link swapped in after the job was accepted, to a file only its owner
+    /// reads, is refused.
+    #[test]
+    fn a_file_input_is_read_for_another_user_only_if_what_it_names_is_theirs_to_read() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        mode(t.path(), 0o755).unwrap();
+        let (secret, scene, link) = (
+            t.path().join("token"),
+            t.path().join("scene.ma"),
+            t.path().join("input.ma"),
+        );
+        std::fs::write(&secret, "s3cr3t").unwrap();
+        mode(&secret, 0o600).unwrap();
+        std::fs::write(&scene, "scene").unwrap();
+        mode(&scene, 0o644).unwrap();
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let meta = std::fs::metadata(t.path()).unwrap();
+        let mut spec =
+            HashSpec::from_settings(&crate::config::Settings::default(), Vec::new(), false);
+        spec.scan.caller = Some(Arc::new(crate::fsutil::access::Caller {
+            uid: meta.uid() + 1000,
+            gid: meta.gid() + 1000,
+            groups: vec![meta.gid() + 1000],
+        }));
+        let cancel = CancellationToken::new();
+        let e = collect_inputs(t.path(), std::slice::from_ref(&link), &spec, &cancel)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("input.ma: user") && e.contains("may not read it"),
+            "{e}"
+        );
+        let found = collect_inputs(t.path(), &[scene], &spec, &cancel).unwrap();
+        assert_eq!(found.len(), 1);
+    }
 
     #[test]
     fn output_directories_are_in_the_official_client_s_order() {

@@ -137,7 +137,8 @@ async fn forget_removed_sessions(cache_dir: PathBuf, session: PathBuf, stop: Can
     match done {
         Ok(((0, _), _)) => {}
         Ok(((gone, files), sessions)) => tracing::info!(
-            "hash cache: forgot {files} files of directories removed from {} ({gone} of them)",
+            "hash cache: forgot {} of directories removed from {} ({gone} of them)",
+            crate::cli::counted(files, "file"),
             sessions.display()
         ),
         Err(e) => tracing::debug!("hash cache: {e}"),
@@ -226,16 +227,6 @@ async fn sync(
             source_path: root.root_path.clone(),
             destination_path: root.local.to_string_lossy().into_owned(),
         });
-        if root.manifests.is_empty() {
-            // Outputs only: the directory must exist for the renderer to write into.
-            if !transfer.dry_run {
-                let existed = root.local.is_dir();
-                std::fs::create_dir_all(&root.local).map_err(TransferError::io(&root.local))?;
-                get::grant_dir(transfer.group_access.as_deref(), &root.local, existed)?;
-            }
-            continue;
-        }
-        let count = root.manifests.len();
         // A location root is written in the location, any other in the session directory:
         // for a client of another user, what was checked for them.
         let checked = spec
@@ -244,11 +235,21 @@ async fn sync(
             .map(|(_, path)| path)
             .find(|path| root.local.starts_with(path))
             .unwrap_or(&spec.session_dir);
+        let for_caller = spec.caller.as_ref().map(|caller| WritableFor {
+            caller: caller.clone(),
+            checked: checked.clone(),
+        });
+        if root.manifests.is_empty() {
+            // Outputs only: the directory must exist for the renderer to write into.
+            if !transfer.dry_run {
+                let group = transfer.group_access.as_deref();
+                get::make_dest(&root.local, group, for_caller.as_ref())?;
+            }
+            continue;
+        }
+        let count = root.manifests.len();
         let get_spec = GetSpec {
-            for_caller: spec.caller.as_ref().map(|caller| WritableFor {
-                caller: caller.clone(),
-                checked: checked.clone(),
-            }),
+            for_caller,
             // What is placed, for output detection: written as get plans (a million-entry
             // record is over 100 MiB), named once every file is in place. It holds the
             // dependencies' outputs too, so this task's sync-outputs does not send them again.

@@ -181,7 +181,8 @@ impl ContentCache {
         let dir = path.parent().expect("a blob has a directory");
         std::fs::create_dir_all(dir)?;
         let tmp = crate::fsutil::temp_file_in(dir, ".blob-", ".tmp")?;
-        let from = std::fs::File::open(src)?;
+        // Not through a link, nor blocking on a FIFO put where the file was placed.
+        let from = crate::fsutil::beneath::open_regular(src)?;
         let buf_len = size.clamp(4096, 1 << 20) as usize;
         let (got, got_size) =
             copy_hashing(from, tmp.as_file(), buf_len, cancel).map_err(|e| match e {

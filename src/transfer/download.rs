@@ -24,6 +24,7 @@ use super::inflight::{self, Claim, Done};
 use super::partial_downloads::{LandedLog, Partial};
 use super::{Transfer, TransferError, cancellable, run_pieces, spawned};
 use crate::fsutil::BatchedWriter;
+use crate::fsutil::access::{Caller, Refused};
 use crate::fsutil::beneath::{OpenDir, open_regular};
 use crate::fsutil::group::GroupAccess;
 use crate::fsutil::staged::Staged;
@@ -48,14 +49,22 @@ pub struct DownloadItem {
     pub mtime_us: i64,
 }
 
+/// Where a download places its files.
+pub struct Destination {
+    /// The root, open: each file's directory is opened from it ([`open_dir_of`]).
+    pub root: OpenDir,
+    /// For a daemon's client of another user, that user: a file goes only in a directory the
+    /// daemon may place files in for them, and replaces only a file they could replace.
+    pub caller: Option<Arc<Caller>>,
+}
+
 /// One file being materialized, with its full destination path (made only while it is
 /// worked on).
 #[derive(Clone)]
 struct Target {
     hash: ContentHash,
     size: u64,
-    /// The download's root, open: the file's directory is opened from it ([`open_dir_of`]).
-    root: Arc<OpenDir>,
+    into: Arc<Destination>,
     /// The path below the root.
     rel: PathBuf,
     /// The whole path, for messages, records and copies.
@@ -66,13 +75,13 @@ struct Target {
 }
 
 impl Target {
-    fn of(t: &Transfer, root: &Arc<OpenDir>, item: &DownloadItem) -> Target {
+    fn of(t: &Transfer, into: &Arc<Destination>, item: &DownloadItem) -> Target {
         let rel = PathBuf::from(OsStr::from_bytes(&item.rel));
         Target {
             hash: item.hash,
             size: item.size,
-            root: root.clone(),
-            dest: root.shown().join(&rel),
+            into: into.clone(),
+            dest: into.root.shown().join(&rel),
             rel,
             mtime_us: item.mtime_us,
             group: t.group_access.clone(),
@@ -185,18 +194,18 @@ pub async fn dry_run(t: Arc<Transfer>, items: Vec<DownloadItem>) -> DownloadRepo
 /// object once, into the first file that has it, then the other files with the same content
 /// copied from that one. The first failure stops the rest. Every placed file is sent to
 /// `record` (for the hash cache) as it lands. Each file is placed in its directory opened
-/// from `root`'s descriptor without following a link, so a link swapped in below the root
+/// from the root's descriptor without following a link, so a link swapped in below the root
 /// while the download runs (by the user of a session the daemon writes into for them) does
 /// not take the file elsewhere.
 pub async fn download_all(
     t: Arc<Transfer>,
-    root: OpenDir,
+    into: Destination,
     items: Vec<DownloadItem>,
     record: Option<RecordSink>,
     cancel: &CancellationToken,
 ) -> Result<DownloadReport, TransferError> {
     let (items, FetchPlan { firsts, copies }) = plan_of(&t, items).await;
-    let (items, root) = (Arc::new(items), Arc::new(root));
+    let (items, root) = (Arc::new(items), Arc::new(into));
     let counters = Arc::new(Counters::default());
     let stop = cancel.child_token();
     let fetches = futures::stream::iter(firsts).map({
@@ -226,7 +235,7 @@ pub async fn download_all(
                 .iter()
                 .map(|&(to, from)| {
                     (
-                        root.shown().join(OsStr::from_bytes(&items[from].rel)),
+                        root.root.shown().join(OsStr::from_bytes(&items[from].rel)),
                         Target::of(&t, &root, &items[to]),
                     )
                 })
@@ -587,12 +596,18 @@ fn copy_verified_now(
 }
 
 /// The directory `item` is placed in, opened from the root without following a link: one
-/// on the way is refused, naming it.
+/// on the way is refused, naming it, and so is (for another user's job) one the daemon may
+/// not place that user's files in.
 fn open_dir_of(item: &Target) -> Result<OpenDir, TransferError> {
+    let root = &item.into.root;
     let rel = item.rel.parent().unwrap_or(Path::new(""));
-    item.root
+    let dir = root
         .open_below(rel)
-        .map_err(TransferError::on_the_way(item.root.shown()))
+        .map_err(TransferError::on_the_way(root.shown()))?;
+    if let Some(caller) = &item.into.caller {
+        caller.may_place_in(dir.shown(), dir.file())?;
+    }
+    Ok(dir)
 }
 
 /// A file staged in the destination's directory (so giving it its name is atomic).
@@ -657,6 +672,29 @@ impl Landing {
         }
     }
 
+    /// For another user's job, that the file there (if any) is one that user could replace.
+    fn may_replace(&self, item: &Target) -> Result<(), TransferError> {
+        let Some(caller) = &item.into.caller else {
+            return Ok(());
+        };
+        let name = item.rel.file_name().unwrap_or_default();
+        let (Ok(there), Ok(dir)) = (
+            std::fs::symlink_metadata(self.dir.at(name)),
+            self.dir.file().metadata(),
+        ) else {
+            return Ok(());
+        };
+        if caller.may_replace(&dir, &there) {
+            return Ok(());
+        }
+        Err(Refused {
+            path: item.dest.clone(),
+            who: caller.describe(),
+            what: "replace (another user's file in a sticky directory)",
+        }
+        .into())
+    }
+
     /// Gives the file `item`'s name in the directory opened for it.
     fn persist(self, item: &Target) -> std::io::Result<std::fs::File> {
         let Landing { into, dir } = self;
@@ -713,6 +751,7 @@ fn finalize(tmp: Landing, item: &Target) -> Result<FileStat, TransferError> {
     let t = crate::fsutil::file_time_from_us(item.mtime_us);
     filetime::set_file_handle_times(tmp.as_file(), Some(t), Some(t))
         .map_err(TransferError::io(&item.dest))?;
+    tmp.may_replace(item)?;
     let file = tmp.persist(item).map_err(|e| {
         if e.kind() == std::io::ErrorKind::IsADirectory {
             TransferError::Refused {
@@ -1218,7 +1257,10 @@ mod tests {
         let src = dir.path().join("first");
         std::fs::write(&src, b"edited since").unwrap();
         let dest = dir.path().join("second");
-        let root = Arc::new(OpenDir::open(dir.path()).unwrap());
+        let root = Arc::new(Destination {
+            root: OpenDir::open(dir.path()).unwrap(),
+            caller: None,
+        });
         let target = |rel: &str| {
             let placed = DownloadItem {
                 hash,
@@ -1269,7 +1311,10 @@ mod tests {
         let items = ["shot/deeper/a.exr", "shot/deeper/b.exr"]
             .map(|rel| item(rel, data.len() as u64, hash.0))
             .to_vec();
-        let root_dir = OpenDir::open(&root).unwrap();
+        let root_dir = Destination {
+            root: OpenDir::open(&root).unwrap(),
+            caller: None,
+        };
         let got = download_all(t, root_dir, items, None, &CancellationToken::new()).await;
         match got {
             Err(TransferError::Refused { path, message }) => {
@@ -1323,7 +1368,10 @@ mod tests {
                 cancel.cancel();
             }
         });
-        let root_dir = OpenDir::open(&root).unwrap();
+        let root_dir = Destination {
+            root: OpenDir::open(&root).unwrap(),
+            caller: None,
+        };
         let got = download_all(t, root_dir, items, Some(recorder.sink()), &cancel).await;
         watcher.await.unwrap();
         assert!(
