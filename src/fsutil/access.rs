@@ -128,23 +128,28 @@ impl Caller {
     /// The caller may read `file`, opened at `path`: by the mode of the file opened (not of
     /// what the path names now), and every directory above the path may be searched.
     pub fn may_read_opened(&self, path: &Path, file: &std::fs::File) -> Result<(), Refused> {
-        let meta = file.metadata().map_err(|_| self.refused(path, "read"))?;
-        self.may_reach(path)?;
-        match self.allows(&meta, READ) {
-            true => Ok(()),
-            false => Err(self.refused(path, "read")),
-        }
+        self.may_use_opened(path, file, READ, "read")
     }
 
     /// The caller may write in directory `dir`, opened at `path`: by the mode of the
     /// directory opened (not of what the path names now), and every directory above the path
     /// may be searched.
     pub fn may_write_in_opened(&self, path: &Path, dir: &std::fs::File) -> Result<(), Refused> {
-        let meta = dir.metadata().map_err(|_| self.refused(path, "write in"))?;
+        self.may_use_opened(path, dir, WRITE | SEARCH, "write in")
+    }
+
+    fn may_use_opened(
+        &self,
+        path: &Path,
+        file: &std::fs::File,
+        want: u32,
+        what: &'static str,
+    ) -> Result<(), Refused> {
+        let meta = file.metadata().map_err(|_| self.refused(path, what))?;
         self.may_reach(path)?;
-        match self.allows(&meta, WRITE | SEARCH) {
+        match self.allows(&meta, want) {
             true => Ok(()),
-            false => Err(self.refused(path, "write in")),
+            false => Err(self.refused(path, what)),
         }
     }
 
