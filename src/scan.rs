@@ -380,6 +380,11 @@ impl<'a> Walker<'a> {
                 }
                 .into());
             }
+            // A link's target (with --follow-external-symlinks, outside the tree) must be in
+            // directories that user may enter, as the tree's own files are.
+            if file_type.is_symlink() {
+                caller.may_reach(path)?;
+            }
         }
         if ft.is_file() {
             Ok(Some(Found::File(meta)))

@@ -96,9 +96,13 @@ impl Caller {
         }
     }
 
-    /// Every directory above `path` may be searched (entered).
-    fn may_reach(&self, path: &Path) -> Result<(), Refused> {
-        for dir in path.ancestors().skip(1) {
+    /// Every directory above `path` may be searched (entered), and so may every directory
+    /// above what it names through links: a link of theirs to a file in a directory closed
+    /// to them does not reach it.
+    pub fn may_reach(&self, path: &Path) -> Result<(), Refused> {
+        let real = std::fs::canonicalize(path).ok();
+        let above_real = real.iter().flat_map(|r| r.ancestors().skip(1));
+        for dir in path.ancestors().skip(1).chain(above_real) {
             if dir.as_os_str().is_empty() {
                 continue;
             }
@@ -164,6 +168,24 @@ impl Caller {
             return Ok(());
         }
         self.may_write_in_opened(path, dir)
+    }
+
+    /// Makes a file or directory made for the caller theirs, where the daemon may (as root);
+    /// it stays the daemon's otherwise.
+    pub fn give(&self, file: &std::fs::File) -> std::io::Result<()> {
+        match std::os::unix::fs::fchown(file, Some(self.uid), None) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+            done => done,
+        }
+    }
+
+    /// Whether a directory or file (its stat) is the caller's, or, for a daemon that is not
+    /// root, the daemon's own (made for an earlier job): what the daemon may give to a job's
+    /// group for them. Someone else's shared directory (`/tmp`, a spool) is left as it is.
+    pub fn owns(&self, meta: &std::fs::Metadata) -> bool {
+        // SAFETY: geteuid cannot fail.
+        let daemon = unsafe { libc::geteuid() };
+        meta.uid() == self.uid || (daemon != 0 && meta.uid() == daemon)
     }
 
     /// Whether the caller may replace `file` (its stat) in directory `dir` (its stat), which
@@ -236,6 +258,14 @@ mod tests {
         mode(&inside, 0o644);
         mode(&dir, 0o700);
         let refused = stranger.may_read(&inside).unwrap_err();
+        assert_eq!(
+            (refused.path.as_path(), refused.what),
+            (dir.as_path(), "enter")
+        );
+        // Nor through a link of theirs, in a directory they may enter.
+        let link = t.path().join("link.exr");
+        std::os::unix::fs::symlink(&inside, &link).unwrap();
+        let refused = stranger.may_read(&link).unwrap_err();
         assert_eq!(
             (refused.path.as_path(), refused.what),
             (dir.as_path(), "enter")

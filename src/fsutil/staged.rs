@@ -131,6 +131,18 @@ fn unnamed_in(dir: &Path) -> io::Result<Option<File>> {
     }
 }
 
+/// Gives the open `file` the name `to` (a hard link to that very file, whatever path it was
+/// opened by names now). `Unsupported` where there is no `/proc/self/fd`.
+pub fn link_open_file(file: &File, to: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    return link_following(&proc_fd_path(file), to);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, to);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn proc_fd_path(file: &File) -> PathBuf {
     use std::os::fd::AsRawFd;

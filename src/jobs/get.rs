@@ -210,8 +210,7 @@ async fn plan_and_download(
     let items = std::mem::take(&mut plan.items);
     let download = match plan.root.take() {
         Some(root) => {
-            let caller = spec.for_caller.map(|w| w.caller);
-            let into = Destination { root, caller };
+            let into = Destination::new(root, spec.for_caller.map(|w| w.caller));
             download_all(transfer, into, items, sink, cancel).await?
         }
         None => download::dry_run(transfer, items).await,
@@ -310,8 +309,8 @@ struct Plan {
 }
 
 impl Plan {
-    /// The manifest's file `e` found in place at `path` (`meta`: its stat): counted, given
-    /// the manifest's mtime if `touch`, recorded.
+    /// The manifest's file `e` found in place, reached at `path` (`meta`: its stat): counted,
+    /// given the manifest's mtime if `touch`, recorded.
     fn keep(
         &mut self,
         there: InPlace,
@@ -487,13 +486,25 @@ fn plan(
             converted.as_deref().unwrap_or(e.path.as_wtf8()),
         ));
         let mut copy_rel: Option<Box<[u8]>> = None;
-        if let Some(parent) = path.parent() {
-            dirs.make(parent)?;
-        }
+        let parent = path.parent().expect("a file under the root");
+        dirs.make(parent)?;
+        // What is in place is looked at through its directory's descriptor, not by a path a
+        // link swapped in meanwhile could take elsewhere. `None`: a dry run's directory that
+        // is not there yet.
+        let dir = dirs.reach(parent)?;
+        let reach = |p: &Path| dir.map(|d| d.at(p.file_name().unwrap_or_default()));
         let (hash, size, mtime_us) = (e.hash, e.size, e.mtime_us);
-        let found = std::fs::symlink_metadata(&path).ok().map(|meta| {
-            let there = already_there(&path, &meta, (size, hash), snapshot.as_ref(), sink, cancel);
-            (there, meta)
+        let found = reach(&path).and_then(|at| {
+            let meta = std::fs::symlink_metadata(&at).ok()?;
+            let there = already_there(
+                (&at, &path),
+                &meta,
+                (size, hash),
+                snapshot.as_ref(),
+                sink,
+                cancel,
+            );
+            Some((there, meta, at))
         });
         // A cancel stops the plan here: a million entries take seconds even when no file has
         // to be read, and minutes when they all do.
@@ -502,11 +513,11 @@ fn plan(
         }
         match found {
             None => {}
-            Some((there @ (InPlace::Known | InPlace::Read), meta)) => {
-                p.keep(there, &path, &meta, &e, touch(&meta))?;
+            Some((there @ (InPlace::Known | InPlace::Read), meta, at)) => {
+                p.keep(there, &at, &meta, &e, touch(&meta))?;
                 continue;
             }
-            Some((InPlace::No, existing)) => match conflict {
+            Some((InPlace::No, existing, _)) => match conflict {
                 Conflict::Overwrite => {
                     p.replaced += 1;
                     conflicts += 1;
@@ -535,17 +546,23 @@ fn plan(
                     let original = path;
                     // A copy an earlier run made, still holding the manifest's file, is that
                     // file in place: a rerun makes no `name (2).ext`.
-                    let (copy_path, in_place) = copy_name(&original, |p, meta| {
-                        let there =
-                            already_there(p, meta, (size, hash), snapshot.as_ref(), sink, cancel);
-                        (there != InPlace::No).then_some((there, meta.clone()))
+                    let (copy_path, in_place) = copy_name(&original, reach, |p, at, meta| {
+                        let there = already_there(
+                            (at, p),
+                            meta,
+                            (size, hash),
+                            snapshot.as_ref(),
+                            sink,
+                            cancel,
+                        );
+                        (there != InPlace::No).then(|| (there, meta.clone(), at.to_path_buf()))
                     });
                     path = copy_path;
                     let copy = path.strip_prefix(dest).expect("beside the original");
                     let copy: Box<[u8]> = copy.as_os_str().as_bytes().into();
                     e.path = ManifestPath::from_posix_bytes(&copy);
-                    if let Some((there, meta)) = in_place {
-                        p.keep(there, &path, &meta, &e, touch(&meta))?;
+                    if let Some((there, meta, at)) = in_place {
+                        p.keep(there, &at, &meta, &e, touch(&meta))?;
                         continue;
                     }
                     conflicts += 1;
@@ -587,10 +604,12 @@ fn plan(
 }
 
 /// `name (1).ext`, `name (2).ext`, …: the first that `holds_it` (the manifest's file, put
-/// there by an earlier run), with what it said, or else the first that does not exist.
+/// there by an earlier run), with what it said, or else the first that does not exist. Each
+/// is looked at where `reach` says (`None`: nowhere, none exists).
 fn copy_name<T>(
     path: &Path,
-    holds_it: impl Fn(&Path, &std::fs::Metadata) -> Option<T>,
+    reach: impl Fn(&Path) -> Option<PathBuf>,
+    holds_it: impl Fn(&Path, &Path, &std::fs::Metadata) -> Option<T>,
 ) -> (PathBuf, Option<T>) {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let stem = path.file_stem().map_or(&[][..], |s| s.as_bytes());
@@ -613,10 +632,13 @@ fn copy_name<T>(
             name.extend_from_slice(ext);
         }
         let p = path.with_file_name(std::ffi::OsString::from_vec(name));
-        match std::fs::symlink_metadata(&p) {
+        let Some(at) = reach(&p) else {
+            return (p, None);
+        };
+        match std::fs::symlink_metadata(&at) {
             Err(_) => return (p, None),
             Ok(meta) => {
-                if let Some(found) = holds_it(&p, &meta) {
+                if let Some(found) = holds_it(&p, &at, &meta) {
                     return (p, Some(found));
                 }
             }
@@ -666,6 +688,9 @@ struct Dirs<'a> {
     /// The root, open once it exists: each directory is made through the descriptor of the
     /// one above it, so a link swapped in meanwhile is not followed.
     opened: Option<OpenDir>,
+    /// The directory [`Self::reach`] opened last (a plan goes through a directory's files
+    /// one after another).
+    last: Option<(PathBuf, OpenDir)>,
 }
 
 impl<'a> Dirs<'a> {
@@ -682,7 +707,25 @@ impl<'a> Dirs<'a> {
             group,
             for_caller,
             opened: None,
+            last: None,
         }
+    }
+
+    /// Directory `dir` under the root (made already), open: what is in it is looked at
+    /// through its descriptor. `None`: a dry run's directory that is not there.
+    fn reach(&mut self, dir: &Path) -> Result<Option<&OpenDir>, TransferError> {
+        if self.last.as_ref().is_none_or(|(d, _)| d != dir) {
+            let rel = dir
+                .strip_prefix(self.root)
+                .expect("planned paths are under the root");
+            let opened = self.opened_root().and_then(|root| root.open_below(rel));
+            self.last = match opened {
+                Ok(opened) => Some((dir.to_path_buf(), opened)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => None,
+                Err(e) => return Err(TransferError::on_the_way(self.root)(e)),
+            };
+        }
+        Ok(self.last.as_ref().map(|(_, d)| d))
     }
 
     /// Creates the root (and what leads to it) if missing. For another user's job, the root
@@ -710,7 +753,7 @@ impl<'a> Dirs<'a> {
             })?;
         let opened = OpenDir::open(base).map_err(TransferError::io(base))?;
         may_write_in(&w.caller, &opened, base)?;
-        if rel.as_os_str().is_empty() && self.create {
+        if rel.as_os_str().is_empty() && self.create && owned_by(&w.caller, &opened) {
             self.grant(&opened.at(""), self.root, true)?;
         }
         self.opened = self.descend(opened, base.to_path_buf(), rel)?;
@@ -775,18 +818,20 @@ impl<'a> Dirs<'a> {
     /// For another user's job, a directory that was there must be one that user may write
     /// in, and one made for them becomes theirs (where the daemon may give it away: as
     /// root), so that their next job may write in it too. Then (unless a dry run) it is given
-    /// to the job's group.
+    /// to the job's group: for another user's job, only one made for it or theirs already.
     fn take_over(&self, dir: &OpenDir, shown: &Path, made: bool) -> Result<(), TransferError> {
+        let mut grant = self.create;
         if let Some(w) = self.for_caller {
-            if !made {
+            if made {
+                w.caller
+                    .give(dir.file())
+                    .map_err(TransferError::io(shown))?;
+            } else {
                 may_write_in(&w.caller, dir, shown)?;
-            } else if let Err(e) = std::os::unix::fs::fchown(dir.file(), Some(w.caller.uid), None)
-                && e.kind() != std::io::ErrorKind::PermissionDenied
-            {
-                return Err(TransferError::io(shown)(e));
+                grant &= owned_by(&w.caller, dir);
             }
         }
-        if self.create {
+        if grant {
             self.grant(&dir.at(""), shown, !made)?;
         }
         Ok(())
@@ -837,6 +882,11 @@ impl<'a> Dirs<'a> {
     fn grant(&self, at: &Path, shown: &Path, existed: bool) -> Result<(), TransferError> {
         grant_dir(self.group, at, shown, existed)
     }
+}
+
+/// Whether `dir` is `caller`'s ([`Caller::owns`]).
+fn owned_by(caller: &Caller, dir: &OpenDir) -> bool {
+    dir.file().metadata().is_ok_and(|m| caller.owns(&m))
 }
 
 /// That the daemon may place files for `caller` in `dir` (opened at `shown`), by what was
@@ -892,11 +942,11 @@ enum InPlace {
     Read,
 }
 
-/// Whether the regular file at `path` (`meta`: its stat) has the right size and content. A
-/// file the cache does not know is hashed (a cancel stops that), and its hash sent to `sink`
-/// unless it changed too recently to be trusted.
+/// Whether the regular file at `path`, reached at `at` (`meta`: its stat), has the right size
+/// and content. A file the cache does not know is hashed (a cancel stops that), and its hash
+/// sent to `sink` unless it changed too recently to be trusted.
 fn already_there(
-    path: &Path,
+    (at, path): (&Path, &Path),
     meta: &std::fs::Metadata,
     (size, hash): (u64, ContentHash),
     cache: Option<&Snapshot<'_>>,
@@ -918,7 +968,7 @@ fn already_there(
         };
     }
     let read_at = now_ns();
-    match crate::hash::file::hash_file(path, 1 << 20, cancel, &|_| {}) {
+    match crate::hash::file::hash_file(at, 1 << 20, cancel, &|_| {}) {
         Ok(fh) => {
             if let Some(sink) = sink
                 && !is_racy(&fh.stat, read_at)
@@ -958,20 +1008,21 @@ mod tests {
     fn a_copy_s_name_fits_the_filesystem_and_keeps_whole_characters() {
         use std::os::unix::ffi::OsStrExt;
         let t = tempfile::tempdir().unwrap();
-        let none = |_: &Path, _: &std::fs::Metadata| None::<()>;
+        let none = |_: &Path, _: &Path, _: &std::fs::Metadata| None::<()>;
+        let here = |p: &Path| Some(p.to_path_buf());
         let name_of = |p: &Path| p.file_name().unwrap().as_bytes().to_vec();
         let short = t.path().join("frame.exr");
-        assert_eq!(name_of(&copy_name(&short, none).0), b"frame (1).exr");
+        assert_eq!(name_of(&copy_name(&short, here, none).0), b"frame (1).exr");
         // 254 bytes: the stem gives way to " (1)", the extension stays.
         let long = t.path().join(format!("{}.txt", "L".repeat(250)));
-        let (copy, _) = copy_name(&long, none);
+        let (copy, _) = copy_name(&long, here, none);
         let name = name_of(&copy);
         assert_eq!(name.len(), NAME_MAX);
         assert!(name.ends_with(b"L (1).txt"), "{}", copy.display());
         std::fs::write(&copy, b"it is made").unwrap();
         // Two-byte characters: cut between them, never inside one.
         let accents = t.path().join(format!("{}.exr", "é".repeat(125)));
-        let name = name_of(&copy_name(&accents, none).0);
+        let name = name_of(&copy_name(&accents, here, none).0);
         assert!(name.len() <= NAME_MAX);
         assert!(std::str::from_utf8(&name).unwrap().ends_with("é (1).exr"));
     }
@@ -984,7 +1035,7 @@ mod tests {
         let sink = rec.sink();
         let hash = ContentHash::of(content);
         let there = already_there(
-            path,
+            (path, path),
             &meta,
             (content.len() as u64, hash),
             None,
@@ -1297,9 +1348,26 @@ mod tests {
             0
         );
 
-        into(&["mine/a.exr"]).await.unwrap();
+        // Given to a job group: what is made for it is, the shared directory is not.
+        let group = GroupAccess {
+            name: "caller's".into(),
+            gid: caller.gid,
+        };
+        let transfer = transfer.clone().with_group_access(Some(group));
+        let spec = get(&["mine/a.exr"], shared.clone(), shared.clone());
+        run(spec, transfer.clone(), &cancel).await.unwrap();
         let made = std::fs::metadata(shared.join("mine")).unwrap();
         assert_eq!(made.uid(), caller.uid, "the directory made is its user's");
+        assert_eq!(made.gid(), caller.gid, "and its group's");
+        let placed = std::fs::metadata(shared.join("mine/a.exr")).unwrap();
+        assert_eq!((placed.uid(), placed.gid()), (caller.uid, caller.gid));
+        let shared_meta = std::fs::metadata(&shared).unwrap();
+        assert_eq!(
+            shared_meta.mode() & 0o7777,
+            0o1777,
+            "the shared directory as it was"
+        );
+        assert_ne!(shared_meta.gid(), caller.gid);
         into(&["mine/b.exr", "mine/a.exr"]).await.unwrap();
         assert!(shared.join("mine/b.exr").is_file());
     }

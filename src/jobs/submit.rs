@@ -413,12 +413,15 @@ fn collect_inputs(
         if let Some(caller) = &spec.scan.caller {
             use crate::fsutil::access::{READ, SEARCH};
             let want = if meta.is_dir() { READ | SEARCH } else { READ };
-            if !caller.allows(&meta, want) {
-                let refused = crate::fsutil::access::Refused {
+            let allowed = match caller.allows(&meta, want) {
+                true => caller.may_reach(input),
+                false => Err(crate::fsutil::access::Refused {
                     path: input.clone(),
                     who: caller.describe(),
                     what: "read",
-                };
+                }),
+            };
+            if let Err(refused) = allowed {
                 return Err(ScanErrors(vec![refused.into()]).into());
             }
         }

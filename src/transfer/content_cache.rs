@@ -71,10 +71,31 @@ impl ContentCache {
         ContentCache { dir, max_bytes }
     }
 
-    /// The cache the settings ask for; `None` with `cache.content_size` 0 (off).
+    /// The cache the settings ask for; `None` with `cache.content_size` 0 (off). Its directory
+    /// is its user's alone (mode 0700): a blob is a hard link to a file a download placed,
+    /// which keeps its own mode, and must not be a way in to a file in a directory closed
+    /// to others.
     pub fn from_settings(settings: &crate::config::CacheSettings) -> Option<ContentCache> {
+        use std::os::unix::fs::PermissionsExt;
         let max = settings.content_size.0;
-        (max > 0).then(|| ContentCache::new(settings.content_dir(), max))
+        let dir = settings.content_dir();
+        if max > 0
+            && let Ok(meta) = std::fs::metadata(&dir)
+            && meta.permissions().mode() & 0o077 != 0
+            && let Err(e) = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        {
+            tracing::debug!("cannot make {} private: {e}", dir.display());
+        }
+        (max > 0).then(|| ContentCache::new(dir, max))
+    }
+
+    /// Makes `dir` (the cache's, or one in it) and what leads to it, each its user's alone.
+    fn make_dir(&self, dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
     }
 
     pub fn dir(&self) -> &Path {
@@ -130,19 +151,43 @@ impl ContentCache {
     /// hard link: a few system calls, no data moved, fit to run anywhere.
     /// [`Inserted::NotLinked`] (another file system): [`Self::copy_in`] must copy it.
     pub fn link(&self, src: &Path, hash: ContentHash, size: u64) -> std::io::Result<Inserted> {
+        self.link_with(src, hash, size, |to| std::fs::hard_link(src, to))
+    }
+
+    /// [`Self::link`] of the open `file` (placed at `shown`) itself, not of what a path names
+    /// by the time it is linked.
+    pub fn link_file(
+        &self,
+        file: &std::fs::File,
+        shown: &Path,
+        hash: ContentHash,
+        size: u64,
+    ) -> std::io::Result<Inserted> {
+        self.link_with(shown, hash, size, |to| {
+            crate::fsutil::staged::link_open_file(file, to)
+        })
+    }
+
+    fn link_with(
+        &self,
+        src: &Path,
+        hash: ContentHash,
+        size: u64,
+        link: impl Fn(&Path) -> std::io::Result<()>,
+    ) -> std::io::Result<Inserted> {
         if size > self.max_bytes {
             return Ok(Inserted::No);
         }
         let path = self.path_of(hash);
         // The directory is made only when the link says it is missing: one system call per
         // object in the common case.
-        let mut linked = std::fs::hard_link(src, &path);
+        let mut linked = link(&path);
         if linked
             .as_ref()
             .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
         {
-            std::fs::create_dir_all(path.parent().expect("a blob has a directory"))?;
-            linked = std::fs::hard_link(src, &path);
+            self.make_dir(path.parent().expect("a blob has a directory"))?;
+            linked = link(&path);
         }
         match linked {
             Ok(()) => {
@@ -165,11 +210,12 @@ impl ContentCache {
         }
     }
 
-    /// Keeps `src` by a copy, checked against `hash` as it is made: reads and writes the whole
-    /// file, unless `cancel` stops it (an `Interrupted` error; nothing is kept).
+    /// Keeps the open file `from` by a copy, checked against `hash` as it is made: reads and
+    /// writes the whole file, unless `cancel` stops it (an `Interrupted` error; nothing is
+    /// kept).
     pub fn copy_in(
         &self,
-        src: &Path,
+        from: std::fs::File,
         hash: ContentHash,
         size: u64,
         cancel: &CancellationToken,
@@ -179,10 +225,8 @@ impl ContentCache {
         }
         let path = self.path_of(hash);
         let dir = path.parent().expect("a blob has a directory");
-        std::fs::create_dir_all(dir)?;
+        self.make_dir(dir)?;
         let tmp = crate::fsutil::temp_file_in(dir, ".blob-", ".tmp")?;
-        // Not through a link, nor blocking on a FIFO put where the file was placed.
-        let from = crate::fsutil::beneath::open_regular(src)?;
         let buf_len = size.clamp(4096, 1 << 20) as usize;
         let (got, got_size) =
             copy_hashing(from, tmp.as_file(), buf_len, cancel).map_err(|e| match e {
@@ -229,7 +273,7 @@ impl ContentCache {
     /// How many blobs the cache holds, and their bytes; and that a blob can be written there
     /// (a temporary file is made and removed).
     pub fn usage(&self) -> std::io::Result<(u64, u64)> {
-        std::fs::create_dir_all(&self.dir)?;
+        self.make_dir(&self.dir)?;
         drop(crate::fsutil::temp_file_in(&self.dir, ".blob-", ".tmp")?);
         self.contents()
     }
@@ -317,7 +361,12 @@ mod tests {
     fn insert(c: &ContentCache, src: &Path, hash: ContentHash, size: u64) -> Inserted {
         match c.link(src, hash, size).unwrap() {
             Inserted::NotLinked => c
-                .copy_in(src, hash, size, &CancellationToken::new())
+                .copy_in(
+                    std::fs::File::open(src).unwrap(),
+                    hash,
+                    size,
+                    &CancellationToken::new(),
+                )
                 .unwrap(),
             kept => kept,
         }
@@ -357,6 +406,38 @@ mod tests {
         assert_eq!(std::fs::read(&fresh).unwrap(), b"hello", "the file stays");
     }
 
+    /// A download keeps the file it placed, open, whatever its path names by then; and the
+    /// cache is its user's alone, whatever mode a blob keeps.
+    #[test]
+    fn the_file_placed_is_kept_not_what_its_path_names_later_and_only_its_user_reaches_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let settings = crate::config::CacheSettings {
+            dir: t.path().join("cache"),
+            content_size: crate::config::ByteSize(1 << 20),
+            ..Default::default()
+        };
+        std::fs::create_dir_all(settings.content_dir()).unwrap();
+        let open_dir = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(settings.content_dir(), open_dir).unwrap();
+        let c = ContentCache::from_settings(&settings).unwrap();
+        let mode = std::fs::metadata(c.dir()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let (placed, h) = file(t.path(), "frame.exr", b"the frame");
+        let opened = std::fs::File::open(&placed).unwrap();
+        // Moved away, and another file put at its path (a link, a directory renamed: the same).
+        std::fs::rename(&placed, t.path().join("moved.exr")).unwrap();
+        std::fs::write(&placed, b"someone else's").unwrap();
+        assert_eq!(
+            c.link_file(&opened, &placed, h, 9).unwrap(),
+            Inserted::Linked
+        );
+        let blob = c.peek(h, 9).unwrap();
+        assert_eq!(std::fs::read(&blob).unwrap(), b"the frame");
+        let blob_dir = std::fs::metadata(blob.parent().unwrap()).unwrap();
+        assert_eq!(blob_dir.permissions().mode() & 0o777, 0o700);
+    }
+
     #[test]
     fn a_file_that_cannot_be_linked_is_copied_and_checked() {
         // On Linux /dev/shm is another file system than the temp dir (tmpfs), when it exists.
@@ -394,11 +475,18 @@ mod tests {
         let (src, h) = file(t.path(), "a", &vec![7; 3 << 20]);
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let e = c.copy_in(&src, h, 3 << 20, &cancel).unwrap_err();
+        let e = c
+            .copy_in(std::fs::File::open(&src).unwrap(), h, 3 << 20, &cancel)
+            .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::Interrupted);
         assert_eq!(c.peek(h, 3 << 20), None);
         assert!(files_in(c.dir()).is_empty(), "{:?}", files_in(c.dir()));
-        let copied = c.copy_in(&src, h, 3 << 20, &CancellationToken::new());
+        let copied = c.copy_in(
+            std::fs::File::open(&src).unwrap(),
+            h,
+            3 << 20,
+            &CancellationToken::new(),
+        );
         assert_eq!(copied.unwrap(), Inserted::Copied);
     }
 

@@ -56,6 +56,41 @@ pub struct Destination {
     /// For a daemon's client of another user, that user: a file goes only in a directory the
     /// daemon may place files in for them, and replaces only a file they could replace.
     pub caller: Option<Arc<Caller>>,
+    /// The directories (device, inode) found to be such, each checked once, not per file.
+    pub checked: std::sync::Mutex<std::collections::HashSet<(u64, u64)>>,
+}
+
+impl Destination {
+    pub fn new(root: OpenDir, caller: Option<Arc<Caller>>) -> Destination {
+        Destination {
+            root,
+            caller,
+            checked: Default::default(),
+        }
+    }
+
+    /// For another user's job, that the daemon may place their files in `dir`.
+    fn may_place_in(&self, dir: &OpenDir) -> Result<(), TransferError> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(caller) = &self.caller else {
+            return Ok(());
+        };
+        let meta = dir
+            .file()
+            .metadata()
+            .map_err(TransferError::io(dir.shown()))?;
+        let checked = || {
+            self.checked
+                .lock()
+                .expect("no panics while holding the lock")
+        };
+        if checked().contains(&(meta.dev(), meta.ino())) {
+            return Ok(());
+        }
+        caller.may_place_in(dir.shown(), dir.file())?;
+        checked().insert((meta.dev(), meta.ino()));
+        Ok(())
+    }
 }
 
 /// One file being materialized, with its full destination path (made only while it is
@@ -476,12 +511,12 @@ async fn place_first(
         None => None,
     };
     let tmp = fetch_verified(t, c, item, cancel).await?;
-    let mut stat = finalize(tmp, item)?;
+    let (mut stat, placed) = finalize(tmp, item)?;
     if let Some(guard) = guard {
         guard.done(Done::Placed(item.dest.clone()));
     }
     if let Some(cache) = &t.content_cache {
-        keep_in_cache(cache, c, item, &mut stat, cancel).await;
+        keep_in_cache(cache, c, item, (&mut stat, placed), cancel).await;
     }
     Ok(stat)
 }
@@ -493,20 +528,26 @@ async fn keep_in_cache(
     cache: &Arc<ContentCache>,
     c: &Counters,
     item: &Target,
-    stat: &mut FileStat,
+    (stat, placed): (&mut FileStat, std::fs::File),
     cancel: &CancellationToken,
 ) {
     let (hash, size) = (item.hash, item.size);
-    let kept = match cache.link(&item.dest, hash, size) {
+    // The file placed itself, open: not what its path names by now.
+    let kept = match cache.link_file(&placed, &item.dest, hash, size) {
         Ok(Inserted::NotLinked) => {
-            let (cache, dest, stop) = (cache.clone(), item.dest.clone(), cancel.clone());
-            let copy = move || cache.copy_in(&dest, hash, size, &stop);
+            let (cache, stop) = (cache.clone(), cancel.clone());
+            let copy = move || {
+                use std::io::Seek;
+                let mut from = placed;
+                from.rewind()?;
+                cache.copy_in(from, hash, size, &stop)
+            };
             match tokio::task::spawn_blocking(copy).await {
                 Ok(kept) => kept,
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
         }
-        Ok(Inserted::Linked) => std::fs::metadata(&item.dest).map(|meta| {
+        Ok(Inserted::Linked) => placed.metadata().map(|meta| {
             *stat = FileStat::of(&meta);
             Inserted::Linked
         }),
@@ -592,7 +633,7 @@ fn copy_verified_now(
             message: "changed since it was downloaded; fetching the object instead".into(),
         });
     }
-    finalize(tmp, item)
+    finalize(tmp, item).map(|(stat, _)| stat)
 }
 
 /// The directory `item` is placed in, opened from the root without following a link: one
@@ -604,9 +645,7 @@ fn open_dir_of(item: &Target) -> Result<OpenDir, TransferError> {
     let dir = root
         .open_below(rel)
         .map_err(TransferError::on_the_way(root.shown()))?;
-    if let Some(caller) = &item.into.caller {
-        caller.may_place_in(dir.shown(), dir.file())?;
-    }
+    item.into.may_place_in(&dir)?;
     Ok(dir)
 }
 
@@ -740,7 +779,12 @@ fn keep_or_stage(t: &Transfer, c: &Counters, item: &Target) -> Result<Landing, T
 
 /// Sets the manifest mtime (and atime), and the group if the job runs as another user, and
 /// gives the verified file its name. Returns its stat as named (naming it moved its ctime).
-fn finalize(tmp: Landing, item: &Target) -> Result<FileStat, TransferError> {
+fn finalize(tmp: Landing, item: &Target) -> Result<(FileStat, std::fs::File), TransferError> {
+    if let Some(caller) = &item.into.caller {
+        caller
+            .give(tmp.as_file())
+            .map_err(TransferError::io(&item.dest))?;
+    }
     if let Some(g) = &item.group {
         g.grant_file(tmp.as_file())
             .map_err(|e| TransferError::Refused {
@@ -766,7 +810,7 @@ fn finalize(tmp: Landing, item: &Target) -> Result<FileStat, TransferError> {
         }
     })?;
     let meta = file.metadata().map_err(TransferError::io(&item.dest))?;
-    Ok(FileStat::of(&meta))
+    Ok((FileStat::of(&meta), file))
 }
 
 /// Fetches the object into a temporary file (a large one: its partial download, see
@@ -1257,10 +1301,7 @@ mod tests {
         let src = dir.path().join("first");
         std::fs::write(&src, b"edited since").unwrap();
         let dest = dir.path().join("second");
-        let root = Arc::new(Destination {
-            root: OpenDir::open(dir.path()).unwrap(),
-            caller: None,
-        });
+        let root = Arc::new(Destination::new(OpenDir::open(dir.path()).unwrap(), None));
         let target = |rel: &str| {
             let placed = DownloadItem {
                 hash,
@@ -1311,10 +1352,7 @@ mod tests {
         let items = ["shot/deeper/a.exr", "shot/deeper/b.exr"]
             .map(|rel| item(rel, data.len() as u64, hash.0))
             .to_vec();
-        let root_dir = Destination {
-            root: OpenDir::open(&root).unwrap(),
-            caller: None,
-        };
+        let root_dir = Destination::new(OpenDir::open(&root).unwrap(), None);
         let got = download_all(t, root_dir, items, None, &CancellationToken::new()).await;
         match got {
             Err(TransferError::Refused { path, message }) => {
@@ -1368,10 +1406,7 @@ mod tests {
                 cancel.cancel();
             }
         });
-        let root_dir = Destination {
-            root: OpenDir::open(&root).unwrap(),
-            caller: None,
-        };
+        let root_dir = Destination::new(OpenDir::open(&root).unwrap(), None);
         let got = download_all(t, root_dir, items, Some(recorder.sink()), &cancel).await;
         watcher.await.unwrap();
         assert!(
