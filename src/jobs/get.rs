@@ -488,11 +488,19 @@ fn plan(
         let mut copy_rel: Option<Box<[u8]>> = None;
         let parent = path.parent().expect("a file under the root");
         dirs.make(parent)?;
-        // What is in place is looked at through its directory's descriptor, not by a path a
-        // link swapped in meanwhile could take elsewhere. `None`: a dry run's directory that
-        // is not there yet.
-        let dir = dirs.reach(parent)?;
-        let reach = |p: &Path| dir.map(|d| d.at(p.file_name().unwrap_or_default()));
+        // For another user's job, what is in place is looked at through its directory's
+        // descriptor, not by a path a link of theirs swapped in meanwhile could take
+        // elsewhere (`None`: a dry run's directory that is not there yet). Otherwise by path:
+        // a lookup through /proc/self/fd costs a no-change sync of 50,000 files a quarter
+        // more time.
+        let dir = match for_caller {
+            Some(_) => Some(dirs.reach(parent)?),
+            None => None,
+        };
+        let reach = |p: &Path| match dir {
+            Some(dir) => dir.map(|d| d.at(p.file_name().unwrap_or_default())),
+            None => Some(p.to_path_buf()),
+        };
         let (hash, size, mtime_us) = (e.hash, e.size, e.mtime_us);
         let found = reach(&path).and_then(|at| {
             let meta = std::fs::symlink_metadata(&at).ok()?;
