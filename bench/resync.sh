@@ -12,7 +12,7 @@ done
 for r in $(seq 1 $rounds); do
   for bin in "$@"; do
     n=$(basename $bin)
-    /usr/bin/time -f "$n resync wall %e user %U sys %S" $bin --config $w/$n.toml sync-inputs --attachments $w/$n.att.json --session-dir $w/s-$n -o /dev/null 2>&1 >/dev/null | grep resync
+    /usr/bin/time -f "$n resync wall %e user %U sys %S" $bin --config $w/$n.toml sync-inputs --attachments $w/$n.att.json --session-dir $w/s-$n -o /dev/null 2>&1 >/dev/null | grep "resync wall"
   done
 done
 rm -rf $w
