@@ -57,7 +57,7 @@ pub struct Destination {
     /// daemon may place files in for them, and replaces only a file they could replace.
     pub caller: Option<Arc<Caller>>,
     /// The directories (device, inode) found to be such, each checked once, not per file.
-    pub checked: std::sync::Mutex<std::collections::HashSet<(u64, u64)>>,
+    checked: std::sync::Mutex<std::collections::HashSet<(u64, u64)>>,
 }
 
 impl Destination {
