@@ -138,7 +138,7 @@ impl Caller {
     /// The caller may write in directory `dir`, opened at `path`: by the mode of the
     /// directory opened (not of what the path names now), and every directory above the path
     /// may be searched.
-    pub fn may_write_in_opened(&self, path: &Path, dir: &std::fs::File) -> Result<(), Refused> {
+    fn may_write_in_opened(&self, path: &Path, dir: &std::fs::File) -> Result<(), Refused> {
         self.may_use_opened(path, dir, WRITE | SEARCH, "write in")
     }
 
@@ -162,9 +162,7 @@ impl Caller {
     /// the daemon's own (one it made for an earlier job and could not give away; its user's
     /// reach is the bound).
     pub fn may_place_in(&self, path: &Path, dir: &std::fs::File) -> Result<(), Refused> {
-        // SAFETY: geteuid cannot fail.
-        let daemon = unsafe { libc::geteuid() };
-        if daemon != 0 && dir.metadata().is_ok_and(|m| m.uid() == daemon) {
+        if dir.metadata().is_ok_and(|m| daemons_own(&m)) {
             return Ok(());
         }
         self.may_write_in_opened(path, dir)
@@ -183,9 +181,7 @@ impl Caller {
     /// root, the daemon's own (made for an earlier job): what the daemon may give to a job's
     /// group for them. Someone else's shared directory (`/tmp`, a spool) is left as it is.
     pub fn owns(&self, meta: &std::fs::Metadata) -> bool {
-        // SAFETY: geteuid cannot fail.
-        let daemon = unsafe { libc::geteuid() };
-        meta.uid() == self.uid || (daemon != 0 && meta.uid() == daemon)
+        meta.uid() == self.uid || daemons_own(meta)
     }
 
     /// Whether the caller may replace `file` (its stat) in directory `dir` (its stat), which
@@ -209,6 +205,14 @@ impl Caller {
             false => Err(self.refused(dir, "write in")),
         }
     }
+}
+
+/// Whether `meta` is the daemon's own and the daemon is not root: made by it for an earlier
+/// job (it could not give it away), its user's reach being the bound.
+fn daemons_own(meta: &std::fs::Metadata) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let daemon = unsafe { libc::geteuid() };
+    daemon != 0 && meta.uid() == daemon
 }
 
 #[cfg(test)]

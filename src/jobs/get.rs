@@ -760,7 +760,7 @@ impl<'a> Dirs<'a> {
                 message: format!("is not under {}, where the job may write", base.display()),
             })?;
         let opened = OpenDir::open(base).map_err(TransferError::io(base))?;
-        may_write_in(&w.caller, &opened, base)?;
+        w.caller.may_place_in(base, opened.file())?;
         if rel.as_os_str().is_empty() && self.create && owned_by(&w.caller, &opened) {
             self.grant(&opened.at(""), self.root, true)?;
         }
@@ -835,7 +835,7 @@ impl<'a> Dirs<'a> {
                     .give(dir.file())
                     .map_err(TransferError::io(shown))?;
             } else {
-                may_write_in(&w.caller, dir, shown)?;
+                w.caller.may_place_in(shown, dir.file())?;
                 grant &= owned_by(&w.caller, dir);
             }
         }
@@ -895,12 +895,6 @@ impl<'a> Dirs<'a> {
 /// Whether `dir` is `caller`'s ([`Caller::owns`]).
 fn owned_by(caller: &Caller, dir: &OpenDir) -> bool {
     dir.file().metadata().is_ok_and(|m| caller.owns(&m))
-}
-
-/// That the daemon may place files for `caller` in `dir` (opened at `shown`), by what was
-/// opened ([`Caller::may_place_in`]): refused, naming it, otherwise.
-fn may_write_in(caller: &Caller, dir: &OpenDir, shown: &Path) -> Result<(), TransferError> {
-    caller.may_place_in(shown, dir.file()).map_err(Into::into)
 }
 
 /// Makes `dest`, a root a job writes its outputs into, as a get makes its destination: for

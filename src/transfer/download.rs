@@ -24,7 +24,7 @@ use super::inflight::{self, Claim, Done};
 use super::partial_downloads::{LandedLog, Partial};
 use super::{Transfer, TransferError, cancellable, run_pieces, spawned};
 use crate::fsutil::BatchedWriter;
-use crate::fsutil::access::{Caller, Refused};
+use crate::fsutil::access::Caller;
 use crate::fsutil::beneath::{OpenDir, open_regular};
 use crate::fsutil::group::GroupAccess;
 use crate::fsutil::staged::Staged;
@@ -726,12 +726,13 @@ impl Landing {
         if caller.may_replace(&dir, &there) {
             return Ok(());
         }
-        Err(Refused {
+        Err(TransferError::Refused {
             path: item.dest.clone(),
-            who: caller.describe(),
-            what: "replace (another user's file in a sticky directory)",
-        }
-        .into())
+            message: format!(
+                "{} may not replace it: another user's file in a sticky directory. Download with --conflict create-copy or skip, or into another directory",
+                caller.describe()
+            ),
+        })
     }
 
     /// Gives the file `item`'s name in the directory opened for it.
