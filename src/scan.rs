@@ -5,16 +5,17 @@
 pub mod filter;
 pub mod rules;
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, FileType, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::fsutil::beneath::OpenDir;
 use crate::manifest::ManifestPath;
 pub use filter::{PathFilter, PatternError};
 
@@ -101,6 +102,29 @@ pub enum ScanError {
     NotTheCallers(#[from] crate::fsutil::access::Refused),
 }
 
+impl ScanError {
+    /// A lookup of `path` as another user that did not reach anything, as a scan says it.
+    fn unreachable(path: &Path, e: crate::fsutil::access::Unreachable) -> ScanError {
+        use crate::fsutil::access::Unreachable;
+        match e {
+            Unreachable::Refused(refused) => refused.into(),
+            Unreachable::Io { source, .. } if source.raw_os_error() == Some(libc::ELOOP) => {
+                ScanError::SymlinkLoop {
+                    path: path.to_path_buf(),
+                }
+            }
+            Unreachable::Io { path: at, source } if at != path => ScanError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::new(source.kind(), format!("{}: {source}", at.display())),
+            },
+            Unreachable::Io { source, .. } => ScanError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        }
+    }
+}
+
 /// Every problem found in a tree (the walk goes on past the first, so a user can fix them all).
 #[derive(Debug, thiserror::Error)]
 pub struct ScanErrors(pub Vec<ScanError>);
@@ -181,12 +205,31 @@ fn walk(
     cancel: &CancellationToken,
 ) -> Result<ScanOutcome, ScanErrors> {
     let one = |e| ScanErrors(vec![e]);
-    let meta = fs::metadata(root).map_err(|source| {
+    let io = |source| {
         one(ScanError::Io {
             path: root.to_path_buf(),
             source,
         })
-    })?;
+    };
+    let (meta, opening) = match &opts.caller {
+        None => (fs::metadata(root).map_err(io)?, Opening::ByPath),
+        // For another user: the tree is walked through descriptors from a root looked up as
+        // that user, so a directory swapped for a link mid-scan is not entered.
+        Some(caller) => {
+            let reached = caller
+                .look_up(root)
+                .map_err(|e| one(ScanError::unreachable(root, e)))?;
+            let opened = match reached.meta.is_dir() {
+                true => Some(OpenDir::reopen(&reached.file, root).map_err(io)?),
+                false => None,
+            };
+            use crate::fsutil::access::{READ, SEARCH};
+            if opened.is_some() && !caller.allows(&reached.meta, READ | SEARCH) {
+                return Err(one(caller.refused_to_read(root).into()));
+            }
+            (reached.meta, opened.map_or(Opening::ByPath, Opening::Top))
+        }
+    };
     if !meta.is_dir() {
         return Err(one(ScanError::RootNotDirectory {
             path: root.to_path_buf(),
@@ -212,6 +255,7 @@ fn walk(
         path: root.to_path_buf(),
         rel: rel_prefix,
         ancestors: vec![(meta.dev(), meta.ino())],
+        opening,
     };
     rayon::scope(|s| walker.walk_dir(s, top));
     if cancel.is_cancelled() {
@@ -238,6 +282,17 @@ struct DirTask {
     rel: Vec<u8>,
     /// (dev, ino) of this directory and every directory above it, to refuse symlink loops.
     ancestors: Vec<(u64, u64)>,
+    opening: Opening,
+}
+
+/// How a directory is opened when its turn comes: by path for the daemon's own user, through
+/// descriptors for another user (the directory above it, or a lookup as that user for a link
+/// followed), so what is listed is the directory that was checked.
+enum Opening {
+    ByPath,
+    Top(OpenDir),
+    Below(Arc<OpenDir>, OsString),
+    Linked,
 }
 
 struct Walker<'a> {
@@ -255,7 +310,12 @@ impl<'a> Walker<'a> {
         if self.cancel.is_cancelled() {
             return;
         }
-        let entries = match fs::read_dir(&dir.path) {
+        let open = match self.open_dir(&dir.path, dir.opening, &dir.ancestors) {
+            Ok(open) => open,
+            Err(e) => return self.fail(e),
+        };
+        let listed = open.as_ref().map_or_else(|| dir.path.clone(), |o| o.at(""));
+        let entries = match fs::read_dir(&listed) {
             Ok(entries) => entries,
             Err(source) => {
                 return self.fail(ScanError::Io {
@@ -277,7 +337,9 @@ impl<'a> Walker<'a> {
                 }
             };
             let name = entry.file_name();
-            let path = entry.path();
+            let path = dir.path.join(&name);
+            // Where the entry is looked at: through its directory's descriptor, if open.
+            let look = open.as_ref().map_or_else(|| path.clone(), |o| o.at(&name));
             let mut rel = dir.rel.clone();
             if !rel.is_empty() {
                 rel.push(b'/');
@@ -303,7 +365,7 @@ impl<'a> Walker<'a> {
                 tracing::debug!(path = %path.display(), "not included");
                 continue;
             }
-            match self.classify(&path, file_type) {
+            match self.classify(&path, &look, file_type) {
                 // A link to a directory, for the patterns of directories only.
                 Ok(Some(Found::Dir(_)))
                     if is_dir.is_none() && self.opts.filter.excludes(&rel, Some(true)) =>
@@ -333,10 +395,16 @@ impl<'a> Walker<'a> {
                     }
                     let mut ancestors = dir.ancestors.clone();
                     ancestors.push(id);
+                    let opening = match &open {
+                        None => Opening::ByPath,
+                        Some(_) if file_type.is_symlink() => Opening::Linked,
+                        Some(o) => Opening::Below(o.clone(), name),
+                    };
                     let task = DirTask {
                         path,
                         rel,
                         ancestors,
+                        opening,
                     };
                     scope.spawn(move |s| self.walk_dir(s, task));
                 }
@@ -352,12 +420,72 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// Decides what a directory entry is, following symlinks by policy. `None`: vanished.
-    fn classify(&self, path: &Path, file_type: FileType) -> Result<Option<Found>, ScanError> {
+    /// Opens directory `path` for listing as `opening` says (`None`: listed by path) and
+    /// checks it is the one found (the last of `ancestors`).
+    fn open_dir(
+        &self,
+        path: &Path,
+        opening: Opening,
+        ancestors: &[(u64, u64)],
+    ) -> Result<Option<Arc<OpenDir>>, ScanError> {
+        let io = |source| ScanError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let replaced = || {
+            io::Error::other(
+                "it was replaced while the tree was scanned (by a link, or another directory); run again once it stays put",
+            )
+        };
+        let opened = match opening {
+            Opening::ByPath => return Ok(None),
+            Opening::Top(opened) => opened,
+            Opening::Below(above, name) => above
+                .open_below(Path::new(&name))
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::NotADirectory => replaced(),
+                    _ => e,
+                })
+                .map_err(io)?,
+            Opening::Linked => {
+                let caller = self.opts.caller.as_ref().expect("opened for another user");
+                let reached = caller
+                    .look_up(path)
+                    .map_err(|e| ScanError::unreachable(path, e))?;
+                OpenDir::reopen(&reached.file, path).map_err(io)?
+            }
+        };
+        let meta = opened.file().metadata().map_err(io)?;
+        if Some(&(meta.dev(), meta.ino())) != ancestors.last() {
+            return Err(io(replaced()));
+        }
+        Ok(Some(Arc::new(opened)))
+    }
+
+    /// Decides what a directory entry is, following symlinks by policy; `look` is where to
+    /// look at it (`path`, or through its directory's descriptor). `None`: vanished.
+    fn classify(
+        &self,
+        path: &Path,
+        look: &Path,
+        file_type: FileType,
+    ) -> Result<Option<Found>, ScanError> {
         let meta = if file_type.is_symlink() {
-            self.resolve_symlink(path)?
+            let target = self.resolve_symlink(path)?;
+            match &self.opts.caller {
+                // What the link names looked up as that user (with --follow-external-symlinks
+                // it may be outside the tree): reached through directories they may enter,
+                // and the stat hashing insists on.
+                Some(caller) => {
+                    caller
+                        .look_up(path)
+                        .map_err(|e| ScanError::unreachable(path, e))?
+                        .meta
+                }
+                None => target,
+            }
         } else {
-            match fs::symlink_metadata(path) {
+            match fs::symlink_metadata(look) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(source) => {
@@ -370,20 +498,10 @@ impl<'a> Walker<'a> {
         };
         let ft = meta.file_type();
         if let Some(caller) = &self.opts.caller {
-            use crate::fsutil::access::{READ, Refused, SEARCH};
+            use crate::fsutil::access::{READ, SEARCH};
             let want = if ft.is_dir() { READ | SEARCH } else { READ };
             if !caller.allows(&meta, want) {
-                return Err(Refused {
-                    path: path.to_path_buf(),
-                    who: caller.describe(),
-                    what: "read",
-                }
-                .into());
-            }
-            // A link's target (with --follow-external-symlinks, outside the tree) must be in
-            // directories that user may enter, as the tree's own files are.
-            if file_type.is_symlink() {
-                caller.may_reach(path)?;
+                return Err(caller.refused_to_read(path).into());
             }
         }
         if ft.is_file() {
@@ -634,5 +752,89 @@ mod tests {
         );
         let kept = names(&|f| f.rel.as_wtf8().ends_with(b"keep.exr") || f.stat.size == 9);
         assert_eq!(kept, ["out/a.exr", "out/deep/keep.exr"]);
+    }
+
+    /// A tree scanned for another user, with `sub` holding the same names as a directory
+    /// closed to that user (`private`); `swap` is called with the tree's directory once, when
+    /// the first file of `swap_at` (a directory, "" for the top) is kept. The scan runs on
+    /// one thread, so a directory is walked only once the one above it is listed. Returns what
+    /// the scan gave and the inodes of `private`'s files.
+    fn scan_for_a_stranger_swapping(
+        swap_at: &'static str,
+        swap: &(dyn Fn(&Path) + Sync),
+    ) -> (Result<ScanOutcome, ScanErrors>, Vec<u64>) {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let mode = |p: &Path, m| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+        mode(t.path(), 0o755);
+        let (private, tree) = (t.path().join("private"), t.path().join("tree"));
+        fs::create_dir_all(tree.join("sub")).unwrap();
+        fs::create_dir(&private).unwrap();
+        fs::write(tree.join("a.txt"), "a").unwrap();
+        for name in ["s1", "s2", "s3", "s4"] {
+            fs::write(tree.join("sub").join(name), "public").unwrap();
+            fs::write(private.join(name), "secret").unwrap();
+            mode(&private.join(name), 0o644);
+        }
+        mode(&private, 0o700);
+        let secrets = ["s1", "s2", "s3", "s4"]
+            .map(|n| fs::metadata(private.join(n)).unwrap().ino())
+            .to_vec();
+        let meta = fs::metadata(t.path()).unwrap();
+        let opts = ScanOptions {
+            caller: Some(std::sync::Arc::new(crate::fsutil::access::Caller {
+                uid: meta.uid() + 1000,
+                gid: meta.gid() + 1000,
+                groups: vec![meta.gid() + 1000],
+            })),
+            ..ScanOptions::default()
+        };
+        let swapped = std::sync::Once::new();
+        let keep = |f: &ScannedFile| {
+            let dir = f.rel.display().into_owned();
+            let dir = dir.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+            if dir == swap_at {
+                swapped.call_once(|| swap(&tree));
+            }
+            true
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let outcome = pool
+            .install(|| scan_under_keeping(&tree, &tree, opts, &keep, &CancellationToken::new()));
+        assert!(swapped.is_completed(), "the swap was made");
+        (outcome, secrets)
+    }
+
+    /// A directory of the tree swapped, mid-scan, for a link to one the user may not enter is
+    /// not listed for them: its files are looked at through the directory that was checked.
+    #[test]
+    fn a_directory_swapped_for_a_link_mid_scan_is_not_followed_for_another_user() {
+        let swap_to_private = |tree: &Path| {
+            fs::rename(tree.join("sub"), tree.join("../moved")).unwrap();
+            symlink(tree.join("../private"), tree.join("sub")).unwrap();
+        };
+        // While `sub` is listed: its other files are still the ones it held.
+        let (outcome, secrets) = scan_for_a_stranger_swapping("sub", &swap_to_private);
+        let Ok(ScanOutcome::Done(files)) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(files.len(), 5);
+        assert!(files.iter().all(|f| !secrets.contains(&f.stat.ino)));
+        // Before it is opened: refused, naming it.
+        let (outcome, _) = scan_for_a_stranger_swapping("", &swap_to_private);
+        let e = outcome.unwrap_err().to_string();
+        assert!(
+            e.contains("tree/sub: cannot read: it was replaced while the tree was scanned"),
+            "{e}"
+        );
+        // Swapped for another directory: refused too.
+        let (outcome, _) = scan_for_a_stranger_swapping("", &|tree: &Path| {
+            fs::rename(tree.join("sub"), tree.join("../moved")).unwrap();
+            fs::create_dir(tree.join("sub")).unwrap();
+        });
+        assert!(outcome.unwrap_err().to_string().contains("was replaced"));
     }
 }

@@ -7,8 +7,13 @@
 //! the user runs the command without `--daemon`), one that takes away is not either (the
 //! group and other bits still have to allow it).
 
+use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+pub use lookup::{Reached, Unreachable};
+
+mod lookup;
 
 /// Read, write and search (execute) in a mode's bits.
 pub const READ: u32 = 4;
@@ -32,11 +37,19 @@ pub struct Refused {
     pub path: PathBuf,
     pub who: String,
     pub what: &'static str,
+    /// What the path names changed between two looks at it (a link swapped in).
+    pub changed: bool,
 }
 
 impl Refused {
     /// What was refused, without the path.
     pub fn reason(&self) -> String {
+        if self.changed {
+            return format!(
+                "what it names changed while it was checked for {}, so the daemon did not use it; run the job again once it stays put",
+                self.who
+            );
+        }
         format!(
             "{} may not {} it, and the daemon does for a client only what the client's user could do itself (run the command without --daemon, or ask the owner for access)",
             self.who, self.what
@@ -93,35 +106,47 @@ impl Caller {
             path: path.to_path_buf(),
             who: self.describe(),
             what,
+            changed: false,
         }
     }
 
-    /// Every directory above `path` may be searched (entered), and so may every directory
-    /// above what it names through links: a link of theirs to a file in a directory closed
-    /// to them does not reach it.
-    pub fn may_reach(&self, path: &Path) -> Result<(), Refused> {
-        let real = std::fs::canonicalize(path).ok();
-        let above_real = real.iter().flat_map(|r| r.ancestors().skip(1));
-        for dir in path.ancestors().skip(1).chain(above_real) {
-            if dir.as_os_str().is_empty() {
-                continue;
-            }
-            if let Ok(meta) = std::fs::metadata(dir)
-                && !self.allows(&meta, SEARCH)
-            {
-                return Err(self.refused(dir, "enter"));
-            }
+    /// `path` named something else when it was looked up as this user than when it was
+    /// opened: replaced meanwhile, so neither is used.
+    fn changed(&self, path: &Path) -> Refused {
+        Refused {
+            changed: true,
+            ..self.refused(path, "use")
         }
-        Ok(())
+    }
+
+    /// What `path` names, looked up as the caller's own process would look it up: a
+    /// component at a time, from descriptors, each directory on the way (and on the way to
+    /// what a link names) searched only if the caller may, links followed as the kernel
+    /// follows them. Nothing is looked up again by path, so a link swapped in meanwhile does
+    /// not change what was checked: what is found is something the caller could reach.
+    pub fn look_up(&self, path: &Path) -> Result<Reached, Unreachable> {
+        lookup::look_up(
+            path,
+            &|dir: &Path, meta: &Metadata| match self.allows(meta, SEARCH) {
+                true => Ok(()),
+                false => Err(self.refused(dir, "enter")),
+            },
+        )
+    }
+
+    /// For a path this user may not read: `path` refused.
+    pub fn refused_to_read(&self, path: &Path) -> Refused {
+        self.refused(path, "read")
     }
 
     /// The caller may read `path` (a file; a directory: list and enter it). A path that does
     /// not exist is not refused here: the job says what it does with it.
     pub fn may_read(&self, path: &Path) -> Result<(), Refused> {
-        let Ok(meta) = std::fs::metadata(path) else {
-            return Ok(());
+        let meta = match self.look_up(path) {
+            Ok(reached) => reached.meta,
+            Err(Unreachable::Refused(refused)) => return Err(refused),
+            Err(Unreachable::Io { .. }) => return Ok(()),
         };
-        self.may_reach(path)?;
         let want = if meta.is_dir() { READ | SEARCH } else { READ };
         match self.allows(&meta, want) {
             true => Ok(()),
@@ -129,15 +154,15 @@ impl Caller {
         }
     }
 
-    /// The caller may read `file`, opened at `path`: by the mode of the file opened (not of
-    /// what the path names now), and every directory above the path may be searched.
+    /// The caller may read `file`, opened at `path`: by the mode of the file opened, and
+    /// that very file is what the path names looked up as the caller ([`Self::look_up`]), so
+    /// a link swapped in between the two is refused.
     pub fn may_read_opened(&self, path: &Path, file: &std::fs::File) -> Result<(), Refused> {
         self.may_use_opened(path, file, READ, "read")
     }
 
     /// The caller may write in directory `dir`, opened at `path`: by the mode of the
-    /// directory opened (not of what the path names now), and every directory above the path
-    /// may be searched.
+    /// directory opened, which is what the path names looked up as the caller.
     fn may_write_in_opened(&self, path: &Path, dir: &std::fs::File) -> Result<(), Refused> {
         self.may_use_opened(path, dir, WRITE | SEARCH, "write in")
     }
@@ -150,7 +175,14 @@ impl Caller {
         what: &'static str,
     ) -> Result<(), Refused> {
         let meta = file.metadata().map_err(|_| self.refused(path, what))?;
-        self.may_reach(path)?;
+        let reached = match self.look_up(path) {
+            Ok(reached) => reached.meta,
+            Err(Unreachable::Refused(refused)) => return Err(refused),
+            Err(Unreachable::Io { .. }) => return Err(self.changed(path)),
+        };
+        if (reached.dev(), reached.ino()) != (meta.dev(), meta.ino()) {
+            return Err(self.changed(path));
+        }
         match self.allows(&meta, want) {
             true => Ok(()),
             false => Err(self.refused(path, what)),
@@ -193,13 +225,20 @@ impl Caller {
     /// The caller may write in directory `path`, or make it: its nearest existing directory
     /// (itself, or the closest one above it) lets the caller add entries.
     pub fn may_write_in(&self, path: &Path) -> Result<(), Refused> {
-        let Some((dir, meta)) = path
-            .ancestors()
-            .find_map(|d| std::fs::metadata(d).ok().map(|m| (d, m)))
-        else {
+        let mut nearest = None;
+        for dir in path.ancestors() {
+            match self.look_up(dir) {
+                Ok(reached) => {
+                    nearest = Some((dir, reached.meta));
+                    break;
+                }
+                Err(Unreachable::Refused(refused)) => return Err(refused),
+                Err(Unreachable::Io { .. }) => {}
+            }
+        }
+        let Some((dir, meta)) = nearest else {
             return Ok(());
         };
-        self.may_reach(dir)?;
         match self.allows(&meta, WRITE | SEARCH) {
             true => Ok(()),
             false => Err(self.refused(dir, "write in")),
@@ -283,5 +322,101 @@ mod tests {
         );
         mode(&dir, 0o777);
         stranger.may_write_in(&dir.join("new/deeper")).unwrap();
+    }
+
+    /// A lookup as the caller goes where the kernel would for them: through links, relative
+    /// (`..`) and absolute, each directory on the way checked, and it fails where theirs
+    /// would.
+    #[test]
+    fn a_lookup_as_the_caller_follows_links_and_checks_every_directory_on_the_way() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        mode(t.path(), 0o755);
+        let (public, private) = (t.path().join("public"), t.path().join("private"));
+        std::fs::create_dir(&public).unwrap();
+        std::fs::create_dir(&private).unwrap();
+        let (open, closed) = (public.join("scene.ma"), private.join("token"));
+        std::fs::write(&open, "scene").unwrap();
+        std::fs::write(&closed, "s3cr3t").unwrap();
+        mode(&closed, 0o644);
+        mode(&private, 0o700);
+        let meta = std::fs::metadata(t.path()).unwrap();
+        let owner = Caller {
+            uid: meta.uid(),
+            gid: meta.gid() + 1000,
+            groups: vec![meta.gid() + 1000],
+        };
+        let stranger = Caller {
+            uid: meta.uid() + 1000,
+            ..owner.clone()
+        };
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        // A chain: absolute link to a relative one that climbs out of its directory.
+        symlink("../public/scene.ma", private.join("up")).unwrap();
+        symlink(private.join("up"), public.join("via-private")).unwrap();
+        symlink("scene.ma", public.join("plain")).unwrap();
+        let found = |c: &Caller, p: &Path| c.look_up(p).map(|r| r.meta.ino());
+        assert_eq!(found(&stranger, &public.join("plain")).unwrap(), ino(&open));
+        assert_eq!(
+            found(&owner, &public.join("via-private")).unwrap(),
+            ino(&open)
+        );
+        let refused = |e: Unreachable| match e {
+            Unreachable::Refused(r) => (r.path, r.what),
+            other => panic!("{other}"),
+        };
+        // The target is open to them, the directory of the link on the way is not.
+        let e = stranger.look_up(&public.join("via-private")).unwrap_err();
+        assert_eq!(refused(e), (private.clone(), "enter"));
+        symlink(&closed, public.join("token")).unwrap();
+        let e = stranger.look_up(&public.join("token")).unwrap_err();
+        assert_eq!(refused(e), (private.clone(), "enter"));
+        assert_eq!(found(&owner, &public.join("token")).unwrap(), ino(&closed));
+        let io = |e: Unreachable| match e {
+            Unreachable::Io { path, source } => (path, source.raw_os_error()),
+            other => panic!("{other}"),
+        };
+        symlink("loop-b", public.join("loop-a")).unwrap();
+        symlink("loop-a", public.join("loop-b")).unwrap();
+        let e = owner.look_up(&public.join("loop-a")).unwrap_err();
+        assert_eq!(io(e).1, Some(libc::ELOOP));
+        let e = owner.look_up(&public.join("missing/x")).unwrap_err();
+        assert_eq!(io(e), (public.join("missing"), Some(libc::ENOENT)));
+        let e = owner.look_up(&open.join("x")).unwrap_err();
+        assert_eq!(io(e), (open.clone(), Some(libc::ENOTDIR)));
+    }
+
+    /// A file opened at a path is read for the caller only if the path, looked up as them,
+    /// names that very file: a link retargeted between the open and the check is refused.
+    #[test]
+    fn a_file_opened_is_theirs_only_if_their_lookup_finds_it() {
+        let t = tempfile::tempdir().unwrap();
+        mode(t.path(), 0o755);
+        let (a, b, link) = (
+            t.path().join("a.ma"),
+            t.path().join("b.ma"),
+            t.path().join("scene.ma"),
+        );
+        std::fs::write(&a, "a").unwrap();
+        std::fs::write(&b, "b").unwrap();
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        let meta = std::fs::metadata(&a).unwrap();
+        let stranger = Caller {
+            uid: meta.uid() + 1000,
+            gid: meta.gid() + 1000,
+            groups: vec![meta.gid() + 1000],
+        };
+        let opened = std::fs::File::open(&link).unwrap();
+        stranger.may_read_opened(&link, &opened).unwrap();
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&b, &link).unwrap();
+        let refused = stranger.may_read_opened(&link, &opened).unwrap_err();
+        assert!(refused.changed, "{refused}");
+        assert!(
+            refused
+                .to_string()
+                .contains("what it names changed while it was checked"),
+            "{refused}"
+        );
     }
 }

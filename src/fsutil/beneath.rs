@@ -146,6 +146,15 @@ impl OpenDir {
         })
     }
 
+    /// Opens the directory `handle` is on (an `O_PATH` handle, say), named `shown`: that
+    /// very directory, not what `shown` names now.
+    pub fn reopen(handle: &File, shown: &Path) -> io::Result<OpenDir> {
+        Ok(OpenDir {
+            file: open_dir_nofollow(&through(handle, shown), false)?,
+            shown: shown.to_path_buf(),
+        })
+    }
+
     /// The directory's path as it was named, for messages.
     pub fn shown(&self) -> &Path {
         &self.shown

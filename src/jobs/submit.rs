@@ -402,29 +402,37 @@ fn collect_inputs(
         let rel_base = input
             .strip_prefix(root)
             .expect("inputs are under their root");
-        let meta = std::fs::metadata(input).map_err(|source| HashJobError::Root {
-            root: input.clone(),
-            source,
-        })?;
-        // For the daemon's client of another user, what the path names now (a link swapped in
-        // since the job was accepted, say) must be theirs to read: a file is read only if it
-        // is still the one stat'ed here (same device and inode), so its mode is the one that
-        // counts. A directory's files are checked as the scan finds them.
-        if let Some(caller) = &spec.scan.caller {
-            use crate::fsutil::access::{READ, SEARCH};
-            let want = if meta.is_dir() { READ | SEARCH } else { READ };
-            let allowed = match caller.allows(&meta, want) {
-                true => caller.may_reach(input),
-                false => Err(crate::fsutil::access::Refused {
-                    path: input.clone(),
-                    who: caller.describe(),
-                    what: "read",
-                }),
-            };
-            if let Err(refused) = allowed {
-                return Err(ScanErrors(vec![refused.into()]).into());
+        let meta = match &spec.scan.caller {
+            None => std::fs::metadata(input).map_err(|source| HashJobError::Root {
+                root: input.clone(),
+                source,
+            })?,
+            // For the daemon's client of another user: looked up as that user (a link swapped
+            // in since the job was accepted is followed only through directories they may
+            // enter), and read only if it is still what was found here (same device and
+            // inode; hashing insists), so its mode is the one that counts. A directory's
+            // files are checked as the scan finds them.
+            Some(caller) => {
+                use crate::fsutil::access::{READ, SEARCH, Unreachable};
+                let meta = match caller.look_up(input) {
+                    Ok(reached) => reached.meta,
+                    Err(Unreachable::Refused(refused)) => {
+                        return Err(ScanErrors(vec![refused.into()]).into());
+                    }
+                    Err(Unreachable::Io { source, .. }) => {
+                        return Err(HashJobError::Root {
+                            root: input.clone(),
+                            source,
+                        });
+                    }
+                };
+                let want = if meta.is_dir() { READ | SEARCH } else { READ };
+                if !caller.allows(&meta, want) {
+                    return Err(ScanErrors(vec![caller.refused_to_read(input).into()]).into());
+                }
+                meta
             }
-        }
+        };
         if meta.is_dir() {
             match scan_under(root, input, spec.scan.clone(), cancel)? {
                 ScanOutcome::Done(found) => files.extend(found),
