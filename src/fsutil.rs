@@ -1,7 +1,8 @@
 //! Small file-system helpers shared by commands and jobs; `staged` holds files that get their
 //! name only when complete, `group` gives placed files to the group a job runs as, `access`
-//! says what another user may do with a path (the daemon acting for its clients), `beneath`
-//! reads and writes a session's records without following a link its user planted.
+//! says what another user may do with a path and looks paths up as that user would (the
+//! daemon acting for its clients), `beneath` reads and writes a session's records without
+//! following a link its user planted.
 
 pub mod access;
 pub mod beneath;

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::fsutil::access::Unreachable;
 use crate::fsutil::beneath::OpenDir;
 use crate::manifest::ManifestPath;
 pub use filter::{PathFilter, PatternError};
@@ -103,9 +104,9 @@ pub enum ScanError {
 }
 
 impl ScanError {
-    /// A lookup of `path` as another user that did not reach anything, as a scan says it.
-    fn unreachable(path: &Path, e: crate::fsutil::access::Unreachable) -> ScanError {
-        use crate::fsutil::access::Unreachable;
+    /// A lookup of `path` (as another user, or by `canonicalize`) that did not reach anything,
+    /// as a scan says it.
+    fn unreachable(path: &Path, e: Unreachable) -> ScanError {
         match e {
             Unreachable::Refused(refused) => refused.into(),
             Unreachable::Io { source, .. } if source.raw_os_error() == Some(libc::ELOOP) => {
@@ -211,8 +212,8 @@ fn walk(
             source,
         })
     };
-    let (meta, opening) = match &opts.caller {
-        None => (fs::metadata(root).map_err(io)?, Opening::ByPath),
+    let (meta, opening, real_root) = match &opts.caller {
+        None => (fs::metadata(root).map_err(io)?, Opening::ByPath, None),
         // For another user: the tree is walked through descriptors from a root looked up as
         // that user, so a directory swapped for a link mid-scan is not entered.
         Some(caller) => {
@@ -227,7 +228,8 @@ fn walk(
             if opened.is_some() && !caller.allows(&reached.meta, READ | SEARCH) {
                 return Err(one(caller.refused_to_read(root).into()));
             }
-            (reached.meta, opened.map_or(Opening::ByPath, Opening::Top))
+            let opening = opened.map_or(Opening::ByPath, Opening::Top);
+            (reached.meta, opening, Some(reached.path))
         }
     };
     if !meta.is_dir() {
@@ -235,13 +237,19 @@ fn walk(
             path: root.to_path_buf(),
         }));
     }
-    let real_root =
-        fs::canonicalize(opts.boundary.as_deref().unwrap_or(root)).map_err(|source| {
-            one(ScanError::Io {
-                path: root.to_path_buf(),
-                source,
-            })
-        })?;
+    // Where links may lead, with every link resolved: for another user, as their lookup
+    // resolves it.
+    let real_root = match (&opts.caller, &opts.boundary, real_root) {
+        (None, boundary, _) => fs::canonicalize(boundary.as_deref().unwrap_or(root)).map_err(io)?,
+        (Some(_), None, Some(root)) => root,
+        (Some(caller), boundary, _) => {
+            let bound = boundary.as_deref().unwrap_or(root);
+            caller
+                .look_up(bound)
+                .map_err(|e| one(ScanError::unreachable(bound, e)))?
+                .path
+        }
+    };
     let walker = Walker {
         root,
         real_root: &real_root,
@@ -471,19 +479,7 @@ impl<'a> Walker<'a> {
         file_type: FileType,
     ) -> Result<Option<Found>, ScanError> {
         let meta = if file_type.is_symlink() {
-            let target = self.resolve_symlink(path)?;
-            match &self.opts.caller {
-                // What the link names looked up as that user (with --follow-external-symlinks
-                // it may be outside the tree): reached through directories they may enter,
-                // and the stat hashing insists on.
-                Some(caller) => {
-                    caller
-                        .look_up(path)
-                        .map_err(|e| ScanError::unreachable(path, e))?
-                        .meta
-                }
-                None => target,
-            }
+            self.resolve_symlink(path)?
         } else {
             match fs::symlink_metadata(look) {
                 Ok(m) => m,
@@ -519,18 +515,40 @@ impl<'a> Walker<'a> {
     /// A link inside the root stands for its target; one escaping the root is refused unless
     /// the user allowed it.
     fn resolve_symlink(&self, path: &Path) -> Result<Metadata, ScanError> {
-        let target = fs::canonicalize(path).map_err(|source| match source.raw_os_error() {
-            Some(libc::ELOOP) => ScanError::SymlinkLoop {
-                path: path.to_path_buf(),
+        let broken = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+        let (target, meta) = match &self.opts.caller {
+            // For another user: looked up as that user (with --follow-external-symlinks the
+            // target may be outside the tree), through directories they may enter, which is
+            // all they are told of where it leads; its stat is the one hashing insists on.
+            Some(caller) => match caller.look_up(path) {
+                Ok(reached) => (reached.path, Some(reached.meta)),
+                Err(Unreachable::Io { source, .. }) if broken(&source) => {
+                    return Err(ScanError::BrokenSymlink {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(e) => return Err(ScanError::unreachable(path, e)),
             },
-            _ if source.kind() == io::ErrorKind::NotFound => ScanError::BrokenSymlink {
-                path: path.to_path_buf(),
+            None => match fs::canonicalize(path) {
+                Ok(target) => (target, None),
+                Err(source) if broken(&source) => {
+                    return Err(ScanError::BrokenSymlink {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(source) if source.raw_os_error() == Some(libc::ELOOP) => {
+                    return Err(ScanError::SymlinkLoop {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(source) => {
+                    return Err(ScanError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    });
+                }
             },
-            _ => ScanError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+        };
         if !target.starts_with(self.real_root) && !self.opts.follow_external_symlinks {
             // Where links are never followed (a task's outputs), no flag can help.
             let what_to_do = if self.opts.boundary.is_some() {
@@ -545,10 +563,13 @@ impl<'a> Walker<'a> {
                 what_to_do,
             });
         }
-        fs::metadata(&target).map_err(|source| ScanError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        match meta {
+            Some(meta) => Ok(meta),
+            None => fs::metadata(&target).map_err(|source| ScanError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
     }
 
     fn fail(&self, e: ScanError) {
@@ -836,5 +857,54 @@ mod tests {
             fs::create_dir(tree.join("sub")).unwrap();
         });
         assert!(outcome.unwrap_err().to_string().contains("was replaced"));
+    }
+
+    /// For another user, a link is followed as their lookup would follow it: into a directory
+    /// closed to them it is refused there, and the scan tells nothing of what lies beyond
+    /// (where a link in it leads, whether a name exists).
+    #[test]
+    fn a_link_into_a_directory_closed_to_another_user_tells_them_nothing_beyond_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let mode = |p: &Path, m| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+        mode(t.path(), 0o755);
+        let (private, tree) = (t.path().join("private"), t.path().join("tree"));
+        fs::create_dir(&private).unwrap();
+        fs::create_dir(&tree).unwrap();
+        fs::write(private.join("token"), "s3cr3t").unwrap();
+        symlink("/etc/hostname-of-the-vault", private.join("where")).unwrap();
+        mode(&private, 0o700);
+        let meta = fs::metadata(t.path()).unwrap();
+        let stranger = ScanOptions {
+            caller: Some(std::sync::Arc::new(crate::fsutil::access::Caller {
+                uid: meta.uid() + 1000,
+                gid: meta.gid() + 1000,
+                groups: vec![meta.gid() + 1000],
+            })),
+            ..ScanOptions::default()
+        };
+        for target in ["token", "missing", "where"] {
+            let link = tree.join("l");
+            let _ = fs::remove_file(&link);
+            symlink(private.join(target), &link).unwrap();
+            let e = run(&tree, stranger.clone()).unwrap_err();
+            let [ScanError::NotTheCallers(refused)] = e.0.as_slice() else {
+                panic!("{target}: {e}")
+            };
+            assert_eq!(
+                (refused.path.as_path(), refused.what),
+                (private.as_path(), "enter")
+            );
+            assert!(!e.to_string().contains("vault"), "{e}");
+        }
+        // Their own view of a link in a directory open to them is told as before.
+        let link = tree.join("l");
+        fs::remove_file(&link).unwrap();
+        symlink(t.path().join("missing"), &link).unwrap();
+        let e = run(&tree, stranger).unwrap_err();
+        assert!(
+            matches!(e.0.as_slice(), [ScanError::BrokenSymlink { .. }]),
+            "{e}"
+        );
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! POSIX permission bits only: an ACL that grants more is not seen (the request is refused;
 //! the user runs the command without `--daemon`), one that takes away is not either (the
-//! group and other bits still have to allow it).
+//! group and other bits still have to allow it). `lookup` finds what a path names as that
+//! user's own lookup would, so that what is checked is what is used.
 
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;

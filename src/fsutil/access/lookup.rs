@@ -25,11 +25,14 @@ const HANDLE: libc::c_int = libc::O_RDONLY | libc::O_NONBLOCK;
 const MAX_LINKS: usize = 40;
 
 /// What a path names, reached as the caller: the object, open as `O_PATH` (a handle on it,
-/// not its content), and its stat.
+/// not its content), its stat, and its path with every link resolved (what `realpath` gives
+/// for an absolute path, from this lookup: a second one could go elsewhere, and would say
+/// where links in directories closed to the caller lead).
 #[derive(Debug)]
 pub struct Reached {
     pub file: File,
     pub meta: Metadata,
+    pub path: PathBuf,
 }
 
 /// Why a lookup as the caller did not reach anything.
@@ -77,11 +80,17 @@ pub(super) fn look_up(
     let open_start = |start: &Path| -> Result<Reached, Unreachable> {
         let file = open_path(None, start.as_os_str()).map_err(at(start))?;
         let meta = file.metadata().map_err(at(start))?;
-        Ok(Reached { file, meta })
+        Ok(Reached {
+            file,
+            meta,
+            path: start.to_path_buf(),
+        })
     };
-    let (mut shown, mut here) = match path.is_absolute() {
-        true => (PathBuf::from("/"), open_start(Path::new("/"))?),
-        false => (PathBuf::from("."), open_start(Path::new("."))?),
+    // `here.path` names the directory reached by names that are not links: `..` from it is
+    // its parent.
+    let mut here = match path.is_absolute() {
+        true => open_start(Path::new("/"))?,
+        false => open_start(Path::new("."))?,
     };
     // Taken from the end: the next step is the last one pushed.
     let mut todo: Vec<Step> = steps(path).rev().collect();
@@ -89,34 +98,37 @@ pub(super) fn look_up(
     while let Some(step) = todo.pop() {
         let name = match step {
             Step::Root => {
-                shown = PathBuf::from("/");
-                here = open_start(&shown)?;
+                here = open_start(Path::new("/"))?;
                 continue;
             }
             Step::Up => OsStr::new(".."),
             Step::Name(ref name) => name.as_os_str(),
         };
         if !here.meta.is_dir() {
-            return Err(at(&shown)(io::Error::from_raw_os_error(libc::ENOTDIR)));
+            return Err(at(&here.path)(io::Error::from_raw_os_error(libc::ENOTDIR)));
         }
-        may_search(&shown, &here.meta)?;
-        let next_shown = match step {
-            Step::Up => shown.parent().unwrap_or(&shown).to_path_buf(),
-            _ => shown.join(name),
+        may_search(&here.path, &here.meta)?;
+        let next = match step {
+            Step::Up => here.path.parent().unwrap_or(&here.path).to_path_buf(),
+            _ => here.path.join(name),
         };
-        let file = open_path(Some(&here.file), name).map_err(at(&next_shown))?;
-        let meta = file.metadata().map_err(at(&next_shown))?;
+        let file = open_path(Some(&here.file), name).map_err(at(&next))?;
+        let meta = file.metadata().map_err(at(&next))?;
         if meta.is_symlink() {
             links += 1;
             if links > MAX_LINKS {
-                return Err(at(&next_shown)(io::Error::from_raw_os_error(libc::ELOOP)));
+                return Err(at(&next)(io::Error::from_raw_os_error(libc::ELOOP)));
             }
-            let target = read_link(&file).map_err(at(&next_shown))?;
+            let target = read_link(&file).map_err(at(&next))?;
             // Looked up from the link's directory (`here`), or from `/`.
             todo.extend(steps(&target).collect::<Vec<_>>().into_iter().rev());
             continue;
         }
-        (shown, here) = (next_shown, Reached { file, meta });
+        here = Reached {
+            file,
+            meta,
+            path: next,
+        };
     }
     Ok(here)
 }
