@@ -362,6 +362,9 @@ mod tests {
             found(&owner, &public.join("via-private")).unwrap(),
             ino(&open)
         );
+        // With every link resolved, as realpath would say.
+        let real = owner.look_up(&public.join("via-private")).unwrap().path;
+        assert_eq!(real, std::fs::canonicalize(&open).unwrap());
         let refused = |e: Unreachable| match e {
             Unreachable::Refused(r) => (r.path, r.what),
             other => panic!("{other}"),
