@@ -987,6 +987,56 @@ async fn a_file_changed_during_a_streamed_put_is_refused() {
     }
 }
 
+/// For another user's job only the very file hashed is uploaded: where its path names
+/// another file by then (a link swapped in, to a file that user may not read), not a byte of
+/// it is sent, whichever way it would go (one PUT from memory, one streamed, in parts), even
+/// with the content the manifest expects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_very_file_hashed_is_uploaded_for_another_user() {
+    use attache::transfer::upload::{UploadItem, upload_stream};
+    use std::os::unix::fs::MetadataExt;
+    let s3 = TestS3::start().await;
+    let t = tempfile::tempdir().unwrap();
+    let mut s = settings(&s3, "p", &t.path().join("cache"));
+    s.transfer.copying_store_threshold = ByteSize(0);
+    let hashed = write(t.path(), "hashed.exr", b"x", MTIME_NS);
+    let meta = std::fs::metadata(&hashed).unwrap();
+    for (how, size) in [
+        ("in memory", 1000),
+        ("streamed", 2 * MIB),
+        ("in parts", 12 * MIB),
+    ] {
+        if how == "streamed" {
+            s.transfer.multipart_threshold = ByteSize(64 * MIB);
+        } else {
+            s.transfer.multipart_threshold = ByteSize(5 * MIB);
+        }
+        let data = content(size, size);
+        let path = write(t.path(), "render.exr", &data, MTIME_NS);
+        let item = UploadItem {
+            hash: ContentHash::of(&data),
+            size,
+            path,
+            data: None,
+            same_file: Some((meta.dev(), meta.ino())),
+        };
+        let tr = transfer(&s).await;
+        let before = s3.stats.requests_matching(|r| r.method == "PUT");
+        let e = upload_stream(tr, futures::stream::iter([item]), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, TransferError::ChangedDuringUpload { .. }),
+            "{how}: {e}"
+        );
+        let key = format!("p/Data/{}.xxh128", ContentHash::of(&data));
+        assert!(!s3.object_keys().contains(&key), "{how}: stored");
+        let sent = s3.stats.requests_matching(|r| r.method == "PUT") - before;
+        assert_eq!(sent, 0, "{how}: {sent} PUTs of the file sent");
+        assert_eq!(s3.open_multipart_uploads(), 0, "{how}");
+    }
+}
+
 /// A cancel in the middle of a streamed single PUT returns within a second and stores nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_streamed_put_stops_within_a_second_and_stores_nothing() {

@@ -320,6 +320,35 @@ pub fn open_regular_following(path: &Path) -> io::Result<File> {
     open_regular_with(path, 0)
 }
 
+/// A file's device and inode: the very file, whatever its path names later.
+pub type FileId = (u64, u64);
+
+/// The file opened was not the one expected ([`open_regular_same`]): its path names another
+/// one now.
+#[derive(Debug, thiserror::Error)]
+#[error("it is not the file it was when it was hashed (replaced since, by a link or another file)")]
+pub struct Replaced;
+
+/// As [`open_regular_following`], and with `same`, only if it is that file (else an error
+/// holding [`Replaced`]): for another user's job, the file checked and hashed for them, not
+/// what a link swapped in since names.
+pub fn open_regular_same(path: &Path, same: Option<FileId>) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let file = open_regular_following(path)?;
+    if let Some(id) = same {
+        let meta = file.metadata()?;
+        if (meta.dev(), meta.ino()) != id {
+            return Err(io::Error::other(Replaced));
+        }
+    }
+    Ok(file)
+}
+
+/// Whether `e` says the file opened was not the one expected.
+pub fn is_replaced(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|r| r.is::<Replaced>())
+}
+
 fn open_regular_with(path: &Path, flags: libc::c_int) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)

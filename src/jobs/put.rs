@@ -60,6 +60,8 @@ const KEPT_UNITS: usize = 16 * 16;
 
 struct ToUploader {
     tx: handoff::Sender<UploadItem>,
+    /// Upload only the very files hashed ([`UploadItem::same_file`]).
+    only_files_hashed: bool,
     transfer: Arc<Transfer>,
     kept: Arc<tokio::sync::Semaphore>,
 }
@@ -84,6 +86,9 @@ impl HashSink for ToUploader {
             size: file.stat.size,
             path: abs.to_path_buf(),
             data,
+            same_file: self
+                .only_files_hashed
+                .then_some((file.stat.dev, file.stat.ino)),
         };
         // Fails only when the uploader stopped (failed or cancelled); hashing is told apart.
         let _ = self.tx.blocking_send(item);
@@ -105,6 +110,7 @@ pub async fn run(
                 Some(sink),
             )
         },
+        false,
         transfer,
         cancel,
     )
@@ -113,8 +119,11 @@ pub async fn run(
 
 /// Runs `hashing` (on a blocking thread) and uploads every file it hands its sink, as it
 /// goes. Used by `put` (whole trees), `submit` and `sync-outputs` (chosen files of a root).
+/// With `only_files_hashed` (another user's job), a file is uploaded only if its path still
+/// names the very file hashed.
 pub async fn run_with<H>(
     hashing: H,
+    only_files_hashed: bool,
     transfer: Arc<Transfer>,
     cancel: &CancellationToken,
 ) -> Result<PutReport, PutError>
@@ -131,6 +140,7 @@ where
             job.clone(),
             ToUploader {
                 tx,
+                only_files_hashed,
                 transfer: transfer.clone(),
                 kept: Arc::new(tokio::sync::Semaphore::new(KEPT_UNITS)),
             },

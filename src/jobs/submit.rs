@@ -377,12 +377,14 @@ async fn hash_and_upload(
     cancel: &CancellationToken,
 ) -> Result<(HashReport, UploadReport), SubmitError> {
     let (root, inputs, hash_spec) = (root.to_path_buf(), inputs.to_vec(), spec.hash.clone());
+    let only_files_hashed = hash_spec.scan.caller.is_some();
     let put = run_with(
         move |sink, job| {
             hash_chosen(&root, &hash_spec, sink, job, |job| {
                 collect_inputs(&root, &inputs, &hash_spec, job)
             })
         },
+        only_files_hashed,
         transfer,
         cancel,
     )

@@ -133,6 +133,7 @@ pub async fn run(
             spec.hash.clone(),
             spec.task_id.clone(),
         );
+        let only_files_hashed = hash_spec.scan.caller.is_some();
         let put = run_with(
             move |sink, job| {
                 hash_chosen(&local2, &hash_spec, sink, job, |job| {
@@ -146,6 +147,7 @@ pub async fn run(
                     )
                 })
             },
+            only_files_hashed,
             transfer.clone(),
             cancel,
         )

@@ -5,6 +5,7 @@
 //! store sees fewer bytes than the Content-Length it was promised), so a file that changed
 //! while it was sent is never stored under the wrong hash.
 
+use crate::fsutil::beneath::{FileId, is_replaced, open_regular_same};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,9 @@ pub struct FileSource {
     pub path: PathBuf,
     pub size: u64,
     pub hash: ContentHash,
+    /// The very file to read (device and inode), for another user's job; `None`: what the
+    /// path names, checked by its content.
+    pub same_file: Option<FileId>,
     /// Counts bytes as they are first sent (a retry sends them again, counted once).
     sent: Arc<SentBytes>,
     /// Why the file could not all be sent, once it could not: a store's client may only say
@@ -42,11 +46,18 @@ pub enum SourceError {
 }
 
 impl FileSource {
-    pub fn new(path: PathBuf, size: u64, hash: ContentHash, sent: Arc<SentBytes>) -> FileSource {
+    pub fn new(
+        path: PathBuf,
+        size: u64,
+        hash: ContentHash,
+        same_file: Option<FileId>,
+        sent: Arc<SentBytes>,
+    ) -> FileSource {
         FileSource {
             path,
             size,
             hash,
+            same_file,
             sent,
             failure: Mutex::new(None),
         }
@@ -158,8 +169,13 @@ impl Reader {
             Some(f) => f.clone(),
             None => {
                 // Not blocking on a FIFO put where the file was hashed.
-                let f = crate::fsutil::beneath::open_regular_following(&self.source.path)
-                    .map_err(|e| SourceError::Read(e.to_string()))?;
+                let f =
+                    open_regular_same(&self.source.path, self.source.same_file).map_err(|e| {
+                        match is_replaced(&e) {
+                            true => SourceError::Changed(self.source.hash),
+                            false => SourceError::Read(e.to_string()),
+                        }
+                    })?;
                 self.file.insert(Arc::new(f)).clone()
             }
         };
@@ -206,6 +222,7 @@ mod tests {
             path,
             data.len() as u64,
             ContentHash::of(data),
+            None,
             Arc::new(SentBytes::new(Arc::new(
                 crate::progress::Progress::default(),
             ))),

@@ -27,7 +27,7 @@ use super::inflight::{self, Claim, Done};
 use super::known_present::{KnownEntries, KnownPresent};
 use super::{Transfer, TransferError, cancellable, run_pieces};
 use super::{abandoned_uploads, open_uploads};
-use crate::fsutil::beneath::open_regular_following;
+use crate::fsutil::beneath::{FileId, is_replaced, open_regular_same};
 use crate::hash::ContentHash;
 use crate::jobs::Cancelled;
 use crate::store::file_source::{FileSource, READ_CHUNK, SourceError};
@@ -43,6 +43,11 @@ pub struct UploadItem {
     pub path: PathBuf,
     /// The file's bytes when hashing already read them (small files).
     pub data: Option<Bytes>,
+    /// The very file hashed (device and inode), for another user's job: only it is read, so
+    /// nothing of a file swapped in since (one that user may not read) reaches the store,
+    /// not even a part before its content is found wrong. `None`: what the path names,
+    /// checked by its content.
+    pub same_file: Option<FileId>,
 }
 
 /// What an upload did.
@@ -354,6 +359,7 @@ async fn put_single(
         item.path.clone(),
         item.size,
         item.hash,
+        item.same_file,
         sent.clone(),
     ));
     let opts = PutOptions {
@@ -457,25 +463,30 @@ async fn load_verified(
     )
     .await?
     .expect("never closed");
-    let path = item.path.clone();
-    let bytes = tokio::task::spawn_blocking(move || read_regular(&path))
+    let (path, same_file) = (item.path.clone(), item.same_file);
+    let bytes = tokio::task::spawn_blocking(move || read_regular(&path, same_file))
         .await
-        .expect("read task panicked")
-        .map_err(TransferError::io(&item.path))?;
-    if bytes.len() as u64 != item.size || ContentHash::of(&bytes) != item.hash {
-        return Err(TransferError::ChangedDuringUpload {
-            path: item.path.clone(),
-            planned: item.hash,
-        });
-    }
+        .expect("read task panicked");
+    let bytes = match bytes {
+        Ok(bytes) if bytes.len() as u64 == item.size && ContentHash::of(&bytes) == item.hash => {
+            bytes
+        }
+        Err(e) if !is_replaced(&e) => return Err(TransferError::io(&item.path)(e)),
+        _ => {
+            return Err(TransferError::ChangedDuringUpload {
+                path: item.path.clone(),
+                planned: item.hash,
+            });
+        }
+    };
     Ok(super::bytes_holding(bytes, budget))
 }
 
-/// The content of the regular file at `path` (a FIFO put where it was hashed is refused, not
-/// waited on).
-fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+/// The content of the regular file at `path`, the file `same` when given (a FIFO put where
+/// it was hashed is refused, not waited on).
+fn read_regular(path: &Path, same: Option<FileId>) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut open_regular_following(path)?, &mut bytes)?;
+    std::io::Read::read_to_end(&mut open_regular_same(path, same)?, &mut bytes)?;
     Ok(bytes)
 }
 
@@ -960,7 +971,16 @@ async fn upload_parts(
     } = upload;
     let part_size = part_size_for(t.settings.part_size.0, item.size);
     // Not blocking on a FIFO put where the file was hashed.
-    let file = Arc::new(open_regular_following(&item.path).map_err(TransferError::io(&item.path))?);
+    let file = match open_regular_same(&item.path, item.same_file) {
+        Ok(file) => Arc::new(file),
+        Err(e) if is_replaced(&e) => {
+            return Err(TransferError::ChangedDuringUpload {
+                path: item.path.clone(),
+                planned: item.hash,
+            });
+        }
+        Err(e) => return Err(TransferError::io(&item.path)(e)),
+    };
     let mut hasher = Some(Box::new(Xxh3Default::new()));
     // A part kept or sent: done in the progress, and counted for a restart to take back.
     let count = |len: u64| {
