@@ -220,6 +220,9 @@ fn walk(
             let reached = caller
                 .look_up(root)
                 .map_err(|e| one(ScanError::unreachable(root, e)))?;
+            caller
+                .may_read_from(root, &reached.file)
+                .map_err(|e| one(e.into()))?;
             let opened = match reached.meta.is_dir() {
                 true => Some(OpenDir::reopen(&reached.file, root).map_err(io)?),
                 false => None,
@@ -467,6 +470,10 @@ impl<'a> Walker<'a> {
         if Some(&(meta.dev(), meta.ino())) != ancestors.last() {
             return Err(io(replaced()));
         }
+        // Another filesystem mounted there: it may be one of the kernel's.
+        if let Some(caller) = &self.opts.caller {
+            caller.may_read_from(path, opened.file())?;
+        }
         Ok(Some(Arc::new(opened)))
     }
 
@@ -521,7 +528,10 @@ impl<'a> Walker<'a> {
             // target may be outside the tree), through directories they may enter, which is
             // all they are told of where it leads; its stat is the one hashing insists on.
             Some(caller) => match caller.look_up(path) {
-                Ok(reached) => (reached.path, Some(reached.meta)),
+                Ok(reached) => {
+                    caller.may_read_from(path, &reached.file)?;
+                    (reached.path, Some(reached.meta))
+                }
                 Err(Unreachable::Io { source, .. }) if broken(&source) => {
                     return Err(ScanError::BrokenSymlink {
                         path: path.to_path_buf(),
@@ -897,6 +907,12 @@ mod tests {
             );
             assert!(!e.to_string().contains("vault"), "{e}");
         }
+        // A link to a file of the kernel's, which would show the daemon more than them.
+        let link = tree.join("l");
+        fs::remove_file(&link).unwrap();
+        symlink("/proc/self/status", &link).unwrap();
+        let e = run(&tree, stranger.clone()).unwrap_err();
+        assert!(e.to_string().contains("a file of the kernel's"), "{e}");
         // Their own view of a link in a directory open to them is told as before.
         let link = tree.join("l");
         fs::remove_file(&link).unwrap();

@@ -38,18 +38,37 @@ pub struct Refused {
     pub path: PathBuf,
     pub who: String,
     pub what: &'static str,
+    pub why: Why,
+}
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The mode bits (of it, or of a directory on the way) do not let the user.
+    Mode,
     /// What the path names changed between two looks at it (a link swapped in).
-    pub changed: bool,
+    Changed,
+    /// A file of the kernel's own (`/proc`, `/sys`…): what it shows depends on who reads it.
+    KernelMade,
 }
 
 impl Refused {
     /// What was refused, without the path.
     pub fn reason(&self) -> String {
-        if self.changed {
-            return format!(
-                "what it names changed while it was checked for {}, so the daemon did not use it; run the job again once it stays put",
-                self.who
-            );
+        match self.why {
+            Why::Mode => {}
+            Why::Changed => {
+                return format!(
+                    "what it names changed while it was checked for {}, so the daemon did not use it; run the job again once it stays put",
+                    self.who
+                );
+            }
+            Why::KernelMade => {
+                return format!(
+                    "a file of the kernel's (/proc, /sys and their kind) shows each reader what that reader may see, so the daemon does not read one for {}: copy what you need into a file of your own",
+                    self.who
+                );
+            }
         }
         format!(
             "{} may not {} it, and the daemon does for a client only what the client's user could do itself (run the command without --daemon, or ask the owner for access)",
@@ -107,7 +126,7 @@ impl Caller {
             path: path.to_path_buf(),
             who: self.describe(),
             what,
-            changed: false,
+            why: Why::Mode,
         }
     }
 
@@ -115,8 +134,20 @@ impl Caller {
     /// opened: replaced meanwhile, so neither is used.
     fn changed(&self, path: &Path) -> Refused {
         Refused {
-            changed: true,
+            why: Why::Changed,
             ..self.refused(path, "use")
+        }
+    }
+
+    /// The daemon may read `file` (opened at `path`, `O_PATH` will do) for the caller as it
+    /// is: not a file of the kernel's, which would show the daemon (root) more than them.
+    pub fn may_read_from(&self, path: &Path, file: &std::fs::File) -> Result<(), Refused> {
+        match kernel_made(file) {
+            false => Ok(()),
+            true => Err(Refused {
+                why: Why::KernelMade,
+                ..self.refused(path, "read")
+            }),
         }
     }
 
@@ -184,6 +215,9 @@ impl Caller {
         if (reached.dev(), reached.ino()) != (meta.dev(), meta.ino()) {
             return Err(self.changed(path));
         }
+        if want & READ != 0 {
+            self.may_read_from(path, file)?;
+        }
         match self.allows(&meta, want) {
             true => Ok(()),
             false => Err(self.refused(path, what)),
@@ -245,6 +279,39 @@ impl Caller {
             false => Err(self.refused(dir, "write in")),
         }
     }
+}
+
+/// The kernel's filesystems whose files it makes up for each reader, by their `statfs` magic
+/// (`linux/magic.h`): proc, sysfs, debugfs, tracefs, securityfs, configfs, cgroup (1 and 2),
+/// bpf, efivarfs, pstore, selinuxfs, smackfs, binfmt_misc, fusectl.
+const KERNEL_MADE: [u64; 15] = [
+    0x9fa0,
+    0x6265_6572,
+    0x6462_6720,
+    0x7472_6163,
+    0x7363_6673,
+    0x6265_6570,
+    0x0027_e0eb,
+    0x6367_7270,
+    0xcafe_4a11,
+    0xde5e_81e4,
+    0x6165_676c,
+    0xf97c_ff8c,
+    0x4341_5d53,
+    0x4249_4e4d,
+    0x6573_5543,
+];
+
+/// Whether `file` is on one of the kernel's filesystems ([`KERNEL_MADE`]); false where that
+/// cannot be told.
+fn kernel_made(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statfs is plain data, filled by the call on a valid descriptor.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } != 0 {
+        return false;
+    }
+    KERNEL_MADE.contains(&(fs.f_type as u64))
 }
 
 /// Whether `meta` is the daemon's own and the daemon is not root: made by it for an earlier
@@ -415,12 +482,32 @@ mod tests {
         std::fs::remove_file(&link).unwrap();
         std::os::unix::fs::symlink(&b, &link).unwrap();
         let refused = stranger.may_read_opened(&link, &opened).unwrap_err();
-        assert!(refused.changed, "{refused}");
+        assert_eq!(refused.why, Why::Changed, "{refused}");
         assert!(
             refused
                 .to_string()
                 .contains("what it names changed while it was checked"),
             "{refused}"
         );
+    }
+
+    /// The kernel's files (`/proc`, `/sys`) show each reader what it may see: the daemon,
+    /// root, would read more than its client could, so it reads none for them.
+    #[test]
+    fn a_file_of_the_kernel_s_is_not_read_for_another_user() {
+        let stranger = Caller {
+            uid: 4_000_000,
+            gid: 4_000_000,
+            groups: vec![4_000_000],
+        };
+        let version = Path::new("/proc/version");
+        let opened = std::fs::File::open(version).unwrap();
+        let refused = stranger.may_read_opened(version, &opened).unwrap_err();
+        assert_eq!(refused.why, Why::KernelMade, "{refused}");
+        let reached = stranger.look_up(version).unwrap();
+        assert!(stranger.may_read_from(version, &reached.file).is_err());
+        // An ordinary file is read as its mode says.
+        let t = tempfile::NamedTempFile::new().unwrap();
+        stranger.may_read_from(t.path(), t.as_file()).unwrap();
     }
 }

@@ -417,7 +417,10 @@ fn collect_inputs(
             Some(caller) => {
                 use crate::fsutil::access::{READ, SEARCH, Unreachable};
                 let meta = match caller.look_up(input) {
-                    Ok(reached) => reached.meta,
+                    Ok(reached) => match caller.may_read_from(input, &reached.file) {
+                        Ok(()) => reached.meta,
+                        Err(refused) => return Err(ScanErrors(vec![refused.into()]).into()),
+                    },
                     Err(Unreachable::Refused(refused)) => {
                         return Err(ScanErrors(vec![refused.into()]).into());
                     }
