@@ -185,9 +185,10 @@ pub async fn peer(
     next.run(req).await
 }
 
-/// What the kernel says of a Unix socket connection's other end.
+/// What the kernel says of a Unix socket connection's other end, when it connected: its user
+/// (`SO_PEERCRED`) and groups (`SO_PEERGROUPS`).
 #[derive(Clone, Debug)]
-pub struct Peer(Option<tokio::net::unix::UCred>);
+pub struct Peer(Option<(tokio::net::unix::UCred, Option<Vec<u32>>)>);
 
 impl
     axum::extract::connect_info::Connected<
@@ -195,18 +196,24 @@ impl
     > for Peer
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        Peer(stream.io().peer_cred().ok())
+        use std::os::fd::AsRawFd;
+        let io = stream.io();
+        Peer(
+            io.peer_cred()
+                .ok()
+                .map(|c| (c, crate::fsutil::access::peer_groups(io.as_raw_fd()))),
+        )
     }
 }
 
 /// The client a job is started for, when it is another user than the daemon's (and not
-/// root): its jobs read and write only what its user could. Its groups are read here, for the
-/// requests that start a job only.
+/// root): its jobs read and write only what its user could, with the groups it had when it
+/// connected.
 fn caller(peer: PeerExt) -> Option<Arc<Caller>> {
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
-    let c = peer?.0.0.filter(|c| c.uid() != me && c.uid() != 0)?;
-    Some(Arc::new(Caller::of_peer(c.uid(), c.gid(), c.pid())))
+    let (c, groups) = peer?.0.0.filter(|(c, _)| c.uid() != me && c.uid() != 0)?;
+    Some(Arc::new(Caller::of_peer(c.uid(), c.gid(), groups)))
 }
 
 /// A job refused: 400 naming the field, 403 for what the client's user may not do.

@@ -78,21 +78,11 @@ impl Refused {
 }
 
 impl Caller {
-    /// The user of a peer process (`SO_PEERCRED`): its groups from `/proc/<pid>/status` (those
-    /// the process has now), else its primary group alone.
-    pub fn of_peer(uid: u32, gid: u32, pid: Option<i32>) -> Caller {
-        let mut groups = pid
-            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-            .and_then(|status| {
-                status.lines().find_map(|l| {
-                    l.strip_prefix("Groups:").map(|ids| {
-                        ids.split_whitespace()
-                            .filter_map(|g| g.parse().ok())
-                            .collect::<Vec<u32>>()
-                    })
-                })
-            })
-            .unwrap_or_default();
+    /// The user of a peer process (`SO_PEERCRED`), with the supplementary groups it had when
+    /// it connected (`SO_PEERGROUPS`, [`peer_groups`]); its primary group alone where the
+    /// kernel does not tell them (fewer rights, never another process's).
+    pub fn of_peer(uid: u32, gid: u32, groups: Option<Vec<u32>>) -> Caller {
+        let mut groups = groups.unwrap_or_default();
         groups.push(gid);
         groups.sort_unstable();
         groups.dedup();
@@ -278,6 +268,47 @@ impl Caller {
             true => Ok(()),
             false => Err(self.refused(dir, "write in")),
         }
+    }
+}
+
+/// The supplementary groups of the process at the other end of Unix socket `fd` as they were
+/// when it connected (`SO_PEERGROUPS`, Linux 4.13). Not `/proc/<pid>/status`: by the time a
+/// request comes, that pid may be another process's (a client can cycle the pids until a
+/// process of a group it wants gets its own), and a request would get that process's groups.
+pub fn peer_groups(fd: std::os::fd::RawFd) -> Option<Vec<u32>> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut groups = vec![0u32; 64];
+        loop {
+            let mut len = (groups.len() * 4) as libc::socklen_t;
+            // SAFETY: a buffer of `len` bytes, and its length, for the kernel to fill.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_PEERGROUPS,
+                    groups.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            let n = len as usize / 4;
+            if r == 0 {
+                groups.truncate(n);
+                return Some(groups);
+            }
+            // ERANGE: too small, and `len` says how much is needed.
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE)
+                || n <= groups.len()
+            {
+                return None;
+            }
+            groups.resize(n, 0);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        None
     }
 }
 
@@ -509,5 +540,24 @@ mod tests {
         // An ordinary file is read as its mode says.
         let t = tempfile::NamedTempFile::new().unwrap();
         stranger.may_read_from(t.path(), t.as_file()).unwrap();
+    }
+
+    /// A client's groups are those the kernel kept for its connection when it connected
+    /// (the groups of the process that made it), not looked up later by its pid.
+    #[test]
+    fn a_peer_s_groups_are_those_of_its_connection() {
+        use std::os::fd::AsRawFd;
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        // SAFETY: a buffer of the length given, for the kernel to fill.
+        let mut mine = vec![0 as libc::gid_t; 4096];
+        let n = unsafe { libc::getgroups(mine.len() as i32, mine.as_mut_ptr()) };
+        assert!(n >= 0);
+        mine.truncate(n as usize);
+        let mut told = peer_groups(ours.as_raw_fd()).expect("SO_PEERGROUPS (Linux 4.13)");
+        told.sort_unstable();
+        mine.sort_unstable();
+        assert_eq!(told, mine);
+        let caller = Caller::of_peer(4_000_000, 4_000_001, None);
+        assert_eq!(caller.groups, [4_000_001], "the primary group alone");
     }
 }
