@@ -176,11 +176,21 @@ impl Caller {
         }
     }
 
-    /// The caller may read `file`, opened at `path`: by the mode of the file opened, and
-    /// that very file is what the path names looked up as the caller ([`Self::look_up`]), so
-    /// a link swapped in between the two is refused.
-    pub fn may_read_opened(&self, path: &Path, file: &std::fs::File) -> Result<(), Refused> {
-        self.may_use_opened(path, file, READ, "read")
+    /// Opens `path` for reading for the caller: looked up as them ([`Self::look_up`]), a
+    /// regular file their mode bits let them read and not one of the kernel's, and only then
+    /// opened, that very file: nothing else (a device, a FIFO) is opened as the daemon.
+    pub fn open_to_read(&self, path: &Path) -> Result<std::fs::File, Unreachable> {
+        let reached = self.look_up(path)?;
+        self.may_read_from(path, &reached.file)?;
+        if !self.allows(&reached.meta, READ) {
+            return Err(self.refused(path, "read").into());
+        }
+        crate::fsutil::beneath::reopen_regular(&reached.file, &reached.meta).map_err(|source| {
+            Unreachable::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
     }
 
     /// The caller may write in directory `dir`, opened at `path`: by the mode of the
@@ -204,9 +214,6 @@ impl Caller {
         };
         if (reached.dev(), reached.ino()) != (meta.dev(), meta.ino()) {
             return Err(self.changed(path));
-        }
-        if want & READ != 0 {
-            self.may_read_from(path, file)?;
         }
         match self.allows(&meta, want) {
             true => Ok(()),
@@ -488,19 +495,22 @@ mod tests {
         assert_eq!(io(e), (open.clone(), Some(libc::ENOTDIR)));
     }
 
-    /// A file opened at a path is read for the caller only if the path, looked up as them,
-    /// names that very file: a link retargeted between the open and the check is refused.
+    /// A directory opened at a path is written in for the caller only if the path, looked up
+    /// as them, names that very directory: a link retargeted between the open and the check
+    /// is refused.
     #[test]
-    fn a_file_opened_is_theirs_only_if_their_lookup_finds_it() {
+    fn a_directory_opened_is_theirs_only_if_their_lookup_finds_it() {
         let t = tempfile::tempdir().unwrap();
         mode(t.path(), 0o755);
         let (a, b, link) = (
-            t.path().join("a.ma"),
-            t.path().join("b.ma"),
-            t.path().join("scene.ma"),
+            t.path().join("a"),
+            t.path().join("b"),
+            t.path().join("shots"),
         );
-        std::fs::write(&a, "a").unwrap();
-        std::fs::write(&b, "b").unwrap();
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        mode(&a, 0o777);
+        mode(&b, 0o777);
         std::os::unix::fs::symlink(&a, &link).unwrap();
         let meta = std::fs::metadata(&a).unwrap();
         let stranger = Caller {
@@ -509,10 +519,10 @@ mod tests {
             groups: vec![meta.gid() + 1000],
         };
         let opened = std::fs::File::open(&link).unwrap();
-        stranger.may_read_opened(&link, &opened).unwrap();
+        stranger.may_place_in(&link, &opened).unwrap();
         std::fs::remove_file(&link).unwrap();
         std::os::unix::fs::symlink(&b, &link).unwrap();
-        let refused = stranger.may_read_opened(&link, &opened).unwrap_err();
+        let refused = stranger.may_place_in(&link, &opened).unwrap_err();
         assert_eq!(refused.why, Why::Changed, "{refused}");
         assert!(
             refused
@@ -520,6 +530,52 @@ mod tests {
                 .contains("what it names changed while it was checked"),
             "{refused}"
         );
+    }
+
+    /// A file is opened to be read for the caller only once their lookup found it, a regular
+    /// file they may read: a FIFO (another user's writer waiting on it) is not opened.
+    #[test]
+    fn a_file_is_opened_for_the_caller_only_once_found_theirs_to_read() {
+        let t = tempfile::tempdir().unwrap();
+        mode(t.path(), 0o755);
+        let (scene, fifo) = (t.path().join("scene.ma"), t.path().join("fifo"));
+        std::fs::write(&scene, "scene").unwrap();
+        mode(&scene, 0o644);
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+        let meta = std::fs::metadata(&scene).unwrap();
+        let stranger = Caller {
+            uid: meta.uid() + 1000,
+            gid: meta.gid() + 1000,
+            groups: vec![meta.gid() + 1000],
+        };
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stranger.open_to_read(&scene).unwrap(), &mut text)
+            .unwrap();
+        assert_eq!(text, "scene");
+        // A writer waiting on the FIFO would be let through by an open: none is made.
+        let writer = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(fifo)
+                    .map(|_| ())
+            }
+        });
+        let e = stranger.open_to_read(&fifo).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!writer.is_finished(), "the FIFO was opened");
+        // Let the writer go.
+        drop(std::fs::File::open(&fifo).unwrap());
+        writer.join().unwrap().unwrap();
+        mode(&scene, 0o600);
+        assert!(matches!(
+            stranger.open_to_read(&scene),
+            Err(Unreachable::Refused(_))
+        ));
     }
 
     /// The kernel's files (`/proc`, `/sys`) show each reader what it may see: the daemon,
@@ -532,8 +588,9 @@ mod tests {
             groups: vec![4_000_000],
         };
         let version = Path::new("/proc/version");
-        let opened = std::fs::File::open(version).unwrap();
-        let refused = stranger.may_read_opened(version, &opened).unwrap_err();
+        let Err(Unreachable::Refused(refused)) = stranger.open_to_read(version) else {
+            panic!("read")
+        };
         assert_eq!(refused.why, Why::KernelMade, "{refused}");
         let reached = stranger.look_up(version).unwrap();
         assert!(stranger.may_read_from(version, &reached.file).is_err());

@@ -331,17 +331,44 @@ pub struct Replaced;
 
 /// As [`open_regular_following`], and with `same`, only if it is that file (else an error
 /// holding [`Replaced`]): for another user's job, the file checked and hashed for them, not
-/// what a link swapped in since names.
+/// what a link swapped in since names. That one is looked at before it is opened for reading
+/// ([`reopen_regular`]), so nothing else (a device, a FIFO another user waits on) is opened
+/// as the daemon.
 pub fn open_regular_same(path: &Path, same: Option<FileId>) -> io::Result<File> {
     use std::os::unix::fs::MetadataExt;
-    let file = open_regular_following(path)?;
-    if let Some(id) = same {
-        let meta = file.metadata()?;
-        if (meta.dev(), meta.ino()) != id {
-            return Err(io::Error::other(Replaced));
-        }
+    let Some(id) = same else {
+        return open_regular_following(path);
+    };
+    #[cfg(target_os = "linux")]
+    let handle = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)?;
+    #[cfg(not(target_os = "linux"))]
+    let handle = open_regular_following(path)?;
+    let meta = handle.metadata()?;
+    if (meta.dev(), meta.ino()) != id {
+        return Err(io::Error::other(Replaced));
     }
-    Ok(file)
+    reopen_regular(&handle, &meta)
+}
+
+/// Opens for reading the regular file `handle` is on (an `O_PATH` handle, of stat `meta`):
+/// that very file, through `/proc/self/fd`. Anything else is refused without being opened.
+pub fn reopen_regular(handle: &File, meta: &std::fs::Metadata) -> io::Result<File> {
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    #[cfg(target_os = "linux")]
+    return OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(through(handle, Path::new("")));
+    #[cfg(not(target_os = "linux"))]
+    handle.try_clone()
 }
 
 /// Whether `e` says the file opened was not the one expected.
@@ -461,5 +488,37 @@ mod tests {
                     .is_err()
             );
         }
+    }
+
+    /// Given the file it must be, an open looks before it opens: a FIFO swapped in at its
+    /// path (another user's writer waiting on it) is not opened, and is told as a replaced
+    /// file.
+    #[test]
+    fn an_open_of_the_very_file_opens_nothing_else() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let (path, fifo) = (t.path().join("frame.exr"), t.path().join("fifo"));
+        std::fs::write(&path, "frame").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let id = (meta.dev(), meta.ino());
+        let mut text = String::new();
+        io::Read::read_to_string(&mut open_regular_same(&path, Some(id)).unwrap(), &mut text)
+            .unwrap();
+        assert_eq!(text, "frame");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&fifo, &path).unwrap();
+        let writer = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || OpenOptions::new().write(true).open(fifo).map(|_| ())
+        });
+        let e = open_regular_same(&path, Some(id)).unwrap_err();
+        assert!(is_replaced(&e), "{e}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!writer.is_finished(), "the FIFO was opened");
+        drop(File::open(&fifo).unwrap());
+        writer.join().unwrap().unwrap();
     }
 }

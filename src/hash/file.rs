@@ -58,13 +58,15 @@ pub fn hash_file(
     cancel: &CancellationToken,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<FileHash, HashFileError> {
-    hash_file_keeping(path, buf_size, 0, cancel, on_bytes)
+    hash_file_keeping(path, None, buf_size, 0, cancel, on_bytes)
 }
 
 /// Like [`hash_file`], and keeps the content of a file of at most `keep_up_to` bytes that was
-/// read in one go (so an upload need not read it again).
+/// read in one go (so an upload need not read it again). With `same`, only that file (device
+/// and inode) is opened ([`crate::fsutil::beneath::open_regular_same`]).
 pub fn hash_file_keeping(
     path: &Path,
+    same: Option<crate::fsutil::beneath::FileId>,
     buf_size: usize,
     keep_up_to: u64,
     cancel: &CancellationToken,
@@ -84,7 +86,14 @@ pub fn hash_file_keeping(
     };
     for _ in 0..TRIES {
         // Not blocking on a FIFO or touching a device put where the scan found a file.
-        let file = crate::fsutil::beneath::open_regular_following(path).map_err(io_err)?;
+        let file = match crate::fsutil::beneath::open_regular_same(path, same) {
+            Err(e) if crate::fsutil::beneath::is_replaced(&e) => {
+                return Err(HashFileError::Replaced {
+                    path: path.to_path_buf(),
+                });
+            }
+            opened => opened.map_err(io_err)?,
+        };
         let before = FileStat::of(&file.metadata().map_err(io_err)?);
         let keep = before.size <= keep_up_to;
         let (hash, len, data) = if before.size > buf_size as u64 * PIPELINE_MIN_BUFFERS {

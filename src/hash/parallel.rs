@@ -194,7 +194,17 @@ pub fn hash_tree(
             let keep = sink.map_or(0, |s| s.keep_bytes_up_to());
             let on_bytes = |n| progress.add_bytes(n);
             let scanned = (f.stat.dev, f.stat.ino);
-            match hash_file_keeping(Path::new(path), reading.buffer, keep, &stop, &on_bytes) {
+            // For a client of another user, only the scanned file is opened (not a device or a
+            // FIFO swapped in), and read.
+            let same = reading.scanned_only.then_some(scanned);
+            match hash_file_keeping(
+                Path::new(path),
+                same,
+                reading.buffer,
+                keep,
+                &stop,
+                &on_bytes,
+            ) {
                 // The path names another file than the scan checked (a link swapped in): for a
                 // client of another user, its access was checked on the scanned one only.
                 Ok(fh) if reading.scanned_only && (fh.stat.dev, fh.stat.ino) != scanned => {

@@ -238,8 +238,8 @@ pub(super) fn bundle_file(dir: &Path, name: &str) -> Result<Option<PathBuf>, Ass
 const DOCUMENT_MAX: u64 = 16 << 20;
 
 /// A JSON (`.json`) or YAML (anything else; YAML reads JSON too) document; for `caller`,
-/// only if that user may read the file opened (its mode, not the path's checked earlier: a
-/// link swapped in since is not read with the daemon's rights).
+/// looked up and opened as that user would ([`Caller::open_to_read`]): a link swapped in
+/// since the job was checked is not read with the daemon's rights.
 pub(super) fn read_document(
     file: &Path,
     caller: Option<&Caller>,
@@ -250,12 +250,12 @@ pub(super) fn read_document(
     };
     // A regular file only: the daemon reads a bundle while it accepts a job, and a FIFO there
     // would block it (and every other client) until someone wrote to it.
-    let mut f =
-        crate::fsutil::beneath::open_regular_following(file).map_err(|e| err(e.to_string()))?;
-    if let Some(c) = caller {
-        c.may_read_opened(file, &f)
-            .map_err(|e| err(e.to_string()))?;
-    }
+    let mut f = match caller {
+        Some(c) => c.open_to_read(file).map_err(|e| err(e.to_string()))?,
+        None => {
+            crate::fsutil::beneath::open_regular_following(file).map_err(|e| err(e.to_string()))?
+        }
+    };
     let text = crate::fsutil::read_capped(&mut f, DOCUMENT_MAX).map_err(|e| err(e.to_string()))?;
     let text = String::from_utf8(text).map_err(|e| err(e.to_string()))?;
     if file.extension().is_some_and(|e| e == "json") {

@@ -28,17 +28,16 @@ impl Attachments {
         Self::parse(path, &text)
     }
 
-    /// Reads an attachments file the daemon was given by path: a regular file only, not
-    /// through a link at its name (the client's access was checked on the path: a link
-    /// swapped in since would be read with the daemon's rights, a FIFO would block it), and
-    /// for `caller` (a client of another user) only if the file opened lets that user read
-    /// it. The CLI reads its own with [`Attachments::read_file`], which takes `<(command)` too.
+    /// Reads an attachments file the daemon was given by path: a regular file only (a FIFO
+    /// would block it); for `caller` (a client of another user) looked up and opened as that
+    /// user would ([`Caller::open_to_read`]), for the daemon's own not through a link at its
+    /// name. The CLI reads its own with [`Attachments::read_file`], which takes `<(command)` too.
     pub fn read_regular_file(path: &Path, caller: Option<&Caller>) -> Result<Attachments, String> {
-        let mut file = crate::fsutil::beneath::open_regular(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if let Some(c) = caller {
-            c.may_read_opened(path, &file).map_err(|e| e.to_string())?;
-        }
+        let mut file = match caller {
+            Some(c) => c.open_to_read(path).map_err(|e| e.to_string())?,
+            None => crate::fsutil::beneath::open_regular(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+        };
         let text = crate::fsutil::read_capped(&mut file, ATTACHMENTS_MAX)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Self::parse(path, &text)
