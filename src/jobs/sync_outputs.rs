@@ -492,7 +492,38 @@ fn changed_outputs(
         } else {
             local.join(&rel_dir)
         };
-        if !path.is_dir() {
+        // Outputs are inside their root: a directory that climbs out of it is a wrong job.
+        let inside = |c: std::path::Component| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        };
+        if !std::path::Path::new(&rel_dir).components().all(inside) {
+            return Err(HashJobError::Root {
+                root: path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "the output directory {dir:?} of the job's attachments is not inside the asset root {}; outputs are looked for only inside it",
+                        local.display()
+                    ),
+                ),
+            });
+        }
+        // For another user, whether it is there is as their lookup finds it (it may be a link):
+        // the daemon's own would tell them what lies in directories closed to them.
+        let is_dir = match &scan.caller {
+            None => path.is_dir(),
+            Some(caller) => match caller.look_up(&path) {
+                Ok(reached) => reached.meta.is_dir(),
+                Err(crate::fsutil::access::Unreachable::Refused(refused)) => {
+                    return Err(crate::scan::ScanErrors(vec![refused.into()]).into());
+                }
+                Err(crate::fsutil::access::Unreachable::Io { .. }) => false,
+            },
+        };
+        if !is_dir {
             // Another task may make it yet (the official worker says the same).
             tracing::info!(
                 "found 0 files: output directory {} does not exist",
@@ -509,4 +540,64 @@ fn changed_outputs(
     }
     dedup_by_path(&mut out);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn outputs(
+        local: &Path,
+        dirs: &[&str],
+        scan: &ScanOptions,
+    ) -> Result<Vec<ScannedFile>, HashJobError> {
+        let dirs: Vec<String> = dirs.iter().map(|d| d.to_string()).collect();
+        let session = local.parent().unwrap();
+        changed_outputs(local, &dirs, session, None, scan, &CancellationToken::new())
+    }
+
+    /// An output directory is looked for inside its asset root only; for another user,
+    /// whether it is there is what their own lookup finds, so a link of theirs into a
+    /// directory closed to them is refused, whether or not its target exists.
+    #[test]
+    fn output_directories_are_inside_the_root_and_found_as_the_caller_would() {
+        let t = tempfile::tempdir().unwrap();
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        mode(t.path(), 0o755).unwrap();
+        let (session, private) = (t.path().join("session"), t.path().join("private"));
+        let local = session.join("assetroot-1");
+        std::fs::create_dir_all(local.join("renders")).unwrap();
+        std::fs::write(local.join("renders/beauty.exr"), "frame").unwrap();
+        std::fs::create_dir_all(private.join("cache")).unwrap();
+        mode(&private, 0o700).unwrap();
+        let own = ScanOptions::default();
+        let e = outputs(&local, &["../../private/cache"], &own).unwrap_err();
+        assert!(
+            e.to_string().contains("is not inside the asset root"),
+            "{e}"
+        );
+        assert_eq!(outputs(&local, &["renders"], &own).unwrap().len(), 1);
+        let meta = std::fs::metadata(t.path()).unwrap();
+        let stranger = ScanOptions {
+            caller: Some(std::sync::Arc::new(crate::fsutil::access::Caller {
+                uid: meta.uid() + 1000,
+                gid: meta.gid() + 1000,
+                groups: vec![meta.gid() + 1000],
+            })),
+            ..ScanOptions::default()
+        };
+        for target in ["cache", "missing"] {
+            let link = local.join("out");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(private.join(target), &link).unwrap();
+            let e = outputs(&local, &["out"], &stranger).unwrap_err();
+            assert!(e.to_string().contains("may not enter it"), "{target}: {e}");
+        }
+        assert!(
+            outputs(&local, &["nothing-yet"], &stranger)
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
