@@ -233,9 +233,13 @@ impl Caller {
     }
 
     /// Makes a file or directory made for the caller theirs, where the daemon may (as root);
-    /// it stays the daemon's otherwise.
+    /// it stays the daemon's otherwise. Its group becomes theirs too where it got the
+    /// daemon's (a setgid directory's group, which it took instead, stays).
     pub fn give(&self, file: &std::fs::File) -> std::io::Result<()> {
-        match std::os::unix::fs::fchown(file, Some(self.uid), None) {
+        // SAFETY: getegid cannot fail.
+        let daemons = unsafe { libc::getegid() };
+        let gid = file.metadata()?.gid().eq(&daemons).then_some(self.gid);
+        match std::os::unix::fs::fchown(file, Some(self.uid), gid) {
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
             done => done,
         }

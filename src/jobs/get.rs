@@ -1255,7 +1255,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn for_another_user_files_go_only_where_that_user_may_write() {
         let t = tempfile::tempdir().unwrap();
-        let Some((transfer, _, get)) = for_another_user(t.path()).await else {
+        let Some((transfer, caller, get)) = for_another_user(t.path()).await else {
             return;
         };
         let (open, closed) = (t.path().join("open"), t.path().join("closed"));
@@ -1273,6 +1273,12 @@ mod tests {
         .await
         .unwrap();
         assert!(open.join("out/shot/a.exr").is_file());
+        // What was made for them is theirs, their group's too (not the daemon's group).
+        use std::os::unix::fs::MetadataExt;
+        for made in ["out", "out/shot", "out/shot/a.exr"] {
+            let meta = std::fs::metadata(open.join(made)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (caller.uid, caller.gid), "{made}");
+        }
 
         // The directory checked, now a link to one that user may not write in.
         let link = t.path().join("link");
