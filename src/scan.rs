@@ -811,13 +811,10 @@ mod tests {
         let secrets = ["s1", "s2", "s3", "s4"]
             .map(|n| fs::metadata(private.join(n)).unwrap().ino())
             .to_vec();
-        let meta = fs::metadata(t.path()).unwrap();
         let opts = ScanOptions {
-            caller: Some(std::sync::Arc::new(crate::fsutil::access::Caller {
-                uid: meta.uid() + 1000,
-                gid: meta.gid() + 1000,
-                groups: vec![meta.gid() + 1000],
-            })),
+            caller: Some(std::sync::Arc::new(
+                crate::fsutil::access::Caller::stranger_to(t.path()),
+            )),
             ..ScanOptions::default()
         };
         let swapped = std::sync::Once::new();
@@ -884,13 +881,10 @@ mod tests {
         fs::write(private.join("token"), "s3cr3t").unwrap();
         symlink("/etc/hostname-of-the-vault", private.join("where")).unwrap();
         mode(&private, 0o700);
-        let meta = fs::metadata(t.path()).unwrap();
         let stranger = ScanOptions {
-            caller: Some(std::sync::Arc::new(crate::fsutil::access::Caller {
-                uid: meta.uid() + 1000,
-                gid: meta.gid() + 1000,
-                groups: vec![meta.gid() + 1000],
-            })),
+            caller: Some(std::sync::Arc::new(
+                crate::fsutil::access::Caller::stranger_to(t.path()),
+            )),
             ..ScanOptions::default()
         };
         for target in ["token", "missing", "where"] {

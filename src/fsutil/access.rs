@@ -282,6 +282,20 @@ impl Caller {
     }
 }
 
+#[cfg(test)]
+impl Caller {
+    /// For tests: a user who is neither the owner of `path` nor in its group, for whom the
+    /// others' bits decide.
+    pub(crate) fn stranger_to(path: &Path) -> Caller {
+        let meta = std::fs::metadata(path).unwrap();
+        Caller {
+            uid: meta.uid() + 1000,
+            gid: meta.gid() + 1000,
+            groups: vec![meta.gid() + 1000],
+        }
+    }
+}
+
 /// The supplementary groups of the process at the other end of Unix socket `fd` as they were
 /// when it connected (`SO_PEERGROUPS`, Linux 4.13). Not `/proc/<pid>/status`: by the time a
 /// request comes, that pid may be another process's (a client can cycle the pids until a
@@ -516,12 +530,7 @@ mod tests {
         mode(&a, 0o777);
         mode(&b, 0o777);
         std::os::unix::fs::symlink(&a, &link).unwrap();
-        let meta = std::fs::metadata(&a).unwrap();
-        let stranger = Caller {
-            uid: meta.uid() + 1000,
-            gid: meta.gid() + 1000,
-            groups: vec![meta.gid() + 1000],
-        };
+        let stranger = Caller::stranger_to(&a);
         let opened = std::fs::File::open(&link).unwrap();
         stranger.may_place_in(&link, &opened).unwrap();
         std::fs::remove_file(&link).unwrap();
@@ -548,12 +557,7 @@ mod tests {
         let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a valid C string.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
-        let meta = std::fs::metadata(&scene).unwrap();
-        let stranger = Caller {
-            uid: meta.uid() + 1000,
-            gid: meta.gid() + 1000,
-            groups: vec![meta.gid() + 1000],
-        };
+        let stranger = Caller::stranger_to(&scene);
         let mut text = String::new();
         std::io::Read::read_to_string(&mut stranger.open_to_read(&scene).unwrap(), &mut text)
             .unwrap();

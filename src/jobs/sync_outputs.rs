@@ -526,7 +526,7 @@ fn changed_outputs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
 
     fn outputs(
         local: &Path,
@@ -554,13 +554,10 @@ mod tests {
         mode(&private, 0o700).unwrap();
         let own = ScanOptions::default();
         assert_eq!(outputs(&local, &["renders"], &own).unwrap().len(), 1);
-        let meta = std::fs::metadata(t.path()).unwrap();
         let stranger = ScanOptions {
-            caller: Some(std::sync::Arc::new(crate::fsutil::access::Caller {
-                uid: meta.uid() + 1000,
-                gid: meta.gid() + 1000,
-                groups: vec![meta.gid() + 1000],
-            })),
+            caller: Some(std::sync::Arc::new(
+                crate::fsutil::access::Caller::stranger_to(t.path()),
+            )),
             ..ScanOptions::default()
         };
         for target in ["cache", "missing"] {
