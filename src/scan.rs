@@ -350,7 +350,10 @@ impl<'a> Walker<'a> {
             let name = entry.file_name();
             let path = dir.path.join(&name);
             // Where the entry is looked at: through its directory's descriptor, if open.
-            let look = open.as_ref().map_or_else(|| path.clone(), |o| o.at(&name));
+            let look: std::borrow::Cow<Path> = match &open {
+                Some(o) => o.at(&name).into(),
+                None => path.as_path().into(),
+            };
             let mut rel = dir.rel.clone();
             if !rel.is_empty() {
                 rel.push(b'/');
