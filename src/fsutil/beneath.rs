@@ -111,10 +111,35 @@ impl Beneath {
     /// (a link or a file there is an error of kind `NotADirectory` naming it, [`InTheWay`]);
     /// with `create`, missing ones are made.
     pub fn open_dir(&self, create: bool) -> io::Result<OpenDir> {
-        if create {
-            std::fs::create_dir_all(&self.base)?;
+        if !create {
+            return OpenDir::open(&self.base)?.walk(&self.rel, false);
         }
-        OpenDir::open(&self.base)?.walk(&self.rel, create)
+        std::fs::create_dir_all(&self.base)?;
+        let base = OpenDir::open(&self.base)?;
+        let dir = base.walk(&self.rel, true)?;
+        self.give_to_base_owner(&base)?;
+        Ok(dir)
+    }
+
+    /// Gives the directories below `base` that a daemon running as root made (its records'
+    /// `.attache/…`) to `base`'s owner: the session's user, who could not otherwise remove
+    /// their own session directory. They could have made these themselves.
+    fn give_to_base_owner(&self, base: &OpenDir) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let owner = base.file.metadata()?;
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 || owner.uid() == 0 {
+            return Ok(());
+        }
+        let mut below = PathBuf::new();
+        for part in self.rel.components() {
+            below.push(part);
+            let dir = base.open_below(&below)?;
+            if dir.file.metadata()?.uid() == 0 {
+                std::os::unix::fs::fchown(&dir.file, Some(owner.uid()), Some(owner.gid()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Opens this path's directory (made if `create`) and gives it with the file's name.
@@ -520,5 +545,28 @@ mod tests {
         assert!(!writer.is_finished(), "the FIFO was opened");
         drop(File::open(&fifo).unwrap());
         writer.join().unwrap().unwrap();
+    }
+
+    /// A daemon running as root makes a session's record directories for the session's user:
+    /// theirs, so they can remove their own session directory.
+    #[test]
+    fn record_directories_a_root_daemon_makes_are_the_session_user_s() {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let session = t.path().join("session");
+        std::fs::create_dir(&session).unwrap();
+        std::os::unix::fs::chown(&session, Some(4_000_000), Some(4_000_001)).unwrap();
+        Beneath::new(&session, ".attache/inputs")
+            .open_dir(true)
+            .unwrap();
+        for dir in [".attache", ".attache/inputs"] {
+            let meta = std::fs::metadata(session.join(dir)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (4_000_000, 4_000_001), "{dir}");
+        }
     }
 }
