@@ -136,7 +136,11 @@ impl Beneath {
             below.push(part);
             let dir = base.open_below(&below)?;
             if dir.file.metadata()?.uid() == 0 {
-                std::os::unix::fs::fchown(&dir.file, Some(owner.uid()), Some(owner.gid()))?;
+                // Where root may not give files away (an NFS export squashing root), they stay.
+                match std::os::unix::fs::fchown(&dir.file, Some(owner.uid()), Some(owner.gid())) {
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+                    done => done?,
+                }
             }
         }
         Ok(())
