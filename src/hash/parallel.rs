@@ -205,18 +205,6 @@ pub fn hash_tree(
                 &stop,
                 &on_bytes,
             ) {
-                // The path names another file than the scan checked (a link swapped in): for a
-                // client of another user, its access was checked on the scanned one only.
-                Ok(fh) if reading.scanned_only && (fh.stat.dev, fh.stat.ino) != scanned => {
-                    errors
-                        .lock()
-                        .expect("no panics while holding the lock")
-                        .push(HashFileError::Replaced {
-                            path: Path::new(path).to_path_buf(),
-                        });
-                    stop.cancel();
-                    None
-                }
                 Ok(fh) => {
                     progress.add_files(1);
                     let racy = is_racy(&fh.stat, started_ns);
