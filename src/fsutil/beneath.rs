@@ -126,9 +126,12 @@ impl Beneath {
     /// their own session directory. They could have made these themselves.
     fn give_to_base_owner(&self, base: &OpenDir) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt;
-        let owner = base.file.metadata()?;
         // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 || owner.uid() == 0 {
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(());
+        }
+        let owner = base.file.metadata()?;
+        if owner.uid() == 0 {
             return Ok(());
         }
         let mut below = PathBuf::new();
