@@ -218,21 +218,23 @@ fn walk(
         // that user, so a directory swapped for a link mid-scan is not entered.
         Some(caller) => {
             let reached = caller
-                .look_up(root)
+                .reach_to_read(root)
                 .map_err(|e| one(ScanError::unreachable(root, e)))?;
-            caller
-                .may_read_from(root, &reached.file)
-                .map_err(|e| one(e.into()))?;
-            let opened = match reached.meta.is_dir() {
-                true => Some(OpenDir::reopen(&reached.file, root).map_err(io)?),
-                false => None,
+            let opening = match reached.meta.is_dir() {
+                true => Opening::Top(OpenDir::reopen(&reached.file, root).map_err(io)?),
+                false => Opening::ByPath,
             };
-            use crate::fsutil::access::{READ, SEARCH};
-            if opened.is_some() && !caller.allows(&reached.meta, READ | SEARCH) {
-                return Err(one(caller.refused_to_read(root).into()));
-            }
-            let opening = opened.map_or(Opening::ByPath, Opening::Top);
-            (reached.meta, opening, Some(reached.path))
+            // Where links may lead, as their lookup resolves it.
+            let real_root = match &opts.boundary {
+                None => reached.path,
+                Some(bound) => {
+                    caller
+                        .look_up(bound)
+                        .map_err(|e| one(ScanError::unreachable(bound, e)))?
+                        .path
+                }
+            };
+            (reached.meta, opening, Some(real_root))
         }
     };
     if !meta.is_dir() {
@@ -240,18 +242,10 @@ fn walk(
             path: root.to_path_buf(),
         }));
     }
-    // Where links may lead, with every link resolved: for another user, as their lookup
-    // resolves it.
-    let real_root = match (&opts.caller, &opts.boundary, real_root) {
-        (None, boundary, _) => fs::canonicalize(boundary.as_deref().unwrap_or(root)).map_err(io)?,
-        (Some(_), None, Some(root)) => root,
-        (Some(caller), boundary, _) => {
-            let bound = boundary.as_deref().unwrap_or(root);
-            caller
-                .look_up(bound)
-                .map_err(|e| one(ScanError::unreachable(bound, e)))?
-                .path
-        }
+    // Where links may lead, with every link resolved.
+    let real_root = match real_root {
+        Some(real) => real,
+        None => fs::canonicalize(opts.boundary.as_deref().unwrap_or(root)).map_err(io)?,
     };
     let walker = Walker {
         root,
@@ -504,11 +498,7 @@ impl<'a> Walker<'a> {
         };
         let ft = meta.file_type();
         if let Some(caller) = &self.opts.caller {
-            use crate::fsutil::access::{READ, SEARCH};
-            let want = if ft.is_dir() { READ | SEARCH } else { READ };
-            if !caller.allows(&meta, want) {
-                return Err(caller.refused_to_read(path).into());
-            }
+            caller.may_read_found(path, &meta)?;
         }
         if ft.is_file() {
             Ok(Some(Found::File(meta)))

@@ -156,23 +156,32 @@ impl Caller {
         )
     }
 
-    /// For a path this user may not read: `path` refused.
-    pub fn refused_to_read(&self, path: &Path) -> Refused {
-        self.refused(path, "read")
+    /// The caller may read what `path` names, of stat `meta`, by its mode: a file, or a
+    /// directory to list and enter.
+    pub fn may_read_found(&self, path: &Path, meta: &Metadata) -> Result<(), Refused> {
+        let want = if meta.is_dir() { READ | SEARCH } else { READ };
+        match self.allows(meta, want) {
+            true => Ok(()),
+            false => Err(self.refused(path, "read")),
+        }
+    }
+
+    /// What `path` names, looked up as the caller ([`Self::look_up`]), if they may read it
+    /// ([`Self::may_read_found`]) and it is not one of the kernel's files.
+    pub fn reach_to_read(&self, path: &Path) -> Result<Reached, Unreachable> {
+        let reached = self.look_up(path)?;
+        self.may_read_from(path, &reached.file)?;
+        self.may_read_found(path, &reached.meta)?;
+        Ok(reached)
     }
 
     /// The caller may read `path` (a file; a directory: list and enter it). A path that does
     /// not exist is not refused here: the job says what it does with it.
     pub fn may_read(&self, path: &Path) -> Result<(), Refused> {
-        let meta = match self.look_up(path) {
-            Ok(reached) => reached.meta,
-            Err(Unreachable::Refused(refused)) => return Err(refused),
-            Err(Unreachable::Io { .. }) => return Ok(()),
-        };
-        let want = if meta.is_dir() { READ | SEARCH } else { READ };
-        match self.allows(&meta, want) {
-            true => Ok(()),
-            false => Err(self.refused(path, "read")),
+        match self.look_up(path) {
+            Ok(reached) => self.may_read_found(path, &reached.meta),
+            Err(Unreachable::Refused(refused)) => Err(refused),
+            Err(Unreachable::Io { .. }) => Ok(()),
         }
     }
 
@@ -180,11 +189,7 @@ impl Caller {
     /// regular file their mode bits let them read and not one of the kernel's, and only then
     /// opened, that very file: nothing else (a device, a FIFO) is opened as the daemon.
     pub fn open_to_read(&self, path: &Path) -> Result<std::fs::File, Unreachable> {
-        let reached = self.look_up(path)?;
-        self.may_read_from(path, &reached.file)?;
-        if !self.allows(&reached.meta, READ) {
-            return Err(self.refused(path, "read").into());
-        }
+        let reached = self.reach_to_read(path)?;
         crate::fsutil::beneath::reopen_regular(&reached.file, &reached.meta).map_err(|source| {
             Unreachable::Io {
                 path: path.to_path_buf(),
@@ -196,17 +201,8 @@ impl Caller {
     /// The caller may write in directory `dir`, opened at `path`: by the mode of the
     /// directory opened, which is what the path names looked up as the caller.
     fn may_write_in_opened(&self, path: &Path, dir: &std::fs::File) -> Result<(), Refused> {
-        self.may_use_opened(path, dir, WRITE | SEARCH, "write in")
-    }
-
-    fn may_use_opened(
-        &self,
-        path: &Path,
-        file: &std::fs::File,
-        want: u32,
-        what: &'static str,
-    ) -> Result<(), Refused> {
-        let meta = file.metadata().map_err(|_| self.refused(path, what))?;
+        let what = "write in";
+        let meta = dir.metadata().map_err(|_| self.refused(path, what))?;
         let reached = match self.look_up(path) {
             Ok(reached) => reached.meta,
             Err(Unreachable::Refused(refused)) => return Err(refused),
@@ -215,7 +211,7 @@ impl Caller {
         if (reached.dev(), reached.ino()) != (meta.dev(), meta.ino()) {
             return Err(self.changed(path));
         }
-        match self.allows(&meta, want) {
+        match self.allows(&meta, WRITE | SEARCH) {
             true => Ok(()),
             false => Err(self.refused(path, what)),
         }

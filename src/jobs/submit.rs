@@ -393,6 +393,8 @@ async fn hash_and_upload(
 }
 
 /// The files of `inputs`, with paths relative to `root`, each once.
+use crate::fsutil::access::Unreachable;
+
 fn collect_inputs(
     root: &Path,
     inputs: &[PathBuf],
@@ -414,29 +416,18 @@ fn collect_inputs(
             // enter), and read only if it is still what was found here (same device and
             // inode; hashing insists), so its mode is the one that counts. A directory's
             // files are checked as the scan finds them.
-            Some(caller) => {
-                use crate::fsutil::access::{READ, SEARCH, Unreachable};
-                let meta = match caller.look_up(input) {
-                    Ok(reached) => match caller.may_read_from(input, &reached.file) {
-                        Ok(()) => reached.meta,
-                        Err(refused) => return Err(ScanErrors(vec![refused.into()]).into()),
-                    },
-                    Err(Unreachable::Refused(refused)) => {
-                        return Err(ScanErrors(vec![refused.into()]).into());
-                    }
-                    Err(Unreachable::Io { source, .. }) => {
-                        return Err(HashJobError::Root {
-                            root: input.clone(),
-                            source,
-                        });
-                    }
-                };
-                let want = if meta.is_dir() { READ | SEARCH } else { READ };
-                if !caller.allows(&meta, want) {
-                    return Err(ScanErrors(vec![caller.refused_to_read(input).into()]).into());
+            Some(caller) => match caller.reach_to_read(input) {
+                Ok(reached) => reached.meta,
+                Err(Unreachable::Refused(refused)) => {
+                    return Err(ScanErrors(vec![refused.into()]).into());
                 }
-                meta
-            }
+                Err(Unreachable::Io { source, .. }) => {
+                    return Err(HashJobError::Root {
+                        root: input.clone(),
+                        source,
+                    });
+                }
+            },
         };
         if meta.is_dir() {
             match scan_under(root, input, spec.scan.clone(), cancel)? {
