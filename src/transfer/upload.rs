@@ -471,15 +471,27 @@ async fn load_verified(
         Ok(bytes) if bytes.len() as u64 == item.size && ContentHash::of(&bytes) == item.hash => {
             bytes
         }
-        Err(e) if !is_replaced(&e) => return Err(TransferError::io(&item.path)(e)),
-        _ => {
-            return Err(TransferError::ChangedDuringUpload {
-                path: item.path.clone(),
-                planned: item.hash,
-            });
-        }
+        Err(e) => return Err(not_read(item, e)),
+        Ok(_) => return Err(changed(item)),
     };
     Ok(super::bytes_holding(bytes, budget))
+}
+
+/// `item`'s file no longer holds the content hashed (or is another file by now).
+fn changed(item: &UploadItem) -> TransferError {
+    TransferError::ChangedDuringUpload {
+        path: item.path.clone(),
+        planned: item.hash,
+    }
+}
+
+/// Why `item`'s file could not be read: [`changed`] where its path names another file than
+/// the one hashed, else the I/O error.
+fn not_read(item: &UploadItem, e: std::io::Error) -> TransferError {
+    match is_replaced(&e) {
+        true => changed(item),
+        false => TransferError::io(&item.path)(e),
+    }
 }
 
 /// The content of the regular file at `path`, the file `same` when given (a FIFO put where
@@ -971,16 +983,8 @@ async fn upload_parts(
     } = upload;
     let part_size = part_size_for(t.settings.part_size.0, item.size);
     // Not blocking on a FIFO put where the file was hashed.
-    let file = match open_regular_same(&item.path, item.same_file) {
-        Ok(file) => Arc::new(file),
-        Err(e) if is_replaced(&e) => {
-            return Err(TransferError::ChangedDuringUpload {
-                path: item.path.clone(),
-                planned: item.hash,
-            });
-        }
-        Err(e) => return Err(TransferError::io(&item.path)(e)),
-    };
+    let file =
+        Arc::new(open_regular_same(&item.path, item.same_file).map_err(|e| not_read(item, e))?);
     let mut hasher = Some(Box::new(Xxh3Default::new()));
     // A part kept or sent: done in the progress, and counted for a restart to take back.
     let count = |len: u64| {
@@ -1055,10 +1059,7 @@ async fn upload_parts(
     let streamed = ContentHash(hasher.expect("present").digest128());
     let now = std::fs::metadata(&item.path).map_err(TransferError::io(&item.path))?;
     if streamed != item.hash || now.len() != item.size {
-        return Err(TransferError::ChangedDuringUpload {
-            path: item.path.clone(),
-            planned: item.hash,
-        });
+        return Err(changed(item));
     }
     etags.sort_by_key(|(n, _)| *n);
     let parts_took = started.elapsed();
