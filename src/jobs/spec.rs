@@ -333,6 +333,18 @@ fn invalid(field: &'static str, message: impl Into<String>) -> JobError {
     }
 }
 
+/// A path the daemon is given: it has no working directory of its client's.
+fn absolute(field: &'static str, p: &Path) -> Result<(), JobError> {
+    if p.is_absolute() {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{} must be an absolute path", p.display()),
+        ))
+    }
+}
+
 fn keep_a_copy() -> Conflict {
     Conflict::CreateCopy
 }
@@ -354,11 +366,8 @@ impl JobSpec {
                 "values of a job bundle's template parameters need the bundle: give its directory in asset_references",
             ));
         }
-        if let Some(file) = files.iter().find(|f| !f.is_absolute()) {
-            return Err(invalid(
-                "asset_references",
-                format!("{} must be an absolute path", file.display()),
-            ));
+        for file in &files {
+            absolute("asset_references", file)?;
         }
         let mut paths = AssetReferences {
             inputs: std::mem::take(&mut j.inputs),
@@ -404,18 +413,29 @@ impl JobSpec {
     /// is read; the files inside an input directory or a session are checked as the scan
     /// finds them, and download destinations the store names once they are known.
     pub fn check_caller(&self, caller: &Caller) -> Result<(), JobError> {
-        let attachments = |a: &AttachmentsArg| match a {
-            AttachmentsArg::File(p) => caller.may_read(p),
-            AttachmentsArg::Inline(_) => Ok(()),
+        let attachments = |a: &AttachmentsArg| -> Result<(), JobError> {
+            match a {
+                AttachmentsArg::File(p) => {
+                    absolute("attachments", p)?;
+                    Ok(caller.may_read(p)?)
+                }
+                AttachmentsArg::Inline(_) => Ok(()),
+            }
         };
         // The PATH of each `NAME=PATH` (`FROM=TO`), checked already by `validate`.
         let paths = |values: &[String], field| -> Result<Vec<PathBuf>, JobError> {
             Ok(pairs(values, field)?.into_iter().map(|(_, p)| p).collect())
         };
+        // Refused before they are looked up: a relative path would be looked up from the
+        // daemon's working directory, not the client's.
         match self {
             JobSpec::Submit(j) => {
-                j.inputs.iter().try_for_each(|p| caller.may_read(p))?;
+                for p in &j.inputs {
+                    absolute("inputs", p)?;
+                    caller.may_read(p)?;
+                }
                 for bundle in &j.asset_references {
+                    absolute("asset_references", bundle)?;
                     caller.may_read(bundle)?;
                     for document in super::asset_references::bundle_document_paths(bundle) {
                         caller.may_read(&document)?;
@@ -424,6 +444,7 @@ impl JobSpec {
             }
             JobSpec::SyncInputs(j) => {
                 attachments(&j.attachments)?;
+                absolute("session_dir", &j.session_dir)?;
                 caller.may_write_in(&j.session_dir)?;
                 if let Some(g) = j.group()?
                     && !caller.groups.contains(&g.gid)
@@ -439,6 +460,7 @@ impl JobSpec {
             }
             JobSpec::SyncOutputs(j) => {
                 attachments(&j.attachments)?;
+                absolute("session_dir", &j.session_dir)?;
                 caller.may_read(&j.session_dir)?;
                 for location in paths(&j.locations, "locations")? {
                     caller.may_read(&location)?;
@@ -559,16 +581,6 @@ impl JobSpec {
 
     /// Checks what serde cannot: required non-empty values, absolute paths, `NAME=PATH` pairs.
     pub fn validate(&self) -> Result<(), JobError> {
-        let absolute = |field: &'static str, p: &Path| {
-            if p.is_absolute() {
-                Ok(())
-            } else {
-                Err(invalid(
-                    field,
-                    format!("{} must be an absolute path", p.display()),
-                ))
-            }
-        };
         let id = |field: &'static str, v: &str| {
             if v.is_empty() || v.contains('/') {
                 Err(invalid(field, format!("{v:?} is not an id")))
@@ -828,6 +840,41 @@ pub fn pairs(values: &[String], field: &'static str) -> Result<Vec<(String, Path
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_users_relative_paths_are_refused_before_they_are_looked_up() {
+        // The crate's own files, found from the test's working directory (the daemon's, for a
+        // daemon): a relative path that resolves there is still refused, not read.
+        let caller = Caller::stranger_to(Path::new("Cargo.toml"));
+        for (spec, field) in [
+            (
+                r#"{"kind":"submit","inputs":["Cargo.toml"],"farm_id":"f","queue_id":"q"}"#,
+                "inputs",
+            ),
+            (
+                r#"{"kind":"submit","asset_references":["Cargo.toml"],"farm_id":"f","queue_id":"q"}"#,
+                "asset_references",
+            ),
+            (
+                r#"{"kind":"sync_outputs","attachments":{"manifests":[]},"session_dir":"src","farm_id":"f","queue_id":"q","job_id":"j","step_id":"s","session_action_id":"sa"}"#,
+                "session_dir",
+            ),
+            (
+                r#"{"kind":"sync_outputs","attachments":"Cargo.toml","session_dir":"/s","farm_id":"f","queue_id":"q","job_id":"j","step_id":"s","session_action_id":"sa"}"#,
+                "attachments",
+            ),
+        ] {
+            let e = serde_json::from_str::<JobSpec>(spec)
+                .unwrap()
+                .check_caller(&caller)
+                .unwrap_err();
+            assert!(
+                matches!(&e, JobError::Invalid { field: f, .. } if *f == field),
+                "{spec}: {e}"
+            );
+            assert!(e.to_string().contains("must be an absolute path"), "{e}");
+        }
+    }
 
     #[test]
     fn specs_parse_from_json_and_name_bad_fields() {
