@@ -105,6 +105,9 @@ enum Command {
     )]
     Daemon,
     /// List the daemon's jobs, oldest first.
+    ///
+    /// A user other than the daemon's (and not root) sees, and may cancel, retry or
+    /// reprioritize, only the jobs that act for it.
     Jobs(daemon_cmd::JobsArgs),
     /// Show one daemon job: state, progress, result or error; --follow waits for its end.
     Status(daemon_cmd::StatusArgs),
@@ -117,8 +120,13 @@ enum Command {
     Priority(daemon_cmd::PriorityArgs),
     /// Show or change the daemon's bandwidth limits while it runs (every transfer, those in
     /// flight too), for a while or until reset.
+    ///
+    /// Changing them is for root and the daemon's own user: they act on every job of the
+    /// machine.
     Bwlimit(bwlimit_cmd::BwlimitArgs),
     /// Make the daemon read its config again (as SIGHUP), and say whether it took it.
+    ///
+    /// For root and the daemon's own user only.
     Reload(daemon_cmd::ReloadArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },

@@ -1669,6 +1669,127 @@ print(json.dumps(out))
     assert!(!key_object.exists(), "a retry by root read it for nobody");
 }
 
+/// A user on the socket sees and changes only the jobs that act for it: another user's job
+/// (its paths, its progress) is neither listed nor shown, and cannot be cancelled, retried or
+/// reprioritized by it; the machine's bandwidth and config are for root and the daemon's user.
+#[test]
+fn another_user_sees_and_changes_only_its_own_jobs() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: acting as another user (nobody) needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start_in(
+        dir,
+        "socket_group = \"nogroup\"\n[bandwidth]\nupload = \"1MiB/s\"\n",
+        &[],
+    );
+    // Root's job, held up by the bandwidth limit while nobody tries to act on it.
+    let (root_job, _) = d.start_slow_submit(8 << 20);
+    let public = d.path("public");
+    std::fs::create_dir_all(&public).unwrap();
+    std::fs::write(public.join("a.txt"), b"small").unwrap();
+    for p in [&public, &public.join("a.txt")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let script = r#"
+import json, sys
+from attache_client import Daemon, DaemonError
+d = Daemon(socket_path=sys.argv[1])
+root_job = sys.argv[2]
+out = {}
+def attempt(name, call):
+    try:
+        out[name] = [200, call()]
+    except DaemonError as e:
+        out[name] = [e.status, str(e)]
+mine = d.wait(d.submit("farm-1", "queue-1", inputs=[sys.argv[3]])["id"])
+out["mine"] = mine
+attempt("list", lambda: [j["id"] for j in d.jobs()])
+attempt("status", lambda: d.job(root_job))
+attempt("events", lambda: next(d.events(root_job)))
+attempt("cancel", lambda: d.cancel(root_job))
+attempt("priority", lambda: d.set_priority(root_job, 100))
+attempt("retry", lambda: d.retry(root_job))
+attempt("bandwidth", lambda: d.bandwidth("off"))
+attempt("bandwidth_reset", lambda: d.bandwidth(reset=True))
+attempt("reload", lambda: d._call("POST", "/v1/reload"))
+attempt("bandwidth_seen", lambda: d.bandwidth()["upload"])
+attempt("own_status", lambda: d.job(mine["id"])["state"])
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3")
+        .uid(65534)
+        .gid(65534)
+        .env(
+            "PYTHONPATH",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
+        )
+        .arg("-c")
+        .arg(script)
+        .arg(d.socket())
+        .arg(&root_job)
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mine"]["state"], "succeeded", "{v}");
+    let mine = v["mine"]["id"].as_str().unwrap();
+    assert_eq!(v["list"], serde_json::json!([200, [mine]]), "{v}");
+    assert_eq!(
+        v["own_status"],
+        serde_json::json!([200, "succeeded"]),
+        "{v}"
+    );
+    for name in ["status", "events", "cancel", "priority", "retry"] {
+        assert_eq!(v[name][0], 403, "{name}: {v}");
+        let message = v[name][1].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "job {root_job} acts for another user: user nobody"
+            )),
+            "{name}: {message}"
+        );
+    }
+    for name in ["bandwidth", "bandwidth_reset", "reload"] {
+        assert_eq!(v[name][0], 403, "{name}: {v}");
+        assert!(
+            v[name][1]
+                .as_str()
+                .unwrap()
+                .contains("only root or the daemon's own user may"),
+            "{name}: {v}"
+        );
+    }
+    // Seeing the limit in force changes nothing: it stays open to every socket user.
+    assert_eq!(v["bandwidth_seen"][0], 200, "{v}");
+    // Root's job went on, at root's priority and limit, and root sees every job.
+    let (_, j) = d.api("GET", &format!("/v1/jobs/{root_job}"), "");
+    assert_eq!(j["state"], "running", "{j}");
+    assert_eq!(d.upload_limit(), ("1MiB/s".into(), "config".into()));
+    let (_, all) = d.api("GET", "/v1/jobs", "");
+    let ids: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [root_job.as_str(), mine], "{all}");
+    let (status, _) = d.api("DELETE", &format!("/v1/jobs/{root_job}"), "");
+    assert_eq!(status, 202);
+    assert_eq!(
+        d.wait(&root_job, Duration::from_secs(10))["state"],
+        "cancelled"
+    );
+}
+
 /// A plugin following a job must not take a daemon that stopped for the job's end: the
 /// Python client raises, as the CLI says the job was cut off.
 #[test]

@@ -15,6 +15,9 @@
 //! | `DELETE /v1/bandwidth` | back to the config's limits |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /v1/reload` | re-read the config (as SIGHUP) |
+//!
+//! A client of another user than the daemon's (not root) sees and changes its own jobs only,
+//! and may not change the bandwidth or reload the config.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +32,7 @@ use serde_json::json;
 
 use super::bandwidth::parse_setting;
 use super::metrics::Metrics;
-use super::registry::{JobState, PriorityError, Registry, RetryError};
+use super::registry::{Job, JobState, PriorityError, Registry, RetryError};
 use super::shared::Shared;
 use super::slots::{DEFAULT_PRIORITY, MAX_PRIORITY};
 use crate::fsutil::access::Caller;
@@ -216,6 +219,45 @@ fn caller(peer: PeerExt) -> Option<Arc<Caller>> {
     Some(Arc::new(Caller::of_peer(c.uid(), c.gid(), groups)))
 }
 
+/// Job `id`, when the client may see and change it ([`Job::is_for`]): 404 when there is
+/// none, 403 when it acts for another user.
+fn job_for(api: &Api, id: &str, caller: Option<&Caller>) -> Result<Arc<Job>, Box<Response>> {
+    let Some(job) = api.registry.get(id) else {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            &format!("no job {id}"),
+            Some("id"),
+        )));
+    };
+    if !job.is_for(caller) {
+        let who = caller.map(Caller::describe).unwrap_or_default();
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "job {id} acts for another user: {who} may see and change only the jobs started for it (root and the daemon's own user, all of them)"
+            ),
+            Some("id"),
+        )));
+    }
+    Ok(job)
+}
+
+/// What only root, the daemon's own user or the TCP listener's token holder may do, as it
+/// acts on every job of the machine: change the bandwidth, reload the config.
+fn machine_wide(peer: PeerExt, what: &str) -> Result<(), Box<Response>> {
+    match caller(peer) {
+        None => Ok(()),
+        Some(c) => Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "{} may not {what}: it acts on every job of the machine; only root or the daemon's own user may",
+                c.describe()
+            ),
+            None,
+        ))),
+    }
+}
+
 /// A job refused: 400 naming the field, 403 for what the client's user may not do.
 fn refused_job(e: JobError) -> Response {
     match e {
@@ -279,7 +321,7 @@ struct ListQuery {
     last: Option<usize>,
 }
 
-async fn list(State(api): State<Arc<Api>>, query: Query<ListQuery>) -> Response {
+async fn list(State(api): State<Arc<Api>>, peer: PeerExt, query: Query<ListQuery>) -> Response {
     let mut states = Vec::new();
     for s in query.state.iter().flat_map(|s| s.split(',')) {
         match serde_json::from_value::<JobState>(serde_json::Value::String(s.trim().into())) {
@@ -292,17 +334,24 @@ async fn list(State(api): State<Arc<Api>>, query: Query<ListQuery>) -> Response 
             }
         }
     }
-    axum::Json(api.registry.list(&states, query.last)).into_response()
+    let caller = caller(peer);
+    axum::Json(api.registry.list(&states, query.last, caller.as_deref())).into_response()
 }
 
-async fn status(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+async fn status(State(api): State<Arc<Api>>, Path(id): Path<String>, peer: PeerExt) -> Response {
+    if let Err(refused) = job_for(&api, &id, caller(peer).as_deref()) {
+        return *refused;
+    }
     match api.registry.record(&id) {
         Some(record) => axum::Json(record).into_response(),
         None => error(StatusCode::NOT_FOUND, &format!("no job {id}"), Some("id")),
     }
 }
 
-async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>, peer: PeerExt) -> Response {
+    if let Err(refused) = job_for(&api, &id, caller(peer).as_deref()) {
+        return *refused;
+    }
     match api.registry.cancel(&id) {
         Some(record) => (StatusCode::ACCEPTED, axum::Json(record)).into_response(),
         None => error(StatusCode::NOT_FOUND, &format!("no job {id}"), Some("id")),
@@ -310,7 +359,11 @@ async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response
 }
 
 async fn retry(State(api): State<Arc<Api>>, Path(id): Path<String>, peer: PeerExt) -> Response {
-    match api.registry.retry(&id, caller(peer)) {
+    let caller = caller(peer);
+    if let Err(refused) = job_for(&api, &id, caller.as_deref()) {
+        return *refused;
+    }
+    match api.registry.retry(&id, caller) {
         Ok(record) => (StatusCode::CREATED, axum::Json(record)).into_response(),
         Err(e @ RetryError::NoSuchJob(_)) => {
             error(StatusCode::NOT_FOUND, &e.to_string(), Some("id"))
@@ -328,8 +381,12 @@ async fn retry(State(api): State<Arc<Api>>, Path(id): Path<String>, peer: PeerEx
 async fn set_priority(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
+    peer: PeerExt,
     body: Bytes,
 ) -> Response {
+    if let Err(refused) = job_for(&api, &id, caller(peer).as_deref()) {
+        return *refused;
+    }
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {
@@ -361,9 +418,10 @@ async fn set_priority(
 
 /// One JSON record per line: now, at every state change, and every 250 ms for progress;
 /// the stream ends after the final state.
-async fn events(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
-    let Some(job) = api.registry.get(&id) else {
-        return error(StatusCode::NOT_FOUND, &format!("no job {id}"), Some("id"));
+async fn events(State(api): State<Arc<Api>>, Path(id): Path<String>, peer: PeerExt) -> Response {
+    let job = match job_for(&api, &id, caller(peer).as_deref()) {
+        Ok(job) => job,
+        Err(refused) => return *refused,
     };
     let changes = job.subscribe();
     // The first record at once; then each one after the wait, so that it is as fresh as it
@@ -420,7 +478,10 @@ struct SetBandwidth {
     lasting: Option<String>,
 }
 
-async fn set_bandwidth(State(api): State<Arc<Api>>, body: Bytes) -> Response {
+async fn set_bandwidth(State(api): State<Arc<Api>>, peer: PeerExt, body: Bytes) -> Response {
+    if let Err(refused) = machine_wide(peer, "change the daemon's bandwidth") {
+        return *refused;
+    }
     let req: SetBandwidth = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -438,12 +499,18 @@ async fn set_bandwidth(State(api): State<Arc<Api>>, body: Bytes) -> Response {
     axum::Json(api.shared.bandwidth_view()).into_response()
 }
 
-async fn reset_bandwidth(State(api): State<Arc<Api>>) -> Response {
+async fn reset_bandwidth(State(api): State<Arc<Api>>, peer: PeerExt) -> Response {
+    if let Err(refused) = machine_wide(peer, "change the daemon's bandwidth") {
+        return *refused;
+    }
     api.shared.reset_bandwidth();
     axum::Json(api.shared.bandwidth_view()).into_response()
 }
 
-async fn reload(State(api): State<Arc<Api>>) -> Response {
+async fn reload(State(api): State<Arc<Api>>, peer: PeerExt) -> Response {
+    if let Err(refused) = machine_wide(peer, "reload the daemon's config") {
+        return *refused;
+    }
     match (api.reload)() {
         Ok(()) => axum::Json(json!({"reloaded": true})).into_response(),
         Err(e) => error(

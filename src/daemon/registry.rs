@@ -146,6 +146,13 @@ impl Job {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
+
+    /// Whether a client of `user` may see and change this job. `None`: the daemon's own user,
+    /// root or the TCP listener's token holder, who may act on every job; another user, only
+    /// on the jobs that act for them (a job's paths are theirs to see, its cancel theirs).
+    pub fn is_for(&self, user: Option<&Caller>) -> bool {
+        user.is_none_or(|u| self.caller.as_ref().is_some_and(|c| c.uid == u.uid))
+    }
 }
 
 pub struct Registry {
@@ -585,8 +592,14 @@ impl Registry {
     }
 
     /// The jobs in the order they were created (the newest last), those in one of `states`
-    /// only (all when empty), the `last` most recent only (all when `None`).
-    pub fn list(&self, states: &[JobState], last: Option<usize>) -> Vec<JobRecord> {
+    /// only (all when empty), the `last` most recent only (all when `None`), those a client
+    /// of `user` may see only ([`Job::is_for`]).
+    pub fn list(
+        &self,
+        states: &[JobState],
+        last: Option<usize>,
+        user: Option<&Caller>,
+    ) -> Vec<JobRecord> {
         let (mut jobs, retried): (Vec<JobRecord>, BTreeMap<String, String>) = {
             let all = self.jobs.lock().expect("not poisoned");
             // Which job ran each one again, also when that one is not listed (a list of the
@@ -601,8 +614,9 @@ impl Registry {
             let listed = all
                 .values()
                 .filter(|j| {
-                    states.is_empty()
-                        || states.contains(&j.record.lock().expect("not poisoned").state)
+                    j.is_for(user)
+                        && (states.is_empty()
+                            || states.contains(&j.record.lock().expect("not poisoned").state))
                 })
                 .map(|j| j.snapshot())
                 .collect();
