@@ -385,6 +385,17 @@ pub fn open_regular_same(path: &Path, same: Option<FileId>) -> io::Result<File> 
     reopen_regular(&handle, &meta)
 }
 
+/// A handle on what `path` names, the last component not followed if a link: on Linux an
+/// `O_PATH` one (nothing is opened for reading, so a device or a FIFO is not either); elsewhere
+/// opened for reading, non-blocking.
+pub fn handle_not_following(path: &Path) -> io::Result<File> {
+    #[cfg(target_os = "linux")]
+    let flags = libc::O_PATH | libc::O_NOFOLLOW;
+    #[cfg(not(target_os = "linux"))]
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    OpenOptions::new().read(true).custom_flags(flags).open(path)
+}
+
 /// Opens for reading the regular file `handle` is on (an `O_PATH` handle, of stat `meta`):
 /// that very file, through `/proc/self/fd`. Anything else is refused without being opened.
 pub fn reopen_regular(handle: &File, meta: &std::fs::Metadata) -> io::Result<File> {

@@ -14,7 +14,7 @@ use super::hash::{HashJobError, HashSpec, hash_chosen};
 use super::put::{PutError, run_with};
 use super::sync_inputs::{read_manifest_file, read_record, root_id};
 use super::{Cancelled, detached};
-use crate::fsutil::beneath::Beneath;
+use crate::fsutil::beneath::{self, Beneath};
 use crate::hash::ContentHash;
 use crate::hash::cache::{CacheRecord, HashCache};
 use crate::manifest::{
@@ -305,6 +305,9 @@ fn record_outputs(session_dir: &Path, local: &Path, task: Option<&str>, publishe
 
 /// An output just published, as it was hashed.
 struct Output {
+    /// Its local root, and its path under it.
+    local: PathBuf,
+    rel: PathBuf,
     path: PathBuf,
     hash: ContentHash,
     size: u64,
@@ -314,8 +317,11 @@ struct Output {
 impl Output {
     fn of(local: &Path, e: &ManifestEntry) -> Option<Output> {
         let rel = e.path.to_posix_bytes().ok()?;
+        let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&rel));
         Some(Output {
-            path: local.join(std::ffi::OsStr::from_bytes(&rel)),
+            path: local.join(&rel),
+            local: local.to_path_buf(),
+            rel,
             hash: e.hash,
             size: e.size,
             mtime_us: e.mtime_us,
@@ -347,13 +353,24 @@ fn keep_outputs(
                 && s.size == o.size
                 && ManifestEntry::mtime_us_from_ns(s.mtime_ns) == o.mtime_us
         };
-        match std::fs::symlink_metadata(&o.path) {
-            Ok(m) if as_hashed(&m) => {}
-            _ => continue,
+        // The very file looked at is linked, reached from its root without following a link:
+        // in a session its user may rename and link while a daemon (root's) works there.
+        let Ok((dir, name)) = Beneath::new(&o.local, &o.rel).open_parent(false) else {
+            continue;
+        };
+        let Ok(file) = beneath::handle_not_following(&dir.at(name)) else {
+            continue;
+        };
+        if !file.metadata().is_ok_and(|m| as_hashed(&m)) {
+            continue;
         }
-        match cache.link(&o.path, o.hash, o.size) {
+        #[cfg(target_os = "linux")]
+        let kept = cache.link_file(&file, &o.path, o.hash, o.size);
+        #[cfg(not(target_os = "linux"))]
+        let kept = cache.link(&o.path, o.hash, o.size);
+        match kept {
             Ok(Inserted::Linked) => {
-                if let Ok(m) = std::fs::symlink_metadata(&o.path) {
+                if let Ok(m) = file.metadata() {
                     linked.push((o.path.into_os_string().into_vec(), FileStat::of(&m), o.hash));
                 }
             }
@@ -536,6 +553,61 @@ mod tests {
         let dirs: Vec<String> = dirs.iter().map(|d| d.to_string()).collect();
         let session = local.parent().unwrap();
         changed_outputs(local, &dirs, session, None, scan, &CancellationToken::new())
+    }
+
+    /// The content cache keeps the very output hashed: not a file of the same size and mtime
+    /// that a link swapped in for a directory on its way names by then.
+    #[test]
+    fn outputs_are_kept_only_as_the_files_hashed() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let local = t.path().join("assetroot-1");
+        let cache = ContentCache::new(t.path().join("content"), 1 << 30);
+        let output = |rel: &str, content: &[u8]| {
+            let path = local.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, content).unwrap();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            Output {
+                local: local.clone(),
+                rel: PathBuf::from(rel),
+                path,
+                hash: ContentHash::of(content),
+                size: content.len() as u64,
+                mtime_us: ManifestEntry::mtime_us_from_ns(FileStat::of(&meta).mtime_ns),
+            }
+        };
+        let kept = output("renders/beauty.0001.exr", b"frame one");
+        let swapped = output("comp/beauty.0002.exr", b"frame two");
+        // `comp` becomes a link to a directory with a file of the same name, size and mtime.
+        let other = t.path().join("elsewhere");
+        std::fs::create_dir_all(&other).unwrap();
+        let decoy = other.join("beauty.0002.exr");
+        std::fs::write(&decoy, b"not-yours").unwrap();
+        let mtime = std::fs::metadata(&swapped.path)
+            .unwrap()
+            .modified()
+            .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&decoy)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        std::fs::remove_dir_all(local.join("comp")).unwrap();
+        std::os::unix::fs::symlink(&other, local.join("comp")).unwrap();
+        let (kept_hash, swapped_hash) = (kept.hash, swapped.hash);
+        let stop = CancellationToken::new();
+        assert_eq!(keep_outputs(&cache, vec![kept, swapped], None, &stop), 1);
+        let blob = cache.peek(kept_hash, 9).expect("the output hashed is kept");
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&blob), ino(&local.join("renders/beauty.0001.exr")));
+        assert_eq!(cache.peek(swapped_hash, 9), None, "nothing under its hash");
+        assert_eq!(
+            std::fs::metadata(&decoy).unwrap().nlink(),
+            1,
+            "never linked"
+        );
     }
 
     /// For another user, whether an output directory is there is what their own lookup
