@@ -118,6 +118,39 @@ impl Manifest {
         }
         Ok(())
     }
+
+    /// Checks that the entries make a tree: each path once, and none below a path that is a
+    /// file (`sub` and `sub/b`). Neither client writes such a manifest; placed, one would give
+    /// a result that depends on the order its files land in, or fail half-way.
+    pub fn check_tree(&self) -> Result<(), DecodeError> {
+        // In an order where `/` comes before every other byte, the paths below a path follow
+        // it at once: comparing neighbours finds both faults.
+        let slash_first = |b: &u8| if *b == b'/' { 0 } else { u16::from(*b) + 1 };
+        let path = |i: usize| self.entries[i].path.as_wtf8();
+        let mut order: Vec<usize> = (0..self.entries.len()).collect();
+        order.sort_unstable_by(|a, b| {
+            path(*a)
+                .iter()
+                .map(slash_first)
+                .cmp(path(*b).iter().map(slash_first))
+        });
+        for pair in order.windows(2) {
+            let (above, below) = (&self.entries[pair[0]].path, &self.entries[pair[1]].path);
+            let (a, b) = (above.as_wtf8(), below.as_wtf8());
+            if a == b {
+                return Err(DecodeError::ListedTwice {
+                    path: above.display().into_owned(),
+                });
+            }
+            if b.starts_with(a) && b.get(a.len()) == Some(&b'/') {
+                return Err(DecodeError::BelowAFile {
+                    path: below.display().into_owned(),
+                    file: above.display().into_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 pub use encode::{EncodeError, ManifestWriter};

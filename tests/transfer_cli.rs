@@ -164,6 +164,53 @@ fn a_manifest_cannot_write_through_a_symlink() {
     );
 }
 
+/// A manifest that is not a tree (a path listed twice with two contents, a file with paths
+/// below it) is refused before anything is written, by `get` and `manifest verify`: placed,
+/// which content a file got would depend on the order the files landed in.
+#[test]
+fn a_manifest_that_lists_a_path_twice_or_below_a_file_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.txt"), "hello\n").unwrap();
+    std::fs::write(root.join("b.txt"), "other\n").unwrap();
+    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    for (name, faulty, says) in [
+        (
+            "twice",
+            text.replace("\"b.txt\"", "\"a.txt\""),
+            "\"a.txt\" is listed twice",
+        ),
+        (
+            "below",
+            text.replace("\"b.txt\"", "\"a.txt/b\""),
+            "\"a.txt/b\" is listed below \"a.txt\", which is a file",
+        ),
+    ] {
+        let bad = t.path().join(format!("{name}.json"));
+        std::fs::write(&bad, faulty).unwrap();
+        let dest = t.path().join(format!("dest-{name}"));
+        let (code, _, err) = run(attache(&cache)
+            .args(["get", "--store", &store])
+            .arg(&bad)
+            .arg("--dest")
+            .arg(&dest));
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains(says), "{name}: {err}");
+        assert!(
+            !dest.exists() || std::fs::read_dir(&dest).unwrap().count() == 0,
+            "{name}: nothing placed"
+        );
+        let (code, _, err) = run(attache(&cache)
+            .args(["manifest", "verify", "--root"])
+            .arg(&root)
+            .arg(&bad));
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains(says), "{name}: {err}");
+    }
+}
+
 #[test]
 fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
     let t = tempfile::tempdir().unwrap();

@@ -248,6 +248,14 @@ fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
             .map(|p| read_manifest(p))
             .collect::<anyhow::Result<Vec<_>>>()?,
     );
+    expected.check_tree().map_err(|e| {
+        let named: Vec<_> = v
+            .manifests
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        anyhow::anyhow!("{}: {e}", named.join(", "))
+    })?;
     let mut spec = crate::jobs::hash::HashSpec::from_settings(
         &ctx.settings,
         vec![v.root.clone()],

@@ -115,6 +115,7 @@ pub async fn run(
     let dry_run = transfer.dry_run;
     spec.manifest
         .validate_paths(PathRules::native())
+        .and_then(|()| spec.manifest.check_tree())
         .map_err(|e| TransferError::Refused {
             path: spec.dest.clone(),
             message: e.to_string(),

@@ -72,6 +72,7 @@ pub fn diff(old: &Manifest, new: &Manifest) -> ManifestDiff {
 mod tests {
     use super::*;
     use crate::hash::ContentHash;
+    use crate::manifest::DecodeError;
     use crate::manifest::ManifestPath;
 
     fn entry(path: &str, content: &[u8]) -> ManifestEntry {
@@ -81,6 +82,46 @@ mod tests {
             size: content.len() as u64,
             mtime_us: 1,
         }
+    }
+
+    #[test]
+    fn a_manifest_that_is_not_a_tree_is_found_out() {
+        let tree = |paths: &[&str]| {
+            Manifest::new(paths.iter().map(|p| entry(p, p.as_bytes())).collect()).check_tree()
+        };
+        // Names that sort between `sub` and `sub/…` (`sub-x`, `sub.exr`) do not hide a fault.
+        tree(&["sub", "sub-x", "sub.exr", "subway/a", "tex/sub/b"]).unwrap();
+        tree(&["a/b/c", "a/b/d", "a/bc", "a/b.c"]).unwrap();
+        assert_eq!(
+            tree(&["sub", "sub-x", "sub.exr", "sub/b"]),
+            Err(DecodeError::BelowAFile {
+                path: "sub/b".into(),
+                file: "sub".into()
+            })
+        );
+        assert_eq!(
+            tree(&["x", "a/b", "a/b/c/d"]),
+            Err(DecodeError::BelowAFile {
+                path: "a/b/c/d".into(),
+                file: "a/b".into()
+            })
+        );
+        assert_eq!(
+            tree(&["b.txt", "a.txt", "a.txt"]),
+            Err(DecodeError::ListedTwice {
+                path: "a.txt".into()
+            })
+        );
+        // Merged, a path is there once (the later wins), but one manifest's file can still
+        // stand where another has a directory.
+        let merged = merge([
+            Manifest::new(vec![entry("a.txt", b"1"), entry("sub", b"file")]),
+            Manifest::new(vec![entry("a.txt", b"2"), entry("sub/b", b"below")]),
+        ]);
+        assert!(matches!(
+            merged.check_tree(),
+            Err(DecodeError::BelowAFile { .. })
+        ));
     }
 
     #[test]
