@@ -300,6 +300,9 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
         .mode()
         & 0o777;
     assert_eq!(dir_mode, 0o700);
+    // The job records (every job's paths) are the daemon's alone too.
+    let records = std::fs::metadata(d.path("state/jobs")).unwrap();
+    assert_eq!(records.permissions().mode() & 0o777, 0o700);
 
     let (status, health) = d.api("GET", "/v1/health", "");
     assert_eq!(status, 200);
@@ -2070,6 +2073,18 @@ fn attache_retry_runs_a_cancelled_job_again_and_refuses_one_that_runs_or_succeed
         )),
         "{err}"
     );
+    // With --json, that refusal is the failure line a script reads.
+    let (code, out, err) = retry(&[&first, "--json"]);
+    assert_eq!(code, 1, "{err}");
+    let failure: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(failure["exit_code"], 1, "{out}");
+    assert!(
+        failure["error"]
+            .as_str()
+            .unwrap()
+            .contains("was already run again"),
+        "{out}"
+    );
     // After a crash: every interrupted (here: cancelled) job not yet run again, and only those.
     let (code, _, err) = retry(&["--state", "cancelled"]);
     assert_eq!(code, 0, "{err}");
@@ -2079,8 +2094,10 @@ fn attache_retry_runs_a_cancelled_job_again_and_refuses_one_that_runs_or_succeed
     assert_eq!(d.wait(&third, Duration::from_secs(5))["state"], "cancelled");
     let (code, out, err) = retry(&["--state", "failed,cancelled,interrupted", "--json"]);
     assert_eq!(code, 0, "{err}");
+    // One list of the new jobs' records, however many there are.
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["retry_of"], third.as_str(), "{out}");
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(v[0]["retry_of"], third.as_str(), "{out}");
     let (code, _, err) = retry(&["--state", "cancelled"]);
     assert_eq!(
         (code, err.contains("no cancelled job left")),
@@ -2499,6 +2516,10 @@ fn attache_bwlimit_changes_the_daemon_s_limits_while_it_runs() {
         out.contains("upload 2MiB/s, download unlimited (the config's"),
         "{out}"
     );
+    // A reset holds until the next change: a duration given with it would be dropped.
+    let (code, _, err) = bwlimit(&["--reset", "--for", "2h"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--for"), "{err}");
 
     // A typo is bad usage, named, and changes nothing.
     let (code, _, err) = bwlimit(&["fast"]);

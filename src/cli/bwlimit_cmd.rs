@@ -23,7 +23,12 @@ pub struct BwlimitArgs {
     #[arg(value_name = "RATE", conflicts_with = "reset")]
     rate: Option<String>,
     /// How long the limits hold, e.g. 2h or 30m (default: until reset).
-    #[arg(long = "for", value_name = "DURATION", requires = "rate")]
+    #[arg(
+        long = "for",
+        value_name = "DURATION",
+        requires = "rate",
+        conflicts_with = "reset"
+    )]
     lasting: Option<String>,
     /// Drop the limits set by hand: the config's apply again.
     #[arg(long)]

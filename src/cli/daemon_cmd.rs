@@ -537,6 +537,8 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let daemons = a.daemon.addresses(&ctx.settings)?;
+    // One job named: its refusal is the command's failure (with --json, the failure line).
+    let one = a.state.is_empty() && a.ids.len() == 1;
     // Each job with the daemon that has it.
     let mut jobs: Vec<(DaemonAddress, String)> = Vec::new();
     let mut refused = 0;
@@ -545,6 +547,7 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
             // Of several: a job none of them has is said, and the others still go.
             let at = match daemon_of(&daemons, id) {
                 Ok(at) => at,
+                Err(e) if one => return Err(e),
                 Err(e) => {
                     eprintln!("error: {e}");
                     refused += 1;
@@ -564,6 +567,8 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
             eprintln!("no {} job left to run again", a.state.join(" or "));
         }
     }
+    // With --json, the new jobs' records as one document: a list, or the record of one job.
+    let mut started = Vec::new();
     for (at, id) in &jobs {
         match call(at, HttpMethod::POST, &format!("/v1/jobs/{id}/retry")) {
             Ok(j) => {
@@ -572,8 +577,13 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
                     eprintln!("{id} runs again as {new}");
                     return follow_to_its_end(ctx, at, &new, a.json, &a.output);
                 }
-                print_job(&j, a.json)?;
+                if a.json {
+                    started.push(j);
+                } else {
+                    print_job(&j, false)?;
+                }
             }
+            Err(e) if one => return Err(e),
             // Only the daemon's refusal of this one job: an unreachable daemon stops here.
             Err(e) if is_refusal(&e) => {
                 eprintln!("error: {e}");
@@ -581,6 +591,13 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => return Err(e),
         }
+    }
+    match started.as_slice() {
+        [j] if one => {
+            print_job(j, true)?;
+        }
+        _ if a.json => outln!("{}", serde_json::to_string_pretty(&started)?),
+        _ => {}
     }
     Ok(match refused {
         0 => ExitCode::SUCCESS,

@@ -122,11 +122,19 @@ fn connect_advice(socket: &Path, e: &std::io::Error) -> String {
         .ok();
     let me = crate::fsutil::running_user();
     match guarded {
-        Some(m) => {
+        // Shared with a group (daemon.socket_group): the socket 0660, its directory 0750.
+        Some(m) if m.mode() & 0o050 != 0 => {
             let group = crate::fsutil::group::group_name(m.gid())
                 .unwrap_or_else(|| format!("gid {}", m.gid()));
             format!(
                 "The daemon is there, shared with its owner and group {group} only (daemon.socket_group), and attache runs as {me}: add that user to group {group} (then log in again), or run as the daemon's user"
+            )
+        }
+        Some(m) => {
+            let owner = crate::fsutil::user_name(m.uid())
+                .map_or_else(|| format!("uid {}", m.uid()), |name| format!("user {name}"));
+            format!(
+                "The daemon is there, for its own user ({owner}) only, and attache runs as {me}: run as {owner}, or set daemon.socket_group in the daemon's config to a group of that user and restart the daemon"
             )
         }
         None => format!(
@@ -616,7 +624,7 @@ mod tests {
 
     #[test]
     fn a_refused_socket_names_the_group_to_join_a_missing_one_says_to_start_the_daemon() {
-        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let t = tempfile::tempdir().unwrap();
         let socket = t.path().join("attache.sock");
         let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
@@ -625,9 +633,19 @@ mod tests {
         let gid = std::fs::metadata(&socket).unwrap().gid();
         let group = crate::fsutil::group::group_name(gid).unwrap_or(format!("gid {gid}"));
         let refused = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let mode = |m| std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(m));
+        mode(0o660).unwrap();
         let advice = connect_advice(&socket, &refused);
         assert!(
             advice.contains(&format!("add that user to group {group}")),
+            "{advice}"
+        );
+        // Owner only (no daemon.socket_group): joining its group would not let anyone in.
+        mode(0o600).unwrap();
+        let advice = connect_advice(&socket, &refused);
+        assert!(!advice.contains("add that user to group"), "{advice}");
+        assert!(
+            advice.contains("or set daemon.socket_group in the daemon's config"),
             "{advice}"
         );
     }

@@ -188,6 +188,12 @@ impl Registry {
     ) -> std::io::Result<Arc<Registry>> {
         let dir = state_dir.join("jobs");
         std::fs::create_dir_all(&dir)?;
+        // The records hold every job's paths and results: the daemon's alone, as the API
+        // shows another user only its own jobs.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         let mut jobs = BTreeMap::new();
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
