@@ -50,9 +50,11 @@ pub fn normalize_root(root: &Path) -> std::io::Result<PathBuf> {
 /// one both take a good part of a second, which on the runtime's worker would stall every
 /// other transfer and the API of a daemon.
 pub(crate) async fn encode_off_worker(manifest: crate::manifest::Manifest) -> Vec<u8> {
-    tokio::task::spawn_blocking(move || manifest.encode().expect("a manifest with entries"))
-        .await
-        .expect("manifest encoding panicked")
+    crate::logging::job_warnings::spawn_blocking(move || {
+        manifest.encode().expect("a manifest with entries")
+    })
+    .await
+    .expect("manifest encoding panicked")
 }
 
 /// Runs `f` on a rayon pool of `threads` threads (the hashing and walking threads).

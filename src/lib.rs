@@ -23,7 +23,8 @@ pub mod hash;
 pub mod jobs;
 /// The SQLite files kept on each machine (hash cache, known-present index): open and close.
 pub mod local_db;
-/// Log output setup (text or JSON, filtered by `log.level`).
+/// Log output setup (text or JSON, filtered by `log.level`), and the warnings each daemon job
+/// gives, kept for its record (`logging::job_warnings`).
 pub mod logging;
 /// Manifests: v2023-03-03 model, canonical codec, path validation, merge and diff.
 pub mod manifest;

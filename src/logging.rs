@@ -1,8 +1,12 @@
 //! Log output: human text (default) or JSON lines on stderr, filtered by `log.level`.
 
+pub mod job_warnings;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogFormat, LogSettings};
 
@@ -87,9 +91,14 @@ pub fn init(settings: &LogSettings) {
         .with_env_filter(filter)
         .with_ansi(colour)
         .with_writer(std::io::stderr);
+    // With the layer that keeps each daemon job's warnings for its record.
     let _ = match settings.format {
-        LogFormat::Text => builder.with_target(false).try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder
+            .with_target(false)
+            .finish()
+            .with(job_warnings::Layer)
+            .try_init(),
+        LogFormat::Json => builder.json().finish().with(job_warnings::Layer).try_init(),
     };
     if let Some(e) = bad {
         tracing::warn!(

@@ -17,6 +17,7 @@ pub mod upload;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -313,7 +314,8 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T, TransferError>> + Send + 'static,
 {
-    let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(fut));
+    // In the caller's span: a daemon job's warnings from its pieces reach its record.
+    let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(fut.in_current_span()));
     async move {
         match task.await {
             Ok(r) => r,

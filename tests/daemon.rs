@@ -1672,6 +1672,38 @@ print(json.dumps(out))
     assert!(!key_object.exists(), "a retry by root read it for nobody");
 }
 
+/// What a job warns of reaches the command that sent it, as a local run prints it: a farm's
+/// task log shows the input that was not there, not only the daemon's journal.
+#[test]
+fn a_daemon_job_s_warnings_reach_the_client_and_its_record() {
+    let d = Daemon::start("");
+    let proj = d.path("proj");
+    build_fixture_tree("tiny", &proj);
+    let missing = d.path("typo/scene.ma");
+    let (code, _, err) = run(d
+        .cmd()
+        .args(["submit", "--daemon"])
+        .args(IDS)
+        .arg(&proj)
+        .arg(&missing));
+    assert_eq!(code, 0, "{err}");
+    let said = format!(
+        "input {} does not exist: submitted as a referenced path",
+        missing.display()
+    );
+    assert!(err.contains(&said), "{err}");
+    assert_eq!(err.matches(&said).count(), 1, "said once: {err}");
+    let (_, jobs) = d.api("GET", "/v1/jobs", "");
+    let warnings = &jobs[0]["warnings"];
+    assert_eq!(warnings.as_array().map(Vec::len), Some(1), "{jobs}");
+    assert!(warnings[0].as_str().unwrap().starts_with(&said), "{jobs}");
+    // A later follower of the ended job hears of them too.
+    let id = jobs[0]["id"].as_str().unwrap();
+    let (code, _, err) = run(d.cmd().args(["status", id, "--follow"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&said), "{err}");
+}
+
 /// A user on the socket sees and changes only the jobs that act for it: another user's job
 /// (its paths, its progress) is neither listed nor shown, and cannot be cancelled, retried or
 /// reprioritized by it; the machine's bandwidth and config are for root and the daemon's user.

@@ -412,25 +412,36 @@ impl Conn {
     ) -> Result<serde_json::Value, ClientError> {
         let resp = self.send(method, path, body).await?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Api(e.to_string()))?
-            .to_bytes();
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        let value = json_body(resp).await?;
         if status.is_success() {
             return Ok(value);
         }
-        let message = value["error"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| status.to_string());
-        Err(match status {
-            hyper::StatusCode::NOT_FOUND => ClientError::NotFound(message),
-            _ => ClientError::Api(message),
-        })
+        Err(refusal(status, &value))
+    }
+}
+
+/// A reply's JSON body (`null` when it is not JSON).
+async fn json_body(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> Result<serde_json::Value, ClientError> {
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Api(e.to_string()))?
+        .to_bytes();
+    Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+/// The daemon's refusal, from its status and `{"error"}` reply.
+fn refusal(status: hyper::StatusCode, reply: &serde_json::Value) -> ClientError {
+    let message = reply["error"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| status.to_string());
+    match status {
+        hyper::StatusCode::NOT_FOUND => ClientError::NotFound(message),
+        _ => ClientError::Api(message),
     }
 }
 
@@ -532,13 +543,15 @@ async fn follow(
         .send(Method::GET, &format!("/v1/jobs/{id}/events"), None)
         .await?;
     if !resp.status().is_success() {
-        return Err(ClientError::Api(format!("no job {id} (HTTP {})", resp.status())).into());
+        let status = resp.status();
+        return Err(refusal(status, &json_body(resp).await?).into());
     }
     let body = resp.into_body().into_data_stream().map_err_io();
     let mut lines = StreamReader::new(body).lines();
     let mut last = serde_json::Value::Null;
     let mut cancelled = false;
     let mut said_queued = false;
+    let mut warned = 0;
     let mut interrupts = crate::cli::Interrupts::new()?;
     loop {
         tokio::select! {
@@ -552,6 +565,7 @@ async fn follow(
                         );
                     }
                     mirror(&progress, &last["progress"]);
+                    warned = warn_of(&last, warned);
                 }
                 _ => break,
             },
@@ -567,6 +581,16 @@ async fn follow(
         }
     }
     Ok(last)
+}
+
+/// Logs the job's warnings after the first `said`, as a local run logs its own (in the task's
+/// log, in the log's format); returns how many are said now.
+fn warn_of(record: &serde_json::Value, said: usize) -> usize {
+    let warnings = record["warnings"].as_array().map_or(&[][..], Vec::as_slice);
+    for w in warnings.iter().skip(said) {
+        tracing::warn!("{}", w.as_str().unwrap_or_default());
+    }
+    warnings.len().max(said)
 }
 
 /// Copies the daemon's progress numbers into the local counters the bar reads.

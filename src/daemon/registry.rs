@@ -19,7 +19,9 @@ use super::shared::Shared;
 use super::slots::{DEFAULT_PRIORITY, Slots, Turn};
 use crate::fsutil::access::Caller;
 use crate::jobs::spec::{JobError, JobSpec};
+use crate::logging::job_warnings::Warnings;
 use crate::progress::{Progress, ProgressSnapshot};
+use tracing::Instrument;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -81,6 +83,10 @@ pub struct JobRecord {
     /// whoever asks for it, acts for that user again (after a restart too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as: Option<Caller>,
+    /// The warnings the job gave, as a local run prints them (the first 100; a last line
+    /// counts the others): a client following it shows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 fn default_priority() -> u8 {
@@ -131,6 +137,8 @@ pub struct Job {
     caller: Option<Arc<Caller>>,
     /// Bumped at every state change, so event streams wake at once.
     changed: watch::Sender<u64>,
+    /// What the job warned of so far.
+    warnings: Warnings,
 }
 
 impl Job {
@@ -139,6 +147,7 @@ impl Job {
         let mut r = self.record.lock().expect("not poisoned").clone();
         if !r.state.is_final() {
             r.progress = self.progress.snapshot();
+            r.warnings = self.warnings.lines();
         }
         r
     }
@@ -227,6 +236,7 @@ impl Registry {
                 cancel: CancellationToken::new(),
                 caller: record.run_as.clone().map(Arc::new),
                 changed,
+                warnings: Warnings::default(),
             };
             jobs.insert(record.id.clone(), Arc::new(job));
         }
@@ -430,6 +440,7 @@ impl Registry {
             retried_by: None,
             retryable: None,
             run_as: caller.as_deref().cloned(),
+            warnings: Vec::new(),
         };
         write_record(&self.dir, &record);
         let (changed, _) = watch::channel(0);
@@ -439,6 +450,7 @@ impl Registry {
             cancel: self.root.child_token(),
             caller,
             changed,
+            warnings: Warnings::default(),
         });
         self.jobs
             .lock()
@@ -501,6 +513,9 @@ impl Registry {
             store = %url,
             "job started"
         );
+        // The job's own span: its log lines name it, and its warnings go to its record.
+        let span = tracing::warn_span!("job", id = %job.snapshot().id);
+        crate::logging::job_warnings::capture(&span, job.warnings.clone());
         let run = async {
             match self
                 .shared
@@ -513,7 +528,8 @@ impl Registry {
                 }
                 Err(e) => Err(JobError::Open(e)),
             }
-        };
+        }
+        .instrument(span);
         let outcome = tokio::select! {
             outcome = run => outcome,
             never = log_progress(&job, kind, &settings.log) => match never {},
@@ -523,6 +539,7 @@ impl Registry {
             let now = now_ms();
             r.finished_ms = Some(now);
             r.progress = progress;
+            r.warnings = job.warnings.lines();
             match outcome {
                 Ok(out) => {
                     self.metrics.count_output(&out);
@@ -552,7 +569,7 @@ impl Registry {
             _ => tracing::info!(
                 job = %record.id,
                 kind,
-                state = ?state,
+                state = state.name(),
                 seconds = ran_ms as f64 / 1000.0,
                 "job finished"
             ),

@@ -408,7 +408,7 @@ async fn remember(t: &Transfer, present: Vec<ContentHash>, absent: Vec<ContentHa
         return;
     };
     let store = t.store.identity();
-    let saved = tokio::task::spawn_blocking(move || {
+    let saved = crate::logging::job_warnings::spawn_blocking(move || {
         for h in absent {
             known.forget(&store, h)?;
         }

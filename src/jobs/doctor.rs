@@ -249,7 +249,7 @@ pub async fn run(
 
     let dir = settings.cache.dir.clone();
     let ttl = settings.transfer.known_present_ttl.0;
-    let (cache, known) = tokio::task::spawn_blocking(move || {
+    let (cache, known) = crate::logging::job_warnings::spawn_blocking(move || {
         let started = Instant::now();
         let cache = HashCache::open(&dir).map(|_| ());
         let cache_ms = started.elapsed().as_millis() as u64;
@@ -335,7 +335,7 @@ async fn content_cache_probe(settings: &crate::config::CacheSettings) -> Probe {
     };
     let (max, dir) = (settings.content_size.0, cache.dir().to_path_buf());
     let started = Instant::now();
-    let usage = tokio::task::spawn_blocking(move || cache.usage())
+    let usage = crate::logging::job_warnings::spawn_blocking(move || cache.usage())
         .await
         .expect("reading the content cache panicked");
     probe.ms = started.elapsed().as_millis() as u64;

@@ -135,7 +135,7 @@ pub async fn run(
         // recorded: after a full disk or a missing object, the next run trusts the files
         // already placed instead of reading them all again.
         Some(r) if !matches!(placed, Err(TransferError::Cancelled(_))) => {
-            tokio::task::spawn_blocking(move || r.finish())
+            crate::logging::job_warnings::spawn_blocking(move || r.finish())
                 .await
                 .expect("cache recorder panicked")
         }
@@ -144,7 +144,7 @@ pub async fn run(
     }
     let (mut plan, download) = placed?;
     if let Some(record) = plan.record.take() {
-        tokio::task::spawn_blocking(move || record.commit())
+        crate::logging::job_warnings::spawn_blocking(move || record.commit())
             .await
             .expect("committing the record panicked")?;
     }
@@ -183,7 +183,7 @@ async fn plan_and_download(
         let (record, sink, cancel) = (spec.record, sink.clone(), cancel.clone());
         let (dry_run, for_caller) = (transfer.dry_run, spec.for_caller.clone());
         let group = transfer.group_access.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::logging::job_warnings::spawn_blocking(move || {
             let dirs = Dirs::new(&dest, !dry_run, group.as_deref(), for_caller.as_ref());
             plan(
                 manifest,

@@ -145,7 +145,7 @@ where
                 kept: Arc::new(tokio::sync::Semaphore::new(KEPT_UNITS)),
             },
         );
-        tokio::task::spawn_blocking(move || {
+        crate::logging::job_warnings::spawn_blocking(move || {
             let r = hashing(&sink, &job);
             if r.is_err() {
                 job.cancel();

@@ -125,7 +125,7 @@ impl Roots {
 /// thousands of sessions. Runs beside the sync (on its own connection; it stops early when
 /// the sync is cancelled). A cache that cannot be opened is said by the download itself.
 async fn forget_removed_sessions(cache_dir: PathBuf, session: PathBuf, stop: CancellationToken) {
-    let done = tokio::task::spawn_blocking(move || {
+    let done = crate::logging::job_warnings::spawn_blocking(move || {
         let cache = crate::hash::cache::HashCache::open(&cache_dir)?;
         let sessions = session.parent().unwrap_or(&session).to_path_buf();
         cache

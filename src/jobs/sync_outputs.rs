@@ -206,7 +206,7 @@ pub async fn run(
                 local.clone(),
                 spec.task_id.clone(),
             );
-            tokio::task::spawn_blocking(move || {
+            crate::logging::job_warnings::spawn_blocking(move || {
                 record_outputs(&session, &local, task.as_deref(), outputs)
             })
             .await
@@ -216,7 +216,7 @@ pub async fn run(
             && !keep.is_empty()
         {
             let (cache_dir, stop) = (spec.hash.cache_dir.clone(), cancel.clone());
-            root.content_cache_files = tokio::task::spawn_blocking(move || {
+            root.content_cache_files = crate::logging::job_warnings::spawn_blocking(move || {
                 keep_outputs(&cache, keep, cache_dir.as_deref(), &stop)
             })
             .await

@@ -74,7 +74,7 @@ pub async fn find(
         return Ok(None);
     }
     let (o, store) = (t.open_uploads.clone(), t.store.identity());
-    let recorded = tokio::task::spawn_blocking(move || o.upload_ids(&store))
+    let recorded = crate::logging::job_warnings::spawn_blocking(move || o.upload_ids(&store))
         .await
         .expect("reading the open-upload records panicked");
     let now_ms = now_ms();

@@ -324,7 +324,7 @@ impl ContentCache {
 /// runtime (a stat per object); what it removed is logged.
 pub async fn evict_after_adding(cache: Arc<ContentCache>) {
     let dir = cache.dir().to_path_buf();
-    match tokio::task::spawn_blocking(move || cache.evict()).await {
+    match crate::logging::job_warnings::spawn_blocking(move || cache.evict()).await {
         Ok(Ok(e)) if e.files > 0 => tracing::info!(
             "content cache {}: removed {} least recently used object(s) ({}), {} kept",
             dir.display(),

@@ -296,7 +296,7 @@ impl CopyingStore {
             _ => {}
         }
         let (path, store) = (self.path.clone(), self.store.clone());
-        let _ = tokio::task::spawn_blocking(move || {
+        let _ = crate::logging::job_warnings::spawn_blocking(move || {
             let added = update(&path, |file| {
                 file.stores.entry(store).or_default().add(m);
                 true

@@ -189,7 +189,7 @@ async fn plan_of(t: &Transfer, items: Vec<DownloadItem>) -> (Vec<DownloadItem>, 
         ranged_from(t.settings.part_size.0),
         t.dry_run,
     );
-    tokio::task::spawn_blocking(move || {
+    crate::logging::job_warnings::spawn_blocking(move || {
         let plan = FetchPlan::of(&items);
         if !dry_run
             && items.iter().any(|i| i.size >= large)
@@ -213,7 +213,7 @@ pub async fn dry_run(t: Arc<Transfer>, items: Vec<DownloadItem>) -> DownloadRepo
         ranged_from(t.settings.part_size.0),
     );
     // Looking in the content cache is a stat per object: off the runtime.
-    let report = tokio::task::spawn_blocking(move || {
+    let report = crate::logging::job_warnings::spawn_blocking(move || {
         dry_run_report(
             &items,
             &firsts,
@@ -419,7 +419,7 @@ async fn copy_all_into(
 ) -> Result<(), TransferError> {
     let copied = {
         let cancel = cancel.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::logging::job_warnings::spawn_blocking(move || {
             work.into_iter()
                 .take_while(|_| !cancel.is_cancelled())
                 .map(|(src, item)| {
@@ -480,9 +480,11 @@ async fn place_first(
 ) -> Result<FileStat, TransferError> {
     if let Some(cache) = t.content_cache.clone() {
         let (target, stop) = (item.clone(), cancel.clone());
-        let cached = tokio::task::spawn_blocking(move || from_cache(&cache, &target, &stop))
-            .await
-            .expect("copy task panicked")?;
+        let cached = crate::logging::job_warnings::spawn_blocking(move || {
+            from_cache(&cache, &target, &stop)
+        })
+        .await
+        .expect("copy task panicked")?;
         if let Some(stat) = cached {
             c.content_cache_files.fetch_add(1, Relaxed);
             c.content_cache_bytes.fetch_add(item.size, Relaxed);
@@ -542,7 +544,7 @@ async fn keep_in_cache(
                 from.rewind()?;
                 cache.copy_in(from, hash, size, &stop)
             };
-            match tokio::task::spawn_blocking(copy).await {
+            match crate::logging::job_warnings::spawn_blocking(copy).await {
                 Ok(kept) => kept,
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
@@ -605,7 +607,7 @@ async fn copy_verified(
     cancel: &CancellationToken,
 ) -> Result<FileStat, TransferError> {
     let (src, item, cancel) = (src.to_path_buf(), item.clone(), cancel.clone());
-    tokio::task::spawn_blocking(move || copy_verified_now(&src, &item, &cancel))
+    crate::logging::job_warnings::spawn_blocking(move || copy_verified_now(&src, &item, &cancel))
         .await
         .expect("copy task panicked")
 }
@@ -1324,7 +1326,7 @@ mod tests {
         copy_all_into(&t, &c, work, Some(&sink), &CancellationToken::new())
             .await
             .unwrap();
-        tokio::task::spawn_blocking(move || recorder.finish())
+        crate::logging::job_warnings::spawn_blocking(move || recorder.finish())
             .await
             .unwrap();
         for placed in [dest, dir.path().join("third")] {
@@ -1433,7 +1435,7 @@ mod tests {
         // Nothing goes on once the download has returned.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert_eq!(placed(&root).len(), files.len());
-        tokio::task::spawn_blocking(move || recorder.finish())
+        crate::logging::job_warnings::spawn_blocking(move || recorder.finish())
             .await
             .unwrap();
         let cache = open();

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -116,15 +117,20 @@ impl Counters {
         let Some(k) = t.known.clone() else { return };
         let mut last = self.known_write.lock().expect("not poisoned");
         let before = last.take();
-        *last = Some(tokio::spawn(async move {
-            if let Some(before) = before {
-                let _ = before.await;
+        *last = Some(tokio::spawn(
+            async move {
+                if let Some(before) = before {
+                    let _ = before.await;
+                }
+                let write = crate::logging::job_warnings::spawn_blocking(move || {
+                    k.record(&store_id, &hashes)
+                });
+                if let Ok(Err(e)) = write.await {
+                    tracing::warn!("{e}");
+                }
             }
-            let write = tokio::task::spawn_blocking(move || k.record(&store_id, &hashes));
-            if let Ok(Err(e)) = write.await {
-                tracing::warn!("{e}");
-            }
-        }));
+            .in_current_span(),
+        ));
     }
 
     /// Writes what is pending (at the end of the stream, whether it succeeded or not: what
@@ -464,9 +470,10 @@ async fn load_verified(
     .await?
     .expect("never closed");
     let (path, same_file) = (item.path.clone(), item.same_file);
-    let bytes = tokio::task::spawn_blocking(move || read_regular(&path, same_file))
-        .await
-        .expect("read task panicked");
+    let bytes =
+        crate::logging::job_warnings::spawn_blocking(move || read_regular(&path, same_file))
+            .await
+            .expect("read task panicked");
     let bytes = match bytes {
         Ok(bytes) if bytes.len() as u64 == item.size && ContentHash::of(&bytes) == item.hash => {
             bytes
@@ -587,7 +594,8 @@ async fn upload_multipart(
                 item.path.display(),
                 t.settings.resume_for
             );
-            let _ = tokio::task::spawn_blocking(move || record.keep_for_resume()).await;
+            let _ = crate::logging::job_warnings::spawn_blocking(move || record.keep_for_resume())
+                .await;
         }
         (Err(_), record) => abort_given_up(t, key, upload_id, record, cancel.is_cancelled()).await,
     }
@@ -674,7 +682,8 @@ async fn resumable(
         return Ok(None);
     }
     let (o, store, k) = (t.open_uploads.clone(), t.store.identity(), key.to_string());
-    let Ok(Some(left)) = tokio::task::spawn_blocking(move || o.leftover_of(&store, &k)).await
+    let Ok(Some(left)) =
+        crate::logging::job_warnings::spawn_blocking(move || o.leftover_of(&store, &k)).await
     else {
         return taken_over(t, item, key, cancel).await;
     };
@@ -746,7 +755,11 @@ pub(crate) async fn record_open(
         upload_id.to_string(),
     );
     // Off the runtime: a file create can wait on a busy disk's journal.
-    match tokio::task::spawn_blocking(move || o.record(&store.0, &store.1, &key, &id)).await {
+    match crate::logging::job_warnings::spawn_blocking(move || {
+        o.record(&store.0, &store.1, &key, &id)
+    })
+    .await
+    {
         Ok(Ok(held)) => Some(held),
         Ok(Err(e)) => {
             tracing::warn!("{e}");
@@ -760,7 +773,7 @@ pub(crate) async fn record_open(
 /// (an unlink can wait on a busy disk's journal), and waits for it: a process that exited
 /// first would leave the record for the next run to abort a finished upload again.
 pub(crate) async fn finished(record: open_uploads::Held) {
-    let _ = tokio::task::spawn_blocking(move || record.done()).await;
+    let _ = crate::logging::job_warnings::spawn_blocking(move || record.done()).await;
 }
 
 /// Marks the record of an upload about to be aborted, off the runtime: an abort the store
@@ -775,7 +788,7 @@ async fn rewritten(
     mut record: open_uploads::Held,
     change: fn(&mut open_uploads::Held),
 ) -> open_uploads::Held {
-    match tokio::task::spawn_blocking(move || {
+    match crate::logging::job_warnings::spawn_blocking(move || {
         change(&mut record);
         record
     })
@@ -807,13 +820,16 @@ async fn abort_given_up(
     cancelled: bool,
 ) {
     let bounded = cancelled && record.is_some();
-    let task = tokio::spawn(abort_recorded(
-        t.store.clone(),
-        t.gate.clone(),
-        key.to_string(),
-        upload_id,
-        record,
-    ));
+    let task = tokio::spawn(
+        abort_recorded(
+            t.store.clone(),
+            t.gate.clone(),
+            key.to_string(),
+            upload_id,
+            record,
+        )
+        .in_current_span(),
+    );
     if !bounded {
         if let Err(e) = task.await
             && e.is_panic()
@@ -884,7 +900,8 @@ async fn abort_recorded(
 /// unless `resumable_too`.
 pub async fn abort_leftovers(t: &Transfer, resumable_too: bool) -> Vec<crate::store::OpenUpload> {
     let (o, store) = (t.open_uploads.clone(), t.store.identity());
-    let Ok(left) = tokio::task::spawn_blocking(move || o.leftovers(&store)).await else {
+    let Ok(left) = crate::logging::job_warnings::spawn_blocking(move || o.leftovers(&store)).await
+    else {
         return Vec::new();
     };
     // Spared ones are unlocked here.
@@ -1048,7 +1065,7 @@ async fn upload_parts(
             drop(permit);
             if let Some(h) = heartbeat.filter(|h| h.due()) {
                 let h = h.clone();
-                let _ = tokio::task::spawn_blocking(move || h.beat()).await;
+                let _ = crate::logging::job_warnings::spawn_blocking(move || h.beat()).await;
             }
             Ok::<_, TransferError>((n as i32, etag))
         });
@@ -1091,7 +1108,7 @@ async fn read_part(
     store: Option<Arc<dyn ObjectStore>>,
 ) -> Result<(Vec<u8>, Box<Xxh3Default>, Option<String>), TransferError> {
     let file = file.clone();
-    let read = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+    let read = crate::logging::job_warnings::spawn_blocking(move || -> std::io::Result<_> {
         let mut buf = vec![0; len as usize];
         file.read_exact_at(&mut buf, offset)?;
         hasher.update(&buf);
