@@ -163,15 +163,15 @@ pub fn main() -> ExitCode {
         Err(e) if stdout::closed(&e) => ExitCode::SUCCESS,
         // Interrupted, as a cancel is (130), but the job goes on: not "cancelled".
         Err(e) if e.is::<crate::daemon::client::StoppedFollowing>() => {
-            eprintln!("{e}");
+            crate::say!("{e}");
             ExitCode::from(exit::CANCELLED)
         }
         Err(e) => {
             let code = exit_code_of(&e);
             if code != exit::CANCELLED {
-                eprintln!("error: {}", describe(&e));
+                crate::say_error!("{}", describe(&e));
             } else {
-                eprintln!("cancelled");
+                crate::say!("cancelled");
             }
             if json_asked() {
                 // A script reading --json gets the failure there too, and whether running
@@ -508,7 +508,7 @@ where
             interrupts.next().await;
             on_signal.cancel();
             interrupts.next().await;
-            eprintln!("cancelled");
+            crate::say!("cancelled");
             std::process::exit(i32::from(exit::CANCELLED));
         });
         Ok(job(cancel.clone()).await)

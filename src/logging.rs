@@ -3,6 +3,7 @@
 pub mod job_warnings;
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -61,6 +62,47 @@ fn quiet_libraries(level: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether the log output is JSON lines (`log.format`), once [`init`] has run.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Says `line` (a command's summary, its error) on stderr: as it is, or with
+/// `log.format = "json"` as a JSON line of `level` in the log's shape, so that a log shipper
+/// reading stderr as JSON lines meets nothing else. Whatever `log.level` lets through: it is
+/// the command's output, not a log event.
+pub fn say(level: tracing::Level, line: std::fmt::Arguments<'_>) {
+    if !JSON.load(Relaxed) {
+        match level {
+            tracing::Level::ERROR => eprintln!("error: {line}"),
+            _ => eprintln!("{line}"),
+        }
+        return;
+    }
+    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+    let record = serde_json::json!({
+        "timestamp": now.to_string(),
+        "level": level.as_str(),
+        "fields": {"message": line.to_string()},
+        "target": "attache",
+    });
+    eprintln!("{record}");
+}
+
+/// [`say`] a line of the command's, as `eprintln!` takes it.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::logging::say(tracing::Level::INFO, format_args!($($arg)*))
+    };
+}
+
+/// [`say`] an error of the command's (`error: …` in text), as `eprintln!` takes it.
+#[macro_export]
+macro_rules! say_error {
+    ($($arg:tt)*) => {
+        $crate::logging::say(tracing::Level::ERROR, format_args!($($arg)*))
+    };
+}
+
 /// Installs the global subscriber. A bad `log.level` falls back to `info` with a warning
 /// rather than hiding every log.
 pub fn init(settings: &LogSettings) {
@@ -87,6 +129,7 @@ pub fn init(settings: &LogSettings) {
     // Colours only for a person at a terminal: in a farm's task log, journald or a file, the
     // escape codes are noise around every line. NO_COLOR turns them off there too.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    JSON.store(settings.format == LogFormat::Json, Relaxed);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)

@@ -211,6 +211,52 @@ fn a_manifest_that_lists_a_path_twice_or_below_a_file_is_refused() {
     }
 }
 
+/// With `log.format = "json"`, stderr is JSON lines only: the command's summary and its
+/// error too, for a log shipper that reads it so.
+#[test]
+fn with_json_logs_every_line_on_stderr_is_json_the_summary_and_the_error_too() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    build_fixture_tree("tiny", &root);
+    let cache = t.path().join("cache");
+    let store = format!("file://{}", t.path().join("store").display());
+    let lines = |err: &str| -> Vec<serde_json::Value> {
+        err.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}\n{err}")))
+            .collect()
+    };
+    let (code, _, err) = run(attache(&cache)
+        .args(["--log-format", "json", "put", "--store", &store])
+        .arg(&root)
+        .arg("-o")
+        .arg(t.path().join("m.json")));
+    assert_eq!(code, 0, "{err}");
+    let said = lines(&err);
+    assert!(
+        said.iter().any(|l| l["level"] == "INFO"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("already in the store"))),
+        "the summary: {err}"
+    );
+    let (code, _, err) = run(attache(&cache)
+        .args(["--log-format", "json", "get", "--store", &store])
+        .arg(t.path().join("nope.json"))
+        .arg("--dest")
+        .arg(t.path().join("out")));
+    assert_eq!(code, 1, "{err}");
+    let said = lines(&err);
+    let last = said.last().unwrap();
+    assert_eq!(last["level"], "ERROR", "{err}");
+    assert!(
+        last["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot read manifest"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_second_get_leaves_files_in_place_and_fetches_only_what_changed() {
     let t = tempfile::tempdir().unwrap();

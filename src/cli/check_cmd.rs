@@ -88,7 +88,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> anyhow::Result<ExitCode> {
         print_report(&report)?;
     }
     if by_ids && report.manifests == 0 && report.unusable_manifests.is_empty() {
-        eprintln!(
+        crate::say!(
             "Nothing was checked: no manifest of the job was found in {}. Check the farm, queue, job, step and task ids and the store (a job's outputs are there once a task has published them).",
             report.store
         );
@@ -168,7 +168,7 @@ fn print_report(r: &CheckReport) -> std::io::Result<()> {
         r.seconds,
     );
     if !r.missing.is_empty() || r.damaged.iter().any(|p| p.deleted) {
-        eprintln!(
+        crate::say!(
             "To upload them again, run the job's submit (or attache put ROOT) on a machine that has the files. This machine now knows they are not in the store; another one may trust its record of having uploaded them: run it there with ATTACHE_TRANSFER__KNOWN_PRESENT_TTL=0, so that it asks the store about every object."
         );
     }
@@ -176,12 +176,12 @@ fn print_report(r: &CheckReport) -> std::io::Result<()> {
         .iter()
         .any(|p| !p.deleted && p.delete_error.is_none())
     {
-        eprintln!(
+        crate::say!(
             "A damaged object stays in the way of a new upload of its file (the store says it has it): run again with --delete-damaged, then upload the files again."
         );
     }
     if !r.wrong_size.is_empty() && !r.deep {
-        eprintln!(
+        crate::say!(
             "Run again with --deep to find out whether the objects or the manifests are wrong."
         );
     }

@@ -50,9 +50,10 @@ pub fn run(ctx: &Context, args: CleanupArgs) -> anyhow::Result<ExitCode> {
     } else {
         let verb = super::tense(report.dry_run, "aborted", "would abort");
         for u in &report.recorded {
-            eprintln!(
+            crate::say!(
                 "{verb} {} (upload {}, left open by an earlier run on this machine)",
-                u.key, u.upload_id
+                u.key,
+                u.upload_id
             );
         }
         for u in &report.aborted {
@@ -60,13 +61,14 @@ pub fn run(ctx: &Context, args: CleanupArgs) -> anyhow::Result<ExitCode> {
                 .initiated_ms
                 .and_then(rfc3339)
                 .unwrap_or_else(|| "at an unknown time".into());
-            eprintln!(
+            crate::say!(
                 "{verb} {} (upload {}, started {started})",
-                u.key, u.upload_id
+                u.key,
+                u.upload_id
             );
         }
         for f in &report.failed {
-            eprintln!("could not abort: {f}");
+            crate::say!("could not abort: {f}");
         }
         let recorded = match report.recorded_aborted {
             0 => String::new(),
@@ -83,7 +85,7 @@ pub fn run(ctx: &Context, args: CleanupArgs) -> anyhow::Result<ExitCode> {
                 ),
             )
         };
-        eprintln!(
+        crate::say!(
             "{}: {} open multipart upload(s) under {}: {verb} {} {age}, kept {} younger{written}, {} in progress on this machine{recorded}",
             report.store,
             report.listed,

@@ -105,7 +105,7 @@ pub(crate) fn ask_all<T: Send>(
             Ok(v) => ok.push((at, v)),
             Err(e) if !several => return Err(e),
             Err(e) => {
-                eprintln!("error: {}: {e:#}", at.describe());
+                crate::say_error!("{}: {e:#}", at.describe());
                 failed = true;
             }
         }
@@ -242,7 +242,7 @@ pub fn reload(ctx: &Context, a: ReloadArgs) -> anyhow::Result<ExitCode> {
     let daemons = a.daemon.addresses(&ctx.settings)?;
     let (reloaded, failed) = ask_all(&daemons, |at| call(at, HttpMethod::POST, "/v1/reload"))?;
     for (at, _) in reloaded {
-        eprintln!("{}: config reloaded", at.describe());
+        crate::say!("{}: config reloaded", at.describe());
     }
     Ok(match failed {
         true => ExitCode::FAILURE,
@@ -443,7 +443,7 @@ fn print_with_result(
         print_job(j, json)?;
     }
     if !succeeded {
-        eprintln!(
+        crate::say!(
             "job {} did not succeed ({}): nothing written to {}",
             j["id"].as_str().unwrap_or_default(),
             j["state"].as_str().unwrap_or("unknown"),
@@ -491,7 +491,7 @@ fn holder_of(
     })?;
     match answers.into_iter().find_map(|(at, j)| Some((at, j?))) {
         Some((at, j)) => {
-            eprintln!("{id} is on {}", at.describe());
+            crate::say!("{id} is on {}", at.describe());
             Ok((at.clone(), j))
         }
         None => Err(ClientError::NotFound(format!(
@@ -549,7 +549,7 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
                 Ok(at) => at,
                 Err(e) if one => return Err(e),
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    crate::say_error!("{e}");
                     refused += 1;
                     continue;
                 }
@@ -564,7 +564,7 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
             jobs.extend(ids.into_iter().map(|id| (at.clone(), id)));
         }
         if jobs.is_empty() {
-            eprintln!("no {} job left to run again", a.state.join(" or "));
+            crate::say!("no {} job left to run again", a.state.join(" or "));
         }
     }
     // With --json, the new jobs' records as one document: a list, or the record of one job.
@@ -574,7 +574,7 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
             Ok(j) => {
                 if a.follow {
                     let new = j["id"].as_str().unwrap_or_default().to_string();
-                    eprintln!("{id} runs again as {new}");
+                    crate::say!("{id} runs again as {new}");
                     return follow_to_its_end(ctx, at, &new, a.json, &a.output);
                 }
                 if a.json {
@@ -586,7 +586,7 @@ pub fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<ExitCode> {
             Err(e) if one => return Err(e),
             // Only the daemon's refusal of this one job: an unreachable daemon stops here.
             Err(e) if is_refusal(&e) => {
-                eprintln!("error: {e}");
+                crate::say_error!("{e}");
                 refused += 1;
             }
             Err(e) => return Err(e),
@@ -635,7 +635,7 @@ pub fn cancel(ctx: &Context, a: JobArgs) -> anyhow::Result<ExitCode> {
     let mut j = call(&at, HttpMethod::DELETE, &path)?;
     let done = |j: &serde_json::Value| !matches!(j["state"].as_str(), Some("queued" | "running"));
     if done(&j) {
-        eprintln!(
+        crate::say!(
             "job {} has ended ({}): nothing to cancel",
             a.id,
             j["state"].as_str().unwrap_or("ended")
@@ -650,7 +650,7 @@ pub fn cancel(ctx: &Context, a: JobArgs) -> anyhow::Result<ExitCode> {
         j = call(&at, HttpMethod::GET, &path)?;
     }
     if !done(&j) {
-        eprintln!("job {} is still stopping", a.id);
+        crate::say!("job {} is still stopping", a.id);
     }
     print_job(&j, a.json)
 }

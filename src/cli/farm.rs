@@ -371,7 +371,7 @@ fn usage(e: crate::jobs::spec::JobError) -> anyhow::Error {
 fn not_to_file_in_a_dry_run(dry_run: bool, output: Option<&Path>) -> Option<&Path> {
     match output {
         Some(file) if dry_run => {
-            eprintln!(
+            crate::say!(
                 "dry run: {} is not written (the manifests it names were not published); here is what it would hold",
                 file.display()
             );
@@ -474,7 +474,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     for r in out["roots"].as_array().into_iter().flatten() {
-        eprintln!(
+        crate::say!(
             "{}: {} ({}); {}{}",
             r["root_path"].as_str().unwrap_or_default(),
             counted_json(&r["files"], "file"),
@@ -528,8 +528,8 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
         let step = d["step_id"].as_str().unwrap_or_default();
         match d["tasks"].as_u64().unwrap_or(0) {
             0 if said_empty => {}
-            0 => eprintln!("step {step}: no outputs in the store"),
-            n => eprintln!(
+            0 => crate::say!("step {step}: no outputs in the store"),
+            n => crate::say!(
                 "step {step}: outputs of {} ({})",
                 counted(n, "task"),
                 counted_json(&d["manifests"], "manifest")
@@ -545,7 +545,7 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
                 counted(n, "output manifest")
             ),
         };
-        eprintln!(
+        crate::say!(
             "{} -> {}: {}{step_outputs}; {verb} {} ({}){}, {} already in place{}",
             r["root_path"].as_str().unwrap_or_default(),
             r["local_root"].as_str().unwrap_or_default(),
@@ -601,14 +601,14 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
     for r in out["roots"].as_array().into_iter().flatten() {
         let root = r["root_path"].as_str().unwrap_or_default();
         let Some(path) = r["output_manifest_path"].as_str() else {
-            eprintln!("{root}: no new or changed outputs");
+            crate::say!("{root}: no new or changed outputs");
             continue;
         };
         let kept = match r["content_cache_files"].as_u64().unwrap_or(0) {
             0 => String::new(),
             n => format!("; {n} kept in the content cache"),
         };
-        eprintln!(
+        crate::say!(
             "{root}: {} ({}); {}; {} {path}{kept}",
             counted_json(&r["files"], "new or changed output"),
             json_size(&r["bytes"]),
@@ -653,7 +653,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
             0 => String::new(),
             n => format!(" ({n} left out by the filters)"),
         };
-        eprintln!(
+        crate::say!(
             "{} -> {}: {} from {}{left_out}; {verb} {} ({}){}, {} already in place, {} beside files with other content, {} with other content replaced, {} skipped",
             r["root_path"].as_str().unwrap_or_default(),
             r["destination"].as_str().unwrap_or_default(),
@@ -671,11 +671,11 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
     match out["tasks"].as_u64() {
         // A job run here said so itself (`no outputs: …`, with where it looked); the
         // daemon's log holds that of one run there.
-        Some(0) if through_daemon => eprintln!(
+        Some(0) if through_daemon => crate::say!(
             "no outputs: no task of {job} has published any in the daemon's store (yet); check the ids and the store if the job has run"
         ),
         Some(0) => {}
-        _ => eprintln!("{} with outputs", counted_json(&out["tasks"], "task")),
+        _ => crate::say!("{} with outputs", counted_json(&out["tasks"], "task")),
     }
     Ok(ExitCode::SUCCESS)
 }

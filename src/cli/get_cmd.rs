@@ -97,7 +97,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             0 => String::new(),
             n => format!(", {n} left out by the filters"),
         };
-        eprintln!(
+        crate::say!(
             "{}: {} ({}{left_out}) in {:.2} s: {verb} {} ({}){}, {}, {} already in place{}, {} beside files with other content, {} with other content replaced, {} skipped{tail}",
             args.dest.display(),
             super::counted(report.files, "file"),

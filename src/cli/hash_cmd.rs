@@ -124,7 +124,7 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
             }
         };
         if !args.json {
-            eprintln!(
+            crate::say!(
                 "{}: {}, {}{}, manifest {}",
                 r.root.display(),
                 super::counted(r.stats.files, "file"),
@@ -148,7 +148,7 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
         summary["roots"] = roots_json.into();
         writeln!(stdout, "{}", serde_json::to_string_pretty(&summary)?)?;
     } else {
-        eprintln!("{}", summary_line(&report.stats, report.seconds));
+        crate::say!("{}", summary_line(&report.stats, report.seconds));
     }
     Ok(ExitCode::SUCCESS)
 }

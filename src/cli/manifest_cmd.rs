@@ -194,13 +194,13 @@ fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<ExitCode> {
             match m {
                 Ok(m) => all.push((key, m, true)),
                 Err(e) => {
-                    eprintln!("error: {key}: {e}");
+                    crate::say_error!("{key}: {e}");
                     unusable = true;
                 }
             }
         }
         if args.job.job_id.is_some() && fetched.output_tasks == 0 {
-            eprintln!("no task of the job has published outputs (yet)");
+            crate::say!("no task of the job has published outputs (yet)");
         }
     }
     let mut out = crate::cli::stdout::stdout();

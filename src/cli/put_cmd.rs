@@ -105,7 +105,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        eprintln!(
+        crate::say!(
             "{}: {} ({}) -> {}: {} {} ({}, {} multipart), {} already in the store, {} known present (no request){}; {:.2} s",
             root.root.display(),
             super::counted(u.files, "file"),
@@ -124,7 +124,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
             ),
             report.seconds
         );
-        eprintln!(
+        crate::say!(
             "{}",
             super::hash_cmd::summary_line(&report.hash.stats, report.hash.seconds)
         );

@@ -560,7 +560,7 @@ async fn follow(
                     last = serde_json::from_str(&l).unwrap_or(serde_json::Value::Null);
                     if last["state"] == "queued" && !said_queued {
                         said_queued = true;
-                        eprintln!(
+                        crate::say!(
                             "job {id} is queued: the daemon runs daemon.max_running_jobs jobs at once"
                         );
                     }
@@ -574,7 +574,7 @@ async fn follow(
                     return Err(StoppedFollowing(id.to_string()).into());
                 }
                 cancelled = true;
-                eprintln!("cancelling job {id}…");
+                crate::say!("cancelling job {id}…");
                 let mut c = connect(at).await?;
                 c.json(Method::DELETE, &format!("/v1/jobs/{id}"), None).await?;
             }
