@@ -247,6 +247,7 @@ fn walk(
         Some(real) => real,
         None => fs::canonicalize(opts.boundary.as_deref().unwrap_or(root)).map_err(io)?,
     };
+    let prefix_len = rel_prefix.len();
     let walker = Walker {
         root,
         real_root: &real_root,
@@ -266,11 +267,16 @@ fn walk(
     if cancel.is_cancelled() {
         return Ok(ScanOutcome::Cancelled);
     }
-    let errors = walker
+    let mut errors = walker
         .errors
         .into_inner()
         .expect("no panics while holding the lock");
     if !errors.is_empty() {
+        let files = walker
+            .files
+            .into_inner()
+            .expect("no panics while holding the lock");
+        errors.extend(unreadable(root, prefix_len, &files, &walker.opts, cancel));
         return Err(ScanErrors(errors));
     }
     Ok(ScanOutcome::Done(
@@ -279,6 +285,37 @@ fn walk(
             .into_inner()
             .expect("no panics while holding the lock"),
     ))
+}
+
+/// The files found that cannot be opened for reading, as hashing would open them: with the
+/// problems of a failed scan, so that one run names every file to fix, not the walk's alone.
+/// Not for another user's scan, whose files are checked against that user's rights as found.
+/// `prefix_len`: the length of the files' path prefix that names `root`.
+fn unreadable(
+    root: &Path,
+    prefix_len: usize,
+    files: &[ScannedFile],
+    opts: &ScanOptions,
+    cancel: &CancellationToken,
+) -> Vec<ScanError> {
+    if opts.caller.is_some() {
+        return Vec::new();
+    }
+    files
+        .iter()
+        .take_while(|_| !cancel.is_cancelled())
+        .filter_map(|f| {
+            let rel = f.rel.to_posix_bytes().ok()?;
+            // `prefix/name…` under `root`, or `name…` without a prefix.
+            let below = rel.get(prefix_len..)?;
+            let below = below.strip_prefix(b"/").unwrap_or(below);
+            let path = root.join(OsStr::from_bytes(below));
+            match crate::fsutil::beneath::open_regular_following(&path) {
+                Ok(_) => None,
+                Err(source) => Some(ScanError::Io { path, source }),
+            }
+        })
+        .collect()
 }
 
 struct DirTask {

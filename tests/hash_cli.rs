@@ -166,35 +166,59 @@ fn non_utf8_names_and_empty_files_are_hashed() {
     assert_eq!(back, b"caf\xe9.txt");
 }
 
+/// Every file that cannot be read is named in one run (a user fixing permissions does not
+/// run it once a file), with a directory that cannot be listed too.
 #[test]
 fn unreadable_file_is_named_and_fails() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
     fs::create_dir(&root).unwrap();
     fs::write(root.join("ok.txt"), b"ok").unwrap();
-    fs::write(root.join("locked.txt"), b"secret").unwrap();
-    fs::set_permissions(root.join("locked.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    let locked = ["locked.txt", "locked-2.txt", "locked-3.txt"];
+    for name in locked {
+        fs::write(root.join(name), b"secret").unwrap();
+        fs::set_permissions(root.join(name), fs::Permissions::from_mode(0o000)).unwrap();
+    }
     fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
     // root reads anything: drop to nobody so the permission bites.
-    let mut cmd = if unsafe { libc::geteuid() } == 0 {
-        let mut c = std::process::Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_attache"),
-        ]);
-        c.env("XDG_CONFIG_HOME", "/nonexistent");
-        c
-    } else {
-        attache(&t.path().join("cache"))
+    let hash = || {
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut c = std::process::Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                env!("CARGO_BIN_EXE_attache"),
+            ]);
+            c.env("XDG_CONFIG_HOME", "/nonexistent");
+            c
+        } else {
+            attache(&t.path().join("cache"))
+        };
+        run(cmd.arg("hash").arg(&root).arg("--no-cache"))
     };
-    let (code, _, err) = run(cmd.arg("hash").arg(&root).arg("--no-cache"));
+    let all_named = |err: &str| {
+        for name in locked {
+            assert!(
+                err.contains(&format!("{name}: cannot read: Permission denied")),
+                "{name}: {err}"
+            );
+        }
+    };
+    let (code, _, err) = hash();
+    assert_eq!(code, 1, "{err}");
+    all_named(&err);
+    // A directory that cannot be listed does not hide them.
+    let closed = root.join("closed");
+    fs::create_dir(&closed).unwrap();
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o000)).unwrap();
+    let (code, _, err) = hash();
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("locked.txt: cannot read: Permission denied"),
+        err.contains("closed: cannot read: Permission denied"),
         "{err}"
     );
+    all_named(&err);
 }
 
 #[test]

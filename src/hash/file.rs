@@ -61,6 +61,37 @@ pub fn hash_file(
     hash_file_keeping(path, None, buf_size, 0, cancel, on_bytes)
 }
 
+impl HashFileError {
+    fn of_io(path: &Path, source: io::Error) -> HashFileError {
+        if source.kind() == io::ErrorKind::NotFound {
+            HashFileError::Vanished {
+                path: path.to_path_buf(),
+            }
+        } else {
+            HashFileError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}
+
+/// Opens `path` as hashing does (with `same`, only that file), or says why it cannot be
+/// read: after a failure the other files are only opened, so that one run names every file
+/// that cannot be read.
+pub fn open_to_hash(
+    path: &Path,
+    same: Option<crate::fsutil::beneath::FileId>,
+) -> Result<std::fs::File, HashFileError> {
+    // Not blocking on a FIFO or touching a device put where the scan found a file.
+    match crate::fsutil::beneath::open_regular_same(path, same) {
+        Err(e) if crate::fsutil::beneath::is_replaced(&e) => Err(HashFileError::Replaced {
+            path: path.to_path_buf(),
+        }),
+        opened => opened.map_err(|e| HashFileError::of_io(path, e)),
+    }
+}
+
 /// Like [`hash_file`], and keeps the content of a file of at most `keep_up_to` bytes that was
 /// read in one go (so an upload need not read it again). With `same`, only that file (device
 /// and inode) is opened ([`crate::fsutil::beneath::open_regular_same`]).
@@ -72,28 +103,9 @@ pub fn hash_file_keeping(
     cancel: &CancellationToken,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<FileHash, HashFileError> {
-    let io_err = |source: io::Error| {
-        if source.kind() == io::ErrorKind::NotFound {
-            HashFileError::Vanished {
-                path: path.to_path_buf(),
-            }
-        } else {
-            HashFileError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    };
+    let io_err = |source: io::Error| HashFileError::of_io(path, source);
     for _ in 0..TRIES {
-        // Not blocking on a FIFO or touching a device put where the scan found a file.
-        let file = match crate::fsutil::beneath::open_regular_same(path, same) {
-            Err(e) if crate::fsutil::beneath::is_replaced(&e) => {
-                return Err(HashFileError::Replaced {
-                    path: path.to_path_buf(),
-                });
-            }
-            opened => opened.map_err(io_err)?,
-        };
+        let file = open_to_hash(path, same)?;
         let before = FileStat::of(&file.metadata().map_err(io_err)?);
         let keep = before.size <= keep_up_to;
         let (hash, len, data) = if before.size > buf_size as u64 * PIPELINE_MIN_BUFFERS {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ContentHash;
 use super::cache::{CacheRecord, HashCache, is_racy, now_ns};
-use super::file::{HashFileError, hash_file_keeping};
+use super::file::{HashFileError, hash_file_keeping, open_to_hash};
 use crate::manifest::{Manifest, ManifestEntry, ManifestPath};
 use crate::progress::Progress;
 use crate::scan::{FileStat, ScannedFile};
@@ -179,24 +179,38 @@ pub fn hash_tree(
     // Unstable: a stable sort takes a scratch copy of half the list.
     misses.sort_unstable_by_key(|f| std::cmp::Reverse(f.stat.size));
 
-    // The first failure stops the other workers; the failures found by then are reported.
+    // The first failure stops the other workers from reading: the files left are only opened,
+    // so that every file that cannot be read is reported, and nothing more is sent.
     let stop = cancel.child_token();
     let errors = Mutex::new(Vec::new());
+    let failed = |e| {
+        errors
+            .lock()
+            .expect("no panics while holding the lock")
+            .push(e);
+        stop.cancel();
+    };
     let hashed: Vec<(HashedFile, bool)> = misses
         .into_par_iter()
         .filter_map(|f| {
-            if stop.is_cancelled() {
+            if cancel.is_cancelled() {
                 return None;
             }
             let key = abs(&f.rel);
             let path = std::ffi::OsStr::from_bytes(&key);
-            let started_ns = now_ns();
-            let keep = sink.map_or(0, |s| s.keep_bytes_up_to());
-            let on_bytes = |n| progress.add_bytes(n);
             let scanned = (f.stat.dev, f.stat.ino);
             // For a client of another user, only the scanned file is opened (not a device or a
             // FIFO swapped in), and read.
             let same = reading.scanned_only.then_some(scanned);
+            if stop.is_cancelled() {
+                if let Err(e) = open_to_hash(Path::new(path), same) {
+                    failed(e);
+                }
+                return None;
+            }
+            let started_ns = now_ns();
+            let keep = sink.map_or(0, |s| s.keep_bytes_up_to());
+            let on_bytes = |n| progress.add_bytes(n);
             match hash_file_keeping(
                 Path::new(path),
                 same,
@@ -221,11 +235,7 @@ pub fn hash_tree(
                 }
                 Err(HashFileError::Cancelled) => None,
                 Err(e) => {
-                    errors
-                        .lock()
-                        .expect("no panics while holding the lock")
-                        .push(e);
-                    stop.cancel();
+                    failed(e);
                     None
                 }
             }
