@@ -3,6 +3,7 @@
 //! `rules` rclone's ordered filter rules asked before them.
 
 pub mod filter;
+mod rclone_glob;
 pub mod rules;
 
 use std::ffi::{OsStr, OsString};

@@ -593,6 +593,53 @@ fn put_and_get_follow_rclone_filter_rules_in_order() {
     );
 }
 
+/// rclone reads `- renders/` as `- renders/**`: an earlier `+ renders/final.exr` takes that
+/// one file, and no other file under `renders/` is sent or fetched (as `rclone lsf -R` lists).
+#[test]
+fn a_directory_rule_leaves_out_the_files_under_it_in_put_and_get() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    write_tree(
+        &root,
+        &[
+            "renders/final.exr",
+            "renders/wip.exr",
+            "renders/beauty/b.exr",
+            "top.txt",
+        ],
+    );
+    let filters = t.path().join("filters.txt");
+    std::fs::write(&filters, "+ renders/final.exr\n- renders/\n").unwrap();
+    let cache = t.path().join("cache-dir");
+    let store = format!("file://{}", t.path().join("store").display());
+    let (filtered, all) = (t.path().join("filtered.json"), t.path().join("all.json"));
+    for (manifest, with_filters) in [(&filtered, true), (&all, false)] {
+        let mut put = attache(&cache);
+        put.args(["put", "--store", &store]).arg(&root);
+        if with_filters {
+            put.arg("--filter-from").arg(&filters);
+        }
+        let (code, _, err) = run(put.arg("-o").arg(manifest));
+        assert_eq!(code, 0, "{err}");
+    }
+    assert_eq!(manifest_paths(&filtered), ["renders/final.exr", "top.txt"]);
+
+    let dest = t.path().join("dest");
+    let (code, _, err) = run(attache(&cache)
+        .args(["get", "--store", &store, "--dest"])
+        .arg(&dest)
+        .arg("--filter-from")
+        .arg(&filters)
+        .arg(&all));
+    assert_eq!(code, 0, "{err}");
+    let mut fetched = files_under(&dest);
+    fetched.sort();
+    assert_eq!(
+        fetched,
+        [dest.join("renders/final.exr"), dest.join("top.txt")]
+    );
+}
+
 #[test]
 fn put_dry_run_uploads_nothing_and_leaves_the_next_put_everything_to_do() {
     let t = tempfile::tempdir().unwrap();

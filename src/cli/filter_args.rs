@@ -35,7 +35,8 @@ pub struct FilterArgs {
     pub include_from: Vec<PathBuf>,
     /// An rclone filter rule: `+ PATTERN` takes, `- PATTERN` leaves out, `!` forgets the rules
     /// before it; the first rule matching a path decides, before --exclude and --include
-    /// (patterns as rclone reads them: `/` first anchors at the root) (repeatable; hash, put,
+    /// (patterns as rclone reads them: `/` first anchors at the root, `{{regexp}}` is a regular
+    /// expression, `- dir/` leaves out the files under dir too) (repeatable; hash, put,
     /// submit, sync-outputs, manifest verify: adds to [config: hash.filter]; get,
     /// download-outputs: the config not applying).
     #[arg(long = "filter", value_name = "RULE", allow_hyphen_values = true)]

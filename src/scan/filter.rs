@@ -76,7 +76,7 @@ fn compile(p: &str) -> Result<(Glob, bool, bool), PatternError> {
 
 /// `text` as a glob of paths: `*` within a component, `**` across them, `\` escaping; a bad
 /// one is refused naming `pattern`, as it was given.
-pub(super) fn glob(text: &str, pattern: &str) -> Result<Glob, PatternError> {
+fn glob(text: &str, pattern: &str) -> Result<Glob, PatternError> {
     GlobBuilder::new(text)
         .literal_separator(true)
         .backslash_escape(true)

@@ -2,32 +2,30 @@
 //! takes, `- PATTERN` leaves out, `!` forgets the rules before it; the first rule that matches
 //! a path decides, before the exclusion and inclusion patterns.
 //!
-//! Patterns are read as rclone reads them: one starting with `/` is anchored at the root,
-//! any other matches the end of the path on whole components (`*.exr`, `cache/*.vdb` in any
-//! directory); `*` stays within a component, `**` crosses them; a trailing `/` makes a rule
-//! of directories only. Directories are filtered as rclone does, so that an excluded one is
-//! not read: a `-` rule ending in `**` (`- cache/**`, `- **`) also leaves the directory out,
-//! and no later rule leaves out a directory a `+` rule may take files from: those above and
-//! under an anchored one (`+ /renders/**/*.exr`: `renders` and everything under it), any for
-//! an unanchored one. Those are entered unless an exclusion pattern says otherwise.
+//! Patterns are read as rclone reads them (see `rclone_glob`): one starting with `/` is
+//! anchored at the root, any other matches the end of the path on whole components (`*.exr`,
+//! `cache/*.vdb` in any directory); `*` stays within a component, `**` crosses them,
+//! `{{regexp}}` is a regular expression. Directories are filtered as rclone does, so that an
+//! excluded one is not read: a rule ending in `/` is one of directories, and a `-` one also
+//! leaves out the files under them (`- tmp/` is `- tmp/**`); a rule with `**` is one of files
+//! and directories; a `+` rule of files enters the directories that may hold them
+//! (`+ renders/*.exr`: any `renders`; `+ *.exr`: every one). A directory a `+` rule enters is
+//! entered unless an exclusion pattern says otherwise.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
-
-use globset::GlobMatcher;
+use regex::Regex;
 
 use super::filter::PatternError;
+use super::rclone_glob;
 
 /// Compiled rules; none decide nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
     /// As given, for messages and to add more.
     pub given: Vec<String>,
-    files: Vec<(bool, GlobMatcher)>,
-    /// `Some`: take or leave out; `None`: enter, leaving it to the patterns (the directories
-    /// a `+` rule of files may take files from: no later rule leaves them out).
-    dirs: Vec<(Option<bool>, GlobMatcher)>,
+    files: Vec<(bool, Regex)>,
+    /// Matched against a directory's path and a `/`. `Some`: take or leave out; `None`:
+    /// enter, leaving it to the patterns (a directory a `+` rule of files enters).
+    dirs: Vec<(Option<bool>, Regex)>,
 }
 
 impl Rules {
@@ -60,50 +58,42 @@ impl Rules {
         self.given.is_empty()
     }
 
+    /// One rule, as rclone's `Filter.Add` makes its file and directory rules of it.
     fn add(&mut self, take: bool, pattern: &str) -> Result<(), PatternError> {
-        let bad = |reason: &str| PatternError {
-            pattern: pattern.to_string(),
-            reason: reason.to_string(),
-        };
-        let (anchored, body) = match pattern.strip_prefix('/') {
-            Some(rest) => (true, rest),
-            None => (false, pattern),
-        };
-        let (body, dirs_only) = match body.strip_suffix('/') {
-            Some(b) => (b, true),
-            None => (body, false),
-        };
-        if body.is_empty() {
-            return Err(bad("an empty pattern: write `**` for everything"));
+        let compile = |glob: &str| compile(glob, pattern);
+        if pattern.trim_matches('/').is_empty() {
+            return Err(PatternError {
+                pattern: pattern.to_string(),
+                reason: "an empty pattern: write `**` for everything".into(),
+            });
         }
-        let glob = |body: &str| -> Result<GlobMatcher, PatternError> {
-            let full = match anchored {
-                true => body.to_string(),
-                false => format!("**/{body}"),
+        let dirs_only = pattern.ends_with('/');
+        // Leaving out a directory leaves out its files too, wherever they are matched from.
+        let glob = match dirs_only && !take {
+            true => format!("{pattern}**"),
+            false => pattern.to_string(),
+        };
+        let crosses = glob.contains("**");
+        let re = compile(&glob)?;
+        if !dirs_only || crosses {
+            self.files.push((take, re.clone()));
+            // A `- *` leaves out every file anywhere, so no directory need be read either.
+            if take || glob == "*" {
+                for dir in rclone_glob::dir_globs(&glob) {
+                    if dir != "/" {
+                        let re = compile(&dir).map_err(|e| in_dirs(e, &dir))?;
+                        self.dirs.push((enters(take), re));
+                    }
+                }
+            }
+        }
+        if dirs_only || crosses {
+            let says = if dirs_only && take {
+                Some(true)
+            } else {
+                enters(take)
             };
-            Ok(super::filter::glob(&full, pattern)?.compile_matcher())
-        };
-        if dirs_only {
-            self.dirs.push((Some(take), glob(body)?));
-            return Ok(());
-        }
-        self.files.push((take, glob(body)?));
-        if take && !anchored {
-            // What it takes may be in any directory.
-            self.dirs.push((None, glob("**")?));
-        } else if take {
-            // The directories above the files it takes, and all of those under a `**`.
-            let parts: Vec<&str> = body.split('/').collect();
-            for n in 1..parts.len() {
-                self.dirs.push((None, glob(&parts[..n].join("/"))?));
-            }
-            if parts.last() == Some(&"**") {
-                self.dirs.push((None, glob(body)?));
-            }
-        } else if body == "**" {
-            self.dirs.push((Some(false), glob("**")?));
-        } else if let Some(dir) = body.strip_suffix("/**") {
-            self.dirs.push((Some(false), glob(dir)?));
+            self.dirs.push((says, re));
         }
         Ok(())
     }
@@ -112,20 +102,59 @@ impl Rules {
     /// `Some(false)` leave it out, `None` no rule decides (none matches; a directory a `+`
     /// rule may take files from; an entry not known to be a file or a directory yet).
     pub fn decide(&self, rel: &[u8], is_dir: Option<bool>) -> Option<bool> {
-        let path = Path::new(OsStr::from_bytes(rel));
+        // Not UTF-8: a bad sequence is read as one `\u{FFFD}`, which `*` and `?` match.
+        let path = String::from_utf8_lossy(rel);
         match is_dir? {
-            true => self
-                .dirs
-                .iter()
-                .find(|(_, glob)| glob.is_match(path))
-                .and_then(|(d, _)| *d),
+            true => {
+                let dir = path + "/";
+                self.dirs
+                    .iter()
+                    .find(|(_, re)| re.is_match(&dir))
+                    .and_then(|(says, _)| *says)
+            }
             false => self
                 .files
                 .iter()
-                .find(|(_, glob)| glob.is_match(path))
+                .find(|(_, re)| re.is_match(&path))
                 .map(|(take, _)| *take),
         }
     }
+}
+
+/// What a directory rule of a `+` or `-` rule of files says: a `+` one enters, the patterns
+/// deciding (no later rule leaves the directory out); a `-` one leaves out.
+fn enters(take: bool) -> Option<bool> {
+    (!take).then_some(false)
+}
+
+/// A directory glob that is no pattern (`[a/b]` gives `[a/`): said as such, since the rule
+/// alone looks right.
+fn in_dirs(e: PatternError, dir: &str) -> PatternError {
+    PatternError {
+        reason: format!(
+            "{} (in `{dir}`, the directories it takes files from: keep `/` and `**` out of `[...]`)",
+            e.reason
+        ),
+        ..e
+    }
+}
+
+/// `glob` (from the rule's `pattern`) as rclone's regular expression.
+fn compile(glob: &str, pattern: &str) -> Result<Regex, PatternError> {
+    let bad = |reason: String| PatternError {
+        pattern: pattern.to_string(),
+        reason,
+    };
+    let text = rclone_glob::to_regex(glob).map_err(bad)?;
+    Regex::new(&text).map_err(|e| {
+        // The parser's message is several lines (the regexp, a caret); its last says why.
+        let e = e.to_string();
+        let why = e.lines().last().unwrap_or_default();
+        bad(format!(
+            "not a valid pattern once read as a regexp ({text}): {}",
+            why.trim_start_matches("error: ")
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -175,15 +204,17 @@ mod tests {
             "+ /renders/**",
             "- cache/**",
             "+ comp/*.mov",
+            "+ *.abc",
             "- **",
         ]);
-        // Left out, so not read: by a rule of directories, or one ending in `**`.
+        // Left out, so not read: by a rule of directories, or one with `**`.
         assert_eq!(r.decide(b"shots/tmp", DIR), Some(false));
         assert_eq!(r.decide(b"cache", DIR), Some(false));
-        // Entered (the patterns decide): above and under what an anchored `+` rule takes, and
-        // any directory for an unanchored one (its files may be anywhere).
+        // Entered (the patterns decide): above and under what a `+` rule takes.
         assert_eq!(r.decide(b"renders", DIR), None);
         assert_eq!(r.decide(b"renders/010/beauty", DIR), None);
+        assert_eq!(r.decide(b"shots/010/comp", DIR), None);
+        // `*.abc` may be anywhere: every directory is entered.
         assert_eq!(r.decide(b"shots/010", DIR), None);
         assert_eq!(r.decide(b"renders/010/beauty/a.exr", FILE), Some(true));
         assert_eq!(r.decide(b"shots/010/comp/final.mov", FILE), Some(true));
@@ -194,6 +225,69 @@ mod tests {
         assert_eq!(r.decide(b"scenes", DIR), Some(false));
         assert_eq!(r.decide(b"renders/010", DIR), None);
         assert_eq!(rules(&["+ tmp/"]).decide(b"a/tmp", DIR), Some(true));
+    }
+
+    /// rclone: `- renders/` is `- renders/**`, a rule of files too; an earlier `+` rule
+    /// enters the directory for its own files only.
+    #[test]
+    fn a_directory_rule_also_decides_the_files_under_it() {
+        let r = rules(&["+ renders/final.exr", "- renders/"]);
+        assert_eq!(r.decide(b"renders", DIR), None, "entered for final.exr");
+        assert_eq!(r.decide(b"renders/final.exr", FILE), Some(true));
+        assert_eq!(r.decide(b"renders/wip.exr", FILE), Some(false));
+        assert_eq!(r.decide(b"shots/renders/wip.exr", FILE), Some(false));
+        assert_eq!(r.decide(b"renders/beauty", DIR), Some(false));
+        assert_eq!(r.decide(b"renders/beauty/b.exr", FILE), Some(false));
+        assert_eq!(r.decide(b"top.txt", FILE), None);
+        // A `+` rule of directories takes no file: `- *` leaves out every one (and every
+        // directory, as rclone does), so nothing is taken.
+        let r = rules(&["+ renders/", "- *"]);
+        assert_eq!(r.decide(b"renders", DIR), Some(true));
+        assert_eq!(r.decide(b"renders/a.exr", FILE), Some(false));
+        assert_eq!(r.decide(b"scenes", DIR), Some(false));
+        let r = rules(&["+ renders/", "- **"]);
+        assert_eq!(r.decide(b"renders/a.exr", FILE), Some(false));
+    }
+
+    #[test]
+    fn an_unanchored_rule_enters_only_the_directories_it_names() {
+        let r = rules(&["+ beauty/*", "- **"]);
+        assert_eq!(r.decide(b"beauty", DIR), None);
+        assert_eq!(r.decide(b"renders/beauty", DIR), None);
+        assert_eq!(
+            r.decide(b"renders", DIR),
+            Some(false),
+            "rclone does not read it"
+        );
+    }
+
+    #[test]
+    fn a_leading_double_star_needs_a_slash_before_the_name() {
+        let r = rules(&["- **/tmp/**"]);
+        assert_eq!(r.decide(b"tmp", DIR), None);
+        assert_eq!(r.decide(b"tmp/t", FILE), None);
+        assert_eq!(r.decide(b"a/tmp", DIR), Some(false));
+        assert_eq!(r.decide(b"a/tmp/t", FILE), Some(false));
+    }
+
+    #[test]
+    fn a_regexp_between_double_braces_is_matched() {
+        let r = rules(&[r"- {{r\d\.exr}}", "- /{{sh[0-9]+}}/*.tmp"]);
+        assert_eq!(r.decide(b"r1.exr", FILE), Some(false));
+        assert_eq!(r.decide(b"renders/r2.exr", FILE), Some(false));
+        assert_eq!(r.decide(b"rx.exr", FILE), None);
+        assert_eq!(r.decide(b"R1.exr", FILE), None, "case matters");
+        assert_eq!(r.decide(b"sh010/a.tmp", FILE), Some(false));
+        assert_eq!(r.decide(b"x/sh010/a.tmp", FILE), None, "anchored");
+        let e = Rules::new(&["- {{a(}}"]).unwrap_err().to_string();
+        assert!(e.starts_with("\"{{a(}}\": ") && e.contains("regexp"), "{e}");
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_matched_too() {
+        let r = rules(&["- *.tmp", "+ d/?.exr"]);
+        assert_eq!(r.decide(b"d/\xff\xfe.tmp", FILE), Some(false));
+        assert_eq!(r.decide(b"d/\xff.exr", FILE), Some(true));
     }
 
     #[test]
@@ -211,6 +305,8 @@ mod tests {
             ("- ", "empty"),
             ("+ /", "empty"),
             ("- a[b", "unclosed"),
+            ("- a***", "too many `*`"),
+            ("+ [a/b]c", "in `[a/`"),
         ] {
             let e = Rules::new(&[rule]).unwrap_err().to_string();
             assert!(e.contains(why), "{rule}: {e}");
