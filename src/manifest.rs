@@ -119,12 +119,28 @@ impl Manifest {
         Ok(())
     }
 
-    /// Checks that the entries make a tree: each path once, and none below a path that is a
-    /// file (`sub` and `sub/b`). Neither client writes such a manifest; placed, one would give
-    /// a result that depends on the order its files land in, or fail half-way.
+    /// Keeps one entry per path: of a path listed twice, the later in the document (as a merge
+    /// keeps the later manifest's). Neither client writes such a manifest; placing both would
+    /// leave whichever landed last. Returns how many entries went.
+    pub fn keep_one_per_path(&mut self) -> usize {
+        // Canonical order is a stable sort: one path's entries are side by side, in document
+        // order.
+        if !self.entries.windows(2).any(|w| w[0].path == w[1].path) {
+            return 0;
+        }
+        let before = self.entries.len();
+        self.entries.reverse();
+        self.entries
+            .dedup_by(|earlier, later| earlier.path == later.path);
+        self.entries.reverse();
+        before - self.entries.len()
+    }
+
+    /// Checks that the entries make a tree: no path below a path that is a file (`sub` and
+    /// `sub/b`). Neither client writes such a manifest; placed, it would fail half-way.
     pub fn check_tree(&self) -> Result<(), DecodeError> {
         // In an order where `/` comes before every other byte, the paths below a path follow
-        // it at once: comparing neighbours finds both faults.
+        // it at once: comparing neighbours finds them (past copies of that path).
         let slash_first = |b: &u8| if *b == b'/' { 0 } else { u16::from(*b) + 1 };
         let path = |i: usize| self.entries[i].path.as_wtf8();
         let mut order: Vec<usize> = (0..self.entries.len()).collect();
@@ -137,11 +153,6 @@ impl Manifest {
         for pair in order.windows(2) {
             let (above, below) = (&self.entries[pair[0]].path, &self.entries[pair[1]].path);
             let (a, b) = (above.as_wtf8(), below.as_wtf8());
-            if a == b {
-                return Err(DecodeError::ListedTwice {
-                    path: above.display().into_owned(),
-                });
-            }
             if b.starts_with(a) && b.get(a.len()) == Some(&b'/') {
                 return Err(DecodeError::BelowAFile {
                     path: below.display().into_owned(),

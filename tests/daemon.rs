@@ -1226,8 +1226,8 @@ fn a_wrangler_s_commands_speak_to_several_daemons_at_once() {
     let (code, out, err) = farm(&both, &["retry", "--state", "cancelled", "--json"]);
     assert_eq!(code, 0, "{err}");
     let again: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(again["retry_of"], running.as_str(), "{again}");
-    let again = again["id"].as_str().unwrap();
+    assert_eq!(again[0]["retry_of"], running.as_str(), "{again}");
+    let again = again[0]["id"].as_str().unwrap();
     let (code, _, err) = farm(&both, &["cancel", again]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(b.wait(again, Duration::from_secs(5))["state"], "cancelled");

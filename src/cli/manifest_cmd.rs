@@ -242,12 +242,14 @@ fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let expected = merge(
+    let mut expected = merge(
         v.manifests
             .iter()
             .map(|p| read_manifest(p))
             .collect::<anyhow::Result<Vec<_>>>()?,
     );
+    // As `get` places it: of a path listed twice, the later entry.
+    expected.keep_one_per_path();
     expected.check_tree().map_err(|e| {
         let named: Vec<_> = v
             .manifests

@@ -113,6 +113,15 @@ pub async fn run(
 ) -> Result<GetReport, TransferError> {
     let started = Instant::now();
     let dry_run = transfer.dry_run;
+    let mut spec = spec;
+    let twice = spec.manifest.keep_one_per_path();
+    match twice {
+        0 => {}
+        1 => tracing::warn!("a path of the manifest is listed twice: the later entry is placed"),
+        n => tracing::warn!(
+            "{n} paths of the manifest are listed twice: the later entry of each is placed"
+        ),
+    }
     spec.manifest
         .validate_paths(PathRules::native())
         .and_then(|()| spec.manifest.check_tree())

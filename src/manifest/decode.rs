@@ -46,10 +46,6 @@ pub enum DecodeError {
     #[error("the manifest lists no files (\"paths\" is empty)")]
     NoPaths,
     #[error(
-        "{path:?} is listed twice: a manifest names each file once (neither attache nor the Deadline client writes such a manifest; make it again)"
-    )]
-    ListedTwice { path: String },
-    #[error(
         "{path:?} is listed below {file:?}, which is a file: the manifest is not a tree (make it again)"
     )]
     BelowAFile { path: String, file: String },

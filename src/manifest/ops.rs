@@ -85,7 +85,7 @@ mod tests {
     }
 
     #[test]
-    fn a_manifest_that_is_not_a_tree_is_found_out() {
+    fn a_manifest_that_is_not_a_tree_is_found_out_and_a_path_listed_twice_is_placed_once() {
         let tree = |paths: &[&str]| {
             Manifest::new(paths.iter().map(|p| entry(p, p.as_bytes())).collect()).check_tree()
         };
@@ -106,12 +106,29 @@ mod tests {
                 file: "a/b".into()
             })
         );
+        // Of a path listed twice, the later entry is kept; the other paths stay in order.
+        let mut twice = Manifest::new(vec![
+            entry("b.txt", b"b"),
+            entry("a.txt", b"first"),
+            entry("c/d", b"d"),
+            entry("a.txt", b"later"),
+        ]);
+        assert_eq!(twice.keep_one_per_path(), 1);
+        let kept: Vec<(String, ContentHash)> = twice
+            .entries()
+            .iter()
+            .map(|e| (e.path.display().into_owned(), e.hash))
+            .collect();
         assert_eq!(
-            tree(&["b.txt", "a.txt", "a.txt"]),
-            Err(DecodeError::ListedTwice {
-                path: "a.txt".into()
-            })
+            kept,
+            [
+                ("a.txt".into(), ContentHash::of(b"later")),
+                ("b.txt".into(), ContentHash::of(b"b")),
+                ("c/d".into(), ContentHash::of(b"d")),
+            ]
         );
+        assert_eq!(twice.keep_one_per_path(), 0);
+        tree(&["a.txt", "a.txt", "b"]).unwrap();
         // Merged, a path is there once (the later wins), but one manifest's file can still
         // stand where another has a directory.
         let merged = merge([
