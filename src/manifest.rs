@@ -139,25 +139,32 @@ impl Manifest {
     /// Checks that the entries make a tree: no path below a path that is a file (`sub` and
     /// `sub/b`). Neither client writes such a manifest; placed, it would fail half-way.
     pub fn check_tree(&self) -> Result<(), DecodeError> {
-        // In an order where `/` comes before every other byte, the paths below a path follow
-        // it at once: comparing neighbours finds them (past copies of that path).
-        let slash_first = |b: &u8| if *b == b'/' { 0 } else { u16::from(*b) + 1 };
-        let path = |i: usize| self.entries[i].path.as_wtf8();
-        let mut order: Vec<usize> = (0..self.entries.len()).collect();
-        order.sort_unstable_by(|a, b| {
-            path(*a)
-                .iter()
-                .map(slash_first)
-                .cmp(path(*b).iter().map(slash_first))
-        });
-        for pair in order.windows(2) {
-            let (above, below) = (&self.entries[pair[0]].path, &self.entries[pair[1]].path);
-            let (a, b) = (above.as_wtf8(), below.as_wtf8());
-            if b.starts_with(a) && b.get(a.len()) == Some(&b'/') {
-                return Err(DecodeError::BelowAFile {
-                    path: below.display().into_owned(),
-                    file: above.display().into_owned(),
-                });
+        // Each directory a path is in (once per run of paths in the same one) and those above
+        // it, looked for among the files: a binary search in canonical order, nothing held.
+        let mut last_dir: &[u8] = &[];
+        for e in &self.entries {
+            let path = e.path.as_wtf8();
+            let Some(end) = path.iter().rposition(|&c| c == b'/') else {
+                continue;
+            };
+            let dir = &path[..end];
+            if dir == last_dir {
+                continue;
+            }
+            last_dir = dir;
+            let ends = dir.iter().enumerate().filter(|(_, c)| **c == b'/');
+            for end in ends.map(|(i, _)| i).chain([dir.len()]) {
+                let above = ManifestPath::from_wtf8_unchecked(dir[..end].to_vec());
+                if self
+                    .entries
+                    .binary_search_by(|x| x.path.cmp_utf16(&above))
+                    .is_ok()
+                {
+                    return Err(DecodeError::BelowAFile {
+                        path: e.path.display().into_owned(),
+                        file: above.display().into_owned(),
+                    });
+                }
             }
         }
         Ok(())

@@ -71,6 +71,10 @@ where
     R: Send + 'static,
 {
     let span = tracing::Span::current();
+    // Outside a job (every CLI command) as it is: a million-file sync hands off a copy each.
+    if span.is_none() {
+        return tokio::task::spawn_blocking(f);
+    }
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
     tokio::task::spawn_blocking(move || {
         tracing::dispatcher::with_default(&dispatch, || span.in_scope(f))
