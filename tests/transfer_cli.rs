@@ -1831,6 +1831,24 @@ fn requests_go_through_the_proxy_the_environment_or_the_config_names() {
     assert_eq!(code, 0, "{err}");
     assert!(proxy.forwarded() > before, "{err}");
 
+    // A proxy that is down is named, not the store that runs (and not its password).
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let down = format!("http://user:secret@127.0.0.1:{dead}");
+    let (code, _, err) = put(
+        "down",
+        &[
+            ("ATTACHE_S3__PROXY", &down),
+            ("ATTACHE_S3__RETRY_ATTEMPTS", "1"),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("through the proxy"), "{err}");
+    assert!(err.contains("check that the proxy runs"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+
     // A bad s3.proxy is a usage error that does not repeat the password.
     let (code, _, err) = put("bad", &[("ATTACHE_S3__PROXY", "socks5://user:secret@host")]);
     assert_eq!(code, 2, "{err}");

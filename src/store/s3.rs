@@ -93,6 +93,8 @@ pub struct S3Store {
     identity: String,
     /// Where requests go ([`configured_endpoint`], else the profile's); `None`: AWS.
     endpoint: Option<String>,
+    /// Whether they go through a proxy (`s3.proxy` or the environment's), for messages.
+    proxied: bool,
     bandwidth: Arc<Bandwidth>,
     read_timeout: Duration,
     expected_bucket_owner: Option<String>,
@@ -111,11 +113,13 @@ impl S3Store {
         use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
         let env = |v: &str| std::env::var(v).ok();
         let configured = configured_endpoint(s, env);
+        let proxy = http::proxy_config(s, env)?;
+        let proxied = !proxy.is_disabled();
         let pool = aws_smithy_http_client::pool::ConnectionPool::builder()
             .max_connections_per_host(s.max_connections)
             .idle_timeout(Some(s.idle_timeout.0))
             .tcp_nodelay(true)
-            .proxy_config(http::proxy_config(s, env)?)
+            .proxy_config(proxy)
             .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
             .tls_context(http::tls_context(s, env)?)
             .build_https()
@@ -214,6 +218,7 @@ impl S3Store {
             describe,
             identity,
             endpoint,
+            proxied,
             bucket,
             root_prefix,
             bandwidth,
@@ -256,7 +261,7 @@ impl S3Store {
             store: self.describe.clone(),
             op,
             key: key.into(),
-            message: describe::describe(&e, status, self.endpoint.as_deref()),
+            message: describe::describe(&e, status, self.endpoint.as_deref(), self.proxied),
             retryable,
         }
     }

@@ -8,14 +8,19 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 /// What a failed request says, with a hint of what to check; `endpoint` is where the
-/// requests go (`None`: AWS).
-pub fn describe<E>(e: &SdkError<E>, status: Option<u16>, endpoint: Option<&str>) -> String
+/// requests go (`None`: AWS), `proxied` whether they go through a proxy.
+pub fn describe<E>(
+    e: &SdkError<E>,
+    status: Option<u16>,
+    endpoint: Option<&str>,
+    proxied: bool,
+) -> String
 where
     E: ProvideErrorMetadata + Error + Send + Sync + 'static,
 {
     let Some(status) = status else {
         let causes = causes(e);
-        let hint = no_reply_hint(e, &causes, endpoint);
+        let hint = no_reply_hint(e, &causes, endpoint, proxied);
         return format!("{causes}{hint}");
     };
     let reason = http::StatusCode::from_u16(status)
@@ -121,6 +126,7 @@ fn no_reply_hint<E: Error + 'static>(
     e: &SdkError<E>,
     causes: &str,
     endpoint: Option<&str>,
+    proxied: bool,
 ) -> String {
     const SET_CREDENTIALS: &str = "set s3.access_key_id and s3.secret_access_key, s3.profile \
                                    or AWS_PROFILE, or run where an IAM role provides them";
@@ -165,6 +171,10 @@ fn no_reply_hint<E: Error + 'static>(
         SdkError::DispatchFailure(d) if d.is_timeout() => {
             format!(" ({store} did not answer in time: check the network and s3.connect_timeout)")
         }
+        // The connection refused may be the proxy's, up or not: name it first.
+        SdkError::DispatchFailure(d) if d.is_io() && proxied => format!(
+            " (cannot reach {store} through the proxy (s3.proxy, else HTTPS_PROXY, HTTP_PROXY or ALL_PROXY; not for a host NO_PROXY names): check that the proxy runs and lets it through, then s3.endpoint_url and that the store is running)"
+        ),
         SdkError::DispatchFailure(d) if d.is_io() => match endpoint {
             Some(e) => {
                 format!(" (cannot reach {e}: check s3.endpoint_url and that the store is running)")
