@@ -401,6 +401,16 @@ pub(crate) fn output_file(output: &Option<PathBuf>) -> Option<&std::path::Path> 
     output.as_deref().filter(|p| p.as_os_str() != "-")
 }
 
+/// `-o -` and `--json` would both write to stdout, one document lost in the other: bad usage.
+pub(crate) fn not_both_on_stdout(output: &Option<PathBuf>, json: bool) -> Result<(), UsageError> {
+    if json && output.as_deref() == Some(std::path::Path::new("-")) {
+        return Err(UsageError {
+            message: "-o - and --json both write on stdout: give -o FILE for the manifest, or leave out --json".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks, before any work, that `-o PATH` can be written (a file can be made in its
 /// directory; with `dir_ok`, PATH may be that directory): an upload that ran an hour, or a
 /// submit that published its manifests, must not end on a typo'd directory with its result

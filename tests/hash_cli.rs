@@ -346,3 +346,57 @@ fn dash_as_the_output_file_means_stdout() {
     );
     assert!(!t.path().join("-").exists(), "wrote a file named '-'");
 }
+
+/// `-o` is checked before any hashing, as `put`'s is: a typo'd directory is bad usage (not
+/// made), a directory is named with a trailing `/` or by several roots (made), a file where
+/// several roots need a directory is refused, and `-o -` with `--json` would mix two
+/// documents on stdout.
+#[test]
+fn the_output_path_is_checked_before_hashing() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b, cache) = (
+        t.path().join("a"),
+        t.path().join("b"),
+        t.path().join("cache"),
+    );
+    for root in [&a, &b] {
+        fs::create_dir_all(root).unwrap();
+        fs::write(root.join("f.txt"), b"hello").unwrap();
+    }
+    let hash = |roots: &[&Path], args: &[&str]| {
+        run(attache(&cache)
+            .current_dir(t.path())
+            .arg("hash")
+            .args(roots)
+            .args(args))
+    };
+    let (code, _, err) = hash(&[&a], &["-o", "typo/deeper/m.json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("-o typo/deeper/m.json: cannot write in typo/deeper"),
+        "{err}"
+    );
+    assert!(!t.path().join("typo").exists(), "nothing made");
+
+    let (code, _, err) = hash(&[&a], &["-o", "manifests/"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::read_dir(t.path().join("manifests")).unwrap().count(), 1);
+
+    fs::write(t.path().join("existing.json"), b"").unwrap();
+    let (code, _, err) = hash(&[&a, &b], &["-o", "existing.json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("-o existing.json: is a file; with several roots"),
+        "{err}"
+    );
+    assert!(!err.contains("hashing"), "refused before any work: {err}");
+
+    let (code, out, err) = hash(&[&a], &["-o", "-", "--json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("-o - and --json both write on stdout"),
+        "{err}"
+    );
+    let failure: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(failure["exit_code"], 2, "{out}");
+}

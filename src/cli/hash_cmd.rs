@@ -1,6 +1,7 @@
 //! `attache hash`: scan and hash trees into manifests.
 
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -59,6 +60,23 @@ impl HashArgs {
     }
 }
 
+/// `-o DIR` of several roots: made if missing (`mkdir -p`), and one a file can be written in;
+/// a file there is bad usage, said before any hashing.
+fn manifests_dir(dir: &std::path::Path) -> Result<(), UsageError> {
+    let refused = |why: String| UsageError {
+        message: format!(
+            "-o {}: {why}; with several roots (or a PATH ending in /), -o names the directory each root's manifest is written in, as <xxh128(root)>_input",
+            dir.display()
+        ),
+    };
+    if dir.exists() && !dir.is_dir() {
+        return Err(refused("is a file".into()));
+    }
+    std::fs::create_dir_all(dir)
+        .and_then(|()| crate::fsutil::can_write_in(dir))
+        .map_err(|e| refused(format!("cannot write in it: {e}")))
+}
+
 /// `--follow-external-symlinks`, of the commands that hash a tree.
 pub fn follow_flag(out: &mut Vec<Override>, given: bool) {
     if given {
@@ -72,11 +90,18 @@ pub fn follow_flag(out: &mut Vec<Override>, given: bool) {
 }
 
 pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
+    crate::cli::not_both_on_stdout(&args.output, args.json)?;
     let output = crate::cli::output_file(&args.output);
+    // A directory to write each root's manifest in: several roots, or PATH a directory (or
+    // spelled as one, `manifests/`). Made, or checked, before any hashing.
     let dir_mode = match output {
-        Some(o) => args.roots.len() > 1 || o.is_dir(),
+        Some(o) => args.roots.len() > 1 || o.is_dir() || o.as_os_str().as_bytes().ends_with(b"/"),
         None => false,
     };
+    match output {
+        Some(o) if dir_mode => manifests_dir(o)?,
+        _ => crate::cli::check_output(&args.output, false)?,
+    }
     let mut spec = HashSpec::from_settings(
         &ctx.settings,
         args.roots.clone(),
@@ -107,10 +132,6 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
                 } else {
                     o.to_path_buf()
                 };
-                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent)
-                        .with_context(|| format!("creating {}", parent.display()))?;
-                }
                 crate::fsutil::write_atomic(&path, &bytes)
                     .with_context(|| format!("writing {}", path.display()))?;
                 Some(path)

@@ -62,6 +62,7 @@ impl PutArgs {
 }
 
 pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
+    crate::cli::not_both_on_stdout(&args.output, args.store.json)?;
     crate::cli::check_output(&args.output, false)?;
     let settings = ctx.settings.clone();
     let mut spec = crate::jobs::hash::HashSpec::from_settings(
