@@ -1477,6 +1477,14 @@ fn cleanup_reports_what_it_did_and_refuses_a_bad_age() {
         run(attache(&cache).args(["cleanup", "--store", &store, "--older-than", "soon"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--older-than \"soon\""), "{err}");
+    // A bare number is not taken as seconds: meant as days, it would abort running uploads.
+    let (code, _, err) =
+        run(attache(&cache).args(["cleanup", "--store", &store, "--older-than", "3"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--older-than 3: give a unit, e.g. 3d"),
+        "{err}"
+    );
     let (code, _, err) = run(attache(&cache).args(["cleanup", "--store", &store]));
     assert_eq!(code, 0, "{err}");
     assert!(

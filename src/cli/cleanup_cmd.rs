@@ -19,9 +19,9 @@ use crate::jobs::cleanup::{self, CleanupSpec};
 pub struct CleanupArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// Abort uploads started longer ago than this (e.g. 12h, 7d) that no part was written to
-    /// since. 0 aborts every open upload under the prefix, including ones other machines are
-    /// running right now.
+    /// Abort uploads started longer ago than this (e.g. 12h, 7d; a unit is needed) that no
+    /// part was written to since. 0 aborts every open upload under the prefix, including ones
+    /// other machines are running right now.
     #[arg(long, value_name = "DURATION", default_value = "24h")]
     older_than: String,
     /// List what would be aborted; abort nothing.
@@ -36,6 +36,17 @@ impl CleanupArgs {
 }
 
 pub fn run(ctx: &Context, args: CleanupArgs) -> anyhow::Result<ExitCode> {
+    // A bare number would be seconds: `--older-than 3` meant as days would abort the uploads
+    // other machines are running now.
+    if args.older_than.trim().parse::<u64>().is_ok_and(|n| n > 0) {
+        return Err(UsageError {
+            message: format!(
+                "--older-than {}: give a unit, e.g. {0}d, {0}h or {0}m (0 alone aborts every open upload)",
+                args.older_than.trim()
+            ),
+        }
+        .into());
+    }
     let older_than = Duration::from_str(&args.older_than)
         .map_err(|e| UsageError {
             message: format!("--older-than {:?}: {e}", args.older_than),
