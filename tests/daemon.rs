@@ -1041,6 +1041,12 @@ fn the_tcp_listener_needs_the_token() {
         !d.path("second-state").exists(),
         "nothing is made before the settings are checked"
     );
+    // Its TCP address held by the first: it does not start, and leaves no socket behind
+    // that nothing answers on (a client would be told "connection refused").
+    let (code, _, err) = second(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(!d.path("second.sock").exists(), "no socket left: {err}");
     std::fs::set_permissions(d.path("token"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let (code, _, err) = second(&[]);
     assert_eq!(code, 2, "{err}");

@@ -178,6 +178,24 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
     };
 
     shared.restore_bandwidth();
+    // The TCP address first: one another process holds fails the start before the socket is
+    // made, so no socket is left behind that nothing answers on.
+    let tcp_listener = match (&d.listen, tcp_secrets) {
+        (Some(addr), Some(secrets)) => {
+            let listen = |source| DaemonError::Listen {
+                addr: addr.clone(),
+                source,
+            };
+            let tcp = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
+            let speaks = match secrets.tls() {
+                Some(_) => "HTTPS",
+                None => "plain HTTP",
+            };
+            let listener = super::tls::ApiListener::new(tcp, secrets.clone()).map_err(listen)?;
+            Some((addr.clone(), secrets, speaks, listener))
+        }
+        _ => None,
+    };
     let listener = bind_socket(&d.socket, d.socket_group.as_deref())?;
     tracing::info!(socket = %d.socket.display(), "attache daemon listening");
     tokio::spawn(abort_leftovers_at_start(shared.clone()));
@@ -245,24 +263,9 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
                 .await;
         }));
     }
-    if let (Some(addr), Some(secrets)) = (&d.listen, tcp_secrets) {
-        let tcp = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::Listen {
-                addr: addr.clone(),
-                source,
-            })?;
+    if let Some((addr, secrets, speaks, listener)) = tcp_listener {
         let stop = stop_accepting.clone();
-        let app = router(api(Some(secrets.clone())));
-        let speaks = match secrets.tls() {
-            Some(_) => "HTTPS",
-            None => "plain HTTP",
-        };
-        let listener =
-            super::tls::ApiListener::new(tcp, secrets).map_err(|source| DaemonError::Listen {
-                addr: addr.clone(),
-                source,
-            })?;
+        let app = router(api(Some(secrets)));
         tracing::info!(%addr, "TCP listener on, {speaks} (bearer token required)");
         servers.push(tokio::spawn(async move {
             let _ = axum::serve(listener, app)
