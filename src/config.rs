@@ -196,24 +196,29 @@ pub struct DaemonSettings {
     pub max_running_jobs: usize,
 }
 
-impl DaemonSettings {
-    /// Whether `other` differs in what only a restart applies (the listeners' addresses, the
-    /// state directory, the number of jobs run at once); the job history's limits, the token
-    /// and certificate files, and TLS on or off, apply at a reload.
-    pub fn differs_for_restart(&self, other: &DaemonSettings) -> bool {
-        (
-            &self.socket,
-            &self.socket_group,
-            &self.listen,
-            &self.state_dir,
-            self.max_running_jobs,
-        ) != (
-            &other.socket,
-            &other.socket_group,
-            &other.listen,
-            &other.state_dir,
-            other.max_running_jobs,
-        )
+impl Settings {
+    /// The keys whose value here differs from `started`'s and which a running daemon takes
+    /// only at its next start: the listeners' addresses, the state directory, the number of
+    /// jobs run at once, and the log's filter and format (its output is set up once). The
+    /// job history's limits, the token and certificate files, and TLS on or off apply at a
+    /// reload.
+    pub fn restart_keys(&self, started: &Settings) -> Vec<&'static str> {
+        let (d, s) = (&self.daemon, &started.daemon);
+        [
+            ("daemon.socket", d.socket != s.socket),
+            ("daemon.socket_group", d.socket_group != s.socket_group),
+            ("daemon.listen", d.listen != s.listen),
+            ("daemon.state_dir", d.state_dir != s.state_dir),
+            (
+                "daemon.max_running_jobs",
+                d.max_running_jobs != s.max_running_jobs,
+            ),
+            ("log.level", self.log.level != started.log.level),
+            ("log.format", self.log.format != started.log.format),
+        ]
+        .into_iter()
+        .filter_map(|(key, differs)| differs.then_some(key))
+        .collect()
     }
 }
 

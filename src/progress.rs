@@ -10,6 +10,9 @@ pub struct Progress {
     bytes_total: AtomicU64,
     files_done: AtomicU64,
     bytes_done: AtomicU64,
+    /// Of `bytes_done`, those done before the display began (a job followed while it runs):
+    /// not counted in the rate it shows.
+    bytes_before: AtomicU64,
 }
 
 /// A consistent-enough reading of [`Progress`] for display.
@@ -19,6 +22,8 @@ pub struct ProgressSnapshot {
     pub bytes_total: u64,
     pub files_done: u64,
     pub bytes_done: u64,
+    #[serde(skip)]
+    pub bytes_before: u64,
 }
 
 impl Progress {
@@ -28,6 +33,13 @@ impl Progress {
     }
 
     pub fn add_bytes(&self, bytes: u64) {
+        self.bytes_done.fetch_add(bytes, Relaxed);
+    }
+
+    /// Bytes done before the display began, e.g. by a job already running when it is
+    /// followed: done, but not part of the rate.
+    pub fn add_bytes_before(&self, bytes: u64) {
+        self.bytes_before.fetch_add(bytes, Relaxed);
         self.bytes_done.fetch_add(bytes, Relaxed);
     }
 
@@ -41,6 +53,7 @@ impl Progress {
             bytes_total: self.bytes_total.load(Relaxed),
             files_done: self.files_done.load(Relaxed),
             bytes_done: self.bytes_done.load(Relaxed),
+            bytes_before: self.bytes_before.load(Relaxed),
         }
     }
 }
@@ -68,6 +81,8 @@ impl ProgressLog {
         if s.files_total == 0 && s.bytes_total == 0 {
             return; // nothing found yet: "0 of 0" says nothing
         }
+        // Bytes done before this log began are no part of its first rate.
+        self.last.1 = self.last.1.max(s.bytes_before);
         let now = std::time::Instant::now();
         let secs = now.duration_since(self.last.0).as_secs_f64().max(1e-3);
         let rate = (s.bytes_done.saturating_sub(self.last.1) as f64 / secs) as u64;

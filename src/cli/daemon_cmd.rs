@@ -115,7 +115,7 @@ pub(crate) fn ask_all<T: Send>(
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "As SIGHUP (`systemctl reload attache` runs it), but the outcome is told: exit 0 once the daemon runs with the config file as it is now; exit 1 and the daemon's reason when it keeps the one it had (a key it cannot use), exit 2 when this command cannot read the file itself.\nExamples:\n  attache reload\n  attache reload --daemon-url \"$FARM\"      # every worker, after a config rollout"
+    after_help = "As SIGHUP (`systemctl reload attache` runs it), but the outcome is told: exit 0 once the daemon runs with the config file as it is now (the keys it takes only at a restart, changed since it started, are named: daemon.socket, socket_group, listen, state_dir, max_running_jobs, log.level, log.format); exit 1 and the daemon's reason when it keeps the one it had (a key it cannot use), exit 2 when this command cannot read the file itself.\nExamples:\n  attache reload\n  attache reload --daemon-url \"$FARM\"      # every worker, after a config rollout"
 )]
 pub struct ReloadArgs {
     #[command(flatten)]
@@ -241,8 +241,20 @@ pub fn daemon(ctx: &Context) -> anyhow::Result<ExitCode> {
 pub fn reload(ctx: &Context, a: ReloadArgs) -> anyhow::Result<ExitCode> {
     let daemons = a.daemon.addresses(&ctx.settings)?;
     let (reloaded, failed) = ask_all(&daemons, |at| call(at, HttpMethod::POST, "/v1/reload"))?;
-    for (at, _) in reloaded {
-        crate::say!("{}: config reloaded", at.describe());
+    for (at, reply) in reloaded {
+        let waiting: Vec<&str> = reply["at_restart"]
+            .as_array()
+            .map_or_else(Vec::new, |keys| {
+                keys.iter().filter_map(|k| k.as_str()).collect()
+            });
+        match waiting.as_slice() {
+            [] => crate::say!("{}: config reloaded", at.describe()),
+            keys => crate::say!(
+                "{}: config reloaded; {} changed since the daemon started and take effect only at its restart (systemctl restart attache: running jobs are interrupted)",
+                at.describe(),
+                keys.join(", ")
+            ),
+        }
     }
     Ok(match failed {
         true => ExitCode::FAILURE,
@@ -282,6 +294,20 @@ pub fn jobs(ctx: &Context, a: JobsArgs) -> anyhow::Result<ExitCode> {
     };
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(code);
+    }
+    if jobs.is_empty() {
+        // Said rather than a bare header: what was asked, and where.
+        let which = match a.state.as_slice() {
+            [] => String::new(),
+            states => format!(" {}", states.join(" or ")),
+        };
+        let place = match (several, failed) {
+            (true, true) => " on the daemons that answered",
+            (true, false) => " on any of the daemons",
+            (false, _) => "",
+        };
+        crate::say!("no{which} jobs{place}");
         return Ok(code);
     }
     let now = now_ms();

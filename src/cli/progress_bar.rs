@@ -59,6 +59,7 @@ impl Bar {
         );
         bar.set_prefix(label);
         let b = bar.clone();
+        let mut before = 0;
         Bar::tick(bar, DRAW_EVERY, true, move || {
             let s = progress.snapshot();
             // Before the totals are known (hashing, planning) the bar is empty, not full.
@@ -67,6 +68,13 @@ impl Bar {
                 total => b.set_length(total),
             }
             b.set_position(s.bytes_done);
+            // Bytes done before the display began (a job followed while it runs) are no
+            // part of the rate and time left: they start from here.
+            if s.bytes_before != before {
+                before = s.bytes_before;
+                b.tick(); // the estimator takes the jump in…
+                b.reset_eta(); // …and forgets it
+            }
             b.set_message(format!("{}/{} files", s.files_done, s.files_total));
         })
     }

@@ -38,12 +38,15 @@ use super::slots::{DEFAULT_PRIORITY, MAX_PRIORITY};
 use crate::fsutil::access::Caller;
 use crate::jobs::spec::{JobError, JobSpec};
 
+/// Re-reads the config: the keys changed that wait for the next start, or what was wrong
+/// (the old config stays).
+pub type Reload = dyn Fn() -> Result<Vec<&'static str>, String> + Send + Sync;
+
 pub struct Api {
     pub registry: Arc<Registry>,
     pub shared: Arc<Shared>,
     pub metrics: Arc<Metrics>,
-    /// Re-reads the config; `Err` names what was wrong (the old config stays).
-    pub reload: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    pub reload: Box<Reload>,
     /// The TCP listener's: its token is required as `Authorization: Bearer …`.
     pub tcp: Option<Arc<super::tcp_secrets::TcpSecrets>>,
 }
@@ -512,7 +515,9 @@ async fn reload(State(api): State<Arc<Api>>, peer: PeerExt) -> Response {
         return *refused;
     }
     match (api.reload)() {
-        Ok(()) => axum::Json(json!({"reloaded": true})).into_response(),
+        Ok(at_restart) => {
+            axum::Json(json!({"reloaded": true, "at_restart": at_restart})).into_response()
+        }
         Err(e) => error(
             StatusCode::UNPROCESSABLE_ENTITY,
             &format!("config not reloaded, the previous one stays: {e}"),

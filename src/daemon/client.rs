@@ -551,6 +551,7 @@ async fn follow(
     let mut last = serde_json::Value::Null;
     let mut cancelled = false;
     let mut said_queued = false;
+    let mut first = true;
     let mut warned = 0;
     let mut interrupts = crate::cli::Interrupts::new()?;
     loop {
@@ -564,7 +565,8 @@ async fn follow(
                             "job {id} is queued: the daemon runs daemon.max_running_jobs jobs at once"
                         );
                     }
-                    mirror(&progress, &last["progress"]);
+                    mirror(&progress, &last["progress"], first);
+                    first = false;
                     warned = warn_of(&last, warned);
                 }
                 _ => break,
@@ -593,8 +595,9 @@ fn warn_of(record: &serde_json::Value, said: usize) -> usize {
     warnings.len().max(said)
 }
 
-/// Copies the daemon's progress numbers into the local counters the bar reads.
-fn mirror(local: &Progress, remote: &serde_json::Value) {
+/// Copies the daemon's progress numbers into the local counters the bar reads; those of
+/// the `first` record were done before the display began (a job followed while it runs).
+fn mirror(local: &Progress, remote: &serde_json::Value, first: bool) {
     let get = |k: &str| remote[k].as_u64().unwrap_or(0);
     let now = local.snapshot();
     local.add_total(
@@ -602,7 +605,11 @@ fn mirror(local: &Progress, remote: &serde_json::Value) {
         get("bytes_total").saturating_sub(now.bytes_total),
     );
     local.add_files(get("files_done").saturating_sub(now.files_done));
-    local.add_bytes(get("bytes_done").saturating_sub(now.bytes_done));
+    let bytes = get("bytes_done").saturating_sub(now.bytes_done);
+    match first {
+        true => local.add_bytes_before(bytes),
+        false => local.add_bytes(bytes),
+    }
 }
 
 trait MapErrIo {

@@ -226,7 +226,15 @@ impl Registry {
                     "the daemon stopped while this job was running; `attache retry {}` runs it again",
                     record.id
                 ));
-                record.finished_ms = Some(now_ms());
+                // It ended when its record was last saved (its progress is that save's), not
+                // now: how long it ran leaves out the time the daemon was down.
+                let saved = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as i64);
+                let since = record.started_ms.unwrap_or(record.created_ms);
+                record.finished_ms = Some(saved.unwrap_or_else(now_ms).max(since));
                 write_record(&dir, &record);
             }
             let (changed, _) = watch::channel(0);
@@ -533,6 +541,7 @@ impl Registry {
         let outcome = tokio::select! {
             outcome = run => outcome,
             never = log_progress(&job, kind, &settings.log) => match never {},
+            never = self.save_progress(&job) => match never {},
         };
         let progress = job.progress.snapshot();
         let (state, ran_ms) = self.update(&job, |r| {
@@ -599,6 +608,17 @@ impl Registry {
             ));
         } else {
             r.state = JobState::Cancelled;
+        }
+    }
+
+    /// Saves a running job's record with its progress every [`SAVE_PROGRESS_EVERY`] (telling
+    /// no one: nothing changed but the figures), until dropped.
+    async fn save_progress(&self, job: &Job) -> std::convert::Infallible {
+        let every = SAVE_PROGRESS_EVERY;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            ticks.tick().await;
+            write_record(&self.dir, &job.snapshot());
         }
     }
 
@@ -725,6 +745,10 @@ impl Registry {
         }
     }
 }
+
+/// How often a running job's record is saved with its progress: after a crash (`kill -9`, a
+/// power cut) the record says how far the job got and when it was last seen running.
+const SAVE_PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Logs a running job's progress every `log.stats` (never, with 0), until dropped.
 async fn log_progress(

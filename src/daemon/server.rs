@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use super::api::{Api, router};
+use super::api::{Api, Reload, router};
 use super::metrics::Metrics;
 use super::registry::Registry;
 use super::shared::Shared;
@@ -146,6 +146,7 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
     }
     let _state_lock = lock_state_dir(&d.state_dir)?;
     warn_if_cache_dir_unwritable(&settings.cache.dir);
+    let started = settings.clone();
     let shared = Arc::new(Shared::new(settings));
     let metrics = Arc::new(Metrics::default());
     let registry =
@@ -163,9 +164,9 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
     };
     let reload = {
         let (shared, metrics, secrets) = (shared.clone(), metrics.clone(), tcp_secrets.clone());
-        move || reload_config(&load, &shared, &metrics, secrets.as_deref())
+        move || reload_config(&load, &started, &shared, &metrics, secrets.as_deref())
     };
-    let reload: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(reload);
+    let reload: Arc<Reload> = Arc::new(reload);
     let api = |tcp: Option<Arc<TcpSecrets>>| {
         let reload = reload.clone();
         Arc::new(Api {
@@ -297,7 +298,7 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
 }
 
 /// SIGHUP reloads; returns at SIGTERM or SIGINT.
-async fn wait_for_shutdown(reload: &(dyn Fn() -> Result<(), String> + Send + Sync)) {
+async fn wait_for_shutdown(reload: &Reload) {
     let mut hup = signal(SignalKind::hangup()).expect("signal handler");
     let mut term = signal(SignalKind::terminate()).expect("signal handler");
     let mut int = signal(SignalKind::interrupt()).expect("signal handler");
@@ -313,10 +314,11 @@ async fn wait_for_shutdown(reload: &(dyn Fn() -> Result<(), String> + Send + Syn
 /// Re-reads the config; on any error logs it and keeps the settings in force.
 fn reload_config(
     load: &LoadOptions,
+    started: &Settings,
     shared: &Shared,
     metrics: &Metrics,
     tcp: Option<&TcpSecrets>,
-) -> Result<(), String> {
+) -> Result<Vec<&'static str>, String> {
     let loaded = config::load(load)
         .map_err(|e| e.to_string())
         .and_then(|loaded| {
@@ -341,10 +343,13 @@ fn reload_config(
         });
     match loaded {
         Ok(loaded) => {
-            let old = shared.settings();
-            if loaded.settings.daemon.differs_for_restart(&old.daemon) {
+            // Against the settings the daemon started with, so that a second reload still
+            // says what waits for the restart.
+            let at_restart = loaded.settings.restart_keys(started);
+            if !at_restart.is_empty() {
                 tracing::warn!(
-                    "[daemon] changes (socket, listener address, state dir, max_running_jobs) apply at the next start"
+                    "{} changed: taken at the next start (systemctl restart attache), not now",
+                    at_restart.join(", ")
                 );
             }
             let listens = loaded.settings.daemon.listen.is_some();
@@ -362,7 +367,7 @@ fn reload_config(
                     "config reloaded: bandwidth applies now, other settings to new jobs"
                 );
             }
-            Ok(())
+            Ok(at_restart)
         }
         Err(e) => {
             metrics.reloaded(false);
