@@ -117,6 +117,18 @@ pub enum StoreError {
         /// Worth another try (network, 5xx, throttling) rather than a lasting refusal.
         retryable: bool,
     },
+    /// A `file://` store's directory is not there: a share not mounted, a mistyped URL, or a
+    /// store nothing was uploaded to yet (an upload makes it).
+    #[error(
+        "{store}: {op} {key}: the store directory {} does not exist (is the share mounted? check store.url)",
+        dir.display()
+    )]
+    NoStoreDir {
+        store: String,
+        op: &'static str,
+        key: String,
+        dir: PathBuf,
+    },
     /// The file a [`ObjectStore::put_file`] was sending could not be read, or changed.
     #[error("{}: {error}", path.display())]
     Source { path: PathBuf, error: SourceError },
@@ -141,6 +153,10 @@ fn not_found_advice(key: &str) -> &'static str {
 impl StoreError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
+    }
+
+    pub fn is_no_store_dir(&self) -> bool {
+        matches!(self, StoreError::NoStoreDir { .. })
     }
 
     pub fn is_retryable(&self) -> bool {

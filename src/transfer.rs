@@ -219,6 +219,12 @@ pub enum TransferError {
     },
     #[error("{path}: {message}")]
     Refused { path: PathBuf, message: String },
+    /// A file's content is not in the store (deleted, or another store or root prefix).
+    #[error("{dest}: its content is missing from the store: {source}")]
+    Missing {
+        dest: PathBuf,
+        source: Box<StoreError>,
+    },
     #[error("cancelled")]
     Cancelled(#[from] Cancelled),
 }

@@ -167,6 +167,41 @@ fn a_manifest_cannot_write_through_a_symlink() {
 /// A manifest that is not a tree (a file with paths below it) is refused before anything is
 /// written, by `get` and `manifest verify`; of a path listed twice, the later entry is placed,
 /// every time (not whichever landed last).
+/// A download that cannot fit is refused before a byte is written; into a directory not there
+/// yet, it leaves no empty tree behind to be taken for a download.
+#[test]
+fn a_download_that_cannot_fit_is_refused_and_leaves_no_directory_behind() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    std::fs::write(root.join("sub/deeper/a.txt"), "hello\n").unwrap();
+    std::fs::write(root.join("b.txt"), "other\n").unwrap();
+    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
+    // A file of 1 PiB: more than this machine has free.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let huge = text.replacen("\"size\":6}", "\"size\":1125899906842624}", 1);
+    assert_ne!(huge, text);
+    let huge_manifest = t.path().join("huge.json");
+    std::fs::write(&huge_manifest, huge).unwrap();
+    let there = t.path().join("there");
+    std::fs::create_dir(&there).unwrap();
+    for dest in [t.path().join("new/shot/plates"), there.clone()] {
+        let (code, _, err) = run(attache(&cache)
+            .args(["get", "--store", &store])
+            .arg(&huge_manifest)
+            .arg("--dest")
+            .arg(&dest));
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("not enough disk space: 1.0 PiB to download"),
+            "{err}"
+        );
+    }
+    assert!(!t.path().join("new").exists(), "no empty tree left");
+    assert!(there.is_dir(), "the directory that was there stays");
+    assert!(files_under(&there).is_empty(), "nothing placed");
+}
+
 #[test]
 fn a_manifest_that_lists_a_path_below_a_file_is_refused_and_one_listed_twice_placed_once() {
     let t = tempfile::tempdir().unwrap();
@@ -406,6 +441,14 @@ fn a_failed_get_keeps_what_it_placed_and_the_next_one_trusts_it_without_reading(
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("not found") && err.contains("`attache check` lists every object"),
+        "{err}"
+    );
+    // The file it was for, first: which one a wrangler looks for.
+    assert!(
+        err.contains(&format!(
+            "{}: its content is missing from the store: Data/",
+            dest.join("zz/last.txt").display()
+        )),
         "{err}"
     );
     assert_eq!(files_under(&dest).len(), 40, "every other file was placed");
@@ -2168,6 +2211,32 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
         );
         assert!(p["needs"].is_null(), "{p}");
     }
+    // A bucket that does not exist: the first read says so (not "not found, as expected"),
+    // with what to check; the write fails too, and the conditional put is not passed as fine.
+    let (code, out, err) = run(attache(&t.path().join("cache")).envs(s3.env()).args([
+        "doctor",
+        "--json",
+        "--store",
+        "s3://no-such-bucket/DeadlineCloud",
+    ]));
+    assert_eq!(code, 1, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let read = &v["probes"][0];
+    assert_eq!(read["status"], "failed", "{v}");
+    assert!(
+        read["detail"].as_str().unwrap().contains("NoSuchBucket")
+            && read["needs"].as_str().unwrap().contains("store.url"),
+        "{v}"
+    );
+    assert_eq!(v["probes"][1]["status"], "failed", "{v}");
+    assert_eq!(
+        (&v["probes"][7]["status"], &v["probes"][7]["detail"]),
+        (
+            &"warning".into(),
+            &"not tried: the write content probe failed".into()
+        ),
+        "{v}"
+    );
     // A content cache that cannot be written is a warning: downloads go on without it.
     let not_a_dir = t.path().join("not-a-dir");
     std::fs::write(&not_a_dir, b"").unwrap();
@@ -2264,12 +2333,28 @@ fn doctor_checks_the_store_and_names_what_a_failure_needs() {
     assert_eq!(v["probes"][8]["name"], "hash cache", "{v}");
     assert_eq!(v["probes"][8]["status"], "warning", "{v}");
 
-    // The local store passes every probe too.
+    // The local store passes every probe too. Before anything was uploaded to it, its
+    // directory is not there: a warning (the write probe makes it; on a worker, a share not
+    // mounted), not a failure.
     let local = format!("file://{}", t.path().join("local").display());
-    let (code, out, err) =
-        run(attache(&t.path().join("cache")).args(["doctor", "--json", "--store", &local]));
-    assert_eq!(code, 0, "{out}{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let local_doctor = || {
+        let (code, out, err) =
+            run(attache(&t.path().join("cache")).args(["doctor", "--json", "--store", &local]));
+        assert_eq!(code, 0, "{out}{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let v = local_doctor();
+    let read = &v["probes"][0];
+    assert_eq!(read["status"], "warning", "{v}");
+    assert!(
+        read["detail"].as_str().unwrap().contains("does not exist")
+            && read["needs"]
+                .as_str()
+                .unwrap()
+                .contains("the first upload makes it"),
+        "{v}"
+    );
+    let v = local_doctor();
     assert_every_probe_ok(&v);
     // The multipart probe says why large files go to a store in one PUT: the file store
     // copies parts on completion, an S3 store was measured so (see

@@ -84,23 +84,34 @@ pub async fn run(
     };
     let mut listed = None;
     let mut honours_if_none_match = None;
-    probes.push(
-        probe(
-            &probing,
-            "read content",
-            true,
-            format!(
-                "s3:GetObject on {data} and s3:ListBucket on the bucket (without it a missing object answers 403); every command that transfers"
-            ),
-            async {
-                Ok(match s.head(&empty).await? {
-                    Some(_) => format!("HEAD {empty}: present"),
-                    None => format!("HEAD {empty}: not found, as expected"),
-                })
-            },
-        )
-        .await?,
-    );
+    let mut no_store_dir = false;
+    let mut read = probe(
+        &probing,
+        "read content",
+        true,
+        format!(
+            "s3:GetObject on {data} and s3:ListBucket on the bucket (without it a missing object answers 403); every command that transfers"
+        ),
+        async {
+            match read_probe(s, &empty).await {
+                Err(e) if e.is_no_store_dir() => {
+                    no_store_dir = true;
+                    Ok(e.to_string())
+                }
+                other => other,
+            }
+        },
+    )
+    .await?;
+    // A `file://` store nothing was uploaded to yet has no directory: the write below makes
+    // it. Where a share should be, it is not mounted: a worker would find nothing to read.
+    if no_store_dir {
+        read.status = Status::Warning;
+        read.needs = Some(
+            "the store's directory: the first upload makes it; on a machine that downloads, the share mounted at store.url".into(),
+        );
+    }
+    probes.push(read);
     probes.push(
         probe(
             &probing,
@@ -235,17 +246,15 @@ pub async fn run(
             "read manifests",
             true,
             format!("s3:GetObject on {manifests}; sync-inputs, download-outputs"),
-            async {
-                Ok(match s.head(&probe_manifest).await? {
-                    Some(_) => format!("HEAD {probe_manifest}: present"),
-                    None => format!("HEAD {probe_manifest}: not found, as expected"),
-                })
-            },
+            async { read_probe(s, &probe_manifest).await },
         )
         .await?,
     );
 
-    probes.push(conditional_put_probe(honours_if_none_match));
+    probes.push(conditional_put_probe(
+        settings.s3.conditional_put,
+        honours_if_none_match,
+    ));
 
     let dir = settings.cache.dir.clone();
     let ttl = settings.transfer.known_present_ttl.0;
@@ -284,16 +293,45 @@ pub async fn run(
     })
 }
 
+/// A GET of `key`, which may well not be there. Not a HEAD: a HEAD's error has no body, so a
+/// bucket that does not exist would pass for a missing object, and refused credentials for
+/// a missing permission; a GET's error names which (`NoSuchBucket`, `SignatureDoesNotMatch`).
+async fn read_probe(
+    s: &dyn crate::store::ObjectStore,
+    key: &str,
+) -> Result<String, crate::store::StoreError> {
+    let mut obj = match s.get(key, None).await {
+        Ok(obj) => obj,
+        Err(e) if e.is_not_found() => return Ok(format!("GET {key}: not found, as expected")),
+        Err(e) => return Err(e),
+    };
+    let mut len = 0;
+    while let Some(chunk) = obj.body.next().await {
+        len += chunk?.len();
+    }
+    Ok(format!("GET {key}: present, {len} bytes"))
+}
+
 /// Whether the store refused a second `PutObject If-None-Match: *` of an object it has, as
-/// S3 does (`None`: not tried, with `s3.conditional_put` off or the first PUT failed). A store
+/// S3 does (`None`: not tried, with `s3.conditional_put` off (not `asked`) or the first PUT
+/// failed). A store
 /// that ignores the header stores the object again: small objects already there, unknown to
 /// this machine, are sent again instead of skipped. Its request ran in "write content".
-fn conditional_put_probe(honours: Option<Result<bool, crate::store::StoreError>>) -> Probe {
+fn conditional_put_probe(
+    asked: bool,
+    honours: Option<Result<bool, crate::store::StoreError>>,
+) -> Probe {
     let needs = "s3.conditional_put = false (ATTACHE_S3__CONDITIONAL_PUT=false) for a store that ignores If-None-Match; only upload traffic depends on it".to_string();
     let (status, detail, needs) = match honours {
-        None => (
+        None if !asked => (
             Status::Ok,
-            "not tried (s3.conditional_put is off, or the write failed)".to_string(),
+            "not asked: s3.conditional_put is off (uploads ask with HEAD first)".to_string(),
+            None,
+        ),
+        // Nothing known: said, not passed as fine.
+        None => (
+            Status::Warning,
+            "not tried: the write content probe failed".to_string(),
             None,
         ),
         Some(Ok(true)) => (
@@ -426,12 +464,20 @@ async fn probe(
 /// it, the right credentials when it did not know them. Other errors (an endpoint that does
 /// not answer, a bucket that does not exist) already say what to do.
 fn needs_for(error: &str, permission: String) -> Option<String> {
-    let needs = if error.contains("SignatureDoesNotMatch") {
+    // Garage says a wrong secret as AccessDenied "Forbidden: Invalid signature".
+    let needs = if error.contains("SignatureDoesNotMatch")
+        || error.to_ascii_lowercase().contains("invalid signature")
+    {
         "the secret key that belongs to this access key (s3.secret_access_key, the profile or AWS_SECRET_ACCESS_KEY), and a clock within 15 minutes of the store's"
-    } else if error.contains("InvalidAccessKeyId") {
+    } else if error.contains("InvalidAccessKeyId")
+        // Garage's AccessDenied "Forbidden: No such key: GK…" (an access key, not an object).
+        || (error.contains("AccessDenied") && error.contains("No such key"))
+    {
         "an access key the store knows (s3.access_key_id, --profile or AWS_ACCESS_KEY_ID)"
     } else if error.contains("ExpiredToken") || error.contains("TokenRefreshRequired") {
         "fresh credentials: the session token has expired (log in again, e.g. aws sso login)"
+    } else if error.contains("NoSuchBucket") {
+        "the bucket of the store URL to exist at this endpoint and region: check store.url (--store), s3.endpoint_url and s3.region, or create the bucket"
     } else if error.contains("HTTP 403") {
         return Some(permission);
     } else {
@@ -487,6 +533,22 @@ mod tests {
             needs_for("PUT k: HTTP 403 Forbidden: SignatureDoesNotMatch", perm())
                 .unwrap()
                 .starts_with("the secret key")
+        );
+        assert!(
+            needs_for(
+                "GET k: HTTP 403 Forbidden: AccessDenied: Forbidden: Invalid signature",
+                perm()
+            )
+            .unwrap()
+            .starts_with("the secret key")
+        );
+        assert!(
+            needs_for(
+                "HTTP 403 Forbidden: AccessDenied: Forbidden: No such key: GK0123",
+                perm()
+            )
+            .unwrap()
+            .starts_with("an access key")
         );
         assert!(
             needs_for("HTTP 403 Forbidden: InvalidAccessKeyId: no", perm())

@@ -186,6 +186,13 @@ async fn plan_and_download(
     transfer: Arc<Transfer>,
     cancel: &CancellationToken,
 ) -> Result<(Plan, DownloadReport), TransferError> {
+    // Into a directory not there yet every file is downloaded: a download that cannot fit is
+    // refused before the plan makes its directories, so no empty tree is left to be taken for
+    // a download.
+    if spec.check_space && std::fs::symlink_metadata(&dest).is_err() {
+        let existing = dest.ancestors().find(|d| d.is_dir()).unwrap_or(&dest);
+        check_space(existing, spec.manifest.entries().iter().map(|e| e.size))?;
+    }
     let mut plan = {
         let dest = dest.clone();
         let (manifest, cache_dir, conflict) = (spec.manifest, spec.cache_dir, spec.conflict);

@@ -129,11 +129,12 @@ impl FsStore {
 
     /// The store's directory is not there (a share not mounted, a mistyped URL).
     fn no_store_dir(&self, op: &'static str, key: &str) -> StoreError {
-        let message = format!(
-            "the store directory {} does not exist (is the share mounted? check store.url)",
-            self.dir.display()
-        );
-        self.failed(op, key, message, false)
+        StoreError::NoStoreDir {
+            store: self.describe.clone(),
+            op,
+            key: key.into(),
+            dir: self.dir.clone(),
+        }
     }
 
     fn temp_file(&self) -> std::io::Result<tempfile::NamedTempFile> {

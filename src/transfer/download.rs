@@ -876,11 +876,13 @@ async fn fetch_verified(
                 if let Some(k) = &t.known {
                     let _ = k.forget(&t.store.identity(), item.hash);
                 }
-                return Err(StoreError::NotFound {
-                    store: t.store.describe(),
-                    key: data_key(prefix, item.hash),
-                }
-                .into());
+                return Err(TransferError::Missing {
+                    dest: item.dest.clone(),
+                    source: Box::new(StoreError::NotFound {
+                        store: t.store.describe(),
+                        key: data_key(prefix, item.hash),
+                    }),
+                });
             }
             // A body cut off mid-stream fails after the request itself succeeded: fetch again.
             Err(TransferError::Store(e))
