@@ -154,6 +154,38 @@ pub struct UsageError {
     pub message: String,
 }
 
+/// A root with no file to put in a manifest (exit 2): empty, or with every file left out by
+/// the `filter`'s patterns and rules, which are then named.
+pub fn no_files(root: &std::path::Path, filter: &crate::scan::PathFilter) -> UsageError {
+    let given: Vec<String> = [
+        (filter.exclusions(), "exclude"),
+        (filter.inclusions(), "include"),
+        (filter.rules(), "filter"),
+    ]
+    .into_iter()
+    .flat_map(|(items, kind)| items.iter().map(move |i| format!("{kind} {i:?}")))
+    .collect();
+    let why = match given.len() {
+        0 => "it holds none".to_string(),
+        n => format!(
+            "the {} left out every one ({}{}; from hash.exclude, hash.include, hash.filter and the command line)",
+            if n == 1 { "pattern" } else { "patterns" },
+            given.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            if n > 5 {
+                format!(" and {} more", n - 5)
+            } else {
+                String::new()
+            }
+        ),
+    };
+    UsageError {
+        message: format!(
+            "{}: no files to attach: {why}; a manifest needs at least one file",
+            root.display()
+        ),
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = run(cli);
@@ -250,10 +282,13 @@ fn describe(e: &anyhow::Error) -> String {
 fn exit_code_of(e: &anyhow::Error) -> u8 {
     if e.chain().any(|c| c.is::<Cancelled>()) {
         exit::CANCELLED
-    } else if e
-        .chain()
-        .any(|c| c.is::<ConfigError>() || c.is::<UsageError>() || is_wrong_token(c))
-    {
+    } else if e.chain().any(|c| {
+        c.is::<ConfigError>()
+            || c.is::<UsageError>()
+            || is_wrong_token(c)
+            || c.downcast_ref::<crate::scan::ScanErrors>()
+                .is_some_and(crate::scan::ScanErrors::is_root_not_directory)
+    }) {
         exit::USAGE
     } else {
         exit::FAILURE

@@ -131,6 +131,14 @@ impl ScanError {
 #[derive(Debug, thiserror::Error)]
 pub struct ScanErrors(pub Vec<ScanError>);
 
+impl ScanErrors {
+    /// A root given that is a file, not a directory: the command line to fix (exit 2), not a
+    /// failure of the run.
+    pub fn is_root_not_directory(&self) -> bool {
+        matches!(self.0[..], [ScanError::RootNotDirectory { .. }])
+    }
+}
+
 impl std::fmt::Display for ScanErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         const SHOWN: usize = 10;

@@ -236,6 +236,16 @@ fn a_fifo_and_a_missing_root_are_errors() {
     let (code, _, err) = run(attache(&cache).arg("hash").arg(&root));
     assert_eq!(code, 1);
     assert!(err.contains("pipe: is a FIFO"), "{err}");
+    // A missing root may be a share not mounted: a failure (1). A file given for the root
+    // is the command line to fix (2), as an empty root is.
+    let a_file = t.path().join("a-file");
+    fs::write(&a_file, "x").unwrap();
+    let (code, _, err) = run(attache(&cache).arg("hash").arg(&a_file));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not a directory; pass the directory that holds it"),
+        "{err}"
+    );
     let (code, _, err) = run(attache(&cache).arg("hash").arg(t.path().join("missing")));
     assert_eq!(code, 1);
     assert!(err.contains("missing: cannot read"), "{err}");
@@ -258,7 +268,17 @@ fn an_empty_tree_has_no_manifest() {
     fs::create_dir(&root).unwrap();
     let (code, _, err) = run(attache(&t.path().join("cache")).arg("hash").arg(&root));
     assert_eq!(code, 2);
-    assert!(err.contains("no files to attach"), "{err}");
+    assert!(err.contains("no files to attach: it holds none"), "{err}");
+    // Every file left out: the patterns that did it are named.
+    fs::write(root.join("a.exr"), "x").unwrap();
+    let (code, _, err) = run(attache(&t.path().join("cache"))
+        .args(["hash", "--exclude", "*.exr"])
+        .arg(&root));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no files to attach: the pattern left out every one (exclude \"*.exr\";"),
+        "{err}"
+    );
 }
 
 #[test]

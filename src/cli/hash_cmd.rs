@@ -108,6 +108,7 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
         ctx.settings.cache.hash_cache,
     );
     args.filter.apply(&mut spec)?;
+    let filter = spec.scan.filter.clone();
     let progress = Arc::new(Progress::default());
     let report = {
         let _bar = Bar::start("hashing", progress.clone(), &ctx.settings.log);
@@ -118,12 +119,10 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
     let mut roots_json = Vec::new();
     let mut stdout = crate::cli::stdout::stdout();
     for r in &report.roots {
-        let bytes = r.manifest.encode().map_err(|_| UsageError {
-            message: format!(
-                "{}: no files to attach; a manifest needs at least one file",
-                r.root.display()
-            ),
-        })?;
+        let bytes = r
+            .manifest
+            .encode()
+            .map_err(|_| crate::cli::no_files(&r.root, &filter))?;
         let manifest_hash = ContentHash::of(&bytes);
         let written = match output {
             Some(o) => {

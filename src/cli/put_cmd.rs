@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::filter_args::FilterArgs;
 use super::transfer_args::{StoreArgs, with_transfer};
-use super::{Context, UsageError, flag};
+use super::{Context, flag};
 use crate::cli::stdout::outln;
 use crate::config::Override;
 use crate::hash::ContentHash;
@@ -71,17 +71,16 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
         settings.cache.hash_cache,
     );
     args.filter.apply(&mut spec)?;
+    let filter = spec.scan.filter.clone();
     let dry_run = args.dry_run;
     let report = with_transfer(ctx, None, "uploading", |t, cancel| async move {
         Ok(put::run(spec, t.dry_run_if(dry_run), &cancel).await?)
     })?;
     let root = &report.hash.roots[0];
-    let bytes = root.manifest.encode().map_err(|_| UsageError {
-        message: format!(
-            "{}: no files to attach; a manifest needs at least one file",
-            root.root.display()
-        ),
-    })?;
+    let bytes = root
+        .manifest
+        .encode()
+        .map_err(|_| crate::cli::no_files(&root.root, &filter))?;
     let manifest_hash = ContentHash::of(&bytes);
     match crate::cli::output_file(&args.output) {
         Some(path) => crate::fsutil::write_atomic(path, &bytes)
