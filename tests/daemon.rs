@@ -173,6 +173,36 @@ impl Daemon {
     }
 
     /// Polls a job until it ends; returns its record.
+    /// Runs the Python `script` as user nobody (the caller must be root) with the Python
+    /// client importable, its arguments this daemon's socket and then `args`; returns what it
+    /// printed, read as JSON.
+    fn python_as_nobody(&self, script: &str, args: &[&Path]) -> serde_json::Value {
+        // A copy nobody may read, beside the daemon's files (the checkout may be closed to it).
+        let client = self.path("attache_client.py");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python/attache_client.py"),
+            &client,
+        )
+        .unwrap();
+        std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = Command::new("python3")
+            .uid(65534)
+            .gid(65534)
+            .env("PYTHONPATH", self.path(""))
+            .arg("-c")
+            .arg(script)
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     fn wait(&self, id: &str, limit: Duration) -> serde_json::Value {
         let deadline = Instant::now() + limit;
         loop {
@@ -1648,13 +1678,6 @@ fn the_daemon_does_for_another_user_only_what_that_user_could() {
     for p in [public.join("tex/a.png"), mixed.join("ok.png")] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    let client = d.path("attache_client.py");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python/attache_client.py"),
-        &client,
-    )
-    .unwrap();
-    std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o644)).unwrap();
     let script = r#"
 import json, sys
 from attache_client import Daemon, DaemonError
@@ -1675,27 +1698,17 @@ submit("group", kind="sync_inputs", attachments={"manifests": []}, session_dir=s
        job_group="root")
 print(json.dumps(out))
 "#;
-    let out = Command::new("python3")
-        .uid(65534)
-        .gid(65534)
-        .env("PYTHONPATH", d.path(""))
-        .arg("-c")
-        .arg(script)
-        .arg(d.socket())
-        .arg(&public)
-        .arg(&secret)
-        .arg(&mixed)
-        .arg(closed.join("s-1"))
-        .arg(d.path("elsewhere"))
-        .arg(&open_session)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = d.python_as_nobody(
+        script,
+        &[
+            &public,
+            &secret,
+            &mixed,
+            &closed.join("s-1"),
+            &d.path("elsewhere"),
+            &open_session,
+        ],
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["public"]["state"], "succeeded", "{v}");
     for (name, path, what) in [
         ("secret", &secret, "read"),
@@ -1840,26 +1853,7 @@ attempt("bandwidth_seen", lambda: d.bandwidth()["upload"])
 attempt("own_status", lambda: d.job(mine["id"])["state"])
 print(json.dumps(out))
 "#;
-    let out = Command::new("python3")
-        .uid(65534)
-        .gid(65534)
-        .env(
-            "PYTHONPATH",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
-        )
-        .arg("-c")
-        .arg(script)
-        .arg(d.socket())
-        .arg(&root_job)
-        .arg(&public)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = d.python_as_nobody(script, &[Path::new(&root_job), &public]);
     assert_eq!(v["mine"]["state"], "succeeded", "{v}");
     let mine = v["mine"]["id"].as_str().unwrap();
     assert_eq!(v["list"], serde_json::json!([200, [mine]]), "{v}");

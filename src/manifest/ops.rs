@@ -84,6 +84,14 @@ mod tests {
         }
     }
 
+    /// Each entry's path and hash, in the manifest's order.
+    fn paths_and_hashes(m: &Manifest) -> Vec<(String, ContentHash)> {
+        m.entries()
+            .iter()
+            .map(|e| (e.path.display().into_owned(), e.hash))
+            .collect()
+    }
+
     #[test]
     fn a_manifest_that_is_not_a_tree_is_found_out_and_a_path_listed_twice_is_placed_once() {
         let tree = |paths: &[&str]| {
@@ -114,13 +122,8 @@ mod tests {
             entry("a.txt", b"later"),
         ]);
         assert_eq!(twice.keep_one_per_path(), 1);
-        let kept: Vec<(String, ContentHash)> = twice
-            .entries()
-            .iter()
-            .map(|e| (e.path.display().into_owned(), e.hash))
-            .collect();
         assert_eq!(
-            kept,
+            paths_and_hashes(&twice),
             [
                 ("a.txt".into(), ContentHash::of(b"later")),
                 ("b.txt".into(), ContentHash::of(b"b")),
@@ -151,13 +154,8 @@ mod tests {
         let second = Manifest::new(vec![entry("c/d", b"d2"), entry("e", b"e2")]);
         let third = Manifest::new(vec![entry("a", b"a3")]);
         let merged = merge([first.clone(), second, third]);
-        let got: Vec<(String, ContentHash)> = merged
-            .entries()
-            .iter()
-            .map(|e| (e.path.display().into_owned(), e.hash))
-            .collect();
         assert_eq!(
-            got,
+            paths_and_hashes(&merged),
             vec![
                 ("a".into(), ContentHash::of(b"a3")),
                 ("b".into(), ContentHash::of(b"b1")),
