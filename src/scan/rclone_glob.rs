@@ -122,6 +122,36 @@ pub fn to_regex(glob: &str) -> Result<String, String> {
     Ok(re)
 }
 
+/// `\d`, `\w`, `\s` and their negations as Go's regexp reads them, ASCII only (Rust's `regex`
+/// would take non-ASCII digits, letters and spaces too): `[0-9]`, `[0-9A-Za-z_]`,
+/// `[\t\n\f\r ]`. In a class too (`[\d_]` is `[[0-9]_]`, a union). For a regexp of
+/// [`to_regex`], which stays as rclone's `--dump filters` shows it.
+pub fn ascii_classes(re: &str) -> String {
+    let mut out = String::with_capacity(re.len());
+    let mut chars = re.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str("[0-9]"),
+            Some('D') => out.push_str("[^0-9]"),
+            Some('w') => out.push_str("[0-9A-Za-z_]"),
+            Some('W') => out.push_str("[^0-9A-Za-z_]"),
+            Some('s') => out.push_str(r"[\t\n\f\r ]"),
+            Some('S') => out.push_str(r"[^\t\n\f\r ]"),
+            // Another escape (`\.`, `\\`, `\pL`) stays as it is.
+            Some(next) => {
+                out.push('\\');
+                out.push(next);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 /// The stars just read: `*` within a component, `**` across them.
 fn push_stars(re: &mut String, stars: &mut usize) -> Result<(), String> {
     match std::mem::take(stars) {

@@ -146,7 +146,7 @@ fn compile(glob: &str, pattern: &str) -> Result<Regex, PatternError> {
         reason,
     };
     let text = rclone_glob::to_regex(glob).map_err(bad)?;
-    Regex::new(&text).map_err(|e| {
+    Regex::new(&rclone_glob::ascii_classes(&text)).map_err(|e| {
         // The parser's message is several lines (the regexp, a caret); its last says why.
         let e = e.to_string();
         let why = e.lines().last().unwrap_or_default();
@@ -279,6 +279,18 @@ mod tests {
         assert_eq!(r.decide(b"R1.exr", FILE), None, "case matters");
         assert_eq!(r.decide(b"sh010/a.tmp", FILE), Some(false));
         assert_eq!(r.decide(b"x/sh010/a.tmp", FILE), None, "anchored");
+        // As Go's: `\d`, `\w`, `\s` are ASCII (Rust's regex alone takes `٣` for a digit).
+        let r = rules(&[r"- {{f\d\w\s[\d_]}}\.exr", r"- {{\\d}}"]);
+        assert_eq!(r.decide(b"f1a 7.exr", FILE), Some(false));
+        assert_eq!(r.decide(b"f1a _.exr", FILE), Some(false));
+        assert_eq!(r.decide("f٣a 7.exr".as_bytes(), FILE), None);
+        assert_eq!(r.decide("f1é 7.exr".as_bytes(), FILE), None);
+        assert_eq!(r.decide("f1a\u{2003}7.exr".as_bytes(), FILE), None);
+        assert_eq!(
+            r.decide(br"\d", FILE),
+            Some(false),
+            "an escaped backslash and a d"
+        );
         let e = Rules::new(&["- {{a(}}"]).unwrap_err().to_string();
         assert!(e.starts_with("\"{{a(}}\": ") && e.contains("regexp"), "{e}");
     }
