@@ -107,9 +107,13 @@ enum Command {
     /// List the daemon's jobs, oldest first.
     ///
     /// A user other than the daemon's (and not root) sees, and may cancel, retry or
-    /// reprioritize, only the jobs that act for it.
+    /// reprioritize, only the jobs that act for it. None to show: said on stderr (`no failed
+    /// jobs`), nothing on stdout.
     Jobs(daemon_cmd::JobsArgs),
     /// Show one daemon job: state, progress, result or error; --follow waits for its end.
+    ///
+    /// Exit 0 once the job is shown, whatever its state (with -o, 1 when it did not succeed);
+    /// with --follow, the job's outcome.
     Status(daemon_cmd::StatusArgs),
     /// Cancel a daemon job.
     Cancel(daemon_cmd::JobArgs),
