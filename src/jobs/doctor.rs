@@ -314,9 +314,9 @@ async fn read_probe(
 
 /// Whether the store refused a second `PutObject If-None-Match: *` of an object it has, as
 /// S3 does (`None`: not tried, with `s3.conditional_put` off (not `asked`) or the first PUT
-/// failed). A store
-/// that ignores the header stores the object again: small objects already there, unknown to
-/// this machine, are sent again instead of skipped. Its request ran in "write content".
+/// failed). A store that ignores the header stores the object again: small objects already
+/// there, unknown to this machine, are sent again instead of skipped. Its request ran in
+/// "write content".
 fn conditional_put_probe(
     asked: bool,
     honours: Option<Result<bool, crate::store::StoreError>>,
