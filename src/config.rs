@@ -194,6 +194,10 @@ pub struct DaemonSettings {
     pub jobs_kept_for: Duration,
     /// Jobs that run at once; the others wait, queued (at least 1).
     pub max_running_jobs: usize,
+    /// Jobs a client of another user (through the socket) may have queued or running at
+    /// once; 0: no limit. The daemon's own user, root and the TCP listener's token holder are
+    /// not limited.
+    pub max_jobs_per_user: usize,
 }
 
 impl Settings {
@@ -464,6 +468,7 @@ impl Default for DaemonSettings {
             jobs_kept: 1000,
             jobs_kept_for: Duration::secs(7 * 24 * 3600),
             max_running_jobs: 8,
+            max_jobs_per_user: 100,
         }
     }
 }
@@ -586,6 +591,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "jobs_kept",
             "jobs_kept_for",
             "max_running_jobs",
+            "max_jobs_per_user",
         ],
     ),
     ("log", &["level", "format", "stats"]),

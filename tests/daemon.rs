@@ -1802,6 +1802,66 @@ fn a_daemon_job_s_warnings_reach_the_client_and_its_record() {
     assert!(err.contains(&said), "{err}");
 }
 
+/// A user on the socket may have `daemon.max_jobs_per_user` jobs queued or running: one more
+/// is refused (429, saying what to do) until one of its jobs ends. Root is not limited.
+#[test]
+fn a_user_on_the_socket_may_have_max_jobs_per_user_jobs_at_once() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: acting as another user (nobody) needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start_in(
+        dir,
+        "socket_group = \"nogroup\"\nmax_running_jobs = 1\nmax_jobs_per_user = 2\n[bandwidth]\nupload = \"1MiB/s\"\n",
+        &[],
+    );
+    // Root's job holds the one slot: the user's jobs stay queued.
+    let (root_job, _) = d.start_slow_submit(8 << 20);
+    let public = d.path("public");
+    std::fs::create_dir_all(&public).unwrap();
+    std::fs::write(public.join("a.txt"), b"small").unwrap();
+    for p in [&public, &public.join("a.txt")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let script = r#"
+import json, sys
+from attache_client import Daemon, DaemonError
+d = Daemon(socket_path=sys.argv[1])
+out = {}
+def attempt(name, call):
+    try:
+        out[name] = [200, call()]
+    except DaemonError as e:
+        out[name] = [e.status, str(e)]
+spec = dict(kind="submit", farm_id="farm-1", queue_id="queue-1", inputs=[sys.argv[2]])
+attempt("first", lambda: d.start(spec)["state"])
+attempt("second", lambda: d.start(spec)["id"])
+attempt("third", lambda: d.start(spec)["id"])
+d.cancel(out["second"][1])
+attempt("after_cancel", lambda: d.start(spec)["state"])
+print(json.dumps(out))
+"#;
+    let v = d.python_as_nobody(script, &[&public]);
+    assert_eq!(v["first"], serde_json::json!([200, "queued"]), "{v}");
+    assert_eq!(v["second"][0], 200, "{v}");
+    assert_eq!(v["third"][0], 429, "{v}");
+    let said = v["third"][1].as_str().unwrap();
+    assert!(
+        said.contains("user nobody (uid 65534) has 2 jobs queued or running")
+            && said.contains("daemon.max_jobs_per_user"),
+        "{said}"
+    );
+    assert_eq!(v["after_cancel"], serde_json::json!([200, "queued"]), "{v}");
+    // Root (the daemon's own user here) is not limited.
+    for _ in 0..3 {
+        d.start_job(&submit_spec(&public));
+    }
+    d.api("DELETE", &format!("/v1/jobs/{root_job}"), "");
+}
+
 /// A user on the socket sees and changes only the jobs that act for it: another user's job
 /// (its paths, its progress) is neither listed nor shown, and cannot be cancelled, retried or
 /// reprioritized by it; the machine's bandwidth and config are for root and the daemon's user.

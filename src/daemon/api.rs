@@ -261,7 +261,8 @@ fn machine_wide(peer: PeerExt, what: &str) -> Result<(), Box<Response>> {
     }
 }
 
-/// A job refused: 400 naming the field, 403 for what the client's user may not do.
+/// A job refused: 400 naming the field, 403 for what the client's user may not do, 429 for a
+/// user with `daemon.max_jobs_per_user` jobs already.
 fn refused_job(e: JobError) -> Response {
     match e {
         JobError::Invalid { field, message } => error(
@@ -275,6 +276,9 @@ fn refused_job(e: JobError) -> Response {
         }
         e @ JobError::NotTheCallersGroup { .. } => {
             error(StatusCode::FORBIDDEN, &e.to_string(), Some("job_group"))
+        }
+        e @ JobError::TooManyJobs { .. } => {
+            error(StatusCode::TOO_MANY_REQUESTS, &e.to_string(), None)
         }
         e => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
     }

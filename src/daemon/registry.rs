@@ -333,7 +333,8 @@ impl Registry {
         if let Some(c) = caller.as_ref().filter(|_| bundles) {
             spec.check_caller(c)?;
         }
-        self.start(spec, None, priority, caller)
+        let limited = caller.is_some();
+        self.start(spec, None, priority, caller, limited)
     }
 
     /// Changes a queued job's priority (a running or finished one holds its slot, or needs
@@ -398,7 +399,9 @@ impl Registry {
         for user in [&caller, &run_as].into_iter().flatten() {
             old.spec.check_caller(user)?;
         }
-        Ok(self.start(old.spec, Some(old.id), old.priority, run_as)?)
+        // The limit of jobs per user binds the user asking, not root retrying its jobs.
+        let limited = caller.is_some();
+        Ok(self.start(old.spec, Some(old.id), old.priority, run_as, limited)?)
     }
 
     /// A client of another user gets the daemon's own store only: another would be read and
@@ -416,12 +419,16 @@ impl Registry {
         }
     }
 
+    /// Records and starts a job acting for `caller`; one asked for by a client of another
+    /// user (`limited`) is refused when that user has `daemon.max_jobs_per_user` jobs queued
+    /// or running already.
     fn start(
         self: &Arc<Self>,
         spec: JobSpec,
         retry_of: Option<String>,
         priority: u8,
         caller: Option<Arc<Caller>>,
+        limited: bool,
     ) -> Result<JobRecord, JobError> {
         spec.validate()?;
         if self.root.is_cancelled() {
@@ -450,7 +457,7 @@ impl Registry {
             run_as: caller.as_deref().cloned(),
             warnings: Vec::new(),
         };
-        write_record(&self.dir, &record);
+        let limit = self.shared.settings().daemon.max_jobs_per_user;
         let (changed, _) = watch::channel(0);
         let job = Arc::new(Job {
             record: Mutex::new(record.clone()),
@@ -460,10 +467,26 @@ impl Registry {
             changed,
             warnings: Warnings::default(),
         });
-        self.jobs
-            .lock()
-            .expect("not poisoned")
-            .insert(id, job.clone());
+        {
+            // Counted and added under one lock: two submits at once cannot both take the
+            // last place.
+            let mut jobs = self.jobs.lock().expect("not poisoned");
+            if let Some(user) = job.caller.as_deref().filter(|_| limited && limit > 0) {
+                let active = jobs
+                    .values()
+                    .filter(|j| j.caller.as_ref().is_some_and(|c| c.uid == user.uid))
+                    .filter(|j| !j.record.lock().expect("not poisoned").state.is_final())
+                    .count();
+                if active >= limit {
+                    return Err(JobError::TooManyJobs {
+                        who: user.describe(),
+                        active,
+                    });
+                }
+            }
+            write_record(&self.dir, &record);
+            jobs.insert(id, job.clone());
+        }
         let this = self.clone();
         self.tracker.spawn(async move { this.run(job).await });
         Ok(record)

@@ -267,6 +267,11 @@ pub enum JobError {
         "job_group: {group}: {who} is not in this group, and the daemon gives a client's files only to a group of the client's user"
     )]
     NotTheCallersGroup { group: String, who: String },
+    /// A client of another user has `daemon.max_jobs_per_user` jobs queued or running.
+    #[error(
+        "{who} has {active} jobs queued or running, the most daemon.max_jobs_per_user allows: wait for some to end, or cancel some (attache jobs --state queued)"
+    )]
+    TooManyJobs { who: String, active: usize },
     #[error(transparent)]
     Open(#[from] OpenStoreError),
     // Boxed: these are large, and a job's error is made once.
@@ -305,6 +310,8 @@ impl JobError {
             JobError::Submit(e) => e.is_retryable(),
             JobError::Put(e) => e.is_retryable(),
             JobError::Transfer(e) => e.is_retryable(),
+            // Once some of the user's jobs end.
+            JobError::TooManyJobs { .. } => true,
             JobError::Invalid { .. }
             | JobError::NotTheCallers(_)
             | JobError::NotTheCallersStore { .. }
