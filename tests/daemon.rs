@@ -1802,23 +1802,23 @@ fn a_daemon_job_s_warnings_reach_the_client_and_its_record() {
     assert!(err.contains(&said), "{err}");
 }
 
-/// A user on the socket may have `daemon.max_jobs_per_user` jobs queued or running: one more
-/// is refused (429, saying what to do) until one of its jobs ends. Root is not limited.
-#[test]
-fn a_user_on_the_socket_may_have_max_jobs_per_user_jobs_at_once() {
+/// For a test of what user nobody may do on the socket (`None`, said, when this is not root):
+/// a daemon with the `[daemon]` lines `extra`, an upload limit of 1 MiB/s and root's job of
+/// 8 MiB held up by it (its id), and a directory `public` that user nobody may read (one
+/// small file).
+fn nobody_beside_a_slow_root_job(extra: &str) -> Option<(Daemon, String, PathBuf)> {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: acting as another user (nobody) needs root");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let d = Daemon::start_in(
         dir,
-        "socket_group = \"nogroup\"\nmax_running_jobs = 1\nmax_jobs_per_user = 2\n[bandwidth]\nupload = \"1MiB/s\"\n",
+        &format!("socket_group = \"nogroup\"\n{extra}[bandwidth]\nupload = \"1MiB/s\"\n"),
         &[],
     );
-    // Root's job holds the one slot: the user's jobs stay queued.
     let (root_job, _) = d.start_slow_submit(8 << 20);
     let public = d.path("public");
     std::fs::create_dir_all(&public).unwrap();
@@ -1826,6 +1826,19 @@ fn a_user_on_the_socket_may_have_max_jobs_per_user_jobs_at_once() {
     for p in [&public, &public.join("a.txt")] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
+    Some((d, root_job, public))
+}
+
+/// A user on the socket may have `daemon.max_jobs_per_user` jobs queued or running: one more
+/// is refused (429, saying what to do) until one of its jobs ends. Root is not limited.
+#[test]
+fn a_user_on_the_socket_may_have_max_jobs_per_user_jobs_at_once() {
+    // Root's job holds the one slot: the user's jobs stay queued.
+    let Some((d, root_job, public)) =
+        nobody_beside_a_slow_root_job("max_running_jobs = 1\nmax_jobs_per_user = 2\n")
+    else {
+        return;
+    };
     let script = r#"
 import json, sys
 from attache_client import Daemon, DaemonError
@@ -1867,26 +1880,10 @@ print(json.dumps(out))
 /// reprioritized by it; the machine's bandwidth and config are for root and the daemon's user.
 #[test]
 fn another_user_sees_and_changes_only_its_own_jobs() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: acting as another user (nobody) needs root");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let d = Daemon::start_in(
-        dir,
-        "socket_group = \"nogroup\"\n[bandwidth]\nupload = \"1MiB/s\"\n",
-        &[],
-    );
     // Root's job, held up by the bandwidth limit while nobody tries to act on it.
-    let (root_job, _) = d.start_slow_submit(8 << 20);
-    let public = d.path("public");
-    std::fs::create_dir_all(&public).unwrap();
-    std::fs::write(public.join("a.txt"), b"small").unwrap();
-    for p in [&public, &public.join("a.txt")] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let Some((d, root_job, public)) = nobody_beside_a_slow_root_job("") else {
+        return;
+    };
     let script = r#"
 import json, sys
 from attache_client import Daemon, DaemonError
