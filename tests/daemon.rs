@@ -156,6 +156,23 @@ impl Daemon {
         (self.start_job(&submit_spec(&proj)), started)
     }
 
+    /// Starts a submit of one file of `size` bytes (`slow/`) and waits until it has done
+    /// `done` bytes; returns its id.
+    fn slow_job_under_way(&self, size: usize, done: u64) -> String {
+        let slow = self.path("slow");
+        big_tree(&slow, 1, size);
+        let id = self.start_job(&submit_spec(&slow));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let j = self.api("GET", &format!("/v1/jobs/{id}"), "").1;
+            if j["progress"]["bytes_done"].as_u64().unwrap_or(0) >= done {
+                return id;
+            }
+            assert!(Instant::now() < deadline, "{j}: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs `n` submits of the tiny fixture tree in `dir`, one after the other, each to its
     /// end; returns their ids.
     fn small_submits(&self, dir: &Path, n: usize) -> Vec<String> {
@@ -173,10 +190,23 @@ impl Daemon {
     }
 
     /// Polls a job until it ends; returns its record.
-    /// Runs the Python `script` as user nobody (the caller must be root) with the Python
-    /// client importable, its arguments this daemon's socket and then `args`; returns what it
-    /// printed, read as JSON.
+    /// Runs the Python `script` as user nobody (the caller must be root), its arguments this
+    /// daemon's socket and then `args`, after a prelude: `d`, the client of this daemon; `out`,
+    /// a dict; `attempt(name, call)`, which puts in `out[name]` `[200, what call returned]` or
+    /// `[status, error]` for a refusal. Returns `out`, which the script fills.
     fn python_as_nobody(&self, script: &str, args: &[&Path]) -> serde_json::Value {
+        const PRELUDE: &str = r#"
+import json, sys
+from attache_client import Daemon, DaemonError
+d = Daemon(socket_path=sys.argv[1])
+out = {}
+def attempt(name, call):
+    try:
+        out[name] = [200, call()]
+    except DaemonError as e:
+        out[name] = [e.status, str(e)]
+"#;
+        let script = format!("{PRELUDE}{script}\nprint(json.dumps(out))\n");
         // A copy nobody may read, beside the daemon's files (the checkout may be closed to it).
         let client = self.path("attache_client.py");
         std::fs::copy(
@@ -190,7 +220,7 @@ impl Daemon {
             .gid(65534)
             .env("PYTHONPATH", self.path(""))
             .arg("-c")
-            .arg(script)
+            .arg(&script)
             .arg(self.socket())
             .args(args)
             .output()
@@ -559,18 +589,7 @@ fn finished_jobs_survive_a_restart_and_running_ones_are_interrupted() {
 #[test]
 fn a_job_a_crash_cut_off_keeps_its_progress_and_ended_when_last_seen() {
     let mut d = Daemon::start("[bandwidth]\nupload = \"1MiB/s\"\n");
-    let slow = d.path("slow");
-    big_tree(&slow, 1, 32 << 20);
-    let id = d.start_job(&submit_spec(&slow));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while d.api("GET", &format!("/v1/jobs/{id}"), "").1["progress"]["bytes_done"]
-        .as_u64()
-        .unwrap_or(0)
-        < 2 << 20
-    {
-        assert!(Instant::now() < deadline, "no progress: {}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let id = d.slow_job_under_way(32 << 20, 2 << 20);
     // A save after that progress.
     std::thread::sleep(Duration::from_millis(2500));
     let epoch_ms = || {
@@ -1679,10 +1698,6 @@ fn the_daemon_does_for_another_user_only_what_that_user_could() {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     let script = r#"
-import json, sys
-from attache_client import Daemon, DaemonError
-d = Daemon(socket_path=sys.argv[1])
-out = {}
 def submit(name, **spec):
     try:
         out[name] = d.wait(d.start(spec)["id"])
@@ -1696,7 +1711,6 @@ submit("session", kind="sync_inputs", attachments={"manifests": []}, session_dir
 submit("store", kind="submit", inputs=[sys.argv[2]], store="file://" + sys.argv[6], **ids)
 submit("group", kind="sync_inputs", attachments={"manifests": []}, session_dir=sys.argv[7],
        job_group="root")
-print(json.dumps(out))
 "#;
     let v = d.python_as_nobody(
         script,
@@ -1840,22 +1854,12 @@ fn a_user_on_the_socket_may_have_max_jobs_per_user_jobs_at_once() {
         return;
     };
     let script = r#"
-import json, sys
-from attache_client import Daemon, DaemonError
-d = Daemon(socket_path=sys.argv[1])
-out = {}
-def attempt(name, call):
-    try:
-        out[name] = [200, call()]
-    except DaemonError as e:
-        out[name] = [e.status, str(e)]
 spec = dict(kind="submit", farm_id="farm-1", queue_id="queue-1", inputs=[sys.argv[2]])
 attempt("first", lambda: d.start(spec)["state"])
 attempt("second", lambda: d.start(spec)["id"])
 attempt("third", lambda: d.start(spec)["id"])
 d.cancel(out["second"][1])
 attempt("after_cancel", lambda: d.start(spec)["state"])
-print(json.dumps(out))
 "#;
     let v = d.python_as_nobody(script, &[&public]);
     assert_eq!(v["first"], serde_json::json!([200, "queued"]), "{v}");
@@ -1885,16 +1889,7 @@ fn another_user_sees_and_changes_only_its_own_jobs() {
         return;
     };
     let script = r#"
-import json, sys
-from attache_client import Daemon, DaemonError
-d = Daemon(socket_path=sys.argv[1])
 root_job = sys.argv[2]
-out = {}
-def attempt(name, call):
-    try:
-        out[name] = [200, call()]
-    except DaemonError as e:
-        out[name] = [e.status, str(e)]
 mine = d.wait(d.submit("farm-1", "queue-1", inputs=[sys.argv[3]])["id"])
 out["mine"] = mine
 attempt("list", lambda: [j["id"] for j in d.jobs()])
@@ -1908,7 +1903,6 @@ attempt("bandwidth_reset", lambda: d.bandwidth(reset=True))
 attempt("reload", lambda: d._call("POST", "/v1/reload"))
 attempt("bandwidth_seen", lambda: d.bandwidth()["upload"])
 attempt("own_status", lambda: d.job(mine["id"])["state"])
-print(json.dumps(out))
 "#;
     let v = d.python_as_nobody(script, &[Path::new(&root_job), &public]);
     assert_eq!(v["mine"]["state"], "succeeded", "{v}");
@@ -2599,18 +2593,7 @@ fn a_running_job_logs_its_progress_in_the_daemon_and_in_the_waiting_command() {
 #[test]
 fn following_a_job_under_way_shows_the_rate_it_goes_at_now() {
     let d = Daemon::start("[bandwidth]\nupload = \"2MiB/s\"\n");
-    let slow = d.path("slow");
-    big_tree(&slow, 1, 24 << 20);
-    let id = d.start_job(&submit_spec(&slow));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let j = d.api("GET", &format!("/v1/jobs/{id}"), "").1;
-        if j["progress"]["bytes_done"].as_u64().unwrap_or(0) >= 8 << 20 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{j}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let id = d.slow_job_under_way(24 << 20, 8 << 20);
     let (code, _, err) = run(d
         .cmd()
         .env("ATTACHE_LOG__STATS", "2s")
