@@ -15,15 +15,17 @@ pub fn merge(manifests: impl IntoIterator<Item = Manifest>) -> Manifest {
         more = true;
         entries.extend(m.into_entries());
     }
-    if more {
-        // Later wins: a stable sort keeps one path's entries in input order; reversed, the
-        // latest comes first in its run and dedup keeps it. No index of cloned paths: a
-        // million-entry merge needs no second copy of the paths.
-        entries.sort_by(|a, b| a.path.as_wtf8().cmp(b.path.as_wtf8()));
-        entries.reverse();
-        entries.dedup_by(|later_in_vec, kept| later_in_vec.path == kept.path);
+    if !more {
+        return Manifest::new(entries);
     }
-    Manifest::new(entries)
+    // Later wins: stable sorts keep one path's entries side by side in input order, which is
+    // what `keep_one_per_path` takes. No index of cloned paths: a million-entry merge needs no
+    // second copy of the paths. (Bytes first: cheaper to compare than the canonical order,
+    // which is then a check of what is mostly sorted already.)
+    entries.sort_by(|a, b| a.path.as_wtf8().cmp(b.path.as_wtf8()));
+    let mut merged = Manifest::new(entries);
+    merged.keep_one_per_path();
+    merged
 }
 
 /// What changed from one manifest to another, each list in canonical path order.
