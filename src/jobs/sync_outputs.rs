@@ -170,11 +170,9 @@ pub async fn run(
         }
         // What the content cache may keep, once the manifest is published.
         let keep: Vec<Output> = match &transfer.content_cache {
-            Some(_) if !transfer.dry_run => manifest
-                .entries()
-                .iter()
-                .filter_map(|e| Output::of(&local, e))
-                .collect(),
+            Some(_) if !transfer.dry_run => {
+                manifest.entries().iter().filter_map(Output::of).collect()
+            }
             _ => Vec::new(),
         };
         // What the session's next sync-outputs compares with, once this one is published.
@@ -215,9 +213,10 @@ pub async fn run(
         if let Some(cache) = transfer.content_cache.clone()
             && !keep.is_empty()
         {
-            let (cache_dir, stop) = (spec.hash.cache_dir.clone(), cancel.clone());
+            let (cache_dir, stop, local) =
+                (spec.hash.cache_dir.clone(), cancel.clone(), local.clone());
             root.content_cache_files = crate::logging::job_warnings::spawn_blocking(move || {
-                keep_outputs(&cache, keep, cache_dir.as_deref(), &stop)
+                keep_outputs(&cache, &local, keep, cache_dir.as_deref(), &stop)
             })
             .await
             .expect("keeping outputs panicked");
@@ -305,23 +304,18 @@ fn record_outputs(session_dir: &Path, local: &Path, task: Option<&str>, publishe
 
 /// An output just published, as it was hashed.
 struct Output {
-    /// Its local root, and its path under it.
-    local: PathBuf,
+    /// Its path under its local root.
     rel: PathBuf,
-    path: PathBuf,
     hash: ContentHash,
     size: u64,
     mtime_us: i64,
 }
 
 impl Output {
-    fn of(local: &Path, e: &ManifestEntry) -> Option<Output> {
+    fn of(e: &ManifestEntry) -> Option<Output> {
         let rel = e.path.to_posix_bytes().ok()?;
-        let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&rel));
         Some(Output {
-            path: local.join(&rel),
-            local: local.to_path_buf(),
-            rel,
+            rel: PathBuf::from(std::ffi::OsStr::from_bytes(&rel)),
             hash: e.hash,
             size: e.size,
             mtime_us: e.mtime_us,
@@ -338,6 +332,7 @@ impl Output {
 /// many were kept (the caller trims the cache once, after every root).
 fn keep_outputs(
     cache: &ContentCache,
+    local: &Path,
     outputs: Vec<Output>,
     cache_dir: Option<&Path>,
     cancel: &CancellationToken,
@@ -355,7 +350,7 @@ fn keep_outputs(
         };
         // The very file looked at is linked, reached from its root without following a link:
         // in a session its user may rename and link while a daemon (root's) works there.
-        let Ok((dir, name)) = Beneath::new(&o.local, &o.rel).open_parent(false) else {
+        let Ok((dir, name)) = Beneath::new(local, &o.rel).open_parent(false) else {
             continue;
         };
         let Ok(file) = beneath::handle_not_following(&dir.at(name)) else {
@@ -364,21 +359,22 @@ fn keep_outputs(
         if !file.metadata().is_ok_and(|m| as_hashed(&m)) {
             continue;
         }
+        let path = local.join(&o.rel);
         #[cfg(target_os = "linux")]
-        let kept = cache.link_file(&file, &o.path, o.hash, o.size);
+        let kept = cache.link_file(&file, &path, o.hash, o.size);
         #[cfg(not(target_os = "linux"))]
-        let kept = cache.link(&o.path, o.hash, o.size);
+        let kept = cache.link(&path, o.hash, o.size);
         match kept {
             Ok(Inserted::Linked) => {
                 if let Ok(m) = file.metadata() {
-                    linked.push((o.path.into_os_string().into_vec(), FileStat::of(&m), o.hash));
+                    linked.push((path.into_os_string().into_vec(), FileStat::of(&m), o.hash));
                 }
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(
                     "cannot keep {} in the content cache in {}: {e}",
-                    o.path.display(),
+                    path.display(),
                     cache.dir().display()
                 );
                 break;
@@ -569,9 +565,7 @@ mod tests {
             std::fs::write(&path, content).unwrap();
             let meta = std::fs::symlink_metadata(&path).unwrap();
             Output {
-                local: local.clone(),
                 rel: PathBuf::from(rel),
-                path,
                 hash: ContentHash::of(content),
                 size: content.len() as u64,
                 mtime_us: ManifestEntry::mtime_us_from_ns(FileStat::of(&meta).mtime_ns),
@@ -584,7 +578,7 @@ mod tests {
         std::fs::create_dir_all(&other).unwrap();
         let decoy = other.join("beauty.0002.exr");
         std::fs::write(&decoy, b"not-yours").unwrap();
-        let mtime = std::fs::metadata(&swapped.path)
+        let mtime = std::fs::metadata(local.join(&swapped.rel))
             .unwrap()
             .modified()
             .unwrap();
@@ -598,7 +592,10 @@ mod tests {
         std::os::unix::fs::symlink(&other, local.join("comp")).unwrap();
         let (kept_hash, swapped_hash) = (kept.hash, swapped.hash);
         let stop = CancellationToken::new();
-        assert_eq!(keep_outputs(&cache, vec![kept, swapped], None, &stop), 1);
+        assert_eq!(
+            keep_outputs(&cache, &local, vec![kept, swapped], None, &stop),
+            1
+        );
         let blob = cache.peek(kept_hash, 9).expect("the output hashed is kept");
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
         assert_eq!(ino(&blob), ino(&local.join("renders/beauty.0001.exr")));
