@@ -189,7 +189,8 @@ async fn plan_and_download(
     // Into a directory not there yet every file is downloaded: a download that cannot fit is
     // refused before the plan makes its directories, so no empty tree is left to be taken for
     // a download.
-    if spec.check_space && std::fs::symlink_metadata(&dest).is_err() {
+    let checked_early = spec.check_space && std::fs::symlink_metadata(&dest).is_err();
+    if checked_early {
         let existing = dest.ancestors().find(|d| d.is_dir()).unwrap_or(&dest);
         check_space(existing, spec.manifest.entries().iter().map(|e| e.size))?;
     }
@@ -213,7 +214,8 @@ async fn plan_and_download(
         .await
         .expect("planning task panicked")?
     };
-    if spec.check_space {
+    // Checked already when the whole manifest is downloaded: nothing was there to keep.
+    if spec.check_space && !checked_early {
         // A dry run may plan into a directory that does not exist yet.
         let existing = dest.ancestors().find(|d| d.is_dir()).unwrap_or(&dest);
         check_space(existing, plan.items.iter().map(|i| i.size))?;
