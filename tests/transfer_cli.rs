@@ -164,9 +164,49 @@ fn a_manifest_cannot_write_through_a_symlink() {
     );
 }
 
-/// A manifest that is not a tree (a file with paths below it) is refused before anything is
-/// written, by `get` and `manifest verify`; of a path listed twice, the later entry is placed,
-/// every time (not whichever landed last).
+/// A directory where the manifest has a file is refused while planning, before a byte is
+/// fetched, and left as it is; `--conflict skip` leaves it, `create-copy` puts the file beside it.
+#[test]
+fn a_directory_where_the_manifest_has_a_file_is_refused_before_anything_is_fetched() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.txt"), "hello\n").unwrap();
+    std::fs::write(root.join("z.txt"), "other\n").unwrap();
+    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
+    let dest = t.path().join("dest");
+    std::fs::create_dir_all(dest.join("z.txt")).unwrap();
+    std::fs::write(dest.join("z.txt/keep"), "mine\n").unwrap();
+    let get = |flags: &[&str]| {
+        run(attache(&cache)
+            .args(["get", "--store", &store])
+            .args(flags)
+            .arg(&manifest)
+            .arg("--dest")
+            .arg(&dest))
+    };
+    for flags in [&[][..], &["--dry-run"]] {
+        let (code, _, err) = get(flags);
+        assert_eq!(code, 1, "{flags:?}: {err}");
+        assert!(
+            err.contains("z.txt: is a directory where the manifest has a file")
+                && err.contains("--conflict create-copy"),
+            "{flags:?}: {err}"
+        );
+        assert!(!err.contains("replac"), "{flags:?}: {err}");
+        assert!(!dest.join("a.txt").exists(), "{flags:?}: nothing fetched");
+    }
+    assert_eq!(std::fs::read(dest.join("z.txt/keep")).unwrap(), b"mine\n");
+    let (code, _, err) = get(&["--conflict", "skip"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(dest.join("a.txt")).unwrap(), b"hello\n");
+    assert_eq!(std::fs::read(dest.join("z.txt/keep")).unwrap(), b"mine\n");
+    let (code, _, err) = get(&["--conflict", "create-copy"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(dest.join("z (1).txt")).unwrap(), b"other\n");
+    assert_eq!(std::fs::read(dest.join("z.txt/keep")).unwrap(), b"mine\n");
+}
+
 /// A download that cannot fit is refused before a byte is written; into a directory not there
 /// yet, it leaves no empty tree behind to be taken for a download.
 #[test]
@@ -202,6 +242,9 @@ fn a_download_that_cannot_fit_is_refused_and_leaves_no_directory_behind() {
     assert!(files_under(&there).is_empty(), "nothing placed");
 }
 
+/// A manifest that is not a tree (a file with paths below it) is refused before anything is
+/// written, by `get` and `manifest verify`; of a path listed twice, the later entry is placed,
+/// every time (not whichever landed last).
 #[test]
 fn a_manifest_that_lists_a_path_below_a_file_is_refused_and_one_listed_twice_placed_once() {
     let t = tempfile::tempdir().unwrap();

@@ -545,6 +545,16 @@ fn plan(
                 continue;
             }
             Some((InPlace::No, existing, _)) => match conflict {
+                // Found now, not after its content was fetched (and dry runs say so too).
+                Conflict::Overwrite if existing.is_dir() => {
+                    return Err(TransferError::Refused {
+                        path,
+                        message: "is a directory where the manifest has a file; attache does \
+                                  not delete directories. Move it away, or give --conflict \
+                                  create-copy (the file goes beside it) or skip, and run again"
+                            .into(),
+                    });
+                }
                 Conflict::Overwrite => {
                     p.replaced += 1;
                     conflicts += 1;
