@@ -14,7 +14,7 @@ use super::hash::{HashJobError, HashSpec, hash_chosen};
 use super::put::{PutError, run_with};
 use super::sync_inputs::{read_manifest_file, read_record, root_id};
 use super::{Cancelled, detached};
-use crate::fsutil::beneath::{self, Beneath};
+use crate::fsutil::beneath::{self, Beneath, OpenDir};
 use crate::hash::ContentHash;
 use crate::hash::cache::{CacheRecord, HashCache};
 use crate::manifest::{
@@ -338,7 +338,13 @@ fn keep_outputs(
     cancel: &CancellationToken,
 ) -> u64 {
     let mut linked: Vec<(Vec<u8>, FileStat, ContentHash)> = Vec::new();
-    for o in outputs {
+    let Ok(root) = OpenDir::open(local) else {
+        return 0;
+    };
+    // The directory of the output before: a render's outputs come a directory at a time, so
+    // each is reached once, not once per file.
+    let mut last: Option<(&Path, OpenDir)> = None;
+    for o in &outputs {
         if cancel.is_cancelled() {
             break;
         }
@@ -350,7 +356,13 @@ fn keep_outputs(
         };
         // The very file looked at is linked, reached from its root without following a link:
         // in a session its user may rename and link while a daemon (root's) works there.
-        let Ok((dir, name)) = Beneath::new(local, &o.rel).open_parent(false) else {
+        let (Some(parent), Some(name)) = (o.rel.parent(), o.rel.file_name()) else {
+            continue;
+        };
+        if last.as_ref().is_none_or(|(p, _)| *p != parent) {
+            last = root.open_below(parent).ok().map(|dir| (parent, dir));
+        }
+        let Some((_, dir)) = &last else {
             continue;
         };
         let Ok(file) = beneath::handle_not_following(&dir.at(name)) else {
@@ -590,15 +602,25 @@ mod tests {
             .unwrap();
         std::fs::remove_dir_all(local.join("comp")).unwrap();
         std::os::unix::fs::symlink(&other, local.join("comp")).unwrap();
+        // Back in a directory seen before, and at the root.
+        let back = output("renders/beauty.0003.exr", b"frame three");
+        let top = output("beauty.exr", b"the movie");
         let (kept_hash, swapped_hash) = (kept.hash, swapped.hash);
+        let (back_hash, top_hash) = (back.hash, top.hash);
         let stop = CancellationToken::new();
         assert_eq!(
-            keep_outputs(&cache, &local, vec![kept, swapped], None, &stop),
-            1
+            keep_outputs(&cache, &local, vec![kept, swapped, back, top], None, &stop),
+            3
         );
-        let blob = cache.peek(kept_hash, 9).expect("the output hashed is kept");
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
-        assert_eq!(ino(&blob), ino(&local.join("renders/beauty.0001.exr")));
+        for (hash, size, rel) in [
+            (kept_hash, 9, "renders/beauty.0001.exr"),
+            (back_hash, 11, "renders/beauty.0003.exr"),
+            (top_hash, 9, "beauty.exr"),
+        ] {
+            let blob = cache.peek(hash, size).expect("the output hashed is kept");
+            assert_eq!(ino(&blob), ino(&local.join(rel)), "{rel}");
+        }
         assert_eq!(cache.peek(swapped_hash, 9), None, "nothing under its hash");
         assert_eq!(
             std::fs::metadata(&decoy).unwrap().nlink(),
