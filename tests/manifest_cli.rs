@@ -172,6 +172,44 @@ fn diff_and_verify_report_changes() {
     assert_eq!(code, 0);
 }
 
+/// `-` reads a manifest from standard input (`attache hash DIR | attache manifest diff OLD -`),
+/// once per command; what cannot be decoded is named as standard input.
+#[test]
+fn a_manifest_can_come_from_standard_input_once() {
+    let t = tempfile::tempdir().unwrap();
+    let tiny = fixture("tiny").join("manifest.json");
+    let edge = fixture("edge").join("manifest.json");
+    let from = |file: &std::path::Path| std::process::Stdio::from(fs::File::open(file).unwrap());
+    let (code, out, err) = run(attache(t.path())
+        .args(["manifest", "diff"])
+        .arg(&tiny)
+        .arg("-")
+        .stdin(from(&edge)));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("6 added, 0 changed, 3 removed"), "{out}");
+    let (code, piped, err) = run(attache(t.path())
+        .args(["manifest", "cat", "-"])
+        .stdin(from(&tiny)));
+    assert_eq!(code, 0, "{err}");
+    let (_, named, _) = run(attache(t.path()).args(["manifest", "cat"]).arg(&tiny));
+    assert_eq!(piped, named);
+    let (code, _, err) = run(attache(t.path())
+        .args(["manifest", "diff", "-", "-"])
+        .stdin(from(&tiny)));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`-` (standard input) is given twice"), "{err}");
+    let not_one = t.path().join("notes.txt");
+    fs::write(&not_one, "not a manifest\n").unwrap();
+    let (code, _, err) = run(attache(t.path())
+        .args(["manifest", "cat", "-"])
+        .stdin(from(&not_one)));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("manifest - (standard input) is not usable"),
+        "{err}"
+    );
+}
+
 #[test]
 fn config_show_applies_env_and_redacts_secrets() {
     let t = tempfile::tempdir().unwrap();

@@ -164,6 +164,43 @@ fn a_manifest_cannot_write_through_a_symlink() {
     );
 }
 
+/// `put -o -` piped into `get -`: the manifest goes from one to the other without a file.
+#[test]
+fn a_manifest_piped_from_put_is_materialized_by_get() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    build_fixture_tree("tiny", &root);
+    let cache = t.path().join("cache");
+    let store = format!("file://{}", t.path().join("store").display());
+    let mut put = attache(&cache)
+        .args(["put", "--store", &store])
+        .arg(&root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dest = t.path().join("dest");
+    let (code, _, err) = run(attache(&cache)
+        .args(["get", "--store", &store, "-", "--dest"])
+        .arg(&dest)
+        .stdin(put.stdout.take().unwrap()));
+    assert!(put.wait().unwrap().success());
+    assert_eq!(code, 0, "{err}");
+    let contents = |dir: &Path| {
+        let mut files: Vec<_> = files_under(dir)
+            .into_iter()
+            .map(|p| {
+                (
+                    p.strip_prefix(dir).unwrap().to_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    assert_eq!(contents(&dest), contents(&root));
+}
+
 /// A directory where the manifest has a file is refused while planning, before a byte is
 /// fetched, and left as it is; `--conflict skip` leaves it, `create-copy` puts the file beside it.
 #[test]

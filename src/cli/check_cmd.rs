@@ -22,7 +22,7 @@ use crate::manifest::printable;
     attache check --farm-id farm-… --queue-id queue-… --job-id job-…   # the job's outputs\n\n\
     Exit status: 0 when the store holds everything, 1 when something is missing or damaged.")]
 pub struct CheckArgs {
-    /// Manifest files whose content to look for in the store.
+    /// Manifest files whose content to look for in the store (`-`: standard input).
     #[arg(value_name = "MANIFEST")]
     manifests: Vec<PathBuf>,
     #[command(flatten)]

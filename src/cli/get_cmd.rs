@@ -22,7 +22,7 @@ use crate::transfer::download::DownloadReport;
     after_help = "Example:\n  attache get shot010.manifest --store s3://farm-bucket/DeadlineCloud --dest /scratch/shot010"
 )]
 pub struct GetArgs {
-    /// Manifests to materialize (merged in order; later wins by path).
+    /// Manifests to materialize (merged in order; later wins by path; `-`: standard input).
     #[arg(required = true, value_name = "MANIFEST")]
     manifests: Vec<PathBuf>,
     /// Directory to write into (created if missing).

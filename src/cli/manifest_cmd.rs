@@ -27,7 +27,9 @@ pub enum ManifestCommand {
     Cat(Box<CatArgs>),
     /// Show files added, changed and removed between two manifests.
     Diff {
+        /// The manifest before (`-`: standard input).
         old: PathBuf,
+        /// The manifest after (`-`: standard input).
         new: PathBuf,
         /// Print the differences as JSON.
         #[arg(long)]
@@ -48,7 +50,7 @@ pub enum ManifestCommand {
     attache manifest cat --farm-id farm-… --queue-id queue-… --job-id job-… --step-id step-…\n\n\
     --json prints one object per file, on its own line (with the manifest's key, for one from the store).")]
 pub struct CatArgs {
-    /// Manifest files.
+    /// Manifest files (`-`: standard input).
     #[arg(value_name = "FILE")]
     files: Vec<PathBuf>,
     #[command(flatten)]
@@ -59,6 +61,7 @@ pub struct CatArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// Manifests to check the directory against (`-`: standard input).
     #[arg(required = true, value_name = "MANIFEST")]
     manifests: Vec<PathBuf>,
     /// The directory the manifests describe.
@@ -144,23 +147,39 @@ pub fn run(ctx: &Context, cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Reads and decodes a manifest file as it is read; errors name the file.
+/// Reads and decodes a manifest file as it is read; errors name the file. `-` is standard
+/// input (`attache hash DIR | attache manifest diff old.manifest -`), read once per command.
 pub fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
-    let cannot_read = || format!("cannot read manifest {}", path.display());
-    let file = File::open(path).with_context(cannot_read)?;
-    decode_from(file).map_err(|e| match e {
+    static STDIN_TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let stdin = path.as_os_str() == "-";
+    let shown = match stdin {
+        true => "- (standard input)".to_string(),
+        false => path.display().to_string(),
+    };
+    let cannot_read = || format!("cannot read manifest {shown}");
+    let decoded = if stdin {
+        if STDIN_TAKEN.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return Err(super::UsageError {
+                message: "manifest `-` (standard input) is given twice: it can be read once; \
+                          write one of them to a file"
+                    .into(),
+            }
+            .into());
+        }
+        decode_from(std::io::stdin().lock())
+    } else {
+        decode_from(File::open(path).with_context(cannot_read)?)
+    };
+    decoded.map_err(|e| match e {
         ReadError::Io(e) => anyhow::Error::new(e).context(cannot_read()),
         ReadError::Decode(e) => {
             // A job's attachments JSON given where a manifest goes: say which flag takes it.
-            let hint = if looks_like_attachments(path) {
+            let hint = if !stdin && looks_like_attachments(path) {
                 " (it is a job's attachments JSON: `manifest cat` and `check` take it with --attachments FILE, `sync-inputs --attachments FILE` materializes it)"
             } else {
                 ""
             };
-            anyhow::Error::new(e).context(format!(
-                "manifest {} is not usable{hint}",
-                path.display()
-            ))
+            anyhow::Error::new(e).context(format!("manifest {shown} is not usable{hint}"))
         }
     })
 }
