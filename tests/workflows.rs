@@ -947,6 +947,49 @@ fn sync_outputs_refuses_output_directories_that_leave_the_root() {
     );
 }
 
+/// A file given where a directory goes (a session directory, a --root-map target, a --dest, or
+/// a directory below a file) is named as such before anything is fetched, not met as "File
+/// exists" once it was.
+#[test]
+fn a_file_given_where_a_directory_goes_is_named() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    write(&proj.join("scene.ma"), b"scene");
+    let att = f.submit(std::slice::from_ref(&proj), &[proj.join("renders")]);
+    let file = f.path("afile");
+    write(&file, b"not a directory");
+    let refused = |c: &mut Command, what: &str| {
+        let (code, _, err) = run(c);
+        assert_eq!(code, 1, "{what}: {err}");
+        let says = format!("{}: is a file, not a directory", file.display());
+        assert!(err.contains(&says), "{what}: {err}");
+    };
+    refused(&mut f.sync_inputs(&att, &file), "sync-inputs");
+    refused(&mut f.sync_inputs(&att, &file.join("session")), "below");
+    let (code, _, err) = run(sync_outputs(&mut f.attache("w"), "sa-1", &att, &file));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("afile: not a directory (give the --session-dir"),
+        "{err}"
+    );
+    let manifest = f.path("m.json");
+    f.ok(f
+        .attache("ws")
+        .arg("hash")
+        .arg(&proj)
+        .arg("-o")
+        .arg(&manifest));
+    refused(
+        f.attache("ws")
+            .arg("get")
+            .arg(&manifest)
+            .arg("--dest")
+            .arg(&file),
+        "get",
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
+}
+
 /// A texture directory holding a link to a file elsewhere (a studio's HDRI library): refused
 /// by default, naming the link and the directory it leaves; taken whole with the flag.
 #[test]

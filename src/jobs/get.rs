@@ -186,6 +186,7 @@ async fn plan_and_download(
     transfer: Arc<Transfer>,
     cancel: &CancellationToken,
 ) -> Result<(Plan, DownloadReport), TransferError> {
+    no_file_in_the_way(&dest)?;
     // Into a directory not there yet every file is downloaded: a download that cannot fit is
     // refused before the plan makes its directories, so no empty tree is left to be taken for
     // a download.
@@ -235,6 +236,23 @@ async fn plan_and_download(
         None => download::dry_run(transfer, items).await,
     };
     Ok((plan, download))
+}
+
+/// Refuses a destination directory that is a file, or below one, naming that file (rather
+/// than "File exists" once the files are fetched).
+pub fn no_file_in_the_way(dir: &Path) -> Result<(), TransferError> {
+    let file = dir
+        .ancestors()
+        .find(|d| std::fs::metadata(d).is_ok_and(|m| !m.is_dir()));
+    match file {
+        Some(file) => Err(TransferError::Refused {
+            path: file.to_path_buf(),
+            message: "is a file, not a directory: the files go into a directory; give another \
+                      path, or move the file away"
+                .into(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Fails early, naming the numbers, when files of `sizes` will not fit under `dir`: their

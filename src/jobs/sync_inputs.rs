@@ -174,6 +174,7 @@ async fn sync(
 ) -> Result<SyncInputsReport, TransferError> {
     let started = std::time::Instant::now();
     unmapped_location(&spec)?;
+    super::get::no_file_in_the_way(&spec.session_dir)?;
     let prefix = manifests_prefix(transfer.store.root_prefix());
     let mut roots = Roots(Vec::new());
     for m in &spec.attachments.manifests {

@@ -102,11 +102,17 @@ pub async fn run(
     // A mistyped --session-dir would otherwise find no outputs and succeed: the task's
     // frames lost, and its log saying only that nothing changed.
     if !spec.session_dir.is_dir() {
+        let (kind, what) = match spec.session_dir.exists() {
+            true => (std::io::ErrorKind::NotADirectory, "not a directory"),
+            false => (std::io::ErrorKind::NotFound, "no such session directory"),
+        };
         return Err(PutError::Hash(HashJobError::Root {
             root: spec.session_dir.clone(),
             source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no such session directory (give the --session-dir of the task's session, where sync-inputs placed its inputs)",
+                kind,
+                format!(
+                    "{what} (give the --session-dir of the task's session, where sync-inputs placed its inputs)"
+                ),
             ),
         }));
     }
