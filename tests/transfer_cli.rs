@@ -120,6 +120,15 @@ fn put_to_local_store(
     (cache, store, manifest)
 }
 
+/// A root in `dir` of `a.txt` ("hello") and `second` ("other"), put to a local store.
+fn hello_and_other(dir: &Path, second: &str) -> (std::path::PathBuf, String, std::path::PathBuf) {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.txt"), "hello\n").unwrap();
+    std::fs::write(root.join(second), "other\n").unwrap();
+    put_to_local_store(dir, &root)
+}
+
 /// `attache get --json` of `manifest` from `store` into `dest`, with `flags`; its report.
 fn get_json(
     cache: &Path,
@@ -206,11 +215,7 @@ fn a_manifest_piped_from_put_is_materialized_by_get() {
 #[test]
 fn a_directory_where_the_manifest_has_a_file_is_refused_before_anything_is_fetched() {
     let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("a.txt"), "hello\n").unwrap();
-    std::fs::write(root.join("z.txt"), "other\n").unwrap();
-    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
+    let (cache, store, manifest) = hello_and_other(t.path(), "z.txt");
     let dest = t.path().join("dest");
     std::fs::create_dir_all(dest.join("z.txt")).unwrap();
     std::fs::write(dest.join("z.txt/keep"), "mine\n").unwrap();
@@ -285,11 +290,8 @@ fn a_download_that_cannot_fit_is_refused_and_leaves_no_directory_behind() {
 #[test]
 fn a_manifest_that_lists_a_path_below_a_file_is_refused_and_one_listed_twice_placed_once() {
     let t = tempfile::tempdir().unwrap();
+    let (cache, store, manifest) = hello_and_other(t.path(), "b.txt");
     let root = t.path().join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("a.txt"), "hello\n").unwrap();
-    std::fs::write(root.join("b.txt"), "other\n").unwrap();
-    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
     let text = std::fs::read_to_string(&manifest).unwrap();
     let get = |name: &str, faulty: String| {
         let bad = t.path().join(format!("{name}.json"));
