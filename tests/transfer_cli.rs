@@ -194,6 +194,8 @@ fn a_manifest_piped_from_put_is_materialized_by_get() {
         .stdin(put.stdout.take().unwrap()));
     assert!(put.wait().unwrap().success());
     assert_eq!(code, 0, "{err}");
+    // Nothing was in the way: the summary says nothing of it.
+    assert!(err.contains(", 0 already in place\n"), "{err}");
     let contents = |dir: &Path| {
         let mut files: Vec<_> = files_under(dir)
             .into_iter()
@@ -241,10 +243,18 @@ fn a_directory_where_the_manifest_has_a_file_is_refused_before_anything_is_fetch
     assert_eq!(std::fs::read(dest.join("z.txt/keep")).unwrap(), b"mine\n");
     let (code, _, err) = get(&["--conflict", "skip"]);
     assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("0 already in place, 1 left alone (other content there)\n"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(dest.join("a.txt")).unwrap(), b"hello\n");
     assert_eq!(std::fs::read(dest.join("z.txt/keep")).unwrap(), b"mine\n");
     let (code, _, err) = get(&["--conflict", "create-copy"]);
     assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("1 already in place, 1 copy beside files with other content\n"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(dest.join("z (1).txt")).unwrap(), b"other\n");
     assert_eq!(std::fs::read(dest.join("z.txt/keep")).unwrap(), b"mine\n");
 }

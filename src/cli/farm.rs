@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::filter_args::FilterArgs;
+use super::get_cmd::conflicts_note;
 use super::submit_paths::SubmitPathArgs;
 use super::transfer_args::{ContentCacheArgs, StoreArgs, with_transfer};
 use super::{Context, UsageError, counted, counted_json, flag, json_size};
@@ -489,6 +490,12 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// [`conflicts_note`] of a root's report in a job's JSON.
+fn conflicts_of(report: &serde_json::Value) -> String {
+    let n = |key: &str| report[key].as_u64().unwrap_or(0);
+    conflicts_note(n("beside_files"), n("replaced_files"), n("skipped_files"))
+}
+
 /// What a download report had without fetching it, for a summary line.
 fn not_fetched_again(download: &serde_json::Value) -> String {
     let d = serde_json::from_value(download.clone()).unwrap_or_default();
@@ -546,7 +553,7 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
             ),
         };
         crate::say!(
-            "{} -> {}: {}{step_outputs}; {verb} {} ({}){}, {} already in place{}",
+            "{} -> {}: {}{step_outputs}; {verb} {} ({}){}, {} already in place{}{}",
             r["root_path"].as_str().unwrap_or_default(),
             r["local_root"].as_str().unwrap_or_default(),
             counted_json(&rep["files"], "file"),
@@ -554,7 +561,8 @@ pub fn sync_inputs(ctx: &Context, a: SyncInputsArgs) -> anyhow::Result<ExitCode>
             json_size(&rep["download"]["downloaded_bytes"]),
             not_fetched_again(&rep["download"]),
             rep["unchanged_files"],
-            super::get_cmd::read_to_check(rep["unchanged_read_files"].as_u64().unwrap_or(0))
+            super::get_cmd::read_to_check(rep["unchanged_read_files"].as_u64().unwrap_or(0)),
+            conflicts_of(rep),
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -654,7 +662,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
             n => format!(" ({n} left out by the filters)"),
         };
         crate::say!(
-            "{} -> {}: {} from {}{left_out}; {verb} {} ({}){}, {} already in place, {} beside files with other content, {} with other content replaced, {} skipped",
+            "{} -> {}: {} from {}{left_out}; {verb} {} ({}){}, {} already in place{}",
             r["root_path"].as_str().unwrap_or_default(),
             r["destination"].as_str().unwrap_or_default(),
             counted_json(&rep["files"], "file"),
@@ -663,9 +671,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
             json_size(&rep["download"]["downloaded_bytes"]),
             not_fetched_again(&rep["download"]),
             rep["unchanged_files"],
-            counted_json(&rep["beside_files"], "copy"),
-            rep["replaced_files"],
-            rep["skipped_files"]
+            conflicts_of(rep),
         );
     }
     match out["tasks"].as_u64() {

@@ -88,17 +88,21 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
     } else {
         let d = &report.download;
         let verb = super::tense(report.dry_run, "downloaded", "would download");
-        let tail = if report.dry_run {
-            " (dry run: nothing written)".to_string()
-        } else {
-            format!(", {} fetched again", d.refetched)
+        let tail = match (report.dry_run, d.refetched) {
+            (true, _) => " (dry run: nothing written)".to_string(),
+            (false, 0) => String::new(),
+            (false, n) => format!(", {n} fetched again"),
+        };
+        let copies = match d.copied_files {
+            0 => String::new(),
+            n => format!(", {}", super::counted(n, "copy")),
         };
         let left_out = match left_out {
             0 => String::new(),
             n => format!(", {n} left out by the filters"),
         };
         crate::say!(
-            "{}: {} ({}{left_out}) in {:.2} s: {verb} {} ({}){}, {}, {} already in place{}, {} beside files with other content, {} with other content replaced, {} skipped{tail}",
+            "{}: {} ({}{left_out}) in {:.2} s: {verb} {} ({}){}{copies}, {} already in place{}{}{tail}",
             args.dest.display(),
             super::counted(report.files, "file"),
             ByteSize(report.bytes).display().iec(),
@@ -106,12 +110,13 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             super::counted(d.objects, "object"),
             ByteSize(d.downloaded_bytes).display().iec(),
             not_fetched_again(d),
-            super::counted(d.copied_files, "copy"),
             report.unchanged_files,
             read_to_check(report.unchanged_read_files),
-            super::counted(report.beside_files, "copy"),
-            report.replaced_files,
-            report.skipped_files,
+            conflicts_note(
+                report.beside_files,
+                report.replaced_files,
+                report.skipped_files
+            ),
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -134,6 +139,24 @@ pub fn not_fetched_again(d: &DownloadReport) -> String {
             ", kept {} an earlier, interrupted run fetched",
             ByteSize(d.resumed_bytes).display().iec()
         );
+    }
+    out
+}
+
+/// The files with other content a download met, for a summary line, each kind only when
+/// there were some: ", 1 copy beside files with other content, 2 with other content
+/// replaced, 3 left alone (other content there)".
+pub fn conflicts_note(beside: u64, replaced: u64, skipped: u64) -> String {
+    let mut out = String::new();
+    if beside > 0 {
+        let copies = super::counted(beside, "copy");
+        out += &format!(", {copies} beside files with other content");
+    }
+    if replaced > 0 {
+        out += &format!(", {replaced} with other content replaced");
+    }
+    if skipped > 0 {
+        out += &format!(", {skipped} left alone (other content there)");
     }
     out
 }
