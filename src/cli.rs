@@ -64,6 +64,10 @@ struct GlobalArgs {
     /// [config: log.stats].
     #[arg(long, global = true, value_name = "DURATION")]
     stats: Option<String>,
+    /// Write the log to FILE (appended) instead of stderr, with the command's summary and
+    /// error, which stderr still shows [config: log.file].
+    #[arg(long, global = true, value_name = "FILE")]
+    log_file: Option<String>,
     /// Directory of the hash cache, the known-present index and the open-uploads records
     /// [config: cache.dir].
     #[arg(long, global = true, value_name = "DIR")]
@@ -329,6 +333,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     flag(
         &mut overrides,
+        "log.file",
+        "--log-file",
+        cli.global.log_file.clone(),
+    );
+    flag(
+        &mut overrides,
         "cache.dir",
         "--cache-dir",
         cli.global.cache_dir.clone(),
@@ -370,7 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     let loaded = config::load(&load)?;
-    crate::logging::init(&loaded.settings.log);
+    crate::logging::init(&loaded.settings.log).map_err(|message| UsageError { message })?;
     if let Some(file) = &loaded.file {
         tracing::debug!(config = %file.display(), "config loaded");
         if !loaded.secrets_open_to_others.is_empty() {

@@ -219,6 +219,7 @@ impl Settings {
             ),
             ("log.level", self.log.level != started.log.level),
             ("log.format", self.log.format != started.log.format),
+            ("log.file", self.log.file != started.log.file),
         ]
         .into_iter()
         .filter_map(|(key, differs)| differs.then_some(key))
@@ -268,6 +269,9 @@ pub struct LogSettings {
     /// When stderr is not a terminal (a farm's task log, a service), a progress line this
     /// often; 0: none.
     pub stats: Duration,
+    /// A file the log goes to instead of stderr (appended to), with each command's summary
+    /// and error too; `None`: stderr only.
+    pub file: Option<PathBuf>,
 }
 
 /// When the S3 SDK computes request checksums / validates response checksums.
@@ -479,6 +483,7 @@ impl Default for LogSettings {
             level: "info".into(),
             format: LogFormat::Text,
             stats: Duration::secs(30),
+            file: None,
         }
     }
 }
@@ -594,7 +599,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "max_jobs_per_user",
         ],
     ),
-    ("log", &["level", "format", "stats"]),
+    ("log", &["level", "format", "stats", "file"]),
     ("storage_profile", &["locations", "shared"]),
 ];
 

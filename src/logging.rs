@@ -1,9 +1,16 @@
-//! Log output: human text (default) or JSON lines on stderr, filtered by `log.level`.
+//! Log output: human text (default) or JSON lines on stderr or in `log.file`, filtered by
+//! `log.level`.
 
 pub mod job_warnings;
 
-use std::io::IsTerminal;
+use std::fs::File;
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard};
+
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -65,26 +72,87 @@ fn quiet_libraries(level: &str) -> Vec<String> {
 /// Whether the log output is JSON lines (`log.format`), once [`init`] has run.
 static JSON: AtomicBool = AtomicBool::new(false);
 
+/// The log file (`log.file`), once [`init`] opened it.
+static LOG_FILE: OnceLock<LogFile> = OnceLock::new();
+
+/// The file the log goes to, reopened by [`reopen_file`] (after logrotate moved it away).
+struct LogFile {
+    path: PathBuf,
+    file: RwLock<File>,
+}
+
+fn open_log_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Appended to: each line one write, so lines of several processes do not mix.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// One line's writer on the log file.
+pub struct LogFileWriter(RwLockReadGuard<'static, File>);
+
+impl std::io::Write for LogFileWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
+struct MakeLogFileWriter(&'static LogFile);
+
+impl<'a> MakeWriter<'a> for MakeLogFileWriter {
+    type Writer = LogFileWriter;
+
+    fn make_writer(&'a self) -> LogFileWriter {
+        LogFileWriter(self.0.file.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Opens `log.file` again at its path: logrotate moved the old one away (the daemon does so at
+/// each reload, SIGHUP). Without a log file, nothing.
+pub fn reopen_file() -> std::io::Result<()> {
+    let Some(log) = LOG_FILE.get() else {
+        return Ok(());
+    };
+    let reopened = open_log_file(&log.path)?;
+    *log.file.write().unwrap_or_else(|e| e.into_inner()) = reopened;
+    Ok(())
+}
+
 /// Says `line` (a command's summary, its error) on stderr: as it is, or with
 /// `log.format = "json"` as a JSON line of `level` in the log's shape, so that a log shipper
 /// reading stderr as JSON lines meets nothing else. Whatever `log.level` lets through: it is
-/// the command's output, not a log event.
+/// the command's output, not a log event. With `log.file`, there too, as a log line.
 pub fn say(level: tracing::Level, line: std::fmt::Arguments<'_>) {
-    if !JSON.load(Relaxed) {
-        match level {
-            tracing::Level::ERROR => eprintln!("error: {line}"),
-            _ => eprintln!("{line}"),
-        }
-        return;
-    }
     let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
-    let record = serde_json::json!({
-        "timestamp": now.to_string(),
-        "level": level.as_str(),
-        "fields": {"message": line.to_string()},
-        "target": "attache",
+    let json = JSON.load(Relaxed);
+    let record = json.then(|| {
+        serde_json::json!({
+            "timestamp": now.to_string(),
+            "level": level.as_str(),
+            "fields": {"message": line.to_string()},
+            "target": "attache",
+        })
     });
-    eprintln!("{record}");
+    match &record {
+        Some(record) => eprintln!("{record}"),
+        None if level == tracing::Level::ERROR => eprintln!("error: {line}"),
+        None => eprintln!("{line}"),
+    }
+    if let Some(log) = LOG_FILE.get() {
+        let text = match &record {
+            Some(record) => format!("{record}\n"),
+            None => format!("{now} {:>5} {line}\n", level.as_str()),
+        };
+        let file = log.file.read().unwrap_or_else(|e| e.into_inner());
+        let _ = (&*file).write_all(text.as_bytes());
+    }
 }
 
 /// [`say`] a line of the command's, as `eprintln!` takes it.
@@ -103,9 +171,26 @@ macro_rules! say_error {
     };
 }
 
-/// Installs the global subscriber. A bad `log.level` falls back to `info` with a warning
-/// rather than hiding every log.
-pub fn init(settings: &LogSettings) {
+/// Installs the global subscriber, writing to stderr or to `log.file` (an error naming it if
+/// it cannot be opened). A bad `log.level` falls back to `info` with a warning rather than
+/// hiding every log.
+pub fn init(settings: &LogSettings) -> Result<(), String> {
+    let writer = match &settings.file {
+        None => BoxMakeWriter::new(std::io::stderr),
+        Some(path) => {
+            let file = open_log_file(path).map_err(|e| {
+                format!(
+                    "cannot open log.file {}: {e}; create its directory, or choose another file",
+                    path.display()
+                )
+            })?;
+            let log = LOG_FILE.get_or_init(|| LogFile {
+                path: path.clone(),
+                file: RwLock::new(file),
+            });
+            BoxMakeWriter::new(MakeLogFileWriter(log))
+        }
+    };
     let (mut filter, bad) = match EnvFilter::try_new(&settings.level) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
@@ -128,12 +213,14 @@ pub fn init(settings: &LogSettings) {
     }
     // Colours only for a person at a terminal: in a farm's task log, journald or a file, the
     // escape codes are noise around every line. NO_COLOR turns them off there too.
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let colour = settings.file.is_none()
+        && std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none();
     JSON.store(settings.format == LogFormat::Json, Relaxed);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // With the layer that keeps each daemon job's warnings for its record.
     let _ = match settings.format {
         LogFormat::Text => builder
@@ -149,6 +236,7 @@ pub fn init(settings: &LogSettings) {
             settings.level
         );
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -956,6 +956,28 @@ fn a_long_running_daemon_forgets_old_finished_jobs() {
     assert!(record(&new).exists() && record(&ids[3]).exists());
 }
 
+/// A daemon with `log.file` logs there, not on stderr; after logrotate moves the file away,
+/// SIGHUP makes it open the file at its path again.
+#[test]
+fn a_daemon_logs_to_log_file_and_opens_it_again_at_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("attache.log");
+    let d = Daemon::start_in(dir, &format!("[log]\nfile = \"{}\"\n", log.display()), &[]);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("attache daemon listening"), "{logged}");
+    assert!(!d.log().contains("listening"), "stderr: {}", d.log());
+    let rotated = d.path("attache.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("config reloaded")) {
+        assert!(Instant::now() < deadline, "no new log file: {}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(!old.contains("config reloaded"), "{old}");
+}
+
 #[test]
 fn sighup_applies_a_new_bandwidth_and_keeps_the_old_config_when_broken() {
     let d = Daemon::start("[bandwidth]\nupload = \"1MiB/s\"\n");

@@ -341,6 +341,59 @@ fn a_manifest_that_lists_a_path_below_a_file_is_refused_and_one_listed_twice_pla
     }
 }
 
+/// With `--log-file`, the log goes to the file (appended to, run after run) and not to
+/// stderr; the summary and the error go to both; a file that cannot be opened is bad usage.
+#[test]
+fn log_file_takes_the_log_and_a_copy_of_the_summary_and_the_error() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    build_fixture_tree("tiny", &root);
+    let cache = t.path().join("cache");
+    let store = format!("file://{}", t.path().join("store").display());
+    let log = t.path().join("attache.log");
+    let (code, _, err) = run(attache(&cache)
+        .arg("--log-file")
+        .arg(&log)
+        .args(["put", "--store", &store])
+        .arg(&root)
+        .arg("-o")
+        .arg(t.path().join("m.json")));
+    assert_eq!(code, 0, "{err}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let event = "the store directory does not exist; creating it";
+    assert!(logged.contains(event), "{logged}");
+    assert!(!err.contains(event), "{err}");
+    let summary = "distinct objects: uploaded";
+    assert!(err.contains(summary), "{err}");
+    assert!(
+        logged.contains(&format!(" INFO {}: ", root.display())),
+        "{logged}"
+    );
+    assert!(logged.contains(summary), "{logged}");
+    // JSON lines, after the text ones: the error too.
+    let (code, _, err) = run(attache(&cache)
+        .env("ATTACHE_LOG__FILE", &log)
+        .args(["--log-format", "json", "get", "--store", &store])
+        .arg(t.path().join("nope.json"))
+        .arg("--dest")
+        .arg(t.path().join("out")));
+    assert_eq!(code, 1, "{err}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let last: serde_json::Value = serde_json::from_str(logged.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "ERROR", "{logged}");
+    assert!(logged.contains(event), "appended, not replaced: {logged}");
+    let (code, _, err) = run(attache(&cache)
+        .arg("--log-file")
+        .arg(t.path().join("no-such-dir/attache.log"))
+        .args(["hash"])
+        .arg(&root));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot open log.file") && err.contains("no-such-dir/attache.log"),
+        "{err}"
+    );
+}
+
 #[test]
 fn with_json_logs_every_line_on_stderr_is_json_the_summary_and_the_error_too() {
     let t = tempfile::tempdir().unwrap();

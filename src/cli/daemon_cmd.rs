@@ -115,7 +115,7 @@ pub(crate) fn ask_all<T: Send>(
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "As SIGHUP (`systemctl reload attache` runs it), but the outcome is told: exit 0 once the daemon runs with the config file as it is now (the keys it takes only at a restart, changed since it started, are named: daemon.socket, socket_group, listen, state_dir, max_running_jobs, log.level, log.format); exit 1 and the daemon's reason when it keeps the one it had (a key it cannot use), exit 2 when this command cannot read the file itself.\nExamples:\n  attache reload\n  attache reload --daemon-url \"$FARM\"      # every worker, after a config rollout"
+    after_help = "As SIGHUP (`systemctl reload attache` runs it), but the outcome is told: exit 0 once the daemon runs with the config file as it is now (the keys it takes only at a restart, changed since it started, are named: daemon.socket, socket_group, listen, state_dir, max_running_jobs, log.level, log.format, log.file); exit 1 and the daemon's reason when it keeps the one it had (a key it cannot use), exit 2 when this command cannot read the file itself.\nExamples:\n  attache reload\n  attache reload --daemon-url \"$FARM\"      # every worker, after a config rollout"
 )]
 pub struct ReloadArgs {
     #[command(flatten)]

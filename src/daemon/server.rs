@@ -352,6 +352,10 @@ fn reload_config(
                     at_restart.join(", ")
                 );
             }
+            // After logrotate moved the file away (its postrotate sends SIGHUP).
+            if let Err(e) = crate::logging::reopen_file() {
+                tracing::error!("cannot open log.file again: {e}; logging on to the old file");
+            }
             let listens = loaded.settings.daemon.listen.is_some();
             shared.apply(loaded.settings);
             metrics.reloaded(true);
