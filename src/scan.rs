@@ -91,10 +91,11 @@ pub enum ScanError {
     },
     #[error("{path}: symlink loop")]
     SymlinkLoop { path: PathBuf },
-    #[error("{path}: broken symlink (its target does not exist)")]
+    #[error("{path}: broken symlink (its target does not exist); {}", leave_out(.path))]
     BrokenSymlink { path: PathBuf },
     #[error(
-        "{path}: is a {kind}; only regular files, directories and symlinks to them can be attached"
+        "{path}: is a {kind}; only regular files, directories and symlinks to them can be attached; {}",
+        leave_out(.path)
     )]
     SpecialFile { path: PathBuf, kind: &'static str },
     #[error("{path}: not a directory; pass the directory that holds it")]
@@ -102,6 +103,15 @@ pub enum ScanError {
     /// The daemon scans for a client whose user may not read this.
     #[error(transparent)]
     NotTheCallers(#[from] crate::fsutil::access::Refused),
+}
+
+/// What to do about a path that cannot be attached: the flag that leaves it out.
+fn leave_out(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy();
+    format!("remove it, or leave it out with --exclude '{name}' (or hash.exclude)")
 }
 
 impl ScanError {

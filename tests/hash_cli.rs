@@ -236,6 +236,14 @@ fn a_fifo_and_a_missing_root_are_errors() {
     let (code, _, err) = run(attache(&cache).arg("hash").arg(&root));
     assert_eq!(code, 1);
     assert!(err.contains("pipe: is a FIFO"), "{err}");
+    // The way out it names works.
+    assert!(err.contains("leave it out with --exclude 'pipe'"), "{err}");
+    let (code, _, err) = run(attache(&cache)
+        .arg("hash")
+        .arg(&root)
+        .args(["--exclude", "pipe"]));
+    assert_eq!(code, 2, "an empty tree once it is left out: {err}");
+    assert!(err.contains("exclude \"pipe\""), "{err}");
     // A missing root may be a share not mounted: a failure (1). A file given for the root
     // is the command line to fix (2), as an empty root is.
     let a_file = t.path().join("a-file");
