@@ -166,7 +166,18 @@ pub fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
             }
             .into());
         }
-        decode_from(std::io::stdin().lock())
+        let stdin = std::io::stdin();
+        // A `-` typed at a prompt would wait for a manifest typed in: say what it is for.
+        if std::io::IsTerminal::is_terminal(&stdin) {
+            return Err(super::UsageError {
+                message: "manifest `-` reads standard input, which is a terminal here: pipe a \
+                          manifest in (`attache put DIR | attache get - --dest DIR`), or give \
+                          its file"
+                    .into(),
+            }
+            .into());
+        }
+        decode_from(stdin.lock())
     } else {
         decode_from(File::open(path).with_context(cannot_read)?)
     };
