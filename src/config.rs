@@ -668,6 +668,44 @@ pub enum ConfigError {
     Other(#[from] config::ConfigError),
 }
 
+/// The key `key` was likely meant to be: the same name in another section or outside any
+/// (`s3.workers`, `workers` for `transfer.workers`), a variable's `_` for its `__`
+/// (`s3_region`), else a known key or section within two typos.
+fn closest_key(key: &str) -> Option<String> {
+    let (section, name) = key.split_once('.').unwrap_or(("", key));
+    let all = || {
+        KEYS.iter()
+            .flat_map(|(s, keys)| keys.iter().map(move |k| format!("{s}.{k}")))
+    };
+    let known = |k: &str| all().any(|known| known == k);
+    if let Some(found) = all().find(|k| k.split_once('.').is_some_and(|(_, n)| n == name)) {
+        return Some(found);
+    }
+    if let Some((s, n)) = key.split_once('_').filter(|_| section.is_empty()) {
+        let dotted = format!("{s}.{n}");
+        return known(&dotted).then_some(dotted);
+    }
+    let near = |wanted: &str, candidates: &mut dyn Iterator<Item = String>| {
+        candidates
+            .map(|c| (strsim::levenshtein(wanted, &c), c))
+            .filter(|(d, _)| *d <= 2)
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, c)| c)
+    };
+    if section.is_empty() {
+        return None;
+    }
+    if KEYS.iter().any(|(s, _)| *s == section) {
+        return near(key, &mut all());
+    }
+    // An unknown section: the nearest one, with the name if it has it.
+    let sections = &mut KEYS.iter().map(|(s, _)| s.to_string());
+    near(section, sections).map(|s| match format!("{s}.{name}") {
+        k if known(&k) => k,
+        _ => format!("[{s}]"),
+    })
+}
+
 fn unknown_key(key: &str, origin: &Origin) -> ConfigError {
     let section = key.split('.').next().unwrap_or(key);
     let known = match KEYS.iter().find(|(name, _)| *name == section) {
@@ -676,6 +714,10 @@ fn unknown_key(key: &str, origin: &Origin) -> ConfigError {
             let sections: Vec<_> = KEYS.iter().map(|(name, _)| *name).collect();
             format!("sections are: {}", sections.join(", "))
         }
+    };
+    let known = match closest_key(key) {
+        Some(meant) => format!("did you mean `{meant}`? {known}"),
+        None => known,
     };
     let known = match origin {
         Origin::Env(_) => format!("{known} (variables are named ATTACHE_<SECTION>__<KEY>)"),
@@ -1392,24 +1434,58 @@ mod tests {
             in_file,
             &[],
             &[],
-            &["`transfer.part_sise`", "config file <file>", "part_size"],
+            &[
+                "`transfer.part_sise`",
+                "config file <file>",
+                "did you mean `transfer.part_size`?",
+            ],
         );
         error(
             "[transfr]\nworkers = 1\n",
             &[],
             &[],
-            &["`transfr.workers`", "<file>", "sections are"],
+            &[
+                "`transfr.workers`",
+                "<file>",
+                "did you mean `transfer.workers`?",
+                "sections are",
+            ],
         );
-        error("workers = 1\n", &[], &[], &["`workers`", "<file>"]);
+        error(
+            "[transfr]\nspeed = 1\n",
+            &[],
+            &[],
+            &["did you mean `[transfer]`?"],
+        );
+        error(
+            "[s3]\nworkers = 1\n",
+            &[],
+            &[],
+            &["did you mean `transfer.workers`?", "keys in [s3] are"],
+        );
+        error(
+            "workers = 1\n",
+            &[],
+            &[],
+            &["`workers`", "<file>", "did you mean `transfer.workers`?"],
+        );
         let env = [("ATTACHE_S3_REGION", "eu-west-1")];
         error(
             "",
             &env,
             &[],
-            &["`s3_region`", "environment variable ATTACHE_S3_REGION"],
+            &[
+                "`s3_region`",
+                "environment variable ATTACHE_S3_REGION",
+                "did you mean `s3.region`?",
+            ],
         );
         let flag = [("transfer.speed", "1", "--speed")];
         error("", &[], &flag, &["`transfer.speed`", "flag --speed"]);
+        let e = load(&options(&file("[daemon]\nfoo = 1\n"), &[], &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("did you mean"), "nothing near: {e}");
     }
 
     #[test]
