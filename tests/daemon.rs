@@ -2326,9 +2326,11 @@ fn two_jobs_share_one_bandwidth_limit() {
             "succeeded"
         );
     }
-    // 32 MiB through one 8 MiB/s limit: ~4 s (two separate limits would take ~2 s).
+    // 32 MiB through one 8 MiB/s limit: ~4 s; two separate limits would take ~2 s, which the
+    // lower bound refuses. The upper one only catches a limit far below the rate set (at
+    // 1 MiB/s: 32 s): a loaded machine has taken 7.7 s for this test's 4.
     let secs = started.elapsed().as_secs_f64();
-    assert!((3.4..=4.8).contains(&secs), "{secs:.2} s");
+    assert!((3.4..=16.0).contains(&secs), "{secs:.2} s");
 }
 
 #[test]
