@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
-
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -92,7 +91,7 @@ fn open_log_file(path: &Path) -> std::io::Result<File> {
 }
 
 /// One line's writer on the log file.
-pub struct LogFileWriter(RwLockReadGuard<'static, File>);
+struct LogFileWriter(RwLockReadGuard<'static, File>);
 
 impl std::io::Write for LogFileWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -130,11 +129,10 @@ pub fn reopen_file() -> std::io::Result<()> {
 /// reading stderr as JSON lines meets nothing else. Whatever `log.level` lets through: it is
 /// the command's output, not a log event. With `log.file`, there too, as a log line.
 pub fn say(level: tracing::Level, line: std::fmt::Arguments<'_>) {
-    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
-    let json = JSON.load(Relaxed);
-    let record = json.then(|| {
+    let now = || humantime::format_rfc3339_micros(std::time::SystemTime::now());
+    let record = JSON.load(Relaxed).then(|| {
         serde_json::json!({
-            "timestamp": now.to_string(),
+            "timestamp": now().to_string(),
             "level": level.as_str(),
             "fields": {"message": line.to_string()},
             "target": "attache",
@@ -148,7 +146,7 @@ pub fn say(level: tracing::Level, line: std::fmt::Arguments<'_>) {
     if let Some(log) = LOG_FILE.get() {
         let text = match &record {
             Some(record) => format!("{record}\n"),
-            None => format!("{now} {:>5} {line}\n", level.as_str()),
+            None => format!("{} {:>5} {line}\n", now(), level.as_str()),
         };
         let file = log.file.read().unwrap_or_else(|e| e.into_inner());
         let _ = (&*file).write_all(text.as_bytes());

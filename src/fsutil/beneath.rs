@@ -163,6 +163,27 @@ impl Beneath {
     }
 }
 
+/// The directory reached last, kept for the names that follow in it: a tree's files come a
+/// directory at a time, so each directory is opened once, not once per file.
+#[derive(Default)]
+pub struct LastDir(Option<(PathBuf, OpenDir)>);
+
+impl LastDir {
+    /// The directory `key` names, opened by `open` unless it is the one kept. An error
+    /// forgets the one kept.
+    pub fn reach(
+        &mut self,
+        key: &Path,
+        open: impl FnOnce() -> io::Result<OpenDir>,
+    ) -> io::Result<&OpenDir> {
+        if self.0.as_ref().is_none_or(|(kept, _)| kept != key) {
+            self.0 = None;
+            self.0 = Some((key.to_path_buf(), open()?));
+        }
+        Ok(&self.0.as_ref().expect("kept above").1)
+    }
+}
+
 /// A directory open for use by the names in it.
 pub struct OpenDir {
     file: File,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::Cancelled;
 use crate::fsutil::AtomicFile;
 use crate::fsutil::access::Caller;
-use crate::fsutil::beneath::{Beneath, OpenDir};
+use crate::fsutil::beneath::{Beneath, LastDir, OpenDir};
 use crate::fsutil::group::GroupAccess;
 use crate::hash::ContentHash;
 use crate::hash::cache::{HashCache, Snapshot, is_racy, now_ns};
@@ -731,6 +731,17 @@ fn fix_mtime(path: &Path, meta: &std::fs::Metadata, mtime_us: i64) {
     }
 }
 
+/// `root`, opened into `opened` the first time; a new descriptor of that directory each time.
+fn open_root(opened: &mut Option<OpenDir>, root: &Path) -> std::io::Result<OpenDir> {
+    if opened.is_none() {
+        *opened = Some(OpenDir::open(root)?);
+    }
+    opened
+        .as_ref()
+        .expect("opened above")
+        .open_below(Path::new(""))
+}
+
 /// The directories of a download: made under the root as the plan needs them, each checked
 /// once, and given to the job's group (if any).
 struct Dirs<'a> {
@@ -745,7 +756,7 @@ struct Dirs<'a> {
     opened: Option<OpenDir>,
     /// The directory [`Self::reach`] opened last (a plan goes through a directory's files
     /// one after another).
-    last: Option<(PathBuf, OpenDir)>,
+    last: LastDir,
 }
 
 impl<'a> Dirs<'a> {
@@ -762,25 +773,25 @@ impl<'a> Dirs<'a> {
             group,
             for_caller,
             opened: None,
-            last: None,
+            last: LastDir::default(),
         }
     }
 
     /// Directory `dir` under the root (made already), open: what is in it is looked at
     /// through its descriptor. `None`: a dry run's directory that is not there.
     fn reach(&mut self, dir: &Path) -> Result<Option<&OpenDir>, TransferError> {
-        if self.last.as_ref().is_none_or(|(d, _)| d != dir) {
-            let rel = dir
-                .strip_prefix(self.root)
-                .expect("planned paths are under the root");
-            let opened = self.opened_root().and_then(|root| root.open_below(rel));
-            self.last = match opened {
-                Ok(opened) => Some((dir.to_path_buf(), opened)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => None,
-                Err(e) => return Err(TransferError::on_the_way(self.root)(e)),
-            };
+        let (root, opened) = (self.root, &mut self.opened);
+        let rel = dir
+            .strip_prefix(root)
+            .expect("planned paths are under the root");
+        match self
+            .last
+            .reach(dir, || open_root(opened, root)?.open_below(rel))
+        {
+            Ok(dir) => Ok(Some(dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.create => Ok(None),
+            Err(e) => Err(TransferError::on_the_way(self.root)(e)),
         }
-        Ok(self.last.as_ref().map(|(_, d)| d))
     }
 
     /// Creates the root (and what leads to it) if missing. For another user's job, the root
@@ -894,13 +905,7 @@ impl<'a> Dirs<'a> {
 
     /// The root, open (a new descriptor each time, of the directory first opened).
     fn opened_root(&mut self) -> std::io::Result<OpenDir> {
-        if self.opened.is_none() {
-            self.opened = Some(OpenDir::open(self.root)?);
-        }
-        self.opened
-            .as_ref()
-            .expect("opened above")
-            .open_below(Path::new(""))
+        open_root(&mut self.opened, self.root)
     }
 
     /// Checks what is at `at` (reached through its parent's descriptor; `shown` for

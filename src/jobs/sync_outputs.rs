@@ -14,7 +14,7 @@ use super::hash::{HashJobError, HashSpec, hash_chosen};
 use super::put::{PutError, run_with};
 use super::sync_inputs::{read_manifest_file, read_record, root_id};
 use super::{Cancelled, detached};
-use crate::fsutil::beneath::{self, Beneath, OpenDir};
+use crate::fsutil::beneath::{self, Beneath, LastDir, OpenDir};
 use crate::hash::ContentHash;
 use crate::hash::cache::{CacheRecord, HashCache};
 use crate::manifest::{
@@ -347,9 +347,7 @@ fn keep_outputs(
     let Ok(root) = OpenDir::open(local) else {
         return 0;
     };
-    // The directory of the output before: a render's outputs come a directory at a time, so
-    // each is reached once, not once per file.
-    let mut last: Option<(&Path, OpenDir)> = None;
+    let mut last = LastDir::default();
     for o in &outputs {
         if cancel.is_cancelled() {
             break;
@@ -365,10 +363,7 @@ fn keep_outputs(
         let (Some(parent), Some(name)) = (o.rel.parent(), o.rel.file_name()) else {
             continue;
         };
-        if last.as_ref().is_none_or(|(p, _)| *p != parent) {
-            last = root.open_below(parent).ok().map(|dir| (parent, dir));
-        }
-        let Some((_, dir)) = &last else {
+        let Ok(dir) = last.reach(parent, || root.open_below(parent)) else {
             continue;
         };
         let Ok(file) = beneath::handle_not_following(&dir.at(name)) else {
