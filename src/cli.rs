@@ -57,6 +57,14 @@ struct GlobalArgs {
     /// named: "debug,aws_smithy_runtime=debug") or "attache=debug" [config: log.level].
     #[arg(long, global = true, value_name = "FILTER")]
     log_level: Option<String>,
+    /// More log: -v is --log-level debug, -vv trace (the AWS SDK's and HTTP stack's crates
+    /// staying at info).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "log_level")]
+    verbose: u8,
+    /// Only warnings and errors on stderr: no progress bar or progress lines, no summary
+    /// (stdout, -o and --json keep their output; the exit code says how it went).
+    #[arg(short, long, global = true, conflicts_with_all = ["verbose", "stats"])]
+    quiet: bool,
     /// Log format: text or json [config: log.format].
     #[arg(long, global = true, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -313,12 +321,17 @@ fn is_wrong_token(e: &(dyn std::error::Error + 'static)) -> bool {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut overrides = Vec::new();
-    flag(
-        &mut overrides,
-        "log.level",
-        "--log-level",
-        cli.global.log_level.clone(),
-    );
+    let (level_from, level) = match (&cli.global.log_level, cli.global.quiet, cli.global.verbose) {
+        (Some(level), _, _) => ("--log-level", Some(level.clone())),
+        (None, true, _) => ("-q", Some("warn".to_string())),
+        (None, false, 0) => ("--log-level", None),
+        (None, false, 1) => ("-v", Some("debug".to_string())),
+        (None, false, _) => ("-vv", Some("trace".to_string())),
+    };
+    flag(&mut overrides, "log.level", level_from, level);
+    if cli.global.quiet {
+        flag(&mut overrides, "log.stats", "-q", Some("0".into()));
+    }
     flag(
         &mut overrides,
         "log.format",
@@ -379,7 +392,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Man => return daemon_cmd::man(),
         _ => {}
     }
-    let loaded = config::load(&load)?;
+    let mut loaded = config::load(&load)?;
+    loaded.settings.log.quiet = cli.global.quiet;
     crate::logging::init(&loaded.settings.log).map_err(|message| UsageError { message })?;
     if let Some(file) = &loaded.file {
         tracing::debug!(config = %file.display(), "config loaded");

@@ -272,6 +272,10 @@ pub struct LogSettings {
     /// A file the log goes to instead of stderr (appended to), with each command's summary
     /// and error too; `None`: stderr only.
     pub file: Option<PathBuf>,
+    /// `-q`: no progress bar and no summary, only warnings and errors (the command line's
+    /// alone, not a config key).
+    #[serde(skip)]
+    pub quiet: bool,
 }
 
 /// When the S3 SDK computes request checksums / validates response checksums.
@@ -484,6 +488,7 @@ impl Default for LogSettings {
             format: LogFormat::Text,
             stats: Duration::secs(30),
             file: None,
+            quiet: false,
         }
     }
 }

@@ -71,6 +71,9 @@ fn quiet_libraries(level: &str) -> Vec<String> {
 /// Whether the log output is JSON lines (`log.format`), once [`init`] has run.
 static JSON: AtomicBool = AtomicBool::new(false);
 
+/// `-q`: [`say`] keeps a command's errors and warnings, not its summary.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
 /// The log file (`log.file`), once [`init`] opened it.
 static LOG_FILE: OnceLock<LogFile> = OnceLock::new();
 
@@ -127,8 +130,12 @@ pub fn reopen_file() -> std::io::Result<()> {
 /// Says `line` (a command's summary, its error) on stderr: as it is, or with
 /// `log.format = "json"` as a JSON line of `level` in the log's shape, so that a log shipper
 /// reading stderr as JSON lines meets nothing else. Whatever `log.level` lets through: it is
-/// the command's output, not a log event. With `log.file`, there too, as a log line.
+/// the command's output, not a log event (with `-q`, its errors and warnings only). With
+/// `log.file`, there too, as a log line.
 pub fn say(level: tracing::Level, line: std::fmt::Arguments<'_>) {
+    if QUIET.load(Relaxed) && level > tracing::Level::WARN {
+        return;
+    }
     let now = || humantime::format_rfc3339_micros(std::time::SystemTime::now());
     let record = JSON.load(Relaxed).then(|| {
         serde_json::json!({
@@ -141,6 +148,7 @@ pub fn say(level: tracing::Level, line: std::fmt::Arguments<'_>) {
     match &record {
         Some(record) => eprintln!("{record}"),
         None if level == tracing::Level::ERROR => eprintln!("error: {line}"),
+        None if level == tracing::Level::WARN => eprintln!("warning: {line}"),
         None => eprintln!("{line}"),
     }
     if let Some(log) = LOG_FILE.get() {
@@ -158,6 +166,14 @@ pub fn say(level: tracing::Level, line: std::fmt::Arguments<'_>) {
 macro_rules! say {
     ($($arg:tt)*) => {
         $crate::logging::say(tracing::Level::INFO, format_args!($($arg)*))
+    };
+}
+
+/// [`say`] a warning of the command's (`warning: …` in text), kept by `-q`.
+#[macro_export]
+macro_rules! say_warn {
+    ($($arg:tt)*) => {
+        $crate::logging::say(tracing::Level::WARN, format_args!($($arg)*))
     };
 }
 
@@ -215,6 +231,7 @@ pub fn init(settings: &LogSettings) -> Result<(), String> {
         && std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none();
     JSON.store(settings.format == LogFormat::Json, Relaxed);
+    QUIET.store(settings.quiet, Relaxed);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)

@@ -395,6 +395,162 @@ fn log_file_takes_the_log_and_a_copy_of_the_summary_and_the_error() {
     );
 }
 
+/// `-q` leaves stderr to warnings and errors (stdout, -o and --json keep their output); `-v`
+/// is `--log-level debug`. Either clashing with the flag it stands for is bad usage.
+#[test]
+fn quiet_says_only_warnings_and_errors_and_verbose_logs_debug() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    build_fixture_tree("tiny", &root);
+    let cache = t.path().join("cache");
+    let store = format!("file://{}", t.path().join("store").display());
+    let manifest = t.path().join("m.json");
+    let (code, out, err) = run(attache(&cache)
+        .args(["-q", "put", "--store", &store])
+        .arg(&root)
+        .arg("-o")
+        .arg(&manifest));
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+    assert!(manifest.exists());
+    let (code, out, err) = run(attache(&cache)
+        .args(["get", "--quiet", "--json", "--store", &store])
+        .arg(&manifest)
+        .arg("--dest")
+        .arg(t.path().join("out")));
+    assert_eq!((code, err.as_str()), (0, ""));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["files"], files_under(&t.path().join("out")).len(), "{v}");
+    let (code, _, err) = run(attache(&cache)
+        .args(["-q", "get", "--store", &store])
+        .arg(t.path().join("nope.json"))
+        .arg("--dest")
+        .arg(t.path().join("out")));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("nope.json"),
+        "{err}"
+    );
+    // A warning stays: a config with a secret every user can read.
+    let config = t.path().join("config.toml");
+    std::fs::write(&config, "[s3]\nsecret_access_key = \"hunter2\"\n").unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = run(attache(&cache)
+        .arg("--config")
+        .arg(&config)
+        .args(["-q", "hash"])
+        .arg(&root)
+        .arg("-o")
+        .arg(t.path().join("h.json")));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("every user of this machine can read it") && !err.contains("files ("),
+        "the warning, not the summary: {err}"
+    );
+    // -v: the debug lines too, which the default level leaves out.
+    let hash = |verbose: &[&str]| {
+        run(attache(&cache)
+            .arg("--config")
+            .arg(&config)
+            .args(verbose)
+            .arg("hash")
+            .arg(&root)
+            .arg("-o")
+            .arg(t.path().join("h.json")))
+    };
+    let (code, _, err) = hash(&["-v"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("config loaded"), "{err}");
+    let (_, _, err) = hash(&[]);
+    assert!(!err.contains("config loaded"), "{err}");
+    for clash in [
+        &["-q", "-v"][..],
+        &["-v", "--log-level", "info"],
+        &["-q", "--stats", "5s"],
+    ] {
+        let (code, _, err) = hash(clash);
+        assert_eq!(code, 2, "{clash:?}: {err}");
+        assert!(err.contains("cannot be used with"), "{err}");
+    }
+}
+
+/// What `c` writes on its stderr, a terminal (a pty): (exit code, the bytes it drew there).
+fn run_with_stderr_on_a_terminal(c: &mut Command) -> (i32, String) {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let (mut leader, mut follower) = (0, 0);
+    let opened = unsafe {
+        libc::openpty(
+            &mut leader,
+            &mut follower,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(opened, 0, "openpty");
+    let terminal = unsafe { std::fs::File::from_raw_fd(follower) };
+    let mut child = c.stderr(terminal).spawn().unwrap();
+    // The command holds the follower's only other copy: read until it is gone (EIO), at
+    // the same time, as a full pty buffer would block the command's drawing.
+    c.stderr(std::process::Stdio::null());
+    let reader = std::thread::spawn(move || {
+        let mut drawn = Vec::new();
+        let _ = unsafe { std::fs::File::from_raw_fd(leader) }.read_to_end(&mut drawn);
+        drawn
+    });
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    let drawn = reader.join().unwrap();
+    (code, String::from_utf8_lossy(&drawn).into_owned())
+}
+
+/// On a terminal, a download draws a bar that moves; `-q` draws nothing.
+#[test]
+fn a_terminal_gets_a_progress_bar_and_quiet_gets_none() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("plate.exr"), vec![7u8; 3 << 20]).unwrap();
+    let cache = t.path().join("cache");
+    let store = format!("file://{}", t.path().join("store").display());
+    let manifest = t.path().join("m.json");
+    let (code, _, err) = run(attache(&cache)
+        .args(["put", "--store", &store])
+        .arg(&root)
+        .arg("-o")
+        .arg(&manifest));
+    assert_eq!(code, 0, "{err}");
+    // 3 MiB at 2 MB/s: over a second, the bar redrawn every 100 ms.
+    let get = |quiet: &[&str], dest: &str| {
+        run_with_stderr_on_a_terminal(
+            attache(&cache)
+                .args(quiet)
+                .args(["get", "--bwlimit", "2MB/s", "--store", &store])
+                .arg(&manifest)
+                .arg("--dest")
+                .arg(t.path().join(dest)),
+        )
+    };
+    let (code, drawn) = get(&[], "out");
+    assert_eq!(code, 0, "{drawn}");
+    assert!(
+        drawn.contains("downloading [") && drawn.contains("left)"),
+        "a bar: {drawn:?}"
+    );
+    assert!(
+        drawn.contains("downloaded 1 object (3.0 MiB)"),
+        "and the summary: {drawn:?}"
+    );
+    let (code, drawn) = get(&["-q"], "quiet");
+    assert_eq!((code, drawn.as_str()), (0, ""));
+    assert_eq!(
+        std::fs::read(t.path().join("quiet/plate.exr"))
+            .unwrap()
+            .len(),
+        3 << 20
+    );
+}
+
 #[test]
 fn with_json_logs_every_line_on_stderr_is_json_the_summary_and_the_error_too() {
     let t = tempfile::tempdir().unwrap();

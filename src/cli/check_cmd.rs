@@ -88,7 +88,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> anyhow::Result<ExitCode> {
         print_report(&report)?;
     }
     if by_ids && report.manifests == 0 && report.unusable_manifests.is_empty() {
-        crate::say!(
+        crate::say_warn!(
             "Nothing was checked: no manifest of the job was found in {}. Check the farm, queue, job, step and task ids and the store (a job's outputs are there once a task has published them).",
             report.store
         );

@@ -79,7 +79,7 @@ pub fn run(ctx: &Context, args: CleanupArgs) -> anyhow::Result<ExitCode> {
             );
         }
         for f in &report.failed {
-            crate::say!("could not abort: {f}");
+            crate::say_warn!("could not abort: {f}");
         }
         let recorded = match report.recorded_aborted {
             0 => String::new(),

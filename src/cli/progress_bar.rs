@@ -25,8 +25,11 @@ const DRAW_EVERY: Duration = Duration::from_millis(100);
 
 impl Bar {
     /// Shows `progress` under `label`: a bar on a terminal, log lines every `log.stats`
-    /// elsewhere, or nothing (then no thread runs at all).
+    /// elsewhere, or nothing (then no thread runs at all), as with `-q`.
     pub fn start(label: &'static str, progress: Arc<Progress>, log: &LogSettings) -> Bar {
+        if log.quiet {
+            return Bar::hidden();
+        }
         if std::io::stderr().is_terminal() {
             return Bar::draw(label, progress);
         }
