@@ -50,7 +50,8 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 struct GlobalArgs {
-    /// Config file (default: $XDG_CONFIG_HOME/attache/config.toml, then /etc/attache/config.toml).
+    /// Config file, or ATTACHE_CONFIG (default: $XDG_CONFIG_HOME/attache/config.toml, then
+    /// /etc/attache/config.toml).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Log filter, e.g. "debug" (the AWS SDK's and HTTP stack's crates stay at info unless
@@ -381,8 +382,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Completions { .. }
         | Command::Man => {}
     }
+    // An empty ATTACHE_CONFIG (`ATTACHE_CONFIG=$UNSET`) is unset, as other ATTACHE_ variables.
+    let from_env = std::env::var_os("ATTACHE_CONFIG").filter(|v| !v.is_empty());
     let load = LoadOptions {
-        config_file: cli.global.config.clone(),
+        config_file: cli.global.config.clone().or(from_env.map(PathBuf::from)),
         overrides,
         env: Default::default(),
     };

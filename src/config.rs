@@ -646,7 +646,7 @@ impl fmt::Display for Origin {
 /// Anything wrong with the configuration. The CLI exits with code 2 on all of them.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {} does not exist", path.display())]
+    #[error("config file {} does not exist (given by --config or ATTACHE_CONFIG): give an existing file, or neither for the default files", path.display())]
     FileNotFound { path: PathBuf },
     #[error("cannot read config file {}: {source}", path.display())]
     FileRead {
@@ -791,6 +791,7 @@ const ENV_PREFIX: &str = "ATTACHE_";
 
 /// `ATTACHE_*` variables that steer the command line rather than set a setting.
 pub const CLIENT_ENV_VARS: &[&str] = &[
+    "ATTACHE_CONFIG",
     "ATTACHE_DAEMON",
     "ATTACHE_DAEMON_URL",
     "ATTACHE_DAEMON_TOKEN_FILE",
@@ -1682,7 +1683,7 @@ mod tests {
         assert!(matches!(err, ConfigError::FileNotFound { .. }));
         assert_eq!(
             err.to_string(),
-            "config file /nonexistent/attache.toml does not exist"
+            "config file /nonexistent/attache.toml does not exist (given by --config or ATTACHE_CONFIG): give an existing file, or neither for the default files"
         );
     }
 

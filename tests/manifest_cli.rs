@@ -233,6 +233,41 @@ fn a_manifest_can_come_from_standard_input_once() {
     );
 }
 
+/// ATTACHE_CONFIG names the config file, as --config does (which wins); empty, it is unset.
+#[test]
+fn attache_config_names_the_config_file() {
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("farm.toml");
+    fs::write(&file, "[transfer]\nworkers = 5\n").unwrap();
+    let other = t.path().join("other.toml");
+    fs::write(&other, "[transfer]\nworkers = 7\n").unwrap();
+    let show = |config: &std::ffi::OsStr, flag: &[&std::ffi::OsStr]| {
+        run(attache(t.path())
+            .env("ATTACHE_CONFIG", config)
+            .args(flag)
+            .args(["config", "show"]))
+    };
+    let (code, out, err) = show(file.as_os_str(), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("workers = 5"), "{out}");
+    let (_, out, _) = show(file.as_os_str(), &["--config".as_ref(), other.as_os_str()]);
+    assert!(out.contains("workers = 7"), "--config wins: {out}");
+    let (code, out, err) = show("".as_ref(), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("workers = 5") && !out.contains("workers = 7"),
+        "{out}"
+    );
+    let missing = t.path().join("nope.toml");
+    let (code, _, err) = show(missing.as_os_str(), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("config file {} does not exist", missing.display()))
+            && err.contains("ATTACHE_CONFIG"),
+        "{err}"
+    );
+}
+
 #[test]
 fn config_show_applies_env_and_redacts_secrets() {
     let t = tempfile::tempdir().unwrap();

@@ -757,6 +757,9 @@ Sets a key of the config file, over the file and under the flags, e.g.
 \fBATTACHE_BANDWIDTH__DOWNLOAD=50MB/s\fR; a list's items are separated by \fB;\fR.
 \fBattache config show\fR prints the settings in force.
 .TP
+\fBATTACHE_CONFIG\fR
+The config file (\fB\-\-config\fR).
+.TP
 \fBATTACHE_DAEMON\fR
 \fB1\fR: run workflow commands through the daemon (\fB\-\-daemon\fR).
 .TP
