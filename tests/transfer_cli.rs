@@ -474,6 +474,28 @@ fn quiet_says_only_warnings_and_errors_and_verbose_logs_debug() {
     }
 }
 
+/// rclone's `--transfers` is `--workers` (`transfer.workers`).
+#[test]
+fn transfers_is_workers_as_in_rclone() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    build_fixture_tree("tiny", &root);
+    let cache = t.path().join("cache");
+    let store = format!("file://{}", t.path().join("store").display());
+    let put = |n: &str| {
+        run(attache(&cache)
+            .args(["put", "--transfers", n, "--store", &store])
+            .arg(&root)
+            .arg("-o")
+            .arg(t.path().join("m.json")))
+    };
+    let (code, _, err) = put("0");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`transfer.workers`"), "{err}");
+    let (code, _, err) = put("2");
+    assert_eq!(code, 0, "{err}");
+}
+
 /// What `c` writes on its stderr, a terminal (a pty): (exit code, the bytes it drew there).
 fn run_with_stderr_on_a_terminal(c: &mut Command) -> (i32, String) {
     use std::io::Read;

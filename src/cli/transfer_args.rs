@@ -19,9 +19,9 @@ pub struct StoreArgs {
     /// the [s3] settings and the AWS chain (env, profile, instance role).
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
-    /// How many files are transferred at once (`cleanup`: uploads aborted at once)
-    /// [config: transfer.workers].
-    #[arg(long, value_name = "N")]
+    /// How many files are transferred at once, as rclone's --transfers (`cleanup`: uploads
+    /// aborted at once) [config: transfer.workers].
+    #[arg(long, value_name = "N", visible_alias = "transfers")]
     pub workers: Option<String>,
     /// Cap on open connections to the store [config: s3.max_connections].
     #[arg(long, value_name = "N")]
