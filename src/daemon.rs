@@ -7,6 +7,7 @@ pub mod client;
 pub mod metrics;
 pub mod registry;
 pub mod server;
+pub mod service_manager;
 pub mod shared;
 pub mod slots;
 pub mod tcp_secrets;

@@ -978,6 +978,70 @@ fn a_daemon_logs_to_log_file_and_opens_it_again_at_sighup() {
     assert!(!old.contains("config reloaded"), "{old}");
 }
 
+/// Under systemd (`Type=notify`): READY=1 once the socket answers, STATUS= following the
+/// jobs, WATCHDOG=1 within the watchdog's interval, STOPPING=1 at SIGTERM.
+#[test]
+fn a_daemon_under_systemd_says_ready_its_jobs_and_stopping() {
+    let mut d = Daemon {
+        dir: tempfile::tempdir().unwrap(),
+        child: None,
+    };
+    d.write_config("[bandwidth]\nupload = \"2MiB/s\"\n");
+    let notify = d.path("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = manager.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let log = std::fs::File::create(d.path("daemon.log")).unwrap();
+    d.child = Some(
+        d.cmd()
+            .env("NOTIFY_SOCKET", &notify)
+            .env("WATCHDOG_USEC", "300000")
+            .arg("daemon")
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let first = next();
+    assert!(first.lines().any(|l| l == "READY=1"), "{first}");
+    assert!(
+        http(&d.socket(), "GET", "/v1/health", "").is_some(),
+        "ready before the socket answers: {}",
+        d.log()
+    );
+    let serving = format!("STATUS=listening on {}; ", d.socket().display());
+    assert!(
+        first.contains(&format!("{serving}0 job(s) running, 0 queued")),
+        "{first}"
+    );
+    // A job: the status says so, and the watchdog is fed meanwhile (every 150 ms).
+    let proj = d.path("proj");
+    big_tree(&proj, 4, 2 << 20);
+    let (status, job) = d.api("POST", "/v1/jobs", &submit_spec(&proj));
+    assert_eq!(status, 201, "{job}");
+    let (mut running, mut fed) = (false, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(running && fed >= 3) {
+        assert!(Instant::now() < deadline, "running {running}, fed {fed}");
+        let message = next();
+        running |= message.contains(&format!("{serving}1 job(s) running, 0 queued"));
+        fed += message.lines().filter(|l| *l == "WATCHDOG=1").count();
+    }
+    d.signal(libc::SIGTERM);
+    let mut stopping = next();
+    while !stopping.lines().any(|l| l == "STOPPING=1") {
+        stopping = next();
+    }
+    assert!(stopping.contains("STATUS=stopping"), "{stopping}");
+    let ended = d.child.take().unwrap().wait().unwrap();
+    assert_eq!(ended.code(), Some(0), "{}", d.log());
+}
+
 #[test]
 fn sighup_applies_a_new_bandwidth_and_keeps_the_old_config_when_broken() {
     let d = Daemon::start("[bandwidth]\nupload = \"1MiB/s\"\n");

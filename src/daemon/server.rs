@@ -264,7 +264,9 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
                 .await;
         }));
     }
+    let mut serving = format!("listening on {}", d.socket.display());
     if let Some((addr, secrets, speaks, listener)) = tcp_listener {
+        serving.push_str(&format!(" and {addr} ({speaks})"));
         let stop = stop_accepting.clone();
         let app = router(api(Some(secrets)));
         tracing::info!(%addr, "TCP listener on, {speaks} (bearer token required)");
@@ -275,7 +277,10 @@ pub async fn serve(settings: Settings, load: LoadOptions) -> Result<(), DaemonEr
         }));
     }
 
+    super::service_manager::ready(serving, registry.clone(), stop_housekeeping.clone());
+
     wait_for_shutdown(&*reload).await;
+    super::service_manager::stopping();
     stop_housekeeping.cancel();
     tracing::info!("shutting down: cancelling jobs");
     // Jobs first (their event streams end with them), then the listeners.
