@@ -172,8 +172,9 @@ pub struct UsageError {
 }
 
 /// A root with no file to put in a manifest (exit 2): empty, or with every file left out by
-/// the `filter`'s patterns and rules, which are then named.
-pub fn no_files(root: &std::path::Path, filter: &crate::scan::PathFilter) -> UsageError {
+/// the scan's patterns, rules and bounds of size and age, which are then named.
+pub fn no_files(root: &std::path::Path, scan: &crate::scan::ScanOptions) -> UsageError {
+    let filter = &scan.filter;
     let given: Vec<String> = [
         (filter.exclusions(), "exclude"),
         (filter.inclusions(), "include"),
@@ -181,12 +182,20 @@ pub fn no_files(root: &std::path::Path, filter: &crate::scan::PathFilter) -> Usa
     ]
     .into_iter()
     .flat_map(|(items, kind)| items.iter().map(move |i| format!("{kind} {i:?}")))
+    .chain(scan.size_age.describe())
     .collect();
+    let bounds = scan.size_age.describe().len();
     let why = match given.len() {
         0 => "it holds none".to_string(),
         n => format!(
             "the {} left out every one ({}{}; from hash.exclude, hash.include, hash.filter and the command line)",
-            if n == 1 { "pattern" } else { "patterns" },
+            match (n - bounds, bounds) {
+                (1, 0) => "pattern",
+                (_, 0) => "patterns",
+                (0, 1) => "bound",
+                (0, _) => "bounds",
+                _ => "patterns and bounds",
+            },
             given.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
             if n > 5 {
                 format!(" and {} more", n - 5)

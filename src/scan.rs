@@ -1,10 +1,12 @@
 //! Walking input roots into file entries, in parallel, with attache's symlink and
 //! special-file policy; `filter` holds the patterns that leave paths out (or take only some),
-//! `rules` rclone's ordered filter rules asked before them.
+//! `rules` rclone's ordered filter rules asked before them, `size_age` the bounds on a file's
+//! size and age.
 
 pub mod filter;
 mod rclone_glob;
 pub mod rules;
+pub mod size_age;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, FileType, Metadata};
@@ -72,6 +74,8 @@ pub struct ScanOptions {
     /// Paths left out (and, with inclusion patterns, the only files taken), matched against
     /// the path as the manifest spells it; an excluded directory is not entered.
     pub filter: PathFilter,
+    /// Files out of these bounds of size and modification time are left out.
+    pub size_age: size_age::SizeAge,
     /// The daemon's client, when it is another user: a file or directory its user may not
     /// read is refused, not read for it.
     pub caller: Option<std::sync::Arc<crate::fsutil::access::Caller>>,
@@ -441,6 +445,14 @@ impl<'a> Walker<'a> {
                     if is_dir.is_none() && !self.opts.filter.takes_file(&rel) =>
                 {
                     tracing::debug!(path = %path.display(), "not included");
+                }
+                Ok(Some(Found::File(meta)))
+                    if !self
+                        .opts
+                        .size_age
+                        .takes_stat(meta.len(), FileStat::of(&meta).mtime_ns) =>
+                {
+                    tracing::debug!(path = %path.display(), "out of the size or age bounds");
                 }
                 Ok(Some(Found::File(meta))) => {
                     let file = ScannedFile {

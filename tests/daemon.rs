@@ -500,6 +500,38 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
     let (local_ex, remote_ex) = (excluded("0"), excluded("1"));
     assert_eq!(local_ex, remote_ex);
     assert_ne!(local_ex, l["manifests"][0]["inputManifestHash"]);
+    // So do the bounds of size and time (tiny's files: 0, 12 and 10 bytes, modified at
+    // 1700000000, …01 and …02 s): hello.txt alone.
+    let bounded = |daemon: &str| {
+        let (code, out, err) = run(d
+            .cmd()
+            .env("ATTACHE_DAEMON", daemon)
+            .arg("submit")
+            .args(IDS)
+            .args(["--min-size", "1B", "--min-age", "2023-11-14T22:13:21Z"])
+            .arg(&proj));
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["manifests"][0]["inputManifestHash"].clone()
+    };
+    let (local_bounded, remote_bounded) = (bounded("0"), bounded("1"));
+    assert_eq!(local_bounded, remote_bounded);
+    let hello = proj.join("only-hello");
+    std::fs::create_dir(&hello).unwrap();
+    std::fs::copy(proj.join("hello.txt"), hello.join("hello.txt")).unwrap();
+    set_mtime_ns(&hello.join("hello.txt"), 1_700_000_001_000_000_000);
+    let (code, out, err) = run(d.cmd().args(["hash", "--json"]).arg(&hello));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["roots"][0]["manifest_hash"], local_bounded, "{v}");
+    std::fs::remove_dir_all(&hello).unwrap();
+    let (status, e) = d.api(
+        "POST",
+        "/v1/jobs",
+        r#"{"kind":"submit","inputs":["/p"],"farm_id":"f","queue_id":"q","size_age":{"min_size":2,"max_size":1}}"#,
+    );
+    assert_eq!(status, 400);
+    assert_eq!(e["field"], "size_age", "{e}");
 
     let (code, secs) = d.stop();
     assert_eq!(code, Some(0));

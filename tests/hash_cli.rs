@@ -289,6 +289,67 @@ fn an_empty_tree_has_no_manifest() {
     );
 }
 
+/// rclone's --min-size, --max-size, --min-age and --max-age take files by what is on disk
+/// (tiny: empty.txt 0 bytes at 1700000000 s, hello.txt 12 at …01, sub/déjà vu 日本.txt 10 at
+/// …02); a size needs a unit; bounds that take nothing, or every file left out, are bad usage.
+#[test]
+fn size_and_age_bounds_take_files_by_what_is_on_disk() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    build_fixture_tree("tiny", &root);
+    let hash = |bounds: &[&str]| {
+        run(attache(&t.path().join("cache"))
+            .arg("hash")
+            .args(bounds)
+            .arg(&root))
+    };
+    let paths = |bounds: &[&str]| -> Vec<String> {
+        let (code, out, err) = hash(bounds);
+        assert_eq!(code, 0, "{bounds:?}: {err}");
+        let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+        m["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let sub = "sub/déjà vu 日本.txt";
+    assert_eq!(paths(&["--min-size", "1B"]), ["hello.txt", sub]);
+    assert_eq!(paths(&["--max-size", "10B"]), ["empty.txt", sub]);
+    assert_eq!(
+        paths(&["--min-size", "11B", "--max-size", "1KiB"]),
+        ["hello.txt"]
+    );
+    assert_eq!(
+        paths(&["--max-age", "2023-11-14T22:13:21Z"]),
+        ["hello.txt", sub]
+    );
+    assert_eq!(
+        paths(&["--min-age", "2023-11-14T22:13:21Z"]),
+        ["empty.txt", "hello.txt"]
+    );
+    // An age: tiny's files are three years old.
+    assert_eq!(paths(&["--min-age", "365d"]).len(), 3);
+    let (code, _, err) = hash(&["--max-age", "365d"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "no files to attach: the bound left out every one (--max-age (modified since "
+        ),
+        "{err}"
+    );
+    let (code, _, err) = hash(&["--max-size", "100"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--max-size: \"100\" needs a unit: 100B"),
+        "{err}"
+    );
+    let (code, _, err) = hash(&["--max-age", "7d", "--min-age", "30d"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no file could be taken"), "{err}");
+}
+
 #[test]
 fn ctrl_c_cancels_promptly_with_exit_130() {
     let t = tempfile::tempdir().unwrap();

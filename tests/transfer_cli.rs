@@ -1331,6 +1331,23 @@ fn get_picks_among_a_manifest_s_files_with_include_and_exclude() {
     assert_eq!(got, ["comp/final.mov", "f1.exr", "f2.exr"]);
 }
 
+/// get's --min-size and --min-age (and their --max- pairs) go by the manifest's sizes and
+/// times: tiny's empty.txt (0 bytes, 1700000000 s), hello.txt (12, …01), sub/… (10, …02).
+#[test]
+fn get_picks_by_the_manifest_s_sizes_and_times() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    build_fixture_tree("tiny", &root);
+    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
+    let dest = t.path().join("dest");
+    let bounds = ["--min-size", "1B", "--min-age", "2023-11-14T22:13:21Z"];
+    let v = get_json(&cache, &store, &manifest, &dest, &bounds);
+    assert_eq!((&v["left_out"], &v["files"]), (&2.into(), &1.into()), "{v}");
+    assert_eq!(files_under(&dest), [dest.join("hello.txt")]);
+    let v = get_json(&cache, &store, &manifest, &dest, &["--max-size", "10B"]);
+    assert_eq!((&v["left_out"], &v["files"]), (&1.into(), &2.into()), "{v}");
+}
+
 #[test]
 fn get_dry_run_says_what_it_would_fetch_and_writes_nothing() {
     let t = tempfile::tempdir().unwrap();

@@ -332,6 +332,13 @@ fn submit_sync_render_sync_outputs_download_outputs() {
         files_under(&proj.join("renders")),
         [proj.join("renders/sub/f0002.exr")]
     );
+    // By the manifests' sizes: frame 1 (16 bytes), not frame 2 (7).
+    let (code, _, err) = run(&mut f.download_outputs(&["--dry-run", "--min-size", "8B"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("1 file from 1 manifest (1 left out by the filters); would download 1 object"),
+        "{err}"
+    );
     f.ok(&mut f.download_outputs(&[]));
     assert_eq!(
         std::fs::read(proj.join("renders/f0001.exr")).unwrap(),
@@ -843,6 +850,9 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
         &local.join("renders/new.exr"),
         b"new frame, rendered again by task 3",
     );
+    // By size: the frame rendered again (35 bytes), not e.exr (15).
+    let (_, err) = sync_outputs("task-3", "sa-3", &["--dry-run", "--min-size", "20B"]);
+    assert!(err.contains("/proj: 1 new or changed output ("), "{err}");
     let (out, _) = sync_outputs("task-3", "sa-3", &[]);
     let (_, paths) = published_outputs(&f, &out);
     assert_eq!(

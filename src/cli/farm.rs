@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::filter_args::FilterArgs;
+use super::filter_args::{FilterArgs, SizeAgeArgs};
 use super::get_cmd::conflicts_note;
 use super::submit_paths::SubmitPathArgs;
 use super::transfer_args::{ContentCacheArgs, StoreArgs, with_transfer};
@@ -88,6 +88,8 @@ pub struct SubmitArgs {
     shared: Vec<PathBuf>,
     #[command(flatten)]
     filter: FilterArgs,
+    #[command(flatten)]
+    size_age: SizeAgeArgs,
     /// Write the attachments JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -196,6 +198,8 @@ pub struct SyncOutputsArgs {
     locations: Vec<String>,
     #[command(flatten)]
     filter: FilterArgs,
+    #[command(flatten)]
+    size_age: SizeAgeArgs,
     /// Write the published manifests JSON to FILE (default, or `-`: stdout).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -240,6 +244,8 @@ pub struct DownloadOutputsArgs {
     dry_run: bool,
     #[command(flatten)]
     filter: FilterArgs,
+    #[command(flatten)]
+    size_age: SizeAgeArgs,
     #[command(flatten)]
     content_cache: ContentCacheArgs,
     #[command(flatten)]
@@ -450,6 +456,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         exclude: a.filter.excludes()?,
         include: a.filter.includes()?,
         filter: a.filter.rules()?,
+        size_age: a.size_age.bounds()?,
         require_paths_exist: a.require_paths_exist,
         dry_run,
         store: a.common.store.store.clone(),
@@ -592,6 +599,7 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         exclude: a.filter.excludes()?,
         include: a.filter.includes()?,
         filter: a.filter.rules()?,
+        size_age: a.size_age.bounds()?,
         store: a.common.store.store.clone(),
         dry_run: a.dry_run,
     });
@@ -641,6 +649,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         exclude: a.filter.excludes()?,
         include: a.filter.includes()?,
         filter: a.filter.rules()?,
+        size_age: a.size_age.bounds()?,
         store: a.common.store.store.clone(),
         dry_run: a.dry_run,
     });

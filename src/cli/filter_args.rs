@@ -10,6 +10,7 @@ use super::UsageError;
 use crate::jobs::hash::HashSpec;
 use crate::scan::filter::PathFilter;
 use crate::scan::rules::Rules;
+use crate::scan::size_age::{self, SizeAge};
 
 #[derive(Debug, Default, Args)]
 pub struct FilterArgs {
@@ -98,6 +99,69 @@ impl FilterArgs {
             .map_err(|e| UsageError {
                 message: format!("--exclude/--include {e}"),
             })
+    }
+}
+
+/// rclone's `--min-size`, `--max-size`, `--min-age` and `--max-age`, for the commands that
+/// scan trees (by the files on disk) and those that pick among a manifest's files (by the
+/// manifest's sizes and times). Not for `manifest verify`, which compares the two.
+#[derive(Debug, Default, Args)]
+pub struct SizeAgeArgs {
+    /// Take only files of at least SIZE, with a unit: `1B` leaves out empty files (a failed
+    /// render's frames), `100KiB` (hash, put, submit, sync-outputs: by the file on disk; get,
+    /// download-outputs: by the manifest).
+    #[arg(long, value_name = "SIZE")]
+    pub min_size: Option<String>,
+    /// Take only files of at most SIZE, e.g. `2GiB` (MB is 10^6 bytes, MiB 2^20).
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+    /// Take only files modified at least AGE ago (`1h`, `7d`), or before a UTC time
+    /// (`2026-12-01`, `2026-12-01T18:00:00Z`).
+    #[arg(long, value_name = "AGE")]
+    pub min_age: Option<String>,
+    /// Take only files modified within AGE (`24h`), or since a UTC time.
+    #[arg(long, value_name = "AGE")]
+    pub max_age: Option<String>,
+}
+
+impl SizeAgeArgs {
+    /// The bounds given, ages turned into times now; a bad value, or bounds that take no
+    /// file, is a usage error naming the flag.
+    pub fn bounds(&self) -> Result<SizeAge, UsageError> {
+        let now = std::time::SystemTime::now();
+        let bad = |flag: &'static str| {
+            move |e: String| UsageError {
+                message: format!("--{flag}: {e}"),
+            }
+        };
+        let bounds = SizeAge {
+            min_size: self
+                .min_size
+                .as_deref()
+                .map(size_age::parse_size)
+                .transpose()
+                .map_err(bad("min-size"))?,
+            max_size: self
+                .max_size
+                .as_deref()
+                .map(size_age::parse_size)
+                .transpose()
+                .map_err(bad("max-size"))?,
+            modified_since_us: self
+                .max_age
+                .as_deref()
+                .map(|a| size_age::parse_age(a, now))
+                .transpose()
+                .map_err(bad("max-age"))?,
+            modified_before_us: self
+                .min_age
+                .as_deref()
+                .map(|a| size_age::parse_age(a, now))
+                .transpose()
+                .map_err(bad("min-age"))?,
+        };
+        bounds.check().map_err(|message| UsageError { message })?;
+        Ok(bounds)
     }
 }
 

@@ -7,7 +7,7 @@ use bytesize::ByteSize;
 use clap::Args;
 
 use super::Context;
-use super::filter_args::FilterArgs;
+use super::filter_args::{FilterArgs, SizeAgeArgs};
 use super::manifest_cmd::read_manifest;
 use super::transfer_args::{ContentCacheArgs, StoreArgs, with_transfer};
 use crate::cli::stdout::outln;
@@ -46,6 +46,8 @@ pub struct GetArgs {
     content_cache: ContentCacheArgs,
     #[command(flatten)]
     filter: FilterArgs,
+    #[command(flatten)]
+    size_age: SizeAgeArgs,
 }
 
 impl GetArgs {
@@ -63,8 +65,9 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
             .map(|p| read_manifest(p))
             .collect::<anyhow::Result<Vec<_>>>()?,
     );
-    let pick = args.filter.filter()?;
-    let left_out = manifest.retain(|e| pick.takes_path(e.path.as_wtf8()));
+    let (pick, bounds) = (args.filter.filter()?, args.size_age.bounds()?);
+    let left_out =
+        manifest.retain(|e| pick.takes_path(e.path.as_wtf8()) && bounds.takes(e.size, e.mtime_us));
     let settings = ctx.settings.clone();
     let spec = GetSpec {
         record: None,

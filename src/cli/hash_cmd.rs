@@ -11,7 +11,7 @@ use bytesize::ByteSize;
 use clap::Args;
 use serde_json::json;
 
-use super::filter_args::FilterArgs;
+use super::filter_args::{FilterArgs, SizeAgeArgs};
 use super::progress_bar::Bar;
 use super::{Context, UsageError, flag, run_cancellable};
 use crate::config::Override;
@@ -48,6 +48,8 @@ pub struct HashArgs {
     threads: Option<String>,
     #[command(flatten)]
     filter: FilterArgs,
+    #[command(flatten)]
+    size_age: SizeAgeArgs,
 }
 
 impl HashArgs {
@@ -108,7 +110,8 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
         ctx.settings.cache.hash_cache,
     );
     args.filter.apply(&mut spec)?;
-    let filter = spec.scan.filter.clone();
+    spec.scan.size_age = args.size_age.bounds()?;
+    let scanned = spec.scan.clone();
     let progress = Arc::new(Progress::default());
     let report = {
         let _bar = Bar::start("hashing", progress.clone(), &ctx.settings.log);
@@ -122,7 +125,7 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
         let bytes = r
             .manifest
             .encode()
-            .map_err(|_| crate::cli::no_files(&r.root, &filter))?;
+            .map_err(|_| crate::cli::no_files(&r.root, &scanned))?;
         let manifest_hash = ContentHash::of(&bytes);
         let written = match output {
             Some(o) => {

@@ -9,7 +9,7 @@ use bytesize::ByteSize;
 use clap::Args;
 use serde_json::json;
 
-use super::filter_args::FilterArgs;
+use super::filter_args::{FilterArgs, SizeAgeArgs};
 use super::transfer_args::{StoreArgs, with_transfer};
 use super::{Context, flag};
 use crate::cli::stdout::outln;
@@ -48,6 +48,8 @@ pub struct PutArgs {
     dry_run: bool,
     #[command(flatten)]
     filter: FilterArgs,
+    #[command(flatten)]
+    size_age: SizeAgeArgs,
 }
 
 impl PutArgs {
@@ -71,7 +73,8 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
         settings.cache.hash_cache,
     );
     args.filter.apply(&mut spec)?;
-    let filter = spec.scan.filter.clone();
+    spec.scan.size_age = args.size_age.bounds()?;
+    let scanned = spec.scan.clone();
     let dry_run = args.dry_run;
     let report = with_transfer(ctx, None, "uploading", |t, cancel| async move {
         Ok(put::run(spec, t.dry_run_if(dry_run), &cancel).await?)
@@ -80,7 +83,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
     let bytes = root
         .manifest
         .encode()
-        .map_err(|_| crate::cli::no_files(&root.root, &filter))?;
+        .map_err(|_| crate::cli::no_files(&root.root, &scanned))?;
     let manifest_hash = ContentHash::of(&bytes);
     match crate::cli::output_file(&args.output) {
         Some(path) => crate::fsutil::write_atomic(path, &bytes)

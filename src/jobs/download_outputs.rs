@@ -27,6 +27,8 @@ pub struct DownloadOutputsSpec {
     pub cache_dir: Option<PathBuf>,
     /// Which of the outputs to fetch (`--exclude`, `--include`); default: all.
     pub pick: crate::scan::PathFilter,
+    /// The outputs taken by their size and time in the manifests (`--max-size`, `--max-age`).
+    pub size_age: crate::scan::size_age::SizeAge,
     /// The daemon's client, when it is another user: every destination must be one its user
     /// may write in (the roots come from the store, which the client may have written).
     pub caller: Option<Arc<crate::fsutil::access::Caller>>,
@@ -264,7 +266,9 @@ pub async fn run(
         let count = manifests.len();
         let destination = destination_of(&root_path);
         let mut manifest = merge(manifests);
-        let left_out = manifest.retain(|e| spec.pick.takes_path(e.path.as_wtf8()));
+        let left_out = manifest.retain(|e| {
+            spec.pick.takes_path(e.path.as_wtf8()) && spec.size_age.takes(e.size, e.mtime_us)
+        });
         let get_spec = GetSpec {
             record: None,
             for_caller: spec.caller.as_ref().map(|caller| WritableFor {

@@ -48,6 +48,7 @@ impl HashSpec {
                     &settings.hash.filter,
                 )
                 .expect("hash.exclude, include and filter are checked when the config is loaded"),
+                size_age: Default::default(),
                 caller: None,
             },
         }

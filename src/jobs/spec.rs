@@ -20,6 +20,7 @@ use super::sync_outputs::{SyncOutputsReport, SyncOutputsSpec};
 use crate::config::Settings;
 use crate::fsutil::access::Caller;
 use crate::fsutil::group::GroupAccess;
+use crate::scan::size_age::SizeAge;
 use crate::store::OpenStoreError;
 use crate::transfer::{Transfer, TransferError};
 
@@ -76,6 +77,10 @@ pub struct SubmitJob {
     /// rclone's ordered filter rules, after `hash.filter` (see `scan::rules`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter: Vec<String>,
+    /// rclone's --min-size, --max-size, --min-age and --max-age, ages as times (see
+    /// `scan::size_age`).
+    #[serde(default, skip_serializing_if = "SizeAge::is_empty")]
+    pub size_age: SizeAge,
     /// An input that does not exist is an error, not a referenced path (as the official
     /// client's `--require-paths-exist`).
     #[serde(default)]
@@ -192,6 +197,10 @@ pub struct SyncOutputsJob {
     /// rclone's ordered filter rules, after `hash.filter`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter: Vec<String>,
+    /// rclone's --min-size, --max-size, --min-age and --max-age, ages as times (see
+    /// `scan::size_age`).
+    #[serde(default, skip_serializing_if = "SizeAge::is_empty")]
+    pub size_age: SizeAge,
     #[serde(default)]
     pub store: Option<String>,
     /// Find the outputs and ask the store what it lacks; upload and publish nothing.
@@ -225,6 +234,10 @@ pub struct DownloadOutputsJob {
     /// rclone's ordered filter rules, asked before the patterns.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter: Vec<String>,
+    /// rclone's --min-size, --max-size, --min-age and --max-age, ages as times (see
+    /// `scan::size_age`).
+    #[serde(default, skip_serializing_if = "SizeAge::is_empty")]
+    pub size_age: SizeAge,
     #[serde(default)]
     pub store: Option<String>,
     /// Plan only: say what would be downloaded and what is in the way; write nothing.
@@ -622,6 +635,7 @@ impl JobSpec {
                 id("queue_id", &j.queue_id)?;
                 pairs(&j.locations, "locations")?;
                 filter(&j.exclude, &j.include, &j.filter)?;
+                j.size_age.check().map_err(|e| invalid("size_age", e))?;
             }
             JobSpec::SyncInputs(j) => {
                 absolute("session_dir", &j.session_dir)?;
@@ -654,6 +668,7 @@ impl JobSpec {
                 }
                 pairs(&j.locations, "locations")?;
                 filter(&j.exclude, &j.include, &j.filter)?;
+                j.size_age.check().map_err(|e| invalid("size_age", e))?;
             }
             JobSpec::DownloadOutputs(j) => {
                 id("farm_id", &j.farm_id)?;
@@ -664,6 +679,7 @@ impl JobSpec {
                 }
                 pairs(&j.root_map, "root_map")?;
                 filter(&j.exclude, &j.include, &j.filter)?;
+                j.size_age.check().map_err(|e| invalid("size_age", e))?;
             }
             JobSpec::Doctor(_) => {}
         }
@@ -714,6 +730,7 @@ impl JobSpec {
                 let mut hash = hash;
                 hash.filter_also(&j.exclude, &j.include, &j.filter)
                     .map_err(|e| filter_error(&j.include, &j.filter, e))?;
+                hash.scan.size_age = j.size_age;
                 let spec = SubmitSpec {
                     inputs: j.inputs,
                     output_dirs: j.output_dirs,
@@ -747,6 +764,7 @@ impl JobSpec {
                 let mut hash = hash;
                 hash.filter_also(&j.exclude, &j.include, &j.filter)
                     .map_err(|e| filter_error(&j.include, &j.filter, e))?;
+                hash.scan.size_age = j.size_age;
                 let spec = SyncOutputsSpec {
                     attachments: attachments(j.attachments, caller.as_deref())?,
                     session_dir: j.session_dir,
@@ -775,6 +793,7 @@ impl JobSpec {
                     root_map: pairs(&j.root_map, "root_map")?,
                     cache_dir,
                     pick: filter(&j.exclude, &j.include, &j.filter)?,
+                    size_age: j.size_age,
                     caller,
                 };
                 JobOutput::DownloadOutputs(

@@ -504,6 +504,7 @@ fn changed_outputs(
         follow_external_symlinks: false,
         boundary: Some(session_dir.to_path_buf()),
         filter: scan.filter.clone(),
+        size_age: scan.size_age,
         caller: scan.caller.clone(),
     };
     let mut out = Vec::new();
