@@ -1944,6 +1944,16 @@ fn a_store_that_cannot_be_used_says_why_without_retrying_in_vain() {
     assert!(err.contains("check the bucket name"), "{err}");
     assert!(s3.stats.requests_of("PUT") <= 2, "{:?}", s3.stats.log());
     no_debug_dump(&err);
+    // A wrong secret: what it needs, not a generic "check the credentials".
+    let (code, _, err) = put_with(
+        s3_env_without(&s3, &[], t.path()).env("ATTACHE_S3__SECRET_ACCESS_KEY", "wrong-secret"),
+        &s3.store_url("p"),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("SignatureDoesNotMatch (needs the secret key that belongs to this access key"),
+        "{err}"
+    );
     let (code, _, err) = put(&s3.store_url("p"));
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(s3_env_without(&s3, &[], t.path())

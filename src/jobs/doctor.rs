@@ -464,26 +464,16 @@ async fn probe(
 /// it, the right credentials when it did not know them. Other errors (an endpoint that does
 /// not answer, a bucket that does not exist) already say what to do.
 fn needs_for(error: &str, permission: String) -> Option<String> {
-    // Garage says a wrong secret as AccessDenied "Forbidden: Invalid signature".
-    let needs = if error.contains("SignatureDoesNotMatch")
-        || error.to_ascii_lowercase().contains("invalid signature")
-    {
-        "the secret key that belongs to this access key (s3.secret_access_key, the profile or AWS_SECRET_ACCESS_KEY), and a clock within 15 minutes of the store's"
-    } else if error.contains("InvalidAccessKeyId")
-        // Garage's AccessDenied "Forbidden: No such key: GK…" (an access key, not an object).
-        || (error.contains("AccessDenied") && error.contains("No such key"))
-    {
-        "an access key the store knows (s3.access_key_id, --profile or AWS_ACCESS_KEY_ID)"
-    } else if error.contains("ExpiredToken") || error.contains("TokenRefreshRequired") {
-        "fresh credentials: the session token has expired (log in again, e.g. aws sso login)"
-    } else if error.contains("NoSuchBucket") {
-        "the bucket of the store URL to exist at this endpoint and region: check store.url (--store), s3.endpoint_url and s3.region, or create the bucket"
+    if let Some(needs) = crate::store::s3::describe::credentials_need(error) {
+        return Some(needs.to_string());
+    }
+    if error.contains("NoSuchBucket") {
+        Some("the bucket of the store URL to exist at this endpoint and region: check store.url (--store), s3.endpoint_url and s3.region, or create the bucket".into())
     } else if error.contains("HTTP 403") {
-        return Some(permission);
+        Some(permission)
     } else {
-        return None;
-    };
-    Some(needs.to_string())
+        None
+    }
 }
 
 fn failure(required: bool) -> Status {
@@ -559,6 +549,11 @@ mod tests {
             needs_for("HTTP 400 Bad Request: ExpiredToken", perm())
                 .unwrap()
                 .starts_with("fresh credentials")
+        );
+        assert!(
+            needs_for("HTTP 403 Forbidden: RequestTimeTooSkewed: off", perm())
+                .unwrap()
+                .starts_with("this machine's clock")
         );
         assert_eq!(
             needs_for(

@@ -25,7 +25,7 @@
 //!   them from the environment.
 
 mod body;
-mod describe;
+pub(crate) mod describe;
 mod endpoint;
 mod http;
 mod region;

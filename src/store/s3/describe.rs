@@ -35,6 +35,9 @@ where
         // HEAD replies carry no body, so no code; S3 gives the reason in the status alone.
         (None, None) => {}
     }
+    if let Some(needs) = credentials_need(&text) {
+        return format!("{} (needs {needs})", text.trim_end());
+    }
     let hint = match (status, e.code()) {
         (_, Some("NoSuchBucket")) => {
             " (check the bucket name in the store URL, and s3.endpoint_url and s3.region)"
@@ -56,6 +59,35 @@ where
         _ => "",
     };
     format!("{}{hint}", text.trim_end())
+}
+
+/// What the credentials or the clock need, when a store refused a request for them (`text`:
+/// the reply's status, code and message, as [`describe`] says them): S3's codes, and
+/// Garage's words for the same.
+pub fn credentials_need(text: &str) -> Option<&'static str> {
+    // Garage says a wrong secret as AccessDenied "Forbidden: Invalid signature".
+    if text.contains("SignatureDoesNotMatch")
+        || text.to_ascii_lowercase().contains("invalid signature")
+    {
+        Some(
+            "the secret key that belongs to this access key, from s3.secret_access_key, the profile or AWS_SECRET_ACCESS_KEY, and a clock within 15 minutes of the store's",
+        )
+    } else if text.contains("InvalidAccessKeyId")
+        // Garage's AccessDenied "Forbidden: No such key: GK…" (an access key, not an object).
+        || (text.contains("AccessDenied") && text.contains("No such key"))
+    {
+        Some(
+            "an access key the store knows, from s3.access_key_id, --profile or AWS_ACCESS_KEY_ID, at the endpoint it belongs to",
+        )
+    } else if text.contains("ExpiredToken") || text.contains("TokenRefreshRequired") {
+        Some("fresh credentials: the session token has expired (log in again, e.g. aws sso login)")
+    } else if text.contains("RequestTimeTooSkewed") {
+        Some(
+            "this machine's clock within 15 minutes of the store's: set it right (chrony, systemd-timesyncd)",
+        )
+    } else {
+        None
+    }
 }
 
 /// Whether the request failed before it was sent because no credentials are configured,
