@@ -1358,7 +1358,7 @@ fn get_dry_run_says_what_it_would_fetch_and_writes_nothing() {
     std::fs::write(root.join("sub/copy-of-a.txt"), "content a").unwrap();
     let (cache, store, manifest) = put_to_local_store(t.path(), &root);
     let dest = t.path().join("dest");
-    let dry = || get_json(&cache, &store, &manifest, &dest, &["--dry-run"]);
+    let dry = || get_json(&cache, &store, &manifest, &dest, &["-n"]);
 
     // Into a directory that does not exist: all of it, one object per content.
     let v = dry();

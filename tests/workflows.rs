@@ -179,8 +179,9 @@ fn submit_sync_render_sync_outputs_download_outputs() {
             .arg(&session);
         c
     };
-    // A dry run first: the same rules, what would be fetched, and nothing in the session dir.
-    let (code, dry, err) = run(sync_inputs().arg("--dry-run"));
+    // A dry run first (-n, as rclone's and rsync's): the same rules, what would be fetched,
+    // and nothing in the session dir.
+    let (code, dry, err) = run(sync_inputs().arg("-n"));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("7 files; would download 6 objects"), "{err}");
     assert!(

@@ -25,7 +25,7 @@ pub struct CleanupArgs {
     #[arg(long, value_name = "DURATION", default_value = "24h")]
     older_than: String,
     /// List what would be aborted; abort nothing.
-    #[arg(long)]
+    #[arg(short = 'n', long)]
     dry_run: bool,
 }
 

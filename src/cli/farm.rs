@@ -94,7 +94,7 @@ pub struct SubmitArgs {
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Hash and ask the store what is missing; upload and publish nothing.
-    #[arg(long)]
+    #[arg(short = 'n', long)]
     dry_run: bool,
     /// Read every file; neither use nor update the hash cache [config: cache.hash_cache].
     #[arg(long)]
@@ -154,7 +154,7 @@ pub struct SyncInputsArgs {
     output: Option<PathBuf>,
     /// Say what would be downloaded (files in place are checked as for a real run); write
     /// nothing in the session directory, fetch nothing but the manifests.
-    #[arg(long)]
+    #[arg(short = 'n', long)]
     dry_run: bool,
     #[command(flatten)]
     content_cache: ContentCacheArgs,
@@ -205,7 +205,7 @@ pub struct SyncOutputsArgs {
     output: Option<PathBuf>,
     /// Find the task's outputs and ask the store what it lacks; upload and publish nothing
     /// (the manifests JSON says what would be published).
-    #[arg(long)]
+    #[arg(short = 'n', long)]
     dry_run: bool,
     #[command(flatten)]
     content_cache: ContentCacheArgs,
@@ -240,7 +240,7 @@ pub struct DownloadOutputsArgs {
     root_map: Vec<String>,
     /// Say what would be downloaded, and which local files have other content (what
     /// --conflict decides about); write and fetch nothing but the manifests.
-    #[arg(long)]
+    #[arg(short = 'n', long)]
     dry_run: bool,
     #[command(flatten)]
     filter: FilterArgs,

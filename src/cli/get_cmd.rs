@@ -40,7 +40,7 @@ pub struct GetArgs {
     conflict: Conflict,
     /// Show what would be downloaded (files already in place are checked as for a real run);
     /// write and fetch nothing.
-    #[arg(long)]
+    #[arg(short = 'n', long)]
     dry_run: bool,
     #[command(flatten)]
     content_cache: ContentCacheArgs,

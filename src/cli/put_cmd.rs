@@ -44,7 +44,7 @@ pub struct PutArgs {
     follow_external_symlinks: bool,
     /// Hash the tree and ask the store what it lacks; upload nothing (the manifest is still
     /// written).
-    #[arg(long)]
+    #[arg(short = 'n', long)]
     dry_run: bool,
     #[command(flatten)]
     filter: FilterArgs,
