@@ -199,26 +199,14 @@ fn a_manifest_can_come_from_standard_input_once() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("`-` (standard input) is given twice"), "{err}");
     // A terminal on stdin: said at once, not waited on.
-    let (mut leader, mut follower) = (0, 0);
-    let opened = unsafe {
-        libc::openpty(
-            &mut leader,
-            &mut follower,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(opened, 0, "openpty");
-    let terminal = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(follower) };
+    let (mut leader, terminal) = pty();
     // An end of input typed ahead (^D): a build that read the terminal would end at once
     // with a decode error, not hang the test.
-    let eof = unsafe { libc::write(leader, b"\x04".as_ptr().cast(), 1) };
-    assert_eq!(eof, 1);
+    std::io::Write::write_all(&mut leader, b"\x04").unwrap();
     let (code, _, err) = run(attache(t.path())
         .args(["manifest", "cat", "-"])
         .stdin(terminal));
-    unsafe { libc::close(leader) };
+    drop(leader);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("which is a terminal here"), "{err}");
     let not_one = t.path().join("notes.txt");

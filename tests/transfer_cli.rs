@@ -499,26 +499,14 @@ fn transfers_is_workers_as_in_rclone() {
 /// What `c` writes on its stderr, a terminal (a pty): (exit code, the bytes it drew there).
 fn run_with_stderr_on_a_terminal(c: &mut Command) -> (i32, String) {
     use std::io::Read;
-    use std::os::fd::FromRawFd;
-    let (mut leader, mut follower) = (0, 0);
-    let opened = unsafe {
-        libc::openpty(
-            &mut leader,
-            &mut follower,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(opened, 0, "openpty");
-    let terminal = unsafe { std::fs::File::from_raw_fd(follower) };
+    let (mut leader, terminal) = pty();
     let mut child = c.stderr(terminal).spawn().unwrap();
     // The command holds the follower's only other copy: read until it is gone (EIO), at
     // the same time, as a full pty buffer would block the command's drawing.
     c.stderr(std::process::Stdio::null());
     let reader = std::thread::spawn(move || {
         let mut drawn = Vec::new();
-        let _ = unsafe { std::fs::File::from_raw_fd(leader) }.read_to_end(&mut drawn);
+        let _ = leader.read_to_end(&mut drawn);
         drawn
     });
     let code = child.wait().unwrap().code().unwrap_or(-1);

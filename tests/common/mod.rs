@@ -108,6 +108,28 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A pseudo-terminal: (its leader, the terminal a command is given, as a file).
+pub fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut leader, mut follower) = (0, 0);
+    let opened = unsafe {
+        libc::openpty(
+            &mut leader,
+            &mut follower,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(opened, 0, "openpty");
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(leader),
+            std::fs::File::from_raw_fd(follower),
+        )
+    }
+}
+
 /// Runs and returns (exit code, stdout, stderr).
 pub fn run(c: &mut Command) -> (i32, String, String) {
     let o = c.output().unwrap();
