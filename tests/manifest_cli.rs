@@ -96,6 +96,32 @@ fn malformed_manifests_get_clear_errors() {
     assert!(err.contains(&want), "{err}");
 }
 
+/// `manifest cat` picks among the files as `get` does, and says how many it left out.
+#[test]
+fn manifest_cat_takes_get_s_filters() {
+    let t = tempfile::tempdir().unwrap();
+    let tiny = fixture("tiny").join("manifest.json");
+    let cat = |filters: &[&str]| {
+        let (code, out, err) = run(attache(t.path())
+            .args(["manifest", "cat"])
+            .args(filters)
+            .arg(&tiny));
+        assert_eq!(code, 0, "{filters:?}: {err}");
+        out
+    };
+    let empty = cat(&["--max-size", "0"]);
+    assert!(empty.contains("  empty.txt\n"), "{empty}");
+    assert!(
+        empty.ends_with("# 1 file, 0 bytes (2 left out by the filters)\n"),
+        "{empty}"
+    );
+    let sub = cat(&["--include", "sub/**", "--max-age", "2023-11-14T22:13:22Z"]);
+    assert_eq!(sub.lines().count(), 2, "{sub}");
+    assert!(sub.contains("sub/d\u{e9}j\u{e0} vu"), "{sub}");
+    let all = cat(&[]);
+    assert!(all.ends_with("# 3 files, 22 bytes\n"), "{all}");
+}
+
 #[test]
 fn diff_and_verify_report_changes() {
     let t = tempfile::tempdir().unwrap();

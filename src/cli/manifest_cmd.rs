@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::filter_args::FilterArgs;
+use super::filter_args::{FilterArgs, SizeAgeArgs};
 use super::job_manifest_args::JobManifestArgs;
 use super::progress_bar::Bar;
 use super::transfer_args::{StoreArgs, with_transfer};
@@ -47,7 +47,8 @@ pub enum ManifestCommand {
 #[command(after_help = "Examples:\n  \
     attache manifest cat shot010.manifest\n  \
     attache manifest cat --attachments attachments.json        # the job's inputs, from the store\n  \
-    attache manifest cat --farm-id farm-… --queue-id queue-… --job-id job-… --step-id step-…\n\n\
+    attache manifest cat --farm-id farm-… --queue-id queue-… --job-id job-… --step-id step-…\n  \
+    attache manifest cat shot010.manifest --min-size 1GiB       # the huge files\n\n\
     --json prints one object per file, on its own line (with the manifest's key, for one from the store).")]
 pub struct CatArgs {
     /// Manifest files (`-`: standard input).
@@ -57,6 +58,11 @@ pub struct CatArgs {
     job: JobManifestArgs,
     #[command(flatten)]
     store: StoreArgs,
+    /// Only the files these take, as `get` picks them (the config's hash.* not applying).
+    #[command(flatten)]
+    filter: FilterArgs,
+    #[command(flatten)]
+    size_age: SizeAgeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +214,7 @@ fn looks_like_attachments(path: &Path) -> bool {
 /// is said on stderr, exit 1, and the others still printed).
 fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<ExitCode> {
     args.job.require_some(&args.files, "manifest")?;
+    let (pick, bounds) = (args.filter.filter()?, args.size_age.bounds()?);
     // Each with what names it: the file, or the store's key.
     let mut all: Vec<(String, Manifest, bool)> = Vec::new();
     for file in &args.files {
@@ -234,7 +241,10 @@ fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let mut out = crate::cli::stdout::stdout();
-    for (name, m, from_store) in &all {
+    let count = all.len();
+    for (name, m, from_store) in &mut all {
+        let left_out =
+            m.retain(|e| pick.takes_path(e.path.as_wtf8()) && bounds.takes(e.size, e.mtime_us));
         if args.store.json {
             for e in m.entries() {
                 let mut v = entry_json(e);
@@ -245,7 +255,7 @@ fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<ExitCode> {
             }
             continue;
         }
-        if all.len() > 1 || *from_store {
+        if count > 1 || *from_store {
             writeln!(out, "# {name}")?;
         }
         for e in m.entries() {
@@ -258,9 +268,13 @@ fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<ExitCode> {
                 line(&e.path)
             )?;
         }
+        let left_out = match left_out {
+            0 => String::new(),
+            n => format!(" ({n} left out by the filters)"),
+        };
         writeln!(
             out,
-            "# {}, {}",
+            "# {}, {}{left_out}",
             super::counted(m.len() as u64, "file"),
             super::counted(m.total_size(), "byte")
         )?;
