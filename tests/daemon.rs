@@ -485,36 +485,26 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
     );
 
     // --exclude travels with the job: the daemon leaves out what a local run leaves out.
-    let excluded = |daemon: &str| {
+    let submitted = |daemon: &str, flags: &[&str]| {
         let (code, out, err) = run(d
             .cmd()
             .env("ATTACHE_DAEMON", daemon)
             .arg("submit")
             .args(IDS)
-            .args(["--exclude", "sub/"])
+            .args(flags)
             .arg(&proj));
         assert_eq!(code, 0, "{err}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v["manifests"][0]["inputManifestHash"].clone()
     };
-    let (local_ex, remote_ex) = (excluded("0"), excluded("1"));
+    let excluded = ["--exclude", "sub/"];
+    let (local_ex, remote_ex) = (submitted("0", &excluded), submitted("1", &excluded));
     assert_eq!(local_ex, remote_ex);
     assert_ne!(local_ex, l["manifests"][0]["inputManifestHash"]);
     // So do the bounds of size and time (tiny's files: 0, 12 and 10 bytes, modified at
     // 1700000000, …01 and …02 s): hello.txt alone.
-    let bounded = |daemon: &str| {
-        let (code, out, err) = run(d
-            .cmd()
-            .env("ATTACHE_DAEMON", daemon)
-            .arg("submit")
-            .args(IDS)
-            .args(["--min-size", "1B", "--min-age", "2023-11-14T22:13:21Z"])
-            .arg(&proj));
-        assert_eq!(code, 0, "{err}");
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["manifests"][0]["inputManifestHash"].clone()
-    };
-    let (local_bounded, remote_bounded) = (bounded("0"), bounded("1"));
+    let bounds = ["--min-size", "1B", "--min-age", "2023-11-14T22:13:21Z"];
+    let (local_bounded, remote_bounded) = (submitted("0", &bounds), submitted("1", &bounds));
     assert_eq!(local_bounded, remote_bounded);
     let hello = proj.join("only-hello");
     std::fs::create_dir(&hello).unwrap();

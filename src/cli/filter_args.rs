@@ -129,36 +129,26 @@ impl SizeAgeArgs {
     /// file, is a usage error naming the flag.
     pub fn bounds(&self) -> Result<SizeAge, UsageError> {
         let now = std::time::SystemTime::now();
-        let bad = |flag: &'static str| {
-            move |e: String| UsageError {
-                message: format!("--{flag}: {e}"),
-            }
-        };
+        // The flag's value read by `parse`, an error naming the flag.
+        fn given<T>(
+            value: &Option<String>,
+            flag: &str,
+            parse: impl Fn(&str) -> Result<T, String>,
+        ) -> Result<Option<T>, UsageError> {
+            value
+                .as_deref()
+                .map(|v| {
+                    parse(v).map_err(|e| UsageError {
+                        message: format!("--{flag}: {e}"),
+                    })
+                })
+                .transpose()
+        }
         let bounds = SizeAge {
-            min_size: self
-                .min_size
-                .as_deref()
-                .map(size_age::parse_size)
-                .transpose()
-                .map_err(bad("min-size"))?,
-            max_size: self
-                .max_size
-                .as_deref()
-                .map(size_age::parse_size)
-                .transpose()
-                .map_err(bad("max-size"))?,
-            modified_since_us: self
-                .max_age
-                .as_deref()
-                .map(|a| size_age::parse_age(a, now))
-                .transpose()
-                .map_err(bad("max-age"))?,
-            modified_before_us: self
-                .min_age
-                .as_deref()
-                .map(|a| size_age::parse_age(a, now))
-                .transpose()
-                .map_err(bad("min-age"))?,
+            min_size: given(&self.min_size, "min-size", size_age::parse_size)?,
+            max_size: given(&self.max_size, "max-size", size_age::parse_size)?,
+            modified_since_us: given(&self.max_age, "max-age", |a| size_age::parse_age(a, now))?,
+            modified_before_us: given(&self.min_age, "min-age", |a| size_age::parse_age(a, now))?,
         };
         bounds.check().map_err(|message| UsageError { message })?;
         Ok(bounds)
