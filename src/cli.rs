@@ -152,7 +152,7 @@ enum Command {
     /// Read, compare and check manifests.
     #[command(subcommand)]
     Manifest(manifest_cmd::ManifestCommand),
-    /// Show the settings in effect.
+    /// Show the settings in effect, or write a starter config file (`config init`).
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
 }
@@ -399,13 +399,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         env: Default::default(),
     };
     // Completions and the man page need no config (packaging builds them anywhere).
-    match &cli.command {
-        Command::Completions { shell } => return daemon_cmd::completions(*shell),
-        Command::Man => return daemon_cmd::man(),
-        _ => {}
+    let quiet = cli.global.quiet;
+    match cli.command {
+        Command::Completions { shell } => daemon_cmd::completions(shell),
+        Command::Man => daemon_cmd::man(),
+        // A starter file replaces a config that may not load: none is read for it.
+        Command::Config(config_cmd::ConfigCommand::Init(args)) => {
+            let log = config::LogSettings {
+                quiet,
+                ..Default::default()
+            };
+            crate::logging::init(&log).map_err(|message| UsageError { message })?;
+            config_cmd::init(args, load.config_file.as_deref())
+        }
+        command => run_loaded(load, command, quiet),
     }
+}
+
+/// Runs `command` with the config loaded.
+fn run_loaded(load: LoadOptions, command: Command, quiet: bool) -> anyhow::Result<ExitCode> {
     let mut loaded = config::load(&load)?;
-    loaded.settings.log.quiet = cli.global.quiet;
+    loaded.settings.log.quiet = quiet;
     crate::logging::init(&loaded.settings.log).map_err(|message| UsageError { message })?;
     if let Some(file) = &loaded.file {
         tracing::debug!(config = %file.display(), "config loaded");
@@ -422,7 +436,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         config_file: loaded.file,
         load,
     };
-    match cli.command {
+    match command {
         Command::Hash(a) => hash_cmd::run_cmd(&ctx, a),
         Command::Put(a) => put_cmd::run(&ctx, a),
         Command::Submit(a) => farm::submit(&ctx, a),

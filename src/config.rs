@@ -5,6 +5,7 @@
 //! [`KEYS`] itself and remembers who set what, to name the key *and* the source in errors.
 
 mod schedule;
+pub mod starter;
 mod units;
 
 use std::collections::HashMap;

@@ -247,6 +247,85 @@ fn a_manifest_can_come_from_standard_input_once() {
     );
 }
 
+/// `config init` writes the documented example with the keys given set (0600), loads back as
+/// them, refuses to replace a file without --force, and writes nothing for a bad value.
+#[test]
+fn config_init_writes_a_starter_file_that_loads_as_given() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home-config");
+    let init = |flags: &[&str]| {
+        run(attache(t.path())
+            .env("XDG_CONFIG_HOME", &home)
+            .args(["config", "init"])
+            .args(flags))
+    };
+    let garage = [
+        "--store",
+        "s3://farm-bucket/DeadlineCloud",
+        "--endpoint-url",
+        "http://garage.lan:3900",
+        "--region",
+        "garage",
+        "--force-path-style",
+    ];
+    let (code, _, err) = init(&garage);
+    assert_eq!(code, 0, "{err}");
+    let file = home.join("attache/config.toml");
+    assert!(
+        err.contains(&format!("wrote {}", file.display())) && err.contains("attache doctor"),
+        "{err}"
+    );
+    let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("# Region to sign requests for."),
+        "the example's comments: {text}"
+    );
+    let (code, shown, err) = run(attache(t.path())
+        .env("XDG_CONFIG_HOME", &home)
+        .args(["config", "show"]));
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "url = \"s3://farm-bucket/DeadlineCloud\"",
+        "endpoint_url = \"http://garage.lan:3900\"",
+        "region = \"garage\"",
+        "force_path_style = true",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "{line}: {shown}");
+    }
+    // There already: kept, unless --force; a broken one is replaced too.
+    let (code, _, err) = init(&[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("exists already") && err.contains("--force"),
+        "{err}"
+    );
+    fs::write(&file, "not toml\n").unwrap();
+    let (code, _, err) = init(&["--force", "--profile", "render"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        fs::read_to_string(&file)
+            .unwrap()
+            .contains("\nprofile = \"render\"\n")
+    );
+    // -o elsewhere; a bad value writes nothing.
+    let other = t.path().join("etc/attache.toml");
+    let (code, _, err) = init(&["-o", other.to_str().unwrap(), "--store", "bucket/prefix"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not written") && err.contains("store.url"),
+        "{err}"
+    );
+    assert!(!other.exists());
+    assert_eq!(
+        fs::read_dir(other.parent().unwrap()).unwrap().count(),
+        0,
+        "no temp file left"
+    );
+}
+
 /// ATTACHE_CONFIG names the config file, as --config does (which wins); empty, it is unset.
 #[test]
 fn attache_config_names_the_config_file() {

@@ -1,16 +1,128 @@
-//! `attache config show`.
+//! `attache config show` and `attache config init`.
 
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
-use super::Context;
+use super::{Context, UsageError};
 use crate::cli::stdout::{out, outln};
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the settings in effect (file, environment and flags applied; secrets redacted).
     Show,
+    /// Write a starter config file: every key explained, at its default or commented out,
+    /// with the store and S3 settings given here set (as `aws configure`, `rclone config`).
+    #[command(
+        after_help = "Examples:\n  attache config init --store s3://farm-bucket/DeadlineCloud --profile render\n  attache config init --store s3://farm-bucket/DeadlineCloud --endpoint-url http://garage.lan:3900 --region garage --force-path-style\n  sudo attache config init -o /etc/attache/config.toml --store s3://farm-bucket/DeadlineCloud\nThen: attache doctor"
+    )]
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to write it (default: the --config or ATTACHE_CONFIG file, else
+    /// $XDG_CONFIG_HOME/attache/config.toml).
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Replace the file if there is one.
+    #[arg(long)]
+    force: bool,
+    /// store.url: s3://bucket/rootPrefix (the queue's job-attachments bucket and root prefix).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// s3.endpoint_url, for an S3-compatible store (Garage, MinIO, Ceph).
+    #[arg(long, value_name = "URL")]
+    endpoint_url: Option<String>,
+    /// s3.region.
+    #[arg(long, value_name = "NAME")]
+    region: Option<String>,
+    /// s3.profile: the AWS profile whose credentials to use (no secret goes in the file).
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// s3.force_path_style = true (most S3-compatible stores, an IP endpoint).
+    #[arg(long)]
+    force_path_style: bool,
+}
+
+/// Where `config init` writes: `-o`, else the config file named (`--config`,
+/// `ATTACHE_CONFIG`), else the user's.
+pub fn init_target(args: &InitArgs, named: Option<&Path>) -> Option<PathBuf> {
+    args.output
+        .clone()
+        .or_else(|| named.map(Path::to_path_buf))
+        .or_else(|| dirs::config_dir().map(|d| d.join("attache/config.toml")))
+}
+
+/// Writes the starter file (mode 0600: an owner may add a secret later), checked to load
+/// with the values given, and says what to do next. Needs no config of its own: it runs
+/// before one is loaded, so a broken file can be replaced with `--force`.
+pub fn init(args: InitArgs, named: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let Some(path) = init_target(&args, named) else {
+        return Err(UsageError {
+            message: "no config directory is known for this user: give the file with -o FILE"
+                .into(),
+        }
+        .into());
+    };
+    if path.exists() && !args.force {
+        return Err(UsageError {
+            message: format!(
+                "{} exists already: edit it, or give --force to replace it with a new one",
+                path.display()
+            ),
+        }
+        .into());
+    }
+    let mut values: Vec<(&str, &str, toml::Value)> = Vec::new();
+    for (section, key, value) in [
+        ("store", "url", &args.store),
+        ("s3", "endpoint_url", &args.endpoint_url),
+        ("s3", "region", &args.region),
+        ("s3", "profile", &args.profile),
+    ] {
+        if let Some(v) = value {
+            values.push((section, key, v.clone().into()));
+        }
+    }
+    if args.force_path_style {
+        values.push(("s3", "force_path_style", true.into()));
+    }
+    let text = crate::config::starter::starter(&values).map_err(anyhow::Error::msg)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| UsageError {
+        message: format!("cannot make {}: {e}", dir.display()),
+    })?;
+    // A temp file beside it (0600), checked, then renamed: a bad value leaves nothing behind.
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| UsageError {
+        message: format!("cannot write in {}: {e}", dir.display()),
+    })?;
+    tmp.write_all(text.as_bytes())?;
+    crate::config::load(&crate::config::LoadOptions {
+        config_file: Some(tmp.path().to_path_buf()),
+        overrides: Vec::new(),
+        env: crate::config::EnvSource::Map(Default::default()),
+    })
+    .map_err(|e| UsageError {
+        message: format!(
+            "{} not written: {}",
+            path.display(),
+            e.to_string()
+                .replace(&tmp.path().display().to_string(), "the new file")
+        ),
+    })?;
+    tmp.persist(&path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    crate::say!(
+        "wrote {}: edit it for the rest (each key is explained there), then check the setup with `attache doctor`",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(ctx: &Context, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
@@ -26,6 +138,8 @@ pub fn run(ctx: &Context, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        // Run before a config is loaded (see `cli::run`).
+        ConfigCommand::Init(args) => init(args, ctx.config_file.as_deref()),
     }
 }
 
