@@ -66,6 +66,10 @@ struct GlobalArgs {
     /// (stdout, -o and --json keep their output; the exit code says how it went).
     #[arg(short, long, global = true, conflicts_with_all = ["verbose", "stats"])]
     quiet: bool,
+    /// Progress every second, as rclone's -P: a terminal shows the bar anyway; elsewhere (a
+    /// pipe, a task log) a progress line each second (--stats 1s).
+    #[arg(short = 'P', long, global = true, conflicts_with_all = ["quiet", "stats"])]
+    progress: bool,
     /// Log format: text or json [config: log.format].
     #[arg(long, global = true, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -341,6 +345,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     flag(&mut overrides, "log.level", level_from, level);
     if cli.global.quiet {
         flag(&mut overrides, "log.stats", "-q", Some("0".into()));
+    }
+    if cli.global.progress {
+        flag(&mut overrides, "log.stats", "-P", Some("1s".into()));
     }
     flag(
         &mut overrides,

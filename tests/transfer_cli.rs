@@ -514,7 +514,8 @@ fn run_with_stderr_on_a_terminal(c: &mut Command) -> (i32, String) {
     (code, String::from_utf8_lossy(&drawn).into_owned())
 }
 
-/// On a terminal, a download draws a bar that moves; `-q` draws nothing.
+/// On a terminal, a download draws a bar that moves; `-q` draws nothing; `-P` logs progress
+/// where there is no terminal.
 #[test]
 fn a_terminal_gets_a_progress_bar_and_quiet_gets_none() {
     let t = tempfile::tempdir().unwrap();
@@ -553,6 +554,21 @@ fn a_terminal_gets_a_progress_bar_and_quiet_gets_none() {
     );
     let (code, drawn) = get(&["-q"], "quiet");
     assert_eq!((code, drawn.as_str()), (0, ""));
+    // Not a terminal: a progress line each second with -P (rclone's), none within 30 s without.
+    for (flags, dest, lines) in [(&["-P"][..], "piped-P", true), (&[][..], "piped", false)] {
+        let (code, _, err) = run(attache(&cache)
+            .args(flags)
+            .args(["get", "--bwlimit", "2MB/s", "--store", &store])
+            .arg(&manifest)
+            .arg("--dest")
+            .arg(t.path().join(dest)));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            err.contains("INFO downloading: "),
+            lines,
+            "{flags:?}: {err}"
+        );
+    }
     assert_eq!(
         std::fs::read(t.path().join("quiet/plate.exr"))
             .unwrap()
