@@ -179,6 +179,7 @@ pub struct UsageError {
 /// the scan's patterns, rules and bounds of size and age, which are then named.
 pub fn no_files(root: &std::path::Path, scan: &crate::scan::ScanOptions) -> UsageError {
     let filter = &scan.filter;
+    let bounds = scan.size_age.describe();
     let given: Vec<String> = [
         (filter.exclusions(), "exclude"),
         (filter.inclusions(), "include"),
@@ -186,14 +187,13 @@ pub fn no_files(root: &std::path::Path, scan: &crate::scan::ScanOptions) -> Usag
     ]
     .into_iter()
     .flat_map(|(items, kind)| items.iter().map(move |i| format!("{kind} {i:?}")))
-    .chain(scan.size_age.describe())
+    .chain(bounds.iter().cloned())
     .collect();
-    let bounds = scan.size_age.describe().len();
     let why = match given.len() {
         0 => "it holds none".to_string(),
         n => format!(
             "the {} left out every one ({}{}; from hash.exclude, hash.include, hash.filter and the command line)",
-            match (n - bounds, bounds) {
+            match (n - bounds.len(), bounds.len()) {
                 (1, 0) => "pattern",
                 (_, 0) => "patterns",
                 (0, 1) => "bound",

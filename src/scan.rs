@@ -446,18 +446,15 @@ impl<'a> Walker<'a> {
                 {
                     tracing::debug!(path = %path.display(), "not included");
                 }
-                Ok(Some(Found::File(meta)))
-                    if !self
-                        .opts
-                        .size_age
-                        .takes_stat(meta.len(), FileStat::of(&meta).mtime_ns) =>
-                {
-                    tracing::debug!(path = %path.display(), "out of the size or age bounds");
-                }
                 Ok(Some(Found::File(meta))) => {
+                    let stat = FileStat::of(&meta);
+                    if !self.opts.size_age.takes_stat(&stat) {
+                        tracing::debug!(path = %path.display(), "out of the size or age bounds");
+                        continue;
+                    }
                     let file = ScannedFile {
                         rel: ManifestPath::from_posix_bytes(&rel),
-                        stat: FileStat::of(&meta),
+                        stat,
                     };
                     if (self.keep)(&file) {
                         files.push(file);

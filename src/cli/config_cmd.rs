@@ -49,7 +49,7 @@ pub struct InitArgs {
 
 /// Where `config init` writes: `-o`, else the config file named (`--config`,
 /// `ATTACHE_CONFIG`), else the user's.
-pub fn init_target(args: &InitArgs, named: Option<&Path>) -> Option<PathBuf> {
+fn init_target(args: &InitArgs, named: Option<&Path>) -> Option<PathBuf> {
     args.output
         .clone()
         .or_else(|| named.map(Path::to_path_buf))
@@ -138,8 +138,9 @@ pub fn run(ctx: &Context, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        // Run before a config is loaded (see `cli::run`).
-        ConfigCommand::Init(args) => init(args, ctx.config_file.as_deref()),
+        ConfigCommand::Init(_) => {
+            unreachable!("cli::run writes a starter file before any config is loaded")
+        }
     }
 }
 

@@ -43,8 +43,8 @@ impl SizeAge {
     }
 
     /// Whether a scanned file, by its stat, is taken.
-    pub fn takes_stat(&self, size: u64, mtime_ns: i64) -> bool {
-        self.takes(size, ManifestEntry::mtime_us_from_ns(mtime_ns))
+    pub fn takes_stat(&self, stat: &super::FileStat) -> bool {
+        self.takes(stat.size, ManifestEntry::mtime_us_from_ns(stat.mtime_ns))
     }
 
     /// The bounds as flags, for a message saying why every file was left out.
@@ -158,7 +158,14 @@ mod tests {
         assert!(!b.takes(101, 15 * DAY_US));
         assert!(!b.takes(50, 10 * DAY_US - 1) && !b.takes(50, 20 * DAY_US + 1));
         assert!(SizeAge::default().takes(0, -5) && SizeAge::default().is_empty());
-        assert!(b.takes_stat(50, 15 * DAY_US * 1000 + 999));
+        let stat = super::super::FileStat {
+            dev: 0,
+            ino: 0,
+            size: 50,
+            mtime_ns: 15 * DAY_US * 1000 + 999,
+            ctime_ns: 0,
+        };
+        assert!(b.takes_stat(&stat));
     }
 
     #[test]
