@@ -176,14 +176,16 @@ pub struct UsageError {
 }
 
 /// A root with no file to put in a manifest (exit 2): empty, or with every file left out by
-/// the scan's patterns, rules and bounds of size and age, which are then named.
+/// the scan's patterns, rules, marker files and bounds of size and age, which are then named.
 pub fn no_files(root: &std::path::Path, scan: &crate::scan::ScanOptions) -> UsageError {
     let filter = &scan.filter;
     let bounds = scan.size_age.describe();
+    let markers = scan.exclude_if_present.len();
     let given: Vec<String> = [
         (filter.exclusions(), "exclude"),
         (filter.inclusions(), "include"),
         (filter.rules(), "filter"),
+        (&scan.exclude_if_present, "exclude-if-present"),
     ]
     .into_iter()
     .flat_map(|(items, kind)| items.iter().map(move |i| format!("{kind} {i:?}")))
@@ -192,13 +194,15 @@ pub fn no_files(root: &std::path::Path, scan: &crate::scan::ScanOptions) -> Usag
     let why = match given.len() {
         0 => "it holds none".to_string(),
         n => format!(
-            "the {} left out every one ({}{}; from hash.exclude, hash.include, hash.filter and the command line)",
-            match (n - bounds.len(), bounds.len()) {
-                (1, 0) => "pattern",
-                (_, 0) => "patterns",
-                (0, 1) => "bound",
-                (0, _) => "bounds",
-                _ => "patterns and bounds",
+            "the {} left out every one ({}{}; from the config's hash section and the command line)",
+            match (n - bounds.len() - markers, markers, bounds.len()) {
+                (1, 0, 0) => "pattern",
+                (_, 0, 0) => "patterns",
+                (0, 1, 0) => "marker file",
+                (0, _, 0) => "marker files",
+                (0, 0, 1) => "bound",
+                (0, 0, _) => "bounds",
+                _ => "filters",
             },
             given.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
             if n > 5 {

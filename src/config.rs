@@ -150,6 +150,9 @@ pub struct HashSettings {
     /// rclone's ordered filter rules (`+ PATTERN`, `- PATTERN`, `!`), asked before the
     /// patterns (see `scan::rules`).
     pub filter: Vec<String>,
+    /// Names of marker files: a directory holding one is left out whole (see
+    /// `scan::ScanOptions::exclude_if_present`).
+    pub exclude_if_present: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -448,6 +451,7 @@ impl Default for HashSettings {
             exclude: Vec::new(),
             include: Vec::new(),
             filter: Vec::new(),
+            exclude_if_present: Vec::new(),
         }
     }
 }
@@ -583,6 +587,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "exclude",
             "include",
             "filter",
+            "exclude_if_present",
         ],
     ),
     (
@@ -617,6 +622,7 @@ const LIST_KEYS: &[&str] = &[
     "hash.exclude",
     "hash.include",
     "hash.filter",
+    "hash.exclude_if_present",
     "bandwidth.schedule",
 ];
 
@@ -1130,6 +1136,12 @@ fn validate(s: &Settings) -> Result<(), Violation> {
         key: "hash.filter",
         reason: e.to_string(),
     })?;
+    for name in &s.hash.exclude_if_present {
+        crate::scan::check_marker_name(name).map_err(|reason| Violation {
+            key: "hash.exclude_if_present",
+            reason,
+        })?;
+    }
     check_listener(&s.daemon)?;
     // A client must be able to read the result of the job it has just run.
     at_least("daemon.jobs_kept", s.daemon.jobs_kept, 1)?;

@@ -32,8 +32,8 @@ pub mod manifest;
 /// progress lines logged where no bar can be drawn.
 pub mod progress;
 /// Parallel directory walk of input roots, with the symlink and special-file policy, the
-/// exclusion and inclusion patterns (`scan::filter`), rclone's filter rules (`scan::rules`)
-/// and bounds on size and age (`scan::size_age`).
+/// exclusion and inclusion patterns (`scan::filter`), rclone's filter rules (`scan::rules`),
+/// bounds on size and age (`scan::size_age`) and the marker files that leave a directory out.
 pub mod scan;
 /// Object stores: the `ObjectStore` trait, S3 and local-directory stores, the key layout, files
 /// sent as request bodies, bodies' bytes counted as they go out.

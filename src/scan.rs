@@ -76,9 +76,32 @@ pub struct ScanOptions {
     pub filter: PathFilter,
     /// Files out of these bounds of size and modification time are left out.
     pub size_age: size_age::SizeAge,
+    /// Names of marker files, as rclone's `--exclude-if-present`: a directory holding a file
+    /// of one of these names is left out whole (the marker too), and not entered.
+    pub exclude_if_present: Vec<String>,
     /// The daemon's client, when it is another user: a file or directory its user may not
     /// read is refused, not read for it.
     pub caller: Option<std::sync::Arc<crate::fsutil::access::Caller>>,
+}
+
+/// Why `name` cannot be the name of a marker file (`--exclude-if-present`): it must be a
+/// plain file name, as a directory holding it lists it.
+pub fn check_marker_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(format!(
+            "{name:?} is not a file name: give the name of the marker file alone, e.g. .nojobattach"
+        ));
+    }
+    Ok(())
+}
+
+/// The first of the marker names `names` (`--exclude-if-present`) that names a file (not a
+/// directory; a link counts) in directory `dir`, which is then left out whole.
+pub fn marker_in<'n>(dir: &Path, names: &'n [String]) -> Option<&'n str> {
+    names
+        .iter()
+        .find(|name| fs::symlink_metadata(dir.join(name)).is_ok_and(|m| !m.is_dir()))
+        .map(String::as_str)
 }
 
 /// A problem with one path of the tree.
@@ -380,6 +403,10 @@ impl<'a> Walker<'a> {
             Err(e) => return self.fail(e),
         };
         let listed = open.as_ref().map_or_else(|| dir.path.clone(), |o| o.at(""));
+        if let Some(marker) = marker_in(&listed, &self.opts.exclude_if_present) {
+            tracing::debug!(path = %dir.path.display(), marker, "excluded: holds a marker file");
+            return;
+        }
         let entries = match fs::read_dir(&listed) {
             Ok(entries) => entries,
             Err(source) => {
@@ -695,6 +722,72 @@ mod tests {
         symlink("a", r.join("dirlink")).unwrap();
         let got = run(r, ScanOptions::default()).unwrap();
         assert_eq!(got, ["a/b/x.txt", "dirlink/b/x.txt", "link.txt", "top"]);
+    }
+
+    /// rclone's --exclude-if-present: a directory holding a marker file is left out whole,
+    /// with everything under it, even what it cannot read or links that escape; a directory
+    /// of that name is no marker, a link of that name is one; each directory is asked anew.
+    #[test]
+    fn a_directory_holding_a_marker_file_is_left_out_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for f in [
+            "keep.txt",
+            "cache/.nojobattach",
+            "cache/sim.bgeo",
+            "cache/deep/frame.bgeo",
+            "shots/a.exr",
+            "shots/.nojobattach/not-a-marker.txt",
+            "linked/.nojobattach",
+            "other/.ignore-me",
+            "other/b.exr",
+        ] {
+            let p = r.join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, f).unwrap();
+        }
+        // Under a left-out directory: neither an escaping link nor a closed directory matters.
+        symlink("/etc/passwd", r.join("cache/escape")).unwrap();
+        fs::create_dir(r.join("cache/closed")).unwrap();
+        fs::set_permissions(r.join("cache/closed"), fs::Permissions::from_mode(0o000)).unwrap();
+        fs::remove_file(r.join("linked/.nojobattach")).unwrap();
+        fs::write(r.join("linked/c.exr"), "c").unwrap();
+        symlink("../keep.txt", r.join("linked/.nojobattach")).unwrap();
+        let marked = |names: &[&str]| ScanOptions {
+            exclude_if_present: names.iter().map(|n| n.to_string()).collect(),
+            ..ScanOptions::default()
+        };
+        let files = run(r, marked(&[".nojobattach"]));
+        fs::set_permissions(r.join("cache/closed"), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            files.unwrap(),
+            [
+                "keep.txt",
+                "other/.ignore-me",
+                "other/b.exr",
+                "shots/.nojobattach/not-a-marker.txt",
+                "shots/a.exr",
+            ]
+        );
+        // Several names; one at the top leaves out the whole tree.
+        assert_eq!(
+            run(r, marked(&["absent", ".ignore-me", ".nojobattach"])).unwrap(),
+            [
+                "keep.txt",
+                "shots/.nojobattach/not-a-marker.txt",
+                "shots/a.exr",
+            ]
+        );
+        assert!(run(r, marked(&["keep.txt"])).unwrap().is_empty());
+        // Without the option the markers are files like any other.
+        fs::remove_file(r.join("cache/escape")).unwrap();
+        assert_eq!(run(r, ScanOptions::default()).unwrap().len(), 10);
+        for bad in ["", ".", "..", "a/b", "/abs"] {
+            assert!(check_marker_name(bad).is_err(), "{bad:?}");
+        }
+        check_marker_name(".nojobattach").unwrap();
+        check_marker_name("CACHEDIR.TAG").unwrap();
     }
 
     #[test]

@@ -515,6 +515,20 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["roots"][0]["manifest_hash"], local_bounded, "{v}");
     std::fs::remove_dir_all(&hello).unwrap();
+    // And the marker files: sub/ tagged is left out whole, as --exclude sub/ leaves it.
+    std::fs::write(proj.join("sub/.nojobattach"), "").unwrap();
+    let tagged = ["--exclude-if-present", ".nojobattach"];
+    let (local_tagged, remote_tagged) = (submitted("0", &tagged), submitted("1", &tagged));
+    assert_eq!(local_tagged, remote_tagged);
+    assert_eq!(local_tagged, local_ex);
+    std::fs::remove_file(proj.join("sub/.nojobattach")).unwrap();
+    let (status, e) = d.api(
+        "POST",
+        "/v1/jobs",
+        r#"{"kind":"submit","inputs":["/p"],"farm_id":"f","queue_id":"q","exclude_if_present":["sub/.nojobattach"]}"#,
+    );
+    assert_eq!(status, 400);
+    assert_eq!(e["field"], "exclude_if_present", "{e}");
     let (status, e) = d.api(
         "POST",
         "/v1/jobs",

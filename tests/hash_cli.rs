@@ -350,6 +350,118 @@ fn size_and_age_bounds_take_files_by_what_is_on_disk() {
     assert!(err.contains("no file could be taken"), "{err}");
 }
 
+/// rclone's --exclude-if-present: a directory tagged with a marker file is left out whole,
+/// from the flag or the config; `manifest verify` leaves it out on both sides; a marker at
+/// the top leaves nothing, and says so; a name with a `/` is bad usage.
+#[test]
+fn a_directory_tagged_with_a_marker_file_is_left_out_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    build_fixture_tree("tiny", &root);
+    let cache = t.path().join("cache");
+    let paths = |cmd: &mut std::process::Command| -> Vec<String> {
+        let (code, out, err) = run(cmd);
+        assert_eq!(code, 0, "{err}");
+        let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+        m["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let whole = paths(attache(&cache).arg("hash").arg(&root));
+    assert_eq!(whole.len(), 3);
+    let untagged = t.path().join("untagged.json");
+    fs::write(&untagged, {
+        let (_, out, _) = run(attache(&cache).arg("hash").arg(&root));
+        out
+    })
+    .unwrap();
+    // A simulation cache an artist tagged, with a directory inside it.
+    fs::create_dir_all(root.join("sim/deep")).unwrap();
+    fs::write(root.join("sim/.nojobattach"), "").unwrap();
+    fs::write(root.join("sim/fluid.bgeo"), "fluid").unwrap();
+    fs::write(root.join("sim/deep/frame.bgeo"), "frame").unwrap();
+    fs::write(
+        root.join("sub/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55",
+    )
+    .unwrap();
+    let tagged = |env: &str, flags: &[&str]| {
+        let mut cmd = attache(&cache);
+        if !env.is_empty() {
+            cmd.env("ATTACHE_HASH__EXCLUDE_IF_PRESENT", env);
+        }
+        paths(cmd.arg("hash").args(flags).arg(&root))
+    };
+    assert_eq!(
+        tagged("", &["--exclude-if-present", ".nojobattach"]),
+        ["empty.txt", "hello.txt", "sub/CACHEDIR.TAG", &whole[2]],
+    );
+    assert_eq!(
+        tagged(".nojobattach;CACHEDIR.TAG", &[]),
+        ["empty.txt", "hello.txt"]
+    );
+    // Flags add to the config's.
+    assert_eq!(
+        tagged(".nojobattach", &["--exclude-if-present", "CACHEDIR.TAG"]),
+        ["empty.txt", "hello.txt"]
+    );
+
+    // manifest verify: the tagged directory's files, in the manifest but tagged on disk, are
+    // left out, not missing.
+    let (code, out, err) = run(attache(&cache)
+        .args(["manifest", "verify", "--strict"])
+        .args(["--exclude-if-present", ".nojobattach"])
+        .args(["--exclude-if-present", "CACHEDIR.TAG"])
+        .arg(&untagged)
+        .arg("--root")
+        .arg(&root));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("OK: 2 of 2 files match; 0 missing, 0 differ, 0 other mtime, 0 extra; 1 left out by the filters"),
+        "{out}"
+    );
+    let (code, out, _) = run(attache(&cache)
+        .args(["manifest", "verify", "--strict"])
+        .arg(&untagged)
+        .arg("--root")
+        .arg(&root));
+    assert_eq!(code, 1, "without the marker the new files are extra: {out}");
+
+    // A marker at the top: nothing to attach, and what left it out is named.
+    fs::write(root.join(".nojobattach"), "").unwrap();
+    let (code, _, err) = run(attache(&cache)
+        .args(["hash", "--exclude-if-present", ".nojobattach"])
+        .arg(&root));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no files to attach: the marker file left out every one (exclude-if-present \".nojobattach\""),
+        "{err}"
+    );
+    for (how, bad) in [("--exclude-if-present", "sim/.nojobattach"), ("", "..")] {
+        let mut cmd = attache(&cache);
+        cmd.arg("hash");
+        match how {
+            "" => cmd.env("ATTACHE_HASH__EXCLUDE_IF_PRESENT", bad),
+            flag => cmd.args([flag, bad]),
+        };
+        let (code, _, err) = run(cmd.arg(&root));
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains(&format!("{bad:?} is not a file name")),
+            "{err}"
+        );
+        let named = if how.is_empty() {
+            "hash.exclude_if_present"
+        } else {
+            how
+        };
+        assert!(err.contains(named), "{err}");
+    }
+}
+
 #[test]
 fn ctrl_c_cancels_promptly_with_exit_130() {
     let t = tempfile::tempdir().unwrap();

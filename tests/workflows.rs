@@ -854,6 +854,12 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
     // By size: the frame rendered again (35 bytes), not e.exr (15).
     let (_, err) = sync_outputs("task-3", "sa-3", &["--dry-run", "--min-size", "20B"]);
     assert!(err.contains("/proj: 1 new or changed output ("), "{err}");
+    // The output directory tagged with a marker file: nothing of it is an output.
+    write(&local.join("renders/.nojobattach"), b"");
+    let tagged = ["--dry-run", "--exclude-if-present", ".nojobattach"];
+    let (_, err) = sync_outputs("task-3", "sa-3", &tagged);
+    assert!(err.contains("/proj: no new or changed outputs"), "{err}");
+    std::fs::remove_file(local.join("renders/.nojobattach")).unwrap();
     let (out, _) = sync_outputs("task-3", "sa-3", &[]);
     let (_, paths) = published_outputs(&f, &out);
     assert_eq!(

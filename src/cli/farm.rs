@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::filter_args::{FilterArgs, SizeAgeArgs};
+use super::filter_args::{FilterArgs, MarkerArgs, SizeAgeArgs};
 use super::get_cmd::conflicts_note;
 use super::submit_paths::SubmitPathArgs;
 use super::transfer_args::{ContentCacheArgs, StoreArgs, with_transfer};
@@ -88,6 +88,8 @@ pub struct SubmitArgs {
     shared: Vec<PathBuf>,
     #[command(flatten)]
     filter: FilterArgs,
+    #[command(flatten)]
+    markers: MarkerArgs,
     #[command(flatten)]
     size_age: SizeAgeArgs,
     /// Write the attachments JSON to FILE (default, or `-`: stdout).
@@ -198,6 +200,8 @@ pub struct SyncOutputsArgs {
     locations: Vec<String>,
     #[command(flatten)]
     filter: FilterArgs,
+    #[command(flatten)]
+    markers: MarkerArgs,
     #[command(flatten)]
     size_age: SizeAgeArgs,
     /// Write the published manifests JSON to FILE (default, or `-`: stdout).
@@ -456,6 +460,7 @@ pub fn submit(ctx: &Context, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         exclude: a.filter.excludes()?,
         include: a.filter.includes()?,
         filter: a.filter.rules()?,
+        exclude_if_present: a.markers.names()?,
         size_age: a.size_age.bounds()?,
         require_paths_exist: a.require_paths_exist,
         dry_run,
@@ -599,6 +604,7 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
         exclude: a.filter.excludes()?,
         include: a.filter.includes()?,
         filter: a.filter.rules()?,
+        exclude_if_present: a.markers.names()?,
         size_age: a.size_age.bounds()?,
         store: a.common.store.store.clone(),
         dry_run: a.dry_run,

@@ -1,6 +1,7 @@
 //! `--exclude PATTERN`, `--exclude-from FILE`, `--include PATTERN`, `--include-from FILE`,
-//! `--filter RULE` and `--filter-from FILE`, shared by the commands that scan trees into manifests and by those that pick among a
-//! manifest's files to download.
+//! `--filter RULE` and `--filter-from FILE`, shared by the commands that scan trees into
+//! manifests and by those that pick among a manifest's files to download; the bounds of size
+//! and age; `--exclude-if-present NAME`, for the scanning commands alone.
 
 use std::path::{Path, PathBuf};
 
@@ -152,6 +153,35 @@ impl SizeAgeArgs {
         };
         bounds.check().map_err(|message| UsageError { message })?;
         Ok(bounds)
+    }
+}
+
+/// rclone's `--exclude-if-present`, for the commands that scan trees (a manifest has no
+/// marker files to ask).
+#[derive(Debug, Default, Args)]
+pub struct MarkerArgs {
+    /// Leave out, whole, every directory holding a file named NAME, as rclone's flag: a cache
+    /// or scratch directory an artist tags with an empty `.nojobattach` (repeatable; adds to
+    /// [config: hash.exclude_if_present]).
+    #[arg(long = "exclude-if-present", value_name = "NAME")]
+    pub exclude_if_present: Vec<String>,
+}
+
+impl MarkerArgs {
+    /// The names given, each checked to be a file name.
+    pub fn names(&self) -> Result<Vec<String>, UsageError> {
+        for name in &self.exclude_if_present {
+            crate::scan::check_marker_name(name).map_err(|e| UsageError {
+                message: format!("--exclude-if-present {e}"),
+            })?;
+        }
+        Ok(self.exclude_if_present.clone())
+    }
+
+    /// Adds the names to `spec`'s, beside the config's.
+    pub fn apply(&self, spec: &mut HashSpec) -> Result<(), UsageError> {
+        spec.scan.exclude_if_present.extend(self.names()?);
+        Ok(())
     }
 }
 

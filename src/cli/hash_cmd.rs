@@ -11,7 +11,7 @@ use bytesize::ByteSize;
 use clap::Args;
 use serde_json::json;
 
-use super::filter_args::{FilterArgs, SizeAgeArgs};
+use super::filter_args::{FilterArgs, MarkerArgs, SizeAgeArgs};
 use super::progress_bar::Bar;
 use super::{Context, UsageError, flag, run_cancellable};
 use crate::config::Override;
@@ -48,6 +48,8 @@ pub struct HashArgs {
     threads: Option<String>,
     #[command(flatten)]
     filter: FilterArgs,
+    #[command(flatten)]
+    markers: MarkerArgs,
     #[command(flatten)]
     size_age: SizeAgeArgs,
 }
@@ -110,6 +112,7 @@ pub fn run_cmd(ctx: &Context, args: HashArgs) -> anyhow::Result<ExitCode> {
         ctx.settings.cache.hash_cache,
     );
     args.filter.apply(&mut spec)?;
+    args.markers.apply(&mut spec)?;
     spec.scan.size_age = args.size_age.bounds()?;
     let scanned = spec.scan.clone();
     let progress = Arc::new(Progress::default());

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::filter_args::{FilterArgs, SizeAgeArgs};
+use super::filter_args::{FilterArgs, MarkerArgs, SizeAgeArgs};
 use super::job_manifest_args::JobManifestArgs;
 use super::progress_bar::Bar;
 use super::transfer_args::{StoreArgs, with_transfer};
@@ -92,6 +92,9 @@ pub struct VerifyArgs {
     /// filter, and these) pick among the manifests' files and the files on disk alike.
     #[command(flatten)]
     filter: FilterArgs,
+    // A directory holding a marker file on disk is left out on both sides too.
+    #[command(flatten)]
+    markers: MarkerArgs,
 }
 
 impl ManifestCommand {
@@ -308,6 +311,7 @@ fn verify_cmd(ctx: &Context, v: VerifyArgs) -> anyhow::Result<ExitCode> {
         v.use_cache,
     );
     v.filter.apply(&mut spec)?;
+    v.markers.apply(&mut spec)?;
     let progress = Arc::new(Progress::default());
     let report = {
         let _bar = Bar::start("verifying", progress.clone(), &ctx.settings.log);

@@ -9,7 +9,7 @@ use bytesize::ByteSize;
 use clap::Args;
 use serde_json::json;
 
-use super::filter_args::{FilterArgs, SizeAgeArgs};
+use super::filter_args::{FilterArgs, MarkerArgs, SizeAgeArgs};
 use super::transfer_args::{StoreArgs, with_transfer};
 use super::{Context, flag};
 use crate::cli::stdout::outln;
@@ -49,6 +49,8 @@ pub struct PutArgs {
     #[command(flatten)]
     filter: FilterArgs,
     #[command(flatten)]
+    markers: MarkerArgs,
+    #[command(flatten)]
     size_age: SizeAgeArgs,
 }
 
@@ -73,6 +75,7 @@ pub fn run(ctx: &Context, args: PutArgs) -> anyhow::Result<ExitCode> {
         settings.cache.hash_cache,
     );
     args.filter.apply(&mut spec)?;
+    args.markers.apply(&mut spec)?;
     spec.scan.size_age = args.size_age.bounds()?;
     let scanned = spec.scan.clone();
     let dry_run = args.dry_run;

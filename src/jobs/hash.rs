@@ -49,6 +49,7 @@ impl HashSpec {
                 )
                 .expect("hash.exclude, include and filter are checked when the config is loaded"),
                 size_age: Default::default(),
+                exclude_if_present: settings.hash.exclude_if_present.clone(),
                 caller: None,
             },
         }

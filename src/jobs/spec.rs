@@ -77,6 +77,10 @@ pub struct SubmitJob {
     /// rclone's ordered filter rules, after `hash.filter` (see `scan::rules`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter: Vec<String>,
+    /// Names of marker files: a directory holding one is left out whole, beside
+    /// `hash.exclude_if_present`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_if_present: Vec<String>,
     /// rclone's --min-size, --max-size, --min-age and --max-age, ages as times (see
     /// `scan::size_age`).
     #[serde(default, skip_serializing_if = "SizeAge::is_empty")]
@@ -197,6 +201,10 @@ pub struct SyncOutputsJob {
     /// rclone's ordered filter rules, after `hash.filter`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter: Vec<String>,
+    /// Names of marker files: an output directory holding one is left out whole, beside
+    /// `hash.exclude_if_present`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_if_present: Vec<String>,
     /// rclone's --min-size, --max-size, --min-age and --max-age, ages as times (see
     /// `scan::size_age`).
     #[serde(default, skip_serializing_if = "SizeAge::is_empty")]
@@ -635,6 +643,7 @@ impl JobSpec {
                 id("queue_id", &j.queue_id)?;
                 pairs(&j.locations, "locations")?;
                 filter(&j.exclude, &j.include, &j.filter)?;
+                markers(&j.exclude_if_present)?;
                 j.size_age.check().map_err(|e| invalid("size_age", e))?;
             }
             JobSpec::SyncInputs(j) => {
@@ -668,6 +677,7 @@ impl JobSpec {
                 }
                 pairs(&j.locations, "locations")?;
                 filter(&j.exclude, &j.include, &j.filter)?;
+                markers(&j.exclude_if_present)?;
                 j.size_age.check().map_err(|e| invalid("size_age", e))?;
             }
             JobSpec::DownloadOutputs(j) => {
@@ -731,6 +741,7 @@ impl JobSpec {
                 hash.filter_also(&j.exclude, &j.include, &j.filter)
                     .map_err(|e| filter_error(&j.include, &j.filter, e))?;
                 hash.scan.size_age = j.size_age;
+                hash.scan.exclude_if_present.extend(j.exclude_if_present);
                 let spec = SubmitSpec {
                     inputs: j.inputs,
                     output_dirs: j.output_dirs,
@@ -765,6 +776,7 @@ impl JobSpec {
                 hash.filter_also(&j.exclude, &j.include, &j.filter)
                     .map_err(|e| filter_error(&j.include, &j.filter, e))?;
                 hash.scan.size_age = j.size_age;
+                hash.scan.exclude_if_present.extend(j.exclude_if_present);
                 let spec = SyncOutputsSpec {
                     attachments: attachments(j.attachments, caller.as_deref())?,
                     session_dir: j.session_dir,
@@ -807,6 +819,14 @@ impl JobSpec {
             ),
         })
     }
+}
+
+/// A job's names of marker files, each checked to be a file name.
+fn markers(names: &[String]) -> Result<(), JobError> {
+    for name in names {
+        crate::scan::check_marker_name(name).map_err(|e| invalid("exclude_if_present", e))?;
+    }
+    Ok(())
 }
 
 /// A job's exclusion and inclusion patterns and filter rules, compiled.

@@ -505,6 +505,7 @@ fn changed_outputs(
         boundary: Some(session_dir.to_path_buf()),
         filter: scan.filter.clone(),
         size_age: scan.size_age,
+        exclude_if_present: scan.exclude_if_present.clone(),
         caller: scan.caller.clone(),
     };
     let mut out = Vec::new();

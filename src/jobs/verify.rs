@@ -1,5 +1,7 @@
 //! The verify job: re-hash a tree and compare it with a manifest.
 
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
@@ -37,14 +39,39 @@ impl VerifyReport {
 
 /// Hashes `spec.roots[0]` and compares it with `expected`. The scan's filters (the config's
 /// and the command's) pick among the manifest's files too, as rclone's `check` filters both
-/// sides: a file the scan leaves out is not reported missing.
+/// sides: a file the scan leaves out is not reported missing, nor one under a directory that
+/// holds a marker file on disk (`--exclude-if-present`).
 pub fn run(
     mut expected: Manifest,
     spec: &HashSpec,
     cancel: &CancellationToken,
     progress: &Progress,
 ) -> Result<VerifyReport, HashJobError> {
-    let left_out = expected.retain(|e| spec.scan.filter.takes_path(e.path.as_wtf8()));
+    let mut left_out = expected.retain(|e| spec.scan.filter.takes_path(e.path.as_wtf8()));
+    let markers = &spec.scan.exclude_if_present;
+    if !markers.is_empty() {
+        let root = &spec.roots[0];
+        let root = super::normalize_root(root).map_err(|source| HashJobError::Root {
+            root: root.clone(),
+            source,
+        })?;
+        // Whether each directory (a path under the root, "" for the root) holds a marker.
+        let mut marked: HashMap<Vec<u8>, bool> = HashMap::new();
+        let mut is_marked = |dir: &[u8]| {
+            *marked.entry(dir.to_vec()).or_insert_with(|| {
+                let path = root.join(std::ffi::OsStr::from_bytes(dir));
+                crate::scan::marker_in(&path, markers).is_some()
+            })
+        };
+        left_out += expected.retain(|e| {
+            let Ok(path) = e.path.to_posix_bytes() else {
+                return true;
+            };
+            // The root, then each directory above the file.
+            !is_marked(b"")
+                && !(path.iter().enumerate()).any(|(i, b)| *b == b'/' && is_marked(&path[..i]))
+        });
+    }
     let report = super::hash::run(spec, cancel, progress)?;
     let hashed = report.roots.into_iter().next().expect("one root was given");
     let ManifestDiff {
