@@ -315,7 +315,7 @@ fn config_init_writes_a_starter_file_that_loads_as_given() {
     let (code, _, err) = init(&["-o", other.to_str().unwrap(), "--store", "bucket/prefix"]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("not written") && err.contains("store.url"),
+        err.contains("not written: invalid value for `store.url` in flag --store"),
         "{err}"
     );
     assert!(!other.exists());

@@ -1,6 +1,6 @@
 //! `attache config show` and `attache config init`.
 
-use std::io::Write as _;
+use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -76,21 +76,21 @@ pub fn init(args: InitArgs, named: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
         .into());
     }
-    let mut values: Vec<(&str, &str, toml::Value)> = Vec::new();
-    for (section, key, value) in [
-        ("store", "url", &args.store),
-        ("s3", "endpoint_url", &args.endpoint_url),
-        ("s3", "region", &args.region),
-        ("s3", "profile", &args.profile),
+    // (flag, section, key, value)
+    let mut values: Vec<(&str, &str, &str, toml::Value)> = Vec::new();
+    for (flag, section, key, value) in [
+        ("--store", "store", "url", &args.store),
+        ("--endpoint-url", "s3", "endpoint_url", &args.endpoint_url),
+        ("--region", "s3", "region", &args.region),
+        ("--profile", "s3", "profile", &args.profile),
     ] {
         if let Some(v) = value {
-            values.push((section, key, v.clone().into()));
+            values.push((flag, section, key, v.clone().into()));
         }
     }
     if args.force_path_style {
-        values.push(("s3", "force_path_style", true.into()));
+        values.push(("--force-path-style", "s3", "force_path_style", true.into()));
     }
-    let text = crate::config::starter::starter(&values).map_err(anyhow::Error::msg)?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -102,20 +102,43 @@ pub fn init(args: InitArgs, named: Option<&Path>) -> anyhow::Result<ExitCode> {
     let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| UsageError {
         message: format!("cannot write in {}: {e}", dir.display()),
     })?;
-    tmp.write_all(text.as_bytes())?;
-    crate::config::load(&crate::config::LoadOptions {
-        config_file: Some(tmp.path().to_path_buf()),
-        overrides: Vec::new(),
-        env: crate::config::EnvSource::Map(Default::default()),
-    })
-    .map_err(|e| UsageError {
-        message: format!(
-            "{} not written: {}",
-            path.display(),
-            e.to_string()
-                .replace(&tmp.path().display().to_string(), "the new file")
-        ),
-    })?;
+    // The values first checked as the flags they are, so an error names the flag; then the
+    // file that holds them.
+    let flags = values
+        .iter()
+        .map(|(flag, section, key, value)| crate::config::Override {
+            key: format!("{section}.{key}"),
+            value: match value {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+            source: flag.to_string(),
+        })
+        .collect();
+    let plain = crate::config::starter::starter(&[]).map_err(anyhow::Error::msg)?;
+    let by_key: Vec<_> = values
+        .into_iter()
+        .map(|(_, section, key, value)| (section, key, value))
+        .collect();
+    let text = crate::config::starter::starter(&by_key).map_err(anyhow::Error::msg)?;
+    for (text, overrides) in [(plain, flags), (text, Vec::new())] {
+        tmp.as_file().set_len(0)?;
+        tmp.rewind()?;
+        tmp.write_all(text.as_bytes())?;
+        crate::config::load(&crate::config::LoadOptions {
+            config_file: Some(tmp.path().to_path_buf()),
+            overrides,
+            env: crate::config::EnvSource::Map(Default::default()),
+        })
+        .map_err(|e| UsageError {
+            message: format!(
+                "{} not written: {}",
+                path.display(),
+                e.to_string()
+                    .replace(&tmp.path().display().to_string(), "the new file")
+            ),
+        })?;
+    }
     tmp.persist(&path)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
     crate::say!(
