@@ -536,6 +536,23 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
     );
     assert_eq!(status, 400);
     assert_eq!(e["field"], "size_age", "{e}");
+    // download-outputs' watch: checked, and a watch of a job with no outputs ends once idle.
+    let outputs =
+        r#"{"kind":"download_outputs","farm_id":"farm-1","queue_id":"queue-1","job_id":"job-none""#;
+    for (fields, field) in [
+        (r#","watch":"100ms"}"#, "watch"),
+        (r#","until_idle":"1m"}"#, "until_idle"),
+        (r#","watch":"5s","dry_run":true}"#, "watch"),
+    ] {
+        let (status, e) = d.api("POST", "/v1/jobs", &format!("{outputs}{fields}"));
+        assert_eq!(status, 400, "{fields}: {e}");
+        assert_eq!(e["field"], field, "{e}");
+    }
+    let watch = d.start_job(&format!(r#"{outputs},"watch":"1s","until_idle":"2s"}}"#));
+    let j = d.wait(&watch, Duration::from_secs(20));
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert!(j["result"]["rounds"].as_u64() >= Some(2), "{j}");
+    assert_eq!(j["result"]["tasks"], 0, "{j}");
 
     let (code, secs) = d.stop();
     assert_eq!(code, Some(0));

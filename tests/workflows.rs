@@ -876,6 +876,111 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
     assert_eq!(paths, ["renders/b.exr", "renders/zz/c.exr"]);
 }
 
+/// `download-outputs --watch` downloads the outputs tasks publish while it runs: a new
+/// task's, and a retried task's, which replace the frames the watch placed (not written
+/// beside them, as the default --conflict does for a file someone else put there); with
+/// --until-idle it ends by itself once nothing new comes, exit 0.
+#[test]
+fn download_outputs_watch_takes_outputs_as_tasks_publish_them() {
+    let f = Farm::new();
+    let proj = f.path("proj");
+    write(&proj.join("scene.ma"), b"scene");
+    let att = f.submit(&[proj.join("scene.ma")], &[proj.join("renders")]);
+    let session = f.path("session");
+    f.ok(&mut f.sync_inputs(&att, &session));
+    let local = local_root(&session, &proj);
+    let publish = |task: &str, sa: &str| {
+        f.ok(f
+            .attache("worker")
+            .arg("sync-outputs")
+            .args(IDS)
+            .args([
+                "--job-id",
+                "job-1",
+                "--step-id",
+                "step-1",
+                "--task-id",
+                task,
+            ])
+            .args(["--session-action-id", sa, "--attachments"])
+            .arg(&att)
+            .arg("--session-dir")
+            .arg(&session));
+    };
+    write(&local.join("renders/f1.exr"), b"frame 1");
+    publish("task-1", "sa-1");
+    // An artist's own file in the way of a later frame: kept, the job's written beside it.
+    write(&proj.join("renders/f3.exr"), b"the artist's f3");
+
+    let watching = f
+        .download_outputs(&["--watch", "1s", "--until-idle", "6s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let wait_for = |path: &Path, content: &[u8]| {
+        while std::fs::read(path).ok().as_deref() != Some(content) {
+            assert!(std::time::Instant::now() < deadline, "{path:?} never came");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for(&proj.join("renders/f1.exr"), b"frame 1");
+    // A second task, and the first one retried with another frame 1.
+    write(&local.join("renders/f2.exr"), b"frame 2");
+    write(&local.join("renders/f3.exr"), b"frame 3");
+    publish("task-2", "sa-2");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write(&local.join("renders/f1.exr"), b"frame 1, retried");
+    publish("task-1", "sa-3");
+    wait_for(&proj.join("renders/f1.exr"), b"frame 1, retried");
+
+    let out = watching.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(
+        std::fs::read(proj.join("renders/f2.exr")).unwrap(),
+        b"frame 2"
+    );
+    assert_eq!(
+        std::fs::read(proj.join("renders/f3.exr")).unwrap(),
+        b"the artist's f3"
+    );
+    assert_eq!(
+        std::fs::read(proj.join("renders/f3 (1).exr")).unwrap(),
+        b"frame 3"
+    );
+    assert!(
+        !proj.join("renders/f1 (1).exr").exists(),
+        "the retried frame replaced the watch's own"
+    );
+    assert!(err.contains("2 tasks with outputs"), "{err}");
+    assert!(
+        err.contains("listing the store ") && err.contains(": no new outputs for 6s"),
+        "{err}"
+    );
+    // The rounds' downloads summed into one line per root.
+    let totals: Vec<&str> = err.lines().filter(|l| l.contains(" -> ")).collect();
+    assert!(
+        totals
+            .last()
+            .unwrap()
+            .contains(": 4 files from 3 manifests;"),
+        "{err}"
+    );
+
+    // Bad usage: the interval too short, --until-idle alone, a watch of a dry run.
+    for flags in [
+        &["--watch", "10ms"][..],
+        &["--until-idle", "1m"],
+        &["--watch", "5s", "-n"],
+        &["--watch", "soon"],
+    ] {
+        let (code, _, err) = run(&mut f.download_outputs(flags));
+        assert_eq!(code, 2, "{flags:?}: {err}");
+    }
+}
+
 #[test]
 fn dry_run_submit_writes_nothing() {
     let f = Farm::new();

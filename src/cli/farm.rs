@@ -246,6 +246,15 @@ pub struct DownloadOutputsArgs {
     /// --conflict decides about); write and fetch nothing but the manifests.
     #[arg(short = 'n', long)]
     dry_run: bool,
+    /// Keep downloading as the job's tasks publish outputs, asking the store every INTERVAL
+    /// (e.g. 30s), until Ctrl-C or --until-idle; a retried task's outputs replace those the
+    /// watch placed.
+    #[arg(long, value_name = "INTERVAL", conflicts_with = "dry_run")]
+    watch: Option<String>,
+    /// With --watch: stop once no task has published new outputs for DURATION (e.g. 30m), as
+    /// a job that has finished.
+    #[arg(long, value_name = "DURATION", requires = "watch")]
+    until_idle: Option<String>,
     #[command(flatten)]
     filter: FilterArgs,
     #[command(flatten)]
@@ -641,9 +650,25 @@ pub fn sync_outputs(ctx: &Context, a: SyncOutputsArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// A duration flag's value (`30s`, `10m`), an error naming the flag.
+fn duration_flag(
+    flag: &str,
+    value: &Option<String>,
+) -> Result<Option<crate::config::Duration>, UsageError> {
+    value
+        .as_deref()
+        .map(|v| {
+            v.parse().map_err(|e| UsageError {
+                message: format!("{flag}: {e}"),
+            })
+        })
+        .transpose()
+}
+
 pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result<ExitCode> {
     let through_daemon = super::through_daemon(a.common.daemon);
     let job = a.job_id.clone();
+    let a_until_idle = a.until_idle.clone().unwrap_or_default();
     let spec = JobSpec::DownloadOutputs(DownloadOutputsJob {
         farm_id: a.farm_id,
         queue_id: a.queue_id,
@@ -658,7 +683,18 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         size_age: a.size_age.bounds()?,
         store: a.common.store.store.clone(),
         dry_run: a.dry_run,
+        watch: duration_flag("--watch", &a.watch)?,
+        until_idle: duration_flag("--until-idle", &a.until_idle)?,
     });
+    // Checked here too, so the error names the flag, not the API's field.
+    if let JobSpec::DownloadOutputs(j) = &spec
+        && let Err(crate::jobs::spec::JobError::Invalid { field, message }) = j.watching()
+    {
+        return Err(UsageError {
+            message: format!("--{}: {message}", field.replace('_', "-")),
+        }
+        .into());
+    }
     let verb = super::tense(a.dry_run, "downloaded", "would download");
     let Some(out) = run_and_emit(
         ctx,
@@ -697,6 +733,13 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
         ),
         Some(0) => {}
         _ => crate::say!("{} with outputs", counted_json(&out["tasks"], "task")),
+    }
+    if let Some(rounds) = out["rounds"].as_u64() {
+        crate::say!(
+            "watched for {:.0} s, listing the store {}: no new outputs for {a_until_idle}",
+            out["seconds"].as_f64().unwrap_or(0.0),
+            counted(rounds, "time"),
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

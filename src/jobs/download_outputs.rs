@@ -2,15 +2,18 @@
 //! action of each task), merge them per asset root in the order the store wrote them, and
 //! materialize them at the roots they came from.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::fetch_manifest::fetch_manifests;
 use super::get::{self, Conflict, GetReport, GetSpec, WritableFor};
-use crate::manifest::{Manifest, merge};
+use crate::manifest::{Manifest, ManifestEntry, merge};
+use crate::scan::FileStat;
 use crate::store::layout::manifests_prefix;
 use crate::store::meta;
 use crate::transfer::{Transfer, TransferError};
@@ -32,6 +35,17 @@ pub struct DownloadOutputsSpec {
     /// The daemon's client, when it is another user: every destination must be one its user
     /// may write in (the roots come from the store, which the client may have written).
     pub caller: Option<Arc<crate::fsutil::access::Caller>>,
+    /// Keep downloading the outputs tasks publish, asking the store this often (`--watch`).
+    pub watch: Option<Watch>,
+}
+
+/// How a download of outputs goes on as the job runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Watch {
+    /// How often the store is asked for new outputs.
+    pub every: Duration,
+    /// Stop once no task has published new outputs for this long; `None`: until cancelled.
+    pub until_idle: Option<Duration>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -47,7 +61,11 @@ pub struct DownloadedRoot {
 #[derive(Debug, serde::Serialize)]
 pub struct DownloadOutputsReport {
     pub tasks: usize,
+    /// With `--watch`, one per root: every round's downloads into it, summed.
     pub roots: Vec<DownloadedRoot>,
+    /// With `--watch`: how many times the store was asked for new outputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<u64>,
     pub seconds: f64,
 }
 
@@ -172,7 +190,17 @@ pub async fn latest_outputs(
     cancel: &CancellationToken,
 ) -> Result<(usize, BTreeMap<String, Vec<Manifest>>), TransferError> {
     let (tasks, keys) = latest_output_keys(of, transfer, cancel).await?;
-    let fetched = fetch_manifests(transfer, &keys, cancel).await?;
+    Ok((tasks, outputs_by_root(&keys, transfer, cancel).await?))
+}
+
+/// The output manifests at `keys`, read several at once, by the root path each belongs to,
+/// in the order of `keys` within a root.
+async fn outputs_by_root(
+    keys: &[String],
+    transfer: &Transfer,
+    cancel: &CancellationToken,
+) -> Result<BTreeMap<String, Vec<Manifest>>, TransferError> {
+    let fetched = fetch_manifests(transfer, keys, cancel).await?;
     let mut by_root: BTreeMap<String, Vec<Manifest>> = BTreeMap::new();
     for (key, (manifest, metadata)) in keys.iter().zip(fetched) {
         let root = root_of(&metadata).ok_or_else(|| TransferError::Refused {
@@ -182,7 +210,7 @@ pub async fn latest_outputs(
         })?;
         by_root.entry(root).or_default().push(manifest);
     }
-    Ok((tasks, by_root))
+    Ok(by_root)
 }
 
 pub async fn run(
@@ -198,17 +226,118 @@ pub async fn run(
         step_id: spec.step_id.clone(),
         task_id: spec.task_id.clone(),
     };
-    let (tasks, by_root) = latest_outputs(&of, &transfer, cancel).await?;
-    if tasks == 0 {
-        // The same as the official client: not an error (the job may not have run a task
-        // yet), but said, also beside --json and in the daemon's log: a typo in an id looks
-        // just like it.
-        tracing::warn!(
-            "no outputs: no task has published any under {}/Manifests/{}/ (yet); check the ids and the store if the job has run",
-            transfer.store.describe(),
-            of.path()
-        );
+    let Some(watch) = spec.watch else {
+        let (tasks, by_root) = latest_outputs(&of, &transfer, cancel).await?;
+        if tasks == 0 {
+            // The same as the official client: not an error (the job may not have run a task
+            // yet), but said, also beside --json and in the daemon's log: a typo in an id
+            // looks just like it.
+            tracing::warn!(
+                "no outputs: no task has published any under {}/Manifests/{}/ (yet); check the ids and the store if the job has run",
+                transfer.store.describe(),
+                of.path()
+            );
+        }
+        let roots = download_roots(&spec, by_root, &transfer, cancel, None).await?;
+        return Ok(DownloadOutputsReport {
+            tasks,
+            roots,
+            rounds: None,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    };
+    // Each round downloads the manifests published since the one before. What a round
+    // placed and is still as it placed it is the watch's own: a retried task's outputs
+    // replace it, whatever --conflict says of files someone else put there.
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut placed = Placed::default();
+    let mut totals: Vec<DownloadedRoot> = Vec::new();
+    let mut rounds = 0u64;
+    let mut last_new = std::time::Instant::now();
+    let tasks = loop {
+        rounds += 1;
+        let (tasks, keys) = latest_output_keys(&of, &transfer, cancel).await?;
+        let new: Vec<String> = keys.into_iter().filter(|k| !seen.contains(k)).collect();
+        if !new.is_empty() {
+            let by_root = outputs_by_root(&new, &transfer, cancel).await?;
+            let roots =
+                download_roots(&spec, by_root, &transfer, cancel, Some(&mut placed)).await?;
+            for root in roots {
+                let report = &root.report;
+                let counted = crate::cli::counted;
+                tracing::info!(
+                    "{} -> {}: {} from {} newly published; downloaded {}, {} already in place",
+                    root.root_path,
+                    root.destination.display(),
+                    counted(report.files, "file"),
+                    counted(root.manifests as u64, "manifest"),
+                    counted(report.download.objects, "object"),
+                    report.unchanged_files,
+                );
+                match totals.iter_mut().find(|t| t.root_path == root.root_path) {
+                    Some(total) => total.add(root),
+                    None => totals.push(root),
+                }
+            }
+            seen.extend(new);
+            last_new = std::time::Instant::now();
+        } else if rounds == 1 {
+            tracing::info!(
+                "no outputs under {}/Manifests/{}/ yet; watching for them every {}",
+                transfer.store.describe(),
+                of.path(),
+                crate::config::Duration(watch.every)
+            );
+        }
+        if watch
+            .until_idle
+            .is_some_and(|idle| last_new.elapsed() >= idle)
+        {
+            break tasks;
+        }
+        crate::transfer::cancellable(cancel, tokio::time::sleep(watch.every)).await?;
+    };
+    Ok(DownloadOutputsReport {
+        tasks,
+        roots: totals,
+        rounds: Some(rounds),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The files a watch placed, by where it placed them: their size and mtime as it left them.
+#[derive(Default)]
+struct Placed(HashMap<PathBuf, (u64, i64)>);
+
+impl Placed {
+    /// Whether the file at `path` is one the watch placed, untouched since.
+    fn still_there(&self, path: &Path) -> bool {
+        self.0.get(path).is_some_and(|&(size, mtime_us)| {
+            std::fs::symlink_metadata(path).is_ok_and(|m| {
+                m.is_file()
+                    && m.len() == size
+                    && ManifestEntry::mtime_us_from_ns(FileStat::of(&m).mtime_ns) == mtime_us
+            })
+        })
     }
+}
+
+/// The files of `entry` under `destination`, on disk.
+fn on_disk(destination: &Path, entry: &ManifestEntry) -> Option<PathBuf> {
+    let rel = entry.path.to_posix_bytes().ok()?;
+    Some(destination.join(std::ffi::OsStr::from_bytes(&rel)))
+}
+
+/// Downloads each root's manifests (merged, later wins) to where it belongs. With `placed`
+/// (a watch): the files it placed before, untouched since, are replaced whatever the
+/// conflict mode, and what this round places is added to it.
+async fn download_roots(
+    spec: &DownloadOutputsSpec,
+    by_root: BTreeMap<String, Vec<Manifest>>,
+    transfer: &Arc<Transfer>,
+    cancel: &CancellationToken,
+    mut placed: Option<&mut Placed>,
+) -> Result<Vec<DownloadedRoot>, TransferError> {
     // A mistyped FROM would send the outputs to the root path itself (the artist's project,
     // the very place the map was meant to keep them out of). A FROM of a root these tasks
     // did not write to is fine (one map for every download of a job), so long as every root
@@ -269,7 +398,7 @@ pub async fn run(
         let left_out = manifest.retain(|e| {
             spec.pick.takes_path(e.path.as_wtf8()) && spec.size_age.takes(e.size, e.mtime_us)
         });
-        let get_spec = GetSpec {
+        let get = |manifest, conflict| GetSpec {
             record: None,
             for_caller: spec.caller.as_ref().map(|caller| WritableFor {
                 caller: caller.clone(),
@@ -278,10 +407,41 @@ pub async fn run(
             manifest,
             dest: destination.clone(),
             cache_dir: spec.cache_dir.clone(),
-            conflict: spec.conflict,
+            conflict,
             check_space: true,
         };
-        let report = get::run(get_spec, transfer.clone(), cancel).await?;
+        let mut report = None;
+        if let Some(placed) = placed.as_deref_mut() {
+            let ours: HashSet<Vec<u8>> = (manifest.entries().iter())
+                .filter(|e| on_disk(&destination, e).is_some_and(|p| placed.still_there(&p)))
+                .map(|e| e.path.as_wtf8().to_vec())
+                .collect();
+            for e in manifest.entries() {
+                if let Some(path) = on_disk(&destination, e) {
+                    placed.0.insert(path, (e.size, e.mtime_us));
+                }
+            }
+            if !ours.is_empty() {
+                let mut replacing = manifest.clone();
+                replacing.retain(|e| ours.contains(e.path.as_wtf8()));
+                manifest.retain(|e| !ours.contains(e.path.as_wtf8()));
+                let got = get::run(
+                    get(replacing, Conflict::Overwrite),
+                    transfer.clone(),
+                    cancel,
+                );
+                report = Some(got.await?);
+            }
+        }
+        let report = match report {
+            Some(replaced) if manifest.is_empty() => replaced,
+            earlier => {
+                let got = get::run(get(manifest, spec.conflict), transfer.clone(), cancel).await?;
+                let mut report = earlier.unwrap_or_default();
+                report.add(got);
+                report
+            }
+        };
         roots.push(DownloadedRoot {
             root_path,
             destination,
@@ -290,11 +450,16 @@ pub async fn run(
             report,
         });
     }
-    Ok(DownloadOutputsReport {
-        tasks,
-        roots,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(roots)
+}
+
+impl DownloadedRoot {
+    /// Adds a later round's downloads into the same root.
+    fn add(&mut self, later: DownloadedRoot) {
+        self.manifests += later.manifests;
+        self.left_out += later.left_out;
+        self.report.add(later.report);
+    }
 }
 
 /// Whether a `--root-map` FROM names the root path `root`: the same path, but for trailing

@@ -105,6 +105,35 @@ pub struct GetReport {
     pub seconds: f64,
 }
 
+impl GetReport {
+    /// Adds another get's counts into this one (a watch's rounds into one root).
+    pub fn add(&mut self, other: GetReport) {
+        // Destructured: a field added later must be added here too.
+        let GetReport {
+            files,
+            bytes,
+            unchanged_files,
+            unchanged_read_files,
+            skipped_files,
+            beside_files,
+            replaced_files,
+            download,
+            dry_run,
+            seconds,
+        } = other;
+        self.files += files;
+        self.bytes += bytes;
+        self.unchanged_files += unchanged_files;
+        self.unchanged_read_files += unchanged_read_files;
+        self.skipped_files += skipped_files;
+        self.beside_files += beside_files;
+        self.replaced_files += replaced_files;
+        self.download.add(download);
+        self.dry_run |= dry_run;
+        self.seconds += seconds;
+    }
+}
+
 /// Plans and downloads `spec.manifest` into `spec.dest`.
 pub async fn run(
     spec: GetSpec,

@@ -251,6 +251,12 @@ pub struct DownloadOutputsJob {
     /// Plan only: say what would be downloaded and what is in the way; write nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Keep downloading the outputs tasks publish, asking the store this often (`"30s"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<crate::config::Duration>,
+    /// With `watch`: stop once no task has published new outputs for this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_idle: Option<crate::config::Duration>,
 }
 
 /// What a job returns, by kind.
@@ -690,6 +696,7 @@ impl JobSpec {
                 pairs(&j.root_map, "root_map")?;
                 filter(&j.exclude, &j.include, &j.filter)?;
                 j.size_age.check().map_err(|e| invalid("size_age", e))?;
+                j.watching()?;
             }
             JobSpec::Doctor(_) => {}
         }
@@ -795,6 +802,7 @@ impl JobSpec {
                 JobOutput::SyncOutputs(super::sync_outputs::run(spec, transfer, cancel).await?)
             }
             JobSpec::DownloadOutputs(j) => {
+                let watch = j.watching()?;
                 let spec = DownloadOutputsSpec {
                     farm_id: j.farm_id,
                     queue_id: j.queue_id,
@@ -807,6 +815,7 @@ impl JobSpec {
                     pick: filter(&j.exclude, &j.include, &j.filter)?,
                     size_age: j.size_age,
                     caller,
+                    watch,
                 };
                 JobOutput::DownloadOutputs(
                     super::download_outputs::run(spec, transfer, cancel).await?,
@@ -818,6 +827,34 @@ impl JobSpec {
                     .map_err(TransferError::from)?,
             ),
         })
+    }
+}
+
+impl DownloadOutputsJob {
+    /// The job's `watch` and `until_idle`, checked.
+    pub fn watching(&self) -> Result<Option<super::download_outputs::Watch>, JobError> {
+        let Some(every) = self.watch else {
+            return match self.until_idle {
+                Some(_) => Err(invalid("until_idle", "needs watch (--watch)")),
+                None => Ok(None),
+            };
+        };
+        if every.0 < std::time::Duration::from_secs(1) {
+            return Err(invalid(
+                "watch",
+                "at least 1s: the store is listed each time (a job's outputs every 30s is plenty)",
+            ));
+        }
+        if self.dry_run {
+            return Err(invalid(
+                "watch",
+                "a dry run does not watch: it says what one download would do",
+            ));
+        }
+        Ok(Some(super::download_outputs::Watch {
+            every: every.0,
+            until_idle: self.until_idle.map(|d| d.0),
+        }))
     }
 }
 

@@ -145,6 +145,33 @@ pub struct DownloadReport {
     pub content_cache_bytes: u64,
 }
 
+impl DownloadReport {
+    /// Adds another download's counts into this one.
+    pub fn add(&mut self, other: DownloadReport) {
+        // Destructured: a field added later must be added here too.
+        let DownloadReport {
+            files,
+            objects,
+            downloaded_bytes,
+            copied_files,
+            refetched,
+            resumed_parts,
+            resumed_bytes,
+            content_cache_files,
+            content_cache_bytes,
+        } = other;
+        self.files += files;
+        self.objects += objects;
+        self.downloaded_bytes += downloaded_bytes;
+        self.copied_files += copied_files;
+        self.refetched += refetched;
+        self.resumed_parts += resumed_parts;
+        self.resumed_bytes += resumed_bytes;
+        self.content_cache_files += content_cache_files;
+        self.content_cache_bytes += content_cache_bytes;
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     files: AtomicU64,
