@@ -913,7 +913,8 @@ fn download_outputs_watch_takes_outputs_as_tasks_publish_them() {
     write(&proj.join("renders/f3.exr"), b"the artist's f3");
 
     let watching = f
-        .download_outputs(&["--watch", "1s", "--until-idle", "6s"])
+        .download_outputs(&["--watch", "1s", "--until-idle", "10s"])
+        .env("ATTACHE_S3__RETRY_ATTEMPTS", "0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -926,6 +927,13 @@ fn download_outputs_watch_takes_outputs_as_tasks_publish_them() {
         }
     };
     wait_for(&proj.join("renders/f1.exr"), b"frame 1");
+    // The store out of reach for a while (the watch alone lists it): looked at again later.
+    f.s3.faults
+        .only_for(|m, key| m == http::Method::GET && key.is_empty());
+    f.s3.faults.internal_error_next(3);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    f.s3.faults.internal_error_next(0);
+    f.s3.faults.for_all();
     // A second task, and the first one retried with another frame 1.
     write(&local.join("renders/f2.exr"), b"frame 2");
     write(&local.join("renders/f3.exr"), b"frame 3");
@@ -956,7 +964,11 @@ fn download_outputs_watch_takes_outputs_as_tasks_publish_them() {
     );
     assert!(err.contains("2 tasks with outputs"), "{err}");
     assert!(
-        err.contains("listing the store ") && err.contains(": no new outputs for 6s"),
+        err.contains("listing the store ") && err.contains(": no new outputs for 10s"),
+        "{err}"
+    );
+    assert!(
+        err.contains("watching: this look at the store failed; trying again in 1s: "),
         "{err}"
     );
     // The rounds' downloads summed into one line per root.

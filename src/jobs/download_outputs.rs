@@ -253,56 +253,97 @@ pub async fn run(
     let mut placed = Placed::default();
     let mut totals: Vec<DownloadedRoot> = Vec::new();
     let mut rounds = 0u64;
+    let mut tasks: usize;
     let mut last_new = std::time::Instant::now();
-    let tasks = loop {
+    let mut last_look = std::time::Instant::now();
+    loop {
         rounds += 1;
-        let (tasks, keys) = latest_output_keys(&of, &transfer, cancel).await?;
-        let new: Vec<String> = keys.into_iter().filter(|k| !seen.contains(k)).collect();
-        if !new.is_empty() {
-            let by_root = outputs_by_root(&new, &transfer, cancel).await?;
-            let roots =
-                download_roots(&spec, by_root, &transfer, cancel, Some(&mut placed)).await?;
-            for root in roots {
-                let report = &root.report;
-                let counted = crate::cli::counted;
-                tracing::info!(
-                    "{} -> {}: {} from {} newly published; downloaded {}, {} already in place",
-                    root.root_path,
-                    root.destination.display(),
-                    counted(report.files, "file"),
-                    counted(root.manifests as u64, "manifest"),
-                    counted(report.download.objects, "object"),
-                    report.unchanged_files,
-                );
-                match totals.iter_mut().find(|t| t.root_path == root.root_path) {
-                    Some(total) => total.add(root),
-                    None => totals.push(root),
+        match watch_round(&spec, &of, &seen, &mut placed, &transfer, cancel).await {
+            Ok((now_tasks, new, roots)) => {
+                tasks = now_tasks;
+                last_look = std::time::Instant::now();
+                if !new.is_empty() {
+                    seen.extend(new);
+                    last_new = last_look;
+                } else if rounds == 1 {
+                    tracing::info!(
+                        "no outputs under {}/Manifests/{}/ yet; watching for them every {}",
+                        transfer.store.describe(),
+                        of.path(),
+                        crate::config::Duration(watch.every)
+                    );
+                }
+                for root in roots {
+                    match totals.iter_mut().find(|t| t.root_path == root.root_path) {
+                        Some(total) => total.add(root),
+                        None => totals.push(root),
+                    }
+                }
+                if watch
+                    .until_idle
+                    .is_some_and(|idle| last_new.elapsed() >= idle)
+                {
+                    break;
                 }
             }
-            seen.extend(new);
-            last_new = std::time::Instant::now();
-        } else if rounds == 1 {
-            tracing::info!(
-                "no outputs under {}/Manifests/{}/ yet; watching for them every {}",
-                transfer.store.describe(),
-                of.path(),
-                crate::config::Duration(watch.every)
-            );
-        }
-        if watch
-            .until_idle
-            .is_some_and(|idle| last_new.elapsed() >= idle)
-        {
-            break tasks;
+            // A store out of reach for a while (a VPN that drops, an outage past the
+            // retries): looked at again next time, what was not placed fetched then. With
+            // --until-idle, not for longer than that: the job may have ended unseen.
+            Err(e)
+                if e.is_retryable()
+                    && !cancel.is_cancelled()
+                    && watch
+                        .until_idle
+                        .is_none_or(|idle| last_look.elapsed() < idle) =>
+            {
+                tracing::warn!(
+                    "watching: this look at the store failed; trying again in {}: {e}",
+                    crate::config::Duration(watch.every)
+                );
+            }
+            Err(e) => return Err(e),
         }
         crate::transfer::cancellable(cancel, tokio::time::sleep(watch.every)).await?;
-    };
+    }
     Ok(DownloadOutputsReport {
         tasks,
         roots: totals,
         rounds: Some(rounds),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// One look of a watch: the number of tasks with outputs, the keys of the manifests
+/// published since those `seen`, and what their download did per root (logged).
+async fn watch_round(
+    spec: &DownloadOutputsSpec,
+    of: &OutputsOf,
+    seen: &HashSet<String>,
+    placed: &mut Placed,
+    transfer: &Arc<Transfer>,
+    cancel: &CancellationToken,
+) -> Result<(usize, Vec<String>, Vec<DownloadedRoot>), TransferError> {
+    let (tasks, keys) = latest_output_keys(of, transfer, cancel).await?;
+    let new: Vec<String> = keys.into_iter().filter(|k| !seen.contains(k)).collect();
+    if new.is_empty() {
+        return Ok((tasks, new, Vec::new()));
+    }
+    let by_root = outputs_by_root(&new, transfer, cancel).await?;
+    let roots = download_roots(spec, by_root, transfer, cancel, Some(placed)).await?;
+    let counted = crate::cli::counted;
+    for root in &roots {
+        let report = &root.report;
+        tracing::info!(
+            "{} -> {}: {} from {} newly published; downloaded {}, {} already in place",
+            root.root_path,
+            root.destination.display(),
+            counted(report.files, "file"),
+            counted(root.manifests as u64, "manifest"),
+            counted(report.download.objects, "object"),
+            report.unchanged_files,
+        );
+    }
+    Ok((tasks, new, roots))
 }
 
 /// The files a watch placed, by where it placed them: their size and mtime as it left them.
