@@ -934,13 +934,23 @@ fn download_outputs_watch_takes_outputs_as_tasks_publish_them() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     f.s3.faults.internal_error_next(0);
     f.s3.faults.for_all();
-    // A second task, and the first one retried with another frame 1.
+    // A second task, and the first one retried with another frame 1, published while the
+    // store fails the frames' downloads for a while: those rounds fail, and the next one
+    // still knows frame 1 as the watch's own.
+    f.s3.faults.fail_data_gets_after(0);
     write(&local.join("renders/f2.exr"), b"frame 2");
     write(&local.join("renders/f3.exr"), b"frame 3");
     publish("task-2", "sa-2");
     std::thread::sleep(std::time::Duration::from_millis(20));
     write(&local.join("renders/f1.exr"), b"frame 1, retried");
     publish("task-1", "sa-3");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        std::fs::read(proj.join("renders/f1.exr")).unwrap(),
+        b"frame 1"
+    );
+    f.s3.faults.internal_error_next(0);
+    f.s3.faults.for_all();
     wait_for(&proj.join("renders/f1.exr"), b"frame 1, retried");
 
     let out = watching.wait_with_output().unwrap();

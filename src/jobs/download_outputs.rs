@@ -451,17 +451,16 @@ async fn download_roots(
             conflict,
             check_space: true,
         };
-        let mut report = None;
-        if let Some(placed) = placed.as_deref_mut() {
+        let (mut report, mut placing) = (None, Vec::new());
+        if let Some(placed) = placed.as_deref() {
             let ours: HashSet<Vec<u8>> = (manifest.entries().iter())
                 .filter(|e| on_disk(&destination, e).is_some_and(|p| placed.still_there(&p)))
                 .map(|e| e.path.as_wtf8().to_vec())
                 .collect();
-            for e in manifest.entries() {
-                if let Some(path) = on_disk(&destination, e) {
-                    placed.0.insert(path, (e.size, e.mtime_us));
-                }
-            }
+            // Recorded once placed: a round that failed leaves the earlier files the watch's.
+            placing = (manifest.entries().iter())
+                .filter_map(|e| Some((on_disk(&destination, e)?, (e.size, e.mtime_us))))
+                .collect();
             if !ours.is_empty() {
                 let mut replacing = manifest.clone();
                 replacing.retain(|e| ours.contains(e.path.as_wtf8()));
@@ -483,6 +482,9 @@ async fn download_roots(
                 report
             }
         };
+        if let Some(placed) = placed.as_deref_mut() {
+            placed.0.extend(placing);
+        }
         roots.push(DownloadedRoot {
             root_path,
             destination,
