@@ -289,6 +289,17 @@ fn an_empty_tree_has_no_manifest() {
     );
 }
 
+/// The paths of the manifest `hash` printed.
+fn manifest_paths(printed: &str) -> Vec<String> {
+    let m: serde_json::Value = serde_json::from_str(printed).unwrap();
+    m["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// rclone's --min-size, --max-size, --min-age and --max-age take files by what is on disk
 /// (tiny: empty.txt 0 bytes at 1700000000 s, hello.txt 12 at …01, sub/déjà vu 日本.txt 10 at
 /// …02); a size needs a unit; bounds that take nothing, or every file left out, are bad usage.
@@ -306,13 +317,7 @@ fn size_and_age_bounds_take_files_by_what_is_on_disk() {
     let paths = |bounds: &[&str]| -> Vec<String> {
         let (code, out, err) = hash(bounds);
         assert_eq!(code, 0, "{bounds:?}: {err}");
-        let m: serde_json::Value = serde_json::from_str(&out).unwrap();
-        m["paths"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["path"].as_str().unwrap().to_string())
-            .collect()
+        manifest_paths(&out)
     };
     let sub = "sub/déjà vu 日本.txt";
     assert_eq!(paths(&["--min-size", "1B"]), ["hello.txt", sub]);
@@ -362,13 +367,7 @@ fn a_directory_tagged_with_a_marker_file_is_left_out_whole() {
     let paths = |cmd: &mut std::process::Command| -> Vec<String> {
         let (code, out, err) = run(cmd);
         assert_eq!(code, 0, "{err}");
-        let m: serde_json::Value = serde_json::from_str(&out).unwrap();
-        m["paths"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["path"].as_str().unwrap().to_string())
-            .collect()
+        manifest_paths(&out)
     };
     let whole = paths(attache(&cache).arg("hash").arg(&root));
     assert_eq!(whole.len(), 3);
