@@ -878,17 +878,34 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
 
 /// `download-outputs --watch` downloads the outputs tasks publish while it runs: a new
 /// task's, and a retried task's, which replace the frames the watch placed (not written
-/// beside them, as the default --conflict does for a file someone else put there); with
-/// --until-idle it ends by itself once nothing new comes, exit 0.
+/// beside them, as the default --conflict does for a file someone else put there); a look at
+/// the store that fails is tried again; a --root-map of a root an earlier round downloaded
+/// holds for the rounds after it; with --until-idle it ends by itself once nothing new
+/// comes, exit 0.
 #[test]
 fn download_outputs_watch_takes_outputs_as_tasks_publish_them() {
     let f = Farm::new();
-    let proj = f.path("proj");
+    let (proj, other, home) = (f.path("proj"), f.path("other"), f.path("home"));
     write(&proj.join("scene.ma"), b"scene");
-    let att = f.submit(&[proj.join("scene.ma")], &[proj.join("renders")]);
+    // Two roots: the project (a storage-profile location) and a directory outside it.
+    let att = f.path("attachments.json");
+    f.ok(f
+        .attache("ws")
+        .arg("submit")
+        .args(IDS)
+        .arg(proj.join("scene.ma"))
+        .arg("--output-dir")
+        .arg(proj.join("renders"))
+        .arg("--output-dir")
+        .arg(other.join("comp"))
+        .arg("--location")
+        .arg(format!("Proj={}", proj.display()))
+        .arg("-o")
+        .arg(&att));
     let session = f.path("session");
     f.ok(&mut f.sync_inputs(&att, &session));
     let local = local_root(&session, &proj);
+    let local_other = local_root(&session, &other.join("comp"));
     let publish = |task: &str, sa: &str| {
         f.ok(f
             .attache("worker")
@@ -910,23 +927,31 @@ fn download_outputs_watch_takes_outputs_as_tasks_publish_them() {
     write(&local.join("renders/f1.exr"), b"frame 1");
     publish("task-1", "sa-1");
     // An artist's own file in the way of a later frame: kept, the job's written beside it.
-    write(&proj.join("renders/f3.exr"), b"the artist's f3");
+    write(&home.join("renders/f3.exr"), b"the artist's f3");
 
-    let watching = f
+    let root_map = format!("{}={}", proj.display(), home.display());
+    let mut watching = f
         .download_outputs(&["--watch", "1s", "--until-idle", "10s"])
+        .args(["--root-map", &root_map])
         .env("ATTACHE_S3__RETRY_ATTEMPTS", "0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let wait_for = |path: &Path, content: &[u8]| {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let wait_for = |watching: &mut std::process::Child, path: &Path, content: &[u8]| {
         while std::fs::read(path).ok().as_deref() != Some(content) {
+            if let Some(status) = watching.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(&mut watching.stderr.take().unwrap(), &mut err)
+                    .unwrap();
+                panic!("the watch ended ({status}) before {path:?} came: {err}");
+            }
             assert!(std::time::Instant::now() < deadline, "{path:?} never came");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     };
-    wait_for(&proj.join("renders/f1.exr"), b"frame 1");
+    wait_for(&mut watching, &home.join("renders/f1.exr"), b"frame 1");
     // The store out of reach for a while (the watch alone lists it): looked at again later.
     f.s3.faults
         .only_for(|m, key| m == http::Method::GET && key.is_empty());
@@ -946,33 +971,34 @@ fn download_outputs_watch_takes_outputs_as_tasks_publish_them() {
     publish("task-1", "sa-3");
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(
-        std::fs::read(proj.join("renders/f1.exr")).unwrap(),
+        std::fs::read(home.join("renders/f1.exr")).unwrap(),
         b"frame 1"
     );
     f.s3.faults.internal_error_next(0);
     f.s3.faults.for_all();
-    wait_for(&proj.join("renders/f1.exr"), b"frame 1, retried");
+    wait_for(
+        &mut watching,
+        &home.join("renders/f1.exr"),
+        b"frame 1, retried",
+    );
+    // A task that writes to the other root alone: the map of the first still stands.
+    write(&local_other.join("c1.exr"), b"comp 1");
+    publish("task-3", "sa-4");
+    wait_for(&mut watching, &other.join("comp/c1.exr"), b"comp 1");
 
     let out = watching.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    assert_eq!(
-        std::fs::read(proj.join("renders/f2.exr")).unwrap(),
-        b"frame 2"
-    );
-    assert_eq!(
-        std::fs::read(proj.join("renders/f3.exr")).unwrap(),
-        b"the artist's f3"
-    );
-    assert_eq!(
-        std::fs::read(proj.join("renders/f3 (1).exr")).unwrap(),
-        b"frame 3"
-    );
+    let read = |p: &str| std::fs::read(home.join(p)).unwrap();
+    assert_eq!(read("renders/f2.exr"), b"frame 2");
+    assert_eq!(read("renders/f3.exr"), b"the artist's f3");
+    assert_eq!(read("renders/f3 (1).exr"), b"frame 3");
     assert!(
-        !proj.join("renders/f1 (1).exr").exists(),
+        !home.join("renders/f1 (1).exr").exists(),
         "the retried frame replaced the watch's own"
     );
-    assert!(err.contains("2 tasks with outputs"), "{err}");
+    assert!(!proj.join("renders").exists(), "mapped away");
+    assert!(err.contains("3 tasks with outputs"), "{err}");
     assert!(
         err.contains("listing the store ") && err.contains(": no new outputs for 10s"),
         "{err}"
@@ -982,14 +1008,19 @@ fn download_outputs_watch_takes_outputs_as_tasks_publish_them() {
         "{err}"
     );
     // The rounds' downloads summed into one line per root.
-    let totals: Vec<&str> = err.lines().filter(|l| l.contains(" -> ")).collect();
-    assert!(
-        totals
-            .last()
-            .unwrap()
-            .contains(": 4 files from 3 manifests;"),
-        "{err}"
-    );
+    for total in [
+        format!("-> {}: 4 files from 3 manifests;", home.display()),
+        format!(
+            "-> {}: 1 file from 1 manifest;",
+            other.join("comp").display()
+        ),
+    ] {
+        assert_eq!(
+            err.lines().filter(|l| l.contains(&total)).count(),
+            1,
+            "{total}: {err}"
+        );
+    }
 
     // Bad usage: the interval too short, --until-idle alone, a watch of a dry run.
     for flags in [

@@ -2,7 +2,7 @@
 //! action of each task), merge them per asset root in the order the store wrote them, and
 //! materialize them at the roots they came from.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -250,7 +250,7 @@ pub async fn run(
     // placed and is still as it placed it is the watch's own: a retried task's outputs
     // replace it, whatever --conflict says of files someone else put there.
     let mut seen: HashSet<String> = HashSet::new();
-    let mut placed = Placed::default();
+    let mut watched = Watched::default();
     let mut totals: Vec<DownloadedRoot> = Vec::new();
     let mut rounds = 0u64;
     let mut tasks: usize;
@@ -258,7 +258,7 @@ pub async fn run(
     let mut last_look = std::time::Instant::now();
     loop {
         rounds += 1;
-        match watch_round(&spec, &of, &seen, &mut placed, &transfer, cancel).await {
+        match watch_round(&spec, &of, &seen, &mut watched, &transfer, cancel).await {
             Ok((now_tasks, new, roots)) => {
                 tasks = now_tasks;
                 last_look = std::time::Instant::now();
@@ -319,7 +319,7 @@ async fn watch_round(
     spec: &DownloadOutputsSpec,
     of: &OutputsOf,
     seen: &HashSet<String>,
-    placed: &mut Placed,
+    watched: &mut Watched,
     transfer: &Arc<Transfer>,
     cancel: &CancellationToken,
 ) -> Result<(usize, Vec<String>, Vec<DownloadedRoot>), TransferError> {
@@ -329,7 +329,7 @@ async fn watch_round(
         return Ok((tasks, new, Vec::new()));
     }
     let by_root = outputs_by_root(&new, transfer, cancel).await?;
-    let roots = download_roots(spec, by_root, transfer, cancel, Some(placed)).await?;
+    let roots = download_roots(spec, by_root, transfer, cancel, Some(watched)).await?;
     let counted = crate::cli::counted;
     for root in &roots {
         let report = &root.report;
@@ -346,14 +346,19 @@ async fn watch_round(
     Ok((tasks, new, roots))
 }
 
-/// The files a watch placed, by where it placed them: their size and mtime as it left them.
+/// What a watch's earlier rounds did.
 #[derive(Default)]
-struct Placed(HashMap<PathBuf, (u64, i64)>);
+struct Watched {
+    /// The files placed, by where: their size and mtime as they were left.
+    placed: HashMap<PathBuf, (u64, i64)>,
+    /// The root paths of the outputs downloaded.
+    roots: BTreeSet<String>,
+}
 
-impl Placed {
+impl Watched {
     /// Whether the file at `path` is one the watch placed, untouched since.
     fn still_there(&self, path: &Path) -> bool {
-        self.0.get(path).is_some_and(|&(size, mtime_us)| {
+        self.placed.get(path).is_some_and(|&(size, mtime_us)| {
             std::fs::symlink_metadata(path).is_ok_and(|m| {
                 m.is_file()
                     && m.len() == size
@@ -369,33 +374,36 @@ fn on_disk(destination: &Path, entry: &ManifestEntry) -> Option<PathBuf> {
     Some(destination.join(std::ffi::OsStr::from_bytes(&rel)))
 }
 
-/// Downloads each root's manifests (merged, later wins) to where it belongs. With `placed`
+/// Downloads each root's manifests (merged, later wins) to where it belongs. With `watched`
 /// (a watch): the files it placed before, untouched since, are replaced whatever the
-/// conflict mode, and what this round places is added to it.
+/// conflict mode, and what this round places is added to it; a `--root-map` FROM may name a
+/// root an earlier round downloaded.
 async fn download_roots(
     spec: &DownloadOutputsSpec,
     by_root: BTreeMap<String, Vec<Manifest>>,
     transfer: &Arc<Transfer>,
     cancel: &CancellationToken,
-    mut placed: Option<&mut Placed>,
+    mut watched: Option<&mut Watched>,
 ) -> Result<Vec<DownloadedRoot>, TransferError> {
     // A mistyped FROM would send the outputs to the root path itself (the artist's project,
     // the very place the map was meant to keep them out of). A FROM of a root these tasks
     // did not write to is fine (one map for every download of a job), so long as every root
     // here is mapped.
     let mapped = |root: &str| spec.root_map.iter().find(|(from, _)| same_root(from, root));
+    let earlier = watched.as_deref().map(|w| &w.roots).into_iter().flatten();
+    let known: BTreeSet<&String> = by_root.keys().chain(earlier).collect();
     let unmatched = spec
         .root_map
         .iter()
-        .find(|(from, _)| !by_root.keys().any(|root| same_root(from, root)));
+        .find(|(from, _)| !known.iter().any(|root| same_root(from, root)));
     let unmapped = by_root.keys().any(|root| mapped(root).is_none());
     if let (Some((from, _)), true) = (unmatched, unmapped) {
         return Err(TransferError::Refused {
             path: PathBuf::from(from),
             message: format!(
                 "--root-map: not a root path of this job's outputs, which are {}; nothing was downloaded",
-                by_root
-                    .keys()
+                known
+                    .iter()
                     .map(|r| format!("{r:?}"))
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -452,9 +460,9 @@ async fn download_roots(
             check_space: true,
         };
         let (mut report, mut placing) = (None, Vec::new());
-        if let Some(placed) = placed.as_deref() {
+        if let Some(watched) = watched.as_deref() {
             let ours: HashSet<Vec<u8>> = (manifest.entries().iter())
-                .filter(|e| on_disk(&destination, e).is_some_and(|p| placed.still_there(&p)))
+                .filter(|e| on_disk(&destination, e).is_some_and(|p| watched.still_there(&p)))
                 .map(|e| e.path.as_wtf8().to_vec())
                 .collect();
             // Recorded once placed: a round that failed leaves the earlier files the watch's.
@@ -482,8 +490,9 @@ async fn download_roots(
                 report
             }
         };
-        if let Some(placed) = placed.as_deref_mut() {
-            placed.0.extend(placing);
+        if let Some(watched) = watched.as_deref_mut() {
+            watched.placed.extend(placing);
+            watched.roots.insert(root_path.clone());
         }
         roots.push(DownloadedRoot {
             root_path,
