@@ -601,9 +601,9 @@ pub(crate) fn flag(out: &mut Vec<Override>, key: &str, source: &str, value: Opti
     }
 }
 
-/// Runs an async job on a Tokio runtime where Ctrl-C (SIGINT) or SIGTERM cancels it (the job
-/// cleans up: temp files removed, multipart uploads aborted, exit 130); a second signal exits
-/// at once.
+/// Runs an async job on a Tokio runtime where Ctrl-C (SIGINT), SIGTERM or a hangup cancels it
+/// (the job cleans up: temp files removed, multipart uploads aborted, exit 130); a second
+/// signal exits at once.
 pub(crate) fn run_async<T, F, Fut>(threads: usize, job: F) -> anyhow::Result<T>
 where
     F: FnOnce(CancellationToken) -> Fut,
@@ -625,10 +625,12 @@ where
     })
 }
 
-/// The signals that cancel a command: Ctrl-C (SIGINT) and SIGTERM.
+/// The signals that cancel a command: Ctrl-C (SIGINT), SIGTERM, and SIGHUP (the terminal
+/// or SSH session closed) unless it was ignored when the command started (`nohup`).
 pub(crate) struct Interrupts {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Interrupts {
@@ -638,16 +640,36 @@ impl Interrupts {
         Ok(Interrupts {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
+            // Listening would undo nohup's SIG_IGN.
+            hup: match ignored(libc::SIGHUP) {
+                true => None,
+                false => Some(signal(SignalKind::hangup())?),
+            },
         })
     }
 
-    /// Waits for the next SIGINT or SIGTERM.
+    /// Waits for the next SIGINT, SIGTERM or SIGHUP.
     pub(crate) async fn next(&mut self) {
+        let hangup = async {
+            match &mut self.hup {
+                Some(hup) => hup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
+            _ = hangup => {}
         }
     }
+}
+
+/// Whether signal `sig` is ignored (SIG_IGN), as `nohup` leaves SIGHUP for its command.
+fn ignored(sig: libc::c_int) -> bool {
+    let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: with no new action, sigaction only writes the current one into `now`.
+    let read = unsafe { libc::sigaction(sig, std::ptr::null(), &mut now) } == 0;
+    read && now.sa_sigaction == libc::SIG_IGN
 }
 
 /// [`run_async`] for a blocking job (run on a blocking thread).

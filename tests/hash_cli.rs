@@ -461,40 +461,79 @@ fn a_directory_tagged_with_a_marker_file_is_left_out_whole() {
     }
 }
 
-#[test]
-fn ctrl_c_cancels_promptly_with_exit_130() {
-    let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("root");
-    fs::create_dir(&root).unwrap();
-    // Sparse: costs no disk, reads as zeros, takes far longer than the test waits to hash.
-    for i in 0..4 {
-        fs::File::create(root.join(format!("big{i}")))
-            .unwrap()
-            .set_len(64 << 30)
-            .unwrap();
+/// A hash of a tree that takes far longer than a test waits, started with SIGHUP ignored
+/// (as `nohup` starts it) or not; returns it once it has started hashing.
+fn long_hash(t: &Path, hup_ignored: bool) -> std::process::Child {
+    let root = t.join("root");
+    if !root.exists() {
+        fs::create_dir(&root).unwrap();
+        // Sparse: costs no disk, reads as zeros, takes far longer than the test waits to hash.
+        for i in 0..4 {
+            fs::File::create(root.join(format!("big{i}")))
+                .unwrap()
+                .set_len(64 << 30)
+                .unwrap();
+        }
     }
-    let mut child = attache(&t.path().join("cache"))
-        .arg("hash")
-        .arg(&root)
-        .arg("--no-cache")
-        .spawn()
-        .unwrap();
+    let mut cmd = attache(&t.join("cache"));
+    cmd.arg("hash").arg(&root).arg("--no-cache");
+    if hup_ignored {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(700));
     assert!(child.try_wait().unwrap().is_none(), "still hashing");
+    child
+}
+
+/// Sends `sig` to `child` and waits for it to end (10 s at most); its exit code.
+fn stopped_by(child: &mut std::process::Child, sig: i32) -> Option<i32> {
     let sent = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id() as i32, sig) };
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
         assert!(
             sent.elapsed() < Duration::from_secs(10),
-            "hash did not stop after Ctrl-C"
+            "hash did not stop after signal {sig}"
         );
         std::thread::sleep(Duration::from_millis(10));
     };
-    assert_eq!(status.code(), Some(130));
-    eprintln!("stopped {:?} after SIGINT", sent.elapsed());
+    eprintln!("stopped {:?} after signal {sig}", sent.elapsed());
+    status.code()
+}
+
+#[test]
+fn ctrl_c_cancels_promptly_with_exit_130() {
+    let t = tempfile::tempdir().unwrap();
+    let mut child = long_hash(t.path(), false);
+    assert_eq!(stopped_by(&mut child, libc::SIGINT), Some(130));
+}
+
+/// A closed terminal or SSH session (SIGHUP) cancels as Ctrl-C does, cleaning up, exit 130;
+/// under `nohup` (SIGHUP ignored) the command goes on.
+#[test]
+fn a_hangup_cancels_as_ctrl_c_does_unless_nohup_ignores_it() {
+    let t = tempfile::tempdir().unwrap();
+    let mut child = long_hash(t.path(), false);
+    assert_eq!(stopped_by(&mut child, libc::SIGHUP), Some(130));
+
+    let mut child = long_hash(t.path(), true);
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "nohup's hash goes on after a hangup"
+    );
+    assert_eq!(stopped_by(&mut child, libc::SIGINT), Some(130));
 }
 
 #[test]
