@@ -145,12 +145,16 @@ pub fn say(level: tracing::Level, line: std::fmt::Arguments<'_>) {
             "target": "attache",
         })
     });
-    match &record {
-        Some(record) => eprintln!("{record}"),
-        None if level == tracing::Level::ERROR => eprintln!("error: {line}"),
-        None if level == tracing::Level::WARN => eprintln!("warning: {line}"),
-        None => eprintln!("{line}"),
-    }
+    // Not eprintln!, which panics when stderr is gone (a terminal closed, then the hangup
+    // that cancels the command: it still ends as cancelled).
+    let mut stderr = std::io::stderr().lock();
+    let _ = match &record {
+        Some(record) => writeln!(stderr, "{record}"),
+        None if level == tracing::Level::ERROR => writeln!(stderr, "error: {line}"),
+        None if level == tracing::Level::WARN => writeln!(stderr, "warning: {line}"),
+        None => writeln!(stderr, "{line}"),
+    };
+    drop(stderr);
     if let Some(log) = LOG_FILE.get() {
         let text = match &record {
             Some(record) => format!("{record}\n"),

@@ -463,7 +463,7 @@ fn a_directory_tagged_with_a_marker_file_is_left_out_whole() {
 
 /// A hash of a tree that takes far longer than a test waits, started with SIGHUP ignored
 /// (as `nohup` starts it) or not; returns it once it has started hashing.
-fn long_hash(t: &Path, hup_ignored: bool) -> std::process::Child {
+fn long_hash(t: &Path, hup_ignored: bool, stderr: Option<fs::File>) -> std::process::Child {
     let root = t.join("root");
     if !root.exists() {
         fs::create_dir(&root).unwrap();
@@ -477,6 +477,9 @@ fn long_hash(t: &Path, hup_ignored: bool) -> std::process::Child {
     }
     let mut cmd = attache(&t.join("cache"));
     cmd.arg("hash").arg(&root).arg("--no-cache");
+    if let Some(file) = stderr {
+        cmd.stderr(file);
+    }
     if hup_ignored {
         use std::os::unix::process::CommandExt;
         // SAFETY: only async-signal-safe calls between fork and exec.
@@ -514,7 +517,7 @@ fn stopped_by(child: &mut std::process::Child, sig: i32) -> Option<i32> {
 #[test]
 fn ctrl_c_cancels_promptly_with_exit_130() {
     let t = tempfile::tempdir().unwrap();
-    let mut child = long_hash(t.path(), false);
+    let mut child = long_hash(t.path(), false, None);
     assert_eq!(stopped_by(&mut child, libc::SIGINT), Some(130));
 }
 
@@ -523,10 +526,17 @@ fn ctrl_c_cancels_promptly_with_exit_130() {
 #[test]
 fn a_hangup_cancels_as_ctrl_c_does_unless_nohup_ignores_it() {
     let t = tempfile::tempdir().unwrap();
-    let mut child = long_hash(t.path(), false);
+    let mut child = long_hash(t.path(), false, None);
     assert_eq!(stopped_by(&mut child, libc::SIGHUP), Some(130));
 
-    let mut child = long_hash(t.path(), true);
+    // As it comes: the terminal gone first (writing to it fails), then the hangup; saying
+    // so fails too, and the command still ends as cancelled.
+    let (terminal, given) = pty();
+    let mut child = long_hash(t.path(), false, Some(given));
+    drop(terminal);
+    assert_eq!(stopped_by(&mut child, libc::SIGHUP), Some(130));
+
+    let mut child = long_hash(t.path(), true, None);
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     std::thread::sleep(Duration::from_millis(500));
     assert!(

@@ -122,6 +122,11 @@ pub fn pty() -> (std::fs::File, std::fs::File) {
         )
     };
     assert_eq!(opened, 0, "openpty");
+    // The leader stays here: a command holding it too would keep the terminal alive.
+    assert_eq!(
+        unsafe { libc::fcntl(leader, libc::F_SETFD, libc::FD_CLOEXEC) },
+        0
+    );
     unsafe {
         (
             std::fs::File::from_raw_fd(leader),
