@@ -66,6 +66,24 @@ impl Farm {
         c
     }
 
+    /// A `sync-outputs` of job-1's step-1 task `task` as session action `sa`, with `cache`
+    /// (the attachments and the session directory to follow).
+    fn task_outputs(&self, cache: &str, task: &str, sa: &str) -> Command {
+        let mut c = self.attache(cache);
+        c.arg("sync-outputs")
+            .args(IDS)
+            .args([
+                "--job-id",
+                "job-1",
+                "--step-id",
+                "step-1",
+                "--task-id",
+                task,
+            ])
+            .args(["--session-action-id", sa]);
+        c
+    }
+
     /// A worker's `sync-inputs` of the job in `att` into `session` (more flags may follow).
     fn sync_inputs(&self, att: &Path, session: &Path) -> Command {
         let mut c = self.attache("worker");
@@ -790,19 +808,8 @@ fn inputs_left_as_placed_and_excluded_files_are_not_outputs_and_rewritten_ones_a
     write(&local.join("renders/scratch/x.exr"), b"scratch");
     write(&local.join("renders/zz/.DS_Store"), b"finder");
     let sync_outputs = |task: &str, sa: &str, flags: &[&str]| {
-        let mut c = f.attache("w");
+        let mut c = f.task_outputs("w", task, sa);
         c.env("ATTACHE_HASH__EXCLUDE", ".DS_Store")
-            .arg("sync-outputs")
-            .args(IDS)
-            .args([
-                "--job-id",
-                "job-1",
-                "--step-id",
-                "step-1",
-                "--task-id",
-                task,
-            ])
-            .args(["--session-action-id", sa])
             .args(["--start-time", "2026-12-05T10:00:00.000000Z"])
             .args(["--exclude", "*.tmp", "--exclude", "scratch/"])
             .args(flags);
@@ -908,18 +915,8 @@ fn download_outputs_watch_takes_outputs_as_tasks_publish_them() {
     let local_other = local_root(&session, &other.join("comp"));
     let publish = |task: &str, sa: &str| {
         f.ok(f
-            .attache("worker")
-            .arg("sync-outputs")
-            .args(IDS)
-            .args([
-                "--job-id",
-                "job-1",
-                "--step-id",
-                "step-1",
-                "--task-id",
-                task,
-            ])
-            .args(["--session-action-id", sa, "--attachments"])
+            .task_outputs("worker", task, sa)
+            .arg("--attachments")
             .arg(&att)
             .arg("--session-dir")
             .arg(&session));

@@ -668,7 +668,7 @@ fn duration_flag(
 pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result<ExitCode> {
     let through_daemon = super::through_daemon(a.common.daemon);
     let job = a.job_id.clone();
-    let a_until_idle = a.until_idle.clone().unwrap_or_default();
+    let idle_given = a.until_idle.clone().unwrap_or_default();
     let spec = JobSpec::DownloadOutputs(DownloadOutputsJob {
         farm_id: a.farm_id,
         queue_id: a.queue_id,
@@ -736,7 +736,7 @@ pub fn download_outputs(ctx: &Context, a: DownloadOutputsArgs) -> anyhow::Result
     }
     if let Some(rounds) = out["rounds"].as_u64() {
         crate::say!(
-            "watched for {:.0} s, listing the store {}: no new outputs for {a_until_idle}",
+            "watched for {:.0} s, listing the store {}: no new outputs for {idle_given}",
             out["seconds"].as_f64().unwrap_or(0.0),
             counted(rounds, "time"),
         );
