@@ -554,6 +554,52 @@ fn jobs_run_through_a_private_socket_and_the_cli() {
     assert!(j["result"]["rounds"].as_u64() >= Some(2), "{j}");
     assert_eq!(j["result"]["tasks"], 0, "{j}");
 
+    // --detach: the job is started and left to run, its id on stdout; `status ID -o FILE`
+    // writes its result once done.
+    let (code, out, err) = run(d
+        .cmd()
+        .args(["submit", "--daemon", "--detach"])
+        .args(IDS)
+        .arg(&proj));
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim();
+    assert!(id.starts_with("job-") && !id.contains('\n'), "{out}");
+    assert!(
+        err.contains(&format!(
+            "job {id} started in the daemon: `attache status {id} --follow`"
+        )),
+        "{err}"
+    );
+    assert_eq!(d.wait(id, Duration::from_secs(20))["state"], "succeeded");
+    let att = d.path("detached.json");
+    let (code, _, err) = run(d.cmd().args(["status", id, "-o"]).arg(&att));
+    assert_eq!(code, 0, "{err}");
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&att).unwrap()).unwrap();
+    assert_eq!(
+        written["manifests"][0]["inputManifestHash"], l["manifests"][0]["inputManifestHash"],
+        "{written}"
+    );
+    // A result that cannot be written yet, and a detach with no daemon, are bad usage.
+    let (code, _, err) = run(d
+        .cmd()
+        .args(["submit", "--daemon", "--detach", "-o"])
+        .arg(d.path("never.json"))
+        .args(IDS)
+        .arg(&proj));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--detach returns before the job's result exists"),
+        "{err}"
+    );
+    assert!(!d.path("never.json").exists());
+    let (code, _, err) = run(d
+        .cmd()
+        .env_remove("ATTACHE_DAEMON")
+        .args(["download-outputs", "--detach", "--job-id", "j"])
+        .args(IDS));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("give --daemon too"), "{err}");
+
     let (code, secs) = d.stop();
     assert_eq!(code, Some(0));
     assert!(secs < 5.0);

@@ -37,6 +37,11 @@ pub struct CommonArgs {
     /// are running, a queued job of a higher priority starts first.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=100))]
     priority: Option<u8>,
+    /// With --daemon: start the job and return at once, printing its id (with --json, its
+    /// record); `attache status ID --follow` follows it, `attache status ID -o FILE` writes
+    /// its result once done, `attache cancel ID` stops it.
+    #[arg(long)]
+    detach: bool,
 }
 
 impl CommonArgs {
@@ -298,16 +303,30 @@ impl DownloadOutputsArgs {
 
 /// Runs a workflow: through the daemon when asked (`--daemon`, `ATTACHE_DAEMON=1`), else in
 /// this process. Either way the result is the job's JSON output.
+/// How a command's job ran: here or followed in the daemon (its result), or started in the
+/// daemon and left to run (`--detach`: its record).
+enum Ran {
+    Done(serde_json::Value),
+    Detached(serde_json::Value),
+}
+
 fn execute(
     ctx: &Context,
     spec: JobSpec,
     label: &'static str,
     common: &CommonArgs,
     other_local_flags: Vec<&'static str>,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<Ran> {
+    let through_daemon = super::through_daemon(common.daemon);
+    if common.detach && !through_daemon {
+        return Err(UsageError {
+            message: "--detach leaves a job running in the daemon: give --daemon too (or ATTACHE_DAEMON=1)".into(),
+        }
+        .into());
+    }
     let spec = spec.resolve(&std::env::current_dir()?).map_err(usage)?;
     spec.validate().map_err(usage)?;
-    if super::through_daemon(common.daemon) {
+    if through_daemon {
         // The daemon's jobs use its caches: a global --cache-dir is this process's.
         let cache_dir = (ctx.load.overrides.iter())
             .any(|o| o.key == "cache.dir")
@@ -322,7 +341,15 @@ fn execute(
                 "{flag} does not apply to a job run by the daemon: its own config decides (set it there)"
             );
         }
-        return crate::daemon::client::run_job(&ctx.settings, &spec, common.priority);
+        let client = crate::daemon::client::start_job;
+        return Ok(match common.detach {
+            true => Ran::Detached(client(&ctx.settings, &spec, common.priority)?),
+            false => Ran::Done(crate::daemon::client::run_job(
+                &ctx.settings,
+                &spec,
+                common.priority,
+            )?),
+        });
     }
     if common.priority.is_some() {
         tracing::warn!("--priority orders the daemon's queue: it applies with --daemon only");
@@ -334,7 +361,7 @@ fn execute(
         label,
         |t, cancel| async move { Ok(spec.run(&settings, t, &cancel, None).await?) },
     )?;
-    Ok(serde_json::to_value(output)?)
+    Ok(Ran::Done(serde_json::to_value(output)?))
 }
 
 /// Runs the job and writes its JSON: all of it with `--json`, else the part users pipe on
@@ -347,7 +374,32 @@ fn run_and_emit(
     output: Option<&Path>,
 ) -> anyhow::Result<Option<serde_json::Value>> {
     let part = written_part(spec.kind());
-    let out = execute(ctx, spec, label, common, other_local_flags)?;
+    if let (true, Some(file)) = (common.detach, output) {
+        return Err(UsageError {
+            message: format!(
+                "--detach returns before the job's result exists, so {} cannot be written now: once the job is done, `attache status ID -o {0}` writes it",
+                file.display()
+            ),
+        }
+        .into());
+    }
+    let out = match execute(ctx, spec, label, common, other_local_flags)? {
+        Ran::Done(out) => out,
+        Ran::Detached(record) => {
+            let id = record["id"].as_str().unwrap_or_default();
+            match common.store.json {
+                true => emit(&record, None)?,
+                false => {
+                    let mut out = crate::cli::stdout::stdout();
+                    writeln!(out, "{id}")?;
+                }
+            }
+            crate::say!(
+                "job {id} started in the daemon: `attache status {id} --follow` follows it, `attache cancel {id}` stops it"
+            );
+            return Ok(None);
+        }
+    };
     if common.store.json {
         // `-o FILE` gets what the farm's next step reads, as without --json; the whole
         // result goes to stdout.

@@ -469,11 +469,7 @@ pub fn run_job_at(
     priority: Option<u8>,
 ) -> anyhow::Result<serde_json::Value> {
     let at = at.clone();
-    let mut body = serde_json::to_value(spec)?;
-    if let Some(p) = priority {
-        body["priority"] = p.into();
-    }
-    let body = serde_json::to_vec(&body)?;
+    let body = job_body(spec, priority)?;
     runtime()?.block_on(async move {
         let mut conn = connect(&at).await?;
         let created = conn.json(Method::POST, "/v1/jobs", Some(body)).await?;
@@ -502,6 +498,30 @@ pub fn run_job_at(
             .into()),
         }
     })
+}
+
+/// Starts `spec` in this machine's daemon and returns its record at once, without following
+/// it (`--detach`).
+pub fn start_job(
+    settings: &Settings,
+    spec: &JobSpec,
+    priority: Option<u8>,
+) -> anyhow::Result<serde_json::Value> {
+    let at = DaemonAddress::local(settings);
+    let body = job_body(spec, priority)?;
+    runtime()?.block_on(async move {
+        let mut conn = connect(&at).await?;
+        Ok(conn.json(Method::POST, "/v1/jobs", Some(body)).await?)
+    })
+}
+
+/// The body of `POST /v1/jobs`: the spec, and the priority if given.
+fn job_body(spec: &JobSpec, priority: Option<u8>) -> anyhow::Result<Vec<u8>> {
+    let mut body = serde_json::to_value(spec)?;
+    if let Some(p) = priority {
+        body["priority"] = p.into();
+    }
+    Ok(serde_json::to_vec(&body)?)
 }
 
 /// Follows a job the daemon already runs (`attache status ID --follow`) with the progress
