@@ -292,7 +292,46 @@ fn a_download_that_cannot_fit_is_refused_and_leaves_no_directory_behind() {
     }
     assert!(!t.path().join("new").exists(), "no empty tree left");
     assert!(there.is_dir(), "the directory that was there stays");
-    assert!(files_under(&there).is_empty(), "nothing placed");
+    assert_eq!(
+        std::fs::read_dir(&there).unwrap().count(),
+        0,
+        "nothing placed, and the directories the plan made (sub/deeper) removed again"
+    );
+}
+
+/// A plan refused part-way (a directory where the manifest has a file, found after the
+/// directories of the files before it were made) removes the directories it made, those only.
+#[test]
+fn a_plan_refused_part_way_leaves_no_directory_it_made() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir_all(root.join("a/b")).unwrap();
+    std::fs::write(root.join("a/b/c.txt"), "c\n").unwrap();
+    std::fs::create_dir_all(root.join("kept")).unwrap();
+    std::fs::write(root.join("kept/d.txt"), "d\n").unwrap();
+    std::fs::write(root.join("z.txt"), "z\n").unwrap();
+    let (cache, store, manifest) = put_to_local_store(t.path(), &root);
+    for dest in [t.path().join("new/dest"), t.path().join("there")] {
+        // In the way: a directory where the manifest has z.txt; kept/ was there already.
+        std::fs::create_dir_all(dest.join("z.txt")).unwrap();
+        std::fs::create_dir_all(dest.join("kept")).unwrap();
+        let (code, _, err) = run(attache(&cache)
+            .args(["get", "--store", &store])
+            .arg(&manifest)
+            .arg("--dest")
+            .arg(&dest));
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("z.txt: is a directory where the manifest has a file"),
+            "{err}"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["kept", "z.txt"], "a/ and a/b/ removed again");
+    }
 }
 
 /// A manifest that is not a tree (a file with paths below it) is refused before anything is

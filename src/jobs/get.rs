@@ -248,7 +248,8 @@ async fn plan_and_download(
     if spec.check_space && !checked_early {
         // A dry run may plan into a directory that does not exist yet.
         let existing = dest.ancestors().find(|d| d.is_dir()).unwrap_or(&dest);
-        check_space(existing, plan.items.iter().map(|i| i.size))?;
+        check_space(existing, plan.items.iter().map(|i| i.size))
+            .inspect_err(|_| remove_made(&plan.created))?;
     }
     transfer
         .progress
@@ -372,6 +373,8 @@ struct Plan {
     record: Option<PlacedRecord>,
     /// The destination, open: the download places every file from it (`None` in a dry run).
     root: Option<OpenDir>,
+    /// The directories the plan made, top down.
+    created: Vec<PathBuf>,
 }
 
 impl Plan {
@@ -495,6 +498,35 @@ fn plan(
     (conflict, record_to): (Conflict, Option<&Beneath>),
     cancel: &CancellationToken,
 ) -> Result<Plan, TransferError> {
+    let planned = plan_in(
+        manifest,
+        &mut dirs,
+        cache_dir,
+        sink,
+        (conflict, record_to),
+        cancel,
+    );
+    match planned {
+        Ok(mut p) => {
+            p.created = std::mem::take(&mut dirs.created);
+            Ok(p)
+        }
+        Err(e) => {
+            remove_made(&dirs.created);
+            Err(e)
+        }
+    }
+}
+
+/// [`plan`], the directories it makes kept in `dirs`.
+fn plan_in(
+    manifest: Manifest,
+    dirs: &mut Dirs,
+    cache_dir: Option<&Path>,
+    sink: Option<&RecordSink>,
+    (conflict, record_to): (Conflict, Option<&Beneath>),
+    cancel: &CancellationToken,
+) -> Result<Plan, TransferError> {
     // A dry run creates no directory, nor anything else.
     let dry_run = !dirs.create;
     let dest = dirs.root;
@@ -513,6 +545,7 @@ fn plan(
         beside: 0,
         replaced: 0,
         root: None,
+        created: Vec::new(),
         record: match record_to {
             Some(path) if !dry_run => {
                 Some(PlacedRecord::create(path).map_err(TransferError::io(path.shown()))?)
@@ -786,6 +819,9 @@ struct Dirs<'a> {
     /// The directory [`Self::reach`] opened last (a plan goes through a directory's files
     /// one after another).
     last: LastDir,
+    /// The directories this get made, top down (for its own user only): removed again, if
+    /// still empty, when the plan is refused.
+    created: Vec<PathBuf>,
 }
 
 impl<'a> Dirs<'a> {
@@ -803,6 +839,7 @@ impl<'a> Dirs<'a> {
             for_caller,
             opened: None,
             last: LastDir::default(),
+            created: Vec::new(),
         }
     }
 
@@ -829,7 +866,13 @@ impl<'a> Dirs<'a> {
         let Some(w) = self.for_caller else {
             if self.create {
                 let existed = self.root.is_dir();
+                let mut missing: Vec<PathBuf> = (self.root.ancestors())
+                    .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+                    .map(Path::to_path_buf)
+                    .collect();
                 std::fs::create_dir_all(self.root).map_err(TransferError::io(self.root))?;
+                missing.reverse();
+                self.created = missing;
                 self.grant(self.root, self.root, existed)?;
             }
             return Ok(());
@@ -903,6 +946,9 @@ impl<'a> Dirs<'a> {
                 Err(e) => return Err(TransferError::on_the_way(self.root)(e)),
             };
             if !known {
+                if made && self.for_caller.is_none() {
+                    self.created.push(shown.clone());
+                }
                 self.take_over(&dir, &shown, made)?;
                 self.made.insert(shown.clone());
             }
@@ -970,6 +1016,14 @@ impl<'a> Dirs<'a> {
 
     fn grant(&self, at: &Path, shown: &Path, existed: bool) -> Result<(), TransferError> {
         grant_dir(self.group, at, shown, existed)
+    }
+}
+
+/// Removes the directories a refused get made (`created`, top down), deepest first, each
+/// only if still empty: no tree of empty directories is left to be taken for a download.
+fn remove_made(created: &[PathBuf]) {
+    for dir in created.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 
