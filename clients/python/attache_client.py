@@ -163,7 +163,7 @@ class Daemon:
         take more from; `parameters`: values of the bundles' template parameters, a dict
         {name: value} (a PATH parameter with a dataFlow is an input or output; a LIST[PATH]'s
         value a list); `more`: other fields (priority, store, exclude, include, filter,
-        size_age, locations, shared, require_paths_exist, dry_run)."""
+        exclude_if_present, size_age, locations, shared, require_paths_exist, dry_run)."""
         spec = dict(kind="submit", farm_id=farm_id, queue_id=queue_id, inputs=list(inputs),
                     output_dirs=list(output_dirs), referenced=list(referenced),
                     asset_references=list(asset_references), **more)
