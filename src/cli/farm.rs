@@ -301,8 +301,6 @@ impl DownloadOutputsArgs {
     }
 }
 
-/// Runs a workflow: through the daemon when asked (`--daemon`, `ATTACHE_DAEMON=1`), else in
-/// this process. Either way the result is the job's JSON output.
 /// How a command's job ran: here or followed in the daemon (its result), or started in the
 /// daemon and left to run (`--detach`: its record).
 enum Ran {
@@ -310,6 +308,9 @@ enum Ran {
     Detached(serde_json::Value),
 }
 
+/// Runs a workflow: through the daemon when asked (`--daemon`, `ATTACHE_DAEMON=1`), else in
+/// this process. Either way the result is the job's JSON output; with `--detach`, the
+/// record of the job started in the daemon.
 fn execute(
     ctx: &Context,
     spec: JobSpec,
@@ -341,14 +342,10 @@ fn execute(
                 "{flag} does not apply to a job run by the daemon: its own config decides (set it there)"
             );
         }
-        let client = crate::daemon::client::start_job;
+        use crate::daemon::client::{run_job, start_job};
         return Ok(match common.detach {
-            true => Ran::Detached(client(&ctx.settings, &spec, common.priority)?),
-            false => Ran::Done(crate::daemon::client::run_job(
-                &ctx.settings,
-                &spec,
-                common.priority,
-            )?),
+            true => Ran::Detached(start_job(&ctx.settings, &spec, common.priority)?),
+            false => Ran::Done(run_job(&ctx.settings, &spec, common.priority)?),
         });
     }
     if common.priority.is_some() {
