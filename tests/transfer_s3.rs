@@ -132,6 +132,7 @@ async fn put_tree(root: &Path, s: &Settings) -> Result<PutReport, PutError> {
 async fn get_tree(m: &Manifest, dest: &Path, s: &Settings) -> Result<GetReport, TransferError> {
     let spec = GetSpec {
         for_caller: None,
+        replaceable: None,
         record: None,
         manifest: m.clone(),
         dest: dest.to_path_buf(),
@@ -491,6 +492,7 @@ async fn cancelling_a_many_file_download_returns_within_a_second_and_leaves_noth
     let records = t.path().join("records");
     let spec = GetSpec {
         for_caller: None,
+        replaceable: None,
         record: Some(attache::fsutil::beneath::Beneath::new(
             &records,
             "dest.manifest",
@@ -1197,6 +1199,7 @@ async fn a_cancelled_get_keeps_its_parts_in_flight_as_far_as_they_came() {
     let (dest, cancel) = (t.path().join("dest"), CancellationToken::new());
     let spec = GetSpec {
         for_caller: None,
+        replaceable: None,
         record: None,
         manifest: m.clone(),
         dest: dest.clone(),
@@ -1315,6 +1318,7 @@ async fn faults_end_in_correct_content_or_a_clear_error() {
             .unwrap();
         let spec = GetSpec {
             for_caller: None,
+            replaceable: None,
             record: None,
             manifest: m.clone(),
             dest: t.path().join(format!("dest-progress-{i}")),
@@ -2064,6 +2068,7 @@ async fn the_content_cache_serves_the_next_download_and_never_places_a_damaged_c
     let dry = get::run(
         GetSpec {
             for_caller: None,
+            replaceable: None,
             record: None,
             manifest: m.clone(),
             dest: t.path().join("dry"),

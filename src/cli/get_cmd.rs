@@ -72,6 +72,7 @@ pub fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
     let spec = GetSpec {
         record: None,
         for_caller: None,
+        replaceable: None,
         manifest,
         dest: args.dest.clone(),
         cache_dir: settings

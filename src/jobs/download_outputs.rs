@@ -2,7 +2,7 @@
 //! action of each task), merge them per asset root in the order the store wrote them, and
 //! materialize them at the roots they came from.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use super::fetch_manifest::fetch_manifests;
 use super::get::{self, Conflict, GetReport, GetSpec, WritableFor};
 use crate::manifest::{Manifest, ManifestEntry, merge};
-use crate::scan::FileStat;
 use crate::store::layout::manifests_prefix;
 use crate::store::meta;
 use crate::transfer::{Transfer, TransferError};
@@ -349,23 +348,10 @@ async fn watch_round(
 /// What a watch's earlier rounds did.
 #[derive(Default)]
 struct Watched {
-    /// The files placed, by where: their size and mtime as they were left.
-    placed: HashMap<PathBuf, (u64, i64)>,
+    /// The files placed (a round's get replaces those still as they were left).
+    placed: Arc<get::Placed>,
     /// The root paths of the outputs downloaded.
     roots: BTreeSet<String>,
-}
-
-impl Watched {
-    /// Whether the file at `path` is one the watch placed, untouched since.
-    fn still_there(&self, path: &Path) -> bool {
-        self.placed.get(path).is_some_and(|&(size, mtime_us)| {
-            std::fs::symlink_metadata(path).is_ok_and(|m| {
-                m.is_file()
-                    && m.len() == size
-                    && ManifestEntry::mtime_us_from_ns(FileStat::of(&m).mtime_ns) == mtime_us
-            })
-        })
-    }
 }
 
 /// The files of `entry` under `destination`, on disk.
@@ -447,7 +433,14 @@ async fn download_roots(
         let left_out = manifest.retain(|e| {
             spec.pick.takes_path(e.path.as_wtf8()) && spec.size_age.takes(e.size, e.mtime_us)
         });
-        let get = |manifest, conflict| GetSpec {
+        // Recorded once placed: a round that failed leaves the earlier files the watch's.
+        let placing: Vec<_> = match watched {
+            Some(_) => (manifest.entries().iter())
+                .filter_map(|e| Some((on_disk(&destination, e)?, (e.size, e.mtime_us))))
+                .collect(),
+            None => Vec::new(),
+        };
+        let get_spec = GetSpec {
             record: None,
             for_caller: spec.caller.as_ref().map(|caller| WritableFor {
                 caller: caller.clone(),
@@ -456,42 +449,13 @@ async fn download_roots(
             manifest,
             dest: destination.clone(),
             cache_dir: spec.cache_dir.clone(),
-            conflict,
+            conflict: spec.conflict,
             check_space: true,
+            replaceable: watched.as_deref().map(|w| w.placed.clone()),
         };
-        let (mut report, mut placing) = (None, Vec::new());
-        if let Some(watched) = watched.as_deref() {
-            let ours: HashSet<Vec<u8>> = (manifest.entries().iter())
-                .filter(|e| on_disk(&destination, e).is_some_and(|p| watched.still_there(&p)))
-                .map(|e| e.path.as_wtf8().to_vec())
-                .collect();
-            // Recorded once placed: a round that failed leaves the earlier files the watch's.
-            placing = (manifest.entries().iter())
-                .filter_map(|e| Some((on_disk(&destination, e)?, (e.size, e.mtime_us))))
-                .collect();
-            if !ours.is_empty() {
-                let mut replacing = manifest.clone();
-                replacing.retain(|e| ours.contains(e.path.as_wtf8()));
-                manifest.retain(|e| !ours.contains(e.path.as_wtf8()));
-                let got = get::run(
-                    get(replacing, Conflict::Overwrite),
-                    transfer.clone(),
-                    cancel,
-                );
-                report = Some(got.await?);
-            }
-        }
-        let report = match report {
-            Some(replaced) if manifest.is_empty() => replaced,
-            earlier => {
-                let got = get::run(get(manifest, spec.conflict), transfer.clone(), cancel).await?;
-                let mut report = earlier.unwrap_or_default();
-                report.add(got);
-                report
-            }
-        };
+        let report = get::run(get_spec, transfer.clone(), cancel).await?;
         if let Some(watched) = watched.as_deref_mut() {
-            watched.placed.extend(placing);
+            Arc::make_mut(&mut watched.placed).extend(placing);
             watched.roots.insert(root_path.clone());
         }
         roots.push(DownloadedRoot {

@@ -44,7 +44,13 @@ pub struct GetSpec {
     pub record: Option<Beneath>,
     /// For a client of another user (the daemon's): where that user may write.
     pub for_caller: Option<WritableFor>,
+    /// Files an earlier get of the same caller placed (a watch's rounds): one still as it was
+    /// left is replaced when its content differs, whatever `conflict` says.
+    pub replaceable: Option<Arc<Placed>>,
 }
+
+/// Files placed, by path: their size and mtime (µs) as they were left.
+pub type Placed = std::collections::HashMap<PathBuf, (u64, i64)>;
 
 /// The directory a client of another user was checked to be able to write in, that a
 /// destination is in (or is). The get opens it once, checks it again on what it opened (a
@@ -228,6 +234,7 @@ async fn plan_and_download(
         let dest = dest.clone();
         let (manifest, cache_dir, conflict) = (spec.manifest, spec.cache_dir, spec.conflict);
         let (record, sink, cancel) = (spec.record, sink.clone(), cancel.clone());
+        let replaceable = spec.replaceable;
         let (dry_run, for_caller) = (transfer.dry_run, spec.for_caller.clone());
         let group = transfer.group_access.clone();
         crate::logging::job_warnings::spawn_blocking(move || {
@@ -237,7 +244,7 @@ async fn plan_and_download(
                 dirs,
                 cache_dir.as_deref(),
                 sink.as_ref(),
-                (conflict, record.as_ref()),
+                (conflict, replaceable.as_deref(), record.as_ref()),
                 &cancel,
             )
         })
@@ -495,17 +502,10 @@ fn plan(
     mut dirs: Dirs,
     cache_dir: Option<&Path>,
     sink: Option<&RecordSink>,
-    (conflict, record_to): (Conflict, Option<&Beneath>),
+    conflicts: (Conflict, Option<&Placed>, Option<&Beneath>),
     cancel: &CancellationToken,
 ) -> Result<Plan, TransferError> {
-    let planned = plan_in(
-        manifest,
-        &mut dirs,
-        cache_dir,
-        sink,
-        (conflict, record_to),
-        cancel,
-    );
+    let planned = plan_in(manifest, &mut dirs, cache_dir, sink, conflicts, cancel);
     match planned {
         Ok(mut p) => {
             p.created = std::mem::take(&mut dirs.created);
@@ -524,7 +524,7 @@ fn plan_in(
     dirs: &mut Dirs,
     cache_dir: Option<&Path>,
     sink: Option<&RecordSink>,
-    (conflict, record_to): (Conflict, Option<&Beneath>),
+    (conflict, replaceable, record_to): (Conflict, Option<&Placed>, Option<&Beneath>),
     cancel: &CancellationToken,
 ) -> Result<Plan, TransferError> {
     // A dry run creates no directory, nor anything else.
@@ -624,74 +624,78 @@ fn plan_in(
                 p.keep(there, &at, &meta, &e, touch(&meta))?;
                 continue;
             }
-            Some((InPlace::No, existing, _)) => match conflict {
-                // Found now, not after its content was fetched (and dry runs say so too).
-                Conflict::Overwrite if existing.is_dir() => {
-                    return Err(TransferError::Refused {
-                        path,
-                        message: "is a directory where the manifest has a file; attache does \
+            Some((InPlace::No, existing, _)) => {
+                // A file an earlier get of the caller left there is replaced, as its own.
+                let ours = replaced_as_placed(replaceable, &path, &existing);
+                match if ours { Conflict::Overwrite } else { conflict } {
+                    // Found now, not after its content was fetched (and dry runs say so too).
+                    Conflict::Overwrite if existing.is_dir() => {
+                        return Err(TransferError::Refused {
+                            path,
+                            message: "is a directory where the manifest has a file; attache does \
                                   not delete directories. Move it away, or give --conflict \
                                   create-copy (the file goes beside it) or skip, and run again"
-                            .into(),
-                    });
-                }
-                Conflict::Overwrite => {
-                    p.replaced += 1;
-                    conflicts += 1;
-                    let verb = if dry_run {
-                        "would replace"
-                    } else {
-                        "replacing"
-                    };
-                    name_conflict(conflicts, &path, &format!("{verb} it"));
-                }
-                Conflict::Skip => {
-                    conflicts += 1;
-                    name_conflict(conflicts, &path, "left alone (--conflict skip)");
-                    p.skipped.0 += 1;
-                    p.skipped.1 += size;
-                    // The record says what is there: the file that was left alone.
-                    let stat = FileStat::of(&existing);
-                    e.size = stat.size;
-                    e.mtime_us = ManifestEntry::mtime_us_from_ns(stat.mtime_ns);
-                    if let Some(r) = p.record.as_mut() {
-                        r.push(&e)?;
+                                .into(),
+                        });
                     }
-                    continue;
-                }
-                Conflict::CreateCopy => {
-                    let original = path;
-                    // A copy an earlier run made, still holding the manifest's file, is that
-                    // file in place: a rerun makes no `name (2).ext`.
-                    let (copy_path, in_place) = copy_name(&original, reach, |p, at, meta| {
-                        let there = already_there(
-                            (at, p),
-                            meta,
-                            (size, hash),
-                            snapshot.as_ref(),
-                            sink,
-                            cancel,
-                        );
-                        (there != InPlace::No).then(|| (there, meta.clone(), at.to_path_buf()))
-                    });
-                    path = copy_path;
-                    let copy = path.strip_prefix(dest).expect("beside the original");
-                    let copy: Box<[u8]> = copy.as_os_str().as_bytes().into();
-                    e.path = ManifestPath::from_posix_bytes(&copy);
-                    if let Some((there, meta, at)) = in_place {
-                        p.keep(there, &at, &meta, &e, touch(&meta))?;
+                    Conflict::Overwrite => {
+                        p.replaced += 1;
+                        conflicts += 1;
+                        let verb = if dry_run {
+                            "would replace"
+                        } else {
+                            "replacing"
+                        };
+                        name_conflict(conflicts, &path, &format!("{verb} it"));
+                    }
+                    Conflict::Skip => {
+                        conflicts += 1;
+                        name_conflict(conflicts, &path, "left alone (--conflict skip)");
+                        p.skipped.0 += 1;
+                        p.skipped.1 += size;
+                        // The record says what is there: the file that was left alone.
+                        let stat = FileStat::of(&existing);
+                        e.size = stat.size;
+                        e.mtime_us = ManifestEntry::mtime_us_from_ns(stat.mtime_ns);
+                        if let Some(r) = p.record.as_mut() {
+                            r.push(&e)?;
+                        }
                         continue;
                     }
-                    conflicts += 1;
-                    p.beside += 1;
-                    name_conflict(
-                        conflicts,
-                        &original,
-                        &format!("the manifest's file goes beside it as {}", path.display()),
-                    );
-                    copy_rel = Some(copy);
+                    Conflict::CreateCopy => {
+                        let original = path;
+                        // A copy an earlier run made, still holding the manifest's file, is that
+                        // file in place: a rerun makes no `name (2).ext`.
+                        let (copy_path, in_place) = copy_name(&original, reach, |p, at, meta| {
+                            let there = already_there(
+                                (at, p),
+                                meta,
+                                (size, hash),
+                                snapshot.as_ref(),
+                                sink,
+                                cancel,
+                            );
+                            (there != InPlace::No).then(|| (there, meta.clone(), at.to_path_buf()))
+                        });
+                        path = copy_path;
+                        let copy = path.strip_prefix(dest).expect("beside the original");
+                        let copy: Box<[u8]> = copy.as_os_str().as_bytes().into();
+                        e.path = ManifestPath::from_posix_bytes(&copy);
+                        if let Some((there, meta, at)) = in_place {
+                            p.keep(there, &at, &meta, &e, touch(&meta))?;
+                            continue;
+                        }
+                        conflicts += 1;
+                        p.beside += 1;
+                        name_conflict(
+                            conflicts,
+                            &original,
+                            &format!("the manifest's file goes beside it as {}", path.display()),
+                        );
+                        copy_rel = Some(copy);
+                    }
                 }
-            },
+            }
         }
         if let Some(r) = p.record.as_mut() {
             r.push(&e)?;
@@ -1019,6 +1023,22 @@ impl<'a> Dirs<'a> {
     }
 }
 
+/// Whether the file at `path` (`existing`: its stat) is one an earlier get placed
+/// (`replaceable`), still as it was left.
+fn replaced_as_placed(
+    replaceable: Option<&Placed>,
+    path: &Path,
+    existing: &std::fs::Metadata,
+) -> bool {
+    let Some(&(size, mtime_us)) = replaceable.and_then(|r| r.get(path)) else {
+        return false;
+    };
+    let now = FileStat::of(existing);
+    existing.is_file()
+        && now.size == size
+        && ManifestEntry::mtime_us_from_ns(now.mtime_ns) == mtime_us
+}
+
 /// Removes the directories a refused get made (`created`, top down), deepest first, each
 /// only if still empty: no tree of empty directories is left to be taken for a download.
 fn remove_made(created: &[PathBuf]) {
@@ -1204,7 +1224,7 @@ mod tests {
             Dirs::new(t.path(), true, None, None),
             None,
             None,
-            (Conflict::Overwrite, None),
+            (Conflict::Overwrite, None, None),
             &cancel,
         );
         assert!(
@@ -1293,7 +1313,7 @@ mod tests {
                 Dirs::new(&dest, true, None, None),
                 None,
                 None,
-                (conflict, Some(&at)),
+                (conflict, None, Some(&at)),
                 &CancellationToken::new(),
             )
             .unwrap();
@@ -1374,6 +1394,7 @@ mod tests {
                     caller: caller.clone(),
                     checked,
                 }),
+                replaceable: None,
             }
         };
         Some((transfer, caller, spec))

@@ -251,6 +251,7 @@ async fn sync(
         let count = root.manifests.len();
         let get_spec = GetSpec {
             for_caller,
+            replaceable: None,
             // What is placed, for output detection: written as get plans (a million-entry
             // record is over 100 MiB), named once every file is in place. It holds the
             // dependencies' outputs too, so this task's sync-outputs does not send them again.
