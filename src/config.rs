@@ -1136,12 +1136,10 @@ fn validate(s: &Settings) -> Result<(), Violation> {
         key: "hash.filter",
         reason: e.to_string(),
     })?;
-    for name in &s.hash.exclude_if_present {
-        crate::scan::check_marker_name(name).map_err(|reason| Violation {
-            key: "hash.exclude_if_present",
-            reason,
-        })?;
-    }
+    crate::scan::check_marker_names(&s.hash.exclude_if_present).map_err(|reason| Violation {
+        key: "hash.exclude_if_present",
+        reason,
+    })?;
     check_listener(&s.daemon)?;
     // A client must be able to read the result of the job it has just run.
     at_least("daemon.jobs_kept", s.daemon.jobs_kept, 1)?;

@@ -84,15 +84,18 @@ pub struct ScanOptions {
     pub caller: Option<std::sync::Arc<crate::fsutil::access::Caller>>,
 }
 
-/// Why `name` cannot be the name of a marker file (`--exclude-if-present`): it must be a
-/// plain file name, as a directory holding it lists it.
-pub fn check_marker_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-        return Err(format!(
+/// Why one of `names` cannot be the name of a marker file (`--exclude-if-present`): each
+/// must be a plain file name, as a directory holding it lists it.
+pub fn check_marker_names(names: &[String]) -> Result<(), String> {
+    match names
+        .iter()
+        .find(|n| n.is_empty() || *n == "." || *n == ".." || n.contains(['/', '\0']))
+    {
+        Some(name) => Err(format!(
             "{name:?} is not a file name: give the name of the marker file alone, e.g. .nojobattach"
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The first of the marker names `names` (`--exclude-if-present`) that names a file (not a
@@ -784,10 +787,11 @@ mod tests {
         fs::remove_file(r.join("cache/escape")).unwrap();
         assert_eq!(run(r, ScanOptions::default()).unwrap().len(), 10);
         for bad in ["", ".", "..", "a/b", "/abs"] {
-            assert!(check_marker_name(bad).is_err(), "{bad:?}");
+            let names = [".nojobattach".to_string(), bad.to_string()];
+            let e = check_marker_names(&names).unwrap_err();
+            assert!(e.starts_with(&format!("{bad:?} is not a file name")), "{e}");
         }
-        check_marker_name(".nojobattach").unwrap();
-        check_marker_name("CACHEDIR.TAG").unwrap();
+        check_marker_names(&[".nojobattach".into(), "CACHEDIR.TAG".into()]).unwrap();
     }
 
     #[test]

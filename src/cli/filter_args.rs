@@ -170,11 +170,9 @@ pub struct MarkerArgs {
 impl MarkerArgs {
     /// The names given, each checked to be a file name.
     pub fn names(&self) -> Result<Vec<String>, UsageError> {
-        for name in &self.exclude_if_present {
-            crate::scan::check_marker_name(name).map_err(|e| UsageError {
-                message: format!("--exclude-if-present {e}"),
-            })?;
-        }
+        crate::scan::check_marker_names(&self.exclude_if_present).map_err(|e| UsageError {
+            message: format!("--exclude-if-present {e}"),
+        })?;
         Ok(self.exclude_if_present.clone())
     }
 

@@ -649,7 +649,8 @@ impl JobSpec {
                 id("queue_id", &j.queue_id)?;
                 pairs(&j.locations, "locations")?;
                 filter(&j.exclude, &j.include, &j.filter)?;
-                markers(&j.exclude_if_present)?;
+                crate::scan::check_marker_names(&j.exclude_if_present)
+                    .map_err(|e| invalid("exclude_if_present", e))?;
                 j.size_age.check().map_err(|e| invalid("size_age", e))?;
             }
             JobSpec::SyncInputs(j) => {
@@ -683,7 +684,8 @@ impl JobSpec {
                 }
                 pairs(&j.locations, "locations")?;
                 filter(&j.exclude, &j.include, &j.filter)?;
-                markers(&j.exclude_if_present)?;
+                crate::scan::check_marker_names(&j.exclude_if_present)
+                    .map_err(|e| invalid("exclude_if_present", e))?;
                 j.size_age.check().map_err(|e| invalid("size_age", e))?;
             }
             JobSpec::DownloadOutputs(j) => {
@@ -856,14 +858,6 @@ impl DownloadOutputsJob {
             until_idle: self.until_idle.map(|d| d.0),
         }))
     }
-}
-
-/// A job's names of marker files, each checked to be a file name.
-fn markers(names: &[String]) -> Result<(), JobError> {
-    for name in names {
-        crate::scan::check_marker_name(name).map_err(|e| invalid("exclude_if_present", e))?;
-    }
-    Ok(())
 }
 
 /// A job's exclusion and inclusion patterns and filter rules, compiled.
