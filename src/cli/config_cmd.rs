@@ -1,6 +1,6 @@
 //! `attache config show` and `attache config init`.
 
-use std::io::{Seek as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -102,43 +102,37 @@ pub fn init(args: InitArgs, named: Option<&Path>) -> anyhow::Result<ExitCode> {
     let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| UsageError {
         message: format!("cannot write in {}: {e}", dir.display()),
     })?;
-    // The values first checked as the flags they are, so an error names the flag; then the
-    // file that holds them.
-    let flags = values
-        .iter()
-        .map(|(flag, section, key, value)| crate::config::Override {
-            key: format!("{section}.{key}"),
-            value: match value {
-                toml::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            },
-            source: flag.to_string(),
-        })
-        .collect();
-    let plain = crate::config::starter::starter(&[]).map_err(anyhow::Error::msg)?;
-    let by_key: Vec<_> = values
+    let (by_key, flags): (Vec<_>, Vec<_>) = values
         .into_iter()
-        .map(|(_, section, key, value)| (section, key, value))
-        .collect();
-    let text = crate::config::starter::starter(&by_key).map_err(anyhow::Error::msg)?;
-    for (text, overrides) in [(plain, flags), (text, Vec::new())] {
-        tmp.as_file().set_len(0)?;
-        tmp.rewind()?;
-        tmp.write_all(text.as_bytes())?;
-        crate::config::load(&crate::config::LoadOptions {
-            config_file: Some(tmp.path().to_path_buf()),
-            overrides,
-            env: crate::config::EnvSource::Map(Default::default()),
+        .map(|(flag, section, key, value)| {
+            let given = crate::config::Override {
+                key: format!("{section}.{key}"),
+                value: match &value {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                },
+                source: flag.to_string(),
+            };
+            ((section, key, value), given)
         })
-        .map_err(|e| UsageError {
-            message: format!(
-                "{} not written: {}",
-                path.display(),
-                e.to_string()
-                    .replace(&tmp.path().display().to_string(), "the new file")
-            ),
-        })?;
-    }
+        .unzip();
+    let text = crate::config::starter::starter(&by_key).map_err(anyhow::Error::msg)?;
+    tmp.write_all(text.as_bytes())?;
+    // Loaded with the values also given as the flags they are (which win over the file's
+    // same values), so a bad one is named by its flag.
+    crate::config::load(&crate::config::LoadOptions {
+        config_file: Some(tmp.path().to_path_buf()),
+        overrides: flags,
+        env: crate::config::EnvSource::Map(Default::default()),
+    })
+    .map_err(|e| UsageError {
+        message: format!(
+            "{} not written: {}",
+            path.display(),
+            e.to_string()
+                .replace(&tmp.path().display().to_string(), "the new file")
+        ),
+    })?;
     tmp.persist(&path)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
     crate::say!(
