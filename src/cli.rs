@@ -611,7 +611,7 @@ where
 {
     let rt = crate::transfer::runtime(threads)?;
     let cancel = CancellationToken::new();
-    rt.block_on(async {
+    let done = rt.block_on(async {
         let on_signal = cancel.clone();
         let mut interrupts = Interrupts::new()?;
         tokio::spawn(async move {
@@ -622,8 +622,19 @@ where
             std::process::exit(i32::from(exit::CANCELLED));
         });
         Ok(job(cancel.clone()).await)
-    })
+    });
+    // A cancelled job has removed what it made; work it chose not to wait for (a stat held
+    // by a disk stalled in a flush) must not hold the exit either, as dropping the runtime
+    // would: it waits for every blocking task to return.
+    if cancel.is_cancelled() {
+        rt.shutdown_timeout(CANCELLED_GRACE);
+    }
+    done
 }
+
+/// How long a cancelled command waits for work its job left running (which stops at its
+/// next check of the cancel when it can) before it exits.
+const CANCELLED_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The signals that cancel a command: Ctrl-C (SIGINT), SIGTERM, and SIGHUP (the terminal
 /// or SSH session closed) unless it was ignored when the command started (`nohup`).
@@ -672,16 +683,20 @@ fn ignored(sig: libc::c_int) -> bool {
     read && now.sa_sigaction == libc::SIG_IGN
 }
 
-/// [`run_async`] for a blocking job (run on a blocking thread).
+/// [`run_async`] for a blocking job (run on a blocking thread). A job that does not return
+/// once cancelled (held in a system call) is not waited for: the result is then [`Cancelled`].
 pub(crate) fn run_cancellable<T: Send + 'static>(
     job: impl FnOnce(CancellationToken) -> T + Send + 'static,
 ) -> anyhow::Result<T> {
     // One worker: it only waits for the job and the signals.
     run_async(1, |token| async move {
-        tokio::task::spawn_blocking(move || job(token))
+        let cancel = token.clone();
+        let job = tokio::task::spawn_blocking(move || job(token));
+        crate::transfer::cancellable(&cancel, job)
             .await
-            .expect("job panicked")
-    })
+            .map(|done| done.expect("job panicked"))
+    })?
+    .map_err(anyhow::Error::from)
 }
 
 #[cfg(test)]

@@ -349,7 +349,12 @@ where
     use futures::StreamExt;
     let cancel = cancel.clone();
     spawned(async move {
-        let results = pieces.map(spawned).buffer_unordered(workers.max(1));
+        // Once stopped, no new piece is taken: the stream may be fed by work that is itself
+        // held (a put's hashing, in a system call on a stalled disk) and would end only then.
+        let results = pieces
+            .take_until(stop.clone().cancelled_owned())
+            .map(spawned)
+            .buffer_unordered(workers.max(1));
         first_failure(results, &stop, &cancel).await
     })
     .await
@@ -418,6 +423,39 @@ mod tests {
         assert!(
             !finished.load(Ordering::SeqCst),
             "the dropped piece ran to its end"
+        );
+    }
+
+    /// The pieces come from a stream that a held producer keeps open (a put's hashing stuck in
+    /// a system call): a cancel ends the run once the pieces started have, without waiting for
+    /// the stream's end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_ends_the_run_without_waiting_for_the_stream_to_end() {
+        use futures::{FutureExt, StreamExt};
+        let finished = Arc::new(AtomicBool::new(false));
+        let f = finished.clone();
+        let started = futures::stream::iter([async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            f.store(true, Ordering::SeqCst);
+            Ok::<(), TransferError>(())
+        }
+        .boxed()]);
+        let held = futures::stream::pending();
+        let cancel = CancellationToken::new();
+        let run = run_pieces(started.chain(held), 4, cancel.child_token(), &cancel);
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            canceller.cancel();
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(10), run).await;
+        assert!(
+            matches!(ended, Ok(Err(TransferError::Cancelled(_)))),
+            "{ended:?}"
+        );
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "the piece started was not waited for"
         );
     }
 

@@ -629,6 +629,39 @@ fn cancel_through_the_api_stops_a_job_within_a_second() {
     );
 }
 
+/// A job held before its first request, here by the hash cache another process keeps locked
+/// (waited for up to 30 s), is still cancelled through the API within a second.
+#[test]
+fn cancel_through_the_api_stops_a_job_held_by_a_locked_hash_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("cache")).unwrap();
+    let held = rusqlite::Connection::open(dir.path().join("cache/hash-cache-v1.sqlite3")).unwrap();
+    held.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE other(a); BEGIN EXCLUSIVE;")
+        .unwrap();
+    let d = Daemon::start_in(dir, "", &[]);
+    let proj = d.path("proj");
+    build_fixture_tree("tiny", &proj);
+    let id = d.start_job(&submit_spec(&proj));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, j) = d.api("GET", &format!("/v1/jobs/{id}"), "");
+    assert_eq!(
+        j["state"], "running",
+        "the job did not wait for the lock: {j}"
+    );
+    let sent = Instant::now();
+    let (status, _) = d.api("DELETE", &format!("/v1/jobs/{id}"), "");
+    assert_eq!(status, 202);
+    let j = d.wait(&id, Duration::from_secs(10));
+    let took = sent.elapsed();
+    assert_eq!(j["state"], "cancelled", "{j}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(
+        !d.path("store/Manifests").exists(),
+        "a manifest was published"
+    );
+    drop(held);
+}
+
 #[test]
 fn finished_jobs_survive_a_restart_and_running_ones_are_interrupted() {
     let dir = tempfile::tempdir().unwrap();

@@ -148,7 +148,72 @@ pub async fn run(
 ) -> Result<GetReport, TransferError> {
     let started = Instant::now();
     let dry_run = transfer.dry_run;
-    let mut spec = spec;
+    let caller = spec.for_caller.as_ref().map(|w| w.caller.clone());
+    // Everything before the first request stats, opens and makes things on the disk: off the
+    // runtime, and not waited for once cancelled. A disk stalled in a flush holds a system
+    // call for seconds; the preparation sees the cancel at its next entry and removes the
+    // directories it made, while the command is already gone.
+    let prepared = {
+        let (transfer, cancel) = (transfer.clone(), cancel.clone());
+        crate::logging::job_warnings::spawn_blocking(move || prepare(spec, &transfer, &cancel))
+    };
+    let Prepared {
+        mut plan,
+        recorder,
+        files,
+        bytes,
+    } = crate::transfer::cancellable(cancel, prepared)
+        .await?
+        .expect("planning task panicked")?;
+    let items = std::mem::take(&mut plan.items);
+    let sink = recorder.as_ref().map(CacheRecorder::sink);
+    let download = match plan.root.take() {
+        Some(root) => {
+            let into = Destination::new(root, caller);
+            download_all(transfer, into, items, sink, cancel).await
+        }
+        None => Ok(download::dry_run(transfer, items).await),
+    };
+    if let Some(r) = recorder {
+        let cancelled = matches!(download, Err(TransferError::Cancelled(_)));
+        finish_recording(r, cancelled).await;
+    }
+    let download = download?;
+    if let Some(record) = plan.record.take() {
+        crate::logging::job_warnings::spawn_blocking(move || record.commit())
+            .await
+            .expect("committing the record panicked")?;
+    }
+    Ok(GetReport {
+        files,
+        bytes,
+        unchanged_files: plan.unchanged.0,
+        unchanged_read_files: plan.unchanged_read,
+        skipped_files: plan.skipped.0,
+        beside_files: plan.beside,
+        replaced_files: plan.replaced,
+        download,
+        dry_run,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A get planned, ready to fetch.
+struct Prepared {
+    plan: Plan,
+    /// Takes the hashes the plan computed and the files the download places.
+    recorder: Option<CacheRecorder>,
+    /// The manifest's files and bytes (a path listed twice counted once).
+    files: u64,
+    bytes: u64,
+}
+
+/// Checks the manifest and the destination, and plans: on a blocking thread.
+fn prepare(
+    mut spec: GetSpec,
+    transfer: &Transfer,
+    cancel: &CancellationToken,
+) -> Result<Prepared, TransferError> {
     let twice = spec.manifest.keep_one_per_path();
     match twice {
         0 => {}
@@ -169,58 +234,6 @@ pub async fn run(
     let files = spec.manifest.len() as u64;
     let bytes = spec.manifest.total_size();
     transfer.progress.add_total(files, bytes);
-    // Hashes the plan had to compute and files the download places go to the cache as they
-    // come, so the next sync trusts them without reading them.
-    let recorder = spec.cache_dir.as_deref().and_then(start_recorder);
-    let sink = recorder.as_ref().map(CacheRecorder::sink);
-    let placed = plan_and_download(spec, dest, sink, transfer, cancel).await;
-    match recorder {
-        // A cancel must not wait on the cache. Anything else, a failure too, commits what was
-        // recorded: after a full disk or a missing object, the next run trusts the files
-        // already placed instead of reading them all again.
-        Some(r) if !matches!(placed, Err(TransferError::Cancelled(_))) => {
-            crate::logging::job_warnings::spawn_blocking(move || r.finish())
-                .await
-                .expect("cache recorder panicked")
-        }
-        Some(r) => r.detach(),
-        None => {}
-    }
-    let (mut plan, download) = placed?;
-    if let Some(record) = plan.record.take() {
-        crate::logging::job_warnings::spawn_blocking(move || record.commit())
-            .await
-            .expect("committing the record panicked")?;
-    }
-    Ok(GetReport {
-        files,
-        bytes,
-        unchanged_files: plan.unchanged.0,
-        unchanged_read_files: plan.unchanged_read,
-        skipped_files: plan.skipped.0,
-        beside_files: plan.beside,
-        replaced_files: plan.replaced,
-        download,
-        dry_run,
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}
-
-fn start_recorder(cache_dir: &Path) -> Option<CacheRecorder> {
-    // A cache that cannot be opened is reported once, by the plan.
-    let cache = HashCache::open(cache_dir).ok()?;
-    CacheRecorder::start(cache)
-        .map_err(|e| tracing::warn!("hash cache recorder: {e}"))
-        .ok()
-}
-
-async fn plan_and_download(
-    spec: GetSpec,
-    dest: PathBuf,
-    sink: Option<RecordSink>,
-    transfer: Arc<Transfer>,
-    cancel: &CancellationToken,
-) -> Result<(Plan, DownloadReport), TransferError> {
     no_file_in_the_way(&dest)?;
     // Into a directory not there yet every file is downloaded: a download that cannot fit is
     // refused before the plan makes its directories, so no empty tree is left to be taken for
@@ -230,49 +243,82 @@ async fn plan_and_download(
         let existing = dest.ancestors().find(|d| d.is_dir()).unwrap_or(&dest);
         check_space(existing, spec.manifest.entries().iter().map(|e| e.size))?;
     }
-    let mut plan = {
-        let dest = dest.clone();
-        let (manifest, cache_dir, conflict) = (spec.manifest, spec.cache_dir, spec.conflict);
-        let (record, sink, cancel) = (spec.record, sink.clone(), cancel.clone());
-        let replaceable = spec.replaceable;
-        let (dry_run, for_caller) = (transfer.dry_run, spec.for_caller.clone());
-        let group = transfer.group_access.clone();
-        crate::logging::job_warnings::spawn_blocking(move || {
-            let dirs = Dirs::new(&dest, !dry_run, group.as_deref(), for_caller.as_ref());
-            plan(
-                manifest,
-                dirs,
-                cache_dir.as_deref(),
-                sink.as_ref(),
-                (conflict, replaceable.as_deref(), record.as_ref()),
-                &cancel,
-            )
-        })
-        .await
-        .expect("planning task panicked")?
+    // Hashes the plan had to compute and files the download places go to the cache as they
+    // come, so the next sync trusts them without reading them.
+    let recorder = spec.cache_dir.as_deref().and_then(start_recorder);
+    let dirs = Dirs::new(
+        &dest,
+        !transfer.dry_run,
+        transfer.group_access.as_deref(),
+        spec.for_caller.as_ref(),
+    );
+    let planned = plan(
+        spec.manifest,
+        dirs,
+        spec.cache_dir.as_deref(),
+        recorder.as_ref().map(CacheRecorder::sink).as_ref(),
+        (
+            spec.conflict,
+            spec.replaceable.as_deref(),
+            spec.record.as_ref(),
+        ),
+        cancel,
+    )
+    .and_then(|plan| {
+        // Checked already when the whole manifest is downloaded: nothing was there to keep.
+        if spec.check_space && !checked_early {
+            // A dry run may plan into a directory that does not exist yet.
+            let existing = dest.ancestors().find(|d| d.is_dir()).unwrap_or(&dest);
+            check_space(existing, plan.items.iter().map(|i| i.size))
+                .inspect_err(|_| remove_made(&plan.created))?;
+        }
+        Ok(plan)
+    });
+    let plan = match planned {
+        Ok(plan) => plan,
+        Err(e) => {
+            // What the plan read is kept (see finish_recording).
+            if let Some(r) = recorder {
+                match e {
+                    TransferError::Cancelled(_) => r.detach(),
+                    _ => r.finish(),
+                }
+            }
+            return Err(e);
+        }
     };
-    // Checked already when the whole manifest is downloaded: nothing was there to keep.
-    if spec.check_space && !checked_early {
-        // A dry run may plan into a directory that does not exist yet.
-        let existing = dest.ancestors().find(|d| d.is_dir()).unwrap_or(&dest);
-        check_space(existing, plan.items.iter().map(|i| i.size))
-            .inspect_err(|_| remove_made(&plan.created))?;
-    }
     transfer
         .progress
         .add_files(plan.unchanged.0 + plan.skipped.0);
     transfer
         .progress
         .add_bytes(plan.unchanged.1 + plan.skipped.1);
-    let items = std::mem::take(&mut plan.items);
-    let download = match plan.root.take() {
-        Some(root) => {
-            let into = Destination::new(root, spec.for_caller.map(|w| w.caller));
-            download_all(transfer, into, items, sink, cancel).await?
-        }
-        None => download::dry_run(transfer, items).await,
-    };
-    Ok((plan, download))
+    Ok(Prepared {
+        plan,
+        recorder,
+        files,
+        bytes,
+    })
+}
+
+/// Ends `recorder` after the download. A cancel must not wait on the cache. Anything else, a
+/// failure too, commits what was recorded: after a full disk or a missing object, the next run
+/// trusts the files already placed instead of reading them all again.
+async fn finish_recording(recorder: CacheRecorder, cancelled: bool) {
+    if cancelled {
+        return recorder.detach();
+    }
+    crate::logging::job_warnings::spawn_blocking(move || recorder.finish())
+        .await
+        .expect("cache recorder panicked")
+}
+
+fn start_recorder(cache_dir: &Path) -> Option<CacheRecorder> {
+    // A cache that cannot be opened is reported once, by the plan.
+    let cache = HashCache::open(cache_dir).ok()?;
+    CacheRecorder::start(cache)
+        .map_err(|e| tracing::warn!("hash cache recorder: {e}"))
+        .ok()
 }
 
 /// Refuses a destination directory that is a file, or below one, naming that file (rather

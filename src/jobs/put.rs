@@ -157,7 +157,13 @@ where
     if uploaded.is_err() {
         job.cancel();
     }
-    let hashed = hashing.await.expect("hashing task panicked");
+    // Once the job is cancelled, hashing held in a system call (a disk stalled in a flush, a
+    // hash cache another process keeps locked) is not waited for: it stops at its next look
+    // at the cancel, the command already gone.
+    let hashed = match crate::transfer::cancellable(cancel, hashing).await {
+        Ok(hashed) => hashed.expect("hashing task panicked"),
+        Err(cancelled) => Err(cancelled.into()),
+    };
     // Report the cause, not the cancellation it caused in the other half.
     let (hash, upload) = match (hashed, uploaded) {
         (Ok(h), Ok(u)) => (h, u),

@@ -161,8 +161,9 @@ pub async fn run(
         _ => None,
     };
     let synced = sync(spec, transfer, cancel).await;
+    // Not waited for once cancelled: it stops at its next look at the cancel.
     if let Some(pruning) = pruning {
-        let _ = pruning.await;
+        let _ = crate::transfer::cancellable(cancel, pruning).await;
     }
     synced
 }
