@@ -1473,10 +1473,10 @@ fn ctrl_c_during_a_large_get_exits_130_and_the_next_fetches_only_the_rest() {
     interrupt_a_large_get_then_get_again(libc::SIGINT, 8, 16);
 }
 
-/// A command held before its first request, here by a hash cache another process keeps
-/// locked (it waits up to 30 s for the lock, as it would for a disk stalled in a flush), is
-/// still cancelled at once by Ctrl-C: get, put and hash. The get leaves nothing in its
-/// destination.
+/// A command held before its first request, here by a local database another process keeps
+/// locked (waited for up to 30 s, as a disk stalled in a flush would hold it), is still
+/// cancelled at once by Ctrl-C: get, put and hash held by the hash cache, get and put by the
+/// known-present index. Nothing is left in the get's destination, nothing stored.
 #[test]
 fn ctrl_c_cancels_a_command_held_before_its_first_request() {
     let t = tempfile::tempdir().unwrap();
@@ -1484,61 +1484,61 @@ fn ctrl_c_cancels_a_command_held_before_its_first_request() {
     std::fs::create_dir_all(root.join("shots")).unwrap();
     std::fs::write(root.join("shots/a.exr"), b"frame").unwrap();
     let (_, store, manifest) = put_to_local_store(t.path(), &root);
-    // Another process's exclusive hold on the commands' hash cache.
-    let cache = t.path().join("held-cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let held = rusqlite::Connection::open(cache.join("hash-cache-v1.sqlite3")).unwrap();
-    held.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE other(a); BEGIN EXCLUSIVE;")
-        .unwrap();
     let dest = t.path().join("dest");
     let other_store = format!("file://{}", t.path().join("other-store").display());
-    let commands: [(&str, Vec<std::ffi::OsString>); 3] = [
-        (
-            "get",
-            vec![
-                "get".into(),
-                "--store".into(),
-                store.clone().into(),
-                manifest.clone().into(),
-                "--dest".into(),
-                dest.clone().into(),
-            ],
-        ),
-        (
-            "put",
-            vec![
-                "put".into(),
-                "--store".into(),
-                other_store.into(),
-                root.clone().into(),
-            ],
-        ),
-        ("hash", vec!["hash".into(), root.clone().into()]),
+    let get: Vec<std::ffi::OsString> = vec![
+        "get".into(),
+        "--store".into(),
+        store.into(),
+        manifest.into(),
+        "--dest".into(),
+        dest.clone().into(),
     ];
-    for (name, args) in commands {
-        let mut child = attache(&cache)
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+    let put: Vec<std::ffi::OsString> = vec![
+        "put".into(),
+        "--store".into(),
+        other_store.into(),
+        root.clone().into(),
+    ];
+    let hash: Vec<std::ffi::OsString> = vec!["hash".into(), root.clone().into()];
+    let held_files = [
+        ("hash-cache-v1.sqlite3", vec![&get, &put, &hash]),
+        ("known-present-v2.sqlite3", vec![&get, &put]),
+    ];
+    for (i, (file, commands)) in held_files.into_iter().enumerate() {
+        // Another process's exclusive hold on one of the commands' databases.
+        let cache = t.path().join(format!("held-cache-{i}"));
+        std::fs::create_dir_all(&cache).unwrap();
+        let held = rusqlite::Connection::open(cache.join(file)).unwrap();
+        held.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE other(a); BEGIN EXCLUSIVE;")
             .unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "{name} did not wait for the locked cache"
-        );
-        let signalled = Instant::now();
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let out = child.wait_with_output().unwrap();
-        let took = signalled.elapsed();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(130), "{name}: {err}");
-        // Waiting for the lock would take 30 s; the cancel's own figure is the scripted tests'.
-        assert!(
-            took < Duration::from_secs(5),
-            "{name} exited {took:?} after Ctrl-C"
-        );
-        eprintln!("{name} held by the cache's lock exited 130 {took:?} after Ctrl-C");
+        for args in commands {
+            let name = format!("{} held by {file}", args[0].display());
+            let mut child = attache(&cache)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{name}: did not wait for the lock"
+            );
+            let signalled = Instant::now();
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let out = child.wait_with_output().unwrap();
+            let took = signalled.elapsed();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(130), "{name}: {err}");
+            // Waiting for the lock would take 30 s; the cancel's own figure is the scripted
+            // tests'.
+            assert!(
+                took < Duration::from_secs(5),
+                "{name}: exited {took:?} after Ctrl-C"
+            );
+            eprintln!("{name}: exited 130 {took:?} after Ctrl-C");
+        }
     }
     assert_eq!(
         files_under(&dest),
@@ -1549,7 +1549,6 @@ fn ctrl_c_cancels_a_command_held_before_its_first_request() {
         files_under(&t.path().join("other-store")).is_empty(),
         "the put stored something"
     );
-    drop(held);
 }
 
 /// A 64 MiB file fetched in parts of `part_mib` MiB one at a time (16 MiB/s) is stopped by

@@ -128,8 +128,10 @@ where
             tokio::spawn(async move { b.follow_schedule(|| s.clone()).await });
         }
         let url = store.unwrap_or_else(|| settings.store.url.clone());
-        let t = setup::transfer_for(&url, &settings, bandwidth, progress)
-            .await
+        // Opening may be held too (the known-present index locked by another process).
+        let opened = setup::transfer_for(&url, &settings, bandwidth, progress);
+        let t = crate::transfer::cancellable(&cancel, opened)
+            .await?
             .map_err(|e| UsageError {
                 message: e.to_string(),
             })?;

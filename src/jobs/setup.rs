@@ -25,7 +25,13 @@ pub async fn transfer_for(
         store.throttle_signal(),
         settings.s3.retry_attempts,
     ));
-    let known = KnownPresent::from_settings(settings);
+    // Off the runtime: another process may hold the index locked (waited for up to 30 s).
+    let known = {
+        let settings = settings.clone();
+        crate::logging::job_warnings::spawn_blocking(move || KnownPresent::from_settings(&settings))
+            .await
+            .expect("opening the known-present index panicked")
+    };
     Ok(Arc::new(Transfer::new(
         store, settings, gate, progress, known,
     )))
