@@ -629,37 +629,45 @@ fn cancel_through_the_api_stops_a_job_within_a_second() {
     );
 }
 
-/// A job held before its first request, here by the hash cache another process keeps locked
-/// (waited for up to 30 s), is still cancelled through the API within a second.
+/// A job held before its first request, here by the hash cache or the known-present index
+/// another process keeps locked (waited for up to 30 s), is still cancelled through the API
+/// within a second, and the API answers meanwhile.
 #[test]
-fn cancel_through_the_api_stops_a_job_held_by_a_locked_hash_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("cache")).unwrap();
-    let held = rusqlite::Connection::open(dir.path().join("cache/hash-cache-v1.sqlite3")).unwrap();
-    held.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE other(a); BEGIN EXCLUSIVE;")
-        .unwrap();
-    let d = Daemon::start_in(dir, "", &[]);
-    let proj = d.path("proj");
-    build_fixture_tree("tiny", &proj);
-    let id = d.start_job(&submit_spec(&proj));
-    std::thread::sleep(Duration::from_millis(1500));
-    let (_, j) = d.api("GET", &format!("/v1/jobs/{id}"), "");
-    assert_eq!(
-        j["state"], "running",
-        "the job did not wait for the lock: {j}"
-    );
-    let sent = Instant::now();
-    let (status, _) = d.api("DELETE", &format!("/v1/jobs/{id}"), "");
-    assert_eq!(status, 202);
-    let j = d.wait(&id, Duration::from_secs(10));
-    let took = sent.elapsed();
-    assert_eq!(j["state"], "cancelled", "{j}");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
-    assert!(
-        !d.path("store/Manifests").exists(),
-        "a manifest was published"
-    );
-    drop(held);
+fn cancel_through_the_api_stops_a_job_held_by_a_locked_database() {
+    for file in ["hash-cache-v1.sqlite3", "known-present-v2.sqlite3"] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cache")).unwrap();
+        let held = rusqlite::Connection::open(dir.path().join("cache").join(file)).unwrap();
+        held.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE other(a); BEGIN EXCLUSIVE;")
+            .unwrap();
+        let d = Daemon::start_in(dir, "", &[]);
+        let proj = d.path("proj");
+        build_fixture_tree("tiny", &proj);
+        let id = d.start_job(&submit_spec(&proj));
+        std::thread::sleep(Duration::from_millis(1500));
+        let asked = Instant::now();
+        let (_, j) = d.api("GET", &format!("/v1/jobs/{id}"), "");
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{file}: the API was held"
+        );
+        assert_eq!(
+            j["state"], "running",
+            "{file}: did not wait for the lock: {j}"
+        );
+        let sent = Instant::now();
+        let (status, _) = d.api("DELETE", &format!("/v1/jobs/{id}"), "");
+        assert_eq!(status, 202);
+        let j = d.wait(&id, Duration::from_secs(10));
+        let took = sent.elapsed();
+        assert_eq!(j["state"], "cancelled", "{file}: {j}");
+        assert!(took < Duration::from_secs(1), "{file}: took {took:?}");
+        assert!(
+            !d.path("store/Manifests").exists(),
+            "{file}: a manifest was published"
+        );
+        drop(held);
+    }
 }
 
 #[test]

@@ -548,10 +548,13 @@ impl Registry {
         let span = tracing::warn_span!("job", id = %job.snapshot().id);
         crate::logging::job_warnings::capture(&span, job.warnings.clone());
         let run = async {
-            match self
+            // Opening may be held (the known-present index locked by another process).
+            let opening = self
                 .shared
-                .transfer_for(&url, &settings, job.progress.clone())
+                .transfer_for(&url, &settings, job.progress.clone());
+            match crate::transfer::cancellable(&job.cancel, opening)
                 .await
+                .map_err(crate::transfer::TransferError::from)?
             {
                 Ok(t) => {
                     spec.run(&settings, t, &job.cancel, job.caller.clone())

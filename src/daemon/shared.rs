@@ -99,21 +99,37 @@ impl Shared {
             settings,
             gate,
             progress,
-            self.known_present(settings),
+            self.known_present(settings).await,
         );
         transfer.inflight = Some(self.inflight.clone());
         Ok(Arc::new(transfer))
     }
 
-    fn known_present(&self, settings: &Settings) -> Option<Arc<KnownPresent>> {
+    async fn known_present(&self, settings: &Settings) -> Option<Arc<KnownPresent>> {
         if !settings.cache.hash_cache {
             return None;
         }
-        let mut known = self.known.lock().expect("not poisoned");
-        if known.is_none() {
-            *known = KnownPresent::from_settings(settings);
+        if let Some(known) = self.known.lock().expect("not poisoned").clone() {
+            return Some(known);
         }
-        known.clone()
+        // Opened on a blocking thread, no lock held: another process may hold the index
+        // locked (waited for up to 30 s), which must hold neither a worker of the runtime
+        // (the API's too) nor the other jobs. Two jobs opening it at once keep the first.
+        let opened = {
+            let settings = settings.clone();
+            crate::logging::job_warnings::spawn_blocking(move || {
+                KnownPresent::from_settings(&settings)
+            })
+            .await
+            .expect("opening the known-present index panicked")?
+        };
+        let mut known = self.known.lock().expect("not poisoned");
+        // Kept only if opened with the settings in force: not past a reload since the job
+        // started (which may move the cache or change the TTL).
+        if std::ptr::eq(&*self.settings(), settings) {
+            return Some(known.get_or_insert(opened).clone());
+        }
+        Some(opened)
     }
 }
 
