@@ -1506,12 +1506,9 @@ fn ctrl_c_cancels_a_command_held_before_its_first_request() {
         ("known-present-v2.sqlite3", vec![&get, &put]),
     ];
     for (i, (file, commands)) in held_files.into_iter().enumerate() {
-        // Another process's exclusive hold on one of the commands' databases.
         let cache = t.path().join(format!("held-cache-{i}"));
         std::fs::create_dir_all(&cache).unwrap();
-        let held = rusqlite::Connection::open(cache.join(file)).unwrap();
-        held.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE other(a); BEGIN EXCLUSIVE;")
-            .unwrap();
+        let _held = lock_database(&cache.join(file));
         for args in commands {
             let name = format!("{} held by {file}", args[0].display());
             let mut child = attache(&cache)

@@ -112,17 +112,9 @@ impl Shared {
         if let Some(known) = self.known.lock().expect("not poisoned").clone() {
             return Some(known);
         }
-        // Opened on a blocking thread, no lock held: another process may hold the index
-        // locked (waited for up to 30 s), which must hold neither a worker of the runtime
-        // (the API's too) nor the other jobs. Two jobs opening it at once keep the first.
-        let opened = {
-            let settings = settings.clone();
-            crate::logging::job_warnings::spawn_blocking(move || {
-                KnownPresent::from_settings(&settings)
-            })
-            .await
-            .expect("opening the known-present index panicked")?
-        };
+        // No lock held while it opens: a locked index must not hold the other jobs. Two jobs
+        // opening it at once keep the first.
+        let opened = KnownPresent::open_for(settings).await?;
         let mut known = self.known.lock().expect("not poisoned");
         // Kept only if opened with the settings in force: not past a reload since the job
         // started (which may move the cache or change the TTL).

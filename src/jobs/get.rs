@@ -176,7 +176,9 @@ pub async fn run(
     };
     if let Some(r) = recorder {
         let cancelled = matches!(download, Err(TransferError::Cancelled(_)));
-        finish_recording(r, cancelled).await;
+        crate::logging::job_warnings::spawn_blocking(move || end_recording(r, cancelled))
+            .await
+            .expect("cache recorder panicked");
     }
     let download = download?;
     if let Some(record) = plan.record.take() {
@@ -277,12 +279,8 @@ fn prepare(
     let plan = match planned {
         Ok(plan) => plan,
         Err(e) => {
-            // What the plan read is kept (see finish_recording).
             if let Some(r) = recorder {
-                match e {
-                    TransferError::Cancelled(_) => r.detach(),
-                    _ => r.finish(),
-                }
+                end_recording(r, matches!(e, TransferError::Cancelled(_)));
             }
             return Err(e);
         }
@@ -301,16 +299,15 @@ fn prepare(
     })
 }
 
-/// Ends `recorder` after the download. A cancel must not wait on the cache. Anything else, a
-/// failure too, commits what was recorded: after a full disk or a missing object, the next run
-/// trusts the files already placed instead of reading them all again.
-async fn finish_recording(recorder: CacheRecorder, cancelled: bool) {
-    if cancelled {
-        return recorder.detach();
+/// Ends `recorder` once the get is over (blocking: call it from a blocking thread). A cancel
+/// must not wait on the cache. Anything else, a failure too, commits what was recorded: after
+/// a full disk or a missing object, the next run trusts the files already placed instead of
+/// reading them all again.
+fn end_recording(recorder: CacheRecorder, cancelled: bool) {
+    match cancelled {
+        true => recorder.detach(),
+        false => recorder.finish(),
     }
-    crate::logging::job_warnings::spawn_blocking(move || recorder.finish())
-        .await
-        .expect("cache recorder panicked")
 }
 
 fn start_recorder(cache_dir: &Path) -> Option<CacheRecorder> {

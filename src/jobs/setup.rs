@@ -25,13 +25,7 @@ pub async fn transfer_for(
         store.throttle_signal(),
         settings.s3.retry_attempts,
     ));
-    // Off the runtime: another process may hold the index locked (waited for up to 30 s).
-    let known = {
-        let settings = settings.clone();
-        crate::logging::job_warnings::spawn_blocking(move || KnownPresent::from_settings(&settings))
-            .await
-            .expect("opening the known-present index panicked")
-    };
+    let known = KnownPresent::open_for(settings).await;
     Ok(Arc::new(Transfer::new(
         store, settings, gate, progress, known,
     )))

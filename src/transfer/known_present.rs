@@ -82,6 +82,18 @@ impl KnownPresent {
             .map(std::sync::Arc::new)
     }
 
+    /// [`Self::from_settings`] on a blocking thread: another process may hold the index locked
+    /// (waited for up to 30 s), which must hold no worker of the runtime (the daemon's API
+    /// runs there too).
+    pub async fn open_for(
+        settings: &crate::config::Settings,
+    ) -> Option<std::sync::Arc<KnownPresent>> {
+        let settings = settings.clone();
+        crate::logging::job_warnings::spawn_blocking(move || KnownPresent::from_settings(&settings))
+            .await
+            .expect("opening the known-present index panicked")
+    }
+
     /// Whether an entry verified `age` ago is still trusted. A TTL of 0 trusts none, even one
     /// recorded this second (the ages are whole seconds): "ask the store about every object".
     pub fn trusts(&self, age: Duration) -> bool {

@@ -151,6 +151,16 @@ pub fn write_tree(root: &Path, rels: &[&str]) {
 }
 
 /// Every file (not directory) under `dir`, at any depth; none if `dir` does not exist.
+/// Another process's exclusive hold on a local database of attache's (the hash cache, the
+/// known-present index) at `path`, made fresh, until the connection is dropped: attache waits
+/// up to 30 s for it, as it would for a disk stalled in a flush.
+pub fn lock_database(path: &Path) -> rusqlite::Connection {
+    let held = rusqlite::Connection::open(path).unwrap();
+    held.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE other(a); BEGIN EXCLUSIVE;")
+        .unwrap();
+    held
+}
+
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
